@@ -1,0 +1,94 @@
+namespace Loupe.Bench;
+
+/// <summary>Command line: <c>Loupe.Bench [forward|sgemm|all|fixtures] [options]</c>.</summary>
+public sealed class BenchOptions
+{
+    public const string Usage = """
+        Loupe.Bench — forward-pass, cache and sgemm benchmarks on GPT-2 small and Pythia-160m shapes.
+
+        usage: Loupe.Bench [forward|sgemm|all|fixtures] [options]
+          forward        load each model, time Run and RunWithCache (every hook), profile by hook point
+          sgemm          Gemm.Sgemm at the forward pass's shapes and a large square product
+          all            both (default)
+          fixtures       only write the random-weight model folders into the cache
+
+        options:
+          --quick            tiny models (2 layers, d_model 128, d_vocab 1024), fewer repetitions; < 30 s (CI)
+          --json FILE        also write every number to FILE
+          --reps N           timed repetitions per measurement (default 5; --quick 3)
+          --warmup N         untimed runs first (default 1; at least 1.5 s, --quick 0.4 s, per configuration)
+          --models A,B       model names (default gpt2-small,pythia-160m; --quick gpt2-tiny,pythia-tiny)
+          --batches 1,8      batch sizes, 128 tokens each (default 1,8)
+          --no-profile       skip the per-hook-point time breakdown
+          --cache DIR        fixture folder (default $LOUPE_BENCH_CACHE or /tmp/loupe-bench-models)
+          --threads N        OpenBLAS threads (default: OpenBLAS's own, usually the core count)
+          --managed          use the managed GEMM instead of OpenBLAS
+
+        example:
+          dotnet bench/Loupe.Bench/bin/Release/net10.0/Loupe.Bench.dll all --json bench-results.json
+        """;
+
+    public string Verb { get; private set; } = "all";
+    public bool Quick { get; private set; }
+    public string? JsonPath { get; private set; }
+    public int Reps { get; private set; }
+    public int Warmup { get; private set; } = 1;
+    public int ProfileReps => Quick ? 1 : 3;
+    /// <summary>Minimum warm-up time per configuration: tiered JIT promotes a method after 30 calls plus a short delay.</summary>
+    public double WarmupSeconds => Warmup == 0 ? 0 : Quick ? 0.4 : 1.5;
+    public IReadOnlyList<int> Batches { get; private set; } = [1, 8];
+    public bool Profile { get; private set; } = true;
+    public string CacheRoot { get; private set; } = Fixtures.DefaultCacheRoot;
+    public int? Threads { get; private set; }
+    public bool Managed { get; private set; }
+    public bool Help { get; private set; }
+    public IReadOnlyList<BenchModel> Models { get; private set; } = [];
+
+    public bool RunsForward => Verb is "forward" or "all";
+    public bool RunsSgemm => Verb is "sgemm" or "all";
+
+    /// <summary>Largest square product timed as the peak (smaller in --quick so CI without BLAS stays fast).</summary>
+    public int PeakSize => Quick ? 1024 : 2048;
+
+    /// <exception cref="ArgumentException">An unknown verb or option, or a malformed value.</exception>
+    public static BenchOptions Parse(string[] args)
+    {
+        var o = new BenchOptions();
+        string? models = null;
+        int? reps = null;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string a = args[i];
+            string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{a} needs a value");
+            int Int() => int.TryParse(Value(), out int v) && v >= 0 ? v : throw new ArgumentException($"{a} needs a non-negative integer");
+            switch (a)
+            {
+                case "forward" or "sgemm" or "all" or "fixtures": o.Verb = a; break;
+                case "--quick": o.Quick = true; break;
+                case "--json": o.JsonPath = Value(); break;
+                case "--reps": reps = Math.Max(1, Int()); break;
+                case "--warmup": o.Warmup = Int(); break;
+                case "--models": models = Value(); break;
+                case "--batches":
+                    o.Batches = Value().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                        .Select(s => int.TryParse(s, out int b) && b > 0 ? b : throw new ArgumentException($"--batches: '{s}' is not a positive integer")).ToArray();
+                    break;
+                case "--no-profile": o.Profile = false; break;
+                case "--cache": o.CacheRoot = Value(); break;
+                case "--threads": o.Threads = Math.Max(1, Int()); break;
+                case "--managed": o.Managed = true; break;
+                case "-h" or "--help" or "help": o.Help = true; break;
+                default: throw new ArgumentException($"unknown argument '{a}' (see --help)");
+            }
+        }
+        o.Reps = reps ?? (o.Quick ? 3 : 5);
+        var all = new[] { BenchModel.Gpt2Small, BenchModel.Pythia160m, BenchModel.Gpt2Tiny, BenchModel.PythiaTiny };
+        o.Models = models is null
+            ? BenchModel.Defaults(o.Quick)
+            : models.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(name => all.FirstOrDefault(m => m.Name == name)
+                    ?? throw new ArgumentException($"unknown model '{name}'; known: {string.Join(", ", all.Select(m => m.Name))}"))
+                .ToArray();
+        return o;
+    }
+}

@@ -1,0 +1,180 @@
+using System.Diagnostics;
+using Loupe.Models;
+using Loupe.Models.Loading;
+
+namespace Loupe.Bench;
+
+/// <summary>Loading one model: time and resident memory around it.</summary>
+/// <param name="FirstLoadMs">The first LoadFolder in this process (includes JIT of the loader).</param>
+/// <param name="Reload">Later loads of the same folder (the file is in the page cache).</param>
+/// <param name="AfterForward">After one batch-1 forward, which touches every weight page.</param>
+public sealed record LoadResult(string Model, string Folder, long FileBytes, long Parameters, double FirstLoadMs, Stats Reload,
+    MemorySnapshot BeforeLoad, MemorySnapshot AfterLoad, MemorySnapshot AfterForward);
+
+/// <summary>One mode (plain Run or RunWithCache of every hook) at one configuration.</summary>
+/// <param name="AllocatedBytes">Median bytes allocated per forward, all threads (GC.GetTotalAllocatedBytes deltas).</param>
+/// <param name="Gen0">Mean garbage collections per forward, by generation.</param>
+/// <param name="CachedBytes">Bytes of activations the returned cache holds (0 for plain Run).</param>
+public sealed record ModeResult(Stats Time, double TokensPerSecond, double Gflops, double AllocatedBytes,
+    double Gen0, double Gen1, double Gen2, long CachedBytes, int CachedHooks);
+
+/// <summary>The forward benchmark of one model at one batch size.</summary>
+/// <param name="Flops">FLOPs of one forward (<see cref="Flops.Forward"/>).</param>
+/// <param name="CacheExtraPct">How much longer RunWithCache(all hooks) takes than Run, in %.</param>
+/// <param name="LimitMs">The same products timed alone through Gemm.Sgemm and summed.</param>
+/// <param name="RatioToLimit">Achieved GFLOP/s ÷ the limit's GFLOP/s (= LimitMs ÷ forward ms).</param>
+/// <param name="RatioToPeak">Achieved GFLOP/s ÷ the square-sgemm peak.</param>
+public sealed record ForwardConfigResult(string Model, int Batch, int Length, double Flops, ModeResult Run, ModeResult Cache,
+    double CacheExtraPct, double LimitMs, double LimitGflops, double RatioToLimit, double PeakGflops, double RatioToPeak,
+    double? ProfilePlainTotalMs, double? ProfileCacheTotalMs, List<ProfileRow>? Profile, string Summary);
+
+/// <summary>
+/// Loads each model through <see cref="ModelLoader.LoadFolder"/> and times its forward pass:
+/// 1. RSS before loading, LoadFolder time, RSS after loading and after one forward;
+/// 2. per batch size, warm-up, then repetitions that alternate Run and RunWithCache (so slow
+///    periods from other processes hit both modes alike), each after a full GC;
+/// 3. the sgemm limit at the same products, and the hook profile of where the time goes.
+/// </summary>
+public sealed class ForwardBench(BenchOptions o, SgemmBench sgemm, TextWriter log)
+{
+    const int Length = 128;
+
+    public (LoadResult Load, List<ForwardConfigResult> Configs) Run(BenchModel spec, string folder, SgemmResult peak)
+    {
+        // 1. Loading.
+        Timing.Settle();
+        var before = MemorySnapshot.Read();
+        long t0 = Stopwatch.GetTimestamp();
+        var model = ModelLoader.LoadFolder(folder);
+        double firstLoadMs = Timing.ElapsedMs(t0);
+        var afterLoad = MemorySnapshot.Read();
+        CheckConfig(spec, model.Config);
+        GC.KeepAlive(model.Run(Tokens(spec, 1)));
+        Timing.Settle();
+        var afterForward = MemorySnapshot.Read();
+        long fileBytes = new FileInfo(Path.Combine(folder, SafeTensorsCheckpoint.SingleFileName)).Length;
+        log.WriteLine($"{spec.Name}: loaded in {firstLoadMs:F1} ms; RSS {Mb(before.Rss)} → {Mb(afterLoad.Rss)} → {Mb(afterForward.Rss)} MB (file {Mb(fileBytes)} MB)");
+
+        var configs = new List<ForwardConfigResult>();
+        foreach (int batch in o.Batches) configs.Add(Forward(spec, model, batch, peak));
+        long parameters = model.ParameterCount;
+        model.Dispose();
+
+        var reload = Timing.Measure(() => ModelLoader.LoadFolder(folder).Dispose(), warmup: 0, reps: o.Quick ? 2 : 3, settle: true);
+        return (new LoadResult(spec.Name, folder, fileBytes, parameters, firstLoadMs, reload, before, afterLoad, afterForward), configs);
+    }
+
+    ForwardConfigResult Forward(BenchModel spec, HookedTransformer model, int batch, SgemmResult peak)
+    {
+        string label = $"{spec.Name} b{batch}";
+        var tokens = Tokens(spec, batch);
+        double flops = Flops.Forward(spec, batch, Length);
+        log.WriteLine($"{label}: {batch}×{Length} tokens, {flops / 1e9:F1} GFLOP per forward");
+
+        // 2. Warm-up (at least --warmup pairs and WarmupSeconds, so tiered JIT has promoted the
+        //    hot managed kernels to optimized code), then alternate the two modes.
+        long warm = Stopwatch.GetTimestamp();
+        for (int i = 0; i < 200 && (i < o.Warmup || Stopwatch.GetElapsedTime(warm).TotalSeconds < o.WarmupSeconds); i++)
+        {
+            GC.KeepAlive(model.Run(tokens));
+            GC.KeepAlive(model.RunWithCache(tokens, hookPatterns: null));
+        }
+        var plain = new ModeSamples();
+        var cached = new ModeSamples();
+        for (int i = 0; i < o.Reps; i++)
+        {
+            plain.Add(() => model.Run(tokens));
+            cached.Add(() => model.RunWithCache(tokens, hookPatterns: null));
+            log.WriteLine($"  rep {i + 1}/{o.Reps}: run {plain.Ms[^1],9:F1} ms   run+cache {cached.Ms[^1],9:F1} ms");
+        }
+        int n = batch * Length;
+        var run = plain.Result(n, flops);
+        var cache = cached.Result(n, flops);
+        double extraPct = 100 * (cache.Time.MedianMs / run.Time.MedianMs - 1);
+
+        // 3. The limit and the profile.
+        double limitMs = sgemm.LimitMs(Flops.Products(spec, batch, Length), label);
+        double limitGflops = flops / (limitMs * 1e6);
+        double ratioLimit = run.Gflops / limitGflops, ratioPeak = run.Gflops / peak.Gflops;
+
+        List<ProfileRow>? profile = null;
+        double? profilePlain = null, profileCache = null;
+        if (o.Profile)
+        {
+            var profiler = new HookProfiler();
+            var p = profiler.Profile(model, tokens, cacheAll: false, o.ProfileReps, out double plainTotal);
+            var c = profiler.Profile(model, tokens, cacheAll: true, o.ProfileReps, out double cacheTotal);
+            var products = Flops.Products(spec, batch, Length).ToDictionary(x => x.Label);
+            profile = p.Keys.Union(c.Keys)
+                .Select(op =>
+                {
+                    string? gemm = p.TryGetValue(op, out var pv) ? pv.Gemm : c[op].Gemm;
+                    double? alone = gemm is null ? null : products[gemm].Count * sgemm.Get(products[gemm], label).MsPerCall.MedianMs;
+                    return new ProfileRow(op, gemm is not null, p.TryGetValue(op, out var a) ? a.Ms : 0, c.TryGetValue(op, out var b) ? b.Ms : 0, alone);
+                })
+                .OrderByDescending(r => r.PlainMs).ThenByDescending(r => r.CacheMs).ToList();
+            profilePlain = plainTotal;
+            profileCache = cacheTotal;
+        }
+
+        string summary = $"{label}×{Length}: {run.Time.MedianMs:F1} ms/forward, {run.TokensPerSecond:F0} tok/s, {run.Gflops:F1} GFLOP/s "
+            + $"= {100 * ratioLimit:F0}% of the sgemm limit at its shapes ({limitGflops:F1} GFLOP/s), {100 * ratioPeak:F0}% of the square peak; "
+            + $"full cache {extraPct:+0;-0;0}% ({cache.Time.MedianMs:F1} ms, holds {Mb(cache.CachedBytes)} MB); "
+            + $"allocates {Mb((long)run.AllocatedBytes)} MB/forward ({Mb((long)cache.AllocatedBytes)} MB with cache)";
+        return new ForwardConfigResult(spec.Name, batch, Length, flops, run, cache, extraPct, limitMs, limitGflops, ratioLimit,
+            peak.Gflops, ratioPeak, profilePlain, profileCache, profile, summary);
+    }
+
+    /// <summary>Seeded random token ids in [0, d_vocab).</summary>
+    static TokenBatch Tokens(BenchModel spec, int batch)
+    {
+        var rng = new Random(1000 + batch);
+        var ids = new int[batch * Length];
+        for (int i = 0; i < ids.Length; i++) ids[i] = rng.Next(spec.DVocab);
+        return new TokenBatch(ids, batch, Length);
+    }
+
+    /// <summary>The FLOP formula uses the spec; make sure the loaded model has the same shapes.</summary>
+    static void CheckConfig(BenchModel spec, ModelConfig c)
+    {
+        if (c.NLayers != spec.NLayers || c.DModel != spec.DModel || c.NHeads != spec.NHeads || c.DHead != spec.DHead
+            || c.DMlp != spec.DMlp || c.VocabOut != spec.DVocab || c.KvHeads != spec.NHeads)
+            throw new InvalidOperationException($"{spec.Name}: the loaded config ({c.NLayers} layers, d_model {c.DModel}, {c.NHeads} heads, d_mlp {c.DMlp}, d_vocab {c.VocabOut}) differs from the benchmark spec");
+    }
+
+    static string Mb(long bytes) => bytes < 0 ? "?" : $"{bytes / 1e6:F0}";
+
+    /// <summary>Time, allocation and GC counts of repeated forwards of one mode.</summary>
+    sealed class ModeSamples
+    {
+        public readonly List<double> Ms = [];
+        readonly List<double> _alloc = [];
+        long _gen0, _gen1, _gen2, _cachedBytes;
+        int _cachedHooks;
+
+        public void Add(Func<Loupe.Models.Hooks.ForwardResult> forward)
+        {
+            Timing.Settle();
+            int g0 = GC.CollectionCount(0), g1 = GC.CollectionCount(1), g2 = GC.CollectionCount(2);
+            long bytes = GC.GetTotalAllocatedBytes(precise: true);
+            long t0 = Stopwatch.GetTimestamp();
+            var result = forward();
+            double ms = Timing.ElapsedMs(t0);
+            _alloc.Add(GC.GetTotalAllocatedBytes(precise: true) - bytes);
+            _gen0 += GC.CollectionCount(0) - g0;
+            _gen1 += GC.CollectionCount(1) - g1;
+            _gen2 += GC.CollectionCount(2) - g2;
+            Ms.Add(ms);
+            _cachedHooks = result.Cache.Count;
+            _cachedBytes = result.Cache.Names.Sum(name => (long)result.Cache[name].Length * sizeof(float));
+        }
+
+        public ModeResult Result(int tokens, double flops)
+        {
+            var t = Stats.Of(Ms);
+            int n = Ms.Count;
+            return new ModeResult(t, tokens / (t.MedianMs / 1000), flops / (t.MedianMs * 1e6), Stats.Median(_alloc),
+                (double)_gen0 / n, (double)_gen1 / n, (double)_gen2 / n, _cachedBytes, _cachedHooks);
+        }
+    }
+}

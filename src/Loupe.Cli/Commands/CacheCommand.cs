@@ -1,0 +1,58 @@
+using System.CommandLine;
+using System.Diagnostics;
+using Loupe.Models;
+using Loupe.Models.Hooks;
+using Loupe.Models.Loading;
+using Spectre.Console;
+
+namespace Loupe.Cli.Commands;
+
+/// <summary><c>loupe cache</c>: write the activations of chosen hook points to a safetensors file.</summary>
+static class CacheCommand
+{
+    public static Command Create()
+    {
+        var model = CliSupport.ModelOption();
+        var prompt = new Option<string?>("--prompt", "-p") { Description = "Text to run (tokenized with the model's tokenizer, BOS as its template says)" };
+        var tokens = new Option<string?>("--tokens") { Description = "Raw token ids, rows separated by ';' (e.g. \"1,2,3;4,5,6\"); no BOS is added" };
+        var hooks = new Option<string>("--hooks") { Description = "Comma-separated glob patterns over hook names, e.g. \"blocks.*.hook_resid_pre,blocks.*.attn.hook_pattern\"", Required = true };
+        var output = new Option<string>("--out", "-o") { Description = "The .safetensors file to write (atomically)", Required = true };
+        var command = new Command("cache",
+            "Run the model and save every matching hook's activation (under its hook name) plus 'logits' and 'tokens' to a safetensors file.\n" +
+            "Shapes follow TransformerLens: hook_resid_pre [batch, pos, d_model], attn.hook_pattern [batch, head, query_pos, key_pos].\n\n" +
+            "Examples:\n" +
+            "  loupe cache --model ../shared/models/stories260K --prompt \"Once upon a time\" --hooks \"blocks.*.hook_resid_post\" --out acts.safetensors\n" +
+            "  loupe cache --model gpt2 --tokens \"464,3290;464,3797\" --hooks \"blocks.*.attn.hook_pattern,ln_final.hook_normalized\" --out pat.safetensors")
+        { model, prompt, tokens, hooks, output };
+        command.SetAction(parse => CliSupport.Guard(() =>
+        {
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            string? text = parse.GetValue(prompt), ids = parse.GetValue(tokens);
+            if ((text is null) == (ids is null)) throw new ArgumentException("give exactly one of --prompt or --tokens");
+            var batch = text is not null ? TokenBatch.Single(CliSupport.Encode(m, text)) : CliSupport.ParseTokens(ids!);
+            var selected = new HookPattern(parse.GetValue(hooks)!).Select(m.HookPointNames);
+            var clock = Stopwatch.StartNew();
+            var result = m.RunWithCache(batch, parse.GetValue(hooks));
+            var entries = new List<SafeTensorEntry>();
+            foreach (var name in selected)
+            {
+                var t = result.Cache[name];
+                entries.Add(SafeTensorEntry.F32(name, t.Shape.ToArray(), t.Data));
+            }
+            entries.Add(SafeTensorEntry.F32("logits", result.Logits.Shape.ToArray(), result.Logits.Data));
+            entries.Add(SafeTensorEntry.I64("tokens", [batch.Batch, batch.Length], batch.Ids.Select(i => (long)i).ToArray()));
+            var metadata = new Dictionary<string, string>
+            {
+                ["model"] = m.Source ?? "",
+                ["architecture"] = m.Config.Architecture,
+                ["hooks"] = string.Join(",", selected),
+                ["format"] = "loupe-activation-cache",
+            };
+            string path = parse.GetValue(output)!;
+            SafeTensorsWriter.Write(path, entries, metadata);
+            CliSupport.Status.WriteLine($"wrote {selected.Count} hooks + logits for [{batch.Batch}, {batch.Length}] tokens to {path} in {clock.Elapsed.TotalMilliseconds:F0} ms");
+            return 0;
+        }));
+        return command;
+    }
+}

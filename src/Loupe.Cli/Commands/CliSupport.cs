@@ -1,0 +1,96 @@
+using System.CommandLine;
+using Loupe.Models;
+using Loupe.Models.Loading;
+using Spectre.Console;
+
+namespace Loupe.Cli.Commands;
+
+/// <summary>What every verb shares: the model option, loading with progress, token parsing, errors.</summary>
+static class CliSupport
+{
+    /// <summary>Progress and status go to stderr so stdout stays machine-readable.</summary>
+    public static IAnsiConsole Status { get; } = AnsiConsole.Create(new AnsiConsoleSettings
+    {
+        Out = new AnsiConsoleOutput(Console.Error),
+    });
+
+    public static Option<string> ModelOption() => new("--model", "-m")
+    {
+        Description = "A local model folder (config.json + *.safetensors + tokenizer) or a Hugging Face hub id such as gpt2",
+        Required = true,
+    };
+
+    /// <summary>Runs a verb body, turning expected failures into one clear line on stderr and exit code 1.</summary>
+    public static int Guard(Func<int> body)
+    {
+        try
+        {
+            return body();
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidDataException or NotSupportedException or FileNotFoundException
+                                   or DirectoryNotFoundException or InvalidOperationException or KeyNotFoundException or FormatException
+                                   or IOException or UnauthorizedAccessException or HttpRequestException)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+    }
+
+    /// <summary>Loads a model from a folder or the hub, showing download progress and a spinner.</summary>
+    public static HookedTransformer LoadModel(string model)
+    {
+        if (Directory.Exists(model))
+            return Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model));
+        HookedTransformer? loaded = null;
+        Status.Progress().AutoClear(true).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new DownloadedColumn(), new TransferSpeedColumn())
+            .Start(ctx =>
+            {
+                var tasks = new Dictionary<string, ProgressTask>();
+                var progress = new SyncProgress<DownloadProgress>(p =>
+                {
+                    if (!tasks.TryGetValue(p.FileName, out var task))
+                        tasks[p.FileName] = task = ctx.AddTask(p.FileName, maxValue: Math.Max(1, p.BytesTotal ?? 1));
+                    if (p.BytesTotal is long total) task.MaxValue = Math.Max(1, total);
+                    task.Value = p.BytesDone;
+                });
+                loaded = ModelLoader.LoadAsync(model, progress).GetAwaiter().GetResult();
+            });
+        return loaded!;
+    }
+
+    /// <summary>Parses "1,2,3;4,5,6" into equal-length rows.</summary>
+    /// <exception cref="FormatException">A value is not an integer or rows differ in length.</exception>
+    public static TokenBatch ParseTokens(string text)
+    {
+        var rows = text.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select((row, r) => row.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(v => int.TryParse(v, out int id) ? id : throw new FormatException($"--tokens: '{v}' in row {r} is not an integer token id"))
+                .ToArray())
+            .ToArray();
+        if (rows.Length == 0 || rows.Any(r => r.Length == 0)) throw new FormatException("--tokens: expected comma-separated ids, rows separated by ';' (e.g. \"1,2,3;4,5,6\")");
+        if (rows.Any(r => r.Length != rows[0].Length))
+            throw new FormatException($"--tokens: rows have different lengths ({string.Join(", ", rows.Select(r => r.Length))}); give rows of equal length");
+        return TokenBatch.FromRows(rows);
+    }
+
+    /// <summary>Tokenizes prompts with the model's tokenizer (BOS as the tokenizer's template says).</summary>
+    public static int[] Encode(HookedTransformer model, string prompt)
+    {
+        var tokenizer = model.Tokenizer ?? throw new InvalidOperationException($"the model at {model.Source} has no tokenizer (tokenizer.json or vocab.json + merges.txt); pass token ids with --tokens instead");
+        var ids = tokenizer.Encode(prompt);
+        if (ids.Length == 0) throw new ArgumentException("the prompt encodes to no tokens");
+        return ids;
+    }
+
+    /// <summary>A token as a person reads it: decoded text, quoted, with its id.</summary>
+    public static string Show(HookedTransformer model, int id) =>
+        model.Tokenizer is { } t && id < t.VocabSize ? $"{Quote(t.Decode([id]))} ({id})" : id.ToString();
+
+    static string Quote(string s) => "\"" + s.Replace("\\", "\\\\").Replace("\n", "\\n").Replace("\t", "\\t").Replace("\"", "\\\"") + "\"";
+
+    /// <summary>Progress&lt;T&gt; posts to the thread pool; this reports on the caller's thread so bars update in order.</summary>
+    sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
+    {
+        public void Report(T value) => report(value);
+    }
+}

@@ -1,0 +1,97 @@
+using Loupe.Models.Hooks;
+using Loupe.Models.Layers;
+using Loupe.Models.Loading;
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
+using Loupe.Tensors.Kernels;
+
+namespace Loupe.Models.Families;
+
+// Gemma 2 (HF Gemma2ForCausalLM). Shapes as Llama, plus per block four RMSNorms [d_model]
+// (input_layernorm, post_attention_layernorm, pre_feedforward_layernorm, post_feedforward_layernorm),
+// all applied as x̂·(1 + w). Embeddings are scaled by √d_model; attention scores are soft-capped
+// (cap·tanh(s/cap)) before masking, final logits too; even layers attend within a sliding window;
+// q·k is scaled by query_pre_attn_scalar^-½; GeGLU MLP with tanh-gelu; tied unembedding.
+
+/// <summary>Gemma 2: sandwich norms, local/global attention, logit soft-capping.</summary>
+public sealed class Gemma2Model : HookedTransformer
+{
+    readonly Norm[] _ln1, _ln1Post, _ln2, _ln2Post;
+    readonly AttentionLayer[] _attn;
+    readonly MlpLayer[] _mlp;
+    readonly long _parameters;
+
+    Gemma2Model(ModelConfig cfg, WeightSource w, IComputeBackend? backend) : base(cfg, backend)
+    {
+        int L = cfg.NLayers;
+        WE = w.Get("model.embed_tokens.weight", cfg.DVocab, cfg.DModel);
+        var rotary = new RotaryTable(cfg.RotaryDim, cfg.RotaryBase, cfg.NCtx);
+        _ln1 = new Norm[L]; _ln1Post = new Norm[L]; _ln2 = new Norm[L]; _ln2Post = new Norm[L];
+        _attn = new AttentionLayer[L]; _mlp = new MlpLayer[L];
+        for (int l = 0; l < L; l++)
+        {
+            string b = HfDecoderWeights.Layer(l);
+            _ln1[l] = HfDecoderWeights.RmsNorm(w, b + "input_layernorm.weight", cfg, $"blocks.{l}.ln1", 1f);
+            _ln1Post[l] = HfDecoderWeights.RmsNorm(w, b + "post_attention_layernorm.weight", cfg, $"blocks.{l}.ln1_post", 1f);
+            _ln2[l] = HfDecoderWeights.RmsNorm(w, b + "pre_feedforward_layernorm.weight", cfg, $"blocks.{l}.ln2", 1f);
+            _ln2Post[l] = HfDecoderWeights.RmsNorm(w, b + "post_feedforward_layernorm.weight", cfg, $"blocks.{l}.ln2_post", 1f);
+            _attn[l] = HfDecoderWeights.Attention(l, cfg, w, rotary);
+            _mlp[l] = HfDecoderWeights.GatedMlp(l, cfg, w);
+        }
+        FinalNorm = HfDecoderWeights.RmsNorm(w, "model.norm.weight", cfg, "ln_final", 1f);
+        Unembed = HfDecoderWeights.Unembed(cfg, w, WE);
+        _parameters = w.ParameterCount;
+    }
+
+    public override long ParameterCount => _parameters;
+
+    internal static Gemma2Model Load(HfConfig c, WeightSource w, IComputeBackend? backend)
+    {
+        int d = c.Int("hidden_size"), h = c.Int("num_attention_heads");
+        int dh = c.OptionalInt("head_dim") ?? d / h;
+        int layers = c.Int("num_hidden_layers");
+        var cfg = new ModelConfig
+        {
+            Architecture = "gemma2",
+            NLayers = layers,
+            DModel = d,
+            NHeads = h,
+            NKeyValueHeads = c.OptionalInt("num_key_value_heads") ?? h,
+            DHead = dh,
+            DMlp = c.Int("intermediate_size"),
+            DVocab = c.Int("vocab_size"),
+            NCtx = c.Int("max_position_embeddings"),
+            ActFn = c.String("hidden_activation") ?? c.String("hidden_act") ?? "gelu_pytorch_tanh",
+            GatedMlp = true,
+            Normalization = NormKind.RmsNorm,
+            NormEps = (float)c.Double("rms_norm_eps", 1e-6),
+            RotaryDim = dh,
+            RotaryBase = HfDecoderWeights.RopeTheta(c),
+            AttnScale = (float)(1 / Math.Sqrt(c.Double("query_pre_attn_scalar", dh))),
+            AttnSoftCap = (float)c.Double("attn_logit_softcapping", 0),
+            FinalLogitSoftCap = (float)c.Double("final_logit_softcapping", 0),
+            SlidingWindow = c.OptionalInt("sliding_window") ?? 0,
+            // HF: layers with an even index attend locally.
+            LocalLayers = Enumerable.Range(0, layers).Select(l => l % 2 == 0).ToArray(),
+            EmbedScale = (float)Math.Sqrt(d),
+            BosTokenId = c.OptionalInt("bos_token_id"),
+            EosTokenId = c.OptionalInt("eos_token_id"),
+            SourcePath = c.Path,
+        };
+        return new Gemma2Model(cfg, w, backend);
+    }
+
+    protected override Tensor Block(int l, ForwardContext ctx, Tensor residPre)
+    {
+        // Sandwich norms: each sub-layer's output is normalized again before it joins the residual
+        // stream, so hook_attn_out / hook_mlp_out (what is added) come after ln1_post / ln2_post.
+        var names = _attn[l].Names;
+        residPre = ctx.Hook(names.ResidPre, l, residPre);
+        var attn = _attn[l].Forward(ctx, _ln1[l].Forward(ctx, l, residPre, this), this);
+        var attnOut = ctx.Hook(names.AttnOut, l, _ln1Post[l].Forward(ctx, l, attn, this));
+        var residMid = ctx.Hook(names.ResidMid, l, Sum(residPre, attnOut));
+        var mlp = _mlp[l].Forward(ctx, _ln2[l].Forward(ctx, l, residMid, this), this);
+        var mlpOut = ctx.Hook(names.MlpOut, l, _ln2Post[l].Forward(ctx, l, mlp, this));
+        return ctx.Hook(names.ResidPost, l, Sum(residMid, mlpOut));
+    }
+}

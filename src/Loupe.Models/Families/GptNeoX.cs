@@ -1,0 +1,86 @@
+using Loupe.Models.Hooks;
+using Loupe.Models.Layers;
+using Loupe.Models.Loading;
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
+using Loupe.Tensors.Kernels;
+
+namespace Loupe.Models.Families;
+
+// GPT-NeoX / Pythia (HF GPTNeoXForCausalLM). Shapes: embed_in [d_vocab, d_model];
+// per block: input_layernorm, post_attention_layernorm, attention.query_key_value [3·d_model, d_model]
+// (nn.Linear, output head-interleaved: per head q|k|v), attention.dense [d_model, d_model],
+// mlp.dense_h_to_4h [d_mlp, d_model], mlp.dense_4h_to_h [d_model, d_mlp]; final_layer_norm;
+// embed_out [d_vocab, d_model]. Partial rotary (rotary_pct of d_head), exact-erf gelu.
+
+/// <summary>GPT-NeoX: parallel attention and MLP, partial rotary embeddings, LayerNorm.</summary>
+public sealed class GptNeoXModel : HookedTransformer
+{
+    readonly Norm[] _ln1, _ln2;
+    readonly AttentionLayer[] _attn;
+    readonly MlpLayer[] _mlp;
+    readonly long _parameters;
+
+    GptNeoXModel(ModelConfig cfg, WeightSource w, IComputeBackend? backend) : base(cfg, backend)
+    {
+        int D = cfg.DModel, M = cfg.DMlp, L = cfg.NLayers;
+        WE = w.Get("gpt_neox.embed_in.weight", cfg.DVocab, D);
+        var rotary = new RotaryTable(cfg.RotaryDim, cfg.RotaryBase, cfg.NCtx);
+        _ln1 = new Norm[L]; _ln2 = new Norm[L]; _attn = new AttentionLayer[L]; _mlp = new MlpLayer[L];
+        for (int l = 0; l < L; l++)
+        {
+            string b = $"gpt_neox.layers.{l}.";
+            _ln1[l] = new Norm(NormKind.LayerNorm, w.Get(b + "input_layernorm.weight", D), w.Get(b + "input_layernorm.bias", D), cfg.NormEps, $"blocks.{l}.ln1");
+            _ln2[l] = new Norm(NormKind.LayerNorm, w.Get(b + "post_attention_layernorm.weight", D), w.Get(b + "post_attention_layernorm.bias", D), cfg.NormEps, $"blocks.{l}.ln2");
+            var qkv = new Linear(w.Get(b + "attention.query_key_value.weight", 3 * D, D), D, 3 * D, true, w.Get(b + "attention.query_key_value.bias", 3 * D));
+            var o = new Linear(w.Get(b + "attention.dense.weight", D, D), D, D, true, w.Get(b + "attention.dense.bias", D));
+            _attn[l] = new AttentionLayer(l, cfg, qkv, FusedQkvLayout.HeadInterleaved, o, rotary);
+            _mlp[l] = new MlpLayer(l, cfg.ActFn!,
+                new Linear(w.Get(b + "mlp.dense_h_to_4h.weight", M, D), D, M, true, w.Get(b + "mlp.dense_h_to_4h.bias", M)),
+                new Linear(w.Get(b + "mlp.dense_4h_to_h.weight", D, M), M, D, true, w.Get(b + "mlp.dense_4h_to_h.bias", D)));
+        }
+        FinalNorm = new Norm(NormKind.LayerNorm, w.Get("gpt_neox.final_layer_norm.weight", D), w.Get("gpt_neox.final_layer_norm.bias", D), cfg.NormEps, "ln_final");
+        Unembed = new Linear(w.Contains("embed_out.weight") ? w.Get("embed_out.weight", cfg.DVocab, D) : WE, D, cfg.DVocab, true);
+        _parameters = w.ParameterCount;
+    }
+
+    public override long ParameterCount => _parameters;
+
+    internal static GptNeoXModel Load(HfConfig c, WeightSource w, IComputeBackend? backend)
+    {
+        int d = c.Int("hidden_size"), h = c.Int("num_attention_heads"), dh = d / h;
+        var cfg = new ModelConfig
+        {
+            Architecture = "gpt_neox",
+            NLayers = c.Int("num_hidden_layers"),
+            DModel = d,
+            NHeads = h,
+            DHead = dh,
+            DMlp = c.Int("intermediate_size"),
+            DVocab = c.Int("vocab_size"),
+            NCtx = c.Int("max_position_embeddings"),
+            ActFn = c.String("hidden_act") ?? "gelu",
+            Normalization = NormKind.LayerNorm,
+            NormEps = (float)c.Double("layer_norm_eps", 1e-5),
+            RotaryDim = (int)(dh * c.Double("rotary_pct", 0.25)),
+            RotaryBase = c.Double("rotary_emb_base", 10000),
+            ParallelAttnMlp = c.Bool("use_parallel_residual", true),
+            AttnScale = 1f / MathF.Sqrt(dh),
+            BosTokenId = c.OptionalInt("bos_token_id"),
+            EosTokenId = c.OptionalInt("eos_token_id"),
+            SourcePath = c.Path,
+        };
+        return new GptNeoXModel(cfg, w, backend);
+    }
+
+    protected override Tensor Block(int l, ForwardContext ctx, Tensor residPre)
+    {
+        if (!Config.ParallelAttnMlp) return SequentialBlock(l, ctx, residPre, _ln1[l], _attn[l], _ln2[l], _mlp[l]);
+        // Parallel residual: both branches read resid_pre; there is no resid_mid.
+        var names = _attn[l].Names;
+        residPre = ctx.Hook(names.ResidPre, l, residPre);
+        var attnOut = ctx.Hook(names.AttnOut, l, _attn[l].Forward(ctx, _ln1[l].Forward(ctx, l, residPre, this), this));
+        var mlpOut = ctx.Hook(names.MlpOut, l, _mlp[l].Forward(ctx, _ln2[l].Forward(ctx, l, residPre, this), this));
+        return ctx.Hook(names.ResidPost, l, Sum(residPre, attnOut, mlpOut));
+    }
+}

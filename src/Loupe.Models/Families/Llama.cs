@@ -1,0 +1,88 @@
+using Loupe.Models.Hooks;
+using Loupe.Models.Layers;
+using Loupe.Models.Loading;
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
+using Loupe.Tensors.Kernels;
+
+namespace Loupe.Models.Families;
+
+// Llama, Mistral and Qwen2 (HF LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM).
+// Shapes: embed_tokens [d_vocab, d_model]; per block: input_layernorm [d_model],
+// self_attn.q_proj [n_heads·d_head, d_model], k_proj/v_proj [n_kv_heads·d_head, d_model] (Qwen2: with biases),
+// o_proj [d_model, n_heads·d_head], post_attention_layernorm, mlp.gate_proj/up_proj [d_mlp, d_model],
+// down_proj [d_model, d_mlp]; model.norm; lm_head [d_vocab, d_model] or tied.
+// Block: pre-norm, sequential, RMSNorm, rotate-half RoPE over all of d_head, SwiGLU, grouped-query attention.
+
+/// <summary>Llama-lineage decoders: Llama 1/2/3, Mistral (sliding window), Qwen2 (q/k/v biases).</summary>
+public sealed class LlamaModel : HookedTransformer
+{
+    readonly Norm[] _ln1, _ln2;
+    readonly AttentionLayer[] _attn;
+    readonly MlpLayer[] _mlp;
+    readonly long _parameters;
+
+    LlamaModel(ModelConfig cfg, WeightSource w, IComputeBackend? backend) : base(cfg, backend)
+    {
+        int L = cfg.NLayers;
+        WE = w.Get("model.embed_tokens.weight", cfg.DVocab, cfg.DModel);
+        var rotary = new RotaryTable(cfg.RotaryDim, cfg.RotaryBase, cfg.NCtx);
+        _ln1 = new Norm[L]; _ln2 = new Norm[L]; _attn = new AttentionLayer[L]; _mlp = new MlpLayer[L];
+        for (int l = 0; l < L; l++)
+        {
+            _ln1[l] = HfDecoderWeights.RmsNorm(w, HfDecoderWeights.Layer(l) + "input_layernorm.weight", cfg, $"blocks.{l}.ln1");
+            _ln2[l] = HfDecoderWeights.RmsNorm(w, HfDecoderWeights.Layer(l) + "post_attention_layernorm.weight", cfg, $"blocks.{l}.ln2");
+            _attn[l] = HfDecoderWeights.Attention(l, cfg, w, rotary);
+            _mlp[l] = HfDecoderWeights.GatedMlp(l, cfg, w);
+        }
+        FinalNorm = HfDecoderWeights.RmsNorm(w, "model.norm.weight", cfg, "ln_final");
+        Unembed = HfDecoderWeights.Unembed(cfg, w, WE);
+        _parameters = w.ParameterCount;
+    }
+
+    public override long ParameterCount => _parameters;
+
+    /// <summary>Reads a llama, mistral or qwen2 config (its model_type) and weights.</summary>
+    internal static LlamaModel Load(string modelType, HfConfig c, WeightSource w, IComputeBackend? backend)
+    {
+        int d = c.Int("hidden_size"), h = c.Int("num_attention_heads");
+        int dh = c.OptionalInt("head_dim") ?? d / h;
+        int layers = c.Int("num_hidden_layers");
+        // Mistral always slides when sliding_window is set; Qwen2 only with use_sliding_window.
+        int window = modelType switch
+        {
+            "mistral" => c.OptionalInt("sliding_window") ?? 0,
+            "qwen2" when c.Bool("use_sliding_window", false) => c.OptionalInt("sliding_window") ?? 0,
+            _ => 0,
+        };
+        if (modelType == "qwen2" && window > 0 && (c.OptionalInt("max_window_layers") ?? layers) < layers)
+            throw new NotSupportedException($"{c.Path}: Qwen2 with sliding windows on only some layers (max_window_layers) is not supported");
+        var cfg = new ModelConfig
+        {
+            Architecture = modelType,
+            NLayers = layers,
+            DModel = d,
+            NHeads = h,
+            NKeyValueHeads = c.OptionalInt("num_key_value_heads") ?? h,
+            DHead = dh,
+            DMlp = c.Int("intermediate_size"),
+            DVocab = c.Int("vocab_size"),
+            NCtx = c.Int("max_position_embeddings"),
+            ActFn = c.String("hidden_act") ?? "silu",
+            GatedMlp = true,
+            Normalization = NormKind.RmsNorm,
+            NormEps = (float)c.Double("rms_norm_eps", 1e-6),
+            RotaryDim = dh,
+            RotaryBase = HfDecoderWeights.RopeTheta(c),
+            AttnScale = 1f / MathF.Sqrt(dh),
+            SlidingWindow = window,
+            BosTokenId = c.OptionalInt("bos_token_id"),
+            EosTokenId = c.OptionalInt("eos_token_id"),
+            SourcePath = c.Path,
+        };
+        return new LlamaModel(cfg, w, backend);
+    }
+
+    protected override Tensor Block(int l, ForwardContext ctx, Tensor residPre) =>
+        SequentialBlock(l, ctx, residPre, _ln1[l], _attn[l], _ln2[l], _mlp[l]);
+}

@@ -1,0 +1,68 @@
+namespace Loupe.Models.Generation;
+
+/// <summary>
+/// Keys and values of every layer for the positions seen so far, preallocated to a capacity.
+/// Per layer: k, v <c>[batch, capacity, n_key_value_heads, d_head]</c> (keys after rotary).
+/// </summary>
+public sealed class KvCache
+{
+    readonly float[][] _keys, _values;
+
+    public KvCache(int nLayers, int batch, int capacity, int nKvHeads, int dHead)
+    {
+        Batch = batch;
+        Capacity = capacity;
+        RowWidth = nKvHeads * dHead;
+        _keys = new float[nLayers][];
+        _values = new float[nLayers][];
+        for (int l = 0; l < nLayers; l++)
+        {
+            _keys[l] = new float[(long)batch * capacity * RowWidth];
+            _values[l] = new float[(long)batch * capacity * RowWidth];
+        }
+        KeyValid = new bool[batch * capacity];
+    }
+
+    public int Batch { get; }
+    public int Capacity { get; }
+    /// <summary>Floats per position: n_key_value_heads · d_head.</summary>
+    public int RowWidth { get; }
+    /// <summary>Positions already stored.</summary>
+    public int Length { get; private set; }
+    /// <summary>Padding mask over stored positions <c>[batch, capacity]</c>.</summary>
+    public bool[] KeyValid { get; }
+
+    public float[] Keys(int layer) => _keys[layer];
+    public float[] Values(int layer) => _values[layer];
+
+    /// <summary>Writes one layer's new keys and values <c>[batch, newLen, kv_heads, d_head]</c> after the stored ones.</summary>
+    public void Write(int layer, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int newLen)
+    {
+        if (Length + newLen > Capacity)
+            throw new InvalidOperationException($"KV cache holds {Capacity} positions; {Length} + {newLen} do not fit");
+        for (int b = 0; b < Batch; b++)
+        {
+            k.Slice(b * newLen * RowWidth, newLen * RowWidth).CopyTo(_keys[layer].AsSpan((b * Capacity + Length) * RowWidth));
+            v.Slice(b * newLen * RowWidth, newLen * RowWidth).CopyTo(_values[layer].AsSpan((b * Capacity + Length) * RowWidth));
+        }
+    }
+
+    /// <summary>Marks <paramref name="newLen"/> positions as stored (after every layer wrote them).</summary>
+    public void Advance(int newLen, bool[]? valid)
+    {
+        for (int b = 0; b < Batch; b++)
+            for (int t = 0; t < newLen; t++)
+                KeyValid[b * Capacity + Length + t] = valid is null || valid[b * newLen + t];
+        Length += newLen;
+    }
+
+    /// <summary>The padding mask of the stored plus <paramref name="newLen"/> incoming positions, laid out <c>[batch, capacity]</c>.</summary>
+    public bool[] MaskWithIncoming(int newLen, bool[]? valid)
+    {
+        var mask = (bool[])KeyValid.Clone();
+        for (int b = 0; b < Batch; b++)
+            for (int t = 0; t < newLen; t++)
+                mask[b * Capacity + Length + t] = valid is null || valid[b * newLen + t];
+        return mask;
+    }
+}

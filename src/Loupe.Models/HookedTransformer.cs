@@ -1,0 +1,238 @@
+using Loupe.Models.Generation;
+using Loupe.Models.Hooks;
+using Loupe.Models.Layers;
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
+using Loupe.Tokenizers;
+
+namespace Loupe.Models;
+
+/// <summary>
+/// A transformer whose every internal activation can be read or replaced by its TransformerLens
+/// name. The pipeline shared by all families lives here:
+/// 1. check the tokens (ids in the vocabulary, length within the context);
+/// 2. embed (<c>hook_embed</c>, <c>hook_pos_embed</c>) into the residual stream;
+/// 3. run each block (family-specific, <see cref="Block"/>);
+/// 4. final norm (<c>ln_final.*</c>), unembed, optional logit soft-capping.
+/// </summary>
+public abstract class HookedTransformer : IDisposable
+{
+    IReadOnlyList<string>? _hookNames;
+
+    protected HookedTransformer(ModelConfig config, IComputeBackend? backend)
+    {
+        Config = config;
+        Backend = backend ?? CpuBackend.Instance;
+    }
+
+    public ModelConfig Config { get; }
+    public IComputeBackend Backend { get; }
+    /// <summary>The tokenizer loaded beside the weights, when the model folder has one.</summary>
+    public ITokenizer? Tokenizer { get; internal set; }
+    /// <summary>Where the model was loaded from.</summary>
+    public string? Source { get; internal set; }
+    /// <summary>Keeps memory-mapped weights alive for the model's lifetime.</summary>
+    internal IDisposable? WeightOwner { get; set; }
+
+    /// <summary>Token embedding W_E <c>[d_vocab, d_model]</c>.</summary>
+    protected ReadOnlyMemory<float> WE { get; init; }
+    /// <summary>Learned positions W_pos <c>[n_ctx, d_model]</c>; empty for rotary or position-free models.</summary>
+    protected ReadOnlyMemory<float> WPos { get; init; }
+    protected Norm? FinalNorm { get; init; }
+    /// <summary>Unembedding: <c>[d_model] → [d_vocab_out]</c>.</summary>
+    protected Linear Unembed { get; init; } = null!;
+
+    /// <summary>The number of parameters (weights and biases) the model holds.</summary>
+    public abstract long ParameterCount { get; }
+
+    /// <summary>One block: reads resid_pre <c>[batch, pos, d_model]</c> and returns resid_post.</summary>
+    protected abstract Tensor Block(int layer, ForwardContext ctx, Tensor residPre);
+
+    /// <summary>Every hook point this model has, in forward order.</summary>
+    public IReadOnlyList<string> HookPointNames => _hookNames ??= DiscoverHookNames();
+
+    IReadOnlyList<string> DiscoverHookNames()
+    {
+        var options = new RunOptions().CacheAll();
+        var result = Run(TokenBatch.Single(Config.BosTokenId is int bos && bos < Config.DVocab ? bos : 0), options);
+        return result.Cache.Names.ToArray();
+    }
+
+    /// <summary>Runs the model on one sequence.</summary>
+    public ForwardResult Run(int[] tokens, RunOptions? options = null) => Run(TokenBatch.Single(tokens), options);
+
+    /// <summary>Runs the model and records the hook points matching <paramref name="hookPatterns"/> (comma-separated globs; null = all).</summary>
+    public ForwardResult RunWithCache(TokenBatch tokens, string? hookPatterns = null, RunOptions? options = null)
+    {
+        options ??= new RunOptions();
+        if (hookPatterns is null) options.CacheAll();
+        else
+        {
+            var selected = new HashSet<string>(new HookPattern(hookPatterns).Select(HookPointNames), StringComparer.Ordinal);
+            options.CacheFilter = selected.Contains;
+        }
+        return Run(tokens, options);
+    }
+
+    /// <summary>Runs the model on a batch with the given hooks and cache filter.</summary>
+    /// <exception cref="ArgumentException">A token id is outside the vocabulary or the sequence exceeds n_ctx.</exception>
+    public ForwardResult Run(TokenBatch tokens, RunOptions? options = null)
+    {
+        CheckTokens(tokens, 0);
+        var ctx = new ForwardContext(options ?? new RunOptions(), tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1);
+        var logits = Forward(tokens, ctx);
+        return new ForwardResult(logits, ctx.Cache);
+    }
+
+    /// <summary>Forward pass within a context (also used by generation with a KV cache).</summary>
+    internal Tensor Forward(TokenBatch tokens, ForwardContext ctx)
+    {
+        var resid = Embed(tokens, ctx);
+        for (int l = 0; l < Config.NLayers; l++) resid = Block(l, ctx, resid);
+        if (ctx.LastPositionLogitsOnly && tokens.Length > 1)
+            resid = LastPosition(resid);
+        var normed = FinalNorm is null ? resid : FinalNorm.Forward(ctx, -1, resid, this);
+        int B = normed.Dim(0), T = normed.Dim(1);
+        var logits = Tensor.Uninitialized(B, T, Config.VocabOut);
+        Unembed.Forward(Backend, normed.Span, B * T, logits.Span);
+        if (Config.FinalLogitSoftCap > 0) Backend.SoftCap(logits.Span, Config.FinalLogitSoftCap, logits.Span);
+        return logits;
+    }
+
+    /// <summary>hook_embed (+ hook_pos_embed) summed into resid_pre of block 0.</summary>
+    protected virtual Tensor Embed(TokenBatch tokens, ForwardContext ctx)
+    {
+        int B = tokens.Batch, T = tokens.Length, D = Config.DModel;
+        var embed = Tensor.Uninitialized(B, T, D);
+        var we = WE.Span;
+        var es = embed.Span;
+        for (int i = 0; i < B * T; i++)
+        {
+            var row = es.Slice(i * D, D);
+            we.Slice(tokens.Ids[i] * D, D).CopyTo(row);
+            if (Config.EmbedScale != 1f) Backend.Scale(row, Config.EmbedScale, row);
+        }
+        embed = ctx.Hook(HookNames.Embed, -1, embed);
+        if (WPos.IsEmpty) return embed;
+        var pos = Tensor.Uninitialized(B, T, D);
+        var wp = WPos.Span;
+        var ps = pos.Span;
+        for (int i = 0; i < B * T; i++) wp.Slice(ctx.Positions[i] * D, D).CopyTo(ps.Slice(i * D, D));
+        pos = ctx.Hook(HookNames.PosEmbed, -1, pos);
+        var resid = Tensor.Uninitialized(B, T, D);
+        Backend.Add(embed.Span, pos.Span, resid.Span);
+        return resid;
+    }
+
+    /// <summary>
+    /// The pre-norm sequential block (GPT-2, Llama, Qwen2, Mistral, TransformerLens checkpoints):
+    /// <c>resid_mid = resid_pre + attn(ln1(resid_pre))</c>, <c>resid_post = resid_mid + mlp(ln2(resid_mid))</c>.
+    /// Attention-only models skip the MLP and resid_mid, as TransformerLens does.
+    /// </summary>
+    protected Tensor SequentialBlock(int l, ForwardContext ctx, Tensor residPre, Norm ln1, AttentionLayer attn, Norm? ln2, MlpLayer? mlp)
+    {
+        var names = attn.Names;
+        residPre = ctx.Hook(names.ResidPre, l, residPre);
+        // hook_attn_out is exactly what is added to the residual stream.
+        var attnOut = ctx.Hook(names.AttnOut, l, attn.Forward(ctx, ln1.Forward(ctx, l, residPre, this), this));
+        if (mlp is null) return ctx.Hook(names.ResidPost, l, Sum(residPre, attnOut));
+        var residMid = ctx.Hook(names.ResidMid, l, Sum(residPre, attnOut));
+        var mlpOut = ctx.Hook(names.MlpOut, l, mlp.Forward(ctx, ln2!.Forward(ctx, l, residMid, this), this));
+        return ctx.Hook(names.ResidPost, l, Sum(residMid, mlpOut));
+    }
+
+    /// <summary><c>a + b</c> into a new tensor (residual additions never write into a hooked tensor).</summary>
+    protected Tensor Sum(Tensor a, Tensor b)
+    {
+        var y = Tensor.Uninitialized(a.Shape.ToArray());
+        Backend.Add(a.Span, b.Span, y.Span);
+        return y;
+    }
+
+    /// <summary><c>a + b + c</c> into a new tensor.</summary>
+    protected Tensor Sum(Tensor a, Tensor b, Tensor c)
+    {
+        var y = Sum(a, b);
+        Backend.Add(y.Span, c.Span, y.Span);
+        return y;
+    }
+
+    static Tensor LastPosition(Tensor x)
+    {
+        int B = x.Dim(0), T = x.Dim(1), D = x.Dim(2);
+        var y = Tensor.Uninitialized(B, 1, D);
+        for (int b = 0; b < B; b++) x.Span.Slice((b * T + T - 1) * D, D).CopyTo(y.Span.Slice(b * D, D));
+        return y;
+    }
+
+    void CheckTokens(TokenBatch tokens, int offset)
+    {
+        for (int i = 0; i < tokens.Ids.Length; i++)
+        {
+            int id = tokens.Ids[i];
+            if ((uint)id >= (uint)Config.DVocab)
+                throw new ArgumentException($"token id {id} at batch {i / tokens.Length}, position {i % tokens.Length} is outside the vocabulary (d_vocab = {Config.DVocab})", nameof(tokens));
+        }
+        if (offset + tokens.Length > Config.NCtx)
+            throw new ArgumentException($"the sequence has {offset + tokens.Length} positions but the model's context is n_ctx = {Config.NCtx}", nameof(tokens));
+    }
+
+    /// <summary>
+    /// Generates continuations with a KV cache; hooks in <paramref name="options"/> stay active on
+    /// every step (<see cref="HookContext.GenerationStep"/> tells them which). Rows of different
+    /// lengths are left-padded. Returns only the new tokens of each row.
+    /// </summary>
+    public int[][] Generate(IReadOnlyList<int[]> prompts, GenerationOptions generation, RunOptions? options = null)
+    {
+        options ??= new RunOptions();
+        var batch = TokenBatch.FromRows(prompts, Config.EosTokenId ?? 0, PaddingSide.Left);
+        CheckTokens(batch, 0);
+        int maxNew = Math.Min(generation.MaxNewTokens, Config.NCtx - batch.Length);
+        if (maxNew < generation.MaxNewTokens && generation.MaxNewTokens > 0 && maxNew <= 0)
+            throw new ArgumentException($"the prompt already fills the context (n_ctx = {Config.NCtx}); no token can be generated");
+        var cache = new KvCache(Config.NLayers, batch.Batch, batch.Length + Math.Max(maxNew, 0), Config.KvHeads, Config.DHead);
+        var sampler = new Sampler(generation);
+        var outputs = Enumerable.Range(0, batch.Batch).Select(_ => new List<int>()).ToArray();
+        var finished = new bool[batch.Batch];
+        var realCount = new int[batch.Batch];
+        for (int b = 0; b < batch.Batch; b++) realCount[b] = prompts[b].Length;
+
+        var lastOptions = CloneForLastPosition(options);
+        var current = batch;
+        int[] positions = batch.Positions();
+        for (int step = 0; step <= maxNew - 1; step++)
+        {
+            bool[]? keyValid = batch.Valid is null ? null : cache.MaskWithIncoming(current.Length, current.Valid);
+            var ctx = new ForwardContext(lastOptions, current.Batch, current.Length, positions, keyValid, cache, step);
+            var logits = Forward(current, ctx);
+            cache.Advance(current.Length, current.Valid);
+            var next = new int[batch.Batch];
+            for (int b = 0; b < batch.Batch; b++)
+            {
+                next[b] = finished[b] ? (Config.EosTokenId ?? 0) : sampler.Sample(logits.Span.Slice(b * Config.VocabOut, Config.VocabOut));
+                if (finished[b]) continue;
+                outputs[b].Add(next[b]);
+                if (generation.StopAtEos && next[b] == Config.EosTokenId) finished[b] = true;
+            }
+            if (finished.All(f => f)) break;
+            current = new TokenBatch(next, batch.Batch, 1);
+            positions = new int[batch.Batch];
+            for (int b = 0; b < batch.Batch; b++) positions[b] = realCount[b]++;
+        }
+        return outputs.Select(o => o.ToArray()).ToArray();
+    }
+
+    static RunOptions CloneForLastPosition(RunOptions options)
+    {
+        var copy = new RunOptions { CacheFilter = options.CacheFilter, LastPositionLogitsOnly = true };
+        foreach (var (name, hooks) in options.Hooks)
+            foreach (var h in hooks) copy.AddHook(name, h);
+        return copy;
+    }
+
+    public void Dispose()
+    {
+        WeightOwner?.Dispose();
+        GC.SuppressFinalize(this);
+    }
+}

@@ -1,0 +1,80 @@
+namespace Loupe.Models.Hooks;
+
+/// <summary>
+/// The one place hook point names are built. Names are TransformerLens's exactly, so researchers'
+/// habits (and their code's strings) carry over.
+/// </summary>
+public static class HookNames
+{
+    /// <summary>Token embeddings, before positions are added: <c>[batch, pos, d_model]</c>.</summary>
+    public const string Embed = "hook_embed";
+    /// <summary>Learned positional embeddings: <c>[batch, pos, d_model]</c>.</summary>
+    public const string PosEmbed = "hook_pos_embed";
+    public const string FinalScale = "ln_final.hook_scale";
+    public const string FinalNormalized = "ln_final.hook_normalized";
+
+    public static string ResidPre(int l) => $"blocks.{l}.hook_resid_pre";
+    public static string ResidMid(int l) => $"blocks.{l}.hook_resid_mid";
+    public static string ResidPost(int l) => $"blocks.{l}.hook_resid_post";
+    public static string AttnOut(int l) => $"blocks.{l}.hook_attn_out";
+    public static string MlpOut(int l) => $"blocks.{l}.hook_mlp_out";
+    public static string Q(int l) => $"blocks.{l}.attn.hook_q";
+    public static string K(int l) => $"blocks.{l}.attn.hook_k";
+    public static string V(int l) => $"blocks.{l}.attn.hook_v";
+    public static string RotQ(int l) => $"blocks.{l}.attn.hook_rot_q";
+    public static string RotK(int l) => $"blocks.{l}.attn.hook_rot_k";
+    public static string AttnScores(int l) => $"blocks.{l}.attn.hook_attn_scores";
+    public static string Pattern(int l) => $"blocks.{l}.attn.hook_pattern";
+    public static string Z(int l) => $"blocks.{l}.attn.hook_z";
+    public static string Result(int l) => $"blocks.{l}.attn.hook_result";
+    public static string MlpPre(int l) => $"blocks.{l}.mlp.hook_pre";
+    public static string MlpPreLinear(int l) => $"blocks.{l}.mlp.hook_pre_linear";
+    public static string MlpPost(int l) => $"blocks.{l}.mlp.hook_post";
+    public static string NormScale(int l, string norm) => $"blocks.{l}.{norm}.hook_scale";
+    public static string NormNormalized(int l, string norm) => $"blocks.{l}.{norm}.hook_normalized";
+}
+
+/// <summary>Every hook name of one block, built once so the forward pass allocates no strings.</summary>
+public sealed class BlockHookNames
+{
+    public BlockHookNames(int layer)
+    {
+        Layer = layer;
+        ResidPre = HookNames.ResidPre(layer);
+        ResidMid = HookNames.ResidMid(layer);
+        ResidPost = HookNames.ResidPost(layer);
+        AttnOut = HookNames.AttnOut(layer);
+        MlpOut = HookNames.MlpOut(layer);
+        Q = HookNames.Q(layer);
+        K = HookNames.K(layer);
+        V = HookNames.V(layer);
+        RotQ = HookNames.RotQ(layer);
+        RotK = HookNames.RotK(layer);
+        AttnScores = HookNames.AttnScores(layer);
+        Pattern = HookNames.Pattern(layer);
+        Z = HookNames.Z(layer);
+        Result = HookNames.Result(layer);
+        MlpPre = HookNames.MlpPre(layer);
+        MlpPreLinear = HookNames.MlpPreLinear(layer);
+        MlpPost = HookNames.MlpPost(layer);
+    }
+
+    public int Layer { get; }
+    public string ResidPre { get; }
+    public string ResidMid { get; }
+    public string ResidPost { get; }
+    public string AttnOut { get; }
+    public string MlpOut { get; }
+    public string Q { get; }
+    public string K { get; }
+    public string V { get; }
+    public string RotQ { get; }
+    public string RotK { get; }
+    public string AttnScores { get; }
+    public string Pattern { get; }
+    public string Z { get; }
+    public string Result { get; }
+    public string MlpPre { get; }
+    public string MlpPreLinear { get; }
+    public string MlpPost { get; }
+}

@@ -1,0 +1,79 @@
+using Loupe.Tensors;
+
+namespace Loupe.Models.Hooks;
+
+/// <summary>What a hook function is told about the point it runs at.</summary>
+/// <param name="Name">The hook point's full name.</param>
+/// <param name="Layer">The block index, or -1 outside blocks.</param>
+/// <param name="PositionOffset">Absolute position of the activation's first position (the KV-cache length during generation).</param>
+/// <param name="GenerationStep">-1 for a plain forward; 0 for the prompt pass of a generation, 1.. for each new token.</param>
+public readonly record struct HookContext(string Name, int Layer, int PositionOffset, int GenerationStep);
+
+/// <summary>
+/// Reads or replaces an activation. Return null (or the same tensor, edited in place) to keep it;
+/// return a tensor of the same shape to replace it.
+/// </summary>
+public delegate Tensor? HookFunction(Tensor activation, HookContext context);
+
+/// <summary>Options for one forward pass (or one generation).</summary>
+public sealed class RunOptions
+{
+    readonly Dictionary<string, List<HookFunction>> _hooks = new(StringComparer.Ordinal);
+
+    /// <summary>Which hook points to record into the cache; null records nothing.</summary>
+    public Func<string, bool>? CacheFilter { get; set; }
+
+    /// <summary>Whether <see cref="ForwardResult.Logits"/> covers every position (default) or only the last.</summary>
+    public bool LastPositionLogitsOnly { get; set; }
+
+    /// <summary>Registers a hook function at a hook point (several run in order).</summary>
+    public RunOptions AddHook(string hookName, HookFunction hook)
+    {
+        if (!_hooks.TryGetValue(hookName, out var list)) _hooks[hookName] = list = [];
+        list.Add(hook);
+        return this;
+    }
+
+    /// <summary>Records the hook points whose names match <paramref name="pattern"/>.</summary>
+    public RunOptions CacheMatching(HookPattern pattern)
+    {
+        CacheFilter = pattern.Matches;
+        return this;
+    }
+
+    public RunOptions CacheAll()
+    {
+        CacheFilter = static _ => true;
+        return this;
+    }
+
+    internal IReadOnlyDictionary<string, List<HookFunction>> Hooks => _hooks;
+}
+
+/// <summary>Activations recorded during a forward pass, by hook name.</summary>
+public sealed class ActivationCache
+{
+    readonly Dictionary<string, Tensor> _items = new(StringComparer.Ordinal);
+    readonly List<string> _order = [];
+
+    public Tensor this[string name] => _items.TryGetValue(name, out var t) ? t
+        : throw new KeyNotFoundException($"hook '{name}' was not cached; cached hooks: {string.Join(", ", _order.Take(20))}{(_order.Count > 20 ? ", …" : "")}");
+
+    public bool Contains(string name) => _items.ContainsKey(name);
+
+    /// <summary>Names in the order the forward pass reached them.</summary>
+    public IReadOnlyList<string> Names => _order;
+
+    public int Count => _order.Count;
+
+    internal void Set(string name, Tensor value)
+    {
+        if (!_items.ContainsKey(name)) _order.Add(name);
+        _items[name] = value;
+    }
+}
+
+/// <summary>The output of a forward pass.</summary>
+/// <param name="Logits"><c>[batch, pos, d_vocab_out]</c> (pos = 1 with <see cref="RunOptions.LastPositionLogitsOnly"/>).</param>
+/// <param name="Cache">The recorded activations (empty unless a cache filter was given).</param>
+public sealed record ForwardResult(Tensor Logits, ActivationCache Cache);

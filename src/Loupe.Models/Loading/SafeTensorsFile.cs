@@ -1,0 +1,468 @@
+using System.Buffers.Binary;
+using System.IO.MemoryMappedFiles;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.Json;
+
+namespace Loupe.Models.Loading;
+
+/// <summary>
+/// A read-only, memory-mapped safetensors file.
+/// <para>
+/// Layout: 8-byte little-endian header length <c>N</c>; <c>N</c> bytes of UTF-8 JSON
+/// <c>{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}</c>;
+/// then the data buffer. Offsets are relative to the start of the data buffer.
+/// </para>
+/// <para>
+/// The header is validated in full by <see cref="Open"/>; tensor data is never copied into managed
+/// memory except when a conversion is asked for (<see cref="GetFloat32"/> on F16/BF16/F64,
+/// <see cref="GetInt64"/>). Memory and spans handed out point into the mapping and are valid until
+/// <see cref="Dispose"/>. Reading from several threads at once is safe.
+/// </para>
+/// </summary>
+public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
+{
+    /// <summary>Largest header accepted (as the reference implementation: 100 MB).</summary>
+    public const long MaxHeaderBytes = 100_000_000;
+
+    const string MetadataKey = "__metadata__";
+
+    readonly MemoryMappedFile _map;
+    readonly MemoryMappedViewAccessor _view;
+    readonly byte* _base;          // start of the file in memory
+    readonly long _dataStart;      // 8 + N
+    readonly long _fileLength;
+    readonly Dictionary<string, SafeTensorInfo> _tensors;
+    readonly string[] _names;
+    int _disposed;
+
+    /// <summary>Full path of the file.</summary>
+    public string Path { get; }
+
+    /// <summary>The <c>__metadata__</c> entries (empty when the header has none).</summary>
+    public IReadOnlyDictionary<string, string> Metadata { get; }
+
+    /// <summary>Tensor names in header order.</summary>
+    public IReadOnlyList<string> Names { get; }
+
+    /// <summary>Bytes in the data buffer (file length minus 8 minus header length).</summary>
+    public long DataLength => _fileLength - _dataStart;
+
+    /// <summary>Header length <c>N</c> in bytes.</summary>
+    public long HeaderLength => _dataStart - 8;
+
+    SafeTensorsFile(string path, MemoryMappedFile map, MemoryMappedViewAccessor view, byte* basePtr,
+        long fileLength, long dataStart, Dictionary<string, SafeTensorInfo> tensors, string[] names,
+        IReadOnlyDictionary<string, string> metadata)
+    {
+        Path = path;
+        _map = map;
+        _view = view;
+        _base = basePtr;
+        _fileLength = fileLength;
+        _dataStart = dataStart;
+        _tensors = tensors;
+        _names = names;
+        Names = Array.AsReadOnly(names);
+        Metadata = metadata;
+    }
+
+    /// <summary>Maps <paramref name="path"/> read-only and validates its header.</summary>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    /// <exception cref="InvalidDataException">
+    /// The file is not a valid safetensors file: shorter than 8 bytes, header length beyond the
+    /// file or over 100 MB, header not a JSON object, a missing or mistyped field, unknown dtype,
+    /// negative or overflowing shape, byte length not equal to elements × dtype size, offsets past
+    /// the end of the data (truncated file), or overlapping tensors. The message names the file,
+    /// the tensor where there is one, and what was expected versus found.
+    /// </exception>
+    public static SafeTensorsFile Open(string path)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        path = System.IO.Path.GetFullPath(path);
+        if (!File.Exists(path))
+            throw new FileNotFoundException($"safetensors file {path} does not exist", path);
+
+        var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete);
+        long fileLength = stream.Length;
+        if (fileLength < 8)
+        {
+            stream.Dispose();
+            throw Bad(path, $"file is {fileLength} bytes long; expected at least 8 (the header length)");
+        }
+
+        MemoryMappedFile? map = null;
+        MemoryMappedViewAccessor? view = null;
+        byte* basePtr = null;
+        bool acquired = false;
+        try
+        {
+            map = MemoryMappedFile.CreateFromFile(stream, mapName: null, capacity: 0,
+                MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
+            view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            view.SafeMemoryMappedViewHandle.AcquirePointer(ref basePtr);
+            acquired = true;
+            basePtr += view.PointerOffset;
+
+            var (tensors, names, metadata, dataStart) = ParseHeader(path, basePtr, fileLength);
+            return new SafeTensorsFile(path, map, view, basePtr, fileLength, dataStart, tensors, names, metadata);
+        }
+        catch
+        {
+            if (acquired) view!.SafeMemoryMappedViewHandle.ReleasePointer();
+            view?.Dispose();
+            if (map is not null) map.Dispose(); else stream.Dispose();
+            throw;
+        }
+    }
+
+    static (Dictionary<string, SafeTensorInfo>, string[], IReadOnlyDictionary<string, string>, long) ParseHeader(
+        string path, byte* basePtr, long fileLength)
+    {
+        ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(basePtr, 8));
+        if (headerLength > MaxHeaderBytes)
+            throw Bad(path, $"header length is {headerLength} bytes; expected at most {MaxHeaderBytes} " +
+                            "(the first 8 bytes are not a safetensors header length)");
+        if ((long)headerLength > fileLength - 8)
+            throw Bad(path, $"header length is {headerLength} bytes but only {fileLength - 8} bytes follow " +
+                            "the 8-byte length (truncated file?)");
+        long dataStart = 8 + (long)headerLength;
+        long dataLength = fileLength - dataStart;
+
+        JsonDocument doc;
+        try
+        {
+            doc = JsonDocument.Parse(new ReadOnlySpan<byte>(basePtr + 8, (int)headerLength).ToArray(),
+                new JsonDocumentOptions { MaxDepth = 16 });
+        }
+        catch (JsonException e)
+        {
+            throw Bad(path, $"header ({headerLength} bytes) is not valid JSON: {e.Message}", e);
+        }
+
+        using (doc)
+        {
+            var root = doc.RootElement;
+            if (root.ValueKind != JsonValueKind.Object)
+                throw Bad(path, $"header is a JSON {Kind(root)}; expected a JSON object");
+
+            var tensors = new Dictionary<string, SafeTensorInfo>(StringComparer.Ordinal);
+            var names = new List<string>();
+            IReadOnlyDictionary<string, string> metadata = new Dictionary<string, string>();
+            bool sawMetadata = false;
+
+            foreach (var prop in root.EnumerateObject())
+            {
+                string name = prop.Name;
+                if (name == MetadataKey)
+                {
+                    if (sawMetadata) throw Bad(path, $"header has \"{MetadataKey}\" twice");
+                    sawMetadata = true;
+                    metadata = ParseMetadata(path, prop.Value);
+                    continue;
+                }
+                if (tensors.ContainsKey(name))
+                    throw Bad(path, $"header lists tensor '{name}' twice");
+                var info = ParseTensor(path, name, prop.Value, dataLength);
+                tensors.Add(name, info);
+                names.Add(name);
+            }
+
+            CheckOverlaps(path, tensors.Values);
+            return (tensors, names.ToArray(), metadata, dataStart);
+        }
+    }
+
+    static Dictionary<string, string> ParseMetadata(string path, JsonElement value)
+    {
+        if (value.ValueKind == JsonValueKind.Null) return new Dictionary<string, string>();
+        if (value.ValueKind != JsonValueKind.Object)
+            throw Bad(path, $"\"{MetadataKey}\" is a JSON {Kind(value)}; expected an object of strings");
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var p in value.EnumerateObject())
+        {
+            if (p.Value.ValueKind != JsonValueKind.String)
+                throw Bad(path, $"\"{MetadataKey}\" entry '{p.Name}' is a JSON {Kind(p.Value)}; expected a string");
+            result[p.Name] = p.Value.GetString()!;
+        }
+        return result;
+    }
+
+    static SafeTensorInfo ParseTensor(string path, string name, JsonElement entry, long dataLength)
+    {
+        if (entry.ValueKind != JsonValueKind.Object)
+            throw BadTensor(path, name, $"entry is a JSON {Kind(entry)}; expected an object with dtype, shape, data_offsets");
+
+        if (!entry.TryGetProperty("dtype", out var dtypeEl))
+            throw BadTensor(path, name, "entry has no \"dtype\" field");
+        if (dtypeEl.ValueKind != JsonValueKind.String)
+            throw BadTensor(path, name, $"\"dtype\" is a JSON {Kind(dtypeEl)}; expected a string");
+        string dtypeText = dtypeEl.GetString()!;
+        if (!DTypes.TryParse(dtypeText, out var dtype))
+            throw BadTensor(path, name, $"unknown dtype '{dtypeText}'; expected one of {string.Join(", ", Enum.GetNames<DType>())}");
+
+        if (!entry.TryGetProperty("shape", out var shapeEl))
+            throw BadTensor(path, name, "entry has no \"shape\" field");
+        if (shapeEl.ValueKind != JsonValueKind.Array)
+            throw BadTensor(path, name, $"\"shape\" is a JSON {Kind(shapeEl)}; expected an array of non-negative integers");
+        var shape = new long[shapeEl.GetArrayLength()];
+        int k = 0;
+        long elements = 1;
+        bool overflow = false;
+        foreach (var d in shapeEl.EnumerateArray())
+        {
+            if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long dim))
+                throw BadTensor(path, name, $"shape[{k}] is {d.GetRawText()}; expected a non-negative integer");
+            if (dim < 0)
+                throw BadTensor(path, name, $"shape[{k}] is {dim}; expected a non-negative integer");
+            shape[k++] = dim;
+            if (!overflow)
+            {
+                try { elements = checked(elements * dim); }
+                catch (OverflowException) { overflow = true; }
+            }
+        }
+        long expectedBytes = 0;
+        if (!overflow)
+        {
+            try { expectedBytes = checked(elements * dtype.SizeOf()); }
+            catch (OverflowException) { overflow = true; }
+        }
+        if (overflow)
+            throw BadTensor(path, name, $"shape [{string.Join(", ", shape)}] overflows a 64-bit byte count");
+
+        if (!entry.TryGetProperty("data_offsets", out var offEl))
+            throw BadTensor(path, name, "entry has no \"data_offsets\" field");
+        if (offEl.ValueKind != JsonValueKind.Array || offEl.GetArrayLength() != 2)
+            throw BadTensor(path, name, $"\"data_offsets\" is {Truncate(offEl.GetRawText())}; expected [begin, end]");
+        if (!TryGetNonNegative(offEl[0], out long begin) || !TryGetNonNegative(offEl[1], out long end))
+            throw BadTensor(path, name, $"\"data_offsets\" is {Truncate(offEl.GetRawText())}; expected two non-negative integers");
+        if (end < begin)
+            throw BadTensor(path, name, $"data_offsets [{begin}, {end}] end before they begin");
+        if (end - begin != expectedBytes)
+            throw BadTensor(path, name, $"data_offsets [{begin}, {end}] span {end - begin} bytes; expected {expectedBytes} " +
+                                  $"(shape [{string.Join(", ", shape)}] = {elements} elements × {dtype.SizeOf()} bytes of {dtype})");
+        if (end > dataLength)
+            throw BadTensor(path, name, $"data_offsets [{begin}, {end}] reach past the end of the data buffer, which is " +
+                                  $"{dataLength} bytes (truncated file?)");
+
+        return new SafeTensorInfo(name, dtype, shape, begin, end);
+    }
+
+    static bool TryGetNonNegative(JsonElement e, out long value)
+    {
+        value = 0;
+        return e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out value) && value >= 0;
+    }
+
+    static void CheckOverlaps(string path, IEnumerable<SafeTensorInfo> tensors)
+    {
+        // Holes are allowed; overlaps are not. Empty tensors occupy no bytes.
+        var sorted = tensors.Where(t => t.End > t.Begin).OrderBy(t => t.Begin).ToArray();
+        for (int i = 1; i < sorted.Length; i++)
+        {
+            var prev = sorted[i - 1];
+            var cur = sorted[i];
+            if (cur.Begin < prev.End)
+                throw Bad(path, $"tensors '{prev.Name}' [{prev.Begin}, {prev.End}) and '{cur.Name}' " +
+                                $"[{cur.Begin}, {cur.End}) overlap; expected disjoint byte ranges");
+        }
+    }
+
+    /// <summary>True when the file holds a tensor called <paramref name="name"/>.</summary>
+    public bool Contains(string name) => _tensors.ContainsKey(name);
+
+    /// <summary>Dtype, shape and offsets of a tensor.</summary>
+    /// <exception cref="KeyNotFoundException">No such tensor (the message lists near matches).</exception>
+    public SafeTensorInfo GetInfo(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        if (_tensors.TryGetValue(name, out var info)) return info;
+        throw new KeyNotFoundException(NameSuggestions.Missing(name, $"in {Path}", _names));
+    }
+
+    /// <summary>True and the info when the tensor exists.</summary>
+    public bool TryGetInfo(string name, out SafeTensorInfo info) => _tensors.TryGetValue(name, out info!);
+
+    /// <summary>The raw little-endian bytes of a tensor, straight from the mapping (no copy).</summary>
+    /// <remarks>The span is valid until <see cref="Dispose"/>; do not keep it longer.</remarks>
+    /// <exception cref="KeyNotFoundException">No such tensor.</exception>
+    /// <exception cref="NotSupportedException">The tensor is 2 GiB or larger (a span cannot index it).</exception>
+    /// <exception cref="ObjectDisposedException">The file was disposed.</exception>
+    public ReadOnlySpan<byte> GetBytes(string name)
+    {
+        ThrowIfDisposed();
+        var info = GetInfo(name);
+        int length = CheckedLength(info, info.ByteLength, "bytes");
+        return new ReadOnlySpan<byte>(DataPointer(info), length);
+    }
+
+    /// <summary>
+    /// A tensor as float32, row-major. F32 tensors are returned without copying: the memory is a
+    /// view of the mapping, valid until <see cref="Dispose"/> (reading it later throws
+    /// <see cref="ObjectDisposedException"/>) and read-only (never write through
+    /// <c>MemoryMarshal.AsMemory</c>). F16, BF16 and F64 tensors are converted into a new array.
+    /// </summary>
+    /// <exception cref="KeyNotFoundException">No such tensor.</exception>
+    /// <exception cref="InvalidDataException">The tensor is not F32, F16, BF16 or F64.</exception>
+    /// <exception cref="NotSupportedException">The tensor has 2^31 elements or more.</exception>
+    /// <exception cref="ObjectDisposedException">The file was disposed.</exception>
+    public ReadOnlyMemory<float> GetFloat32(string name)
+    {
+        ThrowIfDisposed();
+        var info = GetInfo(name);
+        if (!info.DType.IsFloatingPoint())
+            throw BadTensor(Path, name, $"has dtype {info.DType}; expected a floating-point dtype (F32, F16, BF16 or F64)");
+        int n = CheckedLength(info, info.ElementCount, "elements");
+        if (n == 0) return ReadOnlyMemory<float>.Empty;
+        byte* p = DataPointer(info);
+        switch (info.DType)
+        {
+            case DType.F32:
+                return new NativeMemoryManager<float>((float*)p, n, this).Memory;
+            case DType.F16:
+            {
+                var result = new float[n];
+                DTypeConversions.HalfToSingle(new ReadOnlySpan<ushort>(p, n), result);
+                return result;
+            }
+            case DType.BF16:
+            {
+                var result = new float[n];
+                DTypeConversions.BFloat16ToSingle(new ReadOnlySpan<ushort>(p, n), result);
+                return result;
+            }
+            default: // F64
+            {
+                var result = new float[n];
+                DTypeConversions.DoubleToSingle(new ReadOnlySpan<double>(p, n), result);
+                return result;
+            }
+        }
+    }
+
+    /// <summary>An integer tensor (I64, I32, I16, I8, U32, U16, U8 or BOOL) widened into a new <c>long[]</c>.</summary>
+    /// <exception cref="KeyNotFoundException">No such tensor.</exception>
+    /// <exception cref="InvalidDataException">The tensor has a floating-point or U64/F8 dtype.</exception>
+    /// <exception cref="ObjectDisposedException">The file was disposed.</exception>
+    public long[] GetInt64(string name)
+    {
+        ThrowIfDisposed();
+        var info = GetInfo(name);
+        int n = CheckedLength(info, info.ElementCount, "elements");
+        byte* p = DataPointer(info);
+        var result = new long[n];
+        switch (info.DType)
+        {
+            case DType.I64: new ReadOnlySpan<long>(p, n).CopyTo(result); break;
+            case DType.I32: { var s = new ReadOnlySpan<int>(p, n); for (int i = 0; i < n; i++) result[i] = s[i]; break; }
+            case DType.U32: { var s = new ReadOnlySpan<uint>(p, n); for (int i = 0; i < n; i++) result[i] = s[i]; break; }
+            case DType.I16: { var s = new ReadOnlySpan<short>(p, n); for (int i = 0; i < n; i++) result[i] = s[i]; break; }
+            case DType.U16: { var s = new ReadOnlySpan<ushort>(p, n); for (int i = 0; i < n; i++) result[i] = s[i]; break; }
+            case DType.I8: { var s = new ReadOnlySpan<sbyte>(p, n); for (int i = 0; i < n; i++) result[i] = s[i]; break; }
+            case DType.U8 or DType.BOOL: { var s = new ReadOnlySpan<byte>(p, n); for (int i = 0; i < n; i++) result[i] = s[i]; break; }
+            default:
+                throw BadTensor(Path, name, $"has dtype {info.DType}; expected an integer dtype (I64, I32, I16, I8, U32, U16, U8 or BOOL)");
+        }
+        return result;
+    }
+
+    byte* DataPointer(SafeTensorInfo info) => _base + _dataStart + info.Begin;
+
+    int CheckedLength(SafeTensorInfo info, long count, string unit)
+    {
+        if (count > Array.MaxLength)
+            throw new NotSupportedException(
+                $"tensor '{info.Name}' in {Path} has {count} {unit}; at most {Array.MaxLength} can be read at once");
+        return (int)count;
+    }
+
+    /// <inheritdoc cref="INativeMemoryOwner.ThrowIfDisposed" />
+    public void ThrowIfDisposed()
+    {
+        if (Volatile.Read(ref _disposed) != 0) throw new ObjectDisposedException(nameof(SafeTensorsFile), $"{Path} was closed");
+    }
+
+    /// <summary>Unmaps the file. Memory returned by <see cref="GetFloat32"/> for F32 tensors becomes unusable.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _view.SafeMemoryMappedViewHandle.ReleasePointer();
+        _view.Dispose();
+        _map.Dispose();
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => $"{Path} ({_names.Length} tensors)";
+
+    internal static InvalidDataException Bad(string path, string what, Exception? inner = null) =>
+        new($"{path}: not a valid safetensors file: {what}", inner);
+
+    internal static InvalidDataException BadTensor(string path, string tensor, string what) =>
+        new(what.StartsWith("has ", StringComparison.Ordinal)
+            ? $"tensor '{tensor}' in {path} {what}"
+            : $"tensor '{tensor}' in {path}: {what}");
+
+    static string Kind(JsonElement e) => e.ValueKind switch
+    {
+        JsonValueKind.Object => "object",
+        JsonValueKind.Array => "array",
+        JsonValueKind.String => "string",
+        JsonValueKind.Number => "number",
+        JsonValueKind.True or JsonValueKind.False => "boolean",
+        JsonValueKind.Null => "null",
+        _ => e.ValueKind.ToString(),
+    };
+
+    static string Truncate(string s) => s.Length <= 80 ? s : s[..80] + "…";
+}
+
+/// <summary>Builds "no tensor X in Y; did you mean …" messages.</summary>
+internal static class NameSuggestions
+{
+    public static string Missing(string name, string where, IReadOnlyCollection<string> names)
+    {
+        var sb = new StringBuilder();
+        sb.Append($"no tensor '{name}' {where} ({names.Count} tensors)");
+        var near = Near(name, names, 5);
+        if (near.Count > 0) sb.Append("; did you mean ").Append(string.Join(", ", near.Select(n => $"'{n}'"))).Append('?');
+        else if (names.Count is > 0 and <= 8) sb.Append("; it has ").Append(string.Join(", ", names.Select(n => $"'{n}'")));
+        return sb.ToString();
+    }
+
+    /// <summary>Names within a small edit distance, or sharing the last dotted component.</summary>
+    public static List<string> Near(string name, IEnumerable<string> names, int max)
+    {
+        int limit = Math.Max(2, name.Length / 4);
+        string last = name[(name.LastIndexOf('.') + 1)..];
+        return names
+            .Select(n => (n, d: Distance(name, n, limit + 1)))
+            .Where(x => x.d <= limit || (x.n.Length > 0 && (x.n.EndsWith("." + last, StringComparison.Ordinal) && name.Contains('.')
+                                          || x.n.EndsWith(name, StringComparison.Ordinal) || name.EndsWith(x.n, StringComparison.Ordinal))))
+            .OrderBy(x => x.d).ThenBy(x => x.n, StringComparer.Ordinal)
+            .Take(max).Select(x => x.n).ToList();
+    }
+
+    /// <summary>Levenshtein distance, giving up (returning <paramref name="cap"/>) once it exceeds it.</summary>
+    static int Distance(string a, string b, int cap)
+    {
+        if (Math.Abs(a.Length - b.Length) >= cap) return cap;
+        var prev = new int[b.Length + 1];
+        var cur = new int[b.Length + 1];
+        for (int j = 0; j <= b.Length; j++) prev[j] = j;
+        for (int i = 1; i <= a.Length; i++)
+        {
+            cur[0] = i;
+            int rowMin = cur[0];
+            for (int j = 1; j <= b.Length; j++)
+            {
+                int cost = a[i - 1] == b[j - 1] ? 0 : 1;
+                cur[j] = Math.Min(Math.Min(prev[j] + 1, cur[j - 1] + 1), prev[j - 1] + cost);
+                rowMin = Math.Min(rowMin, cur[j]);
+            }
+            if (rowMin >= cap) return cap;
+            (prev, cur) = (cur, prev);
+        }
+        return Math.Min(prev[b.Length], cap);
+    }
+}

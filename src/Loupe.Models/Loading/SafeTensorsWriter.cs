@@ -1,0 +1,229 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+
+namespace Loupe.Models.Loading;
+
+/// <summary>
+/// One tensor to write: name, dtype, shape and its little-endian data. The data is referenced,
+/// not copied, until <see cref="SafeTensorsWriter.Write(string, IEnumerable{SafeTensorEntry}, IReadOnlyDictionary{string, string}?)"/>
+/// streams it to disk.
+/// </summary>
+public sealed class SafeTensorEntry
+{
+    readonly ReadOnlyMemory<float> _f32;
+    readonly ReadOnlyMemory<long> _i64;
+    readonly ReadOnlyMemory<byte> _raw;
+
+    /// <summary>Tensor name.</summary>
+    public string Name { get; }
+
+    /// <summary>Element type written to the header.</summary>
+    public DType DType { get; }
+
+    /// <summary>Dimensions, outermost first.</summary>
+    public long[] Shape { get; }
+
+    /// <summary>Number of elements the data holds.</summary>
+    public long DataElements { get; }
+
+    SafeTensorEntry(string name, DType dtype, long[] shape, long dataElements,
+        ReadOnlyMemory<float> f32 = default, ReadOnlyMemory<long> i64 = default, ReadOnlyMemory<byte> raw = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(name);
+        ArgumentNullException.ThrowIfNull(shape);
+        Name = name;
+        DType = dtype;
+        Shape = shape;
+        DataElements = dataElements;
+        _f32 = f32;
+        _i64 = i64;
+        _raw = raw;
+    }
+
+    /// <summary>A float32 tensor.</summary>
+    public static SafeTensorEntry F32(string name, int[] shape, ReadOnlyMemory<float> data) =>
+        new(name, DType.F32, ToLong(shape), data.Length, f32: data);
+
+    /// <summary>An int64 tensor (e.g. token ids).</summary>
+    public static SafeTensorEntry I64(string name, int[] shape, ReadOnlyMemory<long> data) =>
+        new(name, DType.I64, ToLong(shape), data.Length, i64: data);
+
+    /// <summary>Any dtype, given as raw little-endian bytes (length must be elements × dtype size).</summary>
+    /// <exception cref="ArgumentException">The byte count is not a multiple of the dtype size.</exception>
+    public static SafeTensorEntry Raw(string name, DType dtype, long[] shape, ReadOnlyMemory<byte> data)
+    {
+        int size = dtype.SizeOf();
+        if (data.Length % size != 0)
+            throw new ArgumentException(
+                $"tensor '{name}': {data.Length} bytes is not a whole number of {dtype} elements ({size} bytes each)", nameof(data));
+        return new(name, dtype, (long[])shape.Clone(), data.Length / size, raw: data);
+    }
+
+    static long[] ToLong(int[] shape)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        return Array.ConvertAll(shape, d => (long)d);
+    }
+
+    internal long ByteLength => DataElements * DType.SizeOf();
+
+    internal void WriteTo(Stream stream)
+    {
+        if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("safetensors are little-endian");
+        if (DType == DType.F32 && _raw.IsEmpty) stream.Write(MemoryMarshal.AsBytes(_f32.Span));
+        else if (DType == DType.I64 && _raw.IsEmpty) stream.Write(MemoryMarshal.AsBytes(_i64.Span));
+        else stream.Write(_raw.Span);
+    }
+}
+
+/// <summary>
+/// Writes safetensors files atomically: the data goes to <c>path.tmp-XXXX</c> in the same folder,
+/// is flushed to disk, then renamed over the target path; on any failure the temporary
+/// file is deleted and an existing file at the path is left untouched. The header is padded with
+/// spaces so the data buffer starts at a multiple of 8 bytes; tensors are laid out contiguously
+/// in the order given. Tensor data is streamed from the caller's memory (no combined buffer).
+/// </summary>
+public static class SafeTensorsWriter
+{
+    /// <summary>Writes float32 tensors.</summary>
+    /// <exception cref="ArgumentException">
+    /// A tensor's data length differs from the product of its shape, a dimension is negative, a
+    /// name is empty, repeated or <c>__metadata__</c> (the message names the tensor).
+    /// </exception>
+    /// <exception cref="IOException">The file cannot be written (the previous file is kept).</exception>
+    public static void Write(string path, IEnumerable<(string Name, int[] Shape, ReadOnlyMemory<float> Data)> tensors,
+        IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        ArgumentNullException.ThrowIfNull(tensors);
+        Write(path, tensors.Select(t => SafeTensorEntry.F32(t.Name, t.Shape, t.Data)), metadata);
+    }
+
+    /// <summary>Writes int64 tensors.</summary>
+    /// <exception cref="ArgumentException">As for the float32 overload.</exception>
+    /// <exception cref="IOException">The file cannot be written (the previous file is kept).</exception>
+    public static void Write(string path, IEnumerable<(string Name, int[] Shape, ReadOnlyMemory<long> Data)> tensors,
+        IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        ArgumentNullException.ThrowIfNull(tensors);
+        Write(path, tensors.Select(t => SafeTensorEntry.I64(t.Name, t.Shape, t.Data)), metadata);
+    }
+
+    /// <summary>Writes tensors of any dtype (mix <see cref="SafeTensorEntry.F32"/>, <see cref="SafeTensorEntry.I64"/>, …).</summary>
+    /// <exception cref="ArgumentException">As for the float32 overload.</exception>
+    /// <exception cref="IOException">The file cannot be written (the previous file is kept).</exception>
+    public static void Write(string path, IEnumerable<SafeTensorEntry> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        ArgumentNullException.ThrowIfNull(tensors);
+        path = Path.GetFullPath(path);
+
+        // 1. Collect and validate (references only, no data copied) and lay out the offsets.
+        var entries = new List<(SafeTensorEntry Entry, long Begin, long End)>();
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        long offset = 0;
+        foreach (var e in tensors)
+        {
+            ArgumentNullException.ThrowIfNull(e, nameof(tensors));
+            Validate(e, names);
+            long end = checked(offset + e.ByteLength);
+            entries.Add((e, offset, end));
+            offset = end;
+        }
+
+        // 2. Header JSON, padded with spaces so that 8 + N is a multiple of 8.
+        byte[] header = BuildHeader(entries, metadata);
+
+        // 3. Stream to a temporary file beside the target, flush to disk, rename over the target.
+        string tmp = path + ".tmp-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6));
+        try
+        {
+            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None,
+                       bufferSize: 1 << 16, FileOptions.None))
+            {
+                Span<byte> len = stackalloc byte[8];
+                BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)header.Length);
+                fs.Write(len);
+                fs.Write(header);
+                foreach (var (entry, begin, end) in entries)
+                {
+                    long before = fs.Position;
+                    entry.WriteTo(fs);
+                    if (fs.Position - before != end - begin)
+                        throw new InvalidOperationException(
+                            $"tensor '{entry.Name}': wrote {fs.Position - before} bytes, expected {end - begin} (data changed while writing?)");
+                }
+                fs.Flush(flushToDisk: true);
+            }
+            File.Move(tmp, path, overwrite: true);
+        }
+        catch
+        {
+            try { File.Delete(tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw;
+        }
+    }
+
+    static void Validate(SafeTensorEntry e, HashSet<string> names)
+    {
+        if (e.Name == "__metadata__")
+            throw new ArgumentException("a tensor cannot be called '__metadata__' (reserved by the format)", nameof(e));
+        if (!names.Add(e.Name))
+            throw new ArgumentException($"tensor '{e.Name}' is given twice", nameof(e));
+        long product = 1;
+        for (int i = 0; i < e.Shape.Length; i++)
+        {
+            if (e.Shape[i] < 0)
+                throw new ArgumentException($"tensor '{e.Name}': shape[{i}] is {e.Shape[i]}; expected a non-negative size", nameof(e));
+            try { product = checked(product * e.Shape[i]); }
+            catch (OverflowException) { throw new ArgumentException($"tensor '{e.Name}': shape [{string.Join(", ", e.Shape)}] overflows", nameof(e)); }
+        }
+        if (product != e.DataElements)
+            throw new ArgumentException(
+                $"tensor '{e.Name}': shape [{string.Join(", ", e.Shape)}] has {product} elements but the data has {e.DataElements}",
+                nameof(e));
+    }
+
+    static byte[] BuildHeader(List<(SafeTensorEntry Entry, long Begin, long End)> entries,
+        IReadOnlyDictionary<string, string>? metadata)
+    {
+        var buffer = new ArrayBufferWriter<byte>(256 + 96 * entries.Count);
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
+        {
+            w.WriteStartObject();
+            if (metadata is { Count: > 0 })
+            {
+                w.WriteStartObject("__metadata__");
+                foreach (var (k, v) in metadata)
+                {
+                    ArgumentNullException.ThrowIfNull(v, $"metadata[{k}]");
+                    w.WriteString(k, v);
+                }
+                w.WriteEndObject();
+            }
+            foreach (var (e, begin, end) in entries)
+            {
+                w.WriteStartObject(e.Name);
+                w.WriteString("dtype", e.DType.ToHeaderString());
+                w.WriteStartArray("shape");
+                foreach (var d in e.Shape) w.WriteNumberValue(d);
+                w.WriteEndArray();
+                w.WriteStartArray("data_offsets");
+                w.WriteNumberValue(begin);
+                w.WriteNumberValue(end);
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+            w.WriteEndObject();
+        }
+        int n = buffer.WrittenCount;
+        int padded = (n + 7) & ~7;
+        var header = new byte[padded];
+        buffer.WrittenSpan.CopyTo(header);
+        header.AsSpan(n).Fill((byte)' ');
+        return header;
+    }
+}

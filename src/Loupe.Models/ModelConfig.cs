@@ -1,0 +1,58 @@
+namespace Loupe.Models;
+
+/// <summary>How the residual stream is normalized before each sub-layer.</summary>
+public enum NormKind { None, LayerNorm, RmsNorm }
+
+/// <summary>
+/// A model's hyper-parameters in TransformerLens's vocabulary (<c>d_model, d_head, n_heads,
+/// n_layers, d_mlp, d_vocab, n_ctx</c>). Families fill it from their config.json.
+/// </summary>
+public sealed record ModelConfig
+{
+    /// <summary>The family that runs this model: gpt2, gpt_neox, llama, mistral, qwen2, gemma2, transformer_lens.</summary>
+    public required string Architecture { get; init; }
+    public required int NLayers { get; init; }
+    public required int DModel { get; init; }
+    public required int NHeads { get; init; }
+    /// <summary>Key/value heads (grouped-query attention); equals <see cref="NHeads"/> for plain multi-head attention.</summary>
+    public int NKeyValueHeads { get; init; }
+    public required int DHead { get; init; }
+    /// <summary>MLP hidden width; 0 for attention-only models.</summary>
+    public int DMlp { get; init; }
+    public required int DVocab { get; init; }
+    /// <summary>Output vocabulary (columns of W_U); usually equal to <see cref="DVocab"/>.</summary>
+    public int DVocabOut { get; init; }
+    /// <summary>Longest context the model accepts (learned positions or max_position_embeddings).</summary>
+    public required int NCtx { get; init; }
+    /// <summary>MLP activation by its config name (gelu_new, gelu, silu, relu, gelu_pytorch_tanh).</summary>
+    public string? ActFn { get; init; }
+    public bool GatedMlp { get; init; }
+    public bool AttnOnly { get; init; }
+    public NormKind Normalization { get; init; }
+    public float NormEps { get; init; } = 1e-5f;
+    /// <summary>Rotary dimensions per head (0 when positions are learned or absent).</summary>
+    public int RotaryDim { get; init; }
+    public double RotaryBase { get; init; } = 10000;
+    public bool LearnedPositions { get; init; }
+    /// <summary>Attention and MLP both read resid_pre (GPT-NeoX / Pythia).</summary>
+    public bool ParallelAttnMlp { get; init; }
+    /// <summary>Multiplier on q·k (1/√d_head, or Gemma 2's query_pre_attn_scalar^-½).</summary>
+    public float AttnScale { get; init; }
+    public float AttnSoftCap { get; init; }
+    public float FinalLogitSoftCap { get; init; }
+    /// <summary>Sliding-window size for layers that use one; 0 for none.</summary>
+    public int SlidingWindow { get; init; }
+    /// <summary>Per layer, whether it attends locally through <see cref="SlidingWindow"/>.</summary>
+    public bool[] LocalLayers { get; init; } = [];
+    /// <summary>Scale applied to token embeddings (Gemma: √d_model); 1 otherwise.</summary>
+    public float EmbedScale { get; init; } = 1f;
+    public int? BosTokenId { get; init; }
+    public int? EosTokenId { get; init; }
+    /// <summary>The config.json this came from (null when built in code).</summary>
+    public string? SourcePath { get; init; }
+
+    public int KvHeads => NKeyValueHeads == 0 ? NHeads : NKeyValueHeads;
+    public int VocabOut => DVocabOut == 0 ? DVocab : DVocabOut;
+    public bool HasMlp => !AttnOnly && DMlp > 0;
+    public bool IsLocal(int layer) => SlidingWindow > 0 && (LocalLayers.Length == 0 || LocalLayers[layer]);
+}

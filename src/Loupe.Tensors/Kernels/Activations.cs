@@ -1,0 +1,150 @@
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+
+namespace Loupe.Tensors.Kernels;
+
+/// <summary>
+/// Element-wise activation functions, in place or from x into y (same length).
+/// NaN in, NaN out. Large buffers are split across cores.
+/// </summary>
+public static class Activations
+{
+    const float SqrtTwoOverPi = 0.7978845608028654f;
+    const float GeluCubic = 0.044715f;
+    const int Chunk = 1 << 14;
+
+    /// <summary>ReLU: <c>max(x, 0)</c>.</summary>
+    public static void Relu(ReadOnlySpan<float> x, Span<float> y)
+    {
+        CheckSameLength(x, y);
+        TensorPrimitives.Max(x, 0f, y);
+    }
+
+    /// <summary>SiLU (swish): <c>x·σ(x)</c>.</summary>
+    public static void Silu(ReadOnlySpan<float> x, Span<float> y)
+    {
+        CheckSameLength(x, y);
+        Chunked(x, y, static (xs, ys) =>
+        {
+            // x·σ(x) = x / (1 + e^-x)
+            TensorPrimitives.Negate(xs, ys);
+            TensorPrimitives.Exp(ys, ys);
+            TensorPrimitives.Add(ys, 1f, ys);
+            TensorPrimitives.Divide(xs, ys, ys);
+        });
+    }
+
+    /// <summary>GELU, tanh approximation (GPT-2's <c>gelu_new</c>): <c>½x(1 + tanh(√(2/π)(x + 0.044715x³)))</c>.</summary>
+    public static void GeluTanh(ReadOnlySpan<float> x, Span<float> y)
+    {
+        CheckSameLength(x, y);
+        Chunked(x, y, static (xs, ys) =>
+        {
+            TensorPrimitives.Multiply(xs, xs, ys);
+            TensorPrimitives.Multiply(ys, GeluCubic, ys);
+            TensorPrimitives.Add(ys, 1f, ys);                         // 1 + c·x²
+            TensorPrimitives.Multiply(ys, xs, ys);                    // x + c·x³
+            TensorPrimitives.Multiply(ys, SqrtTwoOverPi, ys);
+            TensorPrimitives.Tanh(ys, ys);
+            TensorPrimitives.Add(ys, 1f, ys);
+            TensorPrimitives.Multiply(ys, xs, ys);
+            TensorPrimitives.Multiply(ys, 0.5f, ys);
+        });
+    }
+
+    /// <summary>GELU, exact: <c>½x(1 + erf(x/√2))</c> (PyTorch's default <c>gelu</c>).</summary>
+    public static void GeluErf(ReadOnlySpan<float> x, Span<float> y)
+    {
+        CheckSameLength(x, y);
+        Chunked(x, y, static (xs, ys) =>
+        {
+            for (int i = 0; i < xs.Length; i++)
+            {
+                double v = xs[i];
+                ys[i] = (float)(0.5 * v * (1.0 + Erf(v * 0.7071067811865476)));
+            }
+        });
+    }
+
+    /// <summary>The error function to about 1e-15 (Taylor series, then a continued fraction for erfc).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static double Erf(double x)
+    {
+        if (double.IsNaN(x)) return x;
+        double ax = Math.Abs(x);
+        if (ax < 2.5)
+        {
+            // Taylor series around 0; for |x| < 2.5 the largest term is ~1e2, so double keeps ~1e-14.
+            double x2 = x * x, term = x, sum = x;
+            for (int n = 1; n < 80; n++)
+            {
+                term *= -x2 / n;
+                double add = term / (2 * n + 1);
+                sum += add;
+                if (Math.Abs(add) < 1e-17 * Math.Abs(sum)) break;
+            }
+            return 1.1283791670955126 * sum;
+        }
+        if (ax > 6) return Math.Sign(x);
+        // erfc via continued fraction (Lentz), fast for |x| ≥ 2.5.
+        double erfc = ErfcContinuedFraction(ax);
+        return x > 0 ? 1 - erfc : erfc - 1;
+    }
+
+    static double ErfcContinuedFraction(double x)
+    {
+        // erfc(x) = exp(-x²)/√π · 1/(x + 1/2/(x + 1/(x + 3/2/(x + 2/(x + …)))))
+        const double tiny = 1e-300;
+        double f = x, c = x, d = 0;
+        for (int n = 1; n < 200; n++)
+        {
+            double an = n * 0.5;
+            d = x + an * d;
+            d = Math.Abs(d) < tiny ? tiny : d;
+            c = x + an / c;
+            c = Math.Abs(c) < tiny ? tiny : c;
+            d = 1 / d;
+            double delta = c * d;
+            f *= delta;
+            if (Math.Abs(delta - 1) < 1e-16) break;
+        }
+        return Math.Exp(-x * x) / (f * 1.7724538509055159);
+    }
+
+    /// <summary>Applies an activation named as in HF / TransformerLens configs.</summary>
+    /// <exception cref="NotSupportedException">The name is not a known activation.</exception>
+    public static void Apply(string name, ReadOnlySpan<float> x, Span<float> y)
+    {
+        switch (name)
+        {
+            case "relu": Relu(x, y); break;
+            case "silu" or "swish": Silu(x, y); break;
+            case "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" or "gelu_tanh": GeluTanh(x, y); break;
+            case "gelu" or "gelu_exact": GeluErf(x, y); break;
+            default: throw new NotSupportedException($"activation function '{name}' is not supported (relu, silu, gelu, gelu_new, gelu_pytorch_tanh)");
+        }
+    }
+
+    delegate void SpanOp(ReadOnlySpan<float> x, Span<float> y);
+
+    static unsafe void Chunked(ReadOnlySpan<float> x, Span<float> y, SpanOp op)
+    {
+        if (x.Length <= Chunk * 2) { op(x, y); return; }
+        int chunks = (x.Length + Chunk - 1) / Chunk;
+        fixed (float* px = x) fixed (float* py = y)
+        {
+            float* ppx = px, ppy = py;
+            int n = x.Length;
+            Parallel.For(0, chunks, c =>
+            {
+                int start = c * Chunk, len = Math.Min(Chunk, n - start);
+                op(new ReadOnlySpan<float>(ppx + start, len), new Span<float>(ppy + start, len));
+            });
+        }
+    }
+
+    static void CheckSameLength(ReadOnlySpan<float> x, Span<float> y)
+    {
+        if (x.Length != y.Length) throw new ArgumentException($"input has {x.Length} elements but output has {y.Length}");
+    }
+}

@@ -1,0 +1,156 @@
+using System.Numerics.Tensors;
+
+namespace Loupe.Tensors.Kernels;
+
+/// <summary>
+/// Row-wise normalizations over the last axis of x <c>[rows, d]</c>. <c>scale</c> receives
+/// TransformerLens's <c>hook_scale</c> per row (the divisor), when not empty.
+/// </summary>
+public static class Normalization
+{
+    /// <summary>
+    /// LayerNorm: <c>y = (x - mean) / sqrt(var + eps) · w + b</c>, biased variance.
+    /// <paramref name="weight"/> and <paramref name="bias"/> may be empty (identity / zero).
+    /// </summary>
+    public static void LayerNorm(ReadOnlySpan<float> x, int rows, int d, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias,
+        float eps, Span<float> y, Span<float> scale = default)
+    {
+        Check(x, rows, d, weight, y, scale);
+        if (!bias.IsEmpty && bias.Length != d) throw new ArgumentException($"bias has {bias.Length} elements; expected {d}", nameof(bias));
+        for (int r = 0; r < rows; r++)
+        {
+            var xr = x.Slice(r * d, d);
+            var yr = y.Slice(r * d, d);
+            float mean = TensorPrimitives.Sum(xr) / d;
+            TensorPrimitives.Subtract(xr, mean, yr);
+            float variance = TensorPrimitives.SumOfSquares(yr) / d;
+            float s = MathF.Sqrt(variance + eps);
+            if (!scale.IsEmpty) scale[r] = s;
+            TensorPrimitives.Multiply(yr, 1f / s, yr);
+            if (!weight.IsEmpty) TensorPrimitives.Multiply(yr, weight, yr);
+            if (!bias.IsEmpty) TensorPrimitives.Add(yr, bias, yr);
+        }
+    }
+
+    /// <summary>
+    /// RMSNorm: <c>y = x / sqrt(mean(x²) + eps) · (w + weightOffset)</c>. Gemma uses
+    /// <paramref name="weightOffset"/> = 1 (its weights are stored as <c>w - 1</c>).
+    /// </summary>
+    public static void RmsNorm(ReadOnlySpan<float> x, int rows, int d, ReadOnlySpan<float> weight, float weightOffset,
+        float eps, Span<float> y, Span<float> scale = default)
+    {
+        Check(x, rows, d, weight, y, scale);
+        Span<float> w = weight.IsEmpty || weightOffset == 0f ? default : new float[d];
+        if (!w.IsEmpty) TensorPrimitives.Add(weight, weightOffset, w);
+        ReadOnlySpan<float> effective = w.IsEmpty ? weight : w;
+        for (int r = 0; r < rows; r++)
+        {
+            var xr = x.Slice(r * d, d);
+            var yr = y.Slice(r * d, d);
+            float s = MathF.Sqrt(TensorPrimitives.SumOfSquares(xr) / d + eps);
+            if (!scale.IsEmpty) scale[r] = s;
+            TensorPrimitives.Multiply(xr, 1f / s, yr);
+            if (!effective.IsEmpty) TensorPrimitives.Multiply(yr, effective, yr);
+        }
+    }
+
+    static void Check(ReadOnlySpan<float> x, int rows, int d, ReadOnlySpan<float> weight, Span<float> y, Span<float> scale)
+    {
+        long n = (long)rows * d;
+        if (x.Length < n) throw new ArgumentException($"x has {x.Length} elements; [{rows}, {d}] needs {n}", nameof(x));
+        if (y.Length < n) throw new ArgumentException($"y has {y.Length} elements; [{rows}, {d}] needs {n}", nameof(y));
+        if (!weight.IsEmpty && weight.Length != d) throw new ArgumentException($"weight has {weight.Length} elements; expected {d}", nameof(weight));
+        if (!scale.IsEmpty && scale.Length < rows) throw new ArgumentException($"scale has {scale.Length} elements; expected {rows}", nameof(scale));
+    }
+}
+
+/// <summary>Softmax over the last axis.</summary>
+public static class Softmax
+{
+    /// <summary>
+    /// Row-wise softmax of x <c>[rows, n]</c> into y (may alias x). Entries of −∞ get probability 0;
+    /// a row that is entirely −∞ (a fully masked query) becomes all zeros rather than NaN.
+    /// </summary>
+    public static void Rows(ReadOnlySpan<float> x, int rows, int n, Span<float> y)
+    {
+        if (x.Length < (long)rows * n || y.Length < (long)rows * n)
+            throw new ArgumentException($"softmax over [{rows}, {n}] needs {(long)rows * n} elements; x has {x.Length}, y has {y.Length}");
+        for (int r = 0; r < rows; r++) Row(x.Slice(r * n, n), y.Slice(r * n, n));
+    }
+
+    /// <summary>Softmax of one row.</summary>
+    public static void Row(ReadOnlySpan<float> x, Span<float> y)
+    {
+        float max = TensorPrimitives.Max(x);
+        if (float.IsNegativeInfinity(max)) { y.Clear(); return; }
+        TensorPrimitives.Subtract(x, max, y);
+        TensorPrimitives.Exp(y, y);
+        float sum = TensorPrimitives.Sum(y);
+        TensorPrimitives.Multiply(y, 1f / sum, y);
+    }
+}
+
+/// <summary>
+/// Rotary position embeddings, "rotate-half" convention (GPT-NeoX, Llama, HF):
+/// for the first <c>rotaryDim</c> dims of each head, with <c>h = rotaryDim/2</c>,
+/// <c>x'[i] = x[i]·cos θᵢ − x[i+h]·sin θᵢ</c>, <c>x'[i+h] = x[i+h]·cos θᵢ + x[i]·sin θᵢ</c>,
+/// <c>θᵢ = pos · base^(−2i/rotaryDim)</c>. Dims past <c>rotaryDim</c> are unchanged (partial rotary).
+/// </summary>
+public sealed class RotaryTable
+{
+    readonly float[] _cos, _sin; // [maxPositions, rotaryDim/2]
+
+    public RotaryTable(int rotaryDim, double theta, int maxPositions)
+    {
+        if (rotaryDim <= 0 || rotaryDim % 2 != 0) throw new ArgumentException($"rotary dimension must be a positive even number, got {rotaryDim}", nameof(rotaryDim));
+        RotaryDim = rotaryDim;
+        MaxPositions = maxPositions;
+        int half = rotaryDim / 2;
+        _cos = new float[maxPositions * half];
+        _sin = new float[maxPositions * half];
+        // Same float32 arithmetic as HF: inv_freq in float32, angle = float(pos) * inv_freq in float32.
+        var invFreq = new float[half];
+        for (int i = 0; i < half; i++) invFreq[i] = (float)(1.0 / Math.Pow(theta, (float)(2 * i) / rotaryDim));
+        for (int p = 0; p < maxPositions; p++)
+            for (int i = 0; i < half; i++)
+            {
+                float angle = p * invFreq[i];
+                _cos[p * half + i] = (float)Math.Cos(angle);
+                _sin[p * half + i] = (float)Math.Sin(angle);
+            }
+    }
+
+    public int RotaryDim { get; }
+    public int MaxPositions { get; }
+
+    /// <summary>
+    /// Rotates x <c>[rows, heads, headDim]</c> in place; row r sits at position <c>positions[r]</c>.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">A position is negative or beyond the table.</exception>
+    public void Apply(Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions)
+    {
+        if (headDim < RotaryDim) throw new ArgumentException($"head dimension {headDim} is smaller than the rotary dimension {RotaryDim}");
+        if (positions.Length < rows) throw new ArgumentException($"{positions.Length} positions for {rows} rows", nameof(positions));
+        if (x.Length < (long)rows * heads * headDim) throw new ArgumentException($"x has {x.Length} elements; [{rows}, {heads}, {headDim}] needs {(long)rows * heads * headDim}", nameof(x));
+        int half = RotaryDim / 2;
+        Span<float> tmp = stackalloc float[half];
+        for (int r = 0; r < rows; r++)
+        {
+            int p = positions[r];
+            if ((uint)p >= (uint)MaxPositions) throw new ArgumentOutOfRangeException(nameof(positions), $"position {p} is outside the rotary table (0..{MaxPositions - 1})");
+            var cos = new ReadOnlySpan<float>(_cos, p * half, half);
+            var sin = new ReadOnlySpan<float>(_sin, p * half, half);
+            for (int h = 0; h < heads; h++)
+            {
+                var lo = x.Slice((r * heads + h) * headDim, half);
+                var hi = x.Slice((r * heads + h) * headDim + half, half);
+                for (int i = 0; i < half; i++)
+                {
+                    float a = lo[i], b = hi[i];
+                    lo[i] = a * cos[i] - b * sin[i];
+                    hi[i] = b * cos[i] + a * sin[i];
+                }
+            }
+        }
+    }
+}

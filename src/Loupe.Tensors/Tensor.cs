@@ -1,0 +1,134 @@
+using System.Runtime.InteropServices;
+
+namespace Loupe.Tensors;
+
+/// <summary>
+/// A dense, contiguous, row-major float32 tensor. The data is a <see cref="Memory{T}"/>, so a
+/// tensor can wrap a managed array or memory-mapped weights without copying them.
+/// </summary>
+public sealed class Tensor
+{
+    readonly int[] _shape;
+
+    /// <summary>Wraps <paramref name="data"/> (not copied) with the given shape.</summary>
+    /// <exception cref="ArgumentException">The element count of the shape differs from the data length.</exception>
+    public Tensor(Memory<float> data, params int[] shape)
+    {
+        long n = ShapeUtil.Product(shape);
+        if (n != data.Length)
+            throw new ArgumentException($"shape [{string.Join(", ", shape)}] holds {n} elements but the data has {data.Length}", nameof(shape));
+        Data = data;
+        _shape = (int[])shape.Clone();
+    }
+
+    /// <summary>The tensor's elements in row-major order.</summary>
+    public Memory<float> Data { get; }
+
+    /// <summary>The device the data lives on. Only the CPU exists today; the seam is here for a GPU backend.</summary>
+    public Device Device => Device.Cpu;
+
+    public ReadOnlySpan<int> Shape => _shape;
+    public int Rank => _shape.Length;
+    public int Length => Data.Length;
+    public Span<float> Span => Data.Span;
+
+    /// <summary>The size of axis <paramref name="axis"/>; negative axes count from the end.</summary>
+    public int Dim(int axis) => _shape[axis < 0 ? _shape.Length + axis : axis];
+
+    /// <summary>A zero-filled tensor.</summary>
+    public static Tensor Zeros(params int[] shape) => new(new float[ShapeUtil.Product(shape)], shape);
+
+    /// <summary>A tensor whose contents are not initialised (callers overwrite every element).</summary>
+    public static Tensor Uninitialized(params int[] shape) =>
+        new(GC.AllocateUninitializedArray<float>(checked((int)ShapeUtil.Product(shape))), shape);
+
+    public static Tensor FromArray(float[] data, params int[] shape) => new(data, shape);
+
+    /// <summary>A view with another shape over the same data.</summary>
+    public Tensor Reshape(params int[] shape)
+    {
+        int infer = Array.IndexOf(shape, -1);
+        if (infer >= 0)
+        {
+            long known = 1;
+            for (int i = 0; i < shape.Length; i++) if (i != infer) known *= shape[i];
+            shape = (int[])shape.Clone();
+            shape[infer] = (int)(Length / known);
+        }
+        return new Tensor(Data, shape);
+    }
+
+    /// <summary>A deep copy.</summary>
+    public Tensor Clone() => new(Data.ToArray(), _shape);
+
+    /// <summary>The sub-tensor at index <paramref name="index"/> of axis 0 (a view).</summary>
+    public Tensor this[int index]
+    {
+        get
+        {
+            if ((uint)index >= (uint)_shape[0])
+                throw new ArgumentOutOfRangeException(nameof(index), $"index {index} is outside axis 0 of size {_shape[0]}");
+            int inner = Length / _shape[0];
+            return new Tensor(Data.Slice(index * inner, inner), _shape[1..]);
+        }
+    }
+
+    /// <summary>The element at a full multi-index.</summary>
+    public float At(params int[] index) => Span[ShapeUtil.Offset(_shape, index)];
+
+    public bool SameShape(Tensor other) => _shape.AsSpan().SequenceEqual(other._shape);
+
+    public string ShapeString => ShapeUtil.Format(_shape);
+
+    public override string ToString() => $"Tensor{ShapeString}";
+}
+
+/// <summary>Where a tensor's data lives.</summary>
+public enum Device { Cpu }
+
+/// <summary>Shape arithmetic shared by tensors, kernels and file formats.</summary>
+public static class ShapeUtil
+{
+    public static long Product(ReadOnlySpan<int> shape)
+    {
+        long n = 1;
+        foreach (var d in shape)
+        {
+            if (d < 0) throw new ArgumentException($"negative dimension {d} in shape {Format(shape)}");
+            n = checked(n * d);
+        }
+        return n;
+    }
+
+    public static int Offset(ReadOnlySpan<int> shape, ReadOnlySpan<int> index)
+    {
+        if (index.Length != shape.Length)
+            throw new ArgumentException($"index of rank {index.Length} for a tensor of shape {Format(shape)}");
+        int off = 0;
+        for (int i = 0; i < shape.Length; i++)
+        {
+            if ((uint)index[i] >= (uint)shape[i])
+                throw new ArgumentOutOfRangeException(nameof(index), $"index {index[i]} out of range for axis {i} of shape {Format(shape)}");
+            off = off * shape[i] + index[i];
+        }
+        return off;
+    }
+
+    public static string Format(ReadOnlySpan<int> shape) => "[" + string.Join(", ", shape.ToArray()) + "]";
+}
+
+static class ThrowHelper
+{
+    public static void SpanTooShort(string name, int needed, int actual) =>
+        throw new ArgumentException($"{name} has {actual} elements; at least {needed} are needed", name);
+
+    public static void CheckLength(ReadOnlySpan<float> span, int needed, string name)
+    {
+        if (span.Length < needed) SpanTooShort(name, needed, span.Length);
+    }
+
+    public static void CheckLength(Span<float> span, int needed, string name)
+    {
+        if (span.Length < needed) SpanTooShort(name, needed, span.Length);
+    }
+}

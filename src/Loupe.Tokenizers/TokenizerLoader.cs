@@ -1,0 +1,109 @@
+using System.Text.Json;
+
+namespace Loupe.Tokenizers;
+
+/// <summary>Loads tokenizers from Hugging Face files.</summary>
+public static class TokenizerLoader
+{
+    const string EndOfText = "<|endoftext|>";
+
+    /// <summary>
+    /// Loads the tokenizer in a model folder: <c>tokenizer.json</c> when present (with
+    /// <c>tokenizer_config.json</c> / <c>special_tokens_map.json</c> for special-token names and
+    /// <c>add_bos_token</c> / <c>add_eos_token</c>), otherwise GPT-2 style <c>vocab.json</c> + <c>merges.txt</c>.
+    /// </summary>
+    /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
+    /// <exception cref="FileNotFoundException">The folder holds no tokenizer files.</exception>
+    /// <exception cref="InvalidDataException">A file is malformed; the message names it.</exception>
+    /// <exception cref="NotSupportedException">A component type is not supported; the message names the file and type.</exception>
+    public static ITokenizer FromFolder(string folder)
+    {
+        ArgumentNullException.ThrowIfNull(folder);
+        if (!Directory.Exists(folder))
+            throw new DirectoryNotFoundException($"Tokenizer folder '{folder}' does not exist.");
+        var tokenizerJson = Path.Combine(folder, "tokenizer.json");
+        var config = OptionalFile(folder, "tokenizer_config.json");
+        var specialMap = OptionalFile(folder, "special_tokens_map.json");
+        if (File.Exists(tokenizerJson)) return TokenizerJson.Load(tokenizerJson, config, specialMap);
+
+        var vocab = Path.Combine(folder, "vocab.json");
+        var merges = Path.Combine(folder, "merges.txt");
+        if (File.Exists(vocab) && File.Exists(merges)) return LoadVocabAndMerges(vocab, merges, config, specialMap);
+        throw new FileNotFoundException(
+            $"Tokenizer folder '{folder}' holds no tokenizer: expected tokenizer.json, or vocab.json together with merges.txt.",
+            tokenizerJson);
+    }
+
+    /// <summary>
+    /// Loads a Hugging Face <c>tokenizer.json</c>; <paramref name="tokenizerConfigPath"/> optionally points to
+    /// <c>tokenizer_config.json</c> for special-token names and <c>add_bos_token</c> / <c>add_eos_token</c>.
+    /// </summary>
+    public static ITokenizer FromTokenizerJson(string path, string? tokenizerConfigPath = null)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        return TokenizerJson.Load(path, tokenizerConfigPath);
+    }
+
+    /// <summary>
+    /// Loads a GPT-2 style byte-level BPE from <c>vocab.json</c> and <c>merges.txt</c>:
+    /// no normalizer, ByteLevel pre-tokenizer without prefix space, ByteLevel decoder, no BOS added;
+    /// <c>&lt;|endoftext|&gt;</c> (when in the vocabulary) is a special token and serves as BOS and EOS.
+    /// </summary>
+    public static ITokenizer FromVocabAndMerges(string vocabJsonPath, string mergesTxtPath)
+    {
+        ArgumentNullException.ThrowIfNull(vocabJsonPath);
+        ArgumentNullException.ThrowIfNull(mergesTxtPath);
+        return LoadVocabAndMerges(vocabJsonPath, mergesTxtPath, null, null);
+    }
+
+    static string? OptionalFile(string folder, string name)
+    {
+        var p = Path.Combine(folder, name);
+        return File.Exists(p) ? p : null;
+    }
+
+    static Tokenizer LoadVocabAndMerges(string vocabPath, string mergesPath, string? configPath, string? specialMapPath)
+    {
+        Dictionary<string, int> vocab;
+        using (var doc = TokenizerJson.ReadJson(vocabPath))
+        {
+            var ctx = new TokenizerJson.Ctx(Path.GetFileName(vocabPath), vocabPath);
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+                throw ctx.Bad("", $"expected a JSON object mapping token strings to ids, found {doc.RootElement.ValueKind}");
+            vocab = TokenizerJson.ReadVocab(ctx, doc.RootElement, "");
+        }
+
+        var merges = ReadMergesTxt(mergesPath, vocab);
+        var model = new BpeModel(vocab, merges, new BpeOptions(), $"Tokenizer files '{vocabPath}' / '{mergesPath}'");
+        var added = new List<AddedToken>();
+        if (vocab.TryGetValue(EndOfText, out var eot)) added.Add(new AddedToken(eot, EndOfText, Special: true));
+
+        var settings = new SpecialTokenSettings();
+        if (specialMapPath is not null) settings = TokenizerJson.ReadSpecialTokenSettings(specialMapPath, settings);
+        if (configPath is not null) settings = TokenizerJson.ReadSpecialTokenSettings(configPath, settings);
+        foreach (var name in new[] { settings.Bos, settings.Eos, settings.Pad, settings.Unk })
+        {
+            if (name is not null && name != EndOfText && vocab.TryGetValue(name, out var id))
+                added.Add(new AddedToken(id, name, Special: true));
+        }
+        return new Tokenizer(model, null, new ByteLevelPreTokenizer(addPrefixSpace: false, useRegex: true),
+            new ByteLevelPostProcessor(), new ByteLevelDecoder(), added, settings);
+    }
+
+    static List<(string, string)> ReadMergesTxt(string path, IReadOnlyDictionary<string, int> vocab)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"Tokenizer file '{path}' does not exist.", path);
+        var merges = new List<(string, string)>();
+        var lineNo = 0;
+        foreach (var raw in File.ReadLines(path))
+        {
+            lineNo++;
+            var line = raw.TrimEnd('\r');
+            if (line.Length == 0 || (lineNo == 1 && line.StartsWith("#version", StringComparison.Ordinal))) continue;
+            var pair = TokenizerJson.SplitLegacyMerge(line, vocab)
+                ?? throw new InvalidDataException($"Tokenizer file '{path}' line {lineNo}: expected two tokens separated by one space, found '{line}'.");
+            merges.Add(pair);
+        }
+        return merges;
+    }
+}

@@ -1,0 +1,152 @@
+using Loupe.Models.Loading;
+using Loupe.Testing;
+
+namespace Loupe.Cli.Tests;
+
+/// <summary>The CLI verbs, run in-process with captured output.</summary>
+[Collection("console")]
+public class CliTests
+{
+    static (int Code, string Out, string Err) Loupe(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        var (oldOut, oldErr) = (Console.Out, Console.Error);
+        Console.SetOut(stdout);
+        Console.SetError(stderr);
+        try
+        {
+            int code = Program.Build().Parse(args).Invoke(new System.CommandLine.InvocationConfiguration { Output = stdout, Error = stderr });
+            return (code, stdout.ToString(), stderr.ToString());
+        }
+        finally
+        {
+            Console.SetOut(oldOut);
+            Console.SetError(oldErr);
+        }
+    }
+
+    static string Fixture(string arch) => SharedData.TestData(Path.Combine("reference", arch));
+
+    static string TempFile(string name) => Path.Combine(Directory.CreateTempSubdirectory("loupe-cli").FullName, name);
+
+    [Theory]
+    [InlineData("gpt2")]
+    [InlineData("gpt_neox")]
+    [InlineData("llama")]
+    [InlineData("qwen2")]
+    [InlineData("gemma2")]
+    public void CacheVerbWritesActivationsThatMatchHuggingFace(string arch)
+    {
+        using var reference = SafeTensorsFile.Open(Path.Combine(Fixture(arch), "reference.safetensors"));
+        var ids = reference.GetInt64("input_ids");
+        string tokens = string.Join(";", ids.Chunk(12).Select(row => string.Join(",", row)));
+        string output = TempFile("acts.safetensors");
+        var (code, _, err) = Loupe("cache", "--model", Fixture(arch), "--tokens", tokens,
+            "--hooks", "blocks.*.hook_resid_pre,blocks.*.hook_resid_post,blocks.*.attn.hook_pattern", "--out", output);
+        Assert.True(code == 0, err);
+        using var acts = SafeTensorsFile.Open(output);
+        int layers = acts.Names.Count(n => n.EndsWith(".hook_resid_pre", StringComparison.Ordinal));
+        Assert.True(layers >= 3);
+        Assert.Equal([2L, 12, 512], acts.GetInfo("logits").Shape);
+        Assert.Equal([2L, 4, 12, 12], acts.GetInfo("blocks.0.attn.hook_pattern").Shape);
+        AssertClose(reference.GetFloat32("logits").Span, acts.GetFloat32("logits").Span, "logits");
+        for (int l = 0; l < layers; l++)
+        {
+            AssertClose(reference.GetFloat32($"resid_pre.{l}").Span, acts.GetFloat32($"blocks.{l}.hook_resid_pre").Span, $"resid_pre.{l}");
+            AssertClose(reference.GetFloat32($"resid_post.{l}").Span, acts.GetFloat32($"blocks.{l}.hook_resid_post").Span, $"resid_post.{l}");
+            AssertClose(reference.GetFloat32($"attn_probs.{l}").Span, acts.GetFloat32($"blocks.{l}.attn.hook_pattern").Span, $"pattern.{l}");
+        }
+        Assert.Equal(ids, acts.GetInt64("tokens"));
+    }
+
+    static void AssertClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(MathF.Abs(expected[i] - actual[i]) <= 1e-4f, $"{what}[{i}]: expected {expected[i]}, got {actual[i]}");
+    }
+
+    [Fact]
+    public void CacheVerbRejectsUnknownHooksAndUnevenRows()
+    {
+        var (code, _, err) = Loupe("cache", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--hooks", "blocks.*.hook_nope", "--out", TempFile("x.safetensors"));
+        Assert.Equal(1, code);
+        Assert.Contains("blocks.*.hook_nope", err);
+        (code, _, err) = Loupe("cache", "--model", Fixture("gpt2"), "--tokens", "1,2,3;4,5", "--hooks", "hook_embed", "--out", TempFile("x.safetensors"));
+        Assert.Equal(1, code);
+        Assert.Contains("different lengths", err);
+        (code, _, err) = Loupe("cache", "--model", Fixture("gpt2"), "--tokens", "1,2,99999", "--hooks", "hook_embed", "--out", TempFile("x.safetensors"));
+        Assert.Equal(1, code);
+        Assert.Contains("99999", err);
+        (code, _, err) = Loupe("cache", "--model", Fixture("gpt2"), "--prompt", "hi", "--hooks", "hook_embed", "--out", TempFile("x.safetensors"));
+        Assert.Equal(1, code);
+        Assert.Contains("no tokenizer", err);
+    }
+
+    [Fact]
+    public void InfoListsArchitectureSizesAndHooks()
+    {
+        var (code, stdout, err) = Loupe("info", "--model", Fixture("gemma2"));
+        Assert.True(code == 0, err);
+        Assert.Contains("architecture: gemma2", stdout);
+        Assert.Contains("n_layers 4, d_model 64, n_heads 4 (key/value heads 2)", stdout);
+        Assert.Contains("blocks.3.hook_resid_post", stdout);
+        Assert.Contains("sliding window 4", stdout);
+        Assert.Matches(@"parameters:\s+[\d,]+", stdout);
+    }
+
+    [Fact]
+    public void UnknownModelFolderIsAClearError()
+    {
+        var (code, _, err) = Loupe("info", "--model", "/no/such/model-folder");
+        Assert.Equal(1, code);
+        Assert.Contains("error:", err);
+    }
+
+    [RequiresSharedFact("models/stories260K")]
+    public void RunAndTokenizeOnStories260K()
+    {
+        string model = SharedData.Require("models/stories260K");
+        var (code, stdout, err) = Loupe("tokenize", "--model", model, "--text", "Once upon a time, there was a little girl named Lily.");
+        Assert.True(code == 0, err);
+        Assert.Equal("[1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426]", stdout.Trim());
+
+        (code, stdout, err) = Loupe("run", "--model", model, "--prompt", "Once upon a time", "-n", "20");
+        Assert.True(code == 0, err);
+        Assert.Contains("Top next tokens", stdout);
+        Assert.Contains("\",\" (432)", stdout);
+        Assert.Contains("Once upon a time, there was a little girl named Lily", stdout);
+    }
+
+    [RequiresSharedFact("models/gpt2-tokenizer")]
+    public void TokenizeWorksOnATokenizerOnlyFolder()
+    {
+        var (code, stdout, err) = Loupe("tokenize", "--model", SharedData.Require("models/gpt2-tokenizer"), "--text", "Hello world");
+        Assert.True(code == 0, err);
+        Assert.Equal("[15496, 995]", stdout.Trim());
+    }
+
+    [RequiresSharedFact("models/grokking-modadd-p113-main")]
+    public void RunWithRawTokensOnATokenizerlessModel()
+    {
+        var (code, stdout, err) = Loupe("run", "--model", SharedData.Require("models/grokking-modadd-p113-main"), "--tokens", "5,17,113", "-n", "1", "--top", "1");
+        Assert.True(code == 0, err);
+        Assert.Matches(@"%\s+22\s*$", stdout.Trim()); // (5 + 17) mod 113, most likely
+        Assert.Contains("generating 0 instead of 1", err);
+    }
+
+    [Fact]
+    public void HelpShowsExamples()
+    {
+        foreach (var verb in new[] { "run", "cache", "tokenize", "info" })
+        {
+            var (_, stdout, _) = Loupe(verb, "--help");
+            Assert.Contains("Examples:", stdout);
+            Assert.Contains("loupe " + verb, stdout);
+        }
+    }
+}
+
+[CollectionDefinition("console", DisableParallelization = true)]
+public class ConsoleCollection;
