@@ -14,9 +14,10 @@ public sealed record LoadResult(string Model, string Folder, long FileBytes, lon
 /// <summary>One mode (plain Run or RunWithCache of every hook) at one configuration.</summary>
 /// <param name="AllocatedBytes">Median bytes allocated per forward, all threads (GC.GetTotalAllocatedBytes deltas).</param>
 /// <param name="Gen0">Mean garbage collections per forward, by generation.</param>
+/// <param name="GcPauseMs">Median time the runtime was paused for garbage collection during one forward (GC.GetTotalPauseDuration).</param>
 /// <param name="CachedBytes">Bytes of activations the returned cache holds (0 for plain Run).</param>
 public sealed record ModeResult(Stats Time, double TokensPerSecond, double Gflops, double AllocatedBytes,
-    double Gen0, double Gen1, double Gen2, long CachedBytes, int CachedHooks);
+    double Gen0, double Gen1, double Gen2, double GcPauseMs, long CachedBytes, int CachedHooks);
 
 /// <summary>The forward benchmark of one model at one batch size.</summary>
 /// <param name="Flops">FLOPs of one forward (<see cref="Flops.Forward"/>).</param>
@@ -71,10 +72,12 @@ public sealed class ForwardBench(BenchOptions o, SgemmBench sgemm, TextWriter lo
         double flops = Flops.Forward(spec, batch, Length);
         log.WriteLine($"{label}: {batch}×{Length} tokens, {flops / 1e9:F1} GFLOP per forward");
 
-        // 2. Warm-up (at least --warmup pairs and WarmupSeconds, so tiered JIT has promoted the
-        //    hot managed kernels to optimized code), then alternate the two modes.
+        // 2. Warm-up, then alternate the two modes. Tiered JIT promotes a method to optimized code
+        //    after 30 calls: per-layer code is called n_layers times per forward, so warm up for at
+        //    least 32 / n_layers forwards, --warmup pairs and WarmupSeconds, whichever is most.
         long warm = Stopwatch.GetTimestamp();
-        for (int i = 0; i < 200 && (i < o.Warmup || Stopwatch.GetElapsedTime(warm).TotalSeconds < o.WarmupSeconds); i++)
+        int minWarmup = o.Warmup == 0 ? 0 : Math.Max(o.Warmup, (32 + spec.NLayers - 1) / spec.NLayers);
+        for (int i = 0; i < 200 && (i < minWarmup || Stopwatch.GetElapsedTime(warm).TotalSeconds < o.WarmupSeconds); i++)
         {
             GC.KeepAlive(model.Run(tokens));
             GC.KeepAlive(model.RunWithCache(tokens, hookPatterns: null));
@@ -148,18 +151,24 @@ public sealed class ForwardBench(BenchOptions o, SgemmBench sgemm, TextWriter lo
     sealed class ModeSamples
     {
         public readonly List<double> Ms = [];
-        readonly List<double> _alloc = [];
+        readonly List<double> _alloc = [], _pause = [];
         long _gen0, _gen1, _gen2, _cachedBytes;
         int _cachedHooks;
 
+        /// <summary>
+        /// Times one forward. No forced GC first: a forced compacting collection returns memory to the
+        /// OS and resets the GC's budgets, which makes the next forward page-fault and collect more
+        /// than a forward in a user's loop does. Collections the forward triggers are in its time.
+        /// </summary>
         public void Add(Func<Loupe.Models.Hooks.ForwardResult> forward)
         {
-            Timing.Settle();
             int g0 = GC.CollectionCount(0), g1 = GC.CollectionCount(1), g2 = GC.CollectionCount(2);
             long bytes = GC.GetTotalAllocatedBytes(precise: true);
+            var pause = GC.GetTotalPauseDuration();
             long t0 = Stopwatch.GetTimestamp();
             var result = forward();
             double ms = Timing.ElapsedMs(t0);
+            _pause.Add((GC.GetTotalPauseDuration() - pause).TotalMilliseconds);
             _alloc.Add(GC.GetTotalAllocatedBytes(precise: true) - bytes);
             _gen0 += GC.CollectionCount(0) - g0;
             _gen1 += GC.CollectionCount(1) - g1;
@@ -174,7 +183,7 @@ public sealed class ForwardBench(BenchOptions o, SgemmBench sgemm, TextWriter lo
             var t = Stats.Of(Ms);
             int n = Ms.Count;
             return new ModeResult(t, tokens / (t.MedianMs / 1000), flops / (t.MedianMs * 1e6), Stats.Median(_alloc),
-                (double)_gen0 / n, (double)_gen1 / n, (double)_gen2 / n, _cachedBytes, _cachedHooks);
+                (double)_gen0 / n, (double)_gen1 / n, (double)_gen2 / n, Stats.Median(_pause), _cachedBytes, _cachedHooks);
         }
     }
 }

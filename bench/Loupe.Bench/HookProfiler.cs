@@ -43,7 +43,6 @@ public sealed class HookProfiler
         var totals = new List<double>();
         for (int rep = -1; rep < reps; rep++)
         {
-            Timing.Settle();
             _marks.Clear();
             long start = Stopwatch.GetTimestamp();
             var result = model.Run(tokens, options);

@@ -52,6 +52,8 @@ public sealed class Tensor
         {
             long known = 1;
             for (int i = 0; i < shape.Length; i++) if (i != infer) known *= shape[i];
+            if (known == 0 || Length % known != 0)
+                throw new ArgumentException($"cannot infer the -1 axis of shape {ShapeUtil.Format(shape)} for {Length} elements", nameof(shape));
             shape = (int[])shape.Clone();
             shape[infer] = (int)(Length / known);
         }

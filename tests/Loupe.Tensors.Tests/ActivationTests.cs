@@ -49,12 +49,16 @@ public class ActivationTests
     {
         var (fast, reference, atol, rtol) = Get(name);
         var x = Inputs(n + name.Length, n);
-        var expected = x.Select(reference).ToArray();
         var y = TestRandom.Filled(n, -123f);
 
         fast(x, y);
 
-        Close.All(expected, y, atol, rtol, $"{name}(x), n = {n}");
+        // The Simpson erf costs 4000 exps a value, so on long buffers gelu_erf is checked on a sample:
+        // every stride-th element (stride coprime to the chunk size) and both sides of every chunk boundary.
+        int stride = name == "gelu_erf" ? Math.Max(1, n / 2000) | 1 : 1;
+        var at = Enumerable.Range(0, n).Where(i => i % stride == 0 || Math.Min(i % (1 << 14), (1 << 14) - i % (1 << 14)) < 3).ToArray();
+        var expected = at.Select(i => reference(x[i])).ToArray();
+        Close.All(expected, at.Select(i => y[i]).ToArray(), atol, rtol, $"{name}(x), n = {n}, {at.Length} elements checked");
     }
 
     [Theory]

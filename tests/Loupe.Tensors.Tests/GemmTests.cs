@@ -259,7 +259,7 @@ public class GemmTests(ITestOutputHelper output)
             return s;
         }
 
-        /// <summary>Float32 rounding bound: 1e-5 · k · max|a| · max|b| · |alpha| + beta's share.</summary>
+        /// <summary>Float32 rounding bound 1e-5 · k · max|a| · max|b| · |alpha| + beta's share; entries lie in [-1, 1), so max|a| = max|b| = 1.</summary>
         public double Tolerance(float alpha, float beta) =>
             1e-5 * Math.Max(K, 1) * Math.Abs(alpha) + 1e-6 * Math.Abs(beta) + 1e-7;
     }

@@ -127,9 +127,13 @@ public static class Activations
 
     delegate void SpanOp(ReadOnlySpan<float> x, Span<float> y);
 
+    /// <summary>
+    /// Runs <paramref name="op"/> chunk by chunk (in parallel for long buffers). Each chunk is computed
+    /// into a scratch buffer and then copied, so the multi-pass ops may be given y aliasing x.
+    /// </summary>
     static unsafe void Chunked(ReadOnlySpan<float> x, Span<float> y, SpanOp op)
     {
-        if (x.Length <= Chunk * 2) { op(x, y); return; }
+        if (x.Length <= Chunk * 2) { ViaScratch(x, y, op); return; }
         int chunks = (x.Length + Chunk - 1) / Chunk;
         fixed (float* px = x) fixed (float* py = y)
         {
@@ -138,8 +142,24 @@ public static class Activations
             Parallel.For(0, chunks, c =>
             {
                 int start = c * Chunk, len = Math.Min(Chunk, n - start);
-                op(new ReadOnlySpan<float>(ppx + start, len), new Span<float>(ppy + start, len));
+                ViaScratch(new ReadOnlySpan<float>(ppx + start, len), new Span<float>(ppy + start, len), op);
             });
+        }
+    }
+
+    static void ViaScratch(ReadOnlySpan<float> x, Span<float> y, SpanOp op)
+    {
+        if (!x.Overlaps(y)) { op(x, y); return; }
+        var scratch = System.Buffers.ArrayPool<float>.Shared.Rent(x.Length);
+        try
+        {
+            var s = scratch.AsSpan(0, x.Length);
+            op(x, s);
+            s.CopyTo(y);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<float>.Shared.Return(scratch);
         }
     }
 

@@ -27,9 +27,12 @@ public static unsafe class Gemm
     {
         if (m < 0 || n < 0 || k < 0) throw new ArgumentException($"negative GEMM size m={m} n={n} k={k}");
         if (m == 0 || n == 0) return;
-        CheckOperand(a, transA ? k : m, transA ? m : k, lda, "a");
-        CheckOperand(b, transB ? n : k, transB ? k : n, ldb, "b");
         CheckOperand(c, m, n, ldc, "c");
+        if (k > 0)
+        {
+            CheckOperand(a, transA ? k : m, transA ? m : k, lda, "a");
+            CheckOperand(b, transB ? n : k, transB ? k : n, ldb, "b");
+        }
         if (k == 0)
         {
             for (int i = 0; i < m; i++) Scale(c.Slice(i * ldc, n), beta);

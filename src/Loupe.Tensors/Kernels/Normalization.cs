@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 
 namespace Loupe.Tensors.Kernels;
 
@@ -40,8 +41,13 @@ public static class Normalization
         float eps, Span<float> y, Span<float> scale = default)
     {
         Check(x, rows, d, weight, y, scale);
-        Span<float> w = weight.IsEmpty || weightOffset == 0f ? default : new float[d];
-        if (!w.IsEmpty) TensorPrimitives.Add(weight, weightOffset, w);
+        // An absent weight means w = 1 (so the factor is 1 + weightOffset).
+        Span<float> w = weightOffset == 0f ? default : new float[d];
+        if (!w.IsEmpty)
+        {
+            if (weight.IsEmpty) w.Fill(1f + weightOffset);
+            else TensorPrimitives.Add(weight, weightOffset, w);
+        }
         ReadOnlySpan<float> effective = w.IsEmpty ? weight : w;
         for (int r = 0; r < rows; r++)
         {
@@ -81,12 +87,21 @@ public static class Softmax
     /// <summary>Softmax of one row.</summary>
     public static void Row(ReadOnlySpan<float> x, Span<float> y)
     {
+        if (x.IsEmpty) return;
         float max = TensorPrimitives.Max(x);
         if (float.IsNegativeInfinity(max)) { y.Clear(); return; }
         TensorPrimitives.Subtract(x, max, y);
         TensorPrimitives.Exp(y, y);
-        float sum = TensorPrimitives.Sum(y);
+        // Without SIMD, TensorPrimitives sums sequentially in float; long rows then lose ~n·ε, so sum in double.
+        float sum = Vector128.IsHardwareAccelerated && y.Length < 1 << 16 ? TensorPrimitives.Sum(y) : SumDouble(y);
         TensorPrimitives.Multiply(y, 1f / sum, y);
+    }
+
+    static float SumDouble(ReadOnlySpan<float> y)
+    {
+        double sum = 0;
+        foreach (var v in y) sum += v;
+        return (float)sum;
     }
 }
 
