@@ -52,19 +52,51 @@ public static class Activations
         });
     }
 
-    /// <summary>GELU, exact: <c>½x(1 + erf(x/√2))</c> (PyTorch's default <c>gelu</c>).</summary>
+    /// <summary>
+    /// GELU, exact: <c>½x(1 + erf(x/√2))</c> (PyTorch's default <c>gelu</c>), written as <c>x·Φ(x)</c>
+    /// with Φ from a Chebyshev fit of erfc (relative error below 1.2e-7 everywhere), evaluated in
+    /// double-precision SIMD passes. Using erfc keeps full relative accuracy in the negative tail,
+    /// where <c>1 + erf</c> would cancel.
+    /// </summary>
     public static void GeluErf(ReadOnlySpan<float> x, Span<float> y)
     {
         CheckSameLength(x, y);
         Chunked(x, y, static (xs, ys) =>
         {
-            for (int i = 0; i < xs.Length; i++)
+            int n = xs.Length;
+            var pool = System.Buffers.ArrayPool<double>.Shared;
+            double[] zb = pool.Rent(n), tb = pool.Rent(n), ab = pool.Rent(n);
+            try
             {
-                double v = xs[i];
-                ys[i] = (float)(0.5 * v * (1.0 + Erf(v * 0.7071067811865476)));
+                Span<double> z = zb.AsSpan(0, n), t = tb.AsSpan(0, n), acc = ab.AsSpan(0, n);
+                for (int i = 0; i < n; i++) z[i] = Math.Abs(xs[i]) * 0.7071067811865476;   // |x|/√2
+                TensorPrimitives.Multiply(z, 0.5, t);
+                TensorPrimitives.Add(t, 1.0, t);
+                TensorPrimitives.Reciprocal(t, t);                                            // t = 1/(1 + z/2)
+                acc.Fill(0.17087277);
+                foreach (double c in ErfcCoefficients) TensorPrimitives.MultiplyAdd(acc, t, c, acc);
+                TensorPrimitives.Multiply(z, z, z);
+                TensorPrimitives.Subtract(acc, z, acc);
+                TensorPrimitives.Exp(acc, acc);
+                TensorPrimitives.Multiply(acc, t, acc);                                       // erfc(|x|/√2)
+                for (int i = 0; i < n; i++)
+                {
+                    double half = 0.5 * acc[i], v = xs[i];
+                    ys[i] = (float)(v >= 0 ? v * (1 - half) : v * half);                      // NaN stays NaN
+                }
+            }
+            finally
+            {
+                pool.Return(zb);
+                pool.Return(tb);
+                pool.Return(ab);
             }
         });
     }
+
+    /// <summary>Numerical Recipes' erfcc: erfc(z) = t·exp(−z² + P(t)), Horner order after the leading 0.17087277.</summary>
+    static readonly double[] ErfcCoefficients =
+        [-0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418, 0.37409196, 1.00002368, -1.26551223];
 
     /// <summary>The error function to about 1e-15 (Taylor series, then a continued fraction for erfc).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
