@@ -3,6 +3,9 @@ namespace Loupe.Bench;
 /// <summary>Command line: <c>Loupe.Bench [forward|sgemm|all|fixtures] [options]</c>.</summary>
 public sealed class BenchOptions
 {
+    /// <summary>Tokens per sequence in every forward configuration.</summary>
+    public const int SequenceLength = 128;
+
     public const string Usage = """
         Loupe.Bench — forward-pass, cache and sgemm benchmarks on GPT-2 small and Pythia-160m shapes.
 

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using Loupe.Models;
 using Loupe.Models.Loading;
 
@@ -22,27 +23,28 @@ public sealed record ModeResult(Stats Time, double TokensPerSecond, double Gflop
 /// <summary>The forward benchmark of one model at one batch size.</summary>
 /// <param name="Flops">FLOPs of one forward (<see cref="Flops.Forward"/>).</param>
 /// <param name="CacheExtraPct">How much longer RunWithCache(all hooks) takes than Run, in %.</param>
-/// <param name="LimitMs">The same products timed alone through Gemm.Sgemm and summed.</param>
-/// <param name="RatioToLimit">Achieved GFLOP/s ÷ the limit's GFLOP/s (= LimitMs ÷ forward ms).</param>
+/// <param name="Limit">The same products timed alone through Gemm.Sgemm and summed (ms per forward).</param>
+/// <param name="RatioToLimit">Achieved GFLOP/s ÷ the limit's GFLOP/s (= limit ms ÷ forward ms, medians).</param>
 /// <param name="RatioToPeak">Achieved GFLOP/s ÷ the square-sgemm peak.</param>
 public sealed record ForwardConfigResult(string Model, int Batch, int Length, double Flops, ModeResult Run, ModeResult Cache,
-    double CacheExtraPct, double LimitMs, double LimitGflops, double RatioToLimit, double PeakGflops, double RatioToPeak,
+    double CacheExtraPct, Stats Limit, double LimitGflops, double RatioToLimit, double PeakGflops, double RatioToPeak,
     double? ProfilePlainTotalMs, double? ProfileCacheTotalMs, List<ProfileRow>? Profile, string Summary);
 
 /// <summary>
 /// Loads each model through <see cref="ModelLoader.LoadFolder"/> and times its forward pass:
-/// 1. RSS before loading, LoadFolder time, RSS after loading and after one forward;
-/// 2. per batch size, warm-up, then repetitions that alternate Run and RunWithCache (so slow
-///    periods from other processes hit both modes alike), each after a full GC;
-/// 3. the sgemm limit at the same products, and the hook profile of where the time goes.
+/// 1. <see cref="MeasureLoad"/>: RSS before loading, LoadFolder time, RSS after loading and after
+///    one forward (run before anything else has grown the heap);
+/// 2. per batch size, warm-up, then repetitions that alternate Run, RunWithCache and one pass
+///    over the same products through Gemm.Sgemm (the limit), so that slow periods from other
+///    processes on a shared machine hit all three alike;
+/// 3. the hook profile of where the time goes.
 /// </summary>
 public sealed class ForwardBench(BenchOptions o, SgemmBench sgemm, TextWriter log)
 {
-    const int Length = 128;
+    const int Length = BenchOptions.SequenceLength;
 
-    public (LoadResult Load, List<ForwardConfigResult> Configs) Run(BenchModel spec, string folder, SgemmResult peak)
+    public LoadResult MeasureLoad(BenchModel spec, string folder)
     {
-        // 1. Loading.
         Timing.Settle();
         var before = MemorySnapshot.Read();
         long t0 = Stopwatch.GetTimestamp();
@@ -53,28 +55,33 @@ public sealed class ForwardBench(BenchOptions o, SgemmBench sgemm, TextWriter lo
         GC.KeepAlive(model.Run(Tokens(spec, 1)));
         Timing.Settle();
         var afterForward = MemorySnapshot.Read();
-        long fileBytes = new FileInfo(Path.Combine(folder, SafeTensorsCheckpoint.SingleFileName)).Length;
-        log.WriteLine($"{spec.Name}: loaded in {firstLoadMs:F1} ms; RSS {Mb(before.Rss)} → {Mb(afterLoad.Rss)} → {Mb(afterForward.Rss)} MB (file {Mb(fileBytes)} MB)");
-
-        var configs = new List<ForwardConfigResult>();
-        foreach (int batch in o.Batches) configs.Add(Forward(spec, model, batch, peak));
         long parameters = model.ParameterCount;
         model.Dispose();
-
+        long fileBytes = new FileInfo(Path.Combine(folder, SafeTensorsCheckpoint.SingleFileName)).Length;
         var reload = Timing.Measure(() => ModelLoader.LoadFolder(folder).Dispose(), warmup: 0, reps: o.Quick ? 2 : 3, settle: true);
-        return (new LoadResult(spec.Name, folder, fileBytes, parameters, firstLoadMs, reload, before, afterLoad, afterForward), configs);
+        log.WriteLine($"{spec.Name}: loaded in {firstLoadMs:F1} ms; RSS {Mb(before.Rss)} → {Mb(afterLoad.Rss)} → {Mb(afterForward.Rss)} MB (file {Mb(fileBytes)} MB)");
+        return new LoadResult(spec.Name, folder, fileBytes, parameters, firstLoadMs, reload, before, afterLoad, afterForward);
     }
 
-    ForwardConfigResult Forward(BenchModel spec, HookedTransformer model, int batch, SgemmResult peak)
+    public List<ForwardConfigResult> Run(BenchModel spec, string folder, Func<double> peakGflops)
+    {
+        using var model = ModelLoader.LoadFolder(folder);
+        CheckConfig(spec, model.Config);
+        return o.Batches.Select(batch => Forward(spec, model, batch, peakGflops)).ToList();
+    }
+
+    ForwardConfigResult Forward(BenchModel spec, HookedTransformer model, int batch, Func<double> peakGflops)
     {
         string label = $"{spec.Name} b{batch}";
         var tokens = Tokens(spec, batch);
         double flops = Flops.Forward(spec, batch, Length);
+        var products = Flops.Products(spec, batch, Length);
         log.WriteLine($"{label}: {batch}×{Length} tokens, {flops / 1e9:F1} GFLOP per forward");
+        var limit = sgemm.PrepareLimit(products, label);
 
-        // 2. Warm-up, then alternate the two modes. Tiered JIT promotes a method to optimized code
-        //    after 30 calls: per-layer code is called n_layers times per forward, so warm up for at
-        //    least 32 / n_layers forwards, --warmup pairs and WarmupSeconds, whichever is most.
+        // 2. Warm-up, then alternate the three measurements. Tiered JIT promotes a method to
+        //    optimized code after 30 calls: per-layer code is called n_layers times per forward, so
+        //    warm up for at least 32 / n_layers forwards, --warmup pairs and WarmupSeconds.
         long warm = Stopwatch.GetTimestamp();
         int minWarmup = o.Warmup == 0 ? 0 : Math.Max(o.Warmup, (32 + spec.NLayers - 1) / spec.NLayers);
         for (int i = 0; i < 200 && (i < minWarmup || Stopwatch.GetElapsedTime(warm).TotalSeconds < o.WarmupSeconds); i++)
@@ -88,45 +95,44 @@ public sealed class ForwardBench(BenchOptions o, SgemmBench sgemm, TextWriter lo
         {
             plain.Add(() => model.Run(tokens));
             cached.Add(() => model.RunWithCache(tokens, hookPatterns: null));
-            log.WriteLine($"  rep {i + 1}/{o.Reps}: run {plain.Ms[^1],9:F1} ms   run+cache {cached.Ms[^1],9:F1} ms");
+            double limitMs = limit.RunOnce();
+            log.WriteLine($"  rep {i + 1}/{o.Reps}: run {plain.Ms[^1],9:F1} ms   run+cache {cached.Ms[^1],9:F1} ms   sgemm limit {limitMs,9:F1} ms");
         }
         int n = batch * Length;
         var run = plain.Result(n, flops);
         var cache = cached.Result(n, flops);
         double extraPct = 100 * (cache.Time.MedianMs / run.Time.MedianMs - 1);
+        var limitStats = limit.Total;
+        double limitGflops = flops / (limitStats.MedianMs * 1e6);
+        double peak = peakGflops();
+        double ratioLimit = run.Gflops / limitGflops, ratioPeak = run.Gflops / peak;
 
-        // 3. The limit and the profile.
-        double limitMs = sgemm.LimitMs(Flops.Products(spec, batch, Length), label);
-        double limitGflops = flops / (limitMs * 1e6);
-        double ratioLimit = run.Gflops / limitGflops, ratioPeak = run.Gflops / peak.Gflops;
-
+        // 3. The profile.
         List<ProfileRow>? profile = null;
         double? profilePlain = null, profileCache = null;
         if (o.Profile)
         {
-            var profiler = new HookProfiler();
-            var p = profiler.Profile(model, tokens, cacheAll: false, o.ProfileReps, out double plainTotal);
-            var c = profiler.Profile(model, tokens, cacheAll: true, o.ProfileReps, out double cacheTotal);
-            var products = Flops.Products(spec, batch, Length).ToDictionary(x => x.Label);
-            profile = p.Keys.Union(c.Keys)
-                .Select(op =>
-                {
-                    string? gemm = p.TryGetValue(op, out var pv) ? pv.Gemm : c[op].Gemm;
-                    double? alone = gemm is null ? null : products[gemm].Count * sgemm.Get(products[gemm], label).MsPerCall.MedianMs;
-                    return new ProfileRow(op, gemm is not null, p.TryGetValue(op, out var a) ? a.Ms : 0, c.TryGetValue(op, out var b) ? b.Ms : 0, alone);
-                })
+            var (p, c, gemmOf) = new HookProfiler().Profile(model, tokens, o.ProfileReps);
+            profile = p.Ms.Keys.Union(c.Ms.Keys)
+                .Select(op => new ProfileRow(op, gemmOf[op] is not null, p.Ms.GetValueOrDefault(op), c.Ms.GetValueOrDefault(op),
+                    gemmOf[op] is { } gemm ? limit.MedianMs(gemm) : null))
                 .OrderByDescending(r => r.PlainMs).ThenByDescending(r => r.CacheMs).ToList();
-            profilePlain = plainTotal;
-            profileCache = cacheTotal;
+            profilePlain = p.TotalMs;
+            profileCache = c.TotalMs;
         }
 
-        string summary = $"{label}×{Length}: {run.Time.MedianMs:F1} ms/forward, {run.TokensPerSecond:F0} tok/s, {run.Gflops:F1} GFLOP/s "
-            + $"= {100 * ratioLimit:F0}% of the sgemm limit at its shapes ({limitGflops:F1} GFLOP/s), {100 * ratioPeak:F0}% of the square peak; "
-            + $"full cache {extraPct:+0;-0;0}% ({cache.Time.MedianMs:F1} ms, holds {Mb(cache.CachedBytes)} MB); "
-            + $"allocates {Mb((long)run.AllocatedBytes)} MB/forward ({Mb((long)cache.AllocatedBytes)} MB with cache)";
-        return new ForwardConfigResult(spec.Name, batch, Length, flops, run, cache, extraPct, limitMs, limitGflops, ratioLimit,
-            peak.Gflops, ratioPeak, profilePlain, profileCache, profile, summary);
+        var result = new ForwardConfigResult(spec.Name, batch, Length, flops, run, cache, extraPct, limitStats, limitGflops, ratioLimit,
+            peak, ratioPeak, profilePlain, profileCache, profile, "");
+        return result with { Summary = Summarize(result) };
     }
+
+    /// <summary>The README-ready line of one configuration.</summary>
+    public static string Summarize(ForwardConfigResult f) =>
+        $"{f.Model} b{f.Batch}×{f.Length}: {f.Run.Time.MedianMs:F1} ms/forward, {f.Run.TokensPerSecond:F0} tok/s, {f.Run.Gflops:F1} GFLOP/s "
+        + $"= {100 * f.RatioToLimit:F0}% of the sgemm limit at its shapes ({f.LimitGflops:F1} GFLOP/s), {100 * f.RatioToPeak:F0}% of the square peak ({f.PeakGflops:F0} GFLOP/s); "
+        + $"full cache {f.CacheExtraPct:+0;-0;0}% ({f.Cache.Time.MedianMs:F1} ms, holds {Mb(f.Cache.CachedBytes)} MB); "
+        + $"allocates {Mb((long)f.Run.AllocatedBytes)} MB/forward ({Mb((long)f.Cache.AllocatedBytes)} MB with cache)";
+
 
     /// <summary>Seeded random token ids in [0, d_vocab).</summary>
     static TokenBatch Tokens(BenchModel spec, int batch)
@@ -160,6 +166,7 @@ public sealed class ForwardBench(BenchOptions o, SgemmBench sgemm, TextWriter lo
         /// OS and resets the GC's budgets, which makes the next forward page-fault and collect more
         /// than a forward in a user's loop does. Collections the forward triggers are in its time.
         /// </summary>
+        [MethodImpl(MethodImplOptions.NoInlining)] // the result is dead once this returns
         public void Add(Func<Loupe.Models.Hooks.ForwardResult> forward)
         {
             int g0 = GC.CollectionCount(0), g1 = GC.CollectionCount(1), g2 = GC.CollectionCount(2);

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 
@@ -27,43 +28,65 @@ public sealed class HookProfiler
 {
     readonly List<(string Name, long Ticks)> _marks = new(1024);
 
-    /// <summary>Profiles <paramref name="reps"/> forwards (after one warm-up) and returns the per-operation medians.</summary>
-    public Dictionary<string, (double Ms, string? Gemm)> Profile(HookedTransformer model, TokenBatch tokens, bool cacheAll, int reps, out double totalMs)
+    /// <summary>Per-operation medians (ms) of one mode, and the median total.</summary>
+    public sealed record ModeProfile(Dictionary<string, double> Ms, double TotalMs);
+
+    /// <summary>
+    /// Profiles <paramref name="reps"/> forwards of each mode (after one warm-up), alternating the
+    /// plain and the cache-everything forward so both see the same machine load. Returns the
+    /// per-operation medians of each mode and, per operation, its GEMM label (or null).
+    /// </summary>
+    public (ModeProfile Plain, ModeProfile Cache, Dictionary<string, string?> GemmOf) Profile(HookedTransformer model, TokenBatch tokens, int reps)
     {
-        var options = new RunOptions();
+        var plain = new RunOptions();
+        var cache = new RunOptions().CacheAll();
         foreach (var name in model.HookPointNames)
         {
-            if (!cacheAll && name.EndsWith(".hook_result", StringComparison.Ordinal)) continue;
-            options.AddHook(name, Mark);
+            if (!name.EndsWith(".hook_result", StringComparison.Ordinal)) plain.AddHook(name, Mark);
+            cache.AddHook(name, Mark);
         }
-        if (cacheAll) options.CacheAll();
-
-        var perRep = new List<Dictionary<string, double>>();
         var gemmOf = new Dictionary<string, string?>(StringComparer.Ordinal);
-        var totals = new List<double>();
+        var samples = new[] { new List<Dictionary<string, double>>(), new List<Dictionary<string, double>>() };
+        var totals = new[] { new List<double>(), new List<double>() };
         for (int rep = -1; rep < reps; rep++)
         {
-            _marks.Clear();
-            long start = Stopwatch.GetTimestamp();
-            var result = model.Run(tokens, options);
-            long end = Stopwatch.GetTimestamp();
-            GC.KeepAlive(result);
-            if (rep < 0) continue; // warm-up
-            var sums = new Dictionary<string, double>(StringComparer.Ordinal);
-            long previous = start;
-            foreach (var (name, ticks) in _marks.Append(("<end>", end)))
+            for (int mode = 0; mode < 2; mode++)
             {
-                var (op, gemm) = Operation(name, model.Config.ActFn);
-                sums[op] = sums.GetValueOrDefault(op) + (ticks - previous) * 1000.0 / Stopwatch.Frequency;
-                gemmOf[op] = gemm;
-                previous = ticks;
+                var (start, end) = TimedRun(model, tokens, mode == 0 ? plain : cache);
+                if (rep < 0) continue; // warm-up
+                var sums = new Dictionary<string, double>(StringComparer.Ordinal);
+                long previous = start;
+                foreach (var (name, ticks) in _marks.Append(("<end>", end)))
+                {
+                    var (op, gemm) = Operation(name, model.Config.ActFn);
+                    sums[op] = sums.GetValueOrDefault(op) + (ticks - previous) * 1000.0 / Stopwatch.Frequency;
+                    gemmOf[op] = gemm;
+                    previous = ticks;
+                }
+                samples[mode].Add(sums);
+                totals[mode].Add((end - start) * 1000.0 / Stopwatch.Frequency);
             }
-            perRep.Add(sums);
-            totals.Add((end - start) * 1000.0 / Stopwatch.Frequency);
         }
-        totalMs = Stats.Median(totals);
-        return perRep.SelectMany(d => d.Keys).Distinct()
-            .ToDictionary(op => op, op => (Stats.Median(perRep.Select(d => d.GetValueOrDefault(op))), gemmOf[op]));
+        ModeProfile Summarize(int mode) => new(
+            samples[mode].SelectMany(d => d.Keys).Distinct()
+                .ToDictionary(op => op, op => Stats.Median(samples[mode].Select(d => d.GetValueOrDefault(op)))),
+            Stats.Median(totals[mode]));
+        return (Summarize(0), Summarize(1), gemmOf);
+    }
+
+    /// <summary>
+    /// One forward whose result is dead when this returns (not inlined, so no stack slot of the
+    /// caller keeps a gigabyte of cached activations alive into the next forward).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    (long Start, long End) TimedRun(HookedTransformer model, TokenBatch tokens, RunOptions options)
+    {
+        _marks.Clear();
+        long start = Stopwatch.GetTimestamp();
+        var result = model.Run(tokens, options);
+        long end = Stopwatch.GetTimestamp();
+        GC.KeepAlive(result);
+        return (start, end);
     }
 
     Tensors.Tensor? Mark(Tensors.Tensor activation, HookContext context)

@@ -54,6 +54,14 @@ public sealed record EnvironmentInfo(
         GCSettings.LatencyMode.ToString(),
         Environment.GetEnvironmentVariable("LOUPE_THREADS"));
 
+    /// <summary>The 1-minute load average (/proc/loadavg), or "?": above the core count, other processes competed for the CPU.</summary>
+    public static string LoadAverage()
+    {
+        try { return File.ReadAllText("/proc/loadavg").Split(' ')[0]; }
+        catch (IOException) { return "?"; }
+        catch (UnauthorizedAccessException) { return "?"; }
+    }
+
     static string CpuModel()
     {
         try

@@ -17,10 +17,23 @@ public static class Program
             "  loupe run --model ../shared/models/stories260K --prompt \"Once upon a time\"\n" +
             "  loupe info --model gpt2\n" +
             "  loupe cache --model gpt2 --prompt \"Hello\" --hooks \"blocks.*.hook_resid_pre\" --out acts.safetensors");
-        root.Subcommands.Add(RunCommand.Create());
-        root.Subcommands.Add(TokenizeCommand.Create());
-        root.Subcommands.Add(CacheCommand.Create());
-        root.Subcommands.Add(InfoCommand.Create());
+        foreach (var verb in Verbs()) root.Subcommands.Add(verb);
         return root;
+    }
+
+    /// <summary>
+    /// Every verb: each static class named <c>*Command</c> in <c>Loupe.Cli.Commands</c> with a
+    /// <c>static Command Create()</c>, so adding a verb is adding one file. Pipeline order first.
+    /// </summary>
+    static IEnumerable<Command> Verbs()
+    {
+        string[] order = ["run", "tokenize", "info", "cache", "grad", "patch", "lens", "probe", "steer", "persona"];
+        return typeof(Program).Assembly.GetTypes()
+            .Where(t => t.Namespace == typeof(RunCommand).Namespace && t.Name.EndsWith("Command", StringComparison.Ordinal) && t.IsAbstract && t.IsSealed)
+            .Select(t => t.GetMethod("Create", System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic, Type.EmptyTypes))
+            .Where(m => m is not null && m.ReturnType == typeof(Command))
+            .Select(m => (Command)m!.Invoke(null, null)!)
+            .OrderBy(c => Array.IndexOf(order, c.Name) is var i && i >= 0 ? i : order.Length)
+            .ThenBy(c => c.Name, StringComparer.Ordinal);
     }
 }

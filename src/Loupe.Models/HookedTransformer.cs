@@ -42,6 +42,27 @@ public abstract class HookedTransformer : IDisposable
     /// <summary>Unembedding: <c>[d_model] → [d_vocab_out]</c>.</summary>
     protected Linear Unembed { get; init; } = null!;
 
+    /// <summary>The final norm (ln_final), or null for models without one — read-only access for lenses and attribution.</summary>
+    public Norm? FinalNormLayer => FinalNorm;
+
+    /// <summary>The unembedding W_U (and b_U): <c>[d_model] → [d_vocab_out]</c>.</summary>
+    public Linear UnembedLayer => Unembed;
+
+    /// <summary>
+    /// Column <paramref name="token"/> of W_U as a <c>[d_model]</c> vector: the residual-stream direction
+    /// whose dot product (after the final norm) gives that token's logit.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The token is outside d_vocab_out.</exception>
+    public float[] UnembedDirection(int token)
+    {
+        int V = Config.VocabOut, D = Config.DModel;
+        if ((uint)token >= (uint)V) throw new ArgumentOutOfRangeException(nameof(token), $"token id {token} is outside the output vocabulary (d_vocab_out = {V})");
+        var w = Unembed.Weight.Span;
+        var column = new float[D];
+        for (int d = 0; d < D; d++) column[d] = Unembed.WeightIsOutIn ? w[token * D + d] : w[d * V + token];
+        return column;
+    }
+
     /// <summary>The number of parameters (weights and biases) the model holds.</summary>
     public abstract long ParameterCount { get; }
 

@@ -1,0 +1,222 @@
+using Loupe.Tensors;
+
+namespace Loupe.Models.Metrics;
+
+/// <summary>
+/// A scalar function of the logits <c>[batch, pos, d_vocab_out]</c>, with its gradient — where
+/// backward passes start. Metrics sum over the batch, so each row's gradient is its own.
+/// </summary>
+public interface IMetric
+{
+    /// <summary>A short description, e.g. <c>logit_diff(17,42)@-1</c>.</summary>
+    string Name { get; }
+
+    /// <summary>The metric's value.</summary>
+    double Value(Tensor logits);
+
+    /// <summary>d metric / d logits, same shape as the logits.</summary>
+    Tensor Gradient(Tensor logits);
+}
+
+/// <summary>Helpers shared by metrics: resolving positions, checking token ids.</summary>
+static class MetricSupport
+{
+    public static (int B, int T, int V) Dims(Tensor logits)
+    {
+        if (logits.Rank != 3) throw new ArgumentException($"logits should be [batch, pos, d_vocab], got {logits.ShapeString}");
+        return (logits.Dim(0), logits.Dim(1), logits.Dim(2));
+    }
+
+    /// <summary>A position counted from the end when negative (−1 = last).</summary>
+    public static int Resolve(int position, int length, string what)
+    {
+        int p = position < 0 ? length + position : position;
+        if ((uint)p >= (uint)length) throw new ArgumentOutOfRangeException(what, $"position {position} is outside a sequence of {length}");
+        return p;
+    }
+
+    public static void CheckToken(int token, int vocab, string what)
+    {
+        if ((uint)token >= (uint)vocab) throw new ArgumentOutOfRangeException(what, $"{what} token id {token} is outside the output vocabulary (d_vocab_out = {vocab})");
+    }
+
+    /// <summary>log-softmax of one row, in double.</summary>
+    public static double[] LogSoftmax(ReadOnlySpan<float> row)
+    {
+        double max = double.NegativeInfinity;
+        foreach (var v in row) max = Math.Max(max, v);
+        double sum = 0;
+        foreach (var v in row) sum += Math.Exp(v - max);
+        double lse = max + Math.Log(sum);
+        var result = new double[row.Length];
+        for (int i = 0; i < row.Length; i++) result[i] = row[i] - lse;
+        return result;
+    }
+}
+
+/// <summary>
+/// <c>Σ_b (logits[b, pos, answer_b] − logits[b, pos, wrong_b])</c>: the standard patching metric
+/// (e.g. IOI's correct vs. incorrect name). One answer/wrong pair for every row, or one per row.
+/// </summary>
+public sealed class LogitDiff : IMetric
+{
+    readonly int[] _answers, _wrongs;
+    readonly int _position;
+
+    public LogitDiff(int answer, int wrong, int position = -1) : this([answer], [wrong], position) { }
+
+    public LogitDiff(int[] answers, int[] wrongs, int position = -1)
+    {
+        if (answers.Length == 0 || answers.Length != wrongs.Length)
+            throw new ArgumentException($"logit difference needs as many wrong tokens as answers (got {answers.Length} and {wrongs.Length})");
+        _answers = answers;
+        _wrongs = wrongs;
+        _position = position;
+    }
+
+    public string Name => $"logit_diff({string.Join("|", _answers)},{string.Join("|", _wrongs)})@{_position}";
+
+    (int Answer, int Wrong) Pair(int b, int batch)
+    {
+        if (_answers.Length != 1 && _answers.Length != batch)
+            throw new ArgumentException($"{_answers.Length} answer tokens for a batch of {batch}; give one, or one per row");
+        return _answers.Length == 1 ? (_answers[0], _wrongs[0]) : (_answers[b], _wrongs[b]);
+    }
+
+    public double Value(Tensor logits)
+    {
+        var (B, T, V) = MetricSupport.Dims(logits);
+        int p = MetricSupport.Resolve(_position, T, "position");
+        double sum = 0;
+        for (int b = 0; b < B; b++)
+        {
+            var (a, w) = Pair(b, B);
+            MetricSupport.CheckToken(a, V, "answer");
+            MetricSupport.CheckToken(w, V, "wrong");
+            var row = logits.Span.Slice((b * T + p) * V, V);
+            sum += row[a] - row[w];
+        }
+        return sum;
+    }
+
+    public Tensor Gradient(Tensor logits)
+    {
+        var (B, T, V) = MetricSupport.Dims(logits);
+        int p = MetricSupport.Resolve(_position, T, "position");
+        var grad = Tensor.Zeros(B, T, V);
+        for (int b = 0; b < B; b++)
+        {
+            var (a, w) = Pair(b, B);
+            grad.Span[(b * T + p) * V + a] += 1f;
+            grad.Span[(b * T + p) * V + w] -= 1f;
+        }
+        return grad;
+    }
+}
+
+/// <summary><c>Σ_b log softmax(logits[b, pos])[token]</c>: the log-probability of a token.</summary>
+public sealed class LogProb(int token, int position = -1) : IMetric
+{
+    public string Name => $"log_prob({token})@{position}";
+
+    public double Value(Tensor logits)
+    {
+        var (B, T, V) = MetricSupport.Dims(logits);
+        MetricSupport.CheckToken(token, V, "target");
+        int p = MetricSupport.Resolve(position, T, "position");
+        double sum = 0;
+        for (int b = 0; b < B; b++) sum += MetricSupport.LogSoftmax(logits.Span.Slice((b * T + p) * V, V))[token];
+        return sum;
+    }
+
+    public Tensor Gradient(Tensor logits)
+    {
+        var (B, T, V) = MetricSupport.Dims(logits);
+        int p = MetricSupport.Resolve(position, T, "position");
+        var grad = Tensor.Zeros(B, T, V);
+        for (int b = 0; b < B; b++)
+        {
+            // d log p_t / d z_i = [i = t] − p_i
+            var logp = MetricSupport.LogSoftmax(logits.Span.Slice((b * T + p) * V, V));
+            var g = grad.Span.Slice((b * T + p) * V, V);
+            for (int i = 0; i < V; i++) g[i] = (float)((i == token ? 1 : 0) - Math.Exp(logp[i]));
+        }
+        return grad;
+    }
+}
+
+/// <summary>
+/// Mean next-token cross-entropy over the predictions at positions <c>[start, end)</c> (position t
+/// predicts token t+1), averaged over every row's predictions (padding excluded).
+/// </summary>
+public sealed class SpanLoss : IMetric
+{
+    readonly TokenBatch _tokens;
+    readonly int _start, _end;
+
+    /// <param name="tokens">The tokens the logits were computed from (targets are the next tokens).</param>
+    /// <param name="start">First predicting position (inclusive).</param>
+    /// <param name="end">Last predicting position (exclusive); at most length − 1. Negative counts from the end.</param>
+    public SpanLoss(TokenBatch tokens, int start = 0, int end = -1)
+    {
+        _tokens = tokens;
+        _start = start;
+        _end = end < 0 ? tokens.Length + end : end;
+        if (_start < 0 || _end > tokens.Length - 1 || _start >= _end)
+            throw new ArgumentException($"loss span [{start}, {end}) is empty or outside the {tokens.Length - 1} predictions of a sequence of {tokens.Length}");
+    }
+
+    public string Name => $"loss[{_start}:{_end}]";
+
+    IEnumerable<(int B, int P, int Target)> Predictions()
+    {
+        for (int b = 0; b < _tokens.Batch; b++)
+            for (int p = _start; p < _end; p++)
+            {
+                int i = b * _tokens.Length + p;
+                if (_tokens.Valid is { } v && (!v[i] || !v[i + 1])) continue;
+                yield return (b, p, _tokens.Ids[i + 1]);
+            }
+    }
+
+    public double Value(Tensor logits)
+    {
+        var (_, T, V) = MetricSupport.Dims(logits);
+        double sum = 0;
+        int n = 0;
+        foreach (var (b, p, target) in Predictions())
+        {
+            MetricSupport.CheckToken(target, V, "target");
+            sum -= MetricSupport.LogSoftmax(logits.Span.Slice((b * T + p) * V, V))[target];
+            n++;
+        }
+        return n == 0 ? 0 : sum / n;
+    }
+
+    public Tensor Gradient(Tensor logits)
+    {
+        var (B, T, V) = MetricSupport.Dims(logits);
+        var grad = Tensor.Zeros(B, T, V);
+        var predictions = Predictions().ToList();
+        foreach (var (b, p, target) in predictions)
+        {
+            // d (−log p_t)/n / d z_i = (p_i − [i = t]) / n
+            var logp = MetricSupport.LogSoftmax(logits.Span.Slice((b * T + p) * V, V));
+            var g = grad.Span.Slice((b * T + p) * V, V);
+            for (int i = 0; i < V; i++) g[i] = (float)((Math.Exp(logp[i]) - (i == target ? 1 : 0)) / predictions.Count);
+        }
+        return grad;
+    }
+}
+
+/// <summary>The normalized patching metric <c>(m − m_corrupt) / (m_clean − m_corrupt)</c>: 1 = clean behaviour restored, 0 = corrupt.</summary>
+public static class PatchingMetric
+{
+    /// <exception cref="ArgumentException">The clean and corrupt values are equal, so nothing can be normalized.</exception>
+    public static double Normalize(double value, double clean, double corrupt)
+    {
+        double span = clean - corrupt;
+        if (Math.Abs(span) < 1e-12) throw new ArgumentException($"clean and corrupt metrics are equal ({clean}); the normalized patching metric is undefined");
+        return (value - corrupt) / span;
+    }
+}
