@@ -69,6 +69,9 @@ public abstract class HookedTransformer : IDisposable
     /// <summary>One block: reads resid_pre <c>[batch, pos, d_model]</c> and returns resid_post.</summary>
     protected abstract Tensor Block(int layer, ForwardContext ctx, Tensor residPre);
 
+    /// <summary>The block's backward: d resid_post → d resid_pre, through every hook point of the block.</summary>
+    protected abstract Tensor BlockBackward(int layer, ForwardContext ctx, Tensor dResidPost);
+
     /// <summary>Every hook point this model has, in forward order.</summary>
     public IReadOnlyList<string> HookPointNames => _hookNames ??= DiscoverHookNames();
 
@@ -103,6 +106,74 @@ public abstract class HookedTransformer : IDisposable
         var ctx = new ForwardContext(options ?? new RunOptions(), tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1);
         var logits = Forward(tokens, ctx);
         return new ForwardResult(logits, ctx.Cache);
+    }
+
+    /// <summary>
+    /// Forward and backward: the metric's value and d metric / d activation at every hook point
+    /// matching <paramref name="gradientHooks"/> (comma-separated globs; null = all). Gradient hooks in
+    /// <paramref name="options"/> may edit gradients on the way back. Forward-hook edits are treated as
+    /// additive (identity Jacobian). Memory: every activation the backward needs is kept until it ends —
+    /// about the size of a full activation cache of the forward pass.
+    /// </summary>
+    public GradientResult RunWithGradients(TokenBatch tokens, Metrics.IMetric metric, string? gradientHooks = null, RunOptions? options = null)
+    {
+        options ??= new RunOptions();
+        if (gradientHooks is not null)
+        {
+            var selected = new HashSet<string>(new HookPattern(gradientHooks).Select(HookPointNames), StringComparer.Ordinal);
+            options.GradientFilter = selected.Contains;
+        }
+        else options.GradientFilter ??= static _ => true;
+        if (options.LastPositionLogitsOnly) throw new ArgumentException("a backward pass needs logits at every position; unset LastPositionLogitsOnly");
+        CheckTokens(tokens, 0);
+        var ctx = new ForwardContext(options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1)
+        {
+            Saved = new Dictionary<object, object>(ReferenceEqualityComparer.Instance),
+        };
+        var logits = Forward(tokens, ctx);
+        double value = metric.Value(logits);
+        if (!double.IsFinite(value)) throw new InvalidOperationException($"metric {metric.Name} is {value}; cannot differentiate");
+        Backward(ctx, logits, metric.Gradient(logits));
+        return new GradientResult(value, logits, ctx.Cache, ctx.Gradients);
+    }
+
+    /// <summary>Backward from d logits through the unembedding, final norm, blocks (in reverse) and embeddings.</summary>
+    void Backward(ForwardContext ctx, Tensor logits, Tensor dLogits)
+    {
+        int B = logits.Dim(0), T = logits.Dim(1), D = Config.DModel;
+        if (Config.FinalLogitSoftCap > 0)
+        {
+            // Forward: logits = cap·tanh(z/cap) ⇒ dz = d logits · (1 − (logits/cap)²).
+            float cap = Config.FinalLogitSoftCap;
+            var dz = Tensor.Uninitialized(B, T, Config.VocabOut);
+            for (int i = 0; i < dz.Length; i++) dz.Span[i] = dLogits.Span[i] * (1 - (logits.Span[i] / cap) * (logits.Span[i] / cap));
+            dLogits = dz;
+        }
+        // Forward: logits = normed·W_U + b_U.
+        var dResid = Tensor.Uninitialized(B, T, D);
+        Unembed.BackwardInput(Backend, dLogits.Span, B * T, dResid.Span);
+        if (FinalNorm is not null) dResid = FinalNorm.Backward(ctx, -1, dResid);
+        for (int l = Config.NLayers - 1; l >= 0; l--) dResid = BlockBackward(l, ctx, dResid);
+        // Forward: resid_pre.0 = hook_embed (+ hook_pos_embed); both receive the residual gradient.
+        if (!WPos.IsEmpty) ctx.GradHook(HookNames.PosEmbed, -1, dResid);
+        ctx.GradHook(HookNames.Embed, -1, dResid);
+    }
+
+    /// <summary>Backward of <see cref="SequentialBlock"/>, hook point by hook point in reverse.</summary>
+    protected Tensor SequentialBlockBackward(int l, ForwardContext ctx, Tensor dResidPost, Norm ln1, AttentionLayer attn, Norm? ln2, MlpLayer? mlp)
+    {
+        var names = attn.Names;
+        dResidPost = ctx.GradHook(names.ResidPost, l, dResidPost);
+        Tensor dResidMid = dResidPost;
+        if (mlp is not null)
+        {
+            // Forward: resid_post = resid_mid + mlp(ln2(resid_mid)).
+            var dMlpOut = ctx.GradHook(names.MlpOut, l, dResidPost);
+            dResidMid = ctx.GradHook(names.ResidMid, l, Sum(dResidPost, ln2!.Backward(ctx, l, mlp.Backward(ctx, dMlpOut, this))));
+        }
+        // Forward: resid_mid = resid_pre + attn(ln1(resid_pre)).
+        var dAttnOut = ctx.GradHook(names.AttnOut, l, dResidMid);
+        return ctx.GradHook(names.ResidPre, l, Sum(dResidMid, ln1.Backward(ctx, l, attn.Backward(ctx, dAttnOut, this))));
     }
 
     /// <summary>Forward pass within a context (also used by generation with a KV cache).</summary>
@@ -186,7 +257,7 @@ public abstract class HookedTransformer : IDisposable
         return y;
     }
 
-    void CheckTokens(TokenBatch tokens, int offset)
+    internal void CheckTokens(TokenBatch tokens, int offset)
     {
         for (int i = 0; i < tokens.Ids.Length; i++)
         {

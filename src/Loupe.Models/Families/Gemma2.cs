@@ -94,4 +94,18 @@ public sealed class Gemma2Model : HookedTransformer
         var mlpOut = ctx.Hook(names.MlpOut, l, _ln2Post[l].Forward(ctx, l, mlp, this));
         return ctx.Hook(names.ResidPost, l, Sum(residMid, mlpOut));
     }
+
+    protected override Tensor BlockBackward(int l, ForwardContext ctx, Tensor dResidPost)
+    {
+        var names = _attn[l].Names;
+        dResidPost = ctx.GradHook(names.ResidPost, l, dResidPost);
+        // Forward: resid_post = resid_mid + ln2_post(mlp(ln2(resid_mid))).
+        var dMlpOut = ctx.GradHook(names.MlpOut, l, dResidPost);
+        var viaMlp = _ln2[l].Backward(ctx, l, _mlp[l].Backward(ctx, _ln2Post[l].Backward(ctx, l, dMlpOut), this));
+        var dResidMid = ctx.GradHook(names.ResidMid, l, Sum(dResidPost, viaMlp));
+        // Forward: resid_mid = resid_pre + ln1_post(attn(ln1(resid_pre))).
+        var dAttnOut = ctx.GradHook(names.AttnOut, l, dResidMid);
+        var viaAttn = _ln1[l].Backward(ctx, l, _attn[l].Backward(ctx, _ln1Post[l].Backward(ctx, l, dAttnOut), this));
+        return ctx.GradHook(names.ResidPre, l, Sum(dResidMid, viaAttn));
+    }
 }

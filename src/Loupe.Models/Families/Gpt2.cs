@@ -78,4 +78,7 @@ public sealed class Gpt2Model : HookedTransformer
 
     protected override Tensor Block(int l, ForwardContext ctx, Tensor residPre) =>
         SequentialBlock(l, ctx, residPre, _ln1[l], _attn[l], _ln2[l], _mlp[l]);
+
+    protected override Tensor BlockBackward(int l, ForwardContext ctx, Tensor dResidPost) =>
+        SequentialBlockBackward(l, ctx, dResidPost, _ln1[l], _attn[l], _ln2[l], _mlp[l]);
 }

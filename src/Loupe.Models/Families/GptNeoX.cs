@@ -83,4 +83,17 @@ public sealed class GptNeoXModel : HookedTransformer
         var mlpOut = ctx.Hook(names.MlpOut, l, _mlp[l].Forward(ctx, _ln2[l].Forward(ctx, l, residPre, this), this));
         return ctx.Hook(names.ResidPost, l, Sum(residPre, attnOut, mlpOut));
     }
+
+    protected override Tensor BlockBackward(int l, ForwardContext ctx, Tensor dResidPost)
+    {
+        if (!Config.ParallelAttnMlp) return SequentialBlockBackward(l, ctx, dResidPost, _ln1[l], _attn[l], _ln2[l], _mlp[l]);
+        // Forward: resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre)).
+        var names = _attn[l].Names;
+        dResidPost = ctx.GradHook(names.ResidPost, l, dResidPost);
+        var dMlpOut = ctx.GradHook(names.MlpOut, l, dResidPost);
+        var viaMlp = _ln2[l].Backward(ctx, l, _mlp[l].Backward(ctx, dMlpOut, this));
+        var dAttnOut = ctx.GradHook(names.AttnOut, l, dResidPost);
+        var viaAttn = _ln1[l].Backward(ctx, l, _attn[l].Backward(ctx, dAttnOut, this));
+        return ctx.GradHook(names.ResidPre, l, Sum(dResidPost, viaMlp, viaAttn));
+    }
 }

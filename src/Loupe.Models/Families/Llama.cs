@@ -85,4 +85,7 @@ public sealed class LlamaModel : HookedTransformer
 
     protected override Tensor Block(int l, ForwardContext ctx, Tensor residPre) =>
         SequentialBlock(l, ctx, residPre, _ln1[l], _attn[l], _ln2[l], _mlp[l]);
+
+    protected override Tensor BlockBackward(int l, ForwardContext ctx, Tensor dResidPost) =>
+        SequentialBlockBackward(l, ctx, dResidPost, _ln1[l], _attn[l], _ln2[l], _mlp[l]);
 }

@@ -39,6 +39,53 @@ public sealed class ForwardContext
     public int GenerationStep { get; }
     public int PositionOffset { get; }
     public ActivationCache Cache { get; } = new();
+
+    /// <summary>Gradients recorded during the backward pass.</summary>
+    public ActivationCache Gradients { get; } = new();
+
+    /// <summary>
+    /// What each layer saved for its backward pass (keyed by the layer object), or null when no
+    /// backward will follow — then layers save nothing.
+    /// </summary>
+    internal Dictionary<object, object>? Saved { get; init; }
+
+    /// <summary>Whether layers must save what their backward pass needs.</summary>
+    public bool RecordsForBackward => Saved is not null;
+
+    internal void Save(object layer, object state)
+    {
+        if (Saved is { } saved) saved[layer] = state;
+    }
+
+    internal T Restore<T>(object layer) where T : class =>
+        Saved is { } saved && saved.TryGetValue(layer, out var state) ? (T)state
+            : throw new InvalidOperationException($"{layer.GetType().Name} has no saved state: the forward pass did not record for backward");
+
+    /// <summary>Whether a gradient is asked for at this hook point (recorded or hooked).</summary>
+    public bool WantsGradient(string name) =>
+        _options.GradientHooks.ContainsKey(name) || (_options.GradientFilter?.Invoke(name) ?? false);
+
+    /// <summary>
+    /// Passes a gradient through its hook point on the way back: gradient hooks first (each may
+    /// replace it), then the gradient cache records what flows on.
+    /// </summary>
+    public Tensor GradHook(string name, int layer, Tensor gradient)
+    {
+        if (_options.GradientHooks.TryGetValue(name, out var hooks))
+        {
+            var context = new HookContext(name, layer, PositionOffset, GenerationStep);
+            foreach (var hook in hooks)
+            {
+                var replaced = hook(gradient, context);
+                if (replaced is null || ReferenceEquals(replaced, gradient)) continue;
+                if (!replaced.SameShape(gradient))
+                    throw new InvalidOperationException($"a gradient hook at '{name}' returned shape {replaced.ShapeString}; the gradient there has shape {gradient.ShapeString}");
+                gradient = replaced;
+            }
+        }
+        if (_options.GradientFilter?.Invoke(name) ?? false) Gradients.Set(name, gradient);
+        return gradient;
+    }
     public bool LastPositionLogitsOnly => _options.LastPositionLogitsOnly;
 
     /// <summary>Whether anything reads this hook point, so optional activations (e.g. hook_result) are computed only when asked for.</summary>

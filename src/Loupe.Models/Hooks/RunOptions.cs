@@ -19,6 +19,7 @@ public delegate Tensor? HookFunction(Tensor activation, HookContext context);
 public sealed class RunOptions
 {
     readonly Dictionary<string, List<HookFunction>> _hooks = new(StringComparer.Ordinal);
+    readonly Dictionary<string, List<HookFunction>> _gradientHooks = new(StringComparer.Ordinal);
 
     /// <summary>Which hook points to record into the cache; null records nothing.</summary>
     public Func<string, bool>? CacheFilter { get; set; }
@@ -34,6 +35,20 @@ public sealed class RunOptions
         return this;
     }
 
+    /// <summary>
+    /// Registers a gradient hook: during a backward pass it sees d metric / d activation at the hook
+    /// point and may replace it (same shape); what it returns flows on to earlier layers.
+    /// </summary>
+    public RunOptions AddGradientHook(string hookName, HookFunction hook)
+    {
+        if (!_gradientHooks.TryGetValue(hookName, out var list)) _gradientHooks[hookName] = list = [];
+        list.Add(hook);
+        return this;
+    }
+
+    /// <summary>Which hook points' gradients to record during a backward pass; null records none.</summary>
+    public Func<string, bool>? GradientFilter { get; set; }
+
     /// <summary>Records the hook points whose names match <paramref name="pattern"/>.</summary>
     public RunOptions CacheMatching(HookPattern pattern)
     {
@@ -48,6 +63,7 @@ public sealed class RunOptions
     }
 
     internal IReadOnlyDictionary<string, List<HookFunction>> Hooks => _hooks;
+    internal IReadOnlyDictionary<string, List<HookFunction>> GradientHooks => _gradientHooks;
 }
 
 /// <summary>Activations recorded during a forward pass, by hook name.</summary>
@@ -77,3 +93,10 @@ public sealed class ActivationCache
 /// <param name="Logits"><c>[batch, pos, d_vocab_out]</c> (pos = 1 with <see cref="RunOptions.LastPositionLogitsOnly"/>).</param>
 /// <param name="Cache">The recorded activations (empty unless a cache filter was given).</param>
 public sealed record ForwardResult(Tensor Logits, ActivationCache Cache);
+
+/// <summary>The output of a forward and backward pass.</summary>
+/// <param name="Metric">The metric's value.</param>
+/// <param name="Logits"><c>[batch, pos, d_vocab_out]</c>.</param>
+/// <param name="Activations">Activations recorded by the cache filter.</param>
+/// <param name="Gradients">d metric / d activation at the hook points the gradient filter selected.</param>
+public sealed record GradientResult(double Metric, Tensor Logits, ActivationCache Activations, ActivationCache Gradients);

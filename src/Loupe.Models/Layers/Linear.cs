@@ -30,6 +30,32 @@ public sealed class Linear
         backend.Linear(x, rows, DIn, Weight.Span, WeightIsOutIn, DOut, Bias.Span, y);
 
     /// <summary>
+    /// Backward to the input: <c>dx[rows, d_in] = dy[rows, d_out]·Wᵀ</c> (added to dx when <paramref name="accumulate"/>).
+    /// Forward: <c>y = x·W + b</c>.
+    /// </summary>
+    public void BackwardInput(IComputeBackend backend, ReadOnlySpan<float> dy, int rows, Span<float> dx, bool accumulate = false)
+    {
+        float beta = accumulate ? 1f : 0f;
+        if (WeightIsOutIn)
+            backend.Sgemm(false, false, rows, DIn, DOut, 1f, dy, DOut, Weight.Span, DIn, beta, dx, DIn);
+        else
+            backend.Sgemm(false, true, rows, DIn, DOut, 1f, dy, DOut, Weight.Span, DOut, beta, dx, DIn);
+    }
+
+    /// <summary>
+    /// Backward of <see cref="ForwardInputSlice"/>: <c>dx[:, start:start+count] = dy·W[start:start+count, :]ᵀ</c>,
+    /// written with row stride <paramref name="ldx"/>; dy rows have stride <paramref name="ldy"/>.
+    /// </summary>
+    public void BackwardInputSlice(IComputeBackend backend, ReadOnlySpan<float> dy, int ldy, int rows, Span<float> dx, int ldx, int start, int count)
+    {
+        var w = Weight.Span;
+        if (WeightIsOutIn)
+            backend.Sgemm(false, false, rows, count, DOut, 1f, dy, ldy, w.Slice(start), DIn, 0f, dx.Slice(start), ldx);
+        else
+            backend.Sgemm(false, true, rows, count, DOut, 1f, dy, ldy, w.Slice(start * DOut), DOut, 0f, dx.Slice(start), ldx);
+    }
+
+    /// <summary>
     /// The contribution of input columns <c>[start, start+count)</c> only, without bias:
     /// <c>y[rows, d_out] = x[:, start:start+count]·W[start:start+count, :]</c>; x rows have stride <paramref name="ldx"/>.
     /// </summary>

@@ -30,6 +30,12 @@ public sealed class CpuBackend : IComputeBackend
     public void Rotary(RotaryTable table, Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions) =>
         table.Apply(x, rows, heads, headDim, positions);
 
+    public void RotaryInverse(RotaryTable table, Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions) =>
+        table.ApplyInverse(x, rows, heads, headDim, positions);
+
+    public void ActivationBackward(string name, ReadOnlySpan<float> x, ReadOnlySpan<float> dy, Span<float> dx) =>
+        Activations.Backward(name, x, dy, dx);
+
     public void AttentionScores(ReadOnlySpan<float> q, ReadOnlySpan<float> k, int batch, int queryLen, int keyLen,
         int nHeads, int nKvHeads, int dHead, float scale, AttentionMask mask, Span<float> scores, int keyCapacity = 0) =>
         Attention.Scores(q, k, batch, queryLen, keyLen, nHeads, nKvHeads, dHead, scale, mask, scores, keyCapacity);

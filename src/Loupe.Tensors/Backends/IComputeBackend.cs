@@ -30,6 +30,12 @@ public interface IComputeBackend
 
     void Rotary(RotaryTable table, Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions);
 
+    /// <summary>The inverse rotation (the backward of <see cref="Rotary"/>).</summary>
+    void RotaryInverse(RotaryTable table, Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions);
+
+    /// <summary>Backward of an activation: <c>dx = dy ⊙ f′(x)</c>.</summary>
+    void ActivationBackward(string name, ReadOnlySpan<float> x, ReadOnlySpan<float> dy, Span<float> dx);
+
     void AttentionScores(ReadOnlySpan<float> q, ReadOnlySpan<float> k, int batch, int queryLen, int keyLen,
         int nHeads, int nKvHeads, int dHead, float scale, AttentionMask mask, Span<float> scores, int keyCapacity = 0);
 

@@ -142,19 +142,30 @@ public sealed class RotaryTable
     /// Rotates x <c>[rows, heads, headDim]</c> in place; row r sits at position <c>positions[r]</c>.
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">A position is negative or beyond the table.</exception>
-    public void Apply(Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions)
+    public void Apply(Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions) =>
+        Rotate(x, rows, heads, headDim, positions, 1f);
+
+    /// <summary>
+    /// The inverse (and transpose) rotation, by −θ: the backward of <see cref="Apply"/> maps the
+    /// gradient of the rotated vector to the gradient of the unrotated one.
+    /// </summary>
+    public void ApplyInverse(Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions) =>
+        Rotate(x, rows, heads, headDim, positions, -1f);
+
+    void Rotate(Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions, float direction)
     {
         if (headDim < RotaryDim) throw new ArgumentException($"head dimension {headDim} is smaller than the rotary dimension {RotaryDim}");
         if (positions.Length < rows) throw new ArgumentException($"{positions.Length} positions for {rows} rows", nameof(positions));
         if (x.Length < (long)rows * heads * headDim) throw new ArgumentException($"x has {x.Length} elements; [{rows}, {heads}, {headDim}] needs {(long)rows * heads * headDim}", nameof(x));
         int half = RotaryDim / 2;
-        Span<float> tmp = stackalloc float[half];
+        Span<float> sin = stackalloc float[half];
         for (int r = 0; r < rows; r++)
         {
             int p = positions[r];
             if ((uint)p >= (uint)MaxPositions) throw new ArgumentOutOfRangeException(nameof(positions), $"position {p} is outside the rotary table (0..{MaxPositions - 1})");
             var cos = new ReadOnlySpan<float>(_cos, p * half, half);
-            var sin = new ReadOnlySpan<float>(_sin, p * half, half);
+            var sinTable = new ReadOnlySpan<float>(_sin, p * half, half);
+            for (int i = 0; i < half; i++) sin[i] = direction * sinTable[i];
             for (int h = 0; h < heads; h++)
             {
                 var lo = x.Slice((r * heads + h) * headDim, half);
