@@ -60,6 +60,54 @@ public class CliTests
         Assert.Equal(ids, acts.GetInt64("tokens"));
     }
 
+    [Theory]
+    [InlineData("gpt2")]
+    [InlineData("gemma2")]
+    public void GradVerbWritesGradientsThatMatchHuggingFace(string arch)
+    {
+        using var reference = SafeTensorsFile.Open(Path.Combine(Fixture(arch), "reference.safetensors"));
+        string tokens = string.Join(";", reference.GetInt64("input_ids").Chunk(12).Select(row => string.Join(",", row)));
+        string output = TempFile("grads.safetensors");
+        var (code, stdout, err) = Loupe("grad", "--model", Fixture(arch), "--tokens", tokens, "--metric", "logit_diff:17,42",
+            "--hooks", "blocks.*.hook_resid_pre", "--out", output);
+        Assert.True(code == 0, err);
+        Assert.Contains("metric =", stdout);
+        using var grads = SafeTensorsFile.Open(output);
+        Assert.Equal(reference.GetFloat32("metric").Span[0], grads.GetFloat32("metric").Span[0], 1e-3f);
+        for (int l = 0; grads.Contains($"grad.blocks.{l}.hook_resid_pre"); l++)
+        {
+            var expected = reference.GetFloat32($"grad.resid_pre.{l}").Span;
+            var actual = grads.GetFloat32($"grad.blocks.{l}.hook_resid_pre").Span;
+            float scale = 0;
+            foreach (var v in expected) scale = MathF.Max(scale, MathF.Abs(v));
+            for (int i = 0; i < expected.Length; i++)
+                Assert.True(MathF.Abs(expected[i] - actual[i]) <= 1e-4f * scale, $"grad.resid_pre.{l}[{i}]");
+        }
+    }
+
+    [Fact]
+    public void GradVerbRejectsBadMetrics()
+    {
+        var (code, _, err) = Loupe("grad", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--metric", "entropy", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
+        Assert.Equal(1, code);
+        Assert.Contains("unknown --metric 'entropy'", err);
+        (code, _, err) = Loupe("grad", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--metric", "logit_diff:17", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
+        Assert.Equal(1, code);
+        Assert.Contains("two tokens", err);
+        (code, _, err) = Loupe("grad", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--metric", "logit_diff:17,9999", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
+        Assert.Equal(1, code);
+        Assert.Contains("9999", err);
+    }
+
+    [RequiresSharedFact("models/stories260K")]
+    public void MultiTokenAnswersAreRejectedWithTheirTokenization()
+    {
+        var (code, _, err) = Loupe("grad", "--model", SharedData.Require("models/stories260K"), "--prompt", "Once upon a time",
+            "--metric", "logit_diff: elephantine, there", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
+        Assert.Equal(1, code);
+        Assert.Contains("is not a single token", err);
+    }
+
     static void AssertClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, string what)
     {
         Assert.Equal(expected.Length, actual.Length);
