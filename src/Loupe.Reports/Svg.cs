@@ -24,7 +24,13 @@ public static class AtomicFile
         }
     }
 
-    static readonly JsonSerializerOptions s_json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+    // Relaxed escaping keeps non-ASCII text (×, ‖, token strings) readable; the files are data, never embedded in HTML.
+    static readonly JsonSerializerOptions s_json = new()
+    {
+        WriteIndented = true,
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
 
     /// <summary>Serializes <paramref name="value"/> as indented snake_case JSON, atomically. NaN/∞ are written as strings.</summary>
     public static void WriteJson<T>(string path, T value) =>

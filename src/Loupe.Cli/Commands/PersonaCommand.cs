@@ -1,0 +1,242 @@
+using System.CommandLine;
+using System.Globalization;
+using Loupe.Models;
+using Loupe.Reports;
+using Loupe.Steering;
+using Spectre.Console;
+
+namespace Loupe.Cli.Commands;
+
+/// <summary>
+/// <c>loupe persona</c>: extract a persona vector from two contrastive text sets, choose its layer,
+/// monitor a prompt with it, and sweep the steering coefficient over seeded samples.
+/// </summary>
+static class PersonaCommand
+{
+    public static Command Create()
+    {
+        var model = CliSupport.ModelOption();
+        var positive = new Option<string>("--positive") { Description = "Texts expressing the trait, one per line", Required = true };
+        var negative = new Option<string>("--negative") { Description = "Texts expressing the opposite, one per line", Required = true };
+        var layer = new Option<string>("--layer") { Description = "Layer whose residual stream (hook_resid_post) gives the vector, or 'auto' (best cross-validated separation)", DefaultValueFactory = _ => "auto" };
+        var heldOut = new Option<double>("--held-out") { Description = "Share of each set held out: folds for the layer choice; the last fold measures the vector's accuracy", DefaultValueFactory = _ => 0.25 };
+        var prompt = new Option<string>("--prompt", "-p") { Description = "Prompt to monitor and to continue in the sweep", Required = true };
+        var coeffs = new Option<string>("--coeffs") { Description = "Comma-separated steering coefficients: coeff × the raw persona vector (mean difference) is added", DefaultValueFactory = _ => "-4,-2,-1,0,1,2,4" };
+        var seeds = new Option<int>("--seeds") { Description = "Samples per coefficient (seeds 0..N-1, the same at every coefficient)", DefaultValueFactory = _ => 8 };
+        var scoreWords = new Option<string?>("--score-words") { Description = "TRAIT.txt,OPPOSITE.txt word lists: score = trait words − opposite words in each continuation (default: the continuation's mean projection on the persona)" };
+        var maxNew = new Option<int>("--max-new-tokens", "-n") { Description = "Tokens per sample", DefaultValueFactory = _ => 60 };
+        var temperature = new Option<float>("--temperature", "-t") { Description = "Sampling temperature", DefaultValueFactory = _ => 0.9f };
+        var topK = new Option<int>("--top-k") { Description = "Sample among the k most likely tokens (0 = all)", DefaultValueFactory = _ => 40 };
+        var positions = new Option<string>("--positions") { Description = "Where to steer: all, new (generated tokens only) or from:N", DefaultValueFactory = _ => "all" };
+        var output = new Option<string>("--out", "-o") { Description = "Folder for persona.safetensors, persona.json, separation.svg, monitor.json, sweep.json, sweep.svg", Required = true };
+        var command = new Command("persona",
+            "Persona vectors (Chen et al. 2025): the difference of mean residual activations between texts that express a trait and texts\n" +
+            "that express its opposite. Picks the layer that best separates held-out texts, calibrates a monitoring threshold, projects\n" +
+            "the prompt's tokens onto the direction, and sweeps the steering coefficient (coeff × vector added at every position and step).\n\n" +
+            "Examples:\n" +
+            "  loupe persona --model ../shared/models/stories260K --positive src/Loupe.Steering/Data/happy.txt --negative src/Loupe.Steering/Data/sad.txt \\\n" +
+            "      --prompt \"Once upon a time, there was a little girl named Lily. One day, she\" --coeffs \"-8,-4,-2,0,2,4,8\" --seeds 32 \\\n" +
+            "      --score-words src/Loupe.Steering/Data/happy-words.txt,src/Loupe.Steering/Data/sad-words.txt --out persona-happy\n" +
+            "  loupe persona --model ../shared/models/stories260K --positive happy.txt --negative sad.txt --layer 3 --prompt \"Once upon a time\" --out persona-l3")
+        { model, positive, negative, layer, heldOut, prompt, coeffs, seeds, scoreWords, maxNew, temperature, topK, positions, output };
+        command.SetAction(parse => CliSupport.Guard(() =>
+        {
+            string dir = parse.GetValue(output)!;
+            var coefficients = ParseCoefficients(parse.GetValue(coeffs)!);
+            int? fixedLayer = ParseLayer(parse.GetValue(layer)!);
+            var where = SteeringPositions.Parse(parse.GetValue(positions)!);
+            string positivePath = parse.GetValue(positive)!, negativePath = parse.GetValue(negative)!;
+            var traitTexts = WordScore.ReadList(positivePath);
+            var oppositeTexts = WordScore.ReadList(negativePath);
+            var words = parse.GetValue(scoreWords) is string spec ? ParseWordLists(spec) : null;
+            if (parse.GetValue(seeds) < 1) throw new ArgumentException($"--seeds must be at least 1, got {parse.GetValue(seeds)}");
+
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            if (fixedLayer is int l && l >= m.Config.NLayers) throw new ArgumentException($"--layer {l} is outside the model (n_layers = {m.Config.NLayers})");
+            string text = parse.GetValue(prompt)!;
+            int[] input = CliSupport.Encode(m, text);
+
+            // 1. Extract and choose the layer.
+            var persona = CliSupport.Status.Status().Start($"Reading {traitTexts.Count} + {oppositeTexts.Count} texts at {m.Config.NLayers} layers",
+                _ => PersonaVectors.Extract(m, traitTexts, oppositeTexts, new PersonaOptions { Layer = fixedLayer, HeldOutFraction = parse.GetValue(heldOut) }));
+            Directory.CreateDirectory(dir);
+            PrintSeparation(persona, fixedLayer is null);
+            persona.Save(Path.Combine(dir, "persona.safetensors"), new Dictionary<string, string>
+            {
+                ["model"] = m.Source ?? "",
+                ["positive"] = positivePath,
+                ["negative"] = negativePath,
+            });
+            new LineChart
+            {
+                Title = $"Persona separation per layer (chosen: {persona.Layer})",
+                X = persona.Layers.Select(s => (double)s.Layer).ToArray(),
+                Series =
+                [
+                    ("held-out gap / pooled sd (cross-validated)", persona.Layers.Select(s => s.HeldOutEffectSize).ToArray()),
+                    ("training gap / pooled sd", persona.Layers.Select(s => s.TrainEffectSize).ToArray()),
+                ],
+                XAxis = "layer (hook_resid_post)",
+                YAxis = "projection gap / pooled sd",
+            }.Save(Path.Combine(dir, "separation.svg"));
+            AtomicFile.WriteJson(Path.Combine(dir, "persona.json"), new
+            {
+                Model = m.Source,
+                persona.HookName,
+                persona.Layer,
+                persona.Norm,
+                persona.Threshold,
+                persona.MidpointThreshold,
+                persona.TrainAccuracy,
+                persona.HeldOutAccuracy,
+                persona.HeldOutAuroc,
+                LayerChoice = fixedLayer is null ? "auto: highest cross-validated held-out AUROC, ties by held-out gap / pooled sd" : "given",
+                Layers = persona.Layers,
+                Projections = new { persona.TrainPositive, persona.TrainNegative, persona.HeldOutPositive, persona.HeldOutNegative },
+            });
+
+            // 2. Monitor the prompt.
+            var reading = persona.Monitor(m, input);
+            Console.WriteLine();
+            Console.WriteLine($"Monitor: \"{text}\" mean projection {reading.Mean:F3} vs threshold {reading.Threshold:F3} → {(reading.ExpressesTrait ? "expresses the trait" : "does not express the trait")}");
+            AtomicFile.WriteJson(Path.Combine(dir, "monitor.json"), new
+            {
+                Prompt = text,
+                persona.HookName,
+                reading.Threshold,
+                reading.Mean,
+                reading.ExpressesTrait,
+                Tokens = input.Select((id, i) => new { Position = i, Id = id, Text = m.Tokenizer!.Decode([id]), Projection = reading.Projections[i] }).ToArray(),
+            });
+
+            // 3. Sweep the coefficient.
+            var options = new SweepOptions(Math.Min(parse.GetValue(maxNew), m.Config.NCtx - input.Length), parse.GetValue(temperature), parse.GetValue(topK), 1f, parse.GetValue(seeds));
+            Func<int[], string, double> score = words is not null
+                ? (_, t) => words.Score(t)
+                : (ids, _) => TraitProjection(m, persona, input, ids);
+            IReadOnlyList<SweepPoint> points = [];
+            CliSupport.Status.Progress().AutoClear(true).Start(ctx =>
+            {
+                var task = ctx.AddTask("Sampling", maxValue: coefficients.Length * options.Seeds);
+                points = CoefficientSweep.Run(m, input, coefficients, c => persona.Steer(c, where), score, options,
+                    new SyncProgress(done => task.Value = done));
+            });
+            var rows = points.Select(p => SweepRow.From(p, words, m, persona, input)).ToArray();
+            PrintSweep(rows, words is not null, options);
+            double trend = CoefficientSweep.Trend(points);
+            Console.WriteLine($"Trend (Spearman of mean score vs coefficient): {trend:F2}");
+            AtomicFile.WriteJson(Path.Combine(dir, "sweep.json"), new
+            {
+                Prompt = text,
+                persona.HookName,
+                CoefficientUnit = $"coeff × persona vector (raw mean difference, ‖v‖ = {persona.Norm:G4}) added at every selected position",
+                Positions = where.ToString(),
+                Score = words is not null ? "trait words − opposite words in the continuation" : "mean projection of the continuation's tokens on the persona direction",
+                options.MaxNewTokens,
+                options.Temperature,
+                options.TopK,
+                options.Seeds,
+                Trend = trend,
+                Points = rows,
+            });
+            var x = rows.Select(r => (double)r.Coefficient).ToArray();
+            new LineChart
+            {
+                Title = $"Steering along the persona at {persona.HookName}",
+                X = x,
+                Series =
+                [
+                    ("mean score", rows.Select(r => r.Mean).ToArray()),
+                    ("mean + sd", rows.Select(r => r.Mean + r.Sd).ToArray()),
+                    ("mean − sd", rows.Select(r => r.Mean - r.Sd).ToArray()),
+                ],
+                XAxis = "coefficient (× persona vector)",
+                YAxis = words is not null ? "trait words − opposite words" : "projection on persona",
+            }.Save(Path.Combine(dir, "sweep.svg"));
+            CliSupport.Status.WriteLine($"wrote 6 files to {dir}");
+            return 0;
+        }));
+        return command;
+    }
+
+    static void PrintSeparation(PersonaVector persona, bool auto)
+    {
+        Console.WriteLine("layer  ‖v‖      train d  held-out d  held-out AUROC  held-out acc   (d = projection gap / pooled sd; held-out = cross-validated)");
+        foreach (var s in persona.Layers)
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{s.Layer,5}  {s.Norm,7:F3}  {s.TrainEffectSize,7:F2}  {s.HeldOutEffectSize,10:F2}  {s.HeldOutAuroc,14:F3}  {s.HeldOutAccuracy,12:P1}{(s.Layer == persona.Layer ? "  ←" : "")}"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"Persona: {persona.HookName} ({(auto ? "chosen" : "given")}), ‖v‖ = {persona.Norm:F3}, threshold {persona.Threshold:F3} (midpoint {persona.MidpointThreshold:F3}); " +
+            $"train accuracy {persona.TrainAccuracy:P1}, held-out accuracy {persona.HeldOutAccuracy:P1} ({persona.HeldOutPositive.Length} + {persona.HeldOutNegative.Length} texts), held-out AUROC {persona.HeldOutAuroc:F3}"));
+    }
+
+    static void PrintSweep(IReadOnlyList<SweepRow> rows, bool words, SweepOptions options)
+    {
+        Console.WriteLine();
+        Console.WriteLine($"Coefficient sweep: {options.Seeds} seeds × {options.MaxNewTokens} tokens, temperature {options.Temperature}, top-k {options.TopK}");
+        Console.WriteLine(words
+            ? " coeff    score mean ± sd   trait words  opposite words  projection  log-prob/token  sample (seed 0)"
+            : " coeff    score mean ± sd   log-prob/token  sample (seed 0)");
+        foreach (var r in rows)
+        {
+            string sample = r.Samples[0].Text.ReplaceLineEndings(" ");
+            if (sample.Length > 90) sample = sample[..90] + "…";
+            Console.WriteLine(words
+                ? string.Create(CultureInfo.InvariantCulture, $"{r.Coefficient,6:G4}  {r.Mean,8:F2} ± {r.Sd,-5:F2}  {r.TraitWords,11:F2}  {r.OppositeWords,14:F2}  {r.Projection,10:F3}  {r.LogProb,14:F2}  {sample}")
+                : string.Create(CultureInfo.InvariantCulture, $"{r.Coefficient,6:G4}  {r.Mean,8:F3} ± {r.Sd,-5:F3}  {r.LogProb,14:F2}  {sample}"));
+        }
+    }
+
+    /// <summary>Mean projection of the continuation's tokens on the persona direction (read without steering).</summary>
+    static double TraitProjection(HookedTransformer m, PersonaVector persona, int[] prompt, int[] continuation)
+    {
+        if (continuation.Length == 0) return double.NaN;
+        var all = prompt.Concat(continuation).Take(m.Config.NCtx).ToArray();
+        return persona.Monitor(m, all).Projections.Skip(prompt.Length).Average();
+    }
+
+    internal static float[] ParseCoefficients(string text)
+    {
+        var values = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(v => float.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out float c) && float.IsFinite(c) ? c
+                : throw new FormatException($"--coeffs: '{v}' is not a number (expected e.g. \"-4,-2,0,2,4\")"))
+            .ToArray();
+        if (values.Length == 0) throw new FormatException("--coeffs is empty (expected e.g. \"-4,-2,0,2,4\")");
+        return values;
+    }
+
+    static int? ParseLayer(string text) =>
+        text.Trim().Equals("auto", StringComparison.OrdinalIgnoreCase) ? null
+        : int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int l) && l >= 0 ? l
+        : throw new FormatException($"--layer must be a layer index or 'auto', got '{text}'");
+
+    static WordScore ParseWordLists(string spec)
+    {
+        var parts = spec.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (parts.Length != 2) throw new FormatException($"--score-words takes TRAIT.txt,OPPOSITE.txt, got '{spec}'");
+        return WordScore.FromFiles(parts[0], parts[1]);
+    }
+
+    sealed record SampleRow(int Seed, string Text, double Score, int TraitWords, int OppositeWords, double Projection, double LogProb);
+
+    sealed record SweepRow(float Coefficient, double Mean, double Sd, double TraitWords, double OppositeWords, double Projection, double LogProb, IReadOnlyList<SampleRow> Samples)
+    {
+        public static SweepRow From(SweepPoint p, WordScore? words, HookedTransformer m, PersonaVector persona, int[] prompt)
+        {
+            var samples = p.Samples.Select(s =>
+            {
+                var (trait, opposite) = words?.Count(s.Text) ?? (0, 0);
+                return new SampleRow(s.Seed, s.Text, s.Score, trait, opposite, TraitProjection(m, persona, prompt, s.Tokens), s.LogProb);
+            }).ToArray();
+            static double Mean(IEnumerable<double> v) => v.Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average();
+            return new SweepRow(p.Coefficient, p.Mean, p.Sd, Mean(samples.Select(s => (double)s.TraitWords)), Mean(samples.Select(s => (double)s.OppositeWords)),
+                Mean(samples.Select(s => s.Projection)), Mean(samples.Select(s => s.LogProb)), samples);
+        }
+    }
+
+    /// <summary>Reports on the caller's thread so the bar moves in order.</summary>
+    sealed class SyncProgress(Action<int> report) : IProgress<int>
+    {
+        public void Report(int value) => report(value);
+    }
+}

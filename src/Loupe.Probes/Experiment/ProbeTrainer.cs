@@ -1,0 +1,100 @@
+using Loupe.Probes.Classifiers;
+using Loupe.Probes.Harvest;
+
+namespace Loupe.Probes.Experiment;
+
+/// <summary>
+/// Trains and scores probes on harvested activations. Steps:
+/// 1. split the sentences into train and held-out (<see cref="SentenceSplit.Create"/>): every token of a
+///    sentence lands on the same side, so a probe is never scored on a sentence it saw;
+/// 2. the baseline: always predict the most frequent training class, scored on held-out tokens;
+/// 3. per hook (in parallel; each is independent and deterministic): standardize with training
+///    statistics, train the chosen probes on training tokens, score them on both sides and tabulate
+///    the held-out confusion matrix.
+/// </summary>
+public static class ProbeTrainer
+{
+    /// <param name="data">The labelled activations.</param>
+    /// <param name="options">Probes, seed, split and optimiser settings.</param>
+    /// <param name="progress">Told the number of hooks finished, from whichever thread finished one.</param>
+    /// <exception cref="ArgumentException">The options are out of range, the data has fewer than 2 sentences or 2 classes, or one side of the split has no tokens.</exception>
+    public static ProbeRun Run(LabelledActivations data, ProbeOptions? options = null, IProgress<int>? progress = null)
+    {
+        options ??= new ProbeOptions();
+        if ((options.Probes & ProbeKinds.Both) == 0) throw new ArgumentException("no probe kind was chosen", nameof(options));
+        if (options.MaxParallelism == 0 || options.MaxParallelism < -1)
+            throw new ArgumentException($"MaxParallelism must be -1 (one per core) or positive (got {options.MaxParallelism})", nameof(options));
+        int K = data.ClassNames.Count;
+        if (K < 2) throw new ArgumentException($"probing needs at least 2 classes (got {K})", nameof(data));
+        var split = SentenceSplit.Create(data.SentenceCount, options.HeldOutFraction, options.Seed);
+        var train = new List<int>();
+        var heldOut = new List<int>();
+        for (int i = 0; i < data.Count; i++) (split.HeldOut[data.Sentences[i]] ? heldOut : train).Add(i);
+        if (train.Count == 0 || heldOut.Count == 0)
+            throw new ArgumentException($"the split left {train.Count} training and {heldOut.Count} held-out tokens; use more sentences", nameof(data));
+        int[] yTrain = train.Select(i => data.Labels[i]).ToArray(), yHeld = heldOut.Select(i => data.Labels[i]).ToArray();
+        var trainCounts = Histogram(yTrain, K);
+        var heldCounts = Histogram(yHeld, K);
+        int majority = Array.IndexOf(trainCounts, trainCounts.Max());
+        double baseline = (double)heldCounts[majority] / yHeld.Length;
+
+        var results = new HookProbeResult[data.Hooks.Count];
+        int finished = 0;
+        Parallel.For(0, data.Hooks.Count, new ParallelOptions { MaxDegreeOfParallelism = options.MaxParallelism }, h =>
+        {
+            int d = data.Widths[h];
+            var features = data.Features(h);
+            var xTrain = Gather(features, d, train);
+            var standardizer = Standardizer.Fit(xTrain, d);
+            var zTrain = standardizer.Transform(xTrain);
+            var zHeld = standardizer.Transform(Gather(features, d, heldOut));
+            ProbeScore? logistic = null, diffMeans = null;
+            if (options.Probes.HasFlag(ProbeKinds.Logistic))
+            {
+                var probe = LogisticProbe.Train(standardizer, zTrain, yTrain, K, options.Logistic);
+                logistic = Score(probe.PredictStandardized(zTrain), yTrain, probe.PredictStandardized(zHeld), yHeld, K) with
+                {
+                    Iterations = probe.Iterations,
+                    Converged = probe.Converged,
+                };
+            }
+            if (options.Probes.HasFlag(ProbeKinds.DiffMeans))
+            {
+                var probe = DiffMeansProbe.Train(standardizer, zTrain, yTrain, K);
+                diffMeans = Score(probe.PredictStandardized(zTrain), yTrain, probe.PredictStandardized(zHeld), yHeld, K);
+            }
+            results[h] = new HookProbeResult(data.Hooks[h], h, d, logistic, diffMeans);
+            progress?.Report(Interlocked.Increment(ref finished));
+        });
+        return new ProbeRun(data.ClassNames, results, split, trainCounts, heldCounts, majority, baseline);
+    }
+
+    static float[] Gather(float[] features, int d, List<int> rows)
+    {
+        var x = new float[rows.Count * d];  // [rows, d]
+        for (int r = 0; r < rows.Count; r++) features.AsSpan(rows[r] * d, d).CopyTo(x.AsSpan(r * d, d));
+        return x;
+    }
+
+    static int[] Histogram(int[] labels, int classes)
+    {
+        var counts = new int[classes];
+        foreach (var y in labels) counts[y]++;
+        return counts;
+    }
+
+    static ProbeScore Score(int[] trainPredicted, int[] yTrain, int[] heldPredicted, int[] yHeld, int classes)
+    {
+        var confusion = new int[classes][];
+        for (int k = 0; k < classes; k++) confusion[k] = new int[classes];
+        int heldCorrect = 0, trainCorrect = 0;
+        for (int i = 0; i < yHeld.Length; i++)
+        {
+            confusion[yHeld[i]][heldPredicted[i]]++;
+            if (heldPredicted[i] == yHeld[i]) heldCorrect++;
+        }
+        for (int i = 0; i < yTrain.Length; i++)
+            if (trainPredicted[i] == yTrain[i]) trainCorrect++;
+        return new ProbeScore((double)trainCorrect / yTrain.Length, (double)heldCorrect / yHeld.Length, confusion);
+    }
+}

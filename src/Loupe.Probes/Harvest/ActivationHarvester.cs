@@ -1,0 +1,111 @@
+using Loupe.Models;
+using Loupe.Models.Hooks;
+using Loupe.Probes.Alignment;
+using Loupe.Probes.Corpus;
+
+namespace Loupe.Probes.Harvest;
+
+/// <summary>
+/// Streams aligned sentences through a model and keeps the activations of labelled tokens. Steps:
+/// 1. check every hook is a per-position activation (<c>[batch, pos, …]</c>; attention patterns are not);
+/// 2. order the sentences by token count (so a batch pads little) and cut them into batches;
+/// 3. run each batch right-padded, caching only the requested hooks and computing logits at one position;
+/// 4. copy the vector of every labelled real token into its slot, which is fixed by sentence order,
+///    so the result does not depend on the batching.
+/// </summary>
+public static class ActivationHarvester
+{
+    /// <summary>The hooks probed by default: the token embedding and the residual stream after every block.</summary>
+    public const string DefaultHooks = HookNames.Embed + ",blocks.*.hook_resid_post";
+
+    /// <summary>The model's hook points matching <paramref name="patterns"/> (comma-separated globs), in forward order.</summary>
+    /// <exception cref="ArgumentException">A pattern matches no hook point, or a match is not a per-position activation.</exception>
+    public static IReadOnlyList<string> ResolveHooks(HookedTransformer model, string patterns)
+    {
+        var hooks = new HookPattern(patterns).Select(model.HookPointNames);
+        foreach (var hook in hooks)
+            if (hook.EndsWith("hook_pattern", StringComparison.Ordinal) || hook.EndsWith("hook_attn_scores", StringComparison.Ordinal))
+                throw new ArgumentException($"hook '{hook}' is [batch, head, query_pos, key_pos], not a vector per token; probe a per-position hook such as blocks.0.hook_resid_post", nameof(patterns));
+        return hooks;
+    }
+
+    /// <summary>Runs the sentences through the model and collects each labelled token's activation at each hook.</summary>
+    /// <param name="model">The model (its context bounds the sentence length).</param>
+    /// <param name="sentences">Aligned sentences.</param>
+    /// <param name="hooks">Exact hook names (see <see cref="ResolveHooks"/>).</param>
+    /// <param name="options">Batching.</param>
+    /// <param name="progress">Told the number of sentences done after each batch.</param>
+    /// <exception cref="ArgumentException">No sentences or hooks; a hook is not a per-position activation; a sentence is longer than n_ctx.</exception>
+    public static LabelledActivations Harvest(HookedTransformer model, IReadOnlyList<AlignedSentence> sentences, IReadOnlyList<string> hooks,
+        HarvestOptions? options = null, IProgress<int>? progress = null)
+    {
+        options ??= new HarvestOptions();
+        if (options.BatchSize < 1) throw new ArgumentException($"batch size must be at least 1 (got {options.BatchSize})", nameof(options));
+        if (sentences.Count == 0) throw new ArgumentException("there are no sentences to run", nameof(sentences));
+        if (hooks.Count == 0) throw new ArgumentException("no hook points were given", nameof(hooks));
+        var unknown = hooks.Where(h => !model.HookPointNames.Contains(h)).ToArray();
+        if (unknown.Length > 0) throw new ArgumentException($"hook '{unknown[0]}' is not a hook point of this model (resolve patterns with ResolveHooks)", nameof(hooks));
+        for (int s = 0; s < sentences.Count; s++)
+            if (sentences[s].Tokens.Length > model.Config.NCtx)
+                throw new ArgumentException($"sentence {s} ({sentences[s].Source.Source}:{sentences[s].Source.Line}) has {sentences[s].Tokens.Length} tokens; the context is n_ctx = {model.Config.NCtx}", nameof(sentences));
+
+        // Each sentence's examples go to a fixed slot range: offsets in sentence order.
+        var offsets = new int[sentences.Count + 1];
+        for (int s = 0; s < sentences.Count; s++) offsets[s + 1] = offsets[s] + sentences[s].LabelledTokens;
+        int count = offsets[^1];
+        if (count == 0) throw new ArgumentException("no token of any sentence carries a label", nameof(sentences));
+        var labels = new int[count];          // [count]
+        var sentenceOf = new int[count];      // [count]
+        var positions = new int[count];       // [count]
+        var features = new float[hooks.Count][];
+        var widths = new int[hooks.Count];
+
+        var wanted = new HashSet<string>(hooks, StringComparer.Ordinal);
+        int padId = model.Tokenizer?.PadTokenId ?? model.Config.EosTokenId ?? 0;
+        var order = Enumerable.Range(0, sentences.Count).OrderBy(s => sentences[s].Tokens.Length).ThenBy(s => s).ToArray();
+        int done = 0;
+        for (int start = 0; start < order.Length; start += options.BatchSize)
+        {
+            var batchSentences = order.AsSpan(start, Math.Min(options.BatchSize, order.Length - start)).ToArray();
+            var batch = TokenBatch.FromRows(batchSentences.Select(s => sentences[s].Tokens).ToArray(), padId, PaddingSide.Right);
+            var run = model.Run(batch, new RunOptions { CacheFilter = wanted.Contains, LastPositionLogitsOnly = true });
+            for (int h = 0; h < hooks.Count; h++)
+            {
+                var activation = run.Cache[hooks[h]];
+                if (activation.Rank < 3 || activation.Dim(0) != batch.Batch || activation.Dim(1) != batch.Length)
+                    throw new ArgumentException($"hook '{hooks[h]}' has shape [{string.Join(", ", activation.Shape.ToArray())}]; probes need [batch, pos, …] = [{batch.Batch}, {batch.Length}, …]", nameof(hooks));
+                int width = activation.Length / (batch.Batch * batch.Length);
+                if (features[h] is null)
+                {
+                    widths[h] = width;
+                    features[h] = new float[(long)count * width <= Array.MaxLength ? count * width : throw new ArgumentException($"{count} examples × width {width} at '{hooks[h]}' do not fit in one array; use fewer sentences")];
+                }
+                var src = activation.Span;
+                for (int b = 0; b < batchSentences.Length; b++)
+                {
+                    var sentence = sentences[batchSentences[b]];
+                    int slot = offsets[batchSentences[b]];
+                    for (int t = 0; t < sentence.Tokens.Length; t++)
+                    {
+                        if (sentence.Labels[t] < 0) continue;
+                        src.Slice((b * batch.Length + t) * width, width).CopyTo(features[h].AsSpan(slot * width, width));
+                        if (h == 0)
+                        {
+                            labels[slot] = sentence.Labels[t];
+                            sentenceOf[slot] = batchSentences[b];
+                            positions[slot] = t;
+                        }
+                        slot++;
+                    }
+                }
+            }
+            done += batchSentences.Length;
+            progress?.Report(done);
+        }
+        return new LabelledActivations(hooks.ToArray(), widths, features, labels, sentenceOf, positions, sentences.Count);
+    }
+}
+
+/// <summary>How activations are collected.</summary>
+/// <param name="BatchSize">Sentences per forward pass.</param>
+public sealed record HarvestOptions(int BatchSize = 32);

@@ -1,0 +1,129 @@
+using System.Globalization;
+using System.Numerics.Tensors;
+using Loupe.Models;
+using Loupe.Models.Hooks;
+using Loupe.Models.Loading;
+
+namespace Loupe.Steering;
+
+/// <summary>The monitor's reading of one sequence.</summary>
+/// <param name="Tokens">The sequence read.</param>
+/// <param name="Projections">Per position, the activation's projection onto the unit persona direction <c>[pos]</c>.</param>
+/// <param name="Mean">Mean projection over non-BOS positions: the quantity the threshold was calibrated on.</param>
+/// <param name="Threshold">The persona's calibrated threshold.</param>
+/// <param name="ExpressesTrait">Whether <paramref name="Mean"/> exceeds the calibrated threshold.</param>
+public sealed record PersonaReading(int[] Tokens, double[] Projections, double Mean, double Threshold, bool ExpressesTrait);
+
+/// <summary>
+/// A persona direction (Chen et al. 2025, "Persona vectors"): the difference of mean residual
+/// activations between texts that express a trait and texts that express its opposite, at one
+/// layer, with a threshold for monitoring and an edit for steering.
+/// </summary>
+/// <remarks>
+/// Projections are onto the unit direction v̂ = v/‖v‖ of the raw token-averaged activation.
+/// Steering adds <c>coefficient · v</c> (the raw mean difference): coefficient 1 moves an average
+/// "opposite" text's activation to an average "trait" text's, along v.
+/// </remarks>
+public sealed class PersonaVector
+{
+    readonly float[] _unit;
+
+    /// <exception cref="ArgumentException">The vector is empty or zero.</exception>
+    public PersonaVector(string hookName, int layer, float[] vector, double threshold)
+    {
+        float norm = TensorPrimitives.Norm(vector);
+        if (vector.Length == 0 || !(norm > 0) || !float.IsFinite(norm))
+            throw new ArgumentException($"the persona vector at '{hookName}' must be finite and non-zero (‖v‖ = {norm})", nameof(vector));
+        HookName = hookName;
+        Layer = layer;
+        Vector = vector;
+        Norm = norm;
+        _unit = new float[vector.Length];
+        TensorPrimitives.Divide(vector, norm, _unit);
+        Threshold = threshold;
+    }
+
+    public string HookName { get; }
+    public int Layer { get; }
+    /// <summary>mean(trait) − mean(opposite) of token-averaged activations at <see cref="HookName"/> <c>[d_model]</c>.</summary>
+    public float[] Vector { get; }
+    public float Norm { get; }
+    /// <summary>v̂ <c>[d_model]</c>.</summary>
+    public ReadOnlySpan<float> UnitDirection => _unit;
+    /// <summary>Monitoring threshold on the mean projection (max accuracy on the training texts).</summary>
+    public double Threshold { get; }
+    /// <summary>(mean₊ + mean₋)/2 of the training projections, the simpler threshold, for reference.</summary>
+    public double MidpointThreshold { get; init; } = double.NaN;
+    public double TrainAccuracy { get; init; } = double.NaN;
+    /// <summary>Accuracy of <see cref="Threshold"/> on the held-out texts (NaN when none were held out).</summary>
+    public double HeldOutAccuracy { get; init; } = double.NaN;
+    public double HeldOutAuroc { get; init; } = double.NaN;
+    /// <summary>Per layer, the separation that chose <see cref="Layer"/> (empty when loaded from a file).</summary>
+    public IReadOnlyList<LayerSeparation> Layers { get; init; } = [];
+    /// <summary>Every layer's direction <c>[n_layers][d_model]</c> (empty when loaded from a file).</summary>
+    public IReadOnlyList<float[]> LayerVectors { get; init; } = [];
+    /// <summary>Mean projections of the texts at <see cref="Layer"/>, by split and class.</summary>
+    public double[] TrainPositive { get; init; } = [];
+    public double[] TrainNegative { get; init; } = [];
+    public double[] HeldOutPositive { get; init; } = [];
+    public double[] HeldOutNegative { get; init; } = [];
+
+    /// <summary><c>x · v̂</c> for one activation <c>[d_model]</c>.</summary>
+    public double Project(ReadOnlySpan<float> activation) => TensorPrimitives.Dot(activation, _unit);
+
+    /// <summary>Per-token projections of a sequence onto the direction, and the verdict against <see cref="Threshold"/>.</summary>
+    /// <exception cref="ArgumentException">The sequence is empty or the model has no such hook.</exception>
+    public PersonaReading Monitor(HookedTransformer model, int[] tokens)
+    {
+        var acts = TextActivations.PerToken(model, tokens, HookName);
+        var projections = acts.Select(a => Project(a)).ToArray();
+        int first = tokens.Length > 1 && tokens[0] == model.Config.BosTokenId ? 1 : 0;
+        double mean = projections.Skip(first).Average();
+        return new PersonaReading(tokens, projections, mean, Threshold, mean > Threshold);
+    }
+
+    /// <summary>Steering along the persona: adds <c>coefficient · v</c> at <see cref="HookName"/> (negative to suppress the trait).</summary>
+    public SteeringVector Steer(float coefficient, SteeringPositions? positions = null) => new(HookName, Vector, coefficient, positions);
+
+    /// <summary>
+    /// Writes the vector (<c>persona</c> <c>[d_model]</c>, and <c>persona.layers</c> <c>[n_layers, d_model]</c>
+    /// when known) with metadata: hook, layer, norm, threshold, accuracies.
+    /// </summary>
+    /// <exception cref="IOException">The file cannot be written.</exception>
+    public void Save(string path, IReadOnlyDictionary<string, string>? extraMetadata = null)
+    {
+        var tensors = new List<(string, int[], ReadOnlyMemory<float>)> { ("persona", [Vector.Length], Vector) };
+        if (LayerVectors.Count > 0)
+            tensors.Add(("persona.layers", [LayerVectors.Count, Vector.Length], LayerVectors.SelectMany(v => v).ToArray()));
+        var metadata = new Dictionary<string, string>(extraMetadata ?? new Dictionary<string, string>())
+        {
+            ["format"] = "loupe-persona-vector",
+            ["hook"] = HookName,
+            ["layer"] = Layer.ToString(CultureInfo.InvariantCulture),
+            ["norm"] = Norm.ToString("R", CultureInfo.InvariantCulture),
+            ["threshold"] = Threshold.ToString("R", CultureInfo.InvariantCulture),
+            ["reduction"] = "mean_over_non_bos_tokens",
+            ["train_accuracy"] = TrainAccuracy.ToString("R", CultureInfo.InvariantCulture),
+            ["held_out_accuracy"] = HeldOutAccuracy.ToString("R", CultureInfo.InvariantCulture),
+            ["held_out_auroc"] = HeldOutAuroc.ToString("R", CultureInfo.InvariantCulture),
+        };
+        SafeTensorsWriter.Write(path, tensors, metadata);
+    }
+
+    /// <summary>Reads a vector written by <see cref="Save"/>.</summary>
+    /// <exception cref="InvalidDataException">The file lacks the <c>persona</c> tensor or its hook/layer/threshold metadata.</exception>
+    public static PersonaVector Load(string path)
+    {
+        using var file = SafeTensorsFile.Open(path);
+        if (!file.Contains("persona")) throw new InvalidDataException($"{path} has no 'persona' tensor; it is not a persona vector file");
+        string Meta(string key) => file.Metadata.TryGetValue(key, out var v) ? v : throw new InvalidDataException($"{path} lacks the '{key}' metadata of a persona vector");
+        double Num(string key) => double.TryParse(file.Metadata.GetValueOrDefault(key), NumberStyles.Float, CultureInfo.InvariantCulture, out double v) ? v : double.NaN;
+        return new PersonaVector(Meta("hook"), int.Parse(Meta("layer"), CultureInfo.InvariantCulture), file.GetFloat32("persona").ToArray(),
+            double.Parse(Meta("threshold"), CultureInfo.InvariantCulture))
+        {
+            TrainAccuracy = Num("train_accuracy"),
+            HeldOutAccuracy = Num("held_out_accuracy"),
+            HeldOutAuroc = Num("held_out_auroc"),
+        };
+    }
+}

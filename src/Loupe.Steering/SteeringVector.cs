@@ -1,0 +1,150 @@
+using System.Numerics.Tensors;
+using Loupe.Models.Hooks;
+using Loupe.Models.Loading;
+using Loupe.Tensors;
+using Tensor = Loupe.Tensors.Tensor;
+
+namespace Loupe.Steering;
+
+/// <summary>
+/// Activation addition: at hook <see cref="HookName"/>, every selected position's vector becomes
+/// <c>x + coefficient · direction</c>. The direction is used as given (raw or unit-norm is the
+/// caller's choice), so the size of the push is <c>|coefficient| · ‖direction‖</c>.
+/// </summary>
+public sealed class SteeringVector : IActivationEdit
+{
+    readonly float[] _direction;
+
+    /// <param name="hookName">The hook point, e.g. <c>blocks.3.hook_resid_post</c>.</param>
+    /// <param name="direction">The vector added per position <c>[width]</c> (copied).</param>
+    /// <param name="coefficient">Multiplier on <paramref name="direction"/>; 0 leaves the model untouched.</param>
+    /// <param name="positions">Where to add it (default every position).</param>
+    /// <exception cref="ArgumentException">The direction is empty or not finite, or the hook is not <c>[batch, pos, …, d]</c>.</exception>
+    public SteeringVector(string hookName, ReadOnlySpan<float> direction, float coefficient = 1f, SteeringPositions? positions = null)
+    {
+        ActivationEdits.RequirePositionLayout(hookName);
+        if (direction.IsEmpty) throw new ArgumentException($"the steering vector for '{hookName}' is empty", nameof(direction));
+        foreach (float x in direction)
+            if (!float.IsFinite(x)) throw new ArgumentException($"the steering vector for '{hookName}' contains NaN or infinity", nameof(direction));
+        if (!float.IsFinite(coefficient))
+            throw new ArgumentException($"the coefficient for '{hookName}' is {coefficient}; it must be finite", nameof(coefficient));
+        HookName = hookName;
+        _direction = direction.ToArray();
+        Coefficient = coefficient;
+        Positions = positions ?? SteeringPositions.All;
+    }
+
+    public string HookName { get; }
+    /// <summary>The vector added per position (before the coefficient) <c>[width]</c>.</summary>
+    public ReadOnlySpan<float> Direction => _direction;
+    public float Coefficient { get; }
+    public SteeringPositions Positions { get; }
+    public int? Width => _direction.Length;
+    /// <summary>‖direction‖₂.</summary>
+    public float Norm => TensorPrimitives.Norm(_direction);
+
+    /// <summary>The same direction at another coefficient.</summary>
+    public SteeringVector WithCoefficient(float coefficient) => new(HookName, _direction, coefficient, Positions);
+
+    /// <summary>The same vector at other positions.</summary>
+    public SteeringVector WithPositions(SteeringPositions positions) => new(HookName, _direction, Coefficient, positions);
+
+    /// <summary>A projection-out edit along this direction at the same hook and positions.</summary>
+    public ProjectOut ToProjectOut(float coefficient = 1f) => new(HookName, _direction, coefficient, Positions);
+
+    /// <inheritdoc/>
+    public Tensor Apply(Tensor activation, HookContext context)
+    {
+        ActivationEdits.CheckActivation(this, activation); // [batch, pos, …, d]
+        int batch = activation.Dim(0), length = activation.Dim(1), d = _direction.Length;
+        int first = Positions.FirstIndex(context, length);
+        if (first >= length || Coefficient == 0f) return activation;
+        int rowsPerPos = activation.Length / (batch * length * d); // heads, for [batch, pos, head_index, d_head]
+        var edited = activation.Clone();
+        var span = edited.Span;
+        for (int b = 0; b < batch; b++)
+            for (int t = first; t < length; t++)
+                for (int r = 0; r < rowsPerPos; r++)
+                {
+                    var row = span.Slice(((b * length + t) * rowsPerPos + r) * d, d);
+                    TensorPrimitives.MultiplyAdd(_direction, Coefficient, row, row); // x + c·v
+                }
+        return edited;
+    }
+
+    /// <summary>
+    /// Reads a vector from a safetensors file: the tensor <paramref name="tensorName"/>, or the only
+    /// tensor (or the one named <c>persona</c> / <c>direction</c>) when null. The hook comes from
+    /// <paramref name="hookName"/>, else from the file's <c>hook</c> metadata.
+    /// </summary>
+    /// <exception cref="ArgumentException">The tensor is missing or ambiguous, not a vector, or no hook is known.</exception>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    public static SteeringVector Load(string path, string? tensorName = null, string? hookName = null, float coefficient = 1f, SteeringPositions? positions = null)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"vector file not found: {path}", path);
+        using var file = SafeTensorsFile.Open(path);
+        string name = tensorName
+            ?? (file.Names.Count == 1 ? file.Names[0]
+                : file.Names.FirstOrDefault(n => n is "persona" or "direction" or "vector")
+                  ?? throw new ArgumentException($"{path} holds {file.Names.Count} tensors ({string.Join(", ", file.Names.Take(8))}); name one as FILE:TENSOR"));
+        if (!file.Contains(name)) throw new ArgumentException($"{path} has no tensor '{name}'; it holds: {string.Join(", ", file.Names.Take(16))}");
+        var shape = file.GetInfo(name).Shape;
+        if (shape.Count(s => s != 1) > 1) throw new ArgumentException($"tensor '{name}' in {path} has shape [{string.Join(", ", shape)}]; a steering vector is one-dimensional");
+        string hook = hookName ?? (file.Metadata.TryGetValue("hook", out var h) ? h
+            : throw new ArgumentException($"{path} records no 'hook' in its metadata; give the hook point (--hook)"));
+        return new SteeringVector(hook, file.GetFloat32(name).Span, coefficient, positions);
+    }
+}
+
+/// <summary>
+/// Directional ablation: every selected position's vector becomes <c>x − c·(x·v̂)·v̂</c> with
+/// <c>v̂ = v/‖v‖</c>. With <c>c = 1</c> the component along v is removed exactly (up to float
+/// rounding); <c>0 &lt; c &lt; 1</c> shrinks it, <c>c = 2</c> reflects it.
+/// </summary>
+public sealed class ProjectOut : IActivationEdit
+{
+    readonly float[] _unit;
+
+    /// <exception cref="ArgumentException">The direction is empty, zero or not finite, or the hook is not <c>[batch, pos, …, d]</c>.</exception>
+    public ProjectOut(string hookName, ReadOnlySpan<float> direction, float coefficient = 1f, SteeringPositions? positions = null)
+    {
+        ActivationEdits.RequirePositionLayout(hookName);
+        if (direction.IsEmpty) throw new ArgumentException($"the direction to project out at '{hookName}' is empty", nameof(direction));
+        float norm = TensorPrimitives.Norm(direction);
+        if (!float.IsFinite(norm) || norm == 0f || !float.IsFinite(coefficient))
+            throw new ArgumentException($"the direction to project out at '{hookName}' must be finite and non-zero (‖v‖ = {norm})", nameof(direction));
+        HookName = hookName;
+        _unit = direction.ToArray();
+        TensorPrimitives.Divide(_unit, norm, _unit);
+        Coefficient = coefficient;
+        Positions = positions ?? SteeringPositions.All;
+    }
+
+    public string HookName { get; }
+    /// <summary>v̂, the unit direction removed <c>[width]</c>.</summary>
+    public ReadOnlySpan<float> UnitDirection => _unit;
+    public float Coefficient { get; }
+    public SteeringPositions Positions { get; }
+    public int? Width => _unit.Length;
+
+    /// <inheritdoc/>
+    public Tensor Apply(Tensor activation, HookContext context)
+    {
+        ActivationEdits.CheckActivation(this, activation); // [batch, pos, …, d]
+        int batch = activation.Dim(0), length = activation.Dim(1), d = _unit.Length;
+        int first = Positions.FirstIndex(context, length);
+        if (first >= length || Coefficient == 0f) return activation;
+        int rowsPerPos = activation.Length / (batch * length * d);
+        var edited = activation.Clone();
+        var span = edited.Span;
+        for (int b = 0; b < batch; b++)
+            for (int t = first; t < length; t++)
+                for (int r = 0; r < rowsPerPos; r++)
+                {
+                    var row = span.Slice(((b * length + t) * rowsPerPos + r) * d, d);
+                    float along = TensorPrimitives.Dot(row, _unit);
+                    TensorPrimitives.MultiplyAdd(_unit, -Coefficient * along, row, row); // x − c·(x·v̂)·v̂
+                }
+        return edited;
+    }
+}
