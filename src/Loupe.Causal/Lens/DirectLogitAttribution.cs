@@ -1,0 +1,138 @@
+using Loupe.Models;
+using Loupe.Models.Hooks;
+
+namespace Loupe.Causal.Lens;
+
+// Direct logit attribution (TransformerLens semantics: cache.decompose_resid +
+// apply_ln_to_stack + residual_stack_to_logit_diff):
+// 1. Run once, caching the decomposition's hooks (ResidualDecomposition) and ln_final.hook_scale.
+// 2. For each row, split the final residual stream at the position into components.
+// 3. Put each component through the final norm with the scale FROZEN at the cached
+//    ln_final.hook_scale: subtract the component's own mean (LayerNorm only), divide by the scale,
+//    multiply by the norm weight (+ WeightOffset, Gemma). The norm's bias is not a component.
+// 4. Dot with the logit direction u = W_U[:, answer] − W_U[:, wrong] (or W_U[:, token]).
+// Then Σ components = logit(answer) − logit(wrong) − ln_final.b·u − (b_U[answer] − b_U[wrong]),
+// exactly up to float rounding. Final-logit soft-capping (Gemma 2: cap·tanh(z/cap)) is
+// nonlinear, so DLA explains the logits BEFORE it; PreCapLogitDiff is that quantity.
+
+/// <summary>A direction in the residual stream (after the final norm) whose dot product is a logit or a logit difference.</summary>
+/// <param name="Name">e.g. <c>logit(17)</c> or <c>logit(17) − logit(42)</c>.</param>
+/// <param name="Vector">u <c>[d_model]</c>: W_U[:, answer] (− W_U[:, wrong]).</param>
+/// <param name="UnembedBias">b_U[answer] (− b_U[wrong]); 0 without b_U.</param>
+public sealed record LogitDirection(string Name, double[] Vector, double UnembedBias)
+{
+    /// <summary>One token's logit.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The token is outside d_vocab_out.</exception>
+    public static LogitDirection Token(HookedTransformer model, int token) =>
+        new($"logit({token})", model.UnembedDirection(token).Select(v => (double)v).ToArray(), BiasOf(model, token));
+
+    /// <summary>logit(answer) − logit(wrong).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">A token is outside d_vocab_out.</exception>
+    public static LogitDirection Difference(HookedTransformer model, int answer, int wrong)
+    {
+        var a = model.UnembedDirection(answer);
+        var w = model.UnembedDirection(wrong);
+        return new($"logit({answer}) − logit({wrong})", a.Select((v, d) => (double)v - w[d]).ToArray(), BiasOf(model, answer) - BiasOf(model, wrong));
+    }
+
+    static double BiasOf(HookedTransformer model, int token)
+    {
+        var b = model.UnembedLayer.Bias.Span;
+        return b.IsEmpty ? 0 : b[token];
+    }
+}
+
+/// <summary>
+/// DLA of every component, for each row of a batch. <see cref="Values"/> is <c>[row][component]</c>
+/// with components in <see cref="Components"/> order (the <see cref="ResidualDecomposition"/> order).
+/// </summary>
+public sealed class DlaResult
+{
+    public required string[] Components { get; init; }
+    public required ResidualComponent[] ComponentInfo { get; init; }
+    public required double[][] Values { get; init; }
+    /// <summary>The direction's name for each row.</summary>
+    public required string[] Directions { get; init; }
+    /// <summary>Per row: the logit (difference) before soft-capping, from ln_final's output: <c>ln_final(x)·u + b_U term</c>.</summary>
+    public required double[] PreCapLogitDiff { get; init; }
+    /// <summary>Per row: the final norm's bias along the direction, <c>b·u</c>.</summary>
+    public required double[] NormBias { get; init; }
+    /// <summary>Per row: the unembedding bias term, <c>b_U[answer] − b_U[wrong]</c>.</summary>
+    public required double[] UnembedBias { get; init; }
+    /// <summary>The largest <c>|Σ components − final residual|</c> over rows (the decomposition check).</summary>
+    public double MaxDecompositionError { get; init; }
+    public int Position { get; init; }
+
+    /// <summary>Σ components per row (= PreCapLogitDiff − NormBias − UnembedBias).</summary>
+    public double[] Total => Values.Select(r => r.Sum()).ToArray();
+
+    /// <summary>The mean over rows of each component's DLA.</summary>
+    public double[] Mean => Enumerable.Range(0, Components.Length).Select(c => Values.Average(r => r[c])).ToArray();
+}
+
+/// <summary>Direct logit attribution (steps at the top of this file).</summary>
+public static class DirectLogitAttribution
+{
+    /// <summary>DLA of every row onto one direction.</summary>
+    public static DlaResult Compute(HookedTransformer model, TokenBatch tokens, LogitDirection direction, int position = -1) =>
+        Compute(model, tokens, _ => direction, position);
+
+    /// <summary>DLA with a direction per row (e.g. each row's correct answer).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The position is outside the sequence.</exception>
+    public static DlaResult Compute(HookedTransformer model, TokenBatch tokens, Func<int, LogitDirection> directionOfRow, int position = -1)
+    {
+        var hooks = ResidualDecomposition.Hooks(model);
+        bool hasNorm = model.FinalNormLayer is { Kind: not NormKind.None };
+        if (hasNorm) hooks.Add(HookNames.FinalScale);
+        hooks.Add(HookNames.FinalNormalized);
+        var cache = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains }).Cache;
+        int B = tokens.Batch, T = tokens.Length, D = model.Config.DModel;
+        int p = position < 0 ? T + position : position;
+        if ((uint)p >= (uint)T) throw new ArgumentOutOfRangeException(nameof(position), $"position {position} is outside a sequence of {T}");
+        var normBias = FinalNorm.Bias(model);
+        var values = new double[B][];
+        var names = new string[B];
+        var preCap = new double[B];
+        var biasTerm = new double[B];
+        var unembedBias = new double[B];
+        double worst = 0;
+        ResidualComponent[] info = [];
+        for (int b = 0; b < B; b++)
+        {
+            var dir = directionOfRow(b);
+            if (dir.Vector.Length != D) throw new ArgumentException($"logit direction '{dir.Name}' has {dir.Vector.Length} entries; d_model is {D}", nameof(directionOfRow));
+            var decomposition = ResidualDecomposition.FromCache(model, cache, b, p);
+            worst = Math.Max(worst, decomposition.MaxAbsError);
+            info = decomposition.Components.ToArray();
+            double scale = hasNorm ? cache[HookNames.FinalScale].Span[b * T + p] : 1;
+            values[b] = info.Select(c => Dot(FinalNorm.Frozen(model, c.Vector, scale), dir.Vector)).ToArray();
+            names[b] = dir.Name;
+            // The model's own final-norm output (ln_final.hook_normalized, or the residual without a norm).
+            var normalized = (hasNorm ? cache[HookNames.FinalNormalized] : cache[HookNames.ResidPost(model.Config.NLayers - 1)]).Span.Slice((b * T + p) * D, D);
+            double logit = dir.UnembedBias;
+            for (int d = 0; d < D; d++) logit += normalized[d] * dir.Vector[d];
+            preCap[b] = logit;
+            biasTerm[b] = Dot(normBias, dir.Vector);
+            unembedBias[b] = dir.UnembedBias;
+        }
+        return new DlaResult
+        {
+            Components = info.Select(c => c.Name).ToArray(),
+            ComponentInfo = info,
+            Values = values,
+            Directions = names,
+            PreCapLogitDiff = preCap,
+            NormBias = biasTerm,
+            UnembedBias = unembedBias,
+            MaxDecompositionError = worst,
+            Position = p,
+        };
+    }
+
+    static double Dot(double[] a, double[] b)
+    {
+        double s = 0;
+        for (int i = 0; i < a.Length; i++) s += a[i] * b[i];
+        return s;
+    }
+}

@@ -1,0 +1,91 @@
+using Loupe.Models;
+using Loupe.Models.Hooks;
+
+namespace Loupe.Causal.Lens;
+
+// The logit lens over the accumulated residual stream (nostalgebraist 2020; TransformerLens's
+// cache.accumulated_resid + apply_ln_to_stack):
+// 1. Run once, caching every blocks.{l}.hook_resid_pre, the last block's hook_resid_post and
+//    ln_final.hook_scale.
+// 2. For each stage (resid_pre 0 … L−1, then the final resid_post) take the residual at one
+//    (row, position) and apply the final norm: with its REAL scale (the norm recomputed on that
+//    residual, bias included), or with the scale FROZEN at the final cached ln_final.hook_scale
+//    (a linear map, as in DLA; bias included).
+// 3. Unembed (W_U, b_U) and apply the final soft-cap if the model has one, so the last stage
+//    with the real scale reproduces the model's logits; report the answer's logit, probability
+//    and rank (and the logit difference to a wrong token) per stage.
+
+/// <summary>Whether the lens recomputes the final norm's scale for each stage or freezes it at the final one.</summary>
+public enum LensScale { Real, Frozen }
+
+/// <summary>One stage of the logit lens.</summary>
+/// <param name="Label">e.g. <c>resid_pre 0</c>, <c>resid_post 3 (final)</c>.</param>
+/// <param name="Layer">Blocks applied before this stage (0 = embeddings only … n_layers = final).</param>
+/// <param name="AnswerLogit">The answer's logit.</param>
+/// <param name="AnswerProb">Its softmax probability over d_vocab_out.</param>
+/// <param name="AnswerRank">0 = the top token.</param>
+/// <param name="LogitDiff">logit(answer) − logit(wrong), NaN without a wrong token.</param>
+/// <param name="TopToken">The most likely token at this stage.</param>
+public sealed record LensStage(string Label, int Layer, double AnswerLogit, double AnswerProb, int AnswerRank, double LogitDiff, int TopToken);
+
+/// <summary>The logit lens at one position of one row.</summary>
+public sealed class LogitLensResult
+{
+    public required int Answer { get; init; }
+    public int? Wrong { get; init; }
+    public required LensScale Scale { get; init; }
+    public required int Position { get; init; }
+    public required LensStage[] Stages { get; init; }
+}
+
+/// <summary>The logit lens (steps at the top of this file).</summary>
+public static class LogitLens
+{
+    /// <exception cref="ArgumentOutOfRangeException">The row, position or a token is out of range.</exception>
+    public static LogitLensResult Run(HookedTransformer model, TokenBatch tokens, int answer, int? wrong = null, int position = -1, int row = 0, LensScale scale = LensScale.Real)
+    {
+        var cfg = model.Config;
+        int V = cfg.VocabOut, D = cfg.DModel, L = cfg.NLayers, T = tokens.Length;
+        if ((uint)answer >= (uint)V) throw new ArgumentOutOfRangeException(nameof(answer), $"answer token {answer} is outside the output vocabulary (d_vocab_out = {V})");
+        if (wrong is int w0 && (uint)w0 >= (uint)V) throw new ArgumentOutOfRangeException(nameof(wrong), $"wrong token {w0} is outside the output vocabulary (d_vocab_out = {V})");
+        if ((uint)row >= (uint)tokens.Batch) throw new ArgumentOutOfRangeException(nameof(row), $"row {row} is outside the batch of {tokens.Batch}");
+        int p = position < 0 ? T + position : position;
+        if ((uint)p >= (uint)T) throw new ArgumentOutOfRangeException(nameof(position), $"position {position} is outside a sequence of {T}");
+
+        var hooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.ResidPost(L - 1), HookNames.FinalScale };
+        for (int l = 0; l < L; l++) hooks.Add(HookNames.ResidPre(l));
+        var cache = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains }).Cache;
+        bool hasNorm = model.FinalNormLayer is { Kind: not NormKind.None };
+        double frozenScale = hasNorm ? cache[HookNames.FinalScale].Span[row * T + p] : 1;
+        var bias = FinalNorm.Bias(model);
+
+        var stages = new List<LensStage>();
+        for (int stage = 0; stage <= L; stage++)
+        {
+            string hook = stage < L ? HookNames.ResidPre(stage) : HookNames.ResidPost(L - 1);
+            var x = cache[hook].Span.Slice((row * T + p) * D, D);
+            double s = scale == LensScale.Frozen ? frozenScale : FinalNorm.RealScale(model, x);
+            var normed = FinalNorm.Frozen(model, x, s);
+            var input = new float[D];
+            for (int d = 0; d < D; d++) input[d] = (float)(normed[d] + bias[d]);
+            var logits = new float[V];
+            model.UnembedLayer.Forward(model.Backend, input, 1, logits);
+            if (cfg.FinalLogitSoftCap > 0) model.Backend.SoftCap(logits, cfg.FinalLogitSoftCap, logits);
+            stages.Add(Summarize(stage < L ? $"resid_pre {stage}" : $"resid_post {L - 1} (final)", stage, logits, answer, wrong));
+        }
+        return new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages.ToArray() };
+    }
+
+    static LensStage Summarize(string label, int layer, float[] logits, int answer, int? wrong)
+    {
+        double max = double.NegativeInfinity;
+        int top = 0;
+        for (int i = 0; i < logits.Length; i++) if (logits[i] > max) { max = logits[i]; top = i; }
+        double sum = 0;
+        foreach (var v in logits) sum += Math.Exp(v - max);
+        double a = logits[answer];
+        int rank = 0;
+        foreach (var v in logits) if (v > a) rank++;
+        return new LensStage(label, layer, a, Math.Exp(a - max) / sum, rank, wrong is int w ? a - logits[w] : double.NaN, top);
+    }
+}

@@ -1,0 +1,154 @@
+using Loupe.Models;
+using Loupe.Models.Metrics;
+using Loupe.Tensors;
+
+namespace Loupe.Causal.Metrics;
+
+/// <summary>
+/// <c>Σ_b mean_{p ∈ [start, end)} log softmax(logits[b, p])[targets[b, p + 1]]</c>: how well the
+/// model predicts FIXED token sequences (e.g. the clean ones) over a span, whatever tokens it was
+/// actually run on, so clean and corrupt runs are scored against the same targets. Row b of the
+/// logits is scored against row b of the targets; the value sums over rows like the other metrics.
+/// </summary>
+public sealed class TargetLogProb : IMetric
+{
+    readonly TokenBatch _targets;
+    readonly int _start, _end;
+
+    /// <param name="targets">The sequences whose next tokens are predicted (position p predicts token p + 1 of its row).</param>
+    /// <param name="start">First predicting position (inclusive).</param>
+    /// <param name="end">Last predicting position (exclusive), at most length − 1.</param>
+    /// <exception cref="ArgumentException">The span is empty or outside the sequence.</exception>
+    public TargetLogProb(TokenBatch targets, int start, int end)
+    {
+        if (start < 0 || end > targets.Length - 1 || start >= end)
+            throw new ArgumentException($"span [{start}, {end}) is empty or outside the {targets.Length - 1} predictions of a sequence of {targets.Length}", nameof(end));
+        _targets = targets;
+        _start = start;
+        _end = end;
+    }
+
+    /// <summary>One target sequence (a batch of one row).</summary>
+    public TargetLogProb(int[] targets, int start, int end) : this(TokenBatch.Single(targets), start, end) { }
+
+    public string Name => $"target_log_prob[{_start}:{_end}]";
+
+    public double Value(Tensor logits)
+    {
+        var (B, T, V) = Dims(logits);
+        double total = 0;
+        for (int b = 0; b < B; b++)
+        {
+            double sum = 0;
+            for (int p = _start; p < _end; p++)
+            {
+                int target = Target(b, p);
+                if ((uint)target >= (uint)V) throw new ArgumentOutOfRangeException(nameof(logits), $"target token {target} is outside d_vocab_out = {V}");
+                sum += LogSoftmax(logits.Span.Slice((b * T + p) * V, V))[target];
+            }
+            total += sum / (_end - _start);
+        }
+        return total;
+    }
+
+    public Tensor Gradient(Tensor logits)
+    {
+        var (B, T, V) = Dims(logits);
+        var grad = Tensor.Zeros(B, T, V);
+        int n = _end - _start;
+        for (int b = 0; b < B; b++)
+            for (int p = _start; p < _end; p++)
+            {
+                // d log p_t / d z_i = [i = t] − p_i, averaged over the span.
+                var logp = LogSoftmax(logits.Span.Slice((b * T + p) * V, V));
+                var g = grad.Span.Slice((b * T + p) * V, V);
+                int target = Target(b, p);
+                for (int i = 0; i < V; i++) g[i] = (float)(((i == target ? 1 : 0) - Math.Exp(logp[i])) / n);
+            }
+        return grad;
+    }
+
+    int Target(int b, int p) => _targets.Ids[b * _targets.Length + p + 1];
+
+    (int B, int T, int V) Dims(Tensor logits)
+    {
+        if (logits.Rank != 3) throw new ArgumentException($"logits should be [batch, pos, d_vocab], got {logits.ShapeString}", nameof(logits));
+        if (logits.Dim(1) < _end) throw new ArgumentException($"logits cover {logits.Dim(1)} positions; the span needs {_end}", nameof(logits));
+        if (logits.Dim(0) != _targets.Batch) throw new ArgumentException($"logits have {logits.Dim(0)} rows but there are {_targets.Batch} target rows", nameof(logits));
+        return (logits.Dim(0), logits.Dim(1), logits.Dim(2));
+    }
+
+    internal static double[] LogSoftmax(ReadOnlySpan<float> row)
+    {
+        double max = double.NegativeInfinity;
+        foreach (var v in row) max = Math.Max(max, v);
+        double sum = 0;
+        foreach (var v in row) sum += Math.Exp(v - max);
+        double lse = max + Math.Log(sum);
+        var result = new double[row.Length];
+        for (int i = 0; i < row.Length; i++) result[i] = row[i] - lse;
+        return result;
+    }
+}
+
+/// <summary>
+/// The fraction of rows whose argmax over the first <c>vocabLimit</c> logits at
+/// <c>position</c> is that row's answer (e.g. modular addition: <c>logits[:, −1, :113]</c>).
+/// Unlike the other metrics it averages over rows, and it has no gradient.
+/// </summary>
+public sealed class ArgmaxAccuracy(int[] answers, int position = -1, int vocabLimit = int.MaxValue) : IMetric
+{
+    public string Name => $"accuracy@{position}";
+
+    public double Value(Tensor logits)
+    {
+        if (logits.Rank != 3) throw new ArgumentException($"logits should be [batch, pos, d_vocab], got {logits.ShapeString}", nameof(logits));
+        int B = logits.Dim(0), T = logits.Dim(1), V = Math.Min(logits.Dim(2), vocabLimit);
+        if (answers.Length != B) throw new ArgumentException($"{answers.Length} answers for a batch of {B} rows", nameof(logits));
+        int p = position < 0 ? T + position : position;
+        if ((uint)p >= (uint)T) throw new ArgumentOutOfRangeException(nameof(logits), $"position {position} is outside a sequence of {T}");
+        int correct = 0;
+        for (int b = 0; b < B; b++)
+        {
+            var row = logits.Span.Slice((b * T + p) * logits.Dim(2), V);
+            int best = 0;
+            for (int i = 1; i < V; i++) if (row[i] > row[best]) best = i;
+            if (best == answers[b]) correct++;
+        }
+        return (double)correct / B;
+    }
+
+    /// <exception cref="NotSupportedException">Always: accuracy is piecewise constant.</exception>
+    public Tensor Gradient(Tensor logits) => throw new NotSupportedException("accuracy is piecewise constant and has no useful gradient; use a log-probability or logit-difference metric");
+}
+
+/// <summary><c>mean_b log softmax(logits[b, position, :vocabLimit])[answers[b]]</c>: the mean log-probability of each row's own answer.</summary>
+public sealed class AnswerLogProb(int[] answers, int position = -1, int vocabLimit = int.MaxValue) : IMetric
+{
+    public string Name => $"answer_log_prob@{position}";
+
+    public double Value(Tensor logits)
+    {
+        if (logits.Rank != 3) throw new ArgumentException($"logits should be [batch, pos, d_vocab], got {logits.ShapeString}", nameof(logits));
+        int B = logits.Dim(0), T = logits.Dim(1), V = Math.Min(logits.Dim(2), vocabLimit);
+        if (answers.Length != B) throw new ArgumentException($"{answers.Length} answers for a batch of {B} rows", nameof(logits));
+        int p = position < 0 ? T + position : position;
+        double sum = 0;
+        for (int b = 0; b < B; b++) sum += TargetLogProb.LogSoftmax(logits.Span.Slice((b * T + p) * logits.Dim(2), V))[answers[b]];
+        return sum / B;
+    }
+
+    public Tensor Gradient(Tensor logits)
+    {
+        int B = logits.Dim(0), T = logits.Dim(1), Vfull = logits.Dim(2), V = Math.Min(Vfull, vocabLimit);
+        int p = position < 0 ? T + position : position;
+        var grad = Tensor.Zeros(B, T, Vfull);
+        for (int b = 0; b < B; b++)
+        {
+            var logp = TargetLogProb.LogSoftmax(logits.Span.Slice((b * T + p) * Vfull, V));
+            var g = grad.Span.Slice((b * T + p) * Vfull, V);
+            for (int i = 0; i < V; i++) g[i] = (float)(((i == answers[b] ? 1 : 0) - Math.Exp(logp[i])) / B);
+        }
+        return grad;
+    }
+}

@@ -1,0 +1,84 @@
+using System.CommandLine;
+using Loupe.Causal.Lens;
+using Loupe.Causal.Reports;
+using Spectre.Console;
+
+namespace Loupe.Cli.Commands;
+
+/// <summary><c>loupe lens</c>: direct logit attribution and the logit lens for one prompt.</summary>
+static class LensCommand
+{
+    public static Command Create()
+    {
+        var model = CliSupport.ModelOption();
+        var prompt = new Option<string?>("--prompt", "-p") { Description = "The prompt (tokenized with the model's tokenizer, BOS as its template says)" };
+        var tokens = new Option<string?>("--tokens") { Description = "Raw token ids instead of a prompt, e.g. \"5,17,113\" (one row; no BOS added)" };
+        var answer = new Option<string?>("--answer") { Description = "The token to explain; must be exactly one token" };
+        var wrong = new Option<string?>("--wrong") { Description = "A competing token: explain logit(answer) − logit(wrong) instead" };
+        var answerId = new Option<int?>("--answer-id") { Description = "The answer as a token id" };
+        var wrongId = new Option<int?>("--wrong-id") { Description = "The competing token as an id" };
+        var position = new Option<int>("--position") { Description = "The position to explain (negative counts from the end)", DefaultValueFactory = _ => -1 };
+        var scale = new Option<string>("--scale") { Description = "Logit lens final-norm scale: real (recomputed per layer) or frozen (the final position's)", DefaultValueFactory = _ => "real" };
+        var output = new Option<string>("--out", "-o") { Description = "Folder for lens.json, dla.svg and logit_lens.svg", Required = true };
+        var command = new Command("lens",
+            "Direct logit attribution: split the final residual stream into embeddings, each head, each layer's b_O and each MLP, and " +
+            "project each through the final norm (scale frozen) onto the answer's unembedding (minus the wrong token's). " +
+            "Then the logit lens: the answer's logit, probability and rank read from the residual stream after each layer. " +
+            "Gemma 2's final soft-cap is nonlinear, so DLA explains the logits before it.\n\n" +
+            "Examples:\n" +
+            "  loupe lens --model ../shared/models/stories260K --prompt \"Once upon a time, there was a little girl named Lily. One day,\" --answer Lily --wrong Tim --out lens-out\n" +
+            "  loupe lens --model ../shared/models/grokking-modadd-p113-main --tokens \"5,17,113\" --answer-id 22 --out lens-out\n" +
+            "  loupe lens --model tests/data/reference/gpt2 --tokens \"82,87,74,39\" --answer-id 17 --wrong-id 42 --scale frozen --out lens-out")
+        { model, prompt, tokens, answer, wrong, answerId, wrongId, position, scale, output };
+        command.SetAction(parse => CliSupport.Guard(() =>
+        {
+            var lensScale = parse.GetValue(scale) switch
+            {
+                "real" => LensScale.Real,
+                "frozen" => LensScale.Frozen,
+                var s => throw new ArgumentException($"--scale: unknown scale '{s}'; choose real or frozen"),
+            };
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            string? text = parse.GetValue(prompt), ids = parse.GetValue(tokens);
+            if ((text is null) == (ids is null)) throw new ArgumentException("give exactly one of --prompt or --tokens");
+            var batch = text is not null ? Loupe.Models.TokenBatch.Single(CliSupport.Encode(m, text)) : CliSupport.ParseTokens(ids!);
+            if (batch.Batch != 1) throw new ArgumentException($"--tokens: lens explains one sequence; got {batch.Batch} rows");
+            int a = PatchCommand.AnswerToken(m, parse.GetValue(answer), parse.GetValue(answerId), "--answer")
+                ?? throw new ArgumentException("give the answer with --answer or --answer-id");
+            int? w = PatchCommand.AnswerToken(m, parse.GetValue(wrong), parse.GetValue(wrongId), "--wrong");
+            int pos = parse.GetValue(position);
+            if (pos >= batch.Length || pos < -batch.Length)
+                throw new ArgumentException($"--position {pos} is outside the {batch.Length} tokens of the prompt");
+
+            var direction = w is int wv ? LogitDirection.Difference(m, a, wv) : LogitDirection.Token(m, a);
+            var dla = CliSupport.Status.Status().Start("Attributing", _ => DirectLogitAttribution.Compute(m, batch, direction, pos));
+            var lens = LogitLens.Run(m, batch, a, w, pos, scale: lensScale);
+            var labels = batch.Ids.Select(id => PatchCommand.TokenLabel(m, id)).ToArray();
+            var args = new Dictionary<string, string?>
+            {
+                ["model"] = m.Source,
+                ["prompt"] = text,
+                ["tokens"] = string.Join(",", batch.Ids),
+                ["answer"] = CliSupport.Show(m, a),
+                ["wrong"] = w is int wr ? CliSupport.Show(m, wr) : null,
+                ["position"] = pos.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                ["scale"] = parse.GetValue(scale),
+            };
+            var (json, dlaSvg, lensSvg) = CausalReports.WriteLens(dla, lens, parse.GetValue(output)!, labels, args);
+
+            string what = w is int w2 ? $"logit({CliSupport.Show(m, a)}) − logit({CliSupport.Show(m, w2)})" : $"logit({CliSupport.Show(m, a)})";
+            Console.WriteLine($"{what} at position {dla.Position} ({labels[dla.Position]}): {dla.PreCapLogitDiff[0]:F4}" +
+                (m.Config.FinalLogitSoftCap > 0 ? " (before the final soft-cap)" : ""));
+            Console.WriteLine($"  = Σ DLA {dla.Total[0]:F4} + final-norm bias {dla.NormBias[0]:F4} + unembed bias {dla.UnembedBias[0]:F4}");
+            Console.WriteLine("Largest direct contributions:");
+            foreach (var (name, value) in dla.Components.Zip(dla.Values[0]).OrderByDescending(x => Math.Abs(x.Second)).Take(10))
+                Console.WriteLine($"  {name,-12} {value,10:F4}");
+            Console.WriteLine($"Logit lens ({lensScale.ToString().ToLowerInvariant()} scale):");
+            foreach (var s in lens.Stages)
+                Console.WriteLine($"  {s.Label,-22} logit {s.AnswerLogit,9:F3}  p {s.AnswerProb,10:0.00000}  rank {s.AnswerRank,6}" + (w is null ? "" : $"  diff {s.LogitDiff,8:F3}"));
+            Console.WriteLine($"wrote {json}, {dlaSvg} and {lensSvg}");
+            return 0;
+        }));
+        return command;
+    }
+}
