@@ -1,3 +1,4 @@
+using Loupe.Reports;
 using Loupe.Models;
 using Loupe.Models.Generation;
 using Loupe.Models.Hooks;
@@ -96,32 +97,6 @@ public static class CoefficientSweep
     /// Spearman rank correlation between the coefficients and the mean scores: +1 when the mean
     /// rises with every step of the coefficient. NaN for fewer than two points or constant means.
     /// </summary>
-    public static double Trend(IReadOnlyList<SweepPoint> points)
-    {
-        if (points.Count < 2) return double.NaN;
-        double[] x = Ranks(points.Select(p => (double)p.Coefficient).ToArray()), y = Ranks(points.Select(p => p.Mean).ToArray());
-        double mx = x.Average(), my = y.Average(), sxy = 0, sxx = 0, syy = 0;
-        for (int i = 0; i < x.Length; i++)
-        {
-            sxy += (x[i] - mx) * (y[i] - my);
-            sxx += (x[i] - mx) * (x[i] - mx);
-            syy += (y[i] - my) * (y[i] - my);
-        }
-        return sxx == 0 || syy == 0 ? double.NaN : sxy / Math.Sqrt(sxx * syy);
-    }
-
-    /// <summary>Average ranks (ties share the mean of their ranks).</summary>
-    static double[] Ranks(double[] values)
-    {
-        var order = Enumerable.Range(0, values.Length).OrderBy(i => values[i]).ToArray();
-        var ranks = new double[values.Length];
-        for (int i = 0; i < order.Length;)
-        {
-            int j = i;
-            while (j + 1 < order.Length && values[order[j + 1]] == values[order[i]]) j++;
-            for (int k = i; k <= j; k++) ranks[order[k]] = (i + j) / 2.0;
-            i = j + 1;
-        }
-        return ranks;
-    }
+    public static double Trend(IReadOnlyList<SweepPoint> points) =>
+        RankCorrelation.Spearman(points.Select(p => (double)p.Coefficient).ToArray(), points.Select(p => p.Mean).ToArray());
 }

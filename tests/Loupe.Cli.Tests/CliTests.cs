@@ -1,5 +1,6 @@
 using Loupe.Models.Loading;
 using Loupe.Testing;
+using static Loupe.Cli.Tests.CliHarness;
 
 namespace Loupe.Cli.Tests;
 
@@ -7,24 +8,6 @@ namespace Loupe.Cli.Tests;
 [Collection("console")]
 public class CliTests
 {
-    static (int Code, string Out, string Err) Loupe(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        var (oldOut, oldErr) = (Console.Out, Console.Error);
-        Console.SetOut(stdout);
-        Console.SetError(stderr);
-        try
-        {
-            int code = Program.Build().Parse(args).Invoke(new System.CommandLine.InvocationConfiguration { Output = stdout, Error = stderr });
-            return (code, stdout.ToString(), stderr.ToString());
-        }
-        finally
-        {
-            Console.SetOut(oldOut);
-            Console.SetError(oldErr);
-        }
-    }
 
     static string Fixture(string arch) => SharedData.TestData(Path.Combine("reference", arch));
 
@@ -42,7 +25,7 @@ public class CliTests
         var ids = reference.GetInt64("input_ids");
         string tokens = string.Join(";", ids.Chunk(12).Select(row => string.Join(",", row)));
         string output = TempFile("acts.safetensors");
-        var (code, _, err) = Loupe("cache", "--model", Fixture(arch), "--tokens", tokens,
+        var (code, _, err) = RunLoupe("cache", "--model", Fixture(arch), "--tokens", tokens,
             "--hooks", "blocks.*.hook_resid_pre,blocks.*.hook_resid_post,blocks.*.attn.hook_pattern", "--out", output);
         Assert.True(code == 0, err);
         using var acts = SafeTensorsFile.Open(output);
@@ -68,7 +51,7 @@ public class CliTests
         using var reference = SafeTensorsFile.Open(Path.Combine(Fixture(arch), "reference.safetensors"));
         string tokens = string.Join(";", reference.GetInt64("input_ids").Chunk(12).Select(row => string.Join(",", row)));
         string output = TempFile("grads.safetensors");
-        var (code, stdout, err) = Loupe("grad", "--model", Fixture(arch), "--tokens", tokens, "--metric", "logit_diff:17,42",
+        var (code, stdout, err) = RunLoupe("grad", "--model", Fixture(arch), "--tokens", tokens, "--metric", "logit_diff:17,42",
             "--hooks", "blocks.*.hook_resid_pre", "--out", output);
         Assert.True(code == 0, err);
         Assert.Contains("metric =", stdout);
@@ -88,13 +71,13 @@ public class CliTests
     [Fact]
     public void GradVerbRejectsBadMetrics()
     {
-        var (code, _, err) = Loupe("grad", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--metric", "entropy", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
+        var (code, _, err) = RunLoupe("grad", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--metric", "entropy", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
         Assert.Equal(1, code);
         Assert.Contains("unknown --metric 'entropy'", err);
-        (code, _, err) = Loupe("grad", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--metric", "logit_diff:17", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
+        (code, _, err) = RunLoupe("grad", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--metric", "logit_diff:17", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
         Assert.Equal(1, code);
         Assert.Contains("two tokens", err);
-        (code, _, err) = Loupe("grad", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--metric", "logit_diff:17,9999", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
+        (code, _, err) = RunLoupe("grad", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--metric", "logit_diff:17,9999", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
         Assert.Equal(1, code);
         Assert.Contains("9999", err);
     }
@@ -102,7 +85,7 @@ public class CliTests
     [RequiresSharedFact("models/stories260K")]
     public void MultiTokenAnswersAreRejectedWithTheirTokenization()
     {
-        var (code, _, err) = Loupe("grad", "--model", SharedData.Require("models/stories260K"), "--prompt", "Once upon a time",
+        var (code, _, err) = RunLoupe("grad", "--model", SharedData.Require("models/stories260K"), "--prompt", "Once upon a time",
             "--metric", "logit_diff: elephantine, there", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
         Assert.Equal(1, code);
         Assert.Contains("is not a single token", err);
@@ -118,16 +101,16 @@ public class CliTests
     [Fact]
     public void CacheVerbRejectsUnknownHooksAndUnevenRows()
     {
-        var (code, _, err) = Loupe("cache", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--hooks", "blocks.*.hook_nope", "--out", TempFile("x.safetensors"));
+        var (code, _, err) = RunLoupe("cache", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--hooks", "blocks.*.hook_nope", "--out", TempFile("x.safetensors"));
         Assert.Equal(1, code);
         Assert.Contains("blocks.*.hook_nope", err);
-        (code, _, err) = Loupe("cache", "--model", Fixture("gpt2"), "--tokens", "1,2,3;4,5", "--hooks", "hook_embed", "--out", TempFile("x.safetensors"));
+        (code, _, err) = RunLoupe("cache", "--model", Fixture("gpt2"), "--tokens", "1,2,3;4,5", "--hooks", "hook_embed", "--out", TempFile("x.safetensors"));
         Assert.Equal(1, code);
         Assert.Contains("different lengths", err);
-        (code, _, err) = Loupe("cache", "--model", Fixture("gpt2"), "--tokens", "1,2,99999", "--hooks", "hook_embed", "--out", TempFile("x.safetensors"));
+        (code, _, err) = RunLoupe("cache", "--model", Fixture("gpt2"), "--tokens", "1,2,99999", "--hooks", "hook_embed", "--out", TempFile("x.safetensors"));
         Assert.Equal(1, code);
         Assert.Contains("99999", err);
-        (code, _, err) = Loupe("cache", "--model", Fixture("gpt2"), "--prompt", "hi", "--hooks", "hook_embed", "--out", TempFile("x.safetensors"));
+        (code, _, err) = RunLoupe("cache", "--model", Fixture("gpt2"), "--prompt", "hi", "--hooks", "hook_embed", "--out", TempFile("x.safetensors"));
         Assert.Equal(1, code);
         Assert.Contains("no tokenizer", err);
     }
@@ -135,7 +118,7 @@ public class CliTests
     [Fact]
     public void InfoListsArchitectureSizesAndHooks()
     {
-        var (code, stdout, err) = Loupe("info", "--model", Fixture("gemma2"));
+        var (code, stdout, err) = RunLoupe("info", "--model", Fixture("gemma2"));
         Assert.True(code == 0, err);
         Assert.Contains("architecture: gemma2", stdout);
         Assert.Contains("n_layers 4, d_model 64, n_heads 4 (key/value heads 2)", stdout);
@@ -147,7 +130,7 @@ public class CliTests
     [Fact]
     public void UnknownModelFolderIsAClearError()
     {
-        var (code, _, err) = Loupe("info", "--model", "/no/such/model-folder");
+        var (code, _, err) = RunLoupe("info", "--model", "/no/such/model-folder");
         Assert.Equal(1, code);
         Assert.Contains("error:", err);
     }
@@ -156,11 +139,11 @@ public class CliTests
     public void RunAndTokenizeOnStories260K()
     {
         string model = SharedData.Require("models/stories260K");
-        var (code, stdout, err) = Loupe("tokenize", "--model", model, "--text", "Once upon a time, there was a little girl named Lily.");
+        var (code, stdout, err) = RunLoupe("tokenize", "--model", model, "--text", "Once upon a time, there was a little girl named Lily.");
         Assert.True(code == 0, err);
         Assert.Equal("[1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426]", stdout.Trim());
 
-        (code, stdout, err) = Loupe("run", "--model", model, "--prompt", "Once upon a time", "-n", "20");
+        (code, stdout, err) = RunLoupe("run", "--model", model, "--prompt", "Once upon a time", "-n", "20");
         Assert.True(code == 0, err);
         Assert.Contains("Top next tokens", stdout);
         Assert.Contains("\",\" (432)", stdout);
@@ -170,7 +153,7 @@ public class CliTests
     [RequiresSharedFact("models/gpt2-tokenizer")]
     public void TokenizeWorksOnATokenizerOnlyFolder()
     {
-        var (code, stdout, err) = Loupe("tokenize", "--model", SharedData.Require("models/gpt2-tokenizer"), "--text", "Hello world");
+        var (code, stdout, err) = RunLoupe("tokenize", "--model", SharedData.Require("models/gpt2-tokenizer"), "--text", "Hello world");
         Assert.True(code == 0, err);
         Assert.Equal("[15496, 995]", stdout.Trim());
     }
@@ -178,7 +161,7 @@ public class CliTests
     [RequiresSharedFact("models/grokking-modadd-p113-main")]
     public void RunWithRawTokensOnATokenizerlessModel()
     {
-        var (code, stdout, err) = Loupe("run", "--model", SharedData.Require("models/grokking-modadd-p113-main"), "--tokens", "5,17,113", "-n", "1", "--top", "1");
+        var (code, stdout, err) = RunLoupe("run", "--model", SharedData.Require("models/grokking-modadd-p113-main"), "--tokens", "5,17,113", "-n", "1", "--top", "1");
         Assert.True(code == 0, err);
         Assert.Matches(@"%\s+22\s*$", stdout.Trim()); // (5 + 17) mod 113, most likely
         Assert.Contains("generating 0 instead of 1", err);
@@ -189,7 +172,7 @@ public class CliTests
     {
         foreach (var verb in new[] { "run", "cache", "tokenize", "info" })
         {
-            var (_, stdout, _) = Loupe(verb, "--help");
+            var (_, stdout, _) = RunLoupe(verb, "--help");
             Assert.Contains("Examples:", stdout);
             Assert.Contains("loupe " + verb, stdout);
         }

@@ -1,6 +1,8 @@
+using Loupe.Reports;
 using System.Text.Json;
 using System.Xml.Linq;
 using Loupe.Testing;
+using static Loupe.Cli.Tests.CliHarness;
 
 namespace Loupe.Cli.Tests;
 
@@ -15,24 +17,6 @@ public sealed class PatchLensCliTests : IDisposable
         foreach (var dir in _dirs) Directory.Delete(dir, recursive: true);
     }
 
-    static (int Code, string Out, string Err) Loupe(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        var (oldOut, oldErr) = (Console.Out, Console.Error);
-        Console.SetOut(stdout);
-        Console.SetError(stderr);
-        try
-        {
-            int code = Program.Build().Parse(args).Invoke(new System.CommandLine.InvocationConfiguration { Output = stdout, Error = stderr });
-            return (code, stdout.ToString(), stderr.ToString());
-        }
-        finally
-        {
-            Console.SetOut(oldOut);
-            Console.SetError(oldErr);
-        }
-    }
 
     static string Fixture(string arch) => SharedData.TestData(Path.Combine("reference", arch));
 
@@ -54,7 +38,7 @@ public sealed class PatchLensCliTests : IDisposable
     public void PatchWritesGridsAndAHeatmap(string target, int rows, int cols)
     {
         string dir = TempDir();
-        var (code, stdout, err) = Loupe("patch", "--model", Fixture("gpt2"), "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds,
+        var (code, stdout, err) = RunLoupe("patch", "--model", Fixture("gpt2"), "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds,
             "--answer-id", "17", "--wrong-id", "42", "--target", target, "--out", dir);
         Assert.True(code == 0, err);
         Assert.Contains("logit_diff(17,42)@-1: clean", stdout);
@@ -84,38 +68,38 @@ public sealed class PatchLensCliTests : IDisposable
     {
         string dir = TempDir();
         string gpt2 = Fixture("gpt2");
-        var (code, _, err) = Loupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", "1,2,3", "--answer-id", "17", "--wrong-id", "42", "--out", dir);
+        var (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", "1,2,3", "--answer-id", "17", "--wrong-id", "42", "--out", dir);
         Assert.Equal(1, code);
         Assert.Contains("same number of tokens", err);
         Assert.Contains("clean is 12 tokens", err);
         Assert.Contains("corrupt is 3 tokens", err);
 
-        (code, _, err) = Loupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--target", "resid_mid_typo", "--out", dir);
+        (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--target", "resid_mid_typo", "--out", dir);
         Assert.Equal(1, code);
         Assert.Contains("--target: unknown target 'resid_mid_typo'", err);
         Assert.Contains("head_out", err);
 
-        (code, _, err) = Loupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--method", "gradient", "--out", dir);
+        (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--method", "gradient", "--out", dir);
         Assert.Equal(1, code);
         Assert.Contains("unknown method 'gradient'", err);
 
-        (code, _, err) = Loupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "999", "--out", dir);
+        (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "999", "--out", dir);
         Assert.Equal(1, code);
         Assert.Contains("--answer-id 999", err);
 
-        (code, _, err) = Loupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", "1,x,3", "--answer-id", "17", "--out", dir);
+        (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", "1,x,3", "--answer-id", "17", "--out", dir);
         Assert.Equal(1, code);
         Assert.Contains("--corrupt-tokens: 'x'", err);
 
-        (code, _, err) = Loupe("patch", "--model", gpt2, "--clean", "hello", "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--out", dir);
+        (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean", "hello", "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--out", dir);
         Assert.Equal(1, code);
         Assert.Contains("no tokenizer", err);
 
-        (code, _, err) = Loupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--out", dir);
+        (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--out", dir);
         Assert.Equal(1, code);
         Assert.Contains("--answer", err);
 
-        (code, _, err) = Loupe("patch", "--model", Fixture("llama"), "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--target", "mlp_out",
+        (code, _, err) = RunLoupe("patch", "--model", Fixture("llama"), "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--target", "mlp_out",
             "--position", "12", "--out", dir);
         Assert.Equal(1, code);
         Assert.Contains("--position 12", err);
@@ -126,7 +110,7 @@ public sealed class PatchLensCliTests : IDisposable
     public void LensWritesDlaAndTheLogitLens()
     {
         string dir = TempDir();
-        var (code, stdout, err) = Loupe("lens", "--model", Fixture("llama"), "--tokens", CleanIds, "--answer-id", "17", "--wrong-id", "42", "--out", dir);
+        var (code, stdout, err) = RunLoupe("lens", "--model", Fixture("llama"), "--tokens", CleanIds, "--answer-id", "17", "--wrong-id", "42", "--out", dir);
         Assert.True(code == 0, err);
         Assert.Contains("Largest direct contributions", stdout);
         Assert.Contains("resid_post 2 (final)", stdout);
@@ -140,10 +124,10 @@ public sealed class PatchLensCliTests : IDisposable
         foreach (var svg in new[] { "dla.svg", "logit_lens.svg" })
             Assert.Equal("svg", XDocument.Load(Path.Combine(dir, svg)).Root!.Name.LocalName);
 
-        (code, _, err) = Loupe("lens", "--model", Fixture("gpt2"), "--tokens", "1,2;3,4", "--answer-id", "17", "--out", dir);
+        (code, _, err) = RunLoupe("lens", "--model", Fixture("gpt2"), "--tokens", "1,2;3,4", "--answer-id", "17", "--out", dir);
         Assert.Equal(1, code);
         Assert.Contains("one sequence", err);
-        (code, _, err) = Loupe("lens", "--model", Fixture("gpt2"), "--tokens", CleanIds, "--answer-id", "17", "--scale", "sideways", "--out", dir);
+        (code, _, err) = RunLoupe("lens", "--model", Fixture("gpt2"), "--tokens", CleanIds, "--answer-id", "17", "--scale", "sideways", "--out", dir);
         Assert.Equal(1, code);
         Assert.Contains("--scale", err);
     }
@@ -156,7 +140,7 @@ public sealed class PatchLensCliTests : IDisposable
     {
         string model = SharedData.Require("models/stories260K");
         string dir = TempDir();
-        var (code, stdout, err) = Loupe("patch", "--model", model, "--clean", StoriesClean, "--corrupt", StoriesCorrupt, "--answer", "Lily", "--wrong", "Tim",
+        var (code, stdout, err) = RunLoupe("patch", "--model", model, "--clean", StoriesClean, "--corrupt", StoriesCorrupt, "--answer", "Lily", "--wrong", "Tim",
             "--target", "resid_pre", "--out", dir);
         Assert.True(code == 0, err);
         using (var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "patch.json"))))
@@ -170,22 +154,22 @@ public sealed class PatchLensCliTests : IDisposable
         }
         Assert.Contains("L0@14", stdout);
 
-        (code, stdout, err) = Loupe("patch", "--model", model, "--clean", StoriesClean, "--corrupt", StoriesCorrupt, "--answer", "Lily", "--wrong", "Tim",
+        (code, stdout, err) = RunLoupe("patch", "--model", model, "--clean", StoriesClean, "--corrupt", StoriesCorrupt, "--answer", "Lily", "--wrong", "Tim",
             "--target", "head_out", "--out", dir);
         Assert.True(code == 0, err);
         Assert.Contains("40 cells", stdout);
 
-        (code, _, err) = Loupe("patch", "--model", model, "--clean", StoriesClean, "--corrupt", "Once upon a time, there was a little girl named Tom. One day,",
+        (code, _, err) = RunLoupe("patch", "--model", model, "--clean", StoriesClean, "--corrupt", "Once upon a time, there was a little girl named Tom. One day,",
             "--answer", "Lily", "--wrong", "Tim", "--out", dir);
         Assert.Equal(1, code);
         Assert.Contains("clean is 19 tokens", err);
         Assert.Contains("corrupt is 20 tokens", err);
 
-        (code, _, err) = Loupe("patch", "--model", model, "--clean", StoriesClean, "--corrupt", StoriesCorrupt, "--answer", "Tom", "--wrong", "Tim", "--out", dir);
+        (code, _, err) = RunLoupe("patch", "--model", model, "--clean", StoriesClean, "--corrupt", StoriesCorrupt, "--answer", "Tom", "--wrong", "Tim", "--out", dir);
         Assert.Equal(1, code);
         Assert.Contains("--answer \"Tom\" must be exactly one token but tokenizes to 2", err);
 
-        (code, stdout, err) = Loupe("lens", "--model", model, "--prompt", StoriesClean, "--answer", "Lily", "--wrong", "Tim", "--out", dir);
+        (code, stdout, err) = RunLoupe("lens", "--model", model, "--prompt", StoriesClean, "--answer", "Lily", "--wrong", "Tim", "--out", dir);
         Assert.True(code == 0, err);
         Assert.Contains("logit(\"Lily\" (317)) − logit(\"Tim\" (326))", stdout);
         Assert.True(File.Exists(Path.Combine(dir, "dla.svg")) && File.Exists(Path.Combine(dir, "logit_lens.svg")));
@@ -196,7 +180,7 @@ public sealed class PatchLensCliTests : IDisposable
     {
         foreach (var verb in new[] { "patch", "lens" })
         {
-            var (_, stdout, _) = Loupe(verb, "--help");
+            var (_, stdout, _) = RunLoupe(verb, "--help");
             Assert.Contains("Examples:", stdout);
             Assert.Contains("loupe " + verb, stdout);
         }
@@ -206,7 +190,7 @@ public sealed class PatchLensCliTests : IDisposable
     public void PatchWithBothMethodsReportsTheirRankCorrelation()
     {
         string dir = Directory.CreateTempSubdirectory("loupe-patch-both").FullName;
-        var (code, stdout, err) = Loupe("patch", "--model", SharedData.TestData("reference/gpt2"), "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds,
+        var (code, stdout, err) = RunLoupe("patch", "--model", SharedData.TestData("reference/gpt2"), "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds,
             "--answer-id", "17", "--wrong-id", "42", "--target", "head_out", "--method", "both", "--out", dir);
         Assert.True(code == 0, err);
         Assert.Contains("Spearman ρ with activation patching over 12 cells", stdout);
@@ -215,7 +199,7 @@ public sealed class PatchLensCliTests : IDisposable
         Assert.True(File.Exists(Path.Combine(dir, "attribution", "patch.svg")));
         Assert.Contains("spearman_attribution_vs_activation", File.ReadAllText(Path.Combine(dir, "patch.json")));
 
-        (code, stdout, err) = Loupe("patch", "--model", SharedData.TestData("reference/gpt2"), "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds,
+        (code, stdout, err) = RunLoupe("patch", "--model", SharedData.TestData("reference/gpt2"), "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds,
             "--answer-id", "17", "--wrong-id", "42", "--target", "resid_pre", "--method", "attribution", "--out", dir);
         Assert.True(code == 0, err);
         Assert.Contains("in 2 forward passes", stdout);

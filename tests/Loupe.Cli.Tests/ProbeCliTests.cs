@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Loupe.Testing;
+using static Loupe.Cli.Tests.CliHarness;
 
 namespace Loupe.Cli.Tests;
 
@@ -9,52 +10,25 @@ public class ProbeCliTests
 {
     const string Model = "models/stories260K", Brown = "datasets/brown-corpus";
 
-    static (int Code, string Out, string Err) Loupe(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        var (oldOut, oldErr) = (Console.Out, Console.Error);
-        Console.SetOut(stdout);
-        Console.SetError(stderr);
-        try
-        {
-            int code = Program.Build().Parse(args).Invoke(new System.CommandLine.InvocationConfiguration { Output = stdout, Error = stderr });
-            return (code, stdout.ToString(), stderr.ToString());
-        }
-        finally
-        {
-            Console.SetOut(oldOut);
-            Console.SetError(oldErr);
-        }
-    }
 
     static string TempDir() => Directory.CreateTempSubdirectory("loupe-probe-cli").FullName;
 
-    /// <summary>A fact skipped, with the reason shown, unless every listed shared/ path exists.</summary>
-    sealed class RequiresSharedFactsAttribute : FactAttribute
-    {
-        public RequiresSharedFactsAttribute(params string[] relativePaths)
-        {
-            var missing = relativePaths.Where(p => SharedData.Path_(p) is null).ToArray();
-            if (missing.Length > 0) Skip = $"needs {string.Join(" and ", missing.Select(p => "../shared/" + p))}, absent on this machine";
-        }
-    }
 
     [Fact]
     public void HelpShowsAnExample()
     {
-        var (code, stdout, _) = Loupe("probe", "--help");
+        var (code, stdout, _) = RunLoupe("probe", "--help");
         Assert.Equal(0, code);
         Assert.Contains("Examples:", stdout);
         Assert.Contains("loupe probe --model", stdout);
         Assert.Contains("--max-sentences", stdout);
     }
 
-    [RequiresSharedFacts(Model, Brown)]
+    [RequiresSharedFact(Model, Brown)]
     public void ProbeWritesAccuraciesPerLayerAndAChart()
     {
         string output = TempDir();
-        var (code, stdout, stderr) = Loupe("probe", "--model", SharedData.Require(Model), "--dataset", "brown:" + SharedData.Require(Brown),
+        var (code, stdout, stderr) = RunLoupe("probe", "--model", SharedData.Require(Model), "--dataset", "brown:" + SharedData.Require(Brown),
             "--categories", "news,fiction", "--max-sentences", "300", "--seed", "2", "--out", output);
         Assert.True(code == 0, stderr);
         Assert.Contains("blocks.4.hook_resid_post", stdout);
@@ -76,7 +50,7 @@ public class ProbeCliTests
     public void MissingDatasetFolderIsAClearError()
     {
         string missing = Path.Combine(TempDir(), "no-brown-here");
-        var (code, _, stderr) = Loupe("probe", "--model", "unused-model", "--dataset", "brown:" + missing, "--out", TempDir());
+        var (code, _, stderr) = RunLoupe("probe", "--model", "unused-model", "--dataset", "brown:" + missing, "--out", TempDir());
         Assert.Equal(1, code);
         Assert.Contains("Brown corpus folder not found", stderr);
         Assert.Contains(missing, stderr);
@@ -85,23 +59,23 @@ public class ProbeCliTests
     [Fact]
     public void UnknownProbeKindAndDatasetKindAreClearErrors()
     {
-        var (code, _, stderr) = Loupe("probe", "--model", "unused-model", "--dataset", "brown:x", "--probe", "svm", "--out", TempDir());
+        var (code, _, stderr) = RunLoupe("probe", "--model", "unused-model", "--dataset", "brown:x", "--probe", "svm", "--out", TempDir());
         Assert.Equal(1, code);
         Assert.Contains("--probe 'svm'", stderr);
         Assert.Contains("logistic, diffmeans or both", stderr);
-        (code, _, stderr) = Loupe("probe", "--model", "unused-model", "--dataset", "conll:somewhere", "--out", TempDir());
+        (code, _, stderr) = RunLoupe("probe", "--model", "unused-model", "--dataset", "conll:somewhere", "--out", TempDir());
         Assert.Equal(1, code);
         Assert.Contains("brown:FOLDER", stderr);
     }
 
-    [RequiresSharedFacts(Model, Brown)]
+    [RequiresSharedFact(Model, Brown)]
     public void UnknownHookNameAndCategoryAreClearErrors()
     {
-        var (code, _, stderr) = Loupe("probe", "--model", SharedData.Require(Model), "--dataset", "brown:" + SharedData.Require(Brown),
+        var (code, _, stderr) = RunLoupe("probe", "--model", SharedData.Require(Model), "--dataset", "brown:" + SharedData.Require(Brown),
             "--hooks", "blocks.*.hook_nope", "--max-sentences", "20", "--out", TempDir());
         Assert.Equal(1, code);
         Assert.Contains("blocks.*.hook_nope", stderr);
-        (code, _, stderr) = Loupe("probe", "--model", SharedData.Require(Model), "--dataset", "brown:" + SharedData.Require(Brown),
+        (code, _, stderr) = RunLoupe("probe", "--model", SharedData.Require(Model), "--dataset", "brown:" + SharedData.Require(Brown),
             "--categories", "news,poetry", "--out", TempDir());
         Assert.Equal(1, code);
         Assert.Contains("'poetry'", stderr);

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Loupe.Models.Loading;
 using Loupe.Testing;
+using static Loupe.Cli.Tests.CliHarness;
 
 namespace Loupe.Cli.Tests;
 
@@ -8,24 +9,6 @@ namespace Loupe.Cli.Tests;
 [Collection("console")]
 public class SteeringCliTests
 {
-    static (int Code, string Out, string Err) Loupe(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        var (oldOut, oldErr) = (Console.Out, Console.Error);
-        Console.SetOut(stdout);
-        Console.SetError(stderr);
-        try
-        {
-            int code = Program.Build().Parse(args).Invoke(new System.CommandLine.InvocationConfiguration { Output = stdout, Error = stderr });
-            return (code, stdout.ToString(), stderr.ToString());
-        }
-        finally
-        {
-            Console.SetOut(oldOut);
-            Console.SetError(oldErr);
-        }
-    }
 
     static string TempDir() => Directory.CreateTempSubdirectory("loupe-steer-cli").FullName;
 
@@ -36,7 +19,7 @@ public class SteeringCliTests
     {
         foreach (var verb in new[] { "steer", "persona" })
         {
-            var (_, stdout, _) = Loupe(verb, "--help");
+            var (_, stdout, _) = RunLoupe(verb, "--help");
             Assert.Contains("Examples:", stdout);
             Assert.Contains("loupe " + verb, stdout);
         }
@@ -46,7 +29,7 @@ public class SteeringCliTests
     public void SteerWithAContrastPrintsBothContinuationsAndWritesJson()
     {
         string model = SharedData.Require("models/stories260K"), dir = TempDir();
-        var (code, stdout, err) = Loupe("steer", "--model", model, "--prompt", "Once upon a time", "--hook", "blocks.2.hook_resid_post",
+        var (code, stdout, err) = RunLoupe("steer", "--model", model, "--prompt", "Once upon a time", "--hook", "blocks.2.hook_resid_post",
             "--contrast-a", "She was very happy|They laughed and smiled", "--contrast-b", "She was very sad|They cried and frowned",
             "--reduction", "mean", "--coeff", "2", "-n", "16", "--samples", "2", "-t", "0.9", "--top-k", "40", "--out", dir);
         Assert.True(code == 0, err);
@@ -59,7 +42,7 @@ public class SteeringCliTests
         Assert.Equal(2, json.RootElement.GetProperty("samples").GetArrayLength());
 
         // Greedy and projected out: still two continuations, and the mode is recorded.
-        (code, stdout, err) = Loupe("steer", "--model", model, "--prompt", "Once upon a time", "--hook", "blocks.2.hook_resid_post",
+        (code, stdout, err) = RunLoupe("steer", "--model", model, "--prompt", "Once upon a time", "--hook", "blocks.2.hook_resid_post",
             "--contrast-a", "She was very happy", "--contrast-b", "She was very sad", "--project-out", "-n", "8");
         Assert.True(code == 0, err);
         Assert.Contains("project out 1 × the component along the CAA vector", stdout);
@@ -72,30 +55,30 @@ public class SteeringCliTests
         string shortVector = Path.Combine(dir, "short.safetensors");
         SafeTensorsWriter.Write(shortVector, [("direction", [10], new float[10])], new Dictionary<string, string> { ["hook"] = "blocks.2.hook_resid_post" });
 
-        var (code, _, err) = Loupe("steer", "--model", model, "--prompt", "Hi", "--vector", shortVector, "--coeff", "2");
+        var (code, _, err) = RunLoupe("steer", "--model", model, "--prompt", "Hi", "--vector", shortVector, "--coeff", "2");
         Assert.Equal(1, code);
         Assert.Contains("blocks.2.hook_resid_post", err);
         Assert.Contains("10 entries", err);
         Assert.Contains("d_model = 64", err);
 
-        (code, _, err) = Loupe("steer", "--model", model, "--prompt", "Hi", "--hook", "blocks.9.hook_resid_post", "--contrast-a", "a", "--contrast-b", "b", "--coeff", "2");
+        (code, _, err) = RunLoupe("steer", "--model", model, "--prompt", "Hi", "--hook", "blocks.9.hook_resid_post", "--contrast-a", "a", "--contrast-b", "b", "--coeff", "2");
         Assert.Equal(1, code);
         Assert.Contains("unknown hook 'blocks.9.hook_resid_post'", err);
         Assert.Contains("blocks.{0..4}.hook_resid_post", err);
 
-        (code, _, err) = Loupe("steer", "--model", model, "--prompt", "Hi", "--hook", "blocks.1.hook_resid_post", "--contrast-a", " | ", "--contrast-b", "b", "--coeff", "2");
+        (code, _, err) = RunLoupe("steer", "--model", model, "--prompt", "Hi", "--hook", "blocks.1.hook_resid_post", "--contrast-a", " | ", "--contrast-b", "b", "--coeff", "2");
         Assert.Equal(1, code);
         Assert.Contains("--contrast-a is empty", err);
 
-        (code, _, err) = Loupe("steer", "--model", model, "--prompt", "Hi", "--hook", "blocks.1.hook_resid_post", "--coeff", "2");
+        (code, _, err) = RunLoupe("steer", "--model", model, "--prompt", "Hi", "--hook", "blocks.1.hook_resid_post", "--coeff", "2");
         Assert.Equal(1, code);
         Assert.Contains("give either --vector", err);
 
-        (code, _, err) = Loupe("steer", "--model", model, "--prompt", "Hi", "--vector", shortVector + ":nope", "--coeff", "2");
+        (code, _, err) = RunLoupe("steer", "--model", model, "--prompt", "Hi", "--vector", shortVector + ":nope", "--coeff", "2");
         Assert.Equal(1, code);
         Assert.Contains("no tensor 'nope'", err);
 
-        (code, _, err) = Loupe("steer", "--model", model, "--prompt", "Hi", "--hook", "blocks.1.hook_resid_post", "--contrast-a", "a", "--contrast-b", "b");
+        (code, _, err) = RunLoupe("steer", "--model", model, "--prompt", "Hi", "--hook", "blocks.1.hook_resid_post", "--contrast-a", "a", "--contrast-b", "b");
         Assert.Equal(1, code);
         Assert.Contains("give --coeff", err);
     }
@@ -104,7 +87,7 @@ public class SteeringCliTests
     public void PersonaWritesTheVectorChartsMonitorAndSweep()
     {
         string model = SharedData.Require("models/stories260K"), dir = TempDir();
-        var (code, stdout, err) = Loupe("persona", "--model", model, "--positive", DataFile("happy.txt"), "--negative", DataFile("sad.txt"),
+        var (code, stdout, err) = RunLoupe("persona", "--model", model, "--positive", DataFile("happy.txt"), "--negative", DataFile("sad.txt"),
             "--prompt", "Once upon a time, there was a little girl named Lily. One day, she", "--coeffs", "-4,0,4", "--seeds", "2", "-n", "20",
             "--score-words", $"{DataFile("happy-words.txt")},{DataFile("sad-words.txt")}", "--out", dir);
         Assert.True(code == 0, err);
@@ -134,11 +117,11 @@ public class SteeringCliTests
         Assert.Contains("<svg", File.ReadAllText(Path.Combine(dir, "sweep.svg")));
 
         // The saved vector steers through `loupe steer`, its hook read from the file.
-        (code, stdout, err) = Loupe("steer", "--model", model, "--prompt", "Once upon a time", "--vector", Path.Combine(dir, "persona.safetensors") + ":persona", "--coeff", "3", "-n", "8");
+        (code, stdout, err) = RunLoupe("steer", "--model", model, "--prompt", "Once upon a time", "--vector", Path.Combine(dir, "persona.safetensors") + ":persona", "--coeff", "3", "-n", "8");
         Assert.True(code == 0, err);
         Assert.Contains("Steering at blocks.", stdout);
 
-        (code, _, err) = Loupe("persona", "--model", model, "--positive", DataFile("happy.txt"), "--negative", DataFile("sad.txt"),
+        (code, _, err) = RunLoupe("persona", "--model", model, "--positive", DataFile("happy.txt"), "--negative", DataFile("sad.txt"),
             "--prompt", "Hi", "--coeffs", "-4,x", "--out", dir);
         Assert.Equal(1, code);
         Assert.Contains("'x' is not a number", err);

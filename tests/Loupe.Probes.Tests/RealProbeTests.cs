@@ -11,22 +11,13 @@ using Xunit.Abstractions;
 
 namespace Loupe.Probes.Tests;
 
-/// <summary>A fact skipped, with the reason shown, unless every listed shared/ path exists.</summary>
-public sealed class RequiresSharedFactsAttribute : FactAttribute
-{
-    public RequiresSharedFactsAttribute(params string[] relativePaths)
-    {
-        var missing = relativePaths.Where(p => SharedData.Path_(p) is null).ToArray();
-        if (missing.Length > 0) Skip = $"needs {string.Join(" and ", missing.Select(p => "../shared/" + p))}, absent on this machine";
-    }
-}
 
 /// <summary>The real demonstration: stories260K's residual stream encodes part of speech (Brown tags).</summary>
 public class RealProbeTests(ITestOutputHelper output)
 {
     const string Model = "models/stories260K", Brown = "datasets/brown-corpus";
 
-    [RequiresSharedFacts(Model, Brown)]
+    [RequiresSharedFact(Model, Brown)]
     public void LogisticProbeOnStories260KBeatsTheMajorityBaselineByAWideMargin()
     {
         using var model = ModelLoader.LoadFolder(SharedData.Require(Model));
@@ -64,7 +55,7 @@ public class RealProbeTests(ITestOutputHelper output)
         Assert.Contains("logistic (held-out)", File.ReadAllText(chart));
     }
 
-    [RequiresSharedFacts(Model, Brown)]
+    [RequiresSharedFact(Model, Brown)]
     public void UnknownOrNonVectorHooksAndBadSettingsAreRejectedBeforeAnythingRuns()
     {
         using var model = ModelLoader.LoadFolder(SharedData.Require(Model));
@@ -81,7 +72,7 @@ public class RealProbeTests(ITestOutputHelper output)
             ActivationHarvester.ResolveHooks(model, "blocks.4.hook_resid_post,hook_embed,blocks.0.hook_resid_post")); // forward order
     }
 
-    [RequiresSharedFacts(Model, Brown)]
+    [RequiresSharedFact(Model, Brown)]
     public void HarvestedActivationsAreTheModelsOwnAndDoNotDependOnBatching()
     {
         using var model = ModelLoader.LoadFolder(SharedData.Require(Model));

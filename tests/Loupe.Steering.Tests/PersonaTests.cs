@@ -1,3 +1,4 @@
+using Loupe.Reports;
 using System.Numerics.Tensors;
 using Loupe.Models;
 using Loupe.Models.Hooks;

@@ -42,13 +42,14 @@ public static class SharedData
     public static string TestData(string relative) => Path.Combine(RepoRoot, "tests", "data", relative);
 }
 
-/// <summary>A fact that is skipped, with the reason shown, when a shared/ path is absent.</summary>
+/// <summary>A fact that is skipped, with the reason shown, when any of the given shared/ paths is absent.</summary>
 public sealed class RequiresSharedFactAttribute : FactAttribute
 {
-    public RequiresSharedFactAttribute(string relativePath)
+    public RequiresSharedFactAttribute(params string[] relativePaths)
     {
-        if (SharedData.Path_(relativePath) is null)
-            Skip = $"needs ../shared/{relativePath}, which is absent on this machine";
+        var missing = relativePaths.Where(p => SharedData.Path_(p) is null).ToArray();
+        if (missing.Length > 0)
+            Skip = $"needs {string.Join(" and ", missing.Select(p => "../shared/" + p))}, absent on this machine";
     }
 }
 

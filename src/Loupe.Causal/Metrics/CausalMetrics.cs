@@ -44,7 +44,7 @@ public sealed class TargetLogProb : IMetric
             {
                 int target = Target(b, p);
                 if ((uint)target >= (uint)V) throw new ArgumentOutOfRangeException(nameof(logits), $"target token {target} is outside d_vocab_out = {V}");
-                sum += LogSoftmax(logits.Span.Slice((b * T + p) * V, V))[target];
+                sum += Logits.LogSoftmax(logits.Span.Slice((b * T + p) * V, V))[target];
             }
             total += sum / (_end - _start);
         }
@@ -60,7 +60,7 @@ public sealed class TargetLogProb : IMetric
             for (int p = _start; p < _end; p++)
             {
                 // d log p_t / d z_i = [i = t] − p_i, averaged over the span.
-                var logp = LogSoftmax(logits.Span.Slice((b * T + p) * V, V));
+                var logp = Logits.LogSoftmax(logits.Span.Slice((b * T + p) * V, V));
                 var g = grad.Span.Slice((b * T + p) * V, V);
                 int target = Target(b, p);
                 for (int i = 0; i < V; i++) g[i] = (float)(((i == target ? 1 : 0) - Math.Exp(logp[i])) / n);
@@ -78,17 +78,6 @@ public sealed class TargetLogProb : IMetric
         return (logits.Dim(0), logits.Dim(1), logits.Dim(2));
     }
 
-    internal static double[] LogSoftmax(ReadOnlySpan<float> row)
-    {
-        double max = double.NegativeInfinity;
-        foreach (var v in row) max = Math.Max(max, v);
-        double sum = 0;
-        foreach (var v in row) sum += Math.Exp(v - max);
-        double lse = max + Math.Log(sum);
-        var result = new double[row.Length];
-        for (int i = 0; i < row.Length; i++) result[i] = row[i] - lse;
-        return result;
-    }
 }
 
 /// <summary>
@@ -134,7 +123,7 @@ public sealed class AnswerLogProb(int[] answers, int position = -1, int vocabLim
         if (answers.Length != B) throw new ArgumentException($"{answers.Length} answers for a batch of {B} rows", nameof(logits));
         int p = position < 0 ? T + position : position;
         double sum = 0;
-        for (int b = 0; b < B; b++) sum += TargetLogProb.LogSoftmax(logits.Span.Slice((b * T + p) * logits.Dim(2), V))[answers[b]];
+        for (int b = 0; b < B; b++) sum += Logits.LogSoftmax(logits.Span.Slice((b * T + p) * logits.Dim(2), V))[answers[b]];
         return sum / B;
     }
 
@@ -145,7 +134,7 @@ public sealed class AnswerLogProb(int[] answers, int position = -1, int vocabLim
         var grad = Tensor.Zeros(B, T, Vfull);
         for (int b = 0; b < B; b++)
         {
-            var logp = TargetLogProb.LogSoftmax(logits.Span.Slice((b * T + p) * Vfull, V));
+            var logp = Logits.LogSoftmax(logits.Span.Slice((b * T + p) * Vfull, V));
             var g = grad.Span.Slice((b * T + p) * Vfull, V);
             for (int i = 0; i < V; i++) g[i] = (float)(((i == answers[b] ? 1 : 0) - Math.Exp(logp[i])) / B);
         }

@@ -1,3 +1,4 @@
+using Loupe.Reports;
 using System.CommandLine;
 using Loupe.Causal.Attribution;
 using Loupe.Causal.Patching;

@@ -40,7 +40,13 @@ static class MetricSupport
         if ((uint)token >= (uint)vocab) throw new ArgumentOutOfRangeException(what, $"{what} token id {token} is outside the output vocabulary (d_vocab_out = {vocab})");
     }
 
-    /// <summary>log-softmax of one row, in double.</summary>
+    public static double[] LogSoftmax(ReadOnlySpan<float> row) => Logits.LogSoftmax(row);
+}
+
+/// <summary>Functions of a row of logits that metrics and analyses share.</summary>
+public static class Logits
+{
+    /// <summary>log-softmax of one row of logits, in double (max-subtracted, so large logits do not overflow).</summary>
     public static double[] LogSoftmax(ReadOnlySpan<float> row)
     {
         double max = double.NegativeInfinity;

@@ -1,3 +1,4 @@
+using Loupe.Reports;
 using Loupe.Causal.Attribution;
 using Loupe.Causal.Patching;
 using Loupe.Models;
