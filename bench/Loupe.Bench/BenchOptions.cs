@@ -1,6 +1,6 @@
 namespace Loupe.Bench;
 
-/// <summary>Command line: <c>Loupe.Bench [forward|sgemm|all|fixtures] [options]</c>.</summary>
+/// <summary>Command line: <c>Loupe.Bench [forward|sgemm|causal|all|fixtures] [options]</c>.</summary>
 public sealed class BenchOptions
 {
     /// <summary>Tokens per sequence in every forward configuration.</summary>
@@ -9,10 +9,12 @@ public sealed class BenchOptions
     public const string Usage = """
         Loupe.Bench — forward-pass, cache and sgemm benchmarks on GPT-2 small and Pythia-160m shapes.
 
-        usage: Loupe.Bench [forward|sgemm|all|fixtures] [options]
+        usage: Loupe.Bench [forward|sgemm|causal|all|fixtures] [options]
           forward        load each model, time Run and RunWithCache (every hook), profile by hook point
           sgemm          Gemm.Sgemm at the forward pass's shapes and a large square product
           all            both (default)
+          causal         gradients and patching sweeps on GPT-2 small: forward vs forward+backward,
+                         attribution vs (extrapolated) exhaustive activation patching
           fixtures       only write the random-weight model folders into the cache
 
         options:
@@ -36,7 +38,8 @@ public sealed class BenchOptions
     public string? JsonPath { get; private set; }
     public int Reps { get; private set; }
     public int Warmup { get; private set; } = 1;
-    public int ProfileReps => Quick ? 1 : 3;
+    /// <summary>Repetitions of the hook profile (each mode): about half of --reps, at least 3.</summary>
+    public int ProfileReps => Quick ? 1 : Math.Max(3, (Reps + 1) / 2);
     /// <summary>Minimum warm-up time per configuration: tiered JIT promotes a method after 30 calls plus a short delay.</summary>
     public double WarmupSeconds => Warmup == 0 ? 0 : Quick ? 0.4 : 1.5;
     public IReadOnlyList<int> Batches { get; private set; } = [1, 8];
@@ -66,7 +69,7 @@ public sealed class BenchOptions
             int Int() => int.TryParse(Value(), out int v) && v >= 0 ? v : throw new ArgumentException($"{a} needs a non-negative integer");
             switch (a)
             {
-                case "forward" or "sgemm" or "all" or "fixtures": o.Verb = a; break;
+                case "forward" or "sgemm" or "causal" or "all" or "fixtures": o.Verb = a; break;
                 case "--quick": o.Quick = true; break;
                 case "--json": o.JsonPath = Value(); break;
                 case "--reps": reps = Math.Max(1, Int()); break;

@@ -33,6 +33,16 @@ if (o.Verb == "fixtures")
 }
 if (o.Managed) Gemm.ForceManaged = true;
 if (o.Threads is int threads) OpenBlas.SetThreads(threads);
+if (o.Verb == "causal")
+{
+    Report.Environment(Console.Out, EnvironmentInfo.Capture(), o);
+    Fixtures.Ensure(o.CacheRoot, o.Models, log);
+    var model = o.Models[0];
+    var causal = CausalBench.Run(model.Name, Fixtures.FolderOf(o.CacheRoot, model), o.Reps, log);
+    CausalBench.Print(Console.Out, causal);
+    if (o.JsonPath is { } causalJson) Loupe.Reports.AtomicFile.WriteJson(causalJson, causal);
+    return 0;
+}
 
 // 1. Environment.
 var env = EnvironmentInfo.Capture();

@@ -71,6 +71,7 @@ public sealed class ForwardContext
     /// </summary>
     public Tensor GradHook(string name, int layer, Tensor gradient)
     {
+        if (s_debug) Debug("∇ " + name, gradient);
         if (_options.GradientHooks.TryGetValue(name, out var hooks))
         {
             var context = new HookContext(name, layer, PositionOffset, GenerationStep);

@@ -154,24 +154,72 @@ public static class Activations
     {
         if (x.Length != dy.Length || dx.Length != dy.Length)
             throw new ArgumentException($"activation backward needs equal lengths; x {x.Length}, dy {dy.Length}, dx {dx.Length}");
-        Func<double, double> derivative = name switch
+        switch (name)
         {
-            "relu" => static v => v > 0 ? 1 : 0,
-            "silu" or "swish" => static v => { double sg = 1 / (1 + Math.Exp(-v)); return sg * (1 + v * (1 - sg)); },
-            "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" or "gelu_tanh" => static v =>
+            case "relu":
+                for (int i = 0; i < x.Length; i++) dx[i] = x[i] > 0 ? dy[i] : 0f;
+                break;
+            case "silu" or "swish":
+                ChunkedBackward(x, dy, dx, static (xs, ds, ys, t) =>
+                {
+                    TensorPrimitives.Sigmoid(xs, t);                       // σ
+                    TensorPrimitives.Subtract(1f, t, ys);                  // 1 − σ
+                    TensorPrimitives.MultiplyAdd(ys, xs, 1f, ys);          // 1 + x(1 − σ)
+                    TensorPrimitives.Multiply(ys, t, ys);
+                    TensorPrimitives.Multiply(ys, ds, ys);
+                });
+                break;
+            case "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" or "gelu_tanh":
+                ChunkedBackward(x, dy, dx, static (xs, ds, ys, t) =>
+                {
+                    TensorPrimitives.Multiply(xs, xs, ys);                 // x²
+                    TensorPrimitives.Multiply(ys, GeluCubic, t);
+                    TensorPrimitives.Add(t, 1f, t);
+                    TensorPrimitives.Multiply(t, xs, t);
+                    TensorPrimitives.Multiply(t, SqrtTwoOverPi, t);
+                    TensorPrimitives.Tanh(t, t);                           // t = tanh(u)
+                    TensorPrimitives.Multiply(ys, 3 * GeluCubic, ys);
+                    TensorPrimitives.Add(ys, 1f, ys);
+                    TensorPrimitives.Multiply(ys, SqrtTwoOverPi * 0.5f, ys); // ½·√(2/π)(1 + 3c·x²)
+                    TensorPrimitives.Multiply(ys, xs, ys);
+                    for (int i = 0; i < ys.Length; i++) ys[i] = (0.5f * (1 + t[i]) + ys[i] * (1 - t[i] * t[i])) * ds[i];
+                });
+                break;
+            case "gelu" or "gelu_exact":
+                for (int i = 0; i < x.Length; i++)
+                {
+                    double v = x[i], phi = Math.Exp(-0.5 * v * v) * 0.3989422804014327;
+                    double half = 0.5 * Erfc(Math.Abs(v) * 0.7071067811865476);
+                    dx[i] = (float)(dy[i] * ((v >= 0 ? 1 - half : half) + v * phi));
+                }
+                break;
+            default:
+                throw new NotSupportedException($"activation function '{name}' is not supported (relu, silu, gelu, gelu_new, gelu_pytorch_tanh)");
+        }
+    }
+
+    delegate void BackwardOp(ReadOnlySpan<float> x, ReadOnlySpan<float> dy, Span<float> dx, Span<float> scratch);
+
+    /// <summary>Runs a backward op chunk by chunk with a scratch buffer; dx is written only after dy and x of the chunk are read.</summary>
+    static void ChunkedBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> dy, Span<float> dx, BackwardOp op)
+    {
+        var pool = System.Buffers.ArrayPool<float>.Shared;
+        float[] scratch = pool.Rent(Math.Min(Chunk, x.Length)), output = pool.Rent(Math.Min(Chunk, x.Length));
+        try
+        {
+            for (int start = 0; start < x.Length; start += Chunk)
             {
-                double t = Math.Tanh(SqrtTwoOverPi * (v + GeluCubic * v * v * v));
-                return 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * SqrtTwoOverPi * (1 + 3 * GeluCubic * v * v);
-            },
-            "gelu" or "gelu_exact" => static v =>
-            {
-                double phi = Math.Exp(-0.5 * v * v) * 0.3989422804014327;
-                double half = 0.5 * Erfc(Math.Abs(v) * 0.7071067811865476);
-                return (v >= 0 ? 1 - half : half) + v * phi;
-            },
-            _ => throw new NotSupportedException($"activation function '{name}' is not supported (relu, silu, gelu, gelu_new, gelu_pytorch_tanh)"),
-        };
-        for (int i = 0; i < x.Length; i++) dx[i] = (float)(dy[i] * derivative(x[i]));
+                int len = Math.Min(Chunk, x.Length - start);
+                var o = output.AsSpan(0, len);
+                op(x.Slice(start, len), dy.Slice(start, len), o, scratch.AsSpan(0, len));
+                o.CopyTo(dx.Slice(start, len));
+            }
+        }
+        finally
+        {
+            pool.Return(scratch);
+            pool.Return(output);
+        }
     }
 
     /// <summary>erfc(z) for z ≥ 0 from the same Chebyshev fit the exact GELU uses (relative error &lt; 1.2e-7).</summary>
