@@ -291,9 +291,9 @@ public sealed class AttentionLayer
         return dx;
     }
 
-    /// <summary>Runs <paramref name="body"/> for every (batch, kv head) in parallel; heads sharing a kv head run in one task so their k/v gradients accumulate without races.</summary>
+    /// <summary>Runs <paramref name="body"/> for every (batch, kv head); heads sharing a kv head run in one task so their k/v gradients accumulate without races.</summary>
     void ForEachKvHead(int batch, Action<int, int> body) =>
-        Parallel.For(0, batch * NKvHeads, i => body(i / NKvHeads, i % NKvHeads));
+        Attention.ForEachHead(batch * NKvHeads, i => body(i / NKvHeads, i % NKvHeads));
 
     void Project(Tensors.Backends.IComputeBackend be, ReadOnlySpan<float> x, int rows, Span<float> q, Span<float> k, Span<float> v, int qWidth, int kvWidth)
     {

@@ -41,7 +41,7 @@ public static class Attention
             fixed (float* pq = q) fixed (float* pk = k) fixed (float* ps = scores)
             {
                 float* qq = pq, kk = pk, ss = ps;
-                Parallel.For(0, batch * nHeads, bh =>
+                ForEachHead(batch * nHeads, bh =>
                 {
                     int b = bh / nHeads, h = bh % nHeads, kvh = h / group;
                     var qs = new ReadOnlySpan<float>(qq + ((long)b * queryLen * nHeads + h) * dHead, ((queryLen - 1) * nHeads + 1) * dHead);
@@ -87,7 +87,7 @@ public static class Attention
             fixed (float* pp = pattern) fixed (float* pv = v) fixed (float* pz = z)
             {
                 float* ppat = pp, vv = pv, zz = pz;
-                Parallel.For(0, batch * nHeads, bh =>
+                ForEachHead(batch * nHeads, bh =>
                 {
                     int b = bh / nHeads, h = bh % nHeads, kvh = h / group;
                     var pat = new ReadOnlySpan<float>(ppat + (long)bh * queryLen * keyLen, queryLen * keyLen);
@@ -97,6 +97,19 @@ public static class Attention
                 });
             }
         }
+    }
+
+    /// <summary>
+    /// Runs one small per-head product per index. With OpenBLAS the calls go one after another:
+    /// OpenBLAS threads each product itself, and concurrent callers fight its thread pool (measured:
+    /// 10–40× slower). The managed GEMM has no pool, so there heads run in parallel.
+    /// </summary>
+    public static void ForEachHead(int count, Action<int> body)
+    {
+        if (Gemm.UsesBlas)
+            for (int i = 0; i < count; i++) body(i);
+        else
+            Parallel.For(0, count, body);
     }
 
     static void CheckHeads(int nHeads, int nKvHeads)
