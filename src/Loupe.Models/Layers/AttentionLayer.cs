@@ -267,7 +267,7 @@ public sealed class AttentionLayer
             return dx;
         }
         int width = qWidth + 2 * kvWidth;
-        var dFused = new float[rows * width];
+        var dFused = GC.AllocateUninitializedArray<float>(rows * width);
         for (int r = 0; r < rows; r++)
         {
             var dst = dFused.AsSpan(r * width, width);
@@ -305,7 +305,7 @@ public sealed class AttentionLayer
             return;
         }
         int width = qWidth + 2 * kvWidth;
-        var fused = new float[rows * width];
+        var fused = GC.AllocateUninitializedArray<float>(rows * width);
         Qkv.Forward(be, x, rows, fused);
         for (int r = 0; r < rows; r++)
         {
