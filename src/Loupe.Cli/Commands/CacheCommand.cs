@@ -13,8 +13,7 @@ static class CacheCommand
     public static Command Create()
     {
         var model = CliSupport.ModelOption();
-        var prompt = new Option<string?>("--prompt", "-p") { Description = "Text to run (tokenized with the model's tokenizer, BOS as its template says)" };
-        var tokens = new Option<string?>("--tokens") { Description = "Raw token ids, rows separated by ';' (e.g. \"1,2,3;4,5,6\"); no BOS is added" };
+        var input = CliSupport.InputOptions.Create("Text to run (tokenized with the model's tokenizer, BOS as its template says)");
         var hooks = new Option<string>("--hooks") { Description = "Comma-separated glob patterns over hook names, e.g. \"blocks.*.hook_resid_pre,blocks.*.attn.hook_pattern\"", Required = true };
         var output = new Option<string>("--out", "-o") { Description = "The .safetensors file to write (atomically)", Required = true };
         var command = new Command("cache",
@@ -23,13 +22,11 @@ static class CacheCommand
             "Examples:\n" +
             "  loupe cache --model ../shared/models/stories260K --prompt \"Once upon a time\" --hooks \"blocks.*.hook_resid_post\" --out acts.safetensors\n" +
             "  loupe cache --model gpt2 --tokens \"464,3290;464,3797\" --hooks \"blocks.*.attn.hook_pattern,ln_final.hook_normalized\" --out pat.safetensors")
-        { model, prompt, tokens, hooks, output };
+        { model, input.Prompt, input.Tokens, hooks, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
-            string? text = parse.GetValue(prompt), ids = parse.GetValue(tokens);
-            if ((text is null) == (ids is null)) throw new ArgumentException("give exactly one of --prompt or --tokens");
-            var batch = text is not null ? TokenBatch.Single(CliSupport.Encode(m, text)) : CliSupport.ParseTokens(ids!);
+            var batch = input.Read(parse, m);
             var selected = new HookPattern(parse.GetValue(hooks)!).Select(m.HookPointNames);
             var clock = Stopwatch.StartNew();
             var result = m.RunWithCache(batch, parse.GetValue(hooks));

@@ -58,6 +58,25 @@ static class CliSupport
         return loaded!;
     }
 
+    /// <summary>The model input of a verb: a prompt (tokenized by the model) or raw token ids — exactly one.</summary>
+    public sealed record InputOptions(Option<string?> Prompt, Option<string?> Tokens)
+    {
+        public static InputOptions Create(string promptDescription) => new(
+            new Option<string?>("--prompt", "-p") { Description = promptDescription },
+            new Option<string?>("--tokens") { Description = "Raw token ids, rows separated by ';' (e.g. \"1,2,3;4,5,6\"); no BOS is added" });
+
+        /// <summary>The prompt's text when one was given (null for raw tokens).</summary>
+        public string? Text(ParseResult parse) => parse.GetValue(Prompt);
+
+        /// <exception cref="ArgumentException">Both or neither of --prompt and --tokens were given.</exception>
+        public TokenBatch Read(ParseResult parse, HookedTransformer model)
+        {
+            string? text = parse.GetValue(Prompt), ids = parse.GetValue(Tokens);
+            if ((text is null) == (ids is null)) throw new ArgumentException("give exactly one of --prompt or --tokens");
+            return text is not null ? TokenBatch.Single(Encode(model, text)) : ParseTokens(ids!);
+        }
+    }
+
     /// <summary>Parses "1,2,3;4,5,6" into equal-length rows.</summary>
     /// <exception cref="FormatException">A value is not an integer or rows differ in length.</exception>
     public static TokenBatch ParseTokens(string text)

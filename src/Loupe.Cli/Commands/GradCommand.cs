@@ -13,8 +13,7 @@ static class GradCommand
     public static Command Create()
     {
         var model = CliSupport.ModelOption();
-        var prompt = new Option<string?>("--prompt", "-p") { Description = "Text to run (tokenized with the model's tokenizer)" };
-        var tokens = new Option<string?>("--tokens") { Description = "Raw token ids, rows separated by ';' (e.g. \"1,2,3;4,5,6\"); no BOS is added" };
+        var input = CliSupport.InputOptions.Create("Text to run (tokenized with the model's tokenizer)");
         var metric = new Option<string>("--metric")
         {
             Description = "logit_diff:A,B (logit of A minus B at the last position, summed over the batch), logprob:T, or loss (mean next-token loss); A, B, T are token ids or single-token strings",
@@ -27,13 +26,11 @@ static class GradCommand
             "Examples:\n" +
             "  loupe grad --model ../shared/models/stories260K --prompt \"Once upon a time\" --metric logit_diff:432,383 --hooks \"blocks.*.hook_resid_pre\" --out grads.safetensors\n" +
             "  loupe grad --model gpt2 --tokens \"464,3290,318\" --metric \"logit_diff: Paris, London\" --hooks \"blocks.*.attn.hook_z\" --out g.safetensors")
-        { model, prompt, tokens, metric, hooks, output };
+        { model, input.Prompt, input.Tokens, metric, hooks, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
-            string? text = parse.GetValue(prompt), ids = parse.GetValue(tokens);
-            if ((text is null) == (ids is null)) throw new ArgumentException("give exactly one of --prompt or --tokens");
-            var batch = text is not null ? TokenBatch.Single(CliSupport.Encode(m, text)) : CliSupport.ParseTokens(ids!);
+            var batch = input.Read(parse, m);
             var selected = new HookPattern(parse.GetValue(hooks)!).Select(m.HookPointNames);
             var result = m.RunWithGradients(batch, ParseMetric(m, parse.GetValue(metric)!, batch), parse.GetValue(hooks));
             var entries = selected.Select(name => SafeTensorEntry.F32("grad." + name, result.Gradients[name].Shape.ToArray(), result.Gradients[name].Data)).ToList();

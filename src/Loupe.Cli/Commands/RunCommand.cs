@@ -10,8 +10,7 @@ static class RunCommand
     public static Command Create()
     {
         var model = CliSupport.ModelOption();
-        var prompt = new Option<string?>("--prompt", "-p") { Description = "Text to continue (tokenized with the model's tokenizer)" };
-        var tokens = new Option<string?>("--tokens") { Description = "Raw token ids instead of a prompt, e.g. \"5,17,113\" (no BOS added)" };
+        var input = CliSupport.InputOptions.Create("Text to continue (tokenized with the model's tokenizer)");
         var maxNew = new Option<int>("--max-new-tokens", "-n") { Description = "Tokens to generate", DefaultValueFactory = _ => 48 };
         var temperature = new Option<float>("--temperature", "-t") { Description = "0 = greedy; otherwise sample at this temperature", DefaultValueFactory = _ => 0f };
         var topK = new Option<int>("--top-k") { Description = "Sample only among the k most likely tokens (0 = all)", DefaultValueFactory = _ => 0 };
@@ -24,24 +23,25 @@ static class RunCommand
             "  loupe run --model ../shared/models/stories260K --prompt \"Once upon a time\"\n" +
             "  loupe run --model gpt2 --prompt \"The Eiffel Tower is in\" -n 20 --temperature 0.8 --top-p 0.9 --seed 1\n" +
             "  loupe run --model ../shared/models/grokking-modadd-p113-main --tokens \"5,17,113\" -n 1")
-        { model, prompt, tokens, maxNew, temperature, topK, topP, seed, top };
+        { model, input.Prompt, input.Tokens, maxNew, temperature, topK, topP, seed, top };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
-            string? text = parse.GetValue(prompt), ids = parse.GetValue(tokens);
-            if ((text is null) == (ids is null)) throw new ArgumentException("give exactly one of --prompt or --tokens");
-            int[] input = text is not null ? CliSupport.Encode(m, text) : CliSupport.ParseTokens(ids!).Ids;
+            var batch = input.Read(parse, m);
+            if (batch.Batch != 1) throw new ArgumentException("loupe run takes one row of --tokens");
+            string? text = input.Text(parse);
+            int[] ids = batch.Ids;
 
-            var logits = m.Run(input).Logits;
+            var logits = m.Run(ids).Logits;
             int V = m.Config.VocabOut;
-            var last = logits.Span.Slice((input.Length - 1) * V, V).ToArray();
+            var last = logits.Span.Slice((ids.Length - 1) * V, V).ToArray();
             var probs = new float[V];
             Softmax.Row(last, probs);
-            Console.WriteLine($"Top next tokens after {input.Length} prompt tokens:");
+            Console.WriteLine($"Top next tokens after {ids.Length} prompt tokens:");
             foreach (int id in Enumerable.Range(0, V).OrderByDescending(i => probs[i]).Take(Math.Max(0, parse.GetValue(top))))
                 Console.WriteLine($"  {probs[id],8:P2}  {CliSupport.Show(m, id)}");
 
-            int n = parse.GetValue(maxNew), room = m.Config.NCtx - input.Length;
+            int n = parse.GetValue(maxNew), room = m.Config.NCtx - ids.Length;
             if (n > room)
             {
                 Console.Error.WriteLine($"note: the context holds {m.Config.NCtx} tokens; generating {room} instead of {n}");
@@ -50,7 +50,7 @@ static class RunCommand
             if (n > 0)
             {
                 var options = new GenerationOptions(n, parse.GetValue(temperature), parse.GetValue(topK), parse.GetValue(topP), parse.GetValue(seed));
-                var generated = m.Generate([input], options)[0];
+                var generated = m.Generate([ids], options)[0];
                 Console.WriteLine();
                 Console.WriteLine("Continuation:");
                 Console.WriteLine(m.Tokenizer is { } t
