@@ -88,7 +88,7 @@ public class CliTests
         var (code, _, err) = RunLoupe("grad", "--model", SharedData.Require("models/stories260K"), "--prompt", "Once upon a time",
             "--metric", "logit_diff: elephantine, there", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
         Assert.Equal(1, code);
-        Assert.Contains("is not a single token", err);
+        Assert.Contains("must be exactly one token", err);
     }
 
     static void AssertClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, string what)

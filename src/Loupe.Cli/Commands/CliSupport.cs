@@ -101,6 +101,20 @@ static class CliSupport
         return ids;
     }
 
+    /// <summary>The id of a text that must be exactly one token (tokenized without special tokens).</summary>
+    /// <exception cref="ArgumentException">The text is not one token; the message shows how it tokenizes.</exception>
+    /// <exception cref="InvalidOperationException">The model has no tokenizer.</exception>
+    public static int SingleToken(HookedTransformer model, string text, string option, string idAlternative)
+    {
+        var tokenizer = model.Tokenizer ?? throw new InvalidOperationException($"the model at {model.Source} has no tokenizer; give {idAlternative} instead of {option}");
+        var ids = tokenizer.Encode(text, addSpecialTokens: false);
+        if (ids.Length != 1)
+            throw new ArgumentException($"{option} \"{text}\" must be exactly one token but tokenizes to {ids.Length}: " +
+                (ids.Length == 0 ? "(nothing)" : string.Join(", ", ids.Select(i => Show(model, i)))) +
+                $"; choose a single-token {option.TrimStart('-')} (often with or without a leading space) or give {idAlternative}");
+        return ids[0];
+    }
+
     /// <summary>A token as a person reads it: decoded text, quoted, with its id.</summary>
     public static string Show(HookedTransformer model, int id) =>
         model.Tokenizer is { } t && id < t.VocabSize ? $"{Quote(t.Decode([id]))} ({id})" : id.ToString();

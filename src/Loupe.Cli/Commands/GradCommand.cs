@@ -72,13 +72,7 @@ static class GradCommand
     }
 
     /// <summary>A token id, or a string that must encode to exactly one token.</summary>
-    internal static int SingleToken(HookedTransformer model, string text)
-    {
-        if (int.TryParse(text.Trim(), NumberStyles.Integer, CultureInfo.InvariantCulture, out int id)) return id;
-        var tokenizer = model.Tokenizer ?? throw new ArgumentException($"'{text}' is not a token id and the model has no tokenizer");
-        var ids = tokenizer.Encode(text, addSpecialTokens: false);
-        if (ids.Length != 1)
-            throw new ArgumentException($"'{text}' is not a single token: it encodes to {ids.Length} tokens [{string.Join(", ", ids.Select(i => $"{i} '{tokenizer.Decode([i])}'"))}]");
-        return ids[0];
-    }
+    internal static int SingleToken(HookedTransformer model, string text) =>
+        int.TryParse(text.Trim(), NumberStyles.Integer, CultureInfo.InvariantCulture, out int id) ? id
+            : CliSupport.SingleToken(model, text, "--metric token", "its token id");
 }

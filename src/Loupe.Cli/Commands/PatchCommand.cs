@@ -150,14 +150,7 @@ static class PatchCommand
             if ((uint)given >= (uint)model.Config.VocabOut) throw new ArgumentException($"{option}-id {given} is outside the output vocabulary (d_vocab_out = {model.Config.VocabOut})");
             return given;
         }
-        if (text is null) return null;
-        var tokenizer = model.Tokenizer ?? throw new InvalidOperationException($"the model at {model.Source} has no tokenizer; give {option}-id instead of {option}");
-        var ids = tokenizer.Encode(text, addSpecialTokens: false);
-        if (ids.Length != 1)
-            throw new ArgumentException($"{option} \"{text}\" must be exactly one token but tokenizes to {ids.Length}: " +
-                (ids.Length == 0 ? "(nothing)" : string.Join(", ", ids.Select(i => CliSupport.Show(model, i)))) +
-                $"; choose a single-token {option[2..]} (often with or without a leading space) or give {option}-id");
-        return ids[0];
+        return text is null ? null : CliSupport.SingleToken(model, text, option, $"{option}-id");
     }
 
     static string Describe(HookedTransformer model, TokenBatch batch) =>
