@@ -167,10 +167,27 @@ public class CliTests
         Assert.Contains("generating 0 instead of 1", err);
     }
 
+    [RequiresSharedFact("models/stories260K", "datasets/brown-corpus")]
+    public void HarvestWritesShardsAndAManifestAndResumes()
+    {
+        string dir = Path.Combine(Directory.CreateTempSubdirectory("loupe-harvest").FullName, "acts");
+        string[] args = ["harvest", "--model", SharedData.Require("models/stories260K"), "--source", "brown:" + SharedData.Require("datasets/brown-corpus"),
+            "--hooks", "blocks.2.hook_resid_post", "--context-size", "64", "--max-contexts", "24", "--shard-tokens", "512", "--out", dir];
+        var (code, stdout, err) = RunLoupe(args);
+        Assert.True(code == 0, err);
+        Assert.Contains("1,512 tokens × 1 hooks in 3 shards", stdout); // 24 contexts × 63 tokens (BOS skipped)
+        var manifest = File.ReadAllText(Path.Combine(dir, "manifest.json"));
+        Assert.Contains("\"complete\": true", manifest);
+        var before = Directory.GetFiles(dir).Order().Select(File.ReadAllBytes).ToArray();
+        (code, _, err) = RunLoupe(args); // a complete harvest run again changes nothing
+        Assert.True(code == 0, err);
+        Assert.Equal(before, Directory.GetFiles(dir).Order().Select(File.ReadAllBytes).ToArray());
+    }
+
     [Fact]
     public void HelpShowsExamples()
     {
-        foreach (var verb in new[] { "run", "cache", "tokenize", "info" })
+        foreach (var verb in new[] { "run", "cache", "tokenize", "info", "harvest", "grad" })
         {
             var (_, stdout, _) = RunLoupe(verb, "--help");
             Assert.Contains("Examples:", stdout);

@@ -1,0 +1,81 @@
+using System.CommandLine;
+using System.Globalization;
+using Loupe.Dictionaries.Harvest;
+using Loupe.Models;
+using Spectre.Console;
+
+namespace Loupe.Cli.Commands;
+
+/// <summary><c>loupe harvest</c>: stream activations of chosen hooks to sharded safetensors with a manifest (resumable).</summary>
+static class HarvestCommand
+{
+    public static Command Create()
+    {
+        var model = CliSupport.ModelOption();
+        var source = new Option<string>("--source")
+        {
+            Description = "Where the text comes from: brown:FOLDER, text:FILE_OR_FOLDER, jsonl:FILE (a \"text\" field per line), or generate:N (N samples from the model)",
+            Required = true,
+        };
+        var hooks = new Option<string>("--hooks") { Description = "Comma-separated glob patterns of per-position hooks, e.g. \"blocks.2.hook_resid_post\"", Required = true };
+        var contextSize = new Option<int>("--context-size") { Description = "Tokens per context, BOS included", DefaultValueFactory = _ => 128 };
+        var maxContexts = new Option<int?>("--max-contexts") { Description = "Harvest at most this many contexts" };
+        var seed = new Option<int>("--seed") { Description = "Seed for shuffling contexts (and sampling with generate:N)", DefaultValueFactory = _ => 0 };
+        var batchSize = new Option<int>("--batch-size") { Description = "Contexts per forward pass", DefaultValueFactory = _ => 8 };
+        var shardTokens = new Option<int>("--shard-tokens") { Description = "Tokens per shard file", DefaultValueFactory = _ => 65_536 };
+        var keepBos = new Option<bool>("--keep-bos") { Description = "Also store the BOS position's activations (skipped by default)" };
+        var output = new Option<string>("--out", "-o") { Description = "Output folder (shards + manifest.json); run the same command again to resume", Required = true };
+        var command = new Command("harvest",
+            "Stream the activations of chosen hooks over a text corpus to sharded safetensors files with a manifest.\n" +
+            "Memory stays bounded (one shard at a time); a killed harvest resumes after its last complete shard when run again.\n\n" +
+            "Examples:\n" +
+            "  loupe harvest --model ../shared/models/stories260K --source brown:../shared/datasets/brown-corpus --hooks blocks.2.hook_resid_post --out acts/\n" +
+            "  loupe harvest --model ../shared/models/stories260K --source generate:2000 --hooks \"blocks.1.ln2.hook_normalized,blocks.1.hook_mlp_out\" --out tc/")
+        { model, source, hooks, contextSize, maxContexts, seed, batchSize, shardTokens, keepBos, output };
+        command.SetAction(parse => CliSupport.Guard(() =>
+        {
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            int seedValue = parse.GetValue(seed);
+            var text = ParseSource(m, parse.GetValue(source)!, seedValue);
+            var selected = new Loupe.Models.Hooks.HookPattern(parse.GetValue(hooks)!).Select(m.HookPointNames);
+            var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
+                _ => ContextBuilder.ForModel(m, text, parse.GetValue(contextSize), seedValue, parse.GetValue(maxContexts)));
+            var options = new HarvestOptions(selected, parse.GetValue(batchSize), parse.GetValue(shardTokens), SkipBos: !parse.GetValue(keepBos));
+            HarvestManifest? manifest = null;
+            CliSupport.Status.Progress().AutoClear(false)
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                .Start(ctx =>
+                {
+                    var task = ctx.AddTask("harvesting", maxValue: 1);
+                    var progress = new Progress<HarvestProgress>(p =>
+                    {
+                        task.MaxValue = Math.Max(1, p.TotalTokens);
+                        task.Value = p.TokensDone;
+                        task.Description = $"harvesting, shard {p.ShardsDone}/{p.TotalShards}, {p.TokensPerSecond:F0} tok/s";
+                    });
+                    manifest = Harvester.Run(m, contexts, parse.GetValue(output)!, options, progress);
+                });
+            Console.WriteLine($"{manifest!.TotalTokens.ToString("N0", CultureInfo.InvariantCulture)} tokens × {selected.Count} hooks in {manifest.Shards.Count} shards → {parse.GetValue(output)}");
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <exception cref="ArgumentException">An unknown source kind or a malformed count.</exception>
+    static ITextSource ParseSource(HookedTransformer model, string spec, int seed)
+    {
+        int colon = spec.IndexOf(':');
+        if (colon <= 0) throw new ArgumentException($"--source '{spec}': expected KIND:VALUE (brown:FOLDER, text:PATH, jsonl:FILE, generate:N)");
+        string kind = spec[..colon], value = spec[(colon + 1)..];
+        return kind switch
+        {
+            "brown" => new BrownCorpusSource(value),
+            "text" => new PlainTextSource(value),
+            "jsonl" => new JsonLinesSource(value),
+            "generate" => int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n > 0
+                ? new ModelSampledSource(model, n, Math.Min(256, model.Config.NCtx - 1), seed)
+                : throw new ArgumentException($"--source generate:{value}: expected a positive number of samples"),
+            _ => throw new ArgumentException($"--source: unknown kind '{kind}'; use brown:, text:, jsonl: or generate:"),
+        };
+    }
+}

@@ -1,0 +1,153 @@
+using Loupe.Models.Loading;
+
+namespace Loupe.Dictionaries.Harvest;
+
+/// <summary>
+/// A harvested folder opened for training. <see cref="Open"/> validates the manifest and every
+/// shard's header (tensors present, shapes <c>[tokens, d]</c> as listed, file length consistent);
+/// <see cref="Batches"/> streams shuffled rows; NaN rows are reported naming shard and row.
+/// </summary>
+public sealed class ActivationStore
+{
+    readonly string[] _paths;
+
+    ActivationStore(string folder, HarvestManifest manifest, string[] paths)
+    {
+        Folder = folder;
+        Manifest = manifest;
+        _paths = paths;
+    }
+
+    public string Folder { get; }
+    public HarvestManifest Manifest { get; }
+    public long TotalTokens => Manifest.TotalTokens;
+    public IReadOnlyList<string> Hooks => Manifest.Hooks;
+
+    /// <summary>Row width of a hook.</summary>
+    /// <exception cref="KeyNotFoundException">The hook was not harvested.</exception>
+    public int D(string hook) => Manifest.DModelByHook.TryGetValue(hook, out int d) ? d
+        : throw new KeyNotFoundException($"hook '{hook}' was not harvested in {Folder}; it has {string.Join(", ", Manifest.Hooks)}");
+
+    /// <summary>Opens and validates a harvest folder.</summary>
+    /// <exception cref="FileNotFoundException">The manifest or a shard file is missing (the message names it).</exception>
+    /// <exception cref="InvalidDataException">The manifest is malformed or incomplete, or a shard is corrupt, truncated or of the wrong shape (the message names the file).</exception>
+    public static ActivationStore Open(string folder, bool allowIncomplete = false)
+    {
+        var manifest = HarvestManifest.Load(folder);
+        string mpath = Path.Combine(folder, HarvestManifest.FileName);
+        if (manifest.FormatVersion != 1) throw new InvalidDataException($"{mpath}: format_version {manifest.FormatVersion} is not supported (expected 1)");
+        if (manifest.Dtype != "float32") throw new InvalidDataException($"{mpath}: dtype '{manifest.Dtype}' is not supported (expected float32)");
+        if (!manifest.Complete && !allowIncomplete) throw new InvalidDataException($"{mpath}: the harvest is incomplete ({manifest.Shards.Count} shards); run the harvest again to finish it");
+        if (manifest.Hooks.Count == 0 || manifest.Hooks.Any(h => !manifest.DModelByHook.ContainsKey(h)))
+            throw new InvalidDataException($"{mpath}: every hook needs a d in d_model_by_hook");
+        if (manifest.Shards.Sum(s => s.Tokens) != manifest.TotalTokens)
+            throw new InvalidDataException($"{mpath}: total_tokens {manifest.TotalTokens} differs from the sum over shards {manifest.Shards.Sum(s => s.Tokens)}");
+        var paths = new string[manifest.Shards.Count];
+        for (int i = 0; i < paths.Length; i++)
+        {
+            var shard = manifest.Shards[i];
+            string path = paths[i] = Path.Combine(folder, shard.File);
+            if (!File.Exists(path)) throw new FileNotFoundException($"{path}: shard listed in {mpath} is missing", path);
+            try
+            {
+                using var file = SafeTensorsFile.Open(path);
+                foreach (var h in manifest.Hooks) CheckShape(file, path, h, [shard.Tokens, manifest.DModelByHook[h]], DType.F32);
+                CheckShape(file, path, HarvestManifest.TokenIdsTensor, [shard.Tokens], DType.I64);
+            }
+            catch (Exception e) when (e is IOException or ArgumentException or NotSupportedException or UnauthorizedAccessException
+                || (e is InvalidDataException && !e.Message.Contains(path, StringComparison.Ordinal)))
+            {
+                throw new InvalidDataException($"{path}: corrupt or truncated shard: {e.Message}", e);
+            }
+        }
+        return new ActivationStore(folder, manifest, paths);
+    }
+
+    static void CheckShape(SafeTensorsFile file, string path, string name, long[] shape, DType dtype)
+    {
+        if (!file.TryGetInfo(name, out var info)) throw new InvalidDataException($"{path}: no tensor '{name}'");
+        if (info.DType != dtype || !info.Shape.SequenceEqual(shape))
+            throw new InvalidDataException($"{path}: tensor '{name}' is {info.DType} [{string.Join(", ", info.Shape)}]; the manifest says {dtype} [{string.Join(", ", shape)}]");
+    }
+
+    /// <summary>All rows of one shard for a hook, <c>[tokens, d]</c>, checked for NaN.</summary>
+    /// <exception cref="InvalidDataException">A value is NaN (the message names shard and row).</exception>
+    public float[] ReadShard(int shard, string hook)
+    {
+        int d = D(hook);
+        using var file = SafeTensorsFile.Open(_paths[shard]);
+        var rows = file.GetFloat32(hook).ToArray(); // [tokens, d]
+        int bad = FirstNaN(rows);
+        if (bad >= 0) throw new InvalidDataException($"{_paths[shard]}: NaN in '{hook}' at row {bad / d} (column {bad % d})");
+        return rows;
+    }
+
+    /// <summary>Token ids of one shard's rows, <c>[tokens]</c>.</summary>
+    public long[] ReadTokenIds(int shard)
+    {
+        using var file = SafeTensorsFile.Open(_paths[shard]);
+        return file.GetInt64(HarvestManifest.TokenIdsTensor);
+    }
+
+    static int FirstNaN(float[] values)
+    {
+        for (int i = 0; i < values.Length; i++) if (float.IsNaN(values[i])) return i;
+        return -1;
+    }
+
+    /// <summary>Reads every shard of every hook and throws on the first NaN.</summary>
+    public void Validate()
+    {
+        for (int s = 0; s < _paths.Length; s++)
+            foreach (var h in Hooks) ReadShard(s, h);
+    }
+
+    /// <summary>
+    /// One epoch of shuffled batches <c>[batch, d]</c> (row-major, a fresh array each) of one hook:
+    /// 1. shuffle the shard order with <see cref="Random"/>(seed);
+    /// 2. load <paramref name="shardsInBuffer"/> shards at a time into a mixing buffer, together
+    ///    with rows left over from the previous window;
+    /// 3. shuffle the buffer's rows and yield full batches, carrying the remainder forward.
+    /// The last partial batch is yielded unless <paramref name="dropLast"/>. Every row appears once
+    /// per epoch; memory is about <paramref name="shardsInBuffer"/> shards.
+    /// </summary>
+    /// <exception cref="InvalidDataException">A shard holds a NaN (the message names shard and row).</exception>
+    public IEnumerable<float[]> Batches(string hook, int batchSize, int seed, int shardsInBuffer = 4, bool dropLast = false)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(shardsInBuffer);
+        int d = D(hook);
+        return Iterate();
+
+        IEnumerable<float[]> Iterate()
+        {
+            var rng = new Random(seed);
+            var order = Enumerable.Range(0, _paths.Length).ToArray();
+            rng.Shuffle(order);
+            float[] carry = [];
+            for (int w = 0; w < order.Length; w += shardsInBuffer)
+            {
+                var parts = new List<float[]> { carry };
+                for (int s = w; s < Math.Min(w + shardsInBuffer, order.Length); s++) parts.Add(ReadShard(order[s], hook));
+                var buffer = new float[parts.Sum(p => p.Length)]; // [rows, d]
+                int at = 0;
+                foreach (var p in parts) { p.CopyTo(buffer, at); at += p.Length; }
+                int rows = buffer.Length / d;
+                var perm = Enumerable.Range(0, rows).ToArray();
+                rng.Shuffle(perm);
+                int full = rows / batchSize * batchSize;
+                for (int r = 0; r < full; r += batchSize)
+                    yield return Gather(buffer, perm.AsSpan(r, batchSize), d);
+                carry = Gather(buffer, perm.AsSpan(full), d);
+            }
+            if (carry.Length > 0 && !dropLast) yield return carry;
+        }
+    }
+
+    static float[] Gather(float[] buffer, ReadOnlySpan<int> rows, int d)
+    {
+        var batch = new float[rows.Length * d]; // [batch, d]
+        for (int i = 0; i < rows.Length; i++) buffer.AsSpan(rows[i] * d, d).CopyTo(batch.AsSpan(i * d));
+        return batch;
+    }
+}

@@ -1,0 +1,137 @@
+using System.Security.Cryptography;
+using Loupe.Models;
+using Loupe.Tokenizers;
+
+namespace Loupe.Dictionaries.Harvest;
+
+/// <summary>How documents are cut into training contexts.</summary>
+/// <param name="ContextSize">Tokens per context, BOS included.</param>
+/// <param name="BosTokenId">Token that starts every context (prepend_bos, as SAELens does).</param>
+/// <param name="SeparatorTokenId">Token put between consecutive documents (EOS or BOS).</param>
+/// <param name="Seed">Seed of the context shuffle.</param>
+/// <param name="MaxContexts">Stop after this many contexts (null = use every document).</param>
+public sealed record ContextOptions(int ContextSize, int BosTokenId, int SeparatorTokenId, int Seed = 0, int? MaxContexts = null);
+
+/// <summary>
+/// Fixed-length token contexts ready to harvest: <c>[n_contexts][context_size]</c>, each row
+/// starting with BOS, in shuffled order.
+/// </summary>
+public sealed class HarvestContexts
+{
+    internal HarvestContexts(int[][] contexts, int contextSize, string sourceDescription, int seed)
+    {
+        Contexts = contexts;
+        ContextSize = contextSize;
+        SourceDescription = sourceDescription;
+        Seed = seed;
+    }
+
+    /// <summary>The contexts, <c>[n_contexts][context_size]</c>.</summary>
+    public IReadOnlyList<int[]> Contexts { get; }
+    public int ContextSize { get; }
+    public string SourceDescription { get; }
+    public int Seed { get; }
+    public int Count => Contexts.Count;
+
+    /// <summary>SHA-256 (hex) of every token id in order: identifies the contexts in a manifest.</summary>
+    public string Sha256()
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var buf = new byte[ContextSize * 4];
+        foreach (var c in Contexts)
+        {
+            Buffer.BlockCopy(c, 0, buf, 0, buf.Length);
+            sha.AppendData(buf);
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+
+    /// <summary>Contexts given directly (already tokenized, e.g. for a model without a tokenizer).</summary>
+    /// <exception cref="ArgumentException">Rows differ in length or there are none.</exception>
+    public static HarvestContexts FromRows(IReadOnlyList<int[]> rows, string sourceDescription, int seed = 0)
+    {
+        if (rows.Count == 0) throw new ArgumentException("no contexts", nameof(rows));
+        int n = rows[0].Length;
+        for (int i = 0; i < rows.Count; i++)
+            if (rows[i].Length != n || n == 0) throw new ArgumentException($"context {i} has {rows[i].Length} tokens; every context needs the same positive length ({n})", nameof(rows));
+        return new HarvestContexts(rows.Select(r => (int[])r.Clone()).ToArray(), n, sourceDescription, seed);
+    }
+}
+
+/// <summary>
+/// Builds contexts the way SAELens does with prepend_bos:
+/// 1. tokenize each document without special tokens;
+/// 2. concatenate the documents into one stream, a separator token between consecutive documents;
+/// 3. cut the stream into chunks of <c>context_size − 1</c> tokens and prepend BOS to each; a
+///    final partial chunk is dropped;
+/// 4. shuffle the contexts with the seed (Fisher–Yates over <see cref="Random"/>(seed)).
+/// Deterministic: the same documents and options give the same contexts.
+/// </summary>
+public static class ContextBuilder
+{
+    /// <summary>Tokenizes text documents with <paramref name="tokenizer"/> (no BOS per document) and builds contexts.</summary>
+    public static HarvestContexts FromText(ITextSource source, ITokenizer tokenizer, ContextOptions options) =>
+        Build(source.Documents().Select(d => tokenizer.Encode(d, addSpecialTokens: false)), options, source.Description);
+
+    /// <summary>
+    /// Contexts for <paramref name="model"/> from text: its tokenizer, its BOS, and EOS as the
+    /// separator (BOS when the model has no EOS).
+    /// </summary>
+    /// <exception cref="ArgumentException">The model has no tokenizer or no BOS token, or the context exceeds n_ctx.</exception>
+    public static HarvestContexts ForModel(HookedTransformer model, ITextSource source, int contextSize, int seed = 0, int? maxContexts = null)
+    {
+        var tokenizer = model.Tokenizer ?? throw new ArgumentException("the model has no tokenizer; build contexts from token ids instead", nameof(model));
+        int bos = model.Config.BosTokenId ?? tokenizer.BosTokenId ?? throw new ArgumentException("the model has no BOS token to start contexts with", nameof(model));
+        if (contextSize > model.Config.NCtx) throw new ArgumentException($"context size {contextSize} exceeds the model's n_ctx = {model.Config.NCtx}", nameof(contextSize));
+        int separator = model.Config.EosTokenId ?? tokenizer.EosTokenId ?? bos;
+        return FromText(source, tokenizer, new ContextOptions(contextSize, bos, separator, seed, maxContexts));
+    }
+
+    /// <summary>Builds contexts from already-tokenized documents.</summary>
+    /// <exception cref="ArgumentException">The context size is below 2, or the documents do not fill one context.</exception>
+    public static HarvestContexts Build(IEnumerable<int[]> tokenizedDocuments, ContextOptions options, string sourceDescription)
+    {
+        if (options.ContextSize < 2) throw new ArgumentOutOfRangeException(nameof(options), $"context size must be at least 2 (BOS plus one token); got {options.ContextSize}");
+        int body = options.ContextSize - 1;
+        var contexts = new List<int[]>();
+        var current = new int[options.ContextSize];
+        current[0] = options.BosTokenId;
+        int fill = 1;
+        bool first = true;
+        foreach (var doc in tokenizedDocuments)
+        {
+            if (options.MaxContexts is int max && contexts.Count >= max) break;
+            if (doc.Length == 0) continue;
+            if (!first && !Push(options.SeparatorTokenId)) break;
+            first = false;
+            bool stop = false;
+            foreach (int t in doc) if (!Push(t)) { stop = true; break; }
+            if (stop) break;
+        }
+        if (contexts.Count == 0) throw new ArgumentException($"the documents give fewer than {body} tokens: not one context of {options.ContextSize}", nameof(tokenizedDocuments));
+
+        var rows = contexts.ToArray();
+        var rng = new Random(options.Seed);
+        for (int i = rows.Length - 1; i > 0; i--)
+        {
+            int j = rng.Next(i + 1);
+            (rows[i], rows[j]) = (rows[j], rows[i]);
+        }
+        return new HarvestContexts(rows, options.ContextSize, sourceDescription, options.Seed);
+
+        // Appends one token; returns false once MaxContexts is reached.
+        bool Push(int token)
+        {
+            current[fill++] = token;
+            if (fill == options.ContextSize)
+            {
+                contexts.Add(current);
+                current = new int[options.ContextSize];
+                current[0] = options.BosTokenId;
+                fill = 1;
+                if (options.MaxContexts is int m && contexts.Count >= m) return false;
+            }
+            return true;
+        }
+    }
+}

@@ -1,0 +1,159 @@
+using System.Diagnostics;
+using Loupe.Models;
+using Loupe.Models.Hooks;
+using Loupe.Models.Loading;
+using Loupe.Reports;
+
+namespace Loupe.Dictionaries.Harvest;
+
+/// <summary>Settings of one harvest.</summary>
+/// <param name="Hooks">Exact hook point names to record, e.g. <c>blocks.2.hook_resid_post</c>.</param>
+/// <param name="BatchSize">Contexts per forward pass.</param>
+/// <param name="ShardTokens">Flush a shard about every this many rows (rounded to whole contexts, at least one).</param>
+/// <param name="SkipBos">Leave out the BOS position of every context (its activations are outliers).</param>
+public sealed record HarvestOptions(IReadOnlyList<string> Hooks, int BatchSize = 8, int ShardTokens = 65_536, bool SkipBos = true);
+
+/// <summary>Progress after each forward batch.</summary>
+public readonly record struct HarvestProgress(long TokensDone, long TotalTokens, int ShardsDone, int TotalShards, double TokensPerSecond);
+
+/// <summary>
+/// Runs a model over contexts and streams the activations at chosen hooks to a folder of
+/// safetensors shards:
+/// 1. check the hooks exist and find d for each (a one-token forward pass);
+/// 2. if the folder holds a manifest, check it was made with the same settings and resume after
+///    its last complete shard (stray temporary files are removed);
+/// 3. for each remaining shard — a fixed range of contexts — run the model batch by batch, caching
+///    only the requested hooks, and copy rows into the shard's buffers <c>[tokens_in_shard, d]</c>;
+/// 4. write <c>shard-NNNNN.safetensors</c> (atomically: temp + rename), then the manifest (atomically).
+/// Shard boundaries depend only on the settings, so a resumed harvest is byte-identical to an
+/// uninterrupted one. Memory: one shard's buffers plus one batch's cache.
+/// </summary>
+public static class Harvester
+{
+    /// <summary>Harvests <paramref name="contexts"/> into <paramref name="outputFolder"/>; returns the final manifest.</summary>
+    /// <exception cref="ArgumentException">A hook does not exist in the model, no hook is given, or the contexts do not fit n_ctx.</exception>
+    /// <exception cref="InvalidOperationException">The folder holds a harvest made with different settings (the message lists them).</exception>
+    /// <exception cref="OperationCanceledException">Cancelled; complete shards and the manifest stay, and a later call resumes.</exception>
+    public static HarvestManifest Run(HookedTransformer model, HarvestContexts contexts, string outputFolder, HarvestOptions options,
+        IProgress<HarvestProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(contexts);
+        if (options.Hooks.Count == 0) throw new ArgumentException("no hook to harvest", nameof(options));
+        if (options.BatchSize <= 0) throw new ArgumentOutOfRangeException(nameof(options), "batch size must be positive");
+        if (options.Hooks.Distinct(StringComparer.Ordinal).Count() != options.Hooks.Count) throw new ArgumentException("a hook is listed twice", nameof(options));
+        if (contexts.ContextSize > model.Config.NCtx)
+            throw new ArgumentException($"contexts have {contexts.ContextSize} tokens but the model's context is n_ctx = {model.Config.NCtx}", nameof(contexts));
+        if (options.SkipBos && contexts.ContextSize < 2) throw new ArgumentException("skipping BOS leaves nothing of a one-token context", nameof(options));
+        var available = model.HookPointNames;
+        foreach (var h in options.Hooks)
+            if (!available.Contains(h))
+                throw new ArgumentException($"hook '{h}' does not exist in this model; hooks with the same ending: {string.Join(", ", available.Where(a => a.EndsWith(h[(h.LastIndexOf('.') + 1)..], StringComparison.Ordinal)).Take(6))}", nameof(options));
+
+        // 1. d per hook from a pass over the first context; only [batch, pos, ...] activations can be harvested.
+        var hookSet = new HashSet<string>(options.Hooks, StringComparer.Ordinal);
+        int n = contexts.ContextSize;
+        var probe = model.Run(TokenBatch.Single(contexts.Contexts[0]), new RunOptions { CacheFilter = hookSet.Contains, LastPositionLogitsOnly = true });
+        foreach (var h in options.Hooks)
+        {
+            var t = probe.Cache[h];
+            if (t.Rank < 2 || t.Dim(0) != 1 || t.Dim(1) != n)
+                throw new ArgumentException($"hook '{h}' has shape {t.ShapeString} for one context of {n} tokens; only per-position activations [batch, pos, ...] can be harvested", nameof(options));
+        }
+        var dims = options.Hooks.ToDictionary(h => h, h => probe.Cache[h].Length / n);
+
+        int rowsPerContext = options.SkipBos ? contexts.ContextSize - 1 : contexts.ContextSize;
+        int contextsPerShard = Math.Max(1, options.ShardTokens / rowsPerContext);
+        long largest = (long)contextsPerShard * rowsPerContext * dims.Values.Max();
+        if (largest > Array.MaxLength)
+            throw new ArgumentException($"a shard of {contextsPerShard * (long)rowsPerContext} rows × d = {dims.Values.Max()} exceeds one array; lower ShardTokens", nameof(options));
+        var manifest = new HarvestManifest
+        {
+            Model = model.Source is string s ? Path.GetFullPath(s) : "(in memory)",
+            ModelFingerprint = HarvestManifest.Fingerprint(model),
+            Hooks = options.Hooks.ToList(),
+            DModelByHook = dims,
+            ContextSize = contexts.ContextSize,
+            SkipBos = options.SkipBos,
+            ContextsPerShard = contextsPerShard,
+            TotalContexts = contexts.Count,
+            ContextsSha256 = contexts.Sha256(),
+            Source = contexts.SourceDescription,
+            Seed = contexts.Seed,
+        };
+
+        // 2. resume.
+        Directory.CreateDirectory(outputFolder);
+        foreach (var stray in Directory.GetFiles(outputFolder, "*.tmp-*")) File.Delete(stray);
+        if (File.Exists(Path.Combine(outputFolder, HarvestManifest.FileName)))
+        {
+            var existing = HarvestManifest.Load(outputFolder);
+            var diffs = manifest.SettingDifferences(existing);
+            if (diffs.Count > 0)
+                throw new InvalidOperationException($"{outputFolder} holds a harvest with different settings; use another folder or delete it. Differences: {string.Join("; ", diffs)}");
+            foreach (var shard in existing.Shards)
+                if (!File.Exists(Path.Combine(outputFolder, shard.File)))
+                    throw new InvalidDataException($"{Path.Combine(outputFolder, shard.File)}: listed in the manifest but missing; delete the folder and harvest again");
+            manifest.Shards = existing.Shards;
+            manifest.TotalTokens = existing.TotalTokens;
+        }
+
+        int totalShards = (contexts.Count + contextsPerShard - 1) / contextsPerShard;
+        long totalTokens = (long)contexts.Count * rowsPerContext;
+        var clock = Stopwatch.StartNew();
+        long doneThisRun = 0;
+        for (int k = manifest.Shards.Count; k < totalShards; k++)
+        {
+            // 3. one shard.
+            int first = k * contextsPerShard, count = Math.Min(contextsPerShard, contexts.Count - first);
+            int rows = count * rowsPerContext;
+            var buffers = options.Hooks.Select(h => new float[rows * dims[h]]).ToArray(); // [tokens_in_shard, d] per hook
+            var tokenIds = new long[rows]; // [tokens_in_shard]
+            for (int c0 = 0; c0 < count; c0 += options.BatchSize)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                int b = Math.Min(options.BatchSize, count - c0);
+                var ids = new int[b * contexts.ContextSize]; // [batch, pos]
+                for (int i = 0; i < b; i++) contexts.Contexts[first + c0 + i].CopyTo(ids, i * contexts.ContextSize);
+                var result = model.Run(new TokenBatch(ids, b, contexts.ContextSize), new RunOptions { CacheFilter = hookSet.Contains, LastPositionLogitsOnly = true });
+                int skip = options.SkipBos ? 1 : 0;
+                for (int h = 0; h < options.Hooks.Count; h++)
+                {
+                    var tensor = result.Cache[options.Hooks[h]];
+                    int d = dims[options.Hooks[h]];
+                    if (tensor.Length != b * contexts.ContextSize * d)
+                        throw new InvalidOperationException($"hook '{options.Hooks[h]}' gave {tensor.ShapeString}; expected [{b}, {contexts.ContextSize}, {d}]");
+                    var act = tensor.Span; // [batch, pos, d] (trailing axes flattened into d)
+                    for (int i = 0; i < b; i++)
+                    {
+                        var src = act.Slice((i * contexts.ContextSize + skip) * d, rowsPerContext * d);
+                        src.CopyTo(buffers[h].AsSpan((c0 + i) * rowsPerContext * d));
+                    }
+                }
+                for (int i = 0; i < b; i++)
+                    for (int p = 0; p < rowsPerContext; p++)
+                        tokenIds[(c0 + i) * rowsPerContext + p] = ids[i * contexts.ContextSize + p + skip];
+                doneThisRun += (long)b * rowsPerContext;
+                long done = manifest.TotalTokens + (long)(c0 + b) * rowsPerContext;
+                progress?.Report(new HarvestProgress(done, totalTokens, k, totalShards, doneThisRun / Math.Max(clock.Elapsed.TotalSeconds, 1e-9)));
+            }
+
+            // 4. write the shard, then the manifest.
+            string file = $"shard-{k:D5}.safetensors";
+            var entries = options.Hooks.Select((h, i) => SafeTensorEntry.F32(h, [rows, dims[h]], buffers[i]))
+                .Append(SafeTensorEntry.I64(HarvestManifest.TokenIdsTensor, [rows], tokenIds)).ToList();
+            SafeTensorsWriter.Write(Path.Combine(outputFolder, file), entries, new Dictionary<string, string> { ["format"] = "loupe-harvest", ["shard"] = k.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+            manifest.Shards.Add(new HarvestShard { File = file, Tokens = rows, FirstContext = first, Contexts = count });
+            manifest.TotalTokens += rows;
+            manifest.Complete = manifest.Shards.Count == totalShards;
+            AtomicFile.WriteJson(Path.Combine(outputFolder, HarvestManifest.FileName), manifest);
+            progress?.Report(new HarvestProgress(manifest.TotalTokens, totalTokens, k + 1, totalShards, doneThisRun / Math.Max(clock.Elapsed.TotalSeconds, 1e-9)));
+        }
+        if (!manifest.Complete)
+        {
+            manifest.Complete = true;
+            AtomicFile.WriteJson(Path.Combine(outputFolder, HarvestManifest.FileName), manifest);
+        }
+        return manifest;
+    }
+}

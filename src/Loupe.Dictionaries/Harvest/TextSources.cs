@@ -1,0 +1,214 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Loupe.Models;
+using Loupe.Models.Generation;
+
+namespace Loupe.Dictionaries.Harvest;
+
+/// <summary>
+/// A stream of documents for harvesting. Documents come in a fixed order (the same on every
+/// enumeration), so the contexts built from them — and hence a harvest — are reproducible.
+/// </summary>
+public interface ITextSource
+{
+    /// <summary>One line saying what the documents are (recorded in the harvest manifest).</summary>
+    string Description { get; }
+
+    /// <summary>The documents, in a deterministic order.</summary>
+    IEnumerable<string> Documents();
+}
+
+/// <summary>
+/// Plain UTF-8 text files: one document per file, or one per paragraph (blocks separated by a
+/// blank line) when <c>splitParagraphs</c> is set. A folder contributes its <c>*.txt</c> files,
+/// recursively, in ordinal path order. Empty documents are dropped.
+/// </summary>
+public sealed class PlainTextSource : ITextSource
+{
+    readonly string[] _files;
+    readonly bool _splitParagraphs;
+
+    /// <exception cref="FileNotFoundException">A path is neither a file nor a folder.</exception>
+    public PlainTextSource(IEnumerable<string> paths, bool splitParagraphs = false)
+    {
+        var files = new List<string>();
+        foreach (var p in paths)
+        {
+            if (File.Exists(p)) files.Add(Path.GetFullPath(p));
+            else if (Directory.Exists(p))
+                files.AddRange(Directory.GetFiles(p, "*.txt", SearchOption.AllDirectories).Select(Path.GetFullPath).Order(StringComparer.Ordinal));
+            else throw new FileNotFoundException($"text source not found: {p}", p);
+        }
+        _files = files.ToArray();
+        _splitParagraphs = splitParagraphs;
+    }
+
+    public PlainTextSource(string path, bool splitParagraphs = false) : this([path], splitParagraphs) { }
+
+    public string Description => $"plain text: {_files.Length} file(s){(_splitParagraphs ? ", one document per paragraph" : "")}"
+        + (_files.Length > 0 ? $" ({string.Join(", ", _files.Take(3).Select(Path.GetFileName))}{(_files.Length > 3 ? ", …" : "")})" : "");
+
+    public IEnumerable<string> Documents()
+    {
+        foreach (var file in _files)
+        {
+            string text = File.ReadAllText(file).Replace("\r\n", "\n");
+            if (!_splitParagraphs)
+            {
+                if (text.Trim().Length > 0) yield return text.Trim();
+                continue;
+            }
+            foreach (var para in Regex.Split(text, @"\n[ \t]*\n"))
+                if (para.Trim().Length > 0) yield return para.Trim();
+        }
+    }
+}
+
+/// <summary>
+/// JSON lines: one JSON object per line with a string field (default <c>"text"</c>). Blank lines
+/// are skipped.
+/// </summary>
+/// <remarks>Enumeration throws <see cref="InvalidDataException"/> naming <c>file:line</c> for a
+/// line that is not a JSON object or lacks the string field.</remarks>
+public sealed class JsonLinesSource : ITextSource
+{
+    readonly string _path;
+    readonly string _field;
+
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    public JsonLinesSource(string path, string field = "text")
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"JSON lines file not found: {path}", path);
+        _path = Path.GetFullPath(path);
+        _field = field;
+    }
+
+    public string Description => $"JSON lines: {Path.GetFileName(_path)} (field \"{_field}\")";
+
+    public IEnumerable<string> Documents()
+    {
+        int lineNo = 0;
+        foreach (var line in File.ReadLines(_path))
+        {
+            lineNo++;
+            if (string.IsNullOrWhiteSpace(line)) continue;
+            string? text;
+            try
+            {
+                using var doc = JsonDocument.Parse(line);
+                if (doc.RootElement.ValueKind != JsonValueKind.Object)
+                    throw new InvalidDataException($"{_path}:{lineNo}: expected a JSON object, found {doc.RootElement.ValueKind}");
+                if (!doc.RootElement.TryGetProperty(_field, out var value) || value.ValueKind != JsonValueKind.String)
+                    throw new InvalidDataException($"{_path}:{lineNo}: no string field \"{_field}\"");
+                text = value.GetString();
+            }
+            catch (JsonException e)
+            {
+                throw new InvalidDataException($"{_path}:{lineNo}: malformed JSON: {e.Message}", e);
+            }
+            if (!string.IsNullOrEmpty(text)) yield return text;
+        }
+    }
+}
+
+/// <summary>
+/// The Brown corpus in NLTK's tagged format: files named like <c>ca01</c> (category letter, two
+/// digits), one sentence per line of whitespace-separated <c>word/tag</c> tokens. Tags are stripped
+/// and the text rebuilt (no space before closing punctuation, <c>``</c>/<c>''</c> become <c>"</c>).
+/// One document per file, sentences joined by spaces, files in ordinal name order. Other files
+/// (<c>cats.txt</c>, <c>CONTENTS</c>, <c>README</c>, <c>*.pickle</c>) are never read.
+/// </summary>
+public sealed partial class BrownCorpusSource : ITextSource
+{
+    readonly string[] _files;
+
+    /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
+    /// <exception cref="InvalidDataException">The folder has no Brown text files.</exception>
+    public BrownCorpusSource(string folder)
+    {
+        if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"Brown corpus folder not found: {folder}");
+        _files = Directory.GetFiles(folder).Where(f => FileName().IsMatch(Path.GetFileName(f))).Order(StringComparer.Ordinal).ToArray();
+        if (_files.Length == 0) throw new InvalidDataException($"{folder}: no Brown corpus files (named like ca01)");
+        Folder = Path.GetFullPath(folder);
+    }
+
+    public string Folder { get; }
+
+    public string Description => $"Brown corpus: {_files.Length} files from {Folder}";
+
+    [GeneratedRegex("^c[a-r][0-9][0-9]$")]
+    private static partial Regex FileName();
+
+    public IEnumerable<string> Documents()
+    {
+        foreach (var file in _files)
+        {
+            var sentences = File.ReadLines(file).Select(Untag).Where(s => s.Length > 0);
+            string doc = string.Join(" ", sentences);
+            if (doc.Length > 0) yield return doc;
+        }
+    }
+
+    /// <summary>Rebuilds the text of one tagged sentence line.</summary>
+    public static string Untag(string line)
+    {
+        var sb = new StringBuilder();
+        bool noSpaceNext = true, quoteOpen = false;
+        foreach (var token in line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries))
+        {
+            int slash = token.LastIndexOf('/');
+            string word = slash > 0 ? token[..slash] : token;
+            bool attachLeft = false;
+            if (word is "``") { word = "\""; quoteOpen = true; }
+            else if (word is "''") { word = "\""; attachLeft = true; quoteOpen = false; }
+            else if (word is "." or "," or ";" or ":" or "!" or "?" or ")" or "'" or "'s" or "n't") attachLeft = true;
+            if (sb.Length > 0 && !noSpaceNext && !attachLeft) sb.Append(' ');
+            sb.Append(word);
+            noSpaceNext = word is "(" || (word == "\"" && quoteOpen);
+        }
+        return sb.ToString();
+    }
+}
+
+/// <summary>
+/// Text sampled from the model itself: <c>count</c> generations from a lone BOS token, sampled at
+/// <c>temperature</c> with a seed (generation i uses seed + i, so the documents do not depend on
+/// the batch size), decoded with the model's tokenizer without special tokens.
+/// </summary>
+public sealed class ModelSampledSource : ITextSource
+{
+    readonly HookedTransformer _model;
+
+    /// <exception cref="ArgumentException">The model has no tokenizer or no BOS token, or a count is not positive.</exception>
+    public ModelSampledSource(HookedTransformer model, int count, int maxNewTokens, int seed, float temperature = 1f)
+    {
+        if (model.Tokenizer is null) throw new ArgumentException("sampling text needs the model's tokenizer; this model has none", nameof(model));
+        if ((model.Config.BosTokenId ?? model.Tokenizer.BosTokenId) is null) throw new ArgumentException("sampling from BOS needs a BOS token; the model has none", nameof(model));
+        if (count <= 0) throw new ArgumentOutOfRangeException(nameof(count), "count must be positive");
+        if (maxNewTokens <= 0) throw new ArgumentOutOfRangeException(nameof(maxNewTokens), "maxNewTokens must be positive");
+        _model = model;
+        Count = count;
+        MaxNewTokens = maxNewTokens;
+        Seed = seed;
+        Temperature = temperature;
+    }
+
+    public int Count { get; }
+    public int MaxNewTokens { get; }
+    public int Seed { get; }
+    public float Temperature { get; }
+
+    public string Description => $"model samples: {Count} generations of up to {MaxNewTokens} tokens from BOS, temperature {Temperature}, seed {Seed}";
+
+    public IEnumerable<string> Documents()
+    {
+        int bos = (_model.Config.BosTokenId ?? _model.Tokenizer!.BosTokenId)!.Value;
+        for (int i = 0; i < Count; i++)
+        {
+            var gen = _model.Generate([[bos]], new GenerationOptions(MaxNewTokens, Temperature, Seed: Seed + i));
+            string text = _model.Tokenizer!.Decode(gen[0], skipSpecialTokens: true);
+            if (text.Trim().Length > 0) yield return text;
+        }
+    }
+}
