@@ -1,0 +1,248 @@
+// Activation strategies of the sparse dictionary: each forward sits next to its backward.
+//
+// Shape legend: batch = rows of the batch, d_sae = dictionary features.
+//   pre  [batch, d_sae]  encoder pre-activations  (x − b_dec)·W_enc + b_enc
+//   acts [batch, d_sae]  feature activations      f(pre)
+// Sparsity penalties are means over the batch, like SAELens.
+namespace Loupe.Dictionaries.Sae;
+
+/// <summary>
+/// The activation function f(pre) of a <see cref="SparseDictionary"/>, its backward and its sparsity
+/// penalty. Architecture differences live here, never as <c>if (arch == …)</c> in the dictionary.
+/// </summary>
+public abstract class SaeActivation
+{
+    /// <summary>SAELens architecture name ("standard", "topk", "batchtopk", "jumprelu").</summary>
+    public abstract string Architecture { get; }
+
+    /// <summary>Whether training keeps decoder rows at unit norm (renormalise + project the gradient).</summary>
+    public abstract bool UnitNormDecoder { get; }
+
+    /// <summary>Whether TopK's auxiliary loss on dead features applies (TopK, BatchTopK).</summary>
+    public virtual bool SupportsAuxK => false;
+
+    /// <summary>acts = f(pre). <paramref name="training"/> selects batch-level behaviour (BatchTopK).</summary>
+    public abstract void Forward(ReadOnlySpan<float> pre, Span<float> acts, int batch, int dSae, bool training, SaeParameters p);
+
+    /// <summary>
+    /// Backward of <see cref="Forward"/>: writes dPre from dActs and accumulates parameter gradients
+    /// owned by the activation (the JumpReLU threshold) into <paramref name="g"/>.
+    /// </summary>
+    public abstract void Backward(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs,
+        Span<float> dPre, int batch, int dSae, SaeParameters p, SaeParameters g);
+
+    /// <summary>
+    /// Sparsity penalty (already multiplied by <paramref name="coefficient"/>, mean over batch). When
+    /// <paramref name="g"/> is not null its gradient is added to <paramref name="dActs"/>, <paramref name="dPre"/> and <paramref name="g"/>.
+    /// Called before <see cref="Backward"/>; terms added to dPre are kept by Backward.
+    /// </summary>
+    public virtual float Sparsity(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, int batch, int dSae, float coefficient,
+        SaeParameters p, Span<float> dActs, Span<float> dPre, SaeParameters? g) => 0f;
+
+    /// <summary>Update running statistics after a training step (BatchTopK threshold).</summary>
+    public virtual void AfterTrainingForward(ReadOnlySpan<float> acts, int batch, int dSae, SaeParameters p) { }
+}
+
+/// <summary>ReLU SAE ("standard") with L1 penalty λ Σ_i acts_i ‖W_dec[i]‖ (Anthropic, April 2024 update).</summary>
+public sealed class ReluActivation : SaeActivation
+{
+    public override string Architecture => "standard";
+    public override bool UnitNormDecoder => false;
+
+    // acts = max(pre, 0)
+    public override void Forward(ReadOnlySpan<float> pre, Span<float> acts, int batch, int dSae, bool training, SaeParameters p)
+    {
+        for (int i = 0; i < batch * dSae; i++) acts[i] = pre[i] > 0 ? pre[i] : 0f;
+    }
+
+    // d/dpre max(pre, 0) = 1[pre > 0]
+    public override void Backward(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs,
+        Span<float> dPre, int batch, int dSae, SaeParameters p, SaeParameters g)
+    {
+        for (int i = 0; i < batch * dSae; i++) dPre[i] += pre[i] > 0 ? dActs[i] : 0f;
+    }
+
+    // L1 = λ/B Σ_b Σ_i acts[b,i]·‖W_dec[i]‖
+    public override float Sparsity(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, int batch, int dSae, float coefficient,
+        SaeParameters p, Span<float> dActs, Span<float> dPre, SaeParameters? g)
+    {
+        int dOut = p.DOut;
+        var norms = new float[dSae];                        // [d_sae]
+        var colSum = new float[dSae];                       // [d_sae] Σ_b acts[b,i]
+        for (int i = 0; i < dSae; i++) norms[i] = MathF.Sqrt(System.Numerics.Tensors.TensorPrimitives.SumOfSquares(p.WDec.AsSpan(i * dOut, dOut)));
+        double loss = 0;
+        for (int b = 0; b < batch; b++)
+            for (int i = 0; i < dSae; i++)
+            {
+                float a = acts[b * dSae + i];
+                loss += a * norms[i];
+                colSum[i] += a;
+            }
+        float scale = coefficient / batch;
+        if (g is not null)
+        {
+            for (int b = 0; b < batch; b++)
+                for (int i = 0; i < dSae; i++) dActs[b * dSae + i] += scale * norms[i];
+            // d‖W_dec[i]‖/dW_dec[i] = W_dec[i] / ‖W_dec[i]‖
+            for (int i = 0; i < dSae; i++)
+            {
+                if (norms[i] == 0) continue;
+                float f = scale * colSum[i] / norms[i];
+                for (int j = 0; j < dOut; j++) g.WDec[i * dOut + j] += f * p.WDec[i * dOut + j];
+            }
+        }
+        return (float)(loss * scale);
+    }
+}
+
+/// <summary>TopK SAE: keep the k largest pre-activations per row, ReLU'd (Gao et al. 2024).</summary>
+public sealed class TopKActivation(int k) : SaeActivation
+{
+    public int K { get; } = k > 0 ? k : throw new ArgumentOutOfRangeException(nameof(k), "k must be positive");
+    public override string Architecture => "topk";
+    public override bool UnitNormDecoder => true;
+    public override bool SupportsAuxK => true;
+
+    public override void Forward(ReadOnlySpan<float> pre, Span<float> acts, int batch, int dSae, bool training, SaeParameters p)
+    {
+        var idx = new int[dSae];
+        var keys = new float[dSae];
+        acts[..(batch * dSae)].Clear();
+        int k = Math.Min(K, dSae);
+        for (int b = 0; b < batch; b++)
+        {
+            var row = pre.Slice(b * dSae, dSae);
+            for (int i = 0; i < dSae; i++) { idx[i] = i; keys[i] = -row[i]; }
+            Array.Sort(keys, idx);                          // ascending −pre: largest pre first; stable enough for tests
+            for (int r = 0; r < k; r++)
+            {
+                float v = row[idx[r]];
+                acts[b * dSae + idx[r]] = v > 0 ? v : 0f;
+            }
+        }
+    }
+
+    // acts = relu(pre)·1[kept]: gradient flows only where acts > 0
+    public override void Backward(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs,
+        Span<float> dPre, int batch, int dSae, SaeParameters p, SaeParameters g)
+    {
+        for (int i = 0; i < batch * dSae; i++) dPre[i] += acts[i] > 0 ? dActs[i] : 0f;
+    }
+}
+
+/// <summary>
+/// BatchTopK SAE (Bussmann et al. 2024): in training keep the k·batch largest ReLU'd pre-activations over
+/// the whole batch; at inference use the learned threshold (running mean of the smallest kept activation):
+/// acts = pre·1[pre &gt; threshold].
+/// </summary>
+public sealed class BatchTopKActivation(int k, float momentum = 0.01f) : SaeActivation
+{
+    public int K { get; } = k > 0 ? k : throw new ArgumentOutOfRangeException(nameof(k), "k must be positive");
+    public float Momentum { get; } = momentum;
+    public override string Architecture => "batchtopk";
+    public override bool UnitNormDecoder => true;
+    public override bool SupportsAuxK => true;
+
+    public override void Forward(ReadOnlySpan<float> pre, Span<float> acts, int batch, int dSae, bool training, SaeParameters p)
+    {
+        int n = batch * dSae;
+        acts[..n].Clear();
+        if (!training)
+        {
+            float t = p.Threshold[0];
+            for (int i = 0; i < n; i++) acts[i] = pre[i] > t && pre[i] > 0 ? pre[i] : 0f;
+            return;
+        }
+        var idx = new int[n];
+        var keys = new float[n];
+        for (int i = 0; i < n; i++) { idx[i] = i; keys[i] = -pre[i]; }
+        Array.Sort(keys, idx);
+        int keep = Math.Min(K * batch, n);
+        for (int r = 0; r < keep; r++)
+        {
+            float v = pre[idx[r]];
+            acts[idx[r]] = v > 0 ? v : 0f;
+        }
+    }
+
+    public override void Backward(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs,
+        Span<float> dPre, int batch, int dSae, SaeParameters p, SaeParameters g)
+    {
+        for (int i = 0; i < batch * dSae; i++) dPre[i] += acts[i] > 0 ? dActs[i] : 0f;
+    }
+
+    // threshold ← (1 − m)·threshold + m·min{acts > 0}; the first update sets it directly.
+    public override void AfterTrainingForward(ReadOnlySpan<float> acts, int batch, int dSae, SaeParameters p)
+    {
+        float min = float.PositiveInfinity;
+        foreach (float a in acts[..(batch * dSae)]) if (a > 0 && a < min) min = a;
+        if (float.IsPositiveInfinity(min)) return;
+        p.Threshold[0] = p.Threshold[0] < 0 ? min : (1 - Momentum) * p.Threshold[0] + Momentum * min;
+    }
+}
+
+/// <summary>
+/// JumpReLU SAE (Rajamanoharan et al. 2024, Gemma Scope): acts = pre·H(pre − θ), θ = exp(log_threshold),
+/// L0 penalty λ/B Σ H(pre − θ). Straight-through estimator with rectangle kernel
+/// K(u) = 1[|u| &lt; ½] of bandwidth ε for the threshold:
+///   ∂acts/∂θ ≈ −(θ/ε)·K((pre − θ)/ε),  ∂H(pre − θ)/∂θ ≈ −(1/ε)·K((pre − θ)/ε).
+/// The gradient w.r.t. pre is H(pre − θ) through acts and zero through the L0 term.
+/// </summary>
+public sealed class JumpReluActivation(float bandwidth = 0.001f) : SaeActivation
+{
+    public float Bandwidth { get; } = bandwidth > 0 ? bandwidth : throw new ArgumentOutOfRangeException(nameof(bandwidth));
+    public override string Architecture => "jumprelu";
+    public override bool UnitNormDecoder => true;
+
+    public override void Forward(ReadOnlySpan<float> pre, Span<float> acts, int batch, int dSae, bool training, SaeParameters p)
+    {
+        var theta = new float[dSae];                        // [d_sae]
+        for (int i = 0; i < dSae; i++) theta[i] = MathF.Exp(p.LogThreshold[i]);
+        for (int b = 0; b < batch; b++)
+            for (int i = 0; i < dSae; i++)
+            {
+                float v = pre[b * dSae + i];
+                acts[b * dSae + i] = v > theta[i] ? v : 0f;
+            }
+    }
+
+    public override void Backward(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs,
+        Span<float> dPre, int batch, int dSae, SaeParameters p, SaeParameters g)
+    {
+        float eps = Bandwidth;
+        for (int i = 0; i < dSae; i++)
+        {
+            float theta = MathF.Exp(p.LogThreshold[i]);
+            double dTheta = 0;
+            for (int b = 0; b < batch; b++)
+            {
+                int at = b * dSae + i;
+                float v = pre[at];
+                if (v > theta) dPre[at] += dActs[at];                                       // ∂acts/∂pre = H(pre − θ)
+                if (MathF.Abs((v - theta) / eps) < 0.5f) dTheta += dActs[at] * (-theta / eps);  // ∂acts/∂θ (STE)
+            }
+            g.LogThreshold[i] += (float)(dTheta * theta);                                     // ∂θ/∂log_threshold = θ
+        }
+    }
+
+    // L0 = λ/B Σ_b Σ_i H(pre[b,i] − θ_i)
+    public override float Sparsity(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, int batch, int dSae, float coefficient,
+        SaeParameters p, Span<float> dActs, Span<float> dPre, SaeParameters? g)
+    {
+        float scale = coefficient / batch, eps = Bandwidth;
+        double l0 = 0;
+        for (int i = 0; i < dSae; i++)
+        {
+            float theta = MathF.Exp(p.LogThreshold[i]);
+            double dTheta = 0;
+            for (int b = 0; b < batch; b++)
+            {
+                float v = pre[b * dSae + i];
+                if (v > theta) l0++;
+                if (MathF.Abs((v - theta) / eps) < 0.5f) dTheta += -scale / eps;
+            }
+            if (g is not null) g.LogThreshold[i] += (float)(dTheta * theta);
+        }
+        return (float)(l0 * scale);
+    }
+}

@@ -1,0 +1,298 @@
+// Sparse dictionary: SAE, transcoder and skip-transcoder in one class (encoder/decoder + activation).
+//
+// Shape legend (SAELens names):
+//   x      [batch, d_in]    input activations (MLP input for a transcoder)
+//   target [batch, d_out]   what is reconstructed (= x for an SAE, MLP output for a transcoder)
+//   W_enc  [d_in, d_sae]    b_enc [d_sae]
+//   W_dec  [d_sae, d_out]   b_dec [d_out]
+//   W_skip [d_in, d_out]    skip-transcoders only
+//   log_threshold [d_sae]   JumpReLU only (θ = exp(log_threshold)); threshold [1] BatchTopK only
+//
+// Forward:
+//   1. x_in  = x − b_dec  (if apply_b_dec_to_input; needs d_in = d_out)
+//   2. pre   = x_in·W_enc + b_enc
+//   3. acts  = f(pre)                    (SaeActivation)
+//   4. recon = acts·W_dec + b_dec (+ x·W_skip)
+//   5. loss  = Σ_d (recon − target)² / batch + sparsity(acts)
+using System.Numerics.Tensors;
+using Loupe.Tensors.Kernels;
+
+namespace Loupe.Dictionaries.Sae;
+
+/// <summary>Shapes and options of a dictionary.</summary>
+public sealed record SaeShape(int DIn, int DSae, int DOut, bool ApplyBDecToInput, bool Skip)
+{
+    public static SaeShape Sae(int dIn, int dSae, bool applyBDecToInput = true) => new(dIn, dSae, dIn, applyBDecToInput, false);
+    public static SaeShape Transcoder(int dIn, int dSae, int dOut, bool skip = false) => new(dIn, dSae, dOut, false, skip);
+}
+
+/// <summary>Parameter (or gradient) buffers of a dictionary, row-major.</summary>
+public sealed class SaeParameters
+{
+    public SaeParameters(SaeShape s)
+    {
+        if (s.DIn <= 0 || s.DSae <= 0 || s.DOut <= 0) throw new ArgumentException($"dimensions must be positive: {s}");
+        if (s.ApplyBDecToInput && s.DIn != s.DOut) throw new ArgumentException("apply_b_dec_to_input needs d_in == d_out");
+        Shape = s;
+        WEnc = new float[s.DIn * s.DSae];
+        BEnc = new float[s.DSae];
+        WDec = new float[s.DSae * s.DOut];
+        BDec = new float[s.DOut];
+        WSkip = s.Skip ? new float[s.DIn * s.DOut] : [];
+        LogThreshold = new float[s.DSae];
+        Threshold = [-1f];
+    }
+
+    public SaeShape Shape { get; }
+    public int DOut => Shape.DOut;
+    public float[] WEnc { get; }          // [d_in, d_sae]
+    public float[] BEnc { get; }          // [d_sae]
+    public float[] WDec { get; }          // [d_sae, d_out]
+    public float[] BDec { get; }          // [d_out]
+    public float[] WSkip { get; }         // [d_in, d_out] or empty
+    public float[] LogThreshold { get; }  // [d_sae] JumpReLU
+    public float[] Threshold { get; }     // [1] BatchTopK inference threshold (−1 until learned; not trained by gradient)
+
+    /// <summary>The trainable tensors, by SAELens name (threshold excluded: it is a running statistic).</summary>
+    public IEnumerable<(string Name, float[] Data)> Trainable(SaeActivation act)
+    {
+        yield return ("W_enc", WEnc);
+        yield return ("b_enc", BEnc);
+        yield return ("W_dec", WDec);
+        yield return ("b_dec", BDec);
+        if (Shape.Skip) yield return ("W_skip", WSkip);
+        if (act is JumpReluActivation) yield return ("log_threshold", LogThreshold);
+    }
+
+    public void Clear()
+    {
+        foreach (var a in new[] { WEnc, BEnc, WDec, BDec, WSkip, LogThreshold }) Array.Clear(a);
+    }
+}
+
+/// <summary>Result of a forward pass on one batch.</summary>
+public sealed record SaeLoss(float Loss, float Mse, float Sparsity, float L0, float ExplainedVariance, float AuxK = 0);
+
+/// <summary>
+/// A sparse autoencoder or (skip-)transcoder: a linear encoder, an <see cref="SaeActivation"/>, a linear
+/// decoder. Architectures differ only in the activation.
+/// </summary>
+public sealed class SparseDictionary
+{
+    public SparseDictionary(SaeShape shape, SaeActivation activation)
+    {
+        Activation = activation ?? throw new ArgumentNullException(nameof(activation));
+        P = new SaeParameters(shape);
+    }
+
+    public SaeShape Shape => P.Shape;
+    public SaeActivation Activation { get; }
+    public SaeParameters P { get; }
+    public string Architecture => Activation.Architecture;
+
+    /// <summary>
+    /// SAELens-style initialisation: W_dec rows random with norm <paramref name="decoderNorm"/>,
+    /// W_enc = W_decᵀ (for a transcoder: random, same scale), biases 0, JumpReLU θ = <paramref name="initThreshold"/>.
+    /// </summary>
+    public void Initialize(int seed, float decoderNorm = 0.1f, float initThreshold = 0.001f)
+    {
+        var rng = new Random(seed);
+        var (dIn, dSae, dOut) = (Shape.DIn, Shape.DSae, Shape.DOut);
+        for (int i = 0; i < dSae; i++)
+        {
+            var row = P.WDec.AsSpan(i * dOut, dOut);
+            for (int j = 0; j < dOut; j++) row[j] = Gaussian(rng);
+            TensorPrimitives.Multiply(row, decoderNorm / TensorPrimitives.Norm(row), row);
+        }
+        if (dIn == dOut)
+            for (int i = 0; i < dSae; i++)
+                for (int j = 0; j < dIn; j++) P.WEnc[j * dSae + i] = P.WDec[i * dOut + j];
+        else
+            for (int i = 0; i < P.WEnc.Length; i++) P.WEnc[i] = Gaussian(rng) * decoderNorm / MathF.Sqrt(dIn);
+        Array.Clear(P.BEnc);
+        Array.Clear(P.BDec);
+        Array.Fill(P.LogThreshold, MathF.Log(initThreshold));
+    }
+
+    internal static float Gaussian(Random rng)
+    {
+        double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
+        return (float)(Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
+    }
+
+    /// <summary>pre = (x − b_dec if apply_b_dec_to_input)·W_enc + b_enc. x [batch, d_in] → pre [batch, d_sae].</summary>
+    public void EncodePre(ReadOnlySpan<float> x, int batch, Span<float> xIn, Span<float> pre)
+    {
+        int dIn = Shape.DIn, dSae = Shape.DSae;
+        if (x.Length < batch * dIn) throw new ArgumentException($"x has {x.Length} floats, expected batch·d_in = {batch * dIn}");
+        x[..(batch * dIn)].CopyTo(xIn);
+        if (Shape.ApplyBDecToInput)
+            for (int b = 0; b < batch; b++) TensorPrimitives.Subtract(xIn.Slice(b * dIn, dIn), P.BDec, xIn.Slice(b * dIn, dIn));
+        for (int b = 0; b < batch; b++) P.BEnc.CopyTo(pre.Slice(b * dSae, dSae));
+        Gemm.Sgemm(false, false, batch, dSae, dIn, 1f, xIn, dIn, P.WEnc, dSae, 1f, pre, dSae);
+    }
+
+    /// <summary>Feature activations (inference mode). x [batch, d_in] → acts [batch, d_sae].</summary>
+    public float[] Encode(ReadOnlySpan<float> x, int batch)
+    {
+        var xIn = new float[batch * Shape.DIn];
+        var pre = new float[batch * Shape.DSae];
+        var acts = new float[batch * Shape.DSae];
+        EncodePre(x, batch, xIn, pre);
+        Activation.Forward(pre, acts, batch, Shape.DSae, training: false, P);
+        return acts;
+    }
+
+    /// <summary>recon = acts·W_dec + b_dec (+ x·W_skip). acts [batch, d_sae] → recon [batch, d_out].</summary>
+    public void Decode(ReadOnlySpan<float> acts, ReadOnlySpan<float> x, int batch, Span<float> recon)
+    {
+        int dIn = Shape.DIn, dSae = Shape.DSae, dOut = Shape.DOut;
+        for (int b = 0; b < batch; b++) P.BDec.CopyTo(recon.Slice(b * dOut, dOut));
+        Gemm.Sgemm(false, false, batch, dOut, dSae, 1f, acts, dSae, P.WDec, dOut, 1f, recon, dOut);
+        if (Shape.Skip) Gemm.Sgemm(false, false, batch, dOut, dIn, 1f, x, dIn, P.WSkip, dOut, 1f, recon, dOut);
+    }
+
+    /// <summary>Reconstruction of <paramref name="x"/> (inference mode). → [batch, d_out].</summary>
+    public float[] Forward(ReadOnlySpan<float> x, int batch)
+    {
+        var acts = Encode(x, batch);
+        var recon = new float[batch * Shape.DOut];
+        Decode(acts, x, batch, recon);
+        return recon;
+    }
+
+    /// <summary>
+    /// Loss on one batch, and when <paramref name="grad"/> is not null its gradient w.r.t. every trainable
+    /// parameter (written, not accumulated). target = x for an SAE.
+    /// </summary>
+    /// <remarks>
+    /// With <paramref name="deadFeatures"/> and <paramref name="auxKCoefficient"/> &gt; 0, adds TopK's auxiliary
+    /// loss (Gao et al. 2024) for activations with <see cref="SaeActivation.SupportsAuxK"/>; see <see cref="AuxK"/>.
+    /// </remarks>
+    public SaeLoss ForwardBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> target, int batch, float sparsityCoefficient,
+        SaeParameters? grad, bool training = true, Span<float> actsOut = default,
+        ReadOnlySpan<bool> deadFeatures = default, float auxKCoefficient = 0)
+    {
+        int dIn = Shape.DIn, dSae = Shape.DSae, dOut = Shape.DOut;
+        if (batch <= 0) throw new ArgumentOutOfRangeException(nameof(batch));
+        if (target.Length < batch * dOut) throw new ArgumentException($"target has {target.Length} floats, expected batch·d_out = {batch * dOut}");
+        var xIn = new float[batch * dIn];     // [batch, d_in]
+        var pre = new float[batch * dSae];    // [batch, d_sae]
+        var acts = new float[batch * dSae];   // [batch, d_sae]
+        var err = new float[batch * dOut];    // [batch, d_out] recon − target
+        EncodePre(x, batch, xIn, pre);
+        Activation.Forward(pre, acts, batch, dSae, training, P);
+        Decode(acts, x, batch, err);
+        TensorPrimitives.Subtract(err, target[..(batch * dOut)], err);
+
+        // mse = Σ_b Σ_d err² / batch
+        float mse = TensorPrimitives.SumOfSquares(err) / batch;
+        float l0 = 0;
+        foreach (float a in acts) if (a != 0) l0++;
+        l0 /= batch;
+        float ev = ExplainedVariance(err, target, batch, dOut);
+
+        var dActs = new float[batch * dSae];  // [batch, d_sae]
+        var dPre = new float[batch * dSae];   // [batch, d_sae]
+        if (grad is not null) grad.Clear();
+        float sparsity = Activation.Sparsity(pre, acts, batch, dSae, sparsityCoefficient, P, dActs, dPre, grad);
+        if (!actsOut.IsEmpty) acts.CopyTo(actsOut);
+        if (training) Activation.AfterTrainingForward(acts, batch, dSae, P);
+        float aux = auxKCoefficient > 0 && Activation.SupportsAuxK && !deadFeatures.IsEmpty
+            ? AuxK(pre, err, batch, deadFeatures, auxKCoefficient, grad, dPre) : 0f;
+        var result = new SaeLoss(mse + sparsity + aux, mse, sparsity, l0, ev, aux);
+        if (grad is null) return result;
+
+        // d mse / d recon = 2·err / batch
+        var dRecon = err;
+        TensorPrimitives.Multiply(dRecon, 2f / batch, dRecon);
+        // recon = acts·W_dec + b_dec + x·W_skip
+        Gemm.Sgemm(true, false, dSae, dOut, batch, 1f, acts, dSae, dRecon, dOut, 1f, grad.WDec, dOut);   // dW_dec += actsᵀ·dRecon
+        for (int b = 0; b < batch; b++) TensorPrimitives.Add(grad.BDec, dRecon.AsSpan(b * dOut, dOut), grad.BDec);
+        Gemm.Sgemm(false, true, batch, dSae, dOut, 1f, dRecon, dOut, P.WDec, dOut, 1f, dActs, dSae);   // dActs += dRecon·W_decᵀ
+        if (Shape.Skip) Gemm.Sgemm(true, false, dIn, dOut, batch, 1f, x, dIn, dRecon, dOut, 0f, grad.WSkip, dOut);
+        // acts = f(pre)
+        Activation.Backward(pre, acts, dActs, dPre, batch, dSae, P, grad);
+        // pre = x_in·W_enc + b_enc
+        Gemm.Sgemm(true, false, dIn, dSae, batch, 1f, xIn, dIn, dPre, dSae, 0f, grad.WEnc, dSae);
+        for (int b = 0; b < batch; b++) TensorPrimitives.Add(grad.BEnc, dPre.AsSpan(b * dSae, dSae), grad.BEnc);
+        // x_in = x − b_dec  ⇒  db_dec −= Σ_b dPre·W_encᵀ
+        if (Shape.ApplyBDecToInput)
+        {
+            var dXIn = new float[batch * dIn];
+            Gemm.Sgemm(false, true, batch, dIn, dSae, 1f, dPre, dSae, P.WEnc, dSae, 0f, dXIn, dIn);
+            for (int b = 0; b < batch; b++) TensorPrimitives.Subtract(grad.BDec, dXIn.AsSpan(b * dIn, dIn), grad.BDec);
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Folds an input scaling x' = c·x used in training into the weights, so the dictionary takes raw x
+    /// and returns raw-scale reconstructions (SAELens's fold_activation_norm_scaling_factor):
+    /// W_enc ← c·W_enc, W_dec ← W_dec / c, b_dec ← b_dec / c. Pre-activations (and thresholds) are unchanged.
+    /// For a transcoder this assumes targets were scaled by the same c.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="c"/> is not finite and positive.</exception>
+    public void FoldInputScaling(float c)
+    {
+        if (!(c > 0) || !float.IsFinite(c)) throw new ArgumentOutOfRangeException(nameof(c), c, "scaling factor must be finite and positive");
+        TensorPrimitives.Multiply(P.WEnc, c, P.WEnc);
+        TensorPrimitives.Multiply(P.WDec, 1 / c, P.WDec);
+        TensorPrimitives.Multiply(P.BDec, 1 / c, P.BDec);
+    }
+
+    /// <summary>
+    /// TopK auxiliary loss, as SAELens: e = target − recon (detached), z_aux = the k_aux = d_in/2 largest
+    /// ReLU'd pre-activations among dead features, ê = z_aux·W_dec (no bias),
+    /// L_aux = coefficient · min(n_dead / k_aux, 1) · Σ_d (ê − e)² / batch.
+    /// Gradient into W_dec rows of dead features and, through dPre, into the encoder.
+    /// </summary>
+    float AuxK(ReadOnlySpan<float> pre, ReadOnlySpan<float> err, int batch, ReadOnlySpan<bool> dead, float coefficient,
+        SaeParameters? grad, Span<float> dPre)
+    {
+        int dSae = Shape.DSae, dOut = Shape.DOut, kNominal = Math.Max(1, Shape.DIn / 2);
+        var deadIdx = new List<int>();
+        for (int i = 0; i < dSae; i++) if (dead[i]) deadIdx.Add(i);
+        if (deadIdx.Count == 0) return 0f;
+        int kAux = Math.Min(kNominal, deadIdx.Count);
+        float scale = coefficient * Math.Min((float)deadIdx.Count / kNominal, 1f);
+        var aux = new float[batch * dSae];     // [batch, d_sae] z_aux
+        var keys = new float[deadIdx.Count];
+        var idx = new int[deadIdx.Count];
+        for (int b = 0; b < batch; b++)
+        {
+            for (int j = 0; j < deadIdx.Count; j++) { idx[j] = deadIdx[j]; keys[j] = -pre[b * dSae + deadIdx[j]]; }
+            Array.Sort(keys, idx);
+            for (int r = 0; r < kAux; r++) aux[b * dSae + idx[r]] = Math.Max(pre[b * dSae + idx[r]], 0f);
+        }
+        // diff = ê − e = z_aux·W_dec + err   (e = −err)
+        var diff = new float[batch * dOut];    // [batch, d_out]
+        err[..(batch * dOut)].CopyTo(diff);
+        Gemm.Sgemm(false, false, batch, dOut, dSae, 1f, aux, dSae, P.WDec, dOut, 1f, diff, dOut);
+        float loss = scale * TensorPrimitives.SumOfSquares(diff) / batch;
+        if (grad is null) return loss;
+        // L_aux = scale·Σ diff² / batch  ⇒  dê = 2·scale·diff / batch
+        TensorPrimitives.Multiply(diff, 2f * scale / batch, diff);
+        Gemm.Sgemm(true, false, dSae, dOut, batch, 1f, aux, dSae, diff, dOut, 1f, grad.WDec, dOut);
+        var dAux = new float[batch * dSae];    // [batch, d_sae]
+        Gemm.Sgemm(false, true, batch, dSae, dOut, 1f, diff, dOut, P.WDec, dOut, 0f, dAux, dSae);
+        for (int i = 0; i < batch * dSae; i++) if (aux[i] > 0) dPre[i] += dAux[i];
+        return loss;
+    }
+
+    /// <summary>1 − Σ err² / Σ (target − mean(target))², over the batch (SAELens's explained variance, pooled).</summary>
+    internal static float ExplainedVariance(ReadOnlySpan<float> err, ReadOnlySpan<float> target, int batch, int d)
+    {
+        var mean = new double[d];
+        for (int b = 0; b < batch; b++) for (int j = 0; j < d; j++) mean[j] += target[b * d + j];
+        double tot = 0, res = 0;
+        for (int b = 0; b < batch; b++)
+            for (int j = 0; j < d; j++)
+            {
+                double c = target[b * d + j] - mean[j] / batch;
+                tot += c * c;
+                res += (double)err[b * d + j] * err[b * d + j];
+            }
+        return tot == 0 ? 0f : (float)(1 - res / tot);
+    }
+}
