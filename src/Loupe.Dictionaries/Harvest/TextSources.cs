@@ -150,24 +150,13 @@ public sealed partial class BrownCorpusSource : ITextSource
         }
     }
 
-    /// <summary>Rebuilds the text of one tagged sentence line.</summary>
+    /// <summary>Rebuilds the text of one tagged sentence line with the probes' detokenizer (the same text the POS probes align to).</summary>
     public static string Untag(string line)
     {
-        var sb = new StringBuilder();
-        bool noSpaceNext = true, quoteOpen = false;
-        foreach (var token in line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries))
-        {
-            int slash = token.LastIndexOf('/');
-            string word = slash > 0 ? token[..slash] : token;
-            bool attachLeft = false;
-            if (word is "``") { word = "\""; quoteOpen = true; }
-            else if (word is "''") { word = "\""; attachLeft = true; quoteOpen = false; }
-            else if (word is "." or "," or ";" or ":" or "!" or "?" or ")" or "'" or "'s" or "n't") attachLeft = true;
-            if (sb.Length > 0 && !noSpaceNext && !attachLeft) sb.Append(' ');
-            sb.Append(word);
-            noSpaceNext = word is "(" || (word == "\"" && quoteOpen);
-        }
-        return sb.ToString();
+        var words = line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)
+            .Select(token => token.LastIndexOf('/') is var slash && slash > 0 ? token[..slash] : token)
+            .ToList();
+        return words.Count == 0 ? "" : Loupe.Probes.Alignment.Detokenizer.Join(words, out _);
     }
 }
 
