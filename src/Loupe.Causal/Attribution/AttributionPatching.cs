@@ -26,8 +26,7 @@ public static class AttributionPatching
     /// <exception cref="ArgumentException">Clean and corrupt batches differ in shape, or the target names hooks the model lacks.</exception>
     public static PatchingResult Sweep(HookedTransformer model, TokenBatch clean, TokenBatch corrupt, IMetric metric, PatchTarget target, bool noising = false)
     {
-        if (clean.Batch != corrupt.Batch || clean.Length != corrupt.Length)
-            throw new ArgumentException($"clean tokens are [{clean.Batch}, {clean.Length}] but corrupt tokens are [{corrupt.Batch}, {corrupt.Length}]; patching needs equal shapes", nameof(corrupt));
+        ActivationPatching.CheckPair(clean, corrupt);
         var clock = Stopwatch.StartNew();
         int[] layers = target.ResolveLayers(model);
         var hooks = layers.Select(target.HookName).ToArray();
@@ -40,22 +39,10 @@ public static class AttributionPatching
         double donorValue = metric.Value(donorRun.Logits), receiverValue = receiverRun.Metric;
         double cleanValue = noising ? receiverValue : donorValue, corruptValue = noising ? donorValue : receiverValue;
 
-        var first = receiverRun.Activations[hooks[0]];
-        int[]? heads = target.HeadAxis is int ha ? PatchTarget.ResolveIndices(target.Heads, first.Dim(ha), "head") : null;
-        int[]? positions = target.PositionAxis is int pa ? PatchTarget.ResolveIndices(target.Positions, first.Dim(pa), "position") : null;
-        var cells = new List<PatchCell>();
-        var values = new List<double>();
-        foreach (var (layer, hook) in layers.Zip(hooks))
-        {
-            var sums = CellSums(donorRun.Cache[hook], receiverRun.Activations[hook], receiverRun.Gradients[hook], target.HeadAxis, target.PositionAxis);
-            foreach (int h in heads ?? [-1])
-                foreach (int p in positions ?? [-1])
-                {
-                    cells.Add(new PatchCell(layer, h, p));
-                    values.Add(receiverValue + sums[(Math.Max(h, 0), Math.Max(p, 0))]);
-                }
-        }
-        double span = cleanValue - corruptValue;
+        var (heads, positions, cells) = ActivationPatching.Cells(target, layers, receiverRun.Activations[hooks[0]]);
+        var sums = layers.Zip(hooks).ToDictionary(
+            x => x.First, x => CellSums(donorRun.Cache[x.Second], receiverRun.Activations[x.Second], receiverRun.Gradients[x.Second], target.HeadAxis, target.PositionAxis));
+        var values = cells.Select(c => receiverValue + sums[c.Layer][(Math.Max(c.Head, 0), Math.Max(c.Position, 0))]).ToArray();
         return new PatchingResult
         {
             Target = target.Name,
@@ -63,14 +50,13 @@ public static class AttributionPatching
             Layers = layers,
             Heads = heads,
             Positions = positions,
-            Cells = cells.ToArray(),
-            Values = values.ToArray(),
+            Cells = cells,
+            Values = values,
             CleanValue = cleanValue,
             CorruptValue = corruptValue,
-            Normalized = values.Select(v => Math.Abs(span) < 1e-12 ? double.NaN : (v - corruptValue) / span).ToArray(),
             Noising = noising,
             ForwardPasses = 2,
-            CellsPerPass = cells.Count,
+            CellsPerPass = cells.Length,
             Seconds = clock.Elapsed.TotalSeconds,
         };
     }

@@ -70,7 +70,6 @@ public static class ActivationPatching
         var source = options.Noising ? corruptRun.Cache : cleanRun.Cache;
         int passes = 2;
         var values = PatchEngine.Evaluate(model, options.Noising ? clean : corrupt, metric, target, cells, hook => source[hook], options, ref passes);
-        double span = mClean - mCorrupt;
         return new PatchingResult
         {
             Target = target.Name,
@@ -82,7 +81,6 @@ public static class ActivationPatching
             Values = values,
             CleanValue = mClean,
             CorruptValue = mCorrupt,
-            Normalized = values.Select(v => Math.Abs(span) < 1e-12 ? double.NaN : (v - mCorrupt) / span).ToArray(),
             Noising = options.Noising,
             ForwardPasses = passes,
             CellsPerPass = PatchEngine.CellsPerPass(options, clean.Batch),

@@ -71,7 +71,10 @@ public sealed class PatchingResult : CellSweepResult
 {
     public required double CleanValue { get; init; }
     public required double CorruptValue { get; init; }
-    public required double[] Normalized { get; init; }
+    double[]? _normalized;
+
+    /// <summary>Each cell's value normalized, derived from <see cref="CellSweepResult.Values"/>, <see cref="CleanValue"/> and <see cref="CorruptValue"/>.</summary>
+    public double[] Normalized => _normalized ??= PatchNormalization.Of(Values, CleanValue, CorruptValue);
     /// <summary>False: clean activations patched into the corrupt run (denoising). True: corrupt into clean (noising).</summary>
     public bool Noising { get; init; }
 
@@ -87,4 +90,15 @@ public sealed class AblationResult : CellSweepResult
     public required double BaselineValue { get; init; }
     /// <summary><c>value − baseline</c> per cell.</summary>
     public double[] Change => Values.Select(v => v - BaselineValue).ToArray();
+}
+
+/// <summary>The normalized patching metric over a sweep's values.</summary>
+static class PatchNormalization
+{
+    /// <summary><c>(m − m_corrupt) / (m_clean − m_corrupt)</c> per value; NaN everywhere when clean and corrupt agree.</summary>
+    public static double[] Of(IReadOnlyList<double> values, double clean, double corrupt)
+    {
+        double span = clean - corrupt;
+        return values.Select(v => Math.Abs(span) < 1e-12 ? double.NaN : (v - corrupt) / span).ToArray();
+    }
 }

@@ -74,7 +74,10 @@ public sealed class PathPatchingResult
     public required double[] Values { get; init; }
     public required double CleanValue { get; init; }
     public required double CorruptValue { get; init; }
-    public required double[] Normalized { get; init; }
+    double[]? _normalized;
+
+    /// <summary>Each sender set's value normalized, derived from <see cref="Values"/>, <see cref="CleanValue"/> and <see cref="CorruptValue"/>.</summary>
+    public double[] Normalized => _normalized ??= PatchNormalization.Of(Values, CleanValue, CorruptValue);
     public double[] Effect => Normalized.Select(n => 1 - n).ToArray();
     public bool FreezeMlps { get; init; }
     public int ForwardPasses { get; init; }
@@ -177,7 +180,6 @@ public static class PathPatching
             }
             for (int r = 0; r < k; r++) values[start + r] = metric.Value(ActivationSlice.Rows(logits, r * B, B));
         }
-        double span = mClean - mCorrupt;
         return new PathPatchingResult
         {
             Metric = metric.Name,
@@ -186,7 +188,6 @@ public static class PathPatching
             Values = values,
             CleanValue = mClean,
             CorruptValue = mCorrupt,
-            Normalized = values.Select(v => Math.Abs(span) < 1e-12 ? double.NaN : (v - mCorrupt) / span).ToArray(),
             FreezeMlps = options.FreezeMlps,
             ForwardPasses = passes,
             Seconds = clock.Elapsed.TotalSeconds,
