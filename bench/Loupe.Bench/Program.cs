@@ -33,6 +33,17 @@ if (o.Verb == "fixtures")
 }
 if (o.Managed) Gemm.ForceManaged = true;
 if (o.Threads is int threads) OpenBlas.SetThreads(threads);
+if (o.Verb == "sae")
+{
+    Report.Environment(Console.Out, EnvironmentInfo.Capture(), o);
+    var saeSgemm = new SgemmBench(o.Warmup, o.Reps, log);
+    var steps = SaeBench.Steps(saeSgemm, o.Quick, o.Reps, log);
+    Fixtures.Ensure(o.CacheRoot, o.Models, log);
+    var harvests = o.Models.Select(m => SaeBench.Harvest(m, Fixtures.FolderOf(o.CacheRoot, m), o.Quick, o.Reps, log)).ToList();
+    SaeBench.Print(Console.Out, steps, harvests);
+    if (o.JsonPath is { } saeJson) Loupe.Reports.AtomicFile.WriteJson(saeJson, new { sae_steps = steps, harvest = harvests });
+    return 0;
+}
 if (o.Verb == "causal")
 {
     Report.Environment(Console.Out, EnvironmentInfo.Capture(), o);

@@ -122,7 +122,7 @@ static class CliSupport
     static string Quote(string s) => "\"" + s.Replace("\\", "\\\\").Replace("\n", "\\n").Replace("\t", "\\t").Replace("\"", "\\\"") + "\"";
 
     /// <summary>Progress&lt;T&gt; posts to the thread pool; this reports on the caller's thread so bars update in order.</summary>
-    sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
+    internal sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
     {
         public void Report(T value) => report(value);
     }

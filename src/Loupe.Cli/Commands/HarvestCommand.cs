@@ -62,7 +62,7 @@ static class HarvestCommand
     }
 
     /// <exception cref="ArgumentException">An unknown source kind or a malformed count.</exception>
-    static ITextSource ParseSource(HookedTransformer model, string spec, int seed)
+    internal static ITextSource ParseSource(HookedTransformer model, string spec, int seed)
     {
         int colon = spec.IndexOf(':');
         if (colon <= 0) throw new ArgumentException($"--source '{spec}': expected KIND:VALUE (brown:FOLDER, text:PATH, jsonl:FILE, generate:N)");

@@ -21,6 +21,13 @@ public abstract class SaeActivation
     /// <summary>Whether TopK's auxiliary loss on dead features applies (TopK, BatchTopK).</summary>
     public virtual bool SupportsAuxK => false;
 
+    /// <summary>
+    /// Whether <see cref="Backward"/> reads dActs only where acts ≠ 0 and writes dPre only there, so the
+    /// dictionary may skip computing dActs elsewhere (the sparse training path). False for JumpReLU, whose
+    /// threshold gradient reads dActs just below θ.
+    /// </summary>
+    public virtual bool GradientOnlyWhereActive => false;
+
     /// <summary>acts = f(pre). <paramref name="training"/> selects batch-level behaviour (BatchTopK).</summary>
     public abstract void Forward(ReadOnlySpan<float> pre, Span<float> acts, int batch, int dSae, bool training, SaeParameters p);
 
@@ -39,6 +46,12 @@ public abstract class SaeActivation
     public virtual float Sparsity(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, int batch, int dSae, float coefficient,
         SaeParameters p, Span<float> dActs, Span<float> dPre, SaeParameters? g) => 0f;
 
+    /// <summary>dPre[i] += dActs[i] where acts[i] ≠ 0 (the backward of every activation that passes pre through where active).</summary>
+    protected static void MaskedAdd(ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs, Span<float> dPre, int n)
+    {
+        for (int i = 0; i < n; i++) if (acts[i] != 0) dPre[i] += dActs[i];
+    }
+
     /// <summary>Update running statistics after a training step (BatchTopK threshold).</summary>
     public virtual void AfterTrainingForward(ReadOnlySpan<float> acts, int batch, int dSae, SaeParameters p) { }
 }
@@ -48,18 +61,20 @@ public sealed class ReluActivation : SaeActivation
 {
     public override string Architecture => "standard";
     public override bool UnitNormDecoder => false;
+    public override bool GradientOnlyWhereActive => true;
 
     // acts = max(pre, 0)
     public override void Forward(ReadOnlySpan<float> pre, Span<float> acts, int batch, int dSae, bool training, SaeParameters p)
     {
-        for (int i = 0; i < batch * dSae; i++) acts[i] = pre[i] > 0 ? pre[i] : 0f;
+        System.Numerics.Tensors.TensorPrimitives.Max(pre[..(batch * dSae)], 0f, acts);
+        for (int i = 0; i < batch * dSae; i++) if (float.IsNaN(pre[i])) acts[i] = 0f; // like pre > 0 ? pre : 0
     }
 
     // d/dpre max(pre, 0) = 1[pre > 0]
     public override void Backward(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs,
         Span<float> dPre, int batch, int dSae, SaeParameters p, SaeParameters g)
     {
-        for (int i = 0; i < batch * dSae; i++) dPre[i] += pre[i] > 0 ? dActs[i] : 0f;
+        MaskedAdd(acts, dActs, dPre, batch * dSae); // acts > 0 ⇔ pre > 0
     }
 
     // L1 = λ/B Σ_b Σ_i acts[b,i]·‖W_dec[i]‖
@@ -103,31 +118,38 @@ public sealed class TopKActivation(int k) : SaeActivation
     public override bool UnitNormDecoder => true;
     public override bool SupportsAuxK => true;
 
+    public override bool GradientOnlyWhereActive => true;
+
+    // acts[b] = relu(pre[b]) on the k largest entries of row b, 0 elsewhere (rows in parallel: independent)
     public override void Forward(ReadOnlySpan<float> pre, Span<float> acts, int batch, int dSae, bool training, SaeParameters p)
     {
-        var idx = new int[dSae];
-        var keys = new float[dSae];
-        acts[..(batch * dSae)].Clear();
+        if (pre.Length < batch * dSae || acts.Length < batch * dSae) throw new ArgumentException($"pre and acts need batch·d_sae = {batch * dSae} floats");
         int k = Math.Min(K, dSae);
-        for (int b = 0; b < batch; b++)
+        unsafe
         {
-            var row = pre.Slice(b * dSae, dSae);
-            for (int i = 0; i < dSae; i++) { idx[i] = i; keys[i] = -row[i]; }
-            Array.Sort(keys, idx);                          // ascending −pre: largest pre first; stable enough for tests
-            for (int r = 0; r < k; r++)
+            fixed (float* pp = pre, pa = acts)
             {
-                float v = row[idx[r]];
-                acts[b * dSae + idx[r]] = v > 0 ? v : 0f;
+                float* preP = pp, actsP = pa;
+                RowParallel.For(batch, dSae, b =>
+                {
+                    var row = new ReadOnlySpan<float>(preP + (long)b * dSae, dSae);
+                    var outRow = new Span<float>(actsP + (long)b * dSae, dSae);
+                    outRow.Clear();
+                    Span<int> idx = k <= 512 ? stackalloc int[k] : new int[k];
+                    int n = TopKSelection.Largest(row, k, idx);
+                    for (int r = 0; r < n; r++)
+                    {
+                        float v = row[idx[r]];
+                        outRow[idx[r]] = v > 0 ? v : 0f;
+                    }
+                });
             }
         }
     }
 
     // acts = relu(pre)·1[kept]: gradient flows only where acts > 0
     public override void Backward(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs,
-        Span<float> dPre, int batch, int dSae, SaeParameters p, SaeParameters g)
-    {
-        for (int i = 0; i < batch * dSae; i++) dPre[i] += acts[i] > 0 ? dActs[i] : 0f;
-    }
+        Span<float> dPre, int batch, int dSae, SaeParameters p, SaeParameters g) => MaskedAdd(acts, dActs, dPre, batch * dSae);
 }
 
 /// <summary>
@@ -142,6 +164,7 @@ public sealed class BatchTopKActivation(int k, float momentum = 0.01f) : SaeActi
     public override string Architecture => "batchtopk";
     public override bool UnitNormDecoder => true;
     public override bool SupportsAuxK => true;
+    public override bool GradientOnlyWhereActive => true;
 
     public override void Forward(ReadOnlySpan<float> pre, Span<float> acts, int batch, int dSae, bool training, SaeParameters p)
     {
@@ -153,23 +176,22 @@ public sealed class BatchTopKActivation(int k, float momentum = 0.01f) : SaeActi
             for (int i = 0; i < n; i++) acts[i] = pre[i] > t && pre[i] > 0 ? pre[i] : 0f;
             return;
         }
-        var idx = new int[n];
-        var keys = new float[n];
-        for (int i = 0; i < n; i++) { idx[i] = i; keys[i] = -pre[i]; }
-        Array.Sort(keys, idx);
+        // keep the k·batch largest: everything above the threshold value, then ties at it in index order
         int keep = Math.Min(K * batch, n);
-        for (int r = 0; r < keep; r++)
+        var scratch = new float[n];
+        float cut = TopKSelection.KthLargest(pre[..n], keep, scratch);
+        int above = 0;
+        for (int i = 0; i < n; i++) if (pre[i] > cut) above++;
+        int ties = keep - above;
+        for (int i = 0; i < n; i++)
         {
-            float v = pre[idx[r]];
-            acts[idx[r]] = v > 0 ? v : 0f;
+            float v = pre[i];
+            if (v > cut || (v == cut && ties-- > 0)) acts[i] = v > 0 ? v : 0f;
         }
     }
 
     public override void Backward(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs,
-        Span<float> dPre, int batch, int dSae, SaeParameters p, SaeParameters g)
-    {
-        for (int i = 0; i < batch * dSae; i++) dPre[i] += acts[i] > 0 ? dActs[i] : 0f;
-    }
+        Span<float> dPre, int batch, int dSae, SaeParameters p, SaeParameters g) => MaskedAdd(acts, dActs, dPre, batch * dSae);
 
     // threshold ← (1 − m)·threshold + m·min{acts > 0}; the first update sets it directly.
     public override void AfterTrainingForward(ReadOnlySpan<float> acts, int batch, int dSae, SaeParameters p)

@@ -1,16 +1,38 @@
-// SAELens on-disk format: a folder with cfg.json and sae_weights.safetensors.
+// SAELens on-disk format: a folder with cfg.json and sae_weights.safetensors (SAELens 5.x and 6.x;
+// sae_lens/saes/*.py and sae_lens/loading/pretrained_sae_loaders.py are the reference).
 //
-// Tensors (float32, row-major):
+// Tensors (row-major; stored F32, F16, BF16 or F64 are all read as float32):
 //   W_enc [d_in, d_sae]   b_enc [d_sae]   W_dec [d_sae, d_out]   b_dec [d_out]
-//   threshold [d_sae]  jumprelu (θ itself, not its log)
-//   threshold [1]      batchtopk (the learned inference threshold)
-//   W_skip [d_in, d_out]  skip-transcoders
-// cfg.json: architecture ("standard" | "topk" | "batchtopk" | "jumprelu"), d_in, d_sae, (d_out for
-// transcoders), dtype, device, hook_name, hook_layer, apply_b_dec_to_input, normalize_activations,
-// model_name, context_size, prepend_bos, and for topk/batchtopk activation_fn_kwargs {"k": K} plus "k".
-// Loading also reads fields nested under "metadata" (SAELens ≥ 6 writes model/hook fields there).
+//   W_skip [d_out, d_in]  skip transcoders (SAELens computes x·W_skipᵀ; Loupe keeps W_skip as [d_in, d_out])
+//   threshold [d_sae]     JumpReLU θ itself (older training checkpoints: log_threshold [d_sae] instead)
+//   topk_threshold []     BatchTopK training checkpoints (the learned scalar threshold)
+//   scaling_factor [d_sae] pre-6 files only; accepted when all ones
+// cfg.json: d_in, d_sae, dtype, device, apply_b_dec_to_input, normalize_activations, reshape_activations,
+// architecture, and per architecture k (topk, batchtopk), rescale_acts_by_decoder_norm (topk), d_out (transcoders).
+// Model and hook fields (model_name, hook_name, hook_layer, hook_name_out, context_size, prepend_bos) sit at the
+// top level before SAELens 6 and under "metadata" from 6.0 ("meta" in the 6.0 release candidates); all are read.
+//
+// Architectures:
+//   standard, jumprelu, topk                          SAEs (SAELens inference classes)
+//   transcoder, skip_transcoder,
+//   jumprelu_transcoder, jumprelu_skip_transcoder     transcoders: d_out, never apply_b_dec_to_input
+//   batchtopk                                         SAELens training checkpoints; SAELens saves a finished BatchTopK
+//                                                     SAE as "jumprelu" with θ = the learned threshold for every feature
+//   topk_transcoder, topk_skip_transcoder,
+//   batchtopk_transcoder, batchtopk_skip_transcoder   Loupe extensions (SAELens has no such classes)
+//
+// Load:
+//   1. read cfg.json (top level, then metadata/meta) and map the architecture to an activation and shape;
+//   2. read and shape-check every tensor, refusing unknown tensors and NaN/±∞;
+//   3. fold what SAELens applies at inference into the weights, so Loupe's dictionary takes raw activations:
+//      rescale_acts_by_decoder_norm (TopK) and expected_average_only_in (a scaling factor from the caller or from
+//      SAELens's activation_scaler.json). layer_norm and constant_norm_rescale normalise each input at run time,
+//      which Loupe's dictionaries do not do: they are refused rather than silently ignored.
+// Save writes the flat pre-6 layout (which SAELens 6 upgrades on load, so both read it) plus a "metadata" copy of
+// the model/hook fields for readers of the 6.x layout. It writes no sae_lens_version: Loupe is not SAELens.
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
 using Loupe.Models.Loading;
 using Loupe.Reports;
 
@@ -19,18 +41,31 @@ namespace Loupe.Dictionaries.Sae;
 /// <summary>SAELens cfg.json fields that Loupe reads and writes.</summary>
 public sealed record SaeLensConfig
 {
+    /// <summary>SAELens architecture name as in cfg.json ("standard", "jumprelu", "topk", "jumprelu_transcoder", …).</summary>
     public string Architecture { get; init; } = "standard";
     public int DIn { get; init; }
     public int DSae { get; init; }
     /// <summary>Output width; equals DIn for an SAE.</summary>
     public int DOut { get; init; }
+    /// <summary>SAELens's compute dtype. Loupe computes in float32 whatever the file holds and saves "float32".</summary>
     public string Dtype { get; init; } = "float32";
     public string Device { get; init; } = "cpu";
+    /// <summary>The hook the dictionary reads (TransformerLens name), e.g. <c>blocks.12.hook_resid_post</c>; empty when unknown.</summary>
     public string HookName { get; init; } = "";
     public int HookLayer { get; init; }
+    /// <summary>For a transcoder, the hook it writes (e.g. <c>blocks.3.hook_mlp_out</c>); empty otherwise or when unknown.</summary>
+    public string HookNameOut { get; init; } = "";
     public bool ApplyBDecToInput { get; init; } = true;
-    /// <summary>"none" or "expected_average_only_in" (carried, not applied by the dictionary).</summary>
+    /// <summary>
+    /// Always "none" for a loaded dictionary: SAELens's "expected_average_only_in" scaling is folded into the weights
+    /// on load (the dictionary takes raw activations) and the run-time normalisations are refused.
+    /// </summary>
     public string NormalizeActivations { get; init; } = "none";
+    /// <summary>
+    /// "hook_z" when the dictionary reads <c>attn.hook_z</c> flattened from [n_heads, d_head] to n_heads·d_head
+    /// (the caller flattens, as SAELens does); "none" otherwise.
+    /// </summary>
+    public string ReshapeActivations { get; init; } = "none";
     public string ModelName { get; init; } = "";
     public int ContextSize { get; init; } = 128;
     public bool PrependBos { get; init; } = true;
@@ -39,80 +74,174 @@ public sealed record SaeLensConfig
 }
 
 /// <summary>Reads and writes SAELens folders (cfg.json + sae_weights.safetensors).</summary>
-public static class SaeLensFormat
+public static partial class SaeLensFormat
 {
     public const string ConfigFile = "cfg.json";
     public const string WeightsFile = "sae_weights.safetensors";
-    static readonly string[] s_normalizations = ["none", "expected_average_only_in"];
+    /// <summary>Written by SAELens ≥ 6 training checkpoints: the input scaling factor not yet folded into the weights.</summary>
+    public const string ActivationScalerFile = "activation_scaler.json";
 
-    /// <summary>A config for <paramref name="dict"/>, filling shape and architecture from it.</summary>
-    public static SaeLensConfig ConfigFor(SparseDictionary dict, SaeLensConfig? template = null) => (template ?? new SaeLensConfig()) with
-    {
-        Architecture = dict.Architecture,
-        DIn = dict.Shape.DIn,
-        DSae = dict.Shape.DSae,
-        DOut = dict.Shape.DOut,
-        ApplyBDecToInput = dict.Shape.ApplyBDecToInput,
-        K = dict.Activation switch { TopKActivation t => t.K, BatchTopKActivation b => b.K, _ => 0 },
-    };
+    static readonly string[] s_dtypes = ["float32", "float16", "bfloat16", "float64"];
 
-    /// <summary>Writes <paramref name="folder"/>/cfg.json and sae_weights.safetensors (each atomically).</summary>
-    public static void Save(string folder, SparseDictionary dict, SaeLensConfig? template = null)
+    /// <summary>
+    /// A config for <paramref name="dict"/>: shape, architecture and k from the dictionary, hook and model fields from
+    /// <paramref name="template"/>. The dictionary is a transcoder when it has a skip connection, d_out ≠ d_in, or the
+    /// template names <see cref="SaeLensConfig.HookNameOut"/>.
+    /// </summary>
+    /// <param name="dict">The dictionary.</param>
+    /// <param name="template">Hook and model fields; its shape and architecture fields are ignored.</param>
+    /// <param name="trainingCheckpoint">BatchTopK only: name it "batchtopk" (resumable) rather than SAELens's inference form "jumprelu".</param>
+    /// <exception cref="ArgumentException">The activation has no SAELens form.</exception>
+    public static SaeLensConfig ConfigFor(SparseDictionary dict, SaeLensConfig? template = null, bool trainingCheckpoint = false)
     {
-        var cfg = ConfigFor(dict, template);
+        ArgumentNullException.ThrowIfNull(dict);
         var s = dict.Shape;
-        var tensors = new List<(string, int[], ReadOnlyMemory<float>)>
+        var t = template ?? new SaeLensConfig();
+        bool transcoder = s.Skip || s.DIn != s.DOut || t.HookNameOut.Length > 0;
+        string act = dict.Activation switch
+        {
+            ReluActivation => "standard",
+            JumpReluActivation => "jumprelu",
+            TopKActivation => "topk",
+            BatchTopKActivation => trainingCheckpoint ? "batchtopk" : "jumprelu",
+            _ => throw new ArgumentException($"activation {dict.Activation.GetType().Name} has no SAELens form", nameof(dict)),
+        };
+        string arch = !transcoder ? act : (act == "standard" ? "" : act + "_") + (s.Skip ? "skip_transcoder" : "transcoder");
+        int k = dict.Activation switch
+        {
+            TopKActivation tk => tk.K,
+            BatchTopKActivation b when trainingCheckpoint => b.K,
+            _ => 0,
+        };
+        return t with
+        {
+            Architecture = arch, DIn = s.DIn, DSae = s.DSae, DOut = s.DOut, ApplyBDecToInput = s.ApplyBDecToInput,
+            Dtype = "float32", NormalizeActivations = "none", K = k,
+        };
+    }
+
+    /// <summary>
+    /// Writes <paramref name="folder"/>/sae_weights.safetensors then cfg.json, each atomically (temp file + rename).
+    /// Everything is validated before either file is touched.
+    /// </summary>
+    /// <param name="folder">Created if missing.</param>
+    /// <param name="dict">The dictionary.</param>
+    /// <param name="template">Hook and model fields (see <see cref="ConfigFor"/>).</param>
+    /// <param name="trainingCheckpoint">
+    /// BatchTopK only. False (default): SAELens's inference form, architecture "jumprelu" with θ = max(threshold, 0) for
+    /// every feature, which SAELens loads and which encodes identically. True: architecture "batchtopk" with k and the
+    /// scalar "topk_threshold", as SAELens's training checkpoints, so Loupe loads it back as BatchTopK.
+    /// </param>
+    /// <exception cref="ArgumentException">
+    /// A parameter is NaN or infinite (the message names the tensor), or a transcoder applies b_dec to its input.
+    /// </exception>
+    /// <exception cref="IOException">A file cannot be written (the previous file at that path is kept).</exception>
+    public static void Save(string folder, SparseDictionary dict, SaeLensConfig? template = null, bool trainingCheckpoint = false)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(folder);
+        var cfg = ConfigFor(dict, template, trainingCheckpoint);
+        var s = dict.Shape;
+        bool transcoder = cfg.Architecture.EndsWith("transcoder", StringComparison.Ordinal);
+        if (transcoder && s.ApplyBDecToInput)
+            throw new ArgumentException("SAELens transcoders never subtract b_dec from the input; this dictionary has ApplyBDecToInput = true", nameof(dict));
+
+        // 1. Tensors, SAELens's names and orientations.
+        var tensors = new List<(string Name, int[] Shape, ReadOnlyMemory<float> Data)>
         {
             ("W_enc", [s.DIn, s.DSae], dict.P.WEnc),
             ("b_enc", [s.DSae], dict.P.BEnc),
             ("W_dec", [s.DSae, s.DOut], dict.P.WDec),
             ("b_dec", [s.DOut], dict.P.BDec),
         };
-        if (s.Skip) tensors.Add(("W_skip", [s.DIn, s.DOut], dict.P.WSkip));
-        if (dict.Activation is JumpReluActivation) tensors.Add(("threshold", [s.DSae], dict.P.LogThreshold.Select(MathF.Exp).ToArray()));
-        if (dict.Activation is BatchTopKActivation) tensors.Add(("threshold", [1], dict.P.Threshold));
-        Directory.CreateDirectory(folder);
-        SafeTensorsWriter.Write(Path.Combine(folder, WeightsFile), tensors);
+        if (s.Skip) tensors.Add(("W_skip", [s.DOut, s.DIn], Transpose(dict.P.WSkip, s.DIn, s.DOut)));
+        switch (dict.Activation)
+        {
+            case JumpReluActivation:
+                tensors.Add(("threshold", [s.DSae], dict.P.LogThreshold.Select(MathF.Exp).ToArray()));
+                break;
+            case BatchTopKActivation when trainingCheckpoint:
+                tensors.Add(("topk_threshold", [], new[] { dict.P.Threshold[0] }));
+                break;
+            case BatchTopKActivation:
+                // Inference: acts = pre·1[pre > t]·1[pre > 0] = JumpReLU with θ = max(t, 0).
+                tensors.Add(("threshold", [s.DSae], Enumerable.Repeat(Math.Max(dict.P.Threshold[0], 0f), s.DSae).ToArray()));
+                break;
+        }
+        foreach (var (name, _, data) in tensors)
+        {
+            int bad = IndexOfNonFinite(data.Span);
+            if (bad >= 0) throw new ArgumentException($"cannot save: tensor '{name}'[{bad}] is {data.Span[bad]}", nameof(dict));
+        }
 
+        // 2. cfg.json: flat fields (pre-6 layout, which SAELens 6 upgrades) plus the 6.x "metadata" object.
         var json = new JsonObject
         {
             ["architecture"] = cfg.Architecture,
             ["d_in"] = cfg.DIn,
             ["d_sae"] = cfg.DSae,
-            ["dtype"] = cfg.Dtype,
-            ["device"] = cfg.Device,
-            ["model_name"] = cfg.ModelName,
-            ["hook_name"] = cfg.HookName,
-            ["hook_layer"] = cfg.HookLayer,
-            ["apply_b_dec_to_input"] = cfg.ApplyBDecToInput,
-            ["normalize_activations"] = cfg.NormalizeActivations,
-            ["context_size"] = cfg.ContextSize,
-            ["prepend_bos"] = cfg.PrependBos,
         };
-        if (cfg.DOut != cfg.DIn || s.Skip) json["d_out"] = cfg.DOut;
+        if (transcoder) json["d_out"] = cfg.DOut;
+        json["dtype"] = cfg.Dtype;
+        json["device"] = cfg.Device;
+        json["apply_b_dec_to_input"] = cfg.ApplyBDecToInput;
+        json["normalize_activations"] = cfg.NormalizeActivations;
+        json["reshape_activations"] = cfg.ReshapeActivations;
         if (cfg.K > 0)
         {
             json["k"] = cfg.K;
             json["activation_fn_kwargs"] = new JsonObject { ["k"] = cfg.K };
+            json["rescale_acts_by_decoder_norm"] = false;
         }
-        AtomicFile.WriteAllText(Path.Combine(folder, ConfigFile), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        JsonObject Meta()
+        {
+            var m = new JsonObject
+            {
+                ["model_name"] = cfg.ModelName,
+                ["hook_name"] = cfg.HookName,
+                ["hook_layer"] = cfg.HookLayer,
+                ["hook_head_index"] = null,
+            };
+            if (cfg.HookNameOut.Length > 0) m["hook_name_out"] = cfg.HookNameOut;
+            m["context_size"] = cfg.ContextSize;
+            m["prepend_bos"] = cfg.PrependBos;
+            return m;
+        }
+        foreach (var (key, value) in Meta()) json[key] = value?.DeepClone();
+        json["metadata"] = Meta();
+        string text = json.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+
+        // 3. Weights first, then the config that describes them.
+        Directory.CreateDirectory(folder);
+        SafeTensorsWriter.Write(Path.Combine(folder, WeightsFile), tensors);
+        AtomicFile.WriteAllText(Path.Combine(folder, ConfigFile), text);
     }
 
-    /// <summary>Loads a SAELens folder.</summary>
+    /// <summary>Loads a SAELens folder into a dictionary that takes raw activations.</summary>
+    /// <param name="folder">The folder holding cfg.json and sae_weights.safetensors.</param>
+    /// <param name="normScalingFactor">
+    /// For normalize_activations "expected_average_only_in": the factor c the SAE's inputs were multiplied by in
+    /// training (SAELens's norm_scaling_factor, √d_in / E‖x‖). It is folded into the weights (W_enc·c, W_dec/c, b_dec/c).
+    /// When null, it is read from activation_scaler.json in the folder (SAELens ≥ 6 checkpoints).
+    /// </param>
     /// <exception cref="FileNotFoundException">cfg.json or sae_weights.safetensors is missing.</exception>
     /// <exception cref="InvalidDataException">
-    /// A required cfg field is missing or has the wrong type, the architecture or normalisation is unknown,
-    /// dtype is not float32, or a tensor is missing or has the wrong shape (messages name file and field).
+    /// A required cfg field is missing or has the wrong type; the architecture, dtype, normalisation or reshape is
+    /// unknown or unsupported (layer_norm, constant_norm_rescale, or expected_average_only_in without a factor); a
+    /// tensor is missing, unexpected, has the wrong shape or holds NaN/±∞. Messages name the file and the field or tensor.
     /// </exception>
-    public static (SparseDictionary Dictionary, SaeLensConfig Config) Load(string folder)
+    /// <exception cref="ArgumentException"><paramref name="normScalingFactor"/> is given but the config needs none.</exception>
+    public static (SparseDictionary Dictionary, SaeLensConfig Config) Load(string folder, float? normScalingFactor = null)
     {
-        string cfgPath = Path.Combine(folder, ConfigFile), wPath = Path.Combine(folder, WeightsFile);
+        ArgumentException.ThrowIfNullOrEmpty(folder);
+        string cfgPath = Path.GetFullPath(Path.Combine(folder, ConfigFile)), wPath = Path.GetFullPath(Path.Combine(folder, WeightsFile));
         if (!File.Exists(cfgPath)) throw new FileNotFoundException($"SAELens config not found: {cfgPath}", cfgPath);
         if (!File.Exists(wPath)) throw new FileNotFoundException($"SAELens weights not found: {wPath}", wPath);
+
+        // 1. cfg.json.
         JsonObject root;
         try { root = JsonNode.Parse(File.ReadAllText(cfgPath)) as JsonObject ?? throw new InvalidDataException($"{cfgPath}: not a JSON object"); }
         catch (JsonException e) { throw new InvalidDataException($"{cfgPath}: invalid JSON: {e.Message}", e); }
-        var meta = root["metadata"] as JsonObject;
+        var meta = root["metadata"] as JsonObject ?? root["meta"] as JsonObject;
         JsonNode? Field(string name) => root[name] ?? meta?[name];
         T Get<T>(string name, T fallback, bool required = false)
         {
@@ -124,69 +253,272 @@ public static class SaeLensFormat
             { throw new InvalidDataException($"{cfgPath}: field '{name}' should be {typeof(T).Name}, found {node.ToJsonString()}", e); }
         }
 
+        string arch = Get("architecture", "standard");
+        if (arch == "relu") arch = "standard";
+        var (actName, transcoderArch, skip) = ParseArchitecture(arch, cfgPath);
+        // Before SAELens 6 a TopK SAE was architecture "standard" with activation_fn "topk" (activation_fn_str earlier).
+        string activationFn = Get("activation_fn", Get("activation_fn_str", "relu")) ?? "relu";
+        if (actName == "standard" && activationFn == "topk") actName = "topk";
+        else if (actName == "standard" && activationFn != "relu")
+            throw new InvalidDataException($"{cfgPath}: field 'activation_fn' is '{activationFn}'; a standard SAE must use relu (or topk, before SAELens 6)");
         int dIn = Get("d_in", 0, required: true), dSae = Get("d_sae", 0, required: true);
         int dOut = Get("d_out", dIn);
-        string arch = Get("architecture", "standard");
-        int k = Get("k", 0);
-        if (Field("activation_fn_kwargs") is JsonObject kw && kw["k"] is JsonNode kn)
-        {
-            try { k = kn.GetValue<int>(); }
-            catch (Exception e) when (e is InvalidOperationException or FormatException)
-            { throw new InvalidDataException($"{cfgPath}: field 'activation_fn_kwargs.k' should be an integer, found {kn.ToJsonString()}", e); }
-        }
-        string dtype = Get("dtype", "float32");
-        if (dtype is not ("float32" or "torch.float32"))
-            throw new InvalidDataException($"{cfgPath}: field 'dtype' is '{dtype}'; only float32 is supported");
-        string norm = Get("normalize_activations", "none");
-        if (!s_normalizations.Contains(norm))
-            throw new InvalidDataException($"{cfgPath}: field 'normalize_activations' is '{norm}'; expected one of {string.Join(", ", s_normalizations)}");
         if (dIn <= 0 || dSae <= 0 || dOut <= 0) throw new InvalidDataException($"{cfgPath}: d_in, d_sae and d_out must be positive (got {dIn}, {dSae}, {dOut})");
-        bool applyBDec = Get("apply_b_dec_to_input", dIn == dOut);
+        bool transcoder = transcoderArch || dOut != dIn;
 
-        SaeActivation act = arch switch
+        string dtype = Get("dtype", "float32");
+        if (dtype.StartsWith("torch.", StringComparison.Ordinal)) dtype = dtype[6..];
+        if (!s_dtypes.Contains(dtype))
+            throw new InvalidDataException($"{cfgPath}: field 'dtype' is '{dtype}'; expected one of {string.Join(", ", s_dtypes)}");
+
+        string norm = NormalizationOf(Field("normalize_activations"), cfgPath);
+        if (norm != "expected_average_only_in" && normScalingFactor is not null)
+            throw new ArgumentException($"{cfgPath}: normalize_activations is '{norm}', so there is no scaling factor to fold; do not pass one", nameof(normScalingFactor));
+        float? foldFactor = null;
+        if (norm == "expected_average_only_in")
         {
-            "standard" or "relu" => new ReluActivation(),
+            float c = normScalingFactor ?? ScalingFactorFromScaler(folder, cfgPath);
+            if (!(c > 0) || !float.IsFinite(c))
+                throw new InvalidDataException($"{cfgPath}: the norm scaling factor must be finite and positive, got {c}");
+            foldFactor = c;
+        }
+        string reshape = Get("reshape_activations", "none");
+        if (reshape is not ("none" or "hook_z"))
+            throw new InvalidDataException($"{cfgPath}: field 'reshape_activations' is '{reshape}'; expected none or hook_z");
+
+        bool applyBDec = Get("apply_b_dec_to_input", !transcoder);
+        if (applyBDec && transcoder)
+            throw new InvalidDataException($"{cfgPath}: apply_b_dec_to_input is true for a transcoder (architecture '{arch}', d_in {dIn}, d_out {dOut}); SAELens forbids it");
+
+        int k = 0;
+        if (actName is "topk" or "batchtopk")
+        {
+            k = IntegerField(Field("k"), "k", cfgPath);
+            if (Field("activation_fn_kwargs") is JsonObject kw && kw["k"] is JsonNode kn) k = IntegerField(kn, "activation_fn_kwargs.k", cfgPath);
+            if (k <= 0) throw new InvalidDataException($"{cfgPath}: architecture '{arch}' needs a positive field 'k' (or activation_fn_kwargs.k)");
+        }
+        SaeActivation act = actName switch
+        {
+            "standard" => new ReluActivation(),
             "jumprelu" => new JumpReluActivation(),
-            "topk" => new TopKActivation(k > 0 ? k : throw new InvalidDataException($"{cfgPath}: architecture 'topk' needs field 'k' (or activation_fn_kwargs.k)")),
-            "batchtopk" => new BatchTopKActivation(k > 0 ? k : throw new InvalidDataException($"{cfgPath}: architecture 'batchtopk' needs field 'k' (or activation_fn_kwargs.k)")),
-            _ => throw new InvalidDataException($"{cfgPath}: unknown architecture '{arch}'; expected standard, topk, batchtopk or jumprelu"),
+            "topk" => new TopKActivation(k),
+            _ => new BatchTopKActivation(k),
         };
+        string hookName = Get("hook_name", Get("hook_point", ""));   // hook_point: SAELens < 6 name
         var cfg = new SaeLensConfig
         {
-            Architecture = arch == "relu" ? "standard" : arch, DIn = dIn, DSae = dSae, DOut = dOut, Dtype = "float32",
-            Device = Get("device", "cpu"), HookName = Get("hook_name", ""), HookLayer = Get("hook_layer", 0),
-            ApplyBDecToInput = applyBDec, NormalizeActivations = norm, ModelName = Get("model_name", ""),
-            ContextSize = Get("context_size", 128), PrependBos = Get("prepend_bos", true), K = k,
+            Architecture = arch, DIn = dIn, DSae = dSae, DOut = dOut, Dtype = dtype,
+            Device = Get("device", "cpu"), HookName = hookName, HookLayer = Get("hook_layer", Get("hook_point_layer", LayerOf(hookName) ?? 0)),
+            HookNameOut = Get("hook_name_out", ""), ApplyBDecToInput = applyBDec, NormalizeActivations = "none",
+            ReshapeActivations = reshape, ModelName = Get("model_name", ""), ContextSize = Get("context_size", 128),
+            PrependBos = Get("prepend_bos", true), K = k,
         };
 
+        // 2. Tensors.
         using var file = SafeTensorsFile.Open(wPath);
-        bool skip = file.Contains("W_skip");
-        if (applyBDec && dIn != dOut) throw new InvalidDataException($"{cfgPath}: apply_b_dec_to_input is true but d_in {dIn} != d_out {dOut}");
         var dict = new SparseDictionary(new SaeShape(dIn, dSae, dOut, applyBDec, skip), act);
-        void Read(string name, float[] into, params long[] shape)
+        var expected = new HashSet<string>(StringComparer.Ordinal) { "W_enc", "b_enc", "W_dec", "b_dec" };
+        if (skip) expected.Add("W_skip");
+        string? thresholdName = null;
+        if (act is JumpReluActivation)
+            thresholdName = file.Contains("threshold") ? "threshold" : file.Contains("log_threshold") ? "log_threshold" : null;
+        else if (act is BatchTopKActivation)
+            thresholdName = file.Contains("topk_threshold") ? "topk_threshold" : file.Contains("threshold") ? "threshold" : null;
+        if (act is JumpReluActivation && thresholdName is null)
+            throw new InvalidDataException($"{wPath}: tensor 'threshold' is missing (have {string.Join(", ", file.Names)})");
+        if (thresholdName is not null) expected.Add(thresholdName);
+        if (file.Contains("scaling_factor")) expected.Add("scaling_factor");
+        var unexpected = file.Names.Where(n => !expected.Contains(n)).ToList();
+        if (unexpected.Count > 0)
+            throw new InvalidDataException($"{wPath}: unexpected tensor(s) {string.Join(", ", unexpected.Select(u => $"'{u}'"))} for architecture '{arch}' (expected {string.Join(", ", expected)})");
+
+        void Read(string name, Span<float> into, params long[] shape)
         {
             if (!file.Contains(name)) throw new InvalidDataException($"{wPath}: tensor '{name}' is missing (have {string.Join(", ", file.Names)})");
             var actual = file.GetInfo(name).Shape;
             if (!actual.SequenceEqual(shape))
                 throw new InvalidDataException($"{wPath}: tensor '{name}' has shape [{string.Join(", ", actual)}]; cfg.json implies [{string.Join(", ", shape)}]");
-            file.GetFloat32(name).Span.CopyTo(into);
+            try { file.GetFloat32(name).Span.CopyTo(into); }
+            catch (InvalidDataException e) when (!e.Message.Contains(wPath, StringComparison.Ordinal))
+            { throw new InvalidDataException($"{wPath}: tensor '{name}': {e.Message}", e); }
+            ThrowIfNotFinite(into, $"{wPath}: tensor '{name}'");
         }
         Read("W_enc", dict.P.WEnc, dIn, dSae);
         Read("b_enc", dict.P.BEnc, dSae);
         Read("W_dec", dict.P.WDec, dSae, dOut);
         Read("b_dec", dict.P.BDec, dOut);
-        if (skip) Read("W_skip", dict.P.WSkip, dIn, dOut);
-        if (act is JumpReluActivation)
+        if (skip)
+        {
+            var wSkip = new float[dOut * dIn];                        // [d_out, d_in] as SAELens stores it
+            Read("W_skip", wSkip, dOut, dIn);
+            Transpose(wSkip, dOut, dIn).CopyTo(dict.P.WSkip, 0);
+        }
+        if (thresholdName == "threshold" && act is JumpReluActivation)
         {
             var theta = new float[dSae];
             Read("threshold", theta, dSae);
-            for (int i = 0; i < dSae; i++)
+            for (int i = 0; i < dSae; i++) dict.P.LogThreshold[i] = LogThreshold(theta[i]);
+        }
+        else if (thresholdName == "log_threshold")
+            Read("log_threshold", dict.P.LogThreshold, dSae);          // SAELens < 6 JumpReLU training checkpoints
+        else if (thresholdName is not null)
+        {
+            long[] shape = file.GetInfo(thresholdName).Shape;          // topk_threshold is a 0-d buffer; Loupe wrote [1]
+            if (shape.Length > 1 || shape.Length == 1 && shape[0] != 1)
+                throw new InvalidDataException($"{wPath}: tensor '{thresholdName}' has shape [{string.Join(", ", shape)}]; expected a scalar ([] or [1])");
+            Read(thresholdName, dict.P.Threshold, shape);
+        }
+        if (file.Contains("scaling_factor"))
+        {
+            var sf = new float[dSae];
+            Read("scaling_factor", sf, dSae);
+            if (sf.Any(v => v != 1f))
+                throw new InvalidDataException($"{wPath}: tensor 'scaling_factor' is not all ones; SAELens's finetuning scaling factor is not supported");
+        }
+
+        // 3. Fold run-time rescalings into the weights.
+        if (actName is "topk" or "batchtopk" && Get("rescale_acts_by_decoder_norm", false)) FoldDecoderNorms(dict);
+        if (foldFactor is float factor) dict.FoldInputScaling(factor);
+        return (dict, cfg);
+    }
+
+    /// <summary>
+    /// log θ for the JumpReLU activation, chosen so that exp(log θ) reproduces θ exactly when some float does
+    /// (otherwise the nearest). θ ≤ 0 gives −∞ (θ = 0 fires for pre &gt; 0, as SAELens's threshold.relu() and the
+    /// Gemma Scope reference's relu(pre)·1[pre &gt; θ] do for any negative θ).
+    /// </summary>
+    internal static float LogThreshold(float theta)
+    {
+        if (float.IsNaN(theta)) throw new ArgumentOutOfRangeException(nameof(theta), "threshold is NaN");
+        if (!(theta > 0)) return float.NegativeInfinity;
+        if (float.IsPositiveInfinity(theta)) return float.PositiveInfinity;
+        float l = MathF.Log(theta), best = l;
+        float bestErr = MathF.Abs(MathF.Exp(l) - theta);
+        if (bestErr == 0) return l;
+        // exp is monotone: walk a few ulps either side of the rounded log for an exact (or closer) pre-image.
+        float up = l, down = l;
+        for (int i = 0; i < 8; i++)
+        {
+            up = MathF.BitIncrement(up);
+            down = MathF.BitDecrement(down);
+            foreach (float c in (ReadOnlySpan<float>)[up, down])
             {
-                if (!(theta[i] >= 0)) throw new InvalidDataException($"{wPath}: tensor 'threshold'[{i}] is {theta[i]}; JumpReLU thresholds must be ≥ 0");
-                dict.P.LogThreshold[i] = MathF.Log(theta[i]); // θ round-trips to within a few ulps (stored as log θ for training)
+                float err = MathF.Abs(MathF.Exp(c) - theta);
+                if (err == 0) return c;
+                if (err < bestErr) (best, bestErr) = (c, err);
             }
         }
-        if (act is BatchTopKActivation && file.Contains("threshold")) Read("threshold", dict.P.Threshold, 1);
-        return (dict, cfg);
+        return best;
+    }
+
+    /// <summary>The layer of a TransformerLens hook name ("blocks.12.hook_resid_post" → 12), or null.</summary>
+    internal static int? LayerOf(string hookName) =>
+        BlockIndex().Match(hookName) is { Success: true } m ? int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : null;
+
+    [GeneratedRegex(@"^blocks\.(\d+)\.")]
+    private static partial Regex BlockIndex();
+
+    /// <summary>Throws InvalidDataException naming <paramref name="what"/> and the first NaN or infinite value.</summary>
+    internal static void ThrowIfNotFinite(ReadOnlySpan<float> data, string what)
+    {
+        int bad = IndexOfNonFinite(data);
+        if (bad >= 0) throw new InvalidDataException($"{what}: element {bad} is {data[bad]}; weights must be finite");
+    }
+
+    static int IndexOfNonFinite(ReadOnlySpan<float> data)
+    {
+        for (int i = 0; i < data.Length; i++) if (!float.IsFinite(data[i])) return i;
+        return -1;
+    }
+
+    // architecture → (activation, transcoder, skip)
+    static readonly Dictionary<string, (string Activation, bool Transcoder, bool Skip)> s_architectures = new(StringComparer.Ordinal)
+    {
+        ["standard"] = ("standard", false, false),
+        ["jumprelu"] = ("jumprelu", false, false),
+        ["topk"] = ("topk", false, false),
+        ["batchtopk"] = ("batchtopk", false, false),
+        ["transcoder"] = ("standard", true, false),
+        ["skip_transcoder"] = ("standard", true, true),
+        ["jumprelu_transcoder"] = ("jumprelu", true, false),
+        ["jumprelu_skip_transcoder"] = ("jumprelu", true, true),
+        ["topk_transcoder"] = ("topk", true, false),
+        ["topk_skip_transcoder"] = ("topk", true, true),
+        ["batchtopk_transcoder"] = ("batchtopk", true, false),
+        ["batchtopk_skip_transcoder"] = ("batchtopk", true, true),
+    };
+
+    static (string Activation, bool Transcoder, bool Skip) ParseArchitecture(string arch, string cfgPath) =>
+        s_architectures.TryGetValue(arch, out var a) ? a
+            : throw new InvalidDataException($"{cfgPath}: unknown architecture '{arch}'; expected one of {string.Join(", ", s_architectures.Keys)}");
+
+    static string NormalizationOf(JsonNode? node, string cfgPath)
+    {
+        if (node is null) return "none";
+        string? value = node.GetValueKind() switch
+        {
+            JsonValueKind.False => "none",                          // pre-6 booleans: true meant expected_average_only_in
+            JsonValueKind.True => "expected_average_only_in",
+            JsonValueKind.String => node.GetValue<string>(),
+            _ => null,
+        };
+        switch (value)
+        {
+            case "none" or "expected_average_only_in": return value;
+            case "layer_norm" or "constant_norm_rescale":
+                throw new InvalidDataException($"{cfgPath}: field 'normalize_activations' is '{value}': SAELens normalises every input at run time " +
+                    "and un-normalises the output; Loupe's dictionaries take raw activations and do not, so this SAE is not supported");
+            default:
+                throw new InvalidDataException($"{cfgPath}: field 'normalize_activations' is {node.ToJsonString()}; expected none, expected_average_only_in, layer_norm or constant_norm_rescale");
+        }
+    }
+
+    static int IntegerField(JsonNode? node, string name, string cfgPath)
+    {
+        if (node is null) return 0;
+        if (node.GetValueKind() == JsonValueKind.Number && node.GetValue<double>() is double d && d == Math.Floor(d) && d is >= 0 and <= int.MaxValue)
+            return (int)d;
+        throw new InvalidDataException($"{cfgPath}: field '{name}' should be a non-negative integer, found {node.ToJsonString()}");
+    }
+
+    static float ScalingFactorFromScaler(string folder, string cfgPath)
+    {
+        string path = Path.GetFullPath(Path.Combine(folder, ActivationScalerFile));
+        string hint = $"{cfgPath}: normalize_activations is 'expected_average_only_in': the weights expect inputs multiplied by a scaling factor " +
+            "(√d_in / mean ‖x‖) that is not folded in";
+        if (!File.Exists(path))
+            throw new InvalidDataException($"{hint}, and there is no {ActivationScalerFile} beside it; pass the factor (SaeLensFormat.Load(folder, normScalingFactor: c))");
+        JsonObject scaler;
+        try { scaler = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: not a JSON object"); }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: invalid JSON: {e.Message}", e); }
+        if (scaler["has_whitening"] is JsonNode w && w.GetValueKind() == JsonValueKind.True)
+            throw new InvalidDataException($"{path}: has_whitening is true; SAELens's activation whitening is not supported");
+        if (scaler["scaling_factor"] is not JsonNode sf || sf.GetValueKind() != JsonValueKind.Number)
+            throw new InvalidDataException($"{hint}, and {path} has no numeric 'scaling_factor'; pass the factor (SaeLensFormat.Load(folder, normScalingFactor: c))");
+        return (float)sf.GetValue<double>();
+    }
+
+    // SAELens's _fold_norm_topk: with rescale_acts_by_decoder_norm, TopK ranks pre·‖W_dec[i]‖ and decodes acts/‖W_dec[i]‖.
+    // Scaling W_enc's column i and b_enc[i] by n_i = ‖W_dec[i]‖ and W_dec's row i by 1/n_i gives the same acts and output.
+    static void FoldDecoderNorms(SparseDictionary dict)
+    {
+        int dIn = dict.Shape.DIn, dSae = dict.Shape.DSae, dOut = dict.Shape.DOut;
+        for (int i = 0; i < dSae; i++)
+        {
+            var row = dict.P.WDec.AsSpan(i * dOut, dOut);
+            float n = MathF.Max(System.Numerics.Tensors.TensorPrimitives.Norm(row), 1e-8f);
+            System.Numerics.Tensors.TensorPrimitives.Divide(row, n, row);
+            dict.P.BEnc[i] *= n;
+            for (int j = 0; j < dIn; j++) dict.P.WEnc[j * dSae + i] *= n;
+        }
+    }
+
+    // [rows, cols] → [cols, rows]
+    static float[] Transpose(ReadOnlySpan<float> src, int rows, int cols)
+    {
+        var dst = new float[src.Length];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) dst[c * rows + r] = src[r * cols + c];
+        return dst;
     }
 }

@@ -168,38 +168,72 @@ public sealed class SparseDictionary
     /// <remarks>
     /// With <paramref name="deadFeatures"/> and <paramref name="auxKCoefficient"/> &gt; 0, adds TopK's auxiliary
     /// loss (Gao et al. 2024) for activations with <see cref="SaeActivation.SupportsAuxK"/>; see <see cref="AuxK"/>.
+    /// <paramref name="firesOut"/> [d_sae], when given, receives how many rows each feature fired on.
+    /// When at most <see cref="SparseDensity"/> of the activations are nonzero, the decoder products run on the
+    /// sparse rows (batch·L0·d instead of batch·d_sae·d); only the encoder products stay dense GEMMs.
+    /// Reuses internal buffers between calls: not safe to call concurrently on one dictionary.
     /// </remarks>
     public SaeLoss ForwardBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> target, int batch, float sparsityCoefficient,
         SaeParameters? grad, bool training = true, Span<float> actsOut = default,
-        ReadOnlySpan<bool> deadFeatures = default, float auxKCoefficient = 0)
+        ReadOnlySpan<bool> deadFeatures = default, float auxKCoefficient = 0, Span<int> firesOut = default)
     {
         int dIn = Shape.DIn, dSae = Shape.DSae, dOut = Shape.DOut;
         if (batch <= 0) throw new ArgumentOutOfRangeException(nameof(batch));
         if (target.Length < batch * dOut) throw new ArgumentException($"target has {target.Length} floats, expected batch·d_out = {batch * dOut}");
-        var xIn = new float[batch * dIn];     // [batch, d_in]
-        var pre = new float[batch * dSae];    // [batch, d_sae]
-        var acts = new float[batch * dSae];   // [batch, d_sae]
-        var err = new float[batch * dOut];    // [batch, d_out] recon − target
+        var w = WorkspaceFor(batch);
+        long t0 = s_debug ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
+        void Mark(string what)
+        {
+            if (!s_debug) return;
+            long now = System.Diagnostics.Stopwatch.GetTimestamp();
+            Console.Error.WriteLine($"[loupe] sae {what,-22} [{batch}, {dSae}] +{(now - t0) * 1000.0 / System.Diagnostics.Stopwatch.Frequency:F3} ms");
+            t0 = now;
+        }
+        float[] xIn = w.XIn, pre = w.Pre, acts = w.Acts, err = w.Err; // [batch, d_in], [batch, d_sae] ×2, [batch, d_out] recon − target
         EncodePre(x, batch, xIn, pre);
+        Mark("encode GEMM");
         Activation.Forward(pre, acts, batch, dSae, training, P);
-        Decode(acts, x, batch, err);
+        Mark("activation");
+        long nnz = SparseRows.CountNonzero(acts, batch, dSae, w.RowCounts);
+        bool sparse = nnz <= SparseDensity * batch * (double)dSae;
+        if (sparse) w.Rows.Build(acts, batch, dSae, w.RowCounts);
+        Mark("sparse rows");
+
+        // recon = acts·W_dec + b_dec (+ x·W_skip), written into err then − target
+        for (int b = 0; b < batch; b++) P.BDec.CopyTo(err.AsSpan(b * dOut, dOut));
+        if (sparse) w.Rows.MultiplyAdd(P.WDec, dOut, err);
+        else Gemm.Sgemm(false, false, batch, dOut, dSae, 1f, acts, dSae, P.WDec, dOut, 1f, err, dOut);
+        if (Shape.Skip) Gemm.Sgemm(false, false, batch, dOut, dIn, 1f, x, dIn, P.WSkip, dOut, 1f, err, dOut);
         TensorPrimitives.Subtract(err, target[..(batch * dOut)], err);
+        Mark("decode");
 
         // mse = Σ_b Σ_d err² / batch
         float mse = TensorPrimitives.SumOfSquares(err) / batch;
-        float l0 = 0;
-        foreach (float a in acts) if (a != 0) l0++;
-        l0 /= batch;
+        float l0 = (float)nnz / batch;
         float ev = ExplainedVariance(err, target, batch, dOut);
+        Mark("metrics");
+        if (!firesOut.IsEmpty)
+        {
+            firesOut[..dSae].Clear();
+            if (sparse) w.Rows.CountFires(firesOut);
+            else for (int b = 0; b < batch; b++) for (int i = 0; i < dSae; i++) if (acts[b * dSae + i] != 0) firesOut[i]++;
+        }
 
-        var dActs = new float[batch * dSae];  // [batch, d_sae]
-        var dPre = new float[batch * dSae];   // [batch, d_sae]
-        if (grad is not null) grad.Clear();
+        float[] dActs = w.DActs, dPre = w.DPre; // [batch, d_sae] each
+        if (grad is not null)
+        {
+            grad.Clear();
+            ParallelClear(dActs);
+            ParallelClear(dPre);
+        }
+        Mark("clear");
         float sparsity = Activation.Sparsity(pre, acts, batch, dSae, sparsityCoefficient, P, dActs, dPre, grad);
+        Mark("sparsity");
         if (!actsOut.IsEmpty) acts.CopyTo(actsOut);
         if (training) Activation.AfterTrainingForward(acts, batch, dSae, P);
         float aux = auxKCoefficient > 0 && Activation.SupportsAuxK && !deadFeatures.IsEmpty
             ? AuxK(pre, err, batch, deadFeatures, auxKCoefficient, grad, dPre) : 0f;
+        Mark("aux-k");
         var result = new SaeLoss(mse + sparsity + aux, mse, sparsity, l0, ev, aux);
         if (grad is null) return result;
 
@@ -207,24 +241,82 @@ public sealed class SparseDictionary
         var dRecon = err;
         TensorPrimitives.Multiply(dRecon, 2f / batch, dRecon);
         // recon = acts·W_dec + b_dec + x·W_skip
-        Gemm.Sgemm(true, false, dSae, dOut, batch, 1f, acts, dSae, dRecon, dOut, 1f, grad.WDec, dOut);   // dW_dec += actsᵀ·dRecon
-        for (int b = 0; b < batch; b++) TensorPrimitives.Add(grad.BDec, dRecon.AsSpan(b * dOut, dOut), grad.BDec);
-        Gemm.Sgemm(false, true, batch, dSae, dOut, 1f, dRecon, dOut, P.WDec, dOut, 1f, dActs, dSae);   // dActs += dRecon·W_decᵀ
+        if (sparse && Activation.GradientOnlyWhereActive)
+        {
+            w.Rows.AccumulateOuter(dRecon, dOut, grad.WDec);                                          // dW_dec += actsᵀ·dRecon
+            var dots = w.EntryBuffer(w.Rows.Nnz);
+            w.Rows.DotWithRows(P.WDec, dOut, dRecon, dots);                                          // dActs += dRecon·W_decᵀ where active
+            var rows = w.Rows;
+            RowParallel.For(batch, (int)Math.Max(1, nnz / batch), b =>
+            {
+                for (int j = rows.RowStart[b]; j < rows.RowStart[b + 1]; j++) dActs[b * dSae + rows.Col[j]] += dots[j];
+            });
+        }
+        else
+        {
+            Gemm.Sgemm(true, false, dSae, dOut, batch, 1f, acts, dSae, dRecon, dOut, 1f, grad.WDec, dOut);   // dW_dec += actsᵀ·dRecon
+            Gemm.Sgemm(false, true, batch, dSae, dOut, 1f, dRecon, dOut, P.WDec, dOut, 1f, dActs, dSae);   // dActs += dRecon·W_decᵀ
+        }
+        ColumnSum(dRecon, batch, dOut, grad.BDec);
         if (Shape.Skip) Gemm.Sgemm(true, false, dIn, dOut, batch, 1f, x, dIn, dRecon, dOut, 0f, grad.WSkip, dOut);
+        Mark("decoder backward");
         // acts = f(pre)
         Activation.Backward(pre, acts, dActs, dPre, batch, dSae, P, grad);
+        Mark("activation backward");
         // pre = x_in·W_enc + b_enc
         Gemm.Sgemm(true, false, dIn, dSae, batch, 1f, xIn, dIn, dPre, dSae, 0f, grad.WEnc, dSae);
-        for (int b = 0; b < batch; b++) TensorPrimitives.Add(grad.BEnc, dPre.AsSpan(b * dSae, dSae), grad.BEnc);
-        // x_in = x − b_dec  ⇒  db_dec −= Σ_b dPre·W_encᵀ
+        Mark("dW_enc GEMM");
+        ColumnSum(dPre, batch, dSae, grad.BEnc);
+        // x_in = x − b_dec  ⇒  db_dec −= Σ_b dPre[b]·W_encᵀ = W_enc·(Σ_b dPre[b]) = W_enc·db_enc
         if (Shape.ApplyBDecToInput)
         {
-            var dXIn = new float[batch * dIn];
-            Gemm.Sgemm(false, true, batch, dIn, dSae, 1f, dPre, dSae, P.WEnc, dSae, 0f, dXIn, dIn);
-            for (int b = 0; b < batch; b++) TensorPrimitives.Subtract(grad.BDec, dXIn.AsSpan(b * dIn, dIn), grad.BDec);
+            var dXInSum = new float[dIn]; // [d_in]
+            Gemm.Sgemm(false, false, dIn, 1, dSae, 1f, P.WEnc, dSae, grad.BEnc, 1, 0f, dXInSum, 1);
+            TensorPrimitives.Subtract(grad.BDec, dXInSum, grad.BDec);
         }
         return result;
     }
+
+    /// <summary>
+    /// Largest fraction of nonzero activations for which the decoder products run on sparse rows (default 0.05;
+    /// 0 forces dense GEMMs, 1 forces the sparse path). Both paths compute the same quantities.
+    /// </summary>
+    public double SparseDensity { get; set; } = 0.05;
+
+    /// <summary>into[j] += Σ_b m[b, j] (columns split among threads; each sums its rows in order).</summary>
+    static void ColumnSum(float[] m, int rows, int cols, float[] into)
+    {
+        const int Block = 1024;
+        int blocks = (cols + Block - 1) / Block;
+        RowParallel.For(blocks, rows * Math.Min(Block, cols), blk =>
+        {
+            int c0 = blk * Block, n = Math.Min(Block, cols - c0);
+            var dst = into.AsSpan(c0, n);
+            for (int b = 0; b < rows; b++) TensorPrimitives.Add(dst, m.AsSpan(b * cols + c0, n), dst);
+        });
+    }
+
+    static void ParallelClear(float[] a) => RowParallel.Chunks(a.Length, (s, e) => Array.Clear(a, (int)s, (int)(e - s)), 1 << 18);
+
+    sealed class Workspace(int batch, SaeShape s)
+    {
+        public readonly int Batch = batch;
+        public readonly float[] XIn = new float[batch * s.DIn];     // [batch, d_in]
+        public readonly float[] Pre = new float[batch * s.DSae];    // [batch, d_sae]
+        public readonly float[] Acts = new float[batch * s.DSae];   // [batch, d_sae]
+        public readonly float[] DActs = new float[batch * s.DSae];  // [batch, d_sae]
+        public readonly float[] DPre = new float[batch * s.DSae];   // [batch, d_sae]
+        public readonly float[] Err = new float[batch * s.DOut];    // [batch, d_out]
+        public readonly int[] RowCounts = new int[batch];           // [batch] nonzeros per row
+        public readonly SparseRows Rows = new();
+        public readonly SparseRows AuxRows = new();
+        float[] _entries = [];
+        public float[] EntryBuffer(int n) => _entries.Length >= n ? _entries : _entries = new float[n];
+    }
+
+    static readonly bool s_debug = Environment.GetEnvironmentVariable("LOUPE_DEBUG") == "1";
+    Workspace? _workspace;
+    Workspace WorkspaceFor(int batch) => _workspace is { } w && w.Batch == batch ? w : _workspace = new Workspace(batch, Shape);
 
     /// <summary>
     /// Folds an input scaling x' = c·x used in training into the weights, so the dictionary takes raw x
@@ -256,27 +348,51 @@ public sealed class SparseDictionary
         if (deadIdx.Count == 0) return 0f;
         int kAux = Math.Min(kNominal, deadIdx.Count);
         float scale = coefficient * Math.Min((float)deadIdx.Count / kNominal, 1f);
-        var aux = new float[batch * dSae];     // [batch, d_sae] z_aux
-        var keys = new float[deadIdx.Count];
-        var idx = new int[deadIdx.Count];
+        var dIdx = deadIdx.ToArray();
+        // z_aux as sparse rows: per row the k_aux largest dead pre-activations, ReLU'd (zeros dropped)
+        var picked = new int[batch * kAux];     // [batch, k_aux] feature index, −1 when ReLU'd to 0
+        var pickedVal = new float[batch * kAux];
+        var counts = new int[batch];
+        var preArr = _workspace!.Pre;
+        RowParallel.For(batch, dIdx.Length, b =>
+        {
+            var keys = new float[dIdx.Length];
+            for (int j = 0; j < dIdx.Length; j++) keys[j] = preArr[b * dSae + dIdx[j]];
+            Span<int> top = kAux <= 1024 ? stackalloc int[kAux] : new int[kAux];
+            int n = TopKSelection.Largest(keys, kAux, top);
+            top[..n].Sort();
+            int c = 0;
+            for (int r = 0; r < n; r++)
+            {
+                float v = keys[top[r]];
+                if (v > 0) { picked[b * kAux + c] = dIdx[top[r]]; pickedVal[b * kAux + c] = v; c++; }
+            }
+            counts[b] = c;
+        });
+        var aux = _workspace.AuxRows;
+        aux.Batch = batch;
+        aux.Width = dSae;
+        if (aux.RowStart.Length < batch + 1) aux.RowStart = new int[batch + 1];
+        for (int b = 0; b < batch; b++) aux.RowStart[b + 1] = aux.RowStart[b] + counts[b];
+        if (aux.Col.Length < aux.Nnz) { aux.Col = new int[aux.Nnz]; aux.Val = new float[aux.Nnz]; }
         for (int b = 0; b < batch; b++)
         {
-            for (int j = 0; j < deadIdx.Count; j++) { idx[j] = deadIdx[j]; keys[j] = -pre[b * dSae + deadIdx[j]]; }
-            Array.Sort(keys, idx);
-            for (int r = 0; r < kAux; r++) aux[b * dSae + idx[r]] = Math.Max(pre[b * dSae + idx[r]], 0f);
+            Array.Copy(picked, b * kAux, aux.Col, aux.RowStart[b], counts[b]);
+            Array.Copy(pickedVal, b * kAux, aux.Val, aux.RowStart[b], counts[b]);
         }
         // diff = ê − e = z_aux·W_dec + err   (e = −err)
         var diff = new float[batch * dOut];    // [batch, d_out]
         err[..(batch * dOut)].CopyTo(diff);
-        Gemm.Sgemm(false, false, batch, dOut, dSae, 1f, aux, dSae, P.WDec, dOut, 1f, diff, dOut);
+        aux.MultiplyAdd(P.WDec, dOut, diff);
         float loss = scale * TensorPrimitives.SumOfSquares(diff) / batch;
         if (grad is null) return loss;
         // L_aux = scale·Σ diff² / batch  ⇒  dê = 2·scale·diff / batch
         TensorPrimitives.Multiply(diff, 2f * scale / batch, diff);
-        Gemm.Sgemm(true, false, dSae, dOut, batch, 1f, aux, dSae, diff, dOut, 1f, grad.WDec, dOut);
-        var dAux = new float[batch * dSae];    // [batch, d_sae]
-        Gemm.Sgemm(false, true, batch, dSae, dOut, 1f, diff, dOut, P.WDec, dOut, 0f, dAux, dSae);
-        for (int i = 0; i < batch * dSae; i++) if (aux[i] > 0) dPre[i] += dAux[i];
+        aux.AccumulateOuter(diff, dOut, grad.WDec);                      // dW_dec += z_auxᵀ·dê
+        var dots = new float[aux.Nnz];
+        aux.DotWithRows(P.WDec, dOut, diff, dots);                       // dz_aux = dê·W_decᵀ where z_aux > 0
+        for (int b = 0; b < batch; b++)
+            for (int j = aux.RowStart[b]; j < aux.RowStart[b + 1]; j++) dPre[b * dSae + aux.Col[j]] += dots[j];
         return loss;
     }
 

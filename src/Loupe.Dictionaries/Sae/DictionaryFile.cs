@@ -1,0 +1,47 @@
+namespace Loupe.Dictionaries.Sae;
+
+/// <summary>
+/// Loads a dictionary from whichever published layout a path holds, so every verb takes one <c>--sae PATH</c>:
+/// a SAELens folder (<c>cfg.json</c> + <c>sae_weights.safetensors</c>) or either of its files, or a Gemma Scope
+/// <c>params.npz</c> or a folder holding one (and no cfg.json).
+/// </summary>
+public static class DictionaryFile
+{
+    /// <summary>Loads the dictionary at <paramref name="path"/>; the config carries the hook name and SAELens fields.</summary>
+    /// <param name="path">A SAELens folder, its cfg.json or sae_weights.safetensors, a .npz file, or a folder with params.npz.</param>
+    /// <param name="hookName">
+    /// Gemma Scope only (the hook is not stored in a .npz): the hook the SAE reads. When null it is inferred from the
+    /// published folder layout where that is unambiguous (see <see cref="GemmaScopeFormat.ConfigFromPath"/>).
+    /// </param>
+    /// <exception cref="FileNotFoundException">Nothing loadable exists at the path.</exception>
+    /// <exception cref="InvalidDataException">
+    /// The files are malformed (see <see cref="SaeLensFormat.Load"/> and <see cref="GemmaScopeFormat.Load"/>).
+    /// </exception>
+    /// <exception cref="ArgumentException"><paramref name="hookName"/> is given for a SAELens folder, whose cfg.json names its hook.</exception>
+    public static (SparseDictionary Dictionary, SaeLensConfig Config) Load(string path, string? hookName = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        if (File.Exists(path))
+        {
+            string name = Path.GetFileName(path);
+            if (name is SaeLensFormat.ConfigFile or SaeLensFormat.WeightsFile)
+                return SaeLens(Path.GetDirectoryName(Path.GetFullPath(path))!, hookName);
+            if (path.EndsWith(".npz", StringComparison.OrdinalIgnoreCase)) return GemmaScopeFormat.Load(path, hookName);
+            throw new InvalidDataException(
+                $"'{path}' is not a dictionary file: expected a SAELens {SaeLensFormat.ConfigFile} or {SaeLensFormat.WeightsFile}, or a Gemma Scope .npz");
+        }
+        if (Directory.Exists(path))
+        {
+            if (File.Exists(Path.Combine(path, SaeLensFormat.ConfigFile))) return SaeLens(path, hookName);
+            if (File.Exists(Path.Combine(path, GemmaScopeFormat.ParamsFile))) return GemmaScopeFormat.Load(path, hookName);
+            throw new FileNotFoundException(
+                $"no dictionary in folder '{path}': expected a SAELens {SaeLensFormat.ConfigFile} + {SaeLensFormat.WeightsFile}, or a Gemma Scope {GemmaScopeFormat.ParamsFile}", path);
+        }
+        throw new FileNotFoundException(
+            $"no dictionary at '{path}': expected a SAELens folder (cfg.json + sae_weights.safetensors) or a Gemma Scope params.npz", path);
+    }
+
+    static (SparseDictionary, SaeLensConfig) SaeLens(string folder, string? hookName) =>
+        hookName is null ? SaeLensFormat.Load(folder)
+            : throw new ArgumentException($"a hook name is only taken for Gemma Scope .npz files; the SAELens folder '{folder}' names its own hook in cfg.json", nameof(hookName));
+}

@@ -1,0 +1,174 @@
+using System.Diagnostics;
+using Loupe.Dictionaries.Harvest;
+using Loupe.Dictionaries.Sae;
+using Loupe.Testing;
+using static Loupe.Cli.Tests.CliHarness;
+
+namespace Loupe.Cli.Tests;
+
+/// <summary><c>loupe sae train</c> and <c>loupe harvest</c>: outputs, errors, and resuming after a real kill.</summary>
+[Collection("console")]
+public class SaeTrainCommandTests : IDisposable
+{
+    const string Model = "models/stories260K";
+    const string Brown = "datasets/brown-corpus";
+    readonly string _dir = Path.Combine(Path.GetTempPath(), "loupe-sae-cli-" + Guid.NewGuid().ToString("N"));
+    public void Dispose() { if (Directory.Exists(_dir)) Directory.Delete(_dir, true); }
+    string Sub(string name) => Path.Combine(_dir, name);
+
+    string[] HarvestArgs(string output, int contexts, int shardTokens) =>
+    [
+        "harvest", "--model", SharedData.Require(Model), "--source", "brown:" + SharedData.Require(Brown),
+        "--hooks", "blocks.2.hook_resid_post", "--context-size", "64", "--max-contexts", contexts.ToString(),
+        "--shard-tokens", shardTokens.ToString(), "--out", output,
+    ];
+
+    static string[] TrainArgs(string store, string output, int steps) =>
+    [
+        "sae", "train", "--activations", store, "--architecture", "topk", "--k", "8", "--d-sae", "256",
+        "--steps", steps.ToString(), "--batch-size", "256", "--lr", "1e-3", "--checkpoint-every", "25", "--dead-window", "5000",
+        "--normalize", "--seed", "3", "--out", output,
+    ];
+
+    [RequiresSharedFact(Model, Brown)]
+    public void TrainWritesASaeLensDictionaryForTheHarvestedHook()
+    {
+        var (code, _, err) = RunLoupe(HarvestArgs(Sub("acts"), 48, 1000));
+        Assert.True(code == 0, err);
+        (code, var stdout, err) = RunLoupe(TrainArgs(Sub("acts"), Sub("sae"), 60));
+        Assert.True(code == 0, err);
+        Assert.Contains("topk d_in 64 → d_sae 256", stdout);
+        var (dict, cfg) = DictionaryFile.Load(Sub("sae"));
+        Assert.Equal("blocks.2.hook_resid_post", cfg.HookName);
+        Assert.Equal(2, cfg.HookLayer);
+        Assert.Equal(256, dict.Shape.DSae);
+        Assert.Equal(60, SaeTrainingRun.ReadLog(Sub("sae")).Count);
+        Assert.True(File.Exists(Path.Combine(Sub("sae"), SaeTrainingRun.CheckpointFile)));
+
+        // a second run into the same folder must not silently overwrite it
+        (code, _, err) = RunLoupe(TrainArgs(Sub("acts"), Sub("sae"), 60));
+        Assert.Equal(1, code);
+        Assert.Contains("--resume", err);
+    }
+
+    [RequiresSharedFact(Model, Brown)]
+    public void BadInputsAreClearErrors()
+    {
+        var (code, _, err) = RunLoupe("sae", "train", "--activations", Sub("nothing-here"), "--out", Sub("o"));
+        Assert.Equal(1, code);
+        Assert.Contains("nothing-here", err);
+
+        (code, _, err) = RunLoupe(HarvestArgs(Sub("acts"), 16, 1000));
+        Assert.True(code == 0, err);
+        (code, _, err) = RunLoupe("sae", "train", "--activations", Sub("acts"), "--hook", "blocks.9.hook_resid_post", "--out", Sub("o"));
+        Assert.Equal(1, code);
+        Assert.Contains("blocks.9.hook_resid_post", err);
+        Assert.Contains("blocks.2.hook_resid_post", err); // what the harvest does hold
+
+        (code, _, err) = RunLoupe("sae", "train", "--model", SharedData.Require(Model), "--source", "brown:" + SharedData.Require(Brown),
+            "--hook", "blocks.2.hook_resid_pots", "--max-contexts", "8", "--out", Sub("o"));
+        Assert.Equal(1, code);
+        Assert.Contains("blocks.2.hook_resid_pots", err);
+        Assert.Contains("does not exist", err);
+
+        (code, _, err) = RunLoupe("sae", "train", "--out", Sub("o"));
+        Assert.Equal(1, code);
+        Assert.Contains("--activations", err);
+
+        // a corrupt shard is named
+        var shard = Directory.GetFiles(Sub("acts"), "shard-*.safetensors").First();
+        var bytes = File.ReadAllBytes(shard);
+        File.WriteAllBytes(shard, bytes.AsSpan(0, bytes.Length / 2).ToArray());
+        (code, _, err) = RunLoupe(TrainArgs(Sub("acts"), Sub("o2"), 10));
+        Assert.Equal(1, code);
+        Assert.Contains(Path.GetFileName(shard), err);
+        Assert.False(File.Exists(Path.Combine(Sub("o2"), SaeLensFormat.WeightsFile)));
+    }
+
+    [RequiresSharedFact(Model, Brown)]
+    public void TrainOnTheFlyFromTheModelWithoutTouchingDisk()
+    {
+        var (code, stdout, err) = RunLoupe("sae", "train", "--model", SharedData.Require(Model), "--source", "brown:" + SharedData.Require(Brown),
+            "--hook", "blocks.2.hook_resid_post", "--context-size", "64", "--max-contexts", "32", "--contexts-per-window", "8",
+            "--architecture", "standard", "--sparsity", "1", "--d-sae", "128", "--steps", "20", "--batch-size", "128", "--out", Sub("fly"));
+        Assert.True(code == 0, err);
+        Assert.Contains("standard d_in 64 → d_sae 128", stdout);
+        Assert.Equal("blocks.2.hook_resid_post", DictionaryFile.Load(Sub("fly")).Config.HookName);
+    }
+
+    // ---- killing a real child process and resuming ----
+
+    static Process StartLoupe(IEnumerable<string> args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "loupe.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        var p = Process.Start(psi)!;
+        p.OutputDataReceived += (_, _) => { };
+        p.ErrorDataReceived += (_, _) => { };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        return p;
+    }
+
+    static void RunToEnd(IEnumerable<string> args)
+    {
+        using var p = StartLoupe(args);
+        Assert.True(p.WaitForExit(TimeSpan.FromMinutes(3)), "loupe did not finish in 3 minutes");
+        Assert.Equal(0, p.ExitCode);
+    }
+
+    /// <summary>Starts loupe, kills it (SIGKILL) as soon as <paramref name="ready"/> holds, and checks it had not finished.</summary>
+    static void KillWhen(IEnumerable<string> args, Func<bool> ready)
+    {
+        using var p = StartLoupe(args);
+        var clock = Stopwatch.StartNew();
+        while (!ready())
+        {
+            Assert.False(p.HasExited, "loupe finished before it could be killed: make the job longer");
+            Assert.True(clock.Elapsed < TimeSpan.FromMinutes(2), "loupe never reached the point to kill it at");
+            Thread.Sleep(5);
+        }
+        Assert.False(p.HasExited, "loupe finished before it could be killed: make the job longer");
+        p.Kill(entireProcessTree: true);
+        p.WaitForExit();
+    }
+
+    static void AssertSameFiles(string expected, string actual, string pattern)
+    {
+        var want = Directory.GetFiles(expected, pattern).Select(Path.GetFileName).Order().ToArray();
+        var got = Directory.GetFiles(actual, pattern).Select(Path.GetFileName).Order().ToArray();
+        Assert.Equal(want, got);
+        Assert.NotEmpty(want);
+        foreach (var f in want)
+            Assert.True(File.ReadAllBytes(Path.Combine(expected, f!)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(actual, f!))), $"{f} differs after kill + resume");
+    }
+
+    [RequiresSharedFact(Model, Brown)]
+    public void KilledHarvestResumesToTheSameShards()
+    {
+        var args = HarvestArgs(Sub("whole"), 240, 630);
+        RunToEnd(args);
+        string killed = Sub("killed");
+        KillWhen(HarvestArgs(killed, 240, 630), () => Directory.Exists(killed) && Directory.GetFiles(killed, "shard-*.safetensors").Length >= 2);
+        Assert.True(HarvestManifest.Load(killed) is { Complete: false }, "the killed harvest should be incomplete");
+        RunToEnd(HarvestArgs(killed, 240, 630));
+        AssertSameFiles(Sub("whole"), killed, "shard-*.safetensors");
+        Assert.Equal(File.ReadAllText(Path.Combine(Sub("whole"), HarvestManifest.FileName)), File.ReadAllText(Path.Combine(killed, HarvestManifest.FileName)));
+        Assert.Empty(Directory.GetFiles(killed, "*.tmp-*"));
+    }
+
+    [RequiresSharedFact(Model, Brown)]
+    public void KilledTrainingResumesToTheSameFinalCheckpoint()
+    {
+        var (code, _, err) = RunLoupe(HarvestArgs(Sub("acts"), 64, 1000));
+        Assert.True(code == 0, err);
+        RunToEnd(TrainArgs(Sub("acts"), Sub("whole"), 2500));
+        string killed = Sub("killed");
+        KillWhen(TrainArgs(Sub("acts"), killed, 2500), () => File.Exists(Path.Combine(killed, SaeTrainingRun.CheckpointFile)));
+        Assert.False(File.Exists(Path.Combine(killed, SaeLensFormat.WeightsFile)), "the killed run should not have finished");
+        RunToEnd([.. TrainArgs(Sub("acts"), killed, 2500), "--resume"]);
+        AssertSameFiles(Sub("whole"), killed, "*.safetensors"); // checkpoint.safetensors and sae_weights.safetensors
+        Assert.Equal(File.ReadAllText(Path.Combine(Sub("whole"), SaeTrainingRun.LogFile)), File.ReadAllText(Path.Combine(killed, SaeTrainingRun.LogFile)));
+    }
+}
