@@ -1,0 +1,336 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Numerics.Tensors;
+using Loupe.Dictionaries.Harvest;
+using Loupe.Dictionaries.Sae;
+using Loupe.Models;
+using Loupe.Models.Hooks;
+
+namespace Loupe.Dictionaries.Features;
+
+/// <summary>Settings of a feature-dashboard build. Defaults follow SAEDashboard where it has one.</summary>
+public sealed record FeatureBuildOptions
+{
+    /// <summary>Hook point the dictionary reads; null takes cfg.json's hook_name.</summary>
+    public string? Hook { get; init; }
+    /// <summary>Contexts per forward pass (memory: batch·context_size·d_sae floats of feature activations).</summary>
+    public int BatchSize { get; init; } = 8;
+    /// <summary>Top-activating examples kept per feature (SAEDashboard top_acts_group_size = 20).</summary>
+    public int TopK { get; init; } = 20;
+    /// <summary>Equal-width activation intervals over (0, max] to sample from (SAEDashboard n_quantiles = 10).</summary>
+    public int Quantiles { get; init; } = 10;
+    /// <summary>Examples sampled per interval (SAEDashboard quantile_group_size = 5).</summary>
+    public int QuantileSamples { get; init; } = 5;
+    /// <summary>Bins of the activation histogram and of the logit histogram (SAEDashboard n_bins = 50).</summary>
+    public int HistogramBins { get; init; } = 50;
+    /// <summary>Positions kept on each side of an example token for highlighting (window of 2·Window + 1).</summary>
+    public int Window { get; init; } = 16;
+    /// <summary>Promoted and suppressed tokens kept per feature (SAEDashboard logits table n_rows = 10); 0 skips logit effects.</summary>
+    public int LogitCount { get; init; } = 10;
+    /// <summary>Leave each context's first position (BOS) out of every statistic and example: its activations are outliers.</summary>
+    public bool SkipBos { get; init; } = true;
+    /// <summary>Seed of the interval sampling.</summary>
+    public int Seed { get; init; }
+
+    /// <summary>Checks every count (cheap: call it before loading a model).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">A count is out of range (the message names it and its value).</exception>
+    public void Validate()
+    {
+        // paramName null keeps the message to one readable line for the CLI.
+        static void AtLeast(int v, int min, string name)
+        {
+            if (v < min) throw new ArgumentOutOfRangeException(null, $"{name} must be at least {min}; got {v}");
+        }
+        AtLeast(BatchSize, 1, nameof(BatchSize));
+        AtLeast(TopK, 1, nameof(TopK));
+        AtLeast(Quantiles, 1, nameof(Quantiles));
+        AtLeast(QuantileSamples, 1, nameof(QuantileSamples));
+        AtLeast(HistogramBins, 1, nameof(HistogramBins));
+        AtLeast(Window, 0, nameof(Window));
+        AtLeast(LogitCount, 0, nameof(LogitCount));
+    }
+}
+
+/// <summary>Progress of a build: <paramref name="Stage"/> is "pass 1/2", "pass 2/2", "logit effects" or "writing".</summary>
+public readonly record struct FeatureBuildProgress(string Stage, long Done, long Total, double TokensPerSecond);
+
+/// <summary>
+/// What a build wrote: the store's path, the hook read, d_sae, the tokens the statistics cover (BOS
+/// positions excluded when skipped), features that never fired, contexts and example rows stored, the
+/// memory held by the streaming per-feature state, and the wall time.
+/// </summary>
+public sealed record FeatureBuildSummary(string Path, string Hook, int DSae, long Tokens, int DeadFeatures, int ContextsStored, long Examples,
+    long StateBytes, double Seconds);
+
+/// <summary>
+/// Builds the dashboard data of every feature of a dictionary into a SQLite feature store
+/// (schema: <see cref="FeatureStoreSchema"/>, docs/feature-store.md):
+/// 1. check the hook exists and is d_in wide (a forward pass over one context);
+/// 2. pass 1 — run the model over the contexts batch by batch, read the hook, encode every token;
+///    per feature count active tokens (activation &gt; 0), sum and max them, and keep the top K in a
+///    bounded heap with the feature's activations over a ±window around each;
+/// 3. pass 2 — the same forward passes again, now that each feature's max is known: count active
+///    tokens in B equal bins of (0, max] (the histogram) and reservoir-sample S tokens from each of Q
+///    equal intervals of (0, max] (SAEDashboard's quantile groups, exactly: intervals of the final max);
+/// 4. logit effects: W_dec[f] through the final norm's weight into W_U (<see cref="LogitEffects"/>);
+/// 5. write everything to a temporary file beside the output and rename it over the output, so a
+///    killed or cancelled build leaves no partial store.
+/// Two passes cost two forward passes per context; in exchange the histogram and the intervals use
+/// each feature's true max and nothing grows with the corpus. Memory:
+/// d_sae·(K + Q·S)·((2·window + 1)·4 + 12) bytes of examples, d_sae·B·8 of histogram, one batch of activations.
+/// </summary>
+public static class FeatureDashboardBuilder
+{
+    /// <summary>Builds the feature store of <paramref name="dictionary"/> over <paramref name="contexts"/> into <paramref name="outputPath"/>.</summary>
+    /// <param name="model">The model the dictionary belongs to.</param>
+    /// <param name="dictionary">The SAE or transcoder; its input is read at the hook.</param>
+    /// <param name="config">The dictionary's cfg.json (hook name, provenance).</param>
+    /// <param name="contexts">Token contexts, each starting with BOS (see <see cref="ContextBuilder"/>).</param>
+    /// <param name="outputPath">The SQLite file to write (replaced atomically if it exists).</param>
+    /// <param name="options">Settings; null for the defaults.</param>
+    /// <param name="dictionaryPath">Where the dictionary was loaded from, recorded in the store's meta table.</param>
+    /// <param name="progress">Reports after each batch and stage.</param>
+    /// <param name="cancellationToken">Checked between batches and while writing.</param>
+    /// <exception cref="ArgumentException">
+    /// No hook is known or it does not exist in the model, it is not a per-position activation, its width is not
+    /// the dictionary's d_in, the contexts exceed n_ctx, or an option is out of range.
+    /// </exception>
+    /// <exception cref="InvalidDataException">A feature activation is NaN or +∞ (the message names feature, context and position).</exception>
+    /// <exception cref="OperationCanceledException">Cancelled; no store and no temporary file remain.</exception>
+    public static FeatureBuildSummary Build(HookedTransformer model, SparseDictionary dictionary, SaeLensConfig config, HarvestContexts contexts,
+        string outputPath, FeatureBuildOptions? options = null, string? dictionaryPath = null,
+        IProgress<FeatureBuildProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(dictionary);
+        ArgumentNullException.ThrowIfNull(contexts);
+        var o = options ?? new FeatureBuildOptions();
+        o.Validate();
+        var clock = Stopwatch.StartNew();
+        int n = contexts.ContextSize, dSae = dictionary.Shape.DSae, first = o.SkipBos ? 1 : 0;
+        if (n > model.Config.NCtx) throw new ArgumentException($"contexts have {n} tokens but the model's context is n_ctx = {model.Config.NCtx}", nameof(contexts));
+        if (n - first < 1) throw new ArgumentException("skipping BOS leaves nothing of a one-token context", nameof(contexts));
+
+        // 1. the hook and its width.
+        string hook = ResolveHook(model, config, o.Hook);
+        var probe = model.Run(TokenBatch.Single(contexts.Contexts[0]), new RunOptions { CacheFilter = h => h == hook, LastPositionLogitsOnly = true });
+        var probed = probe.Cache[hook];
+        if (probed.Rank < 2 || probed.Dim(0) != 1 || probed.Dim(1) != n)
+            throw new ArgumentException($"hook '{hook}' has shape {probed.ShapeString} for one context of {n} tokens; a dictionary needs a per-position activation [batch, pos, d]", nameof(options));
+        int width = probed.Length / n;
+        if (width != dictionary.Shape.DIn)
+            throw new ArgumentException($"the dictionary reads d_in = {dictionary.Shape.DIn} but hook '{hook}' is {width} wide ({probed.ShapeString} for one context); pick the hook the dictionary was trained on", nameof(dictionary));
+
+        int W = 2 * o.Window + 1, Q = o.Quantiles, B = o.HistogramBins;
+        var top = new TopKTracker(dSae, o.TopK, W);
+        var samples = new ReservoirSampler(dSae * Q, o.QuantileSamples, W, o.Seed);
+        var nActive = new long[dSae];          // [d_sae]
+        var sum = new double[dSae];            // [d_sae]
+        var max = new float[dSae];             // [d_sae]
+        var histogram = new long[dSae * B];    // [d_sae, B]
+        long stateBytes = (long)dSae * (o.TopK + Q * o.QuantileSamples) * (W * 4L + 12) + histogram.LongLength * 8 + dSae * 20L;
+        long tokens = (long)contexts.Count * (n - first);
+
+        // Feature activations over a ±window around (context row i of the batch, position p), 0 outside the context and at a skipped BOS.
+        void FillWindow(Span<float> dest, float[] acts, int i, int p, int f)
+        {
+            for (int j = 0; j < W; j++)
+            {
+                int q = p - o.Window + j;
+                dest[j] = q < first || q >= n ? 0f : acts[(i * n + q) * dSae + f];
+            }
+        }
+
+        // 2. pass 1: counts, sums, max, top K.
+        RunPass("pass 1/2", (acts, c0, b) =>
+        {
+            for (int i = 0; i < b; i++)
+                for (int p = first; p < n; p++)
+                {
+                    var row = acts.AsSpan((i * n + p) * dSae, dSae);
+                    for (int f = 0; f < row.Length; f++)
+                    {
+                        float a = row[f];
+                        if (!(a > 0))
+                        {
+                            if (float.IsNaN(a)) throw new InvalidDataException($"feature {f} is NaN at context {c0 + i}, position {p}: the activations at '{hook}' or the dictionary's weights hold NaN or ∞");
+                            continue;
+                        }
+                        if (float.IsPositiveInfinity(a)) throw new InvalidDataException($"feature {f} is +∞ at context {c0 + i}, position {p}: the activations at '{hook}' or the dictionary's weights overflow");
+                        nActive[f]++;
+                        sum[f] += a;
+                        if (a > max[f]) max[f] = a;
+                        if (a > top.Threshold[f])
+                        {
+                            int slot = top.Admit(f, a, c0 + i, p);
+                            FillWindow(top.Slots.Window(slot), acts, i, p, f);
+                        }
+                    }
+                }
+        });
+
+        // 3. pass 2: histogram and interval samples over (0, max].
+        RunPass("pass 2/2", (acts, c0, b) =>
+        {
+            for (int i = 0; i < b; i++)
+                for (int p = first; p < n; p++)
+                {
+                    var row = acts.AsSpan((i * n + p) * dSae, dSae);
+                    for (int f = 0; f < row.Length; f++)
+                    {
+                        float a = row[f];
+                        if (!(a > 0) || max[f] == 0) continue; // max 0: pass 1 saw no activity (float noise)
+                        histogram[f * B + ActivationBins.Of(a, max[f], B)]++;
+                        int slot = samples.Offer(f * Q + ActivationBins.Of(a, max[f], Q), a, c0 + i, p);
+                        if (slot >= 0) FillWindow(samples.Slots.Window(slot), acts, i, p, f);
+                    }
+                }
+        });
+
+        // 4. logit effects.
+        var decoderNorm = new float[dSae];
+        int dOut = dictionary.Shape.DOut;
+        for (int f = 0; f < dSae; f++) decoderNorm[f] = TensorPrimitives.Norm(dictionary.P.WDec.AsSpan(f * dOut, dOut));
+        FeatureLogits[]? logits = null;
+        string logitNote = o.LogitCount == 0 ? "not computed (logit count 0)" : LogitEffects.Unavailable(model, dOut) ?? LogitEffectsFormula(model);
+        if (o.LogitCount > 0 && LogitEffects.Unavailable(model, dOut) is null)
+        {
+            progress?.Report(new FeatureBuildProgress("logit effects", 0, dSae, 0));
+            logits = LogitEffects.Compute(model, dictionary.P.WDec, dSae, o.LogitCount, B, cancellationToken);
+            progress?.Report(new FeatureBuildProgress("logit effects", dSae, dSae, 0));
+        }
+
+        // 5. write atomically.
+        var meta = new Dictionary<string, string>
+        {
+            ["format"] = FeatureStoreSchema.Format,
+            ["schema_version"] = FeatureStoreSchema.Version.ToString(CultureInfo.InvariantCulture),
+            ["created_utc"] = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture),
+            ["model"] = model.Source is string s ? Path.GetFullPath(s) : "(in memory)",
+            ["model_fingerprint"] = HarvestManifest.Fingerprint(model),
+            ["d_model"] = Inv(model.Config.DModel),
+            ["d_vocab"] = Inv(model.Config.VocabOut),
+            ["hook"] = hook,
+            ["sae_path"] = dictionaryPath is null ? "(in memory)" : Path.GetFullPath(dictionaryPath),
+            ["architecture"] = dictionary.Architecture,
+            ["d_in"] = Inv(dictionary.Shape.DIn),
+            ["d_sae"] = Inv(dSae),
+            ["d_out"] = Inv(dOut),
+            ["normalize_activations"] = config.NormalizeActivations,
+            ["source"] = contexts.SourceDescription,
+            ["contexts_sha256"] = contexts.Sha256(),
+            ["n_contexts"] = Inv(contexts.Count),
+            ["context_size"] = Inv(n),
+            ["skip_bos"] = o.SkipBos ? "true" : "false",
+            ["n_tokens"] = tokens.ToString(CultureInfo.InvariantCulture),
+            ["seed"] = Inv(o.Seed),
+            ["top_k"] = Inv(o.TopK),
+            ["n_quantiles"] = Inv(Q),
+            ["quantile_samples"] = Inv(o.QuantileSamples),
+            ["histogram_bins"] = Inv(B),
+            ["window"] = Inv(o.Window),
+            ["logit_count"] = Inv(logits is null ? 0 : o.LogitCount),
+            ["logit_effects"] = logitNote,
+        };
+        var collected = new CollectedFeatures
+        {
+            DSae = dSae, ContextSize = n, Window = o.Window, Tokens = tokens, NActive = nActive, Sum = sum, Max = max,
+            DecoderNorm = decoderNorm, Top = top, Samples = samples, Quantiles = Q, Histogram = histogram, Bins = B,
+            Logits = logits, Contexts = contexts, Meta = meta, Tokenizer = model.Tokenizer,
+            VocabSize = Math.Max(model.Config.DVocab, model.Config.VocabOut),
+        };
+        progress?.Report(new FeatureBuildProgress("writing", 0, dSae, 0));
+        var (storedContexts, examples) = FeatureStoreWriter.Write(outputPath, collected, cancellationToken);
+        progress?.Report(new FeatureBuildProgress("writing", dSae, dSae, 0));
+        int dead = nActive.Count(c => c == 0);
+        return new FeatureBuildSummary(Path.GetFullPath(outputPath), hook, dSae, tokens, dead, storedContexts, examples, stateBytes, clock.Elapsed.TotalSeconds);
+
+        // One pass over every context: forward, read the hook, encode; visit(acts [b·n, d_sae], first context, b).
+        void RunPass(string stage, Action<float[], int, int> visit)
+        {
+            var passClock = Stopwatch.StartNew();
+            var ids = new int[o.BatchSize * n]; // [batch, pos]
+            for (int c0 = 0; c0 < contexts.Count; c0 += o.BatchSize)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                int b = Math.Min(o.BatchSize, contexts.Count - c0);
+                for (int i = 0; i < b; i++) contexts.Contexts[c0 + i].CopyTo(ids, i * n);
+                var batch = new TokenBatch(b == o.BatchSize ? ids : ids[..(b * n)], b, n);
+                var result = model.Run(batch, new RunOptions { CacheFilter = h => h == hook, LastPositionLogitsOnly = true });
+                var x = result.Cache[hook]; // [batch, pos, d_in] (trailing axes flattened)
+                if (x.Length != b * n * width) throw new InvalidOperationException($"hook '{hook}' gave {x.ShapeString}; expected [{b}, {n}, {width}]");
+                var acts = dictionary.Encode(x.Span, b * n); // [batch·pos, d_sae]
+                visit(acts, c0, b);
+                long done = (long)(c0 + b) * (n - first);
+                progress?.Report(new FeatureBuildProgress(stage, done, tokens, done / Math.Max(passClock.Elapsed.TotalSeconds, 1e-9)));
+            }
+        }
+    }
+
+    static string Inv(int v) => v.ToString(CultureInfo.InvariantCulture);
+
+    static string LogitEffectsFormula(HookedTransformer model) => model.FinalNormLayer?.Kind switch
+    {
+        NormKind.LayerNorm => "(W_dec[f] - mean) * w_ln_final @ W_U (LayerNorm folded, scale 1, no biases)",
+        NormKind.RmsNorm => "W_dec[f] * w_ln_final @ W_U (RMSNorm weight folded, scale 1, no bias)",
+        _ => "W_dec[f] @ W_U (no final norm, no bias)",
+    };
+
+    /// <summary>The hook a build reads: <paramref name="hook"/> when given, else cfg.json's hook_name; checked against the model.</summary>
+    /// <exception cref="ArgumentException">No hook is given or known, or it is not a hook point of the model (the message names the closest).</exception>
+    public static string ResolveHook(HookedTransformer model, SaeLensConfig config, string? hook)
+    {
+        string name = string.IsNullOrWhiteSpace(hook) ? config.HookName : hook;
+        if (string.IsNullOrWhiteSpace(name))
+            throw new ArgumentException("the dictionary's cfg.json has no hook_name; give the hook it reads (e.g. blocks.2.hook_resid_post)", nameof(hook));
+        var available = model.HookPointNames;
+        if (!available.Contains(name))
+        {
+            var closest = available.OrderBy(a => EditDistance(a, name)).ThenBy(a => a, StringComparer.Ordinal).Take(3);
+            throw new ArgumentException($"hook '{name}' does not exist in this model; closest names: {string.Join(", ", closest)}", nameof(hook));
+        }
+        return name;
+    }
+
+    // Levenshtein distance, for suggesting a hook name.
+    static int EditDistance(string a, string b)
+    {
+        var row = Enumerable.Range(0, b.Length + 1).ToArray();
+        for (int i = 1; i <= a.Length; i++)
+        {
+            int diagonal = row[0];
+            row[0] = i;
+            for (int j = 1; j <= b.Length; j++)
+            {
+                int above = row[j];
+                row[j] = Math.Min(Math.Min(row[j] + 1, row[j - 1] + 1), diagonal + (a[i - 1] == b[j - 1] ? 0 : 1));
+                diagonal = above;
+            }
+        }
+        return row[b.Length];
+    }
+
+}
+
+/// <summary>Everything a build collected, handed to <see cref="FeatureStoreWriter"/>.</summary>
+sealed class CollectedFeatures
+{
+    public required int DSae { get; init; }
+    public required int ContextSize { get; init; }
+    public required int Window { get; init; }
+    public required long Tokens { get; init; }
+    public required long[] NActive { get; init; }       // [d_sae]
+    public required double[] Sum { get; init; }         // [d_sae]
+    public required float[] Max { get; init; }          // [d_sae]
+    public required float[] DecoderNorm { get; init; }  // [d_sae]
+    public required TopKTracker Top { get; init; }
+    public required ReservoirSampler Samples { get; init; } // groups [d_sae, Q]
+    public required int Quantiles { get; init; }
+    public required long[] Histogram { get; init; }     // [d_sae, B]
+    public required int Bins { get; init; }
+    public required FeatureLogits[]? Logits { get; init; }
+    public required HarvestContexts Contexts { get; init; }
+    public required Dictionary<string, string> Meta { get; init; }
+    public required Tokenizers.ITokenizer? Tokenizer { get; init; }
+    public required int VocabSize { get; init; }
+}
