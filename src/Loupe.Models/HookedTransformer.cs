@@ -18,6 +18,7 @@ namespace Loupe.Models;
 public abstract class HookedTransformer : IDisposable
 {
     IReadOnlyList<string>? _hookNames;
+    readonly List<IHookSplice> _splices = [];
 
     protected HookedTransformer(ModelConfig config, IComputeBackend? backend)
     {
@@ -72,7 +73,10 @@ public abstract class HookedTransformer : IDisposable
     /// <summary>The block's backward: d resid_post → d resid_pre, through every hook point of the block.</summary>
     protected abstract Tensor BlockBackward(int layer, ForwardContext ctx, Tensor dResidPost);
 
-    /// <summary>Every hook point this model has, in forward order.</summary>
+    /// <summary>
+    /// Every hook point this model has, in forward order — including the sub-hooks of splices attached
+    /// with <see cref="AddSplice"/> (e.g. <c>blocks.2.hook_resid_post.hook_sae_acts_post</c>).
+    /// </summary>
     public IReadOnlyList<string> HookPointNames => _hookNames ??= DiscoverHookNames();
 
     IReadOnlyList<string> DiscoverHookNames()
@@ -80,6 +84,76 @@ public abstract class HookedTransformer : IDisposable
         var options = new RunOptions().CacheAll();
         var result = Run(TokenBatch.Single(Config.BosTokenId is int bos && bos < Config.DVocab ? bos : 0), options);
         return result.Cache.Names.ToArray();
+    }
+
+    /// <summary>
+    /// <see cref="HookPointNames"/> plus the sub-hooks of the splices in <paramref name="options"/>, each
+    /// right after the hook it replaces: the names a run with those options can cache or hook.
+    /// </summary>
+    public IReadOnlyList<string> HookPointNamesWith(RunOptions? options)
+    {
+        if (options is null || options.Splices.Count == 0) return HookPointNames;
+        CheckSplices(options.Splices);
+        var names = new List<string>(HookPointNames);
+        foreach (var splice in options.Splices)
+            names.InsertRange(names.IndexOf(splice.OutputHook) + 1, splice.SubHookNames);
+        return names;
+    }
+
+    /// <summary>The splices attached to the model, in the order they were added.</summary>
+    public IReadOnlyList<IHookSplice> Splices => _splices;
+
+    /// <summary>
+    /// Attaches a splice (an SAE or transcoder) to every later run — forward, backward, generation and
+    /// everything built on them (patching, attribution) — until the returned handle is disposed or
+    /// <see cref="RemoveSplice"/> is called. Its sub-hooks join <see cref="HookPointNames"/>. A one-token
+    /// run checks that it fits before it is kept. Not thread-safe: attach and detach between runs.
+    /// </summary>
+    /// <exception cref="ArgumentException">Its input or output hook is not a hook point of this model (the message lists the closest names), or a splice already replaces that hook.</exception>
+    /// <exception cref="Exception">Whatever the splice throws on the one-token run (e.g. an <see cref="ArgumentException"/> when its width does not fit the hook); it is not attached.</exception>
+    public IDisposable AddSplice(IHookSplice splice)
+    {
+        ArgumentNullException.ThrowIfNull(splice);
+        CheckSplices([splice]);
+        if (_splices.Any(s => s.OutputHook == splice.OutputHook))
+            throw new ArgumentException($"a splice already replaces '{splice.OutputHook}'; remove it first (one SAE or transcoder per hook point)", nameof(splice));
+        _splices.Add(splice);
+        _hookNames = null;
+        try
+        {
+            _ = HookPointNames;
+        }
+        catch
+        {
+            _splices.Remove(splice);
+            _hookNames = null;
+            throw;
+        }
+        return new SpliceHandle(this, splice);
+    }
+
+    /// <summary>Detaches a splice added with <see cref="AddSplice"/>; returns false when it was not attached.</summary>
+    public bool RemoveSplice(IHookSplice splice)
+    {
+        if (!_splices.Remove(splice)) return false;
+        _hookNames = null;
+        return true;
+    }
+
+    sealed class SpliceHandle(HookedTransformer model, IHookSplice splice) : IDisposable
+    {
+        public void Dispose() => model.RemoveSplice(splice);
+    }
+
+    /// <exception cref="ArgumentException">A splice's input or output hook is not a hook point of this model.</exception>
+    void CheckSplices(IReadOnlyList<IHookSplice> splices)
+    {
+        if (splices.Count == 0) return;
+        var known = HookPointNames;
+        foreach (var splice in splices)
+            foreach (var (hook, role) in new[] { (splice.OutputHook, "replaces"), (splice.InputHook, "reads") })
+                if (!known.Contains(hook))
+                    throw new ArgumentException($"a splice {role} hook '{hook}', which is not a hook point of this model ({Config.Architecture}); closest: {string.Join(", ", HookNames.Closest(hook, known))}", nameof(splices));
     }
 
     /// <summary>Runs the model on one sequence.</summary>
@@ -92,7 +166,7 @@ public abstract class HookedTransformer : IDisposable
         if (hookPatterns is null) options.CacheAll();
         else
         {
-            var selected = new HashSet<string>(new HookPattern(hookPatterns).Select(HookPointNames), StringComparer.Ordinal);
+            var selected = new HashSet<string>(new HookPattern(hookPatterns).Select(HookPointNamesWith(options)), StringComparer.Ordinal);
             options.CacheFilter = selected.Contains;
         }
         return Run(tokens, options);
@@ -103,7 +177,9 @@ public abstract class HookedTransformer : IDisposable
     public ForwardResult Run(TokenBatch tokens, RunOptions? options = null)
     {
         CheckTokens(tokens, 0);
-        var ctx = new ForwardContext(options ?? new RunOptions(), tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1);
+        options ??= new RunOptions();
+        CheckSplices(options.Splices);
+        var ctx = new ForwardContext(options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1, tokens.Ids, _splices);
         var logits = Forward(tokens, ctx);
         return new ForwardResult(logits, ctx.Cache);
     }
@@ -120,13 +196,14 @@ public abstract class HookedTransformer : IDisposable
         options ??= new RunOptions();
         if (gradientHooks is not null)
         {
-            var selected = new HashSet<string>(new HookPattern(gradientHooks).Select(HookPointNames), StringComparer.Ordinal);
+            var selected = new HashSet<string>(new HookPattern(gradientHooks).Select(HookPointNamesWith(options)), StringComparer.Ordinal);
             options.GradientFilter = selected.Contains;
         }
         else options.GradientFilter ??= static _ => true;
         if (options.LastPositionLogitsOnly) throw new ArgumentException("a backward pass needs logits at every position; unset LastPositionLogitsOnly");
         CheckTokens(tokens, 0);
-        var ctx = new ForwardContext(options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1)
+        CheckSplices(options.Splices);
+        var ctx = new ForwardContext(options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1, tokens.Ids, _splices)
         {
             Saved = new Dictionary<object, object>(ReferenceEqualityComparer.Instance),
         };
@@ -279,6 +356,7 @@ public abstract class HookedTransformer : IDisposable
         options ??= new RunOptions();
         var batch = TokenBatch.FromRows(prompts, Config.EosTokenId ?? 0, PaddingSide.Left);
         CheckTokens(batch, 0);
+        CheckSplices(options.Splices);
         int maxNew = Math.Min(generation.MaxNewTokens, Config.NCtx - batch.Length);
         if (maxNew < generation.MaxNewTokens && generation.MaxNewTokens > 0 && maxNew <= 0)
             throw new ArgumentException($"the prompt already fills the context (n_ctx = {Config.NCtx}); no token can be generated");
@@ -295,7 +373,7 @@ public abstract class HookedTransformer : IDisposable
         for (int step = 0; step <= maxNew - 1; step++)
         {
             bool[]? keyValid = batch.Valid is null ? null : cache.MaskWithIncoming(current.Length, current.Valid);
-            var ctx = new ForwardContext(lastOptions, current.Batch, current.Length, positions, keyValid, cache, step);
+            var ctx = new ForwardContext(lastOptions, current.Batch, current.Length, positions, keyValid, cache, step, current.Ids, _splices);
             var logits = Forward(current, ctx);
             cache.Advance(current.Length, current.Valid);
             var next = new int[batch.Batch];
@@ -319,6 +397,7 @@ public abstract class HookedTransformer : IDisposable
         var copy = new RunOptions { CacheFilter = options.CacheFilter, LastPositionLogitsOnly = true };
         foreach (var (name, hooks) in options.Hooks)
             foreach (var h in hooks) copy.AddHook(name, h);
+        foreach (var splice in options.Splices) copy.AddSplice(splice);
         return copy;
     }
 

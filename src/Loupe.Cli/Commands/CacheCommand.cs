@@ -16,17 +16,26 @@ static class CacheCommand
         var input = CliSupport.InputOptions.Create("Text to run (tokenized with the model's tokenizer, BOS as its template says)");
         var hooks = new Option<string>("--hooks") { Description = "Comma-separated glob patterns over hook names, e.g. \"blocks.*.hook_resid_pre,blocks.*.attn.hook_pattern\"", Required = true };
         var output = new Option<string>("--out", "-o") { Description = "The .safetensors file to write (atomically)", Required = true };
+        var saes = new Option<string[]>("--sae")
+        {
+            Description = "Splice a dictionary (SAELens folder) in at its cfg hook_name; its sub-hooks (…hook_sae_acts_post, …) can then be cached. Repeatable",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        var errorTerm = new Option<bool>("--use-error-term") { Description = "With --sae: add the reconstruction error back so the model's output is unchanged (SAELens use_error_term)" };
         var command = new Command("cache",
             "Run the model and save every matching hook's activation (under its hook name) plus 'logits' and 'tokens' to a safetensors file.\n" +
             "Shapes follow TransformerLens: hook_resid_pre [batch, pos, d_model], attn.hook_pattern [batch, head, query_pos, key_pos].\n\n" +
             "Examples:\n" +
             "  loupe cache --model ../shared/models/stories260K --prompt \"Once upon a time\" --hooks \"blocks.*.hook_resid_post\" --out acts.safetensors\n" +
-            "  loupe cache --model gpt2 --tokens \"464,3290;464,3797\" --hooks \"blocks.*.attn.hook_pattern,ln_final.hook_normalized\" --out pat.safetensors")
-        { model, input.Prompt, input.Tokens, hooks, output };
+            "  loupe cache --model gpt2 --tokens \"464,3290;464,3797\" --hooks \"blocks.*.attn.hook_pattern,ln_final.hook_normalized\" --out pat.safetensors\n" +
+            "  loupe cache --model ../shared/models/stories260K --prompt \"Once upon a time\" --sae sae/ --use-error-term --hooks \"*hook_sae_acts_post\" --out feats.safetensors")
+        { model, input.Prompt, input.Tokens, hooks, output, saes, errorTerm };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             var batch = input.Read(parse, m);
+            foreach (var saePath in parse.GetValue(saes) ?? [])
+                m.AddSplice(Loupe.Dictionaries.Splice.SaeSplice.Load(m, saePath, options: new Loupe.Dictionaries.Splice.SaeSpliceOptions { UseErrorTerm = parse.GetValue(errorTerm) }).Splice);
             var selected = new HookPattern(parse.GetValue(hooks)!).Select(m.HookPointNames);
             var clock = Stopwatch.StartNew();
             var result = m.RunWithCache(batch, parse.GetValue(hooks));

@@ -28,6 +28,9 @@ public abstract class SaeActivation
     /// </summary>
     public virtual bool GradientOnlyWhereActive => false;
 
+    /// <summary>Whether <see cref="Sparsity"/> adds a penalty (and gradients); false for TopK and BatchTopK.</summary>
+    public virtual bool HasSparsityPenalty => true;
+
     /// <summary>acts = f(pre). <paramref name="training"/> selects batch-level behaviour (BatchTopK).</summary>
     public abstract void Forward(ReadOnlySpan<float> pre, Span<float> acts, int batch, int dSae, bool training, SaeParameters p);
 
@@ -115,6 +118,7 @@ public sealed class TopKActivation(int k) : SaeActivation
 {
     public int K { get; } = k > 0 ? k : throw new ArgumentOutOfRangeException(nameof(k), "k must be positive");
     public override string Architecture => "topk";
+    public override bool HasSparsityPenalty => false;
     public override bool UnitNormDecoder => true;
     public override bool SupportsAuxK => true;
 
@@ -162,6 +166,7 @@ public sealed class BatchTopKActivation(int k, float momentum = 0.01f) : SaeActi
     public int K { get; } = k > 0 ? k : throw new ArgumentOutOfRangeException(nameof(k), "k must be positive");
     public float Momentum { get; } = momentum;
     public override string Architecture => "batchtopk";
+    public override bool HasSparsityPenalty => false;
     public override bool UnitNormDecoder => true;
     public override bool SupportsAuxK => true;
     public override bool GradientOnlyWhereActive => true;

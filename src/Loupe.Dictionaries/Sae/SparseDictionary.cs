@@ -219,20 +219,34 @@ public sealed class SparseDictionary
             else for (int b = 0; b < batch; b++) for (int i = 0; i < dSae; i++) if (acts[b * dSae + i] != 0) firesOut[i]++;
         }
 
-        float[] dActs = w.DActs, dPre = w.DPre; // [batch, d_sae] each
+        // With a TopK-like activation (gradient only where active, no sparsity penalty) on sparse rows the
+        // whole backward runs on the active entries: no dense [batch, d_sae] gradient buffer is touched.
+        bool fullySparse = grad is not null && sparse && Activation.GradientOnlyWhereActive && !Activation.HasSparsityPenalty;
+        float[] dActs = w.DActs, dPre = w.DPre; // [batch, d_sae] each (dense path only)
         if (grad is not null)
         {
             grad.Clear();
-            ParallelClear(dActs);
-            ParallelClear(dPre);
+            if (!fullySparse)
+            {
+                ParallelClear(dActs);
+                ParallelClear(dPre);
+            }
         }
         Mark("clear");
         float sparsity = Activation.Sparsity(pre, acts, batch, dSae, sparsityCoefficient, P, dActs, dPre, grad);
         Mark("sparsity");
         if (!actsOut.IsEmpty) acts.CopyTo(actsOut);
         if (training) Activation.AfterTrainingForward(acts, batch, dSae, P);
-        float aux = auxKCoefficient > 0 && Activation.SupportsAuxK && !deadFeatures.IsEmpty
-            ? AuxK(pre, err, batch, deadFeatures, auxKCoefficient, grad, dPre) : 0f;
+        bool withAux = auxKCoefficient > 0 && Activation.SupportsAuxK && !deadFeatures.IsEmpty;
+        float aux = withAux ? AuxK(pre, err, batch, deadFeatures, auxKCoefficient, grad) : 0f;
+        bool auxEntries = withAux && grad is not null && w.AuxRows.Batch == batch && w.AuxRows.Nnz > 0;
+        if (auxEntries && !fullySparse)
+        {
+            var auxRows = w.AuxRows;
+            var auxGrad = w.AuxGrad;
+            for (int b = 0; b < batch; b++)
+                for (int j = auxRows.RowStart[b]; j < auxRows.RowStart[b + 1]; j++) dPre[b * dSae + auxRows.Col[j]] += auxGrad[j];
+        }
         Mark("aux-k");
         var result = new SaeLoss(mse + sparsity + aux, mse, sparsity, l0, ev, aux);
         if (grad is null) return result;
@@ -241,7 +255,21 @@ public sealed class SparseDictionary
         var dRecon = err;
         TensorPrimitives.Multiply(dRecon, 2f / batch, dRecon);
         // recon = acts·W_dec + b_dec + x·W_skip
-        if (sparse && Activation.GradientOnlyWhereActive)
+        if (fullySparse)
+        {
+            w.Rows.AccumulateOuter(dRecon, dOut, grad.WDec);                                          // dW_dec += actsᵀ·dRecon
+            var dPreEntries = w.EntryBuffer(w.Rows.Nnz);
+            w.Rows.DotWithRows(P.WDec, dOut, dRecon, dPreEntries);                                    // dPre = dRecon·W_decᵀ where active
+            Mark("decoder backward");
+            // pre = x_in·W_enc + b_enc  ⇒  dW_encᵀ[i] = Σ_b dPre[b,i]·x_in[b], db_enc[i] = Σ_b dPre[b,i]  (feature-major, then transposed)
+            var wEncT = w.EncoderGradientT(Shape);
+            ParallelClear(wEncT);
+            w.Rows.AccumulateOuter(xIn, dIn, wEncT, dPreEntries, grad.BEnc);
+            if (auxEntries) w.AuxRows.AccumulateOuter(xIn, dIn, wEncT, w.AuxGrad, grad.BEnc);
+            Transpose(wEncT, dSae, dIn, grad.WEnc);
+            Mark("sparse dW_enc");
+        }
+        else if (sparse && Activation.GradientOnlyWhereActive)
         {
             w.Rows.AccumulateOuter(dRecon, dOut, grad.WDec);                                          // dW_dec += actsᵀ·dRecon
             var dots = w.EntryBuffer(w.Rows.Nnz);
@@ -259,14 +287,17 @@ public sealed class SparseDictionary
         }
         ColumnSum(dRecon, batch, dOut, grad.BDec);
         if (Shape.Skip) Gemm.Sgemm(true, false, dIn, dOut, batch, 1f, x, dIn, dRecon, dOut, 0f, grad.WSkip, dOut);
-        Mark("decoder backward");
-        // acts = f(pre)
-        Activation.Backward(pre, acts, dActs, dPre, batch, dSae, P, grad);
-        Mark("activation backward");
-        // pre = x_in·W_enc + b_enc
-        Gemm.Sgemm(true, false, dIn, dSae, batch, 1f, xIn, dIn, dPre, dSae, 0f, grad.WEnc, dSae);
-        Mark("dW_enc GEMM");
-        ColumnSum(dPre, batch, dSae, grad.BEnc);
+        if (!fullySparse)
+        {
+            Mark("decoder backward");
+            // acts = f(pre)
+            Activation.Backward(pre, acts, dActs, dPre, batch, dSae, P, grad);
+            Mark("activation backward");
+            // pre = x_in·W_enc + b_enc
+            Gemm.Sgemm(true, false, dIn, dSae, batch, 1f, xIn, dIn, dPre, dSae, 0f, grad.WEnc, dSae);
+            Mark("dW_enc GEMM");
+            ColumnSum(dPre, batch, dSae, grad.BEnc);
+        }
         // x_in = x − b_dec  ⇒  db_dec −= Σ_b dPre[b]·W_encᵀ = W_enc·(Σ_b dPre[b]) = W_enc·db_enc
         if (Shape.ApplyBDecToInput)
         {
@@ -296,6 +327,23 @@ public sealed class SparseDictionary
         });
     }
 
+    // dst[c, r] = src[r, c] for src [rows, cols], in cache-sized tiles (tile rows in parallel)
+    static void Transpose(float[] src, int rows, int cols, float[] dst)
+    {
+        const int Tile = 64;
+        int tiles = (rows + Tile - 1) / Tile;
+        RowParallel.For(tiles, Tile * cols, t =>
+        {
+            int r0 = t * Tile, r1 = Math.Min(rows, r0 + Tile);
+            for (int c0 = 0; c0 < cols; c0 += Tile)
+            {
+                int c1 = Math.Min(cols, c0 + Tile);
+                for (int r = r0; r < r1; r++)
+                    for (int c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
+            }
+        });
+    }
+
     static void ParallelClear(float[] a) => RowParallel.Chunks(a.Length, (s, e) => Array.Clear(a, (int)s, (int)(e - s)), 1 << 18);
 
     sealed class Workspace(int batch, SaeShape s)
@@ -310,6 +358,9 @@ public sealed class SparseDictionary
         public readonly int[] RowCounts = new int[batch];           // [batch] nonzeros per row
         public readonly SparseRows Rows = new();
         public readonly SparseRows AuxRows = new();
+        public float[] AuxGrad = [];                                  // [aux nnz] d loss / d z_aux at each aux entry
+        float[]? _encT;
+        public float[] EncoderGradientT(SaeShape s) => _encT ??= new float[s.DSae * s.DIn]; // [d_sae, d_in]
         float[] _entries = [];
         public float[] EntryBuffer(int n) => _entries.Length >= n ? _entries : _entries = new float[n];
     }
@@ -340,8 +391,9 @@ public sealed class SparseDictionary
     /// Gradient into W_dec rows of dead features and, through dPre, into the encoder.
     /// </summary>
     float AuxK(ReadOnlySpan<float> pre, ReadOnlySpan<float> err, int batch, ReadOnlySpan<bool> dead, float coefficient,
-        SaeParameters? grad, Span<float> dPre)
+        SaeParameters? grad)
     {
+        _workspace!.AuxRows.Batch = 0; // no aux entries unless built below
         int dSae = Shape.DSae, dOut = Shape.DOut, kNominal = Math.Max(1, Shape.DIn / 2);
         var deadIdx = new List<int>();
         for (int i = 0; i < dSae; i++) if (dead[i]) deadIdx.Add(i);
@@ -389,10 +441,8 @@ public sealed class SparseDictionary
         // L_aux = scale·Σ diff² / batch  ⇒  dê = 2·scale·diff / batch
         TensorPrimitives.Multiply(diff, 2f * scale / batch, diff);
         aux.AccumulateOuter(diff, dOut, grad.WDec);                      // dW_dec += z_auxᵀ·dê
-        var dots = new float[aux.Nnz];
-        aux.DotWithRows(P.WDec, dOut, diff, dots);                       // dz_aux = dê·W_decᵀ where z_aux > 0
-        for (int b = 0; b < batch; b++)
-            for (int j = aux.RowStart[b]; j < aux.RowStart[b + 1]; j++) dPre[b * dSae + aux.Col[j]] += dots[j];
+        if (_workspace.AuxGrad.Length < aux.Nnz) _workspace.AuxGrad = new float[aux.Nnz];
+        aux.DotWithRows(P.WDec, dOut, diff, _workspace.AuxGrad);         // d/dpre = dê·W_decᵀ where z_aux > 0 (the caller adds it to dPre)
         return loss;
     }
 

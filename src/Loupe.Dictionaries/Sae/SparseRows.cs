@@ -100,9 +100,10 @@ sealed class SparseRows
 
     /// <summary>
     /// dW[i] += Σ_{entries j in column i} coef_j · g[row of j] (features in parallel; each feature sums
-    /// its rows in ascending order, so the result is deterministic). coef defaults to Val.
+    /// its rows in ascending order, so the result is deterministic). coef defaults to Val. With
+    /// <paramref name="columnSums"/>, also columnSums[i] += Σ_j coef_j.
     /// </summary>
-    public void AccumulateOuter(ReadOnlySpan<float> g, int d, float[] dW, float[]? coef = null)
+    public void AccumulateOuter(ReadOnlySpan<float> g, int d, float[] dW, float[]? coef = null, float[]? columnSums = null)
     {
         Transpose(coef ?? Val);
         unsafe
@@ -117,8 +118,13 @@ sealed class SparseRows
                 {
                     if (colStart[i] == colStart[i + 1]) return;
                     var dst = dW.AsSpan(i * d, d);
+                    float sum = 0;
                     for (int j = colStart[i]; j < colStart[i + 1]; j++)
+                    {
                         TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(gs + (long)colRow[j] * d, d), colVal[j], dst, dst);
+                        sum += colVal[j];
+                    }
+                    if (columnSums is not null) columnSums[i] += sum;
                 });
             }
         }

@@ -16,7 +16,17 @@ public sealed class ForwardContext
     readonly Stopwatch _clock = Stopwatch.StartNew();
     long _lastTicks;
 
-    internal ForwardContext(RunOptions options, int batch, int length, int[] positions, bool[]? keyValid, KvCache? kvCache, int generationStep)
+    // Splices by the hook they replace, and (transcoders only) by the hook they read.
+    readonly Dictionary<string, IHookSplice>? _spliceAtOutput;
+    readonly Dictionary<string, List<IHookSplice>>? _spliceAtInput;
+    // Per pass: a transcoder's input captured at its input hook; a splice's state for backward;
+    // d input waiting to join the gradient at a transcoder's input hook.
+    readonly Dictionary<IHookSplice, Tensor> _spliceInput = new(ReferenceEqualityComparer.Instance);
+    readonly Dictionary<IHookSplice, object?> _spliceSaved = new(ReferenceEqualityComparer.Instance);
+    readonly Dictionary<string, Tensor> _pendingInputGradient = new(StringComparer.Ordinal);
+
+    internal ForwardContext(RunOptions options, int batch, int length, int[] positions, bool[]? keyValid, KvCache? kvCache, int generationStep,
+        int[]? tokenIds = null, IReadOnlyList<IHookSplice>? modelSplices = null)
     {
         _options = options;
         Batch = batch;
@@ -26,6 +36,19 @@ public sealed class ForwardContext
         KvCache = kvCache;
         GenerationStep = generationStep;
         PositionOffset = kvCache?.Length ?? 0;
+        TokenIds = tokenIds;
+        IEnumerable<IHookSplice> splices = options.Splices;
+        if (modelSplices is { Count: > 0 }) splices = modelSplices.Concat(splices);
+        foreach (var splice in splices)
+        {
+            _spliceAtOutput ??= new(StringComparer.Ordinal);
+            if (!_spliceAtOutput.TryAdd(splice.OutputHook, splice))
+                throw new ArgumentException($"two splices replace hook '{splice.OutputHook}'; splice at most one SAE or transcoder per hook point");
+            if (splice.InputHook == splice.OutputHook) continue;
+            _spliceAtInput ??= new(StringComparer.Ordinal);
+            if (!_spliceAtInput.TryGetValue(splice.InputHook, out var readers)) _spliceAtInput[splice.InputHook] = readers = [];
+            readers.Add(splice);
+        }
     }
 
     public int Batch { get; }
@@ -38,6 +61,8 @@ public sealed class ForwardContext
     public KvCache? KvCache { get; }
     public int GenerationStep { get; }
     public int PositionOffset { get; }
+    /// <summary>Token ids of this pass <c>[batch, pos]</c> (new tokens only during generation); null when not known.</summary>
+    public int[]? TokenIds { get; }
     public ActivationCache Cache { get; } = new();
 
     /// <summary>Gradients recorded during the backward pass.</summary>
@@ -52,12 +77,15 @@ public sealed class ForwardContext
     /// <summary>Whether layers must save what their backward pass needs.</summary>
     public bool RecordsForBackward => Saved is not null;
 
-    internal void Save(object layer, object state)
+    /// <summary>Keeps what <paramref name="layer"/>'s backward will need (nothing is kept when no backward follows).</summary>
+    public void Save(object layer, object state)
     {
         if (Saved is { } saved) saved[layer] = state;
     }
 
-    internal T Restore<T>(object layer) where T : class =>
+    /// <summary>What <see cref="Save"/> kept for <paramref name="layer"/>.</summary>
+    /// <exception cref="InvalidOperationException">Nothing was saved (the forward pass did not record for backward).</exception>
+    public T Restore<T>(object layer) where T : class =>
         Saved is { } saved && saved.TryGetValue(layer, out var state) ? (T)state
             : throw new InvalidOperationException($"{layer.GetType().Name} has no saved state: the forward pass did not record for backward");
 
@@ -66,11 +94,13 @@ public sealed class ForwardContext
         _options.GradientHooks.ContainsKey(name) || (_options.GradientFilter?.Invoke(name) ?? false);
 
     /// <summary>
-    /// Passes a gradient through its hook point on the way back: gradient hooks first (each may
+    /// Passes a gradient through its hook point on the way back: first through a splice replacing this
+    /// point (or the input gradient a transcoder reading it sends back), then gradient hooks (each may
     /// replace it), then the gradient cache records what flows on.
     /// </summary>
     public Tensor GradHook(string name, int layer, Tensor gradient)
     {
+        if (_spliceAtOutput is not null) gradient = SpliceBackward(name, layer, gradient);
         if (s_debug) Debug("∇ " + name, gradient);
         if (_options.GradientHooks.TryGetValue(name, out var hooks))
         {
@@ -87,19 +117,64 @@ public sealed class ForwardContext
         if (_options.GradientFilter?.Invoke(name) ?? false) Gradients.Set(name, gradient);
         return gradient;
     }
+
+    /// <summary>
+    /// At a splice's output hook: d output → d input (+ d original) through the splice. An SAE's d input
+    /// is the gradient at this same hook; a transcoder's joins the gradient at its input hook (reached
+    /// later on the way back), and the original activation here gets only d original (zero when null).
+    /// At a transcoder's input hook: adds the d input waiting from its output hook.
+    /// </summary>
+    Tensor SpliceBackward(string name, int layer, Tensor gradient)
+    {
+        if (_spliceAtOutput!.TryGetValue(name, out var splice) && _spliceSaved.TryGetValue(splice, out var saved))
+        {
+            var (dInput, dOriginal) = splice.Backward(saved, gradient, layer, this);
+            if (dOriginal is not null && !dOriginal.SameShape(gradient))
+                throw new InvalidOperationException($"the splice at '{name}' returned d original of shape {dOriginal.ShapeString}; the gradient there has shape {gradient.ShapeString}");
+            if (splice.InputHook == name)
+            {
+                if (!dInput.SameShape(gradient))
+                    throw new InvalidOperationException($"the splice at '{name}' returned d input of shape {dInput.ShapeString}; the gradient there has shape {gradient.ShapeString}");
+                gradient = dOriginal is null ? dInput : Add(dInput, dOriginal);
+            }
+            else
+            {
+                _pendingInputGradient[splice.InputHook] = _pendingInputGradient.TryGetValue(splice.InputHook, out var waiting) ? Add(waiting, dInput) : dInput;
+                gradient = dOriginal ?? Tensor.Zeros(gradient.Shape.ToArray());
+            }
+        }
+        if (_pendingInputGradient.Remove(name, out var pending))
+        {
+            if (!pending.SameShape(gradient))
+                throw new InvalidOperationException($"a splice's input gradient at '{name}' has shape {pending.ShapeString}; the gradient there has shape {gradient.ShapeString}");
+            gradient = Add(gradient, pending);
+        }
+        return gradient;
+    }
+
+    static Tensor Add(Tensor a, Tensor b)
+    {
+        var sum = Tensor.Uninitialized(a.Shape.ToArray());
+        System.Numerics.Tensors.TensorPrimitives.Add(a.Span, b.Span, sum.Span);
+        return sum;
+    }
+
     public bool LastPositionLogitsOnly => _options.LastPositionLogitsOnly;
 
     /// <summary>Whether anything reads this hook point, so optional activations (e.g. hook_result) are computed only when asked for.</summary>
     public bool Wants(string name)
     {
         if (!_wants.TryGetValue(name, out bool want))
-            _wants[name] = want = _options.Hooks.ContainsKey(name) || (_options.CacheFilter?.Invoke(name) ?? false);
+            _wants[name] = want = _options.Hooks.ContainsKey(name) || (_options.CacheFilter?.Invoke(name) ?? false)
+                || (_spliceAtOutput?.ContainsKey(name) ?? false) || (_spliceAtInput?.ContainsKey(name) ?? false);
         return want;
     }
 
     /// <summary>
     /// Passes an activation through its hook point: user hooks first (each may replace it), then
-    /// the cache records what flows on. The returned tensor must not be mutated afterwards.
+    /// the cache records it; then a splice reading this point captures it, and a splice replacing
+    /// this point (<see cref="IHookSplice"/>) computes what flows on instead. The returned tensor must
+    /// not be mutated afterwards.
     /// </summary>
     public Tensor Hook(string name, int layer, Tensor activation)
     {
@@ -118,7 +193,24 @@ public sealed class ForwardContext
             }
         }
         if (_options.CacheFilter?.Invoke(name) ?? false) Cache.Set(name, activation);
+        if (_spliceAtInput is not null && _spliceAtInput.TryGetValue(name, out var readers))
+            foreach (var reader in readers) _spliceInput[reader] = activation;
+        if (_spliceAtOutput is not null && _spliceAtOutput.TryGetValue(name, out var splice))
+            activation = SpliceForward(splice, name, layer, activation);
         return activation;
+    }
+
+    /// <summary>Runs the splice replacing hook <paramref name="name"/> (step 2 of <see cref="IHookSplice"/>'s remarks).</summary>
+    Tensor SpliceForward(IHookSplice splice, string name, int layer, Tensor original)
+    {
+        Tensor input = original;
+        if (splice.InputHook != name && !_spliceInput.Remove(splice, out input!))
+            throw new InvalidOperationException($"the splice replacing '{name}' reads '{splice.InputHook}', which this forward pass did not reach before '{name}'; a transcoder's input hook must come before its output hook");
+        var (output, saved) = splice.Forward(input, original, layer, this);
+        if (!output.SameShape(original))
+            throw new InvalidOperationException($"the splice at '{name}' returned shape {output.ShapeString}; the activation there has shape {original.ShapeString}");
+        if (RecordsForBackward) _spliceSaved[splice] = saved;
+        return output;
     }
 
     void Debug(string name, Tensor t)

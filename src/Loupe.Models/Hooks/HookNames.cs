@@ -32,6 +32,47 @@ public static class HookNames
     public static string MlpPost(int l) => $"blocks.{l}.mlp.hook_post";
     public static string NormScale(int l, string norm) => $"blocks.{l}.{norm}.hook_scale";
     public static string NormNormalized(int l, string norm) => $"blocks.{l}.{norm}.hook_normalized";
+
+    // Sub-hooks of an SAE or transcoder spliced in at hook point `hook` (SAELens's HookedSAETransformer
+    // names, in forward order). For a transcoder `hook` is the output hook it replaces (e.g. hook_mlp_out).
+    /// <summary>What the dictionary reads: <c>[batch, pos, d_in]</c>.</summary>
+    public static string SaeInput(string hook) => hook + ".hook_sae_input";
+    /// <summary>Encoder pre-activations: <c>[batch, pos, d_sae]</c>.</summary>
+    public static string SaeActsPre(string hook) => hook + ".hook_sae_acts_pre";
+    /// <summary>Feature activations (the place to read, patch, ablate or steer features): <c>[batch, pos, d_sae]</c>.</summary>
+    public static string SaeActsPost(string hook) => hook + ".hook_sae_acts_post";
+    /// <summary>The decoder's reconstruction: <c>[batch, pos, d_out]</c>.</summary>
+    public static string SaeRecons(string hook) => hook + ".hook_sae_recons";
+    /// <summary>original − clean reconstruction (with the error term only): <c>[batch, pos, d_out]</c>.</summary>
+    public static string SaeError(string hook) => hook + ".hook_sae_error";
+    /// <summary>What flows on in place of the hook's activation: <c>[batch, pos, d_out]</c>.</summary>
+    public static string SaeOutput(string hook) => hook + ".hook_sae_output";
+
+    /// <summary>
+    /// The names of <paramref name="known"/> closest to <paramref name="name"/> (edit distance), for
+    /// "did you mean" lists in error messages.
+    /// </summary>
+    public static IReadOnlyList<string> Closest(string name, IEnumerable<string> known, int count = 5) =>
+        known.Select(k => (Name: k, Distance: EditDistance(name, k))).OrderBy(x => x.Distance).ThenBy(x => x.Name, StringComparer.Ordinal)
+            .Take(count).Select(x => x.Name).ToArray();
+
+    static int EditDistance(string a, string b)
+    {
+        var row = new int[b.Length + 1];
+        for (int j = 0; j <= b.Length; j++) row[j] = j;
+        for (int i = 1; i <= a.Length; i++)
+        {
+            int diagonal = row[0];
+            row[0] = i;
+            for (int j = 1; j <= b.Length; j++)
+            {
+                int above = row[j];
+                row[j] = Math.Min(Math.Min(row[j] + 1, row[j - 1] + 1), diagonal + (a[i - 1] == b[j - 1] ? 0 : 1));
+                diagonal = above;
+            }
+        }
+        return row[b.Length];
+    }
 }
 
 /// <summary>Every hook name of one block, built once so the forward pass allocates no strings.</summary>

@@ -20,6 +20,7 @@ public sealed class RunOptions
 {
     readonly Dictionary<string, List<HookFunction>> _hooks = new(StringComparer.Ordinal);
     readonly Dictionary<string, List<HookFunction>> _gradientHooks = new(StringComparer.Ordinal);
+    readonly List<IHookSplice> _splices = [];
 
     /// <summary>Which hook points to record into the cache; null records nothing.</summary>
     public Func<string, bool>? CacheFilter { get; set; }
@@ -45,6 +46,20 @@ public sealed class RunOptions
         list.Add(hook);
         return this;
     }
+
+    /// <summary>
+    /// Splices an SAE or transcoder into this run only (see <see cref="IHookSplice"/>); splices attached
+    /// to the model with <see cref="HookedTransformer.AddSplice"/> apply as well. At most one splice per output hook.
+    /// </summary>
+    public RunOptions AddSplice(IHookSplice splice)
+    {
+        ArgumentNullException.ThrowIfNull(splice);
+        _splices.Add(splice);
+        return this;
+    }
+
+    /// <summary>The splices added to this run.</summary>
+    public IReadOnlyList<IHookSplice> Splices => _splices;
 
     /// <summary>Which hook points' gradients to record during a backward pass; null records none.</summary>
     public Func<string, bool>? GradientFilter { get; set; }

@@ -1,0 +1,143 @@
+using System.CommandLine;
+using System.Globalization;
+using Loupe.Dictionaries.Evaluation;
+using Loupe.Dictionaries.Harvest;
+using Loupe.Dictionaries.Splice;
+using Loupe.Reports;
+using Spectre.Console;
+
+namespace Loupe.Cli.Commands;
+
+/// <summary>
+/// <c>loupe sae eval</c>: splice a dictionary into the model over a text corpus and report L0, variance
+/// explained, cosine similarity, cross-entropy clean / with the SAE / zero-ablated (loss recovered), KL,
+/// dead and dense features and the feature-density histogram (eval.json + density.svg).
+/// </summary>
+static class SaeEvalVerb
+{
+    public static Command Create()
+    {
+        var model = CliSupport.ModelOption();
+        var sae = new Option<string>("--sae") { Description = "The dictionary: a SAELens folder (cfg.json + sae_weights.safetensors) or its cfg.json", Required = true };
+        var hook = new Option<string?>("--hook") { Description = "The hook it reads (default: cfg.json's hook_name)" };
+        var hookOut = new Option<string?>("--hook-out") { Description = "For a transcoder, the hook it replaces (default: cfg.json's hook_name_out, or blocks.L.hook_mlp_out for an MLP-input hook)" };
+        var source = new Option<string>("--source")
+        {
+            Description = "Where the text comes from: brown:FOLDER, text:FILE_OR_FOLDER, jsonl:FILE (a \"text\" field per line), or generate:N (N samples from the model)",
+            Required = true,
+        };
+        var contextSize = new Option<int>("--context-size") { Description = "Tokens per context, BOS included", DefaultValueFactory = _ => 128 };
+        var maxContexts = new Option<int>("--max-contexts") { Description = "Evaluate at most this many contexts", DefaultValueFactory = _ => 64 };
+        var batchSize = new Option<int>("--batch-size") { Description = "Contexts per forward pass", DefaultValueFactory = _ => 8 };
+        var seed = new Option<int>("--seed") { Description = "Seed for shuffling contexts (and sampling with generate:N)", DefaultValueFactory = _ => 0 };
+        var exclude = new Option<string?>("--exclude-tokens")
+        {
+            Description = "Token ids left out of the activation metrics and not spliced (comma-separated, or \"none\"); default: the model's BOS and EOS",
+        };
+        var denseThreshold = new Option<double>("--dense-threshold") { Description = "A feature firing on more than this fraction of tokens counts as dense", DefaultValueFactory = _ => 0.1 };
+        var output = new Option<string>("--out", "-o") { Description = "Output folder for eval.json and density.svg (written atomically)", Required = true };
+        var command = new Command("eval",
+            "Evaluate an SAE or transcoder spliced into the model (SAELens's evals.py definitions): L0, fraction of variance\n" +
+            "unexplained, cosine similarity, cross-entropy clean / with the reconstruction / zero-ablated and the loss recovered\n" +
+            "(CE_zero − CE_sae) / (CE_zero − CE_clean), KL, dead and dense feature fractions, and the log10 feature-density histogram.\n" +
+            "BOS/EOS positions keep their activation and are left out of the activation metrics; every position counts in the losses.\n\n" +
+            "Examples:\n" +
+            "  loupe sae eval --model ../shared/models/stories260K --sae sae/ --source brown:../shared/datasets/brown-corpus --out eval/\n" +
+            "  loupe sae eval --model ../shared/models/stories260K --sae tc/ --hook blocks.1.ln2.hook_normalized --hook-out blocks.1.hook_mlp_out \\\n" +
+            "      --source generate:200 --context-size 64 --max-contexts 32 --out tc-eval/")
+        { model, sae, hook, hookOut, source, contextSize, maxContexts, batchSize, seed, exclude, denseThreshold, output };
+        command.SetAction(parse => CliSupport.Guard(() =>
+        {
+            if (parse.GetValue(maxContexts) < 1) throw new ArgumentException($"--max-contexts must be at least 1 (got {parse.GetValue(maxContexts)})");
+            if (parse.GetValue(batchSize) < 1) throw new ArgumentException($"--batch-size must be at least 1 (got {parse.GetValue(batchSize)})");
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            var (splice, cfg) = SaeSplice.Load(m, parse.GetValue(sae)!, parse.GetValue(hook), new SaeSpliceOptions { OutputHook = parse.GetValue(hookOut) });
+            int seedValue = parse.GetValue(seed);
+            var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
+            var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
+                _ => ContextBuilder.ForModel(m, text, parse.GetValue(contextSize), seedValue, parse.GetValue(maxContexts)));
+            var options = new SaeEvalOptions
+            {
+                BatchSize = parse.GetValue(batchSize),
+                ExcludeTokens = ParseExclude(parse.GetValue(exclude)),
+                DenseThreshold = parse.GetValue(denseThreshold),
+            };
+            SaeEvalResult? result = null;
+            CliSupport.Status.Progress().AutoClear(true)
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                .Start(ctx =>
+                {
+                    var task = ctx.AddTask("evaluating", maxValue: contexts.Count);
+                    var progress = new CliSupport.SyncProgress<SaeEvalProgress>(p => task.Value = p.ContextsDone);
+                    result = SaeEvaluator.Evaluate(m, splice, contexts, options, progress);
+                });
+            string folder = parse.GetValue(output)!;
+            Directory.CreateDirectory(folder);
+            AtomicFile.WriteJson(Path.Combine(folder, "eval.json"), new { Model = m.Source ?? "", SaeModelName = cfg.ModelName, Sae = Path.GetFullPath(parse.GetValue(sae)!), Seed = seedValue, Metrics = result! });
+            DensityChart(result!).Save(Path.Combine(folder, "density.svg"));
+            Print(result!);
+            Console.WriteLine($"wrote {Path.Combine(folder, "eval.json")} and density.svg");
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <exception cref="FormatException">An id is not an integer.</exception>
+    static int[]? ParseExclude(string? text)
+    {
+        if (text is null) return null;
+        if (text.Trim() is "none" or "") return [];
+        return text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(v => int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int id) ? id
+                : throw new FormatException($"--exclude-tokens: '{v}' is not an integer token id (give ids like \"1,2\" or \"none\")"))
+            .ToArray();
+    }
+
+    static LineChart DensityChart(SaeEvalResult r)
+    {
+        var h = r.DensityHistogram;
+        return new LineChart
+        {
+            Title = $"Feature density, {r.Hook} ({r.DSae} features, {r.Positions} tokens)",
+            X = Enumerable.Range(0, h.Counts.Length).Select(i => (h.Log10Edges[i] + h.Log10Edges[i + 1]) / 2).ToArray(),
+            Series = [("features", h.Counts.Select(c => (double)c).ToArray())],
+            XAxis = "log10(density + 1e-10)  (dead features at −10)",
+            YAxis = "features",
+        };
+    }
+
+    static void Print(SaeEvalResult r)
+    {
+        string F(double v, string format = "F4") => double.IsNaN(v) ? "n/a" : v.ToString(format, CultureInfo.InvariantCulture);
+        Console.WriteLine($"{r.Architecture} dictionary at {r.Hook}{(r.OutputHook != r.Hook ? $" → {r.OutputHook}" : "")}: d_in {r.DIn}, d_sae {r.DSae}, d_out {r.DOut}");
+        Console.WriteLine($"{r.Contexts} contexts × {r.ContextSize} tokens ({r.Source}); {r.Positions.ToString("N0", CultureInfo.InvariantCulture)} positions in activation metrics " +
+            $"(excluding tokens {(r.ExcludedTokens.Length == 0 ? "none" : string.Join(", ", r.ExcludedTokens))}), {r.Predictions.ToString("N0", CultureInfo.InvariantCulture)} predictions");
+        var rows = new (string, string)[]
+        {
+            ("L0 (active features / token)", F(r.L0, "F2")),
+            ("L1", F(r.L1)),
+            ("FVU", F(r.Fvu)),
+            ("explained variance", F(r.ExplainedVariance)),
+            ("cosine similarity", F(r.CosineSimilarity)),
+            ("‖x̂‖ / ‖x‖", F(r.L2Ratio)),
+            ("MSE (‖x − x̂‖² / token)", F(r.Mse, "G5")),
+            ("CE loss clean", F(r.CeLossClean)),
+            ("CE loss with SAE", F(r.CeLossWithSae)),
+            ("CE loss zero-ablated", F(r.CeLossZeroAblated)),
+            ("loss recovered", F(r.LossRecovered)),
+            ("KL with SAE", F(r.KlWithSae)),
+            ("KL zero-ablated", F(r.KlZeroAblated)),
+            ("dead features", $"{r.DeadFeatures} ({F(100 * r.DeadFraction, "F1")}%)"),
+            ($"dense features (> {F(r.DenseThreshold, "G3")})", $"{r.DenseFeatures} ({F(100 * r.DenseFraction, "F1")}%)"),
+        };
+        foreach (var (name, value) in rows) Console.WriteLine($"  {name,-32} {value}");
+        Console.WriteLine($"  {"log10 density histogram",-32} {Sparkline(r.DensityHistogram.Counts)}  [−10 … 0]");
+    }
+
+    static string Sparkline(long[] counts)
+    {
+        const string bars = "▁▂▃▄▅▆▇█";
+        long max = Math.Max(1, counts.Max());
+        return string.Concat(counts.Select(c => c == 0 ? ' ' : bars[(int)Math.Min(bars.Length - 1, c * bars.Length / (max + 1))]));
+    }
+}
