@@ -286,30 +286,11 @@ public static class FeatureDashboardBuilder
         var available = model.HookPointNames;
         if (!available.Contains(name))
         {
-            var closest = available.OrderBy(a => EditDistance(a, name)).ThenBy(a => a, StringComparer.Ordinal).Take(3);
+            var closest = HookNames.Closest(name, available, 3);
             throw new ArgumentException($"hook '{name}' does not exist in this model; closest names: {string.Join(", ", closest)}", nameof(hook));
         }
         return name;
     }
-
-    // Levenshtein distance, for suggesting a hook name.
-    static int EditDistance(string a, string b)
-    {
-        var row = Enumerable.Range(0, b.Length + 1).ToArray();
-        for (int i = 1; i <= a.Length; i++)
-        {
-            int diagonal = row[0];
-            row[0] = i;
-            for (int j = 1; j <= b.Length; j++)
-            {
-                int above = row[j];
-                row[j] = Math.Min(Math.Min(row[j] + 1, row[j - 1] + 1), diagonal + (a[i - 1] == b[j - 1] ? 0 : 1));
-                diagonal = above;
-            }
-        }
-        return row[b.Length];
-    }
-
 }
 
 /// <summary>Everything a build collected, handed to <see cref="FeatureStoreWriter"/>.</summary>

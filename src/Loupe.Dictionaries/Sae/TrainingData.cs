@@ -127,8 +127,7 @@ public sealed class ModelRows : IRowWindows
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
         foreach (var h in new[] { inputHook, targetHook })
             if (h is not null && !model.HookPointNames.Contains(h))
-                throw new ArgumentException($"hook '{h}' does not exist in this model; hooks with the same ending: " +
-                    string.Join(", ", model.HookPointNames.Where(a => a.EndsWith(h[(h.LastIndexOf('.') + 1)..], StringComparison.Ordinal)).Take(6)));
+                throw new ArgumentException($"hook '{h}' does not exist in this model; closest names: {string.Join(", ", HookNames.Closest(h, model.HookPointNames))}");
         if (skipBos && contexts.ContextSize < 2) throw new ArgumentException("skipping BOS leaves nothing of a one-token context");
         (_inputHook, _targetHook, _contextsPerWindow, _batchSize, _skipBos) = (inputHook, targetHook, contextsPerWindow, batchSize, skipBos);
         var probe = Run(0, 1);
