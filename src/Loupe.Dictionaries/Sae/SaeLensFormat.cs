@@ -305,6 +305,9 @@ public static partial class SaeLensFormat
             _ => new BatchTopKActivation(k),
         };
         string hookName = Get("hook_name", Get("hook_point", ""));   // hook_point: SAELens < 6 name
+        // A single-head SAE reads one head of hook_z; splicing it over every head would be silently wrong.
+        if (Field("hook_head_index") is JsonNode head && head.GetValueKind() != JsonValueKind.Null)
+            throw new NotSupportedException($"{cfgPath}: field 'hook_head_index' is {head.ToJsonString()}: single-head dictionaries are not supported (Loupe applies a dictionary to the whole hook)");
         var cfg = new SaeLensConfig
         {
             Architecture = arch, DIn = dIn, DSae = dSae, DOut = dOut, Dtype = dtype,

@@ -37,6 +37,20 @@ public sealed class SaeLensFormatTests : IDisposable
     }
 
     [Fact]
+    public void SingleHeadDictionariesAreRefusedNotSplicedOverEveryHead()
+    {
+        WriteJumpReluFixture("""
+            {
+              "architecture": "jumprelu", "d_in": 3, "d_sae": 2, "dtype": "float32",
+              "metadata": { "hook_name": "blocks.1.attn.hook_z", "hook_head_index": 3 }
+            }
+            """);
+        var e = Assert.Throws<NotSupportedException>(() => SaeLensFormat.Load(_dir));
+        Assert.Contains("hook_head_index", e.Message);
+        Assert.Contains("cfg.json", e.Message);
+    }
+
+    [Fact]
     public void LoadsHandWrittenJumpReluFixture()
     {
         WriteJumpReluFixture();
