@@ -111,7 +111,7 @@ static class SaeTrainVerb
                 var template = new SaeLensConfig
                 {
                     HookName = inputHook, HookNameOut = outHook ?? "", ModelName = modelName, ContextSize = ctxSize,
-                    HookLayer = LayerOf(inputHook),
+                    HookLayer = SaeLensFormat.LayerOf(inputHook) ?? 0,
                 };
                 string outFolder = parse.GetValue(output)!;
                 SaeStepMetrics? last = null;
@@ -143,7 +143,4 @@ static class SaeTrainVerb
         }));
         return command;
     }
-
-    static int LayerOf(string hook) =>
-        hook.StartsWith("blocks.", StringComparison.Ordinal) && int.TryParse(hook.AsSpan(7, Math.Max(0, hook.IndexOf('.', 7) - 7)), NumberStyles.None, CultureInfo.InvariantCulture, out int l) ? l : 0;
 }

@@ -415,7 +415,7 @@ public static partial class SaeLensFormat
     }
 
     /// <summary>The layer of a TransformerLens hook name ("blocks.12.hook_resid_post" → 12), or null.</summary>
-    internal static int? LayerOf(string hookName) =>
+    public static int? LayerOf(string hookName) =>
         BlockIndex().Match(hookName) is { Success: true } m ? int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : null;
 
     [GeneratedRegex(@"^blocks\.(\d+)\.")]
