@@ -52,6 +52,28 @@ public class SaeTrainCommandTests : IDisposable
     }
 
     [RequiresSharedFact(Model, Brown)]
+    public void SkipTranscoderFromAHarvestOfTheMlpInputAndOutputEvaluatesSpliced()
+    {
+        var (code, _, err) = RunLoupe("harvest", "--model", SharedData.Require(Model), "--source", "brown:" + SharedData.Require(Brown),
+            "--hooks", "blocks.1.ln2.hook_normalized,blocks.1.hook_mlp_out", "--context-size", "64", "--max-contexts", "32", "--out", Sub("tc-acts"));
+        Assert.True(code == 0, err);
+        (code, var stdout, err) = RunLoupe("sae", "train", "--activations", Sub("tc-acts"), "--hook", "blocks.1.ln2.hook_normalized",
+            "--target-hook", "blocks.1.hook_mlp_out", "--skip", "--architecture", "topk", "--k", "8", "--d-sae", "128",
+            "--steps", "30", "--batch-size", "128", "--out", Sub("tc"));
+        Assert.True(code == 0, err);
+        Assert.Contains("d_in 64 → d_sae 128 → d_out 64", stdout);
+        var (dict, cfg) = DictionaryFile.Load(Sub("tc"));
+        Assert.True(dict.Shape.Skip);
+        Assert.Equal(("blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"), (cfg.HookName, cfg.HookNameOut));
+
+        (code, stdout, err) = RunLoupe("sae", "eval", "--model", SharedData.Require(Model), "--sae", Sub("tc"), "--source", "brown:" + SharedData.Require(Brown),
+            "--context-size", "64", "--max-contexts", "8", "--out", Sub("tc-eval"));
+        Assert.True(code == 0, err);
+        Assert.Contains("blocks.1.ln2.hook_normalized → blocks.1.hook_mlp_out", stdout);
+        Assert.True(File.Exists(Path.Combine(Sub("tc-eval"), "eval.json")));
+    }
+
+    [RequiresSharedFact(Model, Brown)]
     public void BadInputsAreClearErrors()
     {
         var (code, _, err) = RunLoupe("sae", "train", "--activations", Sub("nothing-here"), "--out", Sub("o"));
