@@ -8,21 +8,8 @@ namespace Loupe.Reports;
 /// <summary>Writes files atomically: a temp file in the same folder, then a rename over the target.</summary>
 public static class AtomicFile
 {
-    public static void WriteAllText(string path, string contents)
-    {
-        string full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        string temp = full + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
-        try
-        {
-            File.WriteAllText(temp, contents, new UTF8Encoding(false));
-            File.Move(temp, full, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(temp)) File.Delete(temp);
-        }
-    }
+    public static void WriteAllText(string path, string contents) =>
+        OutputFiles.WriteAtomic(path, stream => stream.Write(new UTF8Encoding(false).GetBytes(contents)));
 
     // Relaxed escaping keeps non-ASCII text (×, ‖, token strings) readable; the files are data, never embedded in HTML.
     static readonly JsonSerializerOptions s_json = new()

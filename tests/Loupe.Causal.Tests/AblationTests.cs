@@ -14,7 +14,7 @@ public class AblationTests
         var (tokens, _) = TestInputs.FixturePair();
         var metric = new LogitDiff(17, 42);
         var result = AblationSweep.Sweep(model, tokens, metric, PatchTarget.HeadOut, Ablation.Zero, new PatchOptions { MaxRows = 8 });
-        Assert.Equal(metric.Value(model.Run(tokens).Logits), result.BaselineValue, 5);
+        Assert.Equal(metric.Value(model.Run(tokens).Logits), result.BaselineValue, 1e-5);
         foreach (var cell in result.Cells)
         {
             var options = new RunOptions().AddHook(HookNames.Z(cell.Layer), (z, _) =>
@@ -23,7 +23,7 @@ public class AblationTests
                 for (int row = 0; row < z.Dim(0) * z.Dim(1); row++) z.Span.Slice((row * H + cell.Head) * dh, dh).Clear();
                 return z;
             });
-            Assert.Equal(metric.Value(model.Run(tokens, options).Logits), result.Value(cell.Layer, cell.Head), 4);
+            Assert.Equal(metric.Value(model.Run(tokens, options).Logits), result.Value(cell.Layer, cell.Head), 1e-4);
         }
         Assert.Equal(1 + 12 / 4, result.ForwardPasses);
         Assert.Equal(result.Values.Select(v => v - result.BaselineValue), result.Change);
@@ -39,7 +39,7 @@ public class AblationTests
         foreach (var ablation in new[] { Ablation.Mean([twice]), Ablation.Resample(twice, seed: 3) })
         {
             var result = AblationSweep.Sweep(model, tokens, metric, PatchTarget.AttnOut, ablation);
-            foreach (var change in result.Change) Assert.Equal(0, change, 4);
+            foreach (var change in result.Change) Assert.Equal(0, change, 1e-4);
         }
         // A different input does change things, and the same seed draws the same rows.
         var three = TokenBatch.FromRows([other.Ids, tokens.Ids, other.Ids]);
@@ -48,7 +48,7 @@ public class AblationTests
         Assert.Equal(a.Values, b.Values);
         int drawn = new Random(1).Next(3);
         var single = AblationSweep.Sweep(model, tokens, metric, PatchTarget.MlpOut, Ablation.Resample(TokenBatch.Single(three.Row(drawn).ToArray())));
-        for (int i = 0; i < a.Values.Length; i++) Assert.Equal(single.Values[i], a.Values[i], 5);
+        for (int i = 0; i < a.Values.Length; i++) Assert.Equal(single.Values[i], a.Values[i], 1e-5);
     }
 
     [Fact]
@@ -63,7 +63,7 @@ public class AblationTests
             double expected = 0;
             for (int i = 0; i < 24; i++) expected += cached.Span[i * 64 + d];
             expected /= 24;
-            Assert.Equal(expected, patch.Source.At(1, 9, d), 5);
+            Assert.Equal(expected, patch.Source.At(1, 9, d), 1e-5);
         }
         Assert.Equal(4, patch.Position);
         Assert.Equal("blocks.1.hook_resid_pre", patch.Hook);

@@ -51,14 +51,14 @@ public class ActivationPatchingTests
 
         var hooks = new HashSet<string>(result.Layers.Select(target.HookName));
         var cleanCache = model.Run(clean, new RunOptions { CacheFilter = hooks.Contains }).Cache;
-        Assert.Equal(metric.Value(model.Run(clean).Logits), result.CleanValue, 5);
-        Assert.Equal(metric.Value(model.Run(corrupt).Logits), result.CorruptValue, 5);
+        Assert.Equal(metric.Value(model.Run(clean).Logits), result.CleanValue, 1e-5);
+        Assert.Equal(metric.Value(model.Run(corrupt).Logits), result.CorruptValue, 1e-5);
         for (int i = 0; i < result.Cells.Length; i++)
         {
             var cell = result.Cells[i];
             double naive = NaivePatch(model, corrupt, cleanCache, metric, target.HookName(cell.Layer), target.HeadAxis, cell.Head, target.PositionAxis, cell.Position);
             Assert.True(Math.Abs(naive - result.Values[i]) <= 1e-4 * Math.Max(1, Math.Abs(naive)), $"{cell}: naive {naive}, batched {result.Values[i]}");
-            Assert.Equal((naive - result.CorruptValue) / (result.CleanValue - result.CorruptValue), result.Normalized[i], 3);
+            Assert.Equal((naive - result.CorruptValue) / (result.CleanValue - result.CorruptValue), result.Normalized[i], 1e-3);
         }
         Assert.Equal(3, result.CellsPerPass);
         Assert.Equal(2 + (result.Cells.Length + 2) / 3, result.ForwardPasses);
@@ -79,18 +79,18 @@ public class ActivationPatchingTests
         var whole = PatchTarget.ResidPre with { PositionAxis = null };
         var denoise = ActivationPatching.Sweep(model, clean, corrupt, metric, whole);
         Assert.True(Math.Abs(denoise.CleanValue - denoise.CorruptValue) > 0.1, "the corruption should move the metric");
-        foreach (int l in denoise.Layers) Assert.Equal(1.0, denoise.NormalizedValue(l), 5);
+        foreach (int l in denoise.Layers) Assert.Equal(1.0, denoise.NormalizedValue(l), 1e-5);
         var noise = ActivationPatching.Sweep(model, clean, corrupt, metric, whole, new PatchOptions { Noising = true });
-        foreach (int l in noise.Layers) Assert.Equal(0.0, noise.NormalizedValue(l), 5);
+        foreach (int l in noise.Layers) Assert.Equal(0.0, noise.NormalizedValue(l), 1e-5);
 
         // Nothing patched: the corrupt run itself.
-        Assert.Equal(denoise.CorruptValue, ActivationPatching.Run(model, corrupt, metric), 5);
+        Assert.Equal(denoise.CorruptValue, ActivationPatching.Run(model, corrupt, metric), 1e-5);
         // Position 0 holds the same token in both runs, so its residual stream is identical: patching it is patching nothing.
         var byPosition = ActivationPatching.ResidPre(model, clean, corrupt, metric);
         foreach (int l in byPosition.Layers)
         {
-            Assert.Equal(0.0, byPosition.NormalizedValue(l, -1, 0), 5);
-            Assert.Equal(0.0, byPosition.NormalizedValue(l, -1, 2), 5); // before the first corrupted position (3)
+            Assert.Equal(0.0, byPosition.NormalizedValue(l, -1, 0), 1e-5);
+            Assert.Equal(0.0, byPosition.NormalizedValue(l, -1, 2), 1e-5); // before the first corrupted position (3)
         }
     }
 
@@ -102,7 +102,7 @@ public class ActivationPatchingTests
         var metric = new LogitDiff(17, 42);
         var full = ActivationPatching.AttnOut(model, clean, corrupt, metric);
         var last = ActivationPatching.AttnOut(model, clean, corrupt, metric, new PatchOptions { LastPositionLogitsOnly = true });
-        for (int i = 0; i < full.Values.Length; i++) Assert.Equal(full.Values[i], last.Values[i], 4);
+        for (int i = 0; i < full.Values.Length; i++) Assert.Equal(full.Values[i], last.Values[i], 1e-4);
     }
 
     [Fact]

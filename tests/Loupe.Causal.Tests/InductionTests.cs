@@ -62,7 +62,7 @@ public class InductionTests(ITestOutputHelper output)
             Assert.True(inside > 0.1);
         }
         foreach (var cell in result.Cells.Where(c => c.Position < 16))
-            Assert.Equal(0, result.NormalizedValue(cell.Layer, cell.Head, cell.Position), 6);
+            Assert.Equal(0, result.NormalizedValue(cell.Layer, cell.Head, cell.Position), 1e-6);
     }
 
     [RequiresSharedFact(ModelPath)]
@@ -80,7 +80,7 @@ public class InductionTests(ITestOutputHelper output)
         Assert.True(effects[0].Effect > 0.5, $"L0H2 → induction keys carries {effects[0].Effect:F3} of the effect");
         Assert.True(effects[0].Effect > 3 * Math.Max(0.02, effects[1].Effect), $"next sender {effects[1].Sender} has {effects[1].Effect:F3}");
         // A layer-1 head cannot reach layer 1's keys.
-        foreach (int h in Enumerable.Range(0, 4)) Assert.Equal(0, result.EffectOf(PathSender.AttnHead(1, h)), 6);
+        foreach (int h in Enumerable.Range(0, 4)) Assert.Equal(0, result.EffectOf(PathSender.AttnHead(1, h)), 1e-6);
         Assert.Equal(2 + 2, result.ForwardPasses); // 8 senders × 8 rows = 64 rows: one pass each for steps 2 and 3
 
         // The same path through the queries or values of the induction heads matters much less.
@@ -100,7 +100,7 @@ public class InductionTests(ITestOutputHelper output)
         var path = PathPatching.SweepSenders(model, clean, corrupt, metric, [PathReceiver.FinalResidual]);
         var activation = ActivationPatching.HeadOut(model, clean, corrupt, metric, new PatchOptions { Noising = true });
         for (int h = 0; h < 4; h++)
-            Assert.Equal(activation.NormalizedValue(1, h), 1 - path.EffectOf(PathSender.AttnHead(1, h)), 4);
+            Assert.Equal(activation.NormalizedValue(1, h), 1 - path.EffectOf(PathSender.AttnHead(1, h)), 1e-4);
         // A layer-0 head's direct path leaves out what it does through layer 1.
         output.WriteLine($"L0H2: direct path effect {path.EffectOf(PathSender.AttnHead(0, 2)):F3}, total effect {1 - activation.NormalizedValue(0, 2):F3}");
         Assert.True(path.EffectOf(PathSender.AttnHead(0, 2)) < 1 - activation.NormalizedValue(0, 2));
@@ -125,6 +125,6 @@ public class InductionTests(ITestOutputHelper output)
         // The last MLP's only path is the direct one, so path patching it to the logits is noising it.
         var mlp = PathPatching.Run(model, clean, corrupt, metric, [[PathSender.Mlp(2)]], [PathReceiver.FinalResidual], new PathPatchOptions { FreezeMlps = true });
         var whole = ActivationPatching.Sweep(model, clean, corrupt, metric, PatchTarget.MlpOut with { PositionAxis = null }, new PatchOptions { Noising = true });
-        Assert.Equal(whole.Value(2), mlp.Values[0], 4);
+        Assert.Equal(whole.Value(2), mlp.Values[0], 1e-4);
     }
 }

@@ -74,7 +74,7 @@ public class LensTests(ITestOutputHelper output)
                 double explained = dla.Total[b] + dla.NormBias[b] + dla.UnembedBias[b];
                 output.WriteLine($"{arch} row {b} pos {p}: HF logit diff {actual:F6}, Σ DLA {dla.Total[b]:F6} + ln_final.b·u {dla.NormBias[b]:F6} + b_U {dla.UnembedBias[b]:F6} = {explained:F6}");
                 Assert.True(Math.Abs(actual - explained) < 1e-4, $"{arch} row {b}: {actual} vs {explained}");
-                Assert.Equal(actual, dla.PreCapLogitDiff[b], 4);
+                Assert.Equal(actual, dla.PreCapLogitDiff[b], 1e-4);
             }
         }
     }
@@ -94,8 +94,8 @@ public class LensTests(ITestOutputHelper output)
             for (int b = 0; b < 2; b++)
             {
                 double preCap = dla.Total[b] + dla.NormBias[b] + dla.UnembedBias[b];
-                Assert.Equal(preCap, dla.PreCapLogitDiff[b], 4);
-                Assert.Equal(logits[(b * 12 + 11) * 512 + token], cap * Math.Tanh(preCap / cap), 4);
+                Assert.Equal(preCap, dla.PreCapLogitDiff[b], 1e-4);
+                Assert.Equal(logits[(b * 12 + 11) * 512 + token], cap * Math.Tanh(preCap / cap), 1e-4);
             }
         }
     }
@@ -116,8 +116,8 @@ public class LensTests(ITestOutputHelper output)
             Assert.Equal(model.Config.NLayers + 1, lens.Stages.Length);
             var last = lens.Stages[^1];
             var row = logits.Slice((1 * 12 + 11) * 512, 512).ToArray();
-            Assert.Equal(row[Answer], last.AnswerLogit, 4);
-            Assert.Equal(row[Answer] - row[Wrong], last.LogitDiff, 4);
+            Assert.Equal(row[Answer], last.AnswerLogit, 1e-4);
+            Assert.Equal(row[Answer] - row[Wrong], last.LogitDiff, 1e-4);
             Assert.Equal(row.Count(v => v > row[Answer]), last.AnswerRank);
             Assert.Equal(Array.IndexOf(row, row.Max()), last.TopToken);
             foreach (var s in lens.Stages) output.WriteLine($"{arch} {scale} {s.Label}: logit {s.AnswerLogit:F3}, p {s.AnswerProb:E2}, rank {s.AnswerRank}, diff {s.LogitDiff:F3}");
@@ -125,7 +125,7 @@ public class LensTests(ITestOutputHelper output)
         // Stage 0 with the real scale is ln_final applied to the embeddings (HF resid_pre.0), computed independently here.
         var resid0 = reference.GetFloat32("resid_pre.0").Span.Slice((1 * 12 + 11) * 64, 64).ToArray();
         var lens0 = LogitLens.Run(model, tokens, Answer, row: 1).Stages[0];
-        Assert.Equal(NaiveLogit(model, resid0, Answer), lens0.AnswerLogit, 3);
+        Assert.Equal(NaiveLogit(model, resid0, Answer), lens0.AnswerLogit, 1e-3);
     }
 
     /// <summary>ln_final then W_U for one token, written out for LayerNorm / RMSNorm.</summary>

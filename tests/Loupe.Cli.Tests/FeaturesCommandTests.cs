@@ -99,7 +99,7 @@ public class FeaturesCommandTests(LlamaFeatureStore store) : IClassFixture<Llama
             Assert.Equal(length, e.GetProperty("acts").GetArrayLength());
             Assert.InRange(length, 5, 9); // ±4, clipped at the context's ends
             int at = e.GetProperty("position").GetInt32() - e.GetProperty("window_start").GetInt32();
-            Assert.Equal(e.GetProperty("activation").GetDouble(), e.GetProperty("acts")[at].GetDouble(), 5);
+            Assert.Equal(e.GetProperty("activation").GetDouble(), e.GetProperty("acts")[at].GetDouble(), 1e-5);
         }
         Assert.Equal(10, root.GetProperty("promoted").GetArrayLength());
         Assert.Equal(10, root.GetProperty("quantiles").GetArrayLength());

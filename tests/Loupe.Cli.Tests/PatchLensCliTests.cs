@@ -57,7 +57,7 @@ public sealed class PatchLensCliTests : IDisposable
         if (target == "resid_pre")
         {
             // Layer 0 at a position whose token differs restores most; unchanged positions before it restore nothing.
-            Assert.Equal(0, root.GetProperty("normalized")[0][0].GetDouble(), 4);
+            Assert.Equal(0, root.GetProperty("normalized")[0][0].GetDouble(), 1e-4);
             Assert.Equal("3: 39", root.GetProperty("column_labels")[3].GetString());
         }
         Assert.Equal("svg", XDocument.Load(Path.Combine(dir, "patch.svg")).Root!.Name.LocalName);
@@ -118,7 +118,7 @@ public sealed class PatchLensCliTests : IDisposable
         var root = json.RootElement;
         // Σ DLA + biases = the logit difference (llama has neither bias).
         double total = root.GetProperty("dla_total").GetDouble();
-        Assert.Equal(root.GetProperty("logit_diff_before_softcap").GetDouble(), total + root.GetProperty("final_norm_bias").GetDouble() + root.GetProperty("unembed_bias").GetDouble(), 4);
+        Assert.Equal(root.GetProperty("logit_diff_before_softcap").GetDouble(), total + root.GetProperty("final_norm_bias").GetDouble() + root.GetProperty("unembed_bias").GetDouble(), 1e-4);
         Assert.Equal(1 + 3 * (4 + 1 + 1), root.GetProperty("components").GetArrayLength()); // embed; per layer 4 heads, b_O, mlp
         Assert.Equal(4, root.GetProperty("logit_lens").GetArrayLength());
         foreach (var svg in new[] { "dla.svg", "logit_lens.svg" })
@@ -149,8 +149,8 @@ public sealed class PatchLensCliTests : IDisposable
             Assert.True(root.GetProperty("clean_value").GetDouble() > root.GetProperty("corrupt_value").GetDouble() + 2);
             Assert.Equal("14: Lily", root.GetProperty("column_labels")[14].GetString());
             // The name's position carries everything at layer 0; nothing else does.
-            Assert.Equal(1, root.GetProperty("normalized")[0][14].GetDouble(), 3);
-            Assert.Equal(0, root.GetProperty("normalized")[0][18].GetDouble(), 3);
+            Assert.Equal(1, root.GetProperty("normalized")[0][14].GetDouble(), 1e-3);
+            Assert.Equal(0, root.GetProperty("normalized")[0][18].GetDouble(), 1e-3);
         }
         Assert.Contains("L0@14", stdout);
 

@@ -80,16 +80,16 @@ public class PersonaTests
     {
         double[] pos = [3, 4, 5], neg = [1, 2, 3.5];
         // Pairs with pos > neg: 3>1, 3>2, 4>all, 5>all = 8 of 9; 3 vs 3.5 is a loss.
-        Assert.Equal(8.0 / 9, Separation.Auroc(pos, neg), 12);
+        Assert.Equal(8.0 / 9, Separation.Auroc(pos, neg), 1e-12);
         Assert.Equal(0.5, Separation.Auroc([1.0], [1.0]));
         var (threshold, accuracy) = Separation.BestThreshold(pos, neg);
-        Assert.Equal(5.0 / 6, accuracy, 12);
-        Assert.Equal(5.0 / 6, Separation.Accuracy(pos, neg, threshold), 12);
+        Assert.Equal(5.0 / 6, accuracy, 1e-12);
+        Assert.Equal(5.0 / 6, Separation.Accuracy(pos, neg, threshold), 1e-12);
         var (clean, perfect) = Separation.BestThreshold([10.0, 11], [0.0, 1]);
         Assert.Equal(1.0, perfect);
         Assert.Equal(5.5, clean); // the middle of the gap, nearest the class-mean midpoint
         // Cohen's d: gap 2.1667, pooled sd sqrt((2·1 + 2·1.5833)/4).
-        Assert.Equal((4 - 6.5 / 3) / Math.Sqrt((2 * 1 + 2 * Separation.Variance(neg)) / 4), Separation.EffectSize(pos, neg), 12);
+        Assert.Equal((4 - 6.5 / 3) / Math.Sqrt((2 * 1 + 2 * Separation.Variance(neg)) / 4), Separation.EffectSize(pos, neg), 1e-12);
         Assert.Throws<ArgumentException>(() => Separation.Auroc([], neg));
         Assert.Equal((2.0, Math.Sqrt(2.0 / 2)), Separation.MeanSd([1.0, 2, 3]));
     }
@@ -113,8 +113,8 @@ public class PersonaTests
     public void TrendIsTheRankCorrelationOfMeansWithCoefficients()
     {
         static SweepPoint P(float c, params double[] scores) => new(c, scores.Select(s => new SweepSample(0, [], "", s, 0)).ToArray());
-        Assert.Equal(1.0, CoefficientSweep.Trend([P(-1, 0, 1), P(0, 2), P(1, 5, 6)]), 12);
-        Assert.Equal(-1.0, CoefficientSweep.Trend([P(-1, 3), P(0, 2), P(1, 1)]), 12);
+        Assert.Equal(1.0, CoefficientSweep.Trend([P(-1, 0, 1), P(0, 2), P(1, 5, 6)]), 1e-12);
+        Assert.Equal(-1.0, CoefficientSweep.Trend([P(-1, 3), P(0, 2), P(1, 1)]), 1e-12);
         Assert.True(double.IsNaN(CoefficientSweep.Trend([P(0, 1)])));
     }
 }

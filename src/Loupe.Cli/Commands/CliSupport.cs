@@ -20,21 +20,37 @@ static class CliSupport
         Required = true,
     };
 
-    /// <summary>Runs a verb body, turning expected failures into one clear line on stderr and exit code 1.</summary>
+    /// <summary>The exit code of a refusal: bad input (a file, field, tensor or argument) or a failed file-system or network operation.</summary>
+    public const int InputErrorExitCode = 2;
+
+    /// <summary>
+    /// Runs a verb body. Bad input (<see cref="InputError"/>) and failures of the environment (a missing
+    /// file, a full disk, a refused download) print one line on stderr and exit with code 2; anything
+    /// else is a bug and escapes with its stack trace (exit code 1), so it is never disguised.
+    /// </summary>
     public static int Guard(Func<int> body)
     {
         try
         {
             return body();
         }
-        catch (Exception e) when (e is ArgumentException or InvalidDataException or NotSupportedException or FileNotFoundException
-                                   or DirectoryNotFoundException or InvalidOperationException or KeyNotFoundException or FormatException
-                                   or IOException or UnauthorizedAccessException or HttpRequestException)
+        catch (Exception e) when (IsRefusal(e))
         {
-            Console.Error.WriteLine($"error: {e.Message}");
-            return 1;
+            Console.Error.WriteLine($"error: {OneLine(e.Message)}");
+            return InputErrorExitCode;
         }
     }
+
+    /// <summary>Bad input, or the environment refusing (file system, network) — never a bug in Loupe's own code.</summary>
+    static bool IsRefusal(Exception e) => e switch
+    {
+        InputError => true,
+        EndOfStreamException => false, // a parser that read past the end has a missing check: a bug
+        IOException or UnauthorizedAccessException or HttpRequestException => true,
+        _ => false,
+    };
+
+    static string OneLine(string message) => message.ReplaceLineEndings(" ").Trim();
 
     /// <summary>Loads a model from a folder or the hub, showing download progress and a spinner.</summary>
     public static HookedTransformer LoadModel(string model)

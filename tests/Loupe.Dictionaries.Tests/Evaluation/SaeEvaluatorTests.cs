@@ -54,15 +54,15 @@ public class SaeEvaluatorTests(ITestOutputHelper output)
 
         Assert.Equal(result.CeLossClean, result.CeLossWithSae);
         Assert.Equal(1.0, result.LossRecovered);
-        Assert.Equal(0.0, result.KlWithSae, 12);
-        Assert.Equal(1.0, result.KlScore, 12);
+        Assert.Equal(0.0, result.KlWithSae, 1e-12);
+        Assert.Equal(1.0, result.KlScore, 1e-12);
         // Zeroing a llama residual stream zeroes everything after it (RMSNorm of 0 is 0, no biases): uniform logits.
-        Assert.Equal(Math.Log(512), result.CeLossZeroAblated, 5);
+        Assert.Equal(Math.Log(512), result.CeLossZeroAblated, 1e-5);
         Assert.Equal(0.0, result.Fvu);
         Assert.Equal(1.0, result.ExplainedVariance);
         Assert.Equal(0.0, result.Mse);
-        Assert.Equal(1.0, result.CosineSimilarity, 12);
-        Assert.Equal(1.0, result.L2Ratio, 12);
+        Assert.Equal(1.0, result.CosineSimilarity, 1e-12);
+        Assert.Equal(1.0, result.L2Ratio, 1e-12);
 
         // Independent: feature j fires where x_j > 0, feature d + j where x_j < 0 (BOS positions left out).
         var tokens = AsBatch(contexts);
@@ -84,7 +84,7 @@ public class SaeEvaluatorTests(ITestOutputHelper output)
         Assert.Equal(54, result.Positions);
         Assert.Equal(positions, result.Positions);
         Assert.Equal(54, result.Predictions);
-        Assert.Equal((double)nonzero / positions, result.L0, 12);
+        Assert.Equal((double)nonzero / positions, result.L0, 1e-12);
         Assert.Equal(fires.Select(f => (double)f / positions).ToArray(), result.FeatureDensity);
         Assert.Equal(fires.Count(f => f == 0), result.DeadFeatures);
         Assert.Equal(fires.Count(f => (double)f / positions > 0.1), result.DenseFeatures);
@@ -123,10 +123,10 @@ public class SaeEvaluatorTests(ITestOutputHelper output)
         var zero = model.Run(tokens, new RunOptions().AddHook(target, (a, _) => Tensor.Zeros(a.Shape.ToArray()))).Logits;
         double ceClean = CrossEntropy(cache.Logits, tokens), ceSae = CrossEntropy(spliced, tokens), ceZero = CrossEntropy(zero, tokens);
         output.WriteLine($"CE clean {ceClean:F6} / {result.CeLossClean:F6}, sae {ceSae:F6} / {result.CeLossWithSae:F6}, zero {ceZero:F6} / {result.CeLossZeroAblated:F6}; recovered {result.LossRecovered:F4}");
-        Assert.Equal(ceClean, result.CeLossClean, 5);
-        Assert.Equal(ceSae, result.CeLossWithSae, 5);
-        Assert.Equal(ceZero, result.CeLossZeroAblated, 5);
-        Assert.Equal((ceZero - ceSae) / (ceZero - ceClean), result.LossRecovered, 4);
+        Assert.Equal(ceClean, result.CeLossClean, 1e-5);
+        Assert.Equal(ceSae, result.CeLossWithSae, 1e-5);
+        Assert.Equal(ceZero, result.CeLossZeroAblated, 1e-5);
+        Assert.Equal((ceZero - ceSae) / (ceZero - ceClean), result.LossRecovered, 1e-4);
 
         // Activation metrics over non-BOS positions.
         var rows = Enumerable.Range(0, n).Where(r => tokens.Ids[r] != Bos).ToArray();
@@ -142,10 +142,10 @@ public class SaeEvaluatorTests(ITestOutputHelper output)
             return dot / Math.Sqrt(yy * rr);
         });
         var density = Enumerable.Range(0, dSae).Select(f => rows.Count(r => acts[r * dSae + f] > 0) / (double)rows.Length).ToArray();
-        Assert.Equal(l0, result.L0, 10);
-        Assert.Equal(residual / total, result.Fvu, 5);
-        Assert.Equal(residual / rows.Length, result.Mse, 4);
-        Assert.Equal(cos, result.CosineSimilarity, 5);
+        Assert.Equal(l0, result.L0, 1e-10);
+        Assert.Equal(residual / total, result.Fvu, 1e-5);
+        Assert.Equal(residual / rows.Length, result.Mse, 1e-4);
+        Assert.Equal(cos, result.CosineSimilarity, 1e-5);
         Assert.Equal(density, result.FeatureDensity);
         Assert.Equal(density.Count(d => d == 0), result.DeadFeatures);
         Assert.Equal(density.Count(d => d > 0.1), result.DenseFeatures);
@@ -190,7 +190,7 @@ public class SaeEvaluatorTests(ITestOutputHelper output)
         Assert.Equal(1.0, identity.LossRecovered);
         var random = SaeEvaluator.Evaluate(model, SpliceFixtures.Random(SaeShape.Sae(model.Config.DModel, 256), new TopKActivation(16), seed: 1), hook, contexts);
         output.WriteLine($"identity: CE {identity.CeLossClean:F4}, zero-ablated {identity.CeLossZeroAblated:F4}; random TopK: CE {random.CeLossWithSae:F4}, recovered {random.LossRecovered:F3}, FVU {random.Fvu:F3}, L0 {random.L0:F1}");
-        Assert.Equal(16, random.L0, 6);
+        Assert.Equal(16, random.L0, 1e-6);
         Assert.True(random.LossRecovered < 1);
         Assert.True(random.CeLossZeroAblated > random.CeLossClean);
     }

@@ -49,7 +49,7 @@ public sealed class FeatureDashboardBuilderTests(BuiltFeatureStore built) : ICla
             var active = ActiveTokens(acts, contexts.Count, f);
             var s = store.Feature(f);
             Assert.Equal(active.Count, s.NActive);
-            Assert.Equal((double)active.Count / store.Tokens, s.Density, 12);
+            Assert.Equal((double)active.Count / store.Tokens, s.Density, 1e-12);
             if (active.Count == 0)
             {
                 Assert.Null(s.MeanAct);
@@ -59,7 +59,7 @@ public sealed class FeatureDashboardBuilderTests(BuiltFeatureStore built) : ICla
             if (s.Density > 0.2) dense++;
             if (active.Count < 20) rare++;
             Assert.Equal(active[0].Act, (float)s.MaxAct);
-            Assert.Equal(active.Average(t => (double)t.Act), s.MeanAct!.Value, 5);
+            Assert.Equal(active.Average(t => (double)t.Act), s.MeanAct!.Value, 1e-5);
 
             var top = store.Examples(f, FeatureStoreSchema.Top);
             Assert.Equal(Math.Min(6, active.Count), top.Count);
@@ -127,7 +127,7 @@ public sealed class FeatureDashboardBuilderTests(BuiltFeatureStore built) : ICla
             Assert.Equal(active.Count, intervals.Sum(i => i.NActive));
             foreach (var i in intervals)
             {
-                Assert.Equal(active[0].Act * (i.Bin + 1) / 4.0, i.Upper, 5);
+                Assert.Equal(active[0].Act * (i.Bin + 1) / 4.0, i.Upper, 1e-5);
                 var inside = active.Where(t => t.Act > i.Lower && t.Act <= i.Upper).ToList();
                 Assert.Equal(inside.Count, i.NActive);
                 var chosen = samples.Where(e => e.Bin == i.Bin).ToList();
@@ -194,15 +194,15 @@ public sealed class FeatureDashboardBuilderTests(BuiltFeatureStore built) : ICla
             for (int r = 0; r < 10; r++)
             {
                 Assert.Equal(order[r], promoted[r].TokenId);
-                Assert.Equal(expected[order[r]], promoted[r].Value, 4);
+                Assert.Equal(expected[order[r]], promoted[r].Value, 1e-4);
                 Assert.Equal(order[V - 1 - r], suppressed[r].TokenId);
-                Assert.Equal(expected[order[V - 1 - r]], suppressed[r].Value, 4);
+                Assert.Equal(expected[order[V - 1 - r]], suppressed[r].Value, 1e-4);
                 Assert.Null(promoted[r].TokenStr); // the fixture has no tokenizer
             }
             var h = store.Histogram(f, FeatureStoreSchema.LogitsHistogram)!;
             Assert.Equal(V, h.Counts.Sum());
-            Assert.Equal(expected.Min(), h.Edges[0], 4);
-            Assert.Equal(expected.Max(), h.Edges[^1], 4);
+            Assert.Equal(expected.Min(), h.Edges[0], 1e-4);
+            Assert.Equal(expected.Max(), h.Edges[^1], 1e-4);
         }
     }
 

@@ -59,14 +59,14 @@ public sealed class SaeLensFormatTests : IDisposable
             (cfg.Architecture, cfg.DIn, cfg.DSae, cfg.DOut, cfg.HookName, cfg.HookLayer, cfg.ModelName, cfg.ContextSize, cfg.ApplyBDecToInput));
         Assert.IsType<JumpReluActivation>(d.Activation);
         Assert.Equal([1, 2, 3, 4, 5, 6], d.P.WDec);
-        Assert.Equal(0.25f, MathF.Exp(d.P.LogThreshold[1]), 6);
+        Assert.Equal(0.25f, MathF.Exp(d.P.LogThreshold[1]), 1e-6);
         // x = [0.4, 0.2, 9]: pre = [0.4 + 0.5, 0.2] = [0.9, 0.2]; θ = [1, 0.25] ⇒ both below ⇒ acts 0
         // x = [0.6, 0.3, 9]: pre = [1.1, 0.3] ⇒ acts [1.1, 0.3]; recon = 1.1·[1,2,3] + 0.3·[4,5,6] + [0,0,1]
         var acts = d.Encode(new float[] { 0.4f, 0.2f, 9, 0.6f, 0.3f, 9 }, 2);
         Assert.Equal(new float[] { 0, 0, 1.1f, 0.3f }, acts);
         var recon = d.Forward(new float[] { 0.6f, 0.3f, 9 }, 1);
-        Assert.Equal(1.1 + 1.2, recon[0], 5);
-        Assert.Equal(3.3 + 1.8 + 1, recon[2], 5);
+        Assert.Equal(1.1 + 1.2, recon[0], 1e-5);
+        Assert.Equal(3.3 + 1.8 + 1, recon[2], 1e-5);
     }
 
     [Fact]
@@ -289,7 +289,7 @@ public sealed class SaeLensLayoutTests : IDisposable
                 float r = bDec[o];
                 for (int i = 0; i < dSae; i++) r += acts[i] * wDec[i * dOut + o];
                 for (int j = 0; j < dIn; j++) r += x[b * dIn + j] * wSkip[o * dIn + j];   // x·W_skipᵀ
-                Assert.Equal(r, recon[b * dOut + o], 5);
+                Assert.Equal(r, recon[b * dOut + o], 1e-5);
             }
         }
 
@@ -397,12 +397,12 @@ public sealed class SaeLensLayoutTests : IDisposable
             }
             var kept = Enumerable.Range(0, dSae).OrderByDescending(i => pre[i]).Take(k).ToHashSet();
             for (int i = 0; i < dSae; i++)
-                Assert.Equal(kept.Contains(i) ? MathF.Max(pre[i], 0) : 0, acts[b * dSae + i], 4);
+                Assert.Equal(kept.Contains(i) ? MathF.Max(pre[i], 0) : 0, acts[b * dSae + i], 1e-4);
             for (int o = 0; o < dIn; o++)
             {
                 float r = bDec[o];
                 foreach (int i in kept) r += MathF.Max(pre[i], 0) / norm[i] * wDec[i * dIn + o];
-                Assert.Equal(r, recon[b * dIn + o], 4);
+                Assert.Equal(r, recon[b * dIn + o], 1e-4);
             }
         }
     }
@@ -428,10 +428,10 @@ public sealed class SaeLensLayoutTests : IDisposable
         {
             var acts = d.Encode(x, 5);
             var expected = unfolded.Encode(scaled, 5);
-            for (int i = 0; i < acts.Length; i++) Assert.Equal(expected[i], acts[i], 5);
+            for (int i = 0; i < acts.Length; i++) Assert.Equal(expected[i], acts[i], 1e-5);
             var recon = d.Forward(x, 5);
             var expectedRecon = unfolded.Forward(scaled, 5).Select(v => v / c).ToArray();
-            for (int i = 0; i < recon.Length; i++) Assert.Equal(expectedRecon[i], recon[i], 5);
+            for (int i = 0; i < recon.Length; i++) Assert.Equal(expectedRecon[i], recon[i], 1e-5);
         }
 
         File.WriteAllText(Path.Combine(_dir, "activation_scaler.json"), """{"scaling_factor": null}""");

@@ -50,7 +50,7 @@ public class SparseStepTests
         var a = dense.ForwardBackward(x, target, batch, 0.2f, gDense, deadFeatures: dead, auxKCoefficient: 0.5f, firesOut: firesDense);
         var b = sparse.ForwardBackward(x, target, batch, 0.2f, gSparse, deadFeatures: dead, auxKCoefficient: 0.5f, firesOut: firesSparse);
         Assert.Equal(a.L0, b.L0);
-        Assert.Equal(a.Loss, b.Loss, 4);
+        Assert.Equal(a.Loss, b.Loss, 1e-4);
         Assert.Equal(firesDense, firesSparse);
         Assert.True(firesDense.Sum() > 0);
         var bTensors = gSparse.Trainable(sparse.Activation).ToDictionary(t => t.Name, t => t.Data);
