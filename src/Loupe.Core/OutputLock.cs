@@ -15,9 +15,7 @@ public sealed class OutputLock : IDisposable
     public const string OwnerFileName = ".loupe.lock.owner";
 
     readonly FileStream _lock;
-    readonly string _ownerPath;
-
-    OutputLock(FileStream held, string ownerPath) => (_lock, _ownerPath) = (held, ownerPath);
+    OutputLock(FileStream held) => _lock = held;
 
     /// <summary>Takes the lock on <paramref name="folder"/> (created if missing) for <paramref name="job"/>.</summary>
     /// <exception cref="InputError">Another process holds the folder; the message names it.</exception>
@@ -33,22 +31,19 @@ public sealed class OutputLock : IDisposable
         }
         catch (IOException) when (File.Exists(lockPath))
         {
-            string owner = "another process";
+            string owner = "";
             try { owner = File.ReadAllText(ownerPath).Trim(); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            if (owner.Length == 0) owner = "another process";
             throw new InputError($"{folder}: the output folder is in use by {owner}; wait for it to finish, stop it, or choose another --out");
         }
         OutputFiles.EnsureReplaceable(ownerPath);
         string who = $"{job} (pid {Environment.ProcessId}, started {DateTime.UtcNow:yyyy-MM-dd HH:mm:ss} UTC)";
         File.WriteAllText(ownerPath, who + "\n", new UTF8Encoding(false));
-        return new OutputLock(held, ownerPath);
+        return new OutputLock(held);
     }
 
     /// <summary>Releases the lock; the files stay (deleting them would let a third process lock a new inode while a second holds the old one).</summary>
-    public void Dispose()
-    {
-        try { File.WriteAllText(_ownerPath, ""); } catch (IOException) { }
-        _lock.Dispose();
-    }
+    public void Dispose() => _lock.Dispose();
 
     /// <summary>True for the lock's own files, which listings and comparisons of an output folder skip.</summary>
     public static bool IsLockFile(string name) =>
