@@ -141,12 +141,12 @@ internal sealed class FuseDecoder : Decoder
 }
 
 /// <summary>Removes up to <c>start</c> leading and <c>stop</c> trailing copies of a character from each token.</summary>
-internal sealed class StripDecoder(string content, int start, int stop) : Decoder
+internal sealed class StripDecoder(Rune content, int start, int stop) : Decoder
 {
     public override List<string> DecodeChain(List<string> tokens)
     {
         var result = new List<string>(tokens.Count);
-        var c = Rune.GetRuneAt(content, 0);
+        var c = content;
         foreach (var token in tokens)
         {
             var runes = token.EnumerateRunes().ToList();
