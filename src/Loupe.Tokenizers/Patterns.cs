@@ -110,6 +110,9 @@ internal sealed class UnicodeRegex
     {
         var matches = Matches(text);
         if (matches.Count == 0) return text;
+        var length = (long)text.Length;
+        foreach (var (start, end) in matches) length += content.Length - (end - start);
+        Growth.Check(_source ?? "built-in pattern", text.Length, length);
         var sb = new StringBuilder(text.Length + 16);
         var prev = 0;
         foreach (var (start, end) in matches)

@@ -304,14 +304,14 @@ internal static class TokenizerJson
                         if (ParseNormalizer(ctx, child.ValueKind == JsonValueKind.Null ? null : child, $"{where}.normalizers[{i}]") is { } c) items.Add(c);
                         i++;
                     }
-                    return new SequenceNormalizer(items);
+                    return new SequenceNormalizer(items, $"{ctx.Path}: {where}");
                 }
             case "Prepend": return new PrependNormalizer(Inserted(ctx, Str(ctx, n, "prepend", where), $"{where}.prepend"));
             case "Append": return new AppendNormalizer(Inserted(ctx, Str(ctx, n, "append", where), $"{where}.append"));
             case "Replace":
                 {
                     var (literal, regex) = ParsePattern(ctx, n, where);
-                    return new ReplaceNormalizer(literal, regex, Inserted(ctx, Str(ctx, n, "content", where), $"{where}.content"));
+                    return new ReplaceNormalizer(literal, regex, Inserted(ctx, Str(ctx, n, "content", where), $"{where}.content"), $"{ctx.Path}: {where}");
                 }
             case "NFC": return new UnicodeNormalizer(NormalizationForm.FormC);
             case "NFD": return new UnicodeNormalizer(NormalizationForm.FormD);
@@ -651,12 +651,12 @@ internal static class TokenizerJson
                         if (ParseDecoder(ctx, child.ValueKind == JsonValueKind.Null ? null : child, $"{where}.decoders[{i}]") is { } c) items.Add(c);
                         i++;
                     }
-                    return new SequenceDecoder(items);
+                    return new SequenceDecoder(items, $"{ctx.Path}: {where}");
                 }
             case "Replace":
                 {
                     var (literal, regex) = ParsePattern(ctx, d, where);
-                    return new ReplaceDecoder(literal, regex, Inserted(ctx, Str(ctx, d, "content", where), $"{where}.content"));
+                    return new ReplaceDecoder(literal, regex, Inserted(ctx, Str(ctx, d, "content", where), $"{where}.content"), $"{ctx.Path}: {where}");
                 }
             case "ByteFallback": return new ByteFallbackDecoder();
             case "Fuse": return new FuseDecoder();

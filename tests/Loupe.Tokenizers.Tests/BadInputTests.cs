@@ -101,6 +101,26 @@ public sealed class BadInputTests : IDisposable
     }
 
     [Fact]
+    public void RunawayNormalizerGrowth_IsRefusedNotOutOfMemory()
+    {
+        // An empty-matching pattern replaced by 256 characters, five times over, would grow 10 characters to 10^13.
+        var step = new JsonObject { ["type"] = "Replace", ["pattern"] = new JsonObject { ["Regex"] = "" }, ["content"] = new string('z', 256) };
+        var json = Gemma();
+        json["normalizer"] = new JsonObject { ["type"] = "Sequence", ["normalizers"] = new JsonArray([.. Enumerable.Range(0, 5).Select(_ => step.DeepClone())]) };
+        var t = Load(_dir, json);
+        var e = Assert.Throws<InputError>(() => t.Encode("abcdefghij"));
+        Assert.Contains("tokenizer.json: normalizer.normalizers[1].pattern.Regex: expected to grow a text at most 16-fold, found that it turns 2,826 characters into 726,538", e.Message);
+
+        // Two decoders that each turn a character into 256 stop at the second.
+        JsonObject Grow(string from) => new() { ["type"] = "Replace", ["pattern"] = new JsonObject { ["String"] = from }, ["content"] = new string('z', 256) };
+        json = Gemma();
+        json["decoder"] = new JsonObject { ["type"] = "Sequence", ["decoders"] = new JsonArray(Grow("a"), Grow("z")) };
+        t = Load(_dir, json);
+        e = Assert.Throws<InputError>(() => t.Decode([GLetter('a')]));
+        Assert.Contains("tokenizer.json: decoder.decoders[1]: expected to grow a text at most 16-fold, found that it turns 256 characters into 65,536", e.Message);
+    }
+
+    [Fact]
     public void DeeplyNestedJson_IsRefusedNotAStackOverflow()
     {
         var path = _dir.Write("tokenizer.json", "{\"model\":" + new string('[', 100_000) + new string(']', 100_000) + "}");
