@@ -31,6 +31,7 @@ internal sealed class BpeModel
     readonly int[]? _byteIds;
     readonly int? _unkId;
     readonly ConcurrentDictionary<string, int[]> _cache = new(StringComparer.Ordinal);
+    readonly string _source;
     int _cacheCount;
 
     public BpeOptions Options { get; }
@@ -41,18 +42,24 @@ internal sealed class BpeModel
     /// <param name="vocab">token → id.</param>
     /// <param name="merges">merge pairs, in rank order.</param>
     /// <param name="options">model options.</param>
-    /// <param name="source">file name used in error messages.</param>
-    public BpeModel(Dictionary<string, int> vocab, IReadOnlyList<(string Left, string Right)> merges, BpeOptions options, string source)
+    /// <param name="source">file path used in error messages.</param>
+    /// <param name="mergeWhere">where merge <c>rank</c> is in the file, for error messages ("model.merges[3]", "line 5").</param>
+    /// <exception cref="InputError">An id is negative or repeated, or a merge names a token that is not in the vocabulary.</exception>
+    public BpeModel(Dictionary<string, int> vocab, IReadOnlyList<(string Left, string Right)> merges, BpeOptions options,
+        string source, Func<int, string> mergeWhere)
     {
         Options = options;
+        _source = source;
         _vocab = vocab;
         _vocabSpan = vocab.GetAlternateLookup<ReadOnlySpan<char>>();
         _idToToken = new Dictionary<int, string>(vocab.Count);
         MaxId = -1;
         foreach (var (token, id) in vocab)
         {
-            if (id < 0) throw new InvalidDataException($"{source}: vocabulary token '{token}' has negative id {id}");
-            _idToToken.TryAdd(id, token);
+            if (id < 0 || id > Limits.MaxTokenId)
+                throw new InputError($"{source}: vocabulary token {InputError.Show(token)}: expected an id in [0, {Limits.MaxTokenId}], found {id}");
+            if (!_idToToken.TryAdd(id, token))
+                throw new InputError($"{source}: vocabulary token {InputError.Show(token)}: expected a unique id, found {id}, which {InputError.Show(_idToToken[id])} already has");
             if (id > MaxId) MaxId = id;
         }
 
@@ -61,15 +68,15 @@ internal sealed class BpeModel
         for (var rank = 0; rank < merges.Count; rank++)
         {
             var (left, right) = merges[rank];
-            if (!vocab.TryGetValue(left, out var leftId))
-                throw new InvalidDataException($"{source}: merge {rank} ('{left} {right}') uses '{left}', which is not in the vocabulary");
-            if (!vocab.TryGetValue(right, out var rightId))
-                throw new InvalidDataException($"{source}: merge {rank} ('{left} {right}') uses '{right}', which is not in the vocabulary");
+            InputError NotInVocab(string what, string token) => new(
+                $"{source}: {mergeWhere(rank)}: expected a merge of two vocabulary tokens into a third, found {InputError.Show(left + " " + right)}, "
+                + $"whose {what} {InputError.Show(token)} is not in the vocabulary");
+            if (!vocab.TryGetValue(left, out var leftId)) throw NotInVocab("left token", left);
+            if (!vocab.TryGetValue(right, out var rightId)) throw NotInVocab("right token", right);
             var rightPart = prefixLength > 0 && right.StartsWith(options.ContinuingSubwordPrefix!, StringComparison.Ordinal)
                 ? right[prefixLength..] : right;
             var merged = left + rightPart;
-            if (!vocab.TryGetValue(merged, out var newId))
-                throw new InvalidDataException($"{source}: merge {rank} ('{left} {right}') produces '{merged}', which is not in the vocabulary");
+            if (!vocab.TryGetValue(merged, out var newId)) throw NotInVocab("merged token", merged);
             _merges[PairKey(leftId, rightId)] = (rank, newId);
         }
 
@@ -145,8 +152,9 @@ internal sealed class BpeModel
             if (_byteIds is not null && TryByteFallback(piece, symbols)) continue;
             if (Options.UnkToken is not null)
             {
-                var unkId = _unkId ?? throw new InvalidOperationException(
-                    $"BPE unk_token '{Options.UnkToken}' is not in the vocabulary, but '{piece}' needs it");
+                var unkId = _unkId ?? throw new InputError(
+                    $"{_source}: model.unk_token: expected a token of the vocabulary, found {InputError.Show(Options.UnkToken)}, "
+                    + $"which the input {InputError.Show(piece.ToString())} needs");
                 if (pendingUnk is int u && !Options.FuseUnk) symbols.Add(u);
                 pendingUnk = unkId;
             }
@@ -158,12 +166,24 @@ internal sealed class BpeModel
 
     bool TryByteFallback(ReadOnlySpan<char> piece, List<int> symbols)
     {
-        Span<byte> bytes = stackalloc byte[Encoding.UTF8.GetMaxByteCount(piece.Length)];
-        var n = Encoding.UTF8.GetBytes(piece, bytes);
-        for (var k = 0; k < n; k++)
-            if (_byteIds![bytes[k]] < 0) return false;
-        for (var k = 0; k < n; k++) symbols.Add(_byteIds![bytes[k]]);
-        return true;
+        // A piece is one character plus the subword prefix/suffix, so it is short, but those come from the
+        // file: stack memory only up to a fixed size, a pooled array beyond.
+        const int StackBytes = 256;
+        var max = Encoding.UTF8.GetMaxByteCount(piece.Length);
+        byte[]? rented = null;
+        Span<byte> bytes = max <= StackBytes ? stackalloc byte[StackBytes] : (rented = System.Buffers.ArrayPool<byte>.Shared.Rent(max));
+        try
+        {
+            var n = Encoding.UTF8.GetBytes(piece, bytes);
+            for (var k = 0; k < n; k++)
+                if (_byteIds![bytes[k]] < 0) return false;
+            for (var k = 0; k < n; k++) symbols.Add(_byteIds![bytes[k]]);
+            return true;
+        }
+        finally
+        {
+            if (rented is not null) System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+        }
     }
 
     int[] MergeAll(List<int> initial)

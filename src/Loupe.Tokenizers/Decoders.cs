@@ -12,11 +12,16 @@ internal abstract class Decoder
 }
 
 /// <summary>Applies several decoders in order.</summary>
-internal sealed class SequenceDecoder(IReadOnlyList<Decoder> decoders) : Decoder
+internal sealed class SequenceDecoder(IReadOnlyList<Decoder> decoders, string source = "decoder") : Decoder
 {
     public override List<string> DecodeChain(List<string> tokens)
     {
-        foreach (var d in decoders) tokens = d.DecodeChain(tokens);
+        long inputLength = tokens.Sum(t => (long)t.Length);
+        foreach (var d in decoders)
+        {
+            tokens = d.DecodeChain(tokens);
+            Growth.Check(source, inputLength, tokens.Sum(t => (long)t.Length));
+        }
         return tokens;
     }
 }
@@ -70,7 +75,7 @@ internal sealed class MetaspaceDecoder(string replacement, PrependScheme scheme)
 }
 
 /// <summary>Replaces a literal string or regex matches in each token.</summary>
-internal sealed class ReplaceDecoder(string? literal, UnicodeRegex? regex, string content) : Decoder
+internal sealed class ReplaceDecoder(string? literal, UnicodeRegex? regex, string content, string source = "replace decoder") : Decoder
 {
     public override List<string> DecodeChain(List<string> tokens)
     {
@@ -79,7 +84,11 @@ internal sealed class ReplaceDecoder(string? literal, UnicodeRegex? regex, strin
         {
             if (regex is not null) result.Add(regex.Replace(t, content));
             else if (string.IsNullOrEmpty(literal)) result.Add(t);
-            else result.Add(t.Replace(literal, content, StringComparison.Ordinal));
+            else
+            {
+                Growth.Check(source, t.Length, Growth.LengthAfterReplace(t, literal, content));
+                result.Add(t.Replace(literal, content, StringComparison.Ordinal));
+            }
         }
         return result;
     }
@@ -141,12 +150,12 @@ internal sealed class FuseDecoder : Decoder
 }
 
 /// <summary>Removes up to <c>start</c> leading and <c>stop</c> trailing copies of a character from each token.</summary>
-internal sealed class StripDecoder(string content, int start, int stop) : Decoder
+internal sealed class StripDecoder(Rune content, int start, int stop) : Decoder
 {
     public override List<string> DecodeChain(List<string> tokens)
     {
         var result = new List<string>(tokens.Count);
-        var c = Rune.GetRuneAt(content, 0);
+        var c = content;
         foreach (var token in tokens)
         {
             var runes = token.EnumerateRunes().ToList();

@@ -34,12 +34,13 @@ public interface ITokenizer
 
     /// <summary>
     /// Decodes token ids back to text. When <paramref name="skipSpecialTokens"/> is true, tokens flagged
-    /// special are dropped. Throws <see cref="ArgumentOutOfRangeException"/> for an id with no token.
+    /// special are dropped.
     /// </summary>
+    /// <exception cref="InputError">An id has no token (negative, past the vocabulary, or a gap in it); the message names the id.</exception>
     string Decode(ReadOnlySpan<int> ids, bool skipSpecialTokens = false);
 
     /// <summary>The raw vocabulary string of a token id (byte-level tokens stay in their mapped alphabet).</summary>
-    /// <exception cref="ArgumentOutOfRangeException">The id has no token.</exception>
+    /// <exception cref="InputError">The id has no token; the message names it.</exception>
     string IdToToken(int id);
 
     /// <summary>The id of a raw vocabulary string (added tokens first), or null when absent.</summary>

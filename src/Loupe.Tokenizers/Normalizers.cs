@@ -8,14 +8,45 @@ internal abstract class Normalizer
     public abstract string Normalize(string text);
 }
 
+/// <summary>
+/// How far normalizers and decoders may grow a text. Real ones at most quadruple it (ByteLevel maps a
+/// character to up to four), so more than 16-fold is a runaway file (an empty-matching pattern replaced
+/// by long content, nested in a sequence), stopped before it exhausts memory.
+/// </summary>
+internal static class Growth
+{
+    public static long Limit(long inputLength) => 16 * inputLength + 4096;
+
+    /// <exception cref="InputError">The output would exceed <see cref="Limit"/>.</exception>
+    public static void Check(string source, long inputLength, long outputLength)
+    {
+        if (outputLength > Limit(inputLength))
+            throw new InputError($"{source}: expected to grow a text at most 16-fold, found that it turns {inputLength:N0} characters into {outputLength:N0}");
+    }
+
+    /// <summary>Length of <paramref name="text"/> after replacing every <paramref name="literal"/> with <paramref name="content"/>.</summary>
+    public static long LengthAfterReplace(string text, string literal, string content)
+    {
+        if (content.Length <= literal.Length) return text.Length;
+        long count = 0;
+        for (var i = text.IndexOf(literal, StringComparison.Ordinal); i >= 0; i = text.IndexOf(literal, i + literal.Length, StringComparison.Ordinal)) count++;
+        return text.Length + count * (content.Length - literal.Length);
+    }
+}
+
 /// <summary>Applies several normalizers in order.</summary>
-internal sealed class SequenceNormalizer(IReadOnlyList<Normalizer> normalizers) : Normalizer
+internal sealed class SequenceNormalizer(IReadOnlyList<Normalizer> normalizers, string source = "normalizer") : Normalizer
 {
     public IReadOnlyList<Normalizer> Normalizers { get; } = normalizers;
 
     public override string Normalize(string text)
     {
-        foreach (var n in Normalizers) text = n.Normalize(text);
+        var inputLength = text.Length;
+        foreach (var n in Normalizers)
+        {
+            text = n.Normalize(text);
+            Growth.Check(source, inputLength, text.Length);
+        }
         return text;
     }
 }
@@ -33,12 +64,13 @@ internal sealed class AppendNormalizer(string append) : Normalizer
 }
 
 /// <summary>Replaces a literal string or regex matches with fixed content.</summary>
-internal sealed class ReplaceNormalizer(string? literal, UnicodeRegex? regex, string content) : Normalizer
+internal sealed class ReplaceNormalizer(string? literal, UnicodeRegex? regex, string content, string source = "replace normalizer") : Normalizer
 {
     public override string Normalize(string text)
     {
         if (regex is not null) return regex.Replace(text, content);
         if (string.IsNullOrEmpty(literal)) return text;
+        Growth.Check(source, text.Length, Growth.LengthAfterReplace(text, literal, content));
         return text.Replace(literal, content, StringComparison.Ordinal);
     }
 }

@@ -27,27 +27,64 @@ internal readonly record struct Piece(string Text, bool AtStart);
 /// <c>\p{L}</c> or <c>\p{N}</c>; before matching, each surrogate pair is replaced by one BMP
 /// character of the same general category, and match offsets are mapped back.
 /// </summary>
+/// <remarks>
+/// Patterns from tokenizer files run on .NET's backtracking engine, which has the leftmost-first
+/// semantics of HF's Oniguruma, under a match timeout: a pattern that backtracks catastrophically
+/// (<c>(a+)+$</c>) becomes an <see cref="InputError"/> naming the file, field and pattern instead of a
+/// hang. <see cref="RegexOptions.NonBacktracking"/> is not used: besides refusing lookarounds (GPT-2's
+/// <c>\s+(?!\S)</c>), it drops matches of patterns that start with an optional element on .NET 7–10
+/// (<c>" ?, ?"</c> on <c>" a,,"</c> finds one match, not two; dotnet/runtime#130176), which would
+/// silently change tokenizations of patterns like <c>" ?\p{L}+"</c>.
+/// </remarks>
 internal sealed class UnicodeRegex
 {
+    /// <summary>How long one match of a pattern from a file may take.</summary>
+    internal static readonly TimeSpan FileMatchTimeout = TimeSpan.FromSeconds(1);
+
     public Regex Regex { get; }
 
+    /// <summary>"{file}: {field}" for patterns read from a file; null for Loupe's own patterns.</summary>
+    readonly string? _source;
+
+    /// <summary>A built-in pattern (known to run in linear time): no timeout.</summary>
     public UnicodeRegex(string pattern)
     {
         Regex = new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
     }
 
+    UnicodeRegex(Regex regex, string source)
+    {
+        Regex = regex;
+        _source = source;
+    }
+
+    /// <summary>A pattern read from a tokenizer file; <paramref name="source"/> is "{file}: {field}" for error messages.</summary>
+    /// <exception cref="ArgumentException">The pattern does not parse.</exception>
+    public static UnicodeRegex FromFile(string pattern, string source) =>
+        new(new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant, FileMatchTimeout), source);
+
     /// <summary>Raw matches of the pattern in <paramref name="text"/>, as (start, end) offsets of the original string.</summary>
+    /// <exception cref="InputError">A pattern from a file took longer than <see cref="FileMatchTimeout"/> on one match.</exception>
     public List<(int Start, int End)> Matches(string text)
     {
         var result = new List<(int, int)>();
-        if (text.AsSpan().IndexOfAnyInRange('\uD800', '\uDFFF') < 0)
+        try
         {
-            foreach (var m in Regex.EnumerateMatches(text)) result.Add((m.Index, m.Index + m.Length));
+            if (text.AsSpan().IndexOfAnyInRange('\uD800', '\uDFFF') < 0)
+            {
+                foreach (var m in Regex.EnumerateMatches(text)) result.Add((m.Index, m.Index + m.Length));
+                return result;
+            }
+            var (mapped, map) = MapSupplementary(text);
+            foreach (var m in Regex.EnumerateMatches(mapped)) result.Add((map[m.Index], map[m.Index + m.Length]));
             return result;
         }
-        var (mapped, map) = MapSupplementary(text);
-        foreach (var m in Regex.EnumerateMatches(mapped)) result.Add((map[m.Index], map[m.Index + m.Length]));
-        return result;
+        catch (RegexMatchTimeoutException e)
+        {
+            throw new InputError($"{_source ?? "built-in pattern"}: the pattern {InputError.Show(Regex.ToString())} took longer than "
+                + $"{FileMatchTimeout.TotalSeconds:0.#} s on a {text.Length:N0}-character input; it backtracks catastrophically "
+                + "(nested quantifiers such as (a+)+), so Loupe stops instead of hanging", e);
+        }
     }
 
     /// <summary>Spans covering all of <paramref name="text"/>, flagged by whether they matched (HF <c>find_matches</c>).</summary>
@@ -73,6 +110,9 @@ internal sealed class UnicodeRegex
     {
         var matches = Matches(text);
         if (matches.Count == 0) return text;
+        var length = (long)text.Length;
+        foreach (var (start, end) in matches) length += content.Length - (end - start);
+        Growth.Check(_source ?? "built-in pattern", text.Length, length);
         var sb = new StringBuilder(text.Length + 16);
         var prev = 0;
         foreach (var (start, end) in matches)

@@ -165,8 +165,8 @@ internal sealed class Tokenizer : ITokenizer
         return _added.ByContent(token)?.Id ?? _model.TokenToId(token);
     }
 
-    ArgumentOutOfRangeException OutOfRange(int id) => new(nameof(id), id,
-        id < 0 || id >= VocabSize
-            ? $"Token id {id} is out of range: the vocabulary size is {VocabSize} (valid ids 0..{VocabSize - 1})."
-            : $"Token id {id} has no token in this vocabulary (vocabulary size {VocabSize}).");
+    /// <summary>An id given by the caller (a user's token list, a CLI argument) that names no token.</summary>
+    InputError OutOfRange(int id) => new(id < 0 || id >= VocabSize
+        ? $"token id {id}: expected an id in [0, {VocabSize - 1}] (the vocabulary has {VocabSize} ids), found {id}"
+        : $"token id {id}: expected the id of a token, found {id}, which no token of this vocabulary (size {VocabSize}) has");
 }

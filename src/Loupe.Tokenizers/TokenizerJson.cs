@@ -17,28 +17,76 @@ internal static class TokenizerJson
         MaxDepth = 256,
     };
 
-    /// <summary>Parses a JSON file, turning I/O and syntax problems into exceptions that name the file.</summary>
+    /// <summary>
+    /// Parses a JSON file. Invalid UTF-8, malformed JSON and strings that do not decode (lone
+    /// surrogate escapes) are <see cref="InputError"/>s naming the file and the line and byte;
+    /// later reads of strings from the document therefore cannot fail.
+    /// </summary>
     internal static JsonDocument ReadJson(string path)
     {
         if (!File.Exists(path))
             throw new FileNotFoundException($"Tokenizer file '{path}' does not exist.", path);
-        byte[] bytes;
+        ReadOnlyMemory<byte> bytes = File.ReadAllBytes(path);
+        if (bytes.Span.StartsWith("\uFEFF"u8)) bytes = bytes[3..];
+        if (!System.Text.Unicode.Utf8.IsValid(bytes.Span))
+            throw new InputError($"{path}: not valid UTF-8 at {Position(bytes.Span, FirstInvalidUtf8(bytes.Span))}");
+        var readerOptions = new JsonReaderOptions
+        {
+            AllowTrailingCommas = DocOptions.AllowTrailingCommas,
+            CommentHandling = DocOptions.CommentHandling,
+            MaxDepth = DocOptions.MaxDepth,
+        };
+        var reader = new Utf8JsonReader(bytes.Span, readerOptions);
         try
         {
-            bytes = File.ReadAllBytes(path);
-        }
-        catch (IOException e)
-        {
-            throw new InvalidDataException($"Tokenizer file '{path}' could not be read: {e.Message}", e);
-        }
-        try
-        {
+            while (reader.Read())
+            {
+                // Unescaped strings are valid UTF-8 (checked above); escaped ones may hold a lone surrogate.
+                if (reader.TokenType is JsonTokenType.String or JsonTokenType.PropertyName && reader.ValueIsEscaped)
+                {
+                    try
+                    {
+                        reader.GetString();
+                    }
+                    catch (InvalidOperationException)
+                    {
+                        throw new InputError($"{path}: the string at {Position(bytes.Span, (int)reader.TokenStartIndex)} "
+                            + "holds an escape that is not valid UTF-16 (a lone surrogate such as \\ud800)");
+                    }
+                }
+            }
             return JsonDocument.Parse(bytes, DocOptions);
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"Tokenizer file '{path}' is not valid JSON (truncated or malformed): {e.Message}", e);
+            var reason = e.Message;
+            var cut = reason.IndexOf(" Path:", StringComparison.Ordinal);
+            if (cut < 0) cut = reason.IndexOf(" LineNumber:", StringComparison.Ordinal);
+            if (cut > 0) reason = reason[..cut];
+            var where = e.LineNumber is long line && e.BytePositionInLine is long col ? $"line {line + 1}, byte {col + 1}" : "an unknown position";
+            throw new InputError($"{path}: not valid JSON at {where} (truncated or malformed): {reason.ReplaceLineEndings(" ").TrimEnd('.')}", e);
         }
+    }
+
+    /// <summary>Offset of the first byte that does not start a valid UTF-8 sequence.</summary>
+    internal static int FirstInvalidUtf8(ReadOnlySpan<byte> bytes)
+    {
+        var offset = 0;
+        while (offset < bytes.Length)
+        {
+            if (Rune.DecodeFromUtf8(bytes[offset..], out _, out var used) != System.Buffers.OperationStatus.Done) return offset;
+            offset += used;
+        }
+        return offset;
+    }
+
+    /// <summary>"line L, byte B (offset O)" of a byte offset, both 1-based like an editor shows them.</summary>
+    internal static string Position(ReadOnlySpan<byte> bytes, int offset)
+    {
+        var before = bytes[..Math.Min(offset, bytes.Length)];
+        var line = before.Count((byte)'\n') + 1;
+        var lineStart = before.LastIndexOf((byte)'\n') + 1;
+        return $"line {line}, byte {offset - lineStart + 1} (file offset {offset})";
     }
 
     public static Tokenizer Load(string path, string? configPath, string? specialTokensMapPath = null)
@@ -46,15 +94,16 @@ internal static class TokenizerJson
         using var doc = ReadJson(path);
         var ctx = new Ctx(Path.GetFileName(path), path);
         var root = doc.RootElement;
-        if (root.ValueKind != JsonValueKind.Object) throw ctx.Bad("", $"the top level must be a JSON object, not {root.ValueKind}");
+        if (root.ValueKind != JsonValueKind.Object) throw ctx.Expected("", "a JSON object at the top level", root);
 
-        if (!root.TryGetProperty("model", out var modelEl) || modelEl.ValueKind != JsonValueKind.Object)
-            throw ctx.Bad("model", "the 'model' object is missing");
+        if (!root.TryGetProperty("model", out var modelEl)) throw ctx.Bad("model", "the model object is missing");
+        if (modelEl.ValueKind != JsonValueKind.Object) throw ctx.Expected("model", "an object", modelEl);
         var normalizer = ParseNormalizer(ctx, Prop(root, "normalizer"), "normalizer");
         var preTokenizer = ParsePreTokenizer(ctx, Prop(root, "pre_tokenizer"), "pre_tokenizer");
         var model = ParseModel(ctx, modelEl);
-        var addedTokens = ParseAddedTokens(ctx, Prop(root, "added_tokens"));
-        var postProcessor = ParsePostProcessor(ctx, Prop(root, "post_processor"), "post_processor");
+        var addedTokens = ParseAddedTokens(ctx, Prop(root, "added_tokens"), model);
+        bool IsToken(int id) => model.IdToToken(id) is not null || addedTokens.Any(a => a.Id == id);
+        var postProcessor = ParsePostProcessor(ctx, Prop(root, "post_processor"), "post_processor", IsToken);
         var decoder = ParseDecoder(ctx, Prop(root, "decoder"), "decoder");
 
         var settings = new SpecialTokenSettings();
@@ -69,7 +118,7 @@ internal static class TokenizerJson
         using var doc = ReadJson(path);
         var ctx = new Ctx(Path.GetFileName(path), path);
         var root = doc.RootElement;
-        if (root.ValueKind != JsonValueKind.Object) throw ctx.Bad("", $"the top level must be a JSON object, not {root.ValueKind}");
+        if (root.ValueKind != JsonValueKind.Object) throw ctx.Expected("", "a JSON object at the top level", root);
 
         (bool, string?)? Name(string key)
         {
@@ -79,7 +128,7 @@ internal static class TokenizerJson
                 JsonValueKind.Null => (true, null),
                 JsonValueKind.String => (true, el.GetString()),
                 JsonValueKind.Object when el.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String => (true, c.GetString()),
-                _ => throw ctx.Bad(key, "expected a token string, an object with 'content', or null"),
+                _ => throw ctx.Expected(key, "a token string, an object with a string \"content\", or null", el),
             };
         }
 
@@ -90,7 +139,7 @@ internal static class TokenizerJson
             {
                 JsonValueKind.True => true,
                 JsonValueKind.False => false,
-                _ => throw ctx.Bad(key, "expected true or false"),
+                _ => throw ctx.Expected(key, "true or false", el),
             };
         }
 
@@ -106,11 +155,57 @@ internal static class TokenizerJson
     /// <summary>File name and path used in error messages.</summary>
     internal sealed record Ctx(string Name, string Path)
     {
-        public InvalidDataException Bad(string where, string what) =>
-            new($"Tokenizer file '{Path}'{(where.Length > 0 ? $" at '{where}'" : "")}: {what}.");
+        /// <summary>"{path}: {where}: {what}" — <paramref name="where"/> is the JSON location (empty for the whole file).</summary>
+        public InputError Bad(string where, string what) =>
+            new($"{Path}: {(where.Length > 0 ? where + ": " : "")}{what}");
 
-        public NotSupportedException Unsupported(string where, string kind, string type) =>
-            new($"Tokenizer file '{Path}' at '{where}': {kind} type '{type}' is not supported by Loupe.Tokenizers.");
+        /// <summary>"{path}: {where}: expected {expected}, found {what the JSON holds}".</summary>
+        public InputError Expected(string where, string expected, JsonElement found) =>
+            Bad(where, $"expected {expected}, found {Describe(found)}");
+
+        public InputError Unsupported(string where, string kind, string type, string supported) =>
+            Bad(where, $"expected a {kind} type Loupe.Tokenizers supports ({supported}), found {InputError.Show(type)}");
+    }
+
+    /// <summary>What a JSON value is, for "found …" in messages.</summary>
+    internal static string Describe(JsonElement el) => el.ValueKind switch
+    {
+        JsonValueKind.String => $"the string {InputError.Show(el.GetString())}",
+        JsonValueKind.Number => $"the number {(el.GetRawText() is var raw && raw.Length > 40 ? raw[..37] + "..." : raw)}",
+        JsonValueKind.True => "true",
+        JsonValueKind.False => "false",
+        JsonValueKind.Null => "null",
+        JsonValueKind.Object => "an object",
+        JsonValueKind.Array => $"an array of {el.GetArrayLength()}",
+        _ => el.ValueKind.ToString(),
+    };
+
+    /// <summary><c>parent["name"]</c>, the location of an object member whose name is data (a vocabulary token).</summary>
+    internal static string Member(string parent, string name) => $"{parent}[{InputError.Show(name)}]";
+
+    /// <summary>A token id: an integer in [0, <see cref="Limits.MaxTokenId"/>].</summary>
+    internal static int Id(Ctx ctx, JsonElement el, string where)
+    {
+        if (el.ValueKind != JsonValueKind.Number || !el.TryGetInt64(out var id)) throw ctx.Expected(where, "an integer id", el);
+        if (id < 0 || id > Limits.MaxTokenId)
+            throw ctx.Bad(where, $"expected an id in [0, {Limits.MaxTokenId}], found {id}");
+        return (int)id;
+    }
+
+    /// <summary>A string that is inserted into text (prefix, suffix, replacement): at most <see cref="Limits.MaxInsertedLength"/> characters.</summary>
+    static string Inserted(Ctx ctx, string value, string where)
+    {
+        if (value.Length > Limits.MaxInsertedLength)
+            throw ctx.Bad(where, $"expected at most {Limits.MaxInsertedLength} characters, found {value.Length:N0}");
+        return value;
+    }
+
+    /// <summary>A string that must be exactly one character (one code point).</summary>
+    static Rune SingleChar(Ctx ctx, string value, string where)
+    {
+        if (value.Length == 0 || Rune.DecodeFromUtf16(value, out var rune, out var len) != System.Buffers.OperationStatus.Done || len != value.Length)
+            throw ctx.Bad(where, $"expected a single character, found {InputError.Show(value)}");
+        return rune;
     }
 
     static JsonElement? Prop(JsonElement obj, string name) =>
@@ -118,9 +213,9 @@ internal static class TokenizerJson
 
     static string TypeOf(Ctx ctx, JsonElement el, string where)
     {
-        if (el.ValueKind != JsonValueKind.Object) throw ctx.Bad(where, $"expected an object, found {el.ValueKind}");
-        if (!el.TryGetProperty("type", out var t) || t.ValueKind != JsonValueKind.String)
-            throw ctx.Bad(where, "the 'type' field is missing");
+        if (el.ValueKind != JsonValueKind.Object) throw ctx.Expected(where, "an object", el);
+        if (!el.TryGetProperty("type", out var t)) throw ctx.Bad($"{where}.type", "the type field is missing");
+        if (t.ValueKind != JsonValueKind.String) throw ctx.Expected($"{where}.type", "a type name", t);
         return t.GetString()!;
     }
 
@@ -128,13 +223,14 @@ internal static class TokenizerJson
     {
         if (obj.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String) return v.GetString()!;
         if (defaultValue is not null && (!obj.TryGetProperty(name, out v) || v.ValueKind == JsonValueKind.Null)) return defaultValue;
-        throw ctx.Bad($"{where}.{name}", "expected a string");
+        if (!obj.TryGetProperty(name, out v)) throw ctx.Bad($"{where}.{name}", "the field is missing (expected a string)");
+        throw ctx.Expected($"{where}.{name}", "a string", v);
     }
 
     static string? OptStr(Ctx ctx, JsonElement obj, string name, string where)
     {
         if (!obj.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
-        if (v.ValueKind != JsonValueKind.String) throw ctx.Bad($"{where}.{name}", "expected a string or null");
+        if (v.ValueKind != JsonValueKind.String) throw ctx.Expected($"{where}.{name}", "a string or null", v);
         return v.GetString();
     }
 
@@ -145,46 +241,49 @@ internal static class TokenizerJson
         {
             JsonValueKind.True => true,
             JsonValueKind.False => false,
-            _ => throw ctx.Bad($"{where}.{name}", "expected true or false"),
+            _ => throw ctx.Expected($"{where}.{name}", "true or false", v),
         };
     }
 
-    static int Int(Ctx ctx, JsonElement obj, string name, string where, int defaultValue)
+    static int Count(Ctx ctx, JsonElement obj, string name, string where, int defaultValue)
     {
         if (!obj.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return defaultValue;
-        if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out var i)) throw ctx.Bad($"{where}.{name}", "expected an integer");
+        if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out var i) || i < 0)
+            throw ctx.Expected($"{where}.{name}", "a non-negative integer", v);
         return i;
     }
 
     static JsonElement Array(Ctx ctx, JsonElement obj, string name, string where)
     {
-        if (!obj.TryGetProperty(name, out var v) || v.ValueKind != JsonValueKind.Array)
-            throw ctx.Bad($"{where}.{name}", "expected an array");
+        if (!obj.TryGetProperty(name, out var v)) throw ctx.Bad($"{where}.{name}", "the field is missing (expected an array)");
+        if (v.ValueKind != JsonValueKind.Array) throw ctx.Expected($"{where}.{name}", "an array", v);
         return v;
     }
 
     static UnicodeRegex CompileRegex(Ctx ctx, string pattern, string where)
     {
+        if (pattern.Length > Limits.MaxPatternLength)
+            throw ctx.Bad(where, $"expected a pattern of at most {Limits.MaxPatternLength:N0} characters, found {pattern.Length:N0}");
         try
         {
-            return new UnicodeRegex(pattern);
+            return UnicodeRegex.FromFile(pattern, $"{ctx.Path}: {where}");
         }
         catch (ArgumentException e)
         {
-            throw new NotSupportedException(
-                $"Tokenizer file '{ctx.Path}' at '{where}': the regex /{pattern}/ cannot be compiled by .NET: {e.Message}", e);
+            throw ctx.Bad(where, $"expected a regular expression .NET can compile, found {InputError.Show(pattern)} ({e.Message.ReplaceLineEndings(" ")})");
         }
     }
 
     /// <summary>A <c>{"String": ...}</c> or <c>{"Regex": ...}</c> pattern: (literal, regex).</summary>
     static (string? Literal, UnicodeRegex? Regex) ParsePattern(Ctx ctx, JsonElement obj, string where)
     {
-        if (!obj.TryGetProperty("pattern", out var p) || p.ValueKind != JsonValueKind.Object)
-            throw ctx.Bad($"{where}.pattern", "expected {\"String\": ...} or {\"Regex\": ...}");
+        const string expected = "{\"String\": \"...\"} or {\"Regex\": \"...\"}";
+        if (!obj.TryGetProperty("pattern", out var p)) throw ctx.Bad($"{where}.pattern", $"the field is missing (expected {expected})");
+        if (p.ValueKind != JsonValueKind.Object) throw ctx.Expected($"{where}.pattern", expected, p);
         if (p.TryGetProperty("String", out var s) && s.ValueKind == JsonValueKind.String) return (s.GetString()!, null);
         if (p.TryGetProperty("Regex", out var r) && r.ValueKind == JsonValueKind.String)
-            return (null, CompileRegex(ctx, r.GetString()!, $"{where}.pattern"));
-        throw ctx.Bad($"{where}.pattern", "expected {\"String\": ...} or {\"Regex\": ...}");
+            return (null, CompileRegex(ctx, r.GetString()!, $"{where}.pattern.Regex"));
+        throw ctx.Bad($"{where}.pattern", $"expected {expected}, found an object without either");
     }
 
     // ---------------------------------------------------------------- normalizers
@@ -205,14 +304,14 @@ internal static class TokenizerJson
                         if (ParseNormalizer(ctx, child.ValueKind == JsonValueKind.Null ? null : child, $"{where}.normalizers[{i}]") is { } c) items.Add(c);
                         i++;
                     }
-                    return new SequenceNormalizer(items);
+                    return new SequenceNormalizer(items, $"{ctx.Path}: {where}");
                 }
-            case "Prepend": return new PrependNormalizer(Str(ctx, n, "prepend", where));
-            case "Append": return new AppendNormalizer(Str(ctx, n, "append", where));
+            case "Prepend": return new PrependNormalizer(Inserted(ctx, Str(ctx, n, "prepend", where), $"{where}.prepend"));
+            case "Append": return new AppendNormalizer(Inserted(ctx, Str(ctx, n, "append", where), $"{where}.append"));
             case "Replace":
                 {
                     var (literal, regex) = ParsePattern(ctx, n, where);
-                    return new ReplaceNormalizer(literal, regex, Str(ctx, n, "content", where));
+                    return new ReplaceNormalizer(literal, regex, Inserted(ctx, Str(ctx, n, "content", where), $"{where}.content"), $"{ctx.Path}: {where}");
                 }
             case "NFC": return new UnicodeNormalizer(NormalizationForm.FormC);
             case "NFD": return new UnicodeNormalizer(NormalizationForm.FormD);
@@ -223,7 +322,9 @@ internal static class TokenizerJson
                 return new StripNormalizer(Bool(ctx, n, "strip_left", where, true), Bool(ctx, n, "strip_right", where, true));
             case "StripAccents": return new StripAccentsNormalizer();
             case "ByteLevel": return new ByteLevelNormalizer();
-            default: throw ctx.Unsupported(where, "normalizer", type);
+            default:
+                throw ctx.Unsupported($"{where}.type", "normalizer", type,
+                    "Sequence, Prepend, Append, Replace, NFC, NFD, NFKC, NFKD, Lowercase, Strip, StripAccents, ByteLevel");
         }
     }
 
@@ -240,7 +341,7 @@ internal static class TokenizerJson
             "MergedWithPrevious" => SplitBehavior.MergedWithPrevious,
             "MergedWithNext" => SplitBehavior.MergedWithNext,
             "Contiguous" => SplitBehavior.Contiguous,
-            _ => throw ctx.Bad($"{where}.behavior", $"unknown split behavior '{s}'"),
+            _ => throw ctx.Bad($"{where}.behavior", $"expected Removed, Isolated, MergedWithPrevious, MergedWithNext or Contiguous, found {InputError.Show(s)}"),
         };
     }
 
@@ -254,15 +355,14 @@ internal static class TokenizerJson
             "always" => PrependScheme.Always,
             "first" => PrependScheme.First,
             "never" => PrependScheme.Never,
-            _ => throw ctx.Bad($"{where}.prepend_scheme", $"unknown prepend scheme '{s}'"),
+            _ => throw ctx.Bad($"{where}.prepend_scheme", $"expected always, first or never, found {InputError.Show(s)}"),
         };
     }
 
     static string ParseReplacement(Ctx ctx, JsonElement obj, string where)
     {
         var r = Str(ctx, obj, "replacement", where, "\u2581");
-        if (r.Length == 0 || Rune.DecodeFromUtf16(r, out _, out var len) != System.Buffers.OperationStatus.Done || len != r.Length)
-            throw ctx.Bad($"{where}.replacement", "expected a single character");
+        SingleChar(ctx, r, $"{where}.replacement");
         return r;
     }
 
@@ -290,7 +390,7 @@ internal static class TokenizerJson
                 {
                     var (literal, regex) = ParsePattern(ctx, p, where);
                     // HF compiles a String pattern as an escaped regex.
-                    regex ??= new UnicodeRegex(Regex.Escape(literal!));
+                    regex ??= CompileRegex(ctx, Regex.Escape(literal!), $"{where}.pattern.String");
                     if (!p.TryGetProperty("behavior", out _)) throw ctx.Bad($"{where}.behavior", "the split behavior is missing");
                     var behavior = ParseBehavior(ctx, p, where, SplitBehavior.Removed);
                     return new SplitPreTokenizer(regex, behavior, Bool(ctx, p, "invert", where, false));
@@ -305,12 +405,12 @@ internal static class TokenizerJson
             case "BertPreTokenizer": return new BertPreTokenizer();
             case "CharDelimiterSplit":
                 {
-                    var d = Str(ctx, p, "delimiter", where);
-                    if (d.Length == 0) throw ctx.Bad($"{where}.delimiter", "expected a single character");
-                    var rune = Rune.GetRuneAt(d, 0);
+                    var rune = SingleChar(ctx, Str(ctx, p, "delimiter", where), $"{where}.delimiter");
                     return new CharSplitPreTokenizer(r => r == rune);
                 }
-            default: throw ctx.Unsupported(where, "pre-tokenizer", type);
+            default:
+                throw ctx.Unsupported($"{where}.type", "pre-tokenizer", type,
+                    "Sequence, ByteLevel, Split, Metaspace, Digits, Punctuation, Whitespace, WhitespaceSplit, BertPreTokenizer, CharDelimiterSplit");
         }
     }
 
@@ -320,26 +420,28 @@ internal static class TokenizerJson
     {
         string type;
         if (m.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String) type = t.GetString()!;
+        else if (m.TryGetProperty("type", out t) && t.ValueKind != JsonValueKind.Null) throw ctx.Expected("model.type", "a model type name", t);
         else if (m.TryGetProperty("merges", out _)) type = "BPE"; // very old files have no model type
         else throw ctx.Bad("model.type", "the model type is missing");
-        if (type != "BPE") throw ctx.Unsupported("model.type", "model", type);
+        if (type != "BPE") throw ctx.Unsupported("model.type", "model", type, "BPE");
 
-        if (!m.TryGetProperty("vocab", out var vocabEl) || vocabEl.ValueKind != JsonValueKind.Object)
-            throw ctx.Bad("model.vocab", "expected an object mapping token strings to ids");
+        if (!m.TryGetProperty("vocab", out var vocabEl)) throw ctx.Bad("model.vocab", "the vocabulary is missing");
+        if (vocabEl.ValueKind != JsonValueKind.Object) throw ctx.Expected("model.vocab", "an object mapping token strings to ids", vocabEl);
         var vocab = ReadVocab(ctx, vocabEl, "model.vocab");
 
-        if (!m.TryGetProperty("merges", out var mergesEl) || mergesEl.ValueKind != JsonValueKind.Array)
-            throw ctx.Bad("model.merges", "expected an array of merges");
+        if (!m.TryGetProperty("merges", out var mergesEl)) throw ctx.Bad("model.merges", "the merges are missing");
+        if (mergesEl.ValueKind != JsonValueKind.Array) throw ctx.Expected("model.merges", "an array of merges", mergesEl);
         var merges = new List<(string, string)>(mergesEl.GetArrayLength());
         var i = 0;
         foreach (var item in mergesEl.EnumerateArray())
         {
             if (item.ValueKind == JsonValueKind.String)
-                merges.Add(SplitLegacyMerge(item.GetString()!, vocab) ?? throw ctx.Bad($"model.merges[{i}]", $"merge '{item.GetString()}' is not two tokens separated by a space"));
+                merges.Add(SplitLegacyMerge(item.GetString()!, vocab)
+                    ?? throw ctx.Bad($"model.merges[{i}]", $"expected two tokens of model.vocab separated by a space, found {InputError.Show(item.GetString())}"));
             else if (item.ValueKind == JsonValueKind.Array && item.GetArrayLength() == 2
                      && item[0].ValueKind == JsonValueKind.String && item[1].ValueKind == JsonValueKind.String)
                 merges.Add((item[0].GetString()!, item[1].GetString()!));
-            else throw ctx.Bad($"model.merges[{i}]", "expected \"a b\" or [\"a\", \"b\"]");
+            else throw ctx.Expected($"model.merges[{i}]", "\"a b\" or [\"a\", \"b\"]", item);
             i++;
         }
 
@@ -349,20 +451,25 @@ internal static class TokenizerJson
             FuseUnk = Bool(ctx, m, "fuse_unk", "model", false),
             ByteFallback = Bool(ctx, m, "byte_fallback", "model", false),
             IgnoreMerges = Bool(ctx, m, "ignore_merges", "model", false),
-            ContinuingSubwordPrefix = OptStr(ctx, m, "continuing_subword_prefix", "model"),
-            EndOfWordSuffix = OptStr(ctx, m, "end_of_word_suffix", "model"),
+            ContinuingSubwordPrefix = OptStr(ctx, m, "continuing_subword_prefix", "model") is { } prefix
+                ? Inserted(ctx, prefix, "model.continuing_subword_prefix") : null,
+            EndOfWordSuffix = OptStr(ctx, m, "end_of_word_suffix", "model") is { } suffix
+                ? Inserted(ctx, suffix, "model.end_of_word_suffix") : null,
         };
-        return new BpeModel(vocab, merges, options, $"Tokenizer file '{ctx.Path}'");
+        return new BpeModel(vocab, merges, options, ctx.Path, rank => $"model.merges[{rank}]");
     }
 
     internal static Dictionary<string, int> ReadVocab(Ctx ctx, JsonElement vocabEl, string where)
     {
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
+        var byId = new Dictionary<int, string>();
         foreach (var entry in vocabEl.EnumerateObject())
         {
-            if (entry.Value.ValueKind != JsonValueKind.Number || !entry.Value.TryGetInt32(out var id) || id < 0)
-                throw ctx.Bad(where, $"token '{entry.Name}' must map to a non-negative integer id");
-            vocab[entry.Name] = id;
+            var w = Member(where, entry.Name);
+            var id = Id(ctx, entry.Value, w);
+            if (!vocab.TryAdd(entry.Name, id)) throw ctx.Bad(w, "the token appears twice; expected each token once");
+            if (!byId.TryAdd(id, entry.Name))
+                throw ctx.Bad(w, $"expected a unique id, found {id}, which {Member(where, byId[id])} already has");
         }
         return vocab;
     }
@@ -387,20 +494,33 @@ internal static class TokenizerJson
         return found;
     }
 
-    static List<AddedToken> ParseAddedTokens(Ctx ctx, JsonElement? el)
+    /// <summary>
+    /// The added tokens. An id must be unique among them, and where the model vocabulary has the same
+    /// id or the same content, both must agree (HF would otherwise silently renumber the token).
+    /// </summary>
+    static List<AddedToken> ParseAddedTokens(Ctx ctx, JsonElement? el, BpeModel model)
     {
         var result = new List<AddedToken>();
         if (el is not { } list) return result;
-        if (list.ValueKind != JsonValueKind.Array) throw ctx.Bad("added_tokens", "expected an array");
+        if (list.ValueKind != JsonValueKind.Array) throw ctx.Expected("added_tokens", "an array", list);
+        var byId = new Dictionary<int, (string Content, string Where)>();
         var i = 0;
         foreach (var t in list.EnumerateArray())
         {
             var where = $"added_tokens[{i++}]";
-            if (t.ValueKind != JsonValueKind.Object) throw ctx.Bad(where, "expected an object");
-            if (!t.TryGetProperty("id", out var idEl) || !idEl.TryGetInt32(out var id) || id < 0)
-                throw ctx.Bad($"{where}.id", "expected a non-negative integer id");
+            if (t.ValueKind != JsonValueKind.Object) throw ctx.Expected(where, "an object", t);
+            if (!t.TryGetProperty("id", out var idEl)) throw ctx.Bad($"{where}.id", "the id is missing");
+            var id = Id(ctx, idEl, $"{where}.id");
+            var content = Str(ctx, t, "content", where);
+            if (byId.TryGetValue(id, out var other) && other.Content != content)
+                throw ctx.Bad($"{where}.id", $"expected a unique id, found {id}, which {other.Where} ({InputError.Show(other.Content)}) already has");
+            byId.TryAdd(id, (content, where));
+            if (model.IdToToken(id) is { } inVocab && inVocab != content)
+                throw ctx.Bad($"{where}.id", $"expected an id that model.vocab does not give to another token, found {id}, which is {InputError.Show(inVocab)} in model.vocab");
+            if (model.TokenToId(content) is int vocabId && vocabId != id)
+                throw ctx.Bad($"{where}.id", $"expected {vocabId}, the id model.vocab gives {InputError.Show(content)}, found {id}");
             var special = Bool(ctx, t, "special", where, false);
-            result.Add(new AddedToken(id, Str(ctx, t, "content", where), special,
+            result.Add(new AddedToken(id, content, special,
                 SingleWord: Bool(ctx, t, "single_word", where, false),
                 LStrip: Bool(ctx, t, "lstrip", where, false),
                 RStrip: Bool(ctx, t, "rstrip", where, false),
@@ -411,7 +531,7 @@ internal static class TokenizerJson
 
     // ---------------------------------------------------------------- post-processors
 
-    static PostProcessor? ParsePostProcessor(Ctx ctx, JsonElement? el, string where)
+    static PostProcessor? ParsePostProcessor(Ctx ctx, JsonElement? el, string where, Func<int, bool> isToken)
     {
         if (el is not { } p) return null;
         var type = TypeOf(ctx, p, where);
@@ -425,37 +545,49 @@ internal static class TokenizerJson
                     var i = 0;
                     foreach (var child in list.EnumerateArray())
                     {
-                        if (ParsePostProcessor(ctx, child.ValueKind == JsonValueKind.Null ? null : child, $"{where}.processors[{i}]") is { } c) items.Add(c);
+                        if (ParsePostProcessor(ctx, child.ValueKind == JsonValueKind.Null ? null : child, $"{where}.processors[{i}]", isToken) is { } c) items.Add(c);
                         i++;
                     }
                     return new SequencePostProcessor(items);
                 }
-            case "TemplateProcessing": return ParseTemplate(ctx, p, where);
+            case "TemplateProcessing": return ParseTemplate(ctx, p, where, isToken);
             case "BertProcessing":
             case "RobertaProcessing":
-                return new ClsSepPostProcessor(ParseTokenPair(ctx, p, "cls", where), ParseTokenPair(ctx, p, "sep", where));
-            default: throw ctx.Unsupported(where, "post-processor", type);
+                return new ClsSepPostProcessor(ParseTokenPair(ctx, p, "cls", where, isToken), ParseTokenPair(ctx, p, "sep", where, isToken));
+            default:
+                throw ctx.Unsupported($"{where}.type", "post-processor", type,
+                    "ByteLevel, Sequence, TemplateProcessing, BertProcessing, RobertaProcessing");
         }
     }
 
-    static int ParseTokenPair(Ctx ctx, JsonElement p, string name, string where)
+    /// <summary>An id the post-processor inserts: it must name a token, or Decode would fail on Encode's output.</summary>
+    static int ExistingId(Ctx ctx, JsonElement el, string where, Func<int, bool> isToken)
     {
-        if (p.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Array && v.GetArrayLength() == 2
-            && v[1].TryGetInt32(out var id)) return id;
-        throw ctx.Bad($"{where}.{name}", "expected [token, id]");
+        var id = Id(ctx, el, where);
+        if (!isToken(id)) throw ctx.Bad(where, $"expected the id of a token in model.vocab or added_tokens, found {id}");
+        return id;
     }
 
-    static TemplatePostProcessor ParseTemplate(Ctx ctx, JsonElement p, string where)
+    static int ParseTokenPair(Ctx ctx, JsonElement p, string name, string where, Func<int, bool> isToken)
+    {
+        if (!p.TryGetProperty(name, out var v)) throw ctx.Bad($"{where}.{name}", "the field is missing (expected [token, id])");
+        if (v.ValueKind != JsonValueKind.Array || v.GetArrayLength() != 2) throw ctx.Expected($"{where}.{name}", "[token, id]", v);
+        return ExistingId(ctx, v[1], $"{where}.{name}[1]", isToken);
+    }
+
+    static TemplatePostProcessor ParseTemplate(Ctx ctx, JsonElement p, string where, Func<int, bool> isToken)
     {
         var specials = new Dictionary<string, int[]>(StringComparer.Ordinal);
-        if (p.TryGetProperty("special_tokens", out var st) && st.ValueKind == JsonValueKind.Object)
+        if (p.TryGetProperty("special_tokens", out var st) && st.ValueKind is not (JsonValueKind.Object or JsonValueKind.Null))
+            throw ctx.Expected($"{where}.special_tokens", "an object", st);
+        if (st.ValueKind == JsonValueKind.Object)
         {
             foreach (var entry in st.EnumerateObject())
             {
                 var w = $"{where}.special_tokens.{entry.Name}";
-                if (entry.Value.ValueKind != JsonValueKind.Object) throw ctx.Bad(w, "expected an object");
+                if (entry.Value.ValueKind != JsonValueKind.Object) throw ctx.Expected(w, "an object", entry.Value);
                 var ids = Array(ctx, entry.Value, "ids", w);
-                specials[entry.Name] = ids.EnumerateArray().Select(x => x.TryGetInt32(out var v) ? v : throw ctx.Bad($"{w}.ids", "expected integer ids")).ToArray();
+                specials[entry.Name] = ids.EnumerateArray().Select((x, k) => ExistingId(ctx, x, $"{w}.ids[{k}]", isToken)).ToArray();
             }
         }
 
@@ -482,11 +614,12 @@ internal static class TokenizerJson
             }
             return new TemplatePostProcessor(items);
         }
-        if (single.ValueKind != JsonValueKind.Array) throw ctx.Bad($"{where}.single", "expected an array of template pieces");
+        if (single.ValueKind != JsonValueKind.Array) throw ctx.Expected($"{where}.single", "an array of template pieces", single);
         var i = 0;
         foreach (var item in single.EnumerateArray())
         {
             var w = $"{where}.single[{i++}]";
+            if (item.ValueKind != JsonValueKind.Object) throw ctx.Expected(w, "{\"SpecialToken\": ...} or {\"Sequence\": ...}", item);
             if (item.TryGetProperty("SpecialToken", out var sp) && sp.ValueKind == JsonValueKind.Object)
                 items.Add(Special(Str(ctx, sp, "id", w), w));
             else if (item.TryGetProperty("Sequence", out var seq) && seq.ValueKind == JsonValueKind.Object)
@@ -518,23 +651,37 @@ internal static class TokenizerJson
                         if (ParseDecoder(ctx, child.ValueKind == JsonValueKind.Null ? null : child, $"{where}.decoders[{i}]") is { } c) items.Add(c);
                         i++;
                     }
-                    return new SequenceDecoder(items);
+                    return new SequenceDecoder(items, $"{ctx.Path}: {where}");
                 }
             case "Replace":
                 {
                     var (literal, regex) = ParsePattern(ctx, d, where);
-                    return new ReplaceDecoder(literal, regex, Str(ctx, d, "content", where));
+                    return new ReplaceDecoder(literal, regex, Inserted(ctx, Str(ctx, d, "content", where), $"{where}.content"), $"{ctx.Path}: {where}");
                 }
             case "ByteFallback": return new ByteFallbackDecoder();
             case "Fuse": return new FuseDecoder();
             case "Strip":
                 {
-                    var content = Str(ctx, d, "content", where);
-                    if (content.Length == 0) throw ctx.Bad($"{where}.content", "expected a single character");
-                    return new StripDecoder(content, Int(ctx, d, "start", where, 0), Int(ctx, d, "stop", where, 0));
+                    var content = SingleChar(ctx, Str(ctx, d, "content", where), $"{where}.content");
+                    return new StripDecoder(content, Count(ctx, d, "start", where, 0), Count(ctx, d, "stop", where, 0));
                 }
-            case "BPEDecoder": return new BpeSuffixDecoder(Str(ctx, d, "suffix", where, "</w>"));
-            default: throw ctx.Unsupported(where, "decoder", type);
+            case "BPEDecoder": return new BpeSuffixDecoder(Inserted(ctx, Str(ctx, d, "suffix", where, "</w>"), $"{where}.suffix"));
+            default:
+                throw ctx.Unsupported($"{where}.type", "decoder", type,
+                    "ByteLevel, Metaspace, Sequence, Replace, ByteFallback, Fuse, Strip, BPEDecoder");
         }
     }
+}
+
+/// <summary>Sanity bounds on tokenizer-file fields; real files are far inside them.</summary>
+internal static class Limits
+{
+    /// <summary>Largest token id accepted (real vocabularies have at most a few hundred thousand tokens).</summary>
+    public const int MaxTokenId = (1 << 24) - 1;
+
+    /// <summary>Longest string inserted into text (subword prefix, suffix, replacement content; real ones are 1–4 characters).</summary>
+    public const int MaxInsertedLength = 256;
+
+    /// <summary>Longest regex pattern (real pre-tokenizer patterns are under 2,000 characters).</summary>
+    public const int MaxPatternLength = 65_536;
 }

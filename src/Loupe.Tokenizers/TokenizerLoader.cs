@@ -14,8 +14,7 @@ public static class TokenizerLoader
     /// </summary>
     /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
     /// <exception cref="FileNotFoundException">The folder holds no tokenizer files.</exception>
-    /// <exception cref="InvalidDataException">A file is malformed; the message names it.</exception>
-    /// <exception cref="NotSupportedException">A component type is not supported; the message names the file and type.</exception>
+    /// <exception cref="InputError">A file is malformed or holds an unsupported component type; the message names the file, the field and what was found.</exception>
     public static ITokenizer FromFolder(string folder)
     {
         ArgumentNullException.ThrowIfNull(folder);
@@ -69,12 +68,12 @@ public static class TokenizerLoader
         {
             var ctx = new TokenizerJson.Ctx(Path.GetFileName(vocabPath), vocabPath);
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
-                throw ctx.Bad("", $"expected a JSON object mapping token strings to ids, found {doc.RootElement.ValueKind}");
+                throw ctx.Expected("", "a JSON object mapping token strings to ids", doc.RootElement);
             vocab = TokenizerJson.ReadVocab(ctx, doc.RootElement, "");
         }
 
-        var merges = ReadMergesTxt(mergesPath, vocab);
-        var model = new BpeModel(vocab, merges, new BpeOptions(), $"Tokenizer files '{vocabPath}' / '{mergesPath}'");
+        var (merges, lines) = ReadMergesTxt(mergesPath, vocab);
+        var model = new BpeModel(vocab, merges, new BpeOptions(), mergesPath, rank => $"line {lines[rank]}");
         var added = new List<AddedToken>();
         if (vocab.TryGetValue(EndOfText, out var eot)) added.Add(new AddedToken(eot, EndOfText, Special: true));
 
@@ -90,20 +89,26 @@ public static class TokenizerLoader
             new ByteLevelPostProcessor(), new ByteLevelDecoder(), added, settings);
     }
 
-    static List<(string, string)> ReadMergesTxt(string path, IReadOnlyDictionary<string, int> vocab)
+    /// <summary>The merges of merges.txt, in rank order, with the line each came from.</summary>
+    static (List<(string, string)> Merges, List<int> Lines) ReadMergesTxt(string path, IReadOnlyDictionary<string, int> vocab)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"Tokenizer file '{path}' does not exist.", path);
+        var bytes = File.ReadAllBytes(path);
+        if (!System.Text.Unicode.Utf8.IsValid(bytes))
+            throw new InputError($"{path}: not valid UTF-8 at {TokenizerJson.Position(bytes, TokenizerJson.FirstInvalidUtf8(bytes))}");
         var merges = new List<(string, string)>();
+        var lines = new List<int>();
         var lineNo = 0;
-        foreach (var raw in File.ReadLines(path))
+        using var reader = new StringReader(new System.Text.UTF8Encoding(false).GetString(bytes).TrimStart('\uFEFF'));
+        while (reader.ReadLine() is { } line)
         {
             lineNo++;
-            var line = raw.TrimEnd('\r');
             if (line.Length == 0 || (lineNo == 1 && line.StartsWith("#version", StringComparison.Ordinal))) continue;
             var pair = TokenizerJson.SplitLegacyMerge(line, vocab)
-                ?? throw new InvalidDataException($"Tokenizer file '{path}' line {lineNo}: expected two tokens separated by one space, found '{line}'.");
+                ?? throw new InputError($"{path}: line {lineNo}: expected two tokens of the vocabulary separated by a space, found {InputError.Show(line)}");
             merges.Add(pair);
+            lines.Add(lineNo);
         }
-        return merges;
+        return (merges, lines);
     }
 }

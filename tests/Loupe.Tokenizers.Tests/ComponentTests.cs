@@ -163,22 +163,22 @@ public class ComponentTests
         Assert.Equal(["<0xZZ>"], new ByteFallbackDecoder().DecodeChain(["<0xZZ>"]));
         Assert.Equal(["Hey", " friend!"], new MetaspaceDecoder("▁", PrependScheme.Always).DecodeChain(["▁Hey", "▁friend!"]));
         Assert.Equal([" Hey", " friend!"], new MetaspaceDecoder("▁", PrependScheme.Never).DecodeChain(["▁Hey", "▁friend!"]));
-        Assert.Equal(["hey", "friend ", ""], new StripDecoder(" ", 1, 0).DecodeChain([" hey", "friend ", " "]));
-        Assert.Equal(["  x "], new StripDecoder(" ", 0, 2).DecodeChain(["  x   "]));
+        Assert.Equal(["hey", "friend ", ""], new StripDecoder(new System.Text.Rune(' '), 1, 0).DecodeChain([" hey", "friend ", " "]));
+        Assert.Equal(["  x "], new StripDecoder(new System.Text.Rune(' '), 0, 2).DecodeChain(["  x   "]));
         Assert.Equal(["abc"], new FuseDecoder().DecodeChain(["a", "b", "c"]));
         Assert.Equal("hello world", new ByteLevelDecoder().Decode(["hello", "Ġworld"]));
         Assert.Equal("€", new ByteLevelDecoder().Decode(["âĤ", "¬"]));
         Assert.Equal("\uFFFD", new ByteLevelDecoder().Decode(["âĤ"]));
         Assert.Equal("<|x|>€", new ByteLevelDecoder().Decode(["<|x|>", "âĤ¬"]));
         Assert.Equal("ab c", new BpeSuffixDecoder("</w>").Decode(["a", "b</w>", "c</w>"]));
-        var llama = new SequenceDecoder([new ReplaceDecoder("▁", null, " "), new ByteFallbackDecoder(), new FuseDecoder(), new StripDecoder(" ", 1, 0)]);
+        var llama = new SequenceDecoder([new ReplaceDecoder("▁", null, " "), new ByteFallbackDecoder(), new FuseDecoder(), new StripDecoder(new System.Text.Rune(' '), 1, 0)]);
         Assert.Equal("Hi €!", llama.Decode(["▁Hi", "▁", "<0xE2>", "<0x82>", "<0xAC>", "!"]));
     }
 
     // ------------------------------------------------------------------ BPE model
 
     static BpeModel Bpe(string[] vocab, (string, string)[] merges, BpeOptions? options = null) =>
-        new(vocab.Select((t, i) => (t, i)).ToDictionary(x => x.t, x => x.i), merges, options ?? new BpeOptions(), "test");
+        new(vocab.Select((t, i) => (t, i)).ToDictionary(x => x.t, x => x.i), merges, options ?? new BpeOptions(), "test", rank => $"merges[{rank}]");
 
     static int[] Tokenize(BpeModel m, string word)
     {

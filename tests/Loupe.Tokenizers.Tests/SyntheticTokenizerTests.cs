@@ -157,7 +157,7 @@ public sealed class SyntheticTokenizerTests : IDisposable
     {
         var t = Load(_dir, Gemma());
         Assert.Equal(GEndOfText + 1, t.VocabSize);
-        var e = Assert.Throws<ArgumentOutOfRangeException>(() => t.IdToToken(298));
+        var e = Assert.Throws<InputError>(() => t.IdToToken(298));
         Assert.Contains("298", e.Message);
     }
 
@@ -194,14 +194,14 @@ public sealed class SyntheticTokenizerTests : IDisposable
         var json = Llama3();
         var added = (JsonArray)json["added_tokens"]!;
         added.Add(AddedToken(300, "<mask>", lstrip: true, rstrip: true));
-        added.Add(AddedToken(301, "or", special: false, singleWord: true));
+        added.Add(AddedToken(301, "wor", special: false, singleWord: true));
         var t = Load(_dir, json);
         // The spaces around <mask> are absorbed by the token.
         Assert.Equal([L3Hello, 300, L3Hello], t.Encode("hello   <mask>  hello", false));
-        // "or" alone is the added token; inside "world" it is not.
-        Assert.Equal([301], t.Encode("or", false));
+        // "wor" alone is the added token; inside "world" it is not.
+        Assert.Equal([301], t.Encode("wor", false));
         Assert.DoesNotContain(301, t.Encode("world", false));
-        Assert.Contains(301, t.Encode("this or that", false));
+        Assert.Contains(301, t.Encode("this wor that", false));
     }
 
     [Fact]

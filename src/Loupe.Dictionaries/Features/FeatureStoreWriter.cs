@@ -171,7 +171,7 @@ static class FeatureStoreWriter
             string two = tokenizer.Decode([id, id]);
             return two.Length > one.Length && two.StartsWith(one, StringComparison.Ordinal) ? two[one.Length..] : one;
         }
-        catch (ArgumentOutOfRangeException)
+        catch (InputError)
         {
             return null;
         }
