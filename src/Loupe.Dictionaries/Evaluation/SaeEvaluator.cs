@@ -125,7 +125,7 @@ public static class SaeEvaluator
     /// <param name="options">Batch size, excluded tokens, dense threshold, histogram bins.</param>
     /// <param name="outputHook">The hook a transcoder replaces; null for an SAE.</param>
     /// <param name="progress">Told after each batch.</param>
-    /// <exception cref="ArgumentException">A hook is not in the model or the dictionary's width does not fit it; the contexts do not fit the model.</exception>
+    /// <exception cref="InputError">A hook is not in the model or the dictionary's width does not fit it; the contexts do not fit the model.</exception>
     /// <exception cref="ArgumentOutOfRangeException">A batch size below 1 or a dense threshold outside [0, 1].</exception>
     public static SaeEvalResult Evaluate(HookedTransformer model, SparseDictionary dictionary, string hook, HarvestContexts contexts,
         SaeEvalOptions? options = null, string? outputHook = null, IProgress<SaeEvalProgress>? progress = null)
@@ -135,7 +135,7 @@ public static class SaeEvaluator
         if (!(options.DenseThreshold is >= 0 and <= 1)) throw new ArgumentOutOfRangeException(nameof(options), $"dense threshold must be in [0, 1] (got {options.DenseThreshold})");
         if (!(options.HistogramBinWidth > 0)) throw new ArgumentOutOfRangeException(nameof(options), $"histogram bin width must be positive (got {options.HistogramBinWidth})");
         if (contexts.ContextSize > model.Config.NCtx)
-            throw new ArgumentException($"contexts have {contexts.ContextSize} tokens but the model's n_ctx is {model.Config.NCtx}", nameof(contexts));
+            throw InputError.Expected("argument", "context size", $"at most the model's n_ctx = {model.Config.NCtx} tokens", contexts.ContextSize);
         int[] excluded = (options.ExcludeTokens ?? DefaultExcluded(model)).Distinct().Order().ToArray();
         var splice = SaeSplice.ForModel(model, dictionary, hook,
             new SaeSpliceOptions { UseErrorTerm = false, OutputHook = outputHook, ExcludeTokens = excluded });
@@ -161,7 +161,7 @@ public static class SaeEvaluator
             progress?.Report(new SaeEvalProgress(start + count, contexts.Count));
         }
         if (acc.Positions == 0)
-            throw new ArgumentException($"every position holds an excluded token ({string.Join(", ", excluded)}); nothing to measure the activations on", nameof(contexts));
+            throw new InputError($"every position holds an excluded token ({string.Join(", ", excluded)}); nothing to measure the activations on");
 
         // 7. aggregate
         var s = dictionary.Shape;

@@ -14,10 +14,10 @@ public static class DictionaryFile
     /// published folder layout where that is unambiguous (see <see cref="GemmaScopeFormat.ConfigFromPath"/>).
     /// </param>
     /// <exception cref="FileNotFoundException">Nothing loadable exists at the path.</exception>
-    /// <exception cref="InvalidDataException">
-    /// The files are malformed (see <see cref="SaeLensFormat.Load"/> and <see cref="GemmaScopeFormat.Load"/>).
+    /// <exception cref="InputError">
+    /// The path names a file of another kind, the files are malformed (see <see cref="SaeLensFormat.Load"/> and
+    /// <see cref="GemmaScopeFormat.Load"/>), or <paramref name="hookName"/> is given for a SAELens folder, whose cfg.json names its hook.
     /// </exception>
-    /// <exception cref="ArgumentException"><paramref name="hookName"/> is given for a SAELens folder, whose cfg.json names its hook.</exception>
     public static (SparseDictionary Dictionary, SaeLensConfig Config) Load(string path, string? hookName = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
@@ -27,7 +27,7 @@ public static class DictionaryFile
             if (name is SaeLensFormat.ConfigFile or SaeLensFormat.WeightsFile)
                 return SaeLens(Path.GetDirectoryName(Path.GetFullPath(path))!, hookName);
             if (path.EndsWith(".npz", StringComparison.OrdinalIgnoreCase)) return GemmaScopeFormat.Load(path, hookName);
-            throw new InvalidDataException(
+            throw new InputError(
                 $"'{path}' is not a dictionary file: expected a SAELens {SaeLensFormat.ConfigFile} or {SaeLensFormat.WeightsFile}, or a Gemma Scope .npz");
         }
         if (Directory.Exists(path))
@@ -43,5 +43,5 @@ public static class DictionaryFile
 
     static (SparseDictionary, SaeLensConfig) SaeLens(string folder, string? hookName) =>
         hookName is null ? SaeLensFormat.Load(folder)
-            : throw new ArgumentException($"a hook name is only taken for Gemma Scope .npz files; the SAELens folder '{folder}' names its own hook in cfg.json", nameof(hookName));
+            : throw new InputError($"{folder}: a hook name ({InputError.Show(hookName)}) is only taken for Gemma Scope .npz files; this SAELens folder names its own hook in cfg.json");
 }

@@ -43,11 +43,11 @@ public static partial class GemmaScopeFormat
     /// terms (architecture "jumprelu"), so it can be saved with <see cref="SaeLensFormat.Save"/>.
     /// </returns>
     /// <exception cref="FileNotFoundException">No file at <paramref name="path"/> (or no params.npz in the folder).</exception>
-    /// <exception cref="InvalidDataException">
+    /// <exception cref="InputError">
     /// The file is not a zip archive, an entry is missing, unknown, duplicated or not a float .npy array (pickles are
-    /// refused), shapes disagree, or a value is NaN or infinite. Messages name the file and the entry.
+    /// refused), its header declares more (or fewer) bytes than the entry holds, shapes disagree, a tensor has more
+    /// elements than a float[] can hold, or a value is NaN or infinite. Messages name the file and the entry.
     /// </exception>
-    /// <exception cref="NotSupportedException">A tensor has 2^31 elements or more.</exception>
     public static (SparseDictionary Dictionary, SaeLensConfig Config) Load(string path, string? hookName = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
@@ -61,7 +61,7 @@ public static partial class GemmaScopeFormat
         catch (InvalidDataException e)
         {
             fs.Dispose();
-            throw new InvalidDataException($"{file} is not a valid .npz (zip) archive: {e.Message}", e);
+            throw new InputError($"{file} is not a valid .npz (zip) archive: {e.Message}", e);
         }
         using (zip)
         {
@@ -71,29 +71,30 @@ public static partial class GemmaScopeFormat
             {
                 string name = entry.FullName;
                 if (!name.EndsWith(".npy", StringComparison.Ordinal))
-                    throw new InvalidDataException($"{file}: entry '{name}' is not a .npy array; a params.npz holds {string.Join(", ", s_required.Select(r => r + ".npy"))}");
+                    throw new InputError($"{file}: entry '{name}' is not a .npy array; a params.npz holds {string.Join(", ", s_required.Select(r => r + ".npy"))}");
                 string key = name[..^4];
                 if (key.StartsWith("w_", StringComparison.Ordinal)) key = "W_" + key[2..];
                 if (!s_required.Contains(key))
-                    throw new InvalidDataException($"{file}: unexpected entry '{name}'; a Gemma Scope params.npz holds exactly {string.Join(", ", s_required.Select(r => r + ".npy"))}");
+                    throw new InputError($"{file}: unexpected entry '{name}'; a Gemma Scope params.npz holds exactly {string.Join(", ", s_required.Select(r => r + ".npy"))}");
                 if (!entries.TryAdd(key, entry))
-                    throw new InvalidDataException($"{file}: tensor '{key}' appears twice (entries '{entries[key].FullName}' and '{name}')");
+                    throw new InputError($"{file}: tensor '{key}' appears twice (entries '{entries[key].FullName}' and '{name}')");
             }
             var missing = s_required.Where(r => !entries.ContainsKey(r)).ToList();
             if (missing.Count > 0)
-                throw new InvalidDataException($"{file}: missing {string.Join(", ", missing.Select(m => $"'{m}.npy'"))} (found {(entries.Count == 0 ? "no entries" : string.Join(", ", entries.Values.Select(e => $"'{e.FullName}'")))})");
+                throw new InputError($"{file}: missing {string.Join(", ", missing.Select(m => $"'{m}.npy'"))} (found {(entries.Count == 0 ? "no entries" : string.Join(", ", entries.Values.Select(e => $"'{e.FullName}'")))})");
 
             // 2. Headers and shapes.
-            var headers = entries.ToDictionary(kv => kv.Key, kv => Read(file, kv.Value, (s, src) => Npy.ReadHeader(s, src)));
+            var headers = entries.ToDictionary(kv => kv.Key, kv => Read(file, kv.Value, (s, src, length) => Npy.ReadHeader(s, src, length)));
             long[] wEnc = headers["W_enc"].Shape, wDec = headers["W_dec"].Shape;
             if (wEnc.Length != 2) throw ShapeError(file, entries["W_enc"], wEnc, "[d_in, d_sae] (2-D)");
             if (wDec.Length != 2) throw ShapeError(file, entries["W_dec"], wDec, "[d_sae, d_out] (2-D)");
             long dIn = wEnc[0], dSae = wEnc[1], dOut = wDec[1];
             if (dIn <= 0 || dSae <= 0 || dOut <= 0)
-                throw new InvalidDataException($"{file}: W_enc is [{dIn}, {dSae}] and W_dec [{wDec[0]}, {dOut}]; dimensions must be positive");
+                throw new InputError($"{file}: W_enc is [{dIn}, {dSae}] and W_dec [{wDec[0]}, {dOut}]; dimensions must be positive");
             if (wDec[0] != dSae) throw ShapeError(file, entries["W_dec"], wDec, $"[{dSae}, d_out]: one row per feature of W_enc [{dIn}, {dSae}]");
-            if (dIn * dSae > Array.MaxLength || dSae * dOut > Array.MaxLength)
-                throw new NotSupportedException($"{file}: W_enc [{dIn}, {dSae}] or W_dec [{wDec[0]}, {dOut}] has more elements than a float[] can hold");
+            // Each header was checked against its entry's declared length, so these sizes are backed by the archive.
+            Check.Product($"{file}, entry '{entries["W_enc"].FullName}'", "W_enc [d_in, d_sae]", Check.MaxArrayElements, dIn, dSae);
+            Check.Product($"{file}, entry '{entries["W_dec"].FullName}'", "W_dec [d_sae, d_out]", Check.MaxArrayElements, dSae, dOut);
             void Expect(string key, params long[] shape)
             {
                 if (!headers[key].Shape.SequenceEqual(shape))
@@ -109,9 +110,9 @@ public static partial class GemmaScopeFormat
             foreach (var (key, into) in new (string, float[])[]
                      { ("W_enc", dict.P.WEnc), ("b_enc", dict.P.BEnc), ("W_dec", dict.P.WDec), ("b_dec", dict.P.BDec), ("threshold", theta) })
             {
-                Read(file, entries[key], (s, src) =>
+                Read(file, entries[key], (s, src, length) =>
                 {
-                    var h = Npy.ReadHeader(s, src);
+                    var h = Npy.ReadHeader(s, src, length);
                     Npy.ReadData(s, h, into, src);
                     return h;
                 });
@@ -152,7 +153,8 @@ public static partial class GemmaScopeFormat
         Match? release = null;
         foreach (string seg in segments)
         {
-            if (LayerFolder().Match(seg) is { Success: true } lm) layer = int.Parse(lm.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+            if (LayerFolder().Match(seg) is { Success: true } lm
+                && int.TryParse(lm.Groups[1].Value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int at)) layer = at;
             if (ReleaseFolder().Match(seg) is { Success: true } rm) release = rm;
         }
         var cfg = new SaeLensConfig { Architecture = "jumprelu", ApplyBDecToInput = false, ContextSize = 1024, PrependBos = true };
@@ -169,31 +171,39 @@ public static partial class GemmaScopeFormat
         };
     }
 
-    [GeneratedRegex(@"^layer_(\d+)$")]
+    [GeneratedRegex(@"^layer_([0-9]{1,9})$")]
     private static partial Regex LayerFolder();
 
-    [GeneratedRegex(@"(?:^|--)gemma-scope-(?<size>\d+b)-(?<variant>pt|it)-(?<site>res|mlp|att|transcoders)(?:-canonical)?$")]
+    [GeneratedRegex(@"(?:^|--)gemma-scope-(?<size>[0-9]+b)-(?<variant>pt|it)-(?<site>res|mlp|att|transcoders)(?:-canonical)?$")]
     private static partial Regex ReleaseFolder();
 
-    static NpyHeader Read(string file, ZipArchiveEntry entry, Func<Stream, string, NpyHeader> read)
+    // Deflate never expands more than about 1032:1; a declared length past that is a lie about the entry.
+    const long MaxDeflateRatio = 1100;
+
+    // Reads one entry with its declared uncompressed length as the .npy's size, so a header can never make Loupe
+    // allocate for bytes the entry does not declare; reading stops at the real end of the stream (truncation is reported).
+    static NpyHeader Read(string file, ZipArchiveEntry entry, Func<Stream, string, long, NpyHeader> read)
     {
         string source = $"{file}, entry '{entry.FullName}'";
+        long length = entry.Length, compressed = entry.CompressedLength;
+        if (length < 0 || compressed < 0 || length > compressed * MaxDeflateRatio + 4096)
+            throw new InputError($"{source}: declares {length} uncompressed bytes from {compressed} compressed bytes; more than deflate can produce (the archive's directory is corrupt)");
         try
         {
             using var s = entry.Open();
-            return read(s, source);
+            return read(s, source, length);
         }
-        catch (InvalidDataException e) when (!e.Message.StartsWith(source, StringComparison.Ordinal))
+        catch (InvalidDataException e)
         {
-            // The zip layer itself failed (bad deflate data, CRC mismatch, unsupported compression).
-            throw new InvalidDataException($"{source} cannot be read from the archive: {e.Message}", e);
+            // The zip layer itself failed (bad deflate data, CRC mismatch, an entry longer than declared).
+            throw new InputError($"{source} cannot be read from the archive: {e.Message}", e);
         }
         catch (NotSupportedException e)
         {
-            throw new InvalidDataException($"{source} cannot be read from the archive: {e.Message}", e);
+            throw new InputError($"{source} cannot be read from the archive: {e.Message}", e);
         }
     }
 
-    static InvalidDataException ShapeError(string file, ZipArchiveEntry entry, long[] shape, string expected) =>
+    static InputError ShapeError(string file, ZipArchiveEntry entry, long[] shape, string expected) =>
         new($"{file}, entry '{entry.FullName}' has shape ({string.Join(", ", shape)}); expected {expected}");
 }

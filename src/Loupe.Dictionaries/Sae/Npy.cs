@@ -45,22 +45,28 @@ public enum NpyElementType
 public sealed record NpyHeader(int MajorVersion, int MinorVersion, string Descr, NpyElementType ElementType, bool BigEndian,
     bool FortranOrder, long[] Shape)
 {
+    /// <summary>Bytes before the data: magic, version, header length and header (0 when not read from a stream).</summary>
+    public long DataOffset { get; init; }
+
     /// <summary>Bytes per element.</summary>
     public int ItemSize => ElementType switch { NpyElementType.Float16 => 2, NpyElementType.Float32 => 4, _ => 8 };
 
     /// <summary>Number of elements, the product of <see cref="Shape"/> (1 for a scalar).</summary>
     public long ElementCount { get; } = Product(Shape);
 
-    /// <summary>Bytes of array data that follow the header.</summary>
+    /// <summary>Bytes of array data that follow the header (element counts are capped so this cannot overflow).</summary>
     public long DataBytes => ElementCount * ItemSize;
 
     /// <summary>The shape as <c>(3, 4)</c>, as NumPy prints it.</summary>
     public string ShapeText => Shape.Length == 1 ? $"({Shape[0]},)" : $"({string.Join(", ", Shape)})";
 
+    // Overflow-safe: a product past long.MaxValue / 8 (so that × itemsize overflows too) is refused by the reader
+    // before a header is built; direct construction with such a shape throws OverflowException.
     static long Product(long[] shape)
     {
         long n = 1;
         foreach (long d in shape) n = checked(n * d);
+        if (n > long.MaxValue / 8) throw new OverflowException("element count × item size overflows");
         return n;
     }
 }
@@ -71,6 +77,15 @@ public static class Npy
     /// <summary>Largest header accepted, in bytes. NumPy's own default limit (<c>max_header_size</c>) is 10 000.</summary>
     public const int MaxHeaderLength = 1 << 20;
 
+    /// <summary>Deepest nesting of tuples/lists accepted in a header (a shape is one level; structured dtypes a few).</summary>
+    public const int MaxHeaderNesting = 16;
+
+    /// <summary>Most dimensions a shape may have (NumPy's own limit, NPY_MAXDIMS, is 64).</summary>
+    public const int MaxRank = 64;
+
+    /// <summary>Floats read per chunk: spans of bytes stay far below 2 GiB however large the array.</summary>
+    internal const int DefaultChunkElements = 1 << 20;
+
     static ReadOnlySpan<byte> Magic => [0x93, (byte)'N', (byte)'U', (byte)'M', (byte)'P', (byte)'Y'];
 
     /// <summary>
@@ -78,14 +93,21 @@ public static class Npy
     /// </summary>
     /// <param name="stream">The .npy bytes (a file, or one entry of a .npz).</param>
     /// <param name="source">Names the array in error messages, e.g. <c>params.npz, entry 'W_enc.npy'</c>.</param>
-    /// <exception cref="InvalidDataException">
-    /// The stream is too short, the magic is wrong, the version is not 1.0/2.0/3.0, the header is malformed or
-    /// over <see cref="MaxHeaderLength"/>, a key is missing or unexpected, the dtype is not a float (objects and
-    /// pickles are refused), or the shape is invalid. Every message starts with <paramref name="source"/>.
+    /// <param name="totalBytes">
+    /// The length of the whole .npy (for a .npz entry: its declared uncompressed length); null reads it from a seekable
+    /// stream. When known, the header and the data the shape declares must fit in it exactly, so nothing is allocated
+    /// for sizes the bytes do not back.
+    /// </param>
+    /// <exception cref="InputError">
+    /// The stream is too short, the magic is wrong, the version is not 1.0/2.0/3.0, the header is malformed, nested
+    /// too deeply or over <see cref="MaxHeaderLength"/>, a key is missing or unexpected, the dtype is not a float (objects
+    /// and pickles are refused), the shape is invalid or its size overflows, or the declared data does not match the
+    /// bytes present. Every message starts with <paramref name="source"/>.
     /// </exception>
-    public static NpyHeader ReadHeader(Stream stream, string source)
+    public static NpyHeader ReadHeader(Stream stream, string source, long? totalBytes = null)
     {
         ArgumentNullException.ThrowIfNull(stream);
+        if (totalBytes is null && stream.CanSeek) totalBytes = stream.Length - stream.Position;
         // 1. Magic, version, HEADER_LEN.
         Span<byte> pre = stackalloc byte[8];
         int got = ReadFull(stream, pre);
@@ -100,20 +122,25 @@ public static class Npy
         int lenSize = major == 1 ? 2 : 4;
         if (ReadFull(stream, lenBytes[..lenSize]) < lenSize) throw Bad(source, "is truncated inside the header length");
         long headerLen = major == 1 ? BinaryPrimitives.ReadUInt16LittleEndian(lenBytes) : BinaryPrimitives.ReadUInt32LittleEndian(lenBytes);
+        long dataOffset = 8 + lenSize + headerLen;
         if (headerLen > MaxHeaderLength)
             throw Bad(source, $"declares a {headerLen}-byte header; more than the {MaxHeaderLength} bytes accepted");
+        if (totalBytes is long total && dataOffset > total)
+            throw Bad(source, $"is truncated inside the header: it declares {headerLen} header bytes, but the array is only {total} bytes long");
         var headerBytes = new byte[headerLen];
         int read = ReadFull(stream, headerBytes);
         if (read < headerLen) throw Bad(source, $"is truncated inside the header: {read} of {headerLen} bytes");
 
         // 2. The dict literal.
-        string text = (major == 3 ? Encoding.UTF8 : Encoding.Latin1).GetString(headerBytes);
+        string text;
+        try { text = (major == 3 ? new UTF8Encoding(false, throwOnInvalidBytes: true) : Encoding.Latin1).GetString(headerBytes); }
+        catch (DecoderFallbackException) { throw Bad(source, "has a version 3.0 header that is not valid UTF-8"); }
         Dictionary<string, object?> dict;
         try { dict = new LiteralParser(text).ParseHeaderDict(); }
         catch (FormatException e) { throw Bad(source, $"has a malformed header {Quote(text)}: {e.Message}"); }
         foreach (string key in dict.Keys)
             if (key is not ("descr" or "fortran_order" or "shape"))
-                throw Bad(source, $"has an unexpected header key '{key}'; a .npy header holds exactly 'descr', 'fortran_order' and 'shape'");
+                throw Bad(source, $"has an unexpected header key '{Cut(key)}'; a .npy header holds exactly 'descr', 'fortran_order' and 'shape'");
         foreach (string key in (string[])["descr", "fortran_order", "shape"])
             if (!dict.ContainsKey(key)) throw Bad(source, $"header {Quote(text)} lacks the key '{key}'");
 
@@ -125,6 +152,8 @@ public static class Npy
             throw Bad(source, $"header field 'fortran_order' is {Describe(dict["fortran_order"])}; expected True or False");
         if (dict["shape"] is not List<object?> dims)
             throw Bad(source, $"header field 'shape' is {Describe(dict["shape"])}; expected a tuple of integers");
+        if (dims.Count > MaxRank)
+            throw Bad(source, $"header field 'shape' has {dims.Count} dimensions; expected at most {MaxRank}");
         var shape = new long[dims.Count];
         for (int i = 0; i < dims.Count; i++)
         {
@@ -132,20 +161,33 @@ public static class Npy
                 throw Bad(source, $"header field 'shape' has {Describe(dims[i])} at position {i}; expected a non-negative integer");
             shape[i] = d;
         }
-        try { return new NpyHeader(major, minor, descr, type, bigEndian, fortran, shape); }
-        catch (OverflowException) { throw Bad(source, $"has shape ({string.Join(", ", shape)}), whose element count overflows"); }
+        NpyHeader header;
+        try { header = new NpyHeader(major, minor, descr, type, bigEndian, fortran, shape) { DataOffset = dataOffset }; }
+        catch (OverflowException) { throw Bad(source, $"has shape ({string.Join(", ", shape)}), whose size in bytes overflows"); }
+
+        // 4. The data the header declares must be the bytes that are there (checked before anyone allocates for it).
+        if (totalBytes is long all && header.DataBytes != all - dataOffset)
+            throw Bad(source, header.DataBytes > all - dataOffset
+                ? $"is truncated: shape {header.ShapeText} × {Cut(descr)} needs {header.DataBytes} bytes of data, the array holds {all - dataOffset}"
+                : $"has {all - dataOffset - header.DataBytes} bytes after the {header.DataBytes} bytes of data that shape {header.ShapeText} × {Cut(descr)} needs");
+        return header;
     }
 
     /// <summary>
     /// Reads the array data that follows <paramref name="header"/> into <paramref name="destination"/> as
-    /// row-major float32, then checks that the stream ends there.
+    /// row-major float32, in chunks (arrays over 2 GiB are fine), then checks that the stream ends there.
     /// </summary>
     /// <exception cref="ArgumentException"><paramref name="destination"/> does not hold exactly <see cref="NpyHeader.ElementCount"/> floats.</exception>
-    /// <exception cref="InvalidDataException">The data is truncated, or bytes follow it (the message starts with <paramref name="source"/>).</exception>
-    public static void ReadData(Stream stream, NpyHeader header, Span<float> destination, string source)
+    /// <exception cref="InputError">The data is truncated, or bytes follow it (the message starts with <paramref name="source"/>).</exception>
+    public static void ReadData(Stream stream, NpyHeader header, Span<float> destination, string source) =>
+        ReadData(stream, header, destination, source, DefaultChunkElements);
+
+    /// <summary><see cref="ReadData(Stream, NpyHeader, Span{float}, string)"/> with the chunk size as a parameter (tests use tiny chunks).</summary>
+    internal static void ReadData(Stream stream, NpyHeader header, Span<float> destination, string source, int chunkElements)
     {
         ArgumentNullException.ThrowIfNull(stream);
         ArgumentNullException.ThrowIfNull(header);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(chunkElements);
         if (destination.Length != header.ElementCount)
             throw new ArgumentException($"{source}: destination holds {destination.Length} floats; the array has {header.ElementCount}", nameof(destination));
         int n = destination.Length;
@@ -153,47 +195,41 @@ public static class Npy
         float[]? scratch = header.FortranOrder && header.Shape.Length > 1 ? new float[n] : null;
         Span<float> target = scratch ?? destination;
 
-        if (header.ElementType == NpyElementType.Float32 && header.BigEndian == !BitConverter.IsLittleEndian)
+        int item = header.ItemSize;
+        bool direct = header.ElementType == NpyElementType.Float32 && header.BigEndian == !BitConverter.IsLittleEndian;
+        // Every span of bytes covers at most one chunk: MemoryMarshal.AsBytes over the whole of a > 2 GiB array would overflow.
+        byte[]? buffer = direct ? null : new byte[(long)Math.Min(chunkElements, Math.Max(n, 1)) * item];
+        int done = 0;
+        while (done < n)
         {
-            var bytes = MemoryMarshal.AsBytes(target);
+            int count = Math.Min(n - done, chunkElements);
+            var slice = target.Slice(done, count);
+            var bytes = direct ? MemoryMarshal.AsBytes(slice) : buffer.AsSpan(0, count * item);
             int got = ReadFull(stream, bytes);
-            if (got < bytes.Length) throw Truncated(source, header, got);
-        }
-        else
-        {
-            int item = header.ItemSize;
-            var chunk = new byte[Math.Min(1 << 16, Math.Max(item, n * item))];
-            int done = 0;
-            while (done < n)
-            {
-                int count = Math.Min(n - done, chunk.Length / item);
-                int got = ReadFull(stream, chunk.AsSpan(0, count * item));
-                if (got < count * item) throw Truncated(source, header, (long)done * item + got);
-                ConvertChunk(chunk.AsSpan(0, count * item), target.Slice(done, count), header.ElementType, header.BigEndian);
-                done += count;
-            }
+            if (got < bytes.Length) throw Truncated(source, header, (long)done * item + got);
+            if (!direct) ConvertChunk(bytes, slice, header.ElementType, header.BigEndian);
+            done += count;
         }
         Span<byte> probe = stackalloc byte[1];
         if (ReadFull(stream, probe) != 0)
-            throw Bad(source, $"has bytes after the {header.DataBytes} bytes of data that shape {header.ShapeText} × {header.Descr} needs");
+            throw Bad(source, $"has bytes after the {header.DataBytes} bytes of data that shape {header.ShapeText} × {Cut(header.Descr)} needs");
         if (scratch is not null) FortranToRowMajor(scratch, destination, header.Shape);
     }
 
     /// <summary>Reads a whole .npy stream as row-major float32.</summary>
-    /// <exception cref="InvalidDataException">As for <see cref="ReadHeader"/> and <see cref="ReadData"/>.</exception>
-    /// <exception cref="NotSupportedException">The array has 2^31 elements or more (a float[] cannot hold it).</exception>
+    /// <exception cref="InputError">As for <see cref="ReadHeader"/> and <see cref="ReadData(Stream, NpyHeader, Span{float}, string)"/>, or the array has more elements than a float[] can hold.</exception>
     public static float[] ReadFloat32(Stream stream, string source, out NpyHeader header)
     {
         header = ReadHeader(stream, source);
-        if (header.ElementCount > Array.MaxLength)
-            throw new NotSupportedException($"{source}: shape {header.ShapeText} has {header.ElementCount} elements; more than a float[] can hold");
+        if (header.ElementCount > Check.MaxArrayElements)
+            throw Bad(source, $"has shape {header.ShapeText}: {header.ElementCount} elements, more than one float[] can hold ({Check.MaxArrayElements})");
         var data = new float[header.ElementCount];
         ReadData(stream, header, data, source);
         return data;
     }
 
     /// <summary>Reads a .npy array held in memory as row-major float32.</summary>
-    /// <exception cref="InvalidDataException">As for <see cref="ReadHeader"/> and <see cref="ReadData"/>.</exception>
+    /// <exception cref="InputError">As for <see cref="ReadHeader"/> and <see cref="ReadData(Stream, NpyHeader, Span{float}, string)"/>.</exception>
     public static float[] ReadFloat32(byte[] bytes, string source, out NpyHeader header)
     {
         ArgumentNullException.ThrowIfNull(bytes);
@@ -204,9 +240,9 @@ public static class Npy
     static (NpyElementType, bool BigEndian) ParseDescr(string descr, string source)
     {
         if (descr.Length >= 2 && descr[1] == 'O' || descr == "O")
-            throw Bad(source, $"has dtype '{descr}': an object array, stored as a Python pickle; Loupe never unpickles (save arrays with allow_pickle=False)");
+            throw Bad(source, $"has dtype '{Cut(descr)}': an object array, stored as a Python pickle; Loupe never unpickles (save arrays with allow_pickle=False)");
         if (descr.Length >= 2 && descr[1] == 'V')
-            throw Bad(source, $"has dtype '{descr}', a raw void type (how bfloat16 from ml_dtypes is written); convert it to float32 (or float16) before saving");
+            throw Bad(source, $"has dtype '{Cut(descr)}', a raw void type (how bfloat16 from ml_dtypes is written); convert it to float32 (or float16) before saving");
         if (descr.Length == 3 && descr[0] is '<' or '>' && descr[1] == 'f')
         {
             bool big = descr[0] == '>';
@@ -217,7 +253,7 @@ public static class Npy
                 case '8': return (NpyElementType.Float64, big);
             }
         }
-        throw Bad(source, $"has dtype '{descr}'; supported dtypes are '<f2', '<f4', '<f8' and their big-endian forms '>f2', '>f4', '>f8'");
+        throw Bad(source, $"has dtype '{Cut(descr)}'; supported dtypes are '<f2', '<f4', '<f8' and their big-endian forms '>f2', '>f4', '>f8'");
     }
 
     static void ConvertChunk(ReadOnlySpan<byte> src, Span<float> dst, NpyElementType type, bool bigEndian)
@@ -278,20 +314,34 @@ public static class Npy
         return total;
     }
 
-    static InvalidDataException Truncated(string source, NpyHeader h, long got) =>
-        Bad(source, $"is truncated: shape {h.ShapeText} × {h.Descr} needs {h.DataBytes} bytes of data, found {got}");
+    static InputError Truncated(string source, NpyHeader h, long got) =>
+        Bad(source, $"is truncated: shape {h.ShapeText} × {Cut(h.Descr)} needs {h.DataBytes} bytes of data, found {got}");
 
-    static InvalidDataException Bad(string source, string what) => new($"{source} {what}");
+    static InputError Bad(string source, string what) => new($"{source} {what}");
 
-    static string Quote(string text) => "\"" + text.TrimEnd().Replace("\n", "\\n") + "\"";
+    // One line, at most 200 characters: a header can be a megabyte of brackets.
+    static string Quote(string text)
+    {
+        string t = text.TrimEnd().Replace("\n", "\\n").Replace("\r", "\\r");
+        return "\"" + (t.Length > 200 ? t[..197] + "..." : t) + "\"";
+    }
 
-    static string Describe(object? v) => v switch
+    static string Cut(string s) => s.Length > 40 ? s[..37] + "..." : s;
+
+    // At most about 200 characters: a header value can be a megabyte long.
+    static string Describe(object? v)
+    {
+        string d = DescribeFull(v);
+        return d.Length > 200 ? d[..197] + "..." : d;
+    }
+
+    static string DescribeFull(object? v) => v switch
     {
         null => "None",
-        string str => $"'{str}'",
+        string str => $"'{Cut(str)}'",
         bool b => b ? "True" : "False",
         long l => l.ToString(CultureInfo.InvariantCulture),
-        List<object?> list => "(" + string.Join(", ", list.Select(Describe)) + ")",
+        List<object?> list => "(" + string.Join(", ", list.Take(20).Select(Describe)) + (list.Count > 20 ? ", ..." : "") + ")",
         _ => v.ToString() ?? "?",
     };
 
@@ -315,7 +365,7 @@ public static class Npy
                 SkipSpace();
                 Expect(':');
                 object? value = Parse();
-                if (!dict.TryAdd(key, value)) throw new FormatException($"key '{key}' appears twice");
+                if (!dict.TryAdd(key, value)) throw new FormatException($"key '{Cut(key)}' appears twice");
                 SkipSpace();
                 if (Peek() == ',') { _at++; SkipSpace(); }
                 else if (Peek() != '}') throw new FormatException($"expected ',' or '}}' at offset {_at}");
@@ -326,17 +376,51 @@ public static class Npy
             return dict;
         }
 
+        // Iterative, with an explicit stack of open sequences: a header of a million '(' must fail with a
+        // message, never overflow the call stack.
         object? Parse()
         {
-            SkipSpace();
-            char c = Peek();
-            if (c is '\'' or '"') return ParseString(c);
-            if (c is '(' or '[') return ParseSequence(c == '(' ? ')' : ']');
-            if (c is '-' or '+' || char.IsAsciiDigit(c)) return ParseInteger();
-            if (Word("True")) return true;
-            if (Word("False")) return false;
-            if (Word("None")) return null;
-            throw new FormatException($"unexpected '{c}' at offset {_at}");
+            var open = new Stack<(List<object?> Items, char Close)>();
+            while (true)
+            {
+                SkipSpace();
+                char c = Peek();
+                object? value;
+                if (c is '(' or '[')
+                {
+                    if (open.Count >= MaxHeaderNesting) throw new FormatException($"tuples or lists nested more than {MaxHeaderNesting} deep at offset {_at}");
+                    _at++;
+                    open.Push((new List<object?>(), c == '(' ? ')' : ']'));
+                    SkipSpace();
+                    if (Peek() != open.Peek().Close) continue;   // parse the first item
+                    _at++;
+                    value = open.Pop().Items;                    // () or []
+                }
+                else if (c is '\'' or '"') value = ParseString(c);
+                else if (c is '-' or '+' || char.IsAsciiDigit(c)) value = ParseInteger();
+                else if (Word("True")) value = true;
+                else if (Word("False")) value = false;
+                else if (Word("None")) value = null;
+                else throw new FormatException($"unexpected '{c}' at offset {_at}");
+
+                // Attach the value to the innermost open sequence, closing sequences as their brackets come.
+                while (true)
+                {
+                    if (open.Count == 0) return value;
+                    var (items, close) = open.Peek();
+                    items.Add(value);
+                    SkipSpace();
+                    if (Peek() == ',')
+                    {
+                        _at++;
+                        SkipSpace();
+                        if (Peek() != close) break;              // another item follows
+                    }
+                    else if (Peek() != close) throw new FormatException($"expected ',' or '{close}' at offset {_at}");
+                    _at++;
+                    value = open.Pop().Items;
+                }
+            }
         }
 
         string ParseString(char quote)
@@ -358,29 +442,13 @@ public static class Npy
             }
         }
 
-        List<object?> ParseSequence(char close)
-        {
-            _at++;
-            var items = new List<object?>();
-            SkipSpace();
-            while (Peek() != close)
-            {
-                items.Add(Parse());
-                SkipSpace();
-                if (Peek() == ',') { _at++; SkipSpace(); }
-                else if (Peek() != close) throw new FormatException($"expected ',' or '{close}' at offset {_at}");
-            }
-            _at++;
-            return items;
-        }
-
         long ParseInteger()
         {
             int start = _at;
             if (text[_at] is '-' or '+') _at++;
             while (_at < text.Length && char.IsAsciiDigit(text[_at])) _at++;
             if (!long.TryParse(text.AsSpan(start, _at - start), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out long v))
-                throw new FormatException($"bad integer '{text[start.._at]}' at offset {start}");
+                throw new FormatException($"bad integer '{Cut(text[start.._at])}' at offset {start}");
             if (_at < text.Length && text[_at] is 'L' or 'l') _at++; // Python 2 long suffix, written by old NumPy
             return v;
         }

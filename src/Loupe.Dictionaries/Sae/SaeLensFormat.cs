@@ -30,6 +30,7 @@
 //      which Loupe's dictionaries do not do: they are refused rather than silently ignored.
 // Save writes the flat pre-6 layout (which SAELens 6 upgrades on load, so both read it) plus a "metadata" copy of
 // the model/hook fields for readers of the 6.x layout. It writes no sae_lens_version: Loupe is not SAELens.
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
@@ -136,6 +137,7 @@ public static partial class SaeLensFormat
     /// A parameter is NaN or infinite (the message names the tensor), or a transcoder applies b_dec to its input.
     /// </exception>
     /// <exception cref="IOException">A file cannot be written (the previous file at that path is kept).</exception>
+    /// <exception cref="InputError">The folder, or a file to write in it, exists as something other than a folder / regular file.</exception>
     public static void Save(string folder, SparseDictionary dict, SaeLensConfig? template = null, bool trainingCheckpoint = false)
     {
         ArgumentException.ThrowIfNullOrEmpty(folder);
@@ -211,7 +213,9 @@ public static partial class SaeLensFormat
         string text = json.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
 
         // 3. Weights first, then the config that describes them.
-        Directory.CreateDirectory(folder);
+        OutputFiles.EnsureFolder(folder);
+        OutputFiles.EnsureReplaceable(Path.Combine(folder, WeightsFile));
+        OutputFiles.EnsureReplaceable(Path.Combine(folder, ConfigFile));
         SafeTensorsWriter.Write(Path.Combine(folder, WeightsFile), tensors);
         AtomicFile.WriteAllText(Path.Combine(folder, ConfigFile), text);
     }
@@ -224,10 +228,13 @@ public static partial class SaeLensFormat
     /// When null, it is read from activation_scaler.json in the folder (SAELens ≥ 6 checkpoints).
     /// </param>
     /// <exception cref="FileNotFoundException">cfg.json or sae_weights.safetensors is missing.</exception>
-    /// <exception cref="InvalidDataException">
-    /// A required cfg field is missing or has the wrong type; the architecture, dtype, normalisation or reshape is
-    /// unknown or unsupported (layer_norm, constant_norm_rescale, or expected_average_only_in without a factor); a
-    /// tensor is missing, unexpected, has the wrong shape or holds NaN/±∞. Messages name the file and the field or tensor.
+    /// <exception cref="InputError">
+    /// cfg.json is not a JSON object (or repeats a key); a required field is missing, has the wrong JSON type or is out
+    /// of range (d_in, d_sae, d_out positive, each weight matrix small enough for one array, k in [1, d_sae]); the
+    /// architecture, dtype, normalisation, reshape or hook name is unknown or unsupported (layer_norm,
+    /// constant_norm_rescale, expected_average_only_in without a factor, single-head dictionaries); the weights file is
+    /// malformed; a tensor is missing, unexpected, has the wrong shape or holds NaN/±∞. Messages name the file and
+    /// the field or tensor. Every shape is checked against the weights file before anything is allocated.
     /// </exception>
     /// <exception cref="ArgumentException"><paramref name="normScalingFactor"/> is given but the config needs none.</exception>
     public static (SparseDictionary Dictionary, SaeLensConfig Config) Load(string folder, float? normScalingFactor = null)
@@ -238,19 +245,27 @@ public static partial class SaeLensFormat
         if (!File.Exists(wPath)) throw new FileNotFoundException($"SAELens weights not found: {wPath}", wPath);
 
         // 1. cfg.json.
-        JsonObject root;
-        try { root = JsonNode.Parse(File.ReadAllText(cfgPath)) as JsonObject ?? throw new InvalidDataException($"{cfgPath}: not a JSON object"); }
-        catch (JsonException e) { throw new InvalidDataException($"{cfgPath}: invalid JSON: {e.Message}", e); }
+        JsonObject root = ReadJsonObject(cfgPath);
         var meta = root["metadata"] as JsonObject ?? root["meta"] as JsonObject;
         JsonNode? Field(string name) => root[name] ?? meta?[name];
         T Get<T>(string name, T fallback, bool required = false)
         {
             var node = Field(name);
             if (node is null)
-                return required ? throw new InvalidDataException($"{cfgPath}: required field '{name}' is missing") : fallback;
+                return required ? throw new InputError($"{cfgPath}: required field '{name}' is missing") : fallback;
+            string expected = typeof(T) == typeof(string) ? "a string" : typeof(T) == typeof(bool) ? "true or false" : typeof(T).Name;
+            if (node is not JsonValue)
+                throw InputError.Expected(cfgPath, $"field '{name}'", expected, $"a JSON {node.GetValueKind().ToString().ToLowerInvariant()}");
             try { return node.GetValue<T>(); }
-            catch (Exception e) when (e is InvalidOperationException or FormatException)
-            { throw new InvalidDataException($"{cfgPath}: field '{name}' should be {typeof(T).Name}, found {node.ToJsonString()}", e); }
+            catch (Exception e) when (e is InvalidOperationException or FormatException or OverflowException)
+            { throw new InputError($"{cfgPath}: field '{name}': expected {expected}, found {Shorten(node.ToJsonString())}", e); }
+        }
+        int Int(string name, int fallback, long min, long max, bool required = false)
+        {
+            var node = Field(name);
+            if (node is null)
+                return required ? throw new InputError($"{cfgPath}: required field '{name}' is missing") : fallback;
+            return Check.InRange(IntegerField(node, name, cfgPath), min, max, cfgPath, $"field '{name}'");
         }
 
         string arch = Get("architecture", "standard");
@@ -260,16 +275,19 @@ public static partial class SaeLensFormat
         string activationFn = Get("activation_fn", Get("activation_fn_str", "relu")) ?? "relu";
         if (actName == "standard" && activationFn == "topk") actName = "topk";
         else if (actName == "standard" && activationFn != "relu")
-            throw new InvalidDataException($"{cfgPath}: field 'activation_fn' is '{activationFn}'; a standard SAE must use relu (or topk, before SAELens 6)");
-        int dIn = Get("d_in", 0, required: true), dSae = Get("d_sae", 0, required: true);
-        int dOut = Get("d_out", dIn);
-        if (dIn <= 0 || dSae <= 0 || dOut <= 0) throw new InvalidDataException($"{cfgPath}: d_in, d_sae and d_out must be positive (got {dIn}, {dSae}, {dOut})");
+            throw new InputError($"{cfgPath}: field 'activation_fn' is '{activationFn}'; a standard SAE must use relu (or topk, before SAELens 6)");
+        int dIn = Int("d_in", 0, 1, int.MaxValue, required: true), dSae = Int("d_sae", 0, 1, int.MaxValue, required: true);
+        int dOut = Int("d_out", dIn, 1, int.MaxValue);
         bool transcoder = transcoderArch || dOut != dIn;
+        // Each matrix must fit one array; the weights file must then back these sizes (checked below, before allocating).
+        Check.Product(cfgPath, "d_in × d_sae (W_enc)", Check.MaxArrayElements, dIn, dSae);
+        Check.Product(cfgPath, "d_sae × d_out (W_dec)", Check.MaxArrayElements, dSae, dOut);
+        if (skip) Check.Product(cfgPath, "d_in × d_out (W_skip)", Check.MaxArrayElements, dIn, dOut);
 
         string dtype = Get("dtype", "float32");
         if (dtype.StartsWith("torch.", StringComparison.Ordinal)) dtype = dtype[6..];
         if (!s_dtypes.Contains(dtype))
-            throw new InvalidDataException($"{cfgPath}: field 'dtype' is '{dtype}'; expected one of {string.Join(", ", s_dtypes)}");
+            throw new InputError($"{cfgPath}: field 'dtype' is '{dtype}'; expected one of {string.Join(", ", s_dtypes)}");
 
         string norm = NormalizationOf(Field("normalize_activations"), cfgPath);
         if (norm != "expected_average_only_in" && normScalingFactor is not null)
@@ -279,23 +297,25 @@ public static partial class SaeLensFormat
         {
             float c = normScalingFactor ?? ScalingFactorFromScaler(folder, cfgPath);
             if (!(c > 0) || !float.IsFinite(c))
-                throw new InvalidDataException($"{cfgPath}: the norm scaling factor must be finite and positive, got {c}");
+                throw InputError.Expected(cfgPath, "the norm scaling factor", "a finite number > 0", c);
             foldFactor = c;
         }
         string reshape = Get("reshape_activations", "none");
         if (reshape is not ("none" or "hook_z"))
-            throw new InvalidDataException($"{cfgPath}: field 'reshape_activations' is '{reshape}'; expected none or hook_z");
+            throw new InputError($"{cfgPath}: field 'reshape_activations' is '{reshape}'; expected none or hook_z");
 
         bool applyBDec = Get("apply_b_dec_to_input", !transcoder);
         if (applyBDec && transcoder)
-            throw new InvalidDataException($"{cfgPath}: apply_b_dec_to_input is true for a transcoder (architecture '{arch}', d_in {dIn}, d_out {dOut}); SAELens forbids it");
+            throw new InputError($"{cfgPath}: apply_b_dec_to_input is true for a transcoder (architecture '{arch}', d_in {dIn}, d_out {dOut}); SAELens forbids it");
 
         int k = 0;
         if (actName is "topk" or "batchtopk")
         {
-            k = IntegerField(Field("k"), "k", cfgPath);
-            if (Field("activation_fn_kwargs") is JsonObject kw && kw["k"] is JsonNode kn) k = IntegerField(kn, "activation_fn_kwargs.k", cfgPath);
-            if (k <= 0) throw new InvalidDataException($"{cfgPath}: architecture '{arch}' needs a positive field 'k' (or activation_fn_kwargs.k)");
+            long kk = Field("k") is JsonNode kf ? IntegerField(kf, "k", cfgPath) : 0;
+            string kName = "k";
+            if (Field("activation_fn_kwargs") is JsonObject kw && kw["k"] is JsonNode kn) (kk, kName) = (IntegerField(kn, "activation_fn_kwargs.k", cfgPath), "activation_fn_kwargs.k");
+            if (kk <= 0) throw new InputError($"{cfgPath}: architecture '{arch}' needs a positive field 'k' (or activation_fn_kwargs.k)");
+            k = Check.InRange(kk, 1, dSae, cfgPath, $"field '{kName}' (at most d_sae)");
         }
         SaeActivation act = actName switch
         {
@@ -304,22 +324,23 @@ public static partial class SaeLensFormat
             "topk" => new TopKActivation(k),
             _ => new BatchTopKActivation(k),
         };
-        string hookName = Get("hook_name", Get("hook_point", ""));   // hook_point: SAELens < 6 name
+        string hookName = CheckHookName(Get("hook_name", Get("hook_point", "")), Field("hook_name") is null && Field("hook_point") is not null ? "hook_point" : "hook_name", cfgPath);   // hook_point: SAELens < 6 name
         // A single-head SAE reads one head of hook_z; splicing it over every head would be silently wrong.
         if (Field("hook_head_index") is JsonNode head && head.GetValueKind() != JsonValueKind.Null)
-            throw new NotSupportedException($"{cfgPath}: field 'hook_head_index' is {head.ToJsonString()}: single-head dictionaries are not supported (Loupe applies a dictionary to the whole hook)");
+            throw new InputError($"{cfgPath}: field 'hook_head_index' is {Shorten(head.ToJsonString())}: single-head dictionaries are not supported (Loupe applies a dictionary to the whole hook)");
         var cfg = new SaeLensConfig
         {
             Architecture = arch, DIn = dIn, DSae = dSae, DOut = dOut, Dtype = dtype,
-            Device = Get("device", "cpu"), HookName = hookName, HookLayer = Get("hook_layer", Get("hook_point_layer", LayerOf(hookName) ?? 0)),
-            HookNameOut = Get("hook_name_out", ""), ApplyBDecToInput = applyBDec, NormalizeActivations = "none",
-            ReshapeActivations = reshape, ModelName = Get("model_name", ""), ContextSize = Get("context_size", 128),
+            Device = Get("device", "cpu"), HookName = hookName,
+            HookLayer = Int("hook_layer", Int("hook_point_layer", LayerOf(hookName) ?? 0, 0, MaxLayer), 0, MaxLayer),
+            HookNameOut = CheckHookName(Get("hook_name_out", ""), "hook_name_out", cfgPath), ApplyBDecToInput = applyBDec, NormalizeActivations = "none",
+            ReshapeActivations = reshape, ModelName = Get("model_name", ""), ContextSize = Int("context_size", 128, 1, int.MaxValue),
             PrependBos = Get("prepend_bos", true), K = k,
         };
 
-        // 2. Tensors.
-        using var file = SafeTensorsFile.Open(wPath);
-        var dict = new SparseDictionary(new SaeShape(dIn, dSae, dOut, applyBDec, skip), act);
+        // 2. Tensors: every name and shape is checked against cfg.json before the dictionary is allocated, so a
+        //    cfg.json declaring a huge d_sae beside a small weights file fails here, not in an allocation.
+        using var file = OpenSafeTensors(wPath);
         var expected = new HashSet<string>(StringComparer.Ordinal) { "W_enc", "b_enc", "W_dec", "b_dec" };
         if (skip) expected.Add("W_skip");
         string? thresholdName = null;
@@ -327,56 +348,72 @@ public static partial class SaeLensFormat
             thresholdName = file.Contains("threshold") ? "threshold" : file.Contains("log_threshold") ? "log_threshold" : null;
         else if (act is BatchTopKActivation)
             thresholdName = file.Contains("topk_threshold") ? "topk_threshold" : file.Contains("threshold") ? "threshold" : null;
+        string Have() => Shorten(string.Join(", ", file.Names));
         if (act is JumpReluActivation && thresholdName is null)
-            throw new InvalidDataException($"{wPath}: tensor 'threshold' is missing (have {string.Join(", ", file.Names)})");
+            throw new InputError($"{wPath}: tensor 'threshold' is missing (have {Have()})");
         if (thresholdName is not null) expected.Add(thresholdName);
         if (file.Contains("scaling_factor")) expected.Add("scaling_factor");
         var unexpected = file.Names.Where(n => !expected.Contains(n)).ToList();
         if (unexpected.Count > 0)
-            throw new InvalidDataException($"{wPath}: unexpected tensor(s) {string.Join(", ", unexpected.Select(u => $"'{u}'"))} for architecture '{arch}' (expected {string.Join(", ", expected)})");
+            throw new InputError($"{wPath}: unexpected tensor(s) {Shorten(string.Join(", ", unexpected.Select(u => $"'{u}'")))} for architecture '{arch}' (expected {string.Join(", ", expected)})");
 
-        void Read(string name, Span<float> into, params long[] shape)
+        var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal)
         {
-            if (!file.Contains(name)) throw new InvalidDataException($"{wPath}: tensor '{name}' is missing (have {string.Join(", ", file.Names)})");
-            var actual = file.GetInfo(name).Shape;
-            if (!actual.SequenceEqual(shape))
-                throw new InvalidDataException($"{wPath}: tensor '{name}' has shape [{string.Join(", ", actual)}]; cfg.json implies [{string.Join(", ", shape)}]");
+            ["W_enc"] = [dIn, dSae], ["b_enc"] = [dSae], ["W_dec"] = [dSae, dOut], ["b_dec"] = [dOut],
+        };
+        if (skip) shapes["W_skip"] = [dOut, dIn];
+        if (thresholdName is "threshold" or "log_threshold" && act is JumpReluActivation) shapes[thresholdName] = [dSae];
+        else if (thresholdName is not null)
+        {
+            long[] shape = file.GetInfo(thresholdName).Shape;          // topk_threshold is a 0-d buffer; Loupe wrote [1]
+            if (shape.Length > 1 || shape.Length == 1 && shape[0] != 1)
+                throw new InputError($"{wPath}: tensor '{thresholdName}' has shape [{string.Join(", ", shape)}]; expected a scalar ([] or [1])");
+            shapes[thresholdName] = shape;
+        }
+        if (file.Contains("scaling_factor")) shapes["scaling_factor"] = [dSae];
+        foreach (var (name, shape) in shapes)
+        {
+            if (!file.TryGetInfo(name, out var info)) throw new InputError($"{wPath}: tensor '{name}' is missing (have {Have()})");
+            if (!info.Shape.SequenceEqual(shape))
+                throw new InputError($"{wPath}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}]; cfg.json (d_in {dIn}, d_sae {dSae}, d_out {dOut}) implies [{string.Join(", ", shape)}]");
+            if (!info.DType.IsFloatingPoint())
+                throw new InputError($"{wPath}: tensor '{name}' has dtype {info.DType}; expected F32, F16, BF16 or F64");
+        }
+
+        var dict = new SparseDictionary(new SaeShape(dIn, dSae, dOut, applyBDec, skip), act);
+        void Read(string name, Span<float> into)
+        {
             try { file.GetFloat32(name).Span.CopyTo(into); }
-            catch (InvalidDataException e) when (!e.Message.Contains(wPath, StringComparison.Ordinal))
-            { throw new InvalidDataException($"{wPath}: tensor '{name}': {e.Message}", e); }
+            catch (Exception e) when (e is InvalidDataException or NotSupportedException or KeyNotFoundException)
+            { throw new InputError($"{wPath}: tensor '{name}': {e.Message}", e); }
             ThrowIfNotFinite(into, $"{wPath}: tensor '{name}'");
         }
-        Read("W_enc", dict.P.WEnc, dIn, dSae);
-        Read("b_enc", dict.P.BEnc, dSae);
-        Read("W_dec", dict.P.WDec, dSae, dOut);
-        Read("b_dec", dict.P.BDec, dOut);
+        Read("W_enc", dict.P.WEnc);
+        Read("b_enc", dict.P.BEnc);
+        Read("W_dec", dict.P.WDec);
+        Read("b_dec", dict.P.BDec);
         if (skip)
         {
-            var wSkip = new float[dOut * dIn];                        // [d_out, d_in] as SAELens stores it
-            Read("W_skip", wSkip, dOut, dIn);
+            var wSkip = new float[dict.P.WSkip.Length];               // [d_out, d_in] as SAELens stores it
+            Read("W_skip", wSkip);
             Transpose(wSkip, dOut, dIn).CopyTo(dict.P.WSkip, 0);
         }
         if (thresholdName == "threshold" && act is JumpReluActivation)
         {
             var theta = new float[dSae];
-            Read("threshold", theta, dSae);
+            Read("threshold", theta);
             for (int i = 0; i < dSae; i++) dict.P.LogThreshold[i] = LogThreshold(theta[i]);
         }
         else if (thresholdName == "log_threshold")
-            Read("log_threshold", dict.P.LogThreshold, dSae);          // SAELens < 6 JumpReLU training checkpoints
+            Read("log_threshold", dict.P.LogThreshold);                 // SAELens < 6 JumpReLU training checkpoints
         else if (thresholdName is not null)
-        {
-            long[] shape = file.GetInfo(thresholdName).Shape;          // topk_threshold is a 0-d buffer; Loupe wrote [1]
-            if (shape.Length > 1 || shape.Length == 1 && shape[0] != 1)
-                throw new InvalidDataException($"{wPath}: tensor '{thresholdName}' has shape [{string.Join(", ", shape)}]; expected a scalar ([] or [1])");
-            Read(thresholdName, dict.P.Threshold, shape);
-        }
+            Read(thresholdName, dict.P.Threshold);
         if (file.Contains("scaling_factor"))
         {
             var sf = new float[dSae];
-            Read("scaling_factor", sf, dSae);
+            Read("scaling_factor", sf);
             if (sf.Any(v => v != 1f))
-                throw new InvalidDataException($"{wPath}: tensor 'scaling_factor' is not all ones; SAELens's finetuning scaling factor is not supported");
+                throw new InputError($"{wPath}: tensor 'scaling_factor' is not all ones; SAELens's finetuning scaling factor is not supported");
         }
 
         // 3. Fold run-time rescalings into the weights.
@@ -415,18 +452,66 @@ public static partial class SaeLensFormat
     }
 
     /// <summary>The layer of a TransformerLens hook name ("blocks.12.hook_resid_post" → 12), or null.</summary>
+    /// <remarks>An index too large for an int gives null, like a name without one.</remarks>
     public static int? LayerOf(string hookName) =>
-        BlockIndex().Match(hookName) is { Success: true } m ? int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : null;
+        BlockIndex().Match(hookName) is { Success: true } m
+        && int.TryParse(m.Groups[1].Value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int layer)
+            ? layer : null;
 
-    [GeneratedRegex(@"^blocks\.(\d+)\.")]
+    [GeneratedRegex(@"^blocks\.([0-9]+)\.")]
     private static partial Regex BlockIndex();
 
-    /// <summary>Throws InvalidDataException naming <paramref name="what"/> and the first NaN or infinite value.</summary>
+    /// <summary>Throws an <see cref="InputError"/> naming <paramref name="what"/> and the first NaN or infinite value.</summary>
     internal static void ThrowIfNotFinite(ReadOnlySpan<float> data, string what)
     {
         int bad = IndexOfNonFinite(data);
-        if (bad >= 0) throw new InvalidDataException($"{what}: element {bad} is {data[bad]}; weights must be finite");
+        if (bad >= 0) throw new InputError($"{what}: element {bad} is {InputError.Show(data[bad])}; weights must be finite");
     }
+
+    /// <summary>Largest cfg.json or activation_scaler.json read (real ones are a few kilobytes).</summary>
+    internal const long MaxJsonBytes = 16 << 20;
+
+    /// <summary>Highest hook layer accepted (far beyond any model, small enough to never overflow).</summary>
+    const int MaxLayer = 1 << 20;
+
+    /// <summary>Reads a small JSON object file, refusing non-objects, repeated keys and oversized files with an <see cref="InputError"/>.</summary>
+    internal static JsonObject ReadJsonObject(string path)
+    {
+        long length = new FileInfo(path).Length;
+        if (length > MaxJsonBytes) throw InputError.Expected(path, "size", $"a JSON file of at most {MaxJsonBytes} bytes", $"{length} bytes");
+        try
+        {
+            return JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false, MaxDepth = 64 }) as JsonObject
+                ?? throw new InputError($"{path}: expected a JSON object");
+        }
+        catch (JsonException e) { throw new InputError($"{path}: invalid JSON: {e.Message}", e); }
+        catch (DecoderFallbackException e) { throw new InputError($"{path}: not valid UTF-8 text", e); }
+    }
+
+    /// <summary>Opens a safetensors file, reporting a malformed one as an <see cref="InputError"/> naming it.</summary>
+    internal static SafeTensorsFile OpenSafeTensors(string path)
+    {
+        try { return SafeTensorsFile.Open(path); }
+        catch (Exception e) when (e is InvalidDataException or NotSupportedException or FormatException or JsonException or KeyNotFoundException or ArgumentException)
+        { throw new InputError(e.Message.Contains(path, StringComparison.Ordinal) ? e.Message : $"{path}: {e.Message}", e); }
+    }
+
+    // A hook name as TransformerLens writes them (blocks.3.hook_resid_post, hook_embed, blocks.0.attn.hook_z): ASCII
+    // letters, digits, '_' and '.', at most 200 characters; empty means unknown.
+    static string CheckHookName(string name, string field, string cfgPath)
+    {
+        if (name.Length == 0) return name;
+        if (name.Length > 200 || !HookNameText().IsMatch(name))
+            throw InputError.Expected(cfgPath, $"field '{field}'", "a hook name such as blocks.3.hook_resid_post (letters, digits, '_' and '.')", name);
+        if (BlockIndex().Match(name) is { Success: true } m && !int.TryParse(m.Groups[1].Value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out _))
+            throw InputError.Expected(cfgPath, $"field '{field}'", "a block index that fits an int", name);
+        return name;
+    }
+
+    [GeneratedRegex(@"^[A-Za-z0-9_.]+$")]
+    private static partial Regex HookNameText();
+
+    static string Shorten(string text) => text.Length > 200 ? text[..197] + "..." : text;
 
     static int IndexOfNonFinite(ReadOnlySpan<float> data)
     {
@@ -453,7 +538,7 @@ public static partial class SaeLensFormat
 
     static (string Activation, bool Transcoder, bool Skip) ParseArchitecture(string arch, string cfgPath) =>
         s_architectures.TryGetValue(arch, out var a) ? a
-            : throw new InvalidDataException($"{cfgPath}: unknown architecture '{arch}'; expected one of {string.Join(", ", s_architectures.Keys)}");
+            : throw new InputError($"{cfgPath}: unknown architecture '{arch}'; expected one of {string.Join(", ", s_architectures.Keys)}");
 
     static string NormalizationOf(JsonNode? node, string cfgPath)
     {
@@ -469,19 +554,19 @@ public static partial class SaeLensFormat
         {
             case "none" or "expected_average_only_in": return value;
             case "layer_norm" or "constant_norm_rescale":
-                throw new InvalidDataException($"{cfgPath}: field 'normalize_activations' is '{value}': SAELens normalises every input at run time " +
+                throw new InputError($"{cfgPath}: field 'normalize_activations' is '{value}': SAELens normalises every input at run time " +
                     "and un-normalises the output; Loupe's dictionaries take raw activations and do not, so this SAE is not supported");
             default:
-                throw new InvalidDataException($"{cfgPath}: field 'normalize_activations' is {node.ToJsonString()}; expected none, expected_average_only_in, layer_norm or constant_norm_rescale");
+                throw new InputError($"{cfgPath}: field 'normalize_activations' is {node.ToJsonString()}; expected none, expected_average_only_in, layer_norm or constant_norm_rescale");
         }
     }
 
-    static int IntegerField(JsonNode? node, string name, string cfgPath)
+    // An integer-valued JSON number (2 and 2.0 alike), as a long; anything else is named.
+    static long IntegerField(JsonNode node, string name, string cfgPath)
     {
-        if (node is null) return 0;
-        if (node.GetValueKind() == JsonValueKind.Number && node.GetValue<double>() is double d && d == Math.Floor(d) && d is >= 0 and <= int.MaxValue)
-            return (int)d;
-        throw new InvalidDataException($"{cfgPath}: field '{name}' should be a non-negative integer, found {node.ToJsonString()}");
+        if (node.GetValueKind() == JsonValueKind.Number && node.GetValue<double>() is double d && d == Math.Floor(d) && Math.Abs(d) <= 1e15)
+            return (long)d;
+        throw InputError.Expected(cfgPath, $"field '{name}'", "an integer", Shorten(node.ToJsonString()));
     }
 
     static float ScalingFactorFromScaler(string folder, string cfgPath)
@@ -490,14 +575,12 @@ public static partial class SaeLensFormat
         string hint = $"{cfgPath}: normalize_activations is 'expected_average_only_in': the weights expect inputs multiplied by a scaling factor " +
             "(√d_in / mean ‖x‖) that is not folded in";
         if (!File.Exists(path))
-            throw new InvalidDataException($"{hint}, and there is no {ActivationScalerFile} beside it; pass the factor (SaeLensFormat.Load(folder, normScalingFactor: c))");
-        JsonObject scaler;
-        try { scaler = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: not a JSON object"); }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: invalid JSON: {e.Message}", e); }
+            throw new InputError($"{hint}, and there is no {ActivationScalerFile} beside it; pass the factor (SaeLensFormat.Load(folder, normScalingFactor: c))");
+        JsonObject scaler = ReadJsonObject(path);
         if (scaler["has_whitening"] is JsonNode w && w.GetValueKind() == JsonValueKind.True)
-            throw new InvalidDataException($"{path}: has_whitening is true; SAELens's activation whitening is not supported");
+            throw new InputError($"{path}: has_whitening is true; SAELens's activation whitening is not supported");
         if (scaler["scaling_factor"] is not JsonNode sf || sf.GetValueKind() != JsonValueKind.Number)
-            throw new InvalidDataException($"{hint}, and {path} has no numeric 'scaling_factor'; pass the factor (SaeLensFormat.Load(folder, normScalingFactor: c))");
+            throw new InputError($"{hint}, and {path} has no numeric 'scaling_factor'; pass the factor (SaeLensFormat.Load(folder, normScalingFactor: c))");
         return (float)sf.GetValue<double>();
     }
 

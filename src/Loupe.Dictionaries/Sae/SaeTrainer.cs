@@ -44,6 +44,126 @@ public sealed record SaeTrainingOptions
     /// </summary>
     public bool NormalizeExpectedAverage { get; init; }
     public int Seed { get; init; }
+
+    // Where a value comes from, for messages: the `loupe sae train` option that sets it.
+    const string Arg = "argument";
+
+    /// <summary>
+    /// Checks every hyper-parameter's range; messages name the <c>loupe sae train</c> option that sets it
+    /// (<c>--steps</c>, <c>--batch-size</c>, <c>--lr</c>, <c>--lr-warmup</c>, <c>--lr-decay</c>, <c>--sparsity</c>,
+    /// <c>--sparsity-warmup</c>, <c>--aux-k</c>, <c>--dead-window</c>).
+    /// </summary>
+    /// <exception cref="InputError">A value is out of range or not finite.</exception>
+    public void Validate()
+    {
+        Check.InRange(Steps, 1, int.MaxValue, Arg, "--steps");
+        Check.InRange(BatchSize, 1, int.MaxValue, Arg, "--batch-size");
+        Check.Above(LearningRate, 0, Arg, "--lr");
+        Check.Finite(Beta1, 0, 0.999999, Arg, "beta1");
+        Check.Finite(Beta2, 0, 0.999999999, Arg, "beta2");
+        Check.InRange(LrWarmupSteps, 0, int.MaxValue, Arg, "--lr-warmup");
+        Check.Finite(LrDecayFraction, 0, 1, Arg, "--lr-decay");
+        Check.Finite(SparsityCoefficient, 0, 1e6, Arg, "--sparsity");
+        Check.InRange(SparsityWarmupSteps, 0, int.MaxValue, Arg, "--sparsity-warmup");
+        Check.Finite(GradClipNorm, double.NegativeInfinity, double.PositiveInfinity, Arg, "grad clip norm");
+        Check.InRange(DeadWindowTokens, 1, int.MaxValue, Arg, "--dead-window");
+        Check.Finite(AuxKCoefficient, 0, 1e6, Arg, "--aux-k");
+    }
+
+    /// <summary>
+    /// <see cref="Validate()"/>, then what depends on the dictionary: k in [1, d_sae] (<c>--k</c>), and every buffer
+    /// training allocates fitting one array and, all together, the memory available (estimate in the message).
+    /// Call it before allocating the dictionary (<see cref="SaeTrainer"/>'s constructor calls it too).
+    /// </summary>
+    /// <param name="shape">The dictionary's shape.</param>
+    /// <param name="activation">Its activation (k is checked for TopK and BatchTopK); null skips that check.</param>
+    /// <param name="featuresOption">The option that set d_sae, for messages: <c>--d-sae</c> or <c>--expansion</c>.</param>
+    /// <param name="memoryLimitBytes">Refuse runs estimated above this; null: the memory the GC reports available.</param>
+    /// <exception cref="InputError">A value is out of range, a buffer overflows an array, or the run would not fit in memory.</exception>
+    public void Validate(SaeShape shape, SaeActivation? activation = null, string featuresOption = "--d-sae", long? memoryLimitBytes = null)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        Validate();
+        int k = activation switch { TopKActivation t => t.K, BatchTopKActivation b => b.K, _ => 0 };
+        if (k > 0) Check.InRange(k, 1, shape.DSae, Arg, $"--k (at most d_sae = {shape.DSae})");
+        ValidateSize(shape, featuresOption);
+        long bytes = EstimateTrainingBytes(shape, BatchSize);
+        long limit = memoryLimitBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (bytes > limit)
+        {
+            long parameters = ParameterCount(shape), perBatch = (long)BatchSize * (5L * shape.DSae + 3L * shape.DIn + 3L * shape.DOut);
+            string culprit = perBatch * 4 > parameters ? "--batch-size" : featuresOption;
+            throw InputError.Expected(Arg, culprit, $"a run that fits in the {Gib(limit)} of memory available",
+                $"d_in {shape.DIn}, d_sae {shape.DSae}, d_out {shape.DOut}, batch {BatchSize}: about {Gib(bytes)} to train");
+        }
+    }
+
+    /// <summary>
+    /// d_sae from <c>--d-sae</c> when given, else <c>--expansion</c> × d_in, refusing non-positive values and products
+    /// past what one array can hold (the message gives the size and the memory it would take).
+    /// </summary>
+    /// <exception cref="InputError">The option is out of range or the product overflows.</exception>
+    public static int FeatureCount(int? dSae, int expansion, int dIn)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(dIn);
+        if (dSae is int d) return Check.InRange(d, 1, int.MaxValue, Arg, "--d-sae");
+        Check.InRange(expansion, 1, int.MaxValue, Arg, "--expansion");
+        long features = (long)expansion * dIn;
+        if (features > int.MaxValue)
+            throw InputError.Expected(Arg, "--expansion", $"a number of features (--expansion × d_in) of at most {int.MaxValue}",
+                $"{expansion} × {dIn} = {features}");
+        return (int)features;
+    }
+
+    /// <summary>Parses <c>--architecture</c> and <c>--k</c> into an activation, with k in [1, d_sae] for topk / batchtopk.</summary>
+    /// <exception cref="InputError">Unknown architecture, or k out of range.</exception>
+    public static SaeActivation ActivationFor(string architecture, int k, int dSae)
+    {
+        ArgumentNullException.ThrowIfNull(architecture);
+        if (architecture is "topk" or "batchtopk") Check.InRange(k, 1, dSae, Arg, $"--k (at most d_sae = {dSae})");
+        return architecture switch
+        {
+            "standard" or "relu" => new ReluActivation(),
+            "topk" => new TopKActivation(k),
+            "batchtopk" => new BatchTopKActivation(k),
+            "jumprelu" => new JumpReluActivation(),
+            _ => throw InputError.Expected(Arg, "--architecture", "standard, topk, batchtopk or jumprelu", architecture),
+        };
+    }
+
+    // Every buffer is one float[]: each must fit, whichever option made it large.
+    void ValidateSize(SaeShape s, string featuresOption)
+    {
+        string Size(long a, long b) => $"{a} × {b} = {a * b} floats ({Gib(a * b * 4)})";
+        void Fits(long a, long b, string option, string what)
+        {
+            if (a * b > Check.MaxArrayElements)
+                throw InputError.Expected(Arg, option, $"{what} of at most {Check.MaxArrayElements} floats", Size(a, b));
+        }
+        Fits(s.DIn, s.DSae, featuresOption, "W_enc [d_in, d_sae]");
+        Fits(s.DSae, s.DOut, featuresOption, "W_dec [d_sae, d_out]");
+        if (s.Skip) Fits(s.DIn, s.DOut, "--skip", "W_skip [d_in, d_out]");
+        Fits(BatchSize, s.DSae, "--batch-size", "a batch of features [batch, d_sae]");
+        Fits(BatchSize, Math.Max(s.DIn, s.DOut), "--batch-size", "a batch of rows [batch, d]");
+    }
+
+    static long ParameterCount(SaeShape s) =>
+        (long)s.DIn * s.DSae + (long)s.DSae * s.DOut + (s.Skip ? (long)s.DIn * s.DOut : 0) + 2L * s.DSae + s.DOut + 1;
+
+    /// <summary>
+    /// Rough bytes a training run holds: parameters, gradients and two Adam moments (4×), the transposed encoder
+    /// gradient, and per-batch buffers (pre-activations, activations and their gradients, inputs, targets, errors).
+    /// </summary>
+    public static long EstimateTrainingBytes(SaeShape shape, int batchSize)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        double floats = 4.0 * ParameterCount(shape) + (double)shape.DIn * shape.DSae
+            + (double)batchSize * (5.0 * shape.DSae + 3.0 * shape.DIn + 3.0 * shape.DOut);
+        double bytes = floats * 4;
+        return bytes >= long.MaxValue ? long.MaxValue : (long)bytes;
+    }
+
+    static string Gib(double bytes) => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / (1L << 30):0.#} GiB");
 }
 
 /// <summary>Metrics of one training step.</summary>
@@ -67,11 +187,12 @@ public sealed partial class SaeTrainer
     int[] _fires = [];             // [d_sae] rows each feature fired on in the last step
     bool[] _dead = [];             // [d_sae]
 
+    /// <exception cref="InputError">An option is out of range (see <see cref="SaeTrainingOptions.Validate(SaeShape, SaeActivation?, string, long?)"/>).</exception>
     public SaeTrainer(SparseDictionary dictionary, SaeTrainingOptions options)
     {
         _dict = dictionary ?? throw new ArgumentNullException(nameof(dictionary));
         _o = options ?? throw new ArgumentNullException(nameof(options));
-        if (_o.Steps <= 0 || _o.BatchSize <= 0) throw new ArgumentOutOfRangeException(nameof(options), "Steps and BatchSize must be positive");
+        _o.Validate(dictionary.Shape, dictionary.Activation, memoryLimitBytes: long.MaxValue); // the dictionary already exists: its size was the caller's check
         _grad = new SaeParameters(dictionary.Shape);
         _m = new SaeParameters(dictionary.Shape);
         _v = new SaeParameters(dictionary.Shape);
@@ -85,6 +206,9 @@ public sealed partial class SaeTrainer
     public float ScalingFactor { get; private set; } = 1f;
 
     bool _folded;
+
+    /// <summary>The step whose loss was not finite (training stopped there), or null.</summary>
+    public int? DivergedAt { get; private set; }
 
     /// <summary>Steps taken so far (the next step's index).</summary>
     public int StepsDone { get; private set; }
@@ -138,7 +262,7 @@ public sealed partial class SaeTrainer
         var s = _dict.Shape;
         var (inputs, targets) = data.Load(0, 0);
         int rows = Math.Min(inputs.Length / s.DIn, InitRows);
-        if (rows == 0) throw new ArgumentException($"the first window of {data.Description} holds no rows", nameof(data));
+        if (rows == 0) throw new InputError($"{data.Description}: the first window holds no rows to train on");
         targets ??= inputs;
         ScalingFactor = 1f;
         if (_o.NormalizeExpectedAverage)
@@ -171,6 +295,7 @@ public sealed partial class SaeTrainer
 
     /// <summary>One training step (see the file header); returns its metrics.</summary>
     /// <exception cref="InvalidOperationException">Not begun, or every step is already taken.</exception>
+    /// <exception cref="InputError">The loss is NaN or infinite: training diverged (<see cref="DivergedAt"/>); no update was applied.</exception>
     public SaeStepMetrics Step()
     {
         if (_batches is null) throw new InvalidOperationException("call Begin or LoadCheckpoint before Step");
@@ -187,6 +312,15 @@ public sealed partial class SaeTrainer
         // 2. forward + backward
         for (int i = 0; i < s.DSae; i++) _dead[i] = _sinceFired[i] >= _o.DeadWindowTokens;
         var loss = _dict.ForwardBackward(_x, _y, batch, SparsityCoefficientAt(step), _grad, training: true, default, _dead, _o.AuxKCoefficient, _fires);
+        // A loss that overflowed (or parameters that became NaN) would only spread: stop before the update, so the
+        // parameters stay those of the last good step and the last checkpoint stays valid.
+        if (!float.IsFinite(loss.Loss) || !float.IsFinite(loss.Mse) || !float.IsFinite(loss.Sparsity))
+        {
+            DivergedAt = step;
+            float bad = !float.IsFinite(loss.Loss) ? loss.Loss : !float.IsFinite(loss.Mse) ? loss.Mse : loss.Sparsity;
+            throw new InputError(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"training diverged at step {step}: loss is {(float.IsNaN(bad) ? "NaN" : bad > 0 ? "∞" : "−∞")} (learning rate {LearningRateAt(step):G3}); lower --lr (now {_o.LearningRate:G3}){(_o.NormalizeExpectedAverage ? "" : " or pass --normalize")}"));
+        }
         // 3. project out the radial component of decoder-row gradients
         if (_dict.Activation.UnitNormDecoder) ProjectDecoderGradient();
         var trainable = _dict.P.Trainable(_dict.Activation).Select(t => t.Data).ToArray();

@@ -5,6 +5,10 @@
 //      checkpoint.safetensors atomically (a log line past the checkpoint's step is dropped on resume);
 //   3. at the end write the final checkpoint, fold the input scaling and save the dictionary in the
 //      SAELens layout (cfg.json + sae_weights.safetensors) next to it.
+// The whole run holds the folder's OutputLock, so a second run into the same folder is refused (naming the
+// first's pid) instead of interleaving its log and deleting the other's temp files. The kernel releases the
+// lock when the process dies, even by SIGKILL, so a killed run resumes at once. A loss that turns NaN or ∞
+// stops the run with an InputError; the metric lines before it are appended and the last checkpoint is kept.
 using System.Diagnostics;
 using System.Text.Json;
 using Loupe.Reports;
@@ -21,24 +25,33 @@ public static class SaeTrainingRun
     public const string LogFile = "training_log.jsonl";
 
     /// <summary>Trains to the end (or until cancelled) and returns the folder's SAELens dictionary path.</summary>
-    /// <exception cref="InvalidOperationException">The folder holds a checkpoint and <paramref name="resume"/> is false, or the checkpoint's settings differ.</exception>
+    /// <exception cref="InputError">
+    /// <paramref name="checkpointEvery"/> is not positive (<c>--checkpoint-every</c>); another process is training into the
+    /// folder (the message names it); the folder or a file in it is not a folder / regular file; the folder holds a
+    /// checkpoint and <paramref name="resume"/> is false, or the checkpoint is corrupt or its settings differ; training diverged.
+    /// </exception>
     /// <exception cref="OperationCanceledException">Cancelled: the last checkpoint stays; run again with resume to continue.</exception>
     public static string Run(SaeTrainer trainer, IRowWindows data, string outputFolder, int checkpointEvery, bool resume,
         SaeLensConfig? template = null, IProgress<SaeTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(trainer);
         ArgumentNullException.ThrowIfNull(data);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(checkpointEvery);
-        Directory.CreateDirectory(outputFolder);
-        foreach (var stray in Directory.GetFiles(outputFolder, "*.tmp-*")) File.Delete(stray);
+        ArgumentException.ThrowIfNullOrEmpty(outputFolder);
+        Check.InRange(checkpointEvery, 1, int.MaxValue, "argument", "--checkpoint-every");
+        using var folderLock = OutputLock.Acquire(outputFolder, "loupe sae train");
+        // Temp files can only be a killed run's leftovers now: no other run holds the folder.
+        foreach (var stray in Directory.GetFiles(outputFolder, "*.tmp-*"))
+            if (OutputFiles.KindOf(stray) == OutputFiles.EntryKind.RegularFile) File.Delete(stray);
         string checkpoint = Path.Combine(outputFolder, CheckpointFile), log = Path.Combine(outputFolder, LogFile);
+        foreach (string file in (string[])[checkpoint, log, Path.Combine(outputFolder, SaeLensFormat.ConfigFile), Path.Combine(outputFolder, SaeLensFormat.WeightsFile)])
+            OutputFiles.EnsureReplaceable(file);
 
         // 1. fresh or resumed
         bool resumed = false;
         if (File.Exists(checkpoint))
         {
             if (!resume)
-                throw new InvalidOperationException($"{outputFolder} already holds a training checkpoint; pass --resume to continue it, or choose another output folder");
+                throw new InputError($"{outputFolder}: already holds a training checkpoint; pass --resume to continue it, or choose another output folder");
             trainer.LoadCheckpoint(checkpoint, data);
             TruncateLog(log, trainer.StepsDone);
             resumed = true;
@@ -56,13 +69,21 @@ public static class SaeTrainingRun
         while (!trainer.IsComplete)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            var m = trainer.Step();
+            SaeStepMetrics m;
+            try { m = trainer.Step(); }
+            catch (InputError e) when (trainer.DivergedAt is not null)
+            {
+                // Keep what is known: the finite steps' metrics go to the log; the checkpoint stays at its last good step.
+                if (pending.Count > 0) File.AppendAllLines(log, pending);
+                string kept = File.Exists(checkpoint) ? $"{checkpoint} keeps the last checkpoint" : "no checkpoint was written yet";
+                throw new InputError($"{e.Message}; {kept}", e);
+            }
             stepsThisRun++;
             pending.Add(JsonSerializer.Serialize(new
             {
                 step = m.Step, loss = m.Loss, mse = m.Mse, sparsity = m.Sparsity, l0 = m.L0,
                 explained_variance = m.ExplainedVariance, dead_fraction = m.DeadFraction, lr = m.LearningRate,
-            }));
+            }, s_logJson));
             progress?.Report(new SaeTrainingProgress(m, trainer.Options.Steps,
                 stepsThisRun * (double)trainer.Options.BatchSize / Math.Max(clock.Elapsed.TotalSeconds, 1e-9), resumed));
             if (trainer.StepsDone % checkpointEvery == 0 || trainer.IsComplete)
@@ -80,6 +101,10 @@ public static class SaeTrainingRun
         return outputFolder;
     }
 
+    // Finite metrics are written as numbers (byte-identical to before); a NaN explained variance (constant
+    // targets) is written as "NaN" rather than failing the run.
+    static readonly JsonSerializerOptions s_logJson = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
     // keep only lines of steps the checkpoint already covers
     static void TruncateLog(string log, int stepsDone)
     {
@@ -87,12 +112,13 @@ public static class SaeTrainingRun
         var keep = File.ReadLines(log).Where(line =>
         {
             try { return JsonDocument.Parse(line).RootElement.GetProperty("step").GetInt32() < stepsDone; }
-            catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException) { return false; }
+            catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or FormatException) { return false; }
         }).ToList();
         AtomicFile.WriteAllText(log, keep.Count == 0 ? "" : string.Join("\n", keep) + "\n");
     }
 
     /// <summary>Reads a run's metric log (one JSON object per step).</summary>
+    /// <exception cref="JsonException">A line is not JSON.</exception>
     public static IReadOnlyList<JsonElement> ReadLog(string outputFolder) =>
         File.ReadLines(Path.Combine(outputFolder, LogFile)).Select(l => JsonDocument.Parse(l).RootElement.Clone()).ToList();
 }

@@ -33,6 +33,10 @@ public sealed class SaeParameters
     {
         if (s.DIn <= 0 || s.DSae <= 0 || s.DOut <= 0) throw new ArgumentException($"dimensions must be positive: {s}");
         if (s.ApplyBDecToInput && s.DIn != s.DOut) throw new ArgumentException("apply_b_dec_to_input needs d_in == d_out");
+        // Sizes reach here from files and arguments: a product past one array is refused, never wrapped around.
+        Check.Product("dictionary shape", "W_enc [d_in, d_sae]", Check.MaxArrayElements, s.DIn, s.DSae);
+        Check.Product("dictionary shape", "W_dec [d_sae, d_out]", Check.MaxArrayElements, s.DSae, s.DOut);
+        if (s.Skip) Check.Product("dictionary shape", "W_skip [d_in, d_out]", Check.MaxArrayElements, s.DIn, s.DOut);
         Shape = s;
         WEnc = new float[s.DIn * s.DSae];
         BEnc = new float[s.DSae];

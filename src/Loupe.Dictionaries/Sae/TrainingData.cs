@@ -212,7 +212,7 @@ public sealed class WindowedBatches
     }
 
     /// <summary>Fills the next batch: x [batch, d_in], y [batch, d_out] (y = x rows when the source has no targets).</summary>
-    /// <exception cref="InvalidDataException">A row holds NaN or ±∞ (the message names the window).</exception>
+    /// <exception cref="InputError">A row holds NaN or ±∞ (the message names the window).</exception>
     public void Next(Span<float> x, Span<float> y)
     {
         int dIn = _source.DIn, dOut = _source.DOut;
@@ -247,12 +247,12 @@ public sealed class WindowedBatches
         var (inputs, targets) = _source.Load(_cursor.Epoch, _cursor.Window);
         int dIn = _source.DIn, dOut = _source.DOut;
         if (inputs.Length % dIn != 0 || (targets is not null && targets.Length / dOut != inputs.Length / dIn))
-            throw new InvalidDataException($"window {_cursor.Window} of {_source.Description}: inputs and targets do not hold the same number of whole rows");
+            throw new InputError($"window {_cursor.Window} of {_source.Description}: inputs and targets do not hold the same number of whole rows");
         for (int i = 0; i < inputs.Length; i++)
-            if (!float.IsFinite(inputs[i])) throw new InvalidDataException($"window {_cursor.Window} of {_source.Description}: input row {i / dIn} column {i % dIn} is {inputs[i]}");
+            if (!float.IsFinite(inputs[i])) throw new InputError($"window {_cursor.Window} of {_source.Description}: input row {i / dIn} column {i % dIn} is {inputs[i]}");
         if (targets is not null)
             for (int i = 0; i < targets.Length; i++)
-                if (!float.IsFinite(targets[i])) throw new InvalidDataException($"window {_cursor.Window} of {_source.Description}: target row {i / dOut} column {i % dOut} is {targets[i]}");
+                if (!float.IsFinite(targets[i])) throw new InputError($"window {_cursor.Window} of {_source.Description}: target row {i / dOut} column {i % dOut} is {targets[i]}");
         _inputs = Prepend(_cursor.CarryInputs, inputs);
         _targets = targets is null ? null : Prepend(_cursor.CarryTargets ?? [], targets);
         _perm = Enumerable.Range(0, _inputs.Length / dIn).ToArray();

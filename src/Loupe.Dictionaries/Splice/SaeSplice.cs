@@ -105,7 +105,7 @@ public sealed class SaeSplice : IHookSplice
     /// A splice checked against <paramref name="model"/>: both hooks exist, the dictionary's d_in / d_out
     /// fit the activations there and the input hook comes first (one two-token forward pass).
     /// </summary>
-    /// <exception cref="ArgumentException">
+    /// <exception cref="InputError">
     /// A hook is not a hook point of the model (the message lists the closest names), or the dictionary's width
     /// does not fit the hook (the message names the hook, its shape, d_in and d_out).
     /// </exception>
@@ -116,7 +116,7 @@ public sealed class SaeSplice : IHookSplice
         var known = model.HookPointNames;
         foreach (var (name, role) in new[] { (splice.InputHook, "--hook (input)"), (splice.OutputHook, "output hook") })
             if (!known.Contains(name))
-                throw new ArgumentException($"{role} '{name}' is not a hook point of this model ({model.Config.Architecture}); closest: {string.Join(", ", HookNames.Closest(name, known))}", nameof(hook));
+                throw new InputError($"{role} {InputError.Show(name)} is not a hook point of this model ({model.Config.Architecture}); closest: {string.Join(", ", HookNames.Closest(name, known))}");
         // A two-token run with the splice checks the widths and that the input hook comes before the output hook.
         int bos = model.Config.BosTokenId is int b && b < model.Config.DVocab ? b : 0;
         model.Run(TokenBatch.Single(bos, bos), new RunOptions { LastPositionLogitsOnly = true }.AddSplice(splice));
@@ -131,22 +131,21 @@ public sealed class SaeSplice : IHookSplice
     /// or <c>blocks.L.hook_resid_mid</c>.
     /// </summary>
     /// <exception cref="FileNotFoundException">Nothing loadable exists at the path.</exception>
-    /// <exception cref="InvalidDataException">The files are malformed.</exception>
-    /// <exception cref="ArgumentException">No hook was given and cfg.json has none; a transcoder's output hook cannot be found; see <see cref="ForModel"/>.</exception>
+    /// <exception cref="InputError">The files are malformed; no hook was given and cfg.json has none; a transcoder's output hook cannot be found; see <see cref="ForModel"/>.</exception>
     public static (SaeSplice Splice, SaeLensConfig Config) Load(HookedTransformer model, string path, string? hook = null, SaeSpliceOptions? options = null)
     {
         var (dictionary, cfg) = DictionaryFile.Load(path);
         string input = !string.IsNullOrWhiteSpace(hook) ? hook
             : !string.IsNullOrWhiteSpace(cfg.HookName) ? cfg.HookName
-            : throw new ArgumentException($"{path}: cfg.json has no hook_name; give the hook to splice at (--hook)", nameof(hook));
+            : throw new InputError($"{path}: cfg.json has no hook_name; give the hook to splice at (--hook)");
         options ??= new SaeSpliceOptions();
         if (string.IsNullOrWhiteSpace(options.OutputHook))
         {
             string? output = string.IsNullOrWhiteSpace(cfg.HookNameOut) ? null : cfg.HookNameOut;
             if (output is null && (dictionary.Shape.DIn != dictionary.Shape.DOut || dictionary.Shape.Skip))
-                output = MlpOutputFor(input) ?? throw new ArgumentException(
+                output = MlpOutputFor(input) ?? throw new InputError(
                     $"{path}: a transcoder (d_in {dictionary.Shape.DIn}, d_out {dictionary.Shape.DOut}{(dictionary.Shape.Skip ? ", W_skip" : "")}) reading '{input}' needs the hook it replaces: " +
-                    "give it (--hook-out, e.g. blocks.L.hook_mlp_out) or set hook_name_out in cfg.json", nameof(hook));
+                    "give it (--hook-out, e.g. blocks.L.hook_mlp_out) or set hook_name_out in cfg.json");
             if (output is not null && output != input) options = options with { OutputHook = output };
         }
         return (ForModel(model, dictionary, input, options), cfg);
@@ -155,7 +154,7 @@ public sealed class SaeSplice : IHookSplice
     /// <summary><c>blocks.L.hook_mlp_out</c> for an MLP-input hook of block L, else null.</summary>
     static string? MlpOutputFor(string input)
     {
-        var m = System.Text.RegularExpressions.Regex.Match(input, @"^blocks\.(\d+)\.(ln2\.hook_normalized|hook_resid_mid|mlp\.hook_in)$");
+        var m = System.Text.RegularExpressions.Regex.Match(input, @"^blocks\.([0-9]{1,9})\.(ln2\.hook_normalized|hook_resid_mid|mlp\.hook_in)$");
         return m.Success ? HookNames.MlpOut(int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)) : null;
     }
 
@@ -163,7 +162,7 @@ public sealed class SaeSplice : IHookSplice
     /// The leading axes of <paramref name="activation"/> when its trailing axes multiply to <paramref name="width"/>
     /// (as few trailing axes as possible).
     /// </summary>
-    /// <exception cref="ArgumentException">No split fits; the message names the hook, its shape and the width.</exception>
+    /// <exception cref="InputError">No split fits; the message names the hook, its shape and the width.</exception>
     static int[] RowsOf(Tensor activation, int width, string hook, string what)
     {
         var shape = activation.Shape;
@@ -174,7 +173,7 @@ public sealed class SaeSplice : IHookSplice
             if (product == width) return shape[..k].ToArray();
             if (product > width) break;
         }
-        throw new ArgumentException(
+        throw new InputError(
             $"the dictionary's {what} = {width} does not fit hook '{hook}', whose activation is {activation.ShapeString} " +
             $"(width {shape[^1]} per position); use a dictionary trained on this hook, or the hook it was trained on");
     }

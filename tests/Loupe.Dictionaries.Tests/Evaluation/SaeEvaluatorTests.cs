@@ -172,12 +172,12 @@ public class SaeEvaluatorTests(ITestOutputHelper output)
         using var model = Model();
         var contexts = Contexts();
         Assert.Throws<ArgumentOutOfRangeException>(() => SaeEvaluator.Evaluate(model, Identity(D), Resid, contexts, new SaeEvalOptions { BatchSize = 0 }));
-        var width = Assert.Throws<ArgumentException>(() => SaeEvaluator.Evaluate(model, Identity(32), Resid, contexts));
+        var width = Assert.Throws<InputError>(() => SaeEvaluator.Evaluate(model, Identity(32), Resid, contexts));
         Assert.Contains("d_in = 32", width.Message);
-        var hook = Assert.Throws<ArgumentException>(() => SaeEvaluator.Evaluate(model, Identity(D), "blocks.7.hook_resid_post", contexts));
+        var hook = Assert.Throws<InputError>(() => SaeEvaluator.Evaluate(model, Identity(D), "blocks.7.hook_resid_post", contexts));
         Assert.Contains("blocks.7.hook_resid_post", hook.Message);
         var bosOnly = HarvestContexts.FromRows([[Bos, Bos], [Bos, Bos]], "bos");
-        Assert.Throws<ArgumentException>(() => SaeEvaluator.Evaluate(model, Identity(D), Resid, bosOnly));
+        Assert.Throws<InputError>(() => SaeEvaluator.Evaluate(model, Identity(D), Resid, bosOnly));
     }
 
     [RequiresSharedFact("models/stories260K", "datasets/brown-corpus")]

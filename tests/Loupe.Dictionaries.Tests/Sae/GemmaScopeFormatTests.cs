@@ -183,7 +183,7 @@ public sealed class GemmaScopeFormatTests : IDisposable
         SaeLensFormat.Save(both, fromFile, cfgFile with { HookName = "blocks.5.hook_resid_post" });
         File.Copy(npz, Path.Combine(both, "params.npz"));
         Assert.Equal("blocks.5.hook_resid_post", DictionaryFile.Load(both).Config.HookName);
-        Assert.Throws<ArgumentException>(() => DictionaryFile.Load(both, hookName: "blocks.0.hook_resid_post"));
+        Assert.Throws<InputError>(() => DictionaryFile.Load(both, hookName: "blocks.0.hook_resid_post"));
 
         var e = Assert.Throws<FileNotFoundException>(() => DictionaryFile.Load(Path.Combine(_dir, "nothing-here")));
         Assert.Contains("params.npz", e.Message);
@@ -211,7 +211,7 @@ public sealed class GemmaScopeFormatTests : IDisposable
     {
         _ = what;
         string path = Write(build(Entries()));
-        var e = Assert.Throws<InvalidDataException>(() => GemmaScopeFormat.Load(path));
+        var e = Assert.Throws<InputError>(() => GemmaScopeFormat.Load(path));
         Assert.Contains(path, e.Message);
         foreach (string s in expected) Assert.Contains(s, e.Message);
     }
@@ -225,7 +225,7 @@ public sealed class GemmaScopeFormatTests : IDisposable
         Assert.Equal("W_enc.npy", System.Text.Encoding.ASCII.GetString(zip, 30, BitConverter.ToUInt16(zip, 26)));
         for (int i = start; i < start + 12; i++) zip[i] ^= 0x5A;
         string path = Write(zip);
-        var e = Assert.Throws<InvalidDataException>(() => GemmaScopeFormat.Load(path));
+        var e = Assert.Throws<InputError>(() => GemmaScopeFormat.Load(path));
         Assert.Contains(path, e.Message);
         Assert.Contains("'W_enc.npy'", e.Message);
     }

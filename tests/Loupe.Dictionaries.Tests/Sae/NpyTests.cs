@@ -110,7 +110,7 @@ public sealed class NpyTests
     public void BadArraysAreRefusedWithTheSourceNamed(string what, byte[] bytes, string expected)
     {
         _ = what;
-        var e = Assert.Throws<InvalidDataException>(() => Loupe.Dictionaries.Sae.Npy.ReadFloat32(bytes, "params.npz, entry 'W_enc.npy'", out _));
+        var e = Assert.Throws<InputError>(() => Loupe.Dictionaries.Sae.Npy.ReadFloat32(bytes, "params.npz, entry 'W_enc.npy'", out _));
         Assert.StartsWith("params.npz, entry 'W_enc.npy'", e.Message);
         Assert.Contains(expected, e.Message);
     }

@@ -45,7 +45,7 @@ public sealed class SaeLensFormatTests : IDisposable
               "metadata": { "hook_name": "blocks.1.attn.hook_z", "hook_head_index": 3 }
             }
             """);
-        var e = Assert.Throws<NotSupportedException>(() => SaeLensFormat.Load(_dir));
+        var e = Assert.Throws<InputError>(() => SaeLensFormat.Load(_dir));
         Assert.Contains("hook_head_index", e.Message);
         Assert.Contains("cfg.json", e.Message);
     }
@@ -130,7 +130,7 @@ public sealed class SaeLensFormatTests : IDisposable
     public void MissingFieldNamesFileAndField()
     {
         WriteJumpReluFixture("""{"architecture": "jumprelu", "d_in": 3}""");
-        var e = Assert.Throws<InvalidDataException>(() => SaeLensFormat.Load(_dir));
+        var e = Assert.Throws<InputError>(() => SaeLensFormat.Load(_dir));
         Assert.Contains("cfg.json", e.Message);
         Assert.Contains("'d_sae'", e.Message);
     }
@@ -139,7 +139,7 @@ public sealed class SaeLensFormatTests : IDisposable
     public void ShapeMismatchNamesTensor()
     {
         WriteJumpReluFixture(wDecShape: [3, 2]);
-        var e = Assert.Throws<InvalidDataException>(() => SaeLensFormat.Load(_dir));
+        var e = Assert.Throws<InputError>(() => SaeLensFormat.Load(_dir));
         Assert.Contains("'W_dec'", e.Message);
         Assert.Contains("[3, 2]", e.Message);
         Assert.Contains("[2, 3]", e.Message);
@@ -149,7 +149,7 @@ public sealed class SaeLensFormatTests : IDisposable
     public void UnknownArchitectureIsRejected()
     {
         WriteJumpReluFixture("""{"architecture": "gated_v9", "d_in": 3, "d_sae": 2}""");
-        var e = Assert.Throws<InvalidDataException>(() => SaeLensFormat.Load(_dir));
+        var e = Assert.Throws<InputError>(() => SaeLensFormat.Load(_dir));
         Assert.Contains("'gated_v9'", e.Message);
     }
 
@@ -157,7 +157,7 @@ public sealed class SaeLensFormatTests : IDisposable
     public void TopKWithoutKIsRejected()
     {
         WriteJumpReluFixture("""{"architecture": "topk", "d_in": 3, "d_sae": 2}""");
-        var e = Assert.Throws<InvalidDataException>(() => SaeLensFormat.Load(_dir));
+        var e = Assert.Throws<InputError>(() => SaeLensFormat.Load(_dir));
         Assert.Contains("'k'", e.Message);
     }
 
@@ -191,7 +191,7 @@ public sealed class SaeLensFormatFieldTypeTests : IDisposable
         Directory.CreateDirectory(_dir);
         File.WriteAllText(Path.Combine(_dir, "cfg.json"), cfg);
         Loupe.Models.Loading.SafeTensorsWriter.Write(Path.Combine(_dir, "sae_weights.safetensors"), [("b_enc", [2], new float[2])]);
-        var e = Assert.Throws<InvalidDataException>(() => SaeLensFormat.Load(_dir));
+        var e = Assert.Throws<InputError>(() => SaeLensFormat.Load(_dir));
         Assert.Contains(expected, e.Message);
         Assert.Contains("cfg.json", e.Message);
     }
@@ -255,7 +255,7 @@ public sealed class SaeLensLayoutTests : IDisposable
         Assert.Equal(("blocks.4.hook_resid_post", 4), (cfg.HookName, cfg.HookLayer));
 
         File.WriteAllText(Path.Combine(_dir, "cfg.json"), """{"architecture": "standard", "activation_fn": "tanh-relu", "d_in": 2, "d_sae": 3}""");
-        Assert.Contains("'activation_fn'", Assert.Throws<InvalidDataException>(() => SaeLensFormat.Load(_dir)).Message);
+        Assert.Contains("'activation_fn'", Assert.Throws<InputError>(() => SaeLensFormat.Load(_dir)).Message);
     }
 
     [Fact]
@@ -435,9 +435,9 @@ public sealed class SaeLensLayoutTests : IDisposable
         }
 
         File.WriteAllText(Path.Combine(_dir, "activation_scaler.json"), """{"scaling_factor": null}""");
-        Assert.Contains("scaling_factor", Assert.Throws<InvalidDataException>(() => SaeLensFormat.Load(_dir)).Message);
+        Assert.Contains("scaling_factor", Assert.Throws<InputError>(() => SaeLensFormat.Load(_dir)).Message);
         File.WriteAllText(Path.Combine(_dir, "activation_scaler.json"), """{"scaling_factor": 2.0, "has_whitening": true}""");
-        Assert.Contains("whitening", Assert.Throws<InvalidDataException>(() => SaeLensFormat.Load(_dir)).Message);
+        Assert.Contains("whitening", Assert.Throws<InputError>(() => SaeLensFormat.Load(_dir)).Message);
     }
 
     [Fact]
@@ -486,17 +486,17 @@ public sealed class SaeLensLayoutTests : IDisposable
     {
         const string cfg = """{"architecture": "standard", "d_in": 2, "d_sae": 2}""";
         Write(cfg, ("W_enc", [2, 2], [1, float.NaN, 0, 1]), ("b_enc", [2], [0, 0]), ("W_dec", [2, 2], [1, 0, 0, 1]), ("b_dec", [2], [0, 0]));
-        var e = Assert.Throws<InvalidDataException>(() => SaeLensFormat.Load(_dir));
+        var e = Assert.Throws<InputError>(() => SaeLensFormat.Load(_dir));
         Assert.Contains("'W_enc'", e.Message);
         Assert.Contains("element 1", e.Message);
 
         Write(cfg, ("W_enc", [2, 2], [1, 0, 0, 1]), ("b_enc", [2], [0, 0]), ("W_dec", [2, 2], [1, 0, 0, 1]), ("b_dec", [2], [0, 0]), ("b_mag", [2], [0, 0]));
-        e = Assert.Throws<InvalidDataException>(() => SaeLensFormat.Load(_dir));
+        e = Assert.Throws<InputError>(() => SaeLensFormat.Load(_dir));
         Assert.Contains("'b_mag'", e.Message);
 
         Write("""{"architecture": "jumprelu", "d_in": 2, "d_sae": 2}""",
             ("W_enc", [2, 2], [1, 0, 0, 1]), ("b_enc", [2], [0, 0]), ("W_dec", [2, 2], [1, 0, 0, 1]), ("b_dec", [2], [0, 0]));
-        e = Assert.Throws<InvalidDataException>(() => SaeLensFormat.Load(_dir));
+        e = Assert.Throws<InputError>(() => SaeLensFormat.Load(_dir));
         Assert.Contains("'threshold'", e.Message);
     }
 

@@ -97,7 +97,7 @@ public class SaeResumeTests : IDisposable
         Assert.False(File.Exists(Path.Combine(b, SaeLensFormat.WeightsFile)));
         Assert.Equal(20, SaeTrainingRun.ReadLog(b).Count); // the log stops at the last checkpoint
 
-        var ex = Assert.Throws<InvalidOperationException>(() => SaeTrainingRun.Run(MakeTrainer(arch), new TestWindows(6, dOut, [13, 29, 6], 2), b, 10, resume: false));
+        var ex = Assert.Throws<InputError>(() => SaeTrainingRun.Run(MakeTrainer(arch), new TestWindows(6, dOut, [13, 29, 6], 2), b, 10, resume: false));
         Assert.Contains("--resume", ex.Message);
         var second = MakeTrainer(arch); // a fresh process would start from scratch like this
         SaeTrainingRun.Run(second, new TestWindows(6, dOut, [13, 29, 6], 2), b, 10, resume: true);
@@ -117,9 +117,9 @@ public class SaeResumeTests : IDisposable
         Assert.Throws<OperationCanceledException>(() => SaeTrainingRun.Run(t, new TestWindows(6, 6, [13, 29, 6], 2), dir, 5, false,
             progress: new SyncProgress(p => { if (p.Metrics.Step == 6) cts.Cancel(); }), cancellationToken: cts.Token));
         var other = new SaeTrainer(new SparseDictionary(SaeShape.Sae(6, 24), new TopKActivation(3)), new SaeTrainingOptions { Steps = 40, BatchSize = 8, Seed = 12 });
-        var ex = Assert.Throws<InvalidOperationException>(() => SaeTrainingRun.Run(other, new TestWindows(6, 6, [13, 29, 6], 2), dir, 5, true));
+        var ex = Assert.Throws<InputError>(() => SaeTrainingRun.Run(other, new TestWindows(6, 6, [13, 29, 6], 2), dir, 5, true));
         Assert.Contains("options", ex.Message);
-        ex = Assert.Throws<InvalidOperationException>(() => SaeTrainingRun.Run(MakeTrainer("topk"), new TestWindows(6, 6, [13, 29, 7], 2), dir, 5, true));
+        ex = Assert.Throws<InputError>(() => SaeTrainingRun.Run(MakeTrainer("topk"), new TestWindows(6, 6, [13, 29, 7], 2), dir, 5, true));
         Assert.Contains("data", ex.Message);
     }
 
@@ -129,7 +129,7 @@ public class SaeResumeTests : IDisposable
         var x = new float[6 * 20];
         x[6 * 3 + 2] = float.NaN;
         var t = new SaeTrainer(new SparseDictionary(SaeShape.Sae(6, 12), new TopKActivation(2)), new SaeTrainingOptions { Steps = 2, BatchSize = 4, BDecInit = BDecInit.Zeros });
-        var ex = Assert.Throws<InvalidDataException>(() => t.Train(x));
+        var ex = Assert.Throws<InputError>(() => t.Train(x));
         Assert.Contains("row 3 column 2", ex.Message);
     }
 

@@ -268,18 +268,18 @@ public class SaeSpliceTests(ITestOutputHelper output)
     {
         using var model = Model();
         var narrow = SpliceFixtures.Random(SaeShape.Sae(32, 64), new ReluActivation(), seed: 5);
-        var width = Assert.Throws<ArgumentException>(() => SaeSplice.ForModel(model, narrow, Resid));
+        var width = Assert.Throws<InputError>(() => SaeSplice.ForModel(model, narrow, Resid));
         Assert.Contains(Resid, width.Message);
         Assert.Contains("d_in = 32", width.Message);
         Assert.Contains("width 64", width.Message);
         // Unchecked, the same mistake fails on the first run (and is not attached).
-        Assert.Throws<ArgumentException>(() => model.AddSplice(new SaeSplice(narrow, Resid)));
+        Assert.Throws<InputError>(() => model.AddSplice(new SaeSplice(narrow, Resid)));
         Assert.Empty(model.Splices);
 
-        var missing = Assert.Throws<ArgumentException>(() => SaeSplice.ForModel(model, Sae(), "blocks.1.hook_resid_pots"));
+        var missing = Assert.Throws<InputError>(() => SaeSplice.ForModel(model, Sae(), "blocks.1.hook_resid_pots"));
         Assert.Contains("blocks.1.hook_resid_pots", missing.Message);
         Assert.Contains("blocks.1.hook_resid_post", missing.Message);
-        var missingOut = Assert.Throws<ArgumentException>(() => SaeSplice.ForModel(model, Transcoder(false), MlpIn, new SaeSpliceOptions { OutputHook = "blocks.1.hook_mlp_ou" }));
+        var missingOut = Assert.Throws<InputError>(() => SaeSplice.ForModel(model, Transcoder(false), MlpIn, new SaeSpliceOptions { OutputHook = "blocks.1.hook_mlp_ou" }));
         Assert.Contains("blocks.1.hook_mlp_out", missingOut.Message);
     }
 
@@ -316,7 +316,7 @@ public class SaeSpliceTests(ITestOutputHelper output)
 
             // A skip-transcoder on the residual stream with no output hook anywhere cannot be placed.
             SaeLensFormat.Save(badDir, Transcoder(skip: true), new SaeLensConfig { HookName = Resid });
-            var error = Assert.Throws<ArgumentException>(() => SaeSplice.Load(model, badDir));
+            var error = Assert.Throws<InputError>(() => SaeSplice.Load(model, badDir));
             Assert.Contains("--hook-out", error.Message);
         }
         finally
