@@ -26,9 +26,13 @@ static class RunCommand
         { model, input.Prompt, input.Tokens, maxNew, temperature, topK, topP, seed, top };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
+            // Cheap checks first, so a typo fails before the model loads.
+            int n = CliSupport.Int(parse, maxNew, 0);
+            var (temp, k, p) = CliSupport.Sampling(parse, temperature, topK, topP);
+            int shown = CliSupport.Int(parse, top, 0);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             var batch = input.Read(parse, m);
-            if (batch.Batch != 1) throw new ArgumentException("loupe run takes one row of --tokens");
+            if (batch.Batch != 1) throw InputError.Expected("argument", "--tokens", "one row (loupe run continues one sequence)", $"{batch.Batch} rows");
             string? text = input.Text(parse);
             int[] ids = batch.Ids;
 
@@ -38,10 +42,10 @@ static class RunCommand
             var probs = new float[V];
             Softmax.Row(last, probs);
             Console.WriteLine($"Top next tokens after {ids.Length} prompt tokens:");
-            foreach (int id in Enumerable.Range(0, V).OrderByDescending(i => probs[i]).Take(Math.Max(0, parse.GetValue(top))))
+            foreach (int id in Enumerable.Range(0, V).OrderByDescending(i => probs[i]).Take(shown))
                 Console.WriteLine($"  {probs[id],8:P2}  {CliSupport.Show(m, id)}");
 
-            int n = parse.GetValue(maxNew), room = m.Config.NCtx - ids.Length;
+            int room = m.Config.NCtx - ids.Length;
             if (n > room)
             {
                 Console.Error.WriteLine($"note: the context holds {m.Config.NCtx} tokens; generating {room} instead of {n}");
@@ -49,7 +53,7 @@ static class RunCommand
             }
             if (n > 0)
             {
-                var options = new GenerationOptions(n, parse.GetValue(temperature), parse.GetValue(topK), parse.GetValue(topP), parse.GetValue(seed));
+                var options = new GenerationOptions(n, temp, k, p, parse.GetValue(seed));
                 var generated = m.Generate([ids], options)[0];
                 Console.WriteLine();
                 Console.WriteLine("Continuation:");
