@@ -130,9 +130,10 @@ public class CliTests
     [Fact]
     public void UnknownModelFolderIsAClearError()
     {
-        var (code, _, err) = RunLoupe("info", "--model", "/no/such/model-folder");
-        Assert.Equal(2, code);
-        Assert.Contains("error:", err);
+        AssertRefused(RunLoupe("info", "--model", "/no/such/model-folder"), "--model", "/no/such/model-folder", "neither an existing folder");
+        string file = Path.Combine(Directory.CreateTempSubdirectory("loupe-cli").FullName, "config.json");
+        File.WriteAllText(file, "{}");
+        AssertRefused(RunLoupe("info", "--model", file), "--model", "is a file");
     }
 
     [RequiresSharedFact("models/stories260K")]

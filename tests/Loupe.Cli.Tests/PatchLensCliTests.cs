@@ -76,16 +76,17 @@ public sealed class PatchLensCliTests : IDisposable
 
         (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--target", "resid_mid_typo", "--out", dir);
         Assert.Equal(2, code);
-        Assert.Contains("--target: unknown target 'resid_mid_typo'", err);
+        Assert.Contains("--target: expected one of", err);
+        Assert.Contains("found \"resid_mid_typo\"", err);
         Assert.Contains("head_out", err);
 
         (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--method", "gradient", "--out", dir);
         Assert.Equal(2, code);
-        Assert.Contains("unknown method 'gradient'", err);
+        Assert.Contains("--method: expected activation, attribution or both, found \"gradient\"", err);
 
         (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "999", "--out", dir);
         Assert.Equal(2, code);
-        Assert.Contains("--answer-id 999", err);
+        Assert.Contains("--answer-id: expected an integer in [0, 511], found 999", err);
 
         (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", "1,x,3", "--answer-id", "17", "--out", dir);
         Assert.Equal(2, code);
@@ -102,7 +103,7 @@ public sealed class PatchLensCliTests : IDisposable
         (code, _, err) = RunLoupe("patch", "--model", Fixture("llama"), "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--target", "mlp_out",
             "--position", "12", "--out", dir);
         Assert.Equal(2, code);
-        Assert.Contains("--position 12", err);
+        Assert.Contains("--position: expected an integer in [-12, 11], found 12", err);
         Assert.False(File.Exists(Path.Combine(dir, "patch.json")));
     }
 

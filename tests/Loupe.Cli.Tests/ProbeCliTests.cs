@@ -61,7 +61,8 @@ public class ProbeCliTests
     {
         var (code, _, stderr) = RunLoupe("probe", "--model", "unused-model", "--dataset", "brown:x", "--probe", "svm", "--out", TempDir());
         Assert.Equal(2, code);
-        Assert.Contains("--probe 'svm'", stderr);
+        Assert.Contains("--probe", stderr);
+        Assert.Contains("found \"svm\"", stderr);
         Assert.Contains("logistic, diffmeans or both", stderr);
         (code, _, stderr) = RunLoupe("probe", "--model", "unused-model", "--dataset", "conll:somewhere", "--out", TempDir());
         Assert.Equal(2, code);

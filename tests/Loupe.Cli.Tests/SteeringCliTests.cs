@@ -124,6 +124,7 @@ public class SteeringCliTests
         (code, _, err) = RunLoupe("persona", "--model", model, "--positive", DataFile("happy.txt"), "--negative", DataFile("sad.txt"),
             "--prompt", "Hi", "--coeffs", "-4,x", "--out", dir);
         Assert.Equal(2, code);
-        Assert.Contains("'x' is not a number", err);
+        Assert.Contains("--coeffs: expected finite numbers", err);
+        Assert.Contains("found \"x\"", err);
     }
 }

@@ -54,8 +54,14 @@ static class CliSupport
     static string OneLine(string message) => message.ReplaceLineEndings(" ").Trim();
 
     /// <summary>Loads a model from a folder or the hub, showing download progress and a spinner.</summary>
+    /// <exception cref="InputError">The path is a file, or neither an existing folder nor a valid hub id.</exception>
     public static HookedTransformer LoadModel(string model)
     {
+        // Checked here so that a mistyped path is a one-line refusal naming --model, before any download is tried.
+        if (File.Exists(model))
+            throw new InputError($"argument: --model: '{model}' is a file; pass the folder that holds config.json and the *.safetensors weights, or a hub id");
+        if (!Directory.Exists(model) && !HubClient.IsValidRepoId(model))
+            throw new InputError($"argument: --model: '{model}' is neither an existing folder (looked at {Path.GetFullPath(model)}) nor a Hugging Face model id such as 'org/name'");
         if (Directory.Exists(model))
             return Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model));
         HookedTransformer? loaded = null;
@@ -223,7 +229,7 @@ static class CliSupport
         if (kind is OutputFiles.EntryKind.Missing or OutputFiles.EntryKind.Directory
             || (kind is OutputFiles.EntryKind.SymbolicLink && Directory.Exists(path)))
             return path;
-        throw InputError.Expected("argument", option, "a folder to write into (or a new path)", $"{path}, which exists and is not a folder");
+        throw new InputError($"argument: {option}: {path} exists and is not a folder; name a folder to write into (or a new path)");
     }
 
     /// <summary>A token as a person reads it: decoded text, quoted, with its id.</summary>
