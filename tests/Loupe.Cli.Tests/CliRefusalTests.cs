@@ -247,6 +247,27 @@ public sealed class CliRefusalTests : IDisposable
     }
 
     [Fact]
+    public void ANaNWeightIsNeverANormalLookingAnswer()
+    {
+        // The gpt2 fixture with one NaN in the final norm's scale: refused at load or at the logits, never a NaN table with exit code 0.
+        string folder = Out("nan-gpt2");
+        Directory.CreateDirectory(folder);
+        File.Copy(Path.Combine(Gpt2, "config.json"), Path.Combine(folder, "config.json"));
+        byte[] bytes = File.ReadAllBytes(Path.Combine(Gpt2, "model.safetensors"));
+        long headerLength = BitConverter.ToInt64(bytes, 0);
+        using (var header = System.Text.Json.JsonDocument.Parse(bytes.AsMemory(8, (int)headerLength)))
+        {
+            long begin = header.RootElement.GetProperty("transformer.ln_f.weight").GetProperty("data_offsets")[0].GetInt64();
+            BitConverter.TryWriteBytes(bytes.AsSpan((int)(8 + headerLength + begin), 4), float.NaN);
+        }
+        File.WriteAllBytes(Path.Combine(folder, "model.safetensors"), bytes);
+        var result = RunLoupe("run", "--model", folder, "--tokens", "1,2,3", "-n", "2");
+        Assert.DoesNotContain("NaN", result.Out);
+        AssertRefused(result);
+        Assert.Matches("(?i)nan|non-finite|not finite", result.Err);
+    }
+
+    [Fact]
     public void GuardTurnsBadInputIntoExitCode2AndLetsBugsEscape()
     {
         Assert.Equal(CliSupport.InputErrorExitCode, CliSupport.Guard(() => throw new InputError("argument: --x: expected 1, found 2")));

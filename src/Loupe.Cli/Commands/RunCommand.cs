@@ -39,6 +39,9 @@ static class RunCommand
             var logits = m.Run(ids).Logits;
             int V = m.Config.VocabOut;
             var last = logits.Span.Slice((ids.Length - 1) * V, V).ToArray();
+            // A table of NaN probabilities with exit code 0 would look like an answer.
+            if (Array.FindIndex(last, v => !(v < float.PositiveInfinity)) is var bad and >= 0)
+                throw new InputError($"{m.Source}: the model produced a non-finite logit ({InputError.Show(last[bad])} for token {bad}) at the last position; its weights or activations overflow");
             var probs = new float[V];
             Softmax.Row(last, probs);
             Console.WriteLine($"Top next tokens after {ids.Length} prompt tokens:");
