@@ -1,4 +1,6 @@
 using System.CommandLine;
+using System.CommandLine.Invocation;
+using System.CommandLine.Parsing;
 using Loupe.Cli.Commands;
 
 namespace Loupe.Cli;
@@ -6,7 +8,41 @@ namespace Loupe.Cli;
 /// <summary>The <c>loupe</c> command line: one verb per stage of the pipeline.</summary>
 public static class Program
 {
-    public static int Main(string[] args) => Build().Parse(args).Invoke();
+    public static int Main(string[] args) => Run(args);
+
+    /// <summary>
+    /// Parses and runs a command line. Arguments the parser refuses (an unknown option, a missing required one,
+    /// "abc" or 99999999999 for an integer) are bad input like any other: one <c>error:</c> line and exit code 2.
+    /// </summary>
+    public static int Run(string[] args, InvocationConfiguration? configuration = null)
+    {
+        var parse = Build().Parse(args);
+        if (parse.Action is ParseErrorAction && parse.Errors.Count > 0)
+        {
+            var error = configuration?.Error ?? Console.Error;
+            var verb = new List<string>();
+            for (var c = parse.CommandResult; c.Parent is CommandResult parent; c = parent) verb.Insert(0, c.Command.Name);
+            error.WriteLine($"error: {string.Join("; ", parse.Errors.Select(e => Plain(e.Message)))} (see 'loupe {string.Join(' ', verb.Append("--help"))}')");
+            return CliSupport.InputErrorExitCode;
+        }
+        return parse.Invoke(configuration);
+    }
+
+    /// <summary>A parser message in the shape of every other refusal, with .NET type names put into words.</summary>
+    static string Plain(string message)
+    {
+        message = message.ReplaceLineEndings(" ").Trim().TrimEnd('.');
+        var match = System.Text.RegularExpressions.Regex.Match(message, @"^Cannot parse argument '(.*)' for option '(.*)' as expected type '(.*)'\.?$");
+        if (!match.Success) return message;
+        string type = match.Groups[3].Value;
+        string expected =
+            type.Contains("Int32", StringComparison.Ordinal) ? "an integer in [-2147483648, 2147483647]"
+            : type.Contains("Int64", StringComparison.Ordinal) ? "an integer"
+            : type.Contains("Single", StringComparison.Ordinal) || type.Contains("Double", StringComparison.Ordinal) ? "a number"
+            : type.Contains("Boolean", StringComparison.Ordinal) ? "true or false"
+            : type;
+        return InputError.Expected("argument", match.Groups[2].Value, expected, match.Groups[1].Value).Message;
+    }
 
     /// <summary>The root command with every verb (exposed for tests).</summary>
     public static RootCommand Build()

@@ -29,7 +29,7 @@ public interface IActivationEdit
     /// itself when nothing applies at this pass. Never writes into <paramref name="activation"/>: the
     /// same tensor may also be the next block's input or sit in a cache.
     /// </summary>
-    /// <exception cref="InvalidOperationException">The activation's last axis differs from <see cref="Width"/>.</exception>
+    /// <exception cref="InputError">The activation's last axis differs from <see cref="Width"/>.</exception>
     Tensor Apply(Tensor activation, HookContext context);
 }
 
@@ -61,15 +61,17 @@ public readonly record struct SteeringPositions(PositionKind Kind, int Start)
         return new(PositionKind.From, position);
     }
 
-    /// <summary>Parses <c>all</c>, <c>new</c> or <c>from:N</c>.</summary>
-    /// <exception cref="FormatException">Any other text.</exception>
-    public static SteeringPositions Parse(string text)
+    /// <summary>Parses <c>all</c>, <c>new</c> or <c>from:N</c>; <paramref name="what"/> names the setting in the error (e.g. an option).</summary>
+    /// <exception cref="InputError">Any other text.</exception>
+    public static SteeringPositions Parse(string text, string what = "positions")
     {
         string t = text.Trim().ToLowerInvariant();
         if (t == "all") return All;
         if (t is "new" or "new-tokens") return NewTokens;
-        if (t.StartsWith("from:", StringComparison.Ordinal) && int.TryParse(t[5..], out int p) && p >= 0) return From(p);
-        throw new FormatException($"positions '{text}' is not one of: all, new, from:N (N ≥ 0)");
+        if (t.StartsWith("from:", StringComparison.Ordinal)
+            && int.TryParse(t[5..], System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int p) && p >= 0)
+            return From(p);
+        throw InputError.Expected("argument", what, "all, new or from:N (0 ≤ N < 2^31)", text);
     }
 
     /// <summary>The first index along this activation's pos axis to edit; <paramref name="length"/> when none.</summary>
@@ -95,7 +97,7 @@ public static partial class ActivationEdits
     /// Registers <paramref name="edit"/> at its hook after checking the hook exists in
     /// <paramref name="model"/> and, where the config fixes the hook's width, that the edit fits.
     /// </summary>
-    /// <exception cref="ArgumentException">The hook is unknown (the message lists the model's hook points) or the widths differ (the message names the hook and both sizes).</exception>
+    /// <exception cref="InputError">The hook is unknown (the message lists the model's hook points) or the widths differ (the message names the hook and both sizes).</exception>
     public static RunOptions AddEdit(this RunOptions options, HookedTransformer model, IActivationEdit edit)
     {
         Validate(model, edit);
@@ -113,7 +115,7 @@ public static partial class ActivationEdits
     }
 
     /// <summary>New <see cref="RunOptions"/> carrying the given edits, each validated against <paramref name="model"/>.</summary>
-    /// <exception cref="ArgumentException">As for <see cref="AddEdit(RunOptions, HookedTransformer, IActivationEdit)"/>.</exception>
+    /// <exception cref="InputError">As for <see cref="AddEdit(RunOptions, HookedTransformer, IActivationEdit)"/>.</exception>
     public static RunOptions Options(HookedTransformer model, params IActivationEdit[] edits)
     {
         var options = new RunOptions();
@@ -122,22 +124,22 @@ public static partial class ActivationEdits
     }
 
     /// <summary>Checks that the edit's hook exists in <paramref name="model"/> and that its width fits.</summary>
-    /// <exception cref="ArgumentException">The hook is unknown or the widths differ.</exception>
+    /// <exception cref="InputError">The hook is unknown or the widths differ.</exception>
     public static void Validate(HookedTransformer model, IActivationEdit edit)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(edit);
         RequireHook(model, edit.HookName);
         if (edit.Width is int width && HookWidth(model.Config, edit.HookName) is (int expected, string what) && width != expected)
-            throw new ArgumentException(WidthMessage(edit.HookName, width, expected, what));
+            throw new InputError(WidthMessage(edit.HookName, width, expected, what));
     }
 
     /// <summary>Throws unless <paramref name="hookName"/> is one of the model's hook points.</summary>
-    /// <exception cref="ArgumentException">The hook is unknown; the message lists the model's hook points.</exception>
+    /// <exception cref="InputError">The hook is unknown; the message lists the model's hook points.</exception>
     public static void RequireHook(HookedTransformer model, string hookName)
     {
         if (model.HookPointNames.Contains(hookName)) return;
-        throw new ArgumentException($"unknown hook '{hookName}'; this model's hook points are: {DescribeHooks(model)}");
+        throw new InputError($"unknown hook '{hookName}'; this model's hook points are: {DescribeHooks(model)}");
     }
 
     /// <summary>The model's hook points, with the layer index folded: <c>blocks.{0..4}.hook_resid_post</c>.</summary>
@@ -169,12 +171,12 @@ public static partial class ActivationEdits
     }
 
     /// <summary>Throws when a hook's layout is not <c>[batch, pos, …, width]</c> (attention scores and pattern are <c>[batch, head, query_pos, key_pos]</c>).</summary>
-    /// <exception cref="ArgumentException">The hook is <c>attn.hook_pattern</c> or <c>attn.hook_attn_scores</c>.</exception>
+    /// <exception cref="InputError">The hook is <c>attn.hook_pattern</c> or <c>attn.hook_attn_scores</c>.</exception>
     internal static void RequirePositionLayout(string hookName)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(hookName);
         if (hookName.EndsWith("hook_pattern", StringComparison.Ordinal) || hookName.EndsWith("hook_attn_scores", StringComparison.Ordinal))
-            throw new ArgumentException($"'{hookName}' is [batch, head_index, query_pos, key_pos]; activation edits apply to [batch, pos, …, d] hooks such as blocks.0.hook_resid_post");
+            throw new InputError($"'{hookName}' is [batch, head_index, query_pos, key_pos]; activation edits apply to [batch, pos, …, d] hooks such as blocks.0.hook_resid_post");
     }
 
     internal static string WidthMessage(string hook, int actual, int expected, string what) =>
@@ -184,9 +186,9 @@ public static partial class ActivationEdits
     internal static void CheckActivation(IActivationEdit edit, Tensor activation)
     {
         if (activation.Rank < 3)
-            throw new InvalidOperationException($"hook '{edit.HookName}' carries a {activation.ShapeString} activation; activation edits need [batch, pos, …, d]");
+            throw new InputError($"hook '{edit.HookName}' carries a {activation.ShapeString} activation; activation edits need [batch, pos, …, d]");
         if (edit.Width is int width && activation.Dim(-1) != width)
-            throw new InvalidOperationException(WidthMessage(edit.HookName, width, activation.Dim(-1), $"{activation.ShapeString}[-1]"));
+            throw new InputError(WidthMessage(edit.HookName, width, activation.Dim(-1), $"{activation.ShapeString}[-1]"));
     }
 
     [GeneratedRegex(@"^blocks\.\d+\.")]

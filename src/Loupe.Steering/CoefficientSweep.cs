@@ -43,15 +43,15 @@ public sealed record SweepPoint(float Coefficient, IReadOnlyList<SweepSample> Sa
 /// </summary>
 public static class CoefficientSweep
 {
-    /// <exception cref="ArgumentException">No coefficients, fewer than one seed, an empty prompt, or an edit the model rejects.</exception>
+    /// <exception cref="InputError">No coefficients, fewer than one seed, an empty prompt, or an edit the model rejects.</exception>
     public static IReadOnlyList<SweepPoint> Run(HookedTransformer model, int[] prompt, IReadOnlyList<float> coefficients,
         Func<float, IActivationEdit?> edit, Func<int[], string, double> score, SweepOptions? options = null, IProgress<int>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         options ??= new SweepOptions();
-        if (coefficients.Count == 0) throw new ArgumentException("the sweep needs at least one coefficient", nameof(coefficients));
-        if (options.Seeds < 1) throw new ArgumentException($"the sweep needs at least one seed, got {options.Seeds}", nameof(options));
-        if (prompt.Length == 0) throw new ArgumentException("the prompt has no tokens", nameof(prompt));
+        if (coefficients.Count == 0) throw new InputError("the sweep needs at least one coefficient");
+        if (options.Seeds < 1) throw new InputError($"the sweep needs at least one seed, got {options.Seeds}");
+        if (prompt.Length == 0) throw new InputError("the prompt has no tokens");
         var points = new List<SweepPoint>();
         int done = 0;
         foreach (float c in coefficients)

@@ -13,13 +13,13 @@ namespace Loupe.Steering;
 public static class ContrastiveActivationAddition
 {
     /// <summary>The CAA vector at <paramref name="hookName"/> from token sequences.</summary>
-    /// <exception cref="ArgumentException">A set is empty, a sequence is empty, or the hook is unknown or not <c>[batch, pos, d]</c>.</exception>
+    /// <exception cref="InputError">A set is empty, a sequence is empty, or the hook is unknown or not <c>[batch, pos, d]</c>.</exception>
     public static ContrastiveDirection Compute(HookedTransformer model, string hookName, IReadOnlyList<int[]> setA, IReadOnlyList<int[]> setB,
         TokenReduction reduction = TokenReduction.LastToken, bool normalize = false)
     {
         ArgumentNullException.ThrowIfNull(model);
         if (setA.Count == 0 || setB.Count == 0)
-            throw new ArgumentException($"contrastive sets must both be non-empty (set A has {setA.Count} prompts, set B {setB.Count})");
+            throw new InputError($"contrastive sets must both be non-empty (set A has {setA.Count} prompts, set B {setB.Count})");
         ActivationEdits.RequirePositionLayout(hookName);
         var a = TextActivations.Collect(model, setA, [hookName], reduction)[hookName];
         var b = TextActivations.Collect(model, setB, [hookName], reduction)[hookName];
@@ -29,24 +29,24 @@ public static class ContrastiveActivationAddition
         float norm = TensorPrimitives.Norm(vector);
         if (normalize)
         {
-            if (norm == 0f) throw new ArgumentException($"the two sets have the same mean activation at '{hookName}'; the difference cannot be normalized");
+            if (norm == 0f) throw new InputError($"the two sets have the same mean activation at '{hookName}'; the difference cannot be normalized");
             TensorPrimitives.Divide(vector, norm, vector);
         }
         return new ContrastiveDirection(hookName, vector, meanA, meanB, setA.Count, setB.Count, reduction, normalize, norm);
     }
 
     /// <summary>The CAA vector from texts, tokenized with the model's tokenizer (BOS as its template says).</summary>
-    /// <exception cref="ArgumentException">As for the token overload, or a text is blank.</exception>
-    /// <exception cref="InvalidOperationException">The model has no tokenizer.</exception>
+    /// <exception cref="InputError">As for the token overload, or a text is blank.</exception>
+    /// <exception cref="InputError">The model has no tokenizer.</exception>
     public static ContrastiveDirection Compute(HookedTransformer model, string hookName, IReadOnlyList<string> setA, IReadOnlyList<string> setB,
         TokenReduction reduction = TokenReduction.LastToken, bool normalize = false) =>
         Compute(model, hookName, Tokenize(model, setA, "A"), Tokenize(model, setB, "B"), reduction, normalize);
 
     internal static int[][] Tokenize(HookedTransformer model, IReadOnlyList<string> texts, string set)
     {
-        var tokenizer = model.Tokenizer ?? throw new InvalidOperationException($"the model at {model.Source} has no tokenizer; pass token ids instead of texts");
+        var tokenizer = model.Tokenizer ?? throw new InputError($"the model at {model.Source} has no tokenizer; pass token ids instead of texts");
         return texts.Select((t, i) => string.IsNullOrWhiteSpace(t)
-            ? throw new ArgumentException($"text {i} of set {set} is blank")
+            ? throw new InputError($"text {i} of set {set} is blank")
             : tokenizer.Encode(t)).ToArray();
     }
 }

@@ -28,12 +28,12 @@ public sealed class PersonaVector
 {
     readonly float[] _unit;
 
-    /// <exception cref="ArgumentException">The vector is empty or zero.</exception>
+    /// <exception cref="InputError">The vector is empty or zero.</exception>
     public PersonaVector(string hookName, int layer, float[] vector, double threshold)
     {
         float norm = TensorPrimitives.Norm(vector);
         if (vector.Length == 0 || !(norm > 0) || !float.IsFinite(norm))
-            throw new ArgumentException($"the persona vector at '{hookName}' must be finite and non-zero (‖v‖ = {norm})", nameof(vector));
+            throw new InputError($"the persona vector at '{hookName}' must be finite and non-zero (‖v‖ = {norm})");
         HookName = hookName;
         Layer = layer;
         Vector = vector;
@@ -72,7 +72,7 @@ public sealed class PersonaVector
     public double Project(ReadOnlySpan<float> activation) => TensorPrimitives.Dot(activation, _unit);
 
     /// <summary>Per-token projections of a sequence onto the direction, and the verdict against <see cref="Threshold"/>.</summary>
-    /// <exception cref="ArgumentException">The sequence is empty or the model has no such hook.</exception>
+    /// <exception cref="InputError">The sequence is empty or the model has no such hook.</exception>
     public PersonaReading Monitor(HookedTransformer model, int[] tokens)
     {
         var acts = TextActivations.PerToken(model, tokens, HookName);
@@ -107,19 +107,23 @@ public sealed class PersonaVector
             ["held_out_accuracy"] = HeldOutAccuracy.ToString("R", CultureInfo.InvariantCulture),
             ["held_out_auroc"] = HeldOutAuroc.ToString("R", CultureInfo.InvariantCulture),
         };
+        OutputFiles.EnsureReplaceable(path); // never swap a device, folder or link for the output file
         SafeTensorsWriter.Write(path, tensors, metadata);
     }
 
     /// <summary>Reads a vector written by <see cref="Save"/>.</summary>
-    /// <exception cref="InvalidDataException">The file lacks the <c>persona</c> tensor or its hook/layer/threshold metadata.</exception>
+    /// <exception cref="InputError">The file lacks the <c>persona</c> tensor or its hook/layer/threshold metadata.</exception>
     public static PersonaVector Load(string path)
     {
         using var file = SafeTensorsFile.Open(path);
-        if (!file.Contains("persona")) throw new InvalidDataException($"{path} has no 'persona' tensor; it is not a persona vector file");
-        string Meta(string key) => file.Metadata.TryGetValue(key, out var v) ? v : throw new InvalidDataException($"{path} lacks the '{key}' metadata of a persona vector");
+        if (!file.Contains("persona")) throw new InputError($"{path} has no 'persona' tensor; it is not a persona vector file");
+        string Meta(string key) => file.Metadata.TryGetValue(key, out var v) ? v : throw new InputError($"{path} lacks the '{key}' metadata of a persona vector");
         double Num(string key) => double.TryParse(file.Metadata.GetValueOrDefault(key), NumberStyles.Float, CultureInfo.InvariantCulture, out double v) ? v : double.NaN;
-        return new PersonaVector(Meta("hook"), int.Parse(Meta("layer"), CultureInfo.InvariantCulture), file.GetFloat32("persona").ToArray(),
-            double.Parse(Meta("threshold"), CultureInfo.InvariantCulture))
+        int layer = int.TryParse(Meta("layer"), NumberStyles.Integer, CultureInfo.InvariantCulture, out int l) && l >= 0 ? l
+            : throw InputError.Expected(path, "metadata 'layer'", "a layer index ≥ 0", Meta("layer"));
+        double threshold = double.TryParse(Meta("threshold"), NumberStyles.Float, CultureInfo.InvariantCulture, out double t) && double.IsFinite(t) ? t
+            : throw InputError.Expected(path, "metadata 'threshold'", "a finite number", Meta("threshold"));
+        return new PersonaVector(Meta("hook"), layer, file.GetFloat32("persona").ToArray(), threshold)
         {
             TrainAccuracy = Num("train_accuracy"),
             HeldOutAccuracy = Num("held_out_accuracy"),

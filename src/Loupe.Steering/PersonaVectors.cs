@@ -17,17 +17,17 @@ namespace Loupe.Steering;
 public static class PersonaVectors
 {
     /// <summary>Extracts a persona vector from token sequences expressing the trait (<paramref name="positive"/>) and its opposite.</summary>
-    /// <exception cref="ArgumentException">A set has fewer than two texts, a text is empty, or the layer is outside the model.</exception>
+    /// <exception cref="InputError">A set has fewer than two texts, a text is empty, or the layer is outside the model.</exception>
     public static PersonaVector Extract(HookedTransformer model, IReadOnlyList<int[]> positive, IReadOnlyList<int[]> negative, PersonaOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         options ??= new PersonaOptions();
         if (positive.Count < 2 || negative.Count < 2)
-            throw new ArgumentException($"persona extraction needs at least two texts per set (trait has {positive.Count}, opposite {negative.Count})");
+            throw new InputError($"persona extraction needs at least two texts per set (trait has {positive.Count}, opposite {negative.Count})");
         int layers = model.Config.NLayers;
         if (options.Layer is int chosen && (uint)chosen >= (uint)layers)
-            throw new ArgumentException($"layer {chosen} is outside the model (n_layers = {layers})");
-        if (options.HeldOutFraction is < 0 or >= 1) throw new ArgumentException($"the held-out fraction must be in [0, 1), got {options.HeldOutFraction}");
+            throw new InputError($"layer {chosen} is outside the model (n_layers = {layers})");
+        if (!(options.HeldOutFraction >= 0 && options.HeldOutFraction < 1)) throw InputError.Expected("persona options", "held-out fraction", "a number in [0, 1)", options.HeldOutFraction);
 
         // 1. Token-averaged activations at every layer: rows [0, P) are the trait texts, [P, P + N) the opposite ones.
         var hooks = Enumerable.Range(0, layers).Select(options.Hook).ToArray();
@@ -96,8 +96,8 @@ public static class PersonaVectors
     }
 
     /// <summary>Extracts a persona vector from texts, tokenized with the model's tokenizer.</summary>
-    /// <exception cref="ArgumentException">As for the token overload, or a text is blank.</exception>
-    /// <exception cref="InvalidOperationException">The model has no tokenizer.</exception>
+    /// <exception cref="InputError">As for the token overload, or a text is blank.</exception>
+    /// <exception cref="InputError">The model has no tokenizer.</exception>
     public static PersonaVector Extract(HookedTransformer model, IReadOnlyList<string> positive, IReadOnlyList<string> negative, PersonaOptions? options = null) =>
         Extract(model, ContrastiveActivationAddition.Tokenize(model, positive, "trait"), ContrastiveActivationAddition.Tokenize(model, negative, "opposite"), options);
 

@@ -19,15 +19,15 @@ public sealed class SteeringVector : IActivationEdit
     /// <param name="direction">The vector added per position <c>[width]</c> (copied).</param>
     /// <param name="coefficient">Multiplier on <paramref name="direction"/>; 0 leaves the model untouched.</param>
     /// <param name="positions">Where to add it (default every position).</param>
-    /// <exception cref="ArgumentException">The direction is empty or not finite, or the hook is not <c>[batch, pos, …, d]</c>.</exception>
+    /// <exception cref="InputError">The direction is empty or not finite, or the hook is not <c>[batch, pos, …, d]</c>.</exception>
     public SteeringVector(string hookName, ReadOnlySpan<float> direction, float coefficient = 1f, SteeringPositions? positions = null)
     {
         ActivationEdits.RequirePositionLayout(hookName);
-        if (direction.IsEmpty) throw new ArgumentException($"the steering vector for '{hookName}' is empty", nameof(direction));
+        if (direction.IsEmpty) throw new InputError($"the steering vector for '{hookName}' is empty");
         foreach (float x in direction)
-            if (!float.IsFinite(x)) throw new ArgumentException($"the steering vector for '{hookName}' contains NaN or infinity", nameof(direction));
+            if (!float.IsFinite(x)) throw new InputError($"the steering vector for '{hookName}' contains NaN or infinity");
         if (!float.IsFinite(coefficient))
-            throw new ArgumentException($"the coefficient for '{hookName}' is {coefficient}; it must be finite", nameof(coefficient));
+            throw new InputError($"the coefficient for '{hookName}' is {coefficient}; it must be finite");
         HookName = hookName;
         _direction = direction.ToArray();
         Coefficient = coefficient;
@@ -77,7 +77,7 @@ public sealed class SteeringVector : IActivationEdit
     /// tensor (or the one named <c>persona</c> / <c>direction</c>) when null. The hook comes from
     /// <paramref name="hookName"/>, else from the file's <c>hook</c> metadata.
     /// </summary>
-    /// <exception cref="ArgumentException">The tensor is missing or ambiguous, not a vector, or no hook is known.</exception>
+    /// <exception cref="InputError">The tensor is missing or ambiguous, not a vector, or no hook is known.</exception>
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
     public static SteeringVector Load(string path, string? tensorName = null, string? hookName = null, float coefficient = 1f, SteeringPositions? positions = null)
     {
@@ -86,12 +86,12 @@ public sealed class SteeringVector : IActivationEdit
         string name = tensorName
             ?? (file.Names.Count == 1 ? file.Names[0]
                 : file.Names.FirstOrDefault(n => n is "persona" or "direction" or "vector")
-                  ?? throw new ArgumentException($"{path} holds {file.Names.Count} tensors ({string.Join(", ", file.Names.Take(8))}); name one as FILE:TENSOR"));
-        if (!file.Contains(name)) throw new ArgumentException($"{path} has no tensor '{name}'; it holds: {string.Join(", ", file.Names.Take(16))}");
+                  ?? throw new InputError($"{path} holds {file.Names.Count} tensors ({string.Join(", ", file.Names.Take(8))}); name one as FILE:TENSOR"));
+        if (!file.Contains(name)) throw new InputError($"{path} has no tensor '{name}'; it holds: {string.Join(", ", file.Names.Take(16))}");
         var shape = file.GetInfo(name).Shape;
-        if (shape.Count(s => s != 1) > 1) throw new ArgumentException($"tensor '{name}' in {path} has shape [{string.Join(", ", shape)}]; a steering vector is one-dimensional");
+        if (shape.Count(s => s != 1) > 1) throw new InputError($"tensor '{name}' in {path} has shape [{string.Join(", ", shape)}]; a steering vector is one-dimensional");
         string hook = hookName ?? (file.Metadata.TryGetValue("hook", out var h) ? h
-            : throw new ArgumentException($"{path} records no 'hook' in its metadata; give the hook point (--hook)"));
+            : throw new InputError($"{path} records no 'hook' in its metadata; give the hook point (--hook)"));
         return new SteeringVector(hook, file.GetFloat32(name).Span, coefficient, positions);
     }
 }
@@ -105,14 +105,14 @@ public sealed class ProjectOut : IActivationEdit
 {
     readonly float[] _unit;
 
-    /// <exception cref="ArgumentException">The direction is empty, zero or not finite, or the hook is not <c>[batch, pos, …, d]</c>.</exception>
+    /// <exception cref="InputError">The direction is empty, zero or not finite, or the hook is not <c>[batch, pos, …, d]</c>.</exception>
     public ProjectOut(string hookName, ReadOnlySpan<float> direction, float coefficient = 1f, SteeringPositions? positions = null)
     {
         ActivationEdits.RequirePositionLayout(hookName);
-        if (direction.IsEmpty) throw new ArgumentException($"the direction to project out at '{hookName}' is empty", nameof(direction));
+        if (direction.IsEmpty) throw new InputError($"the direction to project out at '{hookName}' is empty");
         float norm = TensorPrimitives.Norm(direction);
         if (!float.IsFinite(norm) || norm == 0f || !float.IsFinite(coefficient))
-            throw new ArgumentException($"the direction to project out at '{hookName}' must be finite and non-zero (‖v‖ = {norm})", nameof(direction));
+            throw new InputError($"the direction to project out at '{hookName}' must be finite and non-zero (‖v‖ = {norm})");
         HookName = hookName;
         _unit = direction.ToArray();
         TensorPrimitives.Divide(_unit, norm, _unit);

@@ -26,14 +26,14 @@ public static class TextActivations
     /// <summary>
     /// For each hook, a matrix <c>[text][d]</c>: row i is text i's activation reduced by <paramref name="reduction"/>.
     /// </summary>
-    /// <exception cref="ArgumentException">No texts, an empty text, an unknown hook, or a hook that is not <c>[batch, pos, d]</c>.</exception>
+    /// <exception cref="InputError">No texts, an empty text, an unknown hook, or a hook that is not <c>[batch, pos, d]</c>.</exception>
     public static IReadOnlyDictionary<string, float[][]> Collect(HookedTransformer model, IReadOnlyList<int[]> texts,
         IReadOnlyList<string> hooks, TokenReduction reduction)
     {
         ArgumentNullException.ThrowIfNull(model);
-        if (texts.Count == 0) throw new ArgumentException("no texts were given to read activations from", nameof(texts));
+        if (texts.Count == 0) throw new InputError("no texts were given to read activations from");
         for (int i = 0; i < texts.Count; i++)
-            if (texts[i].Length == 0) throw new ArgumentException($"text {i} has no tokens", nameof(texts));
+            if (texts[i].Length == 0) throw new InputError($"text {i} has no tokens");
         foreach (var hook in hooks) ActivationEdits.RequireHook(model, hook);
         var wanted = new HashSet<string>(hooks, StringComparer.Ordinal);
         var result = hooks.ToDictionary(h => h, _ => new float[texts.Count][], StringComparer.Ordinal);
@@ -47,7 +47,7 @@ public static class TextActivations
             {
                 var act = cache[hook]; // [batch, pos, d]
                 if (act.Rank != 3)
-                    throw new ArgumentException($"hook '{hook}' is {act.ShapeString}; reading text activations needs a [batch, pos, d] hook such as blocks.0.hook_resid_post");
+                    throw new InputError($"hook '{hook}' is {act.ShapeString}; reading text activations needs a [batch, pos, d] hook such as blocks.0.hook_resid_post");
                 int T = act.Dim(1), d = act.Dim(2);
                 for (int b = 0; b < rows.Length; b++)
                 {
@@ -68,13 +68,13 @@ public static class TextActivations
     }
 
     /// <summary>The activation at every position of one sequence <c>[pos][d]</c>.</summary>
-    /// <exception cref="ArgumentException">The sequence is empty, the hook unknown or not <c>[batch, pos, d]</c>.</exception>
+    /// <exception cref="InputError">The sequence is empty, the hook unknown or not <c>[batch, pos, d]</c>.</exception>
     public static float[][] PerToken(HookedTransformer model, int[] tokens, string hook)
     {
-        if (tokens.Length == 0) throw new ArgumentException("the sequence has no tokens", nameof(tokens));
+        if (tokens.Length == 0) throw new InputError("the sequence has no tokens");
         ActivationEdits.RequireHook(model, hook);
         var act = model.Run(TokenBatch.Single(tokens), new RunOptions { CacheFilter = h => h == hook, LastPositionLogitsOnly = true }).Cache[hook];
-        if (act.Rank != 3) throw new ArgumentException($"hook '{hook}' is {act.ShapeString}; per-token reading needs a [batch, pos, d] hook");
+        if (act.Rank != 3) throw new InputError($"hook '{hook}' is {act.ShapeString}; per-token reading needs a [batch, pos, d] hook");
         int d = act.Dim(2);
         return Enumerable.Range(0, tokens.Length).Select(t => act.Span.Slice(t * d, d).ToArray()).ToArray();
     }

@@ -11,15 +11,15 @@ public sealed partial class WordScore
 {
     readonly HashSet<string> _positive, _negative;
 
-    /// <exception cref="ArgumentException">A list is empty or a word is in both lists.</exception>
+    /// <exception cref="InputError">A list is empty or a word is in both lists.</exception>
     public WordScore(IEnumerable<string> positiveWords, IEnumerable<string> negativeWords)
     {
         _positive = Normalize(positiveWords);
         _negative = Normalize(negativeWords);
         if (_positive.Count == 0 || _negative.Count == 0)
-            throw new ArgumentException($"both word lists need at least one word (positive {_positive.Count}, negative {_negative.Count})");
+            throw new InputError($"both word lists need at least one word (positive {_positive.Count}, negative {_negative.Count})");
         var both = _positive.Intersect(_negative).ToArray();
-        if (both.Length > 0) throw new ArgumentException($"words in both lists: {string.Join(", ", both)}");
+        if (both.Length > 0) throw new InputError($"words in both lists: {string.Join(", ", both)}");
     }
 
     public IReadOnlyCollection<string> PositiveWords => _positive;
@@ -27,9 +27,15 @@ public sealed partial class WordScore
 
     /// <summary>Reads two word lists (one word a line; blank lines and lines starting with # are skipped).</summary>
     /// <exception cref="FileNotFoundException">A file does not exist.</exception>
-    /// <exception cref="ArgumentException">As for the constructor.</exception>
-    public static WordScore FromFiles(string positivePath, string negativePath) =>
-        new(ReadList(positivePath), ReadList(negativePath));
+    /// <exception cref="InputError">As for the constructor.</exception>
+    public static WordScore FromFiles(string positivePath, string negativePath)
+    {
+        var positive = ReadList(positivePath);
+        var negative = ReadList(negativePath);
+        if (positive.Count == 0) throw InputError.Expected(positivePath, "word list", "at least one word (one a line)", "none");
+        if (negative.Count == 0) throw InputError.Expected(negativePath, "word list", "at least one word (one a line)", "none");
+        return new WordScore(positive, negative);
+    }
 
     /// <summary>Counts of positive and negative words in <paramref name="text"/>.</summary>
     public (int Positive, int Negative) Count(string text)

@@ -68,10 +68,10 @@ public class AblationTests
         Assert.Equal(4, patch.Position);
         Assert.Equal("blocks.1.hook_resid_pre", patch.Hook);
 
-        var e = Assert.Throws<ArgumentException>(() => AblationSweep.Sweep(model, tokens, new LogitDiff(17, 42), PatchTarget.ResidPre,
+        var e = Assert.Throws<InputError>(() => AblationSweep.Sweep(model, tokens, new LogitDiff(17, 42), PatchTarget.ResidPre,
             Ablation.Mean([TokenBatch.Single(1, 2, 3)])));
-        Assert.Equal("reference", e.ParamName);
-        Assert.Throws<NotSupportedException>(() => AblationSweep.Sweep(model, tokens, new LogitDiff(17, 42), PatchTarget.HeadPattern,
+        Assert.Contains("reference activation", e.Message);
+        Assert.Throws<InputError>(() => AblationSweep.Sweep(model, tokens, new LogitDiff(17, 42), PatchTarget.HeadPattern,
             Ablation.Mean([reference], perPosition: false)));
     }
 }

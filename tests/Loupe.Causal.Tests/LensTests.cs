@@ -151,10 +151,11 @@ public class LensTests(ITestOutputHelper output)
     {
         using var model = TestInputs.Fixture("gpt2");
         var tokens = TokenBatch.FromRows(TestInputs.ReferenceIds);
-        Assert.Equal("position", Assert.Throws<ArgumentOutOfRangeException>(() => DirectLogitAttribution.Compute(model, tokens, LogitDirection.Token(model, 1), 12)).ParamName);
-        Assert.Equal("token", Assert.Throws<ArgumentOutOfRangeException>(() => LogitDirection.Difference(model, 1, 512)).ParamName);
-        Assert.Equal("answer", Assert.Throws<ArgumentOutOfRangeException>(() => LogitLens.Run(model, tokens, 600)).ParamName);
-        Assert.Equal("row", Assert.Throws<ArgumentOutOfRangeException>(() => LogitLens.Run(model, tokens, 1, row: 2)).ParamName);
-        Assert.Equal("row", Assert.Throws<ArgumentOutOfRangeException>(() => ResidualDecomposition.Compute(model, tokens, row: 5)).ParamName);
+        Assert.Contains("position 12", Assert.Throws<InputError>(() => DirectLogitAttribution.Compute(model, tokens, LogitDirection.Token(model, 1), 12)).Message);
+        Assert.Contains("wrong token", Assert.Throws<InputError>(() => LogitDirection.Difference(model, 1, 512)).Message);
+        Assert.Contains("answer token", Assert.Throws<InputError>(() => LogitDirection.Token(model, -1)).Message);
+        Assert.Contains("answer token 600", Assert.Throws<InputError>(() => LogitLens.Run(model, tokens, 600)).Message);
+        Assert.Contains("row 2", Assert.Throws<InputError>(() => LogitLens.Run(model, tokens, 1, row: 2)).Message);
+        Assert.Contains("row 5", Assert.Throws<InputError>(() => ResidualDecomposition.Compute(model, tokens, row: 5)).Message);
     }
 }

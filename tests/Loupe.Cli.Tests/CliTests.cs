@@ -72,13 +72,13 @@ public class CliTests
     public void GradVerbRejectsBadMetrics()
     {
         var (code, _, err) = RunLoupe("grad", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--metric", "entropy", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("unknown --metric 'entropy'", err);
         (code, _, err) = RunLoupe("grad", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--metric", "logit_diff:17", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("two tokens", err);
         (code, _, err) = RunLoupe("grad", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--metric", "logit_diff:17,9999", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("9999", err);
     }
 
@@ -87,7 +87,7 @@ public class CliTests
     {
         var (code, _, err) = RunLoupe("grad", "--model", SharedData.Require("models/stories260K"), "--prompt", "Once upon a time",
             "--metric", "logit_diff: elephantine, there", "--hooks", "hook_embed", "--out", TempFile("g.safetensors"));
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("must be exactly one token", err);
     }
 
@@ -102,16 +102,16 @@ public class CliTests
     public void CacheVerbRejectsUnknownHooksAndUnevenRows()
     {
         var (code, _, err) = RunLoupe("cache", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--hooks", "blocks.*.hook_nope", "--out", TempFile("x.safetensors"));
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("blocks.*.hook_nope", err);
         (code, _, err) = RunLoupe("cache", "--model", Fixture("gpt2"), "--tokens", "1,2,3;4,5", "--hooks", "hook_embed", "--out", TempFile("x.safetensors"));
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("different lengths", err);
         (code, _, err) = RunLoupe("cache", "--model", Fixture("gpt2"), "--tokens", "1,2,99999", "--hooks", "hook_embed", "--out", TempFile("x.safetensors"));
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("99999", err);
         (code, _, err) = RunLoupe("cache", "--model", Fixture("gpt2"), "--prompt", "hi", "--hooks", "hook_embed", "--out", TempFile("x.safetensors"));
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("no tokenizer", err);
     }
 
@@ -130,9 +130,10 @@ public class CliTests
     [Fact]
     public void UnknownModelFolderIsAClearError()
     {
-        var (code, _, err) = RunLoupe("info", "--model", "/no/such/model-folder");
-        Assert.Equal(1, code);
-        Assert.Contains("error:", err);
+        AssertRefused(RunLoupe("info", "--model", "/no/such/model-folder"), "--model", "/no/such/model-folder", "neither an existing folder");
+        string file = Path.Combine(Directory.CreateTempSubdirectory("loupe-cli").FullName, "config.json");
+        File.WriteAllText(file, "{}");
+        AssertRefused(RunLoupe("info", "--model", file), "--model", "is a file");
     }
 
     [RequiresSharedFact("models/stories260K")]

@@ -69,40 +69,41 @@ public sealed class PatchLensCliTests : IDisposable
         string dir = TempDir();
         string gpt2 = Fixture("gpt2");
         var (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", "1,2,3", "--answer-id", "17", "--wrong-id", "42", "--out", dir);
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("same number of tokens", err);
         Assert.Contains("clean is 12 tokens", err);
         Assert.Contains("corrupt is 3 tokens", err);
 
         (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--target", "resid_mid_typo", "--out", dir);
-        Assert.Equal(1, code);
-        Assert.Contains("--target: unknown target 'resid_mid_typo'", err);
+        Assert.Equal(2, code);
+        Assert.Contains("--target: expected one of", err);
+        Assert.Contains("found \"resid_mid_typo\"", err);
         Assert.Contains("head_out", err);
 
         (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--method", "gradient", "--out", dir);
-        Assert.Equal(1, code);
-        Assert.Contains("unknown method 'gradient'", err);
+        Assert.Equal(2, code);
+        Assert.Contains("--method: expected activation, attribution or both, found \"gradient\"", err);
 
         (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "999", "--out", dir);
-        Assert.Equal(1, code);
-        Assert.Contains("--answer-id 999", err);
+        Assert.Equal(2, code);
+        Assert.Contains("--answer-id: expected an integer in [0, 511], found 999", err);
 
         (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", "1,x,3", "--answer-id", "17", "--out", dir);
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("--corrupt-tokens: 'x'", err);
 
         (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean", "hello", "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--out", dir);
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("no tokenizer", err);
 
         (code, _, err) = RunLoupe("patch", "--model", gpt2, "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--out", dir);
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("--answer", err);
 
         (code, _, err) = RunLoupe("patch", "--model", Fixture("llama"), "--clean-tokens", CleanIds, "--corrupt-tokens", CorruptIds, "--answer-id", "17", "--target", "mlp_out",
             "--position", "12", "--out", dir);
-        Assert.Equal(1, code);
-        Assert.Contains("--position 12", err);
+        Assert.Equal(2, code);
+        Assert.Contains("--position: expected an integer in [-12, 11], found 12", err);
         Assert.False(File.Exists(Path.Combine(dir, "patch.json")));
     }
 
@@ -125,10 +126,10 @@ public sealed class PatchLensCliTests : IDisposable
             Assert.Equal("svg", XDocument.Load(Path.Combine(dir, svg)).Root!.Name.LocalName);
 
         (code, _, err) = RunLoupe("lens", "--model", Fixture("gpt2"), "--tokens", "1,2;3,4", "--answer-id", "17", "--out", dir);
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("one sequence", err);
         (code, _, err) = RunLoupe("lens", "--model", Fixture("gpt2"), "--tokens", CleanIds, "--answer-id", "17", "--scale", "sideways", "--out", dir);
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("--scale", err);
     }
 
@@ -161,12 +162,12 @@ public sealed class PatchLensCliTests : IDisposable
 
         (code, _, err) = RunLoupe("patch", "--model", model, "--clean", StoriesClean, "--corrupt", "Once upon a time, there was a little girl named Tom. One day,",
             "--answer", "Lily", "--wrong", "Tim", "--out", dir);
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("clean is 19 tokens", err);
         Assert.Contains("corrupt is 20 tokens", err);
 
         (code, _, err) = RunLoupe("patch", "--model", model, "--clean", StoriesClean, "--corrupt", StoriesCorrupt, "--answer", "Tom", "--wrong", "Tim", "--out", dir);
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("--answer \"Tom\" must be exactly one token but tokenizes to 2", err);
 
         (code, stdout, err) = RunLoupe("lens", "--model", model, "--prompt", StoriesClean, "--answer", "Lily", "--wrong", "Tim", "--out", dir);

@@ -51,7 +51,7 @@ public class ProbeCliTests
     {
         string missing = Path.Combine(TempDir(), "no-brown-here");
         var (code, _, stderr) = RunLoupe("probe", "--model", "unused-model", "--dataset", "brown:" + missing, "--out", TempDir());
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("Brown corpus folder not found", stderr);
         Assert.Contains(missing, stderr);
     }
@@ -60,11 +60,12 @@ public class ProbeCliTests
     public void UnknownProbeKindAndDatasetKindAreClearErrors()
     {
         var (code, _, stderr) = RunLoupe("probe", "--model", "unused-model", "--dataset", "brown:x", "--probe", "svm", "--out", TempDir());
-        Assert.Equal(1, code);
-        Assert.Contains("--probe 'svm'", stderr);
+        Assert.Equal(2, code);
+        Assert.Contains("--probe", stderr);
+        Assert.Contains("found \"svm\"", stderr);
         Assert.Contains("logistic, diffmeans or both", stderr);
         (code, _, stderr) = RunLoupe("probe", "--model", "unused-model", "--dataset", "conll:somewhere", "--out", TempDir());
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("brown:FOLDER", stderr);
     }
 
@@ -73,11 +74,11 @@ public class ProbeCliTests
     {
         var (code, _, stderr) = RunLoupe("probe", "--model", SharedData.Require(Model), "--dataset", "brown:" + SharedData.Require(Brown),
             "--hooks", "blocks.*.hook_nope", "--max-sentences", "20", "--out", TempDir());
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("blocks.*.hook_nope", stderr);
         (code, _, stderr) = RunLoupe("probe", "--model", SharedData.Require(Model), "--dataset", "brown:" + SharedData.Require(Brown),
             "--categories", "news,poetry", "--out", TempDir());
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("'poetry'", stderr);
     }
 }

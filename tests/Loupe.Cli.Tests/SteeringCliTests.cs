@@ -56,30 +56,30 @@ public class SteeringCliTests
         SafeTensorsWriter.Write(shortVector, [("direction", [10], new float[10])], new Dictionary<string, string> { ["hook"] = "blocks.2.hook_resid_post" });
 
         var (code, _, err) = RunLoupe("steer", "--model", model, "--prompt", "Hi", "--vector", shortVector, "--coeff", "2");
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("blocks.2.hook_resid_post", err);
         Assert.Contains("10 entries", err);
         Assert.Contains("d_model = 64", err);
 
         (code, _, err) = RunLoupe("steer", "--model", model, "--prompt", "Hi", "--hook", "blocks.9.hook_resid_post", "--contrast-a", "a", "--contrast-b", "b", "--coeff", "2");
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("unknown hook 'blocks.9.hook_resid_post'", err);
         Assert.Contains("blocks.{0..4}.hook_resid_post", err);
 
         (code, _, err) = RunLoupe("steer", "--model", model, "--prompt", "Hi", "--hook", "blocks.1.hook_resid_post", "--contrast-a", " | ", "--contrast-b", "b", "--coeff", "2");
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("--contrast-a is empty", err);
 
         (code, _, err) = RunLoupe("steer", "--model", model, "--prompt", "Hi", "--hook", "blocks.1.hook_resid_post", "--coeff", "2");
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("give either --vector", err);
 
         (code, _, err) = RunLoupe("steer", "--model", model, "--prompt", "Hi", "--vector", shortVector + ":nope", "--coeff", "2");
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("no tensor 'nope'", err);
 
         (code, _, err) = RunLoupe("steer", "--model", model, "--prompt", "Hi", "--hook", "blocks.1.hook_resid_post", "--contrast-a", "a", "--contrast-b", "b");
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("give --coeff", err);
     }
 
@@ -123,7 +123,8 @@ public class SteeringCliTests
 
         (code, _, err) = RunLoupe("persona", "--model", model, "--positive", DataFile("happy.txt"), "--negative", DataFile("sad.txt"),
             "--prompt", "Hi", "--coeffs", "-4,x", "--out", dir);
-        Assert.Equal(1, code);
-        Assert.Contains("'x' is not a number", err);
+        Assert.Equal(2, code);
+        Assert.Contains("--coeffs: expected finite numbers", err);
+        Assert.Contains("found \"x\"", err);
     }
 }

@@ -98,7 +98,7 @@ public class BrownCorpusTests
     public void UnknownTagsAreRejected(string brown)
     {
         Assert.False(UniversalTagset.TryFromBrown(brown, out _));
-        var e = Assert.Throws<ArgumentException>(() => UniversalTagset.FromBrown(brown));
+        var e = Assert.Throws<InputError>(() => UniversalTagset.FromBrown(brown));
         Assert.Contains($"'{brown}'", e.Message);
     }
 
@@ -108,7 +108,7 @@ public class BrownCorpusTests
         Assert.Equal(12, UniversalTagset.Tags.Count);
         Assert.Equal(0, UniversalTagset.IndexOf("NOUN"));
         Assert.Equal(10, UniversalTagset.IndexOf("."));
-        Assert.Throws<ArgumentException>(() => UniversalTagset.IndexOf("INTJ"));
+        Assert.Throws<InputError>(() => UniversalTagset.IndexOf("INTJ"));
     }
 
     [Theory]
@@ -119,7 +119,7 @@ public class BrownCorpusTests
     public void MalformedTokensNameTheFileAndLine(string badLine, string expected)
     {
         string folder = WriteCorpus(("ca01", "news", $"\n\tThe/at jury/nn ./.\n\n\t{badLine}\n"));
-        var e = Assert.Throws<InvalidDataException>(() => BrownCorpus.Open(folder).Sentences().ToList());
+        var e = Assert.Throws<InputError>(() => BrownCorpus.Open(folder).Sentences().ToList());
         Assert.Contains(Path.Combine(folder, "ca01") + ":4:", e.Message);
         Assert.Contains(expected, e.Message);
     }
@@ -135,10 +135,10 @@ public class BrownCorpusTests
         Assert.Contains("cats.txt", Assert.Throws<FileNotFoundException>(() => BrownCorpus.Open(empty)).Message);
 
         File.WriteAllText(Path.Combine(empty, "cats.txt"), "ca01 news\nca02\n");
-        Assert.Contains("cats.txt:2:", Assert.Throws<InvalidDataException>(() => BrownCorpus.Open(empty)).Message);
+        Assert.Contains("cats.txt:2:", Assert.Throws<InputError>(() => BrownCorpus.Open(empty)).Message);
 
         string folder = WriteCorpus(("ca01", "news", "\tA/at ./.\n"));
-        var unknown = Assert.Throws<ArgumentException>(() => BrownCorpus.Open(folder).Sentences(["poetry"]));
+        var unknown = Assert.Throws<InputError>(() => BrownCorpus.Open(folder).Sentences(["poetry"]));
         Assert.Contains("'poetry'", unknown.Message);
         Assert.Contains("news", unknown.Message);
 

@@ -152,7 +152,8 @@ public class ClassifierTests
         Assert.Throws<ArgumentException>(() => LogisticProbe.Train([1, 2, 3, 4], [0, 3], 2, 3));      // label out of range
         Assert.Throws<ArgumentException>(() => LogisticProbe.Train([1, 2, 3, 4], [0, 1], 2, 1));      // one class
         Assert.Throws<ArgumentException>(() => LogisticProbe.Train([1, 2, 3], [0, 1], 2, 2));         // ragged rows
-        Assert.Throws<ArgumentException>(() => DiffMeansProbe.Train([1, float.NaN, 3, 4], [0, 1], 2, 2));
-        Assert.Throws<ArgumentException>(() => LogisticProbe.Train([1, 2, 3, 4], [0, 1], 2, 2, new LogisticOptions(L2: -1)));
+        Assert.Throws<InputError>(() => DiffMeansProbe.Train([1, float.NaN, 3, 4], [0, 1], 2, 2)); // a NaN activation is bad input, not a bug
+        Assert.Throws<InputError>(() => LogisticProbe.Train([1, 2, 3, 4], [0, 1], 2, 2, new LogisticOptions(L2: -1)));
+        Assert.Throws<InputError>(() => LogisticProbe.Train([1, 2, 3, 4], [0, 1], 2, 2, new LogisticOptions(L2: double.NaN)));
     }
 }

@@ -18,8 +18,9 @@ public class ProbeTrainerTests
         Assert.Equal(80, a.TrainCount);
         Assert.Equal(1, SentenceSplit.Create(2, 0.01, 0).HeldOutCount); // at least one each side
         Assert.Equal(1, SentenceSplit.Create(2, 0.99, 0).TrainCount);
-        Assert.Throws<ArgumentException>(() => SentenceSplit.Create(1, 0.2, 0));
-        Assert.Throws<ArgumentException>(() => SentenceSplit.Create(10, 1.0, 0));
+        Assert.Throws<InputError>(() => SentenceSplit.Create(1, 0.2, 0));
+        Assert.Throws<InputError>(() => SentenceSplit.Create(10, 1.0, 0));
+        Assert.Throws<InputError>(() => SentenceSplit.Create(10, double.NaN, 0));
     }
 
     /// <summary>
@@ -81,8 +82,8 @@ public class ProbeTrainerTests
         var only = ProbeTrainer.Run(data, new ProbeOptions(ProbeKinds.DiffMeans, Seed: 2));
         Assert.All(only.Hooks, h => Assert.Null(h.Logistic));
         Assert.Equal("signal", only.Best.Hook);
-        Assert.Throws<ArgumentException>(() => ProbeTrainer.Run(data, new ProbeOptions((ProbeKinds)0)));
-        Assert.Throws<ArgumentException>(() => ProbeTrainer.Run(data, new ProbeOptions(MaxParallelism: 0)));
+        Assert.Throws<InputError>(() => ProbeTrainer.Run(data, new ProbeOptions((ProbeKinds)0)));
+        Assert.Throws<InputError>(() => ProbeTrainer.Run(data, new ProbeOptions(MaxParallelism: 0)));
     }
 
     [Fact]

@@ -60,14 +60,16 @@ public class RealProbeTests(ITestOutputHelper output)
     {
         using var model = ModelLoader.LoadFolder(SharedData.Require(Model));
         var corpus = BrownCorpus.Open(SharedData.Require(Brown));
-        var unknown = Assert.Throws<ArgumentException>(() => PosProbeExperiment.Run(model, corpus, new PosProbeSettings { Hooks = "blocks.*.hook_nope" }));
+        var unknown = Assert.Throws<InputError>(() => PosProbeExperiment.Run(model, corpus, new PosProbeSettings { Hooks = "blocks.*.hook_nope" }));
         Assert.Contains("blocks.*.hook_nope", unknown.Message);
-        var pattern = Assert.Throws<ArgumentException>(() => ActivationHarvester.ResolveHooks(model, "blocks.0.attn.hook_pattern"));
+        var pattern = Assert.Throws<InputError>(() => ActivationHarvester.ResolveHooks(model, "blocks.0.attn.hook_pattern"));
         Assert.Contains("query_pos", pattern.Message);
-        Assert.Throws<ArgumentException>(() => PosProbeExperiment.Run(model, corpus, new PosProbeSettings { Categories = ["poetry"], MaxSentences = 10 }));
-        Assert.Throws<ArgumentException>(() => PosProbeExperiment.Run(model, corpus, new PosProbeSettings { MaxSentences = 1 }));
-        Assert.Contains("held-out fraction", Assert.Throws<ArgumentException>(() => PosProbeExperiment.Run(model, corpus, new PosProbeSettings { HeldOutFraction = 1 })).Message);
-        Assert.Throws<ArgumentException>(() => PosProbeExperiment.Run(model, corpus, new PosProbeSettings { Logistic = new(L2: -1) }));
+        Assert.Throws<InputError>(() => PosProbeExperiment.Run(model, corpus, new PosProbeSettings { Categories = ["poetry"], MaxSentences = 10 }));
+        Assert.Throws<InputError>(() => PosProbeExperiment.Run(model, corpus, new PosProbeSettings { MaxSentences = 1 }));
+        Assert.Contains("held-out fraction", Assert.Throws<InputError>(() => PosProbeExperiment.Run(model, corpus, new PosProbeSettings { HeldOutFraction = 1 })).Message);
+        Assert.Contains("held-out fraction", Assert.Throws<InputError>(() => PosProbeExperiment.Run(model, corpus, new PosProbeSettings { HeldOutFraction = double.NaN })).Message);
+        Assert.Throws<InputError>(() => PosProbeExperiment.Run(model, corpus, new PosProbeSettings { Logistic = new(L2: -1) }));
+        Assert.Throws<InputError>(() => PosProbeExperiment.Run(model, corpus, new PosProbeSettings { Logistic = new(L2: double.PositiveInfinity) }));
         Assert.Equal(["hook_embed", "blocks.0.hook_resid_post", "blocks.4.hook_resid_post"],
             ActivationHarvester.ResolveHooks(model, "blocks.4.hook_resid_post,hook_embed,blocks.0.hook_resid_post")); // forward order
     }

@@ -50,16 +50,16 @@ public class ContrastTests
     public void AVectorOfTheWrongLengthNamesTheHookAndBothSizes()
     {
         var bad = new SteeringVector(HookNames.ResidPost(1), new float[10], 1f);
-        var e = Assert.Throws<ArgumentException>(() => ActivationEdits.Options(Model, bad));
+        var e = Assert.Throws<InputError>(() => ActivationEdits.Options(Model, bad));
         Assert.Contains("blocks.1.hook_resid_post", e.Message);
         Assert.Contains("10 entries", e.Message);
         Assert.Contains("d_model = 64", e.Message);
 
-        var mlp = Assert.Throws<ArgumentException>(() => ActivationEdits.Options(Model, new SteeringVector(HookNames.MlpPost(0), new float[64])));
+        var mlp = Assert.Throws<InputError>(() => ActivationEdits.Options(Model, new SteeringVector(HookNames.MlpPost(0), new float[64])));
         Assert.Contains("d_mlp = 176", mlp.Message);
 
         // Attached without the model, the same mistake is caught when the hook first fires.
-        var late = Assert.Throws<InvalidOperationException>(() => Model.Run(TestModels.Tokens(4, 1), new RunOptions().AddEdit(bad)));
+        var late = Assert.Throws<InputError>(() => Model.Run(TestModels.Tokens(4, 1), new RunOptions().AddEdit(bad)));
         Assert.Contains("blocks.1.hook_resid_post", late.Message);
         Assert.Contains("10 entries", late.Message);
         Assert.Contains("64", late.Message);
@@ -68,32 +68,34 @@ public class ContrastTests
     [Fact]
     public void AnUnknownHookListsTheModelsHookPoints()
     {
-        var e = Assert.Throws<ArgumentException>(() => ActivationEdits.Options(Model, new SteeringVector("blocks.1.hook_resid_postt", new float[64])));
+        var e = Assert.Throws<InputError>(() => ActivationEdits.Options(Model, new SteeringVector("blocks.1.hook_resid_postt", new float[64])));
         Assert.Contains("unknown hook 'blocks.1.hook_resid_postt'", e.Message);
         Assert.Contains("blocks.{0..2}.hook_resid_post", e.Message);
         Assert.Contains("blocks.{0..2}.mlp.hook_post", e.Message);
-        Assert.Throws<ArgumentException>(() => ContrastiveActivationAddition.Compute(Model, "blocks.9.hook_resid_post", [[1, 2]], [[1, 3]]));
+        Assert.Throws<InputError>(() => ContrastiveActivationAddition.Compute(Model, "blocks.9.hook_resid_post", [[1, 2]], [[1, 3]]));
     }
 
     [Fact]
     public void EmptyOrMalformedInputsAreClearErrors()
     {
         string hook = HookNames.ResidPost(0);
-        var empty = Assert.Throws<ArgumentException>(() => ContrastiveActivationAddition.Compute(Model, hook, [], [[1, 5, 6]]));
+        var empty = Assert.Throws<InputError>(() => ContrastiveActivationAddition.Compute(Model, hook, [], [[1, 5, 6]]));
         Assert.Contains("set A has 0", empty.Message);
-        Assert.Throws<ArgumentException>(() => ContrastiveActivationAddition.Compute(Model, hook, [[1, 5]], []));
-        Assert.Throws<ArgumentException>(() => ContrastiveActivationAddition.Compute(Model, hook, [[1, 5], []], [[1, 6]]));
-        var noTokenizer = Assert.Throws<InvalidOperationException>(() => ContrastiveActivationAddition.Compute(Model, hook, ["happy"], ["sad"]));
+        Assert.Throws<InputError>(() => ContrastiveActivationAddition.Compute(Model, hook, [[1, 5]], []));
+        Assert.Throws<InputError>(() => ContrastiveActivationAddition.Compute(Model, hook, [[1, 5], []], [[1, 6]]));
+        var noTokenizer = Assert.Throws<InputError>(() => ContrastiveActivationAddition.Compute(Model, hook, ["happy"], ["sad"]));
         Assert.Contains("no tokenizer", noTokenizer.Message);
-        var same = Assert.Throws<ArgumentException>(() => ContrastiveActivationAddition.Compute(Model, hook, [[1, 5]], [[1, 5]], normalize: true));
+        var same = Assert.Throws<InputError>(() => ContrastiveActivationAddition.Compute(Model, hook, [[1, 5]], [[1, 5]], normalize: true));
         Assert.Contains("same mean", same.Message);
 
-        Assert.Throws<ArgumentException>(() => new SteeringVector(hook, []));
-        Assert.Throws<ArgumentException>(() => new SteeringVector(hook, [float.NaN, 1f]));
-        Assert.Throws<ArgumentException>(() => new ProjectOut(hook, new float[64]));
-        var pattern = Assert.Throws<ArgumentException>(() => new SteeringVector(HookNames.Pattern(0), new float[4]));
+        Assert.Throws<InputError>(() => new SteeringVector(hook, []));
+        Assert.Throws<InputError>(() => new SteeringVector(hook, [float.NaN, 1f]));
+        Assert.Throws<InputError>(() => new ProjectOut(hook, new float[64]));
+        var pattern = Assert.Throws<InputError>(() => new SteeringVector(HookNames.Pattern(0), new float[4]));
         Assert.Contains("query_pos", pattern.Message);
-        Assert.Throws<FormatException>(() => SteeringPositions.Parse("later"));
+        Assert.Throws<InputError>(() => SteeringPositions.Parse("later"));
+        Assert.Contains("--positions", Assert.Throws<InputError>(() => SteeringPositions.Parse("from:99999999999", "--positions")).Message);
+        Assert.Throws<InputError>(() => SteeringPositions.Parse("from:-1"));
         Assert.Equal(SteeringPositions.From(3), SteeringPositions.Parse("from:3"));
         Assert.Equal(SteeringPositions.NewTokens, SteeringPositions.Parse("new"));
     }
@@ -110,7 +112,7 @@ public class ContrastTests
         Assert.Equal(v, loaded.Direction.ToArray());
         Assert.Equal(3f, loaded.Coefficient);
         Assert.Equal("blocks.0.hook_resid_post", SteeringVector.Load(path, "other", "blocks.0.hook_resid_post").HookName);
-        var missing = Assert.Throws<ArgumentException>(() => SteeringVector.Load(path, "nope"));
+        var missing = Assert.Throws<InputError>(() => SteeringVector.Load(path, "nope"));
         Assert.Contains("direction", missing.Message);
     }
 }

@@ -68,11 +68,12 @@ public class PersonaTests
     public void BadPersonaInputsAreClearErrors()
     {
         int[][] two = [TestModels.Tokens(4, 1), TestModels.Tokens(4, 2)];
-        var few = Assert.Throws<ArgumentException>(() => PersonaVectors.Extract(Model, [TestModels.Tokens(4, 3)], two));
+        var few = Assert.Throws<InputError>(() => PersonaVectors.Extract(Model, [TestModels.Tokens(4, 3)], two));
         Assert.Contains("at least two texts", few.Message);
-        var layer = Assert.Throws<ArgumentException>(() => PersonaVectors.Extract(Model, two, two, new PersonaOptions { Layer = 3 }));
+        var layer = Assert.Throws<InputError>(() => PersonaVectors.Extract(Model, two, two, new PersonaOptions { Layer = 3 }));
         Assert.Contains("n_layers = 3", layer.Message);
-        Assert.Throws<ArgumentException>(() => PersonaVectors.Extract(Model, two, two, new PersonaOptions { HeldOutFraction = 1 }));
+        Assert.Throws<InputError>(() => PersonaVectors.Extract(Model, two, two, new PersonaOptions { HeldOutFraction = 1 }));
+        Assert.Throws<InputError>(() => PersonaVectors.Extract(Model, two, two, new PersonaOptions { HeldOutFraction = double.NaN }));
     }
 
     [Fact]
@@ -100,8 +101,8 @@ public class PersonaTests
         var score = new WordScore(["happy", "smiled"], ["sad", "cried"]);
         Assert.Equal((2, 1), score.Count("Happy Lily smiled. Her sad friend... unhappy? sadness."));
         Assert.Equal(1, score.Score("Happy Lily smiled. Her sad friend."));
-        Assert.Throws<ArgumentException>(() => new WordScore(["happy"], ["Happy"]));
-        Assert.Throws<ArgumentException>(() => new WordScore([], ["sad"]));
+        Assert.Throws<InputError>(() => new WordScore(["happy"], ["Happy"]));
+        Assert.Throws<InputError>(() => new WordScore([], ["sad"]));
         var demo = DemoData.HappySadScore;
         Assert.Equal(32, DemoData.HappyStories.Count);
         Assert.Equal(32, DemoData.SadStories.Count);

@@ -23,7 +23,7 @@ public static class AttributionPatching
     /// Estimates the sweep <see cref="ActivationPatching"/> would measure for <paramref name="target"/>,
     /// with 2 forward passes and 1 backward pass whatever the number of cells.
     /// </summary>
-    /// <exception cref="ArgumentException">Clean and corrupt batches differ in shape, or the target names hooks the model lacks.</exception>
+    /// <exception cref="InputError">Clean and corrupt batches differ in shape, or the target names hooks the model lacks.</exception>
     public static PatchingResult Sweep(HookedTransformer model, TokenBatch clean, TokenBatch corrupt, IMetric metric, PatchTarget target, bool noising = false)
     {
         ActivationPatching.CheckPair(clean, corrupt);

@@ -22,18 +22,21 @@ namespace Loupe.Causal.Lens;
 public sealed record LogitDirection(string Name, double[] Vector, double UnembedBias)
 {
     /// <summary>One token's logit.</summary>
-    /// <exception cref="ArgumentOutOfRangeException">The token is outside d_vocab_out.</exception>
+    /// <exception cref="InputError">The token is outside d_vocab_out.</exception>
     public static LogitDirection Token(HookedTransformer model, int token) =>
-        new($"logit({token})", model.UnembedDirection(token).Select(v => (double)v).ToArray(), BiasOf(model, token));
+        new($"logit({CheckToken(model, token, "answer")})", model.UnembedDirection(token).Select(v => (double)v).ToArray(), BiasOf(model, token));
 
     /// <summary>logit(answer) − logit(wrong).</summary>
-    /// <exception cref="ArgumentOutOfRangeException">A token is outside d_vocab_out.</exception>
+    /// <exception cref="InputError">A token is outside d_vocab_out.</exception>
     public static LogitDirection Difference(HookedTransformer model, int answer, int wrong)
     {
-        var a = model.UnembedDirection(answer);
-        var w = model.UnembedDirection(wrong);
+        var a = model.UnembedDirection(CheckToken(model, answer, "answer"));
+        var w = model.UnembedDirection(CheckToken(model, wrong, "wrong"));
         return new($"logit({answer}) − logit({wrong})", a.Select((v, d) => (double)v - w[d]).ToArray(), BiasOf(model, answer) - BiasOf(model, wrong));
     }
+
+    static int CheckToken(HookedTransformer model, int token, string what) =>
+        Check.InRange(token, 0, model.Config.VocabOut - 1, "logit direction", $"{what} token (d_vocab_out = {model.Config.VocabOut})");
 
     static double BiasOf(HookedTransformer model, int token)
     {
@@ -78,7 +81,7 @@ public static class DirectLogitAttribution
         Compute(model, tokens, _ => direction, position);
 
     /// <summary>DLA with a direction per row (e.g. each row's correct answer).</summary>
-    /// <exception cref="ArgumentOutOfRangeException">The position is outside the sequence.</exception>
+    /// <exception cref="InputError">The position is outside the sequence.</exception>
     public static DlaResult Compute(HookedTransformer model, TokenBatch tokens, Func<int, LogitDirection> directionOfRow, int position = -1)
     {
         var hooks = ResidualDecomposition.Hooks(model);
@@ -88,7 +91,7 @@ public static class DirectLogitAttribution
         var cache = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains }).Cache;
         int B = tokens.Batch, T = tokens.Length, D = model.Config.DModel;
         int p = position < 0 ? T + position : position;
-        if ((uint)p >= (uint)T) throw new ArgumentOutOfRangeException(nameof(position), $"position {position} is outside a sequence of {T}");
+        if ((uint)p >= (uint)T) throw new InputError($"position {position} is outside a sequence of {T}");
         var normBias = FinalNorm.Bias(model);
         var values = new double[B][];
         var names = new string[B];
@@ -100,7 +103,7 @@ public static class DirectLogitAttribution
         for (int b = 0; b < B; b++)
         {
             var dir = directionOfRow(b);
-            if (dir.Vector.Length != D) throw new ArgumentException($"logit direction '{dir.Name}' has {dir.Vector.Length} entries; d_model is {D}", nameof(directionOfRow));
+            if (dir.Vector.Length != D) throw new InputError($"logit direction '{dir.Name}' has {dir.Vector.Length} entries; d_model is {D}");
             var decomposition = ResidualDecomposition.FromCache(model, cache, b, p);
             worst = Math.Max(worst, decomposition.MaxAbsError);
             info = decomposition.Components.ToArray();

@@ -41,16 +41,16 @@ public sealed class LogitLensResult
 /// <summary>The logit lens (steps at the top of this file).</summary>
 public static class LogitLens
 {
-    /// <exception cref="ArgumentOutOfRangeException">The row, position or a token is out of range.</exception>
+    /// <exception cref="InputError">The row, position or a token is out of range.</exception>
     public static LogitLensResult Run(HookedTransformer model, TokenBatch tokens, int answer, int? wrong = null, int position = -1, int row = 0, LensScale scale = LensScale.Real)
     {
         var cfg = model.Config;
         int V = cfg.VocabOut, D = cfg.DModel, L = cfg.NLayers, T = tokens.Length;
-        if ((uint)answer >= (uint)V) throw new ArgumentOutOfRangeException(nameof(answer), $"answer token {answer} is outside the output vocabulary (d_vocab_out = {V})");
-        if (wrong is int w0 && (uint)w0 >= (uint)V) throw new ArgumentOutOfRangeException(nameof(wrong), $"wrong token {w0} is outside the output vocabulary (d_vocab_out = {V})");
-        if ((uint)row >= (uint)tokens.Batch) throw new ArgumentOutOfRangeException(nameof(row), $"row {row} is outside the batch of {tokens.Batch}");
+        if ((uint)answer >= (uint)V) throw new InputError($"answer token {answer} is outside the output vocabulary (d_vocab_out = {V})");
+        if (wrong is int w0 && (uint)w0 >= (uint)V) throw new InputError($"wrong token {w0} is outside the output vocabulary (d_vocab_out = {V})");
+        if ((uint)row >= (uint)tokens.Batch) throw new InputError($"row {row} is outside the batch of {tokens.Batch}");
         int p = position < 0 ? T + position : position;
-        if ((uint)p >= (uint)T) throw new ArgumentOutOfRangeException(nameof(position), $"position {position} is outside a sequence of {T}");
+        if ((uint)p >= (uint)T) throw new InputError($"position {position} is outside a sequence of {T}");
 
         var hooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.ResidPost(L - 1), HookNames.FinalScale };
         for (int l = 0; l < L; l++) hooks.Add(HookNames.ResidPre(l));

@@ -79,16 +79,16 @@ public sealed class ResidualDecomposition
     }
 
     /// <summary>Decomposes from a cache holding <see cref="Hooks"/>.</summary>
-    /// <exception cref="ArgumentOutOfRangeException">The row or position is outside the cached batch.</exception>
+    /// <exception cref="InputError">The row or position is outside the cached batch.</exception>
     public static ResidualDecomposition FromCache(HookedTransformer model, ActivationCache cache, int row = 0, int position = -1)
     {
         var cfg = model.Config;
         int D = cfg.DModel, H = cfg.NHeads, L = cfg.NLayers;
         var final = cache[HookNames.ResidPost(L - 1)]; // [batch, pos, d_model]
         int B = final.Dim(0), T = final.Dim(1);
-        if ((uint)row >= (uint)B) throw new ArgumentOutOfRangeException(nameof(row), $"row {row} is outside the batch of {B}");
+        if ((uint)row >= (uint)B) throw new InputError($"row {row} is outside the batch of {B}");
         int p = position < 0 ? T + position : position;
-        if ((uint)p >= (uint)T) throw new ArgumentOutOfRangeException(nameof(position), $"position {position} is outside a sequence of {T}");
+        if ((uint)p >= (uint)T) throw new InputError($"position {position} is outside a sequence of {T}");
         float[] At(Tensor t) => t.Span.Slice((row * T + p) * D, D).ToArray();
 
         var components = new List<ResidualComponent> { new("embed", "embed", -1, -1, At(cache[HookNames.Embed])) };

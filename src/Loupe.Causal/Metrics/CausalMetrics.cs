@@ -18,11 +18,11 @@ public sealed class TargetLogProb : IMetric
     /// <param name="targets">The sequences whose next tokens are predicted (position p predicts token p + 1 of its row).</param>
     /// <param name="start">First predicting position (inclusive).</param>
     /// <param name="end">Last predicting position (exclusive), at most length − 1.</param>
-    /// <exception cref="ArgumentException">The span is empty or outside the sequence.</exception>
+    /// <exception cref="InputError">The span is empty or outside the sequence.</exception>
     public TargetLogProb(TokenBatch targets, int start, int end)
     {
         if (start < 0 || end > targets.Length - 1 || start >= end)
-            throw new ArgumentException($"span [{start}, {end}) is empty or outside the {targets.Length - 1} predictions of a sequence of {targets.Length}", nameof(end));
+            throw new InputError($"span [{start}, {end}) is empty or outside the {targets.Length - 1} predictions of a sequence of {targets.Length}");
         _targets = targets;
         _start = start;
         _end = end;
@@ -43,7 +43,7 @@ public sealed class TargetLogProb : IMetric
             for (int p = _start; p < _end; p++)
             {
                 int target = Target(b, p);
-                if ((uint)target >= (uint)V) throw new ArgumentOutOfRangeException(nameof(logits), $"target token {target} is outside d_vocab_out = {V}");
+                if ((uint)target >= (uint)V) throw new InputError($"target token {target} is outside d_vocab_out = {V}");
                 sum += Logits.LogSoftmax(logits.Span.Slice((b * T + p) * V, V))[target];
             }
             total += sum / (_end - _start);
@@ -93,9 +93,9 @@ public sealed class ArgmaxAccuracy(int[] answers, int position = -1, int vocabLi
     {
         if (logits.Rank != 3) throw new ArgumentException($"logits should be [batch, pos, d_vocab], got {logits.ShapeString}", nameof(logits));
         int B = logits.Dim(0), T = logits.Dim(1), V = Math.Min(logits.Dim(2), vocabLimit);
-        if (answers.Length != B) throw new ArgumentException($"{answers.Length} answers for a batch of {B} rows", nameof(logits));
+        if (answers.Length != B) throw new InputError($"{answers.Length} answers for a batch of {B} rows");
         int p = position < 0 ? T + position : position;
-        if ((uint)p >= (uint)T) throw new ArgumentOutOfRangeException(nameof(logits), $"position {position} is outside a sequence of {T}");
+        if ((uint)p >= (uint)T) throw new InputError($"position {position} is outside a sequence of {T}");
         int correct = 0;
         for (int b = 0; b < B; b++)
         {
@@ -120,7 +120,7 @@ public sealed class AnswerLogProb(int[] answers, int position = -1, int vocabLim
     {
         if (logits.Rank != 3) throw new ArgumentException($"logits should be [batch, pos, d_vocab], got {logits.ShapeString}", nameof(logits));
         int B = logits.Dim(0), T = logits.Dim(1), V = Math.Min(logits.Dim(2), vocabLimit);
-        if (answers.Length != B) throw new ArgumentException($"{answers.Length} answers for a batch of {B} rows", nameof(logits));
+        if (answers.Length != B) throw new InputError($"{answers.Length} answers for a batch of {B} rows");
         int p = position < 0 ? T + position : position;
         double sum = 0;
         for (int b = 0; b < B; b++) sum += Logits.LogSoftmax(logits.Span.Slice((b * T + p) * logits.Dim(2), V))[answers[b]];

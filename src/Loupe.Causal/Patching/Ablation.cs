@@ -31,7 +31,7 @@ public abstract class Ablation
     /// per position (the reference must have the ablated run's length), or also over positions
     /// (axis 1; any length) when <paramref name="perPosition"/> is false.
     /// </summary>
-    /// <exception cref="ArgumentException">No reference batch is given.</exception>
+    /// <exception cref="InputError">No reference batch is given.</exception>
     public static Ablation Mean(IReadOnlyList<TokenBatch> reference, bool perPosition = true) => new MeanAblation(reference, perPosition);
 
     /// <summary>Replace each row's activation with that of a row of <paramref name="source"/> drawn at random (seeded; same length).</summary>
@@ -72,7 +72,7 @@ public abstract class Ablation
 
         public MeanAblation(IReadOnlyList<TokenBatch> reference, bool perPosition)
         {
-            if (reference.Count == 0) throw new ArgumentException("mean ablation needs at least one reference batch", nameof(reference));
+            if (reference.Count == 0) throw new InputError("mean ablation needs at least one reference batch");
             _reference = reference;
             _perPosition = perPosition;
         }
@@ -94,7 +94,7 @@ public abstract class Ablation
                     var act = cache[hook];
                     var target = baseline[hook];
                     if (_perPosition && !act.Shape[1..].SequenceEqual(target.Shape[1..]))
-                        throw new ArgumentException($"mean ablation per position: the reference activation at '{hook}' has shape {act.ShapeString} but the ablated run's is {target.ShapeString}; give reference batches of the same length, or average over positions", "reference");
+                        throw new InputError($"mean ablation per position: the reference activation at '{hook}' has shape {act.ShapeString} but the ablated run's is {target.ShapeString}; give reference batches of the same length, or average over positions");
                     if (!_perPosition) CheckPositionAveraging(hook, act, target);
                     int rowSize = _perPosition ? act.Length / act.Dim(0) : act.Length / act.Dim(0) / act.Dim(1);
                     int rowsPerItem = _perPosition ? act.Dim(0) : act.Dim(0) * act.Dim(1);
@@ -120,9 +120,9 @@ public abstract class Ablation
         static void CheckPositionAveraging(string hook, Tensor act, Tensor target)
         {
             if (hook.EndsWith("hook_pattern", StringComparison.Ordinal) || hook.EndsWith("hook_attn_scores", StringComparison.Ordinal))
-                throw new NotSupportedException($"mean ablation over positions is not defined for '{hook}' (its axes are query and key positions); use the per-position mean");
+                throw new InputError($"mean ablation over positions is not defined for '{hook}' (its axes are query and key positions); use the per-position mean");
             if (act.Rank < 3 || !act.Shape[2..].SequenceEqual(target.Shape[2..]))
-                throw new ArgumentException($"mean ablation over positions: the reference activation at '{hook}' has shape {act.ShapeString}, incompatible with the ablated run's {target.ShapeString}", "reference");
+                throw new InputError($"mean ablation over positions: the reference activation at '{hook}' has shape {act.ShapeString}, incompatible with the ablated run's {target.ShapeString}");
         }
     }
 
@@ -141,7 +141,7 @@ public abstract class Ablation
                 var act = cache[hook];
                 var target = baseline[hook];
                 if (!act.Shape[1..].SequenceEqual(target.Shape[1..]))
-                    throw new ArgumentException($"resample ablation: the source activation at '{hook}' has shape {act.ShapeString} but the ablated run's is {target.ShapeString}; give a source batch of the same length", "source");
+                    throw new InputError($"resample ablation: the source activation at '{hook}' has shape {act.ShapeString} but the ablated run's is {target.ShapeString}; give a source batch of the same length");
                 // The same row choice at every hook, so a row's ablations all come from one input.
                 var rng = new Random(seed);
                 var y = Tensor.Uninitialized(target.Shape.ToArray());
@@ -157,8 +157,8 @@ public abstract class Ablation
 /// <summary>Ablates each cell of a target in turn and reports the metric change (steps at the top of this file).</summary>
 public static class AblationSweep
 {
-    /// <exception cref="ArgumentException">The target's hook is not in this model, or the ablation's reference does not fit.</exception>
-    /// <exception cref="ArgumentOutOfRangeException">A layer, head or position is out of range.</exception>
+    /// <exception cref="InputError">The target's hook is not in this model, or the ablation's reference does not fit.</exception>
+    /// <exception cref="InputError">A layer, head or position is out of range.</exception>
     public static AblationResult Sweep(HookedTransformer model, TokenBatch tokens, IMetric metric, PatchTarget target, Ablation ablation, PatchOptions? options = null)
     {
         options ??= new PatchOptions();

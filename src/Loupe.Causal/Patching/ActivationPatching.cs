@@ -53,8 +53,8 @@ public static class ActivationPatching
     /// Patches every cell of <paramref name="target"/> from the clean run into the corrupt one
     /// (or the reverse with <see cref="PatchOptions.Noising"/>) and evaluates <paramref name="metric"/>.
     /// </summary>
-    /// <exception cref="ArgumentException">Clean and corrupt differ in shape; the target's hook is not in this model; an axis is outside the activation.</exception>
-    /// <exception cref="ArgumentOutOfRangeException">A layer, head or position is out of range (the message names it).</exception>
+    /// <exception cref="InputError">Clean and corrupt differ in shape; the target's hook is not in this model; an axis is outside the activation.</exception>
+    /// <exception cref="InputError">A layer, head or position is out of range (the message names it).</exception>
     public static PatchingResult Sweep(HookedTransformer model, TokenBatch clean, TokenBatch corrupt, IMetric metric, PatchTarget target, PatchOptions? options = null)
     {
         options ??= new PatchOptions();
@@ -113,14 +113,14 @@ public static class ActivationPatching
         Sweep(model, clean, corrupt, metric, PatchTarget.HeadPattern, options);
 
     /// <summary>Runs <paramref name="tokens"/> once with every patch applied and returns the metric.</summary>
-    /// <exception cref="ArgumentException">A patch names a hook this model lacks.</exception>
+    /// <exception cref="InputError">A patch names a hook this model lacks.</exception>
     public static double Run(HookedTransformer model, TokenBatch tokens, IMetric metric, params IReadOnlyList<Patch> patches)
     {
         var options = new RunOptions();
         var known = model.HookPointNames;
         foreach (var patch in patches)
         {
-            if (!known.Contains(patch.Hook)) throw new ArgumentException($"patch: '{patch.Hook}' is not a hook point of this model", nameof(patches));
+            if (!known.Contains(patch.Hook)) throw new InputError($"patch: '{patch.Hook}' is not a hook point of this model");
             options.AddHook(patch.Hook, (act, _) =>
             {
                 ActivationSlice.Copy(patch.Source, 0, act, 0, act.Dim(0), patch.HeadAxis, patch.Head, patch.PositionAxis, patch.Position);
@@ -130,11 +130,11 @@ public static class ActivationPatching
         return metric.Value(model.Run(tokens, options).Logits);
     }
 
-    /// <exception cref="ArgumentException">The two batches differ in rows or length.</exception>
+    /// <exception cref="InputError">The two batches differ in rows or length.</exception>
     internal static void CheckPair(TokenBatch clean, TokenBatch corrupt)
     {
         if (clean.Batch != corrupt.Batch || clean.Length != corrupt.Length)
-            throw new ArgumentException($"clean and corrupt inputs must have the same shape to patch between them: clean is [{clean.Batch}, {clean.Length}] tokens, corrupt is [{corrupt.Batch}, {corrupt.Length}]", nameof(corrupt));
+            throw new InputError($"clean and corrupt inputs must have the same shape to patch between them: clean is [{clean.Batch}, {clean.Length}] tokens, corrupt is [{corrupt.Batch}, {corrupt.Length}]");
     }
 
     /// <summary>The cells of a target, given one cached activation to size the head and position axes.</summary>
@@ -162,7 +162,7 @@ public static class ActivationPatching
     static void CheckAxis(int axis, Tensor activation, PatchTarget target, string what)
     {
         if (axis < 1 || axis >= activation.Rank)
-            throw new ArgumentException($"target '{target.Name}': {what} axis {axis} is outside the activation's axes 1..{activation.Rank - 1} (shape {activation.ShapeString}; axis 0 is the batch)", "target");
+            throw new InputError($"target '{target.Name}': {what} axis {axis} is outside the activation's axes 1..{activation.Rank - 1} (shape {activation.ShapeString}; axis 0 is the batch)");
     }
 }
 
@@ -175,7 +175,7 @@ static class PatchEngine
     public static double[] Evaluate(HookedTransformer model, TokenBatch baseTokens, IMetric metric, PatchTarget target, IReadOnlyList<PatchCell> cells,
         Func<string, Tensor> source, PatchOptions options, ref int passes)
     {
-        if (options.MaxRows < 1) throw new ArgumentOutOfRangeException(nameof(options), $"MaxRows must be at least 1 (got {options.MaxRows})");
+        if (options.MaxRows < 1) throw new InputError($"MaxRows must be at least 1 (got {options.MaxRows})");
         int B = baseTokens.Batch, perPass = CellsPerPass(options, B);
         var values = new double[cells.Count];
         var hookOf = new Dictionary<int, string>();

@@ -42,11 +42,11 @@ public sealed record PatchTarget(string Name, Func<int, string> HookName, int? H
     /// A target over any per-layer hook: <paramref name="hookTemplate"/> contains <c>{layer}</c>,
     /// e.g. <c>blocks.{layer}.hook_resid_mid</c> or <c>blocks.{layer}.attn.hook_v</c>.
     /// </summary>
-    /// <exception cref="ArgumentException">The template has no <c>{layer}</c>.</exception>
+    /// <exception cref="InputError">The template has no <c>{layer}</c>.</exception>
     public static PatchTarget Custom(string hookTemplate, int? headAxis = null, int? positionAxis = null)
     {
         if (!hookTemplate.Contains("{layer}", StringComparison.Ordinal))
-            throw new ArgumentException($"hook template '{hookTemplate}' has no {{layer}} placeholder (e.g. blocks.{{layer}}.hook_resid_mid)", nameof(hookTemplate));
+            throw new InputError($"hook template '{hookTemplate}' has no {{layer}} placeholder (e.g. blocks.{{layer}}.hook_resid_mid)");
         return new PatchTarget(hookTemplate, l => hookTemplate.Replace("{layer}", l.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal), headAxis, positionAxis);
     }
 
@@ -62,28 +62,28 @@ public sealed record PatchTarget(string Name, Func<int, string> HookName, int? H
     };
 
     /// <summary>Looks up a named target.</summary>
-    /// <exception cref="ArgumentException">The name is unknown; the message lists the known ones.</exception>
+    /// <exception cref="InputError">The name is unknown; the message lists the known ones.</exception>
     public static PatchTarget Parse(string name) =>
         Named.TryGetValue(name, out var t) ? t
-            : throw new ArgumentException($"unknown patch target '{name}'; known targets: {string.Join(", ", Named.Keys)}", nameof(name));
+            : throw new InputError($"unknown patch target '{name}'; known targets: {string.Join(", ", Named.Keys)}");
 
     /// <summary>The layers swept, checked against the model.</summary>
-    /// <exception cref="ArgumentOutOfRangeException">A layer is outside [0, n_layers).</exception>
-    /// <exception cref="ArgumentException">A layer's hook point does not exist in this model.</exception>
+    /// <exception cref="InputError">A layer is outside [0, n_layers).</exception>
+    /// <exception cref="InputError">A layer's hook point does not exist in this model.</exception>
     internal int[] ResolveLayers(HookedTransformer model)
     {
         int L = model.Config.NLayers;
         var layers = (Layers ?? Enumerable.Range(0, L).ToArray()).ToArray();
-        if (layers.Length == 0) throw new ArgumentException($"target '{Name}' selects no layers", "layers");
+        if (layers.Length == 0) throw new InputError($"target '{Name}' selects no layers");
         foreach (int l in layers)
-            if ((uint)l >= (uint)L) throw new ArgumentOutOfRangeException("layers", $"layer {l} is outside the model's {L} layers (0..{L - 1})");
+            if ((uint)l >= (uint)L) throw new InputError($"layer {l} is outside the model's {L} layers (0..{L - 1})");
         var known = model.HookPointNames;
         foreach (int l in layers)
         {
             string hook = HookName(l);
             if (!known.Contains(hook))
-                throw new ArgumentException($"target '{Name}': hook '{hook}' is not a hook point of this model ({model.Config.Architecture}); " +
-                    $"hook points of block {l} are: {string.Join(", ", known.Where(n => n.StartsWith($"blocks.{l}.", StringComparison.Ordinal)))}", "target");
+                throw new InputError($"target '{Name}': hook '{hook}' is not a hook point of this model ({model.Config.Architecture}); " +
+                    $"hook points of block {l} are: {string.Join(", ", known.Where(n => n.StartsWith($"blocks.{l}.", StringComparison.Ordinal)))}");
         }
         return layers;
     }
@@ -92,9 +92,9 @@ public sealed record PatchTarget(string Name, Func<int, string> HookName, int? H
     internal static int[] ResolveIndices(IReadOnlyList<int>? chosen, int size, string what)
     {
         var result = (chosen ?? Enumerable.Range(0, size).ToArray()).ToArray();
-        if (result.Length == 0) throw new ArgumentException($"no {what}s were selected", what + "s");
+        if (result.Length == 0) throw new InputError($"no {what}s were selected");
         foreach (int i in result)
-            if ((uint)i >= (uint)size) throw new ArgumentOutOfRangeException(what + "s", $"{what} {i} is outside 0..{size - 1}");
+            if ((uint)i >= (uint)size) throw new InputError($"{what} {i} is outside 0..{size - 1}");
         return result;
     }
 }

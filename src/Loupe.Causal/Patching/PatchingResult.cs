@@ -26,13 +26,13 @@ public abstract class CellSweepResult
     public double Seconds { get; init; }
 
     /// <summary>The value of one cell (head / position −1 when that axis was not swept).</summary>
-    /// <exception cref="KeyNotFoundException">No such cell was swept.</exception>
+    /// <exception cref="InputError">No such cell was swept.</exception>
     public double Value(int layer, int head = -1, int position = -1) => Values[IndexOf(layer, head, position)];
 
     protected int IndexOf(int layer, int head, int position)
     {
         int i = Array.IndexOf(Cells, new PatchCell(layer, head, position));
-        return i >= 0 ? i : throw new KeyNotFoundException($"cell L{layer} head {head} position {position} was not part of the '{Target}' sweep");
+        return i >= 0 ? i : throw new InputError($"cell L{layer} head {head} position {position} was not part of the '{Target}' sweep");
     }
 
     /// <summary>

@@ -84,11 +84,11 @@ public sealed class PathPatchingResult
     public double Seconds { get; init; }
 
     /// <summary>The effect of the single sender <paramref name="sender"/>.</summary>
-    /// <exception cref="KeyNotFoundException">That sender was not swept on its own.</exception>
+    /// <exception cref="InputError">That sender was not swept on its own.</exception>
     public double EffectOf(PathSender sender)
     {
         int i = Array.FindIndex(SenderSets, s => s.Count == 1 && s[0] == sender);
-        return i >= 0 ? 1 - Normalized[i] : throw new KeyNotFoundException($"sender {sender} was not patched on its own");
+        return i >= 0 ? 1 - Normalized[i] : throw new InputError($"sender {sender} was not patched on its own");
     }
 }
 
@@ -96,8 +96,8 @@ public sealed class PathPatchingResult
 public static class PathPatching
 {
     /// <summary>Path-patches each sender set in <paramref name="senderSets"/> to <paramref name="receivers"/>.</summary>
-    /// <exception cref="ArgumentException">Clean and corrupt differ in shape; no receivers; the final residual is mixed with head receivers; an MLP sender in an attention-only model.</exception>
-    /// <exception cref="ArgumentOutOfRangeException">A sender's or receiver's layer or head is out of range (the message names which).</exception>
+    /// <exception cref="InputError">Clean and corrupt differ in shape; no receivers; the final residual is mixed with head receivers; an MLP sender in an attention-only model.</exception>
+    /// <exception cref="InputError">A sender's or receiver's layer or head is out of range (the message names which).</exception>
     public static PathPatchingResult Run(HookedTransformer model, TokenBatch clean, TokenBatch corrupt, IMetric metric,
         IReadOnlyList<IReadOnlyList<PathSender>> senderSets, IReadOnlyList<PathReceiver> receivers, PathPatchOptions? options = null)
     {
@@ -105,7 +105,7 @@ public static class PathPatching
         var clock = Stopwatch.StartNew();
         ActivationPatching.CheckPair(clean, corrupt);
         Check(model, senderSets, receivers);
-        if (options.MaxRows < 1) throw new ArgumentOutOfRangeException(nameof(options), $"MaxRows must be at least 1 (got {options.MaxRows})");
+        if (options.MaxRows < 1) throw new InputError($"MaxRows must be at least 1 (got {options.MaxRows})");
         var cfg = model.Config;
         int L = cfg.NLayers, B = clean.Batch;
         bool final = receivers[0].IsFinalResidual;
@@ -221,23 +221,23 @@ public static class PathPatching
     static void Check(HookedTransformer model, IReadOnlyList<IReadOnlyList<PathSender>> senderSets, IReadOnlyList<PathReceiver> receivers)
     {
         var cfg = model.Config;
-        if (receivers.Count == 0) throw new ArgumentException("path patching needs at least one receiver", nameof(receivers));
+        if (receivers.Count == 0) throw new InputError("path patching needs at least one receiver");
         if (receivers.Any(r => r.IsFinalResidual) && receivers.Count > 1)
-            throw new ArgumentException("the final residual stream is a receiver on its own; do not mix it with head receivers", nameof(receivers));
+            throw new InputError("the final residual stream is a receiver on its own; do not mix it with head receivers");
         foreach (var r in receivers.Where(r => !r.IsFinalResidual))
         {
-            if ((uint)r.Layer >= (uint)cfg.NLayers) throw new ArgumentOutOfRangeException(nameof(receivers), $"receiver {r}: layer {r.Layer} is outside 0..{cfg.NLayers - 1}");
-            if ((uint)r.Head >= (uint)cfg.NHeads) throw new ArgumentOutOfRangeException(nameof(receivers), $"receiver {r}: head {r.Head} is outside 0..{cfg.NHeads - 1}");
+            if ((uint)r.Layer >= (uint)cfg.NLayers) throw new InputError($"receiver {r}: layer {r.Layer} is outside 0..{cfg.NLayers - 1}");
+            if ((uint)r.Head >= (uint)cfg.NHeads) throw new InputError($"receiver {r}: head {r.Head} is outside 0..{cfg.NHeads - 1}");
         }
-        if (senderSets.Count == 0) throw new ArgumentException("path patching needs at least one sender set", nameof(senderSets));
+        if (senderSets.Count == 0) throw new InputError("path patching needs at least one sender set");
         foreach (var set in senderSets)
         {
-            if (set.Count == 0) throw new ArgumentException("a sender set is empty", nameof(senderSets));
+            if (set.Count == 0) throw new InputError("a sender set is empty");
             foreach (var s in set)
             {
-                if ((uint)s.Layer >= (uint)cfg.NLayers) throw new ArgumentOutOfRangeException(nameof(senderSets), $"sender {s}: layer {s.Layer} is outside 0..{cfg.NLayers - 1}");
-                if (s.Head is int h && (uint)h >= (uint)cfg.NHeads) throw new ArgumentOutOfRangeException(nameof(senderSets), $"sender {s}: head {h} is outside 0..{cfg.NHeads - 1}");
-                if (s.Head is null && !cfg.HasMlp) throw new ArgumentException($"sender {s}: this model has no MLPs", nameof(senderSets));
+                if ((uint)s.Layer >= (uint)cfg.NLayers) throw new InputError($"sender {s}: layer {s.Layer} is outside 0..{cfg.NLayers - 1}");
+                if (s.Head is int h && (uint)h >= (uint)cfg.NHeads) throw new InputError($"sender {s}: head {h} is outside 0..{cfg.NHeads - 1}");
+                if (s.Head is null && !cfg.HasMlp) throw new InputError($"sender {s}: this model has no MLPs");
             }
         }
     }

@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
 using Loupe.Models;
-using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
 using Spectre.Console;
 
@@ -32,11 +31,12 @@ static class CacheCommand
         { model, input.Prompt, input.Tokens, hooks, output, saes, errorTerm };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
+            string path = CliSupport.OutputFile(parse.GetValue(output)!);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             var batch = input.Read(parse, m);
             foreach (var saePath in parse.GetValue(saes) ?? [])
                 m.AddSplice(Loupe.Dictionaries.Splice.SaeSplice.Load(m, saePath, options: new Loupe.Dictionaries.Splice.SaeSpliceOptions { UseErrorTerm = parse.GetValue(errorTerm) }).Splice);
-            var selected = new HookPattern(parse.GetValue(hooks)!).Select(m.HookPointNames);
+            var selected = CliSupport.SelectHooks(m, parse.GetValue(hooks)!);
             var clock = Stopwatch.StartNew();
             var result = m.RunWithCache(batch, parse.GetValue(hooks));
             var entries = new List<SafeTensorEntry>();
@@ -54,7 +54,7 @@ static class CacheCommand
                 ["hooks"] = string.Join(",", selected),
                 ["format"] = "loupe-activation-cache",
             };
-            string path = parse.GetValue(output)!;
+            CliSupport.OutputFile(path); // still not a device, folder or link now that the run is done
             SafeTensorsWriter.Write(path, entries, metadata);
             CliSupport.Status.WriteLine($"wrote {selected.Count} hooks + logits for [{batch.Batch}, {batch.Length}] tokens to {path} in {clock.Elapsed.TotalMilliseconds:F0} ms");
             return 0;

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Loupe.Models;
+using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
 using Spectre.Console;
 
@@ -53,8 +54,14 @@ static class CliSupport
     static string OneLine(string message) => message.ReplaceLineEndings(" ").Trim();
 
     /// <summary>Loads a model from a folder or the hub, showing download progress and a spinner.</summary>
+    /// <exception cref="InputError">The path is a file, or neither an existing folder nor a valid hub id.</exception>
     public static HookedTransformer LoadModel(string model)
     {
+        // Checked here so that a mistyped path is a one-line refusal naming --model, before any download is tried.
+        if (File.Exists(model))
+            throw new InputError($"argument: --model: '{model}' is a file; pass the folder that holds config.json and the *.safetensors weights, or a hub id");
+        if (!Directory.Exists(model) && !HubClient.IsValidRepoId(model))
+            throw new InputError($"argument: --model: '{model}' is neither an existing folder (looked at {Path.GetFullPath(model)}) nor a Hugging Face model id such as 'org/name'");
         if (Directory.Exists(model))
             return Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model));
         HookedTransformer? loaded = null;
@@ -84,51 +91,145 @@ static class CliSupport
         /// <summary>The prompt's text when one was given (null for raw tokens).</summary>
         public string? Text(ParseResult parse) => parse.GetValue(Prompt);
 
-        /// <exception cref="ArgumentException">Both or neither of --prompt and --tokens were given.</exception>
-        public TokenBatch Read(ParseResult parse, HookedTransformer model)
-        {
-            string? text = parse.GetValue(Prompt), ids = parse.GetValue(Tokens);
-            if ((text is null) == (ids is null)) throw new ArgumentException("give exactly one of --prompt or --tokens");
-            return text is not null ? TokenBatch.Single(Encode(model, text)) : ParseTokens(ids!);
-        }
+        /// <exception cref="InputError">Both or neither of --prompt and --tokens, a malformed or out-of-vocabulary id, or a prompt longer than n_ctx.</exception>
+        public TokenBatch Read(ParseResult parse, HookedTransformer model) =>
+            PromptOrTokens(model, parse.GetValue(Prompt), parse.GetValue(Tokens), Prompt.Name, Tokens.Name);
+    }
+
+    /// <summary>The batch from exactly one of a prompt (option <paramref name="promptOption"/>) or raw token ids, checked against the model.</summary>
+    /// <exception cref="InputError">Both or neither given, malformed ids, ids outside the vocabulary, or more tokens than n_ctx.</exception>
+    public static TokenBatch PromptOrTokens(HookedTransformer model, string? text, string? ids, string promptOption, string tokensOption)
+    {
+        if ((text is null) == (ids is null)) throw new InputError($"argument: give exactly one of {promptOption} or {tokensOption}");
+        var batch = text is not null ? TokenBatch.Single(Encode(model, text, promptOption)) : ParseTokens(ids!, tokensOption);
+        CheckTokens(model, batch, text is not null ? promptOption : tokensOption);
+        return batch;
+    }
+
+    /// <summary>Refuses ids outside the model's input vocabulary and sequences longer than its context.</summary>
+    /// <exception cref="InputError">An id is outside [0, d_vocab) or the sequence exceeds n_ctx.</exception>
+    public static void CheckTokens(HookedTransformer model, TokenBatch batch, string option)
+    {
+        int vocab = model.Config.DVocab;
+        foreach (int id in batch.Ids)
+            if ((uint)id >= (uint)vocab) throw InputError.Expected("argument", option, $"token ids in [0, {vocab - 1}] (d_vocab = {vocab})", id);
+        if (batch.Length > model.Config.NCtx)
+            throw InputError.Expected("argument", option, $"at most n_ctx = {model.Config.NCtx} tokens", $"{batch.Length} tokens");
     }
 
     /// <summary>Parses "1,2,3;4,5,6" into equal-length rows.</summary>
-    /// <exception cref="FormatException">A value is not an integer or rows differ in length.</exception>
-    public static TokenBatch ParseTokens(string text)
+    /// <exception cref="InputError">A value is not an integer or rows differ in length (the message names <paramref name="option"/>).</exception>
+    public static TokenBatch ParseTokens(string text, string option = "--tokens")
     {
         var rows = text.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
             .Select((row, r) => row.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-                .Select(v => int.TryParse(v, out int id) ? id : throw new FormatException($"--tokens: '{v}' in row {r} is not an integer token id"))
+                .Select(v => int.TryParse(v, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int id) ? id
+                    : throw new InputError($"argument: {option}: '{v}' in row {r} is not an integer token id"))
                 .ToArray())
             .ToArray();
-        if (rows.Length == 0 || rows.Any(r => r.Length == 0)) throw new FormatException("--tokens: expected comma-separated ids, rows separated by ';' (e.g. \"1,2,3;4,5,6\")");
+        if (rows.Length == 0 || rows.Any(r => r.Length == 0)) throw new InputError($"argument: {option}: expected comma-separated ids, rows separated by ';' (e.g. \"1,2,3;4,5,6\")");
         if (rows.Any(r => r.Length != rows[0].Length))
-            throw new FormatException($"--tokens: rows have different lengths ({string.Join(", ", rows.Select(r => r.Length))}); give rows of equal length");
+            throw new InputError($"argument: {option}: rows have different lengths ({string.Join(", ", rows.Select(r => r.Length))}); give rows of equal length");
         return TokenBatch.FromRows(rows);
     }
 
     /// <summary>Tokenizes prompts with the model's tokenizer (BOS as the tokenizer's template says).</summary>
-    public static int[] Encode(HookedTransformer model, string prompt)
+    /// <exception cref="InputError">The model has no tokenizer or the prompt encodes to no tokens.</exception>
+    public static int[] Encode(HookedTransformer model, string prompt, string option = "--prompt")
     {
-        var tokenizer = model.Tokenizer ?? throw new InvalidOperationException($"the model at {model.Source} has no tokenizer (tokenizer.json or vocab.json + merges.txt); pass token ids with --tokens instead");
+        var tokenizer = model.Tokenizer ?? throw new InputError($"argument: {option}: the model at {model.Source} has no tokenizer (tokenizer.json or vocab.json + merges.txt); pass token ids instead");
         var ids = tokenizer.Encode(prompt);
-        if (ids.Length == 0) throw new ArgumentException("the prompt encodes to no tokens");
+        if (ids.Length == 0) throw new InputError($"argument: {option}: the prompt encodes to no tokens");
         return ids;
     }
 
     /// <summary>The id of a text that must be exactly one token (tokenized without special tokens).</summary>
-    /// <exception cref="ArgumentException">The text is not one token; the message shows how it tokenizes.</exception>
-    /// <exception cref="InvalidOperationException">The model has no tokenizer.</exception>
+    /// <exception cref="InputError">The model has no tokenizer, or the text is not one token; the message shows how it tokenizes.</exception>
     public static int SingleToken(HookedTransformer model, string text, string option, string idAlternative)
     {
-        var tokenizer = model.Tokenizer ?? throw new InvalidOperationException($"the model at {model.Source} has no tokenizer; give {idAlternative} instead of {option}");
+        var tokenizer = model.Tokenizer ?? throw new InputError($"argument: {option}: the model at {model.Source} has no tokenizer; give {idAlternative} instead");
         var ids = tokenizer.Encode(text, addSpecialTokens: false);
         if (ids.Length != 1)
-            throw new ArgumentException($"{option} \"{text}\" must be exactly one token but tokenizes to {ids.Length}: " +
+            throw new InputError($"argument: {option} \"{text}\" must be exactly one token but tokenizes to {ids.Length}: " +
                 (ids.Length == 0 ? "(nothing)" : string.Join(", ", ids.Select(i => Show(model, i)))) +
                 $"; choose a single-token {option.TrimStart('-')} (often with or without a leading space) or give {idAlternative}");
         return ids[0];
+    }
+
+    /// <summary>An output token id given on the command line, checked against d_vocab_out.</summary>
+    /// <exception cref="InputError">The id is outside [0, d_vocab_out).</exception>
+    public static int OutputToken(HookedTransformer model, int id, string option) =>
+        Check.InRange(id, 0, model.Config.VocabOut - 1, "argument", option);
+
+    /// <summary>
+    /// The hook names matched by comma-separated glob <paramref name="patterns"/>; a pattern that matches no
+    /// hook point is refused naming the option (and listing what hook points look like).
+    /// </summary>
+    /// <exception cref="InputError">The list is empty or a pattern matches nothing.</exception>
+    public static IReadOnlyList<string> SelectHooks(HookedTransformer model, string patterns, string option = "--hooks")
+    {
+        var parts = patterns.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (parts.Length == 0) throw new InputError($"argument: {option}: expected comma-separated hook patterns such as \"blocks.*.hook_resid_pre\", found {InputError.Show(patterns)}");
+        var available = model.HookPointNames;
+        foreach (var part in parts)
+            if (!available.Any(new HookPattern(part).Matches))
+                throw new InputError($"argument: {option}: hook pattern '{part}' matches no hook point of this model; hook points look like: " +
+                    string.Join(", ", available.Where(n => n.StartsWith("blocks.0.", StringComparison.Ordinal) || !n.StartsWith("blocks.", StringComparison.Ordinal)).Take(24)));
+        return new HookPattern(patterns).Select(available);
+    }
+
+    /// <summary>An integer option's value in [min, max].</summary>
+    /// <exception cref="InputError">Outside the range (the message names the option).</exception>
+    public static int Int(ParseResult parse, Option<int> option, long min, long max = int.MaxValue) =>
+        Check.InRange(parse.GetValue(option), min, max, "argument", option.Name);
+
+    /// <summary>An optional integer option's value in [min, max] (null when not given).</summary>
+    public static int? Int(ParseResult parse, Option<int?> option, long min, long max = int.MaxValue) =>
+        parse.GetValue(option) is int v ? Check.InRange(v, min, max, "argument", option.Name) : null;
+
+    /// <summary>A finite number option in [min, max] (NaN and ±∞ refused).</summary>
+    public static float Float(ParseResult parse, Option<float> option, double min, double max = double.PositiveInfinity) =>
+        (float)Check.Finite(parse.GetValue(option), min, max, "argument", option.Name);
+
+    /// <summary>A finite number option in [min, max] (NaN and ±∞ refused).</summary>
+    public static double Double(ParseResult parse, Option<double> option, double min, double max = double.PositiveInfinity) =>
+        Check.Finite(parse.GetValue(option), min, max, "argument", option.Name);
+
+    /// <summary>The sampling options every generating verb shares, checked: temperature finite ≥ 0, top-k ≥ 0, top-p in (0, 1].</summary>
+    /// <exception cref="InputError">A value is out of range, NaN or infinite.</exception>
+    public static (float Temperature, int TopK, float TopP) Sampling(ParseResult parse, Option<float> temperature, Option<int> topK, Option<float>? topP)
+    {
+        float t = Float(parse, temperature, 0);
+        int k = Int(parse, topK, 0);
+        float p = 1f;
+        if (topP is not null)
+        {
+            p = parse.GetValue(topP);
+            if (!(p > 0 && p <= 1)) throw InputError.Expected("argument", topP.Name, "a number in (0, 1]", p);
+        }
+        return (t, k, p);
+    }
+
+    /// <summary>An output file the verb will write: refuses a folder, link, device or pipe before any work is done.</summary>
+    /// <exception cref="InputError">The path exists and is not a regular file.</exception>
+    public static string OutputFile(string path)
+    {
+        OutputFiles.EnsureReplaceable(path);
+        return path;
+    }
+
+    /// <summary>
+    /// An output folder the verb will write into: refuses a path that exists as anything but a folder (or a
+    /// link to one) before any work is done; the folder itself is created when the first file is written.
+    /// </summary>
+    /// <exception cref="InputError">The path exists and is not a folder.</exception>
+    public static string OutputFolder(string path, string option = "--out")
+    {
+        var kind = OutputFiles.KindOf(path);
+        if (kind is OutputFiles.EntryKind.Missing or OutputFiles.EntryKind.Directory
+            || (kind is OutputFiles.EntryKind.SymbolicLink && Directory.Exists(path)))
+            return path;
+        throw new InputError($"argument: {option}: {path} exists and is not a folder; name a folder to write into (or a new path)");
     }
 
     /// <summary>A token as a person reads it: decoded text, quoted, with its id.</summary>

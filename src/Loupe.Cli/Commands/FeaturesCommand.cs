@@ -71,7 +71,7 @@ static class FeaturesCommand
             bool npz = saePath.EndsWith(".npz", StringComparison.OrdinalIgnoreCase)
                 || (Directory.Exists(saePath) && !File.Exists(Path.Combine(saePath, SaeLensFormat.ConfigFile)));
             var (dictionary, config) = DictionaryFile.Load(saePath, npz ? parse.GetValue(hook) : null);
-            string outPath = parse.GetValue(output) ?? Path.Combine(DictionaryFolder(saePath), FeatureStoreSchema.DefaultFileName);
+            string outPath = CliSupport.OutputFile(parse.GetValue(output) ?? Path.Combine(DictionaryFolder(saePath), FeatureStoreSchema.DefaultFileName));
             var options = new FeatureBuildOptions
             {
                 Hook = parse.GetValue(hook),
@@ -143,10 +143,8 @@ static class FeaturesCommand
         { sae, db, feature, count, context, showQuantiles, json };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
+            int f = parse.GetValue(feature), n = CliSupport.Int(parse, count, 0), side = CliSupport.Int(parse, context, 0);
             using var store = OpenStore(parse, sae, db);
-            int f = parse.GetValue(feature), n = parse.GetValue(count), side = parse.GetValue(context);
-            if (n < 0) throw new ArgumentException($"--n must be 0 or more; got {n}");
-            if (side < 0) throw new ArgumentException($"--context must be 0 or more; got {side}");
             store.CheckFeature(f);
             if (parse.GetValue(json)) Console.WriteLine(FeatureJson(store, f, n).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             else PrintFeature(store, f, n, side, parse.GetValue(showQuantiles));
@@ -169,9 +167,8 @@ static class FeaturesCommand
         { sae, db, sort, count, json };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
+            int n = CliSupport.Int(parse, count, 0);
             using var store = OpenStore(parse, sae, db);
-            int n = parse.GetValue(count);
-            if (n < 0) throw new ArgumentException($"--n must be 0 or more; got {n}");
             var rows = store.Features(parse.GetValue(sort)!, n);
             bool asJson = parse.GetValue(json);
             if (!asJson)
@@ -202,11 +199,11 @@ static class FeaturesCommand
         new Option<string?>("--sae") { Description = "The dictionary folder (or its cfg.json); reads SAE_FOLDER/features.db" },
         new Option<string?>("--db") { Description = "A feature store file written by `loupe features build`" });
 
-    /// <exception cref="ArgumentException">Both or neither of --sae and --db.</exception>
+    /// <exception cref="InputError">Both or neither of --sae and --db.</exception>
     static FeatureStore OpenStore(ParseResult parse, Option<string?> sae, Option<string?> db)
     {
         string? saePath = parse.GetValue(sae), dbPath = parse.GetValue(db);
-        if ((saePath is null) == (dbPath is null)) throw new ArgumentException("give exactly one of --sae (reads SAE_FOLDER/features.db) or --db FILE");
+        if ((saePath is null) == (dbPath is null)) throw new InputError("argument: give exactly one of --sae (reads SAE_FOLDER/features.db) or --db FILE");
         return FeatureStore.Open(dbPath ?? Path.Combine(DictionaryFolder(saePath!), FeatureStoreSchema.DefaultFileName));
     }
 

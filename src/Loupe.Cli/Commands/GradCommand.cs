@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
 using Loupe.Models;
-using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
 using Loupe.Models.Metrics;
 
@@ -29,15 +28,16 @@ static class GradCommand
         { model, input.Prompt, input.Tokens, metric, hooks, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
+            string path = CliSupport.OutputFile(parse.GetValue(output)!);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             var batch = input.Read(parse, m);
-            var selected = new HookPattern(parse.GetValue(hooks)!).Select(m.HookPointNames);
+            var selected = CliSupport.SelectHooks(m, parse.GetValue(hooks)!);
             var result = m.RunWithGradients(batch, ParseMetric(m, parse.GetValue(metric)!, batch), parse.GetValue(hooks));
             var entries = selected.Select(name => SafeTensorEntry.F32("grad." + name, result.Gradients[name].Shape.ToArray(), result.Gradients[name].Data)).ToList();
             entries.Add(SafeTensorEntry.F32("metric", [1], new[] { (float)result.Metric }));
             entries.Add(SafeTensorEntry.F32("logits", result.Logits.Shape.ToArray(), result.Logits.Data));
             entries.Add(SafeTensorEntry.I64("tokens", [batch.Batch, batch.Length], batch.Ids.Select(i => (long)i).ToArray()));
-            string path = parse.GetValue(output)!;
+            CliSupport.OutputFile(path);
             SafeTensorsWriter.Write(path, entries, new Dictionary<string, string>
             {
                 ["model"] = m.Source ?? "",
@@ -51,7 +51,7 @@ static class GradCommand
     }
 
     /// <summary>Parses <c>logit_diff:A,B</c>, <c>logprob:T</c> or <c>loss</c>.</summary>
-    /// <exception cref="ArgumentException">Unknown metric, or a token that is not a single token id.</exception>
+    /// <exception cref="InputError">Unknown metric, or a token that is not a single token or an id outside d_vocab_out.</exception>
     internal static IMetric ParseMetric(HookedTransformer model, string spec, TokenBatch tokens)
     {
         int colon = spec.IndexOf(':');
@@ -60,19 +60,19 @@ static class GradCommand
         {
             case "logit_diff":
                 var parts = args.Split(',');
-                if (parts.Length != 2) throw new ArgumentException($"--metric logit_diff needs two tokens, 'logit_diff:A,B'; got '{spec}'");
+                if (parts.Length != 2) throw new InputError($"argument: --metric logit_diff needs two tokens, 'logit_diff:A,B'; got '{spec}'");
                 return new LogitDiff(SingleToken(model, parts[0]), SingleToken(model, parts[1]));
             case "logprob":
                 return new LogProb(SingleToken(model, args));
             case "loss":
                 return new SpanLoss(tokens);
             default:
-                throw new ArgumentException($"unknown --metric '{kind}'; use logit_diff:A,B, logprob:T or loss");
+                throw new InputError($"argument: unknown --metric '{kind}'; use logit_diff:A,B, logprob:T or loss");
         }
     }
 
     /// <summary>A token id, or a string that must encode to exactly one token.</summary>
     internal static int SingleToken(HookedTransformer model, string text) =>
-        int.TryParse(text.Trim(), NumberStyles.Integer, CultureInfo.InvariantCulture, out int id) ? id
+        int.TryParse(text.Trim(), NumberStyles.Integer, CultureInfo.InvariantCulture, out int id) ? CliSupport.OutputToken(model, id, "--metric token")
             : CliSupport.SingleToken(model, text, "--metric token", "its token id");
 }

@@ -37,7 +37,7 @@ static class HarvestCommand
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             int seedValue = parse.GetValue(seed);
             var text = ParseSource(m, parse.GetValue(source)!, seedValue);
-            var selected = new Loupe.Models.Hooks.HookPattern(parse.GetValue(hooks)!).Select(m.HookPointNames);
+            var selected = CliSupport.SelectHooks(m, parse.GetValue(hooks)!);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
                 _ => ContextBuilder.ForModel(m, text, parse.GetValue(contextSize), seedValue, parse.GetValue(maxContexts)));
             var options = new HarvestOptions(selected, parse.GetValue(batchSize), parse.GetValue(shardTokens), SkipBos: !parse.GetValue(keepBos));
@@ -61,11 +61,11 @@ static class HarvestCommand
         return command;
     }
 
-    /// <exception cref="ArgumentException">An unknown source kind or a malformed count.</exception>
+    /// <exception cref="InputError">An unknown source kind or a malformed count.</exception>
     internal static ITextSource ParseSource(HookedTransformer model, string spec, int seed)
     {
         int colon = spec.IndexOf(':');
-        if (colon <= 0) throw new ArgumentException($"--source '{spec}': expected KIND:VALUE (brown:FOLDER, text:PATH, jsonl:FILE, generate:N)");
+        if (colon <= 0) throw InputError.Expected("argument", "--source", "KIND:VALUE (brown:FOLDER, text:PATH, jsonl:FILE, generate:N)", spec);
         string kind = spec[..colon], value = spec[(colon + 1)..];
         return kind switch
         {
@@ -74,8 +74,8 @@ static class HarvestCommand
             "jsonl" => new JsonLinesSource(value),
             "generate" => int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n > 0
                 ? new ModelSampledSource(model, n, Math.Min(256, model.Config.NCtx - 1), seed)
-                : throw new ArgumentException($"--source generate:{value}: expected a positive number of samples"),
-            _ => throw new ArgumentException($"--source: unknown kind '{kind}'; use brown:, text:, jsonl: or generate:"),
+                : throw InputError.Expected("argument", "--source generate:N", "a number of samples in [1, 2147483647]", value),
+            _ => throw InputError.Expected("argument", "--source", "brown:FOLDER, text:PATH, jsonl:FILE or generate:N", spec),
         };
     }
 }

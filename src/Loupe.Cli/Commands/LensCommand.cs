@@ -36,19 +36,18 @@ static class LensCommand
             {
                 "real" => LensScale.Real,
                 "frozen" => LensScale.Frozen,
-                var s => throw new ArgumentException($"--scale: unknown scale '{s}'; choose real or frozen"),
+                var s => throw InputError.Expected("argument", "--scale", "real or frozen", s),
             };
+            string outDir = parse.GetValue(output)!;
+            CliSupport.OutputFolder(outDir);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
-            string? text = parse.GetValue(prompt), ids = parse.GetValue(tokens);
-            if ((text is null) == (ids is null)) throw new ArgumentException("give exactly one of --prompt or --tokens");
-            var batch = text is not null ? Loupe.Models.TokenBatch.Single(CliSupport.Encode(m, text)) : CliSupport.ParseTokens(ids!);
-            if (batch.Batch != 1) throw new ArgumentException($"--tokens: lens explains one sequence; got {batch.Batch} rows");
+            string? text = parse.GetValue(prompt);
+            var batch = CliSupport.PromptOrTokens(m, text, parse.GetValue(tokens), prompt.Name, tokens.Name);
+            if (batch.Batch != 1) throw InputError.Expected("argument", "--tokens", "one row (lens explains one sequence)", $"{batch.Batch} rows");
             int a = PatchCommand.AnswerToken(m, parse.GetValue(answer), parse.GetValue(answerId), "--answer")
-                ?? throw new ArgumentException("give the answer with --answer or --answer-id");
+                ?? throw new InputError("argument: give the answer with --answer or --answer-id");
             int? w = PatchCommand.AnswerToken(m, parse.GetValue(wrong), parse.GetValue(wrongId), "--wrong");
-            int pos = parse.GetValue(position);
-            if (pos >= batch.Length || pos < -batch.Length)
-                throw new ArgumentException($"--position {pos} is outside the {batch.Length} tokens of the prompt");
+            int pos = Check.InRange(parse.GetValue(position), -batch.Length, batch.Length - 1, "argument", "--position");
 
             var direction = w is int wv ? LogitDirection.Difference(m, a, wv) : LogitDirection.Token(m, a);
             var dla = CliSupport.Status.Status().Start("Attributing", _ => DirectLogitAttribution.Compute(m, batch, direction, pos));
@@ -64,7 +63,7 @@ static class LensCommand
                 ["position"] = pos.ToString(System.Globalization.CultureInfo.InvariantCulture),
                 ["scale"] = parse.GetValue(scale),
             };
-            var (json, dlaSvg, lensSvg) = CausalReports.WriteLens(dla, lens, parse.GetValue(output)!, labels, args);
+            var (json, dlaSvg, lensSvg) = CausalReports.WriteLens(dla, lens, outDir, labels, args);
 
             string what = w is int w2 ? $"logit({CliSupport.Show(m, a)}) − logit({CliSupport.Show(m, w2)})" : $"logit({CliSupport.Show(m, a)})";
             Console.WriteLine($"{what} at position {dla.Position} ({labels[dla.Position]}): {dla.PreCapLogitDiff[0]:F4}" +

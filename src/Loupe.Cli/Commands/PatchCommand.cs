@@ -42,24 +42,23 @@ static class PatchCommand
         {
             string methodName = parse.GetValue(method)!;
             if (methodName is not ("activation" or "attribution" or "both"))
-                throw new ArgumentException($"--method: unknown method '{methodName}'; choose activation, attribution or both");
+                throw InputError.Expected("argument", "--method", "activation, attribution or both", methodName);
             string targetName = parse.GetValue(target)!;
             if (!PatchTarget.Named.TryGetValue(targetName, out var patchTarget))
-                throw new ArgumentException($"--target: unknown target '{targetName}'; choose one of {string.Join(", ", PatchTarget.Named.Keys)}");
-            if (parse.GetValue(maxRows) < 1) throw new ArgumentException($"--max-rows must be at least 1 (got {parse.GetValue(maxRows)})");
+                throw InputError.Expected("argument", "--target", $"one of {string.Join(", ", PatchTarget.Named.Keys)}", targetName);
+            int rowsPerPass = CliSupport.Int(parse, maxRows, 1);
+            string dir = CliSupport.OutputFolder(parse.GetValue(output)!);
 
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             var cleanBatch = PromptOrTokens(m, parse.GetValue(clean), parse.GetValue(cleanTokens), "--clean");
             var corruptBatch = PromptOrTokens(m, parse.GetValue(corrupt), parse.GetValue(corruptTokens), "--corrupt");
             if (cleanBatch.Length != corruptBatch.Length || cleanBatch.Batch != corruptBatch.Batch)
-                throw new ArgumentException($"clean and corrupt inputs must have the same number of tokens to patch between them: " +
+                throw new InputError($"argument: --clean and --corrupt must have the same number of tokens to patch between them: " +
                     $"clean is {Describe(m, cleanBatch)}, corrupt is {Describe(m, corruptBatch)}");
             int a = AnswerToken(m, parse.GetValue(answer), parse.GetValue(answerId), "--answer")
-                ?? throw new ArgumentException("give the answer with --answer or --answer-id");
+                ?? throw new InputError("argument: give the answer with --answer or --answer-id");
             int? w = AnswerToken(m, parse.GetValue(wrong), parse.GetValue(wrongId), "--wrong");
-            int pos = parse.GetValue(position);
-            if (pos >= cleanBatch.Length || pos < -cleanBatch.Length)
-                throw new ArgumentException($"--position {pos} is outside the {cleanBatch.Length} tokens of the prompt");
+            int pos = Check.InRange(parse.GetValue(position), -cleanBatch.Length, cleanBatch.Length - 1, "argument", "--position");
             IMetric metric = w is int wr ? new LogitDiff(a, wr, pos) : new LogProb(a, pos);
 
             PatchingResult? result = null, estimate = null;
@@ -73,7 +72,7 @@ static class PatchCommand
                     var task = ctx.AddTask($"patching {targetName}", maxValue: 1);
                     var options = new PatchOptions
                     {
-                        MaxRows = parse.GetValue(maxRows),
+                        MaxRows = rowsPerPass,
                         Noising = parse.GetValue(noising),
                         LastPositionLogitsOnly = pos == -1,
                         Progress = (done, total) => { task.MaxValue = total; task.Value = done; },
@@ -96,7 +95,6 @@ static class PatchCommand
                 ["position"] = pos.ToString(System.Globalization.CultureInfo.InvariantCulture),
             };
             result ??= estimate;
-            string dir = parse.GetValue(output)!;
             if (methodName == "both")
             {
                 double rho = RankCorrelation.Spearman(result!.Normalized, estimate!.Normalized);
@@ -124,32 +122,17 @@ static class PatchCommand
     }
 
     /// <summary>The batch from exactly one of a prompt or raw token ids.</summary>
-    internal static TokenBatch PromptOrTokens(HookedTransformer model, string? text, string? ids, string option)
-    {
-        if ((text is null) == (ids is null)) throw new ArgumentException($"give exactly one of {option} or {option}-tokens");
-        if (text is not null) return TokenBatch.Single(CliSupport.Encode(model, text));
-        try
-        {
-            return CliSupport.ParseTokens(ids!);
-        }
-        catch (FormatException e)
-        {
-            throw new FormatException(e.Message.Replace("--tokens", option + "-tokens", StringComparison.Ordinal), e);
-        }
-    }
+    internal static TokenBatch PromptOrTokens(HookedTransformer model, string? text, string? ids, string option) =>
+        CliSupport.PromptOrTokens(model, text, ids, option, option + "-tokens");
 
     /// <summary>
     /// A single token from text (tokenized without special tokens) or an id; null when neither is given.
     /// </summary>
-    /// <exception cref="ArgumentException">Both are given, or the text is not exactly one token (the message shows how it tokenizes).</exception>
+    /// <exception cref="InputError">Both are given, the id is outside d_vocab_out, or the text is not exactly one token (the message shows how it tokenizes).</exception>
     internal static int? AnswerToken(HookedTransformer model, string? text, int? id, string option)
     {
-        if (text is not null && id is not null) throw new ArgumentException($"give {option} or {option}-id, not both");
-        if (id is int given)
-        {
-            if ((uint)given >= (uint)model.Config.VocabOut) throw new ArgumentException($"{option}-id {given} is outside the output vocabulary (d_vocab_out = {model.Config.VocabOut})");
-            return given;
-        }
+        if (text is not null && id is not null) throw new InputError($"argument: give {option} or {option}-id, not both");
+        if (id is int given) return CliSupport.OutputToken(model, given, option + "-id");
         return text is null ? null : CliSupport.SingleToken(model, text, option, $"{option}-id");
     }
 

@@ -41,25 +41,33 @@ static class PersonaCommand
         { model, positive, negative, layer, heldOut, prompt, coeffs, seeds, scoreWords, maxNew, temperature, topK, positions, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
-            string dir = parse.GetValue(output)!;
+            // Cheap checks first, so a typo fails before the model loads.
+            string dir = CliSupport.OutputFolder(parse.GetValue(output)!);
             var coefficients = ParseCoefficients(parse.GetValue(coeffs)!);
             int? fixedLayer = ParseLayer(parse.GetValue(layer)!);
-            var where = SteeringPositions.Parse(parse.GetValue(positions)!);
+            var where = SteeringPositions.Parse(parse.GetValue(positions)!, positions.Name);
+            double heldOutFraction = CliSupport.Double(parse, heldOut, 0, 1);
+            if (heldOutFraction >= 1) throw InputError.Expected("argument", heldOut.Name, "a number in [0, 1)", heldOutFraction);
+            int seedCount = CliSupport.Int(parse, seeds, 1);
+            int maxNewTokens = CliSupport.Int(parse, maxNew, 0);
+            var (temp, topKValue, _) = CliSupport.Sampling(parse, temperature, topK, null);
             string positivePath = parse.GetValue(positive)!, negativePath = parse.GetValue(negative)!;
             var traitTexts = WordScore.ReadList(positivePath);
             var oppositeTexts = WordScore.ReadList(negativePath);
+            if (traitTexts.Count < 2) throw InputError.Expected(positivePath, "--positive texts", "at least two texts, one a line", traitTexts.Count);
+            if (oppositeTexts.Count < 2) throw InputError.Expected(negativePath, "--negative texts", "at least two texts, one a line", oppositeTexts.Count);
             var words = parse.GetValue(scoreWords) is string spec ? ParseWordLists(spec) : null;
-            if (parse.GetValue(seeds) < 1) throw new ArgumentException($"--seeds must be at least 1, got {parse.GetValue(seeds)}");
 
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
-            if (fixedLayer is int l && l >= m.Config.NLayers) throw new ArgumentException($"--layer {l} is outside the model (n_layers = {m.Config.NLayers})");
+            if (fixedLayer is int l) Check.InRange(l, 0, m.Config.NLayers - 1, "argument", layer.Name);
             string text = parse.GetValue(prompt)!;
             int[] input = CliSupport.Encode(m, text);
+            CliSupport.CheckTokens(m, Loupe.Models.TokenBatch.Single(input), prompt.Name);
 
             // 1. Extract and choose the layer.
             var persona = CliSupport.Status.Status().Start($"Reading {traitTexts.Count} + {oppositeTexts.Count} texts at {m.Config.NLayers} layers",
-                _ => PersonaVectors.Extract(m, traitTexts, oppositeTexts, new PersonaOptions { Layer = fixedLayer, HeldOutFraction = parse.GetValue(heldOut) }));
-            Directory.CreateDirectory(dir);
+                _ => PersonaVectors.Extract(m, traitTexts, oppositeTexts, new PersonaOptions { Layer = fixedLayer, HeldOutFraction = heldOutFraction }));
+            OutputFiles.EnsureFolder(dir);
             PrintSeparation(persona, fixedLayer is null);
             persona.Save(Path.Combine(dir, "persona.safetensors"), new Dictionary<string, string>
             {
@@ -110,7 +118,7 @@ static class PersonaCommand
             });
 
             // 3. Sweep the coefficient.
-            var options = new SweepOptions(Math.Min(parse.GetValue(maxNew), m.Config.NCtx - input.Length), parse.GetValue(temperature), parse.GetValue(topK), 1f, parse.GetValue(seeds));
+            var options = new SweepOptions(Math.Min(maxNewTokens, m.Config.NCtx - input.Length), temp, topKValue, 1f, seedCount);
             Func<int[], string, double> score = words is not null
                 ? (_, t) => words.Score(t)
                 : (ids, _) => TraitProjection(m, persona, input, ids);
@@ -199,21 +207,21 @@ static class PersonaCommand
     {
         var values = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
             .Select(v => float.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out float c) && float.IsFinite(c) ? c
-                : throw new FormatException($"--coeffs: '{v}' is not a number (expected e.g. \"-4,-2,0,2,4\")"))
+                : throw InputError.Expected("argument", "--coeffs", "finite numbers, e.g. \"-4,-2,0,2,4\"", v))
             .ToArray();
-        if (values.Length == 0) throw new FormatException("--coeffs is empty (expected e.g. \"-4,-2,0,2,4\")");
+        if (values.Length == 0) throw InputError.Expected("argument", "--coeffs", "one or more numbers, e.g. \"-4,-2,0,2,4\"", text);
         return values;
     }
 
     static int? ParseLayer(string text) =>
         text.Trim().Equals("auto", StringComparison.OrdinalIgnoreCase) ? null
         : int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int l) && l >= 0 ? l
-        : throw new FormatException($"--layer must be a layer index or 'auto', got '{text}'");
+        : throw InputError.Expected("argument", "--layer", "a layer index (0, 1, …) or 'auto'", text);
 
     static WordScore ParseWordLists(string spec)
     {
         var parts = spec.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        if (parts.Length != 2) throw new FormatException($"--score-words takes TRAIT.txt,OPPOSITE.txt, got '{spec}'");
+        if (parts.Length != 2) throw InputError.Expected("argument", "--score-words", "TRAIT.txt,OPPOSITE.txt", spec);
         return WordScore.FromFiles(parts[0], parts[1]);
     }
 

@@ -38,22 +38,26 @@ static class ProbeCommand
         {
             // Cheap checks first, so a typo fails before the model loads.
             var kinds = ParseProbeKinds(parse.GetValue(probe)!);
-            var corpus = BrownCorpus.Open(ParseDataset(parse.GetValue(dataset)!));
+            string outDir = CliSupport.OutputFolder(parse.GetValue(output)!);
+            string corpusFolder = ParseDataset(parse.GetValue(dataset)!);
             var cats = (parse.GetValue(categories) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-            corpus.FileIds(cats);
             var settings = new PosProbeSettings
             {
                 Categories = cats,
-                MaxSentences = parse.GetValue(maxSentences),
+                MaxSentences = CliSupport.Int(parse, maxSentences, 2),
                 Hooks = parse.GetValue(hooks)!,
                 Probes = kinds,
                 Seed = parse.GetValue(seed),
-                HeldOutFraction = parse.GetValue(heldOut),
-                Logistic = new LogisticOptions(parse.GetValue(l2), parse.GetValue(iterations)),
+                HeldOutFraction = CliSupport.Double(parse, heldOut, 0, 1),
+                Logistic = new LogisticOptions(CliSupport.Double(parse, l2, 0), CliSupport.Int(parse, iterations, 0)),
             };
+            if (settings.HeldOutFraction is <= 0 or >= 1) throw InputError.Expected("argument", heldOut.Name, "a number in (0, 1)", settings.HeldOutFraction);
             PosProbeExperiment.Validate(settings);
+            var corpus = BrownCorpus.Open(corpusFolder);
+            corpus.FileIds(cats);
 
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            CliSupport.SelectHooks(m, settings.Hooks); // a pattern that matches nothing fails before the corpus is read
             PosProbeResult? result = null;
             CliSupport.Status.Progress().AutoClear(true)
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
@@ -69,7 +73,7 @@ static class ProbeCommand
                     });
                     result = PosProbeExperiment.Run(m, corpus, settings, progress);
                 });
-            var (json, chart) = result!.Save(parse.GetValue(output)!);
+            var (json, chart) = result!.Save(outDir);
             PrintTable(result);
             Console.Error.WriteLine($"wrote {json} and {chart} in {result.Seconds["total"]:F1} s");
             return 0;
@@ -77,23 +81,23 @@ static class ProbeCommand
         return command;
     }
 
-    /// <exception cref="ArgumentException">Not one of logistic, diffmeans, both.</exception>
+    /// <exception cref="InputError">Not one of logistic, diffmeans, both.</exception>
     internal static ProbeKinds ParseProbeKinds(string text) => text.Trim().ToLowerInvariant() switch
     {
         "logistic" => ProbeKinds.Logistic,
         "diffmeans" or "diff-means" => ProbeKinds.DiffMeans,
         "both" => ProbeKinds.Both,
-        _ => throw new ArgumentException($"--probe '{text}' is not a probe; use logistic, diffmeans or both"),
+        _ => throw InputError.Expected("argument", "--probe", "logistic, diffmeans or both", text),
     };
 
     /// <summary>"brown:FOLDER" → FOLDER.</summary>
-    /// <exception cref="ArgumentException">The dataset kind is not brown or the folder is missing from the spec.</exception>
+    /// <exception cref="InputError">The dataset kind is not brown or the folder is missing from the spec.</exception>
     internal static string ParseDataset(string spec)
     {
         int colon = spec.IndexOf(':');
         string kind = colon < 0 ? "" : spec[..colon].Trim().ToLowerInvariant(), folder = colon < 0 ? "" : spec[(colon + 1)..].Trim();
         if (kind != "brown" || folder.Length == 0)
-            throw new ArgumentException($"--dataset '{spec}' is not understood; give brown:FOLDER, e.g. brown:../shared/datasets/brown-corpus");
+            throw InputError.Expected("argument", "--dataset", "brown:FOLDER, e.g. brown:../shared/datasets/brown-corpus", spec);
         return folder;
     }
 

@@ -26,22 +26,29 @@ static class RunCommand
         { model, input.Prompt, input.Tokens, maxNew, temperature, topK, topP, seed, top };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
+            // Cheap checks first, so a typo fails before the model loads.
+            int n = CliSupport.Int(parse, maxNew, 0);
+            var (temp, k, p) = CliSupport.Sampling(parse, temperature, topK, topP);
+            int shown = CliSupport.Int(parse, top, 0);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             var batch = input.Read(parse, m);
-            if (batch.Batch != 1) throw new ArgumentException("loupe run takes one row of --tokens");
+            if (batch.Batch != 1) throw InputError.Expected("argument", "--tokens", "one row (loupe run continues one sequence)", $"{batch.Batch} rows");
             string? text = input.Text(parse);
             int[] ids = batch.Ids;
 
             var logits = m.Run(ids).Logits;
             int V = m.Config.VocabOut;
             var last = logits.Span.Slice((ids.Length - 1) * V, V).ToArray();
+            // A table of NaN probabilities with exit code 0 would look like an answer.
+            if (Array.FindIndex(last, v => !(v < float.PositiveInfinity)) is var bad and >= 0)
+                throw new InputError($"{m.Source}: the model produced a non-finite logit ({InputError.Show(last[bad])} for token {bad}) at the last position; its weights or activations overflow");
             var probs = new float[V];
             Softmax.Row(last, probs);
             Console.WriteLine($"Top next tokens after {ids.Length} prompt tokens:");
-            foreach (int id in Enumerable.Range(0, V).OrderByDescending(i => probs[i]).Take(Math.Max(0, parse.GetValue(top))))
+            foreach (int id in Enumerable.Range(0, V).OrderByDescending(i => probs[i]).Take(shown))
                 Console.WriteLine($"  {probs[id],8:P2}  {CliSupport.Show(m, id)}");
 
-            int n = parse.GetValue(maxNew), room = m.Config.NCtx - ids.Length;
+            int room = m.Config.NCtx - ids.Length;
             if (n > room)
             {
                 Console.Error.WriteLine($"note: the context holds {m.Config.NCtx} tokens; generating {room} instead of {n}");
@@ -49,7 +56,7 @@ static class RunCommand
             }
             if (n > 0)
             {
-                var options = new GenerationOptions(n, parse.GetValue(temperature), parse.GetValue(topK), parse.GetValue(topP), parse.GetValue(seed));
+                var options = new GenerationOptions(n, temp, k, p, parse.GetValue(seed));
                 var generated = m.Generate([ids], options)[0];
                 Console.WriteLine();
                 Console.WriteLine("Continuation:");

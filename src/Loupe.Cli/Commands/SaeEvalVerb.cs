@@ -48,19 +48,24 @@ static class SaeEvalVerb
         { model, sae, hook, hookOut, source, contextSize, maxContexts, batchSize, seed, exclude, denseThreshold, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
-            if (parse.GetValue(maxContexts) < 1) throw new ArgumentException($"--max-contexts must be at least 1 (got {parse.GetValue(maxContexts)})");
-            if (parse.GetValue(batchSize) < 1) throw new ArgumentException($"--batch-size must be at least 1 (got {parse.GetValue(batchSize)})");
+            // Cheap checks first, so a typo fails before the model loads.
+            int contextCount = CliSupport.Int(parse, maxContexts, 1);
+            int contextsPerPass = CliSupport.Int(parse, batchSize, 1);
+            int tokensPerContext = CliSupport.Int(parse, contextSize, 1);
+            double dense = CliSupport.Double(parse, denseThreshold, 0, 1);
+            var excluded = ParseExclude(parse.GetValue(exclude));
+            string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             var (splice, cfg) = SaeSplice.Load(m, parse.GetValue(sae)!, parse.GetValue(hook), new SaeSpliceOptions { OutputHook = parse.GetValue(hookOut) });
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
-                _ => ContextBuilder.ForModel(m, text, parse.GetValue(contextSize), seedValue, parse.GetValue(maxContexts)));
+                _ => ContextBuilder.ForModel(m, text, tokensPerContext, seedValue, contextCount));
             var options = new SaeEvalOptions
             {
-                BatchSize = parse.GetValue(batchSize),
-                ExcludeTokens = ParseExclude(parse.GetValue(exclude)),
-                DenseThreshold = parse.GetValue(denseThreshold),
+                BatchSize = contextsPerPass,
+                ExcludeTokens = excluded,
+                DenseThreshold = dense,
             };
             SaeEvalResult? result = null;
             CliSupport.Status.Progress().AutoClear(true)
@@ -71,8 +76,6 @@ static class SaeEvalVerb
                     var progress = new CliSupport.SyncProgress<SaeEvalProgress>(p => task.Value = p.ContextsDone);
                     result = SaeEvaluator.Evaluate(m, splice, contexts, options, progress);
                 });
-            string folder = parse.GetValue(output)!;
-            Directory.CreateDirectory(folder);
             AtomicFile.WriteJson(Path.Combine(folder, "eval.json"), new { Model = m.Source ?? "", SaeModelName = cfg.ModelName, Sae = Path.GetFullPath(parse.GetValue(sae)!), Seed = seedValue, Metrics = result! });
             DensityChart(result!).Save(Path.Combine(folder, "density.svg"));
             Print(result!);
@@ -82,14 +85,14 @@ static class SaeEvalVerb
         return command;
     }
 
-    /// <exception cref="FormatException">An id is not an integer.</exception>
+    /// <exception cref="InputError">An id is not an integer.</exception>
     static int[]? ParseExclude(string? text)
     {
         if (text is null) return null;
         if (text.Trim() is "none" or "") return [];
         return text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
             .Select(v => int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int id) ? id
-                : throw new FormatException($"--exclude-tokens: '{v}' is not an integer token id (give ids like \"1,2\" or \"none\")"))
+                : throw InputError.Expected("argument", "--exclude-tokens", "integer token ids like \"1,2\" or \"none\"", v))
             .ToArray();
     }
 

@@ -54,7 +54,7 @@ static class SaeTrainVerb
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string? store = parse.GetValue(activations), modelPath = parse.GetValue(model);
-            if ((store is null) == (modelPath is null)) throw new ArgumentException("give either --activations FOLDER or --model M with --source S");
+            if ((store is null) == (modelPath is null)) throw new InputError("argument: give either --activations FOLDER or --model M with --source S");
             HookedTransformer? m = null;
             try
             {
@@ -68,7 +68,7 @@ static class SaeTrainVerb
                 {
                     var opened = ActivationStore.Open(store);
                     inputHook = parse.GetValue(hook) ?? (opened.Hooks.Count == 1 ? opened.Hooks[0]
-                        : throw new ArgumentException($"{store} holds several hooks ({string.Join(", ", opened.Hooks)}); choose one with --hook"));
+                        : throw new InputError($"argument: --hook: {store} holds several hooks ({string.Join(", ", opened.Hooks)}); choose one with --hook"));
                     data = new StoreRows(opened, inputHook, outHook, seed: seedValue);
                     modelName = opened.Manifest.Model;
                     ctxSize = opened.Manifest.ContextSize;
@@ -76,8 +76,8 @@ static class SaeTrainVerb
                 else
                 {
                     m = CliSupport.LoadModel(modelPath!);
-                    inputHook = parse.GetValue(hook) ?? throw new ArgumentException("--hook is required with --model");
-                    string spec = parse.GetValue(source) ?? throw new ArgumentException("--source is required with --model");
+                    inputHook = parse.GetValue(hook) ?? throw new InputError("argument: --hook is required with --model");
+                    string spec = parse.GetValue(source) ?? throw new InputError("argument: --source is required with --model");
                     var text = HarvestCommand.ParseSource(m, spec, seedValue);
                     var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
                         _ => ContextBuilder.ForModel(m, text, parse.GetValue(contextSize), seedValue, parse.GetValue(maxContexts)));
@@ -86,17 +86,21 @@ static class SaeTrainVerb
                     ctxSize = contexts.ContextSize;
                 }
 
-                int features = parse.GetValue(dSae) ?? parse.GetValue(expansion) * data.DIn;
-                SaeActivation act = parse.GetValue(architecture) switch
+                // --expansion × d_in is computed here, so it is checked here (in long: a huge --expansion must not wrap).
+                int features = parse.GetValue(dSae) is int given ? Check.InRange(given, 1, int.MaxValue, "argument", dSae.Name)
+                    : Check.InRange((long)CliSupport.Int(parse, expansion, 1) * data.DIn, 1, int.MaxValue, "argument", $"{expansion.Name} × d_in ({data.DIn})");
+                string arch = parse.GetValue(architecture)!;
+                int activeK = arch is "topk" or "batchtopk" ? CliSupport.Int(parse, k, 1, features) : 0;
+                SaeActivation act = arch switch
                 {
                     "standard" or "relu" => new ReluActivation(),
-                    "topk" => new TopKActivation(parse.GetValue(k)),
-                    "batchtopk" => new BatchTopKActivation(parse.GetValue(k)),
+                    "topk" => new TopKActivation(activeK),
+                    "batchtopk" => new BatchTopKActivation(activeK),
                     "jumprelu" => new JumpReluActivation(),
-                    var other => throw new ArgumentException($"--architecture '{other}': expected standard, topk, batchtopk or jumprelu"),
+                    var other => throw InputError.Expected("argument", "--architecture", "standard, topk, batchtopk or jumprelu", other),
                 };
                 var shape = outHook is null ? SaeShape.Sae(data.DIn, features) : SaeShape.Transcoder(data.DIn, features, data.DOut, parse.GetValue(skip));
-                if (outHook is null && parse.GetValue(skip)) throw new ArgumentException("--skip needs --target-hook (a skip connection belongs to a transcoder)");
+                if (outHook is null && parse.GetValue(skip)) throw new InputError("argument: --skip needs --target-hook (a skip connection belongs to a transcoder)");
                 var dict = new SparseDictionary(shape, act);
                 dict.Initialize(seedValue);
                 var options = new SaeTrainingOptions

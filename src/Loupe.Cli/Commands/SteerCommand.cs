@@ -43,16 +43,22 @@ static class SteerCommand
         { model, prompt, hook, vector, contrastA, contrastB, reduction, normalize, coeff, projectOut, positions, maxNew, temperature, topK, topP, seed, samples, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
+            // Cheap checks first, so a typo fails before the model loads.
+            var where = SteeringPositions.Parse(parse.GetValue(positions)!, positions.Name);
+            bool remove = parse.GetValue(projectOut);
+            float? c = parse.GetValue(coeff);
+            if (c is null && !remove) throw new InputError("argument: give --coeff (or --project-out)");
+            float coefficient = (float)Check.Finite(c ?? 1f, float.MinValue, float.MaxValue, "argument", coeff.Name);
+            int k = CliSupport.Int(parse, samples, 1);
+            int firstSeed = CliSupport.Int(parse, seed, int.MinValue, int.MaxValue - (k - 1L)); // sample i uses seed + i
+            int maxNewTokens = CliSupport.Int(parse, maxNew, 0);
+            var (temp, topKValue, topPValue) = CliSupport.Sampling(parse, temperature, topK, topP);
+            string? dir = parse.GetValue(output) is string o ? CliSupport.OutputFolder(o) : null;
+
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             string text = parse.GetValue(prompt)!;
             int[] input = CliSupport.Encode(m, text);
-            var where = SteeringPositions.Parse(parse.GetValue(positions)!);
-            bool remove = parse.GetValue(projectOut);
-            float? c = parse.GetValue(coeff);
-            if (c is null && !remove) throw new ArgumentException("give --coeff (or --project-out)");
-            float coefficient = c ?? 1f;
-            int k = parse.GetValue(samples);
-            if (k < 1) throw new ArgumentException($"--samples must be at least 1, got {k}");
+            CliSupport.CheckTokens(m, Loupe.Models.TokenBatch.Single(input), prompt.Name);
 
             var (direction, hookName, source) = ReadVector(m, parse.GetValue(vector), parse.GetValue(hook), parse.GetValue(contrastA), parse.GetValue(contrastB),
                 parse.GetValue(reduction)!, parse.GetValue(normalize));
@@ -63,26 +69,24 @@ static class SteerCommand
                 : $"add {coefficient:G4} × the {source} (‖v‖ = {norm:G4}, ‖c·v‖ = {MathF.Abs(coefficient) * norm:G4})";
             Console.WriteLine($"Steering at {hookName}: {what}, positions {where}");
 
-            int n = Math.Min(parse.GetValue(maxNew), m.Config.NCtx - input.Length);
-            float temp = parse.GetValue(temperature);
+            int n = Math.Min(maxNewTokens, m.Config.NCtx - input.Length);
             if (k > 1 && temp == 0f) Console.Error.WriteLine("note: greedy decoding (--temperature 0) gives the same continuation for every sample");
             var rows = new List<SteerSample>();
             for (int i = 0; i < k; i++)
             {
-                int s = parse.GetValue(seed) + i;
-                var generation = new GenerationOptions(n, temp, parse.GetValue(topK), parse.GetValue(topP), s);
+                int s = firstSeed + i;
+                var generation = new GenerationOptions(n, temp, topKValue, topPValue, s);
                 int[] plain = m.Generate([input], generation)[0], edited = m.Generate([input], generation, steered)[0];
                 rows.Add(new SteerSample(s, Decode(m, plain), Decode(m, edited)));
                 Console.WriteLine();
                 Console.WriteLine($"[seed {s}] unsteered: {Decode(m, [.. input, .. plain])}");
                 Console.WriteLine($"[seed {s}] steered:   {Decode(m, [.. input, .. edited])}");
             }
-            if (parse.GetValue(output) is string dir)
+            if (dir is not null)
             {
-                Directory.CreateDirectory(dir);
                 string path = Path.Combine(dir, "steer.json");
                 AtomicFile.WriteJson(path, new SteerReport(m.Source ?? "", text, hookName, source, remove ? "project_out" : "add", coefficient, norm,
-                    where.ToString(), n, temp, parse.GetValue(topK), parse.GetValue(topP), direction, rows));
+                    where.ToString(), n, temp, topKValue, topPValue, direction, rows));
                 CliSupport.Status.WriteLine($"wrote {path}");
             }
             return 0;
@@ -94,21 +98,21 @@ static class SteerCommand
     static (float[] Direction, string Hook, string Source) ReadVector(HookedTransformer m, string? vectorSpec, string? hook, string? a, string? b, string reduction, bool normalize)
     {
         bool contrast = a is not null || b is not null;
-        if ((vectorSpec is null) == !contrast) throw new ArgumentException("give either --vector FILE[:TENSOR] or --contrast-a and --contrast-b");
+        if ((vectorSpec is null) == !contrast) throw new InputError("argument: give either --vector FILE[:TENSOR] or --contrast-a and --contrast-b");
         if (vectorSpec is not null)
         {
             var (path, tensor) = SplitVectorSpec(vectorSpec);
             var loaded = SteeringVector.Load(path, tensor, hook);
             return (loaded.Direction.ToArray(), loaded.HookName, $"vector from {vectorSpec}");
         }
-        if (hook is null) throw new ArgumentException("--hook is required with --contrast-a/--contrast-b (e.g. blocks.2.hook_resid_post)");
+        if (hook is null) throw new InputError("argument: --hook is required with --contrast-a/--contrast-b (e.g. blocks.2.hook_resid_post)");
         var setA = SplitSet(a, "--contrast-a");
         var setB = SplitSet(b, "--contrast-b");
         var r = reduction.Trim().ToLowerInvariant() switch
         {
             "last" => TokenReduction.LastToken,
             "mean" => TokenReduction.MeanOverTokens,
-            _ => throw new ArgumentException($"--reduction must be 'last' or 'mean', got '{reduction}'"),
+            _ => throw InputError.Expected("argument", "--reduction", "last or mean", reduction),
         };
         ActivationEdits.RequireHook(m, hook);
         var caa = ContrastiveActivationAddition.Compute(m, hook, setA, setB, r, normalize);
@@ -127,7 +131,7 @@ static class SteerCommand
     static string[] SplitSet(string? texts, string option)
     {
         var set = (texts ?? "").Split('|', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        if (set.Length == 0) throw new ArgumentException($"{option} is empty; give one or more prompts separated by '|'");
+        if (set.Length == 0) throw new InputError($"argument: {option} is empty; give one or more prompts separated by '|'");
         return set;
     }
 

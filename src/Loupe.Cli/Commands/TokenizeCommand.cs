@@ -23,7 +23,7 @@ static class TokenizeCommand
             // A folder with only tokenizer files (no weights) is enough to tokenize.
             ITokenizer tokenizer = Directory.Exists(path) && !File.Exists(Path.Combine(path, "config.json"))
                 ? TokenizerLoader.FromFolder(path)
-                : CliSupport.LoadModel(path).Tokenizer ?? throw new InvalidOperationException($"the model at {path} has no tokenizer");
+                : CliSupport.LoadModel(path).Tokenizer ?? throw new InputError($"argument: --model: the model at {path} has no tokenizer (tokenizer.json or vocab.json + merges.txt)");
             var ids = tokenizer.Encode(parse.GetValue(text)!, addSpecialTokens: !parse.GetValue(noSpecial));
             Console.WriteLine("[" + string.Join(", ", ids) + "]");
             return 0;

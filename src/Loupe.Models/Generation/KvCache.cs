@@ -8,8 +8,12 @@ public sealed class KvCache
 {
     readonly float[][] _keys, _values;
 
+    /// <exception cref="InputError">The cache would not fit in one array per layer (a config or request too large to run).</exception>
     public KvCache(int nLayers, int batch, int capacity, int nKvHeads, int dHead)
     {
+        // Sizes come from the config and the request: check the products before allocating.
+        Check.Product("KV cache", "[batch, capacity, n_key_value_heads, d_head]", Check.MaxArrayElements, batch, capacity, nKvHeads, dHead);
+        Check.Product("KV cache", "[n_layers, batch, capacity, n_key_value_heads, d_head]", long.MaxValue, nLayers, batch, capacity, nKvHeads, dHead);
         Batch = batch;
         Capacity = capacity;
         RowWidth = nKvHeads * dHead;

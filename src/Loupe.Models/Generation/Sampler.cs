@@ -17,29 +17,43 @@ public sealed class Sampler
     readonly GenerationOptions _options;
     readonly Random _random;
 
+    /// <exception cref="InputError">
+    /// An option is out of range: temperature must be finite and ≥ 0, top-p in (0, 1], top-k and
+    /// max-new-tokens ≥ 0 (NaN and ±∞ are refused: NaN would otherwise pick the least likely token).
+    /// </exception>
     public Sampler(GenerationOptions options)
     {
-        if (options.Temperature < 0) throw new ArgumentException($"temperature must be ≥ 0, got {options.Temperature}");
-        if (options.TopP is <= 0 or > 1) throw new ArgumentException($"top-p must be in (0, 1], got {options.TopP}");
-        if (options.TopK < 0) throw new ArgumentException($"top-k must be ≥ 0, got {options.TopK}");
+        Validate(options);
         _options = options;
         _random = new Random(options.Seed);
     }
 
+    /// <summary>Checks generation options as they arrive from a command line or a request.</summary>
+    /// <exception cref="InputError">As for the constructor; the message names the option and the value found.</exception>
+    public static void Validate(GenerationOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        Check.Finite(options.Temperature, 0, double.PositiveInfinity, "generation options", "temperature");
+        if (!(options.TopP > 0 && options.TopP <= 1)) throw InputError.Expected("generation options", "top_p", "a number in (0, 1]", options.TopP);
+        Check.InRange(options.TopK, 0, int.MaxValue, "generation options", "top_k");
+        Check.InRange(options.MaxNewTokens, 0, int.MaxValue, "generation options", "max_new_tokens");
+    }
+
     /// <summary>Picks a token id from one row of logits.</summary>
-    /// <exception cref="InvalidOperationException">The logits contain NaN.</exception>
+    /// <exception cref="InputError">The logits contain NaN or +∞ (the model's weights or activations overflowed).</exception>
     public int Sample(ReadOnlySpan<float> logits)
     {
-        if (TensorPrimitives.IndexOfMax(logits) is var argmax && float.IsNaN(logits[argmax]))
-            throw new InvalidOperationException("the model produced NaN logits; cannot sample a token");
+        if (TensorPrimitives.IndexOfMax(logits) is var argmax && !(logits[argmax] < float.PositiveInfinity))
+            throw new InputError($"the model produced {(float.IsNaN(logits[argmax]) ? "NaN" : "infinite")} logits (at token {argmax}); cannot sample a token");
         if (_options.Temperature == 0f) return argmax;
         var order = Enumerable.Range(0, logits.Length).ToArray();
         var values = logits.ToArray();
         Array.Sort(values.Select(v => -v).ToArray(), order);
         int keep = _options.TopK > 0 ? Math.Min(_options.TopK, order.Length) : order.Length;
         var probs = new double[keep];
-        double max = logits[order[0]] / _options.Temperature, sum = 0;
-        for (int i = 0; i < keep; i++) sum += probs[i] = Math.Exp(logits[order[i]] / _options.Temperature - max);
+        // Scaled differences from the largest logit are ≤ 0, so a tiny temperature underflows to 0 instead of overflowing to ∞ − ∞ = NaN.
+        double max = logits[order[0]], sum = 0;
+        for (int i = 0; i < keep; i++) sum += probs[i] = Math.Exp((logits[order[i]] - max) / _options.Temperature);
         if (_options.TopP < 1f)
         {
             double cumulative = 0;

@@ -28,7 +28,7 @@ public static class Detokenizer
     /// <summary>Joins <paramref name="words"/> into text.</summary>
     /// <param name="words">The corpus words, in order.</param>
     /// <param name="wordSpans">Where each word's surface text lies in the result.</param>
-    /// <exception cref="ArgumentException">A word is empty or contains white space (it would not survive tokenization as one word).</exception>
+    /// <exception cref="InputError">A word is empty or contains white space (it would not survive tokenization as one word).</exception>
     public static string Join(IReadOnlyList<string> words, out CharSpan[] wordSpans)
     {
         var text = new System.Text.StringBuilder();
@@ -37,7 +37,7 @@ public static class Detokenizer
         {
             string word = words[i];
             if (word.Length == 0 || word.Any(char.IsWhiteSpace))
-                throw new ArgumentException($"word {i} ('{word}') is empty or contains white space", nameof(words));
+                throw new InputError($"word {i} ('{word}') is empty or contains white space");
             if (i > 0 && !s_noSpaceAfter.Contains(words[i - 1]) && !s_noSpaceBefore.Contains(word.ToLowerInvariant()))
                 text.Append(' ');
             string surface = Surface(word);

@@ -35,7 +35,7 @@ public sealed class TokenAligner
     public bool AddSpecialTokens { get; }
 
     /// <summary>Aligns one sentence; null when its tokens do not decode back to its text.</summary>
-    /// <exception cref="ArgumentException">A word is empty or contains white space.</exception>
+    /// <exception cref="InputError">A word is empty or contains white space.</exception>
     public AlignedSentence? Align(TaggedSentence sentence)
     {
         string text = Detokenizer.Join(sentence.Words.Select(w => w.Text).ToArray(), out var wordSpans);

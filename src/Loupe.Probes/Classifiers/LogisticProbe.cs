@@ -53,7 +53,7 @@ public sealed class LogisticProbe
         options ??= new LogisticOptions();
         int d = standardizer.Width;
         CheckData(z, y, d, classes);
-        if (!(options.L2 >= 0)) throw new ArgumentException($"the L2 penalty must be ≥ 0 (got {options.L2})", nameof(options));
+        if (!(double.IsFinite(options.L2) && options.L2 >= 0)) throw InputError.Expected("logistic probe options", "L2", "a finite number ≥ 0", options.L2);
         var theta0 = new double[classes * d + classes];
         var fit = Lbfgs.Minimize((theta, grad) => LossAndGradient(z, y, d, classes, theta, options.L2, grad), theta0,
             new LbfgsOptions(options.MaxIterations, 10, options.GradientTolerance));

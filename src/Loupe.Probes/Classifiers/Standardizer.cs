@@ -36,7 +36,7 @@ public sealed class Standardizer
             for (int j = 0; j < width; j++)
             {
                 double v = row[j];
-                if (!double.IsFinite(v)) throw new ArgumentException($"feature {j} of row {i} is {v}", nameof(x));
+                if (!double.IsFinite(v)) throw new InputError($"probe features: feature {j} of row {i} is {v}; expected finite activations (the model produced NaN or ∞ at this hook)");
                 double delta = v - mean[j];
                 mean[j] += delta / (i + 1);
                 m2[j] += delta * (v - mean[j]);

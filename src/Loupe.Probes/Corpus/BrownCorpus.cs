@@ -39,7 +39,7 @@ public sealed class BrownCorpus
     /// <summary>Opens a corpus folder and reads its <c>cats.txt</c>.</summary>
     /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
     /// <exception cref="FileNotFoundException">The folder has no <c>cats.txt</c>.</exception>
-    /// <exception cref="InvalidDataException">A line of <c>cats.txt</c> is not <c>fileid category</c>.</exception>
+    /// <exception cref="InputError">A line of <c>cats.txt</c> is not <c>fileid category</c>.</exception>
     public static BrownCorpus Open(string folder)
     {
         if (!Directory.Exists(folder))
@@ -55,38 +55,38 @@ public sealed class BrownCorpus
             var parts = line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
             if (parts.Length == 0) continue;
             if (parts.Length != 2)
-                throw new InvalidDataException($"{cats}:{lineNumber}: expected 'fileid category' (e.g. 'ca01 news'), got '{line.Trim()}'");
+                throw new InputError($"{cats}:{lineNumber}: expected 'fileid category' (e.g. 'ca01 news'), got '{line.Trim()}'");
             files.Add((parts[0], parts[1]));
         }
-        if (files.Count == 0) throw new InvalidDataException($"{cats} lists no files");
+        if (files.Count == 0) throw new InputError($"{cats} lists no files");
         return new BrownCorpus(folder, files);
     }
 
     /// <summary>The file ids in the given categories (all when null or empty), in <c>cats.txt</c> order.</summary>
-    /// <exception cref="ArgumentException">A category is not in <c>cats.txt</c>; the message lists those that are.</exception>
+    /// <exception cref="InputError">A category is not in <c>cats.txt</c>; the message lists those that are.</exception>
     public IReadOnlyList<string> FileIds(IEnumerable<string>? categories = null)
     {
         var wanted = categories?.Select(c => c.Trim()).Where(c => c.Length > 0).ToHashSet(StringComparer.Ordinal);
         if (wanted is null || wanted.Count == 0) return _files.Select(f => f.FileId).ToArray();
         foreach (var c in wanted.Order(StringComparer.Ordinal))
             if (!Categories.Contains(c, StringComparer.Ordinal))
-                throw new ArgumentException($"unknown Brown category '{c}'; the categories are: {string.Join(", ", Categories)}", nameof(categories));
+                throw new InputError($"unknown Brown category '{c}'; the categories are: {string.Join(", ", Categories)}");
         return _files.Where(f => wanted.Contains(f.Category)).Select(f => f.FileId).ToArray();
     }
 
     /// <summary>The category of a file id.</summary>
-    /// <exception cref="KeyNotFoundException">The id is not in <c>cats.txt</c>.</exception>
+    /// <exception cref="InputError">The id is not in <c>cats.txt</c>.</exception>
     public string CategoryOf(string fileId)
     {
         foreach (var (id, category) in _files)
             if (id == fileId) return category;
-        throw new KeyNotFoundException($"'{fileId}' is not listed in {Path.Combine(Folder, "cats.txt")}");
+        throw new InputError($"'{fileId}' is not listed in {Path.Combine(Folder, "cats.txt")}");
     }
 
     /// <summary>Streams the sentences of the given categories (all when null or empty), file by file.</summary>
-    /// <exception cref="ArgumentException">A category is unknown (thrown before anything is read).</exception>
+    /// <exception cref="InputError">A category is unknown (thrown before anything is read).</exception>
     /// <exception cref="FileNotFoundException">A file listed in <c>cats.txt</c> is missing (thrown when reached).</exception>
-    /// <exception cref="InvalidDataException">A token is malformed or carries an unknown tag; the message names the file and line.</exception>
+    /// <exception cref="InputError">A token is malformed or carries an unknown tag; the message names the file and line.</exception>
     public IEnumerable<TaggedSentence> Sentences(IEnumerable<string>? categories = null)
     {
         var ids = FileIds(categories);
@@ -107,7 +107,7 @@ public sealed class BrownCorpus
     /// <param name="path">The file.</param>
     /// <param name="source">What <see cref="TaggedSentence.Source"/> says (default: the file name).</param>
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
-    /// <exception cref="InvalidDataException">A token is malformed or carries an unknown tag; the message names the file and line.</exception>
+    /// <exception cref="InputError">A token is malformed or carries an unknown tag; the message names the file and line.</exception>
     public static IEnumerable<TaggedSentence> ReadFile(string path, string? source = null)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"Brown corpus file not found: {path}", path);
@@ -130,21 +130,21 @@ public sealed class BrownCorpus
     /// <param name="source">The file id recorded in the sentence.</param>
     /// <param name="lineNumber">The 1-based line number, for the sentence and for errors.</param>
     /// <param name="path">The file named in errors (default <paramref name="source"/>).</param>
-    /// <exception cref="InvalidDataException">A token has no slash, an empty word or tag, or an unknown tag; or the line is blank.</exception>
+    /// <exception cref="InputError">A token has no slash, an empty word or tag, or an unknown tag; or the line is blank.</exception>
     public static TaggedSentence ParseSentence(string line, string source, int lineNumber, string? path = null)
     {
         var tokens = line.Split([' ', '\t', '\r'], StringSplitOptions.RemoveEmptyEntries);
-        if (tokens.Length == 0) throw new InvalidDataException($"{path ?? source}:{lineNumber}: the line holds no tokens");
+        if (tokens.Length == 0) throw new InputError($"{path ?? source}:{lineNumber}: the line holds no tokens");
         var words = new TaggedWord[tokens.Length];
         for (int i = 0; i < tokens.Length; i++)
         {
             string token = tokens[i];
             int slash = token.LastIndexOf('/');
             if (slash <= 0 || slash == token.Length - 1)
-                throw new InvalidDataException($"{path ?? source}:{lineNumber}: malformed token '{token}' (token {i + 1}); expected word/tag, e.g. 'jury/nn'");
+                throw new InputError($"{path ?? source}:{lineNumber}: malformed token '{token}' (token {i + 1}); expected word/tag, e.g. 'jury/nn'");
             string tag = token[(slash + 1)..];
             if (!UniversalTagset.TryFromBrown(tag, out var universal))
-                throw new InvalidDataException($"{path ?? source}:{lineNumber}: unknown Brown tag '{tag}' in token '{token}' (token {i + 1})");
+                throw new InputError($"{path ?? source}:{lineNumber}: unknown Brown tag '{tag}' in token '{token}' (token {i + 1})");
             words[i] = new TaggedWord(token[..slash], tag, universal);
         }
         return new TaggedSentence(source, lineNumber, words);

@@ -25,12 +25,12 @@ public static class UniversalTagset
     public static IReadOnlyList<string> Tags { get; } = [Noun, Verb, Adj, Adv, Pron, Det, Adp, Num, Conj, Prt, Punct, Other];
 
     /// <summary>The index of <paramref name="tag"/> in <see cref="Tags"/>.</summary>
-    /// <exception cref="ArgumentException">The tag is not one of the twelve.</exception>
+    /// <exception cref="InputError">The tag is not one of the twelve.</exception>
     public static int IndexOf(string tag)
     {
         for (int i = 0; i < Tags.Count; i++)
             if (string.Equals(Tags[i], tag, StringComparison.Ordinal)) return i;
-        throw new ArgumentException($"'{tag}' is not a universal tag; the tags are {string.Join(" ", Tags)}", nameof(tag));
+        throw new InputError($"'{tag}' is not a universal tag; the tags are {string.Join(" ", Tags)}");
     }
 
     /// <summary>Base Brown tags (after the modifiers are stripped) → universal tag.</summary>
@@ -108,10 +108,10 @@ public static class UniversalTagset
     }
 
     /// <summary>Maps a Brown tag to its universal tag.</summary>
-    /// <exception cref="ArgumentException">The tag is not a Brown tag.</exception>
+    /// <exception cref="InputError">The tag is not a Brown tag.</exception>
     public static string FromBrown(string brownTag) =>
         TryFromBrown(brownTag, out var universal) ? universal
-            : throw new ArgumentException($"'{brownTag}' is not a Brown Corpus tag (known base tags: {string.Join(" ", BrownBaseTags)}; modifiers -tl -hl -nc, prefix fw-, suffixes * and $)", nameof(brownTag));
+            : throw new InputError($"'{brownTag}' is not a Brown Corpus tag (known base tags: {string.Join(" ", BrownBaseTags)}; modifiers -tl -hl -nc, prefix fw-, suffixes * and $)");
 
     static string StripModifiers(string tag)
     {

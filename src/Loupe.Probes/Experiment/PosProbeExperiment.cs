@@ -19,14 +19,14 @@ namespace Loupe.Probes.Experiment;
 /// </summary>
 public static class PosProbeExperiment
 {
-    /// <exception cref="ArgumentException">A category or hook is unknown, a setting is out of range, or too few sentences remain.</exception>
-    /// <exception cref="InvalidOperationException">The model has no tokenizer.</exception>
-    /// <exception cref="InvalidDataException">A corpus file is malformed (the message names file and line).</exception>
+    /// <exception cref="InputError">A category or hook is unknown, a setting is out of range, or too few sentences remain.</exception>
+    /// <exception cref="InputError">The model has no tokenizer.</exception>
+    /// <exception cref="InputError">A corpus file is malformed (the message names file and line).</exception>
     public static PosProbeResult Run(HookedTransformer model, BrownCorpus corpus, PosProbeSettings? settings = null, IProgress<ProbeProgress>? progress = null)
     {
         settings ??= new PosProbeSettings();
         Validate(settings);
-        var tokenizer = model.Tokenizer ?? throw new InvalidOperationException($"the model at {model.Source} has no tokenizer; word tags cannot be put on tokens without one");
+        var tokenizer = model.Tokenizer ?? throw new InputError($"the model at {model.Source} has no tokenizer; word tags cannot be put on tokens without one");
         var hooks = ActivationHarvester.ResolveHooks(model, settings.Hooks);
         var total = Stopwatch.StartNew();
         var seconds = new Dictionary<string, double>();
@@ -44,7 +44,7 @@ public static class PosProbeExperiment
         var aligned = aligner.AlignAll(Reporting(chosen, progress), model.Config.NCtx, out var summary);
         seconds["aligning"] = Lap(clock);
         if (aligned.Count < 2)
-            throw new ArgumentException($"only {aligned.Count} of {chosen.Count} sentences could be aligned within n_ctx = {model.Config.NCtx}; probing needs at least 2");
+            throw new InputError($"only {aligned.Count} of {chosen.Count} sentences could be aligned within n_ctx = {model.Config.NCtx}; probing needs at least 2");
 
         // 3. Cache activations.
         var caching = progress is null ? null : new Relay(done => progress.Report(new ProbeProgress("caching", done, aligned.Count)));
@@ -72,19 +72,19 @@ public static class PosProbeExperiment
     }
 
     /// <summary>Checks every setting, so that a bad one fails before any work is done.</summary>
-    /// <exception cref="ArgumentException">A setting is out of range.</exception>
+    /// <exception cref="InputError">A setting is out of range (NaN and ±∞ included).</exception>
     public static void Validate(PosProbeSettings settings)
     {
         string? problem =
             settings.MaxSentences is < 2 ? $"at least 2 sentences are needed (got a maximum of {settings.MaxSentences})"
             : !(settings.HeldOutFraction > 0 && settings.HeldOutFraction < 1) ? $"the held-out fraction must be in (0, 1) (got {settings.HeldOutFraction})"
             : (settings.Probes & ProbeKinds.Both) == 0 ? "no probe kind was chosen"
-            : !(settings.Logistic.L2 >= 0) ? $"the L2 penalty must be ≥ 0 (got {settings.Logistic.L2})"
+            : !(double.IsFinite(settings.Logistic.L2) && settings.Logistic.L2 >= 0) ? $"the L2 penalty must be ≥ 0 (got {settings.Logistic.L2})"
             : settings.Logistic.MaxIterations < 0 ? $"the iteration budget must be ≥ 0 (got {settings.Logistic.MaxIterations})"
             : settings.BatchSize < 1 ? $"the batch size must be at least 1 (got {settings.BatchSize})"
             : settings.MaxParallelism == 0 || settings.MaxParallelism < -1 ? $"MaxParallelism must be -1 or positive (got {settings.MaxParallelism})"
             : null;
-        if (problem is not null) throw new ArgumentException(problem, nameof(settings));
+        if (problem is not null) throw new InputError("probe settings: " + problem);
     }
 
     /// <summary><paramref name="max"/> sentences drawn without replacement (seeded), in their original order; all when max is null or covers them.</summary>

@@ -31,11 +31,11 @@ public sealed record SentenceSplit(bool[] HeldOut)
     /// Holds out <c>round(fraction · sentences)</c> sentences (at least one, and at least one left to
     /// train on), chosen by a Fisher–Yates shuffle seeded with <paramref name="seed"/>.
     /// </summary>
-    /// <exception cref="ArgumentException">Fewer than 2 sentences, or the fraction is not in (0, 1).</exception>
+    /// <exception cref="InputError">Fewer than 2 sentences, or the fraction is not in (0, 1).</exception>
     public static SentenceSplit Create(int sentences, double fraction, int seed)
     {
-        if (sentences < 2) throw new ArgumentException($"a train/held-out split needs at least 2 sentences (got {sentences})", nameof(sentences));
-        if (!(fraction > 0 && fraction < 1)) throw new ArgumentException($"the held-out fraction must be in (0, 1) (got {fraction})", nameof(fraction));
+        if (sentences < 2) throw new InputError($"a train/held-out split needs at least 2 sentences (got {sentences})");
+        if (!(fraction > 0 && fraction < 1)) throw new InputError($"the held-out fraction must be in (0, 1) (got {fraction})");
         var order = Enumerable.Range(0, sentences).ToArray();
         var random = new Random(seed);
         for (int i = sentences - 1; i > 0; i--)

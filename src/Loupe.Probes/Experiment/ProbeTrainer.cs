@@ -17,21 +17,21 @@ public static class ProbeTrainer
     /// <param name="data">The labelled activations.</param>
     /// <param name="options">Probes, seed, split and optimiser settings.</param>
     /// <param name="progress">Told the number of hooks finished, from whichever thread finished one.</param>
-    /// <exception cref="ArgumentException">The options are out of range, the data has fewer than 2 sentences or 2 classes, or one side of the split has no tokens.</exception>
+    /// <exception cref="InputError">The options are out of range, the data has fewer than 2 sentences or 2 classes, or one side of the split has no tokens.</exception>
     public static ProbeRun Run(LabelledActivations data, ProbeOptions? options = null, IProgress<int>? progress = null)
     {
         options ??= new ProbeOptions();
-        if ((options.Probes & ProbeKinds.Both) == 0) throw new ArgumentException("no probe kind was chosen", nameof(options));
+        if ((options.Probes & ProbeKinds.Both) == 0) throw new InputError("no probe kind was chosen");
         if (options.MaxParallelism == 0 || options.MaxParallelism < -1)
-            throw new ArgumentException($"MaxParallelism must be -1 (one per core) or positive (got {options.MaxParallelism})", nameof(options));
+            throw new InputError($"MaxParallelism must be -1 (one per core) or positive (got {options.MaxParallelism})");
         int K = data.ClassNames.Count;
-        if (K < 2) throw new ArgumentException($"probing needs at least 2 classes (got {K})", nameof(data));
+        if (K < 2) throw new InputError($"probing needs at least 2 classes (got {K})");
         var split = SentenceSplit.Create(data.SentenceCount, options.HeldOutFraction, options.Seed);
         var train = new List<int>();
         var heldOut = new List<int>();
         for (int i = 0; i < data.Count; i++) (split.HeldOut[data.Sentences[i]] ? heldOut : train).Add(i);
         if (train.Count == 0 || heldOut.Count == 0)
-            throw new ArgumentException($"the split left {train.Count} training and {heldOut.Count} held-out tokens; use more sentences", nameof(data));
+            throw new InputError($"the split left {train.Count} training and {heldOut.Count} held-out tokens; use more sentences");
         int[] yTrain = train.Select(i => data.Labels[i]).ToArray(), yHeld = heldOut.Select(i => data.Labels[i]).ToArray();
         var trainCounts = Histogram(yTrain, K);
         var heldCounts = Histogram(yHeld, K);

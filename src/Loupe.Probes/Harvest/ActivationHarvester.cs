@@ -19,13 +19,19 @@ public static class ActivationHarvester
     public const string DefaultHooks = HookNames.Embed + ",blocks.*.hook_resid_post";
 
     /// <summary>The model's hook points matching <paramref name="patterns"/> (comma-separated globs), in forward order.</summary>
-    /// <exception cref="ArgumentException">A pattern matches no hook point, or a match is not a per-position activation.</exception>
+    /// <exception cref="InputError">A pattern matches no hook point, or a match is not a per-position activation.</exception>
     public static IReadOnlyList<string> ResolveHooks(HookedTransformer model, string patterns)
     {
+        var parts = patterns.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (parts.Length == 0) throw InputError.Expected("probe settings", "hooks", "comma-separated hook patterns such as blocks.*.hook_resid_post", patterns);
+        foreach (var part in parts)
+            if (!model.HookPointNames.Any(new HookPattern(part).Matches))
+                throw new InputError($"probe settings: hooks: pattern '{part}' matches no hook point of this model; hook points look like: " +
+                    string.Join(", ", model.HookPointNames.Where(n => n.StartsWith("blocks.0.", StringComparison.Ordinal) || !n.StartsWith("blocks.", StringComparison.Ordinal)).Take(24)));
         var hooks = new HookPattern(patterns).Select(model.HookPointNames);
         foreach (var hook in hooks)
             if (hook.EndsWith("hook_pattern", StringComparison.Ordinal) || hook.EndsWith("hook_attn_scores", StringComparison.Ordinal))
-                throw new ArgumentException($"hook '{hook}' is [batch, head, query_pos, key_pos], not a vector per token; probe a per-position hook such as blocks.0.hook_resid_post", nameof(patterns));
+                throw new InputError($"hook '{hook}' is [batch, head, query_pos, key_pos], not a vector per token; probe a per-position hook such as blocks.0.hook_resid_post");
         return hooks;
     }
 
@@ -35,7 +41,7 @@ public static class ActivationHarvester
     /// <param name="hooks">Exact hook names (see <see cref="ResolveHooks"/>).</param>
     /// <param name="options">Batching.</param>
     /// <param name="progress">Told the number of sentences done after each batch.</param>
-    /// <exception cref="ArgumentException">No sentences or hooks; a hook is not a per-position activation; a sentence is longer than n_ctx.</exception>
+    /// <exception cref="InputError">No sentences or hooks; a hook is not a per-position activation; a sentence is longer than n_ctx.</exception>
     public static LabelledActivations Harvest(HookedTransformer model, IReadOnlyList<AlignedSentence> sentences, IReadOnlyList<string> hooks,
         HarvestOptions? options = null, IProgress<int>? progress = null)
     {
@@ -44,16 +50,16 @@ public static class ActivationHarvester
         if (sentences.Count == 0) throw new ArgumentException("there are no sentences to run", nameof(sentences));
         if (hooks.Count == 0) throw new ArgumentException("no hook points were given", nameof(hooks));
         var unknown = hooks.Where(h => !model.HookPointNames.Contains(h)).ToArray();
-        if (unknown.Length > 0) throw new ArgumentException($"hook '{unknown[0]}' is not a hook point of this model (resolve patterns with ResolveHooks)", nameof(hooks));
+        if (unknown.Length > 0) throw new InputError($"hook '{unknown[0]}' is not a hook point of this model (resolve patterns with ResolveHooks)");
         for (int s = 0; s < sentences.Count; s++)
             if (sentences[s].Tokens.Length > model.Config.NCtx)
-                throw new ArgumentException($"sentence {s} ({sentences[s].Source.Source}:{sentences[s].Source.Line}) has {sentences[s].Tokens.Length} tokens; the context is n_ctx = {model.Config.NCtx}", nameof(sentences));
+                throw new InputError($"sentence {s} ({sentences[s].Source.Source}:{sentences[s].Source.Line}) has {sentences[s].Tokens.Length} tokens; the context is n_ctx = {model.Config.NCtx}");
 
         // Each sentence's examples go to a fixed slot range: offsets in sentence order.
         var offsets = new int[sentences.Count + 1];
         for (int s = 0; s < sentences.Count; s++) offsets[s + 1] = offsets[s] + sentences[s].LabelledTokens;
         int count = offsets[^1];
-        if (count == 0) throw new ArgumentException("no token of any sentence carries a label", nameof(sentences));
+        if (count == 0) throw new InputError("no token of any sentence carries a label");
         var labels = new int[count];          // [count]
         var sentenceOf = new int[count];      // [count]
         var positions = new int[count];       // [count]
@@ -78,7 +84,7 @@ public static class ActivationHarvester
                 if (features[h] is null)
                 {
                     widths[h] = width;
-                    features[h] = new float[(long)count * width <= Array.MaxLength ? count * width : throw new ArgumentException($"{count} examples × width {width} at '{hooks[h]}' do not fit in one array; use fewer sentences")];
+                    features[h] = new float[(long)count * width <= Array.MaxLength ? count * width : throw new InputError($"{count} examples × width {width} at '{hooks[h]}' do not fit in one array; use fewer sentences")];
                 }
                 var src = activation.Span;
                 for (int b = 0; b < batchSentences.Length; b++)

@@ -106,7 +106,7 @@ public class AttributionPatchingTests(ITestOutputHelper output)
     public void MismatchedLengthsAreRejected()
     {
         using var model = ModelLoader.LoadFolder(SharedData.TestData("reference/gpt2"));
-        var e = Assert.Throws<ArgumentException>(() => AttributionPatching.Sweep(model, TokenBatch.Single(1, 2, 3), TokenBatch.Single(1, 2), new LogitDiff(1, 2), PatchTarget.ResidPre));
+        var e = Assert.Throws<InputError>(() => AttributionPatching.Sweep(model, TokenBatch.Single(1, 2, 3), TokenBatch.Single(1, 2), new LogitDiff(1, 2), PatchTarget.ResidPre));
         Assert.Contains("[1, 3]", e.Message);
     }
 }
