@@ -297,7 +297,7 @@ public sealed class FeatureStore : IDisposable
     {
         if (!_vocabLoaded)
         {
-            foreach (var (id, s) in Query("vocab", "all", "SELECT token_id, token_str FROM vocab", r => (r.Int(0, "token_id", 0, int.MaxValue), r.Text(1, "token_str")))) _vocab[id] = s;
+            foreach (var (id, s) in Query("vocab", "vocabulary", "SELECT token_id, token_str FROM vocab", r => (r.Int(0, "token_id", 0, int.MaxValue), r.Text(1, "token_str")))) _vocab[id] = s;
             _vocabLoaded = true;
         }
         return _vocab.TryGetValue(tokenId, out var text) ? text : null;
