@@ -62,6 +62,7 @@ public sealed class HarvestManifest
     {
         string path = Path.Combine(folder, FileName);
         if (!System.IO.File.Exists(path)) throw new FileNotFoundException($"no harvest manifest: {path}", path);
+        EnsureRegularFile(path);
         HarvestManifest manifest;
         try
         {
@@ -213,6 +214,16 @@ public sealed class HarvestManifest
             && !real.StartsWith(Path.TrimEndingDirectorySeparator(realRoot) + "/", StringComparison.Ordinal))
             throw Bad(path, field, "a file inside the harvest folder", $"{InputError.Show(file)}, which resolves to {real}");
         return full;
+    }
+
+    /// <summary>Refuses a device, pipe or socket (reading a FIFO would block for ever), also behind a symbolic link.</summary>
+    /// <exception cref="InputError">The path is not a regular file.</exception>
+    internal static void EnsureRegularFile(string path)
+    {
+        var kind = OutputFiles.KindOf(path);
+        if (kind == OutputFiles.EntryKind.SymbolicLink && !OperatingSystem.IsWindows() && RealPath(path) is { } target) kind = OutputFiles.KindOf(target);
+        if (kind is not (OutputFiles.EntryKind.RegularFile or OutputFiles.EntryKind.Missing or OutputFiles.EntryKind.SymbolicLink))
+            throw InputError.Expected(path, "file type", "a regular file", kind == OutputFiles.EntryKind.Directory ? "a folder" : "a device, pipe or socket");
     }
 
     /// <summary>The canonical path (every symbolic link resolved), or null when it does not exist.</summary>

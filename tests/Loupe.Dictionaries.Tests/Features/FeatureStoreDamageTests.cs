@@ -138,6 +138,10 @@ public sealed class FeatureStoreDamageTests(BuiltFeatureStore built) : IClassFix
         File.WriteAllBytes(garbage, bytes);
         AssertNames(Assert.Throws<InputError>(() => FeatureStore.Open(garbage)), garbage);
 
+        string fifo = Path.Combine(_dir, "fifo.db");
+        if (Harvest.HarvestManifestTests.MakeFifo(fifo))
+            AssertNames(Assert.Throws<InputError>(() => FeatureStore.Open(fifo)), fifo, "a regular file");
+
         string truncated = Path.Combine(_dir, "truncated.db");
         File.WriteAllBytes(truncated, File.ReadAllBytes(built.Path)[..(bytes.Length / 3)]);
         int f = LiveFeature();

@@ -181,6 +181,35 @@ public sealed class HarvestManifestTests(SmallHarvest harvest) : IClassFixture<S
         Assert.Throws<InputError>(() => store.D("blocks.0.hook_resid_post"));
     }
 
+    /// <summary>Makes a named pipe with the system's mkfifo; false where there is none.</summary>
+    internal static bool MakeFifo(string path)
+    {
+        if (OperatingSystem.IsWindows()) return false;
+        try
+        {
+            using var p = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("mkfifo", [path]) { RedirectStandardError = true });
+            p!.WaitForExit();
+            return p.ExitCode == 0;
+        }
+        catch (System.ComponentModel.Win32Exception) { return false; }
+    }
+
+    [Fact]
+    public void APipeInPlaceOfTheManifestOrAShard_IsRefusedWithoutBlocking()
+    {
+        string folder = Damaged("fifo-manifest", _ => { });
+        string manifest = Path.Combine(folder, HarvestManifest.FileName);
+        File.Delete(manifest);
+        if (!MakeFifo(manifest)) return;
+        Refused(folder, manifest, "a regular file", "pipe");
+
+        string shards = Damaged("fifo-shard", _ => { });
+        string shard = Path.Combine(shards, "shard-00002.safetensors");
+        File.Delete(shard);
+        Assert.True(MakeFifo(shard));
+        Refused(shards, shard, "a regular file");
+    }
+
     [Fact]
     public void ResumingOverADamagedManifest_IsAnInputError()
     {
