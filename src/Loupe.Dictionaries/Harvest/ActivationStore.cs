@@ -129,11 +129,11 @@ public sealed class ActivationStore
     /// The last partial batch is yielded unless <paramref name="dropLast"/>. Every row appears once
     /// per epoch; memory is about <paramref name="shardsInBuffer"/> shards.
     /// </summary>
-    /// <exception cref="InputError">A shard holds a NaN or ∞ (the message names shard and row).</exception>
+    /// <exception cref="InputError">A count is not positive, or a shard holds a NaN or ∞ (the message names shard and row).</exception>
     public IEnumerable<float[]> Batches(string hook, int batchSize, int seed, int shardsInBuffer = 4, bool dropLast = false)
     {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(shardsInBuffer);
+        Check.InRange(batchSize, 1, int.MaxValue, "argument", "batch size");
+        Check.InRange(shardsInBuffer, 1, int.MaxValue, "argument", "shards in buffer");
         int d = D(hook);
         return Iterate();
 
