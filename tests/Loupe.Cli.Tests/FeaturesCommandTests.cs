@@ -124,13 +124,14 @@ public class FeaturesCommandTests(LlamaFeatureStore store) : IClassFixture<Llama
     public void Errors_NameTheRange_TheFile_AndTheVersion()
     {
         var (code, _, err) = RunLoupe("features", "top", "--db", store.Db, "--feature", "24");
-        AssertRejected(code, err);
-        Assert.Contains("feature 24 is out of range", err);
+        Assert.Equal(2, code); // bad input: one line, exit code 2
+        Assert.Contains("feature: expected an index in [0, 23]", err);
         Assert.Contains("d_sae = 24", err);
+        Assert.Contains("found 24", err);
 
         string dir = Directory.CreateTempSubdirectory("loupe-features-cli-err").FullName;
         (code, _, err) = RunLoupe("features", "top", "--db", Path.Combine(dir, "nothing.db"), "--feature", "0");
-        AssertRejected(code, err);
+        Assert.Equal(2, code);
         Assert.Contains("feature store not found", err);
         Assert.Contains("nothing.db", err);
 
@@ -148,7 +149,7 @@ public class FeaturesCommandTests(LlamaFeatureStore store) : IClassFixture<Llama
             cmd.ExecuteNonQuery();
         }
         (code, _, err) = RunLoupe("features", "list", "--db", old);
-        AssertRejected(code, err);
+        Assert.Equal(2, code);
         Assert.Contains("schema_version is 0", err);
         Directory.Delete(dir, recursive: true);
     }
@@ -185,7 +186,7 @@ public class FeaturesCommandTests(LlamaFeatureStore store) : IClassFixture<Llama
 
             (code, _, err) = RunLoupe("features", "build", "--model", model, "--sae", folder, "--hook", "blocks.2.hook_resid_pots",
                 "--source", "brown:" + brown, "--max-contexts", "2");
-            AssertRejected(code, err);
+            Assert.Equal(2, code);
             Assert.Contains("hook 'blocks.2.hook_resid_pots' does not exist", err);
             Assert.Contains("blocks.2.hook_resid_post", err);
         }

@@ -31,16 +31,14 @@ public sealed record FeatureBuildOptions
     public bool SkipBos { get; init; } = true;
     /// <summary>Seed of the interval sampling.</summary>
     public int Seed { get; init; }
+    /// <summary>Test seam: caps the store's SQLite file at this many pages, so writing fails as on a full disk.</summary>
+    internal long? MaxDatabasePages { get; init; }
 
     /// <summary>Checks every count (cheap: call it before loading a model).</summary>
-    /// <exception cref="ArgumentOutOfRangeException">A count is out of range (the message names it and its value).</exception>
+    /// <exception cref="InputError">A count is out of range (the message names it and its value).</exception>
     public void Validate()
     {
-        // paramName null keeps the message to one readable line for the CLI.
-        static void AtLeast(int v, int min, string name)
-        {
-            if (v < min) throw new ArgumentOutOfRangeException(null, $"{name} must be at least {min}; got {v}");
-        }
+        static void AtLeast(int v, int min, string name) => Check.InRange(v, min, int.MaxValue, "argument", name);
         AtLeast(BatchSize, 1, nameof(BatchSize));
         AtLeast(TopK, 1, nameof(TopK));
         AtLeast(Quantiles, 1, nameof(Quantiles));
@@ -91,11 +89,12 @@ public static class FeatureDashboardBuilder
     /// <param name="dictionaryPath">Where the dictionary was loaded from, recorded in the store's meta table.</param>
     /// <param name="progress">Reports after each batch and stage.</param>
     /// <param name="cancellationToken">Checked between batches and while writing.</param>
-    /// <exception cref="ArgumentException">
+    /// <exception cref="InputError">
     /// No hook is known or it does not exist in the model, it is not a per-position activation, its width is not
-    /// the dictionary's d_in, the contexts exceed n_ctx, or an option is out of range.
+    /// the dictionary's d_in, the contexts exceed n_ctx, an option is out of range, the output path is not a
+    /// regular file, or a feature activation is NaN or +∞ (the message names feature, context and position).
     /// </exception>
-    /// <exception cref="InvalidDataException">A feature activation is NaN or +∞ (the message names feature, context and position).</exception>
+    /// <exception cref="IOException">Writing the store failed (e.g. the disk is full); no partial file remains and an existing store is unchanged.</exception>
     /// <exception cref="OperationCanceledException">Cancelled; no store and no temporary file remain.</exception>
     public static FeatureBuildSummary Build(HookedTransformer model, SparseDictionary dictionary, SaeLensConfig config, HarvestContexts contexts,
         string outputPath, FeatureBuildOptions? options = null, string? dictionaryPath = null,
@@ -106,20 +105,21 @@ public static class FeatureDashboardBuilder
         ArgumentNullException.ThrowIfNull(contexts);
         var o = options ?? new FeatureBuildOptions();
         o.Validate();
+        OutputFiles.EnsureReplaceable(Path.GetFullPath(outputPath)); // refuse a folder or device before the long passes
         var clock = Stopwatch.StartNew();
         int n = contexts.ContextSize, dSae = dictionary.Shape.DSae, first = o.SkipBos ? 1 : 0;
-        if (n > model.Config.NCtx) throw new ArgumentException($"contexts have {n} tokens but the model's context is n_ctx = {model.Config.NCtx}", nameof(contexts));
-        if (n - first < 1) throw new ArgumentException("skipping BOS leaves nothing of a one-token context", nameof(contexts));
+        if (n > model.Config.NCtx) throw InputError.Expected("argument", "context size", $"at most the model's n_ctx = {model.Config.NCtx}", n);
+        if (n - first < 1) throw InputError.Expected("argument", "context size", "at least 2 when BOS is skipped (BOS plus one token)", n);
 
         // 1. the hook and its width.
         string hook = ResolveHook(model, config, o.Hook);
         var probe = model.Run(TokenBatch.Single(contexts.Contexts[0]), new RunOptions { CacheFilter = h => h == hook, LastPositionLogitsOnly = true });
         var probed = probe.Cache[hook];
         if (probed.Rank < 2 || probed.Dim(0) != 1 || probed.Dim(1) != n)
-            throw new ArgumentException($"hook '{hook}' has shape {probed.ShapeString} for one context of {n} tokens; a dictionary needs a per-position activation [batch, pos, d]", nameof(options));
+            throw new InputError($"hook '{hook}' has shape {probed.ShapeString} for one context of {n} tokens; a dictionary needs a per-position activation [batch, pos, d]");
         int width = probed.Length / n;
         if (width != dictionary.Shape.DIn)
-            throw new ArgumentException($"the dictionary reads d_in = {dictionary.Shape.DIn} but hook '{hook}' is {width} wide ({probed.ShapeString} for one context); pick the hook the dictionary was trained on", nameof(dictionary));
+            throw new InputError($"the dictionary reads d_in = {dictionary.Shape.DIn} but hook '{hook}' is {width} wide ({probed.ShapeString} for one context); pick the hook the dictionary was trained on");
 
         int W = 2 * o.Window + 1, Q = o.Quantiles, B = o.HistogramBins;
         var top = new TopKTracker(dSae, o.TopK, W);
@@ -153,10 +153,10 @@ public static class FeatureDashboardBuilder
                         float a = row[f];
                         if (!(a > 0))
                         {
-                            if (float.IsNaN(a)) throw new InvalidDataException($"feature {f} is NaN at context {c0 + i}, position {p}: the activations at '{hook}' or the dictionary's weights hold NaN or ∞");
+                            if (float.IsNaN(a)) throw new InputError($"feature {f} is NaN at context {c0 + i}, position {p}: the activations at '{hook}' or the dictionary's weights hold NaN or ∞");
                             continue;
                         }
-                        if (float.IsPositiveInfinity(a)) throw new InvalidDataException($"feature {f} is +∞ at context {c0 + i}, position {p}: the activations at '{hook}' or the dictionary's weights overflow");
+                        if (float.IsPositiveInfinity(a)) throw new InputError($"feature {f} is +∞ at context {c0 + i}, position {p}: the activations at '{hook}' or the dictionary's weights overflow");
                         nActive[f]++;
                         sum[f] += a;
                         if (a > max[f]) max[f] = a;
@@ -240,7 +240,7 @@ public static class FeatureDashboardBuilder
             VocabSize = Math.Max(model.Config.DVocab, model.Config.VocabOut),
         };
         progress?.Report(new FeatureBuildProgress("writing", 0, dSae, 0));
-        var (storedContexts, examples) = FeatureStoreWriter.Write(outputPath, collected, cancellationToken);
+        var (storedContexts, examples) = FeatureStoreWriter.Write(outputPath, collected, cancellationToken, o.MaxDatabasePages);
         progress?.Report(new FeatureBuildProgress("writing", dSae, dSae, 0));
         int dead = nActive.Count(c => c == 0);
         return new FeatureBuildSummary(Path.GetFullPath(outputPath), hook, dSae, tokens, dead, storedContexts, examples, stateBytes, clock.Elapsed.TotalSeconds);
@@ -277,17 +277,17 @@ public static class FeatureDashboardBuilder
     };
 
     /// <summary>The hook a build reads: <paramref name="hook"/> when given, else cfg.json's hook_name; checked against the model.</summary>
-    /// <exception cref="ArgumentException">No hook is given or known, or it is not a hook point of the model (the message names the closest).</exception>
+    /// <exception cref="InputError">No hook is given or known, or it is not a hook point of the model (the message names the closest).</exception>
     public static string ResolveHook(HookedTransformer model, SaeLensConfig config, string? hook)
     {
         string name = string.IsNullOrWhiteSpace(hook) ? config.HookName : hook;
         if (string.IsNullOrWhiteSpace(name))
-            throw new ArgumentException("the dictionary's cfg.json has no hook_name; give the hook it reads (e.g. blocks.2.hook_resid_post)", nameof(hook));
+            throw new InputError("the dictionary's cfg.json has no hook_name; give the hook it reads (e.g. blocks.2.hook_resid_post)");
         var available = model.HookPointNames;
         if (!available.Contains(name))
         {
             var closest = HookNames.Closest(name, available, 3);
-            throw new ArgumentException($"hook '{name}' does not exist in this model; closest names: {string.Join(", ", closest)}", nameof(hook));
+            throw new InputError($"hook '{name}' does not exist in this model; closest names: {string.Join(", ", closest)}");
         }
         return name;
     }

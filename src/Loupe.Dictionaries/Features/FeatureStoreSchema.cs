@@ -82,6 +82,19 @@ public static class FeatureStoreSchema
         );
         """;
 
+    /// <summary>The tables and the columns a reader queries in each (checked when a store is opened).</summary>
+    internal static readonly (string Table, string[] Columns)[] Columns =
+    [
+        ("meta", ["key", "value"]),
+        ("features", ["feature", "n_active", "density", "max_act", "mean_act", "decoder_norm"]),
+        ("contexts", ["id", "tokens"]),
+        ("examples", ["feature", "kind", "bin", "rank", "context_id", "position", "activation", "window_start", "window_acts"]),
+        ("quantile_intervals", ["feature", "bin", "lower", "upper", "n_active"]),
+        ("histograms", ["feature", "kind", "bin_edges", "counts"]),
+        ("logits", ["feature", "kind", "rank", "token_id", "token_str", "value"]),
+        ("vocab", ["token_id", "token_str"]),
+    ];
+
     // Built after the bulk insert (faster than maintaining them row by row).
     internal const string CreateIndexes = """
         CREATE INDEX examples_by_feature ON examples (feature, kind, bin, rank);

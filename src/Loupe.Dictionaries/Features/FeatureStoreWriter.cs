@@ -10,17 +10,24 @@ namespace Loupe.Dictionaries.Features;
 /// 1. create <c>&lt;out&gt;.tmp-XXXXXXXX</c> beside the output (no journal: the file is private until renamed);
 /// 2. in one transaction, insert meta, features, the contexts the examples cite, the examples, interval
 ///    counts, histograms, logit tables and the vocabulary strings, then build the indexes;
-/// 3. flush the file to disk and rename it over the output.
-/// On any failure or cancellation the temporary file is deleted and an existing output is untouched.
+/// 3. flush the file to disk and rename it over the output (only ever over a regular file).
+/// On any failure or cancellation the temporary file is deleted and an existing output is untouched; a
+/// full disk or a failing write is reported as one <see cref="IOException"/> naming the output.
 /// </summary>
 static class FeatureStoreWriter
 {
-    /// <summary>Writes the store; returns the number of contexts and example rows written.</summary>
-    public static (int Contexts, long Examples) Write(string outputPath, CollectedFeatures data, CancellationToken cancellationToken)
+    /// <summary>
+    /// Writes the store; returns the number of contexts and example rows written. <paramref name="maxPages"/> is a
+    /// test seam: it caps the database at that many pages, so SQLite fails with SQLITE_FULL as on a full disk.
+    /// </summary>
+    /// <exception cref="InputError">The output path names something other than a regular file.</exception>
+    /// <exception cref="IOException">The disk is full or a write failed; nothing was left behind.</exception>
+    public static (int Contexts, long Examples) Write(string outputPath, CollectedFeatures data, CancellationToken cancellationToken, long? maxPages = null)
     {
         string full = Path.GetFullPath(outputPath);
+        OutputFiles.EnsureReplaceable(full);
         Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        string temp = full + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
+        string temp = OutputFiles.TempPathFor(full);
         try
         {
             (int, long) counts;
@@ -29,6 +36,7 @@ static class FeatureStoreWriter
             {
                 db.Open();
                 Exec(db, "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA temp_store = MEMORY;");
+                if (maxPages is long pages) Exec(db, $"PRAGMA max_page_count = {pages}");
                 using var tx = db.BeginTransaction();
                 Exec(db, FeatureStoreSchema.CreateTables);
                 counts = Insert(db, data, cancellationToken);
@@ -37,8 +45,17 @@ static class FeatureStoreWriter
             }
             using (var fs = new FileStream(temp, FileMode.Open, FileAccess.ReadWrite)) fs.Flush(flushToDisk: true);
             cancellationToken.ThrowIfCancellationRequested();
-            File.Move(temp, full, overwrite: true);
+            OutputFiles.Replace(temp, full);
             return counts;
+        }
+        catch (SqliteException e) when (e.SqliteErrorCode is 13 or 10) // SQLITE_FULL, SQLITE_IOERR
+        {
+            throw new IOException($"{full}: writing the feature store failed: {(e.SqliteErrorCode == 13 ? "the disk is full" : "a write failed")} ({e.Message.ReplaceLineEndings(" ").TrimEnd('.')}); " +
+                "the partial file was removed and any existing store is unchanged", e);
+        }
+        catch (IOException e) when (!e.Message.StartsWith(full, StringComparison.Ordinal))
+        {
+            throw new IOException($"{full}: writing the feature store failed ({e.Message.TrimEnd('.')}); the partial file was removed and any existing store is unchanged", e);
         }
         finally
         {

@@ -107,7 +107,7 @@ public static class LogitEffects
         float min = float.PositiveInfinity, max = float.NegativeInfinity;
         foreach (float v in logits)
         {
-            if (!float.IsFinite(v)) throw new InvalidDataException("a logit effect is NaN or infinite: W_dec or W_U holds non-finite values");
+            if (!float.IsFinite(v)) throw new InputError("a logit effect is NaN or infinite: the dictionary's W_dec or the model's W_U holds non-finite values");
             if (v < min) min = v;
             if (v > max) max = v;
         }

@@ -5,7 +5,7 @@ namespace Loupe.Dictionaries.Harvest;
 /// <summary>
 /// A harvested folder opened for training. <see cref="Open"/> validates the manifest and every
 /// shard's header (tensors present, shapes <c>[tokens, d]</c> as listed, file length consistent);
-/// <see cref="Batches"/> streams shuffled rows; NaN rows are reported naming shard and row.
+/// <see cref="Batches"/> streams shuffled rows; NaN or ∞ values are reported naming shard and row.
 /// </summary>
 public sealed class ActivationStore
 {
@@ -24,30 +24,28 @@ public sealed class ActivationStore
     public IReadOnlyList<string> Hooks => Manifest.Hooks;
 
     /// <summary>Row width of a hook.</summary>
-    /// <exception cref="KeyNotFoundException">The hook was not harvested.</exception>
-    public int D(string hook) => Manifest.DModelByHook.TryGetValue(hook, out int d) ? d
-        : throw new KeyNotFoundException($"hook '{hook}' was not harvested in {Folder}; it has {string.Join(", ", Manifest.Hooks)}");
+    /// <exception cref="InputError">The hook was not harvested (the message lists those that were).</exception>
+    public int D(string hook) => Manifest.DModelByHook.TryGetValue(hook, out int d) && Manifest.Hooks.Contains(hook) ? d
+        : throw new InputError($"{Folder}: hook '{hook}' was not harvested here; the harvest has {string.Join(", ", Manifest.Hooks)}");
 
     /// <summary>Opens and validates a harvest folder.</summary>
     /// <exception cref="FileNotFoundException">The manifest or a shard file is missing (the message names it).</exception>
-    /// <exception cref="InvalidDataException">The manifest is malformed or incomplete, or a shard is corrupt, truncated or of the wrong shape (the message names the file).</exception>
+    /// <exception cref="InputError">
+    /// The manifest is malformed, inconsistent or incomplete, or a shard is corrupt, truncated or of the wrong
+    /// shape (the message names the file and the field or tensor).
+    /// </exception>
     public static ActivationStore Open(string folder, bool allowIncomplete = false)
     {
-        var manifest = HarvestManifest.Load(folder);
+        var manifest = HarvestManifest.Load(folder); // validates fields, counts and shard paths
         string mpath = Path.Combine(folder, HarvestManifest.FileName);
-        if (manifest.FormatVersion != 1) throw new InvalidDataException($"{mpath}: format_version {manifest.FormatVersion} is not supported (expected 1)");
-        if (manifest.Dtype != "float32") throw new InvalidDataException($"{mpath}: dtype '{manifest.Dtype}' is not supported (expected float32)");
-        if (!manifest.Complete && !allowIncomplete) throw new InvalidDataException($"{mpath}: the harvest is incomplete ({manifest.Shards.Count} shards); run the harvest again to finish it");
-        if (manifest.Hooks.Count == 0 || manifest.Hooks.Any(h => !manifest.DModelByHook.ContainsKey(h)))
-            throw new InvalidDataException($"{mpath}: every hook needs a d in d_model_by_hook");
-        if (manifest.Shards.Sum(s => s.Tokens) != manifest.TotalTokens)
-            throw new InvalidDataException($"{mpath}: total_tokens {manifest.TotalTokens} differs from the sum over shards {manifest.Shards.Sum(s => s.Tokens)}");
+        if (!manifest.Complete && !allowIncomplete) throw new InputError($"{mpath}: the harvest is incomplete ({manifest.Shards.Count} shards); run the harvest again to finish it");
         var paths = new string[manifest.Shards.Count];
         for (int i = 0; i < paths.Length; i++)
         {
             var shard = manifest.Shards[i];
             string path = paths[i] = Path.Combine(folder, shard.File);
             if (!File.Exists(path)) throw new FileNotFoundException($"{path}: shard listed in {mpath} is missing", path);
+            HarvestManifest.EnsureRegularFile(path);
             try
             {
                 using var file = SafeTensorsFile.Open(path);
@@ -55,9 +53,13 @@ public sealed class ActivationStore
                 CheckShape(file, path, HarvestManifest.TokenIdsTensor, [shard.Tokens], DType.I64);
             }
             catch (Exception e) when (e is IOException or ArgumentException or NotSupportedException or UnauthorizedAccessException
-                || (e is InvalidDataException && !e.Message.Contains(path, StringComparison.Ordinal)))
+                || (e is InvalidDataException or InputError && !e.Message.Contains(path, StringComparison.Ordinal)))
             {
-                throw new InvalidDataException($"{path}: corrupt or truncated shard: {e.Message}", e);
+                throw new InputError($"{path}: corrupt or truncated shard: {e.Message}", e);
+            }
+            catch (InvalidDataException e)
+            {
+                throw new InputError(e.Message, e);
             }
         }
         return new ActivationStore(folder, manifest, paths);
@@ -65,37 +67,53 @@ public sealed class ActivationStore
 
     static void CheckShape(SafeTensorsFile file, string path, string name, long[] shape, DType dtype)
     {
-        if (!file.TryGetInfo(name, out var info)) throw new InvalidDataException($"{path}: no tensor '{name}'");
+        if (!file.TryGetInfo(name, out var info)) throw new InputError($"{path}: tensor '{name}': missing (the manifest lists it)");
         if (info.DType != dtype || !info.Shape.SequenceEqual(shape))
-            throw new InvalidDataException($"{path}: tensor '{name}' is {info.DType} [{string.Join(", ", info.Shape)}]; the manifest says {dtype} [{string.Join(", ", shape)}]");
+            throw new InputError($"{path}: tensor '{name}': expected {dtype} [{string.Join(", ", shape)}] as the manifest says, found {info.DType} [{string.Join(", ", info.Shape)}]");
     }
 
-    /// <summary>All rows of one shard for a hook, <c>[tokens, d]</c>, checked for NaN.</summary>
-    /// <exception cref="InvalidDataException">A value is NaN (the message names shard and row).</exception>
+    /// <summary>All rows of one shard for a hook, <c>[tokens, d]</c>, checked to be finite.</summary>
+    /// <exception cref="InputError">A value is NaN or ±∞, or the shard changed since <see cref="Open"/> (the message names shard and row).</exception>
     public float[] ReadShard(int shard, string hook)
     {
         int d = D(hook);
-        using var file = SafeTensorsFile.Open(_paths[shard]);
-        var rows = file.GetFloat32(hook).ToArray(); // [tokens, d]
-        int bad = FirstNaN(rows);
-        if (bad >= 0) throw new InvalidDataException($"{_paths[shard]}: NaN in '{hook}' at row {bad / d} (column {bad % d})");
+        string path = _paths[shard];
+        float[] rows;
+        try
+        {
+            using var file = SafeTensorsFile.Open(path);
+            // Checked again: the file may have been replaced since Open, and its header sizes the allocation.
+            CheckShape(file, path, hook, [Manifest.Shards[shard].Tokens, d], DType.F32);
+            rows = file.GetFloat32(hook).ToArray(); // [tokens, d]
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or NotSupportedException or InvalidDataException
+            || (e is InputError && !e.Message.Contains(path, StringComparison.Ordinal)))
+        {
+            throw new InputError($"{path}: corrupt or truncated shard: {e.Message}", e);
+        }
+        int bad = FirstNonFinite(rows);
+        if (bad >= 0)
+            throw new InputError($"{path}: tensor '{hook}': {(float.IsNaN(rows[bad]) ? "NaN" : rows[bad] > 0 ? "+∞" : "−∞")} at row {bad / d} (column {bad % d}); expected finite activations");
         return rows;
     }
 
     /// <summary>Token ids of one shard's rows, <c>[tokens]</c>.</summary>
+    /// <exception cref="InputError">The shard changed since <see cref="Open"/> and no longer matches the manifest.</exception>
     public long[] ReadTokenIds(int shard)
     {
-        using var file = SafeTensorsFile.Open(_paths[shard]);
+        string path = _paths[shard];
+        using var file = SafeTensorsFile.Open(path);
+        CheckShape(file, path, HarvestManifest.TokenIdsTensor, [Manifest.Shards[shard].Tokens], DType.I64);
         return file.GetInt64(HarvestManifest.TokenIdsTensor);
     }
 
-    static int FirstNaN(float[] values)
+    static int FirstNonFinite(float[] values)
     {
-        for (int i = 0; i < values.Length; i++) if (float.IsNaN(values[i])) return i;
+        for (int i = 0; i < values.Length; i++) if (!float.IsFinite(values[i])) return i;
         return -1;
     }
 
-    /// <summary>Reads every shard of every hook and throws on the first NaN.</summary>
+    /// <summary>Reads every shard of every hook and throws on the first NaN or ∞.</summary>
     public void Validate()
     {
         for (int s = 0; s < _paths.Length; s++)
@@ -111,11 +129,11 @@ public sealed class ActivationStore
     /// The last partial batch is yielded unless <paramref name="dropLast"/>. Every row appears once
     /// per epoch; memory is about <paramref name="shardsInBuffer"/> shards.
     /// </summary>
-    /// <exception cref="InvalidDataException">A shard holds a NaN (the message names shard and row).</exception>
+    /// <exception cref="InputError">A count is not positive, or a shard holds a NaN or ∞ (the message names shard and row).</exception>
     public IEnumerable<float[]> Batches(string hook, int batchSize, int seed, int shardsInBuffer = 4, bool dropLast = false)
     {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(shardsInBuffer);
+        Check.InRange(batchSize, 1, int.MaxValue, "argument", "batch size");
+        Check.InRange(shardsInBuffer, 1, int.MaxValue, "argument", "shards in buffer");
         int d = D(hook);
         return Iterate();
 

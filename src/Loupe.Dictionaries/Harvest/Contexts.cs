@@ -77,21 +77,22 @@ public static class ContextBuilder
     /// Contexts for <paramref name="model"/> from text: its tokenizer, its BOS, and EOS as the
     /// separator (BOS when the model has no EOS).
     /// </summary>
-    /// <exception cref="ArgumentException">The model has no tokenizer or no BOS token, or the context exceeds n_ctx.</exception>
+    /// <exception cref="InputError">The model has no tokenizer or no BOS token, or the context size is below 2 or exceeds n_ctx.</exception>
     public static HarvestContexts ForModel(HookedTransformer model, ITextSource source, int contextSize, int seed = 0, int? maxContexts = null)
     {
-        var tokenizer = model.Tokenizer ?? throw new ArgumentException("the model has no tokenizer; build contexts from token ids instead", nameof(model));
-        int bos = model.Config.BosTokenId ?? tokenizer.BosTokenId ?? throw new ArgumentException("the model has no BOS token to start contexts with", nameof(model));
-        if (contextSize > model.Config.NCtx) throw new ArgumentException($"context size {contextSize} exceeds the model's n_ctx = {model.Config.NCtx}", nameof(contextSize));
+        var tokenizer = model.Tokenizer ?? throw new InputError("the model has no tokenizer; build contexts from token ids instead");
+        int bos = model.Config.BosTokenId ?? tokenizer.BosTokenId ?? throw new InputError("the model has no BOS token to start contexts with");
+        Check.InRange(contextSize, 2, model.Config.NCtx, "argument", $"context size (BOS plus at least one token, at most the model's n_ctx = {model.Config.NCtx})");
         int separator = model.Config.EosTokenId ?? tokenizer.EosTokenId ?? bos;
         return FromText(source, tokenizer, new ContextOptions(contextSize, bos, separator, seed, maxContexts));
     }
 
     /// <summary>Builds contexts from already-tokenized documents.</summary>
-    /// <exception cref="ArgumentException">The context size is below 2, or the documents do not fill one context.</exception>
+    /// <exception cref="InputError">The context size is below 2, at most 0 contexts are asked for, or the documents do not fill one context.</exception>
     public static HarvestContexts Build(IEnumerable<int[]> tokenizedDocuments, ContextOptions options, string sourceDescription)
     {
-        if (options.ContextSize < 2) throw new ArgumentOutOfRangeException(nameof(options), $"context size must be at least 2 (BOS plus one token); got {options.ContextSize}");
+        Check.InRange(options.ContextSize, 2, int.MaxValue, "argument", "context size (BOS plus at least one token)");
+        if (options.MaxContexts is int most) Check.InRange(most, 1, int.MaxValue, "argument", "max contexts");
         int body = options.ContextSize - 1;
         var contexts = new List<int[]>();
         var current = new int[options.ContextSize];
@@ -108,7 +109,7 @@ public static class ContextBuilder
             foreach (int t in doc) if (!Push(t)) { stop = true; break; }
             if (stop) break;
         }
-        if (contexts.Count == 0) throw new ArgumentException($"the documents give fewer than {body} tokens: not one context of {options.ContextSize}", nameof(tokenizedDocuments));
+        if (contexts.Count == 0) throw new InputError($"{sourceDescription}: the documents give fewer than {body} tokens: not one context of {options.ContextSize}");
 
         var rows = contexts.ToArray();
         var rng = new Random(options.Seed);

@@ -30,25 +30,32 @@ public readonly record struct HarvestProgress(long TokensDone, long TotalTokens,
 /// </summary>
 public static class Harvester
 {
-    /// <summary>Harvests <paramref name="contexts"/> into <paramref name="outputFolder"/>; returns the final manifest.</summary>
-    /// <exception cref="ArgumentException">A hook does not exist in the model, no hook is given, or the contexts do not fit n_ctx.</exception>
-    /// <exception cref="InvalidOperationException">The folder holds a harvest made with different settings (the message lists them).</exception>
+    /// <summary>
+    /// Harvests <paramref name="contexts"/> into <paramref name="outputFolder"/>; returns the final manifest.
+    /// The folder is locked (<see cref="OutputLock"/>) for the whole run, so two harvests cannot interleave.
+    /// </summary>
+    /// <exception cref="InputError">
+    /// A hook does not exist in the model or is not per-position, no hook is given, an option is out of range, the
+    /// contexts do not fit n_ctx, the folder holds a harvest made with different settings (the message lists them)
+    /// or a damaged one, the output path is not a folder, or another process is harvesting into it (the message names it).
+    /// </exception>
     /// <exception cref="OperationCanceledException">Cancelled; complete shards and the manifest stay, and a later call resumes.</exception>
     public static HarvestManifest Run(HookedTransformer model, HarvestContexts contexts, string outputFolder, HarvestOptions options,
         IProgress<HarvestProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(contexts);
-        if (options.Hooks.Count == 0) throw new ArgumentException("no hook to harvest", nameof(options));
-        if (options.BatchSize <= 0) throw new ArgumentOutOfRangeException(nameof(options), "batch size must be positive");
-        if (options.Hooks.Distinct(StringComparer.Ordinal).Count() != options.Hooks.Count) throw new ArgumentException("a hook is listed twice", nameof(options));
+        if (options.Hooks.Count == 0) throw new InputError("argument: hooks: expected at least one hook to harvest, found none");
+        Check.InRange(options.BatchSize, 1, int.MaxValue, "argument", "batch size");
+        Check.InRange(options.ShardTokens, 1, int.MaxValue, "argument", "shard tokens");
+        if (options.Hooks.Distinct(StringComparer.Ordinal).Count() != options.Hooks.Count) throw new InputError($"argument: hooks: expected each hook once, found {string.Join(", ", options.Hooks)}");
         if (contexts.ContextSize > model.Config.NCtx)
-            throw new ArgumentException($"contexts have {contexts.ContextSize} tokens but the model's context is n_ctx = {model.Config.NCtx}", nameof(contexts));
-        if (options.SkipBos && contexts.ContextSize < 2) throw new ArgumentException("skipping BOS leaves nothing of a one-token context", nameof(options));
+            throw InputError.Expected("argument", "context size", $"at most the model's n_ctx = {model.Config.NCtx}", contexts.ContextSize);
+        if (options.SkipBos && contexts.ContextSize < 2) throw InputError.Expected("argument", "context size", "at least 2 when BOS is skipped (BOS plus one token)", contexts.ContextSize);
         var available = model.HookPointNames;
         foreach (var h in options.Hooks)
             if (!available.Contains(h))
-                throw new ArgumentException($"hook '{h}' does not exist in this model; hooks with the same ending: {string.Join(", ", available.Where(a => a.EndsWith(h[(h.LastIndexOf('.') + 1)..], StringComparison.Ordinal)).Take(6))}", nameof(options));
+                throw new InputError($"hook '{h}' does not exist in this model; hooks with the same ending: {string.Join(", ", available.Where(a => a.EndsWith(h[(h.LastIndexOf('.') + 1)..], StringComparison.Ordinal)).Take(6))}");
 
         // 1. d per hook from a pass over the first context; only [batch, pos, ...] activations can be harvested.
         var hookSet = new HashSet<string>(options.Hooks, StringComparer.Ordinal);
@@ -58,7 +65,7 @@ public static class Harvester
         {
             var t = probe.Cache[h];
             if (t.Rank < 2 || t.Dim(0) != 1 || t.Dim(1) != n)
-                throw new ArgumentException($"hook '{h}' has shape {t.ShapeString} for one context of {n} tokens; only per-position activations [batch, pos, ...] can be harvested", nameof(options));
+                throw new InputError($"hook '{h}' has shape {t.ShapeString} for one context of {n} tokens; only per-position activations [batch, pos, ...] can be harvested");
         }
         var dims = options.Hooks.ToDictionary(h => h, h => probe.Cache[h].Length / n);
 
@@ -66,7 +73,7 @@ public static class Harvester
         int contextsPerShard = Math.Max(1, options.ShardTokens / rowsPerContext);
         long largest = (long)contextsPerShard * rowsPerContext * dims.Values.Max();
         if (largest > Array.MaxLength)
-            throw new ArgumentException($"a shard of {contextsPerShard * (long)rowsPerContext} rows × d = {dims.Values.Max()} exceeds one array; lower ShardTokens", nameof(options));
+            throw new InputError($"argument: shard tokens: a shard of {contextsPerShard * (long)rowsPerContext} rows × d = {dims.Values.Max()} exceeds one array; lower the shard size");
         var manifest = new HarvestManifest
         {
             Model = model.Source is string s ? Path.GetFullPath(s) : "(in memory)",
@@ -82,20 +89,25 @@ public static class Harvester
             Seed = contexts.Seed,
         };
 
-        // 2. resume.
-        Directory.CreateDirectory(outputFolder);
+        // 2. lock the folder for the whole run (released by the kernel even on SIGKILL), then resume.
+        using var folderLock = OutputLock.Acquire(outputFolder, "loupe harvest");
         foreach (var stray in Directory.GetFiles(outputFolder, "*.tmp-*")) File.Delete(stray);
-        if (File.Exists(Path.Combine(outputFolder, HarvestManifest.FileName)))
+        string manifestPath = Path.Combine(outputFolder, HarvestManifest.FileName);
+        if (File.Exists(manifestPath))
         {
             var existing = HarvestManifest.Load(outputFolder);
             var diffs = manifest.SettingDifferences(existing);
             if (diffs.Count > 0)
-                throw new InvalidOperationException($"{outputFolder} holds a harvest with different settings; use another folder or delete it. Differences: {string.Join("; ", diffs)}");
+                throw new InputError($"{outputFolder} holds a harvest with different settings; use another folder or delete it. Differences: {string.Join("; ", diffs)}");
             foreach (var shard in existing.Shards)
                 if (!File.Exists(Path.Combine(outputFolder, shard.File)))
-                    throw new InvalidDataException($"{Path.Combine(outputFolder, shard.File)}: listed in the manifest but missing; delete the folder and harvest again");
+                    throw new InputError($"{Path.Combine(outputFolder, shard.File)}: listed in {manifestPath} but missing; delete the folder and harvest again");
             manifest.Shards = existing.Shards;
             manifest.TotalTokens = existing.TotalTokens;
+        }
+        else
+        {
+            OutputFiles.EnsureReplaceable(manifestPath); // e.g. a folder named manifest.json: refuse before hours of work
         }
 
         int totalShards = (contexts.Count + contextsPerShard - 1) / contextsPerShard;

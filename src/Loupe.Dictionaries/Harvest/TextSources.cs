@@ -69,7 +69,7 @@ public sealed class PlainTextSource : ITextSource
 /// JSON lines: one JSON object per line with a string field (default <c>"text"</c>). Blank lines
 /// are skipped.
 /// </summary>
-/// <remarks>Enumeration throws <see cref="InvalidDataException"/> naming <c>file:line</c> for a
+/// <remarks>Enumeration throws <see cref="InputError"/> naming <c>file:line</c> for a
 /// line that is not a JSON object or lacks the string field.</remarks>
 public sealed class JsonLinesSource : ITextSource
 {
@@ -98,14 +98,14 @@ public sealed class JsonLinesSource : ITextSource
             {
                 using var doc = JsonDocument.Parse(line);
                 if (doc.RootElement.ValueKind != JsonValueKind.Object)
-                    throw new InvalidDataException($"{_path}:{lineNo}: expected a JSON object, found {doc.RootElement.ValueKind}");
+                    throw new InputError($"{_path}:{lineNo}: expected a JSON object, found {doc.RootElement.ValueKind.ToString().ToLowerInvariant()}");
                 if (!doc.RootElement.TryGetProperty(_field, out var value) || value.ValueKind != JsonValueKind.String)
-                    throw new InvalidDataException($"{_path}:{lineNo}: no string field \"{_field}\"");
+                    throw new InputError($"{_path}:{lineNo}: field \"{_field}\": expected a string, found {(doc.RootElement.TryGetProperty(_field, out var other) ? other.ValueKind.ToString().ToLowerInvariant() : "nothing (missing)")}");
                 text = value.GetString();
             }
             catch (JsonException e)
             {
-                throw new InvalidDataException($"{_path}:{lineNo}: malformed JSON: {e.Message}", e);
+                throw new InputError($"{_path}:{lineNo}: malformed JSON: {e.Message.ReplaceLineEndings(" ")}", e);
             }
             if (!string.IsNullOrEmpty(text)) yield return text;
         }
@@ -124,12 +124,12 @@ public sealed partial class BrownCorpusSource : ITextSource
     readonly string[] _files;
 
     /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
-    /// <exception cref="InvalidDataException">The folder has no Brown text files.</exception>
+    /// <exception cref="InputError">The folder has no Brown text files.</exception>
     public BrownCorpusSource(string folder)
     {
         if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"Brown corpus folder not found: {folder}");
         _files = Directory.GetFiles(folder).Where(f => FileName().IsMatch(Path.GetFileName(f))).Order(StringComparer.Ordinal).ToArray();
-        if (_files.Length == 0) throw new InvalidDataException($"{folder}: no Brown corpus files (named like ca01)");
+        if (_files.Length == 0) throw new InputError($"{folder}: expected Brown corpus files (named like ca01), found none");
         Folder = Path.GetFullPath(folder);
     }
 
@@ -169,13 +169,14 @@ public sealed class ModelSampledSource : ITextSource
 {
     readonly HookedTransformer _model;
 
-    /// <exception cref="ArgumentException">The model has no tokenizer or no BOS token, or a count is not positive.</exception>
+    /// <exception cref="InputError">The model has no tokenizer or no BOS token, a count is not positive, or the temperature is not finite and ≥ 0.</exception>
     public ModelSampledSource(HookedTransformer model, int count, int maxNewTokens, int seed, float temperature = 1f)
     {
-        if (model.Tokenizer is null) throw new ArgumentException("sampling text needs the model's tokenizer; this model has none", nameof(model));
-        if ((model.Config.BosTokenId ?? model.Tokenizer.BosTokenId) is null) throw new ArgumentException("sampling from BOS needs a BOS token; the model has none", nameof(model));
-        if (count <= 0) throw new ArgumentOutOfRangeException(nameof(count), "count must be positive");
-        if (maxNewTokens <= 0) throw new ArgumentOutOfRangeException(nameof(maxNewTokens), "maxNewTokens must be positive");
+        if (model.Tokenizer is null) throw new InputError("sampling text needs the model's tokenizer; this model has none");
+        if ((model.Config.BosTokenId ?? model.Tokenizer.BosTokenId) is null) throw new InputError("sampling from BOS needs a BOS token; the model has none");
+        Check.InRange(count, 1, int.MaxValue, "argument", "number of samples");
+        Check.InRange(maxNewTokens, 1, int.MaxValue, "argument", "tokens per sample");
+        Check.Finite(temperature, 0, double.PositiveInfinity, "argument", "temperature");
         _model = model;
         Count = count;
         MaxNewTokens = maxNewTokens;

@@ -465,7 +465,7 @@ public sealed partial class HubClient : IDisposable
                 $"downloading {file} from {url}: expected {e2} bytes (as the hub announced) but got {got}; " +
                 "the partial file was deleted, run again to retry");
         }
-        File.Move(incomplete, blob, overwrite: true);
+        OutputFiles.Replace(incomplete, blob);
     }
 
     async Task CopyBodyAsync(HttpResponseMessage response, string incomplete, bool append, long have, string file,
@@ -644,7 +644,7 @@ public sealed partial class HubClient : IDisposable
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         string tmp = path + ".tmp-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4));
         File.WriteAllText(tmp, commit);
-        File.Move(tmp, path, overwrite: true);
+        OutputFiles.Replace(tmp, path);
     }
 
     static List<string> ReadShardNames(string indexPath)
@@ -710,7 +710,7 @@ public sealed partial class HubClient : IDisposable
             try
             {
                 File.Copy(blob, tmp);
-                File.Move(tmp, pointer, overwrite: true);
+                OutputFiles.Replace(tmp, pointer);
             }
             finally { TryDelete(tmp); }
         }

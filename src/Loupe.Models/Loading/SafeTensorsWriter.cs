@@ -137,7 +137,9 @@ public static class SafeTensorsWriter
         // 2. Header JSON, padded with spaces so that 8 + N is a multiple of 8.
         byte[] header = BuildHeader(entries, metadata);
 
-        // 3. Stream to a temporary file beside the target, flush to disk, rename over the target.
+        // 3. Stream to a temporary file beside the target, flush to disk, rename over the target
+        //    (only ever over a regular file: a device, folder or link named by mistake is refused).
+        OutputFiles.EnsureReplaceable(path);
         string tmp = path + ".tmp-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6));
         try
         {
@@ -158,7 +160,7 @@ public static class SafeTensorsWriter
                 }
                 fs.Flush(flushToDisk: true);
             }
-            File.Move(tmp, path, overwrite: true);
+            OutputFiles.Replace(tmp, path);
         }
         catch
         {

@@ -68,6 +68,6 @@ public class FeatureAccumulatorTests
         Assert.Equal([new LogitEntry(1, -2f), new LogitEntry(4, -2f), new LogitEntry(5, 0f)], s.Suppressed);
         Assert.Equal([-2, -1, 0, 1, 2, 3], s.HistogramEdges);
         Assert.Equal([2L, 0, 2, 1, 2], s.HistogramCounts); // [-2,-1) [-1,0) [0,1) [1,2) [2,3]
-        Assert.Throws<InvalidDataException>(() => LogitEffects.Summarize([1f, float.NaN], 1, 2));
+        Assert.Throws<InputError>(() => LogitEffects.Summarize([1f, float.NaN], 1, 2));
     }
 }

@@ -249,9 +249,9 @@ public sealed class FeatureDashboardBuilderTests(BuiltFeatureStore built) : ICla
             Assert.Equal("40", store.Meta["d_sae"]);
             Assert.Equal("standard", store.Meta["architecture"]);
             Assert.Contains("RMSNorm", store.Meta["logit_effects"]);
-            var e = Assert.Throws<ArgumentOutOfRangeException>(() => store.Feature(40));
+            var e = Assert.Throws<InputError>(() => store.Feature(40));
             Assert.Contains("d_sae = 40", e.Message);
-            Assert.Throws<ArgumentOutOfRangeException>(() => store.Examples(-1));
+            Assert.Throws<InputError>(() => store.Examples(-1));
             Assert.Equal(store.Features().Select(s => s.Density), store.Features().Select(s => s.Density).OrderDescending());
             Assert.Equal(5, store.Features("max_act", limit: 5).Count);
         }
@@ -265,12 +265,12 @@ public sealed class FeatureDashboardBuilderTests(BuiltFeatureStore built) : ICla
             cmd.CommandText = "UPDATE meta SET value = '99' WHERE key = 'schema_version'";
             Assert.Equal(1, cmd.ExecuteNonQuery());
         }
-        var version = Assert.Throws<InvalidDataException>(() => FeatureStore.Open(copy));
+        var version = Assert.Throws<InputError>(() => FeatureStore.Open(copy));
         Assert.Contains("schema_version is 99", version.Message);
         Assert.Contains("reads version 1", version.Message);
 
         File.WriteAllText(DbPath("text.db"), "not a database at all, just some text that is long enough to have a header");
-        Assert.Contains("not a readable Loupe feature store", Assert.Throws<InvalidDataException>(() => FeatureStore.Open(DbPath("text.db"))).Message);
+        Assert.Contains("not a readable Loupe feature store", Assert.Throws<InputError>(() => FeatureStore.Open(DbPath("text.db"))).Message);
         Assert.Contains("build it with", Assert.Throws<FileNotFoundException>(() => FeatureStore.Open(DbPath("missing.db"))).Message);
     }
 
@@ -279,19 +279,19 @@ public sealed class FeatureDashboardBuilderTests(BuiltFeatureStore built) : ICla
     {
         var contexts = Contexts(documents: 10);
         var (narrow, narrowCfg) = Dictionary(dIn: 32);
-        var width = Assert.Throws<ArgumentException>(() => FeatureDashboardBuilder.Build(Model, narrow, narrowCfg, contexts, DbPath()));
+        var width = Assert.Throws<InputError>(() => FeatureDashboardBuilder.Build(Model, narrow, narrowCfg, contexts, DbPath()));
         Assert.Contains("d_in = 32", width.Message);
         Assert.Contains("64 wide", width.Message);
         Assert.Contains(FeatureFixture.Hook, width.Message);
 
         var (dict, cfg) = Dictionary();
-        var unknown = Assert.Throws<ArgumentException>(() =>
+        var unknown = Assert.Throws<InputError>(() =>
             FeatureDashboardBuilder.Build(Model, dict, cfg, contexts, DbPath(), new FeatureBuildOptions { Hook = "blocks.1.hook_resid_pots" }));
         Assert.Contains("blocks.1.hook_resid_pots", unknown.Message);
         Assert.Contains("blocks.1.hook_resid_post", unknown.Message); // suggested
-        var none = Assert.Throws<ArgumentException>(() => FeatureDashboardBuilder.Build(Model, dict, cfg with { HookName = "" }, contexts, DbPath()));
+        var none = Assert.Throws<InputError>(() => FeatureDashboardBuilder.Build(Model, dict, cfg with { HookName = "" }, contexts, DbPath()));
         Assert.Contains("hook_name", none.Message);
-        Assert.Throws<ArgumentOutOfRangeException>(() => FeatureDashboardBuilder.Build(Model, dict, cfg, contexts, DbPath(), new FeatureBuildOptions { TopK = 0 }));
+        Assert.Throws<InputError>(() => FeatureDashboardBuilder.Build(Model, dict, cfg, contexts, DbPath(), new FeatureBuildOptions { TopK = 0 }));
         Assert.Empty(Directory.GetFileSystemEntries(_dir));
     }
 

@@ -35,8 +35,8 @@ public sealed class ContextBuilderTests
     [Fact]
     public void Build_TooFewTokens_Throws()
     {
-        Assert.Throws<ArgumentException>(() => ContextBuilder.Build([[5, 6]], new ContextOptions(8, Bos, Eos), "t"));
-        Assert.Throws<ArgumentOutOfRangeException>(() => ContextBuilder.Build([[5, 6]], new ContextOptions(1, Bos, Eos), "t"));
+        Assert.Throws<InputError>(() => ContextBuilder.Build([[5, 6]], new ContextOptions(8, Bos, Eos), "t"));
+        Assert.Throws<InputError>(() => ContextBuilder.Build([[5, 6]], new ContextOptions(1, Bos, Eos), "t"));
     }
 
     [Fact]

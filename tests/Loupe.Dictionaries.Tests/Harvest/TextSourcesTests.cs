@@ -32,12 +32,12 @@ public sealed class TextSourcesTests : IDisposable
         string path = Path.Combine(_dir, "d.jsonl");
         File.WriteAllText(path, "{\"text\": \"one\"}\n\n{\"text\": \"two\", \"id\": 3}\n{\"text\": oops}\n");
         var source = new JsonLinesSource(path);
-        var e = Assert.Throws<InvalidDataException>(() => source.Documents().ToList());
+        var e = Assert.Throws<InputError>(() => source.Documents().ToList());
         Assert.Contains("d.jsonl:4", e.Message);
         Assert.Equal(["one", "two"], source.Documents().Take(2).ToList());
 
         File.WriteAllText(path, "{\"body\": \"x\"}\n");
-        var missing = Assert.Throws<InvalidDataException>(() => new JsonLinesSource(path).Documents().ToList());
+        var missing = Assert.Throws<InputError>(() => new JsonLinesSource(path).Documents().ToList());
         Assert.Contains("d.jsonl:1", missing.Message);
         Assert.Contains("\"text\"", missing.Message);
         Assert.Equal(["x"], new JsonLinesSource(path, "body").Documents().ToList());
