@@ -254,7 +254,40 @@ public abstract class HookedTransformer : IDisposable
     }
 
     /// <summary>Forward pass within a context (also used by generation with a KV cache).</summary>
+    /// <exception cref="InputError">The logits are not finite; the message names the first hook point whose activation was NaN or ±∞.</exception>
     internal Tensor Forward(TokenBatch tokens, ForwardContext ctx)
+    {
+        var logits = ForwardUnchecked(tokens, ctx);
+        // One vectorized scan of the logits; only when it fails is the pass re-run hook by hook.
+        int bad = NonFinite.IndexOf(logits.Span);
+        if (bad >= 0 && !ctx.ChecksFinite) throw NonFiniteLogits(tokens, ctx, logits, bad);
+        return logits;
+    }
+
+    /// <summary>
+    /// Re-runs the pass with a check at every hook point and names the first whose activation is NaN
+    /// or ±∞ (the weights were checked at load, so this is where the values went bad: a hook, a splice,
+    /// or an overflow). User hooks run a second time on this path.
+    /// </summary>
+    InputError NonFiniteLogits(TokenBatch tokens, ForwardContext ctx, Tensor logits, int bad)
+    {
+        string model = Source ?? Config.SourcePath ?? Config.Architecture;
+        string found = $"{NonFinite.Describe(logits.Span[bad])} at {NonFinite.Unravel(bad, logits.Shape)} of {logits.ShapeString}";
+        try
+        {
+            ForwardUnchecked(tokens, ctx.ForFiniteCheck());
+        }
+        catch (NonFiniteActivationException e)
+        {
+            string where = e.AfterHooks
+                ? $"first at hook point {e.Hook}, made non-finite by a hook or splice there ({e.Message[(e.Hook.Length + 2)..]})"
+                : $"first at hook point {e.Hook} ({e.Message[(e.Hook.Length + 2)..]})";
+            return new InputError($"{model}: the forward pass produced non-finite values, {where}; the logits hold {found}");
+        }
+        return new InputError($"{model}: the logits hold {found}, although every hook point was finite (the final norm, unembedding or soft-cap overflowed)");
+    }
+
+    Tensor ForwardUnchecked(TokenBatch tokens, ForwardContext ctx)
     {
         var resid = Embed(tokens, ctx);
         for (int l = 0; l < Config.NLayers; l++) resid = Block(l, ctx, resid);
