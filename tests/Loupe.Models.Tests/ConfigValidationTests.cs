@@ -267,6 +267,28 @@ public class NonFiniteTests
     }
 
     [Fact]
+    public void ScanFindsTheFirstBadElementInTheVectorBodyAndTheTail()
+    {
+        foreach (int length in new[] { 0, 1, 7, 8, 15, 16, 17, 33, 100, 1000 })
+        {
+            var x = Enumerable.Range(0, length).Select(i => (float)i - 50).ToArray();
+            Assert.Equal(-1, NonFinite.IndexOf(x));
+            for (int at = 0; at < length; at += Math.Max(1, length / 7))
+                foreach (float bad in new[] { float.NaN, float.PositiveInfinity, float.NegativeInfinity })
+                {
+                    var y = (float[])x.Clone();
+                    y[at] = bad;
+                    if (at + 1 < length) y[length - 1] = float.NaN;
+                    Assert.Equal(at, NonFinite.IndexOf(y));
+                    y[length - 1] = x[length - 1];
+                    y[at] = bad;
+                    Assert.Equal(float.IsNegativeInfinity(bad) ? -1 : at, NonFinite.IndexOf(y, allowNegativeInfinity: true));
+                }
+        }
+        Assert.Equal("[1, 0, 3]", NonFinite.Unravel(23, [2, 5, 4]));
+    }
+
+    [Fact]
     public void FiniteRunsAreUnchanged()
     {
         using var model = TestModels.Load("gemma2");
