@@ -116,6 +116,12 @@ public class SafeTensorsCheckpointTests
     [Theory]
     [InlineData("\"w\": \"../outside.safetensors\"", "expected a file name")]
     [InlineData("\"w\": 3", "not a string")]
+    [InlineData("\"w\": \"/etc/passwd\"", "expected a file name")]
+    [InlineData("\"w\": \"sub/dir.safetensors\"", "expected a file name")]
+    [InlineData("\"w\": \"..\"", "expected a file name")]
+    [InlineData("\"w\": \"\"", "expected a file name")]
+    [InlineData("\"w\": \"a.safetensors\", \"w\": \"a.safetensors\"", "twice")]
+    [InlineData("\"w\": \"absent.safetensors\"", "does not exist")]
     public void BadIndexEntries_AreInputErrors(string map, string expected)
     {
         using var dir = new TempDir();
@@ -124,6 +130,23 @@ public class SafeTensorsCheckpointTests
         Assert.Contains(index, e.Message);
         Assert.Contains("'w'", e.Message);
         Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public void EmptyOrNonUtf8OrHugeIndex_IsInputError()
+    {
+        using var dir = new TempDir();
+        string index = dir.File(SafeTensorsCheckpoint.IndexFileName);
+        File.WriteAllText(index, "{\"weight_map\": {}}");
+        Assert.Contains("empty", Assert.Throws<InputError>(() => SafeTensorsCheckpoint.Open(dir.Path)).Message);
+        File.WriteAllBytes(index, [.. "{\"weight_map\": {\"w"u8, 0xFF, 0xFE, .. "\": \"a.safetensors\"}}"u8]);
+        var e = Assert.Throws<InputError>(() => SafeTensorsCheckpoint.Open(dir.Path));
+        Assert.Contains(index, e.Message);
+        Assert.Contains("UTF-8", e.Message);
+        File.WriteAllText(index, "{\"weight_map\": {\"w\\ud800\": \"a.safetensors\"}}");
+        Assert.Contains(index, Assert.Throws<InputError>(() => SafeTensorsCheckpoint.Open(dir.Path)).Message);
+        using (var fs = new FileStream(index, FileMode.Create)) fs.SetLength(SafeTensorsCheckpoint.MaxIndexBytes + 1);
+        Assert.Contains("at most", Assert.Throws<InputError>(() => SafeTensorsCheckpoint.Open(dir.Path)).Message);
     }
 
     [Fact]
