@@ -173,7 +173,7 @@ public abstract class HookedTransformer : IDisposable
     }
 
     /// <summary>Runs the model on a batch with the given hooks and cache filter.</summary>
-    /// <exception cref="ArgumentException">A token id is outside the vocabulary or the sequence exceeds n_ctx.</exception>
+    /// <exception cref="InputError">A token id is outside the vocabulary or the sequence exceeds n_ctx.</exception>
     public ForwardResult Run(TokenBatch tokens, RunOptions? options = null)
     {
         CheckTokens(tokens, 0);
@@ -373,10 +373,10 @@ public abstract class HookedTransformer : IDisposable
         {
             int id = tokens.Ids[i];
             if ((uint)id >= (uint)Config.DVocab)
-                throw new ArgumentException($"token id {id} at batch {i / tokens.Length}, position {i % tokens.Length} is outside the vocabulary (d_vocab = {Config.DVocab})", nameof(tokens));
+                throw new InputError($"token id {id} at batch {i / tokens.Length}, position {i % tokens.Length} is outside the vocabulary (d_vocab = {Config.DVocab})");
         }
         if (offset + tokens.Length > Config.NCtx)
-            throw new ArgumentException($"the sequence has {offset + tokens.Length} positions but the model's context is n_ctx = {Config.NCtx}", nameof(tokens));
+            throw new InputError($"the sequence has {offset + tokens.Length} positions but the model's context is n_ctx = {Config.NCtx}");
     }
 
     /// <summary>
@@ -392,7 +392,7 @@ public abstract class HookedTransformer : IDisposable
         CheckSplices(options.Splices);
         int maxNew = Math.Min(generation.MaxNewTokens, Config.NCtx - batch.Length);
         if (maxNew < generation.MaxNewTokens && generation.MaxNewTokens > 0 && maxNew <= 0)
-            throw new ArgumentException($"the prompt already fills the context (n_ctx = {Config.NCtx}); no token can be generated");
+            throw new InputError($"the prompt already fills the context (n_ctx = {Config.NCtx}); no token can be generated");
         var cache = new KvCache(Config.NLayers, batch.Batch, batch.Length + Math.Max(maxNew, 0), Config.KvHeads, Config.DHead);
         var sampler = new Sampler(generation);
         var outputs = Enumerable.Range(0, batch.Batch).Select(_ => new List<int>()).ToArray();

@@ -67,11 +67,11 @@ public class BadInputTests
     public void TokenIdOutsideVocabularyIsRejectedWithPositionAndVocabSize()
     {
         using var model = TestModels.Load("gpt2");
-        var e = Assert.Throws<ArgumentException>(() => model.Run([1, 2, 512, 3]));
+        var e = Assert.Throws<InputError>(() => model.Run([1, 2, 512, 3]));
         Assert.Contains("512", e.Message);
         Assert.Contains("position 2", e.Message);
         Assert.Contains("d_vocab = 512", e.Message);
-        Assert.Throws<ArgumentException>(() => model.Run([-1]));
+        Assert.Throws<InputError>(() => model.Run([-1]));
     }
 
     [Fact]
@@ -79,7 +79,7 @@ public class BadInputTests
     {
         using var model = TestModels.Load("gpt2");
         var tokens = new int[model.Config.NCtx + 1];
-        var e = Assert.Throws<ArgumentException>(() => model.Run(tokens));
+        var e = Assert.Throws<InputError>(() => model.Run(tokens));
         Assert.Contains($"n_ctx = {model.Config.NCtx}", e.Message);
     }
 
@@ -97,7 +97,7 @@ public class BadInputTests
     public void UnknownHookPatternListsRealHookNames()
     {
         using var model = TestModels.Load("gpt2");
-        var e = Assert.Throws<ArgumentException>(() => model.RunWithCache(TokenBatch.Single(1, 2), "blocks.*.hook_resid_middle"));
+        var e = Assert.Throws<InputError>(() => model.RunWithCache(TokenBatch.Single(1, 2), "blocks.*.hook_resid_middle"));
         Assert.Contains("blocks.*.hook_resid_middle", e.Message);
         Assert.Contains("blocks.0.hook_resid_pre", e.Message);
     }
