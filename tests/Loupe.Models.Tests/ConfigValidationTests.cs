@@ -296,3 +296,26 @@ public class NonFiniteTests
         Assert.True(logits.Span.ToArray().All(float.IsFinite));
     }
 }
+
+/// <summary>The rotary table is filled lazily, so a config's n_ctx costs memory only for positions that are run.</summary>
+public class LazyRotaryTableTests
+{
+    [Fact]
+    public void RowsAreComputedOnDemandAndMatchTheFormula()
+    {
+        var table = new Tensors.Kernels.RotaryTable(8, 10000, 1 << 24);
+        Assert.True(table.ComputedPositions <= 4096);
+        foreach (int p in new[] { 0, 1, 2047, 2048, 5000, 100_000 })
+        {
+            // x = e₀ of one head: after rotation lo[0] = cos(p·θ₀), hi[0] = sin(p·θ₀) with θ₀ = 1.
+            var x = new float[8];
+            x[0] = 1;
+            table.Apply(x, 1, 1, 8, [p]);
+            Assert.Equal((float)Math.Cos(p * 1f), x[0], 1e-6f);
+            Assert.Equal((float)Math.Sin(p * 1f), x[4], 1e-6f);
+            Assert.True(table.ComputedPositions > p);
+        }
+        Assert.True(table.ComputedPositions < 1 << 20);
+        Assert.Throws<ArgumentOutOfRangeException>(() => table.Apply(new float[8], 1, 1, 8, [1 << 24]));
+    }
+}
