@@ -173,7 +173,7 @@ public abstract class HookedTransformer : IDisposable
     }
 
     /// <summary>Runs the model on a batch with the given hooks and cache filter.</summary>
-    /// <exception cref="ArgumentException">A token id is outside the vocabulary or the sequence exceeds n_ctx.</exception>
+    /// <exception cref="InputError">A token id is outside the vocabulary or the sequence exceeds n_ctx.</exception>
     public ForwardResult Run(TokenBatch tokens, RunOptions? options = null)
     {
         CheckTokens(tokens, 0);
@@ -254,7 +254,40 @@ public abstract class HookedTransformer : IDisposable
     }
 
     /// <summary>Forward pass within a context (also used by generation with a KV cache).</summary>
+    /// <exception cref="InputError">The logits are not finite; the message names the first hook point whose activation was NaN or ±∞.</exception>
     internal Tensor Forward(TokenBatch tokens, ForwardContext ctx)
+    {
+        var logits = ForwardUnchecked(tokens, ctx);
+        // One vectorized scan of the logits; only when it fails is the pass re-run hook by hook.
+        int bad = NonFinite.IndexOf(logits.Span);
+        if (bad >= 0 && !ctx.ChecksFinite) throw NonFiniteLogits(tokens, ctx, logits, bad);
+        return logits;
+    }
+
+    /// <summary>
+    /// Re-runs the pass with a check at every hook point and names the first whose activation is NaN
+    /// or ±∞ (the weights were checked at load, so this is where the values went bad: a hook, a splice,
+    /// or an overflow). User hooks run a second time on this path.
+    /// </summary>
+    InputError NonFiniteLogits(TokenBatch tokens, ForwardContext ctx, Tensor logits, int bad)
+    {
+        string model = Source ?? Config.SourcePath ?? Config.Architecture;
+        string found = $"{NonFinite.Describe(logits.Span[bad])} at {NonFinite.Unravel(bad, logits.Shape)} of {logits.ShapeString}";
+        try
+        {
+            ForwardUnchecked(tokens, ctx.ForFiniteCheck());
+        }
+        catch (NonFiniteActivationException e)
+        {
+            string where = e.AfterHooks
+                ? $"first at hook point {e.Hook}, made non-finite by a hook or splice there ({e.Message[(e.Hook.Length + 2)..]})"
+                : $"first at hook point {e.Hook} ({e.Message[(e.Hook.Length + 2)..]})";
+            return new InputError($"{model}: the forward pass produced non-finite values, {where}; the logits hold {found}");
+        }
+        return new InputError($"{model}: the logits hold {found}, although every hook point was finite (the final norm, unembedding or soft-cap overflowed)");
+    }
+
+    Tensor ForwardUnchecked(TokenBatch tokens, ForwardContext ctx)
     {
         var resid = Embed(tokens, ctx);
         for (int l = 0; l < Config.NLayers; l++) resid = Block(l, ctx, resid);
@@ -340,10 +373,10 @@ public abstract class HookedTransformer : IDisposable
         {
             int id = tokens.Ids[i];
             if ((uint)id >= (uint)Config.DVocab)
-                throw new ArgumentException($"token id {id} at batch {i / tokens.Length}, position {i % tokens.Length} is outside the vocabulary (d_vocab = {Config.DVocab})", nameof(tokens));
+                throw new InputError($"token id {id} at batch {i / tokens.Length}, position {i % tokens.Length} is outside the vocabulary (d_vocab = {Config.DVocab})");
         }
         if (offset + tokens.Length > Config.NCtx)
-            throw new ArgumentException($"the sequence has {offset + tokens.Length} positions but the model's context is n_ctx = {Config.NCtx}", nameof(tokens));
+            throw new InputError($"the sequence has {offset + tokens.Length} positions but the model's context is n_ctx = {Config.NCtx}");
     }
 
     /// <summary>
@@ -359,7 +392,7 @@ public abstract class HookedTransformer : IDisposable
         CheckSplices(options.Splices);
         int maxNew = Math.Min(generation.MaxNewTokens, Config.NCtx - batch.Length);
         if (maxNew < generation.MaxNewTokens && generation.MaxNewTokens > 0 && maxNew <= 0)
-            throw new ArgumentException($"the prompt already fills the context (n_ctx = {Config.NCtx}); no token can be generated");
+            throw new InputError($"the prompt already fills the context (n_ctx = {Config.NCtx}); no token can be generated");
         var cache = new KvCache(Config.NLayers, batch.Batch, batch.Length + Math.Max(maxNew, 0), Config.KvHeads, Config.DHead);
         var sampler = new Sampler(generation);
         var outputs = Enumerable.Range(0, batch.Batch).Select(_ => new List<int>()).ToArray();

@@ -25,16 +25,16 @@ public static class ModelLoader
 
     /// <summary>Loads from a local folder only (never touches the network).</summary>
     /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
-    /// <exception cref="NotSupportedException">The config names an architecture Loupe does not run.</exception>
-    /// <exception cref="InvalidDataException">The config or weights are malformed, missing or of the wrong shape.</exception>
+    /// <exception cref="FileNotFoundException">There is no config.json, or no safetensors weights.</exception>
+    /// <exception cref="InputError">
+    /// The config names an architecture Loupe does not run, a field is missing, mistyped or out of range, or the
+    /// weights are malformed, missing, of the wrong shape or not finite (the message names the file, field or tensor).
+    /// </exception>
     public static HookedTransformer LoadFolder(string folder, IComputeBackend? backend = null)
     {
         if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"model folder not found: {folder}");
         var config = HfConfig.Load(Path.Combine(folder, "config.json"));
-        string modelType = config.String("format") == "transformer_lens" ? "transformer_lens"
-            : config.String("model_type") ?? throw config.Missing("model_type", "the architecture, e.g. \"llama\"");
-        if (!SupportedModelTypes.Contains(modelType))
-            throw new NotSupportedException($"{config.Path}: model_type '{modelType}' is not supported; supported: {string.Join(", ", SupportedModelTypes)}");
+        string modelType = ModelTypeOf(config);
         var weights = new WeightSource(SafeTensorsCheckpoint.Open(folder), folder);
         try
         {
@@ -56,6 +56,23 @@ public static class ModelLoader
             weights.Dispose();
             throw;
         }
+    }
+
+    /// <summary>The family to run: "transformer_lens" for TL checkpoints, else config.json's model_type.</summary>
+    static string ModelTypeOf(HfConfig config)
+    {
+        if (config.String("format") == "transformer_lens") return "transformer_lens";
+        string supported = string.Join(", ", SupportedModelTypes);
+        string? modelType = config.String("model_type");
+        if (modelType is null)
+        {
+            string architectures = config.Element("architectures") is { ValueKind: System.Text.Json.JsonValueKind.Array } a
+                ? $" (architectures: {a.GetRawText()})" : "";
+            throw new InputError($"{config.Path}: model_type: expected one of {supported}, found no model_type field{architectures}");
+        }
+        if (!SupportedModelTypes.Contains(modelType))
+            throw new InputError($"{config.Path}: model_type: expected one of {supported}, found {InputError.Show(modelType)} (not supported)");
+        return modelType;
     }
 
     static ITokenizer? LoadTokenizer(string folder) =>

@@ -72,7 +72,7 @@ public class SpliceTests(ITestOutputHelper output)
         Assert.Equal(clean.Span.ToArray(), result.Cache[hook].Span.ToArray());
         Assert.Equal(Apply(clean, w, d, false).Span.ToArray(), result.Cache[splice.SubHook].Span.ToArray());
         // Without the splice the sub-hook does not exist.
-        Assert.Throws<ArgumentException>(() => model.RunWithCache(Tokens, "*.hook_linear"));
+        Assert.Throws<InputError>(() => model.RunWithCache(Tokens, "*.hook_linear"));
     }
 
     [Fact]

@@ -12,11 +12,15 @@ public static class TestModels
 
     /// <summary>A temp copy of a fixture folder whose config.json and tensors can be edited.</summary>
     public static string Copy(string arch, Func<string, string>? editConfig = null,
+        Func<string, int[], float[], (int[] Shape, float[] Data)?>? editTensor = null) =>
+        CopyFolder(Fixture(arch), editConfig, editTensor);
+
+    /// <summary>As <see cref="Copy"/>, from any model folder (e.g. a TransformerLens checkpoint in ../shared/models).</summary>
+    public static string CopyFolder(string src, Func<string, string>? editConfig = null,
         Func<string, int[], float[], (int[] Shape, float[] Data)?>? editTensor = null)
     {
         string dir = Path.Combine(Path.GetTempPath(), "loupe-test-" + Guid.NewGuid().ToString("N")[..12]);
         Directory.CreateDirectory(dir);
-        string src = Fixture(arch);
         string config = File.ReadAllText(Path.Combine(src, "config.json"));
         File.WriteAllText(Path.Combine(dir, "config.json"), editConfig is null ? config : editConfig(config));
         using var file = SafeTensorsFile.Open(Path.Combine(src, "model.safetensors"));

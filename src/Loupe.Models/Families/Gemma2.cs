@@ -47,37 +47,37 @@ public sealed class Gemma2Model : HookedTransformer
 
     internal static Gemma2Model Load(HfConfig c, WeightSource w, IComputeBackend? backend)
     {
-        int d = c.Int("hidden_size"), h = c.Int("num_attention_heads");
-        int dh = c.OptionalInt("head_dim") ?? d / h;
-        int layers = c.Int("num_hidden_layers");
+        var (d, h, kv, dh, layers, dMlp, vocab, nCtx) = HfDecoderWeights.Sizes(c);
+        string act = c.String("hidden_activation") ?? c.String("hidden_act") ?? "gelu_pytorch_tanh";
         var cfg = new ModelConfig
         {
             Architecture = "gemma2",
             NLayers = layers,
             DModel = d,
             NHeads = h,
-            NKeyValueHeads = c.OptionalInt("num_key_value_heads") ?? h,
+            NKeyValueHeads = kv,
             DHead = dh,
-            DMlp = c.Int("intermediate_size"),
-            DVocab = c.Int("vocab_size"),
-            NCtx = c.Int("max_position_embeddings"),
-            ActFn = c.String("hidden_activation") ?? c.String("hidden_act") ?? "gelu_pytorch_tanh",
+            DMlp = dMlp,
+            DVocab = vocab,
+            NCtx = nCtx,
+            ActFn = HfDecoderWeights.Activation(c, c.Has("hidden_activation") ? "hidden_activation" : "hidden_act", act),
             GatedMlp = true,
             Normalization = NormKind.RmsNorm,
-            NormEps = (float)c.Double("rms_norm_eps", 1e-6),
+            NormEps = HfDecoderWeights.NormEps(c, "rms_norm_eps", 1e-6),
             RotaryDim = dh,
             RotaryBase = HfDecoderWeights.RopeTheta(c),
-            AttnScale = (float)(1 / Math.Sqrt(c.Double("query_pre_attn_scalar", dh))),
-            AttnSoftCap = (float)c.Double("attn_logit_softcapping", 0),
-            FinalLogitSoftCap = (float)c.Double("final_logit_softcapping", 0),
-            SlidingWindow = c.OptionalInt("sliding_window") ?? 0,
+            AttnScale = (float)(1 / Math.Sqrt(c.Double("query_pre_attn_scalar", dh, 1e-6, 1e12))),
+            AttnSoftCap = HfDecoderWeights.SoftCap(c, "attn_logit_softcapping"),
+            FinalLogitSoftCap = HfDecoderWeights.SoftCap(c, "final_logit_softcapping"),
+            SlidingWindow = c.OptionalInt("sliding_window", 0) ?? 0,
             // HF: layers with an even index attend locally.
             LocalLayers = Enumerable.Range(0, layers).Select(l => l % 2 == 0).ToArray(),
             EmbedScale = (float)Math.Sqrt(d),
-            BosTokenId = c.OptionalInt("bos_token_id"),
-            EosTokenId = c.OptionalInt("eos_token_id"),
+            BosTokenId = HfDecoderWeights.TokenId(c, "bos_token_id", vocab),
+            EosTokenId = HfDecoderWeights.TokenId(c, "eos_token_id", vocab),
             SourcePath = c.Path,
         };
+        w.CheckNoLayerBeyond(HfDecoderWeights.Layer, layers, c.Path, "num_hidden_layers");
         return new Gemma2Model(cfg, w, backend);
     }
 

@@ -50,31 +50,41 @@ public sealed class Gpt2Model : HookedTransformer
 
     internal static ModelConfig ReadConfig(HfConfig c)
     {
-        int d = c.Int("n_embd"), h = c.Int("n_head");
-        if (c.Bool("scale_attn_by_inverse_layer_idx", false) || c.Bool("reorder_and_upcast_attn", false))
-            throw new NotSupportedException($"{c.Path}: GPT-2 variants with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn are not supported");
+        int d = c.Int("n_embd", 1, HfConfig.MaxWidth), h = c.Int("n_head", 1, HfConfig.MaxWidth);
+        int dh = c.Quotient("n_embd", d, "n_head", h);
+        if (c.Bool("scale_attn_by_inverse_layer_idx", false))
+            throw c.Invalid("scale_attn_by_inverse_layer_idx", "GPT-2 variants that scale attention by the inverse layer index are not supported");
+        if (c.Bool("reorder_and_upcast_attn", false))
+            throw c.Invalid("reorder_and_upcast_attn", "GPT-2 variants with reordered, upcast attention are not supported");
+        int vocab = c.Int("vocab_size", 1, HfConfig.MaxVocab);
         return new ModelConfig
         {
             Architecture = "gpt2",
-            NLayers = c.Int("n_layer"),
+            NLayers = c.Int("n_layer", 1, HfConfig.MaxLayers),
             DModel = d,
             NHeads = h,
-            DHead = d / h,
-            DMlp = c.OptionalInt("n_inner") ?? 4 * d,
-            DVocab = c.Int("vocab_size"),
-            NCtx = c.OptionalInt("n_positions") ?? c.Int("n_ctx"),
-            ActFn = c.String("activation_function") ?? "gelu_new",
+            DHead = dh,
+            DMlp = c.OptionalInt("n_inner", 1, HfConfig.MaxWidth) ?? c.ProductWithin("4 × n_embd", HfConfig.MaxWidth, 4, d),
+            DVocab = vocab,
+            NCtx = c.OptionalInt("n_positions", 1, HfConfig.MaxContext) ?? c.Int("n_ctx", 1, HfConfig.MaxContext),
+            ActFn = HfDecoderWeights.Activation(c, "activation_function", c.String("activation_function") ?? "gelu_new"),
             Normalization = NormKind.LayerNorm,
-            NormEps = (float)c.Double("layer_norm_epsilon", 1e-5),
+            NormEps = HfDecoderWeights.NormEps(c, "layer_norm_epsilon", 1e-5),
             LearnedPositions = true,
-            AttnScale = c.Bool("scale_attn_weights", true) ? 1f / MathF.Sqrt(d / h) : 1f,
-            BosTokenId = c.OptionalInt("bos_token_id"),
-            EosTokenId = c.OptionalInt("eos_token_id"),
+            AttnScale = c.Bool("scale_attn_weights", true) ? 1f / MathF.Sqrt(dh) : 1f,
+            BosTokenId = HfDecoderWeights.TokenId(c, "bos_token_id", vocab),
+            EosTokenId = HfDecoderWeights.TokenId(c, "eos_token_id", vocab),
             SourcePath = c.Path,
         };
     }
 
-    internal static Gpt2Model Load(HfConfig c, WeightSource w, IComputeBackend? backend) => new(ReadConfig(c), w, backend);
+    internal static Gpt2Model Load(HfConfig c, WeightSource w, IComputeBackend? backend)
+    {
+        var cfg = ReadConfig(c);
+        string p = w.Contains("transformer.wte.weight") ? "transformer." : "";
+        w.CheckNoLayerBeyond(l => $"{p}h.{l}.", cfg.NLayers, c.Path, "n_layer");
+        return new(cfg, w, backend);
+    }
 
     protected override Tensor Block(int l, ForwardContext ctx, Tensor residPre) =>
         SequentialBlock(l, ctx, residPre, _ln1[l], _attn[l], _ln2[l], _mlp[l]);

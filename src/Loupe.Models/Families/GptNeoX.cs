@@ -48,28 +48,38 @@ public sealed class GptNeoXModel : HookedTransformer
 
     internal static GptNeoXModel Load(HfConfig c, WeightSource w, IComputeBackend? backend)
     {
-        int d = c.Int("hidden_size"), h = c.Int("num_attention_heads"), dh = d / h;
+        int d = c.Int("hidden_size", 1, HfConfig.MaxWidth), h = c.Int("num_attention_heads", 1, HfConfig.MaxWidth);
+        int dh = c.Quotient("hidden_size", d, "num_attention_heads", h);
+        int layers = c.Int("num_hidden_layers", 1, HfConfig.MaxLayers);
+        int vocab = c.Int("vocab_size", 1, HfConfig.MaxVocab);
+        // HF: rotary_ndims = int(head_size · rotary_pct), which must be a positive even number.
+        string pctField = c.Has("rotary_pct") || !c.Has("partial_rotary_factor") ? "rotary_pct" : "partial_rotary_factor";
+        double pct = c.Positive(pctField, 0.25, 1);
+        int rotaryDim = (int)(dh * pct);
+        if (rotaryDim < 2 || rotaryDim % 2 != 0)
+            throw new InputError($"{c.Path}: {pctField} {HfConfig.Format(pct)} of a head dimension of {dh} gives {rotaryDim} rotary dimensions; expected a positive even number");
         var cfg = new ModelConfig
         {
             Architecture = "gpt_neox",
-            NLayers = c.Int("num_hidden_layers"),
+            NLayers = layers,
             DModel = d,
             NHeads = h,
             DHead = dh,
-            DMlp = c.Int("intermediate_size"),
-            DVocab = c.Int("vocab_size"),
-            NCtx = c.Int("max_position_embeddings"),
-            ActFn = c.String("hidden_act") ?? "gelu",
+            DMlp = c.Int("intermediate_size", 1, HfConfig.MaxWidth),
+            DVocab = vocab,
+            NCtx = c.Int("max_position_embeddings", 1, HfConfig.MaxContext),
+            ActFn = HfDecoderWeights.Activation(c, "hidden_act", c.String("hidden_act") ?? "gelu"),
             Normalization = NormKind.LayerNorm,
-            NormEps = (float)c.Double("layer_norm_eps", 1e-5),
-            RotaryDim = (int)(dh * c.Double("rotary_pct", 0.25)),
-            RotaryBase = c.Double("rotary_emb_base", 10000),
+            NormEps = HfDecoderWeights.NormEps(c, "layer_norm_eps", 1e-5),
+            RotaryDim = rotaryDim,
+            RotaryBase = c.Has("rotary_emb_base") ? c.Positive("rotary_emb_base", 10000) : c.Positive("rope_theta", 10000),
             ParallelAttnMlp = c.Bool("use_parallel_residual", true),
             AttnScale = 1f / MathF.Sqrt(dh),
-            BosTokenId = c.OptionalInt("bos_token_id"),
-            EosTokenId = c.OptionalInt("eos_token_id"),
+            BosTokenId = HfDecoderWeights.TokenId(c, "bos_token_id", vocab),
+            EosTokenId = HfDecoderWeights.TokenId(c, "eos_token_id", vocab),
             SourcePath = c.Path,
         };
+        w.CheckNoLayerBeyond(l => $"gpt_neox.layers.{l}.", layers, c.Path, "num_hidden_layers");
         return new GptNeoXModel(cfg, w, backend);
     }
 

@@ -43,14 +43,67 @@ static class HfDecoderWeights
         new(w.Contains("lm_head.weight") ? w.Get("lm_head.weight", cfg.DVocab, cfg.DModel) : embedding, cfg.DModel, cfg.DVocab, true);
 
     /// <summary>RoPE settings; scaled variants are refused rather than run wrongly.</summary>
+    /// <exception cref="InputError">rope_scaling names a scaling Loupe does not implement, or rope_theta is not a finite number &gt; 0.</exception>
     public static double RopeTheta(HfConfig c)
     {
-        if (c.Element("rope_scaling") is { } scaling && scaling.ValueKind == System.Text.Json.JsonValueKind.Object)
+        if (c.Element("rope_scaling") is { } scaling)
         {
-            string type = scaling.TryGetProperty("rope_type", out var t) ? t.GetString() ?? "" : scaling.TryGetProperty("type", out var t2) ? t2.GetString() ?? "" : "";
+            if (scaling.ValueKind != System.Text.Json.JsonValueKind.Object) throw c.Wrong("rope_scaling", "an object or null", scaling);
+            string type = "";
+            foreach (var key in new[] { "rope_type", "type" })
+                if (scaling.TryGetProperty(key, out var t) && t.ValueKind != System.Text.Json.JsonValueKind.Null)
+                {
+                    if (t.ValueKind != System.Text.Json.JsonValueKind.String) throw c.Wrong($"rope_scaling.{key}", "a string", t);
+                    type = t.GetString() ?? "";
+                    break;
+                }
             if (type is not ("" or "default"))
-                throw new NotSupportedException($"{c.Path}: rope_scaling of type '{type}' is not supported yet");
+                throw c.Invalid("rope_scaling", $"type '{type}' is not supported yet (only unscaled RoPE)");
         }
-        return c.Double("rope_theta", 10000);
+        return c.Positive("rope_theta", 10000);
     }
+
+    /// <summary>The sizes every Llama-lineage config shares, each range-checked and cross-checked.</summary>
+    public static (int DModel, int Heads, int KvHeads, int DHead, int Layers, int DMlp, int Vocab, int Ctx) Sizes(HfConfig c)
+    {
+        int d = c.Int("hidden_size", 1, HfConfig.MaxWidth), h = c.Int("num_attention_heads", 1, HfConfig.MaxWidth);
+        int dh = c.OptionalInt("head_dim", 1, HfConfig.MaxWidth) ?? c.Quotient("hidden_size", d, "num_attention_heads", h);
+        c.ProductWithin("num_attention_heads × head_dim", HfConfig.MaxWidth, h, dh);
+        RequireEvenHeadDim(c, dh, c.Has("head_dim") ? "head_dim" : "hidden_size / num_attention_heads");
+        int kv = c.OptionalInt("num_key_value_heads", 1, HfConfig.MaxWidth) ?? h;
+        c.Quotient("num_attention_heads", h, "num_key_value_heads", kv);
+        return (d, h, kv, dh,
+            c.Int("num_hidden_layers", 1, HfConfig.MaxLayers),
+            c.Int("intermediate_size", 1, HfConfig.MaxWidth),
+            c.Int("vocab_size", 1, HfConfig.MaxVocab),
+            c.Int("max_position_embeddings", 1, HfConfig.MaxContext));
+    }
+
+    /// <summary>Rotary embeddings turn pairs of dimensions, so d_head must be even.</summary>
+    public static void RequireEvenHeadDim(HfConfig c, int dh, string field)
+    {
+        if (dh % 2 != 0) throw new InputError($"{c.Path}: {field} is {dh}; rotary embeddings need an even head dimension");
+    }
+
+    /// <summary>An activation name Loupe's kernels implement.</summary>
+    public static string Activation(HfConfig c, string field, string? value)
+    {
+        if (!Tensors.Kernels.Activations.IsKnown(value))
+            throw new InputError($"{c.Path}: {field}: expected one of relu, silu, gelu, gelu_new, gelu_pytorch_tanh, found {InputError.Show(value)}");
+        return value!;
+    }
+
+    /// <summary>bos/eos token ids, which must lie inside the vocabulary.</summary>
+    public static int? TokenId(HfConfig c, string field, int vocab)
+    {
+        int? id = c.OptionalTokenId(field);
+        if (id is int i && i >= vocab) throw InputError.Expected(c.Path, field, $"a token id below vocab_size {vocab}", i);
+        return id;
+    }
+
+    /// <summary>LayerNorm/RMSNorm ε: finite, in [0, 1].</summary>
+    public static float NormEps(HfConfig c, string field, double fallback) => (float)c.Double(field, fallback, 0, 1);
+
+    /// <summary>A tanh soft-cap: absent/null means none; otherwise finite, &gt; 0 and at most 10^6 (beyond that it is the identity in float32 and overflows its own arithmetic).</summary>
+    public static float SoftCap(HfConfig c, string field) => (float)(c.Has(field) ? c.Positive(field, 0, 1e6) : 0);
 }

@@ -45,41 +45,40 @@ public sealed class LlamaModel : HookedTransformer
     /// <summary>Reads a llama, mistral or qwen2 config (its model_type) and weights.</summary>
     internal static LlamaModel Load(string modelType, HfConfig c, WeightSource w, IComputeBackend? backend)
     {
-        int d = c.Int("hidden_size"), h = c.Int("num_attention_heads");
-        int dh = c.OptionalInt("head_dim") ?? d / h;
-        int layers = c.Int("num_hidden_layers");
+        var (d, h, kv, dh, layers, dMlp, vocab, nCtx) = HfDecoderWeights.Sizes(c);
         // Mistral always slides when sliding_window is set; Qwen2 only with use_sliding_window.
         int window = modelType switch
         {
-            "mistral" => c.OptionalInt("sliding_window") ?? 0,
-            "qwen2" when c.Bool("use_sliding_window", false) => c.OptionalInt("sliding_window") ?? 0,
+            "mistral" => c.OptionalInt("sliding_window", 0) ?? 0,
+            "qwen2" when c.Bool("use_sliding_window", false) => c.OptionalInt("sliding_window", 0) ?? 0,
             _ => 0,
         };
-        if (modelType == "qwen2" && window > 0 && (c.OptionalInt("max_window_layers") ?? layers) < layers)
-            throw new NotSupportedException($"{c.Path}: Qwen2 with sliding windows on only some layers (max_window_layers) is not supported");
+        if (modelType == "qwen2" && window > 0 && (c.OptionalInt("max_window_layers", 0) ?? layers) < layers)
+            throw c.Invalid("max_window_layers", "Qwen2 with sliding windows on only some layers is not supported");
         var cfg = new ModelConfig
         {
             Architecture = modelType,
             NLayers = layers,
             DModel = d,
             NHeads = h,
-            NKeyValueHeads = c.OptionalInt("num_key_value_heads") ?? h,
+            NKeyValueHeads = kv,
             DHead = dh,
-            DMlp = c.Int("intermediate_size"),
-            DVocab = c.Int("vocab_size"),
-            NCtx = c.Int("max_position_embeddings"),
-            ActFn = c.String("hidden_act") ?? "silu",
+            DMlp = dMlp,
+            DVocab = vocab,
+            NCtx = nCtx,
+            ActFn = HfDecoderWeights.Activation(c, "hidden_act", c.String("hidden_act") ?? "silu"),
             GatedMlp = true,
             Normalization = NormKind.RmsNorm,
-            NormEps = (float)c.Double("rms_norm_eps", 1e-6),
+            NormEps = HfDecoderWeights.NormEps(c, "rms_norm_eps", 1e-6),
             RotaryDim = dh,
             RotaryBase = HfDecoderWeights.RopeTheta(c),
             AttnScale = 1f / MathF.Sqrt(dh),
             SlidingWindow = window,
-            BosTokenId = c.OptionalInt("bos_token_id"),
-            EosTokenId = c.OptionalInt("eos_token_id"),
+            BosTokenId = HfDecoderWeights.TokenId(c, "bos_token_id", vocab),
+            EosTokenId = HfDecoderWeights.TokenId(c, "eos_token_id", vocab),
             SourcePath = c.Path,
         };
+        w.CheckNoLayerBeyond(HfDecoderWeights.Layer, layers, c.Path, "num_hidden_layers");
         return new LlamaModel(cfg, w, backend);
     }
 

@@ -39,7 +39,7 @@ public sealed class TransformerLensModel : HookedTransformer
                 new Linear(w.Get(b + "attn.W_O", H, dh, D), H * dh, D, false, w.Optional(b + "attn.b_O", D)),
                 rotary: null);
             if (cfg.HasMlp)
-                _mlp[l] = new MlpLayer(l, cfg.ActFn ?? throw new InvalidDataException($"{cfg.SourcePath}: act_fn is required for a model with an MLP"),
+                _mlp[l] = new MlpLayer(l, cfg.ActFn!,
                     new Linear(w.Get(b + "mlp.W_in", D, M), D, M, false, w.Optional(b + "mlp.b_in", M)),
                     new Linear(w.Get(b + "mlp.W_out", M, D), M, D, false, w.Optional(b + "mlp.b_out", D)));
         }
@@ -76,35 +76,41 @@ public sealed class TransformerLensModel : HookedTransformer
             null => NormKind.None,
             "LN" => NormKind.LayerNorm,
             "RMS" => NormKind.RmsNorm,
-            _ => throw new NotSupportedException($"{c.Path}: normalization_type '{norm}' is not supported (null, LN, RMS); fold LNPre/RMSPre weights first"),
+            _ => throw c.Invalid("normalization_type", $"'{norm}' is not supported (null, LN, RMS); fold LNPre/RMSPre weights first"),
         };
         string pos = c.String("positional_embedding_type") ?? "standard";
         if (pos != "standard")
-            throw new NotSupportedException($"{c.Path}: positional_embedding_type '{pos}' is not supported for TransformerLens checkpoints (standard)");
-        if ((c.String("attention_dir") ?? "causal") != "causal")
-            throw new NotSupportedException($"{c.Path}: only causal attention is supported");
-        int dh = c.Int("d_head");
+            throw c.Invalid("positional_embedding_type", $"'{pos}' is not supported for TransformerLens checkpoints (standard)");
+        string dir = c.String("attention_dir") ?? "causal";
+        if (dir != "causal")
+            throw c.Invalid("attention_dir", $"'{dir}' is not supported; only causal attention is");
+        int heads = c.Int("n_heads", 1, HfConfig.MaxWidth), dh = c.Int("d_head", 1, HfConfig.MaxWidth);
+        c.ProductWithin("n_heads × d_head", HfConfig.MaxWidth, heads, dh);
         bool attnOnly = c.Bool("attn_only", false);
+        int layers = c.Int("n_layers", 1, HfConfig.MaxLayers);
+        int vocab = c.Int("d_vocab", 1, HfConfig.MaxVocab);
+        int dMlp = attnOnly ? 0 : c.Int("d_mlp", 1, HfConfig.MaxWidth);
         var cfg = new ModelConfig
         {
             Architecture = "transformer_lens",
-            NLayers = c.Int("n_layers"),
-            DModel = c.Int("d_model"),
-            NHeads = c.Int("n_heads"),
+            NLayers = layers,
+            DModel = c.Int("d_model", 1, HfConfig.MaxWidth),
+            NHeads = heads,
             DHead = dh,
-            DMlp = attnOnly ? 0 : c.Int("d_mlp"),
+            DMlp = dMlp,
             AttnOnly = attnOnly,
-            DVocab = c.Int("d_vocab"),
-            DVocabOut = c.OptionalInt("d_vocab_out") ?? c.Int("d_vocab"),
-            NCtx = c.Int("n_ctx"),
-            ActFn = c.String("act_fn"),
+            DVocab = vocab,
+            DVocabOut = c.OptionalInt("d_vocab_out", 1, HfConfig.MaxVocab) ?? vocab,
+            NCtx = c.Int("n_ctx", 1, HfConfig.MaxContext),
+            ActFn = dMlp > 0 ? HfDecoderWeights.Activation(c, "act_fn", c.String("act_fn") ?? throw c.Missing("act_fn", "the MLP activation, e.g. \"gelu\"")) : c.String("act_fn"),
             Normalization = kind,
-            NormEps = (float)c.Double("eps", 1e-5),
+            NormEps = HfDecoderWeights.NormEps(c, "eps", 1e-5),
             LearnedPositions = true,
             // TransformerLens divides scores by attn_scale (default √d_head).
-            AttnScale = c.Bool("use_attn_scale", true) ? (float)(1 / c.Double("attn_scale", Math.Sqrt(dh))) : 1f,
+            AttnScale = c.Bool("use_attn_scale", true) ? (float)(1 / c.Double("attn_scale", Math.Sqrt(dh), 1e-6, 1e6)) : 1f,
             SourcePath = c.Path,
         };
+        w.CheckNoLayerBeyond(l => $"blocks.{l}.", layers, c.Path, "n_layers");
         return new TransformerLensModel(cfg, w, backend);
     }
 

@@ -24,6 +24,7 @@ public sealed class ForwardContext
     readonly Dictionary<IHookSplice, Tensor> _spliceInput = new(ReferenceEqualityComparer.Instance);
     readonly Dictionary<IHookSplice, object?> _spliceSaved = new(ReferenceEqualityComparer.Instance);
     readonly Dictionary<string, Tensor> _pendingInputGradient = new(StringComparer.Ordinal);
+    readonly IReadOnlyList<IHookSplice>? _modelSplices;
 
     internal ForwardContext(RunOptions options, int batch, int length, int[] positions, bool[]? keyValid, KvCache? kvCache, int generationStep,
         int[]? tokenIds = null, IReadOnlyList<IHookSplice>? modelSplices = null)
@@ -37,6 +38,7 @@ public sealed class ForwardContext
         GenerationStep = generationStep;
         PositionOffset = kvCache?.Length ?? 0;
         TokenIds = tokenIds;
+        _modelSplices = modelSplices;
         IEnumerable<IHookSplice> splices = options.Splices;
         if (modelSplices is { Count: > 0 }) splices = modelSplices.Concat(splices);
         foreach (var splice in splices)
@@ -50,6 +52,17 @@ public sealed class ForwardContext
             readers.Add(splice);
         }
     }
+
+    /// <summary>
+    /// When set, every activation passing a hook point is scanned and the first NaN/±∞ stops the pass
+    /// with <see cref="NonFiniteActivationException"/>. Only the re-run that diagnoses non-finite logits
+    /// sets it, so the normal path pays nothing.
+    /// </summary>
+    internal bool ChecksFinite { get; private init; }
+
+    /// <summary>A fresh context for the same pass (same options, tokens, positions and KV cache slot) that checks every hook for NaN/±∞.</summary>
+    internal ForwardContext ForFiniteCheck() =>
+        new(_options, Batch, Length, Positions, KeyValid, KvCache, GenerationStep, TokenIds, _modelSplices) { ChecksFinite = true };
 
     public int Batch { get; }
     /// <summary>Positions in this pass (new tokens only, when a KV cache holds the earlier ones).</summary>
@@ -179,6 +192,7 @@ public sealed class ForwardContext
     public Tensor Hook(string name, int layer, Tensor activation)
     {
         if (s_debug) Debug(name, activation);
+        if (ChecksFinite) ThrowIfNonFinite(name, activation, afterHooks: false);
         if (!Wants(name)) return activation;
         if (_options.Hooks.TryGetValue(name, out var hooks))
         {
@@ -197,7 +211,16 @@ public sealed class ForwardContext
             foreach (var reader in readers) _spliceInput[reader] = activation;
         if (_spliceAtOutput is not null && _spliceAtOutput.TryGetValue(name, out var splice))
             activation = SpliceForward(splice, name, layer, activation);
+        if (ChecksFinite) ThrowIfNonFinite(name, activation, afterHooks: true);
         return activation;
+    }
+
+    static void ThrowIfNonFinite(string name, Tensor activation, bool afterHooks)
+    {
+        // Masked attention scores are −∞ by design; NaN and +∞ are still wrong there.
+        bool scores = name.EndsWith(".hook_attn_scores", StringComparison.Ordinal);
+        int bad = NonFinite.IndexOf(activation.Span, allowNegativeInfinity: scores);
+        if (bad >= 0) throw new NonFiniteActivationException(name, afterHooks, activation.Span[bad], NonFinite.Unravel(bad, activation.Shape), activation.ShapeString);
     }
 
     /// <summary>Runs the splice replacing hook <paramref name="name"/> (step 2 of <see cref="IHookSplice"/>'s remarks).</summary>
@@ -219,4 +242,16 @@ public sealed class ForwardContext
         Console.Error.WriteLine($"[loupe] {name,-40} {t.ShapeString,-22} +{(now - _lastTicks) * 1000.0 / Stopwatch.Frequency:F3} ms");
         _lastTicks = now;
     }
+}
+
+/// <summary>The first hook point where a diagnosing forward pass met a NaN or ±∞ (caught by <see cref="HookedTransformer"/>).</summary>
+internal sealed class NonFiniteActivationException(string hook, bool afterHooks, float value, string index, string shape)
+    : Exception($"{hook}: {NonFinite.Describe(value)} at {index} of {shape}")
+{
+    public string Hook { get; } = hook;
+    /// <summary>True when the activation arrived finite and a hook or splice at this point made it non-finite.</summary>
+    public bool AfterHooks { get; } = afterHooks;
+    public float Value { get; } = value;
+    public string Index { get; } = index;
+    public string Shape { get; } = shape;
 }

@@ -16,7 +16,7 @@ public sealed class HookPattern
         _patterns = patterns.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
             .Select(p => new Regex("^" + Regex.Escape(p).Replace(@"\*", ".*").Replace(@"\?", ".") + "$", RegexOptions.CultureInvariant))
             .ToArray();
-        if (_patterns.Length == 0) throw new ArgumentException("the hook pattern list is empty", nameof(patterns));
+        if (_patterns.Length == 0) throw new InputError($"hook pattern {InputError.Show(patterns)}: expected one or more comma-separated hook names or globs, found none");
     }
 
     public string Text { get; }
@@ -24,13 +24,13 @@ public sealed class HookPattern
     public bool Matches(string name) => _patterns.Any(p => p.IsMatch(name));
 
     /// <summary>The names of <paramref name="available"/> that match; throws when a pattern matches none.</summary>
-    /// <exception cref="ArgumentException">A pattern matches no hook point; the message lists a few that exist.</exception>
+    /// <exception cref="InputError">A pattern matches no hook point; the message lists a few that exist.</exception>
     public IReadOnlyList<string> Select(IReadOnlyList<string> available)
     {
         var parts = Text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         for (int i = 0; i < _patterns.Length; i++)
             if (!available.Any(_patterns[i].IsMatch))
-                throw new ArgumentException(
+                throw new InputError(
                     $"hook pattern '{parts[i]}' matches no hook point of this model; hook points look like: " +
                     string.Join(", ", available.Where(n => n.StartsWith("blocks.0.", StringComparison.Ordinal) || !n.StartsWith("blocks.", StringComparison.Ordinal)).Take(24)));
         return available.Where(Matches).ToList();

@@ -1,13 +1,31 @@
+using System.Globalization;
 using System.Text.Json;
+using System.Text.Unicode;
 
 namespace Loupe.Models.Loading;
 
 /// <summary>
-/// Typed reads of a Hugging Face (or TransformerLens) config.json; every error names the file
-/// and the field.
+/// Typed, range-checked reads of a Hugging Face (or TransformerLens) config.json. Every error is an
+/// <see cref="InputError"/> naming the file and the field, what was expected and what was found,
+/// so a bad config never reaches an allocation or a division.
 /// </summary>
 public sealed class HfConfig
 {
+    /// <summary>Largest config.json read (real ones are a few KB).</summary>
+    public const long MaxConfigBytes = 16 << 20;
+
+    /// <summary>Most layers accepted (the largest released models have ~130).</summary>
+    public const int MaxLayers = 10_000;
+
+    /// <summary>Widest d_model, d_mlp, d_head and n_heads·d_head accepted (released models stay under 2^17).</summary>
+    public const int MaxWidth = 1 << 20;
+
+    /// <summary>Largest vocabulary accepted (released models stay under 2^19).</summary>
+    public const int MaxVocab = 1 << 24;
+
+    /// <summary>Longest context accepted; rotary tables grow only as far as positions are used.</summary>
+    public const int MaxContext = 1 << 24;
+
     readonly JsonElement _root;
 
     HfConfig(string path, JsonElement root)
@@ -19,61 +37,161 @@ public sealed class HfConfig
     public string Path { get; }
 
     /// <exception cref="FileNotFoundException">There is no config.json.</exception>
-    /// <exception cref="InvalidDataException">The file is not a JSON object.</exception>
+    /// <exception cref="InputError">The file is too large, not UTF-8, not JSON, or not a JSON object.</exception>
     public static HfConfig Load(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"model config not found: {path} (a model folder needs config.json)", path);
+        long length = new FileInfo(path).Length;
+        if (length > MaxConfigBytes)
+            throw new InputError($"{path}: size: expected a config of at most {MaxConfigBytes:N0} bytes, found {length:N0} bytes");
+        byte[] bytes = File.ReadAllBytes(path);
+        if (!Utf8.IsValid(bytes)) throw new InputError($"{path}: is not valid UTF-8 text; expected a JSON object");
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllText(path), new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
-            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{path}: expected a JSON object, found {doc.RootElement.ValueKind}");
+            using var doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip, MaxDepth = 64 });
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+                throw new InputError($"{path}: top level: expected a JSON object, found {Kind(doc.RootElement)}");
             return new HfConfig(path, doc.RootElement.Clone());
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{path} is not valid JSON: {e.Message}", e);
+            throw new InputError($"{path}: is not valid JSON: {e.Message.Split('\n')[0]}", e);
         }
     }
 
     public bool Has(string field) => _root.TryGetProperty(field, out var v) && v.ValueKind != JsonValueKind.Null;
 
-    public string? String(string field) => Has(field) && _root.GetProperty(field).ValueKind == JsonValueKind.String ? _root.GetProperty(field).GetString() : null;
+    JsonElement Get(string field) => _root.GetProperty(field);
 
-    public int Int(string field) => OptionalInt(field) ?? throw Missing(field, "an integer");
-
-    public int? OptionalInt(string field)
+    /// <summary>A string field, or null when absent or null.</summary>
+    /// <exception cref="InputError">The field holds something other than a string.</exception>
+    public string? String(string field)
     {
         if (!Has(field)) return null;
-        var v = _root.GetProperty(field);
-        if (v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int i)) return i;
-        if (v.ValueKind == JsonValueKind.Array && v.GetArrayLength() > 0 && v[0].TryGetInt32(out int first)) return first; // eos_token_id lists
-        throw new InvalidDataException($"{Path}: field '{field}' should be an integer, found {v.GetRawText()}");
+        var v = Get(field);
+        if (v.ValueKind != JsonValueKind.String) throw Wrong(field, "a string", v);
+        try { return v.GetString(); }
+        catch (InvalidOperationException) { throw Wrong(field, "a string of valid Unicode", v); }
     }
 
-    public double Double(string field, double fallback) => OptionalDouble(field) ?? fallback;
+    /// <summary>A required integer in [<paramref name="min"/>, <paramref name="max"/>].</summary>
+    /// <exception cref="InputError">Missing, not an integer, or out of range.</exception>
+    public int Int(string field, int min = 1, int max = int.MaxValue) =>
+        OptionalInt(field, min, max) ?? throw Missing(field, min >= 1 ? "a positive integer" : "an integer");
 
-    public double? OptionalDouble(string field)
+    /// <summary>An integer in [<paramref name="min"/>, <paramref name="max"/>], or null when absent or null.</summary>
+    /// <exception cref="InputError">Not an integer, or out of range.</exception>
+    public int? OptionalInt(string field, int min = 1, int max = int.MaxValue)
     {
         if (!Has(field)) return null;
-        var v = _root.GetProperty(field);
-        if (v.ValueKind == JsonValueKind.Number) return v.GetDouble();
-        throw new InvalidDataException($"{Path}: field '{field}' should be a number, found {v.GetRawText()}");
+        var v = Get(field);
+        long value = Integer(field, v);
+        return Check.InRange(value, min, max, Path, field);
+    }
+
+    /// <summary>
+    /// A token id (bos_token_id, eos_token_id): an integer, or the first of a list of them, or null.
+    /// </summary>
+    /// <exception cref="InputError">Not an integer (or list of integers), or negative.</exception>
+    public int? OptionalTokenId(string field)
+    {
+        if (!Has(field)) return null;
+        var v = Get(field);
+        if (v.ValueKind == JsonValueKind.Array)
+        {
+            if (v.GetArrayLength() == 0) return null;
+            v = v[0];
+        }
+        return Check.InRange(Integer(field, v), 0, int.MaxValue, Path, field);
+    }
+
+    long Integer(string field, JsonElement v)
+    {
+        if (v.ValueKind == JsonValueKind.Number)
+        {
+            if (v.TryGetInt64(out long l)) return l;
+            // Some exporters write sizes as 64.0; accept integral values, refuse 1.5 and 1e30.
+            if (v.TryGetDouble(out double d) && d == Math.Floor(d) && Math.Abs(d) < 1e15) return (long)d;
+        }
+        throw Wrong(field, "an integer", v);
+    }
+
+    /// <summary>A number field, or <paramref name="fallback"/> when absent or null; must be finite and in [min, max].</summary>
+    /// <exception cref="InputError">Not a number, NaN/∞ (as a string), or out of range.</exception>
+    public double Double(string field, double fallback, double min = double.NegativeInfinity, double max = double.PositiveInfinity) =>
+        OptionalDouble(field, min, max) ?? fallback;
+
+    /// <summary>A number field, or null when absent or null; must be finite and in [min, max].</summary>
+    public double? OptionalDouble(string field, double min = double.NegativeInfinity, double max = double.PositiveInfinity)
+    {
+        if (!Has(field)) return null;
+        var v = Get(field);
+        if (v.ValueKind != JsonValueKind.Number || !v.TryGetDouble(out double d)) throw Wrong(field, "a number", v);
+        return Check.Finite(d, min, max, Path, field);
+    }
+
+    /// <summary>A number strictly above zero (and at most <paramref name="max"/>), or the fallback when absent.</summary>
+    public double Positive(string field, double fallback, double max = double.MaxValue)
+    {
+        if (!Has(field)) return fallback;
+        var v = Get(field);
+        if (v.ValueKind != JsonValueKind.Number || !v.TryGetDouble(out double d)) throw Wrong(field, "a number", v);
+        if (!double.IsFinite(d) || d <= 0 || d > max)
+            throw InputError.Expected(Path, field, max == double.MaxValue ? "a finite number > 0" : $"a number in (0, {InputError.Show(max)}]", d);
+        return d;
     }
 
     public bool Bool(string field, bool fallback)
     {
         if (!Has(field)) return fallback;
-        var v = _root.GetProperty(field);
+        var v = Get(field);
         return v.ValueKind switch
         {
             JsonValueKind.True => true,
             JsonValueKind.False => false,
-            _ => throw new InvalidDataException($"{Path}: field '{field}' should be true or false, found {v.GetRawText()}"),
+            _ => throw Wrong(field, "true or false", v),
         };
     }
 
-    public JsonElement? Element(string field) => Has(field) ? _root.GetProperty(field) : null;
+    public JsonElement? Element(string field) => Has(field) ? Get(field) : null;
 
-    public InvalidDataException Missing(string field, string what) =>
+    public InputError Missing(string field, string what) =>
         new($"{Path}: required field '{field}' ({what}) is missing");
+
+    /// <summary>"{file}: {field}: expected {expected}, found {the JSON text}".</summary>
+    public InputError Wrong(string field, string expected, JsonElement found) =>
+        new($"{Path}: {field}: expected {expected}, found {Kind(found)}{(found.ValueKind is JsonValueKind.Null ? "" : " " + Truncate(found.GetRawText()))}");
+
+    /// <summary>An error about a field's value that is not a range (e.g. an unsupported setting).</summary>
+    public InputError Invalid(string field, string message) => new($"{Path}: {field}: {message}");
+
+    /// <summary>d / h after checking that h divides d: "hidden_size 64 is not divisible by num_attention_heads 3".</summary>
+    public int Quotient(string dividendField, int dividend, string divisorField, int divisor)
+    {
+        if (divisor <= 0 || dividend % divisor != 0)
+            throw new InputError($"{Path}: {dividendField} {dividend} is not divisible by {divisorField} {divisor}");
+        return dividend / divisor;
+    }
+
+    /// <summary>Checks that a product of sizes (e.g. n_heads·d_head) stays within <paramref name="max"/>.</summary>
+    public int ProductWithin(string what, int max, params int[] factors)
+    {
+        long p = Check.Product(Path, what, max, Array.ConvertAll(factors, f => (long)f));
+        return (int)p;
+    }
+
+    static string Kind(JsonElement e) => e.ValueKind switch
+    {
+        JsonValueKind.Object => "an object",
+        JsonValueKind.Array => "an array",
+        JsonValueKind.String => "a string",
+        JsonValueKind.Number => "the number",
+        JsonValueKind.True or JsonValueKind.False => "a boolean",
+        JsonValueKind.Null => "null",
+        _ => e.ValueKind.ToString(),
+    };
+
+    static string Truncate(string s) => s.Length <= 60 ? s : s[..57] + "...";
+
+    internal static string Format(double d) => d.ToString("R", CultureInfo.InvariantCulture);
 }

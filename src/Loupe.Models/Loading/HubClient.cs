@@ -123,7 +123,7 @@ public sealed partial class HubClient : IDisposable
         Endpoint = (NonEmpty(_options.Endpoint) ?? NonEmpty(Environment.GetEnvironmentVariable("HF_ENDPOINT")) ?? DefaultEndpoint)
             .TrimEnd('/');
         if (!Uri.TryCreate(Endpoint, UriKind.Absolute, out var endpointUri) || endpointUri.Scheme is not ("http" or "https"))
-            throw new ArgumentException($"hub endpoint '{Endpoint}' is not an http(s) URL", nameof(options));
+            throw new InputError($"hub endpoint '{Endpoint}' (HF_ENDPOINT or the endpoint option) is not an http(s) URL");
         _endpointUri = endpointUri;
         CacheDir = Path.GetFullPath(NonEmpty(_options.CacheDir) ?? DefaultCacheDir(_options.HfHome));
         _token = NonEmpty(_options.Token ?? Environment.GetEnvironmentVariable("HF_TOKEN"))?.Trim();
@@ -189,14 +189,17 @@ public sealed partial class HubClient : IDisposable
     /// When the hub cannot be reached, or in offline mode, a complete cached snapshot of the
     /// revision is used.
     /// </summary>
-    /// <exception cref="ArgumentException">Neither an existing folder nor a valid model id; or a bad revision.</exception>
-    /// <exception cref="InvalidOperationException">
-    /// The hub cannot be reached (or offline mode) and nothing complete is cached (the message
-    /// names the endpoint and the cache folder and suggests passing a local folder); 401/403
-    /// (gated or private repo: set HF_TOKEN); 404 on config.json (no such repo or revision); the
-    /// repo has no safetensors weights; any other unexpected answer of the hub.
+    /// <exception cref="InputError">
+    /// Neither an existing folder nor a valid model id; a bad revision; offline mode with nothing
+    /// complete cached (the message names the cache folder and suggests passing a local folder);
+    /// 401/403 (gated or private repo: set HF_TOKEN); 404 on config.json (no such repo or revision);
+    /// the repo has no safetensors weights; a malformed or empty weights index.
     /// </exception>
-    /// <exception cref="InvalidDataException">A download's size differs from the size the hub announced (the partial file is deleted).</exception>
+    /// <exception cref="HttpRequestException">
+    /// The hub cannot be reached and nothing complete is cached (the message names the endpoint and
+    /// the cache folder and suggests passing a local folder); any other unexpected answer of the hub.
+    /// </exception>
+    /// <exception cref="IOException">A download's size differs from the size the hub announced (the partial file is deleted).</exception>
     /// <exception cref="OperationCanceledException"><paramref name="ct"/> was cancelled (partial files are kept for resuming).</exception>
     public async Task<string> ResolveAsync(string modelIdOrPath, string revision = "main",
         IProgress<DownloadProgress>? progress = null, CancellationToken ct = default)
@@ -205,19 +208,19 @@ public sealed partial class HubClient : IDisposable
         ArgumentException.ThrowIfNullOrEmpty(revision);
         if (Directory.Exists(modelIdOrPath)) return modelIdOrPath;
         if (File.Exists(modelIdOrPath))
-            throw new ArgumentException(
-                $"'{modelIdOrPath}' is a file; pass the folder that holds config.json and the *.safetensors weights", nameof(modelIdOrPath));
+            throw new InputError(
+                $"'{modelIdOrPath}' is a file; pass the folder that holds config.json and the *.safetensors weights");
         if (!IsValidRepoId(modelIdOrPath))
-            throw new ArgumentException(
+            throw new InputError(
                 $"'{modelIdOrPath}' is neither an existing folder (looked at {Path.GetFullPath(modelIdOrPath)}) " +
-                "nor a Hugging Face model id such as 'org/name'", nameof(modelIdOrPath));
+                "nor a Hugging Face model id such as 'org/name'");
         ValidateRevision(revision);
 
         string repoId = modelIdOrPath;
         string repoFolder = RepoFolder(repoId);
         if (Offline)
         {
-            return TryGetCachedSnapshot(repoId, revision) ?? throw new InvalidOperationException(
+            return TryGetCachedSnapshot(repoId, revision) ?? throw new InputError(
                 $"HF_HUB_OFFLINE is set, so the hub is not contacted, and '{repoId}' (revision '{revision}') is not completely " +
                 $"cached in {repoFolder}. Pass a local folder that contains config.json, the *.safetensors weights and the " +
                 $"tokenizer files instead, e.g. {LocalFolderExample}, or unset HF_HUB_OFFLINE to download it.");
@@ -233,7 +236,7 @@ public sealed partial class HubClient : IDisposable
         catch (HubUnreachableException e)
         {
             if (TryGetCachedSnapshot(repoId, revision) is { } cached) return cached;
-            throw new InvalidOperationException(
+            throw new HttpRequestException(
                 $"The Hugging Face hub at {Endpoint} could not be reached ({e.Message}). Downloading '{repoId}' needs the " +
                 $"network, and no complete copy of it (revision '{revision}') is cached in {repoFolder}. Pass a local folder " +
                 $"that contains config.json, the *.safetensors weights and the tokenizer files instead, e.g. {LocalFolderExample}",
@@ -261,7 +264,7 @@ public sealed partial class HubClient : IDisposable
             var shards = ReadShardNames(index);
             return shards.Count > 0 && shards.All(s => IsUsableFile(Path.Combine(snapshot, s))) ? snapshot : null;
         }
-        catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is InputError or IOException or UnauthorizedAccessException)
         {
             return null;
         }
@@ -280,7 +283,7 @@ public sealed partial class HubClient : IDisposable
                 "EntryNotFound" => $"'{repoId}' exists but has no config.json at revision '{revision}', so it is not a transformers model",
                 _ => $"the model id '{repoId}' does not exist (or revision '{revision}' does not)",
             };
-            throw new InvalidOperationException(
+            throw new InputError(
                 $"The hub at {Endpoint} answered 404 Not Found for {FileUrl(repoId, revision, "config.json")}: {what}. " +
                 "Check the spelling (ids look like 'org/name'), or pass a local folder instead.");
         }
@@ -302,20 +305,20 @@ public sealed partial class HubClient : IDisposable
         {
             string index = Path.Combine(snapshot, SafeTensorsCheckpoint.IndexFileName);
             var shards = ReadShardNames(index);
-            if (shards.Count == 0) throw new InvalidDataException($"{index} has an empty weight_map");
+            if (shards.Count == 0) throw new InputError($"{index}: weight_map: expected at least one tensor, found an empty object");
             foreach (var shard in shards)
             {
                 if (IsUsableFile(Path.Combine(snapshot, shard))) continue;
                 var meta = await HeadAsync(repoId, commit, shard, ct).ConfigureAwait(false);
                 if (meta.Meta is null)
-                    throw new InvalidOperationException(
+                    throw new InputError(
                         $"{SafeTensorsCheckpoint.IndexFileName} of '{repoId}' names shard '{shard}', but the hub at {Endpoint} " +
                         $"has no such file (404 for {FileUrl(repoId, commit, shard)})");
                 await FetchAsync(repoId, commit, repoFolder, snapshot, shard, meta.Meta, progress, ct).ConfigureAwait(false);
             }
             return snapshot;
         }
-        throw new InvalidOperationException(
+        throw new InputError(
             $"'{repoId}' (revision '{revision}') has neither {SafeTensorsCheckpoint.SingleFileName} nor " +
             $"{SafeTensorsCheckpoint.IndexFileName}. Loupe supports only safetensors weights: it never loads pickled " +
             "pytorch_model.bin files, which can run arbitrary code. Use a repository (or revision) that has safetensors " +
@@ -365,12 +368,12 @@ public sealed partial class HubClient : IDisposable
         bool redirect = IsRedirect(response);
         if (!redirect) ThrowForStatus(response, repoId, url);
 
-        string commit = capture.Commit ?? throw new InvalidOperationException(
+        string commit = capture.Commit ?? throw new HttpRequestException(
             $"{url} answered without an X-Repo-Commit header: {Endpoint} does not look like a Hugging Face hub " +
             "(check HF_ENDPOINT and any proxy in between)");
         if (!IsSafeSegment(commit))
-            throw new InvalidOperationException($"{url} answered X-Repo-Commit '{commit}', which is not a usable commit id");
-        string etag = capture.LinkedEtag ?? capture.Etag ?? throw new InvalidOperationException(
+            throw new HttpRequestException($"{url} answered X-Repo-Commit '{commit}', which is not a usable commit id");
+        string etag = capture.LinkedEtag ?? capture.Etag ?? throw new HttpRequestException(
             $"{url} answered without an ETag or X-Linked-Etag header, so the file cannot be cached");
         // The Content-Length of a redirect is that of its own (empty) body, not the file's.
         long? size = capture.LinkedSize ?? (redirect ? null : response.Content.Headers.ContentLength);
@@ -445,7 +448,7 @@ public sealed partial class HubClient : IDisposable
             else
             {
                 if (response.StatusCode == HttpStatusCode.NotFound)
-                    throw new InvalidOperationException($"{url} was found by HEAD but answered 404 to GET");
+                    throw new HttpRequestException($"{url} was found by HEAD but answered 404 to GET");
                 ThrowForStatus(response, repoId, url);
                 append = false; // 200: the server sent the whole file
                 have = 0;
@@ -456,12 +459,12 @@ public sealed partial class HubClient : IDisposable
         }
 
         if (!File.Exists(incomplete))
-            throw new InvalidOperationException($"{url} did not send {file}: it refused the resumed and the fresh request");
+            throw new HttpRequestException($"{url} did not send {file}: it refused the resumed and the fresh request");
         long got = new FileInfo(incomplete).Length;
         if (expected is long e2 && got != e2)
         {
             TryDelete(incomplete);
-            throw new InvalidDataException(
+            throw new IOException(
                 $"downloading {file} from {url}: expected {e2} bytes (as the hub announced) but got {got}; " +
                 "the partial file was deleted, run again to retry");
         }
@@ -547,7 +550,7 @@ public sealed partial class HubClient : IDisposable
                 if (!followCrossOrigin && !SameOrigin(next, url)) return response;
                 response.Dispose();
                 if (hop >= MaxRedirects)
-                    throw new InvalidOperationException($"more than {MaxRedirects} redirects starting from {url}");
+                    throw new HttpRequestException($"more than {MaxRedirects} redirects starting from {url}");
                 url = next;
                 continue;
             }
@@ -562,17 +565,17 @@ public sealed partial class HubClient : IDisposable
         string answered = $"{status} {response.ReasonPhrase}";
         var final = response.RequestMessage?.RequestUri ?? url;
         if (!SameOrigin(final, _endpointUri) && status is >= 400 and < 500)
-            throw new InvalidOperationException(
+            throw new HttpRequestException(
                 $"The download server {final.GetLeftPart(UriPartial.Authority)} (redirected to from {url}) answered {answered}");
         if (status is 401 or 403)
-            throw new InvalidOperationException(
+            throw new InputError(
                 $"The hub at {Endpoint} answered {answered} for {url}: '{repoId}' is gated or private (or does not exist). " +
                 (_token is null
                     ? "Set HF_TOKEN to an access token of an account that may read it (and accept the model's license on its page)."
                     : "The token in HF_TOKEN does not grant access: accept the model's license on its page, or use another token."));
         if (status is 429 or >= 500)
             throw new HubUnreachableException($"it answered {answered} for {url}", null);
-        throw new InvalidOperationException($"The hub at {Endpoint} answered {answered} for {url}");
+        throw new HttpRequestException($"The hub at {Endpoint} answered {answered} for {url}");
     }
 
     Uri FileUrl(string repoId, string revision, string file) =>
@@ -623,7 +626,7 @@ public sealed partial class HubClient : IDisposable
     static void ValidateRevision(string revision)
     {
         if (!IsValidRevision(revision))
-            throw new ArgumentException($"'{revision}' is not a valid revision (a branch, tag or commit hash)", nameof(revision));
+            throw new InputError($"'{revision}' is not a valid revision (a branch, tag or commit hash)");
     }
 
     static string? ReadRef(string repoFolder, string revision)
@@ -649,16 +652,26 @@ public sealed partial class HubClient : IDisposable
 
     static List<string> ReadShardNames(string indexPath)
     {
+        try { return ReadShardNamesOf(indexPath); }
+        catch (InvalidOperationException e)
+        {
+            // A string JsonElement cannot transcode (invalid UTF-8, or an escaped lone surrogate).
+            throw new InputError($"{indexPath}: holds a string that is not valid Unicode ({e.Message})", e);
+        }
+    }
+
+    static List<string> ReadShardNamesOf(string indexPath)
+    {
         using var doc = ParseJson(indexPath);
         if (doc.RootElement.ValueKind != JsonValueKind.Object
             || !doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
-            throw new InvalidDataException($"{indexPath}: expected an object with a \"weight_map\" object");
+            throw new InputError($"{indexPath}: expected an object with a \"weight_map\" object");
         var shards = new List<string>();
         foreach (var p in map.EnumerateObject())
         {
             string? shard = p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString() : null;
             if (shard is null || !SafeTensorsCheckpoint.IsPlainFileName(shard))
-                throw new InvalidDataException(
+                throw new InputError(
                     $"{indexPath}: weight_map maps tensor '{p.Name}' to {p.Value.GetRawText()}; expected a file name in the same folder");
             if (!shards.Contains(shard)) shards.Add(shard);
         }
@@ -668,7 +681,7 @@ public sealed partial class HubClient : IDisposable
     static JsonDocument ParseJson(string path)
     {
         try { return JsonDocument.Parse(File.ReadAllBytes(path)); }
-        catch (JsonException e) { throw new InvalidDataException($"{path} is not valid JSON: {e.Message}", e); }
+        catch (JsonException e) { throw new InputError($"{path} is not valid JSON: {e.Message.Split('\n')[0]}", e); }
     }
 
     /// <summary>True when the path is a file, or a symlink whose final target is a file.</summary>

@@ -71,8 +71,8 @@ public sealed class SafeTensorsCheckpoint : IDisposable
                     {
                         foreach (var t in Tensors)
                             if (!opened.Contains(t))
-                                throw new InvalidDataException(
-                                    $"{owner.Path} maps tensor '{t}' to shard {System.IO.Path.GetFileName(Path)}, " +
+                                throw new InputError(
+                                    $"{owner.Path}: weight_map maps tensor '{t}' to shard {System.IO.Path.GetFileName(Path)}, " +
                                     $"but {Path} has no such tensor (index and shards do not match)");
                     }
                     catch
@@ -113,8 +113,8 @@ public sealed class SafeTensorsCheckpoint : IDisposable
             {
                 string full = System.IO.Path.GetFullPath(System.IO.Path.Combine(folder, shardFile));
                 if (!File.Exists(full))
-                    throw new FileNotFoundException(
-                        $"{indexPath} names shard '{shardFile}' (for tensor '{tensor}'), but {full} does not exist", full);
+                    throw new InputError(
+                        $"{indexPath}: weight_map names shard '{shardFile}' (for tensor '{tensor}'), but {full} does not exist");
                 shard = new Shard(full, this);
                 shards.Add(shardFile, shard);
                 order.Add(shard);
@@ -133,13 +133,11 @@ public sealed class SafeTensorsCheckpoint : IDisposable
     /// <c>model.safetensors.index.json</c>, the path of an index JSON, or the path of a single
     /// .safetensors file.
     /// </summary>
-    /// <exception cref="FileNotFoundException">
-    /// The path does not exist, the folder has no safetensors weights, or a shard named by the
-    /// index is missing (the message names the index and the shard).
-    /// </exception>
-    /// <exception cref="InvalidDataException">
+    /// <exception cref="FileNotFoundException">The path does not exist, or the folder has no safetensors weights.</exception>
+    /// <exception cref="InputError">
     /// A malformed file or index (see <see cref="SafeTensorsFile.Open"/>); an index entry that is
-    /// not a plain file name in the index's folder.
+    /// not a plain file name in the index's folder, or names a shard that does not exist (the
+    /// message names the index and the shard).
     /// </exception>
     public static SafeTensorsCheckpoint Open(string path)
     {
@@ -164,47 +162,62 @@ public sealed class SafeTensorsCheckpoint : IDisposable
         return new SafeTensorsCheckpoint(SafeTensorsFile.Open(path));
     }
 
+    /// <summary>Largest index JSON read (real ones are well under 1 MB).</summary>
+    public const long MaxIndexBytes = SafeTensorsFile.MaxHeaderBytes;
+
     static SafeTensorsCheckpoint OpenIndex(string indexPath)
     {
+        long length = new FileInfo(indexPath).Length;
+        if (length > MaxIndexBytes)
+            throw Bad(indexPath, $"the index is {length:N0} bytes; expected at most {MaxIndexBytes:N0}");
+        byte[] bytes = File.ReadAllBytes(indexPath);
+        if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw Bad(indexPath, "not valid UTF-8 text");
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(File.ReadAllBytes(indexPath));
+            doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 16 });
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{indexPath}: not a valid safetensors index: not valid JSON: {e.Message}", e);
+            throw Bad(indexPath, $"not valid JSON: {e.Message.Split('\n')[0]}", e);
         }
         using (doc)
+        try
         {
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object)
-                throw new InvalidDataException($"{indexPath}: not a valid safetensors index: expected a JSON object");
+                throw Bad(indexPath, "expected a JSON object");
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
             if (root.TryGetProperty("metadata", out var md) && md.ValueKind == JsonValueKind.Object)
                 foreach (var p in md.EnumerateObject())
                     metadata[p.Name] = p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString()! : p.Value.GetRawText();
             if (!root.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
-                throw new InvalidDataException(
-                    $"{indexPath}: not a valid safetensors index: expected a \"weight_map\" object of tensor name → shard file");
+                throw Bad(indexPath, "expected a \"weight_map\" object of tensor name → shard file");
             var map = new List<(string, string)>();
             var seen = new HashSet<string>(StringComparer.Ordinal);
             foreach (var p in wm.EnumerateObject())
             {
                 if (p.Value.ValueKind != JsonValueKind.String)
-                    throw new InvalidDataException(
-                        $"{indexPath}: weight_map entry for tensor '{p.Name}' is not a string; expected a shard file name");
+                    throw new InputError($"{indexPath}: weight_map entry for tensor '{p.Name}' is not a string; expected a shard file name");
                 string shard = p.Value.GetString()!;
                 if (!IsPlainFileName(shard))
-                    throw new InvalidDataException(
-                        $"{indexPath}: weight_map maps tensor '{p.Name}' to '{shard}'; expected a file name in the same folder");
+                    throw new InputError($"{indexPath}: weight_map maps tensor '{p.Name}' to '{shard}'; expected a file name in the same folder");
                 if (!seen.Add(p.Name))
-                    throw new InvalidDataException($"{indexPath}: weight_map lists tensor '{p.Name}' twice");
+                    throw new InputError($"{indexPath}: weight_map lists tensor '{p.Name}' twice");
                 map.Add((p.Name, shard));
             }
+            if (map.Count == 0) throw Bad(indexPath, "the weight_map is empty; expected at least one tensor");
             return new SafeTensorsCheckpoint(indexPath, metadata, map);
         }
+        catch (InvalidOperationException e)
+        {
+            // A string JsonElement cannot transcode, e.g. an escaped lone surrogate "\ud800".
+            throw Bad(indexPath, $"holds a string that is not valid Unicode ({e.Message})", e);
+        }
     }
+
+    static InputError Bad(string indexPath, string what, Exception? inner = null) =>
+        new($"{indexPath}: not a valid safetensors index: {what}", inner);
 
     internal static bool IsPlainFileName(string name) =>
         name.Length > 0 && name != "." && name != ".." && name.IndexOfAny(['/', '\\', '\0']) < 0
@@ -214,15 +227,14 @@ public sealed class SafeTensorsCheckpoint : IDisposable
     public bool Contains(string name) => _single?.Contains(name) ?? _byTensor!.ContainsKey(name);
 
     /// <summary>The file holding a tensor, opening its shard if needed.</summary>
-    /// <exception cref="KeyNotFoundException">No such tensor.</exception>
-    /// <exception cref="InvalidDataException">The shard is malformed or lacks a tensor the index maps to it.</exception>
+    /// <exception cref="InputError">No such tensor; the shard is malformed or lacks a tensor the index maps to it.</exception>
     public SafeTensorsFile FileOf(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
         ThrowIfDisposed();
         if (_single is not null) return _single;
         if (_byTensor!.TryGetValue(name, out var shard)) return shard.File;
-        throw new KeyNotFoundException(NameSuggestions.Missing(name, $"in {Path}", _names));
+        throw new InputError($"{Path}: " + NameSuggestions.Missing(name, "in the checkpoint", _names));
     }
 
     /// <inheritdoc cref="SafeTensorsFile.GetInfo" />

@@ -69,12 +69,14 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
 
     /// <summary>Maps <paramref name="path"/> read-only and validates its header.</summary>
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
-    /// <exception cref="InvalidDataException">
+    /// <exception cref="InputError">
     /// The file is not a valid safetensors file: shorter than 8 bytes, header length beyond the
-    /// file or over 100 MB, header not a JSON object, a missing or mistyped field, unknown dtype,
-    /// negative or overflowing shape, byte length not equal to elements × dtype size, offsets past
-    /// the end of the data (truncated file), or overlapping tensors. The message names the file,
-    /// the tensor where there is one, and what was expected versus found.
+    /// file or over 100 MB, header not UTF-8 or not a JSON object, a missing or mistyped field, a
+    /// repeated name, unknown dtype, negative or overflowing shape, byte length not equal to
+    /// elements × dtype size, or tensors that do not tile the data buffer exactly (the first must
+    /// begin at 0, each next where the previous ended, the last end at the end of the file: a
+    /// header length that is off by a byte, a truncated file or trailing bytes are all refused).
+    /// The message names the file, the tensor where there is one, and what was expected versus found.
     /// </exception>
     public static SafeTensorsFile Open(string path)
     {
@@ -129,18 +131,21 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
         long dataStart = 8 + (long)headerLength;
         long dataLength = fileLength - dataStart;
 
+        var headerBytes = new ReadOnlySpan<byte>(basePtr + 8, (int)headerLength);
+        if (!System.Text.Unicode.Utf8.IsValid(headerBytes))
+            throw Bad(path, $"header ({headerLength} bytes) is not valid UTF-8 (a tensor name or metadata value holds invalid bytes)");
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(new ReadOnlySpan<byte>(basePtr + 8, (int)headerLength).ToArray(),
-                new JsonDocumentOptions { MaxDepth = 16 });
+            doc = JsonDocument.Parse(headerBytes.ToArray(), new JsonDocumentOptions { MaxDepth = 16 });
         }
         catch (JsonException e)
         {
-            throw Bad(path, $"header ({headerLength} bytes) is not valid JSON: {e.Message}", e);
+            throw Bad(path, $"header ({headerLength} bytes) is not valid JSON: {e.Message.Split('\n')[0]}", e);
         }
 
         using (doc)
+        try
         {
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object)
@@ -168,8 +173,13 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
                 names.Add(name);
             }
 
-            CheckOverlaps(path, tensors.Values);
+            CheckTiling(path, tensors.Values, dataLength);
             return (tensors, names.ToArray(), metadata, dataStart);
+        }
+        catch (InvalidOperationException e)
+        {
+            // JsonElement throws this for a string it cannot transcode, e.g. an escaped lone surrogate "\ud800".
+            throw Bad(path, $"header holds a string that is not valid Unicode ({e.Message})", e);
         }
     }
 
@@ -255,30 +265,43 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
         return e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out value) && value >= 0;
     }
 
-    static void CheckOverlaps(string path, IEnumerable<SafeTensorInfo> tensors)
+    /// <summary>
+    /// The tensors must tile the data buffer: sorted by offset, the first begins at 0, each next one
+    /// begins where the previous ended, and the last ends at the end of the file (as the reference
+    /// implementation requires). A header length one byte short still parses as JSON but shifts every
+    /// tensor; this is what refuses it.
+    /// </summary>
+    static void CheckTiling(string path, IEnumerable<SafeTensorInfo> tensors, long dataLength)
     {
-        // Holes are allowed; overlaps are not. Empty tensors occupy no bytes.
-        var sorted = tensors.Where(t => t.End > t.Begin).OrderBy(t => t.Begin).ToArray();
-        for (int i = 1; i < sorted.Length; i++)
+        var sorted = tensors.OrderBy(t => t.Begin).ThenBy(t => t.End).ToArray();
+        long expected = 0;
+        SafeTensorInfo? previous = null;
+        foreach (var t in sorted)
         {
-            var prev = sorted[i - 1];
-            var cur = sorted[i];
-            if (cur.Begin < prev.End)
-                throw Bad(path, $"tensors '{prev.Name}' [{prev.Begin}, {prev.End}) and '{cur.Name}' " +
-                                $"[{cur.Begin}, {cur.End}) overlap; expected disjoint byte ranges");
+            if (t.Begin < expected)
+                throw Bad(path, $"tensors '{previous!.Name}' [{previous.Begin}, {previous.End}) and '{t.Name}' " +
+                                $"[{t.Begin}, {t.End}) overlap; expected disjoint byte ranges");
+            if (t.Begin > expected)
+                throw BadTensor(path, t.Name, $"data_offsets [{t.Begin}, {t.End}] begin at {t.Begin}; expected {expected} " +
+                                 (previous is null ? "(the first tensor starts the data buffer)" : $"(where '{previous.Name}' ends: tensors must be contiguous)"));
+            expected = t.End;
+            previous = t;
         }
+        if (expected != dataLength)
+            throw Bad(path, $"the tensors cover {expected} bytes of data but {dataLength} bytes follow the header; " +
+                            "expected them to end exactly at the end of the file (wrong header length, or trailing bytes?)");
     }
 
     /// <summary>True when the file holds a tensor called <paramref name="name"/>.</summary>
     public bool Contains(string name) => _tensors.ContainsKey(name);
 
     /// <summary>Dtype, shape and offsets of a tensor.</summary>
-    /// <exception cref="KeyNotFoundException">No such tensor (the message lists near matches).</exception>
+    /// <exception cref="InputError">No such tensor (the message names the file and lists near matches).</exception>
     public SafeTensorInfo GetInfo(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
         if (_tensors.TryGetValue(name, out var info)) return info;
-        throw new KeyNotFoundException(NameSuggestions.Missing(name, $"in {Path}", _names));
+        throw new InputError($"{Path}: " + NameSuggestions.Missing(name, "in the file", _names));
     }
 
     /// <summary>True and the info when the tensor exists.</summary>
@@ -286,8 +309,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
 
     /// <summary>The raw little-endian bytes of a tensor, straight from the mapping (no copy).</summary>
     /// <remarks>The span is valid until <see cref="Dispose"/>; do not keep it longer.</remarks>
-    /// <exception cref="KeyNotFoundException">No such tensor.</exception>
-    /// <exception cref="NotSupportedException">The tensor is 2 GiB or larger (a span cannot index it).</exception>
+    /// <exception cref="InputError">No such tensor.</exception>
+    /// <exception cref="InputError">The tensor is 2 GiB or larger (a span cannot index it).</exception>
     /// <exception cref="ObjectDisposedException">The file was disposed.</exception>
     public ReadOnlySpan<byte> GetBytes(string name)
     {
@@ -303,9 +326,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
     /// <see cref="ObjectDisposedException"/>) and read-only (never write through
     /// <c>MemoryMarshal.AsMemory</c>). F16, BF16 and F64 tensors are converted into a new array.
     /// </summary>
-    /// <exception cref="KeyNotFoundException">No such tensor.</exception>
-    /// <exception cref="InvalidDataException">The tensor is not F32, F16, BF16 or F64.</exception>
-    /// <exception cref="NotSupportedException">The tensor has 2^31 elements or more.</exception>
+    /// <exception cref="InputError">No such tensor.</exception>
+    /// <exception cref="InputError">The tensor is not F32, F16, BF16 or F64, or has 2^31 elements or more.</exception>
     /// <exception cref="ObjectDisposedException">The file was disposed.</exception>
     public ReadOnlyMemory<float> GetFloat32(string name)
     {
@@ -342,8 +364,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
     }
 
     /// <summary>An integer tensor (I64, I32, I16, I8, U32, U16, U8 or BOOL) widened into a new <c>long[]</c>.</summary>
-    /// <exception cref="KeyNotFoundException">No such tensor.</exception>
-    /// <exception cref="InvalidDataException">The tensor has a floating-point or U64/F8 dtype.</exception>
+    /// <exception cref="InputError">No such tensor.</exception>
+    /// <exception cref="InputError">The tensor has a floating-point or U64/F8 dtype, or has 2^31 elements or more.</exception>
     /// <exception cref="ObjectDisposedException">The file was disposed.</exception>
     public long[] GetInt64(string name)
     {
@@ -372,8 +394,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
     int CheckedLength(SafeTensorInfo info, long count, string unit)
     {
         if (count > Array.MaxLength)
-            throw new NotSupportedException(
-                $"tensor '{info.Name}' in {Path} has {count} {unit}; at most {Array.MaxLength} can be read at once");
+            throw new InputError($"{Path}: tensor '{info.Name}' has {count} {unit}; at most {Array.MaxLength} can be read at once");
         return (int)count;
     }
 
@@ -395,13 +416,13 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
     /// <inheritdoc />
     public override string ToString() => $"{Path} ({_names.Length} tensors)";
 
-    internal static InvalidDataException Bad(string path, string what, Exception? inner = null) =>
+    internal static InputError Bad(string path, string what, Exception? inner = null) =>
         new($"{path}: not a valid safetensors file: {what}", inner);
 
-    internal static InvalidDataException BadTensor(string path, string tensor, string what) =>
+    internal static InputError BadTensor(string path, string tensor, string what) =>
         new(what.StartsWith("has ", StringComparison.Ordinal)
-            ? $"tensor '{tensor}' in {path} {what}"
-            : $"tensor '{tensor}' in {path}: {what}");
+            ? $"{path}: tensor '{tensor}' {what}"
+            : $"{path}: tensor '{tensor}': {what}");
 
     static string Kind(JsonElement e) => e.ValueKind switch
     {

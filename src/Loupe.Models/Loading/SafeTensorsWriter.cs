@@ -115,6 +115,7 @@ public static class SafeTensorsWriter
     /// <summary>Writes tensors of any dtype (mix <see cref="SafeTensorEntry.F32"/>, <see cref="SafeTensorEntry.I64"/>, …).</summary>
     /// <exception cref="ArgumentException">As for the float32 overload.</exception>
     /// <exception cref="IOException">The file cannot be written (the previous file is kept).</exception>
+    /// <exception cref="InputError">The path names something other than a regular file (a folder, link, device, pipe).</exception>
     public static void Write(string path, IEnumerable<SafeTensorEntry> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
@@ -138,7 +139,7 @@ public static class SafeTensorsWriter
         byte[] header = BuildHeader(entries, metadata);
 
         // 3. Stream to a temporary file beside the target, flush to disk, rename over the target
-        //    (only ever over a regular file: a device, folder or link named by mistake is refused).
+        //    (only ever over a regular file: a device node, folder or link named by mistake is refused).
         OutputFiles.EnsureReplaceable(path);
         string tmp = path + ".tmp-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6));
         try

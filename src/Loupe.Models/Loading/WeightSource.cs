@@ -29,18 +29,42 @@ public sealed class WeightSource : IDisposable
 
     public IReadOnlyList<string> Names => _checkpoint.Names;
 
-    /// <summary>The tensor's data as float32, checked against <paramref name="shape"/>.</summary>
-    /// <exception cref="InvalidDataException">The tensor is missing or has another shape.</exception>
+    /// <summary>
+    /// The tensor's data as float32, checked against <paramref name="shape"/> and scanned for NaN/±∞
+    /// (a vectorized pass, about the cost of reading the weights once).
+    /// </summary>
+    /// <exception cref="InputError">The tensor is missing, has another shape, or holds a NaN or ±∞ (the message names the tensor and its file).</exception>
     public ReadOnlyMemory<float> Get(string name, params int[] shape)
     {
         if (!_checkpoint.Contains(name))
-            throw new InvalidDataException($"{Where}: tensor '{name}' (expected shape {ShapeUtil.Format(shape)}) is missing from the checkpoint{NearMatches(name)}");
+            throw new InputError($"{Where}: tensor '{name}' (expected shape {ShapeUtil.Format(shape)}) is missing from the checkpoint{NearMatches(name)}");
         var info = _checkpoint.GetInfo(name);
-        if (info.Shape.Length != shape.Length || !info.Shape.Select(d => (int)d).SequenceEqual(shape))
-            throw new InvalidDataException($"{Where}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}]; the config implies {ShapeUtil.Format(shape)}");
+        if (info.Shape.Length != shape.Length || !info.Shape.SequenceEqual(shape.Select(d => (long)d)))
+            throw new InputError($"{_checkpoint.FileOf(name).Path}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}]; the config implies {ShapeUtil.Format(shape)}");
         var data = _checkpoint.GetFloat32(name);
-        if (_counted.Add(name)) _parameters += data.Length;
+        if (_counted.Add(name))
+        {
+            int bad = NonFinite.IndexOf(data.Span);
+            if (bad >= 0)
+                throw new InputError($"{_checkpoint.FileOf(name).Path}: tensor '{name}': expected finite weights, found {NonFinite.Describe(data.Span[bad])} " +
+                                     $"at {NonFinite.Unravel(bad, shape)} of shape {ShapeUtil.Format(shape)}");
+            _parameters += data.Length;
+        }
         return data;
+    }
+
+    /// <summary>
+    /// Refuses a checkpoint with tensors for more layers than the config declares (they would be
+    /// silently ignored): no tensor name may start with <paramref name="layerPrefix"/>(<paramref name="layers"/>).
+    /// </summary>
+    /// <exception cref="InputError">Such a tensor exists (the message names it and the config field).</exception>
+    public void CheckNoLayerBeyond(Func<int, string> layerPrefix, int layers, string configPath, string field)
+    {
+        string extra = layerPrefix(layers);
+        foreach (var n in _checkpoint.Names)
+            if (n.StartsWith(extra, StringComparison.Ordinal))
+                throw new InputError($"{configPath}: {field} is {layers}, but the checkpoint in {Where} has tensor '{n}' for layer {layers}; " +
+                                     $"the config and the weights disagree");
     }
 
     /// <summary><see cref="Get"/> when present, otherwise empty.</summary>

@@ -230,6 +230,10 @@ public static class Activations
         return t * Math.Exp(acc - z * z);
     }
 
+    /// <summary>True for the activation names <see cref="Apply"/> and <see cref="Backward"/> accept (so a config can be checked when it is read).</summary>
+    public static bool IsKnown(string? name) =>
+        name is "relu" or "silu" or "swish" or "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" or "gelu_tanh" or "gelu" or "gelu_exact";
+
     /// <summary>Applies an activation named as in HF / TransformerLens configs.</summary>
     /// <exception cref="NotSupportedException">The name is not a known activation.</exception>
     public static void Apply(string name, ReadOnlySpan<float> x, Span<float> y)

@@ -113,27 +113,70 @@ public static class Softmax
 /// </summary>
 public sealed class RotaryTable
 {
-    readonly float[] _cos, _sin; // [maxPositions, rotaryDim/2]
+    /// <summary>Positions computed up front; the table grows (doubling) only as later positions are used.</summary>
+    const int InitialPositions = 2048;
 
+    /// <summary>cos and sin of θ for positions [0, Count), each row <c>rotaryDim/2</c> wide. Immutable once published.</summary>
+    sealed record Rows(float[] Cos, float[] Sin, int Count);
+
+    readonly float[] _invFreq;
+    readonly object _growing = new();
+    Rows _rows;
+
+    /// <param name="rotaryDim">Rotated dimensions per head: positive and even.</param>
+    /// <param name="theta">RoPE base: finite and positive.</param>
+    /// <param name="maxPositions">Positions the model accepts (n_ctx). Rows are computed lazily, so a
+    /// context of millions costs memory only for the positions actually run.</param>
+    /// <exception cref="ArgumentException">An argument is out of range (configs are checked before this).</exception>
     public RotaryTable(int rotaryDim, double theta, int maxPositions)
     {
         if (rotaryDim <= 0 || rotaryDim % 2 != 0) throw new ArgumentException($"rotary dimension must be a positive even number, got {rotaryDim}", nameof(rotaryDim));
+        if (!double.IsFinite(theta) || theta <= 0) throw new ArgumentOutOfRangeException(nameof(theta), theta, "the rotary base must be finite and positive");
+        if (maxPositions <= 0) throw new ArgumentOutOfRangeException(nameof(maxPositions), maxPositions, "the rotary table needs at least one position");
         RotaryDim = rotaryDim;
         MaxPositions = maxPositions;
         int half = rotaryDim / 2;
-        _cos = new float[maxPositions * half];
-        _sin = new float[maxPositions * half];
         // Same float32 arithmetic as HF: inv_freq in float32, angle = float(pos) * inv_freq in float32.
-        var invFreq = new float[half];
-        for (int i = 0; i < half; i++) invFreq[i] = (float)(1.0 / Math.Pow(theta, (float)(2 * i) / rotaryDim));
-        for (int p = 0; p < maxPositions; p++)
+        _invFreq = new float[half];
+        for (int i = 0; i < half; i++) _invFreq[i] = (float)(1.0 / Math.Pow(theta, (float)(2 * i) / rotaryDim));
+        _rows = Build(Math.Min(maxPositions, InitialPositions));
+    }
+
+    Rows Build(int count)
+    {
+        int half = _invFreq.Length;
+        long size = (long)count * half;
+        if (size > Array.MaxLength) throw new ArgumentOutOfRangeException(nameof(count), count, $"a rotary table of {count} positions × {half} does not fit in one array");
+        var cos = new float[size];
+        var sin = new float[size];
+        for (int p = 0; p < count; p++)
             for (int i = 0; i < half; i++)
             {
-                float angle = p * invFreq[i];
-                _cos[p * half + i] = (float)Math.Cos(angle);
-                _sin[p * half + i] = (float)Math.Sin(angle);
+                float angle = p * _invFreq[i];
+                cos[p * half + i] = (float)Math.Cos(angle);
+                sin[p * half + i] = (float)Math.Sin(angle);
             }
+        return new Rows(cos, sin, count);
     }
+
+    /// <summary>The table covering positions [0, <paramref name="needed"/>), grown under a lock when it is shorter.</summary>
+    Rows Covering(int needed)
+    {
+        var rows = Volatile.Read(ref _rows);
+        if (needed <= rows.Count) return rows;
+        lock (_growing)
+        {
+            rows = _rows;
+            if (needed <= rows.Count) return rows;
+            int count = (int)Math.Min(MaxPositions, Math.Max(needed, 2L * rows.Count));
+            rows = Build(count);
+            Volatile.Write(ref _rows, rows);
+            return rows;
+        }
+    }
+
+    /// <summary>Positions whose angles are computed so far (grows on demand up to <see cref="MaxPositions"/>).</summary>
+    public int ComputedPositions => Volatile.Read(ref _rows).Count;
 
     public int RotaryDim { get; }
     public int MaxPositions { get; }
@@ -158,13 +201,20 @@ public sealed class RotaryTable
         if (positions.Length < rows) throw new ArgumentException($"{positions.Length} positions for {rows} rows", nameof(positions));
         if (x.Length < (long)rows * heads * headDim) throw new ArgumentException($"x has {x.Length} elements; [{rows}, {heads}, {headDim}] needs {(long)rows * heads * headDim}", nameof(x));
         int half = RotaryDim / 2;
-        Span<float> sin = stackalloc float[half];
+        int highest = -1;
         for (int r = 0; r < rows; r++)
         {
             int p = positions[r];
             if ((uint)p >= (uint)MaxPositions) throw new ArgumentOutOfRangeException(nameof(positions), $"position {p} is outside the rotary table (0..{MaxPositions - 1})");
-            var cos = new ReadOnlySpan<float>(_cos, p * half, half);
-            var sinTable = new ReadOnlySpan<float>(_sin, p * half, half);
+            highest = Math.Max(highest, p);
+        }
+        var table = Covering(highest + 1);
+        var sin = new float[half];
+        for (int r = 0; r < rows; r++)
+        {
+            int p = positions[r];
+            var cos = new ReadOnlySpan<float>(table.Cos, p * half, half);
+            var sinTable = new ReadOnlySpan<float>(table.Sin, p * half, half);
             for (int i = 0; i < half; i++) sin[i] = direction * sinTable[i];
             for (int h = 0; h < heads; h++)
             {

@@ -209,7 +209,7 @@ public class HubClientTests
         using var cache = new TempDir();
         using var client = Client(hub.Endpoint, cache);
 
-        var e = await Assert.ThrowsAsync<InvalidDataException>(() => client.ResolveAsync(Repo));
+        var e = await Assert.ThrowsAsync<IOException>(() => client.ResolveAsync(Repo));
 
         Assert.Contains("model.safetensors", e.Message);
         Assert.Contains($"expected {Weights.Length + 10} bytes", e.Message);
@@ -226,7 +226,7 @@ public class HubClientTests
         string endpoint = $"http://127.0.0.1:{FakeHub.FreePort()}";
         using var client = Client(endpoint, cache);
 
-        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => client.ResolveAsync(Repo));
+        var e = await Assert.ThrowsAsync<HttpRequestException>(() => client.ResolveAsync(Repo));
 
         Assert.Contains($"hub at {endpoint} could not be reached", e.Message);
         Assert.Contains($"Downloading '{Repo}' needs the network", e.Message);
@@ -267,7 +267,7 @@ public class HubClientTests
             using var cache = new TempDir();
             string endpoint = $"http://127.0.0.1:{((IPEndPoint)silent.LocalEndpoint).Port}";
             using var client = Client(endpoint, cache, timeoutSeconds: 1);
-            var e = await Assert.ThrowsAsync<InvalidOperationException>(() => client.ResolveAsync(Repo));
+            var e = await Assert.ThrowsAsync<HttpRequestException>(() => client.ResolveAsync(Repo));
             Assert.Contains("could not be reached", e.Message);
             Assert.Contains("within 1 s", e.Message);
         }
@@ -284,7 +284,7 @@ public class HubClientTests
     {
         using var cache = new TempDir();
         using var client = Client($"http://127.0.0.1:{FakeHub.FreePort()}", cache, offline: true);
-        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => client.ResolveAsync(Repo));
+        var e = await Assert.ThrowsAsync<InputError>(() => client.ResolveAsync(Repo));
         Assert.Contains("HF_HUB_OFFLINE", e.Message);
         Assert.Contains(RepoFolder(cache), e.Message);
         Assert.Contains("--model ../shared/models/stories260K", e.Message);
@@ -296,7 +296,7 @@ public class HubClientTests
         using var hub = new FakeHub();
         using var cache = new TempDir();
         using var client = Client(hub.Endpoint, cache);
-        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => client.ResolveAsync("nobody/nothing"));
+        var e = await Assert.ThrowsAsync<InputError>(() => client.ResolveAsync("nobody/nothing"));
         Assert.Contains("404", e.Message);
         Assert.Contains("'nobody/nothing' does not exist", e.Message);
     }
@@ -309,7 +309,7 @@ public class HubClientTests
         using var cache = new TempDir();
         using (var anonymous = Client(hub.Endpoint, cache))
         {
-            var e = await Assert.ThrowsAsync<InvalidOperationException>(() => anonymous.ResolveAsync(Repo));
+            var e = await Assert.ThrowsAsync<InputError>(() => anonymous.ResolveAsync(Repo));
             Assert.Contains("401", e.Message);
             Assert.Contains("gated or private", e.Message);
             Assert.Contains("HF_TOKEN", e.Message);
@@ -365,7 +365,7 @@ public class HubClientTests
         });
         using var cache = new TempDir();
         using var client = Client(hub.Endpoint, cache);
-        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => client.ResolveAsync("org/pickled"));
+        var e = await Assert.ThrowsAsync<InputError>(() => client.ResolveAsync("org/pickled"));
         Assert.Contains("only safetensors", e.Message);
         Assert.Contains("pytorch_model.bin", e.Message);
         Assert.DoesNotContain(hub.Requests, r => r.Path.Contains("pytorch_model.bin", StringComparison.Ordinal));
@@ -396,11 +396,11 @@ public class HubClientTests
     [InlineData("../no/such/folder")]
     [InlineData("org/name/extra")]
     [InlineData("bad--id")]
-    public async Task NeitherAFolderNorAModelId_IsAnArgumentException(string text)
+    public async Task NeitherAFolderNorAModelId_IsAnInputError(string text)
     {
         using var cache = new TempDir();
         using var client = Client($"http://127.0.0.1:{FakeHub.FreePort()}", cache);
-        var e = await Assert.ThrowsAsync<ArgumentException>(() => client.ResolveAsync(text));
+        var e = await Assert.ThrowsAsync<InputError>(() => client.ResolveAsync(text));
         Assert.Contains(text, e.Message);
     }
 

@@ -53,7 +53,7 @@ public class SafeTensorsCheckpointTests
         Assert.Same(c.FileOf("blocks.0.ln.weight"), m!.Owner); // one mapping per shard
         Assert.Equal(24, c.GetBytes("embed.weight").Length);
 
-        var e = Assert.Throws<KeyNotFoundException>(() => c.GetFloat32("embed.weigth"));
+        var e = Assert.Throws<InputError>(() => c.GetFloat32("embed.weigth"));
         Assert.Contains(index, e.Message);
         Assert.Contains("'embed.weight'", e.Message);
     }
@@ -93,21 +93,21 @@ public class SafeTensorsCheckpointTests
         WriteShards(dir);
         File.Delete(dir.File("model-00002-of-00002.safetensors"));
         string index = WriteIndex(dir, GoodMap);
-        var e = Assert.Throws<FileNotFoundException>(() => SafeTensorsCheckpoint.Open(dir.Path));
+        var e = Assert.Throws<InputError>(() => SafeTensorsCheckpoint.Open(dir.Path));
         Assert.Contains(index, e.Message);
         Assert.Contains("'model-00002-of-00002.safetensors'", e.Message);
         Assert.Contains("unembed.weight", e.Message);
     }
 
     [Fact]
-    public void TensorNotInTheShardTheIndexNames_IsInvalidData()
+    public void TensorNotInTheShardTheIndexNames_IsInputError()
     {
         using var dir = new TempDir();
         WriteShards(dir);
         string index = WriteIndex(dir, GoodMap + ", \"ghost.weight\": \"model-00002-of-00002.safetensors\"");
         using var c = SafeTensorsCheckpoint.Open(dir.Path);
         Assert.Equal([1f, 2, 3, 4, 5, 6], c.GetFloat32("embed.weight").ToArray()); // shard 1 is fine
-        var e = Assert.Throws<InvalidDataException>(() => c.GetFloat32("unembed.weight"));
+        var e = Assert.Throws<InputError>(() => c.GetFloat32("unembed.weight"));
         Assert.Contains(index, e.Message);
         Assert.Contains("'ghost.weight'", e.Message);
         Assert.Contains("model-00002-of-00002.safetensors", e.Message);
@@ -116,25 +116,48 @@ public class SafeTensorsCheckpointTests
     [Theory]
     [InlineData("\"w\": \"../outside.safetensors\"", "expected a file name")]
     [InlineData("\"w\": 3", "not a string")]
-    public void BadIndexEntries_AreInvalidData(string map, string expected)
+    [InlineData("\"w\": \"/etc/passwd\"", "expected a file name")]
+    [InlineData("\"w\": \"sub/dir.safetensors\"", "expected a file name")]
+    [InlineData("\"w\": \"..\"", "expected a file name")]
+    [InlineData("\"w\": \"\"", "expected a file name")]
+    [InlineData("\"w\": \"a.safetensors\", \"w\": \"a.safetensors\"", "twice")]
+    [InlineData("\"w\": \"absent.safetensors\"", "does not exist")]
+    public void BadIndexEntries_AreInputErrors(string map, string expected)
     {
         using var dir = new TempDir();
         string index = WriteIndex(dir, map);
-        var e = Assert.Throws<InvalidDataException>(() => SafeTensorsCheckpoint.Open(dir.Path));
+        var e = Assert.Throws<InputError>(() => SafeTensorsCheckpoint.Open(dir.Path));
         Assert.Contains(index, e.Message);
         Assert.Contains("'w'", e.Message);
         Assert.Contains(expected, e.Message);
     }
 
     [Fact]
-    public void IndexWithoutWeightMap_OrNotJson_IsInvalidData()
+    public void EmptyOrNonUtf8OrHugeIndex_IsInputError()
+    {
+        using var dir = new TempDir();
+        string index = dir.File(SafeTensorsCheckpoint.IndexFileName);
+        File.WriteAllText(index, "{\"weight_map\": {}}");
+        Assert.Contains("empty", Assert.Throws<InputError>(() => SafeTensorsCheckpoint.Open(dir.Path)).Message);
+        File.WriteAllBytes(index, [.. "{\"weight_map\": {\"w"u8, 0xFF, 0xFE, .. "\": \"a.safetensors\"}}"u8]);
+        var e = Assert.Throws<InputError>(() => SafeTensorsCheckpoint.Open(dir.Path));
+        Assert.Contains(index, e.Message);
+        Assert.Contains("UTF-8", e.Message);
+        File.WriteAllText(index, "{\"weight_map\": {\"w\\ud800\": \"a.safetensors\"}}");
+        Assert.Contains(index, Assert.Throws<InputError>(() => SafeTensorsCheckpoint.Open(dir.Path)).Message);
+        using (var fs = new FileStream(index, FileMode.Create)) fs.SetLength(SafeTensorsCheckpoint.MaxIndexBytes + 1);
+        Assert.Contains("at most", Assert.Throws<InputError>(() => SafeTensorsCheckpoint.Open(dir.Path)).Message);
+    }
+
+    [Fact]
+    public void IndexWithoutWeightMap_OrNotJson_IsInputError()
     {
         using var dir = new TempDir();
         string index = dir.File(SafeTensorsCheckpoint.IndexFileName);
         File.WriteAllText(index, "{\"metadata\": {}}");
-        Assert.Contains("weight_map", Assert.Throws<InvalidDataException>(() => SafeTensorsCheckpoint.Open(dir.Path)).Message);
+        Assert.Contains("weight_map", Assert.Throws<InputError>(() => SafeTensorsCheckpoint.Open(dir.Path)).Message);
         File.WriteAllText(index, "{oops");
-        Assert.Contains(index, Assert.Throws<InvalidDataException>(() => SafeTensorsCheckpoint.Open(dir.Path)).Message);
+        Assert.Contains(index, Assert.Throws<InputError>(() => SafeTensorsCheckpoint.Open(dir.Path)).Message);
     }
 
     [Fact]

@@ -3,18 +3,18 @@ using static Loupe.Models.Tests.Loading.RawSafeTensors;
 
 namespace Loupe.Models.Tests.Loading;
 
-/// <summary>Every malformed file is an <see cref="InvalidDataException"/> naming the file (and tensor).</summary>
+/// <summary>Every malformed file is an <see cref="InputError"/> naming the file (and tensor).</summary>
 public class SafeTensorsValidationTests
 {
-    static InvalidDataException OpenBad(TempDir dir, byte[] bytes, out string path)
+    static InputError OpenBad(TempDir dir, byte[] bytes, out string path)
     {
         path = dir.File("bad.safetensors");
         File.WriteAllBytes(path, bytes);
         string p = path;
-        return Assert.Throws<InvalidDataException>(() => SafeTensorsFile.Open(p).Dispose());
+        return Assert.Throws<InputError>(() => SafeTensorsFile.Open(p).Dispose());
     }
 
-    static InvalidDataException OpenBad(string header, byte[] data, out string path, out TempDir dir, ulong? headerLength = null)
+    static InputError OpenBad(string header, byte[] data, out string path, out TempDir dir, ulong? headerLength = null)
     {
         dir = new TempDir();
         return OpenBad(dir, Build(header, data, headerLength), out path);
@@ -230,14 +230,14 @@ public class SafeTensorsValidationTests
     }
 
     [Fact]
-    public void HolesAndEmptyTensorsAreAllowed_AndDataOrderNeedNotFollowHeaderOrder()
+    public void EmptyTensorsAreAllowed_AndDataOrderNeedNotFollowHeaderOrder()
     {
         using var dir = new TempDir();
-        var data = new byte[20];
-        BitConverter.TryWriteBytes(data.AsSpan(16), 2.5f);
+        var data = new byte[8];
+        BitConverter.TryWriteBytes(data.AsSpan(4), 2.5f);
         BitConverter.TryWriteBytes(data.AsSpan(0), -1f);
-        string path = Write(dir.File("holes.safetensors"),
-            Header(Entry("late", "F32", [1], 16, 20), Entry("early", "F32", [1], 0, 4), Entry("none", "F32", [0], 4, 4),
+        string path = Write(dir.File("order.safetensors"),
+            Header(Entry("late", "F32", [1], 4, 8), Entry("early", "F32", [1], 0, 4), Entry("none", "F32", [0], 4, 4),
                 "\"__metadata__\":{\"format\":\"pt\"}") + "   ",
             data);
         using var f = SafeTensorsFile.Open(path);
@@ -246,6 +246,83 @@ public class SafeTensorsValidationTests
         Assert.Equal([-1f], f.GetFloat32("early").ToArray());
         Assert.Equal("pt", f.Metadata["format"]);
         Assert.Equal(4, f.GetBytes("early").Length);
+    }
+
+    [Fact]
+    public void HoleBetweenTensors_IsRefused()
+    {
+        var e = OpenBad(Header(Entry("a", "F32", [1], 0, 4), Entry("b", "F32", [1], 8, 12)), new byte[12], out var path, out var dir);
+        using (dir)
+        {
+            Assert.Contains(path, e.Message);
+            Assert.Contains("'b'", e.Message);
+            Assert.Contains("expected 4", e.Message);
+        }
+    }
+
+    [Fact]
+    public void FirstTensorNotAtZero_IsRefused()
+    {
+        var e = OpenBad(Header(Entry("a", "F32", [1], 4, 8)), new byte[8], out _, out var dir);
+        using (dir) Assert.Contains("expected 0", e.Message);
+    }
+
+    [Fact]
+    public void TrailingBytesAfterTheLastTensor_AreRefused()
+    {
+        var e = OpenBad(Header(Entry("a", "F32", [1], 0, 4)), new byte[5], out _, out var dir);
+        using (dir) Assert.Contains("end exactly at the end of the file", e.Message);
+    }
+
+    /// <summary>The silent NaN table: a header length one short still parses (the last byte is padding), and every tensor shifts.</summary>
+    [Fact]
+    public void HeaderLengthOneShort_IsRefused_ThoughTheJsonStillParses()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("model.safetensors");
+        var data = new byte[16];
+        for (int i = 0; i < 4; i++) BitConverter.TryWriteBytes(data.AsSpan(4 * i), i + 1f);
+        // A header padded with spaces, as writers pad it to align the data.
+        string header = Header(Entry("w", "F32", [4], 0, 16)) + "   ";
+        File.WriteAllBytes(path, Build(header, data));
+        using (var good = SafeTensorsFile.Open(path)) Assert.Equal([1f, 2f, 3f, 4f], good.GetFloat32("w").ToArray());
+        for (int k = 1; k <= 3; k++)
+        {
+            File.WriteAllBytes(path, Build(header, data, (ulong)(header.Length - k)));
+            var e = Assert.Throws<InputError>(() => SafeTensorsFile.Open(path).Dispose());
+            Assert.Contains(path, e.Message);
+        }
+    }
+
+    [Fact]
+    public void InvalidUtf8InATensorName_NamesTheFile()
+    {
+        using var dir = new TempDir();
+        var header = System.Text.Encoding.UTF8.GetBytes(Header(Entry("wXX", "F32", [1], 0, 4)));
+        int at = Array.IndexOf(header, (byte)'X');
+        header[at] = 0xC3; header[at + 1] = 0x28; // an invalid two-byte sequence
+        var bytes = new byte[8 + header.Length + 4];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(bytes, (ulong)header.Length);
+        header.CopyTo(bytes, 8);
+        var e = OpenBad(dir, bytes, out var path);
+        Assert.Contains(path, e.Message);
+        Assert.Contains("UTF-8", e.Message);
+        Assert.DoesNotContain("transcode", e.Message);
+    }
+
+    [Fact]
+    public void EscapedLoneSurrogateInATensorName_NamesTheFile()
+    {
+        var e = OpenBad(Header(Entry("w\\ud800", "F32", [1], 0, 4)), new byte[4], out var path, out var dir);
+        using (dir) Assert.Contains(path, e.Message);
+    }
+
+    [Fact]
+    public void HugeTensorCount_IsRefusedOnBytesNotAllocation()
+    {
+        // Shape product fits in a long but the data is absent: refused by the byte check, nothing allocated.
+        var e = OpenBad(Header(Entry("w", "F32", [1L << 40, 1L << 20], 0, 1L << 62)), new byte[4], out _, out var dir);
+        using (dir) Assert.Contains("'w'", e.Message);
     }
 
     [Fact]
@@ -263,8 +340,8 @@ public class SafeTensorsValidationTests
         string path = dir.File("ids.safetensors");
         SafeTensorsWriter.Write(path, [("input_ids", [2], (ReadOnlyMemory<long>)new long[] { 1, 2 })]);
         using var f = SafeTensorsFile.Open(path);
-        var e = Assert.Throws<InvalidDataException>(() => f.GetFloat32("input_ids"));
-        Assert.Equal($"tensor 'input_ids' in {path} has dtype I64; expected a floating-point dtype (F32, F16, BF16 or F64)", e.Message);
+        var e = Assert.Throws<InputError>(() => f.GetFloat32("input_ids"));
+        Assert.Equal($"{path}: tensor 'input_ids' has dtype I64; expected a floating-point dtype (F32, F16, BF16 or F64)", e.Message);
     }
 
     [Fact]
@@ -274,12 +351,12 @@ public class SafeTensorsValidationTests
         string path = dir.File("w.safetensors");
         SafeTensorsWriter.Write(path, [("w", [1], (ReadOnlyMemory<float>)new float[] { 1 })]);
         using var f = SafeTensorsFile.Open(path);
-        var e = Assert.Throws<InvalidDataException>(() => f.GetInt64("w"));
-        Assert.Contains($"tensor 'w' in {path} has dtype F32; expected an integer dtype", e.Message);
+        var e = Assert.Throws<InputError>(() => f.GetInt64("w"));
+        Assert.Contains($"{path}: tensor 'w' has dtype F32; expected an integer dtype", e.Message);
     }
 
     [Fact]
-    public void MissingTensor_IsKeyNotFound_NamingTensorFileAndNearMatches()
+    public void MissingTensor_IsAnInputError_NamingTensorFileAndNearMatches()
     {
         using var dir = new TempDir();
         string path = dir.File("m.safetensors");
@@ -291,16 +368,16 @@ public class SafeTensorsValidationTests
             ("transformer.wte.weight", [1], one),
         ]);
         using var f = SafeTensorsFile.Open(path);
-        var e = Assert.Throws<KeyNotFoundException>(() => f.GetInfo("transformer.h.0.attn.c_atn.weight"));
+        var e = Assert.Throws<InputError>(() => f.GetInfo("transformer.h.0.attn.c_atn.weight"));
         Assert.Contains("'transformer.h.0.attn.c_atn.weight'", e.Message);
         Assert.Contains(path, e.Message);
         Assert.Contains("did you mean 'transformer.h.0.attn.c_attn.weight'", e.Message);
         Assert.False(f.Contains("transformer.h.0.attn.c_atn.weight"));
 
-        var e2 = Assert.Throws<KeyNotFoundException>(() => f.GetFloat32("wte.weight"));
+        var e2 = Assert.Throws<InputError>(() => f.GetFloat32("wte.weight"));
         Assert.Contains("'transformer.wte.weight'", e2.Message);
 
-        var e3 = Assert.Throws<KeyNotFoundException>(() => f.GetBytes("zzzzzzzzzzzzzzzzzzzzzz").Length);
+        var e3 = Assert.Throws<InputError>(() => f.GetBytes("zzzzzzzzzzzzzzzzzzzzzz").Length);
         Assert.Contains("it has", e3.Message); // few tensors, no near match: lists them
     }
 }

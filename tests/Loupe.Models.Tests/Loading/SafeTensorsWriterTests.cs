@@ -207,4 +207,28 @@ public class SafeTensorsWriterTests
         Assert.Throws<ObjectDisposedException>(() => mem.Span[0]);
         Assert.Throws<ObjectDisposedException>(() => f.GetFloat32("w"));
     }
+
+    [Fact]
+    public void RefusesToReplaceAnythingButARegularFile()
+    {
+        using var dir = new TempDir();
+        var tensors = new[] { ("w", new[] { 1 }, (ReadOnlyMemory<float>)new float[] { 1 }) };
+        string folder = Directory.CreateDirectory(dir.File("a-folder")).FullName;
+        Assert.Throws<InputError>(() => SafeTensorsWriter.Write(folder, tensors));
+        Assert.True(Directory.Exists(folder));
+
+        string target = dir.File("target.safetensors");
+        File.WriteAllText(target, "keep me");
+        string link = dir.File("link.safetensors");
+        File.CreateSymbolicLink(link, target);
+        Assert.Throws<InputError>(() => SafeTensorsWriter.Write(link, tensors));
+        Assert.Equal("keep me", File.ReadAllText(target));
+        Assert.Empty(Directory.GetFiles(dir.Path, "*.tmp-*"));
+
+        string file = dir.File("ok.safetensors");
+        SafeTensorsWriter.Write(file, tensors);
+        SafeTensorsWriter.Write(file, tensors); // a regular file is replaced
+        using var f = SafeTensorsFile.Open(file);
+        Assert.Equal([1f], f.GetFloat32("w").ToArray());
+    }
 }
