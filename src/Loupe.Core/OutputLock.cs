@@ -15,7 +15,9 @@ public sealed class OutputLock : IDisposable
     public const string OwnerFileName = ".loupe.lock.owner";
 
     readonly FileStream _lock;
-    OutputLock(FileStream held) => _lock = held;
+    readonly string _ownerPath;
+
+    OutputLock(FileStream held, string ownerPath) => (_lock, _ownerPath) = (held, ownerPath);
 
     /// <summary>Takes the lock on <paramref name="folder"/> (created if missing) for <paramref name="job"/>.</summary>
     /// <exception cref="InputError">Another process holds the folder; the message names it.</exception>
@@ -39,11 +41,16 @@ public sealed class OutputLock : IDisposable
         OutputFiles.EnsureReplaceable(ownerPath);
         string who = $"{job} (pid {Environment.ProcessId}, started {DateTime.UtcNow:yyyy-MM-dd HH:mm:ss} UTC)";
         File.WriteAllText(ownerPath, who + "\n", new UTF8Encoding(false));
-        return new OutputLock(held);
+        return new OutputLock(held, ownerPath);
     }
 
     /// <summary>Releases the lock; the files stay (deleting them would let a third process lock a new inode while a second holds the old one).</summary>
-    public void Dispose() => _lock.Dispose();
+    /// The owner file is emptied so a finished output folder is the same after every run.
+    public void Dispose()
+    {
+        try { File.WriteAllText(_ownerPath, ""); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        _lock.Dispose();
+    }
 
     /// <summary>True for the lock's own files, which listings and comparisons of an output folder skip.</summary>
     public static bool IsLockFile(string name) =>

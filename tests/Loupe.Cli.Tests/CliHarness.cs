@@ -35,11 +35,4 @@ static class CliHarness
         Assert.True(errorLines.Length == 1, $"expected one 'error:' line, stderr:\n{err}");
         foreach (var fragment in expected) Assert.Contains(fragment, errorLines[0]);
     }
-
-    /// <summary>
-    /// A refusal raised inside Loupe.Models or Loupe.Dictionaries, whose throw sites move to <see cref="InputError"/>
-    /// in separate changes for issue 8: for now any failing exit code, with the message. Tighten to
-    /// <see cref="AssertRefused"/> (exit code 2, one line) once those land.
-    /// </summary>
-    public static void AssertRejected(int code, string err) => Assert.True(code is 1 or Commands.CliSupport.InputErrorExitCode, $"exit code {code}, stderr:\n{err}");
 }

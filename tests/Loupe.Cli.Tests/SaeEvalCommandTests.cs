@@ -59,8 +59,8 @@ public sealed class SaeEvalCommandTests : IDisposable
         string sae = IdentitySae(64, "blocks.1.hook_resid_post");
         var (code, _, stderr) = RunLoupe("sae", "eval", "--model", Fixture("llama"), "--sae", sae, "--hook", "blocks.1.hook_resid_pots",
             "--source", "generate:2", "--out", Path.Combine(_dir, "out"));
-        AssertRejected(code, stderr);
-        Assert.Contains("'blocks.1.hook_resid_pots' is not a hook point", stderr);
+        AssertRefused((code, "", stderr));
+        Assert.Contains("\"blocks.1.hook_resid_pots\" is not a hook point", stderr);
         Assert.Contains("blocks.1.hook_resid_post", stderr);
     }
 
@@ -70,7 +70,7 @@ public sealed class SaeEvalCommandTests : IDisposable
         string sae = IdentitySae(32, "blocks.1.hook_resid_post");
         var (code, _, stderr) = RunLoupe("sae", "eval", "--model", Fixture("llama"), "--sae", sae,
             "--source", "generate:2", "--out", Path.Combine(_dir, "out"));
-        AssertRejected(code, stderr);
+        AssertRefused((code, "", stderr));
         Assert.Contains("d_in = 32", stderr);
         Assert.Contains("blocks.1.hook_resid_post", stderr);
         Assert.False(Directory.Exists(Path.Combine(_dir, "out")));

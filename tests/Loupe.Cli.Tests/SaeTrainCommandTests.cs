@@ -47,7 +47,7 @@ public class SaeTrainCommandTests : IDisposable
 
         // a second run into the same folder must not silently overwrite it
         (code, _, err) = RunLoupe(TrainArgs(Sub("acts"), Sub("sae"), 60));
-        AssertRejected(code, err);
+        AssertRefused((code, "", err));
         Assert.Contains("--resume", err);
     }
 
@@ -77,21 +77,21 @@ public class SaeTrainCommandTests : IDisposable
     public void BadInputsAreClearErrors()
     {
         var (code, _, err) = RunLoupe("sae", "train", "--activations", Sub("nothing-here"), "--out", Sub("o"));
-        AssertRejected(code, err);
+        AssertRefused((code, "", err));
         Assert.Contains("nothing-here", err);
 
         (code, _, err) = RunLoupe(HarvestArgs(Sub("acts"), 16, 1000));
         Assert.True(code == 0, err);
         (code, _, err) = RunLoupe("sae", "train", "--activations", Sub("acts"), "--hook", "blocks.9.hook_resid_post", "--out", Sub("o"));
-        AssertRejected(code, err);
+        AssertRefused((code, "", err));
         Assert.Contains("blocks.9.hook_resid_post", err);
         Assert.Contains("blocks.2.hook_resid_post", err); // what the harvest does hold
 
         (code, _, err) = RunLoupe("sae", "train", "--model", SharedData.Require(Model), "--source", "brown:" + SharedData.Require(Brown),
             "--hook", "blocks.2.hook_resid_pots", "--max-contexts", "8", "--out", Sub("o"));
-        AssertRejected(code, err);
+        AssertRefused((code, "", err));
         Assert.Contains("blocks.2.hook_resid_pots", err);
-        Assert.Contains("does not exist", err);
+        Assert.Contains("is not a hook point", err);
 
         (code, _, err) = RunLoupe("sae", "train", "--out", Sub("o"));
         Assert.Equal(2, code);
@@ -102,7 +102,7 @@ public class SaeTrainCommandTests : IDisposable
         var bytes = File.ReadAllBytes(shard);
         File.WriteAllBytes(shard, bytes.AsSpan(0, bytes.Length / 2).ToArray());
         (code, _, err) = RunLoupe(TrainArgs(Sub("acts"), Sub("o2"), 10));
-        AssertRejected(code, err);
+        AssertRefused((code, "", err));
         Assert.Contains(Path.GetFileName(shard), err);
         Assert.False(File.Exists(Path.Combine(Sub("o2"), SaeLensFormat.WeightsFile)));
     }

@@ -86,23 +86,11 @@ static class SaeTrainVerb
                     ctxSize = contexts.ContextSize;
                 }
 
-                // --expansion × d_in is computed here, so it is checked here (in long: a huge --expansion must not wrap).
-                int features = parse.GetValue(dSae) is int given ? Check.InRange(given, 1, int.MaxValue, "argument", dSae.Name)
-                    : Check.InRange((long)CliSupport.Int(parse, expansion, 1) * data.DIn, 1, int.MaxValue, "argument", $"{expansion.Name} × d_in ({data.DIn})");
-                string arch = parse.GetValue(architecture)!;
-                int activeK = arch is "topk" or "batchtopk" ? CliSupport.Int(parse, k, 1, features) : 0;
-                SaeActivation act = arch switch
-                {
-                    "standard" or "relu" => new ReluActivation(),
-                    "topk" => new TopKActivation(activeK),
-                    "batchtopk" => new BatchTopKActivation(activeK),
-                    "jumprelu" => new JumpReluActivation(),
-                    var other => throw InputError.Expected("argument", "--architecture", "standard, topk, batchtopk or jumprelu", other),
-                };
-                var shape = outHook is null ? SaeShape.Sae(data.DIn, features) : SaeShape.Transcoder(data.DIn, features, data.DOut, parse.GetValue(skip));
+                bool featuresGiven = parse.GetValue(dSae) is not null;
+                int features = SaeTrainingOptions.FeatureCount(parse.GetValue(dSae), parse.GetValue(expansion), data.DIn);
+                SaeActivation act = SaeTrainingOptions.ActivationFor(parse.GetValue(architecture)!, parse.GetValue(k), features);
                 if (outHook is null && parse.GetValue(skip)) throw new InputError("argument: --skip needs --target-hook (a skip connection belongs to a transcoder)");
-                var dict = new SparseDictionary(shape, act);
-                dict.Initialize(seedValue);
+                var shape = outHook is null ? SaeShape.Sae(data.DIn, features) : SaeShape.Transcoder(data.DIn, features, data.DOut, parse.GetValue(skip));
                 var options = new SaeTrainingOptions
                 {
                     Steps = parse.GetValue(steps), BatchSize = parse.GetValue(batchSize), LearningRate = parse.GetValue(lr),
@@ -111,6 +99,12 @@ static class SaeTrainVerb
                     SparsityWarmupSteps = parse.GetValue(sparsityWarmup), AuxKCoefficient = parse.GetValue(auxK),
                     DeadWindowTokens = parse.GetValue(deadWindow), NormalizeExpectedAverage = parse.GetValue(normalize), Seed = seedValue,
                 };
+                // Every size and range before anything large is allocated; then the estimate, so a long run says what it holds.
+                options.Validate(shape, act, featuresGiven ? dSae.Name : expansion.Name);
+                CliSupport.Status.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture,
+                    $"training needs about {SaeTrainingOptions.EstimateTrainingBytes(shape, options.BatchSize) / (1024.0 * 1024):F0} MiB (parameters, Adam moments, batch buffers)")));
+                var dict = new SparseDictionary(shape, act);
+                dict.Initialize(seedValue);
                 var trainer = new SaeTrainer(dict, options);
                 var template = new SaeLensConfig
                 {

@@ -17,9 +17,10 @@ sealed class ExampleSlots
 {
     public ExampleSlots(int groups, int capacity, int windowWidth)
     {
+        // Sizes come from --top / --quantile-samples and --window: refused as arguments, overflow-safe.
         long slots = (long)groups * capacity;
-        if (slots * windowWidth > Array.MaxLength)
-            throw new ArgumentException($"{groups} groups × {capacity} examples × {windowWidth} window positions exceed one array; lower the example counts or the window");
+        Check.Product("argument", "example slots (features × examples kept × window positions; lower --top, --quantile-samples or --window)",
+            Array.MaxLength, groups, capacity, Math.Max(1, windowWidth));
         Capacity = capacity;
         WindowWidth = windowWidth;
         Act = new float[slots];

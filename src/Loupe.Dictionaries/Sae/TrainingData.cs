@@ -73,7 +73,7 @@ public sealed class StoreRows : IRowWindows
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(shardsPerWindow);
         foreach (var h in new[] { inputHook, targetHook })
             if (h is not null && !store.Hooks.Contains(h))
-                throw new ArgumentException($"hook '{h}' was not harvested in {store.Folder}; it holds {string.Join(", ", store.Hooks)}");
+                throw new InputError($"argument: --hook: '{h}' was not harvested in {store.Folder}; it holds {string.Join(", ", store.Hooks)}");
         (_inputHook, _targetHook, _shardsPerWindow, _seed) = (inputHook, targetHook, shardsPerWindow, seed);
         DIn = store.D(inputHook);
         DOut = targetHook is null ? DIn : store.D(targetHook);
@@ -127,8 +127,8 @@ public sealed class ModelRows : IRowWindows
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
         foreach (var h in new[] { inputHook, targetHook })
             if (h is not null && !model.HookPointNames.Contains(h))
-                throw new ArgumentException($"hook '{h}' does not exist in this model; closest names: {string.Join(", ", HookNames.Closest(h, model.HookPointNames))}");
-        if (skipBos && contexts.ContextSize < 2) throw new ArgumentException("skipping BOS leaves nothing of a one-token context");
+                throw new InputError($"argument: --hook: '{h}' is not a hook point of this model; closest names: {string.Join(", ", HookNames.Closest(h, model.HookPointNames))}");
+        if (skipBos && contexts.ContextSize < 2) throw new InputError("argument: --context-size: skipping BOS leaves nothing of a one-token context");
         (_inputHook, _targetHook, _contextsPerWindow, _batchSize, _skipBos) = (inputHook, targetHook, contextsPerWindow, batchSize, skipBos);
         var probe = Run(0, 1);
         DIn = probe.Inputs.Length / RowsPerContext;
@@ -166,9 +166,9 @@ public sealed class ModelRows : IRowWindows
             void Copy(Loupe.Tensors.Tensor t, string hook, ref float[]? into)
             {
                 if (t.Rank < 2 || t.Dim(0) != b || t.Dim(1) != n)
-                    throw new ArgumentException($"hook '{hook}' has shape {t.ShapeString}; only per-position activations [batch, pos, ...] can be trained on");
+                    throw new InputError($"hook '{hook}' has shape {t.ShapeString}; only per-position activations [batch, pos, ...] can be trained on");
                 int d = t.Length / (b * n);
-                into ??= new float[(long)count * rowsPer * d > Array.MaxLength ? throw new ArgumentException($"a window of {count} contexts × d = {d} is too large; lower contexts per window") : count * rowsPer * d];
+                into ??= new float[(long)count * rowsPer * d > Array.MaxLength ? throw new InputError($"a window of {count} contexts × d = {d} is too large; lower --contexts-per-window") : count * rowsPer * d];
                 var span = t.Span; // [batch, pos, d]
                 for (int i = 0; i < b; i++)
                     span.Slice((i * n + skip) * d, rowsPer * d).CopyTo(into.AsSpan((c0 + i) * rowsPer * d));

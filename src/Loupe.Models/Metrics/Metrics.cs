@@ -222,7 +222,7 @@ public static class PatchingMetric
     public static double Normalize(double value, double clean, double corrupt)
     {
         double span = clean - corrupt;
-        if (Math.Abs(span) < 1e-12) throw new ArgumentException($"clean and corrupt metrics are equal ({clean}); the normalized patching metric is undefined");
+        if (Math.Abs(span) < 1e-12) throw new InputError($"clean and corrupt metrics are equal ({clean}); the normalized patching metric is undefined");
         return (value - corrupt) / span;
     }
 }
