@@ -1,0 +1,18 @@
+using Loupe.Fuzz.Engine;
+
+namespace Loupe.Fuzz.Targets;
+
+/// <summary>Every parser the fuzzer knows, by name (the --parser values and the CI test cases).</summary>
+public static class AllTargets
+{
+    public static IReadOnlyList<FuzzTarget> Create() =>
+    [
+        new SafeTensorsTarget(), new CheckpointTarget(), new ModelTarget(), new TokenizerJsonTarget(), new VocabMergesTarget(),
+        new SaeLensTarget(), new NpyTarget(), new GemmaScopeTarget(), new HarvestTarget(), new FeatureStoreTarget(), new CliTarget(),
+    ];
+
+    public static IReadOnlyList<string> Names { get; } = [.. Create().Select(t => t.Name)];
+
+    public static FuzzTarget ByName(string name) =>
+        Create().FirstOrDefault(t => t.Name == name) ?? throw new ArgumentException($"unknown parser '{name}'; known: {string.Join(", ", Names)}");
+}

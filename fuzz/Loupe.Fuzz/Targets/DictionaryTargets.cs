@@ -1,0 +1,127 @@
+using Loupe.Dictionaries.Sae;
+using Loupe.Fuzz.Engine;
+using Loupe.Fuzz.Mutators;
+
+namespace Loupe.Fuzz.Targets;
+
+/// <summary>Encoding and decoding with a loaded dictionary must give finite values.</summary>
+static class DictionaryChecks
+{
+    public static void EncodeDecode(SparseDictionary dict)
+    {
+        var s = dict.Shape;
+        const int batch = 2;
+        var x = SeedFiles.Floats(s.DIn * batch, 9, 2f);
+        var acts = dict.Encode(x, batch);
+        Require.Finite(acts, "encoded activations");
+        var recon = new float[s.DOut * batch];
+        dict.Decode(acts, x, batch, recon);
+        Require.Finite(recon, "reconstruction");
+    }
+
+    public static SparseDictionary Make(SaeShape shape, SaeActivation activation, int seed)
+    {
+        var dict = new SparseDictionary(shape, activation);
+        dict.Initialize(seed, decoderNorm: 1f, initThreshold: 0.05f);
+        return dict;
+    }
+}
+
+/// <summary><c>SaeLensFormat.Load</c> on cfg.json + sae_weights.safetensors (SAEs and transcoders of every architecture), then encode/decode.</summary>
+public sealed class SaeLensTarget : FuzzTarget
+{
+    public override string Name => "saelens";
+    public override int DefaultIterations => 2500;
+
+    public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
+    {
+        var seeds = new List<Seed>();
+        var resid = new SaeLensConfig { HookName = "blocks.0.hook_resid_post", HookLayer = 0, ModelName = "fuzz" };
+        var cases = new (string Id, SparseDictionary Dict, SaeLensConfig Template)[]
+        {
+            ("standard", DictionaryChecks.Make(SaeShape.Sae(16, 32), new ReluActivation(), 1), resid),
+            ("topk", DictionaryChecks.Make(SaeShape.Sae(16, 32), new TopKActivation(4), 2), resid),
+            ("jumprelu", DictionaryChecks.Make(SaeShape.Sae(16, 32, applyBDecToInput: false), new JumpReluActivation(), 3), resid),
+            ("transcoder", DictionaryChecks.Make(SaeShape.Transcoder(16, 32, 12), new ReluActivation(), 4),
+                resid with { HookName = "blocks.0.ln2.hook_normalized", HookNameOut = "blocks.0.hook_mlp_out" }),
+            ("skip-transcoder", DictionaryChecks.Make(SaeShape.Transcoder(16, 24, 16, skip: true), new TopKActivation(3), 5),
+                resid with { HookName = "blocks.0.ln2.hook_normalized", HookNameOut = "blocks.0.hook_mlp_out" }),
+        };
+        foreach (var (id, dict, template) in cases)
+        {
+            var folder = Path.Combine(context.Scratch, "saelens", id);
+            SaeLensFormat.Save(folder, dict, template);
+            seeds.Add(SeedFiles.FromFolder($"generated:saelens-{id}", folder, SaeLensFormat.ConfigFile, SaeLensFormat.WeightsFile));
+        }
+        if (context.Shared("fixtures/attribution/transcoders/layer_0") is { } tc)
+            seeds.Add(SeedFiles.FromFolder("shared:fixtures/attribution/transcoders/layer_0", tc, SaeLensFormat.ConfigFile, SaeLensFormat.WeightsFile));
+        return seeds;
+    }
+
+    public override void Execute(string folder, FuzzInput input) => DictionaryChecks.EncodeDecode(SaeLensFormat.Load(folder).Dictionary);
+}
+
+/// <summary><c>Npy.ReadFloat32</c> (from bytes and from a stream) on .npy files.</summary>
+public sealed class NpyTarget : FuzzTarget
+{
+    public override string Name => "npy";
+    public override int DefaultIterations => 3000;
+
+    public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
+    {
+        var f8 = new byte[8 * 6];
+        for (int i = 0; i < 6; i++) BitConverter.TryWriteBytes(f8.AsSpan(8 * i), i * 0.5);
+        var f2 = new byte[2 * 4];
+        for (int i = 0; i < 4; i++) BitConverter.TryWriteBytes(f2.AsSpan(2 * i), (Half)(i - 1.5f));
+        (string Id, byte[] Bytes)[] files =
+        [
+            ("f4-1d", NpyMutators.Write(SeedFiles.Floats(16, 1), 16)),
+            ("f4-2d", NpyMutators.Write(SeedFiles.Floats(32, 2), 8, 4)),
+            ("f4-3d", NpyMutators.Write(SeedFiles.Floats(24, 3), 2, 3, 4)),
+            ("f4-empty", NpyMutators.Write([], 0)),
+            ("f4-scalar", NpyMutators.WriteRaw(BitConverter.GetBytes(1.5f), "<f4", [], "()")),
+            ("f8-2d", NpyMutators.WriteRaw(f8, "<f8", [2, 3])),
+            ("f2-1d", NpyMutators.WriteRaw(f2, "<f2", [4])),
+        ];
+        return [.. files.Select(f => new Seed($"generated:npy-{f.Id}", [new SeedFile("array.npy", f.Bytes, FileKind.Npy)]))];
+    }
+
+    public override void Execute(string folder, FuzzInput input)
+    {
+        var path = Path.Combine(folder, "array.npy");
+        var fromBytes = Npy.ReadFloat32(File.ReadAllBytes(path), path, out var header);
+        Require.That(fromBytes.LongLength == header.ElementCount, $"{fromBytes.Length} values read for shape {header.ShapeText}");
+        using var stream = File.OpenRead(path);
+        var fromStream = Npy.ReadFloat32(stream, path, out _);
+        Require.That(fromStream.AsSpan().SequenceEqual(fromBytes), "reading from a stream and from bytes disagree");
+    }
+}
+
+/// <summary><c>GemmaScopeFormat.Load</c> on params.npz (W_enc, W_dec, b_enc, b_dec, threshold), then encode/decode.</summary>
+public sealed class GemmaScopeTarget : FuzzTarget
+{
+    public override string Name => "gemmascope";
+    public override int DefaultIterations => 2500;
+
+    public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
+    {
+        const int dIn = 16, dSae = 32;
+        var threshold = SeedFiles.Floats(dSae, 5, 0.1f).Select(MathF.Abs).ToArray();
+        var members = new (string, byte[])[]
+        {
+            ("W_enc.npy", NpyMutators.Write(SeedFiles.Floats(dIn * dSae, 1), dIn, dSae)),
+            ("W_dec.npy", NpyMutators.Write(SeedFiles.Floats(dSae * dIn, 2), dSae, dIn)),
+            ("b_enc.npy", NpyMutators.Write(SeedFiles.Floats(dSae, 3, 0.1f), dSae)),
+            ("b_dec.npy", NpyMutators.Write(SeedFiles.Floats(dIn, 4, 0.1f), dIn)),
+            ("threshold.npy", NpyMutators.Write(threshold, dSae)),
+        };
+        return
+        [
+            new("generated:gemmascope-stored", [new SeedFile("params.npz", NpyMutators.Zip(members), FileKind.Npz)]),
+            new("generated:gemmascope-deflated", [new SeedFile("params.npz", NpyMutators.Zip(members, compress: true), FileKind.Npz)]),
+        ];
+    }
+
+    public override void Execute(string folder, FuzzInput input) =>
+        DictionaryChecks.EncodeDecode(GemmaScopeFormat.Load(Path.Combine(folder, "params.npz"), "blocks.0.hook_resid_post").Dictionary);
+}

@@ -1,0 +1,40 @@
+using Loupe.Fuzz.Engine;
+using Loupe.Models;
+
+namespace Loupe.Fuzz.Targets;
+
+/// <summary>
+/// <c>ModelLoader.LoadFolder</c> on config.json + model.safetensors (+ tokenizer.json), then one forward pass:
+/// a load that succeeds must give finite logits (a NaN weight or a NaN-producing config value must be refused at load).
+/// </summary>
+public sealed class ModelTarget : FuzzTarget
+{
+    public override string Name => "model";
+    public override int DefaultIterations => 1000;
+    public override TimeSpan Timeout => TimeSpan.FromSeconds(10);
+
+    public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
+    {
+        var seeds = new List<Seed>();
+        foreach (var family in new[] { "gpt2", "gpt_neox", "llama", "qwen2", "gemma2" })
+            seeds.Add(SeedFiles.FromFolder($"repo:tests/data/reference/{family}", context.Repo($"tests/data/reference/{family}"), "config.json", "model.safetensors"));
+        foreach (var model in new[] { "stories260K", "induction-attn-only-2l", "addition-5digit-1l" })
+            if (context.Shared($"models/{model}") is { } folder)
+                seeds.Add(SeedFiles.FromFolder($"shared:models/{model}", folder, "config.json", "model.safetensors", "tokenizer.json"));
+        return seeds;
+    }
+
+    public override void Execute(string folder, FuzzInput input)
+    {
+        using var model = ModelLoader.LoadFolder(folder);
+        int vocab = model.Config.DVocab, n = Math.Clamp(model.Config.NCtx, 1, 3);
+        var ids = Enumerable.Range(1, n).Select(i => i % Math.Max(1, vocab)).ToArray();
+        var logits = model.Run(ids).Logits;
+        Require.Finite(logits.Span, $"logits of tokens [{string.Join(",", ids)}]");
+        if (model.Tokenizer is { } tokenizer)
+        {
+            var encoded = tokenizer.Encode("Once upon a time");
+            _ = tokenizer.Decode(encoded);
+        }
+    }
+}
