@@ -25,8 +25,23 @@ public static class Program
             error.WriteLine($"error: {string.Join("; ", parse.Errors.Select(e => Plain(e.Message)))} (see 'loupe {string.Join(' ', verb.Append("--help"))}')");
             return CliSupport.InputErrorExitCode;
         }
+        if (EmptyValue(parse) is string option)
+        {
+            (configuration?.Error ?? Console.Error).WriteLine($"error: {InputError.Expected("argument", option, "a non-empty value", "")}");
+            return CliSupport.InputErrorExitCode;
+        }
         return parse.Invoke(configuration);
     }
+
+    // Text options may be empty (the verb decides what an empty prompt means); a path, hook, source or id may not.
+    static readonly HashSet<string> s_textOptions = ["--prompt", "--text", "--contrast-a", "--contrast-b", "--clean", "--corrupt", "--answer", "--wrong"];
+
+    /// <summary>The first option given an empty or blank value where a path, name or id is expected, else null.</summary>
+    static string? EmptyValue(ParseResult parse) =>
+        parse.CommandResult.Children.OfType<OptionResult>()
+            .Where(o => !s_textOptions.Contains(o.Option.Name) && o.Tokens.Any(t => string.IsNullOrWhiteSpace(t.Value)))
+            .Select(o => o.Option.Name)
+            .FirstOrDefault();
 
     /// <summary>A parser message in the shape of every other refusal, with .NET type names put into words.</summary>
     static string Plain(string message)

@@ -17,6 +17,7 @@ public static class OutputFiles
     /// <exception cref="InputError">The path names a folder, link, device, pipe or socket.</exception>
     public static void EnsureReplaceable(string path)
     {
+        if (string.IsNullOrWhiteSpace(path)) throw new InputError("output path: expected a file name, found an empty path");
         switch (KindOf(path))
         {
             case EntryKind.Missing or EntryKind.RegularFile: return;

@@ -19,7 +19,9 @@ internal abstract class PreTokenizer
 }
 
 /// <summary>Applies several pre-tokenizers in order, each to every piece the previous produced.</summary>
-internal sealed class SequencePreTokenizer(IReadOnlyList<PreTokenizer> preTokenizers) : PreTokenizer
+/// Each step may grow the text (ByteLevel maps a byte to a character), so a file repeating such steps is
+/// stopped by the same 16-fold limit as normalizers instead of doubling the text step after step.
+internal sealed class SequencePreTokenizer(IReadOnlyList<PreTokenizer> preTokenizers, string source = "pre_tokenizer") : PreTokenizer
 {
     public override void PreTokenize(Piece piece, List<Piece> output)
     {
@@ -29,6 +31,7 @@ internal sealed class SequencePreTokenizer(IReadOnlyList<PreTokenizer> preTokeni
             var next = new List<Piece>(current.Count * 2);
             foreach (var p in current)
                 if (p.Text.Length > 0) pt.PreTokenize(p, next);
+            Growth.Check(source, piece.Text.Length, next.Sum(p => (long)p.Text.Length));
             current = next;
         }
         foreach (var p in current)

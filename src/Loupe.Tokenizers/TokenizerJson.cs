@@ -382,7 +382,7 @@ internal static class TokenizerJson
                         if (ParsePreTokenizer(ctx, child.ValueKind == JsonValueKind.Null ? null : child, $"{where}.pretokenizers[{i}]") is { } c) items.Add(c);
                         i++;
                     }
-                    return new SequencePreTokenizer(items);
+                    return new SequencePreTokenizer(items, $"{ctx.Path}: {where}");
                 }
             case "ByteLevel":
                 return new ByteLevelPreTokenizer(Bool(ctx, p, "add_prefix_space", where, true), Bool(ctx, p, "use_regex", where, true));

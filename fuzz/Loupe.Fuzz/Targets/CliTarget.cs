@@ -11,7 +11,7 @@ using Loupe.Models;
 namespace Loupe.Fuzz.Targets;
 
 /// <summary>
-/// The <c>loupe</c> CLI in-process (<c>global::Loupe.Cli.Program.Build().Parse(args).Invoke</c>): working command lines for every verb
+/// The <c>loupe</c> CLI in-process (<c>global::Loupe.Cli.Program.Run</c>, as <c>Main</c> calls it): working command lines for every verb
 /// with one option's value replaced by an abused one (NaN, −1, 0, 2^31−1, huge, empty, unicode, a folder where a
 /// file belongs), options dropped, repeated or unknown. Acceptable: exit 0 with no NaN in the output, exit 2 (a
 /// one-line refusal), or a parse error. An exception escaping, exit 1 or a NaN printed with exit 0 is a failure.
@@ -172,8 +172,6 @@ public sealed class CliTarget : FuzzTarget
         if (!File.Exists(Path.Combine(folder, "link-to-folder"))) Directory.CreateSymbolicLink(Path.Combine(folder, "link-to-folder"), Path.Combine(folder, "a-folder"));
         var args = (JsonSerializer.Deserialize<List<string>>(input.Bytes) ?? [])
             .Select(a => a.Replace("{fixtures}", _fixtures).Replace("{case}", folder)).ToArray();
-        var parse = global::Loupe.Cli.Program.Build().Parse(args);
-        if (parse.Errors.Count > 0) throw new InputError("parse error: " + parse.Errors[0].Message); // System.CommandLine's own refusal
         var stdout = new StringWriter();
         var stderr = new StringWriter();
         var (oldOut, oldErr) = (Console.Out, Console.Error);
@@ -185,7 +183,8 @@ public sealed class CliTarget : FuzzTarget
             Environment.CurrentDirectory = folder;
             Console.SetOut(stdout);
             Console.SetError(stderr);
-            try { code = parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false }); }
+            // Program.Run is the real entry point: parser refusals and empty values are exit 2 there.
+            try { code = global::Loupe.Cli.Program.Run(args, new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false }); }
             finally
             {
                 Console.SetOut(oldOut);

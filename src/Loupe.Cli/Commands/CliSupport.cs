@@ -232,6 +232,13 @@ static class CliSupport
         throw new InputError($"argument: {option}: {path} exists and is not a folder; name a folder to write into (or a new path)");
     }
 
+    /// <summary>
+    /// A number for a table a person reads: an undefined statistic (a held-out score with nothing held out, a trend
+    /// over one point) is shown as "n/a", never as "NaN" that looks like a broken run.
+    /// </summary>
+    public static string Num(double value, string format) =>
+        double.IsFinite(value) ? value.ToString(format, System.Globalization.CultureInfo.InvariantCulture) : "n/a";
+
     /// <summary>A token as a person reads it: decoded text, quoted, with its id.</summary>
     public static string Show(HookedTransformer model, int id) =>
         model.Tokenizer is { } t && id < t.VocabSize ? $"{Quote(t.Decode([id]))} ({id})" : id.ToString();

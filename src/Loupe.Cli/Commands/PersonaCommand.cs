@@ -106,7 +106,7 @@ static class PersonaCommand
             // 2. Monitor the prompt.
             var reading = persona.Monitor(m, input);
             Console.WriteLine();
-            Console.WriteLine($"Monitor: \"{text}\" mean projection {reading.Mean:F3} vs threshold {reading.Threshold:F3} → {(reading.ExpressesTrait ? "expresses the trait" : "does not express the trait")}");
+            Console.WriteLine($"Monitor: \"{text}\" mean projection {CliSupport.Num(reading.Mean, "F3")} vs threshold {CliSupport.Num(reading.Threshold, "F3")} → {(reading.ExpressesTrait ? "expresses the trait" : "does not express the trait")}");
             AtomicFile.WriteJson(Path.Combine(dir, "monitor.json"), new
             {
                 Prompt = text,
@@ -132,12 +132,12 @@ static class PersonaCommand
             var rows = points.Select(p => SweepRow.From(p, words, m, persona, input)).ToArray();
             PrintSweep(rows, words is not null, options);
             double trend = CoefficientSweep.Trend(points);
-            Console.WriteLine($"Trend (Spearman of mean score vs coefficient): {trend:F2}");
+            Console.WriteLine($"Trend (Spearman of mean score vs coefficient): {(double.IsFinite(trend) ? CliSupport.Num(trend, "F2") : "n/a (needs two or more coefficients whose mean scores differ)")}");
             AtomicFile.WriteJson(Path.Combine(dir, "sweep.json"), new
             {
                 Prompt = text,
                 persona.HookName,
-                CoefficientUnit = $"coeff × persona vector (raw mean difference, ‖v‖ = {persona.Norm:G4}) added at every selected position",
+                CoefficientUnit = $"coeff × persona vector (raw mean difference, ‖v‖ = {CliSupport.Num(persona.Norm, "G4")}) added at every selected position",
                 Positions = where.ToString(),
                 Score = words is not null ? "trait words − opposite words in the continuation" : "mean projection of the continuation's tokens on the persona direction",
                 options.MaxNewTokens,
@@ -172,10 +172,10 @@ static class PersonaCommand
         Console.WriteLine("layer  ‖v‖      train d  held-out d  held-out AUROC  held-out acc   (d = projection gap / pooled sd; held-out = cross-validated)");
         foreach (var s in persona.Layers)
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{s.Layer,5}  {s.Norm,7:F3}  {s.TrainEffectSize,7:F2}  {s.HeldOutEffectSize,10:F2}  {s.HeldOutAuroc,14:F3}  {s.HeldOutAccuracy,12:P1}{(s.Layer == persona.Layer ? "  ←" : "")}"));
+                $"{s.Layer,5}  {CliSupport.Num(s.Norm, "F3"),7}  {CliSupport.Num(s.TrainEffectSize, "F2"),7}  {CliSupport.Num(s.HeldOutEffectSize, "F2"),10}  {CliSupport.Num(s.HeldOutAuroc, "F3"),14}  {CliSupport.Num(s.HeldOutAccuracy, "P1"),12}{(s.Layer == persona.Layer ? "  ←" : "")}"));
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"Persona: {persona.HookName} ({(auto ? "chosen" : "given")}), ‖v‖ = {persona.Norm:F3}, threshold {persona.Threshold:F3} (midpoint {persona.MidpointThreshold:F3}); " +
-            $"train accuracy {persona.TrainAccuracy:P1}, held-out accuracy {persona.HeldOutAccuracy:P1} ({persona.HeldOutPositive.Length} + {persona.HeldOutNegative.Length} texts), held-out AUROC {persona.HeldOutAuroc:F3}"));
+            $"Persona: {persona.HookName} ({(auto ? "chosen" : "given")}), ‖v‖ = {CliSupport.Num(persona.Norm, "F3")}, threshold {CliSupport.Num(persona.Threshold, "F3")} (midpoint {CliSupport.Num(persona.MidpointThreshold, "F3")}); " +
+            $"train accuracy {CliSupport.Num(persona.TrainAccuracy, "P1")}, held-out accuracy {CliSupport.Num(persona.HeldOutAccuracy, "P1")} ({persona.HeldOutPositive.Length} + {persona.HeldOutNegative.Length} texts), held-out AUROC {CliSupport.Num(persona.HeldOutAuroc, "F3")}"));
     }
 
     static void PrintSweep(IReadOnlyList<SweepRow> rows, bool words, SweepOptions options)
@@ -190,8 +190,8 @@ static class PersonaCommand
             string sample = r.Samples[0].Text.ReplaceLineEndings(" ");
             if (sample.Length > 90) sample = sample[..90] + "…";
             Console.WriteLine(words
-                ? string.Create(CultureInfo.InvariantCulture, $"{r.Coefficient,6:G4}  {r.Mean,8:F2} ± {r.Sd,-5:F2}  {r.TraitWords,11:F2}  {r.OppositeWords,14:F2}  {r.Projection,10:F3}  {r.LogProb,14:F2}  {sample}")
-                : string.Create(CultureInfo.InvariantCulture, $"{r.Coefficient,6:G4}  {r.Mean,8:F3} ± {r.Sd,-5:F3}  {r.LogProb,14:F2}  {sample}"));
+                ? string.Create(CultureInfo.InvariantCulture, $"{CliSupport.Num(r.Coefficient, "G4"),6}  {CliSupport.Num(r.Mean, "F2"),8} ± {CliSupport.Num(r.Sd, "F2"),-5}  {CliSupport.Num(r.TraitWords, "F2"),11}  {CliSupport.Num(r.OppositeWords, "F2"),14}  {CliSupport.Num(r.Projection, "F3"),10}  {CliSupport.Num(r.LogProb, "F2"),14}  {sample}")
+                : string.Create(CultureInfo.InvariantCulture, $"{CliSupport.Num(r.Coefficient, "G4"),6}  {CliSupport.Num(r.Mean, "F3"),8} ± {CliSupport.Num(r.Sd, "F3"),-5}  {CliSupport.Num(r.LogProb, "F2"),14}  {sample}"));
         }
     }
 

@@ -75,6 +75,7 @@ public sealed class FeatureStore : IDisposable
     /// <exception cref="IOException">The file could not be read.</exception>
     public static FeatureStore Open(string path)
     {
+        if (string.IsNullOrWhiteSpace(path)) throw new InputError("feature store path: expected a file name, found an empty path");
         string full = System.IO.Path.GetFullPath(path);
         if (!File.Exists(full)) throw new FileNotFoundException($"feature store not found: {full}; build it with `loupe features build`", full);
         Harvest.HarvestManifest.EnsureRegularFile(full); // a FIFO would block the header read for ever
@@ -396,6 +397,7 @@ public sealed class FeatureStore : IDisposable
             string expected = typeof(T) == typeof(double[]) ? "a JSON array of numbers" : "a JSON array of integers";
             try
             {
+                JsonInput.Validate(System.Text.Encoding.UTF8.GetBytes(text), at, maxDepth: 4);
                 return JsonSerializer.Deserialize<T>(text, s_json) ?? throw new InputError($"{at}: expected {expected}, found null");
             }
             catch (JsonException e)

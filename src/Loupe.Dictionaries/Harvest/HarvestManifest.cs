@@ -67,7 +67,7 @@ public sealed class HarvestManifest
         try
         {
             byte[] bytes = System.IO.File.ReadAllBytes(path);
-            using (var doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 16 }))
+            using (var doc = JsonInput.Parse(bytes, path, maxDepth: 16))
                 CheckJsonShape(doc.RootElement, path);
             manifest = JsonSerializer.Deserialize<HarvestManifest>(bytes, Json)
                 ?? throw new InputError($"{path}: expected a JSON object, found null");

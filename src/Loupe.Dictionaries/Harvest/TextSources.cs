@@ -96,7 +96,7 @@ public sealed class JsonLinesSource : ITextSource
             string? text;
             try
             {
-                using var doc = JsonDocument.Parse(line);
+                using var doc = JsonInput.Parse(System.Text.Encoding.UTF8.GetBytes(line), $"{_path}:{lineNo}");
                 if (doc.RootElement.ValueKind != JsonValueKind.Object)
                     throw new InputError($"{_path}:{lineNo}: expected a JSON object, found {doc.RootElement.ValueKind.ToString().ToLowerInvariant()}");
                 if (!doc.RootElement.TryGetProperty(_field, out var value) || value.ValueKind != JsonValueKind.String)

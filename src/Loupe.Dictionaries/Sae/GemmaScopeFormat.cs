@@ -56,8 +56,14 @@ public static partial class GemmaScopeFormat
         file = Path.GetFullPath(file);
 
         ZipArchive zip;
+        IReadOnlyCollection<ZipArchiveEntry> directory;
         var fs = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read);
-        try { zip = new ZipArchive(fs, ZipArchiveMode.Read, leaveOpen: false); }
+        try
+        {
+            zip = new ZipArchive(fs, ZipArchiveMode.Read, leaveOpen: false);
+            try { directory = zip.Entries; } // the central directory is read lazily, here
+            catch { zip.Dispose(); throw; }
+        }
         catch (InvalidDataException e)
         {
             fs.Dispose();
@@ -67,7 +73,7 @@ public static partial class GemmaScopeFormat
         {
             // 1. Entry names → tensors.
             var entries = new Dictionary<string, ZipArchiveEntry>(StringComparer.Ordinal);
-            foreach (var entry in zip.Entries)
+            foreach (var entry in directory)
             {
                 string name = entry.FullName;
                 if (!name.EndsWith(".npy", StringComparison.Ordinal))

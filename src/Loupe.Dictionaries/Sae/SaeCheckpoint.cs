@@ -86,6 +86,7 @@ public sealed partial class SaeTrainer
         if (!file.Metadata.TryGetValue(MetadataKey, out var json))
             throw new InputError($"{path}: not a Loupe SAE checkpoint (no '{MetadataKey}' metadata)");
         JsonObject state;
+        JsonInput.Validate(System.Text.Encoding.UTF8.GetBytes(json), $"{path}: metadata '{MetadataKey}'");
         try { state = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject ?? throw new InputError($"{path}: checkpoint metadata is not a JSON object"); }
         catch (JsonException e) { throw new InputError($"{path}: checkpoint metadata is not valid JSON: {e.Message}", e); }
         int Int(string key, long min, long max)

@@ -461,11 +461,21 @@ public static partial class SaeLensFormat
     [GeneratedRegex(@"^blocks\.([0-9]+)\.")]
     private static partial Regex BlockIndex();
 
-    /// <summary>Throws an <see cref="InputError"/> naming <paramref name="what"/> and the first NaN or infinite value.</summary>
+    /// <summary>
+    /// The largest weight magnitude a dictionary file may hold. Real SAE and transcoder weights are O(1) (O(100)
+    /// with a folded normalisation); a corrupt value near float's limit would overflow encoder or decoder products
+    /// to ∞ and give silently wrong activations, so it is refused at load instead.
+    /// </summary>
+    internal const float MaxWeightMagnitude = 1e10f;
+
+    /// <summary>Throws an <see cref="InputError"/> naming <paramref name="what"/> and the first NaN, infinite or implausibly large value.</summary>
     internal static void ThrowIfNotFinite(ReadOnlySpan<float> data, string what)
     {
         int bad = IndexOfNonFinite(data);
-        if (bad >= 0) throw new InputError($"{what}: element {bad} is {InputError.Show(data[bad])}; weights must be finite");
+        if (bad >= 0)
+            throw new InputError(float.IsFinite(data[bad])
+                ? $"{what}: element {bad} is {InputError.Show(data[bad])}; expected weights of magnitude at most {MaxWeightMagnitude:0e0} (larger ones overflow when used: the file is corrupt)"
+                : $"{what}: element {bad} is {InputError.Show(data[bad])}; weights must be finite");
     }
 
     /// <summary>Largest cfg.json or activation_scaler.json read (real ones are a few kilobytes).</summary>
@@ -481,7 +491,9 @@ public static partial class SaeLensFormat
         if (length > MaxJsonBytes) throw InputError.Expected(path, "size", $"a JSON file of at most {MaxJsonBytes} bytes", $"{length} bytes");
         try
         {
-            return JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false, MaxDepth = 64 }) as JsonObject
+            byte[] bytes = File.ReadAllBytes(path);
+            JsonInput.Validate(bytes, path);
+            return JsonNode.Parse(bytes, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false, MaxDepth = 64 }) as JsonObject
                 ?? throw new InputError($"{path}: expected a JSON object");
         }
         catch (JsonException e) { throw new InputError($"{path}: invalid JSON: {e.Message}", e); }
@@ -515,7 +527,14 @@ public static partial class SaeLensFormat
 
     static int IndexOfNonFinite(ReadOnlySpan<float> data)
     {
-        for (int i = 0; i < data.Length; i++) if (!float.IsFinite(data[i])) return i;
+        // NaN fails every comparison, so "not (|x| ≤ max)" catches NaN, ±∞ and huge values in one vectorized pass.
+        int i = System.Numerics.Tensors.TensorPrimitives.IndexOfMaxMagnitude(data);
+        if (i < 0) return -1;
+        if (float.IsNaN(data[i]) || !(MathF.Abs(data[i]) <= MaxWeightMagnitude))
+        {
+            for (int j = 0; j < data.Length; j++) if (float.IsNaN(data[j])) return j; // report the first NaN, wherever it is
+            return i;
+        }
         return -1;
     }
 

@@ -48,7 +48,7 @@ public sealed class HfConfig
         if (!Utf8.IsValid(bytes)) throw new InputError($"{path}: is not valid UTF-8 text; expected a JSON object");
         try
         {
-            using var doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip, MaxDepth = 64 });
+            using var doc = JsonInput.Parse(bytes, path);
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 throw new InputError($"{path}: top level: expected a JSON object, found {Kind(doc.RootElement)}");
             return new HfConfig(path, doc.RootElement.Clone());

@@ -680,7 +680,7 @@ public sealed partial class HubClient : IDisposable
 
     static JsonDocument ParseJson(string path)
     {
-        try { return JsonDocument.Parse(File.ReadAllBytes(path)); }
+        try { return JsonInput.Parse(File.ReadAllBytes(path), path); }
         catch (JsonException e) { throw new InputError($"{path} is not valid JSON: {e.Message.Split('\n')[0]}", e); }
     }
 

@@ -175,7 +175,7 @@ public sealed class SafeTensorsCheckpoint : IDisposable
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 16 });
+            doc = JsonInput.Parse(bytes, indexPath, maxDepth: 16);
         }
         catch (JsonException e)
         {

@@ -48,7 +48,7 @@ public sealed class FeatureStoreDamageTests(BuiltFeatureStore built) : IClassFix
         string path = Damaged("json", $"UPDATE histograms SET bin_edges = '[0.5, 1' WHERE feature = {f} AND kind = 'acts'");
         using var store = FeatureStore.Open(path);
         var e = Assert.Throws<InputError>(() => store.Histogram(f));
-        AssertNames(e, path, "table 'histograms'", $"feature {f}", "column 'bin_edges'", "malformed JSON");
+        AssertNames(e, path, "table 'histograms'", $"feature {f}", "column 'bin_edges'", "valid JSON");
 
         string counts = Damaged("counts", $"UPDATE histograms SET counts = '[1, 2]' WHERE feature = {f} AND kind = 'acts'");
         using var store2 = FeatureStore.Open(counts);

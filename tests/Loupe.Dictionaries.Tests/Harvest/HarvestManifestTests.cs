@@ -93,7 +93,7 @@ public sealed class HarvestManifestTests(SmallHarvest harvest) : IClassFixture<S
         string folder = Damaged("malformed", _ => { });
         string manifest = Path.Combine(folder, HarvestManifest.FileName);
         File.WriteAllText(manifest, "{\"format_version\": 1,");
-        Refused(folder, manifest, "malformed manifest");
+        Refused(folder, manifest, "expected valid JSON");
         File.WriteAllText(manifest, "[]");
         Refused(folder, manifest, "a JSON object", "array");
         File.WriteAllText(manifest, "null");
