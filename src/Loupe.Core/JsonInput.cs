@@ -58,6 +58,18 @@ public static class JsonInput
         }
     }
 
+    /// <summary>The JSON type of a value as a noun for messages: object, array, string, number, boolean or null.</summary>
+    public static string KindName(JsonElement value) => value.ValueKind switch
+    {
+        JsonValueKind.Object => "object",
+        JsonValueKind.Array => "array",
+        JsonValueKind.String => "string",
+        JsonValueKind.Number => "number",
+        JsonValueKind.True or JsonValueKind.False => "boolean",
+        JsonValueKind.Null => "null",
+        _ => value.ValueKind.ToString().ToLowerInvariant(),
+    };
+
     static int FirstInvalidUtf8(ReadOnlySpan<byte> utf8)
     {
         int good = 0;

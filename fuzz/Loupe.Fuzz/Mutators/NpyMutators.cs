@@ -29,14 +29,7 @@ public static class NpyMutators
         int padded = (total + 63) / 64 * 64;
         dict = dict.PadRight(padded - 10 - 1) + "\n";
         bool v2 = dict.Length > ushort.MaxValue;
-        var header = new List<byte> { 0x93 };
-        header.AddRange("NUMPY"u8.ToArray());
-        header.Add(v2 ? (byte)2 : (byte)1);
-        header.Add(0);
-        if (v2) { var n = new byte[4]; BinaryPrimitives.WriteUInt32LittleEndian(n, (uint)dict.Length); header.AddRange(n); }
-        else { var n = new byte[2]; BinaryPrimitives.WriteUInt16LittleEndian(n, (ushort)dict.Length); header.AddRange(n); }
-        header.AddRange(Encoding.Latin1.GetBytes(dict));
-        return [.. header, .. data];
+        return Assemble(dict, v2, data);
     }
 
     public static IReadOnlyList<NamedMutator> Npy { get; } =
@@ -70,11 +63,9 @@ public static class NpyMutators
         return (Encoding.Latin1.GetString(b, start, (int)n), start + (int)n, lengthBytes);
     }
 
-    static byte[] Rebuild(byte[] b, string dict, int dataStart)
+    /// <summary>Magic, version (1: 2-byte header length, 2: 4-byte), the header dict, then the data.</summary>
+    static byte[] Assemble(string dict, bool v2, byte[] data)
     {
-        // Keep the version the original had unless the header no longer fits in 2 bytes.
-        var data = b[dataStart..];
-        bool v2 = dict.Length > ushort.MaxValue || b[6] != 1;
         var header = new List<byte> { 0x93 };
         header.AddRange("NUMPY"u8.ToArray());
         header.Add(v2 ? (byte)2 : (byte)1);
@@ -83,6 +74,14 @@ public static class NpyMutators
         else { var n = new byte[2]; BinaryPrimitives.WriteUInt16LittleEndian(n, (ushort)dict.Length); header.AddRange(n); }
         header.AddRange(Encoding.Latin1.GetBytes(dict));
         return [.. header, .. data];
+    }
+
+    static byte[] Rebuild(byte[] b, string dict, int dataStart)
+    {
+        // Keep the version the original had unless the header no longer fits in 2 bytes.
+        var data = b[dataStart..];
+        bool v2 = dict.Length > ushort.MaxValue || b[6] != 1;
+        return Assemble(dict, v2, data);
     }
 
     static string ReplaceField(string dict, string field, string value)

@@ -38,14 +38,15 @@ public sealed record FeatureBuildOptions
     /// <exception cref="InputError">A count is out of range (the message names it and its value).</exception>
     public void Validate()
     {
-        static void AtLeast(int v, int min, string name) => Check.InRange(v, min, int.MaxValue, "argument", name);
-        AtLeast(BatchSize, 1, nameof(BatchSize));
-        AtLeast(TopK, 1, nameof(TopK));
-        AtLeast(Quantiles, 1, nameof(Quantiles));
-        AtLeast(QuantileSamples, 1, nameof(QuantileSamples));
-        AtLeast(HistogramBins, 1, nameof(HistogramBins));
-        AtLeast(Window, 0, nameof(Window));
-        AtLeast(LogitCount, 0, nameof(LogitCount));
+        // Named by the `loupe features build` options that set them; the upper bounds keep every product below in long range.
+        static void Between(int v, int min, int max, string option) => Check.InRange(v, min, max, "argument", option);
+        Between(BatchSize, 1, 1 << 16, "--batch-size");
+        Between(TopK, 1, 1 << 20, "--top");
+        Between(Quantiles, 1, 1 << 16, "--quantiles");
+        Between(QuantileSamples, 1, 1 << 20, "--quantile-samples");
+        Between(HistogramBins, 1, 1 << 20, "--bins");
+        Between(Window, 0, 1 << 20, "--window");
+        Between(LogitCount, 0, 1 << 20, "--logits");
     }
 }
 
@@ -122,6 +123,10 @@ public static class FeatureDashboardBuilder
             throw new InputError($"the dictionary reads d_in = {dictionary.Shape.DIn} but hook '{hook}' is {width} wide ({probed.ShapeString} for one context); pick the hook the dictionary was trained on");
 
         int W = 2 * o.Window + 1, Q = o.Quantiles, B = o.HistogramBins;
+        // Per-feature state is sized by the options times d_sae: refused as arguments before anything is allocated.
+        Check.Product("argument", "--bins × d_sae", Array.MaxLength, B, dSae);
+        Check.Product("argument", "--quantiles × d_sae", Array.MaxLength, Q, dSae);
+        Check.Product("argument", "--batch-size × context size", Array.MaxLength, o.BatchSize, n);
         var top = new TopKTracker(dSae, o.TopK, W);
         var samples = new ReservoirSampler(dSae * Q, o.QuantileSamples, W, o.Seed);
         var nActive = new long[dSae];          // [d_sae]

@@ -182,13 +182,10 @@ public sealed class HfConfig
 
     static string Kind(JsonElement e) => e.ValueKind switch
     {
-        JsonValueKind.Object => "an object",
-        JsonValueKind.Array => "an array",
-        JsonValueKind.String => "a string",
         JsonValueKind.Number => "the number",
-        JsonValueKind.True or JsonValueKind.False => "a boolean",
         JsonValueKind.Null => "null",
-        _ => e.ValueKind.ToString(),
+        JsonValueKind.Object or JsonValueKind.Array => "an " + JsonInput.KindName(e),
+        _ => "a " + JsonInput.KindName(e),
     };
 
     static string Truncate(string s) => s.Length <= 60 ? s : s[..57] + "...";

@@ -424,16 +424,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
             ? $"{path}: tensor '{tensor}' {what}"
             : $"{path}: tensor '{tensor}': {what}");
 
-    static string Kind(JsonElement e) => e.ValueKind switch
-    {
-        JsonValueKind.Object => "object",
-        JsonValueKind.Array => "array",
-        JsonValueKind.String => "string",
-        JsonValueKind.Number => "number",
-        JsonValueKind.True or JsonValueKind.False => "boolean",
-        JsonValueKind.Null => "null",
-        _ => e.ValueKind.ToString(),
-    };
+    static string Kind(JsonElement e) => JsonInput.KindName(e);
 
     static string Truncate(string s) => s.Length <= 80 ? s : s[..80] + "…";
 }
