@@ -26,6 +26,7 @@ internal static class TokenizerJson
     {
         if (!File.Exists(path))
             throw new FileNotFoundException($"Tokenizer file '{path}' does not exist.", path);
+        InputFiles.EnsureRegularFile(path);
         ReadOnlyMemory<byte> bytes = File.ReadAllBytes(path);
         if (bytes.Span.StartsWith("\uFEFF"u8)) bytes = bytes[3..];
         if (!System.Text.Unicode.Utf8.IsValid(bytes.Span))

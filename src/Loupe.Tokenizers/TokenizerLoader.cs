@@ -93,6 +93,7 @@ public static class TokenizerLoader
     static (List<(string, string)> Merges, List<int> Lines) ReadMergesTxt(string path, IReadOnlyDictionary<string, int> vocab)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"Tokenizer file '{path}' does not exist.", path);
+        InputFiles.EnsureRegularFile(path);
         var bytes = File.ReadAllBytes(path);
         if (!System.Text.Unicode.Utf8.IsValid(bytes))
             throw new InputError($"{path}: not valid UTF-8 at {TokenizerJson.Position(bytes, TokenizerJson.FirstInvalidUtf8(bytes))}");

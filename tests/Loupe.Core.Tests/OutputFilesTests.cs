@@ -159,3 +159,42 @@ public class CheckTests
         Assert.Equal("NaN", InputError.Show(double.NaN));
     }
 }
+
+public sealed class InputFilesTests : IDisposable
+{
+    readonly string _dir = Directory.CreateTempSubdirectory("loupe-in-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public void APipeOrDeviceIsRefusedBeforeItIsOpened()
+    {
+        if (OperatingSystem.IsWindows() || !File.Exists("/usr/bin/mkfifo")) return;
+        string fifo = Path.Combine(_dir, "config.json"), link = Path.Combine(_dir, "link.json");
+        using (var p = Process.Start("/usr/bin/mkfifo", [fifo])!) p.WaitForExit();
+        File.CreateSymbolicLink(link, fifo);
+        foreach (var path in new[] { fifo, link, "/dev/zero" })
+        {
+            var e = Assert.Throws<InputError>(() => InputFiles.EnsureRegularFile(path));
+            Assert.Contains(path, e.Message);
+            Assert.Contains("a device, pipe or socket", e.Message);
+        }
+        Assert.Throws<InputError>(() => InputFiles.ReadAllBytes(fifo, 100)); // would block for ever if opened
+    }
+
+    [Fact]
+    public void RegularFilesAndLinksToThemPass()
+    {
+        string file = Path.Combine(_dir, "a.json"), link = Path.Combine(_dir, "b.json");
+        File.WriteAllText(file, "{}");
+        File.CreateSymbolicLink(link, file);
+        InputFiles.EnsureRegularFile(file);
+        InputFiles.EnsureRegularFile(link);
+        InputFiles.EnsureRegularFile(Path.Combine(_dir, "missing.json"));
+        Assert.Equal("{}"u8.ToArray(), InputFiles.ReadAllBytes(link, 100));
+        Assert.Equal(InputFiles.RealPath(file), InputFiles.RealPath(link));
+        Assert.Null(InputFiles.RealPath(Path.Combine(_dir, "missing.json")));
+        var e = Assert.Throws<InputError>(() => InputFiles.ReadAllBytes(file, 1));
+        Assert.Contains("at most 1 bytes", e.Message);
+    }
+}

@@ -78,7 +78,7 @@ public sealed class FeatureStore : IDisposable
         if (string.IsNullOrWhiteSpace(path)) throw new InputError("feature store path: expected a file name, found an empty path");
         string full = System.IO.Path.GetFullPath(path);
         if (!File.Exists(full)) throw new FileNotFoundException($"feature store not found: {full}; build it with `loupe features build`", full);
-        Harvest.HarvestManifest.EnsureRegularFile(full); // a FIFO would block the header read for ever
+        InputFiles.EnsureRegularFile(full); // a FIFO would block the header read for ever
         CheckSqliteHeader(full);
         var db = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = full, Mode = SqliteOpenMode.ReadOnly, Pooling = false }.ToString());
         try

@@ -45,7 +45,7 @@ public sealed class ActivationStore
             var shard = manifest.Shards[i];
             string path = paths[i] = Path.Combine(folder, shard.File);
             if (!File.Exists(path)) throw new FileNotFoundException($"{path}: shard listed in {mpath} is missing", path);
-            HarvestManifest.EnsureRegularFile(path);
+            InputFiles.EnsureRegularFile(path);
             try
             {
                 using var file = SafeTensorsFile.Open(path);

@@ -62,7 +62,7 @@ public sealed class HarvestManifest
     {
         string path = Path.Combine(folder, FileName);
         if (!System.IO.File.Exists(path)) throw new FileNotFoundException($"no harvest manifest: {path}", path);
-        EnsureRegularFile(path);
+        InputFiles.EnsureRegularFile(path);
         HarvestManifest manifest;
         try
         {
@@ -210,33 +210,12 @@ public sealed class HarvestManifest
         if (!full.StartsWith(Path.TrimEndingDirectorySeparator(root) + Path.DirectorySeparatorChar, StringComparison.Ordinal))
             throw InputError.Expected(path, field, "a relative path inside the harvest folder", file);
         // A link inside the folder may still point elsewhere: compare the resolved paths.
-        if (!OperatingSystem.IsWindows() && RealPath(full) is { } real && RealPath(root) is { } realRoot
+        if (!OperatingSystem.IsWindows() && InputFiles.RealPath(full) is { } real && InputFiles.RealPath(root) is { } realRoot
             && !real.StartsWith(Path.TrimEndingDirectorySeparator(realRoot) + "/", StringComparison.Ordinal))
             throw Bad(path, field, "a file inside the harvest folder", $"{InputError.Show(file)}, which resolves to {real}");
         return full;
     }
 
-    /// <summary>Refuses a device, pipe or socket (reading a FIFO would block for ever), also behind a symbolic link.</summary>
-    /// <exception cref="InputError">The path is not a regular file.</exception>
-    internal static void EnsureRegularFile(string path)
-    {
-        var kind = OutputFiles.KindOf(path);
-        if (kind == OutputFiles.EntryKind.SymbolicLink && !OperatingSystem.IsWindows() && RealPath(path) is { } target) kind = OutputFiles.KindOf(target);
-        if (kind is not (OutputFiles.EntryKind.RegularFile or OutputFiles.EntryKind.Missing or OutputFiles.EntryKind.SymbolicLink))
-            throw InputError.Expected(path, "file type", "a regular file", kind == OutputFiles.EntryKind.Directory ? "a folder" : "a device, pipe or socket");
-    }
-
-    /// <summary>The canonical path (every symbolic link resolved), or null when it does not exist.</summary>
-    static string? RealPath(string path)
-    {
-        IntPtr p = SystemNativeRealPath(path);
-        if (p == IntPtr.Zero) return null;
-        try { return Marshal.PtrToStringUTF8(p); }
-        finally { Marshal.FreeHGlobal(p); } // malloc'd by realpath; FreeHGlobal is free() on Unix
-    }
-
-    [DllImport("libSystem.Native", EntryPoint = "SystemNative_RealPath")]
-    static extern IntPtr SystemNativeRealPath([MarshalAs(UnmanagedType.LPUTF8Str)] string path);
 
     /// <summary>Fingerprint of a model folder: SHA-256 of config.json, then each <c>*.safetensors</c> name and size.</summary>
     public static string Fingerprint(HookedTransformer model)

@@ -57,6 +57,7 @@ public static partial class GemmaScopeFormat
 
         ZipArchive zip;
         IReadOnlyCollection<ZipArchiveEntry> directory;
+        InputFiles.EnsureRegularFile(file);
         var fs = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read);
         try
         {

@@ -491,6 +491,7 @@ public static partial class SaeLensFormat
         if (length > MaxJsonBytes) throw InputError.Expected(path, "size", $"a JSON file of at most {MaxJsonBytes} bytes", $"{length} bytes");
         try
         {
+            InputFiles.EnsureRegularFile(path);
             byte[] bytes = File.ReadAllBytes(path);
             JsonInput.Validate(bytes, path);
             return JsonNode.Parse(bytes, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false, MaxDepth = 64 }) as JsonObject

@@ -44,6 +44,7 @@ public sealed class HfConfig
         long length = new FileInfo(path).Length;
         if (length > MaxConfigBytes)
             throw new InputError($"{path}: size: expected a config of at most {MaxConfigBytes:N0} bytes, found {length:N0} bytes");
+        InputFiles.EnsureRegularFile(path);
         byte[] bytes = File.ReadAllBytes(path);
         if (!Utf8.IsValid(bytes)) throw new InputError($"{path}: is not valid UTF-8 text; expected a JSON object");
         try

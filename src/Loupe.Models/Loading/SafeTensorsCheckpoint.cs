@@ -170,6 +170,7 @@ public sealed class SafeTensorsCheckpoint : IDisposable
         long length = new FileInfo(indexPath).Length;
         if (length > MaxIndexBytes)
             throw Bad(indexPath, $"the index is {length:N0} bytes; expected at most {MaxIndexBytes:N0}");
+        InputFiles.EnsureRegularFile(indexPath);
         byte[] bytes = File.ReadAllBytes(indexPath);
         if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw Bad(indexPath, "not valid UTF-8 text");
         JsonDocument doc;

@@ -85,6 +85,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
         if (!File.Exists(path))
             throw new FileNotFoundException($"safetensors file {path} does not exist", path);
 
+        InputFiles.EnsureRegularFile(path);
         var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete);
         long fileLength = stream.Length;
         if (fileLength < 8)
