@@ -487,12 +487,9 @@ public static partial class SaeLensFormat
     /// <summary>Reads a small JSON object file, refusing non-objects, repeated keys and oversized files with an <see cref="InputError"/>.</summary>
     internal static JsonObject ReadJsonObject(string path)
     {
-        long length = new FileInfo(path).Length;
-        if (length > MaxJsonBytes) throw InputError.Expected(path, "size", $"a JSON file of at most {MaxJsonBytes} bytes", $"{length} bytes");
         try
         {
-            InputFiles.EnsureRegularFile(path);
-            byte[] bytes = File.ReadAllBytes(path);
+            byte[] bytes = InputFiles.ReadAllBytes(path, MaxJsonBytes);
             JsonInput.Validate(bytes, path);
             return JsonNode.Parse(bytes, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false, MaxDepth = 64 }) as JsonObject
                 ?? throw new InputError($"{path}: expected a JSON object");

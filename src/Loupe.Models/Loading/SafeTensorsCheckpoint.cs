@@ -167,22 +167,7 @@ public sealed class SafeTensorsCheckpoint : IDisposable
 
     static SafeTensorsCheckpoint OpenIndex(string indexPath)
     {
-        long length = new FileInfo(indexPath).Length;
-        if (length > MaxIndexBytes)
-            throw Bad(indexPath, $"the index is {length:N0} bytes; expected at most {MaxIndexBytes:N0}");
-        InputFiles.EnsureRegularFile(indexPath);
-        byte[] bytes = File.ReadAllBytes(indexPath);
-        if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw Bad(indexPath, "not valid UTF-8 text");
-        JsonDocument doc;
-        try
-        {
-            doc = JsonInput.Parse(bytes, indexPath, maxDepth: 16);
-        }
-        catch (JsonException e)
-        {
-            throw Bad(indexPath, $"not valid JSON: {e.Message.Split('\n')[0]}", e);
-        }
-        using (doc)
+        using (var doc = JsonInput.Parse(InputFiles.ReadAllBytes(indexPath, MaxIndexBytes), indexPath, maxDepth: 16))
         try
         {
             var root = doc.RootElement;
