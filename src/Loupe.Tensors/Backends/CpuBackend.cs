@@ -1,59 +1,383 @@
 using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
 using Loupe.Tensors.Kernels;
 
 namespace Loupe.Tensors.Backends;
 
-/// <summary>The CPU: OpenBLAS for products when present, TensorPrimitives (SIMD) for the rest.</summary>
+/// <summary>
+/// The CPU: OpenBLAS for products when present, TensorPrimitives (SIMD) for the rest. Tensors are
+/// host tensors; nothing is ever copied between host and device, so <see cref="Transfers"/> stays zero.
+/// </summary>
 public sealed class CpuBackend : IComputeBackend
 {
     public static CpuBackend Instance { get; } = new();
 
-    public string Name => Gemm.UsesBlas ? "cpu+openblas" : "cpu+managed";
+    public string Name => Kernels.Gemm.UsesBlas ? "cpu+openblas" : "cpu+managed";
+    public Device Device => Device.Cpu;
+    public TransferCounter Transfers { get; } = new();
 
-    public void Linear(ReadOnlySpan<float> x, int rows, int k, ReadOnlySpan<float> weight, bool weightIsOutIn, int n, ReadOnlySpan<float> bias, Span<float> y) =>
-        Gemm.Linear(x, rows, k, weight, weightIsOutIn, n, bias, y);
+    static Span<float> S(Tensor t, long offset = 0) => offset == 0 ? t.Span : t.Span[checked((int)offset)..];
+    static ReadOnlySpan<float> R(Tensor? t) => t is null ? default : t.Span;
 
-    public void Sgemm(bool transA, bool transB, int m, int n, int k, float alpha, ReadOnlySpan<float> a, int lda,
-        ReadOnlySpan<float> b, int ldb, float beta, Span<float> c, int ldc) =>
-        Gemm.Sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    // ---- memory ----
 
-    public void LayerNorm(ReadOnlySpan<float> x, int rows, int d, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias, float eps, Span<float> y, Span<float> scale) =>
-        Normalization.LayerNorm(x, rows, d, weight, bias, eps, y, scale);
+    public Tensor Empty(params int[] shape) => Tensor.Uninitialized(shape);
+    public Tensor Zeros(params int[] shape) => Tensor.Zeros(shape);
 
-    public void RmsNorm(ReadOnlySpan<float> x, int rows, int d, ReadOnlySpan<float> weight, float weightOffset, float eps, Span<float> y, Span<float> scale) =>
-        Normalization.RmsNorm(x, rows, d, weight, weightOffset, eps, y, scale);
+    public Tensor ToDevice(Tensor tensor, TransferKind kind = TransferKind.Data) => tensor.ToCpu();
 
-    public void Activation(string name, ReadOnlySpan<float> x, Span<float> y) => Activations.Apply(name, x, y);
+    public Tensor LoadWeight(ReadOnlyMemory<float> values, int[] shape, ElementType keepAs = ElementType.F32) =>
+        new(MemoryMarshal.AsMemory(values), shape);
 
-    public void SoftmaxRows(ReadOnlySpan<float> x, int rows, int n, Span<float> y) => Softmax.Rows(x, rows, n, y);
-
-    public void Rotary(RotaryTable table, Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions) =>
-        table.Apply(x, rows, heads, headDim, positions);
-
-    public void RotaryInverse(RotaryTable table, Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions) =>
-        table.ApplyInverse(x, rows, heads, headDim, positions);
-
-    public void ActivationBackward(string name, ReadOnlySpan<float> x, ReadOnlySpan<float> dy, Span<float> dx) =>
-        Activations.Backward(name, x, dy, dx);
-
-    public void AttentionScores(ReadOnlySpan<float> q, ReadOnlySpan<float> k, int batch, int queryLen, int keyLen,
-        int nHeads, int nKvHeads, int dHead, float scale, AttentionMask mask, Span<float> scores, int keyCapacity = 0) =>
-        Attention.Scores(q, k, batch, queryLen, keyLen, nHeads, nKvHeads, dHead, scale, mask, scores, keyCapacity);
-
-    public void AttentionApply(ReadOnlySpan<float> pattern, ReadOnlySpan<float> v, int batch, int queryLen, int keyLen,
-        int nHeads, int nKvHeads, int dHead, Span<float> z, int keyCapacity = 0) =>
-        Attention.ApplyPattern(pattern, v, batch, queryLen, keyLen, nHeads, nKvHeads, dHead, z, keyCapacity);
-
-    public void Add(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Add(a, b, y);
-
-    public void Multiply(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y) => TensorPrimitives.Multiply(a, b, y);
-
-    public void Scale(ReadOnlySpan<float> a, float s, Span<float> y) => TensorPrimitives.Multiply(a, s, y);
-
-    public void SoftCap(ReadOnlySpan<float> a, float cap, Span<float> y)
+    public void CopyRows(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int cols, bool accumulate = false)
     {
-        TensorPrimitives.Multiply(a, 1f / cap, y);
-        TensorPrimitives.Tanh(y, y);
-        TensorPrimitives.Multiply(y, cap, y);
+        var s = S(src, srcOffset);
+        var d = S(dst, dstOffset);
+        for (int r = 0; r < rows; r++)
+        {
+            var from = s.Slice(r * srcStride, cols);
+            var to = d.Slice(r * dstStride, cols);
+            if (accumulate) TensorPrimitives.Add(to, from, to);
+            else from.CopyTo(to);
+        }
+    }
+
+    public void Fill(Tensor dst, float value) => dst.Span.Fill(value);
+
+    // ---- products ----
+
+    public void Gemm(bool transA, bool transB, int m, int n, int k, float alpha, Tensor a, long aOffset, int lda,
+        Tensor b, long bOffset, int ldb, float beta, Tensor c, long cOffset, int ldc) =>
+        Kernels.Gemm.Sgemm(transA, transB, m, n, k, alpha, S(a, aOffset), lda, S(b, bOffset), ldb, beta, S(c, cOffset), ldc);
+
+    public void GemmBatched(bool transA, bool transB, int m, int n, int k, float alpha, Tensor a, long aOffset, int lda, long strideA,
+        Tensor b, long bOffset, int ldb, long strideB, float beta, Tensor c, long cOffset, int ldc, long strideC, int batch)
+    {
+        for (int i = 0; i < batch; i++)
+            Gemm(transA, transB, m, n, k, alpha, a, aOffset + i * strideA, lda, b, bOffset + i * strideB, ldb, beta, c, cOffset + i * strideC, ldc);
+    }
+
+    public void Linear(Tensor x, int rows, int k, Tensor weight, bool weightIsOutIn, int n, Tensor? bias, Tensor y) =>
+        Kernels.Gemm.Linear(x.Span, rows, k, weight.Span, weightIsOutIn, n, R(bias), y.Span);
+
+    // ---- element-wise ----
+
+    public void Add(Tensor a, Tensor b, Tensor y) => TensorPrimitives.Add(a.Span, b.Span, y.Span);
+    public void Multiply(Tensor a, Tensor b, Tensor y) => TensorPrimitives.Multiply(a.Span, b.Span, y.Span);
+    public void Scale(Tensor a, float s, Tensor y) => TensorPrimitives.Multiply(a.Span, s, y.Span);
+
+    public void AddRowVector(Tensor y, int rows, Tensor v)
+    {
+        var ys = y.Span;
+        var vs = v.Span;
+        int n = vs.Length;
+        for (int r = 0; r < rows; r++)
+        {
+            var row = ys.Slice(r * n, n);
+            TensorPrimitives.Add(row, vs, row);
+        }
+    }
+
+    public void SumMiddleAxis(Tensor x, int outer, int middle, int inner, Tensor y, bool accumulate = false)
+    {
+        var xs = x.Span;
+        var ys = y.Span;
+        for (int o = 0; o < outer; o++)
+        {
+            var row = ys.Slice(o * inner, inner);
+            if (!accumulate) row.Clear();
+            for (int m = 0; m < middle; m++) TensorPrimitives.Add(row, xs.Slice((o * middle + m) * inner, inner), row);
+        }
+    }
+
+    public void Activation(string name, Tensor x, Tensor y) => Activations.Apply(name, x.Span, y.Span);
+
+    public void ActivationBackward(string name, Tensor x, Tensor dy, Tensor dx) => Activations.Backward(name, x.Span, dy.Span, dx.Span);
+
+    public void SoftCap(Tensor a, float cap, Tensor y)
+    {
+        TensorPrimitives.Multiply(a.Span, 1f / cap, y.Span);
+        TensorPrimitives.Tanh(y.Span, y.Span);
+        TensorPrimitives.Multiply(y.Span, cap, y.Span);
+    }
+
+    public void SoftCapBackward(Tensor capped, Tensor dy, float cap, Tensor dx)
+    {
+        var c = capped.Span;
+        var d = dy.Span;
+        var o = dx.Span;
+        for (int i = 0; i < o.Length; i++)
+        {
+            float v = c[i];
+            o[i] = float.IsFinite(v) ? d[i] * (1 - (v / cap) * (v / cap)) : 0f;
+        }
+    }
+
+    // ---- normalization ----
+
+    public void Norm(bool center, Tensor x, int rows, int d, Tensor? weight, float weightOffset, Tensor? bias, float eps, Tensor y, Tensor scale)
+    {
+        if (center) Normalization.LayerNorm(x.Span, rows, d, R(weight), R(bias), eps, y.Span, scale.Span);
+        else Normalization.RmsNorm(x.Span, rows, d, R(weight), weightOffset, eps, y.Span, scale.Span);
+    }
+
+    public void NormWithScale(bool center, Tensor x, int rows, int d, Tensor? weight, float weightOffset, Tensor? bias, Tensor scale, Tensor y)
+    {
+        var w = R(weight);
+        var b = R(bias);
+        for (int r = 0; r < rows; r++)
+        {
+            var xr = x.Span.Slice(r * d, d);
+            var yr = y.Span.Slice(r * d, d);
+            float mean = center ? TensorPrimitives.Sum(xr) / d : 0f;
+            float inv = 1f / scale.Span[r];
+            for (int i = 0; i < d; i++)
+                yr[i] = (xr[i] - mean) * inv * ((w.IsEmpty ? 1f : w[i]) + weightOffset) + (b.IsEmpty ? 0f : b[i]);
+        }
+    }
+
+    public void NormBackwardScale(bool center, Tensor x, Tensor scale, Tensor dy, int rows, int d, Tensor? weight, float weightOffset, Tensor dScale)
+    {
+        var w = R(weight);
+        for (int r = 0; r < rows; r++)
+        {
+            var xr = x.Span.Slice(r * d, d);
+            var dyr = dy.Span.Slice(r * d, d);
+            float mean = center ? TensorPrimitives.Sum(xr) / d : 0f;
+            float sigma = scale.Span[r];
+            double dot = 0;
+            for (int i = 0; i < d; i++)
+                dot += (double)(dyr[i] * ((w.IsEmpty ? 1f : w[i]) + weightOffset)) * ((xr[i] - mean) / sigma);
+            dScale.Span[r] = (float)(-dot / sigma);
+        }
+    }
+
+    public void NormBackwardInput(bool center, Tensor x, Tensor scale, Tensor dy, Tensor dScale, int rows, int d, Tensor? weight, float weightOffset, Tensor dx)
+    {
+        var w = R(weight);
+        for (int r = 0; r < rows; r++)
+        {
+            var xr = x.Span.Slice(r * d, d);
+            var dyr = dy.Span.Slice(r * d, d);
+            var dxr = dx.Span.Slice(r * d, d);
+            float mean = center ? TensorPrimitives.Sum(xr) / d : 0f;
+            float sigma = scale.Span[r], ds = dScale.Span[r];
+            double dcMean = 0;
+            for (int i = 0; i < d; i++)
+            {
+                float c = xr[i] - mean;
+                float dc = dyr[i] * ((w.IsEmpty ? 1f : w[i]) + weightOffset) / sigma + ds * (c / sigma) / d;
+                dxr[i] = dc;
+                dcMean += dc;
+            }
+            if (center)
+            {
+                float m = (float)(dcMean / d);
+                for (int i = 0; i < d; i++) dxr[i] -= m;
+            }
+        }
+    }
+
+    // ---- softmax and reductions ----
+
+    public void SoftmaxRows(Tensor x, int rows, int n, Tensor y) => Softmax.Rows(x.Span, rows, n, y.Span);
+
+    public void SoftmaxBackwardRows(Tensor p, Tensor dp, int rows, int n, Tensor dx)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            var pr = p.Span.Slice(r * n, n);
+            var dpr = dp.Span.Slice(r * n, n);
+            float dot = TensorPrimitives.Dot(pr, dpr);
+            var o = dx.Span.Slice(r * n, n);
+            for (int j = 0; j < n; j++) o[j] = pr[j] * (dpr[j] - dot);
+        }
+    }
+
+    public void LogSoftmaxRows(Tensor x, int rows, int n, Tensor y)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            var xr = x.Span.Slice(r * n, n);
+            var yr = y.Span.Slice(r * n, n);
+            float lse = LogSumExp(xr);
+            TensorPrimitives.Subtract(xr, lse, yr);
+        }
+    }
+
+    /// <summary>log Σ exp(x), max-subtracted, summed in double.</summary>
+    static float LogSumExp(ReadOnlySpan<float> x)
+    {
+        float max = TensorPrimitives.Max(x);
+        if (!float.IsFinite(max)) return max;
+        double sum = 0;
+        foreach (var v in x) sum += Math.Exp(v - max);
+        return (float)(max + Math.Log(sum));
+    }
+
+    public void CrossEntropyRows(Tensor logits, int rows, int n, ReadOnlySpan<int> targets, Tensor loss, Tensor? dLogits, float weight)
+    {
+        if (targets.Length < rows) throw new ArgumentException($"{targets.Length} targets for {rows} rows", nameof(targets));
+        for (int r = 0; r < rows; r++)
+        {
+            var xr = logits.Span.Slice(r * n, n);
+            int t = targets[r];
+            if (t >= n) throw new ArgumentOutOfRangeException(nameof(targets), $"target {t} of row {r} is outside {n} classes");
+            float lse = LogSumExp(xr);
+            loss.Span[r] = t < 0 ? 0f : lse - xr[t];
+            if (dLogits is null) continue;
+            var dr = dLogits.Span.Slice(r * n, n);
+            if (t < 0) { dr.Clear(); continue; }
+            TensorPrimitives.Subtract(xr, lse, dr);
+            TensorPrimitives.Exp(dr, dr);
+            dr[t] -= 1f;
+            if (weight != 1f) TensorPrimitives.Multiply(dr, weight, dr);
+        }
+    }
+
+    public double Sum(Tensor x)
+    {
+        double sum = 0;
+        foreach (var v in x.Span) sum += v;
+        return sum;
+    }
+
+    public int[] ArgMaxRows(Tensor x, int rows, int n)
+    {
+        var result = new int[rows];
+        for (int r = 0; r < rows; r++) result[r] = TensorPrimitives.IndexOfMax(x.Span.Slice(r * n, n));
+        return result;
+    }
+
+    public long IndexOfNonFinite(Tensor x, bool allowNegativeInfinity = false)
+    {
+        var s = x.Span;
+        for (int i = 0; i < s.Length; i++)
+            if (!float.IsFinite(s[i]) && !(allowNegativeInfinity && float.IsNegativeInfinity(s[i]))) return i;
+        return -1;
+    }
+
+    public void TopKRows(Tensor x, int rows, int n, int k, Tensor values, Tensor indices)
+    {
+        if (k < 1 || k > n) throw new ArgumentOutOfRangeException(nameof(k), $"top-k needs 1 ≤ k ≤ {n}, got {k}");
+        var order = new int[n];
+        var keys = new float[n];
+        for (int r = 0; r < rows; r++)
+        {
+            var xr = x.Span.Slice(r * n, n);
+            for (int j = 0; j < n; j++) { order[j] = j; keys[j] = xr[j]; }
+            // Largest first; ties (and NaN, kept last) by lower index.
+            Array.Sort(order, (i, j) => Compare(keys[i], keys[j], i, j));
+            for (int j = 0; j < k; j++)
+            {
+                values.Span[r * k + j] = xr[order[j]];
+                indices.Span[r * k + j] = order[j];
+            }
+        }
+    }
+
+    static int Compare(float a, float b, int i, int j)
+    {
+        bool an = float.IsNaN(a), bn = float.IsNaN(b);
+        if (an != bn) return an ? 1 : -1;
+        if (!an && a != b) return a > b ? -1 : 1;
+        return i.CompareTo(j);
+    }
+
+    // ---- positions and attention ----
+
+    public void Rotary(RotaryTable table, Tensor x, int rows, int heads, int headDim, ReadOnlySpan<int> positions, bool inverse = false)
+    {
+        if (inverse) table.ApplyInverse(x.Span, rows, heads, headDim, positions);
+        else table.Apply(x.Span, rows, heads, headDim, positions);
+    }
+
+    public void AttentionScores(Tensor q, Tensor k, AttentionShape s, float scale, AttentionMask mask, Tensor scores) =>
+        Attention.Scores(q.Span, k.Span, s.Batch, s.QueryLen, s.KeyLen, s.Heads, s.KvHeads, s.DHead, scale, mask, scores.Span, s.KeyCapacity);
+
+    public void AttentionApply(Tensor pattern, Tensor v, AttentionShape s, Tensor z) =>
+        Attention.ApplyPattern(pattern.Span, v.Span, s.Batch, s.QueryLen, s.KeyLen, s.Heads, s.KvHeads, s.DHead, z.Span, s.KeyCapacity);
+
+    public void AttentionApplyBackward(Tensor dz, Tensor pattern, Tensor v, AttentionShape s, Tensor dPattern, Tensor dv)
+    {
+        int T = s.QueryLen, K = s.KeyLen, group = s.Group, qWidth = s.Heads * s.DHead, kvWidth = s.KvHeads * s.DHead;
+        dv.Span.Clear();
+        // Heads sharing a kv head run in one task so their dv accumulates without races.
+        Attention.ForEachHead(s.Batch * s.KvHeads, i =>
+        {
+            int b = i / s.KvHeads, kvh = i % s.KvHeads;
+            for (int h = kvh * group; h < (kvh + 1) * group; h++)
+            {
+                var dzs = dz.Span.Slice((b * T * s.Heads + h) * s.DHead);
+                var vs = v.Span.Slice((b * K * s.KvHeads + kvh) * s.DHead);
+                var dps = dPattern.Span.Slice((b * s.Heads + h) * T * K, T * K);
+                Kernels.Gemm.Sgemm(false, true, T, K, s.DHead, 1f, dzs, qWidth, vs, kvWidth, 0f, dps, K);
+                Kernels.Gemm.Sgemm(true, false, K, s.DHead, T, 1f, pattern.Span.Slice((b * s.Heads + h) * T * K, T * K), K, dzs, qWidth,
+                    1f, dv.Span.Slice((b * K * s.KvHeads + kvh) * s.DHead), kvWidth);
+            }
+        });
+    }
+
+    public void AttentionScoresBackward(Tensor dRaw, Tensor q, Tensor k, AttentionShape s, float scale, Tensor dq, Tensor dk)
+    {
+        int T = s.QueryLen, K = s.KeyLen, group = s.Group, qWidth = s.Heads * s.DHead, kvWidth = s.KvHeads * s.DHead;
+        dk.Span.Clear();
+        Attention.ForEachHead(s.Batch * s.KvHeads, i =>
+        {
+            int b = i / s.KvHeads, kvh = i % s.KvHeads;
+            for (int h = kvh * group; h < (kvh + 1) * group; h++)
+            {
+                var dr = dRaw.Span.Slice((b * s.Heads + h) * T * K, T * K);
+                Kernels.Gemm.Sgemm(false, false, T, s.DHead, K, scale, dr, K, k.Span.Slice((b * K * s.KvHeads + kvh) * s.DHead), kvWidth,
+                    0f, dq.Span.Slice((b * T * s.Heads + h) * s.DHead), qWidth);
+                Kernels.Gemm.Sgemm(true, false, K, s.DHead, T, scale, dr, K, q.Span.Slice((b * T * s.Heads + h) * s.DHead), qWidth,
+                    1f, dk.Span.Slice((b * K * s.KvHeads + kvh) * s.DHead), kvWidth);
+            }
+        });
+    }
+
+    // ---- embeddings ----
+
+    public void Embedding(Tensor table, int d, ReadOnlySpan<int> ids, float scale, Tensor y)
+    {
+        var t = table.Span;
+        var ys = y.Span;
+        int vocab = t.Length / d;
+        for (int i = 0; i < ids.Length; i++)
+        {
+            if ((uint)ids[i] >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(ids), $"id {ids[i]} at {i} is outside the table of {vocab} rows");
+            var row = ys.Slice(i * d, d);
+            t.Slice(ids[i] * d, d).CopyTo(row);
+            if (scale != 1f) TensorPrimitives.Multiply(row, scale, row);
+        }
+    }
+
+    public void EmbeddingBackward(Tensor dy, int d, ReadOnlySpan<int> ids, float scale, Tensor dTable)
+    {
+        var t = dTable.Span;
+        int vocab = t.Length / d;
+        for (int i = 0; i < ids.Length; i++)
+        {
+            if ((uint)ids[i] >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(ids), $"id {ids[i]} at {i} is outside the table of {vocab} rows");
+            var row = t.Slice(ids[i] * d, d);
+            TensorPrimitives.MultiplyAdd(dy.Span.Slice(i * d, d), scale, row, row);
+        }
+    }
+
+    // ---- training ----
+
+    public void AdamStep(Tensor param, Tensor grad, Tensor m, Tensor v, float lr, float beta1, float beta2, float eps, int step)
+    {
+        var p = param.Span;
+        var g = grad.Span;
+        var ms = m.Span;
+        var vs = v.Span;
+        float c1 = 1 - MathF.Pow(beta1, step), c2 = 1 - MathF.Pow(beta2, step);
+        for (int i = 0; i < p.Length; i++)
+        {
+            ms[i] = beta1 * ms[i] + (1 - beta1) * g[i];
+            vs[i] = beta2 * vs[i] + (1 - beta2) * g[i] * g[i];
+            p[i] -= lr * (ms[i] / c1) / (MathF.Sqrt(vs[i] / c2) + eps);
+        }
     }
 }

@@ -3,54 +3,211 @@ using Loupe.Tensors.Kernels;
 namespace Loupe.Tensors.Backends;
 
 /// <summary>
-/// The primitive operations model code is written against — the whole list, in one place.
-/// A GPU backend implements this interface; model families never call kernels directly.
-/// Buffers are row-major; shapes are in the parameter names.
+/// Every operation the forward pass, the backward passes, the hooks, generation and dictionary
+/// training use — the whole list, in one place. Operands are tensors on <see cref="Device"/>;
+/// shapes are in the parameter names, buffers are row-major, offsets and strides count elements.
+/// Output tensors are written, never resized; with <c>accumulate</c> the result is added to them.
+/// Small integer inputs that come with the tokens (ids, positions, padding masks) are passed as
+/// host spans and uploaded by the backend (counted as <see cref="TransferKind.Inputs"/>).
+/// Each operation has a scalar twin in <see cref="Kernels.Reference.ReferenceKernels"/>; both
+/// backends are tested against the twins.
 /// </summary>
 public interface IComputeBackend
 {
-    /// <summary>A short name ("cpu+openblas", "cpu+managed").</summary>
+    /// <summary>A short name ("cpu+openblas", "cuda (ILGPU + cuBLAS)", …).</summary>
     string Name { get; }
 
+    /// <summary>Where this backend's tensors live.</summary>
+    Device Device { get; }
+
+    /// <summary>Every copy between host and device so far, by kind (the CPU backend copies nothing).</summary>
+    TransferCounter Transfers { get; }
+
+    // ---- memory ------------------------------------------------------------------------------
+
+    /// <summary>A tensor on this device whose contents are undefined (callers overwrite every element).</summary>
+    Tensor Empty(params int[] shape);
+
+    /// <summary>A zero-filled tensor on this device.</summary>
+    Tensor Zeros(params int[] shape);
+
+    /// <summary>
+    /// <paramref name="tensor"/> on this device: itself when it is already here, otherwise a copy
+    /// (host→device, counted as <paramref name="kind"/>).
+    /// </summary>
+    Tensor ToDevice(Tensor tensor, TransferKind kind = TransferKind.Data);
+
+    /// <summary>
+    /// Weights, once at load: on the CPU a zero-copy wrap (memory-mapped files stay mapped); on a GPU
+    /// an upload kept as <paramref name="keepAs"/> (bf16/fp16 weights stay 16-bit; products accumulate in fp32).
+    /// </summary>
+    Tensor LoadWeight(ReadOnlyMemory<float> values, int[] shape, ElementType keepAs = ElementType.F32);
+
+    /// <summary><c>dst[r, :cols] (+)= src[r, :cols]</c> for <paramref name="rows"/> rows, each side with its own offset and row stride.</summary>
+    void CopyRows(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int cols, bool accumulate = false);
+
+    /// <summary>Sets every element of <paramref name="dst"/> to <paramref name="value"/>.</summary>
+    void Fill(Tensor dst, float value);
+
+    // ---- products ----------------------------------------------------------------------------
+
+    /// <summary>
+    /// <c>C = alpha·op(A)·op(B) + beta·C</c> with <c>op(A)</c> <c>[m, k]</c> and <c>op(B)</c> <c>[k, n]</c>;
+    /// leading dimensions are the row strides of the stored matrices. B may be a 16-bit weight.
+    /// With beta = 0, C's previous contents (even NaN) are ignored.
+    /// </summary>
+    void Gemm(bool transA, bool transB, int m, int n, int k, float alpha, Tensor a, long aOffset, int lda,
+        Tensor b, long bOffset, int ldb, float beta, Tensor c, long cOffset, int ldc);
+
+    /// <summary>
+    /// <paramref name="batch"/> products as <see cref="Gemm"/>, the i-th at offsets
+    /// <c>aOffset + i·strideA</c>, <c>bOffset + i·strideB</c>, <c>cOffset + i·strideC</c> (a stride may be 0).
+    /// </summary>
+    void GemmBatched(bool transA, bool transB, int m, int n, int k, float alpha, Tensor a, long aOffset, int lda, long strideA,
+        Tensor b, long bOffset, int ldb, long strideB, float beta, Tensor c, long cOffset, int ldc, long strideC, int batch);
+
     /// <summary><c>y[rows, n] = x[rows, k]·W + bias</c>; W is <c>[k, n]</c>, or <c>[n, k]</c> when <paramref name="weightIsOutIn"/> (nn.Linear).</summary>
-    void Linear(ReadOnlySpan<float> x, int rows, int k, ReadOnlySpan<float> weight, bool weightIsOutIn, int n, ReadOnlySpan<float> bias, Span<float> y);
+    void Linear(Tensor x, int rows, int k, Tensor weight, bool weightIsOutIn, int n, Tensor? bias, Tensor y);
 
-    /// <summary>General matrix product, see <see cref="Gemm.Sgemm"/>.</summary>
-    void Sgemm(bool transA, bool transB, int m, int n, int k, float alpha, ReadOnlySpan<float> a, int lda,
-        ReadOnlySpan<float> b, int ldb, float beta, Span<float> c, int ldc);
+    // ---- element-wise ------------------------------------------------------------------------
 
-    void LayerNorm(ReadOnlySpan<float> x, int rows, int d, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias, float eps, Span<float> y, Span<float> scale);
+    /// <summary><c>y = a + b</c> (y may alias a or b).</summary>
+    void Add(Tensor a, Tensor b, Tensor y);
 
-    void RmsNorm(ReadOnlySpan<float> x, int rows, int d, ReadOnlySpan<float> weight, float weightOffset, float eps, Span<float> y, Span<float> scale);
-
-    /// <summary>Element-wise activation by config name (relu, silu, gelu, gelu_new, …).</summary>
-    void Activation(string name, ReadOnlySpan<float> x, Span<float> y);
-
-    void SoftmaxRows(ReadOnlySpan<float> x, int rows, int n, Span<float> y);
-
-    void Rotary(RotaryTable table, Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions);
-
-    /// <summary>The inverse rotation (the backward of <see cref="Rotary"/>).</summary>
-    void RotaryInverse(RotaryTable table, Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions);
-
-    /// <summary>Backward of an activation: <c>dx = dy ⊙ f′(x)</c>.</summary>
-    void ActivationBackward(string name, ReadOnlySpan<float> x, ReadOnlySpan<float> dy, Span<float> dx);
-
-    void AttentionScores(ReadOnlySpan<float> q, ReadOnlySpan<float> k, int batch, int queryLen, int keyLen,
-        int nHeads, int nKvHeads, int dHead, float scale, AttentionMask mask, Span<float> scores, int keyCapacity = 0);
-
-    void AttentionApply(ReadOnlySpan<float> pattern, ReadOnlySpan<float> v, int batch, int queryLen, int keyLen,
-        int nHeads, int nKvHeads, int dHead, Span<float> z, int keyCapacity = 0);
-
-    /// <summary><c>y = a + b</c> element-wise (y may alias a or b).</summary>
-    void Add(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y);
-
-    /// <summary><c>y = a ⊙ b</c> element-wise.</summary>
-    void Multiply(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> y);
+    /// <summary><c>y = a ⊙ b</c>.</summary>
+    void Multiply(Tensor a, Tensor b, Tensor y);
 
     /// <summary><c>y = a · s</c>.</summary>
-    void Scale(ReadOnlySpan<float> a, float s, Span<float> y);
+    void Scale(Tensor a, float s, Tensor y);
+
+    /// <summary><c>y[r, :] += v</c> for each of <paramref name="rows"/> rows of width <c>v.Length</c> (bias).</summary>
+    void AddRowVector(Tensor y, int rows, Tensor v);
+
+    /// <summary><c>y[o, i] (+)= Σ_m x[o, m, i]</c> over x <c>[outer, middle, inner]</c>.</summary>
+    void SumMiddleAxis(Tensor x, int outer, int middle, int inner, Tensor y, bool accumulate = false);
+
+    /// <summary>Element-wise activation by config name (relu, silu, gelu, gelu_new, …).</summary>
+    void Activation(string name, Tensor x, Tensor y);
+
+    /// <summary>Backward of an activation: <c>dx = dy ⊙ f′(x)</c>.</summary>
+    void ActivationBackward(string name, Tensor x, Tensor dy, Tensor dx);
 
     /// <summary><c>y = cap·tanh(a/cap)</c> (logit soft-capping).</summary>
-    void SoftCap(ReadOnlySpan<float> a, float cap, Span<float> y);
+    void SoftCap(Tensor a, float cap, Tensor y);
+
+    /// <summary>Backward of <see cref="SoftCap"/> from its output: <c>dx = dy·(1 − (y/cap)²)</c>; non-finite y (masked −∞) gives 0.</summary>
+    void SoftCapBackward(Tensor capped, Tensor dy, float cap, Tensor dx);
+
+    // ---- normalization -----------------------------------------------------------------------
+
+    /// <summary>
+    /// LayerNorm (<paramref name="center"/>) or RMSNorm of x <c>[rows, d]</c>:
+    /// <c>c = x − mean(x)</c> or <c>x</c>; <c>σ = sqrt(mean(c²) + eps)</c> into <paramref name="scale"/> <c>[rows]</c>;
+    /// <c>y = c/σ · (w + weightOffset) + b</c>. Absent weight = 1, absent bias = 0.
+    /// </summary>
+    void Norm(bool center, Tensor x, int rows, int d, Tensor? weight, float weightOffset, Tensor? bias, float eps, Tensor y, Tensor scale);
+
+    /// <summary><see cref="Norm"/>'s output with a given <paramref name="scale"/> (a hooked hook_scale) instead of the computed σ.</summary>
+    void NormWithScale(bool center, Tensor x, int rows, int d, Tensor? weight, float weightOffset, Tensor? bias, Tensor scale, Tensor y);
+
+    /// <summary>Backward of <see cref="Norm"/> to the scale: <c>dσ[r] = −Σᵢ dy·w_eff·ĉ / σ</c> with <c>ĉ = c/σ</c>.</summary>
+    void NormBackwardScale(bool center, Tensor x, Tensor scale, Tensor dy, int rows, int d, Tensor? weight, float weightOffset, Tensor dScale);
+
+    /// <summary>
+    /// Backward of <see cref="Norm"/> to the input, given d scale (possibly hooked):
+    /// <c>dc = dy·w_eff/σ + dσ·(c/σ)/d</c>; LayerNorm then subtracts the row mean of dc.
+    /// </summary>
+    void NormBackwardInput(bool center, Tensor x, Tensor scale, Tensor dy, Tensor dScale, int rows, int d, Tensor? weight, float weightOffset, Tensor dx);
+
+    // ---- softmax and reductions --------------------------------------------------------------
+
+    /// <summary>Row-wise softmax of x <c>[rows, n]</c>; −∞ gets 0, an all −∞ row becomes zeros.</summary>
+    void SoftmaxRows(Tensor x, int rows, int n, Tensor y);
+
+    /// <summary>Backward of <see cref="SoftmaxRows"/>: <c>dx = p ⊙ (dp − Σⱼ p·dp)</c> per row.</summary>
+    void SoftmaxBackwardRows(Tensor p, Tensor dp, int rows, int n, Tensor dx);
+
+    /// <summary>Row-wise log-softmax of x <c>[rows, n]</c> (max-subtracted).</summary>
+    void LogSoftmaxRows(Tensor x, int rows, int n, Tensor y);
+
+    /// <summary>
+    /// Per row of logits <c>[rows, n]</c>: <c>loss[r] = −log softmax(x[r])[target[r]]</c> into <paramref name="loss"/> <c>[rows]</c>,
+    /// and when <paramref name="dLogits"/> is given, <c>d loss[r] · weight / d x[r] = (softmax(x[r]) − onehot) · weight</c>.
+    /// Targets below 0 are ignored (loss 0, gradient 0).
+    /// </summary>
+    void CrossEntropyRows(Tensor logits, int rows, int n, ReadOnlySpan<int> targets, Tensor loss, Tensor? dLogits, float weight);
+
+    /// <summary>Sum of all elements (double accumulation), read back to the host (counted as <see cref="TransferKind.Scalars"/>).</summary>
+    double Sum(Tensor x);
+
+    /// <summary>Index of the largest element of each row of x <c>[rows, n]</c> (first on ties), read back to the host.</summary>
+    int[] ArgMaxRows(Tensor x, int rows, int n);
+
+    /// <summary>
+    /// The index of the first NaN or ±∞ in x (−∞ allowed when <paramref name="allowNegativeInfinity"/>),
+    /// or −1; read back to the host (counted as <see cref="TransferKind.Scalars"/>).
+    /// </summary>
+    long IndexOfNonFinite(Tensor x, bool allowNegativeInfinity = false);
+
+    /// <summary>
+    /// Top-k of each row of x <c>[rows, n]</c> by value (largest first; ties to the lower index):
+    /// values into <paramref name="values"/> <c>[rows, k]</c>, column indices (as floats, exact below 2²⁴) into <paramref name="indices"/>.
+    /// </summary>
+    void TopKRows(Tensor x, int rows, int n, int k, Tensor values, Tensor indices);
+
+    // ---- positions and attention -------------------------------------------------------------
+
+    /// <summary>
+    /// Rotary embedding of x <c>[rows, heads, headDim]</c> in place (or its inverse, the backward);
+    /// row r at position <c>positions[r]</c>.
+    /// </summary>
+    void Rotary(RotaryTable table, Tensor x, int rows, int heads, int headDim, ReadOnlySpan<int> positions, bool inverse = false);
+
+    /// <summary>
+    /// Masked scores <c>[batch, head, query_pos, key_pos]</c> = scale·q·kᵀ, soft-capped, masked to −∞.
+    /// q is <c>[batch, query_pos, head, d_head]</c>; k is <c>[batch, key_pos, kv_head, d_head]</c>, or a KV cache
+    /// whose batch rows hold <see cref="AttentionShape.KeyCapacity"/> positions.
+    /// </summary>
+    void AttentionScores(Tensor q, Tensor k, AttentionShape shape, float scale, AttentionMask mask, Tensor scores);
+
+    /// <summary><c>z[b, q, h, :] = Σ_k pattern[b, h, q, k] · v[b, k, h/group, :]</c>.</summary>
+    void AttentionApply(Tensor pattern, Tensor v, AttentionShape shape, Tensor z);
+
+    /// <summary>
+    /// Backward of <see cref="AttentionApply"/> (no KV cache): <c>dPattern = dz·vᵀ</c> per head and
+    /// <c>dv (written) = Σ over the heads sharing a kv head of patternᵀ·dz</c>.
+    /// </summary>
+    void AttentionApplyBackward(Tensor dz, Tensor pattern, Tensor v, AttentionShape shape, Tensor dPattern, Tensor dv);
+
+    /// <summary>
+    /// Backward of the raw scores <c>scale·q·kᵀ</c> (no KV cache): <c>dq = scale·dRaw·k</c>,
+    /// <c>dk (written) = Σ over the heads sharing a kv head of scale·dRawᵀ·q</c>.
+    /// </summary>
+    void AttentionScoresBackward(Tensor dRaw, Tensor q, Tensor k, AttentionShape shape, float scale, Tensor dq, Tensor dk);
+
+    // ---- embeddings --------------------------------------------------------------------------
+
+    /// <summary><c>y[i, :] = table[ids[i], :] · scale</c> for a table <c>[vocab, d]</c>.</summary>
+    void Embedding(Tensor table, int d, ReadOnlySpan<int> ids, float scale, Tensor y);
+
+    /// <summary>Backward of <see cref="Embedding"/>: <c>dTable[ids[i], :] += dy[i, :] · scale</c> (repeated ids add up).</summary>
+    void EmbeddingBackward(Tensor dy, int d, ReadOnlySpan<int> ids, float scale, Tensor dTable);
+
+    // ---- training ----------------------------------------------------------------------------
+
+    /// <summary>
+    /// One Adam step (PyTorch's formula, bias-corrected, no weight decay) over a parameter and its
+    /// moments: <c>m = β₁m + (1−β₁)g</c>, <c>v = β₂v + (1−β₂)g²</c>,
+    /// <c>p −= lr·(m/(1−β₁ᵗ)) / (sqrt(v/(1−β₂ᵗ)) + eps)</c>.
+    /// </summary>
+    void AdamStep(Tensor param, Tensor grad, Tensor m, Tensor v, float lr, float beta1, float beta2, float eps, int step);
+}
+
+/// <summary>Sizes of one attention call.</summary>
+/// <param name="KeyCapacity">When &gt; 0, k and v are a KV cache whose batch rows hold that many positions.</param>
+public readonly record struct AttentionShape(int Batch, int QueryLen, int KeyLen, int Heads, int KvHeads, int DHead, int KeyCapacity = 0)
+{
+    public int Group => Heads / KvHeads;
+    /// <summary>Positions per batch row of k and v.</summary>
+    public int KeyRows => KeyCapacity > 0 ? KeyCapacity : KeyLen;
 }
