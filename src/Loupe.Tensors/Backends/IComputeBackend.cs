@@ -204,6 +204,12 @@ public interface IComputeBackend
 }
 
 /// <summary>Sizes of one attention call.</summary>
+/// <param name="Batch">Sequences.</param>
+/// <param name="QueryLen">Query positions of this call.</param>
+/// <param name="KeyLen">Key positions visible (cached ones included).</param>
+/// <param name="Heads">Query heads.</param>
+/// <param name="KvHeads">Key/value heads (grouped-query attention when fewer than <paramref name="Heads"/>).</param>
+/// <param name="DHead">Dimensions per head.</param>
 /// <param name="KeyCapacity">When &gt; 0, k and v are a KV cache whose batch rows hold that many positions.</param>
 public readonly record struct AttentionShape(int Batch, int QueryLen, int KeyLen, int Heads, int KvHeads, int DHead, int KeyCapacity = 0)
 {
