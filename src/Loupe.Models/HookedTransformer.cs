@@ -35,10 +35,21 @@ public abstract class HookedTransformer : IDisposable
     /// <summary>Keeps memory-mapped weights alive for the model's lifetime.</summary>
     internal IDisposable? WeightOwner { get; set; }
 
-    /// <summary>Token embedding W_E <c>[d_vocab, d_model]</c>.</summary>
-    protected ReadOnlyMemory<float> WE { get; init; }
+    DeviceWeight _embedding = new(default, [0]), _positions = new(default, [0]);
+
+    /// <summary>Token embedding W_E <c>[d_vocab, d_model]</c> (host memory).</summary>
+    protected ReadOnlyMemory<float> WE
+    {
+        get => _embedding.Host;
+        init => _embedding = new DeviceWeight(value, [Config.DVocab, Config.DModel]);
+    }
+
     /// <summary>Learned positions W_pos <c>[n_ctx, d_model]</c>; empty for rotary or position-free models.</summary>
-    protected ReadOnlyMemory<float> WPos { get; init; }
+    protected ReadOnlyMemory<float> WPos
+    {
+        get => _positions.Host;
+        init => _positions = new DeviceWeight(value, [value.Length / Config.DModel, Config.DModel]);
+    }
     protected Norm? FinalNorm { get; init; }
     /// <summary>Unembedding: <c>[d_model] → [d_vocab_out]</c>.</summary>
     protected Linear Unembed { get; init; } = null!;
@@ -58,7 +69,7 @@ public abstract class HookedTransformer : IDisposable
     {
         int V = Config.VocabOut, D = Config.DModel;
         if ((uint)token >= (uint)V) throw new ArgumentOutOfRangeException(nameof(token), $"token id {token} is outside the output vocabulary (d_vocab_out = {V})");
-        var w = Unembed.Weight.Span;
+        var w = Unembed.Weight.Span; // the host copy of W_U
         var column = new float[D];
         for (int d = 0; d < D; d++) column[d] = Unembed.WeightIsOutIn ? w[token * D + d] : w[d * V + token];
         return column;
@@ -179,7 +190,7 @@ public abstract class HookedTransformer : IDisposable
         CheckTokens(tokens, 0);
         options ??= new RunOptions();
         CheckSplices(options.Splices);
-        var ctx = new ForwardContext(options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1, tokens.Ids, _splices);
+        var ctx = new ForwardContext(Backend, options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1, tokens.Ids, _splices);
         var logits = Forward(tokens, ctx);
         return new ForwardResult(logits, ctx.Cache);
     }
@@ -203,14 +214,14 @@ public abstract class HookedTransformer : IDisposable
         if (options.LastPositionLogitsOnly) throw new ArgumentException("a backward pass needs logits at every position; unset LastPositionLogitsOnly");
         CheckTokens(tokens, 0);
         CheckSplices(options.Splices);
-        var ctx = new ForwardContext(options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1, tokens.Ids, _splices)
+        var ctx = new ForwardContext(Backend, options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1, tokens.Ids, _splices)
         {
             Saved = new Dictionary<object, object>(ReferenceEqualityComparer.Instance),
         };
         var logits = Forward(tokens, ctx);
-        double value = metric.Value(logits);
+        var (value, dLogits) = Metrics.MetricOnDevice.Evaluate(metric, logits, Backend);
         if (!double.IsFinite(value)) throw new InvalidOperationException($"metric {metric.Name} is {value}; cannot differentiate");
-        Backward(ctx, logits, metric.Gradient(logits));
+        Backward(ctx, logits, dLogits);
         return new GradientResult(value, logits, ctx.Cache, ctx.Gradients);
     }
 
@@ -218,17 +229,17 @@ public abstract class HookedTransformer : IDisposable
     void Backward(ForwardContext ctx, Tensor logits, Tensor dLogits)
     {
         int B = logits.Dim(0), T = logits.Dim(1), D = Config.DModel;
+        var be = ctx.Backend;
         if (Config.FinalLogitSoftCap > 0)
         {
             // Forward: logits = cap·tanh(z/cap) ⇒ dz = d logits · (1 − (logits/cap)²).
-            float cap = Config.FinalLogitSoftCap;
-            var dz = Tensor.Uninitialized(B, T, Config.VocabOut);
-            for (int i = 0; i < dz.Length; i++) dz.Span[i] = dLogits.Span[i] * (1 - (logits.Span[i] / cap) * (logits.Span[i] / cap));
+            var dz = be.Empty(B, T, Config.VocabOut);
+            be.SoftCapBackward(logits, dLogits, Config.FinalLogitSoftCap, dz);
             dLogits = dz;
         }
         // Forward: logits = normed·W_U + b_U.
-        var dResid = Tensor.Uninitialized(B, T, D);
-        Unembed.BackwardInput(Backend, dLogits.Span, B * T, dResid.Span);
+        var dResid = be.Empty(B, T, D);
+        Unembed.BackwardInput(be, dLogits, B * T, dResid);
         if (FinalNorm is not null) dResid = FinalNorm.Backward(ctx, -1, dResid);
         for (int l = Config.NLayers - 1; l >= 0; l--) dResid = BlockBackward(l, ctx, dResid);
         // Forward: resid_pre.0 = hook_embed (+ hook_pos_embed); both receive the residual gradient.
@@ -246,11 +257,11 @@ public abstract class HookedTransformer : IDisposable
         {
             // Forward: resid_post = resid_mid + mlp(ln2(resid_mid)).
             var dMlpOut = ctx.GradHook(names.MlpOut, l, dResidPost);
-            dResidMid = ctx.GradHook(names.ResidMid, l, Sum(dResidPost, ln2!.Backward(ctx, l, mlp.Backward(ctx, dMlpOut, this))));
+            dResidMid = ctx.GradHook(names.ResidMid, l, Sum(ctx, dResidPost, ln2!.Backward(ctx, l, mlp.Backward(ctx, dMlpOut))));
         }
         // Forward: resid_mid = resid_pre + attn(ln1(resid_pre)).
         var dAttnOut = ctx.GradHook(names.AttnOut, l, dResidMid);
-        return ctx.GradHook(names.ResidPre, l, Sum(dResidMid, ln1.Backward(ctx, l, attn.Backward(ctx, dAttnOut, this))));
+        return ctx.GradHook(names.ResidPre, l, Sum(ctx, dResidMid, ln1.Backward(ctx, l, attn.Backward(ctx, dAttnOut))));
     }
 
     /// <summary>Forward pass within a context (also used by generation with a KV cache).</summary>
@@ -259,7 +270,7 @@ public abstract class HookedTransformer : IDisposable
     {
         var logits = ForwardUnchecked(tokens, ctx);
         // One vectorized scan of the logits; only when it fails is the pass re-run hook by hook.
-        int bad = NonFinite.IndexOf(logits.Span);
+        long bad = ctx.Backend.IndexOfNonFinite(logits);
         if (bad >= 0 && !ctx.ChecksFinite) throw NonFiniteLogits(tokens, ctx, logits, bad);
         return logits;
     }
@@ -269,10 +280,10 @@ public abstract class HookedTransformer : IDisposable
     /// or ±∞ (the weights were checked at load, so this is where the values went bad: a hook, a splice,
     /// or an overflow). User hooks run a second time on this path.
     /// </summary>
-    InputError NonFiniteLogits(TokenBatch tokens, ForwardContext ctx, Tensor logits, int bad)
+    InputError NonFiniteLogits(TokenBatch tokens, ForwardContext ctx, Tensor logits, long bad)
     {
         string model = Source ?? Config.SourcePath ?? Config.Architecture;
-        string found = $"{NonFinite.Describe(logits.Span[bad])} at {NonFinite.Unravel(bad, logits.Shape)} of {logits.ShapeString}";
+        string found = $"{NonFinite.Describe(logits.ToCpu().Span[(int)bad])} at {NonFinite.Unravel((int)bad, logits.Shape)} of {logits.ShapeString}";
         try
         {
             ForwardUnchecked(tokens, ctx.ForFiniteCheck());
@@ -289,40 +300,33 @@ public abstract class HookedTransformer : IDisposable
 
     Tensor ForwardUnchecked(TokenBatch tokens, ForwardContext ctx)
     {
+        var be = ctx.Backend;
         var resid = Embed(tokens, ctx);
         for (int l = 0; l < Config.NLayers; l++) resid = Block(l, ctx, resid);
         if (ctx.LastPositionLogitsOnly && tokens.Length > 1)
-            resid = LastPosition(resid);
-        var normed = FinalNorm is null ? resid : FinalNorm.Forward(ctx, -1, resid, this);
+            resid = LastPosition(be, resid);
+        var normed = FinalNorm is null ? resid : FinalNorm.Forward(ctx, -1, resid);
         int B = normed.Dim(0), T = normed.Dim(1);
-        var logits = Tensor.Uninitialized(B, T, Config.VocabOut);
-        Unembed.Forward(Backend, normed.Span, B * T, logits.Span);
-        if (Config.FinalLogitSoftCap > 0) Backend.SoftCap(logits.Span, Config.FinalLogitSoftCap, logits.Span);
+        var logits = be.Empty(B, T, Config.VocabOut);
+        Unembed.Forward(be, normed, B * T, logits);
+        if (Config.FinalLogitSoftCap > 0) be.SoftCap(logits, Config.FinalLogitSoftCap, logits);
         return logits;
     }
 
     /// <summary>hook_embed (+ hook_pos_embed) summed into resid_pre of block 0.</summary>
     protected virtual Tensor Embed(TokenBatch tokens, ForwardContext ctx)
     {
+        var be = ctx.Backend;
         int B = tokens.Batch, T = tokens.Length, D = Config.DModel;
-        var embed = Tensor.Uninitialized(B, T, D);
-        var we = WE.Span;
-        var es = embed.Span;
-        for (int i = 0; i < B * T; i++)
-        {
-            var row = es.Slice(i * D, D);
-            we.Slice(tokens.Ids[i] * D, D).CopyTo(row);
-            if (Config.EmbedScale != 1f) Backend.Scale(row, Config.EmbedScale, row);
-        }
+        var embed = be.Empty(B, T, D);
+        be.Embedding(_embedding.On(be)!, D, tokens.Ids, Config.EmbedScale, embed);
         embed = ctx.Hook(HookNames.Embed, -1, embed);
         if (WPos.IsEmpty) return embed;
-        var pos = Tensor.Uninitialized(B, T, D);
-        var wp = WPos.Span;
-        var ps = pos.Span;
-        for (int i = 0; i < B * T; i++) wp.Slice(ctx.Positions[i] * D, D).CopyTo(ps.Slice(i * D, D));
+        var pos = be.Empty(B, T, D);
+        be.Embedding(_positions.On(be)!, D, ctx.Positions, 1f, pos);
         pos = ctx.Hook(HookNames.PosEmbed, -1, pos);
-        var resid = Tensor.Uninitialized(B, T, D);
-        Backend.Add(embed.Span, pos.Span, resid.Span);
+        var resid = be.Empty(B, T, D);
+        be.Add(embed, pos, resid);
         return resid;
     }
 
@@ -336,34 +340,34 @@ public abstract class HookedTransformer : IDisposable
         var names = attn.Names;
         residPre = ctx.Hook(names.ResidPre, l, residPre);
         // hook_attn_out is exactly what is added to the residual stream.
-        var attnOut = ctx.Hook(names.AttnOut, l, attn.Forward(ctx, ln1.Forward(ctx, l, residPre, this), this));
-        if (mlp is null) return ctx.Hook(names.ResidPost, l, Sum(residPre, attnOut));
-        var residMid = ctx.Hook(names.ResidMid, l, Sum(residPre, attnOut));
-        var mlpOut = ctx.Hook(names.MlpOut, l, mlp.Forward(ctx, ln2!.Forward(ctx, l, residMid, this), this));
-        return ctx.Hook(names.ResidPost, l, Sum(residMid, mlpOut));
+        var attnOut = ctx.Hook(names.AttnOut, l, attn.Forward(ctx, ln1.Forward(ctx, l, residPre)));
+        if (mlp is null) return ctx.Hook(names.ResidPost, l, Sum(ctx, residPre, attnOut));
+        var residMid = ctx.Hook(names.ResidMid, l, Sum(ctx, residPre, attnOut));
+        var mlpOut = ctx.Hook(names.MlpOut, l, mlp.Forward(ctx, ln2!.Forward(ctx, l, residMid)));
+        return ctx.Hook(names.ResidPost, l, Sum(ctx, residMid, mlpOut));
     }
 
     /// <summary><c>a + b</c> into a new tensor (residual additions never write into a hooked tensor).</summary>
-    protected Tensor Sum(Tensor a, Tensor b)
+    protected static Tensor Sum(ForwardContext ctx, Tensor a, Tensor b)
     {
-        var y = Tensor.Uninitialized(a.Shape.ToArray());
-        Backend.Add(a.Span, b.Span, y.Span);
+        var y = ctx.Backend.Empty(a.Shape.ToArray());
+        ctx.Backend.Add(a, b, y);
         return y;
     }
 
     /// <summary><c>a + b + c</c> into a new tensor.</summary>
-    protected Tensor Sum(Tensor a, Tensor b, Tensor c)
+    protected static Tensor Sum(ForwardContext ctx, Tensor a, Tensor b, Tensor c)
     {
-        var y = Sum(a, b);
-        Backend.Add(y.Span, c.Span, y.Span);
+        var y = Sum(ctx, a, b);
+        ctx.Backend.Add(y, c, y);
         return y;
     }
 
-    static Tensor LastPosition(Tensor x)
+    static Tensor LastPosition(IComputeBackend be, Tensor x)
     {
         int B = x.Dim(0), T = x.Dim(1), D = x.Dim(2);
-        var y = Tensor.Uninitialized(B, 1, D);
-        for (int b = 0; b < B; b++) x.Span.Slice((b * T + T - 1) * D, D).CopyTo(y.Span.Slice(b * D, D));
+        var y = be.Empty(B, 1, D);
+        be.CopyRows(x, (long)(T - 1) * D, T * D, y, 0, D, B, D);
         return y;
     }
 
@@ -393,7 +397,7 @@ public abstract class HookedTransformer : IDisposable
         int maxNew = Math.Min(generation.MaxNewTokens, Config.NCtx - batch.Length);
         if (maxNew < generation.MaxNewTokens && generation.MaxNewTokens > 0 && maxNew <= 0)
             throw new InputError($"the prompt already fills the context (n_ctx = {Config.NCtx}); no token can be generated");
-        var cache = new KvCache(Config.NLayers, batch.Batch, batch.Length + Math.Max(maxNew, 0), Config.KvHeads, Config.DHead);
+        var cache = new KvCache(Backend, Config.NLayers, batch.Batch, batch.Length + Math.Max(maxNew, 0), Config.KvHeads, Config.DHead);
         var sampler = new Sampler(generation);
         var outputs = Enumerable.Range(0, batch.Batch).Select(_ => new List<int>()).ToArray();
         var finished = new bool[batch.Batch];
@@ -406,13 +410,16 @@ public abstract class HookedTransformer : IDisposable
         for (int step = 0; step <= maxNew - 1; step++)
         {
             bool[]? keyValid = batch.Valid is null ? null : cache.MaskWithIncoming(current.Length, current.Valid);
-            var ctx = new ForwardContext(lastOptions, current.Batch, current.Length, positions, keyValid, cache, step, current.Ids, _splices);
+            var ctx = new ForwardContext(Backend, lastOptions, current.Batch, current.Length, positions, keyValid, cache, step, current.Ids, _splices);
             var logits = Forward(current, ctx);
             cache.Advance(current.Length, current.Valid);
+            // Greedy decoding picks on the device (one id per row comes back); sampling reads the last logits.
+            int[]? picks = generation.Temperature == 0f ? Backend.ArgMaxRows(logits, batch.Batch, Config.VocabOut) : null;
+            var hostLogits = picks is null ? logits.ToCpu() : null;
             var next = new int[batch.Batch];
             for (int b = 0; b < batch.Batch; b++)
             {
-                next[b] = finished[b] ? (Config.EosTokenId ?? 0) : sampler.Sample(logits.Span.Slice(b * Config.VocabOut, Config.VocabOut));
+                next[b] = finished[b] ? (Config.EosTokenId ?? 0) : picks?[b] ?? sampler.Sample(hostLogits!.Span.Slice(b * Config.VocabOut, Config.VocabOut));
                 if (finished[b]) continue;
                 outputs[b].Add(next[b]);
                 if (generation.StopAtEos && next[b] == Config.EosTokenId) finished[b] = true;

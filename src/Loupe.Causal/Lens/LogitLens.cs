@@ -69,8 +69,11 @@ public static class LogitLens
             var input = new float[D];
             for (int d = 0; d < D; d++) input[d] = (float)(normed[d] + bias[d]);
             var logits = new float[V];
-            model.UnembedLayer.Forward(model.Backend, input, 1, logits);
-            if (cfg.FinalLogitSoftCap > 0) model.Backend.SoftCap(logits, cfg.FinalLogitSoftCap, logits);
+            // One row on the host: the lens reads the cache there.
+            var cpu = Tensors.Backends.CpuBackend.Instance;
+            var logitsTensor = Tensors.Tensor.FromArray(logits, 1, V);
+            model.UnembedLayer.Forward(cpu, Tensors.Tensor.FromArray(input, 1, D), 1, logitsTensor);
+            if (cfg.FinalLogitSoftCap > 0) cpu.SoftCap(logitsTensor, cfg.FinalLogitSoftCap, logitsTensor);
             stages.Add(Summarize(stage < L ? $"resid_pre {stage}" : $"resid_post {L - 1} (final)", stage, logits, answer, wrong));
         }
         return new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages.ToArray() };

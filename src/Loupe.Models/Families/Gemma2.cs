@@ -87,12 +87,12 @@ public sealed class Gemma2Model : HookedTransformer
         // stream, so hook_attn_out / hook_mlp_out (what is added) come after ln1_post / ln2_post.
         var names = _attn[l].Names;
         residPre = ctx.Hook(names.ResidPre, l, residPre);
-        var attn = _attn[l].Forward(ctx, _ln1[l].Forward(ctx, l, residPre, this), this);
-        var attnOut = ctx.Hook(names.AttnOut, l, _ln1Post[l].Forward(ctx, l, attn, this));
-        var residMid = ctx.Hook(names.ResidMid, l, Sum(residPre, attnOut));
-        var mlp = _mlp[l].Forward(ctx, _ln2[l].Forward(ctx, l, residMid, this), this);
-        var mlpOut = ctx.Hook(names.MlpOut, l, _ln2Post[l].Forward(ctx, l, mlp, this));
-        return ctx.Hook(names.ResidPost, l, Sum(residMid, mlpOut));
+        var attn = _attn[l].Forward(ctx, _ln1[l].Forward(ctx, l, residPre));
+        var attnOut = ctx.Hook(names.AttnOut, l, _ln1Post[l].Forward(ctx, l, attn));
+        var residMid = ctx.Hook(names.ResidMid, l, Sum(ctx, residPre, attnOut));
+        var mlp = _mlp[l].Forward(ctx, _ln2[l].Forward(ctx, l, residMid));
+        var mlpOut = ctx.Hook(names.MlpOut, l, _ln2Post[l].Forward(ctx, l, mlp));
+        return ctx.Hook(names.ResidPost, l, Sum(ctx, residMid, mlpOut));
     }
 
     protected override Tensor BlockBackward(int l, ForwardContext ctx, Tensor dResidPost)
@@ -101,11 +101,11 @@ public sealed class Gemma2Model : HookedTransformer
         dResidPost = ctx.GradHook(names.ResidPost, l, dResidPost);
         // Forward: resid_post = resid_mid + ln2_post(mlp(ln2(resid_mid))).
         var dMlpOut = ctx.GradHook(names.MlpOut, l, dResidPost);
-        var viaMlp = _ln2[l].Backward(ctx, l, _mlp[l].Backward(ctx, _ln2Post[l].Backward(ctx, l, dMlpOut), this));
-        var dResidMid = ctx.GradHook(names.ResidMid, l, Sum(dResidPost, viaMlp));
+        var viaMlp = _ln2[l].Backward(ctx, l, _mlp[l].Backward(ctx, _ln2Post[l].Backward(ctx, l, dMlpOut)));
+        var dResidMid = ctx.GradHook(names.ResidMid, l, Sum(ctx, dResidPost, viaMlp));
         // Forward: resid_mid = resid_pre + ln1_post(attn(ln1(resid_pre))).
         var dAttnOut = ctx.GradHook(names.AttnOut, l, dResidMid);
-        var viaAttn = _ln1[l].Backward(ctx, l, _attn[l].Backward(ctx, _ln1Post[l].Backward(ctx, l, dAttnOut), this));
-        return ctx.GradHook(names.ResidPre, l, Sum(dResidMid, viaAttn));
+        var viaAttn = _ln1[l].Backward(ctx, l, _attn[l].Backward(ctx, _ln1Post[l].Backward(ctx, l, dAttnOut)));
+        return ctx.GradHook(names.ResidPre, l, Sum(ctx, dResidMid, viaAttn));
     }
 }

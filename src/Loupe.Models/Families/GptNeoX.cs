@@ -89,9 +89,9 @@ public sealed class GptNeoXModel : HookedTransformer
         // Parallel residual: both branches read resid_pre; there is no resid_mid.
         var names = _attn[l].Names;
         residPre = ctx.Hook(names.ResidPre, l, residPre);
-        var attnOut = ctx.Hook(names.AttnOut, l, _attn[l].Forward(ctx, _ln1[l].Forward(ctx, l, residPre, this), this));
-        var mlpOut = ctx.Hook(names.MlpOut, l, _mlp[l].Forward(ctx, _ln2[l].Forward(ctx, l, residPre, this), this));
-        return ctx.Hook(names.ResidPost, l, Sum(residPre, attnOut, mlpOut));
+        var attnOut = ctx.Hook(names.AttnOut, l, _attn[l].Forward(ctx, _ln1[l].Forward(ctx, l, residPre)));
+        var mlpOut = ctx.Hook(names.MlpOut, l, _mlp[l].Forward(ctx, _ln2[l].Forward(ctx, l, residPre)));
+        return ctx.Hook(names.ResidPost, l, Sum(ctx, residPre, attnOut, mlpOut));
     }
 
     protected override Tensor BlockBackward(int l, ForwardContext ctx, Tensor dResidPost)
@@ -101,9 +101,9 @@ public sealed class GptNeoXModel : HookedTransformer
         var names = _attn[l].Names;
         dResidPost = ctx.GradHook(names.ResidPost, l, dResidPost);
         var dMlpOut = ctx.GradHook(names.MlpOut, l, dResidPost);
-        var viaMlp = _ln2[l].Backward(ctx, l, _mlp[l].Backward(ctx, dMlpOut, this));
+        var viaMlp = _ln2[l].Backward(ctx, l, _mlp[l].Backward(ctx, dMlpOut));
         var dAttnOut = ctx.GradHook(names.AttnOut, l, dResidPost);
-        var viaAttn = _ln1[l].Backward(ctx, l, _attn[l].Backward(ctx, dAttnOut, this));
-        return ctx.GradHook(names.ResidPre, l, Sum(dResidPost, viaMlp, viaAttn));
+        var viaAttn = _ln1[l].Backward(ctx, l, _attn[l].Backward(ctx, dAttnOut));
+        return ctx.GradHook(names.ResidPre, l, Sum(ctx, dResidPost, viaMlp, viaAttn));
     }
 }

@@ -1,3 +1,6 @@
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
+
 namespace Loupe.Models.Generation;
 
 /// <summary>
@@ -6,10 +9,14 @@ namespace Loupe.Models.Generation;
 /// </summary>
 public sealed class KvCache
 {
-    readonly float[][] _keys, _values;
+    readonly Tensor[] _keys, _values;
 
+    /// <summary>A cache in host memory.</summary>
+    public KvCache(int nLayers, int batch, int capacity, int nKvHeads, int dHead) : this(CpuBackend.Instance, nLayers, batch, capacity, nKvHeads, dHead) { }
+
+    /// <summary>A cache on <paramref name="backend"/>'s device.</summary>
     /// <exception cref="InputError">The cache would not fit in one array per layer (a config or request too large to run).</exception>
-    public KvCache(int nLayers, int batch, int capacity, int nKvHeads, int dHead)
+    public KvCache(IComputeBackend backend, int nLayers, int batch, int capacity, int nKvHeads, int dHead)
     {
         // Sizes come from the config and the request: check the products before allocating.
         Check.Product("KV cache", "[batch, capacity, n_key_value_heads, d_head]", Check.MaxArrayElements, batch, capacity, nKvHeads, dHead);
@@ -17,12 +24,12 @@ public sealed class KvCache
         Batch = batch;
         Capacity = capacity;
         RowWidth = nKvHeads * dHead;
-        _keys = new float[nLayers][];
-        _values = new float[nLayers][];
+        _keys = new Tensor[nLayers];
+        _values = new Tensor[nLayers];
         for (int l = 0; l < nLayers; l++)
         {
-            _keys[l] = new float[(long)batch * capacity * RowWidth];
-            _values[l] = new float[(long)batch * capacity * RowWidth];
+            _keys[l] = backend.Zeros(batch, capacity, nKvHeads, dHead);
+            _values[l] = backend.Zeros(batch, capacity, nKvHeads, dHead);
         }
         KeyValid = new bool[batch * capacity];
     }
@@ -36,19 +43,19 @@ public sealed class KvCache
     /// <summary>Padding mask over stored positions <c>[batch, capacity]</c>.</summary>
     public bool[] KeyValid { get; }
 
-    public float[] Keys(int layer) => _keys[layer];
-    public float[] Values(int layer) => _values[layer];
+    /// <summary>Keys of a layer <c>[batch, capacity, n_key_value_heads, d_head]</c>.</summary>
+    public Tensor Keys(int layer) => _keys[layer];
+    /// <summary>Values of a layer <c>[batch, capacity, n_key_value_heads, d_head]</c>.</summary>
+    public Tensor Values(int layer) => _values[layer];
 
     /// <summary>Writes one layer's new keys and values <c>[batch, newLen, kv_heads, d_head]</c> after the stored ones.</summary>
-    public void Write(int layer, ReadOnlySpan<float> k, ReadOnlySpan<float> v, int newLen)
+    public void Write(IComputeBackend backend, int layer, Tensor k, Tensor v, int newLen)
     {
         if (Length + newLen > Capacity)
             throw new InvalidOperationException($"KV cache holds {Capacity} positions; {Length} + {newLen} do not fit");
-        for (int b = 0; b < Batch; b++)
-        {
-            k.Slice(b * newLen * RowWidth, newLen * RowWidth).CopyTo(_keys[layer].AsSpan((b * Capacity + Length) * RowWidth));
-            v.Slice(b * newLen * RowWidth, newLen * RowWidth).CopyTo(_values[layer].AsSpan((b * Capacity + Length) * RowWidth));
-        }
+        int span = newLen * RowWidth;
+        backend.CopyRows(k, 0, span, _keys[layer], (long)Length * RowWidth, Capacity * RowWidth, Batch, span);
+        backend.CopyRows(v, 0, span, _values[layer], (long)Length * RowWidth, Capacity * RowWidth, Batch, span);
     }
 
     /// <summary>Marks <paramref name="newLen"/> positions as stored (after every layer wrote them).</summary>

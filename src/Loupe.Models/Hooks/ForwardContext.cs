@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Loupe.Models.Generation;
 using Loupe.Tensors;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Models.Hooks;
 
@@ -26,9 +27,10 @@ public sealed class ForwardContext
     readonly Dictionary<string, Tensor> _pendingInputGradient = new(StringComparer.Ordinal);
     readonly IReadOnlyList<IHookSplice>? _modelSplices;
 
-    internal ForwardContext(RunOptions options, int batch, int length, int[] positions, bool[]? keyValid, KvCache? kvCache, int generationStep,
+    internal ForwardContext(IComputeBackend backend, RunOptions options, int batch, int length, int[] positions, bool[]? keyValid, KvCache? kvCache, int generationStep,
         int[]? tokenIds = null, IReadOnlyList<IHookSplice>? modelSplices = null)
     {
+        Backend = backend;
         _options = options;
         Batch = batch;
         Length = length;
@@ -62,7 +64,10 @@ public sealed class ForwardContext
 
     /// <summary>A fresh context for the same pass (same options, tokens, positions and KV cache slot) that checks every hook for NaN/±∞.</summary>
     internal ForwardContext ForFiniteCheck() =>
-        new(_options, Batch, Length, Positions, KeyValid, KvCache, GenerationStep, TokenIds, _modelSplices) { ChecksFinite = true };
+        new(Backend, _options, Batch, Length, Positions, KeyValid, KvCache, GenerationStep, TokenIds, _modelSplices) { ChecksFinite = true };
+
+    /// <summary>Where this pass runs: every layer computes through it, and its tensors live on its device.</summary>
+    public IComputeBackend Backend { get; }
 
     public int Batch { get; }
     /// <summary>Positions in this pass (new tokens only, when a KV cache holds the earlier ones).</summary>
@@ -124,7 +129,7 @@ public sealed class ForwardContext
                 if (replaced is null || ReferenceEquals(replaced, gradient)) continue;
                 if (!replaced.SameShape(gradient))
                     throw new InvalidOperationException($"a gradient hook at '{name}' returned shape {replaced.ShapeString}; the gradient there has shape {gradient.ShapeString}");
-                gradient = replaced;
+                gradient = OnDevice(replaced);
             }
         }
         if (_options.GradientFilter?.Invoke(name) ?? false) Gradients.Set(name, gradient);
@@ -142,6 +147,8 @@ public sealed class ForwardContext
         if (_spliceAtOutput!.TryGetValue(name, out var splice) && _spliceSaved.TryGetValue(splice, out var saved))
         {
             var (dInput, dOriginal) = splice.Backward(saved, gradient, layer, this);
+            dInput = OnDevice(dInput);
+            if (dOriginal is not null) dOriginal = OnDevice(dOriginal);
             if (dOriginal is not null && !dOriginal.SameShape(gradient))
                 throw new InvalidOperationException($"the splice at '{name}' returned d original of shape {dOriginal.ShapeString}; the gradient there has shape {gradient.ShapeString}");
             if (splice.InputHook == name)
@@ -153,7 +160,7 @@ public sealed class ForwardContext
             else
             {
                 _pendingInputGradient[splice.InputHook] = _pendingInputGradient.TryGetValue(splice.InputHook, out var waiting) ? Add(waiting, dInput) : dInput;
-                gradient = dOriginal ?? Tensor.Zeros(gradient.Shape.ToArray());
+                gradient = dOriginal ?? Backend.Zeros(gradient.Shape.ToArray());
             }
         }
         if (_pendingInputGradient.Remove(name, out var pending))
@@ -165,12 +172,18 @@ public sealed class ForwardContext
         return gradient;
     }
 
-    static Tensor Add(Tensor a, Tensor b)
+    Tensor Add(Tensor a, Tensor b)
     {
-        var sum = Tensor.Uninitialized(a.Shape.ToArray());
-        System.Numerics.Tensors.TensorPrimitives.Add(a.Span, b.Span, sum.Span);
+        var sum = Backend.Empty(a.Shape.ToArray());
+        Backend.Add(a, b, sum);
         return sum;
     }
+
+    /// <summary>
+    /// A tensor a hook or splice returned, on this pass's device: a host tensor returned during a GPU run
+    /// is uploaded (a counted copy the hook asked for).
+    /// </summary>
+    Tensor OnDevice(Tensor t) => t.Device == Backend.Device ? t : Backend.ToDevice(t);
 
     public bool LastPositionLogitsOnly => _options.LastPositionLogitsOnly;
 
@@ -203,7 +216,7 @@ public sealed class ForwardContext
                 if (replaced is null || ReferenceEquals(replaced, activation)) continue;
                 if (!replaced.SameShape(activation))
                     throw new InvalidOperationException($"a hook at '{name}' returned a tensor of shape {replaced.ShapeString}; the activation there has shape {activation.ShapeString}");
-                activation = replaced;
+                activation = OnDevice(replaced);
             }
         }
         if (_options.CacheFilter?.Invoke(name) ?? false) Cache.Set(name, activation);
@@ -215,12 +228,18 @@ public sealed class ForwardContext
         return activation;
     }
 
-    static void ThrowIfNonFinite(string name, Tensor activation, bool afterHooks)
+    void ThrowIfNonFinite(string name, Tensor activation, bool afterHooks)
     {
         // Masked attention scores are −∞ by design; NaN and +∞ are still wrong there.
         bool scores = name.EndsWith(".hook_attn_scores", StringComparison.Ordinal);
-        int bad = NonFinite.IndexOf(activation.Span, allowNegativeInfinity: scores);
-        if (bad >= 0) throw new NonFiniteActivationException(name, afterHooks, activation.Span[bad], NonFinite.Unravel(bad, activation.Shape), activation.ShapeString);
+        long bad = activation.Device == Backend.Device ? Backend.IndexOfNonFinite(activation, scores)
+            : NonFinite.IndexOf(activation.ToCpu().Span, allowNegativeInfinity: scores);
+        if (bad >= 0)
+        {
+            // The diagnosing pass stops here: reading the one bad value back is the error report.
+            float value = activation.ToCpu().Span[(int)bad];
+            throw new NonFiniteActivationException(name, afterHooks, value, NonFinite.Unravel((int)bad, activation.Shape), activation.ShapeString);
+        }
     }
 
     /// <summary>Runs the splice replacing hook <paramref name="name"/> (step 2 of <see cref="IHookSplice"/>'s remarks).</summary>
@@ -230,6 +249,7 @@ public sealed class ForwardContext
         if (splice.InputHook != name && !_spliceInput.Remove(splice, out input!))
             throw new InvalidOperationException($"the splice replacing '{name}' reads '{splice.InputHook}', which this forward pass did not reach before '{name}'; a transcoder's input hook must come before its output hook");
         var (output, saved) = splice.Forward(input, original, layer, this);
+        output = OnDevice(output);
         if (!output.SameShape(original))
             throw new InvalidOperationException($"the splice at '{name}' returned shape {output.ShapeString}; the activation there has shape {original.ShapeString}");
         if (RecordsForBackward) _spliceSaved[splice] = saved;

@@ -1,14 +1,19 @@
+using Loupe.Tensors;
 using Loupe.Tensors.Backends;
 
 namespace Loupe.Models.Layers;
 
 /// <summary>
-/// An affine map <c>y = x·W + b</c> over weights that stay where they were loaded (memory-mapped).
-/// W is stored <c>[d_in, d_out]</c> (TransformerLens, GPT-2 Conv1D) or <c>[d_out, d_in]</c> (nn.Linear).
+/// An affine map <c>y = x·W + b</c>. W is stored <c>[d_in, d_out]</c> (TransformerLens, GPT-2 Conv1D)
+/// or <c>[d_out, d_in]</c> (nn.Linear). <see cref="Weight"/> and <see cref="Bias"/> are the host copies
+/// (memory-mapped, never copied on the CPU); a GPU backend gets its own copy once, on first use.
 /// </summary>
 public sealed class Linear
 {
-    public Linear(ReadOnlyMemory<float> weight, int dIn, int dOut, bool weightIsOutIn, ReadOnlyMemory<float> bias = default)
+    readonly DeviceWeight _weight, _bias;
+
+    public Linear(ReadOnlyMemory<float> weight, int dIn, int dOut, bool weightIsOutIn, ReadOnlyMemory<float> bias = default,
+        ElementType deviceElementType = ElementType.F32)
     {
         if (weight.Length != (long)dIn * dOut) throw new ArgumentException($"weight has {weight.Length} elements; [{dIn}, {dOut}] needs {(long)dIn * dOut}");
         if (!bias.IsEmpty && bias.Length != dOut) throw new ArgumentException($"bias has {bias.Length} elements; expected {dOut}");
@@ -17,6 +22,8 @@ public sealed class Linear
         DOut = dOut;
         WeightIsOutIn = weightIsOutIn;
         Bias = bias;
+        _weight = new DeviceWeight(weight, weightIsOutIn ? [dOut, dIn] : [dIn, dOut], deviceElementType);
+        _bias = new DeviceWeight(bias, [dOut], ElementType.F32);
     }
 
     public ReadOnlyMemory<float> Weight { get; }
@@ -25,46 +32,80 @@ public sealed class Linear
     public int DOut { get; }
     public bool WeightIsOutIn { get; }
 
+    /// <summary>The weight on <paramref name="backend"/>'s device (uploaded once).</summary>
+    public Tensor WeightOn(IComputeBackend backend) => _weight.On(backend)!;
+
+    /// <summary>The bias on <paramref name="backend"/>'s device, or null without one.</summary>
+    public Tensor? BiasOn(IComputeBackend backend) => _bias.On(backend);
+
     /// <summary><c>y[rows, d_out] = x[rows, d_in]·W + b</c>.</summary>
-    public void Forward(IComputeBackend backend, ReadOnlySpan<float> x, int rows, Span<float> y) =>
-        backend.Linear(x, rows, DIn, Weight.Span, WeightIsOutIn, DOut, Bias.Span, y);
+    public void Forward(IComputeBackend backend, Tensor x, int rows, Tensor y) =>
+        backend.Linear(x, rows, DIn, WeightOn(backend), WeightIsOutIn, DOut, BiasOn(backend), y);
 
     /// <summary>
     /// Backward to the input: <c>dx[rows, d_in] = dy[rows, d_out]·Wᵀ</c> (added to dx when <paramref name="accumulate"/>).
     /// Forward: <c>y = x·W + b</c>.
     /// </summary>
-    public void BackwardInput(IComputeBackend backend, ReadOnlySpan<float> dy, int rows, Span<float> dx, bool accumulate = false)
+    public void BackwardInput(IComputeBackend backend, Tensor dy, int rows, Tensor dx, bool accumulate = false)
     {
         float beta = accumulate ? 1f : 0f;
+        var w = WeightOn(backend);
         if (WeightIsOutIn)
-            backend.Sgemm(false, false, rows, DIn, DOut, 1f, dy, DOut, Weight.Span, DIn, beta, dx, DIn);
+            backend.Gemm(false, false, rows, DIn, DOut, 1f, dy, 0, DOut, w, 0, DIn, beta, dx, 0, DIn);
         else
-            backend.Sgemm(false, true, rows, DIn, DOut, 1f, dy, DOut, Weight.Span, DOut, beta, dx, DIn);
+            backend.Gemm(false, true, rows, DIn, DOut, 1f, dy, 0, DOut, w, 0, DOut, beta, dx, 0, DIn);
     }
 
     /// <summary>
     /// Backward of <see cref="ForwardInputSlice"/>: <c>dx[:, start:start+count] = dy·W[start:start+count, :]ᵀ</c>,
-    /// written with row stride <paramref name="ldx"/>; dy rows have stride <paramref name="ldy"/>.
+    /// written with row stride <paramref name="ldx"/>; dy rows start at <paramref name="dyOffset"/> with stride <paramref name="ldy"/>.
     /// </summary>
-    public void BackwardInputSlice(IComputeBackend backend, ReadOnlySpan<float> dy, int ldy, int rows, Span<float> dx, int ldx, int start, int count)
+    public void BackwardInputSlice(IComputeBackend backend, Tensor dy, long dyOffset, int ldy, int rows, Tensor dx, int ldx, int start, int count)
     {
-        var w = Weight.Span;
+        var w = WeightOn(backend);
         if (WeightIsOutIn)
-            backend.Sgemm(false, false, rows, count, DOut, 1f, dy, ldy, w.Slice(start), DIn, 0f, dx.Slice(start), ldx);
+            backend.Gemm(false, false, rows, count, DOut, 1f, dy, dyOffset, ldy, w, start, DIn, 0f, dx, start, ldx);
         else
-            backend.Sgemm(false, true, rows, count, DOut, 1f, dy, ldy, w.Slice(start * DOut), DOut, 0f, dx.Slice(start), ldx);
+            backend.Gemm(false, true, rows, count, DOut, 1f, dy, dyOffset, ldy, w, (long)start * DOut, DOut, 0f, dx, start, ldx);
     }
 
     /// <summary>
     /// The contribution of input columns <c>[start, start+count)</c> only, without bias:
     /// <c>y[rows, d_out] = x[:, start:start+count]·W[start:start+count, :]</c>; x rows have stride <paramref name="ldx"/>.
     /// </summary>
-    public void ForwardInputSlice(IComputeBackend backend, ReadOnlySpan<float> x, int rows, int ldx, int start, int count, Span<float> y)
+    public void ForwardInputSlice(IComputeBackend backend, Tensor x, int rows, int ldx, int start, int count, Tensor y)
     {
-        var w = Weight.Span;
+        var w = WeightOn(backend);
         if (WeightIsOutIn)
-            backend.Sgemm(false, true, rows, DOut, count, 1f, x.Slice(start), ldx, w.Slice(start), DIn, 0f, y, DOut);
+            backend.Gemm(false, true, rows, DOut, count, 1f, x, start, ldx, w, start, DIn, 0f, y, 0, DOut);
         else
-            backend.Sgemm(false, false, rows, DOut, count, 1f, x.Slice(start), ldx, w.Slice(start * DOut), DOut, 0f, y, DOut);
+            backend.Gemm(false, false, rows, DOut, count, 1f, x, start, ldx, w, (long)start * DOut, DOut, 0f, y, 0, DOut);
+    }
+}
+
+/// <summary>
+/// A weight's host memory and its copy on the backend that last asked for it: a zero-copy wrap on the
+/// CPU, one upload per GPU backend (counted as <see cref="TransferKind.Weights"/>).
+/// </summary>
+public sealed class DeviceWeight(ReadOnlyMemory<float> host, int[] shape, ElementType deviceElementType = ElementType.F32)
+{
+    sealed record Placed(IComputeBackend Backend, Tensor Tensor);
+    Placed? _placed;
+
+    public ReadOnlyMemory<float> Host { get; } = host;
+
+    /// <summary>The weight on <paramref name="backend"/>'s device, or null when there is no weight (an absent bias).</summary>
+    public Tensor? On(IComputeBackend backend)
+    {
+        if (Host.IsEmpty) return null;
+        var placed = Volatile.Read(ref _placed);
+        if (placed is not null && ReferenceEquals(placed.Backend, backend)) return placed.Tensor;
+        lock (this)
+        {
+            if (_placed is { } p && ReferenceEquals(p.Backend, backend)) return p.Tensor;
+            var tensor = backend.LoadWeight(Host, shape, backend.Device.IsCpu ? ElementType.F32 : deviceElementType);
+            Volatile.Write(ref _placed, new Placed(backend, tensor));
+            return tensor;
+        }
     }
 }

@@ -28,65 +28,65 @@ public sealed class MlpLayer
     public Linear Out { get; }
     public Linear? Gate { get; }
 
-    public Tensor Forward(ForwardContext ctx, Tensor x, HookedTransformer model)
+    public Tensor Forward(ForwardContext ctx, Tensor x)
     {
-        var be = model.Backend;
+        var be = ctx.Backend;
         int B = x.Dim(0), T = x.Dim(1), rows = B * T, dMlp = In.DOut;
-        var pre = Tensor.Uninitialized(B, T, dMlp);
-        (Gate ?? In).Forward(be, x.Span, rows, pre.Span);
+        var pre = be.Empty(B, T, dMlp);
+        (Gate ?? In).Forward(be, x, rows, pre);
         pre = ctx.Hook(Names.MlpPre, Layer, pre);
-        var post = Tensor.Uninitialized(B, T, dMlp);
-        be.Activation(Activation, pre.Span, post.Span);
+        var post = be.Empty(B, T, dMlp);
+        be.Activation(Activation, pre, post);
         Tensor? linearSaved = null;
         if (Gate is not null)
         {
-            var linear = Tensor.Uninitialized(B, T, dMlp);
-            In.Forward(be, x.Span, rows, linear.Span);
+            var linear = be.Empty(B, T, dMlp);
+            In.Forward(be, x, rows, linear);
             linear = ctx.Hook(Names.MlpPreLinear, Layer, linear);
-            be.Multiply(post.Span, linear.Span, post.Span);
+            be.Multiply(post, linear, post);
             linearSaved = linear;
         }
         post = ctx.Hook(Names.MlpPost, Layer, post);
         ctx.Save(this, new Saved(pre, linearSaved));
-        var output = Tensor.Uninitialized(B, T, Out.DOut);
-        Out.Forward(be, post.Span, rows, output.Span);
+        var output = be.Empty(B, T, Out.DOut);
+        Out.Forward(be, post, rows, output);
         return output;
     }
 
     sealed record Saved(Tensor Pre, Tensor? Linear);
 
     /// <summary>Backward from d output <c>[batch, pos, d_model]</c> to d x, through hook_post, hook_pre_linear and hook_pre.</summary>
-    public Tensor Backward(ForwardContext ctx, Tensor dOut, HookedTransformer model)
+    public Tensor Backward(ForwardContext ctx, Tensor dOut)
     {
-        var be = model.Backend;
+        var be = ctx.Backend;
         var (pre, linear) = ctx.Restore<Saved>(this);
         int B = dOut.Dim(0), T = dOut.Dim(1), rows = B * T, dMlp = In.DOut;
         // Forward: output = post·W_out + b_out.
-        var dPost = Tensor.Uninitialized(B, T, dMlp);
-        Out.BackwardInput(be, dOut.Span, rows, dPost.Span);
+        var dPost = be.Empty(B, T, dMlp);
+        Out.BackwardInput(be, dOut, rows, dPost);
         dPost = ctx.GradHook(Names.MlpPost, Layer, dPost);
-        var dx = Tensor.Uninitialized(B, T, In.DIn);
-        var dPre = Tensor.Uninitialized(B, T, dMlp);
+        var dx = be.Empty(B, T, In.DIn);
+        var dPre = be.Empty(B, T, dMlp);
         if (linear is null)
         {
             // Forward: post = act(pre), pre = x·W_in + b_in.
-            be.ActivationBackward(Activation, pre.Span, dPost.Span, dPre.Span);
+            be.ActivationBackward(Activation, pre, dPost, dPre);
             dPre = ctx.GradHook(Names.MlpPre, Layer, dPre);
-            In.BackwardInput(be, dPre.Span, rows, dx.Span);
+            In.BackwardInput(be, dPre, rows, dx);
             return dx;
         }
         // Forward: post = act(pre) ⊙ linear, pre = x·W_gate, linear = x·W_in.
-        var activated = Tensor.Uninitialized(B, T, dMlp);
-        be.Activation(Activation, pre.Span, activated.Span);
-        var dLinear = Tensor.Uninitialized(B, T, dMlp);
-        be.Multiply(dPost.Span, activated.Span, dLinear.Span);
+        var activated = be.Empty(B, T, dMlp);
+        be.Activation(Activation, pre, activated);
+        var dLinear = be.Empty(B, T, dMlp);
+        be.Multiply(dPost, activated, dLinear);
         dLinear = ctx.GradHook(Names.MlpPreLinear, Layer, dLinear);
-        var dActivated = Tensor.Uninitialized(B, T, dMlp);
-        be.Multiply(dPost.Span, linear.Span, dActivated.Span);
-        be.ActivationBackward(Activation, pre.Span, dActivated.Span, dPre.Span);
+        var dActivated = be.Empty(B, T, dMlp);
+        be.Multiply(dPost, linear, dActivated);
+        be.ActivationBackward(Activation, pre, dActivated, dPre);
         dPre = ctx.GradHook(Names.MlpPre, Layer, dPre);
-        Gate!.BackwardInput(be, dPre.Span, rows, dx.Span);
-        In.BackwardInput(be, dLinear.Span, rows, dx.Span, accumulate: true);
+        Gate!.BackwardInput(be, dPre, rows, dx);
+        In.BackwardInput(be, dLinear, rows, dx, accumulate: true);
         return dx;
     }
 }
