@@ -68,9 +68,12 @@ public static class CausalBench
         w.WriteLine($"activation patching, all {r.SweepCells} cells (extrapolated) {r.ActivationSweepMsExtrapolated / 1000,8:F1} s   → attribution is {r.SpeedupOverActivationPatching:F0}× faster (target ≥ 100×)");
     }
 
+    /// <summary>Warm-up runs before timing: tiered JIT and first-touch page faults settle only after several calls, and one left the forward half-cold.</summary>
+    const int WarmupRuns = 5;
+
     static double Median(int reps, Action body)
     {
-        body(); // warm-up
+        for (int i = 0; i < WarmupRuns; i++) body();
         var times = new List<double>();
         for (int i = 0; i < Math.Max(1, reps); i++)
         {

@@ -30,6 +30,15 @@ public static class Program
             (configuration?.Error ?? Console.Error).WriteLine($"error: {InputError.Expected("argument", option, "a non-empty value", "")}");
             return CliSupport.InputErrorExitCode;
         }
+        try
+        {
+            CliSupport.Device = CliSupport.ResolveDevice(parse.GetValue<string?>(DeviceOptionName));
+        }
+        catch (InputError e)
+        {
+            (configuration?.Error ?? Console.Error).WriteLine($"error: {e.Message}");
+            return CliSupport.InputErrorExitCode;
+        }
         return parse.Invoke(configuration);
     }
 
@@ -59,6 +68,9 @@ public static class Program
         return InputError.Expected("argument", match.Groups[2].Value, expected, match.Groups[1].Value).Message;
     }
 
+    /// <summary>The option every verb accepts to choose the device.</summary>
+    public const string DeviceOptionName = "--device";
+
     /// <summary>The root command with every verb (exposed for tests).</summary>
     public static RootCommand Build()
     {
@@ -68,6 +80,11 @@ public static class Program
             "  loupe run --model ../shared/models/stories260K --prompt \"Once upon a time\"\n" +
             "  loupe info --model gpt2\n" +
             "  loupe cache --model gpt2 --prompt \"Hello\" --hooks \"blocks.*.hook_resid_pre\" --out acts.safetensors");
+        root.Options.Add(new Option<string?>(DeviceOptionName)
+        {
+            Description = "Where models run: cpu (default), cuda, cuda:N, or emulated (the GPU kernels on the CPU, for testing). Default: $LOUPE_DEVICE, else cpu",
+            Recursive = true,
+        });
         foreach (var verb in Verbs()) root.Subcommands.Add(verb);
         return root;
     }

@@ -434,7 +434,7 @@ public abstract class HookedTransformer : IDisposable
 
     static RunOptions CloneForLastPosition(RunOptions options)
     {
-        var copy = new RunOptions { CacheFilter = options.CacheFilter, LastPositionLogitsOnly = true };
+        var copy = new RunOptions { CacheFilter = options.CacheFilter, LastPositionLogitsOnly = true, CacheOn = options.CacheOn };
         foreach (var (name, hooks) in options.Hooks)
             foreach (var h in hooks) copy.AddHook(name, h);
         foreach (var splice in options.Splices) copy.AddSplice(splice);

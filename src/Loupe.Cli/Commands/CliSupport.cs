@@ -2,6 +2,8 @@ using System.CommandLine;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
 using Spectre.Console;
 
 namespace Loupe.Cli.Commands;
@@ -53,6 +55,28 @@ static class CliSupport
 
     static string OneLine(string message) => message.ReplaceLineEndings(" ").Trim();
 
+    static readonly AsyncLocal<Device?> s_device = new();
+
+    /// <summary>The device models load onto in this invocation (<c>--device</c>, else <c>$LOUPE_DEVICE</c>, else cpu).</summary>
+    public static Device Device
+    {
+        get => s_device.Value ?? ResolveDevice(null);
+        set => s_device.Value = value;
+    }
+
+    /// <summary>The device named by <c>--device</c>, or by <c>$LOUPE_DEVICE</c> when the option is absent, else the CPU.</summary>
+    /// <exception cref="InputError">The name is not a device (the message names the option or variable).</exception>
+    public static Device ResolveDevice(string? option)
+    {
+        if (!string.IsNullOrWhiteSpace(option)) return Device.Parse(option, "argument: --device");
+        string? env = Environment.GetEnvironmentVariable("LOUPE_DEVICE");
+        return string.IsNullOrWhiteSpace(env) ? Device.Cpu : Device.Parse(env, "environment variable LOUPE_DEVICE");
+    }
+
+    /// <summary>The backend for <see cref="Device"/>: created once per device and process (a GPU context is costly).</summary>
+    /// <exception cref="InputError">The device cannot be used here (no driver, no such GPU, no cuBLAS): the message says what is missing.</exception>
+    public static IComputeBackend Backend => Tensors.Gpu.ComputeBackends.Shared(Device);
+
     /// <summary>Loads a model from a folder or the hub, showing download progress and a spinner.</summary>
     /// <exception cref="InputError">The path is a file, or neither an existing folder nor a valid hub id.</exception>
     public static HookedTransformer LoadModel(string model)
@@ -63,7 +87,10 @@ static class CliSupport
         if (!Directory.Exists(model) && !HubClient.IsValidRepoId(model))
             throw new InputError($"argument: --model: '{model}' is neither an existing folder (looked at {Path.GetFullPath(model)}) nor a Hugging Face model id such as 'org/name'");
         if (Directory.Exists(model))
-            return Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model));
+        {
+            var backend = Backend;
+            return Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model, backend));
+        }
         HookedTransformer? loaded = null;
         Status.Progress().AutoClear(true).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new DownloadedColumn(), new TransferSpeedColumn())
             .Start(ctx =>
@@ -76,7 +103,7 @@ static class CliSupport
                     if (p.BytesTotal is long total) task.MaxValue = Math.Max(1, total);
                     task.Value = p.BytesDone;
                 });
-                loaded = ModelLoader.LoadAsync(model, progress).GetAwaiter().GetResult();
+                loaded = ModelLoader.LoadAsync(model, progress, Backend).GetAwaiter().GetResult();
             });
         return loaded!;
     }

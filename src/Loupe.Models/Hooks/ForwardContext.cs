@@ -132,7 +132,7 @@ public sealed class ForwardContext
                 gradient = OnDevice(replaced);
             }
         }
-        if (_options.GradientFilter?.Invoke(name) ?? false) Gradients.Set(name, gradient);
+        if (_options.GradientFilter?.Invoke(name) ?? false) Gradients.Set(name, Kept(gradient));
         return gradient;
     }
 
@@ -187,6 +187,9 @@ public sealed class ForwardContext
 
     public bool LastPositionLogitsOnly => _options.LastPositionLogitsOnly;
 
+    /// <summary>A recorded tensor where <see cref="RunOptions.CacheOn"/> asks for it.</summary>
+    Tensor Kept(Tensor t) => _options.CacheOn == CacheLocation.Host ? t.ToCpu() : t;
+
     /// <summary>Whether anything reads this hook point, so optional activations (e.g. hook_result) are computed only when asked for.</summary>
     public bool Wants(string name)
     {
@@ -219,7 +222,7 @@ public sealed class ForwardContext
                 activation = OnDevice(replaced);
             }
         }
-        if (_options.CacheFilter?.Invoke(name) ?? false) Cache.Set(name, activation);
+        if (_options.CacheFilter?.Invoke(name) ?? false) Cache.Set(name, Kept(activation));
         if (_spliceAtInput is not null && _spliceAtInput.TryGetValue(name, out var readers))
             foreach (var reader in readers) _spliceInput[reader] = activation;
         if (_spliceAtOutput is not null && _spliceAtOutput.TryGetValue(name, out var splice))

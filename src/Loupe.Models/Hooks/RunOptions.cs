@@ -28,6 +28,12 @@ public sealed class RunOptions
     /// <summary>Whether <see cref="ForwardResult.Logits"/> covers every position (default) or only the last.</summary>
     public bool LastPositionLogitsOnly { get; set; }
 
+    /// <summary>
+    /// Where cached activations and recorded gradients are kept: on the model's device (the default; read
+    /// them with <c>ToCpu()</c>), or copied to host memory as the pass reaches them (one counted copy each).
+    /// </summary>
+    public CacheLocation CacheOn { get; set; } = CacheLocation.Device;
+
     /// <summary>Registers a hook function at a hook point (several run in order).</summary>
     public RunOptions AddHook(string hookName, HookFunction hook)
     {
@@ -82,6 +88,15 @@ public sealed class RunOptions
 }
 
 /// <summary>Activations recorded during a forward pass, by hook name.</summary>
+/// <summary>Where a run keeps the activations and gradients it records.</summary>
+public enum CacheLocation
+{
+    /// <summary>On the model's device, as the pass produced them.</summary>
+    Device,
+    /// <summary>In host memory, copied as the pass reaches each hook point.</summary>
+    Host,
+}
+
 public sealed class ActivationCache
 {
     readonly Dictionary<string, Tensor> _items = new(StringComparer.Ordinal);

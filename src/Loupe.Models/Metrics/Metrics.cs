@@ -1,4 +1,5 @@
 using Loupe.Tensors;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Models.Metrics;
 
@@ -64,7 +65,7 @@ public static class Logits
 /// <c>Σ_b (logits[b, pos, answer_b] − logits[b, pos, wrong_b])</c>: the standard patching metric
 /// (e.g. IOI's correct vs. incorrect name). One answer/wrong pair for every row, or one per row.
 /// </summary>
-public sealed class LogitDiff : IMetric
+public sealed class LogitDiff : IDeviceMetric
 {
     readonly int[] _answers, _wrongs;
     readonly int _position;
@@ -117,6 +118,32 @@ public sealed class LogitDiff : IMetric
             grad.Span[(b * T + p) * V + w] -= 1f;
         }
         return grad;
+    }
+
+    /// <summary>
+    /// On a device: the gradient is built there (±1 placed by row copies, with the signs going in like
+    /// token ids), and the value is <c>Σ logits ⊙ gradient</c> — one number comes back.
+    /// </summary>
+    public (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend)
+    {
+        if (backend.Device.IsCpu) return (Value(logits), Gradient(logits));
+        var (B, T, V) = MetricSupport.Dims(logits);
+        int p = MetricSupport.Resolve(_position, T, "position");
+        var signs = new float[2 * B];
+        for (int b = 0; b < B; b++) { signs[2 * b] = 1f; signs[2 * b + 1] = -1f; }
+        var signsOnDevice = backend.ToDevice(Tensor.FromArray(signs, 2 * B), TransferKind.Inputs);
+        var grad = backend.Zeros(B, T, V);
+        for (int b = 0; b < B; b++)
+        {
+            var (a, w) = Pair(b, B);
+            MetricSupport.CheckToken(a, V, "answer");
+            MetricSupport.CheckToken(w, V, "wrong");
+            backend.CopyRows(signsOnDevice, 2 * b, 1, grad, (long)(b * T + p) * V + a, 1, 1, 1, accumulate: true);
+            backend.CopyRows(signsOnDevice, 2 * b + 1, 1, grad, (long)(b * T + p) * V + w, 1, 1, 1, accumulate: true);
+        }
+        var product = backend.Empty(B, T, V);
+        backend.Multiply(logits, grad, product);
+        return (backend.Sum(product), grad);
     }
 }
 

@@ -1,0 +1,168 @@
+using System.Diagnostics;
+using System.Globalization;
+using Loupe;
+using Loupe.GpuBench;
+using Loupe.Models;
+using Loupe.Models.Metrics;
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
+using Loupe.Tensors.Gpu;
+
+// The GPU bench: (a) parity of logits and gradients between the CPU backend and a device backend on the
+// reference fixtures (fp32 and bf16 weights); (b) forward and forward+backward tokens/s on real shapes
+// with random weights. bench/gpu/run.sh runs it beside bench/gpu/torch_peer.py (the same shapes in
+// PyTorch eager) and bench/gpu/compare.py prints the side-by-side table.
+
+CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
+CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+
+var opts = GpuBenchOptions.Parse(args);
+var log = Console.Error;
+var report = new Dictionary<string, object?>();
+var device = Device.Parse(opts.Device);
+using var fp32 = ComputeBackends.Create(device);
+using var bf16 = ComputeBackends.Create(device, ElementType.BF16);
+Console.WriteLine($"device: {fp32.Name}");
+report["device"] = fp32.Name;
+report["device_info"] = ComputeBackends.Describe(fp32);
+
+// (a) Parity with the CPU backend on the reference fixtures.
+var parity = new List<Dictionary<string, object>>();
+if (opts.Fixtures is { } fixtures && Directory.Exists(fixtures))
+{
+    Console.WriteLine();
+    Console.WriteLine("parity with the CPU backend (max |Δ| / max |cpu|), metric logit_diff(17,42)@-1, gradients at every resid_pre");
+    Console.WriteLine($"{"fixture",-10} {"weights",-7} {"logits",10} {"gradients",10} {"metric",10}");
+    foreach (var folder in Directory.GetDirectories(fixtures).Order())
+    {
+        if (!File.Exists(Path.Combine(folder, "config.json"))) continue;
+        int[] ids = [82, 87, 74, 39, 184, 175, 214, 409, 305, 33, 71, 171, 84, 200, 158, 186, 380, 257, 94, 24, 110, 113, 240, 83];
+        var batch = new TokenBatch(ids, 2, 12);
+        using var cpuModel = ModelLoader.LoadFolder(folder);
+        var cpu = cpuModel.RunWithGradients(batch, new LogitDiff(17, 42), "blocks.*.hook_resid_pre");
+        foreach (var (label, backend) in new[] { ("fp32", fp32), ("bf16", bf16) })
+        {
+            using var model = ModelLoader.LoadFolder(folder, backend);
+            var dev = model.RunWithGradients(batch, new LogitDiff(17, 42), "blocks.*.hook_resid_pre");
+            double logits = Compare.RelativeMax(cpu.Logits.ToCpu().Span, dev.Logits.ToCpu().Span);
+            double grads = cpu.Gradients.Names.Max(n => Compare.RelativeMax(cpu.Gradients[n].ToCpu().Span, dev.Gradients[n].ToCpu().Span));
+            double metric = Math.Abs(cpu.Metric - dev.Metric) / Math.Max(1e-12, Math.Abs(cpu.Metric));
+            Console.WriteLine($"{Path.GetFileName(folder),-10} {label,-7} {logits,10:E2} {grads,10:E2} {metric,10:E2}");
+            parity.Add(new() { ["fixture"] = Path.GetFileName(folder), ["weights"] = label, ["logits_rel"] = logits, ["gradients_rel"] = grads, ["metric_rel"] = metric });
+        }
+    }
+}
+report["parity"] = parity;
+
+// (b) Speed on real shapes.
+var speed = new List<Dictionary<string, object>>();
+Console.WriteLine();
+Console.WriteLine($"speed: batch {opts.Batch} × {opts.Seq} tokens, min of {opts.Reps} after {opts.Warmup} warm-up runs");
+Console.WriteLine($"{"model",-14} {"weights",-7} {"forward ms",11} {"tok/s",10} {"fwd+bwd ms",11} {"tok/s",10}  transfers (fwd; fwd+bwd)");
+foreach (var shape in opts.Models)
+{
+    string folder = RandomModels.Ensure(opts.Work, shape, log);
+    foreach (var dtype in opts.DTypes)
+    {
+        var backend = dtype == "bf16" ? bf16 : fp32;
+        using var model = ModelLoader.LoadFolder(folder, backend);
+        var rng = new Random(1);
+        var ids = Enumerable.Range(0, opts.Batch * opts.Seq).Select(_ => rng.Next(shape.Vocab)).ToArray();
+        var batch = new TokenBatch(ids, opts.Batch, opts.Seq);
+        var metric = new LogitDiff(17, 42);
+        double forward = Timing.Min(opts.Warmup, opts.Reps, () => model.Run(batch));
+        var before = backend.Transfers.Snapshot();
+        model.Run(batch);
+        var forwardCopies = backend.Transfers.Snapshot() - before;
+        double backward = Timing.Min(opts.Warmup, opts.Reps, () =>
+        {
+            var g = model.RunWithGradients(batch, metric, "blocks.*.hook_resid_pre");
+            backend.IndexOfNonFinite(g.Gradients[g.Gradients.Names.Last()]); // waits for the last kernel
+        });
+        before = backend.Transfers.Snapshot();
+        model.RunWithGradients(batch, metric, "blocks.*.hook_resid_pre");
+        var backwardCopies = backend.Transfers.Snapshot() - before;
+        int tokens = opts.Batch * opts.Seq;
+        Console.WriteLine($"{shape.Name,-14} {dtype,-7} {forward,11:F2} {tokens / forward * 1000,10:F0} {backward,11:F2} {tokens / backward * 1000,10:F0}  {Compare.Copies(forwardCopies)}; {Compare.Copies(backwardCopies)}");
+        speed.Add(new()
+        {
+            ["model"] = shape.Name, ["dtype"] = dtype, ["batch"] = opts.Batch, ["seq"] = opts.Seq,
+            ["forward_ms"] = forward, ["forward_tok_s"] = tokens / forward * 1000,
+            ["fwd_bwd_ms"] = backward, ["fwd_bwd_tok_s"] = tokens / backward * 1000,
+            ["forward_transfers"] = forwardCopies.ToString(), ["fwd_bwd_transfers"] = backwardCopies.ToString(),
+        });
+    }
+}
+report["speed"] = speed;
+if (opts.Json is { } json) Loupe.Reports.AtomicFile.WriteJson(json, report);
+return 0;
+
+static class Timing
+{
+    /// <summary>The minimum wall time in ms of <paramref name="reps"/> runs after <paramref name="warmup"/> (each run ends with a device sync).</summary>
+    public static double Min(int warmup, int reps, Action run)
+    {
+        for (int i = 0; i < warmup; i++) run();
+        double best = double.MaxValue;
+        for (int i = 0; i < reps; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            run();
+            best = Math.Min(best, sw.Elapsed.TotalMilliseconds);
+        }
+        return best;
+    }
+}
+
+static class Compare
+{
+    public static double RelativeMax(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual)
+    {
+        double scale = 0, diff = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            scale = Math.Max(scale, Math.Abs(expected[i]));
+            diff = Math.Max(diff, Math.Abs(expected[i] - actual[i]));
+        }
+        return diff / Math.Max(scale, 1e-30);
+    }
+
+    public static string Copies(TransferSnapshot s) =>
+        $"data {s.In(TransferKind.Data)}↓{s.Out(TransferKind.Data)}↑ inputs {s.In(TransferKind.Inputs)} scalars {s.Out(TransferKind.Scalars)} weights {s.In(TransferKind.Weights)}";
+}
+
+sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<ModelShape> Models, IReadOnlyList<string> DTypes,
+    int Batch, int Seq, int Reps, int Warmup, string Work, string? Json)
+{
+    public static GpuBenchOptions Parse(string[] args)
+    {
+        string device = Environment.GetEnvironmentVariable("LOUPE_DEVICE") ?? "cuda:0";
+        string? fixtures = null, json = null;
+        string work = Path.Combine(Path.GetTempPath(), "loupe-gpubench");
+        var models = new List<ModelShape> { ModelShape.Gpt2Small, ModelShape.Llama1B };
+        var dtypes = new List<string> { "fp32", "bf16" };
+        int batch = 1, seq = 128, reps = 20, warmup = 3;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
+            switch (args[i])
+            {
+                case "--device": device = Next(); break;
+                case "--fixtures": fixtures = Next(); break;
+                case "--models": models = Next().Split(',').Select(ModelShape.Parse).ToList(); break;
+                case "--dtypes": dtypes = Next().Split(',').ToList(); break;
+                case "--batch": batch = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--seq": seq = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--reps": reps = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--warmup": warmup = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--work": work = Next(); break;
+                case "--json": json = Next(); break;
+                case "--quick":
+                    models = [ModelShape.Gpt2Tiny, ModelShape.LlamaTiny];
+                    reps = 2; warmup = 1; seq = 16; break;
+                default: throw new ArgumentException($"unknown option {args[i]}");
+            }
+        }
+        return new(device, fixtures, models, dtypes, batch, seq, reps, warmup, work, json);
+    }
+}

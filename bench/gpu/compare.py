@@ -1,0 +1,20 @@
+#!/usr/bin/env python3
+"""Side by side: Loupe.GpuBench JSON vs torch_peer.py JSON (same shapes, same GPU)."""
+import json, sys
+
+loupe = json.load(open(sys.argv[1]))
+torch = json.load(open(sys.argv[2]))
+peer = {(r["model"], r["dtype"]): r for r in torch["speed"]}
+print(f"device: {loupe['device']}; peer: torch {torch['torch']}, transformers {torch['transformers']} (eager)")
+print(f"{'model':<14} {'dtype':<5} {'fwd Loupe':>10} {'fwd torch':>10} {'ratio':>6}   {'f+b Loupe':>10} {'f+b torch':>10} {'ratio':>6}")
+for r in loupe["speed"]:
+    p = peer.get((r["model"], r["dtype"]))
+    if not p:
+        continue
+    print(f"{r['model']:<14} {r['dtype']:<5} {r['forward_ms']:10.2f} {p['forward_ms']:10.2f} {p['forward_ms'] / r['forward_ms']:6.2f}   "
+          f"{r['fwd_bwd_ms']:10.2f} {p['fwd_bwd_ms']:10.2f} {p['fwd_bwd_ms'] / r['fwd_bwd_ms']:6.2f}")
+print("ratio = torch ms / Loupe ms (above 1: Loupe is faster)")
+for row in loupe.get("parity", []):
+    limit = 1e-4 if row["weights"] == "fp32" else 1e-2
+    ok = max(row["logits_rel"], row["gradients_rel"]) <= limit
+    print(f"parity {row['fixture']:<10} {row['weights']}: logits {row['logits_rel']:.2e} gradients {row['gradients_rel']:.2e} (target {limit:g}) {'ok' if ok else 'MISSED'}")

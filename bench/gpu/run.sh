@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The device check of issue 9, in one run on a machine with an NVIDIA GPU (no .NET needed there).
+# Prepare here:   bench/gpu/publish.sh      (self-contained single-file bench into bench/gpu/bin, < 64 MiB)
+# Run there:      bash bench/gpu/run.sh     (carry bench/gpu/bin; writes $OUT or ./gpu-results)
+set -euo pipefail
+cd "$(dirname "$0")"
+OUT="${OUT:-$PWD/gpu-results}"
+mkdir -p "$OUT"
+# cuBLAS from the Python nvidia wheels when it is not on the library path.
+for d in $(python3 -c 'import site,glob; print(" ".join(p for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/*/lib")))' 2>/dev/null); do
+  export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+done
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+FIXTURES="${FIXTURES:-../../tests/data/reference}"
+timeout 420 ./bin/Loupe.GpuBench --device cuda:0 --fixtures "$FIXTURES" --work /tmp/loupe-gpubench ${QUICK:+--quick} --json "$OUT/loupe.json" 2>&1 | tee "$OUT/loupe.txt"
+timeout 300 python3 torch_peer.py ${QUICK:+--models gpt2-tiny,llama-tiny --seq 16 --reps 2 --warmup 1} --json "$OUT/torch.json" 2>&1 | tee "$OUT/torch.txt"
+python3 compare.py "$OUT/loupe.json" "$OUT/torch.json" | tee "$OUT/summary.txt"

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""The peer of Loupe.GpuBench: the same shapes in Hugging Face transformers, eager attention, on the
+same GPU. Random weights from the config (nothing is downloaded). Forward, and forward+backward of
+logit_diff(17, 42) at the last position to the input of every block (parameters frozen, as Loupe
+differentiates activations, not weights). Minimum of --reps runs after --warmup, each ended by
+torch.cuda.synchronize(). Writes JSON with the same keys as the Loupe bench."""
+import argparse, json, time
+import torch
+import transformers
+
+SHAPES = {
+    "gpt2-small": dict(kind="gpt2", n_layer=12, n_embd=768, n_head=12, n_inner=3072, vocab_size=50257, n_positions=1024),
+    "llama-3.2-1b": dict(kind="llama", num_hidden_layers=16, hidden_size=2048, num_attention_heads=32, num_key_value_heads=8,
+                         intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
+                         rms_norm_eps=1e-5, tie_word_embeddings=True),
+    "gpt2-tiny": dict(kind="gpt2", n_layer=2, n_embd=128, n_head=4, n_inner=512, vocab_size=1024, n_positions=1024),
+    "llama-tiny": dict(kind="llama", num_hidden_layers=2, hidden_size=128, num_attention_heads=8, num_key_value_heads=2,
+                       intermediate_size=352, vocab_size=1024, max_position_embeddings=4096, tie_word_embeddings=True),
+}
+
+
+def build(name, dtype):
+    spec = dict(SHAPES[name])
+    kind = spec.pop("kind")
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(activation_function="gelu_new", **spec)
+        model = transformers.GPT2LMHeadModel(cfg)
+        blocks = model.transformer.h
+    else:
+        cfg = transformers.LlamaConfig(hidden_act="silu", **spec)
+        model = transformers.LlamaForCausalLM(cfg)
+        blocks = model.model.layers
+    cfg._attn_implementation = "eager"
+    model = model.to("cuda", dtype=dtype).eval()
+    model.requires_grad_(False)
+    return model, blocks, spec["vocab_size"]
+
+
+def timed(warmup, reps, fn):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t) * 1000)
+    return best
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", default="gpt2-small,llama-3.2-1b")
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json")
+    a = p.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.cuda.get_device_name(0)}")
+    for name in a.models.split(","):
+        for dt in a.dtypes.split(","):
+            dtype = torch.float32 if dt == "fp32" else torch.bfloat16
+            model, blocks, vocab = build(name, dtype)
+            ids = torch.randint(0, vocab, (a.batch, a.seq), device="cuda")
+
+            def forward():
+                with torch.no_grad():
+                    model(ids, use_cache=False)
+
+            inputs = []
+
+            def keep_input(module, args, kwargs):
+                x = args[0] if args else kwargs["hidden_states"]
+                x.requires_grad_(True)
+                x.retain_grad()
+                inputs.append(x)
+
+            def fwd_bwd():
+                inputs.clear()
+                handles = [b.register_forward_pre_hook(keep_input, with_kwargs=True) for b in blocks]
+                emb = model.get_input_embeddings()(ids)
+                emb.requires_grad_(True)
+                if name.startswith("gpt2"):
+                    out = model(inputs_embeds=emb, use_cache=False)
+                else:
+                    out = model(inputs_embeds=emb, use_cache=False)
+                logits = out.logits
+                (logits[:, -1, 17] - logits[:, -1, 42]).sum().backward()
+                for h in handles:
+                    h.remove()
+
+            f = timed(a.warmup, a.reps, forward)
+            b = timed(a.warmup, a.reps, fwd_bwd)
+            tokens = a.batch * a.seq
+            print(f"{name:<14} {dt:<5} forward {f:8.2f} ms {tokens / f * 1000:10.0f} tok/s   fwd+bwd {b:8.2f} ms {tokens / b * 1000:10.0f} tok/s")
+            rows.append(dict(model=name, dtype=dt, batch=a.batch, seq=a.seq, forward_ms=f, forward_tok_s=tokens / f * 1000,
+                             fwd_bwd_ms=b, fwd_bwd_tok_s=tokens / b * 1000))
+            del model
+            torch.cuda.empty_cache()
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(dict(torch=torch.__version__, transformers=transformers.__version__, speed=rows), fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+using Loupe.Models.Generation;
+using Loupe.Models.Hooks;
+using Loupe.Models.Metrics;
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
+using Loupe.Tensors.Gpu;
+
+namespace Loupe.Models.Tests.Devices;
+
+/// <summary>One emulated GPU backend for the whole class: ILGPU contexts and compiled kernels are costly.</summary>
+public sealed class EmulatedBackendFixture : IDisposable
+{
+    public IComputeBackend Backend { get; } = ComputeBackends.Create(new Device(DeviceKind.Emulated));
+    public void Dispose() => (Backend as IDisposable)?.Dispose();
+}
+
+/// <summary>
+/// Every model family on the GPU backend's kernels (run by ILGPU's CPU accelerator), against the CPU
+/// backend on the HF reference fixtures: logits, every cached activation, gradients, generation, and
+/// the host↔device copies each kind of pass makes.
+/// </summary>
+public sealed class EmulatedDeviceTests(EmulatedBackendFixture fixture) : IClassFixture<EmulatedBackendFixture>
+{
+    IComputeBackend Device => fixture.Backend;
+
+    public static TheoryData<string> Families => new() { "gpt2", "gpt_neox", "llama", "qwen2", "gemma2" };
+
+    static void AssertClose(Tensor expected, Tensor actual, double relative, string what)
+    {
+        Assert.True(expected.SameShape(actual), $"{what}: shape {actual.ShapeString}, expected {expected.ShapeString}");
+        var e = expected.ToCpu().Span;
+        var a = actual.ToCpu().Span;
+        double scale = 0, worst = 0;
+        int at = 0;
+        for (int i = 0; i < e.Length; i++)
+        {
+            if (float.IsNegativeInfinity(e[i]) && float.IsNegativeInfinity(a[i])) continue; // masked scores
+            scale = Math.Max(scale, Math.Abs(e[i]));
+            double d = Math.Abs(e[i] - a[i]);
+            if (!(d <= worst)) { worst = double.IsNaN(d) ? double.PositiveInfinity : d; at = i; }
+        }
+        Assert.True(worst <= relative * Math.Max(scale, 1e-6), $"{what}: max |Δ| {worst:G4} at {at} (cpu {e[at]}, device {a[at]}); allowed {relative:G2} × {scale:G4}");
+    }
+
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void EveryActivationAndTheLogitsMatchTheCpuBackend(string arch)
+    {
+        using var reference = new ReferenceFixture(arch);
+        using var cpu = ModelLoader.LoadFolder(reference.Folder);
+        using var device = ModelLoader.LoadFolder(reference.Folder, Device);
+        var expected = cpu.RunWithCache(reference.Tokens);
+        var actual = device.RunWithCache(reference.Tokens);
+        Assert.Equal(expected.Cache.Names, actual.Cache.Names);
+        foreach (var name in expected.Cache.Names)
+        {
+            Assert.Equal(Device.Device, actual.Cache[name].Device);
+            AssertClose(expected.Cache[name], actual.Cache[name], 1e-5, $"{arch} {name}");
+        }
+        AssertClose(expected.Logits, actual.Logits, 1e-5, $"{arch} logits");
+        // And against Hugging Face itself, as the CPU parity tests do.
+        ReferenceFixture.AssertClose(reference.Get("logits"), actual.Logits.ToCpu().Span, 1e-4f, $"{arch} logits vs HF");
+    }
+
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void GradientsMatchTheCpuBackend(string arch)
+    {
+        using var reference = new ReferenceFixture(arch);
+        using var cpu = ModelLoader.LoadFolder(reference.Folder);
+        using var device = ModelLoader.LoadFolder(reference.Folder, Device);
+        var metric = new LogitDiff(reference.MetricTokens[0], reference.MetricTokens[1]);
+        var expected = cpu.RunWithGradients(reference.Tokens, metric);
+        var actual = device.RunWithGradients(reference.Tokens, metric);
+        Assert.Equal(expected.Metric, actual.Metric, 1e-4 * Math.Max(1, Math.Abs(expected.Metric)));
+        Assert.Equal(expected.Gradients.Names, actual.Gradients.Names);
+        foreach (var name in expected.Gradients.Names)
+            AssertClose(expected.Gradients[name], actual.Gradients[name], 1e-4, $"{arch} ∇ {name}");
+    }
+
+    [Theory]
+    [InlineData("gpt2")]
+    [InlineData("llama")]
+    [InlineData("gemma2")]
+    public void GreedyGenerationWithAKvCachePicksTheSameTokens(string arch)
+    {
+        using var cpu = TestModels.Load(arch);
+        using var device = ModelLoader.LoadFolder(TestModels.Fixture(arch), Device);
+        int[][] prompts = [[5, 9, 100, 7], [3, 4]];
+        var options = new GenerationOptions(MaxNewTokens: 6, StopAtEos: false);
+        Assert.Equal(cpu.Generate(prompts, options), device.Generate(prompts, options));
+    }
+
+    [Fact]
+    public void HooksSeeDeviceTensorsAndHostEditsAreMovedToTheDevice()
+    {
+        using var reference = new ReferenceFixture("gpt2");
+        using var cpu = ModelLoader.LoadFolder(reference.Folder);
+        using var device = ModelLoader.LoadFolder(reference.Folder, Device);
+        Tensor Zero(Tensor t, HookContext _)
+        {
+            Assert.False(t.IsHost);
+            Assert.Throws<InvalidOperationException>(() => t.Span.Length);
+            return Tensor.Zeros(t.Shape.ToArray()); // a host tensor: the context uploads it
+        }
+        var expected = cpu.Run(reference.Tokens, new RunOptions().AddHook("blocks.1.hook_mlp_out", Zero));
+        var actual = device.Run(reference.Tokens, new RunOptions().AddHook("blocks.1.hook_mlp_out", Zero));
+        AssertClose(expected.Logits, actual.Logits, 1e-5, "logits with a zero-ablated mlp_out");
+    }
+
+    [Fact]
+    public void APassCopiesOnlyTheTokensInAndWhatWasAskedForOut()
+    {
+        using var reference = new ReferenceFixture("llama");
+        using var model = ModelLoader.LoadFolder(reference.Folder, Device);
+        var metric = new LogitDiff(reference.MetricTokens[0], reference.MetricTokens[1]);
+        model.RunWithGradients(reference.Tokens, metric); // places the weights
+        var t = Device.Transfers;
+
+        var before = t.Snapshot();
+        var forward = model.Run(reference.Tokens);
+        var copies = t.Snapshot() - before;
+        Assert.Equal(0, copies.In(TransferKind.Data));
+        Assert.Equal(0, copies.Out(TransferKind.Data));
+        Assert.Equal(0, copies.In(TransferKind.Weights));
+        Assert.True(copies.Out(TransferKind.Scalars) <= 1, $"forward: {copies}"); // the finite check of the logits
+
+        before = t.Snapshot();
+        var cached = model.RunWithCache(reference.Tokens, "blocks.*.hook_resid_post");
+        copies = t.Snapshot() - before;
+        Assert.Equal(0, copies.Out(TransferKind.Data));
+        before = t.Snapshot();
+        _ = cached.Cache["blocks.0.hook_resid_post"].ToCpu();
+        Assert.Equal(1, (t.Snapshot() - before).Out(TransferKind.Data));
+
+        before = t.Snapshot();
+        model.RunWithGradients(reference.Tokens, metric, "blocks.*.hook_resid_pre");
+        copies = t.Snapshot() - before;
+        Assert.Equal(0, copies.In(TransferKind.Data));
+        Assert.Equal(0, copies.Out(TransferKind.Data));
+        Assert.Equal(0, copies.In(TransferKind.Weights));
+
+        before = t.Snapshot();
+        var onHost = model.RunWithCache(reference.Tokens, "blocks.*.hook_resid_post", new RunOptions { CacheOn = CacheLocation.Host });
+        Assert.Equal(onHost.Cache.Count, (t.Snapshot() - before).Out(TransferKind.Data));
+        Assert.All(onHost.Cache.Names, n => Assert.True(onHost.Cache[n].IsHost));
+        _ = forward;
+    }
+}
