@@ -3,6 +3,7 @@ using Loupe.Causal.Patching;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Models.Metrics;
+using Loupe.Tensors.Backends;
 using Loupe.Tensors;
 
 namespace Loupe.Causal.Attribution;
@@ -36,12 +37,14 @@ public static class AttributionPatching
         var (receiver, donor) = noising ? (clean, corrupt) : (corrupt, clean);
         var donorRun = model.Run(donor, new RunOptions { CacheFilter = wanted.Contains });
         var receiverRun = model.RunWithGradients(receiver, metric, string.Join(",", hooks), new RunOptions { CacheFilter = wanted.Contains });
-        double donorValue = metric.Value(donorRun.Logits), receiverValue = receiverRun.Metric;
+        double donorValue = MetricOnDevice.Evaluate(metric, donorRun.Logits, model.Backend).Value, receiverValue = receiverRun.Metric;
         double cleanValue = noising ? receiverValue : donorValue, corruptValue = noising ? donorValue : receiverValue;
 
         var (heads, positions, cells) = ActivationPatching.Cells(target, layers, receiverRun.Activations[hooks[0]]);
         var sums = layers.Zip(hooks).ToDictionary(
-            x => x.First, x => CellSums(donorRun.Cache[x.Second], receiverRun.Activations[x.Second], receiverRun.Gradients[x.Second], target.HeadAxis, target.PositionAxis));
+            x => x.First, x => model.Backend.Device.IsCpu
+                ? CellSums(donorRun.Cache[x.Second], receiverRun.Activations[x.Second], receiverRun.Gradients[x.Second], target.HeadAxis, target.PositionAxis)
+                : CellSumsOnDevice(model.Backend, donorRun.Cache[x.Second], receiverRun.Activations[x.Second], receiverRun.Gradients[x.Second], target.HeadAxis, target.PositionAxis));
         var values = cells.Select(c => receiverValue + sums[c.Layer][(Math.Max(c.Head, 0), Math.Max(c.Position, 0))]).ToArray();
         return new PatchingResult
         {
@@ -59,6 +62,42 @@ public static class AttributionPatching
             CellsPerPass = cells.Length,
             Seconds = clock.Elapsed.TotalSeconds,
         };
+    }
+
+    /// <summary>
+    /// <see cref="CellSums"/> where the activations live: the product is reduced over every axis but the head and
+    /// position axes on the device, and only the <c>[head, position]</c> sums come back.
+    /// </summary>
+    static Dictionary<(int Head, int Position), double> CellSumsOnDevice(IComputeBackend be, Tensor donor, Tensor receiver, Tensor gradient, int? headAxis, int? positionAxis)
+    {
+        var shape = receiver.Shape.ToArray().ToList();
+        var product = be.Empty([.. shape]);
+        be.DifferenceProduct(donor, receiver, gradient, product);
+        var kept = new List<int>();
+        for (int a = shape.Count - 1; a >= 0; a--)
+        {
+            if (a == headAxis || a == positionAxis) { kept.Insert(0, a); continue; }
+            int outer = shape.Take(a).Aggregate(1, (x, d) => x * d), inner = shape.Skip(a + 1).Aggregate(1, (x, d) => x * d);
+            var reduced = be.Empty(outer * inner);
+            be.SumMiddleAxis(product, outer, shape[a], inner, reduced);
+            shape.RemoveAt(a);
+            product = reduced;
+        }
+        var sums = product.ToCpu().Span;
+        var result = new Dictionary<(int, int), double>();
+        for (int i = 0; i < sums.Length; i++)
+        {
+            // The remaining axes are the kept ones, in their original order.
+            int h = 0, p = 0, rest = i;
+            for (int k = kept.Count - 1; k >= 0; k--)
+            {
+                int size = shape[k], index = rest % size;
+                rest /= size;
+                if (kept[k] == headAxis) h = index; else p = index;
+            }
+            result[(h, p)] = sums[i];
+        }
+        return result;
     }
 
     /// <summary>Σ (donor − receiver)·grad over each (head, position) cell; an axis that is not swept folds into index 0.</summary>

@@ -11,7 +11,7 @@ public interface IDeviceMetric : IMetric
 }
 
 /// <summary>Where a backward pass starts: the metric's value and gradient, on the logits' device.</summary>
-static class MetricOnDevice
+public static class MetricOnDevice
 {
     /// <summary>
     /// A <see cref="IDeviceMetric"/> stays on the device. Any other metric reads the logits on the host

@@ -66,6 +66,16 @@ public sealed class CpuBackend : IComputeBackend
     public void Multiply(Tensor a, Tensor b, Tensor y) => TensorPrimitives.Multiply(a.Span, b.Span, y.Span);
     public void Scale(Tensor a, float s, Tensor y) => TensorPrimitives.Multiply(a.Span, s, y.Span);
 
+    public void DifferenceProduct(Tensor a, Tensor b, Tensor g, Tensor y)
+    {
+        Span<float> sa = a.Span, sb = b.Span, sg = g.Span, sy = y.Span;
+        for (int i = 0; i < sy.Length; i++)
+        {
+            float diff = sa[i] - sb[i];
+            sy[i] = float.IsFinite(diff) ? diff * sg[i] : 0f;
+        }
+    }
+
     public void AddRowVector(Tensor y, int rows, Tensor v)
     {
         var ys = y.Span;

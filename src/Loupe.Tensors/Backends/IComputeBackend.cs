@@ -80,6 +80,9 @@ public interface IComputeBackend
     /// <summary><c>y = a · s</c>.</summary>
     void Scale(Tensor a, float s, Tensor y);
 
+    /// <summary><c>y = (a − b) ⊙ g</c>, with 0 where <c>a − b</c> is not finite (masked scores are −∞ in both runs; attribution patching).</summary>
+    void DifferenceProduct(Tensor a, Tensor b, Tensor g, Tensor y);
+
     /// <summary><c>y[r, :] += v</c> for each of <paramref name="rows"/> rows of width <c>v.Length</c> (bias).</summary>
     void AddRowVector(Tensor y, int rows, Tensor v);
 
