@@ -23,7 +23,7 @@ public sealed class Tensor
     {
         long n = ShapeUtil.Product(shape);
         if (n != storage.Length)
-            throw new ArgumentException($"shape [{string.Join(", ", shape)}] holds {n} elements but the storage has {storage.Length}", nameof(shape));
+            throw new ArgumentException($"shape [{string.Join(", ", shape)}] holds {n} elements but the data has {storage.Length}", nameof(shape));
         Storage = storage;
         Length = checked((int)n);
         _shape = (int[])shape.Clone();
