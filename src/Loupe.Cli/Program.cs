@@ -32,7 +32,7 @@ public static class Program
         }
         try
         {
-            CliSupport.Device = CliSupport.ResolveDevice(parse.GetValue<string?>(DeviceOptionName));
+            CliSupport.ChooseDevice(parse.GetValue<string?>(DeviceOptionName));
         }
         catch (InputError e)
         {

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using Loupe.Models;
+using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
 using Spectre.Console;
 
@@ -32,20 +33,21 @@ static class CacheCommand
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string path = CliSupport.OutputFile(parse.GetValue(output)!);
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var batch = input.Read(parse, m);
             foreach (var saePath in parse.GetValue(saes) ?? [])
                 m.AddSplice(Loupe.Dictionaries.Splice.SaeSplice.Load(m, saePath, options: new Loupe.Dictionaries.Splice.SaeSpliceOptions { UseErrorTerm = parse.GetValue(errorTerm) }).Splice);
             var selected = CliSupport.SelectHooks(m, parse.GetValue(hooks)!);
             var clock = Stopwatch.StartNew();
-            var result = m.RunWithCache(batch, parse.GetValue(hooks));
+            // Each cached activation comes to host memory as the pass reaches it (a device keeps only the current ones).
+            var result = m.RunWithCache(batch, parse.GetValue(hooks), new RunOptions { CacheOn = CacheLocation.Host });
             var entries = new List<SafeTensorEntry>();
             foreach (var name in selected)
             {
                 var t = result.Cache[name];
                 entries.Add(SafeTensorEntry.F32(name, t.Shape.ToArray(), t.Data));
             }
-            entries.Add(SafeTensorEntry.F32("logits", result.Logits.Shape.ToArray(), result.Logits.Data));
+            entries.Add(SafeTensorEntry.F32("logits", result.Logits.Shape.ToArray(), result.Logits.ToCpu().Data));
             entries.Add(SafeTensorEntry.I64("tokens", [batch.Batch, batch.Length], batch.Ids.Select(i => (long)i).ToArray()));
             var metadata = new Dictionary<string, string>
             {

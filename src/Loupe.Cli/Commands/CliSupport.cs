@@ -55,14 +55,14 @@ static class CliSupport
 
     static string OneLine(string message) => message.ReplaceLineEndings(" ").Trim();
 
-    static readonly AsyncLocal<Device?> s_device = new();
+    static readonly AsyncLocal<(Device Device, bool FromOption)?> s_device = new();
 
     /// <summary>The device models load onto in this invocation (<c>--device</c>, else <c>$LOUPE_DEVICE</c>, else cpu).</summary>
-    public static Device Device
-    {
-        get => s_device.Value ?? ResolveDevice(null);
-        set => s_device.Value = value;
-    }
+    public static Device Device => s_device.Value?.Device ?? ResolveDevice(null);
+
+    /// <summary>Sets the device of this invocation from the <c>--device</c> value (null when absent).</summary>
+    /// <exception cref="InputError">The option or <c>$LOUPE_DEVICE</c> names no device.</exception>
+    public static void ChooseDevice(string? option) => s_device.Value = (ResolveDevice(option), !string.IsNullOrWhiteSpace(option));
 
     /// <summary>The device named by <c>--device</c>, or by <c>$LOUPE_DEVICE</c> when the option is absent, else the CPU.</summary>
     /// <exception cref="InputError">The name is not a device (the message names the option or variable).</exception>
@@ -77,9 +77,26 @@ static class CliSupport
     /// <exception cref="InputError">The device cannot be used here (no driver, no such GPU, no cuBLAS): the message says what is missing.</exception>
     public static IComputeBackend Backend => Tensors.Gpu.ComputeBackends.Shared(Device);
 
+    /// <summary>
+    /// The backend a verb runs on. Verbs whose analysis still reads activations on the host run on the CPU:
+    /// an explicit <c>--device</c> elsewhere is refused, a <c>$LOUPE_DEVICE</c> default is noted on stderr.
+    /// </summary>
+    /// <exception cref="InputError">The verb cannot run on the requested device, or the device cannot be used.</exception>
+    static IComputeBackend BackendFor(bool onDevice)
+    {
+        if (onDevice || Device.IsCpu) return Backend;
+        string verb = Environment.GetCommandLineArgs().Skip(1).FirstOrDefault(a => !a.StartsWith('-')) ?? "this verb";
+        if (s_device.Value is { FromOption: true })
+            throw new InputError($"argument: --device: '{verb}' runs on the CPU only so far (device verbs: run, info, cache, grad); drop --device {Device}");
+        Status.MarkupLine($"[grey]note: '{Markup.Escape(verb)}' runs on the CPU only so far; LOUPE_DEVICE={Device} is ignored here[/]");
+        return CpuBackend.Instance;
+    }
+
     /// <summary>Loads a model from a folder or the hub, showing download progress and a spinner.</summary>
+    /// <param name="model">A folder or hub id.</param>
+    /// <param name="onDevice">Whether the verb reads results explicitly (ToCpu) and so may run on a GPU; others run on the CPU.</param>
     /// <exception cref="InputError">The path is a file, or neither an existing folder nor a valid hub id.</exception>
-    public static HookedTransformer LoadModel(string model)
+    public static HookedTransformer LoadModel(string model, bool onDevice = false)
     {
         // Checked here so that a mistyped path is a one-line refusal naming --model, before any download is tried.
         if (File.Exists(model))
@@ -88,9 +105,10 @@ static class CliSupport
             throw new InputError($"argument: --model: '{model}' is neither an existing folder (looked at {Path.GetFullPath(model)}) nor a Hugging Face model id such as 'org/name'");
         if (Directory.Exists(model))
         {
-            var backend = Backend;
+            var backend = BackendFor(onDevice);
             return Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model, backend));
         }
+        var hubBackend = BackendFor(onDevice);
         HookedTransformer? loaded = null;
         Status.Progress().AutoClear(true).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new DownloadedColumn(), new TransferSpeedColumn())
             .Start(ctx =>
@@ -103,7 +121,7 @@ static class CliSupport
                     if (p.BytesTotal is long total) task.MaxValue = Math.Max(1, total);
                     task.Value = p.BytesDone;
                 });
-                loaded = ModelLoader.LoadAsync(model, progress, Backend).GetAwaiter().GetResult();
+                loaded = ModelLoader.LoadAsync(model, progress, hubBackend).GetAwaiter().GetResult();
             });
         return loaded!;
     }

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using Loupe.Models;
+using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
 using Loupe.Models.Metrics;
 
@@ -29,13 +30,13 @@ static class GradCommand
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string path = CliSupport.OutputFile(parse.GetValue(output)!);
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var batch = input.Read(parse, m);
             var selected = CliSupport.SelectHooks(m, parse.GetValue(hooks)!);
-            var result = m.RunWithGradients(batch, ParseMetric(m, parse.GetValue(metric)!, batch), parse.GetValue(hooks));
+            var result = m.RunWithGradients(batch, ParseMetric(m, parse.GetValue(metric)!, batch), parse.GetValue(hooks), new RunOptions { CacheOn = CacheLocation.Host });
             var entries = selected.Select(name => SafeTensorEntry.F32("grad." + name, result.Gradients[name].Shape.ToArray(), result.Gradients[name].Data)).ToList();
             entries.Add(SafeTensorEntry.F32("metric", [1], new[] { (float)result.Metric }));
-            entries.Add(SafeTensorEntry.F32("logits", result.Logits.Shape.ToArray(), result.Logits.Data));
+            entries.Add(SafeTensorEntry.F32("logits", result.Logits.Shape.ToArray(), result.Logits.ToCpu().Data));
             entries.Add(SafeTensorEntry.I64("tokens", [batch.Batch, batch.Length], batch.Ids.Select(i => (long)i).ToArray()));
             CliSupport.OutputFile(path);
             SafeTensorsWriter.Write(path, entries, new Dictionary<string, string>

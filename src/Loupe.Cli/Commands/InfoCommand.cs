@@ -17,7 +17,7 @@ static class InfoCommand
         { model };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var c = m.Config;
             Console.WriteLine($"model:        {m.Source}");
             Console.WriteLine($"architecture: {c.Architecture}");

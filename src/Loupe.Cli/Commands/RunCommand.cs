@@ -30,15 +30,16 @@ static class RunCommand
             int n = CliSupport.Int(parse, maxNew, 0);
             var (temp, k, p) = CliSupport.Sampling(parse, temperature, topK, topP);
             int shown = CliSupport.Int(parse, top, 0);
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var batch = input.Read(parse, m);
             if (batch.Batch != 1) throw InputError.Expected("argument", "--tokens", "one row (loupe run continues one sequence)", $"{batch.Batch} rows");
             string? text = input.Text(parse);
             int[] ids = batch.Ids;
 
-            var logits = m.Run(ids).Logits;
+            // Only the last position's logits are computed and read back.
+            var logits = m.Run(ids, new Loupe.Models.Hooks.RunOptions { LastPositionLogitsOnly = true }).Logits;
             int V = m.Config.VocabOut;
-            var last = logits.Span.Slice((ids.Length - 1) * V, V).ToArray();
+            var last = logits.ToCpu().Span[..V].ToArray();
             // A table of NaN probabilities with exit code 0 would look like an answer.
             if (Array.FindIndex(last, v => !(v < float.PositiveInfinity)) is var bad and >= 0)
                 throw new InputError($"{m.Source}: the model produced a non-finite logit ({InputError.Show(last[bad])} for token {bad}) at the last position; its weights or activations overflow");
