@@ -12,8 +12,7 @@ public sealed class Linear
 {
     readonly DeviceWeight _weight, _bias;
 
-    public Linear(ReadOnlyMemory<float> weight, int dIn, int dOut, bool weightIsOutIn, ReadOnlyMemory<float> bias = default,
-        ElementType deviceElementType = ElementType.F32)
+    public Linear(ReadOnlyMemory<float> weight, int dIn, int dOut, bool weightIsOutIn, ReadOnlyMemory<float> bias = default)
     {
         if (weight.Length != (long)dIn * dOut) throw new ArgumentException($"weight has {weight.Length} elements; [{dIn}, {dOut}] needs {(long)dIn * dOut}");
         if (!bias.IsEmpty && bias.Length != dOut) throw new ArgumentException($"bias has {bias.Length} elements; expected {dOut}");
@@ -22,8 +21,8 @@ public sealed class Linear
         DOut = dOut;
         WeightIsOutIn = weightIsOutIn;
         Bias = bias;
-        _weight = new DeviceWeight(weight, weightIsOutIn ? [dOut, dIn] : [dIn, dOut], deviceElementType);
-        _bias = new DeviceWeight(bias, [dOut], ElementType.F32);
+        _weight = new DeviceWeight(weight, weightIsOutIn ? [dOut, dIn] : [dIn, dOut], isMatrix: true);
+        _bias = new DeviceWeight(bias, [dOut]);
     }
 
     public ReadOnlyMemory<float> Weight { get; }
@@ -85,9 +84,11 @@ public sealed class Linear
 
 /// <summary>
 /// A weight's host memory and its copy on the backend that last asked for it: a zero-copy wrap on the
-/// CPU, one upload per GPU backend (counted as <see cref="TransferKind.Weights"/>).
+/// CPU, one upload per GPU backend (counted as <see cref="TransferKind.Weights"/>). Matrices are kept in
+/// the backend's <see cref="IComputeBackend.WeightElementType"/>; vectors (norms, biases) and embedding
+/// tables in fp32.
 /// </summary>
-public sealed class DeviceWeight(ReadOnlyMemory<float> host, int[] shape, ElementType deviceElementType = ElementType.F32)
+public sealed class DeviceWeight(ReadOnlyMemory<float> host, int[] shape, bool isMatrix = false)
 {
     sealed record Placed(IComputeBackend Backend, Tensor Tensor);
     Placed? _placed;
@@ -103,7 +104,7 @@ public sealed class DeviceWeight(ReadOnlyMemory<float> host, int[] shape, Elemen
         lock (this)
         {
             if (_placed is { } p && ReferenceEquals(p.Backend, backend)) return p.Tensor;
-            var tensor = backend.LoadWeight(Host, shape, backend.Device.IsCpu ? ElementType.F32 : deviceElementType);
+            var tensor = backend.LoadWeight(Host, shape, isMatrix ? backend.WeightElementType : ElementType.F32);
             Volatile.Write(ref _placed, new Placed(backend, tensor));
             return tensor;
         }

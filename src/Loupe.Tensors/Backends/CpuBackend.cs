@@ -14,6 +14,7 @@ public sealed class CpuBackend : IComputeBackend
 
     public string Name => Kernels.Gemm.UsesBlas ? "cpu+openblas" : "cpu+managed";
     public Device Device => Device.Cpu;
+    public ElementType WeightElementType => ElementType.F32;
     public TransferCounter Transfers { get; } = new();
 
     static Span<float> S(Tensor t, long offset = 0) => offset == 0 ? t.Span : t.Span[checked((int)offset)..];

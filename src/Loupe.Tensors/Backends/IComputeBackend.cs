@@ -20,6 +20,9 @@ public interface IComputeBackend
     /// <summary>Where this backend's tensors live.</summary>
     Device Device { get; }
 
+    /// <summary>How matrix weights are kept on this device: fp32, or bf16/fp16 on a GPU chosen at creation (products accumulate in fp32).</summary>
+    ElementType WeightElementType { get; }
+
     /// <summary>Every copy between host and device so far, by kind (the CPU backend copies nothing).</summary>
     TransferCounter Transfers { get; }
 
