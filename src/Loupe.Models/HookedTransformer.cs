@@ -18,6 +18,7 @@ namespace Loupe.Models;
 public abstract class HookedTransformer : IDisposable
 {
     IReadOnlyList<string>? _hookNames;
+    IReadOnlyList<HookPoint>? _hookPoints;
     readonly List<IHookSplice> _splices = [];
 
     protected HookedTransformer(ModelConfig config, IComputeBackend? backend)
@@ -90,11 +91,19 @@ public abstract class HookedTransformer : IDisposable
     /// </summary>
     public IReadOnlyList<string> HookPointNames => _hookNames ??= DiscoverHookNames();
 
+    /// <summary>
+    /// The model's own hook points (names, layers, axes and sizes) in forward order, declared from
+    /// <see cref="Config"/> without running the model. Splice sub-hooks are not among them.
+    /// </summary>
+    public IReadOnlyList<HookPoint> HookPoints => _hookPoints ??= Hooks.HookPoints.Declare(Config);
+
     IReadOnlyList<string> DiscoverHookNames()
     {
-        var options = new RunOptions().CacheAll();
-        var result = Run(TokenBatch.Single(Config.BosTokenId is int bos && bos < Config.DVocab ? bos : 0), options);
-        return result.Cache.Names.ToArray();
+        var names = HookPoints.Select(p => p.Name).ToList();
+        // Each attached splice's sub-hooks come right after the hook it replaces, where the forward pass reaches them.
+        foreach (var splice in _splices)
+            names.InsertRange(names.IndexOf(splice.OutputHook) + 1, splice.SubHookNames);
+        return names;
     }
 
     /// <summary>
@@ -132,7 +141,8 @@ public abstract class HookedTransformer : IDisposable
         _hookNames = null;
         try
         {
-            _ = HookPointNames;
+            // One token through the model checks that the splice fits (its width, its hooks' order) before it is kept.
+            Run(TokenBatch.Single(Config.BosTokenId is int bos && bos < Config.DVocab ? bos : 0), new RunOptions { LastPositionLogitsOnly = true });
         }
         catch
         {

@@ -122,9 +122,41 @@ public class CliTests
         Assert.True(code == 0, err);
         Assert.Contains("architecture: gemma2", stdout);
         Assert.Contains("n_layers 4, d_model 64, n_heads 4 (key/value heads 2)", stdout);
-        Assert.Contains("blocks.3.hook_resid_post", stdout);
         Assert.Contains("sliding window 4", stdout);
         Assert.Matches(@"parameters:\s+[\d,]+", stdout);
+        // Each block's hook points once, with their axes; the kv-head axis at hook_k has the key/value head count.
+        Assert.Contains("hook points (103: 25 in each of 4 blocks, 3 outside;", stdout);
+        Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.attn\.hook_q +\[batch, pos, head_index=4, d_head=16\]\n", stdout);
+        Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.attn\.hook_k +\[batch, pos, head_index=2, d_head=16\]\n", stdout);
+        Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.ln2_post\.hook_scale +\[batch, pos, 1\]\n", stdout);
+        Assert.Matches(@"\n  ln_final\.hook_normalized +\[batch, pos, d_model=64\]\n", stdout);
+        Assert.DoesNotContain("blocks.1.", stdout);
+    }
+
+    [Fact]
+    public void InfoListsMatchingHookPointsOneByOne()
+    {
+        var (code, stdout, err) = RunLoupe("info", "--model", Fixture("gpt2"), "--hooks", "blocks.2.attn.hook_pattern,blocks.*.mlp.hook_post,hook_pos_embed");
+        Assert.True(code == 0, err);
+        var listed = stdout[stdout.IndexOf("hook points matching", StringComparison.Ordinal)..].Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal("hook points matching blocks.2.attn.hook_pattern,blocks.*.mlp.hook_post,hook_pos_embed (5 of 58):", listed[0]);
+        // Forward order, names aligned.
+        Assert.Equal(
+        [
+            "  hook_pos_embed              [batch, pos, d_model=64]",
+            "  blocks.0.mlp.hook_post      [batch, pos, d_mlp=256]",
+            "  blocks.1.mlp.hook_post      [batch, pos, d_mlp=256]",
+            "  blocks.2.attn.hook_pattern  [batch, head_index=4, query_pos, key_pos]",
+            "  blocks.2.mlp.hook_post      [batch, pos, d_mlp=256]",
+        ], listed[1..]);
+
+        var all = RunLoupe("info", "--model", Fixture("gpt2"), "--hooks", "*");
+        Assert.Contains("(58 of 58)", all.Out);
+        Assert.Matches(@"\n  blocks\.1\.attn\.hook_result +\[batch, pos, head_index=4, d_model=64\]\n", all.Out);
+
+        var refused = RunLoupe("info", "--model", Fixture("gpt2"), "--hooks", "blocks.9.*");
+        AssertRefused(refused, "--hooks", "'blocks.9.*' matches no hook point");
+        Assert.DoesNotContain("architecture", refused.Out);
     }
 
     [Fact]
