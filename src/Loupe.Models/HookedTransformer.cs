@@ -95,7 +95,7 @@ public abstract class HookedTransformer : IDisposable
     /// The model's own hook points (names, layers, axes and sizes) in forward order, declared from
     /// <see cref="Config"/> without running the model. Splice sub-hooks are not among them.
     /// </summary>
-    public IReadOnlyList<HookPoint> HookPoints => _hookPoints ??= Hooks.HookPoints.Declare(Config);
+    public IReadOnlyList<HookPoint> HookPoints => _hookPoints ??= [.. Hooks.HookPoints.Declare(Config).Select(p => p with { Device = Backend.Device })];
 
     IReadOnlyList<string> DiscoverHookNames()
     {

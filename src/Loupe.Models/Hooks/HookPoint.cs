@@ -61,6 +61,9 @@ public sealed record HookPoint
     public IReadOnlyList<int?> Sizes { get; }
     public string DType { get; }
 
+    /// <summary>Where the activation lives during a run: the device of the model's backend.</summary>
+    public Tensors.Device Device { get; init; } = Tensors.Device.Cpu;
+
     public int Rank => Axes.Count;
 
     /// <summary>The position of axis <paramref name="axis"/> (e.g. <see cref="HookAxis.HeadIndex"/>) in the activation's shape.</summary>
@@ -108,7 +111,7 @@ public sealed record HookPoint
     public override string ToString() => Describe();
 
     public bool Equals(HookPoint? other) =>
-        other is not null && Name == other.Name && Layer == other.Layer && DType == other.DType
+        other is not null && Name == other.Name && Layer == other.Layer && DType == other.DType && Device == other.Device
         && Axes.SequenceEqual(other.Axes) && Sizes.SequenceEqual(other.Sizes);
 
     public override int GetHashCode() => HashCode.Combine(Name, Layer, DType, Rank);
