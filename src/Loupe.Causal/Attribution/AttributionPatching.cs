@@ -30,6 +30,7 @@ public static class AttributionPatching
         ActivationPatching.CheckPair(clean, corrupt);
         var clock = Stopwatch.StartNew();
         int[] layers = target.ResolveLayers(model);
+        target = target.ResolveAxes(model, layers[0]);
         var hooks = layers.Select(target.HookName).ToArray();
         var wanted = new HashSet<string>(hooks, StringComparer.Ordinal);
 

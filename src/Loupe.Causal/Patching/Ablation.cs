@@ -50,6 +50,7 @@ public abstract class Ablation
     public Patch[] Patches(HookedTransformer model, TokenBatch tokens, PatchTarget target, params IReadOnlyList<PatchCell> cells)
     {
         var layers = (target with { Layers = cells.Select(c => c.Layer).Distinct().ToArray() }).ResolveLayers(model);
+        if (layers.Length > 0) target = target.ResolveAxes(model, layers[0]);
         var hooks = new HashSet<string>(layers.Select(target.HookName), StringComparer.Ordinal);
         var cache = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains }).Cache;
         int passes = 0;
@@ -164,6 +165,7 @@ public static class AblationSweep
         options ??= new PatchOptions();
         var clock = Stopwatch.StartNew();
         var layers = target.ResolveLayers(model);
+        target = target.ResolveAxes(model, layers[0]);
         var hooks = new HashSet<string>(layers.Select(target.HookName), StringComparer.Ordinal);
         var baseRun = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
         int passes = 1;

@@ -61,6 +61,7 @@ public static class ActivationPatching
         var clock = Stopwatch.StartNew();
         CheckPair(clean, corrupt);
         var layers = target.ResolveLayers(model);
+        target = target.ResolveAxes(model, layers[0]);
         var hooks = new HashSet<string>(layers.Select(target.HookName), StringComparer.Ordinal);
         var cleanRun = model.Run(clean, new RunOptions { CacheFilter = hooks.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
         var corruptRun = model.Run(corrupt, new RunOptions { CacheFilter = hooks.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });

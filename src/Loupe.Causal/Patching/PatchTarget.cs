@@ -25,18 +25,47 @@ public sealed record PatchTarget(string Name, Func<int, string> HookName, int? H
     /// <summary>Positions to sweep when <see cref="PositionAxis"/> is set (null = every position).</summary>
     public IReadOnlyList<int>? Positions { get; init; }
 
+    /// <summary>
+    /// The head axis by name (<see cref="HookAxis.HeadIndex"/>): when set, <see cref="HeadAxis"/> is taken from the
+    /// model's declared hook point (<see cref="HookedTransformer.HookPoints"/>) when a sweep starts.
+    /// </summary>
+    public string? HeadAxisName { get; init; }
+
+    /// <summary>The position axis by name (<see cref="HookAxis.Pos"/>); see <see cref="HeadAxisName"/>.</summary>
+    public string? PositionAxisName { get; init; }
+
+    /// <summary>
+    /// This target with its named axes resolved against the declared hook point of the first swept layer
+    /// (hook points that are not declared — splice sub-hooks — keep the axis numbers given).
+    /// </summary>
+    /// <exception cref="InputError">The declared hook point has no axis of that name.</exception>
+    internal PatchTarget ResolveAxes(HookedTransformer model, int layer)
+    {
+        if (HeadAxisName is null && PositionAxisName is null) return this;
+        string hook = HookName(layer);
+        var point = model.HookPoints.FirstOrDefault(p => p.Name == hook);
+        if (point is null) return this;
+        int? Index(string? name, int? fallback)
+        {
+            if (name is null) return fallback;
+            if (!point.HasAxis(name)) throw new InputError($"target '{Name}': hook point {point.Describe()} has no '{name}' axis");
+            return point.AxisIndex(name);
+        }
+        return this with { HeadAxis = Index(HeadAxisName, HeadAxis), PositionAxis = Index(PositionAxisName, PositionAxis) };
+    }
+
     /// <summary>The residual stream entering each block, per layer × position.</summary>
-    public static PatchTarget ResidPre { get; } = new("resid_pre", HookNames.ResidPre, PositionAxis: 1);
+    public static PatchTarget ResidPre { get; } = new("resid_pre", HookNames.ResidPre, PositionAxis: 1) { PositionAxisName = HookAxis.Pos };
     /// <summary>The attention output (what attention adds to the residual stream), per layer × position.</summary>
-    public static PatchTarget AttnOut { get; } = new("attn_out", HookNames.AttnOut, PositionAxis: 1);
+    public static PatchTarget AttnOut { get; } = new("attn_out", HookNames.AttnOut, PositionAxis: 1) { PositionAxisName = HookAxis.Pos };
     /// <summary>The MLP output, per layer × position.</summary>
-    public static PatchTarget MlpOut { get; } = new("mlp_out", HookNames.MlpOut, PositionAxis: 1);
+    public static PatchTarget MlpOut { get; } = new("mlp_out", HookNames.MlpOut, PositionAxis: 1) { PositionAxisName = HookAxis.Pos };
     /// <summary>Each head's output hook_z[:, :, h, :] at every position together, per layer × head.</summary>
-    public static PatchTarget HeadOut { get; } = new("head_out", HookNames.Z, HeadAxis: 2);
+    public static PatchTarget HeadOut { get; } = new("head_out", HookNames.Z, HeadAxis: 2) { HeadAxisName = HookAxis.HeadIndex };
     /// <summary>Each head's output hook_z[:, p, h, :], per layer × head × position.</summary>
-    public static PatchTarget HeadOutByPosition { get; } = new("head_out_by_pos", HookNames.Z, HeadAxis: 2, PositionAxis: 1);
+    public static PatchTarget HeadOutByPosition { get; } = new("head_out_by_pos", HookNames.Z, HeadAxis: 2, PositionAxis: 1) { HeadAxisName = HookAxis.HeadIndex, PositionAxisName = HookAxis.Pos };
     /// <summary>Each head's attention pattern hook_pattern[:, h], per layer × head.</summary>
-    public static PatchTarget HeadPattern { get; } = new("head_pattern", HookNames.Pattern, HeadAxis: 1);
+    public static PatchTarget HeadPattern { get; } = new("head_pattern", HookNames.Pattern, HeadAxis: 1) { HeadAxisName = HookAxis.HeadIndex };
 
     /// <summary>
     /// A target over any per-layer hook: <paramref name="hookTemplate"/> contains <c>{layer}</c>,
