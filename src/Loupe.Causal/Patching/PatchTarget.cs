@@ -26,8 +26,8 @@ public sealed record PatchTarget(string Name, Func<int, string> HookName, int? H
     public IReadOnlyList<int>? Positions { get; init; }
 
     /// <summary>
-    /// The head axis by name (<see cref="HookAxis.HeadIndex"/>): when set, <see cref="HeadAxis"/> is taken from the
-    /// model's declared hook point (<see cref="HookedTransformer.HookPoints"/>) when a sweep starts.
+    /// The head axis by name (<see cref="HookAxis.HeadIndex"/>): when set and <see cref="HeadAxis"/> is not null, the
+    /// axis number is taken from the model's declared hook point (<see cref="HookedTransformer.HookPoints"/>) when a sweep starts.
     /// </summary>
     public string? HeadAxisName { get; init; }
 
@@ -45,9 +45,10 @@ public sealed record PatchTarget(string Name, Func<int, string> HookName, int? H
         string hook = HookName(layer);
         var point = model.HookPoints.FirstOrDefault(p => p.Name == hook);
         if (point is null) return this;
+        // A null axis number means "not swept" (e.g. ResidPre with { PositionAxis = null }): the name only says where a swept axis is.
         int? Index(string? name, int? fallback)
         {
-            if (name is null) return fallback;
+            if (name is null || fallback is null) return fallback;
             if (!point.HasAxis(name)) throw new InputError($"target '{Name}': hook point {point.Describe()} has no '{name}' axis");
             return point.AxisIndex(name);
         }
