@@ -128,8 +128,24 @@ public sealed class CpuBackend : IComputeBackend
 
     public void Norm(bool center, Tensor x, int rows, int d, Tensor? weight, float weightOffset, Tensor? bias, float eps, Tensor y, Tensor scale)
     {
-        if (center) Normalization.LayerNorm(x.Span, rows, d, R(weight), R(bias), eps, y.Span, scale.Span);
-        else Normalization.RmsNorm(x.Span, rows, d, R(weight), weightOffset, eps, y.Span, scale.Span);
+        if (center)
+        {
+            // The LayerNorm kernel has no weight offset: fold it into the weight (absent weight = 1).
+            ReadOnlySpan<float> w = R(weight);
+            if (weightOffset != 0f)
+            {
+                var effective = new float[d];
+                if (w.IsEmpty) effective.AsSpan().Fill(1f + weightOffset);
+                else TensorPrimitives.Add(w, weightOffset, effective);
+                w = effective;
+            }
+            Normalization.LayerNorm(x.Span, rows, d, w, R(bias), eps, y.Span, scale.Span);
+        }
+        else
+        {
+            Normalization.RmsNorm(x.Span, rows, d, R(weight), weightOffset, eps, y.Span, scale.Span);
+            if (bias is { Length: > 0 }) AddRowVector(y, rows, bias); // the RMSNorm kernel has no bias
+        }
     }
 
     public void NormWithScale(bool center, Tensor x, int rows, int d, Tensor? weight, float weightOffset, Tensor? bias, Tensor scale, Tensor y)

@@ -3,8 +3,11 @@ namespace Loupe.Tensors.Kernels.Reference;
 /// <summary>
 /// Slow, obvious scalar twins of every kernel, kept for ever: each fast path is tested against
 /// these on random inputs. Double accumulation, no SIMD, no BLAS, no threads.
+/// This file holds the float twins the kernel tests grew up with; the twins of every
+/// <see cref="Backends.IComputeBackend"/> operation, forward and backward, work in double and
+/// sit in the other ReferenceKernels.*.cs files (each re-derives the math in the interface's docs).
 /// </summary>
-public static class ReferenceKernels
+public static partial class ReferenceKernels
 {
     public static void Sgemm(bool transA, bool transB, int m, int n, int k, float alpha,
         ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb, float beta, Span<float> c, int ldc)
