@@ -205,7 +205,7 @@ public abstract class BackendConformance
         R.Linear(D(x), rows, k, D(w), weightIsOutIn, n, bias is null ? default : D(bias), expected);
         var y = Backend.Empty(rows, n);
         var wt = Backend.LoadWeight(w, weightIsOutIn ? [n, k] : [k, n], weightType);
-        Backend.Linear(Up(x), rows, k, wt, weightIsOutIn, n, bias is null ? null : Backend.LoadWeight(bias, [n], weightType), y);
+        Backend.Linear(Up(x), rows, k, wt, weightIsOutIn, n, bias is null ? null : Backend.LoadWeight(bias, [n]), y); // biases stay fp32, as the models load them
         if (weightType == ElementType.F32) Near(expected, Down(y), 1e-5 * k, 1e-5, "Linear");
         else NearBf16(expected, Down(y), "Linear with bf16 weights");
     }
@@ -242,6 +242,14 @@ public abstract class BackendConformance
         var twice = Up((float[])a.Clone());
         Backend.Add(twice, twice, twice);
         Near(a.Select(p => 2.0 * p).ToArray(), Down(twice), 0, 1e-7, "Add with y = a = b");
+
+        // In place as the models call them: the MLP gate (Multiply y = a), final-logit soft-capping (SoftCap y = a).
+        var product = Up((float[])a.Clone());
+        Backend.Multiply(product, Up(b), product);
+        Near(Each((p, q) => p * q), Down(product), 0, 1e-7, "Multiply with y = a");
+        var scaled = Up((float[])a.Clone());
+        Backend.Scale(scaled, 4f, scaled);
+        Near(a.Select(p => p * 4.0).ToArray(), Down(scaled), 0, 1e-7, "Scale with y = a");
     }
 
     [Fact]
@@ -328,6 +336,9 @@ public abstract class BackendConformance
         var y = Backend.Empty(a.Length);
         Backend.SoftCap(Up(a), cap, y);
         Near(expected, Down(y), cap * 2e-7, 2e-6, "SoftCap");
+        var inPlace = Up((float[])a.Clone());
+        Backend.SoftCap(inPlace, cap, inPlace);
+        Near(expected, Down(inPlace), cap * 2e-7, 2e-6, "SoftCap in place");
 
         var capped = F(expected);
         capped[5] = float.NegativeInfinity; // a masked score
