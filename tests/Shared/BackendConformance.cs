@@ -82,6 +82,7 @@ public abstract class BackendConformance
     {
         Assert.False(string.IsNullOrWhiteSpace(Backend.Name));
         Assert.NotNull(Backend.Transfers);
+        Assert.True(Enum.IsDefined(Backend.WeightElementType), $"weight element type {Backend.WeightElementType}");
 
         var empty = Backend.Empty(3, 5);
         Assert.Equal([3, 5], empty.Shape.ToArray());
