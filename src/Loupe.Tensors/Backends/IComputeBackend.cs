@@ -77,10 +77,10 @@ public interface IComputeBackend
     /// <summary><c>y = a + b</c> (y may alias a or b).</summary>
     void Add(Tensor a, Tensor b, Tensor y);
 
-    /// <summary><c>y = a ⊙ b</c>.</summary>
+    /// <summary><c>y = a ⊙ b</c> (y may alias a or b).</summary>
     void Multiply(Tensor a, Tensor b, Tensor y);
 
-    /// <summary><c>y = a · s</c>.</summary>
+    /// <summary><c>y = a · s</c> (y may alias a).</summary>
     void Scale(Tensor a, float s, Tensor y);
 
     /// <summary><c>y = (a − b) ⊙ g</c>, with 0 where <c>a − b</c> is not finite (masked scores are −∞ in both runs; attribution patching).</summary>
@@ -98,7 +98,7 @@ public interface IComputeBackend
     /// <summary>Backward of an activation: <c>dx = dy ⊙ f′(x)</c>.</summary>
     void ActivationBackward(string name, Tensor x, Tensor dy, Tensor dx);
 
-    /// <summary><c>y = cap·tanh(a/cap)</c> (logit soft-capping).</summary>
+    /// <summary><c>y = cap·tanh(a/cap)</c> (logit soft-capping; y may alias a).</summary>
     void SoftCap(Tensor a, float cap, Tensor y);
 
     /// <summary>Backward of <see cref="SoftCap"/> from its output: <c>dx = dy·(1 − (y/cap)²)</c>; non-finite y (masked −∞) gives 0.</summary>
