@@ -142,6 +142,9 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         catch (Exception) { return null; }
     }
 
+    /// <summary>Threads per group of the row kernels (at most <see cref="Kernels.MaxGroup"/>).</summary>
+    internal int GroupSize => _group;
+
     /// <summary>Device memory held by this backend's pool (in use or idle).</summary>
     public long PooledBytes => _pool.AllocatedBytes;
 

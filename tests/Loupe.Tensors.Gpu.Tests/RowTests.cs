@@ -111,3 +111,11 @@ public sealed class RowTests(EmulatedBackendFixture fixture) : DeviceTest(fixtur
         Assert.Equal(Cpu.ArgMaxRows(Host(withNaN), rows, n), Gpu.ArgMaxRows(Dev(withNaN), rows, n));
     }
 }
+
+[Collection(EmulatedCollection.Name)]
+public sealed class GroupSizeTests(EmulatedBackendFixture fixture) : DeviceTest(fixture)
+{
+    [Fact]
+    public void RowKernelsRunWithSeveralThreadsPerGroup() =>
+        Assert.True(Gpu.GroupSize >= 4, $"the emulated device runs row kernels with {Gpu.GroupSize} threads per group: the reductions would go untested");
+}
