@@ -240,6 +240,7 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
 
     GpuStorage Storage(Tensor t, string name)
     {
+        Bind(); // every op passes its operands through here
         if (t.Storage is GpuStorage g && ReferenceEquals(g.Backend, this)) return g;
         throw new ArgumentException($"{name}: a tensor on {t.Device}{(t.Storage is GpuStorage ? " (another backend)" : "")} given to the {Device} backend; move it with ToDevice first", name);
     }

@@ -56,6 +56,15 @@ public sealed class StorageTests(EmulatedBackendFixture fixture) : DeviceTest(fi
     }
 
     [Fact]
+    public void ABf16BackendKeepsMatricesIn16BitsAndVectorsInFp32()
+    {
+        using var bf16 = ComputeBackends.Create(new Device(DeviceKind.Emulated), ElementType.BF16);
+        Assert.Equal(ElementType.BF16, bf16.LoadWeight(new float[6], [2, 3]).Storage.ElementType);
+        Assert.Equal(ElementType.F32, bf16.LoadWeight(new float[3], [3]).Storage.ElementType);
+        Assert.Equal(ElementType.F16, bf16.LoadWeight(new float[6], [2, 3], ElementType.F16).Storage.ElementType);
+    }
+
+    [Fact]
     public void InputsAreCountedAsInputs()
     {
         var table = Gpu.LoadWeight(new float[4 * 3], [4, 3]);
