@@ -202,6 +202,7 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
     Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float> KCrossEntropy => Kernel("crossEntropy", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float>(Kernels.CrossEntropy));
     Action<KernelConfig, ArrayView<float>, ArrayView<int>, int> KArgMax => Kernel("argMax", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int>(Kernels.ArgMax));
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KTopK => Kernel("topK", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.TopK));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KTopKRadix => Kernel("topKRadix", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.TopKRadix));
     Action<KernelConfig, ArrayView<float>, ArrayView<double>, int> KSum => Kernel("sum", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<double>, int>(Kernels.SumPartials));
     Action<KernelConfig, ArrayView<float>, ArrayView<int>, int, int> KNonFinite => Kernel("nonFinite", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int, int>(Kernels.NonFinitePartials));
     Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int, float> KRotary => Kernel("rotary", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int, float>(Kernels.Rotary));
@@ -751,7 +752,8 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         var iv = Out(indices);
         Need(vv, (long)rows * k, nameof(values));
         Need(iv, (long)rows * k, nameof(indices));
-        KTopK(Rows(rows, n), xv, vv, iv, n, k);
+        if (k <= Kernels.MaxRadixK) KTopKRadix(Rows(rows, n), xv, vv, iv, n, k);
+        else KTopK(Rows(rows, n), xv, vv, iv, n, k);
     }
 
     // ---- positions and attention -------------------------------------------------------------

@@ -554,6 +554,109 @@ static class Kernels
         }
     }
 
+    /// <summary>Top-k for k at most this runs as a radix select (<see cref="TopKRadix"/>); larger k by selection passes.</summary>
+    public const int MaxRadixK = 256;
+
+    /// <summary>A key whose unsigned order is the top-k order's reverse: larger value, larger key; −0 = +0; NaN smallest.</summary>
+    static uint SortKey(float v)
+    {
+        if (IsNaN(v)) return 0u;
+        if (v == 0f) v = 0f;
+        uint b = Interop.FloatAsInt(v);
+        return (b & 0x80000000u) != 0 ? ~b : b | 0x80000000u;
+    }
+
+    /// <summary>
+    /// Top-k (k ≤ <see cref="MaxRadixK"/>) in a handful of passes whatever k is: four 8-bit histogram passes find the
+    /// k-th largest key, one pass gathers the keys above it and, in index order, the first ties at it, and the k
+    /// picks are ranked in shared memory.
+    /// </summary>
+    public static void TopKRadix(ArrayView<float> x, ArrayView<float> values, ArrayView<float> indices, int n, int k)
+    {
+        var hist = SharedMemory.Allocate<int>(256);
+        var state = SharedMemory.Allocate<int>(4);
+        var scan = SharedMemory.Allocate<int>(MaxGroup);
+        var pickValue = SharedMemory.Allocate<float>(MaxRadixK);
+        var pickIndex = SharedMemory.Allocate<int>(MaxRadixK);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)r * n;
+        uint prefix = 0, mask = 0;
+        int remaining = k;
+        for (int shift = 24; shift >= 0; shift -= 8)
+        {
+            for (int b = t; b < 256; b += step) hist[b] = 0;
+            Group.Barrier();
+            for (int j = t; j < n; j += step)
+            {
+                uint key = SortKey(x[o + j]);
+                if ((key & mask) == prefix) Atomic.Add(ref hist[(int)((key >> shift) & 0xFFu)], 1);
+            }
+            Group.Barrier();
+            if (t == 0)
+            {
+                int above = 0, bin = 255;
+                for (; bin > 0; bin--)
+                {
+                    if (above + hist[bin] >= remaining) break;
+                    above += hist[bin];
+                }
+                state[0] = (int)(prefix | ((uint)bin << shift));
+                state[1] = remaining - above;
+            }
+            Group.Barrier();
+            prefix = (uint)state[0];
+            remaining = state[1];
+            mask |= 0xFFu << shift;
+            Group.Barrier();
+        }
+        // prefix is now the k-th largest key: k − remaining keys lie above it, and its first `remaining` ties complete the k.
+        if (t == 0) state[2] = 0;
+        Group.Barrier();
+        for (int j = t; j < n; j += step)
+        {
+            float v = x[o + j];
+            if (SortKey(v) > prefix)
+            {
+                int slot = Atomic.Add(ref state[2], 1);
+                pickValue[slot] = v;
+                pickIndex[slot] = j;
+            }
+        }
+        int firstTie = k - remaining, taken = 0;
+        for (int c = 0; c < n && taken < remaining; c += step)
+        {
+            int j = c + t;
+            int flag = j < n && SortKey(x[o + j]) == prefix ? 1 : 0;
+            scan[t] = flag;
+            Group.Barrier();
+            for (int offset = 1; offset < step; offset <<= 1)
+            {
+                int add = t >= offset ? scan[t - offset] : 0;
+                Group.Barrier();
+                scan[t] += add;
+                Group.Barrier();
+            }
+            int before = taken + scan[t] - flag, total = scan[step - 1];
+            if (flag == 1 && before < remaining)
+            {
+                pickValue[firstTie + before] = x[o + j];
+                pickIndex[firstTie + before] = j;
+            }
+            Group.Barrier();
+            taken += total;
+        }
+        Group.Barrier();
+        for (int i = t; i < k; i += step)
+        {
+            float v = pickValue[i];
+            int at = pickIndex[i], rank = 0;
+            for (int other = 0; other < k; other++)
+                if (Before(pickValue[other], pickIndex[other], v, at)) rank++;
+            values[(long)r * k + rank] = v;
+            indices[(long)r * k + rank] = at;
+        }
+    }
+
     // ---- whole-tensor reductions: one partial per group, finished on the host ---------------------
 
     public static void SumPartials(ArrayView<float> x, ArrayView<double> partials, int n)

@@ -94,6 +94,24 @@ public sealed class RowTests(EmulatedBackendFixture fixture) : DeviceTest(fixtur
         Assert.Equal(0, copies.Out(Backends.TransferKind.Data));
     }
 
+    [Fact]
+    public void TopKOrdersSignedZerosInfinitiesAndNaNAsTheCpuBackend()
+    {
+        float[] row = [0f, -0f, float.NegativeInfinity, float.NaN, 2f, -0f, float.PositiveInfinity, 2f, float.NaN, -1f, 0f, float.NegativeInfinity];
+        int n = row.Length;
+        foreach (int k in new[] { 1, 3, 6, 11, n })
+            Same($"TopK k={k}", [row], [new float[k], new float[k]], (b, i, o) => b.TopKRows(i[0], 1, n, k, o[0], o[1]), 0, 0);
+    }
+
+    [Fact]
+    public void TopKBeyondTheRadixLimitUsesSelectionPasses()
+    {
+        var rng = new Random(8);
+        const int n = 300, k = 280;
+        var x = Enumerable.Range(0, 2 * n).Select(_ => (float)rng.Next(-20, 20)).ToArray();
+        Same("TopK k=280", [x], [new float[2 * k], new float[2 * k]], (b, i, o) => b.TopKRows(i[0], 2, n, k, o[0], o[1]), 0, 0);
+    }
+
     [Theory]
     [InlineData(1, 1, 1)]
     [InlineData(7, 33, 5)]
