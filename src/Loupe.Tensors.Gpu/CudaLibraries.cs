@@ -16,6 +16,7 @@ static class CudaLibraries
 
     static readonly object s_gate = new();
     static string? s_driverPath;
+    static nint s_driverHandle;
     static bool s_resolverInstalled;
 
     static IEnumerable<string> PathList(string? variable) =>
@@ -119,6 +120,7 @@ static class CudaLibraries
             else
                 throw new InputError($"device {device}: no CUDA driver ({Driver} not found in {Looked(folders)} nor the loader's cache); install the NVIDIA driver or use --device cpu");
             s_driverPath = path;
+            s_driverHandle = handle;
             if (!s_resolverInstalled)
             {
                 // Only consulted when the normal probe fails: a machine with libcuda.so.1 but no libcuda.so symlink.
@@ -127,6 +129,22 @@ static class CudaLibraries
                 s_resolverInstalled = true;
             }
         }
+    }
+
+    /// <summary>
+    /// Asks the driver itself how many GPUs it sees (<c>cuInit</c>, <c>cuDeviceGetCount</c>), to tell "no GPU" from
+    /// "ILGPU could not use the driver"; the status is a CUresult (0 = success, 100 = no device, 35 = driver too old).
+    /// </summary>
+    public static unsafe (int Status, int Count, string? Path) ProbeDevices()
+    {
+        if (s_driverHandle == 0 || !NativeLibrary.TryGetExport(s_driverHandle, "cuInit", out var init)
+            || !NativeLibrary.TryGetExport(s_driverHandle, "cuDeviceGetCount", out var count))
+            return (-1, 0, s_driverPath);
+        int status = ((delegate* unmanaged<uint, int>)init)(0);
+        if (status != 0) return (status, 0, s_driverPath);
+        int n;
+        status = ((delegate* unmanaged<int*, int>)count)(&n);
+        return (status, status == 0 ? n : 0, s_driverPath);
     }
 
     /// <summary>Loads cuBLAS (after cuBLASLt from the same folder) and returns its handle and path.</summary>

@@ -99,7 +99,13 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
             var devices = new List<CudaDevice>();
             foreach (var found in context.GetCudaDevices()) devices.Add(found);
             if (devices.Count == 0)
-                throw new InputError($"device {device}: the CUDA driver loaded but sees no GPU (CUDA_VISIBLE_DEVICES={Environment.GetEnvironmentVariable("CUDA_VISIBLE_DEVICES") ?? "unset"}); use --device cpu");
+            {
+                var (status, count, path) = CudaLibraries.ProbeDevices();
+                string visible = $"CUDA_VISIBLE_DEVICES={Environment.GetEnvironmentVariable("CUDA_VISIBLE_DEVICES") ?? "unset"}";
+                throw new InputError(count > 0
+                    ? $"device {device}: the CUDA driver at {path} reports {count} GPU(s) but ILGPU {typeof(Context).Assembly.GetName().Version?.ToString(3)} could not use them (an unsupported GPU or driver version?); use --device cpu"
+                    : $"device {device}: the CUDA driver at {path} sees no GPU (cuInit/cuDeviceGetCount status {status}; {visible}); check `nvidia-smi` or use --device cpu");
+            }
             if (device.Index >= devices.Count)
                 throw new InputError($"device {device}: no such GPU; {devices.Count} CUDA device(s) found ({string.Join(", ", devices.Select((d, i) => $"cuda:{i} {d.Name}").ToArray())})");
             accelerator = devices[device.Index].CreateAccelerator(context);
