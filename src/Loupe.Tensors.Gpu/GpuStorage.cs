@@ -34,8 +34,13 @@ sealed class BufferPool(Accelerator accelerator, long budgetBytes) : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         long size = exact ? Math.Max(bytes, 4) : SizeClass(bytes);
         if (TryTake(size) is { } reused) return new DeviceBlock(this, reused, size);
-        if (AllocatedBytes + size > budgetBytes) Reclaim();
-        if (TryTake(size) is { } reclaimed) return new DeviceBlock(this, reclaimed, size);
+        if (AllocatedBytes + size > budgetBytes)
+        {
+            // Near the device's capacity: collect the tensors nobody holds, then free idle buffers of other sizes.
+            Reclaim();
+            if (TryTake(size) is { } reclaimed) return new DeviceBlock(this, reclaimed, size);
+            if (AllocatedBytes + size > budgetBytes) Trim();
+        }
         MemoryBuffer1D<byte, Stride1D.Dense> buffer;
         try
         {

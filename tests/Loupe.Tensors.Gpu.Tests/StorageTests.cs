@@ -65,6 +65,23 @@ public sealed class StorageTests(EmulatedBackendFixture fixture) : DeviceTest(fi
     }
 
     [Fact]
+    public void MemoryOfCollectedTensorsIsReused()
+    {
+        static void Churn(GpuBackend gpu)
+        {
+            for (int i = 0; i < 20; i++) gpu.Fill(gpu.Empty(4096), 1f);
+        }
+        Churn(Gpu);
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        long held = Gpu.PooledBytes;
+        Churn(Gpu);
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        Assert.Equal(held, Gpu.PooledBytes);
+    }
+
+    [Fact]
     public void InputsAreCountedAsInputs()
     {
         var table = Gpu.LoadWeight(new float[4 * 3], [4, 3]);
