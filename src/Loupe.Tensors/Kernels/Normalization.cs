@@ -175,6 +175,17 @@ public sealed class RotaryTable
         }
     }
 
+    /// <summary>
+    /// The cos and sin rows (row-major by position, each <c>rotaryDim/2</c> wide) covering at least
+    /// positions [0, <paramref name="positions"/>): for a backend that keeps the table on its device.
+    /// The arrays are never written after they are returned.
+    /// </summary>
+    public (float[] Cos, float[] Sin, int Count) AnglesCovering(int positions)
+    {
+        var rows = Covering(Math.Clamp(positions, 1, MaxPositions));
+        return (rows.Cos, rows.Sin, rows.Count);
+    }
+
     /// <summary>Positions whose angles are computed so far (grows on demand up to <see cref="MaxPositions"/>).</summary>
     public int ComputedPositions => Volatile.Read(ref _rows).Count;
 

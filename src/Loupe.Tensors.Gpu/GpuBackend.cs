@@ -1,0 +1,945 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using ILGPU;
+using ILGPU.Algorithms;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
+using Loupe.Tensors.Backends;
+using Loupe.Tensors.Kernels;
+
+namespace Loupe.Tensors.Gpu;
+
+/// <summary>What <c>loupe info</c> reports about a backend's device.</summary>
+/// <param name="Device">The device (<c>cuda:0</c>, <c>emulated</c>, <c>cpu</c>).</param>
+/// <param name="Name">The processor's name.</param>
+/// <param name="Backend">The backend's <see cref="IComputeBackend.Name"/>.</param>
+/// <param name="TotalMemoryBytes">Device memory, when known.</param>
+/// <param name="FreeMemoryBytes">Free device memory now, when known.</param>
+/// <param name="ComputeCapability">CUDA compute capability (<c>9.0</c>), when a CUDA device.</param>
+/// <param name="Libraries">Native libraries in use (cuBLAS path), when any.</param>
+public sealed record DeviceInfo(string Device, string Name, string Backend, long? TotalMemoryBytes, long? FreeMemoryBytes, string? ComputeCapability, string? Libraries);
+
+/// <summary>
+/// The GPU backend: tensors in device memory, element-wise, row, attention and training ops as ILGPU
+/// kernels (<see cref="Kernels"/>), products through cuBLAS on CUDA. On <see cref="DeviceKind.Emulated"/>
+/// the same kernels run on ILGPU's CPU accelerator and products run as a kernel too, so every kernel is
+/// testable without a GPU. All work goes to one stream; reads back to the host wait for it.
+/// </summary>
+public sealed class GpuBackend : IComputeBackend, IDisposable
+{
+    readonly Context _context;
+    readonly Accelerator _accelerator;
+    readonly BufferPool _pool;
+    readonly Cublas? _cublas;
+    readonly int _group;
+    readonly DeviceBlock _dummy;
+    readonly ConditionalWeakTable<RotaryTable, RotaryOnDevice> _rotary = new();
+    bool _disposed;
+
+    sealed class RotaryOnDevice
+    {
+        public GpuStorage? Cos, Sin;
+        public int Count;
+    }
+
+    GpuBackend(Device device, ElementType weightType, Context context, Accelerator accelerator, Cublas? cublas)
+    {
+        Device = device;
+        WeightType = weightType;
+        _context = context;
+        _accelerator = accelerator;
+        _cublas = cublas;
+        _group = (int)Math.Min(Kernels.MaxGroup, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)accelerator.MaxNumThreadsPerGroup + 1) / 2);
+        long budget = accelerator is CudaAccelerator ? accelerator.MemorySize / 10 * 9 : 1L << 40;
+        _pool = new BufferPool(accelerator, budget);
+        _dummy = _pool.Rent(16);
+        string blas = cublas is null ? "" : $" + cuBLAS {cublas.Version / 10000}.{cublas.Version / 100 % 100}";
+        Name = device.Kind == DeviceKind.Cuda
+            ? $"{device} {accelerator.Name} (ILGPU {typeof(Context).Assembly.GetName().Version?.ToString(3)}{blas})"
+            : "emulated (ILGPU CPU accelerator)";
+    }
+
+    /// <summary>
+    /// A backend on <paramref name="device"/>: <see cref="DeviceKind.Cuda"/> on that GPU (kernels by ILGPU, GEMMs by
+    /// cuBLAS), <see cref="DeviceKind.Emulated"/> on ILGPU's CPU accelerator. <paramref name="weightType"/> is how
+    /// matrices are kept when a caller loads them as fp32 (bf16/fp16: half the memory, products accumulate in fp32).
+    /// </summary>
+    /// <exception cref="InputError">CUDA is not usable here: no driver, no such device, or no cuBLAS (the message says which and where it looked).</exception>
+    /// <exception cref="ArgumentException">The device is the CPU (use <see cref="CpuBackend"/>).</exception>
+    public static GpuBackend Create(Device device, ElementType weightType = ElementType.F32)
+    {
+        switch (device.Kind)
+        {
+            case DeviceKind.Emulated:
+            {
+                var context = Context.Create(b => b.CPU().EnableAlgorithms());
+                try { return new GpuBackend(device, weightType, context, context.CreateCPUAccelerator(0), null); }
+                catch { context.Dispose(); throw; }
+            }
+            case DeviceKind.Cuda:
+                return CreateCuda(device, weightType);
+            default:
+                throw new ArgumentException($"the GPU backend does not run on {device}; use CpuBackend.Instance", nameof(device));
+        }
+    }
+
+    static GpuBackend CreateCuda(Device device, ElementType weightType)
+    {
+        CudaLibraries.LoadDriver(device);
+        Context context;
+        try { context = Context.Create(b => b.Cuda().EnableAlgorithms()); }
+        catch (Exception e) when (e is not InputError)
+        {
+            throw new InputError($"device {device}: the CUDA driver is present but does not start ({e.GetType().Name}: {OneLine(e.Message)}); check `nvidia-smi` or use --device cpu");
+        }
+        Accelerator? accelerator = null;
+        try
+        {
+            var devices = new List<CudaDevice>();
+            foreach (var found in context.GetCudaDevices()) devices.Add(found);
+            if (devices.Count == 0)
+            {
+                var (status, count, path) = CudaLibraries.ProbeDevices();
+                string visible = $"CUDA_VISIBLE_DEVICES={Environment.GetEnvironmentVariable("CUDA_VISIBLE_DEVICES") ?? "unset"}";
+                throw new InputError(count > 0
+                    ? $"device {device}: the CUDA driver at {path} reports {count} GPU(s) but ILGPU {typeof(Context).Assembly.GetName().Version?.ToString(3)} could not use them (an unsupported GPU or driver version?); use --device cpu"
+                    : $"device {device}: the CUDA driver at {path} sees no GPU (cuInit/cuDeviceGetCount status {status}; {visible}); check `nvidia-smi` or use --device cpu");
+            }
+            if (device.Index >= devices.Count)
+                throw new InputError($"device {device}: no such GPU; {devices.Count} CUDA device(s) found ({string.Join(", ", devices.Select((d, i) => $"cuda:{i} {d.Name}").ToArray())})");
+            accelerator = devices[device.Index].CreateAccelerator(context);
+            var stream = ((CudaStream)accelerator.DefaultStream).StreamPtr;
+            var cublas = new Cublas(device, stream);
+            return new GpuBackend(device, weightType, context, accelerator, cublas);
+        }
+        catch
+        {
+            accelerator?.Dispose();
+            context.Dispose();
+            throw;
+        }
+    }
+
+    static string OneLine(string s) => s.ReplaceLineEndings(" ").Trim();
+
+    public string Name { get; }
+    public Device Device { get; }
+    public TransferCounter Transfers { get; } = new();
+
+    /// <summary>How matrices (rank ≥ 2) given to <see cref="LoadWeight"/> as fp32 are kept on the device.</summary>
+    public ElementType WeightType { get; }
+
+    /// <summary>The device's name, memory and compute capability.</summary>
+    public DeviceInfo Info
+    {
+        get
+        {
+            if (_accelerator is CudaAccelerator cuda)
+                return new DeviceInfo(Device.ToString(), cuda.Name, Name, cuda.MemorySize, TryFree(cuda),
+                    cuda.Architecture is { } arch ? $"{arch.Major}.{arch.Minor}" : null, _cublas?.LibraryPath);
+            return new DeviceInfo(Device.ToString(), "ILGPU CPU accelerator", Name, null, null, null, null);
+        }
+    }
+
+    static long? TryFree(CudaAccelerator cuda)
+    {
+        try { return cuda.GetFreeMemory(); }
+        catch (Exception) { return null; }
+    }
+
+    /// <summary>Threads per group of the row kernels (at most <see cref="Kernels.MaxGroup"/>).</summary>
+    internal int GroupSize => _group;
+
+    /// <summary>Device memory held by this backend's pool (in use or idle).</summary>
+    public long PooledBytes => _pool.AllocatedBytes;
+
+    /// <summary>Waits for all queued work.</summary>
+    public void Synchronize() => _accelerator.Synchronize();
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        try { _accelerator.Synchronize(); } catch (Exception) { /* a failed device still gets its handles closed */ }
+        _cublas?.Dispose();
+        _pool.Dispose();
+        _accelerator.Dispose();
+        _context.Dispose();
+    }
+
+    // ---- kernels, loaded on first use ------------------------------------------------------------
+
+    readonly Dictionary<string, Delegate> _kernels = new();
+
+    T Kernel<T>(string name, Func<Accelerator, T> load) where T : Delegate
+    {
+        lock (_kernels)
+        {
+            if (_kernels.TryGetValue(name, out var k)) return (T)k;
+            var loaded = load(_accelerator);
+            _kernels[name] = loaded;
+            return loaded;
+        }
+    }
+
+    Action<Index1D, ArrayView<float>, float> KFill => Kernel("fill", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, float>(Kernels.Fill));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int, int> KCopyRows => Kernel("copyRows", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, int, int>(Kernels.CopyRows));
+    Action<Index1D, ArrayView<float>, ArrayView<ushort>> KToBf16 => Kernel("toBf16", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>>(Kernels.ToBf16));
+    Action<Index1D, ArrayView<float>, ArrayView<ushort>> KToF16 => Kernel("toF16", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>>(Kernels.ToF16));
+    Action<Index1D, ArrayView<ushort>, ArrayView<float>, int> KHalfToFloat => Kernel("halfToFloat", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<ushort>, ArrayView<float>, int>(Kernels.HalfToFloat));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> KBinary => Kernel("binary", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(Kernels.Binary));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, float> KScale => Kernel("scale", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, float>(Kernels.Scale));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, float> KSoftCap => Kernel("softCap", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, float>(Kernels.SoftCap));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, float> KSoftCapBackward => Kernel("softCapBackward", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, float>(Kernels.SoftCapBackward));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, int> KAddRowVector => Kernel("addRowVector", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(Kernels.AddRowVector));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int> KSumMiddle => Kernel("sumMiddle", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, int>(Kernels.SumMiddleAxis));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, int> KActivation => Kernel("activation", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int>(Kernels.Activation));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> KActivationBackward => Kernel("activationBackward", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(Kernels.ActivationBackward));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamArgs> KAdam => Kernel("adam", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamArgs>(Kernels.Adam));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs> KGemm => Kernel("gemm", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Kernels.Gemm));
+    Action<Index1D, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, GemmArgs> KGemmHalf => Kernel("gemmHalf", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, GemmArgs>(Kernels.GemmHalf));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, NormArgs> KNorm => Kernel("norm", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, NormArgs>(Kernels.Norm));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, NormArgs> KNormBackwardScale => Kernel("normBackwardScale", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, NormArgs>(Kernels.NormBackwardScale));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, NormArgs> KNormBackwardInput => Kernel("normBackwardInput", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, NormArgs>(Kernels.NormBackwardInput));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, int> KSoftmax => Kernel("softmax", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(Kernels.Softmax));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> KSoftmaxBackward => Kernel("softmaxBackward", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(Kernels.SoftmaxBackward));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, int> KLogSoftmax => Kernel("logSoftmax", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(Kernels.LogSoftmax));
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float> KCrossEntropy => Kernel("crossEntropy", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float>(Kernels.CrossEntropy));
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, int> KArgMax => Kernel("argMax", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int>(Kernels.ArgMax));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KTopK => Kernel("topK", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.TopK));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KTopKRadix => Kernel("topKRadix", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.TopKRadix));
+    Action<KernelConfig, ArrayView<float>, ArrayView<double>, int> KSum => Kernel("sum", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<double>, int>(Kernels.SumPartials));
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, int, int> KNonFinite => Kernel("nonFinite", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int, int>(Kernels.NonFinitePartials));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int, float> KRotary => Kernel("rotary", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int, float>(Kernels.Rotary));
+    Action<Index1D, ArrayView<float>, ArrayView<int>, MaskArgs> KMask => Kernel("mask", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, MaskArgs>(Kernels.MaskScores));
+    Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, float> KEmbedding => Kernel("embedding", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, float>(Kernels.Embedding));
+    Action<Index1D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int, float, int> KEmbeddingHalf => Kernel("embeddingHalf", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int, float, int>(Kernels.EmbeddingHalf));
+    Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, float> KEmbeddingBackward => Kernel("embeddingBackward", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, float>(Kernels.EmbeddingBackward));
+
+    /// <summary>One group per row, as wide as the row needs (a power of two up to the device's group size).</summary>
+    KernelConfig Rows(int rows, int n) =>
+        new(Math.Max(rows, 1), (int)Math.Min(_group, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(n, 1))));
+
+    // ---- storage -----------------------------------------------------------------------------
+
+    [ThreadStatic] static Accelerator? t_bound;
+
+    /// <summary>Makes this backend's CUDA context current on the calling thread (ILGPU binds it only on the creating thread).</summary>
+    void Bind()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (!ReferenceEquals(t_bound, _accelerator))
+        {
+            _accelerator.Bind();
+            t_bound = _accelerator;
+        }
+    }
+
+    static int Bytes(ElementType type) => type == ElementType.F32 ? 4 : 2;
+
+    GpuStorage Allocate(long length, ElementType type = ElementType.F32, bool exact = false)
+    {
+        Bind();
+        var block = _pool.Rent(Math.Max(1, length) * Bytes(type), exact);
+        return new GpuStorage(this, block, 0, length, type);
+    }
+
+    GpuStorage Storage(Tensor t, string name)
+    {
+        Bind(); // every op passes its operands through here
+        if (t.Storage is GpuStorage g && ReferenceEquals(g.Backend, this)) return g;
+        throw new ArgumentException($"{name}: a tensor on {t.Device}{(t.Storage is GpuStorage ? " (another backend)" : "")} given to the {Device} backend; move it with ToDevice first", name);
+    }
+
+    /// <summary>An fp32 view for reading (a 16-bit weight is widened once).</summary>
+    ArrayView<float> In(Tensor t, [CallerArgumentExpression(nameof(t))] string name = "") => Storage(t, name).AsF32().F32;
+
+    ArrayView<float> In(Tensor t, long offset, [CallerArgumentExpression(nameof(t))] string name = "")
+    {
+        var v = In(t, name);
+        if (offset < 0 || offset > v.Length) throw new ArgumentOutOfRangeException(name, $"{name}: offset {offset} is outside {v.Length} elements");
+        return v.SubView(offset);
+    }
+
+    /// <summary>An fp32 view for writing.</summary>
+    ArrayView<float> Out(Tensor t, [CallerArgumentExpression(nameof(t))] string name = "")
+    {
+        var s = Storage(t, name);
+        if (s.ElementType != ElementType.F32) throw new ArgumentException($"{name}: a {s.ElementType} tensor cannot be written; outputs are fp32", name);
+        return s.F32;
+    }
+
+    ArrayView<float> Dummy => _dummy.View<float>(0, 4);
+
+    static void Need(ArrayView<float> v, long count, string name)
+    {
+        if (v.Length < count) throw new ArgumentException($"{name} has {v.Length} elements; {count} are needed", name);
+    }
+
+    internal GpuStorage Widen(GpuStorage half)
+    {
+        var wide = Allocate(half.Length);
+        if (half.Length > 0) KHalfToFloat((int)half.Length, half.U16, wide.F32, half.ElementType == ElementType.BF16 ? 1 : 2);
+        return wide;
+    }
+
+    internal GpuStorage CloneStorage(GpuStorage source)
+    {
+        var copy = Allocate(source.Length, source.ElementType);
+        if (source.Length > 0)
+        {
+            if (source.ElementType == ElementType.F32) source.F32.CopyTo(copy.F32);
+            else source.U16.CopyTo(copy.U16);
+        }
+        return copy;
+    }
+
+    internal void Download(GpuStorage source, Span<float> destination, TransferKind kind)
+    {
+        Bind();
+        if (source.Length == 0) return;
+        if (source.ElementType == ElementType.F32)
+        {
+            ((ArrayView1D<float, Stride1D.Dense>)source.F32).CopyToCPU(_accelerator.DefaultStream, destination);
+        }
+        else
+        {
+            var bits = new ushort[source.Length];
+            ((ArrayView1D<ushort, Stride1D.Dense>)source.U16).CopyToCPU(_accelerator.DefaultStream, bits.AsSpan());
+            bool bf16 = source.ElementType == ElementType.BF16;
+            for (int i = 0; i < bits.Length; i++) destination[i] = bf16 ? Kernels.Bf16ToFloat(bits[i]) : Kernels.F16ToFloat(bits[i]);
+        }
+        _accelerator.DefaultStream.Synchronize();
+        Transfers.CountToHost(kind, source.Length * Bytes(source.ElementType));
+    }
+
+    GpuStorage Upload(ReadOnlySpan<float> values, TransferKind kind)
+    {
+        var s = Allocate(values.Length);
+        if (values.Length > 0)
+        {
+            ((ArrayView1D<float, Stride1D.Dense>)s.F32).CopyFromCPU(_accelerator.DefaultStream, values);
+            Transfers.CountToDevice(kind, values.Length * 4L);
+        }
+        return s;
+    }
+
+    /// <summary>Small integer inputs (ids, positions, masks) for one launch: a pooled block, given back after the launch is queued.</summary>
+    DeviceBlock UploadInts(ReadOnlySpan<int> values)
+    {
+        Bind();
+        var block = _pool.Rent(Math.Max(1, values.Length) * 4L);
+        if (values.Length > 0)
+        {
+            ((ArrayView1D<int, Stride1D.Dense>)block.View<int>(0, values.Length)).CopyFromCPU(_accelerator.DefaultStream, values);
+            Transfers.CountToDevice(TransferKind.Inputs, values.Length * 4L);
+        }
+        return block;
+    }
+
+    // ---- memory ------------------------------------------------------------------------------
+
+    public Tensor Empty(params int[] shape) => new(Allocate(ShapeUtil.Product(shape)), shape);
+
+    public Tensor Zeros(params int[] shape)
+    {
+        var t = Empty(shape);
+        if (t.Length > 0) ((GpuStorage)t.Storage).F32.MemSetToZero(_accelerator.DefaultStream);
+        return t;
+    }
+
+    public Tensor ToDevice(Tensor tensor, TransferKind kind = TransferKind.Data)
+    {
+        if (tensor.Storage is GpuStorage g && ReferenceEquals(g.Backend, this)) return tensor;
+        var host = tensor.ToCpu(); // a tensor of another device comes through the host (counted there)
+        return new Tensor(Upload(host.Span, kind), tensor.Shape.ToArray());
+    }
+
+    /// <summary>
+    /// Weights, once at load, counted as <see cref="TransferKind.Weights"/>. A matrix (rank ≥ 2) asked for as fp32 is
+    /// kept as <see cref="WeightType"/>; vectors stay fp32. 16-bit weights are rounded to nearest even on the host.
+    /// </summary>
+    public Tensor LoadWeight(ReadOnlyMemory<float> values, int[] shape, ElementType keepAs = ElementType.F32)
+    {
+        if (ShapeUtil.Product(shape) != values.Length)
+            throw new ArgumentException($"shape {ShapeUtil.Format(shape)} holds {ShapeUtil.Product(shape)} elements but the weight has {values.Length}", nameof(shape));
+        var type = keepAs != ElementType.F32 ? keepAs : shape.Length >= 2 ? WeightType : ElementType.F32;
+        if (type == ElementType.F32)
+        {
+            var s = Allocate(values.Length, exact: true);
+            if (values.Length > 0)
+            {
+                ((ArrayView1D<float, Stride1D.Dense>)s.F32).CopyFromCPU(_accelerator.DefaultStream, values.Span);
+                Transfers.CountToDevice(TransferKind.Weights, values.Length * 4L);
+            }
+            return new Tensor(s, shape);
+        }
+        var half = Allocate(values.Length, type, exact: true);
+        const int chunk = 1 << 20;
+        var bits = new ushort[Math.Min(chunk, Math.Max(1, values.Length))];
+        for (int start = 0; start < values.Length; start += chunk)
+        {
+            int len = Math.Min(chunk, values.Length - start);
+            var src = values.Span.Slice(start, len);
+            for (int i = 0; i < len; i++) bits[i] = type == ElementType.BF16 ? Kernels.FloatToBf16(src[i]) : Kernels.FloatToF16(src[i]);
+            ((ArrayView1D<ushort, Stride1D.Dense>)half.U16.SubView(start, len)).CopyFromCPU(_accelerator.DefaultStream, bits.AsSpan(0, len));
+        }
+        _accelerator.DefaultStream.Synchronize(); // the staging array is reused
+        Transfers.CountToDevice(TransferKind.Weights, values.Length * 2L);
+        return new Tensor(half, shape);
+    }
+
+    public void CopyRows(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int cols, bool accumulate = false)
+    {
+        if (rows <= 0 || cols <= 0) return;
+        var s = In(src, srcOffset);
+        var d = Out(dst).SubView(dstOffset);
+        Need(s, (long)(rows - 1) * srcStride + cols, nameof(src));
+        Need(d, (long)(rows - 1) * dstStride + cols, nameof(dst));
+        KCopyRows(rows * cols, s, d, srcStride, dstStride, cols, accumulate ? 1 : 0);
+    }
+
+    public void Fill(Tensor dst, float value)
+    {
+        var d = Out(dst);
+        if (d.Length > 0) KFill((int)d.Length, d, value);
+    }
+
+    // ---- products ----------------------------------------------------------------------------
+
+    public void Gemm(bool transA, bool transB, int m, int n, int k, float alpha, Tensor a, long aOffset, int lda,
+        Tensor b, long bOffset, int ldb, float beta, Tensor c, long cOffset, int ldc) =>
+        GemmBatched(transA, transB, m, n, k, alpha, a, aOffset, lda, 0, b, bOffset, ldb, 0, beta, c, cOffset, ldc, 0, 1);
+
+    public void GemmBatched(bool transA, bool transB, int m, int n, int k, float alpha, Tensor a, long aOffset, int lda, long strideA,
+        Tensor b, long bOffset, int ldb, long strideB, float beta, Tensor c, long cOffset, int ldc, long strideC, int batch)
+    {
+        if (m <= 0 || n <= 0 || batch <= 0) return;
+        var cView = Out(c).SubView(cOffset);
+        Need(cView, (batch - 1) * strideC + (long)(m - 1) * ldc + n, nameof(c));
+        if (k <= 0)
+        {
+            // An empty sum: C = beta·C (0 when beta is 0, whatever C held).
+            for (int i = 0; i < batch; i++)
+                CopyScaled(cView.SubView(i * strideC), m, n, ldc, beta);
+            return;
+        }
+        var bStorage = Storage(b, nameof(b));
+        bool half = bStorage.ElementType != ElementType.F32;
+        var aView = In(a, aOffset);
+        long aExtent = (batch - 1) * strideA + (transA ? (long)(k - 1) * lda + m : (long)(m - 1) * lda + k);
+        long bExtent = (batch - 1) * strideB + (transB ? (long)(n - 1) * ldb + k : (long)(k - 1) * ldb + n);
+        Need(aView, aExtent, nameof(a));
+        if (bOffset < 0 || bOffset + bExtent > bStorage.Length) throw new ArgumentException($"b has {bStorage.Length} elements; {bOffset + bExtent} are needed", nameof(b));
+        int halfKind = bStorage.ElementType == ElementType.BF16 ? 1 : 2;
+        if (_cublas is null)
+        {
+            var args = new GemmArgs
+            {
+                TransA = transA ? 1 : 0, TransB = transB ? 1 : 0, M = m, N = n, K = k, Lda = lda, Ldb = ldb, Ldc = ldc,
+                StrideA = strideA, StrideB = strideB, StrideC = strideC, Alpha = alpha, Beta = beta, Half = half ? halfKind : 0,
+            };
+            int threads = checked(batch * m * n);
+            if (half) KGemmHalf(threads, aView, bStorage.U16.SubView(bOffset), cView, args);
+            else KGemm(threads, aView, bStorage.F32.SubView(bOffset), cView, args);
+            return;
+        }
+        nint cPtr = cView.LoadEffectiveAddressAsPtr();
+        if (!half)
+        {
+            _cublas.Gemm(transA, transB, m, n, k, alpha, aView.LoadEffectiveAddressAsPtr(), Cublas.R32F, lda, strideA,
+                bStorage.F32.SubView(bOffset).LoadEffectiveAddressAsPtr(), Cublas.R32F, ldb, strideB, beta, cPtr, ldc, strideC, batch);
+            return;
+        }
+        // cuBLAS's mixed GEMM wants both operands 16-bit: round the activation operand on the device, accumulate in fp32.
+        using var aHalf = _pool.Rent(Math.Max(1, aExtent) * 2);
+        var aBits = aHalf.View<ushort>(0, aExtent);
+        if (halfKind == 1) KToBf16((int)aExtent, aView.SubView(0, aExtent), aBits);
+        else KToF16((int)aExtent, aView.SubView(0, aExtent), aBits);
+        int type = halfKind == 1 ? Cublas.R16BF : Cublas.R16F;
+        _cublas.Gemm(transA, transB, m, n, k, alpha, aBits.LoadEffectiveAddressAsPtr(), type, lda, strideA,
+            bStorage.U16.SubView(bOffset).LoadEffectiveAddressAsPtr(), type, ldb, strideB, beta, cPtr, ldc, strideC, batch);
+    }
+
+    void CopyScaled(ArrayView<float> c, int m, int n, int ldc, float beta)
+    {
+        if (beta == 0f) { KCopyRowsFill(c, m, n, ldc); return; }
+        var tmp = Allocate((long)m * n);
+        KCopyRows(m * n, c, tmp.F32, ldc, n, n, 0);
+        KScale(m * n, tmp.F32, tmp.F32, beta);
+        KCopyRows(m * n, tmp.F32, c, n, ldc, n, 0);
+    }
+
+    void KCopyRowsFill(ArrayView<float> c, int m, int n, int ldc)
+    {
+        var zeros = Allocate((long)m * n);
+        zeros.F32.MemSetToZero(_accelerator.DefaultStream);
+        KCopyRows(m * n, zeros.F32, c, n, ldc, n, 0);
+    }
+
+    public void Linear(Tensor x, int rows, int k, Tensor weight, bool weightIsOutIn, int n, Tensor? bias, Tensor y)
+    {
+        Gemm(false, weightIsOutIn, rows, n, k, 1f, x, 0, k, weight, 0, weightIsOutIn ? k : n, 0f, y, 0, n);
+        if (bias is not null) AddRowVector(y, rows, bias);
+    }
+
+    // ---- element-wise ------------------------------------------------------------------------
+
+    void Binary(Tensor a, Tensor b, Tensor? g, Tensor y, int op)
+    {
+        var yv = Out(y);
+        var av = In(a);
+        var bv = In(b);
+        var gv = g is null ? Dummy : In(g);
+        int n = (int)yv.Length;
+        Need(av, n, nameof(a));
+        Need(bv, n, nameof(b));
+        if (g is not null) Need(gv, n, nameof(g));
+        if (n > 0) KBinary(n, av, bv, gv, yv, op);
+    }
+
+    public void Add(Tensor a, Tensor b, Tensor y) => Binary(a, b, null, y, 0);
+    public void Multiply(Tensor a, Tensor b, Tensor y) => Binary(a, b, null, y, 1);
+    public void DifferenceProduct(Tensor a, Tensor b, Tensor g, Tensor y) => Binary(a, b, g, y, 2);
+
+    public void Scale(Tensor a, float s, Tensor y)
+    {
+        var yv = Out(y);
+        var av = In(a);
+        Need(av, yv.Length, nameof(a));
+        if (yv.Length > 0) KScale((int)yv.Length, av, yv, s);
+    }
+
+    public void AddRowVector(Tensor y, int rows, Tensor v)
+    {
+        var vv = In(v);
+        int n = (int)vv.Length;
+        var yv = Out(y);
+        Need(yv, (long)rows * n, nameof(y));
+        if (rows * n > 0) KAddRowVector(rows * n, yv, vv, n);
+    }
+
+    public void SumMiddleAxis(Tensor x, int outer, int middle, int inner, Tensor y, bool accumulate = false)
+    {
+        var xv = In(x);
+        var yv = Out(y);
+        Need(xv, (long)outer * middle * inner, nameof(x));
+        Need(yv, (long)outer * inner, nameof(y));
+        if (outer * inner > 0) KSumMiddle(outer * inner, xv, yv, middle, inner, accumulate ? 1 : 0);
+    }
+
+    static int ActivationKind(string name) => name switch
+    {
+        "relu" => 0,
+        "silu" or "swish" => 1,
+        "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" or "gelu_tanh" => 2,
+        "gelu" or "gelu_exact" => 3,
+        _ => throw new NotSupportedException($"activation function '{name}' is not supported (relu, silu, gelu, gelu_new, gelu_pytorch_tanh)"),
+    };
+
+    public void Activation(string name, Tensor x, Tensor y)
+    {
+        int kind = ActivationKind(name);
+        var xv = In(x);
+        var yv = Out(y);
+        if (xv.Length != yv.Length) throw new ArgumentException($"activation needs equal lengths; x {xv.Length}, y {yv.Length}");
+        if (yv.Length > 0) KActivation((int)yv.Length, xv, yv, kind);
+    }
+
+    public void ActivationBackward(string name, Tensor x, Tensor dy, Tensor dx)
+    {
+        int kind = ActivationKind(name);
+        var xv = In(x);
+        var dyv = In(dy);
+        var dxv = Out(dx);
+        if (xv.Length != dyv.Length || dxv.Length != dyv.Length)
+            throw new ArgumentException($"activation backward needs equal lengths; x {xv.Length}, dy {dyv.Length}, dx {dxv.Length}");
+        if (dxv.Length > 0) KActivationBackward((int)dxv.Length, xv, dyv, dxv, kind);
+    }
+
+    public void SoftCap(Tensor a, float cap, Tensor y)
+    {
+        var yv = Out(y);
+        var av = In(a);
+        Need(av, yv.Length, nameof(a));
+        if (yv.Length > 0) KSoftCap((int)yv.Length, av, yv, cap);
+    }
+
+    public void SoftCapBackward(Tensor capped, Tensor dy, float cap, Tensor dx)
+    {
+        var o = Out(dx);
+        var c = In(capped);
+        var d = In(dy);
+        Need(c, o.Length, nameof(capped));
+        Need(d, o.Length, nameof(dy));
+        if (o.Length > 0) KSoftCapBackward((int)o.Length, c, d, o, cap);
+    }
+
+    // ---- normalization -----------------------------------------------------------------------
+
+    NormArgs NormArgsFor(bool center, int d, Tensor? weight, float weightOffset, Tensor? bias, float eps, bool givenScale) => new()
+    {
+        Center = center ? 1 : 0, D = d, HasWeight = weight is null ? 0 : 1, HasBias = bias is null ? 0 : 1,
+        GivenScale = givenScale ? 1 : 0, WeightOffset = weightOffset, Eps = eps,
+    };
+
+    ArrayView<float> Optional(Tensor? t, int d, string name)
+    {
+        if (t is null) return Dummy;
+        var v = In(t, name);
+        Need(v, d, name);
+        return v;
+    }
+
+    public void Norm(bool center, Tensor x, int rows, int d, Tensor? weight, float weightOffset, Tensor? bias, float eps, Tensor y, Tensor scale)
+    {
+        if (rows <= 0) return;
+        var xv = In(x);
+        Need(xv, (long)rows * d, nameof(x));
+        var yv = Out(y);
+        Need(yv, (long)rows * d, nameof(y));
+        var sv = Out(scale);
+        Need(sv, rows, nameof(scale));
+        KNorm(Rows(rows, d), xv, Optional(weight, d, nameof(weight)), Optional(bias, d, nameof(bias)), yv, sv,
+            NormArgsFor(center, d, weight, weightOffset, bias, eps, false));
+    }
+
+    public void NormWithScale(bool center, Tensor x, int rows, int d, Tensor? weight, float weightOffset, Tensor? bias, Tensor scale, Tensor y)
+    {
+        if (rows <= 0) return;
+        var xv = In(x);
+        Need(xv, (long)rows * d, nameof(x));
+        var yv = Out(y);
+        Need(yv, (long)rows * d, nameof(y));
+        var sv = In(scale);
+        Need(sv, rows, nameof(scale));
+        KNorm(Rows(rows, d), xv, Optional(weight, d, nameof(weight)), Optional(bias, d, nameof(bias)), yv, sv,
+            NormArgsFor(center, d, weight, weightOffset, bias, 0f, true));
+    }
+
+    public void NormBackwardScale(bool center, Tensor x, Tensor scale, Tensor dy, int rows, int d, Tensor? weight, float weightOffset, Tensor dScale)
+    {
+        if (rows <= 0) return;
+        var xv = In(x);
+        var dyv = In(dy);
+        Need(xv, (long)rows * d, nameof(x));
+        Need(dyv, (long)rows * d, nameof(dy));
+        var sv = In(scale);
+        Need(sv, rows, nameof(scale));
+        var o = Out(dScale);
+        Need(o, rows, nameof(dScale));
+        KNormBackwardScale(Rows(rows, d), xv, sv, dyv, Optional(weight, d, nameof(weight)), o, NormArgsFor(center, d, weight, weightOffset, null, 0f, true));
+    }
+
+    public void NormBackwardInput(bool center, Tensor x, Tensor scale, Tensor dy, Tensor dScale, int rows, int d, Tensor? weight, float weightOffset, Tensor dx)
+    {
+        if (rows <= 0) return;
+        var xv = In(x);
+        var dyv = In(dy);
+        Need(xv, (long)rows * d, nameof(x));
+        Need(dyv, (long)rows * d, nameof(dy));
+        var sv = In(scale);
+        var dsv = In(dScale);
+        Need(sv, rows, nameof(scale));
+        Need(dsv, rows, nameof(dScale));
+        var o = Out(dx);
+        Need(o, (long)rows * d, nameof(dx));
+        KNormBackwardInput(Rows(rows, d), xv, sv, dyv, dsv, Optional(weight, d, nameof(weight)), o, NormArgsFor(center, d, weight, weightOffset, null, 0f, true));
+    }
+
+    // ---- softmax and reductions --------------------------------------------------------------
+
+    (ArrayView<float> X, ArrayView<float> Y) RowPair(Tensor x, Tensor y, int rows, int n, string xName, string yName)
+    {
+        var xv = In(x, xName);
+        var yv = Out(y, yName);
+        Need(xv, (long)rows * n, xName);
+        Need(yv, (long)rows * n, yName);
+        return (xv, yv);
+    }
+
+    public void SoftmaxRows(Tensor x, int rows, int n, Tensor y)
+    {
+        if (rows <= 0 || n <= 0) return;
+        var (xv, yv) = RowPair(x, y, rows, n, nameof(x), nameof(y));
+        KSoftmax(Rows(rows, n), xv, yv, n);
+    }
+
+    public void SoftmaxBackwardRows(Tensor p, Tensor dp, int rows, int n, Tensor dx)
+    {
+        if (rows <= 0 || n <= 0) return;
+        var (pv, o) = RowPair(p, dx, rows, n, nameof(p), nameof(dx));
+        var dpv = In(dp);
+        Need(dpv, (long)rows * n, nameof(dp));
+        KSoftmaxBackward(Rows(rows, n), pv, dpv, o, n);
+    }
+
+    public void LogSoftmaxRows(Tensor x, int rows, int n, Tensor y)
+    {
+        if (rows <= 0 || n <= 0) return;
+        var (xv, yv) = RowPair(x, y, rows, n, nameof(x), nameof(y));
+        KLogSoftmax(Rows(rows, n), xv, yv, n);
+    }
+
+    public void CrossEntropyRows(Tensor logits, int rows, int n, ReadOnlySpan<int> targets, Tensor loss, Tensor? dLogits, float weight)
+    {
+        if (targets.Length < rows) throw new ArgumentException($"{targets.Length} targets for {rows} rows", nameof(targets));
+        for (int r = 0; r < rows; r++)
+            if (targets[r] >= n) throw new ArgumentOutOfRangeException(nameof(targets), $"target {targets[r]} of row {r} is outside {n} classes");
+        if (rows <= 0) return;
+        var xv = In(logits);
+        Need(xv, (long)rows * n, nameof(logits));
+        var lv = Out(loss);
+        Need(lv, rows, nameof(loss));
+        var dv = dLogits is null ? Dummy : Out(dLogits);
+        if (dLogits is not null) Need(dv, (long)rows * n, nameof(dLogits));
+        using var t = UploadInts(targets[..rows]);
+        KCrossEntropy(Rows(rows, n), xv, t.View<int>(0, rows), lv, dv, n, dLogits is null ? 0 : 1, weight);
+    }
+
+    int Partials(long n) => (int)Math.Clamp((n + _group - 1) / _group, 1, 1024);
+
+    public double Sum(Tensor x)
+    {
+        var xv = In(x);
+        if (xv.Length == 0) return 0;
+        int groups = Partials(xv.Length);
+        using var partials = _pool.Rent(groups * 8L);
+        var pv = partials.View<double>(0, groups);
+        KSum(new KernelConfig(groups, _group), xv, pv, (int)xv.Length);
+        var host = new double[groups];
+        ((ArrayView1D<double, Stride1D.Dense>)pv).CopyToCPU(_accelerator.DefaultStream, host.AsSpan());
+        _accelerator.DefaultStream.Synchronize();
+        Transfers.CountToHost(TransferKind.Scalars, groups * 8L);
+        double sum = 0;
+        foreach (var p in host) sum += p;
+        return sum;
+    }
+
+    public int[] ArgMaxRows(Tensor x, int rows, int n)
+    {
+        var result = new int[Math.Max(rows, 0)];
+        if (rows <= 0 || n <= 0) return result;
+        var xv = In(x);
+        Need(xv, (long)rows * n, nameof(x));
+        using var block = _pool.Rent(rows * 4L);
+        var rv = block.View<int>(0, rows);
+        KArgMax(Rows(rows, n), xv, rv, n);
+        ((ArrayView1D<int, Stride1D.Dense>)rv).CopyToCPU(_accelerator.DefaultStream, result.AsSpan());
+        _accelerator.DefaultStream.Synchronize();
+        Transfers.CountToHost(TransferKind.Scalars, rows * 4L);
+        return result;
+    }
+
+    public long IndexOfNonFinite(Tensor x, bool allowNegativeInfinity = false)
+    {
+        var xv = In(x);
+        if (xv.Length == 0) return -1;
+        int groups = Partials(xv.Length);
+        using var partials = _pool.Rent(groups * 4L);
+        var pv = partials.View<int>(0, groups);
+        KNonFinite(new KernelConfig(groups, _group), xv, pv, (int)xv.Length, allowNegativeInfinity ? 1 : 0);
+        var host = new int[groups];
+        ((ArrayView1D<int, Stride1D.Dense>)pv).CopyToCPU(_accelerator.DefaultStream, host.AsSpan());
+        _accelerator.DefaultStream.Synchronize();
+        Transfers.CountToHost(TransferKind.Scalars, groups * 4L);
+        int first = host.Min();
+        return first == int.MaxValue ? -1 : first;
+    }
+
+    public void TopKRows(Tensor x, int rows, int n, int k, Tensor values, Tensor indices)
+    {
+        if (k < 1 || k > n) throw new ArgumentOutOfRangeException(nameof(k), $"top-k needs 1 ≤ k ≤ {n}, got {k}");
+        if (rows <= 0) return;
+        var xv = In(x);
+        Need(xv, (long)rows * n, nameof(x));
+        var vv = Out(values);
+        var iv = Out(indices);
+        Need(vv, (long)rows * k, nameof(values));
+        Need(iv, (long)rows * k, nameof(indices));
+        if (k <= Kernels.MaxRadixK) KTopKRadix(Rows(rows, n), xv, vv, iv, n, k);
+        else KTopK(Rows(rows, n), xv, vv, iv, n, k);
+    }
+
+    // ---- positions and attention -------------------------------------------------------------
+
+    /// <summary>The table's cos/sin rows on the device, uploaded once and again only when the table has grown.</summary>
+    (ArrayView<float> Cos, ArrayView<float> Sin) RotaryRows(RotaryTable table, int needed)
+    {
+        var entry = _rotary.GetOrCreateValue(table);
+        lock (entry)
+        {
+            if (entry.Cos is null || entry.Count < needed)
+            {
+                var (cos, sin, count) = table.AnglesCovering(needed);
+                entry.Cos = Upload(cos, TransferKind.Weights);
+                entry.Sin = Upload(sin, TransferKind.Weights);
+                entry.Count = count;
+            }
+            return (entry.Cos.F32, entry.Sin!.F32);
+        }
+    }
+
+    public void Rotary(RotaryTable table, Tensor x, int rows, int heads, int headDim, ReadOnlySpan<int> positions, bool inverse = false)
+    {
+        if (headDim < table.RotaryDim) throw new ArgumentException($"head dimension {headDim} is smaller than the rotary dimension {table.RotaryDim}");
+        if (positions.Length < rows) throw new ArgumentException($"{positions.Length} positions for {rows} rows", nameof(positions));
+        var xv = Out(x);
+        Need(xv, (long)rows * heads * headDim, nameof(x));
+        int highest = -1;
+        for (int r = 0; r < rows; r++)
+        {
+            int p = positions[r];
+            if ((uint)p >= (uint)table.MaxPositions) throw new ArgumentOutOfRangeException(nameof(positions), $"position {p} is outside the rotary table (0..{table.MaxPositions - 1})");
+            highest = Math.Max(highest, p);
+        }
+        int half = table.RotaryDim / 2;
+        if (rows <= 0 || heads <= 0 || half == 0) return;
+        var (cos, sin) = RotaryRows(table, highest + 1);
+        using var pos = UploadInts(positions[..rows]);
+        KRotary(rows * heads * half, xv, cos, sin, pos.View<int>(0, rows), heads, headDim, half, inverse ? -1f : 1f);
+    }
+
+    static void CheckHeads(AttentionShape s)
+    {
+        if (s.KvHeads <= 0 || s.Heads % s.KvHeads != 0)
+            throw new ArgumentException($"{s.Heads} query heads cannot be grouped over {s.KvHeads} key/value heads");
+    }
+
+    public void AttentionScores(Tensor q, Tensor k, AttentionShape s, float scale, AttentionMask mask, Tensor scores)
+    {
+        CheckHeads(s);
+        int T = s.QueryLen, K = s.KeyLen, D = s.DHead, H = s.Heads, KvH = s.KvHeads, group = s.Group;
+        long kvStride = (long)s.KeyRows * KvH * D;
+        if (mask.KeyValid is { } kvm && kvm.Length < s.Batch * K)
+            throw new ArgumentException($"key mask has {kvm.Length} entries; expected {s.Batch * K}");
+        var sv = Out(scores);
+        Need(sv, (long)s.Batch * H * T * K, nameof(scores));
+        if (s.Batch == 0 || T == 0 || K == 0 || H == 0) return;
+        // Per batch row and group index the heads sharing nothing have uniform strides: one batched product each.
+        for (int b = 0; b < s.Batch; b++)
+            for (int g = 0; g < group; g++)
+                GemmBatched(false, true, T, K, D, scale,
+                    q, ((long)b * T * H + g) * D, H * D, (long)group * D,
+                    k, b * kvStride, KvH * D, D,
+                    0f, scores, ((long)b * H + g) * T * K, K, (long)group * T * K, KvH);
+        var args = new MaskArgs
+        {
+            Heads = H, QueryLen = T, KeyLen = K, QueryOffset = mask.QueryOffset, SlidingWindow = mask.SlidingWindow,
+            SoftCap = mask.SoftCap, HasKeyValid = mask.KeyValid is null ? 0 : 1,
+        };
+        int[] valid = mask.KeyValid is { } kv ? kv.AsSpan(0, s.Batch * K).ToArray().Select(v => v ? 1 : 0).ToArray() : [];
+        using var validBlock = UploadInts(valid);
+        KMask(s.Batch * H * T * K, sv, validBlock.View<int>(0, Math.Max(1, valid.Length)), args);
+    }
+
+    public void AttentionApply(Tensor pattern, Tensor v, AttentionShape s, Tensor z)
+    {
+        CheckHeads(s);
+        int T = s.QueryLen, K = s.KeyLen, D = s.DHead, H = s.Heads, KvH = s.KvHeads, group = s.Group;
+        long kvStride = (long)s.KeyRows * KvH * D;
+        if (s.Batch == 0 || T == 0 || H == 0) return;
+        for (int b = 0; b < s.Batch; b++)
+            for (int g = 0; g < group; g++)
+                GemmBatched(false, false, T, D, K, 1f,
+                    pattern, ((long)b * H + g) * T * K, K, (long)group * T * K,
+                    v, b * kvStride, KvH * D, D,
+                    0f, z, ((long)b * T * H + g) * D, H * D, (long)group * D, KvH);
+    }
+
+    public void AttentionApplyBackward(Tensor dz, Tensor pattern, Tensor v, AttentionShape s, Tensor dPattern, Tensor dv)
+    {
+        CheckHeads(s);
+        int T = s.QueryLen, K = s.KeyLen, D = s.DHead, H = s.Heads, KvH = s.KvHeads, group = s.Group;
+        long kvStride = (long)K * KvH * D;
+        Fill(dv, 0f);
+        if (s.Batch == 0 || T == 0 || K == 0 || H == 0) return;
+        for (int b = 0; b < s.Batch; b++)
+            for (int g = 0; g < group; g++)
+            {
+                GemmBatched(false, true, T, K, D, 1f,
+                    dz, ((long)b * T * H + g) * D, H * D, (long)group * D,
+                    v, b * kvStride, KvH * D, D,
+                    0f, dPattern, ((long)b * H + g) * T * K, K, (long)group * T * K, KvH);
+                GemmBatched(true, false, K, D, T, 1f,
+                    pattern, ((long)b * H + g) * T * K, K, (long)group * T * K,
+                    dz, ((long)b * T * H + g) * D, H * D, (long)group * D,
+                    1f, dv, b * kvStride, KvH * D, D, KvH);
+            }
+    }
+
+    public void AttentionScoresBackward(Tensor dRaw, Tensor q, Tensor k, AttentionShape s, float scale, Tensor dq, Tensor dk)
+    {
+        CheckHeads(s);
+        int T = s.QueryLen, K = s.KeyLen, D = s.DHead, H = s.Heads, KvH = s.KvHeads, group = s.Group;
+        long kvStride = (long)K * KvH * D;
+        Fill(dk, 0f);
+        if (s.Batch == 0 || T == 0 || H == 0) return;
+        for (int b = 0; b < s.Batch; b++)
+            for (int g = 0; g < group; g++)
+            {
+                GemmBatched(false, false, T, D, K, scale,
+                    dRaw, ((long)b * H + g) * T * K, K, (long)group * T * K,
+                    k, b * kvStride, KvH * D, D,
+                    0f, dq, ((long)b * T * H + g) * D, H * D, (long)group * D, KvH);
+                if (K == 0) continue;
+                GemmBatched(true, false, K, D, T, scale,
+                    dRaw, ((long)b * H + g) * T * K, K, (long)group * T * K,
+                    q, ((long)b * T * H + g) * D, H * D, (long)group * D,
+                    1f, dk, b * kvStride, KvH * D, D, KvH);
+            }
+    }
+
+    // ---- embeddings --------------------------------------------------------------------------
+
+    static void CheckIds(ReadOnlySpan<int> ids, long vocab)
+    {
+        for (int i = 0; i < ids.Length; i++)
+            if ((uint)ids[i] >= (ulong)vocab) throw new ArgumentOutOfRangeException(nameof(ids), $"id {ids[i]} at {i} is outside the table of {vocab} rows");
+    }
+
+    public void Embedding(Tensor table, int d, ReadOnlySpan<int> ids, float scale, Tensor y)
+    {
+        var t = Storage(table, nameof(table));
+        CheckIds(ids, t.Length / d);
+        var yv = Out(y);
+        Need(yv, (long)ids.Length * d, nameof(y));
+        if (ids.Length == 0 || d == 0) return;
+        using var idBlock = UploadInts(ids);
+        var idView = idBlock.View<int>(0, ids.Length);
+        if (t.ElementType == ElementType.F32) KEmbedding(ids.Length * d, t.F32, idView, yv, d, scale);
+        else KEmbeddingHalf(ids.Length * d, t.U16, idView, yv, d, scale, t.ElementType == ElementType.BF16 ? 1 : 2);
+    }
+
+    public void EmbeddingBackward(Tensor dy, int d, ReadOnlySpan<int> ids, float scale, Tensor dTable)
+    {
+        var o = Out(dTable);
+        CheckIds(ids, o.Length / d);
+        var dyv = In(dy);
+        Need(dyv, (long)ids.Length * d, nameof(dy));
+        if (ids.Length == 0 || d == 0) return;
+        using var idBlock = UploadInts(ids);
+        KEmbeddingBackward(ids.Length * d, dyv, idBlock.View<int>(0, ids.Length), o, d, scale);
+    }
+
+    // ---- training ----------------------------------------------------------------------------
+
+    public void AdamStep(Tensor param, Tensor grad, Tensor m, Tensor v, float lr, float beta1, float beta2, float eps, int step)
+    {
+        var p = Out(param);
+        var g = In(grad);
+        var mv = Out(m);
+        var vv = Out(v);
+        Need(g, p.Length, nameof(grad));
+        Need(mv, p.Length, nameof(m));
+        Need(vv, p.Length, nameof(v));
+        if (p.Length == 0) return;
+        var args = new AdamArgs
+        {
+            Lr = lr, Beta1 = beta1, Beta2 = beta2, Eps = eps,
+            Correction1 = 1 - MathF.Pow(beta1, step), Correction2 = 1 - MathF.Pow(beta2, step),
+        };
+        KAdam((int)p.Length, p, g, mv, vv, args);
+    }
+}

@@ -1,0 +1,734 @@
+using ILGPU;
+using ILGPU.Algorithms;
+
+namespace Loupe.Tensors.Gpu;
+
+/// <summary>Scalars of a GEMM launch (row-major, offsets already applied to the views).</summary>
+struct GemmArgs
+{
+    public int TransA, TransB, M, N, K, Lda, Ldb, Ldc;
+    public long StrideA, StrideB, StrideC;
+    public float Alpha, Beta;
+    /// <summary>0: B is fp32; 1: B is bf16 and A is rounded to bf16; 2: the same with fp16.</summary>
+    public int Half;
+}
+
+/// <summary>Scalars of a norm launch.</summary>
+struct NormArgs
+{
+    public int Center, D, HasWeight, HasBias, GivenScale;
+    public float WeightOffset, Eps;
+}
+
+/// <summary>Scalars of an attention-mask launch over scores <c>[batch, heads, queryLen, keyLen]</c>.</summary>
+struct MaskArgs
+{
+    public int Heads, QueryLen, KeyLen, QueryOffset, SlidingWindow, HasKeyValid;
+    public float SoftCap;
+}
+
+struct AdamArgs
+{
+    public float Lr, Beta1, Beta2, Eps, Correction1, Correction2;
+}
+
+/// <summary>
+/// The device kernels (ILGPU C#): the same methods run on CUDA and on ILGPU's CPU accelerator.
+/// Row kernels use one group per row and a shared-memory tree reduction; group sizes are powers of two
+/// up to <see cref="MaxGroup"/>.
+/// </summary>
+static class Kernels
+{
+    public const int MaxGroup = 256;
+
+    // ---- numbers -----------------------------------------------------------------------------
+
+    public static bool IsFinite(float v) => (Interop.FloatAsInt(v) & 0x7F800000u) != 0x7F800000u;
+    public static bool IsNaN(float v) => (Interop.FloatAsInt(v) & 0x7FFFFFFFu) > 0x7F800000u;
+
+    public static float Bf16ToFloat(ushort bits) => Interop.IntAsFloat((uint)bits << 16);
+
+    /// <summary>fp32 → bf16 bits, round to nearest even; NaN stays a (quiet) NaN.</summary>
+    public static ushort FloatToBf16(float f)
+    {
+        uint x = Interop.FloatAsInt(f);
+        if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (ushort)((x >> 16) | 0x40u);
+        return (ushort)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+    }
+
+    public static float F16ToFloat(ushort h)
+    {
+        uint sign = ((uint)h & 0x8000u) << 16;
+        int exp = (h >> 10) & 0x1F;
+        uint mant = (uint)h & 0x3FFu;
+        if (exp == 0)
+        {
+            float v = mant * (1f / 16777216f);
+            return sign != 0 ? -v : v;
+        }
+        if (exp == 31) return Interop.IntAsFloat(sign | 0x7F800000u | (mant << 13));
+        return Interop.IntAsFloat(sign | ((uint)(exp - 15 + 127) << 23) | (mant << 13));
+    }
+
+    /// <summary>fp32 → fp16 bits, round to nearest even, overflow to ±∞, subnormals kept.</summary>
+    public static ushort FloatToF16(float f)
+    {
+        uint x = Interop.FloatAsInt(f);
+        uint sign = (x >> 16) & 0x8000u;
+        int exp = (int)((x >> 23) & 0xFFu);
+        uint mant = x & 0x7FFFFFu;
+        if (exp == 255) return (ushort)(sign | 0x7C00u | (mant != 0 ? 0x200u : 0u));
+        int e = exp - 127 + 15;
+        if (e >= 31) return (ushort)(sign | 0x7C00u);
+        if (e <= 0)
+        {
+            if (e < -10) return (ushort)sign;
+            mant |= 0x800000u;
+            int shift = 14 - e;
+            uint half = mant >> shift;
+            uint rem = mant & ((1u << shift) - 1u);
+            uint mid = 1u << (shift - 1);
+            if (rem > mid || (rem == mid && (half & 1u) != 0)) half++;
+            return (ushort)(sign | half);
+        }
+        uint h = ((uint)e << 10) | (mant >> 13);
+        uint r = mant & 0x1FFFu;
+        if (r > 0x1000u || (r == 0x1000u && (h & 1u) != 0)) h++;
+        return (ushort)(sign | h);
+    }
+
+    static float FromHalf(ushort bits, int kind) => kind == 1 ? Bf16ToFloat(bits) : F16ToFloat(bits);
+    static float RoundToHalf(float v, int kind) => kind == 1 ? Bf16ToFloat(FloatToBf16(v)) : F16ToFloat(FloatToF16(v));
+
+    /// <summary>erfc(z), z ≥ 0, from the Chebyshev fit the CPU's exact GELU uses (Numerical Recipes' erfcc).</summary>
+    static double Erfc(double z)
+    {
+        double t = 1.0 / (1.0 + 0.5 * z);
+        double acc = 0.17087277;
+        acc = acc * t - 0.82215223;
+        acc = acc * t + 1.48851587;
+        acc = acc * t - 1.13520398;
+        acc = acc * t + 0.27886807;
+        acc = acc * t - 0.18628806;
+        acc = acc * t + 0.09678418;
+        acc = acc * t + 0.37409196;
+        acc = acc * t + 1.00002368;
+        acc = acc * t - 1.26551223;
+        return t * XMath.Exp(acc - z * z);
+    }
+
+    // ---- memory ------------------------------------------------------------------------------
+
+    public static void Fill(Index1D i, ArrayView<float> y, float value) => y[i] = value;
+
+    public static void CopyRows(Index1D i, ArrayView<float> src, ArrayView<float> dst, int srcStride, int dstStride, int cols, int accumulate)
+    {
+        int r = i / cols, c = i % cols;
+        long s = (long)r * srcStride + c, d = (long)r * dstStride + c;
+        dst[d] = accumulate != 0 ? dst[d] + src[s] : src[s];
+    }
+
+    public static void ToBf16(Index1D i, ArrayView<float> src, ArrayView<ushort> dst) => dst[i] = FloatToBf16(src[i]);
+    public static void ToF16(Index1D i, ArrayView<float> src, ArrayView<ushort> dst) => dst[i] = FloatToF16(src[i]);
+    public static void HalfToFloat(Index1D i, ArrayView<ushort> src, ArrayView<float> dst, int kind) => dst[i] = FromHalf(src[i], kind);
+
+    // ---- element-wise ------------------------------------------------------------------------
+
+    /// <summary>op 0: a + b; 1: a ⊙ b; 2: (a − b) ⊙ g with 0 where a − b is not finite.</summary>
+    public static void Binary(Index1D i, ArrayView<float> a, ArrayView<float> b, ArrayView<float> g, ArrayView<float> y, int op)
+    {
+        float av = a[i], bv = b[i];
+        if (op == 0) y[i] = av + bv;
+        else if (op == 1) y[i] = av * bv;
+        else
+        {
+            float diff = av - bv;
+            y[i] = IsFinite(diff) ? diff * g[i] : 0f;
+        }
+    }
+
+    public static void Scale(Index1D i, ArrayView<float> a, ArrayView<float> y, float s) => y[i] = a[i] * s;
+
+    public static void SoftCap(Index1D i, ArrayView<float> a, ArrayView<float> y, float cap) => y[i] = XMath.Tanh(a[i] * (1f / cap)) * cap;
+
+    public static void SoftCapBackward(Index1D i, ArrayView<float> capped, ArrayView<float> dy, ArrayView<float> dx, float cap)
+    {
+        float v = capped[i];
+        dx[i] = IsFinite(v) ? dy[i] * (1 - (v / cap) * (v / cap)) : 0f;
+    }
+
+    public static void AddRowVector(Index1D i, ArrayView<float> y, ArrayView<float> v, int n) => y[i] += v[i % n];
+
+    public static void SumMiddleAxis(Index1D i, ArrayView<float> x, ArrayView<float> y, int middle, int inner, int accumulate)
+    {
+        int o = i / inner, c = i % inner;
+        float sum = accumulate != 0 ? y[i] : 0f;
+        for (int m = 0; m < middle; m++) sum += x[((long)o * middle + m) * inner + c];
+        y[i] = sum;
+    }
+
+    /// <summary>kind 0 relu, 1 silu, 2 gelu (tanh), 3 gelu (exact erf).</summary>
+    public static void Activation(Index1D i, ArrayView<float> x, ArrayView<float> y, int kind)
+    {
+        float v = x[i];
+        if (kind == 0) y[i] = v > 0 ? v : (IsNaN(v) ? v : 0f);
+        else if (kind == 1) y[i] = v / (1f + XMath.Exp(-v));
+        else if (kind == 2)
+        {
+            float u = (v * v * 0.044715f + 1f) * v * 0.7978845608028654f;
+            y[i] = (XMath.Tanh(u) + 1f) * v * 0.5f;
+        }
+        else
+        {
+            double d = v;
+            double half = 0.5 * Erfc(XMath.Abs(d) * 0.7071067811865476);
+            y[i] = (float)(d >= 0 ? d * (1 - half) : d * half);
+        }
+    }
+
+    public static void ActivationBackward(Index1D i, ArrayView<float> x, ArrayView<float> dy, ArrayView<float> dx, int kind)
+    {
+        float v = x[i], g = dy[i];
+        if (kind == 0) dx[i] = v > 0 ? g : 0f;
+        else if (kind == 1)
+        {
+            float s = 1f / (1f + XMath.Exp(-v));
+            dx[i] = ((1f - s) * v + 1f) * s * g;
+        }
+        else if (kind == 2)
+        {
+            float x2 = v * v;
+            float t = XMath.Tanh((x2 * 0.044715f + 1f) * v * 0.7978845608028654f);
+            float slope = (x2 * (3 * 0.044715f) + 1f) * (0.7978845608028654f * 0.5f) * v;
+            dx[i] = (0.5f * (1 + t) + slope * (1 - t * t)) * g;
+        }
+        else
+        {
+            double d = v;
+            double phi = XMath.Exp(-0.5 * d * d) * 0.3989422804014327;
+            double half = 0.5 * Erfc(XMath.Abs(d) * 0.7071067811865476);
+            dx[i] = (float)(g * ((d >= 0 ? 1 - half : half) + d * phi));
+        }
+    }
+
+    public static void Adam(Index1D i, ArrayView<float> p, ArrayView<float> g, ArrayView<float> m, ArrayView<float> v, AdamArgs a)
+    {
+        float gi = g[i];
+        float mi = a.Beta1 * m[i] + (1 - a.Beta1) * gi;
+        float vi = a.Beta2 * v[i] + (1 - a.Beta2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] -= a.Lr * (mi / a.Correction1) / (XMath.Sqrt(vi / a.Correction2) + a.Eps);
+    }
+
+    // ---- products ----------------------------------------------------------------------------
+
+    /// <summary>One element of C per thread, over <c>[batch, m, n]</c>; fp32 B (the emulated device's GEMM).</summary>
+    public static void Gemm(Index1D i, ArrayView<float> a, ArrayView<float> b, ArrayView<float> c, GemmArgs g)
+    {
+        int mn = g.M * g.N;
+        int batch = i / mn, rest = i % mn, row = rest / g.N, col = rest % g.N;
+        long ao = batch * g.StrideA, bo = batch * g.StrideB, co = batch * g.StrideC + (long)row * g.Ldc + col;
+        float sum = 0;
+        for (int p = 0; p < g.K; p++)
+        {
+            float av = g.TransA != 0 ? a[ao + (long)p * g.Lda + row] : a[ao + (long)row * g.Lda + p];
+            float bv = g.TransB != 0 ? b[bo + (long)col * g.Ldb + p] : b[bo + (long)p * g.Ldb + col];
+            sum += av * bv;
+        }
+        c[co] = g.Beta == 0f ? g.Alpha * sum : g.Alpha * sum + g.Beta * c[co];
+    }
+
+    /// <summary>As <see cref="Gemm"/> with a 16-bit B; A is rounded to the same 16-bit type, as cuBLAS's mixed GEMM sees it.</summary>
+    public static void GemmHalf(Index1D i, ArrayView<float> a, ArrayView<ushort> b, ArrayView<float> c, GemmArgs g)
+    {
+        int mn = g.M * g.N;
+        int batch = i / mn, rest = i % mn, row = rest / g.N, col = rest % g.N;
+        long ao = batch * g.StrideA, bo = batch * g.StrideB, co = batch * g.StrideC + (long)row * g.Ldc + col;
+        float sum = 0;
+        for (int p = 0; p < g.K; p++)
+        {
+            float av = g.TransA != 0 ? a[ao + (long)p * g.Lda + row] : a[ao + (long)row * g.Lda + p];
+            ushort bv = g.TransB != 0 ? b[bo + (long)col * g.Ldb + p] : b[bo + (long)p * g.Ldb + col];
+            sum += RoundToHalf(av, g.Half) * FromHalf(bv, g.Half);
+        }
+        c[co] = g.Beta == 0f ? g.Alpha * sum : g.Alpha * sum + g.Beta * c[co];
+    }
+
+    // ---- group reductions (every thread of the group must call them) ------------------------------
+
+    static float GroupSum(float v, ArrayView<float> shared)
+    {
+        int t = Group.IdxX;
+        shared[t] = v;
+        Group.Barrier();
+        for (int s = Group.DimX / 2; s > 0; s >>= 1)
+        {
+            if (t < s) shared[t] += shared[t + s];
+            Group.Barrier();
+        }
+        float r = shared[0];
+        Group.Barrier();
+        return r;
+    }
+
+    static double GroupSumDouble(double v, ArrayView<double> shared)
+    {
+        int t = Group.IdxX;
+        shared[t] = v;
+        Group.Barrier();
+        for (int s = Group.DimX / 2; s > 0; s >>= 1)
+        {
+            if (t < s) shared[t] += shared[t + s];
+            Group.Barrier();
+        }
+        double r = shared[0];
+        Group.Barrier();
+        return r;
+    }
+
+    static float GroupMax(float v, ArrayView<float> shared)
+    {
+        int t = Group.IdxX;
+        shared[t] = v;
+        Group.Barrier();
+        for (int s = Group.DimX / 2; s > 0; s >>= 1)
+        {
+            if (t < s) shared[t] = XMath.Max(shared[t], shared[t + s]);
+            Group.Barrier();
+        }
+        float r = shared[0];
+        Group.Barrier();
+        return r;
+    }
+
+    /// <summary>Top-k order: non-NaN before NaN, larger first, then the lower index.</summary>
+    static bool Before(float a, int ia, float b, int ib)
+    {
+        bool an = IsNaN(a), bn = IsNaN(b);
+        if (an != bn) return bn;
+        if (!an && a != b) return a > b;
+        return ia < ib;
+    }
+
+    /// <summary>Arg-max order (as TensorPrimitives.IndexOfMax): the first NaN wins, else the largest, first on ties.</summary>
+    static bool Better(float a, int ia, float b, int ib)
+    {
+        if (ib < 0) return ia >= 0;
+        if (ia < 0) return false;
+        bool an = IsNaN(a), bn = IsNaN(b);
+        if (an != bn) return an;
+        if (!an && a != b) return a > b;
+        return ia < ib;
+    }
+
+    // ---- row kernels (one group per row) --------------------------------------------------------
+
+    public static void Norm(ArrayView<float> x, ArrayView<float> w, ArrayView<float> b, ArrayView<float> y, ArrayView<float> scale, NormArgs a)
+    {
+        var shared = SharedMemory.Allocate<float>(MaxGroup);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX, d = a.D;
+        long o = (long)r * d;
+        float mean = 0;
+        if (a.Center != 0)
+        {
+            float s = 0;
+            for (int i = t; i < d; i += step) s += x[o + i];
+            mean = GroupSum(s, shared) / d;
+        }
+        float sigma;
+        if (a.GivenScale != 0) sigma = scale[r];
+        else
+        {
+            float sq = 0;
+            for (int i = t; i < d; i += step)
+            {
+                float c = x[o + i] - mean;
+                sq += c * c;
+            }
+            sigma = XMath.Sqrt(GroupSum(sq, shared) / d + a.Eps);
+            if (t == 0) scale[r] = sigma;
+        }
+        float inv = 1f / sigma;
+        for (int i = t; i < d; i += step)
+        {
+            float wv = (a.HasWeight != 0 ? w[i] : 1f) + a.WeightOffset;
+            float bv = a.HasBias != 0 ? b[i] : 0f;
+            y[o + i] = (x[o + i] - mean) * inv * wv + bv;
+        }
+    }
+
+    public static void NormBackwardScale(ArrayView<float> x, ArrayView<float> scale, ArrayView<float> dy, ArrayView<float> w, ArrayView<float> dScale, NormArgs a)
+    {
+        var shared = SharedMemory.Allocate<float>(MaxGroup);
+        var sharedD = SharedMemory.Allocate<double>(MaxGroup);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX, d = a.D;
+        long o = (long)r * d;
+        float mean = 0;
+        if (a.Center != 0)
+        {
+            float s = 0;
+            for (int i = t; i < d; i += step) s += x[o + i];
+            mean = GroupSum(s, shared) / d;
+        }
+        float sigma = scale[r];
+        double dot = 0;
+        for (int i = t; i < d; i += step)
+        {
+            float wv = (a.HasWeight != 0 ? w[i] : 1f) + a.WeightOffset;
+            dot += (double)(dy[o + i] * wv) * ((x[o + i] - mean) / sigma);
+        }
+        dot = GroupSumDouble(dot, sharedD);
+        if (t == 0) dScale[r] = (float)(-dot / sigma);
+    }
+
+    public static void NormBackwardInput(ArrayView<float> x, ArrayView<float> scale, ArrayView<float> dy, ArrayView<float> dScale, ArrayView<float> w, ArrayView<float> dx, NormArgs a)
+    {
+        var shared = SharedMemory.Allocate<float>(MaxGroup);
+        var sharedD = SharedMemory.Allocate<double>(MaxGroup);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX, d = a.D;
+        long o = (long)r * d;
+        float mean = 0;
+        if (a.Center != 0)
+        {
+            float s = 0;
+            for (int i = t; i < d; i += step) s += x[o + i];
+            mean = GroupSum(s, shared) / d;
+        }
+        float sigma = scale[r], ds = dScale[r];
+        double dcSum = 0;
+        for (int i = t; i < d; i += step)
+        {
+            float wv = (a.HasWeight != 0 ? w[i] : 1f) + a.WeightOffset;
+            float c = x[o + i] - mean;
+            float dc = dy[o + i] * wv / sigma + ds * (c / sigma) / d;
+            dx[o + i] = dc;
+            dcSum += dc;
+        }
+        if (a.Center != 0)
+        {
+            // Each thread subtracts from the elements it wrote itself, so no barrier is needed before.
+            float m = (float)(GroupSumDouble(dcSum, sharedD) / d);
+            for (int i = t; i < d; i += step) dx[o + i] -= m;
+        }
+    }
+
+    public static void Softmax(ArrayView<float> x, ArrayView<float> y, int n)
+    {
+        var shared = SharedMemory.Allocate<float>(MaxGroup);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)r * n;
+        float max = float.NegativeInfinity;
+        for (int j = t; j < n; j += step) max = XMath.Max(max, x[o + j]);
+        max = GroupMax(max, shared);
+        if (max == float.NegativeInfinity)
+        {
+            for (int j = t; j < n; j += step) y[o + j] = 0f;
+            return;
+        }
+        float sum = 0;
+        for (int j = t; j < n; j += step)
+        {
+            float e = XMath.Exp(x[o + j] - max);
+            y[o + j] = e;
+            sum += e;
+        }
+        float inv = 1f / GroupSum(sum, shared);
+        for (int j = t; j < n; j += step) y[o + j] *= inv;
+    }
+
+    public static void SoftmaxBackward(ArrayView<float> p, ArrayView<float> dp, ArrayView<float> dx, int n)
+    {
+        var shared = SharedMemory.Allocate<float>(MaxGroup);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)r * n;
+        float dot = 0;
+        for (int j = t; j < n; j += step) dot += p[o + j] * dp[o + j];
+        dot = GroupSum(dot, shared);
+        for (int j = t; j < n; j += step) dx[o + j] = p[o + j] * (dp[o + j] - dot);
+    }
+
+    /// <summary>log Σ exp over one row, max-subtracted, summed in double (every thread gets it).</summary>
+    static float LogSumExp(ArrayView<float> x, long o, int n, ArrayView<float> shared, ArrayView<double> sharedD)
+    {
+        int t = Group.IdxX, step = Group.DimX;
+        float max = float.NegativeInfinity;
+        for (int j = t; j < n; j += step) max = XMath.Max(max, x[o + j]);
+        max = GroupMax(max, shared);
+        double sum = 0;
+        for (int j = t; j < n; j += step) sum += XMath.Exp((double)x[o + j] - max);
+        sum = GroupSumDouble(sum, sharedD);
+        return IsFinite(max) ? (float)(max + XMath.Log(sum)) : max;
+    }
+
+    public static void LogSoftmax(ArrayView<float> x, ArrayView<float> y, int n)
+    {
+        var shared = SharedMemory.Allocate<float>(MaxGroup);
+        var sharedD = SharedMemory.Allocate<double>(MaxGroup);
+        long o = (long)Grid.IdxX * n;
+        float lse = LogSumExp(x, o, n, shared, sharedD);
+        for (int j = Group.IdxX; j < n; j += Group.DimX) y[o + j] = x[o + j] - lse;
+    }
+
+    public static void CrossEntropy(ArrayView<float> x, ArrayView<int> targets, ArrayView<float> loss, ArrayView<float> dx, int n, int withGradient, float weight)
+    {
+        var shared = SharedMemory.Allocate<float>(MaxGroup);
+        var sharedD = SharedMemory.Allocate<double>(MaxGroup);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)r * n;
+        float lse = LogSumExp(x, o, n, shared, sharedD);
+        int target = targets[r];
+        if (t == 0) loss[r] = target < 0 ? 0f : lse - x[o + target];
+        if (withGradient == 0) return;
+        for (int j = t; j < n; j += step)
+        {
+            float g = target < 0 ? 0f : XMath.Exp(x[o + j] - lse) - (j == target ? 1f : 0f);
+            dx[o + j] = weight != 1f ? g * weight : g;
+        }
+    }
+
+    public static void ArgMax(ArrayView<float> x, ArrayView<int> result, int n)
+    {
+        var values = SharedMemory.Allocate<float>(MaxGroup);
+        var indices = SharedMemory.Allocate<int>(MaxGroup);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)r * n;
+        float best = 0;
+        int at = -1;
+        for (int j = t; j < n; j += step)
+            if (Better(x[o + j], j, best, at)) { best = x[o + j]; at = j; }
+        values[t] = best;
+        indices[t] = at;
+        Group.Barrier();
+        for (int s = Group.DimX / 2; s > 0; s >>= 1)
+        {
+            if (t < s && Better(values[t + s], indices[t + s], values[t], indices[t]))
+            {
+                values[t] = values[t + s];
+                indices[t] = indices[t + s];
+            }
+            Group.Barrier();
+        }
+        if (t == 0) result[r] = indices[0];
+    }
+
+    /// <summary>Top-k by k selection passes: each pass picks the first element (in top-k order) after the previous pick.</summary>
+    public static void TopK(ArrayView<float> x, ArrayView<float> values, ArrayView<float> indices, int n, int k)
+    {
+        var sv = SharedMemory.Allocate<float>(MaxGroup);
+        var si = SharedMemory.Allocate<int>(MaxGroup);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)r * n;
+        float prev = 0;
+        int prevAt = -1;
+        for (int pick = 0; pick < k; pick++)
+        {
+            float best = 0;
+            int at = -1;
+            for (int j = t; j < n; j += step)
+            {
+                float v = x[o + j];
+                if (prevAt >= 0 && !Before(prev, prevAt, v, j)) continue;
+                if (at < 0 || Before(v, j, best, at)) { best = v; at = j; }
+            }
+            sv[t] = best;
+            si[t] = at;
+            Group.Barrier();
+            for (int s = Group.DimX / 2; s > 0; s >>= 1)
+            {
+                if (t < s && si[t + s] >= 0 && (si[t] < 0 || Before(sv[t + s], si[t + s], sv[t], si[t])))
+                {
+                    sv[t] = sv[t + s];
+                    si[t] = si[t + s];
+                }
+                Group.Barrier();
+            }
+            prev = sv[0];
+            prevAt = si[0];
+            if (t == 0)
+            {
+                values[(long)r * k + pick] = prev;
+                indices[(long)r * k + pick] = prevAt;
+            }
+            Group.Barrier();
+        }
+    }
+
+    /// <summary>Top-k for k at most this runs as a radix select (<see cref="TopKRadix"/>); larger k by selection passes.</summary>
+    public const int MaxRadixK = 256;
+
+    /// <summary>A key whose unsigned order is the top-k order's reverse: larger value, larger key; −0 = +0; NaN smallest.</summary>
+    static uint SortKey(float v)
+    {
+        if (IsNaN(v)) return 0u;
+        if (v == 0f) v = 0f;
+        uint b = Interop.FloatAsInt(v);
+        return (b & 0x80000000u) != 0 ? ~b : b | 0x80000000u;
+    }
+
+    /// <summary>
+    /// Top-k (k ≤ <see cref="MaxRadixK"/>) in a handful of passes whatever k is: four 8-bit histogram passes find the
+    /// k-th largest key, one pass gathers the keys above it and, in index order, the first ties at it, and the k
+    /// picks are ranked in shared memory.
+    /// </summary>
+    public static void TopKRadix(ArrayView<float> x, ArrayView<float> values, ArrayView<float> indices, int n, int k)
+    {
+        var hist = SharedMemory.Allocate<int>(256);
+        var state = SharedMemory.Allocate<int>(4);
+        var scan = SharedMemory.Allocate<int>(MaxGroup);
+        var pickValue = SharedMemory.Allocate<float>(MaxRadixK);
+        var pickIndex = SharedMemory.Allocate<int>(MaxRadixK);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)r * n;
+        uint prefix = 0, mask = 0;
+        int remaining = k;
+        for (int shift = 24; shift >= 0; shift -= 8)
+        {
+            for (int b = t; b < 256; b += step) hist[b] = 0;
+            Group.Barrier();
+            for (int j = t; j < n; j += step)
+            {
+                uint key = SortKey(x[o + j]);
+                if ((key & mask) == prefix) Atomic.Add(ref hist[(int)((key >> shift) & 0xFFu)], 1);
+            }
+            Group.Barrier();
+            if (t == 0)
+            {
+                int above = 0, bin = 255;
+                for (; bin > 0; bin--)
+                {
+                    if (above + hist[bin] >= remaining) break;
+                    above += hist[bin];
+                }
+                state[0] = (int)(prefix | ((uint)bin << shift));
+                state[1] = remaining - above;
+            }
+            Group.Barrier();
+            prefix = (uint)state[0];
+            remaining = state[1];
+            mask |= 0xFFu << shift;
+            Group.Barrier();
+        }
+        // prefix is now the k-th largest key: k − remaining keys lie above it, and its first `remaining` ties complete the k.
+        if (t == 0) state[2] = 0;
+        Group.Barrier();
+        for (int j = t; j < n; j += step)
+        {
+            float v = x[o + j];
+            if (SortKey(v) > prefix)
+            {
+                int slot = Atomic.Add(ref state[2], 1);
+                pickValue[slot] = v;
+                pickIndex[slot] = j;
+            }
+        }
+        int firstTie = k - remaining, taken = 0;
+        for (int c = 0; c < n && taken < remaining; c += step)
+        {
+            int j = c + t;
+            int flag = j < n && SortKey(x[o + j]) == prefix ? 1 : 0;
+            scan[t] = flag;
+            Group.Barrier();
+            for (int offset = 1; offset < step; offset <<= 1)
+            {
+                int add = t >= offset ? scan[t - offset] : 0;
+                Group.Barrier();
+                scan[t] += add;
+                Group.Barrier();
+            }
+            int before = taken + scan[t] - flag, total = scan[step - 1];
+            if (flag == 1 && before < remaining)
+            {
+                pickValue[firstTie + before] = x[o + j];
+                pickIndex[firstTie + before] = j;
+            }
+            Group.Barrier();
+            taken += total;
+        }
+        Group.Barrier();
+        for (int i = t; i < k; i += step)
+        {
+            float v = pickValue[i];
+            int at = pickIndex[i], rank = 0;
+            for (int other = 0; other < k; other++)
+                if (Before(pickValue[other], pickIndex[other], v, at)) rank++;
+            values[(long)r * k + rank] = v;
+            indices[(long)r * k + rank] = at;
+        }
+    }
+
+    // ---- whole-tensor reductions: one partial per group, finished on the host ---------------------
+
+    public static void SumPartials(ArrayView<float> x, ArrayView<double> partials, int n)
+    {
+        var shared = SharedMemory.Allocate<double>(MaxGroup);
+        double s = 0;
+        for (int i = Grid.IdxX * Group.DimX + Group.IdxX; i < n; i += Grid.DimX * Group.DimX) s += x[i];
+        s = GroupSumDouble(s, shared);
+        if (Group.IdxX == 0) partials[Grid.IdxX] = s;
+    }
+
+    public static void NonFinitePartials(ArrayView<float> x, ArrayView<int> partials, int n, int allowNegativeInfinity)
+    {
+        var shared = SharedMemory.Allocate<int>(MaxGroup);
+        int found = int.MaxValue;
+        for (int i = Grid.IdxX * Group.DimX + Group.IdxX; i < n; i += Grid.DimX * Group.DimX)
+        {
+            float v = x[i];
+            if (!IsFinite(v) && !(allowNegativeInfinity != 0 && v == float.NegativeInfinity)) { found = i; break; }
+        }
+        int t = Group.IdxX;
+        shared[t] = found;
+        Group.Barrier();
+        for (int s = Group.DimX / 2; s > 0; s >>= 1)
+        {
+            if (t < s) shared[t] = XMath.Min(shared[t], shared[t + s]);
+            Group.Barrier();
+        }
+        if (t == 0) partials[Grid.IdxX] = shared[0];
+    }
+
+    // ---- positions, attention, embeddings -----------------------------------------------------
+
+    /// <summary>Over <c>[rows, heads, half]</c>: rotate-half by the angle of the row's position (direction −1: the inverse).</summary>
+    public static void Rotary(Index1D i, ArrayView<float> x, ArrayView<float> cos, ArrayView<float> sin, ArrayView<int> positions, int heads, int headDim, int half, float direction)
+    {
+        int k = i % half, rh = i / half, r = rh / heads;
+        long o = (long)rh * headDim;
+        long at = (long)positions[r] * half + k;
+        float c = cos[at], s = direction * sin[at];
+        float a = x[o + k], b = x[o + k + half];
+        x[o + k] = a * c - b * s;
+        x[o + k + half] = b * c + a * s;
+    }
+
+    /// <summary>Soft-cap then mask scores <c>[batch, heads, queryLen, keyLen]</c> in place.</summary>
+    public static void MaskScores(Index1D i, ArrayView<float> scores, ArrayView<int> keyValid, MaskArgs m)
+    {
+        int j = i % m.KeyLen, q = i / m.KeyLen % m.QueryLen, b = i / (m.KeyLen * m.QueryLen * m.Heads);
+        float v = scores[i];
+        if (m.SoftCap > 0) v = m.SoftCap * XMath.Tanh(v / m.SoftCap);
+        int qpos = m.QueryOffset + q;
+        bool hidden = j > qpos || (m.SlidingWindow > 0 && j < qpos - m.SlidingWindow + 1)
+            || (m.HasKeyValid != 0 && keyValid[(long)b * m.KeyLen + j] == 0);
+        scores[i] = hidden ? float.NegativeInfinity : v;
+    }
+
+    public static void Embedding(Index1D i, ArrayView<float> table, ArrayView<int> ids, ArrayView<float> y, int d, float scale)
+    {
+        int row = i / d, c = i % d;
+        y[i] = table[(long)ids[row] * d + c] * scale;
+    }
+
+    public static void EmbeddingHalf(Index1D i, ArrayView<ushort> table, ArrayView<int> ids, ArrayView<float> y, int d, float scale, int kind)
+    {
+        int row = i / d, c = i % d;
+        y[i] = FromHalf(table[(long)ids[row] * d + c], kind) * scale;
+    }
+
+    public static void EmbeddingBackward(Index1D i, ArrayView<float> dy, ArrayView<int> ids, ArrayView<float> dTable, int d, float scale)
+    {
+        int row = i / d, c = i % d;
+        Atomic.Add(ref dTable[(long)ids[row] * d + c], dy[i] * scale);
+    }
+}
