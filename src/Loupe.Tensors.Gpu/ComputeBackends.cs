@@ -10,7 +10,7 @@ public static class ComputeBackends
 
     /// <summary>
     /// A new GPU backend on <paramref name="device"/> (CUDA or emulated), owned by the caller.
-    /// <paramref name="weightType"/>: how matrices loaded as fp32 are kept (see <see cref="GpuBackend.WeightType"/>).
+    /// <paramref name="weightType"/>: how matrices loaded as fp32 are kept (see <see cref="GpuBackend.WeightElementType"/>).
     /// </summary>
     /// <exception cref="InputError">The device cannot be used here (no driver, no such GPU, no cuBLAS).</exception>
     /// <exception cref="ArgumentException">The device is the CPU: it has one shared backend, <see cref="CpuBackend.Instance"/>.</exception>

@@ -46,7 +46,7 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
     GpuBackend(Device device, ElementType weightType, Context context, Accelerator accelerator, Cublas? cublas)
     {
         Device = device;
-        WeightType = weightType;
+        WeightElementType = weightType;
         _context = context;
         _accelerator = accelerator;
         _cublas = cublas;
@@ -128,7 +128,7 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
     public TransferCounter Transfers { get; } = new();
 
     /// <summary>How matrices (rank ≥ 2) given to <see cref="LoadWeight"/> as fp32 are kept on the device.</summary>
-    public ElementType WeightType { get; }
+    public ElementType WeightElementType { get; }
 
     /// <summary>The device's name, memory and compute capability.</summary>
     public DeviceInfo Info
@@ -357,14 +357,14 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
     }
 
     /// <summary>
-    /// Weights, once at load, counted as <see cref="TransferKind.Weights"/>. A matrix (rank ≥ 2) asked for as fp32 is
-    /// kept as <see cref="WeightType"/>; vectors stay fp32. 16-bit weights are rounded to nearest even on the host.
+    /// Weights, once at load, counted as <see cref="TransferKind.Weights"/>, kept as <paramref name="keepAs"/> (callers ask for
+    /// <see cref="WeightElementType"/> for matrices, fp32 for vectors and tables). 16-bit weights are rounded to nearest even on the host.
     /// </summary>
     public Tensor LoadWeight(ReadOnlyMemory<float> values, int[] shape, ElementType keepAs = ElementType.F32)
     {
         if (ShapeUtil.Product(shape) != values.Length)
             throw new ArgumentException($"shape {ShapeUtil.Format(shape)} holds {ShapeUtil.Product(shape)} elements but the weight has {values.Length}", nameof(shape));
-        var type = keepAs != ElementType.F32 ? keepAs : shape.Length >= 2 ? WeightType : ElementType.F32;
+        var type = keepAs;
         if (type == ElementType.F32)
         {
             var s = Allocate(values.Length, exact: true);

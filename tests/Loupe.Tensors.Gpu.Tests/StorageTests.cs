@@ -56,10 +56,12 @@ public sealed class StorageTests(EmulatedBackendFixture fixture) : DeviceTest(fi
     }
 
     [Fact]
-    public void ABf16BackendKeepsMatricesIn16BitsAndVectorsInFp32()
+    public void ABf16BackendSaysSoAndKeepsWeightsAsAskedFor()
     {
         using var bf16 = ComputeBackends.Create(new Device(DeviceKind.Emulated), ElementType.BF16);
-        Assert.Equal(ElementType.BF16, bf16.LoadWeight(new float[6], [2, 3]).Storage.ElementType);
+        Assert.Equal(ElementType.BF16, bf16.WeightElementType);
+        Assert.Equal(ElementType.BF16, bf16.LoadWeight(new float[6], [2, 3], bf16.WeightElementType).Storage.ElementType);
+        Assert.Equal(ElementType.F32, bf16.LoadWeight(new float[6], [2, 3]).Storage.ElementType); // e.g. an embedding table
         Assert.Equal(ElementType.F32, bf16.LoadWeight(new float[3], [3]).Storage.ElementType);
         Assert.Equal(ElementType.F16, bf16.LoadWeight(new float[6], [2, 3], ElementType.F16).Storage.ElementType);
     }

@@ -97,14 +97,17 @@ public sealed class EmulatedDeviceTests(EmulatedBackendFixture fixture) : IClass
         using var reference = new ReferenceFixture("gpt2");
         using var cpu = ModelLoader.LoadFolder(reference.Folder);
         using var device = ModelLoader.LoadFolder(reference.Folder, Device);
-        Tensor Zero(Tensor t, HookContext _)
+        Tensor ZeroOnDevice(Tensor t, HookContext _)
         {
             Assert.False(t.IsHost);
+            Assert.Equal(Device.Device, t.Device);
             Assert.Throws<InvalidOperationException>(() => t.Span.Length);
             return Tensor.Zeros(t.Shape.ToArray()); // a host tensor: the context uploads it
         }
-        var expected = cpu.Run(reference.Tokens, new RunOptions().AddHook("blocks.1.hook_mlp_out", Zero));
-        var actual = device.Run(reference.Tokens, new RunOptions().AddHook("blocks.1.hook_mlp_out", Zero));
+        var expected = cpu.Run(reference.Tokens, new RunOptions().AddHook("blocks.1.hook_mlp_out", (t, _) => Tensor.Zeros(t.Shape.ToArray())));
+        var before = Device.Transfers.Snapshot();
+        var actual = device.Run(reference.Tokens, new RunOptions().AddHook("blocks.1.hook_mlp_out", ZeroOnDevice));
+        Assert.Equal(1, (Device.Transfers.Snapshot() - before).In(TransferKind.Data)); // the edit, uploaded
         AssertClose(expected.Logits, actual.Logits, 1e-5, "logits with a zero-ablated mlp_out");
     }
 
