@@ -32,7 +32,9 @@ public static class Program
         }
         try
         {
-            CliSupport.ChooseDevice(parse.GetValue<string?>(DeviceOptionName));
+            var path = new List<string>();
+            for (var c = parse.CommandResult; c.Parent is CommandResult parent; c = parent) path.Insert(0, c.Command.Name);
+            CliSupport.ChooseDevice(parse.GetValue<string?>(DeviceOptionName), string.Join(' ', path));
         }
         catch (InputError e)
         {

@@ -55,14 +55,14 @@ static class CliSupport
 
     static string OneLine(string message) => message.ReplaceLineEndings(" ").Trim();
 
-    static readonly AsyncLocal<(Device Device, bool FromOption)?> s_device = new();
+    static readonly AsyncLocal<(Device Device, bool FromOption, string Verb)?> s_device = new();
 
     /// <summary>The device models load onto in this invocation (<c>--device</c>, else <c>$LOUPE_DEVICE</c>, else cpu).</summary>
     public static Device Device => s_device.Value?.Device ?? ResolveDevice(null);
 
-    /// <summary>Sets the device of this invocation from the <c>--device</c> value (null when absent).</summary>
+    /// <summary>Sets the device of this invocation of <paramref name="verb"/> from the <c>--device</c> value (null when absent).</summary>
     /// <exception cref="InputError">The option or <c>$LOUPE_DEVICE</c> names no device.</exception>
-    public static void ChooseDevice(string? option) => s_device.Value = (ResolveDevice(option), !string.IsNullOrWhiteSpace(option));
+    public static void ChooseDevice(string? option, string verb) => s_device.Value = (ResolveDevice(option), !string.IsNullOrWhiteSpace(option), verb);
 
     /// <summary>The device named by <c>--device</c>, or by <c>$LOUPE_DEVICE</c> when the option is absent, else the CPU.</summary>
     /// <exception cref="InputError">The name is not a device (the message names the option or variable).</exception>
@@ -85,7 +85,7 @@ static class CliSupport
     static IComputeBackend BackendFor(bool onDevice)
     {
         if (onDevice || Device.IsCpu) return Backend;
-        string verb = Environment.GetCommandLineArgs().Skip(1).FirstOrDefault(a => !a.StartsWith('-')) ?? "this verb";
+        string verb = s_device.Value?.Verb is { Length: > 0 } v ? v : "this verb";
         if (s_device.Value is { FromOption: true })
             throw new InputError($"argument: --device: '{verb}' runs on the CPU only so far (device verbs: run, info, cache, grad); drop --device {Device}");
         Status.MarkupLine($"[grey]note: '{Markup.Escape(verb)}' runs on the CPU only so far; LOUPE_DEVICE={Device} is ignored here[/]");

@@ -40,7 +40,11 @@ static class InfoCommand
                               (c.FinalLogitSoftCap > 0 ? $", logit soft-cap {c.FinalLogitSoftCap}" : ""));
             Console.WriteLine($"parameters:   {m.ParameterCount:N0}");
             Console.WriteLine($"tokenizer:    {(m.Tokenizer is { } t ? $"{t.VocabSize} tokens, BOS {(t.AddsBosByDefault ? $"{t.BosTokenId} added" : "not added")}" : "none")}");
-            Console.WriteLine($"backend:      {m.Backend.Name}{(OpenBlas.IsAvailable ? $" ({OpenBlas.LibraryName}, {OpenBlas.Threads} threads)" : $" ({OpenBlas.UnavailableReason})")}");
+            var device = Loupe.Tensors.Gpu.ComputeBackends.Describe(m.Backend);
+            Console.WriteLine($"device:       {device.Device} — {device.Name}{MemoryText(device)}{(device.ComputeCapability is { } cc ? $", compute capability {cc}" : "")}");
+            Console.WriteLine(m.Backend.Device.IsCpu
+                ? $"backend:      {m.Backend.Name}{(OpenBlas.IsAvailable ? $" ({OpenBlas.LibraryName}, {OpenBlas.Threads} threads)" : $" ({OpenBlas.UnavailableReason})")}"
+                : $"backend:      {m.Backend.Name}, matrix weights in {m.Backend.WeightElementType}{(device.Libraries is { } libs ? $" ({libs})" : "")}");
             if (selected is not null)
             {
                 var matching = m.HookPoints.Where(p => selected.Contains(p.Name)).ToArray();
@@ -99,4 +103,7 @@ static class InfoCommand
         int width = list.Count == 0 ? 0 : list.Max(r => r.Name.Length);
         foreach (var (name, axes) in list) Console.WriteLine($"  {name.PadRight(width)}  {axes}");
     }
+
+    static string MemoryText(Loupe.Tensors.Gpu.DeviceInfo d) => d.TotalMemoryBytes is not long total ? ""
+        : $", {total / (1024.0 * 1024 * 1024):F1} GiB{(d.FreeMemoryBytes is long free ? $" ({free / (1024.0 * 1024 * 1024):F1} GiB free)" : "")}";
 }

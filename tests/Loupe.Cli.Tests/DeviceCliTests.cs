@@ -1,0 +1,84 @@
+using Loupe.Models.Loading;
+using Loupe.Testing;
+using static Loupe.Cli.Tests.CliHarness;
+
+namespace Loupe.Cli.Tests;
+
+/// <summary>
+/// <c>--device</c> and <c>LOUPE_DEVICE</c>: the device verbs on the emulated GPU (the GPU kernels run on
+/// the CPU) give the CPU's numbers; a device that cannot be used, or a verb that runs on the CPU only, is refused.
+/// </summary>
+[Collection("console")]
+public class DeviceCliTests
+{
+    static string Fixture(string arch) => SharedData.TestData(Path.Combine("reference", arch));
+
+    static string TempFile(string name) => Path.Combine(Directory.CreateTempSubdirectory("loupe-cli").FullName, name);
+
+    [Fact]
+    public void CacheOnTheEmulatedDeviceWritesWhatTheCpuWrites()
+    {
+        string cpu = TempFile("cpu.safetensors"), device = TempFile("device.safetensors");
+        string[] args = ["cache", "--model", Fixture("llama"), "--tokens", "82,87,74,39;84,200,158,186", "--hooks", "blocks.*.hook_resid_post,blocks.1.attn.hook_pattern"];
+        var run = RunLoupe([.. args, "--out", cpu]);
+        Assert.True(run.Code == 0, run.Err);
+        run = RunLoupe([.. args, "--out", device, "--device", "emulated"]);
+        Assert.True(run.Code == 0, run.Err);
+        using var a = SafeTensorsFile.Open(cpu);
+        using var b = SafeTensorsFile.Open(device);
+        Assert.Equal(a.Names.Order(), b.Names.Order());
+        foreach (var name in a.Names.Where(n => n != "tokens"))
+        {
+            var x = a.GetFloat32(name).Span;
+            var y = b.GetFloat32(name).Span;
+            for (int i = 0; i < x.Length; i++) Assert.True(Math.Abs(x[i] - y[i]) <= 1e-5f * (1 + Math.Abs(x[i])), $"{name}[{i}]: cpu {x[i]}, emulated {y[i]}");
+        }
+    }
+
+    [Fact]
+    public void InfoAndRunReportTheDevice()
+    {
+        var (code, stdout, err) = RunLoupe("info", "--model", Fixture("gpt2"), "--device", "emulated");
+        Assert.True(code == 0, err);
+        Assert.Contains("device:       emulated", stdout);
+        Assert.Contains("backend:      emulated (ILGPU CPU accelerator), matrix weights in F32", stdout);
+        (code, stdout, err) = RunLoupe("run", "--model", Fixture("gpt2"), "--tokens", "5,9,100", "-n", "3", "--device", "emulated");
+        Assert.True(code == 0, err);
+        var cpu = RunLoupe("run", "--model", Fixture("gpt2"), "--tokens", "5,9,100", "-n", "3");
+        Assert.Equal(cpu.Out, stdout);
+    }
+
+    [Fact]
+    public void AnUnusableOrUnknownDeviceIsRefusedInOneLine()
+    {
+        // No GPU in CI: the message says what is missing (a driver, a GPU or cuBLAS) and where it looked.
+        if (!File.Exists("/dev/nvidiactl"))
+            AssertRefused(RunLoupe("info", "--model", Fixture("gpt2"), "--device", "cuda:0"), "cuda:0", "--device cpu");
+        AssertRefused(RunLoupe("info", "--model", Fixture("gpt2"), "--device", "tpu"), "--device", "unknown device 'tpu'", "cuda:N");
+        AssertRefused(RunLoupe("info", "--model", Fixture("gpt2"), "--device", "cuda:x"), "--device", "device index");
+        // A verb whose analysis still reads activations on the host says so instead of running elsewhere.
+        AssertRefused(RunLoupe("lens", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--answer-id", "4", "--out", TempFile("lens"), "--device", "emulated"),
+            "--device", "'lens' runs on the CPU only");
+    }
+
+    [Fact]
+    public void LoupeDeviceIsTheDefaultAndTheOptionWins()
+    {
+        Environment.SetEnvironmentVariable("LOUPE_DEVICE", "emulated");
+        try
+        {
+            var (code, stdout, err) = RunLoupe("info", "--model", Fixture("gpt2"));
+            Assert.True(code == 0, err);
+            Assert.Contains("device:       emulated", stdout);
+            (code, stdout, err) = RunLoupe("info", "--model", Fixture("gpt2"), "--device", "cpu");
+            Assert.True(code == 0, err);
+            Assert.Contains("device:       cpu", stdout);
+            Environment.SetEnvironmentVariable("LOUPE_DEVICE", "abacus");
+            AssertRefused(RunLoupe("info", "--model", Fixture("gpt2")), "LOUPE_DEVICE", "unknown device 'abacus'");
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable("LOUPE_DEVICE", null);
+        }
+    }
+}
