@@ -177,6 +177,24 @@ public abstract class HookedTransformer : IDisposable
                     throw new ArgumentException($"a splice {role} hook '{hook}', which is not a hook point of this model ({Config.Architecture}); closest: {string.Join(", ", HookNames.Closest(hook, known))}", nameof(splices));
     }
 
+    /// <summary>
+    /// Bytes a cache of <paramref name="hooks"/> takes for a batch of <paramref name="batch"/> × <paramref name="positions"/>
+    /// tokens (fp32), from the declared hook points — known before the run. Hooks that are not declared
+    /// (splice sub-hooks) are not counted; <paramref name="uncounted"/> says how many.
+    /// </summary>
+    public long EstimateCacheBytes(IEnumerable<string> hooks, int batch, int positions, out int uncounted)
+    {
+        var declared = HookPoints.ToDictionary(p => p.Name, StringComparer.Ordinal);
+        long bytes = 0;
+        uncounted = 0;
+        foreach (var name in hooks)
+        {
+            if (!declared.TryGetValue(name, out var point)) { uncounted++; continue; }
+            bytes += 4 * point.Shape(batch, positions).Aggregate(1L, (a, d) => a * d);
+        }
+        return bytes;
+    }
+
     /// <summary>Runs the model on one sequence.</summary>
     public ForwardResult Run(int[] tokens, RunOptions? options = null) => Run(TokenBatch.Single(tokens), options);
 

@@ -38,6 +38,10 @@ static class CacheCommand
             foreach (var saePath in parse.GetValue(saes) ?? [])
                 m.AddSplice(Loupe.Dictionaries.Splice.SaeSplice.Load(m, saePath, options: new Loupe.Dictionaries.Splice.SaeSpliceOptions { UseErrorTerm = parse.GetValue(errorTerm) }).Splice);
             var selected = CliSupport.SelectHooks(m, parse.GetValue(hooks)!);
+            // The size is known from the declared hook points before anything runs.
+            long bytes = m.EstimateCacheBytes(selected, batch.Batch, batch.Length, out int uncounted);
+            CliSupport.Status.WriteLine($"caching {selected.Count} hook points: {(bytes < 1e6 ? $"{bytes / 1e3:F1} kB" : $"{bytes / 1e6:F1} MB")}" +
+                $"{(uncounted > 0 ? $" + {uncounted} splice hooks" : "")} (run on {m.Backend.Device}, kept in host memory)");
             var clock = Stopwatch.StartNew();
             // Each cached activation comes to host memory as the pass reaches it (a device keeps only the current ones).
             var result = m.RunWithCache(batch, parse.GetValue(hooks), new RunOptions { CacheOn = CacheLocation.Host });

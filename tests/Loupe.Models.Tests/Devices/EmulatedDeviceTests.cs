@@ -81,6 +81,22 @@ public sealed class EmulatedDeviceTests(EmulatedBackendFixture fixture) : IClass
     [Theory]
     [InlineData("gpt2")]
     [InlineData("llama")]
+    public void Bf16WeightsStayWithinBf16PrecisionOfTheCpu(string arch)
+    {
+        using var reference = new ReferenceFixture(arch);
+        using var bf16 = ComputeBackends.Create(new Device(DeviceKind.Emulated), ElementType.BF16);
+        using var cpu = ModelLoader.LoadFolder(reference.Folder);
+        using var device = ModelLoader.LoadFolder(reference.Folder, bf16);
+        var expected = cpu.Run(reference.Tokens).Logits;
+        var actual = device.Run(reference.Tokens).Logits;
+        // Weights and the activations entering each product are rounded to bf16 (8 bits of mantissa), as on a GPU.
+        AssertClose(expected, actual, 3e-2, $"{arch} logits, bf16 weights");
+        Assert.Equal(ElementType.BF16, device.UnembedLayer.WeightOn(bf16).Storage.ElementType);
+    }
+
+    [Theory]
+    [InlineData("gpt2")]
+    [InlineData("llama")]
     [InlineData("gemma2")]
     public void GreedyGenerationWithAKvCachePicksTheSameTokens(string arch)
     {
