@@ -52,7 +52,16 @@ sealed class BufferPool(Accelerator accelerator, long budgetBytes) : IDisposable
             Reclaim();
             if (TryTake(size) is { } late) return new DeviceBlock(this, late, size);
             Trim();
-            buffer = accelerator.Allocate1D<byte>(size);
+            try
+            {
+                buffer = accelerator.Allocate1D<byte>(size);
+            }
+            catch (Exception e) when (!_disposed)
+            {
+                // The run asks for more than the device holds: a refusal the user can act on, not a crash.
+                throw new InputError($"device {accelerator.Name}: out of memory allocating {size / 1048576.0:F1} MiB with {AllocatedBytes / 1048576.0:F1} MiB " +
+                    $"in use ({e.GetType().Name}); use a smaller batch or fewer cached hooks, bf16 weights, or --device cpu");
+            }
         }
         _all[buffer] = size;
         Interlocked.Add(ref _allocated, size);
