@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using Loupe;
+using Loupe.Dictionaries.Sae;
 using Loupe.GpuBench;
 using Loupe.Models;
 using Loupe.Models.Metrics;
@@ -10,7 +11,8 @@ using Loupe.Tensors.Gpu;
 
 // The GPU bench: (a) parity of logits and gradients between the CPU backend and a device backend on the
 // reference fixtures (fp32 and bf16 weights); (b) forward and forward+backward tokens/s on real shapes
-// with random weights. bench/gpu/run.sh runs it beside bench/gpu/torch_peer.py (the same shapes in
+// with random weights; (c) with --sae, one TopK SAE training step (forward, backward, Adam) on the device.
+// bench/gpu/run.sh runs it beside bench/gpu/torch_peer.py (the same shapes in
 // PyTorch eager) and bench/gpu/compare.py prints the side-by-side table.
 
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
@@ -94,6 +96,33 @@ foreach (var shape in opts.Models)
     }
 }
 report["speed"] = speed;
+
+// (c) A TopK SAE training step, every tensor on the device (DeviceTopKStep), random data and SAELens-style init.
+if (opts.Sae is { } sae)
+{
+    var (dIn, dSae, k, rows) = sae;
+    Console.WriteLine();
+    Console.WriteLine($"SAE TopK step (forward, backward, Adam; fp32): d_in {dIn}, d_sae {dSae}, k {k}, batch {rows}, min of {opts.Reps} after {opts.Warmup} warm-up runs");
+    var dictionary = new SparseDictionary(SaeShape.Sae(dIn, dSae), new TopKActivation(k));
+    dictionary.Initialize(seed: 1);
+    var step = new DeviceTopKStep(fp32, dictionary);
+    var rng = new Random(2);
+    var data = new float[rows * dIn];
+    for (int i = 0; i < data.Length; i++) data[i] = (float)(rng.NextDouble() * 2 - 1);
+    var x = fp32.ToDevice(Tensor.FromArray(data, rows, dIn));
+    int t = 0;
+    double loss = 0;
+    double ms = Timing.Min(opts.Warmup, opts.Reps, () => loss = step.Step(x, 1e-4f, ++t)); // Step ends by reading the loss: a device sync
+    var before = fp32.Transfers.Snapshot();
+    step.Step(x, 1e-4f, ++t);
+    var copies = fp32.Transfers.Snapshot() - before;
+    Console.WriteLine($"sae_step {ms,10:F2} ms {rows / ms * 1000,12:F0} tok/s   loss {loss:G5}   transfers per step: {Compare.Copies(copies)}");
+    report["sae_step"] = new Dictionary<string, object>
+    {
+        ["d_in"] = dIn, ["d_sae"] = dSae, ["k"] = k, ["batch"] = rows,
+        ["ms"] = ms, ["tok_s"] = rows / ms * 1000, ["loss"] = loss, ["transfers"] = copies.ToString(),
+    };
+}
 if (opts.Json is { } json) Loupe.Reports.AtomicFile.WriteJson(json, report);
 return 0;
 
@@ -132,7 +161,7 @@ static class Compare
 }
 
 sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<ModelShape> Models, IReadOnlyList<string> DTypes,
-    int Batch, int Seq, int Reps, int Warmup, string Work, string? Json)
+    int Batch, int Seq, int Reps, int Warmup, string Work, string? Json, (int DIn, int DSae, int K, int Batch)? Sae)
 {
     public static GpuBenchOptions Parse(string[] args)
     {
@@ -142,6 +171,8 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
         var models = new List<ModelShape> { ModelShape.Gpt2Small, ModelShape.Llama1B };
         var dtypes = new List<string> { "fp32", "bf16" };
         int batch = 1, seq = 128, reps = 20, warmup = 3;
+        bool sae = false, quick = false;
+        var saeShape = (DIn: 2048, DSae: 65536, K: 64, Batch: 4096);
         for (int i = 0; i < args.Length; i++)
         {
             string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
@@ -157,12 +188,20 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
                 case "--warmup": warmup = int.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--work": work = Next(); break;
                 case "--json": json = Next(); break;
+                case "--sae": sae = true; break;
+                case "--sae-shape":
+                    var d = Next().Split(',').Select(v => int.Parse(v, CultureInfo.InvariantCulture)).ToArray();
+                    if (d.Length != 4) throw new ArgumentException("--sae-shape needs d_in,d_sae,k,batch");
+                    saeShape = (d[0], d[1], d[2], d[3]);
+                    sae = true;
+                    break;
                 case "--quick":
                     models = [ModelShape.Gpt2Tiny, ModelShape.LlamaTiny];
-                    reps = 2; warmup = 1; seq = 16; break;
+                    reps = 2; warmup = 1; seq = 16; quick = true; break;
                 default: throw new ArgumentException($"unknown option {args[i]}");
             }
         }
-        return new(device, fixtures, models, dtypes, batch, seq, reps, warmup, work, json);
+        if (quick && !args.Contains("--sae-shape")) saeShape = (64, 512, 8, 128);
+        return new(device, fixtures, models, dtypes, batch, seq, reps, warmup, work, json, sae ? saeShape : null);
     }
 }

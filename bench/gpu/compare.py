@@ -13,6 +13,11 @@ for r in loupe["speed"]:
         continue
     print(f"{r['model']:<14} {r['dtype']:<5} {r['forward_ms']:10.2f} {p['forward_ms']:10.2f} {p['forward_ms'] / r['forward_ms']:6.2f}   "
           f"{r['fwd_bwd_ms']:10.2f} {p['fwd_bwd_ms']:10.2f} {p['fwd_bwd_ms'] / r['fwd_bwd_ms']:6.2f}")
+if "sae_step" in loupe and "sae_step" in torch:
+    ls, ts = loupe["sae_step"], torch["sae_step"]
+    same = all(ls[key] == ts[key] for key in ("d_in", "d_sae", "k", "batch"))
+    print(f"{'sae_step':<14} {'fp32':<5} {ls['ms']:10.2f} {ts['ms']:10.2f} {ts['ms'] / ls['ms']:6.2f}   "
+          f"d_in {ls['d_in']} d_sae {ls['d_sae']} k {ls['k']} batch {ls['batch']}{'' if same else ' (torch ran other sizes: ratio not comparable)'}")
 print("ratio = torch ms / Loupe ms (above 1: Loupe is faster)")
 for row in loupe.get("parity", []):
     limit = 1e-4 if row["weights"] == "fp32" else 1e-2

@@ -3,7 +3,8 @@
 same GPU. Random weights from the config (nothing is downloaded). Forward, and forward+backward of
 logit_diff(17, 42) at the last position to the input of every block (parameters frozen, as Loupe
 differentiates activations, not weights). Minimum of --reps runs after --warmup, each ended by
-torch.cuda.synchronize(). Writes JSON with the same keys as the Loupe bench."""
+torch.cuda.synchronize(). Writes JSON with the same keys as the Loupe bench. With --sae, also one TopK SAE
+training step (sae_step: forward, backward, torch.optim.Adam; fp32, TF32 off), the math of Loupe's DeviceTopKStep."""
 import argparse, json, time
 import torch
 import transformers
@@ -49,6 +50,42 @@ def timed(warmup, reps, fn):
     return best
 
 
+def sae_step(d_in, d_sae, k, batch, warmup, reps):
+    """A TopK SAE step as SAELens writes it: x_in = x - b_dec, pre = x_in W_enc + b_enc, acts = scatter(relu(topk(pre))),
+    recon = acts W_dec + b_dec, loss = sum((recon - x)^2) / batch; backward; Adam. Ends with loss.item() (one sync),
+    as Loupe's step reads back its loss."""
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 products, as Loupe's
+    dev = "cuda"
+    w_dec = torch.randn(d_sae, d_in, device=dev)
+    w_dec *= 0.1 / w_dec.norm(dim=1, keepdim=True)
+    w_enc = w_dec.t().contiguous()
+    params = [w_enc, torch.zeros(d_sae, device=dev), w_dec, torch.zeros(d_in, device=dev)]
+    for t in params:
+        t.requires_grad_(True)
+    w_enc, b_enc, w_dec, b_dec = params
+    opt = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+    x = torch.rand(batch, d_in, device=dev) * 2 - 1
+    last = {}
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        pre = (x - b_dec) @ w_enc + b_enc
+        values, indices = pre.topk(k, dim=1)
+        acts = torch.zeros_like(pre).scatter(1, indices, values.relu())
+        recon = acts @ w_dec + b_dec
+        loss = (recon - x).pow(2).sum() / batch
+        loss.backward()
+        opt.step()
+        last["loss"] = loss.item()
+
+    ms = timed(warmup, reps, step)
+    print(f"sae_step d_in {d_in} d_sae {d_sae} k {k} batch {batch}: {ms:8.2f} ms {batch / ms * 1000:12.0f} tok/s   loss {last['loss']:.5g}")
+    result = dict(d_in=d_in, d_sae=d_sae, k=k, batch=batch, ms=ms, tok_s=batch / ms * 1000, loss=last["loss"])
+    del opt, params, x
+    torch.cuda.empty_cache()
+    return result
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="gpt2-small,llama-3.2-1b")
@@ -58,6 +95,8 @@ def main():
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json")
+    p.add_argument("--sae", action="store_true", help="also time a TopK SAE training step")
+    p.add_argument("--sae-shape", default="2048,65536,64,4096", help="d_in,d_sae,k,batch")
     a = p.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -102,9 +141,13 @@ def main():
                              fwd_bwd_ms=b, fwd_bwd_tok_s=tokens / b * 1000))
             del model
             torch.cuda.empty_cache()
+    report = dict(torch=torch.__version__, transformers=transformers.__version__, speed=rows)
+    if a.sae:
+        d_in, d_sae, k, batch = (int(v) for v in a.sae_shape.split(","))
+        report["sae_step"] = sae_step(d_in, d_sae, k, batch, a.warmup, a.reps)
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump(dict(torch=torch.__version__, transformers=transformers.__version__, speed=rows), fh, indent=1)
+            json.dump(report, fh, indent=1)
 
 
 if __name__ == "__main__":

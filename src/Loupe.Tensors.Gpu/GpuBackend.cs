@@ -209,6 +209,7 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
     Action<KernelConfig, ArrayView<float>, ArrayView<int>, int> KArgMax => Kernel("argMax", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int>(Kernels.ArgMax));
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KTopK => Kernel("topK", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.TopK));
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KTopKRadix => Kernel("topKRadix", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.TopKRadix));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KScatterRows => Kernel("scatterRows", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.ScatterRows));
     Action<KernelConfig, ArrayView<float>, ArrayView<double>, int> KSum => Kernel("sum", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<double>, int>(Kernels.SumPartials));
     Action<KernelConfig, ArrayView<float>, ArrayView<int>, int, int> KNonFinite => Kernel("nonFinite", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int, int>(Kernels.NonFinitePartials));
     Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int, float> KRotary => Kernel("rotary", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int, float>(Kernels.Rotary));
@@ -760,6 +761,20 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         Need(iv, (long)rows * k, nameof(indices));
         if (k <= Kernels.MaxRadixK) KTopKRadix(Rows(rows, n), xv, vv, iv, n, k);
         else KTopK(Rows(rows, n), xv, vv, iv, n, k);
+    }
+
+    public void ScatterRows(Tensor values, Tensor indices, int rows, int k, int n, Tensor dense)
+    {
+        var vv = In(values);
+        var iv = In(indices);
+        var dv = Out(dense);
+        Need(vv, (long)rows * k, nameof(values));
+        Need(iv, (long)rows * k, nameof(indices));
+        Need(dv, (long)rows * n, nameof(dense));
+        if ((long)rows * n == 0) return;
+        var target = dv.SubView(0, (long)rows * n);
+        KFill((int)target.Length, target, 0f);
+        if (k > 0) KScatterRows(rows * k, vv, iv, target, k, n);
     }
 
     // ---- positions and attention -------------------------------------------------------------

@@ -557,6 +557,15 @@ static class Kernels
     /// <summary>Top-k for k at most this runs as a radix select (<see cref="TopKRadix"/>); larger k by selection passes.</summary>
     public const int MaxRadixK = 256;
 
+    /// <summary>One kept entry of a top-k row into its zeroed dense row; a column outside <c>[0, n)</c> is skipped.</summary>
+    public static void ScatterRows(Index1D i, ArrayView<float> values, ArrayView<float> indices, ArrayView<float> dense, int k, int n)
+    {
+        float c = indices[i];
+        if (!(c >= 0f && c < n)) return;
+        int row = i / k;
+        dense[(long)row * n + (int)c] = values[i];
+    }
+
     /// <summary>A key whose unsigned order is the top-k order's reverse: larger value, larger key; −0 = +0; NaN smallest.</summary>
     static uint SortKey(float v)
     {

@@ -521,6 +521,42 @@ public abstract class BackendConformance
         Assert.Equal(expectedIndices.Select(i => (float)i).ToArray(), Down(indices));
     }
 
+    [Theory]
+    [InlineData(1, 1, 1)]
+    [InlineData(7, 33, 4)]
+    [InlineData(3, 130, 130)]
+    public void ScatterRows(int rows, int n, int k)
+    {
+        var rng = new Random(41 + n);
+        var x = Rand(rng, rows * n);
+        var topValues = new float[rows * k];
+        var topIndices = new int[rows * k];
+        R.TopKRows(x, rows, n, k, topValues, topIndices);
+        var expected = R.ScatterRows(topValues, topIndices, rows, k, n);
+        var dense = Up(Enumerable.Repeat(float.NaN, rows * n).ToArray(), rows, n); // every element written, the stale ones too
+        Backend.ScatterRows(Up(topValues, rows, k), Up(topIndices.Select(i => (float)i).ToArray(), rows, k), rows, k, n, dense);
+        Assert.Equal(expected, Down(dense));
+    }
+
+    [Fact]
+    public void ScatterRowsAfterTopKIsTheKeptEntries()
+    {
+        const int rows = 5, n = 40, k = 6;
+        var x = Rand(new Random(43), rows * n);
+        var values = Backend.Empty(rows, k);
+        var indices = Backend.Empty(rows, k);
+        var dense = Backend.Empty(rows, n);
+        Backend.TopKRows(Up(x, rows, n), rows, n, k, values, indices);
+        Backend.ScatterRows(values, indices, rows, k, n, dense);
+        var got = Down(dense);
+        for (int r = 0; r < rows; r++)
+        {
+            var row = x.AsSpan(r * n, n).ToArray();
+            float kth = row.OrderByDescending(v => v).ElementAt(k - 1);
+            for (int j = 0; j < n; j++) Assert.Equal(row[j] >= kth ? row[j] : 0f, got[r * n + j]);
+        }
+    }
+
     // ---- positions and attention -------------------------------------------------------------
 
     [Theory]

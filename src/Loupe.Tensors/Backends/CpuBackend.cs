@@ -303,6 +303,22 @@ public sealed class CpuBackend : IComputeBackend
         }
     }
 
+    public void ScatterRows(Tensor values, Tensor indices, int rows, int k, int n, Tensor dense)
+    {
+        var vs = values.Span;
+        var ix = indices.Span;
+        var d = dense.Span[..checked(rows * n)];
+        d.Clear();
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < k; j++)
+            {
+                float c = ix[r * k + j];
+                if (!(c >= 0 && c < n) || c != MathF.Floor(c))
+                    throw new ArgumentOutOfRangeException(nameof(indices), $"indices[{r}, {j}] = {c} is not a column of [0, {n})");
+                d[r * n + (int)c] = vs[r * k + j];
+            }
+    }
+
     static int Compare(float a, float b, int i, int j)
     {
         bool an = float.IsNaN(a), bn = float.IsNaN(b);

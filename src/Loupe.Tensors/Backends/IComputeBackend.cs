@@ -161,6 +161,13 @@ public interface IComputeBackend
     /// </summary>
     void TopKRows(Tensor x, int rows, int n, int k, Tensor values, Tensor indices);
 
+    /// <summary>
+    /// Inverse of <see cref="TopKRows"/>'s gather: <paramref name="dense"/> <c>[rows, n]</c> becomes zero except
+    /// <c>dense[r, indices[r, j]] = values[r, j]</c> for <c>j &lt; k</c>. Indices are floats as <see cref="TopKRows"/>
+    /// writes them, distinct within a row and in <c>[0, n)</c> (the CPU refuses others; a GPU skips them).
+    /// </summary>
+    void ScatterRows(Tensor values, Tensor indices, int rows, int k, int n, Tensor dense);
+
     // ---- positions and attention -------------------------------------------------------------
 
     /// <summary>
