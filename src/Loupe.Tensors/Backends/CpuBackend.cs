@@ -287,19 +287,57 @@ public sealed class CpuBackend : IComputeBackend
     public void TopKRows(Tensor x, int rows, int n, int k, Tensor values, Tensor indices)
     {
         if (k < 1 || k > n) throw new ArgumentOutOfRangeException(nameof(k), $"top-k needs 1 ≤ k ≤ {n}, got {k}");
-        var order = new int[n];
-        var keys = new float[n];
+        var xs = x.Span;
+        var vs = values.Span;
+        var ix = indices.Span;
+        var heap = new int[k];
         for (int r = 0; r < rows; r++)
         {
-            var xr = x.Span.Slice(r * n, n);
-            for (int j = 0; j < n; j++) { order[j] = j; keys[j] = xr[j]; }
-            // Largest first; ties (and NaN, kept last) by lower index.
-            Array.Sort(order, (i, j) => Compare(keys[i], keys[j], i, j));
-            for (int j = 0; j < k; j++)
+            var xr = xs.Slice(r * n, n);
+            // A heap of the k best so far with the worst on top: O(n log k) per row instead of a full sort.
+            int size = 0;
+            for (int j = 0; j < n; j++)
             {
-                values.Span[r * k + j] = xr[order[j]];
-                indices.Span[r * k + j] = order[j];
+                if (size < k) { heap[size] = j; SiftUp(heap, size++, xr); continue; }
+                if (Compare(xr[j], xr[heap[0]], j, heap[0]) >= 0) continue; // not better than the worst kept
+                heap[0] = j;
+                SiftDown(heap, size, xr);
             }
+            // Popping the worst each time fills the row from the back: largest first; ties (and NaN, kept last) by lower index.
+            for (int j = k - 1; j >= 0; j--)
+            {
+                int worst = heap[0];
+                vs[r * k + j] = xr[worst];
+                ix[r * k + j] = worst;
+                heap[0] = heap[--size];
+                SiftDown(heap, size, xr);
+            }
+        }
+    }
+
+    // Heap order: the parent is worse than (ranks after) its children, so heap[0] is the worst kept.
+    static void SiftUp(int[] heap, int i, ReadOnlySpan<float> x)
+    {
+        while (i > 0)
+        {
+            int parent = (i - 1) / 2;
+            if (Compare(x[heap[i]], x[heap[parent]], heap[i], heap[parent]) <= 0) return;
+            (heap[i], heap[parent]) = (heap[parent], heap[i]);
+            i = parent;
+        }
+    }
+
+    static void SiftDown(int[] heap, int size, ReadOnlySpan<float> x)
+    {
+        int i = 0;
+        while (true)
+        {
+            int l = 2 * i + 1, worst = i;
+            if (l < size && Compare(x[heap[l]], x[heap[worst]], heap[l], heap[worst]) > 0) worst = l;
+            if (l + 1 < size && Compare(x[heap[l + 1]], x[heap[worst]], heap[l + 1], heap[worst]) > 0) worst = l + 1;
+            if (worst == i) return;
+            (heap[i], heap[worst]) = (heap[worst], heap[i]);
+            i = worst;
         }
     }
 
