@@ -42,6 +42,19 @@ static class MetricSupport
     }
 
     public static double[] LogSoftmax(ReadOnlySpan<float> row) => Logits.LogSoftmax(row);
+
+    /// <summary>
+    /// Cross-entropy of every row of the logits with a target (−1: ignored) on the device: the value is
+    /// <paramref name="valueScale"/>·Σ loss (one number back) and the gradient d(value)/d logits.
+    /// </summary>
+    public static (double Value, Tensor Gradient) CrossEntropyOnDevice(Tensor logits, IComputeBackend backend, int[] targets, float weight, double valueScale)
+    {
+        var (B, T, V) = Dims(logits);
+        var loss = backend.Empty(B * T);
+        var grad = backend.Empty(B, T, V);
+        backend.CrossEntropyRows(logits, B * T, V, targets, loss, grad, weight);
+        return (valueScale * backend.Sum(loss), grad);
+    }
 }
 
 /// <summary>Functions of a row of logits that metrics and analyses share.</summary>
@@ -148,7 +161,7 @@ public sealed class LogitDiff : IDeviceMetric
 }
 
 /// <summary><c>Σ_b log softmax(logits[b, pos])[token]</c>: the log-probability of a token.</summary>
-public sealed class LogProb(int token, int position = -1) : IMetric
+public sealed class LogProb(int token, int position = -1) : IDeviceMetric
 {
     public string Name => $"log_prob({token})@{position}";
 
@@ -176,13 +189,26 @@ public sealed class LogProb(int token, int position = -1) : IMetric
         }
         return grad;
     }
+
+    /// <summary>On a device: cross-entropy rows at the scored position with weight −1 give d log p = onehot − softmax; one number comes back.</summary>
+    public (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend)
+    {
+        if (backend.Device.IsCpu) return (Value(logits), Gradient(logits));
+        var (B, T, V) = MetricSupport.Dims(logits);
+        MetricSupport.CheckToken(token, V, "target");
+        int p = MetricSupport.Resolve(position, T, "position");
+        var targets = new int[B * T];
+        Array.Fill(targets, -1);
+        for (int b = 0; b < B; b++) targets[b * T + p] = token;
+        return MetricSupport.CrossEntropyOnDevice(logits, backend, targets, weight: -1f, valueScale: -1.0);
+    }
 }
 
 /// <summary>
 /// Mean next-token cross-entropy over the predictions at positions <c>[start, end)</c> (position t
 /// predicts token t+1), averaged over every row's predictions (padding excluded).
 /// </summary>
-public sealed class SpanLoss : IMetric
+public sealed class SpanLoss : IDeviceMetric
 {
     readonly TokenBatch _tokens;
     readonly int _start, _end;
@@ -239,6 +265,24 @@ public sealed class SpanLoss : IMetric
             for (int i = 0; i < V; i++) g[i] = (float)((Math.Exp(logp[i]) - (i == target ? 1 : 0)) / predictions.Count);
         }
         return grad;
+    }
+
+    /// <summary>On a device: cross-entropy over every predicting row (others ignored), weighted 1/n; one number comes back.</summary>
+    public (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend)
+    {
+        if (backend.Device.IsCpu) return (Value(logits), Gradient(logits));
+        var (B, T, V) = MetricSupport.Dims(logits);
+        var targets = new int[B * T];
+        Array.Fill(targets, -1);
+        int n = 0;
+        foreach (var (b, p, target) in Predictions())
+        {
+            MetricSupport.CheckToken(target, V, "target");
+            targets[b * T + p] = target;
+            n++;
+        }
+        if (n == 0) return (0, backend.Zeros(B, T, V));
+        return MetricSupport.CrossEntropyOnDevice(logits, backend, targets, weight: 1f / n, valueScale: 1.0 / n);
     }
 }
 

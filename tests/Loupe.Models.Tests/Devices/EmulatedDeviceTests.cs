@@ -79,6 +79,27 @@ public sealed class EmulatedDeviceTests(EmulatedBackendFixture fixture) : IClass
     }
 
     [Theory]
+    [InlineData("log_prob")]
+    [InlineData("span_loss")]
+    public void LogProbAndSpanLossAreDifferentiatedOnTheDevice(string which)
+    {
+        using var reference = new ReferenceFixture("gpt_neox");
+        using var cpu = ModelLoader.LoadFolder(reference.Folder);
+        using var device = ModelLoader.LoadFolder(reference.Folder, Device);
+        IMetric metric = which == "log_prob" ? new LogProb(17, position: 5) : new SpanLoss(reference.Tokens, 2, -1);
+        var expected = cpu.RunWithGradients(reference.Tokens, metric, "blocks.*.hook_resid_pre");
+        device.Run(reference.Tokens); // places the weights
+        var before = Device.Transfers.Snapshot();
+        var actual = device.RunWithGradients(reference.Tokens, metric, "blocks.*.hook_resid_pre");
+        var copies = Device.Transfers.Snapshot() - before;
+        Assert.Equal(expected.Metric, actual.Metric, 1e-4 * Math.Max(1, Math.Abs(expected.Metric)));
+        foreach (var name in expected.Gradients.Names)
+            AssertClose(expected.Gradients[name], actual.Gradients[name], 1e-4, $"{which} ∇ {name}");
+        Assert.Equal(0, copies.In(TransferKind.Data));
+        Assert.Equal(0, copies.Out(TransferKind.Data));
+    }
+
+    [Theory]
     [InlineData("gpt2")]
     [InlineData("llama")]
     public void Bf16WeightsStayWithinBf16PrecisionOfTheCpu(string arch)
