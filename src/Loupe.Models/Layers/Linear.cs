@@ -91,6 +91,7 @@ public sealed class Linear
 public sealed class DeviceWeight(ReadOnlyMemory<float> host, int[] shape, bool isMatrix = false)
 {
     sealed record Placed(IComputeBackend Backend, Tensor Tensor);
+    readonly Lock _placing = new();
     Placed? _placed;
 
     public ReadOnlyMemory<float> Host { get; } = host;
@@ -101,7 +102,7 @@ public sealed class DeviceWeight(ReadOnlyMemory<float> host, int[] shape, bool i
         if (Host.IsEmpty) return null;
         var placed = Volatile.Read(ref _placed);
         if (placed is not null && ReferenceEquals(placed.Backend, backend)) return placed.Tensor;
-        lock (this)
+        lock (_placing)
         {
             if (_placed is { } p && ReferenceEquals(p.Backend, backend)) return p.Tensor;
             var tensor = backend.LoadWeight(Host, shape, isMatrix ? backend.WeightElementType : ElementType.F32);
