@@ -40,19 +40,6 @@ static class CacheCommand
             var selected = CliSupport.SelectHooks(m, parse.GetValue(hooks)!);
             // The size is known from the declared hook points before anything runs.
             long bytes = m.EstimateCacheBytes(selected, batch.Batch, batch.Length, out int uncounted);
-            CliSupport.Status.WriteLine($"caching {selected.Count} hook points: {(bytes < 1e6 ? $"{bytes / 1e3:F1} kB" : $"{bytes / 1e6:F1} MB")}" +
-                $"{(uncounted > 0 ? $" + {uncounted} splice hooks" : "")} (run on {m.Backend.Device}, kept in host memory)");
-            var clock = Stopwatch.StartNew();
-            // Each cached activation comes to host memory as the pass reaches it (a device keeps only the current ones).
-            var result = m.RunWithCache(batch, parse.GetValue(hooks), new RunOptions { CacheOn = CacheLocation.Host });
-            var entries = new List<SafeTensorEntry>();
-            foreach (var name in selected)
-            {
-                var t = result.Cache[name];
-                entries.Add(SafeTensorEntry.F32(name, t.Shape.ToArray(), t.Data));
-            }
-            entries.Add(SafeTensorEntry.F32("logits", result.Logits.Shape.ToArray(), result.Logits.ToCpu().Data));
-            entries.Add(SafeTensorEntry.I64("tokens", [batch.Batch, batch.Length], batch.Ids.Select(i => (long)i).ToArray()));
             var metadata = new Dictionary<string, string>
             {
                 ["model"] = m.Source ?? "",
@@ -60,11 +47,44 @@ static class CacheCommand
                 ["hooks"] = string.Join(",", selected),
                 ["format"] = "loupe-activation-cache",
             };
-            CliSupport.OutputFile(path); // still not a device, folder or link now that the run is done
-            SafeTensorsWriter.Write(path, entries, metadata);
+            var clock = Stopwatch.StartNew();
+            var tokenIds = batch.Ids.Select(i => (long)i).ToArray();
+            if (uncounted == 0)
+            {
+                // Every shape is declared: the file's header is written first and each activation streams to
+                // disk as the pass reaches it, so memory holds one activation at a time, not the whole cache.
+                CliSupport.Status.WriteLine($"caching {selected.Count} hook points: {Size(bytes)} (run on {m.Backend.Device}, streamed to {path})");
+                var declared = m.HookPoints.ToDictionary(h => h.Name, StringComparer.Ordinal);
+                var layout = selected.Select(n => (n, DType.F32, declared[n].Shape(batch.Batch, batch.Length).Select(d => (long)d).ToArray()))
+                    .Append(("logits", DType.F32, [batch.Batch, batch.Length, m.Config.VocabOut]))
+                    .Append(("tokens", DType.I64, [batch.Batch, batch.Length]));
+                using var file = new SafeTensorsStreamWriter(path, layout, metadata);
+                var streamed = m.Run(batch, new RunOptions { CacheFilter = new HashSet<string>(selected, StringComparer.Ordinal).Contains, CacheSink = file.Write });
+                file.Write("logits", streamed.Logits);
+                file.Write("tokens", System.Runtime.InteropServices.MemoryMarshal.AsBytes(tokenIds.AsSpan()));
+                file.Complete();
+            }
+            else
+            {
+                // Splice sub-hooks have no declared shape: keep the cache in host memory, then write it.
+                CliSupport.Status.WriteLine($"caching {selected.Count} hook points: {Size(bytes)} + {uncounted} splice hooks (run on {m.Backend.Device}, kept in host memory)");
+                var result = m.RunWithCache(batch, parse.GetValue(hooks), new RunOptions { CacheOn = CacheLocation.Host });
+                var entries = new List<SafeTensorEntry>();
+                foreach (var name in selected)
+                {
+                    var t = result.Cache[name];
+                    entries.Add(SafeTensorEntry.F32(name, t.Shape.ToArray(), t.Data));
+                }
+                entries.Add(SafeTensorEntry.F32("logits", result.Logits.Shape.ToArray(), result.Logits.ToCpu().Data));
+                entries.Add(SafeTensorEntry.I64("tokens", [batch.Batch, batch.Length], tokenIds));
+                CliSupport.OutputFile(path); // still not a device, folder or link now that the run is done
+                SafeTensorsWriter.Write(path, entries, metadata);
+            }
             CliSupport.Status.WriteLine($"wrote {selected.Count} hooks + logits for [{batch.Batch}, {batch.Length}] tokens to {path} in {clock.Elapsed.TotalMilliseconds:F0} ms");
             return 0;
         }));
         return command;
     }
+
+    static string Size(long bytes) => bytes < 1e6 ? $"{bytes / 1e3:F1} kB" : $"{bytes / 1e6:F1} MB";
 }

@@ -222,7 +222,11 @@ public sealed class ForwardContext
                 activation = OnDevice(replaced);
             }
         }
-        if (_options.CacheFilter?.Invoke(name) ?? false) Cache.Set(name, Kept(activation));
+        if (_options.CacheFilter?.Invoke(name) ?? false)
+        {
+            if (_options.CacheSink is { } sink) sink(name, activation);
+            else Cache.Set(name, Kept(activation));
+        }
         if (_spliceAtInput is not null && _spliceAtInput.TryGetValue(name, out var readers))
             foreach (var reader in readers) _spliceInput[reader] = activation;
         if (_spliceAtOutput is not null && _spliceAtOutput.TryGetValue(name, out var splice))

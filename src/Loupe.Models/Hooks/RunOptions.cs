@@ -34,6 +34,13 @@ public sealed class RunOptions
     /// </summary>
     public CacheLocation CacheOn { get; set; } = CacheLocation.Device;
 
+    /// <summary>
+    /// When set, each activation the <see cref="CacheFilter"/> selects is handed to it as the pass reaches it
+    /// (e.g. <see cref="Loading.SafeTensorsStreamWriter.Write(string, Tensors.Tensor)"/>, streaming a cache to
+    /// disk) instead of being kept in the result's cache.
+    /// </summary>
+    public Action<string, Tensor>? CacheSink { get; set; }
+
     /// <summary>Registers a hook function at a hook point (several run in order).</summary>
     public RunOptions AddHook(string hookName, HookFunction hook)
     {

@@ -136,7 +136,7 @@ public static class SafeTensorsWriter
         }
 
         // 2. Header JSON, padded with spaces so that 8 + N is a multiple of 8.
-        byte[] header = BuildHeader(entries, metadata);
+        byte[] header = BuildHeader(entries.Select(x => (x.Entry.Name, x.Entry.DType, x.Entry.Shape, x.Begin, x.End)), metadata);
 
         // 3. Stream to a temporary file beside the target, flush to disk, rename over the target
         //    (only ever over a regular file: a device node, folder or link named by mistake is refused).
@@ -190,10 +190,10 @@ public static class SafeTensorsWriter
                 nameof(e));
     }
 
-    static byte[] BuildHeader(List<(SafeTensorEntry Entry, long Begin, long End)> entries,
+    internal static byte[] BuildHeader(IEnumerable<(string Name, DType DType, long[] Shape, long Begin, long End)> entries,
         IReadOnlyDictionary<string, string>? metadata)
     {
-        var buffer = new ArrayBufferWriter<byte>(256 + 96 * entries.Count);
+        var buffer = new ArrayBufferWriter<byte>(4096);
         using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
         {
             w.WriteStartObject();
@@ -207,12 +207,12 @@ public static class SafeTensorsWriter
                 }
                 w.WriteEndObject();
             }
-            foreach (var (e, begin, end) in entries)
+            foreach (var (name, dtype, shape, begin, end) in entries)
             {
-                w.WriteStartObject(e.Name);
-                w.WriteString("dtype", e.DType.ToHeaderString());
+                w.WriteStartObject(name);
+                w.WriteString("dtype", dtype.ToHeaderString());
                 w.WriteStartArray("shape");
-                foreach (var d in e.Shape) w.WriteNumberValue(d);
+                foreach (var d in shape) w.WriteNumberValue(d);
                 w.WriteEndArray();
                 w.WriteStartArray("data_offsets");
                 w.WriteNumberValue(begin);
@@ -228,5 +228,83 @@ public static class SafeTensorsWriter
         buffer.WrittenSpan.CopyTo(header);
         header.AsSpan(n).Fill((byte)' ');
         return header;
+    }
+}
+
+/// <summary>
+/// A safetensors file written while its tensors are produced: the header comes first, from the names,
+/// dtypes and shapes declared up front (e.g. from <see cref="HookedTransformer.HookPoints"/>), then each
+/// tensor's bytes in the declared order as they arrive, so nothing has to be held until the end. The file
+/// appears at its path (atomically, as with <see cref="SafeTensorsWriter"/>) only on <see cref="Complete"/>;
+/// disposed before that, the temporary file is deleted.
+/// </summary>
+public sealed class SafeTensorsStreamWriter : IDisposable
+{
+    readonly string _path, _tmp;
+    readonly FileStream _stream;
+    readonly List<(string Name, DType DType, long[] Shape, long Bytes)> _entries;
+    int _next;
+    bool _completed;
+
+    /// <exception cref="InputError">The path names something other than a regular file.</exception>
+    /// <exception cref="ArgumentException">A name repeats or is <c>__metadata__</c>, or a dimension is negative.</exception>
+    public SafeTensorsStreamWriter(string path, IEnumerable<(string Name, DType DType, long[] Shape)> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        _path = Path.GetFullPath(path);
+        _entries = [];
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (name, dtype, shape) in tensors)
+        {
+            if (name == "__metadata__" || !names.Add(name)) throw new ArgumentException($"tensor name '{name}' is reserved or given twice", nameof(tensors));
+            if (shape.Any(d => d < 0)) throw new ArgumentException($"tensor '{name}': negative dimension in [{string.Join(", ", shape)}]", nameof(tensors));
+            _entries.Add((name, dtype, (long[])shape.Clone(), checked(shape.Aggregate(1L, (a, d) => checked(a * d)) * dtype.SizeOf())));
+        }
+        long offset = 0;
+        var laidOut = _entries.Select(e => { long begin = offset; offset += e.Bytes; return (e.Name, e.DType, e.Shape, begin, offset); }).ToList();
+        byte[] header = SafeTensorsWriter.BuildHeader(laidOut, metadata);
+        OutputFiles.EnsureReplaceable(_path);
+        _tmp = _path + ".tmp-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6));
+        _stream = new FileStream(_tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 16);
+        Span<byte> len = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)header.Length);
+        _stream.Write(len);
+        _stream.Write(header);
+    }
+
+    /// <summary>The name of the next tensor the file expects, or null when every one was written.</summary>
+    public string? Next => _next < _entries.Count ? _entries[_next].Name : null;
+
+    /// <summary>Writes the next declared tensor's little-endian bytes.</summary>
+    /// <exception cref="InvalidOperationException">It is not the tensor expected next, or its size differs from the declared shape.</exception>
+    public void Write(string name, ReadOnlySpan<byte> data)
+    {
+        if (_next >= _entries.Count || _entries[_next].Name != name)
+            throw new InvalidOperationException($"'{name}' arrived where the file expects {(Next is { } n ? $"'{n}'" : "no more tensors")}");
+        if (data.Length != _entries[_next].Bytes)
+            throw new InvalidOperationException($"tensor '{name}': {data.Length} bytes, the declared shape [{string.Join(", ", _entries[_next].Shape)}] needs {_entries[_next].Bytes}");
+        _stream.Write(data);
+        _next++;
+    }
+
+    /// <summary>A float32 tensor (read on the host first when it lives on a device: one counted copy).</summary>
+    public void Write(string name, Tensors.Tensor tensor) => Write(name, MemoryMarshal.AsBytes(tensor.ToCpu().Span));
+
+    /// <summary>Flushes to disk and renames the file into place.</summary>
+    /// <exception cref="InvalidOperationException">Declared tensors were not written.</exception>
+    public void Complete()
+    {
+        if (Next is { } missing) throw new InvalidOperationException($"tensor '{missing}' and {_entries.Count - _next - 1} after it were declared but never written");
+        _stream.Flush(flushToDisk: true);
+        _stream.Dispose();
+        OutputFiles.Replace(_tmp, _path);
+        _completed = true;
+    }
+
+    public void Dispose()
+    {
+        if (_completed) return;
+        _stream.Dispose();
+        try { File.Delete(_tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 }
