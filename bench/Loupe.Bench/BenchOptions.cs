@@ -30,6 +30,8 @@ public sealed class BenchOptions
           --cache DIR        fixture folder (default $LOUPE_BENCH_CACHE or /tmp/loupe-bench-models)
           --threads N        OpenBLAS threads (default: OpenBLAS's own, usually the core count)
           --managed          use the managed GEMM instead of OpenBLAS
+          --baseline DLL     forward: also time another build (e.g. the previous commit's Loupe.Bench.dll) in this
+                             run, alternating with this one, and print the ratios
 
         example:
           dotnet bench/Loupe.Bench/bin/Release/net10.0/Loupe.Bench.dll all --json bench-results.json
@@ -49,6 +51,7 @@ public sealed class BenchOptions
     public string CacheRoot { get; private set; } = Fixtures.DefaultCacheRoot;
     public int? Threads { get; private set; }
     public bool Managed { get; private set; }
+    public string? Baseline { get; private set; }
     public bool Help { get; private set; }
     public IReadOnlyList<BenchModel> Models { get; private set; } = [];
 
@@ -85,6 +88,7 @@ public sealed class BenchOptions
                 case "--cache": o.CacheRoot = Value(); break;
                 case "--threads": o.Threads = Math.Max(1, Int()); break;
                 case "--managed": o.Managed = true; break;
+                case "--baseline": o.Baseline = Value(); break;
                 case "-h" or "--help" or "help": o.Help = true; break;
                 default: throw new ArgumentException($"unknown argument '{a}' (see --help)");
             }

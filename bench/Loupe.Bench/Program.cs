@@ -96,6 +96,10 @@ if (o.RunsForward)
         var f = forwards[i] with { PeakGflops = peak.Gflops, RatioToPeak = forwards[i].Run.Gflops / peak.Gflops };
         forwards[i] = f with { Summary = ForwardBench.Summarize(f) };
     }
+// 4b. The same forwards by a baseline build, in a child process, between this build's runs.
+List<BaselineRow>? baseline = null;
+if (o.Baseline is { } baselineDll && o.RunsForward)
+    baseline = Baseline.Compare(baselineDll, o, forwards, m => bench.Run(m, Fixtures.FolderOf(o.CacheRoot, m), Peak), log);
 var loadAverageEnd = EnvironmentInfo.LoadAverage();
 
 // 5. Report.
@@ -107,6 +111,7 @@ if (o.RunsForward)
     Report.Roofline(Console.Out, forwards);
     foreach (var f in forwards.Where(f => f.Profile is not null)) Report.Profile(Console.Out, f);
     Report.Summary(Console.Out, forwards);
+    if (baseline is not null) Baseline.Print(Console.Out, o.Baseline!, baseline);
 }
 Console.WriteLine();
 bool busy = new[] { loadAverageStart, loadAverageEnd }.Any(l => double.TryParse(l, CultureInfo.InvariantCulture, out double v) && v > env.LogicalCores);
@@ -133,6 +138,7 @@ if (o.JsonPath is { } path)
         loading = loads,
         forward = forwards,
         summary = forwards.Select(f => f.Summary),
+        baseline,
     };
     var json = new JsonSerializerOptions
     {
