@@ -6,7 +6,11 @@ namespace Loupe.Models.Metrics;
 /// <summary>A metric that computes its value and gradient where the logits live (no host round-trip).</summary>
 public interface IDeviceMetric : IMetric
 {
-    /// <summary>The metric's value and d metric / d logits (a tensor on <paramref name="backend"/>'s device).</summary>
+    /// <summary>
+    /// The metric's value and d metric / d logits (a tensor on <paramref name="backend"/>'s device), built from
+    /// backend operations. <see cref="MetricOnDevice.Evaluate"/> calls it only off the CPU: there the host
+    /// <see cref="IMetric.Value"/> and <see cref="IMetric.Gradient"/> are exact and copy nothing.
+    /// </summary>
     (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend);
 }
 
@@ -14,12 +18,12 @@ public interface IDeviceMetric : IMetric
 public static class MetricOnDevice
 {
     /// <summary>
-    /// A <see cref="IDeviceMetric"/> stays on the device. Any other metric reads the logits on the host
-    /// and sends its gradient back: free on the CPU, two counted copies of the logits on a GPU.
+    /// On a device, an <see cref="IDeviceMetric"/> stays there. Otherwise the metric reads the logits on the
+    /// host and sends its gradient back: free on the CPU, two counted copies of the logits on a GPU.
     /// </summary>
     public static (double Value, Tensor Gradient) Evaluate(IMetric metric, Tensor logits, IComputeBackend backend)
     {
-        if (metric is IDeviceMetric onDevice) return onDevice.Evaluate(logits, backend);
+        if (metric is IDeviceMetric onDevice && !backend.Device.IsCpu) return onDevice.Evaluate(logits, backend);
         var host = logits.ToCpu();
         double value = metric.Value(host);
         if (!double.IsFinite(value)) return (value, logits);

@@ -139,7 +139,6 @@ public sealed class LogitDiff : IDeviceMetric
     /// </summary>
     public (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend)
     {
-        if (backend.Device.IsCpu) return (Value(logits), Gradient(logits));
         var (B, T, V) = MetricSupport.Dims(logits);
         int p = MetricSupport.Resolve(_position, T, "position");
         var signs = new float[2 * B];
@@ -193,7 +192,6 @@ public sealed class LogProb(int token, int position = -1) : IDeviceMetric
     /// <summary>On a device: cross-entropy rows at the scored position with weight −1 give d log p = onehot − softmax; one number comes back.</summary>
     public (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend)
     {
-        if (backend.Device.IsCpu) return (Value(logits), Gradient(logits));
         var (B, T, V) = MetricSupport.Dims(logits);
         MetricSupport.CheckToken(token, V, "target");
         int p = MetricSupport.Resolve(position, T, "position");
@@ -270,7 +268,6 @@ public sealed class SpanLoss : IDeviceMetric
     /// <summary>On a device: cross-entropy over every predicting row (others ignored), weighted 1/n; one number comes back.</summary>
     public (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend)
     {
-        if (backend.Device.IsCpu) return (Value(logits), Gradient(logits));
         var (B, T, V) = MetricSupport.Dims(logits);
         var targets = new int[B * T];
         Array.Fill(targets, -1);
