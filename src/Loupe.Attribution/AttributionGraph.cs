@@ -1,0 +1,133 @@
+namespace Loupe.Attribution;
+
+/// <summary>The kinds of node an attribution graph holds, with circuit-tracer's numeric codes.</summary>
+public enum NodeKind
+{
+    /// <summary>An active transcoder feature (layer, position, feature index).</summary>
+    Feature = 0,
+    /// <summary>The error node of a layer at a position: the MLP output the transcoder does not reconstruct.</summary>
+    Error = 1,
+    /// <summary>A token embedding (position, token id).</summary>
+    Token = 2,
+    /// <summary>A logit at the last position (vocabulary id).</summary>
+    Logit = 3,
+}
+
+/// <summary>
+/// One node. <see cref="Layer"/> is −1 for tokens and n_layers for logits; <see cref="Index"/> is the
+/// feature index (features), the token id (tokens), the vocabulary id (logits) or −1 (errors).
+/// <see cref="Value"/> is the feature's activation, the logit's probability, else 0.
+/// </summary>
+public readonly record struct GraphNode(NodeKind Kind, int Layer, int Position, int Index, float Value);
+
+/// <summary>What made a graph: recorded in every file written from it.</summary>
+/// <param name="Model">The model's source (hub id or folder) and architecture.</param>
+/// <param name="ModelFingerprint">Fingerprint of the model weights.</param>
+/// <param name="Transcoders">Where the transcoders came from.</param>
+/// <param name="TranscoderFingerprint">Fingerprint of the transcoder weights.</param>
+/// <param name="Settings">The attribution settings by name (max_n_logits, desired_logit_prob, max_feature_nodes, batch_size…).</param>
+/// <param name="LoupeVersion">The Loupe version that made it.</param>
+/// <param name="CreatedUtc">When it was made.</param>
+public sealed record GraphProvenance(
+    string Model,
+    string ModelFingerprint,
+    string Transcoders,
+    string TranscoderFingerprint,
+    IReadOnlyDictionary<string, string> Settings,
+    string LoupeVersion,
+    DateTimeOffset CreatedUtc);
+
+/// <summary>
+/// A prompt's attribution graph over a replacement model, laid out as circuit-tracer's <c>Graph</c>.
+/// Node order (both adjacency axes): <c>[selected features (in <see cref="SelectedFeatures"/> order),
+/// error nodes (layer-major, then position: L·T), token nodes (by position: T), logit nodes (by
+/// descending probability)]</c>. <see cref="Adjacency"/> is <c>[n, n]</c> row-major with
+/// <b>rows = targets, columns = sources</b>: <c>A[t, s]</c> is the direct effect of source s on target t
+/// (a feature target's pre-activation, a logit target's demeaned logit).
+/// </summary>
+public sealed class AttributionGraph
+{
+    /// <summary>The prompt's token ids.</summary>
+    public required int[] InputTokens { get; init; }
+
+    /// <summary>The prompt's tokens as text (one per position), when a tokenizer was at hand.</summary>
+    public string[]? TokenStrings { get; init; }
+
+    /// <summary>The prompt as text, when known.</summary>
+    public string? Prompt { get; init; }
+
+    /// <summary>n_layers of the model.</summary>
+    public required int Layers { get; init; }
+
+    /// <summary>Every active feature as (layer, position, feature), sorted by layer, then position, then feature.</summary>
+    public required (int Layer, int Position, int Feature)[] ActiveFeatures { get; init; }
+
+    /// <summary>The activation of each active feature (same order as <see cref="ActiveFeatures"/>).</summary>
+    public required float[] ActivationValues { get; init; }
+
+    /// <summary>Indices into <see cref="ActiveFeatures"/> of the features that are graph nodes, in node order.</summary>
+    public required int[] SelectedFeatures { get; init; }
+
+    /// <summary>The logit targets' vocabulary ids, by descending probability.</summary>
+    public required int[] LogitTokens { get; init; }
+
+    /// <summary>Their probabilities at the last position.</summary>
+    public required float[] LogitProbabilities { get; init; }
+
+    /// <summary>The adjacency matrix <c>[n, n]</c>, rows = targets, columns = sources.</summary>
+    public required float[] Adjacency { get; init; }
+
+    /// <summary>Error vectors <c>[L, T, d_model]</c> (MLP output minus reconstruction), when kept.</summary>
+    public float[]? ErrorVectors { get; init; }
+
+    /// <summary>Token embedding vectors <c>[T, d_model]</c>, when kept.</summary>
+    public float[]? TokenVectors { get; init; }
+
+    /// <summary>What made the graph.</summary>
+    public GraphProvenance? Provenance { get; init; }
+
+    /// <summary>Number of positions T.</summary>
+    public int Positions => InputTokens.Length;
+
+    /// <summary>Number of nodes n = selected features + L·T + T + logits.</summary>
+    public int NodeCount => SelectedFeatures.Length + Layers * Positions + Positions + LogitTokens.Length;
+
+    /// <summary>Index of the first error node.</summary>
+    public int ErrorOffset => SelectedFeatures.Length;
+
+    /// <summary>Index of the first token node.</summary>
+    public int TokenOffset => ErrorOffset + Layers * Positions;
+
+    /// <summary>Index of the first logit node.</summary>
+    public int LogitOffset => TokenOffset + Positions;
+
+    /// <summary>The node at <paramref name="index"/> (in adjacency order).</summary>
+    public GraphNode Node(int index)
+    {
+        if ((uint)index >= (uint)NodeCount) throw new ArgumentOutOfRangeException(nameof(index), $"node {index} is outside 0..{NodeCount - 1}");
+        if (index < ErrorOffset)
+        {
+            int a = SelectedFeatures[index];
+            var (l, p, f) = ActiveFeatures[a];
+            return new GraphNode(NodeKind.Feature, l, p, f, ActivationValues[a]);
+        }
+        if (index < TokenOffset)
+        {
+            int e = index - ErrorOffset;
+            return new GraphNode(NodeKind.Error, e / Positions, e % Positions, -1, 0f);
+        }
+        if (index < LogitOffset)
+        {
+            int p = index - TokenOffset;
+            return new GraphNode(NodeKind.Token, -1, p, InputTokens[p], 0f);
+        }
+        int j = index - LogitOffset;
+        return new GraphNode(NodeKind.Logit, Layers, Positions - 1, LogitTokens[j], LogitProbabilities[j]);
+    }
+
+    /// <summary>Every node in adjacency order.</summary>
+    public IEnumerable<GraphNode> Nodes() => Enumerable.Range(0, NodeCount).Select(Node);
+
+    /// <summary>A[target, source].</summary>
+    public float Edge(int target, int source) => Adjacency[(long)target * NodeCount + source];
+}
