@@ -8,6 +8,22 @@ using Loupe.Tokenizers;
 namespace Loupe.Models;
 
 /// <summary>
+/// How a block is wired. Sequential: <c>resid_mid = resid_pre + post1(attn(ln1(resid_pre)))</c>,
+/// <c>resid_post = resid_mid + post2(mlp(ln2(resid_mid)))</c>. Parallel (GPT-NeoX, GPT-J): both branches
+/// read resid_pre and <c>resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre))</c>.
+/// The post norms (Gemma 2's sandwich norms) are null where a family has none; <see cref="Mlp"/> and
+/// <see cref="Ln2"/> are null for attention-only models.
+/// </summary>
+/// <param name="Ln1">The norm before attention.</param>
+/// <param name="Attention">The attention layer.</param>
+/// <param name="AttentionPostNorm">The norm after attention, before the residual add (hook_attn_out is after it), or null.</param>
+/// <param name="Ln2">The norm before the MLP, or null without an MLP.</param>
+/// <param name="Mlp">The MLP, or null for attention-only models.</param>
+/// <param name="MlpPostNorm">The norm after the MLP (hook_mlp_out is after it), or null.</param>
+/// <param name="Parallel">Attention and MLP both read resid_pre.</param>
+public sealed record BlockAnatomy(Norm Ln1, AttentionLayer Attention, Norm? AttentionPostNorm, Norm? Ln2, MlpLayer? Mlp, Norm? MlpPostNorm, bool Parallel);
+
+/// <summary>
 /// A transformer whose every internal activation can be read or replaced by its TransformerLens
 /// name. The pipeline shared by all families lives here:
 /// 1. check the tokens (ids in the vocabulary, length within the context);
@@ -81,6 +97,12 @@ public abstract class HookedTransformer : IDisposable
 
     /// <summary>One block: reads resid_pre <c>[batch, pos, d_model]</c> and returns resid_post.</summary>
     protected abstract Tensor Block(int layer, ForwardContext ctx, Tensor residPre);
+
+    /// <summary>
+    /// The parts of block <paramref name="layer"/> and how they are wired, for analyses that walk the block
+    /// themselves (attribution graphs freeze its norms and attention patterns and trace the linear rest).
+    /// </summary>
+    public abstract BlockAnatomy Anatomy(int layer);
 
     /// <summary>The block's backward: d resid_post → d resid_pre, through every hook point of the block.</summary>
     protected abstract Tensor BlockBackward(int layer, ForwardContext ctx, Tensor dResidPost);

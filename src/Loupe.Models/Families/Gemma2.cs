@@ -81,6 +81,8 @@ public sealed class Gemma2Model : HookedTransformer
         return new Gemma2Model(cfg, w, backend);
     }
 
+    public override BlockAnatomy Anatomy(int layer) => new(_ln1[layer], _attn[layer], _ln1Post[layer], _ln2[layer], _mlp[layer], _ln2Post[layer], false);
+
     protected override Tensor Block(int l, ForwardContext ctx, Tensor residPre)
     {
         // Sandwich norms: each sub-layer's output is normalized again before it joins the residual

@@ -83,6 +83,8 @@ public sealed class GptNeoXModel : HookedTransformer
         return new GptNeoXModel(cfg, w, backend);
     }
 
+    public override BlockAnatomy Anatomy(int layer) => new(_ln1[layer], _attn[layer], null, _ln2[layer], _mlp[layer], null, Config.ParallelAttnMlp);
+
     protected override Tensor Block(int l, ForwardContext ctx, Tensor residPre)
     {
         if (!Config.ParallelAttnMlp) return SequentialBlock(l, ctx, residPre, _ln1[l], _attn[l], _ln2[l], _mlp[l]);

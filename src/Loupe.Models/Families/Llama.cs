@@ -82,6 +82,8 @@ public sealed class LlamaModel : HookedTransformer
         return new LlamaModel(cfg, w, backend);
     }
 
+    public override BlockAnatomy Anatomy(int layer) => new(_ln1[layer], _attn[layer], null, _ln2[layer], _mlp[layer], null, false);
+
     protected override Tensor Block(int l, ForwardContext ctx, Tensor residPre) =>
         SequentialBlock(l, ctx, residPre, _ln1[l], _attn[l], _ln2[l], _mlp[l]);
 

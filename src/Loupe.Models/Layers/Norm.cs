@@ -26,6 +26,10 @@ public sealed class Norm
     }
 
     public NormKind Kind { get; }
+    /// <summary>Its <c>hook_scale</c> point, e.g. <c>blocks.3.ln2.hook_scale</c>.</summary>
+    public string ScaleHook => _scaleHook;
+    /// <summary>Its <c>hook_normalized</c> point (the output, weights applied).</summary>
+    public string NormalizedHook => _normalizedHook;
     public ReadOnlyMemory<float> Weight { get; }
     public ReadOnlyMemory<float> Bias { get; }
     public float Eps { get; }

@@ -1,0 +1,33 @@
+namespace Loupe.Attribution;
+
+/// <summary>How an attribution graph is computed (circuit-tracer's <c>attribute</c> arguments, same defaults).</summary>
+public sealed record AttributionSettings
+{
+    /// <summary>At most this many logit targets (<c>max_n_logits</c>).</summary>
+    public int MaxLogits { get; init; } = 10;
+
+    /// <summary>Logit targets are added by descending probability until their cumulative probability reaches this (<c>desired_logit_prob</c>).</summary>
+    public double LogitProbability { get; init; } = 0.95;
+
+    /// <summary>Target rows per batched backward pass (<c>batch_size</c>).</summary>
+    public int BatchSize { get; init; } = 256;
+
+    /// <summary>At most this many feature nodes, chosen greedily by influence on the logits (<c>max_feature_nodes</c>); null = every active feature.</summary>
+    public int? MaxFeatureNodes { get; init; }
+
+    /// <summary>Batches computed between re-rankings of the features by influence (<c>update_interval</c>).</summary>
+    public int UpdateInterval { get; init; } = 4;
+
+    /// <summary>Write progress lines here (null = silent).</summary>
+    public Action<string>? Log { get; init; }
+
+    /// <summary>The settings by circuit-tracer's names, as recorded in every file.</summary>
+    public IReadOnlyDictionary<string, string> Describe() => new SortedDictionary<string, string>(StringComparer.Ordinal)
+    {
+        ["max_n_logits"] = MaxLogits.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        ["desired_logit_prob"] = LogitProbability.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
+        ["batch_size"] = BatchSize.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        ["max_feature_nodes"] = MaxFeatureNodes?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "all",
+        ["update_interval"] = UpdateInterval.ToString(System.Globalization.CultureInfo.InvariantCulture),
+    };
+}

@@ -1,0 +1,296 @@
+using System.Diagnostics;
+using Loupe.Attribution.Engine;
+using Loupe.Dictionaries.Transcoders;
+using Loupe.Models;
+using Loupe.Tensors;
+
+namespace Loupe.Attribution;
+
+/// <summary>What an attribution cost.</summary>
+/// <param name="ActiveFeatures">Active features on the prompt (outside position 0).</param>
+/// <param name="FeatureNodes">Feature nodes in the graph.</param>
+/// <param name="Batches">Batched backward passes run.</param>
+/// <param name="Elapsed">Wall time of the whole attribution, forward included.</param>
+/// <param name="ForwardTime">Wall time of one forward pass of the model on the prompt.</param>
+/// <param name="EstimatedBytes">The memory the attribution was estimated to take (printed before the backward passes).</param>
+public sealed record AttributionStats(int ActiveFeatures, int FeatureNodes, int Batches, TimeSpan Elapsed, TimeSpan ForwardTime, long EstimatedBytes)
+{
+    /// <summary>The cost in forward-pass equivalents: elapsed time over one forward pass's time.</summary>
+    public double PassEquivalents => ForwardTime.TotalSeconds > 0 ? Elapsed.TotalSeconds / ForwardTime.TotalSeconds : double.NaN;
+}
+
+/// <summary>
+/// Computes a prompt's attribution graph through a replacement model as circuit-tracer's <c>attribute</c>
+/// does (Ameisen et al. 2025): one forward pass captures the local replacement model; logit rows first,
+/// then feature rows (all of them, or greedily by influence up to <see cref="AttributionSettings.MaxFeatureNodes"/>),
+/// each a batch of target rows through one linear backward pass.
+/// </summary>
+public sealed class Attributor
+{
+    readonly HookedTransformer _model;
+    readonly IMlpReplacement _transcoders;
+    readonly AttributionSettings _settings;
+
+    public Attributor(HookedTransformer model, IMlpReplacement transcoders, AttributionSettings? settings = null)
+    {
+        _model = model ?? throw new ArgumentNullException(nameof(model));
+        _transcoders = transcoders ?? throw new ArgumentNullException(nameof(transcoders));
+        _settings = settings ?? new AttributionSettings();
+        if (_settings.MaxLogits < 1) throw new ArgumentOutOfRangeException(nameof(settings), $"max logits must be ≥ 1, not {_settings.MaxLogits}");
+        if (!(_settings.LogitProbability > 0 && _settings.LogitProbability <= 1)) throw new ArgumentOutOfRangeException(nameof(settings), $"the logit probability must be in (0, 1], not {_settings.LogitProbability}");
+        if (_settings.BatchSize < 1) throw new ArgumentOutOfRangeException(nameof(settings), $"the batch size must be ≥ 1, not {_settings.BatchSize}");
+        if (_settings.MaxFeatureNodes is < 0) throw new ArgumentOutOfRangeException(nameof(settings), $"max feature nodes must be ≥ 0, not {_settings.MaxFeatureNodes}");
+    }
+
+    /// <summary>What the last <see cref="Attribute"/> cost.</summary>
+    public AttributionStats? Stats { get; private set; }
+
+    void Log(string line) => _settings.Log?.Invoke(line);
+
+    /// <summary>The attribution graph of <paramref name="tokens"/> (unpruned).</summary>
+    /// <exception cref="InputError">The transcoders do not fit the model, the prompt is empty or too long, a token is outside the vocabulary, or no feature is active.</exception>
+    public AttributionGraph Attribute(int[] tokens, string? prompt = null)
+    {
+        var clock = Stopwatch.StartNew();
+        var s = ReplacementState.Capture(_model, _transcoders, tokens);
+        var cfg = _model.Config;
+        int L = cfg.NLayers, T = s.Positions, D = s.DModel, F = s.Active.Length;
+        int errorOffset = F, tokenOffset = F + L * T, logitOffset = F + (L + 1) * T;
+
+        var (logitIds, logitProbs, logitVectors) = SalientLogits(s.LastLogits);
+        int nLogits = logitIds.Length, totalNodes = logitOffset + nLogits;
+        int maxFeatures = Math.Min(_settings.MaxFeatureNodes ?? F, F);
+        int N = Math.Min(_settings.BatchSize, Math.Max(nLogits, maxFeatures));
+
+        // Sources by the place they write.
+        var readouts = new SourceReadout[L];
+        for (int t = 0; t < L; t++)
+        {
+            var sources = new List<(int, int, float[])>();
+            for (int i = 0; i < F; i++)
+            {
+                var (l, p, f) = s.Active[i];
+                if (l > t || _transcoders.LastTarget(l) < t) continue;
+                var v = new float[D];
+                _transcoders.DecoderDirection(l, f, t, v);
+                System.Numerics.Tensors.TensorPrimitives.Multiply(v, s.ActiveValues[i], v);
+                sources.Add((p, i, v));
+            }
+            for (int p = 0; p < T; p++) sources.Add((p, errorOffset + t * T + p, s.Errors.AsSpan((t * T + p) * D, D).ToArray()));
+            readouts[t] = new SourceReadout(_model.Backend, T, D, sources);
+        }
+        var tokenReadout = new SourceReadout(_model.Backend, T, D,
+            [.. Enumerable.Range(0, T).Select(p => (p, tokenOffset + p, s.TokenVectors.AsSpan(p * D, D).ToArray()))]);
+
+        long estimate = EstimateBytes(s, readouts, tokenReadout, N, maxFeatures + nLogits, totalNodes);
+        Log($"attribution: {T} positions, {F} active features, {nLogits} logit targets (p = {logitProbs.Sum():0.####}), {maxFeatures} feature nodes, batches of {N}; memory ≈ {Bytes(estimate)}");
+
+        var backward = new LinearBackward(s, N);
+        int batches = 0;
+        var edges = new float[(long)(maxFeatures + nLogits) * totalNodes];
+        var rowToNode = new int[maxFeatures + nLogits];
+
+        // Logit rows first: injected at the final norm's output, last position.
+        for (int i = 0; i < nLogits; i += N)
+        {
+            int n = Math.Min(N, nLogits - i);
+            var targets = Enumerable.Range(i, n).Select(j => new Target(L, T - 1, logitVectors[j])).ToArray();
+            ComputeRows(s, backward, readouts, tokenReadout, targets, edges, i, totalNodes, logitOffset);
+            for (int j = 0; j < n; j++) rowToNode[i + j] = logitOffset + i + j;
+            batches++;
+        }
+
+        // Feature rows: every feature, or greedily by influence on the logits.
+        int row = nLogits, visitedCount = 0;
+        var visited = new bool[F];
+        var encoder = new float[D];
+        while (visitedCount < maxFeatures)
+        {
+            int[] pending;
+            if (maxFeatures == F)
+                pending = [.. Enumerable.Range(0, F)];
+            else
+            {
+                var influence = Influence.Partial(edges, row, totalNodes, logitProbs, rowToNode);
+                int queue = Math.Min(_settings.UpdateInterval * N, maxFeatures - visitedCount);
+                pending = [.. Enumerable.Range(0, F).Where(f => !visited[f]).OrderByDescending(f => influence[f]).ThenBy(f => f).Take(queue)];
+            }
+            for (int start = 0; start < pending.Length; start += N)
+            {
+                int n = Math.Min(N, pending.Length - start);
+                var targets = new Target[n];
+                for (int j = 0; j < n; j++)
+                {
+                    var (l, p, f) = s.Active[pending[start + j]];
+                    _transcoders.EncoderDirection(l, f, encoder);
+                    targets[j] = new Target(l, p, encoder.ToArray());
+                }
+                ComputeRows(s, backward, readouts, tokenReadout, targets, edges, row, totalNodes, logitOffset);
+                for (int j = 0; j < n; j++)
+                {
+                    rowToNode[row + j] = pending[start + j];
+                    visited[pending[start + j]] = true;
+                }
+                row += n;
+                visitedCount += n;
+                batches++;
+            }
+            Log($"attribution: {visitedCount}/{maxFeatures} feature rows");
+        }
+
+        var graph = Assemble(s, edges, rowToNode, visited, maxFeatures, nLogits, totalNodes, logitIds, logitProbs, prompt);
+        clock.Stop();
+        Stats = new AttributionStats(F, maxFeatures, batches, clock.Elapsed, s.ForwardTime, estimate);
+        Log($"attribution: {batches} batched backward passes in {clock.Elapsed.TotalSeconds:0.##} s = {Stats.PassEquivalents:0.#} forward-pass equivalents");
+        return graph;
+    }
+
+    /// <summary>A target row: a vector injected at the input of <see cref="Layer"/>'s MLP (or, for <see cref="Layer"/> = L, at the final norm's output) at a position.</summary>
+    readonly record struct Target(int Layer, int Position, float[] Vector);
+
+    void ComputeRows(ReplacementState s, LinearBackward backward, SourceReadout[] readouts, SourceReadout tokenReadout,
+        Target[] targets, float[] edges, int firstRow, int totalNodes, int width)
+    {
+        var be = _model.Backend;
+        int L = s.Layers, N = backward.Rows, D = s.DModel, n = targets.Length;
+        var g = backward.NewGradient();
+        int top = targets.Max(t => t.Layer);
+        var normed = new float[D];
+
+        void InjectAt(int layer, Models.Layers.Norm? norm)
+        {
+            var rows = Enumerable.Range(0, n).Where(i => targets[i].Layer == layer).ToArray();
+            if (rows.Length == 0) return;
+            var vectors = new float[rows.Length * D];
+            for (int i = 0; i < rows.Length; i++)
+            {
+                var t = targets[rows[i]];
+                backward.FrozenNormHost(norm, t.Position, t.Vector, normed);
+                normed.CopyTo(vectors.AsSpan(i * D, D));
+            }
+            backward.Inject(g, vectors, [.. rows.Select(i => targets[i].Position)], rows);
+        }
+
+        InjectAt(L, _model.FinalNormLayer);
+        var results = new List<(SourceReadout Readout, Tensor Result)>();
+        for (int l = Math.Min(top, L - 1); l >= 0; l--)
+        {
+            if (l < top)
+            {
+                var r = be.Empty(N, Math.Max(1, readouts[l].Count));
+                readouts[l].Read(be, g, N, r);
+                results.Add((readouts[l], r));
+            }
+            var a = _model.Anatomy(l);
+            if (a.Parallel)
+            {
+                backward.AddAttention(l, g, g);
+                InjectAt(l, a.Ln2);
+            }
+            else
+            {
+                InjectAt(l, a.Ln2);
+                backward.AddAttention(l, g, g);
+            }
+        }
+        var tok = be.Empty(N, tokenReadout.Count);
+        tokenReadout.Read(be, g, N, tok);
+        results.Add((tokenReadout, tok));
+
+        var block = new float[(long)N * width];
+        foreach (var (readout, result) in results)
+            readout.Scatter(result.ToCpu().Span, n, block, width);
+        for (int i = 0; i < n; i++)
+            block.AsSpan(i * width, width).CopyTo(edges.AsSpan((int)((long)(firstRow + i) * totalNodes), width));
+    }
+
+    /// <summary>
+    /// circuit-tracer's <c>compute_salient_logits</c>: the smallest set of top tokens whose cumulative probability
+    /// reaches the threshold (at most MaxLogits), with their demeaned unembedding columns.
+    /// </summary>
+    (int[] Ids, float[] Probs, float[][] Vectors) SalientLogits(float[] logits)
+    {
+        int V = logits.Length, D = _model.Config.DModel;
+        double max = logits.Max(), sum = 0;
+        var probs = new double[V];
+        for (int v = 0; v < V; v++) sum += probs[v] = Math.Exp(logits[v] - max);
+        for (int v = 0; v < V; v++) probs[v] /= sum;
+        int k = Math.Min(_settings.MaxLogits, V);
+        var top = Enumerable.Range(0, V).OrderByDescending(v => probs[v]).ThenBy(v => v).Take(k).ToArray();
+        int cut = k;
+        double cumulative = 0;
+        for (int i = 0; i < k; i++)
+        {
+            cumulative += (float)probs[top[i]];
+            if (cumulative >= _settings.LogitProbability) { cut = i + 1; break; }
+        }
+        top = top[..cut];
+
+        // Demeaned unembedding: W_U[:, j] − mean over the vocabulary of W_U[:, v].
+        var mean = new double[D];
+        for (int v = 0; v < _model.Config.VocabOut; v++)
+        {
+            var col = _model.UnembedDirection(v);
+            for (int d = 0; d < D; d++) mean[d] += col[d];
+        }
+        var vectors = top.Select(j =>
+        {
+            var col = _model.UnembedDirection(j);
+            for (int d = 0; d < D; d++) col[d] = (float)(col[d] - mean[d] / _model.Config.VocabOut);
+            return col;
+        }).ToArray();
+        return (top, [.. top.Select(j => (float)probs[j])], vectors);
+    }
+
+    AttributionGraph Assemble(ReplacementState s, float[] edges, int[] rowToNode, bool[] visited, int maxFeatures, int nLogits,
+        int totalNodes, int[] logitIds, float[] logitProbs, string? prompt)
+    {
+        int F = s.Active.Length, L = s.Layers, T = s.Positions, D = s.DModel;
+        var selected = Enumerable.Range(0, F).Where(f => visited[f]).ToArray();
+        // Columns kept: the selected features, then every non-feature node.
+        var columns = selected.Concat(Enumerable.Range(F, totalNodes - F)).ToArray();
+        int n = columns.Length;
+        var featureRow = new int[F];
+        Array.Fill(featureRow, -1);
+        for (int i = 0; i < selected.Length; i++) featureRow[selected[i]] = i;
+        var adjacency = new float[(long)n * n];
+        for (int r = 0; r < rowToNode.Length; r++)
+        {
+            int node = rowToNode[r];
+            int target = node < F ? featureRow[node] : n - nLogits + (node - (totalNodes - nLogits));
+            var src = edges.AsSpan((int)((long)r * totalNodes), totalNodes);
+            var dst = adjacency.AsSpan((int)((long)target * n), n);
+            for (int c = 0; c < n; c++) dst[c] = src[columns[c]];
+        }
+        return new AttributionGraph
+        {
+            InputTokens = s.Tokens,
+            Prompt = prompt,
+            TokenStrings = _model.Tokenizer is { } tok ? [.. s.Tokens.Select(t => tok.Decode([t]))] : null,
+            Layers = L,
+            ActiveFeatures = s.Active,
+            ActivationValues = s.ActiveValues,
+            SelectedFeatures = selected,
+            LogitTokens = logitIds,
+            LogitProbabilities = logitProbs,
+            Adjacency = adjacency,
+            ErrorVectors = s.Errors,
+            TokenVectors = s.TokenVectors,
+        };
+    }
+
+    static long EstimateBytes(ReplacementState s, SourceReadout[] readouts, SourceReadout tokens, int N, int edgeRows, int totalNodes)
+    {
+        var cfg = s.Model.Config;
+        long T = s.Positions, D = s.DModel;
+        long patterns = 4L * cfg.NLayers * cfg.NHeads * T * T;
+        long sources = readouts.Sum(r => r.Bytes) + tokens.Bytes;
+        long gradients = 4L * T * N * (3 * D + (cfg.NHeads + cfg.KvHeads) * cfg.DHead);
+        long results = 4L * N * (readouts.Sum(r => (long)r.Count) + T) * 2;
+        long edgeMatrix = 4L * edgeRows * totalNodes;
+        long graph = 4L * (edgeRows + T * (cfg.NLayers + 1)) * (edgeRows + T * (cfg.NLayers + 1));
+        return patterns + sources + gradients + results + edgeMatrix + graph;
+    }
+
+    static string Bytes(long b) => b >= 1L << 30 ? $"{b / (double)(1L << 30):0.##} GiB" : $"{b / (double)(1L << 20):0.#} MiB";
+}

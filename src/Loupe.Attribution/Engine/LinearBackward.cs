@@ -1,0 +1,172 @@
+using Loupe.Models;
+using Loupe.Models.Layers;
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
+
+namespace Loupe.Attribution.Engine;
+
+/// <summary>
+/// The transpose of the local replacement model, applied to many gradient rows at once on the model's
+/// backend. Everything that is not linear is frozen, so the backward never needs the forward's
+/// activations beyond the patterns and norm scales, and those are shared by every row: a batch of N
+/// target rows costs N·(one backward), not N forwards plus N backwards, and the patterns are stored once.
+///
+/// Gradients are laid out <b>position-major</b>, <c>g[T, N, d_model]</c>: the N rows of one position are a
+/// contiguous <c>[N, d]</c> matrix (read-outs are one GEMM per position), and one head's slice of all
+/// rows is a <c>[T, N·d_head]</c> matrix (the pattern's transpose applies to it in one GEMM).
+/// Through a block, with frozen σ: a norm is <c>dx = (dy⊙w)/σ</c>, minus its row mean for LayerNorm; attention
+/// is its value path, <c>dz_h = g·W_O[h]ᵀ</c>, <c>dv = P_hᵀ·dz_h</c>, <c>dx = Σ dv·W_V[h]ᵀ</c>; an MLP passes nothing
+/// (its output is the transcoder's reconstruction plus a constant error, and the features are sources).
+/// </summary>
+internal sealed class LinearBackward
+{
+    readonly ReplacementState _s;
+    readonly IComputeBackend _be;
+    readonly int _T, _D, _N;
+    readonly Dictionary<string, Tensor> _expandedScales = new(StringComparer.Ordinal);
+    readonly Tensor _zeroScale, _dzHeads, _dvHeads, _dx;
+
+    /// <param name="state">The captured replacement model.</param>
+    /// <param name="rows">N: gradient rows per pass.</param>
+    public LinearBackward(ReplacementState state, int rows)
+    {
+        _s = state;
+        _be = state.Model.Backend;
+        _T = state.Positions;
+        _D = state.DModel;
+        _N = rows;
+        var cfg = state.Model.Config;
+        long tn = (long)_T * _N;
+        _zeroScale = _be.Zeros(_T * _N);
+        _dzHeads = _be.Empty(cfg.NHeads, _T * _N * cfg.DHead);
+        _dvHeads = _be.Empty(cfg.KvHeads, _T * _N * cfg.DHead);
+        _dx = _be.Empty((int)tn, _D);
+    }
+
+    public int Rows => _N;
+
+    /// <summary>A zeroed gradient buffer <c>[T·N, d_model]</c>.</summary>
+    public Tensor NewGradient() => _be.Zeros(_T * _N, _D);
+
+    /// <summary>
+    /// The frozen norm's transpose on every row of <paramref name="g"/> (in place is not allowed: writes <paramref name="dx"/>).
+    /// </summary>
+    void FrozenNorm(Norm norm, Tensor g, Tensor dx)
+    {
+        if (!_expandedScales.TryGetValue(norm.ScaleHook, out var scale))
+        {
+            // σ per position, repeated for the N rows of that position.
+            var sigma = _s.Scales[norm.ScaleHook];
+            var expanded = new float[_T * _N];
+            for (int p = 0; p < _T; p++) expanded.AsSpan(p * _N, _N).Fill(sigma[p]);
+            scale = _be.ToDevice(Tensor.FromArray(expanded, _T * _N), TransferKind.Inputs);
+            _expandedScales[norm.ScaleHook] = scale;
+        }
+        // With dσ = 0 the input only enters multiplied by zero: g stands in for it.
+        _be.NormBackwardInput(norm.Kind == NormKind.LayerNorm, g, scale, g, _zeroScale, _T * _N, _D,
+            norm.Weight.IsEmpty ? null : WeightOf(norm), norm.WeightOffset, dx);
+    }
+
+    readonly Dictionary<Norm, Tensor> _normWeights = new(ReferenceEqualityComparer.Instance);
+    Tensor WeightOf(Norm norm)
+    {
+        if (!_normWeights.TryGetValue(norm, out var w))
+            _normWeights[norm] = w = _be.LoadWeight(norm.Weight, [norm.Weight.Length]);
+        return w;
+    }
+
+    /// <summary>
+    /// Adds to <paramref name="g"/> (the gradient at the attention branch's residual input) what flows back
+    /// through layer <paramref name="layer"/>'s attention from <paramref name="gOut"/> (the gradient at its output).
+    /// <paramref name="gOut"/> and <paramref name="g"/> may be the same tensor.
+    /// </summary>
+    public void AddAttention(int layer, Tensor gOut, Tensor g)
+    {
+        var a = _s.Model.Anatomy(layer);
+        var attn = a.Attention;
+        int H = attn.NHeads, Hkv = attn.NKvHeads, dh = attn.DHead, group = H / Hkv;
+        int tn = _T * _N;
+        var input = gOut;
+        Tensor? post = null;
+        if (a.AttentionPostNorm is { Kind: not NormKind.None } pn)
+        {
+            post = _be.Empty(tn, _D);
+            FrozenNorm(pn, gOut, post);
+            input = post;
+        }
+        // dz_h [T·N, d_head] = g·W_O[h]ᵀ, each head into its own contiguous block.
+        var o = attn.O;
+        var wo = o.WeightOn(_be);
+        for (int h = 0; h < H; h++)
+        {
+            long dst = (long)h * tn * dh;
+            if (o.WeightIsOutIn) // stored [d_model, H·d_head]
+                _be.Gemm(false, false, tn, dh, _D, 1f, input, 0, _D, wo, (long)h * dh, H * dh, 0f, _dzHeads, dst, dh);
+            else                 // stored [H·d_head, d_model]
+                _be.Gemm(false, true, tn, dh, _D, 1f, input, 0, _D, wo, (long)h * dh * _D, _D, 0f, _dzHeads, dst, dh);
+        }
+        // dv_kv [T, N·d_head] = Σ over the heads that read it of P_hᵀ·dz_h.
+        var pattern = _s.Patterns[layer];
+        for (int h = 0; h < H; h++)
+            _be.Gemm(true, false, _T, _N * dh, _T, 1f, pattern, (long)h * _T * _T, _T,
+                _dzHeads, (long)h * tn * dh, _N * dh, h % group == 0 ? 0f : 1f, _dvHeads, (long)(h / group) * tn * dh, _N * dh);
+        // dx [T·N, d_model] = Σ_kv dv_kv·W_V[kv]ᵀ.
+        var (wv, outIn, width, firstColumn) = ValueWeight(attn);
+        var w = wv.WeightOn(_be);
+        for (int kv = 0; kv < Hkv; kv++)
+        {
+            long c0 = firstColumn(kv);
+            if (outIn) // stored [width, d_model]
+                _be.Gemm(false, false, tn, _D, dh, 1f, _dvHeads, (long)kv * tn * dh, dh, w, c0 * _D, _D, kv == 0 ? 0f : 1f, _dx, 0, _D);
+            else       // stored [d_model, width]
+                _be.Gemm(false, true, tn, _D, dh, 1f, _dvHeads, (long)kv * tn * dh, dh, w, c0, width, kv == 0 ? 0f : 1f, _dx, 0, _D);
+        }
+        var viaLn1 = post ?? _be.Empty(tn, _D);
+        FrozenNorm(a.Ln1, _dx, viaLn1);
+        _be.Add(g, viaLn1, g);
+    }
+
+    /// <summary>The linear map whose output columns hold v, and where kv head <c>i</c>'s columns start.</summary>
+    static (Linear Weight, bool OutIn, int Width, Func<int, long> FirstColumn) ValueWeight(AttentionLayer attn)
+    {
+        int dh = attn.DHead, qWidth = attn.NHeads * dh, kvWidth = attn.NKvHeads * dh;
+        if (attn.V is { } v) return (v, v.WeightIsOutIn, v.DOut, kv => (long)kv * dh);
+        var qkv = attn.Qkv!;
+        return attn.Layout == FusedQkvLayout.Concatenated
+            ? (qkv, qkv.WeightIsOutIn, qkv.DOut, kv => qWidth + kvWidth + (long)kv * dh)
+            : (qkv, qkv.WeightIsOutIn, qkv.DOut, kv => (long)kv * 3 * dh + 2 * dh);
+    }
+
+    /// <summary>
+    /// Adds vectors at single (position, row) places of <paramref name="g"/>: <paramref name="vectors"/> <c>[k, d_model]</c>
+    /// (host) goes to row <c>positions[i]·N + rows[i]</c>.
+    /// </summary>
+    public void Inject(Tensor g, float[] vectors, int[] positions, int[] rows)
+    {
+        if (positions.Length == 0) return;
+        var v = _be.ToDevice(Tensor.FromArray(vectors, positions.Length, _D), TransferKind.Inputs);
+        for (int i = 0; i < positions.Length; i++)
+            _be.CopyRows(v, (long)i * _D, _D, g, ((long)positions[i] * _N + rows[i]) * _D, _D, 1, _D, accumulate: true);
+    }
+
+    /// <summary>
+    /// The frozen norm's transpose of one vector on the host: what a gradient <paramref name="v"/> at the norm's
+    /// output at position <paramref name="position"/> becomes at its input.
+    /// </summary>
+    public void FrozenNormHost(Norm? norm, int position, ReadOnlySpan<float> v, Span<float> into)
+    {
+        if (norm is null || norm.Kind == NormKind.None) { v.CopyTo(into); return; }
+        double sigma = _s.Scales[norm.ScaleHook][position];
+        var w = norm.Weight.Span;
+        double mean = 0;
+        for (int i = 0; i < _D; i++)
+        {
+            double u = v[i] * ((w.IsEmpty ? 1.0 : w[i]) + norm.WeightOffset) / sigma;
+            into[i] = (float)u;
+            mean += u;
+        }
+        if (norm.Kind != NormKind.LayerNorm) return;
+        float m = (float)(mean / _D);
+        for (int i = 0; i < _D; i++) into[i] -= m;
+    }
+}

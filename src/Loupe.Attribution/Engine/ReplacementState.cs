@@ -1,0 +1,167 @@
+using Loupe.Dictionaries.Transcoders;
+using Loupe.Models;
+using Loupe.Models.Hooks;
+using Loupe.Models.Layers;
+using Loupe.Tensors;
+
+namespace Loupe.Attribution.Engine;
+
+/// <summary>
+/// The local replacement model of one prompt: everything its linear backward needs, taken from one
+/// clean forward pass. Attention patterns and the scales of every norm are frozen at their values on
+/// the prompt; each MLP output is the transcoders' reconstruction plus a fixed error vector, so the
+/// model is linear from any source (feature, error, token) to any target (feature pre-activation,
+/// demeaned logit). Position 0 is treated as circuit-tracer does: its features and errors are not sources.
+/// </summary>
+internal sealed class ReplacementState
+{
+    public required HookedTransformer Model { get; init; }
+    public required IMlpReplacement Transcoders { get; init; }
+    public required int[] Tokens { get; init; }
+    /// <summary>Per layer: the attention pattern <c>[1, H, T, T]</c> on the model's backend.</summary>
+    public required Tensor[] Patterns { get; init; }
+    /// <summary>Per norm (by its scale hook): the frozen σ per position <c>[T]</c> (host).</summary>
+    public required Dictionary<string, float[]> Scales { get; init; }
+    /// <summary>Active features (layer, position, feature), sorted, and their activations.</summary>
+    public required (int Layer, int Position, int Feature)[] Active { get; init; }
+    public required float[] ActiveValues { get; init; }
+    /// <summary>Error vectors <c>[L, T, d_model]</c> (zero at position 0).</summary>
+    public required float[] Errors { get; init; }
+    /// <summary>Token embedding vectors as they enter the residual stream (hook_embed) <c>[T, d_model]</c>.</summary>
+    public required float[] TokenVectors { get; init; }
+    /// <summary>Logits at the last position <c>[d_vocab_out]</c>.</summary>
+    public required float[] LastLogits { get; init; }
+    /// <summary>Wall time of the capture forward pass: the unit of the cost in pass equivalents.</summary>
+    public required TimeSpan ForwardTime { get; init; }
+
+    public int Layers => Model.Config.NLayers;
+    public int Positions => Tokens.Length;
+    public int DModel => Model.Config.DModel;
+
+    /// <summary>Runs the prompt once and captures the replacement model.</summary>
+    /// <exception cref="InputError">The transcoders do not fit the model, the prompt does not fit the context, or no feature is active.</exception>
+    public static ReplacementState Capture(HookedTransformer model, IMlpReplacement transcoders, int[] tokens)
+    {
+        var cfg = model.Config;
+        int L = cfg.NLayers, T = tokens.Length, D = cfg.DModel;
+        CheckFits(model, transcoders);
+        if (T == 0) throw new InputError("the prompt is empty; an attribution graph needs at least one token");
+
+        var hooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.Embed };
+        for (int l = 0; l < L; l++)
+        {
+            var a = model.Anatomy(l);
+            hooks.Add(transcoders.InputHook(l));
+            hooks.Add(transcoders.OutputHook(l));
+            hooks.Add(HookNames.Pattern(l));
+            foreach (var n in Norms(a)) hooks.Add(n.ScaleHook);
+        }
+        if (model.FinalNormLayer is { Kind: not NormKind.None } fin) hooks.Add(fin.ScaleHook);
+
+        var options = new RunOptions { CacheFilter = hooks.Contains };
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var run = model.Run(TokenBatch.Single(tokens), options);
+        var lastLogits = LastRow(run.Logits);
+        clock.Stop();
+        var cache = run.Cache;
+
+        var scales = new Dictionary<string, float[]>(StringComparer.Ordinal);
+        foreach (var name in hooks.Where(h => h.EndsWith(".hook_scale", StringComparison.Ordinal)))
+            scales[name] = cache[name].ToCpu().Span.ToArray();
+        var patterns = new Tensor[L];
+        for (int l = 0; l < L; l++) patterns[l] = cache[HookNames.Pattern(l)];
+
+        // Encode every layer's MLP input; reconstruct every MLP output; the error is what is left.
+        var inputs = new float[L][];
+        var acts = new float[L][];
+        for (int l = 0; l < L; l++)
+        {
+            inputs[l] = cache[transcoders.InputHook(l)].ToCpu().Span.ToArray();
+            int F = transcoders.Features(l);
+            var pre = new float[T * F];
+            acts[l] = new float[T * F];
+            transcoders.Encode(l, inputs[l], T, pre, acts[l]);
+            int bad = Array.FindIndex(acts[l], v => !float.IsFinite(v));
+            if (bad >= 0)
+                throw new InputError($"{transcoders.Source}: feature {bad % F} of layer {l} is {acts[l][bad]} at position {bad / F}; the transcoders produce non-finite activations on this prompt");
+        }
+        var errors = new float[L * T * D];
+        var recon = new float[T * D];
+        for (int t = 0; t < L; t++)
+        {
+            transcoders.Reconstruct(t, acts, inputs, T, recon);
+            var mlpOut = cache[transcoders.OutputHook(t)].ToCpu().Span;
+            var err = errors.AsSpan(t * T * D, T * D);
+            System.Numerics.Tensors.TensorPrimitives.Subtract(mlpOut, recon, err);
+            err[..D].Clear(); // position 0: not a source
+        }
+
+        var active = new List<(int, int, int)>();
+        var values = new List<float>();
+        for (int l = 0; l < L; l++)
+        {
+            int F = transcoders.Features(l);
+            for (int p = 1; p < T; p++)
+                for (int f = 0; f < F; f++)
+                {
+                    float v = acts[l][p * F + f];
+                    if (v != 0f) { active.Add((l, p, f)); values.Add(v); }
+                }
+        }
+        if (active.Count == 0)
+            throw new InputError($"no feature of the transcoders ({transcoders.Source}) is active on this prompt outside position 0; there is nothing to attribute (is it the right model and hook?)");
+
+        return new ReplacementState
+        {
+            Model = model,
+            Transcoders = transcoders,
+            Tokens = tokens,
+            Patterns = patterns,
+            Scales = scales,
+            Active = [.. active],
+            ActiveValues = [.. values],
+            Errors = errors,
+            TokenVectors = cache[HookNames.Embed].ToCpu().Span.ToArray(),
+            LastLogits = lastLogits,
+            ForwardTime = clock.Elapsed,
+        };
+    }
+
+    static float[] LastRow(Tensor logits)
+    {
+        int T = logits.Dim(1), V = logits.Dim(2);
+        return logits.ToCpu().Span.Slice((T - 1) * V, V).ToArray();
+    }
+
+    /// <summary>Every norm of a block whose scale the replacement model freezes.</summary>
+    public static IEnumerable<Norm> Norms(BlockAnatomy a)
+    {
+        foreach (var n in new[] { a.Ln1, a.AttentionPostNorm, a.Ln2, a.MlpPostNorm })
+            if (n is { Kind: not NormKind.None }) yield return n;
+    }
+
+    static void CheckFits(HookedTransformer model, IMlpReplacement tc)
+    {
+        var cfg = model.Config;
+        string model_ = model.Source ?? cfg.Architecture;
+        if (tc.Layers != cfg.NLayers)
+            throw new InputError($"{tc.Source}: the transcoders replace {tc.Layers} layers; {model_} has {cfg.NLayers}");
+        if (tc.DIn != cfg.DModel || tc.DOut != cfg.DModel)
+            throw new InputError($"{tc.Source}: the transcoders map d_in {tc.DIn} → d_out {tc.DOut}; {model_} has d_model {cfg.DModel} (a transcoder for another model?)");
+        if (tc.HasSkip)
+            throw new InputError($"{tc.Source}: skip transcoders (a linear path from MLP input to output) are not supported by attribution yet; use transcoders without W_skip");
+        for (int l = 0; l < cfg.NLayers; l++)
+        {
+            var a = model.Anatomy(l);
+            if (a.Mlp is null || a.Ln2 is null)
+                throw new InputError($"{model_} has no MLP in layer {l}; an attribution graph replaces MLPs with transcoders");
+            string expectIn = a.Ln2.Kind == NormKind.None ? $"blocks.{l}.hook_resid_mid" : a.Ln2.NormalizedHook;
+            if (tc.InputHook(l) != expectIn)
+                throw new InputError($"{tc.Source}: the transcoder of layer {l} reads '{tc.InputHook(l)}'; attribution needs it to read the MLP input '{expectIn}'");
+            if (tc.OutputHook(l) != HookNames.MlpOut(l))
+                throw new InputError($"{tc.Source}: the transcoder of layer {l} writes '{tc.OutputHook(l)}'; attribution needs it to write '{HookNames.MlpOut(l)}'");
+            if (tc.LastTarget(l) < l || tc.LastTarget(l) >= cfg.NLayers)
+                throw new InputError($"{tc.Source}: features of layer {l} write up to layer {tc.LastTarget(l)}, outside {l}…{cfg.NLayers - 1}");
+        }
+    }
+}
