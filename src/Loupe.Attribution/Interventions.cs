@@ -1,0 +1,218 @@
+using Loupe.Dictionaries.Transcoders;
+using Loupe.Models;
+using Loupe.Models.Generation;
+using Loupe.Models.Hooks;
+using Loupe.Models.Layers;
+using Loupe.Tensors;
+
+namespace Loupe.Attribution;
+
+/// <summary>How an intervention changes a feature's activation.</summary>
+public enum InterventionKind
+{
+    /// <summary>Set the activation to the value.</summary>
+    Set,
+    /// <summary>Multiply the activation by the value (0 ablates, 2 doubles).</summary>
+    Scale,
+}
+
+/// <summary>An edit of one feature's activation at one position (or every position with <see cref="Position"/> = −1).</summary>
+/// <param name="Layer">The feature's layer.</param>
+/// <param name="Position">The position, or −1 for every position (also those generated).</param>
+/// <param name="Feature">The feature index.</param>
+/// <param name="Value">The new activation (<see cref="InterventionKind.Set"/>) or the factor (<see cref="InterventionKind.Scale"/>).</param>
+/// <param name="Kind">Set or scale.</param>
+public readonly record struct FeatureIntervention(int Layer, int Position, int Feature, float Value, InterventionKind Kind = InterventionKind.Set);
+
+/// <summary>A vector added to the residual stream at a hook (<c>hook_embed</c> or an MLP output), at one position.</summary>
+/// <param name="Hook">The hook point, e.g. <c>blocks.1.hook_mlp_out</c> or <c>hook_embed</c>.</param>
+/// <param name="Position">The position.</param>
+/// <param name="Vector">What is added, length d_model.</param>
+public sealed record AddedVector(string Hook, int Position, float[] Vector);
+
+/// <summary>The values a frozen run holds fixed: attention patterns, norm scales and MLP outputs of one prompt.</summary>
+public sealed class FrozenActivations
+{
+    internal FrozenActivations(int positions, Dictionary<string, Tensor> values)
+    {
+        Positions = positions;
+        Values = values;
+    }
+
+    /// <summary>The prompt length they were captured at; frozen runs must have this many positions.</summary>
+    public int Positions { get; }
+
+    internal Dictionary<string, Tensor> Values { get; }
+}
+
+/// <summary>The outcome of a run with interventions.</summary>
+/// <param name="Run">Logits <c>[1, T, V]</c> and the activations the run was asked to record.</param>
+/// <param name="LastLogits">The logits at the last position.</param>
+/// <param name="Top">The most likely next tokens at the last position, with probabilities.</param>
+public sealed record InterventionResult(ForwardResult Run, float[] LastLogits, (int Token, float Probability)[] Top);
+
+/// <summary>
+/// The replacement model as something to intervene on: feature activations set or scaled, vectors
+/// added, in a free run (everything downstream responds) or a frozen one (attention patterns, norm
+/// scales and MLP outputs held at a prompt's values: only direct effects, the attribution graph's
+/// linear model). An edited feature changes the MLP outputs it writes by <c>(a′ − a)·W_dec</c>; the rest of
+/// each MLP output is the model's own (free) or the frozen prompt's (frozen), as in circuit-tracer.
+/// </summary>
+public sealed class ReplacementModel(HookedTransformer model, IMlpReplacement transcoders)
+{
+    public HookedTransformer Model { get; } = model ?? throw new ArgumentNullException(nameof(model));
+    public IMlpReplacement Transcoders { get; } = transcoders ?? throw new ArgumentNullException(nameof(transcoders));
+
+    /// <summary>Captures the patterns, norm scales and MLP outputs of <paramref name="tokens"/> for frozen runs.</summary>
+    public FrozenActivations Freeze(int[] tokens)
+    {
+        var names = FrozenHooks().ToHashSet(StringComparer.Ordinal);
+        var run = Model.Run(TokenBatch.Single(tokens), new RunOptions { CacheFilter = names.Contains });
+        return new FrozenActivations(tokens.Length, names.ToDictionary(n => n, n => run.Cache[n], StringComparer.Ordinal));
+    }
+
+    IEnumerable<string> FrozenHooks()
+    {
+        for (int l = 0; l < Model.Config.NLayers; l++)
+        {
+            var a = Model.Anatomy(l);
+            yield return HookNames.Pattern(l);
+            yield return HookNames.MlpOut(l);
+            foreach (var n in new[] { a.Ln1, a.AttentionPostNorm, a.Ln2, a.MlpPostNorm })
+                if (n is { Kind: not NormKind.None }) yield return n.ScaleHook;
+        }
+        if (Model.FinalNormLayer is { Kind: not NormKind.None } f) yield return f.ScaleHook;
+    }
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> with <paramref name="edits"/> and <paramref name="additions"/>, frozen to
+    /// <paramref name="frozen"/> when given. <paramref name="cache"/> selects activations to record.
+    /// </summary>
+    /// <exception cref="ArgumentException">An edit names a layer, position or feature that does not exist, or the frozen values are for another length.</exception>
+    public InterventionResult Run(int[] tokens, IReadOnlyList<FeatureIntervention>? edits = null, FrozenActivations? frozen = null,
+        IReadOnlyList<AddedVector>? additions = null, Func<string, bool>? cache = null, int topK = 10)
+    {
+        edits ??= [];
+        additions ??= [];
+        Check(edits, tokens.Length);
+        if (frozen is not null && frozen.Positions != tokens.Length)
+            throw new ArgumentException($"the frozen values are for {frozen.Positions} positions; this run has {tokens.Length}", nameof(frozen));
+        var options = new RunOptions { CacheFilter = cache };
+        Install(options, edits, frozen, additions);
+        var run = Model.Run(TokenBatch.Single(tokens), options);
+        int T = run.Logits.Dim(1), V = run.Logits.Dim(2);
+        var last = run.Logits.ToCpu().Span.Slice((T - 1) * V, V).ToArray();
+        return new InterventionResult(run, last, Top(last, topK));
+    }
+
+    /// <summary>Generates from <paramref name="prompt"/> with the feature edits active on every step (free run; position −1 edits reach new tokens).</summary>
+    public int[] Generate(int[] prompt, IReadOnlyList<FeatureIntervention> edits, GenerationOptions generation)
+    {
+        Check(edits, int.MaxValue);
+        var options = new RunOptions();
+        Install(options, edits, null, []);
+        return Model.Generate([prompt], generation, options)[0];
+    }
+
+    void Check(IReadOnlyList<FeatureIntervention> edits, int positions)
+    {
+        foreach (var e in edits)
+        {
+            if ((uint)e.Layer >= (uint)Transcoders.Layers) throw new ArgumentException($"intervention on layer {e.Layer}: the transcoders have layers 0…{Transcoders.Layers - 1}", nameof(edits));
+            if ((uint)e.Feature >= (uint)Transcoders.Features(e.Layer)) throw new ArgumentException($"intervention on feature {e.Feature} of layer {e.Layer}: it has {Transcoders.Features(e.Layer)} features", nameof(edits));
+            if (e.Position < -1 || e.Position >= positions) throw new ArgumentException($"intervention at position {e.Position}: the prompt has {positions} positions (−1 = all)", nameof(edits));
+            if (!float.IsFinite(e.Value)) throw new ArgumentException($"intervention value {e.Value} is not finite", nameof(edits));
+        }
+    }
+
+    void Install(RunOptions options, IReadOnlyList<FeatureIntervention> edits, FrozenActivations? frozen, IReadOnlyList<AddedVector> additions)
+    {
+        int L = Transcoders.Layers, D = Model.Config.DModel;
+        var be = Model.Backend;
+        if (frozen is not null)
+            foreach (var (name, value) in frozen.Values)
+                if (!name.EndsWith(".hook_mlp_out", StringComparison.Ordinal))
+                    options.AddHook(name, (_, _) => value);
+
+        // Per layer, the current activations of the edited features (host), read at the transcoder's input.
+        var deltas = new Dictionary<int, List<(int Position, int Feature, float Delta)>>();
+        var byLayer = edits.GroupBy(e => e.Layer).ToDictionary(g => g.Key, g => g.ToArray());
+        foreach (var (layer, layerEdits) in byLayer)
+        {
+            int l = layer;
+            options.AddHook(Transcoders.InputHook(l), (x, ctx) =>
+            {
+                int T = x.Dim(1), F = Transcoders.Features(l);
+                var host = x.ToCpu().Span;
+                var pre = new float[T * F];
+                var acts = new float[T * F];
+                Transcoders.Encode(l, host[..(T * D)], T, pre, acts);
+                var list = new List<(int, int, float)>();
+                for (int i = 0; i < T; i++)
+                {
+                    int pos = ctx.PositionOffset + i;
+                    foreach (var e in layerEdits)
+                    {
+                        if (e.Position != -1 && e.Position != pos) continue;
+                        float a = acts[i * F + e.Feature];
+                        float target = e.Kind == InterventionKind.Set ? e.Value : a * e.Value;
+                        if (target != a) list.Add((i, e.Feature, target - a));
+                    }
+                }
+                deltas[l] = list;
+                return null;
+            });
+        }
+
+        for (int t = 0; t < L; t++)
+        {
+            int target = t;
+            var sources = byLayer.Keys.Where(l => l <= target && Transcoders.LastTarget(l) >= target).ToArray();
+            var added = additions.Where(a => a.Hook == HookNames.MlpOut(target)).ToArray();
+            Tensor? frozenOut = frozen?.Values[HookNames.MlpOut(target)];
+            if (sources.Length == 0 && added.Length == 0 && frozenOut is null) continue;
+            options.AddHook(Transcoders.OutputHook(target), (y, ctx) =>
+            {
+                var outHost = (frozenOut ?? y).ToCpu().Span.ToArray();
+                var dec = new float[D];
+                foreach (var l in sources)
+                    foreach (var (i, f, delta) in deltas.GetValueOrDefault(l) ?? [])
+                    {
+                        Transcoders.DecoderDirection(l, f, target, dec);
+                        var row = outHost.AsSpan(i * D, D);
+                        for (int d = 0; d < D; d++) row[d] += delta * dec[d];
+                    }
+                foreach (var a in added) AddAt(outHost, a, ctx.PositionOffset, D);
+                return be.ToDevice(Tensor.FromArray(outHost, y.Shape.ToArray()));
+            });
+        }
+        var embedAdds = additions.Where(a => a.Hook == HookNames.Embed).ToArray();
+        if (embedAdds.Length > 0)
+            options.AddHook(HookNames.Embed, (y, ctx) =>
+            {
+                var host = y.ToCpu().Span.ToArray();
+                foreach (var a in embedAdds) AddAt(host, a, ctx.PositionOffset, D);
+                return be.ToDevice(Tensor.FromArray(host, y.Shape.ToArray()));
+            });
+        foreach (var a in additions)
+            if (a.Hook != HookNames.Embed && !a.Hook.EndsWith(".hook_mlp_out", StringComparison.Ordinal))
+                throw new ArgumentException($"vectors can be added at hook_embed or an MLP output (blocks.ℓ.hook_mlp_out), not at '{a.Hook}'", nameof(additions));
+    }
+
+    static void AddAt(float[] host, AddedVector a, int offset, int d)
+    {
+        int i = a.Position - offset;
+        if (i < 0 || (i + 1) * d > host.Length) return;
+        if (a.Vector.Length != d) throw new ArgumentException($"the vector added at {a.Hook} has {a.Vector.Length} values; d_model is {d}");
+        var row = host.AsSpan(i * d, d);
+        for (int j = 0; j < d; j++) row[j] += a.Vector[j];
+    }
+
+    static (int, float)[] Top(float[] logits, int k)
+    {
+        double max = logits.Max(), sum = 0;
+        foreach (var v in logits) sum += Math.Exp(v - max);
+        return [.. Enumerable.Range(0, logits.Length).OrderByDescending(i => logits[i]).ThenBy(i => i).Take(k)
+            .Select(i => (i, (float)(Math.Exp(logits[i] - max) / sum)))];
+    }
+}
