@@ -18,6 +18,15 @@ public sealed record AttributionSettings
     /// <summary>Batches computed between re-rankings of the features by influence (<c>update_interval</c>).</summary>
     public int UpdateInterval { get; init; } = 4;
 
+    /// <summary>
+    /// Bytes the attribution rows may take in memory; beyond it they are streamed to a scratch file in
+    /// <see cref="ScratchDirectory"/> (null = half of the memory available to the process).
+    /// </summary>
+    public long? MaxMemoryBytes { get; init; }
+
+    /// <summary>Where rows that do not fit <see cref="MaxMemoryBytes"/> go (null = the system's temp folder).</summary>
+    public string? ScratchDirectory { get; init; }
+
     /// <summary>Write progress lines here (null = silent).</summary>
     public Action<string>? Log { get; init; }
 

@@ -62,41 +62,33 @@ public sealed class Attributor
         int maxFeatures = Math.Min(_settings.MaxFeatureNodes ?? F, F);
         int N = Math.Min(_settings.BatchSize, Math.Max(nLogits, maxFeatures));
 
-        // Sources by the place they write.
+        // Sources by the place they write: per MLP output, the decoder rows of the features that write it
+        // (each distinct feature once) and that layer's error vectors; then the token embeddings.
         var readouts = new SourceReadout[L];
-        for (int t = 0; t < L; t++)
-        {
-            var sources = new List<(int, int, float[])>();
-            for (int i = 0; i < F; i++)
-            {
-                var (l, p, f) = s.Active[i];
-                if (l > t || _transcoders.LastTarget(l) < t) continue;
-                var v = new float[D];
-                _transcoders.DecoderDirection(l, f, t, v);
-                System.Numerics.Tensors.TensorPrimitives.Multiply(v, s.ActiveValues[i], v);
-                sources.Add((p, i, v));
-            }
-            for (int p = 0; p < T; p++) sources.Add((p, errorOffset + t * T + p, s.Errors.AsSpan((t * T + p) * D, D).ToArray()));
-            readouts[t] = new SourceReadout(_model.Backend, T, D, sources);
-        }
-        var tokenReadout = new SourceReadout(_model.Backend, T, D,
-            [.. Enumerable.Range(0, T).Select(p => (p, tokenOffset + p, s.TokenVectors.AsSpan(p * D, D).ToArray()))]);
+        for (int t = 0; t < L; t++) readouts[t] = FeatureReadout(s, t);
+        var tokenReadout = new SourceReadout(_model.Backend, T, D, s.TokenVectors,
+            [.. Enumerable.Range(0, T).Select(p => (p, tokenOffset + p, p, 1f))]);
 
-        long estimate = EstimateBytes(s, readouts, tokenReadout, N, maxFeatures + nLogits, totalNodes);
-        Log($"attribution: {T} positions, {F} active features, {nLogits} logit targets (p = {logitProbs.Sum():0.####}), {maxFeatures} feature nodes, batches of {N}; memory ≈ {Bytes(estimate)}");
+        long rowBytes = 4L * (maxFeatures + nLogits) * totalNodes;
+        long working = EstimateWorkingBytes(s, readouts, tokenReadout, N, totalNodes);
+        long budget = _settings.MaxMemoryBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 2;
+        using var rows = new RowStore(totalNodes, maxFeatures + nLogits, Math.Max(0, budget - working), _settings.ScratchDirectory ?? Path.GetTempPath());
+        long estimate = working + (rows.OnDisk ? 4L * N * totalNodes : rowBytes) + GraphBytes(maxFeatures, nLogits, L, T);
+        Log($"attribution: {T} positions, {F} active features, {nLogits} logit targets (p = {logitProbs.Sum():0.####}), {maxFeatures} feature nodes, batches of {N}");
+        Log($"attribution: memory ≈ {Bytes(estimate)} (patterns, sources and gradients {Bytes(working)}; rows {Bytes(rowBytes)}{(rows.OnDisk ? " streamed to " + rows.ScratchPath : " in memory")})");
 
         var backward = new LinearBackward(s, N);
         int batches = 0;
-        var edges = new float[(long)(maxFeatures + nLogits) * totalNodes];
         var rowToNode = new int[maxFeatures + nLogits];
+        var rowLayer = new int[maxFeatures + nLogits];
 
         // Logit rows first: injected at the final norm's output, last position.
         for (int i = 0; i < nLogits; i += N)
         {
             int n = Math.Min(N, nLogits - i);
             var targets = Enumerable.Range(i, n).Select(j => new Target(L, T - 1, logitVectors[j])).ToArray();
-            ComputeRows(s, backward, readouts, tokenReadout, targets, edges, i, totalNodes, logitOffset);
-            for (int j = 0; j < n; j++) rowToNode[i + j] = logitOffset + i + j;
+            ComputeRows(s, backward, readouts, tokenReadout, targets, rows);
+            for (int j = 0; j < n; j++) (rowToNode[i + j], rowLayer[i + j]) = (logitOffset + i + j, L);
             batches++;
         }
 
@@ -111,7 +103,7 @@ public sealed class Attributor
                 pending = [.. Enumerable.Range(0, F)];
             else
             {
-                var influence = Influence.Partial(edges, row, totalNodes, logitProbs, rowToNode);
+                var influence = Influence.Partial(rows, totalNodes, logitProbs, rowToNode, rowLayer);
                 int queue = Math.Min(_settings.UpdateInterval * N, maxFeatures - visitedCount);
                 pending = [.. Enumerable.Range(0, F).Where(f => !visited[f]).OrderByDescending(f => influence[f]).ThenBy(f => f).Take(queue)];
             }
@@ -125,10 +117,11 @@ public sealed class Attributor
                     _transcoders.EncoderDirection(l, f, encoder);
                     targets[j] = new Target(l, p, encoder.ToArray());
                 }
-                ComputeRows(s, backward, readouts, tokenReadout, targets, edges, row, totalNodes, logitOffset);
+                ComputeRows(s, backward, readouts, tokenReadout, targets, rows);
                 for (int j = 0; j < n; j++)
                 {
                     rowToNode[row + j] = pending[start + j];
+                    rowLayer[row + j] = s.Active[pending[start + j]].Layer;
                     visited[pending[start + j]] = true;
                 }
                 row += n;
@@ -138,7 +131,7 @@ public sealed class Attributor
             Log($"attribution: {visitedCount}/{maxFeatures} feature rows");
         }
 
-        var graph = Assemble(s, edges, rowToNode, visited, maxFeatures, nLogits, totalNodes, logitIds, logitProbs, prompt);
+        var graph = Assemble(s, rows, rowToNode, visited, maxFeatures, nLogits, totalNodes, logitIds, logitProbs, prompt);
         clock.Stop();
         Stats = new AttributionStats(F, maxFeatures, batches, clock.Elapsed, s.ForwardTime, estimate);
         Log($"attribution: {batches} batched backward passes in {clock.Elapsed.TotalSeconds:0.##} s = {Stats.PassEquivalents:0.#} forward-pass equivalents");
@@ -149,7 +142,7 @@ public sealed class Attributor
     readonly record struct Target(int Layer, int Position, float[] Vector);
 
     void ComputeRows(ReplacementState s, LinearBackward backward, SourceReadout[] readouts, SourceReadout tokenReadout,
-        Target[] targets, float[] edges, int firstRow, int totalNodes, int width)
+        Target[] targets, RowStore store)
     {
         var be = _model.Backend;
         int L = s.Layers, N = backward.Rows, D = s.DModel, n = targets.Length;
@@ -172,15 +165,16 @@ public sealed class Attributor
         }
 
         InjectAt(L, _model.FinalNormLayer);
-        var results = new List<(SourceReadout Readout, Tensor Result)>();
+        var block = new float[(long)n * store.Width];
+        void ReadOut(SourceReadout readout)
+        {
+            var r = be.Empty(N, Math.Max(1, readout.Count));
+            readout.Read(be, g, N, r);
+            readout.Scatter(r.ToCpu().Span, n, block, store.Width);
+        }
         for (int l = Math.Min(top, L - 1); l >= 0; l--)
         {
-            if (l < top)
-            {
-                var r = be.Empty(N, Math.Max(1, readouts[l].Count));
-                readouts[l].Read(be, g, N, r);
-                results.Add((readouts[l], r));
-            }
+            if (l < top) ReadOut(readouts[l]);
             var a = _model.Anatomy(l);
             if (a.Parallel)
             {
@@ -193,15 +187,8 @@ public sealed class Attributor
                 backward.AddAttention(l, g, g);
             }
         }
-        var tok = be.Empty(N, tokenReadout.Count);
-        tokenReadout.Read(be, g, N, tok);
-        results.Add((tokenReadout, tok));
-
-        var block = new float[(long)N * width];
-        foreach (var (readout, result) in results)
-            readout.Scatter(result.ToCpu().Span, n, block, width);
-        for (int i = 0; i < n; i++)
-            block.AsSpan(i * width, width).CopyTo(edges.AsSpan((int)((long)(firstRow + i) * totalNodes), width));
+        ReadOut(tokenReadout);
+        for (int i = 0; i < n; i++) store.Append(block.AsSpan(i * store.Width, store.Width));
     }
 
     /// <summary>
@@ -242,7 +229,7 @@ public sealed class Attributor
         return (top, [.. top.Select(j => (float)probs[j])], vectors);
     }
 
-    AttributionGraph Assemble(ReplacementState s, float[] edges, int[] rowToNode, bool[] visited, int maxFeatures, int nLogits,
+    AttributionGraph Assemble(ReplacementState s, RowStore edges, int[] rowToNode, bool[] visited, int maxFeatures, int nLogits,
         int totalNodes, int[] logitIds, float[] logitProbs, string? prompt)
     {
         int F = s.Active.Length, L = s.Layers, T = s.Positions, D = s.DModel;
@@ -258,7 +245,7 @@ public sealed class Attributor
         {
             int node = rowToNode[r];
             int target = node < F ? featureRow[node] : n - nLogits + (node - (totalNodes - nLogits));
-            var src = edges.AsSpan((int)((long)r * totalNodes), totalNodes);
+            var src = edges.Row(r);
             var dst = adjacency.AsSpan((int)((long)target * n), n);
             for (int c = 0; c < n; c++) dst[c] = src[columns[c]];
         }
@@ -279,17 +266,45 @@ public sealed class Attributor
         };
     }
 
-    static long EstimateBytes(ReplacementState s, SourceReadout[] readouts, SourceReadout tokens, int N, int edgeRows, int totalNodes)
+    /// <summary>The read-out of MLP output <paramref name="t"/>: every active feature that writes it, and layer t's error nodes.</summary>
+    SourceReadout FeatureReadout(ReplacementState s, int t)
+    {
+        int T = s.Positions, D = s.DModel, F = s.Active.Length, L = s.Layers;
+        var tableRow = new Dictionary<(int Layer, int Feature), int>();
+        var sources = new List<(int, int, int, float)>();
+        for (int i = 0; i < F; i++)
+        {
+            var (l, p, f) = s.Active[i];
+            if (l > t || _transcoders.LastTarget(l) < t) continue;
+            if (!tableRow.TryGetValue((l, f), out int row)) tableRow[(l, f)] = row = tableRow.Count;
+            sources.Add((p, i, row, s.ActiveValues[i]));
+        }
+        int distinct = tableRow.Count;
+        var table = new float[(long)(distinct + T) * D];
+        foreach (var ((l, f), row) in tableRow) _transcoders.DecoderDirection(l, f, t, table.AsSpan(row * D, D));
+        s.Errors.AsSpan(t * T * D, T * D).CopyTo(table.AsSpan(distinct * D));
+        for (int p = 0; p < T; p++) sources.Add((p, F + t * T + p, distinct + p, 1f));
+        return new SourceReadout(_model.Backend, T, D, table, sources);
+    }
+
+    /// <summary>Bytes of everything but the rows: frozen patterns, source tables, gradient buffers, one batch of read-outs.</summary>
+    static long EstimateWorkingBytes(ReplacementState s, SourceReadout[] readouts, SourceReadout tokens, int N, int totalNodes)
     {
         var cfg = s.Model.Config;
         long T = s.Positions, D = s.DModel;
         long patterns = 4L * cfg.NLayers * cfg.NHeads * T * T;
         long sources = readouts.Sum(r => r.Bytes) + tokens.Bytes;
-        long gradients = 4L * T * N * (3 * D + (cfg.NHeads + cfg.KvHeads) * cfg.DHead);
-        long results = 4L * N * (readouts.Sum(r => (long)r.Count) + T) * 2;
-        long edgeMatrix = 4L * edgeRows * totalNodes;
-        long graph = 4L * (edgeRows + T * (cfg.NLayers + 1)) * (edgeRows + T * (cfg.NLayers + 1));
-        return patterns + sources + gradients + results + edgeMatrix + graph;
+        long gradients = 4L * T * N * (4 * D + (cfg.NHeads + cfg.KvHeads) * cfg.DHead);
+        long results = 4L * N * (readouts.Max(r => (long)r.Count) + totalNodes);
+        long captured = 4L * (cfg.NLayers + 1) * T * D * 2;
+        return patterns + sources + gradients + results + captured;
+    }
+
+    /// <summary>Bytes of the finished graph's adjacency.</summary>
+    static long GraphBytes(int features, int logits, int layers, int positions)
+    {
+        long n = features + logits + (long)(layers + 1) * positions;
+        return 4L * n * n;
     }
 
     static string Bytes(long b) => b >= 1L << 30 ? $"{b / (double)(1L << 30):0.##} GiB" : $"{b / (double)(1L << 20):0.#} MiB";

@@ -4,42 +4,28 @@ namespace Loupe.Attribution.Engine;
 internal static class Influence
 {
     /// <summary>
-    /// Rows of <paramref name="edges"/> (<paramref name="rows"/> × <paramref name="width"/>) are targets
-    /// (<paramref name="rowToNode"/> names each); |A| is row-normalised and the logit probabilities are pushed
-    /// back through it until nothing is left: <c>influence = Σₖ w·Âᵏ</c>. The graph is acyclic, so this ends.
+    /// Each stored row is a target (<paramref name="rowToNode"/> names it; <paramref name="rowLayer"/> gives its
+    /// layer, n_layers for logits). With |A| row-normalised (clamped at 1e-8), circuit-tracer's power series
+    /// <c>Σₖ≥₁ w·Âᵏ</c> (w = the logit probabilities) is, on this acyclic graph, one pass over the rows from the
+    /// highest layer down: a row's own influence is final before it is read, because only rows of higher layers
+    /// (and logits) feed it. One pass is one sequential read of the rows, wherever they are stored.
     /// </summary>
-    public static double[] Partial(float[] edges, int rows, int width, float[] logitProbabilities, int[] rowToNode)
+    public static double[] Partial(RowStore rows, int width, float[] logitProbabilities, int[] rowToNode, int[] rowLayer)
     {
-        var norm = new double[rows];
-        for (int r = 0; r < rows; r++)
-        {
-            double sum = 0;
-            var row = edges.AsSpan((int)((long)r * width), width);
-            foreach (var v in row) sum += Math.Abs(v);
-            norm[r] = 1.0 / Math.Max(sum, 1e-8);
-        }
         var influence = new double[width];
-        var prod = new double[width];
-        for (int j = 0; j < logitProbabilities.Length; j++) prod[width - logitProbabilities.Length + j] = logitProbabilities[j];
-        for (int iter = 0; iter < 128; iter++)
+        int logitStart = width - logitProbabilities.Length;
+        var order = Enumerable.Range(0, rows.Count).OrderByDescending(r => rowLayer[r]).ThenBy(r => r).ToArray();
+        foreach (int r in order)
         {
-            var next = new double[width];
-            bool any = false;
-            for (int r = 0; r < rows; r++)
-            {
-                double w = prod[rowToNode[r]] * norm[r];
-                if (w == 0) continue;
-                var row = edges.AsSpan((int)((long)r * width), width);
-                for (int c = 0; c < width; c++) next[c] += w * Math.Abs(row[c]);
-            }
-            for (int c = 0; c < width; c++)
-            {
-                if (next[c] != 0) any = true;
-                influence[c] += next[c];
-            }
-            if (!any) return influence;
-            prod = next;
+            int node = rowToNode[r];
+            double w = (node >= logitStart ? logitProbabilities[node - logitStart] : 0) + influence[node];
+            if (w == 0) continue;
+            var row = rows.Row(r);
+            double sum = 0;
+            foreach (var v in row) sum += Math.Abs(v);
+            double scale = w / Math.Max(sum, 1e-8);
+            for (int c = 0; c < width; c++) influence[c] += scale * Math.Abs(row[c]);
         }
-        throw new InvalidOperationException("influence did not converge in 128 steps: the partial graph has a cycle");
+        return influence;
     }
 }

@@ -81,9 +81,13 @@ internal sealed class ReplacementState
             var pre = new float[T * F];
             acts[l] = new float[T * F];
             transcoders.Encode(l, inputs[l], T, pre, acts[l]);
-            int bad = Array.FindIndex(acts[l], v => !float.IsFinite(v));
-            if (bad >= 0)
-                throw new InputError($"{transcoders.Source}: feature {bad % F} of layer {l} is {acts[l][bad]} at position {bad / F}; the transcoders produce non-finite activations on this prompt");
+            // A NaN pre-activation can come out of ReLU as 0: check both.
+            foreach (var (checkedValues, what) in new[] { (pre, "pre-activation"), (acts[l], "activation") })
+            {
+                int bad = Array.FindIndex(checkedValues, v => !float.IsFinite(v));
+                if (bad >= 0)
+                    throw new InputError($"{transcoders.Source}: the {what} of feature {bad % F} of layer {l} is {checkedValues[bad]} at position {bad / F}; the transcoders produce non-finite values on this prompt (check their weights)");
+            }
         }
         var errors = new float[L * T * D];
         var recon = new float[T * D];

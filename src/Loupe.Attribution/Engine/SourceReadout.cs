@@ -4,64 +4,80 @@ using Loupe.Tensors.Backends;
 namespace Loupe.Attribution.Engine;
 
 /// <summary>
-/// The sources that write one place of the residual stream (an MLP output, or the token embeddings),
-/// grouped by position: row j of its vectors is what source j adds at its position
-/// (a feature's activation × its decoder row to this layer, an error vector, a token's embedding), and
-/// <see cref="Columns"/>[j] is its adjacency column. A read-out contracts the gradient rows at each
-/// position with that position's sources in one GEMM: <c>R[n, j] = g[pos_j, n]·v_j</c>.
+/// The sources that write one place of the residual stream (an MLP output, or the token embeddings).
+/// A source's vector is a row of <see cref="_table"/> times a scale: a feature is its decoder row to this
+/// layer times its activation (the table holds each decoder row once, however many positions the feature
+/// is active at), an error or token node is its own vector with scale 1. A read-out contracts the gradient
+/// rows of each position with that position's sources: gather their rows, one GEMM
+/// (<c>R[n, j] = g[pos_j, n]·row_j</c>); the scatter to adjacency columns applies the scales. Memory: the
+/// table, not one vector per (feature, position) — for a cross-layer transcoder on a long prompt that is
+/// the difference between the decoder's size and many times it.
 /// </summary>
 internal sealed class SourceReadout
 {
-    readonly int[] _starts;   // [T + 1]: sources of position p are rows starts[p] … starts[p+1]−1
-    readonly Tensor _vectors; // [count, d] on the backend
+    readonly int[] _starts;    // [T + 1]: sources of position p are entries starts[p] … starts[p+1]−1
+    readonly int[] _rows;      // table row of each entry
+    readonly Tensor _table;    // [rows, d] on the backend
+    readonly Tensor _scratch;  // [max sources at one position, d]
 
-    /// <param name="backend">Where the vectors live.</param>
+    /// <param name="backend">Where the table lives.</param>
     /// <param name="positions">T.</param>
     /// <param name="d">d_model.</param>
-    /// <param name="sources">(position, column, vector) of every source.</param>
-    public SourceReadout(IComputeBackend backend, int positions, int d, IReadOnlyList<(int Position, int Column, float[] Vector)> sources)
+    /// <param name="table">The distinct vectors <c>[rows, d]</c> (host).</param>
+    /// <param name="sources">(position, adjacency column, table row, scale) of every source.</param>
+    public SourceReadout(IComputeBackend backend, int positions, int d, float[] table, IReadOnlyList<(int Position, int Column, int Row, float Scale)> sources)
     {
         var ordered = sources.Select((s, i) => (s, i)).OrderBy(x => x.s.Position).ThenBy(x => x.i).Select(x => x.s).ToArray();
         Count = ordered.Length;
-        Columns = ordered.Select(s => s.Column).ToArray();
+        Columns = [.. ordered.Select(s => s.Column)];
+        Scales = [.. ordered.Select(s => s.Scale)];
+        _rows = [.. ordered.Select(s => s.Row)];
         _starts = new int[positions + 1];
         foreach (var s in ordered) _starts[s.Position + 1]++;
-        for (int p = 0; p < positions; p++) _starts[p + 1] += _starts[p];
-        var host = new float[Math.Max(1, Count) * d];
-        for (int j = 0; j < Count; j++) ordered[j].Vector.AsSpan(0, d).CopyTo(host.AsSpan(j * d, d));
-        _vectors = backend.ToDevice(Tensor.FromArray(host, Math.Max(1, Count), d), TransferKind.Inputs);
+        int widest = 1;
+        for (int p = 0; p < positions; p++)
+        {
+            widest = Math.Max(widest, _starts[p + 1]);
+            _starts[p + 1] += _starts[p];
+        }
+        int tableRows = Math.Max(1, table.Length / d);
+        _table = backend.ToDevice(Tensor.FromArray(table.Length == 0 ? new float[d] : table, tableRows, d), TransferKind.Inputs);
+        _scratch = backend.Empty(widest, d);
         D = d;
+        Bytes = 4L * (tableRows + widest) * d;
     }
 
     public int Count { get; }
     public int D { get; }
     public int[] Columns { get; }
+    public float[] Scales { get; }
 
-    /// <summary>Bytes its vectors take.</summary>
-    public long Bytes => 4L * Count * D;
+    /// <summary>Bytes its table and scratch take on the backend.</summary>
+    public long Bytes { get; }
 
     /// <summary>
-    /// <c>result[n, j] = g[pos_j, n]·v_j</c> for the <paramref name="rows"/> rows of a position-major gradient
-    /// <paramref name="g"/> <c>[T·N, d]</c> (N = <paramref name="rows"/>); <paramref name="result"/> is <c>[N, Count]</c>.
+    /// <c>result[n, j] = g[pos_j, n]·row_j</c> (unscaled) for the <paramref name="rows"/> rows of a position-major
+    /// gradient <paramref name="g"/> <c>[T·N, d]</c>; <paramref name="result"/> is <c>[N, Count]</c>.
     /// </summary>
     public void Read(IComputeBackend be, Tensor g, int rows, Tensor result)
     {
         for (int p = 0; p + 1 < _starts.Length; p++)
         {
-            int k = _starts[p + 1] - _starts[p];
+            int start = _starts[p], k = _starts[p + 1] - start;
             if (k == 0) continue;
-            be.Gemm(false, true, rows, k, D, 1f, g, (long)p * rows * D, D, _vectors, (long)_starts[p] * D, D, 0f, result, _starts[p], Count);
+            be.Embedding(_table, D, _rows.AsSpan(start, k), 1f, _scratch);
+            be.Gemm(false, true, rows, k, D, 1f, g, (long)p * rows * D, D, _scratch, 0, D, 0f, result, start, Count);
         }
     }
 
-    /// <summary>Adds a read-out <c>[N, Count]</c> (host) into <paramref name="rowsOut"/> <c>[N, width]</c> at the sources' columns.</summary>
+    /// <summary>Adds a read-out <c>[N, Count]</c> (host) times each source's scale into <paramref name="rowsOut"/> <c>[n, width]</c> at the sources' columns.</summary>
     public void Scatter(ReadOnlySpan<float> result, int rows, Span<float> rowsOut, int width)
     {
         for (int n = 0; n < rows; n++)
         {
             var r = result.Slice(n * Count, Count);
             var o = rowsOut.Slice(n * width, width);
-            for (int j = 0; j < Count; j++) o[Columns[j]] += r[j];
+            for (int j = 0; j < Count; j++) o[Columns[j]] += r[j] * Scales[j];
         }
     }
 }

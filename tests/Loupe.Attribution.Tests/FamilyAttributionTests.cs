@@ -1,0 +1,202 @@
+using Loupe.Dictionaries.Sae;
+using Loupe.Dictionaries.Transcoders;
+using Loupe.Models;
+using Loupe.Models.Hooks;
+using Loupe.Models.Loading;
+using Loupe.Tensors;
+using Loupe.Tensors.Gpu;
+using Loupe.Testing;
+
+namespace Loupe.Attribution.Tests;
+
+/// <summary>
+/// Every family's block wiring (grouped-query attention, rotary, RMSNorm, Gemma 2's sandwich norms and
+/// soft-caps, GPT-NeoX's parallel residual) through the attribution engine, checked against interventions
+/// in the real model (frozen patterns, scales and MLP outputs), with random per-layer transcoders;
+/// the greedy feature selection, the rows streamed to disk and the emulated GPU against the plain run.
+/// </summary>
+public sealed class FamilyAttributionTests
+{
+    static readonly int[] Prompt = [1, 37, 211, 5, 88, 400, 12];
+
+    internal static PerLayerTranscoders RandomTranscoders(HookedTransformer model, int features = 24, int seed = 3)
+    {
+        int L = model.Config.NLayers, D = model.Config.DModel;
+        var dicts = new List<SparseDictionary>();
+        for (int l = 0; l < L; l++)
+        {
+            var d = new SparseDictionary(SaeShape.Transcoder(D, features, D), new ReluActivation());
+            d.Initialize(seed + l, decoderNorm: 0.5f);
+            var rng = new Random(seed * 31 + l);
+            for (int i = 0; i < d.P.WEnc.Length; i++) d.P.WEnc[i] = (float)(rng.NextDouble() * 2 - 1) / MathF.Sqrt(D) * 2f;
+            for (int f = 0; f < features; f++) d.P.BEnc[f] = (float)(rng.NextDouble() * 0.4 - 0.3);
+            dicts.Add(d);
+        }
+        return new PerLayerTranscoders(dicts,
+            [.. Enumerable.Range(0, L).Select(l => model.Anatomy(l).Ln2!.NormalizedHook)],
+            [.. Enumerable.Range(0, L).Select(HookNames.MlpOut)], "random");
+    }
+
+    static HookedTransformer Load(string arch, Tensors.Backends.IComputeBackend? backend = null) =>
+        ModelLoader.LoadFolder(SharedData.TestData(Path.Combine("reference", arch)), backend);
+
+    [Theory]
+    [InlineData("gpt2")]
+    [InlineData("llama")]
+    [InlineData("qwen2")]
+    [InlineData("gemma2")]
+    [InlineData("gpt_neox")]
+    public void Every_family_edges_match_interventions_in_the_real_model(string arch)
+    {
+        using var model = Load(arch);
+        var tc = RandomTranscoders(model);
+        var graph = new Attributor(model, tc, new AttributionSettings { BatchSize = 16 }).Attribute(Prompt);
+        Assert.True(graph.SelectedFeatures.Length > 10, $"{graph.SelectedFeatures.Length} active features");
+        var replacement = new ReplacementModel(model, tc);
+        var frozen = replacement.Freeze(Prompt);
+        var directions = LogitDirections(model, graph);
+        Func<string, bool> cache = n => n == "ln_final.hook_normalized" || n.EndsWith(".ln2.hook_normalized", StringComparison.Ordinal);
+        var clean = Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, cache: cache));
+        double worst = 0, largest = 0;
+        var rng = new Random(1);
+        var sources = Enumerable.Range(0, graph.LogitOffset).Where(_ => rng.Next(4) == 0);
+        foreach (int source in sources)
+        {
+            var changed = Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, additions: [SourceVector(model, tc, graph, source)], cache: cache));
+            foreach (int t in Enumerable.Range(0, graph.ErrorOffset).Concat(Enumerable.Range(graph.LogitOffset, graph.LogitTokens.Length)))
+            {
+                worst = Math.Max(worst, Math.Abs(changed[t] - clean[t] - graph.Edge(t, source)));
+                largest = Math.Max(largest, Math.Abs(graph.Edge(t, source)));
+            }
+        }
+        Assert.True(largest > 0.01, $"largest edge {largest}");
+        Assert.True(worst <= 1e-4 * Math.Max(1, largest), $"{arch}: max |Δ − A| = {worst:g3} (largest edge {largest:g3})");
+    }
+
+    [Fact]
+    public void Greedy_selection_keeps_the_full_graphs_edges_and_streaming_to_disk_changes_nothing()
+    {
+        using var model = Load("llama");
+        var tc = RandomTranscoders(model);
+        var full = new Attributor(model, tc).Attribute(Prompt);
+        var scratch = Directory.CreateTempSubdirectory("loupe-attr-");
+        try
+        {
+            var settings = new AttributionSettings { MaxFeatureNodes = 12, BatchSize = 5, UpdateInterval = 1, MaxMemoryBytes = 0, ScratchDirectory = scratch.FullName };
+            var attributor = new Attributor(model, tc, settings);
+            var small = attributor.Attribute(Prompt);
+            Assert.Equal(12, small.SelectedFeatures.Length);
+            Assert.Empty(scratch.GetFiles()); // the scratch file is gone
+            // Rows and columns of the selected features, and every other node, are the full graph's.
+            int[] map = [.. small.SelectedFeatures.Select(f => Array.IndexOf(full.SelectedFeatures, f)),
+                .. Enumerable.Range(full.ErrorOffset, full.NodeCount - full.ErrorOffset)];
+            for (int t = 0; t < small.NodeCount; t++)
+                for (int s = 0; s < small.NodeCount; s++)
+                    Assert.True(Math.Abs(small.Edge(t, s) - full.Edge(map[t], map[s])) <= 1e-6, $"edge {t} ← {s}");
+            // The greedy picks: the first batch are the features most influential on the logits, by the logit rows alone.
+            var byLogits = InfluenceFromLogitRows(full);
+            var firstBatch = byLogits.Take(5).ToHashSet();
+            Assert.True(firstBatch.IsSubsetOf(small.SelectedFeatures), "the first greedy batch is the top-5 by influence through the logit rows");
+        }
+        finally { scratch.Delete(true); }
+    }
+
+    [Fact]
+    public void The_emulated_gpu_gives_the_cpu_graph()
+    {
+        // Llama: grouped-query attention, rotary, RMSNorm — every kernel the engine uses (ILGPU on the CPU is slow: one family).
+        const string arch = "llama";
+        using var cpu = Load(arch);
+        using var backend = ComputeBackends.Create(new Device(DeviceKind.Emulated));
+        using var device = Load(arch, backend);
+        var expected = new Attributor(cpu, RandomTranscoders(cpu)).Attribute(Prompt);
+        var actual = new Attributor(device, RandomTranscoders(device)).Attribute(Prompt);
+        Assert.Equal(expected.SelectedFeatures, actual.SelectedFeatures);
+        float largest = expected.Adjacency.Max(Math.Abs);
+        for (int i = 0; i < expected.Adjacency.Length; i++)
+            Assert.True(Math.Abs(expected.Adjacency[i] - actual.Adjacency[i]) <= 1e-5 * largest, $"entry {i}: cpu {expected.Adjacency[i]}, device {actual.Adjacency[i]}");
+    }
+
+    [Fact]
+    public void Transcoders_for_another_model_and_bad_prompts_are_refused()
+    {
+        using var model = Load("gpt2");
+        using var other = Load("gemma2");
+        var ex = Assert.Throws<InputError>(() => new Attributor(model, RandomTranscoders(other)).Attribute(Prompt));
+        Assert.Contains("replace 4 layers", ex.Message);
+        var wide = new PerLayerTranscoders(
+            [.. Enumerable.Range(0, 3).Select(_ => new SparseDictionary(SaeShape.Transcoder(32, 8, 32), new ReluActivation()))],
+            [.. Enumerable.Range(0, 3).Select(l => $"blocks.{l}.ln2.hook_normalized")], [.. Enumerable.Range(0, 3).Select(HookNames.MlpOut)], "narrow");
+        Assert.Contains("d_model 64", Assert.Throws<InputError>(() => new Attributor(model, wide).Attribute(Prompt)).Message);
+        var tc = RandomTranscoders(model);
+        Assert.Contains("n_ctx", Assert.Throws<InputError>(() => new Attributor(model, tc).Attribute(new int[model.Config.NCtx + 1])).Message);
+        Assert.Contains("outside the vocabulary", Assert.Throws<InputError>(() => new Attributor(model, tc).Attribute([0, 99999])).Message);
+        Assert.Contains("empty", Assert.Throws<InputError>(() => new Attributor(model, tc).Attribute([])).Message);
+        // Encoders that never fire: nothing to attribute.
+        var silent = RandomTranscoders(model);
+        for (int l = 0; l < 3; l++) Array.Fill(silent[l].P.BEnc, -100f);
+        Assert.Contains("no feature", Assert.Throws<InputError>(() => new Attributor(model, silent).Attribute(Prompt)).Message);
+        // A NaN encoder weight: named, not a NaN graph.
+        var broken = RandomTranscoders(model);
+        broken[1].P.WEnc[5] = float.NaN;
+        Assert.Contains("non-finite", Assert.Throws<InputError>(() => new Attributor(model, broken).Attribute(Prompt)).Message);
+    }
+
+    /// <summary>Features ranked by influence through the logit rows only (an independent power series, dense).</summary>
+    static int[] InfluenceFromLogitRows(AttributionGraph g)
+    {
+        int n = g.NodeCount;
+        var influence = new double[n];
+        for (int j = 0; j < g.LogitTokens.Length; j++)
+        {
+            int t = g.LogitOffset + j;
+            double sum = 0;
+            for (int s = 0; s < n; s++) sum += Math.Abs(g.Edge(t, s));
+            for (int s = 0; s < n; s++) influence[s] += g.LogitProbabilities[j] * Math.Abs(g.Edge(t, s)) / Math.Max(sum, 1e-8);
+        }
+        return [.. Enumerable.Range(0, g.SelectedFeatures.Length).OrderByDescending(i => influence[i]).ThenBy(i => i).Select(i => g.SelectedFeatures[i])];
+    }
+
+    static float[][] LogitDirections(HookedTransformer model, AttributionGraph graph)
+    {
+        int V = model.Config.VocabOut, D = model.Config.DModel;
+        var mean = new double[D];
+        for (int v = 0; v < V; v++) { var c = model.UnembedDirection(v); for (int d = 0; d < D; d++) mean[d] += c[d] / V; }
+        return [.. graph.LogitTokens.Select(j => { var c = model.UnembedDirection(j); for (int d = 0; d < D; d++) c[d] -= (float)mean[d]; return c; })];
+    }
+
+    static double[] Targets(ReplacementModel rm, AttributionGraph g, float[][] directions, InterventionResult r)
+    {
+        int D = rm.Model.Config.DModel, T = g.Positions;
+        var values = new double[g.NodeCount];
+        var enc = new float[D];
+        for (int i = 0; i < g.SelectedFeatures.Length; i++)
+        {
+            var (l, p, f) = g.ActiveFeatures[g.SelectedFeatures[i]];
+            rm.Transcoders.EncoderDirection(l, f, enc);
+            var x = r.Run.Cache[rm.Transcoders.InputHook(l)].ToCpu().Span.Slice(p * D, D);
+            for (int d = 0; d < D; d++) values[i] += (double)x[d] * enc[d];
+        }
+        var normed = r.Run.Cache["ln_final.hook_normalized"].ToCpu().Span.Slice((T - 1) * D, D);
+        for (int j = 0; j < directions.Length; j++)
+            for (int d = 0; d < D; d++) values[g.LogitOffset + j] += (double)normed[d] * directions[j][d];
+        return values;
+    }
+
+    static AddedVector SourceVector(HookedTransformer model, IMlpReplacement tc, AttributionGraph g, int node)
+    {
+        int D = model.Config.DModel, T = g.Positions;
+        var n = g.Node(node);
+        switch (n.Kind)
+        {
+            case NodeKind.Error:
+                return new AddedVector(HookNames.MlpOut(n.Layer), n.Position, g.ErrorVectors!.AsSpan((n.Layer * T + n.Position) * D, D).ToArray());
+            case NodeKind.Token:
+                return new AddedVector(HookNames.Embed, n.Position, g.TokenVectors!.AsSpan(n.Position * D, D).ToArray());
+            default:
+                var dec = new float[D];
+                tc.DecoderDirection(n.Layer, n.Index, n.Layer, dec);
+                return new AddedVector(HookNames.MlpOut(n.Layer), n.Position, [.. dec.Select(v => v * n.Value)]);
+        }
+    }
+}
