@@ -30,12 +30,11 @@ public class GraphPruningTests
         var result = GraphPruning.Prune(GraphTestData.Fixture);
         float[] influence = GraphTestData.RawFloat("node_influence");
         float[] cumulative = GraphTestData.RawFloat("pruned.cumulative_scores");
-        double largest = influence.Max(x => Math.Abs(x));
+        // Purely relative (measured: 1.6e-7 at most; the 74 nodes without influence are exactly 0 on both sides).
         for (int i = 0; i < influence.Length; i++)
         {
-            // The reference is float32: 1e-5 relative, plus float32 rounding of the largest value for entries near 0.
-            GraphTestData.Close(influence[i], result.NodeInfluence[i], 1e-5, 1e-7 * largest, $"node_influence[{i}]");
-            GraphTestData.Close(cumulative[i], result.CumulativeScores[i], 1e-5, 1e-7, $"cumulative_scores[{i}]");
+            GraphTestData.Close(influence[i], result.NodeInfluence[i], 1e-5, 0, $"node_influence[{i}]");
+            GraphTestData.Close(cumulative[i], result.CumulativeScores[i], 1e-5, 0, $"cumulative_scores[{i}]");
         }
     }
 
