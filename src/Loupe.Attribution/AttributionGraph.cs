@@ -45,7 +45,7 @@ public sealed record GraphProvenance(
 /// <b>rows = targets, columns = sources</b>: <c>A[t, s]</c> is the direct effect of source s on target t
 /// (a feature target's pre-activation, a logit target's demeaned logit).
 /// </summary>
-public sealed class AttributionGraph
+public sealed record AttributionGraph
 {
     /// <summary>The prompt's token ids.</summary>
     public required int[] InputTokens { get; init; }

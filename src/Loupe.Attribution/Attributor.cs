@@ -132,6 +132,7 @@ public sealed class Attributor
         }
 
         var graph = Assemble(s, rows, rowToNode, visited, maxFeatures, nLogits, totalNodes, logitIds, logitProbs, prompt);
+        graph = graph with { Provenance = Provenance() };
         clock.Stop();
         Stats = new AttributionStats(F, maxFeatures, batches, clock.Elapsed, s.ForwardTime, estimate);
         Log($"attribution: {batches} batched backward passes in {clock.Elapsed.TotalSeconds:0.##} s = {Stats.PassEquivalents:0.#} forward-pass equivalents");
@@ -288,6 +289,20 @@ public sealed class Attributor
     }
 
     /// <summary>Bytes of everything but the rows: frozen patterns, source tables, gradient buffers, one batch of read-outs.</summary>
+    GraphProvenance Provenance() => new(
+        $"{_model.Source ?? _model.Config.SourcePath ?? "(in memory)"} ({_model.Config.Architecture})",
+        Dictionaries.Harvest.HarvestManifest.Fingerprint(_model),
+        _transcoders.Source,
+        _transcoders.Fingerprint,
+        _settings.Describe(),
+        LoupeVersion,
+        DateTimeOffset.UtcNow);
+
+    /// <summary>This build's version (the assembly's informational version).</summary>
+    public static string LoupeVersion { get; } =
+        typeof(Attributor).Assembly.GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+            .OfType<System.Reflection.AssemblyInformationalVersionAttribute>().FirstOrDefault()?.InformationalVersion ?? "0.0.0";
+
     static long EstimateWorkingBytes(ReplacementState s, SourceReadout[] readouts, SourceReadout tokens, int N, int totalNodes)
     {
         var cfg = s.Model.Config;

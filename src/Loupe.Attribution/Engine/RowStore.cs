@@ -4,8 +4,9 @@ namespace Loupe.Attribution.Engine;
 
 /// <summary>
 /// The attribution rows computed so far (one per target node, each as wide as every node), kept in memory
-/// when they fit the budget, else appended to a scratch file beside the output and read back row by row:
-/// peak memory is then one batch of rows, whatever the prompt length. The file is deleted on dispose.
+/// when they fit the budget, else appended to a scratch file and read back row by row: peak memory is
+/// then one batch of rows, whatever the prompt length. The file is unlinked as soon as it is open (on
+/// Windows: deleted on close), so no run, finished or killed, leaves it behind.
 /// </summary>
 internal sealed class RowStore : IDisposable
 {
@@ -30,6 +31,8 @@ internal sealed class RowStore : IDisposable
         Directory.CreateDirectory(scratchDirectory);
         string path = Path.Combine(scratchDirectory, $".loupe-attribution-rows-{Environment.ProcessId}-{Guid.NewGuid():N}.tmp");
         _file = new FileStream(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 20, FileOptions.DeleteOnClose | FileOptions.RandomAccess);
+        // Unlinked at once where the OS allows it (the open handle keeps the data): a killed run leaves nothing behind.
+        if (!OperatingSystem.IsWindows()) File.Delete(path);
         _buffer = new byte[4 * width];
         ScratchPath = path;
     }

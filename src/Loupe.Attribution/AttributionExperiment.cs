@@ -1,0 +1,51 @@
+using Loupe.Attribution.Graph;
+using Loupe.Dictionaries.Transcoders;
+using Loupe.Models;
+
+namespace Loupe.Attribution;
+
+/// <summary>What <see cref="AttributionExperiment.Run"/> wrote and measured.</summary>
+/// <param name="Graph">The unpruned graph.</param>
+/// <param name="Pruning">Node and edge pruning at the requested thresholds.</param>
+/// <param name="Scores">Replacement and completeness scores of the unpruned graph.</param>
+/// <param name="Stats">Time, batches, pass equivalents and the memory estimate.</param>
+/// <param name="GraphJson">The Neuronpedia graph file.</param>
+/// <param name="GraphSafetensors">The raw graph (adjacency, nodes, activations, pruning).</param>
+public sealed record AttributionOutputs(AttributionGraph Graph, GraphPruneResult Pruning, GraphScoreResult Scores, AttributionStats Stats, string GraphJson, string GraphSafetensors);
+
+/// <summary>
+/// <c>loupe attribute</c> as a library call: attribute a prompt, prune, score, and write the graph as
+/// circuit-tracer / Neuronpedia JSON (plus the folder's graph-metadata.json) and as safetensors. Every
+/// file is written atomically, so an interrupted run leaves the folder as it was.
+/// </summary>
+public static class AttributionExperiment
+{
+    /// <param name="model">The model.</param>
+    /// <param name="transcoders">The dictionaries that replace its MLPs.</param>
+    /// <param name="tokens">The prompt's token ids.</param>
+    /// <param name="prompt">The prompt as text, when known.</param>
+    /// <param name="settings">Attribution settings.</param>
+    /// <param name="nodeThreshold">Node-influence pruning threshold (circuit-tracer: 0.8).</param>
+    /// <param name="edgeThreshold">Edge-influence pruning threshold (circuit-tracer: 0.98).</param>
+    /// <param name="folder">Output folder.</param>
+    /// <param name="slug">The graph's name: <c>{slug}.json</c> and <c>{slug}.safetensors</c>.</param>
+    public static AttributionOutputs Run(HookedTransformer model, IMlpReplacement transcoders, int[] tokens, string? prompt,
+        AttributionSettings settings, double nodeThreshold, double edgeThreshold, string folder, string slug)
+    {
+        var attributor = new Attributor(model, transcoders, settings);
+        var graph = attributor.Attribute(tokens, prompt);
+        var pruning = GraphPruning.Prune(graph, nodeThreshold, edgeThreshold);
+        var scores = GraphScores.Compute(graph);
+        var tokenizer = model.Tokenizer;
+        var options = new NeuronpediaGraphOptions
+        {
+            Slug = slug,
+            TranscoderList = [.. Enumerable.Range(0, transcoders.Layers).Select(l => $"{Path.GetFileName(transcoders.Source.TrimEnd('/'))}/layer_{l}")],
+            TokenText = tokenizer is null ? null : id => tokenizer.Decode([id]),
+        };
+        string json = NeuronpediaGraphJson.WriteFiles(folder, graph, pruning, options);
+        string raw = Path.Combine(Path.GetFullPath(folder), slug + ".safetensors");
+        GraphSafetensors.Write(raw, graph, pruning);
+        return new AttributionOutputs(graph, pruning, scores, attributor.Stats!, json, raw);
+    }
+}

@@ -1,0 +1,81 @@
+using System.CommandLine;
+using System.Globalization;
+using Loupe.Attribution;
+using Loupe.Dictionaries.Transcoders;
+
+namespace Loupe.Cli.Commands;
+
+/// <summary><c>loupe attribute</c>: a prompt's attribution graph through transcoders, as circuit-tracer / Neuronpedia JSON and safetensors.</summary>
+static class AttributeCommand
+{
+    public static Command Create()
+    {
+        var model = CliSupport.ModelOption();
+        var transcoders = new Option<string>("--transcoders", "-t")
+        {
+            Description = "The transcoders that replace every MLP: a folder of SAELens transcoder folders, one per layer (layer_0, layer_1, …), or those folders comma-separated in layer order",
+            Required = true,
+        };
+        var input = CliSupport.InputOptions.Create("The prompt (tokenized with the model's tokenizer)");
+        var maxLogits = new Option<int>("--max-logits") { Description = "At most this many logit targets", DefaultValueFactory = _ => 10 };
+        var logitProb = new Option<double>("--logit-prob") { Description = "Logit targets until their cumulative probability reaches this", DefaultValueFactory = _ => 0.95 };
+        var maxFeatures = new Option<int?>("--max-feature-nodes") { Description = "At most this many feature nodes, chosen greedily by influence on the logits (default: every active feature)" };
+        var batch = new Option<int>("--batch-size") { Description = "Target rows per batched backward pass", DefaultValueFactory = _ => 256 };
+        var nodeThreshold = new Option<double>("--node-threshold") { Description = "Node-influence pruning threshold", DefaultValueFactory = _ => 0.8 };
+        var edgeThreshold = new Option<double>("--edge-threshold") { Description = "Edge-influence pruning threshold", DefaultValueFactory = _ => 0.98 };
+        var maxMemory = new Option<string?>("--max-memory") { Description = "Memory the attribution rows may take before they are streamed to a scratch file (e.g. 4GB, 512MB; default: half of the available memory)" };
+        var output = new Option<string>("--out", "-o") { Description = "Output folder: {slug}.json (Neuronpedia graph), graph-metadata.json and {slug}.safetensors (the raw graph)", Required = true };
+        var slug = new Option<string>("--slug") { Description = "The graph's name (file names and id)", DefaultValueFactory = _ => "graph" };
+        var command = new Command("attribute",
+            "Trace a prompt through a replacement model (attention and norms frozen, MLPs replaced by transcoders plus error nodes): " +
+            "the direct effect of every active feature, error and token on every feature and top logit, pruned by influence, " +
+            "written as circuit-tracer / Neuronpedia graph JSON (open it in their graph viewer) and as safetensors.\n\n" +
+            "Examples:\n" +
+            "  loupe attribute --model ../shared/models/stories260K --transcoders tc/ --prompt \"Once upon a time, Lily\" --out graphs\n" +
+            "  loupe attribute --model gpt2 --transcoders tc/ --tokens \"50256,464,3139\" --max-feature-nodes 4096 --out graphs --slug capital")
+        { model, transcoders, input.Prompt, input.Tokens, maxLogits, logitProb, maxFeatures, batch, nodeThreshold, edgeThreshold, maxMemory, output, slug };
+        command.SetAction(parse => CliSupport.Guard(() =>
+        {
+            string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
+            var settings = new AttributionSettings
+            {
+                MaxLogits = CliSupport.Int(parse, maxLogits, 1),
+                LogitProbability = CliSupport.Double(parse, logitProb, double.Epsilon, 1),
+                MaxFeatureNodes = CliSupport.Int(parse, maxFeatures, 0),
+                BatchSize = CliSupport.Int(parse, batch, 1, 1 << 16),
+                MaxMemoryBytes = parse.GetValue(maxMemory) is string mem ? ParseBytes(mem, maxMemory.Name) : null,
+                Log = line => Console.Error.WriteLine(line),
+            };
+            double nodes = CliSupport.Double(parse, nodeThreshold, 0, 1), edges = CliSupport.Double(parse, edgeThreshold, 0, 1);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
+            var tc = PerLayerTranscoders.LoadSaeLens(parse.GetValue(transcoders)!, m.Config.NLayers);
+            var tokens = input.Read(parse, m);
+            if (tokens.Batch != 1) throw new InputError($"argument: --tokens: an attribution graph is for one prompt; got {tokens.Batch} rows");
+            var result = AttributionExperiment.Run(m, tc, tokens.Ids, input.Text(parse), settings, nodes, edges, folder, parse.GetValue(slug)!);
+            var s = result.Stats;
+            var g = result.Graph;
+            Console.WriteLine($"nodes: {g.SelectedFeatures.Length} features of {s.ActiveFeatures} active, {g.Layers * g.Positions} errors, {g.Positions} tokens, {g.LogitTokens.Length} logits (p = {g.LogitProbabilities.Sum().ToString("0.###", CultureInfo.InvariantCulture)})");
+            Console.WriteLine($"pruned: {result.Pruning.KeptNodes().Length} nodes, {result.Pruning.KeptEdgeCount()} edges (node threshold {nodes}, edge threshold {edges})");
+            Console.WriteLine($"scores: replacement {result.Scores.Replacement.ToString("0.####", CultureInfo.InvariantCulture)}, completeness {result.Scores.Completeness.ToString("0.####", CultureInfo.InvariantCulture)}");
+            Console.WriteLine($"cost: {s.Elapsed.TotalSeconds.ToString("0.##", CultureInfo.InvariantCulture)} s, {s.Batches} batched backward passes, {s.PassEquivalents.ToString("0.#", CultureInfo.InvariantCulture)} forward-pass equivalents; estimated memory {s.EstimatedBytes / (1024.0 * 1024):0.#} MiB");
+            Console.WriteLine($"wrote {result.GraphJson} and {result.GraphSafetensors}");
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <summary>"4GB", "512MB", "1.5GiB", "1000000" (bytes).</summary>
+    /// <exception cref="InputError">Not a positive size.</exception>
+    internal static long ParseBytes(string text, string option)
+    {
+        string t = text.Trim().ToUpperInvariant().Replace("IB", "B", StringComparison.Ordinal);
+        (string unit, long factor) = t.EndsWith("GB", StringComparison.Ordinal) ? ("GB", 1L << 30)
+            : t.EndsWith("MB", StringComparison.Ordinal) ? ("MB", 1L << 20)
+            : t.EndsWith("KB", StringComparison.Ordinal) ? ("KB", 1L << 10)
+            : t.EndsWith('B') ? ("B", 1L) : ("", 1L);
+        string number = t[..^unit.Length].Trim();
+        if (!double.TryParse(number, NumberStyles.Float, CultureInfo.InvariantCulture, out double value) || !(value >= 0) || double.IsInfinity(value * factor))
+            throw InputError.Expected("argument", option, "a size such as 4GB, 512MB or a number of bytes", text);
+        return (long)(value * factor);
+    }
+}

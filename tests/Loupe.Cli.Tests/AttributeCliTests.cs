@@ -1,0 +1,53 @@
+using System.Text.Json.Nodes;
+using Loupe.Models.Loading;
+using Loupe.Testing;
+using static Loupe.Cli.Tests.CliHarness;
+
+namespace Loupe.Cli.Tests;
+
+/// <summary><c>loupe attribute</c> on the circuit-tracer fixture: the pruned graph circuit-tracer made, in its files; bad input refused.</summary>
+[Collection("console")]
+public class AttributeCliTests
+{
+    static readonly string Model = SharedData.TestData(Path.Combine("reference", "gpt2"));
+    static readonly string Transcoders = SharedData.TestData(Path.Combine("attribution", "transcoders"));
+    const string Tokens = "0,360,480,161,89,311,293,431";
+
+    [Fact]
+    public void Writes_the_pruned_graph_circuit_tracer_made()
+    {
+        string folder = Directory.CreateTempSubdirectory("loupe-attr").FullName;
+        var run = RunLoupe(["attribute", "--model", Model, "--transcoders", Transcoders, "--tokens", Tokens, "--out", folder, "--slug", "fixture"]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("pruned: 38 nodes, 351 edges", run.Out);
+        Assert.Contains("memory ≈", run.Err); // the estimate comes before the work
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "fixture.json")))!;
+        var expected = JsonNode.Parse(File.ReadAllText(SharedData.TestData(Path.Combine("attribution", "v0.5.0", "loupe-gpt2-fixture-relu-tc32.json"))))!;
+        Assert.Equal(expected["nodes"]!.AsArray().Select(n => (string)n!["node_id"]!).Order(), json["nodes"]!.AsArray().Select(n => (string)n!["node_id"]!).Order());
+        Assert.Equal(351, json["links"]!.AsArray().Count);
+        Assert.NotNull(json["metadata"]!["loupe"]);
+        using var raw = SafeTensorsFile.Open(Path.Combine(folder, "fixture.safetensors"));
+        Assert.Equal(197 * 197, raw.GetFloat32("adjacency_matrix").Length);
+        Assert.True(File.Exists(Path.Combine(folder, "graph-metadata.json")));
+    }
+
+    [Fact]
+    public void Refuses_transcoders_that_do_not_fit_and_bad_arguments()
+    {
+        string folder = Directory.CreateTempSubdirectory("loupe-attr").FullName;
+        // Transcoders for the 3-layer GPT-2 fixture on the 4-layer Gemma 2 fixture.
+        var run = RunLoupe(["attribute", "--model", SharedData.TestData(Path.Combine("reference", "gemma2")), "--transcoders", Transcoders, "--tokens", "1,2,3", "--out", folder]);
+        Assert.Equal(2, run.Code);
+        Assert.Contains("no transcoder for layer 3", run.Err);
+        run = RunLoupe(["attribute", "--model", Model, "--transcoders", Path.Combine(folder, "missing"), "--tokens", Tokens, "--out", folder]);
+        Assert.Equal(2, run.Code);
+        Assert.Contains("transcoder folder not found", run.Err);
+        run = RunLoupe(["attribute", "--model", Model, "--transcoders", Transcoders, "--tokens", string.Join(',', Enumerable.Repeat("1", 2000)), "--out", folder]);
+        Assert.Equal(2, run.Code);
+        Assert.Contains("n_ctx", run.Err);
+        run = RunLoupe(["attribute", "--model", Model, "--transcoders", Transcoders, "--tokens", Tokens, "--out", folder, "--max-memory", "lots"]);
+        Assert.Equal(2, run.Code);
+        Assert.Contains("--max-memory", run.Err);
+        Assert.Empty(Directory.GetFiles(folder)); // nothing half-written
+    }
+}
