@@ -41,9 +41,11 @@ public sealed record GraphProvenance(
 /// A prompt's attribution graph over a replacement model, laid out as circuit-tracer's <c>Graph</c>.
 /// Node order (both adjacency axes): <c>[selected features (in <see cref="SelectedFeatures"/> order),
 /// error nodes (layer-major, then position: L·T), token nodes (by position: T), logit nodes (by
-/// descending probability)]</c>. <see cref="Adjacency"/> is <c>[n, n]</c> row-major with
-/// <b>rows = targets, columns = sources</b>: <c>A[t, s]</c> is the direct effect of source s on target t
-/// (a feature target's pre-activation, a logit target's demeaned logit).
+/// descending probability)]</c>. The adjacency A is <c>[n, n]</c> with <b>rows = targets, columns = sources</b>:
+/// <c>A[t, s]</c> is the direct effect of source s on target t (a feature target's pre-activation, a logit
+/// target's demeaned logit). Only feature and logit rows can be nonzero (errors and tokens have no inputs),
+/// so it is held either dense (<see cref="Adjacency"/>) or as those rows only (<see cref="TargetRows"/>) —
+/// the form attribution produces, L·T + T rows smaller. Read it with <see cref="Row"/> or <see cref="Edge"/>.
 /// </summary>
 public sealed record AttributionGraph
 {
@@ -74,8 +76,14 @@ public sealed record AttributionGraph
     /// <summary>Their probabilities at the last position.</summary>
     public required float[] LogitProbabilities { get; init; }
 
-    /// <summary>The adjacency matrix <c>[n, n]</c>, rows = targets, columns = sources.</summary>
-    public required float[] Adjacency { get; init; }
+    /// <summary>The adjacency matrix <c>[n, n]</c>, rows = targets, columns = sources (null when held as <see cref="TargetRows"/>).</summary>
+    public float[]? Adjacency { get; init; }
+
+    /// <summary>
+    /// The adjacency's feature rows then logit rows, <c>[selected features + logits, n]</c> (null when held dense
+    /// in <see cref="Adjacency"/>). Error and token rows are zero.
+    /// </summary>
+    public float[]? TargetRows { get; init; }
 
     /// <summary>Error vectors <c>[L, T, d_model]</c> (MLP output minus reconstruction), when kept.</summary>
     public float[]? ErrorVectors { get; init; }
@@ -129,5 +137,43 @@ public sealed record AttributionGraph
     public IEnumerable<GraphNode> Nodes() => Enumerable.Range(0, NodeCount).Select(Node);
 
     /// <summary>A[target, source].</summary>
-    public float Edge(int target, int source) => Adjacency[(long)target * NodeCount + source];
+    public float Edge(int target, int source) => Row(target)[source];
+
+    float[]? _zeroRow;
+
+    /// <summary>Row <paramref name="target"/> of the adjacency (the target's inputs), n wide.</summary>
+    /// <exception cref="InvalidOperationException">Neither <see cref="Adjacency"/> nor <see cref="TargetRows"/> has the right size.</exception>
+    public ReadOnlySpan<float> Row(int target)
+    {
+        int n = NodeCount;
+        if ((uint)target >= (uint)n) throw new ArgumentOutOfRangeException(nameof(target), $"node {target} is outside 0..{n - 1}");
+        if (Adjacency is { } dense)
+        {
+            if (dense.LongLength != (long)n * n) throw new InvalidOperationException($"the adjacency has {dense.LongLength} entries; expected {n}×{n}");
+            return dense.AsSpan(checked((int)((long)target * n)), n);
+        }
+        var rows = TargetRows ?? throw new InvalidOperationException("the graph has no adjacency (neither Adjacency nor TargetRows)");
+        if (rows.LongLength != (long)StoredRows * n) throw new InvalidOperationException($"the target rows hold {rows.LongLength} entries; expected {StoredRows}×{n}");
+        int stored = target < ErrorOffset ? target : target >= LogitOffset ? ErrorOffset + target - LogitOffset : -1;
+        if (stored < 0) return _zeroRow ??= new float[n];
+        return rows.AsSpan(checked((int)((long)stored * n)), n);
+    }
+
+    /// <summary>Rows held in <see cref="TargetRows"/>: the selected features and the logits.</summary>
+    public int StoredRows => SelectedFeatures.Length + LogitTokens.Length;
+
+    /// <summary>Whether the adjacency's entry count fits its form (dense n×n, or the feature and logit rows).</summary>
+    public bool HasValidAdjacency =>
+        Adjacency is { } a ? a.LongLength == (long)NodeCount * NodeCount : TargetRows is { } r && r.LongLength == (long)StoredRows * NodeCount;
+
+    /// <summary>The adjacency as a dense <c>[n, n]</c> array (allocates n² floats unless it is held dense).</summary>
+    public float[] DenseAdjacency()
+    {
+        if (Adjacency is { } a) return a;
+        int n = NodeCount;
+        var dense = new float[(long)n * n];
+        for (int t = 0; t < n; t++)
+            if (t < ErrorOffset || t >= LogitOffset) Row(t).CopyTo(dense.AsSpan(checked((int)((long)t * n)), n));
+        return dense;
+    }
 }

@@ -241,13 +241,14 @@ public sealed class Attributor
         var featureRow = new int[F];
         Array.Fill(featureRow, -1);
         for (int i = 0; i < selected.Length; i++) featureRow[selected[i]] = i;
-        var adjacency = new float[(long)n * n];
+        // Only feature and logit rows can be nonzero: they are all that is kept (features, then logits).
+        var targetRows = new float[(long)rowToNode.Length * n];
         for (int r = 0; r < rowToNode.Length; r++)
         {
             int node = rowToNode[r];
-            int target = node < F ? featureRow[node] : n - nLogits + (node - (totalNodes - nLogits));
+            int target = node < F ? featureRow[node] : selected.Length + (node - (totalNodes - nLogits));
             var src = edges.Row(r);
-            var dst = adjacency.AsSpan((int)((long)target * n), n);
+            var dst = targetRows.AsSpan(checked((int)((long)target * n)), n);
             for (int c = 0; c < n; c++) dst[c] = src[columns[c]];
         }
         return new AttributionGraph
@@ -261,7 +262,7 @@ public sealed class Attributor
             SelectedFeatures = selected,
             LogitTokens = logitIds,
             LogitProbabilities = logitProbs,
-            Adjacency = adjacency,
+            TargetRows = targetRows,
             ErrorVectors = s.Errors,
             TokenVectors = s.TokenVectors,
         };
@@ -319,7 +320,7 @@ public sealed class Attributor
     static long GraphBytes(int features, int logits, int layers, int positions)
     {
         long n = features + logits + (long)(layers + 1) * positions;
-        return 4L * n * n;
+        return 4L * (features + logits) * n;
     }
 
     static string Bytes(long b) => b >= 1L << 30 ? $"{b / (double)(1L << 30):0.##} GiB" : $"{b / (double)(1L << 20):0.#} MiB";

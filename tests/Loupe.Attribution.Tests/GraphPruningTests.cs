@@ -108,7 +108,7 @@ public class GraphPruningTests
     public void NaNInTheAdjacency_IsNamed()
     {
         var g = GraphTestData.FiveNodes();
-        g.Adjacency[3 * 5 + 1] = float.NaN;
+        g.Adjacency![3 * 5 + 1] = float.NaN;
         var e = Assert.Throws<ArgumentException>(() => GraphPruning.Prune(g));
         Assert.Contains("A[3, 1] = NaN", e.Message);
         Assert.Contains("error node of layer 0 at position 0", e.Message);

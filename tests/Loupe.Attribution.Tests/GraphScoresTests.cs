@@ -46,8 +46,8 @@ public class GraphScoresTests
     public void NoErrorEdges_ScoresOne()
     {
         var g = GraphTestData.FiveNodes();
-        g.Adjacency[3 * 5 + 1] = 0;
-        g.Adjacency[4 * 5 + 1] = 0;
+        g.Adjacency![3 * 5 + 1] = 0;
+        g.Adjacency![4 * 5 + 1] = 0;
         var scores = GraphScores.Compute(g);
         GraphTestData.Close(1.0, scores.Replacement, 1e-12, 0, "replacement");
         GraphTestData.Close(1.0, scores.Completeness, 1e-12, 0, "completeness");

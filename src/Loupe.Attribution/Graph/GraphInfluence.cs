@@ -24,9 +24,9 @@ internal static class GraphInfluence
     {
         ArgumentNullException.ThrowIfNull(graph);
         int n = graph.NodeCount;
-        if (graph.Adjacency.LongLength != (long)n * n)
+        if (!graph.HasValidAdjacency)
             throw new ArgumentException(
-                $"adjacency has {graph.Adjacency.LongLength} entries; expected {n}×{n} = {(long)n * n} for {n} nodes " +
+                $"adjacency has {graph.Adjacency?.LongLength ?? graph.TargetRows?.LongLength ?? 0} entries; expected {n}×{n} = {(long)n * n} (dense) or {graph.StoredRows}×{n} (feature and logit rows) for {n} nodes " +
                 $"({graph.SelectedFeatures.Length} features, {graph.Layers}×{graph.Positions} errors, {graph.Positions} tokens, {graph.LogitTokens.Length} logits)",
                 nameof(graph));
         return n;
@@ -48,12 +48,11 @@ internal static class GraphInfluence
     public static double[] RowScales(AttributionGraph graph, bool[]? keep)
     {
         int n = graph.NodeCount;
-        var a = graph.Adjacency;
         var scales = new double[n];
         for (int t = 0; t < n; t++)
         {
             if (keep is not null && !keep[t]) continue;
-            var row = a.AsSpan(t * n, n);
+            var row = graph.Row(t);
             double sum = 0;
             if (keep is null) for (int s = 0; s < n; s++) sum += Math.Abs(row[s]);
             else for (int s = 0; s < n; s++) if (keep[s]) sum += Math.Abs(row[s]);
@@ -73,7 +72,7 @@ internal static class GraphInfluence
         var current = new double[n];
         var next = new double[n];
         var influence = new double[n];
-        MultiplyLeft(graph.Adjacency, n, rowScales, logitWeights, keep, current);
+        MultiplyLeft(graph, n, rowScales, logitWeights, keep, current);
         current.CopyTo(influence, 0);
         int iterations = 0;
         while (Array.Exists(current, x => x != 0))
@@ -81,7 +80,7 @@ internal static class GraphInfluence
             if (iterations >= MaxIterations)
                 throw new InvalidOperationException(
                     $"influence did not converge after {iterations} iterations: the adjacency has a cycle (an attribution graph is acyclic)");
-            MultiplyLeft(graph.Adjacency, n, rowScales, current, keep, next);
+            MultiplyLeft(graph, n, rowScales, current, keep, next);
             for (int i = 0; i < n; i++) influence[i] += next[i];
             (current, next) = (next, current);
             iterations++;
@@ -90,14 +89,14 @@ internal static class GraphInfluence
     }
 
     /// <summary>result[s] = Σ_t x[t]·scale[t]·|A[t, s]| (kept t and s only): one row of A at a time.</summary>
-    static void MultiplyLeft(float[] a, int n, double[] rowScales, double[] x, bool[]? keep, double[] result)
+    static void MultiplyLeft(AttributionGraph graph, int n, double[] rowScales, double[] x, bool[]? keep, double[] result)
     {
         Array.Clear(result);
         for (int t = 0; t < n; t++)
         {
             double factor = x[t] * rowScales[t];
             if (factor == 0) continue;
-            var row = a.AsSpan(t * n, n);
+            var row = graph.Row(t);
             for (int s = 0; s < n; s++) result[s] += factor * Math.Abs(row[s]);
         }
         if (keep is not null)
@@ -107,7 +106,7 @@ internal static class GraphInfluence
     static ArgumentException NonFinite(AttributionGraph graph, int t, bool[]? keep)
     {
         int n = graph.NodeCount;
-        var row = graph.Adjacency.AsSpan(t * n, n);
+        var row = graph.Row(t);
         int s = 0;
         while (s < n && (float.IsFinite(row[s]) || (keep is not null && !keep[s]))) s++;
         string what = s < n ? $"A[{t}, {s}] = {row[s]} (target {Describe(graph.Node(t))}, source {Describe(graph.Node(s))})"

@@ -92,7 +92,7 @@ public static class GraphPruning
         int n = GraphInfluence.CheckShape(graph);
         int alwaysKeptFrom = graph.TokenOffset;     // tokens and logits
         int features = graph.SelectedFeatures.Length;
-        var a = graph.Adjacency;
+        var a = graph;
 
         // 1. Node influence on the full graph.
         double[] w = GraphInfluence.LogitWeights(graph);
@@ -115,7 +115,7 @@ public static class GraphPruning
         var incoming = new int[n];    // kept edges entering each node (row counts)
         for (int t = 0; t < n; t++)
         {
-            var row = a.AsSpan(t * n, n);
+            var row = a.Row(t);
             for (int s = 0; s < n; s++)
             {
                 double score = nodeMask[s] ? Math.Abs(row[s]) * rowFactor[t] : 0;
@@ -212,7 +212,7 @@ public static class GraphPruning
     /// pass 1 sums them into buckets of the score's leading bits (8 mantissa bits: buckets 0.4 % wide),
     /// pass 2 sorts only the bucket where the cumulative share crosses the threshold.
     /// </summary>
-    static double EdgeThreshold(float[] a, int n, double[] rowFactor, bool[] nodeMask, double threshold)
+    static double EdgeThreshold(AttributionGraph a, int n, double[] rowFactor, bool[] nodeMask, double threshold)
     {
         const int Shift = 44;                    // positive doubles: 11 exponent + 8 mantissa bits left
         var bucketSums = new double[1 << (63 - Shift)];
@@ -257,7 +257,7 @@ public static class GraphPruning
         return inBucket[^1];   // rounding: the bucket's own sum reached the share, its running sum did not
     }
 
-    static double SmallestScore(float[] a, int n, double[] rowFactor, bool[] nodeMask, double[] row)
+    static double SmallestScore(AttributionGraph a, int n, double[] rowFactor, bool[] nodeMask, double[] row)
     {
         double min = double.PositiveInfinity;
         for (int t = 0; t < n; t++)
@@ -268,9 +268,9 @@ public static class GraphPruning
         return min;
     }
 
-    static void EdgeScores(float[] a, int n, int t, double[] rowFactor, bool[] nodeMask, double[] row)
+    static void EdgeScores(AttributionGraph a, int n, int t, double[] rowFactor, bool[] nodeMask, double[] row)
     {
-        var source = a.AsSpan(t * n, n);
+        var source = a.Row(t);
         double factor = rowFactor[t];
         for (int s = 0; s < n; s++) row[s] = nodeMask[s] ? Math.Abs(source[s]) * factor : 0;
     }

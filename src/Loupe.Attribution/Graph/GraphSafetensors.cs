@@ -68,7 +68,13 @@ public static class GraphSafetensors
 
         var entries = new List<SafeTensorEntry>
         {
-            SafeTensorEntry.F32("adjacency_matrix", [n, n], graph.Adjacency),
+            graph.Adjacency is { } dense
+                ? SafeTensorEntry.F32("adjacency_matrix", [n, n], dense)
+                : SafeTensorEntry.F32Streamed("adjacency_matrix", [n, n], stream =>
+                {
+                    // Row by row: the zero rows of errors and tokens are written without ever holding n×n floats.
+                    for (int r = 0; r < n; r++) stream.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(graph.Row(r)));
+                }),
             SafeTensorEntry.I64("input_tokens", [t], Longs(graph.InputTokens)),
             SafeTensorEntry.I64("active_features", [graph.ActiveFeatures.Length, 3],
                 graph.ActiveFeatures.SelectMany(f => new long[] { f.Layer, f.Position, f.Feature }).ToArray()),

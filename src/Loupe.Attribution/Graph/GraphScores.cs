@@ -37,7 +37,7 @@ public static class GraphScores
         for (int t = 0; t < n; t++)
         {
             double errorShare = 0;
-            foreach (float x in graph.Adjacency.AsSpan(t * n + graph.ErrorOffset, errorCount)) errorShare += Math.Abs(x);
+            foreach (float x in graph.Row(t).Slice(graph.ErrorOffset, errorCount)) errorShare += Math.Abs(x);
             double weight = influence[t] + w[t];
             weighted += (1 - errorShare * scales[t]) * weight;
             totalWeight += weight;

@@ -17,6 +17,7 @@ public sealed class SafeTensorEntry
     readonly ReadOnlyMemory<float> _f32;
     readonly ReadOnlyMemory<long> _i64;
     readonly ReadOnlyMemory<byte> _raw;
+    readonly Action<Stream>? _stream;
 
     /// <summary>Tensor name.</summary>
     public string Name { get; }
@@ -31,7 +32,7 @@ public sealed class SafeTensorEntry
     public long DataElements { get; }
 
     SafeTensorEntry(string name, DType dtype, long[] shape, long dataElements,
-        ReadOnlyMemory<float> f32 = default, ReadOnlyMemory<long> i64 = default, ReadOnlyMemory<byte> raw = default)
+        ReadOnlyMemory<float> f32 = default, ReadOnlyMemory<long> i64 = default, ReadOnlyMemory<byte> raw = default, Action<Stream>? stream = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
         ArgumentNullException.ThrowIfNull(shape);
@@ -42,7 +43,15 @@ public sealed class SafeTensorEntry
         _f32 = f32;
         _i64 = i64;
         _raw = raw;
+        _stream = stream;
     }
+
+    /// <summary>
+    /// A float32 tensor whose bytes <paramref name="write"/> produces when the file is written (e.g. row by row
+    /// from a source too large to hold as one array); it must write exactly the product of the shape × 4 bytes.
+    /// </summary>
+    public static SafeTensorEntry F32Streamed(string name, long[] shape, Action<Stream> write) =>
+        new(name, DType.F32, shape, shape.Aggregate(1L, (a, d) => a * d), stream: write ?? throw new ArgumentNullException(nameof(write)));
 
     /// <summary>A float32 tensor.</summary>
     public static SafeTensorEntry F32(string name, int[] shape, ReadOnlyMemory<float> data) =>
@@ -74,7 +83,14 @@ public sealed class SafeTensorEntry
     internal void WriteTo(Stream stream)
     {
         if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("safetensors are little-endian");
-        if (DType == DType.F32 && _raw.IsEmpty) stream.Write(MemoryMarshal.AsBytes(_f32.Span));
+        if (_stream is not null)
+        {
+            long before = stream.Position;
+            _stream(stream);
+            if (stream.Position - before != DataElements * 4)
+                throw new InvalidOperationException($"tensor '{Name}': the stream wrote {stream.Position - before} bytes, expected {DataElements * 4}");
+        }
+        else if (DType == DType.F32 && _raw.IsEmpty) stream.Write(MemoryMarshal.AsBytes(_f32.Span));
         else if (DType == DType.I64 && _raw.IsEmpty) stream.Write(MemoryMarshal.AsBytes(_i64.Span));
         else stream.Write(_raw.Span);
     }
