@@ -76,7 +76,7 @@ public static class CltFiles
         OutputFiles.EnsureReplaceable(Path.Combine(folder, WeightsFile));
         OutputFiles.EnsureReplaceable(Path.Combine(folder, ConfigFile));
         SafeTensorsWriter.Write(Path.Combine(folder, WeightsFile), tensors);
-        File.WriteAllText(Path.Combine(folder, ConfigFile) + ".tmp", cfg.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(Path.Combine(folder, ConfigFile) + ".tmp", cfg.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
         File.Move(Path.Combine(folder, ConfigFile) + ".tmp", Path.Combine(folder, ConfigFile), overwrite: true);
     }
 
@@ -300,7 +300,7 @@ public static class CltFiles
     internal static void WriteYaml(string path, IEnumerable<(string Key, string Value)> entries)
     {
         var sb = new StringBuilder();
-        foreach (var (k, v) in entries) sb.Append(k).Append(": ").Append(JsonSerializer.Serialize(v)).Append('\n');
+        foreach (var (k, v) in entries) sb.Append(k).Append(": ").Append(JsonSerializer.Serialize(v, new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping })).Append('\n');
         OutputFiles.EnsureReplaceable(path);
         File.WriteAllText(path + ".tmp", sb.ToString());
         File.Move(path + ".tmp", path, overwrite: true);

@@ -224,3 +224,46 @@ public class CrossLayerTranscoderTests(ITestOutputHelper output)
         finally { Directory.Delete(dir, recursive: true); }
     }
 }
+
+/// <summary>The folder-level run: cancelled part-way and resumed, it ends with the weights of an uninterrupted run.</summary>
+public class CltTrainingRunTests
+{
+    [Fact]
+    public void ACancelledRunResumedInItsFolderEndsBitIdenticalAndSavesTheClt()
+    {
+        var shape = new CltShape(3, 8, 16, 8);
+        var (x, y) = CrossLayerTranscoderTests.TeacherRows(shape, 300, seed: 8);
+        var options = new CltTrainingOptions { Base = new SaeTrainingOptions { Steps = 30, BatchSize = 40, LearningRate = 5e-3f, SparsityCoefficient = 1e-3f, Seed = 1 } };
+        CltTrainer Fresh()
+        {
+            var c = new CrossLayerTranscoder(shape, new ReluActivation());
+            c.Initialize(seed: 2);
+            return new CltTrainer(c, options);
+        }
+        var rows = () => new InMemoryRows(x, shape.RowIn, y, shape.RowOut);
+        string root = Directory.CreateTempSubdirectory("loupe-clt-run").FullName;
+        try
+        {
+            string straight = Path.Combine(root, "straight"), killed = Path.Combine(root, "killed");
+            CltTrainingRun.Run(Fresh(), rows(), straight, checkpointEvery: 7, resume: false, circuitTracer: true);
+
+            using var cancel = new CancellationTokenSource();
+            var progress = new SyncProgress(m => { if (m.Step == 15) cancel.Cancel(); });
+            Assert.Throws<OperationCanceledException>(() => CltTrainingRun.Run(Fresh(), rows(), killed, 7, false, progress: progress, cancellationToken: cancel.Token));
+            Assert.Throws<InputError>(() => CltTrainingRun.Run(Fresh(), rows(), killed, 7, resume: false));
+            CltTrainingRun.Run(Fresh(), rows(), killed, 7, resume: true);
+
+            var a = CltFiles.Load(straight);
+            var b = CltFiles.Load(killed);
+            foreach (var ((name, pa), (_, pb)) in a.P.All().Zip(b.P.All())) Assert.True(pa.AsSpan().SequenceEqual(pb), $"{name} differs");
+            Assert.Equal(30, File.ReadAllLines(Path.Combine(killed, CltTrainingRun.LogFile)).Length);
+            Assert.Equal(a.Fingerprint, CltFiles.Load(Path.Combine(straight, CltTrainingRun.CircuitTracerFolder)).Fingerprint);
+        }
+        finally { Directory.Delete(root, recursive: true); }
+    }
+
+    sealed class SyncProgress(Action<CltStepMetrics> report) : IProgress<CltStepMetrics>
+    {
+        public void Report(CltStepMetrics value) => report(value);
+    }
+}
