@@ -117,7 +117,7 @@ public class ReplacementEvaluatorTests(ITestOutputHelper output)
         clt.Initialize(seed: 0);
         var trainer = new CltTrainer(clt, new CltTrainingOptions
         {
-            Base = new SaeTrainingOptions { Steps = 250, BatchSize = 64, LearningRate = 3e-3f, SparsityCoefficient = 1e-4f, LrWarmupSteps = 10, Seed = 0 },
+            Base = new SaeTrainingOptions { Steps = 150, BatchSize = 64, LearningRate = 4e-3f, SparsityCoefficient = 1e-4f, LrWarmupSteps = 10, Seed = 0 },
         });
         var rows = LayerPairRows.For(model, train, clt, contextsPerWindow: 32);
         Assert.Equal(3 * 64, rows.DIn);

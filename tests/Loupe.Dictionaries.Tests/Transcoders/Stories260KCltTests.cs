@@ -27,7 +27,7 @@ public class Stories260KCltTests(ITestOutputHelper output)
         clt.Initialize(seed: 0);
         var trainer = new CltTrainer(clt, new CltTrainingOptions
         {
-            Base = new SaeTrainingOptions { Steps = 150, BatchSize = 128, LearningRate = 3e-3f, LrWarmupSteps = 20, Seed = 0 },
+            Base = new SaeTrainingOptions { Steps = 100, BatchSize = 128, LearningRate = 4e-3f, LrWarmupSteps = 20, Seed = 0 },
         });
         var clock = System.Diagnostics.Stopwatch.StartNew();
         trainer.Begin(LayerPairRows.For(model, train, clt, contextsPerWindow: 64));
@@ -41,7 +41,7 @@ public class Stories260KCltTests(ITestOutputHelper output)
         {
             perLayer[l] = new SparseDictionary(SaeShape.Transcoder(d, 256, d), new TopKActivation(16));
             perLayer[l].Initialize(seed: l);
-            new SaeTrainer(perLayer[l], new SaeTrainingOptions { Steps = 150, BatchSize = 128, LearningRate = 3e-3f, LrWarmupSteps = 20, Seed = 0 })
+            new SaeTrainer(perLayer[l], new SaeTrainingOptions { Steps = 100, BatchSize = 128, LearningRate = 4e-3f, LrWarmupSteps = 20, Seed = 0 })
                 .Train(new ModelRows(model, train, HookNames.NormNormalized(l, "ln2"), HookNames.MlpOut(l), contextsPerWindow: 128).Load(0, 0).Inputs,
                        new ModelRows(model, train, HookNames.NormNormalized(l, "ln2"), HookNames.MlpOut(l), contextsPerWindow: 128).Load(0, 0).Targets);
         }
