@@ -151,7 +151,7 @@ static class CltCommand
         var command = new Command("eval",
             "Replace every MLP at once by the transcoders' reconstructions and report cross-entropy clean / replaced / all MLPs\n" +
             "zero-ablated, the loss recovered (CE_zero − CE_replaced) / (CE_zero − CE_clean), and per layer the explained variance and L0.\n\n" +
-            "Example:\n" +
+            "Examples:\n" +
             "  loupe clt eval --model ../shared/models/stories260K --transcoders clt/ --source brown:../shared/datasets/brown-corpus --out clt-eval/")
         { model, transcoders, source, contextSize, maxContexts, batchSize, seed, output };
         command.SetAction(parse => CliSupport.Guard(() =>
