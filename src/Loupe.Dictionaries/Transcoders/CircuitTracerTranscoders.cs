@@ -1,0 +1,260 @@
+// Per-layer transcoders in circuit-tracer's layout, as one IMlpReplacement.
+//
+// Folder (circuit_tracer/transcoder/single_layer_transcoder.py: TranscoderSet.to_safetensors / load_transcoder):
+//   layer_{ℓ}.safetensors   W_enc [d_sae, d_model]   W_dec [d_sae, d_model]   b_enc [d_sae]   b_dec [d_model]
+//                           activation_function.threshold [d_sae] (JumpReLU θ)   k (I64 scalar, TopK)
+//                           W_skip [d_model, d_model] applied as x·W_skipᵀ
+//   config.yaml             model_kind: transcoder_set, feature_input_hook, feature_output_hook, activation, k
+// Older files (load_relu_transcoder, up to v0.5) store W_dec as [d_model, d_sae]; W_enc is [d_sae, d_model] in both,
+// and Gemma-Scope-style files hold W_enc as [d_model, d_sae]. Orientation is read from the shapes against b_enc
+// (d_sae) and b_dec (d_model); a square matrix is taken in today's orientation.
+// Each layer becomes a Loupe transcoder (SparseDictionary, W_enc [d_in, d_sae], W_dec [d_sae, d_out]).
+using Loupe.Dictionaries.Sae;
+using Loupe.Models.Loading;
+
+namespace Loupe.Dictionaries.Transcoders;
+
+/// <summary>One transcoder per layer, each writing its own layer's MLP output (see the file header).</summary>
+public sealed class CircuitTracerTranscoders : IMlpReplacement
+{
+    readonly SparseDictionary[] _layers;
+
+    /// <param name="layers">Layer ℓ's transcoder at index ℓ; all with the same d_in and d_out.</param>
+    /// <param name="inputHookPattern">Hook each layer reads; <c>{layer}</c> stands for the layer.</param>
+    /// <param name="outputHookPattern">Hook each layer replaces.</param>
+    /// <param name="source">Where it came from.</param>
+    public CircuitTracerTranscoders(IReadOnlyList<SparseDictionary> layers, string inputHookPattern = CrossLayerTranscoder.DefaultInputHook,
+        string outputHookPattern = CrossLayerTranscoder.DefaultOutputHook, string source = "(in memory)")
+    {
+        ArgumentNullException.ThrowIfNull(layers);
+        if (layers.Count == 0) throw new ArgumentException("at least one layer", nameof(layers));
+        _layers = layers.ToArray();
+        foreach (var d in _layers)
+        {
+            if (d.Shape.DIn != _layers[0].Shape.DIn || d.Shape.DOut != _layers[0].Shape.DOut)
+                throw new ArgumentException("every layer's transcoder must have the same d_in and d_out", nameof(layers));
+            if (d.Shape.ApplyBDecToInput) throw new ArgumentException("transcoders never subtract b_dec from the input", nameof(layers));
+        }
+        InputHookPattern = inputHookPattern;
+        OutputHookPattern = outputHookPattern;
+        Source = source;
+    }
+
+    public IReadOnlyList<SparseDictionary> Dictionaries => _layers;
+    public string InputHookPattern { get; }
+    public string OutputHookPattern { get; }
+    public int Layers => _layers.Length;
+    public int DIn => _layers[0].Shape.DIn;
+    public int DOut => _layers[0].Shape.DOut;
+    public int Features(int layer) => _layers[layer].Shape.DSae;
+    public string InputHook(int layer) => InputHookPattern.Replace("{layer}", L(layer), StringComparison.Ordinal);
+    public string OutputHook(int layer) => OutputHookPattern.Replace("{layer}", L(layer), StringComparison.Ordinal);
+    static string L(int layer) => layer.ToString(System.Globalization.CultureInfo.InvariantCulture);
+    public int LastTarget(int layer) { _ = _layers[layer]; return layer; }
+    public bool HasSkip => _layers.Any(d => d.Shape.Skip);
+    public string Source { get; }
+
+    public string Fingerprint
+    {
+        get
+        {
+            using var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+            foreach (var d in _layers)
+            {
+                sha.AppendData(System.Text.Encoding.UTF8.GetBytes($"plt {d.Architecture} {d.Shape}\n"));
+                foreach (var a in new[] { d.P.WEnc, d.P.BEnc, d.P.WDec, d.P.BDec, d.P.WSkip,
+                             d.Activation is JumpReluActivation ? d.P.LogThreshold : [], d.Activation is BatchTopKActivation ? d.P.Threshold : [] })
+                    sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(a.AsSpan()));
+            }
+            return Convert.ToHexStringLower(sha.GetHashAndReset())[..16];
+        }
+    }
+
+    public void Encode(int layer, ReadOnlySpan<float> x, int rows, Span<float> pre, Span<float> acts)
+    {
+        var d = _layers[layer];
+        var xIn = new float[rows * d.Shape.DIn];
+        d.EncodePre(x, rows, xIn, pre);
+        d.Activation.Forward(pre, acts, rows, d.Shape.DSae, training: false, d.P);
+    }
+
+    public void EncoderDirection(int layer, int feature, Span<float> into)
+    {
+        var d = _layers[layer];
+        for (int j = 0; j < d.Shape.DIn; j++) into[j] = d.P.WEnc[j * d.Shape.DSae + feature];
+    }
+
+    public void DecoderDirection(int layer, int feature, int targetLayer, Span<float> into)
+    {
+        if (targetLayer != layer) throw new ArgumentOutOfRangeException(nameof(targetLayer), targetLayer, $"a per-layer transcoder of layer {layer} writes only layer {layer}");
+        var d = _layers[layer];
+        d.P.WDec.AsSpan(feature * d.Shape.DOut, d.Shape.DOut).CopyTo(into);
+    }
+
+    public void Reconstruct(int targetLayer, IReadOnlyList<float[]> acts, IReadOnlyList<float[]> inputs, int rows, Span<float> recon)
+    {
+        var d = _layers[targetLayer];
+        ReadOnlySpan<float> x = d.Shape.Skip ? inputs[targetLayer] : default;
+        d.Decode(acts[targetLayer], x, rows, recon);
+    }
+
+    // ---- files ----
+
+    /// <summary>Writes circuit-tracer's per-layer layout (today's orientation) and its config.yaml.</summary>
+    /// <exception cref="ArgumentException">A weight is not finite.</exception>
+    public void Save(string folder, string? modelName = null)
+    {
+        OutputFiles.EnsureFolder(folder);
+        string? activation = null;
+        int k = 0;
+        for (int l = 0; l < Layers; l++)
+        {
+            var d = _layers[l];
+            var s = d.Shape;
+            var tensors = new List<SafeTensorEntry>
+            {
+                SafeTensorEntry.F32("W_enc", [s.DSae, s.DIn], CltFiles.Transpose(d.P.WEnc, s.DIn, s.DSae)),
+                SafeTensorEntry.F32("W_dec", [s.DSae, s.DOut], d.P.WDec),
+                SafeTensorEntry.F32("b_enc", [s.DSae], d.P.BEnc),
+                SafeTensorEntry.F32("b_dec", [s.DOut], d.P.BDec),
+            };
+            if (s.Skip) tensors.Add(SafeTensorEntry.F32("W_skip", [s.DOut, s.DIn], CltFiles.Transpose(d.P.WSkip, s.DIn, s.DOut)));
+            switch (d.Activation)
+            {
+                case JumpReluActivation:
+                    tensors.Add(SafeTensorEntry.F32("activation_function.threshold", [s.DSae], d.P.LogThreshold.Select(MathF.Exp).ToArray()));
+                    activation = "jump_relu";
+                    break;
+                case BatchTopKActivation:
+                    // inference rule pre·1[pre > t]·1[pre > 0] = JumpReLU with θ = max(t, 0)
+                    tensors.Add(SafeTensorEntry.F32("activation_function.threshold", [s.DSae], Enumerable.Repeat(Math.Max(d.P.Threshold[0], 0f), s.DSae).ToArray()));
+                    activation = "jump_relu";
+                    break;
+                case TopKActivation t:
+                    tensors.Add(SafeTensorEntry.I64("k", [], new long[] { t.K }));
+                    activation = "topk";
+                    k = t.K;
+                    break;
+                default:
+                    activation = "relu";
+                    break;
+            }
+            foreach (var (name, data) in d.P.Trainable(d.Activation))
+                if (Array.FindIndex(data, v => !float.IsFinite(v) && !(name == "log_threshold" && float.IsNegativeInfinity(v))) is int bad and >= 0)
+                    throw new ArgumentException($"cannot save layer {l}: tensor '{name}'[{bad}] is {data[bad]}");
+            SafeTensorsWriter.Write(Path.Combine(folder, $"layer_{l}.safetensors"), tensors);
+        }
+        var yaml = new List<(string, string)>
+        {
+            ("model_kind", "transcoder_set"),
+            ("model_name", modelName ?? ""),
+            ("feature_input_hook", CltFiles.RelativeHook(InputHookPattern)),
+            ("feature_output_hook", CltFiles.RelativeHook(OutputHookPattern)),
+            ("activation", activation ?? "relu"),
+        };
+        if (k > 0) yaml.Add(("k", k.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+        yaml.Add(("loupe_fingerprint", Fingerprint));
+        yaml.Add(("loupe_version", CltFiles.LoupeVersion));
+        CltFiles.WriteYaml(Path.Combine(folder, CltFiles.CircuitTracerConfig), yaml);
+    }
+
+    /// <summary>Loads a folder of <c>layer_ℓ.safetensors</c> (see the file header).</summary>
+    /// <exception cref="InputError">
+    /// No layer_0.safetensors, or layers are not consecutive from 0; a tensor is missing, has a shape that fits neither
+    /// orientation, or holds NaN/±∞; a JumpReLU threshold is negative; k is out of range; layers disagree on d_model.
+    /// Messages name the file, the tensor, what was expected and what was found.
+    /// </exception>
+    public static CircuitTracerTranscoders Load(string folder, string? inputHookPattern = null, string? outputHookPattern = null)
+    {
+        int layers = 0;
+        while (File.Exists(Path.Combine(folder, $"layer_{layers}.safetensors"))) layers++;
+        if (layers == 0) throw new InputError($"{folder}: layer_0.safetensors is missing (circuit-tracer's per-layer layout has layer_ℓ.safetensors per layer)");
+        int found = Directory.GetFiles(folder, "layer_*.safetensors").Length;
+        if (found != layers) throw new InputError($"{folder}: holds {found} layer_*.safetensors files but only layers 0…{layers - 1} are consecutive; expected one per layer from 0");
+        var yaml = CltFiles.ReadYaml(Path.Combine(folder, CltFiles.CircuitTracerConfig));
+        string input = inputHookPattern ?? (yaml.TryGetValue("feature_input_hook", out var fi) ? CltFiles.AbsoluteHook(fi) : CrossLayerTranscoder.DefaultInputHook);
+        string output = outputHookPattern ?? (yaml.TryGetValue("feature_output_hook", out var fo) ? CltFiles.AbsoluteHook(fo) : CrossLayerTranscoder.DefaultOutputHook);
+        yaml.TryGetValue("activation", out var configActivation);
+        int? configK = yaml.TryGetValue("k", out var ks) && int.TryParse(ks, System.Globalization.CultureInfo.InvariantCulture, out int kv) ? kv : null;
+        var dicts = new SparseDictionary[layers];
+        for (int l = 0; l < layers; l++)
+        {
+            dicts[l] = LoadLayer(Path.Combine(folder, $"layer_{l}.safetensors"), configActivation, configK);
+            if (l > 0 && (dicts[l].Shape.DIn != dicts[0].Shape.DIn || dicts[l].Shape.DOut != dicts[0].Shape.DOut))
+                throw InputError.Expected(Path.Combine(folder, $"layer_{l}.safetensors"), "d_model", $"{dicts[0].Shape.DIn} like layer_0", dicts[l].Shape.DIn);
+        }
+        return new CircuitTracerTranscoders(dicts, input, output, folder);
+    }
+
+    static SparseDictionary LoadLayer(string path, string? configActivation, int? configK)
+    {
+        using var f = CltFiles.Open(path);
+        long Len(string name)
+        {
+            if (!f.TryGetInfo(name, out var i)) throw new InputError($"{path}: tensor '{name}' is missing; the file holds {string.Join(", ", f.Names.Take(12))}");
+            if (i.Shape.Length != 1) throw InputError.Expected(path, $"tensor '{name}'", "a vector", CltFiles.Shape(i.Shape));
+            return i.Shape[0];
+        }
+        int dSae = (int)Len("b_enc"), dOut = (int)Len("b_dec");
+        if (!f.TryGetInfo("W_enc", out var we)) throw new InputError($"{path}: tensor 'W_enc' is missing; expected [d_sae = {dSae}, d_model]");
+        if (we.Shape.Length != 2 || (we.Shape[0] != dSae && we.Shape[1] != dSae))
+            throw InputError.Expected(path, "tensor 'W_enc'", $"[d_sae = {dSae}, d_model] or [d_model, {dSae}]", CltFiles.Shape(we.Shape));
+        bool encFeatureMajor = we.Shape[0] == dSae;            // today's and v0.5's [d_sae, d_in]; square counts as this
+        int dIn = (int)(encFeatureMajor ? we.Shape[1] : we.Shape[0]);
+        bool skip = f.Contains("W_skip");
+        string arch = f.Contains("activation_function.threshold") || f.Contains("threshold") ? "jumprelu"
+            : f.Contains("k") || configActivation == "topk" ? "topk" : configActivation == "jump_relu" ? "jumprelu" : "relu";
+        int k = 0;
+        if (arch == "topk")
+        {
+            if (f.Contains("k"))
+            {
+                var kt = f.GetInt64("k");
+                if (kt.Length != 1) throw InputError.Expected(path, "tensor 'k'", "a scalar", $"{kt.Length} values");
+                k = (int)Math.Clamp(kt[0], int.MinValue, int.MaxValue);
+            }
+            else k = configK ?? throw new InputError($"{path}: a TopK transcoder needs k: neither a 'k' tensor nor 'k' in config.yaml");
+            Check.InRange(k, 1, dSae, path, $"k (at most d_sae = {dSae})");
+        }
+        if (arch == "jumprelu" && !f.Contains("activation_function.threshold") && !f.Contains("threshold"))
+            throw new InputError($"{path}: config.yaml says jump_relu but tensor 'activation_function.threshold' is missing");
+        var dict = new SparseDictionary(SaeShape.Transcoder(dIn, dSae, dOut, skip), CltFiles.ActivationOf(arch, k, dSae, path));
+        var p = dict.P;
+        if (encFeatureMajor)
+        {
+            var t = new float[dSae * dIn];
+            CltFiles.Read(f, path, "W_enc", [dSae, dIn], t);
+            CltFiles.Transpose(t, dSae, dIn).CopyTo(p.WEnc, 0);
+        }
+        else CltFiles.Read(f, path, "W_enc", [dIn, dSae], p.WEnc);
+        if (!f.TryGetInfo("W_dec", out var wd)) throw new InputError($"{path}: tensor 'W_dec' is missing; expected [d_sae = {dSae}, d_model = {dOut}]");
+        if (wd.Shape.Length == 2 && wd.Shape[0] == dSae && wd.Shape[1] == dOut) CltFiles.Read(f, path, "W_dec", [dSae, dOut], p.WDec);
+        else if (wd.Shape.Length == 2 && wd.Shape[0] == dOut && wd.Shape[1] == dSae)
+        {
+            var t = new float[dSae * dOut];
+            CltFiles.Read(f, path, "W_dec", [dOut, dSae], t);   // up to v0.5: [d_model, d_sae]
+            CltFiles.Transpose(t, dOut, dSae).CopyTo(p.WDec, 0);
+        }
+        else throw InputError.Expected(path, "tensor 'W_dec'", $"[d_sae = {dSae}, d_model = {dOut}] (or [{dOut}, {dSae}] before v0.6)", CltFiles.Shape(wd.Shape));
+        CltFiles.Read(f, path, "b_enc", [dSae], p.BEnc);
+        CltFiles.Read(f, path, "b_dec", [dOut], p.BDec);
+        if (skip)
+        {
+            var t = new float[dOut * dIn];
+            CltFiles.Read(f, path, "W_skip", [dOut, dIn], t);       // x·W_skipᵀ
+            CltFiles.Transpose(t, dOut, dIn).CopyTo(p.WSkip, 0);
+        }
+        if (arch == "jumprelu")
+        {
+            string name = f.Contains("activation_function.threshold") ? "activation_function.threshold" : "threshold";
+            var theta = new float[dSae];
+            CltFiles.Read(f, path, name, [dSae], theta);
+            for (int i = 0; i < dSae; i++)
+            {
+                if (theta[i] < 0) throw InputError.Expected(path, $"tensor '{name}' element {i}", "a JumpReLU threshold ≥ 0", theta[i]);
+                p.LogThreshold[i] = MathF.Log(theta[i]);
+            }
+        }
+        return dict;
+    }
+}

@@ -1,0 +1,331 @@
+// Files of cross-layer transcoders: Loupe's own layout and circuit-tracer's.
+//
+// Loupe (a folder):
+//   cfg.json                 {"format": "loupe-clt", "format_version": 1, architecture, n_layers, d_in, d_sae, d_out,
+//                            k (topk/batchtopk), input_hook, output_hook ("{layer}" patterns), fingerprint, provenance{…}}
+//   clt_weights.safetensors  W_enc.{ℓ} [d_in, d_sae]  b_enc.{ℓ} [d_sae]  W_dec.{ℓ} [d_sae, L−ℓ, d_out]  b_dec.{ℓ} [d_out]
+//                            log_threshold.{ℓ} [d_sae] (jumprelu)  threshold.{ℓ} [1] (batchtopk)
+// circuit-tracer (a folder; circuit_tracer/transcoder/cross_layer_transcoder.py, load_clt / to_safetensors):
+//   W_enc_{ℓ}.safetensors    W_enc_{ℓ} [d_sae, d_model]  b_enc_{ℓ} [d_sae]  b_dec_{ℓ} [d_model]  threshold_{ℓ} [d_sae] (JumpReLU θ)
+//   W_dec_{ℓ}.safetensors    W_dec_{ℓ} [d_sae, L−ℓ, d_model]
+//   config.yaml              model_kind: cross_layer_transcoder, feature_input_hook, feature_output_hook (names inside
+//                            blocks.ℓ, e.g. "ln2.hook_normalized", "hook_mlp_out")
+// circuit-tracer's CLT knows ReLU and JumpReLU only: a BatchTopK CLT is written as JumpReLU with θ = max(threshold, 0)
+// (its inference rule exactly); a TopK CLT cannot be written there.
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Loupe.Dictionaries.Sae;
+using Loupe.Models.Loading;
+
+namespace Loupe.Dictionaries.Transcoders;
+
+/// <summary>Reads and writes cross-layer transcoders (see the file header).</summary>
+public static class CltFiles
+{
+    public const string ConfigFile = "cfg.json";
+    public const string WeightsFile = "clt_weights.safetensors";
+    public const string CircuitTracerConfig = "config.yaml";
+    const string Format = "loupe-clt";
+    const int FormatVersion = 1;
+
+    /// <summary>The Loupe version that writes files (the assembly's informational version).</summary>
+    public static string LoupeVersion =>
+        typeof(CltFiles).Assembly.GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+            .OfType<System.Reflection.AssemblyInformationalVersionAttribute>().FirstOrDefault()?.InformationalVersion ?? "unknown";
+
+    // ---- Loupe's layout ----
+
+    /// <summary>Writes <paramref name="clt"/> in Loupe's layout; <paramref name="provenance"/> (model, data, training…) goes into cfg.json.</summary>
+    /// <exception cref="ArgumentException">A weight is NaN or infinite.</exception>
+    public static void Save(string folder, CrossLayerTranscoder clt, IReadOnlyDictionary<string, string>? provenance = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(folder);
+        ArgumentNullException.ThrowIfNull(clt);
+        var s = clt.Shape;
+        var tensors = new List<(string, int[], ReadOnlyMemory<float>)>();
+        for (int l = 0; l < s.Layers; l++)
+        {
+            tensors.Add(($"W_enc.{l}", [s.DIn, s.DSae], clt.P.WEnc[l]));
+            tensors.Add(($"b_enc.{l}", [s.DSae], clt.P.BEnc[l]));
+            tensors.Add(($"W_dec.{l}", [s.DSae, s.Targets(l), s.DOut], clt.P.WDec[l]));
+            tensors.Add(($"b_dec.{l}", [s.DOut], clt.P.BDec[l]));
+            if (clt.Activation is JumpReluActivation) tensors.Add(($"log_threshold.{l}", [s.DSae], clt.P.Act[l].LogThreshold));
+            if (clt.Activation is BatchTopKActivation) tensors.Add(($"threshold.{l}", [1], clt.P.Act[l].Threshold));
+        }
+        foreach (var (name, _, data) in tensors) ThrowIfCannotSave(name, data.Span, name.StartsWith("log_threshold", StringComparison.Ordinal));
+        var prov = new JsonObject { ["loupe_version"] = LoupeVersion };
+        if (provenance is not null) foreach (var (k, v) in provenance) prov[k] = v;
+        var cfg = new JsonObject
+        {
+            ["format"] = Format,
+            ["format_version"] = FormatVersion,
+            ["architecture"] = clt.Architecture,
+            ["n_layers"] = s.Layers,
+            ["d_in"] = s.DIn,
+            ["d_sae"] = s.DSae,
+            ["d_out"] = s.DOut,
+            ["k"] = KOf(clt.Activation),
+            ["input_hook"] = clt.InputHookPattern,
+            ["output_hook"] = clt.OutputHookPattern,
+            ["fingerprint"] = clt.Fingerprint,
+            ["provenance"] = prov,
+        };
+        OutputFiles.EnsureFolder(folder);
+        OutputFiles.EnsureReplaceable(Path.Combine(folder, WeightsFile));
+        OutputFiles.EnsureReplaceable(Path.Combine(folder, ConfigFile));
+        SafeTensorsWriter.Write(Path.Combine(folder, WeightsFile), tensors);
+        File.WriteAllText(Path.Combine(folder, ConfigFile) + ".tmp", cfg.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
+        File.Move(Path.Combine(folder, ConfigFile) + ".tmp", Path.Combine(folder, ConfigFile), overwrite: true);
+    }
+
+    static int KOf(SaeActivation a) => a switch { TopKActivation t => t.K, BatchTopKActivation b => b.K, _ => 0 };
+
+    static void ThrowIfCannotSave(string name, ReadOnlySpan<float> data, bool minusInfinityAllowed)
+    {
+        for (int i = 0; i < data.Length; i++)
+            if (float.IsNaN(data[i]) || float.IsPositiveInfinity(data[i]) || (float.IsNegativeInfinity(data[i]) && !minusInfinityAllowed))
+                throw new ArgumentException($"cannot save: tensor '{name}'[{i}] is {data[i]}");
+    }
+
+    /// <summary>Loads a CLT folder in either layout: Loupe's (cfg.json) or circuit-tracer's (W_enc_0.safetensors).</summary>
+    /// <exception cref="InputError">Neither layout is there, or the files are bad (see <see cref="LoadLoupe"/>, <see cref="LoadCircuitTracer"/>).</exception>
+    public static CrossLayerTranscoder Load(string folder)
+    {
+        if (File.Exists(Path.Combine(folder, ConfigFile))) return LoadLoupe(folder);
+        if (File.Exists(Path.Combine(folder, "W_enc_0.safetensors"))) return LoadCircuitTracer(folder);
+        throw new InputError($"{folder}: not a cross-layer transcoder folder: expected {ConfigFile} + {WeightsFile} (Loupe) or W_enc_0.safetensors (circuit-tracer)");
+    }
+
+    /// <summary>Loads Loupe's layout.</summary>
+    /// <exception cref="InputError">cfg.json is missing, not JSON, or a field is missing or out of range; a tensor is missing, mis-shaped or not finite (file, tensor, expected and found named).</exception>
+    public static CrossLayerTranscoder LoadLoupe(string folder)
+    {
+        string cfgPath = Path.Combine(folder, ConfigFile), weights = Path.Combine(folder, WeightsFile);
+        if (!File.Exists(cfgPath)) throw new InputError($"{cfgPath}: file is missing");
+        JsonObject cfg;
+        try { cfg = JsonNode.Parse(File.ReadAllText(cfgPath)) as JsonObject ?? throw new InputError($"{cfgPath}: not a JSON object"); }
+        catch (JsonException e) { throw new InputError($"{cfgPath}: not valid JSON: {e.Message}", e); }
+        int Int(string key, int min)
+        {
+            if (cfg[key] is not JsonValue v || v.GetValueKind() != JsonValueKind.Number || !v.TryGetValue(out int value))
+                throw InputError.Expected(cfgPath, $"field '{key}'", "an integer", cfg[key]?.ToJsonString());
+            return Check.InRange(value, min, int.MaxValue, cfgPath, $"field '{key}'");
+        }
+        string Str(string key, string? fallback = null) =>
+            cfg[key] is JsonValue v && v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>()
+            : fallback ?? throw InputError.Expected(cfgPath, $"field '{key}'", "a string", cfg[key]?.ToJsonString());
+        if (Str("format") != Format) throw InputError.Expected(cfgPath, "field 'format'", $"\"{Format}\"", Str("format"));
+        int version = Int("format_version", 0);
+        if (version != FormatVersion) throw InputError.Expected(cfgPath, "field 'format_version'", FormatVersion.ToString(CultureInfo.InvariantCulture), version);
+        var shape = new CltShape(Int("n_layers", 1), Int("d_in", 1), Int("d_sae", 1), Int("d_out", 1));
+        string arch = Str("architecture");
+        int k = arch is "topk" or "batchtopk" ? Int("k", 1) : 0;
+        var activation = ActivationOf(arch, k, shape.DSae, cfgPath);
+        string input = Str("input_hook", CrossLayerTranscoder.DefaultInputHook), output = Str("output_hook", CrossLayerTranscoder.DefaultOutputHook);
+        foreach (var (key, value) in new[] { ("input_hook", input), ("output_hook", output) })
+            if (!value.Contains("{layer}", StringComparison.Ordinal)) throw InputError.Expected(cfgPath, $"field '{key}'", "a hook pattern containing {layer}", value);
+        var clt = new CrossLayerTranscoder(shape, activation, input, output, folder);
+        using var file = Open(weights);
+        for (int l = 0; l < shape.Layers; l++)
+        {
+            Read(file, weights, $"W_enc.{l}", [shape.DIn, shape.DSae], clt.P.WEnc[l]);
+            Read(file, weights, $"b_enc.{l}", [shape.DSae], clt.P.BEnc[l]);
+            Read(file, weights, $"W_dec.{l}", [shape.DSae, shape.Targets(l), shape.DOut], clt.P.WDec[l]);
+            Read(file, weights, $"b_dec.{l}", [shape.DOut], clt.P.BDec[l]);
+            if (activation is JumpReluActivation) Read(file, weights, $"log_threshold.{l}", [shape.DSae], clt.P.Act[l].LogThreshold, minusInfinityAllowed: true);
+            if (activation is BatchTopKActivation) Read(file, weights, $"threshold.{l}", [1], clt.P.Act[l].Threshold);
+        }
+        return clt;
+    }
+
+    internal static SaeActivation ActivationOf(string architecture, int k, int dSae, string where) => architecture switch
+    {
+        "standard" or "relu" => new ReluActivation(),
+        "jumprelu" or "jump_relu" => new JumpReluActivation(),
+        "topk" => new TopKActivation(Check.InRange(k, 1, dSae, where, $"k (at most d_sae = {dSae})")),
+        "batchtopk" => new BatchTopKActivation(Check.InRange(k, 1, dSae, where, $"k (at most d_sae = {dSae})")),
+        _ => throw InputError.Expected(where, "architecture", "standard, relu, jumprelu, topk or batchtopk", architecture),
+    };
+
+    internal static SafeTensorsFile Open(string path)
+    {
+        if (!File.Exists(path)) throw new InputError($"{path}: file is missing");
+        return SaeLensFormat.OpenSafeTensors(path);
+    }
+
+    /// <summary>
+    /// Reads tensor <paramref name="name"/> of exactly <paramref name="shape"/> into <paramref name="into"/>, refusing a
+    /// missing tensor, another shape, or NaN / ±∞ (−∞ allowed for log thresholds); messages name file, tensor, expected and found.
+    /// </summary>
+    internal static void Read(SafeTensorsFile file, string path, string name, int[] shape, float[] into, bool minusInfinityAllowed = false)
+    {
+        if (!file.TryGetInfo(name, out var info))
+            throw new InputError($"{path}: tensor '{name}' is missing; expected {Shape(shape)}; the file holds {string.Join(", ", file.Names.Take(12))}");
+        if (!info.DType.IsFloatingPoint() || !info.Shape.SequenceEqual(shape.Select(d => (long)d)))
+            throw InputError.Expected(path, $"tensor '{name}'", $"a float tensor of shape {Shape(shape)}", $"{info.DType} {Shape(info.Shape)}");
+        var data = file.GetFloat32(name).Span;
+        for (int i = 0; i < data.Length; i++)
+            if (float.IsNaN(data[i]) || float.IsPositiveInfinity(data[i]) || (float.IsNegativeInfinity(data[i]) && !minusInfinityAllowed))
+                throw InputError.Expected(path, $"tensor '{name}' element {i}", "a finite number", data[i]);
+        data.CopyTo(into);
+    }
+
+    internal static string Shape(IEnumerable<int> shape) => "[" + string.Join(", ", shape) + "]";
+    internal static string Shape(IEnumerable<long> shape) => "[" + string.Join(", ", shape) + "]";
+
+    // ---- circuit-tracer's layout ----
+
+    /// <summary>
+    /// Writes <paramref name="clt"/> in circuit-tracer's CLT layout (file per layer, W_enc as [d_sae, d_model]) with a
+    /// config.yaml naming the hooks relative to the block.
+    /// </summary>
+    /// <exception cref="InputError">The CLT is TopK (circuit-tracer's CLT has no TopK) or d_in ≠ d_out (its CLT has one d_model).</exception>
+    public static void SaveCircuitTracer(string folder, CrossLayerTranscoder clt, string? modelName = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(folder);
+        ArgumentNullException.ThrowIfNull(clt);
+        var s = clt.Shape;
+        if (clt.Activation is TopKActivation)
+            throw new InputError($"{folder}: circuit-tracer's cross-layer transcoders know ReLU and JumpReLU only; a TopK CLT cannot be written in its layout (use Loupe's)");
+        if (s.DIn != s.DOut) throw InputError.Expected(folder, "d_in and d_out", "equal (circuit-tracer's CLT has one d_model)", $"{s.DIn} and {s.DOut}");
+        OutputFiles.EnsureFolder(folder);
+        for (int l = 0; l < s.Layers; l++)
+        {
+            var enc = new List<(string, int[], ReadOnlyMemory<float>)>
+            {
+                ($"W_enc_{l}", [s.DSae, s.DIn], Transpose(clt.P.WEnc[l], s.DIn, s.DSae)),
+                ($"b_enc_{l}", [s.DSae], clt.P.BEnc[l]),
+                ($"b_dec_{l}", [s.DOut], clt.P.BDec[l]),
+            };
+            if (clt.Activation is JumpReluActivation) enc.Add(($"threshold_{l}", [s.DSae], clt.P.Act[l].LogThreshold.Select(MathF.Exp).ToArray()));
+            if (clt.Activation is BatchTopKActivation) enc.Add(($"threshold_{l}", [s.DSae], Enumerable.Repeat(Math.Max(clt.P.Act[l].Threshold[0], 0f), s.DSae).ToArray()));
+            foreach (var (name, _, data) in enc) ThrowIfCannotSave(name, data.Span, false);
+            ThrowIfCannotSave($"W_dec_{l}", clt.P.WDec[l], false);
+            SafeTensorsWriter.Write(Path.Combine(folder, $"W_enc_{l}.safetensors"), enc);
+            SafeTensorsWriter.Write(Path.Combine(folder, $"W_dec_{l}.safetensors"),
+                [($"W_dec_{l}", new[] { s.DSae, s.Targets(l), s.DOut }, (ReadOnlyMemory<float>)clt.P.WDec[l])]);
+        }
+        WriteYaml(Path.Combine(folder, CircuitTracerConfig), new List<(string, string)>
+        {
+            ("model_kind", "cross_layer_transcoder"),
+            ("model_name", modelName ?? ""),
+            ("feature_input_hook", RelativeHook(clt.InputHookPattern)),
+            ("feature_output_hook", RelativeHook(clt.OutputHookPattern)),
+            ("loupe_fingerprint", clt.Fingerprint),
+            ("loupe_version", LoupeVersion),
+        });
+    }
+
+    /// <summary>
+    /// Loads circuit-tracer's CLT layout. Hooks come from config.yaml when present (names inside the block,
+    /// e.g. <c>ln2.hook_normalized</c>, become <c>blocks.{layer}.ln2.hook_normalized</c>), else the given patterns.
+    /// JumpReLU when the files hold <c>threshold_ℓ</c> (θ ≥ 0), ReLU otherwise.
+    /// </summary>
+    /// <exception cref="InputError">A layer's file or tensor is missing, has another shape or dtype, or holds NaN/±∞; a threshold is negative; layers are not 0…L−1.</exception>
+    public static CrossLayerTranscoder LoadCircuitTracer(string folder, string? inputHookPattern = null, string? outputHookPattern = null)
+    {
+        int layers = 0;
+        while (File.Exists(Path.Combine(folder, $"W_enc_{layers}.safetensors"))) layers++;
+        if (layers == 0) throw new InputError($"{folder}: W_enc_0.safetensors is missing (circuit-tracer's CLT layout has W_enc_ℓ / W_dec_ℓ.safetensors per layer)");
+        int extra = Directory.GetFiles(folder, "W_enc_*.safetensors").Length;
+        if (extra != layers) throw new InputError($"{folder}: holds {extra} W_enc_*.safetensors files but layers 0…{layers - 1} are consecutive; expected one per layer from 0");
+        var yaml = ReadYaml(Path.Combine(folder, CircuitTracerConfig));
+        string input = inputHookPattern ?? (yaml.TryGetValue("feature_input_hook", out var fi) ? AbsoluteHook(fi) : CrossLayerTranscoder.DefaultInputHook);
+        string output = outputHookPattern ?? (yaml.TryGetValue("feature_output_hook", out var fo) ? AbsoluteHook(fo) : CrossLayerTranscoder.DefaultOutputHook);
+
+        string enc0 = Path.Combine(folder, "W_enc_0.safetensors");
+        int dSae, dIn, dOut;
+        bool jump;
+        using (var f = Open(enc0))
+        {
+            if (!f.TryGetInfo("W_enc_0", out var w) || w.Shape.Length != 2)
+                throw InputError.Expected(enc0, "tensor 'W_enc_0'", "[d_sae, d_model]", w is null ? "missing" : Shape(w.Shape));
+            (dSae, dIn) = ((int)w.Shape[0], (int)w.Shape[1]);
+            dOut = f.TryGetInfo("b_dec_0", out var bd) && bd.Shape.Length == 1 ? (int)bd.Shape[0] : dIn;
+            jump = f.Contains("threshold_0");
+        }
+        var clt = new CrossLayerTranscoder(new CltShape(layers, dIn, dSae, dOut), jump ? new JumpReluActivation() : new ReluActivation(), input, output, folder);
+        var s = clt.Shape;
+        var wEncT = new float[dSae * dIn];
+        var theta = new float[dSae];
+        for (int l = 0; l < layers; l++)
+        {
+            string encPath = Path.Combine(folder, $"W_enc_{l}.safetensors"), decPath = Path.Combine(folder, $"W_dec_{l}.safetensors");
+            using (var f = Open(encPath))
+            {
+                Read(f, encPath, $"W_enc_{l}", [dSae, dIn], wEncT);
+                Transpose(wEncT, dSae, dIn).CopyTo(clt.P.WEnc[l], 0);
+                Read(f, encPath, $"b_enc_{l}", [dSae], clt.P.BEnc[l]);
+                Read(f, encPath, $"b_dec_{l}", [dOut], clt.P.BDec[l]);
+                if (jump)
+                {
+                    // circuit-tracer stores θ as [d_sae] (to_safetensors squeezes [1, d_sae])
+                    string name = $"threshold_{l}";
+                    if (f.TryGetInfo(name, out var ti) && ti.Shape.Length == 2 && ti.Shape[0] == 1) Read(f, encPath, name, [1, dSae], theta);
+                    else Read(f, encPath, name, [dSae], theta);
+                    for (int i = 0; i < dSae; i++)
+                    {
+                        if (theta[i] < 0) throw InputError.Expected(encPath, $"tensor '{name}' element {i}", "a JumpReLU threshold ≥ 0", theta[i]);
+                        clt.P.Act[l].LogThreshold[i] = MathF.Log(theta[i]);   // θ = 0 → −∞: fires on pre > 0, like circuit-tracer
+                    }
+                }
+            }
+            using (var f = Open(decPath)) Read(f, decPath, $"W_dec_{l}", [dSae, s.Targets(l), dOut], clt.P.WDec[l]);
+        }
+        return clt;
+    }
+
+    internal static float[] Transpose(float[] m, int rows, int cols)
+    {
+        var t = new float[m.Length];
+        for (int r = 0; r < rows; r++) for (int c = 0; c < cols; c++) t[c * rows + r] = m[r * cols + c];
+        return t;
+    }
+
+    /// <summary>"blocks.{layer}.ln2.hook_normalized" → "ln2.hook_normalized" (circuit-tracer names hooks inside the block).</summary>
+    internal static string RelativeHook(string pattern) =>
+        pattern.StartsWith("blocks.{layer}.", StringComparison.Ordinal) ? pattern["blocks.{layer}.".Length..] : pattern;
+
+    /// <summary>The inverse of <see cref="RelativeHook"/>; circuit-tracer's "mlp.hook_in" is TransformerLens's MLP input, Loupe's <c>ln2.hook_normalized</c>.</summary>
+    internal static string AbsoluteHook(string hook)
+    {
+        if (hook.Contains("{layer}", StringComparison.Ordinal)) return hook;
+        if (hook == "mlp.hook_in") hook = "ln2.hook_normalized";
+        return "blocks.{layer}." + hook;
+    }
+
+    // config.yaml: top-level "key: value" scalars only (what circuit-tracer's configs hold besides lists).
+    internal static void WriteYaml(string path, IEnumerable<(string Key, string Value)> entries)
+    {
+        var sb = new StringBuilder();
+        foreach (var (k, v) in entries) sb.Append(k).Append(": ").Append(JsonSerializer.Serialize(v, new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping })).Append('\n');
+        OutputFiles.EnsureReplaceable(path);
+        File.WriteAllText(path + ".tmp", sb.ToString());
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+
+    internal static Dictionary<string, string> ReadYaml(string path)
+    {
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        if (!File.Exists(path)) return result;
+        foreach (var raw in File.ReadLines(path))
+        {
+            if (raw.Length == 0 || char.IsWhiteSpace(raw[0]) || raw[0] is '#' or '-') continue;
+            int colon = raw.IndexOf(':');
+            if (colon <= 0) continue;
+            string key = raw[..colon].Trim(), value = raw[(colon + 1)..].Trim();
+            int hash = value.IndexOf(" #", StringComparison.Ordinal);
+            if (hash >= 0 && !value.StartsWith('"') && !value.StartsWith('\'')) value = value[..hash].Trim();
+            if (value.Length >= 2 && (value[0] == '"' && value[^1] == '"'))
+            {
+                try { value = JsonSerializer.Deserialize<string>(value) ?? ""; }
+                catch (JsonException) { value = value[1..^1]; }
+            }
+            else if (value.Length >= 2 && value[0] == '\'' && value[^1] == '\'') value = value[1..^1].Replace("''", "'", StringComparison.Ordinal);
+            if (value.Length > 0) result[key] = value;
+        }
+        return result;
+    }
+}
