@@ -13,7 +13,7 @@ static class AttributeCommand
         var model = CliSupport.ModelOption();
         var transcoders = new Option<string>("--transcoders", "-t")
         {
-            Description = "The transcoders that replace every MLP: a folder of SAELens transcoder folders, one per layer (layer_0, layer_1, …), or those folders comma-separated in layer order",
+            Description = "What replaces every MLP: a cross-layer transcoder folder (Loupe cfg.json + clt_weights.safetensors, or circuit-tracer W_enc_ℓ/W_dec_ℓ), circuit-tracer per-layer transcoders (layer_ℓ.safetensors), or SAELens transcoder folders, one per layer (layer_0, layer_1, … or comma-separated)",
             Required = true,
         };
         var input = CliSupport.InputOptions.Create("The prompt (tokenized with the model's tokenizer)");
@@ -48,7 +48,7 @@ static class AttributeCommand
             };
             double nodes = CliSupport.Double(parse, nodeThreshold, 0, 1), edges = CliSupport.Double(parse, edgeThreshold, 0, 1);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
-            var tc = PerLayerTranscoders.LoadSaeLens(parse.GetValue(transcoders)!, m.Config.NLayers);
+            var tc = MlpReplacements.Load(parse.GetValue(transcoders)!, m.Config.NLayers);
             var tokens = input.Read(parse, m);
             if (tokens.Batch != 1) throw new InputError($"argument: --tokens: an attribution graph is for one prompt; got {tokens.Batch} rows");
             var result = AttributionExperiment.Run(m, tc, tokens.Ids, input.Text(parse), settings, nodes, edges, folder, parse.GetValue(slug)!);

@@ -139,7 +139,7 @@ static class CltCommand
         var model = CliSupport.ModelOption();
         var transcoders = new Option<string>("--transcoders")
         {
-            Description = "A CLT folder (Loupe cfg.json or circuit-tracer W_enc_ℓ/W_dec_ℓ) or circuit-tracer per-layer transcoders (layer_ℓ.safetensors)",
+            Description = "A CLT folder (Loupe cfg.json or circuit-tracer W_enc_ℓ/W_dec_ℓ), circuit-tracer per-layer transcoders (layer_ℓ.safetensors), or SAELens transcoder folders (layer_0, layer_1, …)",
             Required = true,
         };
         var source = new Option<string>("--source") { Description = "brown:FOLDER, text:PATH, jsonl:FILE or generate:N", Required = true };
@@ -158,10 +158,8 @@ static class CltCommand
         {
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
             string path = parse.GetValue(transcoders)!;
-            IMlpReplacement replacement = File.Exists(Path.Combine(path, "layer_0.safetensors"))
-                ? CircuitTracerTranscoders.Load(path)
-                : CltFiles.Load(path);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            IMlpReplacement replacement = MlpReplacements.Load(path, m.Config.NLayers);
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
