@@ -11,7 +11,8 @@ namespace Loupe.Attribution;
 /// <param name="Stats">Time, batches, pass equivalents and the memory estimate.</param>
 /// <param name="GraphJson">The Neuronpedia graph file.</param>
 /// <param name="GraphSafetensors">The raw graph (adjacency, nodes, activations, pruning).</param>
-public sealed record AttributionOutputs(AttributionGraph Graph, GraphPruneResult Pruning, GraphScoreResult Scores, AttributionStats Stats, string GraphJson, string GraphSafetensors);
+/// <param name="HeadsJson">The per-head split of the pruned graph's edges, when asked for.</param>
+public sealed record AttributionOutputs(AttributionGraph Graph, GraphPruneResult Pruning, GraphScoreResult Scores, AttributionStats Stats, string GraphJson, string GraphSafetensors, string? HeadsJson);
 
 /// <summary>
 /// <c>loupe attribute</c> as a library call: attribute a prompt, prune, score, and write the graph as
@@ -29,8 +30,9 @@ public static class AttributionExperiment
     /// <param name="edgeThreshold">Edge-influence pruning threshold (circuit-tracer: 0.98).</param>
     /// <param name="folder">Output folder.</param>
     /// <param name="slug">The graph's name: <c>{slug}.json</c> and <c>{slug}.safetensors</c>.</param>
+    /// <param name="perHead">Also split every kept edge by the attention heads that carried it (<c>{slug}.heads.json</c>).</param>
     public static AttributionOutputs Run(HookedTransformer model, IMlpReplacement transcoders, int[] tokens, string? prompt,
-        AttributionSettings settings, double nodeThreshold, double edgeThreshold, string folder, string slug)
+        AttributionSettings settings, double nodeThreshold, double edgeThreshold, string folder, string slug, bool perHead = false)
     {
         var attributor = new Attributor(model, transcoders, settings);
         var graph = attributor.Attribute(tokens, prompt);
@@ -46,6 +48,44 @@ public static class AttributionExperiment
         string json = NeuronpediaGraphJson.WriteFiles(folder, graph, pruning, options);
         string raw = Path.Combine(Path.GetFullPath(folder), slug + ".safetensors");
         GraphSafetensors.Write(raw, graph, pruning);
-        return new AttributionOutputs(graph, pruning, scores, attributor.Stats!, json, raw);
+        string? heads = null;
+        if (perHead)
+        {
+            var split = attributor.AttributeHeads(graph, [.. pruning.KeptEdges()]);
+            heads = Path.Combine(Path.GetFullPath(folder), slug + ".heads.json");
+            WriteHeads(heads, graph, split);
+        }
+        return new AttributionOutputs(graph, pruning, scores, attributor.Stats!, json, raw, heads);
+    }
+
+    /// <summary>
+    /// <c>[{target, source, weight, direct, heads: [{layer, head, weight}]}]</c> with Neuronpedia node ids, heads by
+    /// magnitude; <c>weight = direct + Σ heads</c>.
+    /// </summary>
+    static void WriteHeads(string path, AttributionGraph graph, IReadOnlyList<EdgeHeads> split)
+    {
+        var array = new System.Text.Json.Nodes.JsonArray();
+        foreach (var e in split)
+            array.Add(new System.Text.Json.Nodes.JsonObject
+            {
+                ["target"] = NeuronpediaGraphJson.NodeId(graph, e.Target),
+                ["source"] = NeuronpediaGraphJson.NodeId(graph, e.Source),
+                ["weight"] = e.Total,
+                ["direct"] = e.Direct,
+                ["heads"] = new System.Text.Json.Nodes.JsonArray([.. e.Heads.Select(h => (System.Text.Json.Nodes.JsonNode)new System.Text.Json.Nodes.JsonObject
+                {
+                    ["layer"] = h.Layer, ["head"] = h.Head, ["weight"] = h.Weight,
+                })]),
+            });
+        var root = new System.Text.Json.Nodes.JsonObject
+        {
+            ["description"] = "Each kept edge split by the attention head nearest the target on its paths: weight = direct (residual only) + Σ heads.",
+            ["edges"] = array,
+        };
+        OutputFiles.WriteAtomic(path, stream =>
+        {
+            using var w = new System.Text.Json.Utf8JsonWriter(stream, new System.Text.Json.JsonWriterOptions { Indented = true });
+            root.WriteTo(w);
+        });
     }
 }

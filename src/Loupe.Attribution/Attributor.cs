@@ -25,7 +25,7 @@ public sealed record AttributionStats(int ActiveFeatures, int FeatureNodes, int 
 /// then feature rows (all of them, or greedily by influence up to <see cref="AttributionSettings.MaxFeatureNodes"/>),
 /// each a batch of target rows through one linear backward pass.
 /// </summary>
-public sealed class Attributor
+public sealed partial class Attributor
 {
     readonly HookedTransformer _model;
     readonly IMlpReplacement _transcoders;
@@ -64,10 +64,7 @@ public sealed class Attributor
 
         // Sources by the place they write: per MLP output, the decoder rows of the features that write it
         // (each distinct feature once) and that layer's error vectors; then the token embeddings.
-        var readouts = new SourceReadout[L];
-        for (int t = 0; t < L; t++) readouts[t] = FeatureReadout(s, t);
-        var tokenReadout = new SourceReadout(_model.Backend, T, D, s.TokenVectors,
-            [.. Enumerable.Range(0, T).Select(p => (p, tokenOffset + p, p, 1f))]);
+        var (readouts, tokenReadout) = Readouts(s);
 
         long rowBytes = 4L * (maxFeatures + nLogits) * totalNodes;
         long working = EstimateWorkingBytes(s, readouts, tokenReadout, N, totalNodes);
@@ -86,8 +83,8 @@ public sealed class Attributor
         for (int i = 0; i < nLogits; i += N)
         {
             int n = Math.Min(N, nLogits - i);
-            var targets = Enumerable.Range(i, n).Select(j => new Target(L, T - 1, logitVectors[j])).ToArray();
-            ComputeRows(s, backward, readouts, tokenReadout, targets, rows);
+            var specs = Enumerable.Range(i, n).Select(j => TargetRow(backward, L, T - 1, logitVectors[j])).ToArray();
+            Append(rows, ComputeRows(s, backward, readouts, tokenReadout, specs, totalNodes), n);
             for (int j = 0; j < n; j++) (rowToNode[i + j], rowLayer[i + j]) = (logitOffset + i + j, L);
             batches++;
         }
@@ -110,14 +107,14 @@ public sealed class Attributor
             for (int start = 0; start < pending.Length; start += N)
             {
                 int n = Math.Min(N, pending.Length - start);
-                var targets = new Target[n];
+                var specs = new RowSpec[n];
                 for (int j = 0; j < n; j++)
                 {
                     var (l, p, f) = s.Active[pending[start + j]];
                     _transcoders.EncoderDirection(l, f, encoder);
-                    targets[j] = new Target(l, p, encoder.ToArray());
+                    specs[j] = TargetRow(backward, l, p, encoder);
                 }
-                ComputeRows(s, backward, readouts, tokenReadout, targets, rows);
+                Append(rows, ComputeRows(s, backward, readouts, tokenReadout, specs, totalNodes), n);
                 for (int j = 0; j < n; j++)
                 {
                     rowToNode[row + j] = pending[start + j];
@@ -139,39 +136,58 @@ public sealed class Attributor
         return graph;
     }
 
-    /// <summary>A target row: a vector injected at the input of <see cref="Layer"/>'s MLP (or, for <see cref="Layer"/> = L, at the final norm's output) at a position.</summary>
-    readonly record struct Target(int Layer, int Position, float[] Vector);
+    /// <summary>
+    /// One row of a batched backward pass: gradient vectors (already through the frozen norm they enter by)
+    /// added to the residual stream at <see cref="Positions"/>. <see cref="Layer"/> = n_layers: at the top
+    /// (a logit); otherwise at layer <see cref="Layer"/>'s MLP input (a feature), or just below its attention
+    /// (<see cref="AfterAttention"/>: what one head passed back, for per-head attribution).
+    /// </summary>
+    internal readonly record struct RowSpec(int Layer, bool AfterAttention, int[] Positions, float[] Vectors);
 
-    void ComputeRows(ReplacementState s, LinearBackward backward, SourceReadout[] readouts, SourceReadout tokenReadout,
-        Target[] targets, RowStore store)
+    /// <summary>The row of a target: a feature's encoder direction at its MLP input, or a logit's demeaned unembedding at the final norm.</summary>
+    RowSpec TargetRow(LinearBackward backward, int layer, int position, float[] direction)
+    {
+        var norm = layer == _model.Config.NLayers ? _model.FinalNormLayer : _model.Anatomy(layer).Ln2;
+        var v = new float[direction.Length];
+        backward.FrozenNormHost(norm, position, direction, v);
+        return new RowSpec(layer, false, [position], v);
+    }
+
+    /// <summary>
+    /// Runs one batch of rows through the linear backward and returns them <c>[rows, width]</c>: for each row,
+    /// A[row, source] at every source column. With <paramref name="skipAttention"/> only the residual path is followed.
+    /// </summary>
+    internal float[] ComputeRows(ReplacementState s, LinearBackward backward, SourceReadout[] readouts, SourceReadout tokenReadout,
+        RowSpec[] specs, int width, bool skipAttention = false)
     {
         var be = _model.Backend;
-        int L = s.Layers, N = backward.Rows, D = s.DModel, n = targets.Length;
+        int L = s.Layers, N = backward.Rows, D = s.DModel, n = specs.Length;
         var g = backward.NewGradient();
-        int top = targets.Max(t => t.Layer);
-        var normed = new float[D];
+        int top = specs.Max(t => t.Layer);
 
-        void InjectAt(int layer, Models.Layers.Norm? norm)
+        void InjectAt(int layer, bool afterAttention)
         {
-            var rows = Enumerable.Range(0, n).Where(i => targets[i].Layer == layer).ToArray();
+            var rows = Enumerable.Range(0, n).Where(i => specs[i].Layer == layer && specs[i].AfterAttention == afterAttention).ToArray();
             if (rows.Length == 0) return;
-            var vectors = new float[rows.Length * D];
-            for (int i = 0; i < rows.Length; i++)
+            var positions = rows.SelectMany(i => specs[i].Positions).ToArray();
+            var owners = rows.SelectMany(i => Enumerable.Repeat(i, specs[i].Positions.Length)).ToArray();
+            var vectors = new float[(long)positions.Length * D];
+            int at = 0;
+            foreach (int i in rows)
             {
-                var t = targets[rows[i]];
-                backward.FrozenNormHost(norm, t.Position, t.Vector, normed);
-                normed.CopyTo(vectors.AsSpan(i * D, D));
+                specs[i].Vectors.AsSpan(0, specs[i].Positions.Length * D).CopyTo(vectors.AsSpan(at * D));
+                at += specs[i].Positions.Length;
             }
-            backward.Inject(g, vectors, [.. rows.Select(i => targets[i].Position)], rows);
+            backward.Inject(g, vectors, positions, owners);
         }
 
-        InjectAt(L, _model.FinalNormLayer);
-        var block = new float[(long)n * store.Width];
+        InjectAt(L, false);
+        var block = new float[(long)n * width];
         void ReadOut(SourceReadout readout)
         {
             var r = be.Empty(N, Math.Max(1, readout.Count));
             readout.Read(be, g, N, r);
-            readout.Scatter(r.ToCpu().Span, n, block, store.Width);
+            readout.Scatter(r.ToCpu().Span, n, block, width);
         }
         for (int l = Math.Min(top, L - 1); l >= 0; l--)
         {
@@ -179,16 +195,22 @@ public sealed class Attributor
             var a = _model.Anatomy(l);
             if (a.Parallel)
             {
-                backward.AddAttention(l, g, g);
-                InjectAt(l, a.Ln2);
+                if (!skipAttention) backward.AddAttention(l, g, g);
+                InjectAt(l, false);
             }
             else
             {
-                InjectAt(l, a.Ln2);
-                backward.AddAttention(l, g, g);
+                InjectAt(l, false);
+                if (!skipAttention) backward.AddAttention(l, g, g);
             }
+            InjectAt(l, true);
         }
         ReadOut(tokenReadout);
+        return block;
+    }
+
+    static void Append(RowStore store, float[] block, int n)
+    {
         for (int i = 0; i < n; i++) store.Append(block.AsSpan(i * store.Width, store.Width));
     }
 
@@ -214,20 +236,25 @@ public sealed class Attributor
         }
         top = top[..cut];
 
-        // Demeaned unembedding: W_U[:, j] − mean over the vocabulary of W_U[:, v].
+        return (top, [.. top.Select(j => (float)probs[j])], DemeanedUnembedding(top));
+    }
+
+    /// <summary>W_U[:, j] − mean over the vocabulary of W_U[:, v], for each token j.</summary>
+    float[][] DemeanedUnembedding(int[] tokens)
+    {
+        int D = _model.Config.DModel, V = _model.Config.VocabOut;
         var mean = new double[D];
-        for (int v = 0; v < _model.Config.VocabOut; v++)
+        for (int v = 0; v < V; v++)
         {
             var col = _model.UnembedDirection(v);
             for (int d = 0; d < D; d++) mean[d] += col[d];
         }
-        var vectors = top.Select(j =>
+        return [.. tokens.Select(j =>
         {
             var col = _model.UnembedDirection(j);
-            for (int d = 0; d < D; d++) col[d] = (float)(col[d] - mean[d] / _model.Config.VocabOut);
+            for (int d = 0; d < D; d++) col[d] = (float)(col[d] - mean[d] / V);
             return col;
-        }).ToArray();
-        return (top, [.. top.Select(j => (float)probs[j])], vectors);
+        })];
     }
 
     AttributionGraph Assemble(ReplacementState s, RowStore edges, int[] rowToNode, bool[] visited, int maxFeatures, int nLogits,
@@ -266,6 +293,16 @@ public sealed class Attributor
             ErrorVectors = s.Errors,
             TokenVectors = s.TokenVectors,
         };
+    }
+
+    (SourceReadout[] Layers, SourceReadout Tokens) Readouts(ReplacementState s)
+    {
+        int L = s.Layers, T = s.Positions, tokenOffset = s.Active.Length + L * T;
+        var readouts = new SourceReadout[L];
+        for (int t = 0; t < L; t++) readouts[t] = FeatureReadout(s, t);
+        var tokens = new SourceReadout(_model.Backend, T, s.DModel, s.TokenVectors,
+            [.. Enumerable.Range(0, T).Select(p => (p, tokenOffset + p, p, 1f))]);
+        return (readouts, tokens);
     }
 
     /// <summary>The read-out of MLP output <paramref name="t"/>: every active feature that writes it, and layer t's error nodes.</summary>

@@ -17,7 +17,7 @@ public class AttributeCliTests
     public void Writes_the_pruned_graph_circuit_tracer_made()
     {
         string folder = Directory.CreateTempSubdirectory("loupe-attr").FullName;
-        var run = RunLoupe(["attribute", "--model", Model, "--transcoders", Transcoders, "--tokens", Tokens, "--out", folder, "--slug", "fixture"]);
+        var run = RunLoupe(["attribute", "--model", Model, "--transcoders", Transcoders, "--tokens", Tokens, "--out", folder, "--slug", "fixture", "--per-head"]);
         Assert.True(run.Code == 0, run.Err);
         Assert.Contains("pruned: 38 nodes, 351 edges", run.Out);
         Assert.Contains("memory ≈", run.Err); // the estimate comes before the work
@@ -29,6 +29,13 @@ public class AttributeCliTests
         using var raw = SafeTensorsFile.Open(Path.Combine(folder, "fixture.safetensors"));
         Assert.Equal(197 * 197, raw.GetFloat32("adjacency_matrix").Length);
         Assert.True(File.Exists(Path.Combine(folder, "graph-metadata.json")));
+        var heads = JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "fixture.heads.json")))!["edges"]!.AsArray();
+        Assert.Equal(351, heads.Count);
+        foreach (var e in heads)
+        {
+            double sum = (double)e!["direct"]! + e["heads"]!.AsArray().Sum(h => (double)h!["weight"]!);
+            Assert.InRange(sum, (double)e["weight"]! - 1e-5, (double)e["weight"]! + 1e-5);
+        }
     }
 
     [Fact]

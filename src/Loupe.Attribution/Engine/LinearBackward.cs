@@ -127,7 +127,7 @@ internal sealed class LinearBackward
     }
 
     /// <summary>The linear map whose output columns hold v, and where kv head <c>i</c>'s columns start.</summary>
-    static (Linear Weight, bool OutIn, int Width, Func<int, long> FirstColumn) ValueWeight(AttentionLayer attn)
+    internal static (Linear Weight, bool OutIn, int Width, Func<int, long> FirstColumn) ValueWeight(AttentionLayer attn)
     {
         int dh = attn.DHead, qWidth = attn.NHeads * dh, kvWidth = attn.NKvHeads * dh;
         if (attn.V is { } v) return (v, v.WeightIsOutIn, v.DOut, kv => (long)kv * dh);

@@ -25,6 +25,7 @@ static class AttributeCommand
         var edgeThreshold = new Option<double>("--edge-threshold") { Description = "Edge-influence pruning threshold", DefaultValueFactory = _ => 0.98 };
         var maxMemory = new Option<string?>("--max-memory") { Description = "Memory the attribution rows may take before they are streamed to a scratch file (e.g. 4GB, 512MB; default: half of the available memory)" };
         var output = new Option<string>("--out", "-o") { Description = "Output folder: {slug}.json (Neuronpedia graph), graph-metadata.json and {slug}.safetensors (the raw graph)", Required = true };
+        var perHead = new Option<bool>("--per-head") { Description = "Also split every kept edge by the attention heads that carried it ({slug}.heads.json)" };
         var slug = new Option<string>("--slug") { Description = "The graph's name (file names and id)", DefaultValueFactory = _ => "graph" };
         var command = new Command("attribute",
             "Trace a prompt through a replacement model (attention and norms frozen, MLPs replaced by transcoders plus error nodes): " +
@@ -33,7 +34,7 @@ static class AttributeCommand
             "Examples:\n" +
             "  loupe attribute --model ../shared/models/stories260K --transcoders tc/ --prompt \"Once upon a time, Lily\" --out graphs\n" +
             "  loupe attribute --model gpt2 --transcoders tc/ --tokens \"50256,464,3139\" --max-feature-nodes 4096 --out graphs --slug capital")
-        { model, transcoders, input.Prompt, input.Tokens, maxLogits, logitProb, maxFeatures, batch, nodeThreshold, edgeThreshold, maxMemory, output, slug };
+        { model, transcoders, input.Prompt, input.Tokens, maxLogits, logitProb, maxFeatures, batch, nodeThreshold, edgeThreshold, maxMemory, perHead, output, slug };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
@@ -51,14 +52,14 @@ static class AttributeCommand
             var tc = MlpReplacements.Load(parse.GetValue(transcoders)!, m.Config.NLayers);
             var tokens = input.Read(parse, m);
             if (tokens.Batch != 1) throw new InputError($"argument: --tokens: an attribution graph is for one prompt; got {tokens.Batch} rows");
-            var result = AttributionExperiment.Run(m, tc, tokens.Ids, input.Text(parse), settings, nodes, edges, folder, parse.GetValue(slug)!);
+            var result = AttributionExperiment.Run(m, tc, tokens.Ids, input.Text(parse), settings, nodes, edges, folder, parse.GetValue(slug)!, parse.GetValue(perHead));
             var s = result.Stats;
             var g = result.Graph;
             Console.WriteLine($"nodes: {g.SelectedFeatures.Length} features of {s.ActiveFeatures} active, {g.Layers * g.Positions} errors, {g.Positions} tokens, {g.LogitTokens.Length} logits (p = {g.LogitProbabilities.Sum().ToString("0.###", CultureInfo.InvariantCulture)})");
             Console.WriteLine($"pruned: {result.Pruning.KeptNodes().Length} nodes, {result.Pruning.KeptEdgeCount()} edges (node threshold {nodes}, edge threshold {edges})");
             Console.WriteLine($"scores: replacement {result.Scores.Replacement.ToString("0.####", CultureInfo.InvariantCulture)}, completeness {result.Scores.Completeness.ToString("0.####", CultureInfo.InvariantCulture)}");
             Console.WriteLine($"cost: {s.Elapsed.TotalSeconds.ToString("0.##", CultureInfo.InvariantCulture)} s, {s.Batches} batched backward passes, {s.PassEquivalents.ToString("0.#", CultureInfo.InvariantCulture)} forward-pass equivalents; estimated memory {s.EstimatedBytes / (1024.0 * 1024):0.#} MiB");
-            Console.WriteLine($"wrote {result.GraphJson} and {result.GraphSafetensors}");
+            Console.WriteLine($"wrote {result.GraphJson} and {result.GraphSafetensors}{(result.HeadsJson is { } h ? " and " + h : "")}");
             return 0;
         }));
         return command;
