@@ -97,7 +97,7 @@ public static class Program
     /// </summary>
     static IEnumerable<Command> Verbs()
     {
-        string[] order = ["run", "tokenize", "info", "cache", "harvest", "sae", "features", "grad", "patch", "attribute", "lens", "probe", "steer", "persona"];
+        string[] order = ["run", "tokenize", "info", "cache", "harvest", "sae", "features", "grad", "patch", "attribute", "intervene", "lens", "probe", "steer", "persona"];
         return typeof(Program).Assembly.GetTypes()
             .Where(t => t.Namespace == typeof(RunCommand).Namespace && t.Name.EndsWith("Command", StringComparison.Ordinal) && t.IsAbstract && t.IsSealed)
             .Select(t => t.GetMethod("Create", System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic, Type.EmptyTypes))

@@ -57,4 +57,19 @@ public class AttributeCliTests
         Assert.Contains("--max-memory", run.Err);
         Assert.Empty(Directory.GetFiles(folder)); // nothing half-written
     }
+
+    [Fact]
+    public void Intervene_shows_the_prediction_change_and_refuses_bad_edits()
+    {
+        var run = RunLoupe(["intervene", "--model", Model, "--transcoders", Transcoders, "--tokens", Tokens, "--edit", "2:7:3*0,1:*:5=2", "--top", "3", "--generate", "3"]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("Δ logit", run.Out);
+        Assert.Contains("edited:", run.Out);
+        foreach (var (edit, expected) in new[] { ("2:7:99=1", "a feature in 0…31"), ("5:1:0=1", "a layer in 0…2"), ("1:9:0=1", "a position in 0…7"), ("1:1:1", "LAYER:POS:FEATURE=VALUE") })
+        {
+            run = RunLoupe(["intervene", "--model", Model, "--transcoders", Transcoders, "--tokens", Tokens, "--edit", edit]);
+            Assert.Equal(2, run.Code);
+            Assert.Contains(expected, run.Err);
+        }
+    }
 }
