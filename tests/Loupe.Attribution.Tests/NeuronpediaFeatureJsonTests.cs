@@ -273,8 +273,15 @@ public sealed class NeuronpediaFeatureJsonTests(FixtureFeatureStores fx) : IClas
         File.WriteAllText(notGraph, "[1, 2]");
         e = Assert.Throws<InputError>(() => NeuronpediaFeatureJson.WriteForGraph(features, notGraph, [.. fx.Stores]));
         Assert.Contains("expected a Neuronpedia graph", e.Message);
-        // A v0.5.0 node whose feature field is not cantor(layer, feature).
+        // A graph made on another model than the stores' (Loupe records the fingerprint in metadata.loupe).
         var root = Read(graphJson);
+        root["metadata"]!["loupe"] = new JsonObject { ["model_fingerprint"] = "sha256:another-model" };
+        string otherModel = Path.Combine(_folder, "other-model.json");
+        File.WriteAllText(otherModel, root.ToJsonString());
+        e = Assert.Throws<InputError>(() => NeuronpediaFeatureJson.WriteForGraph(features, otherModel, [.. fx.Stores]));
+        Assert.Contains("sha256:another-model", e.Message);
+        // A v0.5.0 node whose feature field is not cantor(layer, feature).
+        root = Read(graphJson);
         var node = root["nodes"]!.AsArray().First(n => (string)n!["feature_type"]! == "cross layer transcoder" && (string)n["layer"]! == "1")!;
         node["feature"] = 3;
         e = Assert.Throws<InputError>(() => NeuronpediaFeatureJson.GraphFeatures(root, "g.json"));
