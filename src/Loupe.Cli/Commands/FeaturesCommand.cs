@@ -13,7 +13,7 @@ namespace Loupe.Cli.Commands;
 /// <summary>
 /// <c>loupe features</c>: feature dashboards of a dictionary — <c>build</c> runs the model over a corpus and
 /// writes a SQLite feature store (top and interval examples with context windows, activation histograms,
-/// logit effects); <c>top</c> and <c>list</c> query it.
+/// logit effects); <c>top</c> and <c>list</c> query it; <c>neuronpedia</c> writes graph-viewer feature files from it.
 /// </summary>
 static class FeaturesCommand
 {
@@ -26,10 +26,12 @@ static class FeaturesCommand
             "Examples:\n" +
             "  loupe features build --model ../shared/models/stories260K --sae sae/ --source brown:../shared/datasets/brown-corpus --max-contexts 2000\n" +
             "  loupe features top --sae sae/ --feature 123\n" +
-            "  loupe features list --sae sae/ --sort density --n 20");
+            "  loupe features list --sae sae/ --sort density --n 20\n" +
+            "  loupe features neuronpedia --graph graphs/graph.json --stores tc/ --out graphs/features");
         command.Subcommands.Add(BuildVerb());
         command.Subcommands.Add(TopVerb());
         command.Subcommands.Add(ListVerb());
+        command.Subcommands.Add(FeaturesNeuronpediaVerb.Create());
         return command;
     }
 
