@@ -54,15 +54,15 @@ public sealed class FamilyAttributionTests
         Assert.True(graph.SelectedFeatures.Length > 10, $"{graph.SelectedFeatures.Length} active features");
         var replacement = new ReplacementModel(model, tc);
         var frozen = replacement.Freeze(Prompt);
-        var directions = LogitDirections(model, graph);
-        Func<string, bool> cache = n => n == "ln_final.hook_normalized" || n.EndsWith(".ln2.hook_normalized", StringComparison.Ordinal);
-        var clean = Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, cache: cache));
+        var directions = FrozenProbe.LogitDirections(model, graph);
+        var cache = FrozenProbe.Cache;
+        var clean = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, cache: cache));
         double worst = 0, largest = 0;
         var rng = new Random(1);
         var sources = Enumerable.Range(0, graph.LogitOffset).Where(_ => rng.Next(4) == 0);
         foreach (int source in sources)
         {
-            var changed = Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, additions: [SourceVector(model, tc, graph, source)], cache: cache));
+            var changed = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, additions: [FrozenProbe.SourceVector(model, tc, graph, source)], cache: cache));
             foreach (int t in Enumerable.Range(0, graph.ErrorOffset).Concat(Enumerable.Range(graph.LogitOffset, graph.LogitTokens.Length)))
             {
                 worst = Math.Max(worst, Math.Abs(changed[t] - clean[t] - graph.Edge(t, source)));
@@ -156,48 +156,5 @@ public sealed class FamilyAttributionTests
             for (int s = 0; s < n; s++) influence[s] += g.LogitProbabilities[j] * Math.Abs(g.Edge(t, s)) / Math.Max(sum, 1e-8);
         }
         return [.. Enumerable.Range(0, g.SelectedFeatures.Length).OrderByDescending(i => influence[i]).ThenBy(i => i).Select(i => g.SelectedFeatures[i])];
-    }
-
-    static float[][] LogitDirections(HookedTransformer model, AttributionGraph graph)
-    {
-        int V = model.Config.VocabOut, D = model.Config.DModel;
-        var mean = new double[D];
-        for (int v = 0; v < V; v++) { var c = model.UnembedDirection(v); for (int d = 0; d < D; d++) mean[d] += c[d] / V; }
-        return [.. graph.LogitTokens.Select(j => { var c = model.UnembedDirection(j); for (int d = 0; d < D; d++) c[d] -= (float)mean[d]; return c; })];
-    }
-
-    static double[] Targets(ReplacementModel rm, AttributionGraph g, float[][] directions, InterventionResult r)
-    {
-        int D = rm.Model.Config.DModel, T = g.Positions;
-        var values = new double[g.NodeCount];
-        var enc = new float[D];
-        for (int i = 0; i < g.SelectedFeatures.Length; i++)
-        {
-            var (l, p, f) = g.ActiveFeatures[g.SelectedFeatures[i]];
-            rm.Transcoders.EncoderDirection(l, f, enc);
-            var x = r.Run.Cache[rm.Transcoders.InputHook(l)].ToCpu().Span.Slice(p * D, D);
-            for (int d = 0; d < D; d++) values[i] += (double)x[d] * enc[d];
-        }
-        var normed = r.Run.Cache["ln_final.hook_normalized"].ToCpu().Span.Slice((T - 1) * D, D);
-        for (int j = 0; j < directions.Length; j++)
-            for (int d = 0; d < D; d++) values[g.LogitOffset + j] += (double)normed[d] * directions[j][d];
-        return values;
-    }
-
-    static AddedVector SourceVector(HookedTransformer model, IMlpReplacement tc, AttributionGraph g, int node)
-    {
-        int D = model.Config.DModel, T = g.Positions;
-        var n = g.Node(node);
-        switch (n.Kind)
-        {
-            case NodeKind.Error:
-                return new AddedVector(HookNames.MlpOut(n.Layer), n.Position, g.ErrorVectors!.AsSpan((n.Layer * T + n.Position) * D, D).ToArray());
-            case NodeKind.Token:
-                return new AddedVector(HookNames.Embed, n.Position, g.TokenVectors!.AsSpan(n.Position * D, D).ToArray());
-            default:
-                var dec = new float[D];
-                tc.DecoderDirection(n.Layer, n.Index, n.Layer, dec);
-                return new AddedVector(HookNames.MlpOut(n.Layer), n.Position, [.. dec.Select(v => v * n.Value)]);
-        }
     }
 }

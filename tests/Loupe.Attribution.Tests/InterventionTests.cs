@@ -23,61 +23,18 @@ public sealed class InterventionTests
             var tc = FixtureAttributionTests.Transcoders(Model);
             Replacement = new ReplacementModel(Model, tc);
             Graph = new Attributor(Model, tc).Attribute(FixtureAttributionTests.Prompt);
-            int V = Model.Config.VocabOut, D = Model.Config.DModel;
-            var mean = new double[D];
-            for (int v = 0; v < V; v++) { var c = Model.UnembedDirection(v); for (int d = 0; d < D; d++) mean[d] += c[d] / V; }
-            LogitDirections = [.. Graph.LogitTokens.Select(j => { var c = Model.UnembedDirection(j); for (int d = 0; d < D; d++) c[d] -= (float)mean[d]; return c; })];
+            LogitDirections = FrozenProbe.LogitDirections(Model, Graph);
         }
 
         public void Dispose() => Model.Dispose();
 
-        /// <summary>Feature pre-activations (minus bias) of every feature node and demeaned logits, in node order.</summary>
-        public double[] Targets(InterventionResult r)
-        {
-            int D = Model.Config.DModel, T = Graph.Positions;
-            var values = new double[Graph.NodeCount];
-            var enc = new float[D];
-            for (int i = 0; i < Graph.SelectedFeatures.Length; i++)
-            {
-                var (l, p, f) = Graph.ActiveFeatures[Graph.SelectedFeatures[i]];
-                Replacement.Transcoders.EncoderDirection(l, f, enc);
-                var x = r.Run.Cache[Replacement.Transcoders.InputHook(l)].ToCpu().Span.Slice(p * D, D);
-                for (int d = 0; d < D; d++) values[i] += (double)x[d] * enc[d];
-            }
-            var normed = r.Run.Cache["ln_final.hook_normalized"].ToCpu().Span.Slice((T - 1) * D, D);
-            for (int j = 0; j < LogitDirections.Length; j++)
-                for (int d = 0; d < D; d++) values[Graph.LogitOffset + j] += (double)normed[d] * LogitDirections[j][d];
-            return values;
-        }
+        public double[] Targets(InterventionResult r) => FrozenProbe.Targets(Replacement, Graph, LogitDirections, r);
 
-        public Func<string, bool> Cache => n => n == "ln_final.hook_normalized" || n.EndsWith(".ln2.hook_normalized", StringComparison.Ordinal);
+        public Func<string, bool> Cache => FrozenProbe.Cache;
 
-        /// <summary>The source's vector, as an addition at the place it writes.</summary>
-        public AddedVector SourceVector(int node)
-        {
-            int D = Model.Config.DModel, T = Graph.Positions;
-            var n = Graph.Node(node);
-            switch (n.Kind)
-            {
-                case NodeKind.Error:
-                    return new AddedVector(HookNames.MlpOut(n.Layer), n.Position, Graph.ErrorVectors!.AsSpan((n.Layer * T + n.Position) * D, D).ToArray());
-                case NodeKind.Token:
-                    return new AddedVector(HookNames.Embed, n.Position, Graph.TokenVectors!.AsSpan(n.Position * D, D).ToArray());
-                default:
-                    var dec = new float[D];
-                    Replacement.Transcoders.DecoderDirection(n.Layer, n.Index, n.Layer, dec);
-                    return new AddedVector(HookNames.MlpOut(n.Layer), n.Position, [.. dec.Select(v => v * n.Value)]);
-            }
-        }
+        public AddedVector SourceVector(int node) => FrozenProbe.SourceVector(Model, Replacement.Transcoders, Graph, node);
 
-        /// <summary>Largest |Δ target − A[target, source]| over the feature and logit targets.</summary>
-        public double ColumnError(int source, double[] clean, double[] changed)
-        {
-            double worst = 0;
-            foreach (int t in Enumerable.Range(0, Graph.ErrorOffset).Concat(Enumerable.Range(Graph.LogitOffset, Graph.LogitTokens.Length)))
-                worst = Math.Max(worst, Math.Abs(changed[t] - clean[t] - Graph.Edge(t, source)));
-            return worst;
-        }
+        public double ColumnError(int source, double[] clean, double[] changed) => FrozenProbe.ColumnError(Graph, source, clean, changed);
     }
 
     [Fact]
