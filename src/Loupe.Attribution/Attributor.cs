@@ -83,7 +83,7 @@ public sealed partial class Attributor
         for (int i = 0; i < nLogits; i += N)
         {
             int n = Math.Min(N, nLogits - i);
-            var specs = Enumerable.Range(i, n).Select(j => TargetRow(backward, L, T - 1, logitVectors[j])).ToArray();
+            var specs = Enumerable.Range(i, n).Select(j => TargetRow(backward, s.ResidualSaes, L, T - 1, logitVectors[j])).ToArray();
             Append(rows, ComputeRows(s, backward, readouts, tokenReadout, specs, totalNodes), n);
             for (int j = 0; j < n; j++) (rowToNode[i + j], rowLayer[i + j]) = (logitOffset + i + j, L);
             batches++;
@@ -112,7 +112,7 @@ public sealed partial class Attributor
                 {
                     var (l, p, f) = s.Active[pending[start + j]];
                     _transcoders.EncoderDirection(l, f, encoder);
-                    specs[j] = TargetRow(backward, l, p, encoder);
+                    specs[j] = TargetRow(backward, s.ResidualSaes, l, p, encoder);
                 }
                 Append(rows, ComputeRows(s, backward, readouts, tokenReadout, specs, totalNodes), n);
                 for (int j = 0; j < n; j++)
@@ -145,9 +145,10 @@ public sealed partial class Attributor
     internal readonly record struct RowSpec(int Layer, bool AfterAttention, int[] Positions, float[] Vectors);
 
     /// <summary>The row of a target: a feature's encoder direction at its MLP input, or a logit's demeaned unembedding at the final norm.</summary>
-    RowSpec TargetRow(LinearBackward backward, int layer, int position, float[] direction)
+    RowSpec TargetRow(LinearBackward backward, bool residualSaes, int layer, int position, float[] direction)
     {
-        var norm = layer == _model.Config.NLayers ? _model.FinalNormLayer : _model.Anatomy(layer).Ln2;
+        // A residual SAE's feature reads the stream itself; a transcoder's reads the MLP input, after ln2.
+        var norm = layer == _model.Config.NLayers ? _model.FinalNormLayer : residualSaes ? null : _model.Anatomy(layer).Ln2;
         var v = new float[direction.Length];
         backward.FrozenNormHost(norm, position, direction, v);
         return new RowSpec(layer, false, [position], v);
@@ -193,6 +194,16 @@ public sealed partial class Attributor
         {
             if (l < top) ReadOut(readouts[l]);
             var a = _model.Anatomy(l);
+            if (s.ResidualSaes)
+            {
+                // The SAE cuts the stream at resid_post: upstream is reached only through its features and error
+                // (their read-out above); its own features' rows start here, below the cut.
+                if (l < top) be.Fill(g, 0f);
+                InjectAt(l, false);
+                if (!skipAttention) backward.AddAttention(l, g, g);
+                InjectAt(l, true);
+                continue;
+            }
             if (a.Parallel)
             {
                 if (!skipAttention) backward.AddAttention(l, g, g);

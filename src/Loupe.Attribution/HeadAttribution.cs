@@ -59,12 +59,14 @@ public sealed partial class Attributor
             float[] direction;
             if (node.Kind == NodeKind.Logit) direction = logitVectors[t - graph.LogitOffset];
             else { _transcoders.EncoderDirection(node.Layer, node.Index, encoder); direction = encoder.ToArray(); }
-            var row = TargetRow(backward, layer, node.Position, direction);
+            var row = TargetRow(backward, s.ResidualSaes, layer, node.Position, direction);
             specs.Add(row);
             owner.Add((t, -1, -1));
-            // The heads below the target: a feature reads the MLP input, so a sequential block's own attention is below it.
-            int lastHeadLayer = layer == L ? L - 1 : _model.Anatomy(layer).Parallel ? layer - 1 : layer;
-            for (int l = 0; l <= lastHeadLayer; l++)
+            // The heads below the target: a transcoder feature reads the MLP input, so a sequential block's own attention
+            // is below it; a residual SAE's reads resid_post, below which is its layer's attention and then the cut.
+            int lastHeadLayer = layer == L ? L - 1 : s.ResidualSaes ? layer : _model.Anatomy(layer).Parallel ? layer - 1 : layer;
+            int firstHeadLayer = !s.ResidualSaes ? 0 : layer; // residual SAEs: only the target's own layer (a logit reads the last cut: none)
+            for (int l = firstHeadLayer; l <= lastHeadLayer; l++)
             {
                 var a = _model.Anatomy(l);
                 patterns[l] ??= s.Patterns[l].ToCpu().Span.ToArray();

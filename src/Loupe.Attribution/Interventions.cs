@@ -24,8 +24,8 @@ public enum InterventionKind
 /// <param name="Kind">Set or scale.</param>
 public readonly record struct FeatureIntervention(int Layer, int Position, int Feature, float Value, InterventionKind Kind = InterventionKind.Set);
 
-/// <summary>A vector added to the residual stream at a hook (<c>hook_embed</c> or an MLP output), at one position.</summary>
-/// <param name="Hook">The hook point, e.g. <c>blocks.1.hook_mlp_out</c> or <c>hook_embed</c>.</param>
+/// <summary>A vector added to the residual stream at a hook (<c>hook_embed</c> or where the dictionaries write), at one position.</summary>
+/// <param name="Hook">The hook point, e.g. <c>blocks.1.hook_mlp_out</c> (transcoders), <c>blocks.1.hook_resid_post</c> (residual SAEs) or <c>hook_embed</c>.</param>
 /// <param name="Position">The position.</param>
 /// <param name="Vector">What is added, length d_model.</param>
 public sealed record AddedVector(string Hook, int Position, float[] Vector);
@@ -77,7 +77,7 @@ public sealed class ReplacementModel(HookedTransformer model, IMlpReplacement tr
         {
             var a = Model.Anatomy(l);
             yield return HookNames.Pattern(l);
-            yield return HookNames.MlpOut(l);
+            if (a.Mlp is not null) yield return HookNames.MlpOut(l);
             foreach (var n in new[] { a.Ln1, a.AttentionPostNorm, a.Ln2, a.MlpPostNorm })
                 if (n is { Kind: not NormKind.None }) yield return n.ScaleHook;
         }
@@ -129,10 +129,10 @@ public sealed class ReplacementModel(HookedTransformer model, IMlpReplacement tr
     {
         int L = Transcoders.Layers, D = Model.Config.DModel;
         var be = Model.Backend;
+        // Frozen values first (patterns, scales, whole MLP outputs): the edits' hooks below then add to them.
         if (frozen is not null)
             foreach (var (name, value) in frozen.Values)
-                if (!name.EndsWith(".hook_mlp_out", StringComparison.Ordinal))
-                    options.AddHook(name, (_, _) => value);
+                options.AddHook(name, (_, _) => value);
 
         // Per layer, the current activations of the edited features (host), read at the transcoder's input.
         var deltas = new Dictionary<int, List<(int Position, int Feature, float Delta)>>();
@@ -168,12 +168,11 @@ public sealed class ReplacementModel(HookedTransformer model, IMlpReplacement tr
         {
             int target = t;
             var sources = byLayer.Keys.Where(l => l <= target && Transcoders.LastTarget(l) >= target).ToArray();
-            var added = additions.Where(a => a.Hook == HookNames.MlpOut(target)).ToArray();
-            Tensor? frozenOut = frozen?.Values[HookNames.MlpOut(target)];
-            if (sources.Length == 0 && added.Length == 0 && frozenOut is null) continue;
+            var added = additions.Where(a => a.Hook == Transcoders.OutputHook(target)).ToArray();
+            if (sources.Length == 0 && added.Length == 0) continue;
             options.AddHook(Transcoders.OutputHook(target), (y, ctx) =>
             {
-                var outHost = (frozenOut ?? y).ToCpu().Span.ToArray();
+                var outHost = y.ToCpu().Span.ToArray();
                 var dec = new float[D];
                 foreach (var l in sources)
                     foreach (var (i, f, delta) in deltas.GetValueOrDefault(l) ?? [])
@@ -194,9 +193,10 @@ public sealed class ReplacementModel(HookedTransformer model, IMlpReplacement tr
                 foreach (var a in embedAdds) AddAt(host, a, ctx.PositionOffset, D);
                 return be.ToDevice(Tensor.FromArray(host, y.Shape.ToArray()));
             });
+        var places = Enumerable.Range(0, L).Select(Transcoders.OutputHook).Append(HookNames.Embed).ToHashSet(StringComparer.Ordinal);
         foreach (var a in additions)
-            if (a.Hook != HookNames.Embed && !a.Hook.EndsWith(".hook_mlp_out", StringComparison.Ordinal))
-                throw new ArgumentException($"vectors can be added at hook_embed or an MLP output (blocks.ℓ.hook_mlp_out), not at '{a.Hook}'", nameof(additions));
+            if (!places.Contains(a.Hook))
+                throw new ArgumentException($"vectors can be added at hook_embed or where the dictionaries write ({Transcoders.OutputHook(0)}, …), not at '{a.Hook}'", nameof(additions));
     }
 
     static void AddAt(float[] host, AddedVector a, int offset, int d)

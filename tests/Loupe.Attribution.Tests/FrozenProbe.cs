@@ -56,13 +56,13 @@ static class FrozenProbe
         switch (n.Kind)
         {
             case NodeKind.Error:
-                return new AddedVector(HookNames.MlpOut(n.Layer), n.Position, g.ErrorVectors!.AsSpan((n.Layer * T + n.Position) * D, D).ToArray());
+                return new AddedVector(tc.OutputHook(n.Layer), n.Position, g.ErrorVectors!.AsSpan((n.Layer * T + n.Position) * D, D).ToArray());
             case NodeKind.Token:
                 return new AddedVector(HookNames.Embed, n.Position, g.TokenVectors!.AsSpan(n.Position * D, D).ToArray());
             default:
                 var dec = new float[D];
                 tc.DecoderDirection(n.Layer, n.Index, n.Layer, dec);
-                return new AddedVector(HookNames.MlpOut(n.Layer), n.Position, [.. dec.Select(v => v * n.Value)]);
+                return new AddedVector(tc.OutputHook(n.Layer), n.Position, [.. dec.Select(v => v * n.Value)]);
         }
     }
 }

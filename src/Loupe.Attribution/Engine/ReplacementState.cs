@@ -33,6 +33,11 @@ internal sealed class ReplacementState
     public required float[] LastLogits { get; init; }
     /// <summary>Wall time of the capture forward pass: the unit of the cost in pass equivalents.</summary>
     public required TimeSpan ForwardTime { get; init; }
+    /// <summary>
+    /// The dictionaries are SAEs on the residual stream (<c>blocks.ℓ.hook_resid_post</c>), not transcoders: each
+    /// one cuts the stream (what passes layer ℓ is its features plus its error), MLPs are frozen whole.
+    /// </summary>
+    public required bool ResidualSaes { get; init; }
 
     public int Layers => Model.Config.NLayers;
     public int Positions => Tokens.Length;
@@ -44,7 +49,7 @@ internal sealed class ReplacementState
     {
         var cfg = model.Config;
         int L = cfg.NLayers, T = tokens.Length, D = cfg.DModel;
-        CheckFits(model, transcoders);
+        bool residual = CheckFits(model, transcoders);
         if (T == 0) throw new InputError("the prompt is empty; an attribution graph needs at least one token");
 
         var hooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.Embed };
@@ -128,6 +133,7 @@ internal sealed class ReplacementState
             TokenVectors = cache[HookNames.Embed].ToCpu().Span.ToArray(),
             LastLogits = lastLogits,
             ForwardTime = clock.Elapsed,
+            ResidualSaes = residual,
         };
     }
 
@@ -144,7 +150,8 @@ internal sealed class ReplacementState
             if (n is { Kind: not NormKind.None }) yield return n;
     }
 
-    static void CheckFits(HookedTransformer model, IMlpReplacement tc)
+    /// <summary>Checks the dictionaries against the model; true when they are residual-stream SAEs (else MLP transcoders).</summary>
+    static bool CheckFits(HookedTransformer model, IMlpReplacement tc)
     {
         var cfg = model.Config;
         string model_ = model.Source ?? cfg.Architecture;
@@ -154,18 +161,26 @@ internal sealed class ReplacementState
             throw new InputError($"{tc.Source}: the transcoders map d_in {tc.DIn} → d_out {tc.DOut}; {model_} has d_model {cfg.DModel} (a transcoder for another model?)");
         if (tc.HasSkip)
             throw new InputError($"{tc.Source}: skip transcoders (a linear path from MLP input to output) are not supported by attribution yet; use transcoders without W_skip");
+        bool residual = tc.InputHook(0) == HookNames.ResidPost(0);
         for (int l = 0; l < cfg.NLayers; l++)
         {
             var a = model.Anatomy(l);
+            if (residual)
+            {
+                if (tc.InputHook(l) != HookNames.ResidPost(l) || tc.OutputHook(l) != HookNames.ResidPost(l) || tc.LastTarget(l) != l)
+                    throw new InputError($"{tc.Source}: layer {l}'s dictionary reads '{tc.InputHook(l)}' and writes '{tc.OutputHook(l)}'; residual-stream graphs need an SAE on '{HookNames.ResidPost(l)}' in every layer");
+                continue;
+            }
             if (a.Mlp is null || a.Ln2 is null)
-                throw new InputError($"{model_} has no MLP in layer {l}; an attribution graph replaces MLPs with transcoders");
+                throw new InputError($"{model_} has no MLP in layer {l}; an attribution graph over transcoders replaces MLPs (use residual-stream SAEs on blocks.ℓ.hook_resid_post instead)");
             string expectIn = a.Ln2.Kind == NormKind.None ? $"blocks.{l}.hook_resid_mid" : a.Ln2.NormalizedHook;
             if (tc.InputHook(l) != expectIn)
-                throw new InputError($"{tc.Source}: the transcoder of layer {l} reads '{tc.InputHook(l)}'; attribution needs it to read the MLP input '{expectIn}'");
+                throw new InputError($"{tc.Source}: the transcoder of layer {l} reads '{tc.InputHook(l)}'; attribution needs it to read the MLP input '{expectIn}' (or SAEs on blocks.ℓ.hook_resid_post in every layer)");
             if (tc.OutputHook(l) != HookNames.MlpOut(l))
                 throw new InputError($"{tc.Source}: the transcoder of layer {l} writes '{tc.OutputHook(l)}'; attribution needs it to write '{HookNames.MlpOut(l)}'");
             if (tc.LastTarget(l) < l || tc.LastTarget(l) >= cfg.NLayers)
                 throw new InputError($"{tc.Source}: features of layer {l} write up to layer {tc.LastTarget(l)}, outside {l}…{cfg.NLayers - 1}");
         }
+        return residual;
     }
 }

@@ -35,7 +35,7 @@ public sealed partial class PerLayerTranscoders : IMlpReplacement
     }
 
     /// <summary>
-    /// Loads SAELens transcoder folders, one per layer: either <paramref name="path"/> holds sub-folders
+    /// Loads SAELens transcoder folders (or SAEs on <c>blocks.ℓ.hook_resid_post</c>, which read and rewrite the residual stream), one per layer: either <paramref name="path"/> holds sub-folders
     /// <c>layer_0</c>, <c>layer_1</c>, … (or any names ending in the layer number), each a SAELens folder,
     /// or <paramref name="path"/> lists folders separated by commas, in layer order.
     /// Each must read <c>blocks.ℓ.ln2.hook_normalized</c> (or <c>blocks.ℓ.hook_mlp_in</c>) and write
@@ -51,11 +51,19 @@ public sealed partial class PerLayerTranscoders : IMlpReplacement
         for (int l = 0; l < layers; l++)
         {
             var (dict, cfg) = SaeLensFormat.Load(folders[l]);
+            string residual = $"blocks.{l}.hook_resid_post";
+            if (cfg.HookName == residual && cfg.HookNameOut.Length == 0 && dict.Shape.DIn == dict.Shape.DOut && !dict.Shape.Skip)
+            {
+                // An SAE on the residual stream: it reads and rewrites the same point.
+                dicts[l] = dict;
+                inputs[l] = outputs[l] = residual;
+                continue;
+            }
             string expectIn = $"blocks.{l}.ln2.hook_normalized", expectOut = $"blocks.{l}.hook_mlp_out";
             string hookIn = cfg.HookName.Length > 0 ? cfg.HookName : expectIn;
             string hookOut = cfg.HookNameOut.Length > 0 ? cfg.HookNameOut : expectOut;
             if (hookIn != expectIn && hookIn != $"blocks.{l}.hook_mlp_in")
-                throw new InputError($"{folders[l]}: the transcoder for layer {l} reads '{hookIn}'; a replacement model needs one that reads the MLP input '{expectIn}'");
+                throw new InputError($"{folders[l]}: the dictionary for layer {l} reads '{hookIn}'; a replacement model needs a transcoder that reads the MLP input '{expectIn}' (or an SAE on '{residual}')");
             if (hookOut != expectOut)
                 throw new InputError($"{folders[l]}: the transcoder for layer {l} writes '{hookOut}'; a replacement model needs one that writes '{expectOut}'");
             if (dict.Shape.ApplyBDecToInput)
