@@ -53,7 +53,7 @@ public static class AttributionExperiment
         {
             var split = attributor.AttributeHeads(graph, [.. pruning.KeptEdges()]);
             heads = Path.Combine(Path.GetFullPath(folder), slug + ".heads.json");
-            WriteHeads(heads, graph, split);
+            WriteHeads(heads, graph, split, pruning.KeptNodes());
         }
         return new AttributionOutputs(graph, pruning, scores, attributor.Stats!, json, raw, heads);
     }
@@ -62,14 +62,15 @@ public static class AttributionExperiment
     /// <c>[{target, source, weight, direct, heads: [{layer, head, weight}]}]</c> with Neuronpedia node ids, heads by
     /// magnitude; <c>weight = direct + Σ heads</c>.
     /// </summary>
-    static void WriteHeads(string path, AttributionGraph graph, IReadOnlyList<EdgeHeads> split)
+    static void WriteHeads(string path, AttributionGraph graph, IReadOnlyList<EdgeHeads> split, int[] keptNodes)
     {
         var array = new System.Text.Json.Nodes.JsonArray();
+        bool layerErrorIds = NeuronpediaGraphJson.ErrorIdsCollide(graph, keptNodes);
         foreach (var e in split)
             array.Add(new System.Text.Json.Nodes.JsonObject
             {
-                ["target"] = NeuronpediaGraphJson.NodeId(graph, e.Target),
-                ["source"] = NeuronpediaGraphJson.NodeId(graph, e.Source),
+                ["target"] = NeuronpediaGraphJson.NodeId(graph, e.Target, layerErrorIds),
+                ["source"] = NeuronpediaGraphJson.NodeId(graph, e.Source, layerErrorIds),
                 ["weight"] = e.Total,
                 ["direct"] = e.Direct,
                 ["heads"] = new System.Text.Json.Nodes.JsonArray([.. e.Heads.Select(h => (System.Text.Json.Nodes.JsonNode)new System.Text.Json.Nodes.JsonObject

@@ -179,4 +179,20 @@ public sealed class GraphNeuronpediaJsonTests : IDisposable
         var e = Assert.Throws<InputError>(() => NeuronpediaGraphJson.WriteFiles(_folder, g, GraphPruning.Prune(g), new NeuronpediaGraphOptions { Slug = "x", Scan = "m" }));
         Assert.Contains("graph-metadata.json", e.Message);
     }
+
+    [Fact]
+    public void Error_ids_that_would_equal_a_feature_id_take_the_later_form()
+    {
+        // Keep every node: layer-0 feature 0 at position 1 is then written beside the error node of layer 0 at position 1,
+        // and circuit-tracer's ids for both would be "0_0_1".
+        var g = GraphTestData.Fixture;
+        var pruning = GraphPruning.Prune(g, nodeThreshold: 1.0, edgeThreshold: 1.0);
+        Assert.True(NeuronpediaGraphJson.ErrorIdsCollide(g, pruning.KeptNodes()));
+        using var stream = new MemoryStream();
+        NeuronpediaGraphJson.Write(stream, g, pruning, new NeuronpediaGraphOptions { Slug = Slug, Scan = "test" });
+        var ids = JsonNode.Parse(stream.ToArray())!["nodes"]!.AsArray().Select(n => (string)n!["node_id"]!).ToArray();
+        Assert.Equal(ids.Length, ids.Distinct().Count());
+        Assert.Contains("0_-1_1", ids);
+        Assert.Contains("0_0_1", ids); // the feature keeps its id
+    }
 }

@@ -16,7 +16,8 @@
 //
 // Error node ids are circuit-tracer's ("0_{layer}_{pos}"), which can collide with the feature node of
 // layer 0, feature = layer, at the same position; later circuit-tracer versions changed the id to
-// "{layer}_-1_{pos}". Both versions this file follows (d797c82 and v0.5.0) use the old form, as does the fixture.
+// "{layer}_-1_{pos}". Both versions this file follows (d797c82 and v0.5.0) use the old form, as does the fixture;
+// when two nodes written to one file would share an id that way, every error id takes the later form instead.
 
 using System.Globalization;
 using System.Security.Cryptography;
@@ -112,7 +113,8 @@ public static class NeuronpediaGraphJson
 
         // 1–3. Kept nodes, their links, and the nodes that some link touches (ids as strings, as circuit-tracer compares them).
         var ids = new string?[n];
-        foreach (int i in pruning.KeptNodes()) ids[i] = NodeId(graph, i);
+        bool layerErrorIds = ErrorIdsCollide(graph, pruning.KeptNodes());
+        foreach (int i in pruning.KeptNodes()) ids[i] = NodeId(graph, i, layerErrorIds);
         var connected = new HashSet<string>(StringComparer.Ordinal);
         foreach (var (t, s) in KeptLinks(pruning, ids)) { connected.Add(ids[s]!); connected.Add(ids[t]!); }
 
@@ -154,14 +156,29 @@ public static class NeuronpediaGraphJson
     static IEnumerable<(int Target, int Source)> KeptLinks(GraphPruneResult pruning, string?[] ids) =>
         pruning.KeptEdges().Where(e => ids[e.Target] is not null && ids[e.Source] is not null);
 
-    /// <summary>The node's id in the JSON (see the table at the top of this file).</summary>
-    public static string NodeId(AttributionGraph graph, int index)
+    /// <summary>
+    /// Whether, among <paramref name="nodes"/>, circuit-tracer's error id <c>"0_{layer}_{pos}"</c> equals a feature's
+    /// <c>"0_{feature}_{pos}"</c> (a layer-0 feature whose index is a layer number, at the same position).
+    /// </summary>
+    public static bool ErrorIdsCollide(AttributionGraph graph, IEnumerable<int> nodes)
+    {
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (int i in nodes)
+            if (!seen.Add(NodeId(graph, i, layerErrorIds: false))) return true;
+        return false;
+    }
+
+    /// <summary>The node's id in the JSON, circuit-tracer's form (see the table at the top of this file).</summary>
+    public static string NodeId(AttributionGraph graph, int index) => NodeId(graph, index, layerErrorIds: false);
+
+    /// <summary>The node's id; with <paramref name="layerErrorIds"/> error nodes are <c>"{layer}_-1_{pos}"</c> (no collision possible).</summary>
+    public static string NodeId(AttributionGraph graph, int index, bool layerErrorIds)
     {
         var node = graph.Node(index);
         return node.Kind switch
         {
             NodeKind.Feature => $"{node.Layer}_{node.Index}_{node.Position}",
-            NodeKind.Error => $"0_{node.Layer}_{node.Position}",
+            NodeKind.Error => layerErrorIds ? $"{node.Layer}_-1_{node.Position}" : $"0_{node.Layer}_{node.Position}",
             NodeKind.Token => $"E_{node.Index}_{node.Position}",
             _ => $"{graph.Layers + 1}_{node.Index}_{node.Position}",
         };

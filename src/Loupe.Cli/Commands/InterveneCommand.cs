@@ -20,7 +20,7 @@ static class InterveneCommand
             Required = true,
         };
         var frozen = new Option<bool>("--frozen") { Description = "Freeze attention patterns, norm scales and MLP outputs at the prompt's values (direct effects only, as in the attribution graph)" };
-        var top = new Option<int>("--top") { Description = "Next tokens to show", DefaultValueFactory = _ => 10 };
+        var top = new Option<int>("--top") { Description = "Next tokens to show (the union of the top tokens before and after)", DefaultValueFactory = _ => 10 };
         var generate = new Option<int>("--generate") { Description = "Also generate this many tokens greedily with and without the edits (free run)", DefaultValueFactory = _ => 0 };
         var command = new Command("intervene",
             "Set or scale transcoder features at positions and compare the next-token prediction (and, with --generate, a continuation) with the unedited run.\n\n" +
@@ -40,11 +40,14 @@ static class InterveneCommand
             int k = CliSupport.Int(parse, top, 1, m.Config.VocabOut);
             var before = replacement.Run(tokens.Ids, frozen: freeze, topK: k);
             var after = replacement.Run(tokens.Ids, list, freeze, topK: k);
-            Console.WriteLine($"{"token",-24} {"before",10} {"after",10} {"Δ logit",10}");
+            // Δ demeaned: the logit's change minus the mean logit's — what an attribution graph's logit edges predict.
+            double meanShift = after.LastLogits.Average(v => (double)v) - before.LastLogits.Average(v => (double)v);
+            Console.WriteLine($"{"token",-24} {"before",10} {"after",10} {"Δ logit",10} {"Δ demeaned",11}");
             foreach (int id in before.Top.Select(t => t.Token).Union(after.Top.Select(t => t.Token)))
             {
                 string p(InterventionResult r) => r.Top.FirstOrDefault(t => t.Token == id) is var x && x.Token == id ? x.Probability.ToString("0.0000", CultureInfo.InvariantCulture) : "";
-                Console.WriteLine($"{CliSupport.Show(m, id),-24} {p(before),10} {p(after),10} {(after.LastLogits[id] - before.LastLogits[id]).ToString("+0.000;-0.000", CultureInfo.InvariantCulture),10}");
+                double delta = after.LastLogits[id] - before.LastLogits[id];
+                Console.WriteLine($"{CliSupport.Show(m, id),-24} {p(before),10} {p(after),10} {delta.ToString("+0.000;-0.000", CultureInfo.InvariantCulture),10} {(delta - meanShift).ToString("+0.000;-0.000", CultureInfo.InvariantCulture),11}");
             }
             int n = CliSupport.Int(parse, generate, 0, m.Config.NCtx);
             if (n > 0)
