@@ -104,6 +104,8 @@ public sealed partial class Attributor
                 int queue = Math.Min(_settings.UpdateInterval * N, maxFeatures - visitedCount);
                 pending = [.. Enumerable.Range(0, F).Where(f => !visited[f]).OrderByDescending(f => influence[f]).ThenBy(f => f).Take(queue)];
             }
+            // Rows of one batch cost up to their last position (causal attention): group the queue by position.
+            pending = [.. pending.OrderBy(f => s.Active[f].Position).ThenBy(f => f)];
             for (int start = 0; start < pending.Length; start += N)
             {
                 int n = Math.Min(N, pending.Length - start);
@@ -165,6 +167,8 @@ public sealed partial class Attributor
         int L = s.Layers, N = backward.Rows, D = s.DModel, n = specs.Length;
         var g = backward.NewGradient();
         int top = specs.Max(t => t.Layer);
+        // Attention is causal: nothing reaches beyond the last position a row starts at.
+        int P = specs.Max(t => t.Positions.Max()) + 1;
 
         void InjectAt(int layer, bool afterAttention)
         {
@@ -187,8 +191,8 @@ public sealed partial class Attributor
         void ReadOut(SourceReadout readout)
         {
             var r = be.Empty(N, Math.Max(1, readout.Count));
-            readout.Read(be, g, N, r);
-            readout.Scatter(r.ToCpu().Span, n, block, width);
+            readout.Read(be, g, N, r, P);
+            readout.Scatter(r.ToCpu().Span, n, block, width, P);
         }
         for (int l = Math.Min(top, L - 1); l >= 0; l--)
         {
@@ -200,19 +204,19 @@ public sealed partial class Attributor
                 // (their read-out above); its own features' rows start here, below the cut.
                 if (l < top) be.Fill(g, 0f);
                 InjectAt(l, false);
-                if (!skipAttention) backward.AddAttention(l, g, g);
+                if (!skipAttention) backward.AddAttention(l, g, g, P);
                 InjectAt(l, true);
                 continue;
             }
             if (a.Parallel)
             {
-                if (!skipAttention) backward.AddAttention(l, g, g);
+                if (!skipAttention) backward.AddAttention(l, g, g, P);
                 InjectAt(l, false);
             }
             else
             {
                 InjectAt(l, false);
-                if (!skipAttention) backward.AddAttention(l, g, g);
+                if (!skipAttention) backward.AddAttention(l, g, g, P);
             }
             InjectAt(l, true);
         }

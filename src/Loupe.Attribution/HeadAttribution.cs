@@ -104,7 +104,7 @@ public sealed partial class Attributor
         var rows = new float[specs.Count][];
         foreach (bool direct in new[] { true, false })
         {
-            var which = Enumerable.Range(0, specs.Count).Where(i => (owner[i].Layer < 0) == direct).ToArray();
+            var which = Enumerable.Range(0, specs.Count).Where(i => (owner[i].Layer < 0) == direct).OrderBy(i => specs[i].Positions.Max()).ToArray();
             for (int start = 0; start < which.Length; start += N)
             {
                 var batch = which.Skip(start).Take(N).ToArray();

@@ -24,7 +24,7 @@ internal sealed class LinearBackward
     readonly IComputeBackend _be;
     readonly int _T, _D, _N;
     readonly Dictionary<string, Tensor> _expandedScales = new(StringComparer.Ordinal);
-    readonly Tensor _zeroScale, _dzHeads, _dvHeads, _dx;
+    readonly Tensor _zeroScale, _dzHeads, _dvHeads, _dx, _normed;
 
     /// <param name="state">The captured replacement model.</param>
     /// <param name="rows">N: gradient rows per pass.</param>
@@ -41,6 +41,7 @@ internal sealed class LinearBackward
         _dzHeads = _be.Empty(cfg.NHeads, _T * _N * cfg.DHead);
         _dvHeads = _be.Empty(cfg.KvHeads, _T * _N * cfg.DHead);
         _dx = _be.Empty((int)tn, _D);
+        _normed = _be.Empty((int)tn, _D);
     }
 
     public int Rows => _N;
@@ -49,9 +50,16 @@ internal sealed class LinearBackward
     public Tensor NewGradient() => _be.Zeros(_T * _N, _D);
 
     /// <summary>
-    /// The frozen norm's transpose on every row of <paramref name="g"/> (in place is not allowed: writes <paramref name="dx"/>).
+    /// The first <paramref name="positions"/> positions of a position-major buffer <c>[T·N, d]</c> as a view: a batch
+    /// whose targets sit at positions below it never has a gradient beyond them (attention is causal).
     /// </summary>
-    void FrozenNorm(Norm norm, Tensor g, Tensor dx)
+    public Tensor Prefix(Tensor t, int positions) =>
+        positions == _T ? t : new Tensor(t.Storage.Slice(0, (long)positions * _N * _D), positions * _N, _D);
+
+    /// <summary>
+    /// The frozen norm's transpose on the first <paramref name="positions"/> positions of <paramref name="g"/> (in place is not allowed: writes <paramref name="dx"/>).
+    /// </summary>
+    void FrozenNorm(Norm norm, Tensor g, Tensor dx, int positions)
     {
         if (!_expandedScales.TryGetValue(norm.ScaleHook, out var scale))
         {
@@ -63,7 +71,7 @@ internal sealed class LinearBackward
             _expandedScales[norm.ScaleHook] = scale;
         }
         // With dσ = 0 the input only enters multiplied by zero: g stands in for it.
-        _be.NormBackwardInput(norm.Kind == NormKind.LayerNorm, g, scale, g, _zeroScale, _T * _N, _D,
+        _be.NormBackwardInput(norm.Kind == NormKind.LayerNorm, g, scale, g, _zeroScale, positions * _N, _D,
             norm.Weight.IsEmpty ? null : WeightOf(norm), norm.WeightOffset, dx);
     }
 
@@ -77,21 +85,24 @@ internal sealed class LinearBackward
 
     /// <summary>
     /// Adds to <paramref name="g"/> (the gradient at the attention branch's residual input) what flows back
-    /// through layer <paramref name="layer"/>'s attention from <paramref name="gOut"/> (the gradient at its output).
+    /// through layer <paramref name="layer"/>'s attention from <paramref name="gOut"/> (the gradient at its output),
+    /// over the first <paramref name="positions"/> positions only: no target of the batch sits beyond them, and
+    /// causal attention sends a gradient only to earlier positions, so the rest is zero — the pattern's top-left
+    /// block is all that is used.
     /// <paramref name="gOut"/> and <paramref name="g"/> may be the same tensor.
     /// </summary>
-    public void AddAttention(int layer, Tensor gOut, Tensor g)
+    public void AddAttention(int layer, Tensor gOut, Tensor g, int positions)
     {
         var a = _s.Model.Anatomy(layer);
         var attn = a.Attention;
         int H = attn.NHeads, Hkv = attn.NKvHeads, dh = attn.DHead, group = H / Hkv;
-        int tn = _T * _N;
+        int P = positions, tn = P * _N;
         var input = gOut;
         Tensor? post = null;
         if (a.AttentionPostNorm is { Kind: not NormKind.None } pn)
         {
-            post = _be.Empty(tn, _D);
-            FrozenNorm(pn, gOut, post);
+            post = Prefix(_normed, P);
+            FrozenNorm(pn, gOut, post, P);
             input = post;
         }
         // dz_h [T·N, d_head] = g·W_O[h]ᵀ, each head into its own contiguous block.
@@ -105,10 +116,10 @@ internal sealed class LinearBackward
             else                 // stored [H·d_head, d_model]
                 _be.Gemm(false, true, tn, dh, _D, 1f, input, 0, _D, wo, (long)h * dh * _D, _D, 0f, _dzHeads, dst, dh);
         }
-        // dv_kv [T, N·d_head] = Σ over the heads that read it of P_hᵀ·dz_h.
+        // dv_kv [P, N·d_head] = Σ over the heads that read it of P_hᵀ·dz_h (the pattern's [P, P] block, row stride T).
         var pattern = _s.Patterns[layer];
         for (int h = 0; h < H; h++)
-            _be.Gemm(true, false, _T, _N * dh, _T, 1f, pattern, (long)h * _T * _T, _T,
+            _be.Gemm(true, false, P, _N * dh, P, 1f, pattern, (long)h * _T * _T, _T,
                 _dzHeads, (long)h * tn * dh, _N * dh, h % group == 0 ? 0f : 1f, _dvHeads, (long)(h / group) * tn * dh, _N * dh);
         // dx [T·N, d_model] = Σ_kv dv_kv·W_V[kv]ᵀ.
         var (wv, outIn, width, firstColumn) = ValueWeight(attn);
@@ -121,9 +132,11 @@ internal sealed class LinearBackward
             else       // stored [d_model, width]
                 _be.Gemm(false, true, tn, _D, dh, 1f, _dvHeads, (long)kv * tn * dh, dh, w, c0, width, kv == 0 ? 0f : 1f, _dx, 0, _D);
         }
-        var viaLn1 = post ?? _be.Empty(tn, _D);
-        FrozenNorm(a.Ln1, _dx, viaLn1);
-        _be.Add(g, viaLn1, g);
+        // The post-norm's output has been read into dz by now: its buffer takes ln1's.
+        var viaLn1 = post ?? Prefix(_normed, P);
+        FrozenNorm(a.Ln1, _dx, viaLn1, P);
+        var prefix = Prefix(g, P);
+        _be.Add(prefix, viaLn1, prefix);
     }
 
     /// <summary>The linear map whose output columns hold v, and where kv head <c>i</c>'s columns start.</summary>

@@ -57,11 +57,12 @@ internal sealed class SourceReadout
 
     /// <summary>
     /// <c>result[n, j] = g[pos_j, n]·row_j</c> (unscaled) for the <paramref name="rows"/> rows of a position-major
-    /// gradient <paramref name="g"/> <c>[T·N, d]</c>; <paramref name="result"/> is <c>[N, Count]</c>.
+    /// gradient <paramref name="g"/> <c>[T·N, d]</c>, for the sources at the first <paramref name="positions"/>
+    /// positions (the gradient is zero beyond them); <paramref name="result"/> is <c>[N, Count]</c>.
     /// </summary>
-    public void Read(IComputeBackend be, Tensor g, int rows, Tensor result)
+    public void Read(IComputeBackend be, Tensor g, int rows, Tensor result, int positions)
     {
-        for (int p = 0; p + 1 < _starts.Length; p++)
+        for (int p = 0; p < positions; p++)
         {
             int start = _starts[p], k = _starts[p + 1] - start;
             if (k == 0) continue;
@@ -70,14 +71,18 @@ internal sealed class SourceReadout
         }
     }
 
-    /// <summary>Adds a read-out <c>[N, Count]</c> (host) times each source's scale into <paramref name="rowsOut"/> <c>[n, width]</c> at the sources' columns.</summary>
-    public void Scatter(ReadOnlySpan<float> result, int rows, Span<float> rowsOut, int width)
+    /// <summary>
+    /// Adds a read-out <c>[N, Count]</c> (host) times each source's scale into <paramref name="rowsOut"/> <c>[n, width]</c>
+    /// at the sources' columns, for the sources at the first <paramref name="positions"/> positions (what <see cref="Read"/> wrote).
+    /// </summary>
+    public void Scatter(ReadOnlySpan<float> result, int rows, Span<float> rowsOut, int width, int positions)
     {
+        int read = _starts[positions];
         for (int n = 0; n < rows; n++)
         {
             var r = result.Slice(n * Count, Count);
             var o = rowsOut.Slice(n * width, width);
-            for (int j = 0; j < Count; j++) o[Columns[j]] += r[j] * Scales[j];
+            for (int j = 0; j < read; j++) o[Columns[j]] += r[j] * Scales[j];
         }
     }
 }
