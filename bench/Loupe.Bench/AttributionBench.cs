@@ -31,11 +31,14 @@ namespace Loupe.Bench;
 /// <param name="TranscoderHeldBytes">What the random CLT holds (encoders + decoder pool).</param>
 /// <param name="TranscoderDenseBytes">What a stored CLT of the same shape would hold (not in the peak).</param>
 /// <param name="WallSeconds">Wall time of the child process, start to exit.</param>
+/// <param name="LiveAfterBytes">Managed bytes still live after a full collection once the graph is made (graph, model, CLT
+/// held): against the peak, how much of it was garbage awaiting collection rather than data the engine kept.</param>
 public sealed record AttributionRun(
     int Tokens, string Model, string Status,
     int ActiveFeatures, int FeatureNodes, int Batches, long EstimatedBytes, long PeakRssBytes, long RssBeforeBytes,
     double AttributionSeconds, double ForwardSeconds, double PassEquivalents,
-    double Top1Probability, double EntropyNats, long TranscoderHeldBytes, long TranscoderDenseBytes, double WallSeconds);
+    double Top1Probability, double EntropyNats, long TranscoderHeldBytes, long TranscoderDenseBytes, double WallSeconds,
+    long LiveAfterBytes = -1);
 
 public static class AttributionBench
 {
@@ -73,6 +76,10 @@ public static class AttributionBench
         var model = ModelFor(o.Quick);
         Fixtures.Ensure(o.CacheRoot, [model], log);
         var runs = new List<AttributionRun>();
+        // The machine is shared: a child is stopped before it can push others into the OOM killer's way.
+        long available = MemAvailable();
+        long maxRss = o.MaxRssGib is double cap ? (long)(cap * (1L << 30)) : available > 0 ? Math.Max(1L << 30, available - (2L << 30)) : long.MaxValue;
+        log.WriteLine($"attribution: each child is stopped above {Gib(maxRss)} RSS ({(o.MaxRssGib is null ? "MemAvailable − 2 GiB; --max-rss GIB to change" : "--max-rss")})");
         foreach (int T in o.Tokens)
         {
             if (T > model.NCtx)
@@ -81,14 +88,14 @@ public static class AttributionBench
                 continue;
             }
             log.WriteLine($"attribution [{model.Name}]: {T} tokens in a child process …");
-            runs.Add(RunChild(o, model, T, log));
+            runs.Add(RunChild(o, model, T, maxRss, log));
             var r = runs[^1];
             log.WriteLine($"attribution [{model.Name}]: {T} tokens: {r.Status}, {r.AttributionSeconds:F1} s, peak {Gib(r.PeakRssBytes)}");
         }
         return runs;
     }
 
-    static AttributionRun RunChild(BenchOptions o, BenchModel model, int tokens, TextWriter log)
+    static AttributionRun RunChild(BenchOptions o, BenchModel model, int tokens, long maxRss, TextWriter log)
     {
         string result = Path.Combine(Path.GetTempPath(), $"loupe-attribution-{Environment.ProcessId}-{tokens}.json");
         File.Delete(result);
@@ -99,35 +106,42 @@ public static class AttributionBench
         foreach (var a in new[] { "attribution-run", "--tokens", tokens.ToString(System.Globalization.CultureInfo.InvariantCulture), "--cache", o.CacheRoot, "--json", result })
             psi.ArgumentList.Add(a);
         if (o.Quick) psi.ArgumentList.Add("--quick");
+        // The GC sizes its heap by the machine's memory load, so without a limit garbage fills most of the RAM before
+        // a full collection and the peak says more about the GC than about the engine; a hard limit makes it collect.
+        if (o.GcHeapLimitGib is double gib) psi.Environment["DOTNET_GCHeapHardLimit"] = "0x" + ((long)(gib * (1L << 30))).ToString("X", System.Globalization.CultureInfo.InvariantCulture);
         if (o.Managed) psi.ArgumentList.Add("--managed");
         if (o.Threads is int n) { psi.ArgumentList.Add("--threads"); psi.ArgumentList.Add(n.ToString(System.Globalization.CultureInfo.InvariantCulture)); }
 
         var clock = Stopwatch.StartNew();
         using var child = Process.Start(psi) ?? throw new InvalidOperationException("could not start the attribution child process");
         long polledPeak = -1;
-        bool timedOut = false;
-        // Poll the child's VmHWM: if the kernel or the timeout kills it, this is the only record of its peak.
-        while (!child.WaitForExit(500))
+        string? stopped = null;
+        // Poll the child's VmHWM: if the kernel, the timeout or the RSS cap stops it, this is the only record of its peak.
+        while (!child.WaitForExit(200))
         {
-            polledPeak = Math.Max(polledPeak, HighWaterMark(child.Id));
+            long hwm = HighWaterMark(child.Id);
+            polledPeak = Math.Max(polledPeak, hwm);
             if (o.TimeoutSeconds is double limit && clock.Elapsed.TotalSeconds > limit)
+                stopped = $"stopped after {limit:F0} s (--timeout)";
+            else if (hwm > maxRss)
+                stopped = $"stopped at {Gib(hwm)} RSS (cap {Gib(maxRss)}, --max-rss)";
+            if (stopped is not null)
             {
-                log.WriteLine($"attribution: {tokens} tokens still running after {limit:F0} s; stopping it (--timeout)");
-                timedOut = true;
+                log.WriteLine($"attribution: {tokens} tokens: {stopped}");
                 child.Kill(entireProcessTree: true);
                 child.WaitForExit();
                 break;
             }
         }
         double wall = clock.Elapsed.TotalSeconds;
-        if (!timedOut && child.ExitCode == 0 && File.Exists(result))
+        if (stopped is null && child.ExitCode == 0 && File.Exists(result))
         {
             var run = JsonSerializer.Deserialize<AttributionRun>(File.ReadAllText(result), Json)
                 ?? throw new InvalidDataException($"{result}: empty result");
             File.Delete(result);
             return run with { WallSeconds = wall, PeakRssBytes = Math.Max(run.PeakRssBytes, polledPeak) };
         }
-        string status = timedOut ? $"stopped after {wall:F0} s (--timeout)"
+        string status = stopped is not null ? stopped
             : child.ExitCode == 137 ? "killed (SIGKILL: out of memory?)"
             : File.Exists(result) ? JsonSerializer.Deserialize<AttributionRun>(File.ReadAllText(result), Json)?.Status ?? $"exit {child.ExitCode}"
             : $"exit {child.ExitCode}";
@@ -162,10 +176,13 @@ public static class AttributionBench
             long before = MemorySnapshot.Read().Rss;
 
             var attributor = new Attributor(model, tc, Settings(line => log.WriteLine(line)));
-            attributor.Attribute(tokens);
+            var graph = attributor.Attribute(tokens);
             var s = attributor.Stats ?? throw new InvalidOperationException("the attributor returned no stats");
-            var run = new AttributionRun(T, spec.Name, "ok", s.ActiveFeatures, s.FeatureNodes, s.Batches, s.EstimatedBytes, Peak(), before,
-                s.Elapsed.TotalSeconds, s.ForwardTime.TotalSeconds, s.PassEquivalents, top1, entropy, tc.HeldBytes, tc.DenseBytes, 0);
+            long peak = Peak();
+            long live = GC.GetTotalMemory(forceFullCollection: true);
+            GC.KeepAlive(graph);
+            var run = new AttributionRun(T, spec.Name, "ok", s.ActiveFeatures, s.FeatureNodes, s.Batches, s.EstimatedBytes, peak, before,
+                s.Elapsed.TotalSeconds, s.ForwardTime.TotalSeconds, s.PassEquivalents, top1, entropy, tc.HeldBytes, tc.DenseBytes, 0, live);
             Loupe.Reports.AtomicFile.WriteJson(path, run);
             return 0;
         }
@@ -204,6 +221,29 @@ public static class AttributionBench
         return (top1, entropy);
     }
 
+    /// <summary>"Name:\t 123 kB" → bytes. The separator is a tab and alignment spaces; eight-digit values have no space.</summary>
+    static long Kib(string line)
+    {
+        var parts = line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries);
+        return parts.Length >= 2 && long.TryParse(parts[1], out long kb) ? kb * 1024 : -1;
+    }
+
+    /// <summary>MemAvailable from /proc/meminfo in bytes (−1 where unavailable).</summary>
+    static long MemAvailable()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/meminfo"))
+                if (line.StartsWith("MemAvailable:", StringComparison.Ordinal))
+                {
+                    return Kib(line);
+                }
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return -1;
+    }
+
     /// <summary>This process's peak resident memory (VmHWM) in bytes.</summary>
     static long Peak() => HighWaterMark(Environment.ProcessId);
 
@@ -214,8 +254,7 @@ public static class AttributionBench
             foreach (var line in File.ReadLines($"/proc/{pid}/status"))
                 if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
                 {
-                    var parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
-                    return long.TryParse(parts[1], out long kb) ? kb * 1024 : -1;
+                    return Kib(line);
                 }
         }
         catch (IOException) { }
@@ -232,10 +271,11 @@ public static class AttributionBench
         w.WriteLine();
         w.WriteLine($"## Attribution — {spec.Name} (Llama: {spec.NLayers} layers, d_model {spec.DModel}, {spec.NHeads} heads / {spec.KvHeads} kv, "
             + $"d_mlp {spec.DMlp}, vocab {spec.DVocab}, n_ctx {spec.NCtx}); random CLT {FeaturesPerLayer(o.Quick)} features/layer, TopK {TopK}");
-        w.WriteLine($"settings: max logits {s.MaxLogits}, logit probability {s.LogitProbability}, batch {s.BatchSize} rows, max feature nodes {s.MaxFeatureNodes}; one child process per length");
-        var t = new Table("tokens", ">active", ">nodes", ">batches", ">estimated", ">peak RSS", ">RSS before", ">attribution s", ">forward s", ">pass equiv.", "status");
+        w.WriteLine($"settings: max logits {s.MaxLogits}, logit probability {s.LogitProbability}, batch {s.BatchSize} rows, max feature nodes {s.MaxFeatureNodes}; one child process per length"
+            + (o.GcHeapLimitGib is double gib ? $", GC heap hard limit {gib:0.##} GiB" : ", default GC (heap sized by the machine's memory)"));
+        var t = new Table("tokens", ">active", ">nodes", ">batches", ">estimated", ">peak RSS", ">RSS before", ">live after", ">attribution s", ">forward s", ">pass equiv.", "status");
         foreach (var r in runs)
-            t.Add(r.Tokens, r.ActiveFeatures, r.FeatureNodes, r.Batches, r.EstimatedBytes > 0 ? Gib(r.EstimatedBytes) : "-", Gib(r.PeakRssBytes), Gib(r.RssBeforeBytes),
+            t.Add(r.Tokens, r.ActiveFeatures, r.FeatureNodes, r.Batches, r.EstimatedBytes > 0 ? Gib(r.EstimatedBytes) : "-", Gib(r.PeakRssBytes), Gib(r.RssBeforeBytes), Gib(r.LiveAfterBytes),
                 F(r.AttributionSeconds, "F1"), F(r.ForwardSeconds, "F3"), F(r.PassEquivalents, "F0"), r.Status);
         t.Write(w, "attribution: cost and memory by prompt length");
         if (runs.FirstOrDefault(r => r.Status == "ok") is { } any)

@@ -32,6 +32,8 @@ public sealed class BenchOptions
           --batches 1,8      batch sizes, 128 tokens each (default 1,8)
           --tokens 64,512    attribution: prompt lengths (default 64,512,2048; --quick 64,256)
           --timeout S        attribution: stop a length's child after S seconds and report it as stopped
+          --gc-heap-limit GIB  attribution: run each child with DOTNET_GCHeapHardLimit (the GC collects instead of growing)
+          --max-rss GIB      attribution: stop a length's child above this RSS (default MemAvailable at start − 2 GiB)
           --no-profile       skip the per-hook-point time breakdown
           --cache DIR        fixture folder (default $LOUPE_BENCH_CACHE or /tmp/loupe-bench-models)
           --threads N        OpenBLAS threads (default: OpenBLAS's own, usually the core count)
@@ -57,6 +59,10 @@ public sealed class BenchOptions
     public IReadOnlyList<int> Tokens { get; private set; } = [];
     /// <summary>Attribution: seconds after which a length's child process is stopped (null = none).</summary>
     public double? TimeoutSeconds { get; private set; }
+    /// <summary>Attribution: GiB of RSS above which a length's child process is stopped (null = MemAvailable − 2 GiB).</summary>
+    public double? MaxRssGib { get; private set; }
+    /// <summary>Attribution: the children's GC heap hard limit in GiB (null = the runtime's default, sized by the machine's memory).</summary>
+    public double? GcHeapLimitGib { get; private set; }
     public bool Profile { get; private set; } = true;
     public string CacheRoot { get; private set; } = Fixtures.DefaultCacheRoot;
     public int? Threads { get; private set; }
@@ -81,6 +87,8 @@ public sealed class BenchOptions
         {
             string a = args[i];
             string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{a} needs a value");
+            double Gib() => double.TryParse(Value(), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double g) && g > 0
+                ? g : throw new ArgumentException($"{a} needs a positive number of GiB");
             int Int() => int.TryParse(Value(), out int v) && v >= 0 ? v : throw new ArgumentException($"{a} needs a non-negative integer");
             switch (a)
             {
@@ -99,6 +107,8 @@ public sealed class BenchOptions
                         .Select(s => int.TryParse(s, out int t) && t > 0 ? t : throw new ArgumentException($"--tokens: '{s}' is not a positive integer")).ToArray();
                     break;
                 case "--timeout": o.TimeoutSeconds = Math.Max(1, Int()); break;
+                case "--max-rss": o.MaxRssGib = Gib(); break;
+                case "--gc-heap-limit": o.GcHeapLimitGib = Gib(); break;
                 case "--no-profile": o.Profile = false; break;
                 case "--cache": o.CacheRoot = Value(); break;
                 case "--threads": o.Threads = Math.Max(1, Int()); break;

@@ -62,6 +62,7 @@ if (o.Verb == "attribution")
             model = AttributionBench.ModelFor(o.Quick),
             transcoder = new { features_per_layer = AttributionBench.FeaturesPerLayer(o.Quick), top_k = AttributionBench.TopK, kind = "random cross-layer transcoder" },
             settings = AttributionBench.Settings(null).Describe(),
+            gc_heap_hard_limit_gib = o.GcHeapLimitGib,
             runs,
         });
     return runs.All(r => r.Status == "ok") ? 0 : 1;
