@@ -40,8 +40,11 @@ public sealed record AttributionRun(
     double Top1Probability, double EntropyNats, long TranscoderHeldBytes, long TranscoderDenseBytes, double WallSeconds,
     long LiveAfterBytes = -1);
 
-public static class AttributionBench
+public static partial class AttributionBench
 {
+    [System.Text.RegularExpressions.GeneratedRegex(@"memory ≈ ([0-9.]+) (GiB|MiB)")]
+    private static partial System.Text.RegularExpressions.Regex EstimateLine();
+
     /// <summary>The settings of every run (circuit-tracer's defaults except the batch and the node budget).</summary>
     public static AttributionSettings Settings(Action<string>? log) => new()
     {
@@ -134,17 +137,15 @@ public static class AttributionBench
             }
         }
         double wall = clock.Elapsed.TotalSeconds;
-        if (stopped is null && child.ExitCode == 0 && File.Exists(result))
+        // The child writes its record on success and on the failures it can catch (out of memory, bad input).
+        if (stopped is null && File.Exists(result))
         {
             var run = JsonSerializer.Deserialize<AttributionRun>(File.ReadAllText(result), Json)
                 ?? throw new InvalidDataException($"{result}: empty result");
             File.Delete(result);
             return run with { WallSeconds = wall, PeakRssBytes = Math.Max(run.PeakRssBytes, polledPeak) };
         }
-        string status = stopped is not null ? stopped
-            : child.ExitCode == 137 ? "killed (SIGKILL: out of memory?)"
-            : File.Exists(result) ? JsonSerializer.Deserialize<AttributionRun>(File.ReadAllText(result), Json)?.Status ?? $"exit {child.ExitCode}"
-            : $"exit {child.ExitCode}";
+        string status = stopped ?? (child.ExitCode == 137 ? "killed (SIGKILL: out of memory?)" : $"exit {child.ExitCode}");
         if (File.Exists(result)) File.Delete(result);
         return new AttributionRun(tokens, model.Name, status, 0, 0, 0, 0, polledPeak, -1, double.NaN, double.NaN, double.NaN, double.NaN, double.NaN, 0, 0, wall);
     }
@@ -162,20 +163,32 @@ public static class AttributionBench
         int T = o.Tokens.Count == 1 ? o.Tokens[0] : throw new ArgumentException("attribution-run takes one --tokens length");
         string path = o.JsonPath ?? throw new ArgumentException("attribution-run needs --json FILE");
         var tc = new RandomCrossLayerTranscoder(spec.NLayers, spec.DModel, FeaturesPerLayer(o.Quick), TopK, TranscoderSeed);
-        AttributionRun Failed(string status) => new(T, spec.Name, status, 0, 0, 0, 0, Peak(), MemorySnapshot.Read().Rss,
-            double.NaN, double.NaN, double.NaN, double.NaN, double.NaN, tc.HeldBytes, tc.DenseBytes, 0);
+        long before = -1, estimate = 0;
+        double top1 = double.NaN, entropy = double.NaN;
+        Stopwatch? attributing = null;
+        // On failure the engine's stats are gone; its up-front estimate survives in its log line.
+        void EngineLog(string line)
+        {
+            log.WriteLine(line);
+            if (EstimateLine().Match(line) is { Success: true } m)
+                estimate = (long)(double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) * (m.Groups[2].Value == "GiB" ? 1L << 30 : 1L << 20));
+        }
+        AttributionRun Failed(string what, Exception e) => new(T, spec.Name,
+            $"{what}{(attributing is null ? " before attributing" : $" after {attributing.Elapsed.TotalSeconds:F0} s of attribution")}, in {e.TargetSite?.DeclaringType?.Name}.{e.TargetSite?.Name}",
+            0, 0, 0, estimate, Peak(), before, double.NaN, double.NaN, double.NaN, top1, entropy, tc.HeldBytes, tc.DenseBytes, 0);
         try
         {
             using var model = ModelLoader.LoadFolder(Fixtures.FolderOf(o.CacheRoot, spec));
             var tokens = Prompt(T, model.Config.DVocab);
             var calibration = tokens[..Math.Min(T, CalibrationTokens)];
-            var (top1, entropy) = SoftmaxCheck(model, calibration);
+            (top1, entropy) = SoftmaxCheck(model, calibration);
             log.WriteLine($"attribution-run: softmax at the last calibration position: top-1 {top1:0.###}, entropy {entropy:0.##} nats (uniform: {Math.Log(model.Config.DVocab):0.##})");
             tc.Calibrate(model, calibration);
             log.WriteLine($"attribution-run: {tc.Source}; decoder scales {string.Join(" ", tc.DecoderScales.Select(s => s.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)))}");
-            long before = MemorySnapshot.Read().Rss;
+            before = MemorySnapshot.Read().Rss;
 
-            var attributor = new Attributor(model, tc, Settings(line => log.WriteLine(line)));
+            var attributor = new Attributor(model, tc, Settings(EngineLog));
+            attributing = Stopwatch.StartNew();
             var graph = attributor.Attribute(tokens);
             var s = attributor.Stats ?? throw new InvalidOperationException("the attributor returned no stats");
             long peak = Peak();
@@ -189,13 +202,13 @@ public static class AttributionBench
         catch (OutOfMemoryException e)
         {
             log.WriteLine($"attribution-run: {T} tokens: out of memory ({e.Message})");
-            Loupe.Reports.AtomicFile.WriteJson(path, Failed($"out of memory (.NET: {e.Message})"));
+            Loupe.Reports.AtomicFile.WriteJson(path, Failed("out of memory", e));
             return 3;
         }
         catch (Exception e) when (e is InputError or InvalidOperationException or ArgumentException or OverflowException)
         {
             log.WriteLine($"attribution-run: {T} tokens: {e.GetType().Name}: {e.Message}");
-            Loupe.Reports.AtomicFile.WriteJson(path, Failed($"{e.GetType().Name}: {e.Message}"));
+            Loupe.Reports.AtomicFile.WriteJson(path, Failed($"{e.GetType().Name}: {e.Message}", e));
             return 3;
         }
     }
