@@ -23,7 +23,15 @@ public static class Fixtures
     const int Seed = 20240611;
     const float InitStd = 0.02f;
 
-    enum Init { Normal, Ones, Zeros }
+    /// <summary>How a tensor is filled. <c>Unembed</c>: N(0, (3/√d_model)²), Llama only (see <see cref="UnembedStd"/>).</summary>
+    enum Init { Normal, Ones, Zeros, Unembed }
+
+    /// <summary>
+    /// Llama's lm_head std. Behind RMSNorm the final residual has per-dimension scale ≈ 1, so N(0, 0.02) would give
+    /// logits of std 0.02·√d ≈ 0.55 and a near-uniform softmax over 32000 tokens (top probability ≈ 3·10⁻⁴); 3/√d gives
+    /// logits of std ≈ 3, a peaked but spread distribution (top-1 ≈ 0.05–0.2), like a trained model's.
+    /// </summary>
+    static float UnembedStd(BenchModel m) => 3f / MathF.Sqrt(m.DModel);
 
     /// <summary>The cache folder: <c>$LOUPE_BENCH_CACHE</c> or <c>/tmp/loupe-bench-models</c>.</summary>
     public static string DefaultCacheRoot =>
@@ -104,7 +112,7 @@ public static class Fixtures
         var specs = TensorSpecs(model);
         var data = new float[specs.Count][];
         // Each tensor has its own seed (base seed + index), so filling them in parallel is deterministic.
-        Parallel.For(0, specs.Count, i => data[i] = Fill(specs[i].Shape, specs[i].Init, Seed + 7919 * i));
+        Parallel.For(0, specs.Count, i => data[i] = Fill(specs[i].Shape, specs[i].Init, Seed + 7919 * i, specs[i].Init == Init.Unembed ? UnembedStd(model) : InitStd));
         var metadata = new Dictionary<string, string> { ["format"] = "pt", ["loupe_bench"] = $"{Version} seed={Seed}" };
         SafeTensorsWriter.Write(Path.Combine(folder, SafeTensorsCheckpoint.SingleFileName),
             specs.Select((s, i) => (s.Name, s.Shape, (ReadOnlyMemory<float>)data[i])), metadata);
@@ -114,7 +122,7 @@ public static class Fixtures
         File.Move(tmp, config, overwrite: true);
     }
 
-    static float[] Fill(int[] shape, Init init, int seed)
+    static float[] Fill(int[] shape, Init init, int seed, float std)
     {
         long n = 1;
         foreach (int d in shape) n *= d;
@@ -130,8 +138,8 @@ public static class Fixtures
                 {
                     double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
                     double r = Math.Sqrt(-2.0 * Math.Log(u1)), t = 2.0 * Math.PI * u2;
-                    a[i] = (float)(InitStd * r * Math.Cos(t));
-                    if (i + 1 < n) a[i + 1] = (float)(InitStd * r * Math.Sin(t));
+                    a[i] = (float)(std * r * Math.Cos(t));
+                    if (i + 1 < n) a[i + 1] = (float)(std * r * Math.Sin(t));
                 }
                 break;
         }
@@ -180,6 +188,27 @@ public static class Fixtures
             Norm("gpt_neox.final_layer_norm");
             t.Add(("embed_out.weight", [V, D], Init.Normal));
         }
+        else if (m.ModelType == "llama")
+        {
+            // nn.Linear [out, in], no biases, RMSNorm weights only; lm_head untied (see UnembedStd).
+            int Q = m.NHeads * m.DHead, KV = m.KvHeads * m.DHead;
+            t.Add(("model.embed_tokens.weight", [V, D], Init.Normal));
+            for (int l = 0; l < m.NLayers; l++)
+            {
+                string b = $"model.layers.{l}.";
+                t.Add((b + "input_layernorm.weight", [D], Init.Ones));
+                t.Add((b + "self_attn.q_proj.weight", [Q, D], Init.Normal));
+                t.Add((b + "self_attn.k_proj.weight", [KV, D], Init.Normal));
+                t.Add((b + "self_attn.v_proj.weight", [KV, D], Init.Normal));
+                t.Add((b + "self_attn.o_proj.weight", [D, Q], Init.Normal));
+                t.Add((b + "post_attention_layernorm.weight", [D], Init.Ones));
+                t.Add((b + "mlp.gate_proj.weight", [M, D], Init.Normal));
+                t.Add((b + "mlp.up_proj.weight", [M, D], Init.Normal));
+                t.Add((b + "mlp.down_proj.weight", [D, M], Init.Normal));
+            }
+            t.Add(("model.norm.weight", [D], Init.Ones));
+            t.Add(("lm_head.weight", [V, D], Init.Unembed));
+        }
         else throw new NotSupportedException($"no fixture writer for model_type '{m.ModelType}'");
         return t;
     }
@@ -204,6 +233,24 @@ public static class Fixtures
             c["bos_token_id"] = m.DVocab - 1;
             c["eos_token_id"] = m.DVocab - 1;
         }
+        else if (m.ModelType == "llama")
+        {
+            c["architectures"] = new JsonArray("LlamaForCausalLM");
+            c["model_type"] = "llama";
+            c["hidden_size"] = m.DModel;
+            c["num_hidden_layers"] = m.NLayers;
+            c["num_attention_heads"] = m.NHeads;
+            c["num_key_value_heads"] = m.KvHeads;
+            c["intermediate_size"] = m.DMlp;
+            c["vocab_size"] = m.DVocab;
+            c["max_position_embeddings"] = m.NCtx;
+            c["hidden_act"] = m.Activation;
+            c["rms_norm_eps"] = 1e-5;
+            c["rope_theta"] = 10000.0;
+            c["tie_word_embeddings"] = false;
+            c["bos_token_id"] = 0;
+            c["eos_token_id"] = 1;
+        }
         else
         {
             c["architectures"] = new JsonArray("GPTNeoXForCausalLM");
@@ -224,7 +271,8 @@ public static class Fixtures
             c["eos_token_id"] = 0;
         }
         c["torch_dtype"] = "float32";
-        c["loupe_bench_fixture"] = $"{Version} seed={Seed} init=N(0,{InitStd})";
+        c["loupe_bench_fixture"] = $"{Version} seed={Seed} init=N(0,{InitStd})"
+            + (m.ModelType == "llama" ? $" lm_head=N(0,{UnembedStd(m).ToString("R", System.Globalization.CultureInfo.InvariantCulture)})" : "");
         return c.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
     }
 }

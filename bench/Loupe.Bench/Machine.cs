@@ -31,7 +31,8 @@ public readonly record struct MemorySnapshot(long Rss, long Anon, long File)
 
     static long Kb(string line)
     {
-        var parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        // A tab follows the colon; values of eight digits or more (≥ 9.5 GiB) have no space after it.
+        var parts = line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries);
         return parts.Length >= 2 && long.TryParse(parts[1], out long kb) ? kb * 1024 : -1;
     }
 }

@@ -44,6 +44,29 @@ if (o.Verb == "sae")
     if (o.JsonPath is { } saeJson) Loupe.Reports.AtomicFile.WriteJson(saeJson, new { sae_steps = steps, harvest = harvests });
     return 0;
 }
+if (o.Verb == "attribution-run") return AttributionBench.RunOne(o, log);
+if (o.Verb == "attribution")
+{
+    var attributionStarted = DateTime.UtcNow;
+    Report.Environment(Console.Out, EnvironmentInfo.Capture(), o);
+    var runs = AttributionBench.Run(o, log);
+    AttributionBench.Print(Console.Out, o, runs);
+    if (o.JsonPath is { } attributionJson)
+        Loupe.Reports.AtomicFile.WriteJson(attributionJson, new
+        {
+            tool = "Loupe.Bench",
+            verb = o.Verb,
+            started_utc = attributionStarted,
+            quick = o.Quick,
+            environment = EnvironmentInfo.Capture(),
+            model = AttributionBench.ModelFor(o.Quick),
+            transcoder = new { features_per_layer = AttributionBench.FeaturesPerLayer(o.Quick), top_k = AttributionBench.TopK, kind = "random cross-layer transcoder" },
+            settings = AttributionBench.Settings(null).Describe(),
+            gc_heap_hard_limit_gib = o.GcHeapLimitGib,
+            runs,
+        });
+    return runs.All(r => r.Status == "ok") ? 0 : 1;
+}
 if (o.Verb == "causal")
 {
     Report.Environment(Console.Out, EnvironmentInfo.Capture(), o);

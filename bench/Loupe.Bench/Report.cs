@@ -11,7 +11,10 @@ public static class Report
         w.WriteLine($"GEMM       {e.Blas}{(e.BlasThreads > 0 ? $", {e.BlasThreads} threads" : "")}{(e.LoupeThreads is null ? "" : $" (LOUPE_THREADS={e.LoupeThreads})")}");
         if (e.BlasConfig is not null) w.WriteLine($"OpenBLAS   {e.BlasConfig}");
         w.WriteLine($".NET       {e.Runtime}, {(e.ServerGc ? "server" : "workstation")} GC ({e.GcLatency}), {e.Os}");
-        w.WriteLine($"run        {o.Verb}{(o.Quick ? " --quick" : "")}: {o.Warmup} warm-up (≥ {o.WarmupSeconds:0.#} s per forward configuration) + {o.Reps} timed repetitions, median reported; models {string.Join(", ", o.Models.Select(m => m.Name))}; batches {string.Join(", ", o.Batches)} × 128 tokens");
+        if (o.Verb == "attribution")
+            w.WriteLine($"run        attribution{(o.Quick ? " --quick" : "")}: model {AttributionBench.ModelFor(o.Quick).Name}; {string.Join(", ", o.Tokens)} tokens, one run each (no repetitions){(o.TimeoutSeconds is double s ? $"; timeout {s:F0} s per length" : "")}");
+        else
+            w.WriteLine($"run        {o.Verb}{(o.Quick ? " --quick" : "")}: {o.Warmup} warm-up (≥ {o.WarmupSeconds:0.#} s per forward configuration) + {o.Reps} timed repetitions, median reported; models {string.Join(", ", o.Models.Select(m => m.Name))}; batches {string.Join(", ", o.Batches)} × 128 tokens");
     }
 
     public static void Sgemm(TextWriter w, IEnumerable<SgemmResult> results, SgemmResult peak)
