@@ -27,6 +27,9 @@ public sealed record AttributionSettings
     /// <summary>Where rows that do not fit <see cref="MaxMemoryBytes"/> go (null = the system's temp folder).</summary>
     public string? ScratchDirectory { get; init; }
 
+    /// <summary>Key positions per block of the causal pattern product (tests make it small to cover the blocking).</summary>
+    internal int CausalBlock { get; init; } = 256;
+
     /// <summary>Write progress lines here (null = silent).</summary>
     public Action<string>? Log { get; init; }
 

@@ -74,7 +74,7 @@ public sealed partial class Attributor
         Log($"attribution: {T} positions, {F} active features, {nLogits} logit targets (p = {logitProbs.Sum():0.####}), {maxFeatures} feature nodes, batches of {N}");
         Log($"attribution: memory ≈ {Bytes(estimate)} (patterns, sources and gradients {Bytes(working)}; rows {Bytes(rowBytes)}{(rows.OnDisk ? " streamed to " + rows.ScratchPath : " in memory")})");
 
-        var backward = new LinearBackward(s, N);
+        var backward = new LinearBackward(s, N, _settings.CausalBlock);
         int batches = 0;
         var rowToNode = new int[maxFeatures + nLogits];
         var rowLayer = new int[maxFeatures + nLogits];

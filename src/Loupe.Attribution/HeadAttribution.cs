@@ -40,7 +40,7 @@ public sealed partial class Attributor
         int L = cfg.NLayers, T = s.Positions, D = s.DModel, F = s.Active.Length, width = F + (L + 1) * T;
         var (readouts, tokenReadout) = Readouts(s);
         int N = Math.Max(1, _settings.BatchSize);
-        var backward = new LinearBackward(s, N);
+        var backward = new LinearBackward(s, N, _settings.CausalBlock);
         var logitVectors = DemeanedUnembedding(graph.LogitTokens);
         var patterns = new float[L][];
 

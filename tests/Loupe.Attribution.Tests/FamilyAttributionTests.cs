@@ -50,7 +50,7 @@ public sealed class FamilyAttributionTests
     {
         using var model = Load(arch);
         var tc = RandomTranscoders(model);
-        var graph = new Attributor(model, tc, new AttributionSettings { BatchSize = 16 }).Attribute(Prompt);
+        var graph = new Attributor(model, tc, new AttributionSettings { BatchSize = 16, CausalBlock = 2 }).Attribute(Prompt);
         Assert.True(graph.SelectedFeatures.Length > 10, $"{graph.SelectedFeatures.Length} active features");
         var replacement = new ReplacementModel(model, tc);
         var frozen = replacement.Freeze(Prompt);

@@ -21,18 +21,19 @@ public sealed class FixtureAttributionTests
 
     static SafeTensorsFile Reference() => SafeTensorsFile.Open(SharedData.TestData(Path.Combine("attribution", "graph.safetensors")));
 
-    static AttributionGraph Graph(int batchSize = 256)
+    static AttributionGraph Graph(int batchSize = 256, int causalBlock = 256)
     {
         using var model = Model();
-        return new Attributor(model, Transcoders(model), new AttributionSettings { BatchSize = batchSize }).Attribute(Prompt);
+        return new Attributor(model, Transcoders(model), new AttributionSettings { BatchSize = batchSize, CausalBlock = causalBlock }).Attribute(Prompt);
     }
 
     [Theory]
-    [InlineData(256)]
-    [InlineData(7)] // batches that split layers and positions, and a last batch that is not full
-    public void Adjacency_matches_circuit_tracer(int batchSize)
+    [InlineData(256, 256)]
+    [InlineData(7, 256)] // batches that split layers and positions, and a last batch that is not full
+    [InlineData(256, 3)] // the causal pattern product in blocks of 3 key positions (long prompts use 256)
+    public void Adjacency_matches_circuit_tracer(int batchSize, int causalBlock)
     {
-        var graph = Graph(batchSize);
+        var graph = Graph(batchSize, causalBlock);
         using var reference = Reference();
         var expected = reference.GetFloat32("adjacency_matrix").Span;
         Assert.Equal(197, graph.NodeCount);
