@@ -39,7 +39,8 @@ public sealed record PatchOptions
 /// One patch for <see cref="ActivationPatching.Run"/>: at hook <paramref name="Hook"/>, copy
 /// <paramref name="Source"/> (same shape as the activation) into it — only the slice where the
 /// head axis equals <paramref name="Head"/> and the position axis equals <paramref name="Position"/>
-/// when those are given (≥ 0).
+/// when those are given (≥ 0). A source on the host is copied to the model's device once per run (counted);
+/// one from a cache or an <see cref="Ablation"/> is already there.
 /// </summary>
 public sealed record Patch(string Hook, Tensor Source, int? HeadAxis = null, int Head = -1, int? PositionAxis = null, int Position = -1);
 
