@@ -1,3 +1,4 @@
+using Loupe.Causal.Metrics;
 using Loupe.Causal.Patching;
 using Loupe.Models;
 using Loupe.Models.Metrics;
@@ -144,5 +145,36 @@ public sealed class DevicePatchingTests(DevicePatchingTests.Pair pair) : IClassF
         AssertClose([expected.CleanValue, expected.CorruptValue, .. expected.Values], [actual.CleanValue, actual.CorruptValue, .. actual.Values]);
         // The clean and corrupt runs, then one row group per sender set.
         AssertOnlyScalarsOut(copies, 2 + senders.Length, actual.ForwardPasses);
+    }
+
+    [Fact]
+    public void CausalMetricsEvaluateOnTheDevice()
+    {
+        const int B = 2, T = 6, V = 40;
+        var random = new Random(5);
+        var host = Tensor.FromArray(Enumerable.Range(0, B * T * V).Select(_ => (float)(random.NextDouble() * 6 - 3)).ToArray(), B, T, V);
+        var logits = pair.Backend.ToDevice(host);
+        IDeviceMetric[] metrics =
+        [
+            new TargetLogProb(TokenBatch.FromRows([[1, 7, 3, 9, 22, 4], [5, 5, 38, 0, 17, 2]]), 1, 4),
+            new AnswerLogProb([3, 29], position: -2, vocabLimit: 30),
+        ];
+        foreach (var metric in metrics)
+        {
+            var before = pair.Snapshot();
+            var (value, gradient) = metric.Evaluate(logits, pair.Backend);
+            var copies = pair.Snapshot() - before;
+            AssertOnlyScalarsOut(copies, 1, 0);
+            Assert.Equal(metric.Value(host), value, 1e-5);
+            var expected = metric.Gradient(host).Span;
+            var actual = gradient.ToCpu().Span;
+            for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], actual[i], 1e-6);
+        }
+
+        // A metric with no device form reads the logits on the host once, counted.
+        var accuracy = new ArgmaxAccuracy([3, 29], vocabLimit: 30);
+        var start = pair.Snapshot();
+        Assert.Equal(accuracy.Value(host), MetricValue.Of(accuracy, logits, pair.Backend));
+        Assert.Equal(1, (pair.Snapshot() - start).Out(TransferKind.Data));
     }
 }
