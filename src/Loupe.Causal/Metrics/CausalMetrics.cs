@@ -1,6 +1,7 @@
 using Loupe.Models;
 using Loupe.Models.Metrics;
 using Loupe.Tensors;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Causal.Metrics;
 
@@ -10,7 +11,7 @@ namespace Loupe.Causal.Metrics;
 /// actually run on, so clean and corrupt runs are scored against the same targets. Row b of the
 /// logits is scored against row b of the targets; the value sums over rows like the other metrics.
 /// </summary>
-public sealed class TargetLogProb : IMetric
+public sealed class TargetLogProb : IDeviceMetric
 {
     readonly TokenBatch _targets;
     readonly int _start, _end;
@@ -68,6 +69,29 @@ public sealed class TargetLogProb : IMetric
         return grad;
     }
 
+    /// <summary>
+    /// On a device: cross-entropy rows over the span (other rows ignored) with weight −1/n give
+    /// d(mean log p)/d logits = (onehot − softmax)/n; one number comes back.
+    /// </summary>
+    public (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend)
+    {
+        var (B, T, V) = Dims(logits);
+        int n = _end - _start;
+        var targets = new int[B * T];
+        Array.Fill(targets, -1);
+        for (int b = 0; b < B; b++)
+            for (int p = _start; p < _end; p++)
+            {
+                int target = Target(b, p);
+                if ((uint)target >= (uint)V) throw new InputError($"target token {target} is outside d_vocab_out = {V}");
+                targets[b * T + p] = target;
+            }
+        var loss = backend.Empty(B * T);
+        var grad = backend.Empty(B, T, V);
+        backend.CrossEntropyRows(logits, B * T, V, targets, loss, grad, -1f / n);
+        return (-backend.Sum(loss) / n, grad);
+    }
+
     int Target(int b, int p) => _targets.Ids[b * _targets.Length + p + 1];
 
     (int B, int T, int V) Dims(Tensor logits)
@@ -112,7 +136,7 @@ public sealed class ArgmaxAccuracy(int[] answers, int position = -1, int vocabLi
 }
 
 /// <summary><c>mean_b log softmax(logits[b, position, :vocabLimit])[answers[b]]</c>: the mean log-probability of each row's own answer.</summary>
-public sealed class AnswerLogProb(int[] answers, int position = -1, int vocabLimit = int.MaxValue) : IMetric
+public sealed class AnswerLogProb(int[] answers, int position = -1, int vocabLimit = int.MaxValue) : IDeviceMetric
 {
     public string Name => $"answer_log_prob@{position}";
 
@@ -139,5 +163,28 @@ public sealed class AnswerLogProb(int[] answers, int position = -1, int vocabLim
             for (int i = 0; i < V; i++) g[i] = (float)(((i == answers[b] ? 1 : 0) - Math.Exp(logp[i])) / B);
         }
         return grad;
+    }
+
+    /// <summary>
+    /// On a device: the scored position's first <c>vocabLimit</c> logits are gathered by one strided copy,
+    /// cross-entropy with weight −1/B gives the gradient there, and it is copied back into place; one number comes back.
+    /// </summary>
+    public (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend)
+    {
+        if (logits.Rank != 3) throw new ArgumentException($"logits should be [batch, pos, d_vocab], got {logits.ShapeString}", nameof(logits));
+        int B = logits.Dim(0), T = logits.Dim(1), Vfull = logits.Dim(2), V = Math.Min(Vfull, vocabLimit);
+        if (answers.Length != B) throw new InputError($"{answers.Length} answers for a batch of {B} rows");
+        int p = position < 0 ? T + position : position;
+        if ((uint)p >= (uint)T) throw new InputError($"position {position} is outside a sequence of {T}");
+        foreach (int a in answers)
+            if ((uint)a >= (uint)V) throw new InputError($"answer token {a} is outside the {V} scored logits");
+        var rows = backend.Empty(B, V);
+        backend.CopyRows(logits, (long)p * Vfull, T * Vfull, rows, 0, V, B, V);
+        var loss = backend.Empty(B);
+        var dRows = backend.Empty(B, V);
+        backend.CrossEntropyRows(rows, B, V, answers, loss, dRows, -1f / B);
+        var grad = backend.Zeros(B, T, Vfull);
+        backend.CopyRows(dRows, 0, V, grad, (long)p * Vfull, T * Vfull, B, V);
+        return (-backend.Sum(loss) / B, grad);
     }
 }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Loupe.Causal.Metrics;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Models.Metrics;
@@ -63,7 +64,7 @@ public abstract class Ablation
         public override string Name => "zero";
 
         internal override Dictionary<string, Tensor> Replacements(HookedTransformer model, IReadOnlyCollection<string> hooks, ActivationCache baseline, ref int passes) =>
-            hooks.ToDictionary(h => h, h => Tensor.Zeros(baseline[h].Shape.ToArray()), StringComparer.Ordinal);
+            hooks.ToDictionary(h => h, h => model.Backend.Zeros(baseline[h].Shape.ToArray()), StringComparer.Ordinal);
     }
 
     sealed class MeanAblation : Ablation
@@ -83,8 +84,9 @@ public abstract class Ablation
         internal override Dictionary<string, Tensor> Replacements(HookedTransformer model, IReadOnlyCollection<string> hooks, ActivationCache baseline, ref int passes)
         {
             var set = new HashSet<string>(hooks, StringComparer.Ordinal);
-            // Σ over reference rows, kept per position: [pos, …] (or [1, …] after averaging positions).
-            var sums = new Dictionary<string, double[]>(StringComparer.Ordinal);
+            var backend = model.Backend;
+            // Σ over reference rows on the model's device, kept per position: [pos, …] (or [1, …] after averaging positions).
+            var sums = new Dictionary<string, Tensor>(StringComparer.Ordinal);
             var counts = new Dictionary<string, long>(StringComparer.Ordinal);
             foreach (var batch in _reference)
             {
@@ -97,12 +99,10 @@ public abstract class Ablation
                     if (_perPosition && !act.Shape[1..].SequenceEqual(target.Shape[1..]))
                         throw new InputError($"mean ablation per position: the reference activation at '{hook}' has shape {act.ShapeString} but the ablated run's is {target.ShapeString}; give reference batches of the same length, or average over positions");
                     if (!_perPosition) CheckPositionAveraging(hook, act, target);
-                    int rowSize = _perPosition ? act.Length / act.Dim(0) : act.Length / act.Dim(0) / act.Dim(1);
                     int rowsPerItem = _perPosition ? act.Dim(0) : act.Dim(0) * act.Dim(1);
-                    if (!sums.TryGetValue(hook, out var sum)) sums[hook] = sum = new double[rowSize];
-                    var s = act.Span;
-                    for (int r = 0; r < rowsPerItem; r++)
-                        for (int i = 0; i < rowSize; i++) sum[i] += s[r * rowSize + i];
+                    int rowSize = act.Length / rowsPerItem;
+                    if (!sums.TryGetValue(hook, out var sum)) sums[hook] = sum = backend.Zeros(rowSize);
+                    backend.SumMiddleAxis(act, 1, rowsPerItem, rowSize, sum, accumulate: true);
                     counts[hook] = counts.GetValueOrDefault(hook) + rowsPerItem;
                 }
             }
@@ -110,9 +110,11 @@ public abstract class Ablation
             foreach (var hook in hooks)
             {
                 var target = baseline[hook];
-                var mean = sums[hook].Select(v => (float)(v / counts[hook])).ToArray();
-                var y = Tensor.Uninitialized(target.Shape.ToArray());
-                for (int i = 0; i < y.Length; i += mean.Length) mean.CopyTo(y.Span.Slice(i, mean.Length));
+                var mean = sums[hook];
+                backend.Scale(mean, (float)(1.0 / counts[hook]), mean);
+                // Broadcast back over the ablated run's rows (and positions): source stride 0 repeats the mean.
+                var y = backend.Empty(target.Shape.ToArray());
+                backend.CopyRows(mean, 0, 0, y, 0, mean.Length, y.Length / mean.Length, mean.Length);
                 result[hook] = y;
             }
             return result;
@@ -145,9 +147,9 @@ public abstract class Ablation
                     throw new InputError($"resample ablation: the source activation at '{hook}' has shape {act.ShapeString} but the ablated run's is {target.ShapeString}; give a source batch of the same length");
                 // The same row choice at every hook, so a row's ablations all come from one input.
                 var rng = new Random(seed);
-                var y = Tensor.Uninitialized(target.Shape.ToArray());
+                var y = model.Backend.Empty(target.Shape.ToArray());
                 for (int b = 0; b < target.Dim(0); b++)
-                    ActivationSlice.Copy(act, rng.Next(act.Dim(0)), y, b, 1, null, -1, null, -1);
+                    ActivationSlice.Copy(model.Backend, act, rng.Next(act.Dim(0)), y, b, 1, null, -1, null, -1);
                 result[hook] = y;
             }
             return result;
@@ -182,7 +184,7 @@ public static class AblationSweep
             Positions = positions,
             Cells = cells,
             Values = values,
-            BaselineValue = metric.Value(baseRun.Logits),
+            BaselineValue = MetricValue.Of(metric, baseRun.Logits, model.Backend),
             ForwardPasses = passes,
             CellsPerPass = PatchEngine.CellsPerPass(options, tokens.Batch),
             Seconds = clock.Elapsed.TotalSeconds,

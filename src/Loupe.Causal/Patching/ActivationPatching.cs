@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Loupe.Causal.Metrics;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Models.Metrics;
@@ -15,8 +16,8 @@ namespace Loupe.Causal.Patching;
 // 4. Evaluate k cells per forward pass: the base tokens are repeated k times along the batch axis,
 //    and one hook per hook point copies cell r's slice into row group r (rows r·B … r·B+B−1).
 //    k = max(1, MaxRows / B), so a pass has at most MaxRows rows (or B when B > MaxRows).
-// 5. The metric is evaluated per row group on its own [B, pos, d_vocab] slice of the logits;
-//    normalize as (m − m_corrupt) / (m_clean − m_corrupt).
+// 5. The metric is evaluated per row group on its own [B, pos, d_vocab] slice (a view) of the logits,
+//    where the logits live (on a GPU only each group's scalar comes back); normalize as (m − m_corrupt) / (m_clean − m_corrupt).
 // Shapes: clean, corrupt [B, pos]; one pass runs [k·B, pos] and gives logits [k·B, pos, d_vocab_out]
 // (pos = 1 with LastPositionLogitsOnly); a cached source activation is [B, …] as its hook has it,
 // e.g. hook_z [B, pos, head_index, d_head], and row group r is rows [r·B, r·B + B) of the pass.
@@ -38,7 +39,8 @@ public sealed record PatchOptions
 /// One patch for <see cref="ActivationPatching.Run"/>: at hook <paramref name="Hook"/>, copy
 /// <paramref name="Source"/> (same shape as the activation) into it — only the slice where the
 /// head axis equals <paramref name="Head"/> and the position axis equals <paramref name="Position"/>
-/// when those are given (≥ 0).
+/// when those are given (≥ 0). A source on the host is copied to the model's device once per run (counted);
+/// one from a cache or an <see cref="Ablation"/> is already there.
 /// </summary>
 public sealed record Patch(string Hook, Tensor Source, int? HeadAxis = null, int Head = -1, int? PositionAxis = null, int Position = -1);
 
@@ -65,7 +67,7 @@ public static class ActivationPatching
         var hooks = new HashSet<string>(layers.Select(target.HookName), StringComparer.Ordinal);
         var cleanRun = model.Run(clean, new RunOptions { CacheFilter = hooks.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
         var corruptRun = model.Run(corrupt, new RunOptions { CacheFilter = hooks.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
-        double mClean = metric.Value(cleanRun.Logits), mCorrupt = metric.Value(corruptRun.Logits);
+        double mClean = MetricValue.Of(metric, cleanRun.Logits, model.Backend), mCorrupt = MetricValue.Of(metric, corruptRun.Logits, model.Backend);
         var (heads, positions, cells) = Cells(target, layers, cleanRun.Cache[target.HookName(layers[0])]);
 
         var source = options.Noising ? corruptRun.Cache : cleanRun.Cache;
@@ -122,13 +124,15 @@ public static class ActivationPatching
         foreach (var patch in patches)
         {
             if (!known.Contains(patch.Hook)) throw new InputError($"patch: '{patch.Hook}' is not a hook point of this model");
+            // A source read on the host (or built there) goes to the model's device once, counted; a cached one is already there.
+            var source = model.Backend.ToDevice(patch.Source);
             options.AddHook(patch.Hook, (act, _) =>
             {
-                ActivationSlice.Copy(patch.Source, 0, act, 0, act.Dim(0), patch.HeadAxis, patch.Head, patch.PositionAxis, patch.Position);
+                ActivationSlice.Copy(model.Backend, source, 0, act, 0, act.Dim(0), patch.HeadAxis, patch.Head, patch.PositionAxis, patch.Position);
                 return act;
             });
         }
-        return metric.Value(model.Run(tokens, options).Logits);
+        return MetricValue.Of(metric, model.Run(tokens, options).Logits, model.Backend);
     }
 
     /// <exception cref="InputError">The two batches differ in rows or length.</exception>
@@ -196,14 +200,14 @@ static class PatchEngine
                     foreach (int r in rows)
                     {
                         var cell = cells[first + r];
-                        ActivationSlice.Copy(src, 0, act, r * B, B, target.HeadAxis, cell.Head, target.PositionAxis, cell.Position);
+                        ActivationSlice.Copy(model.Backend, src, 0, act, r * B, B, target.HeadAxis, cell.Head, target.PositionAxis, cell.Position);
                     }
                     return act;
                 });
             }
             var logits = model.Run(Replicate(baseTokens, k), run).Logits;
             passes++;
-            for (int r = 0; r < k; r++) values[start + r] = metric.Value(ActivationSlice.Rows(logits, r * B, B));
+            for (int r = 0; r < k; r++) values[start + r] = MetricValue.Of(metric, ActivationSlice.Rows(logits, r * B, B), model.Backend);
             options.Progress?.Invoke(start + k, cells.Count);
         }
         return values;

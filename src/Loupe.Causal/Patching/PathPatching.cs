@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Loupe.Causal.Metrics;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Models.Metrics;
@@ -107,6 +108,7 @@ public static class PathPatching
         Check(model, senderSets, receivers);
         if (options.MaxRows < 1) throw new InputError($"MaxRows must be at least 1 (got {options.MaxRows})");
         var cfg = model.Config;
+        var backend = model.Backend;
         int L = cfg.NLayers, B = clean.Batch;
         bool final = receivers[0].IsFinalResidual;
 
@@ -119,7 +121,7 @@ public static class PathPatching
         }
         var runClean = model.Run(clean, new RunOptions { CacheFilter = frozen.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
         var runCorrupt = model.Run(corrupt, new RunOptions { CacheFilter = frozen.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
-        double mClean = metric.Value(runClean.Logits), mCorrupt = metric.Value(runCorrupt.Logits);
+        double mClean = MetricValue.Of(metric, runClean.Logits, model.Backend), mCorrupt = MetricValue.Of(metric, runCorrupt.Logits, model.Backend);
         int passes = 2;
 
         var receiverHooks = final ? [] : receivers.Select(ReceiverHook).Distinct().ToArray();
@@ -138,11 +140,12 @@ public static class PathPatching
                 {
                     var cleanZ = runClean.Cache[HookNames.Z(layer)];
                     var corruptZ = runCorrupt.Cache[HookNames.Z(layer)];
+                    // Every row group frozen to clean in one copy (source stride 0 reads the clean batch again for each group), then the senders.
+                    backend.CopyRows(cleanZ, 0, 0, act, 0, cleanZ.Length, k, cleanZ.Length);
                     for (int r = 0; r < k; r++)
                     {
-                        ActivationSlice.Copy(cleanZ, 0, act, r * B, B, null, -1, null, -1);
                         foreach (var s in senderSets[start + r])
-                            if (s.Layer == layer && s.Head is int h) ActivationSlice.Copy(corruptZ, 0, act, r * B, B, 2, h, null, -1);
+                            if (s.Layer == layer && s.Head is int h) ActivationSlice.Copy(backend, corruptZ, 0, act, r * B, B, 2, h, null, -1);
                     }
                     return act;
                 });
@@ -152,8 +155,8 @@ public static class PathPatching
                     for (int r = 0; r < k; r++)
                     {
                         bool sender = senderSets[start + r].Any(s => s.Layer == layer && s.Head is null);
-                        if (sender) ActivationSlice.Copy(runCorrupt.Cache[HookNames.MlpOut(layer)], 0, act, r * B, B, null, -1, null, -1);
-                        else if (options.FreezeMlps) ActivationSlice.Copy(runClean.Cache[HookNames.MlpOut(layer)], 0, act, r * B, B, null, -1, null, -1);
+                        if (sender) ActivationSlice.Copy(backend, runCorrupt.Cache[HookNames.MlpOut(layer)], 0, act, r * B, B, null, -1, null, -1);
+                        else if (options.FreezeMlps) ActivationSlice.Copy(backend, runClean.Cache[HookNames.MlpOut(layer)], 0, act, r * B, B, null, -1, null, -1);
                     }
                     return act;
                 });
@@ -171,14 +174,14 @@ public static class PathPatching
                     var heads = group.Select(r => ReceiverHeadIndex(model, r)).Distinct().ToArray();
                     step3.AddHook(group.Key, (act, _) =>
                     {
-                        foreach (int h in heads) ActivationSlice.Copy(patched, 0, act, 0, act.Dim(0), 2, h, null, -1);
+                        foreach (int h in heads) ActivationSlice.Copy(backend, patched, 0, act, 0, act.Dim(0), 2, h, null, -1);
                         return act;
                     });
                 }
                 logits = model.Run(tokens, step3).Logits;
                 passes++;
             }
-            for (int r = 0; r < k; r++) values[start + r] = metric.Value(ActivationSlice.Rows(logits, r * B, B));
+            for (int r = 0; r < k; r++) values[start + r] = MetricValue.Of(metric, ActivationSlice.Rows(logits, r * B, B), backend);
         }
         return new PathPatchingResult
         {

@@ -1,0 +1,180 @@
+using Loupe.Causal.Metrics;
+using Loupe.Causal.Patching;
+using Loupe.Models;
+using Loupe.Models.Metrics;
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
+using Loupe.Tensors.Gpu;
+using Loupe.Testing;
+
+namespace Loupe.Causal.Tests.Devices;
+
+/// <summary>
+/// Activation patching, ablations and path patching where the model runs on the GPU backend's kernels
+/// (emulated on the CPU): the same values as on the CPU backend, with every slice copied on the device
+/// and only one metric scalar per evaluation coming back. The emulated kernels are slow (a forward costs
+/// about a second per row), so the sweeps cover a few cells of one fixture row on the small gpt2 fixture,
+/// sharing one backend (its kernels compile once).
+/// </summary>
+public sealed class DevicePatchingTests(DevicePatchingTests.Pair pair) : IClassFixture<DevicePatchingTests.Pair>
+{
+    /// <summary>The gpt2 fixture on the CPU and on the emulated device, the weights already placed.</summary>
+    public sealed class Pair : IDisposable
+    {
+        public GpuBackend Backend { get; } = ComputeBackends.Create(new Device(DeviceKind.Emulated));
+        public HookedTransformer Cpu { get; }
+        public HookedTransformer Device { get; }
+
+        public Pair()
+        {
+            string folder = SharedData.TestData(Path.Combine("reference", "gpt2"));
+            Cpu = ModelLoader.LoadFolder(folder);
+            Device = ModelLoader.LoadFolder(folder, Backend);
+            Device.Run(Inputs().Clean); // places the weights
+        }
+
+        public TransferSnapshot Snapshot() => Backend.Transfers.Snapshot();
+
+        public void Dispose()
+        {
+            Device.Dispose();
+            Cpu.Dispose();
+            Backend.Dispose();
+        }
+    }
+
+    static readonly LogitDiff Metric = new(17, 42);
+
+    static (TokenBatch Clean, TokenBatch Corrupt) Inputs() => TestInputs.FixturePair(rows: 1);
+
+    static void AssertClose(IReadOnlyList<double> expected, IReadOnlyList<double> actual, params double[] references)
+    {
+        Assert.Equal(expected.Count, actual.Count);
+        double scale = expected.Concat(references).Max(Math.Abs) + 1e-6;
+        for (int i = 0; i < expected.Count; i++)
+            Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-4 * scale, $"value {i}: cpu {expected[i]}, device {actual[i]}");
+    }
+
+    /// <summary>
+    /// Nothing goes in but token ids and metric signs; what comes out is one scalar per metric evaluation
+    /// and one per forward pass (the model's finiteness check of the logits).
+    /// </summary>
+    static void AssertOnlyScalarsOut(TransferSnapshot copies, int evaluations, int forwardPasses)
+    {
+        Assert.Equal(0, copies.In(TransferKind.Data));
+        Assert.Equal(0, copies.Out(TransferKind.Data));
+        Assert.Equal(0, copies.In(TransferKind.Weights));
+        Assert.Equal(evaluations + forwardPasses, copies.Out(TransferKind.Scalars));
+    }
+
+    [Theory]
+    [InlineData("resid_pre")]
+    [InlineData("head_out_by_pos")]
+    [InlineData("head_pattern")]
+    public void ActivationPatchingMatchesTheCpuAndReadsBackOnlyTheMetric(string targetName)
+    {
+        var target = targetName switch
+        {
+            "resid_pre" => PatchTarget.ResidPre with { Layers = [1], Positions = [3, 7] },
+            "head_out_by_pos" => PatchTarget.HeadOutByPosition with { Layers = [1], Heads = [0, 3], Positions = [7] },
+            _ => PatchTarget.HeadPattern with { Layers = [2], Heads = [1, 2] },
+        };
+        var (clean, corrupt) = Inputs();
+        // head_out_by_pos: one cell per pass, so two passes; the others take one, with logits at the last position only.
+        var options = targetName == "head_out_by_pos" ? new PatchOptions { MaxRows = 1 } : new PatchOptions { LastPositionLogitsOnly = true };
+        var expected = ActivationPatching.Sweep(pair.Cpu, clean, corrupt, Metric, target, options);
+        var before = pair.Snapshot();
+        var actual = ActivationPatching.Sweep(pair.Device, clean, corrupt, Metric, target, options);
+        var copies = pair.Snapshot() - before;
+
+        Assert.Equal(expected.Cells, actual.Cells);
+        Assert.Equal(expected.ForwardPasses, actual.ForwardPasses);
+        AssertClose([expected.CleanValue, expected.CorruptValue, .. expected.Values], [actual.CleanValue, actual.CorruptValue, .. actual.Values]);
+        // The clean and corrupt runs, then one row group per cell.
+        AssertOnlyScalarsOut(copies, 2 + actual.Cells.Length, actual.ForwardPasses);
+    }
+
+    [Theory]
+    [InlineData("zero")]
+    [InlineData("mean")]
+    public void AblationSweepMatchesTheCpuAndReadsBackOnlyTheMetric(string kind)
+    {
+        var (clean, corrupt) = Inputs();
+        var ablation = kind == "zero" ? Ablation.Zero : Ablation.Mean([corrupt]);
+        var target = PatchTarget.HeadOut with { Layers = [0, 2], Heads = [1] };
+        var expected = AblationSweep.Sweep(pair.Cpu, clean, Metric, target, ablation);
+        var before = pair.Snapshot();
+        var actual = AblationSweep.Sweep(pair.Device, clean, Metric, target, ablation);
+        var copies = pair.Snapshot() - before;
+
+        Assert.Equal(expected.Cells, actual.Cells);
+        Assert.Equal(expected.ForwardPasses, actual.ForwardPasses);
+        AssertClose([expected.BaselineValue, .. expected.Values], [actual.BaselineValue, .. actual.Values]);
+        // The baseline run, then one row group per cell (the mean's reference runs read nothing back).
+        AssertOnlyScalarsOut(copies, 1 + actual.Cells.Length, actual.ForwardPasses);
+
+        if (kind == "zero") return;
+        // Several heads ablated at once through Run: the replacement is already on the device.
+        PatchCell[] cells = [new(0, 1, -1), new(2, 3, -1)];
+        double expectedRun = ActivationPatching.Run(pair.Cpu, clean, Metric, ablation.Patches(pair.Cpu, clean, target, cells));
+        var patches = ablation.Patches(pair.Device, clean, target, cells);
+        before = pair.Snapshot();
+        double actualRun = ActivationPatching.Run(pair.Device, clean, Metric, patches);
+        AssertClose([expectedRun], [actualRun], expected.BaselineValue);
+        AssertOnlyScalarsOut(pair.Snapshot() - before, 1, 1);
+    }
+
+    [Fact]
+    public void PathPatchingMatchesTheCpuAndReadsBackOnlyTheMetric()
+    {
+        var (clean, corrupt) = Inputs();
+        IReadOnlyList<PathSender>[] senders =
+        [
+            [PathSender.AttnHead(0, 1)],
+            [PathSender.AttnHead(1, 2), PathSender.Mlp(0)],
+        ];
+        // Step 3 patches the receivers' q and v from step 2; MLPs frozen, so the frozen-MLP copies run too.
+        PathReceiver[] receivers = [PathReceiver.Query(2, 0), PathReceiver.Value(2, 3)];
+        var options = new PathPatchOptions { FreezeMlps = true };
+        var expected = PathPatching.Run(pair.Cpu, clean, corrupt, Metric, senders, receivers, options);
+        var before = pair.Snapshot();
+        var actual = PathPatching.Run(pair.Device, clean, corrupt, Metric, senders, receivers, options);
+        var copies = pair.Snapshot() - before;
+
+        Assert.Equal(expected.ForwardPasses, actual.ForwardPasses);
+        AssertClose([expected.CleanValue, expected.CorruptValue, .. expected.Values], [actual.CleanValue, actual.CorruptValue, .. actual.Values]);
+        // The clean and corrupt runs, then one row group per sender set.
+        AssertOnlyScalarsOut(copies, 2 + senders.Length, actual.ForwardPasses);
+    }
+
+    [Fact]
+    public void CausalMetricsEvaluateOnTheDevice()
+    {
+        const int B = 2, T = 6, V = 40;
+        var random = new Random(5);
+        var host = Tensor.FromArray(Enumerable.Range(0, B * T * V).Select(_ => (float)(random.NextDouble() * 6 - 3)).ToArray(), B, T, V);
+        var logits = pair.Backend.ToDevice(host);
+        IDeviceMetric[] metrics =
+        [
+            new TargetLogProb(TokenBatch.FromRows([[1, 7, 3, 9, 22, 4], [5, 5, 38, 0, 17, 2]]), 1, 4),
+            new AnswerLogProb([3, 29], position: -2, vocabLimit: 30),
+        ];
+        foreach (var metric in metrics)
+        {
+            var before = pair.Snapshot();
+            var (value, gradient) = metric.Evaluate(logits, pair.Backend);
+            var copies = pair.Snapshot() - before;
+            AssertOnlyScalarsOut(copies, 1, 0);
+            Assert.Equal(metric.Value(host), value, 1e-5);
+            var expected = metric.Gradient(host).Span;
+            var actual = gradient.ToCpu().Span;
+            for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], actual[i], 1e-6);
+        }
+
+        // A metric with no device form reads the logits on the host once, counted.
+        var accuracy = new ArgmaxAccuracy([3, 29], vocabLimit: 30);
+        var start = pair.Snapshot();
+        Assert.Equal(accuracy.Value(host), MetricValue.Of(accuracy, logits, pair.Backend));
+        Assert.Equal(1, (pair.Snapshot() - start).Out(TransferKind.Data));
+    }
+}
