@@ -75,6 +75,7 @@ public sealed partial class Attributor
         Log($"attribution: memory ≈ {Bytes(estimate)} (patterns, sources and gradients {Bytes(working)}; rows {Bytes(rowBytes)}{(rows.OnDisk ? " streamed to " + rows.ScratchPath : " in memory")})");
 
         var backward = new LinearBackward(s, N, _settings.CausalBlock);
+        float[]? blockBuffer = null;
         int batches = 0;
         var rowToNode = new int[maxFeatures + nLogits];
         var rowLayer = new int[maxFeatures + nLogits];
@@ -84,7 +85,7 @@ public sealed partial class Attributor
         {
             int n = Math.Min(N, nLogits - i);
             var specs = Enumerable.Range(i, n).Select(j => TargetRow(backward, s.ResidualSaes, L, T - 1, logitVectors[j])).ToArray();
-            Append(rows, ComputeRows(s, backward, readouts, tokenReadout, specs, totalNodes), n);
+            Append(rows, blockBuffer = ComputeRows(s, backward, readouts, tokenReadout, specs, totalNodes, reuse: blockBuffer), n);
             for (int j = 0; j < n; j++) (rowToNode[i + j], rowLayer[i + j]) = (logitOffset + i + j, L);
             batches++;
         }
@@ -116,7 +117,7 @@ public sealed partial class Attributor
                     _transcoders.EncoderDirection(l, f, encoder);
                     specs[j] = TargetRow(backward, s.ResidualSaes, l, p, encoder);
                 }
-                Append(rows, ComputeRows(s, backward, readouts, tokenReadout, specs, totalNodes), n);
+                Append(rows, blockBuffer = ComputeRows(s, backward, readouts, tokenReadout, specs, totalNodes, reuse: blockBuffer), n);
                 for (int j = 0; j < n; j++)
                 {
                     rowToNode[row + j] = pending[start + j];
@@ -161,11 +162,11 @@ public sealed partial class Attributor
     /// A[row, source] at every source column. With <paramref name="skipAttention"/> only the residual path is followed.
     /// </summary>
     internal float[] ComputeRows(ReplacementState s, LinearBackward backward, SourceReadout[] readouts, SourceReadout tokenReadout,
-        RowSpec[] specs, int width, bool skipAttention = false)
+        RowSpec[] specs, int width, bool skipAttention = false, float[]? reuse = null)
     {
         var be = _model.Backend;
         int L = s.Layers, N = backward.Rows, D = s.DModel, n = specs.Length;
-        var g = backward.NewGradient();
+        var g = backward.Gradient();
         int top = specs.Max(t => t.Layer);
         // Attention is causal: nothing reaches beyond the last position a row starts at.
         int P = specs.Max(t => t.Positions.Max()) + 1;
@@ -187,12 +188,25 @@ public sealed partial class Attributor
         }
 
         InjectAt(L, false);
-        var block = new float[(long)n * width];
+        long blockLength = (long)n * width;
+        var block = reuse is not null && reuse.LongLength >= blockLength ? reuse : new float[blockLength];
+        Array.Clear(block, 0, (int)blockLength);
+        // On the CPU the read-out buffer is host memory and is read in place; on a GPU one copy of it comes back.
+        float[]? host = null;
         void ReadOut(SourceReadout readout)
         {
-            var r = be.Empty(N, Math.Max(1, readout.Count));
+            var r = backward.Readout(readout.Count);
             readout.Read(be, g, N, r, P);
-            readout.Scatter(r.ToCpu().Span, n, block, width, P);
+            ReadOnlySpan<float> values;
+            if (r.IsHost) values = r.Span;
+            else
+            {
+                int used = N * Math.Max(1, readout.Count);
+                if (host is null || host.Length < used) host = new float[used];
+                r.Storage.Slice(0, used).CopyTo(host);
+                values = host.AsSpan(0, used);
+            }
+            readout.Scatter(values, n, block, width, P);
         }
         for (int l = Math.Min(top, L - 1); l >= 0; l--)
         {

@@ -102,13 +102,14 @@ public sealed partial class Attributor
 
         // Rows: the residual-only rows in passes without attention, the head rows in ordinary passes.
         var rows = new float[specs.Count][];
+        float[]? reuse = null;
         foreach (bool direct in new[] { true, false })
         {
             var which = Enumerable.Range(0, specs.Count).Where(i => (owner[i].Layer < 0) == direct).OrderBy(i => specs[i].Positions.Max()).ToArray();
             for (int start = 0; start < which.Length; start += N)
             {
                 var batch = which.Skip(start).Take(N).ToArray();
-                var block = ComputeRows(s, backward, readouts, tokenReadout, [.. batch.Select(i => specs[i])], width, skipAttention: direct);
+                var block = reuse = ComputeRows(s, backward, readouts, tokenReadout, [.. batch.Select(i => specs[i])], width, skipAttention: direct, reuse: reuse);
                 for (int j = 0; j < batch.Length; j++) rows[batch[j]] = block.AsSpan(j * width, width).ToArray();
             }
         }

@@ -51,8 +51,23 @@ internal sealed class LinearBackward
     /// <summary>Key positions per pattern GEMM: small enough to skip most of the causal zeros, large enough for GEMM speed.</summary>
     readonly int CausalBlock;
 
-    /// <summary>A zeroed gradient buffer <c>[T·N, d_model]</c>.</summary>
-    public Tensor NewGradient() => _be.Zeros(_T * _N, _D);
+    Tensor? _gradient, _readout;
+
+    /// <summary>The gradient buffer <c>[T·N, d_model]</c>, zeroed: one per attribution, reused by every batch.</summary>
+    public Tensor Gradient()
+    {
+        if (_gradient is null) return _gradient = _be.Zeros(_T * _N, _D);
+        _be.Fill(_gradient, 0f);
+        return _gradient;
+    }
+
+    /// <summary>A read-out buffer of at least <c>[N, count]</c> floats, reused (it grows to the widest read-out).</summary>
+    public Tensor Readout(int count)
+    {
+        long needed = (long)_N * Math.Max(1, count);
+        if (_readout is null || _readout.Length < needed) _readout = _be.Empty(checked((int)needed));
+        return _readout;
+    }
 
     /// <summary>
     /// The first <paramref name="positions"/> positions of a position-major buffer <c>[T·N, d]</c> as a view: a batch
