@@ -62,7 +62,7 @@ public sealed class FamilyAttributionTests
         var sources = Enumerable.Range(0, graph.LogitOffset).Where(_ => rng.Next(4) == 0);
         foreach (int source in sources)
         {
-            var changed = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, additions: [FrozenProbe.SourceVector(model, tc, graph, source)], cache: cache));
+            var changed = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, additions: FrozenProbe.SourceVector(model, tc, graph, source), cache: cache));
             foreach (int t in Enumerable.Range(0, graph.ErrorOffset).Concat(Enumerable.Range(graph.LogitOffset, graph.LogitTokens.Length)))
             {
                 worst = Math.Max(worst, Math.Abs(changed[t] - clean[t] - graph.Edge(t, source)));
@@ -71,6 +71,45 @@ public sealed class FamilyAttributionTests
         }
         Assert.True(largest > 0.01, $"largest edge {largest}");
         Assert.True(worst <= 1e-4 * Math.Max(1, largest), $"{arch}: max |Δ − A| = {worst:g3} (largest edge {largest:g3})");
+    }
+
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("gpt_neox")]
+    public void Cross_layer_transcoder_edges_match_interventions_in_the_real_model(string arch)
+    {
+        // A feature of layer ℓ writes every MLP output ℓ…L−1: its column is the sum over those targets.
+        using var model = Load(arch);
+        int L = model.Config.NLayers, D = model.Config.DModel, F = 16;
+        var clt = new CrossLayerTranscoder(new CltShape(L, D, F, D), new ReluActivation());
+        clt.Initialize(5, decoderNorm: 0.5f);
+        var rng = new Random(17);
+        for (int l = 0; l < L; l++)
+        {
+            for (int i = 0; i < clt.P.WEnc[l].Length; i++) clt.P.WEnc[l][i] = (float)(rng.NextDouble() * 2 - 1) / MathF.Sqrt(D) * 2f;
+            for (int f = 0; f < F; f++) clt.P.BEnc[l][f] = (float)(rng.NextDouble() * 0.4 - 0.3);
+        }
+        var graph = new Attributor(model, clt, new AttributionSettings { BatchSize = 8, CausalBlock = 3 }).Attribute(Prompt);
+        Assert.Contains(graph.SelectedFeatures, a => graph.ActiveFeatures[a].Layer < L - 1);
+        var replacement = new ReplacementModel(model, clt);
+        var frozen = replacement.Freeze(Prompt);
+        var directions = FrozenProbe.LogitDirections(model, graph);
+        var clean = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, cache: FrozenProbe.Cache));
+        double worst = 0, largest = 0;
+        foreach (int source in Enumerable.Range(0, graph.LogitOffset).Where(_ => rng.Next(3) == 0))
+        {
+            var changed = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, additions: FrozenProbe.SourceVector(model, clt, graph, source), cache: FrozenProbe.Cache));
+            worst = Math.Max(worst, FrozenProbe.ColumnError(graph, source, clean, changed));
+            for (int t = 0; t < graph.NodeCount; t++) largest = Math.Max(largest, Math.Abs(graph.Edge(t, source)));
+        }
+        Assert.True(largest > 0.01, $"largest edge {largest}");
+        Assert.True(worst <= 1e-4 * Math.Max(1, largest), $"{arch}: max |Δ − A| = {worst:g3} (largest edge {largest:g3})");
+        // Doubling a layer-0 feature in a frozen run moves the logits by its column: the sum over every MLP output it writes.
+        int first = Enumerable.Range(0, graph.SelectedFeatures.Length).First(i => graph.Node(i).Layer == 0);
+        var node = graph.Node(first);
+        var doubled = FrozenProbe.Targets(replacement, graph, directions,
+            replacement.Run(Prompt, [new FeatureIntervention(0, node.Position, node.Index, 2f, InterventionKind.Scale)], frozen, cache: FrozenProbe.Cache));
+        Assert.True(FrozenProbe.ColumnError(graph, first, clean, doubled) <= 1e-4 * Math.Max(1, largest));
     }
 
     [Fact]

@@ -49,20 +49,24 @@ static class FrozenProbe
         return values;
     }
 
-    public static AddedVector SourceVector(HookedTransformer model, IMlpReplacement tc, AttributionGraph g, int node)
+    /// <summary>The source's vector(s), as additions where it writes: every MLP output a cross-layer feature writes.</summary>
+    public static AddedVector[] SourceVector(HookedTransformer model, IMlpReplacement tc, AttributionGraph g, int node)
     {
         int D = model.Config.DModel, T = g.Positions;
         var n = g.Node(node);
         switch (n.Kind)
         {
             case NodeKind.Error:
-                return new AddedVector(tc.OutputHook(n.Layer), n.Position, g.ErrorVectors!.AsSpan((n.Layer * T + n.Position) * D, D).ToArray());
+                return [new AddedVector(tc.OutputHook(n.Layer), n.Position, g.ErrorVectors!.AsSpan((n.Layer * T + n.Position) * D, D).ToArray())];
             case NodeKind.Token:
-                return new AddedVector(HookNames.Embed, n.Position, g.TokenVectors!.AsSpan(n.Position * D, D).ToArray());
+                return [new AddedVector(HookNames.Embed, n.Position, g.TokenVectors!.AsSpan(n.Position * D, D).ToArray())];
             default:
-                var dec = new float[D];
-                tc.DecoderDirection(n.Layer, n.Index, n.Layer, dec);
-                return new AddedVector(tc.OutputHook(n.Layer), n.Position, [.. dec.Select(v => v * n.Value)]);
+                return [.. Enumerable.Range(n.Layer, tc.LastTarget(n.Layer) - n.Layer + 1).Select(t =>
+                {
+                    var dec = new float[D];
+                    tc.DecoderDirection(n.Layer, n.Index, t, dec);
+                    return new AddedVector(tc.OutputHook(t), n.Position, [.. dec.Select(v => v * n.Value)]);
+                })];
         }
     }
 }

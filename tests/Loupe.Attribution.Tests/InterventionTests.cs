@@ -32,7 +32,7 @@ public sealed class InterventionTests
 
         public Func<string, bool> Cache => FrozenProbe.Cache;
 
-        public AddedVector SourceVector(int node) => FrozenProbe.SourceVector(Model, Replacement.Transcoders, Graph, node);
+        public AddedVector[] SourceVector(int node) => FrozenProbe.SourceVector(Model, Replacement.Transcoders, Graph, node);
 
         public double ColumnError(int source, double[] clean, double[] changed) => FrozenProbe.ColumnError(Graph, source, clean, changed);
     }
@@ -46,7 +46,7 @@ public sealed class InterventionTests
         double worst = 0;
         for (int source = 0; source < s.Graph.LogitOffset; source++)
         {
-            var changed = s.Targets(s.Replacement.Run(FixtureAttributionTests.Prompt, frozen: frozen, additions: [s.SourceVector(source)], cache: s.Cache));
+            var changed = s.Targets(s.Replacement.Run(FixtureAttributionTests.Prompt, frozen: frozen, additions: s.SourceVector(source), cache: s.Cache));
             worst = Math.Max(worst, s.ColumnError(source, clean, changed));
         }
         Assert.True(worst <= 1e-3, $"max |Δ − A| = {worst:g3}");
@@ -63,7 +63,7 @@ public sealed class InterventionTests
         double worst = 0;
         foreach (int source in new[] { s.Graph.ErrorOffset + 9, s.Graph.TokenOffset + 3, 0, 57, 120 })
         {
-            var changed = s.Targets(s.Replacement.Run(other, frozen: frozen, additions: [s.SourceVector(source)], cache: s.Cache));
+            var changed = s.Targets(s.Replacement.Run(other, frozen: frozen, additions: s.SourceVector(source), cache: s.Cache));
             worst = Math.Max(worst, s.ColumnError(source, clean, changed));
         }
         Assert.True(worst <= 1e-3, $"max |Δ − A| = {worst:g3}");

@@ -59,7 +59,7 @@ public sealed class ResidualSaeGraphTests
         {
             var node = graph.Node(source);
             var vector = FrozenProbe.SourceVector(model, saes, graph, source);
-            var changed = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, additions: [vector], cache: cache));
+            var changed = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, additions: vector, cache: cache));
             // Direct neighbours: features one layer up (layer 0 for tokens), the logits from the last layer.
             int next = node.Kind == NodeKind.Token ? 0 : node.Layer + 1;
             for (int t = 0; t < graph.NodeCount; t++)
