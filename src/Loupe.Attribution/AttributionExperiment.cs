@@ -81,8 +81,17 @@ public static class AttributionExperiment
         var root = new System.Text.Json.Nodes.JsonObject
         {
             ["description"] = "Each kept edge split by the attention head nearest the target on its paths: weight = direct (residual only) + Σ heads.",
+            ["prompt_tokens"] = new System.Text.Json.Nodes.JsonArray([.. graph.InputTokens.Select(t => (System.Text.Json.Nodes.JsonNode)t)]),
             ["edges"] = array,
         };
+        if (graph.Provenance is { } p)
+            root["loupe"] = new System.Text.Json.Nodes.JsonObject
+            {
+                ["model"] = p.Model, ["model_fingerprint"] = p.ModelFingerprint,
+                ["transcoders"] = p.Transcoders, ["transcoder_fingerprint"] = p.TranscoderFingerprint,
+                ["settings"] = new System.Text.Json.Nodes.JsonObject([.. p.Settings.Select(kv => KeyValuePair.Create(kv.Key, (System.Text.Json.Nodes.JsonNode?)kv.Value))]),
+                ["loupe_version"] = p.LoupeVersion, ["created_utc"] = p.CreatedUtc.ToString("O"),
+            };
         OutputFiles.WriteAtomic(path, stream =>
         {
             using var w = new System.Text.Json.Utf8JsonWriter(stream, new System.Text.Json.JsonWriterOptions { Indented = true });

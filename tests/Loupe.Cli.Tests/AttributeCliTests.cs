@@ -29,7 +29,9 @@ public class AttributeCliTests
         using var raw = SafeTensorsFile.Open(Path.Combine(folder, "fixture.safetensors"));
         Assert.Equal(197 * 197, raw.GetFloat32("adjacency_matrix").Length);
         Assert.True(File.Exists(Path.Combine(folder, "graph-metadata.json")));
-        var heads = JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "fixture.heads.json")))!["edges"]!.AsArray();
+        var headsFile = JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "fixture.heads.json")))!;
+        Assert.NotNull(headsFile["loupe"]!["transcoder_fingerprint"]);
+        var heads = headsFile["edges"]!.AsArray();
         Assert.Equal(351, heads.Count);
         foreach (var e in heads)
         {
