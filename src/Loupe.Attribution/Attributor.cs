@@ -171,10 +171,13 @@ public sealed partial class Attributor
         // Attention is causal: nothing reaches beyond the last position a row starts at.
         int P = specs.Max(t => t.Positions.Max()) + 1;
 
+        // Until a row has been injected the gradient is zero: read-outs and cuts before that are skipped.
+        bool live = false;
         void InjectAt(int layer, bool afterAttention)
         {
             var rows = Enumerable.Range(0, n).Where(i => specs[i].Layer == layer && specs[i].AfterAttention == afterAttention).ToArray();
             if (rows.Length == 0) return;
+            live = true;
             var positions = rows.SelectMany(i => specs[i].Positions).ToArray();
             var owners = rows.SelectMany(i => Enumerable.Repeat(i, specs[i].Positions.Length)).ToArray();
             var vectors = new float[(long)positions.Length * D];
@@ -208,20 +211,31 @@ public sealed partial class Attributor
             }
             readout.Scatter(values, n, block, width, P);
         }
+        // A residual SAE's cut: read its sources with the gradient arriving from above, stop that gradient
+        // (what passes the cut is the SAE's features and error), start the rows of its own features.
+        void CutAt(int l)
+        {
+            if (live)
+            {
+                ReadOut(readouts[l]);
+                be.Fill(g, 0f);
+            }
+            InjectAt(l, false);
+        }
         for (int l = Math.Min(top, L - 1); l >= 0; l--)
         {
-            if (l < top) ReadOut(readouts[l]);
             var a = _model.Anatomy(l);
-            if (s.ResidualSaes)
+            if (s.Cuts is { } cuts)
             {
-                // The SAE cuts the stream at resid_post: upstream is reached only through its features and error
-                // (their read-out above); its own features' rows start here, below the cut.
-                if (l < top) be.Fill(g, 0f);
-                InjectAt(l, false);
+                // Backward through block l: resid_post, (the frozen MLP passes nothing), resid_mid, attention, resid_pre.
+                if (cuts[l] == CutPoint.Post) CutAt(l);
+                if (cuts[l] == CutPoint.Mid) CutAt(l);
                 if (!skipAttention) backward.AddAttention(l, g, g, P);
                 InjectAt(l, true);
+                if (cuts[l] == CutPoint.Pre) CutAt(l);
                 continue;
             }
+            if (live) ReadOut(readouts[l]);
             if (a.Parallel)
             {
                 if (!skipAttention) backward.AddAttention(l, g, g, P);

@@ -63,10 +63,10 @@ public sealed partial class Attributor
             specs.Add(row);
             owner.Add((t, -1, -1));
             // The heads below the target: a transcoder feature reads the MLP input, so a sequential block's own attention
-            // is below it; a residual SAE's reads resid_post, below which is its layer's attention and then the cut.
-            int lastHeadLayer = layer == L ? L - 1 : s.ResidualSaes ? layer : _model.Anatomy(layer).Parallel ? layer - 1 : layer;
-            int firstHeadLayer = !s.ResidualSaes ? 0 : layer; // residual SAEs: only the target's own layer (a logit reads the last cut: none)
-            for (int l = firstHeadLayer; l <= lastHeadLayer; l++)
+            // is below it; with residual SAEs, the attention layers between the target and the next cut down.
+            int lastHeadLayer = layer == L ? L - 1 : _model.Anatomy(layer).Parallel ? layer - 1 : layer;
+            var headLayers = s.Cuts is { } cuts ? BackwardWalk.AttentionLayersBelow(cuts, layer).ToArray() : Enumerable.Range(0, lastHeadLayer + 1).ToArray();
+            foreach (int l in headLayers)
             {
                 var a = _model.Anatomy(l);
                 patterns[l] ??= s.Patterns[l].ToCpu().Span.ToArray();

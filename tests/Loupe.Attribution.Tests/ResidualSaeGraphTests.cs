@@ -18,7 +18,7 @@ public sealed class ResidualSaeGraphTests
 {
     static readonly int[] Prompt = [1, 37, 211, 5, 88, 400, 12];
 
-    static PerLayerTranscoders RandomSaes(HookedTransformer model, int features = 24)
+    static PerLayerTranscoders RandomSaes(HookedTransformer model, string point = "post", int features = 24)
     {
         int L = model.Config.NLayers, D = model.Config.DModel;
         var dicts = new List<SparseDictionary>();
@@ -32,24 +32,28 @@ public sealed class ResidualSaeGraphTests
             for (int i = 0; i < D; i++) d.P.BDec[i] = (float)(rng.NextDouble() * 0.1 - 0.05);
             dicts.Add(d);
         }
-        var hooks = Enumerable.Range(0, L).Select(HookNames.ResidPost).ToArray();
+        var hooks = Enumerable.Range(0, L).Select(l => $"blocks.{l}.hook_resid_{point}").ToArray();
         return new PerLayerTranscoders(dicts, hooks, hooks, "random residual SAEs");
     }
 
     [Theory]
-    [InlineData("gpt2")]
-    [InlineData("llama")]
-    [InlineData("gemma2")]
-    [InlineData("gpt_neox")]
-    public void Edges_to_the_next_layer_match_interventions_in_the_real_model(string arch)
+    [InlineData("gpt2", "post")]
+    [InlineData("llama", "post")]
+    [InlineData("gemma2", "post")]
+    [InlineData("gpt_neox", "post")]
+    [InlineData("llama", "pre")]
+    [InlineData("gpt_neox", "pre")]
+    [InlineData("gpt2", "mid")]
+    [InlineData("gemma2", "mid")]
+    public void Edges_to_the_next_layer_match_interventions_in_the_real_model(string arch, string point)
     {
         using var model = ModelLoader.LoadFolder(SharedData.TestData(Path.Combine("reference", arch)));
-        var saes = RandomSaes(model);
+        var saes = RandomSaes(model, point);
         var graph = new Attributor(model, saes, new AttributionSettings { BatchSize = 16 }).Attribute(Prompt);
         var replacement = new ReplacementModel(model, saes);
         var frozen = replacement.Freeze(Prompt);
         var directions = FrozenProbe.LogitDirections(model, graph);
-        Func<string, bool> cache = n => n == "ln_final.hook_normalized" || n.EndsWith(".hook_resid_post", StringComparison.Ordinal);
+        Func<string, bool> cache = n => n == "ln_final.hook_normalized" || n.EndsWith(".hook_resid_" + point, StringComparison.Ordinal);
         var clean = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, cache: cache));
         int L = model.Config.NLayers;
         double worst = 0, largest = 0;
@@ -79,14 +83,18 @@ public sealed class ResidualSaeGraphTests
         Assert.True(worst <= 1e-4 * Math.Max(1, largest), $"{arch}: max |Δ − A| = {worst:g3} (largest edge {largest:g3})");
     }
 
-    [Fact]
-    public void Head_shares_add_up_for_residual_saes()
+    [Theory]
+    [InlineData("post")]
+    [InlineData("pre")]
+    [InlineData("mid")]
+    public void Head_shares_add_up_for_residual_saes(string point)
     {
         using var model = ModelLoader.LoadFolder(SharedData.TestData(Path.Combine("reference", "llama")));
-        var attributor = new Attributor(model, RandomSaes(model));
+        var attributor = new Attributor(model, RandomSaes(model, point));
         var graph = attributor.Attribute(Prompt);
-        int t = graph.ErrorOffset - 1;
-        var edges = Enumerable.Range(0, graph.LogitOffset).Where(s => graph.Edge(t, s) != 0).Select(s => (t, s)).ToArray();
+        int[] targets = [graph.ErrorOffset - 1, graph.LogitOffset];
+        var edges = targets.SelectMany(t => Enumerable.Range(0, graph.LogitOffset).Where(s => graph.Edge(t, s) != 0).Select(s => (t, s))).ToArray();
+        Assert.NotEmpty(edges);
         foreach (var e in attributor.AttributeHeads(graph, edges))
             Assert.InRange(e.Direct + e.Heads.Sum(h => (double)h.Weight), e.Total - 1e-5, e.Total + 1e-5);
     }

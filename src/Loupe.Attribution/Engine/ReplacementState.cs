@@ -34,10 +34,14 @@ internal sealed class ReplacementState
     /// <summary>Wall time of the capture forward pass: the unit of the cost in pass equivalents.</summary>
     public required TimeSpan ForwardTime { get; init; }
     /// <summary>
-    /// The dictionaries are SAEs on the residual stream (<c>blocks.ℓ.hook_resid_post</c>), not transcoders: each
-    /// one cuts the stream (what passes layer ℓ is its features plus its error), MLPs are frozen whole.
+    /// Where each layer's SAE cuts the residual stream when the dictionaries are residual-stream SAEs
+    /// (<c>hook_resid_pre/mid/post</c>; what passes the cut is its features plus its error, MLPs are frozen
+    /// whole); null for MLP transcoders.
     /// </summary>
-    public required bool ResidualSaes { get; init; }
+    public required CutPoint[]? Cuts { get; init; }
+
+    /// <summary>The dictionaries are SAEs on the residual stream, not transcoders.</summary>
+    public bool ResidualSaes => Cuts is not null;
 
     public int Layers => Model.Config.NLayers;
     public int Positions => Tokens.Length;
@@ -49,7 +53,7 @@ internal sealed class ReplacementState
     {
         var cfg = model.Config;
         int L = cfg.NLayers, T = tokens.Length, D = cfg.DModel;
-        bool residual = CheckFits(model, transcoders);
+        var cuts = CheckFits(model, transcoders);
         if (T == 0) throw new InputError("the prompt is empty; an attribution graph needs at least one token");
 
         var hooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.Embed };
@@ -133,7 +137,7 @@ internal sealed class ReplacementState
             TokenVectors = cache[HookNames.Embed].ToCpu().Span.ToArray(),
             LastLogits = lastLogits,
             ForwardTime = clock.Elapsed,
-            ResidualSaes = residual,
+            Cuts = cuts,
         };
     }
 
@@ -150,8 +154,8 @@ internal sealed class ReplacementState
             if (n is { Kind: not NormKind.None }) yield return n;
     }
 
-    /// <summary>Checks the dictionaries against the model; true when they are residual-stream SAEs (else MLP transcoders).</summary>
-    static bool CheckFits(HookedTransformer model, IMlpReplacement tc)
+    /// <summary>Checks the dictionaries against the model; for residual-stream SAEs, where each cuts the stream (null: MLP transcoders).</summary>
+    static CutPoint[]? CheckFits(HookedTransformer model, IMlpReplacement tc)
     {
         var cfg = model.Config;
         string model_ = model.Source ?? cfg.Architecture;
@@ -161,14 +165,19 @@ internal sealed class ReplacementState
             throw new InputError($"{tc.Source}: the transcoders map d_in {tc.DIn} → d_out {tc.DOut}; {model_} has d_model {cfg.DModel} (a transcoder for another model?)");
         if (tc.HasSkip)
             throw new InputError($"{tc.Source}: skip transcoders (a linear path from MLP input to output) are not supported by attribution yet; use transcoders without W_skip");
-        bool residual = tc.InputHook(0) == HookNames.ResidPost(0);
+        bool residual = CutOf(tc.InputHook(0), 0) is not null;
+        var cuts = residual ? new CutPoint[cfg.NLayers] : null;
         for (int l = 0; l < cfg.NLayers; l++)
         {
             var a = model.Anatomy(l);
             if (residual)
             {
-                if (tc.InputHook(l) != HookNames.ResidPost(l) || tc.OutputHook(l) != HookNames.ResidPost(l) || tc.LastTarget(l) != l)
-                    throw new InputError($"{tc.Source}: layer {l}'s dictionary reads '{tc.InputHook(l)}' and writes '{tc.OutputHook(l)}'; residual-stream graphs need an SAE on '{HookNames.ResidPost(l)}' in every layer");
+                var cut = CutOf(tc.InputHook(l), l);
+                if (cut is null || tc.OutputHook(l) != tc.InputHook(l) || tc.LastTarget(l) != l)
+                    throw new InputError($"{tc.Source}: layer {l}'s dictionary reads '{tc.InputHook(l)}' and writes '{tc.OutputHook(l)}'; residual-stream graphs need an SAE on one of blocks.{l}.hook_resid_pre/mid/post in every layer");
+                if (cut == CutPoint.Mid && (a.Parallel || a.Mlp is null))
+                    throw new InputError($"{tc.Source}: layer {l}'s SAE reads '{tc.InputHook(l)}', but {model_} has no resid_mid in layer {l} (parallel or attention-only block)");
+                cuts![l] = cut.Value;
                 continue;
             }
             if (a.Mlp is null || a.Ln2 is null)
@@ -181,6 +190,36 @@ internal sealed class ReplacementState
             if (tc.LastTarget(l) < l || tc.LastTarget(l) >= cfg.NLayers)
                 throw new InputError($"{tc.Source}: features of layer {l} write up to layer {tc.LastTarget(l)}, outside {l}…{cfg.NLayers - 1}");
         }
-        return residual;
+        return cuts;
+    }
+
+    static CutPoint? CutOf(string hook, int layer) =>
+        hook == HookNames.ResidPre(layer) ? CutPoint.Pre : hook == HookNames.ResidMid(layer) ? CutPoint.Mid : hook == HookNames.ResidPost(layer) ? CutPoint.Post : null;
+}
+
+/// <summary>Where a residual-stream SAE sits in its block: before attention, between attention and MLP, or after the MLP.</summary>
+internal enum CutPoint { Pre, Mid, Post }
+
+internal static class BackwardWalk
+{
+    /// <summary>
+    /// The attention layers a gradient injected at a target passes (in backward order) before it reaches the next
+    /// SAE cut below it: the heads that can carry an edge into that target. <paramref name="layer"/> = n_layers is a logit
+    /// (the stream after the last block); otherwise the target's SAE sits at <c>cuts[layer]</c>.
+    /// </summary>
+    public static IEnumerable<int> AttentionLayersBelow(CutPoint[] cuts, int layer)
+    {
+        int L = cuts.Length;
+        // Backward order within layer l: Post, (MLP), Mid, Attention, Pre.
+        int l = Math.Min(layer, L - 1);
+        int stage = layer == L ? 0 : cuts[layer] switch { CutPoint.Post => 1, CutPoint.Mid => 3, _ => 5 };
+        for (; l >= 0; l--, stage = 0)
+            for (; stage <= 4; stage++)
+            {
+                if (stage == 0 && cuts[l] == CutPoint.Post) yield break;
+                if (stage == 2 && cuts[l] == CutPoint.Mid) yield break;
+                if (stage == 3) yield return l;
+                if (stage == 4 && cuts[l] == CutPoint.Pre) yield break;
+            }
     }
 }

@@ -35,7 +35,7 @@ public sealed partial class PerLayerTranscoders : IMlpReplacement
     }
 
     /// <summary>
-    /// Loads SAELens transcoder folders (or SAEs on <c>blocks.ℓ.hook_resid_post</c>, which read and rewrite the residual stream), one per layer: either <paramref name="path"/> holds sub-folders
+    /// Loads SAELens transcoder folders (or SAEs on <c>blocks.ℓ.hook_resid_pre/mid/post</c>, which read and rewrite the residual stream), one per layer: either <paramref name="path"/> holds sub-folders
     /// <c>layer_0</c>, <c>layer_1</c>, … (or any names ending in the layer number), each a SAELens folder,
     /// or <paramref name="path"/> lists folders separated by commas, in layer order.
     /// Each must read <c>blocks.ℓ.ln2.hook_normalized</c> (or <c>blocks.ℓ.hook_mlp_in</c>) and write
@@ -52,11 +52,12 @@ public sealed partial class PerLayerTranscoders : IMlpReplacement
         {
             var (dict, cfg) = SaeLensFormat.Load(folders[l]);
             string residual = $"blocks.{l}.hook_resid_post";
-            if (cfg.HookName == residual && cfg.HookNameOut.Length == 0 && dict.Shape.DIn == dict.Shape.DOut && !dict.Shape.Skip)
+            bool onStream = cfg.HookName == $"blocks.{l}.hook_resid_pre" || cfg.HookName == $"blocks.{l}.hook_resid_mid" || cfg.HookName == residual;
+            if (onStream && cfg.HookNameOut.Length == 0 && dict.Shape.DIn == dict.Shape.DOut && !dict.Shape.Skip)
             {
                 // An SAE on the residual stream: it reads and rewrites the same point.
                 dicts[l] = dict;
-                inputs[l] = outputs[l] = residual;
+                inputs[l] = outputs[l] = cfg.HookName;
                 continue;
             }
             string expectIn = $"blocks.{l}.ln2.hook_normalized", expectOut = $"blocks.{l}.hook_mlp_out";
