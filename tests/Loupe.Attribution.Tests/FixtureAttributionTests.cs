@@ -71,4 +71,20 @@ public sealed class FixtureAttributionTests
         var tokens = reference.GetFloat32("token_vectors").Span;
         for (int i = 0; i < tokens.Length; i++) Assert.InRange(graph.TokenVectors![i], tokens[i] - 1e-5, tokens[i] + 1e-5);
     }
+
+    [Fact]
+    public void The_compact_graph_round_trips_through_safetensors_as_circuit_tracers_dense_matrix()
+    {
+        var graph = Graph();
+        Assert.Null(graph.Adjacency); // attribution keeps the feature and logit rows only
+        string path = Path.Combine(Directory.CreateTempSubdirectory("loupe-graph").FullName, "g.safetensors");
+        Loupe.Attribution.Graph.GraphSafetensors.Write(path, graph, Loupe.Attribution.Graph.GraphPruning.Prune(graph));
+        var back = Loupe.Attribution.Graph.GraphSafetensors.Read(path).Graph;
+        Assert.Equal(graph.DenseAdjacency(), back.DenseAdjacency());
+        Assert.Equal(graph.SelectedFeatures, back.SelectedFeatures);
+        using var reference = Reference();
+        var expected = reference.GetFloat32("adjacency_matrix").Span;
+        var actual = back.DenseAdjacency();
+        for (int i = 0; i < expected.Length; i++) Assert.InRange(actual[i], expected[i] - 1e-5f, expected[i] + 1e-5f);
+    }
 }
