@@ -74,4 +74,25 @@ public class AttributeCliTests
             Assert.Contains(expected, run.Err);
         }
     }
+
+    [RequiresSharedFact("models/stories260K")]
+    public void A_cross_layer_transcoder_from_training_to_graph_and_intervention_on_stories260K()
+    {
+        string model = SharedData.Require("models/stories260K"), dir = Directory.CreateTempSubdirectory("loupe-clt-cli").FullName;
+        string clt = Path.Combine(dir, "clt"), graphs = Path.Combine(dir, "graphs");
+        var run = RunLoupe(["clt", "train", "--model", model, "--source", "generate:24", "--context-size", "32", "--architecture", "topk",
+            "--k", "4", "--d-sae", "64", "--steps", "30", "--batch-size", "128", "--out", clt]);
+        Assert.True(run.Code == 0, run.Err);
+        run = RunLoupe(["clt", "eval", "--model", model, "--transcoders", clt, "--source", "generate:8", "--context-size", "32", "--out", Path.Combine(dir, "eval")]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("loss recovered", run.Out);
+        run = RunLoupe(["attribute", "--model", model, "--transcoders", clt, "--prompt", "Once upon a time, Lily", "--out", graphs, "--per-head"]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("scores: replacement", run.Out);
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(graphs, "graph.json")))!;
+        Assert.Contains(json["nodes"]!.AsArray(), n => (string?)n!["feature_type"] == "cross layer transcoder");
+        run = RunLoupe(["intervene", "--model", model, "--transcoders", clt, "--prompt", "Once upon a time, Lily", "--edit", "0:*:1*0", "--frozen"]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("Δ demeaned", run.Out);
+    }
 }
