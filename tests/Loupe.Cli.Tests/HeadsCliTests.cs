@@ -1,0 +1,25 @@
+using System.Text.Json.Nodes;
+using Loupe.Testing;
+using static Loupe.Cli.Tests.CliHarness;
+
+namespace Loupe.Cli.Tests;
+
+/// <summary><c>loupe heads</c>: previous-token, duplicate-token and induction scores as a table, JSON and pictures.</summary>
+[Collection("console")]
+public class HeadsCliTests
+{
+    [Fact]
+    public void Writes_the_scores_and_refuses_a_sequence_longer_than_the_context()
+    {
+        string model = SharedData.TestData(Path.Combine("reference", "gpt2")), dir = Directory.CreateTempSubdirectory("loupe-heads").FullName;
+        var run = RunLoupe(["heads", "--model", model, "--seq-len", "8", "--batch", "3", "--out", dir]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("induction score", run.Out);
+        foreach (var file in new[] { "heads.json", "previous_token.svg", "duplicate_token.svg", "induction.svg" })
+            Assert.True(File.Exists(Path.Combine(dir, file)), file);
+        Assert.NotNull(JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "heads.json"))));
+        run = RunLoupe(["heads", "--model", model, "--seq-len", "100000", "--out", dir]);
+        Assert.Equal(2, run.Code);
+        Assert.Contains("--seq-len", run.Err);
+    }
+}
