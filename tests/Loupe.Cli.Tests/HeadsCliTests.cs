@@ -22,4 +22,17 @@ public class HeadsCliTests
         Assert.Equal(2, run.Code);
         Assert.Contains("--seq-len", run.Err);
     }
+
+    [RequiresSharedFact("models/grokking-modadd-p113-main")]
+    public void Fourier_finds_the_key_frequencies_and_refuses_an_even_modulus()
+    {
+        string model = SharedData.Require("models/grokking-modadd-p113-main"), dir = Directory.CreateTempSubdirectory("loupe-fourier").FullName;
+        var run = RunLoupe(["fourier", "--model", model, "--out", dir]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("key frequencies:", run.Out);
+        Assert.True(File.Exists(Path.Combine(dir, "fourier.json")));
+        run = RunLoupe(["fourier", "--model", model, "--p", "112"]);
+        Assert.Equal(2, run.Code);
+        Assert.Contains("odd modulus", run.Err);
+    }
 }
