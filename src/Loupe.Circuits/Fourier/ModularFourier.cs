@@ -13,8 +13,9 @@ namespace Loupe.Circuits.Fourier;
 /// <param name="ExcludedLoss">The loss with those directions removed from the logits.</param>
 /// <param name="NeuronKeyFraction">Mean over MLP neurons (last position) of the share of their activation variance over (a, b) that lies in 2-D Fourier terms whose frequencies are key (or 0).</param>
 /// <param name="LogitFrequencyNorms">Per frequency k = 1…(p−1)/2, the logits' norm along cos/sin(2πk(a+b−c)/p), over all pairs.</param>
+/// <param name="AttentionKeyFraction">Per head of the first layer, the share of the variance over (a, b) of its attention from "=" to a that lies in key-frequency terms.</param>
 public sealed record FourierReport(int P, double[] EmbeddingNorms, int[] KeyFrequencies, double Accuracy, double Loss,
-    double RestrictedLoss, double ExcludedLoss, double NeuronKeyFraction, double[] LogitFrequencyNorms);
+    double RestrictedLoss, double ExcludedLoss, double NeuronKeyFraction, double[] LogitFrequencyNorms, double[] AttentionKeyFraction);
 
 /// <summary>
 /// Fourier analysis of a model trained on (a + b) mod p (Nanda et al. 2023, "Progress measures for grokking
@@ -64,13 +65,19 @@ public static class ModularFourier
         int N = hasMlp ? cfg.DMlp : 0;
         var logits = new double[p * p * p];
         var neurons = new double[(long)p * p * N];
+        string patternHook = HookNames.Pattern(0);
+        int H = cfg.NHeads;
+        var attention = new double[(long)p * p * H];
         const int Chunk = 1024;
         for (int start = 0; start < p * p; start += Chunk)
         {
             int rows = Math.Min(Chunk, p * p - start);
             var tokens = new int[rows * 3];
             for (int r = 0; r < rows; r++) { tokens[3 * r] = (start + r) / p; tokens[3 * r + 1] = (start + r) % p; tokens[3 * r + 2] = equalsToken; }
-            var run = model.Run(new TokenBatch(tokens, rows, 3), new RunOptions { CacheFilter = hasMlp ? n => n == neuronsHook : null, LastPositionLogitsOnly = true });
+            var run = model.Run(new TokenBatch(tokens, rows, 3), new RunOptions { CacheFilter = n => (hasMlp && n == neuronsHook) || n == patternHook, LastPositionLogitsOnly = true });
+            var pattern = run.Cache[patternHook].ToCpu().Span; // [rows, H, 3, 3]: from "=" (query 2) to a (key 0)
+            for (int r = 0; r < rows; r++)
+                for (int h = 0; h < H; h++) attention[(long)(start + r) * H + h] = pattern[((r * H + h) * 3 + 2) * 3];
             var l = run.Logits.ToCpu().Span;
             for (int r = 0; r < rows; r++)
                 for (int c = 0; c < p; c++) logits[(start + r) * p + c] = l[r * V + c];
@@ -152,12 +159,18 @@ public static class ModularFourier
         double excluded = Loss((a, b, c) => logits[(a * p + b) * p + c] - KeyPart(a, b, c), out _);
 
         // 5. Neurons: share of each neuron's variance over (a, b) in 2-D Fourier terms of key (or zero) frequencies.
-        double neuronShare = hasMlp ? NeuronKeyShare(neurons, p, N, keys) : double.NaN;
-        return new FourierReport(p, embeddingNorms, keys, accuracy, loss, restricted, excluded, neuronShare, logitNorms);
+        double neuronShare = hasMlp ? KeyShare(neurons, p, N, keys).Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average() : double.NaN;
+        var attentionShare = KeyShare(attention, p, H, keys);
+        return new FourierReport(p, embeddingNorms, keys, accuracy, loss, restricted, excluded, neuronShare, logitNorms, attentionShare);
     }
 
-    static double NeuronKeyShare(double[] neurons, int p, int N, int[] keys)
+    /// <summary>
+    /// For each of <paramref name="N"/> functions of (a, b) (<paramref name="values"/>[(a·p + b)·N + n]), the share of its
+    /// variance in 2-D Fourier terms whose frequencies are key (or 0); NaN for a constant one.
+    /// </summary>
+    static double[] KeyShare(double[] values, int p, int N, int[] keys)
     {
+        var neurons = values;
         int K = (p - 1) / 2;
         var allowed = new bool[K + 1];
         allowed[0] = true;
@@ -174,8 +187,7 @@ public static class ModularFourier
             }
         }
         int Freq(int i) => (i + 1) / 2;
-        double shareSum = 0;
-        int counted = 0;
+        var shares = new double[N];
         var f = new double[p, p];
         var tmp = new double[p, p];
         for (int n = 0; n < N; n++)
@@ -198,10 +210,8 @@ public static class ModularFourier
                     energy += s * s;
                     if (allowed[Freq(i)] && allowed[Freq(j)]) key += s * s;
                 }
-            if (energy <= 1e-12) continue; // a dead neuron
-            shareSum += key / energy;
-            counted++;
+            shares[n] = energy <= 1e-12 ? double.NaN : key / energy; // NaN: a dead neuron, a constant head
         }
-        return counted == 0 ? double.NaN : shareSum / counted;
+        return shares;
     }
 }

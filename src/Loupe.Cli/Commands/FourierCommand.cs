@@ -34,6 +34,7 @@ static class FourierCommand
             Console.WriteLine($"key frequencies: {string.Join(", ", report.KeyFrequencies)}");
             Console.WriteLine($"restricted loss (key directions only) {G(report.RestrictedLoss)}; excluded loss (key directions removed) {G(report.ExcludedLoss)}");
             Console.WriteLine($"neurons: {F(report.NeuronKeyFraction)} of their variance in key-frequency terms (mean)");
+            Console.WriteLine($"attention from \"=\" to a, per head: {string.Join(", ", report.AttentionKeyFraction.Select((v, h) => $"H{h} {F(v)}"))} of its variance in key-frequency terms");
             var topLogit = Enumerable.Range(1, report.LogitFrequencyNorms.Length - 1).OrderByDescending(k => report.LogitFrequencyNorms[k]).Take(10);
             Console.WriteLine($"logit norm by frequency (top 10): {string.Join(", ", topLogit.Select(k => $"{k}: {F(report.LogitFrequencyNorms[k])}"))}");
             var topEmbed = Enumerable.Range(1, report.EmbeddingNorms.Length - 1).OrderByDescending(k => report.EmbeddingNorms[k]).Take(10);

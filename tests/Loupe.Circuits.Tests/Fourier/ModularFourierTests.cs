@@ -27,6 +27,7 @@ public sealed class ModularFourierTests
         var embeddingTop = Enumerable.Range(1, 56).OrderByDescending(k => report.EmbeddingNorms[k]).Take(report.KeyFrequencies.Length);
         Assert.Equal(report.KeyFrequencies.Order(), embeddingTop.Order());
         Assert.True(report.NeuronKeyFraction > 0.5, $"neurons: {report.NeuronKeyFraction}");
+        Assert.All(report.AttentionKeyFraction, share => Assert.InRange(share, 0.5, 1.0));
     }
 
     [Fact]
