@@ -35,4 +35,16 @@ public class HeadsCliTests
         Assert.Equal(2, run.Code);
         Assert.Contains("odd modulus", run.Err);
     }
+
+    [Fact]
+    public void Toy_writes_the_phase_diagram_geometry_and_sae_check()
+    {
+        string dir = Directory.CreateTempSubdirectory("loupe-toy").FullName;
+        var run = RunLoupe(["toy", "--steps", "300", "--out", dir]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("SAE check", run.Out);
+        foreach (var file in new[] { "toy.json", "phase-norm.svg", "phase-cosine.svg", "geometry.svg" })
+            Assert.True(File.Exists(Path.Combine(dir, file)), file);
+        Assert.Equal(2, RunLoupe(["toy", "--steps", "5", "--out", dir]).Code);
+    }
 }
