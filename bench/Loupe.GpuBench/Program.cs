@@ -11,7 +11,8 @@ using Loupe.Tensors.Gpu;
 
 // The GPU bench: (a) parity of logits and gradients between the CPU backend and a device backend on the
 // reference fixtures (fp32 and bf16 weights); (b) forward and forward+backward tokens/s on real shapes
-// with random weights; (c) with --sae, one TopK SAE training step (forward, backward, Adam) on the device.
+// with random weights; (c) with --sae, one TopK SAE training step (forward, backward, Adam) on the device;
+// (d) with --attribution DIR (tests/data/attribution), an attribution graph on the device against the CPU's.
 // bench/gpu/run.sh runs it beside bench/gpu/torch_peer.py (the same shapes in
 // PyTorch eager) and bench/gpu/compare.py prints the side-by-side table.
 
@@ -123,6 +124,27 @@ if (opts.Sae is { } sae)
         ["ms"] = ms, ["tok_s"] = rows / ms * 1000, ["loss"] = loss, ["transfers"] = copies.ToString(),
     };
 }
+// (d) An attribution graph on the device: circuit-tracer's fixture (tiny GPT-2, three SAELens transcoders),
+// the CPU backend's adjacency against the device's, and the time of both.
+if (opts.Attribution is { } attributionData && opts.Fixtures is { } fixtureRoot)
+{
+    Console.WriteLine();
+    string gpt2 = Path.Combine(fixtureRoot, "gpt2"), transcoders = Path.Combine(attributionData, "transcoders");
+    int[] prompt = [0, 360, 480, 161, 89, 311, 293, 431];
+    Loupe.Attribution.AttributionGraph Attribute(Loupe.Tensors.Backends.IComputeBackend? backend, out double ms)
+    {
+        using var model = ModelLoader.LoadFolder(gpt2, backend);
+        var tc = Loupe.Dictionaries.Transcoders.PerLayerTranscoders.LoadSaeLens(transcoders, model.Config.NLayers);
+        Loupe.Attribution.AttributionGraph? graph = null;
+        ms = Timing.Min(1, Math.Max(1, opts.Reps / 4), () => graph = new Loupe.Attribution.Attributor(model, tc).Attribute(prompt));
+        return graph!;
+    }
+    var cpuGraph = Attribute(null, out double cpuMs);
+    var deviceGraph = Attribute(fp32, out double deviceMs);
+    double diff = Compare.RelativeMax(cpuGraph.DenseAdjacency(), deviceGraph.DenseAdjacency());
+    Console.WriteLine($"attribution graph (circuit-tracer fixture, 197 nodes): device vs CPU adjacency {diff:E2} (max |Δ| / max |A|), {deviceMs:F1} ms on the device, {cpuMs:F1} ms on the CPU");
+    report["attribution"] = new Dictionary<string, object> { ["adjacency_rel_diff"] = diff, ["device_ms"] = deviceMs, ["cpu_ms"] = cpuMs };
+}
 if (opts.Json is { } json) Loupe.Reports.AtomicFile.WriteJson(json, report);
 return 0;
 
@@ -161,12 +183,12 @@ static class Compare
 }
 
 sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<ModelShape> Models, IReadOnlyList<string> DTypes,
-    int Batch, int Seq, int Reps, int Warmup, string Work, string? Json, (int DIn, int DSae, int K, int Batch)? Sae)
+    int Batch, int Seq, int Reps, int Warmup, string Work, string? Json, (int DIn, int DSae, int K, int Batch)? Sae, string? Attribution)
 {
     public static GpuBenchOptions Parse(string[] args)
     {
         string device = Environment.GetEnvironmentVariable("LOUPE_DEVICE") ?? "cuda:0";
-        string? fixtures = null, json = null;
+        string? fixtures = null, json = null, attribution = null;
         string work = Path.Combine(Path.GetTempPath(), "loupe-gpubench");
         var models = new List<ModelShape> { ModelShape.Gpt2Small, ModelShape.Llama1B };
         var dtypes = new List<string> { "fp32", "bf16" };
@@ -189,6 +211,7 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
                 case "--work": work = Next(); break;
                 case "--json": json = Next(); break;
                 case "--sae": sae = true; break;
+                case "--attribution": attribution = Next(); break;
                 case "--sae-shape":
                     var d = Next().Split(',').Select(v => int.Parse(v, CultureInfo.InvariantCulture)).ToArray();
                     if (d.Length != 4) throw new ArgumentException("--sae-shape needs d_in,d_sae,k,batch");
@@ -202,6 +225,6 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
             }
         }
         if (quick && !args.Contains("--sae-shape")) saeShape = (64, 512, 8, 128);
-        return new(device, fixtures, models, dtypes, batch, seq, reps, warmup, work, json, sae ? saeShape : null);
+        return new(device, fixtures, models, dtypes, batch, seq, reps, warmup, work, json, sae ? saeShape : null, attribution);
     }
 }
