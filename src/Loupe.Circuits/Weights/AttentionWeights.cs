@@ -11,7 +11,8 @@ namespace Loupe.Circuits.Weights;
 /// or token embedding). Shapes, per layer and head:
 ///   W_Q, W_K, W_V [d_model, d_head]   (GQA: W_K, W_V are the head's kv group's)
 ///   W_O           [d_head, d_model]
-///   b_Q, b_K      [d_head]            (zeros when the model has no bias)
+///   b_Q, b_K, b_V [d_head]            (zeros when the model has no bias)
+///   b_O           [d_model] per layer
 ///   ln1 weight, bias [d_model]        (the norm that reads the residual stream into the head)
 ///   W_pos         [n_ctx, d_model]    (learned positions, when there are any)
 /// </summary>
@@ -22,7 +23,8 @@ public sealed class AttentionWeights
         NLayers = nLayers; NHeads = nHeads; DModel = dModel; DHead = dHead;
         NormKind = normKind; NormEps = normEps; Source = source;
         WQ = Jagged<float>(dModel * dHead); WK = Jagged<float>(dModel * dHead); WV = Jagged<float>(dModel * dHead);
-        WO = Jagged<float>(dHead * dModel); BQ = Jagged<float>(dHead); BK = Jagged<float>(dHead);
+        WO = Jagged<float>(dHead * dModel); BQ = Jagged<float>(dHead); BK = Jagged<float>(dHead); BV = Jagged<float>(dHead);
+        BO = [.. Enumerable.Range(0, nLayers).Select(_ => new float[dModel])];
         Ln1Weight = new float[nLayers][]; Ln1Bias = new float[nLayers][];
         for (int l = 0; l < nLayers; l++) { Ln1Weight[l] = [.. Enumerable.Repeat(1f, dModel)]; Ln1Bias[l] = new float[dModel]; }
     }
@@ -49,6 +51,9 @@ public sealed class AttentionWeights
     public float[][][] WO { get; private init; }
     public float[][][] BQ { get; private init; }
     public float[][][] BK { get; private init; }
+    public float[][][] BV { get; private init; }
+    /// <summary>b_O per layer <c>[d_model]</c>.</summary>
+    public float[][] BO { get; private init; }
     /// <summary>ln1's weight per layer <c>[d_model]</c> (ones once folded, or when the model has no norm there).</summary>
     public float[][] Ln1Weight { get; private init; }
     public float[][] Ln1Bias { get; private init; }
@@ -73,7 +78,7 @@ public sealed class AttentionWeights
 
     /// <summary>
     /// TransformerLens's <c>fold_ln</c> for the heads' reading weights: ln1's weight multiplies the rows of
-    /// W_Q, W_K, W_V, its bias moves into b_Q, b_K (b_V is not kept here), and for LayerNorm the reading
+    /// W_Q, W_K, W_V, its bias moves into b_Q, b_K, b_V, and for LayerNorm the reading
     /// weights are centred over d_model (the norm's input is mean-free, so that component is never read).
     /// ln1 is then weight 1, bias 0. With <paramref name="centerWriting"/> (LayerNorm only, as
     /// TransformerLens's <c>center_writing_weights</c>) W_O's rows are centred over d_model.
@@ -88,11 +93,18 @@ public sealed class AttentionWeights
         bool centreO = centerWriting && layerNorm;
         if (centreO && !processing.Contains("center_writing_weights")) processing.Add("center_writing_weights");
         for (int l = 0; l < NLayers; l++)
+        {
+            BO[l].CopyTo(folded.BO[l], 0);
+            if (centreO)
+            {
+                float mean = BO[l].Average();
+                for (int d = 0; d < DModel; d++) folded.BO[l][d] -= mean;
+            }
             for (int h = 0; h < NHeads; h++)
             {
                 FoldReading(WQ[l][h], BQ[l][h], Ln1Weight[l], Ln1Bias[l], folded.WQ[l][h], folded.BQ[l][h], layerNorm);
                 FoldReading(WK[l][h], BK[l][h], Ln1Weight[l], Ln1Bias[l], folded.WK[l][h], folded.BK[l][h], layerNorm);
-                FoldReading(WV[l][h], new float[DHead], Ln1Weight[l], Ln1Bias[l], folded.WV[l][h], new float[DHead], layerNorm);
+                FoldReading(WV[l][h], BV[l][h], Ln1Weight[l], Ln1Bias[l], folded.WV[l][h], folded.BV[l][h], layerNorm);
                 var wo = folded.WO[l][h];
                 WO[l][h].CopyTo(wo, 0);
                 if (centreO)
@@ -105,6 +117,7 @@ public sealed class AttentionWeights
                         for (int d = 0; d < DModel; d++) row[d] -= (float)mean;
                     }
             }
+        }
         folded.Processing = processing;
         return folded;
     }
@@ -164,9 +177,10 @@ public sealed class AttentionWeights
                 }
                 ReadColumns(q.lin, q.col, E, w.WQ[l][h], w.BQ[l][h]);
                 ReadColumns(k.lin, k.col, E, w.WK[l][h], w.BK[l][h]);
-                ReadColumns(v.lin, v.col, E, w.WV[l][h], null);
+                ReadColumns(v.lin, v.col, E, w.WV[l][h], w.BV[l][h]);
                 ReadRows(attn.O, h * E, E, w.WO[l][h]);
             }
+            if (attn.O.Bias.Length == D) attn.O.Bias.Span.CopyTo(w.BO[l]);
         }
         if (model.Source is { } src && Directory.Exists(src) && cfg.RotaryDim == 0) w.Positions = TryReadPositions(src, D);
         return w;
@@ -279,13 +293,14 @@ public sealed class AttentionWeights
             var qkv = new Linear(st.GetFloat32(Name($"h.{l}.attn.c_attn.weight")), D, 3 * D, weightIsOutIn: false,
                 st.Contains(Name($"h.{l}.attn.c_attn.bias")) ? st.GetFloat32(Name($"h.{l}.attn.c_attn.bias")) : default);
             var proj = new Linear(st.GetFloat32(Name($"h.{l}.attn.c_proj.weight")), D, D, weightIsOutIn: false);
+            if (st.Contains(Name($"h.{l}.attn.c_proj.bias"))) st.GetFloat32(Name($"h.{l}.attn.c_proj.bias")).Span.CopyTo(w.BO[l]);
             st.GetFloat32(Name($"h.{l}.ln_1.weight")).Span.CopyTo(w.Ln1Weight[l]);
             if (st.Contains(Name($"h.{l}.ln_1.bias"))) st.GetFloat32(Name($"h.{l}.ln_1.bias")).Span.CopyTo(w.Ln1Bias[l]);
             for (int h = 0; h < H; h++)
             {
                 ReadColumns(qkv, h * E, E, w.WQ[l][h], w.BQ[l][h]);
                 ReadColumns(qkv, D + h * E, E, w.WK[l][h], w.BK[l][h]);
-                ReadColumns(qkv, 2 * D + h * E, E, w.WV[l][h], null);
+                ReadColumns(qkv, 2 * D + h * E, E, w.WV[l][h], w.BV[l][h]);
                 ReadRows(proj, h * E, E, w.WO[l][h]);
             }
         }
