@@ -224,13 +224,17 @@ public sealed class AttentionWeights
     /// <exception cref="InputError">The path does not exist, or the checkpoint lacks an attention tensor.</exception>
     public static AttentionWeights Load(string path)
     {
-        if (Directory.Exists(path) && File.Exists(Path.Combine(path, "config.json")) && IsFullModel(path))
+        if (IsModelFolder(path))
         {
             using var model = ModelLoader.LoadFolder(path);
             return FromModel(model);
         }
         return FromGpt2Checkpoint(path);
     }
+
+    /// <summary>Whether <paramref name="path"/> is a folder that loads as a whole model (config.json and a token embedding).</summary>
+    public static bool IsModelFolder(string path) =>
+        Directory.Exists(path) && File.Exists(Path.Combine(path, "config.json")) && IsFullModel(path);
 
     /// <summary>A model folder loads as a model unless its safetensors lack the token embedding (a partial checkpoint).</summary>
     static bool IsFullModel(string folder)

@@ -32,6 +32,8 @@ public sealed class CompositionReport
     public PositionalAttention? Positional { get; init; }
     public required IReadOnlyList<PreviousTokenHead> PreviousTokenHeads { get; init; }
     public required double Threshold { get; init; }
+    /// <summary>OV copying scores <c>[layer·head]</c> (<see cref="OvCopying"/>), or null without token embeddings.</summary>
+    public double[]? CopyingScores { get; init; }
 
     public static string Label(int layer, int head) => $"L{layer}H{head}";
 
@@ -40,7 +42,8 @@ public sealed class CompositionReport
     /// <param name="threshold">Previous-token score (self excluded) a head needs.</param>
     /// <param name="partners">How many K-composition partners to list per head.</param>
     /// <param name="positions">Positions for the positional patterns.</param>
-    public static CompositionReport Build(AttentionWeights weights, double threshold = 0.6, int partners = 5, int positions = 128)
+    /// <param name="copying">OV copying scores to include, when the embeddings were available.</param>
+    public static CompositionReport Build(AttentionWeights weights, double threshold = 0.6, int partners = 5, int positions = 128, double[]? copying = null)
     {
         var scores = CompositionScores.Compute(weights.FoldLayerNorm());
         PositionalAttention? positional = weights.Positions is null ? null : PositionalAttention.Compute(weights, positions);
@@ -56,7 +59,7 @@ public sealed class CompositionReport
             }
         return new CompositionReport
         {
-            Source = weights.Source, Scores = scores, Positional = positional, Threshold = threshold,
+            Source = weights.Source, Scores = scores, Positional = positional, Threshold = threshold, CopyingScores = copying,
             PreviousTokenHeads = [.. heads.OrderByDescending(x => x.PreviousTokenScore)],
         };
     }
@@ -85,6 +88,8 @@ public sealed class CompositionReport
                 PreviousToken = Enumerable.Range(0, L).Select(l => Positional.PreviousAmongEarlierScores.AsSpan(l * H, H).ToArray()).ToArray(),
                 PreviousTokenWithSelf = Enumerable.Range(0, L).Select(l => Positional.PreviousTokenScores.AsSpan(l * H, H).ToArray()).ToArray(),
             },
+            OvCopying = CopyingScores is null ? null : Enumerable.Range(0, L).Select(l => CopyingScores.AsSpan(l * H, H).ToArray()).ToArray(),
+            OvCopyingMethod = "Σ Re λ / Σ |λ| over the eigenvalues of W_E·W_V·W_O·W_U (no norms, unprocessed weights)",
             PreviousTokenThreshold = Threshold,
             PreviousTokenHeads = PreviousTokenHeads,
         };

@@ -31,7 +31,7 @@ static class WeightsCommand
         var positions = new Option<int>("--positions") { Description = "Positions used for the positional patterns", DefaultValueFactory = _ => 128 };
         var command = new Command("composition",
             "Q-, K- and V-composition scores for every pair of heads (TransformerLens's all_composition_scores, on weights with fold_ln and " +
-            "center_writing_weights), previous-token heads found from learned positions alone (residual = W_pos passed through the attention " +
+            "center_writing_weights), OV copying scores when the token embedding is there, previous-token heads found from learned positions alone (residual = W_pos passed through the attention " +
             "layers, token embedding and MLPs zero), and each such head's strongest K-composition partners in later layers. Works on checkpoints " +
             "that hold only attention (e.g. GPT-2 small without MLPs or token embedding).\n\n" +
             "Examples:\n" +
@@ -47,13 +47,15 @@ static class WeightsCommand
             string? outDir = parse.GetValue(output);
             if (outDir is not null) CliSupport.OutputFolder(outDir);
             AttentionWeights weights;
-            if (File.Exists(m) || Directory.Exists(m)) weights = CliSupport.Status.Status().Start($"Reading {m}", _ => AttentionWeights.Load(m));
-            else
+            double[]? copying = null;
+            if (AttentionWeights.IsModelFolder(m) || !(File.Exists(m) || Directory.Exists(m)))
             {
                 using var loaded = CliSupport.LoadModel(m);
                 weights = AttentionWeights.FromModel(loaded);
+                copying = CliSupport.Status.Status().Start("OV copying scores", _ => OvCopying.Compute(loaded, weights));
             }
-            var report = CliSupport.Status.Status().Start("Scoring", _ => CompositionReport.Build(weights, minScore, partnerCount, positionCount));
+            else weights = CliSupport.Status.Status().Start($"Reading {m}", _ => AttentionWeights.FromGpt2Checkpoint(m));
+            var report = CliSupport.Status.Status().Start("Scoring", _ => CompositionReport.Build(weights, minScore, partnerCount, positionCount, copying));
 
             Console.WriteLine($"{weights.Source}: {weights.NLayers} layers × {weights.NHeads} heads, d_model {weights.DModel}, d_head {weights.DHead}; " +
                               $"composition on {string.Join(" + ", report.Scores.Processing)}");
@@ -68,6 +70,10 @@ static class WeightsCommand
                     Console.WriteLine($"  {head.Head,-7} {head.PreviousTokenScore:F3}  → " +
                                       string.Join("  ", head.KPartners.Select(p => $"{p.Head} {p.Score:F3}")));
             }
+            if (copying is null) Console.WriteLine("OV copying scores: skipped (no token embedding / unembedding in these weights)");
+            else
+                Console.WriteLine("Highest OV copying scores: " + string.Join("  ", Enumerable.Range(0, copying.Length).OrderByDescending(i => copying[i]).Take(5)
+                    .Select(i => $"{CompositionReport.Label(i / weights.NHeads, i % weights.NHeads)} {copying[i]:F3}")));
             if (outDir is not null)
             {
                 var (json, svg) = report.Write(outDir);
