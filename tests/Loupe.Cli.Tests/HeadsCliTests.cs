@@ -47,4 +47,19 @@ public class HeadsCliTests
             Assert.True(File.Exists(Path.Combine(dir, file)), file);
         Assert.Equal(2, RunLoupe(["toy", "--steps", "5", "--out", dir]).Code);
     }
+
+    [RequiresSharedFact("models/gpt2-small-attention")]
+    public void Weights_composition_reports_previous_token_heads_of_real_gpt2_and_refuses_a_checkpoint_without_attention()
+    {
+        string dir = Directory.CreateTempSubdirectory("loupe-weights").FullName;
+        var run = RunLoupe(["weights", "composition", "--model", SharedData.Require("models/gpt2-small-attention"), "--out", dir]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("L4H11", run.Out);
+        Assert.True(File.Exists(Path.Combine(dir, "composition.json")));
+        string empty = Path.Combine(dir, "empty.safetensors");
+        Loupe.Models.Loading.SafeTensorsWriter.Write(empty, [("transformer.wpe.weight", new[] { 2, 4 }, (ReadOnlyMemory<float>)new float[8])]);
+        run = RunLoupe(["weights", "composition", "--model", empty]);
+        Assert.Equal(2, run.Code);
+        Assert.Contains("c_attn.weight", run.Err);
+    }
 }
