@@ -237,25 +237,20 @@ public sealed class CltTrainer
         }
     }
 
-    // ---- checkpoints ----
-    //   param.<name>, adam_m.<name>, adam_v.<name>, since_fired I64 [L·d_sae], carry_inputs / carry_targets
-    //   metadata "loupe_clt_checkpoint" = JSON {format_version, step, epoch, window, batches_taken, architecture, shape, options, data}
+    // ---- checkpoints (the file layout of Sae/TrainingCheckpoint.cs; since_fired is [L·d_sae]) ----
 
     const string MetadataKey = "loupe_clt_checkpoint";
     const int CheckpointVersion = 1;
 
-    JsonObject State(BatchCursor cursor) => new()
+    JsonObject State(BatchCursor cursor)
     {
-        ["format_version"] = CheckpointVersion,
-        ["step"] = StepsDone,
-        ["epoch"] = cursor.Epoch,
-        ["window"] = cursor.Window,
-        ["batches_taken"] = cursor.BatchesTaken,
-        ["architecture"] = _clt.Architecture,
-        ["shape"] = _clt.Shape.ToString(),
-        ["options"] = $"{_o.Base} penalty={_o.Penalty} tanh_scale={_o.TanhScale.ToString("R", CultureInfo.InvariantCulture)}",
-        ["data"] = _data?.Description ?? "",
-    };
+        var state = TrainingCheckpoint.State(CheckpointVersion, StepsDone, cursor);
+        state["architecture"] = _clt.Architecture;
+        state["shape"] = _clt.Shape.ToString();
+        state["options"] = $"{_o.Base} penalty={_o.Penalty} tanh_scale={_o.TanhScale.ToString("R", CultureInfo.InvariantCulture)}";
+        state["data"] = _data?.Description ?? "";
+        return state;
+    }
 
     /// <summary>Writes a checkpoint atomically (temp file + rename).</summary>
     /// <exception cref="InvalidOperationException">Not begun.</exception>
@@ -263,20 +258,8 @@ public sealed class CltTrainer
     {
         if (_batches is null) throw new InvalidOperationException("nothing to checkpoint: call Begin first");
         var cursor = _batches.Cursor;
-        var entries = new List<SafeTensorEntry>();
-        foreach (var (name, data) in _clt.P.All()) entries.Add(SafeTensorEntry.F32("param." + name, [data.Length], data));
-        foreach (var ((name, m), (_, v)) in _m.Trainable(_clt.Activation).Zip(_v.Trainable(_clt.Activation)))
-        {
-            entries.Add(SafeTensorEntry.F32("adam_m." + name, [m.Length], m));
-            entries.Add(SafeTensorEntry.F32("adam_v." + name, [v.Length], v));
-        }
-        entries.Add(SafeTensorEntry.I64("since_fired", [_sinceFired.Length], _sinceFired));
-        if (cursor.CarryInputs.Length > 0) entries.Add(SafeTensorEntry.F32("carry_inputs", [cursor.CarryInputs.Length], cursor.CarryInputs));
-        if (cursor.CarryTargets is { Length: > 0 } ct) entries.Add(SafeTensorEntry.F32("carry_targets", [ct.Length], ct));
-        string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (dir is not null) Directory.CreateDirectory(dir);
-        OutputFiles.EnsureReplaceable(path);
-        SafeTensorsWriter.Write(path, entries, new Dictionary<string, string> { [MetadataKey] = State(cursor).ToJsonString(), ["format"] = "loupe-clt-checkpoint" });
+        var moments = _m.Trainable(_clt.Activation).Zip(_v.Trainable(_clt.Activation), (m, v) => (m.Name, m.Data, v.Data));
+        TrainingCheckpoint.Write(path, _clt.P.All(), moments, _sinceFired, cursor, MetadataKey, State(cursor), "loupe-clt-checkpoint");
     }
 
     /// <summary>Continues from a checkpoint of a run with the same shape, activation, options and data.</summary>
@@ -284,62 +267,25 @@ public sealed class CltTrainer
     public void LoadCheckpoint(string path, IRowWindows data)
     {
         ArgumentNullException.ThrowIfNull(data);
-        using var file = SaeLensFormat.OpenSafeTensors(path);
-        if (!file.Metadata.TryGetValue(MetadataKey, out var json))
-            throw new InputError($"{path}: not a Loupe CLT checkpoint (no '{MetadataKey}' metadata)");
-        JsonObject state;
-        try { state = JsonNode.Parse(json) as JsonObject ?? throw new InputError($"{path}: checkpoint metadata is not a JSON object"); }
-        catch (JsonException e) { throw new InputError($"{path}: checkpoint metadata is not valid JSON: {e.Message}", e); }
-        int Int(string key, long min, long max)
-        {
-            var node = state[key];
-            if (node is not JsonValue jv || jv.GetValueKind() != JsonValueKind.Number || !jv.TryGetValue(out long value))
-                throw InputError.Expected(path, $"checkpoint field '{key}'", "an integer", node?.ToJsonString());
-            return Check.InRange(value, min, max, path, $"checkpoint field '{key}'");
-        }
-        int version = Int("format_version", int.MinValue, int.MaxValue);
-        if (version != CheckpointVersion) throw InputError.Expected(path, "checkpoint format_version", CheckpointVersion.ToString(CultureInfo.InvariantCulture), version);
         var expected = State(new BatchCursor(0, 0, 0, [], null));
         expected["data"] = data.Description;
-        var diffs = new List<string>();
-        foreach (var key in new[] { "architecture", "shape", "options", "data" })
-        {
-            string want = expected[key]!.GetValue<string>();
-            string have = state[key] is JsonValue hv && hv.GetValueKind() == JsonValueKind.String ? hv.GetValue<string>() : "(missing)";
-            if (want != have) diffs.Add($"{key}: checkpoint has {have}, this run has {want}");
-        }
-        if (diffs.Count > 0) throw new InputError($"{path}: was written by a run with different settings. Differences: {string.Join("; ", diffs)}");
-        int step = Int("step", 0, B.Steps), epoch = Int("epoch", 0, int.MaxValue), window = Int("window", 0, data.WindowCount - 1);
-        int batchesTaken = Int("batches_taken", 0, int.MaxValue / B.BatchSize);
-
-        float[] Read(string name, int length, bool optional = false)
-        {
-            if (!file.TryGetInfo(name, out var info)) return optional ? [] : throw new InputError($"{path}: tensor '{name}' is missing");
-            if (info.DType != DType.F32 || info.Shape.Length != 1 || (length >= 0 && info.Shape[0] != length) || info.Shape[0] > Check.MaxArrayElements)
-                throw InputError.Expected(path, $"tensor '{name}'", $"F32 [{(length >= 0 ? length.ToString(CultureInfo.InvariantCulture) : "n")}]", $"{info.DType} [{string.Join(", ", info.Shape)}]");
-            var values = file.GetFloat32(name).ToArray();
-            if (Array.FindIndex(values, x => float.IsNaN(x) || float.IsPositiveInfinity(x)) is int bad and >= 0)
-                throw InputError.Expected(path, $"tensor '{name}' element {bad}", "a finite number", values[bad]);
-            return values;
-        }
+        using var file = new TrainingCheckpoint.Reader(path, MetadataKey, "CLT", CheckpointVersion, expected);
+        int step = file.Int("step", 0, B.Steps);
         var loaded = new List<(float[] Into, float[] Values)>();
-        foreach (var (name, buffer) in _clt.P.All()) loaded.Add((buffer, Read("param." + name, buffer.Length)));
+        foreach (var (name, buffer) in _clt.P.All())
+            if (buffer.Length > 0) loaded.Add((buffer, file.Parameter(name, buffer.Length, minusInfinityAllowed: name.StartsWith("log_threshold", StringComparison.Ordinal))));
         foreach (var ((name, m), (_, v)) in _m.Trainable(_clt.Activation).Zip(_v.Trainable(_clt.Activation)))
         {
-            loaded.Add((m, Read("adam_m." + name, m.Length)));
-            loaded.Add((v, Read("adam_v." + name, v.Length)));
+            var (mv, vv) = file.Moments(name, m.Length);
+            loaded.Add((m, mv));
+            loaded.Add((v, vv));
         }
-        if (!file.TryGetInfo("since_fired", out var sinceInfo) || sinceInfo.Shape.Length != 1 || sinceInfo.Shape[0] != _sinceFired.Length || sinceInfo.DType.IsFloatingPoint())
-            throw InputError.Expected(path, "tensor 'since_fired'", $"I64 [{_sinceFired.Length}] (n_layers·d_sae)", sinceInfo is null ? "missing" : $"{sinceInfo.DType} [{string.Join(", ", sinceInfo.Shape)}]");
-        var since = file.GetInt64("since_fired");
-        var carryIn = Read("carry_inputs", -1, optional: true);
-        float[]? carryOut = data.HasTargets ? Read("carry_targets", -1, optional: true) : null;
-        if (carryIn.Length % data.DIn != 0 || carryIn.Length / data.DIn >= B.BatchSize || (carryOut is not null && carryOut.Length / data.DOut != carryIn.Length / data.DIn))
-            throw InputError.Expected(path, "tensors 'carry_inputs' / 'carry_targets'", $"the same fewer-than-one-batch ({B.BatchSize}) of whole rows", $"{carryIn.Length} and {carryOut?.Length ?? 0} floats");
+        var since = file.SinceFired(_sinceFired.Length, "n_layers·d_sae");
+        var cursor = file.Cursor(data, B.BatchSize);
 
         foreach (var (into, values) in loaded) values.CopyTo(into, 0);
         since.CopyTo(_sinceFired, 0);
         StepsDone = step;
-        Attach(data, new BatchCursor(epoch, window, batchesTaken, carryIn, carryOut));
+        Attach(data, cursor);
     }
 }
