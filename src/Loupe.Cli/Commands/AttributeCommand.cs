@@ -57,6 +57,10 @@ static class AttributeCommand
             var g = result.Graph;
             Console.WriteLine($"nodes: {g.SelectedFeatures.Length} features of {s.ActiveFeatures} active, {g.Layers * g.Positions} errors, {g.Positions} tokens, {g.LogitTokens.Length} logits (p = {g.LogitProbabilities.Sum().ToString("0.###", CultureInfo.InvariantCulture)})");
             Console.WriteLine($"pruned: {result.Pruning.KeptNodes().Length} nodes, {result.Pruning.KeptEdgeCount()} edges (node threshold {nodes}, edge threshold {edges})");
+            Console.WriteLine($"logit targets: {string.Join(", ", g.LogitTokens.Zip(g.LogitProbabilities).Take(5).Select(t => $"{CliSupport.Show(m, t.First)} {t.Second.ToString("0.###", CultureInfo.InvariantCulture)}"))}");
+            var influential = Enumerable.Range(0, g.SelectedFeatures.Length).OrderByDescending(i => result.Pruning.NodeInfluence[i]).Take(8)
+                .Select(i => g.Node(i)).Select(n => $"{n.Layer}:{n.Position}:{n.Index} (a {n.Value.ToString("0.##", CultureInfo.InvariantCulture)})");
+            Console.WriteLine($"most influential features (layer:position:feature): {string.Join(", ", influential)}");
             Console.WriteLine($"scores: replacement {result.Scores.Replacement.ToString("0.####", CultureInfo.InvariantCulture)}, completeness {result.Scores.Completeness.ToString("0.####", CultureInfo.InvariantCulture)}");
             Console.WriteLine($"cost: {s.Elapsed.TotalSeconds.ToString("0.##", CultureInfo.InvariantCulture)} s, {s.Batches} batched backward passes, {s.PassEquivalents.ToString("0.#", CultureInfo.InvariantCulture)} forward-pass equivalents; estimated memory {s.EstimatedBytes / (1024.0 * 1024):0.#} MiB");
             Console.WriteLine($"wrote {result.GraphJson} and {result.GraphSafetensors}{(result.HeadsJson is { } h ? " and " + h : "")}");
