@@ -33,6 +33,8 @@ public sealed record ModelConfig
     /// <summary>Rotary dimensions per head (0 when positions are learned or absent).</summary>
     public int RotaryDim { get; init; }
     public double RotaryBase { get; init; } = 10000;
+    /// <summary>How the rotary frequencies are rescaled for long contexts (Llama 3's <c>rope_scaling</c>), or null.</summary>
+    public RopeScaling? RopeScaling { get; init; }
     public bool LearnedPositions { get; init; }
     /// <summary>Attention and MLP both read resid_pre (GPT-NeoX / Pythia).</summary>
     public bool ParallelAttnMlp { get; init; }
@@ -56,3 +58,45 @@ public sealed record ModelConfig
     public bool HasMlp => !AttnOnly && DMlp > 0;
     public bool IsLocal(int layer) => SlidingWindow > 0 && (LocalLayers.Length == 0 || LocalLayers[layer]);
 }
+
+/// <summary>
+/// A <c>rope_scaling</c> that rescales the rotary inverse frequencies, as Hugging Face computes them:
+/// <c>linear</c> divides every frequency by <see cref="Factor"/>; <c>llama3</c> divides the low frequencies
+/// (wavelength above <c>original / low_freq_factor</c>) by it, keeps the high ones (wavelength below
+/// <c>original / high_freq_factor</c>) and blends between (Llama 3.1's long-context scaling).
+/// </summary>
+/// <param name="Type">"linear" or "llama3".</param>
+/// <param name="Factor">The scale factor.</param>
+/// <param name="LowFreqFactor">llama3: low_freq_factor.</param>
+/// <param name="HighFreqFactor">llama3: high_freq_factor.</param>
+/// <param name="OriginalMaxPositions">llama3: original_max_position_embeddings.</param>
+public sealed record RopeScaling(string Type, double Factor, double LowFreqFactor = 1, double HighFreqFactor = 4, int OriginalMaxPositions = 8192)
+{
+    /// <summary>The scaled inverse frequencies, in HF's float32 arithmetic.</summary>
+    public float[] Apply(float[] invFreq)
+    {
+        var scaled = new float[invFreq.Length];
+        float factor = (float)Factor;
+        if (Type == "linear")
+        {
+            for (int i = 0; i < invFreq.Length; i++) scaled[i] = invFreq[i] / factor;
+            return scaled;
+        }
+        float low = (float)LowFreqFactor, high = (float)HighFreqFactor, old = OriginalMaxPositions;
+        float lowWavelen = old / low, highWavelen = old / high;
+        for (int i = 0; i < invFreq.Length; i++)
+        {
+            float wavelen = 2 * MathF.PI / invFreq[i];
+            float llama = wavelen > lowWavelen ? invFreq[i] / factor : invFreq[i];
+            bool medium = !(wavelen < highWavelen) && !(wavelen > lowWavelen);
+            if (medium)
+            {
+                float smooth = (old / wavelen - low) / (high - low);
+                llama = (1 - smooth) * llama / factor + smooth * llama;
+            }
+            scaled[i] = llama;
+        }
+        return scaled;
+    }
+}
+

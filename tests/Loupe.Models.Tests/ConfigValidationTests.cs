@@ -76,6 +76,9 @@ public class ConfigValidationTests
     [InlineData("llama", "hidden_act", "\"tanhh\"")]
     [InlineData("gpt2", "activation_function", "\"swiglu\"")]
     [InlineData("llama", "rope_scaling", "{\"rope_type\": \"yarn\", \"factor\": 4}")]
+    [InlineData("llama", "rope_scaling", "{\"rope_type\": \"llama3\", \"factor\": 8}")]
+    [InlineData("llama", "rope_scaling", "{\"rope_type\": \"linear\", \"factor\": -1}")]
+    [InlineData("gemma2", "rope_scaling", "{\"rope_type\": \"linear\", \"factor\": 2}")]
     public void OutOfRangeFieldIsNamed(string arch, string field, string json)
     {
         var e = LoadFails(arch, field, json);

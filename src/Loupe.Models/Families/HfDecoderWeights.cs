@@ -42,25 +42,60 @@ static class HfDecoderWeights
     public static Linear Unembed(ModelConfig cfg, WeightSource w, ReadOnlyMemory<float> embedding) =>
         new(w.Contains("lm_head.weight") ? w.Get("lm_head.weight", cfg.DVocab, cfg.DModel) : embedding, cfg.DModel, cfg.DVocab, true);
 
-    /// <summary>RoPE settings; scaled variants are refused rather than run wrongly.</summary>
-    /// <exception cref="InputError">rope_scaling names a scaling Loupe does not implement, or rope_theta is not a finite number &gt; 0.</exception>
-    public static double RopeTheta(HfConfig c)
+    /// <summary>RoPE base; a family that has no scaled variant refuses any rope_scaling rather than run it wrongly.</summary>
+    /// <exception cref="InputError">rope_scaling is set (unless <paramref name="scalingHandled"/>), or rope_theta is not a finite number &gt; 0.</exception>
+    public static double RopeTheta(HfConfig c, bool scalingHandled = false)
     {
-        if (c.Element("rope_scaling") is { } scaling)
-        {
-            if (scaling.ValueKind != System.Text.Json.JsonValueKind.Object) throw c.Wrong("rope_scaling", "an object or null", scaling);
-            string type = "";
-            foreach (var key in new[] { "rope_type", "type" })
-                if (scaling.TryGetProperty(key, out var t) && t.ValueKind != System.Text.Json.JsonValueKind.Null)
-                {
-                    if (t.ValueKind != System.Text.Json.JsonValueKind.String) throw c.Wrong($"rope_scaling.{key}", "a string", t);
-                    type = t.GetString() ?? "";
-                    break;
-                }
-            if (type is not ("" or "default"))
-                throw c.Invalid("rope_scaling", $"type '{type}' is not supported yet (only unscaled RoPE)");
-        }
+        if (!scalingHandled && RopeScalingType(c) is { } type)
+            throw c.Invalid("rope_scaling", $"type '{type}' is not supported for {c.String("model_type") ?? "this family"} (only unscaled RoPE)");
         return c.Positive("rope_theta", 10000);
+    }
+
+    /// <summary>rope_scaling's type, or null when there is no scaling (absent, null, "default").</summary>
+    static string? RopeScalingType(HfConfig c)
+    {
+        if (c.Element("rope_scaling") is not { } scaling || scaling.ValueKind == System.Text.Json.JsonValueKind.Null) return null;
+        if (scaling.ValueKind != System.Text.Json.JsonValueKind.Object) throw c.Wrong("rope_scaling", "an object or null", scaling);
+        foreach (var key in new[] { "rope_type", "type" })
+            if (scaling.TryGetProperty(key, out var t) && t.ValueKind != System.Text.Json.JsonValueKind.Null)
+            {
+                if (t.ValueKind != System.Text.Json.JsonValueKind.String) throw c.Wrong($"rope_scaling.{key}", "a string", t);
+                string type = t.GetString() ?? "";
+                return type is "" or "default" ? null : type;
+            }
+        return null;
+    }
+
+    /// <summary>
+    /// Llama-lineage rope_scaling: <c>linear</c> (factor) and <c>llama3</c> (factor, low_freq_factor, high_freq_factor,
+    /// original_max_position_embeddings), as Hugging Face computes them; null when unscaled.
+    /// </summary>
+    /// <exception cref="InputError">Another type (dynamic, yarn, longrope… are refused, not approximated), or a field missing or out of range.</exception>
+    public static RopeScaling? RopeScalingOf(HfConfig c)
+    {
+        if (RopeScalingType(c) is not { } type) return null;
+        var scaling = c.Element("rope_scaling")!.Value;
+        double Number(string key, double min, bool required = true, double fallback = double.NaN)
+        {
+            if (!scaling.TryGetProperty(key, out var v) || v.ValueKind == System.Text.Json.JsonValueKind.Null)
+                return required ? throw c.Invalid($"rope_scaling.{key}", $"is required for rope_type '{type}'") : fallback;
+            if (v.ValueKind != System.Text.Json.JsonValueKind.Number || !v.TryGetDouble(out double d) || !double.IsFinite(d) || d < min)
+                throw c.Wrong($"rope_scaling.{key}", $"a finite number ≥ {min}", v);
+            return d;
+        }
+        switch (type)
+        {
+            case "linear":
+                return new RopeScaling("linear", Number("factor", 1));
+            case "llama3":
+                double factor = Number("factor", 1), low = Number("low_freq_factor", 0), high = Number("high_freq_factor", 0);
+                double original = Number("original_max_position_embeddings", 1);
+                if (!(high > low)) throw c.Invalid("rope_scaling", $"high_freq_factor ({high}) must exceed low_freq_factor ({low})");
+                if (original > int.MaxValue || original != Math.Floor(original)) throw c.Invalid("rope_scaling.original_max_position_embeddings", $"expected a whole number, found {original}");
+                return new RopeScaling("llama3", factor, low, high, (int)original);
+            default:
+                throw c.Invalid("rope_scaling", $"type '{type}' is not supported yet (Loupe implements linear and llama3; dynamic, yarn and longrope would change with the sequence length or attention scale)");
+        }
     }
 
     /// <summary>The sizes every Llama-lineage config shares, each range-checked and cross-checked.</summary>

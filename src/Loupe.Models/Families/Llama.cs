@@ -26,7 +26,8 @@ public sealed class LlamaModel : HookedTransformer
     {
         int L = cfg.NLayers;
         WE = w.Get("model.embed_tokens.weight", cfg.DVocab, cfg.DModel);
-        var rotary = new RotaryTable(cfg.RotaryDim, cfg.RotaryBase, cfg.NCtx);
+        var inverse = RotaryTable.DefaultInverseFrequencies(cfg.RotaryDim, cfg.RotaryBase);
+        var rotary = new RotaryTable(cfg.RotaryDim, cfg.RopeScaling?.Apply(inverse) ?? inverse, cfg.NCtx);
         _ln1 = new Norm[L]; _ln2 = new Norm[L]; _attn = new AttentionLayer[L]; _mlp = new MlpLayer[L];
         for (int l = 0; l < L; l++)
         {
@@ -71,7 +72,8 @@ public sealed class LlamaModel : HookedTransformer
             Normalization = NormKind.RmsNorm,
             NormEps = HfDecoderWeights.NormEps(c, "rms_norm_eps", 1e-6),
             RotaryDim = dh,
-            RotaryBase = HfDecoderWeights.RopeTheta(c),
+            RotaryBase = HfDecoderWeights.RopeTheta(c, scalingHandled: true),
+            RopeScaling = HfDecoderWeights.RopeScalingOf(c),
             AttnScale = 1f / MathF.Sqrt(dh),
             SlidingWindow = window,
             BosTokenId = HfDecoderWeights.TokenId(c, "bos_token_id", vocab),

@@ -129,17 +129,35 @@ public sealed class RotaryTable
     /// context of millions costs memory only for the positions actually run.</param>
     /// <exception cref="ArgumentException">An argument is out of range (configs are checked before this).</exception>
     public RotaryTable(int rotaryDim, double theta, int maxPositions)
+        : this(rotaryDim, DefaultInverseFrequencies(rotaryDim, theta), maxPositions) { }
+
+    /// <param name="rotaryDim">Rotated dimensions per head: positive and even.</param>
+    /// <param name="inverseFrequencies">The rotation speed of each dimension pair (<c>rotaryDim/2</c> finite values), e.g. scaled as Llama 3 does.</param>
+    /// <param name="maxPositions">Positions the model accepts (n_ctx).</param>
+    /// <exception cref="ArgumentException">An argument is out of range.</exception>
+    public RotaryTable(int rotaryDim, float[] inverseFrequencies, int maxPositions)
     {
         if (rotaryDim <= 0 || rotaryDim % 2 != 0) throw new ArgumentException($"rotary dimension must be a positive even number, got {rotaryDim}", nameof(rotaryDim));
-        if (!double.IsFinite(theta) || theta <= 0) throw new ArgumentOutOfRangeException(nameof(theta), theta, "the rotary base must be finite and positive");
+        if (inverseFrequencies.Length != rotaryDim / 2 || inverseFrequencies.Any(f => !float.IsFinite(f)))
+            throw new ArgumentException($"expected {rotaryDim / 2} finite inverse frequencies, got {inverseFrequencies.Length}", nameof(inverseFrequencies));
         if (maxPositions <= 0) throw new ArgumentOutOfRangeException(nameof(maxPositions), maxPositions, "the rotary table needs at least one position");
         RotaryDim = rotaryDim;
         MaxPositions = maxPositions;
-        int half = rotaryDim / 2;
-        // Same float32 arithmetic as HF: inv_freq in float32, angle = float(pos) * inv_freq in float32.
-        _invFreq = new float[half];
-        for (int i = 0; i < half; i++) _invFreq[i] = (float)(1.0 / Math.Pow(theta, (float)(2 * i) / rotaryDim));
+        _invFreq = (float[])inverseFrequencies.Clone();
         _rows = Build(Math.Min(maxPositions, InitialPositions));
+    }
+
+    /// <summary>
+    /// HF's default <c>inv_freq = 1 / base^(2i/rotaryDim)</c>, in the same float32 arithmetic (angles are then
+    /// <c>float(pos) · inv_freq</c> in float32).
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The base is not finite and positive.</exception>
+    public static float[] DefaultInverseFrequencies(int rotaryDim, double theta)
+    {
+        if (!double.IsFinite(theta) || theta <= 0) throw new ArgumentOutOfRangeException(nameof(theta), theta, "the rotary base must be finite and positive");
+        var inv = new float[Math.Max(0, rotaryDim / 2)];
+        for (int i = 0; i < inv.Length; i++) inv[i] = (float)(1.0 / Math.Pow(theta, (float)(2 * i) / rotaryDim));
+        return inv;
     }
 
     Rows Build(int count)
