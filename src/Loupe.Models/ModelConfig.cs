@@ -27,6 +27,8 @@ public sealed record ModelConfig
     /// <summary>MLP activation by its config name (gelu_new, gelu, silu, relu, gelu_pytorch_tanh).</summary>
     public string? ActFn { get; init; }
     public bool GatedMlp { get; init; }
+    /// <summary>Per-head RMSNorm of q and k before rotary (Qwen3): hooks <c>attn.q_norm.*</c>, <c>attn.k_norm.*</c>.</summary>
+    public bool QkNorm { get; init; }
     public bool AttnOnly { get; init; }
     public NormKind Normalization { get; init; }
     public float NormEps { get; init; } = 1e-5f;

@@ -21,7 +21,12 @@ static class HfDecoderWeights
             new Linear(w.Get(b + "k_proj.weight", kv, D), D, kv, true, w.Optional(b + "k_proj.bias", kv)),
             new Linear(w.Get(b + "v_proj.weight", kv, D), D, kv, true, w.Optional(b + "v_proj.bias", kv)),
             new Linear(w.Get(b + "o_proj.weight", D, q), q, D, true, w.Optional(b + "o_proj.bias", D)),
-            rotary);
+            rotary)
+        {
+            // Qwen3: per-head RMSNorm of q and k (weights [head_dim]) before rotary.
+            QNorm = cfg.QkNorm ? RmsNorm(w, b + "q_norm.weight", cfg, $"blocks.{l}.attn.q_norm", width: cfg.DHead) : null,
+            KNorm = cfg.QkNorm ? RmsNorm(w, b + "k_norm.weight", cfg, $"blocks.{l}.attn.k_norm", width: cfg.DHead) : null,
+        };
     }
 
     /// <summary>Gated MLP: <c>down(act(gate(x)) ⊙ up(x))</c>.</summary>
@@ -35,8 +40,8 @@ static class HfDecoderWeights
             gate: new Linear(w.Get(b + "gate_proj.weight", M, D), D, M, true));
     }
 
-    public static Norm RmsNorm(WeightSource w, string tensor, ModelConfig cfg, string hookPrefix, float weightOffset = 0f) =>
-        new(NormKind.RmsNorm, w.Get(tensor, cfg.DModel), default, cfg.NormEps, hookPrefix, weightOffset);
+    public static Norm RmsNorm(WeightSource w, string tensor, ModelConfig cfg, string hookPrefix, float weightOffset = 0f, int? width = null) =>
+        new(NormKind.RmsNorm, w.Get(tensor, width ?? cfg.DModel), default, cfg.NormEps, hookPrefix, weightOffset);
 
     /// <summary>lm_head when stored, else the (tied) token embedding.</summary>
     public static Linear Unembed(ModelConfig cfg, WeightSource w, ReadOnlyMemory<float> embedding) =>

@@ -43,7 +43,7 @@ public sealed class LlamaModel : HookedTransformer
 
     public override long ParameterCount => _parameters;
 
-    /// <summary>Reads a llama, mistral or qwen2 config (its model_type) and weights.</summary>
+    /// <summary>Reads a llama, mistral, qwen2 or qwen3 config (its model_type) and weights. Qwen3 adds per-head q/k RMSNorm.</summary>
     internal static LlamaModel Load(string modelType, HfConfig c, WeightSource w, IComputeBackend? backend)
     {
         var (d, h, kv, dh, layers, dMlp, vocab, nCtx) = HfDecoderWeights.Sizes(c);
@@ -51,11 +51,11 @@ public sealed class LlamaModel : HookedTransformer
         int window = modelType switch
         {
             "mistral" => c.OptionalInt("sliding_window", 0) ?? 0,
-            "qwen2" when c.Bool("use_sliding_window", false) => c.OptionalInt("sliding_window", 0) ?? 0,
+            "qwen2" or "qwen3" when c.Bool("use_sliding_window", false) => c.OptionalInt("sliding_window", 0) ?? 0,
             _ => 0,
         };
-        if (modelType == "qwen2" && window > 0 && (c.OptionalInt("max_window_layers", 0) ?? layers) < layers)
-            throw c.Invalid("max_window_layers", "Qwen2 with sliding windows on only some layers is not supported");
+        if (modelType is "qwen2" or "qwen3" && window > 0 && (c.OptionalInt("max_window_layers", 0) ?? layers) < layers)
+            throw c.Invalid("max_window_layers", $"{modelType} with sliding windows on only some layers is not supported");
         var cfg = new ModelConfig
         {
             Architecture = modelType,
@@ -69,6 +69,7 @@ public sealed class LlamaModel : HookedTransformer
             NCtx = nCtx,
             ActFn = HfDecoderWeights.Activation(c, "hidden_act", c.String("hidden_act") ?? "silu"),
             GatedMlp = true,
+            QkNorm = modelType == "qwen3",
             Normalization = NormKind.RmsNorm,
             NormEps = HfDecoderWeights.NormEps(c, "rms_norm_eps", 1e-6),
             RotaryDim = dh,

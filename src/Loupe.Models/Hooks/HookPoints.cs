@@ -42,7 +42,7 @@ public static class HookPoints
             var names = new BlockHookNames(l);
             points.Add(shapes.Residual(names.ResidPre, l));
             if (norms) Norm(points, shapes, $"blocks.{l}.ln1", l);
-            Attention(points, shapes, names, cfg.RotaryDim > 0);
+            Attention(points, shapes, names, cfg.RotaryDim > 0, cfg.QkNorm);
             if (norms && sandwichNorms) Norm(points, shapes, $"blocks.{l}.ln1_post", l);
             points.Add(shapes.Residual(names.AttnOut, l));
             if (cfg.HasMlp)
@@ -66,12 +66,20 @@ public static class HookPoints
         points.Add(shapes.Residual(prefix + ".hook_normalized", layer));
     }
 
-    static void Attention(List<HookPoint> points, Shapes shapes, BlockHookNames names, bool rotary)
+    static void Attention(List<HookPoint> points, Shapes shapes, BlockHookNames names, bool rotary, bool qkNorm)
     {
         int l = names.Layer;
         points.Add(shapes.PerHead(names.Q, l, shapes.Heads));
         points.Add(shapes.PerHead(names.K, l, shapes.KvHeads));
         points.Add(shapes.PerHead(names.V, l, shapes.KvHeads));
+        if (qkNorm)
+            foreach (var (norm, heads) in new[] { ("q_norm", shapes.Heads), ("k_norm", shapes.KvHeads) })
+            {
+                // Per-head RMSNorm (Qwen3): one scale per head, then the normalised q or k.
+                string prefix = $"blocks.{l}.attn.{norm}";
+                points.Add(new HookPoint(prefix + ".hook_scale", l, [HookAxis.Batch, HookAxis.Pos, HookAxis.HeadIndex, HookAxis.One], [null, null, heads, 1]));
+                points.Add(shapes.PerHead(prefix + ".hook_normalized", l, heads));
+            }
         if (rotary)
         {
             // hook_q/hook_k see the projections; hook_rot_q/hook_rot_k what enters the dot product.

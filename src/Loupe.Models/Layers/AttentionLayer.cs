@@ -72,6 +72,10 @@ public sealed class AttentionLayer
     public float Scale { get; }
     public float SoftCap { get; }
     public int Window { get; }
+    /// <summary>Per-head RMSNorm of q before rotary (Qwen3), or null.</summary>
+    public Norm? QNorm { get; init; }
+    /// <summary>Per-head RMSNorm of k before rotary (Qwen3), or null.</summary>
+    public Norm? KNorm { get; init; }
 
     /// <summary>Runs attention on x <c>[batch, pos, d_model]</c> and returns its output <c>[batch, pos, d_model]</c>.</summary>
     public Tensor Forward(ForwardContext ctx, Tensor x)
@@ -86,6 +90,9 @@ public sealed class AttentionLayer
         q = ctx.Hook(Names.Q, Layer, q);
         k = ctx.Hook(Names.K, Layer, k);
         v = ctx.Hook(Names.V, Layer, v);
+        // Qwen3: each head's q and k are RMS-normalised (over d_head) before rotary; hook_q/hook_k stay the projections.
+        if (QNorm is not null) q = QNorm.Forward(ctx, Layer, q);
+        if (KNorm is not null) k = KNorm.Forward(ctx, Layer, k);
         if (Rotary is not null)
         {
             // hook_q/hook_k see the projections; hook_rot_q/hook_rot_k what enters the dot product.
@@ -216,6 +223,8 @@ public sealed class AttentionLayer
             dk = ctx.GradHook(Names.RotK, Layer, dk).Clone();
             be.Rotary(Rotary, dk, rows, NKvHeads, DHead, ctx.Positions, inverse: true);
         }
+        if (QNorm is not null) dq = QNorm.Backward(ctx, Layer, dq);
+        if (KNorm is not null) dk = KNorm.Backward(ctx, Layer, dk);
         dq = ctx.GradHook(Names.Q, Layer, dq);
         dk = ctx.GradHook(Names.K, Layer, dk);
         dv = ctx.GradHook(Names.V, Layer, dv);

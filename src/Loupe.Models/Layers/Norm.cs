@@ -45,7 +45,10 @@ public sealed class Norm
         var be = ctx.Backend;
         int d = x.Dim(-1), rows = x.Length / d;
         var y = be.Empty(x.Shape.ToArray());
-        var computed = be.Empty(x.Dim(0), x.Dim(1), 1);
+        // One scale per normalised vector: [batch, pos, 1], or [batch, pos, head, 1] for a per-head norm.
+        var scaleShape = x.Shape.ToArray();
+        scaleShape[^1] = 1;
+        var computed = be.Empty(scaleShape);
         var (w, b) = (_weight.On(be), _bias.On(be));
         be.Norm(Centers, x, rows, d, w, WeightOffset, b, Eps, y, computed);
         // As in TransformerLens, the output divides by the hooked scale, so freezing or patching
