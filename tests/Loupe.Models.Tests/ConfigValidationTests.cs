@@ -79,6 +79,9 @@ public class ConfigValidationTests
     [InlineData("llama", "rope_scaling", "{\"rope_type\": \"llama3\", \"factor\": 8}")]
     [InlineData("llama", "rope_scaling", "{\"rope_type\": \"linear\", \"factor\": -1}")]
     [InlineData("gemma2", "rope_scaling", "{\"rope_type\": \"linear\", \"factor\": 2}")]
+    [InlineData("gpt_neo", "attention_layers", "[\"global\", \"sparse\", \"global\", \"local\"]")]
+    [InlineData("gpt_neo", "attention_layers", "[\"global\"]")]
+    [InlineData("gpt_neo", "window_size", "0")]
     public void OutOfRangeFieldIsNamed(string arch, string field, string json)
     {
         var e = LoadFails(arch, field, json);

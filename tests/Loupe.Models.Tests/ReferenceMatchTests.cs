@@ -9,7 +9,7 @@ public class ReferenceMatchTests
 {
     const float Tol = 1e-4f;
 
-    public static TheoryData<string> Families => new() { "gpt2", "gpt_neox", "llama", "llama3", "qwen2", "qwen3", "gemma2" };
+    public static TheoryData<string> Families => new() { "gpt2", "gpt_neox", "llama", "llama3", "qwen2", "qwen3", "gemma2", "gpt_neo" };
 
     [Theory]
     [MemberData(nameof(Families))]
