@@ -35,7 +35,9 @@ public sealed record ModelConfig
     /// <summary>Rotary dimensions per head (0 when positions are learned or absent).</summary>
     public int RotaryDim { get; init; }
     public double RotaryBase { get; init; } = 10000;
-    /// <summary>How the rotary frequencies are rescaled for long contexts (Llama 3's <c>rope_scaling</c>), or null.</summary>
+    /// <summary>The rotary base of local (sliding-window) layers when it differs from <see cref="RotaryBase"/> (Gemma 3), else null.</summary>
+    public double? RotaryLocalBase { get; init; }
+    /// <summary>How the rotary frequencies are rescaled for long contexts (Llama 3's <c>rope_scaling</c>; Gemma 3: global layers only), or null.</summary>
     public RopeScaling? RopeScaling { get; init; }
     public bool LearnedPositions { get; init; }
     /// <summary>Attention and MLP both read resid_pre (GPT-NeoX / Pythia).</summary>

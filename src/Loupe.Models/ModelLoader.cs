@@ -13,7 +13,7 @@ namespace Loupe.Models;
 public static class ModelLoader
 {
     /// <summary>model_type values (config.json) this build can run.</summary>
-    public static IReadOnlyList<string> SupportedModelTypes { get; } = ["gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2", "transformer_lens"];
+    public static IReadOnlyList<string> SupportedModelTypes { get; } = ["gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "transformer_lens"];
 
     /// <summary>Loads from a local folder, or downloads a hub id into the HF cache first.</summary>
     public static async Task<HookedTransformer> LoadAsync(string modelIdOrPath, IProgress<DownloadProgress>? progress = null,
@@ -44,6 +44,7 @@ public static class ModelLoader
                 "gpt_neox" => GptNeoXModel.Load(config, weights, backend),
                 "gpt_neo" => GptNeoModel.Load(config, weights, backend),
                 "gemma2" => Gemma2Model.Load(config, weights, backend),
+                "gemma3_text" => Gemma2Model.Load(config, weights, backend, gemma3: true),
                 "transformer_lens" => TransformerLensModel.Load(config, weights, backend),
                 _ => LlamaModel.Load(modelType, config, weights, backend),
             };

@@ -9,7 +9,7 @@ namespace Loupe.Models.Tests;
 /// <summary>The backward pass against HF autograd, and against finite differences at every kind of hook point.</summary>
 public class GradientTests(ITestOutputHelper output)
 {
-    public static TheoryData<string> Families => new() { "gpt2", "gpt_neox", "llama", "llama3", "qwen2", "qwen3", "gemma2", "gpt_neo" };
+    public static TheoryData<string> Families => new() { "gpt2", "gpt_neox", "llama", "llama3", "qwen2", "qwen3", "gemma2", "gemma3", "gpt_neo" };
 
     [Theory]
     [MemberData(nameof(Families))]

@@ -17,7 +17,7 @@ public class HookPointTests(ITestOutputHelper output)
     /// <summary>Every family and block variant there is a small model of: the committed fixtures, edited copies, and TransformerLens checkpoints written here.</summary>
     public static TheoryData<string> Variants() =>
     [
-        "gpt2", "gpt_neox", "gpt_neox sequential", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt_neo",
+        "gpt2", "gpt_neox", "gpt_neox sequential", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gpt_neo",
         "transformer_lens LN", "transformer_lens RMS gelu", "transformer_lens no-norm attn-only", "transformer_lens LN attn-only",
     ];
 

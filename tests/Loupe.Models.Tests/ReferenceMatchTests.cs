@@ -9,7 +9,7 @@ public class ReferenceMatchTests
 {
     const float Tol = 1e-4f;
 
-    public static TheoryData<string> Families => new() { "gpt2", "gpt_neox", "llama", "llama3", "qwen2", "qwen3", "gemma2", "gpt_neo" };
+    public static TheoryData<string> Families => new() { "gpt2", "gpt_neox", "llama", "llama3", "qwen2", "qwen3", "gemma2", "gemma3", "gpt_neo" };
 
     [Theory]
     [MemberData(nameof(Families))]
@@ -41,7 +41,7 @@ public class ReferenceMatchTests
             ReferenceFixture.AssertClose(reference.Get($"attn_probs.{l}"), cache[HookNames.Pattern(l)].Span, Tol, $"attn_probs.{l}");
             var attnOut = reference.Get($"attn_out.{l}");
             var mlpOut = reference.Get($"mlp_out.{l}");
-            if (model.Config.Architecture == "gemma2")
+            if (model.Config.Architecture is "gemma2" or "gemma3")
             {
                 // HF's attn_out/mlp_out are taken before Gemma's post-norms; TransformerLens's hooks
                 // after them (what joins the residual stream). Apply the post-norm with the scalar reference.

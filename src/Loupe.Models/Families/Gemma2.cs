@@ -13,7 +13,11 @@ namespace Loupe.Models.Families;
 // (cap·tanh(s/cap)) before masking, final logits too; even layers attend within a sliding window;
 // q·k is scaled by query_pre_attn_scalar^-½; GeGLU MLP with tanh-gelu; tied unembedding.
 
-/// <summary>Gemma 2: sandwich norms, local/global attention, logit soft-capping.</summary>
+// Gemma 3 (text: Gemma3ForCausalLM, model_type gemma3_text) is the same block with per-head q/k RMSNorm (1 + w)
+// before rotary, no soft-capping, every sliding_window_pattern-th layer global (the others local), and its own
+// rotary base on local layers (rope_local_base_freq); rope_scaling (linear) applies to the global layers only.
+
+/// <summary>Gemma 2 and Gemma 3: sandwich norms, local/global attention, logit soft-capping (Gemma 2), q/k norms (Gemma 3).</summary>
 public sealed class Gemma2Model : HookedTransformer
 {
     readonly Norm[] _ln1, _ln1Post, _ln2, _ln2Post;
@@ -25,7 +29,9 @@ public sealed class Gemma2Model : HookedTransformer
     {
         int L = cfg.NLayers;
         WE = w.Get("model.embed_tokens.weight", cfg.DVocab, cfg.DModel);
-        var rotary = new RotaryTable(cfg.RotaryDim, cfg.RotaryBase, cfg.NCtx);
+        var inverse = RotaryTable.DefaultInverseFrequencies(cfg.RotaryDim, cfg.RotaryBase);
+        var rotary = new RotaryTable(cfg.RotaryDim, cfg.RopeScaling?.Apply(inverse) ?? inverse, cfg.NCtx);
+        var localRotary = cfg.RotaryLocalBase is double localBase ? new RotaryTable(cfg.RotaryDim, localBase, cfg.NCtx) : rotary;
         _ln1 = new Norm[L]; _ln1Post = new Norm[L]; _ln2 = new Norm[L]; _ln2Post = new Norm[L];
         _attn = new AttentionLayer[L]; _mlp = new MlpLayer[L];
         for (int l = 0; l < L; l++)
@@ -35,7 +41,7 @@ public sealed class Gemma2Model : HookedTransformer
             _ln1Post[l] = HfDecoderWeights.RmsNorm(w, b + "post_attention_layernorm.weight", cfg, $"blocks.{l}.ln1_post", 1f);
             _ln2[l] = HfDecoderWeights.RmsNorm(w, b + "pre_feedforward_layernorm.weight", cfg, $"blocks.{l}.ln2", 1f);
             _ln2Post[l] = HfDecoderWeights.RmsNorm(w, b + "post_feedforward_layernorm.weight", cfg, $"blocks.{l}.ln2_post", 1f);
-            _attn[l] = HfDecoderWeights.Attention(l, cfg, w, rotary);
+            _attn[l] = HfDecoderWeights.Attention(l, cfg, w, cfg.IsLocal(l) ? localRotary : rotary, qkNormOffset: 1f);
             _mlp[l] = HfDecoderWeights.GatedMlp(l, cfg, w);
         }
         FinalNorm = HfDecoderWeights.RmsNorm(w, "model.norm.weight", cfg, "ln_final", 1f);
@@ -45,13 +51,13 @@ public sealed class Gemma2Model : HookedTransformer
 
     public override long ParameterCount => _parameters;
 
-    internal static Gemma2Model Load(HfConfig c, WeightSource w, IComputeBackend? backend)
+    internal static Gemma2Model Load(HfConfig c, WeightSource w, IComputeBackend? backend, bool gemma3 = false)
     {
         var (d, h, kv, dh, layers, dMlp, vocab, nCtx) = HfDecoderWeights.Sizes(c);
         string act = c.String("hidden_activation") ?? c.String("hidden_act") ?? "gelu_pytorch_tanh";
         var cfg = new ModelConfig
         {
-            Architecture = "gemma2",
+            Architecture = gemma3 ? "gemma3" : "gemma2",
             NLayers = layers,
             DModel = d,
             NHeads = h,
@@ -65,13 +71,18 @@ public sealed class Gemma2Model : HookedTransformer
             Normalization = NormKind.RmsNorm,
             NormEps = HfDecoderWeights.NormEps(c, "rms_norm_eps", 1e-6),
             RotaryDim = dh,
-            RotaryBase = HfDecoderWeights.RopeTheta(c),
+            RotaryBase = HfDecoderWeights.RopeTheta(c, scalingHandled: gemma3),
+            RopeScaling = gemma3 ? Gemma3Scaling(c) : null,
+            RotaryLocalBase = gemma3 ? c.Positive("rope_local_base_freq", 10000) : null,
+            QkNorm = gemma3,
             AttnScale = (float)(1 / Math.Sqrt(c.Double("query_pre_attn_scalar", dh, 1e-6, 1e12))),
             AttnSoftCap = HfDecoderWeights.SoftCap(c, "attn_logit_softcapping"),
             FinalLogitSoftCap = HfDecoderWeights.SoftCap(c, "final_logit_softcapping"),
             SlidingWindow = c.OptionalInt("sliding_window", 0) ?? 0,
-            // HF: layers with an even index attend locally.
-            LocalLayers = Enumerable.Range(0, layers).Select(l => l % 2 == 0).ToArray(),
+            // HF Gemma 2: layers with an even index attend locally. Gemma 3: every pattern-th layer is global.
+            LocalLayers = gemma3
+                ? Enumerable.Range(0, layers).Select(l => (l + 1) % c.Int("sliding_window_pattern", 1, HfConfig.MaxLayers) != 0).ToArray()
+                : Enumerable.Range(0, layers).Select(l => l % 2 == 0).ToArray(),
             EmbedScale = (float)Math.Sqrt(d),
             BosTokenId = HfDecoderWeights.TokenId(c, "bos_token_id", vocab),
             EosTokenId = HfDecoderWeights.TokenId(c, "eos_token_id", vocab),
@@ -79,6 +90,14 @@ public sealed class Gemma2Model : HookedTransformer
         };
         w.CheckNoLayerBeyond(HfDecoderWeights.Layer, layers, c.Path, "num_hidden_layers");
         return new Gemma2Model(cfg, w, backend);
+    }
+
+    /// <summary>Gemma 3's rope_scaling: HF supports linear on the global layers (e.g. factor 8 for 4B+); anything else is refused.</summary>
+    static RopeScaling? Gemma3Scaling(HfConfig c)
+    {
+        var scaling = HfDecoderWeights.RopeScalingOf(c);
+        if (scaling is { Type: not "linear" }) throw c.Invalid("rope_scaling", $"type '{scaling.Type}' is not supported for Gemma 3 (linear only)");
+        return scaling;
     }
 
     public override BlockAnatomy Anatomy(int layer) => new(_ln1[layer], _attn[layer], _ln1Post[layer], _ln2[layer], _mlp[layer], _ln2Post[layer], false);

@@ -12,7 +12,7 @@ static class HfDecoderWeights
 {
     public static string Layer(int l) => $"model.layers.{l}.";
 
-    public static AttentionLayer Attention(int l, ModelConfig cfg, WeightSource w, RotaryTable rotary)
+    public static AttentionLayer Attention(int l, ModelConfig cfg, WeightSource w, RotaryTable rotary, float qkNormOffset = 0f)
     {
         string b = Layer(l) + "self_attn.";
         int D = cfg.DModel, q = cfg.NHeads * cfg.DHead, kv = cfg.KvHeads * cfg.DHead;
@@ -23,9 +23,9 @@ static class HfDecoderWeights
             new Linear(w.Get(b + "o_proj.weight", D, q), q, D, true, w.Optional(b + "o_proj.bias", D)),
             rotary)
         {
-            // Qwen3: per-head RMSNorm of q and k (weights [head_dim]) before rotary.
-            QNorm = cfg.QkNorm ? RmsNorm(w, b + "q_norm.weight", cfg, $"blocks.{l}.attn.q_norm", width: cfg.DHead) : null,
-            KNorm = cfg.QkNorm ? RmsNorm(w, b + "k_norm.weight", cfg, $"blocks.{l}.attn.k_norm", width: cfg.DHead) : null,
+            // Qwen3 and Gemma 3: per-head RMSNorm of q and k (weights [head_dim]; Gemma's as 1 + w) before rotary.
+            QNorm = cfg.QkNorm ? RmsNorm(w, b + "q_norm.weight", cfg, $"blocks.{l}.attn.q_norm", qkNormOffset, width: cfg.DHead) : null,
+            KNorm = cfg.QkNorm ? RmsNorm(w, b + "k_norm.weight", cfg, $"blocks.{l}.attn.k_norm", qkNormOffset, width: cfg.DHead) : null,
         };
     }
 

@@ -33,7 +33,7 @@ public static class HookPoints
         var shapes = new Shapes(cfg);
         bool norms = cfg.Normalization != NormKind.None;
         // Gemma 2 normalizes each sub-layer's output again before it joins the residual stream.
-        bool sandwichNorms = cfg.Architecture == "gemma2";
+        bool sandwichNorms = cfg.Architecture is "gemma2" or "gemma3";
 
         points.Add(shapes.Residual(HookNames.Embed, -1));
         if (cfg.LearnedPositions) points.Add(shapes.Residual(HookNames.PosEmbed, -1));
