@@ -62,4 +62,28 @@ public class HeadsCliTests
         Assert.Equal(2, run.Code);
         Assert.Contains("c_attn.weight", run.Err);
     }
+
+    [Fact]
+    public void Circuit_scores_every_edge_as_eap_ig_does_and_refuses_mismatched_pairs()
+    {
+        string data = SharedData.TestData(Path.Combine("circuits", "gpt2")), dir = Directory.CreateTempSubdirectory("loupe-circuit").FullName;
+        using var scores = Loupe.Models.Loading.SafeTensorsFile.Open(Path.Combine(data, "scores.safetensors"));
+        string Rows(long[] t) => string.Join(';', Enumerable.Range(0, t.Length / 12).Select(r => string.Join(',', t.Skip(r * 12).Take(12))));
+        string clean = Rows(scores.GetInt64("clean_tokens")), corrupt = Rows(scores.GetInt64("corrupted_tokens"));
+        var run = RunLoupe(["circuit", "--model", SharedData.TestData(Path.Combine("reference", "gpt2")), "--clean", clean, "--corrupt", corrupt,
+            "--answer", "17", "--wrong", "42", "--top", "10", "--out", dir]);
+        Assert.True(run.Code == 0, run.Err);
+        var written = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "circuit.json")))!["edges"]!.AsObject();
+        var expected = JsonNode.Parse(File.ReadAllText(Path.Combine(data, "edges.json")))!["edges"]!.AsArray();
+        Assert.Equal(expected.Count, written.Count);
+        foreach (var e in expected)
+        {
+            double want = (double)e!["EAP"]!, got = (double)written[(string)e["name"]!]!["score"]!;
+            Assert.InRange(got, want - 2e-5, want + 2e-5);
+        }
+        Assert.Equal(10, written.Count(kv => (bool)kv.Value!["in_graph"]!));
+        run = RunLoupe(["circuit", "--model", SharedData.TestData(Path.Combine("reference", "gpt2")), "--clean", "1,2,3", "--corrupt", "1,2", "--answer", "17", "--wrong", "42", "--out", dir]);
+        Assert.Equal(2, run.Code);
+        Assert.Contains("--corrupt", run.Err);
+    }
 }
