@@ -95,8 +95,15 @@ public abstract class HookedTransformer : IDisposable
     /// <summary>The number of parameters (weights and biases) the model holds.</summary>
     public abstract long ParameterCount { get; }
 
-    /// <summary>One block: reads resid_pre <c>[batch, pos, d_model]</c> and returns resid_post.</summary>
-    protected abstract Tensor Block(int layer, ForwardContext ctx, Tensor residPre);
+    /// <summary>
+    /// One block: reads resid_pre <c>[batch, pos, d_model]</c> and returns resid_post. By default the pre-norm
+    /// sequential block wired as <see cref="Anatomy"/> describes it; families with another wiring override it.
+    /// </summary>
+    protected virtual Tensor Block(int layer, ForwardContext ctx, Tensor residPre)
+    {
+        var a = SequentialAnatomy(layer);
+        return SequentialBlock(layer, ctx, residPre, a.Ln1, a.Attention, a.Ln2, a.Mlp);
+    }
 
     /// <summary>
     /// The parts of block <paramref name="layer"/> and how they are wired, for analyses that walk the block
@@ -104,8 +111,21 @@ public abstract class HookedTransformer : IDisposable
     /// </summary>
     public abstract BlockAnatomy Anatomy(int layer);
 
-    /// <summary>The block's backward: d resid_post → d resid_pre, through every hook point of the block.</summary>
-    protected abstract Tensor BlockBackward(int layer, ForwardContext ctx, Tensor dResidPost);
+    /// <summary>The block's backward: d resid_post → d resid_pre, through every hook point of the block (the default matches <see cref="Block"/>'s).</summary>
+    protected virtual Tensor BlockBackward(int layer, ForwardContext ctx, Tensor dResidPost)
+    {
+        var a = SequentialAnatomy(layer);
+        return SequentialBlockBackward(layer, ctx, dResidPost, a.Ln1, a.Attention, a.Ln2, a.Mlp);
+    }
+
+    /// <summary>The block's anatomy, which the default <see cref="Block"/> can run only when it is a plain sequential one.</summary>
+    BlockAnatomy SequentialAnatomy(int layer)
+    {
+        var a = Anatomy(layer);
+        if (a.Parallel || a.AttentionPostNorm is not null || a.MlpPostNorm is not null)
+            throw new NotSupportedException($"{GetType().Name}: block {layer} is parallel or has post norms; the family must override Block and BlockBackward");
+        return a;
+    }
 
     /// <summary>
     /// Every hook point this model has, in forward order — including the sub-hooks of splices attached

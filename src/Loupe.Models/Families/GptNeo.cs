@@ -92,10 +92,4 @@ public sealed class GptNeoModel : HookedTransformer
     }
 
     public override BlockAnatomy Anatomy(int layer) => new(_ln1[layer], _attn[layer], null, _ln2[layer], _mlp[layer], null, false);
-
-    protected override Tensor Block(int l, ForwardContext ctx, Tensor residPre) =>
-        SequentialBlock(l, ctx, residPre, _ln1[l], _attn[l], _ln2[l], _mlp[l]);
-
-    protected override Tensor BlockBackward(int l, ForwardContext ctx, Tensor dResidPost) =>
-        SequentialBlockBackward(l, ctx, dResidPost, _ln1[l], _attn[l], _ln2[l], _mlp[l]);
 }

@@ -115,10 +115,4 @@ public sealed class TransformerLensModel : HookedTransformer
     }
 
     public override BlockAnatomy Anatomy(int layer) => new(_ln1[layer], _attn[layer], null, _mlp[layer] is null ? null : _ln2[layer], _mlp[layer], null, false);
-
-    protected override Tensor Block(int l, ForwardContext ctx, Tensor residPre) =>
-        SequentialBlock(l, ctx, residPre, _ln1[l], _attn[l], _ln2[l], _mlp[l]);
-
-    protected override Tensor BlockBackward(int l, ForwardContext ctx, Tensor dResidPost) =>
-        SequentialBlockBackward(l, ctx, dResidPost, _ln1[l], _attn[l], _ln2[l], _mlp[l]);
 }
