@@ -86,4 +86,41 @@ public class HeadsCliTests
         Assert.Equal(2, run.Code);
         Assert.Contains("--corrupt", run.Err);
     }
+
+    [Fact]
+    public void Circuit_by_acdc_and_greedy_writes_its_evaluation_faithfulness_and_picture()
+    {
+        string data = SharedData.TestData(Path.Combine("circuits", "gpt2")), dir = Directory.CreateTempSubdirectory("loupe-acdc").FullName;
+        using var scores = Loupe.Models.Loading.SafeTensorsFile.Open(Path.Combine(data, "scores.safetensors"));
+        string Rows(long[] t) => string.Join(';', Enumerable.Range(0, t.Length / 12).Select(r => string.Join(',', t.Skip(r * 12).Take(12))));
+        string clean = Rows(scores.GetInt64("clean_tokens")), corrupt = Rows(scores.GetInt64("corrupted_tokens"));
+        string model = SharedData.TestData(Path.Combine("reference", "gpt2"));
+        var run = RunLoupe(["circuit", "--model", model, "--clean", clean, "--corrupt", corrupt, "--answer", "17", "--wrong", "42",
+            "--method", "acdc", "--threshold", "0.005", "--out", dir]);
+        Assert.True(run.Code == 0, run.Err);
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "circuit.json")))!;
+        Assert.Equal("ACDC", (string)json["loupe"]!["method"]!);
+        int kept = (int)json["loupe"]!["edges_in_circuit"]!;
+        Assert.InRange(kept, 1, 261);
+        Assert.Equal(kept, json["edges"]!.AsObject().Count(kv => (bool)kv.Value!["in_graph"]!));
+        Assert.Contains("<svg", File.ReadAllText(Path.Combine(dir, "circuit.svg")));
+
+        run = RunLoupe(["circuit", "--model", model, "--clean", clean, "--corrupt", corrupt, "--answer", "17", "--wrong", "42",
+            "--method", "eap-ig-activations", "--steps", "2", "--select", "greedy", "--top", "15", "--faithfulness", "--out", dir]);
+        Assert.True(run.Code == 0, run.Err);
+        json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "circuit.json")))!;
+        Assert.Equal("EAP-IG-activations.steps2", (string)json["loupe"]!["method"]!);
+        var curve = json["loupe"]!["faithfulness"]!.AsArray();
+        Assert.Equal(10, curve.Count);
+        Assert.InRange((double)curve[^1]!["recovered"]!, 1 - 1e-6, 1 + 1e-6);
+        Assert.True(File.Exists(Path.Combine(dir, "faithfulness.svg")));
+        Assert.Contains("recovered", run.Out);
+
+        run = RunLoupe(["circuit", "--model", model, "--clean", clean, "--corrupt", corrupt, "--answer", "17", "--wrong", "17", "--out", dir]);
+        Assert.Equal(2, run.Code);
+        Assert.Contains("--wrong", run.Err);
+        run = RunLoupe(["circuit", "--model", model, "--clean", clean, "--corrupt", corrupt, "--answer", "17", "--wrong", "42", "--select", "best", "--out", dir]);
+        Assert.Equal(2, run.Code);
+        Assert.Contains("--select", run.Err);
+    }
 }

@@ -24,7 +24,7 @@ public class EdgeAttributionFixtureTests(ITestOutputHelper output)
     {
         using var model = ModelLoader.LoadFolder(SharedData.TestData("reference/gpt2"));
         var fixture = Fixture.Load("gpt2");
-        var metric = new MeanLogitDiff([.. Enumerable.Range(0, fixture.Clean.Batch).Select(_ => new[] { new LogitDiffTerm(-1, 17, 42) })]);
+        var metric = fixture.Gpt2Metric();
         Compare(fixture, method, Score(model, fixture, metric, method));
     }
 
@@ -34,16 +34,8 @@ public class EdgeAttributionFixtureTests(ITestOutputHelper output)
     {
         using var model = ModelLoader.LoadFolder(SharedData.Require(Induction));
         var fixture = Fixture.Load("induction-attn-only-2l");
-        var metric = InductionMetric(fixture);
+        var metric = fixture.InductionMetric();
         Compare(fixture, method, Score(model, fixture, metric, method));
-    }
-
-    /// <summary>m_b = mean over p = 48..62 of logits[b, p, clean[b, p+1]] − logits[b, p, corrupted[b, p+1]].</summary>
-    static MeanLogitDiff InductionMetric(Fixture fixture)
-    {
-        int T = fixture.Clean.Length;
-        return new MeanLogitDiff([.. Enumerable.Range(0, fixture.Clean.Batch).Select(b =>
-            Enumerable.Range(48, 15).Select(p => new LogitDiffTerm(p, fixture.Clean.Ids[b * T + p + 1], fixture.Corrupted.Ids[b * T + p + 1])).ToArray())]);
     }
 
     static EdgeScores Score(HookedTransformer model, Fixture fixture, IExampleMetric metric, string method)
@@ -75,26 +67,5 @@ public class EdgeAttributionFixtureTests(ITestOutputHelper output)
         var topReference = reference.OrderByDescending(r => Math.Abs(r.Value)).Take(20).Select(r => r.Key).ToArray();
         var topOurs = ours.Graph.Edges.Select((e, i) => (e.Name, Score: ours.Scores[i])).OrderByDescending(x => Math.Abs(x.Score)).Take(20).Select(x => x.Name).ToArray();
         Assert.Equal(topReference, topOurs);
-    }
-
-    sealed record Fixture(TokenBatch Clean, TokenBatch Corrupted, JsonElement Edges)
-    {
-        public static Fixture Load(string name)
-        {
-            string folder = SharedData.TestData(Path.Combine("circuits", name));
-            using var scores = SafeTensorsFile.Open(Path.Combine(folder, "scores.safetensors"));
-            TokenBatch Tokens(string tensor)
-            {
-                Assert.True(scores.TryGetInfo(tensor, out var info));
-                var ids = scores.GetInt64(tensor).Select(x => (int)x).ToArray();
-                return new TokenBatch(ids, (int)info.Shape[0], (int)info.Shape[1]);
-            }
-            using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(folder, "edges.json")));
-            return new Fixture(Tokens("clean_tokens"), Tokens("corrupted_tokens"), json.RootElement.GetProperty("edges").Clone());
-        }
-
-        /// <summary>Edge name → EAP-IG's score for <paramref name="method"/>, in EAP-IG's edge order.</summary>
-        public List<KeyValuePair<string, double>> Scores(string method) =>
-            [.. Edges.EnumerateArray().Select(e => KeyValuePair.Create(e.GetProperty("name").GetString()!, e.GetProperty(method).GetDouble()))];
     }
 }
