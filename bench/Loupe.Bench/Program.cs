@@ -67,6 +67,16 @@ if (o.Verb == "attribution")
         });
     return runs.All(r => r.Status == "ok") ? 0 : 1;
 }
+if (o.Verb == "eap")
+{
+    Report.Environment(Console.Out, EnvironmentInfo.Capture(), o);
+    Fixtures.Ensure(o.CacheRoot, o.Models, log);
+    var eapModel = o.Models[0];
+    var eap = EapBench.Run(eapModel.Name, Fixtures.FolderOf(o.CacheRoot, eapModel), o.Quick, log);
+    EapBench.Print(Console.Out, eap);
+    if (o.JsonPath is { } eapJson) Loupe.Reports.AtomicFile.WriteJson(eapJson, new { result = eap, edges_per_second = eap.BatchedEdgesPerSecond, one_edge_edges_per_second = eap.OneEdgeEdgesPerSecond, speedup = eap.Speedup });
+    return 0;
+}
 if (o.Verb == "causal")
 {
     Report.Environment(Console.Out, EnvironmentInfo.Capture(), o);
