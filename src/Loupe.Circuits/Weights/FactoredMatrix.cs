@@ -55,6 +55,22 @@ public sealed class FactoredMatrix
             : new FactoredMatrix(SmallLinearAlgebra.Multiply(x._left, middle, x.Rows, x.Inner, y.Inner), y._right, x.Rows, y.Inner, y.Cols);
     }
 
+    /// <summary>Row <paramref name="row"/> of <c>A·B</c> (<c>[cols]</c>), without forming the matrix.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The row is outside the matrix.</exception>
+    public double[] Row(int row)
+    {
+        if ((uint)row >= (uint)Rows) throw new ArgumentOutOfRangeException(nameof(row), $"row {row} is outside a matrix of {Rows} rows");
+        var result = new double[Cols];
+        for (int i = 0; i < Inner; i++)
+        {
+            double a = _left[(long)row * Inner + i];
+            if (a == 0) continue;
+            var b = _right.AsSpan((int)((long)i * Cols), Cols);
+            for (int c = 0; c < Cols; c++) result[c] += a * b[c];
+        }
+        return result;
+    }
+
     /// <summary>Gram matrix of the left factor, <c>AᵀA [inner, inner]</c>.</summary>
     internal double[] LeftGram() => SmallLinearAlgebra.Multiply(_left, _left, Inner, Rows, Inner, transA: true);
 

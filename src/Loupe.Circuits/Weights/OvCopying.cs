@@ -1,6 +1,5 @@
 using System.Numerics;
 using Loupe.Models;
-using Loupe.Models.Loading;
 using Loupe.Tensors.Kernels;
 
 namespace Loupe.Circuits.Weights;
@@ -71,21 +70,9 @@ public static class OvCopying
     /// </summary>
     public static double[]? Compute(HookedTransformer model, AttentionWeights w)
     {
-        if (model.Source is not { } folder || !Directory.Exists(folder)) return null;
-        int V = model.Config.DVocab, D = model.Config.DModel;
         var unembed = model.UnembedLayer;
-        if (model.Config.VocabOut != V) return null;
-        foreach (var file in Directory.GetFiles(folder, "*.safetensors").Order(StringComparer.Ordinal))
-        {
-            using var st = SafeTensorsFile.Open(file);
-            var name = st.Names.FirstOrDefault(n =>
-                (n.EndsWith("wte.weight", StringComparison.Ordinal) || n.EndsWith("embed_tokens.weight", StringComparison.Ordinal) ||
-                 n.EndsWith("embed_in.weight", StringComparison.Ordinal) || n.EndsWith("W_E", StringComparison.Ordinal))
-                && st.GetInfo(n).Shape is [var rows, var cols] && rows == V && cols == D);
-            if (name is null) continue;
-            // Linear stores [d_in, d_out] = [d_model, d_vocab] unless WeightIsOutIn ([d_vocab, d_model]).
-            return Compute(w, st.GetFloat32(name).Span, unembed.Weight.Span, V, unembed.WeightIsOutIn);
-        }
-        return null;
+        if (model.Config.VocabOut != model.Config.DVocab || FullCircuits.Embedding(model) is not { } embedding) return null;
+        // Linear stores [d_in, d_out] = [d_model, d_vocab] unless WeightIsOutIn ([d_vocab, d_model]).
+        return Compute(w, embedding, unembed.Weight.Span, model.Config.DVocab, unembed.WeightIsOutIn);
     }
 }
