@@ -1,5 +1,6 @@
 using Loupe.Circuits.Edges;
 using Loupe.Models;
+using Loupe.Models.Hooks;
 
 namespace Loupe.Circuits.Benchmark;
 
@@ -135,17 +136,53 @@ public static class PlantedTasks
         int steps = net.Train(r => { var p = task.Sample(r); return (p.Clean, p.CleanTargets); }, seed + 1, task.MaxSteps);
         net.Export(folder, task.Name, task.Description);
         var model = ModelLoader.LoadFolder(folder);
-        var random = new Random(seed + 2);
-        var pairs = Enumerable.Range(0, examples).Select(_ => task.Sample(random)).ToArray();
-        int T = task.Shape.Context;
-        var clean = new TokenBatch([.. pairs.SelectMany(p => p.Clean)], examples, T);
-        var corrupted = new TokenBatch([.. pairs.SelectMany(p => p.Corrupted)], examples, T);
-        var metric = new MeanLogitDiff([.. pairs.Select(p => Enumerable.Range(0, T).Where(t => p.CleanTargets[t] >= 0)
-            .Select(t => new LogitDiffTerm(t, p.CleanTargets[t], p.CorruptedTargets[t])).ToArray())]);
-        double accuracy = Accuracy(model, clean, [.. pairs.Select(p => p.CleanTargets)]);
-        var circuit = new KnownCircuit(task.Name, $"{task.Description}; {steps} Adam steps, held-out accuracy {accuracy:0.000}",
-            model, clean, corrupted, metric, new HashSet<string>(task.TrueEdges, StringComparer.Ordinal), "construction");
-        return new TrainedPlantedTask(task, folder, steps, accuracy, circuit);
+        try
+        {
+            var random = new Random(seed + 2);
+            var pairs = Enumerable.Range(0, examples).Select(_ => task.Sample(random)).ToArray();
+            int T = task.Shape.Context;
+            var clean = new TokenBatch([.. pairs.SelectMany(p => p.Clean)], examples, T);
+            var corrupted = new TokenBatch([.. pairs.SelectMany(p => p.Corrupted)], examples, T);
+            var metric = new MeanLogitDiff([.. pairs.Select(p => Enumerable.Range(0, T).Where(t => p.CleanTargets[t] >= 0)
+                .Select(t => new LogitDiffTerm(t, p.CleanTargets[t], p.CorruptedTargets[t])).ToArray())]);
+            double accuracy = Accuracy(model, clean, [.. pairs.Select(p => p.CleanTargets)]);
+            if (accuracy < MinimumAccuracy)
+                throw new InvalidOperationException($"{task.Name} reached only {accuracy:0.000} held-out accuracy after {steps} steps (seed {seed}); its planted circuit would not be what it computes");
+            CheckDeadHeadsSilent(model, task, clean);
+            CheckDeadHeadsSilent(model, task, corrupted);
+            var circuit = new KnownCircuit(task.Name, $"{task.Description}; {steps} Adam steps, held-out accuracy {accuracy:0.000}",
+                model, clean, corrupted, metric, new HashSet<string>(task.TrueEdges, StringComparer.Ordinal), "construction");
+            return new TrainedPlantedTask(task, folder, steps, accuracy, circuit);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The held-out accuracy below which a trained model is refused as a planted circuit.</summary>
+    public const double MinimumAccuracy = 0.9;
+
+    /// <summary>
+    /// Every head that is not live writes exactly zero into the residual stream (its weights are zero), so ablating it,
+    /// by any value, changes nothing downstream.
+    /// </summary>
+    static void CheckDeadHeadsSilent(HookedTransformer model, PlantedTask task, TokenBatch tokens)
+    {
+        int H = task.Shape.Heads, D = task.Shape.DModel;
+        var cache = model.RunWithCache(tokens, string.Join(",", Enumerable.Range(0, task.Shape.Layers).Select(HookNames.Result))).Cache;
+        for (int l = 0; l < task.Shape.Layers; l++)
+        {
+            var result = cache[HookNames.Result(l)].ToCpu().Span; // [batch, pos, head, d_model]
+            for (int h = 0; h < H; h++)
+            {
+                if (task.LiveHeads.Contains((l, h))) continue;
+                for (int row = 0; row < tokens.Batch * tokens.Length; row++)
+                    if (result.Slice((row * H + h) * D, D).ContainsAnyExcept(0f))
+                        throw new InvalidOperationException($"{task.Name}: head a{l}.h{h} is not live but writes to the residual stream");
+            }
+        }
     }
 
     /// <summary>Top-1 accuracy of <paramref name="model"/> at the positions with a target.</summary>

@@ -33,6 +33,31 @@ public class PlantedTasksTests(ITestOutputHelper output)
             }
     }
 
+    [Fact]
+    public void Exported_checkpoint_computes_what_the_trainer_computes()
+    {
+        var shape = new AttentionOnlyShape(Vocab: 11, Context: 6, DModel: 8, Heads: 3, DHead: 4, Layers: 2);
+        var net = new TinyAttentionTransformer(shape, [(0, 2), (1, 0)], seed: 5);
+        int[][] tokens = [[1, 4, 2, 10, 0, 7], [3, 3, 5, 1, 2, 9]];
+        int[][] targets = [[4, 2, 10, 0, 7, 1], [3, 5, 1, 2, 9, 8]];
+        double expected = net.Loss(tokens, targets, null).Loss;
+        string folder = Directory.CreateTempSubdirectory("loupe-tiny").FullName;
+        net.Export(folder, "tiny", "test");
+        using var model = Loupe.Models.ModelLoader.LoadFolder(folder);
+        var logits = model.Run(new Loupe.Models.TokenBatch([.. tokens.SelectMany(t => t)], 2, 6)).Logits.ToCpu().Span;
+        double loss = 0;
+        for (int b = 0; b < 2; b++)
+            for (int t = 0; t < 6; t++)
+            {
+                var row = logits.Slice((b * 6 + t) * 11, 11);
+                double max = double.NegativeInfinity, sum = 0;
+                foreach (float v in row) max = Math.Max(max, v);
+                foreach (float v in row) sum += Math.Exp(v - max);
+                loss += (Math.Log(sum) + max - row[targets[b][t]]) / 12;
+            }
+        Assert.InRange(loss, expected - 1e-5 * (1 + expected), expected + 1e-5 * (1 + expected));
+    }
+
     public static TheoryData<string> Tasks => [.. PlantedTasks.All.Select(t => t.Name)];
 
     [Theory]
