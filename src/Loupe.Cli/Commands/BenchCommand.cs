@@ -19,7 +19,7 @@ static class BenchCommand
     static Command Circuits()
     {
         var output = new Option<string>("--out", "-o") { Description = "Output folder: circuit-bench.json and the planted models' checkpoints (planted/)", DefaultValueFactory = _ => "circuit-bench" };
-        var methods = new Option<string?>("--methods") { Description = "Comma-separated methods: eap, eap-ig, exact or any name the table uses (default: every method)" };
+        var methods = new Option<string?>("--methods") { Description = "Comma-separated methods: eap, eap-ig, exact, or a name as the table prints it or its start up to a '-' or '.' (default: every method)" };
         var quick = new Option<bool>("--quick") { Description = "Only the planted tasks, 8 examples each (no shared data needed)" };
         var induction = new Option<string?>("--induction") { Description = $"The induction checkpoint (default: {InductionRelative} under $LOUPE_SHARED, ../shared or shared/ when present)" };
         var seed = new Option<int>("--seed") { Description = "Seed of the planted models' training and of the data", DefaultValueFactory = _ => 0 };
@@ -61,7 +61,7 @@ static class BenchCommand
         return command;
     }
 
-    /// <summary>The methods named in <paramref name="list"/> (short names eap, eap-ig, or a table name, any case); every method when null.</summary>
+    /// <summary>The methods named in <paramref name="list"/>; every method when null.</summary>
     static IReadOnlyList<DiscoveryMethod> Methods(string? list)
     {
         if (string.IsNullOrWhiteSpace(list)) return DiscoveryMethods.All;
@@ -69,12 +69,10 @@ static class BenchCommand
         var chosen = new List<DiscoveryMethod>();
         foreach (var raw in list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
-            var method = raw.ToLowerInvariant() switch
-            {
-                "eap" => known.FirstOrDefault(m => m.Name == "EAP"),
-                "eap-ig" => known.FirstOrDefault(m => m.Name.StartsWith("EAP-IG-inputs", StringComparison.Ordinal)),
-                _ => known.FirstOrDefault(m => string.Equals(m.Name, raw, StringComparison.OrdinalIgnoreCase)),
-            } ?? throw InputError.Expected("argument", "--methods", $"eap, eap-ig or one of {string.Join(", ", known.Select(m => m.Name))}", raw);
+            // A table name (any case), or its leading part up to a '-' or '.': eap-ig = EAP-IG-inputs.steps5, the first EAP-IG variant.
+            var method = known.FirstOrDefault(m => string.Equals(m.Name, raw, StringComparison.OrdinalIgnoreCase))
+                ?? known.FirstOrDefault(m => m.Name.StartsWith(raw + "-", StringComparison.OrdinalIgnoreCase) || m.Name.StartsWith(raw + ".", StringComparison.OrdinalIgnoreCase))
+                ?? throw InputError.Expected("argument", "--methods", $"eap, eap-ig or one of {string.Join(", ", known.Select(m => m.Name))}", raw);
             if (!chosen.Contains(method)) chosen.Add(method);
         }
         return chosen;
