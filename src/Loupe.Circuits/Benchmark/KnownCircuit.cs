@@ -30,6 +30,18 @@ public static class DiscoveryMethods
     [
         new("EAP", EdgeAttribution.Eap),
         new("EAP-IG-inputs.steps5", (m, g, c, x, metric) => EdgeAttribution.EapIgInputs(m, g, c, x, metric, 5)),
+        new("EAP-IG-activations.steps5", (m, g, c, x, metric) => EdgeAttribution.EapIgActivations(m, g, c, x, metric, 5)),
         new("exact", (m, g, c, x, metric) => EdgeAttribution.Exact(m, g, c, x, metric)),
+        new("ACDC", Acdc),
     ];
+
+    /// <summary>
+    /// ACDC with τ = 2 % of |m_clean − m_corrupted|; its scores are the metric changes it measured when trying each edge
+    /// (edges into nodes that lost every outgoing edge score 0).
+    /// </summary>
+    static EdgeScores Acdc(HookedTransformer model, EdgeGraph graph, TokenBatch clean, TokenBatch corrupted, IExampleMetric metric)
+    {
+        var evaluator = new CircuitEvaluator(model, graph, clean, corrupted, metric);
+        return Edges.Acdc.Run(evaluator, 0.02 * Math.Abs(evaluator.Clean - evaluator.Corrupted)).Scores;
+    }
 }
