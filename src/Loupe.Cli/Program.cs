@@ -35,6 +35,7 @@ public static class Program
             var path = new List<string>();
             for (var c = parse.CommandResult; c.Parent is CommandResult parent; c = parent) path.Insert(0, c.Command.Name);
             CliSupport.ChooseDevice(parse.GetValue<string?>(DeviceOptionName), string.Join(' ', path));
+            CliSupport.ChooseProcessing(parse.GetValue<string?>(ProcessOptionName));
         }
         catch (InputError e)
         {
@@ -73,6 +74,9 @@ public static class Program
     /// <summary>The option every verb accepts to choose the device.</summary>
     public const string DeviceOptionName = "--device";
 
+    /// <summary>The option every verb that loads a model accepts to process its weights as TransformerLens does.</summary>
+    public const string ProcessOptionName = "--process";
+
     /// <summary>The root command with every verb (exposed for tests).</summary>
     public static RootCommand Build()
     {
@@ -85,6 +89,13 @@ public static class Program
         root.Options.Add(new Option<string?>(DeviceOptionName)
         {
             Description = "Where models run: cpu (default), cuda, cuda:N, or emulated (the GPU kernels on the CPU, for testing). Default: $LOUPE_DEVICE, else cpu",
+            Recursive = true,
+        });
+        root.Options.Add(new Option<string?>(ProcessOptionName)
+        {
+            Description = "Process the model's weights on load as TransformerLens does (comma-separated): fold_ln, center_writing_weights, " +
+                          "center_unembed, fold_value_biases; 'tl' for all four (TransformerLens's from_pretrained defaults). Default: none. " +
+                          "Options that would change this model's outputs are refused",
             Recursive = true,
         });
         foreach (var verb in Verbs()) root.Subcommands.Add(verb);

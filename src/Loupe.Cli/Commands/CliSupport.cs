@@ -2,6 +2,7 @@ using System.CommandLine;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
+using Loupe.Models.Processing;
 using Loupe.Tensors;
 using Loupe.Tensors.Backends;
 using Spectre.Console;
@@ -57,6 +58,15 @@ static class CliSupport
 
     static readonly AsyncLocal<(Device Device, bool FromOption, string Verb)?> s_device = new();
 
+    static readonly AsyncLocal<WeightProcessing?> s_processing = new();
+
+    /// <summary>The weight processing models get on load in this invocation (<c>--process</c>; none by default).</summary>
+    public static WeightProcessing Processing => s_processing.Value ?? WeightProcessing.None;
+
+    /// <summary>Sets the weight processing of this invocation from the <c>--process</c> value (null when absent).</summary>
+    /// <exception cref="InputError">A name in the list is not a processing option.</exception>
+    public static void ChooseProcessing(string? option) => s_processing.Value = WeightProcessing.Parse(option, "argument", "--process");
+
     /// <summary>The device models load onto in this invocation (<c>--device</c>, else <c>$LOUPE_DEVICE</c>, else cpu).</summary>
     public static Device Device => s_device.Value?.Device ?? ResolveDevice(null);
 
@@ -106,7 +116,7 @@ static class CliSupport
         if (Directory.Exists(model))
         {
             var backend = BackendFor(onDevice);
-            return Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model, backend));
+            return Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model, backend, Processing));
         }
         var hubBackend = BackendFor(onDevice);
         HookedTransformer? loaded = null;
@@ -121,7 +131,7 @@ static class CliSupport
                     if (p.BytesTotal is long total) task.MaxValue = Math.Max(1, total);
                     task.Value = p.BytesDone;
                 });
-                loaded = ModelLoader.LoadAsync(model, progress, hubBackend).GetAwaiter().GetResult();
+                loaded = ModelLoader.LoadAsync(model, progress, hubBackend, processing: Processing).GetAwaiter().GetResult();
             });
         return loaded!;
     }
