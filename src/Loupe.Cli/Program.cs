@@ -94,7 +94,7 @@ public static class Program
         root.Options.Add(new Option<string?>(ProcessOptionName)
         {
             Description = "Process the model's weights on load as TransformerLens does (comma-separated): fold_ln, center_writing_weights, " +
-                          "center_unembed, fold_value_biases; 'tl' for all four (TransformerLens's from_pretrained defaults). Default: none. " +
+                          "center_unembed, fold_value_biases, refactor_factored_attn_matrices; 'tl' for the first four (TransformerLens's from_pretrained defaults). Default: none. " +
                           "Options that would change this model's outputs are refused",
             Recursive = true,
         });

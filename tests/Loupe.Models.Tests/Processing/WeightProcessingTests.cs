@@ -18,8 +18,8 @@ public class WeightProcessingTests(ITestOutputHelper output)
     /// <summary>The options that are exact per family (the rest must be refused).</summary>
     public static TheoryData<string, string> Families => new()
     {
-        { "gpt2", "fold_ln,center_writing_weights,center_unembed,fold_value_biases" },
-        { "gpt_neo", "fold_ln,center_writing_weights,center_unembed,fold_value_biases" },
+        { "gpt2", "fold_ln,center_writing_weights,center_unembed,fold_value_biases,refactor_factored_attn_matrices" },
+        { "gpt_neo", "fold_ln,center_writing_weights,center_unembed,fold_value_biases,refactor_factored_attn_matrices" },
         { "gpt_neox", "fold_ln,center_writing_weights,center_unembed,fold_value_biases" },
         { "llama", "fold_ln,center_unembed,fold_value_biases" },
         { "llama3", "fold_ln,center_unembed,fold_value_biases" },
@@ -59,6 +59,76 @@ public class WeightProcessingTests(ITestOutputHelper output)
         using var processed = ModelLoader.LoadFolder(TestModels.Fixture(arch), processing: WeightProcessing.Parse(options));
         using var reference = new ReferenceFixture(arch);
         AssertSameOutputs(plain, processed, reference.Tokens);
+    }
+
+    /// <summary>
+    /// refactor_factored_attn_matrices (alone and after everything else): outputs, attention scores and
+    /// patterns unchanged, and the factors "even": [W_Q; b_Q] and [W_K; b_K] have orthogonal columns of
+    /// equal norms (√S each), W_O's rows are orthonormal, b_V is zero.
+    /// </summary>
+    [Theory]
+    [InlineData("gpt2", "refactor_factored_attn_matrices")]
+    [InlineData("gpt2", "tl,refactor_factored_attn_matrices")]
+    [InlineData("gpt_neo", "tl,refactor_factored_attn_matrices")]
+    public void RefactoredAttentionIsExactAndEven(string arch, string options)
+    {
+        using var plain = TestModels.Load(arch);
+        using var processed = ModelLoader.LoadFolder(TestModels.Fixture(arch), processing: WeightProcessing.Parse(options));
+        Assert.True(processed.Processing.RefactorFactoredAttn);
+        using var reference = new ReferenceFixture(arch);
+        var (logits, _, _) = AssertSameOutputs(plain, processed, reference.Tokens);
+        string attention = string.Join(',', plain.HookPointNames.Where(n => n.EndsWith("hook_attn_scores", StringComparison.Ordinal) || n.EndsWith("hook_pattern", StringComparison.Ordinal)));
+        var a = plain.RunWithCache(reference.Tokens, attention).Cache;
+        var b = processed.RunWithCache(reference.Tokens, attention).Cache;
+        foreach (var name in a.Names)
+        {
+            var x = a[name].ToCpu().Span.ToArray();
+            var y = b[name].ToCpu().Span.ToArray();
+            double s = x.Where(float.IsFinite).Max(v => Math.Abs((double)v));
+            for (int i = 0; i < x.Length; i++)
+                if (float.IsFinite(x[i])) Assert.True(Math.Abs(x[i] - y[i]) <= Tol * s, $"{name}[{i}]: {x[i]} vs {y[i]}");
+        }
+        var tl = TlLayout.Weights(processed);
+        int D = processed.Config.DModel, H = processed.Config.NHeads, dh = processed.Config.DHead;
+        double worstEven = 0;
+        for (int l = 0; l < processed.Config.NLayers; l++)
+            for (int h = 0; h < H; h++)
+            {
+                var q = Head(tl[$"blocks.{l}.attn.W_Q"].Data, tl[$"blocks.{l}.attn.b_Q"].Data, h, D, dh);
+                var k = Head(tl[$"blocks.{l}.attn.W_K"].Data, tl[$"blocks.{l}.attn.b_K"].Data, h, D, dh);
+                var wo = tl[$"blocks.{l}.attn.W_O"].Data;
+                double norm = Enumerable.Range(0, dh).Max(j => Gram(q, q, j, j, D + 1, dh));
+                for (int i = 0; i < dh; i++)
+                    for (int j = 0; j < dh; j++)
+                    {
+                        double qq = Gram(q, q, i, j, D + 1, dh), kk = Gram(k, k, i, j, D + 1, dh);
+                        worstEven = Math.Max(worstEven, Math.Abs(qq - kk) / norm);
+                        if (i != j) worstEven = Math.Max(worstEven, Math.Abs(qq) / norm);
+                        double oo = 0;
+                        for (int d = 0; d < D; d++) oo += (double)wo[(h * dh + i) * D + d] * wo[(h * dh + j) * D + d];
+                        worstEven = Math.Max(worstEven, Math.Abs(oo - (i == j ? 1 : 0)));
+                    }
+                Assert.All(tl[$"blocks.{l}.attn.b_V"].Data, v => Assert.Equal(0f, v));
+            }
+        Assert.True(worstEven < 1e-4, $"factors not even: {worstEven:G3}");
+        output.WriteLine($"{arch} [{options}]: logits max |Δ| / max |logit| {logits:G2}; evenness error {worstEven:G2}");
+    }
+
+    /// <summary>[W[h]; b[h]] as a row-major [d_model + 1, d_head] matrix.</summary>
+    static double[] Head(float[] w, float[] b, int h, int D, int dh)
+    {
+        var m = new double[(D + 1) * dh];
+        for (int d = 0; d < D; d++)
+            for (int j = 0; j < dh; j++) m[d * dh + j] = w[(h * D + d) * dh + j];
+        for (int j = 0; j < dh; j++) m[D * dh + j] = b[h * dh + j];
+        return m;
+    }
+
+    static double Gram(double[] x, double[] y, int i, int j, int rows, int cols)
+    {
+        double s = 0;
+        for (int r = 0; r < rows; r++) s += x[r * cols + i] * y[r * cols + j];
+        return s;
     }
 
     [Fact]
@@ -132,7 +202,7 @@ public class WeightProcessingTests(ITestOutputHelper output)
     {
         string path = SharedData.Require("models/induction-attn-only-2l");
         using var plain = ModelLoader.LoadFolder(path);
-        using var processed = ModelLoader.LoadFolder(path, processing: WeightProcessing.Parse("center_unembed,fold_value_biases"));
+        using var processed = ModelLoader.LoadFolder(path, processing: WeightProcessing.Parse("center_unembed,fold_value_biases,refactor_factored_attn_matrices"));
         var rng = new Random(3);
         var tokens = new TokenBatch([.. Enumerable.Range(0, 2 * 40).Select(_ => rng.Next(plain.Config.DVocab))], 2, 40);
         AssertSameOutputs(plain, processed, tokens);
