@@ -42,7 +42,10 @@ public static class Program
             (configuration?.Error ?? Console.Error).WriteLine($"error: {e.Message}");
             return CliSupport.InputErrorExitCode;
         }
-        return parse.Invoke(configuration);
+        int code = parse.Invoke(configuration);
+        if (code == 0 && !CliSupport.Processing.IsNone && CliSupport.ModelsLoaded == 0)
+            (configuration?.Error ?? Console.Error).WriteLine($"note: {ProcessOptionName} was ignored: this command loads no model");
+        return code;
     }
 
     // Text options may be empty (the verb decides what an empty prompt means); a path, hook, source or id may not.

@@ -45,4 +45,11 @@ public class ProcessCliTests
         AssertRefused(RunLoupe("run", "--model", Fixture("gemma2"), "--tokens", "1,2", "--process", "fold_ln"), "fold_ln", "sandwich norms");
         AssertRefused(RunLoupe("info", "--model", Fixture("gpt2"), "--process", "fold_layernorm"), "--process", "fold_layernorm", "fold_ln");
     }
+
+    [RequiresSharedFact("models/gpt2-small-attention")]
+    public void PartialCheckpointsRefuseProcessing()
+    {
+        AssertRefused(RunLoupe("weights", "composition", "--model", SharedData.Require("models/gpt2-small-attention"), "--process", "fold_ln"),
+            "--process", "partial checkpoint");
+    }
 }

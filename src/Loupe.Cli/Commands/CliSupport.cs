@@ -65,7 +65,16 @@ static class CliSupport
 
     /// <summary>Sets the weight processing of this invocation from the <c>--process</c> value (null when absent).</summary>
     /// <exception cref="InputError">A name in the list is not a processing option.</exception>
-    public static void ChooseProcessing(string? option) => s_processing.Value = WeightProcessing.Parse(option, "argument", "--process");
+    public static void ChooseProcessing(string? option)
+    {
+        s_processing.Value = WeightProcessing.Parse(option, "argument", "--process");
+        s_modelsLoaded.Value = 0;
+    }
+
+    static readonly AsyncLocal<int> s_modelsLoaded = new();
+
+    /// <summary>How many models <see cref="LoadModel"/> loaded in this invocation (a <c>--process</c> on a verb that loads none is noted).</summary>
+    public static int ModelsLoaded => s_modelsLoaded.Value;
 
     /// <summary>The device models load onto in this invocation (<c>--device</c>, else <c>$LOUPE_DEVICE</c>, else cpu).</summary>
     public static Device Device => s_device.Value?.Device ?? ResolveDevice(null);
@@ -113,6 +122,7 @@ static class CliSupport
             throw new InputError($"argument: --model: '{model}' is a file; pass the folder that holds config.json and the *.safetensors weights, or a hub id");
         if (!Directory.Exists(model) && !HubClient.IsValidRepoId(model))
             throw new InputError($"argument: --model: '{model}' is neither an existing folder (looked at {Path.GetFullPath(model)}) nor a Hugging Face model id such as 'org/name'");
+        s_modelsLoaded.Value++;
         if (Directory.Exists(model))
         {
             var backend = BackendFor(onDevice);
