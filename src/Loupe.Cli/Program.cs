@@ -35,13 +35,17 @@ public static class Program
             var path = new List<string>();
             for (var c = parse.CommandResult; c.Parent is CommandResult parent; c = parent) path.Insert(0, c.Command.Name);
             CliSupport.ChooseDevice(parse.GetValue<string?>(DeviceOptionName), string.Join(' ', path));
+            CliSupport.ChooseProcessing(parse.GetValue<string?>(ProcessOptionName));
         }
         catch (InputError e)
         {
             (configuration?.Error ?? Console.Error).WriteLine($"error: {e.Message}");
             return CliSupport.InputErrorExitCode;
         }
-        return parse.Invoke(configuration);
+        int code = parse.Invoke(configuration);
+        if (code == 0 && !CliSupport.Processing.IsNone && CliSupport.ModelsLoaded == 0)
+            (configuration?.Error ?? Console.Error).WriteLine($"note: {ProcessOptionName} was ignored: this command loads no model");
+        return code;
     }
 
     // Text options may be empty (the verb decides what an empty prompt means); a path, hook, source or id may not.
@@ -73,6 +77,9 @@ public static class Program
     /// <summary>The option every verb accepts to choose the device.</summary>
     public const string DeviceOptionName = "--device";
 
+    /// <summary>The option every verb that loads a model accepts to process its weights as TransformerLens does.</summary>
+    public const string ProcessOptionName = "--process";
+
     /// <summary>The root command with every verb (exposed for tests).</summary>
     public static RootCommand Build()
     {
@@ -85,6 +92,13 @@ public static class Program
         root.Options.Add(new Option<string?>(DeviceOptionName)
         {
             Description = "Where models run: cpu (default), cuda, cuda:N, or emulated (the GPU kernels on the CPU, for testing). Default: $LOUPE_DEVICE, else cpu",
+            Recursive = true,
+        });
+        root.Options.Add(new Option<string?>(ProcessOptionName)
+        {
+            Description = "Process the model's weights on load as TransformerLens does (comma-separated): fold_ln, center_writing_weights, " +
+                          "center_unembed, fold_value_biases, refactor_factored_attn_matrices; 'tl' for the first four (TransformerLens's from_pretrained defaults). Default: none. " +
+                          "Options that would change this model's outputs are refused",
             Recursive = true,
         });
         foreach (var verb in Verbs()) root.Subcommands.Add(verb);

@@ -1,6 +1,7 @@
 using Loupe.Models.Generation;
 using Loupe.Models.Hooks;
 using Loupe.Models.Layers;
+using Loupe.Models.Processing;
 using Loupe.Tensors;
 using Loupe.Tensors.Backends;
 using Loupe.Tokenizers;
@@ -67,6 +68,23 @@ public abstract class HookedTransformer : IDisposable
         get => _positions.Host;
         init => _positions = new DeviceWeight(value, [value.Length / Config.DModel, Config.DModel]);
     }
+    /// <summary>Token embedding W_E <c>[d_vocab, d_model]</c> as the model holds it (read-only; host memory).</summary>
+    public ReadOnlyMemory<float> EmbeddingWeights => WE;
+
+    /// <summary>Learned positions W_pos <c>[n_ctx, d_model]</c> (read-only; host memory); empty for rotary or position-free models.</summary>
+    public ReadOnlyMemory<float> PositionWeights => WPos;
+
+    /// <summary>The weight processing applied at load (TransformerLens's fold_ln, centering, …); <see cref="WeightProcessing.None"/> by default.</summary>
+    public WeightProcessing Processing { get; internal set; } = WeightProcessing.None;
+
+    /// <summary>Swaps in processed W_E and W_pos (same shapes). Only at load (weight processing), before any run.</summary>
+    internal void ReplaceEmbeddings(ReadOnlyMemory<float> embedding, ReadOnlyMemory<float> positions)
+    {
+        if (embedding.Length != WE.Length || positions.Length != WPos.Length) throw new ArgumentException("processed embeddings must keep their shapes");
+        _embedding = new DeviceWeight(embedding, [Config.DVocab, Config.DModel]);
+        _positions = new DeviceWeight(positions, [positions.Length / Config.DModel, Config.DModel]);
+    }
+
     protected Norm? FinalNorm { get; init; }
     /// <summary>Unembedding: <c>[d_model] → [d_vocab_out]</c>.</summary>
     protected Linear Unembed { get; init; } = null!;

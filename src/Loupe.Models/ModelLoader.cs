@@ -1,5 +1,6 @@
 using Loupe.Models.Families;
 using Loupe.Models.Loading;
+using Loupe.Models.Processing;
 using Loupe.Tensors.Backends;
 using Loupe.Tokenizers;
 
@@ -15,22 +16,27 @@ public static class ModelLoader
     /// <summary>model_type values (config.json) this build can run.</summary>
     public static IReadOnlyList<string> SupportedModelTypes { get; } = ["gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "transformer_lens"];
 
-    /// <summary>Loads from a local folder, or downloads a hub id into the HF cache first.</summary>
+    /// <summary>Loads from a local folder, or downloads a hub id into the HF cache first; <paramref name="processing"/> as in <see cref="LoadFolder"/>.</summary>
     public static async Task<HookedTransformer> LoadAsync(string modelIdOrPath, IProgress<DownloadProgress>? progress = null,
-        IComputeBackend? backend = null, CancellationToken ct = default)
+        IComputeBackend? backend = null, CancellationToken ct = default, WeightProcessing? processing = null)
     {
         string folder = Directory.Exists(modelIdOrPath) ? modelIdOrPath : await new HubClient().ResolveAsync(modelIdOrPath, progress: progress, ct: ct);
-        return LoadFolder(folder, backend);
+        return LoadFolder(folder, backend, processing);
     }
 
-    /// <summary>Loads from a local folder only (never touches the network).</summary>
+    /// <summary>
+    /// Loads from a local folder only (never touches the network). <paramref name="processing"/> (default none)
+    /// applies TransformerLens's weight processing after the family loads; processed tensors become new host
+    /// arrays, the rest stays memory-mapped; <see cref="HookedTransformer.Processing"/> records it.
+    /// </summary>
     /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
     /// <exception cref="FileNotFoundException">There is no config.json, or no safetensors weights.</exception>
     /// <exception cref="InputError">
     /// The config names an architecture Loupe does not run, a field is missing, mistyped or out of range, or the
-    /// weights are malformed, missing, of the wrong shape or not finite (the message names the file, field or tensor).
+    /// weights are malformed, missing, of the wrong shape or not finite (the message names the file, field or tensor),
+    /// or a processing option is not exact for this model (the message names the option and why).
     /// </exception>
-    public static HookedTransformer LoadFolder(string folder, IComputeBackend? backend = null)
+    public static HookedTransformer LoadFolder(string folder, IComputeBackend? backend = null, WeightProcessing? processing = null)
     {
         if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"model folder not found: {folder}");
         var config = HfConfig.Load(Path.Combine(folder, "config.json"));
@@ -51,6 +57,7 @@ public static class ModelLoader
             model.WeightOwner = weights;
             model.Source = folder;
             model.Tokenizer = LoadTokenizer(folder);
+            if (processing is { IsNone: false }) WeightProcessor.Apply(model, processing);
             return model;
         }
         catch

@@ -6,7 +6,7 @@ namespace Loupe.Circuits.Edges;
 /// <summary>
 /// A norm's forward and its real (not frozen) backward on host rows, in double within a row.
 /// Forward: <c>c = x − mean(x)</c> (LayerNorm) or <c>x</c> (RMSNorm); <c>σ = sqrt(mean(c²) + eps)</c>;
-/// <c>y = c/σ · (w + offset) + b</c>. <see cref="NormKind.None"/> is the identity.
+/// <c>y = c/σ · (w + offset) + b</c> (a folded norm has no w and no b: w = 1). <see cref="NormKind.None"/> is the identity.
 /// </summary>
 static class HostNorm
 {
@@ -22,7 +22,7 @@ static class HostNorm
             var row = x.Slice(r * d, d);
             double sigma = Centre(norm, row, c);
             for (int i = 0; i < d; i++)
-                y[r * d + i] = (float)(c[i] / sigma * (w[i] + norm.WeightOffset) + (b.IsEmpty ? 0 : b[i]));
+                y[r * d + i] = (float)(c[i] / sigma * ((w.IsEmpty ? 1 : w[i]) + norm.WeightOffset) + (b.IsEmpty ? 0 : b[i]));
         }
     }
 
@@ -42,7 +42,7 @@ static class HostNorm
             double dot = 0;
             for (int i = 0; i < d; i++)
             {
-                dHat[i] = dy[r * d + i] * (double)(w[i] + norm.WeightOffset);
+                dHat[i] = dy[r * d + i] * (double)((w.IsEmpty ? 1 : w[i]) + norm.WeightOffset);
                 dot += dHat[i] * c[i] / sigma;
             }
             dot /= d;

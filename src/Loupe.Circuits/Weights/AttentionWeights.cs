@@ -139,8 +139,8 @@ public sealed class AttentionWeights
     /// <summary>
     /// Reads a loaded model's heads from <c>model.Anatomy(l).Attention</c>: separate or fused
     /// (concatenated <c>[q|k|v]</c> or per-head interleaved) projections, either weight orientation,
-    /// grouped-query attention. Learned positions are read from the model folder's safetensors when
-    /// there is a <c>wpe.weight</c> (GPT-2 layout), since the model does not expose them.
+    /// grouped-query attention. Learned positions are the model's W_pos (processed, when it was), else
+    /// read from the model folder's safetensors when there is a <c>wpe.weight</c> (GPT-2 layout).
     /// </summary>
     public static AttentionWeights FromModel(HookedTransformer model)
     {
@@ -182,7 +182,9 @@ public sealed class AttentionWeights
             }
             if (attn.O.Bias.Length == D) attn.O.Bias.Span.CopyTo(w.BO[l]);
         }
-        if (model.Source is { } src && Directory.Exists(src) && cfg.RotaryDim == 0) w.Positions = TryReadPositions(src, D);
+        // The model's own W_pos (as processed on load, e.g. centred), else a GPT-2-layout wpe beside it.
+        if (!model.PositionWeights.IsEmpty) w.Positions = model.PositionWeights.ToArray();
+        else if (model.Source is { } src && Directory.Exists(src) && cfg.RotaryDim == 0) w.Positions = TryReadPositions(src, D);
         return w;
     }
 

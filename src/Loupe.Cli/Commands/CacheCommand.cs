@@ -43,6 +43,7 @@ static class CacheCommand
             var metadata = new Dictionary<string, string>
             {
                 ["model"] = m.Source ?? "",
+                ["weight_processing"] = m.Processing.Describe(),
                 ["architecture"] = m.Config.Architecture,
                 ["hooks"] = string.Join(",", selected),
                 ["format"] = "loupe-activation-cache",

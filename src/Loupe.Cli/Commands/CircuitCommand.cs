@@ -57,7 +57,7 @@ static class CircuitCommand
             };
             int keep = CliSupport.Int(parse, top, 1, graph.Edges.Count);
             var evaluator = new CircuitEvaluator(m, graph, c, x, metric);
-            var settings = new Dictionary<string, JsonNode?> { ["answer"] = a, ["wrong"] = w, ["examples"] = c.Batch };
+            var settings = new Dictionary<string, JsonNode?> { ["answer"] = a, ["wrong"] = w, ["examples"] = c.Batch, ["weight_processing"] = m.Processing.Describe() };
             EdgeScores scores;
             bool[] circuit;
             string described;

@@ -2,6 +2,7 @@ using System.CommandLine;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
+using Loupe.Models.Processing;
 using Loupe.Tensors;
 using Loupe.Tensors.Backends;
 using Spectre.Console;
@@ -57,6 +58,24 @@ static class CliSupport
 
     static readonly AsyncLocal<(Device Device, bool FromOption, string Verb)?> s_device = new();
 
+    static readonly AsyncLocal<WeightProcessing?> s_processing = new();
+
+    /// <summary>The weight processing models get on load in this invocation (<c>--process</c>; none by default).</summary>
+    public static WeightProcessing Processing => s_processing.Value ?? WeightProcessing.None;
+
+    /// <summary>Sets the weight processing of this invocation from the <c>--process</c> value (null when absent).</summary>
+    /// <exception cref="InputError">A name in the list is not a processing option.</exception>
+    public static void ChooseProcessing(string? option)
+    {
+        s_processing.Value = WeightProcessing.Parse(option, "argument", "--process");
+        s_modelsLoaded.Value = 0;
+    }
+
+    static readonly AsyncLocal<int> s_modelsLoaded = new();
+
+    /// <summary>How many models <see cref="LoadModel"/> loaded in this invocation (a <c>--process</c> on a verb that loads none is noted).</summary>
+    public static int ModelsLoaded => s_modelsLoaded.Value;
+
     /// <summary>The device models load onto in this invocation (<c>--device</c>, else <c>$LOUPE_DEVICE</c>, else cpu).</summary>
     public static Device Device => s_device.Value?.Device ?? ResolveDevice(null);
 
@@ -103,10 +122,11 @@ static class CliSupport
             throw new InputError($"argument: --model: '{model}' is a file; pass the folder that holds config.json and the *.safetensors weights, or a hub id");
         if (!Directory.Exists(model) && !HubClient.IsValidRepoId(model))
             throw new InputError($"argument: --model: '{model}' is neither an existing folder (looked at {Path.GetFullPath(model)}) nor a Hugging Face model id such as 'org/name'");
+        s_modelsLoaded.Value++;
         if (Directory.Exists(model))
         {
             var backend = BackendFor(onDevice);
-            return Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model, backend));
+            return Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model, backend, Processing));
         }
         var hubBackend = BackendFor(onDevice);
         HookedTransformer? loaded = null;
@@ -121,7 +141,7 @@ static class CliSupport
                     if (p.BytesTotal is long total) task.MaxValue = Math.Max(1, total);
                     task.Value = p.BytesDone;
                 });
-                loaded = ModelLoader.LoadAsync(model, progress, hubBackend).GetAwaiter().GetResult();
+                loaded = ModelLoader.LoadAsync(model, progress, hubBackend, processing: Processing).GetAwaiter().GetResult();
             });
         return loaded!;
     }

@@ -42,6 +42,7 @@ static class GradCommand
             SafeTensorsWriter.Write(path, entries, new Dictionary<string, string>
             {
                 ["model"] = m.Source ?? "",
+                ["weight_processing"] = m.Processing.Describe(),
                 ["metric"] = parse.GetValue(metric)!,
                 ["format"] = "loupe-gradients",
             });

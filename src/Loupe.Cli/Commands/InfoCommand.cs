@@ -39,6 +39,7 @@ static class InfoCommand
                               (c.AttnSoftCap > 0 ? $", attention soft-cap {c.AttnSoftCap}" : "") +
                               (c.FinalLogitSoftCap > 0 ? $", logit soft-cap {c.FinalLogitSoftCap}" : ""));
             Console.WriteLine($"parameters:   {m.ParameterCount:N0}");
+            Console.WriteLine($"weights:      {(m.Processing.IsNone ? "as stored (no processing; --process fold_ln,... to fold and centre as TransformerLens does)" : $"processed on load: {m.Processing.Describe()}")}");
             Console.WriteLine($"tokenizer:    {(m.Tokenizer is { } t ? $"{t.VocabSize} tokens, BOS {(t.AddsBosByDefault ? $"{t.BosTokenId} added" : "not added")}" : "none")}");
             var device = Loupe.Tensors.Gpu.ComputeBackends.Describe(m.Backend);
             Console.WriteLine($"device:       {device.Device} — {device.Name}{MemoryText(device)}{(device.ComputeCapability is { } cc ? $", compute capability {cc}" : "")}");

@@ -56,6 +56,7 @@ static class LensCommand
             var args = new Dictionary<string, string?>
             {
                 ["model"] = m.Source,
+                ["weight_processing"] = m.Processing.Describe(),
                 ["prompt"] = text,
                 ["tokens"] = string.Join(",", batch.Ids),
                 ["answer"] = CliSupport.Show(m, a),

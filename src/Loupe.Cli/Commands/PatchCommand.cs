@@ -83,6 +83,7 @@ static class PatchCommand
             var args = new Dictionary<string, string?>
             {
                 ["model"] = m.Source,
+                ["weight_processing"] = m.Processing.Describe(),
                 ["clean"] = parse.GetValue(clean),
                 ["corrupt"] = parse.GetValue(corrupt),
                 ["clean_tokens"] = string.Join(",", cleanBatch.Ids),

@@ -45,6 +45,7 @@ static class RunCommand
                 throw new InputError($"{m.Source}: the model produced a non-finite logit ({InputError.Show(last[bad])} for token {bad}) at the last position; its weights or activations overflow");
             var probs = new float[V];
             Softmax.Row(last, probs);
+            if (!m.Processing.IsNone) Console.WriteLine($"Weights processed on load: {m.Processing.Describe()} (log-probs unchanged)");
             Console.WriteLine($"Top next tokens after {ids.Length} prompt tokens:");
             foreach (int id in Enumerable.Range(0, V).OrderByDescending(i => probs[i]).Take(shown))
                 Console.WriteLine($"  {probs[id],8:P2}  {CliSupport.Show(m, id)}");

@@ -113,6 +113,8 @@ static class WeightsCommand
                 weights = AttentionWeights.FromModel(loaded);
                 copying = CliSupport.Status.Status().Start("OV copying scores", _ => OvCopying.Compute(loaded, weights));
             }
+            else if (!CliSupport.Processing.IsNone)
+                throw new InputError($"argument: --process: '{m}' is a partial checkpoint read without loading a model; weight processing needs a model folder Loupe can load");
             else weights = CliSupport.Status.Status().Start($"Reading {m}", _ => AttentionWeights.FromGpt2Checkpoint(m));
             var report = CliSupport.Status.Status().Start("Scoring", _ => CompositionReport.Build(weights, minScore, partnerCount, positionCount, copying));
 

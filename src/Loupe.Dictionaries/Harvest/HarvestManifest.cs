@@ -234,6 +234,8 @@ public sealed class HarvestManifest
             foreach (var f in Directory.GetFiles(folder, "*.safetensors").Order(StringComparer.Ordinal))
                 sha.AppendData(Encoding.UTF8.GetBytes($"\n{Path.GetFileName(f)}:{new FileInfo(f).Length}"));
         }
+        // Processed weights (--process) give other activations; unprocessed fingerprints stay as they were.
+        if (!model.Processing.IsNone) sha.AppendData(Encoding.UTF8.GetBytes($"\nweight_processing:{model.Processing.Describe()}"));
         return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 

@@ -10,7 +10,7 @@ namespace Loupe.Models.Layers;
 /// </summary>
 public sealed class Linear
 {
-    readonly DeviceWeight _weight, _bias;
+    DeviceWeight _weight, _bias;
 
     public Linear(ReadOnlyMemory<float> weight, int dIn, int dOut, bool weightIsOutIn, ReadOnlyMemory<float> bias = default)
     {
@@ -25,11 +25,25 @@ public sealed class Linear
         _bias = new DeviceWeight(bias, [dOut]);
     }
 
-    public ReadOnlyMemory<float> Weight { get; }
-    public ReadOnlyMemory<float> Bias { get; }
+    public ReadOnlyMemory<float> Weight { get; private set; }
+    public ReadOnlyMemory<float> Bias { get; private set; }
     public int DIn { get; }
     public int DOut { get; }
     public bool WeightIsOutIn { get; }
+
+    /// <summary>
+    /// Swaps in processed host weights (same shape and layout; an empty bias removes it). Only at load
+    /// (weight processing), before any run: device copies made earlier are dropped.
+    /// </summary>
+    internal void Replace(ReadOnlyMemory<float> weight, ReadOnlyMemory<float> bias)
+    {
+        if (weight.Length != (long)DIn * DOut) throw new ArgumentException($"weight has {weight.Length} elements; [{DIn}, {DOut}] needs {(long)DIn * DOut}");
+        if (!bias.IsEmpty && bias.Length != DOut) throw new ArgumentException($"bias has {bias.Length} elements; expected {DOut}");
+        Weight = weight;
+        Bias = bias;
+        _weight = new DeviceWeight(weight, WeightIsOutIn ? [DOut, DIn] : [DIn, DOut], isMatrix: true);
+        _bias = new DeviceWeight(bias, [DOut]);
+    }
 
     /// <summary>The weight on <paramref name="backend"/>'s device (uploaded once).</summary>
     public Tensor WeightOn(IComputeBackend backend) => _weight.On(backend)!;

@@ -10,7 +10,7 @@ namespace Loupe.Models.Layers;
 public sealed class Norm
 {
     readonly string _scaleHook, _normalizedHook;
-    readonly DeviceWeight _weight, _bias;
+    DeviceWeight _weight, _bias;
 
     public Norm(NormKind kind, ReadOnlyMemory<float> weight, ReadOnlyMemory<float> bias, float eps, string hookPrefix, float weightOffset = 0f)
     {
@@ -30,11 +30,28 @@ public sealed class Norm
     public string ScaleHook => _scaleHook;
     /// <summary>Its <c>hook_normalized</c> point (the output, weights applied).</summary>
     public string NormalizedHook => _normalizedHook;
-    public ReadOnlyMemory<float> Weight { get; }
-    public ReadOnlyMemory<float> Bias { get; }
+    public ReadOnlyMemory<float> Weight { get; private set; }
+    public ReadOnlyMemory<float> Bias { get; private set; }
     public float Eps { get; }
     /// <summary>Added to the weight (Gemma stores RMSNorm weights as <c>w − 1</c>).</summary>
-    public float WeightOffset { get; }
+    public float WeightOffset { get; private set; }
+
+    /// <summary>
+    /// True once its weight and bias were folded into the layers that read it (TransformerLens's
+    /// LNPre / RMSPre): it only centres (LayerNorm) and divides by hook_scale.
+    /// </summary>
+    public bool Folded { get; private set; }
+
+    /// <summary>Drops the weight and bias after they were folded into the readers (weight processing, at load, before any run).</summary>
+    internal void MarkFolded()
+    {
+        Weight = default;
+        Bias = default;
+        WeightOffset = 0f;
+        Folded = true;
+        _weight = new DeviceWeight(default, [0]);
+        _bias = new DeviceWeight(default, [0]);
+    }
 
     bool Centers => Kind == NormKind.LayerNorm;
 

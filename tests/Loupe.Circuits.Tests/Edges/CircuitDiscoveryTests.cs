@@ -182,4 +182,21 @@ public class CircuitDiscoveryTests(ITestOutputHelper output)
         Assert.StartsWith("<svg", svg);
         Assert.Equal(10, svg.Split("<path").Length - 1);
     }
+
+    [Fact]
+    public void FoldedNormsGiveTheSameScoresAndCircuitRuns()
+    {
+        // fold_ln moves ln1's weight and bias into W_Q/W_K/W_V: every slot input and head output is unchanged.
+        var (model, data, metric) = Gpt2();
+        using var _ = model;
+        using var folded = ModelLoader.LoadFolder(SharedData.TestData("reference/gpt2"), processing: new Loupe.Models.Processing.WeightProcessing { FoldLn = true });
+        var (g, f) = (EdgeGraph.FromModel(model), EdgeGraph.FromModel(folded));
+        var plain = EdgeAttribution.Eap(model, g, data.Clean, data.Corrupted, metric);
+        var processed = EdgeAttribution.Eap(folded, f, data.Clean, data.Corrupted, metric);
+        double max = plain.Scores.Max(Math.Abs);
+        for (int e = 0; e < plain.Scores.Length; e++) Close(plain.Scores[e], processed.Scores[e], g.Edges[e].Name, 1e-4 * max);
+        var circuit = CircuitSelection.TopN(plain, 30);
+        Close(new CircuitEvaluator(model, g, data.Clean, data.Corrupted, metric).Evaluate(circuit),
+              new CircuitEvaluator(folded, f, data.Clean, data.Corrupted, metric).Evaluate(circuit), "circuit metric", 1e-4);
+    }
 }
