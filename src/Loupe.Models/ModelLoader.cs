@@ -14,7 +14,7 @@ namespace Loupe.Models;
 public static class ModelLoader
 {
     /// <summary>model_type values (config.json) this build can run.</summary>
-    public static IReadOnlyList<string> SupportedModelTypes { get; } = ["gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "transformer_lens"];
+    public static IReadOnlyList<string> SupportedModelTypes { get; } = ["gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3", "transformer_lens"];
 
     /// <summary>Loads from a local folder, or downloads a hub id into the HF cache first; <paramref name="processing"/> as in <see cref="LoadFolder"/>.</summary>
     public static async Task<HookedTransformer> LoadAsync(string modelIdOrPath, IProgress<DownloadProgress>? progress = null,
@@ -51,6 +51,7 @@ public static class ModelLoader
                 "gpt_neo" => GptNeoModel.Load(config, weights, backend),
                 "gemma2" => Gemma2Model.Load(config, weights, backend),
                 "gemma3_text" => Gemma2Model.Load(config, weights, backend, gemma3: true),
+                "gemma3" => Gemma3LanguageModel(config, ref weights, backend),
                 "transformer_lens" => TransformerLensModel.Load(config, weights, backend),
                 _ => LlamaModel.Load(modelType, config, weights, backend),
             };
@@ -66,6 +67,50 @@ public static class ModelLoader
             throw;
         }
     }
+
+    /// <summary>
+    /// The language model inside a Gemma3ForConditionalGeneration checkpoint: config.json's <c>text_config</c> with
+    /// Gemma3TextConfig's defaults for the fields it leaves out, and the decoder's tensors under
+    /// <c>language_model.model.</c> (transformers 4.50–4.51) or <c>model.language_model.</c> (later); the vision tower and
+    /// projector are not loaded. On text this is what Gemma3ForConditionalGeneration computes.
+    /// </summary>
+    static HookedTransformer Gemma3LanguageModel(HfConfig config, ref WeightSource weights, IComputeBackend? backend)
+    {
+        var text = config.Section("text_config", Gemma3TextDefaults);
+        if (text.String("model_type") is { } inner && inner != "gemma3_text")
+            throw text.Invalid("model_type", $"expected gemma3_text inside a gemma3 checkpoint, found '{inner}'");
+        weights = weights.WithPrefixes(("language_model.model.", "model."), ("model.language_model.", "model."),
+            ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head."));
+        if (!weights.Contains("model.embed_tokens.weight"))
+            throw new InputError($"{weights.Where}: no language-model tensors (language_model.model.* or model.language_model.*) in this gemma3 checkpoint");
+        return Gemma2Model.Load(text, weights, backend, gemma3: true);
+    }
+
+    /// <summary>transformers' Gemma3TextConfig defaults (4.50+), for the fields a multimodal checkpoint's text_config omits.</summary>
+    static readonly IReadOnlyDictionary<string, object?> Gemma3TextDefaults = new Dictionary<string, object?>
+    {
+        ["model_type"] = "gemma3_text",
+        ["vocab_size"] = 262_208,
+        ["hidden_size"] = 2304,
+        ["intermediate_size"] = 9216,
+        ["num_hidden_layers"] = 26,
+        ["num_attention_heads"] = 8,
+        ["num_key_value_heads"] = 4,
+        ["head_dim"] = 256,
+        ["hidden_activation"] = "gelu_pytorch_tanh",
+        ["max_position_embeddings"] = 131_072,
+        ["rms_norm_eps"] = 1e-6,
+        ["rope_theta"] = 1_000_000.0,
+        ["rope_local_base_freq"] = 10_000.0,
+        ["query_pre_attn_scalar"] = 256,
+        ["sliding_window"] = 4096,
+        ["sliding_window_pattern"] = 6,
+        ["final_logit_softcapping"] = null,
+        ["attn_logit_softcapping"] = null,
+        ["bos_token_id"] = 2,
+        ["eos_token_id"] = 1,
+        ["pad_token_id"] = 0,
+    };
 
     /// <summary>The family to run: "transformer_lens" for TL checkpoints, else config.json's model_type.</summary>
     static string ModelTypeOf(HfConfig config)

@@ -28,6 +28,64 @@ public class ReferenceMatchTests
         CompareAll(model, reference);
     }
 
+    /// <summary>
+    /// The gemma3 fixture re-packed as a Gemma3ForConditionalGeneration checkpoint (model_type gemma3, the text model's
+    /// settings under text_config with the fields equal to Gemma3TextConfig's defaults left out, decoder tensors under
+    /// the multimodal prefix, a vision tower beside them): its language model must compute what HF's Gemma3ForCausalLM does.
+    /// </summary>
+    [Theory]
+    [InlineData("language_model.model.")]
+    [InlineData("model.language_model.")]
+    public void Gemma3ConditionalGenerationLanguageModelMatchesHuggingFace(string prefix)
+    {
+        using var reference = new ReferenceFixture("gemma3");
+        string folder = Directory.CreateTempSubdirectory("loupe-gemma3-mm").FullName;
+        try
+        {
+            var text = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(reference.Folder, "config.json")))!.AsObject();
+            foreach (var field in new[] { "rms_norm_eps", "rope_theta", "rope_local_base_freq", "hidden_activation", "sliding_window_pattern",
+                                          "final_logit_softcapping", "attn_logit_softcapping", "architectures", "torch_dtype" })
+                text.Remove(field);
+            var config = new System.Text.Json.Nodes.JsonObject
+            {
+                ["architectures"] = new System.Text.Json.Nodes.JsonArray("Gemma3ForConditionalGeneration"),
+                ["model_type"] = "gemma3",
+                ["text_config"] = text,
+                ["vision_config"] = new System.Text.Json.Nodes.JsonObject { ["model_type"] = "siglip_vision_model", ["hidden_size"] = 8 },
+                ["mm_tokens_per_image"] = 4,
+            };
+            File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString());
+            using (var source = global::Loupe.Models.Loading.SafeTensorsFile.Open(Path.Combine(reference.Folder, "model.safetensors")))
+            {
+                var tensors = source.Names.Select(n => (prefix + n["model.".Length..], source.GetInfo(n).Shape.Select(d => (int)d).ToArray(), source.GetFloat32(n)))
+                    .Append(("vision_tower.vision_model.embeddings.patch_embedding.weight", new[] { 8, 3, 2, 2 }, (ReadOnlyMemory<float>)new float[96]))
+                    .Append(("multi_modal_projector.mm_input_projection_weight", new[] { 8, 64 }, (ReadOnlyMemory<float>)new float[512]))
+                    .ToList();
+                Assert.All(source.Names, n => Assert.StartsWith("model.", n));
+                global::Loupe.Models.Loading.SafeTensorsWriter.Write(Path.Combine(folder, "model.safetensors"), tensors);
+            }
+            using var model = ModelLoader.LoadFolder(folder);
+            Assert.Equal("gemma3", model.Config.Architecture);
+            CompareAll(model, reference);
+        }
+        finally { Directory.Delete(folder, true); }
+    }
+
+    [Fact]
+    public void Gemma3CheckpointWithoutItsTextConfigIsRefused()
+    {
+        string folder = Directory.CreateTempSubdirectory("loupe-gemma3-bad").FullName;
+        try
+        {
+            File.WriteAllText(Path.Combine(folder, "config.json"), "{\"model_type\": \"gemma3\", \"vision_config\": {}}");
+            global::Loupe.Models.Loading.SafeTensorsWriter.Write(Path.Combine(folder, "model.safetensors"),
+                [("vision_tower.x", new[] { 2 }, (ReadOnlyMemory<float>)new float[2])]);
+            var error = Assert.Throws<InputError>(() => ModelLoader.LoadFolder(folder));
+            Assert.Contains("text_config", error.Message);
+        }
+        finally { Directory.Delete(folder, true); }
+    }
+
     static void CompareAll(HookedTransformer model, ReferenceFixture reference)
     {
         var result = model.RunWithCache(reference.Tokens);

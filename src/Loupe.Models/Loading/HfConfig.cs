@@ -47,6 +47,24 @@ public sealed class HfConfig
         return new HfConfig(path, doc.RootElement.Clone());
     }
 
+    /// <summary>
+    /// A nested config object (e.g. a multimodal model's <c>text_config</c>) as a config of its own, with
+    /// <paramref name="defaults"/> filling the fields it leaves out (as the sub-config class's defaults do in
+    /// transformers). Messages name the file and the object.
+    /// </summary>
+    /// <exception cref="InputError">The field is missing or not a JSON object.</exception>
+    public HfConfig Section(string field, IReadOnlyDictionary<string, object?> defaults)
+    {
+        if (!Has(field)) throw Missing(field, "a JSON object");
+        var v = Get(field);
+        if (v.ValueKind != JsonValueKind.Object) throw Wrong(field, "a JSON object", v);
+        var merged = new System.Text.Json.Nodes.JsonObject();
+        foreach (var (key, value) in defaults) merged[key] = System.Text.Json.JsonSerializer.SerializeToNode(value);
+        foreach (var p in v.EnumerateObject()) merged[p.Name] = System.Text.Json.Nodes.JsonNode.Parse(p.Value.GetRawText());
+        using var doc = JsonDocument.Parse(merged.ToJsonString());
+        return new HfConfig($"{Path} ({field})", doc.RootElement.Clone());
+    }
+
     public bool Has(string field) => _root.TryGetProperty(field, out var v) && v.ValueKind != JsonValueKind.Null;
 
     JsonElement Get(string field) => _root.GetProperty(field);
