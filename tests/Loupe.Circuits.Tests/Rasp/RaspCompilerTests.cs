@@ -1,5 +1,7 @@
 using Loupe.Circuits.Edges;
 using Loupe.Circuits.Rasp;
+using Loupe.Circuits.Weights;
+using Loupe.Models.Layers;
 using Loupe.Models;
 
 namespace Loupe.Circuits.Tests.Rasp;
@@ -111,6 +113,55 @@ public class RaspCompilerTests
             if (!task.TrueEdges.Contains(edge.Name))
                 Assert.True(Math.Abs(scores[edge.Name]) <= 1e-5 * largest, $"{edge.Name} is not in the circuit but scores {scores[edge.Name]} (largest {largest})");
         Assert.Contains(task.TrueEdges, e => e.EndsWith("->logits", StringComparison.Ordinal) && Math.Abs(scores[e]) > 1e-3 * largest);
+    }
+
+    [Theory]
+    [MemberData(nameof(ProgramNames))]
+    public void AnEdgeIsInTheCircuitExactlyWhenItsReaderReadsWhatItsWriterWrites(string name)
+    {
+        // From the weights alone: edge U → S carries something iff (what U writes)·(what S reads) ≠ 0.
+        var program = Program(name);
+        var compiled = RaspCompiler.Compile(program.Output, program.Vocabulary, program.MaxSeqLen);
+        var model = compiled.Model;
+        var cfg = model.Config;
+        var attention = AttentionWeights.FromModel(model);
+        var graph = EdgeGraph.FromModel(model);
+        int D = cfg.DModel;
+        // W_E is not public: read it back as hook_embed of every token alone.
+        var embed = model.RunWithCache(new TokenBatch([.. Enumerable.Range(0, cfg.DVocab)], cfg.DVocab, 1), "hook_embed").Cache["hook_embed"].Span.ToArray();
+        float[] Matrix(Linear linear)
+        {
+            Assert.False(linear.WeightIsOutIn);
+            return linear.Weight.ToArray();
+        }
+        (float[] W, int Rows) Writes(SourceNode s) => s.Kind switch
+        {
+            SourceKind.Input => (embed, cfg.DVocab),
+            SourceKind.Head => (attention.WO[s.Layer][s.Head], cfg.DHead),
+            _ => (Matrix(model.Anatomy(s.Layer).Mlp!.Out), cfg.DMlp),
+        };
+        (float[] W, int Cols) Reads(DestinationSlot d) => d.Kind switch
+        {
+            SlotKind.Query => (attention.WQ[d.Layer][d.Head], cfg.DHead),
+            SlotKind.Key => (attention.WK[d.Layer][d.Head], cfg.DHead),
+            SlotKind.Value => (attention.WV[d.Layer][d.Head], cfg.DHead),
+            SlotKind.Mlp => (Matrix(model.Anatomy(d.Layer).Mlp!.In), cfg.DMlp),
+            _ => (Matrix(model.UnembedLayer), cfg.DVocabOut),
+        };
+        foreach (var edge in graph.Edges)
+        {
+            var (w, rows) = Writes(graph.Sources[edge.Source]);
+            var (r, cols) = Reads(graph.Destinations[edge.Destination]);
+            double largest = 0;
+            for (int i = 0; i < rows; i++)
+                for (int j = 0; j < cols; j++)
+                {
+                    double sum = 0;
+                    for (int k = 0; k < D; k++) sum += w[i * D + k] * r[k * cols + j];
+                    largest = Math.Max(largest, Math.Abs(sum));
+                }
+            Assert.True(compiled.TrueEdges.Contains(edge.Name) == largest > 1e-6, $"{edge.Name}: largest read of the write {largest}, in circuit {compiled.TrueEdges.Contains(edge.Name)}");
+        }
     }
 
     /// <summary>Whether the edges hold a path from input to logits (a destination slot a1.h0&lt;q&gt; is node a1.h0).</summary>
