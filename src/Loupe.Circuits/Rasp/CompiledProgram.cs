@@ -11,7 +11,7 @@ public sealed class CompiledProgram
 
     internal CompiledProgram(HookedTransformer model, SOp output, IReadOnlyList<object> vocabulary, int maxSeqLen,
         IReadOnlyList<object>? outputValues, IReadOnlyList<string> residualDimensions, IReadOnlyDictionary<string, string> components,
-        IReadOnlySet<string> trueEdges, int layers, int heads, int dMlp)
+        IReadOnlySet<string> readEdges, IReadOnlySet<string> trueEdges, int layers, int heads, int dMlp)
     {
         Model = model;
         Output = output;
@@ -20,6 +20,7 @@ public sealed class CompiledProgram
         OutputValues = outputValues;
         ResidualDimensions = residualDimensions;
         Components = components;
+        ReadEdges = readEdges;
         TrueEdges = trueEdges;
         Layers = layers;
         Heads = heads;
@@ -52,7 +53,13 @@ public sealed class CompiledProgram
     /// <summary>For each SOp label, the component that computes it: <c>a0.h1</c>, <c>m1</c>, <c>a1.h0+m1</c> (selector width), <c>embed</c>.</summary>
     public IReadOnlyDictionary<string, string> Components { get; }
 
-    /// <summary>EAP-IG edge names along which a component reads a space another writes: the circuit by construction.</summary>
+    /// <summary>EAP-IG edge names along which a component reads a space another writes: the wiring by construction.</summary>
+    public IReadOnlySet<string> ReadEdges { get; }
+
+    /// <summary>
+    /// The circuit by construction: the <see cref="ReadEdges"/> whose upstream value depends on the tokens (an edge carrying a function of
+    /// positions alone is the same in every input of a length, so no equal-length clean/corrupted pair can show it).
+    /// </summary>
     public IReadOnlySet<string> TrueEdges { get; }
 
     public int Layers { get; }

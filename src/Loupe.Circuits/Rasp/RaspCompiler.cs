@@ -75,7 +75,8 @@ public static class RaspCompiler
         foreach (var (sop, place) in plan.Places) components[sop.Label] = place.Component;
         return new CompiledProgram(model, output, vocabulary, maxSeqLen,
             output.Encoding == RaspEncoding.Categorical ? sets[output] : null,
-            residual.Names, components, TrueEdges(order, output, plan), plan.Layers, weights.Heads, weights.DMlp);
+            residual.Names, components, ReadEdges(order, output, plan, sets, tokenDependentOnly: false),
+            ReadEdges(order, output, plan, sets, tokenDependentOnly: true), plan.Layers, weights.Heads, weights.DMlp);
     }
 
     static void CheckLabels(IReadOnlyList<SOp> order)
@@ -106,7 +107,7 @@ public static class RaspCompiler
                 MapSOp m => MapValues(m, sets),
                 SequenceMapSOp q => SequenceMapValues(q, sets),
                 AggregateSOp a => AggregateValues(a, sets),
-                SelectorWidthSOp w => WidthValues(w, maxSeqLen),
+                SelectorWidthSOp w => WidthValues(w, sets, maxSeqLen),
                 _ => throw new RaspCompileException($"unknown node {s}"),
             };
             if (s.Encoding == RaspEncoding.Categorical && set.Count > MaxValues)
@@ -213,7 +214,31 @@ public static class RaspCompiler
         _ => false,
     };
 
-    static List<object> WidthValues(SelectorWidthSOp w, int maxSeqLen) => [.. Enumerable.Range(0, maxSeqLen + 1).Cast<object>()];
+    static List<object> WidthValues(SelectorWidthSOp w, Dictionary<SOp, List<object>> sets, int maxSeqLen)
+    {
+        CheckSelector(w, w.Selector, sets);
+        return [.. Enumerable.Range(0, maxSeqLen + 1).Cast<object>()];
+    }
+
+    /// <summary>
+    /// Whether the head must read the query: false for TRUE/FALSE and for a predicate that gives the same keys for every query value
+    /// of a query SOp that is defined everywhere (such a head scores keys through b_Q, so its query input is no edge of the circuit).
+    /// </summary>
+    internal static bool ReadsQuery(Selector sel, Dictionary<SOp, List<object>> sets)
+    {
+        if (sel.QueryIndependent) return false;
+        if (!DefinedEverywhere(sel.Queries)) return true;
+        var queries = sets[sel.Queries];
+        return sets[sel.Keys].Any(k => queries.Any(q => sel.Holds(k, q) != sel.Holds(k, queries[0])));
+    }
+
+    /// <summary>False when the SOp can be null somewhere (a categorical Aggregate that may select nothing, or a map of one).</summary>
+    static bool DefinedEverywhere(SOp s) => s switch
+    {
+        AggregateSOp a => a.Encoding == RaspEncoding.Numerical,
+        MapSOp or SequenceMapSOp => s.Children.All(DefinedEverywhere),
+        _ => true,
+    };
 
     // ---------------------------------------------------------------- layer allocation
 
@@ -423,6 +448,11 @@ public static class RaspCompiler
                 if (sel.Comparison == Comparison.TRUE)
                     for (int j = 0; j < keys.Count; j++) bq[h * dh + j] = coldness;
             }
+            else if (!ReadsQuery(sel, sets))
+            {
+                for (int j = 0; j < keys.Count; j++)
+                    if (sel.Holds(keys[j], queries[0])) bq[h * dh + j] = coldness;
+            }
             else
                 foreach (var q in queries)
                     for (int j = 0; j < keys.Count; j++)
@@ -557,10 +587,15 @@ public static class RaspCompiler
 
     /// <summary>
     /// Every EAP-IG edge along which a component reads a space another component writes (token embedding = <c>input</c>;
-    /// <c>bos</c> and <c>indices</c> come from positions, which are no node).
+    /// <c>bos</c> and <c>indices</c> come from positions, which are no node). With <paramref name="tokenDependentOnly"/>, only
+    /// edges whose upstream value depends on the tokens: an SOp of positions alone (e.g. reverse's <c>length−1−i</c>) is the same
+    /// in every input of a length, so no clean/corrupted pair of equal length can show its edges.
     /// </summary>
-    static HashSet<string> TrueEdges(IReadOnlyList<SOp> order, SOp output, Plan plan)
+    static HashSet<string> ReadEdges(IReadOnlyList<SOp> order, SOp output, Plan plan, Dictionary<SOp, List<object>> sets, bool tokenDependentOnly)
     {
+        var tokenDependent = new HashSet<SOp>(ReferenceEqualityComparer.Instance);
+        foreach (var s in order)
+            if (s is TokensSOp || s.Children.Any(tokenDependent.Contains)) tokenDependent.Add(s);
         var edges = new HashSet<string>(StringComparer.Ordinal);
         string? Writer(SOp s) => s switch
         {
@@ -571,7 +606,7 @@ public static class RaspCompiler
         };
         void Read(SOp from, string slot)
         {
-            if (Writer(from) is string w) edges.Add($"{w}->{slot}");
+            if (Writer(from) is string w && (!tokenDependentOnly || tokenDependent.Contains(from))) edges.Add($"{w}->{slot}");
         }
         foreach (var s in order)
         {
@@ -589,10 +624,10 @@ public static class RaspCompiler
                     {
                         var sel = s is AggregateSOp a ? a.Selector : ((SelectorWidthSOp)s).Selector;
                         if (sel.QueryIndependent && sel.Comparison == Comparison.FALSE) break;
-                        if (!sel.QueryIndependent) Read(sel.Queries, place.HeadName + "<q>");
+                        if (ReadsQuery(sel, sets)) Read(sel.Queries, place.HeadName + "<q>");
                         Read(sel.Keys, place.HeadName + "<k>");
                         if (s is AggregateSOp agg) Read(agg.Values, place.HeadName + "<v>");
-                        else edges.Add($"{place.HeadName}->{place.MlpName}");
+                        else if (!tokenDependentOnly || tokenDependent.Contains(s)) edges.Add($"{place.HeadName}->{place.MlpName}");
                         break;
                     }
             }

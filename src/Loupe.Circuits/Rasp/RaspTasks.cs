@@ -13,8 +13,12 @@ public static class RaspTasks
     /// </summary>
     /// <param name="seed">Seeds the inputs (the weights do not depend on it).</param>
     /// <param name="examples">Clean/corrupted pairs per task.</param>
-    public static IReadOnlyList<KnownCircuit> All(int seed = 0, int examples = 16) =>
-        [.. RaspLibrary.All().Select((p, i) => Task(p, RaspCompiler.Compile(p.Output, p.Vocabulary, p.MaxSeqLen), seed + i, examples))];
+    /// <param name="coldness">
+    /// The attention logit of a selected key. Tracr's 100 saturates every softmax, so gradients through attention patterns
+    /// vanish (gradient methods then miss query/key edges); a smaller one (≥ 10 keeps every program exact) leaves them visible.
+    /// </param>
+    public static IReadOnlyList<KnownCircuit> All(int seed = 0, int examples = 16, float coldness = RaspCompiler.DefaultColdness) =>
+        [.. RaspLibrary.All().Select((p, i) => Task(p, RaspCompiler.Compile(p.Output, p.Vocabulary, p.MaxSeqLen, coldness: coldness), seed + i, examples))];
 
     /// <summary>
     /// The task for one program: the metric is, per example, the mean over answer positions where clean and corrupted outputs differ of
