@@ -106,16 +106,19 @@ public static class RaspCompiler
                 IndicesSOp => [.. Enumerable.Range(0, maxSeqLen).Cast<object>()],
                 MapSOp m => MapValues(m, sets),
                 SequenceMapSOp q => SequenceMapValues(q, sets),
-                AggregateSOp a => AggregateValues(a, sets),
+                AggregateSOp a => AggregateValues(a, sets, maxSeqLen),
                 SelectorWidthSOp w => WidthValues(w, sets, maxSeqLen),
                 _ => throw new RaspCompileException($"unknown node {s}"),
             };
             if (s.Encoding == RaspEncoding.Categorical && set.Count > MaxValues)
                 throw new RaspCompileException($"{s} has {set.Count} possible values (more than {MaxValues}); each needs a residual dimension");
-            sets[s] = Sorted(set);
+            sets[s] = ReferenceEquals(set, UnknownValues) ? UnknownValues : Sorted(set);
         }
         return sets;
     }
+
+    /// <summary>The value set of a numerical SOp whose values cannot be enumerated (the mean of values outside {0, 1}).</summary>
+    static readonly List<object> UnknownValues = [];
 
     static List<object> Sorted(List<object> set)
     {
@@ -132,13 +135,15 @@ public static class RaspCompiler
             {
                 "keys" or "queries" => "a Select compares categorical values only (its QK circuit is a table over one-hot values)",
                 "values" => "a categorical Aggregate copies a one-hot value; use a numerical Aggregate for numerical values",
-                _ => "a numerical → anything map needs Tracr's discretising MLP, which this compiler does not build; map a categorical SOp instead",
+                _ => "it must be categorical",
             }}");
     }
 
     static List<object> MapValues(MapSOp m, Dictionary<SOp, List<object>> sets)
     {
-        RequireCategorical(m, m.Input, "input");
+        if (ReferenceEquals(sets[m.Input], UnknownValues))
+            throw new RaspCompileException($"{m}: the value set of its input {m.Input} is unknown (a numerical mean of values outside {{0, 1}}), "
+                + "so no discretising MLP can be built for it");
         var result = new List<object>();
         foreach (var x in sets[m.Input])
         {
@@ -187,7 +192,7 @@ public static class RaspCompiler
             }
     }
 
-    static List<object> AggregateValues(AggregateSOp a, Dictionary<SOp, List<object>> sets)
+    static List<object> AggregateValues(AggregateSOp a, Dictionary<SOp, List<object>> sets, int maxSeqLen)
     {
         CheckSelector(a, a.Selector, sets);
         if (a.Encoding == RaspEncoding.Categorical)
@@ -201,7 +206,12 @@ public static class RaspCompiler
             if (bad.Count > 0)
                 throw new RaspCompileException($"{a}: a numerical Aggregate of the categorical {a.Values} needs values in {{0, 1}} (the mean of a one-hot dimension), but it can be [{string.Join(", ", bad)}]");
         }
-        return [];
+        else if (ReferenceEquals(sets[a.Values], UnknownValues) || !sets[a.Values].All(IsZeroOrOne)) return UnknownValues;
+        // The mean of m values in {0, 1} (m ≤ max_seq_len; nothing selected gives 0): computed as the interpreter computes it.
+        var means = new List<object> { 0.0 };
+        for (int m = 1; m <= maxSeqLen; m++)
+            for (int k = 0; k <= m; k++) means.Add((double)k / m);
+        return means;
     }
 
     static bool IsZeroOrOne(object v) => v switch
@@ -500,6 +510,11 @@ public static class RaspCompiler
 
         IEnumerable<MlpUnit> MapUnits(MapSOp m)
         {
+            if (m.Input.Encoding == RaspEncoding.Numerical)
+            {
+                foreach (var unit in DiscretisingUnits(m)) yield return unit;
+                yield break;
+            }
             foreach (var x in sets[m.Input])
             {
                 object y = m.Function(x);
@@ -513,6 +528,48 @@ public static class RaspCompiler
                 }
                 else unit.Out[residual.Of(m, y)] = 1;
                 yield return unit;
+            }
+        }
+
+        /// <summary>
+        /// Tracr's discretising MLP for a map of a numerical SOp with a known finite value set x_0 &lt; … &lt; x_{n−1}: the output for x_0
+        /// from a constant unit, plus at each midpoint b_i a sharp step ReLU(L(x−b_i)+½) − ReLU(L(x−b_i)−½) that adds f(x_i) − f(x_{i−1}).
+        /// L makes the ramp a quarter of the smallest gap, so values perturbed by less than 3/8 of it still land on their own step.
+        /// </summary>
+        IEnumerable<MlpUnit> DiscretisingUnits(MapSOp m)
+        {
+            var xs = sets[m.Input].Select(v => RaspInterpreter.AsNumber(m.Input, v)).Distinct().Order().ToList();
+            int input = residual.Of(m.Input);
+            Dictionary<int, float> Output(object y, float sign)
+            {
+                var delta = new Dictionary<int, float>();
+                if (m.Encoding == RaspEncoding.Numerical) delta[residual.Of(m)] = sign * (float)RaspInterpreter.AsNumber(m, y);
+                else delta[residual.Of(m, y)] = sign;
+                return delta;
+            }
+            void Add(MlpUnit unit, Dictionary<int, float> delta, float scale)
+            {
+                foreach (var (dim, w) in delta) unit.Out[dim] = unit.Out.GetValueOrDefault(dim) + scale * w;
+            }
+            var constant = Gated(1);
+            Add(constant, Output(m.Function(xs[0]), 1), 1);
+            yield return constant;
+            double smallestGap = xs.Zip(xs.Skip(1), (a, b) => b - a).DefaultIfEmpty(1).Min();
+            float L = (float)(4 / smallestGap);
+            for (int i = 1; i < xs.Count; i++)
+            {
+                float midpoint = (float)((xs[i - 1] + xs[i]) / 2);
+                var up = Gated(-L * midpoint + 0.5f);
+                var down = Gated(-L * midpoint - 0.5f);
+                up.In[input] = L;
+                down.In[input] = L;
+                foreach (var (y, sign) in new[] { (m.Function(xs[i]), 1f), (m.Function(xs[i - 1]), -1f) })
+                {
+                    Add(up, Output(y, sign), 1);
+                    Add(down, Output(y, sign), -1);
+                }
+                yield return up;
+                yield return down;
             }
         }
 

@@ -84,6 +84,19 @@ public static class RaspLibrary
     }
 
     /// <summary>
+    /// Whether more than half of the tokens so far are "x": <c>frac_prevs > ½</c>, a map of a numerical SOp (Tracr's discretising MLP).
+    /// Not in <see cref="All"/>: it exercises the numerical → categorical map.
+    /// </summary>
+    public static RaspProgram Majority(int length = 6)
+    {
+        var frac = (AggregateSOp)FracPrevs(length).Output;
+        var majority = RaspOps.Map(frac, f => (double)f > 0.5, "majority");
+        return new("majority", "whether most tokens so far are \"x\" (frac_prevs > 1/2)", majority, ["x", "y", "z"], length,
+            rng => [.. Enumerable.Range(0, length).Select(_ => (object)"xyz"[rng.Next(3)].ToString())],
+            [.. Enumerable.Range(0, length)]);
+    }
+
+    /// <summary>
     /// Balanced parentheses (Tracr's <c>make_shuffle_dyck</c> with one pair, categorical and causal): at each position, whether
     /// the prefix is balanced — as many "(" as ")" so far and no prefix with more ")" than "(".
     /// </summary>

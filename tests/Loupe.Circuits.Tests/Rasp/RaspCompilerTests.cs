@@ -8,9 +8,11 @@ namespace Loupe.Circuits.Tests.Rasp;
 
 public class RaspCompilerTests
 {
-    public static TheoryData<string> ProgramNames => new(RaspLibrary.All().Select(p => p.Name));
+    static IEnumerable<RaspProgram> Programs() => RaspLibrary.All().Append(RaspLibrary.Majority());
 
-    static RaspProgram Program(string name) => RaspLibrary.All().Single(p => p.Name == name);
+    public static TheoryData<string> ProgramNames => new(Programs().Select(p => p.Name));
+
+    static RaspProgram Program(string name) => Programs().Single(p => p.Name == name);
 
     static void AssertSameOutput(CompiledProgram compiled, object?[] expected, object?[] actual, IReadOnlyList<object> input, float coldness = RaspCompiler.DefaultColdness)
     {
@@ -34,7 +36,7 @@ public class RaspCompilerTests
         get
         {
             var data = new TheoryData<string, float>();
-            foreach (var p in RaspLibrary.All()) { data.Add(p.Name, RaspCompiler.DefaultColdness); data.Add(p.Name, 10f); }
+            foreach (var p in Programs()) { data.Add(p.Name, RaspCompiler.DefaultColdness); data.Add(p.Name, 10f); }
             return data;
         }
     }
@@ -225,15 +227,34 @@ public class RaspCompilerTests
         Assert.Contains("numerical", e.Message);
     }
 
-    [Fact]
-    public void MapOfANumericalSOpIsRefused()
+    [Theory]
+    [InlineData(100f)]
+    [InlineData(10f)]
+    public void MapsOfANumericalSOpUseADiscretisingMlp(float coldness)
     {
-        var number = RaspOps.NumericalAggregate(RaspOps.Select(RaspOps.Indices, RaspOps.Indices, Comparison.LEQ),
-            RaspOps.NumericalMap(RaspOps.Tokens, t => (string)t == "a" ? 1 : 0, "is_a"), "frac_a");
-        var bad = RaspOps.Map(number, v => (double)v > 0.5, "mostly_a");
+        var majority = RaspLibrary.Majority();
+        var frac = ((MapSOp)majority.Output).Input;
+        var complement = RaspOps.NumericalMap(frac, f => 1 - (double)f, "not_x");
+        foreach (var output in new SOp[] { majority.Output, complement })
+        {
+            var compiled = RaspCompiler.Compile(output, majority.Vocabulary, majority.MaxSeqLen, coldness: coldness);
+            var rng = new Random(2);
+            var inputs = Enumerable.Range(0, 200).Select(_ => majority.Sample(rng)[..(1 + rng.Next(majority.MaxSeqLen))]).ToList();
+            foreach (var input in inputs)
+                AssertSameOutput(compiled, RaspInterpreter.Evaluate(output, input), compiled.Run(input), input, coldness);
+        }
+    }
+
+    [Fact]
+    public void MapOfANumericalSOpWithAnUnknownValueSetIsRefused()
+    {
+        var halves = RaspOps.NumericalMap(RaspOps.Tokens, t => (string)t == "a" ? 1 : 0.5, "halves");
+        var mean = RaspOps.NumericalAggregate(RaspOps.Select(RaspOps.Indices, RaspOps.Indices, Comparison.LEQ), halves, "mean_halves");
+        var bad = RaspOps.Map(mean, v => (double)v > 0.7, "high");
         var e = Assert.Throws<RaspCompileException>(() => RaspCompiler.Compile(bad, ["a", "b"], 4));
-        Assert.Contains("mostly_a", e.Message);
-        Assert.Contains("discretising", e.Message);
+        Assert.Contains("high", e.Message);
+        Assert.Contains("mean_halves", e.Message);
+        Assert.Contains("unknown", e.Message);
     }
 
     [Fact]
