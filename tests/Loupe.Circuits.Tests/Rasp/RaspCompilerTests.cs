@@ -177,7 +177,7 @@ public class RaspCompilerTests
                     largest = Math.Max(largest, Math.Abs(sum));
                 }
             Assert.True(compiled.ReadEdges.Contains(edge.Name) == largest > 1e-6, $"{edge.Name}: largest read of the write {largest}, in circuit {compiled.ReadEdges.Contains(edge.Name)}");
-        Assert.Subset(compiled.ReadEdges.ToHashSet(), compiled.TrueEdges.ToHashSet());
+            Assert.Subset(compiled.ReadEdges.ToHashSet(), compiled.TrueEdges.ToHashSet());
         }
     }
 
