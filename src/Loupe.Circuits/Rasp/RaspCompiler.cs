@@ -359,7 +359,11 @@ public static class RaspCompiler
         int _vocabOut;
 
         public int Heads { get; private set; } = 1;
+
+        /// <summary>Hidden units per MLP (0 when no layer needs one: the model is then attention-only).</summary>
         public int DMlp { get; private set; }
+
+        bool AttnOnly => DMlp == 0;
 
         public void Build(SOp output)
         {
@@ -389,9 +393,8 @@ public static class RaspCompiler
                     SelectorWidthSOp w => WidthUnits(w),
                     _ => throw new InvalidOperationException(),
                 });
-            DMlp = Math.Max(1, _units.Max(u => u.Count));
-            bool attnOnly = _units.All(u => u.Count == 0);
-            AttnOnly = attnOnly;
+            DMlp = _units.Max(u => u.Count);
+            bool attnOnly = AttnOnly;
 
             int H = Heads, dh = _dHead, D = _d, M = DMlp;
             for (int l = 0; l < _layers; l++)
@@ -439,8 +442,6 @@ public static class RaspCompiler
             _tensors.Add(("unembed.W_U", [D, _vocabOut], wu));
             _tensors.Add(("unembed.b_U", [_vocabOut], new float[_vocabOut]));
         }
-
-        bool AttnOnly { get; set; }
 
         void FillHead(SOp sop, int h, float[] wq, float[] bq, float[] wk, float[] wv, float[] wo)
         {

@@ -73,6 +73,17 @@ public class RaspCompilerTests
     }
 
     [Fact]
+    public void AProgramWithoutMapsCompilesToAnAttentionOnlyModel()
+    {
+        var first = RaspOps.Aggregate(RaspOps.Select(RaspOps.Indices, RaspOps.Indices, (k, _) => (int)k == 0, "k==0"), RaspOps.Tokens, "first");
+        var compiled = RaspCompiler.Compile(first, ["a", "b", "c"], 5);
+        Assert.True(compiled.Model.Config.AttnOnly);
+        Assert.Equal(0, compiled.DMlp);
+        Assert.Equal(["a0.h0->logits", "input->a0.h0<v>"], compiled.TrueEdges.Order(StringComparer.Ordinal));
+        Assert.Equal(["c", "c", "c"], compiled.Run(["c", "a", "b"]));
+    }
+
+    [Fact]
     public void InterpreterMatchesHandWorkedExamples()
     {
         Assert.Equal([null, null, null, "c", "b", "a"], RaspInterpreter.Evaluate(RaspLibrary.Reverse().Output, ["a", "b", "c", "c", "d", "d"]));
