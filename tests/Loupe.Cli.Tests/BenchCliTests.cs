@@ -16,11 +16,13 @@ public class BenchCliTests
         Assert.Contains("planted-induction", run.Out);
         var json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "circuit-bench.json")))!;
         var rows = json["rows"]!.AsArray();
-        Assert.Equal(4, rows.Count); // 2 planted tasks × 2 methods
+        Assert.Equal(16, rows.Count); // (2 planted tasks + 5 RASP programs + sort at coldness 100) × 2 methods
         foreach (var row in rows)
         {
             Assert.Equal("construction", (string)row!["ground_truth"]!);
-            Assert.InRange((double)row["auc"]!, 0.9, 1.0);
+            // Saturated softmax hides half of sort's circuit from gradients: the one task gradient methods fail.
+            if ((string)row["circuit"]! == "rasp-sort.coldness100") Assert.InRange((double)row["auc"]!, 0.5, 0.8);
+            else Assert.InRange((double)row["auc"]!, 0.9, 1.0);
             Assert.InRange((double)row["precision_at_k"]!, 0.0, 1.0);
             Assert.True((int)row["true_edges"]! > 0 && (int)row["true_edges"]! < (int)row["edges"]!);
         }
@@ -28,6 +30,7 @@ public class BenchCliTests
         var circuits = json["circuits"]!.AsArray();
         Assert.Contains(circuits, c => (string)c!["name"]! == "planted-previous-token" && c["true_edges"]!.AsArray().Count == 2);
         Assert.True(File.Exists(Path.Combine(dir, "planted", "planted-induction", "config.json")));
+        Assert.Contains(circuits, c => (string)c!["name"]! == "rasp-reverse");
     }
 
     [Fact]

@@ -15,7 +15,7 @@ public static class KnownCircuits
     [
         Induction,
         Planted,
-        // Compiled RASP programs (the rasp branch's RaspTasks) are added as one more source on this line.
+        Rasp,
     ];
 
     /// <summary>The circuits of every source. The caller disposes their models.</summary>
@@ -28,6 +28,19 @@ public static class KnownCircuits
         if (options.Quick || options.InductionModel is null) yield break;
         yield return InductionTask.Build(options.InductionModel, InductionCorruption.SecondCopy, options.Seed);
         yield return InductionTask.Build(options.InductionModel, InductionCorruption.FirstCopy, options.Seed);
+    }
+
+    /// <summary>
+    /// Compiled RASP programs (reverse, sort, hist, frac_prevs, dyck), truth by construction, at softmax coldness 10;
+    /// and sort again at Tracr's default coldness 100, where saturated patterns give part of the circuit exactly zero
+    /// gradient — a case gradient methods miss and patching does not.
+    /// </summary>
+    public static IEnumerable<KnownCircuit> Rasp(KnownCircuitOptions options)
+    {
+        int examples = options.Quick ? 8 : 16;
+        foreach (var task in Loupe.Circuits.Rasp.RaspTasks.All(options.Seed, examples, coldness: 10f)) yield return task;
+        foreach (var task in Loupe.Circuits.Rasp.RaspTasks.All(options.Seed, examples, coldness: 100f).Where(t => t.Name == "rasp-sort"))
+            yield return task with { Name = "rasp-sort.coldness100", Description = task.Description + " (Tracr's default coldness 100: saturated softmax)" };
     }
 
     /// <summary>The planted tasks, trained now (a few seconds each).</summary>
