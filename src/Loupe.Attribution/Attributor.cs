@@ -371,7 +371,8 @@ public sealed partial class Attributor
 
     /// <summary>Bytes of everything but the rows: frozen patterns, source tables, gradient buffers, one batch of read-outs.</summary>
     GraphProvenance Provenance() => new(
-        $"{_model.Source ?? _model.Config.SourcePath ?? "(in memory)"} ({_model.Config.Architecture})",
+        $"{_model.Source ?? _model.Config.SourcePath ?? "(in memory)"} ({_model.Config.Architecture}" +
+            (_model.Processing.IsNone ? ")" : $", weight processing {_model.Processing.Describe()})"),
         Dictionaries.Harvest.HarvestManifest.Fingerprint(_model),
         _transcoders.Source,
         _transcoders.Fingerprint,

@@ -45,8 +45,9 @@ public static class HeadReports
     /// <param name="result">The detector's result.</param>
     /// <param name="folder">Output folder (created when absent).</param>
     /// <param name="model">Where the model came from (recorded as provenance).</param>
+    /// <param name="weightProcessing">The weight processing applied on load (TransformerLens's options), recorded with it.</param>
     /// <returns>The files written, JSON first.</returns>
-    public static IReadOnlyList<string> Write(HeadDetectionResult result, string folder, string? model)
+    public static IReadOnlyList<string> Write(HeadDetectionResult result, string folder, string? model, string weightProcessing = "none")
     {
         var files = new List<string>();
         string json = Path.Combine(folder, "heads.json");
@@ -54,6 +55,7 @@ public static class HeadReports
         AtomicFile.WriteJson(json, new
         {
             Model = model,
+            WeightProcessing = weightProcessing,
             NLayers = result.NLayers,
             NHeads = result.NHeads,
             Sequences = new

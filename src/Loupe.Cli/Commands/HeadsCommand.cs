@@ -54,7 +54,7 @@ static class HeadsCommand
                 Console.Write(HeadReports.Table($"{name} score — {s.QueryPositions}", s.Score));
                 Console.WriteLine("  top: " + string.Join(", ", result.Top(s.Kind, Math.Min(3, result.NLayers * result.NHeads)).Select(t => $"L{t.Layer}H{t.Head} {CliSupport.Num(t.Score, "F3")}")));
             }
-            var files = HeadReports.Write(result, outDir, m.Source);
+            var files = HeadReports.Write(result, outDir, m.Source, m.Processing.Describe());
             Console.WriteLine();
             Console.WriteLine($"wrote {string.Join(", ", files)} (TransformerLens detect_head scores, error measure {parse.GetValue(measure)}, are in heads.json)");
             return 0;
