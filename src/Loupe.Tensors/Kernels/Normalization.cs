@@ -147,6 +147,9 @@ public sealed class RotaryTable
         _rows = Build(Math.Min(maxPositions, InitialPositions));
     }
 
+    /// <summary>The rotation speed of each dimension pair (<c>rotaryDim/2</c> values), as used for the angles.</summary>
+    public ReadOnlySpan<float> InverseFrequencies => _invFreq;
+
     /// <summary>
     /// HF's default <c>inv_freq = 1 / base^(2i/rotaryDim)</c>, in the same float32 arithmetic (angles are then
     /// <c>float(pos) · inv_freq</c> in float32).
