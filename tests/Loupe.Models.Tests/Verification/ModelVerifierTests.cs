@@ -75,4 +75,33 @@ public class ModelVerifierTests
         Assert.Contains("'logits'", error.Message);
         Assert.Contains("is it this model's reference", error.Message);
     }
+
+    [Fact]
+    public void OneWeightPerturbedBy1e3IsCaughtAndNamed()
+    {
+        string source = SharedData.TestData(Path.Combine("reference", "gpt2"));
+        string folder = Directory.CreateTempSubdirectory("loupe-verify-perturbed").FullName;
+        try
+        {
+            File.Copy(Path.Combine(source, "config.json"), Path.Combine(folder, "config.json"));
+            using (var weights = Loupe.Models.Loading.SafeTensorsFile.Open(Path.Combine(source, "model.safetensors")))
+            {
+                var entries = weights.Names.Select(n =>
+                {
+                    var data = weights.GetFloat32(n).ToArray();
+                    // Token 82 (the first prompt's first token), dimension 0 of its embedding: +1e-3.
+                    if (n == "transformer.wte.weight") data[82 * 64] += 1e-3f;
+                    return Loupe.Models.Loading.SafeTensorEntry.F32(n, [.. weights.GetInfo(n).Shape.Select(d => (int)d)], data);
+                }).ToList();
+                Loupe.Models.Loading.SafeTensorsWriter.Write(Path.Combine(folder, "model.safetensors"), entries);
+            }
+            using var model = ModelLoader.LoadFolder(folder);
+            var report = ModelVerifier.Run(model, new VerifyOptions { ReferencePath = Path.Combine(source, "reference.safetensors") });
+            Assert.False(report.Passed);
+            var failed = report.Checks.Where(c => !c.Passed).ToList();
+            Assert.Contains(failed, c => c.Group == "reference" && c.Name == "resid_pre.0");
+            Assert.All(failed, c => Assert.Equal("reference", c.Group));
+        }
+        finally { Directory.Delete(folder, true); }
+    }
 }
