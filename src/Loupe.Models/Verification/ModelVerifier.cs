@@ -226,7 +226,7 @@ public static class ModelVerifier
         double closest = double.PositiveInfinity;
         for (int b = 0; b < prompts.Count; b++)
         {
-            var sequence = generated[b];
+            int[] sequence = [.. prompts[b], .. generated[b]]; // Generate returns the new tokens only
             var full = model.Run(TokenBatch.Single(sequence)).Logits.ToCpu();
             int V = full.Dim(2);
             var span = full.Span;
@@ -243,6 +243,7 @@ public static class ModelVerifier
                 if (gap > 1e-3 * Math.Max(1, Math.Abs(row[best]))) mismatches++;
             }
         }
+        if (steps == 0) return;
         checks.Add(new("invariants", $"greedy generation (KV cache) = full-sequence argmax, {steps} steps", mismatches, 0, "clear mismatches"));
     }
 
