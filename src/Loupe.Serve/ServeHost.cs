@@ -140,8 +140,8 @@ public sealed class ServeHost : IAsyncDisposable
             return Results.Json(new JobView(job.Id, job.Kind, job.State), Json, statusCode: 202);
         }).WithSummary("Cancels a job");
         _app.MapOpenApi("/api/openapi.json");
-        api.MapFallback(() => Results.NotFound(new { error = "no such API endpoint" }));
-        _app.MapFallback(StaticAssets.Serve);
+        api.MapFallback("{*path}", () => Results.NotFound(new { error = "no such API endpoint" }));
+        _app.MapFallback("{*path}", StaticAssets.Serve);
     }
 
     static readonly string s_csp = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
