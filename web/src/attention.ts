@@ -75,12 +75,13 @@ function showHead(detail: HTMLElement, r: AttentionResponse, l: number, h: numbe
   const keys = r.tokens.map((t, k) => el("span", { class: "token", "data-testid": "key-token", title: `key ${k}` }, show(t.text)));
   const status = el("div", { class: "status", "data-testid": "attends" }, "hover or focus a query token");
   const paint = (q: number | null) => keys.forEach((k, i) => {
+    queries[i]?.setAttribute("aria-pressed", String(q === i));
     const w = q === null ? 0 : pattern[q][i] ?? 0;
     k.style.backgroundColor = blue(w);
     k.style.color = w > 0.55 ? "#fff" : "";
   });
   const queries = r.tokens.map((t, q) => {
-    const b = el("button", { class: "token", "data-testid": "query-token", title: `query ${q}` }, show(t.text));
+    const b = el("button", { class: "token", "aria-pressed": "false", "data-testid": "query-token", title: `query ${q}` }, show(t.text));
     const on = () => {
       paint(q);
       const best = pattern[q].reduce((bi, v, i) => v > pattern[q][bi] ? i : bi, 0);
@@ -90,8 +91,25 @@ function showHead(detail: HTMLElement, r: AttentionResponse, l: number, h: numbe
     b.addEventListener("focus", on);
     return b;
   });
-  const size = Math.min(420, Math.max(160, T * 26));
-  const [c, g] = canvas(size, size, `attention pattern of L${l}H${h}, queries by keys`);
+  // The full pattern with token labels: queries down the left, keys along the top.
+  const size = Math.min(420, Math.max(160, T * 24)), margin = 70;
+  const [c, g] = canvas(size + margin + 32, size + margin, `attention pattern of L${l}H${h}, queries by keys`);
+  g.font = "11px ui-monospace, monospace";
+  g.fillStyle = "#334";
+  g.textBaseline = "middle";
+  g.textAlign = "right";
+  const cell = size / T;
+  r.tokens.forEach((t, i) => {
+    const label = show(t.text).slice(0, 9);
+    g.fillText(label, margin - 4, margin + (i + 0.5) * cell);
+    g.save();
+    g.translate(margin + (i + 0.5) * cell, margin - 4);
+    g.rotate(-Math.PI / 3);
+    g.textAlign = "left";
+    g.fillText(label, 0, 0);
+    g.restore();
+  });
+  g.translate(margin, margin);
   drawPattern(g, pattern, size);
   detail.replaceChildren(
     el("div", { "data-testid": "head-title" }, el("b", {}, `L${l}H${h}`), el("span", { class: "muted" }, "  rows: queries, columns: keys")),
