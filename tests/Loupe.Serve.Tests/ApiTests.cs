@@ -41,6 +41,24 @@ public class ApiTests
         Assert.InRange(logit, dla.PreCapLogitDiff[0] - 1e-6 - 1e-6 * Math.Abs(dla.PreCapLogitDiff[0]), dla.PreCapLogitDiff[0] + 1e-6 + 1e-6 * Math.Abs(dla.PreCapLogitDiff[0]));
     }
 
+    [Fact]
+    public void Lens_grid_agrees_with_the_single_position_lens_at_every_stage()
+    {
+        var model = Servers.Gpt2;
+        var batch = TokenBatch.Single(82, 87, 74, 39, 5, 17);
+        var grid = LogitLens.Grid(model, batch);
+        for (int p = 0; p < batch.Length; p++)
+        {
+            var one = LogitLens.Run(model, batch, grid.FinalTopToken[p], position: p);
+            for (int s = 0; s < one.Stages.Length; s++)
+            {
+                Assert.Equal(one.Stages[s].TopToken, grid.TopToken[s][p]);
+                Assert.InRange(grid.FinalTopProb[s][p], one.Stages[s].AnswerProb - 1e-9, one.Stages[s].AnswerProb + 1e-9);
+            }
+            Assert.Equal(0, one.Stages[^1].AnswerRank);
+        }
+    }
+
     [RequiresSharedFact("models/stories260K")]
     public async Task Prompt_top_token_matches_the_library_on_stories260K()
     {
