@@ -38,6 +38,20 @@ public sealed class LogitLensResult
     public required LensStage[] Stages { get; init; }
 }
 
+/// <summary>The logit lens over every position of one row (<see cref="LogitLens.Grid"/>); arrays are <c>[stage][position]</c>.</summary>
+public sealed class LogitLensGrid
+{
+    public required LensScale Scale { get; init; }
+    /// <summary>One label per stage: <c>resid_pre 0</c> … <c>resid_post L−1 (final)</c>.</summary>
+    public required string[] Labels { get; init; }
+    /// <summary>The model's own top token at each position (the final stage's).</summary>
+    public required int[] FinalTopToken { get; init; }
+    public required int[][] TopToken { get; init; }
+    public required double[][] TopProb { get; init; }
+    /// <summary>The probability of <see cref="FinalTopToken"/> at each stage.</summary>
+    public required double[][] FinalTopProb { get; init; }
+}
+
 /// <summary>The logit lens (steps at the top of this file).</summary>
 public static class LogitLens
 {
@@ -63,20 +77,90 @@ public static class LogitLens
         for (int stage = 0; stage <= L; stage++)
         {
             string hook = stage < L ? HookNames.ResidPre(stage) : HookNames.ResidPost(L - 1);
-            var x = cache[hook].Span.Slice((row * T + p) * D, D);
-            double s = scale == LensScale.Frozen ? frozenScale : FinalNorm.RealScale(model, x);
-            var normed = FinalNorm.Frozen(model, x, s);
-            var input = new float[D];
-            for (int d = 0; d < D; d++) input[d] = (float)(normed[d] + bias[d]);
-            var logits = new float[V];
-            // One row on the host: the lens reads the cache there.
-            var cpu = Tensors.Backends.CpuBackend.Instance;
-            var logitsTensor = Tensors.Tensor.FromArray(logits, 1, V);
-            model.UnembedLayer.Forward(cpu, Tensors.Tensor.FromArray(input, 1, D), 1, logitsTensor);
-            if (cfg.FinalLogitSoftCap > 0) cpu.SoftCap(logitsTensor, cfg.FinalLogitSoftCap, logitsTensor);
+            var logits = StageLogits(model, cache[hook].Span.Slice((row * T + p) * D, D), scale == LensScale.Frozen ? frozenScale : null, bias);
             stages.Add(Summarize(stage < L ? $"resid_pre {stage}" : $"resid_post {L - 1} (final)", stage, logits, answer, wrong));
         }
         return new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages.ToArray() };
+    }
+
+    /// <summary>
+    /// The lens at every position of one row, each position read against the token the model itself ranks first
+    /// there: one forward pass, then per stage × position the lens's top token, its probability, and the
+    /// probability of the final top token.
+    /// </summary>
+    /// <exception cref="InputError">The row is out of range.</exception>
+    public static LogitLensGrid Grid(HookedTransformer model, TokenBatch tokens, int row = 0, LensScale scale = LensScale.Real)
+    {
+        var cfg = model.Config;
+        int D = cfg.DModel, L = cfg.NLayers, T = tokens.Length;
+        if ((uint)row >= (uint)tokens.Batch) throw new InputError($"row {row} is outside the batch of {tokens.Batch}");
+        var hooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.ResidPost(L - 1), HookNames.FinalScale };
+        for (int l = 0; l < L; l++) hooks.Add(HookNames.ResidPre(l));
+        var cache = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains }).Cache;
+        bool hasNorm = model.FinalNormLayer is { Kind: not NormKind.None };
+        var bias = FinalNorm.Bias(model);
+        var topToken = new int[L + 1][];
+        var topProb = new double[L + 1][];
+        var finalTopProb = new double[L + 1][];
+        for (int stage = 0; stage <= L; stage++) { topToken[stage] = new int[T]; topProb[stage] = new double[T]; finalTopProb[stage] = new double[T]; }
+        var final = new int[T];
+        // The final stage first: every earlier stage is read against its top token.
+        for (int stage = L; stage >= 0; stage--)
+        {
+            string hook = stage < L ? HookNames.ResidPre(stage) : HookNames.ResidPost(L - 1);
+            var resid = cache[hook].ToCpu();
+            for (int p = 0; p < T; p++)
+            {
+                double? frozen = scale == LensScale.Frozen ? (hasNorm ? cache[HookNames.FinalScale].ToCpu().Span[row * T + p] : 1) : null;
+                var logits = StageLogits(model, resid.Span.Slice((row * T + p) * D, D), frozen, bias);
+                if (stage == L) final[p] = ArgMax(logits);
+                var s = Summarize("", stage, logits, final[p], null);
+                topToken[stage][p] = s.TopToken;
+                topProb[stage][p] = Probability(logits, s.TopToken);
+                finalTopProb[stage][p] = s.AnswerProb;
+            }
+        }
+        return new LogitLensGrid
+        {
+            Scale = scale,
+            Labels = [.. Enumerable.Range(0, L + 1).Select(stage => stage < L ? $"resid_pre {stage}" : $"resid_post {L - 1} (final)")],
+            FinalTopToken = final,
+            TopToken = topToken,
+            TopProb = topProb,
+            FinalTopProb = finalTopProb,
+        };
+    }
+
+    // The residual through the final norm (real scale when frozenScale is null), unembedding and soft-cap.
+    static float[] StageLogits(HookedTransformer model, ReadOnlySpan<float> x, double? frozenScale, double[] bias)
+    {
+        var cfg = model.Config;
+        int D = cfg.DModel, V = cfg.VocabOut;
+        double s = frozenScale ?? FinalNorm.RealScale(model, x);
+        var normed = FinalNorm.Frozen(model, x, s);
+        var input = new float[D];
+        for (int d = 0; d < D; d++) input[d] = (float)(normed[d] + bias[d]);
+        var logits = new float[V];
+        // One row on the host: the lens reads the cache there.
+        var cpu = Tensors.Backends.CpuBackend.Instance;
+        var logitsTensor = Tensors.Tensor.FromArray(logits, 1, V);
+        model.UnembedLayer.Forward(cpu, Tensors.Tensor.FromArray(input, 1, D), 1, logitsTensor);
+        if (cfg.FinalLogitSoftCap > 0) cpu.SoftCap(logitsTensor, cfg.FinalLogitSoftCap, logitsTensor);
+        return logits;
+    }
+
+    static int ArgMax(float[] logits)
+    {
+        int top = 0;
+        for (int i = 1; i < logits.Length; i++) if (logits[i] > logits[top]) top = i;
+        return top;
+    }
+
+    static double Probability(float[] logits, int token)
+    {
+        double max = logits.Max(), sum = 0;
+        foreach (var v in logits) sum += Math.Exp(v - max);
+        return Math.Exp(logits[token] - max) / sum;
     }
 
     static LensStage Summarize(string label, int layer, float[] logits, int answer, int? wrong)

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using Loupe.Models.Generation;
-using Loupe.Tensors.Kernels;
 
 namespace Loupe.Cli.Commands;
 
@@ -36,19 +35,11 @@ static class RunCommand
             string? text = input.Text(parse);
             int[] ids = batch.Ids;
 
-            // Only the last position's logits are computed and read back.
-            var logits = m.Run(ids, new Loupe.Models.Hooks.RunOptions { LastPositionLogitsOnly = true }).Logits;
-            int V = m.Config.VocabOut;
-            var last = logits.ToCpu().Span[..V].ToArray();
-            // A table of NaN probabilities with exit code 0 would look like an answer.
-            if (Array.FindIndex(last, v => !(v < float.PositiveInfinity)) is var bad and >= 0)
-                throw new InputError($"{m.Source}: the model produced a non-finite logit ({InputError.Show(last[bad])} for token {bad}) at the last position; its weights or activations overflow");
-            var probs = new float[V];
-            Softmax.Row(last, probs);
             if (!m.Processing.IsNone) Console.WriteLine($"Weights processed on load: {m.Processing.Describe()} (log-probs unchanged)");
+            var best = Loupe.Causal.Lens.NextTokens.TopK(m, ids, shown)[0];
             Console.WriteLine($"Top next tokens after {ids.Length} prompt tokens:");
-            foreach (int id in Enumerable.Range(0, V).OrderByDescending(i => probs[i]).Take(shown))
-                Console.WriteLine($"  {probs[id],8:P2}  {CliSupport.Show(m, id)}");
+            foreach (var (id, prob) in best)
+                Console.WriteLine($"  {(float)prob,8:P2}  {CliSupport.Show(m, id)}");
 
             int room = m.Config.NCtx - ids.Length;
             if (n > room)

@@ -1,0 +1,50 @@
+using System.CommandLine;
+using Loupe.Serve;
+
+namespace Loupe.Cli.Commands;
+
+/// <summary><c>loupe serve</c>: the web app (Prompt and Attention pages, JSON API) over one model and a folder of artifacts.</summary>
+static class ServeCommand
+{
+    public static Command Create()
+    {
+        var model = CliSupport.ModelOption();
+        var graphs = new Option<string?>("--graphs") { Description = "Folder of graph, circuit and patching JSON to list and serve (by id)" };
+        var port = new Option<int>("--port") { Description = "TCP port", DefaultValueFactory = _ => 8765 };
+        var host = new Option<string>("--host") { Description = "Address to bind; anything but loopback requires a token", DefaultValueFactory = _ => "127.0.0.1" };
+        var token = new Option<string?>("--token") { Description = "Access token required on every request (generated and printed when binding beyond loopback without one)" };
+        var command = new Command("serve",
+            "Serve the web app and its JSON API (OpenAPI at /api/openapi.json) for one model. Binds to loopback by default.\n\n" +
+            "Examples:\n" +
+            "  loupe serve --model ../shared/models/stories260K\n" +
+            "  loupe serve --model ../shared/models/stories260K --graphs graphs-out --port 9000\n" +
+            "  loupe serve --model ../shared/models/stories260K --host 0.0.0.0   (prints a generated token)")
+        { model, graphs, port, host, token };
+        command.SetAction(parse => CliSupport.Guard(() =>
+        {
+            int p = CliSupport.Int(parse, port, 0, 65535);
+            string? t = parse.GetValue(token);
+            if (t is not null && t.Length < 16) throw InputError.Expected("argument", "--token", "at least 16 characters", $"{t.Length} characters");
+            var options = new ServeOptions { Host = parse.GetValue(host)!, Port = p, Token = t, GraphsDir = parse.GetValue(graphs) };
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            var server = new ServeHost(m, options);
+            try
+            {
+                server.StartAsync().GetAwaiter().GetResult();
+            }
+            catch (IOException e)
+            {
+                throw new InputError($"argument: --port: cannot listen on {options.Host}:{p}: {e.Message}");
+            }
+            string url = server.Url!.ToString();
+            if (!options.IsLoopback) url = $"http://{(options.Host.Contains(':') ? $"[{options.Host}]" : options.Host)}:{server.Url.Port}/";
+            Console.WriteLine($"Loupe serves {m.Source} at {url}{(server.Token is { } tok ? $"?token={tok}" : "")}");
+            if (server.Token is not null && t is null) Console.WriteLine("(a generated access token: every request needs it; pass --token to choose one)");
+            Console.WriteLine($"workspace index: {server.Workspace.DatabasePath}; Ctrl+C stops");
+            server.WaitForShutdownAsync().GetAwaiter().GetResult();
+            server.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            return 0;
+        }));
+        return command;
+    }
+}

@@ -1,0 +1,29 @@
+using System.Net;
+
+namespace Loupe.Serve;
+
+/// <summary>How <c>loupe serve</c> listens and what it serves.</summary>
+public sealed record ServeOptions
+{
+    /// <summary>The address to bind; loopback unless the user asks otherwise (any other address needs a token).</summary>
+    public string Host { get; init; } = "127.0.0.1";
+    /// <summary>0 = a free port chosen by the OS (tests).</summary>
+    public int Port { get; init; } = 8765;
+    /// <summary>The access token; null on loopback = none; null elsewhere = one is generated.</summary>
+    public string? Token { get; init; }
+    /// <summary>The folder whose graph/circuit/patching JSON files are listed and served by id; null = none.</summary>
+    public string? GraphsDir { get; init; }
+    /// <summary>Requests with a larger body are answered 413.</summary>
+    public long MaxBodyBytes { get; init; } = 1 << 20;
+    /// <summary>The longest prompt accepted, in tokens (also never more than the model's n_ctx).</summary>
+    public int MaxPromptTokens { get; init; } = 256;
+    /// <summary>The longest prompt text accepted, in characters (checked before tokenizing).</summary>
+    public int MaxPromptChars { get; init; } = 4000;
+    /// <summary>Jobs running at once; one more is refused with 429.</summary>
+    public int MaxRunningJobs { get; init; } = 2;
+    /// <summary>Requests waiting for the model at once; one more is answered 503 (the model runs one pass at a time).</summary>
+    public int MaxQueuedModelRequests { get; init; } = 256;
+
+    public bool IsLoopback =>
+        Host.Equals("localhost", StringComparison.OrdinalIgnoreCase) || IPAddress.TryParse(Host, out var ip) && IPAddress.IsLoopback(ip);
+}

@@ -1,0 +1,86 @@
+using Loupe.Causal.Lens;
+using Loupe.Testing;
+using Microsoft.Playwright;
+using Xunit.Abstractions;
+
+namespace Loupe.Serve.Tests;
+
+/// <summary>A fact that needs Debian's Chromium and the built front end; skipped with the reason otherwise.</summary>
+public sealed class RequiresBrowserFactAttribute : FactAttribute
+{
+    public RequiresBrowserFactAttribute()
+    {
+        if (!File.Exists(BrowserTests.Chromium)) Skip = $"needs {BrowserTests.Chromium} (apt-get install chromium; scripts/setup.sh does)";
+        else if (!ServeHostProbe.FrontEndBuilt) Skip = "needs the built front end (cd web && npm ci && npm run build; scripts/setup.sh does)";
+        else if (SharedData.Path_("models/stories260K") is null) Skip = "needs ../shared/models/stories260K, absent on this machine";
+    }
+}
+
+static class ServeHostProbe
+{
+    public static bool FrontEndBuilt => typeof(ServeHost).Assembly.GetManifestResourceNames().Contains("wwwroot/index.html");
+}
+
+public class BrowserTests(ITestOutputHelper output)
+{
+    public const string Chromium = "/usr/bin/chromium";
+
+    static string ScreenshotDir()
+    {
+        string dir = Path.Combine(SharedData.RepoRoot, "TestResults", "screenshots");
+        Directory.CreateDirectory(dir);
+        return dir;
+    }
+
+    [RequiresBrowserFact]
+    public async Task Prompt_and_attention_pages_show_the_library_numbers()
+    {
+        var model = Servers.Stories;
+        await using var host = await Servers.StartAsync(model);
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
+        {
+            ExecutablePath = Chromium,
+            Headless = true,
+            Args = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"],
+        });
+        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
+        var consoleErrors = new List<string>();
+        page.Console += (_, m) => { if (m.Type == "error") consoleErrors.Add(m.Text); };
+        page.PageError += (_, e) => consoleErrors.Add(e);
+
+        // Prompt page: type a prompt, run, compare the shown top token with the library's.
+        const string text = "Once upon a time, there was a little girl named Lily. She";
+        await page.GotoAsync(new Uri(host.Url!, "/prompt").ToString());
+        await page.GetByTestId("prompt-input").FillAsync(text);
+        await page.GetByTestId("run").ClickAsync();
+        var top = page.GetByTestId("top-token");
+        await top.WaitForAsync();
+        int expected = NextTokens.TopK(model, model.Tokenizer!.Encode(text), 1)[0][0].Token;
+        Assert.Equal(expected.ToString(), await top.GetAttributeAsync("data-token-id"));
+        Assert.Contains("text=", page.Url); // shareable: the prompt is in the URL
+        await page.GetByTestId("token").Nth(2).HoverAsync();
+        Assert.Contains("after position 2", await page.GetByTestId("topk").InnerTextAsync());
+        await page.ScreenshotAsync(new PageScreenshotOptions { Path = Path.Combine(ScreenshotDir(), "prompt.png"), FullPage = true });
+
+        // Attention page (the prompt travels in the URL): click a head, hover a query token.
+        await page.GetByRole(AriaRole.Link, new() { Name = "Attention" }).ClickAsync();
+        await page.GetByTestId("head-L1H3").ClickAsync();
+        Assert.Contains("L1H3", await page.GetByTestId("head-title").InnerTextAsync());
+        Assert.Contains("head=L1H3", page.Url);
+        await page.GetByTestId("query-token").Nth(5).HoverAsync();
+        Assert.Contains("attends most to", await page.GetByTestId("attends").InnerTextAsync());
+        Assert.Equal(model.Config.NLayers * model.Config.NHeads + 1, await page.GetByTestId("detection").Locator("tr").CountAsync());
+        await page.ScreenshotAsync(new PageScreenshotOptions { Path = Path.Combine(ScreenshotDir(), "attention.png"), FullPage = true });
+
+        // A later page is an honest placeholder, and a reload of a shared URL restores the head.
+        await page.GetByRole(AriaRole.Link, new() { Name = "Graph" }).ClickAsync();
+        Assert.Contains("not built yet", await page.GetByTestId("placeholder").InnerTextAsync());
+        await page.GotoAsync(new Uri(host.Url!, $"/attention?text={Uri.EscapeDataString(text)}&head=L2H5").ToString());
+        await page.GetByTestId("head-title").WaitForAsync();
+        Assert.Contains("L2H5", await page.GetByTestId("head-title").InnerTextAsync());
+
+        Assert.Empty(consoleErrors); // CSP violations and script errors show up here
+        output.WriteLine($"screenshots in {ScreenshotDir()}");
+    }
+}

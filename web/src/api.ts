@@ -1,0 +1,33 @@
+// Types of the JSON API (snake_case, as the server writes it) and a fetch helper.
+export interface TokenView { id: number; text: string }
+export interface NextTokenView { id: number; text: string; prob: number }
+export interface ModelView { name: string; family: string; layers: number; heads: number; d_model: number; vocab: number; n_ctx: number; has_tokenizer: boolean; max_prompt_tokens: number; processing: string | null }
+export interface LensView { stages: string[]; top_token: number[][]; top_text: string[][]; top_prob: number[][]; final_top_prob: number[][] }
+export interface DlaComponent { name: string; kind: string; layer: number; head: number; value: number }
+export interface DlaView { token: TokenView; position: number; logit: number; components: DlaComponent[]; norm_bias: number; unembed_bias: number }
+export interface PromptResponse { tokens: TokenView[]; top_k: NextTokenView[][]; lens: LensView; dla: DlaView }
+export interface DetectionView { kinds: string[]; scores: number[][][]; sequences: number; repeat_length: number }
+export interface AttentionResponse { tokens: TokenView[]; layers: number; heads: number; patterns: number[][][][]; detection: DetectionView }
+
+export class ApiError extends Error {}
+
+export async function api<T>(path: string, body?: unknown): Promise<T> {
+  const response = await fetch(path, body === undefined ? {} : {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const json = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) throw new ApiError(json.error ?? `HTTP ${response.status}`);
+  return json as T;
+}
+
+/** A prompt as the API takes it: text, or ids when the model has no tokenizer (or the text is "ids:1,2,3"). */
+export function promptBody(text: string, model: ModelView | null): { text?: string; tokens?: number[] } {
+  const ids = text.match(/^\s*ids:\s*([\d,\s]+)$/);
+  if (ids || (model && !model.has_tokenizer)) {
+    const list = (ids ? ids[1] : text).split(/[,\s]+/).filter(s => s.length > 0).map(Number);
+    return { tokens: list };
+  }
+  return { text };
+}

@@ -1,0 +1,57 @@
+// A small DOM builder: the app needs no framework, and nothing here writes HTML strings (no injection).
+type Child = Node | string | null | undefined | false;
+type Props = Record<string, string | number | boolean | EventListener | undefined>;
+
+export function el<K extends keyof HTMLElementTagNameMap>(tag: K, props: Props = {}, ...children: Child[]): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (value === undefined || value === false) continue;
+    if (typeof value === "function") node.addEventListener(key.slice(2).toLowerCase(), value);
+    else if (key === "class") node.className = String(value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children) if (child !== null && child !== undefined && child !== false) node.append(child);
+  return node;
+}
+
+/** Shows a token's text with whitespace made visible. */
+export function show(text: string): string {
+  if (text === "") return "∅";
+  return text.replace(/ /g, "·").replace(/\n/g, "↵").replace(/\t/g, "⇥");
+}
+
+export function pct(p: number): string {
+  return p >= 0.001 ? `${(p * 100).toFixed(1)}%` : p.toExponential(1);
+}
+
+/** A canvas sized for the screen's pixel ratio; draw in CSS pixels. */
+export function canvas(width: number, height: number, label: string): [HTMLCanvasElement, CanvasRenderingContext2D] {
+  const c = el("canvas", { role: "img", "aria-label": label });
+  const ratio = window.devicePixelRatio || 1;
+  c.width = Math.round(width * ratio);
+  c.height = Math.round(height * ratio);
+  c.style.width = `${width}px`;
+  c.style.height = `${height}px`;
+  const ctx = c.getContext("2d")!;
+  ctx.scale(ratio, ratio);
+  return [c, ctx];
+}
+
+/** White → deep blue for a value in [0, 1]. */
+export function blue(v: number): string {
+  const t = Math.max(0, Math.min(1, v));
+  const r = Math.round(255 - t * (255 - 30)), g = Math.round(255 - t * (255 - 80)), b = Math.round(255 - t * (255 - 180));
+  return `rgb(${r},${g},${b})`;
+}
+
+/** The URL's query parameters, and a way to change them without reloading (shareable state). */
+export function query(): URLSearchParams {
+  return new URLSearchParams(location.search);
+}
+
+export function setQuery(changes: Record<string, string | null>, push = false): void {
+  const q = query();
+  for (const [k, v] of Object.entries(changes)) if (v === null) q.delete(k); else q.set(k, v);
+  const url = `${location.pathname}${q.toString() ? "?" + q.toString() : ""}`;
+  if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
+}
