@@ -122,9 +122,16 @@ function showHead(detail: HTMLElement, r: AttentionResponse, l: number, h: numbe
 function detectionTable(r: AttentionResponse): HTMLElement {
   const d = r.detection, rows: { l: number; h: number; s: number[] }[] = [];
   for (let l = 0; l < r.layers; l++) for (let h = 0; h < r.heads; h++) rows.push({ l, h, s: d.scores.map(k => k[l][h]) });
-  const induction = d.kinds.indexOf("induction");
-  rows.sort((a, b) => b.s[induction] - a.s[induction]);
-  return el("table", { "data-testid": "detection" },
-    el("thead", {}, el("tr", {}, el("th", {}, "head"), ...d.kinds.map(k => el("th", {}, k.replace("_", " "))))),
-    el("tbody", {}, ...rows.slice(0, 200).map(row => el("tr", {}, el("td", {}, `L${row.l}H${row.h}`), ...row.s.map(v => el("td", {}, v.toFixed(3)))))));
+  // Sorted by one score (a column header button chooses which; induction first), largest first.
+  let sortBy = Math.max(0, d.kinds.indexOf("induction"));
+  const body = el("tbody", {});
+  const headers = d.kinds.map(k => el("th", {}, el("button", { class: "sort", "aria-label": `sort by ${k.replace("_", " ")} score` }, k.replace("_", " "))));
+  const render = () => {
+    rows.sort((a, b) => b.s[sortBy] - a.s[sortBy]);
+    headers.forEach((th, i) => th.setAttribute("aria-sort", i === sortBy ? "descending" : "none"));
+    body.replaceChildren(...rows.slice(0, 200).map(row => el("tr", {}, el("td", {}, `L${row.l}H${row.h}`), ...row.s.map(v => el("td", {}, v.toFixed(3))))));
+  };
+  headers.forEach((th, i) => th.querySelector("button")!.addEventListener("click", () => { sortBy = i; render(); }));
+  render();
+  return el("table", { "data-testid": "detection" }, el("thead", {}, el("tr", {}, el("th", {}, "head"), ...headers)), body);
 }
