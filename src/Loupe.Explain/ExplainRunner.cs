@@ -56,8 +56,8 @@ public sealed record ExplainOptions
     }
 }
 
-/// <summary>A run's summary: features asked for, already done (skipped), explained now; this run's fresh usage, cache hits, HTTP requests sent and retries; totals stored for the model.</summary>
-public sealed record ExplainSummary(int Requested, int Skipped, int Explained, Usage Fresh, int CacheHits, int Sent, int Retries, int StoredFeatures, Usage StoredUsage, IReadOnlyList<FeatureOutcome> Outcomes);
+/// <summary>A run's summary: features asked for, dead ones (never active: nothing to explain), already stored (skipped), explained now; this run's fresh usage, cache hits, HTTP requests sent and retries; totals stored for the model.</summary>
+public sealed record ExplainSummary(int Requested, int Dead, int Skipped, int Explained, Usage Fresh, int CacheHits, int Sent, int Retries, int StoredFeatures, Usage StoredUsage, IReadOnlyList<FeatureOutcome> Outcomes);
 
 /// <summary>
 /// <c>loupe explain</c>: for each feature, builds the explainer prompt from its stored examples, asks the
@@ -111,8 +111,9 @@ public static class ExplainRunner
         foreach (int f in features) store.CheckFeature(f);
         var live = store.Features("feature").Where(s => s.NActive > 0).Select(s => s.Feature).ToArray();
         var liveSet = live.ToHashSet();
+        int dead = features.Count(f => !liveSet.Contains(f));
         var pending = features.Where(f => liveSet.Contains(f) && !writer.IsDone(f, model, options.Scorers)).ToList();
-        int skipped = features.Count - pending.Count;
+        int skipped = features.Count - dead - pending.Count;
         var outcomes = new List<FeatureOutcome>();
         int done = 0;
         await Parallel.ForEachAsync(pending, new ParallelOptions { MaxDegreeOfParallelism = client.Options.Concurrency, CancellationToken = cancellationToken },
@@ -135,7 +136,7 @@ public static class ExplainRunner
         var fresh = outcomes.Aggregate(Usage.Zero with { CostUsd = price is null ? null : 0 }, (u, o) => u + o.Fresh);
         int hits = outcomes.Sum(o => o.Usage.Requests - o.Fresh.Requests);
         var (storedFeatures, storedUsage) = writer.Totals(model);
-        return new ExplainSummary(features.Count, skipped, outcomes.Count, fresh, hits, client.Sent, client.Retries, storedFeatures, storedUsage, outcomes);
+        return new ExplainSummary(features.Count, dead, skipped, outcomes.Count, fresh, hits, client.Sent, client.Retries, storedFeatures, storedUsage, outcomes);
     }
 
     static async Task<FeatureOutcome> ExplainFeatureAsync(ChatClient client, FeatureInputs inputs, ExplainOptions options, ModelPrice? price, CancellationToken ct)

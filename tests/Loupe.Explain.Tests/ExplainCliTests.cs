@@ -52,9 +52,9 @@ public class ExplainCliTests
         Assert.Contains("detection acc 1.00 F1 1.00 AUROC 1.00", top.Out);
         Assert.Contains("fuzzing acc 1.00", top.Out);
 
-        var again = Loupe("explain", "--store", store, "--endpoint", server.BaseUrl, "--model", "scripted-model", "--features", "0-2",
+        var again = Loupe("explain", "--store", store, "--endpoint", server.BaseUrl, "--model", "scripted-model", "--features", "0-2,6",
             "--examples", "6", "--score-examples", "4", "--batch", "4", "--prices", prices, "--cache", folder.File("cache.db"), "--seed", "1");
-        Assert.Contains("0 features explained, 3 already stored", again.Out);
+        Assert.Contains("0 features explained, 3 already stored, 1 dead (skipped)", again.Out);
     }
 
     [Fact]

@@ -167,6 +167,7 @@ public class ExplainRunTests
             Assert.Equal([0, 1, 2, 3, 4, 5], ExplainRunner.SelectFeatures(s, "all"));
             Assert.Equal([1, 2, 3, 5], ExplainRunner.SelectFeatures(s, "1-3,5"));
             Assert.Equal(2, ExplainRunner.SelectFeatures(s, "top:2").Count);
+            Assert.Equal([5, 6], ExplainRunner.SelectFeatures(s, "5-6"));
             Assert.Throws<InputError>(() => ExplainRunner.SelectFeatures(s, "0-99"));
             Assert.Throws<InputError>(() => ExplainRunner.SelectFeatures(s, "3-1"));
         }

@@ -120,7 +120,7 @@ static class ExplainCommand
         if (s.Outcomes.Count > 0)
             Console.WriteLine($"mean: detection accuracy {F(Mean(o => o.Scores.GetValueOrDefault(ExplainOptions.Detection)?.Accuracy))}, " +
                 $"fuzzing accuracy {F(Mean(o => o.Scores.GetValueOrDefault(ExplainOptions.Fuzzing)?.Accuracy))}");
-        Console.WriteLine($"{s.Explained} features explained, {s.Skipped} already stored; {s.Sent} requests sent ({s.Retries} retries), {s.CacheHits} answers from the cache");
+        Console.WriteLine($"{s.Explained} features explained, {s.Skipped} already stored{(s.Dead > 0 ? $", {s.Dead} dead (skipped)" : "")}; {s.Sent} requests sent ({s.Retries} retries), {s.CacheHits} answers from the cache");
         Console.WriteLine($"this run: {s.Fresh.PromptTokens.ToString("N0", CultureInfo.InvariantCulture)} prompt + {s.Fresh.CompletionTokens.ToString("N0", CultureInfo.InvariantCulture)} completion tokens, {Cost(s.Fresh.CostUsd)}");
         Console.WriteLine($"stored for {model}: {s.StoredFeatures} features, {s.StoredUsage.PromptTokens.ToString("N0", CultureInfo.InvariantCulture)} prompt + " +
             $"{s.StoredUsage.CompletionTokens.ToString("N0", CultureInfo.InvariantCulture)} completion tokens, {Cost(s.StoredUsage.CostUsd)}");
