@@ -11,7 +11,7 @@ namespace Loupe.Explain.Tests;
 /// A feature store built from the real stories260K model (text sampled from it) and a seeded ReLU SAE at
 /// blocks.2.hook_resid_post, explained end to end against the scripted server, killed and resumed.
 /// </summary>
-public class RealStoreTests
+public class RealStoreTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     [RequiresSharedFact("models/stories260K")]
     public async Task Stories260K_store_is_explained_scored_and_resumed_without_asking_twice()
@@ -51,6 +51,8 @@ public class RealStoreTests
         {
             var full = await Run(clean, reference, folder.File("reference-cache.db"));
             Assert.Equal(live, full.Explained);
+            output.WriteLine($"{live} live features, {clean.Answered} requests, {full.StoredUsage.PromptTokens}+{full.StoredUsage.CompletionTokens} tokens; mean detection accuracy " +
+                $"{full.Outcomes.Average(o => o.Scores["detection"].Accuracy):F3}, fuzzing {full.Outcomes.Average(o => o.Scores["fuzzing"].Accuracy):F3}");
             var explainer = clean.Log.Where(r => r.System == Prompts.ExplainerSystem).ToList();
             Assert.Equal(live, explainer.Count);
             Assert.All(explainer, r => Assert.Contains("<<", r.User));
