@@ -30,6 +30,12 @@ public sealed record QuantileInterval(int Bin, double Lower, double Upper, long 
 /// <summary>A histogram: <c>Counts[k]</c> tokens in (<c>Edges[k]</c>, <c>Edges[k+1]</c>].</summary>
 public sealed record FeatureHistogram(double[] Edges, long[] Counts);
 
+/// <summary>
+/// A feature's explanation by one explainer model (<c>loupe explain</c>), with each scorer's metrics
+/// (scorer → metric → value, e.g. <c>detection</c> → <c>accuracy</c>).
+/// </summary>
+public sealed record FeatureExplanation(string ExplainerModel, string Text, string Created, IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> Scores);
+
 /// <summary>One row of a feature's logit table.</summary>
 public sealed record LogitRow(int Rank, int TokenId, string? TokenStr, double Value);
 
@@ -304,6 +310,40 @@ public sealed class FeatureStore : IDisposable
         }
         return _vocab.TryGetValue(tokenId, out var text) ? text : null;
     }
+
+    /// <summary>
+    /// The feature's explanations (one per explainer model, by model name) with their scores; empty when the store
+    /// has none (stores written before <c>loupe explain</c> have no explanation tables).
+    /// </summary>
+    /// <exception cref="InputError">The feature is outside 0..d_sae−1, or a row is damaged.</exception>
+    public IReadOnlyList<FeatureExplanation> Explanations(int feature)
+    {
+        CheckFeature(feature);
+        if (!HasTable("explanations")) return [];
+        var scores = new Dictionary<string, Dictionary<string, Dictionary<string, double>>>(StringComparer.Ordinal);
+        if (HasTable("explanation_scores"))
+            foreach (var (model, scorer, metric, value) in Query("explanation_scores", $"feature {feature}",
+                "SELECT explainer_model, scorer, metric, value FROM explanation_scores WHERE feature = $f ORDER BY explainer_model, scorer, metric",
+                r => (r.Text(0, "explainer_model"), r.Text(1, "scorer"), r.Text(2, "metric"), r.Finite(3, "value")), ("$f", feature)))
+            {
+                if (!scores.TryGetValue(model, out var byScorer)) scores[model] = byScorer = new(StringComparer.Ordinal);
+                if (!byScorer.TryGetValue(scorer, out var metrics)) byScorer[scorer] = metrics = new(StringComparer.Ordinal);
+                metrics[metric] = value;
+            }
+        return Query("explanations", $"feature {feature}", "SELECT explainer_model, text, created FROM explanations WHERE feature = $f ORDER BY explainer_model",
+            r =>
+            {
+                string model = r.Text(0, "explainer_model");
+                IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> s = scores.TryGetValue(model, out var byScorer)
+                    ? byScorer.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, double>)kv.Value, StringComparer.Ordinal)
+                    : new Dictionary<string, IReadOnlyDictionary<string, double>>();
+                return new FeatureExplanation(model, r.Text(1, "text"), r.Text(2, "created"), s);
+            },
+            ("$f", feature));
+    }
+
+    bool HasTable(string table) =>
+        Query("sqlite_master", "tables", "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $t", r => r.Long(0, "COUNT(*)", 0, long.MaxValue), ("$t", table)).Single() > 0;
 
     List<T> Query<T>(string table, string rows, string sql, Func<Row, T> read, params (string Name, object Value)[] args)
     {

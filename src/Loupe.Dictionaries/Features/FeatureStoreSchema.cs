@@ -95,6 +95,38 @@ public static class FeatureStoreSchema
         ("vocab", ["token_id", "token_str"]),
     ];
 
+    /// <summary>
+    /// Optional tables written by <c>loupe explain</c> into an existing store (created when first needed, so the
+    /// schema version stays 1 and stores without them read as before): one explanation per (feature, explainer
+    /// model), the scorers' metrics, and per-feature token counts and cost.
+    /// </summary>
+    public const string CreateExplanationTables = """
+        CREATE TABLE IF NOT EXISTS explanations (
+            feature         INTEGER NOT NULL,
+            explainer_model TEXT    NOT NULL,
+            text            TEXT    NOT NULL,
+            created         TEXT    NOT NULL,
+            PRIMARY KEY (feature, explainer_model)
+        );
+        CREATE TABLE IF NOT EXISTS explanation_scores (
+            feature         INTEGER NOT NULL,
+            explainer_model TEXT    NOT NULL,
+            scorer          TEXT    NOT NULL,
+            metric          TEXT    NOT NULL,
+            value           REAL    NOT NULL,
+            PRIMARY KEY (feature, explainer_model, scorer, metric)
+        );
+        CREATE TABLE IF NOT EXISTS explanation_costs (
+            feature           INTEGER NOT NULL,
+            explainer_model   TEXT    NOT NULL,
+            requests          INTEGER NOT NULL,
+            prompt_tokens     INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cost_usd          REAL,
+            PRIMARY KEY (feature, explainer_model)
+        );
+        """;
+
     // Built after the bulk insert (faster than maintaining them row by row).
     internal const string CreateIndexes = """
         CREATE INDEX examples_by_feature ON examples (feature, kind, bin, rank);

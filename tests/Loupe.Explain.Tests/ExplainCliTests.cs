@@ -1,0 +1,77 @@
+using Loupe.Cli;
+
+namespace Loupe.Explain.Tests;
+
+/// <summary><c>loupe explain</c> and <c>loupe features top</c> in-process against the scripted server.</summary>
+public class ExplainCliTests
+{
+    static readonly Lock s_console = new();
+
+    static (int Code, string Out, string Err) Loupe(params string[] args)
+    {
+        lock (s_console)
+        {
+            var stdout = new StringWriter();
+            var stderr = new StringWriter();
+            var (oldOut, oldErr) = (Console.Out, Console.Error);
+            Console.SetOut(stdout);
+            Console.SetError(stderr);
+            try
+            {
+                int code = Program.Run(args, new System.CommandLine.InvocationConfiguration { Output = stdout, Error = stderr });
+                return (code, stdout.ToString(), stderr.ToString());
+            }
+            finally
+            {
+                Console.SetOut(oldOut);
+                Console.SetError(oldErr);
+            }
+        }
+    }
+
+    [Fact]
+    public void Explain_then_features_top_shows_the_explanation_and_scores()
+    {
+        using var folder = new TestFolder();
+        string store = SyntheticStore.Write(folder.File("features.db"));
+        string prices = folder.File("prices.json");
+        File.WriteAllText(prices, """{"scripted-model": {"input_per_million": 1, "output_per_million": 4}}""");
+        using var server = new ScriptedServer();
+        var (code, output, err) = Loupe("explain", "--store", store, "--endpoint", server.BaseUrl, "--model", "scripted-model",
+            "--api-key-env", "LOUPE_EXPLAIN_TEST_UNSET_KEY", "--features", "0-2", "--examples", "6", "--score-examples", "4", "--batch", "4",
+            "--prices", prices, "--cache", folder.File("cache.db"), "--seed", "1");
+        Assert.True(code == 0, $"exit {code}\n{output}\n{err}");
+        Assert.Contains("the token \"apple\"", output);
+        Assert.Contains("3 features explained, 0 already stored", output);
+        Assert.Contains("$", output);
+        Assert.All(server.Log, r => Assert.Null(r.Authorization));
+
+        var top = Loupe("features", "top", "--db", store, "-f", "0");
+        Assert.True(top.Code == 0, top.Err);
+        Assert.Contains("explanation (scripted-model): \"the token \"apple\"\"", top.Out);
+        Assert.Contains("detection acc 1.00 F1 1.00 AUROC 1.00", top.Out);
+        Assert.Contains("fuzzing acc 1.00", top.Out);
+
+        var again = Loupe("explain", "--store", store, "--endpoint", server.BaseUrl, "--model", "scripted-model", "--features", "0-2,6",
+            "--examples", "6", "--score-examples", "4", "--batch", "4", "--prices", prices, "--cache", folder.File("cache.db"), "--seed", "1");
+        Assert.Contains("0 features explained, 3 already stored, 1 dead (skipped)", again.Out);
+    }
+
+    [Fact]
+    public void A_refusing_endpoint_is_one_error_line()
+    {
+        using var folder = new TestFolder();
+        string store = SyntheticStore.Write(folder.File("features.db"));
+        using var server = new ScriptedServer();
+        server.Enqueue(Fault.BadRequest);
+        var (code, _, err) = Loupe("explain", "--store", store, "--endpoint", server.BaseUrl, "--model", "nope", "--features", "0",
+            "--concurrency", "1", "--prices", folder.File("prices.json"), "--cache", folder.File("cache.db"));
+        Assert.Equal(2, code);
+        Assert.DoesNotContain("   at ", err);
+        Assert.Contains("error: ", err);
+        Assert.Contains("HTTP 400", err);
+        Assert.Contains("does not exist", err);
+        Assert.Contains("no price for model 'nope'", err);
+        Assert.True(File.Exists(folder.File("prices.json")));
+    }
+}
