@@ -1,0 +1,119 @@
+using System.CommandLine;
+using System.Globalization;
+using Loupe.Models;
+using Loupe.Models.Generation;
+using Loupe.Steering;
+using Loupe.Steering.Monitors;
+using Spectre.Console;
+
+namespace Loupe.Cli.Commands;
+
+/// <summary><c>loupe monitor</c>: concept monitors — train one from contrastive texts, read a text or a generation with it.</summary>
+static class MonitorCommand
+{
+    public static Command Create()
+    {
+        var command = new Command("monitor",
+            "Concept monitors: a residual-stream direction separating texts that express a concept from texts that do not, with a threshold\n" +
+            "for a chosen recall; held-out AUROC and false-positive rate reported. Saved in the persona-vector format (usable wherever\n" +
+            "persona vectors are, e.g. as a live monitor of the OpenAI endpoint).\n\n" +
+            "Examples:\n" +
+            "  loupe monitor train --model ../shared/models/stories260K --concept sadness --positive src/Loupe.Steering/Data/sad.txt \\\n" +
+            "      --negative src/Loupe.Steering/Data/happy.txt,tests/data/monitors/neutral.txt --recall 0.75 --out sadness.safetensors\n" +
+            "  loupe monitor read --model ../shared/models/stories260K --monitor sadness.safetensors --prompt \"Tom lost his ball.\" --generate 24");
+        command.Subcommands.Add(Train());
+        command.Subcommands.Add(Read());
+        return command;
+    }
+
+    static Command Train()
+    {
+        var model = CliSupport.ModelOption();
+        var concept = new Option<string>("--concept") { Description = "What the monitor watches for (a name stored in the file)", Required = true };
+        var positive = new Option<string>("--positive") { Description = "Texts expressing the concept, one per line (comma-separate several files)", Required = true };
+        var negative = new Option<string>("--negative") { Description = "Texts that do not: its opposite and ordinary text, one per line (comma-separate several files)", Required = true };
+        var recall = new Option<double>("--recall") { Description = "Share of the concept's training texts the threshold must catch", DefaultValueFactory = _ => 0.9 };
+        var layer = new Option<int?>("--layer") { Description = "Layer read (hook_resid_post); default: the best cross-validated held-out AUROC" };
+        var heldOut = new Option<double>("--held-out") { Description = "Share of each set held out (layer choice by folds; the last fold measures recall and false positives)", DefaultValueFactory = _ => 0.25 };
+        var output = new Option<string>("--out", "-o") { Description = "The monitor file (.safetensors)", Required = true };
+        var command = new Command("train", "Train a concept monitor from contrastive texts; print held-out AUROC, recall and false-positive rate.")
+        { model, concept, positive, negative, recall, layer, heldOut, output };
+        command.SetAction(parse => CliSupport.Guard(() =>
+        {
+            string outPath = CliSupport.OutputFile(parse.GetValue(output)!);
+            var pos = ReadTexts(parse.GetValue(positive)!, "--positive");
+            var neg = ReadTexts(parse.GetValue(negative)!, "--negative");
+            double r = CliSupport.Double(parse, recall, 1e-9, 1);
+            double h = CliSupport.Double(parse, heldOut, 0, 0.99);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            int? l = parse.GetValue(layer);
+            if (l is int chosen && (chosen < 0 || chosen >= m.Config.NLayers)) throw InputError.Expected("argument", "--layer", $"0..{m.Config.NLayers - 1}", chosen);
+            var monitor = CliSupport.Status.Status().Start($"Reading {pos.Count} + {neg.Count} texts",
+                _ => ConceptMonitor.Train(m, parse.GetValue(concept)!, pos, neg, new ConceptMonitorOptions { Recall = r, Layer = l, HeldOutFraction = h }));
+            Console.WriteLine("layer  held-out AUROC  held-out d");
+            foreach (var s in monitor.Direction.Layers)
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{s.Layer,5}  {s.HeldOutAuroc,14:F3}  {s.HeldOutEffectSize,10:F2}{(s.Layer == monitor.Direction.Layer ? "   ← chosen" : "")}"));
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{monitor.Name} at {monitor.Direction.HookName}: threshold {monitor.Direction.Threshold:G4} on the mean projection (for recall {monitor.TargetRecall:P0} on the training texts)"));
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"  training: recall {monitor.TrainRecall:P1}, false positives {monitor.TrainFalsePositiveRate:P1}; held out: AUROC {monitor.HeldOutAuroc:F3}, recall {monitor.HeldOutRecall:P1}, false positives {monitor.HeldOutFalsePositiveRate:P1}"));
+            monitor.Save(outPath, new Dictionary<string, string> { ["model"] = m.Source ?? "", ["positive"] = parse.GetValue(positive)!, ["negative"] = parse.GetValue(negative)! });
+            Console.WriteLine($"wrote {outPath}");
+            return 0;
+        }));
+        return command;
+    }
+
+    static Command Read()
+    {
+        var model = CliSupport.ModelOption();
+        var monitorPath = new Option<string>("--monitor") { Description = "A monitor file written by `loupe monitor train`", Required = true };
+        var prompt = new Option<string>("--prompt", "-p") { Description = "The text to read (or the prompt to continue with --generate)", Required = true };
+        var generate = new Option<int>("--generate") { Description = "Generate this many tokens greedily and read them live (0: read the prompt)", DefaultValueFactory = _ => 0 };
+        var steer = new Option<double>("--steer") { Description = "With --generate: also generate steered along the monitor's own direction × this coefficient, for comparison", DefaultValueFactory = _ => 0 };
+        var command = new Command("read", "Read a text, or a greedy generation live, with a concept monitor.") { model, monitorPath, prompt, generate, steer };
+        command.SetAction(parse => CliSupport.Guard(() =>
+        {
+            string path = parse.GetValue(monitorPath)!;
+            if (!File.Exists(path)) throw new InputError($"argument: --monitor: file not found: {path}");
+            var monitor = ConceptMonitor.Load(path);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            if (monitor.Direction.Vector.Length != m.Config.DModel)
+                throw new InputError($"{path}: the monitor has {monitor.Direction.Vector.Length} dimensions; the model's d_model is {m.Config.DModel}");
+            var ids = CliSupport.Encode(m, parse.GetValue(prompt)!);
+            int n = CliSupport.Int(parse, generate, 0, 4096);
+            string F(double x) => x.ToString("F3", CultureInfo.InvariantCulture);
+            if (n == 0)
+            {
+                var reading = monitor.Read(m, ids);
+                Console.WriteLine($"{monitor.Name}: mean projection {F(reading.Mean)} vs threshold {F(monitor.Direction.Threshold)} → {(reading.ExpressesTrait ? "FLAGGED" : "not flagged")}");
+                for (int i = 0; i < ids.Length; i++) Console.WriteLine($"  {F(reading.Projections[i]),8}  {CliSupport.Show(m, ids[i])}");
+                return 0;
+            }
+            var greedy = new GenerationOptions(MaxNewTokens: n, Temperature: 0, StopAtEos: false);
+            foreach (double coefficient in parse.GetValue(steer) is double c and not 0 ? new[] { 0, c } : [0])
+            {
+                var options = new Loupe.Models.Hooks.RunOptions();
+                if (coefficient != 0) { var edit = monitor.Direction.Steer((float)coefficient); options.AddHook(edit.HookName, edit.Apply); }
+                var live = monitor.Watch(options);
+                var generated = m.Generate([ids], greedy, options)[0];
+                Console.WriteLine($"{(coefficient == 0 ? "unsteered" : $"steered × {coefficient.ToString(CultureInfo.InvariantCulture)}")}: live mean {F(live.Mean)} vs threshold {F(monitor.Direction.Threshold)} → {(live.Flagged ? "FLAGGED" : "not flagged")}");
+                Console.WriteLine($"  {(m.Tokenizer?.Decode(generated) ?? string.Join(",", generated))}");
+            }
+            return 0;
+        }));
+        return command;
+    }
+
+    static List<string> ReadTexts(string files, string option)
+    {
+        var texts = new List<string>();
+        foreach (var file in files.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (!File.Exists(file)) throw new InputError($"argument: {option}: file not found: {file}");
+            texts.AddRange(WordScore.ReadList(file));
+        }
+        if (texts.Count < 2) throw InputError.Expected("argument", option, "at least two texts, one a line", texts.Count);
+        return texts;
+    }
+}

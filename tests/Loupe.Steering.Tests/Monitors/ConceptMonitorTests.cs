@@ -1,0 +1,102 @@
+using Loupe.Models;
+using Loupe.Models.Generation;
+using Loupe.Steering.Monitors;
+using Loupe.Testing;
+using Xunit.Abstractions;
+
+namespace Loupe.Steering.Tests.Monitors;
+
+/// <summary>
+/// A concept monitor (sadness) on stories260K from the sad/happy story sets: held-out AUROC and the false-positive rate at
+/// the chosen recall reported; the saved file reads back (also as a persona vector); and the monitor flags generations
+/// steered towards the concept at the layer before the one it reads, not the unsteered ones.
+/// </summary>
+public class ConceptMonitorTests(ITestOutputHelper output)
+{
+    static readonly string[] Prompts =
+    [
+        "Once upon a time, there was a little girl named Lily. One day, she",
+        "Tom had a big red ball. He went to the park and",
+        "The little dog ran to the tree. It",
+        "Mom and Sue went to the shop. They",
+        "Ben saw a bird in the sky. He",
+        "One day, a cat found a box. The cat",
+    ];
+
+    const float Coefficient = 8f;
+    const int Layer = 3;
+
+    /// <summary>Openings whose unsteered continuations teach the monitor what the model's ordinary text looks like (none is a test prompt).</summary>
+    static readonly string[] TrainingOpenings =
+    [
+        "Once upon a time, there was a boy named Tim. He", "The sun was bright. Anna and her dad", "A big truck drove down the road. It",
+        "Sara had a doll. She", "The fox lived in the woods. One day it", "Jack found a shiny rock. He", "There was a tall tree in the park. Every day",
+        "Mia and her brother went to the beach. They", "The old man had a small boat. He", "Lucy liked to paint. She",
+        "The bunny hopped into the garden. It", "Sam wanted a cookie. He", "The baby duck walked to the pond. It",
+        "Kate and Max built a tower of blocks. They", "The train went fast. The children", "Dad cooked dinner in the kitchen. He",
+    ];
+
+    [RequiresSharedFact("models/stories260K")]
+    public void SadnessMonitorSeparatesHeldOutStoriesAndFlagsSteeredGenerations()
+    {
+        var model = TestModels.Stories;
+        var greedy = new GenerationOptions(MaxNewTokens: 24, Temperature: 0, StopAtEos: false);
+        // Not sad = happy stories, plain ones, and the model's own ordinary continuations: a monitor must tell the concept
+        // from everyday text, not only from its opposite.
+        var neutral = File.ReadAllLines(SharedData.TestData(Path.Combine("monitors", "neutral.txt"))).Where(l => l.Length > 0);
+        var ordinary = TrainingOpenings.Select(t => { var ids = model.Tokenizer!.Encode(t); return model.Tokenizer.Decode([.. ids, .. model.Generate([ids], greedy)[0]], skipSpecialTokens: true); });
+        var notSad = DemoData.HappyStories.Concat(neutral).Concat(ordinary).ToArray();
+        var monitor = ConceptMonitor.Train(model, "sadness", DemoData.SadStories, notSad, new ConceptMonitorOptions { Recall = 0.75, Layer = Layer });
+        output.WriteLine($"layer {monitor.Direction.Layer}: held-out AUROC {monitor.HeldOutAuroc:F3}, recall {monitor.HeldOutRecall:F3}, FPR {monitor.HeldOutFalsePositiveRate:F3}; train recall {monitor.TrainRecall:F3}, FPR {monitor.TrainFalsePositiveRate:F3}");
+        Assert.True(monitor.TrainRecall >= 0.75, $"train recall {monitor.TrainRecall}");
+        Assert.True(monitor.HeldOutAuroc > 0.8, $"held-out AUROC {monitor.HeldOutAuroc}");
+
+        string path = Path.Combine(Directory.CreateTempSubdirectory("loupe-monitor").FullName, "sadness.safetensors");
+        monitor.Save(path);
+        var loaded = ConceptMonitor.Load(path);
+        Assert.Equal("sadness", loaded.Name);
+        Assert.Equal(monitor.Direction.Threshold, loaded.Direction.Threshold);
+        Assert.Equal(monitor.HeldOutFalsePositiveRate, loaded.HeldOutFalsePositiveRate);
+        Assert.Equal(monitor.Direction.Threshold, PersonaVector.Load(path).Threshold);
+
+        // Live readings during generation; the steered runs are pushed along the previous layer's sadness direction.
+        var push = new PersonaVector(Loupe.Models.Hooks.HookNames.ResidPost(Layer - 1), Layer - 1, monitor.Direction.LayerVectors[Layer - 1], 0).Steer(Coefficient);
+        int steeredFlags = 0, plainFlags = 0;
+        double lowestSteered = double.PositiveInfinity, highestPlain = double.NegativeInfinity;
+        foreach (var text in Prompts)
+        {
+            var prompt = model.Tokenizer!.Encode(text);
+            var plainOptions = new Loupe.Models.Hooks.RunOptions();
+            var plainLive = monitor.Watch(plainOptions);
+            var plain = model.Generate([prompt], greedy, plainOptions)[0];
+            var steeredOptions = new Loupe.Models.Hooks.RunOptions();
+            steeredOptions.AddHook(push.HookName, push.Apply);
+            var steeredLive = monitor.Watch(steeredOptions);
+            var steered = model.Generate([prompt], greedy, steeredOptions)[0];
+            // The live reading of an unsteered run is the monitor's reading of the same tokens afterwards (causal model).
+            var after = monitor.ReadGeneration(model, prompt, plain);
+            Assert.InRange(plainLive.Mean - after.Projections.Skip(prompt.Length).Take(plain.Length - 1).Average(), -1e-4, 1e-4);
+            output.WriteLine($"{text[..20]}…: plain {plainLive.Mean:F3} {(plainLive.Flagged ? "FLAG" : "ok")} | steered {steeredLive.Mean:F3} {(steeredLive.Flagged ? "FLAG" : "ok")} (threshold {monitor.Direction.Threshold:F3}): {model.Tokenizer.Decode(steered)}");
+            (lowestSteered, highestPlain) = (Math.Min(lowestSteered, steeredLive.Mean), Math.Max(highestPlain, plainLive.Mean));
+            if (steeredLive.Flagged) steeredFlags++;
+            if (plainLive.Flagged) plainFlags++;
+        }
+        output.WriteLine($"flagged: steered {steeredFlags} of {Prompts.Length}, unsteered {plainFlags} of {Prompts.Length}; lowest steered reading {lowestSteered:F3}, highest unsteered {highestPlain:F3}");
+        Assert.Equal(Prompts.Length, steeredFlags);
+        Assert.True(lowestSteered > highestPlain + 1, "every steered generation reads well above every unsteered one");
+        // A 260K-parameter model's sadness direction also fires on some ordinary text: the unsteered false positives are
+        // reported (above), bounded by what the held-out false-positive rate allows, not asserted away.
+        Assert.True(plainFlags < Prompts.Length, "not every unsteered generation is flagged");
+    }
+
+    [Fact]
+    public void APersonaVectorFileIsNotTakenForAMonitorAndBadRecallIsRefused()
+    {
+        string path = Path.Combine(Directory.CreateTempSubdirectory("loupe-monitor").FullName, "persona.safetensors");
+        new PersonaVector("blocks.0.hook_resid_post", 0, [1f, 0f, 0f, 0f], 0.5).Save(path);
+        var error = Assert.Throws<InputError>(() => ConceptMonitor.Load(path));
+        Assert.Contains("not a concept monitor", error.Message);
+        using var model = ModelLoader.LoadFolder(SharedData.TestData("reference/gpt2"));
+        Assert.Throws<InputError>(() => ConceptMonitor.Train(model, "x", ["a", "b"], ["c", "d"], new ConceptMonitorOptions { Recall = 1.5 }));
+    }
+}
