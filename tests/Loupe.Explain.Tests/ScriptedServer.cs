@@ -47,6 +47,8 @@ public sealed partial class ScriptedServer : IDisposable
     public TimeSpan TimeoutDelay { get; set; } = TimeSpan.FromSeconds(2);
     /// <summary>Called with every request before it is answered (tests use it to block or count).</summary>
     public Func<LoggedRequest, Task>? BeforeAnswer { get; set; }
+    /// <summary>An answer for requests other than the explainer's and scorers' (system, user) → content; null falls back to those.</summary>
+    public Func<string, string, string?>? CustomAnswer { get; set; }
 
     public void Enqueue(params Fault[] faults)
     {
@@ -114,7 +116,7 @@ public sealed partial class ScriptedServer : IDisposable
                     return;
             }
             bool logprobs = json["logprobs"]?.GetValue<bool>() ?? false;
-            string content = Answer(system, user);
+            string content = CustomAnswer?.Invoke(system, user) ?? Answer(system, user);
             long prompt = Words(system) + Words(user), completion = Words(content);
             Interlocked.Add(ref _promptTokens, prompt);
             Interlocked.Add(ref _completionTokens, completion);
