@@ -326,10 +326,22 @@ public abstract class HookedTransformer : IDisposable
             dLogits = dz;
         }
         // Forward: logits = normed·W_U + b_U.
-        var dResid = be.Empty(B, T, D);
-        Unembed.BackwardInput(be, dLogits, B * T, dResid);
-        if (FinalNorm is not null) dResid = FinalNorm.Backward(ctx, -1, dResid);
+        var dNormed = be.Empty(B, T, D);
+        Unembed.BackwardInput(be, dLogits, B * T, dNormed);
+        var dResid = HeadBackward(ctx, dNormed);
         for (int l = Config.NLayers - 1; l >= 0; l--) dResid = BlockBackward(l, ctx, dResid);
+        EmbedBackward(ctx, dResid);
+    }
+
+    /// <summary>What stands between the last block and the unembedding: the final norm by default (BERT: its MLM transform).</summary>
+    protected virtual Tensor Head(ForwardContext ctx, Tensor resid) => FinalNorm is null ? resid : FinalNorm.Forward(ctx, -1, resid);
+
+    /// <summary>The backward of <see cref="Head"/>: d (unembedding input) → d (last block's output).</summary>
+    protected virtual Tensor HeadBackward(ForwardContext ctx, Tensor dNormed) => FinalNorm is null ? dNormed : FinalNorm.Backward(ctx, -1, dNormed);
+
+    /// <summary>The backward of <see cref="Embed"/>: receives d resid_pre of block 0.</summary>
+    protected virtual void EmbedBackward(ForwardContext ctx, Tensor dResid)
+    {
         // Forward: resid_pre.0 = hook_embed (+ hook_pos_embed); both receive the residual gradient.
         if (!WPos.IsEmpty) ctx.GradHook(HookNames.PosEmbed, -1, dResid);
         ctx.GradHook(HookNames.Embed, -1, dResid);
@@ -393,7 +405,7 @@ public abstract class HookedTransformer : IDisposable
         for (int l = 0; l < Config.NLayers; l++) resid = Block(l, ctx, resid);
         if (ctx.LastPositionLogitsOnly && tokens.Length > 1)
             resid = LastPosition(be, resid);
-        var normed = FinalNorm is null ? resid : FinalNorm.Forward(ctx, -1, resid);
+        var normed = Head(ctx, resid);
         int B = normed.Dim(0), T = normed.Dim(1);
         var logits = be.Empty(B, T, Config.VocabOut);
         Unembed.Forward(be, normed, B * T, logits);
