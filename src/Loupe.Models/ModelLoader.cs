@@ -41,7 +41,8 @@ public static class ModelLoader
         if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"model folder not found: {folder}");
         var config = HfConfig.Load(Path.Combine(folder, "config.json"));
         string modelType = ModelTypeOf(config);
-        var weights = new WeightSource(SafeTensorsCheckpoint.Open(folder), folder);
+        // A folder with only model.onnx (a BERT export) reads weights converted once into a cache folder.
+        var weights = new WeightSource(SafeTensorsCheckpoint.Open(OnnxBertWeights.WeightsFolder(folder)), folder);
         try
         {
             HookedTransformer model = modelType switch
@@ -131,7 +132,7 @@ public static class ModelLoader
     }
 
     static ITokenizer? LoadTokenizer(string folder) =>
-        File.Exists(Path.Combine(folder, "tokenizer.json")) || File.Exists(Path.Combine(folder, "vocab.json"))
+        File.Exists(Path.Combine(folder, "tokenizer.json")) || File.Exists(Path.Combine(folder, "vocab.json")) || File.Exists(Path.Combine(folder, "vocab.txt"))
             ? TokenizerLoader.FromFolder(folder)
             : null;
 }
