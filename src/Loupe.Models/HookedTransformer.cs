@@ -491,6 +491,8 @@ public abstract class HookedTransformer : IDisposable
     public int[][] Generate(IReadOnlyList<int[]> prompts, GenerationOptions generation, RunOptions? options = null)
     {
         options ??= new RunOptions();
+        if (Config.Architecture == "bert")
+            throw new InputError($"{Source ?? Config.Architecture}: an encoder (bidirectional attention) does not generate text; run it, or read its masked-token predictions");
         var batch = TokenBatch.FromRows(prompts, Config.EosTokenId ?? 0, PaddingSide.Left);
         CheckTokens(batch, 0);
         CheckSplices(options.Splices);

@@ -198,7 +198,8 @@ public sealed class WordPieceTokenizer : ITokenizer
 
     static string StripAccents(string s)
     {
-        var decomposed = s.Normalize(NormalizationForm.FormD);
+        // Loupe's own tables: string.Normalize depends on ICU, which invariant-globalization hosts lack.
+        var decomposed = UnicodeNormalization.Normalize(s, NormalizationForm.FormD);
         var sb = new StringBuilder(decomposed.Length);
         foreach (var rune in decomposed.EnumerateRunes())
             if (Rune.GetUnicodeCategory(rune) != UnicodeCategory.NonSpacingMark) sb.Append(rune.ToString());

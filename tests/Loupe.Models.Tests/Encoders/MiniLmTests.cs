@@ -110,6 +110,10 @@ public sealed class MiniLmTests(MiniLmFolder minilm) : IClassFixture<MiniLmFolde
             var expected = Enumerable.Range(0, 11).Where(t => mask[b * 11 + t] == 1).Select(t => ids[b * 11 + t]);
             Assert.Equal(expected, tokenizer.Encode(sentences[b]));
         }
+        // The package's own vocab.txt gives every case of HF's slow BertTokenizer (accents, CJK, emoji, a 120-char word, literal [CLS]).
+        using var doc = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(SharedData.TestData(Path.Combine("reference", "minilm")), "tokenizer_cases.json")));
+        foreach (var c in doc.RootElement.GetProperty("single").EnumerateArray())
+            Assert.Equal(c.GetProperty("input_ids").EnumerateArray().Select(x => x.GetInt32()), tokenizer.Encode(c.GetProperty("text").GetString()!));
     }
 
     [Fact]
