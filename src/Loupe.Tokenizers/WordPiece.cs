@@ -114,7 +114,22 @@ public sealed class WordPieceTokenizer : ITokenizer
         return _vocab.TryGetValue(token, out int id) ? id : null;
     }
 
-    void Tokenize(string text, List<int> ids)
+    /// <summary>
+    /// <see cref="Encode"/> with the characters of <paramref name="text"/> each token comes from (<c>[Start, End)</c>;
+    /// an empty span at the start or end for the added [CLS] and [SEP]), for labelling tokens by words.
+    /// </summary>
+    public (int[] Ids, (int Start, int End)[] Spans) EncodeWithOffsets(string text, bool addSpecialTokens = true)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var ids = new List<int>();
+        var spans = new List<(int, int)>();
+        if (addSpecialTokens) { ids.Add(_cls); spans.Add((0, 0)); }
+        Tokenize(text, ids, spans);
+        if (addSpecialTokens) { ids.Add(_sep); spans.Add((text.Length, text.Length)); }
+        return ([.. ids], [.. spans]);
+    }
+
+    void Tokenize(string text, List<int> ids, List<(int, int)>? spans = null)
     {
         int start = 0;
         while (start < text.Length)
@@ -128,59 +143,90 @@ public sealed class WordPieceTokenizer : ITokenizer
                 if (i >= 0 && (at < 0 || i < at)) { at = i; found = s; }
             }
             int end = at < 0 ? text.Length : at;
-            foreach (var word in Words(text[start..end])) Pieces(word, ids);
+            foreach (var word in Words(text, start, end)) Pieces(word, ids, spans);
             if (found is null) break;
             ids.Add(_vocab[found]);
+            spans?.Add((at, at + found.Length));
             start = at + found.Length;
         }
     }
 
-    /// <summary>Normalized words: split on whitespace, each punctuation character a word of its own.</summary>
-    IEnumerable<string> Words(string text)
+    /// <summary>A normalized word and, per char of it, the offset in the original text of the character it came from.</summary>
+    readonly record struct Word(string Text, int[] Origin, int End);
+
+    /// <summary>
+    /// Normalized words of <c>text[start..end)</c>: split on whitespace, each punctuation character and each CJK
+    /// ideograph a word of its own. Normalization is per character (lower-casing and accent stripping do not depend
+    /// on neighbours), which is what lets every normalized char remember where it came from.
+    /// </summary>
+    List<Word> Words(string text, int start, int end)
     {
         var n = _normalization;
-        var sb = new StringBuilder(text.Length);
-        foreach (var rune in text.EnumerateRunes())
+        bool strip = n.StripAccents ?? n.Lowercase;
+        var words = new List<Word>();
+        var sb = new StringBuilder();
+        var origin = new List<int>();
+        int wordEnd = start;
+        void Flush()
         {
-            if (n.CleanText)
-            {
-                if (rune.Value == 0 || rune.Value == 0xFFFD || IsControl(rune)) continue;
-                if (IsWhitespace(rune)) { sb.Append(' '); continue; }
-            }
-            if (n.HandleChineseChars && IsChinese(rune.Value)) sb.Append(' ').Append(rune.ToString()).Append(' ');
-            else sb.Append(rune.ToString());
+            if (sb.Length > 0) words.Add(new Word(sb.ToString(), [.. origin], wordEnd));
+            sb.Clear();
+            origin.Clear();
         }
-        foreach (var raw in sb.ToString().Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries))
+        void Single(string piece, int from, int to)
         {
-            string word = raw;
-            if (n.Lowercase) word = word.ToLowerInvariant();
-            if (n.StripAccents ?? n.Lowercase) word = StripAccents(word);
-            var current = new StringBuilder();
-            foreach (var rune in word.EnumerateRunes())
+            Flush();
+            words.Add(new Word(piece, Enumerable.Repeat(from, piece.Length).ToArray(), to));
+        }
+        int i = start;
+        while (i < end)
+        {
+            var rune = Rune.GetRuneAt(text, i);
+            int next = i + rune.Utf16SequenceLength;
+            if (n.CleanText && (rune.Value == 0 || rune.Value == 0xFFFD || IsControl(rune))) { i = next; continue; }
+            if (IsWhitespace(rune)) { Flush(); i = next; continue; }
+            if (n.HandleChineseChars && IsChinese(rune.Value)) { Single(rune.ToString(), i, next); i = next; continue; }
+            string normalized = rune.ToString();
+            if (n.Lowercase) normalized = normalized.ToLowerInvariant();
+            if (strip) normalized = StripAccents(normalized);
+            foreach (var r in normalized.EnumerateRunes())
             {
-                if (IsPunctuation(rune))
+                if (IsPunctuation(r)) Single(r.ToString(), i, next);
+                else
                 {
-                    if (current.Length > 0) { yield return current.ToString(); current.Clear(); }
-                    yield return rune.ToString();
+                    sb.Append(r.ToString());
+                    for (int c = 0; c < r.Utf16SequenceLength; c++) origin.Add(i);
+                    wordEnd = next;
                 }
-                else current.Append(rune.ToString());
             }
-            if (current.Length > 0) yield return current.ToString();
+            i = next;
         }
+        Flush();
+        return words;
     }
 
     /// <summary>Greedy longest-match-first WordPiece of one word; the whole word is [UNK] when any rest has no piece.</summary>
-    void Pieces(string word, List<int> ids)
+    void Pieces(Word word, List<int> ids, List<(int, int)>? spans)
     {
-        var runes = word.EnumerateRunes().Select(r => r.ToString()).ToArray();
-        if (runes.Length > _maxChars) { ids.Add(_unk); return; }
-        int before = ids.Count, start = 0;
-        while (start < runes.Length)
+        // Char offset of each rune in the word, plus its length at the end.
+        var bounds = new List<int>();
+        for (int c = 0; c < word.Text.Length; c += Rune.GetRuneAt(word.Text, c).Utf16SequenceLength) bounds.Add(c);
+        int runes = bounds.Count;
+        bounds.Add(word.Text.Length);
+        int Origin(int rune) => rune < runes ? word.Origin[bounds[rune]] : word.End;
+        if (runes > _maxChars)
         {
-            int end = runes.Length, match = -1;
+            ids.Add(_unk);
+            spans?.Add((word.Origin[0], word.End));
+            return;
+        }
+        int before = ids.Count, start = 0;
+        while (start < runes)
+        {
+            int end = runes, match = -1;
             while (start < end)
             {
-                string piece = (start > 0 ? _prefix : "") + string.Concat(runes[start..end]);
+                string piece = (start > 0 ? _prefix : "") + word.Text[bounds[start]..bounds[end]];
                 if (_vocab.TryGetValue(piece, out match)) break;
                 match = -1;
                 end--;
@@ -188,10 +234,13 @@ public sealed class WordPieceTokenizer : ITokenizer
             if (match < 0)
             {
                 ids.RemoveRange(before, ids.Count - before);
+                spans?.RemoveRange(before, spans.Count - before);
                 ids.Add(_unk);
+                spans?.Add((word.Origin[0], word.End));
                 return;
             }
             ids.Add(match);
+            spans?.Add((Origin(start), Origin(end)));
             start = end;
         }
     }

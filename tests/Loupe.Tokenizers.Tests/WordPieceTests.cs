@@ -90,6 +90,24 @@ public sealed class WordPieceTests
     }
 
     [Fact]
+    public void Offsets_name_the_characters_each_token_comes_from()
+    {
+        var tokenizer = Load("tokenizer.json");
+        const string text = "Unaffable café, [SEP] 中文!";
+        var (ids, spans) = tokenizer.EncodeWithOffsets(text);
+        Assert.Equal(tokenizer.Encode(text), ids);
+        var pieces = ids.Zip(spans, (id, s) => $"{tokenizer.IdToToken(id)}={text[s.Start..s.End]}").ToArray();
+        Assert.Equal(["[CLS]=", "una=Una", "##ffa=ffa", "##ble=ble", "cafe=café", ",=,", "[SEP]=[SEP]", "中=中", "文=文", "!=!", "[SEP]="], pieces);
+        foreach (var c in Cases().GetProperty("single").EnumerateArray())
+        {
+            string t = c.GetProperty("text").GetString()!;
+            var (withOffsets, s) = tokenizer.EncodeWithOffsets(t);
+            Assert.Equal(tokenizer.Encode(t), withOffsets);
+            Assert.All(s, span => Assert.True(0 <= span.Start && span.Start <= span.End && span.End <= t.Length));
+        }
+    }
+
+    [Fact]
     public void Strip_accents_null_follows_lowercase_and_false_keeps_them()
     {
         string folder = FolderWith("vocab.txt");
