@@ -110,6 +110,20 @@ public abstract class HookedTransformer : IDisposable
         return column;
     }
 
+    /// <summary>
+    /// Whether the residual stream is a running sum of the embedding and every attention and MLP output, read through
+    /// the final norm and the unembedding (decoders). False for post-LayerNorm encoders (BERT), whose blocks renormalise it.
+    /// </summary>
+    public virtual bool ResidualIsSumOfComponents => true;
+
+    /// <summary>Refuses <paramref name="analysis"/> on models whose residual stream is not a sum of component outputs.</summary>
+    /// <exception cref="InputError">This model is such a model (the message names the analysis and why).</exception>
+    public void RequireResidualSum(string analysis)
+    {
+        if (!ResidualIsSumOfComponents)
+            throw new InputError($"{analysis} reads the residual stream as embed + Σ attn_out + Σ mlp_out; {Config.Architecture} renormalises it after every sub-layer (post-LayerNorm), so {analysis} does not apply to {Source ?? Config.Architecture}");
+    }
+
     /// <summary>The number of parameters (weights and biases) the model holds.</summary>
     public abstract long ParameterCount { get; }
 

@@ -52,4 +52,14 @@ public sealed class EncoderCliTests : IDisposable
         Assert.Contains("Top tokens at position 6", run.Out);
         Assert.Contains("does not generate", run.Err);
     }
+
+    [Fact]
+    public void Analyses_that_assume_a_pre_norm_residual_sum_are_refused_cleanly_on_an_encoder()
+    {
+        string bert = SharedData.TestData(Path.Combine("reference", "bert"));
+        CliHarness.AssertRefused(CliHarness.RunLoupe("lens", "--model", bert, "--tokens", "101,247,267,406,103,265,102", "--answer-id", "17", "--out", Path.Combine(_cache, "lens")),
+            "post-LayerNorm", "direct logit attribution");
+        CliHarness.AssertRefused(CliHarness.RunLoupe("run", "--model", bert, "--tokens", "101,247,267,406,103,265,102", "--process", "tl"),
+            "post-LayerNorm", "weight processing");
+    }
 }

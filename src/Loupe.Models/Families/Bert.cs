@@ -128,10 +128,12 @@ public sealed class BertModel : HookedTransformer
         return new BertModel(cfg, w, p, c.Int("type_vocab_size", 1, HfConfig.MaxVocab), backend);
     }
 
+    public override bool ResidualIsSumOfComponents => false;
+
     /// <summary>BERT's blocks are post-LayerNorm (the norm follows the residual sum), which <see cref="BlockAnatomy"/> cannot describe.</summary>
-    /// <exception cref="NotSupportedException">Always: analyses that walk pre-norm blocks (weight processing, attribution graphs) do not apply.</exception>
+    /// <exception cref="InputError">Always: analyses that walk pre-norm blocks (weight processing, attribution graphs, circuit discovery) do not apply.</exception>
     public override BlockAnatomy Anatomy(int layer) =>
-        throw new NotSupportedException("BERT's post-LayerNorm blocks (x1 = LN(x + attn), out = LN(x1 + mlp)) are not described by BlockAnatomy; " +
+        throw new InputError("BERT's post-LayerNorm blocks (x1 = LN(x + attn), out = LN(x1 + mlp)) are not described by BlockAnatomy; " +
                                         "weight processing and analyses that walk pre-norm blocks do not apply to encoders");
 
     /// <summary>The attention layer of block <paramref name="layer"/> (its W_Q, W_K, W_V, W_O).</summary>
