@@ -11,7 +11,7 @@ public static class TokenizerLoader
     /// Loads the tokenizer in a model folder: <c>tokenizer.json</c> when present (with
     /// <c>tokenizer_config.json</c> / <c>special_tokens_map.json</c> for special-token names and
     /// <c>add_bos_token</c> / <c>add_eos_token</c>; a WordPiece model gives a <see cref="WordPieceTokenizer"/>), otherwise
-    /// BERT's <c>vocab.txt</c> (WordPiece, with tokenizer_config.json's do_lower_case), otherwise GPT-2 style <c>vocab.json</c> + <c>merges.txt</c>.
+    /// GPT-2 style <c>vocab.json</c> + <c>merges.txt</c>, otherwise BERT's <c>vocab.txt</c> (WordPiece, with tokenizer_config.json's do_lower_case).
     /// </summary>
     /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
     /// <exception cref="FileNotFoundException">The folder holds no tokenizer files.</exception>
@@ -27,12 +27,11 @@ public static class TokenizerLoader
         if (File.Exists(tokenizerJson))
             return WordPieceTokenizer.IsWordPieceJson(tokenizerJson) ? WordPieceTokenizer.FromTokenizerJson(tokenizerJson)
                 : TokenizerJson.Load(tokenizerJson, config, specialMap);
-        var vocabTxt = Path.Combine(folder, "vocab.txt");
-        if (File.Exists(vocabTxt)) return WordPieceTokenizer.FromVocabTxt(vocabTxt, config);
-
         var vocab = Path.Combine(folder, "vocab.json");
         var merges = Path.Combine(folder, "merges.txt");
         if (File.Exists(vocab) && File.Exists(merges)) return LoadVocabAndMerges(vocab, merges, config, specialMap);
+        var vocabTxt = Path.Combine(folder, "vocab.txt");
+        if (File.Exists(vocabTxt)) return WordPieceTokenizer.FromVocabTxt(vocabTxt, config);
         throw new FileNotFoundException(
             $"Tokenizer folder '{folder}' holds no tokenizer: expected tokenizer.json, vocab.txt (WordPiece), or vocab.json together with merges.txt.",
             tokenizerJson);
