@@ -110,6 +110,20 @@ public abstract class HookedTransformer : IDisposable
         return column;
     }
 
+    /// <summary>
+    /// Whether the residual stream is a running sum of the embedding and every attention and MLP output, read through
+    /// the final norm and the unembedding (decoders). False for post-LayerNorm encoders (BERT), whose blocks renormalise it.
+    /// </summary>
+    public virtual bool ResidualIsSumOfComponents => true;
+
+    /// <summary>Refuses <paramref name="analysis"/> on models whose residual stream is not a sum of component outputs.</summary>
+    /// <exception cref="InputError">This model is such a model (the message names the analysis and why).</exception>
+    public void RequireResidualSum(string analysis)
+    {
+        if (!ResidualIsSumOfComponents)
+            throw new InputError($"{analysis} reads the residual stream as embed + Σ attn_out + Σ mlp_out; {Config.Architecture} renormalises it after every sub-layer (post-LayerNorm), so {analysis} does not apply to {Source ?? Config.Architecture}");
+    }
+
     /// <summary>The number of parameters (weights and biases) the model holds.</summary>
     public abstract long ParameterCount { get; }
 
@@ -326,10 +340,22 @@ public abstract class HookedTransformer : IDisposable
             dLogits = dz;
         }
         // Forward: logits = normed·W_U + b_U.
-        var dResid = be.Empty(B, T, D);
-        Unembed.BackwardInput(be, dLogits, B * T, dResid);
-        if (FinalNorm is not null) dResid = FinalNorm.Backward(ctx, -1, dResid);
+        var dNormed = be.Empty(B, T, D);
+        Unembed.BackwardInput(be, dLogits, B * T, dNormed);
+        var dResid = HeadBackward(ctx, dNormed);
         for (int l = Config.NLayers - 1; l >= 0; l--) dResid = BlockBackward(l, ctx, dResid);
+        EmbedBackward(ctx, dResid);
+    }
+
+    /// <summary>What stands between the last block and the unembedding: the final norm by default (BERT: its MLM transform).</summary>
+    protected virtual Tensor Head(ForwardContext ctx, Tensor resid) => FinalNorm is null ? resid : FinalNorm.Forward(ctx, -1, resid);
+
+    /// <summary>The backward of <see cref="Head"/>: d (unembedding input) → d (last block's output).</summary>
+    protected virtual Tensor HeadBackward(ForwardContext ctx, Tensor dNormed) => FinalNorm is null ? dNormed : FinalNorm.Backward(ctx, -1, dNormed);
+
+    /// <summary>The backward of <see cref="Embed"/>: receives d resid_pre of block 0.</summary>
+    protected virtual void EmbedBackward(ForwardContext ctx, Tensor dResid)
+    {
         // Forward: resid_pre.0 = hook_embed (+ hook_pos_embed); both receive the residual gradient.
         if (!WPos.IsEmpty) ctx.GradHook(HookNames.PosEmbed, -1, dResid);
         ctx.GradHook(HookNames.Embed, -1, dResid);
@@ -393,7 +419,7 @@ public abstract class HookedTransformer : IDisposable
         for (int l = 0; l < Config.NLayers; l++) resid = Block(l, ctx, resid);
         if (ctx.LastPositionLogitsOnly && tokens.Length > 1)
             resid = LastPosition(be, resid);
-        var normed = FinalNorm is null ? resid : FinalNorm.Forward(ctx, -1, resid);
+        var normed = Head(ctx, resid);
         int B = normed.Dim(0), T = normed.Dim(1);
         var logits = be.Empty(B, T, Config.VocabOut);
         Unembed.Forward(be, normed, B * T, logits);
@@ -479,6 +505,8 @@ public abstract class HookedTransformer : IDisposable
     public int[][] Generate(IReadOnlyList<int[]> prompts, GenerationOptions generation, RunOptions? options = null)
     {
         options ??= new RunOptions();
+        if (Config.Architecture == "bert")
+            throw new InputError($"{Source ?? Config.Architecture}: an encoder (bidirectional attention) does not generate text; run it, or read its masked-token predictions");
         var batch = TokenBatch.FromRows(prompts, Config.EosTokenId ?? 0, PaddingSide.Left);
         CheckTokens(batch, 0);
         CheckSplices(options.Splices);

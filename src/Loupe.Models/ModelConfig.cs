@@ -52,6 +52,8 @@ public sealed record ModelConfig
     public bool[] LocalLayers { get; init; } = [];
     /// <summary>Scale applied to token embeddings (Gemma: √d_model); 1 otherwise.</summary>
     public float EmbedScale { get; init; } = 1f;
+    /// <summary>Encoders: the logits come from a masked-LM head (BERT's <c>cls.predictions</c>); false: the logits are the final hidden states.</summary>
+    public bool MlmHead { get; init; }
     public int? BosTokenId { get; init; }
     public int? EosTokenId { get; init; }
     /// <summary>The config.json this came from (null when built in code).</summary>

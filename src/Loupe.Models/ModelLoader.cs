@@ -14,7 +14,7 @@ namespace Loupe.Models;
 public static class ModelLoader
 {
     /// <summary>model_type values (config.json) this build can run.</summary>
-    public static IReadOnlyList<string> SupportedModelTypes { get; } = ["gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3", "transformer_lens"];
+    public static IReadOnlyList<string> SupportedModelTypes { get; } = ["gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3", "bert", "transformer_lens"];
 
     /// <summary>Loads from a local folder, or downloads a hub id into the HF cache first; <paramref name="processing"/> as in <see cref="LoadFolder"/>.</summary>
     public static async Task<HookedTransformer> LoadAsync(string modelIdOrPath, IProgress<DownloadProgress>? progress = null,
@@ -41,7 +41,8 @@ public static class ModelLoader
         if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"model folder not found: {folder}");
         var config = HfConfig.Load(Path.Combine(folder, "config.json"));
         string modelType = ModelTypeOf(config);
-        var weights = new WeightSource(SafeTensorsCheckpoint.Open(folder), folder);
+        // A folder with only model.onnx (a BERT export) reads weights converted once into a cache folder.
+        var weights = new WeightSource(SafeTensorsCheckpoint.Open(OnnxBertWeights.WeightsFolder(folder)), folder);
         try
         {
             HookedTransformer model = modelType switch
@@ -53,6 +54,7 @@ public static class ModelLoader
                 "gemma3_text" => Gemma2Model.Load(config, weights, backend, gemma3: true),
                 "gemma3" => Gemma3LanguageModel(config, ref weights, backend),
                 "transformer_lens" => TransformerLensModel.Load(config, weights, backend),
+                "bert" => BertModel.Load(config, weights, backend),
                 _ => LlamaModel.Load(modelType, config, weights, backend),
             };
             model.WeightOwner = weights;
@@ -130,7 +132,7 @@ public static class ModelLoader
     }
 
     static ITokenizer? LoadTokenizer(string folder) =>
-        File.Exists(Path.Combine(folder, "tokenizer.json")) || File.Exists(Path.Combine(folder, "vocab.json"))
+        File.Exists(Path.Combine(folder, "tokenizer.json")) || File.Exists(Path.Combine(folder, "vocab.json")) || File.Exists(Path.Combine(folder, "vocab.txt"))
             ? TokenizerLoader.FromFolder(folder)
             : null;
 }

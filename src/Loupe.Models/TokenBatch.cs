@@ -27,6 +27,24 @@ public sealed class TokenBatch
     /// <summary>False where a position is padding; null when nothing is padded.</summary>
     public bool[]? Valid { get; }
 
+    int[]? _tokenTypeIds;
+
+    /// <summary>
+    /// Segment ids <c>[batch, pos]</c> for encoders with token-type embeddings (BERT: 0 for sentence A, 1 for B);
+    /// null means all 0. Decoders ignore them.
+    /// </summary>
+    /// <exception cref="ArgumentException">The ids do not fill <c>[batch, pos]</c> or one is negative.</exception>
+    public int[]? TokenTypeIds
+    {
+        get => _tokenTypeIds;
+        init
+        {
+            if (value is not null && value.Length != Ids.Length) throw new ArgumentException($"{value.Length} token type ids do not fill [{Batch}, {Length}]", nameof(TokenTypeIds));
+            if (value is not null && value.Any(t => t < 0)) throw new ArgumentException("token type ids must not be negative", nameof(TokenTypeIds));
+            _tokenTypeIds = value;
+        }
+    }
+
     public ReadOnlySpan<int> Row(int b) => Ids.AsSpan(b * Length, Length);
 
     public static TokenBatch Single(params int[] ids) => new(ids, 1, ids.Length);

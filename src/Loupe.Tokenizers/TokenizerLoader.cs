@@ -10,7 +10,8 @@ public static class TokenizerLoader
     /// <summary>
     /// Loads the tokenizer in a model folder: <c>tokenizer.json</c> when present (with
     /// <c>tokenizer_config.json</c> / <c>special_tokens_map.json</c> for special-token names and
-    /// <c>add_bos_token</c> / <c>add_eos_token</c>), otherwise GPT-2 style <c>vocab.json</c> + <c>merges.txt</c>.
+    /// <c>add_bos_token</c> / <c>add_eos_token</c>; a WordPiece model gives a <see cref="WordPieceTokenizer"/>), otherwise
+    /// GPT-2 style <c>vocab.json</c> + <c>merges.txt</c>, otherwise BERT's <c>vocab.txt</c> (WordPiece, with tokenizer_config.json's do_lower_case).
     /// </summary>
     /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
     /// <exception cref="FileNotFoundException">The folder holds no tokenizer files.</exception>
@@ -23,13 +24,16 @@ public static class TokenizerLoader
         var tokenizerJson = Path.Combine(folder, "tokenizer.json");
         var config = OptionalFile(folder, "tokenizer_config.json");
         var specialMap = OptionalFile(folder, "special_tokens_map.json");
-        if (File.Exists(tokenizerJson)) return TokenizerJson.Load(tokenizerJson, config, specialMap);
-
+        if (File.Exists(tokenizerJson))
+            return WordPieceTokenizer.IsWordPieceJson(tokenizerJson) ? WordPieceTokenizer.FromTokenizerJson(tokenizerJson)
+                : TokenizerJson.Load(tokenizerJson, config, specialMap);
         var vocab = Path.Combine(folder, "vocab.json");
         var merges = Path.Combine(folder, "merges.txt");
         if (File.Exists(vocab) && File.Exists(merges)) return LoadVocabAndMerges(vocab, merges, config, specialMap);
+        var vocabTxt = Path.Combine(folder, "vocab.txt");
+        if (File.Exists(vocabTxt)) return WordPieceTokenizer.FromVocabTxt(vocabTxt, config);
         throw new FileNotFoundException(
-            $"Tokenizer folder '{folder}' holds no tokenizer: expected tokenizer.json, or vocab.json together with merges.txt.",
+            $"Tokenizer folder '{folder}' holds no tokenizer: expected tokenizer.json, vocab.txt (WordPiece), or vocab.json together with merges.txt.",
             tokenizerJson);
     }
 

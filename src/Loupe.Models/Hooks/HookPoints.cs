@@ -29,6 +29,7 @@ public static class HookPoints
         ArgumentNullException.ThrowIfNull(cfg);
         if (cfg.NLayers < 0 || cfg.DModel < 1 || cfg.NHeads < 1 || cfg.KvHeads < 1 || cfg.DHead < 1 || (cfg.HasMlp && cfg.DMlp < 1))
             throw new ArgumentException($"config of {cfg.Architecture} has non-positive sizes (n_layers {cfg.NLayers}, d_model {cfg.DModel}, n_heads {cfg.NHeads}, kv heads {cfg.KvHeads}, d_head {cfg.DHead}, d_mlp {cfg.DMlp})", nameof(cfg));
+        if (cfg.Architecture == "bert") return DeclareEncoder(cfg);
         var points = new List<HookPoint>();
         var shapes = new Shapes(cfg);
         bool norms = cfg.Normalization != NormKind.None;
@@ -56,6 +57,39 @@ public static class HookPoints
             points.Add(shapes.Residual(names.ResidPost, l));
         }
         if (norms) Norm(points, shapes, "ln_final", -1);
+        return points;
+    }
+
+    /// <summary>
+    /// BERT (TransformerLens's HookedEncoder names): <c>embed.hook_embed, embed.hook_pos_embed,
+    /// embed.hook_token_type_embed, embed.ln.*, hook_full_embed</c>; per post-LayerNorm block <c>hook_resid_pre</c>,
+    /// attention, <c>hook_attn_out</c>, <c>hook_resid_mid</c> (= resid_pre + attn_out), <c>ln1.*</c>, MLP,
+    /// <c>hook_mlp_out</c>, <c>hook_resid_post</c> (= ln1 output + mlp_out), <c>ln2.*</c>,
+    /// <c>hook_normalized_resid_post</c> (the block's output); then <c>mlm_head.ln.*</c> when the model has an MLM head.
+    /// </summary>
+    static IReadOnlyList<HookPoint> DeclareEncoder(ModelConfig cfg)
+    {
+        var points = new List<HookPoint>();
+        var shapes = new Shapes(cfg);
+        foreach (var name in new[] { HookNames.EncoderEmbed, HookNames.EncoderPosEmbed, HookNames.EncoderTokenTypeEmbed })
+            points.Add(shapes.Residual(name, -1));
+        Norm(points, shapes, "embed.ln", -1);
+        points.Add(shapes.Residual(HookNames.FullEmbed, -1));
+        for (int l = 0; l < cfg.NLayers; l++)
+        {
+            var names = new BlockHookNames(l);
+            points.Add(shapes.Residual(names.ResidPre, l));
+            Attention(points, shapes, names, rotary: false, qkNorm: false);
+            points.Add(shapes.Residual(names.AttnOut, l));
+            points.Add(shapes.Residual(names.ResidMid, l));
+            Norm(points, shapes, $"blocks.{l}.ln1", l);
+            Mlp(points, shapes, names, gated: false);
+            points.Add(shapes.Residual(names.MlpOut, l));
+            points.Add(shapes.Residual(names.ResidPost, l));
+            Norm(points, shapes, $"blocks.{l}.ln2", l);
+            points.Add(shapes.Residual(HookNames.NormalizedResidPost(l), l));
+        }
+        if (cfg.MlmHead) Norm(points, shapes, "mlm_head.ln", -1);
         return points;
     }
 

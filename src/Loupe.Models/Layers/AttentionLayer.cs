@@ -72,6 +72,8 @@ public sealed class AttentionLayer
     public float Scale { get; }
     public float SoftCap { get; }
     public int Window { get; }
+    /// <summary>Every query sees every (unpadded) key: encoders such as BERT. False: causal.</summary>
+    public bool Bidirectional { get; init; }
     /// <summary>Per-head RMSNorm of q before rotary (Qwen3), or null.</summary>
     public Norm? QNorm { get; init; }
     /// <summary>Per-head RMSNorm of k before rotary (Qwen3), or null.</summary>
@@ -117,7 +119,9 @@ public sealed class AttentionLayer
             keyLen = offset + T;
             capacity = cache.Capacity;
         }
-        var mask = new AttentionMask(offset, Window, SoftCap, keyValid);
+        // The kernels mask keys after the query's position; placing every query after the last key
+        // (offset = keyLen) leaves only the padding mask, which is bidirectional attention.
+        var mask = new AttentionMask(Bidirectional ? keyLen : offset, Window, SoftCap, keyValid);
         if (capacity > 0 && keyValid is not null)
         {
             // The cache's padding mask is laid out [batch, capacity]; compact it to [batch, keyLen].

@@ -88,6 +88,8 @@ public static class ModelVerifier
     public static VerifyReport Run(HookedTransformer model, VerifyOptions? options = null, IProgress<string>? progress = null)
     {
         options ??= new VerifyOptions();
+        // The float64 path and the bookkeeping checks walk pre-norm blocks; post-norm encoders are not yet covered.
+        model.RequireResidualSum("loupe verify");
         var cfg = model.Config;
         var checks = new List<VerifyCheck>();
         TokenBatch tokens;

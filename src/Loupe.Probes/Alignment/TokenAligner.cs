@@ -39,9 +39,21 @@ public sealed class TokenAligner
     public AlignedSentence? Align(TaggedSentence sentence)
     {
         string text = Detokenizer.Join(sentence.Words.Select(w => w.Text).ToArray(), out var wordSpans);
-        int[] ids = _tokenizer.Encode(text, AddSpecialTokens);
-        var tokenSpans = TokenSpans(_tokenizer, text, ids);
-        if (tokenSpans is null) return null;
+        int[] ids;
+        CharSpan[]? tokenSpans;
+        if (_tokenizer is WordPieceTokenizer wordPiece)
+        {
+            // Uncased WordPiece does not decode back to the text (case, accents, spaces around punctuation); it reports offsets instead.
+            var (pieces, offsets) = wordPiece.EncodeWithOffsets(text, AddSpecialTokens);
+            ids = pieces;
+            tokenSpans = [.. offsets.Select(o => new CharSpan(o.Start, o.End))];
+        }
+        else
+        {
+            ids = _tokenizer.Encode(text, AddSpecialTokens);
+            tokenSpans = TokenSpans(_tokenizer, text, ids);
+            if (tokenSpans is null) return null;
+        }
 
         var labels = new int[ids.Length];
         Array.Fill(labels, -1);
