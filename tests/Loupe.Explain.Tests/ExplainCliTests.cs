@@ -9,24 +9,7 @@ public class ExplainCliTests
 
     static (int Code, string Out, string Err) Loupe(params string[] args)
     {
-        lock (s_console)
-        {
-            var stdout = new StringWriter();
-            var stderr = new StringWriter();
-            var (oldOut, oldErr) = (Console.Out, Console.Error);
-            Console.SetOut(stdout);
-            Console.SetError(stderr);
-            try
-            {
-                int code = Program.Run(args, new System.CommandLine.InvocationConfiguration { Output = stdout, Error = stderr });
-                return (code, stdout.ToString(), stderr.ToString());
-            }
-            finally
-            {
-                Console.SetOut(oldOut);
-                Console.SetError(oldErr);
-            }
-        }
+        lock (s_console) return global::Loupe.Cli.Tests.CliHarness.RunLoupe(args);
     }
 
     [Fact]
