@@ -84,7 +84,7 @@ public sealed record CircuitReport(HookedTransformer Model, EdgeScores Scores, b
         bool mlps = graph.Sources.Any(s => s.Kind == SourceKind.Mlp);
         int columns = H + (mlps ? 1 : 0);
         const int boxW = 46, boxH = 22, gapX = 14, rowH = 80, margin = 40;
-        int width = Math.Max(360, margin * 2 + columns * (boxW + gapX)), height = margin * 2 + 40 + (L + 1) * rowH + boxH;
+        int width = Math.Max(660, margin * 2 + columns * (boxW + gapX)), height = margin * 2 + 40 + (L + 1) * rowH + boxH;
         double Y(int layer) => height - margin - boxH - (layer + 1) * rowH; // layer -1 = input row
         (double X, double Y) Place(string node, int layer, int column) => (margin + column * (boxW + gapX), Y(layer));
         var where = new Dictionary<string, (double X, double Y)>(StringComparer.Ordinal)
