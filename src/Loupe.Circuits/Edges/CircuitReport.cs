@@ -86,7 +86,8 @@ public sealed record CircuitReport(HookedTransformer Model, EdgeScores Scores, b
         const int boxW = 46, boxH = 22, gapX = 14, rowH = 80, margin = 40;
         int width = Math.Max(660, margin * 2 + columns * (boxW + gapX)), height = margin * 2 + 40 + (L + 1) * rowH + boxH;
         double Y(int layer) => height - margin - boxH - (layer + 1) * rowH; // layer -1 = input row
-        (double X, double Y) Place(string node, int layer, int column) => (margin + column * (boxW + gapX), Y(layer));
+        double left = (width - columns * (boxW + gapX) + gapX) / 2.0;
+        (double X, double Y) Place(string node, int layer, int column) => (left + column * (boxW + gapX), Y(layer));
         var where = new Dictionary<string, (double X, double Y)>(StringComparer.Ordinal)
         {
             ["input"] = (width / 2.0 - boxW / 2.0, Y(-1)),
