@@ -532,6 +532,7 @@ public abstract class HookedTransformer : IDisposable
             // Greedy decoding picks on the device (one id per row comes back); sampling reads the last logits.
             int[]? picks = generation.Temperature == 0f ? Backend.ArgMaxRows(logits, batch.Batch, Config.VocabOut) : null;
             var hostLogits = picks is null ? logits.ToCpu() : null;
+            float[]? sharedLogits = null; // one host copy per step for every row's OnToken
             var next = new int[batch.Batch];
             for (int b = 0; b < batch.Batch; b++)
             {
@@ -539,6 +540,12 @@ public abstract class HookedTransformer : IDisposable
                 if (finished[b]) continue;
                 outputs[b].Add(next[b]);
                 if (generation.StopAtEos && next[b] == Config.EosTokenId) finished[b] = true;
+                if (generation.OnToken is { } onToken)
+                {
+                    sharedLogits ??= hostLogits?.Span.ToArray();
+                    var token = new GeneratedToken(b, outputs[b].Count - 1, next[b], logits, sharedLogits, Config.VocabOut);
+                    if (!onToken(token)) finished[b] = true;
+                }
             }
             if (finished.All(f => f)) break;
             current = new TokenBatch(next, batch.Batch, 1);

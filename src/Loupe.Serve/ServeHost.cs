@@ -77,6 +77,7 @@ public sealed class ServeHost : IAsyncDisposable
         _app.Use(SecurityHeaders);
         _app.Use(Errors);
         _app.Use(CheckToken);
+        Endpoints.OpenAiEndpoints.Map(_app, gate, options);
 
         var api = _app.MapGroup("/api");
         api.MapGet("/model", () => Analyses.Describe(model, options)).WithSummary("The served model");

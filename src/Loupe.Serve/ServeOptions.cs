@@ -24,6 +24,24 @@ public sealed record ServeOptions
     /// <summary>Requests waiting for the model at once; one more is answered 503 (the model runs one pass at a time).</summary>
     public int MaxQueuedModelRequests { get; init; } = 256;
 
+    /// <summary>Whether the OpenAI-compatible API (/v1) is served, beside the web app or alone.</summary>
+    public OpenAiMode OpenAi { get; init; } = OpenAiMode.Off;
+    /// <summary>The folder of steering/persona/monitor vectors and SAEs requests may name by id (OpenAI API); null = none.</summary>
+    public string? VectorsDir { get; init; }
+    /// <summary>The model id the OpenAI API answers to; null = the model folder's name.</summary>
+    public string? ModelId { get; init; }
+
     public bool IsLoopback =>
         Host.Equals("localhost", StringComparison.OrdinalIgnoreCase) || IPAddress.TryParse(Host, out var ip) && IPAddress.IsLoopback(ip);
+}
+
+/// <summary>Whether <c>loupe serve</c> answers the OpenAI-compatible API.</summary>
+public enum OpenAiMode
+{
+    /// <summary>Only the web app and /api.</summary>
+    Off,
+    /// <summary>/v1 beside the web app (--openai).</summary>
+    Beside,
+    /// <summary>/v1 alone; every other path is 404 (--openai-only).</summary>
+    Only,
 }

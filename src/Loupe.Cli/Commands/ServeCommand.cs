@@ -13,19 +13,24 @@ static class ServeCommand
         var port = new Option<int>("--port") { Description = "TCP port", DefaultValueFactory = _ => 8765 };
         var host = new Option<string>("--host") { Description = "Address to bind; anything but loopback requires a token", DefaultValueFactory = _ => "127.0.0.1" };
         var token = new Option<string?>("--token") { Description = "Access token required on every request (generated and printed when binding beyond loopback without one)" };
+        var openAi = new Option<bool>("--openai") { Description = "Also serve an OpenAI-compatible API under /v1 (completions, chat, streaming, logprobs, steering and monitors; docs/openai.md)" };
+        var openAiOnly = new Option<bool>("--openai-only") { Description = "Serve only the OpenAI-compatible API under /v1" };
+        var vectors = new Option<string?>("--vectors") { Description = "Folder of steering/persona/monitor vectors (.safetensors) and SAE folders that /v1 requests may use by id" };
         var command = new Command("serve",
             "Serve the web app and its JSON API (OpenAPI at /api/openapi.json) for one model. Binds to loopback by default.\n\n" +
             "Examples:\n" +
             "  loupe serve --model ../shared/models/stories260K\n" +
             "  loupe serve --model ../shared/models/stories260K --graphs graphs-out --port 9000\n" +
-            "  loupe serve --model ../shared/models/stories260K --host 0.0.0.0   (prints a generated token)")
-        { model, graphs, port, host, token };
+            "  loupe serve --model ../shared/models/stories260K --host 0.0.0.0   (prints a generated token)\n" +
+            "  loupe serve --model ../shared/models/stories260K --openai-only --vectors vectors/   (OpenAI-compatible API at /v1)")
+        { model, graphs, port, host, token, openAi, openAiOnly, vectors };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             int p = CliSupport.Int(parse, port, 0, 65535);
             string? t = parse.GetValue(token);
             if (t is not null && t.Length < 16) throw InputError.Expected("argument", "--token", "at least 16 characters", $"{t.Length} characters");
-            var options = new ServeOptions { Host = parse.GetValue(host)!, Port = p, Token = t, GraphsDir = parse.GetValue(graphs) };
+            var options = new ServeOptions { Host = parse.GetValue(host)!, Port = p, Token = t, GraphsDir = parse.GetValue(graphs),
+                OpenAi = parse.GetValue(openAiOnly) ? OpenAiMode.Only : parse.GetValue(openAi) ? OpenAiMode.Beside : OpenAiMode.Off, VectorsDir = parse.GetValue(vectors) };
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             var server = new ServeHost(m, options);
             try
@@ -40,6 +45,7 @@ static class ServeCommand
             if (!options.IsLoopback) url = $"http://{(options.Host.Contains(':') ? $"[{options.Host}]" : options.Host)}:{server.Url.Port}/";
             Console.WriteLine($"Loupe serves {m.Source} at {url}{(server.Token is { } tok ? $"?token={tok}" : "")}");
             if (server.Token is not null && t is null) Console.WriteLine("(a generated access token: every request needs it; pass --token to choose one)");
+            if (options.OpenAi != OpenAiMode.Off) Console.WriteLine($"OpenAI-compatible API: {url}v1 (the API key is the access token{(server.Token is null ? "; none needed here" : "")})");
             Console.WriteLine($"workspace index: {server.Workspace.DatabasePath}; Ctrl+C stops");
             server.WaitForShutdownAsync().GetAwaiter().GetResult();
             server.DisposeAsync().AsTask().GetAwaiter().GetResult();

@@ -9,7 +9,44 @@ namespace Loupe.Models.Generation;
 /// <param name="TopP">Keep the smallest set whose probability reaches p (1 = all).</param>
 /// <param name="Seed">Seeds the sampler so runs repeat exactly.</param>
 /// <param name="StopAtEos">Stop a row once it emits the end-of-sequence token.</param>
-public sealed record GenerationOptions(int MaxNewTokens = 32, float Temperature = 0f, int TopK = 0, float TopP = 1f, int Seed = 0, bool StopAtEos = true);
+/// <param name="OnToken">
+/// Called after each step for every row still running, with the token just picked (already part of the output);
+/// returning false ends that row there. Lets a caller stream tokens, read the step's logits, or stop early
+/// (e.g. when a monitor crosses its threshold). Null = generate until EOS or <paramref name="MaxNewTokens"/>.
+/// </param>
+public sealed record GenerationOptions(int MaxNewTokens = 32, float Temperature = 0f, int TopK = 0, float TopP = 1f, int Seed = 0, bool StopAtEos = true,
+    Func<GeneratedToken, bool>? OnToken = null);
+
+/// <summary>One token just picked by <see cref="HookedTransformer.Generate"/>, as handed to <see cref="GenerationOptions.OnToken"/>.</summary>
+public sealed class GeneratedToken
+{
+    readonly Loupe.Tensors.Tensor _logits;
+    readonly float[]? _hostLogits;
+    readonly int _vocab;
+    float[]? _copied;
+
+    internal GeneratedToken(int row, int index, int token, Loupe.Tensors.Tensor logits, float[]? hostLogits, int vocab)
+    {
+        Row = row;
+        Index = index;
+        Token = token;
+        _logits = logits;
+        _hostLogits = hostLogits;
+        _vocab = vocab;
+    }
+
+    /// <summary>The batch row.</summary>
+    public int Row { get; }
+    /// <summary>0 for the first new token of the row, 1 for the next, …</summary>
+    public int Index { get; }
+    public int Token { get; }
+
+    /// <summary>
+    /// The logits the token was picked from <c>[vocab]</c> (before temperature). Copied from the device only when
+    /// asked, so greedy decoding that never reads them keeps picking on the device.
+    /// </summary>
+    public ReadOnlySpan<float> Logits => (_hostLogits ?? (_copied ??= _logits.ToCpu().Span.ToArray())).AsSpan(Row * _vocab, _vocab);
+}
 
 /// <summary>Greedy, temperature, top-k and top-p (nucleus) sampling with a seeded generator.</summary>
 public sealed class Sampler
