@@ -30,19 +30,48 @@ static class MonitorCommand
     {
         var model = CliSupport.ModelOption();
         var concept = new Option<string>("--concept") { Description = "What the monitor watches for (a name stored in the file)", Required = true };
-        var positive = new Option<string>("--positive") { Description = "Texts expressing the concept, one per line (comma-separate several files)", Required = true };
-        var negative = new Option<string>("--negative") { Description = "Texts that do not: its opposite and ordinary text, one per line (comma-separate several files)", Required = true };
+        var positive = new Option<string?>("--positive") { Description = "Texts expressing the concept, one per line (comma-separate several files)" };
+        var negative = new Option<string?>("--negative") { Description = "Texts that do not: its opposite and ordinary text, one per line (comma-separate several files)" };
+        var describe = new Option<string?>("--describe") { Description = "Instead of text files: the concept's description; an endpoint writes the texts and a judge filters them (with --endpoint)" };
+        var endpoint = new Option<string?>("--endpoint") { Description = "OpenAI-compatible base URL that writes and judges the texts (with --describe)" };
+        var endpointModel = new Option<string>("--endpoint-model") { Description = "The endpoint's model name", DefaultValueFactory = _ => "gpt-4o-mini" };
+        var keyEnv = new Option<string>("--api-key-env") { Description = "Environment variable holding the endpoint's API key", DefaultValueFactory = _ => "OPENAI_API_KEY" };
+        var count = new Option<int>("--texts") { Description = "With --describe: texts requested per side", DefaultValueFactory = _ => 40 };
         var recall = new Option<double>("--recall") { Description = "Share of the concept's training texts the threshold must catch", DefaultValueFactory = _ => 0.9 };
         var layer = new Option<int?>("--layer") { Description = "Layer read (hook_resid_post); default: the best cross-validated held-out AUROC" };
         var heldOut = new Option<double>("--held-out") { Description = "Share of each set held out (layer choice by folds; the last fold measures recall and false positives)", DefaultValueFactory = _ => 0.25 };
         var output = new Option<string>("--out", "-o") { Description = "The monitor file (.safetensors)", Required = true };
         var command = new Command("train", "Train a concept monitor from contrastive texts; print held-out AUROC, recall and false-positive rate.")
-        { model, concept, positive, negative, recall, layer, heldOut, output };
+        { model, concept, positive, negative, describe, endpoint, endpointModel, keyEnv, count, recall, layer, heldOut, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string outPath = CliSupport.OutputFile(parse.GetValue(output)!);
-            var pos = ReadTexts(parse.GetValue(positive)!, "--positive");
-            var neg = ReadTexts(parse.GetValue(negative)!, "--negative");
+            List<string> pos, neg;
+            var source = new Dictionary<string, string>();
+            if (parse.GetValue(describe) is { } description)
+            {
+                if (parse.GetValue(positive) is not null || parse.GetValue(negative) is not null) throw new InputError("argument: give --describe (with --endpoint) or --positive and --negative, not both");
+                string url = parse.GetValue(endpoint) ?? throw new InputError("argument: --describe needs --endpoint (an OpenAI-compatible base URL)");
+                using var client = new Loupe.Explain.ChatClient(new Loupe.Explain.EndpointOptions
+                {
+                    Endpoint = url, Model = parse.GetValue(endpointModel)!, ApiKey = Environment.GetEnvironmentVariable(parse.GetValue(keyEnv)!), Temperature = 0.7,
+                });
+                var set = Loupe.Explain.ContrastiveTexts.GenerateAsync(client, client, description, CliSupport.Int(parse, count, 2, 1000)).GetAwaiter().GetResult();
+                (pos, neg) = ([.. set.Positive], [.. set.Negative]);
+                Console.WriteLine($"the endpoint wrote texts for \"{description}\": kept {pos.Count} concept and {neg.Count} other texts, rejected {set.Rejected.Count} the judge disagreed with");
+                string stem = Path.ChangeExtension(outPath, null);
+                Loupe.Reports.AtomicFile.WriteAllText(stem + ".positive.txt", string.Join('\n', pos) + "\n");
+                Loupe.Reports.AtomicFile.WriteAllText(stem + ".negative.txt", string.Join('\n', neg) + "\n");
+                source["description"] = description;
+                if (pos.Count < 2 || neg.Count < 2) throw new InputError($"the endpoint's texts left {pos.Count} concept and {neg.Count} other texts after judging; at least two each are needed");
+            }
+            else
+            {
+                pos = ReadTexts(parse.GetValue(positive) ?? throw new InputError("argument: give --positive and --negative text files, or --describe with --endpoint"), "--positive");
+                neg = ReadTexts(parse.GetValue(negative) ?? throw new InputError("argument: --negative is missing"), "--negative");
+                source["positive"] = parse.GetValue(positive)!;
+                source["negative"] = parse.GetValue(negative)!;
+            }
             double r = CliSupport.Double(parse, recall, 1e-9, 1);
             double h = CliSupport.Double(parse, heldOut, 0, 0.99);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
@@ -57,7 +86,8 @@ static class MonitorCommand
                 $"{monitor.Name} at {monitor.Direction.HookName}: threshold {monitor.Direction.Threshold:G4} on the mean projection (for recall {monitor.TargetRecall:P0} on the training texts)"));
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"  training: recall {monitor.TrainRecall:P1}, false positives {monitor.TrainFalsePositiveRate:P1}; held out: AUROC {monitor.HeldOutAuroc:F3}, recall {monitor.HeldOutRecall:P1}, false positives {monitor.HeldOutFalsePositiveRate:P1}"));
-            monitor.Save(outPath, new Dictionary<string, string> { ["model"] = m.Source ?? "", ["positive"] = parse.GetValue(positive)!, ["negative"] = parse.GetValue(negative)! });
+            source["model"] = m.Source ?? "";
+            monitor.Save(outPath, source);
             Console.WriteLine($"wrote {outPath}");
             return 0;
         }));
