@@ -13,19 +13,22 @@ static class ServeCommand
         var port = new Option<int>("--port") { Description = "TCP port", DefaultValueFactory = _ => 8765 };
         var host = new Option<string>("--host") { Description = "Address to bind; anything but loopback requires a token", DefaultValueFactory = _ => "127.0.0.1" };
         var token = new Option<string?>("--token") { Description = "Access token required on every request (generated and printed when binding beyond loopback without one)" };
+        var transcoders = new Option<string?>("--transcoders") { Description = "Transcoders (as for loupe intervene) that let the Graph page ablate or scale features" };
+        var features = new Option<string[]>("--features") { Description = "Feature-store files (loupe features build) whose dashboards the Graph page shows; matched to a layer by the store's hook", AllowMultipleArgumentsPerToken = true };
         var command = new Command("serve",
             "Serve the web app and its JSON API (OpenAPI at /api/openapi.json) for one model. Binds to loopback by default.\n\n" +
             "Examples:\n" +
             "  loupe serve --model ../shared/models/stories260K\n" +
             "  loupe serve --model ../shared/models/stories260K --graphs graphs-out --port 9000\n" +
             "  loupe serve --model ../shared/models/stories260K --host 0.0.0.0   (prints a generated token)")
-        { model, graphs, port, host, token };
+        { model, graphs, port, host, token, transcoders, features };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             int p = CliSupport.Int(parse, port, 0, 65535);
             string? t = parse.GetValue(token);
             if (t is not null && t.Length < 16) throw InputError.Expected("argument", "--token", "at least 16 characters", $"{t.Length} characters");
-            var options = new ServeOptions { Host = parse.GetValue(host)!, Port = p, Token = t, GraphsDir = parse.GetValue(graphs) };
+            var options = new ServeOptions { Host = parse.GetValue(host)!, Port = p, Token = t, GraphsDir = parse.GetValue(graphs),
+                TranscodersDir = parse.GetValue(transcoders), FeatureStores = parse.GetValue(features) ?? [] };
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             var server = new ServeHost(m, options);
             try
