@@ -102,6 +102,30 @@ public class GraphApiTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_feature_store_gives_the_pinned_features_dashboard()
+    {
+        var model = Servers.Gpt2;
+        string store = GraphFixtures.WriteFeatureStore(model, GraphFixtures.NewFolder("store"));
+        await using var host = await Servers.StartAsync(model, new ServeOptions { FeatureStores = [store] });
+        using var client = Servers.Client(host);
+        var caps = await Get(client, "/api/graph/capabilities");
+        Assert.Equal("blocks.0.ln2.hook_normalized", caps.GetProperty("feature_stores")[0].GetProperty("hook").GetString());
+        using var s = Loupe.Dictionaries.Features.FeatureStore.Open(store);
+        int feature = Enumerable.Range(0, s.DSae).First(f => s.Examples(f, limit: 1).Count > 0);
+        var d = await Get(client, $"/api/graph/feature/0/{feature}");
+        var expected = s.Examples(feature, limit: 5);
+        var shown = d.GetProperty("examples").EnumerateArray().ToArray();
+        Assert.Equal(expected.Count, shown.Length);
+        double a = expected[0].Activation;
+        Assert.InRange(shown[0].GetProperty("activation").GetDouble(), a - 1e-9 * Math.Max(1, Math.Abs(a)), a + 1e-9 * Math.Max(1, Math.Abs(a)));
+        Assert.Equal(expected[0].WindowActs.Length, shown[0].GetProperty("tokens").GetArrayLength());
+        double density = s.Feature(feature).Density;
+        Assert.InRange(d.GetProperty("density").GetDouble(), density - 1e-12, density + 1e-12);
+        Assert.Equal(404, (int)(await client.GetAsync("/api/graph/feature/2/0")).StatusCode); // no store for layer 2
+        Assert.Equal(404, (int)(await client.GetAsync("/api/graph/feature/0/999")).StatusCode);
+    }
+
+    [Fact]
     public async Task Real_patch_and_circuit_files_are_indexed_by_kind_and_served()
     {
         var model = Servers.Gpt2;

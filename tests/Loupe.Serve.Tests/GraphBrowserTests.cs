@@ -47,7 +47,8 @@ public class GraphBrowserTests(ITestOutputHelper output)
         var model = Servers.Gpt2;
         string dir = GraphFixtures.NewFolder("graph-page");
         File.Copy(GraphFixtures.AttributionGraph, Path.Combine(dir, "fixture.json"));
-        await using var host = await Servers.StartAsync(model, new ServeOptions { GraphsDir = dir, TranscodersDir = GraphFixtures.Transcoders });
+        string store = GraphFixtures.WriteFeatureStore(model, GraphFixtures.NewFolder("graph-page-store"));
+        await using var host = await Servers.StartAsync(model, new ServeOptions { GraphsDir = dir, TranscodersDir = GraphFixtures.Transcoders, FeatureStores = [store] });
         var (playwright, browser, page, errors) = await Open();
         using var _ = playwright;
         await using var __ = browser;
@@ -66,6 +67,10 @@ public class GraphBrowserTests(ITestOutputHelper output)
         Assert.Contains("L0 F14 @5", await page.GetByTestId("node-title").InnerTextAsync());
         Assert.Equal("2.0400", await page.Locator("[data-fact=activation]").InnerTextAsync()); // the file's 2.039976…
         Assert.True(await page.GetByTestId("node-details").Locator("table").CountAsync() >= 3); // facts, top in, top out
+        // The feature store for layer 0 gives the pinned feature's dashboard: its examples are the store's.
+        await page.GetByTestId("feature-dashboard").Locator("h2").Filter(new() { HasText = "features-l0.db" }).WaitForAsync();
+        using (var s = Loupe.Dictionaries.Features.FeatureStore.Open(store))
+            Assert.Equal(s.Examples(14, limit: 5).Count, await page.GetByTestId("feature-example").CountAsync());
 
         // Intervene: ablate it; the new top token is the library's.
         await page.GetByTestId("intervene-mode").SelectOptionAsync("ablate");

@@ -3,6 +3,9 @@ using System.Text.Json;
 using Loupe.Causal.Patching;
 using Loupe.Causal.Reports;
 using Loupe.Circuits.Edges;
+using Loupe.Dictionaries.Features;
+using Loupe.Dictionaries.Harvest;
+using Loupe.Dictionaries.Sae;
 using Loupe.Models;
 using Loupe.Models.Metrics;
 using Loupe.Testing;
@@ -84,6 +87,26 @@ static class GraphFixtures
         }
         w.WriteEndArray();
         w.WriteEndObject();
+    }
+
+    /// <summary>
+    /// A feature store (as <c>loupe features build</c> writes) for a seeded ReLU SAE at layer 0 of the GPT-2 fixture
+    /// (<c>blocks.0.ln2.hook_normalized</c>, the transcoders' input), over seeded random tokens.
+    /// </summary>
+    public static string WriteFeatureStore(HookedTransformer model, string dir)
+    {
+        string store = Path.Combine(dir, "features-l0.db");
+        const string hook = "blocks.0.ln2.hook_normalized";
+        int d = model.Config.DModel, dSae = 32;
+        var dict = new SparseDictionary(SaeShape.Sae(d, dSae, applyBDecToInput: false), new ReluActivation());
+        dict.Initialize(seed: 7, decoderNorm: 1f);
+        for (int f = 0; f < dSae; f++) dict.P.BEnc[f] = -0.3f - 0.02f * f;
+        var config = new SaeLensConfig { DIn = d, DSae = dSae, DOut = d, HookName = hook, ApplyBDecToInput = false };
+        // The fixture has no tokenizer: seeded random token rows.
+        var random = new Random(3);
+        var contexts = HarvestContexts.FromRows([.. Enumerable.Range(0, 24).Select(_ => Enumerable.Range(0, 16).Select(_ => random.Next(model.Config.VocabOut)).ToArray())], "random tokens", seed: 1);
+        FeatureDashboardBuilder.Build(model, dict, config, contexts, store, new FeatureBuildOptions { TopK = 6, Quantiles = 2, QuantileSamples = 2, Window = 6, LogitCount = 5 });
+        return store;
     }
 
     /// <summary>Runs <c>loupe patch</c>'s library calls on the GPT-2 fixture and writes patch.json into <paramref name="dir"/>; returns the sweep.</summary>

@@ -207,7 +207,7 @@ function explorer(body: HTMLElement, status: HTMLElement, model: Model, caps: Ca
   const superList = el("div", { "data-testid": "supernodes" });
   body.append(
     el("div", { class: "graph-toolbar" }, groupName, groupButton, clearButton, fitButton, selectionInfo),
-    el("div", { class: "graph-layout" }, el("div", { class: "graph-stage" }, canvas, tip), el("aside", { class: "graph-side" }, details, superList)));
+    el("div", { class: "graph-layout" }, el("div", { class: "graph-stage" }, canvas, tip), el("aside", { class: "graph-side" }, superList, details)));
 
   // View: screen = world · scale + offset. Margins leave room for row labels (left) and tokens (bottom).
   const LEFT = 56, BOTTOM = 34;
@@ -259,8 +259,9 @@ function explorer(body: HTMLElement, status: HTMLElement, model: Model, caps: Ca
       p.lineTo(x2 * scale + ox, y2 * scale + oy);
       drawnEdges++;
     }
-    for (let sgn = 0; sgn < 2; sgn++)
-      for (let l = 0; l < LEVELS; l++) {
+    // Weakest level first, both signs per level, so the strongest edges end on top whatever their sign.
+    for (let l = 0; l < LEVELS; l++)
+      for (let sgn = 0; sgn < 2; sgn++) {
         b.strokeStyle = sgn === 0 ? `rgba(43,108,176,${ALPHAS[l]})` : `rgba(197,48,48,${ALPHAS[l]})`;
         b.lineWidth = WIDTHS[l];
         b.stroke(paths[sgn * LEVELS + l]);
@@ -583,6 +584,9 @@ function explorer(body: HTMLElement, status: HTMLElement, model: Model, caps: Ca
       el("option", { value: "ablate" }, "ablate (×0)"), el("option", { value: "scale" }, "scale ×"), el("option", { value: "set" }, "set to"));
     const value = el("input", { "data-testid": "intervene-value", type: "number", step: "any", value: "2", "aria-label": "factor or value", size: 6 });
     const everywhere = el("input", { type: "checkbox", "data-testid": "intervene-all" });
+    const sync = () => { value.disabled = mode.value === "ablate"; };
+    mode.addEventListener("change", sync);
+    sync();
     const run = el("button", { type: "button", "data-testid": "intervene" }, "Run");
     const out = el("div", { "aria-live": "polite" });
     run.addEventListener("click", () => {

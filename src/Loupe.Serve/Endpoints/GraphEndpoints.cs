@@ -200,7 +200,9 @@ public static class GraphEndpoints
     static FeatureStore? StoreFor(FeatureStore[] stores, int layer)
     {
         string marker = $"blocks.{layer.ToString(CultureInfo.InvariantCulture)}.";
-        return stores.FirstOrDefault(s => s.Hook.StartsWith(marker, StringComparison.Ordinal)) ?? (stores.Length == 1 ? stores[0] : null);
+        // A store whose hook names no layer (e.g. a cross-layer transcoder's) is used for every layer when it is the only one.
+        return stores.FirstOrDefault(s => s.Hook.StartsWith(marker, StringComparison.Ordinal))
+            ?? (stores.Length == 1 && !stores[0].Hook.StartsWith("blocks.", StringComparison.Ordinal) ? stores[0] : null);
     }
 
     static FeatureDashboardView Dashboard(FeatureStore store, Loupe.Models.HookedTransformer model, int layer, int feature)
