@@ -140,6 +140,8 @@ public sealed class ServeHost : IAsyncDisposable
             job.Cancel.Cancel();
             return Results.Json(new JobView(job.Id, job.Kind, job.State), Json, statusCode: 202);
         }).WithSummary("Cancels a job");
+        Endpoints.GraphEndpoints.Map(_app, gate, options, Workspace);
+        Endpoints.CircuitEndpoints.Map(_app, Workspace);
         _app.MapOpenApi("/api/openapi.json");
         api.MapFallback("{*path}", () => Results.NotFound(new { error = "no such API endpoint" }));
         _app.MapFallback("{*path}", StaticAssets.Serve);

@@ -13,6 +13,10 @@ public sealed record ServeOptions
     public string? Token { get; init; }
     /// <summary>The folder whose graph/circuit/patching JSON files are listed and served by id; null = none.</summary>
     public string? GraphsDir { get; init; }
+    /// <summary>The transcoders (as for <c>loupe intervene</c>) that let the Graph page ablate or scale features; null = no interventions.</summary>
+    public string? TranscodersDir { get; init; }
+    /// <summary>Feature-store files whose dashboards the Graph page shows beside a pinned feature (matched to a layer by the store's hook).</summary>
+    public IReadOnlyList<string> FeatureStores { get; init; } = [];
     /// <summary>Requests with a larger body are answered 413.</summary>
     public long MaxBodyBytes { get; init; } = 1 << 20;
     /// <summary>The longest prompt accepted, in tokens (also never more than the model's n_ctx).</summary>

@@ -125,7 +125,8 @@ public sealed class Workspace
             while (reader.Read())
             {
                 if (reader.TokenType == JsonTokenType.PropertyName && reader.CurrentDepth == 1) keys.Add(reader.GetString()!);
-                else if (reader.TokenType is JsonTokenType.StartObject or JsonTokenType.StartArray) reader.Skip();
+                // A large graph's nodes run past the buffer: classify from the keys seen so far.
+                else if (reader.TokenType is JsonTokenType.StartObject or JsonTokenType.StartArray && !reader.TrySkip()) break;
             }
             return Kind(keys, path);
         }
@@ -136,9 +137,11 @@ public sealed class Workspace
     static string Kind(HashSet<string> keys, string path)
     {
         string name = Path.GetFileName(path).ToLowerInvariant();
-        if (keys.Contains("nodes") && (keys.Contains("links") || keys.Contains("edges")) && !name.Contains("circuit")) return "graph";
+        // circuit-tracer/Neuronpedia graphs: metadata, qParams, nodes, links; EAP-IG circuits: cfg, nodes, edges; patch.json: row_axis, normalized.
+        if (keys.Contains("cfg") && keys.Contains("nodes")) return "circuit";
+        if (keys.Contains("nodes") && (keys.Contains("links") || keys.Contains("edges") || keys.Contains("qParams")) && !name.Contains("circuit")) return "graph";
         if (name.Contains("circuit") || keys.Contains("circuit")) return "circuit";
-        if (name.Contains("patch") || keys.Contains("sweep") || keys.Contains("patching")) return "patching";
+        if (keys.Contains("normalized") && keys.Contains("row_axis") || name.Contains("patch") || keys.Contains("sweep") || keys.Contains("patching")) return "patching";
         return "json";
     }
 

@@ -3,6 +3,8 @@ import { api, ModelView } from "./api";
 import { el } from "./dom";
 import { promptPage } from "./prompt";
 import { attentionPage } from "./attention";
+import { graphPage } from "./graph";
+import { circuitsPage } from "./circuits";
 
 export interface PageContext { model: ModelView | null; root: HTMLElement; navigate: (path: string) => void }
 
@@ -18,8 +20,8 @@ const routes: Route[] = [
   { path: "/prompt", title: "Prompt", render: promptPage },
   { path: "/attention", title: "Attention", render: attentionPage },
   { path: "/features", title: "Features", render: placeholder("Features", "feature dashboards from a feature store") },
-  { path: "/graph", title: "Graph", render: placeholder("Graph", "an attribution-graph explorer") },
-  { path: "/circuits", title: "Circuits", render: placeholder("Circuits", "patching sweeps and circuit-discovery graphs") },
+  { path: "/graph", title: "Graph", render: graphPage },
+  { path: "/circuits", title: "Circuits", render: circuitsPage },
   { path: "/steering", title: "Steering", render: placeholder("Steering", "steered vs. unsteered generation side by side") },
 ];
 

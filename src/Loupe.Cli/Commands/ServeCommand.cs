@@ -16,6 +16,8 @@ static class ServeCommand
         var openAi = new Option<bool>("--openai") { Description = "Also serve an OpenAI-compatible API under /v1 (completions, chat, streaming, logprobs, steering and monitors; docs/openai.md)" };
         var openAiOnly = new Option<bool>("--openai-only") { Description = "Serve only the OpenAI-compatible API under /v1" };
         var vectors = new Option<string?>("--vectors") { Description = "Folder of steering/persona/monitor vectors (.safetensors) and SAE folders that /v1 requests may use by id" };
+        var transcoders = new Option<string?>("--transcoders") { Description = "Transcoders (as for loupe intervene) that let the Graph page ablate or scale features" };
+        var features = new Option<string[]>("--features") { Description = "Feature-store files (loupe features build) whose dashboards the Graph page shows; matched to a layer by the store's hook", AllowMultipleArgumentsPerToken = true };
         var command = new Command("serve",
             "Serve the web app and its JSON API (OpenAPI at /api/openapi.json) for one model. Binds to loopback by default.\n\n" +
             "Examples:\n" +
@@ -23,14 +25,15 @@ static class ServeCommand
             "  loupe serve --model ../shared/models/stories260K --graphs graphs-out --port 9000\n" +
             "  loupe serve --model ../shared/models/stories260K --host 0.0.0.0   (prints a generated token)\n" +
             "  loupe serve --model ../shared/models/stories260K --openai-only --vectors vectors/   (OpenAI-compatible API at /v1)")
-        { model, graphs, port, host, token, openAi, openAiOnly, vectors };
+        { model, graphs, port, host, token, openAi, openAiOnly, vectors, transcoders, features };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             int p = CliSupport.Int(parse, port, 0, 65535);
             string? t = parse.GetValue(token);
             if (t is not null && t.Length < 16) throw InputError.Expected("argument", "--token", "at least 16 characters", $"{t.Length} characters");
             var options = new ServeOptions { Host = parse.GetValue(host)!, Port = p, Token = t, GraphsDir = parse.GetValue(graphs),
-                OpenAi = parse.GetValue(openAiOnly) ? OpenAiMode.Only : parse.GetValue(openAi) ? OpenAiMode.Beside : OpenAiMode.Off, VectorsDir = parse.GetValue(vectors) };
+                OpenAi = parse.GetValue(openAiOnly) ? OpenAiMode.Only : parse.GetValue(openAi) ? OpenAiMode.Beside : OpenAiMode.Off, VectorsDir = parse.GetValue(vectors),
+                TranscodersDir = parse.GetValue(transcoders), FeatureStores = parse.GetValue(features) ?? [] };
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             var server = new ServeHost(m, options);
             try
