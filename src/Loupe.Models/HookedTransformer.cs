@@ -474,9 +474,12 @@ public abstract class HookedTransformer : IDisposable
     /// <summary>
     /// Generates continuations with a KV cache; hooks in <paramref name="options"/> stay active on
     /// every step (<see cref="HookContext.GenerationStep"/> tells them which). Rows of different
-    /// lengths are left-padded. Returns only the new tokens of each row.
+    /// lengths are left-padded. Returns only the new tokens of each row. <paramref name="onStep"/>, when given,
+    /// sees each step's new token per row as it is picked (for streaming); <paramref name="cancel"/> is checked
+    /// before every step.
     /// </summary>
-    public int[][] Generate(IReadOnlyList<int[]> prompts, GenerationOptions generation, RunOptions? options = null)
+    public int[][] Generate(IReadOnlyList<int[]> prompts, GenerationOptions generation, RunOptions? options = null,
+        Action<int[]>? onStep = null, CancellationToken cancel = default)
     {
         options ??= new RunOptions();
         var batch = TokenBatch.FromRows(prompts, Config.EosTokenId ?? 0, PaddingSide.Left);
@@ -497,6 +500,7 @@ public abstract class HookedTransformer : IDisposable
         int[] positions = batch.Positions();
         for (int step = 0; step <= maxNew - 1; step++)
         {
+            cancel.ThrowIfCancellationRequested();
             bool[]? keyValid = batch.Valid is null ? null : cache.MaskWithIncoming(current.Length, current.Valid);
             var ctx = new ForwardContext(Backend, lastOptions, current.Batch, current.Length, positions, keyValid, cache, step, current.Ids, _splices);
             var logits = Forward(current, ctx);
@@ -512,6 +516,7 @@ public abstract class HookedTransformer : IDisposable
                 outputs[b].Add(next[b]);
                 if (generation.StopAtEos && next[b] == Config.EosTokenId) finished[b] = true;
             }
+            onStep?.Invoke(next);
             if (finished.All(f => f)) break;
             current = new TokenBatch(next, batch.Batch, 1);
             positions = new int[batch.Batch];

@@ -13,6 +13,10 @@ public sealed record ServeOptions
     public string? Token { get; init; }
     /// <summary>The folder whose graph/circuit/patching JSON files are listed and served by id; null = none.</summary>
     public string? GraphsDir { get; init; }
+    /// <summary>Feature stores (features.db files, or folders searched for them) the Features and Steering pages read; by id, never by path.</summary>
+    public IReadOnlyList<string> FeatureStores { get; init; } = [];
+    /// <summary>The dictionary behind the feature stores when a store's recorded sae_path is not at hand (--sae).</summary>
+    public string? SaePath { get; init; }
     /// <summary>Requests with a larger body are answered 413.</summary>
     public long MaxBodyBytes { get; init; } = 1 << 20;
     /// <summary>The longest prompt accepted, in tokens (also never more than the model's n_ctx).</summary>

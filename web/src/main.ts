@@ -3,6 +3,8 @@ import { api, ModelView } from "./api";
 import { el } from "./dom";
 import { promptPage } from "./prompt";
 import { attentionPage } from "./attention";
+import { featuresPage } from "./features";
+import { steeringPage } from "./steering";
 
 export interface PageContext { model: ModelView | null; root: HTMLElement; navigate: (path: string) => void }
 
@@ -17,10 +19,10 @@ function placeholder(title: string, what: string): (ctx: PageContext) => void {
 const routes: Route[] = [
   { path: "/prompt", title: "Prompt", render: promptPage },
   { path: "/attention", title: "Attention", render: attentionPage },
-  { path: "/features", title: "Features", render: placeholder("Features", "feature dashboards from a feature store") },
+  { path: "/features", title: "Features", render: featuresPage },
   { path: "/graph", title: "Graph", render: placeholder("Graph", "an attribution-graph explorer") },
   { path: "/circuits", title: "Circuits", render: placeholder("Circuits", "patching sweeps and circuit-discovery graphs") },
-  { path: "/steering", title: "Steering", render: placeholder("Steering", "steered vs. unsteered generation side by side") },
+  { path: "/steering", title: "Steering", render: steeringPage },
 ];
 
 let model: ModelView | null = null;

@@ -12,20 +12,24 @@ static class ServeCommand
         var graphs = new Option<string?>("--graphs") { Description = "Folder of graph, circuit and patching JSON to list and serve (by id)" };
         var port = new Option<int>("--port") { Description = "TCP port", DefaultValueFactory = _ => 8765 };
         var host = new Option<string>("--host") { Description = "Address to bind; anything but loopback requires a token", DefaultValueFactory = _ => "127.0.0.1" };
+        var features = new Option<string[]>("--features") { Description = "Feature stores (features.db from `loupe features build`) or folders holding them, for the Features and Steering pages", AllowMultipleArgumentsPerToken = true };
+        var sae = new Option<string?>("--sae") { Description = "The dictionary behind the feature stores, when a store does not record where its SAE is" };
         var token = new Option<string?>("--token") { Description = "Access token required on every request (generated and printed when binding beyond loopback without one)" };
         var command = new Command("serve",
             "Serve the web app and its JSON API (OpenAPI at /api/openapi.json) for one model. Binds to loopback by default.\n\n" +
             "Examples:\n" +
             "  loupe serve --model ../shared/models/stories260K\n" +
             "  loupe serve --model ../shared/models/stories260K --graphs graphs-out --port 9000\n" +
+            "  loupe serve --model ../shared/models/stories260K --features sae/features.db\n" +
             "  loupe serve --model ../shared/models/stories260K --host 0.0.0.0   (prints a generated token)")
-        { model, graphs, port, host, token };
+        { model, graphs, features, sae, port, host, token };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             int p = CliSupport.Int(parse, port, 0, 65535);
             string? t = parse.GetValue(token);
             if (t is not null && t.Length < 16) throw InputError.Expected("argument", "--token", "at least 16 characters", $"{t.Length} characters");
-            var options = new ServeOptions { Host = parse.GetValue(host)!, Port = p, Token = t, GraphsDir = parse.GetValue(graphs) };
+            var options = new ServeOptions { Host = parse.GetValue(host)!, Port = p, Token = t, GraphsDir = parse.GetValue(graphs),
+                FeatureStores = parse.GetValue(features) ?? [], SaePath = parse.GetValue(sae) };
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             var server = new ServeHost(m, options);
             try
