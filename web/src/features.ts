@@ -40,6 +40,7 @@ function showStore(ctx: PageContext, body: HTMLElement, stores: FeatureStoreView
 
   const open = (feature: number, push: boolean) => {
     setQuery({ feature: String(feature) }, push);
+    markCurrent(feature);
     loadDashboard(store, feature, dashboard);
   };
   const searches = searchForms(ctx, store, searchOut, f => open(f, true));
@@ -88,11 +89,19 @@ function loadList(store: FeatureStoreView, list: HTMLElement, open: (f: number, 
       el("table", { "data-testid": "feature-list" },
         el("thead", {}, el("tr", {}, sortButton("feature", "#"), sortButton("density", "density"), sortButton("max_act", "max act"), el("th", {}, "label"))),
         el("tbody", {}, ...rows)));
+    if (query().get("feature") !== null) markCurrent(Number(query().get("feature")));
   }, e => list.replaceChildren(el("p", { class: "error", role: "alert" }, String(e.message ?? e))));
 }
 
 function density(d: number): string {
-  return d === 0 ? "0" : d >= 0.001 ? `${(d * 100).toFixed(2)}%` : `${(d * 100).toExponential(1)}%`;
+  const p = d * 100;
+  return d === 0 ? "0" : p >= 0.1 ? `${p.toFixed(2)}%` : p >= 0.001 ? `${p.toPrecision(2)}%` : `${p.toExponential(1)}%`;
+}
+
+/** The open feature's row in the list is marked, whichever page or order is showing. */
+function markCurrent(feature: number): void {
+  document.querySelectorAll<HTMLElement>("[data-testid=feature-row]").forEach(r =>
+    r.setAttribute("aria-current", r.dataset.feature === String(feature) ? "true" : "false"));
 }
 
 let dashboardRequest = 0;
@@ -171,7 +180,7 @@ function histogram(edges: number[], counts: number[], color: string, what: strin
 function logitTable(d: FeatureDashboard): HTMLElement {
   const rows = Math.max(d.promoted.length, d.suppressed.length);
   const cell = (x: { token_id: number; token_str: string | null; value: number } | undefined, cls: string) => x
-    ? [el("td", { class: cls }, show(x.token_str ?? `<${x.token_id}>`)), el("td", { class: cls }, (x.value >= 0 ? "+" : "") + x.value.toFixed(3))]
+    ? [el("td", { class: `${cls} logit-token` }, show(x.token_str ?? `<${x.token_id}>`)), el("td", { class: cls }, (x.value >= 0 ? "+" : "") + x.value.toFixed(3))]
     : [el("td", {}), el("td", {})];
   return el("table", { "data-testid": "logits" },
     el("thead", {}, el("tr", {}, el("th", {}, "promoted"), el("th", {}, ""), el("th", {}, "suppressed"), el("th", {}, ""))),

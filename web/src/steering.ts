@@ -7,7 +7,7 @@ import type { PageContext } from "./main";
 // stream, which cancels the generation on the server. State in the URL: ?text=&source=&hook=&coeff=&n=.
 
 interface TokenEvent { side: "unsteered" | "steered"; index: number; id: number; text: string }
-interface StartEvent { hook: string; description: string; positions: string; max_new_tokens: number; prompt: { id: number; text: string }[] }
+interface StartEvent { hook: string; description: string; positions: string; max_new_tokens: number; prompt: { id: number; text: string }[]; prompt_text: string }
 interface DoneEvent { unsteered: number[]; steered: number[]; unsteered_text: string; steered_text: string }
 
 export function steeringPage(ctx: PageContext): void {
@@ -83,8 +83,7 @@ function build(body: HTMLElement, sources: SteeringSourcesView): void {
     stream.addEventListener("start", ev => {
       const s = JSON.parse((ev as MessageEvent).data) as StartEvent;
       total = s.max_new_tokens;
-      const promptText = s.prompt.map(t => t.text).join("");
-      for (const t of Object.values(texts)) t.replaceChildren(el("span", { class: "steer-prompt" }, promptText));
+      for (const t of Object.values(texts)) t.replaceChildren(el("span", { class: "steer-prompt" }, s.prompt_text));
       status.textContent = `${s.description} at ${s.hook}, positions ${s.positions}: streaming…`;
       status.dataset.description = s.description;
     });

@@ -63,7 +63,7 @@ public static class SteeringEndpoints
             events.Writer.TryWrite(("start", new
             {
                 hook = hookName, description, positions = where.ToString(), max_new_tokens = newTokens,
-                prompt = input.Select(id => new TokenView(id, Analyses.Text(model, id))).ToArray(),
+                prompt = input.Select(id => new TokenView(id, Analyses.Text(model, id))).ToArray(), prompt_text = SteeringRun.Decode(model, input),
             }));
             var run = gate.RunAsync(m =>
             {
