@@ -162,6 +162,16 @@ public class FeatureBrowserTests(ITestOutputHelper output)
         await page.GetByTestId("steer-run").ClickAsync();
         await page.GetByTestId("steer-stop").ClickAsync(); // at once: this small model finishes 2 × 200 tokens in well under a second
         Assert.Contains("stopped", await page.GetByTestId("steer-status").InnerTextAsync());
+        // A short persona run to the end shows each side's persona projection, as `loupe persona` scores it.
+        await page.GetByTestId("steer-n").FillAsync("12");
+        await page.GetByTestId("steer-run").ClickAsync();
+        await page.Locator("[data-testid=steer-status][data-done=true]").WaitForAsync();
+        var persona = PersonaVector.Load(Path.Combine(FeatureStores.Artifacts, "vectors", "persona.safetensors"));
+        int[] personaSteered = SteeringRun.Continue(model, input, new GenerationOptions(12), persona.Steer(10f));
+        double want = PersonaReport.TraitProjection(model, persona, input, personaSteered);
+        double shown = double.Parse((await page.GetByTestId("trait-steered").GetAttributeAsync("data-value"))!, CultureInfo.InvariantCulture);
+        Assert.InRange(shown, want - 1e-9 - 1e-9 * Math.Abs(want), want + 1e-9 + 1e-9 * Math.Abs(want));
+        await page.ScreenshotAsync(new PageScreenshotOptions { Path = Screenshot("steering-persona.png"), FullPage = true });
         Assert.Empty(errors);
     }
 }

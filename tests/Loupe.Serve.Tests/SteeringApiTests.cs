@@ -71,6 +71,12 @@ public class SteeringApiTests
         var byVector = await ReadEvents(client, $"/api/steering/stream?text={Uri.EscapeDataString(Text)}&source=vector:{vid}&coeff=-6&n=12");
         int[] expected = SteeringRun.Continue(model, input, new GenerationOptions(12), SteeringRun.Edit(FeatureStores.Hook, FeatureStores.PersonaDirection, -6f, false, SteeringPositions.All));
         Assert.Equal(expected, Side(byVector, "steered"));
+        // Scored as `loupe persona` scores its sweep.
+        var persona = PersonaVector.Load(Path.Combine(FeatureStores.Artifacts, "vectors", "persona.safetensors"));
+        var trait = byVector[^1].Data.GetProperty("trait");
+        double want = PersonaReport.TraitProjection(model, persona, input, expected);
+        Assert.InRange(trait.GetProperty("steered").GetDouble(), want - 1e-9 - 1e-9 * Math.Abs(want), want + 1e-9 + 1e-9 * Math.Abs(want));
+        Assert.Equal(JsonValueKind.Null, events[^1].Data.GetProperty("trait").ValueKind); // an SAE feature has no trait
 
         // Never a path: anything but a known id is refused before the stream starts.
         foreach (string bad in new[] { "vector:../../etc/passwd", "vector:" + Uri.EscapeDataString("/etc/passwd"), $"feature:{store}:99999", "file:/etc/passwd" })

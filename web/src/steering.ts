@@ -8,7 +8,7 @@ import type { PageContext } from "./main";
 
 interface TokenEvent { side: "unsteered" | "steered"; index: number; id: number; text: string }
 interface StartEvent { hook: string; description: string; positions: string; max_new_tokens: number; prompt: { id: number; text: string }[]; prompt_text: string }
-interface DoneEvent { unsteered: number[]; steered: number[]; unsteered_text: string; steered_text: string }
+interface DoneEvent { unsteered: number[]; steered: number[]; unsteered_text: string; steered_text: string; trait: { hook: string; threshold: number; unsteered: number; steered: number } | null }
 
 export function steeringPage(ctx: PageContext): void {
   ctx.root.append(el("h1", {}, "Steering"));
@@ -84,6 +84,7 @@ function build(body: HTMLElement, sources: SteeringSourcesView): void {
       const s = JSON.parse((ev as MessageEvent).data) as StartEvent;
       total = s.max_new_tokens;
       for (const t of Object.values(texts)) t.replaceChildren(el("span", { class: "steer-prompt" }, s.prompt_text));
+      for (const col of [left, right]) col.querySelector(".trait")?.remove();
       status.textContent = `${s.description} at ${s.hook}, positions ${s.positions}: streaming…`;
       status.dataset.description = s.description;
     });
@@ -97,6 +98,12 @@ function build(body: HTMLElement, sources: SteeringSourcesView): void {
     stream.addEventListener("done", ev => {
       const d = JSON.parse((ev as MessageEvent).data) as DoneEvent;
       finish(`done: ${d.unsteered.length} unsteered and ${d.steered.length} steered tokens`);
+      for (const side of ["unsteered", "steered"] as const) {
+        const col = side === "steered" ? right : left;
+        col.querySelector(".trait")?.remove();
+        if (d.trait) col.append(el("div", { class: "trait muted", "data-testid": `trait-${side}`, "data-value": String(d.trait[side]) },
+          `persona projection of the continuation: ${d.trait[side].toFixed(3)} (threshold ${d.trait.threshold.toFixed(3)}: ${d.trait[side] > d.trait.threshold ? "expresses the trait" : "does not"})`));
+      }
       status.dataset.done = "true";
     });
     stream.addEventListener("failure", ev => finish(`error: ${JSON.parse((ev as MessageEvent).data).error}`));

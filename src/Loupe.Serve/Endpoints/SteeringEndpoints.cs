@@ -43,7 +43,7 @@ public static class SteeringEndpoints
         {
             // Everything is checked before the stream starts, so a bad request is a plain 400.
             int[] input = Analyses.Tokens(model, text, null, options);
-            var (direction, hookName, what) = Direction(source, hook, stores, options);
+            var (direction, hookName, what, persona) = Direction(source, hook, stores, options);
             float c = coeff ?? 4f;
             if (!float.IsFinite(c)) throw new InputError("coeff must be a finite number");
             var where = SteeringPositions.Parse(positions ?? "all", "positions");
@@ -82,15 +82,23 @@ public static class SteeringEndpoints
                         events.Writer.TryWrite(("token", new { side, index = sofar.Count - 1, id, text = piece }));
                     }, aborted);
                 }
-                return sides;
+                // A persona vector file: both continuations scored as `loupe persona` scores its sweep (mean projection on the persona).
+                var trait = persona is null ? null : new
+                {
+                    hook = persona.HookName, threshold = persona.Threshold,
+                    unsteered = PersonaReport.TraitProjection(m, persona, input, sides["unsteered"]),
+                    steered = PersonaReport.TraitProjection(m, persona, input, sides["steered"]),
+                };
+                return (Sides: sides, Trait: trait);
             }, aborted);
             _ = run.ContinueWith(t =>
             {
                 if (t.IsCompletedSuccessfully)
                     events.Writer.TryWrite(("done", new
                     {
-                        unsteered = t.Result["unsteered"], steered = t.Result["steered"],
-                        unsteered_text = SteeringRun.Decode(model, t.Result["unsteered"]), steered_text = SteeringRun.Decode(model, t.Result["steered"]),
+                        unsteered = t.Result.Sides["unsteered"], steered = t.Result.Sides["steered"],
+                        unsteered_text = SteeringRun.Decode(model, t.Result.Sides["unsteered"]), steered_text = SteeringRun.Decode(model, t.Result.Sides["steered"]),
+                        trait = t.Result.Trait,
                     }));
                 else if (!aborted.IsCancellationRequested)
                     events.Writer.TryWrite(("failure", new { error = t.Exception?.InnerException is InputError or ServerBusyException ? t.Exception.InnerException.Message : "generation failed" }));
@@ -105,12 +113,12 @@ public static class SteeringEndpoints
                 }
             }
             catch (OperationCanceledException) { } // the page closed the stream: generation stops at its next token
-        }).WithSummary("Generates the unsteered, then the steered continuation of a prompt, as server-sent events: start, token (side, id, text) …, then done or failure; closing the stream cancels");
+        }).WithSummary("Generates the unsteered, then the steered continuation of a prompt, as server-sent events: start, token (side, id, text) …, then done (with both continuations' persona projections for a persona vector) or failure; closing the stream cancels");
     }
 
     /// <summary>The direction named by <paramref name="source"/>: <c>vector:ID</c> (a served file) or <c>feature:STORE:F</c> (W_dec[F] of the store's dictionary).</summary>
     /// <exception cref="InputError">Unknown source, id, store or feature; no hook known; or the dictionary is unavailable.</exception>
-    static (float[] Direction, string Hook, string What) Direction(string source, string? hook, ServedStores stores, ServeOptions options)
+    static (float[] Direction, string Hook, string What, PersonaVector? Persona) Direction(string source, string? hook, ServedStores stores, ServeOptions options)
     {
         string[] parts = source.Split(':');
         if (parts is ["vector", var id])
@@ -118,7 +126,10 @@ public static class SteeringEndpoints
             var file = VectorFiles(options.GraphsDir).FirstOrDefault(v => v.Id == id);
             if (file.Full is null) throw new InputError("no steering vector with that id");
             var loaded = SteeringVector.Load(file.Full, null, string.IsNullOrEmpty(hook) ? null : hook);
-            return (loaded.Direction.ToArray(), loaded.HookName, $"vector {file.Rel}");
+            PersonaVector? persona = null;
+            try { persona = PersonaVector.Load(file.Full); }
+            catch (InputError) { } // a plain steering vector: no trait to score
+            return (loaded.Direction.ToArray(), loaded.HookName, $"vector {file.Rel}", persona);
         }
         if (parts is ["feature", var storeId, var f] && int.TryParse(f, NumberStyles.None, CultureInfo.InvariantCulture, out int feature))
         {
@@ -127,7 +138,7 @@ public static class SteeringEndpoints
             var dictionary = store.Dictionary;
             int d = dictionary.Shape.DOut;
             float[] direction = dictionary.P.WDec.AsSpan(feature * d, d).ToArray();
-            return (direction, string.IsNullOrEmpty(hook) ? store.Read(st => st.Hook) : hook, $"decoder direction of feature {feature} ({store.Name})");
+            return (direction, string.IsNullOrEmpty(hook) ? store.Read(st => st.Hook) : hook, $"decoder direction of feature {feature} ({store.Name})", null);
         }
         throw new InputError("source: expected vector:ID or feature:STORE:FEATURE");
     }
