@@ -63,6 +63,11 @@ public class FeatureBrowserTests(ITestOutputHelper output)
         var token = page.GetByTestId("top-examples").Locator(".example").First.Locator(".tok.here");
         await token.HoverAsync();
         Assert.Contains($"activation {top.Activation:F4}", await page.GetByTestId("token-status").InnerTextAsync());
+        // By keyboard: focus the example, → reads the next token's stored activation.
+        await page.GetByTestId("top-examples").Locator(".example").First.FocusAsync();
+        await page.Keyboard.PressAsync("ArrowRight");
+        if (top.Position + 1 < top.WindowStart + top.WindowActs.Length)
+            Assert.Contains($"position {top.Position + 1}): activation {top.WindowActs[top.Position + 1 - top.WindowStart]:F4}", await page.GetByTestId("token-status").InnerTextAsync());
         Assert.Equal(store.Logits(f, FeatureStoreSchema.Promoted).Count + 1, await page.GetByTestId("logits").Locator("tr").CountAsync());
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = Screenshot("features.png"), FullPage = true });
 

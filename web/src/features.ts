@@ -189,14 +189,30 @@ function logitTable(d: FeatureDashboard): HTMLElement {
 
 /** An example's window, each token shaded by its activation relative to the feature's max; the example token outlined. */
 function example(e: ExampleView, max: number, status: HTMLElement): HTMLElement {
-  const line = el("div", { class: "example" }, el("span", { class: "act" }, e.activation.toFixed(2)));
+  // Focusable as one line (not one stop per token); ←/→ move along its tokens as hovering does.
+  const line = el("div", { class: "example", tabindex: "0", "aria-label": `example, activation ${e.activation.toFixed(2)}; arrow keys read each token's activation` },
+    el("span", { class: "act" }, e.activation.toFixed(2)));
+  const spans: HTMLElement[] = [];
+  const describe = (j: number) => {
+    const id = e.tokens[j], text = show(e.token_strs[j] ?? `<${id}>`);
+    status.textContent = `${text} (id ${id}, position ${e.window_start + j}): activation ${e.acts[j].toFixed(4)}`;
+    spans.forEach((s, k) => s.classList.toggle("cursor", k === j));
+  };
   e.tokens.forEach((id, j) => {
     const a = e.acts[j], text = e.token_strs[j] ?? `<${id}>`;
     const span = el("span", { class: e.window_start + j === e.position ? "tok here" : "tok", "data-act": a.toFixed(4), "data-testid": "example-token" }, show(text));
     if (a > 0) span.style.backgroundColor = `rgba(224, 123, 22, ${Math.min(1, a / (max || 1)).toFixed(3)})`;
     span.title = `${show(text)} (id ${id}): ${a.toFixed(4)}`;
-    span.addEventListener("mouseenter", () => { status.textContent = `${show(text)} (id ${id}, position ${e.window_start + j}): activation ${a.toFixed(4)}`; });
+    span.addEventListener("mouseenter", () => describe(j));
+    spans.push(span);
     line.append(span);
+  });
+  let cursor = e.position - e.window_start;
+  line.addEventListener("focus", () => describe(cursor));
+  line.addEventListener("blur", () => spans.forEach(s => s.classList.remove("cursor")));
+  line.addEventListener("keydown", ev => {
+    const step = ev.key === "ArrowRight" ? 1 : ev.key === "ArrowLeft" ? -1 : 0;
+    if (step) { ev.preventDefault(); cursor = Math.max(0, Math.min(spans.length - 1, cursor + step)); describe(cursor); }
   });
   return line;
 }
