@@ -500,9 +500,11 @@ public abstract class HookedTransformer : IDisposable
     /// <summary>
     /// Generates continuations with a KV cache; hooks in <paramref name="options"/> stay active on
     /// every step (<see cref="HookContext.GenerationStep"/> tells them which). Rows of different
-    /// lengths are left-padded. Returns only the new tokens of each row.
+    /// lengths are left-padded. Returns only the new tokens of each row. <see cref="GenerationOptions.OnToken"/>
+    /// sees each token as it is picked (streaming, monitors, early stops); <paramref name="cancel"/> is checked
+    /// before every step.
     /// </summary>
-    public int[][] Generate(IReadOnlyList<int[]> prompts, GenerationOptions generation, RunOptions? options = null)
+    public int[][] Generate(IReadOnlyList<int[]> prompts, GenerationOptions generation, RunOptions? options = null, CancellationToken cancel = default)
     {
         options ??= new RunOptions();
         if (Config.Architecture == "bert")
@@ -525,6 +527,7 @@ public abstract class HookedTransformer : IDisposable
         int[] positions = batch.Positions();
         for (int step = 0; step <= maxNew - 1; step++)
         {
+            cancel.ThrowIfCancellationRequested();
             bool[]? keyValid = batch.Valid is null ? null : cache.MaskWithIncoming(current.Length, current.Valid);
             var ctx = new ForwardContext(Backend, lastOptions, current.Batch, current.Length, positions, keyValid, cache, step, current.Ids, _splices);
             var logits = Forward(current, ctx);

@@ -25,6 +25,7 @@ public sealed record HeadDetectionJobRequest(int? Sequences, int? RepeatLength);
 public sealed class ServeHost : IAsyncDisposable
 {
     readonly WebApplication _app;
+    readonly ServedStores _featureStores;
 
     public ServeOptions Options { get; }
     /// <summary>The token requests must carry; null when none is required (loopback without --token).</summary>
@@ -49,6 +50,7 @@ public sealed class ServeHost : IAsyncDisposable
         Token = options.Token ?? (options.IsLoopback ? null : Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
         Workspace = new Workspace(options.GraphsDir);
         var gate = new ModelGate(model, options.MaxQueuedModelRequests);
+        _featureStores = new ServedStores(options.FeatureStores, options.SaePath);
         var jobs = new JobManager(options.MaxRunningJobs);
         var detection = new Lazy<Task<DetectionView>>(() => gate.RunAsync(m => Analyses.Detection(HeadDetector.Detect(m))));
 
@@ -140,8 +142,10 @@ public sealed class ServeHost : IAsyncDisposable
             job.Cancel.Cancel();
             return Results.Json(new JobView(job.Id, job.Kind, job.State), Json, statusCode: 202);
         }).WithSummary("Cancels a job");
-        Endpoints.GraphEndpoints.Map(_app, gate, options, Workspace);
+        Endpoints.GraphEndpoints.Map(_app, gate, options, Workspace, _featureStores);
         Endpoints.CircuitEndpoints.Map(_app, Workspace);
+        FeatureEndpoints.Map(_app, gate, _featureStores, options);
+        SteeringEndpoints.Map(_app, gate, _featureStores, options);
         _app.MapOpenApi("/api/openapi.json");
         api.MapFallback("{*path}", () => Results.NotFound(new { error = "no such API endpoint" }));
         _app.MapFallback("{*path}", StaticAssets.Serve);
@@ -214,6 +218,7 @@ public sealed class ServeHost : IAsyncDisposable
     {
         await _app.StopAsync();
         await _app.DisposeAsync();
+        _featureStores.Dispose();
     }
 }
 

@@ -15,8 +15,10 @@ public sealed record ServeOptions
     public string? GraphsDir { get; init; }
     /// <summary>The transcoders (as for <c>loupe intervene</c>) that let the Graph page ablate or scale features; null = no interventions.</summary>
     public string? TranscodersDir { get; init; }
-    /// <summary>Feature-store files whose dashboards the Graph page shows beside a pinned feature (matched to a layer by the store's hook).</summary>
+    /// <summary>Feature stores (features.db files, or folders searched for them) the Features and Steering pages read; by id, never by path.</summary>
     public IReadOnlyList<string> FeatureStores { get; init; } = [];
+    /// <summary>The dictionary behind the feature stores when a store's recorded sae_path is not at hand (--sae).</summary>
+    public string? SaePath { get; init; }
     /// <summary>Requests with a larger body are answered 413.</summary>
     public long MaxBodyBytes { get; init; } = 1 << 20;
     /// <summary>The longest prompt accepted, in tokens (also never more than the model's n_ctx).</summary>

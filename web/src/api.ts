@@ -31,3 +31,22 @@ export function promptBody(text: string, model: ModelView | null): { text?: stri
   }
   return { text };
 }
+
+// Features and Steering pages.
+export interface FeatureStoreView { id: string; name: string; hook: string; d_sae: number; n_tokens: number; dead: number; has_sae: boolean; sae: string }
+export interface FeatureRowView { feature: number; n_active: number; density: number; max_act: number; mean_act: number | null; top_promoted: string | null; explanation: string | null }
+export interface FeatureListView { total: number; offset: number; order: string; rows: FeatureRowView[] }
+export interface ExampleView { rank: number; activation: number; context_id: number; position: number; window_start: number; tokens: number[]; token_strs: (string | null)[]; acts: number[] }
+export interface HistogramView { bin_edges: number[]; counts: number[] }
+export interface LogitView { token_id: number; token_str: string | null; value: number }
+export interface ExplanationView { explainer_model: string; text: string; scores: Record<string, Record<string, number>> }
+export interface FeatureDashboard {
+  feature: number; d_sae: number; hook: string; n_tokens: number; explanations: ExplanationView[];
+  n_active: number; density: number; max_act: number; mean_act: number | null; decoder_norm: number;
+  acts_histogram: HistogramView | null; logits_histogram: HistogramView | null; promoted: LogitView[]; suppressed: LogitView[];
+  top: ExampleView[]; quantiles: { bin: number; lower: number; upper: number; n_active: number; examples: ExampleView[] }[];
+}
+export interface TextSearchView { tokens: TokenView[]; features: { feature: number; activation: number }[][] }
+export interface TokenSearchView { tokens: TokenView[]; features: { feature: number; examples: number; max_activation: number }[] }
+export interface VectorView { id: string; name: string; hook: string | null; norm: number; width: number }
+export interface SteeringSourcesView { vectors: VectorView[]; stores: FeatureStoreView[]; hooks: string[] }

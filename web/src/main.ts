@@ -5,24 +5,20 @@ import { promptPage } from "./prompt";
 import { attentionPage } from "./attention";
 import { graphPage } from "./graph";
 import { circuitsPage } from "./circuits";
+import { featuresPage } from "./features";
+import { steeringPage } from "./steering";
 
 export interface PageContext { model: ModelView | null; root: HTMLElement; navigate: (path: string) => void }
 
 interface Route { path: string; title: string; render: (ctx: PageContext) => void }
 
-function placeholder(title: string, what: string): (ctx: PageContext) => void {
-  return ({ root }) => root.append(
-    el("h1", {}, title),
-    el("p", { class: "placeholder", "data-testid": "placeholder" }, `The ${title} page is not built yet. It will show ${what}.`));
-}
-
 const routes: Route[] = [
   { path: "/prompt", title: "Prompt", render: promptPage },
   { path: "/attention", title: "Attention", render: attentionPage },
-  { path: "/features", title: "Features", render: placeholder("Features", "feature dashboards from a feature store") },
+  { path: "/features", title: "Features", render: featuresPage },
   { path: "/graph", title: "Graph", render: graphPage },
   { path: "/circuits", title: "Circuits", render: circuitsPage },
-  { path: "/steering", title: "Steering", render: placeholder("Steering", "steered vs. unsteered generation side by side") },
+  { path: "/steering", title: "Steering", render: steeringPage },
 ];
 
 let model: ModelView | null = null;

@@ -148,7 +148,7 @@ static class FeaturesCommand
             int f = parse.GetValue(feature), n = CliSupport.Int(parse, count, 0), side = CliSupport.Int(parse, context, 0);
             using var store = OpenStore(parse, sae, db);
             store.CheckFeature(f);
-            if (parse.GetValue(json)) Console.WriteLine(FeatureJson(store, f, n).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            if (parse.GetValue(json)) Console.WriteLine(FeatureDashboardJson.Build(store, f, n).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             else PrintFeature(store, f, n, side, parse.GetValue(showQuantiles));
             return 0;
         }));
@@ -295,44 +295,5 @@ static class FeaturesCommand
         foreach (long c in counts)
             line.Append(c == 0 || max == 0 ? ' ' : levels[(int)Math.Min(levels.Length - 1, (c * levels.Length - 1) / max)]);
         return line.ToString();
-    }
-
-    static JsonObject FeatureJson(FeatureStore store, int f, int n)
-    {
-        var s = store.Feature(f);
-        JsonArray Examples(IEnumerable<FeatureExample> examples) => new(examples.Select(e => (JsonNode)new JsonObject
-        {
-            ["rank"] = e.Rank, ["activation"] = e.Activation, ["context_id"] = e.ContextId, ["position"] = e.Position,
-            ["window_start"] = e.WindowStart,
-            ["tokens"] = new JsonArray(e.WindowTokens.Select(t => (JsonNode)t).ToArray()),
-            ["token_strs"] = new JsonArray(e.WindowTokens.Select(t => (JsonNode?)store.TokenText(t)).ToArray()),
-            ["acts"] = new JsonArray(e.WindowActs.Select(a => (JsonNode)a).ToArray()),
-        }).ToArray());
-        JsonNode? Histogram(string kind) => store.Histogram(f, kind) is { } h
-            ? new JsonObject { ["bin_edges"] = new JsonArray(h.Edges.Select(v => (JsonNode)v).ToArray()), ["counts"] = new JsonArray(h.Counts.Select(v => (JsonNode)v).ToArray()) }
-            : null;
-        JsonArray Logits(string kind) => new(store.Logits(f, kind).Select(r => (JsonNode)new JsonObject
-        { ["token_id"] = r.TokenId, ["token_str"] = r.TokenStr, ["value"] = r.Value }).ToArray());
-        var quantile = store.Examples(f, FeatureStoreSchema.Quantile);
-        return new JsonObject
-        {
-            ["feature"] = f, ["d_sae"] = store.DSae, ["hook"] = store.Hook, ["n_tokens"] = store.Tokens,
-            ["explanations"] = new JsonArray(store.Explanations(f).Select(x => (JsonNode)new JsonObject
-            {
-                ["explainer_model"] = x.ExplainerModel, ["text"] = x.Text,
-                ["scores"] = new JsonObject(x.Scores.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)new JsonObject(kv.Value.Select(m => KeyValuePair.Create(m.Key, (JsonNode?)m.Value)))))),
-            }).ToArray()),
-            ["n_active"] = s.NActive, ["density"] = s.Density, ["max_act"] = s.MaxAct, ["mean_act"] = s.MeanAct, ["decoder_norm"] = s.DecoderNorm,
-            ["acts_histogram"] = Histogram(FeatureStoreSchema.ActsHistogram),
-            ["logits_histogram"] = Histogram(FeatureStoreSchema.LogitsHistogram),
-            ["promoted"] = Logits(FeatureStoreSchema.Promoted),
-            ["suppressed"] = Logits(FeatureStoreSchema.Suppressed),
-            ["top"] = Examples(store.Examples(f, FeatureStoreSchema.Top, n)),
-            ["quantiles"] = new JsonArray(store.Intervals(f).Select(i => (JsonNode)new JsonObject
-            {
-                ["bin"] = i.Bin, ["lower"] = i.Lower, ["upper"] = i.Upper, ["n_active"] = i.NActive,
-                ["examples"] = Examples(quantile.Where(e => e.Bin == i.Bin)),
-            }).ToArray()),
-        };
     }
 }

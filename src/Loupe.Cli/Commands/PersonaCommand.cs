@@ -87,41 +87,19 @@ static class PersonaCommand
                 XAxis = "layer (hook_resid_post)",
                 YAxis = "projection gap / pooled sd",
             }.Save(Path.Combine(dir, "separation.svg"));
-            AtomicFile.WriteJson(Path.Combine(dir, "persona.json"), new
-            {
-                Model = m.Source,
-                persona.HookName,
-                persona.Layer,
-                persona.Norm,
-                persona.Threshold,
-                persona.MidpointThreshold,
-                persona.TrainAccuracy,
-                persona.HeldOutAccuracy,
-                persona.HeldOutAuroc,
-                LayerChoice = fixedLayer is null ? "auto: highest cross-validated held-out AUROC, ties by held-out gap / pooled sd" : "given",
-                Layers = persona.Layers,
-                Projections = new { persona.TrainPositive, persona.TrainNegative, persona.HeldOutPositive, persona.HeldOutNegative },
-            });
+            AtomicFile.WriteJson(Path.Combine(dir, "persona.json"), PersonaReport.Summary(persona, m.Source, fixedLayer is null));
 
             // 2. Monitor the prompt.
             var reading = persona.Monitor(m, input);
             Console.WriteLine();
             Console.WriteLine($"Monitor: \"{text}\" mean projection {CliSupport.Num(reading.Mean, "F3")} vs threshold {CliSupport.Num(reading.Threshold, "F3")} → {(reading.ExpressesTrait ? "expresses the trait" : "does not express the trait")}");
-            AtomicFile.WriteJson(Path.Combine(dir, "monitor.json"), new
-            {
-                Prompt = text,
-                persona.HookName,
-                reading.Threshold,
-                reading.Mean,
-                reading.ExpressesTrait,
-                Tokens = input.Select((id, i) => new { Position = i, Id = id, Text = m.Tokenizer!.Decode([id]), Projection = reading.Projections[i] }).ToArray(),
-            });
+            AtomicFile.WriteJson(Path.Combine(dir, "monitor.json"), PersonaReport.Monitor(m, persona, text, reading));
 
             // 3. Sweep the coefficient.
             var options = new SweepOptions(Math.Min(maxNewTokens, m.Config.NCtx - input.Length), temp, topKValue, 1f, seedCount);
             Func<int[], string, double> score = words is not null
                 ? (_, t) => words.Score(t)
-                : (ids, _) => TraitProjection(m, persona, input, ids);
+                : (ids, _) => PersonaReport.TraitProjection(m, persona, input, ids);
             IReadOnlyList<SweepPoint> points = [];
             CliSupport.Status.Progress().AutoClear(true).Start(ctx =>
             {
@@ -129,24 +107,11 @@ static class PersonaCommand
                 points = CoefficientSweep.Run(m, input, coefficients, c => persona.Steer(c, where), score, options,
                     new SyncProgress(done => task.Value = done));
             });
-            var rows = points.Select(p => SweepRow.From(p, words, m, persona, input)).ToArray();
+            var rows = points.Select(p => PersonaSweepRow.From(p, words, m, persona, input)).ToArray();
             PrintSweep(rows, words is not null, options);
             double trend = CoefficientSweep.Trend(points);
             Console.WriteLine($"Trend (Spearman of mean score vs coefficient): {(double.IsFinite(trend) ? CliSupport.Num(trend, "F2") : "n/a (needs two or more coefficients whose mean scores differ)")}");
-            AtomicFile.WriteJson(Path.Combine(dir, "sweep.json"), new
-            {
-                Prompt = text,
-                persona.HookName,
-                CoefficientUnit = $"coeff × persona vector (raw mean difference, ‖v‖ = {CliSupport.Num(persona.Norm, "G4")}) added at every selected position",
-                Positions = where.ToString(),
-                Score = words is not null ? "trait words − opposite words in the continuation" : "mean projection of the continuation's tokens on the persona direction",
-                options.MaxNewTokens,
-                options.Temperature,
-                options.TopK,
-                options.Seeds,
-                Trend = trend,
-                Points = rows,
-            });
+            AtomicFile.WriteJson(Path.Combine(dir, "sweep.json"), PersonaReport.Sweep(persona, text, where, words is not null, options, trend, rows, CliSupport.Num(persona.Norm, "G4")));
             var x = rows.Select(r => (double)r.Coefficient).ToArray();
             new LineChart
             {
@@ -178,7 +143,7 @@ static class PersonaCommand
             $"train accuracy {CliSupport.Num(persona.TrainAccuracy, "P1")}, held-out accuracy {CliSupport.Num(persona.HeldOutAccuracy, "P1")} ({persona.HeldOutPositive.Length} + {persona.HeldOutNegative.Length} texts), held-out AUROC {CliSupport.Num(persona.HeldOutAuroc, "F3")}"));
     }
 
-    static void PrintSweep(IReadOnlyList<SweepRow> rows, bool words, SweepOptions options)
+    static void PrintSweep(IReadOnlyList<PersonaSweepRow> rows, bool words, SweepOptions options)
     {
         Console.WriteLine();
         Console.WriteLine($"Coefficient sweep: {options.Seeds} seeds × {options.MaxNewTokens} tokens, temperature {options.Temperature}, top-k {options.TopK}");
@@ -193,14 +158,6 @@ static class PersonaCommand
                 ? string.Create(CultureInfo.InvariantCulture, $"{CliSupport.Num(r.Coefficient, "G4"),6}  {CliSupport.Num(r.Mean, "F2"),8} ± {CliSupport.Num(r.Sd, "F2"),-5}  {CliSupport.Num(r.TraitWords, "F2"),11}  {CliSupport.Num(r.OppositeWords, "F2"),14}  {CliSupport.Num(r.Projection, "F3"),10}  {CliSupport.Num(r.LogProb, "F2"),14}  {sample}")
                 : string.Create(CultureInfo.InvariantCulture, $"{CliSupport.Num(r.Coefficient, "G4"),6}  {CliSupport.Num(r.Mean, "F3"),8} ± {CliSupport.Num(r.Sd, "F3"),-5}  {CliSupport.Num(r.LogProb, "F2"),14}  {sample}"));
         }
-    }
-
-    /// <summary>Mean projection of the continuation's tokens on the persona direction (read without steering).</summary>
-    static double TraitProjection(HookedTransformer m, PersonaVector persona, int[] prompt, int[] continuation)
-    {
-        if (continuation.Length == 0) return double.NaN;
-        var all = prompt.Concat(continuation).Take(m.Config.NCtx).ToArray();
-        return persona.Monitor(m, all).Projections.Skip(prompt.Length).Average();
     }
 
     internal static float[] ParseCoefficients(string text)
@@ -223,23 +180,6 @@ static class PersonaCommand
         var parts = spec.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         if (parts.Length != 2) throw InputError.Expected("argument", "--score-words", "TRAIT.txt,OPPOSITE.txt", spec);
         return WordScore.FromFiles(parts[0], parts[1]);
-    }
-
-    sealed record SampleRow(int Seed, string Text, double Score, int TraitWords, int OppositeWords, double Projection, double LogProb);
-
-    sealed record SweepRow(float Coefficient, double Mean, double Sd, double TraitWords, double OppositeWords, double Projection, double LogProb, IReadOnlyList<SampleRow> Samples)
-    {
-        public static SweepRow From(SweepPoint p, WordScore? words, HookedTransformer m, PersonaVector persona, int[] prompt)
-        {
-            var samples = p.Samples.Select(s =>
-            {
-                var (trait, opposite) = words?.Count(s.Text) ?? (0, 0);
-                return new SampleRow(s.Seed, s.Text, s.Score, trait, opposite, TraitProjection(m, persona, prompt, s.Tokens), s.LogProb);
-            }).ToArray();
-            static double Mean(IEnumerable<double> v) => v.Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average();
-            return new SweepRow(p.Coefficient, p.Mean, p.Sd, Mean(samples.Select(s => (double)s.TraitWords)), Mean(samples.Select(s => (double)s.OppositeWords)),
-                Mean(samples.Select(s => s.Projection)), Mean(samples.Select(s => s.LogProb)), samples);
-        }
     }
 
     /// <summary>Reports on the caller's thread so the bar moves in order.</summary>

@@ -12,20 +12,22 @@ static class ServeCommand
         var graphs = new Option<string?>("--graphs") { Description = "Folder of graph, circuit and patching JSON to list and serve (by id)" };
         var port = new Option<int>("--port") { Description = "TCP port", DefaultValueFactory = _ => 8765 };
         var host = new Option<string>("--host") { Description = "Address to bind; anything but loopback requires a token", DefaultValueFactory = _ => "127.0.0.1" };
+        var features = new Option<string[]>("--features") { Description = "Feature stores (features.db from `loupe features build`) or folders holding them, for the Features and Steering pages and the Graph page's dashboards (matched to a layer by the store's hook)", AllowMultipleArgumentsPerToken = true };
+        var sae = new Option<string?>("--sae") { Description = "The dictionary behind the feature stores, when a store does not record where its SAE is" };
         var token = new Option<string?>("--token") { Description = "Access token required on every request (generated and printed when binding beyond loopback without one)" };
         var openAi = new Option<bool>("--openai") { Description = "Also serve an OpenAI-compatible API under /v1 (completions, chat, streaming, logprobs, steering and monitors; docs/openai.md)" };
         var openAiOnly = new Option<bool>("--openai-only") { Description = "Serve only the OpenAI-compatible API under /v1" };
         var vectors = new Option<string?>("--vectors") { Description = "Folder of steering/persona/monitor vectors (.safetensors) and SAE folders that /v1 requests may use by id" };
         var transcoders = new Option<string?>("--transcoders") { Description = "Transcoders (as for loupe intervene) that let the Graph page ablate or scale features" };
-        var features = new Option<string[]>("--features") { Description = "Feature-store files (loupe features build) whose dashboards the Graph page shows; matched to a layer by the store's hook", AllowMultipleArgumentsPerToken = true };
         var command = new Command("serve",
             "Serve the web app and its JSON API (OpenAPI at /api/openapi.json) for one model. Binds to loopback by default.\n\n" +
             "Examples:\n" +
             "  loupe serve --model ../shared/models/stories260K\n" +
             "  loupe serve --model ../shared/models/stories260K --graphs graphs-out --port 9000\n" +
+            "  loupe serve --model ../shared/models/stories260K --features sae/features.db\n" +
             "  loupe serve --model ../shared/models/stories260K --host 0.0.0.0   (prints a generated token)\n" +
             "  loupe serve --model ../shared/models/stories260K --openai-only --vectors vectors/   (OpenAI-compatible API at /v1)")
-        { model, graphs, port, host, token, openAi, openAiOnly, vectors, transcoders, features };
+        { model, graphs, features, sae, port, host, token, openAi, openAiOnly, vectors, transcoders };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             int p = CliSupport.Int(parse, port, 0, 65535);
@@ -33,7 +35,7 @@ static class ServeCommand
             if (t is not null && t.Length < 16) throw InputError.Expected("argument", "--token", "at least 16 characters", $"{t.Length} characters");
             var options = new ServeOptions { Host = parse.GetValue(host)!, Port = p, Token = t, GraphsDir = parse.GetValue(graphs),
                 OpenAi = parse.GetValue(openAiOnly) ? OpenAiMode.Only : parse.GetValue(openAi) ? OpenAiMode.Beside : OpenAiMode.Off, VectorsDir = parse.GetValue(vectors),
-                TranscodersDir = parse.GetValue(transcoders), FeatureStores = parse.GetValue(features) ?? [] };
+                TranscodersDir = parse.GetValue(transcoders), FeatureStores = parse.GetValue(features) ?? [], SaePath = parse.GetValue(sae) };
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             var server = new ServeHost(m, options);
             try

@@ -62,21 +62,20 @@ static class SteerCommand
 
             var (direction, hookName, source) = ReadVector(m, parse.GetValue(vector), parse.GetValue(hook), parse.GetValue(contrastA), parse.GetValue(contrastB),
                 parse.GetValue(reduction)!, parse.GetValue(normalize));
-            IActivationEdit edit = remove ? new ProjectOut(hookName, direction, coefficient, where) : new SteeringVector(hookName, direction, coefficient, where);
-            var steered = ActivationEdits.Options(m, edit);
-            float norm = MathF.Sqrt(direction.Sum(x => x * x));
-            string what = remove ? $"project out {coefficient:G4} × the component along the {source} (‖v‖ = {norm:G4})"
-                : $"add {coefficient:G4} × the {source} (‖v‖ = {norm:G4}, ‖c·v‖ = {MathF.Abs(coefficient) * norm:G4})";
+            IActivationEdit edit = SteeringRun.Edit(hookName, direction, coefficient, remove, where);
+            ActivationEdits.Validate(m, edit);
+            float norm = SteeringRun.Norm(direction);
+            string what = SteeringRun.Describe(direction, coefficient, remove, source);
             Console.WriteLine($"Steering at {hookName}: {what}, positions {where}");
 
-            int n = Math.Min(maxNewTokens, m.Config.NCtx - input.Length);
+            int n = SteeringRun.NewTokens(m, input, maxNewTokens);
             if (k > 1 && temp == 0f) Console.Error.WriteLine("note: greedy decoding (--temperature 0) gives the same continuation for every sample");
             var rows = new List<SteerSample>();
             for (int i = 0; i < k; i++)
             {
                 int s = firstSeed + i;
                 var generation = new GenerationOptions(n, temp, topKValue, topPValue, s);
-                int[] plain = m.Generate([input], generation)[0], edited = m.Generate([input], generation, steered)[0];
+                int[] plain = SteeringRun.Continue(m, input, generation, null), edited = SteeringRun.Continue(m, input, generation, edit);
                 rows.Add(new SteerSample(s, Decode(m, plain), Decode(m, edited)));
                 Console.WriteLine();
                 Console.WriteLine($"[seed {s}] unsteered: {Decode(m, [.. input, .. plain])}");
@@ -135,11 +134,5 @@ static class SteerCommand
         return set;
     }
 
-    /// <summary>Decodes with the prompt in front, so the first new token keeps its leading space.</summary>
-    static string Decode(HookedTransformer m, int[] ids) => m.Tokenizer!.Decode(ids, skipSpecialTokens: true).ReplaceLineEndings(" ");
-
-    sealed record SteerSample(int Seed, string Unsteered, string Steered);
-
-    sealed record SteerReport(string Model, string Prompt, string Hook, string Vector, string Mode, float Coefficient, float VectorNorm,
-        string Positions, int MaxNewTokens, float Temperature, int TopK, float TopP, float[] Direction, IReadOnlyList<SteerSample> Samples);
+    static string Decode(HookedTransformer m, int[] ids) => SteeringRun.Decode(m, ids);
 }

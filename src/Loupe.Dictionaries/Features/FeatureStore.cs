@@ -300,6 +300,24 @@ public sealed class FeatureStore : IDisposable
             ("$f", feature), ("$k", kind));
     }
 
+    /// <summary>
+    /// Features whose top examples sit on <paramref name="tokenId"/> (the example token itself), with how many of
+    /// their top examples do and the largest such activation; most examples first.
+    /// </summary>
+    /// <exception cref="InputError">A negative token id or limit, or a damaged row.</exception>
+    public IReadOnlyList<(int Feature, int Examples, double MaxActivation)> FeaturesWithTopToken(int tokenId, int limit)
+    {
+        CheckCount(tokenId, "token");
+        CheckCount(limit, "limit");
+        return Query("examples", $"token {tokenId}", """
+            SELECT e.feature, COUNT(*), MAX(e.activation)
+            FROM examples e JOIN contexts c ON c.id = e.context_id
+            WHERE e.kind = 'top' AND json_extract(c.tokens, '$[' || e.position || ']') = $t
+            GROUP BY e.feature ORDER BY COUNT(*) DESC, MAX(e.activation) DESC, e.feature LIMIT $n
+            """,
+            r => (r.Int(0, "feature", 0, int.MaxValue), r.Int(1, "COUNT(*)", 0, int.MaxValue), r.Finite(2, "activation")), ("$t", tokenId), ("$n", limit));
+    }
+
     /// <summary>A token's text from the vocab table, or null when the store has none for it.</summary>
     public string? TokenText(int tokenId)
     {

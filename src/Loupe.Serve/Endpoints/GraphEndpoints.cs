@@ -101,12 +101,12 @@ public sealed record FeatureDashboardView(string Store, int Layer, int Feature, 
 /// <summary>The Graph page's API: graphs in compact form, feature dashboards beside a pinned node, and interventions.</summary>
 public static class GraphEndpoints
 {
-    public static void Map(WebApplication app, ModelGate gate, ServeOptions options, Workspace workspace)
+    public static void Map(WebApplication app, ModelGate gate, ServeOptions options, Workspace workspace, ServedStores served)
     {
         var model = gate.Model;
         var replacement = options.TranscodersDir is { } dir ? new ReplacementModel(model, MlpReplacements.Load(dir, model.Config.NLayers)) : null;
-        var stores = options.FeatureStores.Select(FeatureStore.Open).ToArray();
-        app.Lifetime.ApplicationStopped.Register(() => { foreach (var s in stores) s.Dispose(); });
+        // The stores --features serves (the Features page's too; they are disposed with the server).
+        var stores = served.All.Select(s => s.Store).ToArray();
 
         var api = app.MapGroup("/api/graph");
         api.MapGet("/capabilities", () => new GraphCapabilities(replacement is not null, replacement?.Transcoders.Layers ?? 0,

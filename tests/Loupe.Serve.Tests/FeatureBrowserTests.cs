@@ -1,0 +1,182 @@
+using System.Globalization;
+using System.Text.Json;
+using Loupe.Dictionaries.Features;
+using Loupe.Dictionaries.Sae;
+using Loupe.Models.Generation;
+using Loupe.Steering;
+using Loupe.Testing;
+using Microsoft.Playwright;
+using Xunit.Abstractions;
+
+namespace Loupe.Serve.Tests;
+
+/// <summary>The Features and Steering pages in Debian's Chromium against a real server on stories260K.</summary>
+public class FeatureBrowserTests(ITestOutputHelper output)
+{
+    static string Screenshot(string name)
+    {
+        string dir = Path.Combine(SharedData.RepoRoot, "TestResults", "screenshots");
+        Directory.CreateDirectory(dir);
+        return Path.Combine(dir, name);
+    }
+
+    static async Task<(IPlaywright, IBrowser, IPage, List<string>)> Open()
+    {
+        var playwright = await Playwright.CreateAsync();
+        var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
+        {
+            ExecutablePath = BrowserTests.Chromium,
+            Headless = true,
+            Args = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"],
+        });
+        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
+        var errors = new List<string>();
+        page.Console += (_, m) => { if (m.Type == "error") errors.Add(m.Text); };
+        page.PageError += (_, e) => errors.Add(e);
+        return (playwright, browser, page, errors);
+    }
+
+    [RequiresBrowserFact]
+    public async Task Features_page_shows_the_store_and_searches_by_text_and_token()
+    {
+        var model = Servers.Stories;
+        string storePath = FeatureStores.Real;
+        await using var host = await Servers.StartAsync(model, new ServeOptions { FeatureStores = [storePath] });
+        var (playwright, browser, page, errors) = await Open();
+        using var pw = playwright;
+        await using var chromium = browser;
+        using var store = FeatureStore.Open(storePath);
+        int f = store.Features("density", 1)[0].Feature;
+
+        await page.GotoAsync(new Uri(host.Url!, "/features").ToString());
+        await page.GetByTestId("feature-row").First.ClickAsync();
+        var dashboard = page.GetByTestId("dashboard");
+        await dashboard.WaitForAsync();
+        Assert.Equal(f.ToString(CultureInfo.InvariantCulture), await dashboard.GetAttributeAsync("data-feature"));
+        Assert.Contains($"feature={f}", page.Url);
+        Assert.Equal(store.Feature(f).MaxAct.ToString("F3", CultureInfo.InvariantCulture), await page.GetByTestId("stat-max-act").InnerTextAsync());
+        Assert.Contains(FeatureStores.ExplainedText, await page.GetByTestId("explanation").InnerTextAsync());
+        Assert.Contains("detection: acc 0.80", await page.GetByTestId("explanation").InnerTextAsync());
+
+        // Hover the first top example's own token: the status shows the stored activation.
+        var top = store.Examples(f, FeatureStoreSchema.Top, 1)[0];
+        var token = page.GetByTestId("top-examples").Locator(".example").First.Locator(".tok.here");
+        await token.HoverAsync();
+        Assert.Contains($"activation {top.Activation:F4}", await page.GetByTestId("token-status").InnerTextAsync());
+        // By keyboard: focus the example, → reads the next token's stored activation.
+        await page.GetByTestId("top-examples").Locator(".example").First.FocusAsync();
+        await page.Keyboard.PressAsync("ArrowRight");
+        if (top.Position + 1 < top.WindowStart + top.WindowActs.Length)
+            Assert.Contains($"position {top.Position + 1}): activation {top.WindowActs[top.Position + 1 - top.WindowStart]:F4}", await page.GetByTestId("token-status").InnerTextAsync());
+        Assert.Equal(store.Logits(f, FeatureStoreSchema.Promoted).Count + 1, await page.GetByTestId("logits").Locator("tr").CountAsync());
+        await page.ScreenshotAsync(new PageScreenshotOptions { Path = Screenshot("features.png"), FullPage = true });
+
+        // Which features fire here? The densest feature is active on the example token of its own top context.
+        var ids = top.ContextTokens[1..(top.Position + 1)];
+        string text = model.Tokenizer!.Decode(ids);
+        await page.GetByTestId("search-text").FillAsync(text);
+        await page.GetByTestId("search-text-run").ClickAsync();
+        await page.GetByTestId("active-features").Locator("[data-testid=feature-chip]").First.WaitForAsync();
+        var (dict, _) = DictionaryFile.Load(FeatureStores.SaeFolder);
+        int[] encoded = model.Tokenizer.Encode(text);
+        var expected = FeatureSearch.ActiveFeatures(model, dict, FeatureStores.Hook, encoded, 12)[^1];
+        var chips = page.GetByTestId("active-features").Locator("[data-testid=feature-chip]");
+        Assert.Equal(expected.Length, await chips.CountAsync());
+        Assert.Equal(expected[0].Feature.ToString(CultureInfo.InvariantCulture), await chips.First.GetAttributeAsync("data-feature"));
+        await page.ScreenshotAsync(new PageScreenshotOptions { Path = Screenshot("features-search.png"), FullPage = true });
+        await chips.First.ClickAsync();
+        await page.Locator($"[data-testid=dashboard][data-feature='{expected[0].Feature}']").WaitForAsync(); // (WaitForFunction would need eval, which the CSP forbids)
+
+        // By token.
+        await page.GetByTestId("search-token").FillAsync($"id:{top.ContextTokens[top.Position]}");
+        await page.GetByTestId("search-token-run").ClickAsync();
+        await page.Locator($"[data-testid=token-features] [data-feature='{f}']").WaitForAsync();
+        Assert.Empty(errors);
+    }
+
+    [RequiresBrowserFact]
+    public async Task A_65536_feature_dashboard_renders_in_under_a_second()
+    {
+        string path = FeatureStores.Big;
+        await using var host = await Servers.StartAsync(Servers.Stories, new ServeOptions { FeatureStores = [path] });
+        var (playwright, browser, page, errors) = await Open();
+        using var pw = playwright;
+        await using var chromium = browser;
+        using var client = Servers.Client(host);
+        string id = JsonDocument.Parse(await client.GetStringAsync("/api/features/stores")).RootElement[0].GetProperty("id").GetString()!;
+
+        // A shared URL opened cold: navigation start → dashboard on screen (the mark the page sets after rendering).
+        await page.GotoAsync(new Uri(host.Url!, "/features").ToString()); // assets cached, as for a returning user
+        await page.GotoAsync(new Uri(host.Url!, $"/features?store={id}&feature=65535").ToString());
+        await page.GetByTestId("dashboard").WaitForAsync();
+        double cold = await page.EvaluateAsync<double>("performance.getEntriesByName('feature-dashboard-rendered')[0].startTime");
+        // Clicking features in the list: click → rendered.
+        var clicks = new List<double>();
+        await page.GetByTestId("sort-max_act").ClickAsync();
+        for (int i = 0; i < 5; i++)
+        {
+            var row = page.GetByTestId("feature-row").Nth(i * 7);
+            string feature = (await row.GetAttributeAsync("data-feature"))!;
+            await row.ClickAsync();
+            await page.Locator($"[data-testid=dashboard][data-feature='{feature}']").WaitForAsync();
+            clicks.Add(double.Parse((await page.Locator(".dashboard").GetAttributeAsync("data-render-ms"))!, CultureInfo.InvariantCulture));
+        }
+        await page.GetByTestId("next-page").ClickAsync();
+        await page.GetByTestId("feature-row").First.WaitForAsync();
+        await page.ScreenshotAsync(new PageScreenshotOptions { Path = Screenshot("features-65536.png"), FullPage = false });
+        output.WriteLine($"65,536-feature store: first render of a shared dashboard URL {cold:F0} ms after navigation start; click → dashboard {string.Join(", ", clicks.Select(c => c.ToString("F0", CultureInfo.InvariantCulture)))} ms");
+        Assert.True(cold < 1000, $"first render took {cold:F0} ms");
+        Assert.All(clicks, c => Assert.True(c < 1000, $"{c:F0} ms"));
+        Assert.Empty(errors);
+    }
+
+    [RequiresBrowserFact]
+    public async Task Steering_page_streams_the_library_tokens_side_by_side()
+    {
+        var model = Servers.Stories;
+        Assert.True(File.Exists(FeatureStores.Real));
+        await using var host = await Servers.StartAsync(model, new ServeOptions { FeatureStores = [FeatureStores.SaeFolder], GraphsDir = FeatureStores.Artifacts });
+        var (playwright, browser, page, errors) = await Open();
+        using var pw = playwright;
+        await using var chromium = browser;
+
+        const string text = "Once upon a time, there was a little girl named Lily. She";
+        await page.GotoAsync(new Uri(host.Url!, "/steering").ToString());
+        await page.GetByTestId("steer-prompt").FillAsync(text);
+        await page.GetByTestId("steer-feature").FillAsync("5");
+        await page.GetByTestId("steer-coeff").FillAsync("10");
+        await page.GetByTestId("steer-n").FillAsync("30");
+        await page.GetByTestId("steer-run").ClickAsync();
+        await page.GetByTestId("tok-unsteered").First.WaitForAsync(); // tokens arrive one by one
+        await page.Locator("[data-testid=steer-status][data-done=true]").WaitForAsync();
+
+        int[] input = model.Tokenizer!.Encode(text);
+        var (dict, _) = DictionaryFile.Load(FeatureStores.SaeFolder);
+        int[] steered = SteeringRun.Continue(model, input, new GenerationOptions(30), SteeringRun.Edit(FeatureStores.Hook, dict.P.WDec.AsSpan(5 * 64, 64).ToArray(), 10f, false, SteeringPositions.All));
+        int[] plain = model.Generate([input], new GenerationOptions(30))[0];
+        async Task<int[]> Shown(string side) =>
+            [.. (await page.GetByTestId($"tok-{side}").EvaluateAllAsync<string[]>("els => els.map(e => e.dataset.id)")).Select(int.Parse)];
+        Assert.Equal(plain, await Shown("unsteered"));
+        Assert.Equal(steered, await Shown("steered"));
+        Assert.Contains("source=feature", page.Url);
+        await page.ScreenshotAsync(new PageScreenshotOptions { Path = Screenshot("steering.png"), FullPage = true });
+
+        // The persona vector file, and Stop.
+        await page.GetByTestId("steer-kind").SelectOptionAsync(new SelectOptionValue { Label = (await page.GetByTestId("steer-kind").Locator("option").Last.InnerTextAsync()).Trim() });
+        await page.GetByTestId("steer-n").FillAsync("200");
+        await page.GetByTestId("steer-run").ClickAsync();
+        await page.GetByTestId("steer-stop").ClickAsync(); // at once: this small model finishes 2 × 200 tokens in well under a second
+        Assert.Contains("stopped", await page.GetByTestId("steer-status").InnerTextAsync());
+        // A short persona run to the end shows each side's persona projection, as `loupe persona` scores it.
+        await page.GetByTestId("steer-n").FillAsync("12");
+        await page.GetByTestId("steer-run").ClickAsync();
+        await page.Locator("[data-testid=steer-status][data-done=true]").WaitForAsync();
+        var persona = PersonaVector.Load(Path.Combine(FeatureStores.Artifacts, "vectors", "persona.safetensors"));
+        int[] personaSteered = SteeringRun.Continue(model, input, new GenerationOptions(12), persona.Steer(10f));
+        double want = PersonaReport.TraitProjection(model, persona, input, personaSteered);
+        double shown = double.Parse((await page.GetByTestId("trait-steered").GetAttributeAsync("data-value"))!, CultureInfo.InvariantCulture);
+        Assert.InRange(shown, want - 1e-9 - 1e-9 * Math.Abs(want), want + 1e-9 + 1e-9 * Math.Abs(want));
+        await page.ScreenshotAsync(new PageScreenshotOptions { Path = Screenshot("steering-persona.png"), FullPage = true });
+        Assert.Empty(errors);
+    }
+}
