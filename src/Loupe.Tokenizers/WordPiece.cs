@@ -374,7 +374,9 @@ public sealed class WordPieceTokenizer : ITokenizer
     public static bool IsWordPieceJson(string path)
     {
         using var doc = TokenizerJson.ReadJson(path);
-        return doc.RootElement.TryGetProperty("model", out var m) && m.ValueKind == JsonValueKind.Object
+        // Anything but an object (even `null`) is not WordPiece; the BPE loader then refuses it with a message.
+        return doc.RootElement.ValueKind == JsonValueKind.Object
+            && doc.RootElement.TryGetProperty("model", out var m) && m.ValueKind == JsonValueKind.Object
             && m.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "WordPiece";
     }
 }

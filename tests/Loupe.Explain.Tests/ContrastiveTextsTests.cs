@@ -5,6 +5,7 @@ using Loupe.Testing;
 namespace Loupe.Explain.Tests;
 
 /// <summary>Contrastive texts from a concept description, through the real HTTP client against a scripted endpoint: written, judged, filtered, cached.</summary>
+[Collection("console")]
 public class ContrastiveTextsTests
 {
     static readonly string[] Sad = ["Tom lost his dog and cried all night.", "Lily was sad and alone.", "The bird was hurt and felt lonely.", "Ben sat in the rain, sad."];

@@ -3,6 +3,7 @@ using Loupe.Cli;
 namespace Loupe.Explain.Tests;
 
 /// <summary><c>loupe explain</c> and <c>loupe features top</c> in-process against the scripted server.</summary>
+[Collection("console")]
 public class ExplainCliTests
 {
     static readonly Lock s_console = new();
