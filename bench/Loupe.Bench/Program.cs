@@ -67,6 +67,16 @@ if (o.Verb == "attribution")
         });
     return runs.All(r => r.Status == "ok") ? 0 : 1;
 }
+if (o.Verb == "monitors")
+{
+    Report.Environment(Console.Out, EnvironmentInfo.Capture(), o);
+    Fixtures.Ensure(o.CacheRoot, o.Models, log);
+    var monitorModel = o.Models[0];
+    var monitorResult = MonitorBench.Run(monitorModel.Name, Fixtures.FolderOf(o.CacheRoot, monitorModel), o.Quick ? 32 : 100, o.Quick ? 2 : 5, log);
+    MonitorBench.Print(Console.Out, monitorResult);
+    if (o.JsonPath is { } monitorJson) Loupe.Reports.AtomicFile.WriteJson(monitorJson, new { result = monitorResult, overhead = monitorResult.Overhead });
+    return 0;
+}
 if (o.Verb == "eap")
 {
     Report.Environment(Console.Out, EnvironmentInfo.Capture(), o);
