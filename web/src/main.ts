@@ -10,14 +10,15 @@ import { steeringPage } from "./steering";
 
 export interface PageContext { model: ModelView | null; root: HTMLElement; navigate: (path: string) => void }
 
-interface Route { path: string; title: string; render: (ctx: PageContext) => void }
+/** `standalone`: the page needs nothing from /api/model, so it renders at once instead of after the model answers. */
+interface Route { path: string; title: string; render: (ctx: PageContext) => void; standalone?: boolean }
 
 const routes: Route[] = [
   { path: "/prompt", title: "Prompt", render: promptPage },
   { path: "/attention", title: "Attention", render: attentionPage },
   { path: "/features", title: "Features", render: featuresPage },
-  { path: "/graph", title: "Graph", render: graphPage },
-  { path: "/circuits", title: "Circuits", render: circuitsPage },
+  { path: "/graph", title: "Graph", render: graphPage, standalone: true },
+  { path: "/circuits", title: "Circuits", render: circuitsPage, standalone: true },
   { path: "/steering", title: "Steering", render: steeringPage },
 ];
 
@@ -37,10 +38,18 @@ function render(): void {
   const header = el("header", {},
     el("span", { class: "brand" }, "Loupe"),
     nav,
-    el("span", { class: "model", "data-testid": "model" }, model ? `${model.name} · ${model.family} · ${model.layers} layers × ${model.heads} heads · d_model ${model.d_model}` : "model: loading…"));
+    el("span", { class: "model", "data-testid": "model" }, modelLabel()));
   const main = el("main", { id: "main", tabindex: "-1" });
   app.replaceChildren(header, main);
   route.render({ model, root: main, navigate });
+}
+
+function modelLabel(): string {
+  return model ? `${model.name} · ${model.family} · ${model.layers} layers × ${model.heads} heads · d_model ${model.d_model}` : "model: loading…";
+}
+
+function currentRoute(): Route {
+  return routes.find(r => r.path === location.pathname) ?? routes[0];
 }
 
 function navigate(path: string): void {
@@ -52,4 +61,11 @@ function navigate(path: string): void {
 }
 
 window.addEventListener("popstate", render);
-api<ModelView>("/api/model").then(m => { model = m; render(); }, () => render());
+// Standalone pages (a large graph) start loading at once; the others wait for the model's description.
+if (currentRoute().standalone) render();
+api<ModelView>("/api/model").then(m => {
+  model = m;
+  const label = document.querySelector<HTMLElement>('[data-testid="model"]');
+  if (currentRoute().standalone && label) label.textContent = modelLabel();
+  else render();
+}, () => { if (!currentRoute().standalone) render(); });
