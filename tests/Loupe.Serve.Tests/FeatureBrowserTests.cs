@@ -13,28 +13,9 @@ namespace Loupe.Serve.Tests;
 /// <summary>The Features and Steering pages in Debian's Chromium against a real server on stories260K.</summary>
 public class FeatureBrowserTests(ITestOutputHelper output)
 {
-    static string Screenshot(string name)
-    {
-        string dir = Path.Combine(SharedData.RepoRoot, "TestResults", "screenshots");
-        Directory.CreateDirectory(dir);
-        return Path.Combine(dir, name);
-    }
+    static string Screenshot(string name) => Browser.Screenshot(name);
 
-    static async Task<(IPlaywright, IBrowser, IPage, List<string>)> Open()
-    {
-        var playwright = await Playwright.CreateAsync();
-        var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
-        {
-            ExecutablePath = BrowserTests.Chromium,
-            Headless = true,
-            Args = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"],
-        });
-        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
-        var errors = new List<string>();
-        page.Console += (_, m) => { if (m.Type == "error") errors.Add(m.Text); };
-        page.PageError += (_, e) => errors.Add(e);
-        return (playwright, browser, page, errors);
-    }
+    static Task<(IPlaywright, IBrowser, IPage, List<string>)> Open() => Browser.OpenAsync();
 
     [RequiresBrowserFact]
     public async Task Features_page_shows_the_store_and_searches_by_text_and_token()

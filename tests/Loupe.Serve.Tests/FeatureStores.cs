@@ -27,7 +27,9 @@ static class FeatureStores
     static readonly Lazy<string> s_artifacts = new(BuildArtifacts);
 
     public static string Real => s_real.Value;
-    public static string SaeFolder => Path.Combine(s_root, "sae");
+    /// <summary>The folder of the real store's SAE and store (built on first use, like <see cref="Real"/>).</summary>
+    public static string SaeFolder { get { _ = Real; return RealFolder; } }
+    static string RealFolder => Path.Combine(s_root, "sae");
     public static string Big => s_big.Value;
     /// <summary>A --graphs folder with <c>vectors/persona.safetensors</c> (hook and direction: <see cref="PersonaDirection"/>).</summary>
     public static string Artifacts => s_artifacts.Value;
@@ -47,11 +49,11 @@ static class FeatureStores
         dict.Initialize(seed: 7, decoderNorm: 1f);
         for (int f = 0; f < RealDSae; f++) dict.P.BEnc[f] = -0.3f - 0.05f * f; // sparse, from common to rare
         var config = new SaeLensConfig { DIn = 64, DSae = RealDSae, DOut = 64, HookName = Hook, ApplyBDecToInput = false };
-        SaeLensFormat.Save(SaeFolder, dict, config);
+        SaeLensFormat.Save(RealFolder, dict, config);
         var contexts = ContextBuilder.ForModel(model, new ModelSampledSource(model, 40, 40, seed: 1), 32, seed: 1, maxContexts: 40);
-        string path = Path.Combine(SaeFolder, FeatureStoreSchema.DefaultFileName);
+        string path = Path.Combine(RealFolder, FeatureStoreSchema.DefaultFileName);
         FeatureDashboardBuilder.Build(model, dict, config, contexts, path,
-            new FeatureBuildOptions { TopK = 8, Quantiles = 3, QuantileSamples = 3, Window = 6, LogitCount = 5 }, SaeFolder);
+            new FeatureBuildOptions { TopK = 8, Quantiles = 3, QuantileSamples = 3, Window = 6, LogitCount = 5 }, RealFolder);
         // An explanation with scores, as `loupe explain` stores it, for the densest feature.
         int densest;
         using (var store = FeatureStore.Open(path)) densest = store.Features("density", 1)[0].Feature;

@@ -11,28 +11,9 @@ namespace Loupe.Serve.Tests;
 /// <summary>The Graph and Circuits pages in Debian's Chromium: click through, compare shown numbers with the library, measure the 20,000-node graph.</summary>
 public class GraphBrowserTests(ITestOutputHelper output)
 {
-    static string Screenshot(string name)
-    {
-        string dir = Path.Combine(SharedData.RepoRoot, "TestResults", "screenshots");
-        Directory.CreateDirectory(dir);
-        return Path.Combine(dir, name);
-    }
+    static string Screenshot(string name) => Browser.Screenshot(name);
 
-    static async Task<(IPlaywright, IBrowser, IPage, List<string>)> Open()
-    {
-        var playwright = await Playwright.CreateAsync();
-        var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
-        {
-            ExecutablePath = BrowserTests.Chromium,
-            Headless = true,
-            Args = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"],
-        });
-        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
-        var errors = new List<string>();
-        page.Console += (_, m) => { if (m.Type == "error") errors.Add(m.Text); };
-        page.PageError += (_, e) => errors.Add(e);
-        return (playwright, browser, page, errors);
-    }
+    static Task<(IPlaywright, IBrowser, IPage, List<string>)> Open() => Browser.OpenAsync();
 
     static async Task<(double X, double Y)> NodeOnPage(IPage page, string nodeId)
     {
