@@ -90,17 +90,20 @@ public sealed class CircuitEvaluator
         // Per copy: destination slot → removed sources; per copy and source: act(corrupted) − act(this run), once it is known.
         var removed = new Dictionary<int, List<int>>[count];
         var pending = new Dictionary<int, float[]>[count];
+        var removedFrom = new HashSet<int>[count]; // per copy: sources with at least one removed edge
         var neededSources = new HashSet<int>();
         for (int c = 0; c < count; c++)
         {
             removed[c] = [];
             pending[c] = [];
+            removedFrom[c] = [];
             foreach (int e in copies[c])
             {
                 var edge = _graph.Edges[e];
                 if (!removed[c].TryGetValue(edge.Destination, out var list)) removed[c][edge.Destination] = list = [];
                 list.Add(edge.Source);
                 neededSources.Add(edge.Source);
+                removedFrom[c].Add(edge.Source);
             }
         }
         float[]? Correction(int c, int slot)
@@ -132,7 +135,7 @@ public sealed class CircuitEvaluator
                     var corrupted = _setup.CorruptedOutput(s);
                     for (int c = 0; c < count; c++)
                     {
-                        if (!copies[c].Any(e => _graph.Edges[e].Source == s)) continue;
+                        if (!removedFrom[c].Contains(s)) continue;
                         var diff = new float[n];
                         EdgeSetup.ReadOutput(_graph.Sources[s], span.Slice(c * stride, stride), rows, D, H, diff);
                         for (int i = 0; i < n; i++) diff[i] = corrupted[i] - diff[i];
