@@ -33,10 +33,10 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts)
 
     readonly Lock _gate = new();
 
-    [McpServerTool(Name = "list_artifacts", ReadOnly = true), Description("The files this server was started with, by name and kind (sae, transcoders, feature_store, vector, persona_vector, concept_monitor). Other tools take these names, never paths.")]
+    [McpServerTool(Name = "list_artifacts", ReadOnly = true, UseStructuredContent = true), Description("The files this server was started with, by name and kind (sae, transcoders, feature_store, vector, persona_vector, concept_monitor). Other tools take these names, never paths.")]
     public IReadOnlyList<Artifact> ListArtifacts() => artifacts.All;
 
-    [McpServerTool(Name = "model_info", ReadOnly = true), Description("The loaded model: architecture, sizes, and every hook point with its axes (the names cache_hook and steer take).")]
+    [McpServerTool(Name = "model_info", ReadOnly = true, UseStructuredContent = true), Description("The loaded model: architecture, sizes, and every hook point with its axes (the names cache_hook and steer take).")]
     public ModelInfo ModelInfo() => Guard(() =>
     {
         var c = model.Config;
@@ -45,7 +45,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts)
             [.. model.HookPoints.Select(h => new HookInfo(h.Name, h.Layer, h.Axes, h.Sizes))]);
     });
 
-    [McpServerTool(Name = "run", ReadOnly = true), Description("Run the model on a prompt (or token ids) and return the top-k next tokens with probabilities; optionally a greedy continuation.")]
+    [McpServerTool(Name = "run", ReadOnly = true, UseStructuredContent = true), Description("Run the model on a prompt (or token ids) and return the top-k next tokens with probabilities; optionally a greedy continuation.")]
     public RunResult Run(
         [Description("Text to run, tokenized with the model's tokenizer (BOS as its template says). Give this or tokens.")] string? prompt = null,
         [Description("Raw token ids instead of a prompt (no BOS added).")] int[]? tokens = null,
@@ -63,7 +63,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts)
             continuation is null || model.Tokenizer is null ? null : model.Tokenizer.Decode(continuation, skipSpecialTokens: true));
     });
 
-    [McpServerTool(Name = "cache_hook", ReadOnly = true), Description("Run a prompt and read one hook point's activation: its shape and summary statistics (mean, std, min, max, L2 norm), and optionally its values at one position.")]
+    [McpServerTool(Name = "cache_hook", ReadOnly = true, UseStructuredContent = true), Description("Run a prompt and read one hook point's activation: its shape and summary statistics (mean, std, min, max, L2 norm), and optionally its values at one position.")]
     public CacheResult CacheHook(
         [Description("A hook point name from model_info, e.g. blocks.0.hook_resid_post.")] string hook,
         [Description("Text to run. Give this or tokens.")] string? prompt = null,
@@ -90,7 +90,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts)
         return new CacheResult(hook, ids, point.Axes, shape, Stats(data), pos, values);
     });
 
-    [McpServerTool(Name = "patch", ReadOnly = true), Description("Activation patching over resid_pre (layer × position): run the clean and corrupt prompts, patch each clean activation into the corrupt run, and measure logit(answer) − logit(wrong) at the last position (log p(answer) without wrong). Normalized 1 = clean behaviour restored.")]
+    [McpServerTool(Name = "patch", ReadOnly = true, UseStructuredContent = true), Description("Activation patching over resid_pre (layer × position): run the clean and corrupt prompts, patch each clean activation into the corrupt run, and measure logit(answer) − logit(wrong) at the last position (log p(answer) without wrong). Normalized 1 = clean behaviour restored.")]
     public PatchResult Patch(
         [Description("The clean prompt (or give cleanTokens).")] string? clean = null,
         [Description("The corrupt prompt; must tokenize to as many tokens as the clean one (or give corruptTokens).")] string? corrupt = null,
@@ -114,12 +114,12 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts)
             new PatchOptions { LastPositionLogitsOnly = true });
         var normalized = result.Normalized;
         var cells = result.Cells.Select((c, i) => new PatchCellResult(c.Layer, c.Position, Text(cleanIds[c.Position]) ?? cleanIds[c.Position].ToString(System.Globalization.CultureInfo.InvariantCulture),
-            result.Values[i], normalized[i])).ToArray();
+            result.Values[i], double.IsFinite(normalized[i]) ? normalized[i] : null)).ToArray();
         return new PatchResult(metric.Name, result.CleanValue, result.CorruptValue, model.Config.NLayers, cleanIds.Length, cells,
-            [.. cells.OrderByDescending(c => double.IsFinite(c.Normalized) ? c.Normalized : double.NegativeInfinity).Take(top)], result.ForwardPasses);
+            [.. cells.OrderByDescending(c => c.Normalized ?? double.NegativeInfinity).Take(top)], result.ForwardPasses);
     });
 
-    [McpServerTool(Name = "attribute", ReadOnly = true), Description("An attribution graph of a prompt through the served transcoders: its logit targets, the features with most influence on the logits, and the strongest path of direct effects into the top logit. Needs the server started with --transcoders.")]
+    [McpServerTool(Name = "attribute", ReadOnly = true, UseStructuredContent = true), Description("An attribution graph of a prompt through the served transcoders: its logit targets, the features with most influence on the logits, and the strongest path of direct effects into the top logit. Needs the server started with --transcoders.")]
     public AttributeResult Attribute(
         [Description("Text to trace. Give this or tokens.")] string? prompt = null,
         [Description("Raw token ids instead of a prompt.")] int[]? tokens = null,
@@ -177,7 +177,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts)
         return path;
     }
 
-    [McpServerTool(Name = "feature_lookup", ReadOnly = true), Description("A feature of a served feature store: density, activation range, top examples as text with the activating token marked «thus», promoted and suppressed tokens, and stored explanations with their scores.")]
+    [McpServerTool(Name = "feature_lookup", ReadOnly = true, UseStructuredContent = true), Description("A feature of a served feature store: density, activation range, top examples as text with the activating token marked «thus», promoted and suppressed tokens, and stored explanations with their scores.")]
     public FeatureLookupResult FeatureLookup(
         [Description("A feature store's name from list_artifacts (an SAE's name when its folder has features.db).")] string store,
         [Description("The feature index (0..d_sae−1).")] int feature,
@@ -201,10 +201,10 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts)
         return new FeatureLookupResult(store, db.Hook, feature, s.NActive, s.Density, s.MaxAct, s.MeanAct, s.DecoderNorm, tops,
             [.. db.Logits(feature, FeatureStoreSchema.Promoted).Take(tokens).Select(Row)],
             [.. db.Logits(feature, FeatureStoreSchema.Suppressed).Take(tokens).Select(Row)],
-            [.. db.Explanations(feature).Select(x => new ExplanationResult(x.ExplainerModel, x.Text, x.Scores))]);
+            [.. db.Explanations(feature).Select(x => new ExplanationResult(x.ExplainerModel, x.Text, FiniteScores(x.Scores)))]);
     });
 
-    [McpServerTool(Name = "steer", ReadOnly = true), Description("Greedy continuations of a prompt with and without coefficient × a direction added at a hook on every position: an SAE feature's decoder direction (sae + feature) or a served vector file (vector).")]
+    [McpServerTool(Name = "steer", ReadOnly = true, UseStructuredContent = true), Description("Greedy continuations of a prompt with and without coefficient × a direction added at a hook on every position: an SAE feature's decoder direction (sae + feature) or a served vector file (vector).")]
     public SteerResult Steer(
         [Description("Steering strength: coefficient × the direction is added (negative steers away).")] float coefficient,
         [Description("Text to continue. Give this or tokens.")] string? prompt = null,
@@ -254,7 +254,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts)
         return new SteerResult(hookName, source, coefficient, norm, ids, Decode([.. ids, .. plain]), Decode([.. ids, .. steered]), plain, steered);
     });
 
-    [McpServerTool(Name = "monitor", ReadOnly = true), Description("Read a prompt (and optionally its greedy continuation) with a served concept monitor or persona vector: the projection of every token's activation on its direction, their mean, the threshold and whether the text is flagged.")]
+    [McpServerTool(Name = "monitor", ReadOnly = true, UseStructuredContent = true), Description("Read a prompt (and optionally its greedy continuation) with a served concept monitor or persona vector: the projection of every token's activation on its direction, their mean, the threshold and whether the text is flagged.")]
     public MonitorResult Monitor(
         [Description("A served concept monitor or persona vector's name from list_artifacts.")] string monitor,
         [Description("The text to read (or to continue). Give this or tokens.")] string? prompt = null,
@@ -282,6 +282,10 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts)
             [.. reading.Tokens.Select((id, i) => new TokenProjection(id, Text(id), reading.Projections[i]))],
             reading.Mean, reading.Threshold, reading.ExpressesTrait, generated);
     });
+
+    /// <summary>The scores without undefined metrics (an AUROC without logprobs is NaN, which JSON cannot carry).</summary>
+    static IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> FiniteScores(IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> scores) =>
+        scores.ToDictionary(s => s.Key, s => (IReadOnlyDictionary<string, double>)s.Value.Where(m => double.IsFinite(m.Value)).ToDictionary(m => m.Key, m => m.Value));
 
     /// <summary>Runs a tool body on the model, one call at a time; bad input becomes a tool error with its message.</summary>
     T Guard<T>(Func<T> body)

@@ -23,8 +23,11 @@ public sealed record ActivationStats(long Count, double Mean, double Std, double
 public sealed record CacheResult(string Hook, int[] Tokens, IReadOnlyList<string> Axes, int[] Shape, ActivationStats Stats,
     int? Position, float[]? ValuesAtPosition);
 
-/// <summary>One cell of a patching sweep: layer, position, the metric with the patch, and it normalised ((m − corrupt)/(clean − corrupt)).</summary>
-public sealed record PatchCellResult(int Layer, int Position, string PositionToken, double Value, double Normalized);
+/// <summary>
+/// One cell of a patching sweep: layer, position, the metric with the patch, and it normalised ((m − corrupt)/(clean − corrupt);
+/// null when clean and corrupt give the same metric, so there is nothing to restore).
+/// </summary>
+public sealed record PatchCellResult(int Layer, int Position, string PositionToken, double Value, double? Normalized);
 
 /// <summary>What <c>patch</c> returns: the metric on the clean and corrupt runs, every resid_pre cell, and the top cells.</summary>
 public sealed record PatchResult(string Metric, double CleanValue, double CorruptValue, int Layers, int Positions,

@@ -31,6 +31,10 @@ public sealed class McpToolTests(McpFixture f) : IClassFixture<McpFixture>
         foreach (var p in new[] { "prompt", "tokens", "topK", "maxNewTokens" }) Assert.True(run.GetProperty("properties").TryGetProperty(p, out _), p);
         Assert.Contains("hook", byName["cache_hook"].JsonSchema.GetProperty("required").EnumerateArray().Select(r => r.GetString()));
         Assert.False(string.IsNullOrWhiteSpace(byName["patch"].Description));
+        // Typed outputs: each tool advertises the schema of its JSON result.
+        var output = byName["run"].ProtocolTool.OutputSchema;
+        Assert.NotNull(output);
+        Assert.True(output.Value.GetProperty("properties").TryGetProperty("topNextTokens", out _), output.Value.GetRawText());
     }
 
     [Fact]
@@ -101,7 +105,12 @@ public sealed class McpToolTests(McpFixture f) : IClassFixture<McpFixture>
             Assert.Equal(expected.Cells[i].Layer, cells[i].GetProperty("layer").GetInt32());
             Assert.Equal(expected.Cells[i].Position, cells[i].GetProperty("position").GetInt32());
             Close(expected.Values[i], cells[i].GetProperty("value").GetDouble(), 1e-4);
+            Close(expected.Normalized[i], cells[i].GetProperty("normalized").GetDouble(), 1e-3);
         }
+
+        // Identical prompts: nothing to restore, so no normalised value (JSON has no NaN) — and still an answer.
+        reply = await Call(f.Client, "patch", new() { ["cleanTokens"] = Tokens, ["corruptTokens"] = Tokens, ["answerId"] = 17, ["wrongId"] = 42 });
+        Assert.All(reply.GetProperty("cells").EnumerateArray(), c => Assert.True(!c.TryGetProperty("normalized", out var n) || n.ValueKind == JsonValueKind.Null));
     }
 
     [Fact]
