@@ -1,0 +1,64 @@
+namespace Loupe.Mcp;
+
+// The tools' outputs: plain records, serialised to JSON for the client (camelCase). Doubles that can be
+// undefined (an empty mean) are nullable, since JSON has no NaN.
+
+/// <summary>A hook point: its name, block (−1 outside blocks), axes and the sizes the model fixes (null where the run does).</summary>
+public sealed record HookInfo(string Name, int Layer, IReadOnlyList<string> Axes, IReadOnlyList<int?> Sizes);
+
+/// <summary>What <c>model_info</c> returns.</summary>
+public sealed record ModelInfo(string Source, string Architecture, int Layers, int DModel, int Heads, int DHead, int DMlp,
+    int DVocab, int DVocabOut, int NCtx, bool HasTokenizer, string WeightProcessing, IReadOnlyList<HookInfo> HookPoints);
+
+/// <summary>A token with its text (null without a tokenizer) and a probability or value.</summary>
+public sealed record TokenScore(int Id, string? Text, double Value);
+
+/// <summary>What <c>run</c> returns: the prompt's tokens, the top next tokens by probability, and the greedy continuation when asked.</summary>
+public sealed record RunResult(int[] Tokens, IReadOnlyList<TokenScore> TopNextTokens, int[]? Continuation, string? ContinuationText);
+
+/// <summary>Summary statistics of an activation.</summary>
+public sealed record ActivationStats(long Count, double Mean, double Std, double Min, double Max, double L2Norm);
+
+/// <summary>What <c>cache_hook</c> returns: the activation's shape, statistics and, when asked, its values at one position.</summary>
+public sealed record CacheResult(string Hook, int[] Tokens, IReadOnlyList<string> Axes, int[] Shape, ActivationStats Stats,
+    int? Position, float[]? ValuesAtPosition);
+
+/// <summary>
+/// One cell of a patching sweep: layer, position, the metric with the patch, and it normalised ((m − corrupt)/(clean − corrupt);
+/// null when clean and corrupt give the same metric, so there is nothing to restore).
+/// </summary>
+public sealed record PatchCellResult(int Layer, int Position, string PositionToken, double Value, double? Normalized);
+
+/// <summary>What <c>patch</c> returns: the metric on the clean and corrupt runs, every resid_pre cell, and the top cells.</summary>
+public sealed record PatchResult(string Metric, double CleanValue, double CorruptValue, int Layers, int Positions,
+    IReadOnlyList<PatchCellResult> Cells, IReadOnlyList<PatchCellResult> TopCells, int ForwardPasses);
+
+/// <summary>A node of an attribution graph: feature, error, token or logit, with its layer, position, index and influence on the logits.</summary>
+public sealed record GraphNodeResult(string Id, string Kind, int Layer, int Position, int Index, double Value, double Influence, string? Token);
+
+/// <summary>What <c>attribute</c> returns: the graph's size, its logit targets, the most influential features and the strongest path into the top logit.</summary>
+public sealed record AttributeResult(int[] Tokens, int ActiveFeatures, int FeatureNodes, int KeptNodes, long KeptEdges,
+    IReadOnlyList<TokenScore> LogitTargets, IReadOnlyList<GraphNodeResult> TopFeatures, IReadOnlyList<GraphNodeResult> PathToTopLogit,
+    double ReplacementScore, double CompletenessScore);
+
+/// <summary>A feature example: the activating token marked «thus» in its window, the activation and where it is.</summary>
+public sealed record FeatureExampleResult(string Text, double Activation, int ContextId, int Position, string Kind, int? Bin);
+
+/// <summary>A stored explanation of a feature and its scores.</summary>
+public sealed record ExplanationResult(string ExplainerModel, string Text, IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> Scores);
+
+/// <summary>What <c>feature_lookup</c> returns.</summary>
+public sealed record FeatureLookupResult(string Store, string Hook, int Feature, long NActive, double Density, double MaxActivation, double? MeanActivation,
+    double DecoderNorm, IReadOnlyList<FeatureExampleResult> TopExamples, IReadOnlyList<TokenScore> PromotedTokens,
+    IReadOnlyList<TokenScore> SuppressedTokens, IReadOnlyList<ExplanationResult> Explanations);
+
+/// <summary>What <c>steer</c> returns: the edit and both greedy continuations.</summary>
+public sealed record SteerResult(string Hook, string Source, float Coefficient, double VectorNorm, int[] Tokens,
+    string Unsteered, string Steered, int[] UnsteeredTokens, int[] SteeredTokens);
+
+/// <summary>A token and the monitor's projection on it.</summary>
+public sealed record TokenProjection(int Id, string? Text, double Projection);
+
+/// <summary>What <c>monitor</c> returns: per-token projections, their mean, the threshold and the verdict.</summary>
+public sealed record MonitorResult(string Monitor, string Kind, string Hook, string? Concept, IReadOnlyList<TokenProjection> Tokens,
+    double Mean, double Threshold, bool Flagged, string? Generated);
