@@ -79,8 +79,21 @@ public sealed record ModelConfig
 public sealed record RopeScaling(string Type, double Factor, double LowFreqFactor = 1, double HighFreqFactor = 4, int OriginalMaxPositions = 8192)
 {
     /// <summary>The scaled inverse frequencies, in HF's float32 arithmetic.</summary>
+    /// <summary>
+    /// Dynamic NTK scaling (Hugging Face's <c>dynamic</c>): for a pass over <paramref name="length"/> positions beyond
+    /// <see cref="OriginalMaxPositions"/> the base grows to <c>θ·(factor·length/original − (factor − 1))^(d/(d−2))</c> and the
+    /// default frequencies are recomputed from it; null for other types or for shorter passes (the default frequencies).
+    /// </summary>
+    public float[]? DynamicInverseFrequencies(int rotaryDim, double theta, int length)
+    {
+        if (Type != "dynamic" || length <= OriginalMaxPositions) return null;
+        double scaled = theta * Math.Pow(Factor * length / OriginalMaxPositions - (Factor - 1), (double)rotaryDim / (rotaryDim - 2));
+        return Loupe.Tensors.Kernels.RotaryTable.DefaultInverseFrequencies(rotaryDim, scaled);
+    }
+
     public float[] Apply(float[] invFreq)
     {
+        if (Type == "dynamic") return invFreq; // up to the original context the frequencies are the default ones
         var scaled = new float[invFreq.Length];
         float factor = (float)Factor;
         if (Type == "linear")

@@ -72,10 +72,11 @@ static class HfDecoderWeights
     }
 
     /// <summary>
-    /// Llama-lineage rope_scaling: <c>linear</c> (factor) and <c>llama3</c> (factor, low_freq_factor, high_freq_factor,
-    /// original_max_position_embeddings), as Hugging Face computes them; null when unscaled.
+    /// Llama-lineage rope_scaling: <c>linear</c> (factor), <c>dynamic</c> (factor; NTK-aware, by sequence length) and
+    /// <c>llama3</c> (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings), as Hugging Face
+    /// computes them; null when unscaled.
     /// </summary>
-    /// <exception cref="InputError">Another type (dynamic, yarn, longrope… are refused, not approximated), or a field missing or out of range.</exception>
+    /// <exception cref="InputError">Another type (yarn, longrope… are refused, not approximated), or a field missing or out of range.</exception>
     public static RopeScaling? RopeScalingOf(HfConfig c)
     {
         if (RopeScalingType(c) is not { } type) return null;
@@ -92,6 +93,9 @@ static class HfDecoderWeights
         {
             case "linear":
                 return new RopeScaling("linear", Number("factor", 1));
+            case "dynamic":
+                // HF's dynamic NTK: the original context is max_position_embeddings; beyond it the base grows with the length.
+                return new RopeScaling("dynamic", Number("factor", 1), OriginalMaxPositions: c.Int("max_position_embeddings", 1, HfConfig.MaxContext));
             case "llama3":
                 double factor = Number("factor", 1), low = Number("low_freq_factor", 0), high = Number("high_freq_factor", 0);
                 double original = Number("original_max_position_embeddings", 1);
@@ -99,7 +103,7 @@ static class HfDecoderWeights
                 if (original > int.MaxValue || original != Math.Floor(original)) throw c.Invalid("rope_scaling.original_max_position_embeddings", $"expected a whole number, found {original}");
                 return new RopeScaling("llama3", factor, low, high, (int)original);
             default:
-                throw c.Invalid("rope_scaling", $"type '{type}' is not supported yet (Loupe implements linear and llama3; dynamic, yarn and longrope would change with the sequence length or attention scale)");
+                throw c.Invalid("rope_scaling", $"type '{type}' is not supported yet (Loupe implements linear, dynamic and llama3; yarn and longrope change the attention scale too)");
         }
     }
 

@@ -27,7 +27,11 @@ public sealed class LlamaModel : HookedTransformer
         int L = cfg.NLayers;
         WE = w.Get("model.embed_tokens.weight", cfg.DVocab, cfg.DModel);
         var inverse = RotaryTable.DefaultInverseFrequencies(cfg.RotaryDim, cfg.RotaryBase);
-        var rotary = new RotaryTable(cfg.RotaryDim, cfg.RopeScaling?.Apply(inverse) ?? inverse, cfg.NCtx);
+        var scaling = cfg.RopeScaling;
+        var rotary = new RotaryTable(cfg.RotaryDim, scaling?.Apply(inverse) ?? inverse, cfg.NCtx)
+        {
+            LengthDependent = scaling is { Type: "dynamic" } ? length => scaling.DynamicInverseFrequencies(cfg.RotaryDim, cfg.RotaryBase, length) : null,
+        };
         _ln1 = new Norm[L]; _ln2 = new Norm[L]; _attn = new AttentionLayer[L]; _mlp = new MlpLayer[L];
         for (int l = 0; l < L; l++)
         {
@@ -47,6 +51,7 @@ public sealed class LlamaModel : HookedTransformer
     internal static LlamaModel Load(string modelType, HfConfig c, WeightSource w, IComputeBackend? backend)
     {
         var (d, h, kv, dh, layers, dMlp, vocab, nCtx) = HfDecoderWeights.Sizes(c);
+        var scaling = HfDecoderWeights.RopeScalingOf(c);
         // Mistral always slides when sliding_window is set; Qwen2 only with use_sliding_window.
         int window = modelType switch
         {
@@ -66,7 +71,8 @@ public sealed class LlamaModel : HookedTransformer
             DHead = dh,
             DMlp = dMlp,
             DVocab = vocab,
-            NCtx = nCtx,
+            // Dynamic NTK scaling exists to run past max_position_embeddings: Loupe accepts up to factor × that.
+            NCtx = scaling is { Type: "dynamic" } ? (int)Math.Min(HfConfig.MaxContext, nCtx * scaling.Factor) : nCtx,
             ActFn = HfDecoderWeights.Activation(c, "hidden_act", c.String("hidden_act") ?? "silu"),
             GatedMlp = true,
             QkNorm = modelType == "qwen3",
@@ -74,7 +80,7 @@ public sealed class LlamaModel : HookedTransformer
             NormEps = HfDecoderWeights.NormEps(c, "rms_norm_eps", 1e-6),
             RotaryDim = dh,
             RotaryBase = HfDecoderWeights.RopeTheta(c, scalingHandled: true),
-            RopeScaling = HfDecoderWeights.RopeScalingOf(c),
+            RopeScaling = scaling,
             AttnScale = 1f / MathF.Sqrt(dh),
             SlidingWindow = window,
             BosTokenId = HfDecoderWeights.TokenId(c, "bos_token_id", vocab),

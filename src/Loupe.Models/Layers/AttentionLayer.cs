@@ -99,10 +99,11 @@ public sealed class AttentionLayer
         {
             // hook_q/hook_k see the projections; hook_rot_q/hook_rot_k what enters the dot product.
             q = q.Clone();
-            be.Rotary(Rotary, q, rows, NHeads, DHead, ctx.Positions);
+            var rotary = RotaryFor(ctx);
+            be.Rotary(rotary, q, rows, NHeads, DHead, ctx.Positions);
             q = ctx.Hook(Names.RotQ, Layer, q);
             k = k.Clone();
-            be.Rotary(Rotary, k, rows, NKvHeads, DHead, ctx.Positions);
+            be.Rotary(rotary, k, rows, NKvHeads, DHead, ctx.Positions);
             k = ctx.Hook(Names.RotK, Layer, k);
         }
 
@@ -223,9 +224,9 @@ public sealed class AttentionLayer
         {
             // Forward: rot = R(pos)·x ⇒ dx = R(pos)ᵀ·d rot = R(−pos)·d rot.
             dq = ctx.GradHook(Names.RotQ, Layer, dq).Clone();
-            be.Rotary(Rotary, dq, rows, NHeads, DHead, ctx.Positions, inverse: true);
+            be.Rotary(RotaryFor(ctx), dq, rows, NHeads, DHead, ctx.Positions, inverse: true);
             dk = ctx.GradHook(Names.RotK, Layer, dk).Clone();
-            be.Rotary(Rotary, dk, rows, NKvHeads, DHead, ctx.Positions, inverse: true);
+            be.Rotary(RotaryFor(ctx), dk, rows, NKvHeads, DHead, ctx.Positions, inverse: true);
         }
         if (QNorm is not null) dq = QNorm.Backward(ctx, Layer, dq);
         if (KNorm is not null) dk = KNorm.Backward(ctx, Layer, dk);
@@ -246,6 +247,18 @@ public sealed class AttentionLayer
         CopyFused(be, dFused, rows, dq, dk, dv, toFused: true);
         Qkv.BackwardInput(be, dFused, rows, dx);
         return dx;
+    }
+
+    /// <summary>
+    /// The rotary table of this pass: fixed, or for length-dependent frequencies (dynamic NTK) the one for positions up to
+    /// the pass's last (as Hugging Face recomputes them from max(position_ids) + 1).
+    /// </summary>
+    RotaryTable RotaryFor(ForwardContext ctx)
+    {
+        if (Rotary!.LengthDependent is null) return Rotary;
+        int last = 0;
+        foreach (int p in ctx.Positions) last = Math.Max(last, p);
+        return Rotary.ForLength(last + 1);
     }
 
     void Project(IComputeBackend be, Tensor x, int rows, Tensor q, Tensor k, Tensor v)

@@ -184,7 +184,7 @@ public static class Float64Reference
         else (q, k, v) = (Linear(a.Q!, x, T), Linear(a.K!, x, T), Linear(a.V!, x, T));
         if (a.QNorm is { } qn) q = Norm(qn, q, E);
         if (a.KNorm is { } kn) k = Norm(kn, k, E);
-        if (a.Rotary is { } rotary)
+        if (a.Rotary?.ForLength(T) is { } rotary)
         {
             Rotate(q, T, H, E, rotary.RotaryDim, rotary.InverseFrequencies);
             Rotate(k, T, KV, E, rotary.RotaryDim, rotary.InverseFrequencies);

@@ -221,6 +221,9 @@ public static class ModelVerifier
     {
         if (count <= 0) return;
         int T = tokens.Length, n = Math.Min(count, model.Config.NCtx - T);
+        // With dynamic NTK rope, keys cached before the sequence outgrew the original context keep their old rotation (as in
+        // Hugging Face): past that point a cached generation is not the full pass's argmax by design, so stop there.
+        if (model.Config.RopeScaling is { Type: "dynamic" } dynamic) n = Math.Min(n, dynamic.OriginalMaxPositions - T);
         if (n <= 0) return;
         var prompts = Enumerable.Range(0, tokens.Batch).Select(b => tokens.Ids.AsSpan(b * T, T).ToArray()).ToList();
         var generated = model.Generate(prompts, new GenerationOptions(MaxNewTokens: n, Temperature: 0, StopAtEos: false));

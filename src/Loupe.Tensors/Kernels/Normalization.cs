@@ -151,6 +151,32 @@ public sealed class RotaryTable
     public ReadOnlySpan<float> InverseFrequencies => _invFreq;
 
     /// <summary>
+    /// For rotary embeddings whose frequencies depend on the sequence length (Hugging Face's dynamic NTK scaling): the
+    /// inverse frequencies for a pass over positions [0, length), or null when this table's own apply. Null: fixed.
+    /// </summary>
+    public Func<int, float[]?>? LengthDependent { get; init; }
+
+    RotaryTable? _forLength;
+    int _forLengthKey;
+
+    /// <summary>
+    /// The table for a pass whose positions end below <paramref name="length"/>: this one, or — with
+    /// <see cref="LengthDependent"/> frequencies — one built for that length (the last one is kept).
+    /// </summary>
+    public RotaryTable ForLength(int length)
+    {
+        if (LengthDependent is null) return this;
+        lock (_growing)
+        {
+            if (_forLength is not null && _forLengthKey == length) return _forLength;
+            var inverse = LengthDependent(length);
+            var table = inverse is null ? this : new RotaryTable(RotaryDim, inverse, MaxPositions);
+            (_forLength, _forLengthKey) = (table, length);
+            return table;
+        }
+    }
+
+    /// <summary>
     /// HF's default <c>inv_freq = 1 / base^(2i/rotaryDim)</c>, in the same float32 arithmetic (angles are then
     /// <c>float(pos) · inv_freq</c> in float32).
     /// </summary>
