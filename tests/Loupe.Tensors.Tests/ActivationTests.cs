@@ -15,8 +15,8 @@ public class ActivationTests
         "silu" => (Activations.Silu, ReferenceKernels.Silu, 1e-30, 2e-6),
         // 1 + tanh(u) cancels for x ≪ 0 in float32 (as it does in PyTorch): an absolute error of ~1 ulp of 1, times |x|/2.
         "gelu_tanh" => (Activations.GeluTanh, ReferenceKernels.GeluTanh, 1e-6, 2e-6),
-        // Computed in double; only the final rounding to float32 remains.
-        "gelu_erf" => (Activations.GeluErf, ReferenceKernels.GeluErf, 1e-12, 2e-7),
+        // The erfc fit (1.2e-7) evaluated in float32 lanes on AVX-512 (a few more ulp; in double elsewhere).
+        "gelu_erf" => (Activations.GeluErf, ReferenceKernels.GeluErf, 1e-12, 6e-7),
         _ => throw new ArgumentException(name),
     };
 
