@@ -5,7 +5,8 @@ logit_diff(17, 42) at the last position to the input of every block (parameters 
 differentiates activations, not weights). Minimum of --reps runs after --warmup, each ended by
 torch.cuda.synchronize(). Writes JSON with the same keys as the Loupe bench. With --sae, also one TopK SAE
 training step (sae_step: forward, backward, torch.optim.Adam; fp32, TF32 off), the math of Loupe's DeviceTopKStep."""
-import argparse, json, time
+import argparse
+import os, json, time
 import torch
 import transformers
 
@@ -86,6 +87,37 @@ def sae_step(d_in, d_sae, k, batch, warmup, reps):
     return result
 
 
+FIXTURE_IDS = [82, 87, 74, 39, 184, 175, 214, 409, 305, 33, 71, 171, 84, 200, 158, 186, 380, 257, 94, 24, 110, 113, 240, 83]
+
+
+def fixture_parity(root):
+    """torch's own bf16-vs-fp32 logits error on the reference fixtures (the same ids as Loupe.GpuBench), so
+    Loupe's bf16 error can be read against what the format itself costs in the peer."""
+    rows = []
+    ids = torch.tensor(FIXTURE_IDS, device="cuda").view(2, 12)
+    for name in sorted(os.listdir(root)):
+        folder = os.path.join(root, name)
+        if not os.path.exists(os.path.join(folder, "model.safetensors")):
+            continue
+        try:
+            logits = {}
+            for dt, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+                try:
+                    model = transformers.AutoModelForCausalLM.from_pretrained(folder, torch_dtype=dtype, attn_implementation="eager")
+                except Exception:
+                    model = transformers.AutoModelForMaskedLM.from_pretrained(folder, torch_dtype=dtype, attn_implementation="eager")
+                model = model.cuda().eval()
+                with torch.no_grad():
+                    logits[dt] = model(ids).logits.float()
+                del model
+            rel = ((logits["bf16"] - logits["fp32"]).abs().max() / logits["fp32"].abs().max()).item()
+            print(f"torch bf16 vs fp32 {name:<10} logits {rel:.2e}")
+            rows.append(dict(fixture=name, logits_rel=rel))
+        except Exception as e:  # one fixture the installed transformers cannot load must not stop the rest
+            print(f"torch bf16 vs fp32 {name:<10} skipped: {type(e).__name__}: {e}")
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="gpt2-small,llama-3.2-1b")
@@ -96,6 +128,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json")
     p.add_argument("--sae", action="store_true", help="also time a TopK SAE training step")
+    p.add_argument("--fixtures", help="reference fixture folders: also report torch's bf16-vs-fp32 logits error on each")
     p.add_argument("--sae-shape", default="2048,65536,64,4096", help="d_in,d_sae,k,batch")
     a = p.parse_args()
     torch.manual_seed(0)
@@ -142,6 +175,8 @@ def main():
             del model
             torch.cuda.empty_cache()
     report = dict(torch=torch.__version__, transformers=transformers.__version__, speed=rows)
+    if a.fixtures and os.path.isdir(a.fixtures):
+        report["bf16_parity"] = fixture_parity(a.fixtures)
     if a.sae:
         d_in, d_sae, k, batch = (int(v) for v in a.sae_shape.split(","))
         report["sae_step"] = sae_step(d_in, d_sae, k, batch, a.warmup, a.reps)
