@@ -323,12 +323,15 @@ public abstract class HookedTransformer : IDisposable
         var logits = Forward(tokens, ctx);
         var (value, dLogits) = Metrics.MetricOnDevice.Evaluate(metric, logits, Backend);
         if (!double.IsFinite(value)) throw new InvalidOperationException($"metric {metric.Name} is {value}; cannot differentiate");
-        Backward(ctx, logits, dLogits);
+        Backward(ctx, logits, dLogits, metric.PositionsRead(tokens.Length));
         return new GradientResult(value, logits, ctx.Cache, ctx.Gradients);
     }
 
-    /// <summary>Backward from d logits through the unembedding, final norm, blocks (in reverse) and embeddings.</summary>
-    void Backward(ForwardContext ctx, Tensor logits, Tensor dLogits)
+    /// <summary>
+    /// Backward from d logits through the unembedding, final norm, blocks (in reverse) and embeddings.
+    /// <paramref name="positionsRead"/>: the only positions where d logits can be non-zero (null: any).
+    /// </summary>
+    void Backward(ForwardContext ctx, Tensor logits, Tensor dLogits, int[]? positionsRead = null)
     {
         int B = logits.Dim(0), T = logits.Dim(1), D = Config.DModel;
         var be = ctx.Backend;
@@ -340,11 +343,38 @@ public abstract class HookedTransformer : IDisposable
             dLogits = dz;
         }
         // Forward: logits = normed·W_U + b_U.
-        var dNormed = be.Empty(B, T, D);
-        Unembed.BackwardInput(be, dLogits, B * T, dNormed);
+        var dNormed = UnembedBackward(be, dLogits, B, T, positionsRead);
         var dResid = HeadBackward(ctx, dNormed);
         for (int l = Config.NLayers - 1; l >= 0; l--) dResid = BlockBackward(l, ctx, dResid);
         EmbedBackward(ctx, dResid);
+    }
+
+    /// <summary>
+    /// d normed = d logits·W_Uᵀ. When the metric reads a few positions, only their rows are gathered and multiplied
+    /// (the full product is as costly as the forward's unembedding, ~a quarter of a small model's forward); the other
+    /// rows of d normed are zero.
+    /// </summary>
+    Tensor UnembedBackward(IComputeBackend be, Tensor dLogits, int B, int T, int[]? positionsRead)
+    {
+        int D = Config.DModel, V = Config.VocabOut;
+        var dNormed = be.Empty(B, T, D);
+        if (positionsRead is null || positionsRead.Length * 2 > T)
+        {
+            Unembed.BackwardInput(be, dLogits, B * T, dNormed);
+            return dNormed;
+        }
+        int P = positionsRead.Length;
+        var rows = be.Empty(B * P, V);
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < P; i++)
+                be.CopyRows(dLogits, ((long)b * T + positionsRead[i]) * V, V, rows, ((long)b * P + i) * V, V, 1, V);
+        var dRows = be.Empty(B * P, D);
+        Unembed.BackwardInput(be, rows, B * P, dRows);
+        be.Fill(dNormed, 0f);
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < P; i++)
+                be.CopyRows(dRows, ((long)b * P + i) * D, D, dNormed, ((long)b * T + positionsRead[i]) * D, D, 1, D);
+        return dNormed;
     }
 
     /// <summary>What stands between the last block and the unembedding: the final norm by default (BERT: its MLM transform).</summary>

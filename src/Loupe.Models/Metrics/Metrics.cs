@@ -17,6 +17,13 @@ public interface IMetric
 
     /// <summary>d metric / d logits, same shape as the logits.</summary>
     Tensor Gradient(Tensor logits);
+
+    /// <summary>
+    /// The positions (within every sequence of <paramref name="length"/>) whose logits the metric reads, or null
+    /// when it may read any. The gradient must be zero at every other position: a backward pass then takes the
+    /// unembedding's backward only at these rows (one sequence position costs 1/length of the full product).
+    /// </summary>
+    int[]? PositionsRead(int length) => null;
 }
 
 /// <summary>Helpers shared by metrics: resolving positions, checking token ids.</summary>
@@ -96,6 +103,8 @@ public sealed class LogitDiff : IDeviceMetric
 
     public string Name => $"logit_diff({string.Join("|", _answers)},{string.Join("|", _wrongs)})@{_position}";
 
+    public int[]? PositionsRead(int length) => [MetricSupport.Resolve(_position, length, "position")];
+
     (int Answer, int Wrong) Pair(int b, int batch)
     {
         if (_answers.Length != 1 && _answers.Length != batch)
@@ -164,6 +173,8 @@ public sealed class LogProb(int token, int position = -1) : IDeviceMetric
 {
     public string Name => $"log_prob({token})@{position}";
 
+    public int[]? PositionsRead(int length) => [MetricSupport.Resolve(position, length, "position")];
+
     public double Value(Tensor logits)
     {
         var (B, T, V) = MetricSupport.Dims(logits);
@@ -224,6 +235,8 @@ public sealed class SpanLoss : IDeviceMetric
     }
 
     public string Name => $"loss[{_start}:{_end}]";
+
+    public int[]? PositionsRead(int length) => length == _tokens.Length ? Enumerable.Range(_start, _end - _start).ToArray() : null;
 
     IEnumerable<(int B, int P, int Target)> Predictions()
     {
