@@ -107,24 +107,25 @@ foreach (var shape in opts.Models)
 }
 report["speed"] = speed;
 
-// (c) A TopK SAE training step, every tensor on the device (DeviceTopKStep), random data and SAELens-style init.
+// (c) A TopK SAE training step through SaeTrainer's device path: the batch drawn on the host and uploaded, forward,
+// backward (aux-k once features die), decoder projection, clipping, Adam, renormalisation, one metric vector read back.
 if (opts.Sae is { } sae)
 {
     var (dIn, dSae, k, rows) = sae;
     Console.WriteLine();
-    Console.WriteLine($"SAE TopK step (forward, backward, Adam; fp32): d_in {dIn}, d_sae {dSae}, k {k}, batch {rows}, min of {opts.Reps} after {opts.Warmup} warm-up runs");
+    Console.WriteLine($"SAE TopK step (SaeTrainer on the device: upload, forward, backward, Adam, renorm; fp32): d_in {dIn}, d_sae {dSae}, k {k}, batch {rows}, min of {opts.Reps} after {opts.Warmup} warm-up runs");
     var dictionary = new SparseDictionary(SaeShape.Sae(dIn, dSae), new TopKActivation(k));
     dictionary.Initialize(seed: 1);
-    var step = new DeviceTopKStep(fp32, dictionary);
     var rng = new Random(2);
     var data = new float[rows * dIn];
     for (int i = 0; i < data.Length; i++) data[i] = (float)(rng.NextDouble() * 2 - 1);
-    var x = fp32.ToDevice(Tensor.FromArray(data, rows, dIn));
-    int t = 0;
+    var options = new SaeTrainingOptions { Steps = opts.Warmup + opts.Reps + 2, BatchSize = rows, LearningRate = 1e-4f, BDecInit = BDecInit.Mean };
+    var trainer = new SaeTrainer(dictionary, options, fp32);
+    trainer.Begin(new InMemoryRows(data, dIn));
     double loss = 0;
-    double ms = Timing.Min(opts.Warmup, opts.Reps, () => loss = step.Step(x, 1e-4f, ++t)); // Step ends by reading the loss: a device sync
+    double ms = Timing.Min(opts.Warmup, opts.Reps, () => loss = trainer.Step().Loss); // a step ends by reading its metrics: a device sync
     var before = fp32.Transfers.Snapshot();
-    step.Step(x, 1e-4f, ++t);
+    trainer.Step();
     var copies = fp32.Transfers.Snapshot() - before;
     Console.WriteLine($"sae_step {ms,10:F2} ms {rows / ms * 1000,12:F0} tok/s   loss {loss:G5}   transfers per step: {Compare.Copies(copies)}");
     report["sae_step"] = new Dictionary<string, object>

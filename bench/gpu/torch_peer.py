@@ -4,7 +4,7 @@ same GPU. Random weights from the config (nothing is downloaded). Forward, and f
 logit_diff(17, 42) at the last position to the input of every block (parameters frozen, as Loupe
 differentiates activations, not weights). Minimum of --reps runs after --warmup, each ended by
 torch.cuda.synchronize(). Writes JSON with the same keys as the Loupe bench. With --sae, also one TopK SAE
-training step (sae_step: forward, backward, torch.optim.Adam; fp32, TF32 off), the math of Loupe's DeviceTopKStep."""
+training step (sae_step: forward, backward, torch.optim.Adam; fp32, TF32 off), the core math of Loupe's SaeTrainer device step (which also uploads the batch, projects, clips and renormalises)."""
 import argparse
 import os, json, time
 import torch

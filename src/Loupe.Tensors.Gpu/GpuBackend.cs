@@ -957,4 +957,75 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         };
         KAdam((int)p.Length, p, g, mv, vv, args);
     }
+
+    // ---- dictionary training -------------------------------------------------------------------
+
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KRowDots => Kernel("rowDots", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.RowDots));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> KScaleRows => Kernel("scaleRows", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(Kernels.ScaleRows));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, float, int> KNormScale => Kernel("normScale", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, float, int>(Kernels.NormScale));
+    Action<KernelConfig, ArrayView<float>, ArrayView<double>, int, float> KCountAbove => Kernel("countAbove", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<double>, int, float>(Kernels.CountAbovePartials));
+    Action<KernelConfig, ArrayView<double>, ArrayView<float>, int> KSumDoublePartials => Kernel("sumDoublePartials", a => a.LoadStreamKernel<ArrayView<double>, ArrayView<float>, int>(Kernels.SumDoublePartials));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, float, float> KUpdateSinceFired => Kernel("updateSinceFired", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, float, float>(Kernels.UpdateSinceFired));
+
+    public void RowDots(Tensor a, Tensor b, int rows, int cols, Tensor y, bool accumulate = false)
+    {
+        var av = In(a);
+        var bv = In(b);
+        var yv = Out(y);
+        Need(av, (long)rows * cols, nameof(a));
+        Need(bv, (long)rows * cols, nameof(b));
+        Need(yv, rows, nameof(y));
+        if (rows > 0) KRowDots(Rows(rows, cols), av, bv, yv, cols, accumulate ? 1 : 0);
+    }
+
+    public void ScaleRows(Tensor x, int rows, int cols, Tensor scale, Tensor y)
+    {
+        var xv = In(x);
+        var sv = In(scale);
+        var yv = Out(y);
+        long n = (long)rows * cols;
+        Need(xv, n, nameof(x));
+        Need(sv, rows, nameof(scale));
+        Need(yv, n, nameof(y));
+        if (n > int.MaxValue) throw new ArgumentException($"ScaleRows on {n} elements: at most {int.MaxValue} per launch", nameof(x));
+        if (n > 0) KScaleRows((int)n, xv, sv, yv, cols);
+    }
+
+    public void NormScale(Tensor sumSquares, float target, bool onlyAbove, Tensor y)
+    {
+        var sv = In(sumSquares);
+        var yv = Out(y);
+        Need(yv, sv.Length, nameof(y));
+        if (sv.Length > 0) KNormScale((int)sv.Length, sv, yv, target, onlyAbove ? 1 : 0);
+    }
+
+    public void CountAbove(Tensor x, float threshold, Tensor y)
+    {
+        var xv = In(x);
+        var yv = Out(y);
+        Need(yv, 1, nameof(y));
+        if (xv.Length == 0)
+        {
+            KFill(1, yv.SubView(0, 1), 0f);
+            return;
+        }
+        int groups = Partials(xv.Length);
+        // Released at once: the pool hands it out again only to work queued after these two kernels on the same stream.
+        using var partials = _pool.Rent(groups * 8L);
+        var pv = partials.View<double>(0, groups);
+        KCountAbove(new KernelConfig(groups, _group), xv, pv, (int)xv.Length, threshold);
+        KSumDoublePartials(new KernelConfig(1, _group), pv, yv, groups);
+    }
+
+    public void UpdateSinceFired(Tensor fired, Tensor since, float tokens, float window, Tensor sinceOut, Tensor deadBias)
+    {
+        var fv = In(fired);
+        var sv = In(since);
+        var ov = Out(sinceOut);
+        var dv = Out(deadBias);
+        Need(sv, fv.Length, nameof(since));
+        Need(ov, fv.Length, nameof(sinceOut));
+        Need(dv, fv.Length, nameof(deadBias));
+        if (fv.Length > 0) KUpdateSinceFired((int)fv.Length, fv, sv, ov, dv, tokens, window);
+    }
 }

@@ -740,4 +740,55 @@ static class Kernels
         int row = i / d, c = i % d;
         Atomic.Add(ref dTable[(long)ids[row] * d + c], dy[i] * scale);
     }
+
+    // ---- dictionary training -----------------------------------------------------------------
+
+    /// <summary>One group per row: <c>y[r] (+)= Σ_c a[r, c]·b[r, c]</c>, summed in double.</summary>
+    public static void RowDots(ArrayView<float> a, ArrayView<float> b, ArrayView<float> y, int cols, int accumulate)
+    {
+        var shared = SharedMemory.Allocate<double>(MaxGroup);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)r * cols;
+        double sum = 0;
+        for (int c = t; c < cols; c += step) sum += (double)a[o + c] * b[o + c];
+        sum = GroupSumDouble(sum, shared);
+        if (t == 0) y[r] = accumulate != 0 ? (float)(y[r] + sum) : (float)sum;
+    }
+
+    public static void ScaleRows(Index1D i, ArrayView<float> x, ArrayView<float> scale, ArrayView<float> y, int cols) =>
+        y[i] = x[i] * scale[i / cols];
+
+    public static void NormScale(Index1D i, ArrayView<float> s, ArrayView<float> y, float target, int onlyAbove)
+    {
+        float n = XMath.Sqrt(s[i]);
+        y[i] = n > 0 && (onlyAbove == 0 || n > target) ? target / n : 1f;
+    }
+
+    /// <summary>Per group, how many elements exceed the threshold (grid-stride), as a double partial.</summary>
+    public static void CountAbovePartials(ArrayView<float> x, ArrayView<double> partials, int n, float threshold)
+    {
+        var shared = SharedMemory.Allocate<double>(MaxGroup);
+        double count = 0;
+        for (int i = Grid.IdxX * Group.DimX + Group.IdxX; i < n; i += Grid.DimX * Group.DimX) if (x[i] > threshold) count++;
+        count = GroupSumDouble(count, shared);
+        if (Group.IdxX == 0) partials[Grid.IdxX] = count;
+    }
+
+    /// <summary>One group: <c>y[0] = Σ partials</c>, so a reduction ends on the device.</summary>
+    public static void SumDoublePartials(ArrayView<double> partials, ArrayView<float> y, int n)
+    {
+        var shared = SharedMemory.Allocate<double>(MaxGroup);
+        double sum = 0;
+        for (int i = Group.IdxX; i < n; i += Group.DimX) sum += partials[i];
+        sum = GroupSumDouble(sum, shared);
+        if (Group.IdxX == 0) y[0] = (float)sum;
+    }
+
+    public static void UpdateSinceFired(Index1D i, ArrayView<float> fired, ArrayView<float> since, ArrayView<float> sinceOut,
+        ArrayView<float> deadBias, float tokens, float window)
+    {
+        float next = fired[i] > 0 ? 0f : XMath.Min(since[i] + tokens, window);
+        sinceOut[i] = next;
+        deadBias[i] = next >= window ? 0f : float.NegativeInfinity;
+    }
 }

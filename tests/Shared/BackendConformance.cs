@@ -728,4 +728,82 @@ public abstract class BackendConformance
         Near(em, Down(mt), 1e-8, 1e-5, "Adam first moments");
         Near(ev, Down(vt), 1e-10, 1e-5, "Adam second moments");
     }
+
+    // ---- dictionary training -------------------------------------------------------------------
+
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(7, 300)]
+    [InlineData(33, 5)]
+    public void RowDotsAndScaleRows(int rows, int cols)
+    {
+        var rng = new Random(60 + rows * cols);
+        var a = Rand(rng, rows * cols);
+        var b = Rand(rng, rows * cols);
+        var y0 = Rand(rng, rows);
+        foreach (bool accumulate in new[] { false, true })
+        {
+            var expected = D(y0);
+            R.RowDots(D(a), D(b), rows, cols, expected, accumulate);
+            var y = Up(y0);
+            Backend.RowDots(Up(a, rows, cols), Up(b, rows, cols), rows, cols, y, accumulate);
+            Near(expected, Down(y), 1e-6 * cols, 1e-6, $"RowDots (accumulate {accumulate})");
+        }
+        var scale = Rand(rng, rows, -2f, 2f);
+        var expectedScaled = new double[rows * cols];
+        R.ScaleRows(D(a), rows, cols, D(scale), expectedScaled);
+        var scaled = Backend.Empty(rows, cols);
+        Backend.ScaleRows(Up(a, rows, cols), rows, cols, Up(scale), scaled);
+        Near(expectedScaled, Down(scaled), 0, 1e-7, "ScaleRows");
+        var inPlace = Up(a, rows, cols);
+        Backend.ScaleRows(inPlace, rows, cols, Up(scale), inPlace);
+        Near(expectedScaled, Down(inPlace), 0, 1e-7, "ScaleRows in place");
+    }
+
+    [Fact]
+    public void NormScaleRenormalisesAndClips()
+    {
+        float[] sumSquares = [0f, 0.25f, 1f, 4f, 9e6f, 1e-30f];
+        foreach (var (target, onlyAbove) in new[] { (1f, false), (2f, true), (0.5f, false) })
+        {
+            var expected = new double[sumSquares.Length];
+            R.NormScale(D(sumSquares), target, onlyAbove, expected);
+            var y = Backend.Empty(sumSquares.Length);
+            Backend.NormScale(Up(sumSquares), target, onlyAbove, y);
+            Near(expected, Down(y), 0, 1e-6, $"NormScale (target {target}, only above {onlyAbove})");
+        }
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(1000)]
+    [InlineData(70_001)]
+    public void CountAboveCountsOnTheDevice(int n)
+    {
+        var rng = new Random(61 + n);
+        var x = Rand(rng, n);
+        x[0] = float.NaN;
+        if (n > 1) x[1] = 0f;
+        var y = Up([-5f]);
+        Backend.CountAbove(Up(x), 0f, y);
+        Assert.Equal((double)R.CountAbove(D(x), 0), (double)Down(y)[0]);
+        Backend.CountAbove(Up(x), -2f, y);
+        Assert.Equal((double)R.CountAbove(D(x), -2), (double)Down(y)[0]);
+    }
+
+    [Fact]
+    public void UpdateSinceFiredSaturatesAtTheWindow()
+    {
+        float[] fired = [0f, 3f, 0f, 0f, 1f, 0f];
+        float[] since = [0f, 40f, 96f, 100f, 100f, 64f];
+        const float tokens = 32f, window = 100f;
+        var expectedSince = D(since);
+        var expectedBias = new double[since.Length];
+        R.UpdateSinceFired(D(fired), expectedSince, tokens, window, expectedBias);
+        var s = Up(since);
+        var bias = Backend.Empty(since.Length);
+        Backend.UpdateSinceFired(Up(fired), s, tokens, window, s, bias);
+        Near(expectedSince, Down(s), 0, 0, "UpdateSinceFired counts (in place)");
+        Near(expectedBias, Down(bias), 0, 0, "UpdateSinceFired dead bias");
+    }
 }

@@ -96,17 +96,22 @@ static class CliSupport
     /// <exception cref="InputError">The device cannot be used here (no driver, no such GPU, no cuBLAS): the message says what is missing.</exception>
     public static IComputeBackend Backend => Tensors.Gpu.ComputeBackends.Shared(Device);
 
+    /// <summary>The backend dictionary training runs on: <see cref="Device"/>'s (the trainer refuses architectures not yet on a device).</summary>
+    /// <exception cref="InputError">The device cannot be used here.</exception>
+    public static IComputeBackend DictionaryBackend => Backend;
+
     /// <summary>
     /// The backend a verb runs on. Verbs whose analysis still reads activations on the host run on the CPU:
     /// an explicit <c>--device</c> elsewhere is refused, a <c>$LOUPE_DEVICE</c> default is noted on stderr.
     /// </summary>
     /// <exception cref="InputError">The verb cannot run on the requested device, or the device cannot be used.</exception>
-    static IComputeBackend BackendFor(bool onDevice)
+    static IComputeBackend BackendFor(bool onDevice, bool deviceForOtherWork = false)
     {
         if (onDevice || Device.IsCpu) return Backend;
+        if (deviceForOtherWork) return CpuBackend.Instance; // the verb uses the device for its own work (sae train's dictionary)
         string verb = s_device.Value?.Verb is { Length: > 0 } v ? v : "this verb";
         if (s_device.Value is { FromOption: true })
-            throw new InputError($"argument: --device: '{verb}' runs on the CPU only so far (device verbs: run, info, cache, grad); drop --device {Device}");
+            throw new InputError($"argument: --device: '{verb}' runs on the CPU only so far (device verbs: run, info, cache, grad, sae train); drop --device {Device}");
         Status.MarkupLine($"[grey]note: '{Markup.Escape(verb)}' runs on the CPU only so far; LOUPE_DEVICE={Device} is ignored here[/]");
         return CpuBackend.Instance;
     }
@@ -115,7 +120,8 @@ static class CliSupport
     /// <param name="model">A folder, a hub id, or <c>minilm-nuget</c> (all-MiniLM-L6-v2 from its NuGet package).</param>
     /// <param name="onDevice">Whether the verb reads results explicitly (ToCpu) and so may run on a GPU; others run on the CPU.</param>
     /// <exception cref="InputError">The path is a file, or neither an existing folder nor a valid hub id.</exception>
-    public static HookedTransformer LoadModel(string model, bool onDevice = false)
+    /// <param name="deviceForOtherWork">The model runs on the CPU but the verb itself uses the device (no refusal, no note).</param>
+    public static HookedTransformer LoadModel(string model, bool onDevice = false, bool deviceForOtherWork = false)
     {
         // "minilm-nuget": the real all-MiniLM-L6-v2 in the NuGet package Loupe restores, written once into Loupe's cache.
         if (model == MiniLmPackage.ModelName && !Directory.Exists(model))
@@ -128,10 +134,10 @@ static class CliSupport
         s_modelsLoaded.Value++;
         if (Directory.Exists(model))
         {
-            var backend = BackendFor(onDevice);
+            var backend = BackendFor(onDevice, deviceForOtherWork);
             return Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model, backend, Processing));
         }
-        var hubBackend = BackendFor(onDevice);
+        var hubBackend = BackendFor(onDevice, deviceForOtherWork);
         HookedTransformer? loaded = null;
         Status.Progress().AutoClear(true).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new DownloadedColumn(), new TransferSpeedColumn())
             .Start(ctx =>

@@ -46,7 +46,8 @@ static class SaeTrainVerb
             "  loupe sae train --activations acts/ --architecture topk --k 32 --d-sae 512 --steps 3000 --out sae/\n" +
             "  loupe sae train --model ../shared/models/stories260K --source brown:../shared/datasets/brown-corpus --hook blocks.2.hook_resid_post --out sae/\n" +
             "  loupe sae train --activations tc/ --hook blocks.1.ln2.hook_normalized --target-hook blocks.1.hook_mlp_out --architecture topk --out tc-sae/\n" +
-            "  loupe sae train ... --out sae/ --resume")
+            "  loupe sae train ... --out sae/ --resume\n" +
+            "  loupe sae train --activations acts/ --architecture topk --device cuda --out sae/   (topk and standard train on a GPU)")
         {
             activations, model, source, contextSize, maxContexts, contextsPerWindow, hook, targetHook, skip, architecture, k, dSae, expansion,
             steps, batchSize, lr, lrWarmup, lrDecay, sparsity, sparsityWarmup, auxK, deadWindow, normalize, seed, checkpointEvery, resume, output,
@@ -75,7 +76,7 @@ static class SaeTrainVerb
                 }
                 else
                 {
-                    m = CliSupport.LoadModel(modelPath!);
+                    m = CliSupport.LoadModel(modelPath!, onDevice: false, deviceForOtherWork: true);
                     inputHook = parse.GetValue(hook) ?? throw new InputError("argument: --hook is required with --model");
                     string spec = parse.GetValue(source) ?? throw new InputError("argument: --source is required with --model");
                     var text = HarvestCommand.ParseSource(m, spec, seedValue);
@@ -105,7 +106,8 @@ static class SaeTrainVerb
                     $"training needs about {SaeTrainingOptions.EstimateTrainingBytes(shape, options.BatchSize) / (1024.0 * 1024):F0} MiB (parameters, Adam moments, batch buffers)")));
                 var dict = new SparseDictionary(shape, act);
                 dict.Initialize(seedValue);
-                var trainer = new SaeTrainer(dict, options);
+                // The model that reads activations stays on the CPU; the dictionary trains on --device (topk, standard).
+                var trainer = new SaeTrainer(dict, options, CliSupport.DictionaryBackend);
                 var template = new SaeLensConfig
                 {
                     HookName = inputHook, HookNameOut = outHook ?? "", ModelName = modelName, ContextSize = ctxSize,

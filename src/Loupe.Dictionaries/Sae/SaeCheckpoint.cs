@@ -34,6 +34,7 @@ public sealed partial class SaeTrainer
     public void SaveCheckpoint(string path)
     {
         if (_batches is null) throw new InvalidOperationException("nothing to checkpoint: call Begin first");
+        SyncToHost();
         var cursor = _batches.Cursor;
         var moments = _m.Trainable(_dict.Activation).Zip(_v.Trainable(_dict.Activation), (m, v) => (m.Name, m.Data, v.Data));
         TrainingCheckpoint.Write(path, AllBuffers(_dict.P), moments, _sinceFired, cursor, MetadataKey, CheckpointState(cursor), "loupe-sae-checkpoint");
@@ -78,5 +79,6 @@ public sealed partial class SaeTrainer
         _folded = false;
         _data = data;
         Attach(data, cursor);
+        UploadToDevice();
     }
 }

@@ -11,6 +11,7 @@
 //   7. update dead-feature counters (tokens since a feature last fired) and record metrics
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Dictionaries.Sae;
 
@@ -174,6 +175,9 @@ public sealed record SaeStepMetrics(int Step, float Loss, float Mse, float Spars
 /// Adam training of a <see cref="SparseDictionary"/>: <see cref="Begin"/> on a data source (or resume from a
 /// checkpoint), then <see cref="Step"/> repeatedly, <see cref="SaveCheckpoint"/> at will, and <see cref="Finish"/>.
 /// <see cref="Train(float[], float[])"/> does all of it for rows held in memory.
+/// Given a backend on a device (a GPU, or the emulated one), TopK and standard SAEs train there
+/// (<see cref="DeviceSaeTraining"/>): a batch goes up once, a step reads back one vector of metric sums, and the
+/// parameters come back for checkpoints and at the end. On the CPU the host path below runs, bit-exact as before.
 /// </summary>
 public sealed partial class SaeTrainer
 {
@@ -188,7 +192,14 @@ public sealed partial class SaeTrainer
     bool[] _dead = [];             // [d_sae]
 
     /// <exception cref="InputError">An option is out of range (see <see cref="SaeTrainingOptions.Validate(SaeShape, SaeActivation?, string, long?)"/>).</exception>
-    public SaeTrainer(SparseDictionary dictionary, SaeTrainingOptions options)
+    public SaeTrainer(SparseDictionary dictionary, SaeTrainingOptions options) : this(dictionary, options, null) { }
+
+    /// <summary>A trainer whose steps run on <paramref name="backend"/>'s device (null or the CPU: the host path).</summary>
+    /// <param name="dictionary">What is trained.</param>
+    /// <param name="options">Hyper-parameters.</param>
+    /// <param name="backend">Where the steps run.</param>
+    /// <exception cref="InputError">An option is out of range, or the architecture does not train on that device yet.</exception>
+    public SaeTrainer(SparseDictionary dictionary, SaeTrainingOptions options, IComputeBackend? backend)
     {
         _dict = dictionary ?? throw new ArgumentNullException(nameof(dictionary));
         _o = options ?? throw new ArgumentNullException(nameof(options));
@@ -197,9 +208,47 @@ public sealed partial class SaeTrainer
         _m = new SaeParameters(dictionary.Shape);
         _v = new SaeParameters(dictionary.Shape);
         _sinceFired = new long[dictionary.Shape.DSae];
+        if (backend is not null && !backend.Device.IsCpu)
+        {
+            if (!DeviceSaeTraining.Supports(dictionary.Activation))
+                throw new InputError($"argument: --device: {dictionary.Architecture} dictionaries train on the CPU only so far (on {backend.Device}: topk, standard); drop --device {backend.Device}");
+            _backend = backend;
+        }
     }
 
-    public SparseDictionary Dictionary => _dict;
+    readonly IComputeBackend? _backend;   // a device backend, or null (the host path)
+    DeviceSaeTraining? _device;           // the device's state once begun
+    bool _hostStale;                      // the device holds newer parameters than _dict
+
+    /// <summary>The device the steps run on (the CPU for the host path).</summary>
+    public Loupe.Tensors.Device Device => _backend?.Device ?? Loupe.Tensors.Device.Cpu;
+
+    /// <summary>The dictionary, its parameters brought back from the device first when a device step changed them.</summary>
+    public SparseDictionary Dictionary
+    {
+        get
+        {
+            SyncToHost();
+            return _dict;
+        }
+    }
+
+    // Parameters, moments and dead-feature counters: device → host (checkpoints, Finish, Dictionary).
+    void SyncToHost()
+    {
+        if (!_hostStale || _device is null) return;
+        _device.Download(_dict.P, _m, _v, _sinceFired);
+        _hostStale = false;
+    }
+
+    // Host → device, after Begin or LoadCheckpoint set the host state.
+    void UploadToDevice()
+    {
+        if (_backend is null) return;
+        _device ??= new DeviceSaeTraining(_backend, _dict, _o);
+        _device.Upload(_dict.P, _m, _v, _sinceFired);
+        _hostStale = false;
+    }
     public SaeTrainingOptions Options => _o;
 
     /// <summary>The input scaling factor c (1 without normalisation); folded into the weights by <see cref="Finish"/>.</summary>
@@ -278,6 +327,7 @@ public sealed partial class SaeTrainer
         StepsDone = 0;
         _folded = false;
         Array.Clear(_sinceFired);
+        UploadToDevice();
     }
 
     void Attach(IRowWindows data, BatchCursor? cursor)
@@ -309,6 +359,7 @@ public sealed partial class SaeTrainer
             TensorPrimitives.Multiply(_x, ScalingFactor, _x);
             TensorPrimitives.Multiply(_y, ScalingFactor, _y);
         }
+        if (_device is not null) return DeviceStep(step, batch);
         // 2. forward + backward
         for (int i = 0; i < s.DSae; i++) _dead[i] = _sinceFired[i] >= _o.DeadWindowTokens;
         var loss = _dict.ForwardBackward(_x, _y, batch, SparsityCoefficientAt(step), _grad, training: true, default, _dead, _o.AuxKCoefficient, _fires);
@@ -351,6 +402,31 @@ public sealed partial class SaeTrainer
         }
         StepsDone++;
         return new SaeStepMetrics(step, loss.Loss, loss.Mse, loss.Sparsity, loss.L0, loss.ExplainedVariance, (float)nDead / s.DSae, lr);
+    }
+
+    // Steps 2–7 on the device (DeviceSaeTraining's steps); the batch in _x/_y is already drawn and scaled.
+    SaeStepMetrics DeviceStep(int step, int batch)
+    {
+        var s = _dict.Shape;
+        float coefficient = SparsityCoefficientAt(step);
+        var sums = _device!.ForwardBackward(_x, _data!.HasTargets ? _y : null, coefficient);
+        float mse = (float)(sums.SquaredError / batch);
+        float sparsity = _dict.Activation.HasSparsityPenalty ? (float)(sums.L1 * coefficient / batch) : 0f;
+        float aux = (float)(sums.AuxScale * sums.AuxSquares / batch);
+        float loss = mse + sparsity + aux;
+        if (!float.IsFinite(loss) || !float.IsFinite(mse) || !float.IsFinite(sparsity))
+        {
+            DivergedAt = step;
+            float bad = !float.IsFinite(loss) ? loss : !float.IsFinite(mse) ? mse : sparsity;
+            throw new InputError(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"training diverged at step {step}: loss is {(float.IsNaN(bad) ? "NaN" : bad > 0 ? "∞" : "−∞")} (learning rate {LearningRateAt(step):G3}); lower --lr (now {_o.LearningRate:G3}){(_o.NormalizeExpectedAverage ? "" : " or pass --normalize")}"));
+        }
+        float lr = LearningRateAt(step);
+        _device.Update(lr, step + 1, sums.DeadAfter);
+        _hostStale = true;
+        StepsDone++;
+        float ev = sums.CenteredSquares == 0 ? 0f : (float)(1 - sums.SquaredError / sums.CenteredSquares);
+        return new SaeStepMetrics(step, loss, mse, sparsity, (float)(sums.Nonzero / batch), ev, (float)sums.DeadAfter / s.DSae, lr);
     }
 
     // Σ g² in fixed-size blocks summed in order: parallel but deterministic
@@ -406,6 +482,7 @@ public sealed partial class SaeTrainer
     public void Finish()
     {
         if (_folded) return;
+        SyncToHost();
         if (ScalingFactor != 1f) _dict.FoldInputScaling(ScalingFactor);
         _folded = true;
     }

@@ -461,4 +461,61 @@ public sealed class CpuBackend : IComputeBackend
             p[i] -= lr * (ms[i] / c1) / (MathF.Sqrt(vs[i] / c2) + eps);
         }
     }
+
+    // ---- dictionary training -------------------------------------------------------------------
+
+    public void RowDots(Tensor a, Tensor b, int rows, int cols, Tensor y, bool accumulate = false)
+    {
+        var av = a.Span[..checked(rows * cols)];
+        var bv = b.Span[..checked(rows * cols)];
+        var yv = y.Span[..rows];
+        for (int r = 0; r < rows; r++)
+        {
+            double sum = 0;
+            var ar = av.Slice(r * cols, cols);
+            var br = bv.Slice(r * cols, cols);
+            for (int c = 0; c < cols; c++) sum += (double)ar[c] * br[c];
+            yv[r] = accumulate ? (float)(yv[r] + sum) : (float)sum;
+        }
+    }
+
+    public void ScaleRows(Tensor x, int rows, int cols, Tensor scale, Tensor y)
+    {
+        var xv = x.Span[..checked(rows * cols)];
+        var sv = scale.Span[..rows];
+        var yv = y.Span[..checked(rows * cols)];
+        for (int r = 0; r < rows; r++) TensorPrimitives.Multiply(xv.Slice(r * cols, cols), sv[r], yv.Slice(r * cols, cols));
+    }
+
+    public void NormScale(Tensor sumSquares, float target, bool onlyAbove, Tensor y)
+    {
+        var s = sumSquares.Span;
+        var yv = y.Span[..s.Length];
+        for (int i = 0; i < s.Length; i++)
+        {
+            float n = MathF.Sqrt(s[i]);
+            yv[i] = n > 0 && (!onlyAbove || n > target) ? target / n : 1f;
+        }
+    }
+
+    public void CountAbove(Tensor x, float threshold, Tensor y)
+    {
+        long count = 0;
+        foreach (float v in x.Span) if (v > threshold) count++;
+        y.Span[0] = count;
+    }
+
+    public void UpdateSinceFired(Tensor fired, Tensor since, float tokens, float window, Tensor sinceOut, Tensor deadBias)
+    {
+        var f = fired.Span;
+        var s = since.Span[..f.Length];
+        var o = sinceOut.Span[..f.Length];
+        var d = deadBias.Span[..f.Length];
+        for (int i = 0; i < f.Length; i++)
+        {
+            float next = f[i] > 0 ? 0f : MathF.Min(s[i] + tokens, window);
+            o[i] = next;
+            d[i] = next >= window ? 0f : float.NegativeInfinity;
+        }
+    }
 }

@@ -214,6 +214,35 @@ public interface IComputeBackend
     /// <c>p −= lr·(m/(1−β₁ᵗ)) / (sqrt(v/(1−β₂ᵗ)) + eps)</c>.
     /// </summary>
     void AdamStep(Tensor param, Tensor grad, Tensor m, Tensor v, float lr, float beta1, float beta2, float eps, int step);
+
+    // ---- dictionary training (row norms, clipping, dead features) -----------------------------
+
+    /// <summary>
+    /// <c>y[r] = Σ_c a[r, c]·b[r, c]</c> for a and b <c>[rows, cols]</c> (summed in double), written, or added to y when
+    /// <paramref name="accumulate"/>. With <c>a = b</c>: squared row norms.
+    /// </summary>
+    void RowDots(Tensor a, Tensor b, int rows, int cols, Tensor y, bool accumulate = false);
+
+    /// <summary><c>y[r, c] = x[r, c]·scale[r]</c> for x <c>[rows, cols]</c> and scale <c>[rows]</c> (y may be x). One row: a scalar held on the device.</summary>
+    void ScaleRows(Tensor x, int rows, int cols, Tensor scale, Tensor y);
+
+    /// <summary>
+    /// From squared norms <c>s</c>: <c>y[i] = target / √s[i]</c> where <c>√s[i] &gt; 0</c> and, when <paramref name="onlyAbove"/>,
+    /// <c>√s[i] &gt; target</c>; else 1. The factor that renormalises a row to norm <paramref name="target"/>
+    /// (<paramref name="onlyAbove"/> false) or clips a norm to at most it (true). y may be s.
+    /// </summary>
+    void NormScale(Tensor sumSquares, float target, bool onlyAbove, Tensor y);
+
+    /// <summary><c>y[0] = #{i : x[i] &gt; threshold}</c> (NaN never counts), written into a tensor on the device.</summary>
+    void CountAbove(Tensor x, float threshold, Tensor y);
+
+    /// <summary>
+    /// Dead-feature bookkeeping of dictionary training, per feature i: <c>sinceOut[i] = fired[i] &gt; 0 ? 0 : min(since[i] + tokens, window)</c>
+    /// (tokens since the feature last fired, saturated at the window: past it a feature is dead whatever the count) and
+    /// <c>deadBias[i] = sinceOut[i] ≥ window ? 0 : −∞</c> (added to pre-activations, it leaves only dead features' values).
+    /// sinceOut may be since.
+    /// </summary>
+    void UpdateSinceFired(Tensor fired, Tensor since, float tokens, float window, Tensor sinceOut, Tensor deadBias);
 }
 
 /// <summary>Sizes of one attention call.</summary>

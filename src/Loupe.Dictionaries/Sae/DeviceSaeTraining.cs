@@ -1,0 +1,325 @@
+// SaeTrainer's step with every tensor on an IComputeBackend's device (TopK and standard ReLU + L1 SAEs, transcoders,
+// skip-transcoders). The math is SparseDictionary.ForwardBackward's and SaeTrainer.Step's; only the order of some sums differs.
+//
+// Shape legend: B = batch rows, n = d_sae, d_in, d_out (SAELens names as in SparseDictionary.cs).
+//
+// Per step:
+//   1. upload the batch x [B, d_in] (and, for a transcoder, the target [B, d_out]): the one copy in
+//   2. forward: x_in = x − b_dec;  pre = x_in·W_enc + b_enc [B, n];  acts = f(pre) [B, n]
+//      (TopK: top-k, ReLU, scatter; standard: ReLU);  err = acts·W_dec + b_dec (+ x·W_skip) − target [B, d_out]
+//   3. metrics into a device vector: Σ err², Σ_i colsum(acts)_i·‖W_dec[i]‖, nonzero count, Σ (target − mean)²,
+//      dead features after this step, Σ aux diff²
+//   4. sparsity (standard): L1 = λ/B Σ acts·‖W_dec[i]‖ with its gradients into dActs and dW_dec
+//   5. aux-k (TopK, when the previous step left dead features): z_aux = ReLU'd top-k_aux of pre among dead features,
+//      ê = z_aux·W_dec, L_aux = c·min(n_dead/k_aux, 1)·Σ (ê + err)² / B; gradients into dW_dec and dPre
+//   6. backward through the decoder, the activation and the encoder
+//   7. read the metric vector back: the one copy out (the trainer stops here when the loss is not finite)
+//   8. update: project W_dec row gradients (unit-norm decoders), clip the global gradient norm, Adam,
+//      renormalise W_dec rows, commit the dead-feature counters
+// The host knows the dead count from step 7 of the previous step, so aux-k's k and scale are host numbers.
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
+
+namespace Loupe.Dictionaries.Sae;
+
+/// <summary>The raw sums a device step reads back (one copy), from which <see cref="SaeTrainer"/> forms its metrics.</summary>
+internal readonly record struct DeviceStepSums(double SquaredError, double L1, double Nonzero, double CenteredSquares, int DeadAfter, double AuxSquares, float AuxScale);
+
+/// <summary>Parameters, Adam moments, dead-feature counters and step buffers of a dictionary on a device.</summary>
+internal sealed class DeviceSaeTraining
+{
+    const int Slots = 6;
+    readonly IComputeBackend _b;
+    readonly SparseDictionary _dict;
+    readonly SaeTrainingOptions _o;
+    readonly int _dIn, _n, _dOut, _batch;
+    readonly bool _topK, _unitNorm;
+    readonly int _k;
+    readonly Param[] _params;              // W_enc, b_enc, W_dec, b_dec (, W_skip)
+    readonly Param _wEnc, _bEnc, _wDec, _bDec;
+    readonly Param? _wSkip;
+    Tensor _since, _sinceNext;             // [n] tokens since each feature fired, saturated at the window
+    Tensor _deadBias, _deadBiasNext;       // [n] 0 for dead features, −∞ for live ones
+    readonly Tensor _metrics;              // [Slots]
+    readonly Tensor _negBDec;              // [d_in]
+    readonly Tensor _pre, _acts, _dPre;    // [B, n]; _pre becomes dActs once the aux loss has read it
+    readonly Tensor _err, _scratch;        // [B, d_out] each
+    readonly Tensor? _xIn;                 // [B, d_in] when b_dec is subtracted from the input
+    readonly Tensor? _values, _indices, _kept; // [B, k] TopK
+    readonly Tensor _colSum, _norms, _inv; // [n]
+    readonly Tensor _rowSums;              // [max(B, n, d_in)]
+    readonly Tensor _colMean;              // [d_out]
+    readonly Tensor _total, _factor;       // [1]
+    Tensor? _zAux, _diff, _projection;     // [B, n], [B, d_out], [n, d_out]: allocated when first needed
+    readonly float[] _sums = new float[Slots];
+
+    sealed record Param(string Name, Tensor Value, Tensor Grad, Tensor M, Tensor V, int Rows, int Cols);
+
+    /// <summary>Allocates everything on <paramref name="backend"/>'s device; <see cref="Upload"/> fills it.</summary>
+    /// <exception cref="InputError">The architecture does not train on a device yet.</exception>
+    public DeviceSaeTraining(IComputeBackend backend, SparseDictionary dictionary, SaeTrainingOptions options)
+    {
+        (_b, _dict, _o) = (backend, dictionary, options);
+        if (!Supports(dictionary.Activation))
+            throw new InputError($"argument: --device: {dictionary.Architecture} dictionaries train on the CPU only so far (on {backend.Device}: topk, standard); drop --device {backend.Device}");
+        var s = dictionary.Shape;
+        (_dIn, _n, _dOut, _batch) = (s.DIn, s.DSae, s.DOut, options.BatchSize);
+        _topK = dictionary.Activation is TopKActivation;
+        _k = dictionary.Activation is TopKActivation t ? Math.Min(t.K, _n) : 0;
+        _unitNorm = dictionary.Activation.UnitNormDecoder;
+        var b = backend;
+        Param New(string name, int rows, int cols) => new(name, b.Empty(rows, cols), b.Zeros(rows, cols), b.Zeros(rows, cols), b.Zeros(rows, cols), rows, cols);
+        _wEnc = New("W_enc", _dIn, _n);
+        _bEnc = New("b_enc", 1, _n);
+        _wDec = New("W_dec", _n, _dOut);
+        _bDec = New("b_dec", 1, _dOut);
+        _wSkip = s.Skip ? New("W_skip", _dIn, _dOut) : null;
+        _params = _wSkip is null ? [_wEnc, _bEnc, _wDec, _bDec] : [_wEnc, _bEnc, _wDec, _bDec, _wSkip];
+        _since = b.Zeros(_n);
+        _sinceNext = b.Zeros(_n);
+        _deadBias = b.Empty(_n);
+        _deadBiasNext = b.Empty(_n);
+        _metrics = b.Zeros(Slots);
+        _negBDec = b.Empty(_dOut);
+        _pre = b.Empty(_batch, _n);
+        _acts = b.Empty(_batch, _n);
+        _dPre = b.Empty(_batch, _n);
+        _err = b.Empty(_batch, _dOut);
+        _scratch = b.Empty(_batch, _dOut);
+        _xIn = s.ApplyBDecToInput ? b.Empty(_batch, _dIn) : null;
+        if (_topK)
+        {
+            _values = b.Empty(_batch, _k);
+            _indices = b.Empty(_batch, _k);
+            _kept = b.Empty(_batch, _k);
+        }
+        _colSum = b.Empty(_n);
+        _norms = b.Empty(_n);
+        _inv = b.Empty(_n);
+        _rowSums = b.Empty(Math.Max(Math.Max(_batch, _n), _dIn));
+        _colMean = b.Empty(_dOut);
+        _total = b.Empty(1);
+        _factor = b.Empty(1);
+    }
+
+    /// <summary>Whether <paramref name="activation"/> trains on a device (TopK and standard so far).</summary>
+    public static bool Supports(SaeActivation activation) => activation is TopKActivation or ReluActivation;
+
+    /// <summary>Dead features as the host last saw them (the aux loss's k and scale come from it).</summary>
+    public int DeadCount { get; private set; }
+
+    static float[] Of(SaeParameters p, string name) => name switch
+    {
+        "W_enc" => p.WEnc, "b_enc" => p.BEnc, "W_dec" => p.WDec, "b_dec" => p.BDec, "W_skip" => p.WSkip,
+        _ => throw new ArgumentOutOfRangeException(nameof(name), name, null),
+    };
+
+    void Put(Tensor into, float[] values, TransferKind kind) =>
+        _b.CopyRows(_b.ToDevice(Tensor.FromArray(values, values.Length), kind), 0, values.Length, into, 0, values.Length, 1, values.Length);
+
+    /// <summary>Copies parameters, moments and dead-feature counters to the device (counted as <see cref="TransferKind.Weights"/>).</summary>
+    public void Upload(SaeParameters p, SaeParameters m, SaeParameters v, long[] sinceFired)
+    {
+        foreach (var q in _params)
+        {
+            Put(q.Value, Of(p, q.Name), TransferKind.Weights);
+            Put(q.M, Of(m, q.Name), TransferKind.Weights);
+            Put(q.V, Of(v, q.Name), TransferKind.Weights);
+        }
+        float window = _o.DeadWindowTokens;
+        var since = new float[_n];
+        var bias = new float[_n];
+        int dead = 0;
+        for (int i = 0; i < _n; i++)
+        {
+            since[i] = Math.Min(sinceFired[i], _o.DeadWindowTokens); // past the window the count changes nothing
+            bool isDead = since[i] >= window;
+            bias[i] = isDead ? 0f : float.NegativeInfinity;
+            if (isDead) dead++;
+        }
+        Put(_since, since, TransferKind.Weights);
+        Put(_deadBias, bias, TransferKind.Weights);
+        DeadCount = dead;
+    }
+
+    /// <summary>Copies parameters, moments and dead-feature counters back to the host (counted as <see cref="TransferKind.Data"/>).</summary>
+    public void Download(SaeParameters p, SaeParameters m, SaeParameters v, long[] sinceFired)
+    {
+        foreach (var q in _params)
+        {
+            q.Value.CopyTo(Of(p, q.Name));
+            q.M.CopyTo(Of(m, q.Name));
+            q.V.CopyTo(Of(v, q.Name));
+        }
+        var since = new float[_n];
+        _since.CopyTo(since);
+        for (int i = 0; i < _n; i++) sinceFired[i] = (long)since[i];
+    }
+
+    // Σ x² over [rows, cols] into metric slot `slot`: per-row dots, then their sum (many groups, not one).
+    void SumOfSquares(Tensor x, int rows, int cols, int slot)
+    {
+        _b.RowDots(x, x, rows, cols, _rowSums);
+        _b.SumMiddleAxis(_rowSums, 1, rows, 1, _metrics[slot]);
+    }
+
+    /// <summary>
+    /// Steps 1–7 for one batch (already scaled): loss terms and gradients, the metric sums read back once.
+    /// <paramref name="targets"/> null: the inputs are the targets (an SAE).
+    /// </summary>
+    public DeviceStepSums ForwardBackward(float[] inputs, float[]? targets, float sparsityCoefficient)
+    {
+        var b = _b;
+        int batch = _batch, dIn = _dIn, n = _n, dOut = _dOut;
+        // 1. batch
+        var x = b.ToDevice(Tensor.FromArray(inputs, batch, dIn), TransferKind.Data);
+        var target = targets is null ? x : b.ToDevice(Tensor.FromArray(targets, batch, dOut), TransferKind.Data);
+        b.Fill(_metrics, 0f);
+
+        // 2. forward
+        var xIn = x;
+        if (_xIn is not null)
+        {
+            xIn = _xIn;
+            b.CopyRows(x, 0, dIn, xIn, 0, dIn, batch, dIn);
+            b.Scale(_bDec.Value, -1f, _negBDec);
+            b.AddRowVector(xIn, batch, _negBDec);
+        }
+        b.Linear(xIn, batch, dIn, _wEnc.Value, false, n, _bEnc.Value, _pre);
+        if (_topK)
+        {
+            b.TopKRows(_pre, batch, n, _k, _values!, _indices!);
+            b.Activation("relu", _values!, _kept!);
+            b.ScatterRows(_kept!, _indices!, batch, _k, n, _acts);
+            b.CountAbove(_kept!, 0f, _metrics[2]);
+        }
+        else
+        {
+            b.Activation("relu", _pre, _acts);
+            b.CountAbove(_acts, 0f, _metrics[2]);
+        }
+        b.Linear(_acts, batch, n, _wDec.Value, false, dOut, _bDec.Value, _err);
+        if (_wSkip is not null) b.Gemm(false, false, batch, dOut, dIn, 1f, x, 0, dIn, _wSkip.Value, 0, dOut, 1f, _err, 0, dOut);
+        var negTarget = _scratch;
+        b.Scale(target, -1f, negTarget);
+        b.Add(_err, negTarget, _err);
+
+        // 3. metrics: Σ err², Σ (target − mean)², firing and dead features
+        SumOfSquares(_err, batch, dOut, 0);
+        b.SumMiddleAxis(target, 1, batch, dOut, _colMean);
+        b.Scale(_colMean, -1f / batch, _colMean);
+        b.CopyRows(target, 0, dOut, _scratch, 0, dOut, batch, dOut);
+        b.AddRowVector(_scratch, batch, _colMean);
+        SumOfSquares(_scratch, batch, dOut, 3);
+        b.SumMiddleAxis(_acts, 1, batch, n, _colSum);
+        b.UpdateSinceFired(_colSum, _since, batch, _o.DeadWindowTokens, _sinceNext, _deadBiasNext);
+        b.CountAbove(_deadBiasNext, -1f, _metrics[4]);
+
+        // 4. L1 = λ/B Σ_b Σ_i acts[b,i]·‖W_dec[i]‖  (standard)
+        bool decoderGradWritten = false, dActsWritten = false;
+        if (!_topK)
+        {
+            float scale = sparsityCoefficient / batch;
+            b.RowDots(_wDec.Value, _wDec.Value, n, dOut, _norms);
+            b.NormScale(_norms, 1f, false, _inv);      // 1/‖W_dec[i]‖ (1 for a zero row)
+            b.Multiply(_norms, _inv, _norms);          // ‖W_dec[i]‖
+            b.RowDots(_colSum, _norms, 1, n, _metrics[1]);
+            // d/dW_dec[i] = scale·colsum_i·W_dec[i]/‖W_dec[i]‖;  d/dacts[b,i] = scale·‖W_dec[i]‖
+            b.Multiply(_colSum, _inv, _inv);
+            b.Scale(_inv, scale, _inv);
+            b.ScaleRows(_wDec.Value, n, dOut, _inv, _wDec.Grad);
+            b.Scale(_norms, scale, _norms);
+            b.Fill(_pre, 0f);
+            b.AddRowVector(_pre, batch, _norms);
+            decoderGradWritten = dActsWritten = true;
+        }
+
+        // 5. aux-k on the features dead at the start of this step
+        float auxScale = 0f;
+        bool aux = _topK && _o.AuxKCoefficient > 0 && DeadCount > 0;
+        if (aux)
+        {
+            int kNominal = Math.Max(1, dIn / 2), kAux = Math.Min(kNominal, DeadCount);
+            auxScale = _o.AuxKCoefficient * Math.Min((float)DeadCount / kNominal, 1f);
+            var zAux = _zAux ??= b.Empty(batch, n);
+            var diff = _diff ??= b.Empty(batch, dOut);
+            var auxValues = b.Empty(batch, kAux);
+            var auxIndices = b.Empty(batch, kAux);
+            b.CopyRows(_pre, 0, n, _dPre, 0, n, batch, n);
+            b.AddRowVector(_dPre, batch, _deadBias);  // live features → −∞
+            b.TopKRows(_dPre, batch, n, kAux, auxValues, auxIndices);
+            b.Activation("relu", auxValues, auxValues);
+            b.ScatterRows(auxValues, auxIndices, batch, kAux, n, zAux);
+            // diff = ê − e = z_aux·W_dec + err
+            b.CopyRows(_err, 0, dOut, diff, 0, dOut, batch, dOut);
+            b.Gemm(false, false, batch, dOut, n, 1f, zAux, 0, n, _wDec.Value, 0, dOut, 1f, diff, 0, dOut);
+            SumOfSquares(diff, batch, dOut, 5);
+            b.Scale(diff, 2f * auxScale / batch, diff);
+            b.Gemm(true, false, n, dOut, batch, 1f, zAux, 0, n, diff, 0, dOut, 0f, _wDec.Grad, 0, dOut);
+            b.Gemm(false, true, batch, n, dOut, 1f, diff, 0, dOut, _wDec.Value, 0, dOut, 0f, _dPre, 0, n);
+            b.ActivationBackward("relu", zAux, _dPre, _dPre); // only where z_aux > 0
+            decoderGradWritten = true;
+        }
+
+        // 6. backward: d recon = 2·err / B
+        var dRecon = _err;
+        b.Scale(_err, 2f / batch, dRecon);
+        b.Gemm(true, false, n, dOut, batch, 1f, _acts, 0, n, dRecon, 0, dOut, decoderGradWritten ? 1f : 0f, _wDec.Grad, 0, dOut);
+        b.SumMiddleAxis(dRecon, 1, batch, dOut, _bDec.Grad);
+        if (_wSkip is not null) b.Gemm(true, false, dIn, dOut, batch, 1f, x, 0, dIn, dRecon, 0, dOut, 0f, _wSkip.Grad, 0, dOut);
+        var dActs = _pre;
+        b.Gemm(false, true, batch, n, dOut, 1f, dRecon, 0, dOut, _wDec.Value, 0, dOut, dActsWritten ? 1f : 0f, dActs, 0, n);
+        if (aux)
+        {
+            b.ActivationBackward("relu", _acts, dActs, _zAux!);
+            b.Add(_dPre, _zAux!, _dPre);
+        }
+        else b.ActivationBackward("relu", _acts, dActs, _dPre);
+        b.Gemm(true, false, dIn, n, batch, 1f, xIn, 0, dIn, _dPre, 0, n, 0f, _wEnc.Grad, 0, n);
+        b.SumMiddleAxis(_dPre, 1, batch, n, _bEnc.Grad);
+        // x_in = x − b_dec  ⇒  db_dec −= W_enc·db_enc
+        if (_xIn is not null) b.Gemm(false, false, dIn, 1, n, -1f, _wEnc.Value, 0, n, _bEnc.Grad, 0, 1, 1f, _bDec.Grad, 0, 1);
+
+        // 7. the one read back
+        _metrics.CopyTo(_sums);
+        return new DeviceStepSums(_sums[0], _sums[1], _sums[2], _sums[3], (int)_sums[4], _sums[5], auxScale);
+    }
+
+    /// <summary>Step 8: decoder projection, clipping, Adam at <paramref name="lr"/> and 1-based <paramref name="adamStep"/>, renormalisation.</summary>
+    public void Update(float lr, int adamStep, int deadAfter)
+    {
+        var b = _b;
+        int n = _n, dOut = _dOut;
+        // g_i ← g_i − (g_i·w_i) w_i for each unit decoder row w_i
+        if (_unitNorm)
+        {
+            var projection = _projection ??= b.Empty(n, dOut);
+            b.RowDots(_wDec.Grad, _wDec.Value, n, dOut, _inv);
+            b.Scale(_inv, -1f, _inv);
+            b.ScaleRows(_wDec.Value, n, dOut, _inv, projection);
+            b.Add(_wDec.Grad, projection, _wDec.Grad);
+        }
+        // global norm clip: g ← g·min(1, clip/‖g‖)
+        if (_o.GradClipNorm > 0)
+        {
+            b.Fill(_total, 0f);
+            foreach (var q in _params)
+            {
+                b.RowDots(q.Grad, q.Grad, q.Rows, q.Cols, _rowSums);
+                b.SumMiddleAxis(_rowSums, 1, q.Rows, 1, _total, accumulate: true);
+            }
+            b.NormScale(_total, _o.GradClipNorm, true, _factor);
+            foreach (var q in _params) b.ScaleRows(q.Grad, 1, q.Rows * q.Cols, _factor, q.Grad);
+        }
+        foreach (var q in _params) b.AdamStep(q.Value, q.Grad, q.M, q.V, lr, _o.Beta1, _o.Beta2, 1e-8f, adamStep);
+        if (_unitNorm)
+        {
+            b.RowDots(_wDec.Value, _wDec.Value, n, dOut, _inv);
+            b.NormScale(_inv, 1f, false, _inv);
+            b.ScaleRows(_wDec.Value, n, dOut, _inv, _wDec.Value);
+        }
+        (_since, _sinceNext) = (_sinceNext, _since);
+        (_deadBias, _deadBiasNext) = (_deadBiasNext, _deadBias);
+        DeadCount = deadAfter;
+    }
+}

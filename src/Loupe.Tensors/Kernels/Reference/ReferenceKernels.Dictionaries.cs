@@ -1,0 +1,50 @@
+namespace Loupe.Tensors.Kernels.Reference;
+
+public static partial class ReferenceKernels
+{
+    /// <summary><see cref="Backends.IComputeBackend.RowDots"/>: <c>y[r] (+)= Σ_c a[r, c]·b[r, c]</c>.</summary>
+    public static void RowDots(ReadOnlySpan<double> a, ReadOnlySpan<double> b, int rows, int cols, Span<double> y, bool accumulate)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            double sum = 0;
+            for (int c = 0; c < cols; c++) sum += a[r * cols + c] * b[r * cols + c];
+            y[r] = accumulate ? y[r] + sum : sum;
+        }
+    }
+
+    /// <summary><see cref="Backends.IComputeBackend.ScaleRows"/>: <c>y[r, c] = x[r, c]·scale[r]</c>.</summary>
+    public static void ScaleRows(ReadOnlySpan<double> x, int rows, int cols, ReadOnlySpan<double> scale, Span<double> y)
+    {
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) y[r * cols + c] = x[r * cols + c] * scale[r];
+    }
+
+    /// <summary><see cref="Backends.IComputeBackend.NormScale"/>: <c>target / √s</c> where the norm is positive (and above target when asked), else 1.</summary>
+    public static void NormScale(ReadOnlySpan<double> sumSquares, double target, bool onlyAbove, Span<double> y)
+    {
+        for (int i = 0; i < sumSquares.Length; i++)
+        {
+            double n = Math.Sqrt(sumSquares[i]);
+            y[i] = n > 0 && (!onlyAbove || n > target) ? target / n : 1;
+        }
+    }
+
+    /// <summary><see cref="Backends.IComputeBackend.CountAbove"/>: how many elements exceed the threshold.</summary>
+    public static long CountAbove(ReadOnlySpan<double> x, double threshold)
+    {
+        long count = 0;
+        foreach (double v in x) if (v > threshold) count++;
+        return count;
+    }
+
+    /// <summary><see cref="Backends.IComputeBackend.UpdateSinceFired"/>: tokens since each feature fired (saturated at the window) and 0 / −∞ dead bias.</summary>
+    public static void UpdateSinceFired(ReadOnlySpan<double> fired, Span<double> since, double tokens, double window, Span<double> deadBias)
+    {
+        for (int i = 0; i < fired.Length; i++)
+        {
+            since[i] = fired[i] > 0 ? 0 : Math.Min(since[i] + tokens, window);
+            deadBias[i] = since[i] >= window ? 0 : double.NegativeInfinity;
+        }
+    }
+}

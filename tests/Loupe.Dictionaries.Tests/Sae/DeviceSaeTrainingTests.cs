@@ -1,0 +1,193 @@
+using Loupe.Dictionaries.Sae;
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
+using Loupe.Tensors.Gpu;
+
+namespace Loupe.Dictionaries.Tests.Sae;
+
+/// <summary>One emulated GPU backend for the class: ILGPU contexts and compiled kernels are costly.</summary>
+public sealed class EmulatedSaeBackendFixture : IDisposable
+{
+    public IComputeBackend Backend { get; } = ComputeBackends.Create(new Device(DeviceKind.Emulated));
+    public void Dispose() => (Backend as IDisposable)?.Dispose();
+}
+
+/// <summary>
+/// SaeTrainer on a device (the GPU kernels on ILGPU's CPU accelerator) against the same trainer on the host: every
+/// supported architecture with its real features (aux-k on dead features, unit-norm decoder, warm-up and decay,
+/// clipping, input normalisation), resume from a device checkpoint, and what a step copies.
+/// </summary>
+public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : IClassFixture<EmulatedSaeBackendFixture>, IDisposable
+{
+    const int DIn = 16, DSae = 64, Batch = 32, Rows = 256, Steps = 8;
+    readonly string _dir = Path.Combine(Path.GetTempPath(), "loupe-device-sae-" + Guid.NewGuid().ToString("N"));
+
+    public void Dispose()
+    {
+        if (Directory.Exists(_dir)) Directory.Delete(_dir, true);
+    }
+
+    static float[] RandomRows(int seed, int d, float shift = 0.1f)
+    {
+        var rng = new Random(seed);
+        var x = new float[Rows * d];
+        for (int i = 0; i < x.Length; i++) x[i] = SparseDictionary.Gaussian(rng) * 0.5f + shift;
+        return x;
+    }
+
+    static SparseDictionary NewDictionary(string kind) => kind switch
+    {
+        "topk" => Init(new SparseDictionary(SaeShape.Sae(DIn, DSae), new TopKActivation(4))),
+        "standard" => Init(new SparseDictionary(SaeShape.Sae(DIn, DSae), new ReluActivation())),
+        "topk-skip-transcoder" => Init(new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 12, skip: true), new TopKActivation(4))),
+        "standard-transcoder" => Init(new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 12), new ReluActivation())),
+        _ => throw new ArgumentOutOfRangeException(nameof(kind)),
+    };
+
+    static SparseDictionary Init(SparseDictionary d)
+    {
+        d.Initialize(seed: 3);
+        return d;
+    }
+
+    // Dead features within two batches, so aux-k runs from the third step; a schedule with warm-up and decay.
+    static SaeTrainingOptions Options(string kind) => new()
+    {
+        Steps = Steps, BatchSize = Batch, LearningRate = 3e-3f, LrWarmupSteps = 2, LrDecayFraction = 0.25f,
+        SparsityCoefficient = kind.StartsWith("standard", StringComparison.Ordinal) ? 0.5f : 0f, SparsityWarmupSteps = 3,
+        DeadWindowTokens = 2 * Batch, AuxKCoefficient = 0.25f, GradClipNorm = 0.5f, NormalizeExpectedAverage = true, Seed = 9,
+    };
+
+    static IRowWindows Data(SparseDictionary d) =>
+        new InMemoryRows(RandomRows(1, DIn), DIn, d.Shape.DOut == DIn && !d.Shape.Skip ? null : RandomRows(2, d.Shape.DOut, -0.2f), d.Shape.DOut);
+
+    static void Close(float expected, float actual, double relative, double absolute, string what) =>
+        Assert.True(Math.Abs(expected - actual) <= absolute + relative * Math.Abs(expected), $"{what}: host {expected:R}, device {actual:R}");
+
+    static void CloseArrays(float[] expected, float[] actual, double relative, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double scale = expected.Length == 0 ? 0 : expected.Max(Math.Abs);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(Math.Abs(expected[i] - actual[i]) <= relative * Math.Max(scale, 1e-12),
+                $"{what}[{i}]: host {expected[i]:R}, device {actual[i]:R} (allowed {relative:G2} × {scale:G4})");
+    }
+
+    [Theory]
+    [InlineData("topk")]
+    [InlineData("standard")]
+    [InlineData("topk-skip-transcoder")]
+    [InlineData("standard-transcoder")]
+    public void DeviceTrainingMatchesHostTrainingStepByStep(string kind)
+    {
+        var hostDict = NewDictionary(kind);
+        var host = new SaeTrainer(hostDict, Options(kind));
+        var device = new SaeTrainer(NewDictionary(kind), Options(kind), fixture.Backend);
+        Assert.Equal(DeviceKind.Emulated, device.Device.Kind);
+        host.Begin(Data(hostDict));
+        device.Begin(Data(hostDict));
+        bool sawDead = false;
+        for (int t = 0; t < Steps; t++)
+        {
+            var h = host.Step();
+            var d = device.Step();
+            Close(h.Loss, d.Loss, 2e-3, 1e-6, $"step {t} loss");
+            Close(h.Mse, d.Mse, 2e-3, 1e-6, $"step {t} mse");
+            Close(h.Sparsity, d.Sparsity, 2e-3, 1e-6, $"step {t} sparsity");
+            Close(h.L0, d.L0, 0, 1e-6, $"step {t} L0");
+            Close(h.ExplainedVariance, d.ExplainedVariance, 1e-3, 1e-4, $"step {t} explained variance");
+            Close(h.DeadFraction, d.DeadFraction, 0, 0, $"step {t} dead fraction");
+            Assert.Equal(h.LearningRate, d.LearningRate);
+            sawDead |= h.DeadFraction > 0;
+        }
+        if (kind.StartsWith("topk", StringComparison.Ordinal)) Assert.True(sawDead, "the run should have dead features, so aux-k is exercised");
+        host.Finish();
+        device.Finish();
+        var (hp, dp) = (host.Dictionary.P, device.Dictionary.P);
+        CloseArrays(hp.WEnc, dp.WEnc, 1e-3, "W_enc");
+        CloseArrays(hp.BEnc, dp.BEnc, 1e-3, "b_enc");
+        CloseArrays(hp.WDec, dp.WDec, 1e-3, "W_dec");
+        CloseArrays(hp.BDec, dp.BDec, 1e-3, "b_dec");
+        CloseArrays(hp.WSkip, dp.WSkip, 1e-3, "W_skip");
+    }
+
+    [Fact]
+    public void TheCpuBackendKeepsTheHostPathBitExact()
+    {
+        var a = new SaeTrainer(NewDictionary("topk"), Options("topk"));
+        var b = new SaeTrainer(NewDictionary("topk"), Options("topk"), CpuBackend.Instance);
+        var data = RandomRows(1, DIn);
+        var ma = a.Train(data);
+        var mb = b.Train(data);
+        Assert.Equal(ma, mb);
+        Assert.Equal(a.Dictionary.P.WDec, b.Dictionary.P.WDec);
+    }
+
+    [Theory]
+    [InlineData("topk")]
+    [InlineData("standard")]
+    public void ADeviceCheckpointResumesToTheSameWeights(string kind)
+    {
+        var data = Data(NewDictionary(kind));
+        var straight = new SaeTrainer(NewDictionary(kind), Options(kind), fixture.Backend);
+        straight.Begin(data);
+        var straightMetrics = new List<SaeStepMetrics>();
+        while (!straight.IsComplete) straightMetrics.Add(straight.Step());
+        straight.Finish();
+
+        Directory.CreateDirectory(_dir);
+        string checkpoint = Path.Combine(_dir, kind + ".safetensors");
+        var first = new SaeTrainer(NewDictionary(kind), Options(kind), fixture.Backend);
+        first.Begin(data);
+        for (int t = 0; t < 5; t++) first.Step();
+        first.SaveCheckpoint(checkpoint);
+        first.Step(); // steps after the checkpoint are lost with the process
+
+        var resumed = new SaeTrainer(NewDictionary(kind), Options(kind), fixture.Backend);
+        resumed.LoadCheckpoint(checkpoint, data);
+        Assert.Equal(5, resumed.StepsDone);
+        var resumedMetrics = new List<SaeStepMetrics>();
+        while (!resumed.IsComplete) resumedMetrics.Add(resumed.Step());
+        resumed.Finish();
+
+        Assert.Equal(straightMetrics.Skip(5), resumedMetrics);
+        Assert.Equal(straight.Dictionary.P.WEnc, resumed.Dictionary.P.WEnc);
+        Assert.Equal(straight.Dictionary.P.WDec, resumed.Dictionary.P.WDec);
+        Assert.Equal(straight.Dictionary.P.BDec, resumed.Dictionary.P.BDec);
+    }
+
+    [Theory]
+    [InlineData("topk")]
+    [InlineData("topk-skip-transcoder")]
+    [InlineData("standard")]
+    public void AStepCopiesItsBatchInAndItsMetricsOut(string kind)
+    {
+        var backend = fixture.Backend;
+        var dict = NewDictionary(kind);
+        var trainer = new SaeTrainer(dict, Options(kind), backend);
+        trainer.Begin(Data(dict));
+        for (int t = 0; t < 3; t++) trainer.Step(); // buffers allocated, and by now dead features: aux-k runs in the steps measured
+
+        var before = backend.Transfers.Snapshot();
+        var m1 = trainer.Step();
+        var m2 = trainer.Step();
+        var moved = backend.Transfers.Snapshot() - before;
+        if (kind.StartsWith("topk", StringComparison.Ordinal)) Assert.True(m1.DeadFraction > 0, "aux-k should run in the measured steps");
+        int uploadsPerStep = dict.Shape.DOut == dict.Shape.DIn && !dict.Shape.Skip ? 1 : 2; // inputs, and targets for a transcoder
+        Assert.True(moved.In(TransferKind.Data) == 2 * uploadsPerStep, $"batch uploads: {moved}");
+        Assert.True(moved.Out(TransferKind.Data) == 2, $"one metric vector read per step: {moved}");
+        Assert.True(moved.In(TransferKind.Weights) == 0 && moved.In(TransferKind.Inputs) == 0 && moved.Out(TransferKind.Scalars) == 0
+            && moved.In(TransferKind.Scalars) == 0 && moved.Out(TransferKind.Weights) == 0 && moved.Out(TransferKind.Inputs) == 0,
+            $"nothing else crosses during steps: {moved}");
+        Assert.True(float.IsFinite(m2.Loss));
+    }
+
+    [Fact]
+    public void ArchitecturesNotYetOnADeviceAreRefusedNamingTheOption()
+    {
+        var batchTopK = new SparseDictionary(SaeShape.Sae(DIn, DSae), new BatchTopKActivation(4));
+        var e = Assert.Throws<InputError>(() => new SaeTrainer(batchTopK, Options("topk"), fixture.Backend));
+        Assert.Contains("--device", e.Message);
+        Assert.Contains("batchtopk", e.Message);
+    }
+}
