@@ -413,6 +413,7 @@ public abstract class HookedTransformer : IDisposable
     internal Tensor Forward(TokenBatch tokens, ForwardContext ctx)
     {
         var logits = ForwardUnchecked(tokens, ctx);
+        if (ctx.DefersFiniteCheck) return logits;
         // One vectorized scan of the logits; only when it fails is the pass re-run hook by hook.
         long bad = ctx.Backend.IndexOfNonFinite(logits);
         if (bad >= 0 && !ctx.ChecksFinite) throw NonFiniteLogits(tokens, ctx, logits, bad);

@@ -36,6 +36,30 @@ public class DeviceCliTests
     }
 
     [Fact]
+    public void PatchOnTheEmulatedDeviceWritesWhatTheCpuWrites()
+    {
+        string cpu = Directory.CreateTempSubdirectory("loupe-cli").FullName, device = Directory.CreateTempSubdirectory("loupe-cli").FullName;
+        string[] args = ["patch", "--model", Fixture("gpt2"), "--clean-tokens", "82,87,74,39,184,175,214,409", "--corrupt-tokens", "82,87,74,300,184,175,214,12",
+            "--answer-id", "17", "--wrong-id", "42", "--target", "head_out", "--method", "both"];
+        var run = RunLoupe([.. args, "--out", cpu]);
+        Assert.True(run.Code == 0, run.Err);
+        run = RunLoupe([.. args, "--out", device, "--device", "emulated"]);
+        Assert.True(run.Code == 0, run.Err);
+        foreach (string file in new[] { "patch.json", Path.Combine("attribution", "patch.json") })
+        {
+            using var a = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(cpu, file)));
+            using var b = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(device, file)));
+            double clean = a.RootElement.GetProperty("clean_value").GetDouble(), corrupt = a.RootElement.GetProperty("corrupt_value").GetDouble();
+            double scale = Math.Max(Math.Abs(clean), Math.Abs(corrupt)) + 1e-6;
+            Assert.InRange(b.RootElement.GetProperty("clean_value").GetDouble(), clean - 1e-4 * scale, clean + 1e-4 * scale);
+            var x = a.RootElement.GetProperty("values").EnumerateArray().SelectMany(r => r.EnumerateArray()).Select(v => v.GetDouble()).ToArray();
+            var y = b.RootElement.GetProperty("values").EnumerateArray().SelectMany(r => r.EnumerateArray()).Select(v => v.GetDouble()).ToArray();
+            Assert.Equal(x.Length, y.Length);
+            for (int i = 0; i < x.Length; i++) Assert.True(Math.Abs(x[i] - y[i]) <= 1e-4 * scale, $"{file} cell {i}: cpu {x[i]}, emulated {y[i]}");
+        }
+    }
+
+    [Fact]
     public void InfoAndRunReportTheDevice()
     {
         var (code, stdout, err) = RunLoupe("info", "--model", Fixture("gpt2"), "--device", "emulated");

@@ -92,6 +92,29 @@ public sealed class TargetLogProb : IDeviceMetric
         return (-backend.Sum(loss) / n, grad);
     }
 
+    /// <summary>On a device, the value only: cross-entropy over the span's rows (no gradient), summed into <paramref name="value"/> as −Σ/n.</summary>
+    /// <param name="logits">The logits <c>[batch, pos, d_vocab_out]</c>, on the backend's device.</param>
+    /// <param name="backend">The backend that owns the logits.</param>
+    /// <param name="value">A one-element tensor on the same device that receives the value.</param>
+    public void WriteValue(Tensor logits, IComputeBackend backend, Tensor value)
+    {
+        var (B, T, V) = Dims(logits);
+        int n = _end - _start;
+        var targets = new int[B * T];
+        Array.Fill(targets, -1);
+        for (int b = 0; b < B; b++)
+            for (int p = _start; p < _end; p++)
+            {
+                int target = Target(b, p);
+                if ((uint)target >= (uint)V) throw new InputError($"target token {target} is outside d_vocab_out = {V}");
+                targets[b * T + p] = target;
+            }
+        var loss = backend.Empty(B * T);
+        backend.CrossEntropyRows(logits, B * T, V, targets, loss, null, 1f);
+        backend.SumMiddleAxis(loss, 1, B * T, 1, value);
+        backend.Scale(value, -1f / n, value);
+    }
+
     int Target(int b, int p) => _targets.Ids[b * _targets.Length + p + 1];
 
     (int B, int T, int V) Dims(Tensor logits)
@@ -186,5 +209,26 @@ public sealed class AnswerLogProb(int[] answers, int position = -1, int vocabLim
         var grad = backend.Zeros(B, T, Vfull);
         backend.CopyRows(dRows, 0, V, grad, (long)p * Vfull, T * Vfull, B, V);
         return (-backend.Sum(loss) / B, grad);
+    }
+
+    /// <summary>On a device, the value only: the scored rows gathered as in <see cref="Evaluate"/>, their cross-entropy summed into <paramref name="value"/> as −Σ/B.</summary>
+    /// <param name="logits">The logits <c>[batch, pos, d_vocab_out]</c>, on the backend's device.</param>
+    /// <param name="backend">The backend that owns the logits.</param>
+    /// <param name="value">A one-element tensor on the same device that receives the value.</param>
+    public void WriteValue(Tensor logits, IComputeBackend backend, Tensor value)
+    {
+        if (logits.Rank != 3) throw new ArgumentException($"logits should be [batch, pos, d_vocab], got {logits.ShapeString}", nameof(logits));
+        int B = logits.Dim(0), T = logits.Dim(1), Vfull = logits.Dim(2), V = Math.Min(Vfull, vocabLimit);
+        if (answers.Length != B) throw new InputError($"{answers.Length} answers for a batch of {B} rows");
+        int p = position < 0 ? T + position : position;
+        if ((uint)p >= (uint)T) throw new InputError($"position {position} is outside a sequence of {T}");
+        foreach (int a in answers)
+            if ((uint)a >= (uint)V) throw new InputError($"answer token {a} is outside the {V} scored logits");
+        var rows = backend.Empty(B, V);
+        backend.CopyRows(logits, (long)p * Vfull, T * Vfull, rows, 0, V, B, V);
+        var loss = backend.Empty(B);
+        backend.CrossEntropyRows(rows, B, V, answers, loss, null, 1f);
+        backend.SumMiddleAxis(loss, 1, B, 1, value);
+        backend.Scale(value, -1f / B, value);
     }
 }

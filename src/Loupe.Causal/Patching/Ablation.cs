@@ -42,7 +42,7 @@ public abstract class Ablation
     /// The replacement for each of <paramref name="hooks"/>, shaped like <paramref name="baseline"/>'s
     /// activation there. Adds the forward passes it needs to <paramref name="passes"/>.
     /// </summary>
-    internal abstract Dictionary<string, Tensor> Replacements(HookedTransformer model, IReadOnlyCollection<string> hooks, ActivationCache baseline, ref int passes);
+    internal abstract Dictionary<string, Tensor> Replacements(HookedTransformer model, SweepReadout readout, IReadOnlyCollection<string> hooks, ActivationCache baseline, ref int passes);
 
     /// <summary>
     /// Patches that ablate the given cells of <paramref name="target"/> on <paramref name="tokens"/>,
@@ -53,9 +53,11 @@ public abstract class Ablation
         var layers = (target with { Layers = cells.Select(c => c.Layer).Distinct().ToArray() }).ResolveLayers(model);
         if (layers.Length > 0) target = target.ResolveAxes(model, layers[0]);
         var hooks = new HashSet<string>(layers.Select(target.HookName), StringComparer.Ordinal);
-        var cache = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains }).Cache;
+        var readout = new SweepReadout(model);
+        var cache = readout.Run(tokens, new RunOptions { CacheFilter = hooks.Contains }).Cache;
         int passes = 0;
-        var replacements = Replacements(model, hooks, cache, ref passes);
+        var replacements = Replacements(model, readout, hooks, cache, ref passes);
+        readout.Read(); // the runs' finiteness checks
         return cells.Select(c => new Patch(target.HookName(c.Layer), replacements[target.HookName(c.Layer)], target.HeadAxis, c.Head, target.PositionAxis, c.Position)).ToArray();
     }
 
@@ -63,7 +65,7 @@ public abstract class Ablation
     {
         public override string Name => "zero";
 
-        internal override Dictionary<string, Tensor> Replacements(HookedTransformer model, IReadOnlyCollection<string> hooks, ActivationCache baseline, ref int passes) =>
+        internal override Dictionary<string, Tensor> Replacements(HookedTransformer model, SweepReadout readout, IReadOnlyCollection<string> hooks, ActivationCache baseline, ref int passes) =>
             hooks.ToDictionary(h => h, h => model.Backend.Zeros(baseline[h].Shape.ToArray()), StringComparer.Ordinal);
     }
 
@@ -81,7 +83,7 @@ public abstract class Ablation
 
         public override string Name => _perPosition ? "mean (per position)" : "mean (over positions)";
 
-        internal override Dictionary<string, Tensor> Replacements(HookedTransformer model, IReadOnlyCollection<string> hooks, ActivationCache baseline, ref int passes)
+        internal override Dictionary<string, Tensor> Replacements(HookedTransformer model, SweepReadout readout, IReadOnlyCollection<string> hooks, ActivationCache baseline, ref int passes)
         {
             var set = new HashSet<string>(hooks, StringComparer.Ordinal);
             var backend = model.Backend;
@@ -90,7 +92,7 @@ public abstract class Ablation
             var counts = new Dictionary<string, long>(StringComparer.Ordinal);
             foreach (var batch in _reference)
             {
-                var cache = model.Run(batch, new RunOptions { CacheFilter = set.Contains }).Cache;
+                var cache = readout.Run(batch, new RunOptions { CacheFilter = set.Contains }).Cache;
                 passes++;
                 foreach (var hook in hooks)
                 {
@@ -133,10 +135,10 @@ public abstract class Ablation
     {
         public override string Name => $"resample (seed {seed})";
 
-        internal override Dictionary<string, Tensor> Replacements(HookedTransformer model, IReadOnlyCollection<string> hooks, ActivationCache baseline, ref int passes)
+        internal override Dictionary<string, Tensor> Replacements(HookedTransformer model, SweepReadout readout, IReadOnlyCollection<string> hooks, ActivationCache baseline, ref int passes)
         {
             var set = new HashSet<string>(hooks, StringComparer.Ordinal);
-            var cache = model.Run(source, new RunOptions { CacheFilter = set.Contains }).Cache;
+            var cache = readout.Run(source, new RunOptions { CacheFilter = set.Contains }).Cache;
             passes++;
             var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
             foreach (var hook in hooks)
@@ -169,11 +171,14 @@ public static class AblationSweep
         var layers = target.ResolveLayers(model);
         target = target.ResolveAxes(model, layers[0]);
         var hooks = new HashSet<string>(layers.Select(target.HookName), StringComparer.Ordinal);
-        var baseRun = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
+        var readout = new SweepReadout(model);
+        var baseRun = readout.Run(tokens, new RunOptions { CacheFilter = hooks.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
+        int baseline = readout.Value(metric, baseRun.Logits);
         int passes = 1;
         var (heads, positions, cells) = ActivationPatching.Cells(target, layers, baseRun.Cache[target.HookName(layers[0])]);
-        var replacements = ablation.Replacements(model, hooks, baseRun.Cache, ref passes);
-        var values = PatchEngine.Evaluate(model, tokens, metric, target, cells, h => replacements[h], options, ref passes);
+        var replacements = ablation.Replacements(model, readout, hooks, baseRun.Cache, ref passes);
+        var slots = PatchEngine.Evaluate(model, readout, tokens, metric, target, cells, h => replacements[h], options, ref passes);
+        var read = readout.Read();
         return new AblationResult
         {
             Target = target.Name,
@@ -183,8 +188,8 @@ public static class AblationSweep
             Heads = heads,
             Positions = positions,
             Cells = cells,
-            Values = values,
-            BaselineValue = MetricValue.Of(metric, baseRun.Logits, model.Backend),
+            Values = slots.Select(i => read[i]).ToArray(),
+            BaselineValue = read[baseline],
             ForwardPasses = passes,
             CellsPerPass = PatchEngine.CellsPerPass(options, tokens.Batch),
             Seconds = clock.Elapsed.TotalSeconds,

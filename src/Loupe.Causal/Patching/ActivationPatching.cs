@@ -17,7 +17,8 @@ namespace Loupe.Causal.Patching;
 //    and one hook per hook point copies cell r's slice into row group r (rows r·B … r·B+B−1).
 //    k = max(1, MaxRows / B), so a pass has at most MaxRows rows (or B when B > MaxRows).
 // 5. The metric is evaluated per row group on its own [B, pos, d_vocab] slice (a view) of the logits,
-//    where the logits live (on a GPU only each group's scalar comes back); normalize as (m − m_corrupt) / (m_clean − m_corrupt).
+//    where the logits live: on a device each value (and each pass's finiteness flag) stays there until the
+//    sweep reads them all back as one table (SweepReadout); normalize as (m − m_corrupt) / (m_clean − m_corrupt).
 // Shapes: clean, corrupt [B, pos]; one pass runs [k·B, pos] and gives logits [k·B, pos, d_vocab_out]
 // (pos = 1 with LastPositionLogitsOnly); a cached source activation is [B, …] as its hook has it,
 // e.g. hook_z [B, pos, head_index, d_head], and row group r is rows [r·B, r·B + B) of the pass.
@@ -65,14 +66,16 @@ public static class ActivationPatching
         var layers = target.ResolveLayers(model);
         target = target.ResolveAxes(model, layers[0]);
         var hooks = new HashSet<string>(layers.Select(target.HookName), StringComparer.Ordinal);
-        var cleanRun = model.Run(clean, new RunOptions { CacheFilter = hooks.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
-        var corruptRun = model.Run(corrupt, new RunOptions { CacheFilter = hooks.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
-        double mClean = MetricValue.Of(metric, cleanRun.Logits, model.Backend), mCorrupt = MetricValue.Of(metric, corruptRun.Logits, model.Backend);
+        var readout = new SweepReadout(model);
+        var cleanRun = readout.Run(clean, new RunOptions { CacheFilter = hooks.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
+        var corruptRun = readout.Run(corrupt, new RunOptions { CacheFilter = hooks.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
+        int mClean = readout.Value(metric, cleanRun.Logits), mCorrupt = readout.Value(metric, corruptRun.Logits);
         var (heads, positions, cells) = Cells(target, layers, cleanRun.Cache[target.HookName(layers[0])]);
 
         var source = options.Noising ? corruptRun.Cache : cleanRun.Cache;
         int passes = 2;
-        var values = PatchEngine.Evaluate(model, options.Noising ? clean : corrupt, metric, target, cells, hook => source[hook], options, ref passes);
+        var slots = PatchEngine.Evaluate(model, readout, options.Noising ? clean : corrupt, metric, target, cells, hook => source[hook], options, ref passes);
+        var read = readout.Read();
         return new PatchingResult
         {
             Target = target.Name,
@@ -81,9 +84,9 @@ public static class ActivationPatching
             Heads = heads,
             Positions = positions,
             Cells = cells,
-            Values = values,
-            CleanValue = mClean,
-            CorruptValue = mCorrupt,
+            Values = slots.Select(i => read[i]).ToArray(),
+            CleanValue = read[mClean],
+            CorruptValue = read[mCorrupt],
             Noising = options.Noising,
             ForwardPasses = passes,
             CellsPerPass = PatchEngine.CellsPerPass(options, clean.Batch),
@@ -120,6 +123,7 @@ public static class ActivationPatching
     public static double Run(HookedTransformer model, TokenBatch tokens, IMetric metric, params IReadOnlyList<Patch> patches)
     {
         var options = new RunOptions();
+        var readout = new SweepReadout(model);
         var known = model.HookPointNames;
         foreach (var patch in patches)
         {
@@ -132,7 +136,8 @@ public static class ActivationPatching
                 return act;
             });
         }
-        return MetricValue.Of(metric, model.Run(tokens, options).Logits, model.Backend);
+        int value = readout.Value(metric, readout.Run(tokens, options).Logits);
+        return readout.Read()[value];
     }
 
     /// <exception cref="InputError">The two batches differ in rows or length.</exception>
@@ -176,13 +181,16 @@ static class PatchEngine
 {
     public static int CellsPerPass(PatchOptions options, int batch) => Math.Max(1, options.MaxRows / batch);
 
-    /// <summary>The metric with each cell patched from <paramref name="source"/>(hook) <c>[B, …]</c> into a run of <paramref name="baseTokens"/>.</summary>
-    public static double[] Evaluate(HookedTransformer model, TokenBatch baseTokens, IMetric metric, PatchTarget target, IReadOnlyList<PatchCell> cells,
+    /// <summary>
+    /// The metric with each cell patched from <paramref name="source"/>(hook) <c>[B, …]</c> into a run of <paramref name="baseTokens"/>:
+    /// per cell, the index of its value in what <paramref name="readout"/> reads back.
+    /// </summary>
+    public static int[] Evaluate(HookedTransformer model, SweepReadout readout, TokenBatch baseTokens, IMetric metric, PatchTarget target, IReadOnlyList<PatchCell> cells,
         Func<string, Tensor> source, PatchOptions options, ref int passes)
     {
         if (options.MaxRows < 1) throw new InputError($"MaxRows must be at least 1 (got {options.MaxRows})");
         int B = baseTokens.Batch, perPass = CellsPerPass(options, B);
-        var values = new double[cells.Count];
+        var values = new int[cells.Count];
         var hookOf = new Dictionary<int, string>();
         foreach (var c in cells) if (!hookOf.ContainsKey(c.Layer)) hookOf[c.Layer] = target.HookName(c.Layer);
         for (int start = 0; start < cells.Count; start += perPass)
@@ -205,9 +213,9 @@ static class PatchEngine
                     return act;
                 });
             }
-            var logits = model.Run(Replicate(baseTokens, k), run).Logits;
+            var logits = readout.Run(Replicate(baseTokens, k), run).Logits;
             passes++;
-            for (int r = 0; r < k; r++) values[start + r] = MetricValue.Of(metric, ActivationSlice.Rows(logits, r * B, B), model.Backend);
+            for (int r = 0; r < k; r++) values[start + r] = readout.Value(metric, ActivationSlice.Rows(logits, r * B, B));
             options.Progress?.Invoke(start + k, cells.Count);
         }
         return values;

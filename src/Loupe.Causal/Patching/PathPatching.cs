@@ -119,14 +119,15 @@ public static class PathPatching
             frozen.Add(HookNames.Z(l));
             if (cfg.HasMlp) frozen.Add(HookNames.MlpOut(l));
         }
-        var runClean = model.Run(clean, new RunOptions { CacheFilter = frozen.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
-        var runCorrupt = model.Run(corrupt, new RunOptions { CacheFilter = frozen.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
-        double mClean = MetricValue.Of(metric, runClean.Logits, model.Backend), mCorrupt = MetricValue.Of(metric, runCorrupt.Logits, model.Backend);
+        var readout = new SweepReadout(model);
+        var runClean = readout.Run(clean, new RunOptions { CacheFilter = frozen.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
+        var runCorrupt = readout.Run(corrupt, new RunOptions { CacheFilter = frozen.Contains, LastPositionLogitsOnly = options.LastPositionLogitsOnly });
+        int mClean = readout.Value(metric, runClean.Logits), mCorrupt = readout.Value(metric, runCorrupt.Logits);
         int passes = 2;
 
         var receiverHooks = final ? [] : receivers.Select(ReceiverHook).Distinct().ToArray();
         int perPass = Math.Max(1, options.MaxRows / B);
-        var values = new double[senderSets.Count];
+        var values = new int[senderSets.Count];
         for (int start = 0; start < senderSets.Count; start += perPass)
         {
             int k = Math.Min(perPass, senderSets.Count - start);
@@ -161,7 +162,7 @@ public static class PathPatching
                     return act;
                 });
             }
-            var second = model.Run(tokens, step2);
+            var second = readout.Run(tokens, step2);
             passes++;
             var logits = second.Logits;
             if (!final)
@@ -178,19 +179,20 @@ public static class PathPatching
                         return act;
                     });
                 }
-                logits = model.Run(tokens, step3).Logits;
+                logits = readout.Run(tokens, step3).Logits;
                 passes++;
             }
-            for (int r = 0; r < k; r++) values[start + r] = MetricValue.Of(metric, ActivationSlice.Rows(logits, r * B, B), backend);
+            for (int r = 0; r < k; r++) values[start + r] = readout.Value(metric, ActivationSlice.Rows(logits, r * B, B));
         }
+        var read = readout.Read();
         return new PathPatchingResult
         {
             Metric = metric.Name,
             SenderSets = senderSets.ToArray(),
             Receivers = receivers.ToArray(),
-            Values = values,
-            CleanValue = mClean,
-            CorruptValue = mCorrupt,
+            Values = values.Select(i => read[i]).ToArray(),
+            CleanValue = read[mClean],
+            CorruptValue = read[mCorrupt],
             FreezeMlps = options.FreezeMlps,
             ForwardPasses = passes,
             Seconds = clock.Elapsed.TotalSeconds,

@@ -49,7 +49,8 @@ static class PatchCommand
             int rowsPerPass = CliSupport.Int(parse, maxRows, 1);
             string dir = CliSupport.OutputFolder(parse.GetValue(output)!);
 
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            // Both methods run where the model is: slices, metrics and the attribution sums stay on the device; one table comes back.
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var cleanBatch = PromptOrTokens(m, parse.GetValue(clean), parse.GetValue(cleanTokens), "--clean");
             var corruptBatch = PromptOrTokens(m, parse.GetValue(corrupt), parse.GetValue(corruptTokens), "--corrupt");
             if (cleanBatch.Length != corruptBatch.Length || cleanBatch.Batch != corruptBatch.Batch)

@@ -62,6 +62,9 @@ public sealed class ForwardContext
     /// </summary>
     internal bool ChecksFinite { get; private init; }
 
+    /// <summary>The caller checks the logits itself (<see cref="RunOptions.DeferFiniteCheck"/>).</summary>
+    internal bool DefersFiniteCheck => _options.DeferFiniteCheck;
+
     /// <summary>A fresh context for the same pass (same options, tokens, positions and KV cache slot) that checks every hook for NaN/±∞.</summary>
     internal ForwardContext ForFiniteCheck() =>
         new(Backend, _options, Batch, Length, Positions, KeyValid, KvCache, GenerationStep, TokenIds, _modelSplices) { ChecksFinite = true };

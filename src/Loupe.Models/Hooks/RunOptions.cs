@@ -29,6 +29,13 @@ public sealed class RunOptions
     public bool LastPositionLogitsOnly { get; set; }
 
     /// <summary>
+    /// Skip the finiteness scan of the logits at the end of a forward pass: the caller checks them
+    /// itself where they live (a device sweep folds the check into the one table it reads back, instead of one scalar read
+    /// per pass) and re-runs a pass it finds non-finite without this flag to get the error that names the hook point.
+    /// </summary>
+    public bool DeferFiniteCheck { get; set; }
+
+    /// <summary>
     /// Where cached activations and recorded gradients are kept: on the model's device (the default; read
     /// them with <c>ToCpu()</c>), or copied to host memory as the pass reaches them (one counted copy each).
     /// </summary>

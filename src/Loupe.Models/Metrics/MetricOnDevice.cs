@@ -12,6 +12,20 @@ public interface IDeviceMetric : IMetric
     /// <see cref="IMetric.Value"/> and <see cref="IMetric.Gradient"/> are exact and copy nothing.
     /// </summary>
     (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend);
+
+    /// <summary>
+    /// The metric's value written into <paramref name="value"/> (one element on <paramref name="backend"/>'s device), with
+    /// nothing read back and no gradient built, so that a sweep can gather many values and read them in one copy. The
+    /// default evaluates (one scalar back) and sends the value in (one counted copy); the metrics here override it.
+    /// </summary>
+    /// <param name="logits">The logits <c>[batch, pos, d_vocab_out]</c>, on the backend's device.</param>
+    /// <param name="backend">The backend that owns the logits.</param>
+    /// <param name="value">A one-element tensor on the same device that receives the value.</param>
+    void WriteValue(Tensor logits, IComputeBackend backend, Tensor value)
+    {
+        var (v, _) = Evaluate(logits, backend);
+        backend.CopyRows(backend.ToDevice(Tensor.FromArray([(float)v], 1)), 0, 1, value, 0, 1, 1, 1);
+    }
 }
 
 /// <summary>Where a backward pass starts: the metric's value and gradient, on the logits' device.</summary>

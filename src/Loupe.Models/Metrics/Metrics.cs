@@ -50,6 +50,24 @@ static class MetricSupport
 
     public static double[] LogSoftmax(ReadOnlySpan<float> row) => Logits.LogSoftmax(row);
 
+    /// <summary><c>value[0] = scale · Σ x[0..count)</c> on the device; nothing is read back.</summary>
+    public static void SumInto(IComputeBackend backend, Tensor x, int count, double scale, Tensor value)
+    {
+        backend.SumMiddleAxis(x, 1, count, 1, value);
+        if (scale != 1) backend.Scale(value, (float)scale, value);
+    }
+
+    /// <summary>
+    /// <c>value[0] = scale · Σ_r loss[r]</c> for the cross-entropy of rows <c>[rows, n]</c> of <paramref name="x"/> with
+    /// their targets (−1: ignored), on the device, without a gradient; nothing is read back.
+    /// </summary>
+    public static void CrossEntropyInto(IComputeBackend backend, Tensor x, int rows, int n, int[] targets, double scale, Tensor value)
+    {
+        var loss = backend.Empty(rows);
+        backend.CrossEntropyRows(x, rows, n, targets, loss, null, 1f);
+        SumInto(backend, loss, rows, scale, value);
+    }
+
     /// <summary>
     /// Cross-entropy of every row of the logits with a target (−1: ignored) on the device: the value is
     /// <paramref name="valueScale"/>·Σ loss (one number back) and the gradient d(value)/d logits.
@@ -166,6 +184,40 @@ public sealed class LogitDiff : IDeviceMetric
         backend.Multiply(logits, grad, product);
         return (backend.Sum(product), grad);
     }
+
+    /// <summary>
+    /// On a device, the value only: the answers' logits and the wrong ones' are gathered by row copies (one strided copy
+    /// each when every row shares its pair), the wrong ones negated, and all summed into <paramref name="value"/>.
+    /// </summary>
+    /// <param name="logits">The logits <c>[batch, pos, d_vocab_out]</c>, on the backend's device.</param>
+    /// <param name="backend">The backend that owns the logits.</param>
+    /// <param name="value">A one-element tensor on the same device that receives the value.</param>
+    public void WriteValue(Tensor logits, IComputeBackend backend, Tensor value)
+    {
+        var (B, T, V) = MetricSupport.Dims(logits);
+        int p = MetricSupport.Resolve(_position, T, "position");
+        var picked = backend.Empty(2 * B);
+        for (int b = 0; b < B; b++)
+        {
+            var (a, w) = Pair(b, B);
+            MetricSupport.CheckToken(a, V, "answer");
+            MetricSupport.CheckToken(w, V, "wrong");
+        }
+        if (_answers.Length == 1)
+        {
+            backend.CopyRows(logits, (long)p * V + _answers[0], T * V, picked, 0, 1, B, 1);
+            backend.CopyRows(logits, (long)p * V + _wrongs[0], T * V, picked, B, 1, B, 1);
+        }
+        else
+            for (int b = 0; b < B; b++)
+            {
+                backend.CopyRows(logits, (long)(b * T + p) * V + _answers[b], 1, picked, b, 1, 1, 1);
+                backend.CopyRows(logits, (long)(b * T + p) * V + _wrongs[b], 1, picked, B + b, 1, 1, 1);
+            }
+        var wrongs = new Tensor(picked.Storage.Slice(B, B), B);
+        backend.Scale(wrongs, -1f, wrongs);
+        MetricSupport.SumInto(backend, picked, 2 * B, 1, value);
+    }
 }
 
 /// <summary><c>Σ_b log softmax(logits[b, pos])[token]</c>: the log-probability of a token.</summary>
@@ -210,6 +262,22 @@ public sealed class LogProb(int token, int position = -1) : IDeviceMetric
         Array.Fill(targets, -1);
         for (int b = 0; b < B; b++) targets[b * T + p] = token;
         return MetricSupport.CrossEntropyOnDevice(logits, backend, targets, weight: -1f, valueScale: -1.0);
+    }
+
+    /// <summary>On a device, the value only: the scored position's rows gathered by one strided copy, their cross-entropy summed and negated.</summary>
+    /// <param name="logits">The logits <c>[batch, pos, d_vocab_out]</c>, on the backend's device.</param>
+    /// <param name="backend">The backend that owns the logits.</param>
+    /// <param name="value">A one-element tensor on the same device that receives the value.</param>
+    public void WriteValue(Tensor logits, IComputeBackend backend, Tensor value)
+    {
+        var (B, T, V) = MetricSupport.Dims(logits);
+        MetricSupport.CheckToken(token, V, "target");
+        int p = MetricSupport.Resolve(position, T, "position");
+        var rows = backend.Empty(B, V);
+        backend.CopyRows(logits, (long)p * V, T * V, rows, 0, V, B, V);
+        var targets = new int[B];
+        Array.Fill(targets, token);
+        MetricSupport.CrossEntropyInto(backend, rows, B, V, targets, -1.0, value);
     }
 }
 
@@ -293,6 +361,26 @@ public sealed class SpanLoss : IDeviceMetric
         }
         if (n == 0) return (0, backend.Zeros(B, T, V));
         return MetricSupport.CrossEntropyOnDevice(logits, backend, targets, weight: 1f / n, valueScale: 1.0 / n);
+    }
+
+    /// <summary>On a device, the value only: the cross-entropy of every predicting row, summed and divided by their count.</summary>
+    /// <param name="logits">The logits <c>[batch, pos, d_vocab_out]</c>, on the backend's device.</param>
+    /// <param name="backend">The backend that owns the logits.</param>
+    /// <param name="value">A one-element tensor on the same device that receives the value.</param>
+    public void WriteValue(Tensor logits, IComputeBackend backend, Tensor value)
+    {
+        var (B, T, V) = MetricSupport.Dims(logits);
+        var targets = new int[B * T];
+        Array.Fill(targets, -1);
+        int n = 0;
+        foreach (var (b, p, target) in Predictions())
+        {
+            MetricSupport.CheckToken(target, V, "target");
+            targets[b * T + p] = target;
+            n++;
+        }
+        if (n == 0) backend.Fill(value, 0f);
+        else MetricSupport.CrossEntropyInto(backend, logits, B * T, V, targets, 1.0 / n, value);
     }
 }
 
