@@ -64,8 +64,8 @@ public static class Attention
                 for (int j = 0; j < keyLen; j++) row[j] = mask.SoftCap * MathF.Tanh(row[j] / mask.SoftCap);
             int qpos = mask.QueryOffset + i;
             int first = mask.SlidingWindow > 0 ? Math.Max(0, qpos - mask.SlidingWindow + 1) : 0;
-            for (int j = 0; j < first && j < keyLen; j++) row[j] = float.NegativeInfinity;
-            for (int j = qpos + 1; j < keyLen; j++) row[j] = float.NegativeInfinity;
+            row[..Math.Min(first, keyLen)].Fill(float.NegativeInfinity);
+            if (qpos + 1 < keyLen) row[(qpos + 1)..].Fill(float.NegativeInfinity);
             if (mask.KeyValid is { } valid)
                 for (int j = 0; j < keyLen; j++)
                     if (!valid[batchIndex * keyLen + j]) row[j] = float.NegativeInfinity;
