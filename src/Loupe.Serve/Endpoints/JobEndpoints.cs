@@ -60,6 +60,18 @@ public sealed record FeatureStoreJobRequest(string? Artifact, string[]? Texts, i
 /// <param name="Seconds">Wall time of the build.</param>
 public sealed record FeatureStoreJobResult(string StoreId, string Name, string Hook, int DSae, long Tokens, int DeadFeatures, int Contexts, double Seconds);
 
+/// <summary>Whether a job kind can run here.</summary>
+/// <param name="Available">Whether it can.</param>
+/// <param name="Reason">Why not, and what to start the server with.</param>
+public sealed record JobKindView(bool Available, string? Reason);
+
+/// <summary>The job kinds beside head detection.</summary>
+/// <param name="PatchingSweep">The patching sweep (needs --graphs).</param>
+/// <param name="FeatureStore">The feature-store build (needs --sae).</param>
+/// <param name="Targets">Patch targets by name.</param>
+/// <param name="Texts">Served .txt files a build can read.</param>
+public sealed record JobKindsView(JobKindView PatchingSweep, JobKindView FeatureStore, string[] Targets, ArtifactView[] Texts);
+
 /// <summary>
 /// Long work beside the head-detection job: a patching sweep written as a workspace artifact, and a feature-store build
 /// registered with the served stores. Both stream progress through /api/jobs/{id}/events and stop at the next unit of
@@ -74,6 +86,15 @@ public static partial class JobEndpoints
     {
         var model = gate.Model;
         var api = app.MapGroup("/api/jobs");
+
+        api.MapGet("/kinds", () =>
+        {
+            workspace.Scan();
+            return new JobKindsView(
+                new JobKindView(workspace.Root is not null, workspace.Root is null ? "start the server with --graphs DIR to write sweeps into" : null),
+                new JobKindView(options.SaePath is not null, options.SaePath is null ? "start the server with --sae DIR (the dictionary to harvest)" : null),
+                [.. PatchTarget.Named.Keys], [.. workspace.List().Where(a => a.Kind == "text")]);
+        }).WithSummary("Which job kinds this server can run (and why not), the patch targets, and the served text files a feature-store build can read");
 
         api.MapPost("/patching-sweep", (PatchingJobRequest body) =>
         {
