@@ -23,7 +23,7 @@ export function featuresPage(ctx: PageContext): void {
   api<FeatureStoreView[]>("/api/features/stores").then(stores => {
     if (stores.length === 0) {
       body.append(el("p", { class: "placeholder", "data-testid": "no-stores" },
-        "No feature stores are served. Start the server with --features FILE_OR_DIR (features.db files written by `loupe features build`)."));
+        "No feature stores are served yet. Build one above (needs --sae), or start the server with --features FILE_OR_DIR (features.db files written by `loupe features build`)."));
       return;
     }
     const chosen = stores.find(s => s.id === query().get("store")) ?? stores[0];

@@ -44,7 +44,7 @@ function build(body: HTMLElement, sources: SteeringSourcesView): void {
   // How the direction is applied (SteeringRun.Edit): add c·v, or remove c × the component along v; where (all positions, only
   // the generated tokens, or from a position on); and sampling (temperature 0 = greedy; a seed makes a sample repeatable).
   const mode = el("select", { "aria-label": "Mode", "data-testid": "steer-mode" },
-    el("option", { value: "add" }, "add c·v"), el("option", { value: "project_out" }, "project out (remove c × the component along v)"));
+    el("option", { value: "add" }, "add c·v"), el("option", { value: "project_out" }, "project out c × the component along v"));
   mode.value = q.get("project_out") === "true" ? "project_out" : "add";
   const positions = el("select", { "aria-label": "Positions", "data-testid": "steer-positions" },
     el("option", { value: "all" }, "all positions"), el("option", { value: "new" }, "generated tokens only"), el("option", { value: "from" }, "from position…"));
@@ -64,7 +64,7 @@ function build(body: HTMLElement, sources: SteeringSourcesView): void {
   const form = el("form", { class: "steer-form" }, prompt,
     el("div", { class: "row" }, el("label", {}, "steer with ", kind), featureField, el("label", {}, "at ", hook),
       el("label", {}, "coefficient ", coeff), el("label", {}, "tokens ", count)),
-    el("div", { class: "row" }, el("label", {}, "mode ", mode), el("label", {}, "at ", positions), fromField,
+    el("div", { class: "row" }, el("label", {}, "mode ", mode), el("label", {}, "positions ", positions), fromField,
       el("label", { title: "0 = greedy" }, "temperature ", temperature), el("label", {}, "seed ", seed), run, stop));
 
   const status = el("div", { class: "status", "data-testid": "steer-status", "aria-live": "polite" }, sources.stores.length + sources.vectors.length === 0
@@ -114,6 +114,7 @@ function build(body: HTMLElement, sources: SteeringSourcesView): void {
       for (const col of [left, right]) col.querySelector(".trait")?.remove();
       status.textContent = `${s.description} at ${s.hook}, positions ${s.positions}: streaming…`;
       status.dataset.description = s.description;
+      status.dataset.where = `${s.hook}, positions ${s.positions}${params.temperature ? `, temperature ${params.temperature}, seed ${params.seed}` : ", greedy"}`;
     });
     stream.addEventListener("token", ev => {
       const t = JSON.parse((ev as MessageEvent).data) as TokenEvent;
@@ -124,7 +125,7 @@ function build(body: HTMLElement, sources: SteeringSourcesView): void {
     });
     stream.addEventListener("done", ev => {
       const d = JSON.parse((ev as MessageEvent).data) as DoneEvent;
-      finish(`done: ${d.unsteered.length} unsteered and ${d.steered.length} steered tokens`);
+      finish(`done: ${d.unsteered.length} unsteered and ${d.steered.length} steered tokens · ${status.dataset.description ?? ""} at ${status.dataset.where ?? ""}`);
       for (const side of ["unsteered", "steered"] as const) {
         const col = side === "steered" ? right : left;
         col.querySelector(".trait")?.remove();
