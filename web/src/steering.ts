@@ -44,7 +44,7 @@ function build(body: HTMLElement, sources: SteeringSourcesView): void {
   // How the direction is applied (SteeringRun.Edit): add c·v, or remove c × the component along v; where (all positions, only
   // the generated tokens, or from a position on); and sampling (temperature 0 = greedy; a seed makes a sample repeatable).
   const mode = el("select", { "aria-label": "Mode", "data-testid": "steer-mode" },
-    el("option", { value: "add" }, "add c·v"), el("option", { value: "project_out" }, "project out c × the component along v"));
+    el("option", { value: "add" }, "add c·v"), el("option", { value: "project_out", title: "remove c × the component along v" }, "project out (−c × component along v)"));
   mode.value = q.get("project_out") === "true" ? "project_out" : "add";
   const positions = el("select", { "aria-label": "Positions", "data-testid": "steer-positions" },
     el("option", { value: "all" }, "all positions"), el("option", { value: "new" }, "generated tokens only"), el("option", { value: "from" }, "from position…"));
