@@ -12,7 +12,11 @@ public sealed class ModelGate(HookedTransformer model, int maxQueued)
 
     /// <summary>Runs <paramref name="work"/> with the model to itself, on the thread pool.</summary>
     /// <exception cref="ServerBusyException">More than the allowed number of callers are already waiting.</exception>
-    public async Task<T> RunAsync<T>(Func<HookedTransformer, T> work, CancellationToken cancel = default)
+    /// <param name="work">What to run.</param>
+    /// <param name="cancel">Stops the wait (and the work, where it checks).</param>
+    /// <param name="longRunning">Run on a thread of its own (a job's sweep or build): minutes of work do not hold one of the
+    /// thread pool's few threads (2 on a 2-core machine) that requests and event streams need.</param>
+    public async Task<T> RunAsync<T>(Func<HookedTransformer, T> work, CancellationToken cancel = default, bool longRunning = false)
     {
         if (Interlocked.Increment(ref _waiting) > maxQueued)
         {
@@ -24,7 +28,12 @@ public sealed class ModelGate(HookedTransformer model, int maxQueued)
             await _lock.WaitAsync(cancel);
         }
         finally { Interlocked.Decrement(ref _waiting); }
-        try { return await Task.Run(() => work(model), cancel); }
+        try
+        {
+            return longRunning
+                ? await Task.Factory.StartNew(() => work(model), cancel, TaskCreationOptions.LongRunning, TaskScheduler.Default)
+                : await Task.Run(() => work(model), cancel);
+        }
         finally { _lock.Release(); }
     }
 }

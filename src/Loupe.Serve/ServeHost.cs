@@ -106,7 +106,7 @@ public sealed class ServeHost : IAsyncDisposable
             .WithSummary("One artifact's JSON, by id");
         api.MapPost("/jobs/{kind}", async (string kind, HttpRequest request) =>
         {
-            if (kind != "head-detection") return Results.NotFound(new { error = $"no job kind '{kind}'; kinds: head-detection" });
+            if (kind != "head-detection") return Results.NotFound(new { error = $"no job kind '{kind}'; kinds: head-detection, patching-sweep, feature-store" });
             var body = request.ContentLength is > 0 ? await request.ReadFromJsonAsync<HeadDetectionJobRequest>(Json) : null;
             int sequences = Math.Clamp(body?.Sequences ?? 16, 1, 256);
             int? repeat = body?.RepeatLength is int r ? Math.Clamp(r, 1, 1024) : null;
@@ -144,6 +144,7 @@ public sealed class ServeHost : IAsyncDisposable
         }).WithSummary("Cancels a job");
         Endpoints.GraphEndpoints.Map(_app, gate, options, Workspace, _featureStores);
         Endpoints.CircuitEndpoints.Map(_app, Workspace);
+        JobEndpoints.Map(_app, gate, jobs, options, Workspace, _featureStores);
         FeatureEndpoints.Map(_app, gate, _featureStores, options);
         SteeringEndpoints.Map(_app, gate, _featureStores, options);
         _app.MapOpenApi("/api/openapi.json");
@@ -168,11 +169,12 @@ public sealed class ServeHost : IAsyncDisposable
     static async Task Errors(HttpContext context, RequestDelegate next)
     {
         try { await next(context); }
-        catch (Exception e) when (!context.Response.HasStarted && e is InputError or ServerBusyException or BadHttpRequestException or JsonException)
+        catch (Exception e) when (!context.Response.HasStarted && e is InputError or ServerBusyException or BadHttpRequestException or JsonException or NoPlaceException)
         {
             context.Response.StatusCode = e switch
             {
                 ServerBusyException => 503,
+                NoPlaceException => 409,
                 BadHttpRequestException b => b.StatusCode,
                 _ => 400,
             };

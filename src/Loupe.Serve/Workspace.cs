@@ -8,7 +8,7 @@ namespace Loupe.Serve;
 /// <summary>An artifact as the index lists it.</summary>
 /// <param name="Id">Its id (the only way the API names it).</param>
 /// <param name="Name">Its path relative to the served folder, for a person to read.</param>
-/// <param name="Kind">graph, circuit, patching or json.</param>
+/// <param name="Kind">graph, circuit, patching, json, or text (a .txt corpus a feature-store build can read).</param>
 /// <param name="Bytes">Its size.</param>
 /// <param name="Modified">Last write time, UTC, ISO 8601.</param>
 public sealed record ArtifactView(string Id, string Name, string Kind, long Bytes, string Modified);
@@ -25,6 +25,9 @@ public sealed class Workspace
     readonly object _scanLock = new();
 
     public string DatabasePath { get; }
+
+    /// <summary>The served folder (full path), or null when none is served.</summary>
+    public string? Root => _root;
 
     public Workspace(string? root)
     {
@@ -99,11 +102,12 @@ public sealed class Workspace
     {
         if (depth > 16) return;
         var info = new DirectoryInfo(dir);
-        foreach (var file in info.EnumerateFiles("*.json"))
+        foreach (var file in info.EnumerateFiles())
         {
-            if (file.LinkTarget is not null) continue;
+            bool json = file.Name.EndsWith(".json", StringComparison.OrdinalIgnoreCase), text = file.Name.EndsWith(".txt", StringComparison.OrdinalIgnoreCase);
+            if (file.LinkTarget is not null || !json && !text) continue;
             string rel = Path.GetRelativePath(_root!, file.FullName);
-            found.Add(new ArtifactView(IdOf(rel), rel, Classify(file.FullName), file.Length, file.LastWriteTimeUtc.ToString("O")));
+            found.Add(new ArtifactView(IdOf(rel), rel, json ? Classify(file.FullName) : "text", file.Length, file.LastWriteTimeUtc.ToString("O")));
         }
         foreach (var sub in info.EnumerateDirectories())
             if (sub.LinkTarget is null && !sub.Name.StartsWith('.')) Walk(sub.FullName, found, depth + 1);
@@ -144,6 +148,9 @@ public sealed class Workspace
         if (keys.Contains("normalized") && keys.Contains("row_axis") || name.Contains("patch") || keys.Contains("sweep") || keys.Contains("patching")) return "patching";
         return "json";
     }
+
+    /// <summary>The artifact at this path relative to the served folder (after a <see cref="Scan"/>), or null.</summary>
+    public ArtifactView? FindByName(string relativePath) => List().FirstOrDefault(a => a.Name == relativePath);
 
     public IReadOnlyList<ArtifactView> List()
     {

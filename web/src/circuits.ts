@@ -2,6 +2,7 @@
 // graphs (circuit.json from loupe circuit: EAP-IG's {cfg, nodes, edges} + Loupe's block) as a layered drawing,
 // an edge list and the faithfulness curve.
 import { api } from "./api";
+import { JobKinds, JobRunner } from "./jobs";
 import { canvas, el, query, setQuery, show } from "./dom";
 import type { PageContext } from "./main";
 
@@ -33,11 +34,18 @@ function diverging(v: number): string {
 export function circuitsPage(ctx: PageContext): void {
   const select = el("select", { "data-testid": "circuit-select", "aria-label": "artifact" });
   const out = el("div", { "aria-live": "polite" });
-  ctx.root.append(el("h1", {}, "Circuits and patching"), el("label", {}, "Artifact ", select), out);
+  const sweep = el("div", {});
+  ctx.root.append(el("h1", {}, "Circuits and patching"), sweep, el("label", {}, "Artifact ", select), out);
+  sweepForm(sweep, id => {
+    // The new patch.json is in the index: list it and open it.
+    setQuery({ artifact: id }, true);
+    ctx.root.replaceChildren();
+    circuitsPage(ctx);
+  });
   api<ArtifactView[]>("/api/artifacts").then(all => {
     const list = all.filter(a => a.kind === "patching" || a.kind === "circuit");
     if (list.length === 0) {
-      out.replaceChildren(el("p", { class: "muted" }, "No patching sweeps or circuits in the workspace: start the server with --graphs DIR holding loupe patch / loupe circuit output."));
+      out.replaceChildren(el("p", { class: "muted" }, "No patching sweeps or circuits in the workspace: start the server with --graphs DIR holding loupe patch / loupe circuit output, or run a sweep above."));
       return;
     }
     for (const a of list) select.append(el("option", { value: a.id }, `${a.kind}: ${a.name}`));
@@ -200,4 +208,37 @@ function faithfulness(points: FaithPoint[]): HTMLCanvasElement {
   g.textAlign = "right";
   for (const y of [0, 0.5, 1]) g.fillText(y.toFixed(1), left - 4, Y(y) + 4);
   return c;
+}
+
+interface PatchingJobResult { artifact_id: string; name: string; metric: string; clean_value: number; corrupt_value: number; cells: number }
+
+/** "Run a patching sweep": clean/corrupt prompts, answer/wrong tokens, a target; streamed as a job, opened when done. */
+function sweepForm(holder: HTMLElement, opened: (artifactId: string) => void): void {
+  api<JobKinds>("/api/jobs/kinds").then(kinds => {
+    const field = (name: string, label: string, value: string, cls = "") =>
+      el("input", { "aria-label": label, "data-testid": `sweep-${name}`, value, placeholder: label, class: cls, autocomplete: "off" });
+    const clean = field("clean", "clean prompt", "Once upon a time, there was a little girl named Lily. One day,");
+    const corrupt = field("corrupt", "corrupt prompt (as many tokens)", "Once upon a time, there was a little girl named Tim. One day,");
+    const answer = field("answer", "answer token", "Lily", "short");
+    const wrong = field("wrong", "wrong token (blank: log p)", "Tim", "short");
+    const target = el("select", { "aria-label": "target", "data-testid": "sweep-target" }, ...kinds.targets.map(t => el("option", { value: t }, t)));
+    const noising = el("input", { type: "checkbox", "data-testid": "sweep-noising" });
+    const run = el("button", { type: "submit", "data-testid": "sweep-run", disabled: !kinds.patching_sweep.available }, "Run sweep");
+    const runner = new JobRunner<PatchingJobResult>(r => opened(r.artifact_id), () => { run.disabled = !kinds.patching_sweep.available; });
+    const form = el("form", { class: "job-form panel", "data-testid": "sweep-form" }, clean, corrupt,
+      el("label", {}, "answer ", answer), el("label", {}, "vs ", wrong), el("label", {}, "target ", target),
+      el("label", {}, noising, "noising"), run);
+    form.addEventListener("submit", e => {
+      e.preventDefault();
+      run.disabled = true;
+      const body: Record<string, unknown> = { clean: clean.value, corrupt: corrupt.value, answer: answer.value, target: target.value, noising: noising.checked };
+      if (wrong.value) body.wrong = wrong.value;
+      runner.start("patching-sweep", body).catch(() => { run.disabled = false; });
+    });
+    const details = el("details", { class: "job", "data-testid": "sweep-details" },
+      el("summary", {}, "Run a patching sweep"),
+      el("p", { class: "muted" }, "Activation patching as `loupe patch`: each cell of the target (resid_pre: layer × position; head_out: layer × head) patched from the clean run into the corrupt one, measuring logit(answer) − logit(wrong) at the last position. The result is written under the served folder and opened here."),
+      kinds.patching_sweep.available ? form : el("p", { class: "muted" }, `Not available: ${kinds.patching_sweep.reason}`), runner.element);
+    holder.replaceChildren(details);
+  }, () => undefined);
 }

@@ -1,5 +1,6 @@
 import { api, ExampleView, FeatureDashboard, FeatureListView, FeatureStoreView, promptBody, TextSearchView, TokenSearchView } from "./api";
 import { canvas, el, query, setQuery, show } from "./dom";
+import { JobKinds, JobRunner } from "./jobs";
 import type { PageContext } from "./main";
 
 // Feature dashboards from a feature store: a paged, sortable list; per feature its histogram, logit tables, top and
@@ -12,11 +13,17 @@ export function featuresPage(ctx: PageContext): void {
   const root = ctx.root;
   root.append(el("h1", {}, "Features"));
   const body = el("div", {});
-  root.append(body);
+  const build = el("div", {});
+  root.append(build, body);
+  buildForm(build, storeId => {
+    setQuery({ store: storeId, feature: null, offset: null, q: null, tok: null }, true);
+    root.replaceChildren();
+    featuresPage(ctx);
+  });
   api<FeatureStoreView[]>("/api/features/stores").then(stores => {
     if (stores.length === 0) {
       body.append(el("p", { class: "placeholder", "data-testid": "no-stores" },
-        "No feature stores are served. Start the server with --features FILE_OR_DIR (features.db files written by `loupe features build`)."));
+        "No feature stores are served yet. Build one above (needs --sae), or start the server with --features FILE_OR_DIR (features.db files written by `loupe features build`)."));
       return;
     }
     const chosen = stores.find(s => s.id === query().get("store")) ?? stores[0];
@@ -268,4 +275,44 @@ function searchToken(store: FeatureStoreView, token: string, out: HTMLElement, o
       el("div", { class: "muted" }, `Features whose top examples sit on ${r.tokens.map(t => `${show(t.text)} (id ${t.id})`).join(", ")}: ${r.features.length}`),
       el("div", { class: "chips", "data-testid": "token-features" }, ...r.features.map(h => featureChip(h.feature, `${h.examples}× max ${h.max_activation.toFixed(2)}`, open)))));
   }, e => out.replaceChildren(el("p", { class: "error", role: "alert" }, String(e.message ?? e))));
+}
+
+interface FeatureStoreJobResult { store_id: string; name: string; hook: string; d_sae: number; tokens: number; dead_features: number; contexts: number }
+
+/** "Build a feature store": the --sae dictionary harvested over a served .txt file or pasted texts, as a job; opened when done. */
+function buildForm(holder: HTMLElement, opened: (storeId: string) => void): void {
+  api<JobKinds>("/api/jobs/kinds").then(kinds => {
+    if (!kinds.feature_store.available) {
+      holder.replaceChildren(el("details", { class: "job" }, el("summary", {}, "Build a feature store"), el("p", { class: "muted" }, `Not available: ${kinds.feature_store.reason}`)));
+      return;
+    }
+    const source = el("select", { "aria-label": "text source", "data-testid": "build-source" },
+      el("option", { value: "" }, "texts typed below (paragraphs separated by a blank line)"),
+      ...kinds.texts.map(t => el("option", { value: t.id }, `served file · ${t.name} (${(t.bytes / 1024).toFixed(1)} KiB)`)));
+    const texts = el("textarea", { "aria-label": "texts", "data-testid": "build-texts", placeholder: "One document per paragraph…" });
+    const name = el("input", { "aria-label": "store name", "data-testid": "build-name", placeholder: "name (letters, digits, - _)", class: "short", autocomplete: "off" });
+    const contexts = el("input", { type: "number", min: "1", max: "4096", value: "512", "aria-label": "contexts at most", "data-testid": "build-contexts", class: "short" });
+    const size = el("input", { type: "number", min: "2", max: "1024", value: "64", "aria-label": "tokens per context", "data-testid": "build-context-size", class: "short" });
+    const run = el("button", { type: "submit", "data-testid": "build-run" }, "Build store");
+    const runner = new JobRunner<FeatureStoreJobResult>(r => opened(r.store_id), () => { run.disabled = false; });
+    const syncSource = () => { texts.hidden = source.value !== ""; };
+    source.addEventListener("change", syncSource);
+    if (kinds.texts.length > 0) source.value = kinds.texts[0].id;
+    syncSource();
+    const form = el("form", { class: "job-form panel", "data-testid": "build-form" }, el("label", {}, "from ", source), texts,
+      el("label", {}, "name ", name), el("label", {}, "contexts ≤ ", contexts), el("label", {}, "tokens each ", size), run);
+    form.addEventListener("submit", e => {
+      e.preventDefault();
+      run.disabled = true;
+      const body: Record<string, unknown> = { max_contexts: Number(contexts.value) || 512, context_size: Number(size.value) || 64 };
+      if (source.value) body.artifact = source.value;
+      else body.texts = texts.value.split(/\n\s*\n/).filter(t => t.trim().length > 0);
+      if (name.value) body.name = name.value;
+      runner.start("feature-store", body).catch(() => { run.disabled = false; });
+    });
+    holder.replaceChildren(el("details", { class: "job", "data-testid": "build-details" },
+      el("summary", {}, "Build a feature store"),
+      el("p", { class: "muted" }, "Runs the model over the texts and encodes the --sae dictionary at every token, as `loupe features build`: density, top and interval examples, histograms, promoted/suppressed tokens. The store is written next to the served artifacts (stores/NAME.features.db), then listed here; a cancelled build leaves nothing."),
+      form, runner.element));
+  }, () => undefined);
 }

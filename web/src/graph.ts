@@ -597,7 +597,7 @@ function explorer(body: HTMLElement, status: HTMLElement, model: Model, caps: Ca
         const top = r.after[0];
         out.replaceChildren(
           el("p", {}, "new top token: ", el("b", { "data-testid": "after-top", "data-token-id": String(top.id) }, show(top.text)), ` (${pct(top.prob)}; before: ${show(r.before[0].text)} ${pct(r.before[0].prob)})`),
-          el("table", { "data-testid": "intervene-result" }, el("tr", {}, el("th", {}, "token"), el("th", {}, "before"), el("th", {}, "after"), el("th", {}, "Δ logit")),
+          el("table", { "data-testid": "intervene-result", "data-after": r.after.map(t => t.id).join(",") }, el("tr", {}, el("th", {}, "token"), el("th", {}, "before"), el("th", {}, "after"), el("th", {}, "Δ logit")),
             ...r.tokens.map(t => el("tr", {}, el("td", {}, show(t.text)), el("td", {}, t.before === null ? "" : pct(t.before)), el("td", {}, t.after === null ? "" : pct(t.after)),
               el("td", { class: t.delta_logit >= 0 ? "pos" : "neg" }, t.delta_logit.toFixed(3))))));
       }, e => out.replaceChildren(el("p", { class: "error", role: "alert" }, e instanceof ApiError ? e.message : String(e))));

@@ -34,6 +34,8 @@ public sealed record PatchOptions
     public bool LastPositionLogitsOnly { get; init; }
     /// <summary>Called after each forward pass with (cells done, cells in all).</summary>
     public Action<int, int>? Progress { get; init; }
+    /// <summary>Checked before every forward pass: a cancelled sweep throws <see cref="OperationCanceledException"/> between passes.</summary>
+    public CancellationToken Cancel { get; init; }
 }
 
 /// <summary>
@@ -195,6 +197,7 @@ static class PatchEngine
         foreach (var c in cells) if (!hookOf.ContainsKey(c.Layer)) hookOf[c.Layer] = target.HookName(c.Layer);
         for (int start = 0; start < cells.Count; start += perPass)
         {
+            options.Cancel.ThrowIfCancellationRequested();
             int k = Math.Min(perPass, cells.Count - start);
             var run = new RunOptions { LastPositionLogitsOnly = options.LastPositionLogitsOnly };
             foreach (var group in Enumerable.Range(0, k).GroupBy(r => hookOf[cells[start + r].Layer]))

@@ -19,6 +19,16 @@ public interface ITextSource
     IEnumerable<string> Documents();
 }
 
+/// <summary>Documents held in memory (e.g. texts sent to <c>loupe serve</c>); empty ones are dropped.</summary>
+/// <param name="documents">The documents, in order.</param>
+/// <param name="description">What they are, for the store's or manifest's record.</param>
+public sealed class InMemoryTextSource(IReadOnlyList<string> documents, string description) : ITextSource
+{
+    public string Description => description;
+
+    public IEnumerable<string> Documents() => documents.Where(d => !string.IsNullOrWhiteSpace(d));
+}
+
 /// <summary>
 /// Plain UTF-8 text files: one document per file, or one per paragraph (blocks separated by a
 /// blank line) when <c>splitParagraphs</c> is set. A folder contributes its <c>*.txt</c> files,

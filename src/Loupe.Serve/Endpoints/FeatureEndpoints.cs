@@ -96,7 +96,8 @@ public sealed class ServedStore(string id, string name, FeatureStore store, stri
 /// <summary>The feature stores given with --features: files, or folders searched (without following links) for features.db.</summary>
 public sealed class ServedStores : IDisposable
 {
-    readonly Dictionary<string, ServedStore> _stores = new(StringComparer.Ordinal);
+    readonly Lock _adding = new();
+    volatile Dictionary<string, ServedStore> _stores = new(StringComparer.Ordinal);
 
     /// <exception cref="InputError">A path names neither a store nor a folder holding one, or a store does not open.</exception>
     public ServedStores(IReadOnlyList<string> paths, string? saePath)
@@ -107,15 +108,26 @@ public sealed class ServedStores : IDisposable
             var files = File.Exists(full) ? [full] : Directory.Exists(full) ? Search(full, 0).ToList()
                 : throw new InputError($"argument: --features: '{given}' is neither a feature store nor a folder");
             if (files.Count == 0) throw new InputError($"argument: --features: no {FeatureStoreSchema.DefaultFileName} under '{given}'");
-            foreach (string file in files)
-            {
-                string id = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(file)))[..16];
-                if (_stores.ContainsKey(id)) continue;
-                var store = FeatureStore.Open(file);
-                string? recorded = store.Meta.TryGetValue("sae_path", out var p) && (File.Exists(p) || Directory.Exists(p)) ? p : null;
-                string name = Path.Combine(Path.GetFileName(Path.GetDirectoryName(file)) ?? "", Path.GetFileName(file));
-                _stores[id] = new ServedStore(id, name, store, saePath ?? recorded);
-            }
+            foreach (string file in files) Add(file, saePath);
+        }
+    }
+
+    /// <summary>Opens the store at <paramref name="file"/> (a full path) and serves it; a store already served is returned as it is.</summary>
+    /// <param name="file">The features.db file.</param>
+    /// <param name="saePath">The dictionary behind it when the store's recorded sae_path is not at hand.</param>
+    public ServedStore Add(string file, string? saePath)
+    {
+        string id = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(file)))[..16];
+        lock (_adding)
+        {
+            if (_stores.TryGetValue(id, out var served)) return served;
+            var store = FeatureStore.Open(file);
+            string? recorded = store.Meta.TryGetValue("sae_path", out var p) && (File.Exists(p) || Directory.Exists(p)) ? p : null;
+            string name = Path.Combine(Path.GetFileName(Path.GetDirectoryName(file)) ?? "", Path.GetFileName(file));
+            // Copy on write: readers enumerate a snapshot while a job adds a store it built.
+            var next = new Dictionary<string, ServedStore>(_stores, StringComparer.Ordinal) { [id] = new ServedStore(id, name, store, saePath ?? recorded) };
+            _stores = next;
+            return next[id];
         }
     }
 

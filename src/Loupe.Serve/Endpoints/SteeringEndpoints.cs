@@ -39,7 +39,7 @@ public static class SteeringEndpoints
             .WithSummary("Steering sources: vector files among the served artifacts (by id), feature stores whose SAE decoder directions can steer, and hook points");
 
         api.MapGet("/stream", async (HttpContext context, string text, string source, string? hook, float? coeff, int? n, string? positions,
-            bool? projectOut, float? temperature, int? seed) =>
+            [Microsoft.AspNetCore.Mvc.FromQuery(Name = "project_out")] bool? projectOut, float? temperature, int? seed) =>
         {
             // Everything is checked before the stream starts, so a bad request is a plain 400.
             int[] input = Analyses.Tokens(model, text, null, options);
