@@ -24,6 +24,10 @@ public class MonitorCliTests
         Assert.True(run.Code == 0, run.Err);
         Assert.Contains("steered × 6: live mean", run.Out);
         Assert.Contains("FLAGGED", run.Out);
+        string[] train = ["monitor", "train", "--model", model, "--concept", "x", "--positive", Path.Combine(data, "sad.txt"), "--negative", Path.Combine(data, "happy.txt"), "--out", file];
+        AssertRefused(RunLoupe([.. train, "--max-fpr", "1.5"]), "--max-fpr");
+        AssertRefused(RunLoupe([.. train, "--calibration", SharedData.TestData(Path.Combine("monitors", "openings.txt")), "--calibration-tokens", "1"]), "--calibration-tokens");
+        AssertRefused(RunLoupe([.. train, "--calibration", Path.Combine(dir, "absent.txt")]), "--calibration");
         AssertRefused(RunLoupe(["monitor", "read", "--model", model, "--monitor", Path.Combine(dir, "absent.safetensors"), "--prompt", "x"]), "--monitor");
     }
 }

@@ -111,6 +111,30 @@ public sealed class McpExplainTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_launched_loupe_mcp_asks_the_explainer_it_was_started_with_and_its_key()
+    {
+        using var server = new ScriptedServer();
+        string dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+        var transport = new ModelContextProtocol.Client.StdioClientTransport(new ModelContextProtocol.Client.StdioClientTransportOptions
+        {
+            Name = "loupe",
+            Command = dotnet,
+            Arguments = [Path.Combine(AppContext.BaseDirectory, "loupe.dll"), "mcp", "--model", McpFixture.ModelDir, "--sae", SaeDir,
+                "--explainer-url", server.BaseUrl, "--explainer-model", "scripted", "--explainer-key-env", "LOUPE_MCP_TEST_KEY"],
+            EnvironmentVariables = new Dictionary<string, string?> { ["LOUPE_MCP_TEST_KEY"] = "sk-test" },
+        });
+        await using var client = await ModelContextProtocol.Client.McpClient.CreateAsync(transport);
+        int feature;
+        using (var db = FeatureStore.Open(Store)) feature = db.Features("feature").First(s => s.NActive > 0).Feature;
+        var reply = await Mcp.Call(client, "explain_feature", new() { ["store"] = "sae-l1", ["feature"] = feature, ["examples"] = 4, ["scoreExamples"] = 2 });
+        Assert.StartsWith("the token", reply.GetProperty("explanation").GetString());
+        Assert.NotEmpty(server.Log);
+        Assert.All(server.Log, r => Assert.Equal("Bearer sk-test", r.Authorization));
+        using var stored = FeatureStore.Open(Store);
+        Assert.Contains(stored.Explanations(feature), e => e.ExplainerModel == "scripted");
+    }
+
+    [Fact]
     public async Task Explain_feature_refuses_clearly_without_an_explainer()
     {
         var client = await Connect(explainer: null);

@@ -42,7 +42,14 @@ static class McpCommand
                     Endpoint = url, Model = explainerName!, ApiKey = Environment.GetEnvironmentVariable(parse.GetValue(explainerKeyEnv)!),
                     Concurrency = parse.GetValue(explainerConcurrency), TopLogprobs = 5,
                 };
-                endpoint.Validate();
+                try
+                {
+                    endpoint.Validate();
+                }
+                catch (InputError e)
+                {
+                    throw new InputError($"argument: the explainer endpoint (--explainer-url {url}, --explainer-model '{explainerName}', --explainer-concurrency): {e.Message}");
+                }
                 explainer = new McpExplainer(endpoint);
             }
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
