@@ -58,6 +58,8 @@ public class ConceptMonitorTests(ITestOutputHelper output)
         });
         output.WriteLine($"layer {monitor.Direction.Layer}: held-out AUROC {monitor.HeldOutAuroc:F3}, recall {monitor.HeldOutRecall:F3}, FPR {monitor.HeldOutFalsePositiveRate:F3}; train recall {monitor.TrainRecall:F3}, FPR {monitor.TrainFalsePositiveRate:F3}");
         output.WriteLine($"threshold {monitor.Direction.Threshold:F3} (recall threshold {monitor.RecallThreshold:F3}); calibration: {monitor.CalibrationGenerations} generations, FPR {monitor.CalibrationFalsePositiveRate:F3} (max {monitor.MaxFalsePositiveRate}); readings {string.Join(" ", monitor.CalibrationReadings.Order().Select(r => r.ToString("F2")))}");
+        // How the concept's held-out texts rank against the model's own ordinary generations (what a deployed monitor sees).
+        output.WriteLine($"held-out sad texts vs calibration generations: AUROC {Separation.Auroc(monitor.Direction.HeldOutPositive, monitor.CalibrationReadings):F3}");
         Assert.Equal(openings.Length, monitor.CalibrationGenerations);
         Assert.InRange(monitor.CalibrationFalsePositiveRate, 0, MaxFalsePositiveRate);
         Assert.True(monitor.Direction.Threshold >= monitor.RecallThreshold);
@@ -75,6 +77,7 @@ public class ConceptMonitorTests(ITestOutputHelper output)
         int steerLayer = Layer - 1;
         var push = new PersonaVector(Loupe.Models.Hooks.HookNames.ResidPost(steerLayer), steerLayer, monitor.Direction.LayerVectors[steerLayer], 0).Steer(Coefficient);
         int steeredFlags = 0, plainFlags = 0;
+        List<double> steeredMeans = [], plainMeans = [];
         double lowestSteered = double.PositiveInfinity, highestPlain = double.NegativeInfinity;
         foreach (var text in Prompts)
         {
@@ -91,9 +94,12 @@ public class ConceptMonitorTests(ITestOutputHelper output)
             Assert.InRange(plainLive.Mean - after.Projections.Skip(prompt.Length).Take(plain.Length - 1).Average(), -1e-4, 1e-4);
             output.WriteLine($"{text[..20]}…: plain {plainLive.Mean:F3} {(plainLive.Flagged ? "FLAG" : "ok")} | steered {steeredLive.Mean:F3} {(steeredLive.Flagged ? "FLAG" : "ok")} (threshold {monitor.Direction.Threshold:F3}): {model.Tokenizer.Decode(steered)}");
             (lowestSteered, highestPlain) = (Math.Min(lowestSteered, steeredLive.Mean), Math.Max(highestPlain, plainLive.Mean));
+            steeredMeans.Add(steeredLive.Mean);
+            plainMeans.Add(plainLive.Mean);
             if (steeredLive.Flagged) steeredFlags++;
             if (plainLive.Flagged) plainFlags++;
         }
+        output.WriteLine($"steered vs unsteered generations: AUROC {Separation.Auroc(steeredMeans, plainMeans):F3}");
         output.WriteLine($"flagged: steered {steeredFlags} of {Prompts.Length}, unsteered {plainFlags} of {Prompts.Length}; lowest steered reading {lowestSteered:F3}, highest unsteered {highestPlain:F3}");
         Assert.Equal(Prompts.Length, steeredFlags);
         Assert.Equal(0, plainFlags);
