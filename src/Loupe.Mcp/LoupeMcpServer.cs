@@ -22,8 +22,8 @@ public static class LoupeMcpServer
         Version = typeof(LoupeMcpServer).Assembly.GetName().Version?.ToString(3) ?? "0.0.0",
     };
 
-    /// <summary>The tools over a model and the served artifacts.</summary>
-    public static LoupeTools Tools(HookedTransformer model, McpArtifacts artifacts) => new(model, artifacts);
+    /// <summary>The tools over a model and the served artifacts; <paramref name="explainer"/> enables <c>explain_feature</c>.</summary>
+    public static LoupeTools Tools(HookedTransformer model, McpArtifacts artifacts, McpExplainer? explainer = null) => new(model, artifacts, explainer);
 
     /// <summary>Serves over stdin/stdout until the client closes stdin or <paramref name="cancellation"/> fires.</summary>
     public static Task RunStdioAsync(LoupeTools tools, CancellationToken cancellation = default)

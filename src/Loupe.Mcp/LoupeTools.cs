@@ -6,6 +6,7 @@ using Loupe.Causal.Patching;
 using Loupe.Dictionaries.Features;
 using Loupe.Dictionaries.Sae;
 using Loupe.Dictionaries.Transcoders;
+using Loupe.Explain;
 using Loupe.Models;
 using Loupe.Models.Generation;
 using Loupe.Models.Hooks;
@@ -23,7 +24,7 @@ namespace Loupe.Mcp;
 /// served files) become tool errors whose message says what was wrong; the server keeps serving.
 /// </summary>
 [McpServerToolType]
-public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts)
+public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, McpExplainer? explainer = null)
 {
     /// <summary>Most values a tool returns for one position, so a reply stays readable.</summary>
     public const int MaxValues = 4096;
@@ -32,6 +33,9 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts)
     public const int MaxNewTokens = 256;
 
     readonly Lock _gate = new();
+    // Explaining waits on an endpoint, not the model: it has its own gate so model tools are not blocked meanwhile, and
+    // two calls never write one store at once.
+    readonly SemaphoreSlim _explainGate = new(1, 1);
 
     [McpServerTool(Name = "list_artifacts", ReadOnly = true, UseStructuredContent = true), Description("The files this server was started with, by name and kind (sae, transcoders, feature_store, vector, persona_vector, concept_monitor). Other tools take these names, never paths.")]
     public IReadOnlyList<Artifact> ListArtifacts() => artifacts.All;
@@ -286,6 +290,57 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts)
     /// <summary>The scores without undefined metrics (an AUROC without logprobs is NaN, which JSON cannot carry).</summary>
     static IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> FiniteScores(IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> scores) =>
         scores.ToDictionary(s => s.Key, s => (IReadOnlyDictionary<string, double>)s.Value.Where(m => double.IsFinite(m.Value)).ToDictionary(m => m.Key, m => m.Value));
+
+    [McpServerTool(Name = "explain_feature", Destructive = false, UseStructuredContent = true), Description("Explain one feature of a served feature store with the explainer endpoint the server was started with (as `loupe explain`): an explanation from its top examples with the activating tokens marked, scored by detection and fuzzing on held-out examples; stored in the feature store (feature_lookup shows it). Answers are cached: asking again sends nothing. Needs the server started with --explainer-url and --explainer-model.")]
+    public async Task<ExplainFeatureResult> ExplainFeature(
+        [Description("A feature store's name from list_artifacts (an SAE's name when its folder has features.db).")] string store,
+        [Description("The feature index (0..d_sae−1); it must have activated when the store was built.")] int feature,
+        [Description("Examples shown to the explainer (1..100).")] int examples = 20,
+        [Description("Held-out activating examples per scorer, and as many non-activating ones for detection (1..100).")] int scoreExamples = 10,
+        [Description("Scorers to run: detection, fuzzing (default both; an empty list: explanation only).")] string[]? scorers = null,
+        [Description("Seed for the held-out choice and the fuzzing marks.")] int seed = 0,
+        CancellationToken cancellationToken = default)
+    {
+        if (explainer is null)
+            throw new McpException("explain_feature: this server has no explainer endpoint; start it with --explainer-url URL --explainer-model NAME (the API key is read from --explainer-key-env, default OPENAI_API_KEY)");
+        await _explainGate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            Check.InRange(examples, 1, 100, "argument", nameof(examples));
+            Check.InRange(scoreExamples, 1, 100, "argument", nameof(scoreExamples));
+            var artifact = artifacts.Get(store, nameof(store), McpArtifacts.FeatureStore);
+            var options = new ExplainOptions
+            {
+                Examples = examples, ScoreExamples = scoreExamples, Seed = seed, BatchSize = explainer.BatchSize,
+                Scorers = scorers ?? [ExplainOptions.Detection, ExplainOptions.Fuzzing],
+            };
+            using (var db = FeatureStore.Open(artifact.Path))
+            {
+                db.CheckFeature(feature);
+                if (db.Feature(feature).NActive == 0) throw new InputError($"feature: {feature} never activated when the store was built; there is nothing to explain");
+            }
+            var prices = PriceTable.Load(explainer.PricesPath ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(artifact.Path))!, "prices.json"));
+            using var cache = new RequestCache(explainer.CachePath ?? artifact.Path + ".explain-cache.db");
+            using var client = new ChatClient(explainer.Endpoint, cache);
+            var summary = await ExplainRunner.RunAsync(artifact.Path, [feature], client, prices, options, cancellationToken: cancellationToken).ConfigureAwait(false);
+            var outcome = summary.Outcomes.SingleOrDefault();
+            using var read = FeatureStore.Open(artifact.Path);
+            var stored = read.Explanations(feature).FirstOrDefault(x => x.ExplainerModel == explainer.Endpoint.Model)
+                ?? throw new InvalidOperationException($"feature {feature}: the explanation was not stored");
+            var usage = outcome?.Usage;
+            return new ExplainFeatureResult(store, read.Hook, feature, stored.ExplainerModel, stored.Text, FiniteScores(stored.Scores),
+                AlreadyStored: outcome is null, Requests: usage?.Requests ?? 0, SentRequests: outcome?.Fresh.Requests ?? 0,
+                PromptTokens: usage?.PromptTokens ?? 0, CompletionTokens: usage?.CompletionTokens ?? 0, CostUsd: usage?.CostUsd);
+        }
+        catch (Exception e) when (e is InputError or IOException or UnauthorizedAccessException or ArgumentException or KeyNotFoundException or FormatException or EndpointError)
+        {
+            throw new McpException(e.Message.ReplaceLineEndings(" ").Trim(), e);
+        }
+        finally
+        {
+            _explainGate.Release();
+        }
+    }
 
     /// <summary>Runs a tool body on the model, one call at a time; bad input becomes a tool error with its message.</summary>
     T Guard<T>(Func<T> body)

@@ -62,3 +62,12 @@ public sealed record TokenProjection(int Id, string? Text, double Projection);
 /// <summary>What <c>monitor</c> returns: per-token projections, their mean, the threshold and the verdict.</summary>
 public sealed record MonitorResult(string Monitor, string Kind, string Hook, string? Concept, IReadOnlyList<TokenProjection> Tokens,
     double Mean, double Threshold, bool Flagged, string? Generated);
+
+/// <summary>
+/// What <c>explain_feature</c> returns: the stored explanation and its scores (scorer → metric → value), whether it was
+/// already stored (nothing asked), and the usage of the answers it needed (cached ones included; <c>SentRequests</c>
+/// went to the endpoint in this call), with their cost when the price table knows the explainer model.
+/// </summary>
+public sealed record ExplainFeatureResult(string Store, string Hook, int Feature, string ExplainerModel, string Explanation,
+    IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> Scores, bool AlreadyStored, int Requests, int SentRequests,
+    long PromptTokens, long CompletionTokens, double? CostUsd);

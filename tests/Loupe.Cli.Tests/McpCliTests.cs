@@ -17,6 +17,8 @@ public class McpCliTests
         AssertRefused(RunLoupe("mcp", "--model", Model, "--transcoders", missing), "--transcoders");
         AssertRefused(RunLoupe("mcp", "--model", Model, "--artifacts", missing), "--artifacts");
         AssertRefused(RunLoupe("mcp", "--model", Model, "--http", "70000"), "--http");
+        AssertRefused(RunLoupe("mcp", "--model", Model, "--explainer-url", "http://127.0.0.1:9/v1"), "--explainer-model");
+        AssertRefused(RunLoupe("mcp", "--model", Model, "--explainer-url", "http://127.0.0.1:9/v1", "--explainer-model", "m", "--explainer-concurrency", "0"), "explainer");
         var (_, stdout, _) = RunLoupe("mcp", "--help");
         Assert.Contains("Examples:", stdout);
         Assert.Contains("loupe mcp", stdout);

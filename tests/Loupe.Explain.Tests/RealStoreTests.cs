@@ -2,33 +2,44 @@ using Loupe.Dictionaries.Features;
 using Loupe.Dictionaries.Harvest;
 using Loupe.Dictionaries.Sae;
 using Loupe.Models;
+using Loupe.Models.Hooks;
 using Loupe.Testing;
 using Microsoft.Data.Sqlite;
 
 namespace Loupe.Explain.Tests;
 
 /// <summary>
-/// A feature store built from the real stories260K model (text sampled from it) and a seeded ReLU SAE at
-/// blocks.2.hook_resid_post, explained end to end against the scripted server, killed and resumed.
+/// A TopK SAE trained in the test on stories260K's block-2 residual stream (text sampled from the model), its feature
+/// store built, and every live feature explained and scored end to end against the scripted server; killed and resumed.
 /// </summary>
 public class RealStoreTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     [RequiresSharedFact("models/stories260K")]
-    public async Task Stories260K_store_is_explained_scored_and_resumed_without_asking_twice()
+    public async Task Stories260K_trained_sae_store_is_explained_scored_and_resumed_without_asking_twice()
     {
         using var folder = new TestFolder();
         string store = folder.File("features.db");
+        const int dSae = 24;
+        var build = new FeatureBuildOptions { TopK = 8, Quantiles = 3, QuantileSamples = 4, Window = 6, LogitCount = 5 };
         using (var model = ModelLoader.LoadFolder(SharedData.Require("models/stories260K")))
         {
-            const string hook = "blocks.2.hook_resid_post";
-            const int dSae = 12;
-            var dict = new SparseDictionary(SaeShape.Sae(64, dSae, applyBDecToInput: false), new ReluActivation());
-            dict.Initialize(seed: 7, decoderNorm: 1f);
-            for (int f = 0; f < dSae; f++) dict.P.BEnc[f] = -0.5f - 0.1f * f; // sparse, from common to rare
-            var config = new SaeLensConfig { DIn = 64, DSae = dSae, DOut = 64, HookName = hook, ApplyBDecToInput = false };
-            var contexts = ContextBuilder.ForModel(model, new ModelSampledSource(model, 40, 40, seed: 1), 32, seed: 1, maxContexts: 40);
-            FeatureDashboardBuilder.Build(model, dict, config, contexts, store,
-                new FeatureBuildOptions { TopK = 8, Quantiles = 3, QuantileSamples = 4, Window = 6, LogitCount = 5 });
+            string hook = HookNames.ResidPost(2);
+            int dModel = model.Config.DModel;
+            var contexts = ContextBuilder.ForModel(model, new ModelSampledSource(model, 120, 40, seed: 1), 32, seed: 1, maxContexts: 120);
+            var dict = new SparseDictionary(SaeShape.Sae(dModel, dSae), new TopKActivation(4));
+            dict.Initialize(seed: 0);
+            var trainer = new SaeTrainer(dict, new SaeTrainingOptions
+            {
+                Steps = 400, BatchSize = 256, LearningRate = 2e-3f, LrWarmupSteps = 10, NormalizeExpectedAverage = true, Seed = 0,
+            });
+            trainer.Begin(new ModelRows(model, contexts, hook, contextsPerWindow: 40));
+            SaeStepMetrics first = trainer.Step(), last = first;
+            while (!trainer.IsComplete) last = trainer.Step();
+            trainer.Finish();
+            output.WriteLine($"SAE {dModel}→{dSae} TopK 4, {last.Step + 1} steps: explained variance {first.ExplainedVariance:F3} → {last.ExplainedVariance:F3}");
+            Assert.True(last.ExplainedVariance > Math.Max(0.5, first.ExplainedVariance), $"the SAE did not train: EV {first.ExplainedVariance:F3} → {last.ExplainedVariance:F3}");
+            var config = new SaeLensConfig { DIn = dModel, DSae = dSae, DOut = dModel, HookName = hook, ApplyBDecToInput = dict.Shape.ApplyBDecToInput };
+            FeatureDashboardBuilder.Build(model, dict, config, contexts, store, build);
         }
         string reference = folder.File("reference.db");
         File.Copy(store, reference);
@@ -58,6 +69,21 @@ public class RealStoreTests(Xunit.Abstractions.ITestOutputHelper output)
             Assert.All(explainer, r => Assert.Contains("<<", r.User));
             Assert.All(explainer, r => Assert.InRange(r.User.Split('\n').Count(l => l.StartsWith("Example ", StringComparison.Ordinal)), 1, options.Examples));
             Assert.All(explainer, r => Assert.Contains("more likely next:", r.User));
+            // Each feature's prompt holds exactly its first Examples stored windows (top, then interval samples), rendered with
+            // every token where the feature is active in the store marked and no other.
+            using (var shownStore = FeatureStore.Open(reference))
+            {
+                foreach (int f in ExplainRunner.SelectFeatures(shownStore, "all"))
+                {
+                    var shown = shownStore.Examples(f, FeatureStoreSchema.Top).Concat(shownStore.Examples(f, FeatureStoreSchema.Quantile))
+                        .DistinctBy(e => (e.ContextId, e.Position)).Take(options.Examples).ToList();
+                    var lines = shown.Select((e, i) => $"Example {i + 1}: " + new TextExample(e.WindowTokens.Select(t => shownStore.TokenText(t) ?? $"<{t}>").ToArray(),
+                        e.WindowActs.Select(a => a > 0).ToArray()).Render().Replace("\r", "\\r").Replace("\n", "\\n")).ToList();
+                    Assert.All(shown, e => Assert.True(e.WindowActs.Any(a => a > 0), $"feature {f}: an example window with no active token"));
+                    var request = Assert.Single(explainer, r => lines.All(l => r.User.Contains(l + "\n", StringComparison.Ordinal)));
+                    Assert.Equal(shown.Count, request.User.Split('\n').Count(l => l.StartsWith("Example ", StringComparison.Ordinal)));
+                }
+            }
             using var s = FeatureStore.Open(reference);
             foreach (int f in ExplainRunner.SelectFeatures(s, "all"))
             {

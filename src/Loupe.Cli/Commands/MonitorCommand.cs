@@ -40,9 +40,12 @@ static class MonitorCommand
         var recall = new Option<double>("--recall") { Description = "Share of the concept's training texts the threshold must catch", DefaultValueFactory = _ => 0.9 };
         var layer = new Option<int?>("--layer") { Description = "Layer read (hook_resid_post); default: the best cross-validated held-out AUROC" };
         var heldOut = new Option<double>("--held-out") { Description = "Share of each set held out (layer choice by folds; the last fold measures recall and false positives)", DefaultValueFactory = _ => 0.25 };
+        var calibration = new Option<string?>("--calibration") { Description = "Openings the model continues greedily, one per line (comma-separate several files): the threshold is raised until at most --max-fpr of these ordinary generations would be flagged" };
+        var calibrationTokens = new Option<int>("--calibration-tokens") { Description = "Tokens generated per calibration opening (the length the monitor will watch)", DefaultValueFactory = _ => 24 };
+        var maxFpr = new Option<double>("--max-fpr") { Description = "With --calibration: the largest false-positive rate allowed on the model's ordinary generations (empirical, and of a normal fitted to their readings)", DefaultValueFactory = _ => 0.01 };
         var output = new Option<string>("--out", "-o") { Description = "The monitor file (.safetensors)", Required = true };
         var command = new Command("train", "Train a concept monitor from contrastive texts; print held-out AUROC, recall and false-positive rate.")
-        { model, concept, positive, negative, describe, endpoint, endpointModel, keyEnv, count, recall, layer, heldOut, output };
+        { model, concept, positive, negative, describe, endpoint, endpointModel, keyEnv, count, recall, layer, heldOut, calibration, calibrationTokens, maxFpr, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string outPath = CliSupport.OutputFile(parse.GetValue(output)!);
@@ -74,11 +77,19 @@ static class MonitorCommand
             }
             double r = CliSupport.Double(parse, recall, 1e-9, 1);
             double h = CliSupport.Double(parse, heldOut, 0, 0.99);
+            double fpr = CliSupport.Double(parse, maxFpr, 0, 1);
+            int calTokens = parse.GetValue(calibrationTokens);
+            if (calTokens < 2) throw InputError.Expected("argument", "--calibration-tokens", "at least 2", calTokens);
+            var openings = parse.GetValue(calibration) is string calFiles ? ReadTexts(calFiles, "--calibration") : null;
+            if (openings is not null) source["calibration"] = parse.GetValue(calibration)!;
             using var m = CliSupport.LoadModel(parse.GetValue(model)!);
             int? l = parse.GetValue(layer);
             if (l is int chosen && (chosen < 0 || chosen >= m.Config.NLayers)) throw InputError.Expected("argument", "--layer", $"0..{m.Config.NLayers - 1}", chosen);
             var monitor = CliSupport.Status.Status().Start($"Reading {pos.Count} + {neg.Count} texts",
-                _ => ConceptMonitor.Train(m, parse.GetValue(concept)!, pos, neg, new ConceptMonitorOptions { Recall = r, Layer = l, HeldOutFraction = h }));
+                _ => ConceptMonitor.Train(m, parse.GetValue(concept)!, pos, neg, new ConceptMonitorOptions
+                {
+                    Recall = r, Layer = l, HeldOutFraction = h, CalibrationOpenings = openings, CalibrationTokens = calTokens, MaxFalsePositiveRate = fpr,
+                }));
             Console.WriteLine("layer  held-out AUROC  held-out d");
             foreach (var s in monitor.Direction.Layers)
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{s.Layer,5}  {s.HeldOutAuroc,14:F3}  {s.HeldOutEffectSize,10:F2}{(s.Layer == monitor.Direction.Layer ? "   ← chosen" : "")}"));
@@ -86,6 +97,9 @@ static class MonitorCommand
                 $"{monitor.Name} at {monitor.Direction.HookName}: threshold {monitor.Direction.Threshold:G4} on the mean projection (for recall {monitor.TargetRecall:P0} on the training texts)"));
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"  training: recall {monitor.TrainRecall:P1}, false positives {monitor.TrainFalsePositiveRate:P1}; held out: AUROC {monitor.HeldOutAuroc:F3}, recall {monitor.HeldOutRecall:P1}, false positives {monitor.HeldOutFalsePositiveRate:P1}"));
+            if (monitor.CalibrationGenerations > 0)
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"  calibration: {monitor.CalibrationGenerations} ordinary generations, threshold {monitor.RecallThreshold:G4} for the recall, {monitor.Direction.Threshold:G4} for false positives ≤ {monitor.MaxFalsePositiveRate:P2}; flags {monitor.CalibrationFalsePositiveRate:P1} of them"));
             source["model"] = m.Source ?? "";
             monitor.Save(outPath, source);
             Console.WriteLine($"wrote {outPath}");
