@@ -61,21 +61,6 @@ static class HarvestCommand
         return command;
     }
 
-    /// <exception cref="InputError">An unknown source kind or a malformed count.</exception>
-    internal static ITextSource ParseSource(HookedTransformer model, string spec, int seed)
-    {
-        int colon = spec.IndexOf(':');
-        if (colon <= 0) throw InputError.Expected("argument", "--source", "KIND:VALUE (brown:FOLDER, text:PATH, jsonl:FILE, generate:N)", spec);
-        string kind = spec[..colon], value = spec[(colon + 1)..];
-        return kind switch
-        {
-            "brown" => new BrownCorpusSource(value),
-            "text" => new PlainTextSource(value),
-            "jsonl" => new JsonLinesSource(value),
-            "generate" => int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n > 0
-                ? new ModelSampledSource(model, n, Math.Min(256, model.Config.NCtx - 1), seed)
-                : throw InputError.Expected("argument", "--source generate:N", "a number of samples in [1, 2147483647]", value),
-            _ => throw InputError.Expected("argument", "--source", "brown:FOLDER, text:PATH, jsonl:FILE or generate:N", spec),
-        };
-    }
+    /// <summary>The CLI's <c>--source</c>: <see cref="TextSourceSpec.Parse"/>.</summary>
+    internal static ITextSource ParseSource(HookedTransformer model, string spec, int seed) => TextSourceSpec.Parse(model, spec, seed);
 }

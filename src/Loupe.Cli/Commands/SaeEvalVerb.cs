@@ -3,7 +3,6 @@ using System.Globalization;
 using Loupe.Dictionaries.Evaluation;
 using Loupe.Dictionaries.Harvest;
 using Loupe.Dictionaries.Splice;
-using Loupe.Reports;
 using Spectre.Console;
 
 namespace Loupe.Cli.Commands;
@@ -76,10 +75,9 @@ static class SaeEvalVerb
                     var progress = new CliSupport.SyncProgress<SaeEvalProgress>(p => task.Value = p.ContextsDone);
                     result = SaeEvaluator.Evaluate(m, splice, contexts, options, progress);
                 });
-            AtomicFile.WriteJson(Path.Combine(folder, "eval.json"), new { Model = m.Source ?? "", SaeModelName = cfg.ModelName, Sae = Path.GetFullPath(parse.GetValue(sae)!), Seed = seedValue, Metrics = result! });
-            DensityChart(result!).Save(Path.Combine(folder, "density.svg"));
+            string json = SaeEvalReport.Write(folder, result!, m.Source ?? "", cfg.ModelName, Path.GetFullPath(parse.GetValue(sae)!), seedValue);
             Print(result!);
-            Console.WriteLine($"wrote {Path.Combine(folder, "eval.json")} and density.svg");
+            Console.WriteLine($"wrote {json} and density.svg");
             return 0;
         }));
         return command;
@@ -94,19 +92,6 @@ static class SaeEvalVerb
             .Select(v => int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int id) ? id
                 : throw InputError.Expected("argument", "--exclude-tokens", "integer token ids like \"1,2\" or \"none\"", v))
             .ToArray();
-    }
-
-    static LineChart DensityChart(SaeEvalResult r)
-    {
-        var h = r.DensityHistogram;
-        return new LineChart
-        {
-            Title = $"Feature density, {r.Hook} ({r.DSae} features, {r.Positions} tokens)",
-            X = Enumerable.Range(0, h.Counts.Length).Select(i => (h.Log10Edges[i] + h.Log10Edges[i + 1]) / 2).ToArray(),
-            Series = [("features", h.Counts.Select(c => (double)c).ToArray())],
-            XAxis = "log10(density + 1e-10)  (dead features at −10)",
-            YAxis = "features",
-        };
     }
 
     static void Print(SaeEvalResult r)

@@ -212,3 +212,36 @@ public sealed class ModelSampledSource : ITextSource
         }
     }
 }
+
+/// <summary>Text sources named the way the CLI and the web API name them: <c>KIND:VALUE</c>.</summary>
+public static class TextSourceSpec
+{
+    /// <summary>The kinds <see cref="Parse"/> understands, for help texts and errors.</summary>
+    public const string Kinds = "brown:FOLDER, text:PATH, jsonl:FILE or generate:N";
+
+    /// <summary>
+    /// <c>brown:FOLDER</c> (the Brown corpus), <c>text:FILE_OR_FOLDER</c>, <c>jsonl:FILE</c> (a "text" field per line)
+    /// or <c>generate:N</c> (N samples from <paramref name="model"/>, seeded by <paramref name="seed"/>).
+    /// </summary>
+    /// <param name="model">The model that samples for <c>generate:N</c>.</param>
+    /// <param name="spec">The source, <c>KIND:VALUE</c>.</param>
+    /// <param name="seed">Seed for <c>generate:N</c>.</param>
+    /// <param name="argument">How the caller names the value in errors (a CLI option, an API field).</param>
+    /// <exception cref="InputError">An unknown source kind or a malformed count.</exception>
+    public static ITextSource Parse(HookedTransformer model, string spec, int seed, string argument = "--source")
+    {
+        int colon = spec.IndexOf(':');
+        if (colon <= 0) throw InputError.Expected("argument", argument, $"KIND:VALUE ({Kinds})", spec);
+        string kind = spec[..colon], value = spec[(colon + 1)..];
+        return kind switch
+        {
+            "brown" => new BrownCorpusSource(value),
+            "text" => new PlainTextSource(value),
+            "jsonl" => new JsonLinesSource(value),
+            "generate" => int.TryParse(value, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int n) && n > 0
+                ? new ModelSampledSource(model, n, Math.Min(256, model.Config.NCtx - 1), seed)
+                : throw InputError.Expected("argument", $"{argument} generate:N", "a number of samples in [1, 2147483647]", value),
+            _ => throw InputError.Expected("argument", argument, Kinds, spec),
+        };
+    }
+}
