@@ -1,6 +1,7 @@
 import { api, ExampleView, FeatureDashboard, FeatureListView, FeatureStoreView, promptBody, TextSearchView, TokenSearchView } from "./api";
 import { canvas, el, query, setQuery, show } from "./dom";
 import { JobKinds, JobRunner } from "./jobs";
+import { saeEvalForm } from "./saeEval";
 import type { PageContext } from "./main";
 
 // Feature dashboards from a feature store: a paged, sortable list; per feature its histogram, logit tables, top and
@@ -14,7 +15,9 @@ export function featuresPage(ctx: PageContext): void {
   root.append(el("h1", {}, "Features"));
   const body = el("div", {});
   const build = el("div", {});
-  root.append(build, body);
+  const evaluate = el("div", {});
+  root.append(build, evaluate, body);
+  saeEvalForm(evaluate);
   buildForm(build, storeId => {
     setQuery({ store: storeId, feature: null, offset: null, q: null, tok: null }, true);
     root.replaceChildren();

@@ -70,7 +70,8 @@ public sealed record JobKindView(bool Available, string? Reason);
 /// <param name="FeatureStore">The feature-store build (needs --sae).</param>
 /// <param name="Targets">Patch targets by name.</param>
 /// <param name="Texts">Served .txt files a build can read.</param>
-public sealed record JobKindsView(JobKindView PatchingSweep, JobKindView FeatureStore, string[] Targets, ArtifactView[] Texts);
+/// <param name="SaeEval">The SAE evaluation (needs --sae).</param>
+public sealed record JobKindsView(JobKindView PatchingSweep, JobKindView FeatureStore, string[] Targets, ArtifactView[] Texts, JobKindView SaeEval);
 
 /// <summary>
 /// Long work beside the head-detection job: a patching sweep written as a workspace artifact, and a feature-store build
@@ -93,7 +94,8 @@ public static partial class JobEndpoints
             return new JobKindsView(
                 new JobKindView(workspace.Root is not null, workspace.Root is null ? "start the server with --graphs DIR to write sweeps into" : null),
                 new JobKindView(options.SaePath is not null, options.SaePath is null ? "start the server with --sae DIR (the dictionary to harvest)" : null),
-                [.. PatchTarget.Named.Keys], [.. workspace.List().Where(a => a.Kind == "text")]);
+                [.. PatchTarget.Named.Keys], [.. workspace.List().Where(a => a.Kind == "text")],
+                new JobKindView(options.SaePath is not null, options.SaePath is null ? "start the server with --sae DIR (the dictionary to evaluate)" : null));
         }).WithSummary("Which job kinds this server can run (and why not), the patch targets, and the served text files a feature-store build can read");
 
         api.MapPost("/patching-sweep", (PatchingJobRequest body) =>
@@ -150,26 +152,7 @@ public static partial class JobEndpoints
         api.MapPost("/feature-store", async (FeatureStoreJobRequest body, CancellationToken requestCancel) =>
         {
             string saePath = options.SaePath ?? throw new NoPlaceException("a feature-store build harvests the dictionary given with --sae: start the server with --sae DIR");
-            if ((body.Artifact is null) == (body.Texts is null)) throw new InputError("give exactly one of \"artifact\" (a served .txt file's id) or \"texts\"");
-            IReadOnlyList<string> documents;
-            string description;
-            if (body.Artifact is { } id)
-            {
-                var artifact = workspace.List().FirstOrDefault(a => a.Id == id);
-                if (artifact is not { Kind: "text" }) throw new InputError("artifact: no served text file (.txt) with that id");
-                if (artifact.Bytes > MaxTextArtifactBytes) throw new InputError($"artifact: {artifact.Name} has {artifact.Bytes} bytes; at most {MaxTextArtifactBytes} are read");
-                await using var stream = workspace.OpenById(id) ?? throw new InputError("artifact: no served text file with that id");
-                using var reader = new StreamReader(stream, Encoding.UTF8);
-                documents = Paragraphs().Split(await reader.ReadToEndAsync(requestCancel));
-                description = $"served text: {artifact.Name}";
-            }
-            else
-            {
-                documents = body.Texts!;
-                if (documents.Count > 100_000) throw new InputError("texts: at most 100,000 documents");
-                description = $"texts sent to loupe serve: {documents.Count} document(s)";
-            }
-            if (!documents.Any(d => !string.IsNullOrWhiteSpace(d))) throw new InputError("the text is empty");
+            var (documents, description) = await Documents(workspace, body.Artifact, body.Texts, requestCancel);
             int maxContexts = Math.Clamp(body.MaxContexts ?? 512, 1, 4096);
             var buildOptions = new FeatureBuildOptions { TopK = Math.Clamp(body.Top ?? 20, 1, 100) };
             bool npz = saePath.EndsWith(".npz", StringComparison.OrdinalIgnoreCase)
@@ -196,6 +179,35 @@ public static partial class JobEndpoints
                 return new FeatureStoreJobResult(served.Id, served.Name, summary.Hook, summary.DSae, summary.Tokens, summary.DeadFeatures, contexts.Count, summary.Seconds);
             });
         }).WithSummary("Starts a feature-store build (as loupe features build) of the --sae dictionary over a served .txt artifact or texts in the body; progress at /api/jobs/{id}/events; a finished store is served (the result names it); a cancelled one leaves no file");
+
+        MapSaeEval(api, gate, jobs, options, workspace);
+    }
+
+    /// <summary>The documents a job reads: a served .txt artifact (one document per paragraph) or texts from the request.</summary>
+    /// <exception cref="InputError">Both or neither given, an unknown or oversized artifact, too many texts, or no text at all.</exception>
+    static async Task<(IReadOnlyList<string> Documents, string Description)> Documents(Workspace workspace, string? artifactId, string[]? texts, CancellationToken cancel)
+    {
+        if ((artifactId is null) == (texts is null)) throw new InputError("give exactly one of \"artifact\" (a served .txt file's id) or \"texts\"");
+        IReadOnlyList<string> documents;
+        string description;
+        if (artifactId is { } id)
+        {
+            var artifact = workspace.List().FirstOrDefault(a => a.Id == id);
+            if (artifact is not { Kind: "text" }) throw new InputError("artifact: no served text file (.txt) with that id");
+            if (artifact.Bytes > MaxTextArtifactBytes) throw new InputError($"artifact: {artifact.Name} has {artifact.Bytes} bytes; at most {MaxTextArtifactBytes} are read");
+            await using var stream = workspace.OpenById(id) ?? throw new InputError("artifact: no served text file with that id");
+            using var reader = new StreamReader(stream, Encoding.UTF8);
+            documents = Paragraphs().Split(await reader.ReadToEndAsync(cancel));
+            description = $"served text: {artifact.Name}";
+        }
+        else
+        {
+            documents = texts!;
+            if (documents.Count > 100_000) throw new InputError("texts: at most 100,000 documents");
+            description = $"texts sent to loupe serve: {documents.Count} document(s)";
+        }
+        if (!documents.Any(d => !string.IsNullOrWhiteSpace(d))) throw new InputError("the text is empty");
+        return (documents, description);
     }
 
     // Without --graphs the stores a build makes go to a folder of this server's own.

@@ -1,0 +1,58 @@
+using System.Net;
+using System.Text.Json;
+using Loupe.Dictionaries.Evaluation;
+using Loupe.Dictionaries.Harvest;
+using Loupe.Dictionaries.Splice;
+using Loupe.Testing;
+
+namespace Loupe.Serve.Tests;
+
+/// <summary>The SAE-evaluation job: the CLI's <c>sae eval</c> numbers through the web API, its report written as the CLI writes it.</summary>
+public class SaeEvalJobTests
+{
+    [RequiresSharedFact("models/stories260K")]
+    public async Task An_sae_eval_job_reports_the_library_evaluation_and_writes_its_files()
+    {
+        var model = Servers.Stories;
+        string graphs = Directory.CreateTempSubdirectory("loupe-serve-sae-eval-").FullName;
+        string[] texts = JobApiTests.Texts(model, 12);
+        await using var host = await Servers.StartAsync(model, new ServeOptions { GraphsDir = graphs, SaePath = FeatureStores.SaeFolder });
+        using var client = Servers.Client(host);
+        Assert.True(JsonDocument.Parse(await client.GetStringAsync("/api/jobs/kinds")).RootElement.GetProperty("sae_eval").GetProperty("available").GetBoolean());
+
+        string id = await JobApiTests.Start(client, "sae-eval", new { texts, context_size = 32, max_contexts = 12, batch_size = 4, name = "stories-eval" });
+        var events = await SteeringApiTests.ReadEvents(client, $"/api/jobs/{id}/events");
+        Assert.Equal("result", events[^1].Type);
+        Assert.Equal([4, 8, 12], events.Where(e => e.Type == "progress").Select(e => e.Data.GetProperty("done").GetInt32()).ToArray());
+        var result = events[^1].Data.GetProperty("data");
+        var metrics = result.GetProperty("metrics");
+
+        // The library's evaluation over the same contexts.
+        var (splice, _) = SaeSplice.Load(model, FeatureStores.SaeFolder);
+        var contexts = ContextBuilder.ForModel(model, new InMemoryTextSource(texts, "same"), 32, 0, 12);
+        var want = SaeEvaluator.Evaluate(model, splice, contexts, new SaeEvalOptions { BatchSize = 4 });
+        foreach (var (name, value) in new[] { ("l0", want.L0), ("explained_variance", want.ExplainedVariance), ("ce_loss_clean", want.CeLossClean),
+                     ("ce_loss_with_sae", want.CeLossWithSae), ("loss_recovered", want.LossRecovered), ("kl_with_sae", want.KlWithSae) })
+        {
+            double got = metrics.GetProperty(name).GetDouble();
+            Assert.True(Math.Abs(got - value) <= 1e-9 + 1e-9 * Math.Abs(value), $"{name}: served {got}, library {value}");
+        }
+        Assert.Equal(want.DeadFeatures, metrics.GetProperty("dead_features").GetInt32());
+
+        // The report files, as `loupe sae eval` writes them.
+        string report = Path.Combine(graphs, result.GetProperty("report").GetString()!);
+        Assert.Equal(Path.Combine(graphs, "evals", "stories-eval", "eval.json"), report);
+        var json = JsonDocument.Parse(File.ReadAllText(report)).RootElement;
+        Assert.Equal(want.L0, json.GetProperty("metrics").GetProperty("l0").GetDouble(), 1e-9);
+        Assert.True(File.Exists(Path.Combine(graphs, "evals", "stories-eval", "density.svg")));
+
+        // The same name again, and neither source, are refused; without --sae there is nothing to evaluate.
+        Assert.Equal(HttpStatusCode.BadRequest, (await client.PostAsync("/api/jobs/sae-eval", Json(new { texts, name = "stories-eval" }))).StatusCode);
+        Assert.Equal(HttpStatusCode.BadRequest, (await client.PostAsync("/api/jobs/sae-eval", Json(new { name = "x" }))).StatusCode);
+        await using var bare = await Servers.StartAsync(model, new ServeOptions { GraphsDir = graphs });
+        using var bareClient = Servers.Client(bare);
+        Assert.Equal(HttpStatusCode.Conflict, (await bareClient.PostAsync("/api/jobs/sae-eval", Json(new { texts }))).StatusCode);
+    }
+
+    static StringContent Json(object body) => new(JsonSerializer.Serialize(body), System.Text.Encoding.UTF8, "application/json");
+}
