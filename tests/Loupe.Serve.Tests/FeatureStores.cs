@@ -10,7 +10,7 @@ namespace Loupe.Serve.Tests;
 
 /// <summary>
 /// Feature stores for the Features and Steering tests, each made once per test run in a temp folder:
-/// a real one from stories260K with a seeded ReLU SAE saved as a SAELens folder (so the store records where it is),
+/// a real one from stories260K with a ReLU SAE trained in the test and saved as a SAELens folder (so the store records where it is),
 /// with one explanation added; a synthetic one of 65,536 features written straight into the schema; and a
 /// folder of served artifacts holding a persona vector file.
 /// </summary>
@@ -31,6 +31,8 @@ static class FeatureStores
     public static string SaeFolder { get { _ = Real; return RealFolder; } }
     static string RealFolder => Path.Combine(s_root, "sae");
     public static string Big => s_big.Value;
+    /// <summary>The real store's SAE at the end of its training (explained variance of the last batch).</summary>
+    public static double TrainedExplainedVariance { get; private set; }
     /// <summary>A --graphs folder with <c>vectors/persona.safetensors</c> (hook and direction: <see cref="PersonaDirection"/>).</summary>
     public static string Artifacts => s_artifacts.Value;
     public static float[] PersonaDirection { get; } = [.. Enumerable.Range(0, 64).Select(i => MathF.Sin(i * 0.7f))];
@@ -45,9 +47,20 @@ static class FeatureStores
     static string BuildReal()
     {
         var model = Servers.Stories;
+        // A ReLU SAE trained here on the model's own text (a few hundred steps: seconds), so dashboards, steering and
+        // evaluations show what a trained dictionary gives rather than a random one's numbers.
         var dict = new SparseDictionary(SaeShape.Sae(64, RealDSae, applyBDecToInput: false), new ReluActivation());
         dict.Initialize(seed: 7, decoderNorm: 1f);
-        for (int f = 0; f < RealDSae; f++) dict.P.BEnc[f] = -0.3f - 0.05f * f; // sparse, from common to rare
+        var training = ContextBuilder.ForModel(model, new ModelSampledSource(model, 120, 40, seed: 2), 32, seed: 2, maxContexts: 120);
+        var trainer = new SaeTrainer(dict, new SaeTrainingOptions
+        {
+            Steps = 400, BatchSize = 256, LearningRate = 3e-3f, LrWarmupSteps = 10, SparsityCoefficient = 3e-3f, SparsityWarmupSteps = 50, Seed = 0,
+        });
+        trainer.Begin(new ModelRows(model, training, Hook, contextsPerWindow: 40));
+        SaeStepMetrics last = trainer.Step();
+        while (!trainer.IsComplete) last = trainer.Step();
+        trainer.Finish();
+        TrainedExplainedVariance = last.ExplainedVariance;
         var config = new SaeLensConfig { DIn = 64, DSae = RealDSae, DOut = 64, HookName = Hook, ApplyBDecToInput = false };
         SaeLensFormat.Save(RealFolder, dict, config);
         var contexts = ContextBuilder.ForModel(model, new ModelSampledSource(model, 40, 40, seed: 1), 32, seed: 1, maxContexts: 40);

@@ -69,8 +69,8 @@ public class JobBrowserTests
         await page.GetByTestId("build-run").ClickAsync();
         await page.Locator("[data-testid=job-status]", new() { HasText = "pass 1/2" }).WaitForAsync(new() { Timeout = 60_000 });
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = Browser.Screenshot("features-build-running.png"), FullPage = true });
-        await page.GetByTestId("job-cancel").ClickAsync();
-        await page.Locator(".job-runner[data-state=cancelled]").WaitForAsync(new() { Timeout = 60_000 });
+        await page.GetByTestId("build-details").GetByTestId("job-cancel").ClickAsync();
+        await page.GetByTestId("build-details").Locator(".job-runner[data-state=cancelled]").WaitForAsync(new() { Timeout = 60_000 });
         Assert.False(File.Exists(Path.Combine(graphs, "stores", "large.features.db")));
 
         // Build from the small served corpus: the page opens the new store.

@@ -106,6 +106,7 @@ function build(body: HTMLElement, sources: SteeringSourcesView): void {
     run.disabled = true;
     stop.disabled = false;
     status.textContent = "starting…";
+    delete status.dataset.done; // the previous run's; set again when this one ends
     stream = new EventSource(url);
     stream.addEventListener("start", ev => {
       const s = JSON.parse((ev as MessageEvent).data) as StartEvent;
