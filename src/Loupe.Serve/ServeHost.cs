@@ -142,9 +142,11 @@ public sealed class ServeHost : IAsyncDisposable
             job.Cancel.Cancel();
             return Results.Json(new JobView(job.Id, job.Kind, job.State), Json, statusCode: 202);
         }).WithSummary("Cancels a job");
-        Endpoints.GraphEndpoints.Map(_app, gate, options, Workspace, _featureStores);
+        // The transcoders (--transcoders) are loaded once: the Graph page's interventions and the graph job share them.
+        var replacement = options.TranscodersDir is { } tcDir ? new Loupe.Attribution.ReplacementModel(model, Loupe.Dictionaries.Transcoders.MlpReplacements.Load(tcDir, model.Config.NLayers)) : null;
+        Endpoints.GraphEndpoints.Map(_app, gate, options, Workspace, _featureStores, replacement);
         Endpoints.CircuitEndpoints.Map(_app, Workspace);
-        JobEndpoints.Map(_app, gate, jobs, options, Workspace, _featureStores);
+        JobEndpoints.Map(_app, gate, jobs, options, Workspace, _featureStores, replacement);
         FeatureEndpoints.Map(_app, gate, _featureStores, options);
         SteeringEndpoints.Map(_app, gate, _featureStores, options);
         _app.MapOpenApi("/api/openapi.json");

@@ -20,7 +20,7 @@ public class StoriesGraphBrowserTests(ITestOutputHelper output)
     const string Prompt = "Once upon a time, there was a little girl named Lily. She";
 
     /// <summary>One TopK transcoder per layer (ln2 output → MLP output), 64 features, 40 steps each, saved as SAELens folders layer_0 … layer_4.</summary>
-    static string TrainTranscoders(Loupe.Models.HookedTransformer model, string dir)
+    internal static string TrainTranscoders(Loupe.Models.HookedTransformer model, string dir)
     {
         var contexts = ContextBuilder.ForModel(model, new ModelSampledSource(model, 32, 40, seed: 2), 32, seed: 2, maxContexts: 32);
         int d = model.Config.DModel;

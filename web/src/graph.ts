@@ -4,6 +4,7 @@
 import { api, ApiError, NextTokenView } from "./api";
 import { el, pct, query, setQuery, show } from "./dom";
 import type { PageContext } from "./main";
+import { graphJobForm } from "./graphJob";
 
 interface ArtifactView { id: string; name: string; kind: string; bytes: number; modified: string }
 interface CompactGraph {
@@ -164,7 +165,9 @@ export function graphPage(ctx: PageContext): void {
   const select = el("select", { "data-testid": "graph-select", "aria-label": "graph" });
   const status = el("p", { class: "status", "data-testid": "graph-status", "aria-live": "polite" }, "Loading the workspace…");
   const body = el("div", {});
-  ctx.root.append(el("h1", {}, "Graph"), el("div", { class: "graph-toolbar" }, el("label", {}, "Graph ", select)), status, body);
+  const trace = el("div", {});
+  ctx.root.append(el("h1", {}, "Graph"), trace, el("div", { class: "graph-toolbar" }, el("label", {}, "Graph ", select)), status, body);
+  graphJobForm(trace, () => { ctx.root.replaceChildren(); graphPage(ctx); });
   Promise.all([api<ArtifactView[]>("/api/artifacts"), api<Capabilities>("/api/graph/capabilities")]).then(([artifacts, caps]) => {
     const graphs = artifacts.filter(a => a.kind === "graph");
     if (graphs.length === 0) { status.textContent = "No graphs in the workspace: start the server with --graphs DIR holding graph JSON (loupe attribute writes it)."; return; }

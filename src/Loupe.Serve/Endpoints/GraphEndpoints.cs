@@ -101,10 +101,9 @@ public sealed record FeatureDashboardView(string Store, int Layer, int Feature, 
 /// <summary>The Graph page's API: graphs in compact form, feature dashboards beside a pinned node, and interventions.</summary>
 public static class GraphEndpoints
 {
-    public static void Map(WebApplication app, ModelGate gate, ServeOptions options, Workspace workspace, ServedStores served)
+    public static void Map(WebApplication app, ModelGate gate, ServeOptions options, Workspace workspace, ServedStores served, ReplacementModel? replacement)
     {
         var model = gate.Model;
-        var replacement = options.TranscodersDir is { } dir ? new ReplacementModel(model, MlpReplacements.Load(dir, model.Config.NLayers)) : null;
         // The stores --features serves (the Features page's too; they are disposed with the server).
         var stores = served.All.Select(s => s.Store).ToArray();
 

@@ -71,7 +71,8 @@ public sealed record JobKindView(bool Available, string? Reason);
 /// <param name="Targets">Patch targets by name.</param>
 /// <param name="Texts">Served .txt files a build can read.</param>
 /// <param name="SaeEval">The SAE evaluation (needs --sae).</param>
-public sealed record JobKindsView(JobKindView PatchingSweep, JobKindView FeatureStore, string[] Targets, ArtifactView[] Texts, JobKindView SaeEval);
+/// <param name="Graph">The attribution graph (needs --transcoders and --graphs).</param>
+public sealed record JobKindsView(JobKindView PatchingSweep, JobKindView FeatureStore, string[] Targets, ArtifactView[] Texts, JobKindView SaeEval, JobKindView Graph);
 
 /// <summary>
 /// Long work beside the head-detection job: a patching sweep written as a workspace artifact, and a feature-store build
@@ -83,7 +84,8 @@ public static partial class JobEndpoints
     /// <summary>Longest text artifact a build reads (the request body is bounded by the server's body limit).</summary>
     public const long MaxTextArtifactBytes = 16L << 20;
 
-    public static void Map(WebApplication app, ModelGate gate, JobManager jobs, ServeOptions options, Workspace workspace, ServedStores stores)
+    public static void Map(WebApplication app, ModelGate gate, JobManager jobs, ServeOptions options, Workspace workspace, ServedStores stores,
+        Loupe.Attribution.ReplacementModel? replacement)
     {
         var model = gate.Model;
         var api = app.MapGroup("/api/jobs");
@@ -95,7 +97,10 @@ public static partial class JobEndpoints
                 new JobKindView(workspace.Root is not null, workspace.Root is null ? "start the server with --graphs DIR to write sweeps into" : null),
                 new JobKindView(options.SaePath is not null, options.SaePath is null ? "start the server with --sae DIR (the dictionary to harvest)" : null),
                 [.. PatchTarget.Named.Keys], [.. workspace.List().Where(a => a.Kind == "text")],
-                new JobKindView(options.SaePath is not null, options.SaePath is null ? "start the server with --sae DIR (the dictionary to evaluate)" : null));
+                new JobKindView(options.SaePath is not null, options.SaePath is null ? "start the server with --sae DIR (the dictionary to evaluate)" : null),
+                new JobKindView(replacement is not null && workspace.Root is not null,
+                    replacement is null ? "start the server with --transcoders DIR (the MLP replacements a graph traces through)"
+                    : workspace.Root is null ? "start the server with --graphs DIR to write graphs into" : null));
         }).WithSummary("Which job kinds this server can run (and why not), the patch targets, and the served text files a feature-store build can read");
 
         api.MapPost("/patching-sweep", (PatchingJobRequest body) =>
@@ -181,6 +186,7 @@ public static partial class JobEndpoints
         }).WithSummary("Starts a feature-store build (as loupe features build) of the --sae dictionary over a served .txt artifact or texts in the body; progress at /api/jobs/{id}/events; a finished store is served (the result names it); a cancelled one leaves no file");
 
         MapSaeEval(api, gate, jobs, options, workspace);
+        MapGraph(api, gate, jobs, options, workspace, replacement);
     }
 
     /// <summary>The documents a job reads: a served .txt artifact (one document per paragraph) or texts from the request.</summary>
