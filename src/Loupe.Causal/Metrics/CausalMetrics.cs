@@ -77,6 +77,17 @@ public sealed class TargetLogProb : IDeviceMetric
     {
         var (B, T, V) = Dims(logits);
         int n = _end - _start;
+        var targets = SpanTargets(B, T, V);
+        var loss = backend.Empty(B * T);
+        var grad = backend.Empty(B, T, V);
+        backend.CrossEntropyRows(logits, B * T, V, targets, loss, grad, -1f / n);
+        return (-backend.Sum(loss) / n, grad);
+    }
+
+    /// <summary>Per row of <c>[batch·pos]</c>: the target token inside the span, −1 elsewhere (the device ops skip those rows).</summary>
+    /// <exception cref="InputError">A target outside the output vocabulary.</exception>
+    int[] SpanTargets(int B, int T, int V)
+    {
         var targets = new int[B * T];
         Array.Fill(targets, -1);
         for (int b = 0; b < B; b++)
@@ -86,10 +97,7 @@ public sealed class TargetLogProb : IDeviceMetric
                 if ((uint)target >= (uint)V) throw new InputError($"target token {target} is outside d_vocab_out = {V}");
                 targets[b * T + p] = target;
             }
-        var loss = backend.Empty(B * T);
-        var grad = backend.Empty(B, T, V);
-        backend.CrossEntropyRows(logits, B * T, V, targets, loss, grad, -1f / n);
-        return (-backend.Sum(loss) / n, grad);
+        return targets;
     }
 
     /// <summary>On a device, the value only: cross-entropy over the span's rows (no gradient), summed into <paramref name="value"/> as −Σ/n.</summary>
@@ -100,15 +108,7 @@ public sealed class TargetLogProb : IDeviceMetric
     {
         var (B, T, V) = Dims(logits);
         int n = _end - _start;
-        var targets = new int[B * T];
-        Array.Fill(targets, -1);
-        for (int b = 0; b < B; b++)
-            for (int p = _start; p < _end; p++)
-            {
-                int target = Target(b, p);
-                if ((uint)target >= (uint)V) throw new InputError($"target token {target} is outside d_vocab_out = {V}");
-                targets[b * T + p] = target;
-            }
+        var targets = SpanTargets(B, T, V);
         var loss = backend.Empty(B * T);
         backend.CrossEntropyRows(logits, B * T, V, targets, loss, null, 1f);
         backend.SumMiddleAxis(loss, 1, B * T, 1, value);
@@ -188,11 +188,9 @@ public sealed class AnswerLogProb(int[] answers, int position = -1, int vocabLim
         return grad;
     }
 
-    /// <summary>
-    /// On a device: the scored position's first <c>vocabLimit</c> logits are gathered by one strided copy,
-    /// cross-entropy with weight −1/B gives the gradient there, and it is copied back into place; one number comes back.
-    /// </summary>
-    public (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend)
+    /// <summary>The scored position's first <c>vocabLimit</c> logits of every row, gathered on the device by one strided copy.</summary>
+    /// <exception cref="InputError">Answers that do not match the batch, a position outside the sequence, or an answer outside the scored logits.</exception>
+    (Tensor Rows, int B, int T, int Vfull, int V, int Position) ScoredRows(Tensor logits, IComputeBackend backend)
     {
         if (logits.Rank != 3) throw new ArgumentException($"logits should be [batch, pos, d_vocab], got {logits.ShapeString}", nameof(logits));
         int B = logits.Dim(0), T = logits.Dim(1), Vfull = logits.Dim(2), V = Math.Min(Vfull, vocabLimit);
@@ -203,6 +201,16 @@ public sealed class AnswerLogProb(int[] answers, int position = -1, int vocabLim
             if ((uint)a >= (uint)V) throw new InputError($"answer token {a} is outside the {V} scored logits");
         var rows = backend.Empty(B, V);
         backend.CopyRows(logits, (long)p * Vfull, T * Vfull, rows, 0, V, B, V);
+        return (rows, B, T, Vfull, V, p);
+    }
+
+    /// <summary>
+    /// On a device: the scored position's first <c>vocabLimit</c> logits are gathered by one strided copy,
+    /// cross-entropy with weight −1/B gives the gradient there, and it is copied back into place; one number comes back.
+    /// </summary>
+    public (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend)
+    {
+        var (rows, B, T, Vfull, V, p) = ScoredRows(logits, backend);
         var loss = backend.Empty(B);
         var dRows = backend.Empty(B, V);
         backend.CrossEntropyRows(rows, B, V, answers, loss, dRows, -1f / B);
@@ -217,15 +225,7 @@ public sealed class AnswerLogProb(int[] answers, int position = -1, int vocabLim
     /// <param name="value">A one-element tensor on the same device that receives the value.</param>
     public void WriteValue(Tensor logits, IComputeBackend backend, Tensor value)
     {
-        if (logits.Rank != 3) throw new ArgumentException($"logits should be [batch, pos, d_vocab], got {logits.ShapeString}", nameof(logits));
-        int B = logits.Dim(0), T = logits.Dim(1), Vfull = logits.Dim(2), V = Math.Min(Vfull, vocabLimit);
-        if (answers.Length != B) throw new InputError($"{answers.Length} answers for a batch of {B} rows");
-        int p = position < 0 ? T + position : position;
-        if ((uint)p >= (uint)T) throw new InputError($"position {position} is outside a sequence of {T}");
-        foreach (int a in answers)
-            if ((uint)a >= (uint)V) throw new InputError($"answer token {a} is outside the {V} scored logits");
-        var rows = backend.Empty(B, V);
-        backend.CopyRows(logits, (long)p * Vfull, T * Vfull, rows, 0, V, B, V);
+        var (rows, B, T, Vfull, V, p) = ScoredRows(logits, backend);
         var loss = backend.Empty(B);
         backend.CrossEntropyRows(rows, B, V, answers, loss, null, 1f);
         backend.SumMiddleAxis(loss, 1, B, 1, value);

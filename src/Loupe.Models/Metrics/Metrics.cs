@@ -346,10 +346,9 @@ public sealed class SpanLoss : IDeviceMetric
         return grad;
     }
 
-    /// <summary>On a device: cross-entropy over every predicting row (others ignored), weighted 1/n; one number comes back.</summary>
-    public (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend)
+    /// <summary>Per row of <c>[batch·pos]</c>: the next token where that row predicts one, −1 elsewhere; and how many rows predict.</summary>
+    (int[] Targets, int Count) PredictionTargets(int B, int T, int V)
     {
-        var (B, T, V) = MetricSupport.Dims(logits);
         var targets = new int[B * T];
         Array.Fill(targets, -1);
         int n = 0;
@@ -359,6 +358,14 @@ public sealed class SpanLoss : IDeviceMetric
             targets[b * T + p] = target;
             n++;
         }
+        return (targets, n);
+    }
+
+    /// <summary>On a device: cross-entropy over every predicting row (others ignored), weighted 1/n; one number comes back.</summary>
+    public (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend)
+    {
+        var (B, T, V) = MetricSupport.Dims(logits);
+        var (targets, n) = PredictionTargets(B, T, V);
         if (n == 0) return (0, backend.Zeros(B, T, V));
         return MetricSupport.CrossEntropyOnDevice(logits, backend, targets, weight: 1f / n, valueScale: 1.0 / n);
     }
@@ -370,15 +377,7 @@ public sealed class SpanLoss : IDeviceMetric
     public void WriteValue(Tensor logits, IComputeBackend backend, Tensor value)
     {
         var (B, T, V) = MetricSupport.Dims(logits);
-        var targets = new int[B * T];
-        Array.Fill(targets, -1);
-        int n = 0;
-        foreach (var (b, p, target) in Predictions())
-        {
-            MetricSupport.CheckToken(target, V, "target");
-            targets[b * T + p] = target;
-            n++;
-        }
+        var (targets, n) = PredictionTargets(B, T, V);
         if (n == 0) backend.Fill(value, 0f);
         else MetricSupport.CrossEntropyInto(backend, logits, B * T, V, targets, 1.0 / n, value);
     }
