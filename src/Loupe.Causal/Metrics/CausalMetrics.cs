@@ -34,6 +34,8 @@ public sealed class TargetLogProb : IDeviceMetric
 
     public string Name => $"target_log_prob[{_start}:{_end}]";
 
+    public int[]? PositionsRead(int length) => _end <= length ? Enumerable.Range(_start, _end - _start).ToArray() : null;
+
     public double Value(Tensor logits)
     {
         var (B, T, V) = Dims(logits);
@@ -136,6 +138,8 @@ public sealed class ArgmaxAccuracy(int[] answers, int position = -1, int vocabLi
 {
     public string Name => $"accuracy@{position}";
 
+    public int[]? PositionsRead(int length) => position < 0 ? (length + position >= 0 ? [length + position] : null) : (position < length ? [position] : null);
+
     public double Value(Tensor logits)
     {
         if (logits.Rank != 3) throw new ArgumentException($"logits should be [batch, pos, d_vocab], got {logits.ShapeString}", nameof(logits));
@@ -162,6 +166,8 @@ public sealed class ArgmaxAccuracy(int[] answers, int position = -1, int vocabLi
 public sealed class AnswerLogProb(int[] answers, int position = -1, int vocabLimit = int.MaxValue) : IDeviceMetric
 {
     public string Name => $"answer_log_prob@{position}";
+
+    public int[]? PositionsRead(int length) => position < 0 ? (length + position >= 0 ? [length + position] : null) : (position < length ? [position] : null);
 
     public double Value(Tensor logits)
     {
