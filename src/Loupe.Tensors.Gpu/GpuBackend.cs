@@ -1028,4 +1028,47 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         Need(dv, fv.Length, nameof(deadBias));
         if (fv.Length > 0) KUpdateSinceFired((int)fv.Length, fv, sv, ov, dv, tokens, window);
     }
+
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KBatchTopK => Kernel("batchTopK", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.BatchTopK));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> KJumpRelu => Kernel("jumpRelu", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(Kernels.JumpRelu));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float, float> KJumpReluThresholdGrad => Kernel("jumpReluThresholdGrad", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float, float>(Kernels.JumpReluThresholdGrad));
+
+    public void BatchTopK(Tensor x, int count, int keep, Tensor y, Tensor minKept)
+    {
+        if (keep < 1 || keep > count) throw new ArgumentOutOfRangeException(nameof(keep), $"batch top-k needs 1 ≤ keep ≤ {count}, got {keep}");
+        var xv = In(x);
+        var yv = Out(y);
+        var mv = Out(minKept);
+        Need(xv, count, nameof(x));
+        Need(yv, count, nameof(y));
+        Need(mv, 1, nameof(minKept));
+        // One group: the selection and the index-order ties need the whole batch in one place.
+        KBatchTopK(Rows(1, count), xv, yv, mv, count, keep);
+    }
+
+    public void JumpRelu(Tensor x, int rows, int cols, Tensor logThreshold, Tensor y)
+    {
+        var xv = In(x);
+        var tv = In(logThreshold);
+        var yv = Out(y);
+        long n = (long)rows * cols;
+        Need(xv, n, nameof(x));
+        Need(tv, cols, nameof(logThreshold));
+        Need(yv, n, nameof(y));
+        if (n > int.MaxValue) throw new ArgumentException($"JumpRelu on {n} elements: at most {int.MaxValue} per launch", nameof(x));
+        if (n > 0) KJumpRelu((int)n, xv, tv, yv, cols);
+    }
+
+    public void JumpReluThresholdGrad(Tensor x, Tensor dY, int rows, int cols, Tensor logThreshold, float bandwidth, float sparsityScale, Tensor grad)
+    {
+        var xv = In(x);
+        var dv = In(dY);
+        var tv = In(logThreshold);
+        var gv = Out(grad);
+        Need(xv, (long)rows * cols, nameof(x));
+        Need(dv, (long)rows * cols, nameof(dY));
+        Need(tv, cols, nameof(logThreshold));
+        Need(gv, cols, nameof(grad));
+        if (cols > 0) KJumpReluThresholdGrad(cols, xv, dv, tv, gv, rows, cols, bandwidth, -sparsityScale / bandwidth);
+    }
 }

@@ -791,4 +791,114 @@ static class Kernels
         sinceOut[i] = next;
         deadBias[i] = next >= window ? 0f : float.NegativeInfinity;
     }
+
+    /// <summary>
+    /// BatchTopK in one group over the whole flattened batch: <see cref="TopKRadix"/>'s four histogram passes find the
+    /// keep-th largest key; one pass writes the ReLU'd values above it and, in index order, the first ties at it (the
+    /// prefix scan runs only when there are more ties than places); <c>minKept[0]</c> = the smallest positive kept value.
+    /// </summary>
+    public static void BatchTopK(ArrayView<float> x, ArrayView<float> y, ArrayView<float> minKept, int n, int keep)
+    {
+        var hist = SharedMemory.Allocate<int>(256);
+        var state = SharedMemory.Allocate<int>(4);
+        var scan = SharedMemory.Allocate<int>(MaxGroup);
+        var mins = SharedMemory.Allocate<float>(MaxGroup);
+        int t = Group.IdxX, step = Group.DimX;
+        uint prefix = 0, mask = 0;
+        int remaining = keep;
+        for (int shift = 24; shift >= 0; shift -= 8)
+        {
+            for (int b = t; b < 256; b += step) hist[b] = 0;
+            Group.Barrier();
+            for (int j = t; j < n; j += step)
+            {
+                uint key = SortKey(x[j]);
+                if ((key & mask) == prefix) Atomic.Add(ref hist[(int)((key >> shift) & 0xFFu)], 1);
+            }
+            Group.Barrier();
+            if (t == 0)
+            {
+                int above = 0, bin = 255;
+                for (; bin > 0; bin--)
+                {
+                    if (above + hist[bin] >= remaining) break;
+                    above += hist[bin];
+                }
+                state[0] = (int)(prefix | ((uint)bin << shift));
+                state[1] = remaining - above;
+            }
+            Group.Barrier();
+            prefix = (uint)state[0];
+            remaining = state[1];
+            mask |= 0xFFu << shift;
+            Group.Barrier();
+        }
+        // prefix is the keep-th largest key; `remaining` of its ties complete the keep
+        if (t == 0) state[2] = 0;
+        Group.Barrier();
+        for (int j = t; j < n; j += step) if (SortKey(x[j]) == prefix) Atomic.Add(ref state[2], 1);
+        Group.Barrier();
+        bool allTies = state[2] <= remaining; // the same for every thread: the barriers below are uniform
+        float min = float.PositiveInfinity;
+        int taken = 0;
+        for (int c = 0; c < n; c += step)
+        {
+            int j = c + t;
+            float v = j < n ? x[j] : 0f;
+            uint key = j < n ? SortKey(v) : 0u;
+            int flag = j < n && key == prefix ? 1 : 0;
+            int before = 0, total = 0;
+            if (!allTies)
+            {
+                scan[t] = flag;
+                Group.Barrier();
+                for (int offset = 1; offset < step; offset <<= 1)
+                {
+                    int add = t >= offset ? scan[t - offset] : 0;
+                    Group.Barrier();
+                    scan[t] += add;
+                    Group.Barrier();
+                }
+                before = taken + scan[t] - flag;
+                total = scan[step - 1];
+                Group.Barrier();
+            }
+            if (j < n)
+            {
+                bool kept = key > prefix || (flag == 1 && (allTies || before < remaining));
+                float a = kept && v > 0 ? v : 0f;
+                y[j] = a;
+                if (a > 0 && a < min) min = a;
+            }
+            taken += total;
+        }
+        mins[t] = min;
+        Group.Barrier();
+        for (int s = step / 2; s > 0; s >>= 1)
+        {
+            if (t < s) mins[t] = XMath.Min(mins[t], mins[t + s]);
+            Group.Barrier();
+        }
+        if (t == 0) minKept[0] = mins[0];
+    }
+
+    public static void JumpRelu(Index1D i, ArrayView<float> x, ArrayView<float> logThreshold, ArrayView<float> y, int cols)
+    {
+        float v = x[i];
+        y[i] = v > XMath.Exp(logThreshold[i % cols]) ? v : 0f;
+    }
+
+    /// <summary>One thread per column (neighbouring threads read neighbouring columns): the threshold gradient summed in double.</summary>
+    public static void JumpReluThresholdGrad(Index1D c, ArrayView<float> x, ArrayView<float> dY, ArrayView<float> logThreshold,
+        ArrayView<float> grad, int rows, int cols, float eps, float penalty)
+    {
+        float theta = XMath.Exp(logThreshold[c]);
+        double sum = 0;
+        for (int r = 0; r < rows; r++)
+        {
+            long at = (long)r * cols + c;
+            if (XMath.Abs((x[at] - theta) / eps) < 0.5f) sum += dY[at] * (-theta / eps) + (double)penalty;
+        }
+        grad[c] = (float)(sum * theta);
+    }
 }
