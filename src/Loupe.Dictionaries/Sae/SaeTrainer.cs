@@ -216,6 +216,9 @@ public sealed partial class SaeTrainer
         }
     }
 
+    /// <summary>Whether a dictionary with <paramref name="activation"/> trains on a device (topk, batchtopk, jumprelu, standard; not another <see cref="SaeActivation"/>).</summary>
+    public static bool TrainsOnDevice(SaeActivation activation) => DeviceSaeTraining.Supports(activation);
+
     readonly IComputeBackend? _backend;   // a device backend, or null (the host path)
     DeviceSaeTraining? _device;           // the device's state once begun
     bool _hostStale;                      // the device holds newer parameters than _dict
