@@ -1029,7 +1029,12 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         if (fv.Length > 0) KUpdateSinceFired((int)fv.Length, fv, sv, ov, dv, tokens, window);
     }
 
-    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KBatchTopK => Kernel("batchTopK", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.BatchTopK));
+    Action<Index1D, ArrayView<int>, ArrayView<int>, int> KBatchTopKStart => Kernel("batchTopKStart", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<int>, ArrayView<int>, int>(Kernels.BatchTopKStart));
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int, int> KBatchTopKHistogram => Kernel("batchTopKHistogram", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int, int>(Kernels.BatchTopKHistogram));
+    Action<Index1D, ArrayView<int>, ArrayView<int>, int> KBatchTopKSelectBin => Kernel("batchTopKSelectBin", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<int>, ArrayView<int>, int>(Kernels.BatchTopKSelectBin));
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int> KBatchTopKTies => Kernel("batchTopKTies", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int>(Kernels.BatchTopKTies));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int> KBatchTopKWrite => Kernel("batchTopKWrite", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int>(Kernels.BatchTopKWrite));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, int> KBatchTopKMin => Kernel("batchTopKMin", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(Kernels.BatchTopKMin));
     Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> KJumpRelu => Kernel("jumpRelu", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(Kernels.JumpRelu));
     Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float, float> KJumpReluThresholdGrad => Kernel("jumpReluThresholdGrad", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float, float>(Kernels.JumpReluThresholdGrad));
 
@@ -1042,8 +1047,27 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         Need(xv, count, nameof(x));
         Need(yv, count, nameof(y));
         Need(mv, 1, nameof(minKept));
-        // One group: the selection and the index-order ties need the whole batch in one place.
-        KBatchTopK(Rows(1, count), xv, yv, mv, count, keep);
+        // A radix select spread over groups (four 8-bit passes, the state on the device), then each group writes a
+        // contiguous chunk, counting the ties of the chunks before it so that ties are kept in index order.
+        int groups = Partials(count), chunk = (int)((count + (long)groups - 1) / groups);
+        using var ints = _pool.Rent((258L + groups) * 4);
+        using var floats = _pool.Rent(groups * 4L);
+        var hist = ints.View<int>(0, 256);
+        var state = ints.View<int>(256, 2);
+        var ties = ints.View<int>(258, groups);
+        var mins = floats.View<float>(0, groups);
+        var config = new KernelConfig(groups, _group);
+        KBatchTopKStart(256, hist, state, keep);
+        uint mask = 0;
+        for (int shift = 24; shift >= 0; shift -= 8)
+        {
+            KBatchTopKHistogram(config, xv, hist, state, count, shift, (int)mask);
+            KBatchTopKSelectBin(1, hist, state, shift);
+            mask |= 0xFFu << shift;
+        }
+        KBatchTopKTies(config, xv, state, ties, count, chunk);
+        KBatchTopKWrite(config, xv, yv, state, ties, mins, count, chunk, groups);
+        KBatchTopKMin(new KernelConfig(1, _group), mins, mv, groups);
     }
 
     public void JumpRelu(Tensor x, int rows, int cols, Tensor logThreshold, Tensor y)
