@@ -1028,4 +1028,71 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         Need(dv, fv.Length, nameof(deadBias));
         if (fv.Length > 0) KUpdateSinceFired((int)fv.Length, fv, sv, ov, dv, tokens, window);
     }
+
+    Action<Index1D, ArrayView<int>, ArrayView<int>, int> KBatchTopKStart => Kernel("batchTopKStart", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<int>, ArrayView<int>, int>(Kernels.BatchTopKStart));
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int, int> KBatchTopKHistogram => Kernel("batchTopKHistogram", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int, int>(Kernels.BatchTopKHistogram));
+    Action<Index1D, ArrayView<int>, ArrayView<int>, int> KBatchTopKSelectBin => Kernel("batchTopKSelectBin", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<int>, ArrayView<int>, int>(Kernels.BatchTopKSelectBin));
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int> KBatchTopKTies => Kernel("batchTopKTies", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int>(Kernels.BatchTopKTies));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int> KBatchTopKWrite => Kernel("batchTopKWrite", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int>(Kernels.BatchTopKWrite));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, int> KBatchTopKMin => Kernel("batchTopKMin", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, int>(Kernels.BatchTopKMin));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> KJumpRelu => Kernel("jumpRelu", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(Kernels.JumpRelu));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float, float> KJumpReluThresholdGrad => Kernel("jumpReluThresholdGrad", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float, float>(Kernels.JumpReluThresholdGrad));
+
+    public void BatchTopK(Tensor x, int count, int keep, Tensor y, Tensor minKept)
+    {
+        if (keep < 1 || keep > count) throw new ArgumentOutOfRangeException(nameof(keep), $"batch top-k needs 1 ≤ keep ≤ {count}, got {keep}");
+        var xv = In(x);
+        var yv = Out(y);
+        var mv = Out(minKept);
+        Need(xv, count, nameof(x));
+        Need(yv, count, nameof(y));
+        Need(mv, 1, nameof(minKept));
+        // A radix select spread over groups (four 8-bit passes, the state on the device), then each group writes a
+        // contiguous chunk, counting the ties of the chunks before it so that ties are kept in index order.
+        int groups = Partials(count), chunk = (int)((count + (long)groups - 1) / groups);
+        using var ints = _pool.Rent((258L + groups) * 4);
+        using var floats = _pool.Rent(groups * 4L);
+        var hist = ints.View<int>(0, 256);
+        var state = ints.View<int>(256, 2);
+        var ties = ints.View<int>(258, groups);
+        var mins = floats.View<float>(0, groups);
+        var config = new KernelConfig(groups, _group);
+        KBatchTopKStart(256, hist, state, keep);
+        uint mask = 0;
+        for (int shift = 24; shift >= 0; shift -= 8)
+        {
+            KBatchTopKHistogram(config, xv, hist, state, count, shift, (int)mask);
+            KBatchTopKSelectBin(1, hist, state, shift);
+            mask |= 0xFFu << shift;
+        }
+        KBatchTopKTies(config, xv, state, ties, count, chunk);
+        KBatchTopKWrite(config, xv, yv, state, ties, mins, count, chunk, groups);
+        KBatchTopKMin(new KernelConfig(1, _group), mins, mv, groups);
+    }
+
+    public void JumpRelu(Tensor x, int rows, int cols, Tensor logThreshold, Tensor y)
+    {
+        var xv = In(x);
+        var tv = In(logThreshold);
+        var yv = Out(y);
+        long n = (long)rows * cols;
+        Need(xv, n, nameof(x));
+        Need(tv, cols, nameof(logThreshold));
+        Need(yv, n, nameof(y));
+        if (n > int.MaxValue) throw new ArgumentException($"JumpRelu on {n} elements: at most {int.MaxValue} per launch", nameof(x));
+        if (n > 0) KJumpRelu((int)n, xv, tv, yv, cols);
+    }
+
+    public void JumpReluThresholdGrad(Tensor x, Tensor dY, int rows, int cols, Tensor logThreshold, float bandwidth, float sparsityScale, Tensor grad)
+    {
+        var xv = In(x);
+        var dv = In(dY);
+        var tv = In(logThreshold);
+        var gv = Out(grad);
+        Need(xv, (long)rows * cols, nameof(x));
+        Need(dv, (long)rows * cols, nameof(dY));
+        Need(tv, cols, nameof(logThreshold));
+        Need(gv, cols, nameof(grad));
+        if (cols > 0) KJumpReluThresholdGrad(cols, xv, dv, tv, gv, rows, cols, bandwidth, -sparsityScale / bandwidth);
+    }
 }

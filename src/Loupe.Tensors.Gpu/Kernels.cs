@@ -791,4 +791,168 @@ static class Kernels
         sinceOut[i] = next;
         deadBias[i] = next >= window ? 0f : float.NegativeInfinity;
     }
+
+    // ---- BatchTopK over a whole batch: a radix select spread over many groups ------------------------
+    // state[0] = the cut key's prefix so far, state[1] = how many of the keys under that prefix are still to keep.
+
+    /// <summary>Clears the 256-bin histogram and starts the select: empty prefix, <paramref name="keep"/> to go.</summary>
+    public static void BatchTopKStart(Index1D i, ArrayView<int> hist, ArrayView<int> state, int keep)
+    {
+        hist[i] = 0;
+        if (i == 0)
+        {
+            state[0] = 0;
+            state[1] = keep;
+        }
+    }
+
+    /// <summary>One radix pass: per group a shared histogram of the digit at <paramref name="shift"/> of the keys under the prefix, added into the global one.</summary>
+    public static void BatchTopKHistogram(ArrayView<float> x, ArrayView<int> hist, ArrayView<int> state, int n, int shift, int mask)
+    {
+        var local = SharedMemory.Allocate<int>(256);
+        int t = Group.IdxX, step = Group.DimX;
+        for (int b = t; b < 256; b += step) local[b] = 0;
+        Group.Barrier();
+        uint prefix = (uint)state[0], m = (uint)mask;
+        for (int i = Grid.IdxX * step + t; i < n; i += Grid.DimX * step)
+        {
+            uint key = SortKey(x[i]);
+            if ((key & m) == prefix) Atomic.Add(ref local[(int)((key >> shift) & 0xFFu)], 1);
+        }
+        Group.Barrier();
+        for (int b = t; b < 256; b += step) if (local[b] != 0) Atomic.Add(ref hist[b], local[b]);
+    }
+
+    /// <summary>One thread: the bin that holds the remaining-th largest key extends the prefix; the histogram is cleared for the next pass.</summary>
+    public static void BatchTopKSelectBin(Index1D i, ArrayView<int> hist, ArrayView<int> state, int shift)
+    {
+        int remaining = state[1], above = 0, bin = 255;
+        for (; bin > 0; bin--)
+        {
+            if (above + hist[bin] >= remaining) break;
+            above += hist[bin];
+        }
+        state[0] = (int)((uint)state[0] | ((uint)bin << shift));
+        state[1] = remaining - above;
+        for (int b = 0; b < 256; b++) hist[b] = 0;
+    }
+
+    /// <summary>Per group, the ties at the cut key in its chunk <c>[g·chunk, (g+1)·chunk)</c> (chunks keep index order across groups).</summary>
+    public static void BatchTopKTies(ArrayView<float> x, ArrayView<int> state, ArrayView<int> ties, int n, int chunk)
+    {
+        var shared = SharedMemory.Allocate<double>(MaxGroup);
+        int t = Group.IdxX, step = Group.DimX;
+        uint prefix = (uint)state[0];
+        long start = (long)Grid.IdxX * chunk, end = start + chunk < n ? start + chunk : n;
+        double count = 0;
+        for (long i = start + t; i < end; i += step) if (SortKey(x[i]) == prefix) count++;
+        count = GroupSumDouble(count, shared);
+        if (t == 0) ties[Grid.IdxX] = (int)count;
+    }
+
+    /// <summary>
+    /// Per group over its chunk, in index order: ReLU'd values above the cut key, and ties at it while the keep is not
+    /// full (the ties of earlier chunks counted first; the prefix scan runs only when some ties must be left out);
+    /// the group's smallest positive kept value into <paramref name="mins"/>.
+    /// </summary>
+    public static void BatchTopKWrite(ArrayView<float> x, ArrayView<float> y, ArrayView<int> state, ArrayView<int> ties, ArrayView<float> mins,
+        int n, int chunk, int groups)
+    {
+        var scan = SharedMemory.Allocate<int>(MaxGroup);
+        var shared = SharedMemory.Allocate<double>(MaxGroup);
+        var fmin = SharedMemory.Allocate<float>(MaxGroup);
+        int g = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        uint prefix = (uint)state[0];
+        int remaining = state[1];
+        double earlier = 0, total = 0;
+        for (int h = t; h < groups; h += step)
+        {
+            total += ties[h];
+            if (h < g) earlier += ties[h];
+        }
+        earlier = GroupSumDouble(earlier, shared);
+        total = GroupSumDouble(total, shared);
+        bool allTies = total <= remaining;   // the same for every thread of the group: the barriers below are uniform
+        int taken = (int)earlier;
+        long start = (long)g * chunk, end = start + chunk < n ? start + chunk : n;
+        float min = float.PositiveInfinity;
+        for (long c = start; c < end; c += step)
+        {
+            long j = c + t;
+            bool inside = j < end;
+            float v = inside ? x[j] : 0f;
+            uint key = inside ? SortKey(v) : 0u;
+            int flag = inside && key == prefix ? 1 : 0;
+            bool tieKept = allTies;
+            int found = 0;
+            if (!allTies && taken < remaining)
+            {
+                scan[t] = flag;
+                Group.Barrier();
+                for (int offset = 1; offset < step; offset <<= 1)
+                {
+                    int add = t >= offset ? scan[t - offset] : 0;
+                    Group.Barrier();
+                    scan[t] += add;
+                    Group.Barrier();
+                }
+                tieKept = taken + scan[t] - flag < remaining;
+                found = scan[step - 1];
+                Group.Barrier();
+            }
+            if (inside)
+            {
+                bool kept = key > prefix || (flag == 1 && tieKept);
+                float a = kept && v > 0 ? v : 0f;
+                y[j] = a;
+                if (a > 0 && a < min) min = a;
+            }
+            taken += found;
+        }
+        fmin[t] = min;
+        Group.Barrier();
+        for (int s = step / 2; s > 0; s >>= 1)
+        {
+            if (t < s) fmin[t] = XMath.Min(fmin[t], fmin[t + s]);
+            Group.Barrier();
+        }
+        if (t == 0) mins[g] = fmin[0];
+    }
+
+    /// <summary>One group: <c>minKept[0] = min(mins)</c>.</summary>
+    public static void BatchTopKMin(ArrayView<float> mins, ArrayView<float> minKept, int groups)
+    {
+        var fmin = SharedMemory.Allocate<float>(MaxGroup);
+        int t = Group.IdxX, step = Group.DimX;
+        float min = float.PositiveInfinity;
+        for (int h = t; h < groups; h += step) min = XMath.Min(min, mins[h]);
+        fmin[t] = min;
+        Group.Barrier();
+        for (int s = step / 2; s > 0; s >>= 1)
+        {
+            if (t < s) fmin[t] = XMath.Min(fmin[t], fmin[t + s]);
+            Group.Barrier();
+        }
+        if (t == 0) minKept[0] = fmin[0];
+    }
+
+    public static void JumpRelu(Index1D i, ArrayView<float> x, ArrayView<float> logThreshold, ArrayView<float> y, int cols)
+    {
+        float v = x[i];
+        y[i] = v > XMath.Exp(logThreshold[i % cols]) ? v : 0f;
+    }
+
+    /// <summary>One thread per column (neighbouring threads read neighbouring columns): the threshold gradient summed in double.</summary>
+    public static void JumpReluThresholdGrad(Index1D c, ArrayView<float> x, ArrayView<float> dY, ArrayView<float> logThreshold,
+        ArrayView<float> grad, int rows, int cols, float eps, float penalty)
+    {
+        float theta = XMath.Exp(logThreshold[c]);
+        double sum = 0;
+        for (int r = 0; r < rows; r++)
+        {
+            long at = (long)r * cols + c;
+            if (XMath.Abs((x[at] - theta) / eps) < 0.5f) sum += dY[at] * (-theta / eps) + (double)penalty;
+        }
+        grad[c] = (float)(sum * theta);
+    }
 }

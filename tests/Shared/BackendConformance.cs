@@ -806,4 +806,74 @@ public abstract class BackendConformance
         Near(expectedSince, Down(s), 0, 0, "UpdateSinceFired counts (in place)");
         Near(expectedBias, Down(bias), 0, 0, "UpdateSinceFired dead bias");
     }
+
+    [Theory]
+    [InlineData(16, 64, 4, false)]
+    [InlineData(7, 300, 3, false)]
+    [InlineData(5, 40, 6, true)]
+    [InlineData(40, 700, 9, false)]
+    [InlineData(20, 500, 30, true)]
+    public void BatchTopKKeepsTheLargestOfTheWholeBatch(int batch, int n, int k, bool ties)
+    {
+        var rng = new Random(71 + batch * n + k);
+        var x = Rand(rng, batch * n);
+        if (ties)
+        {
+            // many equal values straddle the cut: the first ones in index order are kept
+            for (int i = 0; i < x.Length; i += 3) x[i] = 0.953125f;
+            x[1] = 0f;
+            x[4] = -0f;
+        }
+        int keep = batch * k;
+        var expected = new double[x.Length];
+        double expectedMin = R.BatchTopK(D(x), keep, expected);
+        var y = Backend.Empty(batch, n);
+        var min = Backend.Empty(1);
+        Backend.BatchTopK(Up(x, batch, n), batch * n, keep, y, min);
+        if (ties) // the cut falls among the ties: some are kept, not all
+            Assert.InRange(expected.Count(v => v == 0.953125), 1, x.Count(v => v == 0.953125f) - 1);
+        Near(expected, Down(y), 0, 0, "BatchTopK");
+        Near([expectedMin], Down(min), 0, 0, "BatchTopK smallest kept");
+        // every entry at or below zero: nothing positive kept
+        var negative = Array.ConvertAll(x, v => -Math.Abs(v) - 0.5f);
+        Backend.BatchTopK(Up(negative), negative.Length, keep, y, min);
+        Assert.All(Down(y), v => Assert.Equal(0f, v));
+        Assert.Equal(float.PositiveInfinity, Down(min)[0]);
+    }
+
+    [Fact]
+    public void JumpReluPassesValuesAboveTheirColumnsThreshold()
+    {
+        const int rows = 9, cols = 37;
+        var rng = new Random(83);
+        var x = Rand(rng, rows * cols);
+        var logThreshold = Rand(rng, cols, -4f, -0.5f);
+        var expected = new double[x.Length];
+        R.JumpRelu(D(x), rows, cols, D(logThreshold), expected);
+        var y = Backend.Empty(rows, cols);
+        Backend.JumpRelu(Up(x, rows, cols), rows, cols, Up(logThreshold), y);
+        Near(expected, Down(y), 0, 0, "JumpRelu");
+        var inPlace = Up(x, rows, cols);
+        Backend.JumpRelu(inPlace, rows, cols, Up(logThreshold), inPlace);
+        Near(expected, Down(inPlace), 0, 0, "JumpRelu in place");
+    }
+
+    [Fact]
+    public void JumpReluThresholdGradSumsInsideTheBandwidth()
+    {
+        const int rows = 33, cols = 19;
+        const float bandwidth = 0.05f, sparsityScale = 0.3f;
+        var rng = new Random(89);
+        var logThreshold = Rand(rng, cols, -3f, -1f);
+        var x = new float[rows * cols];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) // around θ, so that about half the entries fall inside the window
+                x[r * cols + c] = MathF.Exp(logThreshold[c]) + bandwidth * (2f * rng.NextSingle() - 1f);
+        var dY = Rand(rng, rows * cols);
+        var expected = new double[cols];
+        R.JumpReluThresholdGrad(D(x), D(dY), rows, cols, D(logThreshold), bandwidth, sparsityScale, expected);
+        var grad = Up(Filled(cols, 7f));
+        Backend.JumpReluThresholdGrad(Up(x, rows, cols), Up(dY, rows, cols), rows, cols, Up(logThreshold), bandwidth, sparsityScale, grad);
+        Near(expected, Down(grad), 1e-4, 1e-5, "JumpReluThresholdGrad");
+    }
 }

@@ -53,12 +53,13 @@ public sealed class RequiresSharedFactAttribute : FactAttribute
     }
 }
 
-/// <summary>A theory that is skipped, with the reason shown, when a shared/ path is absent.</summary>
+/// <summary>A theory that is skipped, with the reason shown, when any of the given shared/ paths is absent.</summary>
 public sealed class RequiresSharedTheoryAttribute : TheoryAttribute
 {
-    public RequiresSharedTheoryAttribute(string relativePath)
+    public RequiresSharedTheoryAttribute(params string[] relativePaths)
     {
-        if (SharedData.Path_(relativePath) is null)
-            Skip = $"needs ../shared/{relativePath}, which is absent on this machine";
+        var missing = relativePaths.Where(p => SharedData.Path_(p) is null).ToArray();
+        if (missing.Length > 0)
+            Skip = $"needs {string.Join(" and ", missing.Select(p => "../shared/" + p))}, which is absent on this machine";
     }
 }

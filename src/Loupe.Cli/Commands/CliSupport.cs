@@ -96,9 +96,21 @@ static class CliSupport
     /// <exception cref="InputError">The device cannot be used here (no driver, no such GPU, no cuBLAS): the message says what is missing.</exception>
     public static IComputeBackend Backend => Tensors.Gpu.ComputeBackends.Shared(Device);
 
-    /// <summary>The backend dictionary training runs on: <see cref="Device"/>'s (the trainer refuses architectures not yet on a device).</summary>
-    /// <exception cref="InputError">The device cannot be used here.</exception>
-    public static IComputeBackend DictionaryBackend => Backend;
+    /// <summary>
+    /// The backend a dictionary with <paramref name="activation"/> trains on: <see cref="Device"/>'s when the architecture
+    /// trains there; else the CPU, as for the verbs that run on the CPU only: an explicit <c>--device</c> is refused naming
+    /// the architecture, a <c>$LOUPE_DEVICE</c> default is noted on stderr.
+    /// </summary>
+    /// <exception cref="InputError">An explicit <c>--device</c> for an architecture that trains on the CPU only, or a device that cannot be used.</exception>
+    public static IComputeBackend DictionaryBackendFor(Loupe.Dictionaries.Sae.SaeActivation activation)
+    {
+        ArgumentNullException.ThrowIfNull(activation);
+        if (Device.IsCpu || Loupe.Dictionaries.Sae.SaeTrainer.TrainsOnDevice(activation)) return Backend;
+        if (s_device.Value is { FromOption: true })
+            throw new InputError($"argument: --device: {activation.Architecture} dictionaries train on the CPU only so far (on a device: topk, batchtopk, jumprelu, standard); drop --device {Device}");
+        Status.MarkupLine($"[grey]note: {Markup.Escape(activation.Architecture)} dictionaries train on the CPU only so far; LOUPE_DEVICE={Device} is ignored here[/]");
+        return CpuBackend.Instance;
+    }
 
     /// <summary>
     /// The backend a verb runs on. Verbs whose analysis still reads activations on the host run on the CPU:

@@ -47,7 +47,7 @@ static class SaeTrainVerb
             "  loupe sae train --model ../shared/models/stories260K --source brown:../shared/datasets/brown-corpus --hook blocks.2.hook_resid_post --out sae/\n" +
             "  loupe sae train --activations tc/ --hook blocks.1.ln2.hook_normalized --target-hook blocks.1.hook_mlp_out --architecture topk --out tc-sae/\n" +
             "  loupe sae train ... --out sae/ --resume\n" +
-            "  loupe sae train --activations acts/ --architecture topk --device cuda --out sae/   (topk and standard train on a GPU)")
+            "  loupe sae train --activations acts/ --architecture topk --device cuda --out sae/   (every architecture trains on a GPU)")
         {
             activations, model, source, contextSize, maxContexts, contextsPerWindow, hook, targetHook, skip, architecture, k, dSae, expansion,
             steps, batchSize, lr, lrWarmup, lrDecay, sparsity, sparsityWarmup, auxK, deadWindow, normalize, seed, checkpointEvery, resume, output,
@@ -106,8 +106,8 @@ static class SaeTrainVerb
                     $"training needs about {SaeTrainingOptions.EstimateTrainingBytes(shape, options.BatchSize) / (1024.0 * 1024):F0} MiB (parameters, Adam moments, batch buffers)")));
                 var dict = new SparseDictionary(shape, act);
                 dict.Initialize(seedValue);
-                // The model that reads activations stays on the CPU; the dictionary trains on --device (topk, standard).
-                var trainer = new SaeTrainer(dict, options, CliSupport.DictionaryBackend);
+                // The model that reads activations stays on the CPU; the dictionary trains on --device (or $LOUPE_DEVICE).
+                var trainer = new SaeTrainer(dict, options, CliSupport.DictionaryBackendFor(act));
                 var template = new SaeLensConfig
                 {
                     HookName = inputHook, HookNameOut = outHook ?? "", ModelName = modelName, ContextSize = ctxSize,

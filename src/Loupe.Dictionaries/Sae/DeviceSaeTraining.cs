@@ -1,46 +1,53 @@
-// SaeTrainer's step with every tensor on an IComputeBackend's device (TopK and standard ReLU + L1 SAEs, transcoders,
-// skip-transcoders). The math is SparseDictionary.ForwardBackward's and SaeTrainer.Step's; only the order of some sums differs.
+// SaeTrainer's step with every tensor on an IComputeBackend's device (TopK, BatchTopK, JumpReLU and standard ReLU + L1
+// SAEs, transcoders, skip-transcoders). The math is SparseDictionary.ForwardBackward's and SaeTrainer.Step's; only the order of some sums differs.
 //
 // Shape legend: B = batch rows, n = d_sae, d_in, d_out (SAELens names as in SparseDictionary.cs).
 //
 // Per step:
 //   1. upload the batch x [B, d_in] (and, for a transcoder, the target [B, d_out]): the one copy in
 //   2. forward: x_in = x − b_dec;  pre = x_in·W_enc + b_enc [B, n];  acts = f(pre) [B, n]
-//      (TopK: top-k, ReLU, scatter; standard: ReLU);  err = acts·W_dec + b_dec (+ x·W_skip) − target [B, d_out]
+//      (TopK: top-k, ReLU, scatter; BatchTopK: the batch·k largest of the whole batch, ReLU'd, and the smallest kept
+//      value for the inference threshold; JumpReLU: pre·1[pre > exp(log θ)]; standard: ReLU);  err = acts·W_dec + b_dec (+ x·W_skip) − target [B, d_out]
 //   3. metrics into a device vector: Σ err², Σ_i colsum(acts)_i·‖W_dec[i]‖, nonzero count, Σ (target − mean)²,
 //      dead features after this step, Σ aux diff²
-//   4. sparsity (standard): L1 = λ/B Σ acts·‖W_dec[i]‖ with its gradients into dActs and dW_dec
-//   5. aux-k (TopK, when the previous step left dead features): z_aux = ReLU'd top-k_aux of pre among dead features,
+//   4. sparsity (standard): L1 = λ/B Σ acts·‖W_dec[i]‖ with its gradients into dActs and dW_dec;
+//      (JumpReLU) L0 = λ/B #{acts > 0}, whose only gradient is the threshold's (step 6)
+//   5. aux-k (TopK, BatchTopK, when the previous step left dead features): z_aux = ReLU'd top-k_aux of pre among dead features,
 //      ê = z_aux·W_dec, L_aux = c·min(n_dead/k_aux, 1)·Σ (ê + err)² / B; gradients into dW_dec and dPre
-//   6. backward through the decoder, the activation and the encoder
+//   6. backward through the decoder, the activation (JumpReLU: and its log-threshold, straight-through) and the encoder
 //   7. read the metric vector back: the one copy out (the trainer stops here when the loss is not finite)
 //   8. update: project W_dec row gradients (unit-norm decoders), clip the global gradient norm, Adam,
 //      renormalise W_dec rows, commit the dead-feature counters
-// The host knows the dead count from step 7 of the previous step, so aux-k's k and scale are host numbers.
+// The host knows the dead count from step 7 of the previous step, so aux-k's k and scale are host numbers. BatchTopK's
+// inference threshold is a host number too: the trainer folds each step's smallest kept value (read back with the sums)
+// into it, as BatchTopKActivation.AfterTrainingForward does on the host.
 using Loupe.Tensors;
 using Loupe.Tensors.Backends;
 
 namespace Loupe.Dictionaries.Sae;
 
 /// <summary>The raw sums a device step reads back (one copy), from which <see cref="SaeTrainer"/> forms its metrics.</summary>
-internal readonly record struct DeviceStepSums(double SquaredError, double L1, double Nonzero, double CenteredSquares, int DeadAfter, double AuxSquares, float AuxScale);
+internal readonly record struct DeviceStepSums(double SquaredError, double L1, double Nonzero, double CenteredSquares, int DeadAfter, double AuxSquares, float AuxScale, float MinKept);
 
 /// <summary>Parameters, Adam moments, dead-feature counters and step buffers of a dictionary on a device.</summary>
 internal sealed class DeviceSaeTraining
 {
-    const int Slots = 6;
+    const int Slots = 7;
+    enum Kind { Relu, TopK, BatchTopK, JumpRelu }
     readonly IComputeBackend _b;
     readonly SparseDictionary _dict;
     readonly SaeTrainingOptions _o;
     readonly int _dIn, _n, _dOut, _batch;
-    readonly bool _topK, _unitNorm;
-    readonly int _k;
-    readonly Param[] _params;              // W_enc, b_enc, W_dec, b_dec (, W_skip)
+    readonly Kind _kind;
+    readonly bool _topK, _auxK, _unitNorm;
+    readonly int _k;                       // TopK: per row; BatchTopK: kept over the whole batch
+    readonly float _bandwidth;             // JumpReLU
+    readonly Param[] _params;              // W_enc, b_enc, W_dec, b_dec (, W_skip) (, log_threshold): SaeParameters.Trainable's order
     readonly Param _wEnc, _bEnc, _wDec, _bDec;
-    readonly Param? _wSkip;
+    readonly Param? _wSkip, _logThreshold;
     Tensor _since, _sinceNext;             // [n] tokens since each feature fired, saturated at the window
     Tensor _deadBias, _deadBiasNext;       // [n] 0 for dead features, −∞ for live ones
-    readonly Tensor _metrics;              // [Slots]
+    readonly Tensor _metrics;              // [Slots]: Σ err², L1 (JumpReLU: L0 count), nonzeros, Σ centred², dead, Σ aux², smallest kept (BatchTopK)
     readonly Tensor _negBDec;              // [d_in]
     readonly Tensor _pre, _acts, _dPre;    // [B, n]; _pre becomes dActs once the aux loss has read it
     readonly Tensor _err, _scratch;        // [B, d_out] each
@@ -50,7 +57,7 @@ internal sealed class DeviceSaeTraining
     readonly Tensor _rowSums;              // [max(B, n, d_in)]
     readonly Tensor _colMean;              // [d_out]
     readonly Tensor _total, _factor;       // [1]
-    Tensor? _zAux, _diff, _projection;     // [B, n], [B, d_out], [n, d_out]: allocated when first needed
+    Tensor? _zAux, _diff, _projection;     // [B, n], [B, d_out], [n, d_out]: allocated when first needed (JumpReLU: _zAux holds dActs)
     readonly float[] _sums = new float[Slots];
 
     sealed record Param(string Name, Tensor Value, Tensor Grad, Tensor M, Tensor V, int Rows, int Cols);
@@ -61,11 +68,25 @@ internal sealed class DeviceSaeTraining
     {
         (_b, _dict, _o) = (backend, dictionary, options);
         if (!Supports(dictionary.Activation))
-            throw new InputError($"argument: --device: {dictionary.Architecture} dictionaries train on the CPU only so far (on {backend.Device}: topk, standard); drop --device {backend.Device}");
+            throw new InputError($"argument: --device: {dictionary.Architecture} dictionaries train on the CPU only so far (on {backend.Device}: topk, batchtopk, jumprelu, standard); drop --device {backend.Device}");
         var s = dictionary.Shape;
         (_dIn, _n, _dOut, _batch) = (s.DIn, s.DSae, s.DOut, options.BatchSize);
-        _topK = dictionary.Activation is TopKActivation;
-        _k = dictionary.Activation is TopKActivation t ? Math.Min(t.K, _n) : 0;
+        _kind = dictionary.Activation switch
+        {
+            TopKActivation => Kind.TopK,
+            BatchTopKActivation => Kind.BatchTopK,
+            JumpReluActivation => Kind.JumpRelu,
+            _ => Kind.Relu,
+        };
+        _topK = _kind == Kind.TopK;
+        _auxK = dictionary.Activation.SupportsAuxK;
+        _k = dictionary.Activation switch
+        {
+            TopKActivation t => Math.Min(t.K, _n),
+            BatchTopKActivation bt => (int)Math.Min((long)bt.K * _batch, (long)_batch * _n),
+            _ => 0,
+        };
+        _bandwidth = dictionary.Activation is JumpReluActivation j ? j.Bandwidth : 0f;
         _unitNorm = dictionary.Activation.UnitNormDecoder;
         var b = backend;
         Param New(string name, int rows, int cols) => new(name, b.Empty(rows, cols), b.Zeros(rows, cols), b.Zeros(rows, cols), b.Zeros(rows, cols), rows, cols);
@@ -74,7 +95,8 @@ internal sealed class DeviceSaeTraining
         _wDec = New("W_dec", _n, _dOut);
         _bDec = New("b_dec", 1, _dOut);
         _wSkip = s.Skip ? New("W_skip", _dIn, _dOut) : null;
-        _params = _wSkip is null ? [_wEnc, _bEnc, _wDec, _bDec] : [_wEnc, _bEnc, _wDec, _bDec, _wSkip];
+        _logThreshold = _kind == Kind.JumpRelu ? New("log_threshold", 1, _n) : null;
+        _params = new[] { _wEnc, _bEnc, _wDec, _bDec, _wSkip, _logThreshold }.OfType<Param>().ToArray();
         _since = b.Zeros(_n);
         _sinceNext = b.Zeros(_n);
         _deadBias = b.Empty(_n);
@@ -102,15 +124,16 @@ internal sealed class DeviceSaeTraining
         _factor = b.Empty(1);
     }
 
-    /// <summary>Whether <paramref name="activation"/> trains on a device (TopK and standard so far).</summary>
-    public static bool Supports(SaeActivation activation) => activation is TopKActivation or ReluActivation;
+    /// <summary>Whether <paramref name="activation"/> trains on a device (the four built-in architectures; not another subclass).</summary>
+    public static bool Supports(SaeActivation activation) =>
+        activation is TopKActivation or ReluActivation or BatchTopKActivation or JumpReluActivation;
 
     /// <summary>Dead features as the host last saw them (the aux loss's k and scale come from it).</summary>
     public int DeadCount { get; private set; }
 
     static float[] Of(SaeParameters p, string name) => name switch
     {
-        "W_enc" => p.WEnc, "b_enc" => p.BEnc, "W_dec" => p.WDec, "b_dec" => p.BDec, "W_skip" => p.WSkip,
+        "W_enc" => p.WEnc, "b_enc" => p.BEnc, "W_dec" => p.WDec, "b_dec" => p.BDec, "W_skip" => p.WSkip, "log_threshold" => p.LogThreshold,
         _ => throw new ArgumentOutOfRangeException(nameof(name), name, null),
     };
 
@@ -193,6 +216,17 @@ internal sealed class DeviceSaeTraining
             b.ScatterRows(_kept!, _indices!, batch, _k, n, _acts);
             b.CountAbove(_kept!, 0f, _metrics[2]);
         }
+        else if (_kind == Kind.BatchTopK)
+        {
+            b.BatchTopK(_pre, batch * n, _k, _acts, _metrics[6]);
+            b.CountAbove(_acts, 0f, _metrics[2]);
+        }
+        else if (_kind == Kind.JumpRelu)
+        {
+            b.JumpRelu(_pre, batch, n, _logThreshold!.Value, _acts);
+            b.CountAbove(_acts, 0f, _metrics[2]);
+            b.CountAbove(_acts, 0f, _metrics[1]); // the L0 penalty's count (θ > 0: acts > 0 ⇔ pre > θ)
+        }
         else
         {
             b.Activation("relu", _pre, _acts);
@@ -217,7 +251,7 @@ internal sealed class DeviceSaeTraining
 
         // 4. L1 = λ/B Σ_b Σ_i acts[b,i]·‖W_dec[i]‖  (standard)
         bool decoderGradWritten = false, dActsWritten = false;
-        if (!_topK)
+        if (_kind == Kind.Relu)
         {
             float scale = sparsityCoefficient / batch;
             b.RowDots(_wDec.Value, _wDec.Value, n, dOut, _norms);
@@ -236,7 +270,7 @@ internal sealed class DeviceSaeTraining
 
         // 5. aux-k on the features dead at the start of this step
         float auxScale = 0f;
-        bool aux = _topK && _o.AuxKCoefficient > 0 && DeadCount > 0;
+        bool aux = _auxK && _o.AuxKCoefficient > 0 && DeadCount > 0;
         if (aux)
         {
             int kNominal = Math.Max(1, dIn / 2), kAux = Math.Min(kNominal, DeadCount);
@@ -267,8 +301,11 @@ internal sealed class DeviceSaeTraining
         b.Gemm(true, false, n, dOut, batch, 1f, _acts, 0, n, dRecon, 0, dOut, decoderGradWritten ? 1f : 0f, _wDec.Grad, 0, dOut);
         b.SumMiddleAxis(dRecon, 1, batch, dOut, _bDec.Grad);
         if (_wSkip is not null) b.Gemm(true, false, dIn, dOut, batch, 1f, x, 0, dIn, dRecon, 0, dOut, 0f, _wSkip.Grad, 0, dOut);
-        var dActs = _pre;
+        // JumpReLU's threshold gradient reads pre after dActs exists: dActs goes elsewhere (it has no aux loss to need _zAux)
+        var dActs = _kind == Kind.JumpRelu ? (_zAux ??= b.Empty(batch, n)) : _pre;
         b.Gemm(false, true, batch, n, dOut, 1f, dRecon, 0, dOut, _wDec.Value, 0, dOut, dActsWritten ? 1f : 0f, dActs, 0, n);
+        if (_kind == Kind.JumpRelu)
+            b.JumpReluThresholdGrad(_pre, dActs, batch, n, _logThreshold!.Value, _bandwidth, sparsityCoefficient / batch, _logThreshold.Grad);
         if (aux)
         {
             b.ActivationBackward("relu", _acts, dActs, _zAux!);
@@ -282,7 +319,8 @@ internal sealed class DeviceSaeTraining
 
         // 7. the one read back
         _metrics.CopyTo(_sums);
-        return new DeviceStepSums(_sums[0], _sums[1], _sums[2], _sums[3], (int)_sums[4], _sums[5], auxScale);
+        return new DeviceStepSums(_sums[0], _sums[1], _sums[2], _sums[3], (int)_sums[4], _sums[5], auxScale,
+            _kind == Kind.BatchTopK ? _sums[6] : float.PositiveInfinity);
     }
 
     /// <summary>Step 8: decoder projection, clipping, Adam at <paramref name="lr"/> and 1-based <paramref name="adamStep"/>, renormalisation.</summary>

@@ -203,8 +203,14 @@ public sealed class BatchTopKActivation(int k, float momentum = 0.01f) : SaeActi
     {
         float min = float.PositiveInfinity;
         foreach (float a in acts[..(batch * dSae)]) if (a > 0 && a < min) min = a;
-        if (float.IsPositiveInfinity(min)) return;
-        p.Threshold[0] = p.Threshold[0] < 0 ? min : (1 - Momentum) * p.Threshold[0] + Momentum * min;
+        UpdateThreshold(min, p);
+    }
+
+    /// <summary>The threshold update of <see cref="AfterTrainingForward"/> from the step's smallest positive activation (+∞: none, no update).</summary>
+    internal void UpdateThreshold(float smallestKept, SaeParameters p)
+    {
+        if (!(smallestKept < float.PositiveInfinity)) return;
+        p.Threshold[0] = p.Threshold[0] < 0 ? smallestKept : (1 - Momentum) * p.Threshold[0] + Momentum * smallestKept;
     }
 }
 

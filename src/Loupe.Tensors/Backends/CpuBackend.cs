@@ -518,4 +518,60 @@ public sealed class CpuBackend : IComputeBackend
             d[i] = next >= window ? 0f : float.NegativeInfinity;
         }
     }
+
+    public void BatchTopK(Tensor x, int count, int keep, Tensor y, Tensor minKept)
+    {
+        if (keep < 1 || keep > count) throw new ArgumentOutOfRangeException(nameof(keep), $"batch top-k needs 1 ≤ keep ≤ {count}, got {keep}");
+        var xs = x.Span[..count];
+        var ys = y.Span[..count];
+        // the keep-th largest value (NaN sorts last, as a value never kept before a number)
+        var sorted = xs.ToArray();
+        Array.Sort(sorted, (a, b) => float.IsNaN(a) ? (float.IsNaN(b) ? 0 : 1) : float.IsNaN(b) ? -1 : b.CompareTo(a));
+        float cut = sorted[keep - 1];
+        int above = 0;
+        foreach (float v in xs) if (v > cut) above++;
+        int ties = keep - above;
+        float min = float.PositiveInfinity;
+        for (int i = 0; i < count; i++)
+        {
+            float v = xs[i];
+            bool kept = v > cut || (v == cut && ties-- > 0);
+            float a = kept && v > 0 ? v : 0f;
+            ys[i] = a;
+            if (a > 0 && a < min) min = a;
+        }
+        minKept.Span[0] = min;
+    }
+
+    public void JumpRelu(Tensor x, int rows, int cols, Tensor logThreshold, Tensor y)
+    {
+        var xs = x.Span[..checked(rows * cols)];
+        var ys = y.Span[..checked(rows * cols)];
+        var lt = logThreshold.Span[..cols];
+        var theta = new float[cols];
+        for (int c = 0; c < cols; c++) theta[c] = MathF.Exp(lt[c]);
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+            {
+                float v = xs[r * cols + c];
+                ys[r * cols + c] = v > theta[c] ? v : 0f;
+            }
+    }
+
+    public void JumpReluThresholdGrad(Tensor x, Tensor dY, int rows, int cols, Tensor logThreshold, float bandwidth, float sparsityScale, Tensor grad)
+    {
+        var xs = x.Span[..checked(rows * cols)];
+        var ds = dY.Span[..checked(rows * cols)];
+        var lt = logThreshold.Span[..cols];
+        var g = grad.Span[..cols];
+        float eps = bandwidth, penalty = -sparsityScale / bandwidth;
+        for (int c = 0; c < cols; c++)
+        {
+            float theta = MathF.Exp(lt[c]);
+            double sum = 0;
+            for (int r = 0; r < rows; r++)
+                if (MathF.Abs((xs[r * cols + c] - theta) / eps) < 0.5f) sum += ds[r * cols + c] * (-theta / eps) + (double)penalty;
+            g[c] = (float)(sum * theta);
+        }
+    }
 }

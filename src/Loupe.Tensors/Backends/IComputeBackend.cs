@@ -243,6 +243,25 @@ public interface IComputeBackend
     /// sinceOut may be since.
     /// </summary>
     void UpdateSinceFired(Tensor fired, Tensor since, float tokens, float window, Tensor sinceOut, Tensor deadBias);
+
+    /// <summary>
+    /// BatchTopK's training activation over the first <paramref name="count"/> elements of x (a whole batch, flattened):
+    /// <c>y = max(x, 0)</c> at the <paramref name="keep"/> largest (everything above the keep-th largest value, then ties at
+    /// it in index order), 0 elsewhere; <c>minKept[0]</c> = the smallest positive kept value (+∞ when none), which the
+    /// trainer folds into the inference threshold. y must not be x.
+    /// </summary>
+    void BatchTopK(Tensor x, int count, int keep, Tensor y, Tensor minKept);
+
+    /// <summary>JumpReLU: <c>y[r, c] = x[r, c] &gt; θ_c ? x[r, c] : 0</c> with <c>θ_c = exp(logThreshold[c])</c> (y may be x).</summary>
+    void JumpRelu(Tensor x, int rows, int cols, Tensor logThreshold, Tensor y);
+
+    /// <summary>
+    /// JumpReLU's log-threshold gradient (straight-through estimator, rectangle kernel of width ε = <paramref name="bandwidth"/>),
+    /// written: with <c>θ_c = exp(logThreshold[c])</c> and <c>w = 1[|(x[r, c] − θ_c)/ε| &lt; ½]</c>,
+    /// <c>grad[c] = θ_c·Σ_r w·(dY[r, c]·(−θ_c/ε) − sparsityScale/ε)</c>: the activation's term and the L0 penalty's
+    /// (<paramref name="sparsityScale"/> = λ/batch).
+    /// </summary>
+    void JumpReluThresholdGrad(Tensor x, Tensor dY, int rows, int cols, Tensor logThreshold, float bandwidth, float sparsityScale, Tensor grad);
 }
 
 /// <summary>Sizes of one attention call.</summary>

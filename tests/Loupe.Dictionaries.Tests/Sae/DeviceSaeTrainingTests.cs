@@ -41,12 +41,17 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
         "standard" => Init(new SparseDictionary(SaeShape.Sae(DIn, DSae), new ReluActivation())),
         "topk-skip-transcoder" => Init(new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 12, skip: true), new TopKActivation(4))),
         "standard-transcoder" => Init(new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 12), new ReluActivation())),
+        "batchtopk" => Init(new SparseDictionary(SaeShape.Sae(DIn, DSae), new BatchTopKActivation(4, momentum: 0.2f))),
+        "batchtopk-transcoder" => Init(new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 12), new BatchTopKActivation(3))),
+        // a bandwidth and threshold at the scale of the pre-activations, so that the straight-through window holds entries
+        "jumprelu" => Init(new SparseDictionary(SaeShape.Sae(DIn, DSae), new JumpReluActivation(bandwidth: 0.2f)), threshold: 0.1f),
+        "jumprelu-skip-transcoder" => Init(new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 12, skip: true), new JumpReluActivation(bandwidth: 0.2f)), threshold: 0.1f),
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
 
-    static SparseDictionary Init(SparseDictionary d)
+    static SparseDictionary Init(SparseDictionary d, float threshold = 0.001f)
     {
-        d.Initialize(seed: 3);
+        d.Initialize(seed: 3, initThreshold: threshold);
         return d;
     }
 
@@ -54,7 +59,8 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
     static SaeTrainingOptions Options(string kind) => new()
     {
         Steps = Steps, BatchSize = Batch, LearningRate = 3e-3f, LrWarmupSteps = 2, LrDecayFraction = 0.25f,
-        SparsityCoefficient = kind.StartsWith("standard", StringComparison.Ordinal) ? 0.5f : 0f, SparsityWarmupSteps = 3,
+        SparsityCoefficient = kind.StartsWith("standard", StringComparison.Ordinal) ? 0.5f : kind.StartsWith("jumprelu", StringComparison.Ordinal) ? 0.05f : 0f,
+        SparsityWarmupSteps = 3,
         DeadWindowTokens = 2 * Batch, AuxKCoefficient = 0.25f, GradClipNorm = 0.5f, NormalizeExpectedAverage = true, Seed = 9,
     };
 
@@ -78,6 +84,10 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
     [InlineData("standard")]
     [InlineData("topk-skip-transcoder")]
     [InlineData("standard-transcoder")]
+    [InlineData("batchtopk")]
+    [InlineData("batchtopk-transcoder")]
+    [InlineData("jumprelu")]
+    [InlineData("jumprelu-skip-transcoder")]
     public void DeviceTrainingMatchesHostTrainingStepByStep(string kind)
     {
         var hostDict = NewDictionary(kind);
@@ -100,7 +110,7 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
             Assert.Equal(h.LearningRate, d.LearningRate);
             sawDead |= h.DeadFraction > 0;
         }
-        if (kind.StartsWith("topk", StringComparison.Ordinal)) Assert.True(sawDead, "the run should have dead features, so aux-k is exercised");
+        if (kind.Contains("topk", StringComparison.Ordinal)) Assert.True(sawDead, "the run should have dead features, so aux-k is exercised");
         host.Finish();
         device.Finish();
         var (hp, dp) = (host.Dictionary.P, device.Dictionary.P);
@@ -109,6 +119,16 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
         CloseArrays(hp.WDec, dp.WDec, 1e-3, "W_dec");
         CloseArrays(hp.BDec, dp.BDec, 1e-3, "b_dec");
         CloseArrays(hp.WSkip, dp.WSkip, 1e-3, "W_skip");
+        if (kind.StartsWith("jumprelu", StringComparison.Ordinal))
+        {
+            Assert.NotEqual(0.1f, hp.LogThreshold.Select(MathF.Exp).Max(), 1e-4f); // the threshold was trained
+            CloseArrays(hp.LogThreshold, dp.LogThreshold, 1e-3, "log_threshold");
+        }
+        if (kind.StartsWith("batchtopk", StringComparison.Ordinal))
+        {
+            Assert.True(hp.Threshold[0] > 0, "the inference threshold was learned");
+            Close(hp.Threshold[0], dp.Threshold[0], 1e-3, 1e-6, "BatchTopK threshold");
+        }
     }
 
     [Fact]
@@ -126,6 +146,8 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
     [Theory]
     [InlineData("topk")]
     [InlineData("standard")]
+    [InlineData("batchtopk")]
+    [InlineData("jumprelu")]
     public void ADeviceCheckpointResumesToTheSameWeights(string kind)
     {
         var data = Data(NewDictionary(kind));
@@ -154,25 +176,32 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
         Assert.Equal(straight.Dictionary.P.WEnc, resumed.Dictionary.P.WEnc);
         Assert.Equal(straight.Dictionary.P.WDec, resumed.Dictionary.P.WDec);
         Assert.Equal(straight.Dictionary.P.BDec, resumed.Dictionary.P.BDec);
+        Assert.Equal(straight.Dictionary.P.LogThreshold, resumed.Dictionary.P.LogThreshold);
+        Assert.Equal(straight.Dictionary.P.Threshold, resumed.Dictionary.P.Threshold);
     }
 
     [Theory]
     [InlineData("topk")]
     [InlineData("topk-skip-transcoder")]
     [InlineData("standard")]
+    [InlineData("batchtopk")]
+    [InlineData("jumprelu")]
     public void AStepCopiesItsBatchInAndItsMetricsOut(string kind)
     {
         var backend = fixture.Backend;
         var dict = NewDictionary(kind);
         var trainer = new SaeTrainer(dict, Options(kind), backend);
         trainer.Begin(Data(dict));
-        for (int t = 0; t < 3; t++) trainer.Step(); // buffers allocated, and by now dead features: aux-k runs in the steps measured
+        // buffers allocated, and (TopK, BatchTopK) steps until there are dead features, so that aux-k runs in the steps measured
+        bool auxK = kind.Contains("topk", StringComparison.Ordinal);
+        var last = trainer.Step();
+        for (int taken = 1; taken < 3 || (auxK && last.DeadFraction == 0 && taken < Steps - 2); taken++) last = trainer.Step();
 
         var before = backend.Transfers.Snapshot();
-        var m1 = trainer.Step();
+        trainer.Step();
         var m2 = trainer.Step();
         var moved = backend.Transfers.Snapshot() - before;
-        if (kind.StartsWith("topk", StringComparison.Ordinal)) Assert.True(m1.DeadFraction > 0, "aux-k should run in the measured steps");
+        if (auxK) Assert.True(last.DeadFraction > 0, "aux-k should run in the measured steps");
         int uploadsPerStep = dict.Shape.DOut == dict.Shape.DIn && !dict.Shape.Skip ? 1 : 2; // inputs, and targets for a transcoder
         Assert.True(moved.In(TransferKind.Data) == 2 * uploadsPerStep, $"batch uploads: {moved}");
         Assert.True(moved.Out(TransferKind.Data) == 2, $"one metric vector read per step: {moved}");
@@ -182,12 +211,28 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
         Assert.True(float.IsFinite(m2.Loss));
     }
 
+    /// <summary>An architecture outside the four built in: it has no device kernels.</summary>
+    sealed class SquareActivation : SaeActivation
+    {
+        public override string Architecture => "square";
+        public override bool UnitNormDecoder => false;
+        public override void Forward(ReadOnlySpan<float> pre, Span<float> acts, int batch, int dSae, bool training, SaeParameters p)
+        {
+            for (int i = 0; i < batch * dSae; i++) acts[i] = pre[i] * pre[i];
+        }
+        public override void Backward(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs,
+            Span<float> dPre, int batch, int dSae, SaeParameters p, SaeParameters g)
+        {
+            for (int i = 0; i < batch * dSae; i++) dPre[i] += 2 * pre[i] * dActs[i];
+        }
+    }
+
     [Fact]
     public void ArchitecturesNotYetOnADeviceAreRefusedNamingTheOption()
     {
-        var batchTopK = new SparseDictionary(SaeShape.Sae(DIn, DSae), new BatchTopKActivation(4));
-        var e = Assert.Throws<InputError>(() => new SaeTrainer(batchTopK, Options("topk"), fixture.Backend));
+        var custom = new SparseDictionary(SaeShape.Sae(DIn, DSae), new SquareActivation());
+        var e = Assert.Throws<InputError>(() => new SaeTrainer(custom, Options("topk"), fixture.Backend));
         Assert.Contains("--device", e.Message);
-        Assert.Contains("batchtopk", e.Message);
+        Assert.Contains("square", e.Message);
     }
 }

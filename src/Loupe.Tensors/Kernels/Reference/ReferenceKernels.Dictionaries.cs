@@ -47,4 +47,46 @@ public static partial class ReferenceKernels
             deadBias[i] = since[i] >= window ? 0 : double.NegativeInfinity;
         }
     }
+
+    /// <summary><see cref="Backends.IComputeBackend.BatchTopK"/>: ReLU'd values at the keep largest (ties in index order); returns the smallest positive kept value (+∞ when none).</summary>
+    public static double BatchTopK(ReadOnlySpan<double> x, int keep, Span<double> y)
+    {
+        var order = new int[x.Length];
+        for (int i = 0; i < order.Length; i++) order[i] = i;
+        var values = x.ToArray();
+        Array.Sort(order, (a, b) => values[a] != values[b] ? values[b].CompareTo(values[a]) : a.CompareTo(b));
+        y[..x.Length].Clear();
+        double min = double.PositiveInfinity;
+        for (int r = 0; r < keep; r++)
+        {
+            double v = values[order[r]];
+            y[order[r]] = v > 0 ? v : 0;
+            if (v > 0 && v < min) min = v;
+        }
+        return min;
+    }
+
+    /// <summary><see cref="Backends.IComputeBackend.JumpRelu"/>: x where it exceeds exp(log θ) of its column, else 0.</summary>
+    public static void JumpRelu(ReadOnlySpan<double> x, int rows, int cols, ReadOnlySpan<double> logThreshold, Span<double> y)
+    {
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+            {
+                double v = x[r * cols + c];
+                y[r * cols + c] = v > Math.Exp(logThreshold[c]) ? v : 0;
+            }
+    }
+
+    /// <summary><see cref="Backends.IComputeBackend.JumpReluThresholdGrad"/>: the straight-through log-threshold gradient of the activation and the L0 term.</summary>
+    public static void JumpReluThresholdGrad(ReadOnlySpan<double> x, ReadOnlySpan<double> dY, int rows, int cols, ReadOnlySpan<double> logThreshold,
+        double bandwidth, double sparsityScale, Span<double> grad)
+    {
+        for (int c = 0; c < cols; c++)
+        {
+            double theta = Math.Exp(logThreshold[c]), sum = 0;
+            for (int r = 0; r < rows; r++)
+                if (Math.Abs((x[r * cols + c] - theta) / bandwidth) < 0.5) sum += dY[r * cols + c] * (-theta / bandwidth) - sparsityScale / bandwidth;
+            grad[c] = theta * sum;
+        }
+    }
 }
