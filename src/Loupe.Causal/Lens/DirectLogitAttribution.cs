@@ -21,10 +21,16 @@ namespace Loupe.Causal.Lens;
 /// <param name="UnembedBias">b_U[answer] (− b_U[wrong]); 0 without b_U.</param>
 public sealed record LogitDirection(string Name, double[] Vector, double UnembedBias)
 {
+    /// <summary>The token whose W_U column this direction is (or starts from), when it was made from tokens: on a device DLA then multiplies by that column of the unembedding instead of uploading <see cref="Vector"/>.</summary>
+    public int? Answer { get; init; }
+
+    /// <summary>The token whose W_U column is subtracted (<see cref="Difference"/>), or null.</summary>
+    public int? Wrong { get; init; }
+
     /// <summary>One token's logit.</summary>
     /// <exception cref="InputError">The token is outside d_vocab_out.</exception>
     public static LogitDirection Token(HookedTransformer model, int token) =>
-        new($"logit({CheckToken(model, token, "answer")})", model.UnembedDirection(token).Select(v => (double)v).ToArray(), BiasOf(model, token));
+        new($"logit({CheckToken(model, token, "answer")})", model.UnembedDirection(token).Select(v => (double)v).ToArray(), BiasOf(model, token)) { Answer = token };
 
     /// <summary>logit(answer) − logit(wrong).</summary>
     /// <exception cref="InputError">A token is outside d_vocab_out.</exception>
@@ -32,7 +38,7 @@ public sealed record LogitDirection(string Name, double[] Vector, double Unembed
     {
         var a = model.UnembedDirection(CheckToken(model, answer, "answer"));
         var w = model.UnembedDirection(CheckToken(model, wrong, "wrong"));
-        return new($"logit({answer}) − logit({wrong})", a.Select((v, d) => (double)v - w[d]).ToArray(), BiasOf(model, answer) - BiasOf(model, wrong));
+        return new($"logit({answer}) − logit({wrong})", a.Select((v, d) => (double)v - w[d]).ToArray(), BiasOf(model, answer) - BiasOf(model, wrong)) { Answer = answer, Wrong = wrong };
     }
 
     static int CheckToken(HookedTransformer model, int token, string what) =>
@@ -52,6 +58,7 @@ public sealed record LogitDirection(string Name, double[] Vector, double Unembed
 public sealed class DlaResult
 {
     public required string[] Components { get; init; }
+    /// <summary>The components, with the last row's vectors on the host; on a device only the table comes back and the vectors are empty.</summary>
     public required ResidualComponent[] ComponentInfo { get; init; }
     public required double[][] Values { get; init; }
     /// <summary>The direction's name for each row.</summary>
@@ -88,6 +95,7 @@ public static class DirectLogitAttribution
         bool hasNorm = model.FinalNormLayer is { Kind: not NormKind.None };
         if (hasNorm) hooks.Add(HookNames.FinalScale);
         hooks.Add(HookNames.FinalNormalized);
+        if (DeviceLens.Applies(model)) return ComputeOnDevice(model, tokens, hooks, hasNorm, directionOfRow, position);
         var cache = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains }).Cache;
         int B = tokens.Batch, T = tokens.Length, D = model.Config.DModel;
         int p = position < 0 ? T + position : position;
@@ -123,6 +131,91 @@ public static class DirectLogitAttribution
             Components = info.Select(c => c.Name).ToArray(),
             ComponentInfo = info,
             Values = values,
+            Directions = names,
+            PreCapLogitDiff = preCap,
+            NormBias = biasTerm,
+            UnembedBias = unembedBias,
+            MaxDecompositionError = worst,
+            Position = p,
+        };
+    }
+
+    // On a device, per row: the components at the position stacked into [n, d_model] (ResidualDecomposition.StackOnDevice),
+    // put through the final norm with the scale frozen at the cached ln_final.hook_scale (no bias), and multiplied by the
+    // direction's W_U column(s); the model's own ln_final output by the same columns (the pre-cap logit difference); and
+    // the decomposition check max_d (Σ components − residual)². Per row n + 2 numbers come back in one table. The
+    // norm-bias and unembedding-bias terms are host numbers (weights), computed as on the host.
+    static DlaResult ComputeOnDevice(HookedTransformer model, TokenBatch tokens, HashSet<string> hooks, bool hasNorm, Func<int, LogitDirection> directionOfRow, int position)
+    {
+        var be = model.Backend;
+        var pass = new DeviceLens.Pass(model, tokens, hooks);
+        var cache = pass.Cache;
+        int B = tokens.Batch, T = tokens.Length, D = model.Config.DModel, L = model.Config.NLayers;
+        int p = position < 0 ? T + position : position;
+        if ((uint)p >= (uint)T) throw new InputError($"position {position} is outside a sequence of {T}");
+        var normBias = FinalNorm.Bias(model);
+        int n = ResidualDecomposition.ComponentCount(model, cache), fields = n + 2;
+        var table = pass.Table(B * fields);
+        var stacked = be.Empty(n, D);
+        var error = be.Empty(D);
+        var squared = be.Empty(D);
+        var maxIndex = be.Empty(1);
+        var normalized = hasNorm ? cache[HookNames.FinalNormalized] : cache[HookNames.ResidPost(L - 1)];
+        var names = new string[B];
+        var biasTerm = new double[B];
+        var unembedBias = new double[B];
+        ResidualComponent[] info = [];
+        for (int b = 0; b < B; b++)
+        {
+            var dir = directionOfRow(b);
+            if (dir.Vector.Length != D) throw new InputError($"logit direction '{dir.Name}' has {dir.Vector.Length} entries; d_model is {D}");
+            info = [.. ResidualDecomposition.StackOnDevice(model, cache, b, p, stacked)];
+            long at = (long)b * T + p, row = (long)b * fields;
+            var scale = hasNorm ? DeviceLens.FrozenScale(model, cache, at, n, perRow: false) : null;
+            var normed = DeviceLens.FinalNorm(model, stacked, n, scale, withBias: false);
+            if (dir.Answer is int answer)
+            {
+                DeviceLens.DotUnembedColumn(model, normed, 0, n, answer, 1f, false, table, row);
+                DeviceLens.DotUnembedColumn(model, normalized, at * D, 1, answer, 1f, false, table, row + n);
+                if (dir.Wrong is int wrong)
+                {
+                    DeviceLens.DotUnembedColumn(model, normed, 0, n, wrong, -1f, true, table, row);
+                    DeviceLens.DotUnembedColumn(model, normalized, at * D, 1, wrong, -1f, true, table, row + n);
+                }
+            }
+            else
+            {
+                // A direction given only as numbers goes up once (one counted copy in).
+                var u = be.ToDevice(Tensors.Tensor.FromArray([.. dir.Vector.Select(v => (float)v)], D, 1));
+                DeviceLens.DotVector(be, normed, 0, n, u, table, row);
+                DeviceLens.DotVector(be, normalized, at * D, 1, u, table, row + n);
+            }
+            // The decomposition check: (Σ components − resid_post)², its largest entry into the table.
+            be.CopyRows(cache[HookNames.ResidPost(L - 1)], at * D, D, error, 0, D, 1, D);
+            be.Scale(error, -1f, error);
+            be.SumMiddleAxis(stacked, 1, n, D, error, accumulate: true);
+            be.Multiply(error, error, squared);
+            be.TopKRows(squared, 1, D, 1, DeviceLens.Slot(table, row + n + 1), maxIndex);
+            names[b] = dir.Name;
+            biasTerm[b] = Dot(normBias, dir.Vector);
+            unembedBias[b] = dir.UnembedBias;
+        }
+        var values = pass.Read(table);
+        double worst = 0;
+        var dla = new double[B][];
+        var preCap = new double[B];
+        for (int b = 0; b < B; b++)
+        {
+            var r = values.AsSpan(b * fields, fields);
+            dla[b] = [.. r[..n].ToArray().Select(v => (double)v)];
+            preCap[b] = r[n] + unembedBias[b];
+            worst = Math.Max(worst, Math.Sqrt(r[n + 1]));
+        }
+        return new DlaResult
+        {
+            Components = info.Select(c => c.Name).ToArray(),
+            ComponentInfo = info,
+            Values = dla,
             Directions = names,
             PreCapLogitDiff = preCap,
             NormBias = biasTerm,

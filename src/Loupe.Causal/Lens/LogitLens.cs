@@ -1,5 +1,6 @@
 using Loupe.Models;
 using Loupe.Models.Hooks;
+using Loupe.Tensors;
 
 namespace Loupe.Causal.Lens;
 
@@ -69,6 +70,7 @@ public static class LogitLens
 
         var hooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.ResidPost(L - 1), HookNames.FinalScale };
         for (int l = 0; l < L; l++) hooks.Add(HookNames.ResidPre(l));
+        if (DeviceLens.Applies(model)) return RunOnDevice(model, tokens, hooks, answer, wrong, p, row, scale);
         var cache = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains }).Cache;
         bool hasNorm = model.FinalNormLayer is { Kind: not NormKind.None };
         double frozenScale = hasNorm ? cache[HookNames.FinalScale].Span[row * T + p] : 1;
@@ -97,6 +99,7 @@ public static class LogitLens
         if ((uint)row >= (uint)tokens.Batch) throw new InputError($"row {row} is outside the batch of {tokens.Batch}");
         var hooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.ResidPost(L - 1), HookNames.FinalScale };
         for (int l = 0; l < L; l++) hooks.Add(HookNames.ResidPre(l));
+        if (DeviceLens.Applies(model)) return GridOnDevice(model, tokens, hooks, row, scale);
         var cache = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains }).Cache;
         bool hasNorm = model.FinalNormLayer is { Kind: not NormKind.None };
         var bias = FinalNorm.Bias(model);
@@ -126,6 +129,111 @@ public static class LogitLens
             Scale = scale,
             Labels = [.. Enumerable.Range(0, L + 1).Select(stage => stage < L ? $"resid_pre {stage}" : $"resid_post {L - 1} (final)")],
             FinalTopToken = final,
+            TopToken = topToken,
+            TopProb = topProb,
+            FinalTopProb = finalTopProb,
+        };
+    }
+
+    static string StageLabel(int stage, int layers) => stage < layers ? $"resid_pre {stage}" : $"resid_post {layers - 1} (final)";
+
+    static string StageHook(int stage, int layers) => stage < layers ? HookNames.ResidPre(stage) : HookNames.ResidPost(layers - 1);
+
+    // Run on a device: the L+1 stage residuals at (row, p) stacked into [L+1, d_model], normed, unembedded over the
+    // vocabulary, then per stage five numbers into the table: the answer's logit, its log-probability, its rank
+    // (how many logits exceed it), the wrong token's logit and the top token (the host forms the difference).
+    const int StageFields = 5;
+
+    static LogitLensResult RunOnDevice(HookedTransformer model, TokenBatch tokens, HashSet<string> hooks, int answer, int? wrong, int p, int row, LensScale scale)
+    {
+        var cfg = model.Config;
+        int V = cfg.VocabOut, D = cfg.DModel, L = cfg.NLayers, T = tokens.Length, S = L + 1;
+        var be = model.Backend;
+        var pass = new DeviceLens.Pass(model, tokens, hooks);
+        var cache = pass.Cache;
+        long at = (long)row * T + p;
+        var stacked = be.Empty(S, D);
+        for (int stage = 0; stage < S; stage++) be.CopyRows(cache[StageHook(stage, L)], at * D, D, stacked, (long)stage * D, D, 1, D);
+        var frozen = scale == LensScale.Frozen && DeviceLens.HasNorm(model) ? DeviceLens.FrozenScale(model, cache, at, S, perRow: false) : null;
+        var logits = DeviceLens.Unembed(model, DeviceLens.FinalNorm(model, stacked, S, frozen, withBias: true), S);
+
+        var table = pass.Table(S * StageFields);
+        be.CopyRows(logits, answer, V, table, 0, StageFields, S, 1);
+        var logProbs = be.Empty(S, V);
+        be.LogSoftmaxRows(logits, S, V, logProbs);
+        be.CopyRows(logProbs, answer, V, table, 1, StageFields, S, 1);
+        if (wrong is int w) be.CopyRows(logits, w, V, table, 3, StageFields, S, 1);
+        var topValue = be.Empty(S, 1);
+        var topIndex = be.Empty(S, 1);
+        be.TopKRows(logits, S, V, 1, topValue, topIndex);
+        be.CopyRows(topIndex, 0, 1, table, 4, StageFields, S, 1);
+        // Rank: logits − logit(answer) (a rank-1 update with a row of ones), then a count above 0 per stage.
+        var answerLogit = be.Empty(S, 1);
+        be.CopyRows(logits, answer, V, answerLogit, 0, 1, S, 1);
+        var ones = be.Empty(1, V);
+        be.Fill(ones, 1f);
+        be.Gemm(false, false, S, V, 1, -1f, answerLogit, 0, 1, ones, 0, V, 1f, logits, 0, V);
+        for (int stage = 0; stage < S; stage++)
+            be.CountAbove(DeviceLens.Slot(logits, (long)stage * V, V), 0f, DeviceLens.Slot(table, stage * StageFields + 2));
+
+        var values = pass.Read(table);
+        var stages = new LensStage[S];
+        for (int stage = 0; stage < S; stage++)
+        {
+            var f = values.AsSpan(stage * StageFields, StageFields);
+            stages[stage] = new LensStage(StageLabel(stage, L), stage, f[0], Math.Exp(f[1]), (int)f[2], wrong is null ? double.NaN : (double)f[0] - f[3], (int)f[4]);
+        }
+        return new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages };
+    }
+
+    // The grid on a device, one stage at a time ([T, vocab] logits, never [stages × T × vocab]): per stage and
+    // position the top token, its probability and the probability of the final stage's top token, gathered with
+    // one-hot rows (ScatterRows) dotted with the probabilities (RowDots).
+    static LogitLensGrid GridOnDevice(HookedTransformer model, TokenBatch tokens, HashSet<string> hooks, int row, LensScale scale)
+    {
+        var cfg = model.Config;
+        int V = cfg.VocabOut, D = cfg.DModel, L = cfg.NLayers, T = tokens.Length, S = L + 1;
+        var be = model.Backend;
+        var pass = new DeviceLens.Pass(model, tokens, hooks);
+        var cache = pass.Cache;
+        var frozen = scale == LensScale.Frozen && DeviceLens.HasNorm(model) ? DeviceLens.FrozenScale(model, cache, (long)row * T, T, perRow: true) : null;
+        var table = pass.Table(S * 3 * T); // [stage][top token, top prob, final top prob][position]
+        var probs = be.Empty(T, V);
+        var oneHot = be.Empty(T, V);
+        var finalOneHot = be.Empty(T, V);
+        var ones = be.Empty(T, 1);
+        be.Fill(ones, 1f);
+        var topValue = be.Empty(T, 1);
+        var topIndex = be.Empty(T, 1);
+        for (int stage = L; stage >= 0; stage--)
+        {
+            var resid = new Tensor(cache[StageHook(stage, L)].Storage.Slice((long)row * T * D, (long)T * D), T, D);
+            var logits = DeviceLens.Unembed(model, DeviceLens.FinalNorm(model, resid, T, frozen, withBias: true), T);
+            be.SoftmaxRows(logits, T, V, probs);
+            be.TopKRows(logits, T, V, 1, topValue, topIndex);
+            long block = (long)stage * 3 * T;
+            be.CopyRows(topIndex, 0, 1, table, block, 1, T, 1);
+            be.ScatterRows(ones, topIndex, T, 1, V, oneHot);
+            be.RowDots(oneHot, probs, T, V, DeviceLens.Slot(table, block + T, T));
+            if (stage == L) be.ScatterRows(ones, topIndex, T, 1, V, finalOneHot);
+            be.RowDots(finalOneHot, probs, T, V, DeviceLens.Slot(table, block + 2 * T, T));
+        }
+        var values = pass.Read(table);
+        var topToken = new int[S][];
+        var topProb = new double[S][];
+        var finalTopProb = new double[S][];
+        for (int stage = 0; stage < S; stage++)
+        {
+            int block = stage * 3 * T;
+            topToken[stage] = [.. values.AsSpan(block, T).ToArray().Select(v => (int)v)];
+            topProb[stage] = [.. values.AsSpan(block + T, T).ToArray().Select(v => (double)v)];
+            finalTopProb[stage] = [.. values.AsSpan(block + 2 * T, T).ToArray().Select(v => (double)v)];
+        }
+        return new LogitLensGrid
+        {
+            Scale = scale,
+            Labels = [.. Enumerable.Range(0, S).Select(stage => StageLabel(stage, L))],
+            FinalTopToken = topToken[L],
             TopToken = topToken,
             TopProb = topProb,
             FinalTopProb = finalTopProb,

@@ -76,6 +76,11 @@ public sealed class ResidualDecomposition
     public static ResidualDecomposition Compute(HookedTransformer model, TokenBatch tokens, int row = 0, int position = -1)
     {
         var hooks = Hooks(model);
+        if (DeviceLens.Applies(model))
+        {
+            var pass = new DeviceLens.Pass(model, tokens, hooks);
+            return FromDevice(model, pass.Cache, row, position, pass.Table, pass.Read);
+        }
         var cache = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains }).Cache;
         return FromCache(model, cache, row, position);
     }
@@ -84,6 +89,8 @@ public sealed class ResidualDecomposition
     /// <exception cref="InputError">The row or position is outside the cached batch.</exception>
     public static ResidualDecomposition FromCache(HookedTransformer model, ActivationCache cache, int row = 0, int position = -1)
     {
+        if (!cache[HookNames.ResidPost(model.Config.NLayers - 1)].IsHost)
+            return FromDevice(model, cache, row, position, size => model.Backend.Empty(size), table => table.ToCpu().Span.ToArray());
         var cfg = model.Config;
         int D = cfg.DModel, H = cfg.NHeads, L = cfg.NLayers;
         var final = cache[HookNames.ResidPost(L - 1)]; // [batch, pos, d_model]
@@ -118,5 +125,83 @@ public sealed class ResidualDecomposition
             if (cache.Contains(HookNames.MlpOut(l))) components.Add(new($"L{l} mlp", "mlp", l, -1, At(cache[HookNames.MlpOut(l)])));
         }
         return new ResidualDecomposition { Components = components, Residual = At(final), Row = row, Position = p };
+    }
+
+    /// <summary>How many components <see cref="FromCache"/> makes from <paramref name="cache"/>.</summary>
+    internal static int ComponentCount(HookedTransformer model, ActivationCache cache)
+    {
+        int count = cache.Contains(HookNames.PosEmbed) ? 2 : 1;
+        for (int l = 0; l < model.Config.NLayers; l++)
+            count += (cache.Contains(HookNames.Result(l)) ? model.Config.NHeads + 1 : 1) + (cache.Contains(HookNames.MlpOut(l)) ? 1 : 0);
+        return count;
+    }
+
+    /// <summary>
+    /// Copies the components at (<paramref name="row"/>, <paramref name="p"/>) of a device cache into the first
+    /// <see cref="ComponentCount"/> rows of <paramref name="dst"/> <c>[*, d_model]</c> on the device, in <see cref="FromCache"/>'s
+    /// order; b_O is <c>hook_attn_out − Σ_h hook_result[h]</c> there too.
+    /// </summary>
+    /// <returns>The components' names and places; their vectors are empty (they stay on the device).</returns>
+    internal static List<ResidualComponent> StackOnDevice(HookedTransformer model, ActivationCache cache, int row, int p, Tensor dst)
+    {
+        var be = model.Backend;
+        var cfg = model.Config;
+        int D = cfg.DModel, H = cfg.NHeads, L = cfg.NLayers, T = cache[HookNames.ResidPost(L - 1)].Dim(1);
+        long at = ((long)row * T + p) * D;
+        var components = new List<ResidualComponent>();
+        void Copy(Tensor src, long offset, int rows, ResidualComponent first)
+        {
+            be.CopyRows(src, offset, D, dst, (long)components.Count * D, D, rows, D);
+            components.Add(first);
+        }
+        Copy(cache[HookNames.Embed], at, 1, new("embed", "embed", -1, -1, []));
+        if (cache.Contains(HookNames.PosEmbed)) Copy(cache[HookNames.PosEmbed], at, 1, new("pos_embed", "pos_embed", -1, -1, []));
+        Tensor? headSum = null;
+        for (int l = 0; l < L; l++)
+        {
+            var attnOut = cache[HookNames.AttnOut(l)];
+            if (cache.Contains(HookNames.Result(l)))
+            {
+                var result = cache[HookNames.Result(l)]; // [batch, pos, head_index, d_model]
+                long heads = at * H;
+                be.CopyRows(result, heads, D, dst, (long)components.Count * D, D, H, D);
+                for (int h = 0; h < H; h++) components.Add(new($"L{l}H{h}", "head", l, h, []));
+                long bias = (long)components.Count * D;
+                Copy(attnOut, at, 1, new($"L{l} b_O", "attn_bias", l, -1, []));
+                headSum ??= be.Empty(D);
+                be.SumMiddleAxis(new Tensor(result.Storage.Slice(heads, (long)H * D), H * D), 1, H, D, headSum);
+                be.Scale(headSum, -1f, headSum);
+                be.CopyRows(headSum, 0, D, dst, bias, D, 1, D, accumulate: true);
+            }
+            else
+            {
+                Copy(attnOut, at, 1, new($"L{l} attn", "attn", l, -1, []));
+            }
+            if (cache.Contains(HookNames.MlpOut(l))) Copy(cache[HookNames.MlpOut(l)], at, 1, new($"L{l} mlp", "mlp", l, -1, []));
+        }
+        return components;
+    }
+
+    // A device cache: the components and the final residual stacked on the device, one table read back.
+    static ResidualDecomposition FromDevice(HookedTransformer model, ActivationCache cache, int row, int position, Func<int, Tensor> table, Func<Tensor, float[]> read)
+    {
+        int D = model.Config.DModel, L = model.Config.NLayers;
+        var final = cache[HookNames.ResidPost(L - 1)];
+        int B = final.Dim(0), T = final.Dim(1);
+        if ((uint)row >= (uint)B) throw new InputError($"row {row} is outside the batch of {B}");
+        int p = position < 0 ? T + position : position;
+        if ((uint)p >= (uint)T) throw new InputError($"position {position} is outside a sequence of {T}");
+        int n = ComponentCount(model, cache);
+        var stacked = table((n + 1) * D);
+        var components = StackOnDevice(model, cache, row, p, stacked);
+        model.Backend.CopyRows(final, ((long)row * T + p) * D, D, stacked, (long)n * D, D, 1, D);
+        var values = read(stacked);
+        return new ResidualDecomposition
+        {
+            Components = [.. components.Select((c, i) => c with { Vector = values.AsSpan(i * D, D).ToArray() })],
+            Residual = values.AsSpan(n * D, D).ToArray(),
+            Row = row,
+            Position = p,
+        };
     }
 }

@@ -1,5 +1,6 @@
 using Loupe.Models.Hooks;
 using Loupe.Tensors;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Models.Layers;
 
@@ -52,6 +53,12 @@ public sealed class Norm
         _weight = new DeviceWeight(default, [0]);
         _bias = new DeviceWeight(default, [0]);
     }
+
+    /// <summary>The weight on <paramref name="backend"/>'s device (uploaded once), or null without one (lenses apply the norm with a frozen scale).</summary>
+    public Tensor? WeightOn(IComputeBackend backend) => _weight.On(backend);
+
+    /// <summary>The bias on <paramref name="backend"/>'s device (uploaded once), or null without one.</summary>
+    public Tensor? BiasOn(IComputeBackend backend) => _bias.On(backend);
 
     bool Centers => Kind == NormKind.LayerNorm;
 
