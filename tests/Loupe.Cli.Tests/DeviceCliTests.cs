@@ -60,6 +60,44 @@ public class DeviceCliTests
     }
 
     [Fact]
+    public void LensOnTheEmulatedDeviceWritesWhatTheCpuWrites()
+    {
+        string cpu = Directory.CreateTempSubdirectory("loupe-cli").FullName, device = Directory.CreateTempSubdirectory("loupe-cli").FullName;
+        string[] args = ["lens", "--model", Fixture("gemma2"), "--tokens", "82,87,74,39,184,175,214,409", "--answer-id", "17", "--wrong-id", "42", "--scale", "frozen"];
+        var run = RunLoupe([.. args, "--out", cpu]);
+        Assert.True(run.Code == 0, run.Err);
+        run = RunLoupe([.. args, "--out", device, "--device", "emulated"]);
+        Assert.True(run.Code == 0, run.Err);
+        using var a = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(cpu, "lens.json")));
+        using var b = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(device, "lens.json")));
+        var x = Numbers(a.RootElement).ToArray();
+        var y = Numbers(b.RootElement).ToArray();
+        Assert.Equal(x.Length, y.Length);
+        double scale = x.Max(Math.Abs) + 1e-6;
+        for (int i = 0; i < x.Length; i++) Assert.True(Math.Abs(x[i] - y[i]) <= 1e-4 * scale, $"lens.json number {i}: cpu {x[i]}, emulated {y[i]}");
+        Assert.True(File.Exists(Path.Combine(device, "dla.svg")) && File.Exists(Path.Combine(device, "logit_lens.svg")));
+    }
+
+    // Every number in a JSON document except the decomposition check (float noise on both sides), in document order.
+    static IEnumerable<double> Numbers(System.Text.Json.JsonElement e, string? name = null)
+    {
+        switch (e.ValueKind)
+        {
+            case System.Text.Json.JsonValueKind.Number when !(name ?? "").Contains("error", StringComparison.OrdinalIgnoreCase):
+                yield return e.GetDouble();
+                break;
+            case System.Text.Json.JsonValueKind.Object:
+                foreach (var p in e.EnumerateObject())
+                    foreach (var v in Numbers(p.Value, p.Name)) yield return v;
+                break;
+            case System.Text.Json.JsonValueKind.Array:
+                foreach (var item in e.EnumerateArray())
+                    foreach (var v in Numbers(item, name)) yield return v;
+                break;
+        }
+    }
+
+    [Fact]
     public void InfoAndRunReportTheDevice()
     {
         var (code, stdout, err) = RunLoupe("info", "--model", Fixture("gpt2"), "--device", "emulated");
@@ -81,8 +119,8 @@ public class DeviceCliTests
         AssertRefused(RunLoupe("info", "--model", Fixture("gpt2"), "--device", "tpu"), "--device", "unknown device 'tpu'", "cuda:N");
         AssertRefused(RunLoupe("info", "--model", Fixture("gpt2"), "--device", "cuda:x"), "--device", "device index");
         // A verb whose analysis still reads activations on the host says so instead of running elsewhere.
-        AssertRefused(RunLoupe("lens", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--answer-id", "4", "--out", TempFile("lens"), "--device", "emulated"),
-            "--device", "'lens' runs on the CPU only");
+        AssertRefused(RunLoupe("circuit", "--model", Fixture("gpt2"), "--clean", "1,2,3", "--corrupt", "1,2,4", "--answer", "4", "--wrong", "5",
+            "--out", TempFile("circuit"), "--device", "emulated"), "--device", "'circuit' runs on the CPU only", "lens");
     }
 
     [Fact]

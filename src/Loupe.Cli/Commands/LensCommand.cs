@@ -28,7 +28,8 @@ static class LensCommand
             "Examples:\n" +
             "  loupe lens --model ../shared/models/stories260K --prompt \"Once upon a time, there was a little girl named Lily. One day,\" --answer Lily --wrong Tim --out lens-out\n" +
             "  loupe lens --model ../shared/models/grokking-modadd-p113-main --tokens \"5,17,113\" --answer-id 22 --out lens-out\n" +
-            "  loupe lens --model tests/data/reference/gpt2 --tokens \"82,87,74,39\" --answer-id 17 --wrong-id 42 --scale frozen --out lens-out")
+            "  loupe lens --model tests/data/reference/gpt2 --tokens \"82,87,74,39\" --answer-id 17 --wrong-id 42 --scale frozen --out lens-out\n" +
+            "  loupe lens --model tests/data/reference/gpt2 --tokens \"82,87,74,39\" --answer-id 17 --device emulated --out lens-out")
         { model, prompt, tokens, answer, wrong, answerId, wrongId, position, scale, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
@@ -40,7 +41,8 @@ static class LensCommand
             };
             string outDir = parse.GetValue(output)!;
             CliSupport.OutputFolder(outDir);
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            // DLA and the logit lens run where the model is: on a device each reads back one result table.
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             string? text = parse.GetValue(prompt);
             var batch = CliSupport.PromptOrTokens(m, text, parse.GetValue(tokens), prompt.Name, tokens.Name);
             if (batch.Batch != 1) throw InputError.Expected("argument", "--tokens", "one row (lens explains one sequence)", $"{batch.Batch} rows");
