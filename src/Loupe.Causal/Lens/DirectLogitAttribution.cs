@@ -155,9 +155,9 @@ public static class DirectLogitAttribution
         if ((uint)p >= (uint)T) throw new InputError($"position {position} is outside a sequence of {T}");
         var normBias = FinalNorm.Bias(model);
         int n = ResidualDecomposition.ComponentCount(model, cache), fields = n + 2;
-        var table = pass.Table(B * fields);
-        var stacked = be.Empty(n, D);
-        var error = be.Empty(D);
+        var table = pass.Table(B * fields); // [batch, n components + pre-cap logit diff + squared decomposition error]
+        var stacked = be.Empty(n, D); // [component, d_model]
+        var error = be.Empty(D); // [d_model]
         var squared = be.Empty(D);
         var maxIndex = be.Empty(1);
         var normalized = hasNorm ? cache[HookNames.FinalNormalized] : cache[HookNames.ResidPost(L - 1)];

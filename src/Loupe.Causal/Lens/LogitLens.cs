@@ -152,14 +152,14 @@ public static class LogitLens
         var pass = new DeviceLens.Pass(model, tokens, hooks);
         var cache = pass.Cache;
         long at = (long)row * T + p;
-        var stacked = be.Empty(S, D);
+        var stacked = be.Empty(S, D); // [stage, d_model]
         for (int stage = 0; stage < S; stage++) be.CopyRows(cache[StageHook(stage, L)], at * D, D, stacked, (long)stage * D, D, 1, D);
         var frozen = scale == LensScale.Frozen && DeviceLens.HasNorm(model) ? DeviceLens.FrozenScale(model, cache, at, S, perRow: false) : null;
-        var logits = DeviceLens.Unembed(model, DeviceLens.FinalNorm(model, stacked, S, frozen, withBias: true), S);
+        var logits = DeviceLens.Unembed(model, DeviceLens.FinalNorm(model, stacked, S, frozen, withBias: true), S); // [stage, d_vocab_out]
 
-        var table = pass.Table(S * StageFields);
+        var table = pass.Table(S * StageFields); // [stage, field]
         be.CopyRows(logits, answer, V, table, 0, StageFields, S, 1);
-        var logProbs = be.Empty(S, V);
+        var logProbs = be.Empty(S, V); // [stage, d_vocab_out]
         be.LogSoftmaxRows(logits, S, V, logProbs);
         be.CopyRows(logProbs, answer, V, table, 1, StageFields, S, 1);
         if (wrong is int w) be.CopyRows(logits, w, V, table, 3, StageFields, S, 1);
@@ -198,10 +198,10 @@ public static class LogitLens
         var cache = pass.Cache;
         var frozen = scale == LensScale.Frozen && DeviceLens.HasNorm(model) ? DeviceLens.FrozenScale(model, cache, (long)row * T, T, perRow: true) : null;
         var table = pass.Table(S * 3 * T); // [stage][top token, top prob, final top prob][position]
-        var probs = be.Empty(T, V);
+        var probs = be.Empty(T, V); // [pos, d_vocab_out], as are the one-hot rows
         var oneHot = be.Empty(T, V);
         var finalOneHot = be.Empty(T, V);
-        var ones = be.Empty(T, 1);
+        var ones = be.Empty(T, 1); // [pos, 1]
         be.Fill(ones, 1f);
         var topValue = be.Empty(T, 1);
         var topIndex = be.Empty(T, 1);
@@ -233,7 +233,7 @@ public static class LogitLens
         {
             Scale = scale,
             Labels = [.. Enumerable.Range(0, S).Select(stage => StageLabel(stage, L))],
-            FinalTopToken = topToken[L],
+            FinalTopToken = [.. topToken[L]],
             TopToken = topToken,
             TopProb = topProb,
             FinalTopProb = finalTopProb,

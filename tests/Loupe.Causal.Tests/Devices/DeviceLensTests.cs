@@ -39,13 +39,16 @@ public sealed class DeviceLensTests(DeviceLensTests.Emulated device) : IClassFix
         Assert.True(Math.Abs(expected - actual) <= 1e-4 * Math.Abs(expected) + 1e-7, $"{what}: cpu {expected}, device {actual}");
 
     [Theory]
-    [InlineData("gpt2")]
-    [InlineData("llama")]
-    [InlineData("gemma2")]
-    public void TheLensesOnTheDeviceGiveTheCpusNumbers(string arch)
+    [InlineData("gpt2", false)]
+    [InlineData("gpt2", true)] // TransformerLens's weight processing: the final norm folded into W_U (no weight, no bias)
+    [InlineData("llama", false)]
+    [InlineData("gemma2", false)]
+    public void TheLensesOnTheDeviceGiveTheCpusNumbers(string arch, bool processed)
     {
-        using var cpu = TestInputs.Fixture(arch);
-        using var gpu = ModelLoader.LoadFolder(SharedData.TestData(Path.Combine("reference", arch)), device.Backend);
+        string folder = SharedData.TestData(Path.Combine("reference", arch));
+        var processing = processed ? Loupe.Models.Processing.WeightProcessing.TransformerLensDefaults : null;
+        using var cpu = ModelLoader.LoadFolder(folder, processing: processing);
+        using var gpu = ModelLoader.LoadFolder(folder, device.Backend, processing);
         var tokens = Tokens();
 
         // DLA, both rows, one logit difference (the W_U columns) and one direction given as numbers.
