@@ -146,9 +146,11 @@ public class FeatureBrowserTests(ITestOutputHelper output)
         await page.GetByTestId("steer-kind").SelectOptionAsync(new SelectOptionValue { Label = (await page.GetByTestId("steer-kind").Locator("option").Last.InnerTextAsync()).Trim() });
         await page.GetByTestId("steer-n").FillAsync("200");
         await page.GetByTestId("steer-run").ClickAsync();
-        await page.GetByTestId("steer-stop").ClickAsync(); // at once: this small model finishes 2 × 200 tokens in well under a second
-        // The model may finish both continuations before the click lands (a race on a loaded machine): then the stream
-        // reports it done instead; either way it has ended and the page says which.
+        // At once: this small model finishes 2 × 200 tokens in well under a second, so on a fast machine both continuations
+        // may end before the click lands and Stop is disabled again. Force skips Playwright's wait for an enabled button
+        // (a click on a disabled one does nothing); either way the run ends and the page says which.
+        await page.GetByTestId("steer-stop").ClickAsync(new LocatorClickOptions { Force = true });
+        await page.WaitForFunctionAsync("() => { const t = document.querySelector('[data-testid=steer-status]').textContent; return t.includes('stopped') || t.startsWith('done:'); }");
         string status = await page.GetByTestId("steer-status").InnerTextAsync();
         Assert.True(status.Contains("stopped") || status.Contains("done: 200 unsteered and 200 steered"), status);
         // A short persona run to the end shows each side's persona projection, as `loupe persona` scores it.
