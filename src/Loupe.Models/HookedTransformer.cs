@@ -463,16 +463,14 @@ public abstract class HookedTransformer : IDisposable
     {
         var be = ctx.Backend;
         int B = tokens.Batch, T = tokens.Length, D = Config.DModel;
-        var embed = be.Empty(B, T, D);
+        var embed = ctx.Scratch(B, T, D);
         be.Embedding(_embedding.On(be)!, D, tokens.Ids, Config.EmbedScale, embed);
         embed = ctx.Hook(HookNames.Embed, -1, embed);
         if (WPos.IsEmpty) return embed;
-        var pos = be.Empty(B, T, D);
+        var pos = ctx.Scratch(B, T, D);
         be.Embedding(_positions.On(be)!, D, ctx.Positions, 1f, pos);
         pos = ctx.Hook(HookNames.PosEmbed, -1, pos);
-        var resid = be.Empty(B, T, D);
-        be.Add(embed, pos, resid);
-        return resid;
+        return SumReleasing(ctx, embed, pos);
     }
 
     /// <summary>
@@ -485,17 +483,34 @@ public abstract class HookedTransformer : IDisposable
         var names = attn.Names;
         residPre = ctx.Hook(names.ResidPre, l, residPre);
         // hook_attn_out is exactly what is added to the residual stream.
-        var attnOut = ctx.Hook(names.AttnOut, l, attn.Forward(ctx, ln1.Forward(ctx, l, residPre)));
-        if (mlp is null) return ctx.Hook(names.ResidPost, l, Sum(ctx, residPre, attnOut));
-        var residMid = ctx.Hook(names.ResidMid, l, Sum(ctx, residPre, attnOut));
-        var mlpOut = ctx.Hook(names.MlpOut, l, mlp.Forward(ctx, ln2!.Forward(ctx, l, residMid)));
-        return ctx.Hook(names.ResidPost, l, Sum(ctx, residMid, mlpOut));
+        var attnOut = ctx.Hook(names.AttnOut, l, SubLayer(ctx, residPre, ln1.Forward(ctx, l, residPre), attn.Forward));
+        if (mlp is null) return ctx.Hook(names.ResidPost, l, SumReleasing(ctx, residPre, attnOut));
+        var residMid = ctx.Hook(names.ResidMid, l, SumReleasing(ctx, residPre, attnOut));
+        var mlpOut = ctx.Hook(names.MlpOut, l, SubLayer(ctx, residMid, ln2!.Forward(ctx, l, residMid), mlp.Forward));
+        return ctx.Hook(names.ResidPost, l, SumReleasing(ctx, residMid, mlpOut));
+    }
+
+    /// <summary>Runs <paramref name="layer"/> on <paramref name="normed"/> (the norm of the stream), then releases <paramref name="normed"/> unless it is the stream itself (a norm of kind None).</summary>
+    protected static Tensor SubLayer(ForwardContext ctx, Tensor resid, Tensor normed, Func<ForwardContext, Tensor, Tensor> layer)
+    {
+        var output = layer(ctx, normed);
+        if (!ReferenceEquals(normed, resid)) ctx.Release(normed);
+        return output;
+    }
+
+    /// <summary><c>a + b</c> into a new tensor, after which both addends are released (dead unless a hook point exposed them).</summary>
+    protected static Tensor SumReleasing(ForwardContext ctx, Tensor a, Tensor b)
+    {
+        var y = Sum(ctx, a, b);
+        ctx.Release(a);
+        ctx.Release(b);
+        return y;
     }
 
     /// <summary><c>a + b</c> into a new tensor (residual additions never write into a hooked tensor).</summary>
     protected static Tensor Sum(ForwardContext ctx, Tensor a, Tensor b)
     {
-        var y = ctx.Backend.Empty(a.Shape.ToArray());
+        var y = ctx.Scratch(a.Shape.ToArray());
         ctx.Backend.Add(a, b, y);
         return y;
     }
@@ -505,6 +520,16 @@ public abstract class HookedTransformer : IDisposable
     {
         var y = Sum(ctx, a, b);
         ctx.Backend.Add(y, c, y);
+        return y;
+    }
+
+    /// <summary><c>a + b + c</c> into a new tensor, after which the addends are released.</summary>
+    protected static Tensor SumReleasing(ForwardContext ctx, Tensor a, Tensor b, Tensor c)
+    {
+        var y = Sum(ctx, a, b, c);
+        ctx.Release(a);
+        ctx.Release(b);
+        ctx.Release(c);
         return y;
     }
 

@@ -108,12 +108,12 @@ public sealed class Gemma2Model : HookedTransformer
         // stream, so hook_attn_out / hook_mlp_out (what is added) come after ln1_post / ln2_post.
         var names = _attn[l].Names;
         residPre = ctx.Hook(names.ResidPre, l, residPre);
-        var attn = _attn[l].Forward(ctx, _ln1[l].Forward(ctx, l, residPre));
-        var attnOut = ctx.Hook(names.AttnOut, l, _ln1Post[l].Forward(ctx, l, attn));
-        var residMid = ctx.Hook(names.ResidMid, l, Sum(ctx, residPre, attnOut));
-        var mlp = _mlp[l].Forward(ctx, _ln2[l].Forward(ctx, l, residMid));
-        var mlpOut = ctx.Hook(names.MlpOut, l, _ln2Post[l].Forward(ctx, l, mlp));
-        return ctx.Hook(names.ResidPost, l, Sum(ctx, residMid, mlpOut));
+        var attn = SubLayer(ctx, residPre, _ln1[l].Forward(ctx, l, residPre), _attn[l].Forward);
+        var attnOut = ctx.Hook(names.AttnOut, l, ctx.Replacing(attn, _ln1Post[l].Forward(ctx, l, attn)));
+        var residMid = ctx.Hook(names.ResidMid, l, SumReleasing(ctx, residPre, attnOut));
+        var mlp = SubLayer(ctx, residMid, _ln2[l].Forward(ctx, l, residMid), _mlp[l].Forward);
+        var mlpOut = ctx.Hook(names.MlpOut, l, ctx.Replacing(mlp, _ln2Post[l].Forward(ctx, l, mlp)));
+        return ctx.Hook(names.ResidPost, l, SumReleasing(ctx, residMid, mlpOut));
     }
 
     protected override Tensor BlockBackward(int l, ForwardContext ctx, Tensor dResidPost)

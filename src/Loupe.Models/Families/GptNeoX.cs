@@ -91,9 +91,9 @@ public sealed class GptNeoXModel : HookedTransformer
         // Parallel residual: both branches read resid_pre; there is no resid_mid.
         var names = _attn[l].Names;
         residPre = ctx.Hook(names.ResidPre, l, residPre);
-        var attnOut = ctx.Hook(names.AttnOut, l, _attn[l].Forward(ctx, _ln1[l].Forward(ctx, l, residPre)));
-        var mlpOut = ctx.Hook(names.MlpOut, l, _mlp[l].Forward(ctx, _ln2[l].Forward(ctx, l, residPre)));
-        return ctx.Hook(names.ResidPost, l, Sum(ctx, residPre, attnOut, mlpOut));
+        var attnOut = ctx.Hook(names.AttnOut, l, SubLayer(ctx, residPre, _ln1[l].Forward(ctx, l, residPre), _attn[l].Forward));
+        var mlpOut = ctx.Hook(names.MlpOut, l, SubLayer(ctx, residPre, _ln2[l].Forward(ctx, l, residPre), _mlp[l].Forward));
+        return ctx.Hook(names.ResidPost, l, SumReleasing(ctx, residPre, attnOut, mlpOut));
     }
 
     protected override Tensor BlockBackward(int l, ForwardContext ctx, Tensor dResidPost)

@@ -27,6 +27,14 @@ public sealed class ForwardContext
     readonly Dictionary<string, Tensor> _pendingInputGradient = new(StringComparer.Ordinal);
     readonly IReadOnlyList<IHookSplice>? _modelSplices;
 
+    // Scratch storage of this pass. A tensor the forward pass made with Scratch that no hook point exposed (no hook, cache,
+    // or splice asked for it) and no backward pass keeps is dead once the layer that reads it ran; its storage then serves
+    // the next request of the same length (usually the next layer's same tensor). A pass so allocates about one layer's
+    // activations instead of every layer's — a batch-8 GPT-2 forward allocated 1.16 GB, every array on the large-object
+    // heap, freshly paged in by the kernel each time — and on a GPU it skips most device allocations.
+    readonly Dictionary<long, Stack<TensorStorage>> _free = [];
+    readonly HashSet<TensorStorage> _ownScratch = new(ReferenceEqualityComparer.Instance);
+
     internal ForwardContext(IComputeBackend backend, RunOptions options, int batch, int length, int[] positions, bool[]? keyValid, KvCache? kvCache, int generationStep,
         int[]? tokenIds = null, IReadOnlyList<IHookSplice>? modelSplices = null)
     {
@@ -109,6 +117,47 @@ public sealed class ForwardContext
     public T Restore<T>(object layer) where T : class =>
         Saved is { } saved && saved.TryGetValue(layer, out var state) ? (T)state
             : throw new InvalidOperationException($"{layer.GetType().Name} has no saved state: the forward pass did not record for backward");
+
+    /// <summary>
+    /// An uninitialised tensor for this pass's intermediate values, possibly reusing the storage of one
+    /// <see cref="Release"/>d earlier in the pass. With a backward pass to follow every tensor may be saved, so then it is
+    /// always fresh.
+    /// </summary>
+    public Tensor Scratch(params int[] shape)
+    {
+        if (RecordsForBackward) return Backend.Empty(shape);
+        if (_free.TryGetValue(ShapeUtil.Product(shape), out var free) && free.TryPop(out var storage))
+        {
+            _ownScratch.Add(storage);
+            return new Tensor(storage, shape);
+        }
+        var fresh = Backend.Empty(shape);
+        _ownScratch.Add(fresh.Storage);
+        return fresh;
+    }
+
+    /// <summary>
+    /// Declares that the caller no longer reads <paramref name="tensor"/>: its storage is reused by a later
+    /// <see cref="Scratch"/> if it came from one and no hook point exposed it (a hook, a cache or a splice may keep what it
+    /// saw, so those are never reused). Anything else — weights, a caller's tensor, a hook's replacement — is left alone.
+    /// </summary>
+    /// <remarks>The caller must not pass a tensor that another live name still refers to (e.g. a norm of kind None returns its input).</remarks>
+    public void Release(Tensor? tensor)
+    {
+        if (tensor is null || !_ownScratch.Remove(tensor.Storage)) return;
+        if (!_free.TryGetValue(tensor.Storage.Length, out var free)) _free[tensor.Storage.Length] = free = new();
+        free.Push(tensor.Storage);
+    }
+
+    /// <summary>
+    /// Returns <paramref name="next"/>, computed from <paramref name="previous"/>, after releasing <paramref name="previous"/>
+    /// (see <see cref="Release"/>) unless the two are the same tensor (a norm of kind None, a hook that kept its input).
+    /// </summary>
+    public Tensor Replacing(Tensor previous, Tensor next)
+    {
+        if (!ReferenceEquals(previous, next)) Release(previous);
+        return next;
+    }
 
     /// <summary>Whether a gradient is asked for at this hook point (recorded or hooked).</summary>
     public bool WantsGradient(string name) =>
@@ -213,6 +262,7 @@ public sealed class ForwardContext
         if (s_debug) Debug(name, activation);
         if (ChecksFinite) ThrowIfNonFinite(name, activation, afterHooks: false);
         if (!Wants(name)) return activation;
+        _ownScratch.Remove(activation.Storage); // seen by a hook, a cache or a splice: it may be kept, so it is never reused
         if (_options.Hooks.TryGetValue(name, out var hooks))
         {
             var context = new HookContext(name, layer, PositionOffset, GenerationStep);

@@ -85,26 +85,22 @@ public sealed class AttentionLayer
         var be = ctx.Backend;
         int B = x.Dim(0), T = x.Dim(1), D = x.Dim(2), rows = B * T;
         int qWidth = NHeads * DHead;
-        var q = be.Empty(B, T, NHeads, DHead);
-        var k = be.Empty(B, T, NKvHeads, DHead);
-        var v = be.Empty(B, T, NKvHeads, DHead);
-        Project(be, x, rows, q, k, v);
+        var q = ctx.Scratch(B, T, NHeads, DHead);
+        var k = ctx.Scratch(B, T, NKvHeads, DHead);
+        var v = ctx.Scratch(B, T, NKvHeads, DHead);
+        Project(ctx, x, rows, q, k, v);
         q = ctx.Hook(Names.Q, Layer, q);
         k = ctx.Hook(Names.K, Layer, k);
         v = ctx.Hook(Names.V, Layer, v);
         // Qwen3: each head's q and k are RMS-normalised (over d_head) before rotary; hook_q/hook_k stay the projections.
-        if (QNorm is not null) q = QNorm.Forward(ctx, Layer, q);
-        if (KNorm is not null) k = KNorm.Forward(ctx, Layer, k);
+        if (QNorm is not null) q = ctx.Replacing(q, QNorm.Forward(ctx, Layer, q));
+        if (KNorm is not null) k = ctx.Replacing(k, KNorm.Forward(ctx, Layer, k));
         if (Rotary is not null)
         {
             // hook_q/hook_k see the projections; hook_rot_q/hook_rot_k what enters the dot product.
-            q = q.Clone();
             var rotary = RotaryFor(ctx);
-            be.Rotary(rotary, q, rows, NHeads, DHead, ctx.Positions);
-            q = ctx.Hook(Names.RotQ, Layer, q);
-            k = k.Clone();
-            be.Rotary(rotary, k, rows, NKvHeads, DHead, ctx.Positions);
-            k = ctx.Hook(Names.RotK, Layer, k);
+            q = ctx.Hook(Names.RotQ, Layer, Rotated(ctx, rotary, q, rows, NHeads));
+            k = ctx.Hook(Names.RotK, Layer, Rotated(ctx, rotary, k, rows, NKvHeads));
         }
 
         // Keys and values: this pass's, or the KV cache's with this pass's appended.
@@ -131,15 +127,17 @@ public sealed class AttentionLayer
             mask = mask with { KeyValid = compact };
         }
         var shape = new AttentionShape(B, T, keyLen, NHeads, NKvHeads, DHead, capacity);
-        var scores = be.Empty(B, NHeads, T, keyLen);
+        var scores = ctx.Scratch(B, NHeads, T, keyLen);
         be.AttentionScores(q, keys, shape, Scale, mask, scores);
         scores = ctx.Hook(Names.AttnScores, Layer, scores);
-        var pattern = be.Empty(B, NHeads, T, keyLen);
+        var pattern = ctx.Scratch(B, NHeads, T, keyLen);
         be.SoftmaxRows(scores, B * NHeads * T, keyLen, pattern);
         pattern = ctx.Hook(Names.Pattern, Layer, pattern);
-        var z = be.Empty(B, T, NHeads, DHead);
+        var z = ctx.Scratch(B, T, NHeads, DHead);
         be.AttentionApply(pattern, values, shape, z);
         z = ctx.Hook(Names.Z, Layer, z);
+        // Dead from here on unless saved for a backward pass (then Release keeps them: nothing is reused).
+        foreach (var dead in new[] { q, k, v, scores, pattern }) ctx.Release(dead);
 
         bool perHead = ctx.Wants(Names.Result);
         if (ctx.RecordsForBackward)
@@ -147,7 +145,7 @@ public sealed class AttentionLayer
             if (ctx.KvCache is not null) throw new NotSupportedException("backward passes through a KV cache are not supported; run the full sequence instead");
             ctx.Save(this, new Saved(q, k, v, SoftCap > 0 ? scores : null, pattern, perHead));
         }
-        var output = be.Empty(B, T, D);
+        var output = ctx.Scratch(B, T, D);
         if (perHead)
         {
             // Per-head outputs z_h·W_O[h]; their sum plus b_O is the attention output.
@@ -167,7 +165,18 @@ public sealed class AttentionLayer
         {
             O.Forward(be, z, rows, output);
         }
+        ctx.Release(z);
         return output;
+    }
+
+    /// <summary>A rotated copy of q or k (the unrotated one is hooked separately and stays as it is).</summary>
+    Tensor Rotated(ForwardContext ctx, RotaryTable rotary, Tensor x, int rows, int heads)
+    {
+        var rotated = ctx.Scratch(x.Shape.ToArray());
+        ctx.Backend.CopyRows(x, 0, x.Length, rotated, 0, x.Length, 1, x.Length);
+        ctx.Backend.Rotary(rotary, rotated, rows, heads, DHead, ctx.Positions);
+        ctx.Release(x);
+        return rotated;
     }
 
     /// <summary>What the backward pass needs: q and k as they entered the dot product (after rotary), v, the pattern, and the capped scores when soft-capping.</summary>
@@ -261,8 +270,9 @@ public sealed class AttentionLayer
         return Rotary.ForLength(last + 1);
     }
 
-    void Project(IComputeBackend be, Tensor x, int rows, Tensor q, Tensor k, Tensor v)
+    void Project(ForwardContext ctx, Tensor x, int rows, Tensor q, Tensor k, Tensor v)
     {
+        var be = ctx.Backend;
         if (Qkv is null)
         {
             Q!.Forward(be, x, rows, q);
@@ -270,9 +280,10 @@ public sealed class AttentionLayer
             V!.Forward(be, x, rows, v);
             return;
         }
-        var fused = be.Empty(rows, Qkv.DOut);
+        var fused = ctx.Scratch(rows, Qkv.DOut);
         Qkv.Forward(be, x, rows, fused);
         CopyFused(be, fused, rows, q, k, v, toFused: false);
+        ctx.Release(fused);
     }
 
     /// <summary>

@@ -32,15 +32,15 @@ public sealed class MlpLayer
     {
         var be = ctx.Backend;
         int B = x.Dim(0), T = x.Dim(1), rows = B * T, dMlp = In.DOut;
-        var pre = be.Empty(B, T, dMlp);
+        var pre = ctx.Scratch(B, T, dMlp);
         (Gate ?? In).Forward(be, x, rows, pre);
         pre = ctx.Hook(Names.MlpPre, Layer, pre);
-        var post = be.Empty(B, T, dMlp);
+        var post = ctx.Scratch(B, T, dMlp);
         be.Activation(Activation, pre, post);
         Tensor? linearSaved = null;
         if (Gate is not null)
         {
-            var linear = be.Empty(B, T, dMlp);
+            var linear = ctx.Scratch(B, T, dMlp);
             In.Forward(be, x, rows, linear);
             linear = ctx.Hook(Names.MlpPreLinear, Layer, linear);
             be.Multiply(post, linear, post);
@@ -48,8 +48,11 @@ public sealed class MlpLayer
         }
         post = ctx.Hook(Names.MlpPost, Layer, post);
         ctx.Save(this, new Saved(pre, linearSaved));
-        var output = be.Empty(B, T, Out.DOut);
+        ctx.Release(pre);
+        ctx.Release(linearSaved);
+        var output = ctx.Scratch(B, T, Out.DOut);
         Out.Forward(be, post, rows, output);
+        ctx.Release(post);
         return output;
     }
 

@@ -68,7 +68,7 @@ public sealed class Norm
         if (Kind == NormKind.None) return x;
         var be = ctx.Backend;
         int d = x.Dim(-1), rows = x.Length / d;
-        var y = be.Empty(x.Shape.ToArray());
+        var y = ctx.Scratch(x.Shape.ToArray());
         // One scale per normalised vector: [batch, pos, 1], or [batch, pos, head, 1] for a per-head norm.
         var scaleShape = x.Shape.ToArray();
         scaleShape[^1] = 1;
