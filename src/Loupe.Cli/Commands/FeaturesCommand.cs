@@ -88,7 +88,8 @@ static class FeaturesCommand
                 Seed = parse.GetValue(seed),
             };
             options.Validate();
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            // On a device the dictionary encodes there and only the nonzero feature activations come back per batch.
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             FeatureDashboardBuilder.ResolveHook(m, config, options.Hook); // fail on a bad hook before tokenizing
             int seedValue = parse.GetValue(seed);
             int size = parse.GetValue(contextSize) ?? Math.Min(config.ContextSize, m.Config.NCtx);

@@ -30,11 +30,13 @@ static class HarvestCommand
             "Memory stays bounded (one shard at a time); a killed harvest resumes after its last complete shard when run again.\n\n" +
             "Examples:\n" +
             "  loupe harvest --model ../shared/models/stories260K --source brown:../shared/datasets/brown-corpus --hooks blocks.2.hook_resid_post --out acts/\n" +
-            "  loupe harvest --model ../shared/models/stories260K --source generate:2000 --hooks \"blocks.1.ln2.hook_normalized,blocks.1.hook_mlp_out\" --out tc/")
+            "  loupe harvest --model ../shared/models/stories260K --source generate:2000 --hooks \"blocks.1.ln2.hook_normalized,blocks.1.hook_mlp_out\" --out tc/\n" +
+            "  loupe harvest --model ../shared/models/stories260K --source generate:200 --hooks blocks.2.hook_resid_post --device cuda --out acts/")
         { model, source, hooks, contextSize, maxContexts, seed, batchSize, shardTokens, keepBos, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            // On a device each batch's cache stays there and only the rows written to a shard cross to the host.
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             int seedValue = parse.GetValue(seed);
             var text = ParseSource(m, parse.GetValue(source)!, seedValue);
             var selected = CliSupport.SelectHooks(m, parse.GetValue(hooks)!);

@@ -56,7 +56,8 @@ static class ProbeCommand
             var corpus = BrownCorpus.Open(corpusFolder);
             corpus.FileIds(cats);
 
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            // The model runs where --device says (only the labelled tokens' activations come back); the probes train on the host.
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             CliSupport.SelectHooks(m, settings.Hooks); // a pattern that matches nothing fails before the corpus is read
             PosProbeResult? result = null;
             CliSupport.Status.Progress().AutoClear(true)

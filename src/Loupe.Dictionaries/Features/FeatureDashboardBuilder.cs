@@ -127,6 +127,8 @@ public static class FeatureDashboardBuilder
         Check.Product("argument", "--bins × d_sae", Array.MaxLength, B, dSae);
         Check.Product("argument", "--quantiles × d_sae", Array.MaxLength, Q, dSae);
         Check.Product("argument", "--batch-size × context size", Array.MaxLength, o.BatchSize, n);
+        var be = model.Backend;
+        var device = be.Device.IsCpu ? null : new DeviceSaeEncoder(be, dictionary);
         var top = new TopKTracker(dSae, o.TopK, W);
         var samples = new ReservoirSampler(dSae * Q, o.QuantileSamples, W, o.Seed);
         var nActive = new long[dSae];          // [d_sae]
@@ -136,13 +138,15 @@ public static class FeatureDashboardBuilder
         long stateBytes = (long)dSae * (o.TopK + Q * o.QuantileSamples) * (W * 4L + 12) + histogram.LongLength * 8 + dSae * 20L;
         long tokens = (long)contexts.Count * (n - first);
 
+        // The batch's activations are sparse rows of the positions first..n−1 of each context: (context i, position p) is row i·(n − first) + p − first.
+        int rowsPerContext = n - first;
         // Feature activations over a ±window around (context row i of the batch, position p), 0 outside the context and at a skipped BOS.
-        void FillWindow(Span<float> dest, float[] acts, int i, int p, int f)
+        void FillWindow(Span<float> dest, SparseActivations acts, int i, int p, int f)
         {
             for (int j = 0; j < W; j++)
             {
                 int q = p - o.Window + j;
-                dest[j] = q < first || q >= n ? 0f : acts[(i * n + q) * dSae + f];
+                dest[j] = q < first || q >= n ? 0f : acts.Get(i * rowsPerContext + q - first, f);
             }
         }
 
@@ -152,10 +156,11 @@ public static class FeatureDashboardBuilder
             for (int i = 0; i < b; i++)
                 for (int p = first; p < n; p++)
                 {
-                    var row = acts.AsSpan((i * n + p) * dSae, dSae);
-                    for (int f = 0; f < row.Length; f++)
+                    int row = i * rowsPerContext + p - first;
+                    for (int e = acts.RowStart[row]; e < acts.RowStart[row + 1]; e++)
                     {
-                        float a = row[f];
+                        int f = acts.Feature[e];
+                        float a = acts.Value[e];
                         if (!(a > 0))
                         {
                             if (float.IsNaN(a)) throw new InputError($"feature {f} is NaN at context {c0 + i}, position {p}: the activations at '{hook}' or the dictionary's weights hold NaN or ∞");
@@ -180,10 +185,11 @@ public static class FeatureDashboardBuilder
             for (int i = 0; i < b; i++)
                 for (int p = first; p < n; p++)
                 {
-                    var row = acts.AsSpan((i * n + p) * dSae, dSae);
-                    for (int f = 0; f < row.Length; f++)
+                    int row = i * rowsPerContext + p - first;
+                    for (int e = acts.RowStart[row]; e < acts.RowStart[row + 1]; e++)
                     {
-                        float a = row[f];
+                        int f = acts.Feature[e];
+                        float a = acts.Value[e];
                         if (!(a > 0) || max[f] == 0) continue; // max 0: pass 1 saw no activity (float noise)
                         histogram[f * B + ActivationBins.Of(a, max[f], B)]++;
                         int slot = samples.Offer(f * Q + ActivationBins.Of(a, max[f], Q), a, c0 + i, p);
@@ -250,8 +256,9 @@ public static class FeatureDashboardBuilder
         int dead = nActive.Count(c => c == 0);
         return new FeatureBuildSummary(Path.GetFullPath(outputPath), hook, dSae, tokens, dead, storedContexts, examples, stateBytes, clock.Elapsed.TotalSeconds);
 
-        // One pass over every context: forward, read the hook, encode; visit(acts [b·n, d_sae], first context, b).
-        void RunPass(string stage, Action<float[], int, int> visit)
+        // One pass over every context: forward, read the hook, encode; visit(nonzero acts of rows [b·(n − first)], first context, b).
+        // On a device the hook stays there: its rows past BOS are encoded there and only the nonzero activations come out.
+        void RunPass(string stage, Action<SparseActivations, int, int> visit)
         {
             var passClock = Stopwatch.StartNew();
             var ids = new int[o.BatchSize * n]; // [batch, pos]
@@ -264,7 +271,25 @@ public static class FeatureDashboardBuilder
                 var result = model.Run(batch, new RunOptions { CacheFilter = h => h == hook, LastPositionLogitsOnly = true });
                 var x = result.Cache[hook]; // [batch, pos, d_in] (trailing axes flattened)
                 if (x.Length != b * n * width) throw new InvalidOperationException($"hook '{hook}' gave {x.ShapeString}; expected [{b}, {n}, {width}]");
-                var acts = dictionary.Encode(x.Span, b * n); // [batch·pos, d_sae]
+                SparseActivations acts;
+                if (x.IsHost)
+                {
+                    var dense = dictionary.Encode(x.Span, b * n); // [batch·pos, d_sae]
+                    acts = SparseActivations.FromDense(dense, b, n, first, dSae);
+                }
+                else
+                {
+                    int rows = b * rowsPerContext;
+                    var packed = x; // [batch·(n − first), d_in]
+                    if (first > 0)
+                    {
+                        packed = be.Empty(rows, width);
+                        be.CopyRows(x, (long)first * width, n * width, packed, 0, rowsPerContext * width, b, rowsPerContext * width);
+                    }
+                    acts = device!.EncodeSparse(packed, rows, (row, f, a) => throw new InputError(float.IsNaN(a)
+                        ? $"feature {f} is NaN at context {c0 + row / rowsPerContext}, position {row % rowsPerContext + first}: the activations at '{hook}' or the dictionary's weights hold NaN or ∞"
+                        : $"feature {f} is +∞ at context {c0 + row / rowsPerContext}, position {row % rowsPerContext + first}: the activations at '{hook}' or the dictionary's weights overflow"));
+                }
                 visit(acts, c0, b);
                 long done = (long)(c0 + b) * (n - first);
                 progress?.Report(new FeatureBuildProgress(stage, done, tokens, done / Math.Max(passClock.Elapsed.TotalSeconds, 1e-9)));

@@ -3,6 +3,8 @@ using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
 using Loupe.Reports;
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Dictionaries.Harvest;
 
@@ -26,7 +28,8 @@ public readonly record struct HarvestProgress(long TokensDone, long TotalTokens,
 ///    only the requested hooks, and copy rows into the shard's buffers <c>[tokens_in_shard, d]</c>;
 /// 4. write <c>shard-NNNNN.safetensors</c> (atomically: temp + rename), then the manifest (atomically).
 /// Shard boundaries depend only on the settings, so a resumed harvest is byte-identical to an
-/// uninterrupted one. Memory: one shard's buffers plus one batch's cache.
+/// uninterrupted one. Memory: one shard's buffers plus one batch's cache. On a device model the cache stays
+/// there and each batch copies out exactly the rows written (BOS left out on the device).
 /// </summary>
 public static class Harvester
 {
@@ -135,12 +138,7 @@ public static class Harvester
                     int d = dims[options.Hooks[h]];
                     if (tensor.Length != b * contexts.ContextSize * d)
                         throw new InvalidOperationException($"hook '{options.Hooks[h]}' gave {tensor.ShapeString}; expected [{b}, {contexts.ContextSize}, {d}]");
-                    var act = tensor.Span; // [batch, pos, d] (trailing axes flattened into d)
-                    for (int i = 0; i < b; i++)
-                    {
-                        var src = act.Slice((i * contexts.ContextSize + skip) * d, rowsPerContext * d);
-                        src.CopyTo(buffers[h].AsSpan((c0 + i) * rowsPerContext * d));
-                    }
+                    CopyRowsOut(model.Backend, tensor, b, contexts.ContextSize, skip, d, buffers[h].AsSpan(c0 * rowsPerContext * d, b * rowsPerContext * d));
                 }
                 for (int i = 0; i < b; i++)
                     for (int p = 0; p < rowsPerContext; p++)
@@ -167,5 +165,30 @@ public static class Harvester
             AtomicFile.WriteJson(Path.Combine(outputFolder, HarvestManifest.FileName), manifest);
         }
         return manifest;
+    }
+
+    /// <summary>
+    /// Positions <c>skip..n−1</c> of every context of a cached activation <c>[batch, n, d]</c> (trailing axes flattened
+    /// into d) into <paramref name="destination"/> <c>[batch·(n − skip), d]</c>. On a device the rows are packed there
+    /// first, so exactly the rows written cross to the host, in one copy.
+    /// </summary>
+    internal static void CopyRowsOut(IComputeBackend backend, Tensor activation, int batch, int n, int skip, int d, Span<float> destination)
+    {
+        int rowsPerContext = n - skip;
+        if (activation.IsHost)
+        {
+            var act = activation.Span; // [batch, pos, d]
+            for (int i = 0; i < batch; i++)
+                act.Slice((i * n + skip) * d, rowsPerContext * d).CopyTo(destination[(i * rowsPerContext * d)..]);
+            return;
+        }
+        if (skip == 0)
+        {
+            activation.CopyTo(destination);
+            return;
+        }
+        var packed = backend.Empty(batch * rowsPerContext, d); // [batch·(n − skip), d]
+        backend.CopyRows(activation, (long)skip * d, n * d, packed, 0, rowsPerContext * d, batch, rowsPerContext * d);
+        packed.CopyTo(destination);
     }
 }

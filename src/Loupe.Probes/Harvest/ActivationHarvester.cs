@@ -2,6 +2,8 @@ using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Probes.Alignment;
 using Loupe.Probes.Corpus;
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Probes.Harvest;
 
@@ -75,6 +77,24 @@ public static class ActivationHarvester
             var batchSentences = order.AsSpan(start, Math.Min(options.BatchSize, order.Length - start)).ToArray();
             var batch = TokenBatch.FromRows(batchSentences.Select(s => sentences[s].Tokens).ToArray(), padId, PaddingSide.Right);
             var run = model.Run(batch, new RunOptions { CacheFilter = wanted.Contains, LastPositionLogitsOnly = true });
+            // The labelled tokens' rows of [batch·pos, …] and their slots; on a device only these rows cross to the host.
+            var rows = new List<int>();
+            var slots = new List<int>();
+            for (int b = 0; b < batchSentences.Length; b++)
+            {
+                var sentence = sentences[batchSentences[b]];
+                int slot = offsets[batchSentences[b]];
+                for (int t = 0; t < sentence.Tokens.Length; t++)
+                {
+                    if (sentence.Labels[t] < 0) continue;
+                    rows.Add(b * batch.Length + t);
+                    slots.Add(slot);
+                    labels[slot] = sentence.Labels[t];
+                    sentenceOf[slot] = batchSentences[b];
+                    positions[slot] = t;
+                    slot++;
+                }
+            }
             for (int h = 0; h < hooks.Count; h++)
             {
                 var activation = run.Cache[hooks[h]];
@@ -86,29 +106,34 @@ public static class ActivationHarvester
                     widths[h] = width;
                     features[h] = new float[(long)count * width <= Array.MaxLength ? count * width : throw new InputError($"{count} examples × width {width} at '{hooks[h]}' do not fit in one array; use fewer sentences")];
                 }
-                var src = activation.Span;
-                for (int b = 0; b < batchSentences.Length; b++)
-                {
-                    var sentence = sentences[batchSentences[b]];
-                    int slot = offsets[batchSentences[b]];
-                    for (int t = 0; t < sentence.Tokens.Length; t++)
-                    {
-                        if (sentence.Labels[t] < 0) continue;
-                        src.Slice((b * batch.Length + t) * width, width).CopyTo(features[h].AsSpan(slot * width, width));
-                        if (h == 0)
-                        {
-                            labels[slot] = sentence.Labels[t];
-                            sentenceOf[slot] = batchSentences[b];
-                            positions[slot] = t;
-                        }
-                        slot++;
-                    }
-                }
+                var gathered = GatherRows(model.Backend, activation, rows, width); // [labelled, width]
+                for (int r = 0; r < rows.Count; r++)
+                    gathered.AsSpan(r * width, width).CopyTo(features[h].AsSpan(slots[r] * width, width));
             }
             done += batchSentences.Length;
             progress?.Report(done);
         }
         return new LabelledActivations(hooks.ToArray(), widths, features, labels, sentenceOf, positions, sentences.Count);
+    }
+
+    /// <summary>
+    /// Rows <paramref name="rows"/> of <paramref name="activation"/> viewed as <c>[rows, width]</c>, on the host. On a device the
+    /// rows are gathered there first (an embedding lookup with the row numbers as ids), so one copy brings exactly them out.
+    /// </summary>
+    static float[] GatherRows(IComputeBackend backend, Tensor activation, List<int> rows, int width)
+    {
+        var result = new float[rows.Count * width]; // [rows, width]
+        if (rows.Count == 0) return result;
+        if (activation.IsHost)
+        {
+            var src = activation.Span;
+            for (int r = 0; r < rows.Count; r++) src.Slice(rows[r] * width, width).CopyTo(result.AsSpan(r * width, width));
+            return result;
+        }
+        var gathered = backend.Empty(rows.Count, width);
+        backend.Embedding(activation, width, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(rows), 1f, gathered);
+        gathered.CopyTo(result);
+        return result;
     }
 }
 
