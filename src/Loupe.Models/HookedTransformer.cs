@@ -343,8 +343,8 @@ public abstract class HookedTransformer : IDisposable
             dLogits = dz;
         }
         // Forward: logits = normed·W_U + b_U.
-        var dNormed = UnembedBackward(be, dLogits, B, T, positionsRead);
-        var dResid = HeadBackward(ctx, dNormed);
+        var dNormed = UnembedBackward(ctx, dLogits, B, T, positionsRead);
+        var dResid = ctx.Replacing(dNormed, HeadBackward(ctx, dNormed));
         for (int l = Config.NLayers - 1; l >= 0; l--) dResid = BlockBackward(l, ctx, dResid);
         EmbedBackward(ctx, dResid);
     }
@@ -354,26 +354,29 @@ public abstract class HookedTransformer : IDisposable
     /// (the full product is as costly as the forward's unembedding, ~a quarter of a small model's forward); the other
     /// rows of d normed are zero.
     /// </summary>
-    Tensor UnembedBackward(IComputeBackend be, Tensor dLogits, int B, int T, int[]? positionsRead)
+    Tensor UnembedBackward(ForwardContext ctx, Tensor dLogits, int B, int T, int[]? positionsRead)
     {
+        var be = ctx.Backend;
         int D = Config.DModel, V = Config.VocabOut;
-        var dNormed = be.Empty(B, T, D);
+        var dNormed = ctx.GradScratch(B, T, D);
         if (positionsRead is null || positionsRead.Length * 2 > T)
         {
             Unembed.BackwardInput(be, dLogits, B * T, dNormed);
             return dNormed;
         }
         int P = positionsRead.Length;
-        var rows = be.Empty(B * P, V);
+        var rows = ctx.GradScratch(B * P, V);
         for (int b = 0; b < B; b++)
             for (int i = 0; i < P; i++)
                 be.CopyRows(dLogits, ((long)b * T + positionsRead[i]) * V, V, rows, ((long)b * P + i) * V, V, 1, V);
-        var dRows = be.Empty(B * P, D);
+        var dRows = ctx.GradScratch(B * P, D);
         Unembed.BackwardInput(be, rows, B * P, dRows);
+        ctx.Release(rows);
         be.Fill(dNormed, 0f);
         for (int b = 0; b < B; b++)
             for (int i = 0; i < P; i++)
                 be.CopyRows(dRows, ((long)b * P + i) * D, D, dNormed, ((long)b * T + positionsRead[i]) * D, D, 1, D);
+        ctx.Release(dRows);
         return dNormed;
     }
 
@@ -401,11 +404,42 @@ public abstract class HookedTransformer : IDisposable
         {
             // Forward: resid_post = resid_mid + mlp(ln2(resid_mid)).
             var dMlpOut = ctx.GradHook(names.MlpOut, l, dResidPost);
-            dResidMid = ctx.GradHook(names.ResidMid, l, Sum(ctx, dResidPost, ln2!.Backward(ctx, l, mlp.Backward(ctx, dMlpOut))));
+            var viaMlp = SubLayerBackward(ctx, mlp.Backward(ctx, dMlpOut), d => ln2!.Backward(ctx, l, d));
+            dResidMid = ctx.GradHook(names.ResidMid, l, SumGradients(ctx, dResidPost, viaMlp));
+            ctx.Release(dMlpOut); // a hook's replacement of d resid_post; else the same tensor, released just above
         }
         // Forward: resid_mid = resid_pre + attn(ln1(resid_pre)).
         var dAttnOut = ctx.GradHook(names.AttnOut, l, dResidMid);
-        return ctx.GradHook(names.ResidPre, l, Sum(ctx, dResidMid, ln1.Backward(ctx, l, attn.Backward(ctx, dAttnOut))));
+        var viaAttn = SubLayerBackward(ctx, attn.Backward(ctx, dAttnOut), d => ln1.Backward(ctx, l, d));
+        var dResidPre = SumGradients(ctx, dResidMid, viaAttn);
+        ctx.Release(dAttnOut);
+        return ctx.GradHook(names.ResidPre, l, dResidPre);
+    }
+
+    /// <summary>d (the sub-layer's norm input) from d (the sub-layer's input): the latter is released once the norm's backward read it.</summary>
+    protected static Tensor SubLayerBackward(ForwardContext ctx, Tensor dLayerInput, Func<Tensor, Tensor> normBackward) =>
+        ctx.Replacing(dLayerInput, normBackward(dLayerInput));
+
+    /// <summary>The sum of two gradients into a new tensor (<see cref="ForwardContext.GradScratch"/>); both addends are released.</summary>
+    protected static Tensor SumGradients(ForwardContext ctx, Tensor a, Tensor b)
+    {
+        var y = ctx.GradScratch(a.Shape.ToArray());
+        ctx.Backend.Add(a, b, y);
+        ctx.Release(a);
+        ctx.Release(b);
+        return y;
+    }
+
+    /// <summary>The sum of three gradients into a new tensor; the addends are released.</summary>
+    protected static Tensor SumGradients(ForwardContext ctx, Tensor a, Tensor b, Tensor c)
+    {
+        var y = ctx.GradScratch(a.Shape.ToArray());
+        ctx.Backend.Add(a, b, y);
+        ctx.Backend.Add(y, c, y);
+        ctx.Release(a);
+        ctx.Release(b);
+        ctx.Release(c);
+        return y;
     }
 
     /// <summary>Forward pass within a context (also used by generation with a KV cache).</summary>

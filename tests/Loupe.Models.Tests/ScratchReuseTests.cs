@@ -1,5 +1,6 @@
 using Loupe.Models.Generation;
 using Loupe.Models.Hooks;
+using Loupe.Models.Metrics;
 using Loupe.Tensors;
 
 namespace Loupe.Models.Tests;
@@ -48,6 +49,44 @@ public class ScratchReuseTests
         Assert.NotEmpty(seen);
         foreach (var (name, kept, atTheTime) in seen)
             Assert.True(atTheTime.AsSpan().SequenceEqual(kept.ToCpu().Span), $"{arch}: the tensor hooked at {name} was overwritten later in the pass");
+    }
+
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void BackwardReuseChangesNoGradient(string arch)
+    {
+        if (arch == "bert") return; // an encoder: no next-token metric here (its backward is covered by GradientTests)
+        using var model = TestModels.Load(arch);
+        var tokens = TokenBatch.Single(Prompt);
+        var metric = new LogitDiff(5, 7);
+        // Every gradient recorded: none is reused, the reference. Then only resid_pre: everything between is reused.
+        var all = model.RunWithGradients(tokens, metric, gradientHooks: null);
+        var some = model.RunWithGradients(tokens, metric, "blocks.*.hook_resid_pre");
+        Assert.Equal(all.Metric, some.Metric);
+        foreach (var name in some.Gradients.Names)
+            Assert.True(all.Gradients[name].ToCpu().Span.SequenceEqual(some.Gradients[name].ToCpu().Span), $"{arch}: d {name} changed");
+        Assert.Equal(model.Config.NLayers, some.Gradients.Names.Count());
+    }
+
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void WhatAGradientHookSawIsNeverOverwritten(string arch)
+    {
+        if (arch == "bert") return;
+        using var model = TestModels.Load(arch);
+        var tokens = TokenBatch.Single(Prompt);
+        var seen = new List<(string Name, Tensor Kept, float[] AtTheTime)>();
+        var options = new RunOptions();
+        foreach (var name in model.HookPointNames.Where((n, i) => i % 3 == 0 && !n.EndsWith("hook_result", StringComparison.Ordinal)))
+            options.AddGradientHook(name, (t, ctx) =>
+            {
+                seen.Add((ctx.Name, t, t.ToCpu().Span.ToArray()));
+                return t;
+            });
+        model.RunWithGradients(tokens, new LogitDiff(5, 7), "blocks.0.hook_resid_pre", options);
+        Assert.NotEmpty(seen);
+        foreach (var (name, kept, atTheTime) in seen)
+            Assert.True(atTheTime.AsSpan().SequenceEqual(kept.ToCpu().Span), $"{arch}: the gradient hooked at {name} was overwritten later in the backward pass");
     }
 
     [Fact]

@@ -116,17 +116,33 @@ public sealed class Gemma2Model : HookedTransformer
         return ctx.Hook(names.ResidPost, l, SumReleasing(ctx, residMid, mlpOut));
     }
 
+    /// <summary>
+    /// Returns <paramref name="dInput"/> (a sub-layer's backward from <paramref name="dPostNorm"/>, the post-norm's backward
+    /// from <paramref name="dOut"/>) after releasing <paramref name="dPostNorm"/> — unless the post-norm passed
+    /// <paramref name="dOut"/> through unchanged (kind None): that is the residual gradient, still to be summed.
+    /// </summary>
+    static Tensor AfterPostNorm(ForwardContext ctx, Tensor dOut, Tensor dPostNorm, Tensor dInput)
+    {
+        if (!ReferenceEquals(dPostNorm, dOut)) ctx.Release(dPostNorm);
+        return dInput;
+    }
+
     protected override Tensor BlockBackward(int l, ForwardContext ctx, Tensor dResidPost)
     {
         var names = _attn[l].Names;
         dResidPost = ctx.GradHook(names.ResidPost, l, dResidPost);
         // Forward: resid_post = resid_mid + ln2_post(mlp(ln2(resid_mid))).
         var dMlpOut = ctx.GradHook(names.MlpOut, l, dResidPost);
-        var viaMlp = _ln2[l].Backward(ctx, l, _mlp[l].Backward(ctx, _ln2Post[l].Backward(ctx, l, dMlpOut)));
-        var dResidMid = ctx.GradHook(names.ResidMid, l, Sum(ctx, dResidPost, viaMlp));
+        var dMlp = _ln2Post[l].Backward(ctx, l, dMlpOut);
+        var viaMlp = SubLayerBackward(ctx, AfterPostNorm(ctx, dMlpOut, dMlp, _mlp[l].Backward(ctx, dMlp)), d => _ln2[l].Backward(ctx, l, d));
+        var dResidMid = ctx.GradHook(names.ResidMid, l, SumGradients(ctx, dResidPost, viaMlp));
+        ctx.Release(dMlpOut);
         // Forward: resid_mid = resid_pre + ln1_post(attn(ln1(resid_pre))).
         var dAttnOut = ctx.GradHook(names.AttnOut, l, dResidMid);
-        var viaAttn = _ln1[l].Backward(ctx, l, _attn[l].Backward(ctx, _ln1Post[l].Backward(ctx, l, dAttnOut)));
-        return ctx.GradHook(names.ResidPre, l, Sum(ctx, dResidMid, viaAttn));
+        var dAttn = _ln1Post[l].Backward(ctx, l, dAttnOut);
+        var viaAttn = SubLayerBackward(ctx, AfterPostNorm(ctx, dAttnOut, dAttn, _attn[l].Backward(ctx, dAttn)), d => _ln1[l].Backward(ctx, l, d));
+        var dResidPre = SumGradients(ctx, dResidMid, viaAttn);
+        ctx.Release(dAttnOut);
+        return ctx.GradHook(names.ResidPre, l, dResidPre);
     }
 }

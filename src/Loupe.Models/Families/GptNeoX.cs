@@ -103,9 +103,12 @@ public sealed class GptNeoXModel : HookedTransformer
         var names = _attn[l].Names;
         dResidPost = ctx.GradHook(names.ResidPost, l, dResidPost);
         var dMlpOut = ctx.GradHook(names.MlpOut, l, dResidPost);
-        var viaMlp = _ln2[l].Backward(ctx, l, _mlp[l].Backward(ctx, dMlpOut));
+        var viaMlp = SubLayerBackward(ctx, _mlp[l].Backward(ctx, dMlpOut), d => _ln2[l].Backward(ctx, l, d));
         var dAttnOut = ctx.GradHook(names.AttnOut, l, dResidPost);
-        var viaAttn = _ln1[l].Backward(ctx, l, _attn[l].Backward(ctx, dAttnOut));
-        return ctx.GradHook(names.ResidPre, l, Sum(ctx, dResidPost, viaMlp, viaAttn));
+        var viaAttn = SubLayerBackward(ctx, _attn[l].Backward(ctx, dAttnOut), d => _ln1[l].Backward(ctx, l, d));
+        var dResidPre = SumGradients(ctx, dResidPost, viaMlp, viaAttn);
+        ctx.Release(dMlpOut); // hooks' replacements of d resid_post; else the same tensor, released just above
+        ctx.Release(dAttnOut);
+        return ctx.GradHook(names.ResidPre, l, dResidPre);
     }
 }

@@ -123,9 +123,17 @@ public sealed class ForwardContext
     /// <see cref="Release"/>d earlier in the pass. With a backward pass to follow every tensor may be saved, so then it is
     /// always fresh.
     /// </summary>
-    public Tensor Scratch(params int[] shape)
+    public Tensor Scratch(params int[] shape) => RecordsForBackward ? Backend.Empty(shape) : Take(shape);
+
+    /// <summary>
+    /// An uninitialised tensor for a gradient or other intermediate of the backward pass, possibly reusing the storage of one
+    /// <see cref="Release"/>d earlier in it. What a gradient hook or the gradient cache saw is never reused; the forward
+    /// pass's saved activations are never handed out here.
+    /// </summary>
+    public Tensor GradScratch(params int[] shape) => Take(shape);
+
+    Tensor Take(int[] shape)
     {
-        if (RecordsForBackward) return Backend.Empty(shape);
         if (_free.TryGetValue(ShapeUtil.Product(shape), out var free) && free.TryPop(out var storage))
         {
             _ownScratch.Add(storage);
@@ -170,6 +178,9 @@ public sealed class ForwardContext
     /// </summary>
     public Tensor GradHook(string name, int layer, Tensor gradient)
     {
+        // Seen by a gradient hook, the gradient cache or a splice's backward: it may be kept, so it is never reused.
+        if (WantsGradient(name) || (_spliceAtOutput?.ContainsKey(name) ?? false) || _pendingInputGradient.ContainsKey(name))
+            _ownScratch.Remove(gradient.Storage);
         if (_spliceAtOutput is not null) gradient = SpliceBackward(name, layer, gradient);
         if (s_debug) Debug("∇ " + name, gradient);
         if (_options.GradientHooks.TryGetValue(name, out var hooks))

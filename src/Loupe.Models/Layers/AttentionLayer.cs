@@ -169,12 +169,15 @@ public sealed class AttentionLayer
         return output;
     }
 
-    /// <summary>A rotated copy of q or k (the unrotated one is hooked separately and stays as it is).</summary>
-    Tensor Rotated(ForwardContext ctx, RotaryTable rotary, Tensor x, int rows, int heads)
+    /// <summary>
+    /// A rotated copy of q or k, or of their gradients (<paramref name="inverse"/>), in a tensor from <paramref name="take"/>;
+    /// <paramref name="x"/> is released (a hook may have seen it, so it is never rotated in place).
+    /// </summary>
+    Tensor Rotated(ForwardContext ctx, RotaryTable rotary, Tensor x, int rows, int heads, bool inverse = false, Func<int[], Tensor>? take = null)
     {
-        var rotated = ctx.Scratch(x.Shape.ToArray());
+        var rotated = (take ?? ctx.Scratch)(x.Shape.ToArray());
         ctx.Backend.CopyRows(x, 0, x.Length, rotated, 0, x.Length, 1, x.Length);
-        ctx.Backend.Rotary(rotary, rotated, rows, heads, DHead, ctx.Positions);
+        ctx.Backend.Rotary(rotary, rotated, rows, heads, DHead, ctx.Positions, inverse);
         ctx.Release(x);
         return rotated;
     }
@@ -192,14 +195,15 @@ public sealed class AttentionLayer
         var shape = new AttentionShape(B, T, T, NHeads, NKvHeads, DHead);
 
         // Forward: output = Σ_h z_h·W_O[h] + b_O, each term being hook_result[:, :, h].
-        var dz = be.Empty(B, T, NHeads, DHead);
+        var dz = ctx.GradScratch(B, T, NHeads, DHead);
         if (s.PerHead)
         {
-            var dResult = be.Empty(B, T, NHeads, D);
+            var dResult = ctx.GradScratch(B, T, NHeads, D);
             for (int h = 0; h < NHeads; h++) be.CopyRows(dOut, 0, D, dResult, (long)h * D, NHeads * D, rows, D);
             dResult = ctx.GradHook(Names.Result, Layer, dResult);
             for (int h = 0; h < NHeads; h++)
                 O.BackwardInputSlice(be, dResult, (long)h * D, NHeads * D, rows, dz, qWidth, h * DHead, DHead);
+            ctx.Release(dResult);
         }
         else
         {
@@ -208,53 +212,60 @@ public sealed class AttentionLayer
         dz = ctx.GradHook(Names.Z, Layer, dz);
 
         // Forward: z[b, q, h] = Σ_k pattern[b, h, q, k] · v[b, k, h/group].
-        var dPattern = be.Empty(B, NHeads, T, T);
-        var dv = be.Empty(B, T, NKvHeads, DHead);
+        var dPattern = ctx.GradScratch(B, NHeads, T, T);
+        var dv = ctx.GradScratch(B, T, NKvHeads, DHead);
         be.AttentionApplyBackward(dz, s.Pattern, s.V, shape, dPattern, dv);
+        ctx.Release(dz);
         dPattern = ctx.GradHook(Names.Pattern, Layer, dPattern);
 
         // Forward: pattern = softmax(scores) over key_pos ⇒ dscores = p ⊙ (dp − Σ_k p·dp).
-        var dScores = be.Empty(B, NHeads, T, T);
+        var dScores = ctx.GradScratch(B, NHeads, T, T);
         be.SoftmaxBackwardRows(s.Pattern, dPattern, B * NHeads * T, T, dScores);
+        ctx.Release(dPattern);
         dScores = ctx.GradHook(Names.AttnScores, Layer, dScores);
         var dRaw = dScores;
         if (s.Scores is { } capped)
         {
             // Forward: capped = cap·tanh(raw/cap) ⇒ d raw = d capped · (1 − (capped/cap)²); masked (−∞) entries get 0.
-            dRaw = be.Empty(B, NHeads, T, T);
+            dRaw = ctx.GradScratch(B, NHeads, T, T);
             be.SoftCapBackward(capped, dScores, SoftCap, dRaw);
         }
 
         // Forward: raw[b, h, q, k] = scale · q[b, q, h] · k[b, k, h/group].
-        var dq = be.Empty(B, T, NHeads, DHead);
-        var dk = be.Empty(B, T, NKvHeads, DHead);
+        var dq = ctx.GradScratch(B, T, NHeads, DHead);
+        var dk = ctx.GradScratch(B, T, NKvHeads, DHead);
         be.AttentionScoresBackward(dRaw, s.Q, s.K, shape, Scale, dq, dk);
+        ctx.Release(dScores);
+        ctx.Release(dRaw);
         if (Rotary is not null)
         {
             // Forward: rot = R(pos)·x ⇒ dx = R(pos)ᵀ·d rot = R(−pos)·d rot.
-            dq = ctx.GradHook(Names.RotQ, Layer, dq).Clone();
-            be.Rotary(RotaryFor(ctx), dq, rows, NHeads, DHead, ctx.Positions, inverse: true);
-            dk = ctx.GradHook(Names.RotK, Layer, dk).Clone();
-            be.Rotary(RotaryFor(ctx), dk, rows, NKvHeads, DHead, ctx.Positions, inverse: true);
+            var rotary = RotaryFor(ctx);
+            dq = Rotated(ctx, rotary, ctx.GradHook(Names.RotQ, Layer, dq), rows, NHeads, inverse: true, ctx.GradScratch);
+            dk = Rotated(ctx, rotary, ctx.GradHook(Names.RotK, Layer, dk), rows, NKvHeads, inverse: true, ctx.GradScratch);
         }
-        if (QNorm is not null) dq = QNorm.Backward(ctx, Layer, dq);
-        if (KNorm is not null) dk = KNorm.Backward(ctx, Layer, dk);
+        if (QNorm is not null) dq = ctx.Replacing(dq, QNorm.Backward(ctx, Layer, dq));
+        if (KNorm is not null) dk = ctx.Replacing(dk, KNorm.Backward(ctx, Layer, dk));
         dq = ctx.GradHook(Names.Q, Layer, dq);
         dk = ctx.GradHook(Names.K, Layer, dk);
         dv = ctx.GradHook(Names.V, Layer, dv);
 
         // Forward: q, k, v = projections of x.
-        var dx = be.Empty(B, T, D);
+        var dx = ctx.GradScratch(B, T, D);
         if (Qkv is null)
         {
             Q!.BackwardInput(be, dq, rows, dx);
             K!.BackwardInput(be, dk, rows, dx, accumulate: true);
             V!.BackwardInput(be, dv, rows, dx, accumulate: true);
-            return dx;
         }
-        var dFused = be.Empty(rows, Qkv.DOut);
-        CopyFused(be, dFused, rows, dq, dk, dv, toFused: true);
-        Qkv.BackwardInput(be, dFused, rows, dx);
+        else
+        {
+            var dFused = ctx.GradScratch(rows, Qkv.DOut);
+            CopyFused(be, dFused, rows, dq, dk, dv, toFused: true);
+            Qkv.BackwardInput(be, dFused, rows, dx);
+            ctx.Release(dFused);
+        }
+        foreach (var dead in new[] { dq, dk, dv }) ctx.Release(dead);
         return dx;
     }
 

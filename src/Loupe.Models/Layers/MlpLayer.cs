@@ -65,31 +65,38 @@ public sealed class MlpLayer
         var (pre, linear) = ctx.Restore<Saved>(this);
         int B = dOut.Dim(0), T = dOut.Dim(1), rows = B * T, dMlp = In.DOut;
         // Forward: output = post·W_out + b_out.
-        var dPost = be.Empty(B, T, dMlp);
+        var dPost = ctx.GradScratch(B, T, dMlp);
         Out.BackwardInput(be, dOut, rows, dPost);
         dPost = ctx.GradHook(Names.MlpPost, Layer, dPost);
-        var dx = be.Empty(B, T, In.DIn);
-        var dPre = be.Empty(B, T, dMlp);
+        var dx = ctx.GradScratch(B, T, In.DIn);
+        var dPre = ctx.GradScratch(B, T, dMlp);
         if (linear is null)
         {
             // Forward: post = act(pre), pre = x·W_in + b_in.
             be.ActivationBackward(Activation, pre, dPost, dPre);
+            ctx.Release(dPost);
             dPre = ctx.GradHook(Names.MlpPre, Layer, dPre);
             In.BackwardInput(be, dPre, rows, dx);
+            ctx.Release(dPre);
             return dx;
         }
         // Forward: post = act(pre) ⊙ linear, pre = x·W_gate, linear = x·W_in.
-        var activated = be.Empty(B, T, dMlp);
+        var activated = ctx.GradScratch(B, T, dMlp);
         be.Activation(Activation, pre, activated);
-        var dLinear = be.Empty(B, T, dMlp);
+        var dLinear = ctx.GradScratch(B, T, dMlp);
         be.Multiply(dPost, activated, dLinear);
+        ctx.Release(activated);
         dLinear = ctx.GradHook(Names.MlpPreLinear, Layer, dLinear);
-        var dActivated = be.Empty(B, T, dMlp);
+        var dActivated = ctx.GradScratch(B, T, dMlp);
         be.Multiply(dPost, linear, dActivated);
+        ctx.Release(dPost);
         be.ActivationBackward(Activation, pre, dActivated, dPre);
+        ctx.Release(dActivated);
         dPre = ctx.GradHook(Names.MlpPre, Layer, dPre);
         Gate!.BackwardInput(be, dPre, rows, dx);
         In.BackwardInput(be, dLinear, rows, dx, accumulate: true);
+        ctx.Release(dPre);
+        ctx.Release(dLinear);
         return dx;
     }
 }

@@ -99,11 +99,12 @@ public sealed class Norm
         var (x, scale) = ctx.Restore<Saved>(this);
         int d = x.Dim(-1), rows = x.Length / d;
         var w = _weight.On(be);
-        var dScale = be.Empty(scale.Shape.ToArray());
+        var dScale = ctx.GradScratch(scale.Shape.ToArray());
         be.NormBackwardScale(Centers, x, scale, dy, rows, d, w, WeightOffset, dScale);
         dScale = ctx.GradHook(_scaleHook, layer, dScale);
-        var dx = be.Empty(x.Shape.ToArray());
+        var dx = ctx.GradScratch(x.Shape.ToArray());
         be.NormBackwardInput(Centers, x, scale, dy, dScale, rows, d, w, WeightOffset, dx);
-        return dx;
+        ctx.Release(dScale);
+        return dx; // dy is the caller's (it may still read it: a residual gradient passes on unchanged)
     }
 }
