@@ -17,8 +17,10 @@ public sealed record LoadResult(string Model, string Folder, long FileBytes, lon
 /// <param name="Gen0">Mean garbage collections per forward, by generation.</param>
 /// <param name="GcPauseMs">Median time the runtime was paused for garbage collection during one forward (GC.GetTotalPauseDuration).</param>
 /// <param name="CachedBytes">Bytes of activations the returned cache holds (0 for plain Run).</param>
+/// <param name="PageFaults">Median minor page faults of the process per forward (/proc/self/stat; −1 where unreadable): fresh
+/// memory the kernel had to map and zero, which large short-lived arrays cost on every pass.</param>
 public sealed record ModeResult(Stats Time, double TokensPerSecond, double Gflops, double AllocatedBytes,
-    double Gen0, double Gen1, double Gen2, double GcPauseMs, long CachedBytes, int CachedHooks);
+    double Gen0, double Gen1, double Gen2, double GcPauseMs, long CachedBytes, int CachedHooks, double PageFaults = -1);
 
 /// <summary>The forward benchmark of one model at one batch size.</summary>
 /// <param name="Flops">FLOPs of one forward (<see cref="Flops.Forward"/>).</param>
@@ -157,7 +159,7 @@ public sealed class ForwardBench(BenchOptions o, SgemmBench sgemm, TextWriter lo
     sealed class ModeSamples
     {
         public readonly List<double> Ms = [];
-        readonly List<double> _alloc = [], _pause = [];
+        readonly List<double> _alloc = [], _pause = [], _faults = [];
         long _gen0, _gen1, _gen2, _cachedBytes;
         int _cachedHooks;
 
@@ -172,9 +174,11 @@ public sealed class ForwardBench(BenchOptions o, SgemmBench sgemm, TextWriter lo
             int g0 = GC.CollectionCount(0), g1 = GC.CollectionCount(1), g2 = GC.CollectionCount(2);
             long bytes = GC.GetTotalAllocatedBytes(precise: true);
             var pause = GC.GetTotalPauseDuration();
+            long faults = MinorFaults();
             long t0 = Stopwatch.GetTimestamp();
             var result = forward();
             double ms = Timing.ElapsedMs(t0);
+            if (faults >= 0) _faults.Add(MinorFaults() - faults);
             _pause.Add((GC.GetTotalPauseDuration() - pause).TotalMilliseconds);
             _alloc.Add(GC.GetTotalAllocatedBytes(precise: true) - bytes);
             _gen0 += GC.CollectionCount(0) - g0;
@@ -190,7 +194,21 @@ public sealed class ForwardBench(BenchOptions o, SgemmBench sgemm, TextWriter lo
             var t = Stats.Of(Ms);
             int n = Ms.Count;
             return new ModeResult(t, tokens / (t.MedianMs / 1000), flops / (t.MedianMs * 1e6), Stats.Median(_alloc),
-                (double)_gen0 / n, (double)_gen1 / n, (double)_gen2 / n, Stats.Median(_pause), _cachedBytes, _cachedHooks);
+                (double)_gen0 / n, (double)_gen1 / n, (double)_gen2 / n, Stats.Median(_pause), _cachedBytes, _cachedHooks,
+                _faults.Count == n ? Stats.Median(_faults) : -1);
+        }
+
+        /// <summary>The process's minor page faults so far (field 10 of /proc/self/stat), or −1 off Linux.</summary>
+        static long MinorFaults()
+        {
+            try
+            {
+                string stat = File.ReadAllText("/proc/self/stat");
+                var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' '); // the command name may hold spaces
+                return long.Parse(fields[7], System.Globalization.CultureInfo.InvariantCulture); // field 10 = the 8th after ")"
+            }
+            catch (IOException) { return -1; }
+            catch (UnauthorizedAccessException) { return -1; }
         }
     }
 }

@@ -38,7 +38,7 @@ public static class Report
 
     public static void Forward(TextWriter w, IEnumerable<ForwardConfigResult> results)
     {
-        var t = new Table("model", ">batch×pos", ">GFLOP", "mode", ">median ms", ">±%", ">tokens/s", ">GFLOP/s", ">alloc MB/fwd", ">GCs g0/g1/g2", ">GC pause ms", ">cache MB", ">cache extra");
+        var t = new Table("model", ">batch×pos", ">GFLOP", "mode", ">median ms", ">±%", ">tokens/s", ">GFLOP/s", ">alloc MB/fwd", ">page faults/fwd", ">GCs g0/g1/g2", ">GC pause ms", ">cache MB", ">cache extra");
         foreach (var f in results)
         {
             Row(f, "Run", f.Run, "");
@@ -48,7 +48,7 @@ public static class Report
 
         void Row(ForwardConfigResult f, string mode, ModeResult m, string extra) =>
             t.Add(f.Model, $"{f.Batch}×{f.Length}", $"{f.Flops / 1e9:F1}", mode, Ms(m.Time.MedianMs), $"{m.Time.SpreadPct:F0}", $"{m.TokensPerSecond:F0}",
-                $"{m.Gflops:F1}", Mb((long)m.AllocatedBytes), $"{m.Gen0:F1}/{m.Gen1:F1}/{m.Gen2:F1}", Ms(m.GcPauseMs),
+                $"{m.Gflops:F1}", Mb((long)m.AllocatedBytes), m.PageFaults < 0 ? "?" : $"{m.PageFaults:F0}", $"{m.Gen0:F1}/{m.Gen1:F1}/{m.Gen2:F1}", Ms(m.GcPauseMs),
                 m.CachedHooks == 0 ? "" : $"{Mb(m.CachedBytes)} ({m.CachedHooks} hooks)", extra);
     }
 

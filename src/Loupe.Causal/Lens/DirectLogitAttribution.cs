@@ -126,18 +126,7 @@ public static class DirectLogitAttribution
             biasTerm[b] = Dot(normBias, dir.Vector);
             unembedBias[b] = dir.UnembedBias;
         }
-        return new DlaResult
-        {
-            Components = info.Select(c => c.Name).ToArray(),
-            ComponentInfo = info,
-            Values = values,
-            Directions = names,
-            PreCapLogitDiff = preCap,
-            NormBias = biasTerm,
-            UnembedBias = unembedBias,
-            MaxDecompositionError = worst,
-            Position = p,
-        };
+        return Result(info, values, names, preCap, biasTerm, unembedBias, worst, p);
     }
 
     // On a device, per row: the components at the position stacked into [n, d_model] (ResidualDecomposition.StackOnDevice),
@@ -211,19 +200,22 @@ public static class DirectLogitAttribution
             preCap[b] = r[n] + unembedBias[b];
             worst = Math.Max(worst, Math.Sqrt(r[n + 1]));
         }
-        return new DlaResult
-        {
-            Components = info.Select(c => c.Name).ToArray(),
-            ComponentInfo = info,
-            Values = dla,
-            Directions = names,
-            PreCapLogitDiff = preCap,
-            NormBias = biasTerm,
-            UnembedBias = unembedBias,
-            MaxDecompositionError = worst,
-            Position = p,
-        };
+        return Result(info, dla, names, preCap, biasTerm, unembedBias, worst, p);
     }
+
+    static DlaResult Result(ResidualComponent[] info, double[][] values, string[] directions, double[] preCap, double[] normBias,
+        double[] unembedBias, double worst, int position) => new()
+    {
+        Components = info.Select(c => c.Name).ToArray(),
+        ComponentInfo = info,
+        Values = values,
+        Directions = directions,
+        PreCapLogitDiff = preCap,
+        NormBias = normBias,
+        UnembedBias = unembedBias,
+        MaxDecompositionError = worst,
+        Position = position,
+    };
 
     static double Dot(double[] a, double[] b)
     {
