@@ -157,7 +157,7 @@ sealed class GradientScores
     {
         (_model, _graph, _setup, _metric) = (model, graph, setup, metric);
         int cells = graph.Sources.Count * graph.Destinations.Count;
-        _table = model.Backend.Zeros(cells + (setup.MetricsOnDevice is null ? 0 : 2 * setup.Examples));
+        _table = model.Backend.Zeros(cells + (setup.MetricsOnDevice?.Length ?? 0));
     }
 
     /// <summary>Mean over runs and examples of every edge's <c>Δ·g</c>: the one read of the table.</summary>
@@ -189,7 +189,8 @@ sealed class GradientScores
         }
         options.GradientFilter = gradientHooks.Contains;
         options.CacheFilter = cached.Contains;
-        var result = model.RunWithGradients(tokens, new GradientOnly(_metric), null, options);
+        var result = model.RunWithGradients(tokens, new GradientOnly(_metric), null, _setup.Deferred(options));
+        _setup.FoldFiniteness(result.Logits, tokens, options);
         Tensor Grad(string hook) => result.Gradients[hook];
 
         int S = _graph.Sources.Count, destinations = _graph.Destinations.Count;

@@ -29,8 +29,8 @@ sealed class EdgeSetup
     /// <summary><c>Δ = corrupted − clean</c> for every source, laid out as <see cref="Clean"/>.</summary>
     public Tensor Delta { get; private init; } = null!;
     /// <summary>
-    /// On a device, the per-example metric of the clean run, then of the corrupted run (<c>[2·examples]</c>), not yet read;
-    /// null on the CPU (the host values are exact there).
+    /// On a device, the per-example metric of the clean run, then of the corrupted run, then a finiteness flag of every
+    /// pass so far (<c>[2·examples + 1]</c>), not yet read; null on the CPU (the host values are exact there).
     /// </summary>
     public Tensor? MetricsOnDevice { get; private init; }
 
@@ -164,9 +164,43 @@ sealed class EdgeSetup
         return result;
     }
 
-    /// <summary>Sets the per-example metrics from values read back with another table (<c>[2·examples]</c>: clean, then corrupted) and checks them.</summary>
+    readonly List<(TokenBatch Tokens, RunOptions Options)> _deferred = [];
+
+    /// <summary>
+    /// Runs options for a pass whose logits' finiteness is checked later (on a device: folded into the flag of
+    /// <see cref="MetricsOnDevice"/> by <see cref="FoldFiniteness"/> instead of one scalar read per pass).
+    /// </summary>
+    public RunOptions Deferred(RunOptions options)
+    {
+        options.DeferFiniteCheck = MetricsOnDevice is not null;
+        return options;
+    }
+
+    /// <summary>Adds <c>0·Σ logits</c> (0 when every logit is finite, NaN otherwise) into the flag; remembers the pass to re-run it if the flag is not finite.</summary>
+    public void FoldFiniteness(Tensor logits, TokenBatch tokens, RunOptions options)
+    {
+        if (MetricsOnDevice is not { } table) return;
+        int n = logits.Dim(-1), rows = logits.Length / n;
+        var partial = Backend.Empty(n);
+        Backend.SumMiddleAxis(logits, 1, rows, n, partial);
+        Backend.Scale(partial, 0f, partial);
+        Backend.SumMiddleAxis(partial, 1, n, 1, new Tensor(table.Storage.Slice(2L * Examples, 1), 1), accumulate: true);
+        _deferred.Add((tokens, options));
+    }
+
+    /// <summary>
+    /// Sets the per-example metrics from values read back with another table (<c>[2·examples + 1]</c>: clean, corrupted,
+    /// the finiteness flag) and checks them.
+    /// </summary>
+    /// <exception cref="InputError">A pass's logits were not finite (the pass is re-run with the model's own check, which names the hook point).</exception>
     public void TakeMetrics(ReadOnlySpan<float> cleanThenCorrupted, IExampleMetric metric)
     {
+        if (!float.IsFinite(cleanThenCorrupted[2 * Examples]))
+            foreach (var (tokens, options) in _deferred)
+            {
+                options.DeferFiniteCheck = false;
+                Model.Run(tokens, options);
+            }
         _cleanMetric = [.. cleanThenCorrupted[..Examples].ToArray().Select(v => (double)v)];
         _corruptedMetric = [.. cleanThenCorrupted.Slice(Examples, Examples).ToArray().Select(v => (double)v)];
         CheckDifference(metric, _cleanMetric, _corruptedMetric);
@@ -205,12 +239,12 @@ sealed class EdgeSetup
             Clean = be.Empty(S, width),
             Corrupted = be.Empty(S, width),
             Delta = be.Empty(S, width),
-            MetricsOnDevice = be.Device.IsCpu ? null : be.Empty(2 * clean.Batch),
+            MetricsOnDevice = be.Device.IsCpu ? null : be.Zeros(2 * clean.Batch + 1),
             _metric = metric,
         };
         string hooks = string.Join(",", graph.Sources.Select(OutputHook).Distinct());
-        var a = model.RunWithCache(clean, hooks);
-        var b = model.RunWithCache(corrupted, hooks);
+        var a = model.RunWithCache(clean, hooks, setup.Deferred(new RunOptions()));
+        var b = model.RunWithCache(corrupted, hooks, setup.Deferred(new RunOptions()));
         for (int s = 0; s < S; s++)
         {
             var node = graph.Sources[s];
@@ -222,6 +256,8 @@ sealed class EdgeSetup
         be.Add(setup.Delta, setup.Corrupted, setup.Delta);
         if (setup.MetricsOnDevice is { } onDevice)
         {
+            setup.FoldFiniteness(a.Logits, clean, new RunOptions());
+            setup.FoldFiniteness(b.Logits, corrupted, new RunOptions());
             metric.PerExampleInto(a.Logits, be, 1, onDevice, 0);
             metric.PerExampleInto(b.Logits, be, 1, onDevice, clean.Batch);
         }
