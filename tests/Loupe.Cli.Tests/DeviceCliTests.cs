@@ -78,6 +78,37 @@ public class DeviceCliTests
         Assert.True(File.Exists(Path.Combine(device, "dla.svg")) && File.Exists(Path.Combine(device, "logit_lens.svg")));
     }
 
+    [Fact]
+    public void CircuitOnTheEmulatedDevicePrintsWhatTheCpuPrints()
+    {
+        string cpu = Directory.CreateTempSubdirectory("loupe-cli").FullName, device = Directory.CreateTempSubdirectory("loupe-cli").FullName;
+        string[] args = ["circuit", "--model", Fixture("gpt2"), "--clean", "82,87,74,39;11,25,300,7", "--corrupt", "82,87,90,39;11,25,301,7",
+            "--answer", "17", "--wrong", "42", "--method", "eap-ig", "--steps", "2", "--top", "8", "--faithfulness"];
+        var run = RunLoupe([.. args, "--out", cpu]);
+        Assert.True(run.Code == 0, run.Err);
+        var onDevice = RunLoupe([.. args, "--out", device, "--device", "emulated"]);
+        Assert.True(onDevice.Code == 0, onDevice.Err);
+        // The same text but for the output folder, and numbers that may round the other way in their last printed digit.
+        var number = new System.Text.RegularExpressions.Regex(@"[-+]?\d+(\.\d+)?");
+        string printedCpu = run.Out.Replace(cpu, "OUT"), printedDevice = onDevice.Out.Replace(device, "OUT");
+        string Shape(string printed) => System.Text.RegularExpressions.Regex.Replace(number.Replace(printed, "#"), @"[ \t]+", " "); // columns pad by width
+        Assert.Equal(Shape(printedCpu), Shape(printedDevice));
+        var (p, q) = (number.Matches(printedCpu), number.Matches(printedDevice));
+        for (int i = 0; i < p.Count; i++)
+        {
+            double printed = double.Parse(p[i].Value, System.Globalization.CultureInfo.InvariantCulture), printedThere = double.Parse(q[i].Value, System.Globalization.CultureInfo.InvariantCulture);
+            double lastDigit = Math.Pow(10, -(p[i].Groups[1].Success ? p[i].Groups[1].Value.Length - 1 : 0));
+            Assert.True(Math.Abs(printed - printedThere) <= lastDigit * 1.01 + 1e-4 * Math.Abs(printed), $"printed number {i}: cpu {p[i].Value}, emulated {q[i].Value}");
+        }
+        using var a = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(cpu, "circuit.json")));
+        using var b = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(device, "circuit.json")));
+        var x = Numbers(a.RootElement).ToArray();
+        var y = Numbers(b.RootElement).ToArray();
+        Assert.Equal(x.Length, y.Length);
+        double scale = x.Max(Math.Abs) + 1e-6;
+        for (int i = 0; i < x.Length; i++) Assert.True(Math.Abs(x[i] - y[i]) <= 1e-4 * scale, $"circuit.json number {i}: cpu {x[i]}, emulated {y[i]}");
+    }
+
     // Every number in a JSON document except the decomposition check (float noise on both sides), in document order.
     static IEnumerable<double> Numbers(System.Text.Json.JsonElement e, string? name = null)
     {
@@ -119,8 +150,7 @@ public class DeviceCliTests
         AssertRefused(RunLoupe("info", "--model", Fixture("gpt2"), "--device", "tpu"), "--device", "unknown device 'tpu'", "cuda:N");
         AssertRefused(RunLoupe("info", "--model", Fixture("gpt2"), "--device", "cuda:x"), "--device", "device index");
         // A verb whose analysis still reads activations on the host says so instead of running elsewhere.
-        AssertRefused(RunLoupe("circuit", "--model", Fixture("gpt2"), "--clean", "1,2,3", "--corrupt", "1,2,4", "--answer", "4", "--wrong", "5",
-            "--out", TempFile("circuit"), "--device", "emulated"), "--device", "'circuit' runs on the CPU only", "lens");
+        AssertRefused(RunLoupe("fourier", "--model", Fixture("gpt2"), "--device", "emulated"), "--device", "'fourier' runs on the CPU only", "lens", "circuit");
     }
 
     [Fact]

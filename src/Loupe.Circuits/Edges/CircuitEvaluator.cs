@@ -1,7 +1,6 @@
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Tensors;
-using Loupe.Tensors.Kernels;
 
 namespace Loupe.Circuits.Edges;
 
@@ -81,15 +80,19 @@ public sealed class CircuitEvaluator
         return [.. Enumerable.Range(0, inCircuit.Length).Where(e => !inCircuit[e])];
     }
 
-    /// <summary>One forward pass over <c>copies.Length</c> copies of the clean batch; per copy, the per-example metric.</summary>
+    /// <summary>
+    /// One forward pass over <c>copies.Length</c> copies of the clean batch; per copy, the per-example metric. Every
+    /// correction is built with backend operations where the model runs; only the metric values come back.
+    /// </summary>
     double[][] RunCopies(int[][] copies)
     {
         var model = _model;
+        var be = model.Backend;
         int count = copies.Length, B = _clean.Batch, T = _clean.Length, rows = _setup.Rows, D = _setup.D, n = _setup.Width;
         int H = model.Config.NHeads, E = model.Config.DHead, L = model.Config.NLayers;
         // Per copy: destination slot → removed sources; per copy and source: act(corrupted) − act(this run), once it is known.
         var removed = new Dictionary<int, List<int>>[count];
-        var pending = new Dictionary<int, float[]>[count];
+        var pending = new Dictionary<int, Tensor>[count];
         var removedFrom = new HashSet<int>[count]; // per copy: sources with at least one removed edge
         var neededSources = new HashSet<int>();
         for (int c = 0; c < count; c++)
@@ -106,16 +109,19 @@ public sealed class CircuitEvaluator
                 removedFrom[c].Add(edge.Source);
             }
         }
-        float[]? Correction(int c, int slot)
+        Tensor? Correction(int c, int slot)
         {
             if (!removed[c].TryGetValue(slot, out var sources)) return null;
-            var sum = new float[n];
-            foreach (int s in sources)
-            {
-                var diff = pending[c][s];
-                for (int i = 0; i < n; i++) sum[i] += diff[i];
-            }
+            var sum = be.Zeros(n);
+            foreach (int s in sources) be.CopyRows(pending[c][s], 0, n, sum, 0, n, 1, n, accumulate: true);
             return sum;
+        }
+        // A hook's edits go into a copy of its activation.
+        Tensor Copy(Tensor act)
+        {
+            var copy = be.Empty(act.Shape.ToArray());
+            be.CopyRows(act, 0, act.Length, copy, 0, act.Length, 1, act.Length);
+            return copy;
         }
 
         var ids = new int[count * B * T];
@@ -128,27 +134,25 @@ public sealed class CircuitEvaluator
             var sources = group.ToArray();
             options.AddHook(group.Key, (act, _) =>
             {
-                var span = act.ToCpu().Span;
-                int stride = span.Length / count;
+                int stride = act.Length / count;
                 foreach (int s in sources)
-                {
-                    var corrupted = _setup.CorruptedOutput(s);
                     for (int c = 0; c < count; c++)
                     {
                         if (!removedFrom[c].Contains(s)) continue;
-                        var diff = new float[n];
-                        EdgeSetup.ReadOutput(_graph.Sources[s], span.Slice(c * stride, stride), rows, D, H, diff);
-                        for (int i = 0; i < n; i++) diff[i] = corrupted[i] - diff[i];
+                        var diff = be.Empty(n);
+                        _setup.ReadOutput(_graph.Sources[s], act, (long)c * stride, diff, 0);
+                        be.Scale(diff, -1f, diff);
+                        be.CopyRows(_setup.Corrupted, (long)s * n, n, diff, 0, n, 1, n, accumulate: true);
                         pending[c][s] = diff;
                     }
-                }
                 return null;
             });
         }
 
         // Slots, grouped by the hook where their input changes.
-        var residPre = new float[L][];
-        var mlpCorrection = new float[count, L][];
+        var residPre = new Tensor?[L];
+        var residPreHooked = new HashSet<int>();
+        var mlpCorrection = new Tensor?[count, L];
         var slotsByHook = Enumerable.Range(0, _graph.Destinations.Count)
             .Where(s => Enumerable.Range(0, count).Any(c => removed[c].ContainsKey(s)))
             .GroupBy(s => EdgeSetup.InputHook(_graph.Destinations[s]));
@@ -157,70 +161,55 @@ public sealed class CircuitEvaluator
             var slots = group.ToArray();
             var kind = _graph.Destinations[slots[0]].Kind;
             int l = _graph.Destinations[slots[0]].Layer;
-            if (kind is SlotKind.Query or SlotKind.Key or SlotKind.Value && residPre[l] is null)
-            {
-                residPre[l] = [];
-                options.AddHook(HookNames.ResidPre(l), (act, _) => { residPre[l] = act.ToCpu().Span.ToArray(); return null; });
-            }
+            if (kind is SlotKind.Query or SlotKind.Key or SlotKind.Value && residPreHooked.Add(l))
+                options.AddHook(HookNames.ResidPre(l), (act, _) => { residPre[l] = Copy(act); return null; });
             options.AddHook(group.Key, (act, _) =>
             {
-                var host = act.IsHost ? act : act.ToCpu();
-                var span = host.Span;
+                var edited = Copy(act);
+                bool residual = kind is SlotKind.Mlp or SlotKind.Logits;
+                long perCopy = (long)rows * (residual ? D : H * E);
+                var x = residual ? null : be.Empty(rows, D);
+                var normed = residual ? null : be.Empty(rows, D);
+                var scale = residual ? null : be.Empty(rows);
+                var head = residual ? null : be.Empty(rows, E);
                 for (int c = 0; c < count; c++)
                     foreach (int s in slots)
                     {
                         if (Correction(c, s) is not { } correction) continue;
-                        var slot = _graph.Destinations[s];
-                        var own = span.Slice(c * rows * (kind is SlotKind.Mlp or SlotKind.Logits ? D : H * E), rows * (kind is SlotKind.Mlp or SlotKind.Logits ? D : H * E));
-                        if (kind is SlotKind.Mlp or SlotKind.Logits)
+                        if (residual)
                         {
-                            for (int i = 0; i < n; i++) own[i] += correction[i];
+                            be.CopyRows(correction, 0, n, edited, c * perCopy, n, 1, n, accumulate: true);
                             if (kind == SlotKind.Mlp) mlpCorrection[c, l] = correction;
                             continue;
                         }
-                        ProjectHead(slot, residPre[l].AsSpan(c * n, n), correction, own, rows, H, E);
+                        // One head's q, k or v from LN1(resid_pre + correction), written over that head's slice of the projection.
+                        var slot = _graph.Destinations[s];
+                        be.CopyRows(residPre[l]!, (long)c * n, n, x!, 0, n, 1, n);
+                        be.CopyRows(correction, 0, n, x!, 0, n, 1, n, accumulate: true);
+                        _setup.NormForward(model.Anatomy(l).Ln1, x!, normed!, scale!);
+                        _setup.ProjectionForward(slot, normed!, head!);
+                        be.CopyRows(head!, 0, E, edited, c * perCopy + (long)slot.Head * E, H * E, rows, E);
                     }
-                return act.IsHost ? null : model.Backend.ToDevice(host);
+                return edited;
             });
         }
         // An MLP's correction is taken back after the MLP has read it: only the MLP saw it.
         foreach (int l in Enumerable.Range(0, L).Where(l => Enumerable.Range(0, count).Any(c => _graph.Destinations.Select((d, i) => (d, i)).Any(x => x.d.Kind == SlotKind.Mlp && x.d.Layer == l && removed[c].ContainsKey(x.i)))))
             options.AddHook(HookNames.ResidPost(l), (act, _) =>
             {
-                var host = act.IsHost ? act : act.ToCpu();
-                var span = host.Span;
+                var edited = Copy(act);
+                var negative = be.Empty(n);
                 for (int c = 0; c < count; c++)
                     if (mlpCorrection[c, l] is { } correction)
                     {
-                        var own = span.Slice(c * n, n);
-                        for (int i = 0; i < n; i++) own[i] -= correction[i];
+                        be.Scale(correction, -1f, negative);
+                        be.CopyRows(negative, 0, n, edited, (long)c * n, n, 1, n, accumulate: true);
                     }
-                return act.IsHost ? null : model.Backend.ToDevice(host);
+                return edited;
             });
 
-        var logits = model.Run(new TokenBatch(ids, count * B, T), options).Logits.ToCpu();
+        var logits = model.Run(new TokenBatch(ids, count * B, T), options).Logits;
         Passes++;
-        int V = logits.Dim(2);
-        var result = new double[count][];
-        for (int c = 0; c < count; c++)
-            result[c] = _metric.PerExample(Tensor.FromArray(logits.Span.Slice(c * B * T * V, B * T * V).ToArray(), B, T, V));
-        return result;
-    }
-
-    /// <summary>One head's q, k or v from <c>LN1(resid_pre + correction)</c>, written over that head's slice of the projection.</summary>
-    void ProjectHead(DestinationSlot slot, ReadOnlySpan<float> residPre, float[] correction, Span<float> projection, int rows, int heads, int dHead)
-    {
-        int D = _setup.D;
-        var x = new float[rows * D];
-        for (int i = 0; i < x.Length; i++) x[i] = residPre[i] + correction[i];
-        var normed = new float[rows * D];
-        HostNorm.Forward(_model.Anatomy(slot.Layer).Ln1, x, D, normed);
-        var w = _setup.Projection(slot.Kind, slot.Layer, slot.Head);
-        var bias = _setup.ProjectionBias(slot.Kind, slot.Layer, slot.Head);
-        var head = new float[rows * dHead];
-        for (int r = 0; r < rows; r++) bias.AsSpan(0, dHead).CopyTo(head.AsSpan(r * dHead, dHead));
-        Gemm.Sgemm(false, false, rows, dHead, D, 1f, normed, D, w, dHead, 1f, head, dHead);
-        for (int r = 0; r < rows; r++)
-            head.AsSpan(r * dHead, dHead).CopyTo(projection.Slice((r * heads + slot.Head) * dHead, dHead));
+        return EdgeSetup.PerExample(_metric, be, logits, count);
     }
 }

@@ -1,7 +1,8 @@
 using Loupe.Models;
 using Loupe.Models.Hooks;
+using Loupe.Models.Metrics;
 using Loupe.Tensors;
-using Loupe.Tensors.Kernels;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Circuits.Edges;
 
@@ -41,8 +42,8 @@ public static class EdgeAttribution
     public static EdgeScores Eap(HookedTransformer model, EdgeGraph graph, TokenBatch clean, TokenBatch corrupted, IExampleMetric metric)
     {
         var setup = EdgeSetup.Create(model, graph, clean, corrupted, metric);
-        var scores = new GradientScores(model, graph, setup);
-        scores.Accumulate(clean, metric, new RunOptions());
+        var scores = new GradientScores(model, graph, setup, metric);
+        scores.Accumulate(clean, new RunOptions());
         return new EdgeScores(graph, "EAP", scores.Mean(clean.Batch));
     }
 
@@ -54,13 +55,13 @@ public static class EdgeAttribution
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(steps, 1);
         var setup = EdgeSetup.Create(model, graph, clean, corrupted, metric);
-        var scores = new GradientScores(model, graph, setup);
+        var scores = new GradientScores(model, graph, setup, metric);
         int input = graph.Sources.Select((s, i) => (s, i)).First(x => x.s.Kind == SourceKind.Input).i;
         for (int k = 0; k < steps; k++)
         {
             var options = new RunOptions();
             options.AddHook(HookNames.Embed, Interpolation(model, setup, input, (double)k / steps));
-            scores.Accumulate(clean, metric, options);
+            scores.Accumulate(clean, options);
         }
         return new EdgeScores(graph, $"EAP-IG-inputs.steps{steps}", scores.Mean(clean.Batch));
     }
@@ -77,7 +78,7 @@ public static class EdgeAttribution
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(steps, 1);
         var setup = EdgeSetup.Create(model, graph, clean, corrupted, metric);
-        var scores = new GradientScores(model, graph, setup);
+        var scores = new GradientScores(model, graph, setup, metric);
         // Nodes in EAP-IG's list: input, then per layer the attention layer (every head's hook_result at once) and the MLP.
         var nodes = graph.Sources.Select((s, i) => (s, i)).GroupBy(x => EdgeSetup.OutputHook(x.s)).ToList();
         int H = model.Config.NHeads, D = setup.D, rows = setup.Rows;
@@ -91,23 +92,23 @@ public static class EdgeAttribution
                 var options = new RunOptions();
                 options.AddHook(hook, (act, _) =>
                 {
-                    var values = act.ToCpu().Span.ToArray();
+                    var be = model.Backend;
+                    var values = be.Empty(act.Shape.ToArray());
+                    be.CopyRows(act, 0, act.Length, values, 0, act.Length, 1, act.Length);
+                    var interpolated = be.Empty(rows, D);
                     foreach (var (source, index) in members)
                     {
-                        var c = setup.CleanOutput(index);
-                        var x = setup.CorruptedOutput(index);
-                        for (int r = 0; r < rows; r++)
-                        {
-                            int at = source.Kind == SourceKind.Head ? (r * H + source.Head) * D : r * D;
-                            for (int d = 0; d < D; d++)
-                                values[at + d] = (float)(alpha * c[r * D + d] + (1 - alpha) * x[r * D + d]);
-                        }
+                        setup.Interpolate(index, alpha, interpolated);
+                        if (source.Kind == SourceKind.Head)
+                            be.CopyRows(interpolated, 0, D, values, (long)source.Head * D, H * D, rows, D);
+                        else
+                            be.CopyRows(interpolated, 0, D, values, 0, D, rows, D);
                     }
-                    return model.Backend.ToDevice(Tensor.FromArray(values, act.Shape.ToArray()));
+                    return values;
                 });
                 // The interpolated output is a constant: nothing upstream of it gets gradient through it.
-                options.AddGradientHook(hook, (grad, _) => model.Backend.ToDevice(Tensor.Zeros(grad.Shape.ToArray())));
-                scores.Accumulate(clean, metric, options);
+                options.AddGradientHook(hook, (grad, _) => model.Backend.Zeros(grad.Shape.ToArray()));
+                scores.Accumulate(clean, options);
             }
         }
         return new EdgeScores(graph, $"EAP-IG-activations.steps{steps}", scores.Mean(clean.Batch));
@@ -131,44 +132,53 @@ public static class EdgeAttribution
     /// <summary>A hook that replaces a source's output with <c>corrupted + alpha·(clean − corrupted)</c>.</summary>
     static HookFunction Interpolation(HookedTransformer model, EdgeSetup setup, int source, double alpha) => (act, _) =>
     {
-        var c = setup.CleanOutput(source);
-        var x = setup.CorruptedOutput(source);
-        var e = new float[c.Length];
-        for (int i = 0; i < e.Length; i++) e[i] = x[i] + (float)alpha * (c[i] - x[i]);
-        return model.Backend.ToDevice(Tensor.FromArray(e, act.Shape.ToArray()));
+        var e = model.Backend.Empty(act.Shape.ToArray());
+        setup.Interpolate(source, alpha, e);
+        return e;
     };
 }
 
 /// <summary>
 /// Accumulates <c>Σ_runs Δ_P · g_C</c> for every edge, one layer's slots at a time: the slot gradients of a layer
-/// (<c>[slots, rows·d]</c>) meet every source's Δ (<c>[sources, rows·d]</c>) in one GEMM.
+/// (<c>[slots, rows·d]</c>) meet every source's Δ (<c>[sources, rows·d]</c>) in one GEMM that adds into one
+/// <c>[sources, destinations]</c> table on the model's device; the table comes back once, in <see cref="Mean"/>
+/// (on a device with the clean and corrupted per-example metrics in the same copy).
 /// </summary>
 sealed class GradientScores
 {
     readonly HookedTransformer _model;
     readonly EdgeGraph _graph;
     readonly EdgeSetup _setup;
-    readonly float[] _delta;
-    readonly double[,] _sum; // [source, destination]
+    readonly IExampleMetric _metric;
+    readonly Tensor _table; // [sources·destinations], then on a device the 2·examples metrics
     int _runs;
 
-    public GradientScores(HookedTransformer model, EdgeGraph graph, EdgeSetup setup)
+    public GradientScores(HookedTransformer model, EdgeGraph graph, EdgeSetup setup, IExampleMetric metric)
     {
-        (_model, _graph, _setup) = (model, graph, setup);
-        _delta = new float[setup.Clean.Length];
-        for (int i = 0; i < _delta.Length; i++) _delta[i] = setup.Corrupted[i] - setup.Clean[i];
-        _sum = new double[graph.Sources.Count, graph.Destinations.Count];
+        (_model, _graph, _setup, _metric) = (model, graph, setup, metric);
+        int cells = graph.Sources.Count * graph.Destinations.Count;
+        _table = model.Backend.Zeros(cells + (setup.MetricsOnDevice?.Length ?? 0));
     }
 
-    /// <summary>Mean over runs and examples of every edge's <c>Δ·g</c>.</summary>
-    public double[] Mean(int examples) =>
-        [.. _graph.Edges.Select(e => _sum[e.Source, e.Destination] / Math.Max(_runs, 1) / examples)];
+    /// <summary>Mean over runs and examples of every edge's <c>Δ·g</c>: the one read of the table.</summary>
+    /// <exception cref="ArgumentException">The metric takes the same value on every clean and corrupted example (known on a device only now).</exception>
+    public double[] Mean(int examples)
+    {
+        var be = _model.Backend;
+        int cells = _graph.Sources.Count * _graph.Destinations.Count, destinations = _graph.Destinations.Count;
+        if (_setup.MetricsOnDevice is { } metrics) be.CopyRows(metrics, 0, metrics.Length, _table, cells, metrics.Length, 1, metrics.Length);
+        var table = new float[_table.Length];
+        _table.CopyTo(table);
+        if (_setup.MetricsOnDevice is not null) _setup.TakeMetrics(table.AsSpan(cells), _metric);
+        return [.. _graph.Edges.Select(e => (double)table[e.Source * destinations + e.Destination] / Math.Max(_runs, 1) / examples)];
+    }
 
     /// <summary>One forward and backward pass on <paramref name="tokens"/> with <paramref name="options"/>' hooks; adds its scores.</summary>
-    public void Accumulate(TokenBatch tokens, IExampleMetric metric, RunOptions options)
+    public void Accumulate(TokenBatch tokens, RunOptions options)
     {
         var model = _model;
-        int L = model.Config.NLayers, D = _setup.D, rows = _setup.Rows, E = model.Config.DHead, H = model.Config.NHeads, n = _setup.Width;
+        var be = model.Backend;
+        int L = model.Config.NLayers, rows = _setup.Rows, n = _setup.Width;
         var gradientHooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.ResidPost(L - 1) };
         var cached = new HashSet<string>(StringComparer.Ordinal);
         for (int l = 0; l < L; l++)
@@ -179,46 +189,66 @@ sealed class GradientScores
         }
         options.GradientFilter = gradientHooks.Contains;
         options.CacheFilter = cached.Contains;
-        var result = model.RunWithGradients(tokens, metric, null, options);
-        float[] Grad(string hook) => result.Gradients[hook].ToCpu().Span.ToArray();
+        var result = model.RunWithGradients(tokens, new GradientOnly(_metric), null, _setup.Deferred(options));
+        _setup.FoldFiniteness(result.Logits, tokens, options);
+        Tensor Grad(string hook) => result.Gradients[hook];
 
-        int S = _graph.Sources.Count;
-        var dy = new float[n];
+        int S = _graph.Sources.Count, destinations = _graph.Destinations.Count;
+        var dNormed = be.Empty(rows, _setup.D);
+        var normed = be.Empty(rows, _setup.D);
+        var scale = be.Empty(rows);
+        var negative = be.Empty(n);
+        // Destinations of a layer are contiguous (q, k, v slots, the MLP; the logits after the last layer's).
         foreach (var layer in _graph.Destinations.Select((d, i) => (d, i)).GroupBy(x => x.d.Layer))
         {
             var slots = layer.ToArray();
-            var g = new float[slots.Length * n];
+            int first = slots[0].i, l = layer.Key;
+            var g = be.Empty(slots.Length, n);
+            Tensor? residPre = null;
             for (int j = 0; j < slots.Length; j++)
             {
                 var (slot, _) = slots[j];
-                var into = g.AsSpan(j * n, n);
-                int l = slot.Layer;
+                long at = (long)j * n;
                 switch (slot.Kind)
                 {
                     case SlotKind.Logits:
-                        Grad(HookNames.ResidPost(l)).CopyTo(into);
+                        be.CopyRows(Grad(HookNames.ResidPost(l)), 0, n, g, at, n, 1, n);
                         break;
-                    case SlotKind.Mlp:
-                        var mid = Grad(HookNames.ResidMid(l));
-                        var post = Grad(HookNames.ResidPost(l));
-                        for (int i = 0; i < n; i++) into[i] = mid[i] - post[i];
+                    case SlotKind.Mlp: // d resid_mid − d resid_post: the path through ln2 and the MLP only
+                        be.Scale(Grad(HookNames.ResidPost(l)), -1f, negative);
+                        be.CopyRows(Grad(HookNames.ResidMid(l)), 0, n, g, at, n, 1, n);
+                        be.CopyRows(negative, 0, n, g, at, n, 1, n, accumulate: true);
                         break;
                     default:
-                        // Forward: q[:, :, h] = LN1(resid_pre)·W_Q[h] + b_Q[h] ⇒ d LN1-out = dq_h·W_Q[h]ᵀ, then the norm's backward.
-                        var dProj = result.Gradients[EdgeSetup.InputHook(slot)].ToCpu().Span;
-                        var w = _setup.Projection(slot.Kind, l, slot.Head); // [d_model, d_head]
-                        Gemm.Sgemm(false, true, rows, D, E, 1f, dProj[(slot.Head * E)..], H * E, w, E, 0f, dy, D);
-                        HostNorm.Backward(model.Anatomy(l).Ln1, result.Activations[HookNames.ResidPre(l)].ToCpu().Span, dy, D, into);
+                        // Forward: q[:, :, h] = LN1(resid_pre)·W_Q[h] + b_Q[h] ⇒ d LN1-out = dq_h·W_Q[h]ᵀ, then the norm's real backward.
+                        var ln1 = model.Anatomy(l).Ln1;
+                        if (residPre is null)
+                        {
+                            residPre = result.Activations[HookNames.ResidPre(l)];
+                            _setup.NormForward(ln1, residPre, normed, scale);
+                        }
+                        _setup.ProjectionBackward(slot, Grad(EdgeSetup.InputHook(slot)), dNormed);
+                        _setup.NormBackward(ln1, residPre, scale, dNormed, normed);
+                        be.CopyRows(normed, 0, n, g, at, n, 1, n);
                         break;
                 }
             }
-            // [sources, n]·[slots, n]ᵀ: every source against every slot of this layer (non-edges are never read).
-            var product = new float[S * slots.Length];
-            Gemm.Sgemm(false, true, S, slots.Length, n, 1f, _delta, n, g, n, 0f, product, slots.Length);
-            for (int s = 0; s < S; s++)
-                for (int j = 0; j < slots.Length; j++)
-                    _sum[s, slots[j].i] += product[s * slots.Length + j];
+            // [sources, n]·[slots, n]ᵀ added into the table's columns of this layer's slots (non-edges are never read).
+            be.Gemm(false, true, S, slots.Length, n, 1f, _setup.Delta, 0, n, g, 0, n, 1f, _table, first, destinations);
         }
         _runs++;
+    }
+
+    /// <summary>
+    /// The metric as a backward pass's seed only: on a device its value is not computed (the scores need the gradient
+    /// alone, and reading a value back per pass would be a copy per run).
+    /// </summary>
+    sealed class GradientOnly(IExampleMetric metric) : IDeviceMetric
+    {
+        public string Name => metric.Name;
+        public double Value(Tensor logits) => metric.Value(logits);
+        public Tensor Gradient(Tensor logits) => metric.Gradient(logits);
+        public int[]? PositionsRead(int length) => metric.PositionsRead(length);
+        public (double Value, Tensor Gradient) Evaluate(Tensor logits, IComputeBackend backend) => (0, metric.GradientOn(logits, backend));
     }
 }

@@ -1,5 +1,6 @@
 using Loupe.Models.Metrics;
 using Loupe.Tensors;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Circuits.Edges;
 
@@ -12,6 +13,40 @@ public interface IExampleMetric : IMetric
 {
     /// <summary><c>m_b</c> for every row of the logits <c>[batch, pos, d_vocab_out]</c>.</summary>
     double[] PerExample(Tensor logits);
+
+    /// <summary>
+    /// <c>m_b</c> of every copy of the batch in <paramref name="logits"/> (<c>[copies·batch, pos, d_vocab_out]</c>, on
+    /// <paramref name="backend"/>'s device), written into <paramref name="values"/> from <paramref name="offset"/> on
+    /// (copy-major), with nothing read back. The default reads the logits on the host (free on the CPU) and sends the values in.
+    /// </summary>
+    /// <param name="logits">The logits of <paramref name="copies"/> copies of the batch, one after another.</param>
+    /// <param name="backend">The backend that owns the logits.</param>
+    /// <param name="copies">How many copies of the batch the logits hold.</param>
+    /// <param name="values">Receives <c>copies·batch</c> values.</param>
+    /// <param name="offset">Where in <paramref name="values"/> the first goes.</param>
+    void PerExampleInto(Tensor logits, IComputeBackend backend, int copies, Tensor values, long offset)
+    {
+        var host = logits.ToCpu();
+        int rows = host.Dim(0) / copies, T = host.Dim(1), V = host.Dim(2);
+        var all = new float[rows * copies];
+        for (int c = 0; c < copies; c++)
+        {
+            var own = PerExample(Tensor.FromArray(host.Span.Slice(c * rows * T * V, rows * T * V).ToArray(), rows, T, V));
+            for (int b = 0; b < rows; b++) all[c * rows + b] = (float)own[b];
+        }
+        backend.CopyRows(backend.ToDevice(Tensor.FromArray(all, all.Length)), 0, all.Length, values, offset, all.Length, 1, all.Length);
+    }
+
+    /// <summary>d Σ_b m_b / d logits on <paramref name="backend"/>'s device. The default computes it on the host and sends it in.</summary>
+    /// <param name="logits">The logits <c>[batch, pos, d_vocab_out]</c>, on the backend's device.</param>
+    /// <param name="backend">The backend that owns the logits.</param>
+    Tensor GradientOn(Tensor logits, IComputeBackend backend) => backend.ToDevice(Gradient(logits.ToCpu()));
+
+    /// <summary>Whether the metric's gradient is non-zero somewhere for logits of this shape (checked without running the model).</summary>
+    /// <param name="batch">Examples.</param>
+    /// <param name="length">Positions per example.</param>
+    /// <param name="vocab">d_vocab_out.</param>
+    bool DependsOnLogits(int batch, int length, int vocab) => Gradient(Tensor.Zeros(batch, length, vocab)).Span.IndexOfAnyExcept(0f) >= 0;
 }
 
 /// <summary>One logit difference: <c>logits[position, answer] − logits[position, wrong]</c>.</summary>
@@ -27,6 +62,8 @@ public readonly record struct LogitDiffTerm(int Position, int Answer, int Wrong)
 public sealed class MeanLogitDiff : IExampleMetric
 {
     readonly LogitDiffTerm[][] _terms;
+    // The gradient on a device (it does not depend on the logits): built once per backend and shape.
+    (IComputeBackend Backend, int T, int V, Tensor Weights)? _onDevice;
 
     /// <param name="terms">Per example, its (position, answer, wrong) terms; every example needs at least one.</param>
     /// <exception cref="ArgumentException">An example has no terms.</exception>
@@ -57,6 +94,60 @@ public sealed class MeanLogitDiff : IExampleMetric
     }
 
     public double Value(Tensor logits) => PerExample(logits).Sum();
+
+    /// <summary>Every position a term reads (the backward then unembeds only those rows).</summary>
+    public int[]? PositionsRead(int length) => [.. _terms.SelectMany(t => t).Select(t => Resolve(t.Position, length)).Distinct().Order()];
+
+    /// <summary>
+    /// <c>m_b = logits[b]·w[b]</c> with w the gradient (the metric is linear): one batched matrix–vector product,
+    /// nothing read back (in fp32; <see cref="PerExample"/> on the host subtracts in double).
+    /// </summary>
+    public void PerExampleInto(Tensor logits, IComputeBackend backend, int copies, Tensor values, long offset)
+    {
+        int T = logits.Dim(1), V = logits.Dim(2), B = _terms.Length;
+        if (logits.Rank != 3 || logits.Dim(0) != copies * B)
+            throw new ArgumentException($"the metric has terms for {B} examples × {copies} copies but the logits are {logits.ShapeString}");
+        var w = Weights(backend, T, V);
+        long tv = (long)T * V;
+        // values[offset + c·B + b] = logits[c·B + b, :]·w[b, :] for every copy c: per example b, [copies, T·V]·[T·V, 1].
+        backend.GemmBatched(false, true, copies, 1, checked((int)tv), 1f, logits, 0, checked((int)(B * tv)), tv, w, 0, checked((int)tv), tv,
+            0f, values, offset, B, 1, B);
+    }
+
+    public Tensor GradientOn(Tensor logits, IComputeBackend backend)
+    {
+        Check(logits);
+        return backend.Device.IsCpu ? Gradient(logits) : Weights(backend, logits.Dim(1), logits.Dim(2));
+    }
+
+    public bool DependsOnLogits(int batch, int length, int vocab) =>
+        _terms.Any(example => example.GroupBy(t => (Resolve(t.Position, length), t.Answer, t.Wrong)).Any(g => g.Key.Answer != g.Key.Wrong));
+
+    /// <summary>The gradient on the device: zeros, then each (row, token) weight placed by a one-element row copy from one small table (sent in with the answer ids).</summary>
+    Tensor Weights(IComputeBackend backend, int T, int V)
+    {
+        if (_onDevice is { } cached && ReferenceEquals(cached.Backend, backend) && cached.T == T && cached.V == V) return cached.Weights;
+        int B = _terms.Length;
+        var entries = new Dictionary<long, float>();
+        for (int b = 0; b < B; b++)
+        {
+            float share = 1f / _terms[b].Length;
+            foreach (var (p, a, w) in _terms[b])
+            {
+                if ((uint)a >= (uint)V || (uint)w >= (uint)V)
+                    throw new ArgumentOutOfRangeException(nameof(V), $"token {a} or {w} is outside the output vocabulary (d_vocab_out = {V})");
+                long row = ((long)b * T + Resolve(p, T)) * V;
+                entries[row + a] = entries.GetValueOrDefault(row + a) + share;
+                entries[row + w] = entries.GetValueOrDefault(row + w) - share;
+            }
+        }
+        var at = entries.Keys.ToArray();
+        var table = backend.ToDevice(Tensor.FromArray([.. at.Select(k => entries[k])], at.Length), TransferKind.Inputs);
+        var weights = backend.Zeros(B, T, V);
+        for (int i = 0; i < at.Length; i++) backend.CopyRows(table, i, 1, weights, at[i], 1, 1, 1);
+        _onDevice = (backend, T, V, weights);
+        return weights;
+    }
 
     public Tensor Gradient(Tensor logits)
     {

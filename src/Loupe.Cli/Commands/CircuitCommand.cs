@@ -34,7 +34,8 @@ static class CircuitCommand
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            // Scores, circuit runs and ACDC run where the model is: on a device each reads back one table (scores or metric values).
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var c = CliSupport.ParseTokens(parse.GetValue(clean)!, "--clean");
             var x = CliSupport.ParseTokens(parse.GetValue(corrupt)!, "--corrupt");
             CliSupport.CheckTokens(m, c, "--clean");
