@@ -125,7 +125,7 @@ public sealed class ForwardContext
         if (s_debug) Debug("∇ " + name, gradient);
         if (_options.GradientHooks.TryGetValue(name, out var hooks))
         {
-            var context = new HookContext(name, layer, PositionOffset, GenerationStep);
+            var context = new HookContext(name, layer, PositionOffset, GenerationStep) { Backend = Backend };
             foreach (var hook in hooks)
             {
                 var replaced = hook(gradient, context);
@@ -215,7 +215,7 @@ public sealed class ForwardContext
         if (!Wants(name)) return activation;
         if (_options.Hooks.TryGetValue(name, out var hooks))
         {
-            var context = new HookContext(name, layer, PositionOffset, GenerationStep);
+            var context = new HookContext(name, layer, PositionOffset, GenerationStep) { Backend = Backend };
             foreach (var hook in hooks)
             {
                 var replaced = hook(activation, context);
