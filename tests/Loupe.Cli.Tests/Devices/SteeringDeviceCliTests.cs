@@ -68,11 +68,10 @@ public partial class SteeringDeviceCliTests
     [RequiresSharedFact("models/stories260K")]
     public void MonitorOnTheEmulatedDevicePrintsWhatTheCpuPrints()
     {
-        string data = Path.Combine(SharedData.RepoRoot, "src", "Loupe.Steering", "Data"), file = Path.Combine(TempDir(), "sad.safetensors");
-        RunBoth("monitor", "train", "--model", Stories, "--concept", "sadness", "--positive", Path.Combine(data, "sad.txt"),
+        string data = Path.Combine(SharedData.RepoRoot, "src", "Loupe.Steering", "Data");
+        var (trained, _) = RunBoth("monitor", "train", "--model", Stories, "--concept", "sadness", "--positive", Path.Combine(data, "sad.txt"),
             "--negative", Path.Combine(data, "happy.txt"), "--recall", "0.75", "--layer", "3", "--out", "OUT/sad.safetensors");
-        Assert.True(RunLoupe(["monitor", "train", "--model", Stories, "--concept", "sadness", "--positive", Path.Combine(data, "sad.txt"),
-            "--negative", Path.Combine(data, "happy.txt"), "--recall", "0.75", "--layer", "3", "--out", file]).Code == 0);
+        string file = Path.Combine(trained, "sad.safetensors"); // the CPU's monitor, read on both
         RunBoth("monitor", "read", "--model", Stories, "--monitor", file, "--prompt", "Tom lost his ball. He", "--generate", "12", "--steer", "6");
     }
 
