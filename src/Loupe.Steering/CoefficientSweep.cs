@@ -80,7 +80,17 @@ public static class CoefficientSweep
         var all = prompt.Concat(continuation).Take(model.Config.NCtx).ToArray();
         int V = model.Config.VocabOut, n = all.Length - prompt.Length;
         if (n <= 0) return double.NaN;
-        var logits = model.Run(all).Logits.Span; // [1, pos, d_vocab_out]
+        var output = model.Run(all).Logits; // [1, pos, d_vocab_out]
+        if (!output.IsHost)
+        {
+            // On a device: the cross-entropy of each next token there, and only its sum comes back.
+            var backend = model.Backend;
+            var rows = new Loupe.Tensors.Tensor(output.Storage.Slice((long)(prompt.Length - 1) * V, (long)n * V), n, V);
+            var loss = backend.Empty(n);
+            backend.CrossEntropyRows(rows, n, V, all.AsSpan(prompt.Length, n), loss, null, 1f);
+            return -backend.Sum(loss) / n;
+        }
+        var logits = output.Span;
         double total = 0;
         for (int t = prompt.Length - 1; t < all.Length - 1; t++)
         {

@@ -40,6 +40,7 @@ public sealed class PersonaVector
         Norm = norm;
         _unit = new float[vector.Length];
         TensorPrimitives.Divide(vector, norm, _unit);
+        DeviceUnit = new DeviceVector(_unit);
         Threshold = threshold;
     }
 
@@ -50,6 +51,8 @@ public sealed class PersonaVector
     public float Norm { get; }
     /// <summary>v̂ <c>[d_model]</c>.</summary>
     public ReadOnlySpan<float> UnitDirection => _unit;
+    /// <summary>v̂ on the devices it is read on (uploaded once per backend).</summary>
+    internal DeviceVector DeviceUnit { get; }
     /// <summary>Monitoring threshold on the mean projection (max accuracy on the training texts).</summary>
     public double Threshold { get; }
     /// <summary>(mean₊ + mean₋)/2 of the training projections, the simpler threshold, for reference.</summary>
@@ -75,8 +78,12 @@ public sealed class PersonaVector
     /// <exception cref="InputError">The sequence is empty or the model has no such hook.</exception>
     public PersonaReading Monitor(HookedTransformer model, int[] tokens)
     {
-        var acts = TextActivations.PerToken(model, tokens, HookName);
-        var projections = acts.Select(a => Project(a)).ToArray();
+        var act = TextActivations.PerTokenActivation(model, tokens, HookName); // [1, pos, d]
+        int d = act.Dim(2);
+        // On a device the projections are one product there; only the per-token readings come back.
+        var projections = act.IsHost
+            ? Enumerable.Range(0, tokens.Length).Select(t => Project(act.Span.Slice(t * d, d))).ToArray()
+            : DeviceActivations.Projections(model.Backend, act.Reshape(tokens.Length, d), tokens.Length, DeviceUnit.On(model.Backend)).Select(x => (double)x).ToArray();
         int first = tokens.Length > 1 && tokens[0] == model.Config.BosTokenId ? 1 : 0;
         double mean = projections.Skip(first).Average();
         return new PersonaReading(tokens, projections, mean, Threshold, mean > Threshold);

@@ -14,6 +14,7 @@ namespace Loupe.Steering;
 public sealed class SteeringVector : IActivationEdit
 {
     readonly float[] _direction;
+    readonly DeviceVector _push; // c·v, for activations on a device
 
     /// <param name="hookName">The hook point, e.g. <c>blocks.3.hook_resid_post</c>.</param>
     /// <param name="direction">The vector added per position <c>[width]</c> (copied).</param>
@@ -31,6 +32,7 @@ public sealed class SteeringVector : IActivationEdit
         HookName = hookName;
         _direction = direction.ToArray();
         Coefficient = coefficient;
+        _push = new DeviceVector([.. _direction.Select(x => x * coefficient)]);
         Positions = positions ?? SteeringPositions.All;
     }
 
@@ -59,6 +61,7 @@ public sealed class SteeringVector : IActivationEdit
         int batch = activation.Dim(0), length = activation.Dim(1), d = _direction.Length;
         int first = Positions.FirstIndex(context, length);
         if (first >= length || Coefficient == 0f) return activation;
+        if (!activation.IsHost) return ApplyOnDevice(activation, context, first);
         int rowsPerPos = activation.Length / (batch * length * d); // heads, for [batch, pos, head_index, d_head]
         var edited = activation.Clone();
         var span = edited.Span;
@@ -69,6 +72,17 @@ public sealed class SteeringVector : IActivationEdit
                     var row = span.Slice(((b * length + t) * rowsPerPos + r) * d, d);
                     TensorPrimitives.MultiplyAdd(_direction, Coefficient, row, row); // x + c·v
                 }
+        return edited;
+    }
+
+    // On a device: x + c·v as one row-vector add per edited range; c·v is uploaded once per backend.
+    Tensor ApplyOnDevice(Tensor activation, HookContext context, int first)
+    {
+        var backend = DeviceActivations.BackendOf(activation, context);
+        var push = _push.On(backend);
+        var edited = activation.Clone(); // on the device
+        foreach (var (rows, count) in DeviceActivations.RowsFrom(edited, first, _direction.Length))
+            backend.AddRowVector(rows, count, push);
         return edited;
     }
 
@@ -104,6 +118,7 @@ public sealed class SteeringVector : IActivationEdit
 public sealed class ProjectOut : IActivationEdit
 {
     readonly float[] _unit;
+    readonly DeviceVector _deviceUnit;
 
     /// <exception cref="InputError">The direction is empty, zero or not finite, or the hook is not <c>[batch, pos, …, d]</c>.</exception>
     public ProjectOut(string hookName, ReadOnlySpan<float> direction, float coefficient = 1f, SteeringPositions? positions = null)
@@ -116,6 +131,7 @@ public sealed class ProjectOut : IActivationEdit
         HookName = hookName;
         _unit = direction.ToArray();
         TensorPrimitives.Divide(_unit, norm, _unit);
+        _deviceUnit = new DeviceVector(_unit);
         Coefficient = coefficient;
         Positions = positions ?? SteeringPositions.All;
     }
@@ -134,6 +150,7 @@ public sealed class ProjectOut : IActivationEdit
         int batch = activation.Dim(0), length = activation.Dim(1), d = _unit.Length;
         int first = Positions.FirstIndex(context, length);
         if (first >= length || Coefficient == 0f) return activation;
+        if (!activation.IsHost) return ApplyOnDevice(activation, context, first);
         int rowsPerPos = activation.Length / (batch * length * d);
         var edited = activation.Clone();
         var span = edited.Span;
@@ -145,6 +162,25 @@ public sealed class ProjectOut : IActivationEdit
                     float along = TensorPrimitives.Dot(row, _unit);
                     TensorPrimitives.MultiplyAdd(_unit, -Coefficient * along, row, row); // x − c·(x·v̂)·v̂
                 }
+        return edited;
+    }
+
+    // On a device: the projections x·v̂ as one product per edited range, then x −= (c·(x·v̂))·v̂ as an outer product added back.
+    Tensor ApplyOnDevice(Tensor activation, HookContext context, int first)
+    {
+        var backend = DeviceActivations.BackendOf(activation, context);
+        var unit = _deviceUnit.On(backend);
+        int d = _unit.Length;
+        var edited = activation.Clone(); // on the device
+        foreach (var (rows, count) in DeviceActivations.RowsFrom(edited, first, d))
+        {
+            var along = backend.Empty(count, 1);
+            backend.Linear(rows, count, d, unit.Reshape(1, d), weightIsOutIn: true, 1, null, along);
+            backend.Scale(along, -Coefficient, along);
+            var removed = backend.Empty(count, d);
+            backend.Linear(along, count, 1, unit.Reshape(d, 1), weightIsOutIn: true, d, null, removed);
+            backend.Add(rows, removed, rows);
+        }
         return edited;
     }
 }

@@ -1,5 +1,6 @@
 using Loupe.Models;
 using Loupe.Models.Hooks;
+using Loupe.Tensors;
 
 namespace Loupe.Steering;
 
@@ -49,6 +50,11 @@ public static class TextActivations
                 if (act.Rank != 3)
                     throw new InputError($"hook '{hook}' is {act.ShapeString}; reading text activations needs a [batch, pos, d] hook such as blocks.0.hook_resid_post");
                 int T = act.Dim(1), d = act.Dim(2);
+                if (!act.IsHost)
+                {
+                    ReduceOnDevice(model, act, rows, reduction, bos).CopyTo(result[hook].AsSpan(start, rows.Length));
+                    continue;
+                }
                 for (int b = 0; b < rows.Length; b++)
                 {
                     int n = rows[b].Length;
@@ -67,16 +73,46 @@ public static class TextActivations
         return result;
     }
 
+    /// <summary>
+    /// The reduced rows of a device activation <c>[batch, pos, d]</c>: each row's positions are reduced on the device into one
+    /// <c>[batch, d]</c> table, and that table is the one copy to the host.
+    /// </summary>
+    static float[][] ReduceOnDevice(HookedTransformer model, Tensor act, int[][] rows, TokenReduction reduction, int? bos)
+    {
+        var backend = model.Backend;
+        int T = act.Dim(1), d = act.Dim(2);
+        var table = backend.Empty(rows.Length, d);
+        for (int b = 0; b < rows.Length; b++)
+        {
+            int n = rows[b].Length;
+            int first = reduction == TokenReduction.LastToken ? n - 1 : n > 1 && rows[b][0] == bos ? 1 : 0;
+            var slot = new Tensor(table.Storage.Slice((long)b * d, d), d);
+            backend.SumMiddleAxis(new Tensor(act.Storage.Slice((long)(b * T + first) * d, (long)(n - first) * d), n - first, d), 1, n - first, d, slot);
+            if (n - first > 1) backend.Scale(slot, 1f / (n - first), slot);
+        }
+        var host = new float[rows.Length * d];
+        table.CopyTo(host);
+        return Enumerable.Range(0, rows.Length).Select(b => host.AsSpan(b * d, d).ToArray()).ToArray();
+    }
+
     /// <summary>The activation at every position of one sequence <c>[pos][d]</c>.</summary>
     /// <exception cref="InputError">The sequence is empty, the hook unknown or not <c>[batch, pos, d]</c>.</exception>
     public static float[][] PerToken(HookedTransformer model, int[] tokens, string hook)
+    {
+        var act = PerTokenActivation(model, tokens, hook).ToCpu(); // every position is asked for: one copy
+        int d = act.Dim(2);
+        return Enumerable.Range(0, tokens.Length).Select(t => act.Span.Slice(t * d, d).ToArray()).ToArray();
+    }
+
+    /// <summary>The activation of one sequence at <paramref name="hook"/> <c>[1, pos, d]</c>, where the model runs (on its device).</summary>
+    /// <exception cref="InputError">The sequence is empty, the hook unknown or not <c>[batch, pos, d]</c>.</exception>
+    internal static Tensor PerTokenActivation(HookedTransformer model, int[] tokens, string hook)
     {
         if (tokens.Length == 0) throw new InputError("the sequence has no tokens");
         ActivationEdits.RequireHook(model, hook);
         var act = model.Run(TokenBatch.Single(tokens), new RunOptions { CacheFilter = h => h == hook, LastPositionLogitsOnly = true }).Cache[hook];
         if (act.Rank != 3) throw new InputError($"hook '{hook}' is {act.ShapeString}; per-token reading needs a [batch, pos, d] hook");
-        int d = act.Dim(2);
-        return Enumerable.Range(0, tokens.Length).Select(t => act.Span.Slice(t * d, d).ToArray()).ToArray();
+        return act;
     }
 
     /// <summary>The element-wise mean of equal-length rows.</summary>

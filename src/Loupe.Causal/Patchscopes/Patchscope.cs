@@ -34,9 +34,14 @@ public static class Patchscope
         int p = position < 0 ? prompt.Length + position : position;
         if ((uint)p >= (uint)prompt.Length) throw new ArgumentOutOfRangeException(nameof(position), $"position {position} is outside a prompt of {prompt.Length} tokens");
         string hook = layer == L ? HookNames.ResidPost(L - 1) : HookNames.ResidPre(layer);
-        var act = model.RunWithCache(TokenBatch.Single(prompt), hook).Cache[hook].ToCpu().Span;
+        var act = model.RunWithCache(TokenBatch.Single(prompt), hook).Cache[hook];
         int D = model.Config.DModel;
-        return act.Slice(p * D, D).ToArray();
+        // Only the asked position comes to the host (one row copied out of the device activation).
+        var row = model.Backend.Empty(D);
+        model.Backend.CopyRows(act, (long)p * D, D, row, 0, D, 1, D);
+        var host = new float[D];
+        row.CopyTo(host);
+        return host;
     }
 
     /// <summary>
@@ -47,16 +52,16 @@ public static class Patchscope
     public static double TypicalNorm(HookedTransformer model, int[] prompt, int layer)
     {
         string hook = layer == model.Config.NLayers ? HookNames.ResidPost(layer - 1) : HookNames.ResidPre(layer);
-        var act = model.RunWithCache(TokenBatch.Single(prompt), hook).Cache[hook].ToCpu().Span;
-        int D = model.Config.DModel, first = prompt.Length > 1 ? 1 : 0;
+        var act = model.RunWithCache(TokenBatch.Single(prompt), hook).Cache[hook]; // [1, pos, d_model]
+        int D = model.Config.DModel, T = prompt.Length, first = T > 1 ? 1 : 0;
+        // Squared norms per position where the activation lives; only those T numbers come to the host.
+        var squares = model.Backend.Empty(T);
+        model.Backend.RowDots(act, act, T, D, squares);
+        var host = new float[T];
+        squares.CopyTo(host);
         double sum = 0;
-        for (int p = first; p < prompt.Length; p++)
-        {
-            double sq = 0;
-            foreach (float x in act.Slice(p * D, D)) sq += (double)x * x;
-            sum += Math.Sqrt(sq);
-        }
-        return sum / (prompt.Length - first);
+        for (int p = first; p < T; p++) sum += Math.Sqrt(host[p]);
+        return sum / (T - first);
     }
 
     /// <summary>
@@ -73,7 +78,8 @@ public static class Patchscope
         if ((uint)p >= (uint)target.Length) throw new ArgumentException($"target position {targetPosition} is outside a prompt of {target.Length} tokens", nameof(targetPosition));
         foreach (int l in targetLayers)
             if ((uint)l >= (uint)L) throw new ArgumentException($"target layer {l} is outside 0..{L - 1}", nameof(targetLayers));
-        var v = vector.ToArray();
+        var backend = model.Backend;
+        var v = backend.LoadWeight(vector.ToArray(), [D]); // on the model's device, once for every layer and step
         int count = targetLayers.Count, T = target.Length;
         var options = new RunOptions();
         // Row r of the batch patches layer targetLayers[r]; only the prompt pass (generation step 0) is patched.
@@ -83,24 +89,27 @@ public static class Patchscope
             options.AddHook(HookNames.ResidPre(group.Key), (act, ctx) =>
             {
                 if (ctx.GenerationStep > 0) return null;
-                var host = act.IsHost ? act : act.ToCpu();
-                var span = host.Span;
-                foreach (int r in rows) v.CopyTo(span.Slice((r * T + p) * D, D));
-                return act.IsHost ? null : model.Backend.ToDevice(host);
+                foreach (int r in rows) backend.CopyRows(v, 0, D, act, (long)(r * T + p) * D, D, 1, D); // in place, where the pass runs
+                return null;
             });
         }
         // The first new token's distribution, from a plain patched forward pass (the generation picks greedily from the same logits).
         var ids = new int[count * T];
         for (int r = 0; r < count; r++) target.CopyTo(ids, r * T);
-        var logits = model.Run(new TokenBatch(ids, count, T), options).Logits.ToCpu();
-        int V = logits.Dim(2);
+        var output = model.Run(new TokenBatch(ids, count, T), options).Logits; // [count, T, d_vocab_out]
+        int V = output.Dim(2);
+        // Only each row's last position comes to the host: the first new token's distribution.
+        var last = backend.Empty(count, V);
+        backend.CopyRows(output, (long)(T - 1) * V, T * V, last, 0, V, count, V);
+        var logits = new float[count * V];
+        last.CopyTo(logits);
         var generated = newTokens > 0
             ? model.Generate([.. Enumerable.Repeat(target, count)], new GenerationOptions(MaxNewTokens: newTokens, Temperature: 0, StopAtEos: false), options)
             : [.. Enumerable.Range(0, count).Select(_ => Array.Empty<int>())];
         var readings = new List<PatchscopeReading>(count);
         for (int r = 0; r < count; r++)
         {
-            var row = logits.Span.Slice((r * T + T - 1) * V, V).ToArray();
+            var row = logits.AsSpan(r * V, V).ToArray();
             double max = double.NegativeInfinity;
             foreach (float x in row) max = Math.Max(max, x);
             double z = 0;

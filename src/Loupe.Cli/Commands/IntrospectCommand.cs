@@ -47,7 +47,7 @@ static class IntrospectCommand
                 NewTokens = CliSupport.Int(parse, tokens, 1, 512),
             };
             if (parse.GetValue(prompt) is { } p) options = options with { TrialPrompt = p };
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             ChatClient? client = parse.GetValue(judge) is { } url
                 ? new ChatClient(new EndpointOptions { Endpoint = url, Model = parse.GetValue(judgeModel)!, ApiKey = Environment.GetEnvironmentVariable(parse.GetValue(keyEnv)!) })
                 : null;

@@ -82,7 +82,7 @@ static class MonitorCommand
             if (calTokens < 2) throw InputError.Expected("argument", "--calibration-tokens", "at least 2", calTokens);
             var openings = parse.GetValue(calibration) is string calFiles ? ReadTexts(calFiles, "--calibration") : null;
             if (openings is not null) source["calibration"] = parse.GetValue(calibration)!;
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             int? l = parse.GetValue(layer);
             if (l is int chosen && (chosen < 0 || chosen >= m.Config.NLayers)) throw InputError.Expected("argument", "--layer", $"0..{m.Config.NLayers - 1}", chosen);
             var monitor = CliSupport.Status.Status().Start($"Reading {pos.Count} + {neg.Count} texts",
@@ -121,7 +121,7 @@ static class MonitorCommand
             string path = parse.GetValue(monitorPath)!;
             if (!File.Exists(path)) throw new InputError($"argument: --monitor: file not found: {path}");
             var monitor = ConceptMonitor.Load(path);
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             if (monitor.Direction.Vector.Length != m.Config.DModel)
                 throw new InputError($"{path}: the monitor has {monitor.Direction.Vector.Length} dimensions; the model's d_model is {m.Config.DModel}");
             var ids = CliSupport.Encode(m, parse.GetValue(prompt)!);

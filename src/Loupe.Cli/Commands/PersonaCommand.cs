@@ -58,7 +58,7 @@ static class PersonaCommand
             if (oppositeTexts.Count < 2) throw InputError.Expected(negativePath, "--negative texts", "at least two texts, one a line", oppositeTexts.Count);
             var words = parse.GetValue(scoreWords) is string spec ? ParseWordLists(spec) : null;
 
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             if (fixedLayer is int l) Check.InRange(l, 0, m.Config.NLayers - 1, "argument", layer.Name);
             string text = parse.GetValue(prompt)!;
             int[] input = CliSupport.Encode(m, text);

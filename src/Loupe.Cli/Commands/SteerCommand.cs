@@ -55,7 +55,7 @@ static class SteerCommand
             var (temp, topKValue, topPValue) = CliSupport.Sampling(parse, temperature, topK, topP);
             string? dir = parse.GetValue(output) is string o ? CliSupport.OutputFolder(o) : null;
 
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             string text = parse.GetValue(prompt)!;
             int[] input = CliSupport.Encode(m, text);
             CliSupport.CheckTokens(m, Loupe.Models.TokenBatch.Single(input), prompt.Name);

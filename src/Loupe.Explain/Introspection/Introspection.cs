@@ -142,8 +142,13 @@ public static class ConceptInjection
         var acts = words.Select(w =>
         {
             var ids = tokenizer.Encode(string.Format(CultureInfo.InvariantCulture, template, w));
-            var act = model.RunWithCache(TokenBatch.Single(ids), hook).Cache[hook].ToCpu().Span;
-            return act.Slice((ids.Length - 1) * D, D).ToArray();
+            var act = model.RunWithCache(TokenBatch.Single(ids), hook).Cache[hook];
+            // Only the last token's row comes to the host (the model may run on a device).
+            var row = model.Backend.Empty(D);
+            model.Backend.CopyRows(act, (long)(ids.Length - 1) * D, D, row, 0, D, 1, D);
+            var host = new float[D];
+            row.CopyTo(host);
+            return host;
         }).ToArray();
         var mean = new double[D];
         foreach (var a in acts) for (int d = 0; d < D; d++) mean[d] += a[d] / acts.Length;

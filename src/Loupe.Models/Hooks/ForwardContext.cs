@@ -185,7 +185,7 @@ public sealed class ForwardContext
         if (s_debug) Debug("∇ " + name, gradient);
         if (_options.GradientHooks.TryGetValue(name, out var hooks))
         {
-            var context = new HookContext(name, layer, PositionOffset, GenerationStep);
+            var context = new HookContext(name, layer, PositionOffset, GenerationStep) { Backend = Backend };
             foreach (var hook in hooks)
             {
                 var replaced = hook(gradient, context);
@@ -276,7 +276,7 @@ public sealed class ForwardContext
         _ownScratch.Remove(activation.Storage); // seen by a hook, a cache or a splice: it may be kept, so it is never reused
         if (_options.Hooks.TryGetValue(name, out var hooks))
         {
-            var context = new HookContext(name, layer, PositionOffset, GenerationStep);
+            var context = new HookContext(name, layer, PositionOffset, GenerationStep) { Backend = Backend };
             foreach (var hook in hooks)
             {
                 var replaced = hook(activation, context);

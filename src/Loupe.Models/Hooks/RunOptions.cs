@@ -7,7 +7,14 @@ namespace Loupe.Models.Hooks;
 /// <param name="Layer">The block index, or -1 outside blocks.</param>
 /// <param name="PositionOffset">Absolute position of the activation's first position (the KV-cache length during generation).</param>
 /// <param name="GenerationStep">-1 for a plain forward; 0 for the prompt pass of a generation, 1.. for each new token.</param>
-public readonly record struct HookContext(string Name, int Layer, int PositionOffset, int GenerationStep);
+public readonly record struct HookContext(string Name, int Layer, int PositionOffset, int GenerationStep)
+{
+    /// <summary>
+    /// The backend running the pass, on whose device the activation lives: a hook that edits or reads a device tensor does so
+    /// with its ops. Null only where a caller builds a context by hand (then the activation is on the CPU).
+    /// </summary>
+    public Loupe.Tensors.Backends.IComputeBackend? Backend { get; init; }
+}
 
 /// <summary>
 /// Reads or replaces an activation. Return null (or the same tensor, edited in place) to keep it;

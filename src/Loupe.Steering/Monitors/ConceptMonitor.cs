@@ -199,10 +199,16 @@ public sealed record ConceptMonitor(string Name, PersonaVector Direction, double
         options.AddHook(Direction.HookName, (act, context) =>
         {
             if (context.GenerationStep < 1) return null;
-            var host = act.ToCpu().Span;
             int d = Direction.Vector.Length;
-            // One row per batch entry: this step's single position; the monitor follows the first row.
-            live.Add(Direction.Project(host[..d]));
+            // One row per batch entry: this step's single position; the monitor follows the first row. On a device the
+            // projection is computed there and only the reading (one float) comes back.
+            if (act.IsHost) live.Add(Direction.Project(act.Span[..d]));
+            else
+            {
+                var backend = DeviceActivations.BackendOf(act, context);
+                var row = new Loupe.Tensors.Tensor(act.Storage.Slice(0, d), 1, d);
+                live.Add(DeviceActivations.Projections(backend, row, 1, Direction.DeviceUnit.On(backend))[0]);
+            }
             return null;
         });
         return live;
