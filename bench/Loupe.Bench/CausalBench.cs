@@ -68,6 +68,40 @@ public static class CausalBench
         w.WriteLine($"activation patching, all {r.SweepCells} cells (extrapolated) {r.ActivationSweepMsExtrapolated / 1000,8:F1} s   → attribution is {r.SpeedupOverActivationPatching:F0}× faster (target ≥ 100×)");
     }
 
+    /// <summary>
+    /// Forward and forward + backward (the gradient at every resid_pre, the peer table's workload) of a
+    /// <paramref name="batch"/> × 128 batch of random tokens; the minimum and median of <paramref name="reps"/> runs each,
+    /// the two alternating so that a slow period on a shared machine hits both.
+    /// </summary>
+    public static (double ForwardMin, double ForwardMedian, double BackwardMin, double BackwardMedian) ForwardBackward(string folder, int batch, int reps)
+    {
+        using var model = ModelLoader.LoadFolder(folder);
+        const int T = 128;
+        var random = new Random(11);
+        var ids = Enumerable.Range(0, batch * T).Select(_ => random.Next(model.Config.DVocab)).ToArray();
+        var tokens = new TokenBatch(ids, batch, T);
+        var metric = new LogitDiff(17, 42);
+        void Forward() => model.Run(tokens);
+        void Backward() => model.RunWithGradients(tokens, metric, "blocks.*.hook_resid_pre");
+        for (int i = 0; i < WarmupRuns; i++) { Forward(); Backward(); }
+        var (f, b) = (new List<double>(), new List<double>());
+        for (int i = 0; i < Math.Max(1, reps); i++)
+        {
+            f.Add(Time(Forward));
+            b.Add(Time(Backward));
+        }
+        f.Sort();
+        b.Sort();
+        return (f[0], f[f.Count / 2], b[0], b[b.Count / 2]);
+
+        static double Time(Action body)
+        {
+            var clock = Stopwatch.StartNew();
+            body();
+            return clock.Elapsed.TotalMilliseconds;
+        }
+    }
+
     /// <summary>Warm-up runs before timing: tiered JIT and first-touch page faults settle only after several calls, and one left the forward half-cold.</summary>
     const int WarmupRuns = 5;
 

@@ -94,6 +94,12 @@ if (o.Verb == "causal")
     var model = o.Models[0];
     var causal = CausalBench.Run(model.Name, Fixtures.FolderOf(o.CacheRoot, model), o.Reps, log);
     CausalBench.Print(Console.Out, causal);
+    foreach (int batch in o.Batches.Where(b => b > 1))
+    {
+        log.WriteLine($"causal [{model.Name}]: batch {batch} × 128, forward and forward + backward to every resid_pre …");
+        var (fMin, fMed, bMin, bMed) = CausalBench.ForwardBackward(Fixtures.FolderOf(o.CacheRoot, model), batch, o.Reps);
+        Console.Out.WriteLine($"batch {batch} × 128: forward min {fMin:F0} ms (median {fMed:F0}), forward + backward to every resid_pre min {bMin:F0} ms (median {bMed:F0}) = {bMin / fMin:F2} forwards");
+    }
     if (o.JsonPath is { } causalJson) Loupe.Reports.AtomicFile.WriteJson(causalJson, causal);
     return 0;
 }
