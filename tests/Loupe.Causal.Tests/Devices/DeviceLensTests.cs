@@ -12,17 +12,9 @@ namespace Loupe.Causal.Tests.Devices;
 /// kernels (emulated on the CPU): the CPU's numbers to 1e-4 relative on the gpt2, llama and gemma2 (final soft-cap)
 /// fixtures, with the token ids going in and one result table coming out.
 /// </summary>
-public sealed class DeviceLensTests(DeviceLensTests.Emulated device) : IClassFixture<DeviceLensTests.Emulated>
+public sealed class DeviceLensTests(EmulatedDevice device) : IClassFixture<EmulatedDevice>
 {
     const int Answer = 17, Wrong = 42; // the fixtures' metric tokens
-
-    /// <summary>One emulated backend for the class (its kernels compile once).</summary>
-    public sealed class Emulated : IDisposable
-    {
-        public GpuBackend Backend { get; } = ComputeBackends.Create(new Device(DeviceKind.Emulated));
-
-        public void Dispose() => Backend.Dispose();
-    }
 
     static TokenBatch Tokens() => TokenBatch.FromRows(TestInputs.ReferenceIds);
 

@@ -12,16 +12,8 @@ namespace Loupe.Circuits.Tests.Edges;
 /// runs on the GPU backend's kernels (emulated on the CPU): the CPU's numbers (which match EAP-IG's fixtures) to
 /// 1e-4 relative, with the token ids and answer ids going in and one score table coming out.
 /// </summary>
-public sealed class DeviceCircuitTests(DeviceCircuitTests.Emulated device) : IClassFixture<DeviceCircuitTests.Emulated>
+public sealed class DeviceCircuitTests(EmulatedDevice device) : IClassFixture<EmulatedDevice>
 {
-    /// <summary>One emulated backend for the class (its kernels compile once).</summary>
-    public sealed class Emulated : IDisposable
-    {
-        public GpuBackend Backend { get; } = ComputeBackends.Create(new Device(DeviceKind.Emulated));
-
-        public void Dispose() => Backend.Dispose();
-    }
-
     static string Gpt2 => SharedData.TestData("reference/gpt2");
 
     // Relative to the largest score: edges far below it carry float noise of that size in both runs.
