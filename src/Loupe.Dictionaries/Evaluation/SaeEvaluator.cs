@@ -19,6 +19,8 @@
 //    (CE_zero − CE_sae) / (CE_zero − CE_clean); KL score = (KL_zero − KL_sae) / KL_zero; feature density =
 //    firing positions / evaluated positions; dead = never fired; dense = density > DenseThreshold;
 //    histogram of log10(density + 1e-10) (SAELens's logged feature-density histogram).
+// With the model on a device, the splice runs there and steps 5–6 are sums taken there (SaeEvaluator.Device.cs):
+// per batch only scalars and one vector of per-feature counts and per-dimension sums come back, never logits.
 using Loupe.Dictionaries.Harvest;
 using Loupe.Dictionaries.Sae;
 using Loupe.Dictionaries.Splice;

@@ -13,6 +13,7 @@
 //      otherwise the top-k of each row of acts with k doubled until every row's k-th value is 0, so every nonzero is
 //      among them (k starts at the previous batch's need); when 2k would reach n the dense acts are cheaper and come out
 //   4. on the host: keep the nonzero entries of each row, features ascending (CSR)
+// Backward (SaeSplice's, through the inference forward): d acts = d recons·W_decᵀ; d x = d pre·W_encᵀ (+ d recons·W_skipᵀ).
 using Loupe.Tensors;
 using Loupe.Tensors.Backends;
 

@@ -27,6 +27,8 @@
 // So d metric / d acts_post = d metric / d output · W_decᵀ: what attribution patching over features needs.
 // With the error term, gradients upstream of the splice flow only through the dictionary (J_saeᵀ·d output),
 // not through the error, exactly as in SAELens; without it the spliced model is differentiated exactly.
+// With the model on a device (a GPU backend) every step above runs there as backend ops, with the dictionary's weights
+// uploaded once per backend (see "on a device" below); nothing is read on the host.
 using TensorPrimitives = System.Numerics.Tensors.TensorPrimitives;
 using Loupe.Dictionaries.Sae;
 using Loupe.Models;
