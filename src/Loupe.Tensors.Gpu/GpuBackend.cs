@@ -999,6 +999,24 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         if (sv.Length > 0) KNormScale((int)sv.Length, sv, yv, target, onlyAbove ? 1 : 0);
     }
 
+    Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, float> KReconstructionRowStats => Kernel("reconstructionRowStats",
+        a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, float>(Kernels.ReconstructionRowStats));
+
+    public void ReconstructionRowStats(Tensor xx, Tensor rr, Tensor dot, float minNorm, Tensor cosine, Tensor ratio)
+    {
+        var xv = In(xx);
+        var rv = In(rr);
+        var dv = In(dot);
+        var cv = Out(cosine);
+        var qv = Out(ratio);
+        long n = xv.Length;
+        Need(rv, n, nameof(rr));
+        Need(dv, n, nameof(dot));
+        Need(cv, n, nameof(cosine));
+        Need(qv, n, nameof(ratio));
+        if (n > 0) KReconstructionRowStats((int)n, xv, rv, dv, cv, qv, minNorm);
+    }
+
     public void CountAbove(Tensor x, float threshold, Tensor y)
     {
         var xv = In(x);

@@ -758,6 +758,13 @@ static class Kernels
     public static void ScaleRows(Index1D i, ArrayView<float> x, ArrayView<float> scale, ArrayView<float> y, int cols) =>
         y[i] = x[i] * scale[i / cols];
 
+    public static void ReconstructionRowStats(Index1D i, ArrayView<float> xx, ArrayView<float> rr, ArrayView<float> dot, ArrayView<float> cosine, ArrayView<float> ratio, float minNorm)
+    {
+        float nx = XMath.Sqrt(xx[i]), nr = XMath.Sqrt(rr[i]);
+        cosine[i] = nx == 0 && nr == 0 ? 1f : nx == 0 || nr == 0 ? 0f : dot[i] / (nx * nr);
+        ratio[i] = nr / (nx < minNorm ? 1f : nx);
+    }
+
     public static void NormScale(Index1D i, ArrayView<float> s, ArrayView<float> y, float target, int onlyAbove)
     {
         float n = XMath.Sqrt(s[i]);

@@ -53,6 +53,45 @@ public sealed class SaeEvalCommandTests : IDisposable
         Assert.Empty(Directory.GetFiles(output, "*.tmp-*"));
     }
 
+    /// <summary>
+    /// <c>--device emulated</c>: the same lines as on the CPU, numbers equal up to the last printed digit, and eval.json's
+    /// metrics to 1e-4 (relative).
+    /// </summary>
+    [RequiresSharedFact("models/stories260K", "datasets/brown-corpus")]
+    public void EvalOnTheEmulatedDevicePrintsWhatTheCpuPrints()
+    {
+        string model = SharedData.Require("models/stories260K"), brown = SharedData.Require("datasets/brown-corpus");
+        var dict = new SparseDictionary(SaeShape.Sae(64, 96), new TopKActivation(8));
+        dict.Initialize(seed: 3, decoderNorm: 1f);
+        string sae = Path.Combine(_dir, "topk");
+        SaeLensFormat.Save(sae, dict, new SaeLensConfig { HookName = "blocks.2.hook_resid_post" });
+        string[] args = ["sae", "eval", "--model", model, "--sae", sae, "--source", "brown:" + brown, "--context-size", "32", "--max-contexts", "6", "--batch-size", "4"];
+        var cpu = RunLoupe([.. args, "--out", Path.Combine(_dir, "cpu")]);
+        Assert.True(cpu.Code == 0, cpu.Err);
+        var gpu = RunLoupe([.. args, "--out", Path.Combine(_dir, "gpu"), "--device", "emulated"]);
+        Assert.True(gpu.Code == 0, gpu.Err);
+        static string[] Lines(string text) => text.Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.StartsWith("wrote ", StringComparison.Ordinal)).ToArray();
+        var (cpuLines, gpuLines) = (Lines(cpu.Out), Lines(gpu.Out));
+        Assert.Equal(cpuLines.Length, gpuLines.Length);
+        Assert.Contains(cpuLines, l => l.Contains("loss recovered", StringComparison.Ordinal));
+        for (int i = 0; i < cpuLines.Length; i++)
+        {
+            var (a, b) = (cpuLines[i].Split(' ', StringSplitOptions.RemoveEmptyEntries), gpuLines[i].Split(' ', StringSplitOptions.RemoveEmptyEntries));
+            Assert.True(a.Length == b.Length, $"cpu: {cpuLines[i]}\nemulated: {gpuLines[i]}");
+            for (int j = 0; j < a.Length; j++)
+                if (double.TryParse(a[j], System.Globalization.CultureInfo.InvariantCulture, out double x) && double.TryParse(b[j], System.Globalization.CultureInfo.InvariantCulture, out double y))
+                    Assert.True(Math.Abs(x - y) <= 1.5e-4 + 1e-4 * Math.Abs(x), $"cpu: {cpuLines[i]}\nemulated: {gpuLines[i]}");
+                else Assert.True(a[j] == b[j], $"cpu: {cpuLines[i]}\nemulated: {gpuLines[i]}");
+        }
+        var (m1, m2) = (JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "cpu", "eval.json")))!["metrics"]!, JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "gpu", "eval.json")))!["metrics"]!);
+        foreach (var name in new[] { "l0", "fvu", "cosine_similarity", "ce_loss_clean", "ce_loss_with_sae", "ce_loss_zero_ablated", "loss_recovered", "kl_with_sae" })
+        {
+            double x = (double)m1[name]!, y = (double)m2[name]!;
+            Assert.True(Math.Abs(x - y) <= 1e-4 * Math.Abs(x) + 1e-7, $"{name}: cpu {x}, emulated {y}");
+        }
+        Assert.Equal(m1["dead_features"]!.ToJsonString(), m2["dead_features"]!.ToJsonString());
+    }
+
     [Fact]
     public void AHookThatDoesNotExistIsNamedWithTheClosestOnes()
     {

@@ -761,6 +761,25 @@ public abstract class BackendConformance
     }
 
     [Fact]
+    public void ReconstructionRowStatsGiveCosinesAndNormRatios()
+    {
+        // rows: both zero, x zero, x̂ zero, x below the minimum norm, ordinary, anti-parallel, large
+        float[] xx = [0f, 0f, 4f, 1e-10f, 9f, 1f, 1e12f];
+        float[] rr = [0f, 1f, 0f, 4f, 4f, 1f, 4e12f];
+        float[] dot = [0f, 0f, 0f, 1e-5f, 3f, -1f, 1.5e12f];
+        var cosine = new double[xx.Length];
+        var ratio = new double[xx.Length];
+        R.ReconstructionRowStats(D(xx), D(rr), D(dot), 1e-4, cosine, ratio);
+        Assert.Equal([1, 0, 0], cosine[..3]);
+        Assert.Equal(2, ratio[3], 1e-9);          // ‖x‖ = 1e-5 < 1e-4 counts as 1
+        var c = Backend.Empty(xx.Length);
+        var q = Backend.Empty(xx.Length);
+        Backend.ReconstructionRowStats(Up(xx), Up(rr), Up(dot), 1e-4f, c, q);
+        Near(cosine, Down(c), 1e-7, 1e-6, "ReconstructionRowStats cosine");
+        Near(ratio, Down(q), 1e-7, 1e-6, "ReconstructionRowStats ratio");
+    }
+
+    [Fact]
     public void NormScaleRenormalisesAndClips()
     {
         float[] sumSquares = [0f, 0.25f, 1f, 4f, 9e6f, 1e-30f];

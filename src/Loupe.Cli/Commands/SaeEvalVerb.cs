@@ -43,7 +43,8 @@ static class SaeEvalVerb
             "Examples:\n" +
             "  loupe sae eval --model ../shared/models/stories260K --sae sae/ --source brown:../shared/datasets/brown-corpus --out eval/\n" +
             "  loupe sae eval --model ../shared/models/stories260K --sae tc/ --hook blocks.1.ln2.hook_normalized --hook-out blocks.1.hook_mlp_out \\\n" +
-            "      --source generate:200 --context-size 64 --max-contexts 32 --out tc-eval/")
+            "      --source generate:200 --context-size 64 --max-contexts 32 --out tc-eval/\n" +
+            "  loupe sae eval --model ../shared/models/stories260K --sae sae/ --source generate:200 --device cuda --out eval/")
         { model, sae, hook, hookOut, source, contextSize, maxContexts, batchSize, seed, exclude, denseThreshold, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
@@ -54,7 +55,8 @@ static class SaeEvalVerb
             double dense = CliSupport.Double(parse, denseThreshold, 0, 1);
             var excluded = ParseExclude(parse.GetValue(exclude));
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            // On a device the splice and the metrics run there; each batch reads back only sums and counts.
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var (splice, cfg) = SaeSplice.Load(m, parse.GetValue(sae)!, parse.GetValue(hook), new SaeSpliceOptions { OutputHook = parse.GetValue(hookOut) });
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);

@@ -19,6 +19,8 @@
 //    (CE_zero − CE_sae) / (CE_zero − CE_clean); KL score = (KL_zero − KL_sae) / KL_zero; feature density =
 //    firing positions / evaluated positions; dead = never fired; dense = density > DenseThreshold;
 //    histogram of log10(density + 1e-10) (SAELens's logged feature-density histogram).
+// With the model on a device, the splice runs there and steps 5–6 are sums taken there (SaeEvaluator.Device.cs):
+// per batch only scalars and one vector of per-feature counts and per-dimension sums come back, never logits.
 using Loupe.Dictionaries.Harvest;
 using Loupe.Dictionaries.Sae;
 using Loupe.Dictionaries.Splice;
@@ -115,7 +117,7 @@ public sealed record SaeEvalResult
 }
 
 /// <summary>Reconstruction, sparsity and downstream-loss metrics of a dictionary on a model.</summary>
-public static class SaeEvaluator
+public static partial class SaeEvaluator
 {
     /// <summary>Evaluates <paramref name="dictionary"/> spliced at <paramref name="hook"/> (see the steps at the top of this file).</summary>
     /// <param name="model">The model the dictionary reads.</param>
@@ -144,6 +146,9 @@ public static class SaeEvaluator
         var excludedSet = new HashSet<int>(excluded);
         string target = splice.OutputHook, actsHook = HookNames.SaeActsPost(target), reconsHook = HookNames.SaeRecons(target);
         var cached = new HashSet<string>([target, actsHook, reconsHook], StringComparer.Ordinal);
+        var backend = model.Backend;
+        // On a device the sums are taken there (SaeEvaluator.Device.cs); only they come back.
+        var onDevice = backend.Device.IsCpu ? null : new DeviceSums(backend, dictionary.Shape.DSae, dictionary.Shape.DOut);
 
         for (int start = 0; start < contexts.Count; start += options.BatchSize)
         {
@@ -153,11 +158,26 @@ public static class SaeEvaluator
             var clean = model.Run(batch).Logits;
             // 3. spliced (reconstruction only), caching target, acts and recons
             var spliced = model.Run(batch, new RunOptions { CacheFilter = cached.Contains }.AddSplice(splice));
-            acc.AddLogits(batch, clean, spliced.Logits, sae: true);
-            acc.AddActivations(batch, excludedSet, spliced.Cache[target], spliced.Cache[actsHook], spliced.Cache[reconsHook]);
+            var prepared = onDevice?.Prepare(batch, clean);
+            if (onDevice is null) acc.AddLogits(batch, clean, spliced.Logits, sae: true);
+            else
+            {
+                acc.CeClean += onDevice.CrossEntropy(clean, prepared!);
+                acc.CeSae += onDevice.CrossEntropy(spliced.Logits, prepared!);
+                acc.KlSae += onDevice.Kl(spliced.Logits, prepared!);
+                acc.Predictions += (long)batch.Batch * (batch.Length - 1);
+                acc.KlPositions += (long)batch.Batch * batch.Length;
+            }
+            if (onDevice is null) acc.AddActivations(batch, excludedSet, spliced.Cache[target], spliced.Cache[actsHook], spliced.Cache[reconsHook]);
+            else onDevice.AddActivations(batch, excludedSet, spliced.Cache[target], spliced.Cache[actsHook], spliced.Cache[reconsHook], acc);
             // 4. zero-ablated
-            var zero = model.Run(batch, new RunOptions().AddHook(target, static (a, _) => Tensor.Zeros(a.Shape.ToArray()))).Logits;
-            acc.AddLogits(batch, clean, zero, sae: false);
+            var zero = model.Run(batch, new RunOptions().AddHook(target, (a, _) => backend.Zeros(a.Shape.ToArray()))).Logits;
+            if (onDevice is null) acc.AddLogits(batch, clean, zero, sae: false);
+            else
+            {
+                acc.CeZero += onDevice.CrossEntropy(zero, prepared!);
+                acc.KlZero += onDevice.Kl(zero, prepared!);
+            }
             progress?.Report(new SaeEvalProgress(start + count, contexts.Count));
         }
         if (acc.Positions == 0)
@@ -313,6 +333,12 @@ public static class SaeEvaluator
                 double normX = Math.Sqrt(xx);
                 L2Ratio += Math.Sqrt(rr) / (normX < 1e-4 ? 1 : normX);
             }
+        }
+
+        /// <summary>Adds per-dimension Σ x and Σ x² of a batch's evaluated rows.</summary>
+        public void AddDimensionSums(ReadOnlySpan<float> sum, ReadOnlySpan<float> sumSquares)
+        {
+            for (int j = 0; j < _sum.Length; j++) { _sum[j] += sum[j]; _sumSquares[j] += sumSquares[j]; }
         }
 
         /// <summary>Σ‖x − x̂‖² / Σ_j (Σ x_j² − (Σ x_j)² / n); NaN when the target does not vary.</summary>

@@ -13,6 +13,7 @@
 //      otherwise the top-k of each row of acts with k doubled until every row's k-th value is 0, so every nonzero is
 //      among them (k starts at the previous batch's need); when 2k would reach n the dense acts are cheaper and come out
 //   4. on the host: keep the nonzero entries of each row, features ascending (CSR)
+// Backward (SaeSplice's, through the inference forward): d acts = d recons·W_decᵀ; d x = d pre·W_encᵀ (+ d recons·W_skipᵀ).
 using Loupe.Tensors;
 using Loupe.Tensors.Backends;
 
@@ -157,6 +158,13 @@ internal sealed class DeviceSaeEncoder
     /// </summary>
     public (Tensor Acts, Tensor? Values, Tensor? Indices) Encode(Tensor x, int rows, bool dense = true)
     {
+        var pre = EncodePre(x, rows);
+        return Activate(pre, rows, dense, inPlace: true);
+    }
+
+    /// <summary>pre = (x − b_dec when subtracted)·W_enc + b_enc <c>[rows, n]</c> on the device (step 1).</summary>
+    public Tensor EncodePre(Tensor x, int rows)
+    {
         var b = _b;
         int n = _s.DSae, dIn = _s.DIn;
         var xIn = x;
@@ -168,6 +176,17 @@ internal sealed class DeviceSaeEncoder
         }
         var pre = b.Empty(rows, n);
         b.Linear(xIn, rows, dIn, _wEnc, false, n, _bEnc, pre);
+        return pre;
+    }
+
+    /// <summary>
+    /// acts = f(pre) (step 2), into <paramref name="pre"/> itself when <paramref name="inPlace"/>, else a new tensor; see
+    /// <see cref="Encode"/> for the TopK values and indices and <paramref name="dense"/>.
+    /// </summary>
+    public (Tensor Acts, Tensor? Values, Tensor? Indices) Activate(Tensor pre, int rows, bool dense = true, bool inPlace = false)
+    {
+        var b = _b;
+        int n = _s.DSae;
         switch (_kind)
         {
             case Kind.TopK:
@@ -176,16 +195,40 @@ internal sealed class DeviceSaeEncoder
                 var indices = b.Empty(rows, _k);
                 b.TopKRows(pre, rows, n, _k, values, indices);
                 b.Activation("relu", values, values);
-                if (dense) b.ScatterRows(values, indices, rows, _k, n, pre);
-                return (pre, values, indices);
+                var acts = inPlace ? pre : b.Empty(rows, n);
+                if (dense) b.ScatterRows(values, indices, rows, _k, n, acts);
+                return (acts, values, indices);
             }
             case Kind.Threshold:
-                b.JumpRelu(pre, rows, n, _logThreshold!, pre);
-                return (pre, null, null);
+            {
+                var acts = inPlace ? pre : b.Empty(rows, n);
+                b.JumpRelu(pre, rows, n, _logThreshold!, acts);
+                return (acts, null, null);
+            }
             default:
-                b.Activation("relu", pre, pre);
-                return (pre, null, null);
+            {
+                var acts = inPlace ? pre : b.Empty(rows, n);
+                b.Activation("relu", pre, acts);
+                return (acts, null, null);
+            }
         }
+    }
+
+    /// <summary>Backward of <see cref="Decode"/> through the features: d acts = d recons·W_decᵀ <c>[rows, n]</c>.</summary>
+    public Tensor DecodeBackward(Tensor dRecons, int rows)
+    {
+        var dActs = _b.Empty(rows, _s.DSae);
+        _b.Gemm(false, true, rows, _s.DSae, _s.DOut, 1f, dRecons, 0, _s.DOut, _wDec, 0, _s.DOut, 0f, dActs, 0, _s.DSae);
+        return dActs;
+    }
+
+    /// <summary>d x = d pre·W_encᵀ (+ d recons·W_skipᵀ) <c>[rows, d_in]</c>.</summary>
+    public Tensor EncodeBackward(Tensor dPre, Tensor dRecons, int rows)
+    {
+        var dX = _b.Empty(rows, _s.DIn);
+        _b.Gemm(false, true, rows, _s.DIn, _s.DSae, 1f, dPre, 0, _s.DSae, _wEnc, 0, _s.DSae, 0f, dX, 0, _s.DIn);
+        if (_wSkip is not null) _b.Gemm(false, true, rows, _s.DIn, _s.DOut, 1f, dRecons, 0, _s.DOut, _wSkip, 0, _s.DOut, 1f, dX, 0, _s.DIn);
+        return dX;
     }
 
     /// <summary>recon = acts·W_dec + b_dec (+ x·W_skip) <c>[rows, d_out]</c> on the device.</summary>

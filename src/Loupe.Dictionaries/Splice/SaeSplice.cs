@@ -27,11 +27,14 @@
 // So d metric / d acts_post = d metric / d output · W_decᵀ: what attribution patching over features needs.
 // With the error term, gradients upstream of the splice flow only through the dictionary (J_saeᵀ·d output),
 // not through the error, exactly as in SAELens; without it the spliced model is differentiated exactly.
+// With the model on a device (a GPU backend) every step above runs there as backend ops, with the dictionary's weights
+// uploaded once per backend (see "on a device" below); nothing is read on the host.
 using TensorPrimitives = System.Numerics.Tensors.TensorPrimitives;
 using Loupe.Dictionaries.Sae;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Tensors;
+using Loupe.Tensors.Backends;
 using Loupe.Tensors.Kernels;
 
 namespace Loupe.Dictionaries.Splice;
@@ -70,6 +73,7 @@ public sealed class SaeSplice : IHookSplice
 {
     readonly HashSet<int>? _exclude;
     readonly string[] _subHooks;
+    readonly System.Runtime.CompilerServices.ConditionalWeakTable<IComputeBackend, DeviceSaeEncoder> _onDevice = new();
 
     /// <summary>
     /// Splices <paramref name="dictionary"/> at <paramref name="hook"/> without checking it against a model
@@ -90,6 +94,7 @@ public sealed class SaeSplice : IHookSplice
         _subHooks = [.. names];
     }
 
+    /// <summary>The dictionary spliced in (its weights go to a device once per backend, at the first run there).</summary>
     public SparseDictionary Dictionary { get; }
     public SaeSpliceOptions Options { get; }
     public string InputHook { get; }
@@ -193,6 +198,7 @@ public sealed class SaeSplice : IHookSplice
             throw new InvalidOperationException($"transcoder rows differ: '{InputHook}' is {input.ShapeString} but '{OutputHook}' is {original.ShapeString}");
         int n = (int)ShapeUtil.Product(rows);
         var excluded = ExcludedRows(rows, n, ctx);
+        if (!ctx.Backend.Device.IsCpu) return DeviceForward(input, original, layer, ctx, rows, n, excluded);
 
         // 1–2. x = hook_sae_input(input); pre = hook_sae_acts_pre(encoder(x))
         var x = ctx.Hook(HookNames.SaeInput(OutputHook), layer, input.Reshape(WithWidth(rows, dIn)));
@@ -250,6 +256,7 @@ public sealed class SaeSplice : IHookSplice
     /// <inheritdoc/>
     public SpliceGradient Backward(object? saved, Tensor dOutput, int layer, ForwardContext ctx)
     {
+        if (saved is DeviceSaved onDevice) return DeviceBackward(onDevice, dOutput, layer, ctx);
         var s = saved as Saved ?? throw new InvalidOperationException($"the splice at '{OutputHook}' saved nothing for backward: the forward pass did not record for backward");
         var d = Dictionary;
         int dIn = d.Shape.DIn, dSae = d.Shape.DSae, dOut = d.Shape.DOut;
@@ -284,6 +291,114 @@ public sealed class SaeSplice : IHookSplice
         Gemm.Sgemm(false, true, n, dIn, dSae, 1f, dPre.Span, dSae, d.P.WEnc, dSae, 0f, dX.Span, dIn);
         if (d.Shape.Skip) Gemm.Sgemm(false, true, n, dIn, dOut, 1f, dRecons.Span, dOut, d.P.WSkip, dOut, 1f, dX.Span, dIn);
         dX = ctx.GradHook(HookNames.SaeInput(OutputHook), layer, dX);
+        return new SpliceGradient(dX.Reshape(s.InputShape), dOriginal?.Reshape(s.OriginalShape));
+    }
+
+    // ---- on a device (a GPU backend): the same steps with the dictionary's weights on the device --------------------------
+    // The numbered steps at the top of the file, as backend ops (DeviceSaeEncoder); nothing is read on the host. Excluded
+    // positions are handled as runs of consecutive rows (BOS opens each context: one short run per context).
+
+    sealed record DeviceSaved(int[] Rows, int[] InputShape, int[] OriginalShape, Tensor Acts, (int Start, int Count)[]? Excluded);
+
+    DeviceSaeEncoder EncoderFor(IComputeBackend backend) => _onDevice.GetValue(backend, b => new DeviceSaeEncoder(b, Dictionary));
+
+    static (int Start, int Count)[]? Runs(bool[]? excluded)
+    {
+        if (excluded is null) return null;
+        var runs = new List<(int, int)>();
+        for (int r = 0; r < excluded.Length; r++)
+        {
+            if (!excluded[r]) continue;
+            int start = r;
+            while (r + 1 < excluded.Length && excluded[r + 1]) r++;
+            runs.Add((start, r - start + 1));
+        }
+        return [.. runs];
+    }
+
+    static void ZeroRows(IComputeBackend b, Tensor t, int width, (int Start, int Count)[] runs)
+    {
+        foreach (var (start, count) in runs)
+            b.Fill(new Tensor(t.Storage.Slice((long)start * width, (long)count * width), count * width), 0f);
+    }
+
+    static void CopyRowsOf(IComputeBackend b, Tensor from, Tensor to, int width, (int Start, int Count)[] runs)
+    {
+        foreach (var (start, count) in runs)
+            b.CopyRows(from, (long)start * width, width, to, (long)start * width, width, count, width);
+    }
+
+    SpliceOutput DeviceForward(Tensor input, Tensor original, int layer, ForwardContext ctx, int[] rows, int n, bool[]? excludedRows)
+    {
+        var b = ctx.Backend;
+        var enc = EncoderFor(b);
+        int dIn = enc.Shape.DIn, dSae = enc.Shape.DSae, dOut = enc.Shape.DOut;
+        var excluded = Runs(excludedRows);
+        Tensor Flat(Tensor t, int width) => b.ToDevice(t).Reshape(n, width);
+
+        // 1–2. x = hook_sae_input(input); pre = hook_sae_acts_pre(encoder(x))
+        var x = Flat(ctx.Hook(HookNames.SaeInput(OutputHook), layer, input.Reshape(WithWidth(rows, dIn))), dIn);
+        var pre = Flat(ctx.Hook(HookNames.SaeActsPre(OutputHook), layer, enc.EncodePre(x, n).Reshape(WithWidth(rows, dSae))), dSae);
+        // 3. acts = hook_sae_acts_post(f(pre)); the unhooked acts give f' in the backward pass
+        var acts = enc.Activate(pre, n).Acts;
+        Tensor? actsForBackward = ctx.RecordsForBackward ? acts.Clone() : null;
+        var actsPost = Flat(ctx.Hook(HookNames.SaeActsPost(OutputHook), layer, acts.Reshape(WithWidth(rows, dSae))), dSae);
+        // 4. recons = hook_sae_recons(decoder(acts))
+        var recons = Flat(ctx.Hook(HookNames.SaeRecons(OutputHook), layer, enc.Decode(actsPost, x, n).Reshape(WithWidth(rows, dOut))), dOut);
+
+        var output = b.Empty(n, dOut);
+        b.CopyRows(recons, 0, n * dOut, output, 0, n * dOut, 1, n * dOut);
+        var originalRows = b.ToDevice(original).Reshape(n, dOut);
+        if (Options.UseErrorTerm)
+        {
+            // 5. error = original − clean reconstruction of the unhooked input (0 at excluded positions)
+            var unhooked = b.ToDevice(input).Reshape(n, dIn);
+            var clean = enc.Decode(enc.Encode(unhooked, n).Acts, unhooked, n);
+            b.Scale(clean, -1f, clean);
+            var error = b.Empty(n, dOut);
+            b.Add(originalRows, clean, error);
+            if (excluded is not null) ZeroRows(b, error, dOut, excluded);
+            error = Flat(ctx.Hook(HookNames.SaeError(OutputHook), layer, error.Reshape(WithWidth(rows, dOut))), dOut);
+            b.Add(output, error, output);
+        }
+        // 6. excluded positions keep the original; then hook_sae_output
+        if (excluded is not null) CopyRowsOf(b, originalRows, output, dOut, excluded);
+        var result = ctx.Hook(HookNames.SaeOutput(OutputHook), layer, output.Reshape(WithWidth(rows, dOut)));
+
+        object? saved = ctx.RecordsForBackward
+            ? new DeviceSaved(rows, input.Shape.ToArray(), original.Shape.ToArray(), actsForBackward!, excluded)
+            : null;
+        return new SpliceOutput(result.Reshape(original.Shape.ToArray()), saved);
+    }
+
+    SpliceGradient DeviceBackward(DeviceSaved s, Tensor dOutput, int layer, ForwardContext ctx)
+    {
+        var b = ctx.Backend;
+        var enc = EncoderFor(b);
+        int dSae = enc.Shape.DSae, dOut = enc.Shape.DOut, dIn = enc.Shape.DIn;
+        int n = (int)ShapeUtil.Product(s.Rows);
+        Tensor Flat(Tensor t, int width) => b.ToDevice(t).Reshape(n, width);
+        var dOut0 = Flat(ctx.GradHook(HookNames.SaeOutput(OutputHook), layer, dOutput.Reshape(WithWidth(s.Rows, dOut))), dOut);
+        // d output / d recons = d output / d error = 1, except at excluded positions where the original flows on.
+        var dRecons = dOut0.Clone();
+        Tensor? dOriginal = null;
+        if (s.Excluded is { } excluded)
+        {
+            dOriginal = b.Zeros(n, dOut);
+            CopyRowsOf(b, dOut0, dOriginal, dOut, excluded);
+            ZeroRows(b, dRecons, dOut, excluded);
+        }
+        // The error is a constant: its gradient can be read (attribution to error nodes) but goes no further.
+        if (Options.UseErrorTerm) ctx.GradHook(HookNames.SaeError(OutputHook), layer, dRecons.Clone().Reshape(WithWidth(s.Rows, dOut)));
+        dRecons = Flat(ctx.GradHook(HookNames.SaeRecons(OutputHook), layer, dRecons.Reshape(WithWidth(s.Rows, dOut))), dOut);
+        // Forward: recons = acts·W_dec + b_dec (+ x·W_skip)
+        var dActs = Flat(ctx.GradHook(HookNames.SaeActsPost(OutputHook), layer, enc.DecodeBackward(dRecons, n).Reshape(WithWidth(s.Rows, dSae))), dSae);
+        // Forward: acts = f(pre); every supported f passes the gradient exactly where acts > 0 (θ > 0 for JumpReLU)
+        var dPre = b.Empty(n, dSae);
+        b.ActivationBackward("relu", s.Acts, dActs, dPre);
+        dPre = Flat(ctx.GradHook(HookNames.SaeActsPre(OutputHook), layer, dPre.Reshape(WithWidth(s.Rows, dSae))), dSae);
+        // Forward: pre = (x − b_dec)·W_enc + b_enc
+        var dX = ctx.GradHook(HookNames.SaeInput(OutputHook), layer, enc.EncodeBackward(dPre, dRecons, n).Reshape(WithWidth(s.Rows, dIn)));
         return new SpliceGradient(dX.Reshape(s.InputShape), dOriginal?.Reshape(s.OriginalShape));
     }
 }

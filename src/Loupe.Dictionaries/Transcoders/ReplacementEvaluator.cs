@@ -13,12 +13,16 @@
 //    by default, keep the original), so every later input is the replacement model's own → logits_replaced.
 // 4. Zero-ablated run: every OutputHook(t) returns 0 → logits_zero.
 // 5. CE at every position t < T−1 predicting token t+1; loss recovered = (CE_zero − CE_replaced) / (CE_zero − CE_clean).
+// With the model on a device, the replacement (a host IMlpReplacement) reads each hook's activation with one explicit
+// copy and hands its reconstruction back with one upload; the logits stay there: CE is CrossEntropyRows summed on the
+// device, so three scalars per batch come back instead of three [rows, V] logit tables.
 using System.Numerics.Tensors;
 using Tensor = Loupe.Tensors.Tensor;
 using Loupe.Dictionaries.Harvest;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Tensors;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Dictionaries.Transcoders;
 
@@ -95,7 +99,7 @@ public static class ReplacementEvaluator
             for (int i = 0; i < rows; i++) keep[i] = excluded.Contains(batch.Ids[i]);
 
             // 2. clean, measuring each reconstruction
-            var clean = model.Run(batch, Hooks(replacement, rows, keep, replace: false, (t, y, recon, acts) =>
+            var clean = model.Run(batch, Hooks(model.Backend, replacement, rows, keep, replace: false, (t, y, recon, acts) =>
             {
                 int dOut = replacement.DOut;
                 for (int i = 0; i < rows; i++)
@@ -111,13 +115,16 @@ public static class ReplacementEvaluator
                 }
             })).Logits;
             // 3. replaced
-            var replaced = model.Run(batch, Hooks(replacement, rows, keep, replace: true, null)).Logits;
+            var replaced = model.Run(batch, Hooks(model.Backend, replacement, rows, keep, replace: true, null)).Logits;
             // 4. zero-ablated
             var zeroOptions = new RunOptions();
-            for (int t = 0; t < L; t++) zeroOptions.AddHook(replacement.OutputHook(t), static (a, _) => Tensor.Zeros(a.Shape.ToArray()));
+            var backend = model.Backend;
+            for (int t = 0; t < L; t++) zeroOptions.AddHook(replacement.OutputHook(t), (a, _) => backend.Zeros(a.Shape.ToArray()));
             var zero = model.Run(batch, zeroOptions).Logits;
             // 5.
-            var (c, r, z, n) = CrossEntropies(batch, clean.ToCpu(), replaced.ToCpu(), zero.ToCpu());
+            var (c, r, z, n) = backend.Device.IsCpu
+                ? CrossEntropies(batch, clean.ToCpu(), replaced.ToCpu(), zero.ToCpu())
+                : DeviceCrossEntropies(backend, batch, clean, replaced, zero);
             ceClean += c; ceReplaced += r; ceZero += z; predictions += n;
         }
         if (positions == 0) throw new InputError($"every position holds an excluded token ({string.Join(", ", excluded)}); nothing to measure");
@@ -154,7 +161,7 @@ public static class ReplacementEvaluator
     /// Hooks that encode at every InputHook(ℓ) and reconstruct at every OutputHook(t); with <paramref name="replace"/>
     /// the reconstruction flows on (except at kept rows). <paramref name="observe"/> sees (t, true output, recon, acts).
     /// </summary>
-    static RunOptions Hooks(IMlpReplacement r, int rows, bool[] keep, bool replace, Action<int, ReadOnlySpan<float>, float[], float[][]>? observe)
+    static RunOptions Hooks(IComputeBackend backend, IMlpReplacement r, int rows, bool[] keep, bool replace, Action<int, ReadOnlySpan<float>, float[], float[][]>? observe)
     {
         int L = r.Layers;
         var inputs = new float[L][];   // [L][rows, d_in]
@@ -188,7 +195,7 @@ public static class ReplacementEvaluator
                 if (!replace) return null;
                 int d = r.DOut;
                 for (int i = 0; i < rows; i++) if (keep[i]) y.Span.Slice(i * d, d).CopyTo(recon.AsSpan(i * d, d));
-                return Tensor.FromArray(recon, a.Shape.ToArray());
+                return backend.ToDevice(Tensor.FromArray(recon, a.Shape.ToArray()));
             });
         }
         return options;
@@ -209,6 +216,22 @@ public static class ReplacementEvaluator
                 n++;
             }
         return (c, r, z, n);
+    }
+
+    /// <summary><see cref="CrossEntropies"/> on the device: per-row CE summed there, three scalars read back.</summary>
+    static (double Clean, double Replaced, double Zero, long Count) DeviceCrossEntropies(IComputeBackend backend, TokenBatch batch, Tensor clean, Tensor replaced, Tensor zero)
+    {
+        int B = batch.Batch, T = batch.Length, rows = B * T, V = clean.Dim(-1);
+        var targets = new int[rows];   // the next token; −1 (no prediction) at the last position
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) targets[b * T + t] = t == T - 1 ? -1 : batch.Ids[b * T + t + 1];
+        var loss = backend.Empty(rows);
+        double Sum(Tensor logits)
+        {
+            backend.CrossEntropyRows(logits, rows, V, targets, loss, null, 1f);
+            return backend.Sum(loss);
+        }
+        return (Sum(clean), Sum(replaced), Sum(zero), (long)B * (T - 1));
     }
 
     // −log softmax(logits)[target]

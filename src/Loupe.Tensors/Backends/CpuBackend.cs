@@ -498,6 +498,21 @@ public sealed class CpuBackend : IComputeBackend
         }
     }
 
+    public void ReconstructionRowStats(Tensor xx, Tensor rr, Tensor dot, float minNorm, Tensor cosine, Tensor ratio)
+    {
+        var x = xx.Span;
+        var r = rr.Span[..x.Length];
+        var d = dot.Span[..x.Length];
+        var c = cosine.Span[..x.Length];
+        var q = ratio.Span[..x.Length];
+        for (int i = 0; i < x.Length; i++)
+        {
+            float nx = MathF.Sqrt(x[i]), nr = MathF.Sqrt(r[i]);
+            c[i] = nx == 0 && nr == 0 ? 1f : nx == 0 || nr == 0 ? 0f : d[i] / (nx * nr);
+            q[i] = nr / (nx < minNorm ? 1f : nx);
+        }
+    }
+
     public void CountAbove(Tensor x, float threshold, Tensor y)
     {
         long count = 0;

@@ -233,6 +233,13 @@ public interface IComputeBackend
     /// </summary>
     void NormScale(Tensor sumSquares, float target, bool onlyAbove, Tensor y);
 
+    /// <summary>
+    /// Per row of a reconstruction, from <c>xx = ‖x‖²</c>, <c>rr = ‖x̂‖²</c> and <c>dot = x·x̂</c> (each <c>[rows]</c>):
+    /// <c>cosine = dot / (‖x‖·‖x̂‖)</c> (1 when both are 0, 0 when one is) and <c>ratio = ‖x̂‖ / ‖x‖</c> (‖x‖ below
+    /// <paramref name="minNorm"/> counts as 1): SAELens's cosine similarity and l2 ratio, summed later.
+    /// </summary>
+    void ReconstructionRowStats(Tensor xx, Tensor rr, Tensor dot, float minNorm, Tensor cosine, Tensor ratio);
+
     /// <summary><c>y[0] = #{i : x[i] &gt; threshold}</c> (NaN never counts), written into a tensor on the device.</summary>
     void CountAbove(Tensor x, float threshold, Tensor y);
 

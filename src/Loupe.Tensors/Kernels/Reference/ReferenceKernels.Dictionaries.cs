@@ -30,6 +30,17 @@ public static partial class ReferenceKernels
         }
     }
 
+    /// <summary><see cref="Backends.IComputeBackend.ReconstructionRowStats"/>: cosine (1 when both norms are 0, 0 when one is) and norm ratio per row.</summary>
+    public static void ReconstructionRowStats(ReadOnlySpan<double> xx, ReadOnlySpan<double> rr, ReadOnlySpan<double> dot, double minNorm, Span<double> cosine, Span<double> ratio)
+    {
+        for (int i = 0; i < xx.Length; i++)
+        {
+            double nx = Math.Sqrt(xx[i]), nr = Math.Sqrt(rr[i]);
+            cosine[i] = nx == 0 && nr == 0 ? 1 : nx == 0 || nr == 0 ? 0 : dot[i] / (nx * nr);
+            ratio[i] = nr / (nx < minNorm ? 1 : nx);
+        }
+    }
+
     /// <summary><see cref="Backends.IComputeBackend.CountAbove"/>: how many elements exceed the threshold.</summary>
     public static long CountAbove(ReadOnlySpan<double> x, double threshold)
     {
