@@ -13,9 +13,9 @@ public sealed class BenchOptions
           forward        load each model, time Run and RunWithCache (every hook), profile by hook point
           sgemm          Gemm.Sgemm at the forward pass's shapes and a large square product
           all            both (default)
-          causal         gradients and patching sweeps on GPT-2 small: forward vs forward+backward,
-                         attribution vs (extrapolated) exhaustive activation patching; then, for each --batches
-                         size above 1, forward and forward + backward to every resid_pre (min and median)
+          causal         gradients and patching sweeps on the first model: forward vs forward+backward,
+                         attribution vs (extrapolated) exhaustive activation patching; then, for every model and
+                         --batches size, forward and forward + backward to every resid_pre (min and median)
           eap            edge attribution patching over every edge of GPT-2 small (32 prompt pairs × 64 tokens) against
                          one edge at a time (timed on a sample, extrapolated): edges/s and the speed-up
           monitors       the OpenAI endpoint's live monitors: tok/s of a 100-token greedy completion with 0 and 4 monitors

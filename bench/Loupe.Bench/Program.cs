@@ -94,13 +94,18 @@ if (o.Verb == "causal")
     var model = o.Models[0];
     var causal = CausalBench.Run(model.Name, Fixtures.FolderOf(o.CacheRoot, model), o.Reps, log);
     CausalBench.Print(Console.Out, causal);
-    foreach (int batch in o.Batches.Where(b => b > 1))
-    {
-        log.WriteLine($"causal [{model.Name}]: batch {batch} × 128, forward and forward + backward to every resid_pre …");
-        var (fMin, fMed, bMin, bMed) = CausalBench.ForwardBackward(Fixtures.FolderOf(o.CacheRoot, model), batch, o.Reps);
-        Console.Out.WriteLine($"batch {batch} × 128: forward min {fMin:F0} ms (median {fMed:F0}), forward + backward to every resid_pre min {bMin:F0} ms (median {bMed:F0}) = {bMin / fMin:F2} forwards");
-    }
-    if (o.JsonPath is { } causalJson) Loupe.Reports.AtomicFile.WriteJson(causalJson, causal);
+    // The peer table: forward and forward + backward to every resid_pre, minimum of the repetitions, for every
+    // model and batch size asked for (batch 1 included), so each row compares with the peers' minimum-of-9 figures.
+    var peerRows = new List<object>();
+    foreach (var peerModel in o.Models)
+        foreach (int batch in o.Batches)
+        {
+            log.WriteLine($"causal [{peerModel.Name}]: batch {batch} × 128, forward and forward + backward to every resid_pre …");
+            var (fMin, fMed, bMin, bMed) = CausalBench.ForwardBackward(Fixtures.FolderOf(o.CacheRoot, peerModel), batch, o.Reps);
+            Console.Out.WriteLine($"{peerModel.Name} batch {batch} × 128: forward min {fMin:F0} ms (median {fMed:F0}), forward + backward to every resid_pre min {bMin:F0} ms (median {bMed:F0}) = {bMin / fMin:F2} forwards");
+            peerRows.Add(new { model = peerModel.Name, batch, length = 128, forward_min_ms = fMin, forward_median_ms = fMed, forward_backward_min_ms = bMin, forward_backward_median_ms = bMed });
+        }
+    if (o.JsonPath is { } causalJson) Loupe.Reports.AtomicFile.WriteJson(causalJson, new { toolkit = causal, forward_backward = peerRows });
     return 0;
 }
 
