@@ -46,6 +46,12 @@ public abstract class HookedTransformer : IDisposable
 
     public ModelConfig Config { get; }
     public IComputeBackend Backend { get; }
+    /// <summary>
+    /// Dead intermediates kept between passes so that the next pass reuses them instead of allocating (at most
+    /// <see cref="ScratchPool.DefaultCapacityBytes"/>, <c>LOUPE_SCRATCH_POOL_MB</c>); <see cref="ScratchPool.Clear"/> gives
+    /// the memory back.
+    /// </summary>
+    public ScratchPool ScratchPool { get; } = new(ScratchPool.DefaultCapacityBytes);
     /// <summary>The tokenizer loaded beside the weights, when the model folder has one.</summary>
     public ITokenizer? Tokenizer { get; internal set; }
     /// <summary>Where the model was loaded from.</summary>
@@ -292,8 +298,9 @@ public abstract class HookedTransformer : IDisposable
         CheckTokens(tokens, 0);
         options ??= new RunOptions();
         CheckSplices(options.Splices);
-        var ctx = new ForwardContext(Backend, options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1, tokens.Ids, _splices);
+        var ctx = new ForwardContext(Backend, options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1, tokens.Ids, _splices, ScratchPool);
         var logits = Forward(tokens, ctx);
+        ctx.ReturnScratch();
         return new ForwardResult(logits, ctx.Cache);
     }
 
@@ -316,7 +323,7 @@ public abstract class HookedTransformer : IDisposable
         if (options.LastPositionLogitsOnly) throw new ArgumentException("a backward pass needs logits at every position; unset LastPositionLogitsOnly");
         CheckTokens(tokens, 0);
         CheckSplices(options.Splices);
-        var ctx = new ForwardContext(Backend, options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1, tokens.Ids, _splices)
+        var ctx = new ForwardContext(Backend, options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1, tokens.Ids, _splices, ScratchPool)
         {
             Saved = new Dictionary<object, object>(ReferenceEqualityComparer.Instance),
         };
@@ -324,6 +331,7 @@ public abstract class HookedTransformer : IDisposable
         var (value, dLogits) = Metrics.MetricOnDevice.Evaluate(metric, logits, Backend);
         if (!double.IsFinite(value)) throw new InvalidOperationException($"metric {metric.Name} is {value}; cannot differentiate");
         Backward(ctx, logits, dLogits, metric.PositionsRead(tokens.Length));
+        ctx.ReturnScratch();
         return new GradientResult(value, logits, ctx.Cache, ctx.Gradients);
     }
 
@@ -619,8 +627,9 @@ public abstract class HookedTransformer : IDisposable
         {
             cancel.ThrowIfCancellationRequested();
             bool[]? keyValid = batch.Valid is null ? null : cache.MaskWithIncoming(current.Length, current.Valid);
-            var ctx = new ForwardContext(Backend, lastOptions, current.Batch, current.Length, positions, keyValid, cache, step, current.Ids, _splices);
+            var ctx = new ForwardContext(Backend, lastOptions, current.Batch, current.Length, positions, keyValid, cache, step, current.Ids, _splices, ScratchPool);
             var logits = Forward(current, ctx);
+            ctx.ReturnScratch();
             cache.Advance(current.Length, current.Valid);
             // Greedy decoding picks on the device (one id per row comes back); sampling reads the last logits.
             int[]? picks = generation.Temperature == 0f ? Backend.ArgMaxRows(logits, batch.Batch, Config.VocabOut) : null;
@@ -659,6 +668,7 @@ public abstract class HookedTransformer : IDisposable
 
     public void Dispose()
     {
+        ScratchPool.Clear();
         WeightOwner?.Dispose();
         GC.SuppressFinalize(this);
     }

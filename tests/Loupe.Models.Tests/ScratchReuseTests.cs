@@ -98,4 +98,71 @@ public class ScratchReuseTests
         var everyHookCached = new RunOptions { CacheFilter = name => !name.EndsWith("hook_result", StringComparison.Ordinal) };
         Assert.Equal(plain, model.Generate([Prompt], greedy, everyHookCached)[0]);
     }
+
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void WhatAPassReturnedSurvivesLaterPasses(string arch)
+    {
+        using var model = TestModels.Load(arch);
+        var tokens = TokenBatch.Single(Prompt);
+        var options = new RunOptions { CacheFilter = name => name.EndsWith("hook_resid_post", StringComparison.Ordinal) || name.EndsWith("hook_pattern", StringComparison.Ordinal) };
+        var first = model.Run(tokens, options);
+        var logits = first.Logits.ToCpu().Span.ToArray();
+        var cached = first.Cache.Names.ToDictionary(n => n, n => first.Cache[n].ToCpu().Span.ToArray());
+        Assert.NotEmpty(cached);
+        GradientResult? gradients = arch == "bert" ? null : model.RunWithGradients(tokens, new LogitDiff(5, 7), "blocks.*.hook_resid_pre");
+        var dResid = gradients?.Gradients.Names.ToDictionary(n => n, n => gradients.Gradients[n].ToCpu().Span.ToArray());
+
+        // Later passes of other prompts draw on the pool the earlier ones filled; none may write into what they returned.
+        var other = TokenBatch.Single([.. Prompt.Reverse()]);
+        var second = model.Run(other).Logits.ToCpu().Span.ToArray();
+        if (arch != "bert") model.RunWithGradients(other, new LogitDiff(3, 9), "blocks.0.hook_resid_pre");
+        model.Run(other);
+
+        Assert.True(logits.AsSpan().SequenceEqual(first.Logits.ToCpu().Span), $"{arch}: a later pass overwrote the first pass's logits");
+        foreach (var (name, values) in cached)
+            Assert.True(values.AsSpan().SequenceEqual(first.Cache[name].ToCpu().Span), $"{arch}: a later pass overwrote the cached {name}");
+        if (gradients is not null)
+            foreach (var (name, values) in dResid!)
+                Assert.True(values.AsSpan().SequenceEqual(gradients.Gradients[name].ToCpu().Span), $"{arch}: a later pass overwrote d {name}");
+        Assert.Equal(second, model.Run(other).Logits.ToCpu().Span.ToArray()); // pooled storage changes no logit
+    }
+
+    [Fact]
+    public void APassReusesWhatTheLastOneReleased()
+    {
+        using var model = TestModels.Load("gpt2");
+        var tokens = TokenBatch.Single(Prompt);
+        var fresh = model.Run(tokens).Logits.ToCpu().Span.ToArray(); // the first pass: every array newly allocated
+        long pooled = model.ScratchPool.Bytes;
+        Assert.True(pooled > 0, "the first pass gave nothing back to the pool");
+        Assert.Equal(fresh, model.Run(tokens).Logits.ToCpu().Span.ToArray());
+        Assert.Equal(pooled, model.ScratchPool.Bytes); // the second pass took what it needed and gave back as much
+        model.ScratchPool.Clear();
+        Assert.Equal(0, model.ScratchPool.Bytes);
+    }
+
+    [Fact]
+    public void ThePoolKeepsItsCapacityAndDropsOtherShapesFirst()
+    {
+        static TensorStorage Storage(int length) => Tensor.Uninitialized(length).Storage;
+        var pool = new ScratchPool(capacityBytes: 4 * 100);
+        pool.Return([Storage(30), Storage(30), Storage(20)]);
+        Assert.Equal(4 * 80, pool.Bytes);
+        Assert.False(pool.TryTake(25, out _)); // exact lengths only
+        Assert.True(pool.TryTake(30, out var taken));
+        Assert.Equal(30, taken.Length);
+        Assert.Equal(4 * 50, pool.Bytes);
+        // A pass of another shape gives back more than fits: the lengths it did not use go first, then what does not fit.
+        pool.Return([Storage(40), Storage(40), Storage(40)]);
+        Assert.Equal(4 * 80, pool.Bytes);
+        Assert.False(pool.TryTake(30, out _));
+        Assert.False(pool.TryTake(20, out _));
+        Assert.True(pool.TryTake(40, out _));
+        Assert.True(pool.TryTake(40, out _));
+        Assert.False(pool.TryTake(40, out _));
+        var none = new ScratchPool(0);
+        none.Return([Storage(10)]);
+        Assert.Equal(0, none.Bytes);
+    }
 }

@@ -34,11 +34,15 @@ public sealed class ForwardContext
     // heap, freshly paged in by the kernel each time — and on a GPU it skips most device allocations.
     readonly Dictionary<long, Stack<TensorStorage>> _free = [];
     readonly HashSet<TensorStorage> _ownScratch = new(ReferenceEqualityComparer.Instance);
+    // The model's storage kept between passes: a request the pass's own free list cannot serve is served from it, and what
+    // the pass released goes back to it when the pass ends (ReturnScratch).
+    readonly ScratchPool? _pool;
 
     internal ForwardContext(IComputeBackend backend, RunOptions options, int batch, int length, int[] positions, bool[]? keyValid, KvCache? kvCache, int generationStep,
-        int[]? tokenIds = null, IReadOnlyList<IHookSplice>? modelSplices = null)
+        int[]? tokenIds = null, IReadOnlyList<IHookSplice>? modelSplices = null, ScratchPool? pool = null)
     {
         Backend = backend;
+        _pool = pool;
         _options = options;
         Batch = batch;
         Length = length;
@@ -123,7 +127,7 @@ public sealed class ForwardContext
     /// <see cref="Release"/>d earlier in the pass. With a backward pass to follow every tensor may be saved, so then it is
     /// always fresh.
     /// </summary>
-    public Tensor Scratch(params int[] shape) => RecordsForBackward ? Backend.Empty(shape) : Take(shape);
+    public Tensor Scratch(params int[] shape) => RecordsForBackward ? Fresh(shape) : Take(shape);
 
     /// <summary>
     /// An uninitialised tensor for a gradient or other intermediate of the backward pass, possibly reusing the storage of one
@@ -139,9 +143,25 @@ public sealed class ForwardContext
             _ownScratch.Add(storage);
             return new Tensor(storage, shape);
         }
-        var fresh = Backend.Empty(shape);
+        var fresh = Fresh(shape);
         _ownScratch.Add(fresh.Storage);
         return fresh;
+    }
+
+    // Storage no one reads: the model's pool's if it has some of this length (dead since the pass that released it ended),
+    // else newly allocated.
+    Tensor Fresh(int[] shape) =>
+        _pool is not null && _pool.TryTake(ShapeUtil.Product(shape), out var pooled) ? new Tensor(pooled, shape) : Backend.Empty(shape);
+
+    /// <summary>
+    /// Ends the pass's use of scratch storage: what it <see cref="Release"/>d (dead, never exposed) goes to the model's pool
+    /// for later passes. Called once the pass's result is complete; a tensor not released — the logits, anything a hook,
+    /// cache or gradient saw — stays the caller's.
+    /// </summary>
+    internal void ReturnScratch()
+    {
+        if (_pool is not null) _pool.Return(_free.Values.SelectMany(stack => stack));
+        _free.Clear();
     }
 
     /// <summary>
