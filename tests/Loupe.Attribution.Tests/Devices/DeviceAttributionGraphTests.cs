@@ -77,6 +77,30 @@ public sealed class DeviceAttributionGraphTests(EmulatedDevice device) : IClassF
     }
 
     [Fact]
+    public void Per_head_shares_on_the_device_are_the_cpus()
+    {
+        // Per-head attribution still builds its head-split rows on the host (σ read back once per norm) but runs them on the device.
+        using var cpu = Load("gpt2");
+        using var gpu = Load("gpt2", device.Backend);
+        var settings = new AttributionSettings { BatchSize = 32 };
+        var onCpu = new Attributor(cpu, FamilyAttributionTests.RandomTranscoders(cpu), settings);
+        var onDevice = new Attributor(gpu, FamilyAttributionTests.RandomTranscoders(gpu), settings);
+        var graph = onCpu.Attribute(Prompt);
+        int[] targets = [graph.LogitOffset, graph.ErrorOffset - 1];
+        var edges = targets.SelectMany(t => Enumerable.Range(0, graph.LogitOffset).Where(s => graph.Edge(t, s) != 0).Select(s => (t, s))).ToArray();
+        var expected = onCpu.AttributeHeads(graph, edges);
+        var actual = onDevice.AttributeHeads(graph, edges);
+        double largest = expected.Max(e => Math.Abs(e.Total));
+        for (int i = 0; i < expected.Count; i++)
+        {
+            Assert.True(Math.Abs(expected[i].Direct - actual[i].Direct) <= 1e-4 * largest, $"edge {i} direct: cpu {expected[i].Direct}, device {actual[i].Direct}");
+            Assert.Equal(expected[i].Heads.Select(h => (h.Layer, h.Head)), actual[i].Heads.Select(h => (h.Layer, h.Head)));
+            for (int h = 0; h < expected[i].Heads.Length; h++)
+                Assert.True(Math.Abs(expected[i].Heads[h].Weight - actual[i].Heads[h].Weight) <= 1e-4 * largest, $"edge {i} head {h}");
+        }
+    }
+
+    [Fact]
     public void A_cross_layer_transcoder_on_the_device_gives_the_cpu_graph()
     {
         using var cpu = Load("gpt_neox"); // parallel residual, partial rotary, LayerNorm
