@@ -514,7 +514,9 @@ public sealed partial class Attributor
         long patterns = 4L * cfg.NLayers * cfg.NHeads * T * T;
         long sources = readouts.Sum(r => r.Bytes) + tokens.Bytes;
         long gradients = 4L * T * N * (4 * D + (cfg.NHeads + cfg.KvHeads) * cfg.DHead);
-        long results = 4L * N * (readouts.Max(r => (long)r.Count) + totalNodes);
+        // On a device every read-out of a batch has its own section of one buffer (read back once per batch).
+        long sections = s.OnDevice ? readouts.Sum(r => (long)r.Count) + tokens.Count : readouts.Max(r => (long)r.Count);
+        long results = 4L * N * (sections + totalNodes);
         long captured = 4L * (cfg.NLayers + 1) * T * D * 2;
         return patterns + sources + gradients + results + captured;
     }

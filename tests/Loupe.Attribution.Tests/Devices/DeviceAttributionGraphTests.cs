@@ -70,10 +70,19 @@ public sealed class DeviceAttributionGraphTests(EmulatedDevice device) : IClassF
         var actual = new Attributor(gpu, FamilyAttributionTests.RandomTranscoders(gpu), settings).Attribute(Prompt);
         AssertSameGraph(expected, actual, "per-layer");
 
-        // Greedy selection by influence: the device rows choose the same features.
+        // Greedy selection by influence: the device rows choose the same features. With a wide, sparse dictionary the
+        // active features come back as per-row top-k lists (k grown until every nonzero is inside), not as dense rows.
         var greedy = settings with { MaxFeatureNodes = 10, UpdateInterval = 1 };
-        AssertSameGraph(new Attributor(cpu, FamilyAttributionTests.RandomTranscoders(cpu), greedy).Attribute(Prompt),
-            new Attributor(gpu, FamilyAttributionTests.RandomTranscoders(gpu), greedy).Attribute(Prompt), "greedy");
+        AssertSameGraph(new Attributor(cpu, Wide(cpu), greedy).Attribute(Prompt), new Attributor(gpu, Wide(gpu), greedy).Attribute(Prompt), "greedy");
+
+        // 200 features, of which only the first 30 can fire.
+        static PerLayerTranscoders Wide(HookedTransformer model)
+        {
+            var tc = FamilyAttributionTests.RandomTranscoders(model, features: 200);
+            for (int l = 0; l < tc.Layers; l++)
+                for (int f = 30; f < 200; f++) tc[l].P.BEnc[f] = -100f;
+            return tc;
+        }
     }
 
     [Fact]
