@@ -44,7 +44,7 @@ public class AttributeCliTests
     public void On_the_emulated_device_prints_and_writes_what_the_cpu_does()
     {
         string cpu = Directory.CreateTempSubdirectory("loupe-attr").FullName, device = Directory.CreateTempSubdirectory("loupe-attr").FullName;
-        string[] args = ["attribute", "--model", Model, "--transcoders", Transcoders, "--tokens", Tokens, "--slug", "fixture", "--batch-size", "64"];
+        string[] args = ["attribute", "--model", Model, "--transcoders", Transcoders, "--tokens", Tokens, "--slug", "fixture", "--batch-size", "32", "--max-feature-nodes", "32"];
         var a = RunLoupe([.. args, "--out", cpu]);
         Assert.True(a.Code == 0, a.Err);
         var b = RunLoupe([.. args, "--out", device, "--device", "emulated"]);
