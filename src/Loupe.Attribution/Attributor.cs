@@ -30,11 +30,33 @@ public sealed partial class Attributor
     readonly HookedTransformer _model;
     readonly IMlpReplacement _transcoders;
     readonly AttributionSettings _settings;
+    readonly DeviceMlpReplacement? _device;
 
+    /// <summary>
+    /// With a model on a device, the transcoders' weights are uploaded here, once (the replacement model, the
+    /// backward and the read-outs then stay on the device; see <see cref="Attribute"/>).
+    /// </summary>
+    /// <param name="model">The model, on any backend.</param>
+    /// <param name="transcoders">What replaces its MLPs.</param>
+    /// <param name="settings">Attribution settings (defaults when null).</param>
+    /// <exception cref="InputError">The model is on a device and the transcoders have no device kernels.</exception>
     public Attributor(HookedTransformer model, IMlpReplacement transcoders, AttributionSettings? settings = null)
+        : this(model, transcoders, settings, null) { }
+
+    /// <summary>With transcoder weights already on the model's device (uploaded once by the caller, shared by attributions).</summary>
+    /// <param name="model">The model, on the backend the weights were uploaded to.</param>
+    /// <param name="transcoders">The transcoders' weights on that backend.</param>
+    /// <param name="settings">Attribution settings (defaults when null).</param>
+    public Attributor(HookedTransformer model, DeviceMlpReplacement transcoders, AttributionSettings? settings = null)
+        : this(model, transcoders?.Replacement!, settings, transcoders) { }
+
+    Attributor(HookedTransformer model, IMlpReplacement transcoders, AttributionSettings? settings, DeviceMlpReplacement? device)
     {
         _model = model ?? throw new ArgumentNullException(nameof(model));
         _transcoders = transcoders ?? throw new ArgumentNullException(nameof(transcoders));
+        if (device is not null && device.Backend != model.Backend)
+            throw new ArgumentException($"the transcoders' weights are on {device.Backend.Device}, the model on {model.Backend.Device}", nameof(transcoders));
+        _device = device ?? (model.Backend.Device.IsCpu ? null : DeviceMlpReplacement.Upload(transcoders, model.Backend));
         _settings = settings ?? new AttributionSettings();
         if (_settings.MaxLogits < 1) throw new ArgumentOutOfRangeException(nameof(settings), $"max logits must be ≥ 1, not {_settings.MaxLogits}");
         if (!(_settings.LogitProbability > 0 && _settings.LogitProbability <= 1)) throw new ArgumentOutOfRangeException(nameof(settings), $"the logit probability must be in (0, 1], not {_settings.LogitProbability}");
@@ -52,12 +74,16 @@ public sealed partial class Attributor
     public AttributionGraph Attribute(int[] tokens, string? prompt = null)
     {
         var clock = Stopwatch.StartNew();
-        var s = ReplacementState.Capture(_model, _transcoders, tokens);
+        var s = ReplacementState.Capture(_model, _transcoders, tokens, _device);
         var cfg = _model.Config;
         int L = cfg.NLayers, T = s.Positions, D = s.DModel, F = s.Active.Length;
         int errorOffset = F, tokenOffset = F + L * T, logitOffset = F + (L + 1) * T;
 
-        var (logitIds, logitProbs, logitVectors) = SalientLogits(s.LastLogits);
+        var (logitIds, logitProbs, logitVectors) = s.LastLogits is { } lastLogits ? SalientLogits(lastLogits) : SalientLogitsOnDevice(s.DeviceLastLogits!);
+        // On a device the logit directions (W_U columns from its host copy, demeaned) go in once, as constants.
+        var logitTensor = s.OnDevice
+            ? _model.Backend.ToDevice(Tensor.FromArray([.. logitVectors.SelectMany(v => v)], logitVectors.Length, D), Tensors.Backends.TransferKind.Weights)
+            : null;
         int nLogits = logitIds.Length, totalNodes = logitOffset + nLogits;
         int maxFeatures = Math.Min(_settings.MaxFeatureNodes ?? F, F);
         int N = Math.Min(_settings.BatchSize, Math.Max(nLogits, maxFeatures));
@@ -84,7 +110,9 @@ public sealed partial class Attributor
         for (int i = 0; i < nLogits; i += N)
         {
             int n = Math.Min(N, nLogits - i);
-            var specs = Enumerable.Range(i, n).Select(j => TargetRow(backward, s.ResidualSaes, L, T - 1, logitVectors[j])).ToArray();
+            var specs = Enumerable.Range(i, n).Select(j => logitTensor is null
+                ? TargetRow(backward, s.ResidualSaes, L, T - 1, logitVectors[j])
+                : DeviceTargetRow(backward, s.ResidualSaes, L, T - 1, into => _model.Backend.CopyRows(logitTensor, (long)j * D, D, into, 0, D, 1, D))).ToArray();
             Append(rows, blockBuffer = ComputeRows(s, backward, readouts, tokenReadout, specs, totalNodes, reuse: blockBuffer), n);
             for (int j = 0; j < n; j++) (rowToNode[i + j], rowLayer[i + j]) = (logitOffset + i + j, L);
             batches++;
@@ -114,6 +142,11 @@ public sealed partial class Attributor
                 for (int j = 0; j < n; j++)
                 {
                     var (l, p, f) = s.Active[pending[start + j]];
+                    if (_device is { } dev && s.OnDevice)
+                    {
+                        specs[j] = DeviceTargetRow(backward, s.ResidualSaes, l, p, into => dev.EncoderDirection(l, f, into, 0));
+                        continue;
+                    }
                     _transcoders.EncoderDirection(l, f, encoder);
                     specs[j] = TargetRow(backward, s.ResidualSaes, l, p, encoder);
                 }
@@ -145,7 +178,8 @@ public sealed partial class Attributor
     /// (a logit); otherwise at layer <see cref="Layer"/>'s MLP input (a feature), or just below its attention
     /// (<see cref="AfterAttention"/>: what one head passed back, for per-head attribution).
     /// </summary>
-    internal readonly record struct RowSpec(int Layer, bool AfterAttention, int[] Positions, float[] Vectors);
+    /// <remarks>With <see cref="DeviceVectors"/> (<c>[positions, d_model]</c> on the model's device) <see cref="Vectors"/> is unused.</remarks>
+    internal readonly record struct RowSpec(int Layer, bool AfterAttention, int[] Positions, float[] Vectors, Tensor? DeviceVectors = null);
 
     /// <summary>The row of a target: a feature's encoder direction at its MLP input, or a logit's demeaned unembedding at the final norm.</summary>
     RowSpec TargetRow(LinearBackward backward, bool residualSaes, int layer, int position, float[] direction)
@@ -155,6 +189,19 @@ public sealed partial class Attributor
         var v = new float[direction.Length];
         backward.FrozenNormHost(norm, position, direction, v);
         return new RowSpec(layer, false, [position], v);
+    }
+
+    /// <summary>The row of a target on the device: its direction written there by <paramref name="write"/>, through the frozen norm there.</summary>
+    RowSpec DeviceTargetRow(LinearBackward backward, bool residualSaes, int layer, int position, Action<Tensor> write)
+    {
+        var be = _model.Backend;
+        int D = _model.Config.DModel;
+        var norm = layer == _model.Config.NLayers ? _model.FinalNormLayer : residualSaes ? null : _model.Anatomy(layer).Ln2;
+        var raw = be.Empty(1, D);
+        write(raw);
+        var v = be.Empty(1, D);
+        backward.FrozenNormDevice(norm, [position], raw, v);
+        return new RowSpec(layer, false, [position], [], v);
     }
 
     /// <summary>
@@ -178,6 +225,10 @@ public sealed partial class Attributor
             var rows = Enumerable.Range(0, n).Where(i => specs[i].Layer == layer && specs[i].AfterAttention == afterAttention).ToArray();
             if (rows.Length == 0) return;
             live = true;
+            foreach (int i in rows.Where(i => specs[i].DeviceVectors is not null))
+                backward.Inject(g, specs[i].DeviceVectors!, specs[i].Positions, [.. Enumerable.Repeat(i, specs[i].Positions.Length)]);
+            rows = [.. rows.Where(i => specs[i].DeviceVectors is null)];
+            if (rows.Length == 0) return;
             var positions = rows.SelectMany(i => specs[i].Positions).ToArray();
             var owners = rows.SelectMany(i => Enumerable.Repeat(i, specs[i].Positions.Length)).ToArray();
             var vectors = new float[(long)positions.Length * D];
@@ -194,10 +245,28 @@ public sealed partial class Attributor
         long blockLength = (long)n * width;
         var block = reuse is not null && reuse.LongLength >= blockLength ? reuse : new float[blockLength];
         Array.Clear(block, 0, (int)blockLength);
-        // On the CPU the read-out buffer is host memory and is read in place; on a GPU one copy of it comes back.
+        // On the CPU the read-out buffer is host memory and is read in place. On a device every read-out of the batch
+        // writes its own section of one buffer, which comes back in one copy at the end of the batch.
+        bool deferred = !be.Device.IsCpu;
+        var sections = new Dictionary<SourceReadout, long>(ReferenceEqualityComparer.Instance);
+        var read = new List<SourceReadout>();
+        Tensor? all = null;
+        if (deferred)
+        {
+            long at = 0;
+            foreach (var r in readouts.Append(tokenReadout))
+                if (!sections.ContainsKey(r)) { sections[r] = at; at += (long)N * r.Count; }
+            all = backward.Readout(checked((int)Math.Max(1, at / N)));
+        }
         float[]? host = null;
         void ReadOut(SourceReadout readout)
         {
+            if (all is not null)
+            {
+                readout.Read(be, g, N, all, P, sections[readout]);
+                read.Add(readout);
+                return;
+            }
             var r = backward.Readout(readout.Count);
             readout.Read(be, g, N, r, P);
             ReadOnlySpan<float> values;
@@ -249,6 +318,13 @@ public sealed partial class Attributor
             InjectAt(l, true);
         }
         ReadOut(tokenReadout);
+        if (all is not null)
+        {
+            long used = sections.Count == 0 ? 0 : sections.Max(e => e.Value + (long)N * e.Key.Count);
+            if (host is null || host.Length < used) host = new float[used];
+            all.Storage.Slice(0, used).CopyTo(host.AsSpan(0, (int)used));
+            foreach (var r in read) r.Scatter(host.AsSpan(checked((int)sections[r]), N * r.Count), n, block, width, P);
+        }
         return block;
     }
 
@@ -280,6 +356,35 @@ public sealed partial class Attributor
         top = top[..cut];
 
         return (top, [.. top.Select(j => (float)probs[j])], DemeanedUnembedding(top));
+    }
+
+    /// <summary>
+    /// <see cref="SalientLogits"/> with the logits on the device: softmax and the top MaxLogits there, and only those
+    /// probabilities and token ids come back (two copies).
+    /// </summary>
+    (int[] Ids, float[] Probs, float[][] Vectors) SalientLogitsOnDevice(Tensor logits)
+    {
+        var be = _model.Backend;
+        int V = logits.Length, k = Math.Min(_settings.MaxLogits, V);
+        var probs = be.Empty(1, V);
+        be.SoftmaxRows(new Tensor(logits.Storage, 1, V), 1, V, probs);
+        var values = be.Empty(1, k);
+        var indices = be.Empty(1, k);
+        be.TopKRows(probs, 1, V, k, values, indices);
+        var p = new float[k];
+        var ids = new float[k];
+        values.CopyTo(p);
+        indices.CopyTo(ids);
+        var top = Enumerable.Range(0, k).OrderByDescending(i => p[i]).ThenBy(i => (int)ids[i]).ToArray();
+        int cut = k;
+        double cumulative = 0;
+        for (int i = 0; i < k; i++)
+        {
+            cumulative += p[top[i]];
+            if (cumulative >= _settings.LogitProbability) { cut = i + 1; break; }
+        }
+        int[] tokens = [.. top[..cut].Select(i => (int)ids[i])];
+        return (tokens, [.. top[..cut].Select(i => p[i])], DemeanedUnembedding(tokens));
     }
 
     /// <summary>W_U[:, j] − mean over the vocabulary of W_U[:, v], for each token j.</summary>
@@ -343,8 +448,10 @@ public sealed partial class Attributor
         int L = s.Layers, T = s.Positions, tokenOffset = s.Active.Length + L * T;
         var readouts = new SourceReadout[L];
         for (int t = 0; t < L; t++) readouts[t] = FeatureReadout(s, t);
-        var tokens = new SourceReadout(_model.Backend, T, s.DModel, s.TokenVectors,
-            [.. Enumerable.Range(0, T).Select(p => (p, tokenOffset + p, p, 1f))]);
+        (int, int, int, float)[] tokenSources = [.. Enumerable.Range(0, T).Select(p => (p, tokenOffset + p, p, 1f))];
+        var tokens = s.DeviceTokenVectors is { } onDevice
+            ? new SourceReadout(_model.Backend, T, s.DModel, onDevice, tokenSources)
+            : new SourceReadout(_model.Backend, T, s.DModel, s.TokenVectors, tokenSources);
         return (readouts, tokens);
     }
 
@@ -362,10 +469,25 @@ public sealed partial class Attributor
             sources.Add((p, i, row, s.ActiveValues[i]));
         }
         int distinct = tableRow.Count;
+        for (int p = 0; p < T; p++) sources.Add((p, F + t * T + p, distinct + p, 1f));
+        if (s.OnDevice)
+        {
+            // The table on the device: each source layer's decoder rows to t gathered from the uploaded weights (the
+            // active features are sorted by layer, so each layer's rows are one block), then layer t's error vectors.
+            var be = _model.Backend;
+            var onDevice = be.Empty(distinct + T, D);
+            foreach (var group in tableRow.OrderBy(e => e.Value).GroupBy(e => e.Key.Layer))
+            {
+                int first = group.First().Value, count = group.Count();
+                s.Device!.DecoderRows(group.Key, t, [.. group.Select(e => e.Key.Feature)],
+                    new Tensor(onDevice.Storage.Slice((long)first * D, (long)count * D), count, D));
+            }
+            be.CopyRows(s.DeviceErrors!, (long)t * T * D, D, onDevice, (long)distinct * D, D, T, D);
+            return new SourceReadout(be, T, D, onDevice, sources);
+        }
         var table = new float[(long)(distinct + T) * D];
         foreach (var ((l, f), row) in tableRow) _transcoders.DecoderDirection(l, f, t, table.AsSpan(row * D, D));
         s.Errors.AsSpan(t * T * D, T * D).CopyTo(table.AsSpan(distinct * D));
-        for (int p = 0; p < T; p++) sources.Add((p, F + t * T + p, distinct + p, 1f));
         return new SourceReadout(_model.Backend, T, D, table, sources);
     }
 
@@ -392,7 +514,9 @@ public sealed partial class Attributor
         long patterns = 4L * cfg.NLayers * cfg.NHeads * T * T;
         long sources = readouts.Sum(r => r.Bytes) + tokens.Bytes;
         long gradients = 4L * T * N * (4 * D + (cfg.NHeads + cfg.KvHeads) * cfg.DHead);
-        long results = 4L * N * (readouts.Max(r => (long)r.Count) + totalNodes);
+        // On a device every read-out of a batch has its own section of one buffer (read back once per batch).
+        long sections = s.OnDevice ? readouts.Sum(r => (long)r.Count) + tokens.Count : readouts.Max(r => (long)r.Count);
+        long results = 4L * N * (sections + totalNodes);
         long captured = 4L * (cfg.NLayers + 1) * T * D * 2;
         return patterns + sources + gradients + results + captured;
     }

@@ -41,6 +41,36 @@ public class AttributeCliTests
     }
 
     [Fact]
+    public void On_the_emulated_device_prints_and_writes_what_the_cpu_does()
+    {
+        string cpu = Directory.CreateTempSubdirectory("loupe-attr").FullName, device = Directory.CreateTempSubdirectory("loupe-attr").FullName;
+        string[] args = ["attribute", "--model", Model, "--transcoders", Transcoders, "--tokens", Tokens, "--slug", "fixture", "--batch-size", "32", "--max-feature-nodes", "32"];
+        var a = RunLoupe([.. args, "--out", cpu]);
+        Assert.True(a.Code == 0, a.Err);
+        var b = RunLoupe([.. args, "--out", device, "--device", "emulated"]);
+        Assert.True(b.Code == 0, b.Err);
+        // Every printed line but the timing and the paths: the same text, the same numbers to their printed precision.
+        var number = new System.Text.RegularExpressions.Regex(@"[-+]?\d+(\.\d+)?");
+        string[] Lines(string output) => [.. output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Where(l => !l.StartsWith("cost:", StringComparison.Ordinal) && !l.StartsWith("wrote", StringComparison.Ordinal))];
+        string[] x = Lines(a.Out), y = Lines(b.Out);
+        Assert.Equal(x.Length, y.Length);
+        for (int i = 0; i < x.Length; i++)
+        {
+            Assert.Equal(number.Replace(x[i], "#"), number.Replace(y[i], "#"));
+            var p = number.Matches(x[i]).Select(m => double.Parse(m.Value, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+            var q = number.Matches(y[i]).Select(m => double.Parse(m.Value, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+            for (int j = 0; j < p.Length; j++) Assert.True(Math.Abs(p[j] - q[j]) <= 1e-3 * Math.Max(1, Math.Abs(p[j])), $"line '{x[i]}': cpu {p[j]}, emulated {q[j]}");
+        }
+        using var ga = SafeTensorsFile.Open(Path.Combine(cpu, "fixture.safetensors"));
+        using var gb = SafeTensorsFile.Open(Path.Combine(device, "fixture.safetensors"));
+        var ea = ga.GetFloat32("adjacency_matrix").ToArray();
+        var eb = gb.GetFloat32("adjacency_matrix").ToArray();
+        Assert.Equal(ea.Length, eb.Length);
+        float largest = ea.Max(Math.Abs);
+        for (int i = 0; i < ea.Length; i++) Assert.True(Math.Abs(ea[i] - eb[i]) <= 1e-4 * largest, $"adjacency {i}: cpu {ea[i]}, emulated {eb[i]}");
+    }
+
+    [Fact]
     public void Refuses_transcoders_that_do_not_fit_and_bad_arguments()
     {
         string folder = Directory.CreateTempSubdirectory("loupe-attr").FullName;

@@ -81,7 +81,16 @@ internal sealed class LinearBackward
     /// </summary>
     void FrozenNorm(Norm norm, Tensor g, Tensor dx, int positions)
     {
-        if (!_expandedScales.TryGetValue(norm.ScaleHook, out var scale))
+        if (!_expandedScales.TryGetValue(norm.ScaleHook, out var scale) && _s.DeviceScales is { } onDevice)
+        {
+            // σ [T, 1]·ones [1, N]: the repeat as one GEMM, on the device.
+            var ones = _be.Empty(_N);
+            _be.Fill(ones, 1f);
+            scale = _be.Empty(_T * _N);
+            _be.Gemm(false, false, _T, _N, 1, 1f, onDevice[norm.ScaleHook], 0, 1, ones, 0, _N, 0f, scale, 0, _N);
+            _expandedScales[norm.ScaleHook] = scale;
+        }
+        else if (scale is null)
         {
             // σ per position, repeated for the N rows of that position.
             var sigma = _s.Scales[norm.ScaleHook];
@@ -95,13 +104,8 @@ internal sealed class LinearBackward
             norm.Weight.IsEmpty ? null : WeightOf(norm), norm.WeightOffset, dx);
     }
 
-    readonly Dictionary<Norm, Tensor> _normWeights = new(ReferenceEqualityComparer.Instance);
-    Tensor WeightOf(Norm norm)
-    {
-        if (!_normWeights.TryGetValue(norm, out var w))
-            _normWeights[norm] = w = _be.LoadWeight(norm.Weight, [norm.Weight.Length]);
-        return w;
-    }
+    // The model's own copy of the weight on its backend (uploaded once with the model, not per attribution).
+    Tensor WeightOf(Norm norm) => norm.WeightOn(_be)!;
 
     /// <summary>
     /// Adds to <paramref name="g"/> (the gradient at the attention branch's residual input) what flows back
@@ -190,6 +194,35 @@ internal sealed class LinearBackward
         var v = _be.ToDevice(Tensor.FromArray(vectors, positions.Length, _D), TransferKind.Inputs);
         for (int i = 0; i < positions.Length; i++)
             _be.CopyRows(v, (long)i * _D, _D, g, ((long)positions[i] * _N + rows[i]) * _D, _D, 1, _D, accumulate: true);
+    }
+
+    /// <summary>
+    /// Adds device vectors at single (position, row) places of <paramref name="g"/>: row <c>i</c> of
+    /// <paramref name="vectors"/> <c>[k, d_model]</c> goes to row <c>positions[i]·N + rows[i]</c>.
+    /// </summary>
+    public void Inject(Tensor g, Tensor vectors, int[] positions, int[] rows)
+    {
+        for (int i = 0; i < positions.Length; i++)
+            _be.CopyRows(vectors, (long)i * _D, _D, g, ((long)positions[i] * _N + rows[i]) * _D, _D, 1, _D, accumulate: true);
+    }
+
+    Tensor? _zeroOne;
+
+    /// <summary>
+    /// The frozen norm's transpose of device vector rows (<paramref name="v"/> <c>[k, d]</c>, row i at position
+    /// <paramref name="positions"/>[i]) into <paramref name="into"/> <c>[k, d]</c>, on the device: what a gradient at the
+    /// norm's output becomes at its input. Without a norm the rows are copied.
+    /// </summary>
+    public void FrozenNormDevice(Norm? norm, int[] positions, Tensor v, Tensor into)
+    {
+        int k = positions.Length;
+        if (norm is null || norm.Kind == NormKind.None) { _be.CopyRows(v, 0, _D, into, 0, _D, k, _D); return; }
+        var sigma = _s.DeviceScales![norm.ScaleHook];
+        var rowScale = _be.Empty(k);
+        for (int i = 0; i < k; i++) _be.CopyRows(sigma, positions[i], 1, rowScale, i, 1, 1, 1);
+        if (_zeroOne is null || _zeroOne.Length < k) _zeroOne = _be.Zeros(Math.Max(k, _N));
+        _be.NormBackwardInput(norm.Kind == NormKind.LayerNorm, v, rowScale, v, _zeroOne, k, _D,
+            norm.Weight.IsEmpty ? null : WeightOf(norm), norm.WeightOffset, into);
     }
 
     /// <summary>

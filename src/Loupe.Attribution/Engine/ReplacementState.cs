@@ -3,6 +3,7 @@ using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Models.Layers;
 using Loupe.Tensors;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Attribution.Engine;
 
@@ -13,15 +14,49 @@ namespace Loupe.Attribution.Engine;
 /// model is linear from any source (feature, error, token) to any target (feature pre-activation,
 /// demeaned logit). Position 0 is treated as circuit-tracer does: its features and errors are not sources.
 /// </summary>
-internal sealed class ReplacementState
+internal sealed record ReplacementState
 {
     public required HookedTransformer Model { get; init; }
     public required IMlpReplacement Transcoders { get; init; }
     public required int[] Tokens { get; init; }
     /// <summary>Per layer: the attention pattern <c>[1, H, T, T]</c> on the model's backend.</summary>
     public required Tensor[] Patterns { get; init; }
-    /// <summary>Per norm (by its scale hook): the frozen σ per position <c>[T]</c> (host).</summary>
-    public required Dictionary<string, float[]> Scales { get; init; }
+    /// <summary>
+    /// Per norm (by its scale hook): the frozen σ per position <c>[T]</c> (host). With a device model they stay on the
+    /// device (<see cref="DeviceScales"/>) and this reads them back on first use (per-head attribution only).
+    /// </summary>
+    public Dictionary<string, float[]> Scales
+    {
+        get
+        {
+            if (_scales is null)
+            {
+                _scales = new Dictionary<string, float[]>(StringComparer.Ordinal);
+                foreach (var (name, t) in DeviceScales!) _scales[name] = t.ToCpu().Span.ToArray();
+            }
+            return _scales;
+        }
+        init => _scales = value;
+    }
+    Dictionary<string, float[]>? _scales;
+
+    /// <summary>With a device model: σ per position <c>[T]</c> of each norm, on the device; null on the CPU.</summary>
+    public Dictionary<string, Tensor>? DeviceScales { get; init; }
+
+    /// <summary>With a device model: the replacement's weights there; null on the CPU.</summary>
+    public DeviceMlpReplacement? Device { get; init; }
+
+    /// <summary>With a device model: the error vectors <c>[L·T, d_model]</c> on the device.</summary>
+    public Tensor? DeviceErrors { get; init; }
+
+    /// <summary>With a device model: the token vectors <c>[T, d_model]</c> on the device.</summary>
+    public Tensor? DeviceTokenVectors { get; init; }
+
+    /// <summary>With a device model: the logits at the last position <c>[d_vocab_out]</c> on the device (<see cref="LastLogits"/> is null).</summary>
+    public Tensor? DeviceLastLogits { get; init; }
+
+    /// <summary>The replacement model lives on a device: tables, scales and target vectors are device tensors.</summary>
+    public bool OnDevice => Device is not null;
     /// <summary>Active features (layer, position, feature), sorted, and their activations.</summary>
     public required (int Layer, int Position, int Feature)[] Active { get; init; }
     public required float[] ActiveValues { get; init; }
@@ -29,8 +64,8 @@ internal sealed class ReplacementState
     public required float[] Errors { get; init; }
     /// <summary>Token embedding vectors as they enter the residual stream (hook_embed) <c>[T, d_model]</c>.</summary>
     public required float[] TokenVectors { get; init; }
-    /// <summary>Logits at the last position <c>[d_vocab_out]</c>.</summary>
-    public required float[] LastLogits { get; init; }
+    /// <summary>Logits at the last position <c>[d_vocab_out]</c> (null with a device model: see <see cref="DeviceLastLogits"/>).</summary>
+    public required float[]? LastLogits { get; init; }
     /// <summary>Wall time of the capture forward pass: the unit of the cost in pass equivalents.</summary>
     public required TimeSpan ForwardTime { get; init; }
     /// <summary>
@@ -49,7 +84,7 @@ internal sealed class ReplacementState
 
     /// <summary>Runs the prompt once and captures the replacement model.</summary>
     /// <exception cref="InputError">The transcoders do not fit the model, the prompt does not fit the context, or no feature is active.</exception>
-    public static ReplacementState Capture(HookedTransformer model, IMlpReplacement transcoders, int[] tokens)
+    public static ReplacementState Capture(HookedTransformer model, IMlpReplacement transcoders, int[] tokens, DeviceMlpReplacement? device = null)
     {
         var cfg = model.Config;
         int L = cfg.NLayers, T = tokens.Length, D = cfg.DModel;
@@ -70,6 +105,12 @@ internal sealed class ReplacementState
         var options = new RunOptions { CacheFilter = hooks.Contains };
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var run = model.Run(TokenBatch.Single(tokens), options);
+        if (!model.Backend.Device.IsCpu)
+        {
+            var onDevice = CaptureOnDevice(model, device ?? DeviceMlpReplacement.Upload(transcoders, model.Backend), tokens, hooks, run, cuts);
+            clock.Stop();
+            return onDevice with { ForwardTime = clock.Elapsed };
+        }
         var lastLogits = LastRow(run.Logits);
         clock.Stop();
         var cache = run.Cache;
@@ -139,6 +180,123 @@ internal sealed class ReplacementState
             ForwardTime = clock.Elapsed,
             Cuts = cuts,
         };
+    }
+
+    /// <summary>
+    /// The capture with the model on a device: encode, reconstruct and errors as backend ops on the cached hooks; what
+    /// comes back is the graph's own data — the nonzero activations (top-k lists grown until every nonzero is inside),
+    /// the error vectors and the token vectors, one copy each — and a position/feature/value for a non-finite one.
+    /// </summary>
+    static ReplacementState CaptureOnDevice(HookedTransformer model, DeviceMlpReplacement device, int[] tokens, HashSet<string> hooks,
+        ForwardResult run, CutPoint[]? cuts)
+    {
+        var be = model.Backend;
+        var transcoders = device.Replacement;
+        int L = model.Config.NLayers, T = tokens.Length, D = model.Config.DModel;
+        var cache = run.Cache;
+        var scales = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var name in hooks.Where(h => h.EndsWith(".hook_scale", StringComparison.Ordinal)))
+            scales[name] = new Tensor(cache[name].Storage, T);
+        var patterns = new Tensor[L];
+        for (int l = 0; l < L; l++) patterns[l] = cache[HookNames.Pattern(l)];
+
+        var acts = new Tensor[L];
+        var active = new List<(int, int, int)>();
+        var values = new List<float>();
+        for (int l = 0; l < L; l++)
+        {
+            int F = transcoders.Features(l);
+            var pre = device.EncodePre(l, new Tensor(cache[transcoders.InputHook(l)].Storage, T, D), T);
+            CheckFinite(be, pre, transcoders, l, F, "pre-activation");
+            acts[l] = device.Activate(l, pre, T);
+            CheckFinite(be, acts[l], transcoders, l, F, "activation");
+            // Position 0 is not a source: its row is never read.
+            if (T > 1)
+                foreach (var (row, feature, value) in Nonzero(be, new Tensor(acts[l].Storage.Slice(F, (long)(T - 1) * F), T - 1, F), T - 1, F))
+                {
+                    active.Add((l, row + 1, feature));
+                    values.Add(value);
+                }
+        }
+        if (active.Count == 0)
+            throw new InputError($"no feature of the transcoders ({transcoders.Source}) is active on this prompt outside position 0; there is nothing to attribute (is it the right model and hook?)");
+        var order = Enumerable.Range(0, active.Count).OrderBy(i => active[i]).ToArray();
+
+        var errors = be.Empty(L * T, D);
+        for (int t = 0; t < L; t++)
+        {
+            var recon = device.Reconstruct(t, acts, T);
+            var err = new Tensor(errors.Storage.Slice((long)t * T * D, (long)T * D), T, D);
+            be.Scale(recon, -1f, recon);
+            be.Add(new Tensor(cache[transcoders.OutputHook(t)].Storage, T, D), recon, err);
+            be.Fill(new Tensor(err.Storage.Slice(0, D), D), 0f); // position 0: not a source
+        }
+        var tokenVectors = new Tensor(cache[HookNames.Embed].Storage, T, D);
+        int V = run.Logits.Dim(2);
+        return new ReplacementState
+        {
+            Model = model,
+            Transcoders = transcoders,
+            Tokens = tokens,
+            Patterns = patterns,
+            DeviceScales = scales,
+            Device = device,
+            Active = [.. order.Select(i => active[i])],
+            ActiveValues = [.. order.Select(i => values[i])],
+            Errors = errors.ToCpu().Span.ToArray(),
+            DeviceErrors = errors,
+            TokenVectors = tokenVectors.ToCpu().Span.ToArray(),
+            DeviceTokenVectors = tokenVectors,
+            LastLogits = null,
+            DeviceLastLogits = new Tensor(run.Logits.Storage.Slice((long)(T - 1) * V, V), V),
+            ForwardTime = TimeSpan.Zero,
+            Cuts = cuts,
+        };
+    }
+
+    static void CheckFinite(IComputeBackend be, Tensor values, IMlpReplacement transcoders, int layer, int width, string what)
+    {
+        long bad = be.IndexOfNonFinite(values);
+        if (bad < 0) return;
+        var one = new float[1];
+        new Tensor(values.Storage.Slice(bad, 1), 1).CopyTo(one);
+        throw new InputError($"{transcoders.Source}: the {what} of feature {bad % width} of layer {layer} is {one[0]} at position {bad / width}; the transcoders produce non-finite values on this prompt (check their weights)");
+    }
+
+    /// <summary>
+    /// The nonzero entries of activations <c>[rows, n]</c> on the device, by row then feature: the top-k of each row read
+    /// back with k doubled until every row's k-th value is 0 (all nonzeros inside), or the dense rows when that is cheaper.
+    /// </summary>
+    static List<(int Row, int Feature, float Value)> Nonzero(IComputeBackend be, Tensor acts, int rows, int n)
+    {
+        var found = new List<(int, int, float)>();
+        for (int k = Math.Min(32, n); 2 * k < n; k *= 2)
+        {
+            var topValues = be.Empty(rows, k);
+            var topIndices = be.Empty(rows, k);
+            be.TopKRows(acts, rows, n, k, topValues, topIndices);
+            var v = new float[rows * k];
+            topValues.CopyTo(v);
+            bool complete = true;
+            for (int r = 0; r < rows && complete; r++) complete = v[r * k + k - 1] == 0;
+            if (!complete) continue;
+            var index = new float[rows * k];
+            topIndices.CopyTo(index);
+            for (int r = 0; r < rows; r++)
+            {
+                var row = new List<(int, int, float)>();
+                for (int j = 0; j < k; j++)
+                    if (v[r * k + j] != 0) row.Add((r, (int)index[r * k + j], v[r * k + j]));
+                found.AddRange(row.OrderBy(e => e.Item2));
+            }
+            return found;
+        }
+        var dense = new float[rows * n];
+        acts.CopyTo(dense);
+        for (int r = 0; r < rows; r++)
+            for (int f = 0; f < n; f++)
+                if (dense[r * n + f] != 0) found.Add((r, f, dense[r * n + f]));
+        return found;
     }
 
     static float[] LastRow(Tensor logits)

@@ -17,8 +17,8 @@ internal sealed class SourceReadout
 {
     readonly int[] _starts;    // [T + 1]: sources of position p are entries starts[p] … starts[p+1]−1
     readonly int[] _rows;      // table row of each entry
-    readonly Tensor _table;    // [rows, d] on the backend
-    readonly Tensor _scratch;  // [max sources at one position, d]
+    readonly Tensor _table = null!;    // [rows, d] on the backend; gathered into source order: [Count, d]
+    readonly Tensor _scratch = null!;  // [max sources at one position, d] (the table itself when gathered)
 
     /// <param name="backend">Where the table lives.</param>
     /// <param name="positions">T.</param>
@@ -26,6 +26,34 @@ internal sealed class SourceReadout
     /// <param name="table">The distinct vectors <c>[rows, d]</c> (host).</param>
     /// <param name="sources">(position, adjacency column, table row, scale) of every source.</param>
     public SourceReadout(IComputeBackend backend, int positions, int d, float[] table, IReadOnlyList<(int Position, int Column, int Row, float Scale)> sources)
+        : this(backend, positions, d, sources)
+    {
+        int tableRows = Math.Max(1, table.Length / d);
+        _table = backend.ToDevice(Tensor.FromArray(table.Length == 0 ? new float[d] : table, tableRows, d), TransferKind.Inputs);
+        _scratch = backend.Empty(_widest, d);
+        Bytes = 4L * (tableRows + _widest) * d;
+    }
+
+    /// <summary>
+    /// A read-out whose table <paramref name="table"/> <c>[rows, d]</c> is already on the device: its rows are gathered
+    /// once into source order (one contiguous block per position), so reading needs no gather and no index upload per batch.
+    /// </summary>
+    /// <param name="backend">Where the table lives.</param>
+    /// <param name="positions">T.</param>
+    /// <param name="d">d_model.</param>
+    /// <param name="table">The distinct vectors <c>[rows, d]</c> on the backend.</param>
+    /// <param name="sources">(position, adjacency column, table row, scale) of every source.</param>
+    public SourceReadout(IComputeBackend backend, int positions, int d, Tensor table, IReadOnlyList<(int Position, int Column, int Row, float Scale)> sources)
+        : this(backend, positions, d, sources)
+    {
+        _table = backend.Empty(Math.Max(1, Count), d);
+        if (Count > 0) backend.Embedding(table, d, _rows, 1f, _table);
+        _gathered = true;
+        _scratch = _table;
+        Bytes = 4L * Math.Max(1, Count) * d;
+    }
+
+    SourceReadout(IComputeBackend backend, int positions, int d, IReadOnlyList<(int Position, int Column, int Row, float Scale)> sources)
     {
         var ordered = sources.Select((s, i) => (s, i)).OrderBy(x => x.s.Position).ThenBy(x => x.i).Select(x => x.s).ToArray();
         Count = ordered.Length;
@@ -40,12 +68,12 @@ internal sealed class SourceReadout
             widest = Math.Max(widest, _starts[p + 1]);
             _starts[p + 1] += _starts[p];
         }
-        int tableRows = Math.Max(1, table.Length / d);
-        _table = backend.ToDevice(Tensor.FromArray(table.Length == 0 ? new float[d] : table, tableRows, d), TransferKind.Inputs);
-        _scratch = backend.Empty(widest, d);
+        _widest = widest;
         D = d;
-        Bytes = 4L * (tableRows + widest) * d;
     }
+
+    readonly int _widest;
+    readonly bool _gathered;
 
     public int Count { get; }
     public int D { get; }
@@ -53,21 +81,26 @@ internal sealed class SourceReadout
     public float[] Scales { get; }
 
     /// <summary>Bytes its table and scratch take on the backend.</summary>
-    public long Bytes { get; }
+    public long Bytes { get; private init; }
 
     /// <summary>
     /// <c>result[n, j] = g[pos_j, n]·row_j</c> (unscaled) for the <paramref name="rows"/> rows of a position-major
     /// gradient <paramref name="g"/> <c>[T·N, d]</c>, for the sources at the first <paramref name="positions"/>
     /// positions (the gradient is zero beyond them); <paramref name="result"/> is <c>[N, Count]</c>.
     /// </summary>
-    public void Read(IComputeBackend be, Tensor g, int rows, Tensor result, int positions)
+    public void Read(IComputeBackend be, Tensor g, int rows, Tensor result, int positions, long resultOffset = 0)
     {
         for (int p = 0; p < positions; p++)
         {
             int start = _starts[p], k = _starts[p + 1] - start;
             if (k == 0) continue;
-            be.Embedding(_table, D, _rows.AsSpan(start, k), 1f, _scratch);
-            be.Gemm(false, true, rows, k, D, 1f, g, (long)p * rows * D, D, _scratch, 0, D, 0f, result, start, Count);
+            if (_gathered)
+                be.Gemm(false, true, rows, k, D, 1f, g, (long)p * rows * D, D, _table, (long)start * D, D, 0f, result, resultOffset + start, Count);
+            else
+            {
+                be.Embedding(_table, D, _rows.AsSpan(start, k), 1f, _scratch);
+                be.Gemm(false, true, rows, k, D, 1f, g, (long)p * rows * D, D, _scratch, 0, D, 0f, result, resultOffset + start, Count);
+            }
         }
     }
 

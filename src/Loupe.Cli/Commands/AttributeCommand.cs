@@ -33,7 +33,8 @@ static class AttributeCommand
             "written as circuit-tracer / Neuronpedia graph JSON (open it in their graph viewer) and as safetensors.\n\n" +
             "Examples:\n" +
             "  loupe attribute --model ../shared/models/stories260K --transcoders tc/ --prompt \"Once upon a time, Lily\" --out graphs\n" +
-            "  loupe attribute --model gpt2 --transcoders tc/ --tokens \"50256,464,3139\" --max-feature-nodes 4096 --out graphs --slug capital")
+            "  loupe attribute --model gpt2 --transcoders tc/ --tokens \"50256,464,3139\" --max-feature-nodes 4096 --out graphs --slug capital\n" +
+            "  loupe attribute --model gpt2 --transcoders tc/ --prompt \"The capital of France is\" --device cuda --out graphs")
         { model, transcoders, input.Prompt, input.Tokens, maxLogits, logitProb, maxFeatures, batch, nodeThreshold, edgeThreshold, maxMemory, perHead, output, slug };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
@@ -48,6 +49,7 @@ static class AttributeCommand
                 Log = line => Console.Error.WriteLine(line),
             };
             double nodes = CliSupport.Double(parse, nodeThreshold, 0, 1), edges = CliSupport.Double(parse, edgeThreshold, 0, 1);
+            // On a device the transcoders' weights go there once; the graph's rows come back once per batch.
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var tc = MlpReplacements.Load(parse.GetValue(transcoders)!, m.Config.NLayers);
             var tokens = input.Read(parse, m);

@@ -151,6 +151,12 @@ internal sealed class DeviceSaeEncoder
     /// <summary>The dictionary's shape.</summary>
     public SaeShape Shape => _s;
 
+    /// <summary>W_enc <c>[d_in, n]</c> on the device (attribution reads encoder columns from it).</summary>
+    public Tensor WEnc => _wEnc;
+
+    /// <summary>W_dec <c>[n, d_out]</c> on the device (attribution gathers decoder rows from it).</summary>
+    public Tensor WDec => _wDec;
+
     /// <summary>
     /// acts = f(x_in·W_enc + b_enc) for x <c>[rows, d_in]</c> on the device; returns acts <c>[rows, n]</c> and, for a TopK
     /// dictionary, its ReLU'd top-k values and indices <c>[rows, k]</c> (null otherwise). Without <paramref name="dense"/>

@@ -1,0 +1,135 @@
+// An IMlpReplacement's weights on a backend's device, for passes that keep the replacement model there (attribution
+// graphs on a GPU). Each source layer ℓ is one DeviceSaeEncoder: a per-layer transcoder as it is; a cross-layer
+// transcoder's layer ℓ as a dictionary whose decoder is W_dec[ℓ] viewed as [d_sae·(L−ℓ), d_out] (row f·(L−ℓ) + t−ℓ:
+// what feature f writes to layer t) and whose b_dec is zero (the CLT's b_dec[t] is added per target).
+//
+//   encode:      pre[ℓ] = x[ℓ]·W_enc[ℓ] + b_enc[ℓ] [rows, n];  acts[ℓ] = f(pre[ℓ])
+//   reconstruct: recon[t] = b_dec[t] + Σ_{ℓ ≤ t, t ≤ last(ℓ)} acts[ℓ]·W_dec[ℓ → t]
+//   directions:  W_enc[ℓ][:, f] (a strided column copy) and W_dec[ℓ → t][f, :] (a row gather), all on the device
+using Loupe.Dictionaries.Sae;
+using Loupe.Tensors;
+using Loupe.Tensors.Backends;
+
+namespace Loupe.Dictionaries.Transcoders;
+
+/// <summary>
+/// The weights of an <see cref="IMlpReplacement"/> uploaded once to a backend (counted as weights), and the encode,
+/// reconstruct and direction reads a replacement model needs, as backend ops (see the file header).
+/// </summary>
+public sealed class DeviceMlpReplacement
+{
+    readonly IComputeBackend _b;
+    readonly DeviceSaeEncoder[] _layers;
+    readonly int[] _slots;          // decoder slots per source layer: 1, or L − ℓ for a cross-layer transcoder
+    readonly Tensor[]? _bDec;       // CLT: b_dec[t] [d_out]
+
+    DeviceMlpReplacement(IMlpReplacement replacement, IComputeBackend backend, DeviceSaeEncoder[] layers, int[] slots, Tensor[]? bDec)
+    {
+        (Replacement, _b, _layers, _slots, _bDec) = (replacement, backend, layers, slots, bDec);
+    }
+
+    /// <summary>The replacement whose weights these are.</summary>
+    public IMlpReplacement Replacement { get; }
+
+    /// <summary>The backend they live on.</summary>
+    public IComputeBackend Backend => _b;
+
+    /// <summary>Features of <paramref name="layer"/>.</summary>
+    public int Features(int layer) => _layers[layer].Shape.DSae;
+
+    /// <summary>
+    /// Uploads the weights of <paramref name="replacement"/> to <paramref name="backend"/> (once: keep the result).
+    /// Per-layer transcoders (SAELens or circuit-tracer files) and cross-layer transcoders are supported.
+    /// </summary>
+    /// <exception cref="InputError">The replacement or its activation has no device kernels.</exception>
+    public static DeviceMlpReplacement Upload(IMlpReplacement replacement, IComputeBackend backend)
+    {
+        ArgumentNullException.ThrowIfNull(replacement);
+        ArgumentNullException.ThrowIfNull(backend);
+        switch (replacement)
+        {
+            case PerLayerTranscoders p:
+                return PerLayer(replacement, backend, [.. Enumerable.Range(0, p.Layers).Select(l => p[l])]);
+            case CircuitTracerTranscoders c:
+                return PerLayer(replacement, backend, c.Dictionaries);
+            case CrossLayerTranscoder clt:
+            {
+                var s = clt.Shape;
+                var layers = new DeviceSaeEncoder[s.Layers];
+                var slots = new int[s.Layers];
+                var bDec = new Tensor[s.Layers];
+                for (int l = 0; l < s.Layers; l++)
+                {
+                    slots[l] = s.Targets(l);
+                    // Layer ℓ as a dictionary whose decoder rows are the (feature, target) rows of W_dec[ℓ].
+                    var d = new SparseDictionary(SaeShape.Transcoder(s.DIn, s.DSae, s.DOut * slots[l]), clt.Activation);
+                    clt.P.WEnc[l].CopyTo(d.P.WEnc, 0);
+                    clt.P.BEnc[l].CopyTo(d.P.BEnc, 0);
+                    clt.P.WDec[l].CopyTo(d.P.WDec, 0);
+                    clt.P.Act[l].LogThreshold.CopyTo(d.P.LogThreshold, 0);
+                    clt.P.Act[l].Threshold.CopyTo(d.P.Threshold, 0);
+                    layers[l] = Encoder(backend, d, replacement, l);
+                    bDec[l] = backend.LoadWeight(clt.P.BDec[l], [s.DOut]);
+                }
+                return new DeviceMlpReplacement(replacement, backend, layers, slots, bDec);
+            }
+            default:
+                throw new InputError($"argument: --device: {replacement.Source} ({replacement.GetType().Name}) has no device kernels; drop --device {backend.Device}");
+        }
+    }
+
+    static DeviceMlpReplacement PerLayer(IMlpReplacement replacement, IComputeBackend backend, IReadOnlyList<SparseDictionary> dictionaries) =>
+        new(replacement, backend, [.. dictionaries.Select((d, l) => Encoder(backend, d, replacement, l))], [.. dictionaries.Select(_ => 1)], null);
+
+    static DeviceSaeEncoder Encoder(IComputeBackend backend, SparseDictionary d, IMlpReplacement replacement, int layer)
+    {
+        if (!DeviceSaeTraining.Supports(d.Activation))
+            throw new InputError($"argument: --device: layer {layer} of {replacement.Source} is a {d.Architecture} dictionary, which encodes on the CPU only (on {backend.Device}: topk, batchtopk, jumprelu, standard); drop --device {backend.Device}");
+        return new DeviceSaeEncoder(backend, d);
+    }
+
+    /// <summary>pre = x·W_enc[ℓ] + b_enc[ℓ] <c>[rows, n]</c> for x <c>[rows, d_in]</c> on the device.</summary>
+    public Tensor EncodePre(int layer, Tensor x, int rows) => _layers[layer].EncodePre(x, rows);
+
+    /// <summary>acts = f(pre) <c>[rows, n]</c> into a new tensor (the dictionary's inference activation).</summary>
+    public Tensor Activate(int layer, Tensor pre, int rows) => _layers[layer].Activate(pre, rows, dense: true, inPlace: false).Acts;
+
+    /// <summary>
+    /// recon[t] <c>[rows, d_out]</c> from <paramref name="acts"/>[ℓ] <c>[rows, n]</c> of every source layer that writes
+    /// <paramref name="target"/> (entries of other layers are not read).
+    /// </summary>
+    public Tensor Reconstruct(int target, IReadOnlyList<Tensor> acts, int rows)
+    {
+        if (_bDec is null) return _layers[target].Decode(acts[target], acts[target], rows);
+        int dOut = Replacement.DOut;
+        var recon = _b.Empty(rows, dOut);
+        for (int l = 0; l <= target; l++)
+        {
+            var enc = _layers[l];
+            int n = enc.Shape.DSae, stride = _slots[l] * dOut;
+            _b.Gemm(false, false, rows, dOut, n, 1f, acts[l], 0, n, enc.WDec, (long)(target - l) * dOut, stride, l == 0 ? 0f : 1f, recon, 0, dOut);
+        }
+        _b.AddRowVector(recon, rows, _bDec[target]);
+        return recon;
+    }
+
+    /// <summary>Writes W_enc[ℓ][:, <paramref name="feature"/>] (d_in floats) into <paramref name="into"/> at <paramref name="offset"/>.</summary>
+    public void EncoderDirection(int layer, int feature, Tensor into, long offset)
+    {
+        var enc = _layers[layer];
+        _b.CopyRows(enc.WEnc, feature, enc.Shape.DSae, into, offset, 1, enc.Shape.DIn, 1);
+    }
+
+    /// <summary>
+    /// Gathers the decoder rows to <paramref name="target"/> of <paramref name="features"/> of <paramref name="layer"/>
+    /// into <paramref name="into"/> <c>[features, d_out]</c> (the feature indices go in as launch inputs).
+    /// </summary>
+    public void DecoderRows(int layer, int target, ReadOnlySpan<int> features, Tensor into)
+    {
+        if (target < layer || target >= layer + _slots[layer]) throw new ArgumentOutOfRangeException(nameof(target), target, $"features of layer {layer} write layers {layer}…{layer + _slots[layer] - 1}");
+        int slots = _slots[layer];
+        var rows = new int[features.Length];
+        for (int i = 0; i < rows.Length; i++) rows[i] = features[i] * slots + (target - layer);
+        _b.Embedding(_layers[layer].WDec, Replacement.DOut, rows, 1f, into);
+    }
+}
