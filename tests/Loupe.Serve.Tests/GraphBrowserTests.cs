@@ -115,8 +115,14 @@ public class GraphBrowserTests(ITestOutputHelper output)
         await page.GotoAsync(new Uri(host.Url!, "/graph").ToString());
         double cold = await FirstRender();
         Assert.Contains("20,000 nodes", await page.GetByTestId("graph-status").InnerTextAsync());
-        await page.ReloadAsync();
-        double warm = await FirstRender();
+        // The best of three reloads, as the bench takes minima: on a 2-core CI machine the test runs beside other
+        // suites, and one reload's wall time measures their load as much as the page's work.
+        double warm = double.MaxValue;
+        for (int reload = 0; reload < 3; reload++)
+        {
+            await page.ReloadAsync();
+            warm = Math.Min(warm, await FirstRender());
+        }
 
         // ~1 s of programmatic pans through the page's own pointer handlers, frames counted with requestAnimationFrame.
         var fps = await page.EvaluateAsync<JsonElement>(@"() => new Promise(resolve => {
@@ -138,9 +144,9 @@ public class GraphBrowserTests(ITestOutputHelper output)
             requestAnimationFrame(tick);
           })");
         double framesPerSecond = fps.GetProperty("frames").GetDouble() / fps.GetProperty("seconds").GetDouble();
-        output.WriteLine($"20,000 nodes / 100,000 edges: first render {cold:F0} ms (first visit), {warm:F0} ms (reload); pan {framesPerSecond:F1} fps ({fps.GetProperty("drawn").GetDouble():F0} edges drawn per frame)");
+        output.WriteLine($"20,000 nodes / 100,000 edges: first render {cold:F0} ms (first visit), {warm:F0} ms (best of 3 reloads); pan {framesPerSecond:F1} fps ({fps.GetProperty("drawn").GetDouble():F0} edges drawn per frame)");
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = Screenshot("graph-20k.png"), FullPage = true });
-        Assert.True(warm < 1000, $"first render {warm:F0} ms");
+        Assert.True(warm < 1000, $"first render {warm:F0} ms (best of 3 reloads)");
         Assert.True(framesPerSecond >= 30, $"pan at {framesPerSecond:F1} fps");
         Assert.Empty(errors);
     }
