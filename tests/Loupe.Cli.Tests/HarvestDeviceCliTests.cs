@@ -17,13 +17,13 @@ public class HarvestDeviceCliTests
         try
         {
             string[] args = ["harvest", "--model", SharedData.Require("models/stories260K"), "--source", "brown:" + SharedData.Require("datasets/brown-corpus"),
-                "--hooks", "blocks.2.hook_resid_post", "--context-size", "32", "--max-contexts", "12", "--shard-tokens", "200"];
+                "--hooks", "blocks.2.hook_resid_post", "--context-size", "32", "--max-contexts", "6", "--shard-tokens", "100"]; // two shards
             var cpu = RunLoupe([.. args, "--out", Path.Combine(root, "cpu")]);
             Assert.True(cpu.Code == 0, cpu.Err);
             var gpu = RunLoupe([.. args, "--out", Path.Combine(root, "gpu"), "--device", "emulated"]);
             Assert.True(gpu.Code == 0, gpu.Err);
-            Assert.Contains("372 tokens × 1 hooks", cpu.Out); // 12 contexts × 31 tokens (BOS skipped)
-            Assert.Contains("372 tokens × 1 hooks", gpu.Out);
+            Assert.Contains("186 tokens × 1 hooks", cpu.Out); // 6 contexts × 31 tokens (BOS skipped)
+            Assert.Contains("186 tokens × 1 hooks", gpu.Out);
             foreach (var file in Directory.GetFiles(Path.Combine(root, "cpu"), "*.safetensors").Select(Path.GetFileName))
             {
                 using var a = SafeTensorsFile.Open(Path.Combine(root, "cpu", file!));
@@ -47,12 +47,12 @@ public class HarvestDeviceCliTests
             dict.Initialize(seed: 9, decoderNorm: 1f);
             foreach (var folder in new[] { cpuFolder, gpuFolder })
                 SaeLensFormat.Save(folder, dict, new SaeLensConfig { HookName = "blocks.2.hook_resid_post", ContextSize = 32 });
-            string[] args = ["features", "build", "--model", model, "--source", "brown:" + brown, "--max-contexts", "12", "--top", "5", "--window", "3"];
+            string[] args = ["features", "build", "--model", model, "--source", "brown:" + brown, "--max-contexts", "4", "--top", "5", "--window", "3"];
             var cpu = RunLoupe([.. args, "--sae", cpuFolder]);
             Assert.True(cpu.Code == 0, cpu.Err);
             var gpu = RunLoupe([.. args, "--sae", gpuFolder, "--device", "emulated"]);
             Assert.True(gpu.Code == 0, gpu.Err);
-            Assert.Contains("96 features × 372 tokens at blocks.2.hook_resid_post", gpu.Out);
+            Assert.Contains("96 features × 124 tokens at blocks.2.hook_resid_post", gpu.Out); // 4 contexts × 31 tokens
             using var a = FeatureStore.Open(Path.Combine(cpuFolder, FeatureStoreSchema.DefaultFileName));
             using var b = FeatureStore.Open(Path.Combine(gpuFolder, FeatureStoreSchema.DefaultFileName));
             Assert.Equal(a.DeadFeatures(), b.DeadFeatures());

@@ -65,7 +65,8 @@ public sealed class SaeEvalCommandTests : IDisposable
         dict.Initialize(seed: 3, decoderNorm: 1f);
         string sae = Path.Combine(_dir, "topk");
         SaeLensFormat.Save(sae, dict, new SaeLensConfig { HookName = "blocks.2.hook_resid_post" });
-        string[] args = ["sae", "eval", "--model", model, "--sae", sae, "--source", "brown:" + brown, "--context-size", "32", "--max-contexts", "6", "--batch-size", "4"];
+        // Each batch is a few passes of many kernel launches on the emulated device: two batches, the second a partial one.
+        string[] args = ["sae", "eval", "--model", model, "--sae", sae, "--source", "brown:" + brown, "--context-size", "32", "--max-contexts", "3", "--batch-size", "2"];
         var cpu = RunLoupe([.. args, "--out", Path.Combine(_dir, "cpu")]);
         Assert.True(cpu.Code == 0, cpu.Err);
         var gpu = RunLoupe([.. args, "--out", Path.Combine(_dir, "gpu"), "--device", "emulated"]);
