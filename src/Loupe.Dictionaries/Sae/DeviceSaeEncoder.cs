@@ -151,6 +151,9 @@ internal sealed class DeviceSaeEncoder
     /// <summary>The dictionary's shape.</summary>
     public SaeShape Shape => _s;
 
+    /// <summary>The backend the weights were uploaded to.</summary>
+    public IComputeBackend Backend => _b;
+
     /// <summary>W_enc <c>[d_in, n]</c> on the device (attribution reads encoder columns from it).</summary>
     public Tensor WEnc => _wEnc;
 

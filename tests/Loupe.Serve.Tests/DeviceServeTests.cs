@@ -1,0 +1,170 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Loupe.Models;
+using Loupe.Steering;
+using Loupe.Tensors.Backends;
+using Loupe.Testing;
+
+namespace Loupe.Serve.Tests;
+
+/// <summary>
+/// The server over a model on the emulated device (the GPU kernels run on the CPU): every endpoint answers what the same
+/// server over the CPU model answers, to a tolerance, and an OpenAI completion with monitors copies only the readings out.
+/// </summary>
+public sealed class DeviceServeTests(EmulatedDevice device) : IClassFixture<EmulatedDevice>
+{
+    const string Hook = "blocks.2.hook_resid_post";
+    static readonly int[] s_prompt = [0, 360, 480, 161, 89, 311, 293, 431];
+
+    HookedTransformer Gpt2OnDevice() => ModelLoader.LoadFolder(SharedData.TestData("reference/gpt2"), device.Backend);
+
+    static void Close(double expected, double actual, string what, double tolerance = 1e-4) =>
+        Assert.True(Math.Abs(expected - actual) <= tolerance * (1 + Math.Abs(expected)), $"{what}: cpu {expected}, device {actual}");
+
+    /// <summary>Every number of two JSON answers within tolerance; strings, ids and shapes equal.</summary>
+    static void SameJson(JsonElement cpu, JsonElement dev, string path, double tolerance = 1e-4)
+    {
+        Assert.True(cpu.ValueKind == dev.ValueKind, $"{path}: {cpu.ValueKind} vs {dev.ValueKind}");
+        switch (cpu.ValueKind)
+        {
+            case JsonValueKind.Object:
+                foreach (var p in cpu.EnumerateObject()) SameJson(p.Value, dev.GetProperty(p.Name), $"{path}.{p.Name}", tolerance);
+                break;
+            case JsonValueKind.Array:
+                Assert.True(cpu.GetArrayLength() == dev.GetArrayLength(), $"{path}: length {cpu.GetArrayLength()} vs {dev.GetArrayLength()}");
+                int i = 0;
+                foreach (var (a, b) in cpu.EnumerateArray().Zip(dev.EnumerateArray())) SameJson(a, b, $"{path}[{i++}]", tolerance);
+                break;
+            case JsonValueKind.Number:
+                Close(cpu.GetDouble(), dev.GetDouble(), path, tolerance);
+                break;
+            default:
+                Assert.True(cpu.ToString() == dev.ToString(), $"{path}: '{cpu}' vs '{dev}'");
+                break;
+        }
+    }
+
+    static async Task<(JsonElement Cpu, JsonElement Device)> Both(HookedTransformer cpu, HookedTransformer dev, ServeOptions options, Func<HttpClient, Task<JsonElement>> ask)
+    {
+        await using var a = await Servers.StartAsync(cpu, options);
+        await using var b = await Servers.StartAsync(dev, options);
+        using var ca = Servers.Client(a);
+        using var cb = Servers.Client(b);
+        return (await ask(ca), await ask(cb));
+    }
+
+    [Fact]
+    public async Task Model_and_prompt_views_on_the_device_equal_the_cpu()
+    {
+        using var model = Gpt2OnDevice();
+        var (cpu, dev) = await Both(Servers.Gpt2, model, new ServeOptions(), async c =>
+        {
+            var view = JsonDocument.Parse(await c.GetStringAsync("/api/model")).RootElement;
+            var prompt = await Servers.PostJson(c, "/api/prompt", new { tokens = s_prompt, top_k = 5 });
+            return JsonDocument.Parse(JsonSerializer.Serialize(new { view, prompt })).RootElement;
+        });
+        var view = dev.GetProperty("view");
+        Assert.Equal("emulated", view.GetProperty("device").GetString());
+        Assert.Equal(device.Backend.Name, view.GetProperty("backend").GetString());
+        Assert.Equal("cpu", cpu.GetProperty("view").GetProperty("device").GetString());
+        Assert.True(view.GetProperty("device_memory_bytes").GetInt64() > 0);
+        // Top-k, logit lens and DLA: the same tokens, probabilities and contributions.
+        SameJson(cpu.GetProperty("prompt"), dev.GetProperty("prompt"), "prompt");
+    }
+
+    [Fact]
+    public async Task Attention_patterns_and_head_detection_on_the_device_equal_the_cpu()
+    {
+        using var model = Gpt2OnDevice();
+        var sw = Stopwatch.StartNew();
+        var (cpu, dev) = await Both(Servers.Gpt2, model, new ServeOptions(), c => Servers.PostJson(c, "/api/attention", new { tokens = s_prompt }));
+        SameJson(cpu, dev, "attention");
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(60), $"attention took {sw.Elapsed.TotalSeconds:F1} s");
+    }
+
+    /// <summary>A persona vector file with a fixed random direction at <see cref="Hook"/>, in a fresh folder.</summary>
+    static string Vectors(int d)
+    {
+        string dir = Directory.CreateTempSubdirectory("loupe-serve-device-").FullName;
+        var rng = new Random(5);
+        new PersonaVector(Hook, 2, [.. Enumerable.Range(0, d).Select(_ => (float)(rng.NextDouble() * 2 - 1))], 0.0).Save(Path.Combine(dir, "happy.safetensors"));
+        return dir;
+    }
+
+    static object Completion(int n) => new
+    {
+        model = "gpt2", prompt = s_prompt, max_tokens = n, temperature = 0,
+        loupe = new
+        {
+            steer = new[] { new { vector = "happy", coefficient = 2.0 } },
+            monitors = new object[] { new { vector = "happy", name = "a", action = "flag", threshold = 0.0 }, new { vector = "happy", name = "b", action = "none", threshold = 1.0, direction = "below" } },
+        },
+    };
+
+    [Fact]
+    public async Task A_steered_completion_with_monitors_on_the_device_equals_the_cpu_and_copies_only_readings()
+    {
+        const int n = 6;
+        using var model = Gpt2OnDevice();
+        var options = new ServeOptions { OpenAi = OpenAiMode.Only, VectorsDir = Vectors(model.Config.DModel) };
+        await using var a = await Servers.StartAsync(Servers.Gpt2, options);
+        await using var b = await Servers.StartAsync(model, options);
+        using var ca = Servers.Client(a);
+        using var cb = Servers.Client(b);
+        var cpu = await Servers.PostJson(ca, "v1/completions", Completion(n));
+        await Servers.PostJson(cb, "v1/completions", Completion(2)); // warm-up: the model's own constants go up once
+
+        var t = device.Backend.Transfers;
+        var before = t.Snapshot();
+        long bytesOut = t.BytesToHost(TransferKind.Data);
+        var dev = await Servers.PostJson(cb, "v1/completions", Completion(n));
+        var copies = t.Snapshot() - before;
+
+        Assert.Equal(cpu.GetProperty("loupe").GetProperty("tokens").ToString(), dev.GetProperty("loupe").GetProperty("tokens").ToString());
+        SameJson(cpu.GetProperty("loupe").GetProperty("monitors"), dev.GetProperty("loupe").GetProperty("monitors"), "monitors", 1e-3);
+        Assert.Equal(cpu.GetProperty("choices")[0].GetProperty("text").GetString(), dev.GetProperty("choices")[0].GetProperty("text").GetString());
+        // Per generated token: one float per monitor comes out, and the picked id and the logits' finite check.
+        Assert.True(copies.Out(TransferKind.Data) == 2 * n, $"two readings per token: {copies}");
+        Assert.Equal(2L * n * sizeof(float), t.BytesToHost(TransferKind.Data) - bytesOut);
+        Assert.True(copies.Out(TransferKind.Scalars) <= 2 * n, $"only picked ids and checks come out: {copies}");
+        // In: the steering vector c·v and the two monitors' unit directions, once per request; no activations.
+        Assert.True(copies.In(TransferKind.Data) == 0, $"no activations go in: {copies}");
+        Assert.True(copies.In(TransferKind.Weights) == 3, $"the edit's and the monitors' directions go in once each: {copies}");
+        Assert.True(copies.Out(TransferKind.Weights) == 0, copies.ToString());
+    }
+
+    [Fact]
+    public async Task A_graph_job_on_the_device_writes_the_cpu_graph_and_uploads_the_transcoders_once()
+    {
+        using var model = Gpt2OnDevice();
+        async Task<JsonElement> Job(HttpClient c, string name)
+        {
+            string id = await JobApiTests.Start(c, "graph", new { tokens = s_prompt, max_feature_nodes = 64, name });
+            var events = await SteeringApiTests.ReadEvents(c, $"/api/jobs/{id}/events");
+            Assert.True(events[^1].Type == "result", events[^1].Data.ToString());
+            var r = events[^1].Data.GetProperty("data");
+            return JsonDocument.Parse(JsonSerializer.Serialize(new
+            {
+                active = r.GetProperty("active_features").GetInt32(), nodes = r.GetProperty("feature_nodes").GetInt32(), kept = r.GetProperty("kept_nodes").GetInt32(),
+                replacement = r.GetProperty("replacement_score").GetDouble(), completeness = r.GetProperty("completeness_score").GetDouble(),
+            })).RootElement;
+        }
+        string cpuDir = GraphFixtures.NewFolder("device-graph-cpu"), devDir = GraphFixtures.NewFolder("device-graph-dev");
+        await using var a = await Servers.StartAsync(Servers.Gpt2, new ServeOptions { GraphsDir = cpuDir, TranscodersDir = GraphFixtures.Transcoders });
+        await using var b = await Servers.StartAsync(model, new ServeOptions { GraphsDir = devDir, TranscodersDir = GraphFixtures.Transcoders });
+        using var ca = Servers.Client(a);
+        using var cb = Servers.Client(b);
+        var cpu = await Job(ca, "g");
+        var dev = await Job(cb, "g");
+        SameJson(cpu, dev, "graph", 1e-3);
+        var nodes = (File: JsonDocument.Parse(File.ReadAllText(Path.Combine(cpuDir, "graphs", "g.json"))).RootElement.GetProperty("nodes"),
+            Dev: JsonDocument.Parse(File.ReadAllText(Path.Combine(devDir, "graphs", "g.json"))).RootElement.GetProperty("nodes"));
+        Assert.Equal(nodes.File.GetArrayLength(), nodes.Dev.GetArrayLength());
+
+        // A second job reuses the transcoders already on the device.
+        var before = device.Backend.Transfers.Snapshot();
+        SameJson(dev, await Job(cb, "h"), "second graph", 1e-6);
+        var copies = device.Backend.Transfers.Snapshot() - before;
+        Assert.True(copies.In(TransferKind.Weights) == 0, $"the transcoders are not uploaded again: {copies}");
+    }
+}
