@@ -1,5 +1,7 @@
 using System.Text.Json;
+using Loupe.Dictionaries.Sae;
 using Loupe.Models;
+using Loupe.Models.Hooks;
 using Loupe.Steering;
 using Loupe.Tensors.Backends;
 using Loupe.Testing;
@@ -83,27 +85,37 @@ public sealed class DeviceServeTests(EmulatedDevice device) : IClassFixture<Emul
         Assert.Equal(2, dev.GetProperty("detection").GetProperty("sequences").GetInt32());
     }
 
-    /// <summary>A persona vector file with a fixed random direction at <see cref="Hook"/>, in a fresh folder.</summary>
+    /// <summary>
+    /// A fresh folder with a persona vector file (a fixed random direction at <see cref="Hook"/>) and a randomly initialised
+    /// TopK SAE there (64 → 32, k = 8) as <c>res2/</c>: the device must read what the CPU reads, trained or not.
+    /// </summary>
     static string Vectors(int d)
     {
         string dir = Directory.CreateTempSubdirectory("loupe-serve-device-").FullName;
         var rng = new Random(5);
         new PersonaVector(Hook, 2, [.. Enumerable.Range(0, d).Select(_ => (float)(rng.NextDouble() * 2 - 1))], 0.0).Save(Path.Combine(dir, "happy.safetensors"));
+        var sae = new SparseDictionary(SaeShape.Sae(d, 32), new TopKActivation(8));
+        sae.Initialize(seed: 3);
+        SaeLensFormat.Save(Path.Combine(dir, "res2"), sae, new SaeLensConfig { DIn = d, DSae = 32, DOut = d, HookName = Hook, ApplyBDecToInput = sae.Shape.ApplyBDecToInput });
         return dir;
     }
 
-    static object Completion(int n) => new
+    static object Completion(int n, int feature) => new
     {
-        model = "gpt2", prompt = s_prompt, max_tokens = n, temperature = 0,
+        model = "gpt2", prompt = s_prompt, max_tokens = n, temperature = 0, logprobs = 3,
         loupe = new
         {
             steer = new[] { new { vector = "happy", coefficient = 2.0 } },
-            monitors = new object[] { new { vector = "happy", name = "a", action = "flag", threshold = 0.0 }, new { vector = "happy", name = "b", action = "none", threshold = 1.0, direction = "below" } },
+            monitors = new object[]
+            {
+                new { vector = "happy", name = "a", action = "flag", threshold = 0.0 }, new { vector = "happy", name = "b", action = "none", threshold = 1.0 },
+                new { sae = "res2", feature, name = "f", action = "none", threshold = 0.5 },
+            },
         },
     };
 
     [Fact]
-    public async Task A_steered_completion_with_monitors_on_the_device_equals_the_cpu_and_copies_only_readings()
+    public async Task A_steered_completion_with_monitors_and_logprobs_on_the_device_equals_the_cpu_and_copies_only_readings()
     {
         const int n = 6;
         using var model = Gpt2OnDevice();
@@ -112,23 +124,30 @@ public sealed class DeviceServeTests(EmulatedDevice device) : IClassFixture<Emul
         await using var b = await Servers.StartAsync(model, options);
         using var ca = Servers.Client(a);
         using var cb = Servers.Client(b);
-        var cpu = await Servers.PostJson(ca, "v1/completions", Completion(n));
-        await Servers.PostJson(cb, "v1/completions", Completion(2)); // warm-up: the model's own constants go up once
+        // The SAE feature most active on the prompt (CPU), so that its monitor reads nonzero values.
+        var (sae, _) = DictionaryFile.Load(Path.Combine(options.VectorsDir, "res2"));
+        var acts = sae.Encode(Servers.Gpt2.RunWithCache(TokenBatch.Single(s_prompt), Hook).Cache[Hook].ToCpu().Span, s_prompt.Length);
+        int feature = Enumerable.Range(0, 32).MaxBy(f => Enumerable.Range(0, s_prompt.Length).Sum(p => acts[p * 32 + f]));
+        var cpu = await Servers.PostJson(ca, "v1/completions", Completion(n, feature));
+        await Servers.PostJson(cb, "v1/completions", Completion(2, feature)); // warm-up: the model's own constants go up once
 
         var t = device.Backend.Transfers;
         var before = t.Snapshot();
         long bytesOut = t.BytesToHost(TransferKind.Data);
-        var dev = await Servers.PostJson(cb, "v1/completions", Completion(n));
+        var dev = await Servers.PostJson(cb, "v1/completions", Completion(n, feature));
         var copies = t.Snapshot() - before;
 
         Assert.Equal(cpu.GetProperty("loupe").GetProperty("tokens").ToString(), dev.GetProperty("loupe").GetProperty("tokens").ToString());
         SameJson(cpu.GetProperty("loupe").GetProperty("monitors"), dev.GetProperty("loupe").GetProperty("monitors"), "monitors", 1e-3);
-        Assert.Equal(cpu.GetProperty("choices")[0].GetProperty("text").GetString(), dev.GetProperty("choices")[0].GetProperty("text").GetString());
-        // Per generated token: one float per monitor comes out, and the picked id and the logits' finite check.
-        Assert.True(copies.Out(TransferKind.Data) == 2 * n, $"two readings per token: {copies}");
-        Assert.Equal(2L * n * sizeof(float), t.BytesToHost(TransferKind.Data) - bytesOut);
+        Assert.Contains(dev.GetProperty("loupe").GetProperty("monitors")[2].GetProperty("readings").EnumerateArray(), r => r.GetDouble() != 0); // the feature fires
+        SameJson(cpu.GetProperty("choices")[0], dev.GetProperty("choices")[0], "choice", 1e-3); // text and log-probabilities
+        // Per generated token: one float per monitor, and the top-3 log-probabilities with the picked token's in one copy
+        // (7 floats, not d_vocab logits); the picked id and the logits' finite check are scalars.
+        Assert.True(copies.Out(TransferKind.Data) == 4 * n, $"three readings and one log-probability read per token: {copies}");
+        Assert.Equal((3L + 7) * n * sizeof(float), t.BytesToHost(TransferKind.Data) - bytesOut);
         Assert.True(copies.Out(TransferKind.Scalars) <= 2 * n, $"only picked ids and checks come out: {copies}");
-        // In: the steering vector c·v and the two monitors' unit directions, once per request; no activations.
+        // In: the steering vector c·v and the two monitors' unit directions, once per request (the SAE went up with the
+        // warm-up request, once per server); no activations.
         Assert.True(copies.In(TransferKind.Data) == 0, $"no activations go in: {copies}");
         Assert.True(copies.In(TransferKind.Weights) == 3, $"the edit's and the monitors' directions go in once each: {copies}");
         Assert.True(copies.Out(TransferKind.Weights) == 0, copies.ToString());
