@@ -192,4 +192,18 @@ public sealed class DeviceServeTests(EmulatedDevice device) : IClassFixture<Emul
         var copies = device.Backend.Transfers.Snapshot() - before;
         Assert.True(copies.In(TransferKind.Weights) == 1, $"the transcoders are not uploaded again: {copies}");
     }
+
+    [RequiresSharedFact("models/stories260K")]
+    public async Task Feature_search_on_the_device_equals_the_cpu()
+    {
+        using var model = ModelLoader.LoadFolder(SharedData.Require("models/stories260K"), device.Backend);
+        var tokens = Servers.Stories.Tokenizer!.Encode("Once upon a time, there was a little girl");
+        var (cpu, dev) = await Both(Servers.Stories, model, new ServeOptions { FeatureStores = [FeatureStores.SaeFolder] }, async c =>
+        {
+            string id = JsonDocument.Parse(await c.GetStringAsync("/api/features/stores")).RootElement[0].GetProperty("id").GetString()!;
+            return await Servers.PostJson(c, $"/api/features/{id}/search-text", new { tokens, per_token = 8 });
+        });
+        SameJson(cpu, dev, "search", 1e-3);
+        Assert.Contains(dev.GetProperty("features").EnumerateArray(), row => row.GetArrayLength() > 0);
+    }
 }

@@ -75,7 +75,6 @@ public sealed class TokenMonitor
     }
 
     Tensor? _deviceUnit, _slot;
-    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<SparseDictionary, DeviceSaeEncoder> s_encoders = new();
 
     /// <summary>
     /// The reading computed where the activation is: the projection onto the unit direction (uploaded once per monitor),
@@ -92,14 +91,8 @@ public sealed class TokenMonitor
         }
         else
         {
-            DeviceSaeEncoder encoder;
-            lock (s_encoders)
-            {
-                // One upload per dictionary and backend: a monitor lives for one request, the served SAE for the server's life.
-                if (!s_encoders.TryGetValue(_sae!, out encoder!) || encoder.Backend != backend)
-                    s_encoders.AddOrUpdate(_sae!, encoder = new DeviceSaeEncoder(backend, _sae!));
-            }
-            var (acts, _, _) = encoder.Encode(row, 1);
+            // One upload per dictionary and backend: a monitor lives for one request, the served SAE for the server's life.
+            var (acts, _, _) = DeviceSaeEncoder.Shared(backend, _sae!).Encode(row, 1);
             backend.CopyRows(acts, _feature, 1, _slot, 0, 1, 1, 1);
         }
         var value = new float[1];
