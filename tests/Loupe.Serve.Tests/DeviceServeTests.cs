@@ -154,7 +154,7 @@ public sealed class DeviceServeTests(EmulatedDevice device) : IClassFixture<Emul
     }
 
     [Fact]
-    public async Task A_graph_job_on_the_device_writes_the_cpu_graph_and_uploads_the_transcoders_once()
+    public async Task A_graph_job_and_interventions_on_the_device_equal_the_cpu_and_the_transcoders_go_up_once()
     {
         using var model = Gpt2OnDevice();
         async Task<JsonElement> Job(HttpClient c, string name)
@@ -184,6 +184,13 @@ public sealed class DeviceServeTests(EmulatedDevice device) : IClassFixture<Emul
         var nodes = (File: JsonDocument.Parse(File.ReadAllText(Path.Combine(cpuDir, "graphs", "g.json"))).RootElement.GetProperty("nodes"),
             Dev: JsonDocument.Parse(File.ReadAllText(Path.Combine(devDir, "graphs", "g.json"))).RootElement.GetProperty("nodes"));
         Assert.Equal(nodes.File.GetArrayLength(), nodes.Dev.GetArrayLength());
+
+        // The Graph page's interventions through the same transcoders (frozen and not).
+        foreach (bool frozen in new[] { false, true })
+        {
+            var edit = new { tokens = s_prompt, frozen, edits = new object[] { new { layer = 0, position = 5, feature = 14, value = 0f }, new { layer = 1, position = 7, feature = 6, value = 8f, mode = "scale" } }, top_k = 5 };
+            SameJson(await Servers.PostJson(ca, "/api/graph/intervene", edit), await Servers.PostJson(cb, "/api/graph/intervene", edit), $"intervene (frozen {frozen})", 1e-3);
+        }
 
         // A second job reuses the transcoders already on the device: the only weight it uploads is the prompt's demeaned
         // unembedding columns (one per attribution), where the first job also uploaded every layer's encoder and decoder.
