@@ -201,16 +201,23 @@ public sealed class DeviceServeTests(EmulatedDevice device) : IClassFixture<Emul
     }
 
     [RequiresSharedFact("models/stories260K")]
-    public async Task Feature_search_on_the_device_equals_the_cpu()
+    public async Task Feature_search_and_the_steering_stream_on_the_device_equal_the_cpu()
     {
         using var model = ModelLoader.LoadFolder(SharedData.Require("models/stories260K"), device.Backend);
-        var tokens = Servers.Stories.Tokenizer!.Encode("Once upon a time, there was a little girl");
-        var (cpu, dev) = await Both(Servers.Stories, model, new ServeOptions { FeatureStores = [FeatureStores.SaeFolder] }, async c =>
+        const string text = "Once upon a time, there was a little girl";
+        var tokens = Servers.Stories.Tokenizer!.Encode(text);
+        var options = new ServeOptions { FeatureStores = [FeatureStores.Real], GraphsDir = FeatureStores.Artifacts };
+        var (cpu, dev) = await Both(Servers.Stories, model, options, async c =>
         {
-            string id = JsonDocument.Parse(await c.GetStringAsync("/api/features/stores")).RootElement[0].GetProperty("id").GetString()!;
-            return await Servers.PostJson(c, $"/api/features/{id}/search-text", new { tokens, per_token = 8 });
+            var sources = JsonDocument.Parse(await c.GetStringAsync("/api/steering/sources")).RootElement;
+            string store = sources.GetProperty("stores")[0].GetProperty("id").GetString()!;
+            string vector = sources.GetProperty("vectors")[0].GetProperty("id").GetString()!;
+            var search = await Servers.PostJson(c, $"/api/features/{store}/search-text", new { tokens, per_token = 8 });
+            var byFeature = await SteeringApiTests.ReadEvents(c, $"/api/steering/stream?text={Uri.EscapeDataString(text)}&source=feature:{store}:3&coeff=8&n=6");
+            var byVector = await SteeringApiTests.ReadEvents(c, $"/api/steering/stream?text={Uri.EscapeDataString(text)}&source=vector:{vector}&coeff=-6&n=6");
+            return JsonDocument.Parse(JsonSerializer.Serialize(new { search, feature = byFeature[^1].Data, vector = byVector[^1].Data })).RootElement;
         });
-        SameJson(cpu, dev, "search", 1e-3);
-        Assert.Contains(dev.GetProperty("features").EnumerateArray(), row => row.GetArrayLength() > 0);
+        SameJson(cpu, dev, "search and steering", 1e-3);
+        Assert.Contains(dev.GetProperty("search").GetProperty("features").EnumerateArray(), row => row.GetArrayLength() > 0);
     }
 }
