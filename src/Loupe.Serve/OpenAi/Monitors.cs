@@ -89,12 +89,13 @@ public sealed class TokenMonitor
             _deviceUnit ??= backend.LoadWeight(_unit, [1, _unit.Length]);
             backend.Linear(row, 1, _unit.Length, _deviceUnit, weightIsOutIn: true, 1, null, _slot);
         }
-        else
+        else if (DeviceSaeTraining.Supports(_sae!.Activation))
         {
             // One upload per dictionary and backend: a monitor lives for one request, the served SAE for the server's life.
-            var (acts, _, _) = DeviceSaeEncoder.Shared(backend, _sae!).Encode(row, 1);
+            var (acts, _, _) = DeviceSaeEncoder.Shared(backend, _sae).Encode(row, 1);
             backend.CopyRows(acts, _feature, 1, _slot, 0, 1, 1, 1);
         }
+        else return _sae.Encode(row.ToCpu().Span, 1)[_feature]; // an activation without device kernels: the one row comes back
         var value = new float[1];
         _slot.CopyTo(value);
         return value[0];
