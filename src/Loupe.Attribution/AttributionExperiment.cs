@@ -4,7 +4,7 @@ using Loupe.Models;
 
 namespace Loupe.Attribution;
 
-/// <summary>What <see cref="AttributionExperiment.Run"/> wrote and measured.</summary>
+/// <summary>What <c>AttributionExperiment.Run</c> wrote and measured.</summary>
 /// <param name="Graph">The unpruned graph.</param>
 /// <param name="Pruning">Node and edge pruning at the requested thresholds.</param>
 /// <param name="Scores">Replacement and completeness scores of the unpruned graph.</param>
@@ -32,9 +32,27 @@ public static class AttributionExperiment
     /// <param name="slug">The graph's name: <c>{slug}.json</c> and <c>{slug}.safetensors</c>.</param>
     /// <param name="perHead">Also split every kept edge by the attention heads that carried it (<c>{slug}.heads.json</c>).</param>
     public static AttributionOutputs Run(HookedTransformer model, IMlpReplacement transcoders, int[] tokens, string? prompt,
-        AttributionSettings settings, double nodeThreshold, double edgeThreshold, string folder, string slug, bool perHead = false)
+        AttributionSettings settings, double nodeThreshold, double edgeThreshold, string folder, string slug, bool perHead = false) =>
+        Run(new Attributor(model, transcoders, settings), model, transcoders, tokens, prompt, nodeThreshold, edgeThreshold, folder, slug, perHead);
+
+    /// <summary>As the other overload, with the transcoders' weights already on the model's device (a server uploads them once for every graph).</summary>
+    /// <param name="model">The model, on the backend the weights were uploaded to.</param>
+    /// <param name="transcoders">The transcoders' weights on that backend.</param>
+    /// <param name="tokens">The prompt's token ids.</param>
+    /// <param name="prompt">The prompt as text, when known.</param>
+    /// <param name="settings">Attribution settings.</param>
+    /// <param name="nodeThreshold">Node-influence pruning threshold.</param>
+    /// <param name="edgeThreshold">Edge-influence pruning threshold.</param>
+    /// <param name="folder">Output folder.</param>
+    /// <param name="slug">The graph's name.</param>
+    /// <param name="perHead">Also split every kept edge by attention head.</param>
+    public static AttributionOutputs Run(HookedTransformer model, DeviceMlpReplacement transcoders, int[] tokens, string? prompt,
+        AttributionSettings settings, double nodeThreshold, double edgeThreshold, string folder, string slug, bool perHead = false) =>
+        Run(new Attributor(model, transcoders, settings), model, transcoders.Replacement, tokens, prompt, nodeThreshold, edgeThreshold, folder, slug, perHead);
+
+    static AttributionOutputs Run(Attributor attributor, HookedTransformer model, IMlpReplacement transcoders, int[] tokens, string? prompt,
+        double nodeThreshold, double edgeThreshold, string folder, string slug, bool perHead)
     {
-        var attributor = new Attributor(model, transcoders, settings);
         var graph = attributor.Attribute(tokens, prompt);
         var pruning = GraphPruning.Prune(graph, nodeThreshold, edgeThreshold);
         var scores = GraphScores.Compute(graph);

@@ -645,7 +645,7 @@ public abstract class HookedTransformer : IDisposable
                 if (generation.OnToken is { } onToken)
                 {
                     sharedLogits ??= hostLogits?.Span.ToArray();
-                    var token = new GeneratedToken(b, outputs[b].Count - 1, next[b], logits, sharedLogits, Config.VocabOut);
+                    var token = new GeneratedToken(b, outputs[b].Count - 1, next[b], logits, sharedLogits, Config.VocabOut, Backend);
                     if (!onToken(token)) finished[b] = true;
                 }
             }

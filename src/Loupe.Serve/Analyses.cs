@@ -80,7 +80,13 @@ public sealed record DetectionView(string[] Kinds, double[][][] Scores, int Sequ
 /// <param name="HasTokenizer">Whether text prompts are accepted.</param>
 /// <param name="MaxPromptTokens">The longest prompt accepted.</param>
 /// <param name="Processing">Weight processing applied on load, if any.</param>
-public sealed record ModelView(string Name, string Family, int Layers, int Heads, int DModel, int Vocab, int NCtx, bool HasTokenizer, int MaxPromptTokens, string? Processing);
+/// <param name="Device">Where the model runs, as <c>--device</c> names it (cpu, cuda:0, emulated).</param>
+/// <param name="DeviceName">The device as its driver names it.</param>
+/// <param name="Backend">The compute backend's name.</param>
+/// <param name="DeviceMemoryBytes">The device's memory (host memory for the CPU), when known.</param>
+/// <param name="DeviceFreeMemoryBytes">Of which free, when known.</param>
+public sealed record ModelView(string Name, string Family, int Layers, int Heads, int DModel, int Vocab, int NCtx, bool HasTokenizer, int MaxPromptTokens, string? Processing,
+    string Device, string DeviceName, string Backend, long? DeviceMemoryBytes, long? DeviceFreeMemoryBytes);
 
 /// <summary>The computations behind the API: thin projections of the library's results into JSON shapes.</summary>
 public static class Analyses
@@ -89,7 +95,10 @@ public static class Analyses
     {
         var c = m.Config;
         string name = m.Source is { } s ? Path.GetFileName(Path.TrimEndingDirectorySeparator(s)) : "model";
-        return new ModelView(name, c.Architecture, c.NLayers, c.NHeads, c.DModel, c.DVocab, c.NCtx, m.Tokenizer is not null, MaxTokens(m, options), m.Processing.IsNone ? null : m.Processing.Describe());
+        // As loupe info reports it; free memory is read per request, so a client can watch it.
+        var device = Loupe.Tensors.Gpu.ComputeBackends.Describe(m.Backend);
+        return new ModelView(name, c.Architecture, c.NLayers, c.NHeads, c.DModel, c.DVocab, c.NCtx, m.Tokenizer is not null, MaxTokens(m, options), m.Processing.IsNone ? null : m.Processing.Describe(),
+            device.Device, device.Name, m.Backend.Name, device.TotalMemoryBytes, device.FreeMemoryBytes);
     }
 
     static int MaxTokens(HookedTransformer m, ServeOptions options) => Math.Min(options.MaxPromptTokens, m.Config.NCtx);

@@ -52,7 +52,7 @@ public sealed class ServeHost : IAsyncDisposable
         var gate = new ModelGate(model, options.MaxQueuedModelRequests);
         _featureStores = new ServedStores(options.FeatureStores, options.SaePath);
         var jobs = new JobManager(options.MaxRunningJobs);
-        var detection = new Lazy<Task<DetectionView>>(() => gate.RunAsync(m => Analyses.Detection(HeadDetector.Detect(m))));
+        var detection = new Lazy<Task<DetectionView>>(() => gate.RunAsync(m => Analyses.Detection(HeadDetector.Detect(m, options.HeadDetection))));
 
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();

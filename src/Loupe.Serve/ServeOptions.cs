@@ -29,6 +29,11 @@ public sealed record ServeOptions
     public int MaxRunningJobs { get; init; } = 2;
     /// <summary>Requests waiting for the model at once; one more is answered 503 (the model runs one pass at a time).</summary>
     public int MaxQueuedModelRequests { get; init; } = 256;
+    /// <summary>
+    /// The head detection the Attention page shows (computed once, on its first request); null: the library's defaults
+    /// (10 repeated-token sequences). Fewer, shorter sequences answer sooner where a forward pass is slow (the emulated device).
+    /// </summary>
+    public Loupe.Circuits.Heads.HeadDetectionSettings? HeadDetection { get; init; }
 
     /// <summary>Whether the OpenAI-compatible API (/v1) is served, beside the web app or alone.</summary>
     public OpenAiMode OpenAi { get; init; } = OpenAiMode.Off;

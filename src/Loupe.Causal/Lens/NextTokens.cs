@@ -24,9 +24,11 @@ public static class NextTokens
     /// <exception cref="InputError">The model produced a non-finite logit: a table of NaN probabilities would look like an answer.</exception>
     public static TokenProbability[][] TopK(HookedTransformer model, int[] ids, int k, bool allPositions = false)
     {
-        var logits = model.Run(ids, new RunOptions { LastPositionLogitsOnly = !allPositions }).Logits.ToCpu().Span;
+        var output = model.Run(ids, new RunOptions { LastPositionLogitsOnly = !allPositions }).Logits;
         int V = model.Config.VocabOut, rows = allPositions ? ids.Length : 1;
         k = Math.Clamp(k, 0, V);
+        if (!output.IsHost && k > 0) return OnDevice(model.Backend, output, rows, V, k);
+        var logits = output.ToCpu().Span;
         var result = new TokenProbability[rows][];
         var probs = new float[V];
         for (int r = 0; r < rows; r++)
@@ -39,5 +41,24 @@ public static class NextTokens
             result[r] = [.. Enumerable.Range(0, V).OrderByDescending(i => probs[i]).Take(k).Select(i => new TokenProbability(i, probs[i]))];
         }
         return result;
+    }
+
+    /// <summary>
+    /// Softmax and top-k on the device: only the <c>[rows, k]</c> probabilities and ids come back, not <c>[rows, vocab]</c>
+    /// logits. The forward pass has already refused non-finite logits (its finite check), so nothing is lost by not
+    /// scanning them here; ties go to the lower id, as on the host.
+    /// </summary>
+    static TokenProbability[][] OnDevice(Loupe.Tensors.Backends.IComputeBackend backend, Loupe.Tensors.Tensor logits, int rows, int V, int k)
+    {
+        var probs = backend.Empty(rows, V);
+        backend.SoftmaxRows(logits, rows, V, probs);
+        var values = backend.Empty(rows, k);
+        var indices = backend.Empty(rows, k);
+        backend.TopKRows(probs, rows, V, k, values, indices);
+        var p = new float[rows * k];
+        var id = new float[rows * k];
+        values.CopyTo(p);
+        indices.CopyTo(id);
+        return [.. Enumerable.Range(0, rows).Select(r => Enumerable.Range(r * k, k).Select(j => new TokenProbability((int)id[j], p[j])).ToArray())];
     }
 }

@@ -36,7 +36,7 @@ static class ServeCommand
             var options = new ServeOptions { Host = parse.GetValue(host)!, Port = p, Token = t, GraphsDir = parse.GetValue(graphs),
                 OpenAi = parse.GetValue(openAiOnly) ? OpenAiMode.Only : parse.GetValue(openAi) ? OpenAiMode.Beside : OpenAiMode.Off, VectorsDir = parse.GetValue(vectors),
                 TranscodersDir = parse.GetValue(transcoders), FeatureStores = parse.GetValue(features) ?? [], SaePath = parse.GetValue(sae) };
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var server = new ServeHost(m, options);
             try
             {

@@ -26,11 +26,13 @@ public static class FeatureSearch
     public static ActiveFeature[][] ActiveFeatures(HookedTransformer model, SparseDictionary dictionary, string hook, int[] tokens, int perToken)
     {
         var result = model.Run(TokenBatch.Single(tokens), new RunOptions { CacheFilter = h => h == hook, LastPositionLogitsOnly = true });
-        var x = result.Cache[hook].ToCpu();
+        var cached = result.Cache[hook];
         int n = tokens.Length, dSae = dictionary.Shape.DSae;
-        if (x.Length != n * dictionary.Shape.DIn)
-            throw new InputError($"hook '{hook}' gave {x.ShapeString} for {n} tokens; the dictionary reads d_in = {dictionary.Shape.DIn}");
-        var acts = dictionary.Encode(x.Span, n); // [pos, d_sae]
+        if (cached.Length != n * dictionary.Shape.DIn)
+            throw new InputError($"hook '{hook}' gave {cached.ShapeString} for {n} tokens; the dictionary reads d_in = {dictionary.Shape.DIn}");
+        if (!cached.IsHost && DeviceSaeTraining.Supports(dictionary.Activation))
+            return OnDevice(DeviceSaeEncoder.Shared(model.Backend, dictionary).EncodeSparse(cached, n, (_, _, _) => { }), perToken);
+        var acts = dictionary.Encode(cached.ToCpu().Span, n); // [pos, d_sae]
         var rows = new ActiveFeature[n][];
         for (int p = 0; p < n; p++)
         {
@@ -41,4 +43,11 @@ public static class FeatureSearch
         }
         return rows;
     }
+
+    // The device encodes with the dictionary's weights uploaded once and sends back only the nonzero activations (as a
+    // feature-store build does); the host keeps the positive ones, strongest first, as above.
+    static ActiveFeature[][] OnDevice(SparseActivations sparse, int perToken) =>
+        [.. Enumerable.Range(0, sparse.Rows).Select(p => Enumerable.Range(sparse.RowStart[p], sparse.RowStart[p + 1] - sparse.RowStart[p])
+            .Where(i => sparse.Value[i] > 0).Select(i => new ActiveFeature(sparse.Feature[i], sparse.Value[i]))
+            .OrderByDescending(a => a.Activation).ThenBy(a => a.Feature).Take(perToken).ToArray())];
 }

@@ -151,6 +151,26 @@ internal sealed class DeviceSaeEncoder
     /// <summary>The dictionary's shape.</summary>
     public SaeShape Shape => _s;
 
+    /// <summary>The backend the weights were uploaded to.</summary>
+    public IComputeBackend Backend => _b;
+
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<SparseDictionary, DeviceSaeEncoder> s_shared = new();
+
+    /// <summary>
+    /// The dictionary's weights on <paramref name="backend"/>, uploaded by the first caller and kept while the dictionary
+    /// lives: a server encodes with the same SAE request after request (feature search, feature monitors).
+    /// </summary>
+    /// <exception cref="InputError">The architecture has no device kernels.</exception>
+    public static DeviceSaeEncoder Shared(IComputeBackend backend, SparseDictionary dictionary)
+    {
+        lock (s_shared)
+        {
+            if (!s_shared.TryGetValue(dictionary, out var encoder) || encoder._b != backend)
+                s_shared.AddOrUpdate(dictionary, encoder = new DeviceSaeEncoder(backend, dictionary));
+            return encoder;
+        }
+    }
+
     /// <summary>W_enc <c>[d_in, n]</c> on the device (attribution reads encoder columns from it).</summary>
     public Tensor WEnc => _wEnc;
 

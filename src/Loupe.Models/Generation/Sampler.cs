@@ -25,8 +25,11 @@ public sealed class GeneratedToken
     readonly int _vocab;
     float[]? _copied;
 
-    internal GeneratedToken(int row, int index, int token, Loupe.Tensors.Tensor logits, float[]? hostLogits, int vocab)
+    readonly Loupe.Tensors.Backends.IComputeBackend? _backend;
+
+    internal GeneratedToken(int row, int index, int token, Loupe.Tensors.Tensor logits, float[]? hostLogits, int vocab, Loupe.Tensors.Backends.IComputeBackend? backend = null)
     {
+        _backend = backend;
         Row = row;
         Index = index;
         Token = token;
@@ -46,6 +49,38 @@ public sealed class GeneratedToken
     /// asked, so greedy decoding that never reads them keeps picking on the device.
     /// </summary>
     public ReadOnlySpan<float> Logits => (_hostLogits ?? (_copied ??= _logits.ToCpu().Span.ToArray())).AsSpan(Row * _vocab, _vocab);
+
+    /// <summary>Whether the step's logits are on the device (and <see cref="Logits"/> would copy a row of d_vocab floats).</summary>
+    public bool LogitsOnDevice => _hostLogits is null && _copied is null && !_logits.IsHost && _backend is not null;
+
+    /// <summary>
+    /// ln p of the picked token and the <paramref name="k"/> most likely tokens (ids and ln p, most likely first; ties to
+    /// the lower id) under the step's logits, computed on their device: log-softmax and top-k run there and one copy of
+    /// 2k + 1 floats comes back, not the d_vocab logits.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The logits are not on a device (<see cref="LogitsOnDevice"/> is false).</exception>
+    public (float Picked, int[] Ids, float[] LogProbs) LogProbabilitiesOnDevice(int k)
+    {
+        if (!LogitsOnDevice) throw new InvalidOperationException("the step's logits are on the host; read Logits");
+        var b = _backend!;
+        k = Math.Clamp(k, 0, _vocab);
+        var row = new Loupe.Tensors.Tensor(_logits.Storage.Slice((long)Row * _vocab, _vocab), 1, _vocab);
+        var logp = b.Empty(1, _vocab);
+        b.LogSoftmaxRows(row, 1, _vocab, logp);
+        var packed = b.Empty(2 * k + 1); // [top values | top ids | the picked token's ln p]: one read-back
+        if (k > 0)
+        {
+            var values = b.Empty(1, k);
+            var ids = b.Empty(1, k);
+            b.TopKRows(logp, 1, _vocab, k, values, ids);
+            b.CopyRows(values, 0, k, packed, 0, k, 1, k);
+            b.CopyRows(ids, 0, k, packed, k, k, 1, k);
+        }
+        b.CopyRows(logp, Token, 1, packed, 2 * k, 1, 1, 1);
+        var host = new float[2 * k + 1];
+        packed.CopyTo(host);
+        return (host[2 * k], [.. host.AsSpan(k, k).ToArray().Select(id => (int)id)], host[..k]);
+    }
 }
 
 /// <summary>Greedy, temperature, top-k and top-p (nucleus) sampling with a seeded generator.</summary>

@@ -1,4 +1,5 @@
 using Loupe.Attribution;
+using Loupe.Dictionaries.Transcoders;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
@@ -35,6 +36,9 @@ public static partial class JobEndpoints
     static void MapGraph(RouteGroupBuilder api, ModelGate gate, JobManager jobs, ServeOptions options, Workspace workspace, ReplacementModel? replacement)
     {
         var model = gate.Model;
+        // On a device the transcoders' weights are uploaded once, by the first graph job, and every later job reuses them.
+        var onDevice = replacement is null || model.Backend.Device.IsCpu ? null
+            : new Lazy<DeviceMlpReplacement>(() => DeviceMlpReplacement.Upload(replacement.Transcoders, model.Backend));
         api.MapPost("/graph", (GraphJobRequest body) =>
         {
             var transcoders = replacement?.Transcoders ?? throw new NoPlaceException("a graph traces through the MLP replacements given with --transcoders: start the server with --transcoders DIR");
@@ -65,7 +69,9 @@ public static partial class JobEndpoints
                     },
                 };
                 Directory.CreateDirectory(folder);
-                var made = await gate.RunAsync(m => AttributionExperiment.Run(m, transcoders, tokens, body.Prompt, settings, nodeThreshold, edgeThreshold, folder, slug),
+                var made = await gate.RunAsync(m => onDevice is not null
+                        ? AttributionExperiment.Run(m, onDevice.Value, tokens, body.Prompt, settings, nodeThreshold, edgeThreshold, folder, slug)
+                        : AttributionExperiment.Run(m, transcoders, tokens, body.Prompt, settings, nodeThreshold, edgeThreshold, folder, slug),
                     cancel, longRunning: true);
                 workspace.Scan();
                 string rel = Path.Combine("graphs", slug + ".json");

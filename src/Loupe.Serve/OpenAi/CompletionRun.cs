@@ -60,7 +60,7 @@ public sealed class CompletionRun(HookedTransformer model, int[] prompt, Generat
     bool OnToken(GeneratedToken step)
     {
         _tokens.Add(step.Token);
-        TokenLogprob? logprob = topLogprobs is int k ? Logprob(step.Logits, step.Token, k) : null;
+        TokenLogprob? logprob = topLogprobs is not int k ? null : step.LogitsOnDevice ? LogprobOnDevice(step, k) : Logprob(step.Logits, step.Token, k);
         if (logprob is not null) _logprobs.Add(logprob);
         var readings = new double[loupe.Monitors.Count];
         var crossed = new List<string>();
@@ -136,6 +136,13 @@ public sealed class CompletionRun(HookedTransformer model, int[] prompt, Generat
             }
         }
         return new TokenLogprob(Analyses.Text(model, token), logits[token] - logZ, top);
+    }
+
+    // On a device: log-softmax and top-k there, 2k + 1 floats back per token instead of the d_vocab logits.
+    TokenLogprob LogprobOnDevice(GeneratedToken step, int k)
+    {
+        var (picked, ids, values) = step.LogProbabilitiesOnDevice(k);
+        return new TokenLogprob(Analyses.Text(model, step.Token), picked, [.. ids.Select((id, i) => (Analyses.Text(model, id), (double)values[i]))]);
     }
 
     /// <summary>UTF-8 bytes of a token's text, as OpenAI's chat logprobs give them.</summary>

@@ -63,10 +63,42 @@ public sealed class TokenMonitor
     {
         if (context.GenerationStep < 0) return null;
         int length = activation.Dim(1), width = activation.Shape[^1];
-        var host = activation.IsHost ? activation : activation.ToCpu();
-        var row = host.Span.Slice((length - 1) * width, width);
+        if (!activation.IsHost)
+        {
+            var backend = context.Backend ?? throw new InvalidOperationException($"hook '{context.Name}' carries a tensor on {activation.Device} but its context names no backend");
+            _latest = ReadOnDevice(backend, new Tensor(activation.Storage.Slice((long)(length - 1) * width, width), 1, width));
+            return null;
+        }
+        var row = activation.Span.Slice((length - 1) * width, width);
         _latest = _unit is not null ? TensorPrimitives.Dot(row, _unit) : _sae!.Encode(row, 1)[_feature];
         return null;
+    }
+
+    Tensor? _deviceUnit, _slot;
+
+    /// <summary>
+    /// The reading computed where the activation is: the projection onto the unit direction (uploaded once per monitor),
+    /// or the SAE's encoding of the row with the dictionary's weights uploaded once per served SAE (shared by requests);
+    /// one float comes back per token.
+    /// </summary>
+    float ReadOnDevice(Loupe.Tensors.Backends.IComputeBackend backend, Tensor row)
+    {
+        _slot ??= backend.Empty(1);
+        if (_unit is not null)
+        {
+            _deviceUnit ??= backend.LoadWeight(_unit, [1, _unit.Length]);
+            backend.Linear(row, 1, _unit.Length, _deviceUnit, weightIsOutIn: true, 1, null, _slot);
+        }
+        else if (DeviceSaeTraining.Supports(_sae!.Activation))
+        {
+            // One upload per dictionary and backend: a monitor lives for one request, the served SAE for the server's life.
+            var (acts, _, _) = DeviceSaeEncoder.Shared(backend, _sae).Encode(row, 1);
+            backend.CopyRows(acts, _feature, 1, _slot, 0, 1, 1, 1);
+        }
+        else return _sae.Encode(row.ToCpu().Span, 1)[_feature]; // an activation without device kernels: the one row comes back
+        var value = new float[1];
+        _slot.CopyTo(value);
+        return value[0];
     }
 
     /// <summary>Records the reading for the token just picked; true when it crosses the threshold.</summary>
