@@ -64,8 +64,7 @@ public sealed class ReplacementModel
 {
     readonly DeviceMlpReplacement? _device;
 
-    /// <summary>With a model on a device, uploads the transcoders' weights to it here, once.</summary>
-    /// <exception cref="InputError">The model is on a device and the transcoders have no device kernels.</exception>
+    /// <summary>With a model on a device, uploads the transcoders' weights to it here, once (when they have device kernels).</summary>
     public ReplacementModel(HookedTransformer model, IMlpReplacement transcoders) : this(model, transcoders, null) { }
 
     /// <summary>With transcoder weights already on the model's device (uploaded once by the caller, shared with an <see cref="Attributor"/>).</summary>
@@ -77,7 +76,8 @@ public sealed class ReplacementModel
         Transcoders = transcoders ?? throw new ArgumentNullException(nameof(transcoders));
         if (device is not null && device.Backend != model.Backend)
             throw new ArgumentException($"the transcoders' weights are on {device.Backend.Device}, the model on {model.Backend.Device}", nameof(transcoders));
-        _device = device ?? (model.Backend.Device.IsCpu ? null : DeviceMlpReplacement.Upload(transcoders, model.Backend));
+        // A replacement without device kernels (another IMlpReplacement) edits on the host, one copy each way per hook.
+        _device = device ?? (model.Backend.Device.IsCpu || !DeviceMlpReplacement.Supports(transcoders) ? null : DeviceMlpReplacement.Upload(transcoders, model.Backend));
     }
 
     public HookedTransformer Model { get; }

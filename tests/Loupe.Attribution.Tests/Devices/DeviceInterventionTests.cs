@@ -73,6 +73,39 @@ public sealed class DeviceInterventionTests(EmulatedDevice device) : IClassFixtu
     public void Cross_layer_transcoder_interventions_on_the_device_give_the_cpus_logits_and_tokens() =>
         AssertInterventionsMatch("gpt_neox", m => DeviceAttributionGraphTests.RandomClt(m));
 
+    // An IMlpReplacement without device kernels (only its host interface is visible).
+    sealed class HostOnly(IMlpReplacement inner) : IMlpReplacement
+    {
+        public int Layers => inner.Layers;
+        public int DIn => inner.DIn;
+        public int DOut => inner.DOut;
+        public bool HasSkip => inner.HasSkip;
+        public string Fingerprint => inner.Fingerprint;
+        public string Source => inner.Source;
+        public int Features(int layer) => inner.Features(layer);
+        public string InputHook(int layer) => inner.InputHook(layer);
+        public string OutputHook(int layer) => inner.OutputHook(layer);
+        public int LastTarget(int layer) => inner.LastTarget(layer);
+        public void Encode(int layer, ReadOnlySpan<float> x, int rows, Span<float> pre, Span<float> acts) => inner.Encode(layer, x, rows, pre, acts);
+        public void EncoderDirection(int layer, int feature, Span<float> into) => inner.EncoderDirection(layer, feature, into);
+        public void DecoderDirection(int layer, int feature, int targetLayer, Span<float> into) => inner.DecoderDirection(layer, feature, targetLayer, into);
+        public void Reconstruct(int targetLayer, IReadOnlyList<float[]> acts, IReadOnlyList<float[]> inputs, int rows, Span<float> recon) =>
+            inner.Reconstruct(targetLayer, acts, inputs, rows, recon);
+    }
+
+    [Fact]
+    public void A_replacement_without_device_kernels_edits_through_the_host_and_gives_the_same_logits()
+    {
+        using var cpu = Load("llama");
+        using var gpu = Load("llama", device.Backend);
+        var onCpu = new ReplacementModel(cpu, FamilyAttributionTests.RandomTranscoders(cpu));
+        var onDevice = new ReplacementModel(gpu, new HostOnly(FamilyAttributionTests.RandomTranscoders(gpu)));
+        var edits = Edits(onCpu.Transcoders);
+        var before = gpu.Backend.Transfers.Snapshot();
+        AssertSameRun(onCpu.Run(Prompt, edits), onDevice.Run(Prompt, edits), "host-only");
+        Assert.True((gpu.Backend.Transfers.Snapshot() - before).In(TransferKind.Data) > 0, "the host path uploads its edited outputs");
+    }
+
     [Fact]
     public void A_run_copies_the_ids_and_edits_in_and_the_last_logits_out()
     {
