@@ -57,11 +57,31 @@ public sealed record InterventionResult(ForwardResult Run, float[] LastLogits, (
 /// scales and MLP outputs held at a prompt's values: only direct effects, the attribution graph's
 /// linear model). An edited feature changes the MLP outputs it writes by <c>(a′ − a)·W_dec</c>; the rest of
 /// each MLP output is the model's own (free) or the frozen prompt's (frozen), as in circuit-tracer.
+/// With the model on a device the transcoders' weights are uploaded there once and the edits run as backend ops
+/// (<see cref="DeviceInterventions"/>): a run copies the token ids in and the last position's logits out.
 /// </summary>
-public sealed class ReplacementModel(HookedTransformer model, IMlpReplacement transcoders)
+public sealed class ReplacementModel
 {
-    public HookedTransformer Model { get; } = model ?? throw new ArgumentNullException(nameof(model));
-    public IMlpReplacement Transcoders { get; } = transcoders ?? throw new ArgumentNullException(nameof(transcoders));
+    readonly DeviceMlpReplacement? _device;
+
+    /// <summary>With a model on a device, uploads the transcoders' weights to it here, once (when they have device kernels).</summary>
+    public ReplacementModel(HookedTransformer model, IMlpReplacement transcoders) : this(model, transcoders, null) { }
+
+    /// <summary>With transcoder weights already on the model's device (uploaded once by the caller, shared with an <see cref="Attributor"/>).</summary>
+    public ReplacementModel(HookedTransformer model, DeviceMlpReplacement transcoders) : this(model, transcoders?.Replacement!, transcoders) { }
+
+    ReplacementModel(HookedTransformer model, IMlpReplacement transcoders, DeviceMlpReplacement? device)
+    {
+        Model = model ?? throw new ArgumentNullException(nameof(model));
+        Transcoders = transcoders ?? throw new ArgumentNullException(nameof(transcoders));
+        if (device is not null && device.Backend != model.Backend)
+            throw new ArgumentException($"the transcoders' weights are on {device.Backend.Device}, the model on {model.Backend.Device}", nameof(transcoders));
+        // A replacement without device kernels (another IMlpReplacement) edits on the host, one copy each way per hook.
+        _device = device ?? (model.Backend.Device.IsCpu || !DeviceMlpReplacement.Supports(transcoders) ? null : DeviceMlpReplacement.Upload(transcoders, model.Backend));
+    }
+
+    public HookedTransformer Model { get; }
+    public IMlpReplacement Transcoders { get; }
 
     /// <summary>Captures the patterns, norm scales and MLP outputs of <paramref name="tokens"/> for frozen runs.</summary>
     public FrozenActivations Freeze(int[] tokens)
@@ -101,7 +121,9 @@ public sealed class ReplacementModel(HookedTransformer model, IMlpReplacement tr
         Install(options, edits, frozen, additions);
         var run = Model.Run(TokenBatch.Single(tokens), options);
         int T = run.Logits.Dim(1), V = run.Logits.Dim(2);
-        var last = run.Logits.ToCpu().Span.Slice((T - 1) * V, V).ToArray();
+        // On a device only the last position's row comes back (one copy): the reported probabilities and logit changes.
+        var last = _device is null ? run.Logits.ToCpu().Span.Slice((T - 1) * V, V).ToArray()
+            : new Tensor(run.Logits.Storage.Slice((long)(T - 1) * V, V), V).ToCpu().Span.ToArray();
         return new InterventionResult(run, last, Top(last, topK));
     }
 
@@ -133,6 +155,12 @@ public sealed class ReplacementModel(HookedTransformer model, IMlpReplacement tr
         if (frozen is not null)
             foreach (var (name, value) in frozen.Values)
                 options.AddHook(name, (_, _) => value);
+        CheckAdditions(additions, D);
+        if (_device is not null)
+        {
+            DeviceInterventions.Install(options, _device, edits, additions, D);
+            return;
+        }
 
         // Per layer, the current activations of the edited features (host), read at the transcoder's input.
         var deltas = new Dictionary<int, List<(int Position, int Feature, float Delta)>>();
@@ -193,17 +221,24 @@ public sealed class ReplacementModel(HookedTransformer model, IMlpReplacement tr
                 foreach (var a in embedAdds) AddAt(host, a, ctx.PositionOffset, D);
                 return be.ToDevice(Tensor.FromArray(host, y.Shape.ToArray()));
             });
-        var places = Enumerable.Range(0, L).Select(Transcoders.OutputHook).Append(HookNames.Embed).ToHashSet(StringComparer.Ordinal);
+    }
+
+    /// <exception cref="ArgumentException">A vector is added elsewhere than at hook_embed or where the dictionaries write, or is not d_model long.</exception>
+    void CheckAdditions(IReadOnlyList<AddedVector> additions, int d)
+    {
+        var places = Enumerable.Range(0, Transcoders.Layers).Select(Transcoders.OutputHook).Append(HookNames.Embed).ToHashSet(StringComparer.Ordinal);
         foreach (var a in additions)
+        {
             if (!places.Contains(a.Hook))
                 throw new ArgumentException($"vectors can be added at hook_embed or where the dictionaries write ({Transcoders.OutputHook(0)}, …), not at '{a.Hook}'", nameof(additions));
+            if (a.Vector.Length != d) throw new ArgumentException($"the vector added at {a.Hook} has {a.Vector.Length} values; d_model is {d}", nameof(additions));
+        }
     }
 
     static void AddAt(float[] host, AddedVector a, int offset, int d)
     {
         int i = a.Position - offset;
         if (i < 0 || (i + 1) * d > host.Length) return;
-        if (a.Vector.Length != d) throw new ArgumentException($"the vector added at {a.Hook} has {a.Vector.Length} values; d_model is {d}");
         var row = host.AsSpan(i * d, d);
         for (int j = 0; j < d; j++) row[j] += a.Vector[j];
     }

@@ -225,7 +225,7 @@ internal sealed record ReplacementState
         var errors = be.Empty(L * T, D);
         for (int t = 0; t < L; t++)
         {
-            var recon = device.Reconstruct(t, acts, T);
+            var recon = device.Reconstruct(t, acts, T, new Tensor(cache[transcoders.InputHook(t)].Storage, T, D)); // with a skip path, as the host's
             var err = new Tensor(errors.Storage.Slice((long)t * T * D, (long)T * D), T, D);
             be.Scale(recon, -1f, recon);
             be.Add(new Tensor(cache[transcoders.OutputHook(t)].Storage, T, D), recon, err);

@@ -123,7 +123,7 @@ static class CliSupport
         if (deviceForOtherWork) return CpuBackend.Instance; // the verb uses the device for its own work (sae train's dictionary)
         string verb = s_device.Value?.Verb is { Length: > 0 } v ? v : "this verb";
         if (s_device.Value is { FromOption: true })
-            throw new InputError($"argument: --device: '{verb}' runs on the CPU only so far (device verbs: run, info, cache, grad, patch, lens, circuit, attribute, sae train, sae eval, harvest, probe, features build, steer, persona, monitor, verbalize, introspect, serve); drop --device {Device}");
+            throw new InputError($"argument: --device: '{verb}' runs on the CPU only so far (device verbs: run, info, cache, grad, patch, lens, circuit, attribute, intervene, clt eval, sae train, sae eval, harvest, probe, features build, steer, persona, monitor, verbalize, introspect, serve); drop --device {Device}");
         Status.MarkupLine($"[grey]note: '{Markup.Escape(verb)}' runs on the CPU only so far; LOUPE_DEVICE={Device} is ignored here[/]");
         return CpuBackend.Instance;
     }

@@ -158,7 +158,7 @@ static class CltCommand
         {
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
             string path = parse.GetValue(transcoders)!;
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true); // the evaluator keeps the replacement on the device
             IMlpReplacement replacement = MlpReplacements.Load(path, m.Config.NLayers);
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);

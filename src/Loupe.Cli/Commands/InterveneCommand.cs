@@ -30,7 +30,7 @@ static class InterveneCommand
         { model, transcoders, input.Prompt, input.Tokens, edits, frozen, top, generate };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true); // ReplacementModel keeps the edits on the device
             var tc = MlpReplacements.Load(parse.GetValue(transcoders)!, m.Config.NLayers);
             var tokens = input.Read(parse, m);
             if (tokens.Batch != 1) throw new InputError("argument: --tokens: one prompt at a time");

@@ -78,6 +78,15 @@ public sealed class DeviceMlpReplacement
         }
     }
 
+    /// <summary>Whether <see cref="Upload"/> accepts <paramref name="replacement"/> (its type and every layer's activation have device kernels).</summary>
+    public static bool Supports(IMlpReplacement replacement) => replacement switch
+    {
+        PerLayerTranscoders p => Enumerable.Range(0, p.Layers).All(l => DeviceSaeTraining.Supports(p[l].Activation)),
+        CircuitTracerTranscoders c => c.Dictionaries.All(d => DeviceSaeTraining.Supports(d.Activation)),
+        CrossLayerTranscoder clt => DeviceSaeTraining.Supports(clt.Activation),
+        _ => false,
+    };
+
     static DeviceMlpReplacement PerLayer(IMlpReplacement replacement, IComputeBackend backend, IReadOnlyList<SparseDictionary> dictionaries) =>
         new(replacement, backend, [.. dictionaries.Select((d, l) => Encoder(backend, d, replacement, l))], [.. dictionaries.Select(_ => 1)], null);
 
@@ -96,11 +105,12 @@ public sealed class DeviceMlpReplacement
 
     /// <summary>
     /// recon[t] <c>[rows, d_out]</c> from <paramref name="acts"/>[ℓ] <c>[rows, n]</c> of every source layer that writes
-    /// <paramref name="target"/> (entries of other layers are not read).
+    /// <paramref name="target"/> (entries of other layers are not read), plus the skip path from <paramref name="input"/>
+    /// <c>[rows, d_in]</c> (layer t's input) where the transcoder has one; without an input the skip path is left out.
     /// </summary>
-    public Tensor Reconstruct(int target, IReadOnlyList<Tensor> acts, int rows)
+    public Tensor Reconstruct(int target, IReadOnlyList<Tensor> acts, int rows, Tensor? input = null)
     {
-        if (_bDec is null) return _layers[target].Decode(acts[target], acts[target], rows);
+        if (_bDec is null) return _layers[target].Decode(acts[target], input ?? NoSkip(target, acts[target]), rows);
         int dOut = Replacement.DOut;
         var recon = _b.Empty(rows, dOut);
         for (int l = 0; l <= target; l++)
@@ -112,6 +122,10 @@ public sealed class DeviceMlpReplacement
         _b.AddRowVector(recon, rows, _bDec[target]);
         return recon;
     }
+
+    Tensor NoSkip(int layer, Tensor acts) => _layers[layer].Shape.Skip
+        ? throw new ArgumentException($"layer {layer} has a skip path; pass its input", "input")
+        : acts; // not read without a skip path
 
     /// <summary>Writes W_enc[ℓ][:, <paramref name="feature"/>] (d_in floats) into <paramref name="into"/> at <paramref name="offset"/>.</summary>
     public void EncoderDirection(int layer, int feature, Tensor into, long offset)

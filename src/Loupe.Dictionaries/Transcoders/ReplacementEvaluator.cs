@@ -13,9 +13,11 @@
 //    by default, keep the original), so every later input is the replacement model's own → logits_replaced.
 // 4. Zero-ablated run: every OutputHook(t) returns 0 → logits_zero.
 // 5. CE at every position t < T−1 predicting token t+1; loss recovered = (CE_zero − CE_replaced) / (CE_zero − CE_clean).
-// With the model on a device, the replacement (a host IMlpReplacement) reads each hook's activation with one explicit
-// copy and hands its reconstruction back with one upload; the logits stay there: CE is CrossEntropyRows summed on the
-// device, so three scalars per batch come back instead of three [rows, V] logit tables.
+// With the model on a device, the replacement's weights are uploaded there once (DeviceMlpReplacement) and the hooks
+// encode, reconstruct and measure there (DeviceReplacementEvaluation): per batch the ids and a row mask go in, one
+// [L, 4 + d_out] buffer of sums comes out (a replacement without device kernels reads each hook with one copy and
+// hands its reconstruction back with one upload); the logits stay there: CE is CrossEntropyRows summed on the device, so
+// three scalars per batch come back instead of three [rows, V] logit tables.
 using System.Numerics.Tensors;
 using Tensor = Loupe.Tensors.Tensor;
 using Loupe.Dictionaries.Harvest;
@@ -89,6 +91,9 @@ public static class ReplacementEvaluator
         var active = new double[L];
         long positions = 0, predictions = 0;
         double ceClean = 0, ceReplaced = 0, ceZero = 0;
+        // A replacement without device kernels (another IMlpReplacement) runs its hooks on the host, one copy each way.
+        var device = model.Backend.Device.IsCpu || !DeviceMlpReplacement.Supports(replacement) ? null
+            : new DeviceReplacementEvaluation(DeviceMlpReplacement.Upload(replacement, model.Backend));
 
         for (int start = 0; start < contexts.Count; start += options.BatchSize)
         {
@@ -99,23 +104,44 @@ public static class ReplacementEvaluator
             for (int i = 0; i < rows; i++) keep[i] = excluded.Contains(batch.Ids[i]);
 
             // 2. clean, measuring each reconstruction
-            var clean = model.Run(batch, Hooks(model.Backend, replacement, rows, keep, replace: false, (t, y, recon, acts) =>
+            Tensor clean, replaced;
+            if (device is not null)
             {
-                int dOut = replacement.DOut;
-                for (int i = 0; i < rows; i++)
+                var mask = device.Mask(keep);
+                var stats = model.Backend.Empty(L, device.Stride);
+                clean = model.Run(batch, device.Hooks(rows, keep, mask, stats)).Logits;
+                replaced = model.Run(batch, device.Hooks(rows, keep, mask, null)).Logits;
+                var sums = stats.ToCpu().Span;
+                for (int t = 0; t < L; t++)
                 {
-                    if (keep[i]) continue;
-                    var yi = y.Slice(i * dOut, dOut);
-                    var ri = recon.AsSpan(i * dOut, dOut);
-                    for (int j = 0; j < dOut; j++) { double e = yi[j] - ri[j]; err[t] += e * e; sum[t][j] += yi[j]; }
-                    sumSq[t] += TensorPrimitives.SumOfSquares(yi);
-                    int dSae = replacement.Features(t);
-                    foreach (float a in acts[t].AsSpan(i * dSae, dSae)) if (a != 0) active[t]++;
-                    if (t == 0) positions++;
+                    var layer = sums.Slice(t * device.Stride, device.Stride);
+                    err[t] += layer[0];
+                    sumSq[t] += layer[1];
+                    active[t] += layer[2] + layer[3];
+                    for (int j = 0; j < replacement.DOut; j++) sum[t][j] += layer[4 + j];
                 }
-            })).Logits;
-            // 3. replaced
-            var replaced = model.Run(batch, Hooks(model.Backend, replacement, rows, keep, replace: true, null)).Logits;
+                positions += keep.Count(k => !k);
+            }
+            else
+            {
+                clean = model.Run(batch, Hooks(model.Backend, replacement, rows, keep, replace: false, (t, y, recon, acts) =>
+                {
+                    int dOut = replacement.DOut;
+                    for (int i = 0; i < rows; i++)
+                    {
+                        if (keep[i]) continue;
+                        var yi = y.Slice(i * dOut, dOut);
+                        var ri = recon.AsSpan(i * dOut, dOut);
+                        for (int j = 0; j < dOut; j++) { double e = yi[j] - ri[j]; err[t] += e * e; sum[t][j] += yi[j]; }
+                        sumSq[t] += TensorPrimitives.SumOfSquares(yi);
+                        int dSae = replacement.Features(t);
+                        foreach (float a in acts[t].AsSpan(i * dSae, dSae)) if (a != 0) active[t]++;
+                        if (t == 0) positions++;
+                    }
+                })).Logits;
+                // 3. replaced
+                replaced = model.Run(batch, Hooks(model.Backend, replacement, rows, keep, replace: true, null)).Logits;
+            }
             // 4. zero-ablated
             var zeroOptions = new RunOptions();
             var backend = model.Backend;

@@ -20,7 +20,7 @@ public sealed class DeviceAttributionGraphTests(EmulatedDevice device) : IClassF
     static HookedTransformer Load(string arch, IComputeBackend? backend = null) =>
         ModelLoader.LoadFolder(SharedData.TestData(Path.Combine("reference", arch)), backend);
 
-    static CrossLayerTranscoder RandomClt(HookedTransformer model, int features = 12)
+    internal static CrossLayerTranscoder RandomClt(HookedTransformer model, int features = 12)
     {
         int L = model.Config.NLayers, D = model.Config.DModel;
         var clt = new CrossLayerTranscoder(new CltShape(L, D, features, D), new ReluActivation());

@@ -8,8 +8,9 @@ using static Loupe.Dictionaries.Tests.Splice.SpliceFixtures;
 namespace Loupe.Dictionaries.Tests.Devices;
 
 /// <summary>
-/// Loss recovered with every MLP replaced, with the model on the GPU backend's kernels (emulated on the CPU): the CPU's
-/// metrics to 1e-4, with the logits never read back (CE is summed on the device).
+/// Loss recovered with every MLP replaced, with the model and the replacement on the GPU backend's kernels (emulated on
+/// the CPU): the CPU's metrics to 1e-4, with the logits and the activations never read back (CE and the per-layer sums
+/// are formed on the device; one buffer of sums per batch comes out).
 /// </summary>
 public sealed class DeviceReplacementEvalTests(EmulatedModelFixture device, ITestOutputHelper output) : IClassFixture<EmulatedModelFixture>
 {
@@ -29,18 +30,27 @@ public sealed class DeviceReplacementEvalTests(EmulatedModelFixture device, ITes
     static void Close(double expected, double actual, string what) =>
         Assert.True(Math.Abs(expected - actual) <= 1e-4 * Math.Abs(expected) + 1e-6, $"{what}: cpu {expected:G9}, device {actual:G9}");
 
-    [Fact]
-    public void ReplacementEvaluation_OnTheDevice_ReportsTheCpusMetrics_WithoutReadingTheLogits()
+    // Per-layer transcoders on the llama fixture's MLPs; layer 1 has a skip path (its input enters the reconstruction).
+    static PerLayerTranscoders PerLayer() => new(
+        [.. Enumerable.Range(0, 3).Select(l => Random(SaeShape.Transcoder(64, 40, 64, skip: l == 1), new ReluActivation(), seed: 11 + l, decoderNorm: 0.3f))],
+        [.. Enumerable.Range(0, 3).Select(l => $"blocks.{l}.ln2.hook_normalized")], [.. Enumerable.Range(0, 3).Select(l => $"blocks.{l}.hook_mlp_out")], "random");
+
+    [Theory]
+    [InlineData("clt")]
+    [InlineData("per-layer")]
+    public void ReplacementEvaluation_OnTheDevice_ReportsTheCpusMetrics_WithoutReadingTheLogits(string kind)
     {
+        Func<IMlpReplacement> replacement = kind == "clt" ? Clt : PerLayer;
         using var cpu = Model();
         var contexts = Contexts();
-        var options = new ReplacementEvalOptions { BatchSize = 5 };
-        var expected = ReplacementEvaluator.Evaluate(cpu, Clt(), contexts, options);
+        var options = new ReplacementEvalOptions { BatchSize = 3 };
+        var expected = ReplacementEvaluator.Evaluate(cpu, replacement(), contexts, options);
         var transfers = device.Backend.Transfers;
-        long before = transfers.BytesToHost(TransferKind.Data);
-        var actual = ReplacementEvaluator.Evaluate(device.Model, Clt(), contexts, options);
-        long bytesOut = transfers.BytesToHost(TransferKind.Data) - before;
-        output.WriteLine($"recovered cpu {expected.LossRecovered:G9} device {actual.LossRecovered:G9}; {bytesOut} bytes of data out");
+        var before = transfers.Snapshot();
+        long bytesBefore = transfers.BytesToHost(TransferKind.Data);
+        var actual = ReplacementEvaluator.Evaluate(device.Model, replacement(), contexts, options);
+        var moved = transfers.Snapshot() - before;
+        output.WriteLine($"recovered cpu {expected.LossRecovered:G9} device {actual.LossRecovered:G9}; {moved}");
 
         Assert.Equal(expected.Positions, actual.Positions);
         Assert.Equal(expected.Predictions, actual.Predictions);
@@ -55,9 +65,12 @@ public sealed class DeviceReplacementEvalTests(EmulatedModelFixture device, ITes
             Close(expected.Fvu[t], actual.Fvu[t], $"FVU layer {t}");
             Close(expected.L0[t], actual.L0[t], $"L0 layer {t}");
         }
-        // The replacement (a host IMlpReplacement) reads its hooks on the host, one copy each: 3 inputs and 3 outputs per
-        // run with hooks (the replaced run keeps the true output at BOS rows), never the [rows, vocab] logits.
-        int rows = 5 * 9;
-        Assert.Equal(12L * rows * 64 * sizeof(float), bytesOut);
+        // Per batch (5 contexts in batches of 3: two): the ids of three runs and the row mask go in, one [L, 4 + d_out] buffer
+        // of sums and three CE sums come out; no activation, reconstruction or logit crosses. The weights go in once.
+        const int batches = 2;
+        Assert.Equal(0, moved.In(TransferKind.Data));
+        Assert.Equal(batches, moved.Out(TransferKind.Data));
+        Assert.Equal(batches * 3L * (4 + 64) * sizeof(float), transfers.BytesToHost(TransferKind.Data) - bytesBefore);
+        Assert.Equal(batches * (3 + 3), moved.Out(TransferKind.Scalars)); // the three CE sums and the three forwards' finite checks
     }
 }

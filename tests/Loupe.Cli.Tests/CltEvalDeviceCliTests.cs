@@ -1,0 +1,58 @@
+using System.Text.Json.Nodes;
+using Loupe.Dictionaries.Sae;
+using Loupe.Dictionaries.Transcoders;
+using Loupe.Testing;
+using static Loupe.Cli.Tests.CliHarness;
+
+namespace Loupe.Cli.Tests;
+
+/// <summary><c>loupe clt eval --device emulated</c>: the metrics the CPU writes (loss recovered, per-layer variance and L0).</summary>
+[Collection("console")]
+public class CltEvalDeviceCliTests
+{
+    [RequiresSharedFact("models/stories260K")]
+    public void Clt_eval_on_the_emulated_device_writes_the_cpus_metrics()
+    {
+        string model = SharedData.Require("models/stories260K"), root = Directory.CreateTempSubdirectory("loupe-clt-eval-device").FullName;
+        try
+        {
+            var clt = new CrossLayerTranscoder(new CltShape(5, 64, 32, 64), new ReluActivation());
+            clt.Initialize(seed: 4, decoderNorm: 0.3f);
+            string folder = Path.Combine(root, "clt"), text = Path.Combine(root, "text.txt");
+            CltFiles.Save(folder, clt);
+            File.WriteAllText(text, "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun. " +
+                "One day, she saw a big dog in the park. The dog was happy and wagged its tail. Lily and the dog played all day.");
+            string[] args = ["clt", "eval", "--model", model, "--transcoders", folder, "--source", "text:" + text, "--context-size", "16", "--batch-size", "8"];
+            var cpu = RunLoupe([.. args, "--out", Path.Combine(root, "cpu")]);
+            Assert.True(cpu.Code == 0, cpu.Err);
+            var gpu = RunLoupe([.. args, "--out", Path.Combine(root, "gpu"), "--device", "emulated"]);
+            Assert.True(gpu.Code == 0, gpu.Err);
+            Assert.Contains("loss recovered", gpu.Out);
+            var expected = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "cpu", "eval.json")))!;
+            var actual = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "gpu", "eval.json")))!;
+            int compared = Compare(expected, actual, "");
+            Assert.True(compared >= 12, $"{compared} numbers compared");
+        }
+        finally { Directory.Delete(root, recursive: true); }
+    }
+
+    // Every number to 1e-4 relative (the run time aside), every string and array length equal; returns how many numbers.
+    static int Compare(JsonNode? expected, JsonNode? actual, string path)
+    {
+        switch (expected)
+        {
+            case JsonObject o:
+                return o.Where(p => !p.Key.Equals("seconds", StringComparison.OrdinalIgnoreCase)).Sum(p => Compare(p.Value, actual![p.Key], $"{path}.{p.Key}"));
+            case JsonArray a:
+                Assert.Equal(a.Count, actual!.AsArray().Count);
+                return a.Select((e, i) => Compare(e, actual[i], $"{path}[{i}]")).Sum();
+            case JsonValue v when v.TryGetValue(out double e):
+                double x = actual!.GetValue<double>();
+                Assert.True(Math.Abs(e - x) <= 1e-4 * Math.Abs(e) + 1e-6, $"{path}: cpu {e:G9}, emulated {x:G9}");
+                return 1;
+            default:
+                Assert.Equal(expected?.ToJsonString(), actual?.ToJsonString());
+                return 0;
+        }
+    }
+}
