@@ -31,7 +31,7 @@ report["device_info"] = ComputeBackends.Describe(fp32);
 
 // (a) Parity with the CPU backend on the reference fixtures.
 var parity = new List<Dictionary<string, object>>();
-if (opts.Fixtures is { } fixtures && Directory.Exists(fixtures))
+if (!opts.NoParity && opts.Fixtures is { } fixtures && Directory.Exists(fixtures))
 {
     Console.WriteLine();
     Console.WriteLine("parity with the CPU backend (max |Δ| / max |cpu|), metric logit_diff(17,42)@-1, gradients at every resid_pre");
@@ -53,8 +53,21 @@ if (opts.Fixtures is { } fixtures && Directory.Exists(fixtures))
             double logits = Compare.RelativeMax(cpu.Logits.ToCpu().Span, dev.Logits.ToCpu().Span);
             double grads = cpu.Gradients.Names.Max(n => Compare.RelativeMax(cpu.Gradients[n].ToCpu().Span, dev.Gradients[n].ToCpu().Span));
             double metric = Math.Abs(cpu.Metric - dev.Metric) / Math.Max(1e-12, Math.Abs(cpu.Metric));
-            Console.WriteLine($"{Path.GetFileName(folder),-10} {label,-7} {logits,10:E2} {grads,10:E2} {metric,10:E2}");
-            parity.Add(new() { ["fixture"] = Path.GetFileName(folder), ["weights"] = label, ["logits_rel"] = logits, ["gradients_rel"] = grads, ["metric_rel"] = metric });
+            var row = new Dictionary<string, object> { ["fixture"] = Path.GetFileName(folder), ["weights"] = label, ["logits_rel"] = logits, ["gradients_rel"] = grads, ["metric_rel"] = metric };
+            string same = "";
+            if (label == "bf16")
+            {
+                // Against the CPU computing in fp32 with the same bf16-rounded weights: the device's own arithmetic error.
+                using var roundedModel = ModelLoader.LoadFolder(folder, CpuBackend.WithRoundedWeights(ElementType.BF16));
+                var rounded = roundedModel.RunWithGradients(batch, new LogitDiff(17, 42), "blocks.*.hook_resid_pre");
+                double sameLogits = Compare.RelativeMax(rounded.Logits.ToCpu().Span, dev.Logits.ToCpu().Span);
+                double sameGrads = rounded.Gradients.Names.Max(n => Compare.RelativeMax(rounded.Gradients[n].ToCpu().Span, dev.Gradients[n].ToCpu().Span));
+                row["logits_rel_same_weights"] = sameLogits;
+                row["gradients_rel_same_weights"] = sameGrads;
+                same = $"   same bf16 weights on the CPU: {sameLogits:E2} {sameGrads:E2}";
+            }
+            Console.WriteLine($"{Path.GetFileName(folder),-10} {label,-7} {logits,10:E2} {grads,10:E2} {metric,10:E2}{same}");
+            parity.Add(row);
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
@@ -114,25 +127,60 @@ if (opts.Sae is { } sae)
     var (dIn, dSae, k, rows) = sae;
     Console.WriteLine();
     Console.WriteLine($"SAE TopK step (SaeTrainer on the device: upload, forward, backward, Adam, renorm; fp32): d_in {dIn}, d_sae {dSae}, k {k}, batch {rows}, min of {opts.Reps} after {opts.Warmup} warm-up runs");
-    var dictionary = new SparseDictionary(SaeShape.Sae(dIn, dSae), new TopKActivation(k));
-    dictionary.Initialize(seed: 1);
     var rng = new Random(2);
     var data = new float[rows * dIn];
     for (int i = 0; i < data.Length; i++) data[i] = (float)(rng.NextDouble() * 2 - 1);
-    var options = new SaeTrainingOptions { Steps = opts.Warmup + opts.Reps + 2, BatchSize = rows, LearningRate = 1e-4f, BDecInit = BDecInit.Mean };
-    var trainer = new SaeTrainer(dictionary, options, fp32);
-    trainer.Begin(new InMemoryRows(data, dIn));
-    double loss = 0;
-    double ms = Timing.Min(opts.Warmup, opts.Reps, () => loss = trainer.Step().Loss); // a step ends by reading its metrics: a device sync
-    var before = fp32.Transfers.Snapshot();
-    trainer.Step();
-    var copies = fp32.Transfers.Snapshot() - before;
-    Console.WriteLine($"sae_step {ms,10:F2} ms {rows / ms * 1000,12:F0} tok/s   loss {loss:G5}   transfers per step: {Compare.Copies(copies)}");
-    report["sae_step"] = new Dictionary<string, object>
+    // Two regimes: no feature dead yet (the step torch_peer's sae_step times), and features dead so aux-k runs
+    // (k_aux = d_in/2, as SAELens's TopK training once features die; torch_peer's sae_step_aux): a window of one
+    // batch makes every feature silent for one batch dead from the second step on.
+    foreach (var (key, deadWindow) in new[] { ("sae_step", int.MaxValue), ("sae_step_aux", rows) })
     {
-        ["d_in"] = dIn, ["d_sae"] = dSae, ["k"] = k, ["batch"] = rows,
-        ["ms"] = ms, ["tok_s"] = rows / ms * 1000, ["loss"] = loss, ["transfers"] = copies.ToString(),
-    };
+        var options = new SaeTrainingOptions
+        {
+            Steps = opts.Warmup + opts.Reps + 8, BatchSize = rows, LearningRate = 1e-4f, BDecInit = BDecInit.Mean, DeadWindowTokens = deadWindow,
+        };
+        SaeTrainer NewTrainer(IComputeBackend backend)
+        {
+            var dictionary = new SparseDictionary(SaeShape.Sae(dIn, dSae), new TopKActivation(k));
+            dictionary.Initialize(seed: 1);
+            var t = new SaeTrainer(dictionary, options, backend);
+            t.Begin(new InMemoryRows(data, dIn));
+            t.Step(); // the first step sees no dead feature in either regime
+            return t;
+        }
+        var trainer = NewTrainer(fp32);
+        SaeStepMetrics last = null!;
+        double ms = Timing.Min(opts.Warmup, opts.Reps, () => last = trainer.Step()); // a step ends by reading its metrics: a device sync
+        var before = fp32.Transfers.Snapshot();
+        trainer.Step();
+        var copies = fp32.Transfers.Snapshot() - before;
+        Console.WriteLine($"{key,-12} {ms,10:F2} ms {rows / ms * 1000,12:F0} tok/s   loss {last.Loss:G5}   dead {last.DeadFraction:P1}   transfers per step: {Compare.Copies(copies)}");
+        var profile = new List<Dictionary<string, object>>();
+        if (opts.Profile)
+        {
+            // The same step again through a timing proxy: each backend call between two syncs (an upper bound per op).
+            var (timed, timer) = OpTimer.Wrap(fp32, fp32.Synchronize);
+            var profiled = NewTrainer(timed);
+            profiled.Step();
+            timer.On = true;
+            var sw = Stopwatch.StartNew();
+            profiled.Step();
+            double total = sw.Elapsed.TotalMilliseconds;
+            timer.On = false;
+            var ops = timer.Totals();
+            Console.WriteLine($"  one step through the op timer: {total:F1} ms, {ops.Sum(o => o.Ms):F1} ms in backend calls (each between two syncs)");
+            foreach (var (op, calls, opMs) in ops.Take(14))
+            {
+                Console.WriteLine($"  {op,-22} {calls,4}× {opMs,9:F2} ms");
+                profile.Add(new() { ["op"] = op, ["calls"] = calls, ["ms"] = opMs });
+            }
+        }
+        report[key] = new Dictionary<string, object>
+        {
+            ["d_in"] = dIn, ["d_sae"] = dSae, ["k"] = k, ["batch"] = rows, ["dead_window_tokens"] = deadWindow, ["dead_fraction"] = last.DeadFraction,
+            ["ms"] = ms, ["tok_s"] = rows / ms * 1000, ["loss"] = last.Loss, ["transfers"] = copies.ToString(), ["profile"] = profile,
+        };
+    }
 }
 // (d) An attribution graph on the device: circuit-tracer's fixture (tiny GPT-2, three SAELens transcoders),
 // the CPU backend's adjacency against the device's, and the time of both.
@@ -193,7 +241,7 @@ static class Compare
 }
 
 sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<ModelShape> Models, IReadOnlyList<string> DTypes,
-    int Batch, int Seq, int Reps, int Warmup, string Work, string? Json, (int DIn, int DSae, int K, int Batch)? Sae, string? Attribution)
+    int Batch, int Seq, int Reps, int Warmup, string Work, string? Json, (int DIn, int DSae, int K, int Batch)? Sae, string? Attribution, bool Profile, bool NoParity)
 {
     public static GpuBenchOptions Parse(string[] args)
     {
@@ -203,7 +251,7 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
         var models = new List<ModelShape> { ModelShape.Gpt2Small, ModelShape.Llama1B };
         var dtypes = new List<string> { "fp32", "bf16" };
         int batch = 1, seq = 128, reps = 20, warmup = 3;
-        bool sae = false, quick = false;
+        bool sae = false, quick = false, profile = false, noParity = false;
         var saeShape = (DIn: 2048, DSae: 65536, K: 64, Batch: 4096);
         for (int i = 0; i < args.Length; i++)
         {
@@ -212,7 +260,8 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
             {
                 case "--device": device = Next(); break;
                 case "--fixtures": fixtures = Next(); break;
-                case "--models": models = Next().Split(',').Select(ModelShape.Parse).ToList(); break;
+                case "--no-parity": noParity = true; break;
+                case "--models": models = Next() is "none" ? [] : args[i].Split(',').Select(ModelShape.Parse).ToList(); break;
                 case "--dtypes": dtypes = Next().Split(',').ToList(); break;
                 case "--batch": batch = int.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--seq": seq = int.Parse(Next(), CultureInfo.InvariantCulture); break;
@@ -221,6 +270,7 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
                 case "--work": work = Next(); break;
                 case "--json": json = Next(); break;
                 case "--sae": sae = true; break;
+                case "--profile": profile = true; break;
                 case "--attribution": attribution = Next(); break;
                 case "--sae-shape":
                     var d = Next().Split(',').Select(v => int.Parse(v, CultureInfo.InvariantCulture)).ToArray();
@@ -235,6 +285,6 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
             }
         }
         if (quick && !args.Contains("--sae-shape")) saeShape = (64, 512, 8, 128);
-        return new(device, fixtures, models, dtypes, batch, seq, reps, warmup, work, json, sae ? saeShape : null, attribution);
+        return new(device, fixtures, models, dtypes, batch, seq, reps, warmup, work, json, sae ? saeShape : null, attribution, profile, noParity);
     }
 }

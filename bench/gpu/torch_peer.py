@@ -51,10 +51,11 @@ def timed(warmup, reps, fn):
     return best
 
 
-def sae_step(d_in, d_sae, k, batch, warmup, reps):
+def sae_step(d_in, d_sae, k, batch, warmup, reps, aux=False):
     """A TopK SAE step as SAELens writes it: x_in = x - b_dec, pre = x_in W_enc + b_enc, acts = scatter(relu(topk(pre))),
     recon = acts W_dec + b_dec, loss = sum((recon - x)^2) / batch; backward; Adam. Ends with loss.item() (one sync),
-    as Loupe's step reads back its loss."""
+    as Loupe's step reads back its loss. With aux, SAELens's aux-k term as once features have died: the top
+    k_aux = d_in/2 of pre among dead features (here every fourth feature), ReLU'd and decoded, fitted to the residual."""
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 products, as Loupe's
     dev = "cuda"
     w_dec = torch.randn(d_sae, d_in, device=dev)
@@ -66,6 +67,8 @@ def sae_step(d_in, d_sae, k, batch, warmup, reps):
     w_enc, b_enc, w_dec, b_dec = params
     opt = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
     x = torch.rand(batch, d_in, device=dev) * 2 - 1
+    dead = (torch.arange(d_sae, device=dev) % 4 == 0).unsqueeze(0)
+    n_dead = int(dead.sum())
     last = {}
 
     def step():
@@ -75,12 +78,20 @@ def sae_step(d_in, d_sae, k, batch, warmup, reps):
         acts = torch.zeros_like(pre).scatter(1, indices, values.relu())
         recon = acts @ w_dec + b_dec
         loss = (recon - x).pow(2).sum() / batch
+        if aux:
+            k_aux = min(d_in // 2, n_dead)
+            masked = torch.where(dead, pre, torch.full_like(pre, float("-inf")))
+            aux_values, aux_indices = masked.topk(k_aux, dim=1)
+            aux_acts = torch.zeros_like(pre).scatter(1, aux_indices, aux_values.relu())
+            residual = (x - recon).detach()
+            scale = min(n_dead / (d_in // 2), 1.0) / 32
+            loss = loss + scale * (aux_acts @ w_dec - residual).pow(2).sum() / batch
         loss.backward()
         opt.step()
         last["loss"] = loss.item()
 
     ms = timed(warmup, reps, step)
-    print(f"sae_step d_in {d_in} d_sae {d_sae} k {k} batch {batch}: {ms:8.2f} ms {batch / ms * 1000:12.0f} tok/s   loss {last['loss']:.5g}")
+    print(f"sae_step{'_aux' if aux else ''} d_in {d_in} d_sae {d_sae} k {k} batch {batch}: {ms:8.2f} ms {batch / ms * 1000:12.0f} tok/s   loss {last['loss']:.5g}")
     result = dict(d_in=d_in, d_sae=d_sae, k=k, batch=batch, ms=ms, tok_s=batch / ms * 1000, loss=last["loss"])
     del opt, params, x
     torch.cuda.empty_cache()
@@ -180,6 +191,7 @@ def main():
     if a.sae:
         d_in, d_sae, k, batch = (int(v) for v in a.sae_shape.split(","))
         report["sae_step"] = sae_step(d_in, d_sae, k, batch, a.warmup, a.reps)
+        report["sae_step_aux"] = sae_step(d_in, d_sae, k, batch, a.warmup, a.reps, aux=True)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(report, fh, indent=1)

@@ -4,15 +4,18 @@ using System.Runtime.Loader;
 namespace Loupe.Tensors.Gpu;
 
 /// <summary>
-/// Finds the native CUDA libraries at run time: the driver (libcuda.so.1) and cuBLAS (libcublas.so.12,
-/// with libcublasLt.so.12 from the same folder), in <c>$LOUPE_CUDA_LIBS</c>, <c>$LD_LIBRARY_PATH</c>,
+/// Finds the native CUDA libraries at run time: the driver (libcuda.so.1) and cuBLAS (libcublas.so.13 or .12,
+/// with the libcublasLt of the same major version from the same folder), in <c>$LOUPE_CUDA_LIBS</c>, <c>$LD_LIBRARY_PATH</c>,
 /// the usual install folders and the folders of Python <c>nvidia-*</c> wheels.
 /// </summary>
 static class CudaLibraries
 {
     const string Driver = "libcuda.so.1";
-    const string Blas = "libcublas.so.12";
-    const string BlasLt = "libcublasLt.so.12";
+    // The entry points used (cublasSgemm_v2, cublasGemmEx, the strided-batched forms) and their enums are the same in
+    // cuBLAS 12 and 13; CUDA 13 machines ship only .so.13, CUDA 12 ones only .so.12.
+    static readonly string[] BlasMajors = ["13", "12"];
+    static string BlasFile(string major) => $"libcublas.so.{major}";
+    static string BlasLtFile(string major) => $"libcublasLt.so.{major}";
 
     static readonly object s_gate = new();
     static string? s_driverPath;
@@ -51,7 +54,11 @@ static class CudaLibraries
             list.Add(Path.Combine(cuda, "targets", "x86_64-linux", "lib"));
         }
         list.AddRange(["/usr/lib/x86_64-linux-gnu", "/usr/lib64"]);
-        foreach (var site in SitePackages()) list.Add(Path.Combine(site, "nvidia", "cublas", "lib"));
+        foreach (var site in SitePackages())
+        {
+            list.Add(Path.Combine(site, "nvidia", "cublas", "lib")); // nvidia-cublas-cu12
+            list.Add(Path.Combine(site, "nvidia", "cu13", "lib"));   // CUDA 13 wheels share one folder
+        }
         return list.Distinct().ToList();
     }
 
@@ -85,7 +92,7 @@ static class CudaLibraries
             string name = Path.GetFileName(child);
             if (name is "site-packages" or "dist-packages")
             {
-                if (Directory.Exists(Path.Combine(child, "nvidia", "cublas"))) yield return child;
+                if (Directory.Exists(Path.Combine(child, "nvidia", "cublas")) || Directory.Exists(Path.Combine(child, "nvidia", "cu13"))) yield return child;
                 continue;
             }
             if (name.StartsWith('.') && name != ".local" || name is "proc" or "sys" or "share" or "include" or "src" or "node_modules") continue;
@@ -152,16 +159,23 @@ static class CudaLibraries
     public static (nint Handle, string Path) LoadBlas(Device device)
     {
         var folders = BlasFolders();
-        string? path = FindIn(folders, Blas);
+        // Folder order first (LOUPE_CUDA_LIBS wins), then the newer major version within a folder.
+        string? path = null, major = null;
+        foreach (var folder in folders)
+        {
+            major = BlasMajors.FirstOrDefault(m => File.Exists(Path.Combine(folder, BlasFile(m))));
+            if (major is not null) { path = Path.Combine(folder, BlasFile(major)); break; }
+        }
         if (path is null)
         {
-            if (NativeLibrary.TryLoad(Blas, out var cached)) return (cached, Blas);
-            throw new InputError($"device {device}: cuBLAS not found ({Blas} not in {Looked(folders)}); install the CUDA 12 toolkit or `pip install nvidia-cublas-cu12`, or set LOUPE_CUDA_LIBS to the folder that holds it");
+            foreach (var m in BlasMajors)
+                if (NativeLibrary.TryLoad(BlasFile(m), out var cached)) return (cached, BlasFile(m));
+            throw new InputError($"device {device}: cuBLAS not found ({string.Join(" or ", BlasMajors.Select(BlasFile))} not in {Looked(folders)}); install the CUDA 12 or 13 toolkit or `pip install nvidia-cublas-cu12`, or set LOUPE_CUDA_LIBS to the folder that holds it");
         }
-        string lt = Path.Combine(Path.GetDirectoryName(path)!, BlasLt);
+        string lt = Path.Combine(Path.GetDirectoryName(path)!, BlasLtFile(major!));
         if (File.Exists(lt)) NativeLibrary.TryLoad(lt, out _);
         if (!NativeLibrary.TryLoad(path, out var handle))
-            throw new InputError($"device {device}: cuBLAS at {path} does not load (is {BlasLt} beside it?); reinstall it or set LOUPE_CUDA_LIBS");
+            throw new InputError($"device {device}: cuBLAS at {path} does not load (is {BlasLtFile(major!)} beside it?); reinstall it or set LOUPE_CUDA_LIBS");
         return (handle, path);
     }
 }

@@ -209,6 +209,7 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
     Action<KernelConfig, ArrayView<float>, ArrayView<int>, int> KArgMax => Kernel("argMax", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int>(Kernels.ArgMax));
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KTopK => Kernel("topK", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.TopK));
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KTopKRadix => Kernel("topKRadix", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.TopKRadix));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KTopKRadixLarge => Kernel("topKRadixLarge", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.TopKRadixLarge));
     Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> KScatterRows => Kernel("scatterRows", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(Kernels.ScatterRows));
     Action<KernelConfig, ArrayView<float>, ArrayView<double>, int> KSum => Kernel("sum", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<double>, int>(Kernels.SumPartials));
     Action<KernelConfig, ArrayView<float>, ArrayView<int>, int, int> KNonFinite => Kernel("nonFinite", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int, int>(Kernels.NonFinitePartials));
@@ -760,6 +761,7 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         Need(vv, (long)rows * k, nameof(values));
         Need(iv, (long)rows * k, nameof(indices));
         if (k <= Kernels.MaxRadixK) KTopKRadix(Rows(rows, n), xv, vv, iv, n, k);
+        else if (k <= Kernels.MaxRadixKLarge) KTopKRadixLarge(Rows(rows, n), xv, vv, iv, n, k);
         else KTopK(Rows(rows, n), xv, vv, iv, n, k);
     }
 

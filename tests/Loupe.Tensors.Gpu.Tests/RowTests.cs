@@ -103,13 +103,20 @@ public sealed class RowTests(EmulatedBackendFixture fixture) : DeviceTest(fixtur
             Same($"TopK k={k}", [row], [new float[k], new float[k]], (b, i, o) => b.TopKRows(i[0], 1, n, k, o[0], o[1]), 0, 0);
     }
 
-    [Fact]
-    public void TopKBeyondTheRadixLimitUsesSelectionPasses()
+    // k past the small radix buffers (256) runs the large-buffer radix select up to 4,096 (aux-k's d_in/2), then selection passes.
+    [Theory]
+    [InlineData(2, 300, 280)]      // large radix, nearly the whole row, many ties
+    [InlineData(3, 5000, 1024)]    // large radix at aux-k's size for d_in 2,048
+    [InlineData(1, 4200, 4096)]    // large radix at its limit
+    [InlineData(1, 4200, 4100)]    // selection passes
+    public void TopKBeyondTheSmallRadixLimitMatchesTheCpuBackend(int rows, int n, int k)
     {
-        var rng = new Random(8);
-        const int n = 300, k = 280;
-        var x = Enumerable.Range(0, 2 * n).Select(_ => (float)rng.Next(-20, 20)).ToArray();
-        Same("TopK k=280", [x], [new float[2 * k], new float[2 * k]], (b, i, o) => b.TopKRows(i[0], 2, n, k, o[0], o[1]), 0, 0);
+        var rng = new Random(n + k);
+        var x = Enumerable.Range(0, rows * n).Select(_ => (float)rng.Next(-20, 20)).ToArray();
+        Same($"TopK k={k}", [x], [new float[rows * k], new float[rows * k]], (b, i, o) => b.TopKRows(i[0], rows, n, k, o[0], o[1]), 0, 0);
+        // Dead-feature masking as aux-k does it: −∞ everywhere but k + 10 entries.
+        var masked = Enumerable.Range(0, rows * n).Select(i => i % n % 3 == 0 && i % n / 3 < k + 10 ? x[i] + 0.25f * (i % 7) : float.NegativeInfinity).ToArray();
+        Same($"TopK k={k} masked", [masked], [new float[rows * k], new float[rows * k]], (b, i, o) => b.TopKRows(i[0], rows, n, k, o[0], o[1]), 0, 0);
     }
 
     [Theory]

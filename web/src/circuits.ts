@@ -51,12 +51,16 @@ export function circuitsPage(ctx: PageContext): void {
     for (const a of list) select.append(el("option", { value: a.id }, `${a.kind}: ${a.name}`));
     const wanted = query().get("artifact");
     select.value = list.some(a => a.id === wanted) ? wanted! : list[0].id;
+    // Only the last artifact asked for is drawn: a slow answer for an earlier choice must not replace it.
+    let latest = 0;
     const open = (id: string) => {
       const a = list.find(x => x.id === id)!;
+      const ticket = ++latest;
       out.replaceChildren(el("p", { class: "muted" }, "Loading…"));
-      const fail = (e: Error) => out.replaceChildren(el("p", { class: "error", role: "alert" }, String(e.message ?? e)));
-      if (a.kind === "patching") api<PatchFile>(`/api/artifacts/${id}`).then(p => { out.replaceChildren(); patching(out, p); }, fail);
-      else api<CircuitView>(`/api/circuits/${id}`).then(c => { out.replaceChildren(); circuit(out, c); }, fail);
+      const render = (draw: () => void) => { if (ticket === latest) { out.replaceChildren(); draw(); } };
+      const fail = (e: Error) => render(() => out.append(el("p", { class: "error", role: "alert" }, String(e.message ?? e))));
+      if (a.kind === "patching") api<PatchFile>(`/api/artifacts/${id}`).then(p => render(() => patching(out, p)), fail);
+      else api<CircuitView>(`/api/circuits/${id}`).then(c => render(() => circuit(out, c)), fail);
     };
     select.addEventListener("change", () => { setQuery({ artifact: select.value }, true); open(select.value); });
     open(select.value);

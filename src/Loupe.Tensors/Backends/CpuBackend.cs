@@ -10,11 +10,23 @@ namespace Loupe.Tensors.Backends;
 /// </summary>
 public sealed class CpuBackend : IComputeBackend
 {
-    public static CpuBackend Instance { get; } = new();
+    public static CpuBackend Instance { get; } = new(ElementType.F32);
 
-    public string Name => Kernels.Gemm.UsesBlas ? "cpu+openblas" : "cpu+managed";
+    /// <summary>
+    /// The CPU with weight matrices rounded to bf16 or fp16 (nearest even, as a GPU backend keeps them) and computed in
+    /// fp32: what a half-precision device run owes to the format's rounding of the weights alone. Each matrix is a
+    /// rounded copy (the model's fp32 host weights stay as they are), so this costs a second copy of the matrices.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="weights"/> is neither BF16 nor F16.</exception>
+    public static CpuBackend WithRoundedWeights(ElementType weights) => weights is ElementType.BF16 or ElementType.F16
+        ? new(weights)
+        : throw new ArgumentOutOfRangeException(nameof(weights), weights, "bf16 or f16");
+
+    CpuBackend(ElementType weights) => WeightElementType = weights;
+
+    public string Name => (Kernels.Gemm.UsesBlas ? "cpu+openblas" : "cpu+managed") + (WeightElementType == ElementType.F32 ? "" : $" ({WeightElementType} weights)");
     public Device Device => Device.Cpu;
-    public ElementType WeightElementType => ElementType.F32;
+    public ElementType WeightElementType { get; }
     public TransferCounter Transfers { get; } = new();
 
     static Span<float> S(Tensor t, long offset = 0) => offset == 0 ? t.Span : t.Span[checked((int)offset)..];
@@ -27,8 +39,25 @@ public sealed class CpuBackend : IComputeBackend
 
     public Tensor ToDevice(Tensor tensor, TransferKind kind = TransferKind.Data) => tensor.ToCpu();
 
-    public Tensor LoadWeight(ReadOnlyMemory<float> values, int[] shape, ElementType keepAs = ElementType.F32) =>
-        new(MemoryMarshal.AsMemory(values), shape);
+    public Tensor LoadWeight(ReadOnlyMemory<float> values, int[] shape, ElementType keepAs = ElementType.F32)
+    {
+        if (keepAs == ElementType.F32 || WeightElementType == ElementType.F32) return new(MemoryMarshal.AsMemory(values), shape);
+        var rounded = new float[values.Length];
+        var source = values.Span;
+        if (keepAs == ElementType.BF16)
+            for (int i = 0; i < rounded.Length; i++) rounded[i] = RoundToBf16(source[i]);
+        else
+            for (int i = 0; i < rounded.Length; i++) rounded[i] = (float)(Half)source[i];
+        return new(rounded, shape);
+    }
+
+    /// <summary>fp32 rounded to the nearest bf16 (ties to even); NaN and ±∞ stay as they are.</summary>
+    public static float RoundToBf16(float f)
+    {
+        uint x = BitConverter.SingleToUInt32Bits(f);
+        if ((x & 0x7F800000u) == 0x7F800000u) return f;
+        return BitConverter.UInt32BitsToSingle(((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16) << 16);
+    }
 
     public void CopyRows(Tensor src, long srcOffset, int srcStride, Tensor dst, long dstOffset, int dstStride, int rows, int cols, bool accumulate = false)
     {
