@@ -154,7 +154,7 @@ static class CliSupport
     {
         if (Device.IsCpu) return;
         string verb = s_device.Value?.Verb is { Length: > 0 } v ? v : "this verb";
-        Status.MarkupLine($"[grey]note: '{Markup.Escape(verb)}' loads no model ({Markup.Escape(why)}); --device {Markup.Escape(Device.ToString())} changes nothing here[/]");
+        Console.Error.WriteLine($"note: '{verb}' loads no model ({why}); --device {Device} changes nothing here");
     }
 
     /// <summary>Loads a model from a folder or the hub, showing download progress and a spinner.</summary>
