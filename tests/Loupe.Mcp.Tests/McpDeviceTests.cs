@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Loupe.Mcp;
 using Loupe.Models;
+using Loupe.Tensors.Backends;
 using Loupe.Testing;
 using static Loupe.Mcp.Tests.Mcp;
 
@@ -46,8 +47,18 @@ public sealed class McpDeviceTests(McpFixture f) : IClassFixture<McpFixture>
                 ("monitor", new() { ["monitor"] = "monitors/wobble.safetensors", ["tokens"] = Tokens }),
                 ("monitor", new() { ["monitor"] = "persona.safetensors", ["tokens"] = Tokens, ["generate"] = 2 }),
             ];
+            long firstGraphWeights = 0;
             foreach (var (tool, args) in calls)
+            {
+                long before = device.Backend.Transfers.BytesToDevice(TransferKind.Weights);
                 SameJson(await Call(f.Client, tool, args), await Call(client, tool, args), tool);
+                if (tool == "attribute") firstGraphWeights = device.Backend.Transfers.BytesToDevice(TransferKind.Weights) - before;
+            }
+            // A second graph reuses the transcoders uploaded by the first: it uploads only the prompt's unembedding columns.
+            long again = device.Backend.Transfers.BytesToDevice(TransferKind.Weights);
+            await Call(client, "attribute", new() { ["tokens"] = Tokens[..3], ["top"] = 4 });
+            again = device.Backend.Transfers.BytesToDevice(TransferKind.Weights) - again;
+            Assert.True(again > 0 && again < firstGraphWeights / 4, $"the second graph uploaded {again} bytes of weights, the first {firstGraphWeights}");
         }
         finally
         {
