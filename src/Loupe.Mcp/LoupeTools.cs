@@ -22,6 +22,9 @@ namespace Loupe.Mcp;
 /// Loupe's tools for agents. Each is a thin caller of the library code the CLI verbs use. One model is loaded
 /// per server and its forward passes are not re-entrant, so calls run one at a time. Bad arguments (and damaged
 /// served files) become tool errors whose message says what was wrong; the server keeps serving.
+/// The model may live on a device (<c>loupe mcp --device</c>): every tool reads results on the host explicitly —
+/// the library calls it makes return host values (next-token tables, sweep tables, graphs, readings), and
+/// <c>cache_hook</c> asks for its hook to be copied to host memory as the pass reaches it.
 /// </summary>
 [McpServerToolType]
 public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, McpExplainer? explainer = null)
@@ -33,6 +36,9 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
     public const int MaxNewTokens = 256;
 
     readonly Lock _gate = new();
+    // The served transcoders, read on the first attribute call and kept; on a device their weights are uploaded then, once
+    // per server, and every later graph reuses them (as loupe serve does).
+    (IMlpReplacement Host, DeviceMlpReplacement? Device)? _transcoders;
     // Explaining waits on an endpoint, not the model: it has its own gate so model tools are not blocked meanwhile, and
     // two calls never write one store at once.
     readonly SemaphoreSlim _explainGate = new(1, 1);
@@ -40,13 +46,13 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
     [McpServerTool(Name = "list_artifacts", ReadOnly = true, UseStructuredContent = true), Description("The files this server was started with, by name and kind (sae, transcoders, feature_store, vector, persona_vector, concept_monitor). Other tools take these names, never paths.")]
     public IReadOnlyList<Artifact> ListArtifacts() => artifacts.All;
 
-    [McpServerTool(Name = "model_info", ReadOnly = true, UseStructuredContent = true), Description("The loaded model: architecture, sizes, and every hook point with its axes (the names cache_hook and steer take).")]
+    [McpServerTool(Name = "model_info", ReadOnly = true, UseStructuredContent = true), Description("The loaded model: architecture, sizes, every hook point with its axes (the names cache_hook and steer take), and the device and backend its passes run on.")]
     public ModelInfo ModelInfo() => Guard(() =>
     {
         var c = model.Config;
         return new ModelInfo(model.Source ?? "", c.Architecture, c.NLayers, c.DModel, c.NHeads, c.DHead, c.DMlp, c.DVocab, c.VocabOut, c.NCtx,
             model.Tokenizer is not null, model.Processing.Describe(),
-            [.. model.HookPoints.Select(h => new HookInfo(h.Name, h.Layer, h.Axes, h.Sizes))]);
+            [.. model.HookPoints.Select(h => new HookInfo(h.Name, h.Layer, h.Axes, h.Sizes))], model.Backend.Device.ToString(), model.Backend.Name);
     });
 
     [McpServerTool(Name = "run", ReadOnly = true, UseStructuredContent = true), Description("Run the model on a prompt (or token ids) and return the top-k next tokens with probabilities; optionally a greedy continuation.")]
@@ -135,8 +141,13 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
         Check.InRange(top, 1, 1000, "argument", nameof(top));
         if (maxFeatureNodes is int mf) Check.InRange(mf, 1, int.MaxValue, "argument", nameof(maxFeatureNodes));
         var ids = Input(prompt, tokens);
-        var transcoders = MlpReplacements.Load(tc.Path, model.Config.NLayers);
-        var attributor = new Attributor(model, transcoders, new AttributionSettings { MaxFeatureNodes = maxFeatureNodes });
+        if (_transcoders is null)
+        {
+            var host = MlpReplacements.Load(tc.Path, model.Config.NLayers);
+            _transcoders = (host, model.Backend.Device.IsCpu ? null : DeviceMlpReplacement.Upload(host, model.Backend));
+        }
+        var settings = new AttributionSettings { MaxFeatureNodes = maxFeatureNodes };
+        var attributor = _transcoders.Value.Device is { } uploaded ? new Attributor(model, uploaded, settings) : new Attributor(model, _transcoders.Value.Host, settings);
         var graph = attributor.Attribute(ids, prompt);
         var pruning = GraphPruning.Prune(graph);
         var scores = GraphScores.Compute(graph);

@@ -6,9 +6,10 @@ namespace Loupe.Mcp;
 /// <summary>A hook point: its name, block (−1 outside blocks), axes and the sizes the model fixes (null where the run does).</summary>
 public sealed record HookInfo(string Name, int Layer, IReadOnlyList<string> Axes, IReadOnlyList<int?> Sizes);
 
-/// <summary>What <c>model_info</c> returns.</summary>
+/// <summary>What <c>model_info</c> returns; <c>Device</c> and <c>Backend</c> say where every tool's forward passes run.</summary>
 public sealed record ModelInfo(string Source, string Architecture, int Layers, int DModel, int Heads, int DHead, int DMlp,
-    int DVocab, int DVocabOut, int NCtx, bool HasTokenizer, string WeightProcessing, IReadOnlyList<HookInfo> HookPoints);
+    int DVocab, int DVocabOut, int NCtx, bool HasTokenizer, string WeightProcessing, IReadOnlyList<HookInfo> HookPoints,
+    string Device, string Backend);
 
 /// <summary>A token with its text (null without a tokenizer) and a probability or value.</summary>
 public sealed record TokenScore(int Id, string? Text, double Value);

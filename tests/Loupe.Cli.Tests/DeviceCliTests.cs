@@ -110,7 +110,7 @@ public class DeviceCliTests
     }
 
     // Every number in a JSON document except the decomposition check (float noise on both sides), in document order.
-    static IEnumerable<double> Numbers(System.Text.Json.JsonElement e, string? name = null)
+    internal static IEnumerable<double> Numbers(System.Text.Json.JsonElement e, string? name = null)
     {
         switch (e.ValueKind)
         {
@@ -150,7 +150,7 @@ public class DeviceCliTests
         AssertRefused(RunLoupe("info", "--model", Fixture("gpt2"), "--device", "tpu"), "--device", "unknown device 'tpu'", "cuda:N");
         AssertRefused(RunLoupe("info", "--model", Fixture("gpt2"), "--device", "cuda:x"), "--device", "device index");
         // A verb whose analysis still reads activations on the host says so instead of running elsewhere.
-        AssertRefused(RunLoupe("fourier", "--model", Fixture("gpt2"), "--device", "emulated"), "--device", "'fourier' runs on the CPU only", "lens", "circuit");
+        AssertRefused(RunLoupe("weights", "full", "--model", Fixture("gpt2"), "--device", "emulated"), "--device", "'weights full' runs on the CPU only", "lens", "circuit");
     }
 
     [Fact]

@@ -54,7 +54,8 @@ public sealed class McpProcessTests
         int port = FreePort();
         using var server = Process.Start(new ProcessStartInfo(Dotnet)
         {
-            ArgumentList = { Loupe, "mcp", "--model", McpFixture.ModelDir, "--http", port.ToString(System.Globalization.CultureInfo.InvariantCulture) },
+            // On the emulated device: `loupe mcp --device` loads the model there (the tools' answers there: McpDeviceTests).
+            ArgumentList = { Loupe, "mcp", "--model", McpFixture.ModelDir, "--http", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--device", "emulated" },
             RedirectStandardError = true,
             RedirectStandardOutput = true,
             UseShellExecute = false,
@@ -74,6 +75,8 @@ public sealed class McpProcessTests
             Assert.Contains("monitor", tools.Select(t => t.Name));
             var info = await Call(client, "model_info", []);
             Assert.Equal(3, info.GetProperty("layers").GetInt32());
+            Assert.Equal("emulated", info.GetProperty("device").GetString());
+            lock (log) Assert.Contains("on emulated over streamable HTTP", log.ToString());
         }
         finally
         {

@@ -112,20 +112,49 @@ static class CliSupport
         return CpuBackend.Instance;
     }
 
+    /// <summary>The verbs that run on a device (listed when a CPU-only verb refuses <c>--device</c>).</summary>
+    const string DeviceVerbs = "run, info, cache, grad, patch, lens, heads, circuit, attribute, intervene, clt eval, sae train, sae eval, harvest, probe, " +
+        "features build, steer, persona, monitor, verbalize, introspect, serve, mcp, verify, fourier";
+
     /// <summary>
     /// The backend a verb runs on. Verbs whose analysis still reads activations on the host run on the CPU:
     /// an explicit <c>--device</c> elsewhere is refused, a <c>$LOUPE_DEVICE</c> default is noted on stderr.
     /// </summary>
     /// <exception cref="InputError">The verb cannot run on the requested device, or the device cannot be used.</exception>
-    static IComputeBackend BackendFor(bool onDevice, bool deviceForOtherWork = false)
+    static IComputeBackend BackendFor(bool onDevice, bool deviceForOtherWork = false, string? cpuOnlyReason = null)
     {
         if (onDevice || Device.IsCpu) return Backend;
         if (deviceForOtherWork) return CpuBackend.Instance; // the verb uses the device for its own work (sae train's dictionary)
-        string verb = s_device.Value?.Verb is { Length: > 0 } v ? v : "this verb";
-        if (s_device.Value is { FromOption: true })
-            throw new InputError($"argument: --device: '{verb}' runs on the CPU only so far (device verbs: run, info, cache, grad, patch, lens, circuit, attribute, intervene, clt eval, sae train, sae eval, harvest, probe, features build, steer, persona, monitor, verbalize, introspect, serve); drop --device {Device}");
-        Status.MarkupLine($"[grey]note: '{Markup.Escape(verb)}' runs on the CPU only so far; LOUPE_DEVICE={Device} is ignored here[/]");
+        RequireCpu(cpuOnlyReason);
         return CpuBackend.Instance;
+    }
+
+    /// <summary>
+    /// For a verb that computes on the host only: nothing when the device is the CPU; a refusal under an explicit
+    /// <c>--device</c>, saying why (<paramref name="reason"/>) and which verbs do run on a device; a note on stderr when only
+    /// <c>$LOUPE_DEVICE</c> asks for a GPU.
+    /// </summary>
+    /// <param name="reason">Why the verb runs on the CPU, and what runs where (a clause after "runs on the CPU only: ").</param>
+    /// <exception cref="InputError">An explicit <c>--device</c> other than cpu.</exception>
+    public static void RequireCpu(string? reason = null)
+    {
+        if (Device.IsCpu) return;
+        string verb = s_device.Value?.Verb is { Length: > 0 } v ? v : "this verb";
+        string why = reason is null ? "runs on the CPU only so far" : $"runs on the CPU only: {reason}";
+        if (s_device.Value is { FromOption: true })
+            throw new InputError($"argument: --device: '{verb}' {why} (device verbs: {DeviceVerbs}); drop --device {Device}");
+        Status.MarkupLine($"[grey]note: '{Markup.Escape(verb)}' {Markup.Escape(why)}; LOUPE_DEVICE={Device} is ignored here[/]");
+    }
+
+    /// <summary>
+    /// For a verb that loads no model: a note on stderr when a device other than the CPU is chosen, saying that nothing
+    /// here runs on it (<paramref name="why"/>: what the verb computes instead, and which verb ran the model).
+    /// </summary>
+    public static void NoModelOnDevice(string why)
+    {
+        if (Device.IsCpu) return;
+        string verb = s_device.Value?.Verb is { Length: > 0 } v ? v : "this verb";
+        Console.Error.WriteLine($"note: '{verb}' loads no model ({why}); --device {Device} changes nothing here");
     }
 
     /// <summary>Loads a model from a folder or the hub, showing download progress and a spinner.</summary>
@@ -133,7 +162,8 @@ static class CliSupport
     /// <param name="onDevice">Whether the verb reads results explicitly (ToCpu) and so may run on a GPU; others run on the CPU.</param>
     /// <exception cref="InputError">The path is a file, or neither an existing folder nor a valid hub id.</exception>
     /// <param name="deviceForOtherWork">The model runs on the CPU but the verb itself uses the device (no refusal, no note).</param>
-    public static HookedTransformer LoadModel(string model, bool onDevice = false, bool deviceForOtherWork = false)
+    /// <param name="cpuOnlyReason">For a CPU-only verb: why it runs there, said in the refusal of an explicit <c>--device</c> (see <see cref="RequireCpu"/>).</param>
+    public static HookedTransformer LoadModel(string model, bool onDevice = false, bool deviceForOtherWork = false, string? cpuOnlyReason = null)
     {
         // "minilm-nuget": the real all-MiniLM-L6-v2 in the NuGet package Loupe restores, written once into Loupe's cache.
         if (model == MiniLmPackage.ModelName && !Directory.Exists(model))
@@ -146,10 +176,10 @@ static class CliSupport
         s_modelsLoaded.Value++;
         if (Directory.Exists(model))
         {
-            var backend = BackendFor(onDevice, deviceForOtherWork);
+            var backend = BackendFor(onDevice, deviceForOtherWork, cpuOnlyReason);
             return Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model, backend, Processing));
         }
-        var hubBackend = BackendFor(onDevice, deviceForOtherWork);
+        var hubBackend = BackendFor(onDevice, deviceForOtherWork, cpuOnlyReason);
         HookedTransformer? loaded = null;
         Status.Progress().AutoClear(true).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new DownloadedColumn(), new TransferSpeedColumn())
             .Start(ctx =>

@@ -70,7 +70,11 @@ static class CltCommand
                 "l1" => CltPenalty.L1,
                 var other => throw InputError.Expected("argument", "--penalty", "tanh or l1", other),
             };
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            // CltTrainer has no device path (unlike SaeTrainer): its forward, backward and Adam run on host tensors, and the
+            // activations it trains on are gathered into host memory; a device trainer would be a new trainer, not a switch.
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, cpuOnlyReason:
+                "cross-layer transcoders train on the host (CltTrainer has no device path yet; the model's activations are gathered into host memory for it); " +
+                "'sae train' trains per-layer transcoders on a device, and 'clt eval' evaluates a CLT there");
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",

@@ -48,6 +48,7 @@ static class ExplainCommand
         };
         command.SetAction((parse, cancellationToken) => Task.FromResult(CliSupport.Guard(() =>
         {
+            CliSupport.NoModelOnDevice("it reads examples and promoted tokens from the feature store, which 'features build' computed on its device, and asks the endpoint");
             string storePath = Path.GetFullPath(parse.GetValue(store)!);
             var scorerList = parse.GetValue(scorers)!.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
                 .Where(s => s != "none").Distinct().ToList();

@@ -23,7 +23,7 @@ static class FourierCommand
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string? folder = parse.GetValue(output) is string o ? CliSupport.OutputFolder(o) : null;
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true); // the p² forward passes run there; their logits and hooks are read back (ToCpu) for the Fourier analysis
             int modulus = parse.GetValue(p);
             double? keyShare = parse.GetValue(share);
             if (keyShare is double ks && !(ks > 0 && ks <= 1)) throw InputError.Expected("argument", "--key-share", "a share in (0, 1]", ks);

@@ -21,7 +21,8 @@ static class McpCommand
         var command = new Command("mcp",
             "Serve Loupe's tools over the Model Context Protocol (stdio by default; --http for streamable HTTP on 127.0.0.1):\n" +
             "list_artifacts, model_info, run, cache_hook, patch, attribute, feature_lookup, steer, monitor, explain_feature. Tools read only the\n" +
-            "files named here, by name; a client never passes a path. Logs go to stderr. See docs/mcp.md for client configuration.\n\n" +
+            "files named here, by name; a client never passes a path. With --device the model and every tool's passes run on that device\n" +
+            "(as loupe serve). Logs go to stderr. See docs/mcp.md for client configuration.\n\n" +
             "Examples:\n" +
             "  loupe mcp --model ../shared/models/stories260K --sae sae-l2 --artifacts monitors\n" +
             "  loupe mcp --model gpt2 --transcoders tc/ --http 8777\n" +
@@ -52,11 +53,11 @@ static class McpCommand
                 }
                 explainer = new McpExplainer(endpoint);
             }
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true); // as `loupe serve --device`: every tool reads its results back explicitly
             var tools = LoupeMcpServer.Tools(m, served, explainer);
             if (port is null)
             {
-                Console.Error.WriteLine($"loupe mcp: serving {m.Source} over stdio ({served.All.Count} artifacts)");
+                Console.Error.WriteLine($"loupe mcp: serving {m.Source} on {m.Backend.Device} over stdio ({served.All.Count} artifacts)");
                 LoupeMcpServer.RunStdioAsync(tools).GetAwaiter().GetResult();
                 return 0;
             }
@@ -69,7 +70,7 @@ static class McpCommand
             {
                 throw new InputError($"argument: --http: cannot listen on 127.0.0.1:{port}: {e.Message}");
             }
-            Console.Error.WriteLine($"loupe mcp: serving {m.Source} over streamable HTTP at {string.Join(", ", app.Urls)} ({served.All.Count} artifacts); Ctrl+C stops");
+            Console.Error.WriteLine($"loupe mcp: serving {m.Source} on {m.Backend.Device} over streamable HTTP at {string.Join(", ", app.Urls)} ({served.All.Count} artifacts); Ctrl+C stops");
             app.WaitForShutdownAsync().GetAwaiter().GetResult();
             app.DisposeAsync().AsTask().GetAwaiter().GetResult();
             return 0;

@@ -22,6 +22,8 @@ static class ToyCommand
         { steps, seed, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
+            // Toy models of a few dozen weights and a tiny SAE: nothing here would gain from a device.
+            CliSupport.RequireCpu("it trains toy models of a few dozen weights (in double precision) and a 20-feature SAE on their 5-dimensional activations, on the host; it loads no model");
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
             int n = CliSupport.Int(parse, steps, 100, 1_000_000), s = parse.GetValue(seed);
             string F(double v) => v.ToString("0.###", CultureInfo.InvariantCulture);

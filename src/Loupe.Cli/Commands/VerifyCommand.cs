@@ -24,8 +24,10 @@ static class VerifyCommand
             "Certify a model on this machine: (a) invariants of its own run (residual bookkeeping per block, attention rows sum to 1, pattern·v = z, " +
             "greedy generation with the KV cache = full-sequence argmax); (b) the fast path against a float64 reference path over the same weights; " +
             "(c) gradients against finite differences at resid_pre of the first, middle and last block; (d) with --reference, every tensor of a " +
-            "Hugging Face reference file. Prints a table, writes verify.json with --out; exit code 1 when a check fails.\n\n" +
-            "Examples:\n  loupe verify --model ../shared/models/stories260K\n  loupe verify --model gpt2 --reference gpt2-ref.safetensors --out verify/")
+            "Hugging Face reference file. With --device the model's run is on that device and the checks certify its numbers. " +
+            "Prints a table, writes verify.json with --out; exit code 1 when a check fails.\n\n" +
+            "Examples:\n  loupe verify --model ../shared/models/stories260K\n  loupe verify --model gpt2 --reference gpt2-ref.safetensors --out verify/\n" +
+            "  loupe verify --model gpt2 --reference gpt2-ref.safetensors --device cuda")
         { model, reference, prompts, length, seed, tolerance, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
@@ -41,7 +43,8 @@ static class VerifyCommand
                 ReferencePath = refPath,
             };
             var report = ModelVerifier.Run(m, options, new Progress<string>(s => Console.Error.WriteLine(s)));
-            Console.WriteLine($"{report.Model} ({report.Architecture}) on {report.Device}, {report.Prompts.Length} prompt(s) of {report.Prompts[0].Length} tokens");
+            // The device and backend that computed the checked numbers (on a GPU, verify certifies the GPU's run).
+            Console.WriteLine($"{report.Model} ({report.Architecture}) on {report.Device} ({report.Backend}, matrix weights in {report.WeightType}), {report.Prompts.Length} prompt(s) of {report.Prompts[0].Length} tokens");
             foreach (var group in report.Checks.GroupBy(c => c.Group))
             {
                 int failed = group.Count(c => !c.Passed);

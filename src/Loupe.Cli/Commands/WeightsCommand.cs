@@ -7,6 +7,11 @@ namespace Loupe.Cli.Commands;
 /// <summary><c>loupe weights</c>: circuit analysis from the weights alone (no forward pass on text).</summary>
 static class WeightsCommand
 {
+    // Why under an explicit --device: these are products of the weight matrices themselves, computed once on the host from
+    // the memory-mapped weights; there is no forward pass for a device to run.
+    const string CpuOnly = "it analyses the weight matrices themselves (products of W_E, W_Q, W_K, W_V, W_O, W_U, computed on the host " +
+        "from the memory-mapped weights) and runs no forward pass";
+
     public static Command Create()
     {
         var command = new Command("weights",
@@ -36,7 +41,7 @@ static class WeightsCommand
         { model, layer, head, token, tokens, fold, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!);
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, cpuOnlyReason: CpuOnly);
             var embedding = FullCircuits.Embedding(m) ?? throw new InputError($"argument: --model: {m.Source} holds no token embedding (wte, embed_tokens, embed_in or W_E of [d_vocab, d_model]); full circuits need it");
             if (m.Config.VocabOut != m.Config.DVocab) throw new InputError($"argument: --model: d_vocab {m.Config.DVocab} ≠ d_vocab_out {m.Config.VocabOut}; the full OV circuit needs one vocabulary");
             var weights = AttentionWeights.FromModel(m);
@@ -109,13 +114,17 @@ static class WeightsCommand
             double[]? copying = null;
             if (AttentionWeights.IsModelFolder(m) || !(File.Exists(m) || Directory.Exists(m)))
             {
-                using var loaded = CliSupport.LoadModel(m);
+                using var loaded = CliSupport.LoadModel(m, cpuOnlyReason: CpuOnly);
                 weights = AttentionWeights.FromModel(loaded);
                 copying = CliSupport.Status.Status().Start("OV copying scores", _ => OvCopying.Compute(loaded, weights));
             }
             else if (!CliSupport.Processing.IsNone)
                 throw new InputError($"argument: --process: '{m}' is a partial checkpoint read without loading a model; weight processing needs a model folder Loupe can load");
-            else weights = CliSupport.Status.Status().Start($"Reading {m}", _ => AttentionWeights.FromGpt2Checkpoint(m));
+            else
+            {
+                CliSupport.RequireCpu(CpuOnly); // no model is loaded here, so LoadModel's check does not run
+                weights = CliSupport.Status.Status().Start($"Reading {m}", _ => AttentionWeights.FromGpt2Checkpoint(m));
+            }
             var report = CliSupport.Status.Status().Start("Scoring", _ => CompositionReport.Build(weights, minScore, partnerCount, positionCount, copying));
 
             Console.WriteLine($"{weights.Source}: {weights.NLayers} layers × {weights.NHeads} heads, d_model {weights.DModel}, d_head {weights.DHead}; " +

@@ -43,10 +43,12 @@ public sealed record VerifyOptions
 /// <summary>A model's certificate: every check, and whether all passed.</summary>
 /// <param name="Model">Where the model came from.</param>
 /// <param name="Architecture">Its family.</param>
-/// <param name="Device">The backend it ran on.</param>
+/// <param name="Device">The device it ran on (cpu, cuda:0, emulated): every checked number of the model's own run was computed there.</param>
+/// <param name="Backend">The backend that computed them, as it names itself (e.g. its GPU's name).</param>
+/// <param name="WeightType">The element type its matrix weights were kept in (F32, or BF16/F16 on a GPU).</param>
 /// <param name="Prompts">The token ids checked.</param>
 /// <param name="Checks">Every check, in order.</param>
-public sealed record VerifyReport(string Model, string Architecture, string Device, int[][] Prompts, IReadOnlyList<VerifyCheck> Checks)
+public sealed record VerifyReport(string Model, string Architecture, string Device, string Backend, string WeightType, int[][] Prompts, IReadOnlyList<VerifyCheck> Checks)
 {
     /// <summary>Whether every check passed.</summary>
     public bool Passed => Checks.All(c => c.Passed);
@@ -57,6 +59,8 @@ public sealed record VerifyReport(string Model, string Architecture, string Devi
         ["model"] = Model,
         ["architecture"] = Architecture,
         ["device"] = Device,
+        ["backend"] = Backend,
+        ["weight_type"] = WeightType,
         ["passed"] = Passed,
         ["prompts"] = new JsonArray([.. Prompts.Select(p => (JsonNode)new JsonArray([.. p.Select(t => (JsonNode)t)]))]),
         ["checks"] = new JsonArray([.. Checks.Select(c => (JsonNode)new JsonObject
@@ -77,6 +81,8 @@ public sealed record VerifyReport(string Model, string Architecture, string Devi
 /// differences of the float64 path;
 /// (d) with a reference file, every tensor in it against the fast path (Hugging Face's outputs, written by
 /// <c>tools/make_reference.py</c> in the layout of ../shared/fixtures/reference).
+/// The fast path runs on the model's backend — on a GPU the checks certify the GPU's numbers: the cached activations,
+/// logits and gradients are read back explicitly (<c>ToCpu</c>) and compared on the host, where the float64 path runs.
 /// </summary>
 public static class ModelVerifier
 {
@@ -135,6 +141,7 @@ public static class ModelVerifier
         }
         finally { reference?.Dispose(); }
         return new VerifyReport(model.Source ?? cfg.SourcePath ?? "(in memory)", cfg.Architecture, model.Backend.Device.ToString(),
+            model.Backend.Name, model.Backend.WeightElementType.ToString(),
             [.. Enumerable.Range(0, tokens.Batch).Select(b => tokens.Ids.AsSpan(b * tokens.Length, tokens.Length).ToArray())], checks);
     }
 
