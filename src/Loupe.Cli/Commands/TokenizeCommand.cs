@@ -20,10 +20,11 @@ static class TokenizeCommand
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string path = parse.GetValue(model)!;
+            CliSupport.NoModelOnDevice("it only reads the tokenizer");
             // A folder with only tokenizer files (no weights) is enough to tokenize.
             ITokenizer tokenizer = Directory.Exists(path) && !File.Exists(Path.Combine(path, "config.json"))
                 ? TokenizerLoader.FromFolder(path)
-                : CliSupport.LoadModel(path).Tokenizer ?? throw new InputError($"argument: --model: the model at {path} has no tokenizer (tokenizer.json or vocab.json + merges.txt)");
+                : CliSupport.LoadModel(path, deviceForOtherWork: true).Tokenizer ?? throw new InputError($"argument: --model: the model at {path} has no tokenizer (tokenizer.json or vocab.json + merges.txt)");
             var ids = tokenizer.Encode(parse.GetValue(text)!, addSpecialTokens: !parse.GetValue(noSpecial));
             Console.WriteLine("[" + string.Join(", ", ids) + "]");
             return 0;

@@ -115,5 +115,10 @@ public class VerbsOnDeviceCliTests
         var explain = RunLoupe("explain", "--store", Path.Combine(dir, "absent.db"), "--endpoint", "http://127.0.0.1:9/v1", "--model", "m", "--device", "emulated");
         Assert.Contains("'explain' loads no model", explain.Err);
         Assert.Contains("features build", explain.Err);
+
+        // tokenize reads only the tokenizer: the same ids on any device, with the note.
+        var tokenized = RunLoupe("tokenize", "--model", Gpt2, "--text", "Hello world", "--device", "emulated");
+        Assert.Equal(RunLoupe("tokenize", "--model", Gpt2, "--text", "Hello world").Out, tokenized.Out);
+        Assert.Contains("'tokenize' loads no model", tokenized.Err);
     }
 }
