@@ -72,20 +72,37 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         switch (device.Kind)
         {
             case DeviceKind.Emulated:
-            {
-                // Two warps of two threads, one multiprocessor: ILGPU's default CPU device runs 16 threads per group,
-                // each an OS thread spin-waiting at every barrier, which on a 2-core CI machine made a row kernel cost
-                // hundreds of milliseconds (11 M sched_yield calls in one verb). Four threads per group still run
-                // every reduction tree and barrier path with more than one thread (GroupSizeTests).
-                var context = Context.Create(b => b.CPU(new ILGPU.Runtime.CPU.CPUDevice(2, 2, 1)).EnableAlgorithms());
-                try { return new GpuBackend(device, weightType, context, context.CreateCPUAccelerator(0), null); }
-                catch { context.Dispose(); throw; }
-            }
+                return CreateEmulated(device, weightType, DefaultEmulatedThreadsPerGroup);
             case DeviceKind.Cuda:
                 return CreateCuda(device, weightType);
             default:
                 throw new ArgumentException($"the GPU backend does not run on {device}; use CpuBackend.Instance", nameof(device));
         }
+    }
+
+    /// <summary>
+    /// Threads per group on the emulated device by default. ILGPU's CPU accelerator runs every thread of a group as an
+    /// OS thread that spin-waits at each barrier; with its default 16 (and even 4) a 2-core CI machine spent most of a
+    /// device test in barrier hand-offs (a 60-token generation of stories260K: 8.0 s with 4 threads, 3.0 s with 2; the
+    /// persona sweep of the CLI suite 45 s → 15 s). Two threads still run every reduction and barrier with more than one
+    /// thread; the kernel conformance suite runs with more (<see cref="CreateEmulated(ElementType, int)"/>'s argument).
+    /// </summary>
+    public const int DefaultEmulatedThreadsPerGroup = 2;
+
+    /// <summary>A backend on the emulated device (ILGPU's CPU accelerator) with <paramref name="threadsPerGroup"/> threads per group.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="threadsPerGroup"/> is not a power of two in [2, <see cref="Kernels.MaxGroup"/>].</exception>
+    public static GpuBackend CreateEmulated(ElementType weightType = ElementType.F32, int threadsPerGroup = DefaultEmulatedThreadsPerGroup) =>
+        CreateEmulated(new Device(DeviceKind.Emulated), weightType, threadsPerGroup);
+
+    static GpuBackend CreateEmulated(Device device, ElementType weightType, int threadsPerGroup)
+    {
+        if (threadsPerGroup < 2 || threadsPerGroup > Kernels.MaxGroup || !System.Numerics.BitOperations.IsPow2(threadsPerGroup))
+            throw new ArgumentOutOfRangeException(nameof(threadsPerGroup), threadsPerGroup, $"a power of two from 2 to {Kernels.MaxGroup}");
+        // One multiprocessor (groups run one after another), warps of two threads.
+        var cpu = new ILGPU.Runtime.CPU.CPUDevice(2, threadsPerGroup / 2, 1);
+        var context = Context.Create(b => b.CPU(cpu).EnableAlgorithms());
+        try { return new GpuBackend(device, weightType, context, context.CreateCPUAccelerator(0), null); }
+        catch { context.Dispose(); throw; }
     }
 
     static GpuBackend CreateCuda(Device device, ElementType weightType)

@@ -14,7 +14,7 @@ public sealed class EmulatedBackendConformance(EmulatedBackendFixture fixture) :
 [Collection(EmulatedCollection.Name)]
 public sealed class EmulatedBf16BackendConformance : BackendConformance, IDisposable
 {
-    readonly GpuBackend _backend = GpuBackend.Create(new Device(DeviceKind.Emulated), ElementType.BF16);
+    readonly GpuBackend _backend = GpuBackend.CreateEmulated(ElementType.BF16, threadsPerGroup: 4);
     protected override IComputeBackend Backend => _backend;
     public void Dispose() => _backend.Dispose();
 }

@@ -143,4 +143,15 @@ public sealed class GroupSizeTests(EmulatedBackendFixture fixture) : DeviceTest(
     [Fact]
     public void RowKernelsRunWithSeveralThreadsPerGroup() =>
         Assert.True(Gpu.GroupSize >= 4, $"the emulated device runs row kernels with {Gpu.GroupSize} threads per group: the reductions would go untested");
+
+    [Fact]
+    public void TheDefaultEmulatedDeviceRunsTwoThreadsPerGroupAndOddSizesAreRefused()
+    {
+        using (var fast = GpuBackend.Create(new Device(DeviceKind.Emulated)))
+            Assert.Equal(GpuBackend.DefaultEmulatedThreadsPerGroup, fast.GroupSize);
+        using (var eight = GpuBackend.CreateEmulated(threadsPerGroup: 8))
+            Assert.Equal(8, eight.GroupSize);
+        foreach (int bad in new[] { 0, 1, 3, 6, 1024 })
+            Assert.Throws<ArgumentOutOfRangeException>(() => GpuBackend.CreateEmulated(threadsPerGroup: bad));
+    }
 }

@@ -6,7 +6,9 @@ namespace Loupe.Tensors.Gpu.Tests;
 /// <summary>One emulated backend for every test class: an ILGPU context and its compiled kernels are costly.</summary>
 public sealed class EmulatedBackendFixture : IDisposable
 {
-    public GpuBackend Backend { get; } = GpuBackend.Create(new Device(DeviceKind.Emulated));
+    // Kernel conformance runs with 4 threads per group (the emulated default is 2, for speed elsewhere): reductions and
+    // scans get two levels.
+    public GpuBackend Backend { get; } = GpuBackend.CreateEmulated(threadsPerGroup: 4);
     public void Dispose() => Backend.Dispose();
 }
 
