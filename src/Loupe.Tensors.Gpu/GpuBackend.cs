@@ -980,6 +980,39 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         if (rows > 0) KRowDots(Rows(rows, cols), av, bv, yv, cols, accumulate ? 1 : 0);
     }
 
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int> KSparseRowsTimes => Kernel("sparseRowsTimes",
+        a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(Kernels.SparseRowsTimes));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int> KRowDotsAt => Kernel("rowDotsAt",
+        a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(Kernels.RowDotsAt));
+
+    public void SparseRowsTimes(Tensor values, Tensor indices, int rows, int k, Tensor w, int n, int d, Tensor? bias, Tensor y)
+    {
+        var vv = In(values);
+        var iv = In(indices);
+        var wv = In(w);
+        var bv = bias is null ? Dummy : In(bias);
+        var yv = Out(y);
+        Need(vv, (long)rows * k, nameof(values));
+        Need(iv, (long)rows * k, nameof(indices));
+        Need(wv, (long)n * d, nameof(w));
+        if (bias is not null) Need(bv, d, nameof(bias));
+        Need(yv, (long)rows * d, nameof(y));
+        if ((long)rows * d > 0) KSparseRowsTimes(Rows(rows, d), vv, iv, wv, bv, yv, k, n, d, bias is null ? 0 : 1);
+    }
+
+    public void RowDotsAt(Tensor a, int rows, int d, Tensor w, int n, Tensor indices, int k, Tensor y)
+    {
+        var av = In(a);
+        var wv = In(w);
+        var iv = In(indices);
+        var yv = Out(y);
+        Need(av, (long)rows * d, nameof(a));
+        Need(wv, (long)n * d, nameof(w));
+        Need(iv, (long)rows * k, nameof(indices));
+        Need(yv, (long)rows * k, nameof(y));
+        if ((long)rows * k > 0) KRowDotsAt(Rows(rows, d), av, wv, iv, yv, d, n, k);
+    }
+
     public void ScaleRows(Tensor x, int rows, int cols, Tensor scale, Tensor y)
     {
         var xv = In(x);

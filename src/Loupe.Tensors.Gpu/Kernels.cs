@@ -769,6 +769,76 @@ static class Kernels
         if (t == 0) y[r] = accumulate != 0 ? (float)(y[r] + sum) : (float)sum;
     }
 
+    /// <summary>
+    /// One group per row: <c>y[r, :] = bias + Σ_j values[r, j]·w[indices[r, j], :]</c>. The row's entries go through
+    /// shared memory <see cref="MaxGroup"/> at a time; each thread owns the columns t, t + step, … of y, so a w row is read
+    /// coalesced and each y element is summed by one thread in j order (no atomics: the same bits every run).
+    /// </summary>
+    public static void SparseRowsTimes(ArrayView<float> values, ArrayView<float> indices, ArrayView<float> w, ArrayView<float> bias,
+        ArrayView<float> y, int k, int n, int d, int hasBias)
+    {
+        var sv = SharedMemory.Allocate<float>(MaxGroup);
+        var si = SharedMemory.Allocate<int>(MaxGroup);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)r * d, ok = (long)r * k;
+        if (k == 0)
+            for (int c = t; c < d; c += step) y[o + c] = hasBias != 0 ? bias[c] : 0f;
+        for (int j0 = 0; j0 < k; j0 += MaxGroup)
+        {
+            int count = XMath.Min(MaxGroup, k - j0);
+            for (int j = t; j < count; j += step)
+            {
+                float c = indices[ok + j0 + j];
+                si[j] = c >= 0f && c < n ? (int)c : -1;
+                sv[j] = values[ok + j0 + j];
+            }
+            Group.Barrier();
+            for (int c = t; c < d; c += step)
+            {
+                float acc = j0 > 0 ? y[o + c] : hasBias != 0 ? bias[c] : 0f;
+                for (int j = 0; j < count; j++)
+                {
+                    int i = si[j];
+                    if (i >= 0) acc += sv[j] * w[(long)i * d + c];
+                }
+                y[o + c] = acc;
+            }
+            Group.Barrier(); // the next chunk overwrites the shared entries
+        }
+    }
+
+    /// <summary>
+    /// One group per row: <c>y[r, j] = a[r, :]·w[indices[r, j], :]</c> (0 for an index outside <c>[0, n)</c>), each dot a
+    /// strided partial per thread (coalesced reads of the w row) summed in double by the group's tree.
+    /// </summary>
+    public static void RowDotsAt(ArrayView<float> a, ArrayView<float> w, ArrayView<float> indices, ArrayView<float> y, int d, int n, int k)
+    {
+        var shared = SharedMemory.Allocate<double>(MaxGroup);
+        var si = SharedMemory.Allocate<int>(MaxGroup);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)r * d, ok = (long)r * k;
+        for (int j0 = 0; j0 < k; j0 += MaxGroup)
+        {
+            int count = XMath.Min(MaxGroup, k - j0);
+            for (int j = t; j < count; j += step)
+            {
+                float c = indices[ok + j0 + j];
+                si[j] = c >= 0f && c < n ? (int)c : -1;
+            }
+            Group.Barrier();
+            for (int j = 0; j < count; j++)
+            {
+                int i = si[j];
+                double sum = 0;
+                if (i >= 0)
+                    for (int c = t; c < d; c += step) sum += (double)a[o + c] * w[(long)i * d + c];
+                sum = GroupSumDouble(sum, shared); // every thread takes part, whatever the index
+                if (t == 0) y[ok + j0 + j] = (float)sum;
+            }
+            Group.Barrier();
+        }
+    }
+
     public static void ScaleRows(Index1D i, ArrayView<float> x, ArrayView<float> scale, ArrayView<float> y, int cols) =>
         y[i] = x[i] * scale[i / cols];
 
