@@ -809,6 +809,31 @@ public abstract class BackendConformance
             for (int i = 0; i < indices.Length; i += 3) Assert.Equal(0f, Down(dots)[i]);
     }
 
+    [Theory]
+    [InlineData(1, 1, 1, 1, false, false)]
+    [InlineData(7, 33, 300, 5, true, false)]
+    [InlineData(130, 11, 17, 3, true, true)]    // more rows than the GPU's 64 chunks: two rows a chunk
+    [InlineData(2, 2, 9, 300, true, true)]      // repeats within a row; a column's list longer than a shared chunk of 256
+    [InlineData(5, 64, 33, 0, false, true)]
+    [InlineData(0, 8, 5, 3, false, false)]
+    public void SparseRowsTransposeTimes(int rows, int n, int d, int k, bool outOfRange, bool accumulate)
+    {
+        var rng = new Random(90 + rows * n + d * k);
+        var values = Rand(rng, rows * k);
+        var indices = SparseIndices(rng, rows, n, k, outOfRange);
+        var a = Rand(rng, rows * d);
+        var y0 = accumulate ? Rand(rng, n * d) : Filled(n * d, float.NaN); // written when not accumulating, stale NaN and all
+        var expected = accumulate ? D(y0) : new double[n * d];
+        R.SparseRowsTransposeTimes(D(values), D(indices), rows, k, D(a), n, d, expected, accumulate);
+        var y = Up((float[])y0.Clone(), n, d); // the CPU backend wraps the array: each run gets its own
+        Backend.SparseRowsTransposeTimes(Up(values, rows, k), Up(indices, rows, k), rows, k, Up(a, rows, d), n, d, y, accumulate);
+        var got = Down(y);
+        Near(expected, got, 1e-6 * (rows * k / Math.Max(n, 1) + 2), 1e-5, $"SparseRowsTransposeTimes (accumulate {accumulate})");
+        var again = Up((float[])y0.Clone(), n, d);
+        Backend.SparseRowsTransposeTimes(Up(values, rows, k), Up(indices, rows, k), rows, k, Up(a, rows, d), n, d, again, accumulate);
+        Assert.Equal(got, Down(again)); // a fixed order of sums: the same bits every run
+    }
+
     [Fact]
     public void SparseRowsTimesAfterTopKIsTheDenseProduct()
     {
@@ -840,6 +865,12 @@ public abstract class BackendConformance
         for (int r = 0; r < rows; r++)
             for (int j = 0; j < k; j++) expected[r * k + j] = fullHost[r * n + (int)ix[r * k + j]];
         Near(expected, Down(at), 1e-5, 1e-5, "RowDotsAt against the kept entries of a·wᵀ");
+        // and the weight gradient: denseᵀ·a
+        var dw = Backend.Empty(n, d);
+        Backend.Gemm(true, false, n, d, rows, 1f, dense, 0, n, Up(a, rows, d), 0, d, 0f, dw, 0, d);
+        var sparseDw = Backend.Empty(n, d);
+        Backend.SparseRowsTransposeTimes(values, indices, rows, k, Up(a, rows, d), n, d, sparseDw);
+        Near(D(Down(dw)), Down(sparseDw), 1e-5, 1e-5, "SparseRowsTransposeTimes against the dense product");
     }
 
     [Fact]

@@ -18,7 +18,9 @@
 //   6. backward through the decoder, the activation (JumpReLU: and its log-threshold, straight-through) and the encoder.
 //      TopK: dActs is needed only at the k kept entries (the others have no gradient), so it is k dots per row
 //      (RowDotsAt: dRecon·W_dec[idx]ᵀ), masked by ReLU′ of the kept values and scattered into dPre; the other
-//      activations take the dense dRecon·W_decᵀ [B, n]. W_dec's gradient actsᵀ·dRecon stays a dense (deterministic) GEMM.
+//      activations take the dense dRecon·W_decᵀ [B, n]. TopK's W_dec gradient actsᵀ·dRecon is sparse too
+//      (SparseRowsTransposeTimes: the kept entries transposed into per-feature lists without atomics, each feature's rows
+//      summed in batch order, so it is deterministic); the others take a dense GEMM.
 //   7. read the metric vector back: the one copy out (the trainer stops here when the loss is not finite)
 //   8. update: project W_dec row gradients (unit-norm decoders), clip the global gradient norm, Adam,
 //      renormalise W_dec rows, commit the dead-feature counters
@@ -303,7 +305,8 @@ internal sealed class DeviceSaeTraining
         // 6. backward: d recon = 2·err / B
         var dRecon = _err;
         b.Scale(_err, 2f / batch, dRecon);
-        b.Gemm(true, false, n, dOut, batch, 1f, _acts, 0, n, dRecon, 0, dOut, decoderGradWritten ? 1f : 0f, _wDec.Grad, 0, dOut);
+        if (_topK) b.SparseRowsTransposeTimes(_kept!, _indices!, batch, _k, dRecon, n, dOut, _wDec.Grad, accumulate: decoderGradWritten);
+        else b.Gemm(true, false, n, dOut, batch, 1f, _acts, 0, n, dRecon, 0, dOut, decoderGradWritten ? 1f : 0f, _wDec.Grad, 0, dOut);
         b.SumMiddleAxis(dRecon, 1, batch, dOut, _bDec.Grad);
         if (_wSkip is not null) b.Gemm(true, false, dIn, dOut, batch, 1f, x, 0, dIn, dRecon, 0, dOut, 0f, _wSkip.Grad, 0, dOut);
         if (_topK)

@@ -547,6 +547,24 @@ public sealed class CpuBackend : IComputeBackend
         }
     }
 
+    public void SparseRowsTransposeTimes(Tensor values, Tensor indices, int rows, int k, Tensor a, int n, int d, Tensor y, bool accumulate = false)
+    {
+        var vs = values.Span[..checked(rows * k)];
+        var ix = indices.Span[..checked(rows * k)];
+        var av = a.Span[..checked(rows * d)];
+        var yv = y.Span[..checked(n * d)];
+        if (!accumulate) yv.Clear();
+        // rows, then entries, in order: each y row gets its terms in (r, j) order, as on the GPU
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < k; j++)
+            {
+                float c = ix[r * k + j];
+                if (!(c >= 0 && c < n)) continue;
+                var yr = yv.Slice((int)c * d, d);
+                TensorPrimitives.MultiplyAdd(av.Slice(r * d, d), vs[r * k + j], yr, yr);
+            }
+    }
+
     public void ScaleRows(Tensor x, int rows, int cols, Tensor scale, Tensor y)
     {
         var xv = x.Span[..checked(rows * cols)];

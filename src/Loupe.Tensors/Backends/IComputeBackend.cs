@@ -239,6 +239,15 @@ public interface IComputeBackend
     /// </summary>
     void RowDotsAt(Tensor a, int rows, int d, Tensor w, int n, Tensor indices, int k, Tensor y);
 
+    /// <summary>
+    /// The transpose of <see cref="SparseRowsTimes"/>'s sparse rows times a: <c>y[i, :] (+)= Σ values[r, j]·a[r, :]</c> over the
+    /// entries with <c>indices[r, j] = i</c>, for y <c>[n, d]</c> (written, or added to with <paramref name="accumulate"/>),
+    /// a <c>[rows, d]</c>, values and indices <c>[rows, k]</c> (whole floats; outside <c>[0, n)</c> or NaN skipped; repeats
+    /// allowed). Each row of y is summed in (r, j) order: the result does not depend on scheduling. The gradient of
+    /// <see cref="SparseRowsTimes"/> to w (a TopK decoder's gradient: k·d per row of a instead of n·d).
+    /// </summary>
+    void SparseRowsTransposeTimes(Tensor values, Tensor indices, int rows, int k, Tensor a, int n, int d, Tensor y, bool accumulate = false);
+
     /// <summary><c>y[r, c] = x[r, c]·scale[r]</c> for x <c>[rows, cols]</c> and scale <c>[rows]</c> (y may be x). One row: a scalar held on the device.</summary>
     void ScaleRows(Tensor x, int rows, int cols, Tensor scale, Tensor y);
 

@@ -46,6 +46,23 @@ public static partial class ReferenceKernels
             }
     }
 
+    /// <summary>
+    /// <see cref="Backends.IComputeBackend.SparseRowsTransposeTimes"/>: <c>y[i, :] (+)= Σ values[r, j]·a[r, :]</c> over the
+    /// entries with <c>indices[r, j] = i</c>, an index outside <c>[0, n)</c> skipped.
+    /// </summary>
+    public static void SparseRowsTransposeTimes(ReadOnlySpan<double> values, ReadOnlySpan<double> indices, int rows, int k,
+        ReadOnlySpan<double> a, int n, int d, Span<double> y, bool accumulate)
+    {
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < d; c++)
+            {
+                double sum = accumulate ? y[i * d + c] : 0;
+                for (int e = 0; e < rows * k; e++)
+                    if (indices[e] == i) sum += values[e] * a[e / k * d + c];
+                y[i * d + c] = sum;
+            }
+    }
+
     /// <summary><see cref="Backends.IComputeBackend.ScaleRows"/>: <c>y[r, c] = x[r, c]·scale[r]</c>.</summary>
     public static void ScaleRows(ReadOnlySpan<double> x, int rows, int cols, ReadOnlySpan<double> scale, Span<double> y)
     {
