@@ -87,7 +87,7 @@ static class DeviceInterventions
             if (sources.Length == 0 && here.Length == 0) continue;
             options.AddHook(r.OutputHook(target), (y, ctx) =>
             {
-                var output = Copy(be, y);
+                var output = y.Clone(); // a device copy: the hook's input stays as the model made it
                 foreach (var l in sources)
                 {
                     var s = deltas[l];
@@ -106,18 +106,10 @@ static class DeviceInterventions
         if (embed.Length > 0)
             options.AddHook(HookNames.Embed, (y, ctx) =>
             {
-                var output = Copy(be, y);
+                var output = y.Clone();
                 AddVectors(be, output, embed, ctx.PositionOffset, dModel);
                 return output;
             });
-    }
-
-    static Tensor Copy(IComputeBackend be, Tensor y)
-    {
-        var copy = be.Empty(y.Shape.ToArray());
-        int length = y.Length;
-        be.CopyRows(y, 0, length, copy, 0, length, 1, length);
-        return copy;
     }
 
     static void AddVectors(IComputeBackend be, Tensor output, (string Hook, int Position, Tensor Vector)[] vectors, int offset, int d)

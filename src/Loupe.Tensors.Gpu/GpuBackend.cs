@@ -73,7 +73,11 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         {
             case DeviceKind.Emulated:
             {
-                var context = Context.Create(b => b.CPU().EnableAlgorithms());
+                // Two warps of two threads, one multiprocessor: ILGPU's default CPU device runs 16 threads per group,
+                // each an OS thread spin-waiting at every barrier, which on a 2-core CI machine made a row kernel cost
+                // hundreds of milliseconds (11 M sched_yield calls in one verb). Four threads per group still run
+                // every reduction tree and barrier path with more than one thread (GroupSizeTests).
+                var context = Context.Create(b => b.CPU(new ILGPU.Runtime.CPU.CPUDevice(2, 2, 1)).EnableAlgorithms());
                 try { return new GpuBackend(device, weightType, context, context.CreateCPUAccelerator(0), null); }
                 catch { context.Dispose(); throw; }
             }
