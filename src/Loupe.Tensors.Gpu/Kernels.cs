@@ -770,6 +770,25 @@ static class Kernels
     }
 
     /// <summary>
+    /// For the columns c = t, t + step, … this thread owns: <c>y[o + c] = start + Σ_{q &lt; count} scale[q]·src[row[q], c]</c>
+    /// in q order, a negative row skipped; start is 0 (<paramref name="from"/> 0), <c>init[c]</c> (1) or <c>y[o + c]</c> (2).
+    /// </summary>
+    static void AddScaledRows(ArrayView<int> row, ArrayView<float> scale, int count, ArrayView<float> src, int d,
+        ArrayView<float> y, long o, int from, ArrayView<float> init)
+    {
+        for (int c = Group.IdxX; c < d; c += Group.DimX)
+        {
+            float acc = from == 2 ? y[o + c] : from == 1 ? init[c] : 0f;
+            for (int q = 0; q < count; q++)
+            {
+                int i = row[q];
+                if (i >= 0) acc += scale[q] * src[(long)i * d + c];
+            }
+            y[o + c] = acc;
+        }
+    }
+
+    /// <summary>
     /// One group per row: <c>y[r, :] = bias + Σ_j values[r, j]·w[indices[r, j], :]</c>. The row's entries go through
     /// shared memory <see cref="MaxGroup"/> at a time; each thread owns the columns t, t + step, … of y, so a w row is read
     /// coalesced and each y element is summed by one thread in j order (no atomics: the same bits every run).
@@ -793,16 +812,7 @@ static class Kernels
                 sv[j] = values[ok + j0 + j];
             }
             Group.Barrier();
-            for (int c = t; c < d; c += step)
-            {
-                float acc = j0 > 0 ? y[o + c] : hasBias != 0 ? bias[c] : 0f;
-                for (int j = 0; j < count; j++)
-                {
-                    int i = si[j];
-                    if (i >= 0) acc += sv[j] * w[(long)i * d + c];
-                }
-                y[o + c] = acc;
-            }
+            AddScaledRows(si, sv, count, w, d, y, o, j0 > 0 ? 2 : hasBias, bias);
             Group.Barrier(); // the next chunk overwrites the shared entries
         }
     }
@@ -965,12 +975,7 @@ static class Kernels
                 sv[q] = values[e];
             }
             Group.Barrier();
-            for (int c = t; c < d; c += step)
-            {
-                float acc = p0 > lo || accumulate != 0 ? y[o + c] : 0f;
-                for (int q = 0; q < count; q++) acc += sv[q] * a[(long)sr[q] * d + c];
-                y[o + c] = acc;
-            }
+            AddScaledRows(sr, sv, count, a, d, y, o, p0 > lo || accumulate != 0 ? 2 : 0, y);
             Group.Barrier();
         }
     }
