@@ -171,7 +171,7 @@ if (opts.Sae is { } sae)
             Console.WriteLine($"  one step through the op timer: {total:F1} ms, {ops.Sum(o => o.Ms):F1} ms in backend calls (each between two syncs)");
             foreach (var (op, calls, opMs) in ops.Take(14))
             {
-                Console.WriteLine($"  {op,-22} {calls,4}× {opMs,9:F2} ms");
+                Console.WriteLine($"  {op,-26} {calls,4}× {opMs,9:F2} ms");
                 profile.Add(new() { ["op"] = op, ["calls"] = calls, ["ms"] = opMs });
             }
         }

@@ -1001,6 +1001,85 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         if (rows > 0) KRowDots(Rows(rows, cols), av, bv, yv, cols, accumulate ? 1 : 0);
     }
 
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int> KSparseRowsTimes => Kernel("sparseRowsTimes",
+        a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(Kernels.SparseRowsTimes));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int> KRowDotsAt => Kernel("rowDotsAt",
+        a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(Kernels.RowDotsAt));
+
+    public void SparseRowsTimes(Tensor values, Tensor indices, int rows, int k, Tensor w, int n, int d, Tensor? bias, Tensor y)
+    {
+        var vv = In(values);
+        var iv = In(indices);
+        var wv = In(w);
+        var bv = bias is null ? Dummy : In(bias);
+        var yv = Out(y);
+        Need(vv, (long)rows * k, nameof(values));
+        Need(iv, (long)rows * k, nameof(indices));
+        Need(wv, (long)n * d, nameof(w));
+        if (bias is not null) Need(bv, d, nameof(bias));
+        Need(yv, (long)rows * d, nameof(y));
+        if ((long)rows * d > 0) KSparseRowsTimes(Rows(rows, d), vv, iv, wv, bv, yv, k, n, d, bias is null ? 0 : 1);
+    }
+
+    public void RowDotsAt(Tensor a, int rows, int d, Tensor w, int n, Tensor indices, int k, Tensor y)
+    {
+        var av = In(a);
+        var wv = In(w);
+        var iv = In(indices);
+        var yv = Out(y);
+        Need(av, (long)rows * d, nameof(a));
+        Need(wv, (long)n * d, nameof(w));
+        Need(iv, (long)rows * k, nameof(indices));
+        Need(yv, (long)rows * k, nameof(y));
+        if ((long)rows * k > 0) KRowDotsAt(Rows(rows, d), av, wv, iv, yv, d, n, k);
+    }
+
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, int, int, int, int> KSparseTransposeCount => Kernel("sparseTransposeCount",
+        a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int, int, int, int>(Kernels.SparseTransposeCount));
+    Action<Index1D, ArrayView<int>, ArrayView<int>, int, int> KSparseTransposeChunkOffsets => Kernel("sparseTransposeChunkOffsets",
+        a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<int>, ArrayView<int>, int, int>(Kernels.SparseTransposeChunkOffsets));
+    Action<KernelConfig, ArrayView<int>, ArrayView<int>, int> KExclusiveScan => Kernel("exclusiveScan",
+        a => a.LoadStreamKernel<ArrayView<int>, ArrayView<int>, int>(Kernels.ExclusiveScan));
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, int> KSparseTransposePlace => Kernel("sparseTransposePlace",
+        a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, int>(Kernels.SparseTransposePlace));
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int> KSparseTransposeTimes => Kernel("sparseTransposeTimes",
+        a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int>(Kernels.SparseTransposeTimes));
+
+    /// <summary>Row chunks of <see cref="SparseRowsTransposeTimes"/>'s transpose: each is one group walking its rows in order; more chunks, more counters (chunks·n).</summary>
+    const int TransposeChunks = 64;
+
+    public void SparseRowsTransposeTimes(Tensor values, Tensor indices, int rows, int k, Tensor a, int n, int d, Tensor y, bool accumulate = false)
+    {
+        var vv = In(values);
+        var iv = In(indices);
+        var av = In(a);
+        var yv = Out(y);
+        long entries = (long)rows * k;
+        Need(vv, entries, nameof(values));
+        Need(iv, entries, nameof(indices));
+        Need(av, (long)rows * d, nameof(a));
+        Need(yv, (long)n * d, nameof(y));
+        if (entries > int.MaxValue) throw new ArgumentException($"SparseRowsTransposeTimes on {entries} entries: at most {int.MaxValue}", nameof(values));
+        if ((long)n * d == 0) return;
+        if (entries == 0)
+        {
+            if (!accumulate) KFill((int)((long)n * d), yv.SubView(0, (long)n * d), 0f);
+            return;
+        }
+        int chunk = (rows + TransposeChunks - 1) / TransposeChunks, groups = (rows + chunk - 1) / chunk;
+        using var ints = _pool.Rent(((long)groups * n + n + n + 1 + entries) * 4);
+        var cnt = ints.View<int>(0, (long)groups * n);
+        var total = ints.View<int>((long)groups * n, n);
+        var start = ints.View<int>((long)groups * n + n, n + 1);
+        var order = ints.View<int>((long)groups * n + 2L * n + 1, entries);
+        var chunks = new KernelConfig(groups, _group); // the whole group zeroes the chunk's n counters
+        KSparseTransposeCount(chunks, iv, cnt, rows, k, n, chunk);
+        KSparseTransposeChunkOffsets(n, cnt, total, n, groups);
+        KExclusiveScan(new KernelConfig(1, _group), total, start, n);
+        KSparseTransposePlace(chunks, iv, cnt, start, order, rows, k, n, chunk);
+        KSparseTransposeTimes(Rows(n, d), vv, order, start, av, yv, k, d, accumulate ? 1 : 0);
+    }
+
     public void ScaleRows(Tensor x, int rows, int cols, Tensor scale, Tensor y)
     {
         var xv = In(x);

@@ -769,6 +769,217 @@ static class Kernels
         if (t == 0) y[r] = accumulate != 0 ? (float)(y[r] + sum) : (float)sum;
     }
 
+    /// <summary>
+    /// For the columns c = t, t + step, … this thread owns: <c>y[o + c] = start + Σ_{q &lt; count} scale[q]·src[row[q], c]</c>
+    /// in q order, a negative row skipped; start is 0 (<paramref name="from"/> 0), <c>init[c]</c> (1) or <c>y[o + c]</c> (2).
+    /// </summary>
+    static void AddScaledRows(ArrayView<int> row, ArrayView<float> scale, int count, ArrayView<float> src, int d,
+        ArrayView<float> y, long o, int from, ArrayView<float> init)
+    {
+        for (int c = Group.IdxX; c < d; c += Group.DimX)
+        {
+            float acc = from == 2 ? y[o + c] : from == 1 ? init[c] : 0f;
+            for (int q = 0; q < count; q++)
+            {
+                int i = row[q];
+                if (i >= 0) acc += scale[q] * src[(long)i * d + c];
+            }
+            y[o + c] = acc;
+        }
+    }
+
+    /// <summary>
+    /// One group per row: <c>y[r, :] = bias + Σ_j values[r, j]·w[indices[r, j], :]</c>. The row's entries go through
+    /// shared memory <see cref="MaxGroup"/> at a time; each thread owns the columns t, t + step, … of y, so a w row is read
+    /// coalesced and each y element is summed by one thread in j order (no atomics: the same bits every run).
+    /// </summary>
+    public static void SparseRowsTimes(ArrayView<float> values, ArrayView<float> indices, ArrayView<float> w, ArrayView<float> bias,
+        ArrayView<float> y, int k, int n, int d, int hasBias)
+    {
+        var sv = SharedMemory.Allocate<float>(MaxGroup);
+        var si = SharedMemory.Allocate<int>(MaxGroup);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)r * d, ok = (long)r * k;
+        if (k == 0)
+            for (int c = t; c < d; c += step) y[o + c] = hasBias != 0 ? bias[c] : 0f;
+        for (int j0 = 0; j0 < k; j0 += MaxGroup)
+        {
+            int count = XMath.Min(MaxGroup, k - j0);
+            for (int j = t; j < count; j += step)
+            {
+                float c = indices[ok + j0 + j];
+                si[j] = c >= 0f && c < n ? (int)c : -1;
+                sv[j] = values[ok + j0 + j];
+            }
+            Group.Barrier();
+            AddScaledRows(si, sv, count, w, d, y, o, j0 > 0 ? 2 : hasBias, bias);
+            Group.Barrier(); // the next chunk overwrites the shared entries
+        }
+    }
+
+    /// <summary>
+    /// One group per row: <c>y[r, j] = a[r, :]·w[indices[r, j], :]</c> (0 for an index outside <c>[0, n)</c>), each dot a
+    /// strided partial per thread (coalesced reads of the w row) summed in double by the group's tree.
+    /// </summary>
+    public static void RowDotsAt(ArrayView<float> a, ArrayView<float> w, ArrayView<float> indices, ArrayView<float> y, int d, int n, int k)
+    {
+        var shared = SharedMemory.Allocate<double>(MaxGroup);
+        var si = SharedMemory.Allocate<int>(MaxGroup);
+        int r = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)r * d, ok = (long)r * k;
+        for (int j0 = 0; j0 < k; j0 += MaxGroup)
+        {
+            int count = XMath.Min(MaxGroup, k - j0);
+            for (int j = t; j < count; j += step)
+            {
+                float c = indices[ok + j0 + j];
+                si[j] = c >= 0f && c < n ? (int)c : -1;
+            }
+            Group.Barrier();
+            for (int j = 0; j < count; j++)
+            {
+                int i = si[j];
+                double sum = 0;
+                if (i >= 0)
+                    for (int c = t; c < d; c += step) sum += (double)a[o + c] * w[(long)i * d + c];
+                sum = GroupSumDouble(sum, shared); // every thread takes part, whatever the index
+                if (t == 0) y[ok + j0 + j] = (float)sum;
+            }
+            Group.Barrier();
+        }
+    }
+
+    // ---- SparseRowsTransposeTimes: a deterministic transpose of the (r, j) entries into per-column lists, then one group
+    // per column summing its list in (r, j) order. Rows are split into chunks; a group walks its chunk's rows in order
+    // (a barrier between rows) so that no two threads touch a counter at once and no atomics are needed.
+
+    static int Column(float c, int n) => c >= 0f && c < n ? (int)c : -1;
+
+    // entries of row `ro` before entry j (from = 0, to = j) or after it (from = j + 1, to = k) with column i
+    static int Repeats(ArrayView<float> indices, long ro, int from, int to, int i, int n)
+    {
+        int count = 0;
+        for (int q = from; q < to; q++) if (Column(indices[ro + q], n) == i) count++;
+        return count;
+    }
+
+    /// <summary>Pass 1, one group per chunk of rows: <c>cnt[g, i]</c> = the chunk's entries with column i.</summary>
+    public static void SparseTransposeCount(ArrayView<float> indices, ArrayView<int> cnt, int rows, int k, int n, int chunk)
+    {
+        int g = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)g * n;
+        for (int i = t; i < n; i += step) cnt[o + i] = 0;
+        Group.Barrier();
+        int end = XMath.Min(rows, (g + 1) * chunk);
+        for (int r = g * chunk; r < end; r++)
+        {
+            long ro = (long)r * k;
+            for (int j = t; j < k; j += step)
+            {
+                int i = Column(indices[ro + j], n);
+                // a column repeated within the row is counted once, by its first entry
+                if (i >= 0 && Repeats(indices, ro, 0, j, i, n) == 0) cnt[o + i] += 1 + Repeats(indices, ro, j + 1, k, i, n);
+            }
+            Group.Barrier();
+        }
+    }
+
+    /// <summary>Pass 2, per column i: <c>cnt[g, i]</c> becomes the entries of column i in the chunks before g; <c>total[i]</c> all of them.</summary>
+    public static void SparseTransposeChunkOffsets(Index1D i, ArrayView<int> cnt, ArrayView<int> total, int n, int groups)
+    {
+        int run = 0;
+        for (int g = 0; g < groups; g++)
+        {
+            long p = (long)g * n + i;
+            int c = cnt[p];
+            cnt[p] = run;
+            run += c;
+        }
+        total[i] = run;
+    }
+
+    /// <summary>Pass 3, one group: <c>start[i] = Σ_{i' &lt; i} total[i']</c> for i ≤ n (an exclusive scan).</summary>
+    public static void ExclusiveScan(ArrayView<int> total, ArrayView<int> start, int n)
+    {
+        var shared = SharedMemory.Allocate<int>(MaxGroup);
+        int t = Group.IdxX, step = Group.DimX;
+        int per = (n + step - 1) / step, lo = XMath.Min(n, t * per), hi = XMath.Min(n, lo + per);
+        int sum = 0;
+        for (int i = lo; i < hi; i++) sum += total[i];
+        shared[t] = sum;
+        Group.Barrier();
+        if (t == 0)
+        {
+            int run = 0;
+            for (int u = 0; u < step; u++)
+            {
+                int v = shared[u];
+                shared[u] = run;
+                run += v;
+            }
+            start[n] = run;
+        }
+        Group.Barrier();
+        int at = shared[t];
+        for (int i = lo; i < hi; i++)
+        {
+            start[i] = at;
+            at += total[i];
+        }
+    }
+
+    /// <summary>Pass 4, one group per chunk: each entry's id <c>r·k + j</c> into its column's list, in (r, j) order.</summary>
+    public static void SparseTransposePlace(ArrayView<float> indices, ArrayView<int> cnt, ArrayView<int> start, ArrayView<int> order, int rows, int k, int n, int chunk)
+    {
+        int g = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        long o = (long)g * n;
+        int end = XMath.Min(rows, (g + 1) * chunk);
+        for (int r = g * chunk; r < end; r++)
+        {
+            long ro = (long)r * k;
+            for (int j = t; j < k; j += step)
+            {
+                int i = Column(indices[ro + j], n);
+                if (i >= 0) order[start[i] + cnt[o + i] + Repeats(indices, ro, 0, j, i, n)] = (int)(ro + j);
+            }
+            Group.Barrier(); // every entry of the row has read its column's counter
+            for (int j = t; j < k; j += step)
+            {
+                int i = Column(indices[ro + j], n);
+                if (i >= 0 && Repeats(indices, ro, 0, j, i, n) == 0) cnt[o + i] += 1 + Repeats(indices, ro, j + 1, k, i, n);
+            }
+            Group.Barrier();
+        }
+    }
+
+    /// <summary>
+    /// Pass 5, one group per column i: <c>y[i, :] (+)= Σ values[e]·a[e / k, :]</c> over the column's list in order, each
+    /// thread owning the columns t, t + step, … of y; the list's entries go through shared memory <see cref="MaxGroup"/> at a time.
+    /// </summary>
+    public static void SparseTransposeTimes(ArrayView<float> values, ArrayView<int> order, ArrayView<int> start, ArrayView<float> a, ArrayView<float> y, int k, int d, int accumulate)
+    {
+        var sr = SharedMemory.Allocate<int>(MaxGroup);
+        var sv = SharedMemory.Allocate<float>(MaxGroup);
+        int i = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
+        int lo = start[i], hi = start[i + 1];
+        long o = (long)i * d;
+        if (lo == hi && accumulate == 0)
+            for (int c = t; c < d; c += step) y[o + c] = 0f;
+        for (int p0 = lo; p0 < hi; p0 += MaxGroup)
+        {
+            int count = XMath.Min(MaxGroup, hi - p0);
+            for (int q = t; q < count; q += step)
+            {
+                int e = order[p0 + q];
+                sr[q] = e / k;
+                sv[q] = values[e];
+            }
+            Group.Barrier();
+            AddScaledRows(sr, sv, count, a, d, y, o, p0 > lo || accumulate != 0 ? 2 : 0, y);
+            Group.Barrier();
+        }
+    }
+
     public static void ScaleRows(Index1D i, ArrayView<float> x, ArrayView<float> scale, ArrayView<float> y, int cols) =>
         y[i] = x[i] * scale[i / cols];
 

@@ -760,6 +760,119 @@ public abstract class BackendConformance
         Near(expectedScaled, Down(inPlace), 0, 1e-7, "ScaleRows in place");
     }
 
+    // indices as TopKRows writes them, with some outside [0, n) (skipped) when asked; k above n repeats columns
+    static float[] SparseIndices(Random rng, int rows, int n, int k, bool outOfRange)
+    {
+        var ix = new float[rows * k];
+        for (int i = 0; i < ix.Length; i++) ix[i] = rng.Next(n);
+        if (outOfRange && ix.Length > 0)
+        {
+            float[] bad = [-1f, n, float.NaN, 1e9f, -0.5f * n - 3];
+            for (int i = 0; i < ix.Length; i += 3) ix[i] = bad[i / 3 % bad.Length];
+        }
+        return ix;
+    }
+
+    [Theory]
+    [InlineData(1, 1, 1, 1, false)]
+    [InlineData(7, 33, 300, 5, true)]
+    [InlineData(3, 130, 17, 1, true)]
+    [InlineData(2, 40, 9, 300, true)]   // k beyond the GPU's shared chunk of 256 entries
+    [InlineData(5, 64, 33, 0, false)]
+    [InlineData(0, 8, 5, 3, false)]
+    public void SparseRowsTimesAndRowDotsAt(int rows, int n, int d, int k, bool outOfRange)
+    {
+        var rng = new Random(70 + rows * n + d * k);
+        var values = Rand(rng, rows * k);
+        var indices = SparseIndices(rng, rows, n, k, outOfRange);
+        var w = Rand(rng, n * d);
+        var bias = Rand(rng, d);
+        var a = Rand(rng, rows * d);
+        foreach (bool withBias in new[] { true, false })
+        {
+            var expected = new double[rows * d];
+            R.SparseRowsTimes(D(values), D(indices), rows, k, D(w), n, d, withBias ? D(bias) : [], expected);
+            var y = Up(Filled(rows * d, float.NaN), rows, d); // every element written
+            Backend.SparseRowsTimes(Up(values, rows, k), Up(indices, rows, k), rows, k, Up(w, n, d), n, d, withBias ? Up(bias) : null, y);
+            var got = Down(y);
+            Near(expected, got, 1e-6 * (k + 1), 1e-5, $"SparseRowsTimes (bias {withBias})");
+            var again = Up(Filled(rows * d, float.NaN), rows, d);
+            Backend.SparseRowsTimes(Up(values, rows, k), Up(indices, rows, k), rows, k, Up(w, n, d), n, d, withBias ? Up(bias) : null, again);
+            Assert.Equal(got, Down(again)); // a fixed order of sums: the same bits every run
+        }
+        var expectedDots = new double[rows * k];
+        R.RowDotsAt(D(a), rows, d, D(w), n, D(indices), k, expectedDots);
+        var dots = Up(Filled(rows * k, float.NaN), rows, k);
+        Backend.RowDotsAt(Up(a, rows, d), rows, d, Up(w, n, d), n, Up(indices, rows, k), k, dots);
+        Near(expectedDots, Down(dots), 1e-6 * d, 1e-5, "RowDotsAt");
+        if (outOfRange)
+            for (int i = 0; i < indices.Length; i += 3) Assert.Equal(0f, Down(dots)[i]);
+    }
+
+    [Theory]
+    [InlineData(1, 1, 1, 1, false, false)]
+    [InlineData(7, 33, 300, 5, true, false)]
+    [InlineData(130, 11, 17, 3, true, true)]    // more rows than the GPU's 64 chunks: two rows a chunk
+    [InlineData(2, 2, 9, 300, true, true)]      // repeats within a row; a column's list longer than a shared chunk of 256
+    [InlineData(5, 64, 33, 0, false, true)]
+    [InlineData(0, 8, 5, 3, false, false)]
+    public void SparseRowsTransposeTimes(int rows, int n, int d, int k, bool outOfRange, bool accumulate)
+    {
+        var rng = new Random(90 + rows * n + d * k);
+        var values = Rand(rng, rows * k);
+        var indices = SparseIndices(rng, rows, n, k, outOfRange);
+        var a = Rand(rng, rows * d);
+        var y0 = accumulate ? Rand(rng, n * d) : Filled(n * d, float.NaN); // written when not accumulating, stale NaN and all
+        var expected = accumulate ? D(y0) : new double[n * d];
+        R.SparseRowsTransposeTimes(D(values), D(indices), rows, k, D(a), n, d, expected, accumulate);
+        var y = Up((float[])y0.Clone(), n, d); // the CPU backend wraps the array: each run gets its own
+        Backend.SparseRowsTransposeTimes(Up(values, rows, k), Up(indices, rows, k), rows, k, Up(a, rows, d), n, d, y, accumulate);
+        var got = Down(y);
+        Near(expected, got, 1e-6 * (rows * k / Math.Max(n, 1) + 2), 1e-5, $"SparseRowsTransposeTimes (accumulate {accumulate})");
+        var again = Up((float[])y0.Clone(), n, d);
+        Backend.SparseRowsTransposeTimes(Up(values, rows, k), Up(indices, rows, k), rows, k, Up(a, rows, d), n, d, again, accumulate);
+        Assert.Equal(got, Down(again)); // a fixed order of sums: the same bits every run
+    }
+
+    [Fact]
+    public void SparseRowsTimesAfterTopKIsTheDenseProduct()
+    {
+        const int rows = 6, n = 50, d = 13, k = 4;
+        var rng = new Random(77);
+        var pre = Rand(rng, rows * n);
+        var w = Rand(rng, n * d);
+        var bias = Rand(rng, d);
+        var values = Backend.Empty(rows, k);
+        var indices = Backend.Empty(rows, k);
+        var dense = Backend.Empty(rows, n);
+        Backend.TopKRows(Up(pre, rows, n), rows, n, k, values, indices);
+        Backend.ScatterRows(values, indices, rows, k, n, dense);
+        var denseOut = Backend.Empty(rows, d);
+        var wt = Up(w, n, d);
+        Backend.Linear(dense, rows, n, wt, false, d, Up(bias), denseOut);
+        var sparseOut = Backend.Empty(rows, d);
+        Backend.SparseRowsTimes(values, indices, rows, k, wt, n, d, Up(bias), sparseOut);
+        Near(D(Down(denseOut)), Down(sparseOut), 1e-5, 1e-5, "SparseRowsTimes against Linear of the scattered rows");
+        // and the gradient side: a·wᵀ at the kept columns
+        var a = Rand(rng, rows * d);
+        var full = Backend.Empty(rows, n);
+        Backend.Gemm(false, true, rows, n, d, 1f, Up(a, rows, d), 0, d, wt, 0, d, 0f, full, 0, n);
+        var at = Backend.Empty(rows, k);
+        Backend.RowDotsAt(Up(a, rows, d), rows, d, wt, n, indices, k, at);
+        var fullHost = Down(full);
+        var ix = Down(indices);
+        var expected = new double[rows * k];
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < k; j++) expected[r * k + j] = fullHost[r * n + (int)ix[r * k + j]];
+        Near(expected, Down(at), 1e-5, 1e-5, "RowDotsAt against the kept entries of a·wᵀ");
+        // and the weight gradient: denseᵀ·a
+        var dw = Backend.Empty(n, d);
+        Backend.Gemm(true, false, n, d, rows, 1f, dense, 0, n, Up(a, rows, d), 0, d, 0f, dw, 0, d);
+        var sparseDw = Backend.Empty(n, d);
+        Backend.SparseRowsTransposeTimes(values, indices, rows, k, Up(a, rows, d), n, d, sparseDw);
+        Near(D(Down(dw)), Down(sparseDw), 1e-5, 1e-5, "SparseRowsTransposeTimes against the dense product");
+    }
+
     [Fact]
     public void ReconstructionRowStatsGiveCosinesAndNormRatios()
     {

@@ -8,13 +8,19 @@
 //   2. forward: x_in = x − b_dec;  pre = x_in·W_enc + b_enc [B, n];  acts = f(pre) [B, n]
 //      (TopK: top-k, ReLU, scatter; BatchTopK: the batch·k largest of the whole batch, ReLU'd, and the smallest kept
 //      value for the inference threshold; JumpReLU: pre·1[pre > exp(log θ)]; standard: ReLU);  err = acts·W_dec + b_dec (+ x·W_skip) − target [B, d_out]
+//      (TopK: acts·W_dec from the k kept values and their indices, SparseRowsTimes: k·d_out per row, not n·d_out)
 //   3. metrics into a device vector: Σ err², Σ_i colsum(acts)_i·‖W_dec[i]‖, nonzero count, Σ (target − mean)²,
 //      dead features after this step, Σ aux diff²
 //   4. sparsity (standard): L1 = λ/B Σ acts·‖W_dec[i]‖ with its gradients into dActs and dW_dec;
 //      (JumpReLU) L0 = λ/B #{acts > 0}, whose only gradient is the threshold's (step 6)
 //   5. aux-k (TopK, BatchTopK, when the previous step left dead features): z_aux = ReLU'd top-k_aux of pre among dead features,
 //      ê = z_aux·W_dec, L_aux = c·min(n_dead/k_aux, 1)·Σ (ê + err)² / B; gradients into dW_dec and dPre
-//   6. backward through the decoder, the activation (JumpReLU: and its log-threshold, straight-through) and the encoder
+//   6. backward through the decoder, the activation (JumpReLU: and its log-threshold, straight-through) and the encoder.
+//      TopK: dActs is needed only at the k kept entries (the others have no gradient), so it is k dots per row
+//      (RowDotsAt: dRecon·W_dec[idx]ᵀ), masked by ReLU′ of the kept values and scattered into dPre; the other
+//      activations take the dense dRecon·W_decᵀ [B, n]. TopK's W_dec gradient actsᵀ·dRecon is sparse too
+//      (SparseRowsTransposeTimes: the kept entries transposed into per-feature lists without atomics, each feature's rows
+//      summed in batch order, so it is deterministic); the others take a dense GEMM.
 //   7. read the metric vector back: the one copy out (the trainer stops here when the loss is not finite)
 //   8. update: project W_dec row gradients (unit-norm decoders), clip the global gradient norm, Adam,
 //      renormalise W_dec rows, commit the dead-feature counters
@@ -49,10 +55,10 @@ internal sealed class DeviceSaeTraining
     Tensor _deadBias, _deadBiasNext;       // [n] 0 for dead features, −∞ for live ones
     readonly Tensor _metrics;              // [Slots]: Σ err², L1 (JumpReLU: L0 count), nonzeros, Σ centred², dead, Σ aux², smallest kept (BatchTopK)
     readonly Tensor _negBDec;              // [d_in]
-    readonly Tensor _pre, _acts, _dPre;    // [B, n]; _pre becomes dActs once the aux loss has read it
+    readonly Tensor _pre, _acts, _dPre;    // [B, n]; _pre becomes dActs once the aux loss has read it (not TopK's)
     readonly Tensor _err, _scratch;        // [B, d_out] each
     readonly Tensor? _xIn;                 // [B, d_in] when b_dec is subtracted from the input
-    readonly Tensor? _values, _indices, _kept; // [B, k] TopK
+    readonly Tensor? _values, _indices, _kept; // [B, k] TopK; _values becomes dActs at the kept entries in the backward
     readonly Tensor _colSum, _norms, _inv; // [n]
     readonly Tensor _rowSums;              // [max(B, n, d_in)]
     readonly Tensor _colMean;              // [d_out]
@@ -232,7 +238,8 @@ internal sealed class DeviceSaeTraining
             b.Activation("relu", _pre, _acts);
             b.CountAbove(_acts, 0f, _metrics[2]);
         }
-        b.Linear(_acts, batch, n, _wDec.Value, false, dOut, _bDec.Value, _err);
+        if (_topK) b.SparseRowsTimes(_kept!, _indices!, batch, _k, _wDec.Value, n, dOut, _bDec.Value, _err);
+        else b.Linear(_acts, batch, n, _wDec.Value, false, dOut, _bDec.Value, _err);
         if (_wSkip is not null) b.Gemm(false, false, batch, dOut, dIn, 1f, x, 0, dIn, _wSkip.Value, 0, dOut, 1f, _err, 0, dOut);
         var negTarget = _scratch;
         b.Scale(target, -1f, negTarget);
@@ -298,20 +305,34 @@ internal sealed class DeviceSaeTraining
         // 6. backward: d recon = 2·err / B
         var dRecon = _err;
         b.Scale(_err, 2f / batch, dRecon);
-        b.Gemm(true, false, n, dOut, batch, 1f, _acts, 0, n, dRecon, 0, dOut, decoderGradWritten ? 1f : 0f, _wDec.Grad, 0, dOut);
+        if (_topK) b.SparseRowsTransposeTimes(_kept!, _indices!, batch, _k, dRecon, n, dOut, _wDec.Grad, accumulate: decoderGradWritten);
+        else b.Gemm(true, false, n, dOut, batch, 1f, _acts, 0, n, dRecon, 0, dOut, decoderGradWritten ? 1f : 0f, _wDec.Grad, 0, dOut);
         b.SumMiddleAxis(dRecon, 1, batch, dOut, _bDec.Grad);
         if (_wSkip is not null) b.Gemm(true, false, dIn, dOut, batch, 1f, x, 0, dIn, dRecon, 0, dOut, 0f, _wSkip.Grad, 0, dOut);
-        // JumpReLU's threshold gradient reads pre after dActs exists: dActs goes elsewhere (it has no aux loss to need _zAux)
-        var dActs = _kind == Kind.JumpRelu ? (_zAux ??= b.Empty(batch, n)) : _pre;
-        b.Gemm(false, true, batch, n, dOut, 1f, dRecon, 0, dOut, _wDec.Value, 0, dOut, dActsWritten ? 1f : 0f, dActs, 0, n);
-        if (_kind == Kind.JumpRelu)
-            b.JumpReluThresholdGrad(_pre, dActs, batch, n, _logThreshold!.Value, _bandwidth, sparsityCoefficient / batch, _logThreshold.Grad);
-        if (aux)
+        if (_topK)
         {
-            b.ActivationBackward("relu", _acts, dActs, _zAux!);
-            b.Add(_dPre, _zAux!, _dPre);
+            // dActs at the kept entries only (_values is free since the forward's ReLU): dv[r, j] = dRecon[r]·W_dec[idx[r, j]]
+            var dv = _values!;
+            b.RowDotsAt(dRecon, batch, dOut, _wDec.Value, n, _indices!, _k, dv);
+            b.ActivationBackward("relu", _kept!, dv, dv);
+            // the scatter zeroes the rest of the row; with aux-k, _zAux (read by the aux gradients above) is free
+            b.ScatterRows(dv, _indices!, batch, _k, n, aux ? _zAux! : _dPre);
+            if (aux) b.Add(_dPre, _zAux!, _dPre);
         }
-        else b.ActivationBackward("relu", _acts, dActs, _dPre);
+        else
+        {
+            // JumpReLU's threshold gradient reads pre after dActs exists: dActs goes elsewhere (it has no aux loss to need _zAux)
+            var dActs = _kind == Kind.JumpRelu ? (_zAux ??= b.Empty(batch, n)) : _pre;
+            b.Gemm(false, true, batch, n, dOut, 1f, dRecon, 0, dOut, _wDec.Value, 0, dOut, dActsWritten ? 1f : 0f, dActs, 0, n);
+            if (_kind == Kind.JumpRelu)
+                b.JumpReluThresholdGrad(_pre, dActs, batch, n, _logThreshold!.Value, _bandwidth, sparsityCoefficient / batch, _logThreshold.Grad);
+            if (aux)
+            {
+                b.ActivationBackward("relu", _acts, dActs, _zAux!);
+                b.Add(_dPre, _zAux!, _dPre);
+            }
+            else b.ActivationBackward("relu", _acts, dActs, _dPre);
+        }
         b.Gemm(true, false, dIn, n, batch, 1f, xIn, 0, dIn, _dPre, 0, n, 0f, _wEnc.Grad, 0, n);
         b.SumMiddleAxis(_dPre, 1, batch, n, _bEnc.Grad);
         // x_in = x − b_dec  ⇒  db_dec −= W_enc·db_enc

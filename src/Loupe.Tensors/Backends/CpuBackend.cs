@@ -508,6 +508,63 @@ public sealed class CpuBackend : IComputeBackend
         }
     }
 
+    public void SparseRowsTimes(Tensor values, Tensor indices, int rows, int k, Tensor w, int n, int d, Tensor? bias, Tensor y)
+    {
+        var vs = values.Span[..checked(rows * k)];
+        var ix = indices.Span[..checked(rows * k)];
+        var wv = w.Span[..checked(n * d)];
+        var yv = y.Span[..checked(rows * d)];
+        var bv = bias is null ? default : bias.Span[..d];
+        for (int r = 0; r < rows; r++)
+        {
+            var yr = yv.Slice(r * d, d);
+            if (bias is null) yr.Clear();
+            else bv.CopyTo(yr);
+            // y += v·w[c] one index at a time, in order: the GPU kernel adds in the same order
+            for (int j = 0; j < k; j++)
+            {
+                float c = ix[r * k + j];
+                if (!(c >= 0 && c < n)) continue;
+                TensorPrimitives.MultiplyAdd(wv.Slice((int)c * d, d), vs[r * k + j], yr, yr);
+            }
+        }
+    }
+
+    public void RowDotsAt(Tensor a, int rows, int d, Tensor w, int n, Tensor indices, int k, Tensor y)
+    {
+        var av = a.Span[..checked(rows * d)];
+        var wv = w.Span[..checked(n * d)];
+        var ix = indices.Span[..checked(rows * k)];
+        var yv = y.Span[..checked(rows * k)];
+        for (int r = 0; r < rows; r++)
+        {
+            var ar = av.Slice(r * d, d);
+            for (int j = 0; j < k; j++)
+            {
+                float c = ix[r * k + j];
+                yv[r * k + j] = c >= 0 && c < n ? TensorPrimitives.Dot(ar, wv.Slice((int)c * d, d)) : 0f;
+            }
+        }
+    }
+
+    public void SparseRowsTransposeTimes(Tensor values, Tensor indices, int rows, int k, Tensor a, int n, int d, Tensor y, bool accumulate = false)
+    {
+        var vs = values.Span[..checked(rows * k)];
+        var ix = indices.Span[..checked(rows * k)];
+        var av = a.Span[..checked(rows * d)];
+        var yv = y.Span[..checked(n * d)];
+        if (!accumulate) yv.Clear();
+        // rows, then entries, in order: each y row gets its terms in (r, j) order, as on the GPU
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < k; j++)
+            {
+                float c = ix[r * k + j];
+                if (!(c >= 0 && c < n)) continue;
+                var yr = yv.Slice((int)c * d, d);
+                TensorPrimitives.MultiplyAdd(av.Slice(r * d, d), vs[r * k + j], yr, yr);
+            }
+    }
+
     public void ScaleRows(Tensor x, int rows, int cols, Tensor scale, Tensor y)
     {
         var xv = x.Span[..checked(rows * cols)];

@@ -223,6 +223,31 @@ public interface IComputeBackend
     /// </summary>
     void RowDots(Tensor a, Tensor b, int rows, int cols, Tensor y, bool accumulate = false);
 
+    /// <summary>
+    /// A sparse-times-dense product with the sparse rows given as top-k entries (what <see cref="TopKRows"/> writes):
+    /// <c>y[r, :] = bias + Σ_{j &lt; k} values[r, j]·w[indices[r, j], :]</c> for <c>r &lt; rows</c>, added in that order
+    /// (bias first, then j = 0, 1, …: the result does not depend on scheduling). values and indices are <c>[rows, k]</c>,
+    /// w is fp32 <c>[n, d]</c>, bias <c>[d]</c> (null: 0), y <c>[rows, d]</c> (written). Indices are whole floats;
+    /// one outside <c>[0, n)</c> (or NaN) is skipped. The decoder of a TopK dictionary: k·d work per row instead of n·d.
+    /// </summary>
+    void SparseRowsTimes(Tensor values, Tensor indices, int rows, int k, Tensor w, int n, int d, Tensor? bias, Tensor y);
+
+    /// <summary>
+    /// <c>y[r, j] = Σ_c a[r, c]·w[indices[r, j], c]</c> for a <c>[rows, d]</c>, fp32 w <c>[n, d]</c>, indices and y
+    /// <c>[rows, k]</c> (written); 0 where the index is outside <c>[0, n)</c> (or NaN). The gradient of
+    /// <see cref="SparseRowsTimes"/> to its values: only the k entries of <c>a·wᵀ</c> a TopK step keeps.
+    /// </summary>
+    void RowDotsAt(Tensor a, int rows, int d, Tensor w, int n, Tensor indices, int k, Tensor y);
+
+    /// <summary>
+    /// The transpose of <see cref="SparseRowsTimes"/>'s sparse rows times a: <c>y[i, :] (+)= Σ values[r, j]·a[r, :]</c> over the
+    /// entries with <c>indices[r, j] = i</c>, for y <c>[n, d]</c> (written, or added to with <paramref name="accumulate"/>),
+    /// a <c>[rows, d]</c>, values and indices <c>[rows, k]</c> (whole floats; outside <c>[0, n)</c> or NaN skipped; repeats
+    /// allowed). Each row of y is summed in (r, j) order: the result does not depend on scheduling. The gradient of
+    /// <see cref="SparseRowsTimes"/> to w (a TopK decoder's gradient: k·d per row of a instead of n·d).
+    /// </summary>
+    void SparseRowsTransposeTimes(Tensor values, Tensor indices, int rows, int k, Tensor a, int n, int d, Tensor y, bool accumulate = false);
+
     /// <summary><c>y[r, c] = x[r, c]·scale[r]</c> for x <c>[rows, cols]</c> and scale <c>[rows]</c> (y may be x). One row: a scalar held on the device.</summary>
     void ScaleRows(Tensor x, int rows, int cols, Tensor scale, Tensor y);
 

@@ -13,6 +13,56 @@ public static partial class ReferenceKernels
         }
     }
 
+    /// <summary>
+    /// <see cref="Backends.IComputeBackend.SparseRowsTimes"/>: <c>y[r, :] = bias + Σ_j values[r, j]·w[indices[r, j], :]</c>,
+    /// an index outside <c>[0, n)</c> skipped.
+    /// </summary>
+    public static void SparseRowsTimes(ReadOnlySpan<double> values, ReadOnlySpan<double> indices, int rows, int k,
+        ReadOnlySpan<double> w, int n, int d, ReadOnlySpan<double> bias, Span<double> y)
+    {
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < d; c++)
+            {
+                double sum = bias.IsEmpty ? 0 : bias[c];
+                for (int j = 0; j < k; j++)
+                {
+                    double i = indices[r * k + j];
+                    if (i >= 0 && i < n) sum += values[r * k + j] * w[(int)i * d + c];
+                }
+                y[r * d + c] = sum;
+            }
+    }
+
+    /// <summary><see cref="Backends.IComputeBackend.RowDotsAt"/>: <c>y[r, j] = a[r, :]·w[indices[r, j], :]</c>, 0 for an index outside <c>[0, n)</c>.</summary>
+    public static void RowDotsAt(ReadOnlySpan<double> a, int rows, int d, ReadOnlySpan<double> w, int n, ReadOnlySpan<double> indices, int k, Span<double> y)
+    {
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < k; j++)
+            {
+                double i = indices[r * k + j], sum = 0;
+                if (i >= 0 && i < n)
+                    for (int c = 0; c < d; c++) sum += a[r * d + c] * w[(int)i * d + c];
+                y[r * k + j] = sum;
+            }
+    }
+
+    /// <summary>
+    /// <see cref="Backends.IComputeBackend.SparseRowsTransposeTimes"/>: <c>y[i, :] (+)= Σ values[r, j]·a[r, :]</c> over the
+    /// entries with <c>indices[r, j] = i</c>, an index outside <c>[0, n)</c> skipped.
+    /// </summary>
+    public static void SparseRowsTransposeTimes(ReadOnlySpan<double> values, ReadOnlySpan<double> indices, int rows, int k,
+        ReadOnlySpan<double> a, int n, int d, Span<double> y, bool accumulate)
+    {
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < d; c++)
+            {
+                double sum = accumulate ? y[i * d + c] : 0;
+                for (int e = 0; e < rows * k; e++)
+                    if (indices[e] == i) sum += values[e] * a[e / k * d + c];
+                y[i * d + c] = sum;
+            }
+    }
+
     /// <summary><see cref="Backends.IComputeBackend.ScaleRows"/>: <c>y[r, c] = x[r, c]·scale[r]</c>.</summary>
     public static void ScaleRows(ReadOnlySpan<double> x, int rows, int cols, ReadOnlySpan<double> scale, Span<double> y)
     {
