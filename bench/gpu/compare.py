@@ -21,6 +21,7 @@ for key in ("sae_step", "sae_step_aux"):
               f"d_in {ls['d_in']} d_sae {ls['d_sae']} k {ls['k']} batch {ls['batch']}{'' if same else ' (torch ran other sizes: ratio not comparable)'}")
 print("ratio = torch ms / Loupe ms (above 1: Loupe is faster)")
 peer_bf16 = {r["fixture"]: r["logits_rel"] for r in torch.get("bf16_parity", [])}
+peer_bf16_l2 = {r["fixture"]: r["logits_rel_l2"] for r in torch.get("bf16_parity", []) if "logits_rel_l2" in r}
 for row in loupe.get("parity", []):
     if "error" in row:
         print(f"parity {row['fixture']:<10} {row['weights']}: FAILED {row['error']}")
@@ -33,5 +34,10 @@ for row in loupe.get("parity", []):
     error = max(row["logits_rel_same_weights"], row["gradients_rel_same_weights"]) if same else max(row["logits_rel"], row["gradients_rel"])
     ok = error <= limit
     peer_note = f"; torch bf16 vs fp32 logits {peer_bf16[row['fixture']]:.2e}" if row["weights"] == "bf16" and row["fixture"] in peer_bf16 else ""
+    if peer_note and row["fixture"] in peer_bf16_l2:
+        peer_note += f" (‖Δ‖/‖fp32‖ {peer_bf16_l2[row['fixture']]:.2e})"
     same_note = f"; same bf16 weights on the CPU: logits {row['logits_rel_same_weights']:.2e} gradients {row['gradients_rel_same_weights']:.2e}" if same else ""
-    print(f"parity {row['fixture']:<10} {row['weights']}: logits {row['logits_rel']:.2e} gradients {row['gradients_rel']:.2e}{same_note} (target {limit:g}) {'ok' if ok else 'MISSED'}{peer_note}")
+    if "logits_rel_weight_rounding" in row:
+        same_note += f"; bf16 weights alone (CPU vs CPU): logits {row['logits_rel_weight_rounding']:.2e} gradients {row['gradients_rel_weight_rounding']:.2e}"
+    l2_note = f"; ‖Δ‖/‖cpu‖ logits {row['logits_rel_l2']:.2e} gradients {row['gradients_rel_l2']:.2e}" if "logits_rel_l2" in row else ""
+    print(f"parity {row['fixture']:<10} {row['weights']}: max|Δ|/max|cpu| logits {row['logits_rel']:.2e} gradients {row['gradients_rel']:.2e}{l2_note}{same_note} (target {limit:g}) {'ok' if ok else 'MISSED'}{peer_note}")

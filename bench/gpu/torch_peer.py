@@ -122,8 +122,9 @@ def fixture_parity(root):
                     logits[dt] = model(ids).logits.float()
                 del model
             rel = ((logits["bf16"] - logits["fp32"]).abs().max() / logits["fp32"].abs().max()).item()
-            print(f"torch bf16 vs fp32 {name:<10} logits {rel:.2e}")
-            rows.append(dict(fixture=name, logits_rel=rel))
+            rel_l2 = ((logits["bf16"] - logits["fp32"]).norm() / logits["fp32"].norm()).item()
+            print(f"torch bf16 vs fp32 {name:<10} logits {rel:.2e} (max), {rel_l2:.2e} (norm)")
+            rows.append(dict(fixture=name, logits_rel=rel, logits_rel_l2=rel_l2))
         except Exception as e:  # one fixture the installed transformers cannot load must not stop the rest
             print(f"torch bf16 vs fp32 {name:<10} skipped: {type(e).__name__}: {e}")
     return rows
