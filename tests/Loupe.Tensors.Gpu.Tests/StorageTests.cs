@@ -56,6 +56,18 @@ public sealed class StorageTests(EmulatedBackendFixture fixture) : DeviceTest(fi
     }
 
     [Fact]
+    public void TheCpuBackendsRoundedWeightsAreTheDevicesBf16Weights()
+    {
+        // CpuBackend.WithRoundedWeights is the bench's reference for a bf16 device run: it must round exactly as the upload does.
+        var rng = new Random(5);
+        var values = Enumerable.Range(0, 4096).Select(i => i < 8 ? new[] { 0f, -0f, 1e-40f, -1e-40f, float.MaxValue, float.Epsilon, 1f + 1f / 256, -3f - 3f / 256 }[i]
+            : (float)((rng.NextDouble() * 2 - 1) * Math.Pow(10, rng.Next(-30, 30)))).ToArray();
+        var device = Read(Gpu.LoadWeight(values, [64, 64], ElementType.BF16));
+        var cpu = CpuBackend.WithRoundedWeights(ElementType.BF16).LoadWeight(values, [64, 64], ElementType.BF16).Span.ToArray();
+        Assert.Equal(device, cpu);
+    }
+
+    [Fact]
     public void ABf16BackendSaysSoAndKeepsWeightsAsAskedFor()
     {
         using var bf16 = ComputeBackends.Create(new Device(DeviceKind.Emulated), ElementType.BF16);
