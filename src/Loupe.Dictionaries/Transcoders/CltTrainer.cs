@@ -73,7 +73,10 @@ public sealed class CltTrainer
     /// <exception cref="InputError">An option is out of range.</exception>
     public CltTrainer(CrossLayerTranscoder clt, CltTrainingOptions options) : this(clt, options, null) { }
 
-    /// <summary>A trainer whose steps run on <paramref name="backend"/>'s device (null or the CPU: the host path, bit-exact as before).</summary>
+    /// <summary>
+    /// A trainer whose steps run on <paramref name="backend"/>'s device (null or the CPU: the host path, bit-exact as before).
+    /// On a device, <paramref name="clt"/>'s host buffers are brought up to date by <see cref="Transcoder"/>, checkpoints and the end of <see cref="Train"/>.
+    /// </summary>
     /// <exception cref="InputError">An option is out of range, or the architecture has no device kernels.</exception>
     public CltTrainer(CrossLayerTranscoder clt, CltTrainingOptions options, IComputeBackend? backend)
     {
@@ -154,6 +157,7 @@ public sealed class CltTrainer
         Begin(new InMemoryRows(inputs, _clt.Shape.RowIn, targets, _clt.Shape.RowOut));
         var metrics = new List<CltStepMetrics>();
         while (!IsComplete) metrics.Add(Step());
+        SyncToHost();
         return metrics;
     }
 
