@@ -12,13 +12,15 @@
 //   1. upload x and y: the one copy in (two tensors)
 //   2. E = b_dec − y; per layer ℓ: pre = x[ℓ]·W_enc[ℓ] + b_enc[ℓ];  acts = f(pre)  (TopK: top-k, ReLU, scatter;
 //      BatchTopK: the batch·k largest of the layer's batch, ReLU'd, and the smallest kept value; JumpReLU; ReLU);
-//      E[:, ℓ·d_out:] += acts·W_dec[ℓ]; nonzero count and per-feature column sums (firing)
+//      E[:, ℓ·d_out:] += acts·W_dec[ℓ] (TopK: SparseRowsTimes from the k kept entries); nonzero count and per-feature
+//      column sums (firing)
 //   3. metrics into a device matrix [6, L]: per target Σ err², Σ (y − ȳ)²; per layer nonzeros, sparsity, smallest kept;
 //      dead features after this step
 //   4. backward: dE = 2·E/B, db_dec = colsum(dE); per layer: the sparsity term (standard: Σ φ(a·‖W_dec[i]‖) with its
 //      gradients into dActs and dW_dec; JumpReLU: the L0 count, whose only gradient is the threshold's),
 //      dW_dec (+)= actsᵀ·dE[:, ℓ·d_out:], dActs (+)= dE[:, ℓ·d_out:]·W_decᵀ, dPre = dActs·1[acts > 0]
-//      (JumpReLU: and its log-threshold gradient), dW_enc = x[ℓ]ᵀ·dPre, db_enc = colsum(dPre)
+//      (JumpReLU: and its log-threshold gradient), dW_enc = x[ℓ]ᵀ·dPre, db_enc = colsum(dPre). TopK takes the sparse
+//      route of DeviceSaeTraining: SparseRowsTransposeTimes for dW_dec, RowDotsAt for dActs at the kept entries only.
 //   5. read the metric matrix back: the one copy out (the trainer stops here when the loss is not finite)
 //   6. update: project W_dec row gradients (unit-norm decoders), clip the global gradient norm, Adam, renormalise
 //      W_dec rows, commit the dead-feature counters
@@ -63,7 +65,9 @@ internal sealed class DeviceCltTraining
     readonly Tensor _err, _scratch;       // [B, L·d_out]
     readonly Tensor _colOut;              // [L·d_out]
     readonly Tensor _colSum;              // [L, n] Σ_b acts (firing; the L1 penalty's dNorm)
-    readonly Tensor? _values, _indices;   // [B, k] TopK
+    readonly Tensor[] _kept, _indices;    // TopK: [L][B, k] each layer's kept values (ReLU'd) and their columns
+    readonly Tensor? _dKept;              // TopK: [B, k] dActs at the kept entries
+    readonly Tensor[] _rows;              // TopK: [L] views [B, R_ℓ] of one buffer: a layer's decoded rows, then its slice of dE
     readonly Tensor _norms, _inv, _col;   // [n]
     readonly Tensor[] _projection;        // [L] views [n, R_ℓ] of one buffer the size of W_dec[0] (unit-norm decoders)
     readonly Tensor _rowSums;             // [max rows of a parameter]
@@ -119,9 +123,13 @@ internal sealed class DeviceCltTraining
         _colSum = b.Empty(L, n);
         if (_kind == Kind.TopK)
         {
-            _values = b.Empty(batch, _k);
-            _indices = b.Empty(batch, _k);
+            _kept = Enumerable.Range(0, L).Select(_ => b.Empty(batch, _k)).ToArray();
+            _indices = Enumerable.Range(0, L).Select(_ => b.Empty(batch, _k)).ToArray();
+            _dKept = b.Empty(batch, _k);
+            var rows = b.Empty(batch * L * dOut).Storage;
+            _rows = Enumerable.Range(0, L).Select(l => new Tensor(rows.Slice(0, (long)batch * _s.Targets(l) * dOut), batch, _s.Targets(l) * dOut)).ToArray();
         }
+        else _kept = _indices = _rows = [];
         _norms = b.Empty(n);
         _inv = b.Empty(n);
         _col = b.Empty(n);
@@ -205,9 +213,9 @@ internal sealed class DeviceCltTraining
             switch (_kind)
             {
                 case Kind.TopK:
-                    b.TopKRows(pre, batch, n, _k, _values!, _indices!);
-                    b.Activation("relu", _values!, _values!);
-                    b.ScatterRows(_values!, _indices!, batch, _k, n, acts);
+                    b.TopKRows(pre, batch, n, _k, _kept[l], _indices[l]);
+                    b.Activation("relu", _kept[l], _kept[l]);
+                    b.ScatterRows(_kept[l], _indices[l], batch, _k, n, acts);
                     break;
                 case Kind.BatchTopK:
                     b.BatchTopK(pre, batch * n, _k, acts, Metric(4, l));
@@ -223,7 +231,13 @@ internal sealed class DeviceCltTraining
             b.CountAbove(acts, 0f, Metric(2, l));
             b.SumMiddleAxis(acts, 1, batch, n, _colSum[l]); // acts ≥ 0: a positive column sum ⇔ the feature fired
             int width = _s.Targets(l) * dOut;
-            b.Gemm(false, false, batch, width, n, 1f, acts, 0, n, _wDec[l].Value, 0, width, 1f, _err, l * dOut, rowOut);
+            if (_kind == Kind.TopK)
+            {
+                // k·R_ℓ per row from the kept entries instead of n·R_ℓ, then added into E's columns ℓ·d_out…
+                b.SparseRowsTimes(_kept[l], _indices[l], batch, _k, _wDec[l].Value, n, width, null, _rows[l]);
+                b.CopyRows(_rows[l], 0, width, _err, l * dOut, rowOut, batch, width, accumulate: true);
+            }
+            else b.Gemm(false, false, batch, width, n, 1f, acts, 0, n, _wDec[l].Value, 0, width, 1f, _err, l * dOut, rowOut);
         }
 
         // 3. per target Σ err² and Σ (y − ȳ)²; dead features
@@ -247,19 +261,37 @@ internal sealed class DeviceCltTraining
             int width = _s.Targets(l) * dOut;
             bool penalty = _kind == Kind.Relu;
             if (penalty) ReluPenalty(l, scale);
+            if (_kind == Kind.TopK)
+            {
+                // TopK's gradient flows only at the kept entries: W_dec's gradient from their transposed lists, dActs as k dots per row
+                b.CopyRows(dE, l * dOut, rowOut, _rows[l], 0, width, batch, width);
+                b.SparseRowsTransposeTimes(_kept[l], _indices[l], batch, _k, _rows[l], n, width, wDec.Grad);
+                b.RowDotsAt(_rows[l], batch, width, wDec.Value, n, _indices[l], _k, _dKept!);
+                b.ActivationBackward("relu", _kept[l], _dKept!, _dKept!);
+                b.ScatterRows(_dKept!, _indices[l], batch, _k, n, _dPre);
+                EncoderGradients(x, l);
+                continue;
+            }
             b.Gemm(true, false, n, width, batch, 1f, acts, 0, n, dE, l * dOut, rowOut, penalty ? 1f : 0f, wDec.Grad, 0, width);
             b.Gemm(false, true, batch, n, width, 1f, dE, l * dOut, rowOut, wDec.Value, 0, width, penalty ? 1f : 0f, _dActs, 0, n);
             if (_kind == Kind.JumpRelu)
                 b.JumpReluThresholdGrad(pre, _dActs, batch, n, _logThreshold!.Value[l], _bandwidth, scale, _logThreshold.Grad[l]);
             b.ActivationBackward("relu", acts, _dActs, _dPre); // every activation here passes gradient exactly where acts > 0
-            b.Gemm(true, false, dIn, n, batch, 1f, x, l * dIn, rowIn, _dPre, 0, n, 0f, _wEnc.Grad, (long)l * dIn * n, n);
-            b.SumMiddleAxis(_dPre, 1, batch, n, _bEnc.Grad[l]);
+            EncoderGradients(x, l);
         }
 
         // 5. the one read back
         _metrics.CopyTo(_sums);
         float[] Row(int r) => _sums.AsSpan(r * L, L).ToArray();
         return new DeviceCltSums(Row(0), Row(1), Row(2), Row(3), Row(4), (int)_sums[5 * L]);
+    }
+
+    // pre = x[ℓ]·W_enc[ℓ] + b_enc[ℓ]: dW_enc[ℓ] = x[ℓ]ᵀ·dPre, db_enc[ℓ] = colsum(dPre)
+    void EncoderGradients(Tensor x, int l)
+    {
+        int n = _s.DSae, dIn = _s.DIn;
+        _b.Gemm(true, false, dIn, n, _batch, 1f, x, l * dIn, _s.RowIn, _dPre, 0, n, 0f, _wEnc.Grad, (long)l * dIn * n, n);
+        _b.SumMiddleAxis(_dPre, 1, _batch, n, _bEnc.Grad[l]);
     }
 
     // Σ over rows and each target's d_out columns of m² ([B, L·d_out]) into metric row `row`: squares, column sums, then per target.

@@ -139,6 +139,7 @@ public sealed class DeviceCltTrainingTests(EmulatedSaeBackendFixture fixture) : 
 
     [Theory]
     [InlineData("relu-tanh")]
+    [InlineData("topk")]
     [InlineData("batchtopk")]
     [InlineData("jumprelu")]
     public void ADeviceCheckpointResumesToTheSameWeights(string kind)
