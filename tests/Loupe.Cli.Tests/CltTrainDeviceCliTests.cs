@@ -12,8 +12,10 @@ namespace Loupe.Cli.Tests;
 [Collection("console")]
 public class CltTrainDeviceCliTests
 {
-    [RequiresSharedFact("models/stories260K")]
-    public void Clt_train_on_the_emulated_device_writes_what_the_cpu_writes()
+    [RequiresSharedTheory("models/stories260K")]
+    [InlineData("standard")]
+    [InlineData("topk")]
+    public void Clt_train_on_the_emulated_device_writes_what_the_cpu_writes(string architecture)
     {
         string model = SharedData.Require("models/stories260K"), root = Directory.CreateTempSubdirectory("loupe-clt-train-device").FullName;
         try
@@ -22,14 +24,15 @@ public class CltTrainDeviceCliTests
             File.WriteAllText(text, string.Join(" ", Enumerable.Repeat(
                 "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun. " +
                 "One day, she saw a big dog in the park. The dog was happy and wagged its tail. Lily and the dog played all day.", 3)));
-            // standard with the tanh penalty: every part of the device step (penalty, dead features, clipping) and a threshold-free resume
+            // standard with the tanh penalty (the dense products), topk (the sparse decoder route)
             string[] args = ["clt", "train", "--model", model, "--source", "text:" + text, "--context-size", "16", "--d-sae", "32",
-                "--steps", "6", "--batch-size", "32", "--lr", "3e-3", "--sparsity", "1e-2", "--tanh-scale", "2", "--checkpoint-every", "3"];
+                "--steps", "6", "--batch-size", "32", "--lr", "3e-3", "--sparsity", "1e-2", "--tanh-scale", "2", "--checkpoint-every", "3",
+                "--architecture", architecture, "--k", "4"];
             var cpu = RunLoupe([.. args, "--out", Path.Combine(root, "cpu")]);
             Assert.True(cpu.Code == 0, cpu.Err);
             var gpu = RunLoupe([.. args, "--out", Path.Combine(root, "gpu"), "--device", "emulated"]);
             Assert.True(gpu.Code == 0, gpu.Err);
-            Assert.Contains("standard CLT, 5 layers × 32 features", gpu.Out);
+            Assert.Contains($"{architecture} CLT, 5 layers × 32 features", gpu.Out);
 
             var expectedLog = File.ReadAllLines(Path.Combine(root, "cpu", CltTrainingRun.LogFile));
             var actualLog = File.ReadAllLines(Path.Combine(root, "gpu", CltTrainingRun.LogFile));
