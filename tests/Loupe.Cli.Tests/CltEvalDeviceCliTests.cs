@@ -36,19 +36,19 @@ public class CltEvalDeviceCliTests
         finally { Directory.Delete(root, recursive: true); }
     }
 
-    // Every number to 1e-4 relative (the run time aside), every string and array length equal; returns how many numbers.
-    static int Compare(JsonNode? expected, JsonNode? actual, string path)
+    // Every number to `relative` (the run time aside), every string and array length equal; returns how many numbers.
+    internal static int Compare(JsonNode? expected, JsonNode? actual, string path, double relative = 1e-4)
     {
         switch (expected)
         {
             case JsonObject o:
-                return o.Where(p => !p.Key.Equals("seconds", StringComparison.OrdinalIgnoreCase)).Sum(p => Compare(p.Value, actual![p.Key], $"{path}.{p.Key}"));
+                return o.Where(p => !p.Key.Equals("seconds", StringComparison.OrdinalIgnoreCase)).Sum(p => Compare(p.Value, actual![p.Key], $"{path}.{p.Key}", relative));
             case JsonArray a:
                 Assert.Equal(a.Count, actual!.AsArray().Count);
-                return a.Select((e, i) => Compare(e, actual[i], $"{path}[{i}]")).Sum();
+                return a.Select((e, i) => Compare(e, actual[i], $"{path}[{i}]", relative)).Sum();
             case JsonValue v when v.TryGetValue(out double e):
                 double x = actual!.GetValue<double>();
-                Assert.True(Math.Abs(e - x) <= 1e-4 * Math.Abs(e) + 1e-6, $"{path}: cpu {e:G9}, emulated {x:G9}");
+                Assert.True(Math.Abs(e - x) <= relative * Math.Abs(e) + 1e-6, $"{path}: cpu {e:G9}, emulated {x:G9}");
                 return 1;
             default:
                 Assert.Equal(expected?.ToJsonString(), actual?.ToJsonString());

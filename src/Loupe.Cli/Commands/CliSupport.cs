@@ -113,7 +113,7 @@ static class CliSupport
     }
 
     /// <summary>The verbs that run on a device (listed when a CPU-only verb refuses <c>--device</c>).</summary>
-    const string DeviceVerbs = "run, info, cache, grad, patch, lens, heads, circuit, attribute, intervene, clt eval, sae train, sae eval, harvest, probe, " +
+    const string DeviceVerbs = "run, info, cache, grad, patch, lens, heads, circuit, attribute, intervene, clt train, clt eval, sae train, sae eval, harvest, probe, " +
         "features build, steer, persona, monitor, verbalize, introspect, serve, mcp, verify, fourier";
 
     /// <summary>

@@ -70,11 +70,9 @@ static class CltCommand
                 "l1" => CltPenalty.L1,
                 var other => throw InputError.Expected("argument", "--penalty", "tanh or l1", other),
             };
-            // CltTrainer has no device path (unlike SaeTrainer): its forward, backward and Adam run on host tensors, and the
-            // activations it trains on are gathered into host memory; a device trainer would be a new trainer, not a switch.
-            using var m = CliSupport.LoadModel(parse.GetValue(model)!, cpuOnlyReason:
-                "cross-layer transcoders train on the host (CltTrainer has no device path yet; the model's activations are gathered into host memory for it); " +
-                "'sae train' trains per-layer transcoders on a device, and 'clt eval' evaluates a CLT there");
+            // On a device the model's forward passes (the harvest of the layer pairs) and the trainer's steps run there;
+            // each window's rows come to the host once (LayerPairRows shuffles them there), each batch goes back up.
+            using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
@@ -105,7 +103,7 @@ static class CltCommand
                 Penalty = pen,
                 TanhScale = parse.GetValue(tanhScale),
             };
-            var trainer = new CltTrainer(clt, options);
+            var trainer = new CltTrainer(clt, options, CliSupport.DictionaryBackendFor(act));
             string outFolder = parse.GetValue(output)!;
             CltStepMetrics? last = null;
             var clock = System.Diagnostics.Stopwatch.StartNew();

@@ -11,12 +11,15 @@
 //   7. update dead-feature counters and record metrics
 // Checkpoints (one safetensors file, written atomically) hold every buffer, the Adam moments, the dead-feature
 // counters and the data cursor, so a resumed run takes bit-identical steps.
+// Given a backend on a device, steps 2–7 run there (DeviceCltTraining): a batch goes up once, a step reads back one
+// small matrix of metric sums, and the parameters come back for checkpoints and when the transcoder is read.
 using System.Globalization;
 using System.Numerics.Tensors;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Loupe.Dictionaries.Sae;
 using Loupe.Models.Loading;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Dictionaries.Transcoders;
 
@@ -68,7 +71,14 @@ public sealed class CltTrainer
     int[] _fires = [];
 
     /// <exception cref="InputError">An option is out of range.</exception>
-    public CltTrainer(CrossLayerTranscoder clt, CltTrainingOptions options)
+    public CltTrainer(CrossLayerTranscoder clt, CltTrainingOptions options) : this(clt, options, null) { }
+
+    /// <summary>
+    /// A trainer whose steps run on <paramref name="backend"/>'s device (null or the CPU: the host path, bit-exact as before).
+    /// On a device, <paramref name="clt"/>'s host buffers are brought up to date by <see cref="Transcoder"/>, checkpoints and the end of <see cref="Train"/>.
+    /// </summary>
+    /// <exception cref="InputError">An option is out of range, or the architecture has no device kernels.</exception>
+    public CltTrainer(CrossLayerTranscoder clt, CltTrainingOptions options, IComputeBackend? backend)
     {
         _clt = clt ?? throw new ArgumentNullException(nameof(clt));
         _o = options ?? throw new ArgumentNullException(nameof(options));
@@ -79,9 +89,48 @@ public sealed class CltTrainer
         _m = new CltParameters(clt.Shape);
         _v = new CltParameters(clt.Shape);
         _sinceFired = new long[clt.Shape.Layers * clt.Shape.DSae];
+        if (backend is not null && !backend.Device.IsCpu)
+        {
+            if (!DeviceCltTraining.Supports(clt.Activation))
+                throw new InputError($"argument: --device: {clt.Architecture} cross-layer transcoders train on the CPU only (on {backend.Device}: standard, topk, batchtopk, jumprelu); drop --device {backend.Device}");
+            _backend = backend;
+        }
     }
 
-    public CrossLayerTranscoder Transcoder => _clt;
+    readonly IComputeBackend? _backend;   // a device backend, or null (the host path)
+    DeviceCltTraining? _device;           // the device's state once begun
+    bool _hostStale;                      // the device holds newer parameters than _clt
+
+    /// <summary>The device the steps run on (the CPU for the host path).</summary>
+    public Loupe.Tensors.Device Device => _backend?.Device ?? Loupe.Tensors.Device.Cpu;
+
+    // Parameters, moments and dead-feature counters: device → host (checkpoints, Transcoder).
+    void SyncToHost()
+    {
+        if (!_hostStale || _device is null) return;
+        _device.Download(_clt.P, _m, _v, _sinceFired);
+        _hostStale = false;
+    }
+
+    // Host → device, after Begin or LoadCheckpoint set the host state.
+    void UploadToDevice()
+    {
+        if (_backend is null) return;
+        _device ??= new DeviceCltTraining(_backend, _clt, _o);
+        _device.Upload(_clt.P, _m, _v, _sinceFired);
+        _hostStale = false;
+    }
+
+    /// <summary>The transcoder, its parameters brought back from the device first when a device step changed them.</summary>
+    public CrossLayerTranscoder Transcoder
+    {
+        get
+        {
+            SyncToHost();
+            return _clt;
+        }
+    }
+
     public CltTrainingOptions Options => _o;
     SaeTrainingOptions B => _o.Base;
     public int StepsDone { get; private set; }
@@ -108,6 +157,7 @@ public sealed class CltTrainer
         Begin(new InMemoryRows(inputs, _clt.Shape.RowIn, targets, _clt.Shape.RowOut));
         var metrics = new List<CltStepMetrics>();
         while (!IsComplete) metrics.Add(Step());
+        SyncToHost();
         return metrics;
     }
 
@@ -135,6 +185,7 @@ public sealed class CltTrainer
         if (_clt.Activation.UnitNormDecoder) NormalizeDecoderRows();
         StepsDone = 0;
         Array.Clear(_sinceFired);
+        UploadToDevice();
     }
 
     void Attach(IRowWindows data, BatchCursor? cursor)
@@ -159,6 +210,7 @@ public sealed class CltTrainer
         int step = StepsDone, batch = B.BatchSize;
         // 1–2.
         _batches.Next(_x, _y);
+        if (_device is not null) return DeviceStep(step, batch);
         var loss = _clt.ForwardBackward(_x, _y, batch, SparsityCoefficientAt(step), _o.Penalty, _o.TanhScale, _grad, training: true, _fires);
         if (!float.IsFinite(loss.Loss))
         {
@@ -204,6 +256,43 @@ public sealed class CltTrainer
         }
         StepsDone++;
         return new CltStepMetrics(step, loss.Loss, loss.Mse, loss.Sparsity, loss.L0, loss.ExplainedVariance, (float)dead / _sinceFired.Length, lr);
+    }
+
+    // Steps 2–7 on the device (DeviceCltTraining's steps); the batch in _x/_y is already drawn.
+    CltStepMetrics DeviceStep(int step, int batch)
+    {
+        var s = _clt.Shape;
+        float coefficient = SparsityCoefficientAt(step);
+        var sums = _device!.ForwardBackward(_x, _y, coefficient);
+        // as on the host, the thresholds follow the training forward, before the loss is checked
+        if (_clt.Activation is BatchTopKActivation batchTopK)
+            for (int l = 0; l < s.Layers; l++) batchTopK.UpdateThreshold(sums.MinKept[l], _clt.P.Act[l]);
+        double squares = 0, nonzero = 0, penalty = 0;
+        var ev = new float[s.Layers];
+        for (int t = 0; t < s.Layers; t++)
+        {
+            squares += sums.SquaredError[t];
+            nonzero += sums.Nonzero[t];
+            penalty += sums.Sparsity[t];
+            ev[t] = sums.CenteredSquares[t] == 0 ? 0f : (float)(1 - (double)sums.SquaredError[t] / sums.CenteredSquares[t]);
+        }
+        float mse = (float)(squares / batch);
+        // standard: Σ φ; JumpReLU: the count above θ; TopK and BatchTopK: 0
+        float sparsity = _clt.Activation is ReluActivation && _o.Penalty == CltPenalty.Tanh
+            ? (float)(penalty * _o.TanhScale * coefficient / batch)
+            : (float)(penalty * coefficient / batch);
+        float loss = mse + sparsity;
+        if (!float.IsFinite(loss))
+        {
+            DivergedAt = step;
+            throw new InputError(string.Create(CultureInfo.InvariantCulture,
+                $"CLT training diverged at step {step}: loss is {loss} (learning rate {LearningRateAt(step):G3}); lower --lr"));
+        }
+        float lr = LearningRateAt(step);
+        _device.Update(lr, step + 1);
+        _hostStale = true;
+        StepsDone++;
+        return new CltStepMetrics(step, loss, mse, sparsity, (float)(nonzero / batch), ev, (float)sums.DeadAfter / _sinceFired.Length, lr);
     }
 
     // g_i ← g_i − (g_i·w_i) w_i for each unit concatenated decoder row w_i
@@ -257,6 +346,7 @@ public sealed class CltTrainer
     public void SaveCheckpoint(string path)
     {
         if (_batches is null) throw new InvalidOperationException("nothing to checkpoint: call Begin first");
+        SyncToHost();
         var cursor = _batches.Cursor;
         var moments = _m.Trainable(_clt.Activation).Zip(_v.Trainable(_clt.Activation), (m, v) => (m.Name, m.Data, v.Data));
         TrainingCheckpoint.Write(path, _clt.P.All(), moments, _sinceFired, cursor, MetadataKey, State(cursor), "loupe-clt-checkpoint");
@@ -287,5 +377,6 @@ public sealed class CltTrainer
         since.CopyTo(_sinceFired, 0);
         StepsDone = step;
         Attach(data, cursor);
+        UploadToDevice();
     }
 }
