@@ -48,9 +48,10 @@ internal sealed class DeviceSaeTraining
     readonly bool _topK, _auxK, _unitNorm;
     readonly int _k;                       // TopK: per row; BatchTopK: kept over the whole batch
     readonly float _bandwidth;             // JumpReLU
-    readonly Param[] _params;              // W_enc, b_enc, W_dec, b_dec (, W_skip) (, log_threshold): SaeParameters.Trainable's order
-    readonly Param _wEnc, _bEnc, _wDec, _bDec;
-    readonly Param? _wSkip, _logThreshold;
+    readonly DeviceParam[] _params;        // W_enc, b_enc, W_dec, b_dec (, W_skip) (, log_threshold): SaeParameters.Trainable's order
+    readonly DeviceParam _wEnc, _bEnc, _wDec, _bDec;
+    readonly DeviceParam? _wSkip, _logThreshold;
+    readonly DeviceUpdate _update;
     Tensor _since, _sinceNext;             // [n] tokens since each feature fired, saturated at the window
     Tensor _deadBias, _deadBiasNext;       // [n] 0 for dead features, −∞ for live ones
     readonly Tensor _metrics;              // [Slots]: Σ err², L1 (JumpReLU: L0 count), nonzeros, Σ centred², dead, Σ aux², smallest kept (BatchTopK)
@@ -62,11 +63,8 @@ internal sealed class DeviceSaeTraining
     readonly Tensor _colSum, _norms, _inv; // [n]
     readonly Tensor _rowSums;              // [max(B, n, d_in)]
     readonly Tensor _colMean;              // [d_out]
-    readonly Tensor _total, _factor;       // [1]
     Tensor? _zAux, _diff, _projection;     // [B, n], [B, d_out], [n, d_out]: allocated when first needed (JumpReLU: _zAux holds dActs)
     readonly float[] _sums = new float[Slots];
-
-    sealed record Param(string Name, Tensor Value, Tensor Grad, Tensor M, Tensor V, int Rows, int Cols);
 
     /// <summary>Allocates everything on <paramref name="backend"/>'s device; <see cref="Upload"/> fills it.</summary>
     /// <exception cref="InputError">The architecture does not train on a device yet.</exception>
@@ -95,14 +93,15 @@ internal sealed class DeviceSaeTraining
         _bandwidth = dictionary.Activation is JumpReluActivation j ? j.Bandwidth : 0f;
         _unitNorm = dictionary.Activation.UnitNormDecoder;
         var b = backend;
-        Param New(string name, int rows, int cols) => new(name, b.Empty(rows, cols), b.Zeros(rows, cols), b.Zeros(rows, cols), b.Zeros(rows, cols), rows, cols);
+        DeviceParam New(string name, int rows, int cols) => new(name, b.Empty(rows, cols), b.Zeros(rows, cols), b.Zeros(rows, cols), b.Zeros(rows, cols), rows, cols);
         _wEnc = New("W_enc", _dIn, _n);
         _bEnc = New("b_enc", 1, _n);
         _wDec = New("W_dec", _n, _dOut);
         _bDec = New("b_dec", 1, _dOut);
         _wSkip = s.Skip ? New("W_skip", _dIn, _dOut) : null;
         _logThreshold = _kind == Kind.JumpRelu ? New("log_threshold", 1, _n) : null;
-        _params = new[] { _wEnc, _bEnc, _wDec, _bDec, _wSkip, _logThreshold }.OfType<Param>().ToArray();
+        _params = new[] { _wEnc, _bEnc, _wDec, _bDec, _wSkip, _logThreshold }.OfType<DeviceParam>().ToArray();
+        _update = new DeviceUpdate(b, _params, options.Beta1, options.Beta2, options.GradClipNorm);
         _since = b.Zeros(_n);
         _sinceNext = b.Zeros(_n);
         _deadBias = b.Empty(_n);
@@ -126,8 +125,6 @@ internal sealed class DeviceSaeTraining
         _inv = b.Empty(_n);
         _rowSums = b.Empty(Math.Max(Math.Max(_batch, _n), _dIn));
         _colMean = b.Empty(_dOut);
-        _total = b.Empty(1);
-        _factor = b.Empty(1);
     }
 
     /// <summary>Whether <paramref name="activation"/> trains on a device (the four built-in architectures; not another subclass).</summary>
@@ -350,33 +347,9 @@ internal sealed class DeviceSaeTraining
         var b = _b;
         int n = _n, dOut = _dOut;
         // g_i ← g_i − (g_i·w_i) w_i for each unit decoder row w_i
-        if (_unitNorm)
-        {
-            var projection = _projection ??= b.Empty(n, dOut);
-            b.RowDots(_wDec.Grad, _wDec.Value, n, dOut, _inv);
-            b.Scale(_inv, -1f, _inv);
-            b.ScaleRows(_wDec.Value, n, dOut, _inv, projection);
-            b.Add(_wDec.Grad, projection, _wDec.Grad);
-        }
-        // global norm clip: g ← g·min(1, clip/‖g‖)
-        if (_o.GradClipNorm > 0)
-        {
-            b.Fill(_total, 0f);
-            foreach (var q in _params)
-            {
-                b.RowDots(q.Grad, q.Grad, q.Rows, q.Cols, _rowSums);
-                b.SumMiddleAxis(_rowSums, 1, q.Rows, 1, _total, accumulate: true);
-            }
-            b.NormScale(_total, _o.GradClipNorm, true, _factor);
-            foreach (var q in _params) b.ScaleRows(q.Grad, 1, q.Rows * q.Cols, _factor, q.Grad);
-        }
-        foreach (var q in _params) b.AdamStep(q.Value, q.Grad, q.M, q.V, lr, _o.Beta1, _o.Beta2, 1e-8f, adamStep);
-        if (_unitNorm)
-        {
-            b.RowDots(_wDec.Value, _wDec.Value, n, dOut, _inv);
-            b.NormScale(_inv, 1f, false, _inv);
-            b.ScaleRows(_wDec.Value, n, dOut, _inv, _wDec.Value);
-        }
+        if (_unitNorm) _update.ProjectOutRadial(_wDec.Grad, _wDec.Value, n, dOut, _inv, _projection ??= b.Empty(n, dOut));
+        _update.ClipAndStep(lr, adamStep);
+        if (_unitNorm) _update.NormalizeRows(_wDec.Value, n, dOut, _inv);
         (_since, _sinceNext) = (_sinceNext, _since);
         (_deadBias, _deadBiasNext) = (_deadBiasNext, _deadBias);
         DeadCount = deadAfter;

@@ -53,10 +53,11 @@ internal sealed class DeviceCltTraining
     readonly Kind _kind;
     readonly bool _unitNorm;
     readonly float _bandwidth;
-    readonly Param _wEnc, _bEnc, _bDec;
-    readonly Param[] _wDec;               // [L] W_dec[ℓ] [n, R_ℓ]
-    readonly Param? _logThreshold;
-    readonly Param[] _params;             // everything Adam updates
+    readonly DeviceParam _wEnc, _bEnc, _bDec;
+    readonly DeviceParam[] _wDec;         // [L] W_dec[ℓ] [n, R_ℓ]
+    readonly DeviceParam? _logThreshold;
+    readonly DeviceParam[] _params;       // everything Adam updates
+    readonly DeviceUpdate _update;
     Tensor _since, _sinceNext;            // [L·n] tokens since each feature fired, saturated at the window
     readonly Tensor _deadBias;            // [L·n] 0 dead, −∞ live (UpdateSinceFired's second output; only counted here: no aux-k)
     readonly Tensor _metrics;             // [Rows, L]
@@ -70,11 +71,8 @@ internal sealed class DeviceCltTraining
     readonly Tensor[] _rows;              // TopK: [L] views [B, R_ℓ] of one buffer: a layer's decoded rows, then its slice of dE
     readonly Tensor _norms, _inv, _col;   // [n]
     readonly Tensor[] _projection;        // [L] views [n, R_ℓ] of one buffer the size of W_dec[0] (unit-norm decoders)
-    readonly Tensor _rowSums;             // [max rows of a parameter]
-    readonly Tensor _total, _factor;      // [1]
     readonly float[] _sums;
 
-    sealed record Param(Tensor Value, Tensor Grad, Tensor M, Tensor V, int Rows, int Cols);
 
     /// <summary>Whether <paramref name="activation"/> trains on a device (the four built-in architectures; not another subclass).</summary>
     public static bool Supports(SaeActivation activation) => DeviceSaeTraining.Supports(activation);
@@ -102,13 +100,14 @@ internal sealed class DeviceCltTraining
         _bandwidth = clt.Activation is JumpReluActivation j ? j.Bandwidth : 0f;
         _unitNorm = clt.Activation.UnitNormDecoder;
         var b = backend;
-        Param New(int rows, int cols, params int[] shape) => new(b.Empty(shape), b.Zeros(shape), b.Zeros(shape), b.Zeros(shape), rows, cols);
-        _wEnc = New(L * dIn, n, L, dIn, n);
-        _bEnc = New(L, n, L, n);
-        _bDec = New(L, dOut, L, dOut);
-        _wDec = Enumerable.Range(0, L).Select(l => New(n, _s.Targets(l) * dOut, n, _s.Targets(l) * dOut)).ToArray();
-        _logThreshold = _kind == Kind.JumpRelu ? New(L, n, L, n) : null;
-        _params = new[] { _wEnc, _bEnc, _bDec, _logThreshold }.OfType<Param>().Concat(_wDec).ToArray();
+        DeviceParam New(string name, int rows, int cols, params int[] shape) => new(name, b.Empty(shape), b.Zeros(shape), b.Zeros(shape), b.Zeros(shape), rows, cols);
+        _wEnc = New("W_enc", L * dIn, n, L, dIn, n);
+        _bEnc = New("b_enc", L, n, L, n);
+        _bDec = New("b_dec", L, dOut, L, dOut);
+        _wDec = Enumerable.Range(0, L).Select(l => New($"W_dec[{l}]", n, _s.Targets(l) * dOut, n, _s.Targets(l) * dOut)).ToArray();
+        _logThreshold = _kind == Kind.JumpRelu ? New("log_threshold", L, n, L, n) : null;
+        _params = new[] { _wEnc, _bEnc, _bDec, _logThreshold }.OfType<DeviceParam>().Concat(_wDec).ToArray();
+        _update = new DeviceUpdate(b, _params, options.Base.Beta1, options.Base.Beta2, options.Base.GradClipNorm);
         _since = b.Zeros(L * n);
         _sinceNext = b.Zeros(L * n);
         _deadBias = b.Empty(L * n);
@@ -139,9 +138,6 @@ internal sealed class DeviceCltTraining
             _projection = Enumerable.Range(0, L).Select(l => new Tensor(buffer.Slice(0, (long)n * _s.Targets(l) * dOut), n, _s.Targets(l) * dOut)).ToArray();
         }
         else _projection = [];
-        _rowSums = b.Empty(_params.Max(p => p.Rows));
-        _total = b.Empty(1);
-        _factor = b.Empty(1);
         _sums = new float[Rows * L];
     }
 
@@ -343,40 +339,15 @@ internal sealed class DeviceCltTraining
     /// <summary>Step 6: decoder projection, clipping, Adam at <paramref name="lr"/> and 1-based <paramref name="adamStep"/>, renormalisation.</summary>
     public void Update(float lr, int adamStep)
     {
-        var b = _b;
         int n = _s.DSae;
         // g_i ← g_i − (g_i·w_i) w_i for each unit concatenated decoder row w_i
         if (_unitNorm)
             for (int l = 0; l < _s.Layers; l++)
-            {
-                var (w, width) = (_wDec[l], _s.Targets(l) * _s.DOut);
-                b.RowDots(w.Grad, w.Value, n, width, _inv);
-                b.Scale(_inv, -1f, _inv);
-                b.ScaleRows(w.Value, n, width, _inv, _projection[l]);
-                b.Add(w.Grad, _projection[l], w.Grad);
-            }
-        var o = _o.Base;
-        // global norm clip: g ← g·min(1, clip/‖g‖)
-        if (o.GradClipNorm > 0)
-        {
-            b.Fill(_total, 0f);
-            foreach (var q in _params)
-            {
-                b.RowDots(q.Grad, q.Grad, q.Rows, q.Cols, _rowSums);
-                b.SumMiddleAxis(_rowSums, 1, q.Rows, 1, _total, accumulate: true);
-            }
-            b.NormScale(_total, o.GradClipNorm, true, _factor);
-            foreach (var q in _params) b.ScaleRows(q.Grad, 1, q.Rows * q.Cols, _factor, q.Grad);
-        }
-        foreach (var q in _params) b.AdamStep(q.Value, q.Grad, q.M, q.V, lr, o.Beta1, o.Beta2, 1e-8f, adamStep);
+                _update.ProjectOutRadial(_wDec[l].Grad, _wDec[l].Value, n, _s.Targets(l) * _s.DOut, _inv, _projection[l]);
+        _update.ClipAndStep(lr, adamStep);
         if (_unitNorm)
             for (int l = 0; l < _s.Layers; l++)
-            {
-                var (w, width) = (_wDec[l], _s.Targets(l) * _s.DOut);
-                b.RowDots(w.Value, w.Value, n, width, _inv);
-                b.NormScale(_inv, 1f, false, _inv);
-                b.ScaleRows(w.Value, n, width, _inv, w.Value);
-            }
+                _update.NormalizeRows(_wDec[l].Value, n, _s.Targets(l) * _s.DOut, _inv);
         (_since, _sinceNext) = (_sinceNext, _since);
     }
 }

@@ -1,4 +1,5 @@
 using Loupe.Dictionaries.Sae;
+using Loupe.Dictionaries.Tests.Devices;
 using Loupe.Tensors;
 using Loupe.Tensors.Backends;
 using Loupe.Tensors.Gpu;
@@ -203,34 +204,14 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
         var moved = backend.Transfers.Snapshot() - before;
         if (auxK) Assert.True(last.DeadFraction > 0, "aux-k should run in the measured steps");
         int uploadsPerStep = dict.Shape.DOut == dict.Shape.DIn && !dict.Shape.Skip ? 1 : 2; // inputs, and targets for a transcoder
-        Assert.True(moved.In(TransferKind.Data) == 2 * uploadsPerStep, $"batch uploads: {moved}");
-        Assert.True(moved.Out(TransferKind.Data) == 2, $"one metric vector read per step: {moved}");
-        Assert.True(moved.In(TransferKind.Weights) == 0 && moved.In(TransferKind.Inputs) == 0 && moved.Out(TransferKind.Scalars) == 0
-            && moved.In(TransferKind.Scalars) == 0 && moved.Out(TransferKind.Weights) == 0 && moved.Out(TransferKind.Inputs) == 0,
-            $"nothing else crosses during steps: {moved}");
+        DeviceTrainingChecks.OnlyBatchesInAndMetricsOut(moved, uploads: 2 * uploadsPerStep, reads: 2);
         Assert.True(float.IsFinite(m2.Loss));
-    }
-
-    /// <summary>An architecture outside the four built in: it has no device kernels.</summary>
-    sealed class SquareActivation : SaeActivation
-    {
-        public override string Architecture => "square";
-        public override bool UnitNormDecoder => false;
-        public override void Forward(ReadOnlySpan<float> pre, Span<float> acts, int batch, int dSae, bool training, SaeParameters p)
-        {
-            for (int i = 0; i < batch * dSae; i++) acts[i] = pre[i] * pre[i];
-        }
-        public override void Backward(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs,
-            Span<float> dPre, int batch, int dSae, SaeParameters p, SaeParameters g)
-        {
-            for (int i = 0; i < batch * dSae; i++) dPre[i] += 2 * pre[i] * dActs[i];
-        }
     }
 
     [Fact]
     public void ArchitecturesNotYetOnADeviceAreRefusedNamingTheOption()
     {
-        var custom = new SparseDictionary(SaeShape.Sae(DIn, DSae), new SquareActivation());
+        var custom = new SparseDictionary(SaeShape.Sae(DIn, DSae), new DeviceTrainingChecks.SquareActivation());
         var e = Assert.Throws<InputError>(() => new SaeTrainer(custom, Options("topk"), fixture.Backend));
         Assert.Contains("--device", e.Message);
         Assert.Contains("square", e.Message);

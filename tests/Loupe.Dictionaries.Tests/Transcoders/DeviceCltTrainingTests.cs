@@ -1,4 +1,5 @@
 using Loupe.Dictionaries.Sae;
+using Loupe.Dictionaries.Tests.Devices;
 using Loupe.Dictionaries.Tests.Sae;
 using Loupe.Dictionaries.Transcoders;
 using Loupe.Tensors;
@@ -190,34 +191,14 @@ public sealed class DeviceCltTrainingTests(EmulatedSaeBackendFixture fixture) : 
         trainer.Step();
         var m = trainer.Step();
         var moved = backend.Transfers.Snapshot() - before;
-        Assert.True(moved.In(TransferKind.Data) == 2 * 2, $"batch uploads (inputs and targets): {moved}");
-        Assert.True(moved.Out(TransferKind.Data) == 2, $"one metric read per step: {moved}");
-        Assert.True(moved.In(TransferKind.Weights) == 0 && moved.In(TransferKind.Inputs) == 0 && moved.Out(TransferKind.Scalars) == 0
-            && moved.In(TransferKind.Scalars) == 0 && moved.Out(TransferKind.Weights) == 0 && moved.Out(TransferKind.Inputs) == 0,
-            $"nothing else crosses during steps: {moved}");
+        DeviceTrainingChecks.OnlyBatchesInAndMetricsOut(moved, uploads: 2 * 2, reads: 2); // inputs and targets each step
         Assert.True(float.IsFinite(m.Loss));
-    }
-
-    /// <summary>An architecture outside the four built in: it has no device kernels.</summary>
-    sealed class SquareActivation : SaeActivation
-    {
-        public override string Architecture => "square";
-        public override bool UnitNormDecoder => false;
-        public override void Forward(ReadOnlySpan<float> pre, Span<float> acts, int batch, int dSae, bool training, SaeParameters p)
-        {
-            for (int i = 0; i < batch * dSae; i++) acts[i] = pre[i] * pre[i];
-        }
-        public override void Backward(ReadOnlySpan<float> pre, ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs,
-            Span<float> dPre, int batch, int dSae, SaeParameters p, SaeParameters g)
-        {
-            for (int i = 0; i < batch * dSae; i++) dPre[i] += 2 * pre[i] * dActs[i];
-        }
     }
 
     [Fact]
     public void ArchitecturesWithoutDeviceKernelsAreRefusedNamingTheOption()
     {
-        var custom = new CrossLayerTranscoder(Shape, new SquareActivation());
+        var custom = new CrossLayerTranscoder(Shape, new DeviceTrainingChecks.SquareActivation());
         var e = Assert.Throws<InputError>(() => new CltTrainer(custom, Options("topk"), fixture.Backend));
         Assert.Contains("--device", e.Message);
         Assert.Contains("square", e.Message);
