@@ -3,9 +3,23 @@ using Loupe.Tensors.Backends;
 
 namespace Loupe.Dictionaries.Tests.Devices;
 
-/// <summary>What the device trainers' tests (SAE and CLT) share: the copy budget of a step and an activation with no device kernels.</summary>
+/// <summary>What the device trainers' tests (SAE and CLT) share: host-vs-device comparisons, the copy budget of a step and an activation with no device kernels.</summary>
 static class DeviceTrainingChecks
 {
+    /// <summary>|expected − actual| ≤ absolute + relative·|expected|.</summary>
+    public static void Close(float expected, float actual, double relative, double absolute, string what) =>
+        Assert.True(Math.Abs(expected - actual) <= absolute + relative * Math.Abs(expected), $"{what}: host {expected:R}, device {actual:R}");
+
+    /// <summary>Every element within <paramref name="relative"/> of the expected array's largest magnitude.</summary>
+    public static void CloseArrays(float[] expected, float[] actual, double relative, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double scale = expected.Length == 0 ? 0 : expected.Max(Math.Abs);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(Math.Abs(expected[i] - actual[i]) <= relative * Math.Max(scale, 1e-12),
+                $"{what}[{i}]: host {expected[i]:R}, device {actual[i]:R} (allowed {relative:G2} × {scale:G4})");
+    }
+
     /// <summary>Over the measured steps: exactly <paramref name="uploads"/> batch uploads, <paramref name="reads"/> metric reads, nothing else.</summary>
     public static void OnlyBatchesInAndMetricsOut(TransferSnapshot moved, int uploads, int reads)
     {

@@ -68,18 +68,6 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
     static IRowWindows Data(SparseDictionary d) =>
         new InMemoryRows(RandomRows(1, DIn), DIn, d.Shape.DOut == DIn && !d.Shape.Skip ? null : RandomRows(2, d.Shape.DOut, -0.2f), d.Shape.DOut);
 
-    static void Close(float expected, float actual, double relative, double absolute, string what) =>
-        Assert.True(Math.Abs(expected - actual) <= absolute + relative * Math.Abs(expected), $"{what}: host {expected:R}, device {actual:R}");
-
-    static void CloseArrays(float[] expected, float[] actual, double relative, string what)
-    {
-        Assert.Equal(expected.Length, actual.Length);
-        double scale = expected.Length == 0 ? 0 : expected.Max(Math.Abs);
-        for (int i = 0; i < expected.Length; i++)
-            Assert.True(Math.Abs(expected[i] - actual[i]) <= relative * Math.Max(scale, 1e-12),
-                $"{what}[{i}]: host {expected[i]:R}, device {actual[i]:R} (allowed {relative:G2} × {scale:G4})");
-    }
-
     [Theory]
     [InlineData("topk")]
     [InlineData("standard")]
@@ -102,12 +90,12 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
         {
             var h = host.Step();
             var d = device.Step();
-            Close(h.Loss, d.Loss, 2e-3, 1e-6, $"step {t} loss");
-            Close(h.Mse, d.Mse, 2e-3, 1e-6, $"step {t} mse");
-            Close(h.Sparsity, d.Sparsity, 2e-3, 1e-6, $"step {t} sparsity");
-            Close(h.L0, d.L0, 0, 1e-6, $"step {t} L0");
-            Close(h.ExplainedVariance, d.ExplainedVariance, 1e-3, 1e-4, $"step {t} explained variance");
-            Close(h.DeadFraction, d.DeadFraction, 0, 0, $"step {t} dead fraction");
+            DeviceTrainingChecks.Close(h.Loss, d.Loss, 2e-3, 1e-6, $"step {t} loss");
+            DeviceTrainingChecks.Close(h.Mse, d.Mse, 2e-3, 1e-6, $"step {t} mse");
+            DeviceTrainingChecks.Close(h.Sparsity, d.Sparsity, 2e-3, 1e-6, $"step {t} sparsity");
+            DeviceTrainingChecks.Close(h.L0, d.L0, 0, 1e-6, $"step {t} L0");
+            DeviceTrainingChecks.Close(h.ExplainedVariance, d.ExplainedVariance, 1e-3, 1e-4, $"step {t} explained variance");
+            DeviceTrainingChecks.Close(h.DeadFraction, d.DeadFraction, 0, 0, $"step {t} dead fraction");
             Assert.Equal(h.LearningRate, d.LearningRate);
             sawDead |= h.DeadFraction > 0;
         }
@@ -115,20 +103,20 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
         host.Finish();
         device.Finish();
         var (hp, dp) = (host.Dictionary.P, device.Dictionary.P);
-        CloseArrays(hp.WEnc, dp.WEnc, 1e-3, "W_enc");
-        CloseArrays(hp.BEnc, dp.BEnc, 1e-3, "b_enc");
-        CloseArrays(hp.WDec, dp.WDec, 1e-3, "W_dec");
-        CloseArrays(hp.BDec, dp.BDec, 1e-3, "b_dec");
-        CloseArrays(hp.WSkip, dp.WSkip, 1e-3, "W_skip");
+        DeviceTrainingChecks.CloseArrays(hp.WEnc, dp.WEnc, 1e-3, "W_enc");
+        DeviceTrainingChecks.CloseArrays(hp.BEnc, dp.BEnc, 1e-3, "b_enc");
+        DeviceTrainingChecks.CloseArrays(hp.WDec, dp.WDec, 1e-3, "W_dec");
+        DeviceTrainingChecks.CloseArrays(hp.BDec, dp.BDec, 1e-3, "b_dec");
+        DeviceTrainingChecks.CloseArrays(hp.WSkip, dp.WSkip, 1e-3, "W_skip");
         if (kind.StartsWith("jumprelu", StringComparison.Ordinal))
         {
             Assert.NotEqual(0.1f, hp.LogThreshold.Select(MathF.Exp).Max(), 1e-4f); // the threshold was trained
-            CloseArrays(hp.LogThreshold, dp.LogThreshold, 1e-3, "log_threshold");
+            DeviceTrainingChecks.CloseArrays(hp.LogThreshold, dp.LogThreshold, 1e-3, "log_threshold");
         }
         if (kind.StartsWith("batchtopk", StringComparison.Ordinal))
         {
             Assert.True(hp.Threshold[0] > 0, "the inference threshold was learned");
-            Close(hp.Threshold[0], dp.Threshold[0], 1e-3, 1e-6, "BatchTopK threshold");
+            DeviceTrainingChecks.Close(hp.Threshold[0], dp.Threshold[0], 1e-3, 1e-6, "BatchTopK threshold");
         }
     }
 

@@ -62,18 +62,6 @@ public sealed class DeviceCltTrainingTests(EmulatedSaeBackendFixture fixture) : 
         return new InMemoryRows(x, Shape.RowIn, y, Shape.RowOut);
     }
 
-    static void Close(float expected, float actual, double relative, double absolute, string what) =>
-        Assert.True(Math.Abs(expected - actual) <= absolute + relative * Math.Abs(expected), $"{what}: host {expected:R}, device {actual:R}");
-
-    static void CloseArrays(float[] expected, float[] actual, double relative, string what)
-    {
-        Assert.Equal(expected.Length, actual.Length);
-        double scale = expected.Length == 0 ? 0 : expected.Max(Math.Abs);
-        for (int i = 0; i < expected.Length; i++)
-            Assert.True(Math.Abs(expected[i] - actual[i]) <= relative * Math.Max(scale, 1e-12),
-                $"{what}[{i}]: host {expected[i]:R}, device {actual[i]:R} (allowed {relative:G2} × {scale:G4})");
-    }
-
     [Theory]
     [InlineData("relu-tanh")]
     [InlineData("relu-l1")]
@@ -92,12 +80,12 @@ public sealed class DeviceCltTrainingTests(EmulatedSaeBackendFixture fixture) : 
         {
             var h = host.Step();
             var d = device.Step();
-            Close(h.Loss, d.Loss, 2e-3, 1e-6, $"step {t} loss");
-            Close(h.Mse, d.Mse, 2e-3, 1e-6, $"step {t} mse");
-            Close(h.Sparsity, d.Sparsity, 2e-3, 1e-6, $"step {t} sparsity");
-            Close(h.L0, d.L0, 0, 1e-6, $"step {t} L0");
-            for (int l = 0; l < Shape.Layers; l++) Close(h.ExplainedVariance[l], d.ExplainedVariance[l], 1e-3, 1e-4, $"step {t} explained variance {l}");
-            Close(h.DeadFraction, d.DeadFraction, 0, 0, $"step {t} dead fraction");
+            DeviceTrainingChecks.Close(h.Loss, d.Loss, 2e-3, 1e-6, $"step {t} loss");
+            DeviceTrainingChecks.Close(h.Mse, d.Mse, 2e-3, 1e-6, $"step {t} mse");
+            DeviceTrainingChecks.Close(h.Sparsity, d.Sparsity, 2e-3, 1e-6, $"step {t} sparsity");
+            DeviceTrainingChecks.Close(h.L0, d.L0, 0, 1e-6, $"step {t} L0");
+            for (int l = 0; l < Shape.Layers; l++) DeviceTrainingChecks.Close(h.ExplainedVariance[l], d.ExplainedVariance[l], 1e-3, 1e-4, $"step {t} explained variance {l}");
+            DeviceTrainingChecks.Close(h.DeadFraction, d.DeadFraction, 0, 0, $"step {t} dead fraction");
             Assert.Equal(h.LearningRate, d.LearningRate);
             sawDead |= h.DeadFraction > 0;
         }
@@ -105,15 +93,15 @@ public sealed class DeviceCltTrainingTests(EmulatedSaeBackendFixture fixture) : 
         var (hp, dp) = (host.Transcoder.P, device.Transcoder.P);
         for (int l = 0; l < Shape.Layers; l++)
         {
-            CloseArrays(hp.WEnc[l], dp.WEnc[l], 1e-3, $"W_enc.{l}");
-            CloseArrays(hp.BEnc[l], dp.BEnc[l], 1e-3, $"b_enc.{l}");
-            CloseArrays(hp.WDec[l], dp.WDec[l], 1e-3, $"W_dec.{l}");
-            CloseArrays(hp.BDec[l], dp.BDec[l], 1e-3, $"b_dec.{l}");
-            if (kind == "jumprelu") CloseArrays(hp.Act[l].LogThreshold, dp.Act[l].LogThreshold, 1e-3, $"log_threshold.{l}");
+            DeviceTrainingChecks.CloseArrays(hp.WEnc[l], dp.WEnc[l], 1e-3, $"W_enc.{l}");
+            DeviceTrainingChecks.CloseArrays(hp.BEnc[l], dp.BEnc[l], 1e-3, $"b_enc.{l}");
+            DeviceTrainingChecks.CloseArrays(hp.WDec[l], dp.WDec[l], 1e-3, $"W_dec.{l}");
+            DeviceTrainingChecks.CloseArrays(hp.BDec[l], dp.BDec[l], 1e-3, $"b_dec.{l}");
+            if (kind == "jumprelu") DeviceTrainingChecks.CloseArrays(hp.Act[l].LogThreshold, dp.Act[l].LogThreshold, 1e-3, $"log_threshold.{l}");
             if (kind == "batchtopk")
             {
                 Assert.True(hp.Act[l].Threshold[0] > 0, "the inference threshold was learned");
-                Close(hp.Act[l].Threshold[0], dp.Act[l].Threshold[0], 1e-3, 1e-6, $"threshold.{l}");
+                DeviceTrainingChecks.Close(hp.Act[l].Threshold[0], dp.Act[l].Threshold[0], 1e-3, 1e-6, $"threshold.{l}");
             }
         }
         if (kind == "jumprelu")
