@@ -20,7 +20,8 @@
 //      (RowDotsAt: dRecon·W_dec[idx]ᵀ), masked by ReLU′ of the kept values and scattered into dPre; the other
 //      activations take the dense dRecon·W_decᵀ [B, n]. TopK's W_dec gradient actsᵀ·dRecon is sparse too
 //      (SparseRowsTransposeTimes: the kept entries transposed into per-feature lists without atomics, each feature's rows
-//      summed in batch order, so it is deterministic); the others take a dense GEMM.
+//      summed in batch order, so it is deterministic); the others take a dense GEMM. So is TopK's W_enc gradient
+//      x_inᵀ·dPre, with W_enc kept feature-major ([n, d_in]) on the device for it (dense when aux-k added entries).
 //   7. read the metric vector back: the one copy out (the trainer stops here when the loss is not finite)
 //   8. update: project W_dec row gradients (unit-norm decoders), clip the global gradient norm, Adam,
 //      renormalise W_dec rows, commit the dead-feature counters
@@ -50,6 +51,9 @@ internal sealed class DeviceSaeTraining
     readonly float _bandwidth;             // JumpReLU
     readonly DeviceParam[] _params;        // W_enc, b_enc, W_dec, b_dec (, W_skip) (, log_threshold): SaeParameters.Trainable's order
     readonly DeviceParam _wEnc, _bEnc, _wDec, _bDec;
+    // TopK keeps W_enc feature-major on the device, [n, d_in] (the host's is [d_in, n]): its gradient dPreᵀ·x_in then has
+    // k nonzero rows' worth of work per batch row and is SparseRowsTransposeTimes, not a dense [d_in, B]·[B, n] product.
+    readonly bool _encoderFeatureMajor;
     readonly DeviceParam? _wSkip, _logThreshold;
     readonly DeviceUpdate _update;
     Tensor _since, _sinceNext;             // [n] tokens since each feature fired, saturated at the window
@@ -94,7 +98,8 @@ internal sealed class DeviceSaeTraining
         _unitNorm = dictionary.Activation.UnitNormDecoder;
         var b = backend;
         DeviceParam New(string name, int rows, int cols) => new(name, b.Empty(rows, cols), b.Zeros(rows, cols), b.Zeros(rows, cols), b.Zeros(rows, cols), rows, cols);
-        _wEnc = New("W_enc", _dIn, _n);
+        _encoderFeatureMajor = _topK;
+        _wEnc = _encoderFeatureMajor ? New("W_enc", _n, _dIn) : New("W_enc", _dIn, _n);
         _bEnc = New("b_enc", 1, _n);
         _wDec = New("W_dec", _n, _dOut);
         _bDec = New("b_dec", 1, _dOut);
@@ -140,6 +145,28 @@ internal sealed class DeviceSaeTraining
         _ => throw new ArgumentOutOfRangeException(nameof(name), name, null),
     };
 
+    bool Transposed(DeviceParam q) => _encoderFeatureMajor && ReferenceEquals(q, _wEnc);
+
+    // A host buffer in the device's layout: W_enc [d_in, n] → [n, d_in] when it is kept feature-major.
+    float[] DeviceLayout(DeviceParam q, float[] host) => Transposed(q) ? Transpose(host, _dIn, _n) : host;
+
+    void ToHost(DeviceParam q, Tensor device, float[] host)
+    {
+        if (!Transposed(q)) { device.CopyTo(host); return; }
+        var featureMajor = new float[host.Length];
+        device.CopyTo(featureMajor);
+        Transpose(featureMajor, _n, _dIn).CopyTo(host, 0);
+    }
+
+    static float[] Transpose(float[] a, int rows, int cols)
+    {
+        var t = new float[a.Length];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                t[(long)c * rows + r] = a[(long)r * cols + c];
+        return t;
+    }
+
     void Put(Tensor into, float[] values, TransferKind kind) =>
         _b.CopyRows(_b.ToDevice(Tensor.FromArray(values, values.Length), kind), 0, values.Length, into, 0, values.Length, 1, values.Length);
 
@@ -148,9 +175,9 @@ internal sealed class DeviceSaeTraining
     {
         foreach (var q in _params)
         {
-            Put(q.Value, Of(p, q.Name), TransferKind.Weights);
-            Put(q.M, Of(m, q.Name), TransferKind.Weights);
-            Put(q.V, Of(v, q.Name), TransferKind.Weights);
+            Put(q.Value, DeviceLayout(q, Of(p, q.Name)), TransferKind.Weights);
+            Put(q.M, DeviceLayout(q, Of(m, q.Name)), TransferKind.Weights);
+            Put(q.V, DeviceLayout(q, Of(v, q.Name)), TransferKind.Weights);
         }
         float window = _o.DeadWindowTokens;
         var since = new float[_n];
@@ -173,9 +200,9 @@ internal sealed class DeviceSaeTraining
     {
         foreach (var q in _params)
         {
-            q.Value.CopyTo(Of(p, q.Name));
-            q.M.CopyTo(Of(m, q.Name));
-            q.V.CopyTo(Of(v, q.Name));
+            ToHost(q, q.Value, Of(p, q.Name));
+            ToHost(q, q.M, Of(m, q.Name));
+            ToHost(q, q.V, Of(v, q.Name));
         }
         var since = new float[_n];
         _since.CopyTo(since);
@@ -211,7 +238,7 @@ internal sealed class DeviceSaeTraining
             b.Scale(_bDec.Value, -1f, _negBDec);
             b.AddRowVector(xIn, batch, _negBDec);
         }
-        b.Linear(xIn, batch, dIn, _wEnc.Value, false, n, _bEnc.Value, _pre);
+        b.Linear(xIn, batch, dIn, _wEnc.Value, weightIsOutIn: _encoderFeatureMajor, n, _bEnc.Value, _pre);
         if (_topK)
         {
             b.TopKRows(_pre, batch, n, _k, _values!, _indices!);
@@ -330,10 +357,16 @@ internal sealed class DeviceSaeTraining
             }
             else b.ActivationBackward("relu", _acts, dActs, _dPre);
         }
-        b.Gemm(true, false, dIn, n, batch, 1f, xIn, 0, dIn, _dPre, 0, n, 0f, _wEnc.Grad, 0, n);
+        if (!_encoderFeatureMajor) b.Gemm(true, false, dIn, n, batch, 1f, xIn, 0, dIn, _dPre, 0, n, 0f, _wEnc.Grad, 0, n);
+        else if (!aux) b.SparseRowsTransposeTimes(_values!, _indices!, batch, _k, xIn, n, dIn, _wEnc.Grad, accumulate: false); // dPre's nonzeros are dv
+        else b.Gemm(true, false, n, dIn, batch, 1f, _dPre, 0, n, xIn, 0, dIn, 0f, _wEnc.Grad, 0, dIn); // aux-k's entries too
         b.SumMiddleAxis(_dPre, 1, batch, n, _bEnc.Grad);
         // x_in = x − b_dec  ⇒  db_dec −= W_enc·db_enc
-        if (_xIn is not null) b.Gemm(false, false, dIn, 1, n, -1f, _wEnc.Value, 0, n, _bEnc.Grad, 0, 1, 1f, _bDec.Grad, 0, 1);
+        if (_xIn is not null)
+        {
+            if (_encoderFeatureMajor) b.Gemm(true, false, dIn, 1, n, -1f, _wEnc.Value, 0, dIn, _bEnc.Grad, 0, 1, 1f, _bDec.Grad, 0, 1);
+            else b.Gemm(false, false, dIn, 1, n, -1f, _wEnc.Value, 0, n, _bEnc.Grad, 0, 1, 1f, _bDec.Grad, 0, 1);
+        }
 
         // 7. the one read back
         _metrics.CopyTo(_sums);
