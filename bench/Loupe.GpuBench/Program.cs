@@ -88,6 +88,7 @@ if (!opts.NoParity && opts.Fixtures is { } fixtures && Directory.Exists(fixtures
     }
 }
 report["parity"] = parity;
+Save();
 
 // (b) Speed on real shapes.
 var speed = new List<Dictionary<string, object>>();
@@ -129,6 +130,7 @@ foreach (var shape in opts.Models)
     }
 }
 report["speed"] = speed;
+Save();
 
 // (c) A TopK SAE training step through SaeTrainer's device path: the batch drawn on the host and uploaded, forward,
 // backward (aux-k once features die), decoder projection, clipping, Adam, renormalisation, one metric vector read back.
@@ -167,6 +169,7 @@ if (opts.Sae is { } sae)
         Console.WriteLine($"{key,-12} {ms,10:F2} ms {rows / ms * 1000,12:F0} tok/s   loss {last.Loss:G5}   dead {last.DeadFraction:P1}   transfers per step: {Compare.Copies(copies)}");
         var profile = new List<Dictionary<string, object>>();
         if (opts.Profile)
+        try
         {
             // The same step again through a timing proxy: each backend call between two syncs (an upper bound per op).
             var (timed, timer) = OpTimer.Wrap(fp32, fp32.Synchronize);
@@ -185,11 +188,17 @@ if (opts.Sae is { } sae)
                 profile.Add(new() { ["op"] = op, ["calls"] = calls, ["ms"] = opMs });
             }
         }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // The profile is a diagnosis: losing it must not cost the timings of a run with minutes of device time.
+            Console.WriteLine($"  profile FAILED: {e.GetType().Name}: {e.Message}");
+        }
         report[key] = new Dictionary<string, object>
         {
             ["d_in"] = dIn, ["d_sae"] = dSae, ["k"] = k, ["batch"] = rows, ["dead_window_tokens"] = deadWindow, ["dead_fraction"] = last.DeadFraction,
             ["ms"] = ms, ["tok_s"] = rows / ms * 1000, ["loss"] = last.Loss, ["transfers"] = copies.ToString(), ["profile"] = profile,
         };
+        Save();
     }
 }
 // (d) An attribution graph on the device: circuit-tracer's fixture (tiny GPT-2, three SAELens transcoders),
@@ -213,8 +222,14 @@ if (opts.Attribution is { } attributionData && opts.Fixtures is { } fixtureRoot)
     Console.WriteLine($"attribution graph (circuit-tracer fixture, 197 nodes): device vs CPU adjacency {diff:E2} (max |Δ| / max |A|), {deviceMs:F1} ms on the device, {cpuMs:F1} ms on the CPU");
     report["attribution"] = new Dictionary<string, object> { ["adjacency_rel_diff"] = diff, ["device_ms"] = deviceMs, ["cpu_ms"] = cpuMs };
 }
-if (opts.Json is { } json) Loupe.Reports.AtomicFile.WriteJson(json, report);
+Save();
 return 0;
+
+// The JSON after every section (atomically replaced): a run cut by its time limit still brings back what it measured.
+void Save()
+{
+    if (opts.Json is { } json) Loupe.Reports.AtomicFile.WriteJson(json, report);
+}
 
 static class Timing
 {

@@ -4,10 +4,10 @@ import json, sys
 
 loupe = json.load(open(sys.argv[1]))
 torch = json.load(open(sys.argv[2]))
-peer = {(r["model"], r["dtype"]): r for r in torch["speed"]}
+peer = {(r["model"], r["dtype"]): r for r in torch.get("speed", [])}
 print(f"device: {loupe['device']}; peer: torch {torch['torch']}, transformers {torch['transformers']} (eager)")
 print(f"{'model':<14} {'dtype':<5} {'fwd Loupe':>10} {'fwd torch':>10} {'ratio':>6}   {'f+b Loupe':>10} {'f+b torch':>10} {'ratio':>6}")
-for r in loupe["speed"]:
+for r in loupe.get("speed", []):
     p = peer.get((r["model"], r["dtype"]))
     if not p:
         continue
