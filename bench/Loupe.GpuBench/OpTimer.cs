@@ -50,6 +50,4 @@ public class OpTimer : DispatchProxy
 
     public IReadOnlyList<(string Op, int Calls, double Ms)> Totals() =>
         _totals.Select(kv => (kv.Key, kv.Value.Calls, kv.Value.Ms)).OrderByDescending(t => t.Ms).ToList();
-
-    public void Clear() => _totals.Clear();
 }
