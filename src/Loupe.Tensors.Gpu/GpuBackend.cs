@@ -1034,21 +1034,21 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         if ((long)rows * k > 0) KRowDotsAt(Rows(rows, d), av, wv, iv, yv, d, n, k);
     }
 
-    Action<KernelConfig, ArrayView<float>, ArrayView<int>, int, int, int, int> KSparseTransposeCount => Kernel("sparseTransposeCount",
-        a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int, int, int, int>(Kernels.SparseTransposeCount));
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, int, int, int, int, int> KSparseTransposeCount => Kernel("sparseTransposeCount",
+        a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, int, int, int, int, int>(Kernels.SparseTransposeCount));
     Action<Index1D, ArrayView<int>, ArrayView<int>, int, int> KSparseTransposeChunkOffsets => Kernel("sparseTransposeChunkOffsets",
         a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<int>, ArrayView<int>, int, int>(Kernels.SparseTransposeChunkOffsets));
     Action<KernelConfig, ArrayView<int>, ArrayView<int>, int> KExclusiveScan => Kernel("exclusiveScan",
         a => a.LoadStreamKernel<ArrayView<int>, ArrayView<int>, int>(Kernels.ExclusiveScan));
-    Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, int> KSparseTransposePlace => Kernel("sparseTransposePlace",
-        a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, int>(Kernels.SparseTransposePlace));
-    Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int> KSparseTransposeTimes => Kernel("sparseTransposeTimes",
-        a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int>(Kernels.SparseTransposeTimes));
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, int, int> KSparseTransposePlace => Kernel("sparseTransposePlace",
+        a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, int, int>(Kernels.SparseTransposePlace));
+    Action<KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int, int> KSparseTransposeTimes => Kernel("sparseTransposeTimes",
+        a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int, int>(Kernels.SparseTransposeTimes));
 
     /// <summary>Row chunks of <see cref="SparseRowsTransposeTimes"/>'s transpose: each is one group walking its rows in order; more chunks, more counters (chunks·n).</summary>
     const int TransposeChunks = 64;
 
-    public void SparseRowsTransposeTimes(Tensor values, Tensor indices, int rows, int k, Tensor a, int n, int d, Tensor y, bool accumulate = false)
+    public void SparseRowsTransposeTimes(Tensor values, Tensor indices, int rows, int k, Tensor a, int n, int d, Tensor y, bool accumulate = false, bool distinctPerRow = false)
     {
         var vv = In(values);
         var iv = In(indices);
@@ -1073,11 +1073,11 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         var start = ints.View<int>((long)groups * n + n, n + 1);
         var order = ints.View<int>((long)groups * n + 2L * n + 1, entries);
         var chunks = new KernelConfig(groups, _group); // the whole group zeroes the chunk's n counters
-        KSparseTransposeCount(chunks, iv, cnt, rows, k, n, chunk);
+        KSparseTransposeCount(chunks, iv, cnt, rows, k, n, chunk, distinctPerRow ? 1 : 0);
         KSparseTransposeChunkOffsets(n, cnt, total, n, groups);
         KExclusiveScan(new KernelConfig(1, _group), total, start, n);
-        KSparseTransposePlace(chunks, iv, cnt, start, order, rows, k, n, chunk);
-        KSparseTransposeTimes(Rows(n, d), vv, order, start, av, yv, k, d, accumulate ? 1 : 0);
+        KSparseTransposePlace(chunks, iv, cnt, start, order, rows, k, n, chunk, distinctPerRow ? 1 : 0);
+        KSparseTransposeTimes(Rows(n, d), vv, order, start, av, yv, k, d, accumulate ? 1 : 0, (int)entries);
     }
 
     public void ScaleRows(Tensor x, int rows, int cols, Tensor scale, Tensor y)

@@ -863,8 +863,11 @@ static class Kernels
         return count;
     }
 
-    /// <summary>Pass 1, one group per chunk of rows: <c>cnt[g, i]</c> = the chunk's entries with column i.</summary>
-    public static void SparseTransposeCount(ArrayView<float> indices, ArrayView<int> cnt, int rows, int k, int n, int chunk)
+    /// <summary>
+    /// Pass 1, one group per chunk of rows: <c>cnt[g, i]</c> = the chunk's entries with column i. With
+    /// <paramref name="distinct"/> (no column repeats within a row) each entry counts itself: no thread of the row shares its counter.
+    /// </summary>
+    public static void SparseTransposeCount(ArrayView<float> indices, ArrayView<int> cnt, int rows, int k, int n, int chunk, int distinct)
     {
         int g = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
         long o = (long)g * n;
@@ -877,8 +880,10 @@ static class Kernels
             for (int j = t; j < k; j += step)
             {
                 int i = Column(indices[ro + j], n);
+                if (i < 0) continue;
+                if (distinct != 0) cnt[o + i] += 1;
                 // a column repeated within the row is counted once, by its first entry
-                if (i >= 0 && Repeats(indices, ro, 0, j, i, n) == 0) cnt[o + i] += 1 + Repeats(indices, ro, j + 1, k, i, n);
+                else if (Repeats(indices, ro, 0, j, i, n) == 0) cnt[o + i] += 1 + Repeats(indices, ro, j + 1, k, i, n);
             }
             Group.Barrier();
         }
@@ -928,8 +933,12 @@ static class Kernels
         }
     }
 
-    /// <summary>Pass 4, one group per chunk: each entry's id <c>r·k + j</c> into its column's list, in (r, j) order.</summary>
-    public static void SparseTransposePlace(ArrayView<float> indices, ArrayView<int> cnt, ArrayView<int> start, ArrayView<int> order, int rows, int k, int n, int chunk)
+    /// <summary>
+    /// Pass 4, one group per chunk: each entry's id <c>r·k + j</c> into its column's list, in (r, j) order. With
+    /// <paramref name="distinct"/> an entry is its column's only one in the row: it takes the next slot and moves the
+    /// counter on itself (a slot past the column's list, which only a broken promise gives, is dropped, not written).
+    /// </summary>
+    public static void SparseTransposePlace(ArrayView<float> indices, ArrayView<int> cnt, ArrayView<int> start, ArrayView<int> order, int rows, int k, int n, int chunk, int distinct)
     {
         int g = Grid.IdxX, t = Group.IdxX, step = Group.DimX;
         long o = (long)g * n;
@@ -937,6 +946,19 @@ static class Kernels
         for (int r = g * chunk; r < end; r++)
         {
             long ro = (long)r * k;
+            if (distinct != 0)
+            {
+                for (int j = t; j < k; j += step)
+                {
+                    int i = Column(indices[ro + j], n);
+                    if (i < 0) continue;
+                    int slot = start[i] + cnt[o + i];
+                    if (slot < start[i + 1]) order[slot] = (int)(ro + j);
+                    cnt[o + i] += 1;
+                }
+                Group.Barrier(); // the next row's entries read counters this row moved
+                continue;
+            }
             for (int j = t; j < k; j += step)
             {
                 int i = Column(indices[ro + j], n);
@@ -956,7 +978,7 @@ static class Kernels
     /// Pass 5, one group per column i: <c>y[i, :] (+)= Σ values[e]·a[e / k, :]</c> over the column's list in order, each
     /// thread owning the columns t, t + step, … of y; the list's entries go through shared memory <see cref="MaxGroup"/> at a time.
     /// </summary>
-    public static void SparseTransposeTimes(ArrayView<float> values, ArrayView<int> order, ArrayView<int> start, ArrayView<float> a, ArrayView<float> y, int k, int d, int accumulate)
+    public static void SparseTransposeTimes(ArrayView<float> values, ArrayView<int> order, ArrayView<int> start, ArrayView<float> a, ArrayView<float> y, int k, int d, int accumulate, int entries)
     {
         var sr = SharedMemory.Allocate<int>(MaxGroup);
         var sv = SharedMemory.Allocate<float>(MaxGroup);
@@ -971,8 +993,9 @@ static class Kernels
             for (int q = t; q < count; q += step)
             {
                 int e = order[p0 + q];
-                sr[q] = e / k;
-                sv[q] = values[e];
+                bool valid = e >= 0 && e < entries; // a slot left unwritten by a broken distinct-per-row promise holds anything
+                sr[q] = valid ? e / k : -1;
+                sv[q] = valid ? values[e] : 0f;
             }
             Group.Barrier();
             AddScaledRows(sr, sv, count, a, d, y, o, p0 > lo || accumulate != 0 ? 2 : 0, y);

@@ -834,6 +834,49 @@ public abstract class BackendConformance
         Assert.Equal(got, Down(again)); // a fixed order of sums: the same bits every run
     }
 
+    [Theory]
+    [InlineData(3, 50, 7, 4, false)]
+    [InlineData(130, 600, 9, 300, true)]   // aux-k's regime: k beyond a shared chunk, rows beyond the 64 chunks; masked features
+    [InlineData(4, 10, 5, 10, false)]      // every feature kept in every row: each column's list is the whole batch
+    public void SparseRowsTransposeTimesOnDistinctRowsIsTheSameWithTheirPromise(int rows, int n, int d, int k, bool masked)
+    {
+        var rng = new Random(95 + rows + n * k);
+        var pre = Rand(rng, rows * n);
+        if (masked) // a third of the features −∞ (aux-k's live features), fewer kept than there are left
+            for (int r = 0; r < rows; r++)
+                for (int i = 0; i < n; i += 3) pre[r * n + i] = float.NegativeInfinity;
+        var values = Backend.Empty(rows, k);
+        var indices = Backend.Empty(rows, k);
+        Backend.TopKRows(Up(pre, rows, n), rows, n, k, values, indices);
+        var a = Up(Rand(rng, rows * d), rows, d);
+        var y0 = Rand(rng, n * d);
+        var expected = D(y0);
+        R.SparseRowsTransposeTimes(D(Down(values)), D(Down(indices)), rows, k, D(Down(a)), n, d, expected, accumulate: true);
+        var checkedRepeats = Up((float[])y0.Clone(), n, d);
+        Backend.SparseRowsTransposeTimes(values, indices, rows, k, a, n, d, checkedRepeats, accumulate: true);
+        var promised = Up((float[])y0.Clone(), n, d);
+        Backend.SparseRowsTransposeTimes(values, indices, rows, k, a, n, d, promised, accumulate: true, distinctPerRow: true);
+        Near(expected, Down(promised), 1e-6 * (rows * k / n + 2), 1e-5, "SparseRowsTransposeTimes, distinct per row");
+        Assert.Equal(Down(checkedRepeats), Down(promised)); // the same lists in the same order: the same bits
+    }
+
+    [Fact]
+    public void SparseRowsTransposeTimesWithABrokenDistinctPromiseStaysInsideY()
+    {
+        const int rows = 70, n = 12, d = 5, k = 6;
+        var rng = new Random(96);
+        var values = Rand(rng, rows * k);
+        var indices = new float[rows * k];
+        for (int e = 0; e < indices.Length; e++) indices[e] = e % 3; // columns 0–2 repeated twice in every row
+        var y0 = Rand(rng, n * d);
+        var y = Up((float[])y0.Clone(), n, d);
+        Backend.SparseRowsTransposeTimes(Up(values, rows, k), Up(indices, rows, k), rows, k, Up(Rand(rng, rows * d), rows, d), n, d, y,
+            accumulate: true, distinctPerRow: true);
+        var got = Down(y);
+        Assert.Equal(y0[(3 * d)..], got[(3 * d)..]); // columns no entry names are untouched
+        Assert.All(got, v => Assert.True(float.IsFinite(v)));
+    }
+
     [Fact]
     public void SparseRowsTimesAfterTopKIsTheDenseProduct()
     {

@@ -14,14 +14,15 @@
 //   4. sparsity (standard): L1 = λ/B Σ acts·‖W_dec[i]‖ with its gradients into dActs and dW_dec;
 //      (JumpReLU) L0 = λ/B #{acts > 0}, whose only gradient is the threshold's (step 6)
 //   5. aux-k (TopK, BatchTopK, when the previous step left dead features): z_aux = ReLU'd top-k_aux of pre among dead features,
-//      ê = z_aux·W_dec, L_aux = c·min(n_dead/k_aux, 1)·Σ (ê + err)² / B; gradients into dW_dec and dPre
+//      ê = z_aux·W_dec, L_aux = c·min(n_dead/k_aux, 1)·Σ (ê + err)² / B; gradients into dW_dec and dPre. All three
+//      products from the k_aux kept entries per row (SparseRowsTimes, SparseRowsTransposeTimes, RowDotsAt), never [B, n] dense
 //   6. backward through the decoder, the activation (JumpReLU: and its log-threshold, straight-through) and the encoder.
 //      TopK: dActs is needed only at the k kept entries (the others have no gradient), so it is k dots per row
 //      (RowDotsAt: dRecon·W_dec[idx]ᵀ), masked by ReLU′ of the kept values and scattered into dPre; the other
 //      activations take the dense dRecon·W_decᵀ [B, n]. TopK's W_dec gradient actsᵀ·dRecon is sparse too
 //      (SparseRowsTransposeTimes: the kept entries transposed into per-feature lists without atomics, each feature's rows
 //      summed in batch order, so it is deterministic); the others take a dense GEMM. So is TopK's W_enc gradient
-//      x_inᵀ·dPre, with W_enc kept feature-major ([n, d_in]) on the device for it (dense when aux-k added entries).
+//      x_inᵀ·dPre, with W_enc kept feature-major ([n, d_in]) on the device for it (aux-k's entries a second sparse pass).
 //   7. read the metric vector back: the one copy out (the trainer stops here when the loss is not finite)
 //   8. update: project W_dec row gradients (unit-norm decoders), clip the global gradient norm, Adam,
 //      renormalise W_dec rows, commit the dead-feature counters
@@ -68,6 +69,7 @@ internal sealed class DeviceSaeTraining
     readonly Tensor _rowSums;              // [max(B, n, d_in)]
     readonly Tensor _colMean;              // [d_out]
     Tensor? _zAux, _diff, _projection;     // [B, n], [B, d_out], [n, d_out]: allocated when first needed (JumpReLU: _zAux holds dActs)
+    Tensor? _auxValues, _auxIndices, _auxGrad; // [B, d_in/2] each: aux-k's kept pre-activations, their features, their gradients
     readonly float[] _sums = new float[Slots];
 
     /// <summary>Allocates everything on <paramref name="backend"/>'s device; <see cref="Upload"/> fills it.</summary>
@@ -302,34 +304,39 @@ internal sealed class DeviceSaeTraining
         // 5. aux-k on the features dead at the start of this step
         float auxScale = 0f;
         bool aux = _auxK && _o.AuxKCoefficient > 0 && DeadCount > 0;
+        int kAux = 0;
         if (aux)
         {
-            int kNominal = Math.Max(1, dIn / 2), kAux = Math.Min(kNominal, DeadCount);
+            int kNominal = Math.Max(1, dIn / 2);
+            kAux = Math.Min(kNominal, DeadCount);
             auxScale = _o.AuxKCoefficient * Math.Min((float)DeadCount / kNominal, 1f);
-            var zAux = _zAux ??= b.Empty(batch, n);
+            _zAux ??= b.Empty(batch, n); // scratch for the main activation's dPre, added to aux-k's below
             var diff = _diff ??= b.Empty(batch, dOut);
-            var auxValues = b.Empty(batch, kAux);
-            var auxIndices = b.Empty(batch, kAux);
+            // [B, k_aux] lives in the first B·k_aux elements of buffers sized for the largest k_aux (the dead count moves every step)
+            var auxValues = _auxValues ??= b.Empty(batch, kNominal);
+            var auxIndices = _auxIndices ??= b.Empty(batch, kNominal);
+            var auxGrad = _auxGrad ??= b.Empty(batch, kNominal);
             b.CopyRows(_pre, 0, n, _dPre, 0, n, batch, n);
             b.AddRowVector(_dPre, batch, _deadBias);  // live features → −∞
             b.TopKRows(_dPre, batch, n, kAux, auxValues, auxIndices);
-            b.Activation("relu", auxValues, auxValues);
-            b.ScatterRows(auxValues, auxIndices, batch, kAux, n, zAux);
-            // diff = ê − e = z_aux·W_dec + err
-            b.CopyRows(_err, 0, dOut, diff, 0, dOut, batch, dOut);
-            b.Gemm(false, false, batch, dOut, n, 1f, zAux, 0, n, _wDec.Value, 0, dOut, 1f, diff, 0, dOut);
+            b.Activation("relu", auxValues, auxValues); // z_aux at its k_aux entries per row (k_aux ≤ dead: all finite)
+            // diff = ê − e = z_aux·W_dec + err: k_aux·d_out per row from the kept entries, not a dense [B, n]·[n, d_out]
+            b.SparseRowsTimes(auxValues, auxIndices, batch, kAux, _wDec.Value, n, dOut, null, diff);
+            b.Add(diff, _err, diff);
             SumOfSquares(diff, batch, dOut, 5);
             b.Scale(diff, 2f * auxScale / batch, diff);
-            b.Gemm(true, false, n, dOut, batch, 1f, zAux, 0, n, diff, 0, dOut, 0f, _wDec.Grad, 0, dOut);
-            b.Gemm(false, true, batch, n, dOut, 1f, diff, 0, dOut, _wDec.Value, 0, dOut, 0f, _dPre, 0, n);
-            b.ActivationBackward("relu", zAux, _dPre, _dPre); // only where z_aux > 0
+            b.SparseRowsTransposeTimes(auxValues, auxIndices, batch, kAux, diff, n, dOut, _wDec.Grad, accumulate: false, distinctPerRow: true);
+            // dPre at the aux entries: diff·W_dec[idx]ᵀ where z_aux > 0, zero elsewhere
+            b.RowDotsAt(diff, batch, dOut, _wDec.Value, n, auxIndices, kAux, auxGrad);
+            b.ActivationBackward("relu", auxValues, auxGrad, auxGrad);
+            b.ScatterRows(auxGrad, auxIndices, batch, kAux, n, _dPre);
             decoderGradWritten = true;
         }
 
         // 6. backward: d recon = 2·err / B
         var dRecon = _err;
         b.Scale(_err, 2f / batch, dRecon);
-        if (_topK) b.SparseRowsTransposeTimes(_kept!, _indices!, batch, _k, dRecon, n, dOut, _wDec.Grad, accumulate: decoderGradWritten);
+        if (_topK) b.SparseRowsTransposeTimes(_kept!, _indices!, batch, _k, dRecon, n, dOut, _wDec.Grad, accumulate: decoderGradWritten, distinctPerRow: true);
         else b.Gemm(true, false, n, dOut, batch, 1f, _acts, 0, n, dRecon, 0, dOut, decoderGradWritten ? 1f : 0f, _wDec.Grad, 0, dOut);
         b.SumMiddleAxis(dRecon, 1, batch, dOut, _bDec.Grad);
         if (_wSkip is not null) b.Gemm(true, false, dIn, dOut, batch, 1f, x, 0, dIn, dRecon, 0, dOut, 0f, _wSkip.Grad, 0, dOut);
@@ -358,8 +365,12 @@ internal sealed class DeviceSaeTraining
             else b.ActivationBackward("relu", _acts, dActs, _dPre);
         }
         if (!_encoderFeatureMajor) b.Gemm(true, false, dIn, n, batch, 1f, xIn, 0, dIn, _dPre, 0, n, 0f, _wEnc.Grad, 0, n);
-        else if (!aux) b.SparseRowsTransposeTimes(_values!, _indices!, batch, _k, xIn, n, dIn, _wEnc.Grad, accumulate: false); // dPre's nonzeros are dv
-        else b.Gemm(true, false, n, dIn, batch, 1f, _dPre, 0, n, xIn, 0, dIn, 0f, _wEnc.Grad, 0, dIn); // aux-k's entries too
+        else
+        {
+            // dPre's nonzeros are dv at the kept entries, plus aux-k's at its entries: two sparse transposes, not x_inᵀ·dPre
+            b.SparseRowsTransposeTimes(_values!, _indices!, batch, _k, xIn, n, dIn, _wEnc.Grad, accumulate: false, distinctPerRow: true);
+            if (aux) b.SparseRowsTransposeTimes(_auxGrad!, _auxIndices!, batch, kAux, xIn, n, dIn, _wEnc.Grad, accumulate: true, distinctPerRow: true);
+        }
         b.SumMiddleAxis(_dPre, 1, batch, n, _bEnc.Grad);
         // x_in = x − b_dec  ⇒  db_dec −= W_enc·db_enc
         if (_xIn is not null)

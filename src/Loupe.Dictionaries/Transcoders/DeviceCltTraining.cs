@@ -261,7 +261,7 @@ internal sealed class DeviceCltTraining
             {
                 // TopK's gradient flows only at the kept entries: W_dec's gradient from their transposed lists, dActs as k dots per row
                 b.CopyRows(dE, l * dOut, rowOut, _rows[l], 0, width, batch, width);
-                b.SparseRowsTransposeTimes(_kept[l], _indices[l], batch, _k, _rows[l], n, width, wDec.Grad);
+                b.SparseRowsTransposeTimes(_kept[l], _indices[l], batch, _k, _rows[l], n, width, wDec.Grad, distinctPerRow: true); // top-k indices
                 b.RowDotsAt(_rows[l], batch, width, wDec.Value, n, _indices[l], _k, _dKept!);
                 b.ActivationBackward("relu", _kept[l], _dKept!, _dKept!);
                 b.ScatterRows(_dKept!, _indices[l], batch, _k, n, _dPre);

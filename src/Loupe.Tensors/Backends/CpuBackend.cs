@@ -547,8 +547,9 @@ public sealed class CpuBackend : IComputeBackend
         }
     }
 
-    public void SparseRowsTransposeTimes(Tensor values, Tensor indices, int rows, int k, Tensor a, int n, int d, Tensor y, bool accumulate = false)
+    public void SparseRowsTransposeTimes(Tensor values, Tensor indices, int rows, int k, Tensor a, int n, int d, Tensor y, bool accumulate = false, bool distinctPerRow = false)
     {
+        // distinctPerRow changes nothing here: entries are added one at a time, repeats or not
         var vs = values.Span[..checked(rows * k)];
         var ix = indices.Span[..checked(rows * k)];
         var av = a.Span[..checked(rows * d)];

@@ -245,8 +245,11 @@ public interface IComputeBackend
     /// a <c>[rows, d]</c>, values and indices <c>[rows, k]</c> (whole floats; outside <c>[0, n)</c> or NaN skipped; repeats
     /// allowed). Each row of y is summed in (r, j) order: the result does not depend on scheduling. The gradient of
     /// <see cref="SparseRowsTimes"/> to w (a TopK decoder's gradient: k·d per row of a instead of n·d).
+    /// <paramref name="distinctPerRow"/> is the caller's promise that no index repeats within a row (true of
+    /// <see cref="TopKRows"/>'s indices): the result is the same, but a backend may skip its repeat check (on the GPU an
+    /// O(k) scan per entry, which dominates at aux-k's k of ~1,000). A broken promise gives a wrong y, never a write outside it.
     /// </summary>
-    void SparseRowsTransposeTimes(Tensor values, Tensor indices, int rows, int k, Tensor a, int n, int d, Tensor y, bool accumulate = false);
+    void SparseRowsTransposeTimes(Tensor values, Tensor indices, int rows, int k, Tensor a, int n, int d, Tensor y, bool accumulate = false, bool distinctPerRow = false);
 
     /// <summary><c>y[r, c] = x[r, c]·scale[r]</c> for x <c>[rows, cols]</c> and scale <c>[rows]</c> (y may be x). One row: a scalar held on the device.</summary>
     void ScaleRows(Tensor x, int rows, int cols, Tensor scale, Tensor y);
