@@ -10,7 +10,7 @@ using Loupe.Tensors.Backends;
 using Loupe.Tensors.Gpu;
 
 // The GPU bench: (a) parity of logits and gradients between the CPU backend and a device backend on the
-// reference fixtures (fp32 and bf16 weights); (b) forward and forward+backward tokens/s on real shapes
+// reference fixtures (fp32 weights; bf16 weights with split and with rounded activations); (b) forward and forward+backward tokens/s on real shapes
 // with random weights; (c) with --sae, one TopK SAE training step (forward, backward, Adam) on the device;
 // (d) with --attribution DIR (tests/data/attribution), an attribution graph on the device against the CPU's.
 // bench/gpu/run.sh runs it beside bench/gpu/torch_peer.py (the same shapes in
@@ -25,6 +25,14 @@ var report = new Dictionary<string, object?>();
 var device = Device.Parse(opts.Device);
 using var fp32 = ComputeBackends.Create(device);
 using var bf16 = ComputeBackends.Create(device, ElementType.BF16);
+// "bf16": bf16 weights, activations split into two bf16 parts (the default); "bf16r": activations rounded to bf16, one
+// tensor-core product each (torch's bf16 arithmetic, faster). One backend, the mode set before each use.
+GpuBackend Backend(string dtype)
+{
+    if (dtype == "fp32") return fp32;
+    bf16.HalfActivations = dtype == "bf16r" ? HalfActivations.Rounded : HalfActivations.Split;
+    return bf16;
+}
 Console.WriteLine($"device: {fp32.Name}");
 report["device"] = fp32.Name;
 report["device_info"] = ComputeBackends.Describe(fp32);
@@ -45,9 +53,10 @@ if (!opts.NoParity && opts.Fixtures is { } fixtures && Directory.Exists(fixtures
         var batch = new TokenBatch(ids, 2, 12);
         using var cpuModel = ModelLoader.LoadFolder(folder);
         var cpu = cpuModel.RunWithGradients(batch, new LogitDiff(17, 42), "blocks.*.hook_resid_pre");
-        foreach (var (label, backend) in new[] { ("fp32", fp32), ("bf16", bf16) })
+        foreach (var label in new[] { "fp32", "bf16", "bf16r" })
         try
         {
+            var backend = Backend(label);
             using var model = ModelLoader.LoadFolder(folder, backend);
             var dev = model.RunWithGradients(batch, new LogitDiff(17, 42), "blocks.*.hook_resid_pre");
             double logits = Compare.RelativeMax(cpu.Logits.ToCpu().Span, dev.Logits.ToCpu().Span);
@@ -60,7 +69,7 @@ if (!opts.NoParity && opts.Fixtures is { } fixtures && Directory.Exists(fixtures
             row["logits_rel_l2"] = logitsL2;
             row["gradients_rel_l2"] = gradsL2;
             string same = "";
-            if (label == "bf16")
+            if (label != "fp32")
             {
                 // Against the CPU computing in fp32 with the same bf16-rounded weights: the device's own arithmetic error.
                 using var roundedModel = ModelLoader.LoadFolder(folder, CpuBackend.WithRoundedWeights(ElementType.BF16));
@@ -100,7 +109,7 @@ foreach (var shape in opts.Models)
     string folder = RandomModels.Ensure(opts.Work, shape, log);
     foreach (var dtype in opts.DTypes)
     {
-        var backend = dtype == "bf16" ? bf16 : fp32;
+        var backend = Backend(dtype);
         using var model = ModelLoader.LoadFolder(folder, backend);
         var rng = new Random(1);
         var ids = Enumerable.Range(0, opts.Batch * opts.Seq).Select(_ => rng.Next(shape.Vocab)).ToArray();
@@ -286,7 +295,7 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
         string? fixtures = null, json = null, attribution = null;
         string work = Path.Combine(Path.GetTempPath(), "loupe-gpubench");
         var models = new List<ModelShape> { ModelShape.Gpt2Small, ModelShape.Llama1B };
-        var dtypes = new List<string> { "fp32", "bf16" };
+        var dtypes = new List<string> { "fp32", "bf16", "bf16r" };
         int batch = 1, seq = 128, reps = 20, warmup = 3;
         bool sae = false, quick = false, profile = false, noParity = false;
         var saeShape = (DIn: 2048, DSae: 65536, K: 64, Batch: 4096);
@@ -299,7 +308,11 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
                 case "--fixtures": fixtures = Next(); break;
                 case "--no-parity": noParity = true; break;
                 case "--models": models = Next() is "none" ? [] : args[i].Split(',').Select(ModelShape.Parse).ToList(); break;
-                case "--dtypes": dtypes = Next().Split(',').ToList(); break;
+                case "--dtypes":
+                    dtypes = Next().Split(',').ToList();
+                    if (dtypes.FirstOrDefault(d => d is not ("fp32" or "bf16" or "bf16r")) is { } bad)
+                        throw new ArgumentException($"--dtypes: '{bad}' is not fp32, bf16 (split activations) or bf16r (rounded activations)");
+                    break;
                 case "--batch": batch = int.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--seq": seq = int.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--reps": reps = int.Parse(Next(), CultureInfo.InvariantCulture); break;

@@ -8,7 +8,7 @@ peer = {(r["model"], r["dtype"]): r for r in torch.get("speed", [])}
 print(f"device: {loupe['device']}; peer: torch {torch['torch']}, transformers {torch['transformers']} (eager)")
 print(f"{'model':<14} {'dtype':<5} {'fwd Loupe':>10} {'fwd torch':>10} {'ratio':>6}   {'f+b Loupe':>10} {'f+b torch':>10} {'ratio':>6}")
 for r in loupe.get("speed", []):
-    p = peer.get((r["model"], r["dtype"]))
+    p = peer.get((r["model"], "bf16" if r["dtype"] == "bf16r" else r["dtype"]))  # bf16r: Loupe's rounded activations, torch's bf16 arithmetic
     if not p:
         continue
     print(f"{r['model']:<14} {r['dtype']:<5} {r['forward_ms']:10.2f} {p['forward_ms']:10.2f} {p['forward_ms'] / r['forward_ms']:6.2f}   "
@@ -19,7 +19,8 @@ for key in ("sae_step", "sae_step_aux"):
         same = all(ls[f] == ts[f] for f in ("d_in", "d_sae", "k", "batch"))
         print(f"{key:<14} {'fp32':<5} {ls['ms']:10.2f} {ts['ms']:10.2f} {ts['ms'] / ls['ms']:6.2f}   "
               f"d_in {ls['d_in']} d_sae {ls['d_sae']} k {ls['k']} batch {ls['batch']}{'' if same else ' (torch ran other sizes: ratio not comparable)'}")
-print("ratio = torch ms / Loupe ms (above 1: Loupe is faster)")
+print("ratio = torch ms / Loupe ms (above 1: Loupe is faster); bf16: bf16 weights, fp32 activations split in two bf16 parts "
+      "(two tensor-core products); bf16r: activations rounded to bf16 (one product, as torch's bf16); both against torch's bf16")
 peer_bf16 = {r["fixture"]: r["logits_rel"] for r in torch.get("bf16_parity", [])}
 peer_bf16_l2 = {r["fixture"]: r["logits_rel_l2"] for r in torch.get("bf16_parity", []) if "logits_rel_l2" in r}
 for row in loupe.get("parity", []):

@@ -11,6 +11,8 @@ struct GemmArgs
     public float Alpha, Beta;
     /// <summary>0: B is fp32; 1: B is bf16 and A is rounded to bf16; 2: the same with fp16.</summary>
     public int Half;
+    /// <summary>With 16-bit B: 1 when A goes in as hi + lo halves, two products summed (as cuBLAS is called); 0 rounded.</summary>
+    public int Split;
 }
 
 /// <summary>Scalars of a norm launch.</summary>
@@ -130,6 +132,16 @@ static class Kernels
 
     public static void ToBf16(Index1D i, ArrayView<float> src, ArrayView<ushort> dst) => dst[i] = FloatToBf16(src[i]);
     public static void ToF16(Index1D i, ArrayView<float> src, ArrayView<ushort> dst) => dst[i] = FloatToF16(src[i]);
+    /// <summary>x ≈ hi + lo in 16 bits each: hi = round(x), lo = round(x − hi) (the residual is exact in fp32).</summary>
+    public static void SplitToHalf(Index1D i, ArrayView<float> x, ArrayView<ushort> hi, ArrayView<ushort> lo, int kind)
+    {
+        float v = x[i];
+        ushort h = kind == 1 ? FloatToBf16(v) : FloatToF16(v);
+        hi[i] = h;
+        float r = v - FromHalf(h, kind);
+        lo[i] = kind == 1 ? FloatToBf16(r) : FloatToF16(r);
+    }
+
     public static void HalfToFloat(Index1D i, ArrayView<ushort> src, ArrayView<float> dst, int kind) => dst[i] = FromHalf(src[i], kind);
 
     // ---- element-wise ------------------------------------------------------------------------
@@ -245,14 +257,17 @@ static class Kernels
         int mn = g.M * g.N;
         int batch = i / mn, rest = i % mn, row = rest / g.N, col = rest % g.N;
         long ao = batch * g.StrideA, bo = batch * g.StrideB, co = batch * g.StrideC + (long)row * g.Ldc + col;
-        float sum = 0;
+        float sum = 0, sumLo = 0;
         for (int p = 0; p < g.K; p++)
         {
             float av = g.TransA != 0 ? a[ao + (long)p * g.Lda + row] : a[ao + (long)row * g.Lda + p];
             ushort bv = g.TransB != 0 ? b[bo + (long)col * g.Ldb + p] : b[bo + (long)p * g.Ldb + col];
-            sum += RoundToHalf(av, g.Half) * FromHalf(bv, g.Half);
+            float w = FromHalf(bv, g.Half), hi = RoundToHalf(av, g.Half);
+            sum += hi * w;
+            if (g.Split != 0) sumLo += RoundToHalf(av - hi, g.Half) * w;
         }
-        c[co] = g.Beta == 0f ? g.Alpha * sum : g.Alpha * sum + g.Beta * c[co];
+        float first = g.Beta == 0f ? g.Alpha * sum : g.Alpha * sum + g.Beta * c[co];
+        c[co] = g.Split != 0 ? g.Alpha * sumLo + first : first; // the lo product adds into C as cuBLAS's second call does
     }
 
     // ---- group reductions (every thread of the group must call them) ------------------------------

@@ -71,6 +71,37 @@ public sealed class ProductTests(EmulatedBackendFixture fixture) : DeviceTest(fi
         Close.All(expected, Read(y), 1e-5, 1e-5, "fp32 weight");
     }
 
+    [Theory]
+    [InlineData(ElementType.BF16, false)]
+    [InlineData(ElementType.BF16, true)]
+    [InlineData(ElementType.F16, true)]
+    public void SplitActivationsLeaveTheWeightsRoundingTheOnlyOne(ElementType type, bool outIn)
+    {
+        var rng = new Random(40 + (int)type * 2 + (outIn ? 1 : 0));
+        const int rows = 6, k = 300, n = 17;
+        var x = Uniform(rng, rows * k, -3f, 3f);
+        // weights that 16 bits hold exactly, as a bf16/fp16 checkpoint's are: the fp32 CPU product is then the exact answer
+        var w = CpuBackend.WithRoundedWeights(type).LoadWeight(Uniform(rng, k * n), outIn ? [n, k] : [k, n], type).Span.ToArray();
+        var expected = new float[rows * n];
+        Cpu.Linear(Host(x), rows, k, Host(w), outIn, n, null, new Tensor(expected, rows * n));
+        float scale = expected.Max(Math.Abs);
+        var weight = Gpu.LoadWeight(w, outIn ? [n, k] : [k, n], type);
+        var y = Gpu.Empty(rows, n);
+        try
+        {
+            Gpu.HalfActivations = HalfActivations.Split;
+            Gpu.Linear(Dev(x), rows, k, weight, outIn, n, null, y);
+            Close.All(expected, Read(y), 2e-5 * scale, 0, $"{type} weights, split activations");
+            Gpu.HalfActivations = HalfActivations.Rounded;
+            Gpu.Linear(Dev(x), rows, k, weight, outIn, n, null, y);
+            var rounded = Read(y);
+            Close.All(expected, rounded, 1e-2 * scale, 0, $"{type} weights, rounded activations");
+            double worst = expected.Zip(rounded, (e, r) => Math.Abs(e - r)).Max();
+            Assert.True(worst > 1e-4 * scale, $"rounding the activations should show ({worst:g3} of {scale:g3}): is the split path taken in both modes?");
+        }
+        finally { Gpu.HalfActivations = HalfActivations.Split; }
+    }
+
     [Fact]
     public void RotaryMatchesTheCpuBackendAndItsInverseUndoesIt()
     {
