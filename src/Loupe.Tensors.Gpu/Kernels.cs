@@ -139,6 +139,7 @@ static class Kernels
         ushort h = kind == 1 ? FloatToBf16(v) : FloatToF16(v);
         hi[i] = h;
         float r = v - FromHalf(h, kind);
+        if (!IsFinite(r)) r = 0f; // beyond fp16's range hi is ±∞: a lo of ∓∞ would turn the product into NaN
         lo[i] = kind == 1 ? FloatToBf16(r) : FloatToF16(r);
     }
 
@@ -264,7 +265,11 @@ static class Kernels
             ushort bv = g.TransB != 0 ? b[bo + (long)col * g.Ldb + p] : b[bo + (long)p * g.Ldb + col];
             float w = FromHalf(bv, g.Half), hi = RoundToHalf(av, g.Half);
             sum += hi * w;
-            if (g.Split != 0) sumLo += RoundToHalf(av - hi, g.Half) * w;
+            if (g.Split != 0)
+            {
+                float r = av - hi;
+                sumLo += IsFinite(r) ? RoundToHalf(r, g.Half) * w : 0f; // as SplitToHalf
+            }
         }
         float first = g.Beta == 0f ? g.Alpha * sum : g.Alpha * sum + g.Beta * c[co];
         c[co] = g.Split != 0 ? g.Alpha * sumLo + first : first; // the lo product adds into C as cuBLAS's second call does

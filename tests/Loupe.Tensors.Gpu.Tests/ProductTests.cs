@@ -103,6 +103,17 @@ public sealed class ProductTests(EmulatedBackendFixture fixture) : DeviceTest(fi
     }
 
     [Fact]
+    public void AnActivationBeyondFp16sRangeSplitsAsItRounds()
+    {
+        // 1e5 has no fp16 value: hi is +∞ in either mode, and the split's lo must not add ∞ − ∞ = NaN to it
+        float[] x = [1e5f, 1f];
+        var weight = Gpu.LoadWeight(new float[] { 1f, 1f }, [2, 1], ElementType.F16);
+        var y = Gpu.Empty(1, 1);
+        Gpu.Linear(Dev(x, 1, 2), 1, 2, weight, false, 1, null, y);
+        Assert.Equal(float.PositiveInfinity, Read(y)[0]);
+    }
+
+    [Fact]
     public void RotaryMatchesTheCpuBackendAndItsInverseUndoesIt()
     {
         var table = new RotaryTable(8, 10000, 4096);
