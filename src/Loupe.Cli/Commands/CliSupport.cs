@@ -123,7 +123,7 @@ static class CliSupport
         var choice = new WeightTypeChoice(ResolveWeightType(option), !string.IsNullOrWhiteSpace(option));
         s_weightType.Value = choice;
         if (choice is { FromOption: true, Type: not ElementType.F32 } && Device.IsCpu)
-            throw new InputError($"argument: --dtype: {CpuComputesFp32}; drop --dtype {WeightTypeName(choice.Type)} or choose a GPU with --device");
+            throw new InputError($"argument: --dtype: {CpuComputesFp32}; drop --dtype {WeightTypeName(choice.Type)}");
     }
 
     /// <summary>The element type named by <c>--dtype</c>, or by <c>$LOUPE_DTYPE</c> when the option is absent, else fp32.</summary>
@@ -231,11 +231,11 @@ static class CliSupport
         if (Device.IsCpu) return; // and an explicit --dtype bf16 on the CPU was refused when it was chosen
         string verb = s_device.Value?.Verb is { Length: > 0 } v ? v : "this verb";
         string why = reason is null ? "runs on the CPU only so far" : $"runs on the CPU only: {reason}";
-        if (s_device.Value is { FromOption: true })
-            throw new InputError($"argument: --device: '{verb}' {why} (device verbs: {DeviceVerbs}); drop --device {Device}");
         var weights = Requested;
-        if (weights is { FromOption: true, Type: not ElementType.F32 })
-            throw new InputError($"argument: --dtype: '{verb}' {why} (device verbs: {DeviceVerbs}); drop --dtype {WeightTypeName(weights.Type)}");
+        string? given = s_device.Value is { FromOption: true } ? $"--device {Device}"
+            : weights is { FromOption: true, Type: not ElementType.F32 } ? $"--dtype {WeightTypeName(weights.Type)}" : null;
+        if (given is not null)
+            throw new InputError($"argument: {given.Split(' ')[0]}: '{verb}' {why} (device verbs: {DeviceVerbs}); drop {given}");
         string ignored = weights.Type == ElementType.F32 ? $"LOUPE_DEVICE={Device} is" : $"LOUPE_DEVICE={Device} and LOUPE_DTYPE={WeightTypeName(weights.Type)} are";
         Status.MarkupLine($"[grey]note: '{Markup.Escape(verb)}' {Markup.Escape(why)}; {ignored} ignored here[/]");
     }

@@ -101,6 +101,15 @@ public class DtypeCliTests
         }
     }
 
+    [RequiresSharedFact("models/gpt2-tokenizer")]
+    public void AVerbThatLoadsNoModelSaysDtypeChangesNothing()
+    {
+        var (code, stdout, err) = RunLoupe("tokenize", "--model", SharedData.Require("models/gpt2-tokenizer"), "--text", "Hello world", "--device", "emulated", "--dtype", "bf16");
+        Assert.True(code == 0, err);
+        Assert.Equal("[15496, 995]", stdout.Trim());
+        Assert.Contains("note: 'tokenize' loads no model (it only reads the tokenizer); --device emulated --dtype bf16 changes nothing here", err);
+    }
+
     [Fact]
     public void DictionariesTrainOnAnFp32BackendOfTheDeviceWhateverDtypeSays()
     {
