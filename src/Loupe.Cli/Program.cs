@@ -35,6 +35,7 @@ public static class Program
             var path = new List<string>();
             for (var c = parse.CommandResult; c.Parent is CommandResult parent; c = parent) path.Insert(0, c.Command.Name);
             CliSupport.ChooseDevice(parse.GetValue<string?>(DeviceOptionName), string.Join(' ', path));
+            CliSupport.ChooseWeightType(parse.GetValue<string?>(DtypeOptionName));
             CliSupport.ChooseProcessing(parse.GetValue<string?>(ProcessOptionName));
         }
         catch (InputError e)
@@ -77,6 +78,9 @@ public static class Program
     /// <summary>The option every verb accepts to choose the device.</summary>
     public const string DeviceOptionName = "--device";
 
+    /// <summary>The option every verb accepts to choose how a model's matrix weights are kept on the device.</summary>
+    public const string DtypeOptionName = "--dtype";
+
     /// <summary>The option every verb that loads a model accepts to process its weights as TransformerLens does.</summary>
     public const string ProcessOptionName = "--process";
 
@@ -92,6 +96,13 @@ public static class Program
         root.Options.Add(new Option<string?>(DeviceOptionName)
         {
             Description = "Where models run: cpu (default), cuda, cuda:N, or emulated (the GPU kernels on the CPU, for testing). Default: $LOUPE_DEVICE, else cpu",
+            Recursive = true,
+        });
+        root.Options.Add(new Option<string?>(DtypeOptionName)
+        {
+            Description = "The element type a model's matrix weights are kept in on the device: fp32 (default), bf16 or fp16 (half the memory; " +
+                          "products accumulate in fp32). A GPU option (cuda, emulated): the CPU computes with fp32 weights. Dictionary training " +
+                          "(sae train, clt train) keeps the dictionary's parameters in fp32 whatever --dtype says. Default: $LOUPE_DTYPE, else fp32",
             Recursive = true,
         });
         root.Options.Add(new Option<string?>(ProcessOptionName)

@@ -128,6 +128,20 @@ public sealed class StorageTests(EmulatedBackendFixture fixture) : DeviceTest(fi
     }
 
     [Fact]
+    public void SharedBackendsAreOnePerDeviceAndWeightType()
+    {
+        var emulated = new Device(DeviceKind.Emulated);
+        var bf16 = ComputeBackends.Shared(emulated, ElementType.BF16);
+        Assert.Equal(ElementType.BF16, bf16.WeightElementType);
+        Assert.Same(bf16, ComputeBackends.Shared(emulated, ElementType.BF16));
+        var fp32 = ComputeBackends.Shared(emulated);
+        Assert.Equal(ElementType.F32, fp32.WeightElementType);
+        Assert.NotSame(bf16, fp32);
+        // the CPU backend computes with fp32 weights: a 16-bit CPU backend is CpuBackend.WithRoundedWeights, never shared
+        Assert.Throws<ArgumentException>(() => ComputeBackends.Shared(Device.Cpu, ElementType.F16));
+    }
+
+    [Fact]
     public void CudaWithoutADriverIsAnInputErrorThatSaysWhatIsMissing()
     {
         if (File.Exists("/usr/lib/x86_64-linux-gnu/libcuda.so.1") || Environment.GetEnvironmentVariable("LD_LIBRARY_PATH") is { Length: > 0 } p && p.Split(':').Any(d => File.Exists(Path.Combine(d, "libcuda.so.1"))))

@@ -92,24 +92,114 @@ static class CliSupport
         return string.IsNullOrWhiteSpace(env) ? Device.Cpu : Device.Parse(env, "environment variable LOUPE_DEVICE");
     }
 
-    /// <summary>The backend for <see cref="Device"/>: created once per device and process (a GPU context is costly).</summary>
-    /// <exception cref="InputError">The device cannot be used here (no driver, no such GPU, no cuBLAS): the message says what is missing.</exception>
-    public static IComputeBackend Backend => Tensors.Gpu.ComputeBackends.Shared(Device);
+    /// <summary>What <c>--dtype</c> or <c>$LOUPE_DTYPE</c> asked for in this invocation; <see cref="Noted"/>: a note said it is ignored.</summary>
+    sealed class WeightTypeChoice(ElementType type, bool fromOption)
+    {
+        public ElementType Type => type;
+        public bool FromOption => fromOption;
+        public bool Noted;
+    }
+
+    static readonly AsyncLocal<WeightTypeChoice?> s_weightType = new();
+
+    /// <summary>What the CPU does instead of keeping 16-bit weights (said where --dtype bf16/fp16 meets the CPU).</summary>
+    const string CpuComputesFp32 = "the CPU backend computes with fp32 weights; bf16/fp16 weights are a GPU option (--device cuda or emulated)";
 
     /// <summary>
-    /// The backend a dictionary with <paramref name="activation"/> trains on: <see cref="Device"/>'s when the architecture
-    /// trains there; else the CPU, as for the verbs that run on the CPU only: an explicit <c>--device</c> is refused naming
-    /// the architecture, a <c>$LOUPE_DEVICE</c> default is noted on stderr.
+    /// The element type models' matrix weights are kept in on <see cref="Device"/> in this invocation (<c>--dtype</c>, else
+    /// <c>$LOUPE_DTYPE</c>, else fp32): fp32 on the CPU, whose backend computes with fp32 weights.
+    /// </summary>
+    public static ElementType WeightType => Device.IsCpu ? ElementType.F32 : Requested.Type;
+
+    static WeightTypeChoice Requested => s_weightType.Value ?? new(ResolveWeightType(null), false);
+
+    /// <summary>
+    /// Sets the weight element type of this invocation from the <c>--dtype</c> value (null when absent); call after
+    /// <see cref="ChooseDevice"/>. On the CPU, bf16/fp16 from the option is refused; from <c>$LOUPE_DTYPE</c> it is noted when a model loads.
+    /// </summary>
+    /// <exception cref="InputError">The option or <c>$LOUPE_DTYPE</c> names no element type, or the option asks for bf16/fp16 on the CPU.</exception>
+    public static void ChooseWeightType(string? option)
+    {
+        var choice = new WeightTypeChoice(ResolveWeightType(option), !string.IsNullOrWhiteSpace(option));
+        s_weightType.Value = choice;
+        if (choice is { FromOption: true, Type: not ElementType.F32 } && Device.IsCpu)
+            throw new InputError($"argument: --dtype: {CpuComputesFp32}; drop --dtype {WeightTypeName(choice.Type)}");
+    }
+
+    /// <summary>The element type named by <c>--dtype</c>, or by <c>$LOUPE_DTYPE</c> when the option is absent, else fp32.</summary>
+    /// <exception cref="InputError">The name is not fp32, bf16 or fp16 (the message names the option or variable).</exception>
+    public static ElementType ResolveWeightType(string? option)
+    {
+        if (!string.IsNullOrWhiteSpace(option)) return ParseWeightType(option, "argument: --dtype");
+        string? env = Environment.GetEnvironmentVariable("LOUPE_DTYPE");
+        return string.IsNullOrWhiteSpace(env) ? ElementType.F32 : ParseWeightType(env, "environment variable LOUPE_DTYPE");
+    }
+
+    /// <summary>fp32, bf16 or fp16 (case-insensitive; f32/float32, bfloat16, f16/float16/half too).</summary>
+    /// <exception cref="InputError">Anything else, with the accepted values in the message.</exception>
+    static ElementType ParseWeightType(string text, string where) => text.Trim().ToLowerInvariant() switch
+    {
+        "fp32" or "f32" or "float32" => ElementType.F32,
+        "bf16" or "bfloat16" => ElementType.BF16,
+        "fp16" or "f16" or "float16" or "half" => ElementType.F16,
+        _ => throw new InputError($"{where}: unknown element type '{text}'; expected fp32, bf16 or fp16 (how the model's matrix weights are kept on the device)"),
+    };
+
+    /// <summary>The <c>--dtype</c> spelling of an element type.</summary>
+    static string WeightTypeName(ElementType type) => type switch { ElementType.BF16 => "bf16", ElementType.F16 => "fp16", _ => "fp32" };
+
+    /// <summary>How the weight type was asked for, as a person would have typed it (for notes).</summary>
+    static string WeightTypeSource(WeightTypeChoice choice) =>
+        choice.FromOption ? $"--dtype {WeightTypeName(choice.Type)}" : $"LOUPE_DTYPE={WeightTypeName(choice.Type)}";
+
+    /// <summary>
+    /// The backend for <see cref="Device"/> keeping matrix weights as <see cref="WeightType"/>: created once per device, type
+    /// and process (a GPU context is costly). On the CPU, a bf16/fp16 <c>$LOUPE_DTYPE</c> is noted on stderr (once) and fp32 used.
+    /// </summary>
+    /// <exception cref="InputError">The device cannot be used here (no driver, no such GPU, no cuBLAS): the message says what is missing.</exception>
+    public static IComputeBackend Backend
+    {
+        get
+        {
+            if (!Device.IsCpu) return Tensors.Gpu.ComputeBackends.Shared(Device, WeightType);
+            var requested = Requested;
+            if (requested.Type != ElementType.F32 && !requested.Noted)
+            {
+                requested.Noted = true; // an explicit --dtype bf16 on the CPU was refused when it was chosen
+                Console.Error.WriteLine($"note: {CpuComputesFp32}; {WeightTypeSource(requested)} is ignored here");
+            }
+            return CpuBackend.Instance;
+        }
+    }
+
+    /// <summary>
+    /// The backend a dictionary with <paramref name="activation"/> trains on: <see cref="Device"/>'s, keeping weights in fp32
+    /// whatever <c>--dtype</c> says (parameters, gradients and Adam moments need fp32), when the architecture trains there;
+    /// else the CPU, as for the verbs that run on the CPU only: an explicit <c>--device</c> is refused naming the
+    /// architecture, a <c>$LOUPE_DEVICE</c> default is noted on stderr. A bf16/fp16 <c>--dtype</c> is noted as not applying here.
     /// </summary>
     /// <exception cref="InputError">An explicit <c>--device</c> for an architecture that trains on the CPU only, or a device that cannot be used.</exception>
     public static IComputeBackend DictionaryBackendFor(Loupe.Dictionaries.Sae.SaeActivation activation)
     {
         ArgumentNullException.ThrowIfNull(activation);
-        if (Device.IsCpu || Loupe.Dictionaries.Sae.SaeTrainer.TrainsOnDevice(activation)) return Backend;
-        if (s_device.Value is { FromOption: true })
-            throw new InputError($"argument: --device: {activation.Architecture} dictionaries train on the CPU only so far (on a device: topk, batchtopk, jumprelu, standard); drop --device {Device}");
-        Status.MarkupLine($"[grey]note: {Markup.Escape(activation.Architecture)} dictionaries train on the CPU only so far; LOUPE_DEVICE={Device} is ignored here[/]");
-        return CpuBackend.Instance;
+        if (Device.IsCpu) return Backend;
+        IComputeBackend backend;
+        if (Loupe.Dictionaries.Sae.SaeTrainer.TrainsOnDevice(activation))
+            backend = Tensors.Gpu.ComputeBackends.Shared(Device, ElementType.F32);
+        else
+        {
+            if (s_device.Value is { FromOption: true })
+                throw new InputError($"argument: --device: {activation.Architecture} dictionaries train on the CPU only so far (on a device: topk, batchtopk, jumprelu, standard); drop --device {Device}");
+            Status.MarkupLine($"[grey]note: {Markup.Escape(activation.Architecture)} dictionaries train on the CPU only so far; LOUPE_DEVICE={Device} is ignored here[/]");
+            backend = CpuBackend.Instance;
+        }
+        if (Requested is { Type: not ElementType.F32, Noted: false } requested)
+        {
+            requested.Noted = true;
+            Console.Error.WriteLine($"note: the dictionary trains with fp32 parameters whatever --dtype says (training needs fp32 weights); " +
+                                    $"{WeightTypeSource(requested)} applies only to the matrices of a model that runs on the device");
+        }
+        return backend;
     }
 
     /// <summary>The verbs that run on a device (listed when a CPU-only verb refuses <c>--device</c>).</summary>
@@ -131,19 +221,23 @@ static class CliSupport
 
     /// <summary>
     /// For a verb that computes on the host only: nothing when the device is the CPU; a refusal under an explicit
-    /// <c>--device</c>, saying why (<paramref name="reason"/>) and which verbs do run on a device; a note on stderr when only
-    /// <c>$LOUPE_DEVICE</c> asks for a GPU.
+    /// <c>--device</c>, or an explicit bf16/fp16 <c>--dtype</c> (a device's option), saying why (<paramref name="reason"/>) and
+    /// which verbs do run on a device; a note on stderr when only <c>$LOUPE_DEVICE</c> (and <c>$LOUPE_DTYPE</c>) asks for a GPU.
     /// </summary>
     /// <param name="reason">Why the verb runs on the CPU, and what runs where (a clause after "runs on the CPU only: ").</param>
-    /// <exception cref="InputError">An explicit <c>--device</c> other than cpu.</exception>
+    /// <exception cref="InputError">An explicit <c>--device</c> other than cpu, or an explicit <c>--dtype</c> other than fp32.</exception>
     public static void RequireCpu(string? reason = null)
     {
-        if (Device.IsCpu) return;
+        if (Device.IsCpu) return; // and an explicit --dtype bf16 on the CPU was refused when it was chosen
         string verb = s_device.Value?.Verb is { Length: > 0 } v ? v : "this verb";
         string why = reason is null ? "runs on the CPU only so far" : $"runs on the CPU only: {reason}";
-        if (s_device.Value is { FromOption: true })
-            throw new InputError($"argument: --device: '{verb}' {why} (device verbs: {DeviceVerbs}); drop --device {Device}");
-        Status.MarkupLine($"[grey]note: '{Markup.Escape(verb)}' {Markup.Escape(why)}; LOUPE_DEVICE={Device} is ignored here[/]");
+        var weights = Requested;
+        string? given = s_device.Value is { FromOption: true } ? $"--device {Device}"
+            : weights is { FromOption: true, Type: not ElementType.F32 } ? $"--dtype {WeightTypeName(weights.Type)}" : null;
+        if (given is not null)
+            throw new InputError($"argument: {given.Split(' ')[0]}: '{verb}' {why} (device verbs: {DeviceVerbs}); drop {given}");
+        string ignored = weights.Type == ElementType.F32 ? $"LOUPE_DEVICE={Device} is" : $"LOUPE_DEVICE={Device} and LOUPE_DTYPE={WeightTypeName(weights.Type)} are";
+        Status.MarkupLine($"[grey]note: '{Markup.Escape(verb)}' {Markup.Escape(why)}; {ignored} ignored here[/]");
     }
 
     /// <summary>
@@ -154,7 +248,8 @@ static class CliSupport
     {
         if (Device.IsCpu) return;
         string verb = s_device.Value?.Verb is { Length: > 0 } v ? v : "this verb";
-        Console.Error.WriteLine($"note: '{verb}' loads no model ({why}); --device {Device} changes nothing here");
+        string chosen = WeightType == ElementType.F32 ? $"--device {Device}" : $"--device {Device} --dtype {WeightTypeName(WeightType)}";
+        Console.Error.WriteLine($"note: '{verb}' loads no model ({why}); {chosen} changes nothing here");
     }
 
     /// <summary>Loads a model from a folder or the hub, showing download progress and a spinner.</summary>
