@@ -184,8 +184,11 @@ static class CliSupport
         ArgumentNullException.ThrowIfNull(activation);
         if (Device.IsCpu) return Backend;
         IComputeBackend backend;
+        // The model's backend, whatever its weight type: a dictionary's parameters are device tensors made by Zeros, ToDevice
+        // and CopyRows, always fp32 (the weight type applies only to LoadWeight's matrices), and a second backend would be a
+        // second CUDA context and memory pool on the same GPU, neither able to free the other's idle buffers.
         if (Loupe.Dictionaries.Sae.SaeTrainer.TrainsOnDevice(activation))
-            backend = Tensors.Gpu.ComputeBackends.Shared(Device, ElementType.F32);
+            backend = Backend;
         else
         {
             if (s_device.Value is { FromOption: true })
