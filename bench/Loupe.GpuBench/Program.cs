@@ -14,12 +14,14 @@ using Loupe.Tensors.Gpu;
 // with random weights; (c) with --sae, one TopK SAE training step (forward, backward, Adam) on the device;
 // (d) with --attribution DIR (tests/data/attribution), an attribution graph on the device against the CPU's.
 // bench/gpu/run.sh runs it beside bench/gpu/torch_peer.py (the same shapes in
-// PyTorch eager) and bench/gpu/compare.py prints the side-by-side table.
+// PyTorch eager) and bench/gpu/compare.py prints the side-by-side table. --ptx-check only compiles every kernel to PTX
+// (no GPU needed; a pre-flight check of the published file, which bench/gpu/publish.sh runs) and exits.
 
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
 
 var opts = GpuBenchOptions.Parse(args);
+if (opts.PtxCheck) return PtxPreflight.Run(Console.Out);
 var log = Console.Error;
 var report = new Dictionary<string, object?>();
 var device = Device.Parse(opts.Device);
@@ -287,7 +289,7 @@ static class Compare
 }
 
 sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<ModelShape> Models, IReadOnlyList<string> DTypes,
-    int Batch, int Seq, int Reps, int Warmup, string Work, string? Json, (int DIn, int DSae, int K, int Batch)? Sae, string? Attribution, bool Profile, bool NoParity)
+    int Batch, int Seq, int Reps, int Warmup, string Work, string? Json, (int DIn, int DSae, int K, int Batch)? Sae, string? Attribution, bool Profile, bool NoParity, bool PtxCheck)
 {
     public static GpuBenchOptions Parse(string[] args)
     {
@@ -297,7 +299,7 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
         var models = new List<ModelShape> { ModelShape.Gpt2Small, ModelShape.Llama1B };
         var dtypes = new List<string> { "fp32", "bf16", "bf16r" };
         int batch = 1, seq = 128, reps = 20, warmup = 3;
-        bool sae = false, quick = false, profile = false, noParity = false;
+        bool sae = false, quick = false, profile = false, noParity = false, ptxCheck = false;
         var saeShape = (DIn: 2048, DSae: 65536, K: 64, Batch: 4096);
         for (int i = 0; i < args.Length; i++)
         {
@@ -321,6 +323,7 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
                 case "--json": json = Next(); break;
                 case "--sae": sae = true; break;
                 case "--profile": profile = true; break;
+                case "--ptx-check": ptxCheck = true; break;
                 case "--attribution": attribution = Next(); break;
                 case "--sae-shape":
                     var d = Next().Split(',').Select(v => int.Parse(v, CultureInfo.InvariantCulture)).ToArray();
@@ -335,6 +338,6 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
             }
         }
         if (quick && !args.Contains("--sae-shape")) saeShape = (64, 512, 8, 128);
-        return new(device, fixtures, models, dtypes, batch, seq, reps, warmup, work, json, sae ? saeShape : null, attribution, profile, noParity);
+        return new(device, fixtures, models, dtypes, batch, seq, reps, warmup, work, json, sae ? saeShape : null, attribution, profile, noParity, ptxCheck);
     }
 }

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The device check of issue 9, in one run on a machine with an NVIDIA GPU (no .NET needed there).
-# Prepare here:   bench/gpu/publish.sh      (self-contained single-file bench into bench/gpu/bin, < 64 MiB)
-# Run there:      bash bench/gpu/run.sh     (carry only bench/gpu/bin/Loupe.GpuBench: with the tree, the whole bin folder
-#                 passes the 64 MiB a device call takes; writes $OUT or ./gpu-results; ~100 s on an H100)
+# Prepare here:   bench/gpu/publish.sh      (a trimmed self-contained single-file bench, 18.6 MB, into bench/gpu/bin; it
+#                 also runs the pre-flight checks that need no GPU — every kernel compiled to PTX (--ptx-check) and an
+#                 emulated --quick run — and prints the bench + working tree against the 64 MiB a device call carries.
+#                 They are not repeated here: device time is for what only a GPU can measure.)
+# Run there:      bash bench/gpu/run.sh     (carry only bench/gpu/bin/Loupe.GpuBench, not the xml files beside it;
+#                 writes $OUT or ./gpu-results; ~100 s on an H100)
 # No -e: each part runs even when the one before it failed, so a partial result still comes back.
 set -uo pipefail
 cd "$(dirname "$0")"

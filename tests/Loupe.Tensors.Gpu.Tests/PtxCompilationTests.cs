@@ -1,11 +1,3 @@
-using System.Reflection;
-using ILGPU;
-using ILGPU.Backends.EntryPoints;
-using ILGPU.Backends.PTX;
-using ILGPU.Runtime;
-using ILGPU.Runtime.CPU;
-using ILGPU.Runtime.Cuda;
-
 namespace Loupe.Tensors.Gpu.Tests;
 
 /// <summary>
@@ -14,29 +6,23 @@ namespace Loupe.Tensors.Gpu.Tests;
 /// </summary>
 public sealed class PtxCompilationTests
 {
-    public static TheoryData<string> KernelNames => new(typeof(Kernels).GetMethods(BindingFlags.Public | BindingFlags.Static)
-        .Where(m => m.ReturnType == typeof(void) && m.GetParameters().Any(p => p.ParameterType.IsGenericType && p.ParameterType.GetGenericTypeDefinition() == typeof(ArrayView<>)))
-        .Select(m => m.Name).Order());
-
-    static readonly Lazy<(Context Context, PTXBackend Backend)> s_ptx = new(() =>
-    {
-        var context = Context.Create(b => b.CPU().EnableAlgorithms());
-        return (context, new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_90), CudaArchitecture.SM_90, CudaInstructionSet.ISA_88, null));
-    });
+    public static TheoryData<string> KernelNames => new(PtxCompiler.KernelNames);
 
     [Theory]
     [MemberData(nameof(KernelNames))]
     public void CompilesToPtx(string name)
     {
-        var method = typeof(Kernels).GetMethod(name, BindingFlags.Public | BindingFlags.Static)!;
-        bool implicitGroups = method.GetParameters()[0].ParameterType == typeof(Index1D);
-        var entry = implicitGroups ? EntryPointDescription.FromImplicitlyGroupedKernel(method) : EntryPointDescription.FromExplicitlyGroupedKernel(method);
-        var (_, backend) = s_ptx.Value;
-        KernelSpecialization specialization = default;
-        PTXCompiledKernel compiled;
-        lock (backend) compiled = (PTXCompiledKernel)backend.Compile(entry, specialization);
+        string ptx = PtxCompiler.Compile(name);
         // ILGPU 1.5.3 emits `.target sm_80` code even for sm_90 (the driver compiles it for the GPU at load).
-        Assert.Contains(".target sm_", compiled.PTXAssembly);
-        Assert.Contains(".entry", compiled.PTXAssembly);
+        Assert.Contains(".target sm_", ptx);
+        Assert.Contains(".entry", ptx);
+    }
+
+    [Fact]
+    public void UnknownKernelNamesTheKernel()
+    {
+        var e = Assert.Throws<ArgumentException>(() => PtxCompiler.Compile("NoSuchKernel"));
+        Assert.Contains("NoSuchKernel", e.Message);
+        Assert.Contains(nameof(Kernels.Fill), e.Message);
     }
 }
