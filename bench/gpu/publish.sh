@@ -19,9 +19,13 @@ rm -rf bench/Loupe.GpuBench/obj/Release/net10.0/linux-x64/linked bench/gpu/bin
 # DebugType=none: no pdbs beside the file (they are not bundled either way); EventSourceSupport=false: no EventSource
 # tracing in the runtime (unused here). UseSystemResourceKeys would save 0.3 MB more but turns the framework's exception
 # messages into resource keys, and a message is often all a GPU run brings back.
+# UNTRIMMED=1: the whole framework (41.7 MB; fits while the tree stays under ~22 MiB) — the fallback should the trimmed
+# file fail on a GPU in a way the two checks below cannot see here.
+trim=(-p:PublishTrimmed=true -p:SuppressTrimAnalysisWarnings=true)
+[ "${UNTRIMMED:-0}" = 1 ] && trim=()
 dotnet publish bench/Loupe.GpuBench -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true \
   -p:EnableCompressionInSingleFile=true -p:IncludeNativeLibrariesForSelfExtract=true \
-  -p:PublishTrimmed=true -p:SuppressTrimAnalysisWarnings=true -p:DebugType=none -p:EventSourceSupport=false \
+  "${trim[@]}" -p:DebugType=none -p:EventSourceSupport=false \
   -o bench/gpu/bin -v quiet -nologo
 
 echo "== pre-flight: PTX"
