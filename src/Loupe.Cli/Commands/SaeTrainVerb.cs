@@ -76,7 +76,9 @@ static class SaeTrainVerb
                 }
                 else
                 {
-                    m = CliSupport.LoadModel(modelPath!, onDevice: false, deviceForOtherWork: true);
+                    // The model's forward passes run on --device too (a 1–8B model's harvest is the slow half of the job);
+                    // each batch's hook activations come to the host once, where the window is shuffled.
+                    m = CliSupport.LoadModel(modelPath!, onDevice: true);
                     inputHook = parse.GetValue(hook) ?? throw new InputError("argument: --hook is required with --model");
                     string spec = parse.GetValue(source) ?? throw new InputError("argument: --source is required with --model");
                     var text = HarvestCommand.ParseSource(m, spec, seedValue);
@@ -106,7 +108,7 @@ static class SaeTrainVerb
                     $"training needs about {SaeTrainingOptions.EstimateTrainingBytes(shape, options.BatchSize) / (1024.0 * 1024):F0} MiB (parameters, Adam moments, batch buffers)")));
                 var dict = new SparseDictionary(shape, act);
                 dict.Initialize(seedValue);
-                // The model that reads activations stays on the CPU; the dictionary trains on --device (or $LOUPE_DEVICE).
+                // The dictionary trains on --device (or $LOUPE_DEVICE) when its architecture has device kernels.
                 var trainer = new SaeTrainer(dict, options, CliSupport.DictionaryBackendFor(act));
                 var template = new SaeLensConfig
                 {

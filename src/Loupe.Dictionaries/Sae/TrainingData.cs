@@ -106,7 +106,8 @@ public sealed class StoreRows : IRowWindows
 
 /// <summary>
 /// Rows read from the model on the fly (no disk): each window runs a fixed slice of the contexts
-/// through the model, caching only the input (and target) hook; the BOS position is skipped.
+/// through the model, caching only the input (and target) hook; the BOS position is skipped. A model on a device runs
+/// there; each batch's cached hooks come to the host once (the window is shuffled there, as a harvest's shards are).
 /// </summary>
 public sealed class ModelRows : IRowWindows
 {
@@ -169,7 +170,7 @@ public sealed class ModelRows : IRowWindows
                     throw new InputError($"hook '{hook}' has shape {t.ShapeString}; only per-position activations [batch, pos, ...] can be trained on");
                 int d = t.Length / (b * n);
                 into ??= new float[(long)count * rowsPer * d > Array.MaxLength ? throw new InputError($"a window of {count} contexts × d = {d} is too large; lower --contexts-per-window") : count * rowsPer * d];
-                var span = t.Span; // [batch, pos, d]
+                var span = t.ToCpu().Span; // [batch, pos, d]; from a device model, the window's one explicit (counted) copy out
                 for (int i = 0; i < b; i++)
                     span.Slice((i * n + skip) * d, rowsPer * d).CopyTo(into.AsSpan((c0 + i) * rowsPer * d));
             }

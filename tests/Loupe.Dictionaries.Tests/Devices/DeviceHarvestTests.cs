@@ -85,6 +85,22 @@ public sealed class DeviceHarvestTests(EmulatedModelFixture device) : IClassFixt
         Assert.Equal(0, copies.In(TransferKind.Data));
     }
 
+    [Fact]
+    public void ModelRows_OnTheDevice_AreTheCpusRows_OneCopyOutPerHookPerBatch()
+    {
+        // sae train --model on a device: the windows the trainer shuffles come from the device model's forward passes
+        var contexts = Contexts(20, 9);
+        var cpuRows = new ModelRows(FeatureFixture.Model, contexts, Resid, MlpOut, contextsPerWindow: 7, batchSize: 3).Load(0, 1);
+        var rows = new ModelRows(device.Model, contexts, Resid, MlpOut, contextsPerWindow: 7, batchSize: 3);
+        var before = device.Backend.Transfers.Snapshot();
+        var deviceRows = rows.Load(0, 1);
+        var copies = device.Backend.Transfers.Snapshot() - before;
+        AssertClose(cpuRows.Inputs, deviceRows.Inputs, "inputs");
+        AssertClose(cpuRows.Targets, deviceRows.Targets, "targets");
+        Assert.Equal(2L * 3, copies.Out(TransferKind.Data)); // 7 contexts in batches of 3: 3 batches, 2 hooks each
+        Assert.Equal(0, copies.In(TransferKind.Data));
+    }
+
     // A dictionary whose features fire rarely (the copy test needs a batch that is really sparse).
     static (SparseDictionary, SaeLensConfig) SparseDictionaryOf(string kind)
     {
