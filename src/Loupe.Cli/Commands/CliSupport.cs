@@ -275,7 +275,7 @@ static class CliSupport
         if (Directory.Exists(model))
         {
             var backend = BackendFor(onDevice, deviceForOtherWork, cpuOnlyReason);
-            return Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model, backend, Processing));
+            return PlanDeviceMemory(Status.Status().Start($"Loading {model}", _ => ModelLoader.LoadFolder(model, backend, Processing)));
         }
         var hubBackend = BackendFor(onDevice, deviceForOtherWork, cpuOnlyReason);
         HookedTransformer? loaded = null;
@@ -292,7 +292,24 @@ static class CliSupport
                 });
                 loaded = ModelLoader.LoadAsync(model, progress, hubBackend, processing: Processing).GetAwaiter().GetResult();
             });
-        return loaded!;
+        return PlanDeviceMemory(loaded!);
+    }
+
+    /// <summary>
+    /// Says what the weights will take on the device before any is placed there (on first use), and refuses a model whose
+    /// weights alone exceed the GPU's free memory, naming --dtype; the model is disposed then.
+    /// </summary>
+    static HookedTransformer PlanDeviceMemory(HookedTransformer model)
+    {
+        string? plan;
+        try { plan = Tensors.Gpu.WeightMemory.Plan(model.Backend, model.ParameterCount); }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+        if (plan is not null) Status.MarkupLine($"[grey]{Markup.Escape(plan)}[/]");
+        return model;
     }
 
     /// <summary>The model input of a verb: a prompt (tokenized by the model) or raw token ids — exactly one.</summary>

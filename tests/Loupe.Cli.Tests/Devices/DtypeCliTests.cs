@@ -33,6 +33,7 @@ public class DtypeCliTests
         var (code, stdout, err) = RunLoupe("info", "--model", Gpt2, "--device", "emulated", "--dtype", "bf16");
         Assert.True(code == 0, err);
         Assert.Contains("backend:      emulated (ILGPU CPU accelerator), matrix weights in BF16", stdout);
+        Assert.Matches(@"weights on emulated: about [0-9.]+ MiB as bf16, placed on first use", err); // the estimate, before any upload
         (code, stdout, err) = RunLoupe("run", "--model", Gpt2, "--tokens", "5,9,100", "-n", "3", "--device", "emulated", "--dtype", "bf16");
         Assert.True(code == 0, err);
         Assert.Contains("Top next tokens after 3 prompt tokens:", stdout);
