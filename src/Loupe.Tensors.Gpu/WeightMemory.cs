@@ -34,7 +34,7 @@ public static class WeightMemory
     {
         ArgumentOutOfRangeException.ThrowIfNegative(parameters);
         long bytes = Bytes(parameters, type);
-        string name = Name(type);
+        string name = type.Name();
         if (freeBytes is long free && bytes > free)
         {
             string total = totalBytes is long t ? $" of {GiB(t)}" : "";
@@ -46,8 +46,6 @@ public static class WeightMemory
         }
         return $"weights on {device}: about {GiB(bytes)} as {name}" + (freeBytes is long f ? $" ({GiB(f)} free)" : "") + ", placed on first use";
     }
-
-    static string Name(ElementType type) => type switch { ElementType.BF16 => "bf16", ElementType.F16 => "fp16", _ => "fp32" };
 
     static string GiB(long bytes) => bytes >= 1L << 30
         ? string.Create(CultureInfo.InvariantCulture, $"{bytes / (1024.0 * 1024 * 1024):F2} GiB")

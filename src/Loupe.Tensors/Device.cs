@@ -51,6 +51,13 @@ public readonly record struct Device(DeviceKind Kind, int Index = 0)
 /// <summary>How a tensor's elements are stored. Activations are always fp32; weights may stay in bf16/fp16 on a GPU.</summary>
 public enum ElementType { F32, BF16, F16 }
 
+/// <summary>Names of <see cref="ElementType"/> as users type them.</summary>
+public static class ElementTypes
+{
+    /// <summary>fp32, bf16 or fp16: the <c>--dtype</c> spelling.</summary>
+    public static string Name(this ElementType type) => type switch { ElementType.BF16 => "bf16", ElementType.F16 => "fp16", _ => "fp32" };
+}
+
 /// <summary>
 /// The elements of a tensor on one device. Host storage wraps memory; device storage belongs to a
 /// backend, which counts every copy between it and the host.

@@ -123,7 +123,7 @@ static class CliSupport
         var choice = new WeightTypeChoice(ResolveWeightType(option), !string.IsNullOrWhiteSpace(option));
         s_weightType.Value = choice;
         if (choice is { FromOption: true, Type: not ElementType.F32 } && Device.IsCpu)
-            throw new InputError($"argument: --dtype: {CpuComputesFp32}; drop --dtype {WeightTypeName(choice.Type)}");
+            throw new InputError($"argument: --dtype: {CpuComputesFp32}; drop --dtype {choice.Type.Name()}");
     }
 
     /// <summary>The element type named by <c>--dtype</c>, or by <c>$LOUPE_DTYPE</c> when the option is absent, else fp32.</summary>
@@ -145,12 +145,9 @@ static class CliSupport
         _ => throw new InputError($"{where}: unknown element type '{text}'; expected fp32, bf16 or fp16 (how the model's matrix weights are kept on the device)"),
     };
 
-    /// <summary>The <c>--dtype</c> spelling of an element type.</summary>
-    static string WeightTypeName(ElementType type) => type switch { ElementType.BF16 => "bf16", ElementType.F16 => "fp16", _ => "fp32" };
-
     /// <summary>How the weight type was asked for, as a person would have typed it (for notes).</summary>
     static string WeightTypeSource(WeightTypeChoice choice) =>
-        choice.FromOption ? $"--dtype {WeightTypeName(choice.Type)}" : $"LOUPE_DTYPE={WeightTypeName(choice.Type)}";
+        choice.FromOption ? $"--dtype {choice.Type.Name()}" : $"LOUPE_DTYPE={choice.Type.Name()}";
 
     /// <summary>
     /// The backend for <see cref="Device"/> keeping matrix weights as <see cref="WeightType"/>: created once per device, type
@@ -173,8 +170,8 @@ static class CliSupport
     }
 
     /// <summary>
-    /// The backend a dictionary with <paramref name="activation"/> trains on: <see cref="Device"/>'s, keeping weights in fp32
-    /// whatever <c>--dtype</c> says (parameters, gradients and Adam moments need fp32), when the architecture trains there;
+    /// The backend a dictionary with <paramref name="activation"/> trains on: <see cref="Device"/>'s (the model's, one context
+    /// per GPU; the dictionary's parameters, gradients and Adam moments are fp32 whatever <c>--dtype</c> says), when the architecture trains there;
     /// else the CPU, as for the verbs that run on the CPU only: an explicit <c>--device</c> is refused naming the
     /// architecture, a <c>$LOUPE_DEVICE</c> default is noted on stderr. A bf16/fp16 <c>--dtype</c> is noted as not applying here.
     /// </summary>
@@ -236,10 +233,10 @@ static class CliSupport
         string why = reason is null ? "runs on the CPU only so far" : $"runs on the CPU only: {reason}";
         var weights = Requested;
         string? given = s_device.Value is { FromOption: true } ? $"--device {Device}"
-            : weights is { FromOption: true, Type: not ElementType.F32 } ? $"--dtype {WeightTypeName(weights.Type)}" : null;
+            : weights is { FromOption: true, Type: not ElementType.F32 } ? $"--dtype {weights.Type.Name()}" : null;
         if (given is not null)
             throw new InputError($"argument: {given.Split(' ')[0]}: '{verb}' {why} (device verbs: {DeviceVerbs}); drop {given}");
-        string ignored = weights.Type == ElementType.F32 ? $"LOUPE_DEVICE={Device} is" : $"LOUPE_DEVICE={Device} and LOUPE_DTYPE={WeightTypeName(weights.Type)} are";
+        string ignored = weights.Type == ElementType.F32 ? $"LOUPE_DEVICE={Device} is" : $"LOUPE_DEVICE={Device} and LOUPE_DTYPE={weights.Type.Name()} are";
         Status.MarkupLine($"[grey]note: '{Markup.Escape(verb)}' {Markup.Escape(why)}; {ignored} ignored here[/]");
     }
 
@@ -251,7 +248,7 @@ static class CliSupport
     {
         if (Device.IsCpu) return;
         string verb = s_device.Value?.Verb is { Length: > 0 } v ? v : "this verb";
-        string chosen = WeightType == ElementType.F32 ? $"--device {Device}" : $"--device {Device} --dtype {WeightTypeName(WeightType)}";
+        string chosen = WeightType == ElementType.F32 ? $"--device {Device}" : $"--device {Device} --dtype {WeightType.Name()}";
         Console.Error.WriteLine($"note: '{verb}' loads no model ({why}); {chosen} changes nothing here");
     }
 
@@ -308,7 +305,7 @@ static class CliSupport
             model.Dispose();
             throw;
         }
-        if (plan is not null) Status.MarkupLine($"[grey]{Markup.Escape(plan)}[/]");
+        if (plan is not null) Console.Error.WriteLine(plan);
         return model;
     }
 
