@@ -55,4 +55,21 @@ public class CltTrainDeviceCliTests
         }
         finally { Directory.Delete(root, recursive: true); }
     }
+
+    [RequiresSharedFact("models/stories260K")]
+    public void A_clt_that_cannot_fit_is_refused_before_it_is_allocated()
+    {
+        // 5 layers × 400M features: 15 decoder blocks of [d_sae, 64] alone are ~1.5 TB; refused naming --d-sae, with the size
+        string root = Directory.CreateTempSubdirectory("loupe-clt-too-big").FullName;
+        try
+        {
+            string text = Path.Combine(root, "text.txt");
+            File.WriteAllText(text, "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun.");
+            var run = RunLoupe(["clt", "train", "--model", SharedData.Require("models/stories260K"), "--source", "text:" + text,
+                "--context-size", "16", "--d-sae", "400000000", "--steps", "1", "--out", Path.Combine(root, "clt")]);
+            AssertRefused(run, "--d-sae", "5 layers, d_in 64, d_sae 400000000 per layer", "to train");
+            Assert.False(Directory.Exists(Path.Combine(root, "clt")), "nothing written");
+        }
+        finally { Directory.Delete(root, recursive: true); }
+    }
 }

@@ -85,12 +85,10 @@ static class CltCommand
             string inPattern = parse.GetValue(inputHook)!, outPattern = parse.GetValue(outputHook)!;
             foreach (var (name, p) in new[] { ("--input-hook", inPattern), ("--output-hook", outPattern) })
                 if (!p.Contains("{layer}", StringComparison.Ordinal)) throw InputError.Expected("argument", name, "a hook pattern containing {layer}", p);
-            var clt = new CrossLayerTranscoder(new CltShape(layers, d, features, d), act, inPattern, outPattern, parse.GetValue(output)!);
-            var data = LayerPairRows.For(m, contexts, clt, parse.GetValue(contextsPerWindow));
-            if (data.LayerDIn != d || data.LayerDOut != d)
-                throw InputError.Expected("argument", "--input-hook / --output-hook", $"hooks of width d_model = {d}", $"{data.LayerDIn} and {data.LayerDOut}");
-            clt = new CrossLayerTranscoder(new CltShape(layers, data.LayerDIn, features, data.LayerDOut), act, inPattern, outPattern, parse.GetValue(output)!);
-            clt.Initialize(seedValue);
+            // The run against memory (the GPU's free memory when it trains there) before the transcoder is allocated.
+            var trainingBackend = CliSupport.DictionaryBackendFor(act);
+            long? deviceFree = (trainingBackend as Tensors.Gpu.GpuBackend)?.Info.FreeMemoryBytes;
+            var planned = new CltShape(layers, d, features, d);
             var options = new CltTrainingOptions
             {
                 Base = new SaeTrainingOptions
@@ -103,7 +101,16 @@ static class CltCommand
                 Penalty = pen,
                 TanhScale = parse.GetValue(tanhScale),
             };
-            var trainer = new CltTrainer(clt, options, CliSupport.DictionaryBackendFor(act));
+            options.Validate(planned, parse.GetValue(dSae) is not null ? dSae.Name : expansion.Name, deviceFree);
+            string where = deviceFree is long free ? string.Create(CultureInfo.InvariantCulture, $" on {trainingBackend.Device}, {free / (1024.0 * 1024):F0} MiB free") : "";
+            CliSupport.Status.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture,
+                $"training needs about {CltTrainingOptions.EstimateTrainingBytes(planned, options.Base.BatchSize) / (1024.0 * 1024):F0} MiB (parameters, Adam moments, batch buffers){where}")));
+            var clt = new CrossLayerTranscoder(planned, act, inPattern, outPattern, parse.GetValue(output)!);
+            var data = LayerPairRows.For(m, contexts, clt, parse.GetValue(contextsPerWindow));
+            if (data.LayerDIn != d || data.LayerDOut != d)
+                throw InputError.Expected("argument", "--input-hook / --output-hook", $"hooks of width d_model = {d}", $"{data.LayerDIn} and {data.LayerDOut}");
+            clt.Initialize(seedValue); // the widths are d_model, as planned: no second transcoder to allocate
+            var trainer = new CltTrainer(clt, options, trainingBackend);
             string outFolder = parse.GetValue(output)!;
             CltStepMetrics? last = null;
             var clock = System.Diagnostics.Stopwatch.StartNew();

@@ -94,8 +94,9 @@ public sealed record SaeTrainingOptions
         {
             long parameters = ParameterCount(shape), perBatch = (long)BatchSize * (5L * shape.DSae + 3L * shape.DIn + 3L * shape.DOut);
             string culprit = perBatch * 4 > parameters ? "--batch-size" : featuresOption;
-            throw InputError.Expected(Arg, culprit, $"a run that fits in the {Gib(limit)} of memory available",
-                $"d_in {shape.DIn}, d_sae {shape.DSae}, d_out {shape.DOut}, batch {BatchSize}: about {Gib(bytes)} to train");
+            // not InputError.Expected: its found-value is cut at 80 characters, and the size is the point of the message
+            throw new InputError($"{Arg}: {culprit}: d_in {shape.DIn}, d_sae {shape.DSae}, d_out {shape.DOut}, batch {BatchSize}: " +
+                                 $"about {Gib(bytes)} to train, more than the {Gib(limit)} of memory available");
         }
     }
 

@@ -41,6 +41,53 @@ public sealed record CltTrainingOptions
         Base.Validate();
         Check.Above(TanhScale, 0, "argument", "--tanh-scale");
     }
+
+    /// <summary>
+    /// <see cref="Validate()"/>, then the run against memory: refused when <see cref="EstimateTrainingBytes"/> exceeds
+    /// <paramref name="memoryLimitBytes"/> (null: the memory the GC reports available; on a GPU its free memory), naming
+    /// the option to lower. Call it before the transcoder is allocated.
+    /// </summary>
+    /// <param name="shape">The transcoder to be trained.</param>
+    /// <param name="featuresOption">The option that set d_sae, for the message: <c>--d-sae</c> or <c>--expansion</c>.</param>
+    /// <param name="memoryLimitBytes">Refuse runs estimated above this; null: the memory the GC reports available.</param>
+    /// <exception cref="InputError">A value is out of range or the run would not fit.</exception>
+    public void Validate(CltShape shape, string featuresOption = "--d-sae", long? memoryLimitBytes = null)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        Validate();
+        long bytes = EstimateTrainingBytes(shape, Base.BatchSize);
+        long limit = memoryLimitBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (bytes <= limit) return;
+        // the batch buffers grow with d_sae too: a run that would not fit even one row at a time is the features' doing
+        string culprit = EstimateTrainingBytes(shape, 1) > limit ? featuresOption : "--batch-size";
+        throw new InputError($"argument: {culprit}: {shape.Layers} layers, d_in {shape.DIn}, d_sae {shape.DSae} per layer, d_out {shape.DOut}, " +
+                             $"batch {Base.BatchSize}: about {Gib(bytes)} to train, more than the {Gib(limit)} of memory available");
+    }
+
+    /// <summary>
+    /// Parameters of a CLT: per layer an encoder [d_in, d_sae] with its bias and threshold, and decoders to every later
+    /// layer (L(L+1)/2 blocks of [d_sae, d_out] in all) with the targets' biases.
+    /// </summary>
+    public static double ParameterCount(CltShape shape)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        double l = shape.Layers;
+        return l * ((double)shape.DIn * shape.DSae + 2.0 * shape.DSae + shape.DOut) + l * (l + 1) / 2 * shape.DSae * shape.DOut;
+    }
+
+    /// <summary>
+    /// Rough bytes a CLT training run holds: parameters, gradients and two Adam moments (4×), and per batch row and layer
+    /// the SAE's buffers (pre-activations, activations and their gradients; inputs, targets, errors).
+    /// </summary>
+    public static long EstimateTrainingBytes(CltShape shape, int batchSize)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        double floats = 4.0 * ParameterCount(shape) + (double)batchSize * shape.Layers * (5.0 * shape.DSae + 3.0 * (shape.DIn + shape.DOut));
+        double bytes = floats * 4;
+        return bytes >= long.MaxValue ? long.MaxValue : (long)bytes;
+    }
+
+    static string Gib(double bytes) => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / (1L << 30):0.#} GiB");
 }
 
 /// <summary>Metrics of one CLT training step.</summary>
