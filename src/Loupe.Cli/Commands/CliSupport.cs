@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
@@ -200,6 +201,17 @@ static class CliSupport
                                     $"{WeightTypeSource(requested)} applies only to the matrices of a model that runs on the device");
         }
         return backend;
+    }
+
+    /// <summary>The free memory of the GPU <paramref name="backend"/> runs on; null on the CPU and the emulated device.</summary>
+    public static long? FreeDeviceMemory(IComputeBackend backend) => (backend as Tensors.Gpu.GpuBackend)?.Info.FreeMemoryBytes;
+
+    /// <summary>Says what a training run will hold before it starts (and, on a GPU, against its free memory).</summary>
+    public static void SayTrainingMemory(long bytes, IComputeBackend backend, long? deviceFree)
+    {
+        string where = deviceFree is long free ? string.Create(CultureInfo.InvariantCulture, $" on {backend.Device}, {free / (1024.0 * 1024):F0} MiB free") : "";
+        Status.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture,
+            $"training needs about {bytes / (1024.0 * 1024):F0} MiB (parameters, Adam moments, batch buffers){where}")));
     }
 
     /// <summary>The verbs that run on a device (listed when a CPU-only verb refuses <c>--device</c>).</summary>

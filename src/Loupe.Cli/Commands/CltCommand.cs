@@ -87,7 +87,7 @@ static class CltCommand
                 if (!p.Contains("{layer}", StringComparison.Ordinal)) throw InputError.Expected("argument", name, "a hook pattern containing {layer}", p);
             // The run against memory (the GPU's free memory when it trains there) before the transcoder is allocated.
             var trainingBackend = CliSupport.DictionaryBackendFor(act);
-            long? deviceFree = (trainingBackend as Tensors.Gpu.GpuBackend)?.Info.FreeMemoryBytes;
+            long? deviceFree = CliSupport.FreeDeviceMemory(trainingBackend);
             var planned = new CltShape(layers, d, features, d);
             var options = new CltTrainingOptions
             {
@@ -102,9 +102,7 @@ static class CltCommand
                 TanhScale = parse.GetValue(tanhScale),
             };
             options.Validate(planned, parse.GetValue(dSae) is not null ? dSae.Name : expansion.Name, deviceFree);
-            string where = deviceFree is long free ? string.Create(CultureInfo.InvariantCulture, $" on {trainingBackend.Device}, {free / (1024.0 * 1024):F0} MiB free") : "";
-            CliSupport.Status.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture,
-                $"training needs about {CltTrainingOptions.EstimateTrainingBytes(planned, options.Base.BatchSize) / (1024.0 * 1024):F0} MiB (parameters, Adam moments, batch buffers){where}")));
+            CliSupport.SayTrainingMemory(CltTrainingOptions.EstimateTrainingBytes(planned, options.Base.BatchSize), trainingBackend, deviceFree);
             var clt = new CrossLayerTranscoder(planned, act, inPattern, outPattern, parse.GetValue(output)!);
             var data = LayerPairRows.For(m, contexts, clt, parse.GetValue(contextsPerWindow));
             if (data.LayerDIn != d || data.LayerDOut != d)

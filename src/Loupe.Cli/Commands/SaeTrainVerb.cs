@@ -105,13 +105,9 @@ static class SaeTrainVerb
                 // Every size and range before anything large is allocated — on a GPU against its free memory, where the
                 // parameters, Adam moments and [batch, d_sae] buffers live — then the estimate, so a long run says what it holds.
                 var trainingBackend = CliSupport.DictionaryBackendFor(act);
-                long? deviceFree = (trainingBackend as Tensors.Gpu.GpuBackend)?.Info.FreeMemoryBytes;
+                long? deviceFree = CliSupport.FreeDeviceMemory(trainingBackend);
                 options.Validate(shape, act, featuresGiven ? dSae.Name : expansion.Name, memoryLimitBytes: deviceFree);
-                string where = deviceFree is long free
-                    ? string.Create(CultureInfo.InvariantCulture, $" on {trainingBackend.Device}, {free / (1024.0 * 1024):F0} MiB free")
-                    : "";
-                CliSupport.Status.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture,
-                    $"training needs about {SaeTrainingOptions.EstimateTrainingBytes(shape, options.BatchSize) / (1024.0 * 1024):F0} MiB (parameters, Adam moments, batch buffers){where}")));
+                CliSupport.SayTrainingMemory(SaeTrainingOptions.EstimateTrainingBytes(shape, options.BatchSize), trainingBackend, deviceFree);
                 var dict = new SparseDictionary(shape, act);
                 dict.Initialize(seedValue);
                 // The dictionary trains on --device (or $LOUPE_DEVICE) when its architecture has device kernels.
