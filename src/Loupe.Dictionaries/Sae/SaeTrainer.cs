@@ -92,8 +92,8 @@ public sealed record SaeTrainingOptions
         long limit = memoryLimitBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         if (bytes > limit)
         {
-            long parameters = ParameterCount(shape), perBatch = (long)BatchSize * (5L * shape.DSae + 3L * shape.DIn + 3L * shape.DOut);
-            string culprit = perBatch * 4 > parameters ? "--batch-size" : featuresOption;
+            // the batch buffers grow with d_sae too: a run that would not fit even one row at a time is the features' doing
+            string culprit = EstimateTrainingBytes(shape, 1) > limit ? featuresOption : "--batch-size";
             // not InputError.Expected: its found-value is cut at 80 characters, and the size is the point of the message
             throw new InputError($"{Arg}: {culprit}: d_in {shape.DIn}, d_sae {shape.DSae}, d_out {shape.DOut}, batch {BatchSize}: " +
                                  $"about {Gib(bytes)} to train, more than the {Gib(limit)} of memory available");
@@ -165,7 +165,8 @@ public sealed record SaeTrainingOptions
         return bytes >= long.MaxValue ? long.MaxValue : (long)bytes;
     }
 
-    static string Gib(double bytes) => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / (1L << 30):0.#} GiB");
+    /// <summary>Bytes as GiB with one decimal, for memory messages (SAE and CLT training).</summary>
+    internal static string Gib(double bytes) => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / (1L << 30):0.#} GiB");
 }
 
 /// <summary>Metrics of one training step.</summary>

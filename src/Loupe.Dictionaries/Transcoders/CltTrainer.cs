@@ -61,7 +61,7 @@ public sealed record CltTrainingOptions
         // the batch buffers grow with d_sae too: a run that would not fit even one row at a time is the features' doing
         string culprit = EstimateTrainingBytes(shape, 1) > limit ? featuresOption : "--batch-size";
         throw new InputError($"argument: {culprit}: {shape.Layers} layers, d_in {shape.DIn}, d_sae {shape.DSae} per layer, d_out {shape.DOut}, " +
-                             $"batch {Base.BatchSize}: about {Gib(bytes)} to train, more than the {Gib(limit)} of memory available");
+                             $"batch {Base.BatchSize}: about {SaeTrainingOptions.Gib(bytes)} to train, more than the {SaeTrainingOptions.Gib(limit)} of memory available");
     }
 
     /// <summary>
@@ -87,7 +87,6 @@ public sealed record CltTrainingOptions
         return bytes >= long.MaxValue ? long.MaxValue : (long)bytes;
     }
 
-    static string Gib(double bytes) => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / (1L << 30):0.#} GiB");
 }
 
 /// <summary>Metrics of one CLT training step.</summary>
