@@ -1,6 +1,6 @@
 namespace Loupe.Bench;
 
-/// <summary>Command line: <c>Loupe.Bench [forward|sgemm|causal|eap|monitors|sae|attribution|all|fixtures] [options]</c>.</summary>
+/// <summary>Command line: <c>Loupe.Bench [forward|sgemm|causal|eap|monitors|probes|sae|attribution|all|fixtures] [options]</c>.</summary>
 public sealed class BenchOptions
 {
     /// <summary>Tokens per sequence in every forward configuration.</summary>
@@ -9,7 +9,7 @@ public sealed class BenchOptions
     public const string Usage = """
         Loupe.Bench — forward-pass, cache and sgemm benchmarks on GPT-2 small and Pythia-160m shapes.
 
-        usage: Loupe.Bench [forward|sgemm|causal|eap|monitors|sae|attribution|all|fixtures] [options]
+        usage: Loupe.Bench [forward|sgemm|causal|eap|monitors|probes|sae|attribution|all|fixtures] [options]
           forward        load each model, time Run and RunWithCache (every hook), profile by hook point
           sgemm          Gemm.Sgemm at the forward pass's shapes and a large square product
           all            both (default)
@@ -19,6 +19,7 @@ public sealed class BenchOptions
           eap            edge attribution patching over every edge of GPT-2 small (32 prompt pairs × 64 tokens) against
                          one edge at a time (timed on a sample, extrapolated): edges/s and the speed-up
           monitors       the OpenAI endpoint's live monitors: tok/s of a 100-token greedy completion with 0 and 4 monitors
+          probes         logistic-probe fitting: one objective evaluation and a whole L-BFGS fit, host double loop vs backend products
           sae            SAE training steps (TopK k=32, ReLU-L1; d_in 768, d_sae 16384, batch 4096) against
                          sgemm at the encoder shape, and harvest tok/s against plain forward tok/s
           attribution    attribution graphs on a GPT-2-small-sized random Llama (n_ctx 4096) with a random
@@ -96,7 +97,7 @@ public sealed class BenchOptions
             int Int() => int.TryParse(Value(), out int v) && v >= 0 ? v : throw new ArgumentException($"{a} needs a non-negative integer");
             switch (a)
             {
-                case "forward" or "sgemm" or "causal" or "eap" or "monitors" or "sae" or "attribution" or "attribution-run" or "all" or "fixtures": o.Verb = a; break;
+                case "forward" or "sgemm" or "causal" or "eap" or "monitors" or "probes" or "sae" or "attribution" or "attribution-run" or "all" or "fixtures": o.Verb = a; break;
                 case "--quick": o.Quick = true; break;
                 case "--json": o.JsonPath = Value(); break;
                 case "--reps": reps = Math.Max(1, Int()); break;

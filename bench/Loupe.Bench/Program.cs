@@ -67,6 +67,17 @@ if (o.Verb == "attribution")
         });
     return runs.All(r => r.Status == "ok") ? 0 : 1;
 }
+if (o.Verb == "probes")
+{
+    Report.Environment(Console.Out, EnvironmentInfo.Capture(), o);
+    var probeResults = ProbeBench.Shapes(o.Quick).Select(s => ProbeBench.Run(s.N, s.D, s.K, o.Quick ? 2 : Math.Max(3, o.Reps / 3), o.Quick ? 30 : 100, log)).ToList();
+    var (trainerN, trainerD, trainerHooks) = o.Quick ? (4_000, 32, 2) : (160_000, 64, 6);
+    var (hostSeconds, backendSeconds) = ProbeBench.Trainer(trainerN, trainerD, 12, trainerHooks, o.Quick ? 30 : 100, log);
+    ProbeBench.Print(Console.Out, probeResults, (trainerN, trainerD, trainerHooks, hostSeconds, backendSeconds));
+    if (o.JsonPath is { } probeJson)
+        Loupe.Reports.AtomicFile.WriteJson(probeJson, new { probes = probeResults, trainer = new { rows = trainerN, width = trainerD, hooks = trainerHooks, host_seconds = hostSeconds, backend_seconds = backendSeconds } });
+    return 0;
+}
 if (o.Verb == "monitors")
 {
     Report.Environment(Console.Out, EnvironmentInfo.Capture(), o);

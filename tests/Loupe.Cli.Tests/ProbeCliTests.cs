@@ -46,6 +46,32 @@ public class ProbeCliTests
         Assert.StartsWith("<svg", File.ReadAllText(Path.Combine(output, "probe_accuracy.svg")));
     }
 
+    /// <summary>On a device the model's forwards and the probes' products run there: the CPU's accuracies, a stop reason per probe.</summary>
+    [RequiresSharedFact(Model, Brown)]
+    public void ProbesTrainOnTheDeviceWithTheCpusAccuracies()
+    {
+        JsonElement[] Layers(params string[] extra)
+        {
+            string output = TempDir();
+            var (code, _, stderr) = RunLoupe([.. new[] { "probe", "--model", SharedData.Require(Model), "--dataset", "brown:" + SharedData.Require(Brown),
+                "--categories", "news", "--max-sentences", "12", "--hooks", "blocks.1.hook_resid_post,blocks.3.hook_resid_post", "--seed", "4", "--out", output }, .. extra]);
+            Assert.True(code == 0, stderr);
+            using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(output, "probe.json")));
+            return doc.RootElement.GetProperty("layers").EnumerateArray().Select(l => l.Clone()).ToArray();
+        }
+        var cpu = Layers();
+        var gpu = Layers("--device", "emulated");
+        Assert.Equal(2, gpu.Length);
+        for (int i = 0; i < cpu.Length; i++)
+        {
+            double Held(JsonElement l, string probe) => l.GetProperty(probe).GetProperty("held_out_accuracy").GetDouble();
+            // ~50 held-out tokens: one token is 0.02; fp32 products on either side may flip a near-tie or two.
+            Assert.Equal(Held(cpu[i], "logistic"), Held(gpu[i], "logistic"), 0.05);
+            Assert.Equal(Held(cpu[i], "diffmeans"), Held(gpu[i], "diffmeans"), 0.05);
+            Assert.Contains(gpu[i].GetProperty("logistic").GetProperty("stop").GetString(), new[] { "gradient", "decrease", "budget", "line_search" });
+        }
+    }
+
     [Fact]
     public void MissingDatasetFolderIsAClearError()
     {

@@ -27,7 +27,7 @@ public class ProbeTrainerTests
     /// 3 classes over 200 "sentences" of 5 tokens. Hook "signal" holds the class in two features
     /// plus noise; hook "noise" holds only noise. Class 0 is the most frequent.
     /// </summary>
-    static LabelledActivations Synthetic()
+    internal static LabelledActivations Synthetic()
     {
         var r = new Random(3);
         const int sentences = 200, perSentence = 5, d = 4;

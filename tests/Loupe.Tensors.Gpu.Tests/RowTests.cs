@@ -6,7 +6,8 @@ namespace Loupe.Tensors.Gpu.Tests;
 [Collection(EmulatedCollection.Name)]
 public sealed class RowTests(EmulatedBackendFixture fixture) : DeviceTest(fixture)
 {
-    public static TheoryData<int, int> Shapes => new() { { 1, 1 }, { 7, 33 }, { 3, 130 }, { 2, 7 } };
+    // 600 × 130 is large enough for the CPU backend to split row-wise work across cores.
+    public static TheoryData<int, int> Shapes => new() { { 1, 1 }, { 7, 33 }, { 3, 130 }, { 2, 7 }, { 600, 130 } };
 
     [Theory]
     [MemberData(nameof(Shapes))]

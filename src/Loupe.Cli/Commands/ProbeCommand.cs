@@ -56,7 +56,7 @@ static class ProbeCommand
             var corpus = BrownCorpus.Open(corpusFolder);
             corpus.FileIds(cats);
 
-            // The model runs where --device says (only the labelled tokens' activations come back); the probes train on the host.
+            // The model runs where --device says (only the labelled tokens' activations come back), and so do the probes' products.
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             CliSupport.SelectHooks(m, settings.Hooks); // a pattern that matches nothing fails before the corpus is read
             PosProbeResult? result = null;

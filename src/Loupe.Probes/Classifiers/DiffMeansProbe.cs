@@ -40,27 +40,33 @@ public sealed class DiffMeansProbe
 
     /// <summary>Trains on rows <paramref name="x"/> <c>[n, width]</c> with labels <paramref name="y"/> <c>[n]</c>.</summary>
     /// <exception cref="ArgumentException">Sizes disagree, there are no rows, fewer than 2 classes, a label is out of range, or a feature is not finite.</exception>
-    public static DiffMeansProbe Train(ReadOnlySpan<float> x, ReadOnlySpan<int> y, int width, int classes)
-    {
-        var standardizer = Standardizer.Fit(x, width);
-        return Train(standardizer, standardizer.Transform(x), y.ToArray(), classes);
-    }
+    public static DiffMeansProbe Train(ReadOnlySpan<float> x, ReadOnlySpan<int> y, int width, int classes) =>
+        Train(Standardizer.Fit(x, width), x, y, classes);
 
-    /// <summary>Trains on rows already standardized by <paramref name="standardizer"/>.</summary>
-    internal static DiffMeansProbe Train(Standardizer standardizer, double[] z, int[] y, int classes)
+    /// <summary>
+    /// Trains on raw rows <paramref name="x"/> <c>[n, width]</c> with <paramref name="standardizer"/> fitted on them: the class
+    /// means of the raw rows, summed in double, then standardized — standardizing is affine, so this is the mean of the
+    /// standardized rows without forming them.
+    /// </summary>
+    /// <exception cref="ArgumentException">Sizes disagree, there are no rows, fewer than 2 classes, or a label is out of range.</exception>
+    public static DiffMeansProbe Train(Standardizer standardizer, ReadOnlySpan<float> x, ReadOnlySpan<int> y, int classes)
     {
         int d = standardizer.Width;
-        LogisticProbe.CheckData(z, y, d, classes);
-        var means = new double[classes * d];
+        if (x.Length != (long)y.Length * d) throw new ArgumentException($"{x.Length} feature values for {y.Length} labels of width {d}; expected {(long)y.Length * d}");
+        LogisticProbe.CheckLabels(y, y.Length, classes);
+        var sums = new double[classes * d];
         var counts = new int[classes];
         for (int i = 0; i < y.Length; i++)
         {
-            var mu = means.AsSpan(y[i] * d, d);
-            TensorPrimitives.Add(mu, z.AsSpan(i * d, d), mu);
+            var sum = sums.AsSpan(y[i] * d, d);
+            var row = x.Slice(i * d, d);
+            for (int j = 0; j < d; j++) sum[j] += row[j];
             counts[y[i]]++;
         }
+        var means = new double[classes * d];
         for (int k = 0; k < classes; k++)
-            if (counts[k] > 0) TensorPrimitives.Multiply(means.AsSpan(k * d, d), 1.0 / counts[k], means.AsSpan(k * d, d));
+            if (counts[k] > 0)
+                for (int j = 0; j < d; j++) means[k * d + j] = (sums[k * d + j] / counts[k] - standardizer.Mean[j]) / standardizer.Scale[j];
         return new DiffMeansProbe(standardizer, classes, means, counts);
     }
 
@@ -83,12 +89,17 @@ public sealed class DiffMeansProbe
         return PredictOne(z);
     }
 
-    /// <summary>Predicted classes of already-standardized rows <c>[n, width]</c>.</summary>
-    internal int[] PredictStandardized(ReadOnlySpan<double> z)
+    /// <summary>
+    /// Predicted classes of rows standardized by this probe's standardizer, computed where they are: the linear form
+    /// <c>z·μₖ − ½‖μₖ‖²</c>, with −∞ for a class without training examples.
+    /// </summary>
+    /// <exception cref="ArgumentException">The rows' width is not <see cref="Width"/>.</exception>
+    public int[] Predict(ProbeRows rows)
     {
-        var predictions = new int[z.Length / Width];
-        for (int i = 0; i < predictions.Length; i++) predictions[i] = PredictOne(z.Slice(i * Width, Width));
-        return predictions;
+        if (rows.Width != Width) throw new ArgumentException($"the probe reads rows of width {Width}; got {rows.Width}", nameof(rows));
+        var bias = new double[Classes];
+        for (int k = 0; k < Classes; k++) bias[k] = Counts[k] > 0 ? -HalfNormSquared[k] : double.NegativeInfinity;
+        return rows.ArgMaxOfLinear(Means, bias);
     }
 
     int PredictOne(ReadOnlySpan<double> z)

@@ -7,9 +7,11 @@ namespace Loupe.Probes.Classifiers;
 /// 1. evaluate f and ∇f at the start; stop when the gradient is within tolerance;
 /// 2. direction d = −H∇f by the two-loop recursion over the last m pairs (s = Δx, y = Δ∇f) with
 ///    H₀ = (sᵀy / yᵀy)·I (on the first step, and after a reset, d = −∇f scaled to at most unit length);
-/// 3. backtracking line search from step 1, halving until f(x + t·d) ≤ f(x) + 10⁻⁴·t·∇fᵀd;
+/// 3. backtracking line search from step 1, halving until f(x + t·d) ≤ f(x) + 10⁻⁴·t·∇fᵀd (at most
+///    <see cref="LbfgsOptions.LineSearchSteps"/> tries);
 /// 4. keep the pair when sᵀy is positive (curvature), drop the oldest beyond m; repeat from 2 until the
-///    gradient tolerance, the budget, or a line search that cannot decrease f.
+///    gradient tolerance, a relative decrease of f at most <see cref="LbfgsOptions.RelativeDecreaseTolerance"/> (f has
+///    stopped moving above its own rounding), the budget, or a line search that cannot decrease f.
 /// </summary>
 public static class Lbfgs
 {
@@ -21,7 +23,7 @@ public static class Lbfgs
     public static LbfgsResult Minimize(Objective f, ReadOnlySpan<double> start, LbfgsOptions? options = null)
     {
         options ??= new LbfgsOptions();
-        if (options.MaxIterations < 0 || options.History < 1 || !(options.GradientTolerance >= 0))
+        if (options.MaxIterations < 0 || options.History < 1 || !(options.GradientTolerance >= 0) || options.LineSearchSteps < 1 || !(options.RelativeDecreaseTolerance >= 0))
             throw new ArgumentException($"L-BFGS options out of range: {options}", nameof(options));
         if (start.IsEmpty) throw new ArgumentException("the start point is empty", nameof(start));
         int n = start.Length, m = options.History;
@@ -42,8 +44,8 @@ public static class Lbfgs
         var sNew = new double[n];
         var yNew = new double[n];
         int iteration = 0;
-        bool converged = Math.Abs(TensorPrimitives.MaxMagnitude<double>(g)) <= options.GradientTolerance;
-        while (!converged && iteration < options.MaxIterations)
+        var stop = Math.Abs(TensorPrimitives.MaxMagnitude<double>(g)) <= options.GradientTolerance ? LbfgsStop.Gradient : LbfgsStop.Budget;
+        while (stop == LbfgsStop.Budget && iteration < options.MaxIterations)
         {
             iteration++;
             // Two-loop recursion: d = −H·g.
@@ -82,7 +84,7 @@ public static class Lbfgs
             // Backtracking (Armijo) line search.
             double step = 1, fNew = double.NaN;
             bool accepted = false;
-            for (int tries = 0; tries < 50; tries++)
+            for (int tries = 0; tries < options.LineSearchSteps; tries++)
             {
                 TensorPrimitives.MultiplyAdd<double>(d, step, x, xNew);
                 fNew = f(xNew, gNew);
@@ -94,7 +96,11 @@ public static class Lbfgs
                 }
                 step *= 0.5;
             }
-            if (!accepted) break;
+            if (!accepted)
+            {
+                stop = LbfgsStop.LineSearch;
+                break;
+            }
 
             TensorPrimitives.Subtract<double>(xNew, x, sNew);
             TensorPrimitives.Subtract<double>(gNew, g, yNew);
@@ -109,14 +115,14 @@ public static class Lbfgs
                 stored = Math.Min(stored + 1, m);
             }
 
-            bool stalled = fx - fNew <= 1e-15 * Math.Max(1, Math.Abs(fx));
+            bool stalled = fx - fNew <= options.RelativeDecreaseTolerance * Math.Max(1, Math.Max(Math.Abs(fx), Math.Abs(fNew)));
             (x, xNew) = (xNew, x);
             (g, gNew) = (gNew, g);
             fx = fNew;
-            converged = Math.Abs(TensorPrimitives.MaxMagnitude<double>(g)) <= options.GradientTolerance;
-            if (stalled) break;
+            if (Math.Abs(TensorPrimitives.MaxMagnitude<double>(g)) <= options.GradientTolerance) stop = LbfgsStop.Gradient;
+            else if (stalled) stop = LbfgsStop.Decrease;
         }
-        return new LbfgsResult(x, fx, iteration, evaluations, converged);
+        return new LbfgsResult(x, fx, iteration, evaluations, stop);
     }
 }
 
@@ -124,12 +130,34 @@ public static class Lbfgs
 /// <param name="MaxIterations">The iteration budget (each iteration is one line search).</param>
 /// <param name="History">Correction pairs kept (m).</param>
 /// <param name="GradientTolerance">Stop when <c>max_j |∂f/∂x_j|</c> falls to this.</param>
-public sealed record LbfgsOptions(int MaxIterations = 200, int History = 10, double GradientTolerance = 1e-5);
+/// <param name="RelativeDecreaseTolerance">Stop when an iteration lowers f by at most this times <c>max(1, |f|)</c>. The
+/// default (10⁻¹⁵) suits an f exact to double precision; an f computed in fp32 should use what SciPy's L-BFGS-B does by
+/// default, ~2.2·10⁻⁹ (factr 10⁷ × machine ε), or the search spends its last iterations chasing rounding.</param>
+/// <param name="LineSearchSteps">Halvings tried before a line search gives up (SciPy's maxls is 20).</param>
+public sealed record LbfgsOptions(int MaxIterations = 200, int History = 10, double GradientTolerance = 1e-5,
+    double RelativeDecreaseTolerance = 1e-15, int LineSearchSteps = 50);
+
+/// <summary>Why L-BFGS stopped.</summary>
+public enum LbfgsStop
+{
+    /// <summary>The gradient reached its tolerance.</summary>
+    Gradient,
+    /// <summary>f decreased by less than its relative tolerance in the last iteration.</summary>
+    Decrease,
+    /// <summary>The iteration budget was spent.</summary>
+    Budget,
+    /// <summary>No step along the search direction decreased f.</summary>
+    LineSearch,
+}
 
 /// <summary>The minimiser's result.</summary>
 /// <param name="X">The final point.</param>
 /// <param name="Value">f at <paramref name="X"/>.</param>
 /// <param name="Iterations">Iterations run.</param>
 /// <param name="Evaluations">Calls of f (with its gradient).</param>
-/// <param name="Converged">Whether the gradient tolerance was reached (false: budget spent, or no further decrease was possible).</param>
-public sealed record LbfgsResult(double[] X, double Value, int Iterations, int Evaluations, bool Converged);
+/// <param name="Stop">Why it stopped.</param>
+public sealed record LbfgsResult(double[] X, double Value, int Iterations, int Evaluations, LbfgsStop Stop)
+{
+    /// <summary>Whether it stopped at a tolerance — the gradient's, or f's relative decrease (SciPy counts both as convergence) — rather than the budget or a failed line search.</summary>
+    public bool Converged => Stop is LbfgsStop.Gradient or LbfgsStop.Decrease;
+}

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Probes.Classifiers;
 
@@ -9,7 +10,9 @@ namespace Loupe.Probes.Classifiers;
 /// A linear probe: multinomial logistic regression with an L2 penalty. Steps:
 /// 1. standardize features with the training mean and standard deviation (<see cref="Standardizer"/>);
 /// 2. minimise <c>f(W, b) = (1/n)·Σᵢ −log softmax(W·xᵢ + b)[yᵢ] + (λ/2)·‖W‖²</c> with L-BFGS from W = 0, b = 0
-///    for at most a fixed number of iterations (the objective is convex; the run is deterministic);
+///    for at most a fixed number of iterations (the objective is convex; the run is deterministic); the objective's
+///    products run on the backend holding the rows, in fp32 (<see cref="LogisticObjective"/>; its double-precision
+///    reference twin is <see cref="LossAndGradient"/>);
 /// 3. predict <c>argmax_k (W·x + b)_k</c> on standardized x (ties go to the lower class index).
 /// </summary>
 public sealed class LogisticProbe
@@ -23,6 +26,7 @@ public sealed class LogisticProbe
         Iterations = fit.Iterations;
         Loss = fit.Value;
         Converged = fit.Converged;
+        Stop = fit.Stop;
     }
 
     public Standardizer Standardizer { get; }
@@ -36,27 +40,39 @@ public sealed class LogisticProbe
     public int Iterations { get; }
     /// <summary>The final training objective (mean cross-entropy plus penalty).</summary>
     public double Loss { get; }
-    /// <summary>Whether L-BFGS reached its gradient tolerance within the budget.</summary>
+    /// <summary>Whether L-BFGS stopped at a tolerance (the gradient's, or f no longer decreasing above fp32 rounding) within the budget.</summary>
     public bool Converged { get; }
+    /// <summary>Why L-BFGS stopped (a line search that found no decrease usually means f reached its fp32 rounding).</summary>
+    public LbfgsStop Stop { get; }
 
-    /// <summary>Trains on rows <paramref name="x"/> <c>[n, width]</c> with labels <paramref name="y"/> <c>[n]</c>.</summary>
+    /// <summary>L-BFGS stops when f falls by less than this relative amount: the objective is summed from fp32 products (SciPy's default).</summary>
+    const double Fp32RelativeDecrease = 2.2e-9;
+
+    /// <summary>Trains on rows <paramref name="x"/> <c>[n, width]</c> with labels <paramref name="y"/> <c>[n]</c>, on the CPU backend.</summary>
     /// <exception cref="ArgumentException">Sizes disagree, there are no rows, fewer than 2 classes, a label is out of range, or a feature is not finite.</exception>
     public static LogisticProbe Train(ReadOnlySpan<float> x, ReadOnlySpan<int> y, int width, int classes, LogisticOptions? options = null)
     {
         var standardizer = Standardizer.Fit(x, width);
-        return Train(standardizer, standardizer.Transform(x), y.ToArray(), classes, options);
+        CheckLabels(y, x.Length / width, classes);
+        return Train(standardizer, ProbeRows.Upload(CpuBackend.Instance, standardizer, x), y.ToArray(), classes, options);
     }
 
-    /// <summary>Trains on rows already standardized by <paramref name="standardizer"/>.</summary>
-    internal static LogisticProbe Train(Standardizer standardizer, double[] z, int[] y, int classes, LogisticOptions? options = null)
+    /// <summary>
+    /// Trains on rows already standardized by <paramref name="standardizer"/> and placed on a backend: the objective's
+    /// products run there (<see cref="LogisticObjective"/>), L-BFGS on the host.
+    /// </summary>
+    /// <exception cref="ArgumentException">The labels do not match the rows, fewer than 2 classes, or a label is out of range.</exception>
+    /// <exception cref="InputError">λ is negative or not finite.</exception>
+    public static LogisticProbe Train(Standardizer standardizer, ProbeRows rows, int[] y, int classes, LogisticOptions? options = null)
     {
         options ??= new LogisticOptions();
         int d = standardizer.Width;
-        CheckData(z, y, d, classes);
+        if (rows.Width != d) throw new ArgumentException($"the rows have width {rows.Width} but the standardizer {d}", nameof(rows));
+        CheckLabels(y, rows.Count, classes);
         if (!(double.IsFinite(options.L2) && options.L2 >= 0)) throw InputError.Expected("logistic probe options", "L2", "a finite number ≥ 0", options.L2);
-        var theta0 = new double[classes * d + classes];
-        var fit = Lbfgs.Minimize((theta, grad) => LossAndGradient(z, y, d, classes, theta, options.L2, grad), theta0,
-            new LbfgsOptions(options.MaxIterations, 10, options.GradientTolerance));
+        var objective = new LogisticObjective(rows, y, classes, options.L2);
+        var fit = Lbfgs.Minimize((theta, grad) => objective.Evaluate(theta, grad), new double[objective.Parameters],
+            new LbfgsOptions(options.MaxIterations, 10, options.GradientTolerance, Fp32RelativeDecrease, LineSearchSteps: 20));
         return new LogisticProbe(standardizer, classes, fit.X[..(classes * d)], fit.X[(classes * d)..], fit);
     }
 
@@ -134,25 +150,26 @@ public sealed class LogisticProbe
         return TensorPrimitives.IndexOfMax<double>(scores);
     }
 
-    /// <summary>Predicted classes of already-standardized rows <c>[n, width]</c>.</summary>
-    internal int[] PredictStandardized(ReadOnlySpan<double> z)
+    /// <summary>Predicted classes of rows standardized by this probe's standardizer, computed where they are.</summary>
+    /// <exception cref="ArgumentException">The rows' width is not <see cref="Width"/>.</exception>
+    public int[] Predict(ProbeRows rows)
     {
-        var predictions = new int[z.Length / Width];
-        Span<double> scores = Classes <= 256 ? stackalloc double[Classes] : new double[Classes];
-        for (int i = 0; i < predictions.Length; i++)
-        {
-            Scores(z.Slice(i * Width, Width), scores);
-            predictions[i] = TensorPrimitives.IndexOfMax<double>(scores);
-        }
-        return predictions;
+        if (rows.Width != Width) throw new ArgumentException($"the probe reads rows of width {Width}; got {rows.Width}", nameof(rows));
+        return rows.ArgMaxOfLinear(Weights, Bias);
     }
 
     internal static void CheckData(ReadOnlySpan<double> x, ReadOnlySpan<int> y, int d, int classes)
     {
         if (d <= 0) throw new ArgumentException($"the feature width must be positive (got {d})");
+        if (x.Length != (long)y.Length * d) throw new ArgumentException($"{x.Length} feature values for {y.Length} labels of width {d}; expected {(long)y.Length * d}");
+        CheckLabels(y, y.Length, classes);
+    }
+
+    internal static void CheckLabels(ReadOnlySpan<int> y, int rows, int classes)
+    {
         if (classes < 2) throw new ArgumentException($"a classifier needs at least 2 classes (got {classes})");
         if (y.Length == 0) throw new ArgumentException("there are no training examples");
-        if (x.Length != (long)y.Length * d) throw new ArgumentException($"{x.Length} feature values for {y.Length} labels of width {d}; expected {(long)y.Length * d}");
+        if (y.Length != rows) throw new ArgumentException($"{y.Length} labels for {rows} rows");
         for (int i = 0; i < y.Length; i++)
             if ((uint)y[i] >= (uint)classes) throw new ArgumentException($"label {y[i]} of example {i} is outside [0, {classes})");
     }
@@ -161,5 +178,5 @@ public sealed class LogisticProbe
 /// <summary>Multinomial logistic regression settings.</summary>
 /// <param name="L2">λ in <c>(λ/2)·‖W‖²</c> (biases are not penalised); applied to the mean loss over examples.</param>
 /// <param name="MaxIterations">L-BFGS iteration budget.</param>
-/// <param name="GradientTolerance">L-BFGS stops when <c>max |∂f/∂θ|</c> falls to this.</param>
+/// <param name="GradientTolerance">L-BFGS stops when <c>max |∂f/∂θ|</c> falls to this (or when f falls by less than 2.2·10⁻⁹ relative in an iteration).</param>
 public sealed record LogisticOptions(double L2 = 1e-3, int MaxIterations = 200, double GradientTolerance = 1e-5);

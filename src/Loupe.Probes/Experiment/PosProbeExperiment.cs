@@ -55,7 +55,7 @@ public static class PosProbeExperiment
         // 4. Train and score.
         progress?.Report(new ProbeProgress("training", 0, hooks.Count));
         var training = progress is null ? null : new Relay(done => progress.Report(new ProbeProgress("training", done, hooks.Count)));
-        var run = ProbeTrainer.Run(data, new ProbeOptions(settings.Probes, settings.Seed, settings.HeldOutFraction, settings.Logistic, settings.MaxParallelism), training);
+        var run = ProbeTrainer.Run(data, new ProbeOptions(settings.Probes, settings.Seed, settings.HeldOutFraction, settings.Logistic, settings.MaxParallelism), training, model.Backend);
         seconds["training"] = Lap(clock);
         seconds["total"] = total.Elapsed.TotalSeconds;
         return new PosProbeResult(model.Source ?? "", corpus.Folder, settings, all.Count, summary, run, seconds);

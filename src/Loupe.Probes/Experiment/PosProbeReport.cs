@@ -86,7 +86,7 @@ public static class PosProbeReport
                 h.Hook,
                 h.Index,
                 h.Width,
-                Logistic = h.Logistic is null ? null : new { h.Logistic.HeldOutAccuracy, h.Logistic.TrainAccuracy, h.Logistic.Iterations, h.Logistic.Converged },
+                Logistic = h.Logistic is null ? null : new { h.Logistic.HeldOutAccuracy, h.Logistic.TrainAccuracy, h.Logistic.Iterations, h.Logistic.Converged, h.Logistic.Stop },
                 Diffmeans = h.DiffMeans is null ? null : new { h.DiffMeans.HeldOutAccuracy, h.DiffMeans.TrainAccuracy },
                 Baseline = run.BaselineAccuracy,
             }).ToArray(),

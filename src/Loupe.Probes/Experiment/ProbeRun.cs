@@ -56,7 +56,8 @@ public sealed record SentenceSplit(bool[] HeldOut)
 /// <param name="Confusion">Held-out counts <c>[true class][predicted class]</c>: rows are true classes, columns predictions.</param>
 /// <param name="Iterations">L-BFGS iterations (logistic only).</param>
 /// <param name="Converged">Whether L-BFGS met its tolerance (logistic only).</param>
-public sealed record ProbeScore(double TrainAccuracy, double HeldOutAccuracy, int[][] Confusion, int? Iterations = null, bool? Converged = null);
+/// <param name="Stop">Why L-BFGS stopped: gradient, decrease, budget or line_search (logistic only).</param>
+public sealed record ProbeScore(double TrainAccuracy, double HeldOutAccuracy, int[][] Confusion, int? Iterations = null, bool? Converged = null, string? Stop = null);
 
 /// <summary>Both probes' scores at one hook.</summary>
 /// <param name="Hook">The hook point.</param>

@@ -1,5 +1,6 @@
 using Loupe.Probes.Classifiers;
 using Loupe.Probes.Harvest;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Probes.Experiment;
 
@@ -8,19 +9,22 @@ namespace Loupe.Probes.Experiment;
 /// 1. split the sentences into train and held-out (<see cref="SentenceSplit.Create"/>): every token of a
 ///    sentence lands on the same side, so a probe is never scored on a sentence it saw;
 /// 2. the baseline: always predict the most frequent training class, scored on held-out tokens;
-/// 3. per hook (in parallel; each is independent and deterministic): standardize with training
-///    statistics, train the chosen probes on training tokens, score them on both sides and tabulate
-///    the held-out confusion matrix.
+/// 3. per hook (in parallel on the CPU, one at a time on a device; each is independent and deterministic):
+///    standardize with training statistics, place the rows on the backend, train the chosen probes on training
+///    tokens, score them on both sides and tabulate the held-out confusion matrix.
 /// </summary>
 public static class ProbeTrainer
 {
     /// <param name="data">The labelled activations.</param>
     /// <param name="options">Probes, seed, split and optimiser settings.</param>
     /// <param name="progress">Told the number of hooks finished, from whichever thread finished one.</param>
+    /// <param name="backend">Where the probes' products run (the model's backend; the CPU when null). One hook's
+    /// standardized rows are on it at a time.</param>
     /// <exception cref="InputError">The options are out of range, the data has fewer than 2 sentences or 2 classes, or one side of the split has no tokens.</exception>
-    public static ProbeRun Run(LabelledActivations data, ProbeOptions? options = null, IProgress<int>? progress = null)
+    public static ProbeRun Run(LabelledActivations data, ProbeOptions? options = null, IProgress<int>? progress = null, IComputeBackend? backend = null)
     {
         options ??= new ProbeOptions();
+        backend ??= CpuBackend.Instance;
         if ((options.Probes & ProbeKinds.Both) == 0) throw new InputError("no probe kind was chosen");
         if (options.MaxParallelism == 0 || options.MaxParallelism < -1)
             throw new InputError($"MaxParallelism must be -1 (one per core) or positive (got {options.MaxParallelism})");
@@ -40,29 +44,39 @@ public static class ProbeTrainer
 
         var results = new HookProbeResult[data.Hooks.Count];
         int finished = 0;
-        Parallel.For(0, data.Hooks.Count, new ParallelOptions { MaxDegreeOfParallelism = options.MaxParallelism }, h =>
+        // A device has one stream: its hooks train one after another. On the CPU, hooks train side by side (the
+        // objective's row-wise parts are single-threaded) and the results do not depend on how many at once.
+        int parallelism = backend.Device.IsCpu ? options.MaxParallelism : 1;
+        using var sideBySide = backend.Device.IsCpu && parallelism != 1 && data.Hooks.Count > 1 ? CpuBackend.SideBySideJobs() : null;
+        Parallel.For(0, data.Hooks.Count, new ParallelOptions { MaxDegreeOfParallelism = parallelism }, h =>
         {
             int d = data.Widths[h];
             var features = data.Features(h);
             var xTrain = Gather(features, d, train);
             var standardizer = Standardizer.Fit(xTrain, d);
-            var zTrain = standardizer.Transform(xTrain);
-            var zHeld = standardizer.Transform(Gather(features, d, heldOut));
             ProbeScore? logistic = null, diffMeans = null;
+            // DiffMeans reads the raw rows; then they are standardized in place and placed on the device.
+            var diffMeansProbe = options.Probes.HasFlag(ProbeKinds.DiffMeans) ? DiffMeansProbe.Train(standardizer, xTrain, yTrain, K) : null;
+            var zTrain = ProbeRows.StandardizeInPlace(backend, standardizer, xTrain);
+            var zHeld = ProbeRows.StandardizeInPlace(backend, standardizer, Gather(features, d, heldOut));
             if (options.Probes.HasFlag(ProbeKinds.Logistic))
             {
                 var probe = LogisticProbe.Train(standardizer, zTrain, yTrain, K, options.Logistic);
-                logistic = Score(probe.PredictStandardized(zTrain), yTrain, probe.PredictStandardized(zHeld), yHeld, K) with
+                logistic = Score(probe.Predict(zTrain), yTrain, probe.Predict(zHeld), yHeld, K) with
                 {
                     Iterations = probe.Iterations,
                     Converged = probe.Converged,
+                    Stop = probe.Stop switch
+                    {
+                        LbfgsStop.Gradient => "gradient",
+                        LbfgsStop.Decrease => "decrease",
+                        LbfgsStop.Budget => "budget",
+                        _ => "line_search",
+                    },
                 };
             }
-            if (options.Probes.HasFlag(ProbeKinds.DiffMeans))
-            {
-                var probe = DiffMeansProbe.Train(standardizer, zTrain, yTrain, K);
-                diffMeans = Score(probe.PredictStandardized(zTrain), yTrain, probe.PredictStandardized(zHeld), yHeld, K);
-            }
+            if (diffMeansProbe is not null)
+                diffMeans = Score(diffMeansProbe.Predict(zTrain), yTrain, diffMeansProbe.Predict(zHeld), yHeld, K);
             results[h] = new HookProbeResult(data.Hooks[h], h, d, logistic, diffMeans);
             progress?.Report(Interlocked.Increment(ref finished));
         });
