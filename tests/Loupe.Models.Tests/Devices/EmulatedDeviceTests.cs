@@ -121,6 +121,27 @@ public sealed class EmulatedDeviceTests(EmulatedBackendFixture fixture) : IClass
         AssertClose(expected, device.Run(reference.Tokens).Logits, 3e-2, $"{arch} logits, bf16 weights, rounded activations");
     }
 
+    /// <summary>
+    /// fp16 ends at ±65,504: an activation beyond it becomes ±∞ at the next product's input although fp32 (and bf16) hold
+    /// it. The error names the hook point where it appeared and says why, and what keeps the range.
+    /// </summary>
+    [Fact]
+    public void AnFp16OverflowIsNamedAndExplained()
+    {
+        using var reference = new ReferenceFixture("llama");
+        var huge = new RunOptions().AddHook("blocks.0.mlp.hook_post", (t, _) => { var y = Device.Empty(t.Shape.ToArray()); Device.Scale(t, 1e6f, y); return y; });
+        using var f16 = ComputeBackends.Create(new Device(DeviceKind.Emulated), ElementType.F16);
+        using var model = ModelLoader.LoadFolder(reference.Folder, f16);
+        var hugeF16 = new RunOptions().AddHook("blocks.0.mlp.hook_post", (t, _) => { var y = f16.Empty(t.Shape.ToArray()); f16.Scale(t, 1e6f, y); return y; });
+        var e = Assert.Throws<InputError>(() => model.Run(reference.Tokens, hugeF16));
+        Assert.Contains("blocks.0.hook_mlp_out", e.Message);
+        Assert.Contains("fp16", e.Message);
+        Assert.Contains("--dtype bf16", e.Message);
+        // The same edit in fp32 on the device stays finite.
+        using var fp32 = ModelLoader.LoadFolder(reference.Folder, Device);
+        Assert.True(fp32.Run(reference.Tokens, huge).Logits.ToCpu().Span.ToArray().All(float.IsFinite));
+    }
+
     [Theory]
     [InlineData("gpt2")]
     [InlineData("llama")]
