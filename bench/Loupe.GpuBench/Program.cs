@@ -12,7 +12,8 @@ using Loupe.Tensors.Gpu;
 // The GPU bench: (a) parity of logits and gradients between the CPU backend and a device backend on the
 // reference fixtures (fp32 weights; bf16 weights with split and with rounded activations); (b) forward and forward+backward tokens/s on real shapes
 // with random weights; (c) with --sae, one TopK SAE training step (forward, backward, Adam) on the device;
-// (d) with --attribution DIR (tests/data/attribution), an attribution graph on the device against the CPU's.
+// (d) with --attribution DIR (tests/data/attribution), an attribution graph on the device against the CPU's; (e) with
+// --probe, a logistic probe's objective (100,000 × 2,048, 12 classes) on the device and on the CPU backend.
 // bench/gpu/run.sh runs it beside bench/gpu/torch_peer.py (the same shapes in
 // PyTorch eager) and bench/gpu/compare.py prints the side-by-side table. --ptx-check only compiles every kernel to PTX
 // (no GPU needed; a pre-flight check of the published file, which bench/gpu/publish.sh runs) and exits.
@@ -212,6 +213,42 @@ if (opts.Sae is { } sae)
         Save();
     }
 }
+// (e) A logistic probe's objective (LogisticObjective: loss and gradient over every row) on the device against the CPU
+// backend in the same run, and torch_peer's probe_eval (the same products in torch, gradients left on the device).
+if (opts.Probe is var (probeRows, probeWidth, probeClasses))
+try
+{
+    Console.WriteLine();
+    Console.WriteLine($"logistic probe objective (loss + gradient over every row; W, b in, ∂W, ∂b and one scalar out): {probeRows} rows × {probeWidth}, {probeClasses} classes, min of {opts.Reps}");
+    var rng = new Random(4);
+    var x = new float[(long)probeRows * probeWidth];
+    for (long i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
+    var y = new int[probeRows];
+    for (int i = 0; i < y.Length; i++) y[i] = rng.Next(probeClasses);
+    var standardizer = Loupe.Probes.Classifiers.Standardizer.Fit(x, probeWidth);
+    var theta = new double[probeClasses * probeWidth + probeClasses];
+    for (int i = 0; i < theta.Length; i++) theta[i] = 0.01 * (rng.NextDouble() - 0.5);
+    double[] Evaluate(IComputeBackend backend, out double ms)
+    {
+        var objective = new Loupe.Probes.Classifiers.LogisticObjective(Loupe.Probes.Classifiers.ProbeRows.Upload(backend, standardizer, x), y, probeClasses, 1e-3);
+        var g = new double[theta.Length];
+        ms = Timing.Min(opts.Warmup, opts.Reps, () => objective.Evaluate(theta, g)); // each evaluation ends reading ∂W back: a sync
+        return g;
+    }
+    var deviceGrad = Evaluate(fp32, out double deviceMs);
+    var cpuGrad = Evaluate(CpuBackend.Instance, out double cpuMs);
+    double scale = cpuGrad.Max(Math.Abs), worst = cpuGrad.Zip(deviceGrad, (a, b) => Math.Abs(a - b)).Max() / scale;
+    Console.WriteLine($"probe_eval   {deviceMs,10:F2} ms on the device, {cpuMs,10:F1} ms on the CPU backend ({cpuMs / deviceMs:F0}×); gradient device vs CPU {worst:E2} of its largest entry");
+    report["probe_eval"] = new Dictionary<string, object>
+    {
+        ["rows"] = probeRows, ["width"] = probeWidth, ["classes"] = probeClasses, ["ms"] = deviceMs, ["cpu_ms"] = cpuMs, ["gradient_rel_diff"] = worst,
+    };
+    Save();
+}
+catch (Exception e) when (e is not OutOfMemoryException)
+{
+    Console.WriteLine($"probe FAILED: {e.GetType().Name}: {e.Message}");
+}
 // (d) An attribution graph on the device: circuit-tracer's fixture (tiny GPT-2, three SAELens transcoders),
 // the CPU backend's adjacency against the device's, and the time of both.
 if (opts.Attribution is { } attributionData && opts.Fixtures is { } fixtureRoot)
@@ -289,7 +326,8 @@ static class Compare
 }
 
 sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<ModelShape> Models, IReadOnlyList<string> DTypes,
-    int Batch, int Seq, int Reps, int Warmup, string Work, string? Json, (int DIn, int DSae, int K, int Batch)? Sae, string? Attribution, bool Profile, bool NoParity, bool PtxCheck)
+    int Batch, int Seq, int Reps, int Warmup, string Work, string? Json, (int DIn, int DSae, int K, int Batch)? Sae, string? Attribution, bool Profile, bool NoParity, bool PtxCheck,
+    (int Rows, int Width, int Classes)? Probe)
 {
     public static GpuBenchOptions Parse(string[] args)
     {
@@ -301,6 +339,8 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
         int batch = 1, seq = 128, reps = 20, warmup = 3;
         bool sae = false, quick = false, profile = false, noParity = false, ptxCheck = false;
         var saeShape = (DIn: 2048, DSae: 65536, K: 64, Batch: 4096);
+        bool probe = false;
+        var probeShape = (Rows: 100_000, Width: 2048, Classes: 12);
         for (int i = 0; i < args.Length; i++)
         {
             string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
@@ -325,6 +365,7 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
                 case "--profile": profile = true; break;
                 case "--ptx-check": ptxCheck = true; break;
                 case "--attribution": attribution = Next(); break;
+                case "--probe": probe = true; break;
                 case "--sae-shape":
                     var d = Next().Split(',').Select(v => int.Parse(v, CultureInfo.InvariantCulture)).ToArray();
                     if (d.Length != 4) throw new ArgumentException("--sae-shape needs d_in,d_sae,k,batch");
@@ -338,6 +379,8 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
             }
         }
         if (quick && !args.Contains("--sae-shape")) saeShape = (64, 512, 8, 128);
-        return new(device, fixtures, models, dtypes, batch, seq, reps, warmup, work, json, sae ? saeShape : null, attribution, profile, noParity, ptxCheck);
+        if (quick) probeShape = (2_000, 64, 12);
+        return new(device, fixtures, models, dtypes, batch, seq, reps, warmup, work, json, sae ? saeShape : null, attribution, profile, noParity, ptxCheck,
+            probe ? probeShape : null);
     }
 }

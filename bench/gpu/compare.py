@@ -19,6 +19,11 @@ for key in ("sae_step", "sae_step_aux"):
         same = all(ls[f] == ts[f] for f in ("d_in", "d_sae", "k", "batch"))
         print(f"{key:<14} {'fp32':<5} {ls['ms']:10.2f} {ts['ms']:10.2f} {ts['ms'] / ls['ms']:6.2f}   "
               f"d_in {ls['d_in']} d_sae {ls['d_sae']} k {ls['k']} batch {ls['batch']}{'' if same else ' (torch ran other sizes: ratio not comparable)'}")
+if "probe_eval" in loupe and "probe_eval" in torch:
+    lp, tp = loupe["probe_eval"], torch["probe_eval"]
+    same = all(lp[f] == tp[f] for f in ("rows", "width", "classes"))
+    print(f"{'probe_eval':<14} {'fp32':<5} {lp['ms']:10.2f} {tp['ms']:10.2f} {tp['ms'] / lp['ms']:6.2f}   "
+          f"{lp['rows']} x {lp['width']}, {lp['classes']} classes (Loupe's includes W, b in and the gradient out){'' if same else ' (torch ran other sizes)'}")
 print("ratio = torch ms / Loupe ms (above 1: Loupe is faster); bf16: bf16 weights, fp32 activations split in two bf16 parts "
       "(two tensor-core products); bf16r: activations rounded to bf16 (one product, as torch's bf16); both against torch's bf16")
 peer_bf16 = {r["fixture"]: r["logits_rel"] for r in torch.get("bf16_parity", [])}

@@ -35,7 +35,7 @@ echo "== pre-flight: emulated smoke run"
 smoke=$(mktemp -d)
 trap 'rm -rf "$smoke"' EXIT
 (cd bench/gpu && ./bin/Loupe.GpuBench --device emulated --quick --fixtures ../../tests/data/reference --work "$smoke/work" \
-  --sae --profile --attribution ../../tests/data/attribution --json "$smoke/loupe.json") > "$smoke/loupe.txt" 2>&1 \
+  --sae --profile --probe --attribution ../../tests/data/attribution --json "$smoke/loupe.json") > "$smoke/loupe.txt" 2>&1 \
   || { cat "$smoke/loupe.txt"; echo "publish.sh: the emulated smoke run failed" >&2; exit 1; }
 if grep -q FAILED "$smoke/loupe.txt"; then
   grep FAILED "$smoke/loupe.txt"; echo "publish.sh: the emulated smoke run reported failures" >&2; exit 1
@@ -43,11 +43,11 @@ fi
 python3 - "$smoke/loupe.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-missing = [k for k in ("parity", "speed", "sae_step", "sae_step_aux", "attribution") if not r.get(k)]
+missing = [k for k in ("parity", "speed", "sae_step", "sae_step_aux", "attribution", "probe_eval") if not r.get(k)]
 missing += [f"{k}.profile" for k in ("sae_step", "sae_step_aux") if r.get(k) and not r[k].get("profile")]
 if missing: sys.exit(f"publish.sh: the smoke run's JSON lacks {', '.join(missing)}")
 print(f"smoke run: parity on {len(r['parity'])} fixture/weight pairs, {len(r['speed'])} speed rows, SAE steps with profiles, "
-      f"attribution adjacency {r['attribution']['adjacency_rel_diff']:.2e} from the CPU's")
+      f"attribution adjacency {r['attribution']['adjacency_rel_diff']:.2e} from the CPU's, probe gradient {r['probe_eval']['gradient_rel_diff']:.2e} from the CPU's")
 PY
 
 # What a device call carries: the files git does not ignore (tracked or not) plus the bench.

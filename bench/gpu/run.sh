@@ -19,7 +19,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 # Which CUDA libraries Loupe can find there (the first GPU run of a new image answers "why no cuBLAS" from this file).
 { ls /usr/local/cuda*/lib64/libcublas* /usr/local/cuda*/targets/*/lib/libcublas* 2>&1; echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"; ldconfig -p | grep -E 'libcuda\.so|libcublas'; } > "$OUT/libs.txt" 2>&1
 FIXTURES="${FIXTURES:-../../tests/data/reference}"
-timeout ${LOUPE_TIMEOUT:-300} ./bin/Loupe.GpuBench --device cuda:0 --fixtures "$FIXTURES" --work /tmp/loupe-gpubench ${QUICK:+--quick} --sae --profile --attribution ../../tests/data/attribution --json "$OUT/loupe.json" 2>&1 | tee "$OUT/loupe.txt"
-timeout ${TORCH_TIMEOUT:-200} python3 torch_peer.py ${QUICK:+--models gpt2-tiny,llama-tiny --seq 16 --reps 2 --warmup 1 --sae-shape 64,512,8,128} --sae --fixtures "$FIXTURES" --json "$OUT/torch.json" 2>&1 | tee "$OUT/torch.txt"
+PROBE_SHAPE=$([ -n "${QUICK:-}" ] && echo 2000,64,12 || echo 100000,2048,12)  # the Loupe bench's --probe shape (--quick: the small one)
+timeout ${LOUPE_TIMEOUT:-300} ./bin/Loupe.GpuBench --device cuda:0 --fixtures "$FIXTURES" --work /tmp/loupe-gpubench ${QUICK:+--quick} --sae --profile --probe --attribution ../../tests/data/attribution --json "$OUT/loupe.json" 2>&1 | tee "$OUT/loupe.txt"
+timeout ${TORCH_TIMEOUT:-200} python3 torch_peer.py ${QUICK:+--models gpt2-tiny,llama-tiny --seq 16 --reps 2 --warmup 1 --sae-shape 64,512,8,128} --probe-shape "$PROBE_SHAPE" --sae --fixtures "$FIXTURES" --json "$OUT/torch.json" 2>&1 | tee "$OUT/torch.txt"
 [ -f "$OUT/loupe.json" ] && [ -f "$OUT/torch.json" ] && python3 compare.py "$OUT/loupe.json" "$OUT/torch.json" | tee "$OUT/summary.txt"
 exit 0

@@ -130,6 +130,25 @@ def fixture_parity(root):
     return rows
 
 
+def probe_eval(rows, width, classes, warmup, reps):
+    """The logistic probe's objective in torch: mean cross-entropy of z·Wᵀ + b plus (λ/2)‖W‖², and its gradient."""
+    z = torch.randn(rows, width, device="cuda")
+    y = torch.randint(0, classes, (rows,), device="cuda")
+    w = (0.01 * torch.randn(classes, width, device="cuda")).requires_grad_(True)
+    b = torch.zeros(classes, device="cuda", requires_grad=True)
+
+    def step():
+        w.grad = None
+        b.grad = None
+        loss = torch.nn.functional.cross_entropy(z @ w.T + b, y) + 0.5e-3 * (w * w).sum()
+        loss.backward()
+        loss.item()
+
+    ms = timed(warmup, reps, step)
+    print(f"probe_eval {rows} x {width}, {classes} classes: {ms:.2f} ms")
+    return dict(rows=rows, width=width, classes=classes, ms=ms)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="gpt2-small,llama-3.2-1b")
@@ -142,6 +161,7 @@ def main():
     p.add_argument("--sae", action="store_true", help="also time a TopK SAE training step")
     p.add_argument("--fixtures", help="reference fixture folders: also report torch's bf16-vs-fp32 logits error on each")
     p.add_argument("--sae-shape", default="2048,65536,64,4096", help="d_in,d_sae,k,batch")
+    p.add_argument("--probe-shape", help="rows,width,classes: also time a logistic probe's objective (e.g. 100000,2048,12)")
     a = p.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -193,6 +213,9 @@ def main():
         d_in, d_sae, k, batch = (int(v) for v in a.sae_shape.split(","))
         report["sae_step"] = sae_step(d_in, d_sae, k, batch, a.warmup, a.reps)
         report["sae_step_aux"] = sae_step(d_in, d_sae, k, batch, a.warmup, a.reps, aux=True)
+    if a.probe_shape:
+        rows, width, classes = (int(v) for v in a.probe_shape.split(","))
+        report["probe_eval"] = probe_eval(rows, width, classes, a.warmup, a.reps)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(report, fh, indent=1)
