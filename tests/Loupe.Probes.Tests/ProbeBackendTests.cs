@@ -91,6 +91,22 @@ public sealed class ProbeBackendTests(ProbeBackendTests.Emulated device) : IClas
     }
 
     [Fact]
+    public void ARunThatWouldNotFitOnTheDeviceIsRefusedBeforeAnythingIsPlaced()
+    {
+        var data = ProbeTrainerTests.Synthetic();
+        long needed = ProbeTrainer.DeviceBytesPerHook(data);
+        Assert.Equal((long)data.Count * (4 + 3 * 3 + 1) * sizeof(float), needed);
+        var before = device.Backend.Transfers.Snapshot();
+        var e = Assert.Throws<InputError>(() => ProbeTrainer.Run(data, new ProbeOptions(Seed: 1), backend: device.Backend, deviceFreeBytes: needed - 1));
+        Assert.Contains("--max-sentences", e.Message);
+        Assert.Contains($"{data.Count} labelled tokens × width 4", e.Message);
+        Assert.Equal(0, (device.Backend.Transfers.Snapshot() - before).In(TransferKind.Data));
+        // Exactly enough runs; the CPU ignores the device's memory.
+        ProbeTrainer.Run(data, new ProbeOptions(Seed: 1), backend: device.Backend, deviceFreeBytes: needed);
+        ProbeTrainer.Run(data, new ProbeOptions(Seed: 1), deviceFreeBytes: 1);
+    }
+
+    [Fact]
     public void DiffMeansFromRawRowsEqualsTheMeansOfStandardizedRows()
     {
         var r = new Random(5);

@@ -72,7 +72,7 @@ static class ProbeCommand
                         task.MaxValue = Math.Max(1, p.Total);
                         task.Value = Math.Max(task.Value, p.Done); // hooks finish on worker threads, in any order
                     });
-                    result = PosProbeExperiment.Run(m, corpus, settings, progress);
+                    result = PosProbeExperiment.Run(m, corpus, settings, progress, CliSupport.FreeDeviceMemory(m.Backend));
                 });
             var (json, chart) = result!.Save(outDir);
             PrintTable(result);

@@ -22,7 +22,13 @@ public static class PosProbeExperiment
     /// <exception cref="InputError">A category or hook is unknown, a setting is out of range, or too few sentences remain.</exception>
     /// <exception cref="InputError">The model has no tokenizer.</exception>
     /// <exception cref="InputError">A corpus file is malformed (the message names file and line).</exception>
-    public static PosProbeResult Run(HookedTransformer model, BrownCorpus corpus, PosProbeSettings? settings = null, IProgress<ProbeProgress>? progress = null)
+    /// <param name="model">The model; the probes' products run on its backend.</param>
+    /// <param name="corpus">The Brown corpus.</param>
+    /// <param name="settings">Sampling, hooks, probes, split and optimiser settings.</param>
+    /// <param name="progress">Told each stage's progress.</param>
+    /// <param name="deviceFreeBytes">The device's free memory when the model runs on one (see <see cref="ProbeTrainer.Run"/>).</param>
+    public static PosProbeResult Run(HookedTransformer model, BrownCorpus corpus, PosProbeSettings? settings = null, IProgress<ProbeProgress>? progress = null,
+        long? deviceFreeBytes = null)
     {
         settings ??= new PosProbeSettings();
         Validate(settings);
@@ -55,7 +61,7 @@ public static class PosProbeExperiment
         // 4. Train and score.
         progress?.Report(new ProbeProgress("training", 0, hooks.Count));
         var training = progress is null ? null : new Relay(done => progress.Report(new ProbeProgress("training", done, hooks.Count)));
-        var run = ProbeTrainer.Run(data, new ProbeOptions(settings.Probes, settings.Seed, settings.HeldOutFraction, settings.Logistic, settings.MaxParallelism), training, model.Backend);
+        var run = ProbeTrainer.Run(data, new ProbeOptions(settings.Probes, settings.Seed, settings.HeldOutFraction, settings.Logistic, settings.MaxParallelism), training, model.Backend, deviceFreeBytes);
         seconds["training"] = Lap(clock);
         seconds["total"] = total.Elapsed.TotalSeconds;
         return new PosProbeResult(model.Source ?? "", corpus.Folder, settings, all.Count, summary, run, seconds);

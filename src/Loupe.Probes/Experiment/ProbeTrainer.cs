@@ -20,8 +20,11 @@ public static class ProbeTrainer
     /// <param name="progress">Told the number of hooks finished, from whichever thread finished one.</param>
     /// <param name="backend">Where the probes' products run (the model's backend; the CPU when null). One hook's
     /// standardized rows are on it at a time.</param>
-    /// <exception cref="InputError">The options are out of range, the data has fewer than 2 sentences or 2 classes, or one side of the split has no tokens.</exception>
-    public static ProbeRun Run(LabelledActivations data, ProbeOptions? options = null, IProgress<int>? progress = null, IComputeBackend? backend = null)
+    /// <param name="deviceFreeBytes">The device's free memory, when known: a run whose one hook would not fit
+    /// (<see cref="DeviceBytesPerHook"/>) is refused before anything is placed there.</param>
+    /// <exception cref="InputError">The options are out of range, the data has fewer than 2 sentences or 2 classes, one side of the split has no tokens, or one hook's rows would not fit in the device's free memory.</exception>
+    public static ProbeRun Run(LabelledActivations data, ProbeOptions? options = null, IProgress<int>? progress = null, IComputeBackend? backend = null,
+        long? deviceFreeBytes = null)
     {
         options ??= new ProbeOptions();
         backend ??= CpuBackend.Instance;
@@ -30,6 +33,9 @@ public static class ProbeTrainer
             throw new InputError($"MaxParallelism must be -1 (one per core) or positive (got {options.MaxParallelism})");
         int K = data.ClassNames.Count;
         if (K < 2) throw new InputError($"probing needs at least 2 classes (got {K})");
+        if (!backend.Device.IsCpu && deviceFreeBytes is long free && DeviceBytesPerHook(data) is var needed && needed > free)
+            throw new InputError(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"probes on {backend.Device}: one hook's standardized rows and scores need about {needed / GiB:F2} GiB ({data.Count} labelled tokens × width {data.Widths.Max()}, fp32) but {free / GiB:F2} GiB is free; use fewer sentences (--max-sentences) or --device cpu"));
         var split = SentenceSplit.Create(data.SentenceCount, options.HeldOutFraction, options.Seed);
         var train = new List<int>();
         var heldOut = new List<int>();
@@ -82,6 +88,15 @@ public static class ProbeTrainer
         });
         return new ProbeRun(data.ClassNames, results, split, trainCounts, heldCounts, majority, baseline);
     }
+
+    const double GiB = 1024.0 * 1024 * 1024;
+
+    /// <summary>
+    /// Device bytes one hook's training holds at once: its standardized rows (train and held-out, fp32) and, per row, the
+    /// logits, their gradient, the loss and the prediction scores (K floats each, the loss one).
+    /// </summary>
+    public static long DeviceBytesPerHook(LabelledActivations data) =>
+        (long)data.Count * (data.Widths.Max() + 3L * data.ClassNames.Count + 1) * sizeof(float);
 
     static float[] Gather(float[] features, int d, List<int> rows)
     {
