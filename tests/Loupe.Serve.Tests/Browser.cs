@@ -7,6 +7,12 @@ namespace Loupe.Serve.Tests;
 static class Browser
 {
     /// <summary>The path of a screenshot under TestResults/screenshots (the folder is created).</summary>
+    /// <summary>
+    /// The page's address as the page sees it now. Playwright's <c>IPage.Url</c> follows <c>history.replaceState</c> through
+    /// an event that arrives later, so right after a key press it can still hold the previous address.
+    /// </summary>
+    public static Task<string> UrlAsync(IPage page) => page.EvaluateAsync<string>("() => location.href");
+
     public static string Screenshot(string name)
     {
         string dir = Path.Combine(SharedData.RepoRoot, "TestResults", "screenshots");

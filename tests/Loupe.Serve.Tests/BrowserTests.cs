@@ -58,7 +58,7 @@ public class BrowserTests(ITestOutputHelper output)
         await top.WaitForAsync();
         int expected = NextTokens.TopK(model, model.Tokenizer!.Encode(text), 1)[0][0].Token;
         Assert.Equal(expected.ToString(), await top.GetAttributeAsync("data-token-id"));
-        Assert.Contains("text=", page.Url); // shareable: the prompt is in the URL
+        Assert.Contains("text=", await Browser.UrlAsync(page)); // shareable: the prompt is in the URL
         await page.GetByTestId("token").Nth(2).HoverAsync();
         Assert.Contains("after position 2", await page.GetByTestId("topk").InnerTextAsync());
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = Path.Combine(ScreenshotDir(), "prompt.png"), FullPage = true });
@@ -67,7 +67,7 @@ public class BrowserTests(ITestOutputHelper output)
         await page.GetByRole(AriaRole.Link, new() { Name = "Attention" }).ClickAsync();
         await page.GetByTestId("head-L1H3").ClickAsync();
         Assert.Contains("L1H3", await page.GetByTestId("head-title").InnerTextAsync());
-        Assert.Contains("head=L1H3", page.Url);
+        Assert.Contains("head=L1H3", await Browser.UrlAsync(page));
         await page.GetByTestId("query-token").Nth(5).HoverAsync();
         Assert.Contains("attends most to", await page.GetByTestId("attends").InnerTextAsync());
         Assert.Equal(model.Config.NLayers * model.Config.NHeads + 1, await page.GetByTestId("detection").Locator("tr").CountAsync());

@@ -34,7 +34,7 @@ public class FeatureBrowserTests(ITestOutputHelper output)
         var dashboard = page.GetByTestId("dashboard");
         await dashboard.WaitForAsync();
         Assert.Equal(f.ToString(CultureInfo.InvariantCulture), await dashboard.GetAttributeAsync("data-feature"));
-        Assert.Contains($"feature={f}", page.Url);
+        Assert.Contains($"feature={f}", await Browser.UrlAsync(page));
         Assert.Equal(store.Feature(f).MaxAct.ToString("F3", CultureInfo.InvariantCulture), await page.GetByTestId("stat-max-act").InnerTextAsync());
         Assert.Contains(FeatureStores.ExplainedText, await page.GetByTestId("explanation").InnerTextAsync());
         Assert.Contains("detection: acc 0.80", await page.GetByTestId("explanation").InnerTextAsync());
@@ -139,7 +139,7 @@ public class FeatureBrowserTests(ITestOutputHelper output)
             [.. (await page.GetByTestId($"tok-{side}").EvaluateAllAsync<string[]>("els => els.map(e => e.dataset.id)")).Select(int.Parse)];
         Assert.Equal(plain, await Shown("unsteered"));
         Assert.Equal(steered, await Shown("steered"));
-        Assert.Contains("source=feature", page.Url);
+        Assert.Contains("source=feature", await Browser.UrlAsync(page));
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = Screenshot("steering.png"), FullPage = true });
 
         // The persona vector file, and Stop.

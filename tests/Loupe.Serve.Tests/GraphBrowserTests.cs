@@ -44,7 +44,7 @@ public class GraphBrowserTests(ITestOutputHelper output)
         await page.Mouse.MoveAsync((float)x, (float)y);
         Assert.Contains("L0 F14 @5", await page.GetByTestId("graph-tip").InnerTextAsync());
         await page.Mouse.ClickAsync((float)x, (float)y);
-        Assert.Contains("pin=0_14_5", page.Url);
+        Assert.Contains("pin=0_14_5", await Browser.UrlAsync(page));
         Assert.Contains("L0 F14 @5", await page.GetByTestId("node-title").InnerTextAsync());
         Assert.Equal("2.0400", await page.Locator("[data-fact=activation]").InnerTextAsync()); // the file's 2.039976…
         Assert.True(await page.GetByTestId("node-details").Locator("table").CountAsync() >= 3); // facts, top in, top out
@@ -66,11 +66,11 @@ public class GraphBrowserTests(ITestOutputHelper output)
         // Keyboard: Escape unpins, arrows move, Enter pins the focused node.
         await canvas.FocusAsync();
         await page.Keyboard.PressAsync("Escape");
-        Assert.DoesNotContain("pin=", page.Url);
+        Assert.DoesNotContain("pin=", await Browser.UrlAsync(page));
         await page.Keyboard.PressAsync("ArrowUp");
         await page.Keyboard.PressAsync("ArrowDown");
         await page.Keyboard.PressAsync("Enter");
-        Assert.Contains("pin=", page.Url);
+        Assert.Contains("pin=", await Browser.UrlAsync(page));
 
         // Shift-drag over the logits row's area selects a subgraph; group it into a named supernode, kept in the URL.
         var (ax, ay) = await NodeOnPage(page, "0_14_5");
@@ -85,7 +85,7 @@ public class GraphBrowserTests(ITestOutputHelper output)
         Assert.Matches(@"^\d+ nodes? selected", selected);
         await page.GetByTestId("group-name").FillAsync("early features");
         await page.GetByTestId("group").ClickAsync();
-        Assert.Contains("sn=early", page.Url);
+        Assert.Contains("sn=early", await Browser.UrlAsync(page));
         await page.ReloadAsync();
         await page.GetByTestId("supernode").First.WaitForAsync();
         Assert.Contains("early features", await page.GetByTestId("supernodes").InnerTextAsync());
@@ -177,7 +177,7 @@ public class GraphBrowserTests(ITestOutputHelper output)
         var box = (await heatmap.BoundingBoxAsync())!;
         await page.Mouse.MoveAsync(box.X + 100, box.Y + 15);
         Assert.Contains("normalized", await page.GetByTestId("patch-cell").InnerTextAsync());
-        Assert.Contains($"artifact={patchId}", page.Url);
+        Assert.Contains($"artifact={patchId}", await Browser.UrlAsync(page));
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = Screenshot("circuits-patching.png"), FullPage = true });
 
         await page.GetByTestId("circuit-select").SelectOptionAsync(circuitId);

@@ -29,7 +29,7 @@ public class JobBrowserTests
         await page.GetByTestId("sweep-target").SelectOptionAsync("resid_pre");
         await page.GetByTestId("sweep-run").ClickAsync();
         await page.GetByTestId("patch-heatmap").WaitForAsync(new() { Timeout = 60_000 });
-        Assert.Contains("artifact=", page.Url);
+        Assert.Contains("artifact=", await Browser.UrlAsync(page));
 
         int[] clean = model.Tokenizer!.Encode(JobApiTests.Clean), corrupt = model.Tokenizer.Encode(JobApiTests.Corrupt);
         int lily = model.Tokenizer.Encode("Lily", addSpecialTokens: false).Single(), tim = model.Tokenizer.Encode("Tim", addSpecialTokens: false).Single();
@@ -80,7 +80,7 @@ public class JobBrowserTests
         await page.GetByTestId("build-name").FillAsync("corpus");
         await page.GetByTestId("build-run").ClickAsync();
         await page.GetByTestId("feature-row").First.WaitForAsync(new() { Timeout = 60_000 });
-        Assert.Contains("store=", page.Url);
+        Assert.Contains("store=", await Browser.UrlAsync(page));
         Assert.Contains("corpus.features.db", await page.GetByTestId("store").InnerTextAsync());
         using (var store = FeatureStore.Open(Path.Combine(graphs, "stores", "corpus.features.db")))
         {
@@ -125,8 +125,8 @@ public class JobBrowserTests
         Assert.Equal(want, await Shown("steered"));
         Assert.Equal(model.Generate([input], new GenerationOptions(24))[0], await Shown("unsteered"));
         Assert.Contains("project out", await page.GetByTestId("steer-status").InnerTextAsync());
-        Assert.Contains("project_out=true", page.Url);
-        Assert.Contains("positions=new", page.Url);
+        Assert.Contains("project_out=true", await Browser.UrlAsync(page));
+        Assert.Contains("positions=new", await Browser.UrlAsync(page));
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = Browser.Screenshot("steering-project-out.png"), FullPage = true });
 
         // Add at positions from 5 on, sampled at temperature 0.8 with seed 11: the library's sample, both sides.
@@ -140,8 +140,8 @@ public class JobBrowserTests
         var sampling = new GenerationOptions(24, 0.8f, 0, 1f, 11);
         Assert.Equal(SteeringRun.Continue(model, input, sampling, SteeringRun.Edit(FeatureStores.Hook, direction, 6f, false, SteeringPositions.From(5))), await Shown("steered"));
         Assert.Equal(SteeringRun.Continue(model, input, sampling, null), await Shown("unsteered"));
-        Assert.Contains("temperature=0.8", page.Url);
-        Assert.Contains("seed=11", page.Url);
+        Assert.Contains("temperature=0.8", await Browser.UrlAsync(page));
+        Assert.Contains("seed=11", await Browser.UrlAsync(page));
         // The URL restores the controls.
         await page.ReloadAsync();
         Assert.Equal("from", await page.GetByTestId("steer-positions").InputValueAsync());

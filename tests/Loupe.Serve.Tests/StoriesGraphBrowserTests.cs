@@ -93,7 +93,7 @@ public class StoriesGraphBrowserTests(ITestOutputHelper output)
         int active = Array.IndexOf(graph.ActiveFeatures, (layer, position, feature));
         Assert.True(active >= 0, $"{ids[node]} is not among the graph's active features");
         await Click(ids[node]);
-        Assert.Contains($"pin={ids[node]}", page.Url);
+        Assert.Contains($"pin={ids[node]}", await Browser.UrlAsync(page));
         Assert.Equal(graph.ActivationValues[active].ToString("F4", CultureInfo.InvariantCulture), await page.Locator("[data-fact=activation]").InnerTextAsync());
         Assert.Equal(feature.ToString(CultureInfo.InvariantCulture), await page.Locator("[data-fact=feature]").InnerTextAsync());
 
