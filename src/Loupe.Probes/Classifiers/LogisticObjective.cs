@@ -29,10 +29,7 @@ public sealed class LogisticObjective
     /// <exception cref="ArgumentException">The labels do not match the rows, fewer than 2 classes, a label is out of range, or λ is negative or not finite.</exception>
     public LogisticObjective(ProbeRows rows, int[] labels, int classes, double l2)
     {
-        if (classes < 2) throw new ArgumentException($"a classifier needs at least 2 classes (got {classes})");
-        if (labels.Length != rows.Count) throw new ArgumentException($"{labels.Length} labels for {rows.Count} rows");
-        for (int i = 0; i < labels.Length; i++)
-            if ((uint)labels[i] >= (uint)classes) throw new ArgumentException($"label {labels[i]} of example {i} is outside [0, {classes})");
+        LogisticProbe.CheckLabels(labels, rows.Count, classes);
         if (!(double.IsFinite(l2) && l2 >= 0)) throw new ArgumentException($"λ must be finite and ≥ 0 (got {l2})");
         (_rows, _labels, _classes, _l2) = (rows, labels, classes, l2);
         var be = rows.Backend;

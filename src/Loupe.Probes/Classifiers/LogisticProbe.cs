@@ -53,7 +53,6 @@ public sealed class LogisticProbe
     public static LogisticProbe Train(ReadOnlySpan<float> x, ReadOnlySpan<int> y, int width, int classes, LogisticOptions? options = null)
     {
         var standardizer = Standardizer.Fit(x, width);
-        CheckLabels(y, x.Length / width, classes);
         return Train(standardizer, ProbeRows.Upload(CpuBackend.Instance, standardizer, x), y.ToArray(), classes, options);
     }
 
@@ -68,7 +67,6 @@ public sealed class LogisticProbe
         options ??= new LogisticOptions();
         int d = standardizer.Width;
         if (rows.Width != d) throw new ArgumentException($"the rows have width {rows.Width} but the standardizer {d}", nameof(rows));
-        CheckLabels(y, rows.Count, classes);
         if (!(double.IsFinite(options.L2) && options.L2 >= 0)) throw InputError.Expected("logistic probe options", "L2", "a finite number ≥ 0", options.L2);
         var objective = new LogisticObjective(rows, y, classes, options.L2);
         var fit = Lbfgs.Minimize((theta, grad) => objective.Evaluate(theta, grad), new double[objective.Parameters],
