@@ -30,7 +30,7 @@ public sealed class ProbeRows
     public static ProbeRows Upload(IComputeBackend backend, Standardizer standardizer, ReadOnlySpan<float> x)
     {
         var z = new float[x.Length];
-        StandardizeInto(standardizer, x, z);
+        standardizer.Transform(x, z);
         return FromStandardized(backend, z, standardizer.Width);
     }
 
@@ -42,23 +42,8 @@ public sealed class ProbeRows
     /// <exception cref="InputError">A value is NaN or infinite.</exception>
     public static ProbeRows StandardizeInPlace(IComputeBackend backend, Standardizer standardizer, float[] x)
     {
-        StandardizeInto(standardizer, x, x);
+        standardizer.Transform(x, x.AsSpan());
         return FromStandardized(backend, x, standardizer.Width);
-    }
-
-    static void StandardizeInto(Standardizer standardizer, ReadOnlySpan<float> x, Span<float> z)
-    {
-        int d = standardizer.Width;
-        if (x.Length == 0 || x.Length % d != 0) throw new ArgumentException($"{x.Length} values do not make rows of width {d}", nameof(x));
-        var mean = standardizer.Mean;
-        var scale = standardizer.Scale;
-        for (int i = 0; i < x.Length; i += d)
-            for (int j = 0; j < d; j++)
-            {
-                float v = x[i + j];
-                if (!float.IsFinite(v)) throw new InputError($"probe features: feature {j} of row {i / d} is {v}; expected finite activations (the model produced NaN or ∞ at this hook)");
-                z[i + j] = (float)((v - mean[j]) / scale[j]);
-            }
     }
 
     static ProbeRows FromStandardized(IComputeBackend backend, float[] z, int width)

@@ -60,6 +60,25 @@ public sealed class Standardizer
         for (int j = 0; j < Width; j++) destination[j] = (row[j] - Mean[j]) / Scale[j];
     }
 
+    /// <summary>
+    /// Standardizes every row of <paramref name="x"/> <c>[n, width]</c> into <paramref name="z"/> (computed in double, rounded
+    /// to fp32 once; <paramref name="z"/> may be <paramref name="x"/> itself).
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="x"/> is empty, not whole rows, or longer than <paramref name="z"/>.</exception>
+    /// <exception cref="InputError">A value is NaN or infinite (the message names its row and feature).</exception>
+    public void Transform(ReadOnlySpan<float> x, Span<float> z)
+    {
+        int d = Width;
+        if (x.Length == 0 || x.Length % d != 0 || z.Length < x.Length) throw new ArgumentException($"{x.Length} values do not make rows of width {d} (destination {z.Length})", nameof(x));
+        for (int i = 0; i < x.Length; i += d)
+            for (int j = 0; j < d; j++)
+            {
+                float v = x[i + j];
+                if (!float.IsFinite(v)) throw new InputError($"probe features: feature {j} of row {i / d} is {v}; expected finite activations (the model produced NaN or ∞ at this hook)");
+                z[i + j] = (float)((v - Mean[j]) / Scale[j]);
+            }
+    }
+
     /// <summary>Standardizes every row of <paramref name="x"/> <c>[n, width]</c> into a new <c>[n, width]</c> array.</summary>
     /// <exception cref="ArgumentException"><paramref name="x"/> is not whole rows.</exception>
     public double[] Transform(ReadOnlySpan<float> x)
