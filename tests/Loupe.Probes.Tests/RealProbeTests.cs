@@ -83,13 +83,29 @@ public class RealProbeTests(ITestOutputHelper output)
         string[] hooks = [HookNames.ResidPost(2)];
         var batched = ActivationHarvester.Harvest(model, aligned, hooks, new HarvestOptions(BatchSize: 5));
         var single = ActivationHarvester.Harvest(model, aligned, hooks, new HarvestOptions(BatchSize: 1));
+        // A token budget of two longest sentences: the longest run in pairs (at most), the rest in larger batches.
+        int longest = aligned.Max(s => s.Tokens.Length);
+        var done = new List<int>();
+        var budgeted = ActivationHarvester.Harvest(model, aligned, hooks, new HarvestOptions(BatchSize: 12, BatchTokens: 2 * longest), new Reports(done));
+        var sizes = done.Select((n, i) => n - (i == 0 ? 0 : done[i - 1])).ToArray();
+        Assert.True(sizes[0] <= 2 && sizes.Length > 1 && sizes.Sum() == aligned.Count, $"batches of {string.Join(", ", sizes)} sentences");
         Assert.Equal(batched.Labels, single.Labels);
+        Assert.Equal(budgeted.Labels, single.Labels);
         for (int i = 0; i < batched.Features(0).Length; i++)
+        {
             Assert.True(Math.Abs(batched.Features(0)[i] - single.Features(0)[i]) < 1e-4f, $"value {i}: {batched.Features(0)[i]} batched vs {single.Features(0)[i]} alone");
+            Assert.True(Math.Abs(budgeted.Features(0)[i] - single.Features(0)[i]) < 1e-4f, $"value {i}: {budgeted.Features(0)[i]} token-budgeted vs {single.Features(0)[i]} alone");
+        }
         // Example 0 is sentence 0's first labelled token: compare with a plain cached run of that sentence.
         var direct = model.RunWithCache(TokenBatch.Single(aligned[0].Tokens), hooks[0]).Cache[hooks[0]];
         int d = model.Config.DModel, position = batched.Positions[0];
         Assert.Equal(0, batched.Sentences[0]);
         Assert.Equal(direct.Span.Slice(position * d, d).ToArray(), single.Features(0).AsSpan(0, d).ToArray());
+    }
+
+    // Progress<T> reports through the synchronization context, later; the test needs every report, in order.
+    sealed class Reports(List<int> into) : IProgress<int>
+    {
+        public void Report(int value) => into.Add(value);
     }
 }

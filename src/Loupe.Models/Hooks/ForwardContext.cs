@@ -37,6 +37,8 @@ public sealed class ForwardContext
     // The model's storage kept between passes: a request the pass's own free list cannot serve is served from it, and what
     // the pass released goes back to it when the pass ends (ReturnScratch).
     readonly ScratchPool? _pool;
+    // A pooled storage longer than the request is handed out as a view of its start; the whole goes back at the end.
+    readonly Dictionary<TensorStorage, TensorStorage> _wholeOf = new(ReferenceEqualityComparer.Instance);
 
     internal ForwardContext(IComputeBackend backend, RunOptions options, int batch, int length, int[] positions, bool[]? keyValid, KvCache? kvCache, int generationStep,
         int[]? tokenIds = null, IReadOnlyList<IHookSplice>? modelSplices = null, ScratchPool? pool = null)
@@ -148,10 +150,17 @@ public sealed class ForwardContext
         return fresh;
     }
 
-    // Storage no one reads: the model's pool's if it has some of this length (dead since the pass that released it ended),
-    // else newly allocated.
-    Tensor Fresh(int[] shape) =>
-        _pool is not null && _pool.TryTake(ShapeUtil.Product(shape), out var pooled) ? new Tensor(pooled, shape) : Backend.Empty(shape);
+    // Storage no one reads: the model's pool's if it has some that serves this length (dead since the pass that released it
+    // ended; possibly longer, then a view of its start), else newly allocated.
+    Tensor Fresh(int[] shape)
+    {
+        long length = ShapeUtil.Product(shape);
+        if (_pool is null || !_pool.TryTake(length, out var pooled)) return Backend.Empty(shape);
+        if (pooled.Length == length) return new Tensor(pooled, shape);
+        var view = pooled.Slice(0, length);
+        _wholeOf[view] = pooled;
+        return new Tensor(view, shape);
+    }
 
     /// <summary>
     /// Ends the pass's use of scratch storage: what it <see cref="Release"/>d (dead, never exposed) goes to the model's pool
@@ -160,8 +169,9 @@ public sealed class ForwardContext
     /// </summary>
     internal void ReturnScratch()
     {
-        if (_pool is not null) _pool.Return(_free.Values.SelectMany(stack => stack));
+        if (_pool is not null) _pool.Return(_free.Values.SelectMany(stack => stack).Select(storage => _wholeOf.GetValueOrDefault(storage, storage)));
         _free.Clear();
+        _wholeOf.Clear();
     }
 
     /// <summary>

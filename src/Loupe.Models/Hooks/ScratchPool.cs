@@ -8,6 +8,9 @@ namespace Loupe.Models.Hooks;
 /// large-object array the kernel pages in (a GPT-2 batch-1 forward took ~9,000 page faults) and whose garbage makes a
 /// later pass pay for a gen-2 collection; on a GPU every one is a device allocation. PyTorch's caching allocator keeps
 /// freed blocks for the same reason. The pool holds at most <see cref="CapacityBytes"/>; what does not fit is dropped.
+/// A request takes the smallest storage of at least its length and at most twice it: passes over batches of different
+/// lengths (a probe's sentences, a server's prompts) then reuse a longer pass's storage, which the kernel paged in once,
+/// instead of each allocating afresh (a 2,000-sentence POS harvest took ~550,000 page faults and 7 s of system time).
 /// </summary>
 /// <remarks>Thread-safe: passes on one model may run concurrently (the web app serves several requests).</remarks>
 public sealed class ScratchPool
@@ -17,7 +20,8 @@ public sealed class ScratchPool
         long.TryParse(Environment.GetEnvironmentVariable("LOUPE_SCRATCH_POOL_MB"), out long mb) && mb >= 0 ? mb << 20 : 1L << 30;
 
     readonly object _gate = new();
-    readonly Dictionary<long, Stack<TensorStorage>> _byLength = [];
+    // By storage length, ascending, so a request finds the smallest that serves it by binary search.
+    readonly SortedList<long, Stack<TensorStorage>> _byLength = [];
     long _bytes;
 
     /// <param name="capacityBytes">The most storage the pool keeps, in bytes (0: keep nothing).</param>
@@ -33,13 +37,30 @@ public sealed class ScratchPool
     /// <summary>The storage the pool holds now, in bytes.</summary>
     public long Bytes { get { lock (_gate) return _bytes; } }
 
-    /// <summary>Takes a storage of exactly <paramref name="length"/> elements, if the pool has one.</summary>
+    /// <summary>The most elements a storage handed out for a request of n elements may hold: 2·n.</summary>
+    public static long LongestServing(long length) => 2 * length;
+
+    /// <summary>
+    /// Takes the smallest storage the pool holds of at least <paramref name="length"/> elements and at most
+    /// <see cref="LongestServing"/> of it, if there is one. It may be longer than asked: the caller uses a
+    /// <see cref="TensorStorage.Slice"/> of it and gives back the whole storage.
+    /// </summary>
     public bool TryTake(long length, out TensorStorage storage)
     {
         lock (_gate)
         {
-            if (_byLength.TryGetValue(length, out var stack) && stack.TryPop(out var found))
+            var lengths = _byLength.Keys;
+            int lo = 0, hi = lengths.Count; // the first length ≥ the request
+            while (lo < hi)
             {
+                int mid = (lo + hi) >>> 1;
+                if (lengths[mid] < length) lo = mid + 1; else hi = mid;
+            }
+            if (lo < lengths.Count && lengths[lo] <= LongestServing(length))
+            {
+                var stack = _byLength.Values[lo];
+                var found = stack.Pop();
+                if (stack.Count == 0) _byLength.RemoveAt(lo);
                 _bytes -= BytesOf(found);
                 storage = found;
                 return true;

@@ -10,7 +10,10 @@ namespace Loupe.Probes.Harvest;
 /// <summary>
 /// Streams aligned sentences through a model and keeps the activations of labelled tokens. Steps:
 /// 1. check every hook is a per-position activation (<c>[batch, pos, …]</c>; attention patterns are not);
-/// 2. order the sentences by token count (so a batch pads little) and cut them into batches;
+/// 2. order the sentences by token count, longest first (so a batch pads little, and each pass runs in storage the longer
+///    passes before it gave back to the model's scratch pool instead of paging in fresh arrays), and cut them into batches
+///    of at most <see cref="HarvestOptions.BatchSize"/> sentences and <see cref="HarvestOptions.BatchTokens"/> padded
+///    tokens (attention's scores grow as batch × length², so a batch of long sentences is cut smaller);
 /// 3. run each batch right-padded, caching only the requested hooks and computing logits at one position;
 /// 4. copy the vector of every labelled real token into its slot, which is fixed by sentence order,
 ///    so the result does not depend on the batching.
@@ -49,6 +52,7 @@ public static class ActivationHarvester
     {
         options ??= new HarvestOptions();
         if (options.BatchSize < 1) throw new ArgumentException($"batch size must be at least 1 (got {options.BatchSize})", nameof(options));
+        if (options.BatchTokens < 1) throw new ArgumentException($"the tokens per batch must be at least 1 (got {options.BatchTokens})", nameof(options));
         if (sentences.Count == 0) throw new ArgumentException("there are no sentences to run", nameof(sentences));
         if (hooks.Count == 0) throw new ArgumentException("no hook points were given", nameof(hooks));
         var unknown = hooks.Where(h => !model.HookPointNames.Contains(h)).ToArray();
@@ -70,11 +74,14 @@ public static class ActivationHarvester
 
         var wanted = new HashSet<string>(hooks, StringComparer.Ordinal);
         int padId = model.Tokenizer?.PadTokenId ?? model.Config.EosTokenId ?? 0;
-        var order = Enumerable.Range(0, sentences.Count).OrderBy(s => sentences[s].Tokens.Length).ThenBy(s => s).ToArray();
+        var order = Enumerable.Range(0, sentences.Count).OrderByDescending(s => sentences[s].Tokens.Length).ThenBy(s => s).ToArray();
         int done = 0;
-        for (int start = 0; start < order.Length; start += options.BatchSize)
+        for (int start = 0; start < order.Length;)
         {
-            var batchSentences = order.AsSpan(start, Math.Min(options.BatchSize, order.Length - start)).ToArray();
+            int longest = sentences[order[start]].Tokens.Length, size = 1; // the first is the batch's longest
+            while (size < options.BatchSize && start + size < order.Length && (long)(size + 1) * longest <= options.BatchTokens) size++;
+            var batchSentences = order.AsSpan(start, size).ToArray();
+            start += size;
             var batch = TokenBatch.FromRows(batchSentences.Select(s => sentences[s].Tokens).ToArray(), padId, PaddingSide.Right);
             var run = model.Run(batch, new RunOptions { CacheFilter = wanted.Contains, LastPositionLogitsOnly = true });
             // The labelled tokens' rows of [batch·pos, …] and their slots; on a device only these rows cross to the host.
@@ -138,5 +145,8 @@ public static class ActivationHarvester
 }
 
 /// <summary>How activations are collected.</summary>
-/// <param name="BatchSize">Sentences per forward pass.</param>
-public sealed record HarvestOptions(int BatchSize = 32);
+/// <param name="BatchSize">Sentences per forward pass, at most.</param>
+/// <param name="BatchTokens">Padded tokens (sentences × the longest one's length) per forward pass, at most; a sentence
+/// longer than this runs alone. It bounds a pass's memory: 32 sentences padded to the Brown corpus's longest (464
+/// tokens) would make GPT-2 small's attention scores 330 MB a layer.</param>
+public sealed record HarvestOptions(int BatchSize = 32, int BatchTokens = 4096);
