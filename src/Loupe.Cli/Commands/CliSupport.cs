@@ -6,6 +6,7 @@ using Loupe.Models.Loading;
 using Loupe.Models.Processing;
 using Loupe.Tensors;
 using Loupe.Tensors.Backends;
+using Loupe.Tensors.Blas;
 using Spectre.Console;
 
 namespace Loupe.Cli.Commands;
@@ -150,9 +151,12 @@ static class CliSupport
     static string WeightTypeSource(WeightTypeChoice choice) =>
         choice.FromOption ? $"--dtype {choice.Type.Name()}" : $"LOUPE_DTYPE={choice.Type.Name()}";
 
+    static bool s_managedGemmNoted;
+
     /// <summary>
     /// The backend for <see cref="Device"/> keeping matrix weights as <see cref="WeightType"/>: created once per device, type
-    /// and process (a GPU context is costly). On the CPU, a bf16/fp16 <c>$LOUPE_DTYPE</c> is noted on stderr (once) and fp32 used.
+    /// and process (a GPU context is costly). On the CPU, a bf16/fp16 <c>$LOUPE_DTYPE</c> is noted on stderr (once) and fp32 used, and
+    /// so is a missing OpenBLAS (products then take the managed GEMM) unless <c>LOUPE_BLAS=managed</c> asked for that.
     /// </summary>
     /// <exception cref="InputError">The device cannot be used here (no driver, no such GPU, no cuBLAS): the message says what is missing.</exception>
     public static IComputeBackend Backend
@@ -160,6 +164,11 @@ static class CliSupport
         get
         {
             if (!Device.IsCpu) return Tensors.Gpu.ComputeBackends.Shared(Device, WeightType);
+            if (!OpenBlas.IsAvailable && !OpenBlas.ManagedByChoice && !s_managedGemmNoted)
+            {
+                s_managedGemmNoted = true; // a GPT-2-small forward took 2.2× as long without it (Loupe.Bench forward --managed)
+                Console.Error.WriteLine($"note: {OpenBlas.UnavailableReason}: matrix products use the managed GEMM, about half OpenBLAS's speed");
+            }
             var requested = Requested;
             if (requested.Type != ElementType.F32 && !requested.Noted)
             {

@@ -54,6 +54,9 @@ public static unsafe class OpenBlas
 
     public static bool IsAvailable => s_sgemm != null;
 
+    /// <summary>Whether the managed GEMM was asked for (<c>LOUPE_BLAS=managed</c>) rather than OpenBLAS missing.</summary>
+    public static bool ManagedByChoice => UnavailableReason == "LOUPE_BLAS=managed";
+
     /// <summary>OpenBLAS's own description of its build (core type, threading), or null.</summary>
     public static string? Config => s_getConfig == null ? null : Marshal.PtrToStringUTF8((nint)s_getConfig());
 
