@@ -300,8 +300,31 @@ public abstract class HookedTransformer : IDisposable
         CheckSplices(options.Splices);
         var ctx = new ForwardContext(Backend, options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1, tokens.Ids, _splices, ScratchPool);
         var logits = Forward(tokens, ctx);
-        ctx.ReturnScratch();
-        return new ForwardResult(logits, ctx.Cache);
+        var scratch = ctx.ReturnScratch();
+        return new ForwardResult(logits, ctx.Cache) { Scratch = scratch, Pool = ScratchPool };
+    }
+
+    /// <summary>
+    /// Gives the storage of <paramref name="result"/>'s logits and cached activations to this model's
+    /// <see cref="ScratchPool"/>, so that a later pass of a similar shape reuses it instead of allocating: a harvest loop
+    /// that copies out what it keeps calls this after each batch. Only storage the pass itself allocated goes back (not a
+    /// tensor a hook put in its place); the result's cache is emptied (reading it then names this), and
+    /// <paramref name="result"/>'s logits and every tensor a hook received in that pass must not be read again.
+    /// </summary>
+    /// <exception cref="ArgumentException">The result came from another model, or was already recycled.</exception>
+    public void Recycle(ForwardResult result)
+    {
+        ArgumentNullException.ThrowIfNull(result);
+        if (result.Recycled) throw new ArgumentException("this forward result was already recycled", nameof(result));
+        if (result.Pool is not null && !ReferenceEquals(result.Pool, ScratchPool))
+            throw new ArgumentException("this forward result came from another model; recycle it on the model that ran it", nameof(result));
+        var cached = result.Cache.TakeAll();
+        result.Recycled = true;
+        if (result.Scratch is not { } scratch) return; // a result made elsewhere: nothing is known to be scratch
+        var wholes = new HashSet<TensorStorage>(ReferenceEqualityComparer.Instance); // a tensor cached under two names goes back once
+        foreach (var tensor in cached.Append(result.Logits))
+            if (scratch.TryGetValue(tensor.Storage, out var whole)) wholes.Add(whole);
+        ScratchPool.Return(wholes);
     }
 
     /// <summary>

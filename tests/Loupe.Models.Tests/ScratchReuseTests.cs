@@ -196,4 +196,37 @@ public class ScratchReuseTests
         // exact-length pooling would have added every shorter pass's scratch: about five times the first pass's.
         Assert.True(model.ScratchPool.Bytes <= pooled * 1.1, $"{arch}: the pool grew from {pooled} to {model.ScratchPool.Bytes} bytes on shorter passes");
     }
+
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void ARecycledResultFeedsTheNextPassAndNothingElse(string arch)
+    {
+        using var model = TestModels.Load(arch);
+        var tokens = TokenBatch.Single(Prompt);
+        var options = new RunOptions { CacheFilter = name => name.EndsWith("hook_resid_post", StringComparison.Ordinal) };
+        var expected = model.Run(tokens, options);
+        var expectedLogits = expected.Logits.ToCpu().Span.ToArray();
+        var expectedResid = expected.Cache["blocks.0.hook_resid_post"].ToCpu().Span.ToArray();
+
+        // A hook's replacement is the caller's tensor: recycling the pass must not hand it to the pool.
+        var replacement = Tensor.FromArray(expectedResid.ToArray(), 1, Prompt.Length, model.Config.DModel);
+        var run = model.Run(tokens, new RunOptions { CacheFilter = options.CacheFilter }.AddHook("blocks.0.hook_resid_post", (_, _) => replacement));
+        long before = model.ScratchPool.Bytes;
+        model.Recycle(run);
+        Assert.True(run.Recycled);
+        Assert.True(model.ScratchPool.Bytes > before, $"{arch}: recycling gave nothing back");
+        Assert.Contains("Recycle", Assert.Throws<InvalidOperationException>(() => run.Cache["blocks.1.hook_resid_post"]).Message);
+        Assert.Throws<ArgumentException>(() => model.Recycle(run));
+        using (var other = TestModels.Load(arch))
+            Assert.Contains("another model", Assert.Throws<ArgumentException>(() => other.Recycle(model.Run(tokens, options))).Message);
+
+        for (int i = 0; i < 3; i++)
+        {
+            var again = model.Run(tokens, options);
+            Assert.Equal(expectedLogits, again.Logits.ToCpu().Span.ToArray());
+            Assert.Equal(expectedResid, again.Cache["blocks.0.hook_resid_post"].ToCpu().Span.ToArray());
+            model.Recycle(again);
+        }
+        Assert.Equal(expectedResid, replacement.Span.ToArray()); // no later pass wrote into the caller's tensor
+    }
 }

@@ -140,6 +140,7 @@ public static class Harvester
                         throw new InvalidOperationException($"hook '{options.Hooks[h]}' gave {tensor.ShapeString}; expected [{b}, {contexts.ContextSize}, {d}]");
                     CopyRowsOut(model.Backend, tensor, b, contexts.ContextSize, skip, d, buffers[h].AsSpan(c0 * rowsPerContext * d, b * rowsPerContext * d));
                 }
+                model.Recycle(result); // copied out: the next batch's pass reuses this one's cached storage
                 for (int i = 0; i < b; i++)
                     for (int p = 0; p < rowsPerContext; p++)
                         tokenIds[(c0 + i) * rowsPerContext + p] = ids[i * contexts.ContextSize + p + skip];

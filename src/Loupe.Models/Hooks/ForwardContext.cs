@@ -34,6 +34,8 @@ public sealed class ForwardContext
     // heap, freshly paged in by the kernel each time — and on a GPU it skips most device allocations.
     readonly Dictionary<long, Stack<TensorStorage>> _free = [];
     readonly HashSet<TensorStorage> _ownScratch = new(ReferenceEqualityComparer.Instance);
+    // Scratch a forward hook point exposed (so never reused in the pass): the caller may give it back after the pass.
+    readonly HashSet<TensorStorage> _exposed = new(ReferenceEqualityComparer.Instance);
     // The model's storage kept between passes: a request the pass's own free list cannot serve is served from it, and what
     // the pass released goes back to it when the pass ends (ReturnScratch).
     readonly ScratchPool? _pool;
@@ -167,12 +169,20 @@ public sealed class ForwardContext
     /// for later passes. Called once the pass's result is complete; a tensor not released — the logits, anything a hook,
     /// cache or gradient saw — stays the caller's.
     /// </summary>
-    internal void ReturnScratch()
+    /// <returns>The scratch storage the pass did not release (the result's, a hook's), each with the whole storage behind it:
+    /// what the caller may give back once done with the result (<see cref="HookedTransformer.Recycle"/>).</returns>
+    internal IReadOnlyDictionary<TensorStorage, TensorStorage> ReturnScratch()
     {
-        if (_pool is not null) _pool.Return(_free.Values.SelectMany(stack => stack).Select(storage => _wholeOf.GetValueOrDefault(storage, storage)));
+        if (_pool is not null) _pool.Return(_free.Values.SelectMany(stack => stack).Select(WholeOf));
+        var kept = new Dictionary<TensorStorage, TensorStorage>(ReferenceEqualityComparer.Instance);
+        foreach (var storage in _ownScratch.Concat(_exposed)) kept[storage] = WholeOf(storage); // the two sets are disjoint
         _free.Clear();
         _wholeOf.Clear();
+        _exposed.Clear();
+        return kept;
     }
+
+    TensorStorage WholeOf(TensorStorage storage) => _wholeOf.GetValueOrDefault(storage, storage);
 
     /// <summary>
     /// Declares that the caller no longer reads <paramref name="tensor"/>: its storage is reused by a later
@@ -303,7 +313,8 @@ public sealed class ForwardContext
         if (s_debug) Debug(name, activation);
         if (ChecksFinite) ThrowIfNonFinite(name, activation, afterHooks: false);
         if (!Wants(name)) return activation;
-        _ownScratch.Remove(activation.Storage); // seen by a hook, a cache or a splice: it may be kept, so it is never reused
+        // Seen by a hook, a cache or a splice: it may be kept, so it is never reused.
+        if (_ownScratch.Remove(activation.Storage)) _exposed.Add(activation.Storage);
         if (_options.Hooks.TryGetValue(name, out var hooks))
         {
             var context = new HookContext(name, layer, PositionOffset, GenerationStep) { Backend = Backend };

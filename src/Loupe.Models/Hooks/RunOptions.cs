@@ -122,8 +122,10 @@ public sealed class ActivationCache
 {
     readonly Dictionary<string, Tensor> _items = new(StringComparer.Ordinal);
     readonly List<string> _order = [];
+    bool _recycled;
 
     public Tensor this[string name] => _items.TryGetValue(name, out var t) ? t
+        : _recycled ? throw new InvalidOperationException($"hook '{name}': this cache's storage was given back to the model's scratch pool (HookedTransformer.Recycle); read what you need before recycling")
         : throw new KeyNotFoundException($"hook '{name}' was not cached; cached hooks: {string.Join(", ", _order.Take(20))}{(_order.Count > 20 ? ", …" : "")}");
 
     public bool Contains(string name) => _items.ContainsKey(name);
@@ -138,12 +140,35 @@ public sealed class ActivationCache
         if (!_items.ContainsKey(name)) _order.Add(name);
         _items[name] = value;
     }
+
+    /// <summary>The cached tensors, then nothing cached (their storage is being given back).</summary>
+    internal List<Tensor> TakeAll()
+    {
+        var all = _items.Values.ToList();
+        _items.Clear();
+        _order.Clear();
+        _recycled = true;
+        return all;
+    }
 }
 
 /// <summary>The output of a forward pass.</summary>
 /// <param name="Logits"><c>[batch, pos, d_vocab_out]</c> (pos = 1 with <see cref="RunOptions.LastPositionLogitsOnly"/>).</param>
 /// <param name="Cache">The recorded activations (empty unless a cache filter was given).</param>
-public sealed record ForwardResult(Tensor Logits, ActivationCache Cache);
+public sealed record ForwardResult(Tensor Logits, ActivationCache Cache)
+{
+    /// <summary>
+    /// Storage the pass allocated as scratch and did not release (the logits, what the cache holds, what a hook saw), each
+    /// with the whole pooled storage behind it; what <see cref="HookedTransformer.Recycle"/> may give back.
+    /// </summary>
+    internal IReadOnlyDictionary<TensorStorage, TensorStorage>? Scratch { get; init; }
+
+    /// <summary>The pool of the model that made this result (where <see cref="Scratch"/> may go back).</summary>
+    internal ScratchPool? Pool { get; init; }
+
+    /// <summary>Whether <see cref="HookedTransformer.Recycle"/> gave this result's storage back (its cache is then empty).</summary>
+    public bool Recycled { get; internal set; }
+}
 
 /// <summary>The output of a forward and backward pass.</summary>
 /// <param name="Metric">The metric's value.</param>

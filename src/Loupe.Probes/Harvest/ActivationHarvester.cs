@@ -76,6 +76,7 @@ public static class ActivationHarvester
         int padId = model.Tokenizer?.PadTokenId ?? model.Config.EosTokenId ?? 0;
         var order = Enumerable.Range(0, sentences.Count).OrderByDescending(s => sentences[s].Tokens.Length).ThenBy(s => s).ToArray();
         int done = 0;
+        float[] downloaded = []; // [labelled, width] rows brought from a device, reused across batches
         for (int start = 0; start < order.Length;)
         {
             int longest = sentences[order[start]].Tokens.Length, size = 1; // the first is the batch's longest
@@ -113,10 +114,9 @@ public static class ActivationHarvester
                     widths[h] = width;
                     features[h] = new float[(long)count * width <= Array.MaxLength ? count * width : throw new InputError($"{count} examples × width {width} at '{hooks[h]}' do not fit in one array; use fewer sentences")];
                 }
-                var gathered = GatherRows(model.Backend, activation, rows, width); // [labelled, width]
-                for (int r = 0; r < rows.Count; r++)
-                    gathered.AsSpan(r * width, width).CopyTo(features[h].AsSpan(slots[r] * width, width));
+                CopyRowsToSlots(model.Backend, activation, rows, slots, width, features[h], ref downloaded);
             }
+            model.Recycle(run); // copied out: the next batch's pass reuses this one's cached storage
             done += batchSentences.Length;
             progress?.Report(done);
         }
@@ -124,23 +124,26 @@ public static class ActivationHarvester
     }
 
     /// <summary>
-    /// Rows <paramref name="rows"/> of <paramref name="activation"/> viewed as <c>[rows, width]</c>, on the host. On a device the
-    /// rows are gathered there first (an embedding lookup with the row numbers as ids), so one copy brings exactly them out.
+    /// Copies row <c>rows[r]</c> of <paramref name="activation"/> (viewed as <c>[rows, width]</c>) to row <c>slots[r]</c> of
+    /// <paramref name="features"/>. On the host straight from the activation; on a device the rows are gathered there first
+    /// (an embedding lookup with the row numbers as ids), so one copy brings exactly them out, into
+    /// <paramref name="downloaded"/> (grown when too small and kept for the next batch: no large array per batch).
     /// </summary>
-    static float[] GatherRows(IComputeBackend backend, Tensor activation, List<int> rows, int width)
+    static void CopyRowsToSlots(IComputeBackend backend, Tensor activation, List<int> rows, List<int> slots, int width, float[] features,
+        ref float[] downloaded)
     {
-        var result = new float[rows.Count * width]; // [rows, width]
-        if (rows.Count == 0) return result;
+        if (rows.Count == 0) return;
         if (activation.IsHost)
         {
             var src = activation.Span;
-            for (int r = 0; r < rows.Count; r++) src.Slice(rows[r] * width, width).CopyTo(result.AsSpan(r * width, width));
-            return result;
+            for (int r = 0; r < rows.Count; r++) src.Slice(rows[r] * width, width).CopyTo(features.AsSpan(slots[r] * width, width));
+            return;
         }
         var gathered = backend.Empty(rows.Count, width);
         backend.Embedding(activation, width, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(rows), 1f, gathered);
-        gathered.CopyTo(result);
-        return result;
+        if (downloaded.Length < gathered.Length) downloaded = new float[gathered.Length];
+        gathered.CopyTo(downloaded);
+        for (int r = 0; r < rows.Count; r++) downloaded.AsSpan(r * width, width).CopyTo(features.AsSpan(slots[r] * width, width));
     }
 }
 

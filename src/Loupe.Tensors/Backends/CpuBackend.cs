@@ -457,7 +457,7 @@ public sealed class CpuBackend : IComputeBackend
         int T = s.QueryLen, K = s.KeyLen, group = s.Group, qWidth = s.Heads * s.DHead, kvWidth = s.KvHeads * s.DHead;
         dv.Span.Clear();
         // Heads sharing a kv head run in one task so their dv accumulates without races.
-        Attention.ForEachHead(s.Batch * s.KvHeads, i =>
+        Attention.ForEachHead(s.Batch * s.KvHeads, (long)T * K * s.DHead, i =>
         {
             int b = i / s.KvHeads, kvh = i % s.KvHeads;
             for (int h = kvh * group; h < (kvh + 1) * group; h++)
@@ -476,7 +476,7 @@ public sealed class CpuBackend : IComputeBackend
     {
         int T = s.QueryLen, K = s.KeyLen, group = s.Group, qWidth = s.Heads * s.DHead, kvWidth = s.KvHeads * s.DHead;
         dk.Span.Clear();
-        Attention.ForEachHead(s.Batch * s.KvHeads, i =>
+        Attention.ForEachHead(s.Batch * s.KvHeads, (long)T * K * s.DHead, i =>
         {
             int b = i / s.KvHeads, kvh = i % s.KvHeads;
             for (int h = kvh * group; h < (kvh + 1) * group; h++)

@@ -41,7 +41,7 @@ public static class Attention
             fixed (float* pq = q) fixed (float* pk = k) fixed (float* ps = scores)
             {
                 float* qq = pq, kk = pk, ss = ps;
-                ForEachHead(batch * nHeads, bh =>
+                ForEachHead(batch * nHeads, (long)queryLen * keyLen * dHead, bh =>
                 {
                     int b = bh / nHeads, h = bh % nHeads, kvh = h / group;
                     var qs = new ReadOnlySpan<float>(qq + ((long)b * queryLen * nHeads + h) * dHead, ((queryLen - 1) * nHeads + 1) * dHead);
@@ -87,7 +87,7 @@ public static class Attention
             fixed (float* pp = pattern) fixed (float* pv = v) fixed (float* pz = z)
             {
                 float* ppat = pp, vv = pv, zz = pz;
-                ForEachHead(batch * nHeads, bh =>
+                ForEachHead(batch * nHeads, (long)queryLen * keyLen * dHead, bh =>
                 {
                     int b = bh / nHeads, h = bh % nHeads, kvh = h / group;
                     var pat = new ReadOnlySpan<float>(ppat + (long)bh * queryLen * keyLen, queryLen * keyLen);
@@ -100,17 +100,25 @@ public static class Attention
     }
 
     /// <summary>
-    /// Runs one small per-head product per index. With OpenBLAS the calls go one after another:
-    /// OpenBLAS threads each product itself, and concurrent callers fight its thread pool (measured:
-    /// 10–40× slower). The managed GEMM has no pool, so there heads run in parallel.
+    /// Runs one per-head product (of <paramref name="productSize"/> = m·n·k multiply-adds) per index. The managed GEMM has
+    /// no thread pool, so there heads always run in parallel. OpenBLAS threads a product itself when m·n·k exceeds
+    /// <see cref="BlasThreadsAbove"/>, and concurrent callers of such products fight its thread pool (measured: 10–40×
+    /// slower), so those go one after another; below it OpenBLAS runs the product on the calling thread, and heads run
+    /// in parallel (one after another they left every other core idle: a generation step, or a small model's heads).
     /// </summary>
-    public static void ForEachHead(int count, Action<int> body)
+    public static void ForEachHead(int count, long productSize, Action<int> body)
     {
-        if (Gemm.UsesBlas)
+        if (Gemm.UsesBlas && productSize > BlasThreadsAbove)
             for (int i = 0; i < count; i++) body(i);
         else
             Parallel.For(0, count, body);
     }
+
+    /// <summary>
+    /// The m·n·k up to which OpenBLAS computes a product on the calling thread (its interface/gemm.c: SMP_THRESHOLD_MIN ·
+    /// GEMM_MULTITHREAD_THRESHOLD = 65,536 · 4).
+    /// </summary>
+    public const long BlasThreadsAbove = 65_536L * 4;
 
     static void CheckHeads(int nHeads, int nKvHeads)
     {
