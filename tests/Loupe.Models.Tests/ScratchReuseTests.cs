@@ -229,4 +229,26 @@ public class ScratchReuseTests
         }
         Assert.Equal(expectedResid, replacement.Span.ToArray()); // no later pass wrote into the caller's tensor
     }
+
+    [Theory]
+    [InlineData("gpt2")]
+    [InlineData("llama")]
+    public void OnADeviceShorterAndRecycledPassesMatchFreshOnes(string arch)
+    {
+        // The same best fit and recycling over device storage (views are offsets into pooled device blocks).
+        using var backend = Loupe.Tensors.Gpu.ComputeBackends.Create(new Device(DeviceKind.Emulated));
+        using var model = ModelLoader.LoadFolder(TestModels.Fixture(arch), backend);
+        using var reference = ModelLoader.LoadFolder(TestModels.Fixture(arch), backend);
+        var options = new RunOptions { CacheFilter = name => name == "blocks.1.hook_resid_post" };
+        foreach (int length in new[] { Prompt.Length, Prompt.Length - 1, Prompt.Length - 3 })
+        {
+            var tokens = TokenBatch.Single(Prompt[..length]);
+            reference.ScratchPool.Clear();
+            var fresh = reference.Run(tokens, options);
+            var run = model.Run(tokens, options);
+            Assert.Equal(fresh.Logits.ToCpu().Span.ToArray(), run.Logits.ToCpu().Span.ToArray());
+            Assert.Equal(fresh.Cache["blocks.1.hook_resid_post"].ToCpu().Span.ToArray(), run.Cache["blocks.1.hook_resid_post"].ToCpu().Span.ToArray());
+            model.Recycle(run);
+        }
+    }
 }
