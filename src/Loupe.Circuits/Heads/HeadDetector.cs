@@ -167,7 +167,8 @@ public static class HeadDetector
         for (int start = 0; start < rowsTotal; start += rowsPerPass, passes++)
         {
             int rows = Math.Min(rowsPerPass, rowsTotal - start);
-            var cache = model.RunWithCache(tokens.Slice(start, rows), "blocks.*.attn.hook_pattern", new RunOptions { LastPositionLogitsOnly = true }).Cache;
+            var run = model.RunWithCache(tokens.Slice(start, rows), "blocks.*.attn.hook_pattern", new RunOptions { LastPositionLogitsOnly = true });
+            var cache = run.Cache;
             for (int l = 0; l < layers; l++)
             {
                 var pattern = cache[HookNames.Pattern(l)].ToCpu(); // [rows, head_index, query_pos, key_pos]
@@ -179,6 +180,7 @@ public static class HeadDetector
                 }
                 Accumulate(pattern.Span, rows, heads, tokens, start, settings, score[l], tl[l]);
             }
+            model.Recycle(run); // accumulated: the next pass reuses these patterns' storage
         }
         var result = new HeadScores[Kinds];
         for (int k = 0; k < Kinds; k++)

@@ -94,6 +94,7 @@ public sealed class LayerPairRows : IRowWindows
                 Scatter(result.Cache[_inputs[l]], _inputs[l], LayerDIn, l, DIn, inputs);
                 Scatter(result.Cache[_outputs[l]], _outputs[l], LayerDOut, l, DOut, targets);
             }
+            _model.Recycle(result); // copied out: the next batch's pass reuses this one's cached storage
 
             // [batch, pos, d] of one layer → slot ℓ of each row
             void Scatter(Tensor t, string hook, int d, int layer, int rowWidth, float[] into)
