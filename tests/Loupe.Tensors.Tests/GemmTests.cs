@@ -33,6 +33,16 @@ public class GemmTests(ITestOutputHelper output)
         using (GemmPath.Use(GemmPath.Blas)) Assert.Equal(OpenBlas.IsAvailable, Gemm.UsesBlas);
     }
 
+    [Fact]
+    public void OpenBlasRunsTheKernelsLoupeChoseForThisCpu()
+    {
+        output.WriteLine($"chosen = {OpenBlas.KernelsChosenForThisCpu ?? "(left to OpenBLAS)"}; running = {OpenBlas.CoreName ?? "(none)"}; " +
+            $"OPENBLAS_CORETYPE = {Environment.GetEnvironmentVariable("OPENBLAS_CORETYPE") ?? "(unset)"}");
+        if (!OpenBlas.IsAvailable || OpenBlas.KernelsChosenForThisCpu is not { } chosen) return; // nothing was asked of OpenBLAS
+        Assert.Equal(chosen, OpenBlas.CoreName); // OpenBLAS read the variable set before it loaded
+        Assert.True(System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported);
+    }
+
     // m, n, k: ones, odd sizes around SIMD widths, skinny shapes, and one product above the managed
     // path's parallel threshold (m·n·k ≥ 2^18).
     static readonly (int M, int N, int K)[] Sizes =

@@ -44,7 +44,7 @@ static class InfoCommand
             var device = Loupe.Tensors.Gpu.ComputeBackends.Describe(m.Backend);
             Console.WriteLine($"device:       {device.Device} — {device.Name}{MemoryText(device)}{(device.ComputeCapability is { } cc ? $", compute capability {cc}" : "")}");
             Console.WriteLine(m.Backend.Device.IsCpu
-                ? $"backend:      {m.Backend.Name}{(OpenBlas.IsAvailable ? $" ({OpenBlas.LibraryName}, {OpenBlas.Threads} threads)" : $" ({OpenBlas.UnavailableReason})")}"
+                ? $"backend:      {m.Backend.Name}{(OpenBlas.IsAvailable ? $" ({OpenBlas.LibraryName}, {OpenBlas.CoreName ?? "?"} kernels, {OpenBlas.Threads} threads)" : $" ({OpenBlas.UnavailableReason})")}"
                 : $"backend:      {m.Backend.Name}, matrix weights in {m.Backend.WeightElementType}{(device.Libraries is { } libs ? $" ({libs})" : "")}");
             if (selected is not null)
             {
