@@ -319,7 +319,6 @@ public abstract class HookedTransformer : IDisposable
         if (result.Pool is not null && !ReferenceEquals(result.Pool, ScratchPool))
             throw new ArgumentException("this forward result came from another model; recycle it on the model that ran it", nameof(result));
         var cached = result.Cache.TakeAll();
-        result.Recycled = true;
         if (result.Scratch is not { } scratch) return; // a result made elsewhere: nothing is known to be scratch
         var wholes = new HashSet<TensorStorage>(ReferenceEqualityComparer.Instance); // a tensor cached under two names goes back once
         foreach (var tensor in cached.Append(result.Logits))

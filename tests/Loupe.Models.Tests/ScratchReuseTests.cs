@@ -217,6 +217,7 @@ public class ScratchReuseTests
         Assert.True(model.ScratchPool.Bytes > before, $"{arch}: recycling gave nothing back");
         Assert.Contains("Recycle", Assert.Throws<InvalidOperationException>(() => run.Cache["blocks.1.hook_resid_post"]).Message);
         Assert.Throws<ArgumentException>(() => model.Recycle(run));
+        Assert.Throws<ArgumentException>(() => model.Recycle(run with { })); // a copy shares the cache, and its state
         using (var other = TestModels.Load(arch))
             Assert.Contains("another model", Assert.Throws<ArgumentException>(() => other.Recycle(model.Run(tokens, options))).Message);
 

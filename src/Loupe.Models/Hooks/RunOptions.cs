@@ -130,6 +130,9 @@ public sealed class ActivationCache
 
     public bool Contains(string name) => _items.ContainsKey(name);
 
+    /// <summary>Whether this cache's storage was given back to the model's scratch pool (<see cref="HookedTransformer.Recycle"/>).</summary>
+    public bool Recycled => _recycled;
+
     /// <summary>Names in the order the forward pass reached them.</summary>
     public IReadOnlyList<string> Names => _order;
 
@@ -166,8 +169,11 @@ public sealed record ForwardResult(Tensor Logits, ActivationCache Cache)
     /// <summary>The pool of the model that made this result (where <see cref="Scratch"/> may go back).</summary>
     internal ScratchPool? Pool { get; init; }
 
-    /// <summary>Whether <see cref="HookedTransformer.Recycle"/> gave this result's storage back (its cache is then empty).</summary>
-    public bool Recycled { get; internal set; }
+    /// <summary>
+    /// Whether <see cref="HookedTransformer.Recycle"/> gave this result's storage back (its cache is then empty). Kept by the
+    /// cache, which a copy made with <c>with</c> shares, so the copy cannot give the same storage back a second time.
+    /// </summary>
+    public bool Recycled => Cache.Recycled;
 }
 
 /// <summary>The output of a forward and backward pass.</summary>
