@@ -300,7 +300,8 @@ public abstract class HookedTransformer : IDisposable
         CheckSplices(options.Splices);
         var ctx = new ForwardContext(Backend, options, tokens.Batch, tokens.Length, tokens.Positions(), tokens.Valid, null, -1, tokens.Ids, _splices, ScratchPool);
         var logits = Forward(tokens, ctx);
-        var scratch = ctx.ReturnScratch();
+        var scratch = ctx.UnreleasedScratch();
+        ctx.ReturnScratch();
         return new ForwardResult(logits, ctx.Cache) { Scratch = scratch, Pool = ScratchPool };
     }
 

@@ -169,16 +169,23 @@ public sealed class ForwardContext
     /// for later passes. Called once the pass's result is complete; a tensor not released — the logits, anything a hook,
     /// cache or gradient saw — stays the caller's.
     /// </summary>
-    /// <returns>The scratch storage the pass did not release (the result's, a hook's), each with the whole storage behind it:
-    /// what the caller may give back once done with the result (<see cref="HookedTransformer.Recycle"/>).</returns>
-    internal IReadOnlyDictionary<TensorStorage, TensorStorage> ReturnScratch()
+    internal void ReturnScratch()
     {
         if (_pool is not null) _pool.Return(_free.Values.SelectMany(stack => stack).Select(WholeOf));
-        var kept = new Dictionary<TensorStorage, TensorStorage>(ReferenceEqualityComparer.Instance);
-        foreach (var storage in _ownScratch.Concat(_exposed)) kept[storage] = WholeOf(storage); // the two sets are disjoint
         _free.Clear();
         _wholeOf.Clear();
         _exposed.Clear();
+    }
+
+    /// <summary>
+    /// The scratch storage the pass did not release (the result's, what a hook saw), each with the whole storage behind it:
+    /// what the caller may give back once done with the result (<see cref="HookedTransformer.Recycle"/>). Taken before
+    /// <see cref="ReturnScratch"/>, which forgets the views.
+    /// </summary>
+    internal IReadOnlyDictionary<TensorStorage, TensorStorage> UnreleasedScratch()
+    {
+        var kept = new Dictionary<TensorStorage, TensorStorage>(ReferenceEqualityComparer.Instance);
+        foreach (var storage in _ownScratch.Concat(_exposed)) kept[storage] = WholeOf(storage); // the two sets are disjoint
         return kept;
     }
 
