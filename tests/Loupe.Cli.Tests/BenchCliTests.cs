@@ -20,9 +20,12 @@ public class BenchCliTests
         foreach (var row in rows)
         {
             Assert.Equal("construction", (string)row!["ground_truth"]!);
-            // Saturated softmax hides half of sort's circuit from gradients: the one task gradient methods fail.
-            if ((string)row["circuit"]! == "rasp-sort.coldness100") Assert.InRange((double)row["auc"]!, 0.5, 0.8);
-            else Assert.InRange((double)row["auc"]!, 0.9, 1.0);
+            // Gradient methods see nothing behind a RASP lookup-table MLP (a step function: derivative 0), which hides part of
+            // sort's, hist's and dyck's circuits, and at coldness 100 saturated attention hides one more of sort's edges. Those
+            // scores are 0 in exact arithmetic and fp32 rounding residue otherwise: the same AUC on every machine (noise floor).
+            if ((string)row["circuit"]! is "rasp-sort" or "rasp-hist" or "rasp-dyck" or "rasp-sort.coldness100")
+                Assert.InRange((double)row["auc"]!, 0.6, 0.85);
+            else Assert.InRange((double)row["auc"]!, 0.99, 1.0);
             Assert.InRange((double)row["precision_at_k"]!, 0.0, 1.0);
             Assert.True((int)row["true_edges"]! > 0 && (int)row["true_edges"]! < (int)row["edges"]!);
         }

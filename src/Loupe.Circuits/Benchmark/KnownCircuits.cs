@@ -32,8 +32,9 @@ public static class KnownCircuits
 
     /// <summary>
     /// Compiled RASP programs (reverse, sort, hist, frac_prevs, dyck), truth by construction, at softmax coldness 10;
-    /// and sort again at Tracr's default coldness 100, where saturated patterns give part of the circuit exactly zero
-    /// gradient — a case gradient methods miss and patching does not.
+    /// and sort again at Tracr's default coldness 100, where saturated patterns give one more edge exactly zero gradient.
+    /// Edges upstream of a discretizing lookup-table MLP (a step function) have zero gradient at either coldness: cases
+    /// gradient methods miss and patching does not.
     /// </summary>
     public static IEnumerable<KnownCircuit> Rasp(KnownCircuitOptions options)
     {

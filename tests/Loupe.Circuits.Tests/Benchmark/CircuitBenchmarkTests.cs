@@ -61,6 +61,22 @@ public class CircuitBenchmarkTests
     }
 
     [Fact]
+    public void Rounding_residue_ties_with_zero()
+    {
+        // What a gradient method gives a true edge behind a step function: 0 in exact arithmetic, ~1e-7 of the largest score
+        // with FMA kernels. Both must score alike: a tie with the false edges at 0 (AUC 0.75 here), not a perfect ranking.
+        bool[] truth = [true, true, false, false];
+        var residue = CircuitBenchmark.Score("c", "construction", "m", [2.0, 2e-7, 0, 0], truth, 0);
+        var exact = CircuitBenchmark.Score("c", "construction", "m", [2.0, 0, 0, 0], truth, 0);
+        Near(0.75, exact.Auc);
+        Near(exact.Auc, residue.Auc);
+        Near(exact.PrecisionAtK, residue.PrecisionAtK);
+        Near(exact.BestF1, residue.BestF1);
+        // Just above the floor a score is a score.
+        Near(1, CircuitBenchmark.Score("c", "construction", "m", [2.0, 3e-4, 0, 0], truth, 0).Auc);
+    }
+
+    [Fact]
     public void Degenerate_truth_gives_nan_auc_and_mismatched_lengths_are_refused()
     {
         Assert.True(double.IsNaN(CircuitBenchmark.RocAuc([1, 2], [false, false])));
