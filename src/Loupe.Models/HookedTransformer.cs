@@ -503,18 +503,10 @@ public abstract class HookedTransformer : IDisposable
             string where = e.AfterHooks
                 ? $"first at hook point {e.Hook}, made non-finite by a hook or splice there ({e.Message[(e.Hook.Length + 2)..]})"
                 : $"first at hook point {e.Hook} ({e.Message[(e.Hook.Length + 2)..]})";
-            return new InputError($"{model}: the forward pass produced non-finite values, {where}; the logits hold {found}{Fp16Hint(ctx.Backend)}");
+            return new InputError($"{model}: the forward pass produced non-finite values, {where}; the logits hold {found}");
         }
-        return new InputError($"{model}: the logits hold {found}, although every hook point was finite (the final norm, unembedding or soft-cap overflowed){Fp16Hint(ctx.Backend)}");
+        return new InputError($"{model}: the logits hold {found}, although every hook point was finite (the final norm, unembedding or soft-cap overflowed)");
     }
-
-    /// <summary>
-    /// With fp16 weights a product takes its activations in fp16 too (as two parts), and fp16 ends at ±65,504: a larger
-    /// activation becomes ±∞ there although the model is finite in fp32 — say so, and what keeps the range.
-    /// </summary>
-    static string Fp16Hint(IComputeBackend backend) => backend.WeightElementType == ElementType.F16
-        ? $". The weights are fp16 on {backend.Device}: an activation beyond ±65,504 entering a product overflows fp16 there; --dtype bf16 (fp32's range) or fp32 keeps it finite"
-        : "";
 
     Tensor ForwardUnchecked(TokenBatch tokens, ForwardContext ctx)
     {

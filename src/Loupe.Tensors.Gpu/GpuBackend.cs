@@ -226,7 +226,10 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
     Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> KActivationBackward => Kernel("activationBackward", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>(Kernels.ActivationBackward));
     Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamArgs> KAdam => Kernel("adam", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamArgs>(Kernels.Adam));
     Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs> KGemm => Kernel("gemm", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmArgs>(Kernels.Gemm));
-    Action<Index1D, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, GemmArgs> KGemmHalf => Kernel("gemmHalf", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>, ArrayView<float>, GemmArgs>(Kernels.GemmHalf));
+    Action<Index1D, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, GemmArgs> KGemm16 => Kernel("gemm16", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, GemmArgs>(Kernels.Gemm16));
+    Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int> KFp16RowScales => Kernel("fp16RowScales", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(Kernels.Fp16RowScales));
+    Action<Index1D, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, int, int, int, int> KScaledToF16 => Kernel("scaledToF16", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, int, int, int, int>(Kernels.ScaledToF16));
+    Action<Index1D, ArrayView<float>, ArrayView<float>, int, int> KScaleGemmRows => Kernel("scaleGemmRows", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int>(Kernels.ScaleGemmRows));
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, NormArgs> KNorm => Kernel("norm", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, NormArgs>(Kernels.Norm));
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, NormArgs> KNormBackwardScale => Kernel("normBackwardScale", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, NormArgs>(Kernels.NormBackwardScale));
     Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, NormArgs> KNormBackwardInput => Kernel("normBackwardInput", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, NormArgs>(Kernels.NormBackwardInput));
@@ -412,7 +415,12 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         {
             int len = Math.Min(chunk, values.Length - start);
             var src = values.Span.Slice(start, len);
-            for (int i = 0; i < len; i++) bits[i] = type == ElementType.BF16 ? Kernels.FloatToBf16(src[i]) : Kernels.FloatToF16(src[i]);
+            for (int i = 0; i < len; i++)
+            {
+                bits[i] = type == ElementType.BF16 ? Kernels.FloatToBf16(src[i]) : Kernels.FloatToF16(src[i]);
+                if (type == ElementType.F16 && float.IsFinite(src[i]) && (bits[i] & 0x7C00) == 0x7C00)
+                    throw new InputError($"a weight matrix of shape {ShapeUtil.Format(shape)} holds {src[i]:R} at element {start + i}, beyond fp16's ±65,504, so fp16 cannot keep it on {Device}: use --dtype bf16 (fp32's range) or fp32");
+            }
             ((ArrayView1D<ushort, Stride1D.Dense>)half.U16.SubView(start, len)).CopyFromCPU(_accelerator.DefaultStream, bits.AsSpan(0, len));
         }
         _accelerator.DefaultStream.Synchronize(); // the staging array is reused
@@ -462,47 +470,69 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         long bExtent = (batch - 1) * strideB + (transB ? (long)(n - 1) * ldb + k : (long)(k - 1) * ldb + n);
         Need(aView, aExtent, nameof(a));
         if (bOffset < 0 || bOffset + bExtent > bStorage.Length) throw new ArgumentException($"b has {bStorage.Length} elements; {bOffset + bExtent} are needed", nameof(b));
-        int halfKind = bStorage.ElementType == ElementType.BF16 ? 1 : 2;
-        if (_cublas is null)
+        var args = new GemmArgs
         {
-            var args = new GemmArgs
-            {
-                TransA = transA ? 1 : 0, TransB = transB ? 1 : 0, M = m, N = n, K = k, Lda = lda, Ldb = ldb, Ldc = ldc,
-                StrideA = strideA, StrideB = strideB, StrideC = strideC, Alpha = alpha, Beta = beta, Half = half ? halfKind : 0,
-                Split = HalfActivations == HalfActivations.Split ? 1 : 0,
-            };
-            int threads = checked(batch * m * n);
-            if (half) KGemmHalf(threads, aView, bStorage.U16.SubView(bOffset), cView, args);
-            else KGemm(threads, aView, bStorage.F32.SubView(bOffset), cView, args);
-            return;
-        }
-        nint cPtr = cView.LoadEffectiveAddressAsPtr();
+            TransA = transA ? 1 : 0, TransB = transB ? 1 : 0, M = m, N = n, K = k, Lda = lda, Ldb = ldb, Ldc = ldc,
+            StrideA = strideA, StrideB = strideB, StrideC = strideC, Alpha = alpha, Beta = beta,
+        };
         if (!half)
         {
-            _cublas.Gemm(transA, transB, m, n, k, alpha, aView.LoadEffectiveAddressAsPtr(), Cublas.R32F, lda, strideA,
-                bStorage.F32.SubView(bOffset).LoadEffectiveAddressAsPtr(), Cublas.R32F, ldb, strideB, beta, cPtr, ldc, strideC, batch);
+            if (_cublas is null) KGemm(checked(batch * m * n), aView, bStorage.F32.SubView(bOffset), cView, args);
+            else _cublas.Gemm(transA, transB, m, n, k, alpha, aView.LoadEffectiveAddressAsPtr(), Cublas.R32F, lda, strideA,
+                bStorage.F32.SubView(bOffset).LoadEffectiveAddressAsPtr(), Cublas.R32F, ldb, strideB, beta, cView.LoadEffectiveAddressAsPtr(), ldc, strideC, batch);
             return;
         }
-        // cuBLAS's mixed GEMM wants both operands 16-bit: the activation operand is converted on the device (rounded, or
-        // split into hi + lo for a second product into the same C), and the products accumulate in fp32.
-        int type = halfKind == 1 ? Cublas.R16BF : Cublas.R16F;
-        var bPtr = bStorage.U16.SubView(bOffset).LoadEffectiveAddressAsPtr();
+        // Tensor cores (cuBLAS's mixed GEMM) want both operands 16-bit: the activation operand is converted on the device
+        // (rounded, or split into hi + lo for a second product into the same C), and the products accumulate in fp32.
+        // The emulated device runs the same conversions and Gemm16 for cuBLAS's part.
+        int halfKind = bStorage.ElementType == ElementType.BF16 ? 1 : 2;
+        var bHalf = bStorage.U16.SubView(bOffset);
+        // fp16 ends at ±65,504 and its normal numbers at 6.1e-5, where fp32 activations need not: in a single fp16 product
+        // each row of op(A) enters times the power of two that puts its largest entry in [2^14, 2^15), and C's row is divided
+        // by it after (exact in binary). An MLP's large hidden units then stay finite and a backward pass's small gradients
+        // keep their bits. (Batched products — none takes a 16-bit weight today — are not scaled.)
+        bool scaleRows = halfKind == 2 && batch == 1;
+        using var rowScales = scaleRows ? _pool.Rent(2L * m * sizeof(float)) : null;
+        var scale = rowScales is null ? Dummy : rowScales.View<float>(0, m);
+        var inverse = rowScales is null ? Dummy : rowScales.View<float>(m, m);
+        if (scaleRows)
+        {
+            KFp16RowScales(Rows(m, k), aView, scale, inverse, k, lda, transA ? 1 : 0);
+            if (beta != 0f) KScaleGemmRows(checked(m * n), cView, scale, n, ldc); // beta·C is divided with the product after
+        }
         if (HalfActivations == HalfActivations.Rounded)
         {
             using var aHalf = _pool.Rent(Math.Max(1, aExtent) * 2);
             var aBits = aHalf.View<ushort>(0, aExtent);
             if (halfKind == 1) KToBf16((int)aExtent, aView.SubView(0, aExtent), aBits);
+            else if (scaleRows) KScaledToF16((int)aExtent, aView.SubView(0, aExtent), aBits, aBits, scale, lda, m, transA ? 1 : 0, 0);
             else KToF16((int)aExtent, aView.SubView(0, aExtent), aBits);
-            _cublas.Gemm(transA, transB, m, n, k, alpha, aBits.LoadEffectiveAddressAsPtr(), type, lda, strideA, bPtr, type, ldb, strideB, beta, cPtr, ldc, strideC, batch);
-            return;
+            Product16(aBits, beta);
         }
-        long loAt = (aExtent + 63) / 64 * 64; // lo starts 128-byte aligned, as tensor-core kernels like their operands
-        using var parts = _pool.Rent((loAt + Math.Max(1, aExtent)) * 2);
-        var hi = parts.View<ushort>(0, aExtent);
-        var lo = parts.View<ushort>(loAt, aExtent);
-        KSplitToHalf((int)aExtent, aView.SubView(0, aExtent), hi, lo, halfKind);
-        _cublas.Gemm(transA, transB, m, n, k, alpha, hi.LoadEffectiveAddressAsPtr(), type, lda, strideA, bPtr, type, ldb, strideB, beta, cPtr, ldc, strideC, batch);
-        _cublas.Gemm(transA, transB, m, n, k, alpha, lo.LoadEffectiveAddressAsPtr(), type, lda, strideA, bPtr, type, ldb, strideB, 1f, cPtr, ldc, strideC, batch);
+        else
+        {
+            long loAt = (aExtent + 63) / 64 * 64; // lo starts 128-byte aligned, as tensor-core kernels like their operands
+            using var parts = _pool.Rent((loAt + Math.Max(1, aExtent)) * 2);
+            var hi = parts.View<ushort>(0, aExtent);
+            var lo = parts.View<ushort>(loAt, aExtent);
+            if (scaleRows) KScaledToF16((int)aExtent, aView.SubView(0, aExtent), hi, lo, scale, lda, m, transA ? 1 : 0, 1);
+            else KSplitToHalf((int)aExtent, aView.SubView(0, aExtent), hi, lo, halfKind);
+            Product16(hi, beta);
+            Product16(lo, 1f);
+        }
+        if (scaleRows) KScaleGemmRows(checked(m * n), cView, inverse, n, ldc);
+
+        void Product16(ArrayView<ushort> a16, float productBeta)
+        {
+            if (_cublas is null)
+            {
+                KGemm16(checked(batch * m * n), a16, bHalf, cView, args with { Beta = productBeta, Half = halfKind });
+                return;
+            }
+            int type = halfKind == 1 ? Cublas.R16BF : Cublas.R16F;
+            _cublas.Gemm(transA, transB, m, n, k, alpha, a16.LoadEffectiveAddressAsPtr(), type, lda, strideA,
+                bHalf.LoadEffectiveAddressAsPtr(), type, ldb, strideB, productBeta, cView.LoadEffectiveAddressAsPtr(), ldc, strideC, batch);
+        }
     }
 
     void CopyScaled(ArrayView<float> c, int m, int n, int ldc, float beta)

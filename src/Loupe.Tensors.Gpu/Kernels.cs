@@ -9,10 +9,8 @@ struct GemmArgs
     public int TransA, TransB, M, N, K, Lda, Ldb, Ldc;
     public long StrideA, StrideB, StrideC;
     public float Alpha, Beta;
-    /// <summary>0: B is fp32; 1: B is bf16 and A is rounded to bf16; 2: the same with fp16.</summary>
+    /// <summary>For <see cref="Kernels.Gemm16"/>: 1 when A and B are bf16, 2 when fp16.</summary>
     public int Half;
-    /// <summary>With 16-bit B: 1 when A goes in as hi + lo halves, two products summed (as cuBLAS is called); 0 rounded.</summary>
-    public int Split;
 }
 
 /// <summary>Scalars of a norm launch.</summary>
@@ -100,7 +98,6 @@ static class Kernels
     }
 
     static float FromHalf(ushort bits, int kind) => kind == 1 ? Bf16ToFloat(bits) : F16ToFloat(bits);
-    static float RoundToHalf(float v, int kind) => kind == 1 ? Bf16ToFloat(FloatToBf16(v)) : F16ToFloat(FloatToF16(v));
 
     /// <summary>erfc(z), z ≥ 0, from the Chebyshev fit the CPU's exact GELU uses (Numerical Recipes' erfcc).</summary>
     static double Erfc(double z)
@@ -144,6 +141,61 @@ static class Kernels
     }
 
     public static void HalfToFloat(Index1D i, ArrayView<ushort> src, ArrayView<float> dst, int kind) => dst[i] = FromHalf(src[i], kind);
+
+    // ---- fp16 activations: each row of op(A) enters a product times a power of two that fp16's range holds -----------
+
+    /// <summary>
+    /// One group per row i of op(A) (A stored with leading dimension lda, transposed or not): <c>scale[i] = 2^e</c> with
+    /// <c>max_p |op(A)[i, p]|·2^e</c> in [2^14, 2^15), and <c>inverse[i] = 2^−e</c>; both 1 for a row that is all zero or
+    /// holds a value that is not finite (which then reaches C as it would unscaled).
+    /// </summary>
+    public static void Fp16RowScales(ArrayView<float> a, ArrayView<float> scale, ArrayView<float> inverse, int k, int lda, int transA)
+    {
+        var shared = SharedMemory.Allocate<float>(MaxGroup);
+        int i = Grid.IdxX;
+        float largest = 0f;
+        for (int p = Group.IdxX; p < k; p += Group.DimX)
+        {
+            float v = XMath.Abs(transA != 0 ? a[(long)p * lda + i] : a[(long)i * lda + p]);
+            largest = IsFinite(v) ? XMath.Max(largest, v) : float.PositiveInfinity;
+        }
+        largest = GroupMax(largest, shared);
+        if (Group.IdxX != 0) return;
+        int e = 0;
+        if (IsFinite(largest) && largest > 0f)
+        {
+            int exponent = (int)((Interop.FloatAsInt(largest) >> 23) & 0xFFu) - 127; // ⌊log2⌋ of a normal float; −127 for a subnormal one
+            e = XMath.Min(120, XMath.Max(-120, 14 - exponent));
+        }
+        scale[i] = PowerOfTwo(e);
+        inverse[i] = PowerOfTwo(-e);
+    }
+
+    static float PowerOfTwo(int e) => Interop.IntAsFloat((uint)(e + 127) << 23);
+
+    /// <summary>
+    /// x times its row's scale (<see cref="Fp16RowScales"/>) in fp16: split into hi + lo as <see cref="SplitToHalf"/> does
+    /// (split ≠ 0), or rounded (split = 0; lo is not written). Element e of A lies in row e % lda of op(A) when A is
+    /// transposed, e / lda when not; an element between rows (i ≥ m) is read by no product and keeps scale 1.
+    /// </summary>
+    public static void ScaledToF16(Index1D e, ArrayView<float> x, ArrayView<ushort> hi, ArrayView<ushort> lo, ArrayView<float> scale,
+        int lda, int m, int transA, int split)
+    {
+        int row = transA != 0 ? e % lda : e / lda;
+        float v = x[e] * (row < m ? scale[row] : 1f);
+        ushort h = FloatToF16(v);
+        hi[e] = h;
+        if (split == 0) return;
+        float r = v - F16ToFloat(h);
+        lo[e] = FloatToF16(IsFinite(r) ? r : 0f);
+    }
+
+    /// <summary><c>C[i, j] *= scale[i]</c> over the m × n entries of C (leading dimension ldc).</summary>
+    public static void ScaleGemmRows(Index1D idx, ArrayView<float> c, ArrayView<float> scale, int n, int ldc)
+    {
+        int i = idx / n, j = idx % n;
+        c[(long)i * ldc + j] *= scale[i];
+    }
 
     // ---- element-wise ------------------------------------------------------------------------
 
@@ -253,26 +305,24 @@ static class Kernels
     }
 
     /// <summary>As <see cref="Gemm"/> with a 16-bit B; A is rounded to the same 16-bit type, as cuBLAS's mixed GEMM sees it.</summary>
-    public static void GemmHalf(Index1D i, ArrayView<float> a, ArrayView<ushort> b, ArrayView<float> c, GemmArgs g)
+    /// <summary>
+    /// What cuBLAS's mixed GEMM computes, for the emulated device: <c>C = alpha·op(A)·op(B) + beta·C</c> with A and B in 16
+    /// bits (<c>g.Half</c>: 1 bf16, 2 fp16) and the sum in fp32; beta = 0 ignores C. The backend converts the activation
+    /// operand with the same kernels before either, so only the product itself differs between the two devices.
+    /// </summary>
+    public static void Gemm16(Index1D i, ArrayView<ushort> a, ArrayView<ushort> b, ArrayView<float> c, GemmArgs g)
     {
         int mn = g.M * g.N;
         int batch = i / mn, rest = i % mn, row = rest / g.N, col = rest % g.N;
         long ao = batch * g.StrideA, bo = batch * g.StrideB, co = batch * g.StrideC + (long)row * g.Ldc + col;
-        float sum = 0, sumLo = 0;
+        float sum = 0;
         for (int p = 0; p < g.K; p++)
         {
-            float av = g.TransA != 0 ? a[ao + (long)p * g.Lda + row] : a[ao + (long)row * g.Lda + p];
+            ushort av = g.TransA != 0 ? a[ao + (long)p * g.Lda + row] : a[ao + (long)row * g.Lda + p];
             ushort bv = g.TransB != 0 ? b[bo + (long)col * g.Ldb + p] : b[bo + (long)p * g.Ldb + col];
-            float w = FromHalf(bv, g.Half), hi = RoundToHalf(av, g.Half);
-            sum += hi * w;
-            if (g.Split != 0)
-            {
-                float r = av - hi;
-                sumLo += IsFinite(r) ? RoundToHalf(r, g.Half) * w : 0f; // as SplitToHalf
-            }
+            sum += FromHalf(av, g.Half) * FromHalf(bv, g.Half);
         }
-        float first = g.Beta == 0f ? g.Alpha * sum : g.Alpha * sum + g.Beta * c[co];
-        c[co] = g.Split != 0 ? g.Alpha * sumLo + first : first; // the lo product adds into C as cuBLAS's second call does
+        c[co] = g.Beta == 0f ? g.Alpha * sum : g.Alpha * sum + g.Beta * c[co];
     }
 
     // ---- group reductions (every thread of the group must call them) ------------------------------

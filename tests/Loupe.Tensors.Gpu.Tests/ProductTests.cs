@@ -103,14 +103,67 @@ public sealed class ProductTests(EmulatedBackendFixture fixture) : DeviceTest(fi
     }
 
     [Fact]
-    public void AnActivationBeyondFp16sRangeSplitsAsItRounds()
+    public void AnActivationBeyondFp16sRangeIsScaledIntoIt()
     {
-        // 1e5 has no fp16 value: hi is +∞ in either mode, and the split's lo must not add ∞ − ∞ = NaN to it
+        // 1e5 has no fp16 value; its row enters the product times 2^-3 and the result is divided by it after
         float[] x = [1e5f, 1f];
         var weight = Gpu.LoadWeight(new float[] { 1f, 1f }, [2, 1], ElementType.F16);
         var y = Gpu.Empty(1, 1);
-        Gpu.Linear(Dev(x, 1, 2), 1, 2, weight, false, 1, null, y);
+        foreach (var mode in new[] { HalfActivations.Split, HalfActivations.Rounded })
+        {
+            try
+            {
+                Gpu.HalfActivations = mode;
+                Gpu.Linear(Dev(x, 1, 2), 1, 2, weight, false, 1, null, y);
+                Assert.Equal(100001f, Read(y)[0], 1e-3f * 100001f);
+            }
+            finally { Gpu.HalfActivations = HalfActivations.Split; }
+        }
+        // A value that is not finite reaches C as it would unscaled (its row keeps scale 1).
+        Gpu.Linear(Dev([float.PositiveInfinity, 1f], 1, 2), 1, 2, weight, false, 1, null, y);
         Assert.Equal(float.PositiveInfinity, Read(y)[0]);
+    }
+
+    /// <summary>
+    /// Rows far outside fp16's range both ways — an MLP's large hidden units (1e6), a backward pass's small gradients (1e-9,
+    /// below fp16's smallest subnormal) — give the product of the fp16-exact weights as fp32 does, to the split's precision,
+    /// transposed or not, and accumulating into C (beta ≠ 0).
+    /// </summary>
+    [Theory]
+    [InlineData(false, 0f)]
+    [InlineData(true, 0f)]
+    [InlineData(false, 0.5f)]
+    [InlineData(true, 2f)]
+    public void Fp16ProductsKeepRowsOfAnyMagnitude(bool transA, float beta)
+    {
+        var rng = new Random(transA ? 7 : 8);
+        const int m = 5, k = 70, n = 9;
+        float[] magnitude = [1e6f, 1e-9f, 1f, 3e-5f, 4e4f];
+        var rows = new float[m * k];
+        for (int i = 0; i < m; i++)
+            for (int p = 0; p < k; p++) rows[i * k + p] = magnitude[i] * (float)(rng.NextDouble() * 2 - 1);
+        int lda = transA ? m + 3 : k + 2;
+        var a = new float[transA ? k * lda : m * lda];
+        for (int i = 0; i < m; i++)
+            for (int p = 0; p < k; p++) a[transA ? p * lda + i : i * lda + p] = rows[i * k + p];
+        var w = CpuBackend.WithRoundedWeights(ElementType.F16).LoadWeight(Uniform(rng, k * n), [k, n], ElementType.F16).Span.ToArray();
+        const int ldc = n + 1;
+        var c0 = new float[m * ldc];
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) c0[i * ldc + j] = magnitude[i] * (float)(rng.NextDouble() * 2 - 1);
+        var expected = (float[])c0.Clone();
+        ReferenceKernels.Sgemm(transA, false, m, n, k, 1f, a, lda, w, n, beta, expected, ldc);
+        var weight = Gpu.LoadWeight(w, [k, n], ElementType.F16);
+        var c = Dev(c0);
+        Gpu.Gemm(transA, false, m, n, k, 1f, Dev(a), 0, lda, weight, 0, n, beta, c, 0, ldc);
+        var actual = Read(c);
+        for (int i = 0; i < m; i++)
+        {
+            double rowScale = Enumerable.Range(0, n).Max(j => Math.Abs(expected[i * ldc + j]));
+            for (int j = 0; j < n; j++)
+                Assert.True(Math.Abs(expected[i * ldc + j] - actual[i * ldc + j]) <= 2e-5 * rowScale,
+                    $"row {i} (magnitude {magnitude[i]:g}), column {j}: expected {expected[i * ldc + j]:g6}, got {actual[i * ldc + j]:g6}");
+        }
     }
 
     [Fact]
