@@ -28,14 +28,18 @@ var report = new Dictionary<string, object?>();
 var device = Device.Parse(opts.Device);
 using var fp32 = ComputeBackends.Create(device);
 using var bf16 = ComputeBackends.Create(device, ElementType.BF16);
+using var fp16 = ComputeBackends.Create(device, ElementType.F16);
 // "bf16": bf16 weights, activations split into two bf16 parts (the default); "bf16r": activations rounded to bf16, one
-// tensor-core product each (torch's bf16 arithmetic, faster). One backend, the mode set before each use.
+// tensor-core product each (torch's bf16 arithmetic, faster). One backend, the mode set before each use. "fp16": fp16
+// weights, each activation row scaled by a power of two into fp16's range and split.
 GpuBackend Backend(string dtype)
 {
     if (dtype == "fp32") return fp32;
+    if (dtype == "fp16") return fp16;
     bf16.HalfActivations = dtype == "bf16r" ? HalfActivations.Rounded : HalfActivations.Split;
     return bf16;
 }
+static ElementType WeightType(string dtype) => dtype == "fp16" ? ElementType.F16 : ElementType.BF16;
 Console.WriteLine($"device: {fp32.Name}");
 report["device"] = fp32.Name;
 report["device_info"] = ComputeBackends.Describe(fp32);
@@ -56,7 +60,7 @@ if (!opts.NoParity && opts.Fixtures is { } fixtures && Directory.Exists(fixtures
         var batch = new TokenBatch(ids, 2, 12);
         using var cpuModel = ModelLoader.LoadFolder(folder);
         var cpu = cpuModel.RunWithGradients(batch, new LogitDiff(17, 42), "blocks.*.hook_resid_pre");
-        foreach (var label in new[] { "fp32", "bf16", "bf16r" })
+        foreach (var label in new[] { "fp32", "bf16", "bf16r", "fp16" })
         try
         {
             var backend = Backend(label);
@@ -74,8 +78,8 @@ if (!opts.NoParity && opts.Fixtures is { } fixtures && Directory.Exists(fixtures
             string same = "";
             if (label != "fp32")
             {
-                // Against the CPU computing in fp32 with the same bf16-rounded weights: the device's own arithmetic error.
-                using var roundedModel = ModelLoader.LoadFolder(folder, CpuBackend.WithRoundedWeights(ElementType.BF16));
+                // Against the CPU computing in fp32 with the same 16-bit-rounded weights: the device's own arithmetic error.
+                using var roundedModel = ModelLoader.LoadFolder(folder, CpuBackend.WithRoundedWeights(WeightType(label)));
                 var rounded = roundedModel.RunWithGradients(batch, new LogitDiff(17, 42), "blocks.*.hook_resid_pre");
                 double sameLogits = Compare.RelativeMax(rounded.Logits.ToCpu().Span, dev.Logits.ToCpu().Span);
                 double sameGrads = rounded.Gradients.Names.Max(n => Compare.RelativeMax(rounded.Gradients[n].ToCpu().Span, dev.Gradients[n].ToCpu().Span));
@@ -86,7 +90,7 @@ if (!opts.NoParity && opts.Fixtures is { } fixtures && Directory.Exists(fixtures
                 double formatGrads = cpu.Gradients.Names.Max(n => Compare.RelativeMax(cpu.Gradients[n].ToCpu().Span, rounded.Gradients[n].ToCpu().Span));
                 row["logits_rel_weight_rounding"] = formatLogits;
                 row["gradients_rel_weight_rounding"] = formatGrads;
-                same = $"   same bf16 weights on the CPU: {sameLogits:E2} {sameGrads:E2}   bf16 weights alone (CPU): {formatLogits:E2} {formatGrads:E2}";
+                same = $"   same 16-bit weights on the CPU: {sameLogits:E2} {sameGrads:E2}   16-bit weights alone (CPU): {formatLogits:E2} {formatGrads:E2}";
             }
             Console.WriteLine($"{Path.GetFileName(folder),-10} {label,-7} {logits,10:E2} {grads,10:E2} {metric,10:E2}   ‖Δ‖/‖cpu‖ {logitsL2:E2} {gradsL2:E2}{same}");
             parity.Add(row);
@@ -335,7 +339,7 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
         string? fixtures = null, json = null, attribution = null;
         string work = Path.Combine(Path.GetTempPath(), "loupe-gpubench");
         var models = new List<ModelShape> { ModelShape.Gpt2Small, ModelShape.Llama1B };
-        var dtypes = new List<string> { "fp32", "bf16", "bf16r" };
+        var dtypes = new List<string> { "fp32", "bf16", "bf16r", "fp16" };
         int batch = 1, seq = 128, reps = 20, warmup = 3;
         bool sae = false, quick = false, profile = false, noParity = false, ptxCheck = false;
         var saeShape = (DIn: 2048, DSae: 65536, K: 64, Batch: 4096);
@@ -352,8 +356,8 @@ sealed record GpuBenchOptions(string Device, string? Fixtures, IReadOnlyList<Mod
                 case "--models": models = Next() is "none" ? [] : args[i].Split(',').Select(ModelShape.Parse).ToList(); break;
                 case "--dtypes":
                     dtypes = Next().Split(',').ToList();
-                    if (dtypes.FirstOrDefault(d => d is not ("fp32" or "bf16" or "bf16r")) is { } bad)
-                        throw new ArgumentException($"--dtypes: '{bad}' is not fp32, bf16 (split activations) or bf16r (rounded activations)");
+                    if (dtypes.FirstOrDefault(d => d is not ("fp32" or "bf16" or "bf16r" or "fp16")) is { } bad)
+                        throw new ArgumentException($"--dtypes: '{bad}' is not fp32, bf16 (split activations), bf16r (rounded activations) or fp16 (scaled, split activations)");
                     break;
                 case "--batch": batch = int.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--seq": seq = int.Parse(Next(), CultureInfo.InvariantCulture); break;

@@ -25,8 +25,10 @@ if "probe_eval" in loupe and "probe_eval" in torch:
     print(f"{'probe_eval':<14} {'fp32':<5} {lp['ms']:10.2f} {tp['ms']:10.2f} {tp['ms'] / lp['ms']:6.2f}   "
           f"{lp['rows']} x {lp['width']}, {lp['classes']} classes (Loupe's includes W, b in and the gradient out){'' if same else ' (torch ran other sizes)'}")
 print("ratio = torch ms / Loupe ms (above 1: Loupe is faster); bf16: bf16 weights, fp32 activations split in two bf16 parts "
-      "(two tensor-core products); bf16r: activations rounded to bf16 (one product, as torch's bf16); both against torch's bf16")
+      "(two tensor-core products); bf16r: activations rounded to bf16 (one product, as torch's bf16); both against torch's bf16; "
+      "fp16: fp16 weights, activation rows scaled by powers of two into fp16's range and split, against torch's fp16")
 peer_bf16 = {r["fixture"]: r["logits_rel"] for r in torch.get("bf16_parity", [])}
+peer_fp16 = {r["fixture"]: r["fp16_logits_rel"] for r in torch.get("bf16_parity", []) if "fp16_logits_rel" in r}
 peer_bf16_l2 = {r["fixture"]: r["logits_rel_l2"] for r in torch.get("bf16_parity", []) if "logits_rel_l2" in r}
 for row in loupe.get("parity", []):
     if "error" in row:
@@ -40,10 +42,12 @@ for row in loupe.get("parity", []):
     error = max(row["logits_rel_same_weights"], row["gradients_rel_same_weights"]) if same else max(row["logits_rel"], row["gradients_rel"])
     ok = error <= limit
     peer_note = f"; torch bf16 vs fp32 logits {peer_bf16[row['fixture']]:.2e}" if row["weights"] == "bf16" and row["fixture"] in peer_bf16 else ""
+    if row["weights"] == "fp16" and row["fixture"] in peer_fp16:
+        peer_note = f"; torch fp16 vs fp32 logits {peer_fp16[row['fixture']]:.2e}"
     if peer_note and row["fixture"] in peer_bf16_l2:
         peer_note += f" (‖Δ‖/‖fp32‖ {peer_bf16_l2[row['fixture']]:.2e})"
-    same_note = f"; same bf16 weights on the CPU: logits {row['logits_rel_same_weights']:.2e} gradients {row['gradients_rel_same_weights']:.2e}" if same else ""
+    same_note = f"; same 16-bit weights on the CPU: logits {row['logits_rel_same_weights']:.2e} gradients {row['gradients_rel_same_weights']:.2e}" if same else ""
     if "logits_rel_weight_rounding" in row:
-        same_note += f"; bf16 weights alone (CPU vs CPU): logits {row['logits_rel_weight_rounding']:.2e} gradients {row['gradients_rel_weight_rounding']:.2e}"
+        same_note += f"; 16-bit weights alone (CPU vs CPU): logits {row['logits_rel_weight_rounding']:.2e} gradients {row['gradients_rel_weight_rounding']:.2e}"
     l2_note = f"; ‖Δ‖/‖cpu‖ logits {row['logits_rel_l2']:.2e} gradients {row['gradients_rel_l2']:.2e}" if "logits_rel_l2" in row else ""
     print(f"parity {row['fixture']:<10} {row['weights']}: max|Δ|/max|cpu| logits {row['logits_rel']:.2e} gradients {row['gradients_rel']:.2e}{l2_note}{same_note} (target {limit:g}) {'ok' if ok else 'MISSED'}{peer_note}")

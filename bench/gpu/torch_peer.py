@@ -102,8 +102,8 @@ FIXTURE_IDS = [82, 87, 74, 39, 184, 175, 214, 409, 305, 33, 71, 171, 84, 200, 15
 
 
 def fixture_parity(root):
-    """torch's own bf16-vs-fp32 logits error on the reference fixtures (the same ids as Loupe.GpuBench), so
-    Loupe's bf16 error can be read against what the format itself costs in the peer."""
+    """torch's own bf16-vs-fp32 (and fp16-vs-fp32) logits error on the reference fixtures (the same ids as
+    Loupe.GpuBench), so Loupe's 16-bit error can be read against what the format itself costs in the peer."""
     rows = []
     ids = torch.tensor(FIXTURE_IDS, device="cuda").view(2, 12)
     for name in sorted(os.listdir(root)):
@@ -112,7 +112,7 @@ def fixture_parity(root):
             continue
         try:
             logits = {}
-            for dt, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            for dt, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
                 try:
                     model = transformers.AutoModelForCausalLM.from_pretrained(folder, torch_dtype=dtype, attn_implementation="eager")
                 except Exception:
@@ -123,8 +123,9 @@ def fixture_parity(root):
                 del model
             rel = ((logits["bf16"] - logits["fp32"]).abs().max() / logits["fp32"].abs().max()).item()
             rel_l2 = ((logits["bf16"] - logits["fp32"]).norm() / logits["fp32"].norm()).item()
-            print(f"torch bf16 vs fp32 {name:<10} logits {rel:.2e} (max), {rel_l2:.2e} (norm)")
-            rows.append(dict(fixture=name, logits_rel=rel, logits_rel_l2=rel_l2))
+            rel16 = ((logits["fp16"] - logits["fp32"]).abs().max() / logits["fp32"].abs().max()).item()
+            print(f"torch bf16 vs fp32 {name:<10} logits {rel:.2e} (max), {rel_l2:.2e} (norm); fp16 vs fp32 {rel16:.2e} (max)")
+            rows.append(dict(fixture=name, logits_rel=rel, logits_rel_l2=rel_l2, fp16_logits_rel=rel16))
         except Exception as e:  # one fixture the installed transformers cannot load must not stop the rest
             print(f"torch bf16 vs fp32 {name:<10} skipped: {type(e).__name__}: {e}")
     return rows
@@ -152,7 +153,7 @@ def probe_eval(rows, width, classes, warmup, reps):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="gpt2-small,llama-3.2-1b")
-    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--dtypes", default="fp32,bf16,fp16")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--reps", type=int, default=20)
@@ -168,7 +169,7 @@ def main():
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.cuda.get_device_name(0)}")
     for name in a.models.split(","):
         for dt in a.dtypes.split(","):
-            dtype = torch.float32 if dt == "fp32" else torch.bfloat16
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dt]
             model, blocks, vocab = build(name, dtype)
             ids = torch.randint(0, vocab, (a.batch, a.seq), device="cuda")
 
