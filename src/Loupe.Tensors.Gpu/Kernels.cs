@@ -146,7 +146,7 @@ static class Kernels
 
     /// <summary>
     /// One group per row i of op(A) (A stored with leading dimension lda, transposed or not): <c>scale[i] = 2^e</c> with
-    /// <c>max_p |op(A)[i, p]|·2^e</c> in [2^14, 2^15), and <c>inverse[i] = 2^−e</c>; both 1 for a row that is all zero or
+    /// <c>max_p |op(A)[i, p]|·2^e</c> in [2^14, 2^15) (|e| ≤ 60), and <c>inverse[i] = 2^−e</c>; both 1 for a row that is all zero or
     /// holds a value that is not finite (which then reaches C as it would unscaled).
     /// </summary>
     public static void Fp16RowScales(ArrayView<float> a, ArrayView<float> scale, ArrayView<float> inverse, int k, int lda, int transA)
@@ -165,7 +165,9 @@ static class Kernels
         if (IsFinite(largest) && largest > 0f)
         {
             int exponent = (int)((Interop.FloatAsInt(largest) >> 23) & 0xFFu) - 127; // ⌊log2⌋ of a normal float; −127 for a subnormal one
-            e = XMath.Min(120, XMath.Max(-120, 14 - exponent));
+            // At most 2^±60: with beta ≠ 0, C's row is multiplied by the scale before the product, and 2^60 leaves it
+            // fp32's range up to |C| ~ 3e20 (a row whose largest entry is below 2^-46 is scaled only that far).
+            e = XMath.Min(60, XMath.Max(-60, 14 - exponent));
         }
         scale[i] = PowerOfTwo(e);
         inverse[i] = PowerOfTwo(-e);
