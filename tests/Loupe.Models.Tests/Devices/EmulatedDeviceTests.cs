@@ -130,13 +130,13 @@ public sealed class EmulatedDeviceTests(EmulatedBackendFixture fixture) : IClass
     public void Fp16ProductsKeepActivationsBeyondFp16sRange()
     {
         using var reference = new ReferenceFixture("llama");
+        static RunOptions Huge(IComputeBackend be) =>
+            new RunOptions().AddHook("blocks.0.mlp.hook_post", (t, _) => { var y = be.Empty(t.Shape.ToArray()); be.Scale(t, 1e6f, y); return y; });
         using var cpu = ModelLoader.LoadFolder(reference.Folder, CpuBackend.WithRoundedWeights(ElementType.F16));
-        var huge = new RunOptions().AddHook("blocks.0.mlp.hook_post", (t, _) => { var y = CpuBackend.Instance.Empty(t.Shape.ToArray()); CpuBackend.Instance.Scale(t, 1e6f, y); return y; });
-        var expected = cpu.Run(reference.Tokens, huge).Logits;
+        var expected = cpu.Run(reference.Tokens, Huge(CpuBackend.Instance)).Logits;
         using var f16 = ComputeBackends.Create(new Device(DeviceKind.Emulated), ElementType.F16);
         using var model = ModelLoader.LoadFolder(reference.Folder, f16);
-        var hugeF16 = new RunOptions().AddHook("blocks.0.mlp.hook_post", (t, _) => { var y = f16.Empty(t.Shape.ToArray()); f16.Scale(t, 1e6f, y); return y; });
-        AssertClose(expected, model.Run(reference.Tokens, hugeF16).Logits, 1e-4, "llama logits, fp16 weights, mlp hook_post × 1e6");
+        AssertClose(expected, model.Run(reference.Tokens, Huge(f16)).Logits, 1e-4, "llama logits, fp16 weights, mlp hook_post × 1e6");
 
         var e = Assert.Throws<InputError>(() => f16.LoadWeight(new float[] { 1f, 7e4f }, [1, 2], ElementType.F16));
         Assert.Contains("70000", e.Message);
