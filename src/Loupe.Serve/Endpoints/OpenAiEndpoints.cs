@@ -28,6 +28,7 @@ public static class OpenAiEndpoints
         {
             try { return ChatTemplate.FromModelFolder(model.Source); }
             catch (UnsupportedTemplateException e) { return e; }
+            catch (InputError e) { return e; } // an unreadable tokenizer_config.json: every chat request says why, none crashes
         });
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 
@@ -64,6 +65,8 @@ public static class OpenAiEndpoints
             var messages = ChatMessages(body);
             string text;
             bool special;
+            if (template.Value is InputError unreadable)
+                throw new OpenAiError(500, $"the model's chat template cannot be read: {unreadable.Message}", "server_error", "messages", "invalid_template");
             if (template.Value is UnsupportedTemplateException unsupported)
                 throw OpenAiError.Invalid($"the model's chat template uses Jinja outside the supported subset: {unsupported.Message}", "messages", "unsupported_template");
             if (template.Value is ValueTuple<ChatTemplate, string?, string?> t)

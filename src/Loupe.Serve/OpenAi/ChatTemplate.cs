@@ -7,7 +7,10 @@ namespace Loupe.Serve.OpenAi;
 /// <summary>A chat template uses Jinja outside the subset <see cref="ChatTemplate"/> implements.</summary>
 public sealed class UnsupportedTemplateException(string message) : Exception(message);
 
-/// <summary>The template raised an error itself (<c>raise_exception(...)</c>), e.g. roles that do not alternate.</summary>
+/// <summary>
+/// Rendering failed: the template raised an error itself (<c>raise_exception(...)</c>, e.g. roles that do not alternate),
+/// divided by zero, or went past <see cref="ChatTemplate.MaxChars"/> characters or <see cref="ChatTemplate.MaxSteps"/> steps.
+/// </summary>
 public sealed class TemplateRaisedException(string message) : Exception(message);
 
 /// <summary>
@@ -21,6 +24,18 @@ public sealed class TemplateRaisedException(string message) : Exception(message)
 /// </summary>
 public sealed class ChatTemplate
 {
+    /// <summary>Nesting of blocks and of brackets beyond which a template is refused (real templates nest a few levels; this keeps the recursion off the stack's end).</summary>
+    public const int MaxNesting = 100;
+
+    /// <summary>The deepest expression tree accepted (a chain <c>a + b + … </c> of n terms is n deep); evaluation recurses that deep.</summary>
+    public const int MaxExpressionDepth = 500;
+
+    /// <summary>The most characters a rendered prompt (or any string made while rendering it) may have.</summary>
+    public const int MaxChars = 1 << 24;
+
+    /// <summary>The most expressions and statements one rendering may evaluate (loops over long texts could otherwise run for hours).</summary>
+    public const long MaxSteps = 10_000_000;
+
     readonly List<Node> _nodes;
 
     /// <exception cref="UnsupportedTemplateException">The template uses syntax outside the subset (the message names it).</exception>
@@ -46,36 +61,48 @@ public sealed class ChatTemplate
             ["eos_token"] = eosToken ?? "",
         };
         var output = new StringBuilder();
-        Execute(_nodes, [scope], output);
+        new Renderer(output).Execute(_nodes, [scope]);
         return output.ToString();
     }
 
     /// <summary>The <c>chat_template</c> of a model folder's tokenizer_config.json, with its bos/eos token strings; null when there is none.</summary>
     /// <exception cref="UnsupportedTemplateException">The template is outside the subset (or a list of named templates without "default").</exception>
+    /// <exception cref="InputError">tokenizer_config.json is not JSON, or its chat_template, bos_token or eos_token has the wrong type.</exception>
     public static (ChatTemplate Template, string? Bos, string? Eos)? FromModelFolder(string? folder)
     {
         if (folder is null || !Directory.Exists(folder)) return null;
         string path = Path.Combine(folder, "tokenizer_config.json");
         if (!File.Exists(path)) return null;
-        using var doc = JsonDocument.Parse(File.ReadAllText(path));
+        using var doc = JsonInput.Parse(InputFiles.ReadAllBytes(path, 256L << 20), path);
         var root = doc.RootElement;
+        if (root.ValueKind != JsonValueKind.Object) throw InputError.Expected(path, "the file", "an object", JsonInput.KindName(root));
         if (!root.TryGetProperty("chat_template", out var t)) return null;
         string? source = t.ValueKind switch
         {
             JsonValueKind.String => t.GetString(),
-            JsonValueKind.Array => t.EnumerateArray().Where(e => e.TryGetProperty("name", out var n) && n.GetString() == "default")
-                .Select(e => e.GetProperty("template").GetString()).FirstOrDefault()
-                ?? throw new UnsupportedTemplateException("tokenizer_config.json lists named chat templates but none called \"default\""),
-            _ => null,
+            JsonValueKind.Null => null,
+            // transformers' list form: [{"name": "default", "template": "..."}, {"name": "tool_use", ...}]
+            JsonValueKind.Array => t.EnumerateArray().FirstOrDefault(e => e.ValueKind == JsonValueKind.Object && e.TryGetProperty("name", out var n) && n.ValueKind == JsonValueKind.String && n.GetString() == "default") is { ValueKind: JsonValueKind.Object } named
+                ? named.TryGetProperty("template", out var body) && body.ValueKind == JsonValueKind.String ? body.GetString()
+                    : throw InputError.Expected(path, "the \"default\" chat_template's 'template'", "a string", named.TryGetProperty("template", out var b) ? JsonInput.KindName(b) : "nothing")
+                : throw new UnsupportedTemplateException("tokenizer_config.json lists named chat templates but none called \"default\""),
+            _ => throw InputError.Expected(path, "'chat_template'", "a string or a list of named templates", JsonInput.KindName(t)),
         };
         if (source is null) return null;
-        return (new ChatTemplate(source), TokenString(root, "bos_token"), TokenString(root, "eos_token"));
+        return (new ChatTemplate(source), TokenString(root, "bos_token", path), TokenString(root, "eos_token", path));
     }
 
-    static string? TokenString(JsonElement root, string name) =>
-        !root.TryGetProperty(name, out var v) ? null
-        : v.ValueKind == JsonValueKind.String ? v.GetString()
-        : v.ValueKind == JsonValueKind.Object && v.TryGetProperty("content", out var c) ? c.GetString() : null;
+    static string? TokenString(JsonElement root, string name, string path)
+    {
+        if (!root.TryGetProperty(name, out var v)) return null;
+        return v.ValueKind switch
+        {
+            JsonValueKind.String => v.GetString(),
+            JsonValueKind.Null => null,
+            JsonValueKind.Object when v.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String => c.GetString(),
+            _ => throw InputError.Expected(path, $"'{name}'", "a string or an added token with a string 'content'", JsonInput.KindName(v)),
+        };
+    }
 
     // ---- lexing: text, {{ expr }}, {% stmt %}, {# comment #} ----
 
@@ -142,9 +169,16 @@ public sealed class ChatTemplate
 
     sealed class Parser(List<Piece> pieces)
     {
-        int _at;
+        int _at, _depth;
 
         public List<Node> ParseBlock(string[] terminators)
+        {
+            if (++_depth > MaxNesting) throw new UnsupportedTemplateException($"blocks nested more than {MaxNesting} deep");
+            try { return ParseBlockBody(terminators); }
+            finally { _depth--; }
+        }
+
+        List<Node> ParseBlockBody(string[] terminators)
         {
             var nodes = new List<Node>();
             while (_at < pieces.Count)
@@ -220,7 +254,7 @@ public sealed class ChatTemplate
     sealed class ExprParser
     {
         readonly List<string> _tokens;
-        int _at;
+        int _at, _depth;
 
         ExprParser(List<string> tokens) => _tokens = tokens;
 
@@ -229,8 +263,40 @@ public sealed class ChatTemplate
             var p = new ExprParser(Tokenize(text));
             var e = p.Ternary();
             if (p._at < p._tokens.Count) throw new UnsupportedTemplateException($"unexpected '{p._tokens[p._at]}' in '{text.Trim()}'");
+            if (Depth(e) > MaxExpressionDepth)
+                throw new UnsupportedTemplateException($"an expression more than {MaxExpressionDepth} operations deep (e.g. a chain of that many '+'), in '{(text.Length > 60 ? text.Trim()[..Math.Min(60, text.Trim().Length)] + "…" : text.Trim())}'");
             return e;
         }
+
+        /// <summary>The tree's depth, walked with a stack of its own (chains are built by loops, so the tree can be deeper than the parser's recursion).</summary>
+        static int Depth(Expr root)
+        {
+            int deepest = 0;
+            var pending = new Stack<(Expr Node, int Depth)>([(root, 1)]);
+            while (pending.TryPop(out var item))
+            {
+                deepest = Math.Max(deepest, item.Depth);
+                if (deepest > MaxExpressionDepth) break;
+                foreach (var child in Children(item.Node))
+                    if (child is not null) pending.Push((child, item.Depth + 1));
+            }
+            return deepest;
+        }
+
+        static Expr?[] Children(Expr e) => e switch
+        {
+            Attribute a => [a.Target],
+            Index i => [i.Target, i.Key],
+            Slice s => [s.Target, s.Start, s.Stop],
+            Binary b => [b.Left, b.Right],
+            Unary u => [u.Operand],
+            Call c => [c.Target, .. c.Args],
+            Filter f => [f.Target],
+            Test t => [t.Target],
+            ListExpr l => [.. l.Items],
+            Conditional c => [c.Condition, c.Then, c.Else],
+            _ => [],
+        };
 
         static List<string> Tokenize(string text)
         {
@@ -294,17 +360,25 @@ public sealed class ChatTemplate
             return t;
         }
 
-        Expr Ternary()
+        /// <summary>Every recursion of the grammar passes here, so nesting is bounded before it can exhaust the stack.</summary>
+        T Nested<T>(Func<T> parse)
+        {
+            if (++_depth > MaxNesting) throw new UnsupportedTemplateException($"an expression nested more than {MaxNesting} deep");
+            try { return parse(); }
+            finally { _depth--; }
+        }
+
+        Expr Ternary() => Nested(() =>
         {
             var e = Or();
             if (!Accept("if")) return e;
             var condition = Or();
             return new Conditional(condition, e, Accept("else") ? Ternary() : null);
-        }
+        });
 
         Expr Or() { var e = And(); while (Accept("or")) e = new Binary("or", e, And()); return e; }
         Expr And() { var e = Not(); while (Accept("and")) e = new Binary("and", e, Not()); return e; }
-        Expr Not() => Accept("not") ? new Unary("not", Not()) : Comparison();
+        Expr Not() => Accept("not") ? new Unary("not", Nested(Not)) : Comparison();
 
         Expr Comparison()
         {
@@ -345,7 +419,7 @@ public sealed class ChatTemplate
             return e;
         }
 
-        Expr Unary_() => Accept("-") ? new Unary("-", Unary_()) : Postfix(Primary());
+        Expr Unary_() => Accept("-") ? new Unary("-", Nested(Unary_)) : Postfix(Primary());
 
         Expr Postfix(Expr e)
         {
@@ -396,7 +470,9 @@ public sealed class ChatTemplate
             _at++;
             if (t.StartsWith('"')) return new Literal(t[1..]);
             if (char.IsDigit(t[0]))
-                return t.Contains('.') ? new Literal(double.Parse(t, CultureInfo.InvariantCulture)) : new Literal(long.Parse(t, CultureInfo.InvariantCulture));
+                return t.Contains('.')
+                    ? double.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out double d) ? new Literal(d) : throw new UnsupportedTemplateException($"'{t}' is not a number")
+                    : long.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out long l) ? new Literal(l) : throw new UnsupportedTemplateException($"the integer {t} is out of range");
             if (t == "(") { var e = Ternary(); Expect(")"); return e; }
             if (t == "[")
             {
@@ -423,149 +499,171 @@ public sealed class ChatTemplate
     /// <summary>Jinja's loop variable.</summary>
     sealed record LoopInfo(int Index0, int Length);
 
-    static void Execute(List<Node> nodes, List<Dictionary<string, object?>> scopes, StringBuilder output)
+    /// <summary>One rendering: the output, and the steps taken against <see cref="MaxSteps"/>.</summary>
+    sealed class Renderer(StringBuilder output)
     {
-        foreach (var node in nodes)
-        {
-            switch (node)
-            {
-                case TextNode t: output.Append(t.Text); break;
-                case OutputNode o: output.Append(Str(Eval(o.Value, scopes))); break;
-                case SetNode s: scopes[^1][s.Name] = Eval(s.Value, scopes); break;
-                case IfNode i:
-                {
-                    var body = i.Branches.FirstOrDefault(b => Truthy(Eval(b.Condition, scopes))).Body ?? i.Else;
-                    if (body is not null) Execute(body, scopes, output);
-                    break;
-                }
-                case ForNode f:
-                {
-                    var items = Eval(f.Items, scopes) switch
-                    {
-                        List<object?> list => list,
-                        string s => s.Select(c => (object?)c.ToString()).ToList(),
-                        Undefined => [],
-                        var other => throw new UnsupportedTemplateException($"cannot loop over {Describe(other)}"),
-                    };
-                    for (int k = 0; k < items.Count; k++)
-                    {
-                        // Assignments inside a loop body stay in that iteration, as in Jinja.
-                        scopes.Add(new Dictionary<string, object?> { [f.Variable] = items[k], ["loop"] = new LoopInfo(k, items.Count) });
-                        try { Execute(f.Body, scopes, output); }
-                        finally { scopes.RemoveAt(scopes.Count - 1); }
-                    }
-                    break;
-                }
-            }
-        }
-    }
+        long _steps;
 
-    static object? Eval(Expr expr, List<Dictionary<string, object?>> scopes)
-    {
-        switch (expr)
+        void Step()
         {
-            case Literal l: return l.Value;
-            case Name n:
-                for (int i = scopes.Count - 1; i >= 0; i--)
-                    if (scopes[i].TryGetValue(n.Id, out var v)) return v;
-                return n.Id == "raise_exception" ? n : Undefined.Value;
-            case ListExpr list: return list.Items.Select(e => Eval(e, scopes)).ToList();
-            case Attribute a: return Member(Eval(a.Target, scopes), a.Key);
-            case Index ix: return Member(Eval(ix.Target, scopes), Eval(ix.Key, scopes));
-            case Slice s:
+            if (++_steps > MaxSteps)
+                throw new TemplateRaisedException($"the chat template took more than {MaxSteps:N0} steps to render this conversation");
+        }
+
+        void Append(string text)
+        {
+            if (output.Length + (long)text.Length > MaxChars)
+                throw new TemplateRaisedException($"the chat template wrote more than {MaxChars:N0} characters for this conversation");
+            output.Append(text);
+        }
+
+        public void Execute(List<Node> nodes, List<Dictionary<string, object?>> scopes)
+        {
+            foreach (var node in nodes)
             {
-                var target = Eval(s.Target, scopes);
-                int length = target switch { List<object?> l => l.Count, string str => str.Length, _ => throw new UnsupportedTemplateException($"cannot slice {Describe(target)}") };
-                int Bound(Expr? e, int otherwise)
+                Step();
+                switch (node)
                 {
-                    if (e is null) return otherwise;
-                    int b = (int)ToLong(Eval(e, scopes));
-                    return Math.Clamp(b < 0 ? length + b : b, 0, length);
-                }
-                int start = Bound(s.Start, 0), stop = Math.Max(start, Bound(s.Stop, length));
-                return target is string text ? text[start..stop] : ((List<object?>)target!).GetRange(start, stop - start);
-            }
-            case Conditional c: return Truthy(Eval(c.Condition, scopes)) ? Eval(c.Then, scopes) : c.Else is null ? "" : Eval(c.Else, scopes);
-            case Unary u:
-            {
-                var v = Eval(u.Operand, scopes);
-                return u.Op == "not" ? !Truthy(v) : v is double d ? -d : -ToLong(v);
-            }
-            case Test t:
-            {
-                var v = Eval(t.Target, scopes);
-                bool result = t.Id switch
-                {
-                    "defined" => v is not Undefined,
-                    "undefined" => v is Undefined,
-                    "none" => v is null,
-                    "string" => v is string,
-                    _ => v is long or double,
-                };
-                return result != t.Negated;
-            }
-            case Filter f:
-            {
-                var v = Eval(f.Target, scopes);
-                return f.Id switch
-                {
-                    "trim" => Str(v).Trim(),
-                    "upper" => Str(v).ToUpperInvariant(),
-                    "lower" => Str(v).ToLowerInvariant(),
-                    "string" => Str(v),
-                    "tojson" => JsonSerializer.Serialize(v is Undefined ? null : v),
-                    _ => (long)(v switch { string s => s.Length, List<object?> l => l.Count, Dictionary<string, object?> d => d.Count, _ => 0 }),
-                };
-            }
-            case Binary b:
-            {
-                if (b.Op == "and") { var l = Eval(b.Left, scopes); return Truthy(l) ? Eval(b.Right, scopes) : l; }
-                if (b.Op == "or") { var l = Eval(b.Left, scopes); return Truthy(l) ? l : Eval(b.Right, scopes); }
-                var left = Eval(b.Left, scopes);
-                var right = Eval(b.Right, scopes);
-                return b.Op switch
-                {
-                    "~" => Str(left) + Str(right),
-                    "+" when left is string || right is string => left is string ls && right is string rs ? ls + rs
-                        : throw new UnsupportedTemplateException($"cannot add {Describe(left)} and {Describe(right)} (use ~ to join text with other values)"),
-                    "+" when left is List<object?> ll && right is List<object?> rl => ll.Concat(rl).ToList(),
-                    "+" or "-" or "*" or "%" => Arithmetic(b.Op, left, right),
-                    "==" => Equal(left, right),
-                    "!=" => !Equal(left, right),
-                    "in" => right switch
+                    case TextNode t: Append(t.Text); break;
+                    case OutputNode o: Append(Str(Eval(o.Value, scopes))); break;
+                    case SetNode s: scopes[^1][s.Name] = Eval(s.Value, scopes); break;
+                    case IfNode i:
                     {
-                        string s => s.Contains(Str(left), StringComparison.Ordinal),
-                        List<object?> l => l.Any(x => Equal(x, left)),
-                        Dictionary<string, object?> d => left is string k && d.ContainsKey(k),
-                        _ => false,
-                    },
-                    _ => Compare(b.Op, left, right),
-                };
-            }
-            case Call c:
-            {
-                var args = c.Args.Select(a => Eval(a, scopes)).ToList();
-                if (c.Target is Name { Id: "raise_exception" })
-                    throw new TemplateRaisedException(args.Count > 0 ? Str(args[0]) : "the chat template raised an error");
-                if (c.Target is not Attribute method) throw new UnsupportedTemplateException($"calling {Describe(Eval(c.Target, scopes))} is not supported (only raise_exception and string methods)");
-                var target = Eval(method.Target, scopes);
-                if (target is not string text) throw new UnsupportedTemplateException($"the method '.{method.Key}()' on {Describe(target)} is not supported");
-                string Arg(int i) => i < args.Count ? Str(args[i]) : "";
-                return method.Key switch
-                {
-                    "strip" => args.Count == 0 ? text.Trim() : text.Trim(Arg(0).ToCharArray()),
-                    "lstrip" => args.Count == 0 ? text.TrimStart() : text.TrimStart(Arg(0).ToCharArray()),
-                    "rstrip" => args.Count == 0 ? text.TrimEnd() : text.TrimEnd(Arg(0).ToCharArray()),
-                    "upper" => text.ToUpperInvariant(),
-                    "lower" => text.ToLowerInvariant(),
-                    "title" => CultureInfo.InvariantCulture.TextInfo.ToTitleCase(text.ToLowerInvariant()),
-                    "startswith" => text.StartsWith(Arg(0), StringComparison.Ordinal),
-                    "endswith" => text.EndsWith(Arg(0), StringComparison.Ordinal),
-                    _ => throw new UnsupportedTemplateException($"the string method '.{method.Key}()' is not supported (supported: strip, lstrip, rstrip, upper, lower, title, startswith, endswith)"),
-                };
+                        var body = i.Branches.FirstOrDefault(b => Truthy(Eval(b.Condition, scopes))).Body ?? i.Else;
+                        if (body is not null) Execute(body, scopes);
+                        break;
+                    }
+                    case ForNode f:
+                    {
+                        var items = Eval(f.Items, scopes) switch
+                        {
+                            List<object?> list => list,
+                            string s => s.Select(c => (object?)c.ToString()).ToList(),
+                            Undefined => [],
+                            var other => throw new UnsupportedTemplateException($"cannot loop over {Describe(other)}"),
+                        };
+                        for (int k = 0; k < items.Count; k++)
+                        {
+                            Step(); // an empty body still costs its iterations
+                            // Assignments inside a loop body stay in that iteration, as in Jinja.
+                            scopes.Add(new Dictionary<string, object?> { [f.Variable] = items[k], ["loop"] = new LoopInfo(k, items.Count) });
+                            try { Execute(f.Body, scopes); }
+                            finally { scopes.RemoveAt(scopes.Count - 1); }
+                        }
+                        break;
+                    }
+                }
             }
         }
-        throw new UnsupportedTemplateException($"unsupported expression {expr.GetType().Name}");
+
+        object? Eval(Expr expr, List<Dictionary<string, object?>> scopes)
+        {
+            Step();
+            switch (expr)
+            {
+                case Literal l: return l.Value;
+                case Name n:
+                    for (int i = scopes.Count - 1; i >= 0; i--)
+                        if (scopes[i].TryGetValue(n.Id, out var v)) return v;
+                    return n.Id == "raise_exception" ? n : Undefined.Value;
+                case ListExpr list: return list.Items.Select(e => Eval(e, scopes)).ToList();
+                case Attribute a: return Member(Eval(a.Target, scopes), a.Key);
+                case Index ix: return Member(Eval(ix.Target, scopes), Eval(ix.Key, scopes));
+                case Slice s:
+                {
+                    var target = Eval(s.Target, scopes);
+                    int length = target switch { List<object?> l => l.Count, string str => str.Length, _ => throw new UnsupportedTemplateException($"cannot slice {Describe(target)}") };
+                    int Bound(Expr? e, int otherwise)
+                    {
+                        if (e is null) return otherwise;
+                        int b = (int)ToLong(Eval(e, scopes));
+                        return Math.Clamp(b < 0 ? length + b : b, 0, length);
+                    }
+                    int start = Bound(s.Start, 0), stop = Math.Max(start, Bound(s.Stop, length));
+                    return target is string text ? text[start..stop] : ((List<object?>)target!).GetRange(start, stop - start);
+                }
+                case Conditional c: return Truthy(Eval(c.Condition, scopes)) ? Eval(c.Then, scopes) : c.Else is null ? "" : Eval(c.Else, scopes);
+                case Unary u:
+                {
+                    var v = Eval(u.Operand, scopes);
+                    return u.Op == "not" ? !Truthy(v) : v is double d ? -d : (object)-ToLong(v); // (object): else -1 would become a double and messages[-1] would find nothing
+                }
+                case Test t:
+                {
+                    var v = Eval(t.Target, scopes);
+                    bool result = t.Id switch
+                    {
+                        "defined" => v is not Undefined,
+                        "undefined" => v is Undefined,
+                        "none" => v is null,
+                        "string" => v is string,
+                        _ => v is long or double,
+                    };
+                    return result != t.Negated;
+                }
+                case Filter f:
+                {
+                    var v = Eval(f.Target, scopes);
+                    return f.Id switch
+                    {
+                        "trim" => Str(v).Trim(),
+                        "upper" => Str(v).ToUpperInvariant(),
+                        "lower" => Str(v).ToLowerInvariant(),
+                        "string" => Str(v),
+                        "tojson" => JsonSerializer.Serialize(v is Undefined ? null : v),
+                        _ => (long)(v switch { string s => s.Length, List<object?> l => l.Count, Dictionary<string, object?> d => d.Count, _ => 0 }),
+                    };
+                }
+                case Binary b:
+                {
+                    if (b.Op == "and") { var l = Eval(b.Left, scopes); return Truthy(l) ? Eval(b.Right, scopes) : l; }
+                    if (b.Op == "or") { var l = Eval(b.Left, scopes); return Truthy(l) ? l : Eval(b.Right, scopes); }
+                    var left = Eval(b.Left, scopes);
+                    var right = Eval(b.Right, scopes);
+                    return b.Op switch
+                    {
+                        "~" => Joined(Str(left), Str(right)),
+                        "+" when left is string || right is string => left is string ls && right is string rs ? Joined(ls, rs)
+                            : throw new UnsupportedTemplateException($"cannot add {Describe(left)} and {Describe(right)} (use ~ to join text with other values)"),
+                        "+" when left is List<object?> ll && right is List<object?> rl => Concatenated(ll, rl),
+                        "+" or "-" or "*" or "%" => Arithmetic(b.Op, left, right),
+                        "==" => Equal(left, right),
+                        "!=" => !Equal(left, right),
+                        "in" => right switch
+                        {
+                            string s => s.Contains(Str(left), StringComparison.Ordinal),
+                            List<object?> l => l.Any(x => Equal(x, left)),
+                            Dictionary<string, object?> d => left is string k && d.ContainsKey(k),
+                            _ => false,
+                        },
+                        _ => Compare(b.Op, left, right),
+                    };
+                }
+                case Call c:
+                {
+                    var args = c.Args.Select(a => Eval(a, scopes)).ToList();
+                    if (c.Target is Name { Id: "raise_exception" })
+                        throw new TemplateRaisedException(args.Count > 0 ? Str(args[0]) : "the chat template raised an error");
+                    if (c.Target is not Attribute method) throw new UnsupportedTemplateException($"calling {Describe(Eval(c.Target, scopes))} is not supported (only raise_exception and string methods)");
+                    var target = Eval(method.Target, scopes);
+                    if (target is not string text) throw new UnsupportedTemplateException($"the method '.{method.Key}()' on {Describe(target)} is not supported");
+                    string Arg(int i) => i < args.Count ? Str(args[i]) : "";
+                    return method.Key switch
+                    {
+                        "strip" => args.Count == 0 ? text.Trim() : text.Trim(Arg(0).ToCharArray()),
+                        "lstrip" => args.Count == 0 ? text.TrimStart() : text.TrimStart(Arg(0).ToCharArray()),
+                        "rstrip" => args.Count == 0 ? text.TrimEnd() : text.TrimEnd(Arg(0).ToCharArray()),
+                        "upper" => text.ToUpperInvariant(),
+                        "lower" => text.ToLowerInvariant(),
+                        "title" => CultureInfo.InvariantCulture.TextInfo.ToTitleCase(text.ToLowerInvariant()),
+                        "startswith" => text.StartsWith(Arg(0), StringComparison.Ordinal),
+                        "endswith" => text.EndsWith(Arg(0), StringComparison.Ordinal),
+                        _ => throw new UnsupportedTemplateException($"the string method '.{method.Key}()' is not supported (supported: strip, lstrip, rstrip, upper, lower, title, startswith, endswith)"),
+                    };
+                }
+            }
+            throw new UnsupportedTemplateException($"unsupported expression {expr.GetType().Name}");
+        }
     }
 
     static object? Member(object? target, object? key) => target switch
@@ -587,6 +685,12 @@ public sealed class ChatTemplate
         Undefined => throw new UnsupportedTemplateException($"'{key}' of an undefined value"),
         _ => Undefined.Value,
     };
+
+    static string Joined(string a, string b) =>
+        a.Length + (long)b.Length > MaxChars ? throw new TemplateRaisedException($"the chat template made a string of more than {MaxChars:N0} characters") : a + b;
+
+    static List<object?> Concatenated(List<object?> a, List<object?> b) =>
+        a.Count + (long)b.Count > MaxChars ? throw new TemplateRaisedException($"the chat template made a list of more than {MaxChars:N0} items") : [.. a, .. b];
 
     static bool Truthy(object? v) => v switch
     {
@@ -622,8 +726,18 @@ public sealed class ChatTemplate
     static object Arithmetic(string op, object? a, object? b)
     {
         if (a is long x && b is long y)
-            return op switch { "+" => x + y, "-" => x - y, "*" => x * y, _ => y == 0 ? throw new TemplateRaisedException("modulo by zero") : ((x % y) + y) % y };
-        if (op == "*" && a is string s && b is long n) return string.Concat(Enumerable.Repeat(s, (int)Math.Max(0, n)));
+            return op switch
+            {
+                "+" => x + y, "-" => x - y, "*" => x * y,
+                _ => y == 0 ? throw new TemplateRaisedException("modulo by zero") : y == -1 ? 0L : ((x % y) + y) % y, // long.MinValue % -1 overflows in .NET
+            };
+        if (op == "*" && a is string s && b is long n)
+        {
+            long count = Math.Max(0, n);
+            if (s.Length > 0 && count > MaxChars / s.Length)
+                throw new TemplateRaisedException($"'{(s.Length > 20 ? s[..20] + "…" : s)}' * {n} would make more than {MaxChars:N0} characters");
+            return string.Concat(Enumerable.Repeat(s, (int)count));
+        }
         double p = ToDouble(a), q = ToDouble(b);
         return op switch { "+" => p + q, "-" => p - q, "*" => p * q, _ => p % q };
     }
