@@ -1,7 +1,7 @@
 namespace Loupe.Fuzz.Engine;
 
 /// <summary>How a file is mutated: the structure-aware mutators a kind has, on top of the byte-level ones every kind gets.</summary>
-public enum FileKind { Json, SafeTensors, Npy, Npz, Sqlite, Text, Args, Binary }
+public enum FileKind { Json, SafeTensors, Npy, Npz, Sqlite, Text, Args, Protobuf, Binary }
 
 /// <summary>One file of a seed case, as it lies in the case folder.</summary>
 public sealed record SeedFile(string Name, byte[] Bytes, FileKind Kind, bool Mutable = true);

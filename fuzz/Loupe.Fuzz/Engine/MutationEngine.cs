@@ -12,6 +12,7 @@ public static class MutationEngine
         FileKind.Npy => NpyMutators.Npy,
         FileKind.Npz => NpyMutators.Npz,
         FileKind.Sqlite => SqliteMutators.All,
+        FileKind.Protobuf => ProtobufMutators.All,
         _ => [],
     };
 

@@ -13,6 +13,7 @@ public static class SeedFiles
         ".npz" => FileKind.Npz,
         ".db" => FileKind.Sqlite,
         ".txt" => FileKind.Text,
+        ".onnx" => FileKind.Protobuf,
         _ => FileKind.Binary,
     };
 

@@ -28,8 +28,10 @@ public static class OnnxBertWeights
     /// <exception cref="InputError">A MatMul weight cannot be named from the graph, or two tensors get the same name.</exception>
     public static IReadOnlyList<OnnxBertTensor> ToHuggingFace(OnnxModel model, string where)
     {
-        var byName = model.Initializers.Where(i => i.DataType == OnnxModel.Float && i.Floats is not null)
-            .ToDictionary(i => i.Name, StringComparer.Ordinal);
+        var byName = new Dictionary<string, OnnxInitializer>(StringComparer.Ordinal);
+        foreach (var init in model.Initializers.Where(i => i.DataType == OnnxModel.Float && i.Floats is not null))
+            if (!byName.TryAdd(init.Name, init))
+                throw new InputError($"{where}: two float initializers are named '{init.Name}'; an ONNX graph names each value once");
         var consumers = new Dictionary<string, List<OnnxNode>>(StringComparer.Ordinal);
         foreach (var node in model.Nodes)
             foreach (var input in node.Inputs)

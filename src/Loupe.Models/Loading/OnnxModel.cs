@@ -121,7 +121,14 @@ public sealed class OnnxModel
         float[]? values = null;
         if (dataType == Float)
         {
-            long count = dims.Aggregate(1L, (a, d) => a * d);
+            long count = 1;
+            foreach (long d in dims)
+            {
+                // A weight Loupe can hold: every dimension 0..2^31-1 and at most 2^31-1 values in all (an overflowing product could match any data length).
+                if (d < 0 || d > int.MaxValue) throw new FormatException($"initializer '{name}' has a dimension of {d} in its shape [{string.Join(", ", dims)}]");
+                count *= d;
+                if (count > int.MaxValue) throw new FormatException($"initializer '{name}' has shape [{string.Join(", ", dims.Take(16))}{(dims.Count > 16 ? ", …" : "")}]: more than 2^31 - 1 values");
+            }
             if (!raw.IsEmpty)
             {
                 if (raw.Length != count * 4) throw new FormatException($"initializer '{name}' has {raw.Length} bytes of raw_data; its shape [{string.Join(", ", dims)}] needs {count * 4}");
