@@ -58,6 +58,39 @@ public static class JsonInput
         }
     }
 
+    /// <summary>
+    /// <see cref="Validate"/>, then the text as a mutable tree. Duplicate keys are refused: a <see cref="System.Text.Json.Nodes.JsonObject"/>
+    /// cannot hold them and would otherwise fail with an exception that names nothing when the key is first looked up.
+    /// </summary>
+    public static System.Text.Json.Nodes.JsonNode? ParseNode(byte[] utf8, string where, int maxDepth = 64)
+    {
+        Validate(utf8, where, maxDepth);
+        try
+        {
+            var node = System.Text.Json.Nodes.JsonNode.Parse(utf8, documentOptions: new JsonDocumentOptions
+            {
+                MaxDepth = maxDepth, CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true, AllowDuplicateProperties = false,
+            });
+            // A JsonObject meets duplicate keys when its properties are first enumerated, not while parsing: do that here.
+            if (node is not null) Touch(node);
+            return node;
+        }
+        catch (Exception e) when (e is JsonException or ArgumentException)
+        {
+            throw new InputError($"{where}: expected valid JSON without repeated keys, found: {FirstSentence(e.Message)}");
+        }
+    }
+
+    static void Touch(System.Text.Json.Nodes.JsonNode root)
+    {
+        var pending = new Stack<System.Text.Json.Nodes.JsonNode>([root]);
+        while (pending.TryPop(out var node))
+        {
+            if (node is System.Text.Json.Nodes.JsonObject o) { foreach (var (_, v) in o) if (v is not null) pending.Push(v); }
+            else if (node is System.Text.Json.Nodes.JsonArray a) { foreach (var v in a) if (v is not null) pending.Push(v); }
+        }
+    }
+
     /// <summary>The JSON type of a value as a noun for messages: object, array, string, number, boolean or null.</summary>
     public static string KindName(JsonElement value) => value.ValueKind switch
     {

@@ -146,6 +146,47 @@ public sealed class GraphSafetensorsTests : IDisposable
         Assert.Contains("'node_layer'[160] is 7; expected 0", e.Message);
     }
 
+    /// <summary>The fixture with one tensor's bytes or one metadata entry changed (fuzz parser "graph-safetensors" found both).</summary>
+    string Corrupted(Action<string, byte[]> edit, Action<Dictionary<string, string>>? metadata = null)
+    {
+        using var fixture = SafeTensorsFile.Open(GraphTestData.GraphPath);
+        var entries = new List<SafeTensorEntry>();
+        foreach (var name in fixture.Names)
+        {
+            var info = fixture.GetInfo(name);
+            byte[] bytes = fixture.GetBytes(name).ToArray();
+            edit(name, bytes);
+            entries.Add(SafeTensorEntry.Raw(name, info.DType, info.Shape, bytes));
+        }
+        var md = new Dictionary<string, string>(fixture.Metadata);
+        metadata?.Invoke(md);
+        string path = Path.Combine(_folder, "corrupt.safetensors");
+        SafeTensorsWriter.Write(path, entries, md);
+        return path;
+    }
+
+    [Theory]
+    [InlineData("adjacency_matrix", float.NaN)]
+    [InlineData("activation_values", float.PositiveInfinity)]
+    [InlineData("logit_probabilities", float.NegativeInfinity)]
+    [InlineData("token_vectors", float.NaN)]
+    public void ANonFiniteValue_IsRefusedByTensorAndElement(string tensor, float value)
+    {
+        string path = Corrupted((name, bytes) => { if (name == tensor) BitConverter.GetBytes(value).CopyTo(bytes, 4 * 3); });
+        var e = Assert.Throws<InputError>(() => GraphSafetensors.Read(path));
+        Assert.Contains($"tensor '{tensor}' holds {value} at element 3; expected finite numbers", e.Message);
+    }
+
+    [Fact]
+    public void AStoredPruningWithoutItsThreshold_IsRefused()
+    {
+        // Read before: NaN, which the Neuronpedia JSON writer then failed on with an ArgumentException.
+        var e = Assert.Throws<InputError>(() => GraphSafetensors.Read(Corrupted((_, _) => { }, md => md.Remove("edge_threshold"))));
+        Assert.Contains("no 'edge_threshold'", e.Message);
+        e = Assert.Throws<InputError>(() => GraphSafetensors.Read(Corrupted((_, _) => { }, md => md["node_threshold"] = "Infinity")));
+        Assert.Contains("expected a number between 0 and 1", e.Message);
+    }
+
     [Fact]
     public void AMissingTensor_IsNamed()
     {

@@ -282,11 +282,13 @@ public static class GraphSafetensors
         };
     }
 
+    /// <summary>A stored pruning's threshold: Loupe and circuit-tracer both record it, and the graph JSON reports it.</summary>
     static double Threshold(SafeTensorsFile file, string key)
     {
-        if (!file.Metadata.TryGetValue(key, out var text)) return double.NaN;
-        return double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double value) ? value
-            : throw new InputError($"{file.Path}: metadata '{key}' is '{text}'; expected a number");
+        if (!file.Metadata.TryGetValue(key, out var text))
+            throw new InputError($"{file.Path}: the file stores a pruning (tensor 'pruned.node_mask') but its metadata has no '{key}'; expected the threshold it was pruned with");
+        return double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double value) && value is >= 0 and <= 1 ? value
+            : throw new InputError($"{file.Path}: metadata '{key}' is {InputError.Show(text)}; expected a number between 0 and 1");
     }
 
     // ---- tensor helpers ----
@@ -315,15 +317,25 @@ public static class GraphSafetensors
     {
         var info = file.GetInfo(name);
         if (shape is not null && !info.Shape.SequenceEqual(shape)) throw Shape(file, name, $"[{string.Join(", ", shape)}]");
-        return file.GetFloat32(name).ToArray();
+        var values = file.GetFloat32(name).ToArray();
+        return Finite(file, name, values);
+    }
+
+    /// <summary>A graph's numbers are finite: one NaN in the adjacency makes every influence NaN.</summary>
+    static T[] Finite<T>(SafeTensorsFile file, string name, T[] values) where T : System.Numerics.IFloatingPointIeee754<T>
+    {
+        for (int i = 0; i < values.Length; i++)
+            if (!T.IsFinite(values[i]))
+                throw new InputError($"{file.Path}: tensor '{name}' holds {values[i]} at element {i}; expected finite numbers (the file is corrupt)");
+        return values;
     }
 
     static double[] ReadDoubles(SafeTensorsFile file, string name, int n)
     {
         var info = file.GetInfo(name);
         if (info.Shape.Length != 1 || info.Shape[0] != n) throw Shape(file, name, $"[{n}]");
-        if (info.DType == DType.F64) return MemoryMarshal.Cast<byte, double>(file.GetBytes(name)).ToArray();
-        return Array.ConvertAll(file.GetFloat32(name).ToArray(), x => (double)x);
+        return Finite(file, name, info.DType == DType.F64 ? MemoryMarshal.Cast<byte, double>(file.GetBytes(name)).ToArray()
+            : Array.ConvertAll(file.GetFloat32(name).ToArray(), x => (double)x));
     }
 
     /// <summary>A 0/1 mask stored as BOOL, U8 (Loupe) or I64 (the fixture), read without widening it.</summary>

@@ -137,9 +137,7 @@ public static class NeuronpediaFeatureJson
     {
         string full = Path.GetFullPath(path);
         if (!File.Exists(full)) throw new FileNotFoundException($"graph file not found: {full}; write it with `loupe attribute`", full);
-        JsonNode? root;
-        try { root = JsonNode.Parse(File.ReadAllBytes(full)); }
-        catch (JsonException e) { throw new InputError($"{full}: not valid JSON ({e.Message.ReplaceLineEndings(" ")}); expected a Neuronpedia graph (metadata, nodes, links)", e); }
+        var root = JsonInput.ParseNode(File.ReadAllBytes(full), $"{full} (a Neuronpedia graph: metadata, nodes, links)");
         return root as JsonObject ?? throw new InputError($"{full}: expected a Neuronpedia graph object (metadata, nodes, links), found {root?.GetValueKind().ToString() ?? "null"}");
     }
 
