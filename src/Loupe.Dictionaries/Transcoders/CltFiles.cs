@@ -104,9 +104,7 @@ public static class CltFiles
     {
         string cfgPath = Path.Combine(folder, ConfigFile), weights = Path.Combine(folder, WeightsFile);
         if (!File.Exists(cfgPath)) throw new InputError($"{cfgPath}: file is missing");
-        JsonObject cfg;
-        try { cfg = JsonNode.Parse(File.ReadAllText(cfgPath)) as JsonObject ?? throw new InputError($"{cfgPath}: not a JSON object"); }
-        catch (JsonException e) { throw new InputError($"{cfgPath}: not valid JSON: {e.Message}", e); }
+        JsonObject cfg = SaeLensFormat.ReadJsonObject(cfgPath);
         int Int(string key, int min)
         {
             if (cfg[key] is not JsonValue v || v.GetValueKind() != JsonValueKind.Number || !v.TryGetValue(out int value))
@@ -126,8 +124,15 @@ public static class CltFiles
         string input = Str("input_hook", CrossLayerTranscoder.DefaultInputHook), output = Str("output_hook", CrossLayerTranscoder.DefaultOutputHook);
         foreach (var (key, value) in new[] { ("input_hook", input), ("output_hook", output) })
             if (!value.Contains("{layer}", StringComparison.Ordinal)) throw InputError.Expected(cfgPath, $"field '{key}'", "a hook pattern containing {layer}", value);
-        var clt = new CrossLayerTranscoder(shape, activation, input, output, folder);
         using var file = Open(weights);
+        // Every tensor's shape is checked in the header before anything is allocated: cfg.json's sizes alone
+        // (n_layers 100,000 with a small d_model passes the per-tensor bounds) could ask for terabytes.
+        for (int l = 0; l < shape.Layers; l++)
+        {
+            CheckShape(file, weights, $"W_enc.{l}", [shape.DIn, shape.DSae]);
+            CheckShape(file, weights, $"W_dec.{l}", [shape.DSae, shape.Targets(l), shape.DOut]);
+        }
+        var clt = new CrossLayerTranscoder(shape, activation, input, output, folder);
         for (int l = 0; l < shape.Layers; l++)
         {
             Read(file, weights, $"W_enc.{l}", [shape.DIn, shape.DSae], clt.P.WEnc[l]);
@@ -157,19 +162,31 @@ public static class CltFiles
 
     /// <summary>
     /// Reads tensor <paramref name="name"/> of exactly <paramref name="shape"/> into <paramref name="into"/>, refusing a
-    /// missing tensor, another shape, or NaN / ±∞ (−∞ allowed for log thresholds); messages name file, tensor, expected and found.
+    /// missing tensor, another shape, NaN / ±∞ (−∞ allowed for log thresholds) or a magnitude past
+    /// <see cref="SaeLensFormat.MaxWeightMagnitude"/>; messages name file, tensor, expected and found.
     /// </summary>
     internal static void Read(SafeTensorsFile file, string path, string name, int[] shape, float[] into, bool minusInfinityAllowed = false)
+    {
+        CheckShape(file, path, name, shape);
+        var data = file.GetFloat32(name).Span;
+        for (int i = 0; i < data.Length; i++)
+        {
+            float v = data[i];
+            if (float.IsNegativeInfinity(v) && minusInfinityAllowed) continue;
+            if (!float.IsFinite(v)) throw InputError.Expected(path, $"tensor '{name}' element {i}", "a finite number", v);
+            if (MathF.Abs(v) > SaeLensFormat.MaxWeightMagnitude) // a value near float's limit overflows the products to ∞
+                throw InputError.Expected(path, $"tensor '{name}' element {i}", $"a weight of magnitude at most {SaeLensFormat.MaxWeightMagnitude:0e0} (the file is corrupt)", v);
+        }
+        data.CopyTo(into);
+    }
+
+    /// <summary>Tensor <paramref name="name"/> is in the file, a float tensor of exactly <paramref name="shape"/> (from the header alone).</summary>
+    static void CheckShape(SafeTensorsFile file, string path, string name, int[] shape)
     {
         if (!file.TryGetInfo(name, out var info))
             throw new InputError($"{path}: tensor '{name}' is missing; expected {Shape(shape)}; the file holds {string.Join(", ", file.Names.Take(12))}");
         if (!info.DType.IsFloatingPoint() || !info.Shape.SequenceEqual(shape.Select(d => (long)d)))
             throw InputError.Expected(path, $"tensor '{name}'", $"a float tensor of shape {Shape(shape)}", $"{info.DType} {Shape(info.Shape)}");
-        var data = file.GetFloat32(name).Span;
-        for (int i = 0; i < data.Length; i++)
-            if (float.IsNaN(data[i]) || float.IsPositiveInfinity(data[i]) || (float.IsNegativeInfinity(data[i]) && !minusInfinityAllowed))
-                throw InputError.Expected(path, $"tensor '{name}' element {i}", "a finite number", data[i]);
-        data.CopyTo(into);
     }
 
     internal static string Shape(IEnumerable<int> shape) => "[" + string.Join(", ", shape) + "]";

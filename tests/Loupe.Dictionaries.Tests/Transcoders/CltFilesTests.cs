@@ -212,6 +212,42 @@ public sealed class CltFilesTests : IDisposable
         Assert.Contains("[5, 1, 4]", e.Message);
     }
 
+    [Fact]
+    public void LoupeLayoutSizesAreCheckedAgainstTheWeightsBeforeAnythingIsAllocated()
+    {
+        CltFiles.Save(Sub("big"), Trained(new ReluActivation()));
+        string cfg = Path.Combine(Sub("big"), CltFiles.ConfigFile);
+        // 100,000 layers of the small shape pass every per-tensor bound, but their decoders would take 10^12 floats.
+        File.WriteAllText(cfg, File.ReadAllText(cfg).Replace("\"n_layers\": 3", "\"n_layers\": 100000"));
+        var e = Assert.Throws<InputError>(() => CltFiles.Load(Sub("big")));
+        Assert.Contains("'W_dec.0'", e.Message);
+        Assert.Contains("[5, 100000, 4]", e.Message);
+    }
+
+    [Theory]
+    [InlineData("\"format\": \"loupe-clt\"", "\"format\": \"\\ud800\"", "lone surrogate")]
+    [InlineData("\"d_in\": 4", "\"d_in\": 4, \"d_in\": 4", "d_in")]
+    public void LoupeLayoutConfigThatIsNotCleanJsonIsRefusedByName(string from, string to, string named)
+    {
+        CltFiles.Save(Sub("cfg"), Trained(new ReluActivation()));
+        string cfg = Path.Combine(Sub("cfg"), CltFiles.ConfigFile);
+        File.WriteAllText(cfg, File.ReadAllText(cfg).Replace(from, to));
+        var e = Assert.Throws<InputError>(() => CltFiles.Load(Sub("cfg")));
+        Assert.Contains(CltFiles.ConfigFile, e.Message);
+        Assert.Contains(named, e.Message);
+    }
+
+    [Fact]
+    public void AWeightNearFloatsLimitIsRefusedBeforeItOverflowsAProduct()
+    {
+        var clt = Trained(new TopKActivation(2));
+        clt.P.WDec[1][3] = 3e38f;
+        CltFiles.Save(Sub("huge"), clt);
+        var e = Assert.Throws<InputError>(() => CltFiles.Load(Sub("huge")));
+        Assert.Contains("tensor 'W_dec.1' element 3", e.Message);
+        Assert.Contains("magnitude at most 1e10", e.Message);
+    }
+
     // ---- per-layer transcoders in circuit-tracer's layout ----
 
     static SparseDictionary Plt(SaeActivation act, bool skip, int seed)
