@@ -7,7 +7,7 @@ namespace Loupe.Fuzz.Mutators;
 /// <summary>
 /// safetensors-aware mutations: the 8-byte header length off by a little or a lot, data offsets shifted,
 /// swapped, overlapping or past the end, shapes and dtypes changed, names duplicated, emptied or made
-/// invalid UTF-8, and NaN / infinity written into an F32 tensor. Header edits keep the framing consistent
+/// invalid UTF-8, and NaN / infinity / 1e20–3e38 written into an F32 tensor. Header edits keep the framing consistent
 /// (the length is rewritten), so they reach the checks after the header.
 /// </summary>
 public static class SafeTensorsMutators
@@ -164,7 +164,8 @@ public static class SafeTensorsMutators
         long begin = Long(info["data_offsets"]![0])!.Value, end = Long(info["data_offsets"]![1])!.Value;
         if (begin < 0 || end - begin < 4 || end > p.Data.Length) return null;
         long element = rng.NextInt64((end - begin) / 4);
-        float[] values = [float.NaN, float.PositiveInfinity, float.NegativeInfinity];
+        // Non-finite values, and finite ones large enough to overflow a product or a sum of squares (corrupt exponent bytes look like this).
+        float[] values = [float.NaN, float.PositiveInfinity, float.NegativeInfinity, 3.0e38f, -3.0e38f, 1e20f, -1e30f];
         float v = values[rng.Next(values.Length)];
         var r = (byte[])b.Clone();
         BinaryPrimitives.WriteSingleLittleEndian(r.AsSpan((int)(8 + p.HeaderLength + begin + element * 4)), v);
