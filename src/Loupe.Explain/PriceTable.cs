@@ -45,15 +45,8 @@ public sealed class PriceTable(IReadOnlyDictionary<string, ModelPrice> prices)
             Directory.CreateDirectory(Path.GetDirectoryName(full)!);
             Loupe.Reports.AtomicFile.WriteAllText(full, json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
         }
-        JsonNode? root;
-        try
-        {
-            root = JsonNode.Parse(File.ReadAllText(full));
-        }
-        catch (JsonException e)
-        {
-            throw new InputError($"{full}: expected a JSON price table {{\"model\": {{\"input_per_million\": …, \"output_per_million\": …}}}}, found malformed JSON ({e.Message.ReplaceLineEndings(" ")})", e);
-        }
+        var root = JsonInput.ParseNode(InputFiles.ReadAllBytes(full, 16 << 20),
+            $"{full} (a price table {{\"model\": {{\"input_per_million\": …, \"output_per_million\": …}}}})");
         if (root is not JsonObject table) throw new InputError($"{full}: expected a JSON object of model → prices, found {root?.GetValueKind().ToString() ?? "null"}");
         var prices = new Dictionary<string, ModelPrice>(StringComparer.Ordinal);
         foreach (var (model, node) in table)

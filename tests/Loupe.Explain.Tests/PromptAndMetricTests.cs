@@ -86,7 +86,9 @@ public class PromptAndMetricTests
         File.WriteAllText(path, """{"mine": {"input_per_million": -1, "output_per_million": 8}}""");
         Assert.Contains("input_per_million", Assert.Throws<InputError>(() => PriceTable.Load(path)).Message);
         File.WriteAllText(path, "{oops");
-        Assert.Contains("malformed JSON", Assert.Throws<InputError>(() => PriceTable.Load(path)).Message);
+        Assert.Contains("expected valid JSON", Assert.Throws<InputError>(() => PriceTable.Load(path)).Message);
+        File.WriteAllText(path, """{"mine": {"input_per_million": 2, "input_per_million": 3, "output_per_million": 8}}""");
+        Assert.Contains("repeated keys", Assert.Throws<InputError>(() => PriceTable.Load(path)).Message); // found by the fuzzer: an ArgumentException before
     }
 
     [Fact]

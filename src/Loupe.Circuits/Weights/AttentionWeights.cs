@@ -291,17 +291,26 @@ public sealed class AttentionWeights
         if (D % H != 0) throw InputError.Expected(file, "n_head", $"a divisor of d_model = {D}", H);
         int E = D / H;
         var w = new AttentionWeights(L, H, D, E, NormKind.LayerNorm, 1e-5f, file);
+        // Every tensor read is checked for its shape and for finite values: a NaN weight would give NaN scores, and
+        // a mis-shaped one an exception that names nothing.
+        ReadOnlyMemory<float> Read(string name, params long[] shape)
+        {
+            var info = Require(name);
+            if (!info.Shape.SequenceEqual(shape))
+                throw InputError.Expected(file, $"tensor \"{name}\"", $"shape [{string.Join(", ", shape)}]", "[" + string.Join(", ", info.Shape) + "]");
+            var values = st.GetFloat32(name);
+            int bad = IndexOfNonFinite(values.Span);
+            if (bad >= 0) throw InputError.Expected(file, $"tensor \"{name}\" element {bad}", "a finite weight", values.Span[bad]);
+            return values;
+        }
+        ReadOnlyMemory<float> Optional(string name, params long[] shape) => st.Contains(name) ? Read(name, shape) : default;
         for (int l = 0; l < L; l++)
         {
-            Require(Name($"h.{l}.attn.c_attn.weight"));
-            Require(Name($"h.{l}.attn.c_proj.weight"));
-            Require(Name($"h.{l}.ln_1.weight"));
-            var qkv = new Linear(st.GetFloat32(Name($"h.{l}.attn.c_attn.weight")), D, 3 * D, weightIsOutIn: false,
-                st.Contains(Name($"h.{l}.attn.c_attn.bias")) ? st.GetFloat32(Name($"h.{l}.attn.c_attn.bias")) : default);
-            var proj = new Linear(st.GetFloat32(Name($"h.{l}.attn.c_proj.weight")), D, D, weightIsOutIn: false);
-            if (st.Contains(Name($"h.{l}.attn.c_proj.bias"))) st.GetFloat32(Name($"h.{l}.attn.c_proj.bias")).Span.CopyTo(w.BO[l]);
-            st.GetFloat32(Name($"h.{l}.ln_1.weight")).Span.CopyTo(w.Ln1Weight[l]);
-            if (st.Contains(Name($"h.{l}.ln_1.bias"))) st.GetFloat32(Name($"h.{l}.ln_1.bias")).Span.CopyTo(w.Ln1Bias[l]);
+            var qkv = new Linear(Read(Name($"h.{l}.attn.c_attn.weight"), D, 3 * D), D, 3 * D, weightIsOutIn: false, Optional(Name($"h.{l}.attn.c_attn.bias"), 3 * D));
+            var proj = new Linear(Read(Name($"h.{l}.attn.c_proj.weight"), D, D), D, D, weightIsOutIn: false);
+            Optional(Name($"h.{l}.attn.c_proj.bias"), D).Span.CopyTo(w.BO[l]);
+            Read(Name($"h.{l}.ln_1.weight"), D).Span.CopyTo(w.Ln1Weight[l]);
+            Optional(Name($"h.{l}.ln_1.bias"), D).Span.CopyTo(w.Ln1Bias[l]);
             for (int h = 0; h < H; h++)
             {
                 ReadColumns(qkv, h * E, E, w.WQ[l][h], w.BQ[l][h]);
@@ -311,15 +320,25 @@ public sealed class AttentionWeights
             }
         }
         if (st.TryGetInfo(Name("wpe.weight"), out var wpe) && wpe.Shape.Length == 2 && wpe.Shape[1] == D)
-            w.Positions = st.GetFloat32(Name("wpe.weight")).ToArray();
+            w.Positions = Read(Name("wpe.weight"), wpe.Shape[0], D).ToArray();
         return w;
+    }
+
+    /// <summary>The first NaN, infinite or implausibly large (past 1e10, which overflows the scores' products) value, or −1.</summary>
+    static int IndexOfNonFinite(ReadOnlySpan<float> values)
+    {
+        for (int i = 0; i < values.Length; i++)
+            if (!float.IsFinite(values[i]) || MathF.Abs(values[i]) > 1e10f) return i;
+        return -1;
     }
 
     static int? ReadHeadCount(string folder)
     {
         string config = Path.Combine(folder, "config.json");
         if (!File.Exists(config)) return null;
-        using var doc = JsonDocument.Parse(File.ReadAllText(config));
-        return doc.RootElement.TryGetProperty("n_head", out var n) && n.TryGetInt32(out int h) ? h : null;
+        using var doc = JsonInput.Parse(InputFiles.ReadAllBytes(config, 16 << 20), config);
+        if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("n_head", out var n)) return null;
+        return n.ValueKind == JsonValueKind.Number && n.TryGetInt32(out int h) && h > 0 ? h
+            : throw InputError.Expected(config, "'n_head'", "a positive integer", JsonInput.KindName(n) == "number" ? n.GetRawText() : JsonInput.KindName(n));
     }
 }

@@ -67,6 +67,39 @@ public class AttentionWeightsTests
         Assert.Equal(fromModel.Positions, fromFile.Positions);
     }
 
+    /// <summary>The fixture's tensors with one changed, written as a partial checkpoint beside a config.json (fuzz parser "gpt2-attention").</summary>
+    static string Edited(string folder, string tensor, Func<float[], (int[] Shape, float[] Values)> edit, string config = "{\"n_head\": 4}")
+    {
+        Directory.CreateDirectory(folder);
+        using (var full = Loupe.Models.Loading.SafeTensorsFile.Open(Path.Combine(Fixture, "model.safetensors")))
+            Loupe.Models.Loading.SafeTensorsWriter.Write(Path.Combine(folder, "attention.safetensors"), full.Names.Select(n =>
+            {
+                var values = full.GetFloat32(n).ToArray();
+                var shape = full.GetInfo(n).Shape.Select(d => (int)d).ToArray();
+                if (n == tensor) (shape, values) = edit(values);
+                return (n, shape, (ReadOnlyMemory<float>)values);
+            }).ToList());
+        File.WriteAllText(Path.Combine(folder, "config.json"), config);
+        return folder;
+    }
+
+    [Fact]
+    public void ABadCheckpointTensorOrHeadCountIsRefusedByName()
+    {
+        string root = Directory.CreateTempSubdirectory("loupe-attention-weights").FullName;
+        try
+        {
+            var nan = Assert.Throws<InputError>(() => AttentionWeights.FromGpt2Checkpoint(Edited(Path.Combine(root, "nan"), "transformer.h.1.attn.c_proj.weight", v => { v[5] = float.NaN; return ([64, 64], v); })));
+            Assert.Contains("tensor \"transformer.h.1.attn.c_proj.weight\" element 5", nan.Message);
+            var shape = Assert.Throws<InputError>(() => AttentionWeights.FromGpt2Checkpoint(Edited(Path.Combine(root, "shape"), "transformer.h.2.ln_1.weight", v => ([32], v[..32]))));
+            Assert.Contains("tensor \"transformer.h.2.ln_1.weight\": expected shape [64]", shape.Message);
+            var heads = Assert.Throws<InputError>(() => AttentionWeights.FromGpt2Checkpoint(Edited(Path.Combine(root, "heads"), "", v => ([v.Length], v), "{\"n_head\": \"4\"}")));
+            Assert.Contains("'n_head': expected a positive integer", heads.Message);
+            Assert.Throws<InputError>(() => AttentionWeights.FromGpt2Checkpoint(Edited(Path.Combine(root, "empty"), "", v => ([v.Length], v), "")));
+        }
+        finally { Directory.Delete(root, recursive: true); }
+    }
+
     /// <summary>Folded weights applied to the plain normalisation (x − mean)/σ give the model's queries and keys.</summary>
     [Fact]
     public void FoldedLayerNormGivesTheSameQueriesAndKeys()
