@@ -16,7 +16,7 @@ public sealed class ModelTarget : FuzzTarget
     public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
     {
         var seeds = new List<Seed>();
-        foreach (var family in new[] { "gpt2", "gpt_neox", "llama", "qwen2", "gemma2" })
+        foreach (var family in new[] { "gpt2", "gpt_neox", "gpt_neo", "llama", "llama3", "qwen2", "qwen3", "gemma2", "gemma3", "bert" })
             seeds.Add(SeedFiles.FromFolder($"repo:tests/data/reference/{family}", context.Repo($"tests/data/reference/{family}"), "config.json", "model.safetensors"));
         foreach (var model in new[] { "stories260K", "induction-attn-only-2l", "addition-5digit-1l" })
             if (context.Shared($"models/{model}") is { } folder)
