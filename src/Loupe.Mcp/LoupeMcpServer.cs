@@ -30,16 +30,19 @@ public static class LoupeMcpServer
     {
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = [], DisableDefaults = true });
         LogToStderr(builder.Logging);
-        builder.Services.AddMcpServer(o => o.ServerInfo = Info).WithStdioServerTransport().WithTools(tools);
+        Configure(builder.Services, tools).WithStdioServerTransport();
         return builder.Build().RunAsync(cancellation);
     }
 
-    /// <summary>Serves over a pair of streams (the client writes <paramref name="input"/> and reads <paramref name="output"/>).</summary>
-    public static Task RunStreamsAsync(LoupeTools tools, Stream input, Stream output, CancellationToken cancellation = default)
+    /// <summary>
+    /// Serves over a pair of streams (the client writes <paramref name="input"/> and reads <paramref name="output"/>);
+    /// <paramref name="minimumLogLevel"/> quiets the SDK's log of every refused call where many are expected (fuzzing).
+    /// </summary>
+    public static Task RunStreamsAsync(LoupeTools tools, Stream input, Stream output, CancellationToken cancellation = default, LogLevel minimumLogLevel = LogLevel.Warning)
     {
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = [], DisableDefaults = true });
-        LogToStderr(builder.Logging);
-        builder.Services.AddMcpServer(o => o.ServerInfo = Info).WithStreamServerTransport(input, output).WithTools(tools);
+        LogToStderr(builder.Logging, minimumLogLevel);
+        Configure(builder.Services, tools).WithStreamServerTransport(input, output);
         return builder.Build().RunAsync(cancellation);
     }
 
@@ -52,16 +55,20 @@ public static class LoupeMcpServer
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = [] });
         LogToStderr(builder.Logging);
         builder.WebHost.ConfigureKestrel(k => k.Listen(IPAddress.Loopback, port));
-        builder.Services.AddMcpServer(o => o.ServerInfo = Info).WithHttpTransport().WithTools(tools);
+        Configure(builder.Services, tools).WithHttpTransport();
         var app = builder.Build();
         app.MapMcp();
         return app;
     }
 
-    static void LogToStderr(ILoggingBuilder logging)
+    /// <summary>The server, its tools, and the argument check every tool call passes first (<see cref="ToolArguments"/>).</summary>
+    static IMcpServerBuilder Configure(IServiceCollection services, LoupeTools tools) =>
+        services.AddMcpServer(o => o.ServerInfo = Info).WithTools(tools).WithRequestFilters(f => f.AddCallToolFilter(ToolArguments.Filter));
+
+    static void LogToStderr(ILoggingBuilder logging, LogLevel minimumLevel = LogLevel.Warning)
     {
         logging.ClearProviders();
         logging.AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
-        logging.SetMinimumLevel(LogLevel.Warning);
+        logging.SetMinimumLevel(minimumLevel);
     }
 }

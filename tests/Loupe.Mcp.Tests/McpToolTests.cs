@@ -199,6 +199,25 @@ public sealed class McpToolTests(McpFixture f) : IClassFixture<McpFixture>
         Assert.Equal(NextTokens.TopK(f.Model, Tokens, 1)[0][0].Token, reply.GetProperty("topNextTokens")[0].GetProperty("id").GetInt32());
     }
 
+    /// <summary>
+    /// Arguments the SDK could not bind used to come back as a bare "An error occurred invoking 'run'." (fuzz parser "mcp"):
+    /// now the reply names the argument, what was expected and what was sent.
+    /// </summary>
+    [Fact]
+    public async Task Arguments_of_the_wrong_type_are_named_in_the_error()
+    {
+        Assert.Equal("run: argument 'topK': expected an integer between −2³¹ and 2³¹ − 1, found 1.5",
+            await CallFails(f.Client, "run", new() { ["tokens"] = Tokens, ["topK"] = 1.5 }));
+        Assert.Equal("run: argument 'tokens[1]': expected an integer between −2³¹ and 2³¹ − 1, found 9.2E+18",
+            await CallFails(f.Client, "run", new() { ["tokens"] = new object[] { 1, 9.2e18 } }));
+        Assert.Equal("monitor: argument 'tokens': expected an array (or null), found 2147483647",
+            await CallFails(f.Client, "monitor", new() { ["monitor"] = "persona.safetensors", ["tokens"] = int.MaxValue }));
+        Assert.Equal("feature_lookup: argument 'store' is required", await CallFails(f.Client, "feature_lookup", new() { ["feature"] = 0 }));
+        Assert.Equal("steer: argument 'coefficient': expected a finite number, found the string \"NaN\"",
+            await CallFails(f.Client, "steer", new() { ["tokens"] = Tokens, ["vector"] = "persona.safetensors", ["coefficient"] = "NaN" }));
+        await Call(f.Client, "run", new() { ["tokens"] = Tokens, ["topK"] = 2 }); // and the server answers on
+    }
+
     [Fact]
     public async Task Attribute_without_transcoders_is_a_tool_error()
     {
