@@ -125,11 +125,12 @@ public sealed class PersonaVector
         using var file = SafeTensorsFile.Open(path);
         if (!file.Contains("persona")) throw new InputError($"{path} has no 'persona' tensor; it is not a persona vector file");
         string Meta(string key) => file.Metadata.TryGetValue(key, out var v) ? v : throw new InputError($"{path} lacks the '{key}' metadata of a persona vector");
-        double Num(string key) => double.TryParse(file.Metadata.GetValueOrDefault(key), NumberStyles.Float, CultureInfo.InvariantCulture, out double v) ? v : double.NaN;
+        double Num(string key) => MetadataNumber(file.Metadata, key, path);
         int layer = int.TryParse(Meta("layer"), NumberStyles.Integer, CultureInfo.InvariantCulture, out int l) && l >= 0 ? l
             : throw InputError.Expected(path, "metadata 'layer'", "a layer index ≥ 0", Meta("layer"));
         double threshold = double.TryParse(Meta("threshold"), NumberStyles.Float, CultureInfo.InvariantCulture, out double t) && double.IsFinite(t) ? t
             : throw InputError.Expected(path, "metadata 'threshold'", "a finite number", Meta("threshold"));
+        if (string.IsNullOrWhiteSpace(Meta("hook"))) throw InputError.Expected(path, "metadata 'hook'", "a hook point name", Meta("hook"));
         return new PersonaVector(Meta("hook"), layer, file.GetFloat32("persona").ToArray(), threshold)
         {
             TrainAccuracy = Num("train_accuracy"),
@@ -137,4 +138,13 @@ public sealed class PersonaVector
             HeldOutAuroc = Num("held_out_auroc"),
         };
     }
+
+    /// <summary>
+    /// A statistic from a vector file's metadata: NaN when absent (or written as "NaN", as undefined statistics are);
+    /// anything else that is not a number is a damaged file, not a statistic to show as n/a.
+    /// </summary>
+    internal static double MetadataNumber(IReadOnlyDictionary<string, string> metadata, string key, string path) =>
+        !metadata.TryGetValue(key, out var text) ? double.NaN
+        : double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) ? v
+        : throw InputError.Expected(path, $"metadata '{key}'", "a number", text);
 }

@@ -106,6 +106,7 @@ public sealed class SteeringVector : IActivationEdit
         if (shape.Count(s => s != 1) > 1) throw new InputError($"tensor '{name}' in {path} has shape [{string.Join(", ", shape)}]; a steering vector is one-dimensional");
         string hook = hookName ?? (file.Metadata.TryGetValue("hook", out var h) ? h
             : throw new InputError($"{path} records no 'hook' in its metadata; give the hook point (--hook)"));
+        if (string.IsNullOrWhiteSpace(hook)) throw InputError.Expected(path, hookName is null ? "metadata 'hook'" : "the hook", "a hook point name", hook);
         return new SteeringVector(hook, file.GetFloat32(name).Span, coefficient, positions);
     }
 }

@@ -72,7 +72,6 @@ public sealed class VectorTarget : FuzzTarget
             default:
                 var monitor = ConceptMonitor.Load(path);
                 Read(model, monitor.Direction);
-                Require.Finite(monitor.RecallThreshold, "the monitor's recall threshold");
                 break;
         }
     }

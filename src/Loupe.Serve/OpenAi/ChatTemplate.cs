@@ -73,7 +73,7 @@ public sealed class ChatTemplate
         if (folder is null || !Directory.Exists(folder)) return null;
         string path = Path.Combine(folder, "tokenizer_config.json");
         if (!File.Exists(path)) return null;
-        using var doc = JsonInput.Parse(InputFiles.ReadAllBytes(path, 256L << 20), path);
+        using var doc = JsonInput.Parse(InputFiles.ReadAllBytes(path, 64L << 20), path); // real ones are kilobytes to a few megabytes
         var root = doc.RootElement;
         if (root.ValueKind != JsonValueKind.Object) throw InputError.Expected(path, "the file", "an object", JsonInput.KindName(root));
         if (!root.TryGetProperty("chat_template", out var t)) return null;

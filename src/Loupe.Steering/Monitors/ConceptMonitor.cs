@@ -249,11 +249,13 @@ public sealed record ConceptMonitor(string Name, PersonaVector Direction, double
         using var file = SafeTensorsFile.Open(path);
         if (file.Metadata.GetValueOrDefault("kind") != Kind)
             throw new InputError($"{path} is a persona vector but not a concept monitor (no kind = {Kind} in its metadata); train one with `loupe monitor train`");
-        double Num(string key) => double.TryParse(file.Metadata.GetValueOrDefault(key), NumberStyles.Float, CultureInfo.InvariantCulture, out double v) ? v : double.NaN;
+        double Num(string key) => PersonaVector.MetadataNumber(file.Metadata, key, path);
         return new ConceptMonitor(file.Metadata.GetValueOrDefault("concept") ?? "", direction, Num("target_recall"), Num("train_recall"),
             Num("train_false_positive_rate"), Num("held_out_recall"), Num("held_out_false_positive_rate"), direction.HeldOutAuroc)
         {
-            CalibrationGenerations = int.TryParse(file.Metadata.GetValueOrDefault("calibration_generations"), NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) ? n : 0,
+            CalibrationGenerations = !file.Metadata.TryGetValue("calibration_generations", out var generations) ? 0
+                : int.TryParse(generations, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n >= 0 ? n
+                : throw InputError.Expected(path, "metadata 'calibration_generations'", "a count ≥ 0", generations),
             CalibrationFalsePositiveRate = Num("calibration_false_positive_rate"),
             MaxFalsePositiveRate = Num("max_false_positive_rate"),
             RecallThreshold = file.Metadata.ContainsKey("recall_threshold") ? Num("recall_threshold") : direction.Threshold,
