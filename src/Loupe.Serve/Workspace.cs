@@ -163,6 +163,27 @@ public sealed class Workspace
         return list;
     }
 
+    /// <summary>The largest artifact a page parses (graph pages of 20,000 nodes are tens of megabytes).</summary>
+    public const long MaxParsedBytes = 512L << 20;
+
+    /// <summary>
+    /// The artifact with this id parsed as JSON, or null when there is none. Strings are checked as the JSON is (invalid
+    /// UTF-8 and lone surrogates would otherwise surface, as an exception naming nothing, when a page reads them).
+    /// </summary>
+    /// <exception cref="InputError">The file is not valid JSON, or is larger than <see cref="MaxParsedBytes"/>; the message names it.</exception>
+    public async Task<JsonDocument?> ReadJsonAsync(string id, string name, CancellationToken cancel)
+    {
+        if (OpenById(id) is not { } stream) return null;
+        byte[] bytes;
+        await using (stream)
+        {
+            if (stream.Length > MaxParsedBytes) throw new InputError($"{name}: {stream.Length:N0} bytes; the pages read artifacts of at most {MaxParsedBytes:N0}");
+            bytes = new byte[stream.Length];
+            await stream.ReadExactlyAsync(bytes, cancel);
+        }
+        return JsonInput.Parse(bytes, name);
+    }
+
     /// <summary>Opens the artifact with this id, or null: unknown id, or a file that is no longer a plain file inside the folder.</summary>
     public FileStream? OpenById(string id)
     {

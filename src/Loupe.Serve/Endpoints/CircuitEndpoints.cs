@@ -45,12 +45,9 @@ public static class CircuitEndpoints
         api.MapGet("/{id}", async (string id, CancellationToken cancel) =>
         {
             var name = workspace.List().FirstOrDefault(a => a.Id == id)?.Name;
-            if (workspace.OpenById(id) is not { } stream || name is null) return Results.NotFound(new { error = "no artifact with that id" });
-            await using (stream)
-            {
-                using var doc = await JsonDocument.ParseAsync(stream, default, cancel);
-                return Results.Json(Circuit(doc.RootElement, id, name), ServeHost.Json);
-            }
+            using var doc = name is null ? null : await workspace.ReadJsonAsync(id, name, cancel);
+            if (doc is null) return Results.NotFound(new { error = "no artifact with that id" });
+            return Results.Json(Circuit(doc.RootElement, id, name!), ServeHost.Json);
         }).WithSummary("A circuit-discovery artifact (EAP-IG {cfg, nodes, edges} + loupe block): nodes by layer, edges by |score|, evaluation and faithfulness");
     }
 
@@ -58,11 +55,12 @@ public static class CircuitEndpoints
     /// <exception cref="InputError">It has no cfg, nodes or edges object.</exception>
     public static CircuitView Circuit(JsonElement root, string id, string name)
     {
-        if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("cfg", out var cfg) || !root.TryGetProperty("nodes", out var nodes) || nodes.ValueKind != JsonValueKind.Object
+        if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("cfg", out var cfg) || cfg.ValueKind != JsonValueKind.Object
+            || !root.TryGetProperty("nodes", out var nodes) || nodes.ValueKind != JsonValueKind.Object
             || !root.TryGetProperty("edges", out var edges) || edges.ValueKind != JsonValueKind.Object)
             throw new InputError($"{name}: not a circuit (needs cfg, nodes and edges objects, as EAP-IG writes)");
-        int layers = cfg.TryGetProperty("n_layers", out var nl) && nl.TryGetInt32(out int l) ? l : 0;
-        int heads = cfg.TryGetProperty("n_heads", out var nh) && nh.TryGetInt32(out int h) ? h : 0;
+        int layers = cfg.TryGetProperty("n_layers", out var nl) && nl.ValueKind == JsonValueKind.Number && nl.TryGetInt32(out int l) ? l : 0;
+        int heads = cfg.TryGetProperty("n_heads", out var nh) && nh.ValueKind == JsonValueKind.Number && nh.TryGetInt32(out int h) ? h : 0;
         var nodeViews = nodes.EnumerateObject().Select(p => Node(p.Name, p.Value.ValueKind == JsonValueKind.True, layers)).ToArray();
         var all = edges.EnumerateObject().Select(p =>
         {
@@ -72,6 +70,8 @@ public static class CircuitEndpoints
             int lt = dest.IndexOf('<');
             string slot = lt > 0 && dest.EndsWith('>') ? dest[(lt + 1)..^1] : "";
             string target = lt > 0 ? dest[..lt] : dest;
+            if (p.Value.ValueKind != JsonValueKind.Object)
+                throw new InputError($"{name}: edges[{InputError.Show(edgeName)}]: expected an object {{\"score\": …, \"in_graph\": …}} as EAP-IG writes, found {JsonInput.KindName(p.Value)}");
             double score = p.Value.TryGetProperty("score", out var s) && s.ValueKind == JsonValueKind.Number ? s.GetDouble() : 0;
             bool inGraph = p.Value.TryGetProperty("in_graph", out var g) && g.ValueKind == JsonValueKind.True;
             return new CircuitEdgeView(edgeName, source, target, slot, score, inGraph);

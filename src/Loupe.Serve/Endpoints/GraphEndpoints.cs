@@ -119,15 +119,12 @@ public static class GraphEndpoints
             if (workspace.List().FirstOrDefault(a => a.Id == id) is not { } artifact) return null;
             string stamp = $"{artifact.Bytes}:{artifact.Modified}";
             if (cache.TryGetValue(id, out var hit) && hit.Stamp == stamp) return hit.Json;
-            if (workspace.OpenById(id) is not { } stream) return null;
-            await using (stream)
-            {
-                using var doc = await JsonDocument.ParseAsync(stream, default, cancel);
-                byte[] json = JsonSerializer.SerializeToUtf8Bytes(Compact(doc.RootElement, id, artifact.Name), ServeHost.Json);
-                if (cache.Count >= 8) cache.Clear();
-                cache[id] = (stamp, json);
-                return json;
-            }
+            using var doc = await workspace.ReadJsonAsync(id, artifact.Name, cancel);
+            if (doc is null) return null;
+            byte[] json = JsonSerializer.SerializeToUtf8Bytes(Compact(doc.RootElement, id, artifact.Name), ServeHost.Json);
+            if (cache.Count >= 8) cache.Clear();
+            cache[id] = (stamp, json);
+            return json;
         }
         app.Lifetime.ApplicationStarted.Register(() => Task.Run(async () =>
         {
@@ -227,6 +224,7 @@ public static class GraphEndpoints
         int i = 0, logitLayer = -1, maxLayer = -1, maxPos = -1;
         foreach (var node in nodes.EnumerateArray())
         {
+            if (node.ValueKind != JsonValueKind.Object) throw new InputError($"{name}: nodes[{i}]: expected an object, found {JsonInput.KindName(node)}");
             string nodeId = Str(node, "node_id") ?? $"node{i}";
             string type = Str(node, "feature_type") ?? "";
             string layer = Str(node, "layer") ?? "0";
@@ -242,8 +240,10 @@ public static class GraphEndpoints
             c.NodeId[i] = nodeId;
             c.Kind[i] = (int)kind;
             c.Layer[i] = layerNumber;
-            c.Position[i] = node.TryGetProperty("ctx_idx", out var ctx) && ctx.TryGetInt32(out int p) ? p : 0;
-            long featureField = node.TryGetProperty("feature", out var f) && f.TryGetInt64(out long fv) ? fv : -1;
+            c.Position[i] = node.TryGetProperty("ctx_idx", out var ctx) && ctx.ValueKind == JsonValueKind.Number && ctx.TryGetInt32(out int p) ? p : 0;
+            // A position is an index into the prompt: one far past any context would size the token table by it.
+            if (c.Position[i] is < 0 or > MaxPosition) throw new InputError($"{name}: nodes[{i}]: 'ctx_idx' is {c.Position[i]}; expected a prompt position 0..{MaxPosition}");
+            long featureField = node.TryGetProperty("feature", out var f) && f.ValueKind == JsonValueKind.Number && f.TryGetInt64(out long fv) ? fv : -1;
             // Feature nodes: the index from node_id ("{layer}_{feature}_{pos}"), since v0.5.0's "feature" is cantor(layer, feature).
             c.Feature[i] = kind switch
             {
@@ -271,6 +271,7 @@ public static class GraphEndpoints
         int e = 0;
         foreach (var link in links.EnumerateArray())
         {
+            if (link.ValueKind != JsonValueKind.Object) throw new InputError($"{name}: links[{e}]: expected an object, found {JsonInput.KindName(link)}");
             string s = Str(link, "source") ?? "", t = Str(link, "target") ?? "";
             if (!index.TryGetValue(s, out int si) || !index.TryGetValue(t, out int ti))
                 throw new InputError($"{name}: link {e} names a node that is not listed ({s} → {t})");
@@ -293,5 +294,14 @@ public static class GraphEndpoints
 
     static string? Str(JsonElement e, string key) => e.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
 
-    static float Num(JsonElement e, string key) => e.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.Number ? (float)v.GetDouble() : 0f;
+    /// <summary>A number of the graph as the page gets it (float): one beyond float's range would become ∞, which JSON cannot carry.</summary>
+    static float Num(JsonElement e, string key)
+    {
+        if (!e.TryGetProperty(key, out var v) || v.ValueKind != JsonValueKind.Number) return 0f;
+        float value = (float)v.GetDouble();
+        return float.IsFinite(value) ? value : throw new InputError($"'{key}' is {v.GetRawText()}, beyond the range of a 32-bit float");
+    }
+
+    /// <summary>The largest prompt position a graph may name (far beyond any model's context).</summary>
+    const int MaxPosition = 1 << 20;
 }
