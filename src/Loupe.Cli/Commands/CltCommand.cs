@@ -104,7 +104,7 @@ static class CltCommand
             options.Validate(planned, parse.GetValue(dSae) is not null ? dSae.Name : expansion.Name, deviceFree);
             CliSupport.SayTrainingMemory(CltTrainingOptions.EstimateTrainingBytes(planned, options.Base.BatchSize), trainingBackend, deviceFree);
             var clt = new CrossLayerTranscoder(planned, act, inPattern, outPattern, parse.GetValue(output)!);
-            var data = LayerPairRows.For(m, contexts, clt, parse.GetValue(contextsPerWindow));
+            var data = LayerPairRows.For(m, contexts, clt, CliSupport.Int(parse, contextsPerWindow, 1));
             if (data.LayerDIn != d || data.LayerDOut != d)
                 throw InputError.Expected("argument", "--input-hook / --output-hook", $"hooks of width d_model = {d}", $"{data.LayerDIn} and {data.LayerDOut}");
             clt.Initialize(seedValue); // the widths are d_model, as planned: no second transcoder to allocate

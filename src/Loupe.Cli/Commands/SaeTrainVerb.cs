@@ -84,7 +84,7 @@ static class SaeTrainVerb
                     var text = HarvestCommand.ParseSource(m, spec, seedValue);
                     var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
                         _ => ContextBuilder.ForModel(m, text, parse.GetValue(contextSize), seedValue, parse.GetValue(maxContexts)));
-                    data = new ModelRows(m, contexts, inputHook, outHook, parse.GetValue(contextsPerWindow));
+                    data = new ModelRows(m, contexts, inputHook, outHook, CliSupport.Int(parse, contextsPerWindow, 1));
                     modelName = m.Source ?? modelPath!;
                     ctxSize = contexts.ContextSize;
                 }

@@ -126,9 +126,9 @@ public sealed class ModelRows : IRowWindows
         _contexts = contexts ?? throw new ArgumentNullException(nameof(contexts));
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(contextsPerWindow);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
-        foreach (var h in new[] { inputHook, targetHook })
+        foreach (var (h, option) in new[] { (inputHook, "--hook"), (targetHook, "--target-hook") })
             if (h is not null && !model.HookPointNames.Contains(h))
-                throw new InputError($"argument: --hook: '{h}' is not a hook point of this model; closest names: {string.Join(", ", HookNames.Closest(h, model.HookPointNames))}");
+                throw new InputError($"argument: {option}: '{h}' is not a hook point of this model; closest names: {string.Join(", ", HookNames.Closest(h, model.HookPointNames))}");
         if (skipBos && contexts.ContextSize < 2) throw new InputError("argument: --context-size: skipping BOS leaves nothing of a one-token context");
         (_inputHook, _targetHook, _contextsPerWindow, _batchSize, _skipBos) = (inputHook, targetHook, contextsPerWindow, batchSize, skipBos);
         var probe = Run(0, 1);
@@ -140,7 +140,8 @@ public sealed class ModelRows : IRowWindows
     public int DIn { get; }
     public int DOut { get; }
     public bool HasTargets => _targetHook is not null;
-    public int WindowCount => (_contexts.Count + _contextsPerWindow - 1) / _contextsPerWindow;
+    // Rounded up without Count + per-window − 1, which overflows for a window of int.MaxValue contexts.
+    public int WindowCount => _contexts.Count == 0 ? 0 : 1 + (_contexts.Count - 1) / _contextsPerWindow;
     public string Description => $"model {HarvestManifest.Fingerprint(_model)} on {_contexts.SourceDescription} ({_contexts.Sha256()}) {_inputHook}{(_targetHook is null ? "" : " → " + _targetHook)}, {_contextsPerWindow} contexts/window";
 
     public (float[] Inputs, float[]? Targets) Load(int epoch, int window)
