@@ -28,7 +28,7 @@ public sealed class CliTarget : FuzzTarget
     static readonly string[] s_ints = ["0", "-1", "1", "2147483647", "2147483648", "-2147483648", "99999999999999", "NaN", "", "1e3", "٣", "0x10", " 7"];
     static readonly string[] s_floats = ["NaN", "-NaN", "Infinity", "-Infinity", "1e308", "-1", "0", "-0", "1e-45", "3.4e39", "", "nan", "1e-30"];
     static readonly string[] s_strings = ["", " ", "ü☃𝄞", "NaN", "-1", "0", "1,2,3;4", ";;", ",", "-", "{case}/missing/x", "{case}/a-folder", "{case}/link-to-folder",
-        "{case}/../../escape", "blocks.99.hook_resid_post", "blocks.*.attn.hook_pattern", "2147483647", "1,-5,3", "1,2147483647", "999999"];
+        "{case}/../../escape", "blocks.99.hook_resid_post", "blocks.*.attn.hook_pattern", "2147483647", "1,-5,3", "1,2147483647", "999999", "1,1", "x,x"];
     /// <summary>Options that name a fixture: they also get another fixture (a CLT where SAELens transcoders were, the GPT-2 fixture's graph for the llama's stores).</summary>
     static readonly HashSet<string> s_fixtureOptions = ["--transcoders", "--sae", "--monitor", "--vector", "--stores", "--graph", "--activations", "--db", "--positive", "--negative", "--dataset"];
     static readonly string[] s_fixtureSwaps = ["{fixtures}/model", "{fixtures}/gpt2", "{fixtures}/sae", "{fixtures}/sae/cfg.json", "{fixtures}/clt", "{fixtures}/transcoders",

@@ -136,7 +136,9 @@ static class MonitorCommand
                 return 0;
             }
             var greedy = new GenerationOptions(MaxNewTokens: n, Temperature: 0, StopAtEos: false);
-            foreach (double coefficient in parse.GetValue(steer) is double c and not 0 ? new[] { 0, c } : [0])
+            // Bounded as introspect's --strengths are: the edit scales the direction in fp32, where 1e308 is already ∞.
+            double steering = CliSupport.Double(parse, steer, -1e6, 1e6);
+            foreach (double coefficient in steering != 0 ? new[] { 0, steering } : [0])
             {
                 var options = new Loupe.Models.Hooks.RunOptions();
                 if (coefficient != 0) { var edit = monitor.Direction.Steer((float)coefficient); options.AddHook(edit.HookName, edit.Apply); }
