@@ -58,9 +58,9 @@ static class IntrospectCommand
             if (parse.GetValue(judge) is { } judgeUrl && !(Uri.TryCreate(judgeUrl, UriKind.Absolute, out var judgeUri) && judgeUri.Scheme is "http" or "https"))
                 throw InputError.Expected("argument", "--judge", "an http(s) URL such as https://api.openai.com/v1", judgeUrl);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
-            // Checked here so that the refusal names the option (the forward pass would only say the sequence is too long).
-            if (m.Tokenizer?.Encode(options.TrialPrompt).Length is int promptTokens && promptTokens > m.Config.NCtx)
-                throw InputError.Expected("argument", "--prompt", $"a trial prompt of at most n_ctx = {m.Config.NCtx} tokens" +
+            // Checked here so that the refusal names the option (the forward pass would only say the sequence is too long or empty).
+            if (m.Tokenizer?.Encode(options.TrialPrompt).Length is int promptTokens && (promptTokens == 0 || promptTokens > m.Config.NCtx))
+                throw InputError.Expected("argument", "--prompt", $"a trial prompt of 1 to n_ctx = {m.Config.NCtx} tokens" +
                     (parse.GetValue(prompt) is null ? " (the default prompt is longer than this model's context: give a shorter --prompt)" : ""), $"{promptTokens} tokens");
             ChatClient? client = parse.GetValue(judge) is { } url
                 ? new ChatClient(new EndpointOptions { Endpoint = url, Model = parse.GetValue(judgeModel)!, ApiKey = Environment.GetEnvironmentVariable(parse.GetValue(keyEnv)!) })

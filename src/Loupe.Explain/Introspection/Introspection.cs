@@ -159,7 +159,7 @@ public static class ConceptInjection
     }
 
     /// <summary>Runs every cell's injected and control trials and grades them.</summary>
-    /// <exception cref="InputError">No tokenizer, fewer than two words, or a fraction outside [0, 1].</exception>
+    /// <exception cref="InputError">No tokenizer, fewer than two words, a fraction outside [0, 1], or a trial prompt that encodes to nothing.</exception>
     public static async Task<IntrospectionResult> RunAsync(HookedTransformer model, IntrospectionOptions options, IIntrospectionGrader grader,
         IProgress<string>? progress = null, CancellationToken cancellationToken = default)
     {
@@ -168,6 +168,7 @@ public static class ConceptInjection
         foreach (var f in options.LayerFractions)
             if (!(f >= 0 && f <= 1)) throw InputError.Expected("introspection", "layer fraction", "a number in [0, 1]", f);
         var prompt = tokenizer.Encode(options.TrialPrompt);
+        if (prompt.Length == 0) throw InputError.Expected("introspection", "trial prompt", "a prompt that encodes to at least one token", options.TrialPrompt);
         int start = prompt.Length - 1;
         var trials = new List<IntrospectionTrial>();
         var cells = new List<IntrospectionCell>();
