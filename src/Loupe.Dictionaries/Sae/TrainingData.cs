@@ -66,14 +66,14 @@ public sealed class StoreRows : IRowWindows
     readonly string? _targetHook;
     readonly int _shardsPerWindow, _seed;
 
-    /// <exception cref="ArgumentException">A hook was not harvested in the store (the message lists those that were).</exception>
+    /// <exception cref="InputError">A hook was not harvested in the store (the message names its option and lists those that were).</exception>
     public StoreRows(ActivationStore store, string inputHook, string? targetHook = null, int shardsPerWindow = 4, int seed = 0)
     {
         _store = store ?? throw new ArgumentNullException(nameof(store));
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(shardsPerWindow);
-        foreach (var h in new[] { inputHook, targetHook })
+        foreach (var (h, option) in new[] { (inputHook, "--hook"), (targetHook, "--target-hook") })
             if (h is not null && !store.Hooks.Contains(h))
-                throw new InputError($"argument: --hook: '{h}' was not harvested in {store.Folder}; it holds {string.Join(", ", store.Hooks)}");
+                throw new InputError($"argument: {option}: '{h}' was not harvested in {store.Folder}; it holds {string.Join(", ", store.Hooks)}");
         (_inputHook, _targetHook, _shardsPerWindow, _seed) = (inputHook, targetHook, shardsPerWindow, seed);
         DIn = store.D(inputHook);
         DOut = targetHook is null ? DIn : store.D(targetHook);
