@@ -193,7 +193,8 @@ public sealed class CliTarget : FuzzTarget
         if (code != 0 && !IsFailedCertification(args, code, stdout)) throw new OracleViolation("exit-code", $"exit {code}: {(err.Length > 300 ? err[..300] : err)}");
         // NaN in the output counts only when it was not typed in: an --out of "NaN" or a prompt "NaN" is echoed back.
         string output = args.Where(a => a.Length >= 3).OrderByDescending(a => a.Length).Aggregate(stdout, (o, a) => o.Replace(a, ""));
-        if (output.Contains("NaN", StringComparison.Ordinal) || output.Contains('∞'))
+        // ∞ is how the current culture prints an infinity, "Infinity" how the invariant culture (most of Loupe's output) does.
+        if (output.Contains("NaN", StringComparison.Ordinal) || output.Contains('∞') || output.Contains("Infinity", StringComparison.Ordinal))
             throw new OracleViolation("non-finite", $"exit {code} with NaN/∞ in the output: {output[..Math.Min(200, output.Length)].ReplaceLineEndings(" ")}");
     }
 
