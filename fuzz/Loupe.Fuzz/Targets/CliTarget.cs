@@ -34,6 +34,9 @@ public sealed class CliTarget : FuzzTarget
     static readonly string[] s_fixtureSwaps = ["{fixtures}/model", "{fixtures}/gpt2", "{fixtures}/sae", "{fixtures}/sae/cfg.json", "{fixtures}/clt", "{fixtures}/transcoders",
         "{fixtures}/transcoders/layer_1", "{fixtures}/features.db", "{fixtures}/tc-stores", "{fixtures}/monitor.safetensors", "{fixtures}/graph/graph.json",
         "{fixtures}/graph/graph.safetensors", "{fixtures}/acts", "{fixtures}/text.txt", "brown:{fixtures}/text.txt", "brown:{fixtures}/brown"];
+    /// <summary>--process values: each processing alone (some are not exact for the llama fixture's RMSNorm or rotary attention), repeated, all.</summary>
+    static readonly string[] s_processing = ["tl", "fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices", "tl,tl",
+        "fold_ln,center_writing_weights,center_unembed,fold_value_biases,refactor_factored_attn_matrices"];
     static readonly string[] s_big = ["2147483647", "2147483648", "99999999999999", "1e308", "3.4e39", "999999"];
 
     static readonly string[][] s_base =
@@ -110,10 +113,12 @@ public sealed class CliTarget : FuzzTarget
     /// <summary>The options the verb named by <paramref name="args"/> declares (name → value type).</summary>
     static List<Option> OptionsOf(List<string> args)
     {
-        Command command = global::Loupe.Cli.Program.Build();
+        Command root = global::Loupe.Cli.Program.Build(), command = root;
         foreach (var a in args.TakeWhile(a => !a.StartsWith('-')))
             if (command.Subcommands.FirstOrDefault(c => c.Name == a) is { } sub) command = sub;
-        return [.. command.Options.Where(o => o.Name.StartsWith("--", StringComparison.Ordinal) && o.Name != "--help" && o.Name != "--version")];
+        // Every verb also takes the root's --process; --device and --dtype are left out (a GPU, or the emulated device's slow kernels).
+        return [.. command.Options.Where(o => o.Name.StartsWith("--", StringComparison.Ordinal) && o.Name != "--help" && o.Name != "--version"),
+            .. root.Options.Where(o => o.Recursive && o.Name == global::Loupe.Cli.Program.ProcessOptionName)];
     }
 
     static string AbusiveValue(Option option, Random rng)
@@ -125,6 +130,7 @@ public sealed class CliTarget : FuzzTarget
             : s_strings;
         if (s_workOptions.Contains(option.Name)) pool = [.. pool.Except(s_big)];
         if (s_fixtureOptions.Contains(option.Name)) pool = [.. pool, .. s_fixtureSwaps];
+        if (option.Name == global::Loupe.Cli.Program.ProcessOptionName) pool = [.. pool, .. s_processing];
         if (option.Name == "--model") pool = ["", " ", "{case}/missing/x", "{case}/a-folder", "{case}/link-to-folder", "{fixtures}/sae", "{fixtures}/text.txt", "{fixtures}/model", "{fixtures}/gpt2"];
         return pool[rng.Next(pool.Length)];
     }
