@@ -27,7 +27,7 @@ public static class Program
         }
         if (EmptyValue(parse) is string option)
         {
-            (configuration?.Error ?? Console.Error).WriteLine($"error: {InputError.Expected("argument", option, "a non-empty value", "")}");
+            (configuration?.Error ?? Console.Error).WriteLine($"error: {InputError.Expected("argument", option, "a non-empty value", "").Message}");
             return CliSupport.InputErrorExitCode;
         }
         try

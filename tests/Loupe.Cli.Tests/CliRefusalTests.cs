@@ -217,6 +217,22 @@ public sealed class CliRefusalTests : IDisposable
         AssertRefused(RunLoupe([.. args]), option);
     }
 
+    [Theory]
+    [InlineData("--words", "dog,dog", "--words")] // once an ArgumentException: the words key a dictionary of concept vectors
+    [InlineData("--layers", ",", "--layers")]
+    [InlineData("--strengths", ",", "--strengths")]
+    [InlineData("--judge", "/tmp/judge", "--judge")] // the chat client's own refusal named --endpoint
+    public void IntrospectRefusesBadArgumentsBeforeLoadingTheModel(string option, string value, string named) =>
+        AssertRefused(RunLoupe("introspect", "--model", Out("no-model"), "--out", Out("introspect"), option, value), named);
+
+    [Fact]
+    public void AnEmptyValueIsOnePlainLineNamingTheOption()
+    {
+        var run = RunLoupe("info", "--model", "");
+        AssertRefused(run, "argument: --model", "a non-empty value");
+        Assert.DoesNotContain("Loupe.InputError", run.Err); // the exception's ToString() once leaked its type name
+    }
+
     [Fact]
     public void FeatureStoreVerbsNeedExactlyOneSource() =>
         AssertRefused(RunLoupe("features", "list", "--db", Out("a.db"), "--sae", Out("sae")), "--sae", "--db");

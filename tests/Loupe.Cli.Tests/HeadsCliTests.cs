@@ -88,6 +88,18 @@ public class HeadsCliTests
     }
 
     [Fact]
+    public void Circuit_refuses_identical_pairs_and_a_model_with_grouped_query_attention_by_name()
+    {
+        string dir = Directory.CreateTempSubdirectory("loupe-circuit").FullName;
+        // The same tokens on both sides once escaped as the scorers' ArgumentException (exit 1).
+        AssertRefused(RunLoupe(["circuit", "--model", SharedData.TestData(Path.Combine("reference", "gpt2")), "--clean", "0", "--corrupt", "0", "--answer", "17", "--wrong", "42", "--out", dir]),
+            "argument: --corrupt", "the same tokens as --clean");
+        // The llama fixture has 2 kv heads for 4 heads: once a NotSupportedException from the edge setup.
+        AssertRefused(RunLoupe(["circuit", "--model", SharedData.TestData(Path.Combine("reference", "llama")), "--clean", "1,2,3", "--corrupt", "1,4,3", "--answer", "17", "--wrong", "42", "--out", dir]),
+            "argument: --model", "one kv head per head");
+    }
+
+    [Fact]
     public void Circuit_by_acdc_and_greedy_writes_its_evaluation_faithfulness_and_picture()
     {
         string data = SharedData.TestData(Path.Combine("circuits", "gpt2")), dir = Directory.CreateTempSubdirectory("loupe-acdc").FullName;

@@ -325,11 +325,15 @@ public static class NeuronpediaGraphJson
     static string StableHash(string text) =>
         BitConverter.ToInt64(SHA256.HashData(Encoding.UTF8.GetBytes(text)), 0).ToString(CultureInfo.InvariantCulture);
 
+    /// <summary>Whether <paramref name="slug"/> can name a graph's files: a plain file name, no folder separators, not "." or "..".</summary>
+    public static bool IsPlainSlug(string? slug) =>
+        !string.IsNullOrWhiteSpace(slug) && slug is not ("." or "..") && slug.IndexOfAny(['/', '\\']) < 0 && slug.IndexOfAny(Path.GetInvalidFileNameChars()) < 0;
+
     static void CheckSlug(NeuronpediaGraphOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
         string slug = options.Slug;
-        if (string.IsNullOrWhiteSpace(slug) || slug is "." or ".." || slug.IndexOfAny(['/', '\\']) >= 0 || slug.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0)
+        if (!IsPlainSlug(slug))
             throw new ArgumentException($"slug '{slug}': expected a plain file name (no folder separators), e.g. \"my-graph\"", nameof(options));
     }
 

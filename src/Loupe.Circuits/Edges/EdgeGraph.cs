@@ -64,6 +64,24 @@ public sealed class EdgeGraph
     /// <summary>The index of the edge named <paramref name="name"/>, or -1.</summary>
     public int IndexOf(string name) => _edgeIndex.TryGetValue(name, out int i) ? i : -1;
 
+    /// <summary>
+    /// Why edge attribution cannot run on <paramref name="model"/> (parallel blocks or post-norms: a head's output is then not
+    /// what reaches the residual stream; grouped-query attention: heads share their k/v inputs), or null when it can.
+    /// </summary>
+    public static string? Unsupported(HookedTransformer model)
+    {
+        var cfg = model.Config;
+        for (int l = 0; l < cfg.NLayers; l++)
+        {
+            var block = model.Anatomy(l);
+            if (block.Parallel || block.AttentionPostNorm is not null || block.MlpPostNorm is not null)
+                return $"edge attribution needs sequential pre-norm blocks; block {l} of {cfg.Architecture} is parallel or has post-norms";
+        }
+        if (cfg.KvHeads != cfg.NHeads)
+            return $"edge attribution needs one kv head per head; {cfg.Architecture} has {cfg.KvHeads} kv heads for {cfg.NHeads} heads";
+        return null;
+    }
+
     /// <summary>The graph of <paramref name="model"/>.</summary>
     /// <exception cref="NotSupportedException">The model has parallel blocks or post-norms (a head's output is then not what reaches the residual stream).</exception>
     public static EdgeGraph FromModel(HookedTransformer model)

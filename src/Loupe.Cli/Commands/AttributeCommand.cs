@@ -39,6 +39,9 @@ static class AttributeCommand
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
+            string name = parse.GetValue(slug)!;
+            if (!Loupe.Attribution.Graph.NeuronpediaGraphJson.IsPlainSlug(name))
+                throw InputError.Expected("argument", "--slug", "a plain file name (no folder separators), e.g. \"my-graph\"", name);
             var settings = new AttributionSettings
             {
                 MaxLogits = CliSupport.Int(parse, maxLogits, 1),
@@ -54,7 +57,7 @@ static class AttributeCommand
             var tc = MlpReplacements.Load(parse.GetValue(transcoders)!, m.Config.NLayers);
             var tokens = input.Read(parse, m);
             if (tokens.Batch != 1) throw new InputError($"argument: --tokens: an attribution graph is for one prompt; got {tokens.Batch} rows");
-            var result = AttributionExperiment.Run(m, tc, tokens.Ids, input.Text(parse), settings, nodes, edges, folder, parse.GetValue(slug)!, parse.GetValue(perHead));
+            var result = AttributionExperiment.Run(m, tc, tokens.Ids, input.Text(parse), settings, nodes, edges, folder, name, parse.GetValue(perHead));
             var s = result.Stats;
             var g = result.Graph;
             Console.WriteLine($"nodes: {g.SelectedFeatures.Length} features of {s.ActiveFeatures} active, {g.Layers * g.Positions} errors, {g.Positions} tokens, {g.LogitTokens.Length} logits (p = {g.LogitProbabilities.Sum().ToString("0.###", CultureInfo.InvariantCulture)})");

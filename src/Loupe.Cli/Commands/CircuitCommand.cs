@@ -42,6 +42,11 @@ static class CircuitCommand
             CliSupport.CheckTokens(m, x, "--corrupt");
             if (c.Batch != x.Batch || c.Length != x.Length)
                 throw new InputError($"argument: --corrupt: {x.Batch} rows of {x.Length} tokens; --clean has {c.Batch} rows of {c.Length} (the pairs must match)");
+            // The same tokens give the same metric on both sides: nothing to attribute (the scorers refuse it past this point as a bug).
+            if (c.Ids.SequenceEqual(x.Ids))
+                throw new InputError("argument: --corrupt: the same tokens as --clean; the corrupted rows must differ from the clean ones where the metric looks");
+            if (EdgeGraph.Unsupported(m) is string unsupported)
+                throw new InputError($"argument: --model: {unsupported}; circuit scores GPT-2-style models (sequential pre-norm blocks, one kv head per head)");
             int a = CliSupport.OutputToken(m, parse.GetValue(answer), "--answer"), w = CliSupport.OutputToken(m, parse.GetValue(wrong), "--wrong");
             if (a == w) throw new InputError($"argument: --wrong: the same token as --answer ({a}); the logit difference would be 0 for every input");
             var metric = new MeanLogitDiff([.. Enumerable.Range(0, c.Batch).Select(_ => new[] { new LogitDiffTerm(c.Length - 1, a, w) })]);

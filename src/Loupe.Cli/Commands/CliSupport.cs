@@ -436,6 +436,14 @@ static class CliSupport
     public static int? Int(ParseResult parse, Option<int?> option, long min, long max = int.MaxValue) =>
         parse.GetValue(option) is int v ? Check.InRange(v, min, max, "argument", option.Name) : null;
 
+    /// <summary>
+    /// A context size for <paramref name="model"/>: BOS plus at least one token, at most n_ctx. Checked here so that the refusal
+    /// names the option (ContextBuilder's own check names no option: the server calls it too).
+    /// </summary>
+    /// <exception cref="InputError">Outside [2, n_ctx].</exception>
+    public static int ContextSize(int value, HookedTransformer model, string option = "--context-size") =>
+        Check.InRange(value, 2, model.Config.NCtx, "argument", $"{option} (BOS plus at least one token, at most the model's n_ctx = {model.Config.NCtx})");
+
     /// <summary>A finite number option in [min, max] (NaN and ±∞ refused).</summary>
     public static float Float(ParseResult parse, Option<float> option, double min, double max = double.PositiveInfinity) =>
         (float)Check.Finite(parse.GetValue(option), min, max, "argument", option.Name);

@@ -76,7 +76,7 @@ static class CltCommand
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
-                _ => ContextBuilder.ForModel(m, text, parse.GetValue(contextSize), seedValue, parse.GetValue(maxContexts)));
+                _ => ContextBuilder.ForModel(m, text, CliSupport.ContextSize(parse.GetValue(contextSize), m), seedValue, CliSupport.Int(parse, maxContexts, 1)));
             int layers = m.Config.NLayers, d = m.Config.DModel;
             int features = SaeTrainingOptions.FeatureCount(parse.GetValue(dSae), parse.GetValue(expansion), d);
             var act = SaeTrainingOptions.ActivationFor(parse.GetValue(architecture)!, parse.GetValue(k), features);
@@ -104,7 +104,7 @@ static class CltCommand
             options.Validate(planned, parse.GetValue(dSae) is not null ? dSae.Name : expansion.Name, deviceFree);
             CliSupport.SayTrainingMemory(CltTrainingOptions.EstimateTrainingBytes(planned, options.Base.BatchSize), trainingBackend, deviceFree);
             var clt = new CrossLayerTranscoder(planned, act, inPattern, outPattern, parse.GetValue(output)!);
-            var data = LayerPairRows.For(m, contexts, clt, parse.GetValue(contextsPerWindow));
+            var data = LayerPairRows.For(m, contexts, clt, CliSupport.Int(parse, contextsPerWindow, 1));
             if (data.LayerDIn != d || data.LayerDOut != d)
                 throw InputError.Expected("argument", "--input-hook / --output-hook", $"hooks of width d_model = {d}", $"{data.LayerDIn} and {data.LayerDOut}");
             clt.Initialize(seedValue); // the widths are d_model, as planned: no second transcoder to allocate
@@ -170,7 +170,7 @@ static class CltCommand
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
-                _ => ContextBuilder.ForModel(m, text, CliSupport.Int(parse, contextSize, 1), seedValue, CliSupport.Int(parse, maxContexts, 1)));
+                _ => ContextBuilder.ForModel(m, text, CliSupport.ContextSize(parse.GetValue(contextSize), m), seedValue, CliSupport.Int(parse, maxContexts, 1)));
             var result = CliSupport.Status.Status().Start("evaluating",
                 _ => ReplacementEvaluator.Evaluate(m, replacement, contexts, new ReplacementEvalOptions { BatchSize = CliSupport.Int(parse, batchSize, 1) }));
             AtomicFile.WriteJson(Path.Combine(folder, "eval.json"), new { Model = m.Source ?? "", ModelFingerprint = HarvestManifest.Fingerprint(m), Transcoders = Path.GetFullPath(path), Seed = seedValue, Metrics = result });

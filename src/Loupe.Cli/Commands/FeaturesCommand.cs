@@ -95,7 +95,7 @@ static class FeaturesCommand
             int size = parse.GetValue(contextSize) ?? Math.Min(config.ContextSize, m.Config.NCtx);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
-                _ => ContextBuilder.ForModel(m, text, size, seedValue, parse.GetValue(maxContexts)));
+                _ => ContextBuilder.ForModel(m, text, CliSupport.ContextSize(size, m), seedValue, CliSupport.Int(parse, maxContexts, 1)));
             FeatureBuildSummary? summary = null;
             try
             {
@@ -148,7 +148,9 @@ static class FeaturesCommand
         {
             int f = parse.GetValue(feature), n = CliSupport.Int(parse, count, 0), side = CliSupport.Int(parse, context, 0);
             using var store = OpenStore(parse, sae, db);
-            store.CheckFeature(f);
+            // The store's own check names no option (the server asks it too).
+            if ((uint)f >= (uint)store.DSae)
+                throw InputError.Expected("argument", feature.Name, $"an index in [0, {store.DSae - 1}] (this dictionary has d_sae = {store.DSae} features)", f);
             if (parse.GetValue(json)) Console.WriteLine(FeatureDashboardJson.Build(store, f, n).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             else PrintFeature(store, f, n, side, parse.GetValue(showQuantiles));
             return 0;
@@ -171,8 +173,10 @@ static class FeaturesCommand
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             int n = CliSupport.Int(parse, count, 0);
+            string order = parse.GetValue(sort)!;
+            if (order is not ("density" or "max_act" or "feature")) throw InputError.Expected("argument", sort.Name, "density, max_act or feature", order);
             using var store = OpenStore(parse, sae, db);
-            var rows = store.Features(parse.GetValue(sort)!, n);
+            var rows = store.Features(order, n);
             bool asJson = parse.GetValue(json);
             if (!asJson)
             {

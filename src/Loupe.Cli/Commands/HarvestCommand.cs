@@ -41,8 +41,8 @@ static class HarvestCommand
             var text = ParseSource(m, parse.GetValue(source)!, seedValue);
             var selected = CliSupport.SelectHooks(m, parse.GetValue(hooks)!);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
-                _ => ContextBuilder.ForModel(m, text, parse.GetValue(contextSize), seedValue, parse.GetValue(maxContexts)));
-            var options = new HarvestOptions(selected, parse.GetValue(batchSize), parse.GetValue(shardTokens), SkipBos: !parse.GetValue(keepBos));
+                _ => ContextBuilder.ForModel(m, text, CliSupport.ContextSize(parse.GetValue(contextSize), m), seedValue, CliSupport.Int(parse, maxContexts, 1)));
+            var options = new HarvestOptions(selected, CliSupport.Int(parse, batchSize, 1), CliSupport.Int(parse, shardTokens, 1), SkipBos: !parse.GetValue(keepBos));
             HarvestManifest? manifest = null;
             CliSupport.Status.Progress().AutoClear(false)
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())

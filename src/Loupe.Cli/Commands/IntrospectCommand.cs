@@ -34,9 +34,16 @@ static class IntrospectCommand
             string dir = CliSupport.OutputFolder(parse.GetValue(output)!);
             var wordList = parse.GetValue(words)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             if (wordList.Length < 2) throw InputError.Expected("argument", "--words", "at least two words", wordList.Length);
-            double[] Numbers(string text, string option, double min, double max) => [.. text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-                .Select(x => double.TryParse(x, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && v >= min && v <= max ? v
-                    : throw InputError.Expected("argument", option, $"numbers in [{min}, {max}]", x))];
+            if (wordList.GroupBy(w => w, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } repeated)
+                throw InputError.Expected("argument", "--words", "distinct words (each names its own concept vector)", $"'{repeated.Key}' {repeated.Count()} times");
+            double[] Numbers(string text, string option, double min, double max)
+            {
+                double[] values = [.. text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                    .Select(x => double.TryParse(x, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && v >= min && v <= max ? v
+                        : throw InputError.Expected("argument", option, $"numbers in [{min}, {max}]", x))];
+                // No layer or no strength is no cell at all: an empty table, not a result.
+                return values.Length > 0 ? values : throw InputError.Expected("argument", option, $"one or more comma-separated numbers in [{min}, {max}]", text);
+            }
             var options = new IntrospectionOptions
             {
                 Words = wordList,
@@ -47,7 +54,14 @@ static class IntrospectCommand
                 NewTokens = CliSupport.Int(parse, tokens, 1, 512),
             };
             if (parse.GetValue(prompt) is { } p) options = options with { TrialPrompt = p };
+            // Checked before the model loads, and here because the client's own refusal names --endpoint, the option of the other verbs.
+            if (parse.GetValue(judge) is { } judgeUrl && !(Uri.TryCreate(judgeUrl, UriKind.Absolute, out var judgeUri) && judgeUri.Scheme is "http" or "https"))
+                throw InputError.Expected("argument", "--judge", "an http(s) URL such as https://api.openai.com/v1", judgeUrl);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
+            // Checked here so that the refusal names the option (the forward pass would only say the sequence is too long or empty).
+            if (m.Tokenizer?.Encode(options.TrialPrompt).Length is int promptTokens && (promptTokens == 0 || promptTokens > m.Config.NCtx))
+                throw InputError.Expected("argument", "--prompt", $"a trial prompt of 1 to n_ctx = {m.Config.NCtx} tokens" +
+                    (parse.GetValue(prompt) is null ? " (the default prompt is longer than this model's context: give a shorter --prompt)" : ""), $"{promptTokens} tokens");
             ChatClient? client = parse.GetValue(judge) is { } url
                 ? new ChatClient(new EndpointOptions { Endpoint = url, Model = parse.GetValue(judgeModel)!, ApiKey = Environment.GetEnvironmentVariable(parse.GetValue(keyEnv)!) })
                 : null;

@@ -90,13 +90,14 @@ static class MonitorCommand
                 {
                     Recall = r, Layer = l, HeldOutFraction = h, CalibrationOpenings = openings, CalibrationTokens = calTokens, MaxFalsePositiveRate = fpr,
                 }));
+            // Held-out scores are NaN when --held-out 0 holds nothing out: shown as n/a, as persona shows them.
             Console.WriteLine("layer  held-out AUROC  held-out d");
             foreach (var s in monitor.Direction.Layers)
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{s.Layer,5}  {s.HeldOutAuroc,14:F3}  {s.HeldOutEffectSize,10:F2}{(s.Layer == monitor.Direction.Layer ? "   ← chosen" : "")}"));
+                Console.WriteLine($"{s.Layer,5}  {CliSupport.Num(s.HeldOutAuroc, "F3"),14}  {CliSupport.Num(s.HeldOutEffectSize, "F2"),10}{(s.Layer == monitor.Direction.Layer ? "   ← chosen" : "")}");
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{monitor.Name} at {monitor.Direction.HookName}: threshold {monitor.Direction.Threshold:G4} on the mean projection (for recall {monitor.TargetRecall:P0} on the training texts)"));
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"  training: recall {monitor.TrainRecall:P1}, false positives {monitor.TrainFalsePositiveRate:P1}; held out: AUROC {monitor.HeldOutAuroc:F3}, recall {monitor.HeldOutRecall:P1}, false positives {monitor.HeldOutFalsePositiveRate:P1}"));
+            Console.WriteLine($"  training: recall {CliSupport.Num(monitor.TrainRecall, "P1")}, false positives {CliSupport.Num(monitor.TrainFalsePositiveRate, "P1")}; " +
+                              $"held out: AUROC {CliSupport.Num(monitor.HeldOutAuroc, "F3")}, recall {CliSupport.Num(monitor.HeldOutRecall, "P1")}, false positives {CliSupport.Num(monitor.HeldOutFalsePositiveRate, "P1")}");
             if (monitor.CalibrationGenerations > 0)
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"  calibration: {monitor.CalibrationGenerations} ordinary generations, threshold {monitor.RecallThreshold:G4} for the recall, {monitor.Direction.Threshold:G4} for false positives ≤ {monitor.MaxFalsePositiveRate:P2}; flags {monitor.CalibrationFalsePositiveRate:P1} of them"));
@@ -135,13 +136,17 @@ static class MonitorCommand
                 return 0;
             }
             var greedy = new GenerationOptions(MaxNewTokens: n, Temperature: 0, StopAtEos: false);
-            foreach (double coefficient in parse.GetValue(steer) is double c and not 0 ? new[] { 0, c } : [0])
+            // Bounded as introspect's --strengths are: the edit scales the direction in fp32, where 1e308 is already ∞.
+            double steering = CliSupport.Double(parse, steer, -1e6, 1e6);
+            foreach (double coefficient in steering != 0 ? new[] { 0, steering } : [0])
             {
                 var options = new Loupe.Models.Hooks.RunOptions();
                 if (coefficient != 0) { var edit = monitor.Direction.Steer((float)coefficient); options.AddHook(edit.HookName, edit.Apply); }
                 var live = monitor.Watch(options);
                 var generated = m.Generate([ids], greedy, options)[0];
-                Console.WriteLine($"{(coefficient == 0 ? "unsteered" : $"steered × {coefficient.ToString(CultureInfo.InvariantCulture)}")}: live mean {F(live.Mean)} vs threshold {F(monitor.Direction.Threshold)} → {(live.Flagged ? "FLAGGED" : "not flagged")}");
+                // The monitor reads each generated token as it is fed back: the last one never is, so one generated token leaves no reading.
+                string mean = live.Projections.Count == 0 ? "n/a (no generated token was fed back to read; generate 2 or more)" : F(live.Mean);
+                Console.WriteLine($"{(coefficient == 0 ? "unsteered" : $"steered × {coefficient.ToString(CultureInfo.InvariantCulture)}")}: live mean {mean} vs threshold {F(monitor.Direction.Threshold)} → {(live.Flagged ? "FLAGGED" : "not flagged")}");
                 Console.WriteLine($"  {(m.Tokenizer?.Decode(generated) ?? string.Join(",", generated))}");
             }
             return 0;

@@ -102,11 +102,14 @@ static class PatchCommand
                 double rho = RankCorrelation.Spearman(result!.Normalized, estimate!.Normalized);
                 args["spearman_attribution_vs_activation"] = rho.ToString("F4", System.Globalization.CultureInfo.InvariantCulture);
                 var (attributionJson, _) = CausalReports.WritePatching(estimate, Path.Combine(dir, "attribution"), labels, args);
-                Console.WriteLine($"attribution patching: Spearman ρ with activation patching over {result.Cells.Length} cells = {rho:F3} ({estimate.Seconds:F2} s vs {result.Seconds:F2} s); wrote {attributionJson}");
+                Console.WriteLine($"attribution patching: Spearman ρ with activation patching over {result.Cells.Length} cells = {CliSupport.Num(rho, "F3")} ({estimate.Seconds:F2} s vs {result.Seconds:F2} s); wrote {attributionJson}");
             }
             var (json, svg) = CausalReports.WritePatching(result!, dir, labels, args);
 
             Console.WriteLine($"{metric.Name}: clean {result!.CleanValue:F4}, corrupt {result.CorruptValue:F4}");
+            // (m − m_corrupt) / (m_clean − m_corrupt) is NaN when the two runs agree, e.g. when the prompts differ only after --position.
+            if (result.Normalized.All(double.IsNaN))
+                Console.WriteLine($"note: clean and corrupt give the same {metric.Name}, so the normalized metric is undefined (n/a): the prompts must differ at or before --position {pos}");
             Console.WriteLine($"Top cells by normalized metric ({(result.Noising ? "noising: low = needed" : "denoising: 1 = clean restored")}):");
             var order = Enumerable.Range(0, result.Cells.Length)
                 .OrderByDescending(i => result.Noising ? -result.Normalized[i] : result.Normalized[i]).Take(8);
@@ -114,7 +117,7 @@ static class PatchCommand
             {
                 var c = result.Cells[i];
                 string where = c.Position >= 0 ? $" at {labels[c.Position]}" : "";
-                Console.WriteLine($"  {c,-12}{where,-24} {result.Normalized[i],8:F3}   ({result.Values[i]:F4})");
+                Console.WriteLine($"  {c,-12}{where,-24} {CliSupport.Num(result.Normalized[i], "F3"),8}   ({result.Values[i]:F4})");
             }
             Console.WriteLine($"{result.Cells.Length} cells in {result.ForwardPasses} forward passes ({result.CellsPerPass} cells per pass), {result.Seconds:F2} s");
             Console.WriteLine($"wrote {json} and {svg}");

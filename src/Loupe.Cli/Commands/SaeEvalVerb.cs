@@ -61,7 +61,7 @@ static class SaeEvalVerb
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
-                _ => ContextBuilder.ForModel(m, text, tokensPerContext, seedValue, contextCount));
+                _ => ContextBuilder.ForModel(m, text, CliSupport.ContextSize(tokensPerContext, m), seedValue, contextCount));
             var options = new SaeEvalOptions
             {
                 BatchSize = contextsPerPass,

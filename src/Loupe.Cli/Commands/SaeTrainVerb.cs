@@ -83,8 +83,8 @@ static class SaeTrainVerb
                     string spec = parse.GetValue(source) ?? throw new InputError("argument: --source is required with --model");
                     var text = HarvestCommand.ParseSource(m, spec, seedValue);
                     var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
-                        _ => ContextBuilder.ForModel(m, text, parse.GetValue(contextSize), seedValue, parse.GetValue(maxContexts)));
-                    data = new ModelRows(m, contexts, inputHook, outHook, parse.GetValue(contextsPerWindow));
+                        _ => ContextBuilder.ForModel(m, text, CliSupport.ContextSize(parse.GetValue(contextSize), m), seedValue, CliSupport.Int(parse, maxContexts, 1)));
+                    data = new ModelRows(m, contexts, inputHook, outHook, CliSupport.Int(parse, contextsPerWindow, 1));
                     modelName = m.Source ?? modelPath!;
                     ctxSize = contexts.ContextSize;
                 }

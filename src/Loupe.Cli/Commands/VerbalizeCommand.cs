@@ -35,10 +35,15 @@ static class VerbalizeCommand
         { model, sourcePrompt, sourceLayer, sourcePosition, sae, feature, vector, scale, target, targetPosition, layers, tokens, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
+            // A file where the folder belongs is refused before the model loads, not after the work.
+            string? outDir = parse.GetValue(output) is { } given ? CliSupport.OutputFolder(given) : null;
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             int L = m.Config.NLayers, D = m.Config.DModel;
             var targetIds = CliSupport.Encode(m, parse.GetValue(target)!, "--target");
             CliSupport.CheckTokens(m, TokenBatch.Single(targetIds), "--target");
+            int patched = parse.GetValue(targetPosition);
+            if (patched >= targetIds.Length || patched < -targetIds.Length)
+                throw InputError.Expected("argument", "--target-position", $"a position of the {targetIds.Length}-token target prompt", patched.ToString(CultureInfo.InvariantCulture));
             int[] targetLayers = ParseLayers(parse.GetValue(layers), L);
             int sources = new[] { parse.GetValue(sourcePrompt) is not null, parse.GetValue(sae) is not null, parse.GetValue(vector) is not null }.Count(x => x);
             if (sources != 1) throw new InputError("argument: give exactly one of --source-prompt, --sae (with --feature) or --vector");
@@ -81,15 +86,15 @@ static class VerbalizeCommand
             foreach (int layer in targetLayers)
             {
                 float[] v = raw ?? Scaled(direction!, factor * Patchscope.TypicalNorm(m, targetIds, layer));
-                results.AddRange(Patchscope.Run(m, targetIds, parse.GetValue(targetPosition), v, [layer], CliSupport.Int(parse, tokens, 0, 256)));
+                results.AddRange(Patchscope.Run(m, targetIds, patched, v, [layer], CliSupport.Int(parse, tokens, 0, 256)));
             }
             Console.WriteLine($"verbalizing {described}, in \"{parse.GetValue(target)}\" at position {parse.GetValue(targetPosition)}:");
             foreach (var r in results)
                 Console.WriteLine($"  layer {r.TargetLayer,3}: {Quote(r.Text ?? string.Join(",", r.Tokens))}   next: " +
                     string.Join(", ", r.TopNext.Select(t => $"{CliSupport.Show(m, t.Token)} {t.Probability.ToString("P1", CultureInfo.InvariantCulture)}")));
-            if (parse.GetValue(output) is { } dir)
+            if (outDir is not null)
             {
-                string path = Path.Combine(CliSupport.OutputFolder(dir), "verbalize.json");
+                string path = Path.Combine(outDir, "verbalize.json");
                 var json = new JsonObject
                 {
                     ["model"] = m.Source,

@@ -31,6 +31,8 @@ static class VerifyCommand
         { model, reference, prompts, length, seed, tolerance, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
+            // A file where the folder belongs is refused before the checks run, not after them.
+            string? outDir = parse.GetValue(output) is { } given ? CliSupport.OutputFolder(given) : null;
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             string? refPath = parse.GetValue(reference);
             if (refPath is not null && !File.Exists(refPath)) throw new InputError($"argument: --reference: file not found: {refPath}");
@@ -55,9 +57,9 @@ static class VerifyCommand
                     Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"    FAILED {c.Name}: {c.Error:G4} > {c.Tolerance:G3} ({c.Measure})"));
             }
             Console.WriteLine(report.Passed ? "PASSED" : "FAILED");
-            if (parse.GetValue(output) is { } dir)
+            if (outDir is not null)
             {
-                string path = Path.Combine(CliSupport.OutputFolder(dir), "verify.json");
+                string path = Path.Combine(outDir, "verify.json");
                 Loupe.Reports.AtomicFile.WriteAllText(path, report.ToJson().ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
                 Console.WriteLine($"wrote {path}");
             }

@@ -66,14 +66,14 @@ public sealed class StoreRows : IRowWindows
     readonly string? _targetHook;
     readonly int _shardsPerWindow, _seed;
 
-    /// <exception cref="ArgumentException">A hook was not harvested in the store (the message lists those that were).</exception>
+    /// <exception cref="InputError">A hook was not harvested in the store (the message names its option and lists those that were).</exception>
     public StoreRows(ActivationStore store, string inputHook, string? targetHook = null, int shardsPerWindow = 4, int seed = 0)
     {
         _store = store ?? throw new ArgumentNullException(nameof(store));
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(shardsPerWindow);
-        foreach (var h in new[] { inputHook, targetHook })
+        foreach (var (h, option) in new[] { (inputHook, "--hook"), (targetHook, "--target-hook") })
             if (h is not null && !store.Hooks.Contains(h))
-                throw new InputError($"argument: --hook: '{h}' was not harvested in {store.Folder}; it holds {string.Join(", ", store.Hooks)}");
+                throw new InputError($"argument: {option}: '{h}' was not harvested in {store.Folder}; it holds {string.Join(", ", store.Hooks)}");
         (_inputHook, _targetHook, _shardsPerWindow, _seed) = (inputHook, targetHook, shardsPerWindow, seed);
         DIn = store.D(inputHook);
         DOut = targetHook is null ? DIn : store.D(targetHook);
@@ -126,9 +126,9 @@ public sealed class ModelRows : IRowWindows
         _contexts = contexts ?? throw new ArgumentNullException(nameof(contexts));
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(contextsPerWindow);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
-        foreach (var h in new[] { inputHook, targetHook })
+        foreach (var (h, option) in new[] { (inputHook, "--hook"), (targetHook, "--target-hook") })
             if (h is not null && !model.HookPointNames.Contains(h))
-                throw new InputError($"argument: --hook: '{h}' is not a hook point of this model; closest names: {string.Join(", ", HookNames.Closest(h, model.HookPointNames))}");
+                throw new InputError($"argument: {option}: '{h}' is not a hook point of this model; closest names: {string.Join(", ", HookNames.Closest(h, model.HookPointNames))}");
         if (skipBos && contexts.ContextSize < 2) throw new InputError("argument: --context-size: skipping BOS leaves nothing of a one-token context");
         (_inputHook, _targetHook, _contextsPerWindow, _batchSize, _skipBos) = (inputHook, targetHook, contextsPerWindow, batchSize, skipBos);
         var probe = Run(0, 1);
@@ -140,7 +140,8 @@ public sealed class ModelRows : IRowWindows
     public int DIn { get; }
     public int DOut { get; }
     public bool HasTargets => _targetHook is not null;
-    public int WindowCount => (_contexts.Count + _contextsPerWindow - 1) / _contextsPerWindow;
+    // Rounded up without Count + per-window − 1, which overflows for a window of int.MaxValue contexts.
+    public int WindowCount => _contexts.Count == 0 ? 0 : 1 + (_contexts.Count - 1) / _contextsPerWindow;
     public string Description => $"model {HarvestManifest.Fingerprint(_model)} on {_contexts.SourceDescription} ({_contexts.Sha256()}) {_inputHook}{(_targetHook is null ? "" : " → " + _targetHook)}, {_contextsPerWindow} contexts/window";
 
     public (float[] Inputs, float[]? Targets) Load(int epoch, int window)

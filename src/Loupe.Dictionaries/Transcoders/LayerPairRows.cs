@@ -70,7 +70,8 @@ public sealed class LayerPairRows : IRowWindows
     public int DIn { get; }
     public int DOut { get; }
     public bool HasTargets => true;
-    public int WindowCount => (_contexts.Count + _contextsPerWindow - 1) / _contextsPerWindow;
+    // Rounded up without Count + per-window − 1, which overflows for a window of int.MaxValue contexts.
+    public int WindowCount => _contexts.Count == 0 ? 0 : 1 + (_contexts.Count - 1) / _contextsPerWindow;
     public string Description =>
         $"model {HarvestManifest.Fingerprint(_model)} on {_contexts.SourceDescription} ({_contexts.Sha256()}) {_inputs[0]}…{_inputs[^1]} → {_outputs[0]}…{_outputs[^1]}, {_contextsPerWindow} contexts/window";
 

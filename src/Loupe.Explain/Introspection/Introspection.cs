@@ -132,11 +132,14 @@ public sealed record IntrospectionResult(IReadOnlyList<IntrospectionCell> Cells,
 public static class ConceptInjection
 {
     /// <summary>Concept vectors of <paramref name="words"/> at resid_pre of <paramref name="layer"/>.</summary>
-    /// <exception cref="InputError">The model has no tokenizer, or fewer than two words are given.</exception>
+    /// <exception cref="InputError">The model has no tokenizer, fewer than two words are given, or a word is given twice.</exception>
     public static IReadOnlyDictionary<string, float[]> ConceptVectors(HookedTransformer model, IReadOnlyList<string> words, int layer, string template)
     {
         var tokenizer = model.Tokenizer ?? throw new InputError("concept injection needs a model with a tokenizer");
         if (words.Count < 2) throw new InputError("concept vectors are differences from the mean over words: give at least two words");
+        // Each word names its vector: a repeated word would be two entries under one name.
+        if (words.GroupBy(w => w, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } repeated)
+            throw new InputError($"concept words must differ: '{repeated.Key}' is given {repeated.Count()} times");
         int D = model.Config.DModel;
         string hook = HookNames.ResidPre(layer);
         var acts = words.Select(w =>
@@ -156,7 +159,7 @@ public static class ConceptInjection
     }
 
     /// <summary>Runs every cell's injected and control trials and grades them.</summary>
-    /// <exception cref="InputError">No tokenizer, fewer than two words, or a fraction outside [0, 1].</exception>
+    /// <exception cref="InputError">No tokenizer, fewer than two words, a fraction outside [0, 1], or a trial prompt that encodes to nothing.</exception>
     public static async Task<IntrospectionResult> RunAsync(HookedTransformer model, IntrospectionOptions options, IIntrospectionGrader grader,
         IProgress<string>? progress = null, CancellationToken cancellationToken = default)
     {
@@ -165,6 +168,7 @@ public static class ConceptInjection
         foreach (var f in options.LayerFractions)
             if (!(f >= 0 && f <= 1)) throw InputError.Expected("introspection", "layer fraction", "a number in [0, 1]", f);
         var prompt = tokenizer.Encode(options.TrialPrompt);
+        if (prompt.Length == 0) throw InputError.Expected("introspection", "trial prompt", "a prompt that encodes to at least one token", options.TrialPrompt);
         int start = prompt.Length - 1;
         var trials = new List<IntrospectionTrial>();
         var cells = new List<IntrospectionCell>();
