@@ -9,7 +9,8 @@ public static class AllTargets
     [
         new SafeTensorsTarget(), new CheckpointTarget(), new ModelTarget(), new TokenizerJsonTarget(), new VocabMergesTarget(),
         new SaeLensTarget(), new NpyTarget(), new GemmaScopeTarget(), new HarvestTarget(), new FeatureStoreTarget(), new CliTarget(),
-        new ChatTemplateTarget(), new OnnxTarget(), new GraphSafetensorsTarget(), new GraphJsonTarget(), new TranscoderTarget(), new VectorTarget(), new Gpt2AttentionTarget(), new PriceTableTarget(), new ResumeTarget(), new ServeTarget(), new ServedArtifactsTarget(), new McpTarget(),
+        new ChatTemplateTarget(), new OnnxTarget(), new GraphSafetensorsTarget(), new GraphJsonTarget(), new TranscoderTarget(), new VectorTarget(),
+        new Gpt2AttentionTarget(), new PriceTableTarget(), new ResumeTarget(), new ServeTarget(), new ServedArtifactsTarget(), new McpTarget(),
     ];
 
     public static IReadOnlyList<string> Names { get; } = [.. Create().Select(t => t.Name)];
