@@ -41,6 +41,8 @@ public static class ModularFourier
         if (p < 3 || p % 2 == 0) throw new InputError($"argument: --p: expected an odd modulus ≥ 3, found {p}");
         if (cfg.DVocab < p || cfg.VocabOut < p) throw new InputError($"argument: --p: the model has {cfg.DVocab} input and {cfg.VocabOut} output tokens; p = {p} needs at least p of each");
         if ((uint)equalsToken >= (uint)cfg.DVocab) throw new InputError($"argument: --equals: token {equalsToken} is outside the vocabulary (d_vocab = {cfg.DVocab})");
+        // An "=" among the operands would make [a, b, =] ambiguous: the analysis would read a number where the model sees "=".
+        if (equalsToken < p) throw new InputError($"argument: --equals: token {equalsToken} is one of the numbers 0..{p - 1}; the \"=\" token must be another token (Nanda's grokking models use p = {p})");
         if (cfg.NCtx < 3) throw new InputError($"the model's context is {cfg.NCtx} tokens; inputs [a, b, =] need 3");
         int K = (p - 1) / 2, V = cfg.VocabOut;
 

@@ -37,5 +37,6 @@ public sealed class ModularFourierTests
         Assert.Throws<InputError>(() => { ModularFourier.Analyze(model, 114, 0); });
         Assert.Throws<InputError>(() => { ModularFourier.Analyze(model, 1001, 0); });
         Assert.Throws<InputError>(() => { ModularFourier.Analyze(model, 113, 100000); });
+        Assert.Contains("--equals: token 5 is one of the numbers 0..112", Assert.Throws<InputError>(() => { ModularFourier.Analyze(model, 113, 5); }).Message); // found by the cli fuzzer
     }
 }
