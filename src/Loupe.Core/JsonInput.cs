@@ -46,11 +46,7 @@ public static class JsonInput
         Validate(utf8, where, maxDepth);
         try
         {
-            return JsonDocument.Parse(utf8, new JsonDocumentOptions
-            {
-                MaxDepth = maxDepth, CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true,
-                AllowDuplicateProperties = allowDuplicateProperties,
-            });
+            return JsonDocument.Parse(utf8, Options(maxDepth, allowDuplicateProperties));
         }
         catch (JsonException e)
         {
@@ -67,10 +63,7 @@ public static class JsonInput
         Validate(utf8, where, maxDepth);
         try
         {
-            var node = System.Text.Json.Nodes.JsonNode.Parse(utf8, documentOptions: new JsonDocumentOptions
-            {
-                MaxDepth = maxDepth, CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true, AllowDuplicateProperties = false,
-            });
+            var node = System.Text.Json.Nodes.JsonNode.Parse(utf8, documentOptions: Options(maxDepth, allowDuplicateProperties: false));
             // A JsonObject meets duplicate keys when its properties are first enumerated, not while parsing: do that here.
             if (node is not null) Touch(node);
             return node;
@@ -80,6 +73,12 @@ public static class JsonInput
             throw new InputError($"{where}: expected valid JSON without repeated keys, found: {FirstSentence(e.Message)}");
         }
     }
+
+    /// <summary>What <see cref="Parse"/> and <see cref="ParseNode"/> accept once <see cref="Validate"/> has passed.</summary>
+    static JsonDocumentOptions Options(int maxDepth, bool allowDuplicateProperties) => new()
+    {
+        MaxDepth = maxDepth, CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true, AllowDuplicateProperties = allowDuplicateProperties,
+    };
 
     static void Touch(System.Text.Json.Nodes.JsonNode root)
     {
