@@ -283,6 +283,41 @@ public sealed class CliRefusalTests : IDisposable
         Assert.Matches("(?i)nan|non-finite|not finite", result.Err);
     }
 
+    /// <summary>stories260K with its context cut to 48 tokens: smaller than the default --context-size (128).</summary>
+    string ShortContextModel()
+    {
+        string folder = Out("short-context");
+        Directory.CreateDirectory(folder);
+        string source = SharedData.Require("models/stories260K");
+        foreach (var file in Directory.GetFiles(source)) File.Copy(file, Path.Combine(folder, Path.GetFileName(file)));
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "config.json")))!;
+        config["max_position_embeddings"] = 48;
+        File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString());
+        return folder;
+    }
+
+    [RequiresSharedFact("models/stories260K", "datasets/brown-corpus")]
+    public void TheDefaultContextSizeShrinksToASmallModelWhileAGivenOneAboveNCtxIsRefused()
+    {
+        // The default used to be refused on such a model, naming an option the user never typed.
+        string model = ShortContextModel(), brown = "brown:" + SharedData.Require("datasets/brown-corpus");
+        string[] args = ["harvest", "--model", model, "--source", brown, "--hooks", "blocks.0.hook_resid_post", "--max-contexts", "2"];
+        var run = RunLoupe([.. args, "--out", Out("acts")]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("94 tokens × 1 hooks", run.Out); // 2 contexts × 47 tokens (BOS skipped)
+        AssertRefused(RunLoupe([.. args, "--out", Out("acts2"), "--context-size", "49"]), "--context-size", "n_ctx = 48");
+    }
+
+    [RequiresSharedFact("models/stories260K")]
+    public void VerifyRefusesALengthAboveNCtx() =>
+        AssertRefused(RunLoupe("verify", "--model", ShortContextModel(), "--length", "49"), "--length", "n_ctx = 48");
+
+    [Theory]
+    [InlineData("../outside")]
+    [InlineData("a//b")]
+    public void FeaturesNeuronpediaRefusesABadScanByItsOption(string scan) =>
+        AssertRefused(RunLoupe("features", "neuronpedia", "--stores", Out("l0.db"), "--scan", scan, "--out", Out("np")), "--scan");
+
     [Fact]
     public void GuardTurnsBadInputIntoExitCode2AndLetsBugsEscape()
     {

@@ -242,14 +242,16 @@ public static class NeuronpediaFeatureJson
     }
 
     /// <summary>The scan as folder names; refuses anything that would leave the features folder or change how the viewer resolves it.</summary>
-    static string[] ScanSegments(string scan)
-    {
-        string[] segments = scan.Split('/');
-        foreach (string s in segments)
-            if (s.Length == 0 || s is "." or ".." || s.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0 || s.Contains('\\'))
-                throw new InputError($"scan {InputError.Show(scan)}: expected a relative folder path of plain names separated by '/' (e.g. \"gpt2-tc\" or \"tc/layer_0\"), no '.', '..' or empty parts");
-        return segments;
-    }
+    static string[] ScanSegments(string scan) =>
+        IsValidScan(scan) ? scan.Split('/') : throw new InputError($"scan {InputError.Show(scan)}: expected {ScanExpected}");
+
+    /// <summary>What a scan must be, for refusals.</summary>
+    public const string ScanExpected =
+        "a relative folder path of plain names separated by '/' (e.g. \"gpt2-tc\" or \"tc/layer_0\"), no '.', '..' or empty parts";
+
+    /// <summary>True when <paramref name="scan"/> is a relative folder path of plain names (see <see cref="ScanExpected"/>).</summary>
+    public static bool IsValidScan(string scan) =>
+        scan.Split('/').All(s => s.Length > 0 && s is not ("." or "..") && s.IndexOfAny(Path.GetInvalidFileNameChars()) < 0 && !s.Contains('\\'));
 
     /// <summary>Writes one feature's detail JSON (the fields at the top of this file) to <paramref name="stream"/>.</summary>
     /// <param name="stream">Where to write (UTF-8).</param>

@@ -440,9 +440,21 @@ static class CliSupport
     /// A context size for <paramref name="model"/>: BOS plus at least one token, at most n_ctx. Checked here so that the refusal
     /// names the option (ContextBuilder's own check names no option: the server calls it too).
     /// </summary>
-    /// <exception cref="InputError">Outside [2, n_ctx].</exception>
-    public static int ContextSize(int value, HookedTransformer model, string option = "--context-size") =>
-        Check.InRange(value, 2, model.Config.NCtx, "argument", $"{option} (BOS plus at least one token, at most the model's n_ctx = {model.Config.NCtx})");
+    /// <exception cref="InputError">A given value outside [2, n_ctx].</exception>
+    public static int ContextSize(int? value, HookedTransformer model, string option = "--context-size") =>
+        value is int given
+            ? Check.InRange(given, 2, model.Config.NCtx, "argument", $"{option} (BOS plus at least one token, at most the model's n_ctx = {model.Config.NCtx})")
+            : Math.Min(DefaultContextSize, model.Config.NCtx);
+
+    /// <summary>Tokens per context when <c>--context-size</c> is not given (or the model's n_ctx when that is smaller).</summary>
+    public const int DefaultContextSize = 128;
+
+    /// <summary>
+    /// The <c>--context-size</c> option: optional, so that its default can follow the model (128, or n_ctx when smaller) while a
+    /// value the user gave above n_ctx is still refused by <see cref="ContextSize"/>.
+    /// </summary>
+    public static Option<int?> ContextSizeOption(string description = "Tokens per context, BOS included") =>
+        new("--context-size") { Description = $"{description} (default {DefaultContextSize}, or the model's n_ctx when smaller)" };
 
     /// <summary>A finite number option in [min, max] (NaN and ±∞ refused).</summary>
     public static float Float(ParseResult parse, Option<float> option, double min, double max = double.PositiveInfinity) =>

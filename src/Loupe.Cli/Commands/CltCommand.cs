@@ -30,7 +30,7 @@ static class CltCommand
     {
         var model = CliSupport.ModelOption();
         var source = new Option<string>("--source") { Description = "brown:FOLDER, text:PATH, jsonl:FILE or generate:N", Required = true };
-        var contextSize = new Option<int>("--context-size") { Description = "Tokens per context, BOS included", DefaultValueFactory = _ => 128 };
+        var contextSize = CliSupport.ContextSizeOption();
         var maxContexts = new Option<int?>("--max-contexts") { Description = "Use at most this many contexts" };
         var contextsPerWindow = new Option<int>("--contexts-per-window") { Description = "Contexts run per shuffling window", DefaultValueFactory = _ => 64 };
         var inputHook = new Option<string>("--input-hook") { Description = "Hook each layer's features read; {layer} stands for the layer", DefaultValueFactory = _ => CrossLayerTranscoder.DefaultInputHook };
@@ -150,7 +150,7 @@ static class CltCommand
             Required = true,
         };
         var source = new Option<string>("--source") { Description = "brown:FOLDER, text:PATH, jsonl:FILE or generate:N", Required = true };
-        var contextSize = new Option<int>("--context-size") { Description = "Tokens per context, BOS included", DefaultValueFactory = _ => 128 };
+        var contextSize = CliSupport.ContextSizeOption();
         var maxContexts = new Option<int>("--max-contexts") { Description = "Evaluate at most this many contexts", DefaultValueFactory = _ => 64 };
         var batchSize = new Option<int>("--batch-size") { Description = "Contexts per forward pass", DefaultValueFactory = _ => 8 };
         var seed = new Option<int>("--seed") { Description = "Seed for shuffling contexts", DefaultValueFactory = _ => 0 };

@@ -37,6 +37,8 @@ static class FeaturesNeuronpediaVerb
             string? graphPath = parse.GetValue(graph), scanName = parse.GetValue(scan);
             if ((graphPath is null) == (scanName is null))
                 throw new InputError("argument: give exactly one of --graph FILE (its feature nodes) or --scan NAME (every feature of every store)");
+            if (scanName is not null && !NeuronpediaFeatureJson.IsValidScan(scanName))
+                throw InputError.Expected("argument", "--scan", NeuronpediaFeatureJson.ScanExpected, scanName);
             var flavorValue = parse.GetValue(flavor) switch
             {
                 "v0.5.0" or "v050" => NeuronpediaFlavor.V050,

@@ -18,7 +18,7 @@ static class HarvestCommand
             Required = true,
         };
         var hooks = new Option<string>("--hooks") { Description = "Comma-separated glob patterns of per-position hooks, e.g. \"blocks.2.hook_resid_post\"", Required = true };
-        var contextSize = new Option<int>("--context-size") { Description = "Tokens per context, BOS included", DefaultValueFactory = _ => 128 };
+        var contextSize = CliSupport.ContextSizeOption();
         var maxContexts = new Option<int?>("--max-contexts") { Description = "Harvest at most this many contexts" };
         var seed = new Option<int>("--seed") { Description = "Seed for shuffling contexts (and sampling with generate:N)", DefaultValueFactory = _ => 0 };
         var batchSize = new Option<int>("--batch-size") { Description = "Contexts per forward pass", DefaultValueFactory = _ => 8 };

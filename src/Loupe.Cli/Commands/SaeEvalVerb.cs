@@ -25,7 +25,7 @@ static class SaeEvalVerb
             Description = "Where the text comes from: brown:FOLDER, text:FILE_OR_FOLDER, jsonl:FILE (a \"text\" field per line), or generate:N (N samples from the model)",
             Required = true,
         };
-        var contextSize = new Option<int>("--context-size") { Description = "Tokens per context, BOS included", DefaultValueFactory = _ => 128 };
+        var contextSize = CliSupport.ContextSizeOption();
         var maxContexts = new Option<int>("--max-contexts") { Description = "Evaluate at most this many contexts", DefaultValueFactory = _ => 64 };
         var batchSize = new Option<int>("--batch-size") { Description = "Contexts per forward pass", DefaultValueFactory = _ => 8 };
         var seed = new Option<int>("--seed") { Description = "Seed for shuffling contexts (and sampling with generate:N)", DefaultValueFactory = _ => 0 };
@@ -51,7 +51,7 @@ static class SaeEvalVerb
             // Cheap checks first, so a typo fails before the model loads.
             int contextCount = CliSupport.Int(parse, maxContexts, 1);
             int contextsPerPass = CliSupport.Int(parse, batchSize, 1);
-            int tokensPerContext = CliSupport.Int(parse, contextSize, 1);
+            int? tokensPerContext = CliSupport.Int(parse, contextSize, 2);
             double dense = CliSupport.Double(parse, denseThreshold, 0, 1);
             var excluded = ParseExclude(parse.GetValue(exclude));
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);

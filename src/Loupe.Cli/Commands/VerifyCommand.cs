@@ -16,7 +16,7 @@ static class VerifyCommand
                           "its input_ids become the prompts and every tensor in it is compared",
         };
         var prompts = new Option<int>("--prompts") { Description = "Random prompts checked (without --reference)", DefaultValueFactory = _ => 2 };
-        var length = new Option<int>("--length") { Description = "Tokens per random prompt", DefaultValueFactory = _ => 12 };
+        var length = new Option<int>("--length") { Description = "Tokens per random prompt (default 12, or the model's n_ctx when smaller)", DefaultValueFactory = _ => 12 };
         var seed = new Option<int>("--seed") { Description = "Seed of the random prompts and gradient probes", DefaultValueFactory = _ => 0 };
         var tolerance = new Option<double>("--tolerance") { Description = "Largest max |Δ| / max |reference| that passes, against float64 and the reference file", DefaultValueFactory = _ => 1e-4 };
         var output = new Option<string?>("--out", "-o") { Description = "Folder for verify.json" };
@@ -39,7 +39,11 @@ static class VerifyCommand
             var options = new VerifyOptions
             {
                 Prompts = CliSupport.Int(parse, prompts, 1, 64),
-                Length = CliSupport.Int(parse, length, 1, 4096),
+                // An explicit length past n_ctx is refused (the verifier would clamp it, and the user would not be checking what
+                // they asked for); the default shrinks to a model whose n_ctx is smaller.
+                Length = parse.GetResult(length) is { Implicit: false }
+                    ? Check.InRange(parse.GetValue(length), 1, Math.Min(4096, m.Config.NCtx), "argument", $"--length (at most 4096 and the model's n_ctx = {m.Config.NCtx})")
+                    : Math.Min(parse.GetValue(length), m.Config.NCtx),
                 Seed = parse.GetValue(seed),
                 Tolerance = CliSupport.Double(parse, tolerance, 0, 1),
                 ReferencePath = refPath,
