@@ -29,6 +29,7 @@ public static class Program
         public bool LargeSeeds;
         public DateTime? Deadline;
         public string? Replay;
+        public bool Refusals;
     }
 
     public static int Main(string[] args)
@@ -38,7 +39,7 @@ public static class Program
         catch (ArgumentException e)
         {
             Console.Error.WriteLine($"error: {e.Message}");
-            Console.Error.WriteLine("usage: Loupe.Fuzz [--parser all|NAME[,NAME]] [--minutes M] [--iterations N] [--seed S] [--out DIR] [--large-seeds] [--replay crash-*.json]");
+            Console.Error.WriteLine("usage: Loupe.Fuzz [--parser all|NAME[,NAME]] [--minutes M] [--iterations N] [--seed S] [--out DIR] [--large-seeds] [--refusals] [--replay crash-*.json]");
             Console.Error.WriteLine($"parsers: {string.Join(", ", AllTargets.Names)}");
             return 2;
         }
@@ -63,6 +64,7 @@ public static class Program
                 case "--deadline": o.Deadline = DateTime.FromBinary(long.Parse(Next())); break;
                 case "--child": o.Child = true; break;
                 case "--large-seeds": o.LargeSeeds = true; break;
+                case "--refusals": o.Refusals = true; break;
                 case "--replay": o.Replay = Next(); break;
                 default: throw new ArgumentException($"unknown argument '{args[i]}'");
             }
@@ -120,6 +122,7 @@ public static class Program
                      "--seed", o.Seed.ToString(), "--out", o.Out, "--deadline", deadline.ToBinary().ToString() })
             info.ArgumentList.Add(a);
         if (o.LargeSeeds) info.ArgumentList.Add("--large-seeds");
+        if (o.Refusals) info.ArgumentList.Add("--refusals");
         // A 2 GiB managed heap: an allocation sized by a corrupt header fails fast with OutOfMemoryException instead of paging.
         info.Environment["DOTNET_GCHeapHardLimit"] = "0x80000000";
         return Process.Start(info)!;
@@ -172,6 +175,9 @@ public static class Program
                 },
             });
             Console.WriteLine($"  {result.Counts}");
+            if (o.Refusals)
+                foreach (var (shape, count) in result.Refusals.OrderByDescending(r => r.Value).Take(20))
+                    Console.WriteLine($"  {target.Name}: refused {count,6}× {shape}");
             foreach (var error in result.HarnessErrors.Take(5)) Console.WriteLine($"  {target.Name}: harness error {error}");
             if (result.StoppedOnHang)
             {

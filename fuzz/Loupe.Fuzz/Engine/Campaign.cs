@@ -30,6 +30,8 @@ public sealed class CampaignResult(string parser)
     /// <summary>Mutations that threw (bugs in the fuzzer itself); the CI test fails on any.</summary>
     public List<string> HarnessErrors { get; } = [];
     public TimeSpan Elapsed { get; set; }
+    /// <summary>Refusal messages with their numbers and quoted values blanked, and how often each was seen: what the mutations mostly hit.</summary>
+    public Dictionary<string, int> Refusals { get; } = [];
 
     public string Counts => $"{Parser}: {Run} inputs, {Accepted} accepted, {Refused} refused, {Failed} failed ({Findings.Count} distinct) in {Elapsed.TotalSeconds:0.0} s";
 }
@@ -57,6 +59,13 @@ public sealed class CampaignOptions
 /// </summary>
 public static class Campaign
 {
+    /// <summary>A refusal message with what varies between inputs (numbers, quoted values, paths) blanked, cut to 140 characters.</summary>
+    public static string RefusalShape(string message)
+    {
+        string shape = System.Text.RegularExpressions.Regex.Replace(message, "\"[^\"]*\"|'[^']*'|/[^ :,;]+|[0-9]+", "…");
+        return shape.Length > 140 ? shape[..140] : shape;
+    }
+
     public static CampaignResult Run(FuzzTarget target, IReadOnlyList<Seed> seeds, CampaignOptions options)
     {
         var result = new CampaignResult(target.Name);
@@ -81,7 +90,11 @@ public static class Campaign
                 switch (outcome.Verdict)
                 {
                     case Verdict.Accepted: result.Accepted++; break;
-                    case Verdict.Refused: result.Refused++; break;
+                    case Verdict.Refused:
+                        result.Refused++;
+                        string shape = RefusalShape(outcome.Message);
+                        result.Refusals[shape] = result.Refusals.GetValueOrDefault(shape) + 1;
+                        break;
                     default:
                         result.Failed++;
                         if (bySignature.TryGetValue(outcome.Signature, out var known)) known.Count++;

@@ -1,7 +1,11 @@
 namespace Loupe.Fuzz.Engine;
 
 /// <summary>How a file is mutated: the structure-aware mutators a kind has, on top of the byte-level ones every kind gets.</summary>
-public enum FileKind { Json, SafeTensors, Npy, Npz, Sqlite, Text, Args, Protobuf, Binary }
+/// <summary>
+/// What a seed file is, which picks its mutators. <see cref="Script"/>: JSON that tells a fake peer (a hub, a server) how to answer,
+/// mutated by the target's own mutators and JSON value replacements only — byte-level damage would only make the fake unreadable.
+/// </summary>
+public enum FileKind { Json, SafeTensors, Npy, Npz, Sqlite, Text, Args, Protobuf, Binary, Script }
 
 /// <summary>One file of a seed case, as it lies in the case folder.</summary>
 public sealed record SeedFile(string Name, byte[] Bytes, FileKind Kind, bool Mutable = true);

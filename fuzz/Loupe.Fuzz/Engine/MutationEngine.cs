@@ -29,7 +29,8 @@ public static class MutationEngine
             for (int attempt = 0; attempt < 6 && !applied; attempt++)
             {
                 int roll = rng.Next(100);
-                var pool = roll < 45 && structured.Count > 0 ? structured
+                var pool = file.Kind == FileKind.Script ? (roll < 70 && extras.Count > 0 ? extras : JsonMutators.All)
+                    : roll < 45 && structured.Count > 0 ? structured
                     : roll < 75 && extras.Count > 0 ? extras
                     : textual && extras.Count > 0 ? extras
                     : ByteMutators.All;

@@ -288,7 +288,9 @@ public sealed partial class HubClient : IDisposable
                 "Check the spelling (ids look like 'org/name'), or pass a local folder instead.");
         }
         string commit = config.Meta.Commit;
-        if (revision != commit) WriteRef(repoFolder, revision, commit);
+        // A branch or tag always gets its ref, even when the hub names the commit as the branch itself ("main"): without the ref
+        // an offline run would not find the snapshot this run downloads.
+        if (revision != commit || !CommitHashRegex().IsMatch(revision)) WriteRef(repoFolder, revision, commit);
         string snapshot = Path.Combine(repoFolder, "snapshots", commit);
         await FetchAsync(repoId, commit, repoFolder, snapshot, "config.json", config.Meta, progress, ct).ConfigureAwait(false);
 
