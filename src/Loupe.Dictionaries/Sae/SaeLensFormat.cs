@@ -487,15 +487,8 @@ public static partial class SaeLensFormat
     /// <summary>Reads a small JSON object file, refusing non-objects, repeated keys and oversized files with an <see cref="InputError"/>.</summary>
     internal static JsonObject ReadJsonObject(string path)
     {
-        try
-        {
-            byte[] bytes = InputFiles.ReadAllBytes(path, MaxJsonBytes);
-            JsonInput.Validate(bytes, path);
-            return JsonNode.Parse(bytes, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false, MaxDepth = 64 }) as JsonObject
-                ?? throw new InputError($"{path}: expected a JSON object");
-        }
-        catch (JsonException e) { throw new InputError($"{path}: invalid JSON: {e.Message}", e); }
-        catch (DecoderFallbackException e) { throw new InputError($"{path}: not valid UTF-8 text", e); }
+        byte[] bytes = InputFiles.ReadAllBytes(path, MaxJsonBytes);
+        return JsonInput.ParseNode(bytes, path) as JsonObject ?? throw new InputError($"{path}: expected a JSON object");
     }
 
     /// <summary>Opens a safetensors file, reporting a malformed one as an <see cref="InputError"/> naming it.</summary>

@@ -75,9 +75,8 @@ internal static class TrainingCheckpoint
             {
                 if (!_file.Metadata.TryGetValue(metadataKey, out var json))
                     throw new InputError($"{path}: not a Loupe {what} checkpoint (no '{metadataKey}' metadata)");
-                JsonInput.Validate(System.Text.Encoding.UTF8.GetBytes(json), $"{path}: metadata '{metadataKey}'");
-                try { _state = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject ?? throw new InputError($"{path}: checkpoint metadata is not a JSON object"); }
-                catch (JsonException e) { throw new InputError($"{path}: checkpoint metadata is not valid JSON: {e.Message}", e); }
+                _state = JsonInput.ParseNode(System.Text.Encoding.UTF8.GetBytes(json), $"{path}: metadata '{metadataKey}'") as JsonObject
+                    ?? throw new InputError($"{path}: checkpoint metadata is not a JSON object");
                 int found = Int("format_version", int.MinValue, int.MaxValue);
                 if (found != version) throw InputError.Expected(path, "checkpoint format_version", version.ToString(CultureInfo.InvariantCulture), found);
                 var diffs = new List<string>();

@@ -121,7 +121,7 @@ public sealed class BadInputRegressionTests : IDisposable
     [InlineData("{\"d_in\": 2, \"d_sae\": 3, \"dtype\": 5}", "'dtype'")]
     [InlineData("{\"d_in\": 2, \"d_sae\": 3, \"hook_name\": \"blocks.0.hook resid\"}", "'hook_name'")]
     [InlineData("{\"d_in\": 2, \"d_sae\": 3, \"hook_name\": {\"a\": 1}}", "'hook_name'")]
-    [InlineData("{\"d_in\": 2, \"d_in\": 3, \"d_sae\": 3}", "invalid JSON")]
+    [InlineData("{\"d_in\": 2, \"d_in\": 3, \"d_sae\": 3}", "repeated keys")]
     [InlineData("[1, 2]", "JSON object")]
     public void BadCfgFieldsAreInputErrorsNamingTheField(string cfg, string expected)
     {
