@@ -93,7 +93,15 @@ public abstract class HookedTransformer : IDisposable
 
     protected Norm? FinalNorm { get; init; }
     /// <summary>Unembedding: <c>[d_model] → [d_vocab_out]</c>.</summary>
-    protected Linear Unembed { get; init; } = null!;
+    protected Linear Unembed
+    {
+        get;
+        init
+        {
+            field = value;
+            value.Name ??= "unembed.W_U";
+        }
+    } = null!;
 
     /// <summary>The final norm (ln_final), or null for models without one — read-only access for lenses and attribution.</summary>
     public Norm? FinalNormLayer => FinalNorm;

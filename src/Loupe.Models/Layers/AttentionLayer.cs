@@ -32,6 +32,9 @@ public sealed class AttentionLayer
         : this(layer, cfg, o, rotary)
     {
         Q = q; K = k; V = v;
+        q.Name ??= $"blocks.{layer}.attn.W_Q";
+        k.Name ??= $"blocks.{layer}.attn.W_K";
+        v.Name ??= $"blocks.{layer}.attn.W_V";
     }
 
     /// <summary>One fused projection (GPT-2, GPT-NeoX).</summary>
@@ -40,6 +43,7 @@ public sealed class AttentionLayer
     {
         Qkv = qkv;
         Layout = layout;
+        qkv.Name ??= $"blocks.{layer}.attn.W_Q/W_K/W_V (fused)";
     }
 
     AttentionLayer(int layer, ModelConfig cfg, Linear o, RotaryTable? rotary)
@@ -47,6 +51,7 @@ public sealed class AttentionLayer
         Layer = layer;
         Names = new BlockHookNames(layer);
         O = o;
+        o.Name ??= $"blocks.{layer}.attn.W_O";
         Rotary = rotary;
         NHeads = cfg.NHeads;
         NKvHeads = cfg.KvHeads;

@@ -45,8 +45,19 @@ public sealed class Linear
         _bias = new DeviceWeight(bias, [DOut]);
     }
 
+    /// <summary>
+    /// The weight's TransformerLens name (<c>blocks.3.mlp.W_out</c>), set by the layer that owns it; a refusal to keep the weight on
+    /// a device (fp16 cannot hold a value past ±65,504) names it, since the upload happens at first use, deep inside a forward.
+    /// </summary>
+    public string? Name { get; internal set; }
+
     /// <summary>The weight on <paramref name="backend"/>'s device (uploaded once).</summary>
-    public Tensor WeightOn(IComputeBackend backend) => _weight.On(backend)!;
+    /// <exception cref="InputError">The device cannot keep the weight in its element type (the message names the weight).</exception>
+    public Tensor WeightOn(IComputeBackend backend)
+    {
+        try { return _weight.On(backend)!; }
+        catch (InputError e) when (Name is not null) { throw new InputError($"{Name}: {e.Message}", e); }
+    }
 
     /// <summary>The bias on <paramref name="backend"/>'s device, or null without one.</summary>
     public Tensor? BiasOn(IComputeBackend backend) => _bias.On(backend);

@@ -19,6 +19,9 @@ public sealed class MlpLayer
         In = input;
         Out = output;
         Gate = gate;
+        input.Name ??= $"blocks.{layer}.mlp.W_in";
+        output.Name ??= $"blocks.{layer}.mlp.W_out";
+        if (gate is not null) gate.Name ??= $"blocks.{layer}.mlp.W_gate";
     }
 
     public int Layer { get; }

@@ -1,4 +1,5 @@
 using Loupe.Models.Generation;
+using Loupe.Models.Loading;
 using Loupe.Models.Hooks;
 using Loupe.Models.Metrics;
 using Loupe.Tensors;
@@ -141,6 +142,31 @@ public sealed class EmulatedDeviceTests(EmulatedBackendFixture fixture) : IClass
         var e = Assert.Throws<InputError>(() => f16.LoadWeight(new float[] { 1f, 7e4f }, [1, 2], ElementType.F16));
         Assert.Contains("70000", e.Message);
         Assert.Contains("--dtype bf16", e.Message);
+    }
+
+    /// <summary>Weights reach the device at first use, deep inside a forward: the refusal names the weight by its TransformerLens name.</summary>
+    [Fact]
+    public void AWeightFp16CannotHoldIsRefusedByName()
+    {
+        using var reference = new ReferenceFixture("llama");
+        string folder = Directory.CreateTempSubdirectory("loupe-fp16-range").FullName;
+        try
+        {
+            File.Copy(Path.Combine(reference.Folder, "config.json"), Path.Combine(folder, "config.json"));
+            using (var file = SafeTensorsFile.Open(Path.Combine(reference.Folder, "model.safetensors")))
+                SafeTensorsWriter.Write(Path.Combine(folder, "model.safetensors"), file.Names.Select(name =>
+                {
+                    var values = file.GetFloat32(name).ToArray();
+                    if (name == "model.layers.1.mlp.down_proj.weight") values[5] = 1e5f;
+                    return (name, file.GetInfo(name).Shape.Select(d => (int)d).ToArray(), (ReadOnlyMemory<float>)values);
+                }).ToList());
+            using var f16 = ComputeBackends.Create(new Device(DeviceKind.Emulated), ElementType.F16);
+            using var model = ModelLoader.LoadFolder(folder, f16);
+            var e = Assert.Throws<InputError>(() => model.Run(reference.Tokens));
+            Assert.StartsWith("blocks.1.mlp.W_out: ", e.Message);
+            Assert.Contains("100000", e.Message);
+        }
+        finally { Directory.Delete(folder, recursive: true); }
     }
 
     [Theory]
