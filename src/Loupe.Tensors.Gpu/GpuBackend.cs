@@ -477,7 +477,8 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         };
         if (!half)
         {
-            if (_cublas is null) KGemm(checked(batch * m * n), aView, bStorage.F32.SubView(bOffset), cView, args);
+            if (_cublas is null && EmulatedProductsOnHostBlas) HostGemm(transA, transB, m, n, k, alpha, aView, aExtent, lda, strideA, bStorage.F32.SubView(bOffset), bExtent, ldb, strideB, beta, cView, ldc, strideC, batch);
+            else if (_cublas is null) KGemm(checked(batch * m * n), aView, bStorage.F32.SubView(bOffset), cView, args);
             else _cublas.Gemm(transA, transB, m, n, k, alpha, aView.LoadEffectiveAddressAsPtr(), Cublas.R32F, lda, strideA,
                 bStorage.F32.SubView(bOffset).LoadEffectiveAddressAsPtr(), Cublas.R32F, ldb, strideB, beta, cView.LoadEffectiveAddressAsPtr(), ldc, strideC, batch);
             return;
@@ -532,6 +533,29 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
             int type = halfKind == 1 ? Cublas.R16BF : Cublas.R16F;
             _cublas.Gemm(transA, transB, m, n, k, alpha, a16.LoadEffectiveAddressAsPtr(), type, lda, strideA,
                 bHalf.LoadEffectiveAddressAsPtr(), type, ldb, strideB, productBeta, cView.LoadEffectiveAddressAsPtr(), ldc, strideC, batch);
+        }
+    }
+
+    /// <summary>
+    /// On the emulated device, fp32 products go to the host's sgemm (the device's memory is host memory there), as on a GPU they
+    /// go to cuBLAS rather than to a kernel of Loupe's: the arguments (transposes, leading dimensions, batch strides, offsets)
+    /// are what is being tested, and the naive <see cref="Kernels.Gemm"/> made products most of an emulated test's time. False:
+    /// the kernel, which the kernel conformance suite checks against the reference twin.
+    /// </summary>
+    public bool EmulatedProductsOnHostBlas { get; set; } = true;
+
+    unsafe void HostGemm(bool transA, bool transB, int m, int n, int k, float alpha, ArrayView<float> a, long aExtent, int lda, long strideA,
+        ArrayView<float> b, long bExtent, int ldb, long strideB, float beta, ArrayView<float> c, int ldc, long strideC, int batch)
+    {
+        _accelerator.DefaultStream.Synchronize(); // kernels that wrote A or B have finished
+        long cExtent = (batch - 1) * strideC + (long)(m - 1) * ldc + n;
+        float* pa = (float*)a.LoadEffectiveAddressAsPtr(), pb = (float*)b.LoadEffectiveAddressAsPtr(), pc = (float*)c.LoadEffectiveAddressAsPtr();
+        for (int i = 0; i < batch; i++)
+        {
+            long ai = i * strideA, bi = i * strideB, ci = i * strideC;
+            Loupe.Tensors.Kernels.Gemm.Sgemm(transA, transB, m, n, k, alpha,
+                new ReadOnlySpan<float>(pa + ai, checked((int)(aExtent - ai))), lda, new ReadOnlySpan<float>(pb + bi, checked((int)(bExtent - bi))), ldb,
+                beta, new Span<float>(pc + ci, checked((int)(cExtent - ci))), ldc);
         }
     }
 

@@ -8,12 +8,23 @@ namespace Loupe.Tensors.Gpu.Tests;
 [Collection(EmulatedCollection.Name)]
 public sealed class ProductTests(EmulatedBackendFixture fixture) : DeviceTest(fixture)
 {
+    /// <summary>Runs <paramref name="test"/> with the emulated device's products in its own kernel and on the host's sgemm (its default).</summary>
+    void BothProductPaths(Action test)
+    {
+        foreach (bool host in new[] { false, true })
+        {
+            Gpu.EmulatedProductsOnHostBlas = host;
+            try { test(); }
+            finally { Gpu.EmulatedProductsOnHostBlas = true; }
+        }
+    }
+
     [Theory]
     [InlineData(false, false, 1, 1, 1)]
     [InlineData(false, true, 7, 33, 5)]
     [InlineData(true, false, 33, 7, 13)]
     [InlineData(true, true, 5, 13, 130)]
-    public void GemmMatchesTheReferenceTwin(bool transA, bool transB, int m, int n, int k)
+    public void GemmMatchesTheReferenceTwin(bool transA, bool transB, int m, int n, int k) => BothProductPaths(() =>
     {
         var rng = new Random(m * 100 + n + k);
         int lda = (transA ? m : k) + 2, ldb = (transB ? k : n) + 1, ldc = n + 3;
@@ -29,11 +40,11 @@ public sealed class ProductTests(EmulatedBackendFixture fixture) : DeviceTest(fi
         var accumulate = (float[])expected.Clone();
         ReferenceKernels.Sgemm(transA, transB, m, n, k, 1f, a.AsSpan(3), lda, b.AsSpan(4), ldb, 2f, accumulate.AsSpan(1), ldc);
         Gpu.Gemm(transA, transB, m, n, k, 1f, Dev(a), 3, lda, Dev(b), 4, ldb, 2f, dc, 1, ldc);
-        Close.All(accumulate, Read(dc), 1e-5, 1e-5, "C = op(A)·op(B) + 2C");
-    }
+        Close.All(accumulate, Read(dc), 1e-5, 1e-5, $"C = op(A)·op(B) + 2C (host sgemm: {Gpu.EmulatedProductsOnHostBlas})");
+    });
 
     [Fact]
-    public void BatchedGemmHonoursStridesIncludingZero()
+    public void BatchedGemmHonoursStridesIncludingZero() => BothProductPaths(() =>
     {
         var rng = new Random(21);
         const int m = 5, n = 7, k = 33, batch = 3;
@@ -44,8 +55,8 @@ public sealed class ProductTests(EmulatedBackendFixture fixture) : DeviceTest(fi
             ReferenceKernels.Sgemm(false, false, m, n, k, 1f, a.AsSpan(i * m * k), k, b, n, 0f, expected.AsSpan(i * m * n), n);
         var c = Gpu.Empty(batch * m * n);
         Gpu.GemmBatched(false, false, m, n, k, 1f, Dev(a), 0, k, m * k, Dev(b), 0, n, 0, 0f, c, 0, n, m * n, batch);
-        Close.All(expected, Read(c), 1e-5, 1e-5, "batched");
-    }
+        Close.All(expected, Read(c), 1e-5, 1e-5, $"batched (host sgemm: {Gpu.EmulatedProductsOnHostBlas})");
+    });
 
     [Theory]
     [InlineData(ElementType.BF16, false)]
