@@ -3,6 +3,7 @@ using System.Net.Http.Headers;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json.Nodes;
+using Loupe.Dictionaries.Sae;
 using Loupe.Fuzz.Engine;
 using Loupe.Models;
 using Loupe.Models.Loading;
@@ -60,14 +61,38 @@ public sealed class HubTarget : FuzzTarget
             sharded["model.safetensors.index.json"] = Encoding.UTF8.GetBytes(index.ToJsonString());
         }
         seeds.Add(Script("hub-sharded", sharded, Answers(sharded, commit, sharded: true)));
+
+        // A repository of dictionaries (what --sae hf:org/model/saes/blocks.1.hook_resid_post fetches): the listing, then one folder.
+        string saeFolder = Path.Combine(context.Scratch, "hub-sae");
+        var (dict, cfg) = PipelineFixtures.Dictionary();
+        SaeLensFormat.Save(saeFolder, dict, cfg);
+        var saes = new Dictionary<string, byte[]> { ["README.md"] = "# SAEs"u8.ToArray(), ["saes/optimizer.pt"] = "a pickle"u8.ToArray() };
+        foreach (var file in Directory.GetFiles(saeFolder)) saes[$"saes/{PipelineFixtures.Hook}/{Path.GetFileName(file)}"] = File.ReadAllBytes(file);
+        var saeScript = Answers(saes, commit, sharded: false);
+        saeScript["resolve_path"] = $"saes/{PipelineFixtures.Hook}";
+        saeScript["listing"] = new JsonObject
+        {
+            ["status"] = 200, ["headers"] = new JsonObject { ["Content-Type"] = "application/json" },
+            ["json"] = new JsonObject
+            {
+                ["id"] = Repo, ["sha"] = commit,
+                ["siblings"] = new JsonArray([.. saes.Select(f => (JsonNode)(f.Key.EndsWith(".safetensors", StringComparison.Ordinal)
+                    ? new JsonObject { ["rfilename"] = f.Key, ["size"] = 134, ["lfs"] = new JsonObject { ["sha256"] = Convert.ToHexStringLower(SHA256.HashData(f.Value)), ["size"] = f.Value.Length, ["pointerSize"] = 134 } }
+                    : new JsonObject { ["rfilename"] = f.Key, ["size"] = f.Value.Length }))]),
+            },
+        };
+        seeds.Add(Script("hub-sae-folder", saes, saeScript));
         return seeds;
     }
+
+    /// <summary>A body's seed file name: the repository path with '/' as "__" (a seed file lies directly in the case folder).</summary>
+    static string BodyFile(string repoPath) => "body-" + repoPath.Replace("/", "__", StringComparison.Ordinal);
 
     static Seed Script(string id, Dictionary<string, byte[]> bodies, JsonObject script) =>
         new($"generated:{id}",
         [
             new SeedFile("hub.json", Encoding.UTF8.GetBytes(script.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true })), FileKind.Script),
-            .. bodies.Select(b => new SeedFile("body-" + b.Key, b.Value, FileKind.Binary, Mutable: false)),
+            .. bodies.Select(b => new SeedFile(BodyFile(b.Key), b.Value, FileKind.Binary, Mutable: false)),
         ]);
 
     /// <summary>What the real hub answers: small files with a weak ETag; LFS files as a 302 with X-Linked-* to a CDN that serves ranges.</summary>
@@ -184,8 +209,7 @@ public sealed class HubTarget : FuzzTarget
     public override void Execute(string folder, FuzzInput input)
     {
         var script = JsonInputOrRefuse(Path.Combine(folder, "hub.json"));
-        var bodies = s_bodies.Concat(Directory.GetFiles(folder, "body-*").Select(p => Path.GetFileName(p)["body-".Length..])).Distinct()
-            .Where(f => File.Exists(Path.Combine(folder, "body-" + f))).ToDictionary(f => f, f => File.ReadAllBytes(Path.Combine(folder, "body-" + f)));
+        var bodies = Directory.GetFiles(folder, "body-*").ToDictionary(p => Path.GetFileName(p)["body-".Length..].Replace("__", "/", StringComparison.Ordinal), File.ReadAllBytes);
         string cache = Path.Combine(folder, "cache");
         var hub = new ScriptedHub(script, bodies);
         var options = new HubClientOptions
@@ -195,6 +219,11 @@ public sealed class HubTarget : FuzzTarget
         };
         using (var planter = new HubClient(hub, options)) hub.PlantPartialDownloads(planter.RepoFolder(Repo));
 
+        if (script["resolve_path"] is JsonValue resolve && resolve.TryGetValue(out string? repoPath))
+        {
+            ResolveDictionary(folder, cache, hub, options, repoPath);
+            return;
+        }
         string snapshot;
         try
         {
@@ -215,6 +244,35 @@ public sealed class HubTarget : FuzzTarget
             Require.That(offline.TryGetCachedSnapshot(Repo) == snapshot, "the cached snapshot is not found offline after a complete download");
         using var model = ModelLoader.LoadFolder(snapshot);
         Require.Finite(model.Run([1, 17, 42, 99]).Logits.Span, "logits of the downloaded model");
+    }
+
+    /// <summary>
+    /// A folder of dictionaries, as <c>--sae hf:…</c> resolves one: every fetched file is the bytes the hub sent, the copy is found
+    /// offline after, and the SAE loads and encodes (finite).
+    /// </summary>
+    static void ResolveDictionary(string folder, string cache, ScriptedHub hub, HubClientOptions options, string repoPath)
+    {
+        string local;
+        try
+        {
+            using var client = new HubClient(hub, options);
+            local = client.ResolvePathAsync(Repo, repoPath).GetAwaiter().GetResult();
+        }
+        catch (HttpRequestException e) { throw new InputError("hub: " + e.Message); }
+        finally { RequireNothingOutside(folder, cache); }
+        string snapshot = local[..^repoPath.Trim('/').Length].TrimEnd('/');
+        foreach (var path in Directory.EnumerateFiles(local, "*", SearchOption.AllDirectories).Append(local).Where(File.Exists))
+        {
+            string file = Path.GetRelativePath(snapshot, path).Replace(Path.DirectorySeparatorChar, '/');
+            Require.That(!file.EndsWith(".pt", StringComparison.Ordinal), $"a pickle ({file}) was fetched");
+            if (hub.Sent.TryGetValue(file, out var sent) && !hub.SharesEtag(file))
+                Require.That(File.ReadAllBytes(path).AsSpan().SequenceEqual(sent), $"{file} is not the {sent.Length} bytes the hub sent");
+        }
+        using (var offline = new HubClient(hub, options with { Offline = true }))
+            Require.That(offline.TryGetCachedPath(Repo, repoPath) == local, "the fetched path is not found offline");
+        if (!Directory.Exists(local)) return;
+        var (dictionary, _) = SaeLensFormat.Load(local);
+        Require.Finite(dictionary.Encode(SeedFiles.Floats(dictionary.Shape.DIn, 3), 1), "the fetched SAE's feature activations");
     }
 
     /// <summary>The script, or a refusal: a script the fake hub cannot read is no input to the client.</summary>
@@ -284,6 +342,12 @@ public sealed class HubTarget : FuzzTarget
                                                        && Uri.TryCreate(loc, UriKind.Absolute, out var u) && u.AbsolutePath == url.AbsolutePath);
                 answer = file is null ? null : Entry(file)!["cdn"] as JsonObject;
             }
+            else if (path.StartsWith("/api/models/" + Repo + "/revision/", StringComparison.Ordinal))
+            {
+                // The listing (what a dictionary folder's resolution asks first): the script's JSON as the body, whole unless cut.
+                file = null;
+                answer = script["listing"] as JsonObject;
+            }
             else
             {
                 const string prefix = "/" + Repo + "/resolve/";
@@ -291,8 +355,9 @@ public sealed class HubTarget : FuzzTarget
                 answer = file is null ? null : Entry(file);
             }
             var response = new HttpResponseMessage((HttpStatusCode)(answer is null ? 404 : Math.Clamp(Int(answer["status"]) ?? 200, 100, 599))) { RequestMessage = request };
-            byte[] data = file is not null && bodies.TryGetValue(file, out var b) ? b : [];
-            int length = answer is null ? 0 : Int(answer["body"]) ?? 0;
+            byte[] data = file is not null && bodies.TryGetValue(file, out var b) ? b
+                : answer?["json"] is { } listing ? Encoding.UTF8.GetBytes(listing.ToJsonString()) : [];
+            int length = answer is null ? 0 : Int(answer["body"]) ?? (answer["json"] is not null ? data.Length : 0);
             byte[] body = new byte[Math.Min(length, data.Length + 4096)]; // cut, or padded with zeros
             data.AsSpan(0, Math.Min(data.Length, body.Length)).CopyTo(body);
             long from = 0;

@@ -15,7 +15,9 @@ namespace Loupe.Fuzz.Targets;
 /// with a tokenizer, an SAE, its feature store, per-layer transcoders, a steering vector and the OpenAI-compatible API;
 /// each input is one request (request.json: method, path with its query, JSON body) with the body's values, the path or
 /// the query abused. Any status but a 5xx is acceptable (503, busy, excepted); a 5xx is an exception the server did not
-/// turn into a clear 4xx, and a dropped connection or no answer in 15 s means the server is gone or stuck.
+/// turn into a clear 4xx, and a dropped connection or no answer in 15 s means the server is gone or stuck. A job the server
+/// accepted (202) is followed to its end: one that fails with an exception no message explains (the job runner writes
+/// "TypeException: …" for anything but an InputError) is a failure too; one still running after 10 s is cancelled.
 /// </summary>
 public sealed class ServeTarget : FuzzTarget
 {
@@ -124,7 +126,34 @@ public sealed class ServeTarget : FuzzTarget
             if (status >= 500)
                 throw new OracleViolation("server-error", $"{method} {uri.OriginalString[..Math.Min(120, uri.OriginalString.Length)]}: {status} {text[..Math.Min(300, text.Length)]}");
             if (status >= 400) throw new InputError($"{status}: {text[..Math.Min(200, text.Length)]}");
+            if (status == 202 && method == "POST" && uri.OriginalString.StartsWith("/api/jobs/", StringComparison.Ordinal)) FollowJob(client, text);
         }
+    }
+
+    static readonly System.Text.RegularExpressions.Regex s_unexplained = new(@"^(?<type>[A-Za-z.]*Exception): ");
+
+    /// <summary>Reads the job's events to its end; a failure whose message is an exception's type and text is a bug's.</summary>
+    static void FollowJob(HttpClient client, string accepted)
+    {
+        string id = JsonNode.Parse(accepted)?["id"]?.GetValue<string>() ?? throw new OracleViolation("server-error", $"a job was accepted without an id: {accepted}");
+        using var wait = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        string events;
+        try
+        {
+            using var response = client.GetAsync($"/api/jobs/{id}/events", HttpCompletionOption.ResponseHeadersRead, wait.Token).GetAwaiter().GetResult();
+            events = response.Content.ReadAsStringAsync(wait.Token).GetAwaiter().GetResult();
+        }
+        catch (OperationCanceledException)
+        {
+            client.DeleteAsync($"/api/jobs/{id}").GetAwaiter().GetResult().Dispose(); // a long job (the input asked for much) is no bug
+            return;
+        }
+        var last = events.Split('\n').LastOrDefault(l => l.StartsWith("data: ", StringComparison.Ordinal));
+        if (last is null || JsonNode.Parse(last["data: ".Length..]) is not JsonObject e || e["type"]?.GetValue<string>() != "error") return;
+        string message = e["message"]?.GetValue<string>() ?? "";
+        var match = s_unexplained.Match(message);
+        if (match.Success && match.Groups["type"].Value is not ("IOException" or "UnauthorizedAccessException" or "FileNotFoundException" or "DirectoryNotFoundException"))
+            throw new OracleViolation("job-error", $"job {id} failed with {message[..Math.Min(300, message.Length)]}");
     }
 
     static bool Alive(HttpClient client)

@@ -13,7 +13,7 @@ static class AttributeCommand
         var model = CliSupport.ModelOption();
         var transcoders = new Option<string>("--transcoders", "-t")
         {
-            Description = "What replaces every MLP: a cross-layer transcoder folder (Loupe cfg.json + clt_weights.safetensors, or circuit-tracer W_enc_ℓ/W_dec_ℓ), circuit-tracer per-layer transcoders (layer_ℓ.safetensors), or SAELens transcoder folders, one per layer (layer_0, layer_1, … or comma-separated)",
+            Description = "What replaces every MLP: a cross-layer transcoder folder (Loupe cfg.json + clt_weights.safetensors, or circuit-tracer W_enc_ℓ/W_dec_ℓ), circuit-tracer per-layer transcoders (layer_ℓ.safetensors), or SAELens transcoder folders, one per layer (layer_0, layer_1, … or comma-separated). Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache",
             Required = true,
         };
         var input = CliSupport.InputOptions.Create("The prompt (tokenized with the model's tokenizer)");
@@ -54,7 +54,7 @@ static class AttributeCommand
             double nodes = CliSupport.Double(parse, nodeThreshold, 0, 1), edges = CliSupport.Double(parse, edgeThreshold, 0, 1);
             // On a device the transcoders' weights go there once; the graph's rows come back once per batch.
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
-            var tc = MlpReplacements.Load(parse.GetValue(transcoders)!, m.Config.NLayers);
+            var tc = MlpReplacements.Load(CliSupport.LocalPath(parse.GetValue(transcoders)!, "--transcoders"), m.Config.NLayers);
             var tokens = input.Read(parse, m);
             if (tokens.Batch != 1) throw new InputError($"argument: --tokens: an attribution graph is for one prompt; got {tokens.Batch} rows");
             var result = AttributionExperiment.Run(m, tc, tokens.Ids, input.Text(parse), settings, nodes, edges, folder, name, parse.GetValue(perHead));

@@ -18,7 +18,7 @@ static class CacheCommand
         var output = new Option<string>("--out", "-o") { Description = "The .safetensors file to write (atomically)", Required = true };
         var saes = new Option<string[]>("--sae")
         {
-            Description = "Splice a dictionary (SAELens folder) in at its cfg hook_name; its sub-hooks (…hook_sae_acts_post, …) can then be cached. Repeatable",
+            Description = "Splice a dictionary (SAELens folder) in at its cfg hook_name; its sub-hooks (…hook_sae_acts_post, …) can then be cached. Repeatable. Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache",
             AllowMultipleArgumentsPerToken = false,
         };
         var errorTerm = new Option<bool>("--use-error-term") { Description = "With --sae: add the reconstruction error back so the model's output is unchanged (SAELens use_error_term)" };
@@ -35,7 +35,7 @@ static class CacheCommand
             string path = CliSupport.OutputFile(parse.GetValue(output)!);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var batch = input.Read(parse, m);
-            foreach (var saePath in parse.GetValue(saes) ?? [])
+            foreach (var saePath in (parse.GetValue(saes) ?? []).Select(v => CliSupport.LocalPath(v, "--sae")))
                 m.AddSplice(Loupe.Dictionaries.Splice.SaeSplice.Load(m, saePath, options: new Loupe.Dictionaries.Splice.SaeSpliceOptions { UseErrorTerm = parse.GetValue(errorTerm) }).Splice);
             var selected = CliSupport.SelectHooks(m, parse.GetValue(hooks)!);
             // The size is known from the declared hook points before anything runs.

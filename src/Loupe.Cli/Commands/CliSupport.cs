@@ -313,6 +313,60 @@ static class CliSupport
         return PlanDeviceMemory(loaded!);
     }
 
+    /// <summary>How a dictionary or other artifact on the hub is named where a local path is expected.</summary>
+    public const string HubPathSyntax = "hf:ORG/NAME[/PATH][@REVISION]";
+
+    /// <summary>
+    /// A path option's value as a local path: <c>hf:ORG/NAME[/PATH][@REVISION]</c> — a folder or file of a hub repository, such
+    /// as a SAELens SAE (<c>hf:jbloom/GPT2-Small-SAEs-Reformatted/blocks.8.hook_resid_pre</c>) or a Gemma Scope
+    /// <c>params.npz</c> — is fetched into the hub cache (what it takes is printed first; pickles are never fetched) and its
+    /// local path returned. Any other value is returned as it is.
+    /// </summary>
+    /// <exception cref="InputError">Not of that form, or the hub has no such repository, revision or path.</exception>
+    /// <exception cref="HttpRequestException">The hub cannot be reached and nothing is cached.</exception>
+    public static string LocalPath(string value, string option)
+    {
+        if (!value.Contains("hf:", StringComparison.Ordinal)) return value;
+        // Transcoders may be listed one folder per layer, comma-separated: each may be on the hub.
+        if (value.Contains(',')) return string.Join(',', value.Split(',').Select(part => LocalPath(part, option)));
+        if (!value.StartsWith("hf:", StringComparison.Ordinal)) return value;
+        string spec = value[3..], revision = "main";
+        int at = spec.LastIndexOf('@');
+        if (at >= 0) (spec, revision) = (spec[..at], spec[(at + 1)..]);
+        var parts = spec.Trim('/').Split('/', 3);
+        if (parts.Length < 2 || !HubClient.IsValidRepoId(parts[0] + "/" + parts[1]) || revision.Length == 0)
+            throw InputError.Expected("argument", option, $"{HubPathSyntax}, e.g. hf:jbloom/GPT2-Small-SAEs-Reformatted/blocks.8.hook_resid_pre", value);
+        string repo = parts[0] + "/" + parts[1], path = parts.Length == 3 ? parts[2] : "";
+        using var client = new HubClient();
+        string? local = null;
+        Status.Progress().AutoClear(true).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new DownloadedColumn(), new TransferSpeedColumn())
+            .Start(ctx =>
+            {
+                var tasks = new Dictionary<string, ProgressTask>();
+                var progress = new SyncProgress<DownloadProgress>(p =>
+                {
+                    if (!tasks.TryGetValue(p.FileName, out var task))
+                        tasks[p.FileName] = task = ctx.AddTask(p.FileName, maxValue: Math.Max(1, p.BytesTotal ?? 1));
+                    if (p.BytesTotal is long total) task.MaxValue = Math.Max(1, total);
+                    task.Value = p.BytesDone;
+                });
+                void Planned(HubPathListing l) => Console.Error.WriteLine(
+                    $"{option}: {l.Files.Count} file(s) of {l.RepoId}{(l.Path.Length > 0 ? "/" + l.Path : "")} at {l.Commit[..Math.Min(7, l.Commit.Length)]}, " +
+                    $"{FormatBytes(l.Bytes)}, into {client.CacheDir} (files already there are not fetched again)" +
+                    (l.Skipped.Count > 0 ? $"; not fetched, pickles: {string.Join(", ", l.Skipped.Take(3))}{(l.Skipped.Count > 3 ? ", …" : "")}" : ""));
+                local = client.ResolvePathAsync(repo, path, revision, Planned, progress).GetAwaiter().GetResult();
+            });
+        return local!;
+    }
+
+    static string FormatBytes(long bytes) => bytes switch
+    {
+        >= 1L << 30 => (bytes / (double)(1L << 30)).ToString("0.0 GiB", CultureInfo.InvariantCulture),
+        >= 1L << 20 => (bytes / (double)(1L << 20)).ToString("0.0 MiB", CultureInfo.InvariantCulture),
+        >= 1L << 10 => (bytes / (double)(1L << 10)).ToString("0.0 KiB", CultureInfo.InvariantCulture),
+        _ => $"{bytes} bytes",
+    };
+
     /// <summary>
     /// Says what the weights will take on the device before any is placed there (on first use), and refuses a model whose
     /// weights alone exceed the GPU's free memory, naming --dtype; the model is disposed then.

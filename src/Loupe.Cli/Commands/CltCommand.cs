@@ -146,7 +146,7 @@ static class CltCommand
         var model = CliSupport.ModelOption();
         var transcoders = new Option<string>("--transcoders")
         {
-            Description = "A CLT folder (Loupe cfg.json or circuit-tracer W_enc_ℓ/W_dec_ℓ), circuit-tracer per-layer transcoders (layer_ℓ.safetensors), or SAELens transcoder folders (layer_0, layer_1, …)",
+            Description = "A CLT folder (Loupe cfg.json or circuit-tracer W_enc_ℓ/W_dec_ℓ), circuit-tracer per-layer transcoders (layer_ℓ.safetensors), or SAELens transcoder folders (layer_0, layer_1, …). Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache",
             Required = true,
         };
         var source = new Option<string>("--source") { Description = "brown:FOLDER, text:PATH, jsonl:FILE or generate:N", Required = true };
@@ -164,7 +164,7 @@ static class CltCommand
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
-            string path = parse.GetValue(transcoders)!;
+            string path = CliSupport.LocalPath(parse.GetValue(transcoders)!, "--transcoders");
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true); // the evaluator keeps the replacement on the device
             IMlpReplacement replacement = MlpReplacements.Load(path, m.Config.NLayers);
             int seedValue = parse.GetValue(seed);

@@ -38,7 +38,7 @@ static class FeaturesCommand
     static Command BuildVerb()
     {
         var model = CliSupport.ModelOption();
-        var sae = new Option<string>("--sae") { Description = "The dictionary: a SAELens folder (cfg.json + sae_weights.safetensors) or its cfg.json, or a Gemma Scope params.npz (give --hook)", Required = true };
+        var sae = new Option<string>("--sae") { Description = "The dictionary: a SAELens folder (cfg.json + sae_weights.safetensors) or its cfg.json, or a Gemma Scope params.npz (give --hook). Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache (then give --out)", Required = true };
         var hook = new Option<string?>("--hook") { Description = "Hook point the dictionary reads (default: cfg.json's hook_name)" };
         var source = new Option<string>("--source")
         {
@@ -68,7 +68,10 @@ static class FeaturesCommand
         { model, sae, hook, source, contextSize, maxContexts, seed, batchSize, top, quantiles, quantileSamples, bins, window, logits, keepBos, output };
         command.SetAction((parse, cancellationToken) => Task.FromResult(CliSupport.Guard(() =>
         {
-            string saePath = parse.GetValue(sae)!;
+            string given = parse.GetValue(sae)!, saePath = CliSupport.LocalPath(given, "--sae");
+            // The default store goes beside the dictionary, which for hf:… is inside the hub cache: not a place to write.
+            if (given != saePath && parse.GetValue(output) is null)
+                throw new InputError($"argument: --out: needed with --sae {given} (the dictionary is in the hub cache, where features.db does not belong)");
             // A Gemma Scope .npz does not name its hook; a SAELens cfg.json does (and refuses a second one).
             bool npz = saePath.EndsWith(".npz", StringComparison.OrdinalIgnoreCase)
                 || (Directory.Exists(saePath) && !File.Exists(Path.Combine(saePath, SaeLensFormat.ConfigFile)));

@@ -12,7 +12,7 @@ static class InterveneCommand
     public static Command Create()
     {
         var model = CliSupport.ModelOption();
-        var transcoders = new Option<string>("--transcoders", "-t") { Description = "The transcoders (as for loupe attribute)", Required = true };
+        var transcoders = new Option<string>("--transcoders", "-t") { Description = "The transcoders (as for loupe attribute, hf:… included)", Required = true };
         var input = CliSupport.InputOptions.Create("The prompt (tokenized with the model's tokenizer)");
         var edits = new Option<string>("--edit")
         {
@@ -31,7 +31,7 @@ static class InterveneCommand
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true); // ReplacementModel keeps the edits on the device
-            var tc = MlpReplacements.Load(parse.GetValue(transcoders)!, m.Config.NLayers);
+            var tc = MlpReplacements.Load(CliSupport.LocalPath(parse.GetValue(transcoders)!, "--transcoders"), m.Config.NLayers);
             var tokens = input.Read(parse, m);
             if (tokens.Batch != 1) throw new InputError("argument: --tokens: one prompt at a time");
             var list = ParseEdits(parse.GetValue(edits)!, tc, tokens.Length);

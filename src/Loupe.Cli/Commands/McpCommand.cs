@@ -10,7 +10,7 @@ static class McpCommand
     public static Command Create()
     {
         var model = CliSupport.ModelOption();
-        var saes = new Option<string[]>("--sae") { Description = "An SAELens folder to serve (named by its folder; a features.db inside is served as its feature store). Repeatable", AllowMultipleArgumentsPerToken = false };
+        var saes = new Option<string[]>("--sae") { Description = "An SAELens folder to serve (named by its folder; a features.db inside is served as its feature store). Repeatable. Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache", AllowMultipleArgumentsPerToken = false };
         var transcoders = new Option<string?>("--transcoders") { Description = "Transcoder folder for the attribute tool (as `loupe attribute --transcoders`)" };
         var artifacts = new Option<string[]>("--artifacts") { Description = "A folder whose *.safetensors (steering vectors, persona vectors, concept monitors) and *.db (feature stores) are served by relative name. Repeatable", AllowMultipleArgumentsPerToken = false };
         var http = new Option<int?>("--http") { Description = "Serve streamable HTTP on this loopback port (0 = any free port) instead of stdio" };
@@ -31,7 +31,8 @@ static class McpCommand
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             int? port = parse.GetValue(http) is int p ? Check.InRange(p, 0, 65535, "argument", "--http") : null;
-            var served = McpArtifacts.Index(parse.GetValue(saes) ?? [], parse.GetValue(transcoders), parse.GetValue(artifacts) ?? []);
+            var served = McpArtifacts.Index([.. (parse.GetValue(saes) ?? []).Select(v => CliSupport.LocalPath(v, "--sae"))],
+                parse.GetValue(transcoders) is { } tc ? CliSupport.LocalPath(tc, "--transcoders") : null, parse.GetValue(artifacts) ?? []);
             McpExplainer? explainer = null;
             string? url = parse.GetValue(explainerUrl), explainerName = parse.GetValue(explainerModel);
             if ((url is null) != (explainerName is null))

@@ -17,7 +17,7 @@ static class SaeEvalVerb
     public static Command Create()
     {
         var model = CliSupport.ModelOption();
-        var sae = new Option<string>("--sae") { Description = "The dictionary: a SAELens folder (cfg.json + sae_weights.safetensors) or its cfg.json", Required = true };
+        var sae = new Option<string>("--sae") { Description = "The dictionary: a SAELens folder (cfg.json + sae_weights.safetensors) or its cfg.json. Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache", Required = true };
         var hook = new Option<string?>("--hook") { Description = "The hook it reads (default: cfg.json's hook_name)" };
         var hookOut = new Option<string?>("--hook-out") { Description = "For a transcoder, the hook it replaces (default: cfg.json's hook_name_out, or blocks.L.hook_mlp_out for an MLP-input hook)" };
         var source = new Option<string>("--source")
@@ -55,9 +55,10 @@ static class SaeEvalVerb
             double dense = CliSupport.Double(parse, denseThreshold, 0, 1);
             var excluded = ParseExclude(parse.GetValue(exclude));
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
+            string saePath = CliSupport.LocalPath(parse.GetValue(sae)!, "--sae");
             // On a device the splice and the metrics run there; each batch reads back only sums and counts.
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
-            var (splice, cfg) = SaeSplice.Load(m, parse.GetValue(sae)!, parse.GetValue(hook), new SaeSpliceOptions { OutputHook = parse.GetValue(hookOut) });
+            var (splice, cfg) = SaeSplice.Load(m, saePath, parse.GetValue(hook), new SaeSpliceOptions { OutputHook = parse.GetValue(hookOut) });
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
@@ -77,7 +78,7 @@ static class SaeEvalVerb
                     var progress = new CliSupport.SyncProgress<SaeEvalProgress>(p => task.Value = p.ContextsDone);
                     result = SaeEvaluator.Evaluate(m, splice, contexts, options, progress);
                 });
-            string json = SaeEvalReport.Write(folder, result!, m.Source ?? "", cfg.ModelName, Path.GetFullPath(parse.GetValue(sae)!), seedValue);
+            string json = SaeEvalReport.Write(folder, result!, m.Source ?? "", cfg.ModelName, Path.GetFullPath(saePath), seedValue);
             Print(result!);
             Console.WriteLine($"wrote {json} and density.svg");
             return 0;

@@ -13,7 +13,7 @@ static class ServeCommand
         var port = new Option<int>("--port") { Description = "TCP port", DefaultValueFactory = _ => 8765 };
         var host = new Option<string>("--host") { Description = "Address to bind; anything but loopback requires a token", DefaultValueFactory = _ => "127.0.0.1" };
         var features = new Option<string[]>("--features") { Description = "Feature stores (features.db from `loupe features build`) or folders holding them, for the Features and Steering pages and the Graph page's dashboards (matched to a layer by the store's hook)", AllowMultipleArgumentsPerToken = true };
-        var sae = new Option<string?>("--sae") { Description = "The dictionary behind the feature stores, when a store does not record where its SAE is" };
+        var sae = new Option<string?>("--sae") { Description = "The dictionary behind the feature stores, when a store does not record where its SAE is (a folder, or hf:ORG/NAME[/PATH][@REVISION])" };
         var token = new Option<string?>("--token") { Description = "Access token required on every request (generated and printed when binding beyond loopback without one)" };
         var openAi = new Option<bool>("--openai") { Description = "Also serve an OpenAI-compatible API under /v1 (completions, chat, streaming, logprobs, steering and monitors; docs/openai.md)" };
         var openAiOnly = new Option<bool>("--openai-only") { Description = "Serve only the OpenAI-compatible API under /v1" };
@@ -35,7 +35,8 @@ static class ServeCommand
             if (t is not null && t.Length < 16) throw InputError.Expected("argument", "--token", "at least 16 characters", $"{t.Length} characters");
             var options = new ServeOptions { Host = parse.GetValue(host)!, Port = p, Token = t, GraphsDir = parse.GetValue(graphs),
                 OpenAi = parse.GetValue(openAiOnly) ? OpenAiMode.Only : parse.GetValue(openAi) ? OpenAiMode.Beside : OpenAiMode.Off, VectorsDir = parse.GetValue(vectors),
-                TranscodersDir = parse.GetValue(transcoders), FeatureStores = parse.GetValue(features) ?? [], SaePath = parse.GetValue(sae) };
+                TranscodersDir = parse.GetValue(transcoders) is { } tc ? CliSupport.LocalPath(tc, "--transcoders") : null, FeatureStores = parse.GetValue(features) ?? [],
+                SaePath = parse.GetValue(sae) is { } saeValue ? CliSupport.LocalPath(saeValue, "--sae") : null };
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var server = new ServeHost(m, options);
             try

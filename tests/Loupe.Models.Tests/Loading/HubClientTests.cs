@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using Loupe.Models.Loading;
+using Loupe.Testing;
 
 namespace Loupe.Models.Tests.Loading;
 

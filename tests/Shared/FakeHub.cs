@@ -4,7 +4,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 
-namespace Loupe.Models.Tests.Loading;
+namespace Loupe.Testing;
 
 /// <summary>One request the fake hub received.</summary>
 internal sealed record HubRequest(string Method, string Path, string? Range, string? Authorization);
@@ -107,7 +107,7 @@ internal sealed class FakeHub : IDisposable
     public int Count(string method, string pathContains) =>
         Requests.Count(r => r.Method == method && r.Path.Contains(pathContains, StringComparison.Ordinal));
 
-    static bool IsLfs(string file) => file.EndsWith(".safetensors", StringComparison.Ordinal) || file.EndsWith(".bin", StringComparison.Ordinal);
+    static bool IsLfs(string file) => file.EndsWith(".safetensors", StringComparison.Ordinal) || file.EndsWith(".bin", StringComparison.Ordinal) || file.EndsWith(".npz", StringComparison.Ordinal);
 
     static async Task LoopAsync(HttpListener listener, Action<HttpListenerContext> handle)
     {
@@ -157,6 +157,22 @@ internal sealed class FakeHub : IDisposable
                 if (!_cdn.TryGetValue(path["/cdn/".Length..], out var blob)) { NotFound(response, head, "EntryNotFound"); return; }
                 response.AddHeader("ETag", $"\"{Sha256(blob)}\"");
                 ServeBytes(request, response, head, blob);
+                return;
+            }
+
+            // /api/models/{org}/{name}/revision/{revision}?blobs=true: the commit and every file, with sizes (LFS files: the object's).
+            if (path.StartsWith("/api/models/", StringComparison.Ordinal))
+            {
+                var api = path["/api/models/".Length..].Split('/', 4);
+                if (api.Length != 4 || api[2] != "revision" || !_repos.TryGetValue(api[0] + "/" + api[1], out var listed)) { NotFound(response, head, "RepoNotFound"); return; }
+                string rev = Uri.UnescapeDataString(api[3]);
+                if (rev != "main" && rev != listed.Commit) { NotFound(response, head, "RevisionNotFound"); return; }
+                var siblings = listed.Files.Select(f => IsLfs(f.Key)
+                    ? (object)new { rfilename = f.Key, size = 134, blobId = GitSha(f.Value), lfs = new { sha256 = Sha256(f.Value), size = f.Value.Length, pointerSize = 134 } }
+                    : new { rfilename = f.Key, size = f.Value.Length, blobId = GitSha(f.Value) });
+                response.StatusCode = 200;
+                response.ContentType = "application/json";
+                Finish(response, head, System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(new { id = api[0] + "/" + api[1], sha = listed.Commit, siblings }));
                 return;
             }
 

@@ -1,0 +1,199 @@
+using System.Globalization;
+using System.Net;
+using System.Text.Json;
+
+namespace Loupe.Models.Loading;
+
+/// <summary>What <see cref="HubClient.ResolvePathAsync"/> is about to fetch, reported before the first byte is downloaded.</summary>
+/// <param name="RepoId">The repository.</param>
+/// <param name="Path">The folder or file in it ("" for the whole repository).</param>
+/// <param name="Commit">The commit the files are taken at.</param>
+/// <param name="Files">Every file under the path, with its size when the hub gave one.</param>
+/// <param name="Skipped">Files under the path that are not fetched: pickled weights, which Loupe never loads.</param>
+public sealed record HubPathListing(string RepoId, string Path, string Commit, IReadOnlyList<(string File, long? Size)> Files, IReadOnlyList<string> Skipped)
+{
+    /// <summary>The bytes the files take (those with a known size).</summary>
+    public long Bytes => Files.Sum(f => f.Size ?? 0);
+}
+
+public sealed partial class HubClient
+{
+    /// <summary>Files Loupe never downloads: pickles, which can run code when loaded (Loupe reads none of them).</summary>
+    static readonly string[] s_pickleExtensions = [".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"];
+
+    /// <summary>Longest model-info answer read (a repository of tens of thousands of files stays far below).</summary>
+    const int MaxListingBytes = 64 << 20;
+
+    /// <summary>
+    /// A folder or file of a hub repository as a local path — a dictionary that is not a model, such as a SAELens SAE
+    /// (<c>org/saes</c>, path <c>blocks.8.hook_resid_pre</c>), a Gemma Scope <c>params.npz</c> or a folder of transcoders.
+    /// The repository's files are listed (<c>/api/models/{repo}/revision/{revision}?blobs=true</c>), every file under
+    /// <paramref name="path"/> except pickles is fetched into the standard hub cache at the listed commit, and the path inside
+    /// the snapshot is returned. <paramref name="planned"/> hears the listing (file count, bytes) before anything is
+    /// downloaded. Offline, or when the hub cannot be reached, a cached copy of the path at the revision is used.
+    /// </summary>
+    /// <param name="repoId">The repository, <c>org/name</c>.</param>
+    /// <param name="path">A folder of the repository ("" or "/" for all of it) or one file, '/'-separated.</param>
+    /// <param name="revision">A branch, tag or commit hash.</param>
+    /// <param name="planned">Called once with what will be fetched, before the first download.</param>
+    /// <param name="progress">Download progress per file.</param>
+    /// <param name="ct">Cancels; partial downloads are kept for resuming.</param>
+    /// <exception cref="InputError">
+    /// A bad id, revision or path; no such repository, revision or path (the message lists the repository's top-level
+    /// folders); a gated repository without access; offline with nothing cached; an unreadable listing.
+    /// </exception>
+    /// <exception cref="HttpRequestException">The hub cannot be reached and nothing is cached, or it answered unexpectedly.</exception>
+    /// <exception cref="IOException">A download's size differs from the size the hub announced.</exception>
+    public async Task<string> ResolvePathAsync(string repoId, string path, string revision = "main", Action<HubPathListing>? planned = null,
+        IProgress<DownloadProgress>? progress = null, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        ArgumentException.ThrowIfNullOrEmpty(revision);
+        if (!IsValidRepoId(repoId)) throw new InputError($"'{repoId}' is not a Hugging Face repository id such as 'org/name'");
+        ValidateRevision(revision);
+        path = path.Trim('/');
+        if (path.Length > 0 && !IsPlainRepoPath(path))
+            throw new InputError($"'{path}' is not a path inside a repository: expected names separated by '/', no '.', '..' or empty names");
+
+        string repoFolder = RepoFolder(repoId);
+        if (Offline)
+            return TryGetCachedPath(repoId, path, revision) ?? throw new InputError(
+                $"HF_HUB_OFFLINE is set, so the hub is not contacted, and '{repoId}/{path}' (revision '{revision}') is not cached in " +
+                $"{repoFolder}. Pass a local folder instead, or unset HF_HUB_OFFLINE to download it.");
+        if (CommitHashRegex().IsMatch(revision) && TryGetCachedPath(repoId, path, revision) is { } pinned) return pinned;
+        try
+        {
+            var listing = await ListAsync(repoId, path, revision, ct).ConfigureAwait(false);
+            planned?.Invoke(listing);
+            string snapshot = Path.Combine(repoFolder, "snapshots", listing.Commit);
+            foreach (var (file, _) in listing.Files)
+            {
+                if (IsUsableFile(Path.Combine(snapshot, file))) continue;
+                var head = await HeadAsync(repoId, listing.Commit, file, ct).ConfigureAwait(false);
+                if (head.Meta is null)
+                    throw new HttpRequestException(
+                        $"the hub at {Endpoint} listed {file} in '{repoId}' at commit {listing.Commit} but answers 404 for it; run again");
+                await FetchAsync(repoId, listing.Commit, repoFolder, snapshot, file, head.Meta, progress, ct).ConfigureAwait(false);
+            }
+            if (revision != listing.Commit || !CommitHashRegex().IsMatch(revision)) WriteRef(repoFolder, revision, listing.Commit);
+            return path.Length == 0 ? snapshot : Path.Combine(snapshot, path);
+        }
+        catch (HubUnreachableException e)
+        {
+            if (TryGetCachedPath(repoId, path, revision) is { } cached) return cached;
+            throw new HttpRequestException(
+                $"The Hugging Face hub at {Endpoint} could not be reached ({e.Message}). Downloading '{repoId}/{path}' needs the " +
+                $"network, and it is not cached (revision '{revision}') in {repoFolder}. Pass a local folder instead.", e.InnerException ?? e);
+        }
+    }
+
+    /// <summary>
+    /// The cached copy of a repository path at a revision (a file, or a folder holding at least one file), or null. Never
+    /// touches the network.
+    /// </summary>
+    public string? TryGetCachedPath(string repoId, string path, string revision = "main")
+    {
+        if (!IsValidRepoId(repoId) || !IsValidRevision(revision)) return null;
+        path = path.Trim('/');
+        if (path.Length > 0 && !IsPlainRepoPath(path)) return null;
+        string repoFolder = RepoFolder(repoId);
+        string? commit = CommitHashRegex().IsMatch(revision) ? revision : ReadRef(repoFolder, revision);
+        if (commit is null || !IsSafeSegment(commit)) return null;
+        string local = Path.Combine(repoFolder, "snapshots", commit, path);
+        if (IsUsableFile(local)) return local;
+        return Directory.Exists(local) && Directory.EnumerateFileSystemEntries(local, "*", SearchOption.AllDirectories).Any(IsUsableFile) ? local : null;
+    }
+
+    /// <summary>The repository's files under <paramref name="path"/> at <paramref name="revision"/>, and the commit they belong to.</summary>
+    async Task<HubPathListing> ListAsync(string repoId, string path, string revision, CancellationToken ct)
+    {
+        var url = new Uri($"{Endpoint}/api/models/{repoId}/revision/{Uri.EscapeDataString(revision)}?blobs=true");
+        using var response = await SendAsync(HttpMethod.Get, url, rangeStart: 0, capture: null, ct).ConfigureAwait(false);
+        if (response.StatusCode == HttpStatusCode.NotFound)
+        {
+            string? code = FirstHeader(response, "X-Error-Code");
+            throw new InputError(
+                $"The hub at {Endpoint} answered 404 Not Found for {url}: " +
+                (code == "RevisionNotFound" ? $"revision '{revision}' does not exist in '{repoId}'" : $"there is no repository '{repoId}' (or no revision '{revision}')") +
+                ". Check the spelling (ids look like 'org/name'), or pass a local folder instead.");
+        }
+        ThrowForStatus(response, repoId, url);
+        byte[] body;
+        using var reading = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        reading.CancelAfter(_options.ReadTimeout);
+        try { body = await ReadLimitedAsync(response, MaxListingBytes, reading.Token).ConfigureAwait(false); }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            throw new HubUnreachableException($"the listing of '{repoId}' did not arrive within {_options.ReadTimeout.TotalSeconds:0.#} s", null);
+        }
+        catch (IOException e) when (e is HttpIOException || e.InnerException is System.Net.Sockets.SocketException)
+        {
+            throw new HubUnreachableException($"the connection broke while listing '{repoId}': {e.Message}", e);
+        }
+        using var doc = JsonInput.Parse(body, $"the hub's listing of '{repoId}' ({url})");
+        var root = doc.RootElement;
+        string where = $"the hub's listing of '{repoId}' ({url})";
+        if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("sha", out var sha) || sha.ValueKind != JsonValueKind.String
+            || sha.GetString() is not { } commit || !IsSafeSegment(commit))
+            throw new InputError($"{where}: expected an object with the commit as \"sha\"; {Endpoint} does not look like a Hugging Face hub");
+        if (!root.TryGetProperty("siblings", out var siblings) || siblings.ValueKind != JsonValueKind.Array)
+            throw new InputError($"{where}: expected the repository's files as a \"siblings\" array");
+
+        var files = new List<(string, long?)>();
+        var skipped = new List<string>();
+        var topLevel = new SortedSet<string>(StringComparer.Ordinal);
+        foreach (var sibling in siblings.EnumerateArray())
+        {
+            if (sibling.ValueKind != JsonValueKind.Object || !sibling.TryGetProperty("rfilename", out var nameElement)
+                || nameElement.ValueKind != JsonValueKind.String || nameElement.GetString() is not { } name)
+                throw new InputError($"{where}: a sibling without a file name (\"rfilename\")");
+            int slash = name.IndexOf('/');
+            topLevel.Add(slash < 0 ? name : name[..(slash + 1)]);
+            if (path.Length > 0 && name != path && !name.StartsWith(path + "/", StringComparison.Ordinal)) continue;
+            if (!IsPlainRepoPath(name)) // a name that would lead outside the snapshot folder
+                throw new InputError($"{where}: file name {InputError.Show(name)} is not a plain path inside the repository");
+            if (s_pickleExtensions.Any(e => name.EndsWith(e, StringComparison.OrdinalIgnoreCase))) { skipped.Add(name); continue; }
+            files.Add((name, Size(sibling)));
+        }
+        if (files.Count == 0)
+        {
+            string shown = string.Join(", ", topLevel.Take(30)) + (topLevel.Count > 30 ? $", … ({topLevel.Count} in all)" : "");
+            throw new InputError(skipped.Count > 0
+                ? $"'{repoId}/{path}' (revision '{revision}') holds only pickled files ({string.Join(", ", skipped.Take(5))}), which Loupe never loads: they can run code"
+                : $"'{repoId}' (revision '{revision}') has no file or folder '{path}'; its top level holds: {(shown.Length > 0 ? shown : "nothing")}");
+        }
+        return new HubPathListing(repoId, path, commit, files, skipped);
+    }
+
+    /// <summary>Names separated by '/', none empty, '.', '..', or holding a character no file name may hold (or '\\', or a control character).</summary>
+    static bool IsPlainRepoPath(string path) =>
+        path.Split('/').All(s => s.Length is > 0 and <= 255 && s is not ("." or "..") && s.IndexOfAny(Path.GetInvalidFileNameChars()) < 0
+                                 && !s.Contains('\\') && !s.Any(char.IsControl));
+
+    /// <summary>A sibling's size: its LFS object's when it has one (the file's real size), else its own.</summary>
+    static long? Size(JsonElement sibling)
+    {
+        if (sibling.TryGetProperty("lfs", out var lfs) && lfs.ValueKind == JsonValueKind.Object && Count(lfs, "size") is long l) return l;
+        return Count(sibling, "size");
+
+        // A size that is not a non-negative integer is unknown: the download's own size check still applies.
+        static long? Count(JsonElement e, string name) =>
+            e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out long n) && n >= 0 ? n : null;
+    }
+
+    /// <summary>The response body, refused past <paramref name="limit"/> bytes (a listing is small; an endless one is not read to the end).</summary>
+    static async Task<byte[]> ReadLimitedAsync(HttpResponseMessage response, int limit, CancellationToken ct)
+    {
+        await using var body = await response.Content.ReadAsStreamAsync(ct).ConfigureAwait(false);
+        using var buffer = new MemoryStream();
+        var chunk = new byte[1 << 16];
+        int n;
+        while ((n = await body.ReadAsync(chunk, ct).ConfigureAwait(false)) > 0)
+        {
+            if (buffer.Length + n > limit)
+                throw new InputError($"the hub's answer at {response.RequestMessage?.RequestUri} is longer than {limit.ToString("N0", CultureInfo.InvariantCulture)} bytes; not a file listing");
+            buffer.Write(chunk, 0, n);
+        }
+        return buffer.ToArray();
+    }
+}

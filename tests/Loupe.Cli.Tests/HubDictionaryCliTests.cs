@@ -1,0 +1,78 @@
+using System.Text.Json.Nodes;
+using Loupe.Dictionaries.Sae;
+using Loupe.Testing;
+using static Loupe.Cli.Tests.CliHarness;
+
+namespace Loupe.Cli.Tests;
+
+/// <summary>
+/// <c>--sae hf:ORG/NAME/PATH</c>: a SAELens SAE in a folder of a hub repository (as SAE releases are published: one folder per
+/// hook), fetched from <see cref="FakeHub"/> into the hub cache and used as a local folder would be.
+/// </summary>
+[Collection("console")]
+public sealed class HubDictionaryCliTests : IDisposable
+{
+    readonly string _dir = Directory.CreateTempSubdirectory("loupe-hub-sae-").FullName;
+    readonly string? _endpoint = Environment.GetEnvironmentVariable("HF_ENDPOINT"), _cache = Environment.GetEnvironmentVariable("HF_HUB_CACHE"),
+        _token = Environment.GetEnvironmentVariable("HF_TOKEN");
+
+    public void Dispose()
+    {
+        Environment.SetEnvironmentVariable("HF_ENDPOINT", _endpoint);
+        Environment.SetEnvironmentVariable("HF_HUB_CACHE", _cache);
+        Environment.SetEnvironmentVariable("HF_TOKEN", _token);
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    /// <summary>A hub repository of two SAEs on stories260K's residual stream, one folder each; the hub's endpoint and cache set.</summary>
+    FakeHub HubWithSaes()
+    {
+        var files = new Dictionary<string, byte[]> { ["README.md"] = "# two SAEs"u8.ToArray() };
+        foreach (int layer in new[] { 1, 2 })
+        {
+            var sae = new SparseDictionary(SaeShape.Sae(64, 128), new TopKActivation(8));
+            sae.Initialize(seed: layer, decoderNorm: 1f);
+            string folder = Path.Combine(_dir, $"sae-{layer}");
+            SaeLensFormat.Save(folder, sae, new SaeLensConfig { HookName = $"blocks.{layer}.hook_resid_post", ContextSize = 32 });
+            foreach (var file in Directory.GetFiles(folder)) files[$"blocks.{layer}.hook_resid_post/{Path.GetFileName(file)}"] = File.ReadAllBytes(file);
+        }
+        var hub = new FakeHub();
+        hub.AddRepo("sae-org/stories-saes", files);
+        Environment.SetEnvironmentVariable("HF_ENDPOINT", hub.Endpoint);
+        Environment.SetEnvironmentVariable("HF_HUB_CACHE", Path.Combine(_dir, "hub-cache"));
+        Environment.SetEnvironmentVariable("HF_TOKEN", "");
+        return hub;
+    }
+
+    [RequiresSharedFact("models/stories260K", "datasets/brown-corpus")]
+    public void SaeEvalReadsAnSaeFromAHubFolderAndFetchesItOnce()
+    {
+        using var hub = HubWithSaes();
+        string[] args = ["sae", "eval", "--model", SharedData.Require("models/stories260K"), "--sae", "hf:sae-org/stories-saes/blocks.2.hook_resid_post",
+            "--source", "brown:" + SharedData.Require("datasets/brown-corpus"), "--context-size", "32", "--max-contexts", "4", "--batch-size", "4"];
+        var run = RunLoupe([.. args, "--out", Path.Combine(_dir, "eval")]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("--sae: 2 file(s) of sae-org/stories-saes/blocks.2.hook_resid_post", run.Err); // announced before the download
+        var metrics = JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "eval", "eval.json")))!["metrics"]!;
+        Assert.Equal("blocks.2.hook_resid_post", (string)metrics["hook"]!);
+        Assert.Equal(0, hub.Count("GET", "blocks.1.hook_resid_post")); // the other SAE is not fetched
+
+        int gets = hub.Count("GET", "/cdn/");
+        run = RunLoupe([.. args, "--out", Path.Combine(_dir, "eval2")]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Equal(gets, hub.Count("GET", "/cdn/")); // cached: nothing downloaded again
+    }
+
+    [Fact]
+    public void AHubPathThatIsNotThereOrNotAPathIsRefusedNamingTheOption()
+    {
+        using var hub = HubWithSaes();
+        var run = RunLoupe("features", "build", "--model", Path.Combine(_dir, "no-model"), "--sae", "hf:sae-org/stories-saes/blocks.9.hook_resid_post",
+            "--source", "generate:2", "--out", Path.Combine(_dir, "f.db"));
+        AssertRefused(run, "blocks.1.hook_resid_post/, blocks.2.hook_resid_post/");
+        AssertRefused(RunLoupe("sae", "eval", "--model", "m", "--sae", "hf:just-a-name", "--source", "generate:2", "--out", Path.Combine(_dir, "e")), "--sae", "hf:ORG/NAME");
+        // The default store would go beside the dictionary, inside the hub cache: --out is asked for instead.
+        AssertRefused(RunLoupe("features", "build", "--model", Path.Combine(_dir, "no-model"), "--sae", "hf:sae-org/stories-saes/blocks.1.hook_resid_post",
+            "--source", "generate:2"), "--out", "hub cache");
+    }
+}
