@@ -235,6 +235,14 @@ public class OpenAiTests
         await Error(new { model = "gpt2", prompt, loupe = new { monitors = 3 } }, HttpStatusCode.BadRequest, "loupe.monitors");
         await Error(new { model = "gpt2", messages = new[] { new { role = "user", content = "hi" } } }, HttpStatusCode.BadRequest, "messages", "v1/chat/completions");
         await Error(new { model = "gpt2", messages = "hi" }, HttpStatusCode.BadRequest, "messages", "v1/chat/completions");
+        // Bodies that are not valid JSON text: invalid UTF-8 inside a string once answered 500 (found by the serve fuzzer).
+        foreach (var raw in new byte[][] { [.. "{\"model\":\"gpt2\",\"messages\":[{\"role\":\"a"u8, 0xFF, .. "\",\"content\":\"hi\"}]}"u8], "{\"model\":"u8.ToArray() })
+        {
+            var response = await http.PostAsync("v1/chat/completions", new ByteArrayContent(raw) { Headers = { ContentType = new("application/json") } });
+            string text = await response.Content.ReadAsStringAsync();
+            Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{(int)response.StatusCode}: {text}");
+            Assert.Equal("invalid_json", JsonDocument.Parse(text).RootElement.GetProperty("error").GetProperty("code").GetString());
+        }
 
         // The official client surfaces them as exceptions with the status.
         var chat = new ChatClient("nope", new ApiKeyCredential("unused"), ClientOptions(host));

@@ -78,7 +78,7 @@ public sealed class McpTarget : FuzzTarget
             ("monitor", "monitor", new { monitor = "monitors/wobble.safetensors", tokens, generate = 2 }),
         ];
         return [.. calls.Select(c => new Seed($"generated:mcp-{c.Id}", [new SeedFile("call.json",
-            Encoding.UTF8.GetBytes(new JsonObject { ["tool"] = c.Tool, ["arguments"] = JsonSerializer.SerializeToNode(c.Arguments) }.ToJsonString()), FileKind.Json)]))];
+            Encoding.UTF8.GetBytes(new JsonObject { ["tool"] = c.Tool, ["arguments"] = JsonSerializer.SerializeToNode(c.Arguments) }.ToJsonString()), FileKind.Script)]))];
     }
 
     public override void Execute(string folder, FuzzInput input)

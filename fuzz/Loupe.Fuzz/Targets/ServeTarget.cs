@@ -13,8 +13,8 @@ namespace Loupe.Fuzz.Targets;
 /// <summary>
 /// <c>loupe serve</c>'s HTTP API as a client can call it: one real server (Kestrel on a free port) over the llama fixture
 /// with a tokenizer, an SAE, its feature store, per-layer transcoders, a steering vector and the OpenAI-compatible API;
-/// each input is one request (request.json: method, path with its query, JSON body) with the body's values, the path or
-/// the query abused. Any status but a 5xx is acceptable (503, busy, excepted); a 5xx is an exception the server did not
+/// each input is one request (request.json: method and path with its query; body.json: the body, sent as its bytes are)
+/// with the body, the path or the query abused. Any status but a 5xx is acceptable (503, busy, excepted); a 5xx is an exception the server did not
 /// turn into a clear 4xx, and a dropped connection or no answer in 15 s means the server is gone or stuck. A job the server
 /// accepted (202) is followed to its end: one that fails with an exception no message explains (the job runner writes
 /// "TypeException: …" for anything but an InputError) is a failure too; one still running after 10 s is cancelled.
@@ -89,12 +89,12 @@ public sealed class ServeTarget : FuzzTarget
             ("chat", "POST", "/v1/chat/completions", new { model = "model", messages = new[] { new { role = "user", content = "Hello" } }, max_tokens = 2, logprobs = true, top_logprobs = 2 }),
             ("chat-stream", "POST", "/v1/chat/completions", new { model = "model", messages = new[] { new { role = "user", content = "Hi" } }, max_tokens = 2, stream = true }),
         ];
-        return [.. requests.Select(r => new Seed($"generated:serve-{r.Id}", [new SeedFile("request.json", Encoding.UTF8.GetBytes(new JsonObject
-        {
-            ["method"] = r.Method,
-            ["path"] = r.Path,
-            ["body"] = r.Body is null ? null : JsonSerializer.SerializeToNode(r.Body),
-        }.ToJsonString()), FileKind.Json)]))];
+        // The body is a file of its own, sent as its bytes are: invalid UTF-8, repeated keys or a cut document reach the server.
+        return [.. requests.Select(r => new Seed($"generated:serve-{r.Id}",
+        [
+            new SeedFile("request.json", Encoding.UTF8.GetBytes(new JsonObject { ["method"] = r.Method, ["path"] = r.Path }.ToJsonString()), FileKind.Script),
+            .. r.Body is null ? Array.Empty<SeedFile>() : [new SeedFile("body.json", JsonSerializer.SerializeToUtf8Bytes(r.Body), FileKind.Json)],
+        ]))];
     }
 
     public override void Execute(string folder, FuzzInput input)
@@ -105,10 +105,15 @@ public sealed class ServeTarget : FuzzTarget
         if (!(request["method"] is JsonValue m && m.TryGetValue(out string? method) && method is "GET" or "POST")) throw new InputError("request.json: no method");
         if (!(request["path"] is JsonValue p && p.TryGetValue(out string? path)) || !Uri.TryCreate(path.Replace("{store}", _store), UriKind.Relative, out var uri))
             throw new InputError("request.json: no relative path");
-        string? body = request["body"]?.ToJsonString();
+        string bodyPath = Path.Combine(folder, "body.json");
+        byte[]? body = File.Exists(bodyPath) ? File.ReadAllBytes(bodyPath) : null;
 
         using var message = new HttpRequestMessage(new HttpMethod(method), uri);
-        if (body is not null) message.Content = new StringContent(body, Encoding.UTF8, "application/json");
+        if (body is not null)
+        {
+            message.Content = new ByteArrayContent(body);
+            message.Content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json") { CharSet = "utf-8" };
+        }
         HttpResponseMessage response;
         try { response = client.Send(message, HttpCompletionOption.ResponseContentRead); }
         catch (HttpRequestException e)

@@ -297,21 +297,24 @@ static class CliSupport
         }
         var hubBackend = BackendFor(onDevice, deviceForOtherWork, cpuOnlyReason);
         HookedTransformer? loaded = null;
+        WithDownloadBars(progress => loaded = ModelLoader.LoadAsync(model, progress, hubBackend, processing: Processing).GetAwaiter().GetResult());
+        return PlanDeviceMemory(loaded!);
+    }
+
+    /// <summary>Runs <paramref name="body"/> with a progress bar per file it downloads (size, speed).</summary>
+    static void WithDownloadBars(Action<IProgress<DownloadProgress>> body) =>
         Status.Progress().AutoClear(true).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new DownloadedColumn(), new TransferSpeedColumn())
             .Start(ctx =>
             {
                 var tasks = new Dictionary<string, ProgressTask>();
-                var progress = new SyncProgress<DownloadProgress>(p =>
+                body(new SyncProgress<DownloadProgress>(p =>
                 {
                     if (!tasks.TryGetValue(p.FileName, out var task))
                         tasks[p.FileName] = task = ctx.AddTask(p.FileName, maxValue: Math.Max(1, p.BytesTotal ?? 1));
                     if (p.BytesTotal is long total) task.MaxValue = Math.Max(1, total);
                     task.Value = p.BytesDone;
-                });
-                loaded = ModelLoader.LoadAsync(model, progress, hubBackend, processing: Processing).GetAwaiter().GetResult();
+                }));
             });
-        return PlanDeviceMemory(loaded!);
-    }
 
     /// <summary>How a dictionary or other artifact on the hub is named where a local path is expected.</summary>
     public const string HubPathSyntax = "hf:ORG/NAME[/PATH][@REVISION]";
@@ -339,23 +342,11 @@ static class CliSupport
         string repo = parts[0] + "/" + parts[1], path = parts.Length == 3 ? parts[2] : "";
         using var client = new HubClient();
         string? local = null;
-        Status.Progress().AutoClear(true).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new DownloadedColumn(), new TransferSpeedColumn())
-            .Start(ctx =>
-            {
-                var tasks = new Dictionary<string, ProgressTask>();
-                var progress = new SyncProgress<DownloadProgress>(p =>
-                {
-                    if (!tasks.TryGetValue(p.FileName, out var task))
-                        tasks[p.FileName] = task = ctx.AddTask(p.FileName, maxValue: Math.Max(1, p.BytesTotal ?? 1));
-                    if (p.BytesTotal is long total) task.MaxValue = Math.Max(1, total);
-                    task.Value = p.BytesDone;
-                });
-                void Planned(HubPathListing l) => Console.Error.WriteLine(
-                    $"{option}: {l.Files.Count} file(s) of {l.RepoId}{(l.Path.Length > 0 ? "/" + l.Path : "")} at {l.Commit[..Math.Min(7, l.Commit.Length)]}, " +
-                    $"{FormatBytes(l.Bytes)}, into {client.CacheDir} (files already there are not fetched again)" +
-                    (l.Skipped.Count > 0 ? $"; not fetched, pickles: {string.Join(", ", l.Skipped.Take(3))}{(l.Skipped.Count > 3 ? ", …" : "")}" : ""));
-                local = client.ResolvePathAsync(repo, path, revision, Planned, progress).GetAwaiter().GetResult();
-            });
+        void Planned(HubPathListing l) => Console.Error.WriteLine(
+            $"{option}: {l.Files.Count} file(s) of {l.RepoId}{(l.Path.Length > 0 ? "/" + l.Path : "")} at {l.Commit[..Math.Min(7, l.Commit.Length)]}, " +
+            $"{FormatBytes(l.Bytes)}, into {client.CacheDir} (files already there are not fetched again)" +
+            (l.Skipped.Count > 0 ? $"; not fetched, pickles: {string.Join(", ", l.Skipped.Take(3))}{(l.Skipped.Count > 3 ? ", …" : "")}" : ""));
+        WithDownloadBars(progress => local = client.ResolvePathAsync(repo, path, revision, Planned, progress).GetAwaiter().GetResult());
         return local!;
     }
 

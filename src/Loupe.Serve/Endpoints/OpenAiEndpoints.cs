@@ -155,9 +155,13 @@ public static class OpenAiEndpoints
 
     static async Task<JsonDocument> ReadBody(HttpContext context)
     {
-        try { return await JsonDocument.ParseAsync(context.Request.Body, default, context.RequestAborted); }
-        catch (JsonException e) { throw OpenAiError.Invalid($"the body is not valid JSON: {e.Message}", null, "invalid_json"); }
+        using var buffer = new MemoryStream();
+        try { await context.Request.Body.CopyToAsync(buffer, context.RequestAborted); }
         catch (BadHttpRequestException e) when (e.StatusCode == 413) { throw new OpenAiError(413, "the request body is too large", "invalid_request_error", null, "request_too_large"); }
+        // Checked whole (UTF-8, lone surrogates, depth): JsonDocument meets a bad string only when it is read, deep in a handler,
+        // where it threw InvalidOperationException (a 500) instead of this 400.
+        try { return JsonInput.Parse(buffer.ToArray(), "the body"); }
+        catch (InputError e) { throw OpenAiError.Invalid(e.Message, null, "invalid_json"); }
     }
 
     static Task Write(HttpContext context, OpenAiError error)
