@@ -30,7 +30,7 @@ public sealed class HubTarget : FuzzTarget
 
     public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
     {
-        var tokenizer = new TokenizerJsonTarget().BuildSeeds(new SeedContext(null, context.RepoRoot, context.Scratch))[0].Files[0].Bytes;
+        var tokenizer = TokenizerJsonTarget.Generated(context);
         var bodies = new Dictionary<string, byte[]>
         {
             ["config.json"] = File.ReadAllBytes(context.Repo("tests/data/reference/llama/config.json")),

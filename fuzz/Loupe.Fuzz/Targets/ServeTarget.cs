@@ -33,9 +33,7 @@ public sealed class ServeTarget : FuzzTarget
     public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
     {
         string root = Directory.CreateDirectory(Path.Combine(context.Scratch, "serve")).FullName;
-        string modelFolder = Directory.CreateDirectory(Path.Combine(root, "model")).FullName;
-        foreach (var f in new[] { "config.json", "model.safetensors" }) File.Copy(context.Repo($"tests/data/reference/llama/{f}"), Path.Combine(modelFolder, f), true);
-        File.WriteAllBytes(Path.Combine(modelFolder, "tokenizer.json"), new TokenizerJsonTarget().BuildSeeds(new SeedContext(null, context.RepoRoot, context.Scratch))[0].Files[0].Bytes);
+        string modelFolder = TokenizerJsonTarget.ModelWithTokenizer(context, "llama", Path.Combine(root, "model"));
         _model = ModelLoader.LoadFolder(modelFolder);
 
         var (dict, cfg) = PipelineFixtures.Dictionary();

@@ -27,11 +27,7 @@ public sealed class TextSourceTarget : FuzzTarget
 
     public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
     {
-        string folder = Directory.CreateDirectory(Path.Combine(context.Scratch, "text-sources-model")).FullName;
-        var tokenizer = new TokenizerJsonTarget().BuildSeeds(new SeedContext(null, context.RepoRoot, context.Scratch))[0].Files[0].Bytes;
-        foreach (var f in new[] { "config.json", "model.safetensors" }) File.Copy(context.Repo($"tests/data/reference/llama/{f}"), Path.Combine(folder, f), true);
-        File.WriteAllBytes(Path.Combine(folder, "tokenizer.json"), tokenizer);
-        _model = ModelLoader.LoadFolder(folder);
+        _model = ModelLoader.LoadFolder(TokenizerJsonTarget.ModelWithTokenizer(context, "llama", Path.Combine(context.Scratch, "text-sources-model")));
         _output = Directory.CreateDirectory(Path.Combine(context.Scratch, "text-sources-out")).FullName;
 
         string[] sentences =
