@@ -17,10 +17,11 @@ public static class ModelLoader
     public static IReadOnlyList<string> SupportedModelTypes { get; } = ["gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3", "bert", "transformer_lens"];
 
     /// <summary>Loads from a local folder, or downloads a hub id into the HF cache first; <paramref name="processing"/> as in <see cref="LoadFolder"/>.</summary>
+    /// <remarks><c>planned</c> hears what a download will fetch (files, bytes) before it starts (see <see cref="HubClient.ResolveAsync"/>).</remarks>
     public static async Task<HookedTransformer> LoadAsync(string modelIdOrPath, IProgress<DownloadProgress>? progress = null,
-        IComputeBackend? backend = null, CancellationToken ct = default, WeightProcessing? processing = null)
+        IComputeBackend? backend = null, CancellationToken ct = default, WeightProcessing? processing = null, Action<HubPathListing>? planned = null)
     {
-        string folder = Directory.Exists(modelIdOrPath) ? modelIdOrPath : await new HubClient().ResolveAsync(modelIdOrPath, progress: progress, ct: ct);
+        string folder = Directory.Exists(modelIdOrPath) ? modelIdOrPath : await new HubClient().ResolveAsync(modelIdOrPath, progress: progress, ct: ct, planned: planned);
         return LoadFolder(folder, backend, processing);
     }
 

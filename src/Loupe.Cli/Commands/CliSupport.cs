@@ -297,7 +297,7 @@ static class CliSupport
         }
         var hubBackend = BackendFor(onDevice, deviceForOtherWork, cpuOnlyReason);
         HookedTransformer? loaded = null;
-        WithDownloadBars(progress => loaded = ModelLoader.LoadAsync(model, progress, hubBackend, processing: Processing).GetAwaiter().GetResult());
+        WithDownloadBars(progress => loaded = ModelLoader.LoadAsync(model, progress, hubBackend, processing: Processing, planned: l => Announce("--model", l)).GetAwaiter().GetResult());
         return PlanDeviceMemory(loaded!);
     }
 
@@ -342,13 +342,15 @@ static class CliSupport
         string repo = parts[0] + "/" + parts[1], path = parts.Length == 3 ? parts[2] : "";
         using var client = new HubClient();
         string? local = null;
-        void Planned(HubPathListing l) => Console.Error.WriteLine(
-            $"{option}: {l.Files.Count} file(s) of {l.RepoId}{(l.Path.Length > 0 ? "/" + l.Path : "")} at {l.Commit[..Math.Min(7, l.Commit.Length)]}, " +
-            $"{FormatBytes(l.Bytes)}, into {client.CacheDir} (files already there are not fetched again)" +
-            (l.Skipped.Count > 0 ? $"; not fetched, pickles: {string.Join(", ", l.Skipped.Take(3))}{(l.Skipped.Count > 3 ? ", …" : "")}" : ""));
-        WithDownloadBars(progress => local = client.ResolvePathAsync(repo, path, revision, Planned, progress).GetAwaiter().GetResult());
+        WithDownloadBars(progress => local = client.ResolvePathAsync(repo, path, revision, l => Announce(option, l), progress).GetAwaiter().GetResult());
         return local!;
     }
+
+    /// <summary>Prints what a hub download will fetch, before it starts (files, bytes, commit, the cache it goes to).</summary>
+    static void Announce(string option, HubPathListing l) => Console.Error.WriteLine(
+        $"{option}: {l.Files.Count} file(s) of {l.RepoId}{(l.Path.Length > 0 ? "/" + l.Path : "")} at {l.Commit[..Math.Min(7, l.Commit.Length)]}, " +
+        $"{FormatBytes(l.Bytes)}, into {HubClient.DefaultCacheDir()} (files already there are not fetched again)" +
+        (l.Skipped.Count > 0 ? $"; not fetched, pickles: {string.Join(", ", l.Skipped.Take(3))}{(l.Skipped.Count > 3 ? ", …" : "")}" : ""));
 
     static string FormatBytes(long bytes) => bytes switch
     {

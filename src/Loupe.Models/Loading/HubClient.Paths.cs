@@ -88,6 +88,24 @@ public sealed partial class HubClient
     }
 
     /// <summary>
+    /// Tells <paramref name="planned"/> what a model download at <paramref name="commit"/> fetches — config.json, the tokenizer
+    /// files, the safetensors weights (single file, or index and shards) — with sizes, when some of it is not cached yet. A hub
+    /// without the listing API (a mirror) gets no announcement; the downloads themselves report any real problem.
+    /// </summary>
+    async Task AnnounceModelAsync(string repoId, string commit, string snapshot, Action<HubPathListing> planned, CancellationToken ct)
+    {
+        if (TryGetCachedSnapshot(repoId, commit) is not null) return; // complete: no request for an announcement of nothing
+        HubPathListing listing;
+        try { listing = await ListAsync(repoId, "", commit, ct).ConfigureAwait(false); }
+        catch (Exception e) when (e is InputError or HttpRequestException or HubUnreachableException) { return; }
+        bool single = listing.Files.Any(f => f.File == SafeTensorsCheckpoint.SingleFileName);
+        var fetched = listing.Files.Where(f => !f.File.Contains('/') && (f.File == "config.json" || OptionalFiles.Contains(f.File)
+            || (single ? f.File == SafeTensorsCheckpoint.SingleFileName : f.File == SafeTensorsCheckpoint.IndexFileName || f.File.EndsWith(".safetensors", StringComparison.Ordinal)))).ToList();
+        if (fetched.All(f => IsUsableFile(Path.Combine(snapshot, f.File)))) return;
+        planned(listing with { Files = fetched, Skipped = [] });
+    }
+
+    /// <summary>
     /// The cached copy of a repository path at a revision (a file, or a folder holding at least one file), or null. Never
     /// touches the network.
     /// </summary>

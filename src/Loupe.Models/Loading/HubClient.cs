@@ -201,8 +201,13 @@ public sealed partial class HubClient : IDisposable
     /// </exception>
     /// <exception cref="IOException">A download's size differs from the size the hub announced (the partial file is deleted).</exception>
     /// <exception cref="OperationCanceledException"><paramref name="ct"/> was cancelled (partial files are kept for resuming).</exception>
+    /// <remarks>
+    /// <c>planned</c> hears what the download takes (the files a model download fetches, with their sizes from the repository's
+    /// listing) before the first weight is fetched; it is not called when the hub gives no listing (a mirror without the API)
+    /// or everything is cached.
+    /// </remarks>
     public async Task<string> ResolveAsync(string modelIdOrPath, string revision = "main",
-        IProgress<DownloadProgress>? progress = null, CancellationToken ct = default)
+        IProgress<DownloadProgress>? progress = null, CancellationToken ct = default, Action<HubPathListing>? planned = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(modelIdOrPath);
         ArgumentException.ThrowIfNullOrEmpty(revision);
@@ -231,7 +236,7 @@ public sealed partial class HubClient : IDisposable
 
         try
         {
-            return await DownloadAsync(repoId, revision, repoFolder, progress, ct).ConfigureAwait(false);
+            return await DownloadAsync(repoId, revision, repoFolder, progress, planned, ct).ConfigureAwait(false);
         }
         catch (HubUnreachableException e)
         {
@@ -271,7 +276,7 @@ public sealed partial class HubClient : IDisposable
     }
 
     async Task<string> DownloadAsync(string repoId, string revision, string repoFolder,
-        IProgress<DownloadProgress>? progress, CancellationToken ct)
+        IProgress<DownloadProgress>? progress, Action<HubPathListing>? planned, CancellationToken ct)
     {
         // 1. config.json at the requested revision: tells the commit every other file is taken at.
         var config = await HeadAsync(repoId, revision, "config.json", ct).ConfigureAwait(false);
@@ -292,6 +297,7 @@ public sealed partial class HubClient : IDisposable
         // an offline run would not find the snapshot this run downloads.
         if (revision != commit || !CommitHashRegex().IsMatch(revision)) WriteRef(repoFolder, revision, commit);
         string snapshot = Path.Combine(repoFolder, "snapshots", commit);
+        if (planned is not null) await AnnounceModelAsync(repoId, commit, snapshot, planned, ct).ConfigureAwait(false);
         await FetchAsync(repoId, commit, repoFolder, snapshot, "config.json", config.Meta, progress, ct).ConfigureAwait(false);
 
         // 2. Optional tokenizer / generation files (a 404 is recorded in .no_exist, as huggingface_hub does).

@@ -95,6 +95,24 @@ public class HubClientTests
     }
 
     [Fact]
+    public async Task WhatADownloadTakesIsAnnouncedBeforeTheWeights_AndNotWhenCached()
+    {
+        using var hub = new FakeHub();
+        string commit = hub.AddRepo(Repo, SmallModel());
+        using var cache = new TempDir();
+        var announced = new List<HubPathListing>();
+        using (var client = Client(hub.Endpoint, cache))
+            await client.ResolveAsync(Repo, planned: announced.Add);
+        var listing = Assert.Single(announced);
+        Assert.Equal(commit, listing.Commit);
+        Assert.Equal(["config.json", "model.safetensors", "tokenizer.json"], listing.Files.Select(f => f.File).Order());
+        Assert.Equal(Config.Length + Tokenizer.Length + Weights.Length, listing.Bytes);
+        using (var client = Client(hub.Endpoint, cache))
+            await client.ResolveAsync(Repo, planned: announced.Add);
+        Assert.Single(announced); // everything cached: nothing to announce
+    }
+
+    [Fact]
     public async Task SecondResolve_UsesTheCache_AndOfflineModeNeedsNoServer()
     {
         using var hub = new FakeHub();
