@@ -63,6 +63,19 @@ public sealed class HubDictionaryCliTests : IDisposable
         Assert.Equal(gets, hub.Count("GET", "/cdn/")); // cached: nothing downloaded again
     }
 
+    [RequiresSharedFact("models/stories260K")]
+    public void AHubModelDownloadIsAnnouncedBeforeItStarts()
+    {
+        using var hub = HubWithSaes();
+        string stories = SharedData.Require("models/stories260K");
+        hub.AddRepo("tiny-org/stories", new[] { "config.json", "model.safetensors", "tokenizer.json" }.ToDictionary(f => f, f => File.ReadAllBytes(Path.Combine(stories, f))));
+        var run = RunLoupe("run", "--model", "tiny-org/stories", "--prompt", "Once upon a time", "-n", "2");
+        Assert.True(run.Code == 0, run.Err);
+        long bytes = new[] { "config.json", "model.safetensors", "tokenizer.json" }.Sum(f => new FileInfo(Path.Combine(stories, f)).Length);
+        Assert.Contains($"--model: 3 file(s) of tiny-org/stories at ", run.Err);
+        Assert.Contains(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / 1024.0 / 1024.0:0.0} MiB"), run.Err);
+    }
+
     [Fact]
     public void AHubPathThatIsNotThereOrNotAPathIsRefusedNamingTheOption()
     {
