@@ -77,6 +77,25 @@ public sealed class HubDictionaryCliTests : IDisposable
     }
 
     [Fact]
+    public void HubLsShowsFoldersAndFilesWithSizesAndDownloadsNothing()
+    {
+        using var hub = HubWithSaes();
+        var run = RunLoupe("hub", "ls", "hf:sae-org/stories-saes");
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("sae-org/stories-saes at ", run.Out);
+        Assert.Contains("2 folder(s), 1 file(s)", run.Out);
+        Assert.Matches(@"blocks\.1\.hook_resid_post/\s+2 file\(s\)", run.Out);
+        Assert.Contains("README.md", run.Out);
+        run = RunLoupe("hub", "ls", "hf:sae-org/stories-saes/blocks.2.hook_resid_post");
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("cfg.json", run.Out);
+        Assert.Contains("sae_weights.safetensors", run.Out);
+        Assert.Equal(0, hub.Count("GET", "/cdn/") + hub.Count("HEAD", "/resolve/"));
+        AssertRefused(RunLoupe("hub", "ls", "hf:sae-org/stories-saes/nope"), "blocks.1.hook_resid_post/");
+        AssertRefused(RunLoupe("hub", "ls", "sae-org/stories-saes"), "path", "hf:ORG/NAME");
+    }
+
+    [Fact]
     public void AHubPathThatIsNotThereOrNotAPathIsRefusedNamingTheOption()
     {
         using var hub = HubWithSaes();

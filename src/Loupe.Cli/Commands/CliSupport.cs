@@ -333,17 +333,24 @@ static class CliSupport
         // Transcoders may be listed one folder per layer, comma-separated: each may be on the hub.
         if (value.Contains(',')) return string.Join(',', value.Split(',').Select(part => LocalPath(part, option)));
         if (!value.StartsWith("hf:", StringComparison.Ordinal)) return value;
-        string spec = value[3..], revision = "main";
+        var (repo, path, revision) = HubSpec(value, option);
+        using var client = new HubClient();
+        string? local = null;
+        WithDownloadBars(progress => local = client.ResolvePathAsync(repo, path, revision, l => Announce(option, l), progress).GetAwaiter().GetResult());
+        return local!;
+    }
+
+    /// <summary><c>hf:ORG/NAME[/PATH][@REVISION]</c> as its parts.</summary>
+    /// <exception cref="InputError">Not of that form (the message names <paramref name="option"/>).</exception>
+    public static (string Repo, string Path, string Revision) HubSpec(string value, string option)
+    {
+        string spec = value.StartsWith("hf:", StringComparison.Ordinal) ? value[3..] : "", revision = "main";
         int at = spec.LastIndexOf('@');
         if (at >= 0) (spec, revision) = (spec[..at], spec[(at + 1)..]);
         var parts = spec.Trim('/').Split('/', 3);
         if (parts.Length < 2 || !HubClient.IsValidRepoId(parts[0] + "/" + parts[1]) || revision.Length == 0)
             throw InputError.Expected("argument", option, $"{HubPathSyntax}, e.g. hf:jbloom/GPT2-Small-SAEs-Reformatted/blocks.8.hook_resid_pre", value);
-        string repo = parts[0] + "/" + parts[1], path = parts.Length == 3 ? parts[2] : "";
-        using var client = new HubClient();
-        string? local = null;
-        WithDownloadBars(progress => local = client.ResolvePathAsync(repo, path, revision, l => Announce(option, l), progress).GetAwaiter().GetResult());
-        return local!;
+        return (parts[0] + "/" + parts[1], parts.Length == 3 ? parts[2] : "", revision);
     }
 
     /// <summary>Prints what a hub download will fetch, before it starts (files, bytes, commit, the cache it goes to).</summary>
@@ -352,7 +359,7 @@ static class CliSupport
         $"{FormatBytes(l.Bytes)}, into {HubClient.DefaultCacheDir()} (files already there are not fetched again)" +
         (l.Skipped.Count > 0 ? $"; not fetched, pickles: {string.Join(", ", l.Skipped.Take(3))}{(l.Skipped.Count > 3 ? ", …" : "")}" : ""));
 
-    static string FormatBytes(long bytes) => bytes switch
+    public static string FormatBytes(long bytes) => bytes switch
     {
         >= 1L << 30 => (bytes / (double)(1L << 30)).ToString("0.0 GiB", CultureInfo.InvariantCulture),
         >= 1L << 20 => (bytes / (double)(1L << 20)).ToString("0.0 MiB", CultureInfo.InvariantCulture),

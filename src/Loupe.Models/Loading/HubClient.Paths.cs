@@ -88,6 +88,27 @@ public sealed partial class HubClient
     }
 
     /// <summary>
+    /// The files of <paramref name="repoId"/> under <paramref name="path"/> at <paramref name="revision"/> (pickles apart), with
+    /// sizes and the commit, from the hub's listing; nothing is downloaded (<c>loupe hub ls</c>).
+    /// </summary>
+    /// <exception cref="InputError">A bad id, revision or path; no such repository, revision or path (the top level listed).</exception>
+    /// <exception cref="HttpRequestException">The hub cannot be reached, or answered unexpectedly.</exception>
+    public async Task<HubPathListing> ListPathAsync(string repoId, string path, string revision = "main", CancellationToken ct = default)
+    {
+        if (!IsValidRepoId(repoId)) throw new InputError($"'{repoId}' is not a Hugging Face repository id such as 'org/name'");
+        ValidateRevision(revision);
+        path = path.Trim('/');
+        if (path.Length > 0 && !IsPlainRepoPath(path))
+            throw new InputError($"'{path}' is not a path inside a repository: expected names separated by '/', no '.', '..' or empty names");
+        if (Offline) throw new InputError("HF_HUB_OFFLINE is set, so the hub is not contacted; listing a repository needs it");
+        try { return await ListAsync(repoId, path, revision, ct).ConfigureAwait(false); }
+        catch (HubUnreachableException e)
+        {
+            throw new HttpRequestException($"The Hugging Face hub at {Endpoint} could not be reached ({e.Message})", e.InnerException ?? e);
+        }
+    }
+
+    /// <summary>
     /// Tells <paramref name="planned"/> what a model download at <paramref name="commit"/> fetches — config.json, the tokenizer
     /// files, the safetensors weights (single file, or index and shards) — with sizes, when some of it is not cached yet. A hub
     /// without the listing API (a mirror) gets no announcement; the downloads themselves report any real problem.
