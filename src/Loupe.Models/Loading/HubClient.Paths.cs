@@ -49,12 +49,7 @@ public sealed partial class HubClient
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentException.ThrowIfNullOrEmpty(revision);
-        if (!IsValidRepoId(repoId)) throw new InputError($"'{repoId}' is not a Hugging Face repository id such as 'org/name'");
-        ValidateRevision(revision);
-        path = path.Trim('/');
-        if (path.Length > 0 && !IsPlainRepoPath(path))
-            throw new InputError($"'{path}' is not a path inside a repository: expected names separated by '/', no '.', '..' or empty names");
-
+        path = CheckedPath(repoId, path, revision);
         string repoFolder = RepoFolder(repoId);
         if (Offline)
             return TryGetCachedPath(repoId, path, revision) ?? throw new InputError(
@@ -95,11 +90,7 @@ public sealed partial class HubClient
     /// <exception cref="HttpRequestException">The hub cannot be reached, or answered unexpectedly.</exception>
     public async Task<HubPathListing> ListPathAsync(string repoId, string path, string revision = "main", CancellationToken ct = default)
     {
-        if (!IsValidRepoId(repoId)) throw new InputError($"'{repoId}' is not a Hugging Face repository id such as 'org/name'");
-        ValidateRevision(revision);
-        path = path.Trim('/');
-        if (path.Length > 0 && !IsPlainRepoPath(path))
-            throw new InputError($"'{path}' is not a path inside a repository: expected names separated by '/', no '.', '..' or empty names");
+        path = CheckedPath(repoId, path, revision);
         if (Offline) throw new InputError("HF_HUB_OFFLINE is set, so the hub is not contacted; listing a repository needs it");
         try { return await ListAsync(repoId, path, revision, ct).ConfigureAwait(false); }
         catch (HubUnreachableException e)
@@ -202,6 +193,18 @@ public sealed partial class HubClient
                 : $"'{repoId}' (revision '{revision}') has no file or folder '{path}'; its top level holds: {(shown.Length > 0 ? shown : "nothing")}");
         }
         return new HubPathListing(repoId, path, commit, files, skipped);
+    }
+
+    /// <summary>The path without its outer '/', once the repository id, revision and path are known to be well formed.</summary>
+    /// <exception cref="InputError">One of them is not.</exception>
+    static string CheckedPath(string repoId, string path, string revision)
+    {
+        if (!IsValidRepoId(repoId)) throw new InputError($"'{repoId}' is not a Hugging Face repository id such as 'org/name'");
+        ValidateRevision(revision);
+        path = path.Trim('/');
+        if (path.Length > 0 && !IsPlainRepoPath(path))
+            throw new InputError($"'{path}' is not a path inside a repository: expected names separated by '/', no '.', '..' or empty names");
+        return path;
     }
 
     /// <summary>Names separated by '/', none empty, '.', '..', or holding a character no file name may hold (or '\\', or a control character).</summary>
