@@ -160,9 +160,9 @@ public sealed partial class HubClient
         {
             throw new HubUnreachableException($"the connection broke while listing '{repoId}': {e.Message}", e);
         }
-        using var doc = JsonInput.Parse(body, $"the hub's listing of '{repoId}' ({url})");
-        var root = doc.RootElement;
         string where = $"the hub's listing of '{repoId}' ({url})";
+        using var doc = JsonInput.Parse(body, where);
+        var root = doc.RootElement;
         if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("sha", out var sha) || sha.ValueKind != JsonValueKind.String
             || sha.GetString() is not { } commit || !IsSafeSegment(commit))
             throw new InputError($"{where}: expected an object with the commit as \"sha\"; {Endpoint} does not look like a Hugging Face hub");
