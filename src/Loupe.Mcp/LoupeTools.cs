@@ -143,7 +143,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
         var ids = Input(prompt, tokens);
         if (_transcoders is null)
         {
-            var host = MlpReplacements.Load(tc.Path, model.Config.NLayers);
+            var host = MlpReplacements.Load(tc.Path, model);
             _transcoders = (host, model.Backend.Device.IsCpu ? null : DeviceMlpReplacement.Upload(host, model.Backend));
         }
         var settings = new AttributionSettings { MaxFeatureNodes = maxFeatureNodes };

@@ -107,4 +107,40 @@ public sealed class HubDictionaryCliTests : IDisposable
         AssertRefused(RunLoupe("features", "build", "--model", Path.Combine(_dir, "no-model"), "--sae", "hf:sae-org/stories-saes/blocks.1.hook_resid_post",
             "--source", "generate:2"), "--out", "hub cache");
     }
+    /// <summary>
+    /// circuit-tracer's preset layout: a small repository whose config.yaml lists each layer's Gemma Scope params.npz in another
+    /// repository as hf:// (how its Gemma 2 transcoders are published). The graph is circuit-tracer's fixture graph.
+    /// </summary>
+    [Fact]
+    public void AttributeFetchesTheTranscodersAHubConfigListsFromAnotherRepository()
+    {
+        using var hub = HubWithSaes();
+        var weights = new Dictionary<string, byte[]>();
+        var config = new System.Text.StringBuilder("model_kind: transcoder_set\nfeature_input_hook: \"ln2.hook_normalized\"\nfeature_output_hook: \"hook_mlp_out\"\ntranscoders:\n");
+        for (int l = 0; l < 3; l++)
+        {
+            var (d, _) = SaeLensFormat.Load(SharedData.TestData(Path.Combine("attribution", "transcoders", $"layer_{l}")));
+            var s = d.Shape;
+            string file = Path.Combine(_dir, $"npz{l}", "params.npz");
+            PublishedDictionaryFiles.WriteGemmaScopeNpz(file, s.DIn, s.DSae, s.DOut, d.P.WEnc, d.P.BEnc, d.P.WDec, d.P.BDec, new float[s.DSae]);
+            weights[$"layer_{l}/width_32/average_l0_7/params.npz"] = File.ReadAllBytes(file);
+            config.Append($"  - \"hf://weights-org/tc-weights/layer_{l}/width_32/average_l0_7/params.npz\"\n");
+        }
+        weights["layer_0/width_32/average_l0_99/params.npz"] = weights["layer_0/width_32/average_l0_7/params.npz"]; // another variant: not fetched
+        hub.AddRepo("weights-org/tc-weights", weights);
+        hub.AddRepo("ct-org/tc-set", new Dictionary<string, byte[]> { ["config.yaml"] = System.Text.Encoding.UTF8.GetBytes(config.ToString()) });
+        string[] args = ["attribute", "--model", SharedData.TestData(Path.Combine("reference", "gpt2")), "--transcoders", "hf:ct-org/tc-set",
+            "--tokens", "0,360,480,161,89,311,293,431", "--slug", "fixture"];
+        var run = RunLoupe([.. args, "--out", Path.Combine(_dir, "graph")]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("pruned: 38 nodes, 351 edges", run.Out);
+        Assert.Contains("lists 3 transcoder file(s); fetching the 3 not cached", run.Err); // announced before the download
+        Assert.Equal(0, hub.Count("GET", "average_l0_99"));
+
+        int gets = hub.Count("GET", "/cdn/");
+        run = RunLoupe([.. args, "--out", Path.Combine(_dir, "graph2")]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.DoesNotContain("fetching", run.Err);
+        Assert.Equal(gets, hub.Count("GET", "/cdn/")); // cached: nothing downloaded again
+    }
 }

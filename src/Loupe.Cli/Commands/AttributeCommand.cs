@@ -54,7 +54,7 @@ static class AttributeCommand
             double nodes = CliSupport.Double(parse, nodeThreshold, 0, 1), edges = CliSupport.Double(parse, edgeThreshold, 0, 1);
             // On a device the transcoders' weights go there once; the graph's rows come back once per batch.
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
-            var tc = MlpReplacements.Load(CliSupport.LocalPath(parse.GetValue(transcoders)!, "--transcoders"), m.Config.NLayers);
+            var tc = MlpReplacements.Load(CliSupport.LocalPath(parse.GetValue(transcoders)!, "--transcoders"), m);
             var tokens = input.Read(parse, m);
             if (tokens.Batch != 1) throw new InputError($"argument: --tokens: an attribution graph is for one prompt; got {tokens.Batch} rows");
             var result = AttributionExperiment.Run(m, tc, tokens.Ids, input.Text(parse), settings, nodes, edges, folder, name, parse.GetValue(perHead));

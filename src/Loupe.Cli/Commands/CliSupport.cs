@@ -3,6 +3,7 @@ using System.Globalization;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
+using Loupe.Dictionaries.Transcoders;
 using Loupe.Models.Processing;
 using Loupe.Tensors;
 using Loupe.Tensors.Backends;
@@ -329,15 +330,49 @@ static class CliSupport
     /// <exception cref="HttpRequestException">The hub cannot be reached and nothing is cached.</exception>
     public static string LocalPath(string value, string option)
     {
+        string local = Resolve(value, option);
+        if (option == "--transcoders" && !local.Contains(',')) FetchListedTranscoders(local, option);
+        return local;
+    }
+
+    static string Resolve(string value, string option)
+    {
         if (!value.Contains("hf:", StringComparison.Ordinal)) return value;
         // Transcoders may be listed one folder per layer, comma-separated: each may be on the hub.
-        if (value.Contains(',')) return string.Join(',', value.Split(',').Select(part => LocalPath(part, option)));
+        if (value.Contains(',')) return string.Join(',', value.Split(',').Select(part => Resolve(part, option)));
         if (!value.StartsWith("hf:", StringComparison.Ordinal)) return value;
         var (repo, path, revision) = HubSpec(value, option);
         using var client = new HubClient();
         string? local = null;
         WithDownloadBars(progress => local = client.ResolvePathAsync(repo, path, revision, l => Announce(option, l), progress).GetAwaiter().GetResult());
         return local!;
+    }
+
+    /// <summary>
+    /// A circuit-tracer config.yaml (or its folder) that lists transcoders as <c>hf://</c> files — how circuit-tracer's presets
+    /// name Gemma Scope's — gets those not yet in the hub cache downloaded, their count and size printed first. Offline, nothing is
+    /// fetched (the loader then names what is missing).
+    /// </summary>
+    static void FetchListedTranscoders(string path, string option)
+    {
+        string config = Directory.Exists(path) ? Path.Combine(path, CltFiles.CircuitTracerConfig) : path;
+        if (!File.Exists(config) || !config.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase)) return;
+        var listed = CircuitTracerYaml.Read(config).Transcoders;
+        if (listed is null) return;
+        using var client = new HubClient();
+        if (client.Offline) return;
+        var missing = new List<(string Repo, string Path, string Revision)>();
+        for (int l = 0; l < listed.Count; l++)
+            if (CircuitTracerYaml.ParseHfUri(listed[l], $"{config}, transcoders[{l}]") is { } e && client.TryGetCachedPath(e.Repo, e.Path, e.Revision) is null) missing.Add(e);
+        if (missing.Count == 0) return;
+        long bytes = 0;
+        foreach (var e in missing) bytes += client.ListPathAsync(e.Repo, e.Path, e.Revision).GetAwaiter().GetResult().Bytes;
+        Console.Error.WriteLine($"{option}: {config} lists {listed.Count} transcoder file(s); fetching the {missing.Count} not cached, {FormatBytes(bytes)}, " +
+            $"from {string.Join(", ", missing.Select(e => e.Repo).Distinct())} into {HubClient.DefaultCacheDir()}");
+        WithDownloadBars(progress =>
+        {
+            foreach (var e in missing) client.ResolvePathAsync(e.Repo, e.Path, e.Revision, null, progress).GetAwaiter().GetResult();
+        });
     }
 
     /// <summary><c>hf:ORG/NAME[/PATH][@REVISION]</c> as its parts.</summary>

@@ -166,7 +166,7 @@ static class CltCommand
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
             string path = CliSupport.LocalPath(parse.GetValue(transcoders)!, "--transcoders");
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true); // the evaluator keeps the replacement on the device
-            IMlpReplacement replacement = MlpReplacements.Load(path, m.Config.NLayers);
+            IMlpReplacement replacement = MlpReplacements.Load(path, m);
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",

@@ -31,7 +31,7 @@ static class InterveneCommand
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true); // ReplacementModel keeps the edits on the device
-            var tc = MlpReplacements.Load(CliSupport.LocalPath(parse.GetValue(transcoders)!, "--transcoders"), m.Config.NLayers);
+            var tc = MlpReplacements.Load(CliSupport.LocalPath(parse.GetValue(transcoders)!, "--transcoders"), m);
             var tokens = input.Read(parse, m);
             if (tokens.Batch != 1) throw new InputError("argument: --tokens: one prompt at a time");
             var list = ParseEdits(parse.GetValue(edits)!, tc, tokens.Length);

@@ -2,15 +2,16 @@ namespace Loupe.Dictionaries.Sae;
 
 /// <summary>
 /// Loads a dictionary from whichever published layout a path holds, so every verb takes one <c>--sae PATH</c>:
-/// a SAELens folder (<c>cfg.json</c> + <c>sae_weights.safetensors</c>) or either of its files, or a Gemma Scope
-/// <c>params.npz</c> or a folder holding one (and no cfg.json).
+/// a SAELens folder (<c>cfg.json</c> + <c>sae_weights.safetensors</c>) or either of its files, a Gemma Scope
+/// <c>params.npz</c> or a folder holding one (and no cfg.json), or a Gemma Scope 2 <c>params.safetensors</c> (+ <c>config.json</c>)
+/// or its folder.
 /// </summary>
 public static class DictionaryFile
 {
     /// <summary>Loads the dictionary at <paramref name="path"/>; the config carries the hook name and SAELens fields.</summary>
     /// <param name="path">A SAELens folder, its cfg.json or sae_weights.safetensors, a .npz file, or a folder with params.npz.</param>
     /// <param name="hookName">
-    /// Gemma Scope only (the hook is not stored in a .npz): the hook the SAE reads. When null it is inferred from the
+    /// Gemma Scope (the hook is not stored in a .npz) and Gemma Scope 2 only: the hook the SAE reads. When null it is inferred from the
     /// published folder layout where that is unambiguous (see <see cref="GemmaScopeFormat.ConfigFromPath"/>).
     /// </param>
     /// <exception cref="FileNotFoundException">Nothing loadable exists at the path.</exception>
@@ -27,21 +28,23 @@ public static class DictionaryFile
             if (name is SaeLensFormat.ConfigFile or SaeLensFormat.WeightsFile)
                 return SaeLens(Path.GetDirectoryName(Path.GetFullPath(path))!, hookName);
             if (path.EndsWith(".npz", StringComparison.OrdinalIgnoreCase)) return GemmaScopeFormat.Load(path, hookName);
+            if (GemmaScope2Format.IsGemmaScope2File(path)) return GemmaScope2Format.Load(path, hookName);
             throw new InputError(
-                $"'{path}' is not a dictionary file: expected a SAELens {SaeLensFormat.ConfigFile} or {SaeLensFormat.WeightsFile}, or a Gemma Scope .npz");
+                $"'{path}' is not a dictionary file: expected a SAELens {SaeLensFormat.ConfigFile} or {SaeLensFormat.WeightsFile}, a Gemma Scope .npz or a Gemma Scope 2 {GemmaScope2Format.ParamsFile}");
         }
         if (Directory.Exists(path))
         {
             if (File.Exists(Path.Combine(path, SaeLensFormat.ConfigFile))) return SaeLens(path, hookName);
             if (File.Exists(Path.Combine(path, GemmaScopeFormat.ParamsFile))) return GemmaScopeFormat.Load(path, hookName);
+            if (File.Exists(Path.Combine(path, GemmaScope2Format.ParamsFile))) return GemmaScope2Format.Load(path, hookName);
             throw new FileNotFoundException(
-                $"no dictionary in folder '{path}': expected a SAELens {SaeLensFormat.ConfigFile} + {SaeLensFormat.WeightsFile}, or a Gemma Scope {GemmaScopeFormat.ParamsFile}", path);
+                $"no dictionary in folder '{path}': expected a SAELens {SaeLensFormat.ConfigFile} + {SaeLensFormat.WeightsFile}, a Gemma Scope {GemmaScopeFormat.ParamsFile} or a Gemma Scope 2 {GemmaScope2Format.ParamsFile}", path);
         }
         throw new FileNotFoundException(
-            $"no dictionary at '{path}': expected a SAELens folder (cfg.json + sae_weights.safetensors) or a Gemma Scope params.npz", path);
+            $"no dictionary at '{path}': expected a SAELens folder (cfg.json + sae_weights.safetensors), a Gemma Scope params.npz or a Gemma Scope 2 params.safetensors", path);
     }
 
     static (SparseDictionary, SaeLensConfig) SaeLens(string folder, string? hookName) =>
         hookName is null ? SaeLensFormat.Load(folder)
-            : throw new InputError($"{folder}: a hook name ({InputError.Show(hookName)}) is only taken for Gemma Scope .npz files; this SAELens folder names its own hook in cfg.json");
+            : throw new InputError($"{folder}: a hook name ({InputError.Show(hookName)}) is only taken for Gemma Scope files; this SAELens folder names its own hook in cfg.json");
 }

@@ -72,6 +72,15 @@ public sealed class SaeParameters
     {
         foreach (var a in new[] { WEnc, BEnc, WDec, BDec, WSkip, LogThreshold }) Array.Clear(a);
     }
+
+    /// <summary>Copies every buffer (thresholds included) into <paramref name="into"/>, of the same shape.</summary>
+    public void CopyTo(SaeParameters into)
+    {
+        ArgumentNullException.ThrowIfNull(into);
+        if (into.Shape != Shape) throw new ArgumentException($"shape {into.Shape}, expected {Shape}", nameof(into));
+        WEnc.CopyTo(into.WEnc, 0); BEnc.CopyTo(into.BEnc, 0); WDec.CopyTo(into.WDec, 0); BDec.CopyTo(into.BDec, 0);
+        WSkip.CopyTo(into.WSkip, 0); LogThreshold.CopyTo(into.LogThreshold, 0); Threshold.CopyTo(into.Threshold, 0);
+    }
 }
 
 /// <summary>Result of a forward pass on one batch.</summary>

@@ -23,8 +23,12 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
     /// <param name="inputHookPattern">Hook each layer reads; <c>{layer}</c> stands for the layer.</param>
     /// <param name="outputHookPattern">Hook each layer replaces.</param>
     /// <param name="source">Where it came from.</param>
+    /// <param name="inputIsTransformerLensNormalized">
+    /// The layers read TransformerLens's <c>ln2.hook_normalized</c>, which on an RMSNorm model is the normalised input before the
+    /// norm's weight (Loupe's hook is after it): <see cref="ForModel"/> folds the weight into the encoders.
+    /// </param>
     public CircuitTracerTranscoders(IReadOnlyList<SparseDictionary> layers, string inputHookPattern = CrossLayerTranscoder.DefaultInputHook,
-        string outputHookPattern = CrossLayerTranscoder.DefaultOutputHook, string source = "(in memory)")
+        string outputHookPattern = CrossLayerTranscoder.DefaultOutputHook, string source = "(in memory)", bool inputIsTransformerLensNormalized = false)
     {
         ArgumentNullException.ThrowIfNull(layers);
         if (layers.Count == 0) throw new ArgumentException("at least one layer", nameof(layers));
@@ -38,6 +42,49 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
         InputHookPattern = inputHookPattern;
         OutputHookPattern = outputHookPattern;
         Source = source;
+        InputIsTransformerLensNormalized = inputIsTransformerLensNormalized;
+    }
+
+    /// <summary>
+    /// The files name TransformerLens's <c>ln2.hook_normalized</c> as the input (circuit-tracer's configs for Gemma 2, not written
+    /// by Loupe): on an RMSNorm model that is x/σ, before the weight, while Loupe's <c>ln2.hook_normalized</c> is x/σ·w.
+    /// </summary>
+    public bool InputIsTransformerLensNormalized { get; }
+
+    /// <summary>
+    /// These transcoders as they apply to <paramref name="model"/>'s hooks: when they read TransformerLens's pre-weight
+    /// <c>ln2.hook_normalized</c> (<see cref="InputIsTransformerLensNormalized"/>) and the model's ln2 is an RMSNorm, each
+    /// encoder row i (and skip row i) is divided by the norm's weight w_i, so x/σ·W_enc = (x/σ·w)·(W_enc/w) exactly; otherwise
+    /// this instance.
+    /// </summary>
+    /// <exception cref="InputError">A weight is 0 (the input it scales cannot be recovered) or the widths differ from d_model.</exception>
+    public CircuitTracerTranscoders ForModel(Loupe.Models.HookedTransformer model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (!InputIsTransformerLensNormalized || model.Config.Normalization != Loupe.Models.NormKind.RmsNorm) return this;
+        var adapted = new SparseDictionary[Layers];
+        for (int l = 0; l < Layers; l++)
+        {
+            var norm = l < model.Config.NLayers ? model.Anatomy(l).Ln2 : null;
+            if (norm is null || norm.Kind != Loupe.Models.NormKind.RmsNorm) { adapted[l] = _layers[l]; continue; }
+            var w = norm.Weight.Span;
+            var d = _layers[l];
+            if (w.Length != d.Shape.DIn)
+                throw new InputError($"{Source}: the transcoder of layer {l} reads {d.Shape.DIn} values; the model's blocks.{l}.ln2 has {w.Length}");
+            var copy = new SparseDictionary(d.Shape, d.Activation);
+            d.P.CopyTo(copy.P);
+            for (int i = 0; i < d.Shape.DIn; i++)
+            {
+                float wi = w[i] + norm.WeightOffset;
+                if (wi == 0 || !float.IsFinite(1 / wi))
+                    throw new InputError($"{Source}: these transcoders read TransformerLens's blocks.{l}.ln2.hook_normalized (before the norm's weight), but the model's ln2 weight {i} is {wi}, so that input cannot be recovered from the MLP input");
+                float inv = 1 / wi;
+                for (int f = 0; f < d.Shape.DSae; f++) copy.P.WEnc[i * d.Shape.DSae + f] *= inv;
+                if (d.Shape.Skip) for (int o = 0; o < d.Shape.DOut; o++) copy.P.WSkip[i * d.Shape.DOut + o] *= inv;
+            }
+            adapted[l] = copy;
+        }
+        return new CircuitTracerTranscoders(adapted, InputHookPattern, OutputHookPattern, Source);
     }
 
     public IReadOnlyList<SparseDictionary> Dictionaries => _layers;
@@ -166,24 +213,113 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
     /// </exception>
     public static CircuitTracerTranscoders Load(string folder, string? inputHookPattern = null, string? outputHookPattern = null)
     {
+        var yaml = CircuitTracerYaml.Read(Path.Combine(folder, CltFiles.CircuitTracerConfig));
+        if (yaml.Transcoders is not null) return LoadListed(yaml, inputHookPattern, outputHookPattern);
         int layers = 0;
         while (File.Exists(Path.Combine(folder, $"layer_{layers}.safetensors"))) layers++;
-        if (layers == 0) throw new InputError($"{folder}: layer_0.safetensors is missing (circuit-tracer's per-layer layout has layer_ℓ.safetensors per layer)");
+        if (layers == 0) throw new InputError($"{folder}: layer_0.safetensors is missing (circuit-tracer's per-layer layout has layer_ℓ.safetensors per layer, or a config.yaml listing them under 'transcoders:')");
         int found = Directory.GetFiles(folder, "layer_*.safetensors").Length;
         if (found != layers) throw new InputError($"{folder}: holds {found} layer_*.safetensors files but only layers 0…{layers - 1} are consecutive; expected one per layer from 0");
-        var yaml = CltFiles.ReadYaml(Path.Combine(folder, CltFiles.CircuitTracerConfig));
-        string input = inputHookPattern ?? (yaml.TryGetValue("feature_input_hook", out var fi) ? CltFiles.AbsoluteHook(fi) : CrossLayerTranscoder.DefaultInputHook);
-        string output = outputHookPattern ?? (yaml.TryGetValue("feature_output_hook", out var fo) ? CltFiles.AbsoluteHook(fo) : CrossLayerTranscoder.DefaultOutputHook);
-        yaml.TryGetValue("activation", out var configActivation);
-        int? configK = yaml.TryGetValue("k", out var ks) && int.TryParse(ks, System.Globalization.CultureInfo.InvariantCulture, out int kv) ? kv : null;
+        var (input, output, activation, k, tlNormalized) = Settings(yaml, inputHookPattern, outputHookPattern);
         var dicts = new SparseDictionary[layers];
         for (int l = 0; l < layers; l++)
         {
-            dicts[l] = LoadLayer(Path.Combine(folder, $"layer_{l}.safetensors"), configActivation, configK);
+            dicts[l] = LoadLayer(Path.Combine(folder, $"layer_{l}.safetensors"), activation, k);
             if (l > 0 && (dicts[l].Shape.DIn != dicts[0].Shape.DIn || dicts[l].Shape.DOut != dicts[0].Shape.DOut))
                 throw InputError.Expected(Path.Combine(folder, $"layer_{l}.safetensors"), "d_model", $"{dicts[0].Shape.DIn} like layer_0", dicts[l].Shape.DIn);
         }
-        return new CircuitTracerTranscoders(dicts, input, output, folder);
+        return new CircuitTracerTranscoders(dicts, input, output, folder, tlNormalized);
+    }
+
+    /// <summary>
+    /// Loads the transcoders a circuit-tracer <c>config.yaml</c> lists, one per layer in layer order under <c>transcoders:</c>:
+    /// local files (relative to the config's folder) or <c>hf://ORG/NAME/PATH[?revision=REV]</c> files, each circuit-tracer's
+    /// <c>layer_ℓ.safetensors</c> layout, a Gemma Scope <c>params.npz</c> or a Gemma Scope 2 <c>params.safetensors</c> — the way
+    /// circuit-tracer's presets (e.g. Gemma 2's Gemma Scope transcoders) are published.
+    /// </summary>
+    /// <param name="configPath">The config.yaml.</param>
+    /// <param name="resolveHub">
+    /// Gives the local file of an <c>hf://</c> entry (repository, path, revision); by default the Hugging Face cache is looked up
+    /// and an entry not in it is refused (the CLI downloads them first).
+    /// </param>
+    /// <param name="entriesMayLeaveFolder">
+    /// False for a config that came from the hub: a local entry must then be a relative path inside the config's folder.
+    /// </param>
+    /// <exception cref="InputError">
+    /// No <c>transcoders:</c> list; an entry is missing, not cached, outside the folder when it must not be, or of an unknown
+    /// kind; the files are malformed or disagree on d_model. Messages name the config, the entry (its layer) and the file.
+    /// </exception>
+    public static CircuitTracerTranscoders LoadListed(string configPath, Func<(string Repo, string Path, string Revision), string>? resolveHub = null,
+        bool entriesMayLeaveFolder = true)
+    {
+        var yaml = CircuitTracerYaml.Read(configPath);
+        if (!File.Exists(configPath)) throw new InputError($"transcoder config not found: {Path.GetFullPath(configPath)}");
+        if (yaml.Transcoders is null) throw new InputError($"{configPath}: has no 'transcoders:' list (one file per layer)");
+        return LoadListed(yaml, null, null, resolveHub, entriesMayLeaveFolder);
+    }
+
+    static CircuitTracerTranscoders LoadListed(CircuitTracerYaml yaml, string? inputHookPattern, string? outputHookPattern,
+        Func<(string Repo, string Path, string Revision), string>? resolveHub = null, bool entriesMayLeaveFolder = true)
+    {
+        string config = Path.GetFullPath(yaml.Path), folder = Path.GetDirectoryName(config)!;
+        if (yaml["model_kind"] is { } kind && kind != "transcoder_set")
+            throw new InputError($"{config}: model_kind is '{kind}' with a 'transcoders:' list; Loupe reads such lists for per-layer transcoders (transcoder_set) — a Gemma Scope 2 cross-layer transcoder is not supported yet");
+        var entries = yaml.Transcoders!;
+        if (entries.Count == 0) throw new InputError($"{config}: the 'transcoders:' list is empty; expected one file per layer");
+        var (input, output, activation, k, tlNormalized) = Settings(yaml, inputHookPattern, outputHookPattern);
+        resolveHub ??= CachedHubFile;
+        var dicts = new SparseDictionary[entries.Count];
+        for (int l = 0; l < entries.Count; l++)
+        {
+            string where = $"{config}, transcoders[{l}] (layer {l})";
+            string entry = entries[l];
+            string file;
+            if (CircuitTracerYaml.ParseHfUri(entry, where) is { } hub) file = resolveHub(hub);
+            else
+            {
+                if (entry.Length == 0) throw InputError.Expected(where, "the entry", "a file path or hf:// URI", "an empty string");
+                bool rooted = Path.IsPathRooted(entry);
+                file = Path.GetFullPath(rooted ? entry : Path.Combine(folder, entry));
+                if (!entriesMayLeaveFolder && (rooted || !file.StartsWith(folder + Path.DirectorySeparatorChar, StringComparison.Ordinal)))
+                    throw new InputError($"{where}: '{entry}' points outside the config's folder; a config from the hub may only list files beside it or hf:// URIs");
+            }
+            if (Directory.Exists(file))
+            {
+                string[] candidates = [Path.Combine(file, GemmaScopeFormat.ParamsFile), Path.Combine(file, GemmaScope2Format.ParamsFile)];
+                file = candidates.FirstOrDefault(File.Exists) ?? throw new InputError($"{where}: folder {file} holds no {GemmaScopeFormat.ParamsFile} or {GemmaScope2Format.ParamsFile}");
+            }
+            if (!File.Exists(file)) throw new InputError($"{where}: file not found: {file}");
+            var dict = file.EndsWith(".npz", StringComparison.OrdinalIgnoreCase) ? GemmaScopeFormat.Load(file).Dictionary
+                : !file.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)
+                    ? throw new InputError($"{where}: '{file}' is neither a .safetensors nor a .npz file")
+                : GemmaScope2Format.IsGemmaScope2File(file) ? GemmaScope2Format.LoadWeights(file)
+                : LoadLayer(file, activation, k);
+            if (dict.Shape.ApplyBDecToInput) throw new InputError($"{where}: {file} subtracts b_dec from its input (an SAE, not a transcoder)");
+            if (l > 0 && (dict.Shape.DIn != dicts[0].Shape.DIn || dict.Shape.DOut != dicts[0].Shape.DOut))
+                throw InputError.Expected($"{where}: {file}", "d_in → d_out", $"{dicts[0].Shape.DIn} → {dicts[0].Shape.DOut} like layer 0", $"{dict.Shape.DIn} → {dict.Shape.DOut}");
+            dicts[l] = dict;
+        }
+        return new CircuitTracerTranscoders(dicts, input, output, config, tlNormalized);
+    }
+
+    // The hooks, activation and k a config.yaml gives. circuit-tracer names hooks as TransformerLens does; its
+    // "ln2.hook_normalized" is TransformerLens's (before an RMSNorm's weight) unless Loupe wrote the file (loupe_version).
+    static (string Input, string Output, string? Activation, int? K, bool TlNormalized) Settings(CircuitTracerYaml yaml, string? inputHookPattern, string? outputHookPattern)
+    {
+        string? fi = yaml["feature_input_hook"], fo = yaml["feature_output_hook"];
+        string input = inputHookPattern ?? (fi is not null ? CltFiles.AbsoluteHook(fi) : CrossLayerTranscoder.DefaultInputHook);
+        string output = outputHookPattern ?? (fo is not null ? CltFiles.AbsoluteHook(fo) : CrossLayerTranscoder.DefaultOutputHook);
+        int? k = yaml["k"] is { } ks && int.TryParse(ks, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int kv) ? kv : null;
+        bool tlNormalized = inputHookPattern is null && fi is "ln2.hook_normalized" or "blocks.{layer}.ln2.hook_normalized" && yaml["loupe_version"] is null;
+        return (input, output, yaml["activation"], k, tlNormalized);
+    }
+
+    static string CachedHubFile((string Repo, string Path, string Revision) entry)
+    {
+        using var client = new HubClient();
+        return client.TryGetCachedPath(entry.Repo, entry.Path, entry.Revision) ?? throw new InputError(
+            $"hf://{entry.Repo}/{entry.Path} (revision '{entry.Revision}') is not in the Hugging Face cache ({HubClient.DefaultCacheDir()}); " +
+            "`loupe` downloads it when the config is given as --transcoders (not with HF_HUB_OFFLINE set)");
     }
 
     static SparseDictionary LoadLayer(string path, string? configActivation, int? configK)

@@ -305,11 +305,15 @@ public static class CltFiles
     internal static string RelativeHook(string pattern) =>
         pattern.StartsWith("blocks.{layer}.", StringComparison.Ordinal) ? pattern["blocks.{layer}.".Length..] : pattern;
 
-    /// <summary>The inverse of <see cref="RelativeHook"/>; circuit-tracer's "mlp.hook_in" is TransformerLens's MLP input, Loupe's <c>ln2.hook_normalized</c>.</summary>
+    /// <summary>
+    /// The inverse of <see cref="RelativeHook"/>; circuit-tracer's "mlp.hook_in" / "mlp.hook_out" (the input and output of its
+    /// replacement MLP) are Loupe's <c>ln2.hook_normalized</c> / <c>hook_mlp_out</c>.
+    /// </summary>
     internal static string AbsoluteHook(string hook)
     {
         if (hook.Contains("{layer}", StringComparison.Ordinal)) return hook;
         if (hook == "mlp.hook_in") hook = "ln2.hook_normalized";
+        if (hook == "mlp.hook_out") hook = "hook_mlp_out";
         return "blocks.{layer}." + hook;
     }
 
@@ -323,26 +327,5 @@ public static class CltFiles
         File.Move(path + ".tmp", path, overwrite: true);
     }
 
-    internal static Dictionary<string, string> ReadYaml(string path)
-    {
-        var result = new Dictionary<string, string>(StringComparer.Ordinal);
-        if (!File.Exists(path)) return result;
-        foreach (var raw in File.ReadLines(path))
-        {
-            if (raw.Length == 0 || char.IsWhiteSpace(raw[0]) || raw[0] is '#' or '-') continue;
-            int colon = raw.IndexOf(':');
-            if (colon <= 0) continue;
-            string key = raw[..colon].Trim(), value = raw[(colon + 1)..].Trim();
-            int hash = value.IndexOf(" #", StringComparison.Ordinal);
-            if (hash >= 0 && !value.StartsWith('"') && !value.StartsWith('\'')) value = value[..hash].Trim();
-            if (value.Length >= 2 && (value[0] == '"' && value[^1] == '"'))
-            {
-                try { value = JsonSerializer.Deserialize<string>(value) ?? ""; }
-                catch (JsonException) { value = value[1..^1]; }
-            }
-            else if (value.Length >= 2 && value[0] == '\'' && value[^1] == '\'') value = value[1..^1].Replace("''", "'", StringComparison.Ordinal);
-            if (value.Length > 0) result[key] = value;
-        }
-        return result;
-    }
+    internal static IReadOnlyDictionary<string, string> ReadYaml(string path) => CircuitTracerYaml.Read(path).Scalars;
 }

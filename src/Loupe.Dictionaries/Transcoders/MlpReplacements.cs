@@ -6,20 +6,48 @@ public static class MlpReplacements
     /// <summary>
     /// <list type="bullet">
     /// <item>a cross-layer transcoder folder: Loupe's (<c>cfg.json</c> + <c>clt_weights.safetensors</c>) or circuit-tracer's (<c>W_enc_0.safetensors</c>, …);</item>
-    /// <item>circuit-tracer per-layer transcoders: <c>layer_0.safetensors</c>, … (+ <c>config.yaml</c>);</item>
+    /// <item>circuit-tracer per-layer transcoders: <c>layer_0.safetensors</c>, … (+ <c>config.yaml</c>), or a <c>config.yaml</c> (or its
+    /// folder) listing one file per layer under <c>transcoders:</c> — local or <c>hf://</c>, circuit-tracer's layout, Gemma Scope
+    /// <c>.npz</c> or Gemma Scope 2 <c>params.safetensors</c> (<see cref="CircuitTracerTranscoders.LoadListed(string, Func{ValueTuple{string, string, string}, string}?, bool)"/>);</item>
     /// <item>SAELens transcoders: a folder of per-layer SAELens folders (<c>layer_0/cfg.json</c>, …), or those folders comma-separated in layer order.</item>
     /// </list>
     /// </summary>
-    /// <param name="path">The folder (or comma-separated SAELens folders).</param>
+    /// <param name="path">The folder (or comma-separated SAELens folders, or a config.yaml).</param>
     /// <param name="layers">The model's n_layers (SAELens folders are matched to layers by it).</param>
+    /// <param name="resolveHub">How an <c>hf://</c> entry of a config.yaml becomes a local file (default: the Hugging Face cache).</param>
     /// <exception cref="InputError">The path holds none of these, or the files are bad (the message names the file and field).</exception>
-    public static IMlpReplacement Load(string path, int layers)
+    public static IMlpReplacement Load(string path, int layers, Func<(string Repo, string Path, string Revision), string>? resolveHub = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         if (path.Contains(',')) return PerLayerTranscoders.LoadSaeLens(path, layers);
+        bool fromHub = InHubCache(path);
+        if (File.Exists(path) && path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase))
+            return CircuitTracerTranscoders.LoadListed(path, resolveHub, entriesMayLeaveFolder: !fromHub);
         if (!Directory.Exists(path)) throw new InputError($"transcoder folder not found: {Path.GetFullPath(path)}");
+        string config = Path.Combine(path, CltFiles.CircuitTracerConfig);
+        if (File.Exists(config) && CircuitTracerYaml.Read(config).Transcoders is not null)
+            return CircuitTracerTranscoders.LoadListed(config, resolveHub, entriesMayLeaveFolder: !fromHub);
         if (File.Exists(Path.Combine(path, "layer_0.safetensors"))) return CircuitTracerTranscoders.Load(path);
         if (File.Exists(Path.Combine(path, "W_enc_0.safetensors")) || File.Exists(Path.Combine(path, "clt_weights.safetensors"))) return CltFiles.Load(path);
         return PerLayerTranscoders.LoadSaeLens(path, layers);
+    }
+
+    /// <summary>
+    /// <see cref="Load(string, int, Func{ValueTuple{string, string, string}, string}?)"/> for <paramref name="model"/>, with the
+    /// files' hook conventions made the model's: circuit-tracer transcoders that read TransformerLens's pre-weight
+    /// <c>ln2.hook_normalized</c> get the RMSNorm weight folded into their encoders (<see cref="CircuitTracerTranscoders.ForModel"/>).
+    /// </summary>
+    public static IMlpReplacement Load(string path, Loupe.Models.HookedTransformer model, Func<(string Repo, string Path, string Revision), string>? resolveHub = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        var loaded = Load(path, model.Config.NLayers, resolveHub);
+        return loaded is CircuitTracerTranscoders ct ? ct.ForModel(model) : loaded;
+    }
+
+    // A config inside a Hugging Face cache snapshot came from the hub: its local entries must stay beside it.
+    static bool InHubCache(string path)
+    {
+        string full = Path.GetFullPath(path), cache = Path.GetFullPath(Loupe.Models.Loading.HubClient.DefaultCacheDir());
+        return full.StartsWith(cache.TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar, StringComparison.Ordinal);
     }
 }
