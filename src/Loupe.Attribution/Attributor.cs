@@ -111,8 +111,8 @@ public sealed partial class Attributor
         {
             int n = Math.Min(N, nLogits - i);
             var specs = Enumerable.Range(i, n).Select(j => logitTensor is null
-                ? TargetRow(backward, s.ResidualSaes, L, T - 1, logitVectors[j])
-                : DeviceTargetRow(backward, s.ResidualSaes, L, T - 1, into => _model.Backend.CopyRows(logitTensor, (long)j * D, D, into, 0, D, 1, D))).ToArray();
+                ? TargetRow(backward, s, L, T - 1, logitVectors[j])
+                : DeviceTargetRow(backward, s, L, T - 1, into => _model.Backend.CopyRows(logitTensor, (long)j * D, D, into, 0, D, 1, D))).ToArray();
             Append(rows, blockBuffer = ComputeRows(s, backward, readouts, tokenReadout, specs, totalNodes, reuse: blockBuffer), n);
             for (int j = 0; j < n; j++) (rowToNode[i + j], rowLayer[i + j]) = (logitOffset + i + j, L);
             batches++;
@@ -144,11 +144,11 @@ public sealed partial class Attributor
                     var (l, p, f) = s.Active[pending[start + j]];
                     if (_device is { } dev && s.OnDevice)
                     {
-                        specs[j] = DeviceTargetRow(backward, s.ResidualSaes, l, p, into => dev.EncoderDirection(l, f, into, 0));
+                        specs[j] = DeviceTargetRow(backward, s, l, p, into => dev.EncoderDirection(l, f, into, 0));
                         continue;
                     }
                     _transcoders.EncoderDirection(l, f, encoder);
-                    specs[j] = TargetRow(backward, s.ResidualSaes, l, p, encoder);
+                    specs[j] = TargetRow(backward, s, l, p, encoder);
                 }
                 Append(rows, blockBuffer = ComputeRows(s, backward, readouts, tokenReadout, specs, totalNodes, reuse: blockBuffer), n);
                 for (int j = 0; j < n; j++)
@@ -182,21 +182,21 @@ public sealed partial class Attributor
     internal readonly record struct RowSpec(int Layer, bool AfterAttention, int[] Positions, float[] Vectors, Tensor? DeviceVectors = null);
 
     /// <summary>The row of a target: a feature's encoder direction at its MLP input, or a logit's demeaned unembedding at the final norm.</summary>
-    RowSpec TargetRow(LinearBackward backward, bool residualSaes, int layer, int position, float[] direction)
+    RowSpec TargetRow(LinearBackward backward, ReplacementState s, int layer, int position, float[] direction)
     {
-        // A residual SAE's feature reads the stream itself; a transcoder's reads the MLP input, after ln2.
-        var norm = layer == _model.Config.NLayers ? _model.FinalNormLayer : residualSaes ? null : _model.Anatomy(layer).Ln2;
+        // A residual SAE's feature reads the stream itself; a transcoder's reads the MLP input, after ln2 (or resid_mid).
+        var norm = layer == _model.Config.NLayers ? _model.FinalNormLayer : s.InputNorm(layer);
         var v = new float[direction.Length];
         backward.FrozenNormHost(norm, position, direction, v);
         return new RowSpec(layer, false, [position], v);
     }
 
     /// <summary>The row of a target on the device: its direction written there by <paramref name="write"/>, through the frozen norm there.</summary>
-    RowSpec DeviceTargetRow(LinearBackward backward, bool residualSaes, int layer, int position, Action<Tensor> write)
+    RowSpec DeviceTargetRow(LinearBackward backward, ReplacementState s, int layer, int position, Action<Tensor> write)
     {
         var be = _model.Backend;
         int D = _model.Config.DModel;
-        var norm = layer == _model.Config.NLayers ? _model.FinalNormLayer : residualSaes ? null : _model.Anatomy(layer).Ln2;
+        var norm = layer == _model.Config.NLayers ? _model.FinalNormLayer : s.InputNorm(layer);
         var raw = be.Empty(1, D);
         write(raw);
         var v = be.Empty(1, D);
@@ -305,13 +305,17 @@ public sealed partial class Attributor
                 continue;
             }
             if (live) ReadOut(readouts[l]);
+            // A skip transcoder's x·W_skip is a live linear path from the MLP's input to its output (circuit-tracer's too).
+            var viaSkip = live ? backward.SkipGradient(l, g, P) : null;
             if (a.Parallel)
             {
                 if (!skipAttention) backward.AddAttention(l, g, g, P);
+                if (viaSkip is not null) be.Add(backward.Prefix(g, P), viaSkip, backward.Prefix(g, P));
                 InjectAt(l, false);
             }
             else
             {
+                if (viaSkip is not null) be.Add(backward.Prefix(g, P), viaSkip, backward.Prefix(g, P));
                 InjectAt(l, false);
                 if (!skipAttention) backward.AddAttention(l, g, g, P);
             }

@@ -59,7 +59,7 @@ public sealed partial class Attributor
             float[] direction;
             if (node.Kind == NodeKind.Logit) direction = logitVectors[t - graph.LogitOffset];
             else { _transcoders.EncoderDirection(node.Layer, node.Index, encoder); direction = encoder.ToArray(); }
-            var row = TargetRow(backward, s.ResidualSaes, layer, node.Position, direction);
+            var row = TargetRow(backward, s, layer, node.Position, direction);
             specs.Add(row);
             owner.Add((t, -1, -1));
             // The heads below the target: a transcoder feature reads the MLP input, so a sequential block's own attention

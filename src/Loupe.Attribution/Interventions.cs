@@ -33,16 +33,20 @@ public sealed record AddedVector(string Hook, int Position, float[] Vector);
 /// <summary>The values a frozen run holds fixed: attention patterns, norm scales and MLP outputs of one prompt.</summary>
 public sealed class FrozenActivations
 {
-    internal FrozenActivations(int positions, Dictionary<string, Tensor> values)
+    internal FrozenActivations(int positions, Dictionary<string, Tensor> values, Dictionary<int, Tensor> skipInputs)
     {
         Positions = positions;
         Values = values;
+        SkipInputs = skipInputs;
     }
 
     /// <summary>The prompt length they were captured at; frozen runs must have this many positions.</summary>
     public int Positions { get; }
 
     internal Dictionary<string, Tensor> Values { get; }
+
+    /// <summary>Per layer with a skip transcoder, the prompt's input to it: the skip path stays live in a frozen run.</summary>
+    internal Dictionary<int, Tensor> SkipInputs { get; }
 }
 
 /// <summary>The outcome of a run with interventions.</summary>
@@ -87,8 +91,39 @@ public sealed class ReplacementModel
     public FrozenActivations Freeze(int[] tokens)
     {
         var names = FrozenHooks().ToHashSet(StringComparer.Ordinal);
-        var run = Model.Run(TokenBatch.Single(tokens), new RunOptions { CacheFilter = names.Contains });
-        return new FrozenActivations(tokens.Length, names.ToDictionary(n => n, n => run.Cache[n], StringComparer.Ordinal));
+        var skipLayers = SkipLayers().ToArray();
+        var cached = names.Concat(skipLayers.Select(Transcoders.InputHook)).ToHashSet(StringComparer.Ordinal);
+        var run = Model.Run(TokenBatch.Single(tokens), new RunOptions { CacheFilter = cached.Contains });
+        return new FrozenActivations(tokens.Length, names.ToDictionary(n => n, n => run.Cache[n], StringComparer.Ordinal),
+            skipLayers.ToDictionary(l => l, l => run.Cache[Transcoders.InputHook(l)]));
+    }
+
+    IEnumerable<int> SkipLayers() => Enumerable.Range(0, Transcoders.Layers).Where(l => Transcoders.SkipWeights(l) is not null);
+
+    // A skip transcoder's x·W_skip is live in the replacement model (as in circuit-tracer): a frozen MLP output at a layer
+    // with one is the prompt's value plus (x − x_prompt)·W_skip, x being what the transcoder reads in this run.
+    void InstallFrozenSkip(RunOptions options, FrozenActivations frozen, int layer)
+    {
+        var be = Model.Backend;
+        int T = frozen.Positions, D = Model.Config.DModel;
+        var weights = _device?.SkipWeights(layer)
+            ?? be.ToDevice(Tensor.FromArray(Transcoders.SkipWeights(layer)!, D, D), Loupe.Tensors.Backends.TransferKind.Weights);
+        var clean = frozen.SkipInputs[layer];
+        var prompt = frozen.Values[Transcoders.OutputHook(layer)];
+        var input = be.Empty(T, D);
+        options.AddHook(Transcoders.InputHook(layer), (x, _) =>
+        {
+            be.CopyRows(x, 0, D, input, 0, D, T, D);
+            return null;
+        });
+        options.AddHook(Transcoders.OutputHook(layer), (y, _) =>
+        {
+            var result = be.Empty(y.Shape.ToArray());
+            be.CopyRows(prompt, 0, D, result, 0, D, T, D);
+            be.Gemm(false, false, T, D, D, 1f, input, 0, D, weights, 0, D, 1f, result, 0, D);
+            be.Gemm(false, false, T, D, D, -1f, clean, 0, D, weights, 0, D, 1f, result, 0, D);
+            return result;
+        });
     }
 
     IEnumerable<string> FrozenHooks()
@@ -153,8 +188,14 @@ public sealed class ReplacementModel
         var be = Model.Backend;
         // Frozen values first (patterns, scales, whole MLP outputs): the edits' hooks below then add to them.
         if (frozen is not null)
+        {
+            var skipOutputs = frozen.SkipInputs.Keys.ToDictionary(Transcoders.OutputHook, l => l, StringComparer.Ordinal);
             foreach (var (name, value) in frozen.Values)
-                options.AddHook(name, (_, _) => value);
+            {
+                if (skipOutputs.TryGetValue(name, out int skipLayer)) InstallFrozenSkip(options, frozen, skipLayer);
+                else options.AddHook(name, (_, _) => value);
+            }
+        }
         CheckAdditions(additions, D);
         if (_device is not null)
         {

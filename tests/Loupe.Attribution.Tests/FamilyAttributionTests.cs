@@ -37,6 +37,24 @@ public sealed class FamilyAttributionTests
             [.. Enumerable.Range(0, L).Select(HookNames.MlpOut)], "random");
     }
 
+    /// <summary><see cref="RandomTranscoders"/> (seed 11) with a random skip path x·W_skip in every layer, reading ln2's output or resid_mid.</summary>
+    internal static PerLayerTranscoders RandomSkipTranscoders(HookedTransformer model, bool readsResidMid)
+    {
+        int L = model.Config.NLayers, D = model.Config.DModel;
+        var plain = RandomTranscoders(model, seed: 11);
+        var rng = new Random(29);
+        var dicts = Enumerable.Range(0, L).Select(l =>
+        {
+            var d = new SparseDictionary(SaeShape.Transcoder(D, plain[l].Shape.DSae, D, skip: true), plain[l].Activation);
+            plain[l].P.WEnc.CopyTo(d.P.WEnc, 0); plain[l].P.BEnc.CopyTo(d.P.BEnc, 0); plain[l].P.WDec.CopyTo(d.P.WDec, 0); plain[l].P.BDec.CopyTo(d.P.BDec, 0);
+            for (int i = 0; i < d.P.WSkip.Length; i++) d.P.WSkip[i] = (float)(rng.NextDouble() * 2 - 1) / MathF.Sqrt(D) * 0.8f;
+            return d;
+        }).ToList();
+        return new PerLayerTranscoders(dicts,
+            [.. Enumerable.Range(0, L).Select(l => readsResidMid ? HookNames.ResidMid(l) : model.Anatomy(l).Ln2!.NormalizedHook)],
+            [.. Enumerable.Range(0, L).Select(HookNames.MlpOut)], "random skip");
+    }
+
     static HookedTransformer Load(string arch, Tensors.Backends.IComputeBackend? backend = null) =>
         ModelLoader.LoadFolder(SharedData.TestData(Path.Combine("reference", arch)), backend);
 
@@ -71,6 +89,46 @@ public sealed class FamilyAttributionTests
         }
         Assert.True(largest > 0.01, $"largest edge {largest}");
         Assert.True(worst <= 1e-4 * Math.Max(1, largest), $"{arch}: max |Δ − A| = {worst:g3} (largest edge {largest:g3})");
+    }
+
+    /// <summary>
+    /// Skip transcoders (circuit-tracer's Llama and Qwen3 presets, Gemma Scope 2's affine ones) and transcoders that read
+    /// <c>hook_resid_mid</c> (circuit-tracer's Llama transcoders and CLTs): the skip path x·W_skip stays live in the replacement
+    /// model, so an edge may pass through it; a frozen run keeps it live too (the prompt's MLP output + (x − x_prompt)·W_skip).
+    /// </summary>
+    [Theory]
+    [InlineData("llama", false)]
+    [InlineData("gemma2", false)]
+    [InlineData("gpt_neox", false)]
+    [InlineData("llama", true)]
+    [InlineData("gpt2", true)]
+    public void Skip_transcoder_edges_match_interventions_in_the_real_model(string arch, bool readsResidMid)
+    {
+        using var model = Load(arch);
+        int L = model.Config.NLayers;
+        var plain = RandomTranscoders(model, seed: 11);
+        var tc = RandomSkipTranscoders(model, readsResidMid);
+        var rng = new Random(29);
+        var graph = new Attributor(model, tc, new AttributionSettings { BatchSize = 16, CausalBlock = 2 }).Attribute(Prompt);
+        var noSkip = new Attributor(model, new PerLayerTranscoders([.. Enumerable.Range(0, L).Select(l => plain[l])],
+            [.. Enumerable.Range(0, L).Select(tc.InputHook)], [.. Enumerable.Range(0, L).Select(HookNames.MlpOut)], "random"),
+            new AttributionSettings { BatchSize = 16 }).Attribute(Prompt);
+        var replacement = new ReplacementModel(model, tc);
+        var frozen = replacement.Freeze(Prompt);
+        var directions = FrozenProbe.LogitDirections(model, graph);
+        var clean = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, cache: FrozenProbe.Cache));
+        double worst = 0, largest = 0, changedBySkip = 0;
+        foreach (int source in Enumerable.Range(0, graph.LogitOffset).Where(_ => rng.Next(3) == 0))
+        {
+            var changed = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, additions: FrozenProbe.SourceVector(model, tc, graph, source), cache: FrozenProbe.Cache));
+            worst = Math.Max(worst, FrozenProbe.ColumnError(graph, source, clean, changed));
+            for (int t = 0; t < graph.NodeCount; t++) largest = Math.Max(largest, Math.Abs(graph.Edge(t, source)));
+            if (source >= graph.ErrorOffset && graph.NodeCount == noSkip.NodeCount)
+                for (int t = graph.LogitOffset; t < graph.NodeCount; t++) changedBySkip = Math.Max(changedBySkip, Math.Abs(graph.Edge(t, source) - noSkip.Edge(t, source)));
+        }
+        Assert.True(largest > 0.01, $"largest edge {largest}");
+        Assert.True(worst <= 1e-4 * Math.Max(1, largest), $"{arch}: max |Δ − A| = {worst:g3} (largest edge {largest:g3})");
+        Assert.True(changedBySkip > 1e-3, $"the skip paths changed token/error → logit edges by at most {changedBySkip:g3}");
     }
 
     [Theory]

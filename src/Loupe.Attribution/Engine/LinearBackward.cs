@@ -107,6 +107,30 @@ internal sealed class LinearBackward
     // The model's own copy of the weight on its backend (uploaded once with the model, not per attribution).
     Tensor WeightOf(Norm norm) => norm.WeightOn(_be)!;
 
+    Tensor? _skipOut;
+
+    /// <summary>
+    /// What flows back through layer <paramref name="layer"/>'s skip path (a skip transcoder's <c>x·W_skip</c>, live in the
+    /// replacement model as in circuit-tracer) from <paramref name="gOut"/> (the gradient at the MLP output), over the first
+    /// <paramref name="positions"/> positions: <c>gOut·W_skipᵀ</c> at the transcoder's input, then through the frozen ln2 when
+    /// it reads the MLP input. Returns that gradient at the residual stream (a buffer reused by the next call), or null when the
+    /// layer has no skip path. Add it where the MLP branch leaves the stream: resid_mid, or resid_pre in a parallel block.
+    /// </summary>
+    public Tensor? SkipGradient(int layer, Tensor gOut, int positions)
+    {
+        Tensor? w = _s.Device is { } device ? device.SkipWeights(layer)
+            : _s.Transcoders.SkipWeights(layer) is { } host ? Tensor.FromArray(host, _D, _D) : null;
+        if (w is null) return null;
+        int tn = positions * _N;
+        var viaSkip = Prefix(_dx, positions);
+        _be.Gemm(false, true, tn, _D, _D, 1f, gOut, 0, _D, w, 0, _D, 0f, viaSkip, 0, _D);   // [rows, d_out]·W_skipᵀ
+        _skipOut ??= _be.Empty(_T * _N, _D);
+        var into = Prefix(_skipOut, positions);
+        if (_s.InputNorm(layer) is { Kind: not NormKind.None } norm) FrozenNorm(norm, viaSkip, into, positions);
+        else _be.CopyRows(viaSkip, 0, _D, into, 0, _D, tn, _D);
+        return into;
+    }
+
     /// <summary>
     /// Adds to <paramref name="g"/> (the gradient at the attention branch's residual input) what flows back
     /// through layer <paramref name="layer"/>'s attention from <paramref name="gOut"/> (the gradient at its output),

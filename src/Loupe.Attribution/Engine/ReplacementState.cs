@@ -78,6 +78,13 @@ internal sealed record ReplacementState
     /// <summary>The dictionaries are SAEs on the residual stream, not transcoders.</summary>
     public bool ResidualSaes => Cuts is not null;
 
+    /// <summary>
+    /// The frozen norm between the residual stream and what layer <paramref name="layer"/>'s features read: ln2 for transcoders on
+    /// the MLP input; null for those reading <c>hook_resid_mid</c> and for residual-stream SAEs.
+    /// </summary>
+    public Norm? InputNorm(int layer) =>
+        ResidualSaes || Transcoders.InputHook(layer) == HookNames.ResidMid(layer) ? null : Model.Anatomy(layer).Ln2;
+
     public int Layers => Model.Config.NLayers;
     public int Positions => Tokens.Length;
     public int DModel => Model.Config.DModel;
@@ -321,9 +328,8 @@ internal sealed record ReplacementState
             throw new InputError($"{tc.Source}: the transcoders replace {tc.Layers} layers; {model_} has {cfg.NLayers}");
         if (tc.DIn != cfg.DModel || tc.DOut != cfg.DModel)
             throw new InputError($"{tc.Source}: the transcoders map d_in {tc.DIn} → d_out {tc.DOut}; {model_} has d_model {cfg.DModel} (a transcoder for another model?)");
-        if (tc.HasSkip)
-            throw new InputError($"{tc.Source}: skip transcoders (a linear path from MLP input to output) are not supported by attribution yet; use transcoders without W_skip");
-        bool residual = CutOf(tc.InputHook(0), 0) is not null;
+        // A dictionary on the residual stream reads and rewrites one point; a transcoder that reads resid_mid writes the MLP output.
+        bool residual = CutOf(tc.InputHook(0), 0) is not null && tc.OutputHook(0) == tc.InputHook(0);
         var cuts = residual ? new CutPoint[cfg.NLayers] : null;
         for (int l = 0; l < cfg.NLayers; l++)
         {
@@ -341,8 +347,10 @@ internal sealed record ReplacementState
             if (a.Mlp is null || a.Ln2 is null)
                 throw new InputError($"{model_} has no MLP in layer {l}; an attribution graph over transcoders replaces MLPs (use residual-stream SAEs on blocks.ℓ.hook_resid_post instead)");
             string expectIn = a.Ln2.Kind == NormKind.None ? $"blocks.{l}.hook_resid_mid" : a.Ln2.NormalizedHook;
-            if (tc.InputHook(l) != expectIn)
-                throw new InputError($"{tc.Source}: the transcoder of layer {l} reads '{tc.InputHook(l)}'; attribution needs it to read the MLP input '{expectIn}' (or SAEs on blocks.ℓ.hook_resid_post in every layer)");
+            // circuit-tracer's Llama transcoders and its cross-layer transcoders read resid_mid, before ln2.
+            bool readsResidMid = tc.InputHook(l) == HookNames.ResidMid(l) && !a.Parallel;
+            if (tc.InputHook(l) != expectIn && !readsResidMid)
+                throw new InputError($"{tc.Source}: the transcoder of layer {l} reads '{tc.InputHook(l)}'; attribution needs it to read the MLP input '{expectIn}'{(a.Parallel ? "" : $" or '{HookNames.ResidMid(l)}'")} (or SAEs on blocks.ℓ.hook_resid_post in every layer)");
             if (tc.OutputHook(l) != HookNames.MlpOut(l))
                 throw new InputError($"{tc.Source}: the transcoder of layer {l} writes '{tc.OutputHook(l)}'; attribution needs it to write '{HookNames.MlpOut(l)}'");
             if (tc.LastTarget(l) < l || tc.LastTarget(l) >= cfg.NLayers)

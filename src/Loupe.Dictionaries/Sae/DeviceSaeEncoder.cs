@@ -110,6 +110,9 @@ internal sealed class DeviceSaeEncoder
     readonly Tensor? _logThreshold;         // [n] JumpReLU, or BatchTopK's threshold as a log
     int _sparseK = 32;                      // the top-k the last sparse read needed
 
+    /// <summary>The skip path <c>[d_in, d_out]</c> on the device, or null.</summary>
+    public Tensor? SkipWeights => _wSkip;
+
     /// <summary>Uploads the dictionary's weights (counted as <see cref="TransferKind.Weights"/>).</summary>
     /// <exception cref="InputError">The architecture has no device kernels (a custom activation).</exception>
     public DeviceSaeEncoder(IComputeBackend backend, SparseDictionary dictionary)

@@ -99,6 +99,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
     static string L(int layer) => layer.ToString(System.Globalization.CultureInfo.InvariantCulture);
     public int LastTarget(int layer) { _ = _layers[layer]; return layer; }
     public bool HasSkip => _layers.Any(d => d.Shape.Skip);
+    public float[]? SkipWeights(int layer) => _layers[layer].Shape.Skip ? _layers[layer].P.WSkip : null;
     public string Source { get; }
 
     public string Fingerprint

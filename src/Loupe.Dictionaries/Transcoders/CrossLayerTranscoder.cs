@@ -186,6 +186,7 @@ public sealed class CrossLayerTranscoder : IMlpReplacement
     public string OutputHook(int layer) { CheckLayer(layer); return OutputHookPattern.Replace("{layer}", layer.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal); }
     public int LastTarget(int layer) { CheckLayer(layer); return Layers - 1; }
     public bool HasSkip => false;
+    public float[]? SkipWeights(int layer) => null;
     public string Source { get; set; }
 
     /// <summary>Hex SHA-256 (first 16 digits) of the architecture, the shape and every parameter's bytes, in order.</summary>

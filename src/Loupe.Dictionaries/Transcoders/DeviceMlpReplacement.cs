@@ -37,6 +37,9 @@ public sealed class DeviceMlpReplacement
     /// <summary>Features of <paramref name="layer"/>.</summary>
     public int Features(int layer) => _layers[layer].Shape.DSae;
 
+    /// <summary>The skip path of source layer <paramref name="layer"/> <c>[d_in, d_out]</c> on the device, or null.</summary>
+    public Tensor? SkipWeights(int layer) => _layers[layer].SkipWeights;
+
     /// <summary>
     /// Uploads the weights of <paramref name="replacement"/> to <paramref name="backend"/> (once: keep the result).
     /// Per-layer transcoders (SAELens or circuit-tracer files) and cross-layer transcoders are supported.

@@ -60,6 +60,12 @@ public interface IMlpReplacement
     /// <summary>True when some layer has a linear skip path from its input to its output (skip transcoders).</summary>
     bool HasSkip { get; }
 
+    /// <summary>
+    /// The skip path of <paramref name="layer"/>, <c>[d_in, d_out]</c> applied as <c>x·W_skip</c>, or null when the layer has none.
+    /// Attribution and frozen interventions keep it live (a wrapper that dropped it would silently change graphs: no default).
+    /// </summary>
+    float[]? SkipWeights(int layer);
+
     /// <summary>A stable fingerprint of the weights (hex SHA-256 prefix), recorded in every artifact made with them.</summary>
     string Fingerprint { get; }
 

@@ -125,6 +125,7 @@ public sealed partial class PerLayerTranscoders : IMlpReplacement
     public int DIn => _layers[0].Shape.DIn;
     public int DOut => _layers[0].Shape.DOut;
     public bool HasSkip => _layers.Any(d => d.Shape.Skip);
+    public float[]? SkipWeights(int layer) => _layers[layer].Shape.Skip ? _layers[layer].P.WSkip : null;
     public string Fingerprint { get; }
     public string Source { get; }
     public int Features(int layer) => _layers[layer].Shape.DSae;

@@ -109,6 +109,18 @@ public sealed class DeviceAttributionGraphTests(EmulatedDevice device) : IClassF
         }
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Skip_transcoders_on_the_device_give_the_cpu_graph(bool readsResidMid)
+    {
+        using var cpu = Load("llama");
+        using var gpu = Load("llama", device.Backend);
+        var settings = new AttributionSettings { BatchSize = 8, CausalBlock = 3 };
+        AssertSameGraph(new Attributor(cpu, FamilyAttributionTests.RandomSkipTranscoders(cpu, readsResidMid), settings).Attribute(Prompt),
+            new Attributor(gpu, FamilyAttributionTests.RandomSkipTranscoders(gpu, readsResidMid), settings).Attribute(Prompt), "skip");
+    }
+
     [Fact]
     public void A_cross_layer_transcoder_on_the_device_gives_the_cpu_graph()
     {

@@ -70,6 +70,10 @@ public sealed class DeviceInterventionTests(EmulatedDevice device) : IClassFixtu
         AssertInterventionsMatch("llama", m => FamilyAttributionTests.RandomTranscoders(m));
 
     [Fact]
+    public void Skip_transcoder_interventions_on_the_device_give_the_cpus_logits_and_tokens() =>
+        AssertInterventionsMatch("llama", m => FamilyAttributionTests.RandomSkipTranscoders(m, readsResidMid: true));
+
+    [Fact]
     public void Cross_layer_transcoder_interventions_on_the_device_give_the_cpus_logits_and_tokens() =>
         AssertInterventionsMatch("gpt_neox", m => DeviceAttributionGraphTests.RandomClt(m));
 
@@ -80,6 +84,7 @@ public sealed class DeviceInterventionTests(EmulatedDevice device) : IClassFixtu
         public int DIn => inner.DIn;
         public int DOut => inner.DOut;
         public bool HasSkip => inner.HasSkip;
+        public float[]? SkipWeights(int layer) => inner.SkipWeights(layer);
         public string Fingerprint => inner.Fingerprint;
         public string Source => inner.Source;
         public int Features(int layer) => inner.Features(layer);

@@ -75,6 +75,7 @@ public class ReplacementEvaluatorTests(ITestOutputHelper output)
             for (int r = 0; r < rows; r++) _table[targetLayer][Key(inputs[targetLayer].AsSpan(r * DIn, DIn))].CopyTo(recon.Slice(r * DOut, DOut));
         }
         public bool HasSkip => false;
+        public float[]? SkipWeights(int layer) => null;
         public string Fingerprint => "true-mlp";
         public string Source => "true MLP outputs";
     }
