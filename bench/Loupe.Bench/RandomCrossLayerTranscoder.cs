@@ -41,6 +41,7 @@ public sealed class RandomCrossLayerTranscoder(int layers, int dModel, int featu
     public int DOut => dModel;
     public int K => k;
     public bool HasSkip => false;
+    public float[]? SkipWeights(int layer) => null;
     public string Source => $"random CLT ({layers} layers × {features} features, TopK {k}, seed {seed})";
 
     public string Fingerprint
