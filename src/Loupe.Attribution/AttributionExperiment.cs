@@ -31,9 +31,13 @@ public static class AttributionExperiment
     /// <param name="folder">Output folder.</param>
     /// <param name="slug">The graph's name: <c>{slug}.json</c> and <c>{slug}.safetensors</c>.</param>
     /// <param name="perHead">Also split every kept edge by the attention heads that carried it (<c>{slug}.heads.json</c>).</param>
+    /// <param name="scan">
+    /// The graph JSON's <c>metadata.scan</c> (Neuronpedia's name for the transcoder set, or circuit-tracer's
+    /// <c>ORG/NAME[//PATH][@REV]</c> for a hub set); null: <c>custom-…</c> from the transcoder list.
+    /// </param>
     public static AttributionOutputs Run(HookedTransformer model, IMlpReplacement transcoders, int[] tokens, string? prompt,
-        AttributionSettings settings, double nodeThreshold, double edgeThreshold, string folder, string slug, bool perHead = false) =>
-        Run(new Attributor(model, transcoders, settings), model, transcoders, tokens, prompt, nodeThreshold, edgeThreshold, folder, slug, perHead);
+        AttributionSettings settings, double nodeThreshold, double edgeThreshold, string folder, string slug, bool perHead = false, string? scan = null) =>
+        Run(new Attributor(model, transcoders, settings), model, transcoders, tokens, prompt, nodeThreshold, edgeThreshold, folder, slug, perHead, scan);
 
     /// <summary>As the other overload, with the transcoders' weights already on the model's device (a server uploads them once for every graph).</summary>
     /// <param name="model">The model, on the backend the weights were uploaded to.</param>
@@ -48,10 +52,10 @@ public static class AttributionExperiment
     /// <param name="perHead">Also split every kept edge by attention head.</param>
     public static AttributionOutputs Run(HookedTransformer model, DeviceMlpReplacement transcoders, int[] tokens, string? prompt,
         AttributionSettings settings, double nodeThreshold, double edgeThreshold, string folder, string slug, bool perHead = false) =>
-        Run(new Attributor(model, transcoders, settings), model, transcoders.Replacement, tokens, prompt, nodeThreshold, edgeThreshold, folder, slug, perHead);
+        Run(new Attributor(model, transcoders, settings), model, transcoders.Replacement, tokens, prompt, nodeThreshold, edgeThreshold, folder, slug, perHead, null);
 
     static AttributionOutputs Run(Attributor attributor, HookedTransformer model, IMlpReplacement transcoders, int[] tokens, string? prompt,
-        double nodeThreshold, double edgeThreshold, string folder, string slug, bool perHead)
+        double nodeThreshold, double edgeThreshold, string folder, string slug, bool perHead, string? scan)
     {
         var graph = attributor.Attribute(tokens, prompt);
         var pruning = GraphPruning.Prune(graph, nodeThreshold, edgeThreshold);
@@ -60,7 +64,10 @@ public static class AttributionExperiment
         var options = new NeuronpediaGraphOptions
         {
             Slug = slug,
-            TranscoderList = [.. Enumerable.Range(0, transcoders.Layers).Select(l => $"{Path.GetFileName(transcoders.Source.TrimEnd('/'))}/layer_{l}")],
+            Scan = scan,
+            // A config's list as it names the files (hf:// URIs stay as circuit-tracer writes them); else folder/layer_ℓ.
+            TranscoderList = transcoders is CircuitTracerTranscoders { Listed: { } listed } ? [.. listed]
+                : [.. Enumerable.Range(0, transcoders.Layers).Select(l => $"{Path.GetFileName(transcoders.Source.TrimEnd('/'))}/layer_{l}")],
             TokenText = tokenizer is null ? null : id => tokenizer.Decode([id]),
         };
         string json = NeuronpediaGraphJson.WriteFiles(folder, graph, pruning, options);

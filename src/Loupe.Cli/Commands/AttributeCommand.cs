@@ -27,6 +27,10 @@ static class AttributeCommand
         var output = new Option<string>("--out", "-o") { Description = "Output folder: {slug}.json (Neuronpedia graph), graph-metadata.json and {slug}.safetensors (the raw graph)", Required = true };
         var perHead = new Option<bool>("--per-head") { Description = "Also split every kept edge by the attention heads that carried it ({slug}.heads.json)" };
         var slug = new Option<string>("--slug") { Description = "The graph's name (file names and id)", DefaultValueFactory = _ => "graph" };
+        var scan = new Option<string?>("--scan")
+        {
+            Description = "metadata.scan of the graph JSON: the name Neuronpedia knows the transcoder set by (e.g. gemma-2-2b). Default: for hf: transcoders ORG/NAME[//PATH][@REVISION], as circuit-tracer names a hub set; otherwise custom-<hash of the transcoder list>",
+        };
         var command = new Command("attribute",
             "Trace a prompt through a replacement model (attention and norms frozen, MLPs replaced by transcoders plus error nodes): " +
             "the direct effect of every active feature, error and token on every feature and top logit, pruned by influence, " +
@@ -35,7 +39,7 @@ static class AttributeCommand
             "  loupe attribute --model ../shared/models/stories260K --transcoders tc/ --prompt \"Once upon a time, Lily\" --out graphs\n" +
             "  loupe attribute --model gpt2 --transcoders tc/ --tokens \"50256,464,3139\" --max-feature-nodes 4096 --out graphs --slug capital\n" +
             "  loupe attribute --model gpt2 --transcoders tc/ --prompt \"The capital of France is\" --device cuda --out graphs")
-        { model, transcoders, input.Prompt, input.Tokens, maxLogits, logitProb, maxFeatures, batch, nodeThreshold, edgeThreshold, maxMemory, perHead, output, slug };
+        { model, transcoders, input.Prompt, input.Tokens, maxLogits, logitProb, maxFeatures, batch, nodeThreshold, edgeThreshold, maxMemory, perHead, output, slug, scan };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
@@ -57,7 +61,8 @@ static class AttributeCommand
             var tc = MlpReplacements.Load(CliSupport.LocalPath(parse.GetValue(transcoders)!, "--transcoders"), m);
             var tokens = input.Read(parse, m);
             if (tokens.Batch != 1) throw new InputError($"argument: --tokens: an attribution graph is for one prompt; got {tokens.Batch} rows");
-            var result = AttributionExperiment.Run(m, tc, tokens.Ids, input.Text(parse), settings, nodes, edges, folder, name, parse.GetValue(perHead));
+            var result = AttributionExperiment.Run(m, tc, tokens.Ids, input.Text(parse), settings, nodes, edges, folder, name, parse.GetValue(perHead),
+                parse.GetValue(scan) ?? HubScan(parse.GetValue(transcoders)!));
             var s = result.Stats;
             var g = result.Graph;
             Console.WriteLine($"nodes: {g.SelectedFeatures.Length} features of {s.ActiveFeatures} active, {g.Layers * g.Positions} errors, {g.Positions} tokens, {g.LogitTokens.Length} logits (p = {g.LogitProbabilities.Sum().ToString("0.###", CultureInfo.InvariantCulture)})");
@@ -72,6 +77,14 @@ static class AttributeCommand
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>circuit-tracer's scan name for a hub transcoder set: <c>ORG/NAME[//PATH][@REVISION]</c>; null for local folders.</summary>
+    static string? HubScan(string value)
+    {
+        if (!value.StartsWith("hf:", StringComparison.Ordinal) || value.Contains(',')) return null;
+        var (repo, path, revision) = CliSupport.HubSpec(value, "--transcoders");
+        return repo + (path.Length > 0 ? "//" + path.Trim('/') : "") + (value.Contains('@') ? "@" + revision : "");
     }
 
     /// <summary>"4GB", "512MB", "1.5GiB", "1000000" (bytes).</summary>

@@ -51,6 +51,9 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
     /// </summary>
     public bool InputIsTransformerLensNormalized { get; }
 
+    /// <summary>The entries of the config.yaml list these came from (local paths or hf:// URIs, in layer order), or null.</summary>
+    public IReadOnlyList<string>? Listed { get; private init; }
+
     /// <summary>
     /// These transcoders as they apply to <paramref name="model"/>'s hooks: when they read TransformerLens's pre-weight
     /// <c>ln2.hook_normalized</c> (<see cref="InputIsTransformerLensNormalized"/>) and the model's ln2 is an RMSNorm, each
@@ -84,7 +87,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
             }
             adapted[l] = copy;
         }
-        return new CircuitTracerTranscoders(adapted, InputHookPattern, OutputHookPattern, Source);
+        return new CircuitTracerTranscoders(adapted, InputHookPattern, OutputHookPattern, Source) { Listed = Listed };
     }
 
     public IReadOnlyList<SparseDictionary> Dictionaries => _layers;
@@ -300,7 +303,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
                 throw InputError.Expected($"{where}: {file}", "d_in → d_out", $"{dicts[0].Shape.DIn} → {dicts[0].Shape.DOut} like layer 0", $"{dict.Shape.DIn} → {dict.Shape.DOut}");
             dicts[l] = dict;
         }
-        return new CircuitTracerTranscoders(dicts, input, output, config, tlNormalized);
+        return new CircuitTracerTranscoders(dicts, input, output, config, tlNormalized) { Listed = [.. entries] };
     }
 
     // The hooks, activation and k a config.yaml gives. circuit-tracer names hooks as TransformerLens does; its
