@@ -97,7 +97,11 @@ public sealed class NpyTarget : FuzzTarget
     }
 }
 
-/// <summary><c>GemmaScopeFormat.Load</c> on params.npz (W_enc, W_dec, b_enc, b_dec, threshold), then encode/decode.</summary>
+/// <summary>
+/// <c>GemmaScopeFormat.Load</c> on params.npz (W_enc, W_dec, b_enc, b_dec, threshold), and <c>DictionaryFile.Load</c> on Gemma
+/// Scope 2 folders (params.safetensors with w_enc, w_dec, b_enc, b_dec, threshold, affine_skip_connection + config.json with
+/// Hugging Face module names as hooks); then encode/decode.
+/// </summary>
 public sealed class GemmaScopeTarget : FuzzTarget
 {
     public override string Name => "gemmascope";
@@ -119,9 +123,37 @@ public sealed class GemmaScopeTarget : FuzzTarget
         [
             new("generated:gemmascope-stored", [new SeedFile("params.npz", NpyMutators.Zip(members), FileKind.Npz)]),
             new("generated:gemmascope-deflated", [new SeedFile("params.npz", NpyMutators.Zip(members, compress: true), FileKind.Npz)]),
+            GemmaScope2(context, "gemmascope2-sae", dIn, dSae, dIn, affine: false, "model.layers.3.output", null),
+            GemmaScope2(context, "gemmascope2-affine-transcoder", dIn, dSae, dIn, affine: true,
+                "model.layers.5.pre_feedforward_layernorm.output", "model.layers.5.post_feedforward_layernorm.output"),
         ];
     }
 
-    public override void Execute(string folder, FuzzInput input) =>
-        DictionaryChecks.EncodeDecode(GemmaScopeFormat.Load(Path.Combine(folder, "params.npz"), "blocks.0.hook_resid_post").Dictionary);
+    /// <summary>A Gemma Scope 2 folder: params.safetensors (w_enc [d_in, d_sae] …) and config.json as the release writes them.</summary>
+    internal static Seed GemmaScope2(SeedContext context, string id, int dIn, int dSae, int dOut, bool affine, string hookIn, string? hookOut)
+    {
+        string folder = Directory.CreateDirectory(Path.Combine(context.Scratch, "gemmascope2", id)).FullName;
+        var tensors = new List<(string, int[], ReadOnlyMemory<float>)>
+        {
+            ("w_enc", [dIn, dSae], SeedFiles.Floats(dIn * dSae, 11)), ("w_dec", [dSae, dOut], SeedFiles.Floats(dSae * dOut, 12)),
+            ("b_enc", [dSae], SeedFiles.Floats(dSae, 13, 0.1f)), ("b_dec", [dOut], SeedFiles.Floats(dOut, 14, 0.1f)),
+            ("threshold", [dSae], SeedFiles.Floats(dSae, 15, 0.1f).Select(MathF.Abs).ToArray()),
+        };
+        if (affine) tensors.Add(("affine_skip_connection", [dIn, dOut], SeedFiles.Floats(dIn * dOut, 16)));
+        Loupe.Models.Loading.SafeTensorsWriter.Write(Path.Combine(folder, "params.safetensors"), tensors);
+        File.WriteAllText(Path.Combine(folder, "config.json"), System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object?>
+        {
+            ["hf_hook_point_in"] = hookIn, ["hf_hook_point_out"] = hookOut ?? hookIn, ["width"] = dSae, ["model_name"] = "google/gemma-3-fuzz",
+            ["architecture"] = "jump_relu", ["l0"] = 8, ["affine_connection"] = affine, ["type"] = hookOut is null ? "sae" : "transcoder",
+        }));
+        return SeedFiles.AllOf($"generated:{id}", folder);
+    }
+
+    public override void Execute(string folder, FuzzInput input)
+    {
+        if (File.Exists(Path.Combine(folder, "params.npz")))
+            DictionaryChecks.EncodeDecode(GemmaScopeFormat.Load(Path.Combine(folder, "params.npz"), "blocks.0.hook_resid_post").Dictionary);
+        else
+            DictionaryChecks.EncodeDecode(DictionaryFile.Load(folder).Dictionary);
+    }
 }

@@ -12,7 +12,7 @@ public static class SeedFiles
         ".npy" => FileKind.Npy,
         ".npz" => FileKind.Npz,
         ".db" => FileKind.Sqlite,
-        ".txt" => FileKind.Text,
+        ".txt" or ".yaml" => FileKind.Text,
         ".onnx" => FileKind.Protobuf,
         _ => FileKind.Binary,
     };

@@ -44,8 +44,9 @@ public sealed class ServeTarget : FuzzTarget
             new FeatureBuildOptions { BatchSize = 4, TopK = 3, Quantiles = 2, QuantileSamples = 2, HistogramBins = 4, Window = 2, LogitCount = 3 });
         Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
         string transcoders = Path.Combine(root, "transcoders");
-        new CircuitTracerTranscoders([DictionaryChecks.Make(SaeShape.Transcoder(64, 16, 64), new ReluActivation(), 3),
-            DictionaryChecks.Make(SaeShape.Transcoder(64, 16, 64), new ReluActivation(), 4)]).Save(transcoders, "fuzz");
+        // one per layer of the 3-layer model (a set for another layer count is refused when the server starts)
+        new CircuitTracerTranscoders([.. Enumerable.Range(0, 3).Select(l => DictionaryChecks.Make(SaeShape.Transcoder(64, 16, 64), new ReluActivation(), 3 + l))])
+            .Save(transcoders, "fuzz");
         // A steering vector both among the served artifacts (the Steering page) and in the OpenAI API's vector folder.
         string vectors = Directory.CreateDirectory(Path.Combine(root, "vectors")).FullName, graphs = Directory.CreateDirectory(Path.Combine(root, "graphs")).FullName;
         foreach (var dir in new[] { vectors, graphs })

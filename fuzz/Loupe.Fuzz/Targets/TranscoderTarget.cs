@@ -2,13 +2,15 @@ using System.Globalization;
 using Loupe.Dictionaries.Sae;
 using Loupe.Dictionaries.Transcoders;
 using Loupe.Fuzz.Engine;
+using Loupe.Fuzz.Mutators;
 
 namespace Loupe.Fuzz.Targets;
 
 /// <summary>
 /// <c>MlpReplacements.Load</c>, what <c>loupe attribute --transcoders</c> reads: cross-layer transcoders in Loupe's layout
 /// (cfg.json + clt_weights.safetensors) and circuit-tracer's (W_enc_ℓ / W_dec_ℓ.safetensors + config.yaml), circuit-tracer's
-/// per-layer transcoders (layer_ℓ.safetensors) and SAELens per-layer folders; then every layer encoded and reconstructed
+/// per-layer transcoders (layer_ℓ.safetensors), a circuit-tracer config.yaml listing one file per layer (Gemma Scope .npz,
+/// Gemma Scope 2 params.safetensors) and SAELens per-layer folders; then every layer encoded and reconstructed
 /// with finite results. Each seed's n_layers.txt (not mutated) gives the model's layer count the loader is told.
 /// </summary>
 public sealed class TranscoderTarget : FuzzTarget
@@ -41,6 +43,27 @@ public sealed class TranscoderTarget : FuzzTarget
         perLayer.Save(Folder("plt-circuit-tracer"), "fuzz");
         Add("plt-circuit-tracer", Folder("plt-circuit-tracer"));
         seeds.Add(WithLayers(SeedFiles.AllOf("repo:tests/data/attribution/transcoders", context.Repo("tests/data/attribution/transcoders")), 3));
+
+        // circuit-tracer's listed layout: config.yaml naming one file per layer — a Gemma Scope params.npz, a Gemma Scope 2
+        // affine transcoder — as its presets publish them.
+        string listed = Folder("listed");
+        var npz = new (string, byte[])[]
+        {
+            ("W_enc.npy", NpyMutators.Write(SeedFiles.Floats(DModel * DSae, 21), DModel, DSae)),
+            ("W_dec.npy", NpyMutators.Write(SeedFiles.Floats(DSae * DModel, 22), DSae, DModel)),
+            ("b_enc.npy", NpyMutators.Write(SeedFiles.Floats(DSae, 23, 0.1f), DSae)),
+            ("b_dec.npy", NpyMutators.Write(SeedFiles.Floats(DModel, 24, 0.1f), DModel)),
+            ("threshold.npy", NpyMutators.Write(SeedFiles.Floats(DSae, 25, 0.1f).Select(MathF.Abs).ToArray(), DSae)),
+        };
+        Directory.CreateDirectory(Path.Combine(listed, "gemma-scope"));
+        File.WriteAllBytes(Path.Combine(listed, "gemma-scope", "params.npz"), NpyMutators.Zip(npz));
+        var gs2 = GemmaScopeTarget.GemmaScope2(context, "listed-layer-1", DModel, DSae, DModel, affine: true,
+            "model.layers.1.pre_feedforward_layernorm.output", "model.layers.1.post_feedforward_layernorm.output");
+        foreach (var f in gs2.Files) File.WriteAllBytes(Path.Combine(Directory.CreateDirectory(Path.Combine(listed, "layer_1")).FullName, f.Name), f.Bytes);
+        File.WriteAllText(Path.Combine(listed, "config.yaml"),
+            "model_kind: transcoder_set\nfeature_input_hook: \"mlp.hook_in\"\nfeature_output_hook: \"mlp.hook_out\"\ntranscoders:\n" +
+            "  - \"gemma-scope/params.npz\"\n  - layer_1/params.safetensors\n");
+        Add("listed", listed);
         return seeds;
     }
 

@@ -277,6 +277,8 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
         {
             string where = $"{config}, transcoders[{l}] (layer {l})";
             string entry = entries[l];
+            if (entry.Any(char.IsControl))
+                throw InputError.Expected(where, "the entry", "a file path or hf:// URI (no control characters)", entry);
             string file;
             if (CircuitTracerYaml.ParseHfUri(entry, where) is { } hub) file = resolveHub(hub);
             else

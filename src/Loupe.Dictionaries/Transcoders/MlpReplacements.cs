@@ -22,12 +22,12 @@ public static class MlpReplacements
         if (path.Contains(',')) return PerLayerTranscoders.LoadSaeLens(path, layers);
         bool fromHub = InHubCache(path);
         if (File.Exists(path) && path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase))
-            return CircuitTracerTranscoders.LoadListed(path, resolveHub, entriesMayLeaveFolder: !fromHub);
+            return OneEach(CircuitTracerTranscoders.LoadListed(path, resolveHub, entriesMayLeaveFolder: !fromHub), layers);
         if (!Directory.Exists(path)) throw new InputError($"transcoder folder not found: {Path.GetFullPath(path)}");
         string config = Path.Combine(path, CltFiles.CircuitTracerConfig);
         if (File.Exists(config) && CircuitTracerYaml.Read(config).Transcoders is not null)
-            return CircuitTracerTranscoders.LoadListed(config, resolveHub, entriesMayLeaveFolder: !fromHub);
-        if (File.Exists(Path.Combine(path, "layer_0.safetensors"))) return CircuitTracerTranscoders.Load(path);
+            return OneEach(CircuitTracerTranscoders.LoadListed(config, resolveHub, entriesMayLeaveFolder: !fromHub), layers);
+        if (File.Exists(Path.Combine(path, "layer_0.safetensors"))) return OneEach(CircuitTracerTranscoders.Load(path), layers);
         if (File.Exists(Path.Combine(path, "W_enc_0.safetensors")) || File.Exists(Path.Combine(path, "clt_weights.safetensors"))) return CltFiles.Load(path);
         return PerLayerTranscoders.LoadSaeLens(path, layers);
     }
@@ -43,6 +43,9 @@ public static class MlpReplacements
         var loaded = Load(path, model.Config.NLayers, resolveHub);
         return loaded is CircuitTracerTranscoders ct ? ct.ForModel(model) : loaded;
     }
+
+    static CircuitTracerTranscoders OneEach(CircuitTracerTranscoders loaded, int layers) => loaded.Layers == layers ? loaded
+        : throw new InputError($"{loaded.Source}: holds transcoders for {loaded.Layers} layer{(loaded.Layers == 1 ? "" : "s")}; the model has {layers}, one transcoder each");
 
     // A config inside a Hugging Face cache snapshot came from the hub: its local entries must stay beside it.
     static bool InHubCache(string path)

@@ -257,6 +257,9 @@ public sealed class ListedTranscoderTests : IDisposable
         Expect(text.Replace("\"layer_1_width_16k\"", "\"hf://org/not-cached/layer_1/params.npz\"", StringComparison.Ordinal), "is not in the Hugging Face cache");
         Expect(text.Replace("\"layer_1_width_16k\"", "\"hf://org\"", StringComparison.Ordinal), "hf://ORG/NAME/PATH");
         Expect(text.Replace("\"layer_1_width_16k\"", "\"config.yaml\"", StringComparison.Ordinal), "neither a .safetensors nor a .npz");
+        File.WriteAllText(config, text);
+        Assert.Contains("holds transcoders for 3 layers; the model has 4", Assert.Throws<InputError>(() => MlpReplacements.Load(config, 4)).Message);
+        Expect(text.Replace("\"layer_1_width_16k\"", "\"layer_1\u0000x\"", StringComparison.Ordinal), "no control characters");
         var other = Random(8, 10, 8, seed: 5);
         PublishedDictionaryFiles.WriteGemmaScope2(Path.Combine(_dir, "set", "narrow"), 8, 10, 8, other.WEnc, other.BEnc, other.WDec, other.BDec, other.Theta);
         Expect(text.Replace("\"layer_1_width_16k\"", "\"narrow\"", StringComparison.Ordinal), "transcoders[1] (layer 1)");
