@@ -136,6 +136,7 @@ public sealed class HubDictionaryCliTests : IDisposable
         Assert.Contains("pruned: 38 nodes, 351 edges", run.Out);
         Assert.Contains("lists 3 transcoder file(s); fetching the 3 not cached", run.Err); // announced before the download
         Assert.Equal(0, hub.Count("GET", "average_l0_99"));
+        Assert.Equal(1, hub.Count("GET", "/api/models/weights-org/tc-weights")); // one listing for the three files
         var metadata = JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "graph", "fixture.json")))!["metadata"]!;
         Assert.Equal("ct-org/tc-set", (string)metadata["scan"]!); // circuit-tracer's name for a hub set
         Assert.Equal("hf://weights-org/tc-weights/layer_2/width_32/average_l0_7/params.npz", (string)metadata["transcoder_list"]![2]!);

@@ -365,13 +365,13 @@ static class CliSupport
         for (int l = 0; l < listed.Count; l++)
             if (CircuitTracerYaml.ParseHfUri(listed[l], $"{config}, transcoders[{l}]") is { } e && client.TryGetCachedPath(e.Repo, e.Path, e.Revision) is null) missing.Add(e);
         if (missing.Count == 0) return;
-        long bytes = 0;
-        foreach (var e in missing) bytes += client.ListPathAsync(e.Repo, e.Path, e.Revision).GetAwaiter().GetResult().Bytes;
-        Console.Error.WriteLine($"{option}: {config} lists {listed.Count} transcoder file(s); fetching the {missing.Count} not cached, {FormatBytes(bytes)}, " +
-            $"from {string.Join(", ", missing.Select(e => e.Repo).Distinct())} into {HubClient.DefaultCacheDir()}");
+        // One listing and one announcement per repository and revision (a preset names 20–40 files of one repository).
         WithDownloadBars(progress =>
         {
-            foreach (var e in missing) client.ResolvePathAsync(e.Repo, e.Path, e.Revision, null, progress).GetAwaiter().GetResult();
+            foreach (var group in missing.GroupBy(e => (e.Repo, e.Revision)))
+                client.ResolveFilesAsync(group.Key.Repo, [.. group.Select(e => e.Path)], group.Key.Revision, l => Console.Error.WriteLine(
+                    $"{option}: {config} lists {listed.Count} transcoder file(s); fetching the {l.Files.Count} not cached of {l.RepoId} at " +
+                    $"{l.Commit[..Math.Min(7, l.Commit.Length)]}, {FormatBytes(l.Bytes)}, into {HubClient.DefaultCacheDir()}"), progress).GetAwaiter().GetResult();
         });
     }
 

@@ -60,17 +60,7 @@ public sealed partial class HubClient
         {
             var listing = await ListAsync(repoId, path, revision, ct).ConfigureAwait(false);
             planned?.Invoke(listing);
-            string snapshot = Path.Combine(repoFolder, "snapshots", listing.Commit);
-            foreach (var (file, _) in listing.Files)
-            {
-                if (IsUsableFile(Path.Combine(snapshot, file))) continue;
-                var head = await HeadAsync(repoId, listing.Commit, file, ct).ConfigureAwait(false);
-                if (head.Meta is null)
-                    throw new HttpRequestException(
-                        $"the hub at {Endpoint} listed {file} in '{repoId}' at commit {listing.Commit} but answers 404 for it; run again");
-                await FetchAsync(repoId, listing.Commit, repoFolder, snapshot, file, head.Meta, progress, ct).ConfigureAwait(false);
-            }
-            if (revision != listing.Commit || !CommitHashRegex().IsMatch(revision)) WriteRef(repoFolder, revision, listing.Commit);
+            string snapshot = await FetchListedAsync(repoId, revision, listing, progress, ct).ConfigureAwait(false);
             return path.Length == 0 ? snapshot : Path.Combine(snapshot, path);
         }
         catch (HubUnreachableException e)
@@ -80,6 +70,74 @@ public sealed partial class HubClient
                 $"The Hugging Face hub at {Endpoint} could not be reached ({e.Message}). Downloading '{repoId}/{path}' needs the " +
                 $"network, and it is not cached (revision '{revision}') in {repoFolder}. Pass a local folder instead.", e.InnerException ?? e);
         }
+    }
+
+    /// <summary>
+    /// Several files of one repository at one revision as local paths, in the order given — e.g. the per-layer files a
+    /// circuit-tracer config lists — with one listing of the repository (not one per file) and one announcement of them all.
+    /// Otherwise as <see cref="ResolvePathAsync"/>: cached files are not fetched again, offline or unreachable the cache serves.
+    /// </summary>
+    /// <exception cref="InputError">A bad id, revision or path; a path the repository lacks (named); offline with a file not cached.</exception>
+    /// <exception cref="HttpRequestException">The hub cannot be reached and a file is not cached.</exception>
+    public async Task<IReadOnlyList<string>> ResolveFilesAsync(string repoId, IReadOnlyList<string> paths, string revision = "main",
+        Action<HubPathListing>? planned = null, IProgress<DownloadProgress>? progress = null, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(paths);
+        var wanted = paths.Select(p => CheckedPath(repoId, p, revision)).ToArray();
+        string[]? Cached()
+        {
+            var local = new string[wanted.Length];
+            for (int i = 0; i < wanted.Length; i++)
+                if ((local[i] = TryGetCachedPath(repoId, wanted[i], revision)!) is null) return null;
+            return local;
+        }
+        if (Offline)
+            return Cached() ?? throw new InputError(
+                $"HF_HUB_OFFLINE is set, so the hub is not contacted, and files of '{repoId}' (revision '{revision}') are not cached in {RepoFolder(repoId)}: " +
+                string.Join(", ", wanted.Where(p => TryGetCachedPath(repoId, p, revision) is null).Take(5)));
+        if (CommitHashRegex().IsMatch(revision) && Cached() is { } pinned) return pinned;
+        try
+        {
+            var all = await ListAsync(repoId, "", revision, ct).ConfigureAwait(false);
+            var files = new List<(string File, long? Size)>();
+            foreach (var p in wanted.Distinct(StringComparer.Ordinal))
+            {
+                var under = all.Files.Where(f => f.File == p || f.File.StartsWith(p + "/", StringComparison.Ordinal)).ToList();
+                if (under.Count == 0)
+                    throw new InputError($"'{repoId}' (revision '{revision}', commit {all.Commit}) has no file or folder '{p}'" +
+                        (all.Skipped.Contains(p) ? " that Loupe loads (it is pickled)" : ""));
+                files.AddRange(under);
+            }
+            var listing = new HubPathListing(repoId, "", all.Commit, files, []);
+            planned?.Invoke(listing);
+            string snapshot = await FetchListedAsync(repoId, revision, listing, progress, ct).ConfigureAwait(false);
+            return [.. wanted.Select(p => Path.Combine(snapshot, p))];
+        }
+        catch (HubUnreachableException e)
+        {
+            if (Cached() is { } cached) return cached;
+            throw new HttpRequestException(
+                $"The Hugging Face hub at {Endpoint} could not be reached ({e.Message}). Files of '{repoId}' are needed and not all cached " +
+                $"(revision '{revision}') in {RepoFolder(repoId)}.", e.InnerException ?? e);
+        }
+    }
+
+    /// <summary>Fetches the listed files not yet in the snapshot, records the revision's commit, and returns the snapshot folder.</summary>
+    async Task<string> FetchListedAsync(string repoId, string revision, HubPathListing listing, IProgress<DownloadProgress>? progress, CancellationToken ct)
+    {
+        string repoFolder = RepoFolder(repoId);
+        string snapshot = Path.Combine(repoFolder, "snapshots", listing.Commit);
+        foreach (var (file, _) in listing.Files)
+        {
+            if (IsUsableFile(Path.Combine(snapshot, file))) continue;
+            var head = await HeadAsync(repoId, listing.Commit, file, ct).ConfigureAwait(false);
+            if (head.Meta is null)
+                throw new HttpRequestException(
+                    $"the hub at {Endpoint} listed {file} in '{repoId}' at commit {listing.Commit} but answers 404 for it; run again");
+            await FetchAsync(repoId, listing.Commit, repoFolder, snapshot, file, head.Meta, progress, ct).ConfigureAwait(false);
+        }
+        if (revision != listing.Commit || !CommitHashRegex().IsMatch(revision)) WriteRef(repoFolder, revision, listing.Commit);
+        return snapshot;
     }
 
     /// <summary>

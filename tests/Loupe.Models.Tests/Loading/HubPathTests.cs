@@ -125,4 +125,33 @@ public class HubPathTests
         e = await Assert.ThrowsAsync<InputError>(() => client.ResolvePathAsync(Repo, "x", "v9"));
         Assert.Contains("revision 'v9' does not exist", e.Message);
     }
+    [Fact]
+    public async Task Several_files_are_fetched_with_one_listing_and_one_announcement_and_served_offline_after()
+    {
+        using var hub = new FakeHub();
+        string commit = hub.AddRepo(Repo, SaeRepo());
+        using var cache = new TempDir();
+        using var client = Client(hub.Endpoint, cache);
+        var announced = new List<HubPathListing>();
+        string[] wanted = ["layer_3/width_16k/params.npz", "blocks.1.hook_resid_pre/cfg.json", "blocks.0.hook_resid_pre/sae_weights.safetensors"];
+
+        var local = await client.ResolveFilesAsync(Repo, wanted, planned: announced.Add);
+
+        string snapshot = Path.Combine(cache.Path, "models--sae-org--gpt2-saes", "snapshots", commit);
+        Assert.Equal(wanted.Select(w => Path.Combine(snapshot, w)), local);
+        for (int i = 0; i < wanted.Length; i++) Assert.Equal(SaeRepo()[wanted[i]], File.ReadAllBytes(local[i]));
+        Assert.Single(announced);
+        Assert.Equal(wanted.Sum(w => (long)SaeRepo()[w].Length), announced[0].Bytes);
+        Assert.Equal(1, hub.Count("GET", "/api/models/"));
+        Assert.False(File.Exists(Path.Combine(snapshot, "blocks.1.hook_resid_pre", "sae_weights.safetensors"))); // only what was named
+
+        using var offline = Client(hub.Endpoint, cache, offline: true);
+        Assert.Equal(local, await offline.ResolveFilesAsync(Repo, wanted));
+        var e = await Assert.ThrowsAsync<InputError>(() => offline.ResolveFilesAsync(Repo, [.. wanted, "blocks.1.hook_resid_pre/sae_weights.safetensors"]));
+        Assert.Contains("blocks.1.hook_resid_pre/sae_weights.safetensors", e.Message);
+        e = await Assert.ThrowsAsync<InputError>(() => client.ResolveFilesAsync(Repo, ["layer_9/params.npz"]));
+        Assert.Contains("has no file or folder 'layer_9/params.npz'", e.Message);
+        e = await Assert.ThrowsAsync<InputError>(() => client.ResolveFilesAsync(Repo, ["blocks.1.hook_resid_pre/optimizer.pt"]));
+        Assert.Contains("pickled", e.Message);
+    }
 }
