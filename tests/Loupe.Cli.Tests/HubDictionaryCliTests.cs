@@ -135,6 +135,8 @@ public sealed class HubDictionaryCliTests : IDisposable
         Assert.True(run.Code == 0, run.Err);
         Assert.Contains("pruned: 38 nodes, 351 edges", run.Out);
         Assert.Contains("lists 3 transcoder file(s); fetching the 3 not cached", run.Err); // announced before the download
+        Assert.Contains("--transcoders: 3 transcoders listed in", run.Err);                 // and the memory they take, before loading
+        Assert.Contains(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"≈ {3 * (64 * 32 * 2 + 32 + 64 + 32) * 4 / 1024.0:0.0} KiB in memory"), run.Err);
         Assert.Equal(0, hub.Count("GET", "average_l0_99"));
         Assert.Equal(1, hub.Count("GET", "/api/models/weights-org/tc-weights")); // one listing for the three files
         var metadata = JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "graph", "fixture.json")))!["metadata"]!;

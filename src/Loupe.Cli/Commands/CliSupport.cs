@@ -360,19 +360,21 @@ static class CliSupport
         var listed = CircuitTracerYaml.Read(config).Transcoders;
         if (listed is null) return;
         using var client = new HubClient();
-        if (client.Offline) return;
         var missing = new List<(string Repo, string Path, string Revision)>();
         for (int l = 0; l < listed.Count; l++)
-            if (CircuitTracerYaml.ParseHfUri(listed[l], $"{config}, transcoders[{l}]") is { } e && client.TryGetCachedPath(e.Repo, e.Path, e.Revision) is null) missing.Add(e);
-        if (missing.Count == 0) return;
+            if (!client.Offline && CircuitTracerYaml.ParseHfUri(listed[l], $"{config}, transcoders[{l}]") is { } e && client.TryGetCachedPath(e.Repo, e.Path, e.Revision) is null) missing.Add(e);
         // One listing and one announcement per repository and revision (a preset names 20–40 files of one repository).
-        WithDownloadBars(progress =>
-        {
-            foreach (var group in missing.GroupBy(e => (e.Repo, e.Revision)))
-                client.ResolveFilesAsync(group.Key.Repo, [.. group.Select(e => e.Path)], group.Key.Revision, l => Console.Error.WriteLine(
-                    $"{option}: {config} lists {listed.Count} transcoder file(s); fetching the {l.Files.Count} not cached of {l.RepoId} at " +
-                    $"{l.Commit[..Math.Min(7, l.Commit.Length)]}, {FormatBytes(l.Bytes)}, into {HubClient.DefaultCacheDir()}"), progress).GetAwaiter().GetResult();
-        });
+        if (missing.Count > 0)
+            WithDownloadBars(progress =>
+            {
+                foreach (var group in missing.GroupBy(e => (e.Repo, e.Revision)))
+                    client.ResolveFilesAsync(group.Key.Repo, [.. group.Select(e => e.Path)], group.Key.Revision, l => Console.Error.WriteLine(
+                        $"{option}: {config} lists {listed.Count} transcoder file(s); fetching the {l.Files.Count} not cached of {l.RepoId} at " +
+                        $"{l.Commit[..Math.Min(7, l.Commit.Length)]}, {FormatBytes(l.Bytes)}, into {HubClient.DefaultCacheDir()}"), progress).GetAwaiter().GetResult();
+            });
+        // What loading them will take, before it starts (the loader refuses a set larger than the memory available).
+        var files = CircuitTracerTranscoders.ListedFiles(config, entriesMayLeaveFolder: !MlpReplacements.InHubCache(config));
+        Console.Error.WriteLine($"{option}: {files.Length} transcoders listed in {config}, ≈ {FormatBytes(CircuitTracerTranscoders.EstimateBytes(files))} in memory as float32");
     }
 
     /// <summary><c>hf:ORG/NAME[/PATH][@REVISION]</c> as its parts.</summary>

@@ -225,6 +225,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
         int found = Directory.GetFiles(folder, "layer_*.safetensors").Length;
         if (found != layers) throw new InputError($"{folder}: holds {found} layer_*.safetensors files but only layers 0…{layers - 1} are consecutive; expected one per layer from 0");
         var (input, output, activation, k, tlNormalized) = Settings(yaml, inputHookPattern, outputHookPattern);
+        CheckMemory(folder, [.. Enumerable.Range(0, layers).Select(l => Path.Combine(folder, $"layer_{l}.safetensors"))]);
         var dicts = new SparseDictionary[layers];
         for (int l = 0; l < layers; l++)
         {
@@ -271,11 +272,40 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
         var entries = yaml.Transcoders!;
         if (entries.Count == 0) throw new InputError($"{config}: the 'transcoders:' list is empty; expected one file per layer");
         var (input, output, activation, k, tlNormalized) = Settings(yaml, inputHookPattern, outputHookPattern);
-        resolveHub ??= CachedHubFile;
+        var files = ResolveListed(yaml, resolveHub, entriesMayLeaveFolder);
+        CheckMemory(config, files);
         var dicts = new SparseDictionary[entries.Count];
         for (int l = 0; l < entries.Count; l++)
         {
-            string where = $"{config}, transcoders[{l}] (layer {l})";
+            string where = Where(config, l), file = files[l];
+            var dict = file.EndsWith(".npz", StringComparison.OrdinalIgnoreCase) ? GemmaScopeFormat.Load(file).Dictionary
+                : GemmaScope2Format.IsGemmaScope2File(file) ? GemmaScope2Format.LoadWeights(file)
+                : LoadLayer(file, activation, k);
+            if (dict.Shape.ApplyBDecToInput) throw new InputError($"{where}: {file} subtracts b_dec from its input (an SAE, not a transcoder)");
+            if (l > 0 && (dict.Shape.DIn != dicts[0].Shape.DIn || dict.Shape.DOut != dicts[0].Shape.DOut))
+                throw InputError.Expected($"{where}: {file}", "d_in → d_out", $"{dicts[0].Shape.DIn} → {dicts[0].Shape.DOut} like layer 0", $"{dict.Shape.DIn} → {dict.Shape.DOut}");
+            dicts[l] = dict;
+        }
+        return new CircuitTracerTranscoders(dicts, input, output, config, tlNormalized) { Listed = [.. entries] };
+    }
+
+    /// <summary>
+    /// The local file of every entry a config.yaml lists, in layer order (hf:// entries through <paramref name="resolveHub"/>, by
+    /// default the Hugging Face cache), found and checked before any weight is read — to estimate the memory a set takes.
+    /// </summary>
+    /// <exception cref="InputError">As <see cref="LoadListed(string, Func{ValueTuple{string, string, string}, string}?, bool)"/>, for the entries.</exception>
+    public static string[] ListedFiles(string configPath, Func<(string Repo, string Path, string Revision), string>? resolveHub = null, bool entriesMayLeaveFolder = true) =>
+        ResolveListed(CircuitTracerYaml.Read(configPath), resolveHub, entriesMayLeaveFolder);
+
+    static string[] ResolveListed(CircuitTracerYaml yaml, Func<(string Repo, string Path, string Revision), string>? resolveHub, bool entriesMayLeaveFolder)
+    {
+        string config = Path.GetFullPath(yaml.Path), folder = Path.GetDirectoryName(config)!;
+        var entries = yaml.Transcoders ?? throw new InputError($"{config}: has no 'transcoders:' list (one file per layer)");
+        resolveHub ??= CachedHubFile;
+        var files = new string[entries.Count];
+        for (int l = 0; l < entries.Count; l++)
+        {
+            string where = Where(config, l);
             string entry = entries[l];
             if (entry.Any(char.IsControl))
                 throw InputError.Expected(where, "the entry", "a file path or hf:// URI (no control characters)", entry);
@@ -295,17 +325,54 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
                 file = candidates.FirstOrDefault(File.Exists) ?? throw new InputError($"{where}: folder {file} holds no {GemmaScopeFormat.ParamsFile} or {GemmaScope2Format.ParamsFile}");
             }
             if (!File.Exists(file)) throw new InputError($"{where}: file not found: {file}");
-            var dict = file.EndsWith(".npz", StringComparison.OrdinalIgnoreCase) ? GemmaScopeFormat.Load(file).Dictionary
-                : !file.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)
-                    ? throw new InputError($"{where}: '{file}' is neither a .safetensors nor a .npz file")
-                : GemmaScope2Format.IsGemmaScope2File(file) ? GemmaScope2Format.LoadWeights(file)
-                : LoadLayer(file, activation, k);
-            if (dict.Shape.ApplyBDecToInput) throw new InputError($"{where}: {file} subtracts b_dec from its input (an SAE, not a transcoder)");
-            if (l > 0 && (dict.Shape.DIn != dicts[0].Shape.DIn || dict.Shape.DOut != dicts[0].Shape.DOut))
-                throw InputError.Expected($"{where}: {file}", "d_in → d_out", $"{dicts[0].Shape.DIn} → {dicts[0].Shape.DOut} like layer 0", $"{dict.Shape.DIn} → {dict.Shape.DOut}");
-            dicts[l] = dict;
+            if (!file.EndsWith(".npz", StringComparison.OrdinalIgnoreCase) && !file.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+                throw new InputError($"{where}: '{file}' is neither a .safetensors nor a .npz file");
+            files[l] = file;
         }
-        return new CircuitTracerTranscoders(dicts, input, output, config, tlNormalized) { Listed = [.. entries] };
+        return files;
+    }
+
+    static string Where(string config, int layer) => $"{config}, transcoders[{layer}] (layer {layer})";
+
+    /// <summary>
+    /// The memory <paramref name="files"/> take once read as float32 (the product of every float tensor's shape in a safetensors
+    /// header; the declared length of every array in a .npz), from their headers alone.
+    /// </summary>
+    public static long EstimateBytes(IEnumerable<string> files)
+    {
+        long total = 0;
+        foreach (var file in files)
+        {
+            if (file.EndsWith(".npz", StringComparison.OrdinalIgnoreCase))
+            {
+                try
+                {
+                    using var zip = System.IO.Compression.ZipFile.OpenRead(file);
+                    foreach (var e in zip.Entries)
+                    {
+                        using var stream = e.Open();
+                        var header = Npy.ReadHeader(stream, $"{file}, entry '{e.FullName}'", e.Length);
+                        total += 4 * header.Shape.Aggregate(1L, (a, d) => a * Math.Max(0, d));
+                    }
+                }
+                catch (InvalidDataException) { } // not a zip: its loader names the problem
+                continue;
+            }
+            using var f = CltFiles.Open(file);
+            foreach (var name in f.Names)
+                if (f.TryGetInfo(name, out var info) && info.DType.IsFloatingPoint())
+                    total += 4 * info.Shape.Aggregate(1L, (a, d) => a * Math.Max(0, d));
+        }
+        return total;
+    }
+
+    /// <summary>Refuses a set that would not fit the memory the process may use (rather than dying of it half-way).</summary>
+    static void CheckMemory(string source, IReadOnlyList<string> files)
+    {
+        long need = EstimateBytes(files), available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (need > available)
+            throw new InputError($"{source}: the {files.Count} transcoders take ≈ {need / (double)(1L << 30):0.0} GiB as float32 (from their headers); " +
+                $"this process may use {available / (double)(1L << 30):0.0} GiB. Use a machine with more memory, or fewer or narrower transcoders");
     }
 
     // The hooks, activation and k a config.yaml gives. circuit-tracer names hooks as TransformerLens does; its

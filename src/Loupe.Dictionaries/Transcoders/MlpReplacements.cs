@@ -47,8 +47,8 @@ public static class MlpReplacements
     static CircuitTracerTranscoders OneEach(CircuitTracerTranscoders loaded, int layers) => loaded.Layers == layers ? loaded
         : throw new InputError($"{loaded.Source}: holds transcoders for {loaded.Layers} layer{(loaded.Layers == 1 ? "" : "s")}; the model has {layers}, one transcoder each");
 
-    // A config inside a Hugging Face cache snapshot came from the hub: its local entries must stay beside it.
-    static bool InHubCache(string path)
+    /// <summary>A config inside the Hugging Face cache came from the hub: its local entries must stay beside it.</summary>
+    public static bool InHubCache(string path)
     {
         string full = Path.GetFullPath(path), cache = Path.GetFullPath(Loupe.Models.Loading.HubClient.DefaultCacheDir());
         return full.StartsWith(cache.TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar, StringComparison.Ordinal);

@@ -241,6 +241,18 @@ public sealed class ListedTranscoderTests : IDisposable
     }
 
     [Fact]
+    public void The_memory_a_listed_set_takes_is_known_from_the_headers_before_loading()
+    {
+        var (config, layers) = MixedSet(16, "mlp.hook_in");
+        var files = CircuitTracerTranscoders.ListedFiles(config);
+        Assert.Equal(3, files.Length);
+        Assert.EndsWith(Path.Combine("layer_1_width_16k", "params.safetensors"), files[1]);
+        // float32: W_enc + W_dec + b_enc + b_dec + θ per layer, whatever the layout
+        long expected = layers.Sum(a => 4L * (a.DIn * a.DSae + a.DSae * a.DOut + a.DSae + a.DOut + a.DSae));
+        Assert.Equal(expected, CircuitTracerTranscoders.EstimateBytes(files));
+    }
+
+    [Fact]
     public void Bad_lists_are_refused_naming_the_config_and_the_layer()
     {
         var (config, _) = MixedSet(16, "mlp.hook_in");
