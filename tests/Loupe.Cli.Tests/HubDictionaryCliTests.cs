@@ -107,6 +107,24 @@ public sealed class HubDictionaryCliTests : IDisposable
         AssertRefused(RunLoupe("features", "build", "--model", Path.Combine(_dir, "no-model"), "--sae", "hf:sae-org/stories-saes/blocks.1.hook_resid_post",
             "--source", "generate:2"), "--out", "hub cache");
     }
+
+    [Fact]
+    public void AReleaseRootIsRefusedFromItsListingBeforeAnythingIsDownloaded()
+    {
+        using var hub = HubWithSaes();
+        // A whole release named where one dictionary is loaded: refused with the dictionaries it holds, nothing fetched.
+        string model = SharedData.TestData(Path.Combine("reference", "gpt2"));
+        AssertRefused(RunLoupe("sae", "eval", "--model", model, "--sae", "hf:sae-org/stories-saes", "--source", "generate:2", "--out", Path.Combine(_dir, "e")),
+            "--sae", "nothing was downloaded", "hf:sae-org/stories-saes/blocks.1.hook_resid_post");
+        // Gemma Scope's layout (layer_L/width_W/average_l0_N/params.npz) named as a transcoder set: one per layer must be chosen.
+        var weights = new Dictionary<string, byte[]>();
+        foreach (var l0 in new[] { 7, 99 })
+            for (int l = 0; l < 3; l++) weights[$"layer_{l}/width_32/average_l0_{l0}/params.npz"] = [1, 2, 3];
+        hub.AddRepo("weights-org/scope", weights);
+        AssertRefused(RunLoupe("attribute", "--model", model, "--transcoders", "hf:weights-org/scope", "--tokens", "1,2", "--out", Path.Combine(_dir, "g")),
+            "--transcoders", "nothing was downloaded", "hf:weights-org/scope/layer_0/width_32/average_l0_7", "config.yaml");
+        Assert.Equal(0, hub.Count("GET", "/cdn/"));
+    }
     /// <summary>
     /// circuit-tracer's preset layout: a small repository whose config.yaml lists each layer's Gemma Scope params.npz in another
     /// repository as hf:// (how its Gemma 2 transcoders are published). The graph is circuit-tracer's fixture graph.

@@ -335,17 +335,49 @@ static class CliSupport
         return local;
     }
 
-    static string Resolve(string value, string option)
+    static string Resolve(string value, string option, bool single = false)
     {
         if (!value.Contains("hf:", StringComparison.Ordinal)) return value;
-        // Transcoders may be listed one folder per layer, comma-separated: each may be on the hub.
-        if (value.Contains(',')) return string.Join(',', value.Split(',').Select(part => Resolve(part, option)));
+        // Transcoders may be listed one folder per layer, comma-separated: each may be on the hub, and each is one dictionary.
+        if (value.Contains(',')) return string.Join(',', value.Split(',').Select(part => Resolve(part, option, single: true)));
         if (!value.StartsWith("hf:", StringComparison.Ordinal)) return value;
         var (repo, path, revision) = HubSpec(value, option);
         using var client = new HubClient();
         string? local = null;
-        WithDownloadBars(progress => local = client.ResolvePathAsync(repo, path, revision, l => Announce(option, l), progress).GetAwaiter().GetResult());
+        WithDownloadBars(progress => local = client.ResolvePathAsync(repo, path, revision, l =>
+        {
+            CheckHubLayout(option, l, single || option != "--transcoders");
+            Announce(option, l);
+        }, progress).GetAwaiter().GetResult());
         return local!;
+    }
+
+    /// <summary>
+    /// Refuses, from the listing and before anything is downloaded, a hub path that does not hold what the option loads: one
+    /// dictionary at its top (<c>--sae</c>: cfg.json, params.npz or params.safetensors), or one transcoder set (<c>--transcoders</c>:
+    /// config.yaml, layer_0.safetensors, W_enc_0.safetensors, clt_weights.safetensors, or per-layer SAELens folders). A repository
+    /// root of a release — hundreds of dictionaries, tens of gigabytes — would otherwise be fetched whole and then not load.
+    /// </summary>
+    static void CheckHubLayout(string option, HubPathListing l, bool single)
+    {
+        if (l.Files.Count == 1 && l.Files[0].File == l.Path) return; // one file, named
+        string prefix = l.Path.Length == 0 ? "" : l.Path + "/";
+        var names = l.Files.Select(f => f.File[prefix.Length..]).ToList();
+        bool Top(string name) => names.Contains(name);
+        bool ok = single
+            ? Top("cfg.json") || Top(Loupe.Dictionaries.Sae.GemmaScopeFormat.ParamsFile) || Top(Loupe.Dictionaries.Sae.GemmaScope2Format.ParamsFile)
+            : Top(CltFiles.CircuitTracerConfig) || Top("layer_0.safetensors") || Top("W_enc_0.safetensors") || Top(CltFiles.WeightsFile)
+              || names.Any(n => n.Count(c => c == '/') == 1 && n.EndsWith("/cfg.json", StringComparison.Ordinal));
+        if (ok) return;
+        string[] marks = ["/cfg.json", "/params.npz", "/params.safetensors", "/config.yaml"];
+        var candidates = names.Where(n => marks.Any(m => n.EndsWith(m, StringComparison.Ordinal))).Select(n => n[..n.LastIndexOf('/')]).Distinct().ToList();
+        string where = $"{l.RepoId}{(l.Path.Length > 0 ? "/" + l.Path : "")}";
+        string what = single ? "a dictionary (cfg.json, params.npz or params.safetensors)" : "a transcoder set (config.yaml, layer_0.safetensors, W_enc_0.safetensors or per-layer folders with cfg.json)";
+        string hint = candidates.Count == 0 ? $"`loupe hub ls hf:{where}` shows what it holds"
+            : $"it holds {candidates.Count} {(candidates.Count == 1 ? "dictionary" : "dictionaries")} deeper, e.g. " +
+              string.Join(", ", candidates.Take(4).Select(c => $"hf:{l.RepoId}/{prefix}{c}")) + (candidates.Count > 4 ? ", …" : "") +
+              (single ? "" : "; name one per layer, comma-separated, or in a circuit-tracer config.yaml's 'transcoders:' list");
+        throw new InputError($"argument: {option}: hf:{where} holds {names.Count} files ({FormatBytes(l.Bytes)}) but not {what} at its top; nothing was downloaded. {hint}");
     }
 
     /// <summary>
