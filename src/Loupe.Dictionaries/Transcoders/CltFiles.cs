@@ -301,9 +301,14 @@ public static class CltFiles
         return t;
     }
 
-    /// <summary>"blocks.{layer}.ln2.hook_normalized" → "ln2.hook_normalized" (circuit-tracer names hooks inside the block).</summary>
+    /// <summary>
+    /// "blocks.{layer}.hook_mlp_out" → "hook_mlp_out" (circuit-tracer names hooks inside the block). Loupe's
+    /// <c>ln2.hook_normalized</c> (after the norm's weight: the MLP's input) is written as circuit-tracer's "mlp.hook_in": its
+    /// "ln2.hook_normalized" is TransformerLens's, which on an RMSNorm model comes before the weight.
+    /// </summary>
     internal static string RelativeHook(string pattern) =>
-        pattern.StartsWith("blocks.{layer}.", StringComparison.Ordinal) ? pattern["blocks.{layer}.".Length..] : pattern;
+        pattern == "blocks.{layer}.ln2.hook_normalized" ? "mlp.hook_in"
+        : pattern.StartsWith("blocks.{layer}.", StringComparison.Ordinal) ? pattern["blocks.{layer}.".Length..] : pattern;
 
     /// <summary>
     /// The inverse of <see cref="RelativeHook"/>; circuit-tracer's "mlp.hook_in" / "mlp.hook_out" (the input and output of its

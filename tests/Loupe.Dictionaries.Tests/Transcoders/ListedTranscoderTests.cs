@@ -253,6 +253,32 @@ public sealed class ListedTranscoderTests : IDisposable
     }
 
     [Fact]
+    public void Loupe_writes_its_mlp_input_as_circuit_tracers_mlp_hook_in_and_reads_it_back()
+    {
+        // circuit-tracer's "ln2.hook_normalized" would be TransformerLens's (before an RMSNorm's weight): not what Loupe's reads.
+        var tc = new CircuitTracerTranscoders([.. Enumerable.Range(0, 2).Select(l =>
+        {
+            var d = new SparseDictionary(SaeShape.Transcoder(8, 12, 8), new ReluActivation());
+            d.Initialize(l + 1, decoderNorm: 0.5f);
+            return d;
+        })]);
+        string folder = Path.Combine(_dir, "saved");
+        tc.Save(folder, "test");
+        var yaml = CircuitTracerYaml.Read(Path.Combine(folder, "config.yaml"));
+        Assert.Equal("mlp.hook_in", yaml["feature_input_hook"]);
+        Assert.Equal("hook_mlp_out", yaml["feature_output_hook"]);
+        var back = CircuitTracerTranscoders.Load(folder);
+        Assert.Equal("blocks.1.ln2.hook_normalized", back.InputHook(1));
+        Assert.False(back.InputIsTransformerLensNormalized);
+        string clt = Path.Combine(_dir, "clt");
+        var c = new CrossLayerTranscoder(new CltShape(2, 8, 12, 8), new ReluActivation());
+        c.Initialize(3, decoderNorm: 0.5f);
+        CltFiles.SaveCircuitTracer(clt, c, "test");
+        Assert.Equal("mlp.hook_in", CircuitTracerYaml.Read(Path.Combine(clt, "config.yaml"))["feature_input_hook"]);
+        Assert.Equal("blocks.0.ln2.hook_normalized", CltFiles.LoadCircuitTracer(clt).InputHook(0));
+    }
+
+    [Fact]
     public void Bad_lists_are_refused_naming_the_config_and_the_layer()
     {
         var (config, _) = MixedSet(16, "mlp.hook_in");
