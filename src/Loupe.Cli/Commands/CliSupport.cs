@@ -388,9 +388,15 @@ static class CliSupport
     static void FetchListedTranscoders(string path, string option)
     {
         string config = Directory.Exists(path) ? Path.Combine(path, CltFiles.CircuitTracerConfig) : path;
-        if (!File.Exists(config) || !config.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase)) return;
-        var listed = CircuitTracerYaml.Read(config).Transcoders;
-        if (listed is null) return;
+        var listed = File.Exists(config) && config.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase) ? CircuitTracerYaml.Read(config).Transcoders : null;
+        if (listed is null)
+        {
+            // A folder layout: what loading it will take, before it starts.
+            var weights = MlpReplacements.WeightFiles(path);
+            if (weights.Length > 0)
+                Console.Error.WriteLine($"{option}: {weights.Length} weight file(s) in {path}, ≈ {FormatBytes(CircuitTracerTranscoders.EstimateBytes(weights))} in memory as float32");
+            return;
+        }
         using var client = new HubClient();
         var missing = new List<(string Repo, string Path, string Revision)>();
         for (int l = 0; l < listed.Count; l++)

@@ -225,7 +225,6 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
         int found = Directory.GetFiles(folder, "layer_*.safetensors").Length;
         if (found != layers) throw new InputError($"{folder}: holds {found} layer_*.safetensors files but only layers 0…{layers - 1} are consecutive; expected one per layer from 0");
         var (input, output, activation, k, tlNormalized) = Settings(yaml, inputHookPattern, outputHookPattern);
-        CheckMemory(folder, [.. Enumerable.Range(0, layers).Select(l => Path.Combine(folder, $"layer_{l}.safetensors"))]);
         var dicts = new SparseDictionary[layers];
         for (int l = 0; l < layers; l++)
         {
@@ -273,7 +272,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
         if (entries.Count == 0) throw new InputError($"{config}: the 'transcoders:' list is empty; expected one file per layer");
         var (input, output, activation, k, tlNormalized) = Settings(yaml, inputHookPattern, outputHookPattern);
         var files = ResolveListed(yaml, resolveHub, entriesMayLeaveFolder);
-        CheckMemory(config, files);
+        MlpReplacements.CheckMemory(config, files);
         var dicts = new SparseDictionary[entries.Count];
         for (int l = 0; l < entries.Count; l++)
         {
@@ -364,15 +363,6 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
                     total += 4 * info.Shape.Aggregate(1L, (a, d) => a * Math.Max(0, d));
         }
         return total;
-    }
-
-    /// <summary>Refuses a set that would not fit the memory the process may use (rather than dying of it half-way).</summary>
-    static void CheckMemory(string source, IReadOnlyList<string> files)
-    {
-        long need = EstimateBytes(files), available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-        if (need > available)
-            throw new InputError($"{source}: the {files.Count} transcoders take ≈ {need / (double)(1L << 30):0.0} GiB as float32 (from their headers); " +
-                $"this process may use {available / (double)(1L << 30):0.0} GiB. Use a machine with more memory, or fewer or narrower transcoders");
     }
 
     // The hooks, activation and k a config.yaml gives. circuit-tracer names hooks as TransformerLens does; its

@@ -27,9 +27,35 @@ public static class MlpReplacements
         string config = Path.Combine(path, CltFiles.CircuitTracerConfig);
         if (File.Exists(config) && CircuitTracerYaml.Read(config).Transcoders is not null)
             return OneEach(CircuitTracerTranscoders.LoadListed(config, resolveHub, entriesMayLeaveFolder: !fromHub), layers);
+        CheckMemory(path, WeightFiles(path));
         if (File.Exists(Path.Combine(path, "layer_0.safetensors"))) return OneEach(CircuitTracerTranscoders.Load(path), layers);
         if (File.Exists(Path.Combine(path, "W_enc_0.safetensors")) || File.Exists(Path.Combine(path, "clt_weights.safetensors"))) return CltFiles.Load(path);
         return PerLayerTranscoders.LoadSaeLens(path, layers);
+    }
+
+    /// <summary>
+    /// The weight files a folder's layout is read from (circuit-tracer's layer_ℓ / W_enc_ℓ / W_dec_ℓ, Loupe's clt_weights, or the
+    /// sae_weights of per-layer SAELens folders), for <see cref="CircuitTracerTranscoders.EstimateBytes"/>; a config.yaml's list is
+    /// <see cref="CircuitTracerTranscoders.ListedFiles"/>.
+    /// </summary>
+    public static string[] WeightFiles(string folder)
+    {
+        if (!Directory.Exists(folder)) return [];
+        string[] Matching(string pattern) => [.. Directory.GetFiles(folder, pattern).Order(StringComparer.Ordinal)];
+        if (File.Exists(Path.Combine(folder, "layer_0.safetensors"))) return Matching("layer_*.safetensors");
+        if (File.Exists(Path.Combine(folder, "W_enc_0.safetensors"))) return [.. Matching("W_enc_*.safetensors"), .. Matching("W_dec_*.safetensors")];
+        if (File.Exists(Path.Combine(folder, CltFiles.WeightsFile))) return [Path.Combine(folder, CltFiles.WeightsFile)];
+        return [.. Directory.GetDirectories(folder).Select(d => Path.Combine(d, Loupe.Dictionaries.Sae.SaeLensFormat.WeightsFile)).Where(File.Exists).Order(StringComparer.Ordinal)];
+    }
+
+    /// <summary>Refuses a set that would not fit the memory this process may use (rather than failing half-way through reading it).</summary>
+    /// <exception cref="InputError">The files' float tensors, as float32, take more than the memory available.</exception>
+    public static void CheckMemory(string source, IReadOnlyList<string> files)
+    {
+        long need = CircuitTracerTranscoders.EstimateBytes(files), available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (need > available)
+            throw new InputError($"{source}: the transcoders' {files.Count} weight file(s) take ≈ {need / (double)(1L << 30):0.0} GiB as float32 (from their headers); " +
+                $"this process may use {available / (double)(1L << 30):0.0} GiB. Use a machine with more memory, or fewer or narrower transcoders");
     }
 
     /// <summary>

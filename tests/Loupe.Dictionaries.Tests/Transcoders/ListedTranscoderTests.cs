@@ -276,6 +276,11 @@ public sealed class ListedTranscoderTests : IDisposable
         CltFiles.SaveCircuitTracer(clt, c, "test");
         Assert.Equal("mlp.hook_in", CircuitTracerYaml.Read(Path.Combine(clt, "config.yaml"))["feature_input_hook"]);
         Assert.Equal("blocks.0.ln2.hook_normalized", CltFiles.LoadCircuitTracer(clt).InputHook(0));
+        // the files each layout is read from, and what they take as float32 (checked against the memory before loading)
+        Assert.Equal(2, MlpReplacements.WeightFiles(folder).Length);
+        Assert.Equal(2 * 4L * (8 * 12 + 12 * 8 + 12 + 8), CircuitTracerTranscoders.EstimateBytes(MlpReplacements.WeightFiles(folder)));
+        Assert.Equal(["W_dec_0.safetensors", "W_dec_1.safetensors", "W_enc_0.safetensors", "W_enc_1.safetensors"],
+            MlpReplacements.WeightFiles(clt).Select(Path.GetFileName).Order(StringComparer.Ordinal));
     }
 
     [Fact]
