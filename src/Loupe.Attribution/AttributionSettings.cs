@@ -30,6 +30,20 @@ public sealed record AttributionSettings
     /// <summary>Key positions per block of the causal pattern product (tests make it small to cover the blocking).</summary>
     internal int CausalBlock { get; init; } = 256;
 
+    /// <summary>
+    /// Leading positions whose features and error vectors are not sources (their MLP outputs stay frozen constants):
+    /// circuit-tracer's BOS, or the chat prefix <c>&lt;bos&gt;&lt;start_of_turn&gt;user\n</c> of Gemma 3 instruction-tuned
+    /// models. Null: <see cref="DefaultZeroPositions"/>.
+    /// </summary>
+    public int? ZeroPositions { get; init; }
+
+    /// <summary>Gemma 3's chat prefix as token ids (circuit-tracer zeroes these four positions on Gemma 3 "-it" models).</summary>
+    static readonly int[] s_gemma3ChatPrefix = [2, 105, 2364, 107];
+
+    /// <summary>4 when a Gemma 3 prompt starts with its chat prefix (token ids 2, 105, 2364, 107), as circuit-tracer does; else 1 (the first token).</summary>
+    public static int DefaultZeroPositions(string architecture, IReadOnlyList<int> tokens) =>
+        architecture == "gemma3" && tokens.Count > s_gemma3ChatPrefix.Length && tokens.Take(s_gemma3ChatPrefix.Length).SequenceEqual(s_gemma3ChatPrefix) ? 4 : 1;
+
     /// <summary>Write progress lines here (null = silent).</summary>
     public Action<string>? Log { get; init; }
 
@@ -41,5 +55,6 @@ public sealed record AttributionSettings
         ["batch_size"] = BatchSize.ToString(System.Globalization.CultureInfo.InvariantCulture),
         ["max_feature_nodes"] = MaxFeatureNodes?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "all",
         ["update_interval"] = UpdateInterval.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        ["zero_positions"] = ZeroPositions?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "auto",
     };
 }

@@ -62,6 +62,7 @@ public sealed partial class Attributor
         if (!(_settings.LogitProbability > 0 && _settings.LogitProbability <= 1)) throw new ArgumentOutOfRangeException(nameof(settings), $"the logit probability must be in (0, 1], not {_settings.LogitProbability}");
         if (_settings.BatchSize < 1) throw new ArgumentOutOfRangeException(nameof(settings), $"the batch size must be ≥ 1, not {_settings.BatchSize}");
         if (_settings.MaxFeatureNodes is < 0) throw new ArgumentOutOfRangeException(nameof(settings), $"max feature nodes must be ≥ 0, not {_settings.MaxFeatureNodes}");
+        if (_settings.ZeroPositions is < 1) throw new ArgumentOutOfRangeException(nameof(settings), $"zero positions must be ≥ 1, not {_settings.ZeroPositions}");
     }
 
     /// <summary>What the last <see cref="Attribute"/> cost.</summary>
@@ -69,12 +70,14 @@ public sealed partial class Attributor
 
     void Log(string line) => _settings.Log?.Invoke(line);
 
+    int ZeroPositions(int[] tokens) => _settings.ZeroPositions ?? AttributionSettings.DefaultZeroPositions(_model.Config.Architecture, tokens);
+
     /// <summary>The attribution graph of <paramref name="tokens"/> (unpruned).</summary>
     /// <exception cref="InputError">The transcoders do not fit the model, the prompt is empty or too long, a token is outside the vocabulary, or no feature is active.</exception>
     public AttributionGraph Attribute(int[] tokens, string? prompt = null)
     {
         var clock = Stopwatch.StartNew();
-        var s = ReplacementState.Capture(_model, _transcoders, tokens, _device);
+        var s = ReplacementState.Capture(_model, _transcoders, tokens, _device, ZeroPositions(tokens));
         var cfg = _model.Config;
         int L = cfg.NLayers, T = s.Positions, D = s.DModel, F = s.Active.Length;
         int errorOffset = F, tokenOffset = F + L * T, logitOffset = F + (L + 1) * T;

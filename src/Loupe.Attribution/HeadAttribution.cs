@@ -33,7 +33,7 @@ public sealed partial class Attributor
     /// <exception cref="ArgumentException">The graph was not made from this model and these transcoders (its active features differ), or an edge's target is not a feature or logit.</exception>
     public IReadOnlyList<EdgeHeads> AttributeHeads(AttributionGraph graph, IReadOnlyList<(int Target, int Source)> edges)
     {
-        var s = ReplacementState.Capture(_model, _transcoders, graph.InputTokens, _device);
+        var s = ReplacementState.Capture(_model, _transcoders, graph.InputTokens, _device, ZeroPositions(graph.InputTokens));
         if (!s.Active.SequenceEqual(graph.ActiveFeatures))
             throw new ArgumentException("the graph's active features differ from what these transcoders find on its prompt: it was made with another model or transcoders", nameof(graph));
         var cfg = _model.Config;

@@ -131,6 +131,38 @@ public sealed class FamilyAttributionTests
         Assert.True(changedBySkip > 1e-3, $"the skip paths changed token/error → logit edges by at most {changedBySkip:g3}");
     }
 
+    [Fact]
+    public void Leading_positions_that_are_not_sources_have_no_features_or_errors_and_the_edges_still_match_interventions()
+    {
+        // circuit-tracer zeroes Gemma 3's chat prefix <bos><start_of_turn>user\n (four positions) on -it models, the BOS otherwise.
+        Assert.Equal(4, AttributionSettings.DefaultZeroPositions("gemma3", [2, 105, 2364, 107, 9]));
+        Assert.Equal(1, AttributionSettings.DefaultZeroPositions("gemma3", [2, 105, 2364, 107]));   // nothing after the prefix
+        Assert.Equal(1, AttributionSettings.DefaultZeroPositions("gemma3", [2, 651, 6037, 107, 9]));
+        Assert.Equal(1, AttributionSettings.DefaultZeroPositions("llama", [2, 105, 2364, 107, 9]));
+
+        using var model = Load("llama");
+        var tc = RandomTranscoders(model);
+        var graph = new Attributor(model, tc, new AttributionSettings { BatchSize = 16, ZeroPositions = 3 }).Attribute(Prompt);
+        int L = model.Config.NLayers, D = model.Config.DModel, T = Prompt.Length;
+        Assert.All(graph.ActiveFeatures, a => Assert.True(a.Position >= 3, $"a feature at position {a.Position}"));
+        Assert.Contains(graph.ActiveFeatures, a => a.Position == 3);
+        for (int l = 0; l < L; l++)
+            for (int p = 0; p < 3; p++) Assert.All(graph.ErrorVectors!.AsSpan((l * T + p) * D, D).ToArray(), v => Assert.Equal(0f, v));
+        var replacement = new ReplacementModel(model, tc);
+        var frozen = replacement.Freeze(Prompt);
+        var directions = FrozenProbe.LogitDirections(model, graph);
+        var clean = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, cache: FrozenProbe.Cache));
+        double worst = 0, largest = 0;
+        foreach (int source in Enumerable.Range(0, graph.LogitOffset).Where(i => i % 3 == 0))
+        {
+            var changed = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, additions: FrozenProbe.SourceVector(model, tc, graph, source), cache: FrozenProbe.Cache));
+            worst = Math.Max(worst, FrozenProbe.ColumnError(graph, source, clean, changed));
+            for (int t = 0; t < graph.NodeCount; t++) largest = Math.Max(largest, Math.Abs(graph.Edge(t, source)));
+        }
+        Assert.True(worst <= 1e-4 * Math.Max(1, largest), $"max |Δ − A| = {worst:g3} (largest edge {largest:g3})");
+        Assert.Throws<InputError>(() => new Attributor(model, tc, new AttributionSettings { ZeroPositions = 7 }).Attribute(Prompt));
+    }
+
     [Theory]
     [InlineData("llama")]
     [InlineData("gpt_neox")]

@@ -91,12 +91,19 @@ internal sealed record ReplacementState
 
     /// <summary>Runs the prompt once and captures the replacement model.</summary>
     /// <exception cref="InputError">The transcoders do not fit the model, the prompt does not fit the context, or no feature is active.</exception>
-    public static ReplacementState Capture(HookedTransformer model, IMlpReplacement transcoders, int[] tokens, DeviceMlpReplacement? device = null)
+    /// <param name="model">The model.</param>
+    /// <param name="transcoders">What replaces its MLPs.</param>
+    /// <param name="tokens">The prompt.</param>
+    /// <param name="device">The transcoders' weights on the model's device (uploaded here when null and the model is on one).</param>
+    /// <param name="zeroPositions">Leading positions whose features and errors are not sources (circuit-tracer's BOS: 1).</param>
+    public static ReplacementState Capture(HookedTransformer model, IMlpReplacement transcoders, int[] tokens, DeviceMlpReplacement? device = null, int zeroPositions = 1)
     {
         var cfg = model.Config;
         int L = cfg.NLayers, T = tokens.Length, D = cfg.DModel;
         var cuts = CheckFits(model, transcoders);
         if (T == 0) throw new InputError("the prompt is empty; an attribution graph needs at least one token");
+        if (zeroPositions > 1 && zeroPositions >= T)
+            throw new InputError($"the prompt has {T} token(s) and its first {zeroPositions} are not sources (BOS{(zeroPositions > 1 ? " and chat prefix" : "")}); an attribution graph needs a token after them");
 
         var hooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.Embed };
         for (int l = 0; l < L; l++)
@@ -114,7 +121,7 @@ internal sealed record ReplacementState
         var run = model.Run(TokenBatch.Single(tokens), options);
         if (!model.Backend.Device.IsCpu)
         {
-            var onDevice = CaptureOnDevice(model, device ?? DeviceMlpReplacement.Upload(transcoders, model.Backend), tokens, hooks, run, cuts);
+            var onDevice = CaptureOnDevice(model, device ?? DeviceMlpReplacement.Upload(transcoders, model.Backend), tokens, hooks, run, cuts, zeroPositions);
             clock.Stop();
             return onDevice with { ForwardTime = clock.Elapsed };
         }
@@ -154,7 +161,7 @@ internal sealed record ReplacementState
             var mlpOut = cache[transcoders.OutputHook(t)].ToCpu().Span;
             var err = errors.AsSpan(t * T * D, T * D);
             System.Numerics.Tensors.TensorPrimitives.Subtract(mlpOut, recon, err);
-            err[..D].Clear(); // position 0: not a source
+            err[..(zeroPositions * D)].Clear(); // the first positions (BOS, a chat prefix): not sources
         }
 
         var active = new List<(int, int, int)>();
@@ -162,7 +169,7 @@ internal sealed record ReplacementState
         for (int l = 0; l < L; l++)
         {
             int F = transcoders.Features(l);
-            for (int p = 1; p < T; p++)
+            for (int p = zeroPositions; p < T; p++)
                 for (int f = 0; f < F; f++)
                 {
                     float v = acts[l][p * F + f];
@@ -170,7 +177,7 @@ internal sealed record ReplacementState
                 }
         }
         if (active.Count == 0)
-            throw new InputError($"no feature of the transcoders ({transcoders.Source}) is active on this prompt outside position 0; there is nothing to attribute (is it the right model and hook?)");
+            throw new InputError($"no feature of the transcoders ({transcoders.Source}) is active on this prompt after its first {zeroPositions} position(s); there is nothing to attribute (is it the right model and hook?)");
 
         return new ReplacementState
         {
@@ -195,7 +202,7 @@ internal sealed record ReplacementState
     /// the error vectors and the token vectors, one copy each — and a position/feature/value for a non-finite one.
     /// </summary>
     static ReplacementState CaptureOnDevice(HookedTransformer model, DeviceMlpReplacement device, int[] tokens, HashSet<string> hooks,
-        ForwardResult run, CutPoint[]? cuts)
+        ForwardResult run, CutPoint[]? cuts, int zeroPositions)
     {
         var be = model.Backend;
         var transcoders = device.Replacement;
@@ -217,16 +224,16 @@ internal sealed record ReplacementState
             CheckFinite(be, pre, transcoders, l, F, "pre-activation");
             acts[l] = device.Activate(l, pre, T);
             CheckFinite(be, acts[l], transcoders, l, F, "activation");
-            // Position 0 is not a source: its row is never read.
-            if (T > 1)
-                foreach (var (row, feature, value) in Nonzero(be, new Tensor(acts[l].Storage.Slice(F, (long)(T - 1) * F), T - 1, F), T - 1, F))
+            // The first positions are not sources: their rows are never read.
+            if (T > zeroPositions)
+                foreach (var (row, feature, value) in Nonzero(be, new Tensor(acts[l].Storage.Slice((long)zeroPositions * F, (long)(T - zeroPositions) * F), T - zeroPositions, F), T - zeroPositions, F))
                 {
-                    active.Add((l, row + 1, feature));
+                    active.Add((l, row + zeroPositions, feature));
                     values.Add(value);
                 }
         }
         if (active.Count == 0)
-            throw new InputError($"no feature of the transcoders ({transcoders.Source}) is active on this prompt outside position 0; there is nothing to attribute (is it the right model and hook?)");
+            throw new InputError($"no feature of the transcoders ({transcoders.Source}) is active on this prompt after its first {zeroPositions} position(s); there is nothing to attribute (is it the right model and hook?)");
         var order = Enumerable.Range(0, active.Count).OrderBy(i => active[i]).ToArray();
 
         var errors = be.Empty(L * T, D);
@@ -236,7 +243,7 @@ internal sealed record ReplacementState
             var err = new Tensor(errors.Storage.Slice((long)t * T * D, (long)T * D), T, D);
             be.Scale(recon, -1f, recon);
             be.Add(new Tensor(cache[transcoders.OutputHook(t)].Storage, T, D), recon, err);
-            be.Fill(new Tensor(err.Storage.Slice(0, D), D), 0f); // position 0: not a source
+            be.Fill(new Tensor(err.Storage.Slice(0, (long)zeroPositions * D), zeroPositions * D), 0f); // the first positions: not sources
         }
         var tokenVectors = new Tensor(cache[HookNames.Embed].Storage, T, D);
         int V = run.Logits.Dim(2);

@@ -27,6 +27,10 @@ static class AttributeCommand
         var output = new Option<string>("--out", "-o") { Description = "Output folder: {slug}.json (Neuronpedia graph), graph-metadata.json and {slug}.safetensors (the raw graph)", Required = true };
         var perHead = new Option<bool>("--per-head") { Description = "Also split every kept edge by the attention heads that carried it ({slug}.heads.json)" };
         var slug = new Option<string>("--slug") { Description = "The graph's name (file names and id)", DefaultValueFactory = _ => "graph" };
+        var zeroPositions = new Option<int?>("--zero-positions")
+        {
+            Description = "Leading positions whose features and errors are not sources (default: 1, the BOS; 4 for a Gemma 3 prompt that starts with its chat prefix <bos><start_of_turn>user\\n, as circuit-tracer does)",
+        };
         var scan = new Option<string?>("--scan")
         {
             Description = "metadata.scan of the graph JSON: the name Neuronpedia knows the transcoder set by (e.g. gemma-2-2b). Default: for hf: transcoders ORG/NAME[//PATH][@REVISION], as circuit-tracer names a hub set; otherwise custom-<hash of the transcoder list>",
@@ -39,7 +43,7 @@ static class AttributeCommand
             "  loupe attribute --model ../shared/models/stories260K --transcoders tc/ --prompt \"Once upon a time, Lily\" --out graphs\n" +
             "  loupe attribute --model gpt2 --transcoders tc/ --tokens \"50256,464,3139\" --max-feature-nodes 4096 --out graphs --slug capital\n" +
             "  loupe attribute --model gpt2 --transcoders tc/ --prompt \"The capital of France is\" --device cuda --out graphs")
-        { model, transcoders, input.Prompt, input.Tokens, maxLogits, logitProb, maxFeatures, batch, nodeThreshold, edgeThreshold, maxMemory, perHead, output, slug, scan };
+        { model, transcoders, input.Prompt, input.Tokens, maxLogits, logitProb, maxFeatures, batch, nodeThreshold, edgeThreshold, maxMemory, perHead, output, slug, scan, zeroPositions };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
@@ -53,6 +57,7 @@ static class AttributeCommand
                 MaxFeatureNodes = CliSupport.Int(parse, maxFeatures, 0),
                 BatchSize = CliSupport.Int(parse, batch, 1, 1 << 16),
                 MaxMemoryBytes = parse.GetValue(maxMemory) is string mem ? ParseBytes(mem, maxMemory.Name) : null,
+                ZeroPositions = CliSupport.Int(parse, zeroPositions, 1),
                 Log = line => Console.Error.WriteLine(line),
             };
             double nodes = CliSupport.Double(parse, nodeThreshold, 0, 1), edges = CliSupport.Double(parse, edgeThreshold, 0, 1);

@@ -116,7 +116,8 @@ public sealed class DeviceAttributionGraphTests(EmulatedDevice device) : IClassF
     {
         using var cpu = Load("llama");
         using var gpu = Load("llama", device.Backend);
-        var settings = new AttributionSettings { BatchSize = 8, CausalBlock = 3 };
+        // with a resid_mid input also two leading positions that are not sources (Gemma 3's chat prefix is four)
+        var settings = new AttributionSettings { BatchSize = 8, CausalBlock = 3, ZeroPositions = readsResidMid ? 2 : null };
         AssertSameGraph(new Attributor(cpu, FamilyAttributionTests.RandomSkipTranscoders(cpu, readsResidMid), settings).Attribute(Prompt),
             new Attributor(gpu, FamilyAttributionTests.RandomSkipTranscoders(gpu, readsResidMid), settings).Attribute(Prompt), "skip");
     }
