@@ -265,7 +265,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
     static CircuitTracerTranscoders LoadListed(CircuitTracerYaml yaml, string? inputHookPattern, string? outputHookPattern,
         Func<(string Repo, string Path, string Revision), string>? resolveHub = null, bool entriesMayLeaveFolder = true)
     {
-        string config = Path.GetFullPath(yaml.Path), folder = Path.GetDirectoryName(config)!;
+        string config = Path.GetFullPath(yaml.Path);
         if (yaml["model_kind"] is { } kind && kind != "transcoder_set")
             throw new InputError($"{config}: model_kind is '{kind}' with a 'transcoders:' list; Loupe reads such lists for per-layer transcoders (transcoder_set) — a Gemma Scope 2 cross-layer transcoder is not supported yet");
         var entries = yaml.Transcoders!;
