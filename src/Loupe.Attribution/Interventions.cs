@@ -33,11 +33,11 @@ public sealed record AddedVector(string Hook, int Position, float[] Vector);
 /// <summary>The values a frozen run holds fixed: attention patterns, norm scales and MLP outputs of one prompt.</summary>
 public sealed class FrozenActivations
 {
-    internal FrozenActivations(int positions, Dictionary<string, Tensor> values, Dictionary<int, Tensor> skipInputs)
+    internal FrozenActivations(int positions, Dictionary<string, Tensor> values, Dictionary<int, Tensor> skipBases)
     {
         Positions = positions;
         Values = values;
-        SkipInputs = skipInputs;
+        SkipBases = skipBases;
     }
 
     /// <summary>The prompt length they were captured at; frozen runs must have this many positions.</summary>
@@ -45,8 +45,11 @@ public sealed class FrozenActivations
 
     internal Dictionary<string, Tensor> Values { get; }
 
-    /// <summary>Per layer with a skip transcoder, the prompt's input to it: the skip path stays live in a frozen run.</summary>
-    internal Dictionary<int, Tensor> SkipInputs { get; }
+    /// <summary>
+    /// Per layer with a skip transcoder, the prompt's MLP output minus its skip term (<c>mlp_out − x_prompt·W_skip</c>): the skip
+    /// path stays live in a frozen run, whose MLP output there is this plus the run's own <c>x·W_skip</c>.
+    /// </summary>
+    internal Dictionary<int, Tensor> SkipBases { get; }
 }
 
 /// <summary>The outcome of a run with interventions.</summary>
@@ -94,22 +97,33 @@ public sealed class ReplacementModel
         var skipLayers = SkipLayers().ToArray();
         var cached = names.Concat(skipLayers.Select(Transcoders.InputHook)).ToHashSet(StringComparer.Ordinal);
         var run = Model.Run(TokenBatch.Single(tokens), new RunOptions { CacheFilter = cached.Contains });
-        return new FrozenActivations(tokens.Length, names.ToDictionary(n => n, n => run.Cache[n], StringComparer.Ordinal),
-            skipLayers.ToDictionary(l => l, l => run.Cache[Transcoders.InputHook(l)]));
+        var be = Model.Backend;
+        int T = tokens.Length, D = Model.Config.DModel;
+        var bases = new Dictionary<int, Tensor>();
+        foreach (int l in skipLayers)
+        {
+            var b = be.Empty(T, D);
+            be.CopyRows(run.Cache[Transcoders.OutputHook(l)], 0, D, b, 0, D, T, D);
+            be.Gemm(false, false, T, D, D, -1f, run.Cache[Transcoders.InputHook(l)], 0, D, SkipOn(l), 0, D, 1f, b, 0, D);
+            bases[l] = b;
+        }
+        return new FrozenActivations(T, names.ToDictionary(n => n, n => run.Cache[n], StringComparer.Ordinal), bases);
     }
+
+    // The skip path's weights on the model's backend: the device copy when the transcoders were uploaded, else the host array.
+    Tensor SkipOn(int layer) => _device?.SkipWeights(layer)
+        ?? Model.Backend.ToDevice(Tensor.FromArray(Transcoders.SkipWeights(layer)!, Model.Config.DModel, Model.Config.DModel), Loupe.Tensors.Backends.TransferKind.Weights);
 
     IEnumerable<int> SkipLayers() => Enumerable.Range(0, Transcoders.Layers).Where(l => Transcoders.SkipWeights(l) is not null);
 
     // A skip transcoder's x·W_skip is live in the replacement model (as in circuit-tracer): a frozen MLP output at a layer
-    // with one is the prompt's value plus (x − x_prompt)·W_skip, x being what the transcoder reads in this run.
+    // with one is the prompt's value minus its skip term (frozen at Freeze) plus x·W_skip, x being what the transcoder reads in this run.
     void InstallFrozenSkip(RunOptions options, FrozenActivations frozen, int layer)
     {
         var be = Model.Backend;
         int T = frozen.Positions, D = Model.Config.DModel;
-        var weights = _device?.SkipWeights(layer)
-            ?? be.ToDevice(Tensor.FromArray(Transcoders.SkipWeights(layer)!, D, D), Loupe.Tensors.Backends.TransferKind.Weights);
-        var clean = frozen.SkipInputs[layer];
-        var prompt = frozen.Values[Transcoders.OutputHook(layer)];
+        var weights = SkipOn(layer);
+        var baseline = frozen.SkipBases[layer];
         var input = be.Empty(T, D);
         options.AddHook(Transcoders.InputHook(layer), (x, _) =>
         {
@@ -119,9 +133,8 @@ public sealed class ReplacementModel
         options.AddHook(Transcoders.OutputHook(layer), (y, _) =>
         {
             var result = be.Empty(y.Shape.ToArray());
-            be.CopyRows(prompt, 0, D, result, 0, D, T, D);
+            be.CopyRows(baseline, 0, D, result, 0, D, T, D);
             be.Gemm(false, false, T, D, D, 1f, input, 0, D, weights, 0, D, 1f, result, 0, D);
-            be.Gemm(false, false, T, D, D, -1f, clean, 0, D, weights, 0, D, 1f, result, 0, D);
             return result;
         });
     }
@@ -189,7 +202,7 @@ public sealed class ReplacementModel
         // Frozen values first (patterns, scales, whole MLP outputs): the edits' hooks below then add to them.
         if (frozen is not null)
         {
-            var skipOutputs = frozen.SkipInputs.Keys.ToDictionary(Transcoders.OutputHook, l => l, StringComparer.Ordinal);
+            var skipOutputs = frozen.SkipBases.Keys.ToDictionary(Transcoders.OutputHook, l => l, StringComparer.Ordinal);
             foreach (var (name, value) in frozen.Values)
             {
                 if (skipOutputs.TryGetValue(name, out int skipLayer)) InstallFrozenSkip(options, frozen, skipLayer);

@@ -331,7 +331,7 @@ static class CliSupport
     public static string LocalPath(string value, string option)
     {
         string local = Resolve(value, option);
-        if (option == "--transcoders" && !local.Contains(',')) FetchListedTranscoders(local, option);
+        if (option == "--transcoders" && !local.Contains(',')) PrepareTranscoders(local, option);
         return local;
     }
 
@@ -385,7 +385,7 @@ static class CliSupport
     /// name Gemma Scope's — gets those not yet in the hub cache downloaded, their count and size printed first. Offline, nothing is
     /// fetched (the loader then names what is missing).
     /// </summary>
-    static void FetchListedTranscoders(string path, string option)
+    static void PrepareTranscoders(string path, string option)
     {
         string config = Directory.Exists(path) ? Path.Combine(path, CltFiles.CircuitTracerConfig) : path;
         var listed = File.Exists(config) && config.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase) ? CircuitTracerYaml.Read(config).Transcoders : null;
@@ -394,7 +394,7 @@ static class CliSupport
             // A folder layout: what loading it will take, before it starts.
             var weights = MlpReplacements.WeightFiles(path);
             if (weights.Length > 0)
-                Console.Error.WriteLine($"{option}: {weights.Length} weight file(s) in {path}, ≈ {FormatBytes(CircuitTracerTranscoders.EstimateBytes(weights))} in memory as float32");
+                Console.Error.WriteLine($"{option}: {weights.Length} weight file(s) in {path}, ≈ {FormatBytes(MlpReplacements.EstimateBytes(weights))} in memory as float32");
             return;
         }
         using var client = new HubClient();
@@ -412,7 +412,7 @@ static class CliSupport
             });
         // What loading them will take, before it starts (the loader refuses a set larger than the memory available).
         var files = CircuitTracerTranscoders.ListedFiles(config, entriesMayLeaveFolder: !MlpReplacements.InHubCache(config));
-        Console.Error.WriteLine($"{option}: {files.Length} transcoders listed in {config}, ≈ {FormatBytes(CircuitTracerTranscoders.EstimateBytes(files))} in memory as float32");
+        Console.Error.WriteLine($"{option}: {files.Length} transcoders listed in {config}, ≈ {FormatBytes(MlpReplacements.EstimateBytes(files))} in memory as float32");
     }
 
     /// <summary><c>hf:ORG/NAME[/PATH][@REVISION]</c> as its parts.</summary>

@@ -333,38 +333,6 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
 
     static string Where(string config, int layer) => $"{config}, transcoders[{layer}] (layer {layer})";
 
-    /// <summary>
-    /// The memory <paramref name="files"/> take once read as float32 (the product of every float tensor's shape in a safetensors
-    /// header; the declared length of every array in a .npz), from their headers alone.
-    /// </summary>
-    public static long EstimateBytes(IEnumerable<string> files)
-    {
-        long total = 0;
-        foreach (var file in files)
-        {
-            if (file.EndsWith(".npz", StringComparison.OrdinalIgnoreCase))
-            {
-                try
-                {
-                    using var zip = System.IO.Compression.ZipFile.OpenRead(file);
-                    foreach (var e in zip.Entries)
-                    {
-                        using var stream = e.Open();
-                        var header = Npy.ReadHeader(stream, $"{file}, entry '{e.FullName}'", e.Length);
-                        total += 4 * header.Shape.Aggregate(1L, (a, d) => a * Math.Max(0, d));
-                    }
-                }
-                catch (InvalidDataException) { } // not a zip: its loader names the problem
-                continue;
-            }
-            using var f = CltFiles.Open(file);
-            foreach (var name in f.Names)
-                if (f.TryGetInfo(name, out var info) && info.DType.IsFloatingPoint())
-                    total += 4 * info.Shape.Aggregate(1L, (a, d) => a * Math.Max(0, d));
-        }
-        return total;
-    }
-
     // The hooks, activation and k a config.yaml gives. circuit-tracer names hooks as TransformerLens does; its
     // "ln2.hook_normalized" is TransformerLens's (before an RMSNorm's weight) unless Loupe wrote the file (loupe_version).
     static (string Input, string Output, string? Activation, int? K, bool TlNormalized) Settings(CircuitTracerYaml yaml, string? inputHookPattern, string? outputHookPattern)

@@ -1,3 +1,6 @@
+using Loupe.Dictionaries.Sae;
+using Loupe.Models.Loading;
+
 namespace Loupe.Dictionaries.Transcoders;
 
 /// <summary>Loads whatever replaces a model's MLPs from the layouts researchers share, by what the path holds.</summary>
@@ -35,7 +38,7 @@ public static class MlpReplacements
 
     /// <summary>
     /// The weight files a folder's layout is read from (circuit-tracer's layer_ℓ / W_enc_ℓ / W_dec_ℓ, Loupe's clt_weights, or the
-    /// sae_weights of per-layer SAELens folders), for <see cref="CircuitTracerTranscoders.EstimateBytes"/>; a config.yaml's list is
+    /// sae_weights of per-layer SAELens folders), for <see cref="EstimateBytes"/>; a config.yaml's list is
     /// <see cref="CircuitTracerTranscoders.ListedFiles"/>.
     /// </summary>
     public static string[] WeightFiles(string folder)
@@ -48,11 +51,43 @@ public static class MlpReplacements
         return [.. Directory.GetDirectories(folder).Select(d => Path.Combine(d, Loupe.Dictionaries.Sae.SaeLensFormat.WeightsFile)).Where(File.Exists).Order(StringComparer.Ordinal)];
     }
 
+    /// <summary>
+    /// The memory <paramref name="files"/> take once read as float32 (the product of every float tensor's shape in a safetensors
+    /// header; the declared length of every array in a .npz), from their headers alone.
+    /// </summary>
+    public static long EstimateBytes(IEnumerable<string> files)
+    {
+        long total = 0;
+        foreach (var file in files)
+        {
+            if (file.EndsWith(".npz", StringComparison.OrdinalIgnoreCase))
+            {
+                try
+                {
+                    using var zip = System.IO.Compression.ZipFile.OpenRead(file);
+                    foreach (var e in zip.Entries)
+                    {
+                        using var stream = e.Open();
+                        var header = Npy.ReadHeader(stream, $"{file}, entry '{e.FullName}'", e.Length);
+                        total += 4 * header.Shape.Aggregate(1L, (a, d) => a * Math.Max(0, d));
+                    }
+                }
+                catch (InvalidDataException) { } // not a zip: its loader names the problem
+                continue;
+            }
+            using var f = CltFiles.Open(file);
+            foreach (var name in f.Names)
+                if (f.TryGetInfo(name, out var info) && info.DType.IsFloatingPoint())
+                    total += 4 * info.Shape.Aggregate(1L, (a, d) => a * Math.Max(0, d));
+        }
+        return total;
+    }
+
     /// <summary>Refuses a set that would not fit the memory this process may use (rather than failing half-way through reading it).</summary>
     /// <exception cref="InputError">The files' float tensors, as float32, take more than the memory available.</exception>
     public static void CheckMemory(string source, IReadOnlyList<string> files)
     {
-        long need = CircuitTracerTranscoders.EstimateBytes(files), available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        long need = EstimateBytes(files), available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         if (need > available)
             throw new InputError($"{source}: the transcoders' {files.Count} weight file(s) take ≈ {need / (double)(1L << 30):0.0} GiB as float32 (from their headers); " +
                 $"this process may use {available / (double)(1L << 30):0.0} GiB. Use a machine with more memory, or fewer or narrower transcoders");

@@ -249,7 +249,7 @@ public sealed class ListedTranscoderTests : IDisposable
         Assert.EndsWith(Path.Combine("layer_1_width_16k", "params.safetensors"), files[1]);
         // float32: W_enc + W_dec + b_enc + b_dec + θ per layer, whatever the layout
         long expected = layers.Sum(a => 4L * (a.DIn * a.DSae + a.DSae * a.DOut + a.DSae + a.DOut + a.DSae));
-        Assert.Equal(expected, CircuitTracerTranscoders.EstimateBytes(files));
+        Assert.Equal(expected, MlpReplacements.EstimateBytes(files));
     }
 
     [Fact]
@@ -278,7 +278,7 @@ public sealed class ListedTranscoderTests : IDisposable
         Assert.Equal("blocks.0.ln2.hook_normalized", CltFiles.LoadCircuitTracer(clt).InputHook(0));
         // the files each layout is read from, and what they take as float32 (checked against the memory before loading)
         Assert.Equal(2, MlpReplacements.WeightFiles(folder).Length);
-        Assert.Equal(2 * 4L * (8 * 12 + 12 * 8 + 12 + 8), CircuitTracerTranscoders.EstimateBytes(MlpReplacements.WeightFiles(folder)));
+        Assert.Equal(2 * 4L * (8 * 12 + 12 * 8 + 12 + 8), MlpReplacements.EstimateBytes(MlpReplacements.WeightFiles(folder)));
         Assert.Equal(["W_dec_0.safetensors", "W_dec_1.safetensors", "W_enc_0.safetensors", "W_enc_1.safetensors"],
             MlpReplacements.WeightFiles(clt).Select(Path.GetFileName).Order(StringComparer.Ordinal));
     }
