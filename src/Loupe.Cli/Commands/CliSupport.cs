@@ -1,9 +1,10 @@
 using System.CommandLine;
 using System.Globalization;
+using Loupe.Dictionaries.Sae;
+using Loupe.Dictionaries.Transcoders;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
-using Loupe.Dictionaries.Transcoders;
 using Loupe.Models.Processing;
 using Loupe.Tensors;
 using Loupe.Tensors.Backends;
@@ -365,7 +366,7 @@ static class CliSupport
         var names = l.Files.Select(f => f.File[prefix.Length..]).ToList();
         bool Top(string name) => names.Contains(name);
         bool ok = single
-            ? Top("cfg.json") || Top(Loupe.Dictionaries.Sae.GemmaScopeFormat.ParamsFile) || Top(Loupe.Dictionaries.Sae.GemmaScope2Format.ParamsFile)
+            ? Top(SaeLensFormat.ConfigFile) || Top(GemmaScopeFormat.ParamsFile) || Top(GemmaScope2Format.ParamsFile)
             : Top(CltFiles.CircuitTracerConfig) || Top("layer_0.safetensors") || Top("W_enc_0.safetensors") || Top(CltFiles.WeightsFile)
               || names.Any(n => n.Count(c => c == '/') == 1 && n.EndsWith("/cfg.json", StringComparison.Ordinal));
         if (ok) return;
