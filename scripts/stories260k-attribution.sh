@@ -11,7 +11,7 @@ mkdir -p "$OUT" && cd "$OUT"
 SRC=generate:600
 for l in 0 1 2 3 4; do
   [ -f tc/layer_$l/sae_weights.safetensors ] || "$L" sae train --model "$M" --source $SRC --context-size 128 \
-      --hook blocks.$l.ln2.hook_normalized --target-hook blocks.$l.hook_mlp_out \
+      --hook blocks.$l.mlp.hook_in --target-hook blocks.$l.hook_mlp_out \
       --architecture topk --k 8 --d-sae 512 --steps 1500 --batch-size 1024 --out tc/layer_$l
 done
 [ -f clt/clt_weights.safetensors ] || "$L" clt train --model "$M" --source $SRC --context-size 128 \

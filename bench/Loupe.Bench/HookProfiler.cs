@@ -110,6 +110,8 @@ public sealed class HookProfiler
             "hook_resid_pre" => ("residual adds", null),          // block 0: embed + pos; later blocks: nothing
             "hook_resid_mid" or "hook_resid_post" => ("residual adds", null),
             "ln1.hook_scale" or "ln2.hook_scale" or "ln_final.hook_scale" => ("LayerNorm", null),
+            // An RMSNorm whose hook_normalized (x/σ) is read applies its weight after it, before the MLP's input.
+            "mlp.hook_in" => ("LayerNorm", null),
             "attn.hook_q" => ("QKV product + bias + split", "qkv"),
             "attn.hook_rot_q" or "attn.hook_rot_k" => ("rotary (clone + rotate q, k)", null),
             "attn.hook_attn_scores" => ("scores q·kᵀ + causal mask", "scores q·kᵀ"),

@@ -9,7 +9,7 @@ namespace Loupe.Bench;
 
 /// <summary>
 /// A seeded random cross-layer transcoder for the attribution bench: features of layer ℓ read
-/// <c>blocks.ℓ.ln2.hook_normalized</c> and write <c>blocks.t.hook_mlp_out</c> for every t ≥ ℓ, with a TopK
+/// <c>blocks.ℓ.mlp.hook_in</c> (the MLP's input) and write <c>blocks.t.hook_mlp_out</c> for every t ≥ ℓ, with a TopK
 /// activation (the <paramref name="k"/> largest positive pre-activations per position and layer survive), so
 /// the number of active features — and so the attribution's size — grows as k · layers · positions, as it
 /// does for a trained sparse dictionary.
@@ -57,7 +57,7 @@ public sealed class RandomCrossLayerTranscoder(int layers, int dModel, int featu
     public IReadOnlyList<float> DecoderScales => _decoderScale;
 
     public int Features(int layer) => features;
-    public string InputHook(int layer) => $"blocks.{layer}.ln2.hook_normalized";
+    public string InputHook(int layer) => $"blocks.{layer}.mlp.hook_in";
     public string OutputHook(int layer) => HookNames.MlpOut(layer);
     public int LastTarget(int layer) => layers - 1;
 

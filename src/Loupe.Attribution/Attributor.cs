@@ -190,7 +190,7 @@ public sealed partial class Attributor
         // A residual SAE's feature reads the stream itself; a transcoder's reads the MLP input, after ln2 (or resid_mid).
         var norm = layer == _model.Config.NLayers ? _model.FinalNormLayer : s.InputNorm(layer);
         var v = new float[direction.Length];
-        backward.FrozenNormHost(norm, position, direction, v);
+        backward.FrozenNormHost(norm, position, direction, v, layer < _model.Config.NLayers && s.InputBeforeWeight(layer));
         return new RowSpec(layer, false, [position], v);
     }
 
@@ -203,7 +203,7 @@ public sealed partial class Attributor
         var raw = be.Empty(1, D);
         write(raw);
         var v = be.Empty(1, D);
-        backward.FrozenNormDevice(norm, [position], raw, v);
+        backward.FrozenNormDevice(norm, [position], raw, v, layer < _model.Config.NLayers && s.InputBeforeWeight(layer));
         return new RowSpec(layer, false, [position], [], v);
     }
 

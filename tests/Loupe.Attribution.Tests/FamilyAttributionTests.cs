@@ -19,7 +19,8 @@ public sealed class FamilyAttributionTests
 {
     static readonly int[] Prompt = [1, 37, 211, 5, 88, 400, 12];
 
-    internal static PerLayerTranscoders RandomTranscoders(HookedTransformer model, int features = 24, int seed = 3)
+    /// <param name="mlpIn">Read <c>blocks.ℓ.mlp.hook_in</c> (the MLP's input) instead of <c>ln2.hook_normalized</c> (before an RMSNorm's weight).</param>
+    internal static PerLayerTranscoders RandomTranscoders(HookedTransformer model, int features = 24, int seed = 3, bool mlpIn = false)
     {
         int L = model.Config.NLayers, D = model.Config.DModel;
         var dicts = new List<SparseDictionary>();
@@ -33,7 +34,7 @@ public sealed class FamilyAttributionTests
             dicts.Add(d);
         }
         return new PerLayerTranscoders(dicts,
-            [.. Enumerable.Range(0, L).Select(l => model.Anatomy(l).Ln2!.NormalizedHook)],
+            [.. Enumerable.Range(0, L).Select(l => mlpIn ? HookNames.MlpIn(l) : model.Anatomy(l).Ln2!.NormalizedHook)],
             [.. Enumerable.Range(0, L).Select(HookNames.MlpOut)], "random");
     }
 
@@ -59,15 +60,17 @@ public sealed class FamilyAttributionTests
         ModelLoader.LoadFolder(SharedData.TestData(Path.Combine("reference", arch)), backend);
 
     [Theory]
-    [InlineData("gpt2")]
-    [InlineData("llama")]
-    [InlineData("qwen2")]
-    [InlineData("gemma2")]
-    [InlineData("gpt_neox")]
-    public void Every_family_edges_match_interventions_in_the_real_model(string arch)
+    [InlineData("gpt2", false)]
+    [InlineData("llama", false)]
+    [InlineData("qwen2", false)]
+    [InlineData("gemma2", false)]
+    [InlineData("gpt_neox", false)]
+    [InlineData("llama", true)]   // RMSNorm: mlp.hook_in is after ln2's weight, ln2.hook_normalized before it
+    [InlineData("gemma2", true)]
+    public void Every_family_edges_match_interventions_in_the_real_model(string arch, bool mlpIn)
     {
         using var model = Load(arch);
-        var tc = RandomTranscoders(model);
+        var tc = RandomTranscoders(model, mlpIn: mlpIn);
         var graph = new Attributor(model, tc, new AttributionSettings { BatchSize = 16, CausalBlock = 2 }).Attribute(Prompt);
         Assert.True(graph.SelectedFeatures.Length > 10, $"{graph.SelectedFeatures.Length} active features");
         var replacement = new ReplacementModel(model, tc);

@@ -13,7 +13,7 @@ static class FrozenProbe
 {
     /// <summary>The hooks <see cref="Targets"/> reads.</summary>
     public static Func<string, bool> Cache { get; } = n => n == "ln_final.hook_normalized" || n.EndsWith(".ln2.hook_normalized", StringComparison.Ordinal)
-        || n.EndsWith(".hook_resid_mid", StringComparison.Ordinal);
+        || n.EndsWith(".mlp.hook_in", StringComparison.Ordinal) || n.EndsWith(".hook_resid_mid", StringComparison.Ordinal);
 
     /// <summary>Largest |Δ target − A[target, source]| over the feature and logit targets.</summary>
     public static double ColumnError(AttributionGraph g, int source, double[] clean, double[] changed)
@@ -44,7 +44,9 @@ static class FrozenProbe
             var x = r.Run.Cache[rm.Transcoders.InputHook(l)].ToCpu().Span.Slice(p * D, D);
             for (int d = 0; d < D; d++) values[i] += (double)x[d] * enc[d];
         }
-        var normed = r.Run.Cache["ln_final.hook_normalized"].ToCpu().Span.Slice((T - 1) * D, D);
+        // The unembedding reads the final norm's output: ln_final.hook_normalized is before an RMSNorm's weight (TransformerLens).
+        var final = rm.Model.FinalNormLayer!.OutputFromNormalized(rm.Model.Backend, r.Run.Cache["ln_final.hook_normalized"]);
+        var normed = final.ToCpu().Span.Slice((T - 1) * D, D);
         for (int j = 0; j < directions.Length; j++)
             for (int d = 0; d < D; d++) values[g.LogitOffset + j] += (double)normed[d] * directions[j][d];
         return values;

@@ -125,7 +125,8 @@ public class CliTests
         Assert.Contains("sliding window 4", stdout);
         Assert.Matches(@"parameters:\s+[\d,]+", stdout);
         // Each block's hook points once, with their axes; the kv-head axis at hook_k has the key/value head count.
-        Assert.Contains("hook points (103: 25 in each of 4 blocks, 3 outside;", stdout);
+        Assert.Contains("hook points (107: 26 in each of 4 blocks, 3 outside;", stdout);
+        Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.mlp\.hook_in +\[batch, pos, d_model=64\]\n", stdout);
         Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.attn\.hook_q +\[batch, pos, head_index=4, d_head=16\]\n", stdout);
         Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.attn\.hook_k +\[batch, pos, head_index=2, d_head=16\]\n", stdout);
         Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.ln2_post\.hook_scale +\[batch, pos, 1\]\n", stdout);
@@ -139,7 +140,7 @@ public class CliTests
         var (code, stdout, err) = RunLoupe("info", "--model", Fixture("gpt2"), "--hooks", "blocks.2.attn.hook_pattern,blocks.*.mlp.hook_post,hook_pos_embed");
         Assert.True(code == 0, err);
         var listed = stdout[stdout.IndexOf("hook points matching", StringComparison.Ordinal)..].Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.Equal("hook points matching blocks.2.attn.hook_pattern,blocks.*.mlp.hook_post,hook_pos_embed (5 of 58):", listed[0]);
+        Assert.Equal("hook points matching blocks.2.attn.hook_pattern,blocks.*.mlp.hook_post,hook_pos_embed (5 of 61):", listed[0]);
         // Forward order, names aligned.
         Assert.Equal(
         [
@@ -151,7 +152,7 @@ public class CliTests
         ], listed[1..]);
 
         var all = RunLoupe("info", "--model", Fixture("gpt2"), "--hooks", "*");
-        Assert.Contains("(58 of 58)", all.Out);
+        Assert.Contains("(61 of 61)", all.Out);
         Assert.Matches(@"\n  blocks\.1\.attn\.hook_result +\[batch, pos, head_index=4, d_model=64\]\n", all.Out);
 
         var refused = RunLoupe("info", "--model", Fixture("gpt2"), "--hooks", "blocks.9.*");

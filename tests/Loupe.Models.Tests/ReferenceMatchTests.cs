@@ -110,7 +110,28 @@ public class ReferenceMatchTests
             ReferenceFixture.AssertClose(mlpOut, cache[HookNames.MlpOut(l)].Span, Tol, $"mlp_out.{l}");
         }
         ReferenceFixture.AssertClose(reference.Get("final_norm_in"), cache[HookNames.ResidPost(L - 1)].Span, Tol, "final_norm_in");
-        ReferenceFixture.AssertClose(reference.Get("final_norm_out"), cache[HookNames.FinalNormalized].Span, Tol, "final_norm_out");
+        // TransformerLens's ln_final.hook_normalized: the norm's output for a LayerNorm, x/σ before the weight for an RMSNorm.
+        var finalNorm = model.FinalNormLayer!;
+        var normalized = cache[HookNames.FinalNormalized];
+        ReferenceFixture.AssertClose(reference.Get("final_norm_out"), finalNorm.OutputFromNormalized(model.Backend, normalized).ToCpu().Span, Tol, "final_norm_out");
+        if (finalNorm.Kind == NormKind.RmsNorm)
+            ReferenceFixture.AssertClose(RmsNormalized(reference.Get("final_norm_in"), model.Config.DModel, finalNorm.Eps), normalized.ToCpu().Span, Tol, "final_norm_in / rms");
+        else
+            ReferenceFixture.AssertClose(reference.Get("final_norm_out"), normalized.ToCpu().Span, Tol, "final_norm_out (LayerNorm's hook_normalized is its output)");
+    }
+
+    /// <summary><c>x / sqrt(mean(x²) + eps)</c> per row of width d, in double: TransformerLens's RMSNorm hook_normalized.</summary>
+    static float[] RmsNormalized(float[] x, int d, float eps)
+    {
+        var y = new float[x.Length];
+        for (int r = 0; r < x.Length / d; r++)
+        {
+            double ss = 0;
+            for (int i = 0; i < d; i++) ss += (double)x[r * d + i] * x[r * d + i];
+            double sigma = Math.Sqrt(ss / d + eps);
+            for (int i = 0; i < d; i++) y[r * d + i] = (float)(x[r * d + i] / sigma);
+        }
+        return y;
     }
 
     static float[] PostNorm(string folder, string weightName, float[] x, ModelConfig cfg)

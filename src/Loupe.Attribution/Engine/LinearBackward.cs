@@ -79,7 +79,7 @@ internal sealed class LinearBackward
     /// <summary>
     /// The frozen norm's transpose on the first <paramref name="positions"/> positions of <paramref name="g"/> (in place is not allowed: writes <paramref name="dx"/>).
     /// </summary>
-    void FrozenNorm(Norm norm, Tensor g, Tensor dx, int positions)
+    void FrozenNorm(Norm norm, Tensor g, Tensor dx, int positions, bool beforeWeight = false)
     {
         if (!_expandedScales.TryGetValue(norm.ScaleHook, out var scale) && _s.DeviceScales is { } onDevice)
         {
@@ -101,11 +101,12 @@ internal sealed class LinearBackward
         }
         // With dσ = 0 the input only enters multiplied by zero: g stands in for it.
         _be.NormBackwardInput(norm.Kind == NormKind.LayerNorm, g, scale, g, _zeroScale, positions * _N, _D,
-            norm.Weight.IsEmpty ? null : WeightOf(norm), norm.WeightOffset, dx);
+            WeightOf(norm, beforeWeight), beforeWeight ? 0f : norm.WeightOffset, dx);
     }
 
     // The model's own copy of the weight on its backend (uploaded once with the model, not per attribution).
-    Tensor WeightOf(Norm norm) => norm.WeightOn(_be)!;
+    // Null without one, or for what reads an RMSNorm's hook_normalized (x/σ, before the weight).
+    Tensor? WeightOf(Norm norm, bool beforeWeight) => norm.Weight.IsEmpty || beforeWeight ? null : norm.WeightOn(_be)!;
 
     Tensor? _skipOut;
 
@@ -126,7 +127,7 @@ internal sealed class LinearBackward
         _be.Gemm(false, true, tn, _D, _D, 1f, gOut, 0, _D, w, 0, _D, 0f, viaSkip, 0, _D);   // [rows, d_out]·W_skipᵀ
         _skipOut ??= _be.Empty(_T * _N, _D);
         var into = Prefix(_skipOut, positions);
-        if (_s.InputNorm(layer) is { Kind: not NormKind.None } norm) FrozenNorm(norm, viaSkip, into, positions);
+        if (_s.InputNorm(layer) is { Kind: not NormKind.None } norm) FrozenNorm(norm, viaSkip, into, positions, _s.InputBeforeWeight(layer));
         else _be.CopyRows(viaSkip, 0, _D, into, 0, _D, tn, _D);
         return into;
     }
@@ -237,7 +238,7 @@ internal sealed class LinearBackward
     /// <paramref name="positions"/>[i]) into <paramref name="into"/> <c>[k, d]</c>, on the device: what a gradient at the
     /// norm's output becomes at its input. Without a norm the rows are copied.
     /// </summary>
-    public void FrozenNormDevice(Norm? norm, int[] positions, Tensor v, Tensor into)
+    public void FrozenNormDevice(Norm? norm, int[] positions, Tensor v, Tensor into, bool beforeWeight = false)
     {
         int k = positions.Length;
         if (norm is null || norm.Kind == NormKind.None) { _be.CopyRows(v, 0, _D, into, 0, _D, k, _D); return; }
@@ -246,22 +247,23 @@ internal sealed class LinearBackward
         for (int i = 0; i < k; i++) _be.CopyRows(sigma, positions[i], 1, rowScale, i, 1, 1, 1);
         if (_zeroOne is null || _zeroOne.Length < k) _zeroOne = _be.Zeros(Math.Max(k, _N));
         _be.NormBackwardInput(norm.Kind == NormKind.LayerNorm, v, rowScale, v, _zeroOne, k, _D,
-            norm.Weight.IsEmpty ? null : WeightOf(norm), norm.WeightOffset, into);
+            WeightOf(norm, beforeWeight), beforeWeight ? 0f : norm.WeightOffset, into);
     }
 
     /// <summary>
     /// The frozen norm's transpose of one vector on the host: what a gradient <paramref name="v"/> at the norm's
     /// output at position <paramref name="position"/> becomes at its input.
     /// </summary>
-    public void FrozenNormHost(Norm? norm, int position, ReadOnlySpan<float> v, Span<float> into)
+    public void FrozenNormHost(Norm? norm, int position, ReadOnlySpan<float> v, Span<float> into, bool beforeWeight = false)
     {
         if (norm is null || norm.Kind == NormKind.None) { v.CopyTo(into); return; }
         double sigma = _s.Scales[norm.ScaleHook][position];
-        var w = norm.Weight.Span;
+        var w = beforeWeight ? default : norm.Weight.Span;
+        float offset = beforeWeight ? 0f : norm.WeightOffset;
         double mean = 0;
         for (int i = 0; i < _D; i++)
         {
-            double u = v[i] * ((w.IsEmpty ? 1.0 : w[i]) + norm.WeightOffset) / sigma;
+            double u = v[i] * ((w.IsEmpty ? 1.0 : w[i]) + offset) / sigma;
             into[i] = (float)u;
             mean += u;
         }

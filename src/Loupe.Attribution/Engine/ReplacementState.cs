@@ -85,6 +85,13 @@ internal sealed record ReplacementState
     public Norm? InputNorm(int layer) =>
         ResidualSaes || Transcoders.InputHook(layer) == HookNames.ResidMid(layer) ? null : Model.Anatomy(layer).Ln2;
 
+    /// <summary>
+    /// Whether layer <paramref name="layer"/>'s features read an RMSNorm's <c>ln2.hook_normalized</c>, which is before its
+    /// weight (TransformerLens): then the frozen ln2 between the stream and them is <c>x/σ</c>, without the weight.
+    /// </summary>
+    public bool InputBeforeWeight(int layer) =>
+        InputNorm(layer) is { HooksBeforeWeight: true } norm && Transcoders.InputHook(layer) == norm.NormalizedHook;
+
     public int Layers => Model.Config.NLayers;
     public int Positions => Tokens.Length;
     public int DModel => Model.Config.DModel;
@@ -354,10 +361,10 @@ internal sealed record ReplacementState
             if (a.Mlp is null || a.Ln2 is null)
                 throw new InputError($"{model_} has no MLP in layer {l}; an attribution graph over transcoders replaces MLPs (use residual-stream SAEs on blocks.ℓ.hook_resid_post instead)");
             string expectIn = a.Ln2.Kind == NormKind.None ? $"blocks.{l}.hook_resid_mid" : a.Ln2.NormalizedHook;
-            // circuit-tracer's Llama transcoders and its cross-layer transcoders read resid_mid, before ln2.
+            // circuit-tracer's Llama transcoders and its cross-layer transcoders read resid_mid, before ln2; its mlp.hook_in is the MLP's input.
             bool readsResidMid = tc.InputHook(l) == HookNames.ResidMid(l) && !a.Parallel;
-            if (tc.InputHook(l) != expectIn && !readsResidMid)
-                throw new InputError($"{tc.Source}: the transcoder of layer {l} reads '{tc.InputHook(l)}'; attribution needs it to read the MLP input '{expectIn}'{(a.Parallel ? "" : $" or '{HookNames.ResidMid(l)}'")} (or SAEs on blocks.ℓ.hook_resid_post in every layer)");
+            if (tc.InputHook(l) != expectIn && tc.InputHook(l) != HookNames.MlpIn(l) && !readsResidMid)
+                throw new InputError($"{tc.Source}: the transcoder of layer {l} reads '{tc.InputHook(l)}'; attribution needs it to read the MLP input '{HookNames.MlpIn(l)}' or '{expectIn}'{(a.Parallel ? "" : $" or '{HookNames.ResidMid(l)}'")} (or SAEs on blocks.ℓ.hook_resid_post in every layer)");
             if (tc.OutputHook(l) != HookNames.MlpOut(l))
                 throw new InputError($"{tc.Source}: the transcoder of layer {l} writes '{tc.OutputHook(l)}'; attribution needs it to write '{HookNames.MlpOut(l)}'");
             if (tc.LastTarget(l) < l || tc.LastTarget(l) >= cfg.NLayers)

@@ -1,5 +1,6 @@
 using Loupe.Models;
 using Loupe.Models.Hooks;
+using Loupe.Tensors;
 
 namespace Loupe.Causal.Lens;
 
@@ -101,6 +102,7 @@ public static class DirectLogitAttribution
         int p = position < 0 ? T + position : position;
         if ((uint)p >= (uint)T) throw new InputError($"position {position} is outside a sequence of {T}");
         var normBias = FinalNorm.Bias(model);
+        var finalOutput = FinalOutput(model, cache, hasNorm).ToCpu();
         var values = new double[B][];
         var names = new string[B];
         var preCap = new double[B];
@@ -118,8 +120,7 @@ public static class DirectLogitAttribution
             double scale = hasNorm ? cache[HookNames.FinalScale].Span[b * T + p] : 1;
             values[b] = info.Select(c => Dot(FinalNorm.Frozen(model, c.Vector, scale), dir.Vector)).ToArray();
             names[b] = dir.Name;
-            // The model's own final-norm output (ln_final.hook_normalized, or the residual without a norm).
-            var normalized = (hasNorm ? cache[HookNames.FinalNormalized] : cache[HookNames.ResidPost(model.Config.NLayers - 1)]).Span.Slice((b * T + p) * D, D);
+            var normalized = finalOutput.Span.Slice((b * T + p) * D, D);
             double logit = dir.UnembedBias;
             for (int d = 0; d < D; d++) logit += normalized[d] * dir.Vector[d];
             preCap[b] = logit;
@@ -128,6 +129,14 @@ public static class DirectLogitAttribution
         }
         return Result(info, values, names, preCap, biasTerm, unembedBias, worst, p);
     }
+
+    /// <summary>
+    /// The model's own final-norm output, what the unembedding reads: from ln_final.hook_normalized (times the weight for an
+    /// RMSNorm, whose hook is before it, as in TransformerLens), or the last residual without a norm.
+    /// </summary>
+    static Tensor FinalOutput(HookedTransformer model, ActivationCache cache, bool hasNorm) =>
+        hasNorm ? model.FinalNormLayer!.OutputFromNormalized(model.Backend, cache[HookNames.FinalNormalized])
+            : cache[HookNames.ResidPost(model.Config.NLayers - 1)];
 
     // On a device, per row: the components at the position stacked into [n, d_model] (ResidualDecomposition.StackOnDevice),
     // put through the final norm with the scale frozen at the cached ln_final.hook_scale (no bias), and multiplied by the
@@ -149,7 +158,7 @@ public static class DirectLogitAttribution
         var error = be.Empty(D); // [d_model]
         var squared = be.Empty(D);
         var maxIndex = be.Empty(1);
-        var normalized = hasNorm ? cache[HookNames.FinalNormalized] : cache[HookNames.ResidPost(L - 1)];
+        var normalized = FinalOutput(model, cache, hasNorm);
         var names = new string[B];
         var biasTerm = new double[B];
         var unembedBias = new double[B];

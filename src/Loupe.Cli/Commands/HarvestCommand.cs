@@ -30,7 +30,7 @@ static class HarvestCommand
             "Memory stays bounded (one shard at a time); a killed harvest resumes after its last complete shard when run again.\n\n" +
             "Examples:\n" +
             "  loupe harvest --model ../shared/models/stories260K --source brown:../shared/datasets/brown-corpus --hooks blocks.2.hook_resid_post --out acts/\n" +
-            "  loupe harvest --model ../shared/models/stories260K --source generate:2000 --hooks \"blocks.1.ln2.hook_normalized,blocks.1.hook_mlp_out\" --out tc/\n" +
+            "  loupe harvest --model ../shared/models/stories260K --source generate:2000 --hooks \"blocks.1.mlp.hook_in,blocks.1.hook_mlp_out\" --out tc/\n" +
             "  loupe harvest --model ../shared/models/stories260K --source generate:200 --hooks blocks.2.hook_resid_post --device cuda --out acts/")
         { model, source, hooks, contextSize, maxContexts, seed, batchSize, shardTokens, keepBos, output };
         command.SetAction(parse => CliSupport.Guard(() =>

@@ -42,7 +42,7 @@ static class SaeEvalVerb
             "BOS/EOS positions keep their activation and are left out of the activation metrics; every position counts in the losses.\n\n" +
             "Examples:\n" +
             "  loupe sae eval --model ../shared/models/stories260K --sae sae/ --source brown:../shared/datasets/brown-corpus --out eval/\n" +
-            "  loupe sae eval --model ../shared/models/stories260K --sae tc/ --hook blocks.1.ln2.hook_normalized --hook-out blocks.1.hook_mlp_out \\\n" +
+            "  loupe sae eval --model ../shared/models/stories260K --sae tc/ --hook blocks.1.mlp.hook_in --hook-out blocks.1.hook_mlp_out \\\n" +
             "      --source generate:200 --context-size 64 --max-contexts 32 --out tc-eval/\n" +
             "  loupe sae eval --model ../shared/models/stories260K --sae sae/ --source generate:200 --device cuda --out eval/")
         { model, sae, hook, hookOut, source, contextSize, maxContexts, batchSize, seed, exclude, denseThreshold, output };

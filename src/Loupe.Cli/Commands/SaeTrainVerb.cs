@@ -45,7 +45,7 @@ static class SaeTrainVerb
             "Examples:\n" +
             "  loupe sae train --activations acts/ --architecture topk --k 32 --d-sae 512 --steps 3000 --out sae/\n" +
             "  loupe sae train --model ../shared/models/stories260K --source brown:../shared/datasets/brown-corpus --hook blocks.2.hook_resid_post --out sae/\n" +
-            "  loupe sae train --activations tc/ --hook blocks.1.ln2.hook_normalized --target-hook blocks.1.hook_mlp_out --architecture topk --out tc-sae/\n" +
+            "  loupe sae train --activations tc/ --hook blocks.1.mlp.hook_in --target-hook blocks.1.hook_mlp_out --architecture topk --out tc-sae/\n" +
             "  loupe sae train ... --out sae/ --resume\n" +
             "  loupe sae train --activations acts/ --architecture topk --device cuda --out sae/   (every architecture trains on a GPU)")
         {

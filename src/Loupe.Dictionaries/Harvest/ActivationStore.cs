@@ -10,23 +10,52 @@ namespace Loupe.Dictionaries.Harvest;
 public sealed class ActivationStore
 {
     readonly string[] _paths;
+    // Hook name offered → tensor name in the shards (they differ only in format-1 harvests, see StoredNames).
+    readonly Dictionary<string, string> _stored;
 
     ActivationStore(string folder, HarvestManifest manifest, string[] paths)
     {
         Folder = folder;
         Manifest = manifest;
         _paths = paths;
+        _stored = StoredNames(manifest);
+        Hooks = [.. manifest.Hooks.Select(h => _stored.FirstOrDefault(kv => kv.Value == h).Key).OfType<string>()];
     }
 
     public string Folder { get; }
     public HarvestManifest Manifest { get; }
     public long TotalTokens => Manifest.TotalTokens;
-    public IReadOnlyList<string> Hooks => Manifest.Hooks;
+
+    /// <summary>The hooks that can be read, by today's names (see <see cref="StoredNames"/> for format-1 harvests).</summary>
+    public IReadOnlyList<string> Hooks { get; }
+
+    /// <summary>
+    /// Format 1 was harvested while Loupe took an RMSNorm's <c>hook_normalized</c> after the norm's weight (TransformerLens takes
+    /// it before). ln2's value was then the MLP's input on every model: it is offered as <c>blocks.ℓ.mlp.hook_in</c>. Other norms'
+    /// <c>hook_normalized</c> equal today's only on LayerNorm models, which the harvest does not record: they are not offered.
+    /// </summary>
+    static Dictionary<string, string> StoredNames(HarvestManifest manifest)
+    {
+        var names = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var h in manifest.Hooks)
+        {
+            if (manifest.FormatVersion >= 2) names[h] = h;
+            else if (System.Text.RegularExpressions.Regex.Match(h, @"^blocks\.([0-9]+)\.ln2\.hook_normalized$") is { Success: true } m) names[$"blocks.{m.Groups[1].Value}.mlp.hook_in"] = h;
+            else if (!h.EndsWith(".hook_normalized", StringComparison.Ordinal)) names[h] = h;
+        }
+        return names;
+    }
 
     /// <summary>Row width of a hook.</summary>
     /// <exception cref="InputError">The hook was not harvested (the message lists those that were).</exception>
-    public int D(string hook) => Manifest.DModelByHook.TryGetValue(hook, out int d) && Manifest.Hooks.Contains(hook) ? d
-        : throw new InputError($"{Folder}: hook '{hook}' was not harvested here; the harvest has {string.Join(", ", Manifest.Hooks)}");
+    public int D(string hook)
+    {
+        if (_stored.TryGetValue(hook, out var stored) && Manifest.DModelByHook.TryGetValue(stored, out int d)) return d;
+        if (Manifest.FormatVersion < 2 && Manifest.Hooks.Contains(hook))
+            throw new InputError($"{Folder}: hook '{hook}' was harvested by an older Loupe (manifest format_version {Manifest.FormatVersion}), which took an RMSNorm's hook_normalized after the norm's weight, unlike TransformerLens; " +
+                $"whether these values are today's cannot be told from the harvest, so they are not read (ln2's are offered as blocks.ℓ.mlp.hook_in). Harvest again");
+        throw new InputError($"{Folder}: hook '{hook}' was not harvested here; the harvest has {string.Join(", ", Hooks)}");
+    }
 
     /// <summary>Opens and validates a harvest folder.</summary>
     /// <exception cref="FileNotFoundException">The manifest or a shard file is missing (the message names it).</exception>
@@ -83,8 +112,9 @@ public sealed class ActivationStore
         {
             using var file = SafeTensorsFile.Open(path);
             // Checked again: the file may have been replaced since Open, and its header sizes the allocation.
-            CheckShape(file, path, hook, [Manifest.Shards[shard].Tokens, d], DType.F32);
-            rows = file.GetFloat32(hook).ToArray(); // [tokens, d]
+            string stored = _stored[hook];
+            CheckShape(file, path, stored, [Manifest.Shards[shard].Tokens, d], DType.F32);
+            rows = file.GetFloat32(stored).ToArray(); // [tokens, d]
         }
         catch (Exception e) when (e is IOException or ArgumentException or NotSupportedException or InvalidDataException
             || (e is InputError && !e.Message.Contains(path, StringComparison.Ordinal)))
@@ -93,7 +123,7 @@ public sealed class ActivationStore
         }
         int bad = FirstNonFinite(rows);
         if (bad >= 0)
-            throw new InputError($"{path}: tensor '{hook}': {(float.IsNaN(rows[bad]) ? "NaN" : rows[bad] > 0 ? "+∞" : "−∞")} at row {bad / d} (column {bad % d}); expected finite activations");
+            throw new InputError($"{path}: tensor '{_stored[hook]}': {(float.IsNaN(rows[bad]) ? "NaN" : rows[bad] > 0 ? "+∞" : "−∞")} at row {bad / d} (column {bad % d}); expected finite activations");
         return rows;
     }
 

@@ -25,7 +25,10 @@ public sealed class HarvestManifest
     public const string FileName = "manifest.json";
     public const string TokenIdsTensor = "token_ids";
 
-    public int FormatVersion { get; set; } = 1;
+    /// <summary>2: hooks hold TransformerLens's values (an RMSNorm's hook_normalized before its weight); 1: older (<see cref="ActivationStore"/> reads it).</summary>
+    public int FormatVersion { get; set; } = CurrentFormatVersion;
+
+    public const int CurrentFormatVersion = 2;
     public string Model { get; set; } = "";
     /// <summary>SHA-256 over config.json and the names and sizes of the weight files.</summary>
     public string ModelFingerprint { get; set; } = "";
@@ -152,7 +155,7 @@ public sealed class HarvestManifest
     /// <summary>Ranges and cross-field consistency, after the JSON shape is known to be right.</summary>
     void CheckConsistency(string folder, string path)
     {
-        if (FormatVersion != 1) throw InputError.Expected(path, "format_version", "1", FormatVersion);
+        if (FormatVersion is < 1 or > CurrentFormatVersion) throw InputError.Expected(path, "format_version", $"1 to {CurrentFormatVersion}", FormatVersion);
         if (Dtype != "float32") throw InputError.Expected(path, "dtype", "\"float32\"", Dtype);
         if (Hooks.Count == 0) throw Bad(path, "hooks", "at least one hook", "[]");
         var seenHooks = new HashSet<string>(StringComparer.Ordinal);

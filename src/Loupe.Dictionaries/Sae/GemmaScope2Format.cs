@@ -125,7 +125,7 @@ public static partial class GemmaScope2Format
 
     /// <summary>
     /// The TransformerLens hook of a Hugging Face decoder-layer module point (<c>model.layers.5.output</c> →
-    /// <c>blocks.5.hook_resid_post</c>; <c>…pre_feedforward_layernorm.output</c> → <c>blocks.5.ln2.hook_normalized</c>;
+    /// <c>blocks.5.hook_resid_post</c>; <c>…pre_feedforward_layernorm.output</c> → <c>blocks.5.mlp.hook_in</c> (the MLP's input, after the norm's weight);
     /// <c>…post_feedforward_layernorm.output</c> → <c>blocks.5.hook_mlp_out</c>; <c>…post_attention_layernorm.output</c> →
     /// <c>blocks.5.hook_attn_out</c>; <c>…self_attn.o_proj.input</c> → <c>blocks.5.attn.hook_z</c>; <c>model.layers.5.input</c> →
     /// <c>blocks.5.hook_resid_pre</c>), or null when there is none. Gemma 3's multimodal prefix
@@ -139,7 +139,7 @@ public static partial class GemmaScope2Format
         {
             ("", "output") => HookNames.ResidPost(l),
             ("", "input") => $"blocks.{l}.hook_resid_pre",
-            ("pre_feedforward_layernorm", "output") => $"blocks.{l}.ln2.hook_normalized",
+            ("pre_feedforward_layernorm", "output") => HookNames.MlpIn(l),
             ("pre_feedforward_layernorm", "input") => $"blocks.{l}.hook_resid_mid",
             ("post_feedforward_layernorm", "output") => HookNames.MlpOut(l),
             ("post_attention_layernorm", "output") => $"blocks.{l}.hook_attn_out",

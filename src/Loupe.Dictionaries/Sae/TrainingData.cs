@@ -73,7 +73,10 @@ public sealed class StoreRows : IRowWindows
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(shardsPerWindow);
         foreach (var (h, option) in new[] { (inputHook, "--hook"), (targetHook, "--target-hook") })
             if (h is not null && !store.Hooks.Contains(h))
+            {
+                if (store.Manifest.Hooks.Contains(h)) store.D(h); // harvested by an older Loupe with another meaning: says so
                 throw new InputError($"argument: {option}: '{h}' was not harvested in {store.Folder}; it holds {string.Join(", ", store.Hooks)}");
+            }
         (_inputHook, _targetHook, _shardsPerWindow, _seed) = (inputHook, targetHook, shardsPerWindow, seed);
         DIn = store.D(inputHook);
         DOut = targetHook is null ? DIn : store.D(targetHook);

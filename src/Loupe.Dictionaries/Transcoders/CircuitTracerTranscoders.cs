@@ -23,12 +23,8 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
     /// <param name="inputHookPattern">Hook each layer reads; <c>{layer}</c> stands for the layer.</param>
     /// <param name="outputHookPattern">Hook each layer replaces.</param>
     /// <param name="source">Where it came from.</param>
-    /// <param name="inputIsTransformerLensNormalized">
-    /// The layers read TransformerLens's <c>ln2.hook_normalized</c>, which on an RMSNorm model is the normalised input before the
-    /// norm's weight (Loupe's hook is after it): <see cref="ForModel"/> folds the weight into the encoders.
-    /// </param>
     public CircuitTracerTranscoders(IReadOnlyList<SparseDictionary> layers, string inputHookPattern = CrossLayerTranscoder.DefaultInputHook,
-        string outputHookPattern = CrossLayerTranscoder.DefaultOutputHook, string source = "(in memory)", bool inputIsTransformerLensNormalized = false)
+        string outputHookPattern = CrossLayerTranscoder.DefaultOutputHook, string source = "(in memory)")
     {
         ArgumentNullException.ThrowIfNull(layers);
         if (layers.Count == 0) throw new ArgumentException("at least one layer", nameof(layers));
@@ -42,53 +38,10 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
         InputHookPattern = inputHookPattern;
         OutputHookPattern = outputHookPattern;
         Source = source;
-        InputIsTransformerLensNormalized = inputIsTransformerLensNormalized;
     }
-
-    /// <summary>
-    /// The files name TransformerLens's <c>ln2.hook_normalized</c> as the input (circuit-tracer's configs for Gemma 2, not written
-    /// by Loupe): on an RMSNorm model that is x/σ, before the weight, while Loupe's <c>ln2.hook_normalized</c> is x/σ·w.
-    /// </summary>
-    public bool InputIsTransformerLensNormalized { get; }
 
     /// <summary>The entries of the config.yaml list these came from (local paths or hf:// URIs, in layer order), or null.</summary>
     public IReadOnlyList<string>? Listed { get; private init; }
-
-    /// <summary>
-    /// These transcoders as they apply to <paramref name="model"/>'s hooks: when they read TransformerLens's pre-weight
-    /// <c>ln2.hook_normalized</c> (<see cref="InputIsTransformerLensNormalized"/>) and the model's ln2 is an RMSNorm, each
-    /// encoder row i (and skip row i) is divided by the norm's weight w_i, so x/σ·W_enc = (x/σ·w)·(W_enc/w) exactly; otherwise
-    /// this instance.
-    /// </summary>
-    /// <exception cref="InputError">A weight is 0 (the input it scales cannot be recovered) or the widths differ from d_model.</exception>
-    public CircuitTracerTranscoders ForModel(Loupe.Models.HookedTransformer model)
-    {
-        ArgumentNullException.ThrowIfNull(model);
-        if (!InputIsTransformerLensNormalized || model.Config.Normalization != Loupe.Models.NormKind.RmsNorm) return this;
-        var adapted = new SparseDictionary[Layers];
-        for (int l = 0; l < Layers; l++)
-        {
-            var norm = l < model.Config.NLayers ? model.Anatomy(l).Ln2 : null;
-            if (norm is null || norm.Kind != Loupe.Models.NormKind.RmsNorm) { adapted[l] = _layers[l]; continue; }
-            var w = norm.Weight.Span;
-            var d = _layers[l];
-            if (w.Length != d.Shape.DIn)
-                throw new InputError($"{Source}: the transcoder of layer {l} reads {d.Shape.DIn} values; the model's blocks.{l}.ln2 has {w.Length}");
-            var copy = new SparseDictionary(d.Shape, d.Activation);
-            d.P.CopyTo(copy.P);
-            for (int i = 0; i < d.Shape.DIn; i++)
-            {
-                float wi = w[i] + norm.WeightOffset;
-                if (wi == 0 || !float.IsFinite(1 / wi))
-                    throw new InputError($"{Source}: these transcoders read TransformerLens's blocks.{l}.ln2.hook_normalized (before the norm's weight), but the model's ln2 weight {i} is {wi}, so that input cannot be recovered from the MLP input");
-                float inv = 1 / wi;
-                for (int f = 0; f < d.Shape.DSae; f++) copy.P.WEnc[i * d.Shape.DSae + f] *= inv;
-                if (d.Shape.Skip) for (int o = 0; o < d.Shape.DOut; o++) copy.P.WSkip[i * d.Shape.DOut + o] *= inv;
-            }
-            adapted[l] = copy;
-        }
-        return new CircuitTracerTranscoders(adapted, InputHookPattern, OutputHookPattern, Source) { Listed = Listed };
-    }
 
     public IReadOnlyList<SparseDictionary> Dictionaries => _layers;
     public string InputHookPattern { get; }
@@ -206,6 +159,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
         if (k > 0) yaml.Add(("k", k.ToString(System.Globalization.CultureInfo.InvariantCulture)));
         yaml.Add(("loupe_fingerprint", Fingerprint));
         yaml.Add(("loupe_version", CltFiles.LoupeVersion));
+        yaml.Add((CltFiles.HookSemanticsKey, CltFiles.HookSemantics));
         CltFiles.WriteYaml(Path.Combine(folder, CltFiles.CircuitTracerConfig), yaml);
     }
 
@@ -224,7 +178,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
         if (layers == 0) throw new InputError($"{folder}: layer_0.safetensors is missing (circuit-tracer's per-layer layout has layer_ℓ.safetensors per layer, or a config.yaml listing them under 'transcoders:')");
         int found = Directory.GetFiles(folder, "layer_*.safetensors").Length;
         if (found != layers) throw new InputError($"{folder}: holds {found} layer_*.safetensors files but only layers 0…{layers - 1} are consecutive; expected one per layer from 0");
-        var (input, output, activation, k, tlNormalized) = Settings(yaml, inputHookPattern, outputHookPattern);
+        var (input, output, activation, k) = Settings(yaml, inputHookPattern, outputHookPattern);
         var dicts = new SparseDictionary[layers];
         for (int l = 0; l < layers; l++)
         {
@@ -232,7 +186,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
             if (l > 0 && (dicts[l].Shape.DIn != dicts[0].Shape.DIn || dicts[l].Shape.DOut != dicts[0].Shape.DOut))
                 throw InputError.Expected(Path.Combine(folder, $"layer_{l}.safetensors"), "d_model", $"{dicts[0].Shape.DIn} like layer_0", dicts[l].Shape.DIn);
         }
-        return new CircuitTracerTranscoders(dicts, input, output, folder, tlNormalized);
+        return new CircuitTracerTranscoders(dicts, input, output, folder);
     }
 
     /// <summary>
@@ -270,7 +224,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
             throw new InputError($"{config}: model_kind is '{kind}' with a 'transcoders:' list; Loupe reads such lists for per-layer transcoders (transcoder_set) — a Gemma Scope 2 cross-layer transcoder is not supported yet");
         var entries = yaml.Transcoders!;
         if (entries.Count == 0) throw new InputError($"{config}: the 'transcoders:' list is empty; expected one file per layer");
-        var (input, output, activation, k, tlNormalized) = Settings(yaml, inputHookPattern, outputHookPattern);
+        var (input, output, activation, k) = Settings(yaml, inputHookPattern, outputHookPattern);
         var files = ResolveListed(yaml, resolveHub, entriesMayLeaveFolder);
         MlpReplacements.CheckMemory(config, files);
         var dicts = new SparseDictionary[entries.Count];
@@ -285,7 +239,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
                 throw InputError.Expected($"{where}: {file}", "d_in → d_out", $"{dicts[0].Shape.DIn} → {dicts[0].Shape.DOut} like layer 0", $"{dict.Shape.DIn} → {dict.Shape.DOut}");
             dicts[l] = dict;
         }
-        return new CircuitTracerTranscoders(dicts, input, output, config, tlNormalized) { Listed = [.. entries] };
+        return new CircuitTracerTranscoders(dicts, input, output, config) { Listed = [.. entries] };
     }
 
     /// <summary>
@@ -333,16 +287,15 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
 
     static string Where(string config, int layer) => $"{config}, transcoders[{layer}] (layer {layer})";
 
-    // The hooks, activation and k a config.yaml gives. circuit-tracer names hooks as TransformerLens does; its
-    // "ln2.hook_normalized" is TransformerLens's (before an RMSNorm's weight) unless Loupe wrote the file (loupe_version).
-    static (string Input, string Output, string? Activation, int? K, bool TlNormalized) Settings(CircuitTracerYaml yaml, string? inputHookPattern, string? outputHookPattern)
+    // The hooks, activation and k a config.yaml gives. circuit-tracer names hooks as TransformerLens does, and so does Loupe
+    // (an RMSNorm's "ln2.hook_normalized" is before its weight), except in configs Loupe wrote before that (CltFiles.LegacyLoupeExport).
+    static (string Input, string Output, string? Activation, int? K) Settings(CircuitTracerYaml yaml, string? inputHookPattern, string? outputHookPattern)
     {
         string? fi = yaml["feature_input_hook"], fo = yaml["feature_output_hook"];
-        string input = inputHookPattern ?? (fi is not null ? CltFiles.AbsoluteHook(fi) : CrossLayerTranscoder.DefaultInputHook);
+        string input = inputHookPattern ?? (fi is not null ? CltFiles.AbsoluteHook(fi, CltFiles.LegacyLoupeExport(yaml.Scalars)) : CrossLayerTranscoder.DefaultInputHook);
         string output = outputHookPattern ?? (fo is not null ? CltFiles.AbsoluteHook(fo) : CrossLayerTranscoder.DefaultOutputHook);
         int? k = yaml["k"] is { } ks && int.TryParse(ks, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int kv) ? kv : null;
-        bool tlNormalized = inputHookPattern is null && fi is "ln2.hook_normalized" or "blocks.{layer}.ln2.hook_normalized" && yaml["loupe_version"] is null;
-        return (input, output, yaml["activation"], k, tlNormalized);
+        return (input, output, yaml["activation"], k);
     }
 
     static string CachedHubFile((string Repo, string Path, string Revision) entry)

@@ -28,7 +28,8 @@ public static class CltFiles
     public const string WeightsFile = "clt_weights.safetensors";
     public const string CircuitTracerConfig = "config.yaml";
     const string Format = "loupe-clt";
-    const int FormatVersion = 1;
+    // 2: hooks mean what TransformerLens's do (an RMSNorm's ln2.hook_normalized is before its weight; mlp.hook_in is the MLP input).
+    const int FormatVersion = 2;
 
     /// <summary>The Loupe version that writes files (the assembly's informational version).</summary>
     public static string LoupeVersion =>
@@ -116,12 +117,14 @@ public static class CltFiles
             : fallback ?? throw InputError.Expected(cfgPath, $"field '{key}'", "a string", cfg[key]?.ToJsonString());
         if (Str("format") != Format) throw InputError.Expected(cfgPath, "field 'format'", $"\"{Format}\"", Str("format"));
         int version = Int("format_version", 0);
-        if (version != FormatVersion) throw InputError.Expected(cfgPath, "field 'format_version'", FormatVersion.ToString(CultureInfo.InvariantCulture), version);
+        if (version is < 1 or > FormatVersion) throw InputError.Expected(cfgPath, "field 'format_version'", $"1 to {FormatVersion}", version);
         var shape = new CltShape(Int("n_layers", 1), Int("d_in", 1), Int("d_sae", 1), Int("d_out", 1));
         string arch = Str("architecture");
         int k = arch is "topk" or "batchtopk" ? Int("k", 1) : 0;
         var activation = ActivationOf(arch, k, shape.DSae, cfgPath);
         string input = Str("input_hook", CrossLayerTranscoder.DefaultInputHook), output = Str("output_hook", CrossLayerTranscoder.DefaultOutputHook);
+        // Version 1 was written while ln2.hook_normalized meant the norm's output (after an RMSNorm's weight).
+        if (version == 1) input = LegacyInputHook(input);
         foreach (var (key, value) in new[] { ("input_hook", input), ("output_hook", output) })
             if (!value.Contains("{layer}", StringComparison.Ordinal)) throw InputError.Expected(cfgPath, $"field '{key}'", "a hook pattern containing {layer}", value);
         using var file = Open(weights);
@@ -232,8 +235,19 @@ public static class CltFiles
             ("feature_output_hook", RelativeHook(clt.OutputHookPattern)),
             ("loupe_fingerprint", clt.Fingerprint),
             ("loupe_version", LoupeVersion),
+            (HookSemanticsKey, HookSemantics),
         });
     }
+
+    /// <summary>
+    /// Written beside loupe_version in circuit-tracer configs: the hooks mean TransformerLens's (an RMSNorm's
+    /// <c>ln2.hook_normalized</c> before its weight). A Loupe config without it is older (<see cref="LegacyLoupeExport"/>).
+    /// </summary>
+    internal const string HookSemanticsKey = "loupe_hooks", HookSemantics = "transformer_lens";
+
+    /// <summary>A config.yaml Loupe wrote while its <c>ln2.hook_normalized</c> was the norm's output (loupe_version, no loupe_hooks).</summary>
+    internal static bool LegacyLoupeExport(IReadOnlyDictionary<string, string> yaml) =>
+        yaml.ContainsKey("loupe_version") && !yaml.ContainsKey(HookSemanticsKey);
 
     /// <summary>
     /// Loads circuit-tracer's CLT layout. Hooks come from config.yaml when present (names inside the block,
@@ -249,7 +263,8 @@ public static class CltFiles
         int extra = Directory.GetFiles(folder, "W_enc_*.safetensors").Length;
         if (extra != layers) throw new InputError($"{folder}: holds {extra} W_enc_*.safetensors files but layers 0…{layers - 1} are consecutive; expected one per layer from 0");
         var yaml = ReadYaml(Path.Combine(folder, CircuitTracerConfig));
-        string input = inputHookPattern ?? (yaml.TryGetValue("feature_input_hook", out var fi) ? AbsoluteHook(fi) : CrossLayerTranscoder.DefaultInputHook);
+        // Loupe's own exports carry loupe_version; before mlp.hook_in existed they named the MLP input ln2.hook_normalized.
+        string input = inputHookPattern ?? (yaml.TryGetValue("feature_input_hook", out var fi) ? AbsoluteHook(fi, LegacyLoupeExport(yaml)) : CrossLayerTranscoder.DefaultInputHook);
         string output = outputHookPattern ?? (yaml.TryGetValue("feature_output_hook", out var fo) ? AbsoluteHook(fo) : CrossLayerTranscoder.DefaultOutputHook);
 
         string enc0 = Path.Combine(folder, "W_enc_0.safetensors");
@@ -302,25 +317,31 @@ public static class CltFiles
     }
 
     /// <summary>
-    /// "blocks.{layer}.hook_mlp_out" → "hook_mlp_out" (circuit-tracer names hooks inside the block). Loupe's
-    /// <c>ln2.hook_normalized</c> (after the norm's weight: the MLP's input) is written as circuit-tracer's "mlp.hook_in": its
-    /// "ln2.hook_normalized" is TransformerLens's, which on an RMSNorm model comes before the weight.
+    /// "blocks.{layer}.hook_mlp_out" → "hook_mlp_out" (circuit-tracer names hooks inside the block, as TransformerLens
+    /// does; Loupe's hooks mean what TransformerLens's do, <c>mlp.hook_in</c> being circuit-tracer's MLP input).
     /// </summary>
     internal static string RelativeHook(string pattern) =>
-        pattern == "blocks.{layer}.ln2.hook_normalized" ? "mlp.hook_in"
-        : pattern.StartsWith("blocks.{layer}.", StringComparison.Ordinal) ? pattern["blocks.{layer}.".Length..] : pattern;
+        pattern.StartsWith("blocks.{layer}.", StringComparison.Ordinal) ? pattern["blocks.{layer}.".Length..] : pattern;
 
     /// <summary>
-    /// The inverse of <see cref="RelativeHook"/>; circuit-tracer's "mlp.hook_in" / "mlp.hook_out" (the input and output of its
-    /// replacement MLP) are Loupe's <c>ln2.hook_normalized</c> / <c>hook_mlp_out</c>.
+    /// The inverse of <see cref="RelativeHook"/>; circuit-tracer's "mlp.hook_out" (the output of its replacement MLP) is
+    /// <c>hook_mlp_out</c>. <paramref name="legacyLoupe"/>: a config Loupe wrote before its RMSNorm hooks followed
+    /// TransformerLens, where "ln2.hook_normalized" meant the MLP's input (after the weight): read as <c>mlp.hook_in</c>.
     /// </summary>
-    internal static string AbsoluteHook(string hook)
+    internal static string AbsoluteHook(string hook, bool legacyLoupe = false)
     {
-        if (hook.Contains("{layer}", StringComparison.Ordinal)) return hook;
-        if (hook == "mlp.hook_in") hook = "ln2.hook_normalized";
+        if (hook.Contains("{layer}", StringComparison.Ordinal)) return legacyLoupe ? LegacyInputHook(hook) : hook;
         if (hook == "mlp.hook_out") hook = "hook_mlp_out";
+        if (legacyLoupe && hook == "ln2.hook_normalized") hook = "mlp.hook_in";
         return "blocks.{layer}." + hook;
     }
+
+    /// <summary>
+    /// An input hook pattern from a file Loupe wrote while its <c>ln2.hook_normalized</c> was the norm's output (after an
+    /// RMSNorm's weight): that value is <c>mlp.hook_in</c> now. Other patterns are unchanged.
+    /// </summary>
+    internal static string LegacyInputHook(string pattern) =>
+        pattern == "blocks.{layer}.ln2.hook_normalized" ? "blocks.{layer}.mlp.hook_in" : pattern;
 
     // config.yaml: top-level "key: value" scalars only (what circuit-tracer's configs hold besides lists).
     internal static void WriteYaml(string path, IEnumerable<(string Key, string Value)> entries)

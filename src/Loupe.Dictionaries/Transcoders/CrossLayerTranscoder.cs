@@ -2,7 +2,7 @@
 // layer's MLP input and write the MLP outputs of every layer t ≥ ℓ, one decoder per (source, target).
 //
 // Shape legend: L = n_layers, B = batch rows, d_sae = features per layer.
-//   x[ℓ]             [B, d_in]             MLP input of layer ℓ (blocks.ℓ.ln2.hook_normalized)
+//   x[ℓ]             [B, d_in]             MLP input of layer ℓ (blocks.ℓ.mlp.hook_in)
 //   y[t]             [B, d_out]            MLP output of layer t (blocks.t.hook_mlp_out)
 //   W_enc[ℓ]         [d_in, d_sae]         b_enc[ℓ] [d_sae]
 //   W_dec[ℓ]         [d_sae, L−ℓ, d_out]   row i, slot t−ℓ: what feature i of ℓ writes to layer t
@@ -142,7 +142,7 @@ public sealed record CltLoss(float Loss, float Mse, float Sparsity, float L0, fl
 public sealed class CrossLayerTranscoder : IMlpReplacement
 {
     /// <summary>Default MLP-input hook; <c>{layer}</c> is replaced by the layer index.</summary>
-    public const string DefaultInputHook = "blocks.{layer}.ln2.hook_normalized";
+    public const string DefaultInputHook = "blocks.{layer}.mlp.hook_in";
 
     /// <summary>Default MLP-output hook.</summary>
     public const string DefaultOutputHook = "blocks.{layer}.hook_mlp_out";

@@ -94,15 +94,14 @@ public static class MlpReplacements
     }
 
     /// <summary>
-    /// <see cref="Load(string, int, Func{ValueTuple{string, string, string}, string}?)"/> for <paramref name="model"/>, with the
-    /// files' hook conventions made the model's: circuit-tracer transcoders that read TransformerLens's pre-weight
-    /// <c>ln2.hook_normalized</c> get the RMSNorm weight folded into their encoders (<see cref="CircuitTracerTranscoders.ForModel"/>).
+    /// <see cref="Load(string, int, Func{ValueTuple{string, string, string}, string}?)"/> for <paramref name="model"/>'s layer count.
+    /// Hook names mean what TransformerLens's do on every model (an RMSNorm's <c>ln2.hook_normalized</c> is before its weight),
+    /// so circuit-tracer's and SAELens's files apply as they are.
     /// </summary>
     public static IMlpReplacement Load(string path, Loupe.Models.HookedTransformer model, Func<(string Repo, string Path, string Revision), string>? resolveHub = null)
     {
         ArgumentNullException.ThrowIfNull(model);
-        var loaded = Load(path, model.Config.NLayers, resolveHub);
-        return loaded is CircuitTracerTranscoders ct ? ct.ForModel(model) : loaded;
+        return Load(path, model.Config.NLayers, resolveHub);
     }
 
     static CircuitTracerTranscoders OneEach(CircuitTracerTranscoders loaded, int layers) => loaded.Layers == layers ? loaded

@@ -3,6 +3,8 @@ using System.Security.Cryptography;
 using System.Text.RegularExpressions;
 using Loupe.Dictionaries.Sae;
 
+using Loupe.Models.Hooks;
+
 namespace Loupe.Dictionaries.Transcoders;
 
 /// <summary>
@@ -38,8 +40,9 @@ public sealed partial class PerLayerTranscoders : IMlpReplacement
     /// Loads SAELens transcoder folders (or SAEs on <c>blocks.ℓ.hook_resid_pre/mid/post</c>, which read and rewrite the residual stream), one per layer: either <paramref name="path"/> holds sub-folders
     /// <c>layer_0</c>, <c>layer_1</c>, … (or any names ending in the layer number), each a SAELens folder,
     /// or <paramref name="path"/> lists folders separated by commas, in layer order.
-    /// Each must read <c>blocks.ℓ.ln2.hook_normalized</c> (or <c>blocks.ℓ.hook_mlp_in</c>) and write
-    /// <c>blocks.ℓ.hook_mlp_out</c> of its own layer ℓ, for ℓ = 0…<paramref name="layers"/>−1.
+    /// Each must read the MLP's input <c>blocks.ℓ.mlp.hook_in</c>, <c>blocks.ℓ.ln2.hook_normalized</c> (before an RMSNorm's
+    /// weight, as in TransformerLens) or the stream before ln2 (<c>blocks.ℓ.hook_resid_mid</c>, or TransformerLens's
+    /// <c>blocks.ℓ.hook_mlp_in</c>, read as resid_mid), and write <c>blocks.ℓ.hook_mlp_out</c> of its own layer ℓ, for ℓ = 0…<paramref name="layers"/>−1.
     /// </summary>
     /// <exception cref="InputError">A folder is missing, a layer has no transcoder, a transcoder reads or writes another hook, or the files are malformed.</exception>
     public static PerLayerTranscoders LoadSaeLens(string path, int layers)
@@ -60,17 +63,19 @@ public sealed partial class PerLayerTranscoders : IMlpReplacement
                 inputs[l] = outputs[l] = cfg.HookName;
                 continue;
             }
-            string expectIn = $"blocks.{l}.ln2.hook_normalized", expectOut = $"blocks.{l}.hook_mlp_out";
+            string expectIn = HookNames.MlpIn(l), expectOut = $"blocks.{l}.hook_mlp_out";
             string hookIn = cfg.HookName.Length > 0 ? cfg.HookName : expectIn;
             string hookOut = cfg.HookNameOut.Length > 0 ? cfg.HookNameOut : expectOut;
-            if (hookIn != expectIn && hookIn != $"blocks.{l}.hook_mlp_in")
-                throw new InputError($"{folders[l]}: the dictionary for layer {l} reads '{hookIn}'; a replacement model needs a transcoder that reads the MLP input '{expectIn}' (or an SAE on '{residual}')");
+            // TransformerLens's hook_mlp_in is the stream before ln2 (its block hooks resid_mid.clone() there).
+            if (hookIn == $"blocks.{l}.hook_mlp_in") hookIn = HookNames.ResidMid(l);
+            if (hookIn != expectIn && hookIn != $"blocks.{l}.ln2.hook_normalized" && hookIn != HookNames.ResidMid(l))
+                throw new InputError($"{folders[l]}: the dictionary for layer {l} reads '{hookIn}'; a replacement model needs a transcoder that reads the MLP input '{expectIn}', 'blocks.{l}.ln2.hook_normalized' or '{HookNames.ResidMid(l)}' (or an SAE on '{residual}')");
             if (hookOut != expectOut)
                 throw new InputError($"{folders[l]}: the transcoder for layer {l} writes '{hookOut}'; a replacement model needs one that writes '{expectOut}'");
             if (dict.Shape.ApplyBDecToInput)
                 throw new InputError($"{folders[l]}: apply_b_dec_to_input is true; a transcoder's input and output differ, so it must be false");
             dicts[l] = dict;
-            inputs[l] = expectIn;
+            inputs[l] = hookIn;
             outputs[l] = expectOut;
         }
         return new PerLayerTranscoders(dicts, inputs, outputs, Path.GetFullPath(path.Split(',')[0].Trim()));

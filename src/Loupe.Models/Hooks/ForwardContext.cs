@@ -218,6 +218,11 @@ public sealed class ForwardContext
     public bool WantsGradient(string name) =>
         _options.GradientHooks.ContainsKey(name) || (_options.GradientFilter?.Invoke(name) ?? false);
 
+    /// <summary>Whether <see cref="GradHook"/> at <paramref name="name"/> may do anything: a gradient hook or record, or a splice there.</summary>
+    internal bool GradientSeenAt(string name) =>
+        WantsGradient(name) || (_spliceAtOutput?.ContainsKey(name) ?? false) || _pendingInputGradient.ContainsKey(name)
+        || (_spliceAtInput?.ContainsKey(name) ?? false);
+
     /// <summary>
     /// Passes a gradient through its hook point on the way back: first through a splice replacing this
     /// point (or the input gradient a transcoder reading it sends back), then gradient hooks (each may

@@ -37,6 +37,11 @@ public static class HookNames
     public static string Pattern(int l) => $"blocks.{l}.attn.hook_pattern";
     public static string Z(int l) => $"blocks.{l}.attn.hook_z";
     public static string Result(int l) => $"blocks.{l}.attn.hook_result";
+    /// <summary>
+    /// The MLP's input, after ln2 and its weight (circuit-tracer's <c>mlp.hook_in</c>): on a LayerNorm model the same
+    /// values as <c>ln2.hook_normalized</c>, on an RMSNorm model <c>ln2.hook_normalized ⊙ w</c>. <c>[batch, pos, d_model]</c>.
+    /// </summary>
+    public static string MlpIn(int l) => $"blocks.{l}.mlp.hook_in";
     public static string MlpPre(int l) => $"blocks.{l}.mlp.hook_pre";
     public static string MlpPreLinear(int l) => $"blocks.{l}.mlp.hook_pre_linear";
     public static string MlpPost(int l) => $"blocks.{l}.mlp.hook_post";
@@ -105,6 +110,7 @@ public sealed class BlockHookNames
         Pattern = HookNames.Pattern(layer);
         Z = HookNames.Z(layer);
         Result = HookNames.Result(layer);
+        MlpIn = HookNames.MlpIn(layer);
         MlpPre = HookNames.MlpPre(layer);
         MlpPreLinear = HookNames.MlpPreLinear(layer);
         MlpPost = HookNames.MlpPost(layer);
@@ -116,6 +122,7 @@ public sealed class BlockHookNames
     public string ResidPost { get; }
     public string AttnOut { get; }
     public string MlpOut { get; }
+    public string MlpIn { get; }
     public string Q { get; }
     public string K { get; }
     public string V { get; }

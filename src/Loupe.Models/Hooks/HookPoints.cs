@@ -13,8 +13,9 @@ namespace Loupe.Models.Hooks;
 ///    - parallel attention+MLP (GPT-NeoX): <c>ln2</c>, MLP, <c>hook_mlp_out</c>, <c>hook_resid_post</c>;
 ///    - sequential: <c>hook_resid_mid</c>, <c>ln2</c>, MLP, Gemma 2's <c>ln2_post</c>, <c>hook_mlp_out</c>, <c>hook_resid_post</c>;
 ///    - attention-only: <c>hook_resid_post</c>;
-///    the MLP being <c>hook_pre</c>, <c>hook_pre_linear</c> (gated MLPs only), <c>hook_post</c>;
-///    each norm being <c>hook_scale</c>, <c>hook_normalized</c> (none when the model has no norms);
+///    the MLP being <c>hook_in</c> (circuit-tracer's: the MLP's input), <c>hook_pre</c>, <c>hook_pre_linear</c> (gated MLPs only), <c>hook_post</c>;
+///    each norm being <c>hook_scale</c>, <c>hook_normalized</c> (none when the model has no norms; an RMSNorm's
+///    <c>hook_normalized</c> is before its weight, as in TransformerLens);
 /// 3. <c>ln_final.hook_scale</c>, <c>ln_final.hook_normalized</c>.
 /// <c>hook_result</c> is listed although it is computed only when something reads it.
 /// Splices add their sub-hooks after the hook they replace (<see cref="HookedTransformer.HookPointNamesWith"/>);
@@ -129,6 +130,8 @@ public static class HookPoints
     static void Mlp(List<HookPoint> points, Shapes shapes, BlockHookNames names, bool gated)
     {
         int l = names.Layer;
+        // hook_in: the MLP's input (circuit-tracer's name; after ln2's weight on RMSNorm models, unlike ln2.hook_normalized).
+        points.Add(shapes.Residual(names.MlpIn, l));
         // Gated: hook_pre is the gate (before the activation), hook_pre_linear the linear branch it multiplies.
         points.Add(shapes.Hidden(names.MlpPre, l));
         if (gated) points.Add(shapes.Hidden(names.MlpPreLinear, l));

@@ -4,7 +4,7 @@ using Loupe.Tensors;
 namespace Loupe.Models.Layers;
 
 /// <summary>
-/// The MLP with TransformerLens hook points. Shapes: x <c>[batch, pos, d_model]</c>;
+/// The MLP with TransformerLens hook points, and circuit-tracer's <c>mlp.hook_in</c> for its input. Shapes: x <c>[batch, pos, d_model]</c>;
 /// pre, pre_linear, post <c>[batch, pos, d_mlp]</c>; output <c>[batch, pos, d_model]</c>.
 /// Plain: <c>post = act(x·W_in + b_in)</c>. Gated (SwiGLU/GeGLU): <c>hook_pre = x·W_gate</c>,
 /// <c>hook_pre_linear = x·W_in</c>, <c>post = act(pre) ⊙ pre_linear</c>. Output <c>post·W_out + b_out</c>.
@@ -34,6 +34,7 @@ public sealed class MlpLayer
     public Tensor Forward(ForwardContext ctx, Tensor x)
     {
         var be = ctx.Backend;
+        x = ctx.Hook(Names.MlpIn, Layer, x);
         int B = x.Dim(0), T = x.Dim(1), rows = B * T, dMlp = In.DOut;
         var pre = ctx.Scratch(B, T, dMlp);
         (Gate ?? In).Forward(be, x, rows, pre);
@@ -61,8 +62,14 @@ public sealed class MlpLayer
 
     sealed record Saved(Tensor Pre, Tensor? Linear);
 
-    /// <summary>Backward from d output <c>[batch, pos, d_model]</c> to d x, through hook_post, hook_pre_linear and hook_pre.</summary>
+    /// <summary>Backward from d output <c>[batch, pos, d_model]</c> to d x, through hook_post, hook_pre_linear, hook_pre and hook_in.</summary>
     public Tensor Backward(ForwardContext ctx, Tensor dOut)
+    {
+        var dx = InputGradient(ctx, dOut);
+        return ctx.GradHook(Names.MlpIn, Layer, dx);
+    }
+
+    Tensor InputGradient(ForwardContext ctx, Tensor dOut)
     {
         var be = ctx.Backend;
         var (pre, linear) = ctx.Restore<Saved>(this);

@@ -6,7 +6,12 @@ namespace Loupe.Models.Layers;
 
 /// <summary>
 /// LayerNorm or RMSNorm over d_model with TransformerLens's hooks: <c>{name}.hook_scale</c>
-/// <c>[batch, pos, 1]</c> (the divisor) and <c>{name}.hook_normalized</c> (the output, weights applied).
+/// <c>[batch, pos, 1]</c> (the divisor) and <c>{name}.hook_normalized</c>. Where that hook sits follows
+/// TransformerLens exactly: a LayerNorm's is its output (<c>c/σ·w + b</c>), an RMSNorm's is <c>x/σ</c>
+/// <em>before</em> the weight (TransformerLens's <c>RMSNorm.forward</c> hooks <c>x / scale</c>, then
+/// returns <c>x * w</c>), so dictionaries trained with TransformerLens/SAELens on an RMSNorm model's
+/// <c>hook_normalized</c> read the same values here. The RMSNorm's weighted output (what the next
+/// layer reads) is <c>blocks.L.mlp.hook_in</c> for ln2.
 /// </summary>
 public sealed class Norm
 {
@@ -29,7 +34,7 @@ public sealed class Norm
     public NormKind Kind { get; }
     /// <summary>Its <c>hook_scale</c> point, e.g. <c>blocks.3.ln2.hook_scale</c>.</summary>
     public string ScaleHook => _scaleHook;
-    /// <summary>Its <c>hook_normalized</c> point (the output, weights applied).</summary>
+    /// <summary>Its <c>hook_normalized</c> point: the output of a LayerNorm; <c>x/σ</c> before the weight for an RMSNorm.</summary>
     public string NormalizedHook => _normalizedHook;
     public ReadOnlyMemory<float> Weight { get; private set; }
     public ReadOnlyMemory<float> Bias { get; private set; }
@@ -62,49 +67,112 @@ public sealed class Norm
 
     bool Centers => Kind == NormKind.LayerNorm;
 
+    /// <summary>
+    /// True when <c>hook_normalized</c> is not the output: an RMSNorm that still has its weight
+    /// (TransformerLens hooks <c>x/σ</c> and multiplies by the weight after the hook).
+    /// </summary>
+    public bool HooksBeforeWeight => Kind == NormKind.RmsNorm && !Folded && !Weight.IsEmpty;
+
     /// <summary>Normalizes x <c>[batch, pos, d_model]</c> into a new tensor; with <see cref="NormKind.None"/> returns x.</summary>
     public Tensor Forward(ForwardContext ctx, int layer, Tensor x)
     {
         if (Kind == NormKind.None) return x;
         var be = ctx.Backend;
         int d = x.Dim(-1), rows = x.Length / d;
-        var y = ctx.Scratch(x.Shape.ToArray());
         // One scale per normalised vector: [batch, pos, 1], or [batch, pos, head, 1] for a per-head norm.
         var scaleShape = x.Shape.ToArray();
         scaleShape[^1] = 1;
         var computed = be.Empty(scaleShape);
         var (w, b) = (_weight.On(be), _bias.On(be));
-        be.Norm(Centers, x, rows, d, w, WeightOffset, b, Eps, y, computed);
+        // An RMSNorm's hook_normalized is x/σ, before the weight: computed apart only when something reads it
+        // (else the fused kernel, as before); the output is then the same kernel on x with the same scale.
+        bool beforeWeight = HooksBeforeWeight && (ctx.Wants(_normalizedHook) || ctx.ChecksFinite);
+        var y = ctx.Scratch(x.Shape.ToArray());
+        if (beforeWeight) be.Norm(Centers, x, rows, d, null, 0f, null, Eps, y, computed);
+        else be.Norm(Centers, x, rows, d, w, WeightOffset, b, Eps, y, computed);
         // As in TransformerLens, the output divides by the hooked scale, so freezing or patching
         // hook_scale (e.g. for direct logit attribution) changes what flows on.
         var scale = ctx.Hook(_scaleHook, layer, computed);
-        if (!ReferenceEquals(scale, computed)) be.NormWithScale(Centers, x, rows, d, w, WeightOffset, b, scale, y);
         ctx.Save(this, new Saved(x, scale));
-        return ctx.Hook(_normalizedHook, layer, y);
+        if (!beforeWeight)
+        {
+            if (!ReferenceEquals(scale, computed)) be.NormWithScale(Centers, x, rows, d, w, WeightOffset, b, scale, y);
+            return ctx.Hook(_normalizedHook, layer, y);
+        }
+        if (!ReferenceEquals(scale, computed)) be.NormWithScale(Centers, x, rows, d, null, 0f, null, scale, y);
+        var normalized = ctx.Hook(_normalizedHook, layer, y);
+        var output = ctx.Scratch(x.Shape.ToArray());
+        if (ReferenceEquals(normalized, y)) be.NormWithScale(Centers, x, rows, d, w, WeightOffset, b, scale, output);
+        else TimesWeight(ctx, normalized, rows, d, b, output); // a hook replaced x/σ: its value times the weight flows on
+        ctx.Release(y);
+        return output;
+    }
+
+    /// <summary><c>y = v ⊙ (w + offset) (+ b)</c> row by row: the norm's own kernel with a unit scale (dividing by 1 is exact).</summary>
+    void TimesWeight(ForwardContext ctx, Tensor v, int rows, int d, Tensor? bias, Tensor y)
+    {
+        var be = ctx.Backend;
+        var ones = ctx.GradScratch(rows);
+        be.Fill(ones, 1f);
+        be.NormWithScale(false, v, rows, d, _weight.On(be), WeightOffset, bias, ones, y);
+        ctx.Release(ones);
+    }
+
+    /// <summary>
+    /// The norm's output from its <c>hook_normalized</c> value (e.g. a cached one): the value itself for a LayerNorm,
+    /// <c>value ⊙ w</c> for an RMSNorm (whose hook is before the weight). A new tensor on <paramref name="backend"/>'s device.
+    /// </summary>
+    public Tensor OutputFromNormalized(IComputeBackend backend, Tensor normalized)
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        ArgumentNullException.ThrowIfNull(normalized);
+        if (normalized.Device != backend.Device) normalized = backend.ToDevice(normalized);
+        var y = backend.Empty(normalized.Shape.ToArray());
+        if (!HooksBeforeWeight)
+        {
+            backend.CopyRows(normalized, 0, normalized.Length, y, 0, normalized.Length, 1, normalized.Length);
+            return y;
+        }
+        int d = normalized.Dim(-1), rows = normalized.Length / d;
+        var ones = backend.Empty(rows);
+        backend.Fill(ones, 1f);
+        backend.NormWithScale(false, normalized, rows, d, _weight.On(backend), WeightOffset, _bias.On(backend), ones, y);
+        return y;
     }
 
     sealed record Saved(Tensor Input, Tensor Scale);
 
     /// <summary>
     /// Backward to the input. Forward: <c>c = x − mean(x)</c> (LayerNorm) or <c>x</c> (RMSNorm),
-    /// <c>σ = sqrt(mean(c²) + eps)</c> (hook_scale), <c>y = c/σ · w_eff + b</c> (hook_normalized).
+    /// <c>σ = sqrt(mean(c²) + eps)</c> (hook_scale), <c>y = c/σ · w_eff + b</c>.
     /// <c>dĉ = dy ⊙ w_eff</c>; <c>dσ = −Σ dĉ·ĉ / σ</c>; <c>dc = dĉ/σ + dσ·ĉ/d</c>; LayerNorm: <c>dx = dc − mean(dc)</c>.
-    /// A gradient hook on hook_scale that returns zeros freezes the scale (no gradient through σ).
+    /// The gradient hook at hook_normalized sees <c>dy</c> for a LayerNorm and <c>dĉ</c> for an RMSNorm
+    /// (its hook is before the weight). A gradient hook on hook_scale that returns zeros freezes the scale (no gradient through σ).
     /// </summary>
     public Tensor Backward(ForwardContext ctx, int layer, Tensor dy)
     {
         if (Kind == NormKind.None) return dy;
         var be = ctx.Backend;
-        dy = ctx.GradHook(_normalizedHook, layer, dy);
         var (x, scale) = ctx.Restore<Saved>(this);
         int d = x.Dim(-1), rows = x.Length / d;
-        var w = _weight.On(be);
+        // Split at the hook only when something sees the gradient there (else the fused kernels, as before).
+        bool beforeWeight = HooksBeforeWeight && ctx.GradientSeenAt(_normalizedHook);
+        Tensor dNormalized = dy;
+        if (beforeWeight)
+        {
+            dNormalized = ctx.GradScratch(dy.Shape.ToArray());
+            TimesWeight(ctx, dy, rows, d, null, dNormalized);
+        }
+        dNormalized = ctx.GradHook(_normalizedHook, layer, dNormalized);
+        var w = beforeWeight ? null : _weight.On(be);
+        float offset = beforeWeight ? 0f : WeightOffset;
         var dScale = ctx.GradScratch(scale.Shape.ToArray());
-        be.NormBackwardScale(Centers, x, scale, dy, rows, d, w, WeightOffset, dScale);
+        be.NormBackwardScale(Centers, x, scale, dNormalized, rows, d, w, offset, dScale);
         dScale = ctx.GradHook(_scaleHook, layer, dScale);
         var dx = ctx.GradScratch(x.Shape.ToArray());
-        be.NormBackwardInput(Centers, x, scale, dy, dScale, rows, d, w, WeightOffset, dx);
+        be.NormBackwardInput(Centers, x, scale, dNormalized, dScale, rows, d, w, offset, dx);
         ctx.Release(dScale);
+        if (beforeWeight) ctx.Release(dNormalized);
         return dx; // dy is the caller's (it may still read it: a residual gradient passes on unchanged)
     }
 }

@@ -4,6 +4,7 @@ using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
 using Loupe.Models.Metrics;
 using Loupe.Tensors;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Models.Verification;
 
@@ -339,7 +340,9 @@ public static class ModelVerifier
             }
         }
         ours["final_norm_in"] = cache[HookNames.ResidPost(cfg.NLayers - 1)];
-        if (cache.TryGetValue(HookNames.FinalNormalized, out var normed)) ours["final_norm_out"] = normed;
+        // ln_final.hook_normalized is before an RMSNorm's weight (TransformerLens); HF's final_norm_out is the norm's output.
+        if (cache.TryGetValue(HookNames.FinalNormalized, out var normed) && model.FinalNormLayer is { } finalNorm)
+            ours["final_norm_out"] = finalNorm.OutputFromNormalized(CpuBackend.Instance, Tensor.FromArray(normed, normed.Length / cfg.DModel, cfg.DModel)).ToCpu().Span.ToArray();
         if (reference.TryGetInfo("metric_tokens", out _))
         {
             var metricTokens = reference.GetInt64("metric_tokens");

@@ -27,7 +27,8 @@ public class AttentionWeightsTests
         int T = Tokens.Length, D = w.DModel, E = w.DHead, H = w.NHeads, kvH = model.Config.KvHeads;
         for (int l = 0; l < w.NLayers; l++)
         {
-            var x = cache[$"blocks.{l}.ln1.hook_normalized"].Span; // [1, pos, d_model]
+            // ln1's output, what attention reads: its hook_normalized is before an RMSNorm's weight (TransformerLens).
+            var x = model.Anatomy(l).Ln1.OutputFromNormalized(model.Backend, cache[$"blocks.{l}.ln1.hook_normalized"]).ToCpu().Span; // [1, pos, d_model]
             foreach (var (hook, weights, bias) in new[] { ("q", w.WQ, w.BQ), ("k", w.WK, w.BK), ("v", w.WV, null) })
             {
                 var actual = cache[$"blocks.{l}.attn.hook_{hook}"].Span; // [1, pos, head_index or kv_head_index, d_head]

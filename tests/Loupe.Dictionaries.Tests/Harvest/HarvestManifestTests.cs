@@ -83,7 +83,7 @@ public sealed class HarvestManifestTests(SmallHarvest harvest) : IClassFixture<S
         Refused(Damaged("hooks-number", m => m["hooks"] = new JsonArray(3)), "hooks[0]", "a string");
         Refused(Damaged("d-string", m => m["d_model_by_hook"]![Resid] = "64"), $"d_model_by_hook.{Resid}", "32-bit integer");
         Refused(Damaged("skip-bool", m => m["skip_bos"] = "yes"), "skip_bos", "true or false");
-        Refused(Damaged("version", m => m["format_version"] = 2), "format_version", "expected 1, found 2");
+        Refused(Damaged("version", m => m["format_version"] = 3), "format_version", "expected 1 to 2, found 3");
         Refused(Damaged("dtype", m => m["dtype"] = "float16"), "dtype", "float32");
     }
 

@@ -65,6 +65,28 @@ public sealed class HarvesterTests : IDisposable
     }
 
     [Fact]
+    public void A_format_one_harvest_offers_ln2_as_the_mlp_input_it_held_and_refuses_other_norm_hooks_by_name()
+    {
+        // Format 1 was written while Loupe's RMSNorm hook_normalized was after the weight: ln2's values are mlp.hook_in's.
+        var model = s_model.Value;
+        var contexts = Contexts(documents: 8);
+        Harvester.Run(model, contexts, Folder("v1"), new HarvestOptions([Normalized, "blocks.0.ln1.hook_normalized", MlpOut], ShardTokens: 44));
+        string manifest = Path.Combine(Folder("v1"), HarvestManifest.FileName);
+        Assert.Contains("\"format_version\": 2", File.ReadAllText(manifest));
+        File.WriteAllText(manifest, File.ReadAllText(manifest).Replace("\"format_version\": 2", "\"format_version\": 1"));
+        var store = ActivationStore.Open(Folder("v1"));
+        Assert.Equal(["blocks.1.mlp.hook_in", MlpOut], store.Hooks);
+        var stored = ActivationStore.Open(Folder("v1")).Manifest;
+        Assert.Equal(64, store.D("blocks.1.mlp.hook_in"));
+        using (var file = SafeTensorsFile.Open(Path.Combine(Folder("v1"), stored.Shards[0].File)))
+            Assert.Equal(file.GetFloat32(Normalized).ToArray(), store.ReadShard(0, "blocks.1.mlp.hook_in"));
+        var e = Assert.Throws<InputError>(() => store.D("blocks.0.ln1.hook_normalized"));
+        Assert.Contains("format_version 1", e.Message);
+        Assert.Contains("Harvest again", e.Message);
+        Assert.Contains("format_version 1", Assert.Throws<InputError>(() => new Loupe.Dictionaries.Sae.StoreRows(store, Normalized, MlpOut)).Message);
+    }
+
+    [Fact]
     public void Harvest_KeepsBosWhenAsked_AndRejectsUnknownHook()
     {
         var contexts = Contexts(documents: 10);

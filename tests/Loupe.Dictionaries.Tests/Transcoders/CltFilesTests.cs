@@ -91,7 +91,7 @@ public sealed class CltFilesTests : IDisposable
         CltFiles.SaveCircuitTracer(Sub("ct"), clt, "gpt2");
         var back = CltFiles.Load(Sub("ct"));
         Assert.Equal(arch == "relu" ? "standard" : "jumprelu", back.Architecture);  // BatchTopK is written as its inference rule
-        Assert.Equal("blocks.1.ln2.hook_normalized", back.InputHook(1));
+        Assert.Equal("blocks.1.mlp.hook_in", back.InputHook(1));
         Assert.Equal("blocks.1.hook_mlp_out", back.OutputHook(1));
         AssertSameFunction(clt, back, tolerance: 1e-6f);
         Assert.Contains("model_kind: \"cross_layer_transcoder\"", File.ReadAllText(Path.Combine(Sub("ct"), "config.yaml")));
@@ -141,7 +141,7 @@ public sealed class CltFilesTests : IDisposable
         var clt = CltFiles.LoadCircuitTracer(Sub("hand"));
         Assert.Equal(new CltShape(3, 4, 5, 4), clt.Shape);
         Assert.Equal("jumprelu", clt.Architecture);
-        Assert.Equal("blocks.0.ln2.hook_normalized", clt.InputHook(0));     // mlp.hook_in is the MLP input
+        Assert.Equal("blocks.0.mlp.hook_in", clt.InputHook(0));     // mlp.hook_in is the MLP input
         Assert.Equal("blocks.2.hook_mlp_out", clt.OutputHook(2));
         var v = new float[4];
         clt.EncoderDirection(2, 3, v);
@@ -238,6 +238,23 @@ public sealed class CltFilesTests : IDisposable
     }
 
     [Fact]
+    public void AVersionOneFolderReadsItsLn2HookNormalizedAsTheMlpInputItMeant()
+    {
+        // Version 1 was written while Loupe's ln2.hook_normalized was the norm's output (after an RMSNorm's weight): the MLP
+        // input, mlp.hook_in today. Version 2 keeps TransformerLens's meaning; a later version is refused.
+        var clt = new CrossLayerTranscoder(new CltShape(3, 4, 5, 4), new ReluActivation(), "blocks.{layer}.ln2.hook_normalized");
+        clt.Initialize(2, decoderNorm: 0.5f);
+        CltFiles.Save(Sub("v"), clt);
+        string cfg = Path.Combine(Sub("v"), CltFiles.ConfigFile);
+        Assert.Contains("\"format_version\": 2", File.ReadAllText(cfg));
+        Assert.Equal("blocks.1.ln2.hook_normalized", CltFiles.Load(Sub("v")).InputHook(1));
+        File.WriteAllText(cfg, File.ReadAllText(cfg).Replace("\"format_version\": 2", "\"format_version\": 1"));
+        Assert.Equal("blocks.1.mlp.hook_in", CltFiles.Load(Sub("v")).InputHook(1));
+        File.WriteAllText(cfg, File.ReadAllText(cfg).Replace("\"format_version\": 1", "\"format_version\": 3"));
+        Assert.Contains("format_version", Assert.Throws<InputError>(() => CltFiles.Load(Sub("v"))).Message);
+    }
+
+    [Fact]
     public void AWeightNearFloatsLimitIsRefusedBeforeItOverflowsAProduct()
     {
         var clt = Trained(new TopKActivation(2));
@@ -273,7 +290,7 @@ public sealed class CltFilesTests : IDisposable
         set.Save(Sub("plt"), "gpt2");
         var back = CircuitTracerTranscoders.Load(Sub("plt"));
         Assert.Equal(3, back.Layers);
-        Assert.Equal("blocks.1.ln2.hook_normalized", back.InputHook(1));
+        Assert.Equal("blocks.1.mlp.hook_in", back.InputHook(1));
         Assert.Equal(1, back.LastTarget(1));
         AssertSameFunction(set, back, tolerance: 1e-6f);
         string yaml = File.ReadAllText(Path.Combine(Sub("plt"), "config.yaml"));

@@ -78,7 +78,7 @@ public sealed class ListedTranscoderTests : IDisposable
         PublishedDictionaryFiles.WriteGemmaScope2(tcDir, 16, 20, 16, tc.WEnc, tc.BEnc, tc.WDec, tc.BDec, tc.Theta, tc.Skip,
             hookIn: "model.layers.5.pre_feedforward_layernorm.output", hookOut: "model.layers.5.post_feedforward_layernorm.output");
         (dict, cfg) = DictionaryFile.Load(Path.Combine(tcDir, GemmaScope2Format.ParamsFile));
-        Assert.Equal("blocks.5.ln2.hook_normalized", cfg.HookName);
+        Assert.Equal("blocks.5.mlp.hook_in", cfg.HookName);
         Assert.Equal("blocks.5.hook_mlp_out", cfg.HookNameOut);
         Assert.Equal("jumprelu_skip_transcoder", cfg.Architecture);
         (_, output) = Reference(tc, x, skip: true);
@@ -189,9 +189,8 @@ public sealed class ListedTranscoderTests : IDisposable
         var (config, layers) = MixedSet(16, "mlp.hook_in");
         var tc = Assert.IsType<CircuitTracerTranscoders>(MlpReplacements.Load(Path.GetDirectoryName(config)!, 3));
         Assert.Equal(3, tc.Layers);
-        Assert.Equal("blocks.1.ln2.hook_normalized", tc.InputHook(1));
+        Assert.Equal("blocks.1.mlp.hook_in", tc.InputHook(1));
         Assert.Equal("blocks.2.hook_mlp_out", tc.OutputHook(2));
-        Assert.False(tc.InputIsTransformerLensNormalized);
         var x = Input(16, 9);
         for (int l = 0; l < 3; l++)
         {
@@ -207,13 +206,15 @@ public sealed class ListedTranscoderTests : IDisposable
     }
 
     [Fact]
-    public void Transformer_lens_ln2_hook_normalized_on_an_rmsnorm_model_reads_the_input_before_the_norm_weight()
+    public void Ln2_hook_normalized_on_an_rmsnorm_model_is_transformer_lens_input_before_the_norm_weight()
     {
         using var model = ModelLoader.LoadFolder(SharedData.TestData(Path.Combine("reference", "llama")));
         Assert.Equal(NormKind.RmsNorm, model.Config.Normalization);
         int d = model.Config.DModel;
         var (config, layers) = MixedSet(d, "ln2.hook_normalized");
         var tc = Assert.IsType<CircuitTracerTranscoders>(MlpReplacements.Load(config, model));
+        Assert.Equal("blocks.0.ln2.hook_normalized", tc.InputHook(0));
+        Assert.Equal(layers[0].WEnc, tc.Dictionaries[0].P.WEnc); // nothing folded: the hook is TransformerLens's
         var tokens = TokenBatch.FromRows([[1, 5, 9, 2, 7]]);
         string hooks = string.Join(',', Enumerable.Range(0, 3).SelectMany(l => new[] { HookNames.ResidMid(l), HookNames.NormScale(l, "ln2"), HookNames.NormNormalized(l, "ln2") }));
         var cache = model.RunWithCache(tokens, hooks).Cache;
@@ -232,12 +233,13 @@ public sealed class ListedTranscoderTests : IDisposable
                 AssertClose(Reference(layers[l], tl, skip: false).Pre, pre, 2e-5, $"layer {l} position {p}");
             }
         }
-        // Loupe's own configs (loupe_version) and "mlp.hook_in" mean Loupe's hook (after the weight): nothing is folded.
-        var loupeWritten = (CircuitTracerTranscoders)MlpReplacements.Load(MixedSet(d, "ln2.hook_normalized", loupeWritten: true).Config, model);
-        Assert.False(loupeWritten.InputIsTransformerLensNormalized);
-        Assert.Equal(layers[0].WEnc, loupeWritten.Dictionaries[0].P.WEnc);
+        // Configs Loupe wrote before its RMSNorm hooks followed TransformerLens (loupe_version, no loupe_hooks) meant the
+        // MLP input by "ln2.hook_normalized": that is mlp.hook_in now.
+        var legacy = (CircuitTracerTranscoders)MlpReplacements.Load(MixedSet(d, "ln2.hook_normalized", loupeWritten: true).Config, model);
+        Assert.Equal("blocks.2.mlp.hook_in", legacy.InputHook(2));
+        Assert.Equal(layers[0].WEnc, legacy.Dictionaries[0].P.WEnc);
         var plain = (CircuitTracerTranscoders)MlpReplacements.Load(MixedSet(d, "mlp.hook_in").Config, model);
-        Assert.Equal(layers[0].WEnc, plain.Dictionaries[0].P.WEnc);
+        Assert.Equal("blocks.0.mlp.hook_in", plain.InputHook(0));
     }
 
     [Fact]
@@ -255,7 +257,7 @@ public sealed class ListedTranscoderTests : IDisposable
     [Fact]
     public void Loupe_writes_its_mlp_input_as_circuit_tracers_mlp_hook_in_and_reads_it_back()
     {
-        // circuit-tracer's "ln2.hook_normalized" would be TransformerLens's (before an RMSNorm's weight): not what Loupe's reads.
+        // Loupe's hooks mean TransformerLens's; the default transcoder input is the MLP's input, circuit-tracer's mlp.hook_in.
         var tc = new CircuitTracerTranscoders([.. Enumerable.Range(0, 2).Select(l =>
         {
             var d = new SparseDictionary(SaeShape.Transcoder(8, 12, 8), new ReluActivation());
@@ -267,15 +269,21 @@ public sealed class ListedTranscoderTests : IDisposable
         var yaml = CircuitTracerYaml.Read(Path.Combine(folder, "config.yaml"));
         Assert.Equal("mlp.hook_in", yaml["feature_input_hook"]);
         Assert.Equal("hook_mlp_out", yaml["feature_output_hook"]);
+        Assert.Equal("transformer_lens", yaml["loupe_hooks"]);
         var back = CircuitTracerTranscoders.Load(folder);
-        Assert.Equal("blocks.1.ln2.hook_normalized", back.InputHook(1));
-        Assert.False(back.InputIsTransformerLensNormalized);
+        Assert.Equal("blocks.1.mlp.hook_in", back.InputHook(1));
         string clt = Path.Combine(_dir, "clt");
         var c = new CrossLayerTranscoder(new CltShape(2, 8, 12, 8), new ReluActivation());
         c.Initialize(3, decoderNorm: 0.5f);
         CltFiles.SaveCircuitTracer(clt, c, "test");
         Assert.Equal("mlp.hook_in", CircuitTracerYaml.Read(Path.Combine(clt, "config.yaml"))["feature_input_hook"]);
-        Assert.Equal("blocks.0.ln2.hook_normalized", CltFiles.LoadCircuitTracer(clt).InputHook(0));
+        Assert.Equal("blocks.0.mlp.hook_in", CltFiles.LoadCircuitTracer(clt).InputHook(0));
+        // a CLT on ln2.hook_normalized written now keeps that hook (loupe_hooks says it is TransformerLens's)
+        string onNormalized = Path.Combine(_dir, "clt-normalized");
+        var n = new CrossLayerTranscoder(new CltShape(2, 8, 12, 8), new ReluActivation(), "blocks.{layer}.ln2.hook_normalized");
+        n.Initialize(4, decoderNorm: 0.5f);
+        CltFiles.SaveCircuitTracer(onNormalized, n, "test");
+        Assert.Equal("blocks.1.ln2.hook_normalized", CltFiles.LoadCircuitTracer(onNormalized).InputHook(1));
         // the files each layout is read from, and what they take as float32 (checked against the memory before loading)
         Assert.Equal(2, MlpReplacements.WeightFiles(folder).Length);
         Assert.Equal(2 * 4L * (8 * 12 + 12 * 8 + 12 + 8), MlpReplacements.EstimateBytes(MlpReplacements.WeightFiles(folder)));

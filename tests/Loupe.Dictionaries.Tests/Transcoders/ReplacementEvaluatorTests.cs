@@ -148,6 +148,6 @@ public class ReplacementEvaluatorTests(ITestOutputHelper output)
         Assert.Contains("d_in = 32", e.Message);
         var deep = new CrossLayerTranscoder(new CltShape(5, 64, 8, 64), new ReluActivation(), source: "deep.clt");
         e = Assert.Throws<InputError>(() => ReplacementEvaluator.Evaluate(model, deep, contexts));
-        Assert.Contains("blocks.3.ln2.hook_normalized", e.Message);
+        Assert.Contains("blocks.3.mlp.hook_in", e.Message);
     }
 }
