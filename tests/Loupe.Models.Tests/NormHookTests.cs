@@ -91,6 +91,22 @@ public class NormHookTests
         for (int i = 0; i < clean.Length; i++) Assert.Equal(2 * clean[i], doubled[i], 1e-5f * (1 + MathF.Abs(clean[i])));
     }
 
+    [Fact]
+    public void AnEditInPlaceAtHookNormalizedFlowsOn()
+    {
+        // A hook may edit the activation in place and return it (or null): the edited x/σ, times the weight, is what ln2 outputs.
+        using var model = TestModels.Load("llama");
+        var tokens = TokenBatch.Single(Prompt);
+        var clean = model.RunWithCache(tokens, HookNames.MlpIn(1)).Cache[HookNames.MlpIn(1)].Span.ToArray();
+        var options = new RunOptions().AddHook(HookNames.NormNormalized(1, "ln2"), (x, _) =>
+        {
+            foreach (ref float v in x.Span) v *= -1;
+            return null;
+        });
+        var negated = model.RunWithCache(tokens, HookNames.MlpIn(1), options).Cache[HookNames.MlpIn(1)].Span.ToArray();
+        for (int i = 0; i < clean.Length; i++) Assert.Equal(-clean[i], negated[i]);
+    }
+
     [Theory]
     [InlineData("llama")]
     [InlineData("gemma2")]

@@ -37,6 +37,24 @@ public class SteeringVectorTests
     }
 
     [Fact]
+    public void SteeringTheMlpInputShiftsWhatTheMlpReadsAndNotTheNormalizedValueBeforeIt()
+    {
+        // blocks.L.mlp.hook_in is d_model wide and comes after ln2's weight: ln2.hook_normalized (x/σ, before it) is untouched.
+        Assert.Equal((D, "d_model"), ActivationEdits.HookWidth(Model.Config, HookNames.MlpIn(1)));
+        var tokens = TokenBatch.Single(TestModels.Tokens(6, 2));
+        var v = TestModels.RandomVector(D, 12);
+        string hooks = $"{HookNames.MlpIn(1)},{HookNames.NormNormalized(1, "ln2")}";
+        var plain = Model.RunWithCache(tokens, hooks).Cache;
+        var steered = Model.RunWithCache(tokens, hooks, ActivationEdits.Options(Model, new SteeringVector(HookNames.MlpIn(1), v, 1f))).Cache;
+        Assert.Equal(plain[HookNames.NormNormalized(1, "ln2")].Span.ToArray(), steered[HookNames.NormNormalized(1, "ln2")].Span.ToArray());
+        for (int t = 0; t < 6; t++)
+        {
+            float[] before = Row(plain[HookNames.MlpIn(1)], 0, t), after = Row(steered[HookNames.MlpIn(1)], 0, t);
+            for (int j = 0; j < D; j++) Close(before[j] + v[j], after[j]);
+        }
+    }
+
+    [Fact]
     public void FromPositionLeavesEarlierPositionsAlone()
     {
         var tokens = TokenBatch.Single(TestModels.Tokens(8, 3));

@@ -85,7 +85,7 @@ public sealed class Norm
         var computed = be.Empty(scaleShape);
         var (w, b) = (_weight.On(be), _bias.On(be));
         // An RMSNorm's hook_normalized is x/σ, before the weight: computed apart only when something reads it
-        // (else the fused kernel, as before); the output is then the same kernel on x with the same scale.
+        // (else the fused kernel, as before).
         bool beforeWeight = HooksBeforeWeight && (ctx.Wants(_normalizedHook) || ctx.ChecksFinite);
         var y = ctx.Scratch(x.Shape.ToArray());
         if (beforeWeight) be.Norm(Centers, x, rows, d, null, 0f, null, Eps, y, computed);
@@ -100,10 +100,10 @@ public sealed class Norm
             return ctx.Hook(_normalizedHook, layer, y);
         }
         if (!ReferenceEquals(scale, computed)) be.NormWithScale(Centers, x, rows, d, null, 0f, null, scale, y);
+        // What a hook left there (replaced, or edited in place) times the weight flows on.
         var normalized = ctx.Hook(_normalizedHook, layer, y);
         var output = ctx.Scratch(x.Shape.ToArray());
-        if (ReferenceEquals(normalized, y)) be.NormWithScale(Centers, x, rows, d, w, WeightOffset, b, scale, output);
-        else TimesWeight(ctx, normalized, rows, d, b, output); // a hook replaced x/σ: its value times the weight flows on
+        TimesWeight(ctx, normalized, rows, d, b, output);
         ctx.Release(y);
         return output;
     }
