@@ -43,7 +43,14 @@ public sealed class HarvestTarget : FuzzTarget
         using (var model = PipelineFixtures.LoadModel(context))
             Harvester.Run(model, PipelineFixtures.Contexts(12, 8), folder,
                 new HarvestOptions([PipelineFixtures.Hook, PipelineFixtures.MlpOut], BatchSize: 4, ShardTokens: 28, SkipBos: true));
-        return [SeedFiles.AllOf("generated:harvest-llama-2hooks", folder)];
+        // A format-1 harvest with norm hooks: ln2's is offered as mlp.hook_in, ln1's refused (ActivationStore.StoredNames).
+        var legacy = Path.Combine(context.Scratch, "harvest-v1");
+        using (var model = PipelineFixtures.LoadModel(context))
+            Harvester.Run(model, PipelineFixtures.Contexts(12, 8), legacy,
+                new HarvestOptions(["blocks.1.ln2.hook_normalized", "blocks.0.ln1.hook_normalized", PipelineFixtures.MlpOut], BatchSize: 4, ShardTokens: 28, SkipBos: true));
+        string manifest = Path.Combine(legacy, HarvestManifest.FileName);
+        File.WriteAllText(manifest, File.ReadAllText(manifest).Replace("\"format_version\": 2", "\"format_version\": 1", StringComparison.Ordinal));
+        return [SeedFiles.AllOf("generated:harvest-llama-2hooks", folder), SeedFiles.AllOf("generated:harvest-v1-norm-hooks", legacy)];
     }
 
     public override void Execute(string folder, FuzzInput input)
