@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using Loupe.Dictionaries.Sae;
+using Loupe.Models.Loading;
 using Loupe.Testing;
 using static Loupe.Cli.Tests.CliHarness;
 
@@ -61,6 +62,33 @@ public sealed class HubDictionaryCliTests : IDisposable
         run = RunLoupe([.. args, "--out", Path.Combine(_dir, "eval2")]);
         Assert.True(run.Code == 0, run.Err);
         Assert.Equal(gets, hub.Count("GET", "/cdn/")); // cached: nothing downloaded again
+    }
+
+    [RequiresSharedFact("models/stories260K")]
+    public void SteerReadsAVectorFileFromTheHubAndRefusesAFolderBeforeDownloading()
+    {
+        using var hub = HubWithSaes();
+        string vectorFile = Path.Combine(_dir, "persona.safetensors");
+        var v = Enumerable.Range(0, 64).Select(i => MathF.Sin(i)).ToArray();
+        SafeTensorsWriter.Write(vectorFile, [("persona", [64], v)], new Dictionary<string, string> { ["hook"] = "blocks.2.hook_resid_post" });
+        hub.AddRepo("vec-org/vectors", new Dictionary<string, byte[]> { ["happy/persona.safetensors"] = File.ReadAllBytes(vectorFile), ["README.md"] = "# vectors"u8.ToArray() });
+        string model = SharedData.Require("models/stories260K");
+        var run = RunLoupe("steer", "--model", model, "--prompt", "Once upon a time", "--vector", "hf:vec-org/vectors/happy/persona.safetensors:persona", "--coeff", "2", "-n", "2");
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("--vector: 1 file(s) of vec-org/vectors/happy/persona.safetensors", run.Err);
+        Assert.Contains("hf:vec-org/vectors/happy/persona.safetensors:persona", run.Out);
+
+        int gets = hub.Count("GET", "/cdn/");
+        run = RunLoupe("steer", "--model", model, "--prompt", "Once", "--vector", "hf:vec-org/vectors/happy", "--coeff", "2", "-n", "2");
+        Assert.Equal(2, run.Code);
+        Assert.Contains("hf:vec-org/vectors/happy is a folder of 1 file(s), not one file; nothing was downloaded", run.Err);
+        run = RunLoupe("monitor", "read", "--model", model, "--monitor", "hf:vec-org/vectors", "--prompt", "Once");
+        Assert.Equal(2, run.Code);
+        Assert.Contains("--monitor: hf:vec-org/vectors is a folder of 2 file(s)", run.Err);
+        run = RunLoupe("steer", "--model", model, "--prompt", "Once", "--vector", "hf:vec-org/vectors/happy/persona.safetensors:", "--coeff", "2");
+        Assert.Equal(2, run.Code);
+        Assert.Contains("--vector", run.Err);
+        Assert.Equal(gets, hub.Count("GET", "/cdn/"));
     }
 
     [RequiresSharedFact("models/stories260K")]

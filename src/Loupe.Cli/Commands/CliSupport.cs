@@ -336,21 +336,40 @@ static class CliSupport
         return local;
     }
 
-    static string Resolve(string value, string option, bool single = false)
+    /// <summary>
+    /// A file option's value as a local file: <c>hf:ORG/NAME/PATH[@REVISION]</c> naming one file of a hub repository (a steering
+    /// vector, a monitor) is fetched into the hub cache, its size printed first; a hub folder is refused from the listing, before
+    /// anything is downloaded. Any other value is returned as it is.
+    /// </summary>
+    /// <exception cref="InputError">Not of that form, a folder, or the hub has no such repository, revision or path.</exception>
+    public static string LocalFile(string value, string option) =>
+        value.StartsWith("hf:", StringComparison.Ordinal) ? Resolve(value, option, oneFile: true) : value;
+
+    static string Resolve(string value, string option, bool single = false, bool oneFile = false)
     {
         if (!value.Contains("hf:", StringComparison.Ordinal)) return value;
         // Transcoders may be listed one folder per layer, comma-separated: each may be on the hub, and each is one dictionary.
-        if (value.Contains(',')) return string.Join(',', value.Split(',').Select(part => Resolve(part, option, single: true)));
+        if (!oneFile && value.Contains(',')) return string.Join(',', value.Split(',').Select(part => Resolve(part, option, single: true)));
         if (!value.StartsWith("hf:", StringComparison.Ordinal)) return value;
         var (repo, path, revision) = HubSpec(value, option);
         using var client = new HubClient();
         string? local = null;
         WithDownloadBars(progress => local = client.ResolvePathAsync(repo, path, revision, l =>
         {
-            CheckHubLayout(option, l, single || option != "--transcoders");
+            if (oneFile) CheckOneFile(option, l);
+            else CheckHubLayout(option, l, single || option != "--transcoders");
             Announce(option, l);
         }, progress).GetAwaiter().GetResult());
         return local!;
+    }
+
+    /// <summary>Refuses, from the listing, a hub path that is a folder where the option reads one file.</summary>
+    static void CheckOneFile(string option, HubPathListing l)
+    {
+        if (l.Files.Count == 1 && l.Files[0].File == l.Path) return;
+        string where = $"{l.RepoId}{(l.Path.Length > 0 ? "/" + l.Path : "")}";
+        throw new InputError($"argument: {option}: hf:{where} is a folder of {l.Files.Count} file(s), not one file; nothing was downloaded. " +
+            $"Name the file (`loupe hub ls hf:{where}` lists them)");
     }
 
     /// <summary>

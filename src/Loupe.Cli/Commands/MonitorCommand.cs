@@ -112,14 +112,14 @@ static class MonitorCommand
     static Command Read()
     {
         var model = CliSupport.ModelOption();
-        var monitorPath = new Option<string>("--monitor") { Description = "A monitor file written by `loupe monitor train`", Required = true };
+        var monitorPath = new Option<string>("--monitor") { Description = "A monitor file written by `loupe monitor train` (or hf:ORG/NAME/FILE[@REVISION] on the hub)", Required = true };
         var prompt = new Option<string>("--prompt", "-p") { Description = "The text to read (or the prompt to continue with --generate)", Required = true };
         var generate = new Option<int>("--generate") { Description = "Generate this many tokens greedily and read them live (0: read the prompt)", DefaultValueFactory = _ => 0 };
         var steer = new Option<double>("--steer") { Description = "With --generate: also generate steered along the monitor's own direction × this coefficient, for comparison", DefaultValueFactory = _ => 0 };
         var command = new Command("read", "Read a text, or a greedy generation live, with a concept monitor.") { model, monitorPath, prompt, generate, steer };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
-            string path = parse.GetValue(monitorPath)!;
+            string path = CliSupport.LocalFile(parse.GetValue(monitorPath)!, "--monitor");
             if (!File.Exists(path)) throw new InputError($"argument: --monitor: file not found: {path}");
             var monitor = ConceptMonitor.Load(path);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);

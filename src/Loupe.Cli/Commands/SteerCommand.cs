@@ -15,7 +15,7 @@ static class SteerCommand
         var model = CliSupport.ModelOption();
         var prompt = new Option<string>("--prompt", "-p") { Description = "Text to continue", Required = true };
         var hook = new Option<string?>("--hook") { Description = "Hook point to edit, e.g. blocks.3.hook_resid_post (optional with a --vector file that records its hook)" };
-        var vector = new Option<string?>("--vector") { Description = "A steering vector from a safetensors file: FILE or FILE:TENSOR (e.g. persona.safetensors:persona)" };
+        var vector = new Option<string?>("--vector") { Description = "A steering vector from a safetensors file: FILE or FILE:TENSOR (e.g. persona.safetensors:persona), or one on the hub: hf:ORG/NAME/FILE[@REVISION][:TENSOR]" };
         var contrastA = new Option<string?>("--contrast-a") { Description = "CAA: prompts of the side to steer towards, separated by '|'" };
         var contrastB = new Option<string?>("--contrast-b") { Description = "CAA: prompts of the side to steer away from, separated by '|'" };
         var reduction = new Option<string>("--reduction") { Description = "CAA: reduce each prompt by its 'last' token or the 'mean' over its non-BOS tokens", DefaultValueFactory = _ => "last" };
@@ -118,9 +118,18 @@ static class SteerCommand
         return (caa.Vector, hook, $"CAA vector ({setA.Length} vs {setB.Length} prompts, {(r == TokenReduction.LastToken ? "last token" : "mean over tokens")}{(normalize ? ", unit norm" : "")})");
     }
 
-    /// <summary>FILE or FILE:TENSOR (a path that exists as given wins, so drive letters and colons in names work).</summary>
-    internal static (string Path, string? Tensor) SplitVectorSpec(string spec)
+    /// <summary>
+    /// FILE or FILE:TENSOR (a path that exists as given wins, so drive letters and colons in names work), or
+    /// <c>hf:ORG/NAME/FILE[@REVISION][:TENSOR]</c>: one safetensors file of a hub repository, fetched into the hub cache.
+    /// </summary>
+    internal static (string Path, string? Tensor) SplitVectorSpec(string spec, string option = "--vector")
     {
+        if (spec.StartsWith("hf:", StringComparison.Ordinal))
+        {
+            int at = spec.IndexOf(':', 3);
+            if (at == spec.Length - 1) throw InputError.Expected("argument", option, "hf:ORG/NAME/FILE[@REVISION][:TENSOR]", spec);
+            return at < 0 ? (CliSupport.LocalFile(spec, option), null) : (CliSupport.LocalFile(spec[..at], option), spec[(at + 1)..]);
+        }
         if (File.Exists(spec)) return (spec, null);
         int colon = spec.LastIndexOf(':');
         if (colon > 0 && File.Exists(spec[..colon])) return (spec[..colon], spec[(colon + 1)..]);

@@ -18,7 +18,7 @@ static class VerbalizeCommand
         var sourcePosition = new Option<int>("--source-position") { Description = "Position read from the source prompt (negative counts from the end)", DefaultValueFactory = _ => -1 };
         var sae = new Option<string?>("--sae") { Description = "A SAELens / Gemma Scope / Loupe SAE: verbalize a feature's decoder direction (with --feature). Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache" };
         var feature = new Option<int?>("--feature") { Description = "The SAE feature" };
-        var vector = new Option<string?>("--vector") { Description = "A direction in a safetensors file (FILE or FILE:tensor), e.g. a probe, steering or persona vector" };
+        var vector = new Option<string?>("--vector") { Description = "A direction in a safetensors file (FILE or FILE:tensor, or hf:ORG/NAME/FILE[@REVISION][:TENSOR] on the hub), e.g. a probe, steering or persona vector" };
         var scale = new Option<double>("--scale") { Description = "A direction (--sae, --vector) is scaled to this many times the typical resid_pre norm of the target layer", DefaultValueFactory = _ => 1.0 };
         var target = new Option<string>("--target") { Description = "The target prompt; the vector replaces resid_pre at --target-position", DefaultValueFactory = _ => Patchscope.IdentityPrompt };
         var targetPosition = new Option<int>("--target-position") { Description = "Position patched in the target prompt (negative counts from the end)", DefaultValueFactory = _ => -1 };
@@ -73,10 +73,7 @@ static class VerbalizeCommand
             else
             {
                 string spec = parse.GetValue(vector)!;
-                int colon = spec.LastIndexOf(':');
-                string file = colon > 1 && !File.Exists(spec) ? spec[..colon] : spec;
-                string? tensor = file.Length < spec.Length ? spec[(colon + 1)..] : null;
-                if (!File.Exists(file)) throw new InputError($"argument: --vector: file not found: {file}");
+                var (file, tensor) = SteerCommand.SplitVectorSpec(spec);
                 var steering = Loupe.Steering.SteeringVector.Load(file, tensor, hookName: HookNamesFor(0));
                 if (steering.Direction.Length != D) throw new InputError($"argument: --vector: {steering.Direction.Length} values; the model's d_model is {D}");
                 direction = steering.Direction.ToArray();
