@@ -131,6 +131,7 @@ public class CliTests
         Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.attn\.hook_k +\[batch, pos, head_index=2, d_head=16\]\n", stdout);
         Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.ln2_post\.hook_scale +\[batch, pos, 1\]\n", stdout);
         Assert.Matches(@"\n  ln_final\.hook_normalized +\[batch, pos, d_model=64\]\n", stdout);
+        Assert.Contains("RMSNorm: *.hook_normalized is x/σ before the norm's weight, as in TransformerLens", stdout);
         Assert.DoesNotContain("blocks.1.", stdout);
     }
 
@@ -139,6 +140,7 @@ public class CliTests
     {
         var (code, stdout, err) = RunLoupe("info", "--model", Fixture("gpt2"), "--hooks", "blocks.2.attn.hook_pattern,blocks.*.mlp.hook_post,hook_pos_embed");
         Assert.True(code == 0, err);
+        Assert.DoesNotContain("RMSNorm:", stdout); // a LayerNorm model: hook_normalized is the output
         var listed = stdout[stdout.IndexOf("hook points matching", StringComparison.Ordinal)..].Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal("hook points matching blocks.2.attn.hook_pattern,blocks.*.mlp.hook_post,hook_pos_embed (5 of 61):", listed[0]);
         // Forward order, names aligned.

@@ -59,6 +59,9 @@ static class InfoCommand
                 Console.WriteLine($"hook points ({m.HookPoints.Count}: {(m.HookPoints.Count - outside) / Math.Max(c.NLayers, 1)} in each of {c.NLayers} blocks, {outside} outside; --hooks PATTERN lists them one by one):");
                 PrintAligned(perBlock);
             }
+            // Where TransformerLens's norm hooks sit differs by norm kind; say so where it matters.
+            if (m.FinalNormLayer is { HooksBeforeWeight: true })
+                Console.WriteLine("  (RMSNorm: *.hook_normalized is x/σ before the norm's weight, as in TransformerLens; blocks.L.mlp.hook_in is the MLP's input)");
             return 0;
         }));
         return command;
