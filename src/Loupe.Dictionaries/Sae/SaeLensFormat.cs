@@ -405,7 +405,10 @@ public static partial class SaeLensFormat
             for (int i = 0; i < dSae; i++) dict.P.LogThreshold[i] = LogThreshold(theta[i]);
         }
         else if (thresholdName == "log_threshold")
+        {
             Read("log_threshold", dict.P.LogThreshold);                 // SAELens < 6 JumpReLU training checkpoints
+            ThrowIfLogThresholdTooLarge(dict.P.LogThreshold, $"{wPath}: tensor 'log_threshold'");
+        }
         else if (thresholdName is not null)
             Read(thresholdName, dict.P.Threshold);
         if (file.Contains("scaling_factor"))
@@ -467,6 +470,17 @@ public static partial class SaeLensFormat
     /// to ∞ and give silently wrong activations, so it is refused at load instead.
     /// </summary>
     internal const float MaxWeightMagnitude = 1e10f;
+
+    /// <summary>The largest JumpReLU log threshold: θ = e^x beyond <see cref="MaxWeightMagnitude"/> is corrupt (e^89 is already ∞ in float).</summary>
+    internal static readonly float MaxLogThreshold = MathF.Log(MaxWeightMagnitude);
+
+    /// <summary>Throws an <see cref="InputError"/> naming the first log threshold above <see cref="MaxLogThreshold"/> (−∞, θ = 0, is allowed).</summary>
+    internal static void ThrowIfLogThresholdTooLarge(ReadOnlySpan<float> logThreshold, string what)
+    {
+        for (int i = 0; i < logThreshold.Length; i++)
+            if (logThreshold[i] > MaxLogThreshold)
+                throw new InputError($"{what}: element {i} is {InputError.Show(logThreshold[i])}; expected a log threshold of at most {MaxLogThreshold:0.##} (θ ≤ {MaxWeightMagnitude:0e0}): the file is corrupt");
+    }
 
     /// <summary>Throws an <see cref="InputError"/> naming <paramref name="what"/> and the first NaN, infinite or implausibly large value.</summary>
     internal static void ThrowIfNotFinite(ReadOnlySpan<float> data, string what)

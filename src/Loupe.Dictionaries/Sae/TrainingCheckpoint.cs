@@ -147,6 +147,7 @@ internal static class TrainingCheckpoint
             if (!minusInfinityAllowed) SaeLensFormat.ThrowIfNotFinite(values, $"{Path}: tensor 'param.{name}'");
             else if (Array.FindIndex(values, v => float.IsNaN(v) || float.IsPositiveInfinity(v)) is int i and >= 0)
                 throw InputError.Expected(Path, $"tensor 'param.{name}' element {i}", "a finite number", values[i]);
+            else SaeLensFormat.ThrowIfLogThresholdTooLarge(values, $"{Path}: tensor 'param.{name}'"); // −∞ allowed only for log thresholds
             return values;
         }
 

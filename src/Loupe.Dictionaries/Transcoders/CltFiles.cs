@@ -180,6 +180,8 @@ public static class CltFiles
             if (MathF.Abs(v) > SaeLensFormat.MaxWeightMagnitude) // a value near float's limit overflows the products to ∞
                 throw InputError.Expected(path, $"tensor '{name}' element {i}", $"a weight of magnitude at most {SaeLensFormat.MaxWeightMagnitude:0e0} (the file is corrupt)", v);
         }
+        // −∞ is allowed only for log thresholds, and a log threshold must give a finite θ.
+        if (minusInfinityAllowed) SaeLensFormat.ThrowIfLogThresholdTooLarge(data, $"{path}: tensor '{name}'");
         data.CopyTo(into);
     }
 

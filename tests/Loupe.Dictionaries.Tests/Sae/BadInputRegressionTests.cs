@@ -208,9 +208,9 @@ public sealed class BadInputRegressionTests : IDisposable
 
     // ---- training runs ----
 
-    static SaeTrainer SmallTrainer(int steps = 6)
+    static SaeTrainer SmallTrainer(int steps = 6, SaeActivation? activation = null)
     {
-        var d = new SparseDictionary(SaeShape.Sae(4, 8), new ReluActivation());
+        var d = new SparseDictionary(SaeShape.Sae(4, 8), activation ?? new ReluActivation());
         d.Initialize(seed: 1);
         return new SaeTrainer(d, new SaeTrainingOptions { Steps = steps, BatchSize = 4, SparsityCoefficient = 0.01f, BDecInit = BDecInit.Zeros });
     }
@@ -271,6 +271,18 @@ public sealed class BadInputRegressionTests : IDisposable
         trainer.SaveCheckpoint(checkpoint);
         var nan = Assert.Throws<InputError>(() => SmallTrainer().LoadCheckpoint(checkpoint, data));
         Assert.Contains("param.W_enc", nan.Message);
+
+        // And a JumpReLU log threshold whose θ overflows (the resume fuzzer's e^(1e20): ∞, then NaN when training went on).
+        var jump = SmallTrainer(activation: new JumpReluActivation());
+        string jumpDir = Path.Combine(_dir, "jump");
+        SaeTrainingRun.Run(jump, data, jumpDir, 2, resume: false);
+        string jumpCheckpoint = Path.Combine(jumpDir, SaeTrainingRun.CheckpointFile);
+        var loaded = SmallTrainer(activation: new JumpReluActivation());
+        loaded.LoadCheckpoint(jumpCheckpoint, data);
+        loaded.Dictionary.P.LogThreshold[5] = 1e20f;
+        loaded.SaveCheckpoint(jumpCheckpoint);
+        var huge = Assert.Throws<InputError>(() => SmallTrainer(activation: new JumpReluActivation()).LoadCheckpoint(jumpCheckpoint, data));
+        Assert.Contains("param.log_threshold': element 5", huge.Message);
 
         // So is a step past the run's end.
         var more = SmallTrainer(steps: 2);

@@ -456,6 +456,14 @@ public sealed class SaeLensLayoutTests : IDisposable
             ("log_threshold", [2], [MathF.Log(0.5f), 0]));
         (d, _) = SaeLensFormat.Load(_dir);
         Assert.Equal([MathF.Log(0.5f), 0f], d.P.LogThreshold);
+
+        // A log threshold whose θ overflows (found by the resume fuzzer: e^(1e20) = ∞, then NaN in training; e^50 is beyond any weight) is refused by name.
+        Write("""{"architecture": "jumprelu", "d_in": 2, "d_sae": 2, "apply_b_dec_to_input": false}""",
+            ("W_enc", [2, 2], [1, 0, 0, 1]), ("b_enc", [2], [0, 0]), ("W_dec", [2, 2], [1, 0, 0, 1]), ("b_dec", [2], [0, 0]),
+            ("log_threshold", [2], [0, 50f]));
+        var e = Assert.Throws<InputError>(() => SaeLensFormat.Load(_dir));
+        Assert.Contains("tensor 'log_threshold': element 1", e.Message);
+        Assert.Contains("log threshold of at most 23.03", e.Message);
     }
 
     [Fact]
