@@ -108,14 +108,19 @@ public sealed class Norm
         return output;
     }
 
-    /// <summary><c>y = v ⊙ (w + offset) (+ b)</c> row by row: the norm's own kernel with a unit scale (dividing by 1 is exact).</summary>
+    /// <summary><c>y = v ⊙ (w + offset) (+ b)</c> row by row, with a pass's scratch for the unit scale.</summary>
     void TimesWeight(ForwardContext ctx, Tensor v, int rows, int d, Tensor? bias, Tensor y)
     {
-        var be = ctx.Backend;
         var ones = ctx.GradScratch(rows);
+        TimesWeight(ctx.Backend, v, rows, d, bias, ones, y);
+        ctx.Release(ones);
+    }
+
+    /// <summary><c>y = v ⊙ (w + offset) (+ b)</c> row by row: the norm's own kernel with a unit scale (dividing by 1 is exact); <paramref name="ones"/> is <c>[rows]</c> scratch.</summary>
+    void TimesWeight(IComputeBackend be, Tensor v, int rows, int d, Tensor? bias, Tensor ones, Tensor y)
+    {
         be.Fill(ones, 1f);
         be.NormWithScale(false, v, rows, d, _weight.On(be), WeightOffset, bias, ones, y);
-        ctx.Release(ones);
     }
 
     /// <summary>
@@ -134,9 +139,7 @@ public sealed class Norm
             return y;
         }
         int d = normalized.Dim(-1), rows = normalized.Length / d;
-        var ones = backend.Empty(rows);
-        backend.Fill(ones, 1f);
-        backend.NormWithScale(false, normalized, rows, d, _weight.On(backend), WeightOffset, _bias.On(backend), ones, y);
+        TimesWeight(backend, normalized, rows, d, _bias.On(backend), backend.Empty(rows), y);
         return y;
     }
 
