@@ -100,13 +100,14 @@ internal sealed class LinearBackward
             _expandedScales[norm.ScaleHook] = scale;
         }
         // With dσ = 0 the input only enters multiplied by zero: g stands in for it.
-        _be.NormBackwardInput(norm.Kind == NormKind.LayerNorm, g, scale, g, _zeroScale, positions * _N, _D,
-            WeightOf(norm, beforeWeight), beforeWeight ? 0f : norm.WeightOffset, dx);
+        var (w, offset) = WeightOf(norm, beforeWeight);
+        _be.NormBackwardInput(norm.Kind == NormKind.LayerNorm, g, scale, g, _zeroScale, positions * _N, _D, w, offset, dx);
     }
 
     // The model's own copy of the weight on its backend (uploaded once with the model, not per attribution).
-    // Null without one, or for what reads an RMSNorm's hook_normalized (x/σ, before the weight).
-    Tensor? WeightOf(Norm norm, bool beforeWeight) => norm.Weight.IsEmpty || beforeWeight ? null : norm.WeightOn(_be)!;
+    // The weight (null without one) and its offset; none for what reads an RMSNorm's hook_normalized (x/σ, before the weight).
+    (Tensor? Weight, float Offset) WeightOf(Norm norm, bool beforeWeight) =>
+        beforeWeight ? (null, 0f) : (norm.Weight.IsEmpty ? null : norm.WeightOn(_be)!, norm.WeightOffset);
 
     Tensor? _skipOut;
 
@@ -246,8 +247,8 @@ internal sealed class LinearBackward
         var rowScale = _be.Empty(k);
         for (int i = 0; i < k; i++) _be.CopyRows(sigma, positions[i], 1, rowScale, i, 1, 1, 1);
         if (_zeroOne is null || _zeroOne.Length < k) _zeroOne = _be.Zeros(Math.Max(k, _N));
-        _be.NormBackwardInput(norm.Kind == NormKind.LayerNorm, v, rowScale, v, _zeroOne, k, _D,
-            WeightOf(norm, beforeWeight), beforeWeight ? 0f : norm.WeightOffset, into);
+        var (w, offset) = WeightOf(norm, beforeWeight);
+        _be.NormBackwardInput(norm.Kind == NormKind.LayerNorm, v, rowScale, v, _zeroOne, k, _D, w, offset, into);
     }
 
     /// <summary>

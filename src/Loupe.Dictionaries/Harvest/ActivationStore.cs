@@ -18,8 +18,9 @@ public sealed class ActivationStore
         Folder = folder;
         Manifest = manifest;
         _paths = paths;
-        _stored = StoredNames(manifest);
-        Hooks = [.. manifest.Hooks.Select(h => _stored.FirstOrDefault(kv => kv.Value == h).Key).OfType<string>()];
+        var offered = StoredNames(manifest);
+        _stored = offered.ToDictionary(o => o.Name, o => o.Stored, StringComparer.Ordinal);
+        Hooks = [.. offered.Select(o => o.Name)];
     }
 
     public string Folder { get; }
@@ -34,14 +35,14 @@ public sealed class ActivationStore
     /// it before). ln2's value was then the MLP's input on every model: it is offered as <c>blocks.ℓ.mlp.hook_in</c>. Other norms'
     /// <c>hook_normalized</c> equal today's only on LayerNorm models, which the harvest does not record: they are not offered.
     /// </summary>
-    static Dictionary<string, string> StoredNames(HarvestManifest manifest)
+    static List<(string Name, string Stored)> StoredNames(HarvestManifest manifest)
     {
-        var names = new Dictionary<string, string>(StringComparer.Ordinal);
+        var names = new List<(string Name, string Stored)>();
         foreach (var h in manifest.Hooks)
         {
-            if (manifest.FormatVersion >= 2) names[h] = h;
-            else if (System.Text.RegularExpressions.Regex.Match(h, @"^blocks\.([0-9]+)\.ln2\.hook_normalized$") is { Success: true } m) names[$"blocks.{m.Groups[1].Value}.mlp.hook_in"] = h;
-            else if (!h.EndsWith(".hook_normalized", StringComparison.Ordinal)) names[h] = h;
+            if (manifest.FormatVersion >= 2) names.Add((h, h));
+            else if (System.Text.RegularExpressions.Regex.Match(h, @"^blocks\.([0-9]+)\.ln2\.hook_normalized$") is { Success: true } m) names.Add(($"blocks.{m.Groups[1].Value}.mlp.hook_in", h));
+            else if (!h.EndsWith(".hook_normalized", StringComparison.Ordinal)) names.Add((h, h));
         }
         return names;
     }

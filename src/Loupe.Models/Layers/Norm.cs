@@ -124,20 +124,17 @@ public sealed class Norm
     }
 
     /// <summary>
-    /// The norm's output from its <c>hook_normalized</c> value (e.g. a cached one): the value itself for a LayerNorm,
-    /// <c>value ⊙ w</c> for an RMSNorm (whose hook is before the weight). A new tensor on <paramref name="backend"/>'s device.
+    /// The norm's output from its <c>hook_normalized</c> value (e.g. a cached one), on <paramref name="backend"/>'s device:
+    /// the value itself for a LayerNorm (the same tensor when already there), a new tensor <c>value ⊙ w</c> for an RMSNorm
+    /// (whose hook is before the weight).
     /// </summary>
     public Tensor OutputFromNormalized(IComputeBackend backend, Tensor normalized)
     {
         ArgumentNullException.ThrowIfNull(backend);
         ArgumentNullException.ThrowIfNull(normalized);
         if (normalized.Device != backend.Device) normalized = backend.ToDevice(normalized);
+        if (!HooksBeforeWeight) return normalized;
         var y = backend.Empty(normalized.Shape.ToArray());
-        if (!HooksBeforeWeight)
-        {
-            backend.CopyRows(normalized, 0, normalized.Length, y, 0, normalized.Length, 1, normalized.Length);
-            return y;
-        }
         int d = normalized.Dim(-1), rows = normalized.Length / d;
         TimesWeight(backend, normalized, rows, d, _bias.On(backend), backend.Empty(rows), y);
         return y;
