@@ -109,6 +109,7 @@ public sealed class HookProfiler
             "hook_pos_embed" => ("position-embedding gather", null),
             "hook_resid_pre" => ("residual adds", null),          // block 0: embed + pos; later blocks: nothing
             "hook_resid_mid" or "hook_resid_post" => ("residual adds", null),
+            "hook_mlp_in" => ("hook_mlp_in: copy of the MLP branch's input (cache only)", null),
             "ln1.hook_scale" or "ln2.hook_scale" or "ln_final.hook_scale" => ("LayerNorm", null),
             // An RMSNorm whose hook_normalized (x/σ) is read applies its weight after it, before the MLP's input.
             "mlp.hook_in" => ("LayerNorm", null),

@@ -441,9 +441,9 @@ public abstract class HookedTransformer : IDisposable
         Tensor dResidMid = dResidPost;
         if (mlp is not null)
         {
-            // Forward: resid_post = resid_mid + mlp(ln2(resid_mid)).
+            // Forward: resid_post = resid_mid + mlp(ln2(hook_mlp_in)), hook_mlp_in = resid_mid.
             var dMlpOut = ctx.GradHook(names.MlpOut, l, dResidPost);
-            var viaMlp = SubLayerBackward(ctx, mlp.Backward(ctx, dMlpOut), d => ln2!.Backward(ctx, l, d));
+            var viaMlp = ctx.GradHook(names.HookMlpIn, l, SubLayerBackward(ctx, mlp.Backward(ctx, dMlpOut), d => ln2!.Backward(ctx, l, d)));
             dResidMid = ctx.GradHook(names.ResidMid, l, SumGradients(ctx, dResidPost, viaMlp));
             ctx.Release(dMlpOut); // a hook's replacement of d resid_post; else the same tensor, released just above
         }
@@ -559,8 +559,24 @@ public abstract class HookedTransformer : IDisposable
         var attnOut = ctx.Hook(names.AttnOut, l, SubLayer(ctx, residPre, ln1.Forward(ctx, l, residPre), attn.Forward));
         if (mlp is null) return ctx.Hook(names.ResidPost, l, SumReleasing(ctx, residPre, attnOut));
         var residMid = ctx.Hook(names.ResidMid, l, SumReleasing(ctx, residPre, attnOut));
-        var mlpOut = ctx.Hook(names.MlpOut, l, SubLayer(ctx, residMid, ln2!.Forward(ctx, l, residMid), mlp.Forward));
+        var mlpIn = MlpBranchInput(ctx, names, residMid);
+        var mlpOut = ctx.Hook(names.MlpOut, l, SubLayer(ctx, mlpIn, ln2!.Forward(ctx, l, mlpIn), mlp.Forward));
         return ctx.Hook(names.ResidPost, l, SumReleasing(ctx, residMid, mlpOut));
+    }
+
+    /// <summary>
+    /// TransformerLens's <c>hook_mlp_in</c>: the stream the MLP branch reads. Copied only when something reads the hook, so
+    /// what a hook or splice does there reaches the MLP alone while the skip path keeps <paramref name="stream"/>; else
+    /// <paramref name="stream"/> itself. The backward passes the MLP branch's gradient through the same hook
+    /// (<see cref="ForwardContext.GradHook"/> at <see cref="BlockHookNames.HookMlpIn"/>) before it joins the residual's.
+    /// </summary>
+    protected static Tensor MlpBranchInput(ForwardContext ctx, BlockHookNames names, Tensor stream)
+    {
+        if (!ctx.Wants(names.HookMlpIn)) return stream;
+        int d = stream.Dim(-1);
+        var copy = ctx.Scratch(stream.Shape.ToArray());
+        ctx.Backend.CopyRows(stream, 0, d, copy, 0, d, stream.Length / d, d);
+        return ctx.Hook(names.HookMlpIn, names.Layer, copy);
     }
 
     /// <summary>Runs <paramref name="layer"/> on <paramref name="normed"/> (the norm of the stream), then releases <paramref name="normed"/> unless it is the stream itself (a norm of kind None).</summary>

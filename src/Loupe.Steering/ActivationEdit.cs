@@ -160,7 +160,7 @@ public static partial class ActivationEdits
         string local = BlockPrefix().Replace(hookName, "");
         return local switch
         {
-            "hook_resid_pre" or "hook_resid_mid" or "hook_resid_post" or "hook_attn_out" or "hook_mlp_out" or "mlp.hook_in"
+            "hook_resid_pre" or "hook_resid_mid" or "hook_resid_post" or "hook_attn_out" or "hook_mlp_out" or "mlp.hook_in" or "hook_mlp_in"
                 or HookNames.Embed or HookNames.PosEmbed or "attn.hook_result" => (config.DModel, "d_model"),
             "mlp.hook_pre" or "mlp.hook_pre_linear" or "mlp.hook_post" => (config.DMlp, "d_mlp"),
             "attn.hook_q" or "attn.hook_k" or "attn.hook_v" or "attn.hook_z" or "attn.hook_rot_q" or "attn.hook_rot_k" => (config.DHead, "d_head"),

@@ -19,8 +19,9 @@ public sealed class FamilyAttributionTests
 {
     static readonly int[] Prompt = [1, 37, 211, 5, 88, 400, 12];
 
-    /// <param name="mlpIn">Read <c>blocks.ℓ.mlp.hook_in</c> (the MLP's input) instead of <c>ln2.hook_normalized</c> (before an RMSNorm's weight).</param>
-    internal static PerLayerTranscoders RandomTranscoders(HookedTransformer model, int features = 24, int seed = 3, bool mlpIn = false)
+    /// <param name="input">What each layer's transcoder reads: <c>ln2</c> (<c>ln2.hook_normalized</c>, before an RMSNorm's weight),
+    /// <c>mlp.hook_in</c> (the MLP's input) or <c>hook_mlp_in</c> (TransformerLens's: the stream before ln2).</param>
+    internal static PerLayerTranscoders RandomTranscoders(HookedTransformer model, int features = 24, int seed = 3, string input = "ln2")
     {
         int L = model.Config.NLayers, D = model.Config.DModel;
         var dicts = new List<SparseDictionary>();
@@ -34,7 +35,13 @@ public sealed class FamilyAttributionTests
             dicts.Add(d);
         }
         return new PerLayerTranscoders(dicts,
-            [.. Enumerable.Range(0, L).Select(l => mlpIn ? HookNames.MlpIn(l) : model.Anatomy(l).Ln2!.NormalizedHook)],
+            [.. Enumerable.Range(0, L).Select(l => input switch
+            {
+                "ln2" => model.Anatomy(l).Ln2!.NormalizedHook,
+                "mlp.hook_in" => HookNames.MlpIn(l),
+                "hook_mlp_in" => HookNames.HookMlpIn(l),
+                _ => throw new ArgumentOutOfRangeException(nameof(input), input, "ln2, mlp.hook_in or hook_mlp_in"),
+            })],
             [.. Enumerable.Range(0, L).Select(HookNames.MlpOut)], "random");
     }
 
@@ -60,17 +67,19 @@ public sealed class FamilyAttributionTests
         ModelLoader.LoadFolder(SharedData.TestData(Path.Combine("reference", arch)), backend);
 
     [Theory]
-    [InlineData("gpt2", false)]
-    [InlineData("llama", false)]
-    [InlineData("qwen2", false)]
-    [InlineData("gemma2", false)]
-    [InlineData("gpt_neox", false)]
-    [InlineData("llama", true)]   // RMSNorm: mlp.hook_in is after ln2's weight, ln2.hook_normalized before it
-    [InlineData("gemma2", true)]
-    public void Every_family_edges_match_interventions_in_the_real_model(string arch, bool mlpIn)
+    [InlineData("gpt2", "ln2")]
+    [InlineData("llama", "ln2")]
+    [InlineData("qwen2", "ln2")]
+    [InlineData("gemma2", "ln2")]
+    [InlineData("gpt_neox", "ln2")]
+    [InlineData("llama", "mlp.hook_in")]   // RMSNorm: mlp.hook_in is after ln2's weight, ln2.hook_normalized before it
+    [InlineData("gemma2", "mlp.hook_in")]
+    [InlineData("llama", "hook_mlp_in")]   // the stream before ln2: resid_mid
+    [InlineData("gpt_neox", "hook_mlp_in")] // resid_pre, in a parallel block
+    public void Every_family_edges_match_interventions_in_the_real_model(string arch, string input)
     {
         using var model = Load(arch);
-        var tc = RandomTranscoders(model, mlpIn: mlpIn);
+        var tc = RandomTranscoders(model, input: input);
         var graph = new Attributor(model, tc, new AttributionSettings { BatchSize = 16, CausalBlock = 2 }).Attribute(Prompt);
         Assert.True(graph.SelectedFeatures.Length > 10, $"{graph.SelectedFeatures.Length} active features");
         var replacement = new ReplacementModel(model, tc);

@@ -13,7 +13,8 @@ static class FrozenProbe
 {
     /// <summary>The hooks <see cref="Targets"/> reads.</summary>
     public static Func<string, bool> Cache { get; } = n => n == "ln_final.hook_normalized" || n.EndsWith(".ln2.hook_normalized", StringComparison.Ordinal)
-        || n.EndsWith(".mlp.hook_in", StringComparison.Ordinal) || n.EndsWith(".hook_resid_mid", StringComparison.Ordinal);
+        || n.EndsWith(".mlp.hook_in", StringComparison.Ordinal) || n.EndsWith(".hook_resid_mid", StringComparison.Ordinal)
+        || n.EndsWith(".hook_mlp_in", StringComparison.Ordinal);
 
     /// <summary>Largest |Δ target − A[target, source]| over the feature and logit targets.</summary>
     public static double ColumnError(AttributionGraph g, int source, double[] clean, double[] changed)

@@ -55,7 +55,7 @@ public class GradientTests(ITestOutputHelper output)
         foreach (var hook in new[] { "hook_embed", "blocks.0.hook_resid_pre", "blocks.0.ln1.hook_normalized", "blocks.0.ln1.hook_scale",
                      "blocks.1.attn.hook_q", "blocks.1.attn.hook_k", "blocks.1.attn.hook_v", "blocks.1.attn.hook_attn_scores",
                      "blocks.1.attn.hook_pattern", "blocks.1.attn.hook_z", "blocks.1.attn.hook_result", "blocks.1.hook_attn_out",
-                     "blocks.1.mlp.hook_in", "blocks.1.ln2.hook_normalized", "blocks.1.mlp.hook_pre", "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out",
+                     "blocks.1.hook_mlp_in", "blocks.1.mlp.hook_in", "blocks.1.ln2.hook_normalized", "blocks.1.mlp.hook_pre", "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out",
                      "blocks.2.hook_resid_post", "ln_final.hook_normalized" })
             foreach (var arch in new[] { "gpt2", "gpt_neox", "llama", "gemma2" })
                 data.Add(arch, hook);

@@ -129,8 +129,8 @@ public class HookPointTests(ITestOutputHelper output)
         var clock = Stopwatch.StartNew();
         var points = HookPoints.Declare(cfg);
         output.WriteLine($"declared {points.Count} hook points in {clock.Elapsed.TotalMilliseconds:F2} ms");
-        // hook_embed, 32 × (resid_pre, ln1 ×2, q k v rot_q rot_k scores pattern z result, attn_out, resid_mid, ln2 ×2, mlp in pre pre_linear post, mlp_out, resid_post), ln_final ×2
-        Assert.Equal(1 + 32 * 22 + 2, points.Count);
+        // hook_embed, 32 × (resid_pre, ln1 ×2, q k v rot_q rot_k scores pattern z result, attn_out, resid_mid, hook_mlp_in, ln2 ×2, mlp in pre pre_linear post, mlp_out, resid_post), ln_final ×2
+        Assert.Equal(1 + 32 * 23 + 2, points.Count);
         var q = points.Single(p => p.Name == "blocks.7.attn.hook_q");
         Assert.Equal("blocks.7.attn.hook_q [batch, pos, head_index=32, d_head=128]", q.Describe());
         Assert.Equal(7, q.Layer);

@@ -80,10 +80,14 @@ internal sealed record ReplacementState
 
     /// <summary>
     /// The frozen norm between the residual stream and what layer <paramref name="layer"/>'s features read: ln2 for transcoders on
-    /// the MLP input; null for those reading <c>hook_resid_mid</c> and for residual-stream SAEs.
+    /// the MLP input; null for those reading the stream before ln2 (<c>hook_resid_mid</c>, or TransformerLens's
+    /// <c>hook_mlp_in</c>) and for residual-stream SAEs.
     /// </summary>
     public Norm? InputNorm(int layer) =>
-        ResidualSaes || Transcoders.InputHook(layer) == HookNames.ResidMid(layer) ? null : Model.Anatomy(layer).Ln2;
+        ResidualSaes || ReadsStream(Transcoders.InputHook(layer), layer) ? null : Model.Anatomy(layer).Ln2;
+
+    /// <summary>Whether <paramref name="hook"/> is the stream the MLP branch of <paramref name="layer"/> reads, before ln2.</summary>
+    static bool ReadsStream(string hook, int layer) => hook == HookNames.ResidMid(layer) || hook == HookNames.HookMlpIn(layer);
 
     /// <summary>
     /// Whether layer <paramref name="layer"/>'s features read an RMSNorm's <c>ln2.hook_normalized</c>, which is before its
@@ -362,9 +366,10 @@ internal sealed record ReplacementState
                 throw new InputError($"{model_} has no MLP in layer {l}; an attribution graph over transcoders replaces MLPs (use residual-stream SAEs on blocks.ℓ.hook_resid_post instead)");
             string expectIn = a.Ln2.Kind == NormKind.None ? $"blocks.{l}.hook_resid_mid" : a.Ln2.NormalizedHook;
             // circuit-tracer's Llama transcoders and its cross-layer transcoders read resid_mid, before ln2; its mlp.hook_in is the MLP's input.
-            bool readsResidMid = tc.InputHook(l) == HookNames.ResidMid(l) && !a.Parallel;
-            if (tc.InputHook(l) != expectIn && tc.InputHook(l) != HookNames.MlpIn(l) && !readsResidMid)
-                throw new InputError($"{tc.Source}: the transcoder of layer {l} reads '{tc.InputHook(l)}'; attribution needs it to read the MLP input '{HookNames.MlpIn(l)}' or '{expectIn}'{(a.Parallel ? "" : $" or '{HookNames.ResidMid(l)}'")} (or SAEs on blocks.ℓ.hook_resid_post in every layer)");
+            // TransformerLens's hook_mlp_in is the stream the MLP branch reads (resid_mid; resid_pre in a parallel block).
+            bool readsStream = tc.InputHook(l) == HookNames.HookMlpIn(l) || (tc.InputHook(l) == HookNames.ResidMid(l) && !a.Parallel);
+            if (tc.InputHook(l) != expectIn && tc.InputHook(l) != HookNames.MlpIn(l) && !readsStream)
+                throw new InputError($"{tc.Source}: the transcoder of layer {l} reads '{tc.InputHook(l)}'; attribution needs it to read the MLP input '{HookNames.MlpIn(l)}', '{expectIn}', '{HookNames.HookMlpIn(l)}'{(a.Parallel ? "" : $" or '{HookNames.ResidMid(l)}'")} (or SAEs on blocks.ℓ.hook_resid_post in every layer)");
             if (tc.OutputHook(l) != HookNames.MlpOut(l))
                 throw new InputError($"{tc.Source}: the transcoder of layer {l} writes '{tc.OutputHook(l)}'; attribution needs it to write '{HookNames.MlpOut(l)}'");
             if (tc.LastTarget(l) < l || tc.LastTarget(l) >= cfg.NLayers)

@@ -132,8 +132,8 @@ public sealed class SaeSplice : IHookSplice
     /// Loads a dictionary (<see cref="DictionaryFile.Load"/>) and splices it at <paramref name="hook"/>
     /// (default: cfg.json's hook_name). A transcoder's output hook comes from <see cref="SaeSpliceOptions.OutputHook"/>,
     /// else cfg.json's <c>hook_name_out</c> (SAELens's transcoder field, top level or under metadata), else —
-    /// when d_in ≠ d_out or it has W_skip — <c>blocks.L.hook_mlp_out</c> for an input at <c>blocks.L.ln2.hook_normalized</c>
-    /// or <c>blocks.L.hook_resid_mid</c>.
+    /// when d_in ≠ d_out or it has W_skip — <c>blocks.L.hook_mlp_out</c> for an input at <c>blocks.L.ln2.hook_normalized</c>,
+    /// <c>blocks.L.mlp.hook_in</c>, <c>blocks.L.hook_resid_mid</c> or <c>blocks.L.hook_mlp_in</c>.
     /// </summary>
     /// <exception cref="FileNotFoundException">Nothing loadable exists at the path.</exception>
     /// <exception cref="InputError">The files are malformed; no hook was given and cfg.json has none; a transcoder's output hook cannot be found; see <see cref="ForModel"/>.</exception>
@@ -159,7 +159,7 @@ public sealed class SaeSplice : IHookSplice
     /// <summary><c>blocks.L.hook_mlp_out</c> for an MLP-input hook of block L, else null.</summary>
     static string? MlpOutputFor(string input)
     {
-        var m = System.Text.RegularExpressions.Regex.Match(input, @"^blocks\.([0-9]{1,9})\.(ln2\.hook_normalized|hook_resid_mid|mlp\.hook_in)$");
+        var m = System.Text.RegularExpressions.Regex.Match(input, @"^blocks\.([0-9]{1,9})\.(ln2\.hook_normalized|hook_resid_mid|hook_mlp_in|mlp\.hook_in)$");
         return m.Success ? HookNames.MlpOut(int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)) : null;
     }
 

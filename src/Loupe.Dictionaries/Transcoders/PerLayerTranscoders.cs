@@ -42,7 +42,7 @@ public sealed partial class PerLayerTranscoders : IMlpReplacement
     /// or <paramref name="path"/> lists folders separated by commas, in layer order.
     /// Each must read the MLP's input <c>blocks.ℓ.mlp.hook_in</c>, <c>blocks.ℓ.ln2.hook_normalized</c> (before an RMSNorm's
     /// weight, as in TransformerLens) or the stream before ln2 (<c>blocks.ℓ.hook_resid_mid</c>, or TransformerLens's
-    /// <c>blocks.ℓ.hook_mlp_in</c>, read as resid_mid), and write <c>blocks.ℓ.hook_mlp_out</c> of its own layer ℓ, for ℓ = 0…<paramref name="layers"/>−1.
+    /// <c>blocks.ℓ.hook_mlp_in</c>, a copy of it), and write <c>blocks.ℓ.hook_mlp_out</c> of its own layer ℓ, for ℓ = 0…<paramref name="layers"/>−1.
     /// </summary>
     /// <exception cref="InputError">A folder is missing, a layer has no transcoder, a transcoder reads or writes another hook, or the files are malformed.</exception>
     public static PerLayerTranscoders LoadSaeLens(string path, int layers)
@@ -66,10 +66,9 @@ public sealed partial class PerLayerTranscoders : IMlpReplacement
             string expectIn = HookNames.MlpIn(l), expectOut = $"blocks.{l}.hook_mlp_out";
             string hookIn = cfg.HookName.Length > 0 ? cfg.HookName : expectIn;
             string hookOut = cfg.HookNameOut.Length > 0 ? cfg.HookNameOut : expectOut;
-            // TransformerLens's hook_mlp_in is the stream before ln2 (its block hooks resid_mid.clone() there).
-            if (hookIn == $"blocks.{l}.hook_mlp_in") hookIn = HookNames.ResidMid(l);
-            if (hookIn != expectIn && hookIn != $"blocks.{l}.ln2.hook_normalized" && hookIn != HookNames.ResidMid(l))
-                throw new InputError($"{folders[l]}: the dictionary for layer {l} reads '{hookIn}'; a replacement model needs a transcoder that reads the MLP input '{expectIn}', 'blocks.{l}.ln2.hook_normalized' or '{HookNames.ResidMid(l)}' (or an SAE on '{residual}')");
+            // TransformerLens's hook_mlp_in is the stream before ln2 (its block hooks resid_mid.clone() there; so does Loupe's).
+            if (hookIn != expectIn && hookIn != $"blocks.{l}.ln2.hook_normalized" && hookIn != HookNames.ResidMid(l) && hookIn != HookNames.HookMlpIn(l))
+                throw new InputError($"{folders[l]}: the dictionary for layer {l} reads '{hookIn}'; a replacement model needs a transcoder that reads the MLP input '{expectIn}', 'blocks.{l}.ln2.hook_normalized', '{HookNames.ResidMid(l)}' or '{HookNames.HookMlpIn(l)}' (or an SAE on '{residual}')");
             if (hookOut != expectOut)
                 throw new InputError($"{folders[l]}: the transcoder for layer {l} writes '{hookOut}'; a replacement model needs one that writes '{expectOut}'");
             if (dict.Shape.ApplyBDecToInput)

@@ -111,7 +111,8 @@ public sealed class Gemma2Model : HookedTransformer
         var attn = SubLayer(ctx, residPre, _ln1[l].Forward(ctx, l, residPre), _attn[l].Forward);
         var attnOut = ctx.Hook(names.AttnOut, l, ctx.Replacing(attn, _ln1Post[l].Forward(ctx, l, attn)));
         var residMid = ctx.Hook(names.ResidMid, l, SumReleasing(ctx, residPre, attnOut));
-        var mlp = SubLayer(ctx, residMid, _ln2[l].Forward(ctx, l, residMid), _mlp[l].Forward);
+        var mlpIn = MlpBranchInput(ctx, names, residMid);
+        var mlp = SubLayer(ctx, mlpIn, _ln2[l].Forward(ctx, l, mlpIn), _mlp[l].Forward);
         var mlpOut = ctx.Hook(names.MlpOut, l, ctx.Replacing(mlp, _ln2Post[l].Forward(ctx, l, mlp)));
         return ctx.Hook(names.ResidPost, l, SumReleasing(ctx, residMid, mlpOut));
     }
@@ -131,10 +132,11 @@ public sealed class Gemma2Model : HookedTransformer
     {
         var names = _attn[l].Names;
         dResidPost = ctx.GradHook(names.ResidPost, l, dResidPost);
-        // Forward: resid_post = resid_mid + ln2_post(mlp(ln2(resid_mid))).
+        // Forward: resid_post = resid_mid + ln2_post(mlp(ln2(hook_mlp_in))), hook_mlp_in = resid_mid.
         var dMlpOut = ctx.GradHook(names.MlpOut, l, dResidPost);
         var dMlp = _ln2Post[l].Backward(ctx, l, dMlpOut);
-        var viaMlp = SubLayerBackward(ctx, AfterPostNorm(ctx, dMlpOut, dMlp, _mlp[l].Backward(ctx, dMlp)), d => _ln2[l].Backward(ctx, l, d));
+        var viaMlp = ctx.GradHook(names.HookMlpIn, l,
+            SubLayerBackward(ctx, AfterPostNorm(ctx, dMlpOut, dMlp, _mlp[l].Backward(ctx, dMlp)), d => _ln2[l].Backward(ctx, l, d)));
         var dResidMid = ctx.GradHook(names.ResidMid, l, SumGradients(ctx, dResidPost, viaMlp));
         ctx.Release(dMlpOut);
         // Forward: resid_mid = resid_pre + ln1_post(attn(ln1(resid_pre))).

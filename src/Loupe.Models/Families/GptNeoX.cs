@@ -92,18 +92,19 @@ public sealed class GptNeoXModel : HookedTransformer
         var names = _attn[l].Names;
         residPre = ctx.Hook(names.ResidPre, l, residPre);
         var attnOut = ctx.Hook(names.AttnOut, l, SubLayer(ctx, residPre, _ln1[l].Forward(ctx, l, residPre), _attn[l].Forward));
-        var mlpOut = ctx.Hook(names.MlpOut, l, SubLayer(ctx, residPre, _ln2[l].Forward(ctx, l, residPre), _mlp[l].Forward));
+        var mlpIn = MlpBranchInput(ctx, names, residPre);
+        var mlpOut = ctx.Hook(names.MlpOut, l, SubLayer(ctx, mlpIn, _ln2[l].Forward(ctx, l, mlpIn), _mlp[l].Forward));
         return ctx.Hook(names.ResidPost, l, SumReleasing(ctx, residPre, attnOut, mlpOut));
     }
 
     protected override Tensor BlockBackward(int l, ForwardContext ctx, Tensor dResidPost)
     {
         if (!Config.ParallelAttnMlp) return SequentialBlockBackward(l, ctx, dResidPost, _ln1[l], _attn[l], _ln2[l], _mlp[l]);
-        // Forward: resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre)).
+        // Forward: resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(hook_mlp_in)), hook_mlp_in = resid_pre.
         var names = _attn[l].Names;
         dResidPost = ctx.GradHook(names.ResidPost, l, dResidPost);
         var dMlpOut = ctx.GradHook(names.MlpOut, l, dResidPost);
-        var viaMlp = SubLayerBackward(ctx, _mlp[l].Backward(ctx, dMlpOut), d => _ln2[l].Backward(ctx, l, d));
+        var viaMlp = ctx.GradHook(names.HookMlpIn, l, SubLayerBackward(ctx, _mlp[l].Backward(ctx, dMlpOut), d => _ln2[l].Backward(ctx, l, d)));
         var dAttnOut = ctx.GradHook(names.AttnOut, l, dResidPost);
         var viaAttn = SubLayerBackward(ctx, _attn[l].Backward(ctx, dAttnOut), d => _ln1[l].Backward(ctx, l, d));
         var dResidPre = SumGradients(ctx, dResidPost, viaMlp, viaAttn);

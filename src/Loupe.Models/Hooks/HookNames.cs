@@ -42,6 +42,12 @@ public static class HookNames
     /// values as <c>ln2.hook_normalized</c>, on an RMSNorm model <c>ln2.hook_normalized ⊙ w</c>. <c>[batch, pos, d_model]</c>.
     /// </summary>
     public static string MlpIn(int l) => $"blocks.{l}.mlp.hook_in";
+    /// <summary>
+    /// TransformerLens's <c>hook_mlp_in</c> (its <c>use_hook_mlp_in</c>): a copy of the stream the MLP branch reads, before ln2
+    /// (resid_mid; resid_pre in a parallel block). It holds the same values as that stream, but what a hook does there reaches
+    /// the MLP only, not the skip path, and its gradient is the MLP branch's alone. <c>[batch, pos, d_model]</c>.
+    /// </summary>
+    public static string HookMlpIn(int l) => $"blocks.{l}.hook_mlp_in";
     public static string MlpPre(int l) => $"blocks.{l}.mlp.hook_pre";
     public static string MlpPreLinear(int l) => $"blocks.{l}.mlp.hook_pre_linear";
     public static string MlpPost(int l) => $"blocks.{l}.mlp.hook_post";
@@ -111,6 +117,7 @@ public sealed class BlockHookNames
         Z = HookNames.Z(layer);
         Result = HookNames.Result(layer);
         MlpIn = HookNames.MlpIn(layer);
+        HookMlpIn = HookNames.HookMlpIn(layer);
         MlpPre = HookNames.MlpPre(layer);
         MlpPreLinear = HookNames.MlpPreLinear(layer);
         MlpPost = HookNames.MlpPost(layer);
@@ -123,6 +130,8 @@ public sealed class BlockHookNames
     public string AttnOut { get; }
     public string MlpOut { get; }
     public string MlpIn { get; }
+    /// <summary>TransformerLens's <c>blocks.L.hook_mlp_in</c> (see <see cref="HookNames.HookMlpIn"/>), not circuit-tracer's <see cref="MlpIn"/>.</summary>
+    public string HookMlpIn { get; }
     public string Q { get; }
     public string K { get; }
     public string V { get; }

@@ -10,14 +10,15 @@ namespace Loupe.Models.Hooks;
 /// 2. per block: <c>hook_resid_pre</c>; <c>ln1</c>; attention (<c>hook_q, hook_k, hook_v</c>, then
 ///    <c>hook_rot_q, hook_rot_k</c> with rotary embeddings, <c>hook_attn_scores, hook_pattern, hook_z,
 ///    hook_result</c>); Gemma 2's <c>ln1_post</c>; <c>hook_attn_out</c>; then
-///    - parallel attention+MLP (GPT-NeoX): <c>ln2</c>, MLP, <c>hook_mlp_out</c>, <c>hook_resid_post</c>;
-///    - sequential: <c>hook_resid_mid</c>, <c>ln2</c>, MLP, Gemma 2's <c>ln2_post</c>, <c>hook_mlp_out</c>, <c>hook_resid_post</c>;
+///    - parallel attention+MLP (GPT-NeoX): <c>hook_mlp_in</c>, <c>ln2</c>, MLP, <c>hook_mlp_out</c>, <c>hook_resid_post</c>;
+///    - sequential: <c>hook_resid_mid</c>, <c>hook_mlp_in</c>, <c>ln2</c>, MLP, Gemma 2's <c>ln2_post</c>, <c>hook_mlp_out</c>, <c>hook_resid_post</c>;
 ///    - attention-only: <c>hook_resid_post</c>;
 ///    the MLP being <c>hook_in</c> (circuit-tracer's: the MLP's input), <c>hook_pre</c>, <c>hook_pre_linear</c> (gated MLPs only), <c>hook_post</c>;
 ///    each norm being <c>hook_scale</c>, <c>hook_normalized</c> (none when the model has no norms; an RMSNorm's
 ///    <c>hook_normalized</c> is before its weight, as in TransformerLens);
 /// 3. <c>ln_final.hook_scale</c>, <c>ln_final.hook_normalized</c>.
-/// <c>hook_result</c> is listed although it is computed only when something reads it.
+/// <c>hook_result</c> is listed although it is computed only when something reads it, and so is <c>hook_mlp_in</c>
+/// (TransformerLens's, with <c>use_hook_mlp_in</c>: the stream the MLP branch reads, copied only when something reads it).
 /// Splices add their sub-hooks after the hook they replace (<see cref="HookedTransformer.HookPointNamesWith"/>);
 /// they are not part of the declaration.
 /// </remarks>
@@ -50,6 +51,7 @@ public static class HookPoints
             if (cfg.HasMlp)
             {
                 if (!cfg.ParallelAttnMlp) points.Add(shapes.Residual(names.ResidMid, l));
+                points.Add(shapes.Residual(names.HookMlpIn, l));
                 if (norms) Norm(points, shapes, $"blocks.{l}.ln2", l);
                 Mlp(points, shapes, names, cfg.GatedMlp);
                 if (norms && sandwichNorms) Norm(points, shapes, $"blocks.{l}.ln2_post", l);

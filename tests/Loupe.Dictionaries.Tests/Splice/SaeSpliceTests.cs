@@ -114,6 +114,25 @@ public class SaeSpliceTests(ITestOutputHelper output)
         Assert.Equal([2, 10, 80], run.Cache[HookNames.SaeActsPost(MlpOut)].Shape.ToArray());
     }
 
+    [Fact]
+    public void AnSaeOnTransformerLensHookMlpInReplacesTheMlpsInputOnly()
+    {
+        // SAELens splices an SAE on blocks.L.hook_mlp_in into the MLP branch; the skip path keeps resid_mid.
+        using var model = Model();
+        var tokens = Tokens();
+        var sae = Sae(seed: 4);
+        string hook = HookNames.HookMlpIn(1), mid = HookNames.ResidMid(1);
+        var expected = model.Run(tokens, new RunOptions().AddHook(hook, (x, _) => Reconstruct(sae, x, x))).Logits;
+        var run = model.RunWithCache(tokens, $"{mid},{HookNames.MlpOut(1)},{HookNames.ResidPost(1)}", new RunOptions().AddSplice(SaeSplice.ForModel(model, sae, hook)));
+        Assert.Equal(expected.Span.ToArray(), run.Logits.Span.ToArray());
+        var atMid = model.Run(tokens, new RunOptions().AddHook(mid, (x, _) => Reconstruct(sae, x, x))).Logits;
+        Assert.NotEqual(atMid.Span.ToArray(), run.Logits.Span.ToArray());
+        var post = run.Cache[HookNames.ResidPost(1)].Span;
+        var residMid = run.Cache[mid].Span;
+        var mlpOut = run.Cache[HookNames.MlpOut(1)].Span;
+        for (int i = 0; i < post.Length; i++) Assert.True(MathF.Abs(residMid[i] + mlpOut[i] - post[i]) <= 1e-5f * (1 + MathF.Abs(post[i])), $"resid_post[{i}] is not resid_mid + mlp_out");
+    }
+
     public static TheoryData<string, float> Edits => new() { { "ablate", 0f }, { "steer", 3f } };
 
     /// <summary>

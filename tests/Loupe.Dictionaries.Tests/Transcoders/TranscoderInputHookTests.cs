@@ -7,7 +7,7 @@ namespace Loupe.Dictionaries.Tests.Transcoders;
 /// <summary>
 /// Which hooks a per-layer SAELens transcoder set may read, named as TransformerLens names them: the MLP's input
 /// (<c>mlp.hook_in</c>), <c>ln2.hook_normalized</c>, or the stream before ln2 (<c>hook_resid_mid</c>, and TransformerLens's
-/// <c>hook_mlp_in</c>, which its block hooks on <c>resid_mid.clone()</c>).
+/// <c>hook_mlp_in</c>, which its block hooks on <c>resid_mid.clone()</c>, as Loupe's does).
 /// </summary>
 public sealed class TranscoderInputHookTests : IDisposable
 {
@@ -31,7 +31,7 @@ public sealed class TranscoderInputHookTests : IDisposable
     [InlineData("blocks.{0}.mlp.hook_in", "blocks.{0}.mlp.hook_in")]
     [InlineData("blocks.{0}.ln2.hook_normalized", "blocks.{0}.ln2.hook_normalized")]
     [InlineData("blocks.{0}.hook_resid_mid", "blocks.{0}.hook_resid_mid")]
-    [InlineData("blocks.{0}.hook_mlp_in", "blocks.{0}.hook_resid_mid")]
+    [InlineData("blocks.{0}.hook_mlp_in", "blocks.{0}.hook_mlp_in")]
     public void Each_input_hook_is_kept_as_what_it_reads(string written, string read)
     {
         var set = PerLayerTranscoders.LoadSaeLens(Set("ok", l => string.Format(System.Globalization.CultureInfo.InvariantCulture, written, l)), 2);
