@@ -106,6 +106,7 @@ public sealed class PersonaVector
         {
             ["format"] = "loupe-persona-vector",
             ["hook"] = HookName,
+            [HookNames.SemanticsKey] = HookNames.Semantics,
             ["layer"] = Layer.ToString(CultureInfo.InvariantCulture),
             ["norm"] = Norm.ToString("R", CultureInfo.InvariantCulture),
             ["threshold"] = Threshold.ToString("R", CultureInfo.InvariantCulture),
@@ -124,6 +125,7 @@ public sealed class PersonaVector
     {
         using var file = SafeTensorsFile.Open(path);
         if (!file.Contains("persona")) throw new InputError($"{path} has no 'persona' tensor; it is not a persona vector file");
+        HookNames.RequireKnownSemantics(file.Metadata.GetValueOrDefault(HookNames.SemanticsKey), path);
         string Meta(string key) => file.Metadata.TryGetValue(key, out var v) ? v : throw new InputError($"{path} lacks the '{key}' metadata of a persona vector");
         double Num(string key) => MetadataNumber(file.Metadata, key, path);
         int layer = int.TryParse(Meta("layer"), NumberStyles.Integer, CultureInfo.InvariantCulture, out int l) && l >= 0 ? l

@@ -104,6 +104,8 @@ public sealed class SteeringVector : IActivationEdit
         if (!file.Contains(name)) throw new InputError($"{path} has no tensor '{name}'; it holds: {string.Join(", ", file.Names.Take(16))}");
         var shape = file.GetInfo(name).Shape;
         if (shape.Count(s => s != 1) > 1) throw new InputError($"tensor '{name}' in {path} has shape [{string.Join(", ", shape)}]; a steering vector is one-dimensional");
+        // A hook named by the file means what the Loupe that wrote it said (loupe_hooks); one the caller names means today's.
+        if (hookName is null) HookNames.RequireKnownSemantics(file.Metadata.GetValueOrDefault(HookNames.SemanticsKey), path);
         string hook = hookName ?? (file.Metadata.TryGetValue("hook", out var h) ? h
             : throw new InputError($"{path} records no 'hook' in its metadata; give the hook point (--hook)"));
         if (string.IsNullOrWhiteSpace(hook)) throw InputError.Expected(path, hookName is null ? "metadata 'hook'" : "the hook", "a hook point name", hook);

@@ -125,7 +125,7 @@ public class CliTests
         Assert.Contains("sliding window 4", stdout);
         Assert.Matches(@"parameters:\s+[\d,]+", stdout);
         // Each block's hook points once, with their axes; the kv-head axis at hook_k has the key/value head count.
-        Assert.Contains("hook points (107: 26 in each of 4 blocks, 3 outside;", stdout);
+        Assert.Contains("hook points (111: 27 in each of 4 blocks, 3 outside;", stdout);
         Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.mlp\.hook_in +\[batch, pos, d_model=64\]\n", stdout);
         Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.attn\.hook_q +\[batch, pos, head_index=4, d_head=16\]\n", stdout);
         Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.attn\.hook_k +\[batch, pos, head_index=2, d_head=16\]\n", stdout);
@@ -142,7 +142,7 @@ public class CliTests
         Assert.True(code == 0, err);
         Assert.DoesNotContain("RMSNorm:", stdout); // a LayerNorm model: hook_normalized is the output
         var listed = stdout[stdout.IndexOf("hook points matching", StringComparison.Ordinal)..].Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.Equal("hook points matching blocks.2.attn.hook_pattern,blocks.*.mlp.hook_post,hook_pos_embed (5 of 61):", listed[0]);
+        Assert.Equal("hook points matching blocks.2.attn.hook_pattern,blocks.*.mlp.hook_post,hook_pos_embed (5 of 64):", listed[0]);
         // Forward order, names aligned.
         Assert.Equal(
         [
@@ -154,7 +154,7 @@ public class CliTests
         ], listed[1..]);
 
         var all = RunLoupe("info", "--model", Fixture("gpt2"), "--hooks", "*");
-        Assert.Contains("(61 of 61)", all.Out);
+        Assert.Contains("(64 of 64)", all.Out);
         Assert.Matches(@"\n  blocks\.1\.attn\.hook_result +\[batch, pos, head_index=4, d_model=64\]\n", all.Out);
 
         var refused = RunLoupe("info", "--model", Fixture("gpt2"), "--hooks", "blocks.9.*");

@@ -51,6 +51,26 @@ public class PersonaTests
         Assert.Equal(persona.Layer, loaded.Layer);
         Assert.Equal(persona.Threshold, loaded.Threshold);
         Assert.Equal(persona.HookName, SteeringVector.Load(path).HookName); // the file also works as a plain steering vector
+
+        // The file says what its hook name means; one naming meanings this Loupe does not know is refused (or, as a steering
+        // vector, taken only with the hook named by the caller).
+        using (var file = Loupe.Models.Loading.SafeTensorsFile.Open(path))
+            Assert.Equal(HookNames.Semantics, file.Metadata[HookNames.SemanticsKey]);
+        string future = Path.Combine(Path.GetDirectoryName(path)!, "future.safetensors");
+        persona.Save(future, new Dictionary<string, string> { [HookNames.SemanticsKey] = "loupe_v3" });
+        using (var file = Loupe.Models.Loading.SafeTensorsFile.Open(future))
+            Assert.Equal(HookNames.Semantics, file.Metadata[HookNames.SemanticsKey]); // Save's own value wins over extras
+    }
+
+    [Fact]
+    public void AVectorFileNamingUnknownHookMeaningsIsRefused()
+    {
+        string path = Path.Combine(Directory.CreateTempSubdirectory("loupe-persona").FullName, "future.safetensors");
+        Loupe.Models.Loading.SafeTensorsWriter.Write(path, [("persona", [4], new float[] { 1, 2, 3, 4 })],
+            new Dictionary<string, string> { ["hook"] = "blocks.1.ln2.hook_normalized", ["layer"] = "1", ["threshold"] = "0", [HookNames.SemanticsKey] = "loupe_v3" });
+        Assert.Contains("'loupe_hooks' is 'loupe_v3'", Assert.Throws<InputError>(() => PersonaVector.Load(path)).Message);
+        Assert.Contains(path, Assert.Throws<InputError>(() => SteeringVector.Load(path)).Message);
+        Assert.Equal("blocks.1.hook_resid_post", SteeringVector.Load(path, hookName: "blocks.1.hook_resid_post").HookName);
     }
 
     [Fact]

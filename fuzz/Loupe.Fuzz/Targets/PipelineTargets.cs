@@ -118,3 +118,68 @@ public sealed class FeatureStoreTarget : FuzzTarget
 
     public override void Cleanup() => Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
 }
+
+/// <summary>
+/// Resuming a feature-store build (<c>loupe features build --resume</c>): <c>FeatureDashboardBuilder.Build</c> with
+/// Resume on a folder holding a cancelled build's <c>features.db.checkpoint</c>, which it must continue (to a store that
+/// opens with finite statistics) or refuse by name. The seeds are builds cancelled inside pass 1 and inside pass 2.
+/// </summary>
+public sealed class FeatureResumeTarget : FuzzTarget
+{
+    public override string Name => "features-resume";
+    public override int DefaultIterations => 800;
+    public override TimeSpan Timeout => TimeSpan.FromSeconds(10);
+
+    static readonly FeatureBuildOptions Options = new() { BatchSize = 4, TopK = 4, Quantiles = 3, QuantileSamples = 2, HistogramBins = 6, Window = 3, LogitCount = 2 };
+    HookedTransformer? _model;
+    HarvestContexts? _contexts;
+
+    public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
+    {
+        _model = PipelineFixtures.LoadModel(context);
+        _contexts = PipelineFixtures.Contexts(24, 12);
+        var (dict, cfg) = PipelineFixtures.Dictionary();
+        var seeds = new List<Seed>();
+        foreach (var stage in new[] { "pass 1/2", "pass 2/2" })
+        {
+            string folder = Directory.CreateDirectory(Path.Combine(context.Scratch, "features-resume", stage[5..6])).FullName;
+            string store = Path.Combine(folder, "features.db");
+            // Checkpoints after every batch; cancelled on the third report of the stage (its third batch).
+            using var kill = new CancellationTokenSource();
+            int reports = 0;
+            var progress = new Stop(p => { if (p.Stage == stage && ++reports == 3) kill.Cancel(); });
+            try
+            {
+                FeatureDashboardBuilder.Build(_model, dict, cfg, _contexts, store, Options with { CheckpointSeconds = 0 }, progress: progress, cancellationToken: kill.Token);
+                throw new InvalidOperationException($"the seed build was not cancelled in {stage}");
+            }
+            catch (OperationCanceledException) { }
+            seeds.Add(SeedFiles.FromFolder($"generated:features-resume-{stage[5..6]}", folder, Path.GetFileName(FeatureDashboardBuilder.CheckpointPath(store))));
+        }
+        return seeds;
+    }
+
+    public override void Execute(string folder, FuzzInput input)
+    {
+        var (dict, cfg) = PipelineFixtures.Dictionary();
+        string path = Path.Combine(folder, "features.db");
+        FeatureDashboardBuilder.Build(_model!, dict, cfg, _contexts!, path, Options with { Resume = true, CheckpointSeconds = null });
+        Require.That(!File.Exists(FeatureDashboardBuilder.CheckpointPath(path)), "the checkpoint was left after the store was written");
+        using var store = FeatureStore.Open(path);
+        foreach (var s in store.Features())
+        {
+            Require.Finite(s.Density, $"feature {s.Feature} density");
+            Require.Finite(s.MaxAct, $"feature {s.Feature} max_act");
+            if (s.MeanAct is double mean) Require.Finite(mean, $"feature {s.Feature} mean_act");
+            foreach (var kind in new[] { FeatureStoreSchema.Top, FeatureStoreSchema.Quantile })
+                foreach (var e in store.Examples(s.Feature, kind)) Require.Finite(e.Activation, $"feature {s.Feature} example activation");
+        }
+    }
+
+    public override void Cleanup() => Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+
+    sealed class Stop(Action<FeatureBuildProgress> report) : IProgress<FeatureBuildProgress>
+    {
+        public void Report(FeatureBuildProgress value) => report(value);
+    }
+}

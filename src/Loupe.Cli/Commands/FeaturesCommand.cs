@@ -57,15 +57,18 @@ static class FeaturesCommand
         var logits = new Option<int>("--logits") { Description = "Promoted and suppressed tokens kept per feature (0: skip logit effects)", DefaultValueFactory = _ => 10 };
         var keepBos = new Option<bool>("--keep-bos") { Description = "Count each context's BOS position too (left out by default: its activations are outliers)" };
         var output = new Option<string?>("--out", "-o") { Description = "The SQLite file to write (default: SAE_FOLDER/features.db); replaced atomically" };
+        var resume = new Option<bool>("--resume") { Description = "Continue a killed or cancelled build from its checkpoint OUT.checkpoint (same model, dictionary, corpus and settings; the store ends the same as an uninterrupted build's)" };
+        var checkpointEvery = new Option<double>("--checkpoint-every") { Description = "Seconds between checkpoints to OUT.checkpoint (0: after every batch)", DefaultValueFactory = _ => 300 };
         var command = new Command("build",
             "Run the model over a corpus, encode the dictionary's hook at every token and store, per feature: density, max and\n" +
             "mean activation, the top-K contexts, samples from equal activation intervals of (0, max] (two passes: the first\n" +
             "finds each max), an activation histogram, and the tokens each feature's decoder direction promotes and suppresses\n" +
-            "through the unembedding. Memory stays bounded whatever the corpus size; Ctrl+C leaves no partial file.\n\n" +
+            "through the unembedding. Memory stays bounded whatever the corpus size; the store is written atomically, and a\n" +
+            "checkpoint beside it (OUT.checkpoint, every --checkpoint-every seconds) lets --resume continue a killed build.\n\n" +
             "Examples:\n" +
             "  loupe features build --model ../shared/models/stories260K --sae sae/ --source brown:../shared/datasets/brown-corpus --max-contexts 2000\n" +
             "  loupe features build -m ../shared/models/stories260K --sae tc/cfg.json --source generate:500 --context-size 64 --out tc-features.db")
-        { model, sae, hook, source, contextSize, maxContexts, seed, batchSize, top, quantiles, quantileSamples, bins, window, logits, keepBos, output };
+        { model, sae, hook, source, contextSize, maxContexts, seed, batchSize, top, quantiles, quantileSamples, bins, window, logits, keepBos, output, resume, checkpointEvery };
         command.SetAction((parse, cancellationToken) => Task.FromResult(CliSupport.Guard(() =>
         {
             string given = parse.GetValue(sae)!, saePath = CliSupport.LocalPath(given, "--sae");
@@ -89,6 +92,8 @@ static class FeaturesCommand
                 LogitCount = parse.GetValue(logits),
                 SkipBos = !parse.GetValue(keepBos),
                 Seed = parse.GetValue(seed),
+                Resume = parse.GetValue(resume),
+                CheckpointSeconds = parse.GetValue(checkpointEvery),
             };
             options.Validate();
             // On a device the dictionary encodes there and only the nonzero feature activations come back per batch.
@@ -119,7 +124,10 @@ static class FeaturesCommand
             }
             catch (OperationCanceledException)
             {
-                Console.Error.WriteLine($"cancelled; {outPath} was not written");
+                string checkpoint = FeatureDashboardBuilder.CheckpointPath(outPath);
+                Console.Error.WriteLine(File.Exists(checkpoint)
+                    ? $"cancelled; {outPath} was not written; --resume continues from the last checkpoint ({checkpoint})"
+                    : $"cancelled; {outPath} was not written");
                 return 130;
             }
             var s = summary!;

@@ -79,6 +79,9 @@ sealed class TopKTracker
 
     public ExampleSlots Slots { get; }
 
+    /// <summary>The heaps, for checkpoints: <c>[d_sae, K]</c> slot indices, the first Count[f] of feature f in use.</summary>
+    internal int[] Heap => _heap;
+
     /// <summary>Per feature: the activation a newcomer must exceed (−∞ until the heap is full).</summary>
     public float[] Threshold { get; }
 
@@ -132,17 +135,19 @@ sealed class TopKTracker
 /// <summary>
 /// A uniform sample of at most S tokens per (feature, interval) — Vitter's Algorithm R: the i-th
 /// token of a group is kept with probability S/i, replacing a uniformly chosen slot. The sample is
-/// uniform over the group's tokens whatever their order, and deterministic for a given seed.
+/// uniform over the group's tokens whatever their order, and deterministic for a given seed. The draw
+/// for the i-th token of group g is a hash of (seed, g, i), not a generator's next value: the sampler's
+/// whole state is its slots and counts, so a checkpointed build resumes with the same draws.
 /// </summary>
 sealed class ReservoirSampler
 {
-    readonly Random _rng;
+    readonly ulong _seed;
 
     public ReservoirSampler(int groups, int samples, int windowWidth, int seed)
     {
         Slots = new ExampleSlots(groups, samples, windowWidth);
         Seen = new long[groups];
-        _rng = new Random(seed);
+        _seed = Mix((ulong)(uint)seed + 0x9E3779B97F4A7C15UL);
     }
 
     public ExampleSlots Slots { get; }
@@ -163,12 +168,27 @@ sealed class ReservoirSampler
         }
         else
         {
-            long j = _rng.NextInt64(seen);
+            long j = Draw(group, seen);
             if (j >= s) return -1;
             slot = group * s + (int)j;
         }
         Slots.Set(slot, a, context, position);
         return slot;
+    }
+
+    /// <summary>A uniform integer in [0, <paramref name="seen"/>) for the seen-th token of <paramref name="group"/> (multiply-shift: bias below seen/2⁶⁴).</summary>
+    long Draw(int group, long seen)
+    {
+        ulong bits = Mix(Mix(_seed + (ulong)(uint)group * 0x9E3779B97F4A7C15UL) + (ulong)seen * 0xD1B54A32D192ED03UL);
+        return (long)(((UInt128)bits * (ulong)seen) >> 64);
+    }
+
+    /// <summary>SplitMix64's finalizer: a bijection of 64-bit words that scatters every input bit.</summary>
+    static ulong Mix(ulong z)
+    {
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
     }
 }
 

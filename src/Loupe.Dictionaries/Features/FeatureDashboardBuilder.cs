@@ -31,8 +31,20 @@ public sealed record FeatureBuildOptions
     public bool SkipBos { get; init; } = true;
     /// <summary>Seed of the interval sampling.</summary>
     public int Seed { get; init; }
+    /// <summary>
+    /// Continue an interrupted build from its checkpoint (<c>OUT.checkpoint</c>, same settings); without a checkpoint the
+    /// build starts from the beginning. Without <see cref="Resume"/> a checkpoint there is refused rather than discarded.
+    /// </summary>
+    public bool Resume { get; init; }
+    /// <summary>
+    /// Seconds between checkpoints (written after the batch that passes the mark; 0: after every batch); null writes none.
+    /// A killed build then loses at most this much work (plus one batch).
+    /// </summary>
+    public double? CheckpointSeconds { get; init; } = 300;
     /// <summary>Test seam: caps the store's SQLite file at this many pages, so writing fails as on a full disk.</summary>
     internal long? MaxDatabasePages { get; init; }
+    /// <summary>Test seam: called after each batch with the pass and the contexts done, after any checkpoint (a kill point).</summary>
+    internal Action<int, int>? AfterBatch { get; init; }
 
     /// <summary>Checks every count (cheap: call it before loading a model).</summary>
     /// <exception cref="InputError">A count is out of range (the message names it and its value).</exception>
@@ -47,7 +59,16 @@ public sealed record FeatureBuildOptions
         Between(HistogramBins, 1, 1 << 20, "--bins");
         Between(Window, 0, 1 << 20, "--window");
         Between(LogitCount, 0, 1 << 20, "--logits");
+        if (CheckpointSeconds is double c && !(c >= 0 && double.IsFinite(c)))
+            throw InputError.Expected("argument", "--checkpoint-every", "a number of seconds ≥ 0", c);
     }
+
+    /// <summary>The settings a checkpoint must share with the build resuming it (the batch size may differ).</summary>
+    internal System.Text.Json.Nodes.JsonObject CheckpointSettings() => new()
+    {
+        ["top_k"] = TopK, ["n_quantiles"] = Quantiles, ["quantile_samples"] = QuantileSamples, ["histogram_bins"] = HistogramBins,
+        ["window"] = Window, ["skip_bos"] = SkipBos, ["seed"] = Seed,
+    };
 }
 
 /// <summary>Progress of a build: <paramref name="Stage"/> is "pass 1/2", "pass 2/2", "logit effects" or "writing".</summary>
@@ -74,6 +95,10 @@ public sealed record FeatureBuildSummary(string Path, string Hook, int DSae, lon
 /// 4. logit effects: W_dec[f] through the final norm's weight into W_U (<see cref="LogitEffects"/>);
 /// 5. write everything to a temporary file beside the output and rename it over the output, so a
 ///    killed or cancelled build leaves no partial store.
+/// Every <see cref="FeatureBuildOptions.CheckpointSeconds"/> the state (pass, next context, every accumulator) is written
+/// to <c>OUT.checkpoint</c> (<see cref="FeatureBuildCheckpoint"/>); <see cref="FeatureBuildOptions.Resume"/> continues from it
+/// and ends with the store an uninterrupted build writes (the interval sampling draws from a hash of the token's place, not
+/// a generator's state); the checkpoint is deleted once the store is written.
 /// Two passes cost two forward passes per context; in exchange the histogram and the intervals use
 /// each feature's true max and nothing grows with the corpus. Memory:
 /// d_sae·(K + Q·S)·((2·window + 1)·4 + 12) bytes of examples, d_sae·B·8 of histogram, one batch of activations.
@@ -93,10 +118,12 @@ public static class FeatureDashboardBuilder
     /// <exception cref="InputError">
     /// No hook is known or it does not exist in the model, it is not a per-position activation, its width is not
     /// the dictionary's d_in, the contexts exceed n_ctx, an option is out of range, the output path is not a
-    /// regular file, or a feature activation is NaN or +∞ (the message names feature, context and position).
+    /// regular file, or a feature activation is NaN or +∞ (the message names feature, context and position); a checkpoint of an
+    /// interrupted build is there without <see cref="FeatureBuildOptions.Resume"/>, or (with it) was written with other
+    /// settings or is damaged.
     /// </exception>
     /// <exception cref="IOException">Writing the store failed (e.g. the disk is full); no partial file remains and an existing store is unchanged.</exception>
-    /// <exception cref="OperationCanceledException">Cancelled; no store and no temporary file remain.</exception>
+    /// <exception cref="OperationCanceledException">Cancelled; no store and no temporary file remain (the last checkpoint does, for <see cref="FeatureBuildOptions.Resume"/>).</exception>
     public static FeatureBuildSummary Build(HookedTransformer model, SparseDictionary dictionary, SaeLensConfig config, HarvestContexts contexts,
         string outputPath, FeatureBuildOptions? options = null, string? dictionaryPath = null,
         IProgress<FeatureBuildProgress>? progress = null, CancellationToken cancellationToken = default)
@@ -138,6 +165,43 @@ public static class FeatureDashboardBuilder
         long stateBytes = (long)dSae * (o.TopK + Q * o.QuantileSamples) * (W * 4L + 12) + histogram.LongLength * 8 + dSae * 20L;
         long tokens = (long)contexts.Count * (n - first);
 
+        // A checkpoint beside the output: continued with Resume, never silently discarded.
+        string checkpoint = FeatureBuildCheckpoint.PathFor(outputPath);
+        var state = new FeatureBuildCheckpoint.State(nActive, sum, max, histogram, top, samples);
+        var start = new FeatureBuildPosition(1, 0);
+        System.Text.Json.Nodes.JsonObject? settings = null;
+        System.Text.Json.Nodes.JsonObject Settings()
+        {
+            if (settings is not null) return settings;
+            settings = o.CheckpointSettings();
+            settings["model_fingerprint"] = HarvestManifest.Fingerprint(model);
+            settings["dictionary_sha256"] = FeatureBuildCheckpoint.DictionaryDigest(dictionary);
+            settings["hook"] = hook;
+            settings["contexts_sha256"] = contexts.Sha256();
+            settings["n_contexts"] = contexts.Count;
+            settings["context_size"] = n;
+            return settings;
+        }
+        if (File.Exists(checkpoint))
+        {
+            if (!o.Resume)
+                throw new InputError($"{checkpoint}: an interrupted build of this store left its checkpoint; continue it with --resume (same settings), or delete the file to start over");
+            start = FeatureBuildCheckpoint.Read(checkpoint, Settings(), contexts.Count, n, state);
+            progress?.Report(new FeatureBuildProgress($"resumed at pass {start.Pass}/2, context {start.NextContext} of {contexts.Count}", 0, tokens, 0));
+        }
+        var sinceCheckpoint = Stopwatch.StartNew();
+        void AfterBatch(int pass, int done)
+        {
+            bool finished = pass == 2 && done == contexts.Count;
+            if (o.CheckpointSeconds is double every && !finished && sinceCheckpoint.Elapsed.TotalSeconds >= every)
+            {
+                var next = done == contexts.Count ? new FeatureBuildPosition(2, 0) : new FeatureBuildPosition(pass, done);
+                FeatureBuildCheckpoint.Write(checkpoint, Settings(), next, state);
+                sinceCheckpoint.Restart();
+            }
+            o.AfterBatch?.Invoke(pass, done);
+        }
+
         // The batch's activations are sparse rows of the positions first..n−1 of each context: (context i, position p) is row i·(n − first) + p − first.
         int rowsPerContext = n - first;
         // Feature activations over a ±window around (context row i of the batch, position p), 0 outside the context and at a skipped BOS.
@@ -151,7 +215,7 @@ public static class FeatureDashboardBuilder
         }
 
         // 2. pass 1: counts, sums, max, top K.
-        RunPass("pass 1/2", (acts, c0, b) =>
+        if (start.Pass == 1) RunPass(1, start.NextContext, (acts, c0, b) =>
         {
             for (int i = 0; i < b; i++)
                 for (int p = first; p < n; p++)
@@ -180,7 +244,7 @@ public static class FeatureDashboardBuilder
         });
 
         // 3. pass 2: histogram and interval samples over (0, max].
-        RunPass("pass 2/2", (acts, c0, b) =>
+        RunPass(2, start.Pass == 2 ? start.NextContext : 0, (acts, c0, b) =>
         {
             for (int i = 0; i < b; i++)
                 for (int p = first; p < n; p++)
@@ -252,17 +316,19 @@ public static class FeatureDashboardBuilder
         };
         progress?.Report(new FeatureBuildProgress("writing", 0, dSae, 0));
         var (storedContexts, examples) = FeatureStoreWriter.Write(outputPath, collected, cancellationToken, o.MaxDatabasePages);
+        if (File.Exists(checkpoint)) File.Delete(checkpoint); // the store is complete: nothing left to resume
         progress?.Report(new FeatureBuildProgress("writing", dSae, dSae, 0));
         int dead = nActive.Count(c => c == 0);
         return new FeatureBuildSummary(Path.GetFullPath(outputPath), hook, dSae, tokens, dead, storedContexts, examples, stateBytes, clock.Elapsed.TotalSeconds);
 
         // One pass over every context: forward, read the hook, encode; visit(nonzero acts of rows [b·(n − first)], first context, b).
         // On a device the hook stays there: its rows past BOS are encoded there and only the nonzero activations come out.
-        void RunPass(string stage, Action<SparseActivations, int, int> visit)
+        void RunPass(int pass, int from, Action<SparseActivations, int, int> visit)
         {
+            string stage = $"pass {pass}/2";
             var passClock = Stopwatch.StartNew();
             var ids = new int[o.BatchSize * n]; // [batch, pos]
-            for (int c0 = 0; c0 < contexts.Count; c0 += o.BatchSize)
+            for (int c0 = from; c0 < contexts.Count; c0 += o.BatchSize)
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 int b = Math.Min(o.BatchSize, contexts.Count - c0);
@@ -292,10 +358,14 @@ public static class FeatureDashboardBuilder
                 }
                 visit(acts, c0, b);
                 long done = (long)(c0 + b) * (n - first);
-                progress?.Report(new FeatureBuildProgress(stage, done, tokens, done / Math.Max(passClock.Elapsed.TotalSeconds, 1e-9)));
+                progress?.Report(new FeatureBuildProgress(stage, done, tokens, (done - (long)from * (n - first)) / Math.Max(passClock.Elapsed.TotalSeconds, 1e-9)));
+                AfterBatch(pass, c0 + b);
             }
         }
     }
+
+    /// <summary>The checkpoint a build writing <paramref name="outputPath"/> keeps beside it (<see cref="FeatureBuildOptions.Resume"/>).</summary>
+    public static string CheckpointPath(string outputPath) => FeatureBuildCheckpoint.PathFor(outputPath);
 
     static string Inv(int v) => v.ToString(CultureInfo.InvariantCulture);
 

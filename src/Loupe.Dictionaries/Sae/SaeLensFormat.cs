@@ -34,6 +34,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
 using Loupe.Reports;
 
@@ -206,6 +207,8 @@ public static partial class SaeLensFormat
             if (cfg.HookNameOut.Length > 0) m["hook_name_out"] = cfg.HookNameOut;
             m["context_size"] = cfg.ContextSize;
             m["prepend_bos"] = cfg.PrependBos;
+            // What the hook names mean (SAELens ignores keys it does not know).
+            m[HookNames.SemanticsKey] = HookNames.Semantics;
             return m;
         }
         foreach (var (key, value) in Meta()) json[key] = value?.DeepClone();
@@ -268,6 +271,7 @@ public static partial class SaeLensFormat
             return Check.InRange(IntegerField(node, name, cfgPath), min, max, cfgPath, $"field '{name}'");
         }
 
+        HookNames.RequireKnownSemantics(Get<string?>(HookNames.SemanticsKey, null), cfgPath);
         string arch = Get("architecture", "standard");
         if (arch == "relu") arch = "standard";
         var (actName, transcoderArch, skip) = ParseArchitecture(arch, cfgPath);

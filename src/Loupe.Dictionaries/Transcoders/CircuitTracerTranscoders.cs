@@ -292,7 +292,8 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
     static (string Input, string Output, string? Activation, int? K) Settings(CircuitTracerYaml yaml, string? inputHookPattern, string? outputHookPattern)
     {
         string? fi = yaml["feature_input_hook"], fo = yaml["feature_output_hook"];
-        string input = inputHookPattern ?? (fi is not null ? CltFiles.AbsoluteHook(fi, CltFiles.LegacyLoupeExport(yaml.Scalars)) : CrossLayerTranscoder.DefaultInputHook);
+        bool legacy = CltFiles.LegacyLoupeExport(yaml.Scalars, yaml.Path);
+        string input = inputHookPattern ?? (fi is not null ? CltFiles.AbsoluteHook(fi, legacy) : CrossLayerTranscoder.DefaultInputHook);
         string output = outputHookPattern ?? (fo is not null ? CltFiles.AbsoluteHook(fo) : CrossLayerTranscoder.DefaultOutputHook);
         int? k = yaml["k"] is { } ks && int.TryParse(ks, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int kv) ? kv : null;
         return (input, output, yaml["activation"], k);

@@ -17,6 +17,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Loupe.Dictionaries.Sae;
+using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
 
 namespace Loupe.Dictionaries.Transcoders;
@@ -245,11 +246,18 @@ public static class CltFiles
     /// Written beside loupe_version in circuit-tracer configs: the hooks mean TransformerLens's (an RMSNorm's
     /// <c>ln2.hook_normalized</c> before its weight). A Loupe config without it is older (<see cref="LegacyLoupeExport"/>).
     /// </summary>
-    internal const string HookSemanticsKey = "loupe_hooks", HookSemantics = "transformer_lens";
+    internal const string HookSemanticsKey = HookNames.SemanticsKey, HookSemantics = HookNames.Semantics;
 
-    /// <summary>A config.yaml Loupe wrote while its <c>ln2.hook_normalized</c> was the norm's output (loupe_version, no loupe_hooks).</summary>
-    internal static bool LegacyLoupeExport(IReadOnlyDictionary<string, string> yaml) =>
-        yaml.ContainsKey("loupe_version") && !yaml.ContainsKey(HookSemanticsKey);
+    /// <summary>
+    /// A config.yaml Loupe wrote while its <c>ln2.hook_normalized</c> was the norm's output (loupe_version, no loupe_hooks).
+    /// One whose loupe_hooks names meanings this Loupe does not know is refused.
+    /// </summary>
+    /// <exception cref="InputError">loupe_hooks is there and is not <see cref="HookSemantics"/>.</exception>
+    internal static bool LegacyLoupeExport(IReadOnlyDictionary<string, string> yaml, string file)
+    {
+        HookNames.RequireKnownSemantics(yaml.GetValueOrDefault(HookSemanticsKey), file);
+        return yaml.ContainsKey("loupe_version") && !yaml.ContainsKey(HookSemanticsKey);
+    }
 
     /// <summary>
     /// Loads circuit-tracer's CLT layout. Hooks come from config.yaml when present (names inside the block,
@@ -264,9 +272,11 @@ public static class CltFiles
         if (layers == 0) throw new InputError($"{folder}: W_enc_0.safetensors is missing (circuit-tracer's CLT layout has W_enc_ℓ / W_dec_ℓ.safetensors per layer)");
         int extra = Directory.GetFiles(folder, "W_enc_*.safetensors").Length;
         if (extra != layers) throw new InputError($"{folder}: holds {extra} W_enc_*.safetensors files but layers 0…{layers - 1} are consecutive; expected one per layer from 0");
-        var yaml = ReadYaml(Path.Combine(folder, CircuitTracerConfig));
+        string yamlPath = Path.Combine(folder, CircuitTracerConfig);
+        var yaml = ReadYaml(yamlPath);
         // Loupe's own exports carry loupe_version; before mlp.hook_in existed they named the MLP input ln2.hook_normalized.
-        string input = inputHookPattern ?? (yaml.TryGetValue("feature_input_hook", out var fi) ? AbsoluteHook(fi, LegacyLoupeExport(yaml)) : CrossLayerTranscoder.DefaultInputHook);
+        bool legacy = LegacyLoupeExport(yaml, yamlPath);
+        string input = inputHookPattern ?? (yaml.TryGetValue("feature_input_hook", out var fi) ? AbsoluteHook(fi, legacy) : CrossLayerTranscoder.DefaultInputHook);
         string output = outputHookPattern ?? (yaml.TryGetValue("feature_output_hook", out var fo) ? AbsoluteHook(fo) : CrossLayerTranscoder.DefaultOutputHook);
 
         string enc0 = Path.Combine(folder, "W_enc_0.safetensors");

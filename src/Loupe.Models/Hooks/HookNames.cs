@@ -10,6 +10,23 @@ public static class HookNames
     public const string Embed = "hook_embed";
     /// <summary>Learned positional embeddings: <c>[batch, pos, d_model]</c>.</summary>
     public const string PosEmbed = "hook_pos_embed";
+    /// <summary>
+    /// Written by Loupe into the files it makes that name hooks (SAELens <c>cfg.json</c> metadata, circuit-tracer
+    /// <c>config.yaml</c>, persona vectors and monitors): what the names mean. <c>transformer_lens</c>: TransformerLens's
+    /// values (an RMSNorm's <c>hook_normalized</c> before its weight). Should a meaning ever change again, files then say which
+    /// they were made with, and a reader refuses one it does not know (<see cref="RequireKnownSemantics"/>).
+    /// </summary>
+    public const string SemanticsKey = "loupe_hooks", Semantics = "transformer_lens";
+
+    /// <summary>Throws when a file's <see cref="SemanticsKey"/> (null when it has none) names hook meanings this Loupe does not read.</summary>
+    /// <exception cref="InputError">The value is not <see cref="Semantics"/>; the message names the file and the field.</exception>
+    public static void RequireKnownSemantics(string? value, string file)
+    {
+        if (value is null || value == Semantics) return;
+        throw new InputError($"{file}: '{SemanticsKey}' is '{value}': its hook names mean what a newer Loupe gives them; " +
+            $"this one reads '{Semantics}' hooks. Use that Loupe, or a file made for TransformerLens's hook values");
+    }
+
     public const string FinalScale = "ln_final.hook_scale";
     public const string FinalNormalized = "ln_final.hook_normalized";
 

@@ -159,7 +159,7 @@ public static partial class JobEndpoints
             string saePath = options.SaePath ?? throw new NoPlaceException("a feature-store build harvests the dictionary given with --sae: start the server with --sae DIR");
             var (documents, description) = await Documents(workspace, body.Artifact, body.Texts, requestCancel);
             int maxContexts = Math.Clamp(body.MaxContexts ?? 512, 1, 4096);
-            var buildOptions = new FeatureBuildOptions { TopK = Math.Clamp(body.Top ?? 20, 1, 100) };
+            var buildOptions = new FeatureBuildOptions { TopK = Math.Clamp(body.Top ?? 20, 1, 100), CheckpointSeconds = null }; // a job in the workspace: cancelled on purpose, never resumed
             bool npz = saePath.EndsWith(".npz", StringComparison.OrdinalIgnoreCase)
                 || (Directory.Exists(saePath) && !File.Exists(Path.Combine(saePath, SaeLensFormat.ConfigFile)));
             string? hook = npz ? stores.All.Select(s => s.Read(st => st.Hook)).FirstOrDefault() : null;
