@@ -16,12 +16,18 @@ public static class ModelLoader
     /// <summary>model_type values (config.json) this build can run.</summary>
     public static IReadOnlyList<string> SupportedModelTypes { get; } = ["gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3", "bert", "transformer_lens"];
 
-    /// <summary>Loads from a local folder, or downloads a hub id into the HF cache first; <paramref name="processing"/> as in <see cref="LoadFolder"/>.</summary>
+    /// <summary>
+    /// Loads from a local folder, or downloads a hub id into the HF cache first — a TransformerLens name such as
+    /// <c>gpt2-small</c> or <c>pythia-70m</c> stands for its Hugging Face id (<see cref="TransformerLensNames"/>);
+    /// <paramref name="processing"/> as in <see cref="LoadFolder"/>.
+    /// </summary>
     /// <remarks><c>planned</c> hears what a download will fetch (files, bytes) before it starts (see <see cref="HubClient.ResolveAsync"/>).</remarks>
     public static async Task<HookedTransformer> LoadAsync(string modelIdOrPath, IProgress<DownloadProgress>? progress = null,
         IComputeBackend? backend = null, CancellationToken ct = default, WeightProcessing? processing = null, Action<HubPathListing>? planned = null)
     {
-        string folder = Directory.Exists(modelIdOrPath) ? modelIdOrPath : await new HubClient().ResolveAsync(modelIdOrPath, progress: progress, ct: ct, planned: planned);
+        ArgumentNullException.ThrowIfNull(modelIdOrPath);
+        string folder = Directory.Exists(modelIdOrPath) ? modelIdOrPath
+            : await new HubClient().ResolveAsync(TransformerLensNames.HubIdFor(modelIdOrPath) ?? modelIdOrPath, progress: progress, ct: ct, planned: planned);
         return LoadFolder(folder, backend, processing);
     }
 

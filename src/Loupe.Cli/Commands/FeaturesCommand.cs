@@ -104,6 +104,11 @@ static class FeaturesCommand
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
                 _ => ContextBuilder.ForModel(m, text, CliSupport.ContextSize(size, m), seedValue, CliSupport.Int(parse, maxContexts, 1)));
+            // The memory it will take, before the long passes allocate it.
+            long state = FeatureDashboardBuilder.EstimateStateBytes(dictionary.Shape.DSae, options), batch = FeatureDashboardBuilder.EstimateBatchBytes(dictionary.Shape.DSae, contexts.ContextSize, options);
+            Console.Error.WriteLine($"memory: ≈ {CliSupport.FormatBytes(state)} of per-feature state (top {options.TopK}, {options.Quantiles}×{options.QuantileSamples} interval samples, ±{options.Window} windows, {options.HistogramBins} bins)" +
+                $" + ≈ {CliSupport.FormatBytes(batch)} per batch of {options.BatchSize} contexts' feature activations" +
+                (options.CheckpointSeconds is double every ? $"; checkpoints of ≈ {CliSupport.FormatBytes(state)} to {FeatureDashboardBuilder.CheckpointPath(outPath)} every {every:0.#} s" : ""));
             FeatureBuildSummary? summary = null;
             try
             {

@@ -43,6 +43,10 @@ static class HarvestCommand
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
                 _ => ContextBuilder.ForModel(m, text, CliSupport.ContextSize(parse.GetValue(contextSize), m), seedValue, CliSupport.Int(parse, maxContexts, 1)));
             var options = new HarvestOptions(selected, CliSupport.Int(parse, batchSize, 1), CliSupport.Int(parse, shardTokens, 1), SkipBos: !parse.GetValue(keepBos));
+            // What it will write, before the first forward pass (the harvest itself refuses a disk without room for what is left).
+            if (Harvester.EstimateBytes(m, contexts, options) is long bytes)
+                Console.Error.WriteLine($"disk: ≈ {CliSupport.FormatBytes(bytes)} of shards for {contexts.Count.ToString("N0", CultureInfo.InvariantCulture)} contexts × {selected.Count} hook(s) as float32" +
+                    (Harvester.FreeBytes(parse.GetValue(output)!) is long free ? $" ({CliSupport.FormatBytes(free)} free there)" : ""));
             HarvestManifest? manifest = null;
             CliSupport.Status.Progress().AutoClear(false)
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())

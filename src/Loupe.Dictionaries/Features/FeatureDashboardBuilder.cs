@@ -162,7 +162,7 @@ public static class FeatureDashboardBuilder
         var sum = new double[dSae];            // [d_sae]
         var max = new float[dSae];             // [d_sae]
         var histogram = new long[dSae * B];    // [d_sae, B]
-        long stateBytes = (long)dSae * (o.TopK + Q * o.QuantileSamples) * (W * 4L + 12) + histogram.LongLength * 8 + dSae * 20L;
+        long stateBytes = EstimateStateBytes(dSae, o);
         long tokens = (long)contexts.Count * (n - first);
 
         // A checkpoint beside the output: continued with Resume, never silently discarded.
@@ -362,6 +362,26 @@ public static class FeatureDashboardBuilder
                 AfterBatch(pass, c0 + b);
             }
         }
+    }
+
+    /// <summary>
+    /// The memory a build's per-feature state takes (top-K and interval examples with their windows, histograms, counters):
+    /// <c>d_sae·(K + Q·S)·((2·window + 1)·4 + 12) + d_sae·B·8 + d_sae·20</c> bytes, allocated once whatever the corpus size
+    /// (and the size of each checkpoint).
+    /// </summary>
+    public static long EstimateStateBytes(int dSae, FeatureBuildOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        long w = 2L * options.Window + 1;
+        return (long)dSae * (options.TopK + (long)options.Quantiles * options.QuantileSamples) * (w * 4 + 12)
+            + (long)dSae * options.HistogramBins * 8 + dSae * 20L;
+    }
+
+    /// <summary>The memory of one batch's feature activations, encoded densely on the CPU: <c>batch·context_size·d_sae</c> floats.</summary>
+    public static long EstimateBatchBytes(int dSae, int contextSize, FeatureBuildOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return 4L * options.BatchSize * contextSize * dSae;
     }
 
     /// <summary>The checkpoint a build writing <paramref name="outputPath"/> keeps beside it (<see cref="FeatureBuildOptions.Resume"/>).</summary>

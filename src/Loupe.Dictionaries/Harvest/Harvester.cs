@@ -13,7 +13,11 @@ namespace Loupe.Dictionaries.Harvest;
 /// <param name="BatchSize">Contexts per forward pass.</param>
 /// <param name="ShardTokens">Flush a shard about every this many rows (rounded to whole contexts, at least one).</param>
 /// <param name="SkipBos">Leave out the BOS position of every context (its activations are outliers).</param>
-public sealed record HarvestOptions(IReadOnlyList<string> Hooks, int BatchSize = 8, int ShardTokens = 65_536, bool SkipBos = true);
+public sealed record HarvestOptions(IReadOnlyList<string> Hooks, int BatchSize = 8, int ShardTokens = 65_536, bool SkipBos = true)
+{
+    /// <summary>Test seam: the free bytes of the disk holding a folder (default <see cref="Harvester.FreeBytes"/>).</summary>
+    internal Func<string, long?> FreeSpace { get; init; } = Harvester.FreeBytes;
+}
 
 /// <summary>Progress after each forward batch.</summary>
 public readonly record struct HarvestProgress(long TokensDone, long TotalTokens, int ShardsDone, int TotalShards, double TokensPerSecond);
@@ -40,7 +44,8 @@ public static class Harvester
     /// <exception cref="InputError">
     /// A hook does not exist in the model or is not per-position, no hook is given, an option is out of range, the
     /// contexts do not fit n_ctx, the folder holds a harvest made with different settings (the message lists them)
-    /// or a damaged one, the output path is not a folder, or another process is harvesting into it (the message names it).
+    /// or a damaged one, the output path is not a folder, another process is harvesting into it (the message names it), or
+    /// the shards still to write need more than the disk holding the folder has free (<see cref="FreeBytes"/>).
     /// </exception>
     /// <exception cref="OperationCanceledException">Cancelled; complete shards and the manifest stay, and a later call resumes.</exception>
     public static HarvestManifest Run(HookedTransformer model, HarvestContexts contexts, string outputFolder, HarvestOptions options,
@@ -115,6 +120,12 @@ public static class Harvester
 
         int totalShards = (contexts.Count + contextsPerShard - 1) / contextsPerShard;
         long totalTokens = (long)contexts.Count * rowsPerContext;
+        // The shards still to write, against the disk's free space: refused now, not hours later on a full disk.
+        long need = ShardBytes(totalTokens - manifest.TotalTokens, dims.Values);
+        if (options.FreeSpace(outputFolder) is long free && need > free)
+            throw new InputError($"{Path.GetFullPath(outputFolder)}: the harvest needs ≈ {Gib(need)} more on disk " +
+                $"({(totalTokens - manifest.TotalTokens).ToString("N0", System.Globalization.CultureInfo.InvariantCulture)} tokens × {options.Hooks.Count} hook(s) of d = {string.Join(", ", options.Hooks.Select(h => dims[h]))} as float32) " +
+                $"and that disk has {Gib(free)} free; free space, harvest fewer contexts (--max-contexts) or hooks, or write elsewhere");
         var clock = Stopwatch.StartNew();
         long doneThisRun = 0;
         for (int k = manifest.Shards.Count; k < totalShards; k++)
@@ -166,6 +177,52 @@ public static class Harvester
             AtomicFile.WriteJson(Path.Combine(outputFolder, HarvestManifest.FileName), manifest);
         }
         return manifest;
+    }
+
+    /// <summary>
+    /// Bytes the shards of a harvest take on disk: every token's rows of every hook as float32 plus its id (int64); the
+    /// safetensors headers (a few hundred bytes a shard) are left out.
+    /// </summary>
+    public static long ShardBytes(long tokens, IEnumerable<int> widths)
+    {
+        ArgumentNullException.ThrowIfNull(widths);
+        return tokens * (4L * widths.Sum(d => (long)d) + 8);
+    }
+
+    /// <summary>
+    /// Bytes <paramref name="contexts"/> harvested at <paramref name="options"/>' hooks take on disk (<see cref="ShardBytes"/>),
+    /// from the widths <paramref name="model"/> declares (no forward pass); null when a hook's width is not declared
+    /// (a splice's sub-hook) or not per-position.
+    /// </summary>
+    public static long? EstimateBytes(HookedTransformer model, HarvestContexts contexts, HarvestOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(contexts);
+        ArgumentNullException.ThrowIfNull(options);
+        var declared = model.HookPoints.ToDictionary(p => p.Name, StringComparer.Ordinal);
+        var widths = new List<int>();
+        foreach (var hook in options.Hooks)
+        {
+            if (!declared.TryGetValue(hook, out var point) || point.Axes.Count < 3 || point.Axes[0] != HookAxis.Batch || point.Axes[1] != HookAxis.Pos
+                || point.Sizes.Skip(2).Any(s => s is null)) return null;
+            widths.Add(point.Sizes.Skip(2).Aggregate(1, (a, s) => a * s!.Value));
+        }
+        long rows = (long)contexts.Count * (options.SkipBos ? contexts.ContextSize - 1 : contexts.ContextSize);
+        return ShardBytes(rows, widths);
+    }
+
+    static string Gib(long bytes) => FormattableString.Invariant($"{bytes / (double)(1L << 30):0.00} GiB");
+
+    /// <summary>The bytes free on the disk holding <paramref name="folder"/> (its nearest existing ancestor), or null when unknown.</summary>
+    public static long? FreeBytes(string folder)
+    {
+        try
+        {
+            var dir = new DirectoryInfo(Path.GetFullPath(folder));
+            while (dir is not null && !dir.Exists) dir = dir.Parent;
+            return dir is null ? null : new DriveInfo(dir.FullName).AvailableFreeSpace;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException) { return null; }
     }
 
     /// <summary>

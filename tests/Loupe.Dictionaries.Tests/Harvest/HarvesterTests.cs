@@ -136,6 +136,39 @@ public sealed class HarvesterTests : IDisposable
     }
 
     [Fact]
+    public void Harvest_EstimatesItsShards_AndRefusesADiskWithoutRoomForWhatIsLeft()
+    {
+        var model = s_model.Value;
+        var contexts = Contexts();
+        var options = new HarvestOptions([Normalized, MlpOut], BatchSize: 2, ShardTokens: 33, SkipBos: true);
+        const long perToken = 4 * (64 + 64) + 8; // two d_model rows as float32 and the token id
+        long estimate = Harvester.EstimateBytes(model, contexts, options)!.Value;
+        Assert.Equal(contexts.Count * 11L * perToken, estimate);
+        var manifest = Harvester.Run(model, contexts, Folder("full"), options);
+        long written = manifest.Shards.Sum(s => new FileInfo(Path.Combine(Folder("full"), s.File)).Length);
+        Assert.InRange(written - estimate, 0, manifest.Shards.Count * 1024L); // the safetensors headers only
+
+        // Too little room: refused before the first forward pass, naming the folder, the need and the free space.
+        var e = Assert.Throws<InputError>(() => Harvester.Run(model, contexts, Folder("small"), options with { FreeSpace = _ => estimate - 1 }));
+        Assert.Contains(Folder("small"), e.Message);
+        Assert.Contains("needs ≈", e.Message);
+        Assert.Contains("free", e.Message);
+        Assert.DoesNotContain(Directory.GetFiles(Folder("small")), f => !OutputLock.IsLockFile(f));
+
+        // A resumed harvest needs room only for the shards it has left.
+        using (var cts = new CancellationTokenSource())
+        {
+            var progress = new SyncProgress<HarvestProgress>(p => { if (p.ShardsDone == 3) cts.Cancel(); });
+            Assert.ThrowsAny<OperationCanceledException>(() => Harvester.Run(model, contexts, Folder("resumed"), options, progress, cts.Token));
+        }
+        long left = (manifest.TotalTokens - HarvestManifest.Load(Folder("resumed")).TotalTokens) * perToken;
+        Assert.Throws<InputError>(() => Harvester.Run(model, contexts, Folder("resumed"), options with { FreeSpace = _ => left - 1 }));
+        Assert.True(Harvester.Run(model, contexts, Folder("resumed"), options with { FreeSpace = _ => left }).Complete);
+        Assert.True(Harvester.FreeBytes(Folder("resumed")) > 0);
+        Assert.True(Harvester.FreeBytes(Path.Combine(Folder("not-yet"), "deeper")) > 0); // the nearest existing folder's disk
+    }
+
+    [Fact]
     public void Harvest_ResumeWithDifferentSettings_IsAClearError()
     {
         var contexts = Contexts(documents: 10);
