@@ -14,14 +14,13 @@ namespace Loupe.Cli.Tests;
 public sealed class HubDictionaryCliTests : IDisposable
 {
     readonly string _dir = Directory.CreateTempSubdirectory("loupe-hub-sae-").FullName;
-    readonly string? _endpoint = Environment.GetEnvironmentVariable("HF_ENDPOINT"), _cache = Environment.GetEnvironmentVariable("HF_HUB_CACHE"),
-        _token = Environment.GetEnvironmentVariable("HF_TOKEN");
+    readonly HubEnvironment _hub;
+
+    public HubDictionaryCliTests() => _hub = new HubEnvironment(_dir);
 
     public void Dispose()
     {
-        Environment.SetEnvironmentVariable("HF_ENDPOINT", _endpoint);
-        Environment.SetEnvironmentVariable("HF_HUB_CACHE", _cache);
-        Environment.SetEnvironmentVariable("HF_TOKEN", _token);
+        _hub.Dispose();
         Directory.Delete(_dir, recursive: true);
     }
 
@@ -39,10 +38,7 @@ public sealed class HubDictionaryCliTests : IDisposable
         }
         var hub = new FakeHub();
         hub.AddRepo("sae-org/stories-saes", files);
-        Environment.SetEnvironmentVariable("HF_ENDPOINT", hub.Endpoint);
-        Environment.SetEnvironmentVariable("HF_HUB_CACHE", Path.Combine(_dir, "hub-cache"));
-        Environment.SetEnvironmentVariable("HF_TOKEN", "");
-        return hub;
+        return _hub.Use(hub);
     }
 
     [RequiresSharedFact("models/stories260K", "datasets/brown-corpus")]

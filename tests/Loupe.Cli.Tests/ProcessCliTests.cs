@@ -52,4 +52,27 @@ public class ProcessCliTests
         AssertRefused(RunLoupe("weights", "composition", "--model", SharedData.Require("models/gpt2-small-attention"), "--process", "fold_ln"),
             "--process", "partial checkpoint");
     }
+    [Fact]
+    public void A_dictionary_trained_under_other_processing_at_its_hook_is_warned_about()
+    {
+        // SAELens's training default: center_writing_weights off. Here the model is loaded with it on: the stream is centred.
+        string folder = Directory.CreateTempSubdirectory("loupe-process-sae-").FullName;
+        try
+        {
+            var sae = new Loupe.Dictionaries.Sae.SparseDictionary(Loupe.Dictionaries.Sae.SaeShape.Sae(64, 32), new Loupe.Dictionaries.Sae.ReluActivation());
+            sae.Initialize(1, decoderNorm: 1f);
+            Loupe.Dictionaries.Sae.SaeLensFormat.Save(folder, sae, new Loupe.Dictionaries.Sae.SaeLensConfig { HookName = "blocks.1.hook_resid_pre" });
+            string cfg = Path.Combine(folder, "cfg.json");
+            File.WriteAllText(cfg, File.ReadAllText(cfg).Replace("\"metadata\": {", "\"metadata\": {\n    \"model_from_pretrained_kwargs\": {\"center_writing_weights\": false},", StringComparison.Ordinal));
+            string[] cache = ["cache", "--model", Fixture("gpt2"), "--tokens", "1,2,3", "--sae", folder, "--hooks", "blocks.1.hook_resid_pre.hook_sae_acts_post", "--out", Path.Combine(folder, "acts.safetensors")];
+            var warned = RunLoupe([.. cache, "--process", "center_writing_weights"]);
+            Assert.True(warned.Code == 0, warned.Err);
+            Assert.Contains("warning: the dictionary on 'blocks.1.hook_resid_pre' was trained on a model loaded with other weight processing (center_writing_weights off in training, on here", warned.Err);
+            Assert.Contains("--process none", warned.Err);
+            var quiet = RunLoupe(cache);
+            Assert.True(quiet.Code == 0, quiet.Err);
+            Assert.DoesNotContain("warning:", quiet.Err);
+        }
+        finally { Directory.Delete(folder, recursive: true); }
+    }
 }

@@ -36,7 +36,11 @@ static class CacheCommand
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var batch = input.Read(parse, m);
             foreach (var saePath in (parse.GetValue(saes) ?? []).Select(v => CliSupport.LocalPath(v, "--sae")))
-                m.AddSplice(Loupe.Dictionaries.Splice.SaeSplice.Load(m, saePath, options: new Loupe.Dictionaries.Splice.SaeSpliceOptions { UseErrorTerm = parse.GetValue(errorTerm) }).Splice);
+            {
+                var (splice, config) = Loupe.Dictionaries.Splice.SaeSplice.Load(m, saePath, options: new Loupe.Dictionaries.Splice.SaeSpliceOptions { UseErrorTerm = parse.GetValue(errorTerm) });
+                CliSupport.WarnOnProcessing(m, splice.InputHook, config);
+                m.AddSplice(splice);
+            }
             var selected = CliSupport.SelectHooks(m, parse.GetValue(hooks)!);
             // The size is known from the declared hook points before anything runs.
             long bytes = m.EstimateCacheBytes(selected, batch.Batch, batch.Length, out int uncounted);

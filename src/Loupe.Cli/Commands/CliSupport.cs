@@ -281,6 +281,15 @@ static class CliSupport
     /// <exception cref="InputError">The path is a file, or neither an existing folder nor a valid hub id.</exception>
     /// <param name="deviceForOtherWork">The model runs on the CPU but the verb itself uses the device (no refusal, no note).</param>
     /// <param name="cpuOnlyReason">For a CPU-only verb: why it runs there, said in the refusal of an explicit <c>--device</c> (see <see cref="RequireCpu"/>).</param>
+    /// <summary>
+    /// Says (on stderr) when a dictionary reading <paramref name="hook"/> was trained under other weight processing than
+    /// <paramref name="model"/> was loaded with, where that changes its inputs (<see cref="ProcessingAgreement"/>).
+    /// </summary>
+    public static void WarnOnProcessing(HookedTransformer model, string hook, SaeLensConfig config)
+    {
+        if (ProcessingAgreement.Mismatch(model, hook, config) is { } message) Console.Error.WriteLine("warning: " + message);
+    }
+
     public static HookedTransformer LoadModel(string model, bool onDevice = false, bool deviceForOtherWork = false, string? cpuOnlyReason = null)
     {
         // "minilm-nuget": the real all-MiniLM-L6-v2 in the NuGet package Loupe restores, written once into Loupe's cache.

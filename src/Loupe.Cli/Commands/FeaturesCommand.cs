@@ -98,7 +98,7 @@ static class FeaturesCommand
             options.Validate();
             // On a device the dictionary encodes there and only the nonzero feature activations come back per batch.
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
-            FeatureDashboardBuilder.ResolveHook(m, config, options.Hook); // fail on a bad hook before tokenizing
+            CliSupport.WarnOnProcessing(m, FeatureDashboardBuilder.ResolveHook(m, config, options.Hook), config); // and fail on a bad hook before tokenizing
             int seedValue = parse.GetValue(seed);
             int size = parse.GetValue(contextSize) ?? Math.Min(config.ContextSize, m.Config.NCtx);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);

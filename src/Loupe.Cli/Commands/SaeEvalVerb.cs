@@ -59,6 +59,7 @@ static class SaeEvalVerb
             // On a device the splice and the metrics run there; each batch reads back only sums and counts.
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var (splice, cfg) = SaeSplice.Load(m, saePath, parse.GetValue(hook), new SaeSpliceOptions { OutputHook = parse.GetValue(hookOut) });
+            CliSupport.WarnOnProcessing(m, splice.InputHook, cfg);
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",

@@ -73,6 +73,12 @@ public sealed record SaeLensConfig
     public bool PrependBos { get; init; } = true;
     /// <summary>k for topk / batchtopk; 0 otherwise.</summary>
     public int K { get; init; }
+    /// <summary>
+    /// The TransformerLens weight-processing options cfg.json's <c>model_from_pretrained_kwargs</c> sets explicitly (fold_ln,
+    /// center_writing_weights, center_unembed, fold_value_biases, refactor_factored_attn_matrices) — what the training model was
+    /// loaded with. Options it leaves out are not here: their default depends on the SAELens version that trained it.
+    /// </summary>
+    public IReadOnlyDictionary<string, bool> TrainingProcessing { get; init; } = new Dictionary<string, bool>();
 }
 
 /// <summary>Reads and writes SAELens folders (cfg.json + sae_weights.safetensors).</summary>
@@ -223,6 +229,16 @@ public static partial class SaeLensFormat
         AtomicFile.WriteAllText(Path.Combine(folder, ConfigFile), text);
     }
 
+    /// <summary>The processing options <c>model_from_pretrained_kwargs</c> sets to true or false (others, and other keys, are left out).</summary>
+    static Dictionary<string, bool> TrainingProcessingOf(JsonNode? kwargs)
+    {
+        var set = new Dictionary<string, bool>(StringComparer.Ordinal);
+        if (kwargs is not JsonObject o) return set;
+        foreach (var option in Loupe.Models.Processing.WeightProcessing.OptionNames)
+            if (o[option] is JsonValue v && v.TryGetValue(out bool on)) set[option] = on;
+        return set;
+    }
+
     /// <summary>Loads a SAELens folder into a dictionary that takes raw activations.</summary>
     /// <param name="folder">The folder holding cfg.json and sae_weights.safetensors.</param>
     /// <param name="normScalingFactor">
@@ -339,7 +355,7 @@ public static partial class SaeLensFormat
             HookLayer = Int("hook_layer", Int("hook_point_layer", LayerOf(hookName) ?? 0, 0, MaxLayer), 0, MaxLayer),
             HookNameOut = CheckHookName(Get("hook_name_out", ""), "hook_name_out", cfgPath), ApplyBDecToInput = applyBDec, NormalizeActivations = "none",
             ReshapeActivations = reshape, ModelName = Get("model_name", ""), ContextSize = Int("context_size", 128, 1, int.MaxValue),
-            PrependBos = Get("prepend_bos", true), K = k,
+            PrependBos = Get("prepend_bos", true), K = k, TrainingProcessing = TrainingProcessingOf(Field("model_from_pretrained_kwargs")),
         };
 
         // 2. Tensors: every name and shape is checked against cfg.json before the dictionary is allocated, so a
