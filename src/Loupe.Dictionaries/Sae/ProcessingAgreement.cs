@@ -30,12 +30,13 @@ public static partial class ProcessingAgreement
         ArgumentNullException.ThrowIfNull(hook);
         ArgumentNullException.ThrowIfNull(config);
         var loaded = model.Processing.ToDictionary();
-        var differing = config.TrainingProcessing
+        var trained = config.TrainingProcessingOptions();
+        var differing = trained
             .Where(p => loaded.TryGetValue(p.Key, out bool on) && on != p.Value && Changes(p.Key, model, hook))
             .ToList();
         if (differing.Count == 0) return null;
         var wanted = new Dictionary<string, bool>(loaded);
-        foreach (var (option, on) in config.TrainingProcessing) wanted[option] = on;
+        foreach (var (option, on) in trained) wanted[option] = on;
         string process = string.Join(',', WeightProcessing.OptionNames.Where(o => wanted.GetValueOrDefault(o)));
         string each = string.Join("; ", differing.Select(p => $"{p.Key} {(p.Value ? "on" : "off")} in training, {(p.Value ? "off" : "on")} here"));
         return $"the dictionary on '{hook}' was trained on a model loaded with other weight processing ({each}; model_from_pretrained_kwargs), " +

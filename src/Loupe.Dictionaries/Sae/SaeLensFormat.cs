@@ -76,9 +76,18 @@ public sealed record SaeLensConfig
     /// <summary>
     /// The TransformerLens weight-processing options cfg.json's <c>model_from_pretrained_kwargs</c> sets explicitly (fold_ln,
     /// center_writing_weights, center_unembed, fold_value_biases, refactor_factored_attn_matrices) — what the training model was
-    /// loaded with. Options it leaves out are not here: their default depends on the SAELens version that trained it.
+    /// loaded with — as <c>name=true|false</c> pairs in TransformerLens's order, comma-separated (a string, so configs compare by
+    /// value); empty when it sets none. Options it leaves out are not here: their default depends on the SAELens version.
+    /// See <see cref="TrainingProcessingOptions"/>.
     /// </summary>
-    public IReadOnlyDictionary<string, bool> TrainingProcessing { get; init; } = new Dictionary<string, bool>();
+    public string TrainingProcessing { get; init; } = "";
+
+    /// <summary><see cref="TrainingProcessing"/> as option → on.</summary>
+    public IReadOnlyDictionary<string, bool> TrainingProcessingOptions() =>
+        TrainingProcessing.Split(',', StringSplitOptions.RemoveEmptyEntries)
+            .Select(pair => pair.Split('='))
+            .Where(kv => kv.Length == 2 && bool.TryParse(kv[1], out _))
+            .ToDictionary(kv => kv[0], kv => bool.Parse(kv[1]), StringComparer.Ordinal);
 }
 
 /// <summary>Reads and writes SAELens folders (cfg.json + sae_weights.safetensors).</summary>
@@ -229,14 +238,14 @@ public static partial class SaeLensFormat
         AtomicFile.WriteAllText(Path.Combine(folder, ConfigFile), text);
     }
 
-    /// <summary>The processing options <c>model_from_pretrained_kwargs</c> sets to true or false (others, and other keys, are left out).</summary>
-    static Dictionary<string, bool> TrainingProcessingOf(JsonNode? kwargs)
+    /// <summary>The processing options <c>model_from_pretrained_kwargs</c> sets to true or false (others, and other keys, are left out), as <see cref="SaeLensConfig.TrainingProcessing"/> writes them.</summary>
+    static string TrainingProcessingOf(JsonNode? kwargs)
     {
-        var set = new Dictionary<string, bool>(StringComparer.Ordinal);
-        if (kwargs is not JsonObject o) return set;
+        if (kwargs is not JsonObject o) return "";
+        var set = new List<string>();
         foreach (var option in Loupe.Models.Processing.WeightProcessing.OptionNames)
-            if (o[option] is JsonValue v && v.TryGetValue(out bool on)) set[option] = on;
-        return set;
+            if (o[option] is JsonValue v && v.TryGetValue(out bool on)) set.Add(on ? option + "=true" : option + "=false");
+        return string.Join(',', set);
     }
 
     /// <summary>Loads a SAELens folder into a dictionary that takes raw activations.</summary>

@@ -20,7 +20,7 @@ public sealed class ProcessingAgreementTests : IDisposable
         ModelLoader.LoadFolder(SharedData.TestData(Path.Combine("reference", arch)), processing: WeightProcessing.Parse(processing));
 
     static SaeLensConfig Trained(params (string Option, bool On)[] options) =>
-        new() { TrainingProcessing = options.ToDictionary(o => o.Option, o => o.On) };
+        new() { TrainingProcessing = string.Join(',', options.Select(o => $"{o.Option}={(o.On ? "true" : "false")}")) };
 
     [Fact]
     public void Center_writing_weights_matters_on_a_layer_norm_models_residual_stream_only()
@@ -70,7 +70,10 @@ public sealed class ProcessingAgreementTests : IDisposable
             if (inMetadata) json["metadata"]!["model_from_pretrained_kwargs"] = kwargs;
             else json["model_from_pretrained_kwargs"] = kwargs;
             File.WriteAllText(cfg, json.ToJsonString());
-            var read = SaeLensFormat.Load(folder).Config.TrainingProcessing;
+            var config = SaeLensFormat.Load(folder).Config;
+            Assert.Equal("center_writing_weights=false,fold_value_biases=true", config.TrainingProcessing);
+            Assert.Equal(config, SaeLensFormat.Load(folder).Config); // configs compare by value
+            var read = config.TrainingProcessingOptions();
             Assert.Equal(2, read.Count);
             Assert.False(read["center_writing_weights"]);
             Assert.True(read["fold_value_biases"]);
