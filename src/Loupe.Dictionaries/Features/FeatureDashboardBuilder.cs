@@ -169,15 +169,19 @@ public static class FeatureDashboardBuilder
         string checkpoint = FeatureBuildCheckpoint.PathFor(outputPath);
         var state = new FeatureBuildCheckpoint.State(nActive, sum, max, histogram, top, samples);
         var start = new FeatureBuildPosition(1, 0);
+        // Digests are computed once, for the checkpoint's settings and the store's meta table alike.
+        string? contextsDigest = null, modelDigest = null;
+        string ContextsDigest() => contextsDigest ??= contexts.Sha256();
+        string ModelDigest() => modelDigest ??= HarvestManifest.Fingerprint(model);
         System.Text.Json.Nodes.JsonObject? settings = null;
         System.Text.Json.Nodes.JsonObject Settings()
         {
             if (settings is not null) return settings;
             settings = o.CheckpointSettings();
-            settings["model_fingerprint"] = HarvestManifest.Fingerprint(model);
+            settings["model_fingerprint"] = ModelDigest();
             settings["dictionary_sha256"] = FeatureBuildCheckpoint.DictionaryDigest(dictionary);
             settings["hook"] = hook;
-            settings["contexts_sha256"] = contexts.Sha256();
+            settings["contexts_sha256"] = ContextsDigest();
             settings["n_contexts"] = contexts.Count;
             settings["context_size"] = n;
             return settings;
@@ -282,7 +286,7 @@ public static class FeatureDashboardBuilder
             ["schema_version"] = FeatureStoreSchema.Version.ToString(CultureInfo.InvariantCulture),
             ["created_utc"] = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture),
             ["model"] = model.Source is string s ? Path.GetFullPath(s) : "(in memory)",
-            ["model_fingerprint"] = HarvestManifest.Fingerprint(model),
+            ["model_fingerprint"] = ModelDigest(),
             ["d_model"] = Inv(model.Config.DModel),
             ["d_vocab"] = Inv(model.Config.VocabOut),
             ["hook"] = hook,
@@ -293,7 +297,7 @@ public static class FeatureDashboardBuilder
             ["d_out"] = Inv(dOut),
             ["normalize_activations"] = config.NormalizeActivations,
             ["source"] = contexts.SourceDescription,
-            ["contexts_sha256"] = contexts.Sha256(),
+            ["contexts_sha256"] = ContextsDigest(),
             ["n_contexts"] = Inv(contexts.Count),
             ["context_size"] = Inv(n),
             ["skip_bos"] = o.SkipBos ? "true" : "false",
