@@ -469,13 +469,7 @@ static class CliSupport
         $"{FormatBytes(l.Bytes)}, into {HubClient.DefaultCacheDir()} (files already there are not fetched again)" +
         (l.Skipped.Count > 0 ? $"; not fetched, pickles: {string.Join(", ", l.Skipped.Take(3))}{(l.Skipped.Count > 3 ? ", …" : "")}" : ""));
 
-    public static string FormatBytes(long bytes) => bytes switch
-    {
-        >= 1L << 30 => (bytes / (double)(1L << 30)).ToString("0.0 GiB", CultureInfo.InvariantCulture),
-        >= 1L << 20 => (bytes / (double)(1L << 20)).ToString("0.0 MiB", CultureInfo.InvariantCulture),
-        >= 1L << 10 => (bytes / (double)(1L << 10)).ToString("0.0 KiB", CultureInfo.InvariantCulture),
-        _ => $"{bytes} bytes",
-    };
+    public static string FormatBytes(long bytes) => ByteSizes.Format(bytes);
 
     /// <summary>
     /// Says what the weights will take on the device before any is placed there (on first use), and refuses a model whose

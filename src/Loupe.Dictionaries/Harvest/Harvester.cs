@@ -123,9 +123,9 @@ public static class Harvester
         // The shards still to write, against the disk's free space: refused now, not hours later on a full disk.
         long need = ShardBytes(totalTokens - manifest.TotalTokens, dims.Values);
         if (options.FreeSpace(outputFolder) is long free && need > free)
-            throw new InputError($"{Path.GetFullPath(outputFolder)}: the harvest needs ≈ {Gib(need)} more on disk " +
+            throw new InputError($"{Path.GetFullPath(outputFolder)}: the harvest needs ≈ {ByteSizes.Format(need)} more on disk " +
                 $"({(totalTokens - manifest.TotalTokens).ToString("N0", System.Globalization.CultureInfo.InvariantCulture)} tokens × {options.Hooks.Count} hook(s) of d = {string.Join(", ", options.Hooks.Select(h => dims[h]))} as float32) " +
-                $"and that disk has {Gib(free)} free; free space, harvest fewer contexts (--max-contexts) or hooks, or write elsewhere");
+                $"and that disk has {ByteSizes.Format(free)} free; free space, harvest fewer contexts (--max-contexts) or hooks, or write elsewhere");
         var clock = Stopwatch.StartNew();
         long doneThisRun = 0;
         for (int k = manifest.Shards.Count; k < totalShards; k++)
@@ -210,8 +210,6 @@ public static class Harvester
         long rows = (long)contexts.Count * (options.SkipBos ? contexts.ContextSize - 1 : contexts.ContextSize);
         return ShardBytes(rows, widths);
     }
-
-    static string Gib(long bytes) => FormattableString.Invariant($"{bytes / (double)(1L << 30):0.00} GiB");
 
     /// <summary>The bytes free on the disk holding <paramref name="folder"/> (its nearest existing ancestor), or null when unknown.</summary>
     public static long? FreeBytes(string folder)
