@@ -18,8 +18,13 @@ namespace Loupe.Bench;
 public sealed record CausalResult(
     string Model, int Batch, int Length,
     double ForwardMs, double ForwardBackwardMs, double AttributionSweepMs, int SweepCells,
-    double ActivationPatchingMsPerCell, int ActivationCellsTimed, double ActivationSweepMsExtrapolated)
+    double ActivationPatchingMsPerCell, int ActivationCellsTimed, double ActivationSweepMsExtrapolated,
+    double SplitForwardMs = double.NaN, double SplitBackwardMs = double.NaN)
 {
+    /// <summary>A forward with every block's attention inputs split per head (a hook at each hook_q_input), in forwards.</summary>
+    public double SplitForwardRatio => SplitForwardMs / ForwardMs;
+    /// <summary>Forward + backward to every block's hook_q/k/v_input, in forwards.</summary>
+    public double SplitBackwardRatio => SplitBackwardMs / ForwardMs;
     public double BackwardRatio => ForwardBackwardMs / ForwardMs;
     public double AttributionForwardEquivalents => AttributionSweepMs / ForwardMs;
     public double SpeedupOverActivationPatching => ActivationSweepMsExtrapolated / AttributionSweepMs;
@@ -43,6 +48,11 @@ public static class CausalBench
         double forward = Median(reps, () => model.Run(clean));
         log.WriteLine($"causal [{name}]: forward + backward to every resid_pre/resid_post gradient …");
         double backward = Median(reps, () => model.RunWithGradients(clean, metric, "blocks.*.hook_resid_pre,blocks.*.hook_resid_post"));
+        log.WriteLine($"causal [{name}]: per-head attention inputs (TransformerLens's split q/k/v inputs) …");
+        var split = new RunOptions();
+        for (int l = 0; l < model.Config.NLayers; l++) split.AddHook(HookNames.QInput(l), (x, _) => x);
+        double splitForward = Median(reps, () => model.Run(clean, split));
+        double splitBackward = Median(reps, () => model.RunWithGradients(clean, metric, "blocks.*.hook_q_input,blocks.*.hook_k_input,blocks.*.hook_v_input"));
         log.WriteLine($"causal [{name}]: attribution patching, head × position …");
         PatchingResult? sweep = null;
         double attribution = Median(reps, () => sweep = AttributionPatching.Sweep(model, clean, corrupt, metric, PatchTarget.HeadOutByPosition));
@@ -54,7 +64,8 @@ public static class CausalBench
         var clock = Stopwatch.StartNew();
         var measured = ActivationPatching.Sweep(model, clean, corrupt, metric, subset, new PatchOptions { MaxRows = 64 });
         double perCell = clock.Elapsed.TotalMilliseconds / measured.Cells.Length;
-        return new CausalResult(name, 1, T, forward, backward, attribution, sweep.Cells.Length, perCell, measured.Cells.Length, perCell * sweep.Cells.Length);
+        return new CausalResult(name, 1, T, forward, backward, attribution, sweep.Cells.Length, perCell, measured.Cells.Length, perCell * sweep.Cells.Length,
+            splitForward, splitBackward);
     }
 
     public static void Print(TextWriter w, CausalResult r)
@@ -63,6 +74,11 @@ public static class CausalBench
         w.WriteLine($"## Causal toolkit — {r.Model}, batch {r.Batch} × {r.Length} tokens");
         w.WriteLine($"forward                                   {r.ForwardMs,10:F1} ms   1.00 forward");
         w.WriteLine($"forward + backward (all resid gradients)  {r.ForwardBackwardMs,10:F1} ms   {r.BackwardRatio:F2} forwards   (target ≤ 3)");
+        if (!double.IsNaN(r.SplitForwardMs))
+        {
+            w.WriteLine($"forward, attention split per head (hook at every hook_q_input) {r.SplitForwardMs,8:F1} ms   {r.SplitForwardRatio:F2} forwards");
+            w.WriteLine($"forward + backward to every hook_q/k/v_input {r.SplitBackwardMs,10:F1} ms   {r.SplitBackwardRatio:F2} forwards");
+        }
         w.WriteLine($"attribution sweep, {r.SweepCells} head×position cells {r.AttributionSweepMs,8:F1} ms   {r.AttributionForwardEquivalents:F2} forwards   (target ≈ 3)");
         w.WriteLine($"activation patching, {r.ActivationCellsTimed} cells timed    {r.ActivationPatchingMsPerCell,10:F2} ms per cell");
         w.WriteLine($"activation patching, all {r.SweepCells} cells (extrapolated) {r.ActivationSweepMsExtrapolated / 1000,8:F1} s   → attribution is {r.SpeedupOverActivationPatching:F0}× faster (target ≥ 100×)");

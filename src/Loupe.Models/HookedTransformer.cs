@@ -286,7 +286,10 @@ public abstract class HookedTransformer : IDisposable
     /// <summary>Runs the model on one sequence.</summary>
     public ForwardResult Run(int[] tokens, RunOptions? options = null) => Run(TokenBatch.Single(tokens), options);
 
-    /// <summary>Runs the model and records the hook points matching <paramref name="hookPatterns"/> (comma-separated globs; null = all).</summary>
+    /// <summary>
+    /// Runs the model and records the hook points matching <paramref name="hookPatterns"/> (comma-separated globs; null = all but
+    /// the per-head input copies, <c>hook_q_input</c> and kin, which a pattern must name: <see cref="HookPattern.Matches"/>).
+    /// </summary>
     public ForwardResult RunWithCache(TokenBatch tokens, string? hookPatterns = null, RunOptions? options = null)
     {
         options ??= new RunOptions();
@@ -337,7 +340,8 @@ public abstract class HookedTransformer : IDisposable
 
     /// <summary>
     /// Forward and backward: the metric's value and d metric / d activation at every hook point
-    /// matching <paramref name="gradientHooks"/> (comma-separated globs; null = all). Gradient hooks in
+    /// matching <paramref name="gradientHooks"/> (comma-separated globs; null = all but the per-head input copies, which are
+    /// recorded only when named: see <see cref="HookNames.IsPerHeadInput"/>). Gradient hooks in
     /// <paramref name="options"/> may edit gradients on the way back. Forward-hook edits are treated as
     /// additive (identity Jacobian). Memory: every activation the backward needs is kept until it ends —
     /// about the size of a full activation cache of the forward pass.
@@ -350,7 +354,7 @@ public abstract class HookedTransformer : IDisposable
             var selected = new HashSet<string>(new HookPattern(gradientHooks).Select(HookPointNamesWith(options)), StringComparer.Ordinal);
             options.GradientFilter = selected.Contains;
         }
-        else options.GradientFilter ??= static _ => true;
+        else options.GradientFilter ??= static name => !HookNames.IsPerHeadInput(name); // n_heads copies of resid_pre each: only when named
         if (options.LastPositionLogitsOnly) throw new ArgumentException("a backward pass needs logits at every position; unset LastPositionLogitsOnly");
         CheckTokens(tokens, 0);
         CheckSplices(options.Splices);
@@ -449,7 +453,7 @@ public abstract class HookedTransformer : IDisposable
         }
         // Forward: resid_mid = resid_pre + attn(ln1(resid_pre)).
         var dAttnOut = ctx.GradHook(names.AttnOut, l, dResidMid);
-        var viaAttn = SubLayerBackward(ctx, attn.Backward(ctx, dAttnOut), d => ln1.Backward(ctx, l, d));
+        var viaAttn = AttentionBranchBackward(ctx, l, dAttnOut, ln1, attn);
         var dResidPre = SumGradients(ctx, dResidMid, viaAttn);
         ctx.Release(dAttnOut);
         return ctx.GradHook(names.ResidPre, l, dResidPre);
@@ -556,13 +560,25 @@ public abstract class HookedTransformer : IDisposable
         var names = attn.Names;
         residPre = ctx.Hook(names.ResidPre, l, residPre);
         // hook_attn_out is exactly what is added to the residual stream.
-        var attnOut = ctx.Hook(names.AttnOut, l, SubLayer(ctx, residPre, ln1.Forward(ctx, l, residPre), attn.Forward));
+        var attnOut = ctx.Hook(names.AttnOut, l, AttentionBranch(ctx, l, residPre, ln1, attn));
         if (mlp is null) return ctx.Hook(names.ResidPost, l, SumReleasing(ctx, residPre, attnOut));
         var residMid = ctx.Hook(names.ResidMid, l, SumReleasing(ctx, residPre, attnOut));
         var mlpIn = MlpBranchInput(ctx, names, residMid);
         var mlpOut = ctx.Hook(names.MlpOut, l, SubLayer(ctx, mlpIn, ln2!.Forward(ctx, l, mlpIn), mlp.Forward));
         return ctx.Hook(names.ResidPost, l, SumReleasing(ctx, residMid, mlpOut));
     }
+
+    /// <summary>
+    /// attn(ln1(<paramref name="residPre"/>)), through TransformerLens's per-head input hooks (<c>hook_attn_in</c>,
+    /// <c>hook_q_input</c>, … : see <see cref="AttentionInputs"/>), which split the pass per head only when something edits them
+    /// or reads their gradient.
+    /// </summary>
+    protected static Tensor AttentionBranch(ForwardContext ctx, int l, Tensor residPre, Norm ln1, AttentionLayer attn) =>
+        AttentionInputs.Forward(ctx, l, residPre, ln1, attn);
+
+    /// <summary>Backward of <see cref="AttentionBranch"/>: d (attention's output) → the gradient it sends to resid_pre.</summary>
+    protected static Tensor AttentionBranchBackward(ForwardContext ctx, int l, Tensor dAttention, Norm ln1, AttentionLayer attn) =>
+        AttentionInputs.Backward(ctx, l, dAttention, ln1, attn);
 
     /// <summary>
     /// TransformerLens's <c>hook_mlp_in</c>: the stream the MLP branch reads. Copied only when something reads the hook, so

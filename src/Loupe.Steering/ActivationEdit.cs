@@ -151,7 +151,7 @@ public static partial class ActivationEdits
 
     /// <summary>
     /// The width of a hook's last axis as the config fixes it, with the config name used in messages:
-    /// residual stream, attn_out, mlp_out, the MLP input, embeddings and normalized values are d_model; MLP hidden
+    /// residual stream (and its per-head copies, hook_q_input, …), attn_out, mlp_out, the MLP input, embeddings and normalized values are d_model; MLP hidden
     /// hooks d_mlp; per-head q/k/v/z d_head; norm scales 1. Null for hooks whose last axis is
     /// positional (attention scores and pattern) or not known.
     /// </summary>
@@ -161,7 +161,8 @@ public static partial class ActivationEdits
         return local switch
         {
             "hook_resid_pre" or "hook_resid_mid" or "hook_resid_post" or "hook_attn_out" or "hook_mlp_out" or "mlp.hook_in" or "hook_mlp_in"
-                or HookNames.Embed or HookNames.PosEmbed or "attn.hook_result" => (config.DModel, "d_model"),
+                or HookNames.Embed or HookNames.PosEmbed or "attn.hook_result"
+                or "hook_attn_in" or "hook_q_input" or "hook_k_input" or "hook_v_input" => (config.DModel, "d_model"),
             "mlp.hook_pre" or "mlp.hook_pre_linear" or "mlp.hook_post" => (config.DMlp, "d_mlp"),
             "attn.hook_q" or "attn.hook_k" or "attn.hook_v" or "attn.hook_z" or "attn.hook_rot_q" or "attn.hook_rot_k" => (config.DHead, "d_head"),
             _ when local.EndsWith(".hook_normalized", StringComparison.Ordinal) => (config.DModel, "d_model"),

@@ -39,6 +39,29 @@ public class ActivationPatchingTests
     };
 
     [Theory]
+    [InlineData("gpt2", "q")]
+    [InlineData("llama", "k")]
+    [InlineData("gpt_neox", "v")]
+    public void PatchingEachHeadsInputEqualsPatchingItsProjection(string arch, string which)
+    {
+        // TransformerLens-style sweeps over hook_q_input (head by head, position by position) patch head h's query input only:
+        // the same as patching head h's hook_q, which is ln1(input)·W_Q[h] + b_Q[h]. Batched rows carry different cells.
+        using var model = TestInputs.Fixture(arch);
+        var (clean, corrupt) = TestInputs.FixturePair();
+        var metric = new LogitDiff(17, 42);
+        var options = new PatchOptions { MaxRows = 7 };
+        var viaInput = ActivationPatching.Sweep(model, clean, corrupt, metric,
+            PatchTarget.Custom($"blocks.{{layer}}.hook_{which}_input", headAxis: 2, positionAxis: 1) with { Layers = [1] }, options);
+        var viaProjection = ActivationPatching.Sweep(model, clean, corrupt, metric,
+            PatchTarget.Custom($"blocks.{{layer}}.attn.hook_{which}", headAxis: 2, positionAxis: 1) with { Layers = [1] }, options);
+        Assert.Equal(viaProjection.Cells, viaInput.Cells);
+        for (int i = 0; i < viaInput.Values.Length; i++)
+            Assert.True(Math.Abs(viaProjection.Values[i] - viaInput.Values[i]) <= 1e-4 * Math.Max(1, Math.Abs(viaProjection.Values[i])),
+                $"{arch} {viaInput.Cells[i]}: via hook_{which}_input {viaInput.Values[i]}, via hook_{which} {viaProjection.Values[i]}");
+        Assert.Contains(viaInput.Values, v => Math.Abs(v - viaInput.CorruptValue) > 1e-3); // the patches do something
+    }
+
+    [Theory]
     [MemberData(nameof(Targets))]
     public void BatchedSweepMatchesOneForwardPassPerCell(string arch, string targetName)
     {

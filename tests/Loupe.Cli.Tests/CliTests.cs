@@ -125,7 +125,12 @@ public class CliTests
         Assert.Contains("sliding window 4", stdout);
         Assert.Matches(@"parameters:\s+[\d,]+", stdout);
         // Each block's hook points once, with their axes; the kv-head axis at hook_k has the key/value head count.
-        Assert.Contains("hook points (111: 27 in each of 4 blocks, 3 outside;", stdout);
+        Assert.Contains("hook points (123: 30 in each of 4 blocks, 3 outside;", stdout);
+        // TransformerLens's per-head inputs: q over heads, k and v over key/value heads, no hook_attn_in (grouped-query attention).
+        Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.hook_q_input +\[batch, pos, head_index=4, d_model=64\]\n", stdout);
+        Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.hook_v_input +\[batch, pos, head_index=2, d_model=64\]\n", stdout);
+        Assert.DoesNotContain("hook_attn_in ", stdout);
+        Assert.Contains("name them, e.g. blocks.*.hook_q_input", stdout);
         Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.mlp\.hook_in +\[batch, pos, d_model=64\]\n", stdout);
         Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.attn\.hook_q +\[batch, pos, head_index=4, d_head=16\]\n", stdout);
         Assert.Matches(@"\n  blocks\.\{0\.\.3\}\.attn\.hook_k +\[batch, pos, head_index=2, d_head=16\]\n", stdout);
@@ -142,7 +147,7 @@ public class CliTests
         Assert.True(code == 0, err);
         Assert.DoesNotContain("RMSNorm:", stdout); // a LayerNorm model: hook_normalized is the output
         var listed = stdout[stdout.IndexOf("hook points matching", StringComparison.Ordinal)..].Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.Equal("hook points matching blocks.2.attn.hook_pattern,blocks.*.mlp.hook_post,hook_pos_embed (5 of 64):", listed[0]);
+        Assert.Equal("hook points matching blocks.2.attn.hook_pattern,blocks.*.mlp.hook_post,hook_pos_embed (5 of 76):", listed[0]);
         // Forward order, names aligned.
         Assert.Equal(
         [
@@ -154,7 +159,8 @@ public class CliTests
         ], listed[1..]);
 
         var all = RunLoupe("info", "--model", Fixture("gpt2"), "--hooks", "*");
-        Assert.Contains("(64 of 64)", all.Out);
+        Assert.Contains("(64 of 76)", all.Out); // * leaves out the per-head inputs (4 in each of 3 blocks), which must be named
+        Assert.Contains("(3 of 76)", RunLoupe("info", "--model", Fixture("gpt2"), "--hooks", "blocks.*.hook_attn_in").Out);
         Assert.Matches(@"\n  blocks\.1\.attn\.hook_result +\[batch, pos, head_index=4, d_model=64\]\n", all.Out);
 
         var refused = RunLoupe("info", "--model", Fixture("gpt2"), "--hooks", "blocks.9.*");

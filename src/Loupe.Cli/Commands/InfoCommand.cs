@@ -58,6 +58,8 @@ static class InfoCommand
                 int outside = m.HookPoints.Count(p => p.Layer < 0);
                 Console.WriteLine($"hook points ({m.HookPoints.Count}: {(m.HookPoints.Count - outside) / Math.Max(c.NLayers, 1)} in each of {c.NLayers} blocks, {outside} outside; --hooks PATTERN lists them one by one):");
                 PrintAligned(perBlock);
+                if (m.HookPoints.Any(p => HookNames.IsPerHeadInput(p.Name)))
+                    Console.WriteLine("  (hook_attn_in, hook_q_input, hook_k_input, hook_v_input: one copy of hook_resid_pre per head; a cache of everything and globs such as * leave them out: name them, e.g. blocks.*.hook_q_input)");
             }
             // Where TransformerLens's norm hooks sit differs by norm kind; say so where it matters.
             if (m.FinalNormLayer is { HooksBeforeWeight: true })

@@ -5,7 +5,7 @@
 // the model in hand (HookedTransformer.Processing), and a difference is reported only where that option changes the values at
 // the dictionary's hook for this model:
 //   center_writing_weights (LayerNorm models)  hook_embed, hook_pos_embed, hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out,
-//                                              hook_mlp_in, attn.hook_result
+//                                              hook_mlp_in, hook_attn_in, hook_q/k/v_input, attn.hook_result
 //   fold_ln (LayerNorm models)                 *.hook_normalized, mlp.hook_in (the norm's output loses its weight and bias)
 //   fold_value_biases (value biases ≠ 0)       attn.hook_v, attn.hook_z, attn.hook_result
 //   refactor_factored_attn_matrices            attn.hook_q, hook_k, hook_v, hook_rot_q, hook_rot_k, hook_z
@@ -56,7 +56,8 @@ public static partial class ProcessingAgreement
         return option switch
         {
             "center_writing_weights" => layerNorm && local is "hook_embed" or "hook_pos_embed" or "hook_resid_pre" or "hook_resid_mid"
-                or "hook_resid_post" or "hook_attn_out" or "hook_mlp_out" or "hook_mlp_in" or "attn.hook_result",
+                or "hook_resid_post" or "hook_attn_out" or "hook_mlp_out" or "hook_mlp_in" or "hook_attn_in" or "hook_q_input"
+                or "hook_k_input" or "hook_v_input" or "attn.hook_result",
             "fold_ln" => layerNorm && (local.EndsWith(".hook_normalized", StringComparison.Ordinal) || local == "mlp.hook_in"),
             "fold_value_biases" => local is "attn.hook_v" or "attn.hook_z" or "attn.hook_result" && HasValueBias(model, layer),
             "refactor_factored_attn_matrices" => local is "attn.hook_q" or "attn.hook_k" or "attn.hook_v" or "attn.hook_rot_q" or "attn.hook_rot_k" or "attn.hook_z",

@@ -108,7 +108,7 @@ public sealed class Gemma2Model : HookedTransformer
         // stream, so hook_attn_out / hook_mlp_out (what is added) come after ln1_post / ln2_post.
         var names = _attn[l].Names;
         residPre = ctx.Hook(names.ResidPre, l, residPre);
-        var attn = SubLayer(ctx, residPre, _ln1[l].Forward(ctx, l, residPre), _attn[l].Forward);
+        var attn = AttentionBranch(ctx, l, residPre, _ln1[l], _attn[l]);
         var attnOut = ctx.Hook(names.AttnOut, l, ctx.Replacing(attn, _ln1Post[l].Forward(ctx, l, attn)));
         var residMid = ctx.Hook(names.ResidMid, l, SumReleasing(ctx, residPre, attnOut));
         var mlpIn = MlpBranchInput(ctx, names, residMid);
@@ -142,7 +142,7 @@ public sealed class Gemma2Model : HookedTransformer
         // Forward: resid_mid = resid_pre + ln1_post(attn(ln1(resid_pre))).
         var dAttnOut = ctx.GradHook(names.AttnOut, l, dResidMid);
         var dAttn = _ln1Post[l].Backward(ctx, l, dAttnOut);
-        var viaAttn = SubLayerBackward(ctx, AfterPostNorm(ctx, dAttnOut, dAttn, _attn[l].Backward(ctx, dAttn)), d => _ln1[l].Backward(ctx, l, d));
+        var viaAttn = AfterPostNorm(ctx, dAttnOut, dAttn, AttentionBranchBackward(ctx, l, dAttn, _ln1[l], _attn[l]));
         var dResidPre = SumGradients(ctx, dResidMid, viaAttn);
         ctx.Release(dAttnOut);
         return ctx.GradHook(names.ResidPre, l, dResidPre);

@@ -91,7 +91,7 @@ public sealed class GptNeoXModel : HookedTransformer
         // Parallel residual: both branches read resid_pre; there is no resid_mid.
         var names = _attn[l].Names;
         residPre = ctx.Hook(names.ResidPre, l, residPre);
-        var attnOut = ctx.Hook(names.AttnOut, l, SubLayer(ctx, residPre, _ln1[l].Forward(ctx, l, residPre), _attn[l].Forward));
+        var attnOut = ctx.Hook(names.AttnOut, l, AttentionBranch(ctx, l, residPre, _ln1[l], _attn[l]));
         var mlpIn = MlpBranchInput(ctx, names, residPre);
         var mlpOut = ctx.Hook(names.MlpOut, l, SubLayer(ctx, mlpIn, _ln2[l].Forward(ctx, l, mlpIn), _mlp[l].Forward));
         return ctx.Hook(names.ResidPost, l, SumReleasing(ctx, residPre, attnOut, mlpOut));
@@ -106,7 +106,7 @@ public sealed class GptNeoXModel : HookedTransformer
         var dMlpOut = ctx.GradHook(names.MlpOut, l, dResidPost);
         var viaMlp = ctx.GradHook(names.HookMlpIn, l, SubLayerBackward(ctx, _mlp[l].Backward(ctx, dMlpOut), d => _ln2[l].Backward(ctx, l, d)));
         var dAttnOut = ctx.GradHook(names.AttnOut, l, dResidPost);
-        var viaAttn = SubLayerBackward(ctx, _attn[l].Backward(ctx, dAttnOut), d => _ln1[l].Backward(ctx, l, d));
+        var viaAttn = AttentionBranchBackward(ctx, l, dAttnOut, _ln1[l], _attn[l]);
         var dResidPre = SumGradients(ctx, dResidPost, viaMlp, viaAttn);
         ctx.Release(dMlpOut); // hooks' replacements of d resid_post; else the same tensor, released just above
         ctx.Release(dAttnOut);

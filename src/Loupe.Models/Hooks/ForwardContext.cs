@@ -214,6 +214,32 @@ public sealed class ForwardContext
         return next;
     }
 
+    /// <summary>What <see cref="Save"/> kept for <paramref name="layer"/>, if it kept something of type <typeparamref name="T"/>.</summary>
+    internal bool TryRestore<T>(object layer, out T? state) where T : class
+    {
+        state = Saved is { } saved && saved.TryGetValue(layer, out var s) ? s as T : null;
+        return state is not null;
+    }
+
+    /// <summary>
+    /// Whether something may change the values at <paramref name="name"/> or the gradient through it: a hook function, a
+    /// gradient hook or a splice there (a cache or gradient record only reads).
+    /// </summary>
+    internal bool MayChange(string name) =>
+        _options.Hooks.ContainsKey(name) || _options.GradientHooks.ContainsKey(name)
+        || (_spliceAtOutput?.ContainsKey(name) ?? false) || (_spliceAtInput?.ContainsKey(name) ?? false);
+
+    /// <summary>Whether a cache or gradient record (not a hook or splice) asks for <paramref name="name"/>.</summary>
+    internal bool Records(string name) =>
+        (_options.CacheFilter?.Invoke(name) ?? false) || (_options.GradientFilter?.Invoke(name) ?? false);
+
+    /// <summary>Notes, in the activation and gradient records that ask for <paramref name="name"/>, why this pass gives it no value.</summary>
+    internal void SkipRecords(string name, string why)
+    {
+        if (_options.CacheFilter?.Invoke(name) ?? false) Cache.Skip(name, why);
+        if (_options.GradientFilter?.Invoke(name) ?? false) Gradients.Skip(name, why);
+    }
+
     /// <summary>Whether a gradient is asked for at this hook point (recorded or hooked).</summary>
     public bool WantsGradient(string name) =>
         _options.GradientHooks.ContainsKey(name) || (_options.GradientFilter?.Invoke(name) ?? false);

@@ -65,6 +65,41 @@ public static class HookNames
     /// the MLP only, not the skip path, and its gradient is the MLP branch's alone. <c>[batch, pos, d_model]</c>.
     /// </summary>
     public static string HookMlpIn(int l) => $"blocks.{l}.hook_mlp_in";
+    /// <summary>
+    /// TransformerLens's <c>hook_attn_in</c> (its <c>use_attn_in</c>): the stream attention reads, one copy per head, before ln1:
+    /// <c>[batch, pos, head_index, d_model]</c>. What a hook does to head h's copy reaches head h's queries, keys and values
+    /// only. Declared where every head has its own key/value head (TransformerLens refuses it with grouped-query attention).
+    /// </summary>
+    public static string AttnIn(int l) => $"blocks.{l}.hook_attn_in";
+    /// <summary>
+    /// TransformerLens's <c>hook_q_input</c> (its <c>use_split_qkv_input</c>): the stream head h's query reads, before ln1:
+    /// <c>[batch, pos, head_index, d_model]</c>; <see cref="KInput"/> and <see cref="VInput"/> likewise for the keys and values
+    /// (one copy per key/value head). Editing one head's copy patches that head's query alone (path patching to a head's
+    /// query, key or value). With split inputs ln1 normalises each copy apart, as in TransformerLens.
+    /// </summary>
+    public static string QInput(int l) => $"blocks.{l}.hook_q_input";
+    /// <summary>TransformerLens's <c>hook_k_input</c>: see <see cref="QInput"/>; <c>[batch, pos, head_index, d_model]</c> over key/value heads.</summary>
+    public static string KInput(int l) => $"blocks.{l}.hook_k_input";
+    /// <summary>TransformerLens's <c>hook_v_input</c>: see <see cref="QInput"/>; <c>[batch, pos, head_index, d_model]</c> over key/value heads.</summary>
+    public static string VInput(int l) => $"blocks.{l}.hook_v_input";
+
+    /// <summary>
+    /// True for the per-head copies of the stream (<see cref="AttnIn"/>, <see cref="QInput"/>, <see cref="KInput"/>,
+    /// <see cref="VInput"/>): n_heads copies of hook_resid_pre each, so "everything" (a cache or gradients of every hook) leaves
+    /// them out and a glob reaches them only when it spells their last part (see <see cref="HookPattern"/>).
+    /// </summary>
+    public static bool IsPerHeadInput(string name) => PerHeadInputSuffix(name) is not null;
+
+    /// <summary>The last part (<c>hook_q_input</c>, …) of a per-head input hook of a block, or null for any other name.</summary>
+    internal static string? PerHeadInputSuffix(string name)
+    {
+        if (!name.StartsWith("blocks.", StringComparison.Ordinal)) return null;
+        int dot = name.LastIndexOf('.');
+        if (dot < 7 || name.IndexOf('.', 7) != dot) return null; // blocks.{l}.hook_…: no deeper part
+        string last = name[(dot + 1)..];
+        return last is "hook_attn_in" or "hook_q_input" or "hook_k_input" or "hook_v_input" ? last : null;
+    }
+
     public static string MlpPre(int l) => $"blocks.{l}.mlp.hook_pre";
     public static string MlpPreLinear(int l) => $"blocks.{l}.mlp.hook_pre_linear";
     public static string MlpPost(int l) => $"blocks.{l}.mlp.hook_post";
@@ -135,6 +170,10 @@ public sealed class BlockHookNames
         Result = HookNames.Result(layer);
         MlpIn = HookNames.MlpIn(layer);
         HookMlpIn = HookNames.HookMlpIn(layer);
+        AttnIn = HookNames.AttnIn(layer);
+        QInput = HookNames.QInput(layer);
+        KInput = HookNames.KInput(layer);
+        VInput = HookNames.VInput(layer);
         MlpPre = HookNames.MlpPre(layer);
         MlpPreLinear = HookNames.MlpPreLinear(layer);
         MlpPost = HookNames.MlpPost(layer);
@@ -149,6 +188,11 @@ public sealed class BlockHookNames
     public string MlpIn { get; }
     /// <summary>TransformerLens's <c>blocks.L.hook_mlp_in</c> (see <see cref="HookNames.HookMlpIn"/>), not circuit-tracer's <see cref="MlpIn"/>.</summary>
     public string HookMlpIn { get; }
+    /// <summary>TransformerLens's per-head attention inputs (see <see cref="HookNames.AttnIn"/>, <see cref="HookNames.QInput"/>).</summary>
+    public string AttnIn { get; }
+    public string QInput { get; }
+    public string KInput { get; }
+    public string VInput { get; }
     public string Q { get; }
     public string K { get; }
     public string V { get; }

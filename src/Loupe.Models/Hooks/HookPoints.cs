@@ -7,7 +7,8 @@ namespace Loupe.Models.Hooks;
 /// <remarks>
 /// The order, per family (what <see cref="HookedTransformer"/> and the family files run):
 /// 1. <c>hook_embed</c>, then <c>hook_pos_embed</c> where positions are learned (GPT-2, TransformerLens);
-/// 2. per block: <c>hook_resid_pre</c>; <c>ln1</c>; attention (<c>hook_q, hook_k, hook_v</c>, then
+/// 2. per block: <c>hook_resid_pre</c>; TransformerLens's per-head inputs <c>hook_attn_in</c> (when every head has its own
+///    key/value head), <c>hook_q_input, hook_k_input, hook_v_input</c>; <c>ln1</c>; attention (<c>hook_q, hook_k, hook_v</c>, then
 ///    <c>hook_rot_q, hook_rot_k</c> with rotary embeddings, <c>hook_attn_scores, hook_pattern, hook_z,
 ///    hook_result</c>); Gemma 2's <c>ln1_post</c>; <c>hook_attn_out</c>; then
 ///    - parallel attention+MLP (GPT-NeoX): <c>hook_mlp_in</c>, <c>ln2</c>, MLP, <c>hook_mlp_out</c>, <c>hook_resid_post</c>;
@@ -18,7 +19,8 @@ namespace Loupe.Models.Hooks;
 ///    <c>hook_normalized</c> is before its weight, as in TransformerLens);
 /// 3. <c>ln_final.hook_scale</c>, <c>ln_final.hook_normalized</c>.
 /// <c>hook_result</c> is listed although it is computed only when something reads it, and so is <c>hook_mlp_in</c>
-/// (TransformerLens's, with <c>use_hook_mlp_in</c>: the stream the MLP branch reads, copied only when something reads it).
+/// (TransformerLens's, with <c>use_hook_mlp_in</c>: the stream the MLP branch reads, copied only when something reads it), and
+/// the per-head inputs (copied only when something reads them; a cache or gradients of "everything" leave them out).
 /// Splices add their sub-hooks after the hook they replace (<see cref="HookedTransformer.HookPointNamesWith"/>);
 /// they are not part of the declaration.
 /// </remarks>
@@ -44,6 +46,7 @@ public static class HookPoints
         {
             var names = new BlockHookNames(l);
             points.Add(shapes.Residual(names.ResidPre, l));
+            PerHeadInputs(points, shapes, names);
             if (norms) Norm(points, shapes, $"blocks.{l}.ln1", l);
             Attention(points, shapes, names, cfg.RotaryDim > 0, cfg.QkNorm);
             if (norms && sandwichNorms) Norm(points, shapes, $"blocks.{l}.ln1_post", l);
@@ -103,6 +106,19 @@ public static class HookPoints
         points.Add(shapes.Residual(prefix + ".hook_normalized", layer));
     }
 
+    /// <summary>
+    /// TransformerLens's per-head copies of the stream attention reads (before ln1): <c>hook_attn_in</c> where every head has its own
+    /// key/value head, then <c>hook_q_input</c> over heads and <c>hook_k_input</c>, <c>hook_v_input</c> over key/value heads.
+    /// </summary>
+    static void PerHeadInputs(List<HookPoint> points, Shapes shapes, BlockHookNames names)
+    {
+        int l = names.Layer;
+        if (shapes.Heads == shapes.KvHeads) points.Add(shapes.PerHeadStream(names.AttnIn, l, shapes.Heads));
+        points.Add(shapes.PerHeadStream(names.QInput, l, shapes.Heads));
+        points.Add(shapes.PerHeadStream(names.KInput, l, shapes.KvHeads));
+        points.Add(shapes.PerHeadStream(names.VInput, l, shapes.KvHeads));
+    }
+
     static void Attention(List<HookPoint> points, Shapes shapes, BlockHookNames names, bool rotary, bool qkNorm)
     {
         int l = names.Layer;
@@ -153,6 +169,10 @@ public static class HookPoints
         /// <summary><c>[batch, pos, head_index, d_head]</c>; head_index counts key/value heads at k and v.</summary>
         public HookPoint PerHead(string name, int layer, int heads) =>
             new(name, layer, [HookAxis.Batch, HookAxis.Pos, HookAxis.HeadIndex, HookAxis.DHead], [null, null, heads, cfg.DHead]);
+
+        /// <summary><c>[batch, pos, head_index, d_model]</c>: one copy of the stream per head.</summary>
+        public HookPoint PerHeadStream(string name, int layer, int heads) =>
+            new(name, layer, [HookAxis.Batch, HookAxis.Pos, HookAxis.HeadIndex, HookAxis.DModel], [null, null, heads, cfg.DModel]);
 
         /// <summary><c>[batch, head_index, query_pos, key_pos]</c></summary>
         public HookPoint Pattern(string name, int layer) =>

@@ -100,7 +100,7 @@ public sealed class RunOptions
 
     public RunOptions CacheAll()
     {
-        CacheFilter = static _ => true;
+        CacheFilter = static name => !HookNames.IsPerHeadInput(name); // n_heads copies of resid_pre each: only when named
         return this;
     }
 
@@ -122,9 +122,11 @@ public sealed class ActivationCache
 {
     readonly Dictionary<string, Tensor> _items = new(StringComparer.Ordinal);
     readonly List<string> _order = [];
+    Dictionary<string, string>? _skipped;
     bool _recycled;
 
     public Tensor this[string name] => _items.TryGetValue(name, out var t) ? t
+        : _skipped is not null && _skipped.TryGetValue(name, out var why) ? throw new KeyNotFoundException($"hook '{name}' was asked for but has no value in this pass: {why}")
         : _recycled ? throw new InvalidOperationException($"hook '{name}': this cache's storage was given back to the model's scratch pool (HookedTransformer.Recycle); read what you need before recycling")
         : throw new KeyNotFoundException($"hook '{name}' was not cached; cached hooks: {string.Join(", ", _order.Take(20))}{(_order.Count > 20 ? ", …" : "")}");
 
@@ -143,6 +145,9 @@ public sealed class ActivationCache
         if (!_items.ContainsKey(name)) _order.Add(name);
         _items[name] = value;
     }
+
+    /// <summary>Notes that <paramref name="name"/> was asked for but the pass gave it no value, and why (reading it then says so).</summary>
+    internal void Skip(string name, string why) => (_skipped ??= new(StringComparer.Ordinal))[name] = why;
 
     /// <summary>The cached tensors, then nothing cached (their storage is being given back).</summary>
     internal List<Tensor> TakeAll()

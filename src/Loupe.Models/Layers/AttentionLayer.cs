@@ -84,16 +84,65 @@ public sealed class AttentionLayer
     /// <summary>Per-head RMSNorm of k before rotary (Qwen3), or null.</summary>
     public Norm? KNorm { get; init; }
 
+    /// <summary>Keys under which TransformerLens's split (per-head) inputs keep their state for the backward pass.</summary>
+    internal SplitInputKeys SplitKeys { get; } = new();
+
+    internal sealed class SplitInputKeys
+    {
+        public object Q { get; } = new();
+        public object K { get; } = new();
+        public object V { get; } = new();
+        public object State { get; } = new();
+    }
+
     /// <summary>Runs attention on x <c>[batch, pos, d_model]</c> and returns its output <c>[batch, pos, d_model]</c>.</summary>
     public Tensor Forward(ForwardContext ctx, Tensor x)
     {
-        var be = ctx.Backend;
         int B = x.Dim(0), T = x.Dim(1), D = x.Dim(2), rows = B * T;
-        int qWidth = NHeads * DHead;
         var q = ctx.Scratch(B, T, NHeads, DHead);
         var k = ctx.Scratch(B, T, NKvHeads, DHead);
         var v = ctx.Scratch(B, T, NKvHeads, DHead);
         Project(ctx, x, rows, q, k, v);
+        return Attend(ctx, q, k, v, D);
+    }
+
+    /// <summary>
+    /// Runs attention on per-head inputs (TransformerLens's <c>use_split_qkv_input</c>), each already normalised:
+    /// head h's query from <paramref name="queryInput"/><c>[:, :, h]</c> <c>[batch, pos, head_index, d_model]</c>, key/value head g's
+    /// key and value from <paramref name="keyInput"/> and <paramref name="valueInput"/> <c>[batch, pos, kv_head_index, d_model]</c>.
+    /// With every copy equal to the normalised stream this is <see cref="Forward"/>.
+    /// </summary>
+    public Tensor ForwardSplit(ForwardContext ctx, Tensor queryInput, Tensor keyInput, Tensor valueInput)
+    {
+        int B = queryInput.Dim(0), T = queryInput.Dim(1), D = queryInput.Dim(3), rows = B * T;
+        var be = ctx.Backend;
+        var q = ctx.Scratch(B, T, NHeads, DHead);
+        var k = ctx.Scratch(B, T, NKvHeads, DHead);
+        var v = ctx.Scratch(B, T, NKvHeads, DHead);
+        foreach (var (input, output, part, heads) in new[] { (queryInput, q, 0, NHeads), (keyInput, k, 1, NKvHeads), (valueInput, v, 2, NKvHeads) })
+            for (int h = 0; h < heads; h++)
+            {
+                var (w, column) = Columns(part, h);
+                w.ForwardOutputSlice(be, input, (long)h * D, heads * D, rows, column, DHead, output, (long)h * DHead, heads * DHead);
+            }
+        return Attend(ctx, q, k, v, D);
+    }
+
+    /// <summary>The projection holding head <paramref name="head"/>'s query (part 0), key (1) or value (2) columns, and the first of them.</summary>
+    (Linear Weight, int Column) Columns(int part, int head)
+    {
+        if (Qkv is null) return (part switch { 0 => Q!, 1 => K!, _ => V! }, head * DHead);
+        if (Layout == FusedQkvLayout.HeadInterleaved) return (Qkv, (3 * head + part) * DHead);
+        int start = part switch { 0 => 0, 1 => NHeads * DHead, _ => (NHeads + NKvHeads) * DHead };
+        return (Qkv, start + head * DHead);
+    }
+
+    /// <summary>Attention from the projections q, k, v on: their hook points, rotary, scores, pattern, z and the output.</summary>
+    Tensor Attend(ForwardContext ctx, Tensor q, Tensor k, Tensor v, int D)
+    {
+        var be = ctx.Backend;
+        int B = q.Dim(0), T = q.Dim(1), rows = B * T;
+        int qWidth = NHeads * DHead;
         q = ctx.Hook(Names.Q, Layer, q);
         k = ctx.Hook(Names.K, Layer, k);
         v = ctx.Hook(Names.V, Layer, v);
@@ -193,6 +242,55 @@ public sealed class AttentionLayer
     /// <summary>Backward from d output <c>[batch, pos, d_model]</c> to d x (the attention input), through every hook point.</summary>
     public Tensor Backward(ForwardContext ctx, Tensor dOut)
     {
+        var (dq, dk, dv) = BackwardToProjections(ctx, dOut);
+        var be = ctx.Backend;
+        int B = dOut.Dim(0), T = dOut.Dim(1), D = dOut.Dim(2), rows = B * T;
+        // Forward: q, k, v = projections of x.
+        var dx = ctx.GradScratch(B, T, D);
+        if (Qkv is null)
+        {
+            Q!.BackwardInput(be, dq, rows, dx);
+            K!.BackwardInput(be, dk, rows, dx, accumulate: true);
+            V!.BackwardInput(be, dv, rows, dx, accumulate: true);
+        }
+        else
+        {
+            var dFused = ctx.GradScratch(rows, Qkv.DOut);
+            CopyFused(be, dFused, rows, dq, dk, dv, toFused: true);
+            Qkv.BackwardInput(be, dFused, rows, dx);
+            ctx.Release(dFused);
+        }
+        foreach (var dead in new[] { dq, dk, dv }) ctx.Release(dead);
+        return dx;
+    }
+
+    /// <summary>
+    /// Backward of <see cref="ForwardSplit"/>: d output → the gradients at its three per-head inputs
+    /// (<c>[batch, pos, head_index, d_model]</c>, key/value heads for the last two).
+    /// </summary>
+    public (Tensor DQueryInput, Tensor DKeyInput, Tensor DValueInput) BackwardSplit(ForwardContext ctx, Tensor dOut)
+    {
+        var (dq, dk, dv) = BackwardToProjections(ctx, dOut);
+        var be = ctx.Backend;
+        int B = dOut.Dim(0), T = dOut.Dim(1), D = dOut.Dim(2), rows = B * T;
+        var inputs = new Tensor[3];
+        foreach (var (dProjection, part, heads) in new[] { (dq, 0, NHeads), (dk, 1, NKvHeads), (dv, 2, NKvHeads) })
+        {
+            // Forward: head h's projection = its own input·W[:, head h's columns] (+ b).
+            var dInput = inputs[part] = ctx.GradScratch(B, T, heads, D);
+            for (int h = 0; h < heads; h++)
+            {
+                var (w, column) = Columns(part, h);
+                w.BackwardOutputSlice(be, dProjection, (long)h * DHead, heads * DHead, rows, column, DHead, dInput, (long)h * D, heads * D);
+            }
+            ctx.Release(dProjection);
+        }
+        return (inputs[0], inputs[1], inputs[2]);
+    }
+
+    /// <summary>d output → d q, d k, d v (the projections), through every hook point of attention.</summary>
+    (Tensor Dq, Tensor Dk, Tensor Dv) BackwardToProjections(ForwardContext ctx, Tensor dOut)
+    {
         var be = ctx.Backend;
         var s = ctx.Restore<Saved>(this);
         int B = dOut.Dim(0), T = dOut.Dim(1), D = dOut.Dim(2), rows = B * T;
@@ -254,24 +352,7 @@ public sealed class AttentionLayer
         dq = ctx.GradHook(Names.Q, Layer, dq);
         dk = ctx.GradHook(Names.K, Layer, dk);
         dv = ctx.GradHook(Names.V, Layer, dv);
-
-        // Forward: q, k, v = projections of x.
-        var dx = ctx.GradScratch(B, T, D);
-        if (Qkv is null)
-        {
-            Q!.BackwardInput(be, dq, rows, dx);
-            K!.BackwardInput(be, dk, rows, dx, accumulate: true);
-            V!.BackwardInput(be, dv, rows, dx, accumulate: true);
-        }
-        else
-        {
-            var dFused = ctx.GradScratch(rows, Qkv.DOut);
-            CopyFused(be, dFused, rows, dq, dk, dv, toFused: true);
-            Qkv.BackwardInput(be, dFused, rows, dx);
-            ctx.Release(dFused);
-        }
-        foreach (var dead in new[] { dq, dk, dv }) ctx.Release(dead);
-        return dx;
+        return (dq, dk, dv);
     }
 
     /// <summary>

@@ -94,6 +94,40 @@ public sealed class Linear
     }
 
     /// <summary>
+    /// Output columns <c>[start, start+count)</c> only, bias included: <c>y[rows, count] = x·W[:, start:start+count] + b[start:start+count]</c>,
+    /// x rows read from <paramref name="xOffset"/> with stride <paramref name="ldx"/>, y rows written at <paramref name="yOffset"/>
+    /// with stride <paramref name="ldy"/> (one head's query from that head's own input, TransformerLens's split inputs).
+    /// </summary>
+    public void ForwardOutputSlice(IComputeBackend backend, Tensor x, long xOffset, int ldx, int rows, int start, int count, Tensor y, long yOffset, int ldy)
+    {
+        var w = WeightOn(backend);
+        float beta = 0f;
+        if (BiasOn(backend) is { } bias)
+        {
+            backend.CopyRows(bias, start, 0, y, yOffset, ldy, rows, count); // the bias slice on every row, then y += x·W
+            beta = 1f;
+        }
+        if (WeightIsOutIn) // W [d_out, d_in]: the slice is rows start… of W
+            backend.Gemm(false, true, rows, count, DIn, 1f, x, xOffset, ldx, w, (long)start * DIn, DIn, beta, y, yOffset, ldy);
+        else
+            backend.Gemm(false, false, rows, count, DIn, 1f, x, xOffset, ldx, w, start, DOut, beta, y, yOffset, ldy);
+    }
+
+    /// <summary>
+    /// Backward of <see cref="ForwardOutputSlice"/> to its input: <c>dx[rows, d_in] = dy[rows, count]·W[:, start:start+count]ᵀ</c>
+    /// (added to dx when <paramref name="accumulate"/>), strides and offsets as there.
+    /// </summary>
+    public void BackwardOutputSlice(IComputeBackend backend, Tensor dy, long dyOffset, int ldy, int rows, int start, int count, Tensor dx, long dxOffset, int ldx, bool accumulate = false)
+    {
+        var w = WeightOn(backend);
+        float beta = accumulate ? 1f : 0f;
+        if (WeightIsOutIn)
+            backend.Gemm(false, false, rows, DIn, count, 1f, dy, dyOffset, ldy, w, (long)start * DIn, DIn, beta, dx, dxOffset, ldx);
+        else
+            backend.Gemm(false, true, rows, DIn, count, 1f, dy, dyOffset, ldy, w, start, DOut, beta, dx, dxOffset, ldx);
+    }
+
+    /// <summary>
     /// The contribution of input columns <c>[start, start+count)</c> only, without bias:
     /// <c>y[rows, d_out] = x[:, start:start+count]·W[start:start+count, :]</c>; x rows have stride <paramref name="ldx"/>.
     /// </summary>

@@ -143,6 +143,42 @@ public sealed class Norm
     sealed record Saved(Tensor Input, Tensor Scale);
 
     /// <summary>
+    /// The norm of every <c>d_model</c> row of x (any leading axes), weight and bias applied, without its hook points: how
+    /// TransformerLens's ln1 treats each head's copy of the stream when attention inputs are split per head (there its hooks
+    /// fire once per copy with a head axis, a shape this norm's declared hooks do not have). Saves under <paramref name="key"/>
+    /// what <see cref="BackwardRows"/> needs; with <see cref="NormKind.None"/> returns x.
+    /// </summary>
+    internal Tensor ForwardRows(ForwardContext ctx, object key, Tensor x)
+    {
+        if (Kind == NormKind.None) return x;
+        var be = ctx.Backend;
+        int d = x.Dim(-1), rows = x.Length / d;
+        var scaleShape = x.Shape.ToArray();
+        scaleShape[^1] = 1;
+        var scale = ctx.Scratch(scaleShape);
+        var y = ctx.Scratch(x.Shape.ToArray());
+        be.Norm(Centers, x, rows, d, _weight.On(be), WeightOffset, _bias.On(be), Eps, y, scale);
+        ctx.Save(key, new Saved(x, scale));
+        return y;
+    }
+
+    /// <summary>Backward of <see cref="ForwardRows"/> (same formulas as <see cref="Backward"/>, no hook points); dy stays the caller's.</summary>
+    internal Tensor BackwardRows(ForwardContext ctx, object key, Tensor dy)
+    {
+        if (Kind == NormKind.None) return dy;
+        var be = ctx.Backend;
+        var (x, scale) = ctx.Restore<Saved>(key);
+        int d = x.Dim(-1), rows = x.Length / d;
+        var w = _weight.On(be);
+        var dScale = ctx.GradScratch(scale.Shape.ToArray());
+        be.NormBackwardScale(Centers, x, scale, dy, rows, d, w, WeightOffset, dScale);
+        var dx = ctx.GradScratch(x.Shape.ToArray());
+        be.NormBackwardInput(Centers, x, scale, dy, dScale, rows, d, w, WeightOffset, dx);
+        ctx.Release(dScale);
+        return dx;
+    }
+
+    /// <summary>
     /// Backward to the input. Forward: <c>c = x − mean(x)</c> (LayerNorm) or <c>x</c> (RMSNorm),
     /// <c>σ = sqrt(mean(c²) + eps)</c> (hook_scale), <c>y = c/σ · w_eff + b</c>.
     /// <c>dĉ = dy ⊙ w_eff</c>; <c>dσ = −Σ dĉ·ĉ / σ</c>; <c>dc = dĉ/σ + dσ·ĉ/d</c>; LayerNorm: <c>dx = dc − mean(dc)</c>.

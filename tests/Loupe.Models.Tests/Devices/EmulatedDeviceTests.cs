@@ -80,6 +80,35 @@ public sealed class EmulatedDeviceTests(EmulatedBackendFixture fixture) : IClass
     }
 
     [Theory]
+    [InlineData("gpt2")]
+    [InlineData("gpt_neox")]
+    [InlineData("llama")]
+    public void TheSplitPerHeadInputPassMatchesTheCpuBackend(string arch)
+    {
+        // A hook at hook_q_input (scaling one head's copy) puts the block on the split pass: per-head norms and strided GEMMs.
+        using var reference = new ReferenceFixture(arch);
+        using var cpu = ModelLoader.LoadFolder(reference.Folder);
+        using var device = ModelLoader.LoadFolder(reference.Folder, Device);
+        var metric = new LogitDiff(reference.MetricTokens[0], reference.MetricTokens[1]);
+        string read = "blocks.*.hook_q_input,blocks.*.hook_k_input,blocks.*.hook_v_input,blocks.*.hook_resid_pre,blocks.*.attn.hook_q";
+        RunOptions Scaled(IComputeBackend be) => new RunOptions().CacheMatching(new HookPattern(read)).AddHook(HookNames.QInput(1), (x, _) =>
+        {
+            var y = be.Empty(x.Shape.ToArray());
+            be.Scale(x, 0.5f, y);
+            return y;
+        });
+        var expected = cpu.RunWithGradients(reference.Tokens, metric, read, Scaled(cpu.Backend));
+        var actual = device.RunWithGradients(reference.Tokens, metric, read, Scaled(Device));
+        Assert.Equal(expected.Metric, actual.Metric, 1e-4 * Math.Max(1, Math.Abs(expected.Metric)));
+        Assert.Equal(expected.Gradients.Names, actual.Gradients.Names);
+        foreach (var name in expected.Gradients.Names)
+        {
+            AssertClose(expected.Activations[name], actual.Activations[name], 1e-5, $"{arch} {name}");
+            AssertClose(expected.Gradients[name], actual.Gradients[name], 1e-4, $"{arch} ∇ {name}");
+        }
+    }
+
+    [Theory]
     [InlineData("log_prob")]
     [InlineData("span_loss")]
     public void LogProbAndSpanLossAreDifferentiatedOnTheDevice(string which)

@@ -1,0 +1,163 @@
+using Loupe.Models.Hooks;
+using Loupe.Tensors;
+
+namespace Loupe.Models.Layers;
+
+/// <summary>
+/// What attention reads from the residual stream, with TransformerLens's per-head input hooks:
+/// <c>blocks.L.hook_attn_in</c> (<c>use_attn_in</c>) and <c>blocks.L.hook_q_input / hook_k_input / hook_v_input</c>
+/// (<c>use_split_qkv_input</c>), each <c>[batch, pos, head_index, d_model]</c>: a copy of hook_resid_pre per head (per key/value
+/// head for k and v). Loupe runs them without a flag:
+/// <list type="bullet">
+/// <item>Nothing at them: ln1 and the fused projections, as always.</item>
+/// <item>Only recorded (a cache): the same pass, and the copies are made for the record.</item>
+/// <item>Edited (a hook or splice), hooked or recorded in the backward pass: the split pass. Each head's query reads its own copy
+///   of the stream, normalised by ln1 apart (as TransformerLens does), so a hook there patches one head's query, key or value
+///   alone — path patching to a head's input. The query/key/value inputs are copies of hook_attn_in when something reads that
+///   too (so an edit there reaches all three; TransformerLens with both flags ignores hook_attn_in). The gradient at each
+///   copy is that head's alone; the stream's is their sum.</item>
+/// </list>
+/// In the split pass ln1's own hooks have no value of their declared shape (TransformerLens fires them once per copy with a
+/// head axis): a hook or splice there is refused, a record of them says why it is missing.
+/// </summary>
+internal static class AttentionInputs
+{
+    sealed record SplitState(bool FromAttnIn, int Heads, int KvHeads);
+
+    /// <summary>Attention's output from <paramref name="residPre"/> through ln1 and <paramref name="attn"/>.</summary>
+    public static Tensor Forward(ForwardContext ctx, int layer, Tensor residPre, Norm ln1, AttentionLayer attn)
+    {
+        var names = attn.Names;
+        string? split = SplitBy(ctx, attn);
+        if (split is null)
+        {
+            Record(ctx, layer, residPre, attn);
+            var normed = ln1.Forward(ctx, layer, residPre);
+            var output = attn.Forward(ctx, normed);
+            if (!ReferenceEquals(normed, residPre)) ctx.Release(normed);
+            return output;
+        }
+        SetAsideNormHooks(ctx, ln1, split);
+        int H = attn.NHeads, G = attn.NKvHeads;
+        // hook_attn_in joins only when something reads, edits or differentiates it (its gradient is the sum of q, k and v's).
+        bool viaAttnIn = H == G && (ctx.Wants(names.AttnIn) || ctx.MayChange(names.AttnIn) || ctx.WantsGradient(names.AttnIn));
+        Tensor? attnIn = viaAttnIn ? ctx.Hook(names.AttnIn, layer, Repeat(ctx, residPre, H)) : null;
+        var keys = attn.SplitKeys;
+        var inputs = new (string Name, object Key, int Heads)[] { (names.QInput, keys.Q, H), (names.KInput, keys.K, G), (names.VInput, keys.V, G) };
+        var normalized = new Tensor[3];
+        for (int i = 0; i < 3; i++)
+        {
+            var (name, key, heads) = inputs[i];
+            Tensor input;
+            if (ctx.Wants(name)) input = ctx.Hook(name, layer, attnIn is null ? Repeat(ctx, residPre, heads) : Copy(ctx, attnIn));
+            else input = attnIn ?? Repeat(ctx, residPre, heads);
+            normalized[i] = ln1.ForwardRows(ctx, key, input);
+            if (!ReferenceEquals(input, attnIn) && !ReferenceEquals(normalized[i], input)) ctx.Release(input);
+        }
+        ctx.Save(keys.State, new SplitState(attnIn is not null, H, G));
+        var result = attn.ForwardSplit(ctx, normalized[0], normalized[1], normalized[2]);
+        for (int i = 0; i < 3; i++)
+            if (!ReferenceEquals(normalized[i], attnIn)) ctx.Release(normalized[i]);
+        return result;
+    }
+
+    /// <summary>Backward of <see cref="Forward"/>: d attention output → the gradient it sends to <c>hook_resid_pre</c>.</summary>
+    public static Tensor Backward(ForwardContext ctx, int layer, Tensor dOut, Norm ln1, AttentionLayer attn)
+    {
+        var keys = attn.SplitKeys;
+        if (!ctx.TryRestore<SplitState>(keys.State, out var state))
+        {
+            var dNormed = attn.Backward(ctx, dOut);
+            return ctx.Replacing(dNormed, ln1.Backward(ctx, layer, dNormed));
+        }
+        var be = ctx.Backend;
+        var names = attn.Names;
+        int B = dOut.Dim(0), T = dOut.Dim(1), D = dOut.Dim(2), rows = B * T;
+        var (dq, dk, dv) = attn.BackwardSplit(ctx, dOut);
+        // Forward: each copy was normalised apart, then projected by its head's columns.
+        dq = ctx.GradHook(names.QInput, layer, ctx.Replacing(dq, ln1.BackwardRows(ctx, keys.Q, dq)));
+        dk = ctx.GradHook(names.KInput, layer, ctx.Replacing(dk, ln1.BackwardRows(ctx, keys.K, dk)));
+        dv = ctx.GradHook(names.VInput, layer, ctx.Replacing(dv, ln1.BackwardRows(ctx, keys.V, dv)));
+        var dResid = ctx.GradScratch(B, T, D);
+        if (state!.FromAttnIn)
+        {
+            // Forward: the three inputs were copies of hook_attn_in, itself one copy of resid_pre per head.
+            var dAttnIn = ctx.GradScratch(B, T, state.Heads, D);
+            be.Add(dq, dk, dAttnIn);
+            be.Add(dAttnIn, dv, dAttnIn);
+            dAttnIn = ctx.GradHook(names.AttnIn, layer, dAttnIn);
+            be.SumMiddleAxis(dAttnIn, rows, state.Heads, D, dResid);
+            ctx.Release(dAttnIn);
+        }
+        else
+        {
+            // Forward: each input was a copy of resid_pre per (key/value) head.
+            be.SumMiddleAxis(dq, rows, state.Heads, D, dResid);
+            be.SumMiddleAxis(dk, rows, state.KvHeads, D, dResid, accumulate: true);
+            be.SumMiddleAxis(dv, rows, state.KvHeads, D, dResid, accumulate: true);
+        }
+        foreach (var dead in new[] { dq, dk, dv }) ctx.Release(dead);
+        return dResid;
+    }
+
+    /// <summary>The first per-head input hook that needs the split pass (an edit, a splice, a gradient hook or record), or null.</summary>
+    static string? SplitBy(ForwardContext ctx, AttentionLayer attn)
+    {
+        foreach (var name in PerHeadHooks(attn))
+            if (ctx.MayChange(name) || ctx.WantsGradient(name))
+                return name;
+        return null;
+    }
+
+    static IEnumerable<string> PerHeadHooks(AttentionLayer attn)
+    {
+        var names = attn.Names;
+        if (attn.NHeads == attn.NKvHeads) yield return names.AttnIn;
+        yield return names.QInput;
+        yield return names.KInput;
+        yield return names.VInput;
+    }
+
+    /// <summary>Without the split pass, a cache asking for the per-head inputs gets its copies of resid_pre.</summary>
+    static void Record(ForwardContext ctx, int layer, Tensor residPre, AttentionLayer attn)
+    {
+        var names = attn.Names;
+        foreach (var name in PerHeadHooks(attn))
+            if (ctx.Wants(name))
+            {
+                int heads = name == names.KInput || name == names.VInput ? attn.NKvHeads : attn.NHeads;
+                ctx.Hook(name, layer, Repeat(ctx, residPre, heads));
+            }
+    }
+
+    /// <summary>ln1's hooks in the split pass: a hook or splice there is refused; a record of them notes why it has no value.</summary>
+    static void SetAsideNormHooks(ForwardContext ctx, Norm ln1, string split)
+    {
+        if (ln1.Kind == NormKind.None) return;
+        string why = $"{split} is edited or differentiated in this pass, so ln1 normalised each head's copy of the stream apart, " +
+            "as TransformerLens does with split attention inputs (there ln1's hooks fire once per copy, with a head axis)";
+        foreach (var name in new[] { ln1.ScaleHook, ln1.NormalizedHook })
+        {
+            if (ctx.MayChange(name))
+                throw new InputError($"a hook or splice at {name} cannot run in this pass: {why}; {name} has no [batch, pos, …] value " +
+                    $"to hook. Edit the per-head inputs instead, or run the two in separate passes");
+            if (ctx.Records(name)) ctx.SkipRecords(name, why);
+        }
+    }
+
+    /// <summary><paramref name="stream"/> <c>[batch, pos, d_model]</c> copied once per head: <c>[batch, pos, heads, d_model]</c>.</summary>
+    static Tensor Repeat(ForwardContext ctx, Tensor stream, int heads)
+    {
+        int B = stream.Dim(0), T = stream.Dim(1), D = stream.Dim(2);
+        var copies = ctx.Scratch(B, T, heads, D);
+        for (int h = 0; h < heads; h++) ctx.Backend.CopyRows(stream, 0, D, copies, (long)h * D, heads * D, B * T, D);
+        return copies;
+    }
+
+    static Tensor Copy(ForwardContext ctx, Tensor x)
+    {
+        var copy = ctx.Scratch(x.Shape.ToArray());
+        ctx.Backend.CopyRows(x, 0, x.Length, copy, 0, x.Length, 1, x.Length);
+        return copy;
+    }
+}
