@@ -183,6 +183,22 @@ public class SplitInputHookTests
     }
 
     [Theory]
+    [MemberData(nameof(Families))]
+    public void DifferentiatingOneInputLeavesTheStreamsGradientAsItWas(string arch)
+    {
+        // The other two parts read the one normalised stream (no copies); their gradients join the stream's through ln1 once.
+        using var model = TestModels.Load(arch);
+        var metric = new LogProb(17);
+        var plain = model.RunWithGradients(Clean, metric, HookNames.ResidPre(Layer)).Gradients[HookNames.ResidPre(Layer)];
+        foreach (var name in new[] { HookNames.QInput(Layer), HookNames.KInput(Layer), HookNames.VInput(Layer) })
+        {
+            var split = model.RunWithGradients(Clean, metric, $"{HookNames.ResidPre(Layer)},{name}");
+            Assert.True(split.Gradients.Contains(name));
+            AssertClose(plain, split.Gradients[HookNames.ResidPre(Layer)], 1e-5f, $"{arch}: d resid_pre with {name} differentiated");
+        }
+    }
+
+    [Theory]
     [InlineData("gpt2", "hook_q_input")]
     [InlineData("gpt_neox", "hook_k_input")]
     [InlineData("llama", "hook_v_input")]

@@ -22,7 +22,12 @@ namespace Loupe.Models.Layers;
 /// </summary>
 internal static class AttentionInputs
 {
-    sealed record SplitState(bool FromAttnIn, int Heads, int KvHeads);
+    /// <param name="FromAttnIn">The three inputs were copies of hook_attn_in.</param>
+    /// <param name="Heads">Query heads (and hook_attn_in's copies).</param>
+    /// <param name="KvHeads">Key/value heads: hook_k_input's and hook_v_input's copies.</param>
+    /// <param name="Shared">Per part (q, k, v): no hook, splice or gradient looked at that input, so every head read the one
+    /// normalised stream (as the fused pass does) instead of copies of it.</param>
+    sealed record SplitState(bool FromAttnIn, int Heads, int KvHeads, bool[] Shared);
 
     /// <summary>Attention's output from <paramref name="residPre"/> through ln1 and <paramref name="attn"/>.</summary>
     public static Tensor Forward(ForwardContext ctx, int layer, Tensor residPre, Norm ln1, AttentionLayer attn)
@@ -40,24 +45,32 @@ internal static class AttentionInputs
         SetAsideNormHooks(ctx, ln1, split);
         int H = attn.NHeads, G = attn.NKvHeads;
         // hook_attn_in joins only when something reads, edits or differentiates it (its gradient is the sum of q, k and v's).
-        bool viaAttnIn = H == G && (ctx.Wants(names.AttnIn) || ctx.MayChange(names.AttnIn) || ctx.WantsGradient(names.AttnIn));
+        bool viaAttnIn = H == G && Touched(ctx, names.AttnIn);
         Tensor? attnIn = viaAttnIn ? ctx.Hook(names.AttnIn, layer, Repeat(ctx, residPre, H)) : null;
         var keys = attn.SplitKeys;
         var inputs = new (string Name, object Key, int Heads)[] { (names.QInput, keys.Q, H), (names.KInput, keys.K, G), (names.VInput, keys.V, G) };
         var normalized = new Tensor[3];
+        var shared = new bool[3];
+        Tensor? stream = null; // ln1 of resid_pre, for the parts no one looks at per head
         for (int i = 0; i < 3; i++)
         {
             var (name, key, heads) = inputs[i];
+            if (attnIn is null && !Touched(ctx, name))
+            {
+                shared[i] = true;
+                normalized[i] = stream ??= ln1.ForwardRows(ctx, keys.Shared, residPre);
+                continue;
+            }
             Tensor input;
             if (ctx.Wants(name)) input = ctx.Hook(name, layer, attnIn is null ? Repeat(ctx, residPre, heads) : Copy(ctx, attnIn));
             else input = attnIn ?? Repeat(ctx, residPre, heads);
             normalized[i] = ln1.ForwardRows(ctx, key, input);
             if (!ReferenceEquals(input, attnIn) && !ReferenceEquals(normalized[i], input)) ctx.Release(input);
         }
-        ctx.Save(keys.State, new SplitState(attnIn is not null, H, G));
+        ctx.Save(keys.State, new SplitState(attnIn is not null, H, G, shared));
         var result = attn.ForwardSplit(ctx, normalized[0], normalized[1], normalized[2]);
-        for (int i = 0; i < 3; i++)
-            if (!ReferenceEquals(normalized[i], attnIn)) ctx.Release(normalized[i]);
+        foreach (var t in normalized.Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>())
+            if (!ReferenceEquals(t, attnIn) && !ReferenceEquals(t, residPre)) ctx.Release(t);
         return result;
     }
 
@@ -73,32 +86,62 @@ internal static class AttentionInputs
         var be = ctx.Backend;
         var names = attn.Names;
         int B = dOut.Dim(0), T = dOut.Dim(1), D = dOut.Dim(2), rows = B * T;
-        var (dq, dk, dv) = attn.BackwardSplit(ctx, dOut);
-        // Forward: each copy was normalised apart, then projected by its head's columns.
-        dq = ctx.GradHook(names.QInput, layer, ctx.Replacing(dq, ln1.BackwardRows(ctx, keys.Q, dq)));
-        dk = ctx.GradHook(names.KInput, layer, ctx.Replacing(dk, ln1.BackwardRows(ctx, keys.K, dk)));
-        dv = ctx.GradHook(names.VInput, layer, ctx.Replacing(dv, ln1.BackwardRows(ctx, keys.V, dv)));
+        var (dq, dk, dv) = attn.BackwardSplit(ctx, dOut, state!.Shared);
+        var d = new[] { dq, dk, dv };
+        var parts = new (string Name, object Key, int Heads)[] { (names.QInput, keys.Q, state.Heads), (names.KInput, keys.K, state.KvHeads), (names.VInput, keys.V, state.KvHeads) };
         var dResid = ctx.GradScratch(B, T, D);
-        if (state!.FromAttnIn)
+        bool written = false; // whether dResid holds a sum yet
+        // Parts that read the shared stream: their gradients add up before the one ln1 they went through.
+        Tensor? dStream = null;
+        for (int i = 0; i < 3; i++)
+        {
+            if (!state.Shared[i]) continue;
+            if (dStream is null) dStream = d[i];
+            else
+            {
+                be.Add(dStream, d[i], dStream);
+                ctx.Release(d[i]);
+            }
+        }
+        if (dStream is not null)
+        {
+            var viaStream = ln1.BackwardRows(ctx, keys.Shared, dStream);
+            be.CopyRows(viaStream, 0, viaStream.Length, dResid, 0, viaStream.Length, 1, viaStream.Length);
+            written = true;
+            if (!ReferenceEquals(viaStream, dStream)) ctx.Release(viaStream);
+            ctx.Release(dStream);
+        }
+        // Forward: each copy was normalised apart, then projected by its head's columns.
+        for (int i = 0; i < 3; i++)
+            if (!state.Shared[i])
+                d[i] = ctx.GradHook(parts[i].Name, layer, ctx.Replacing(d[i], ln1.BackwardRows(ctx, parts[i].Key, d[i])));
+        if (state.FromAttnIn)
         {
             // Forward: the three inputs were copies of hook_attn_in, itself one copy of resid_pre per head.
             var dAttnIn = ctx.GradScratch(B, T, state.Heads, D);
-            be.Add(dq, dk, dAttnIn);
-            be.Add(dAttnIn, dv, dAttnIn);
+            be.Add(d[0], d[1], dAttnIn);
+            be.Add(dAttnIn, d[2], dAttnIn);
             dAttnIn = ctx.GradHook(names.AttnIn, layer, dAttnIn);
-            be.SumMiddleAxis(dAttnIn, rows, state.Heads, D, dResid);
+            be.SumMiddleAxis(dAttnIn, rows, state.Heads, D, dResid, accumulate: written);
             ctx.Release(dAttnIn);
         }
         else
         {
             // Forward: each input was a copy of resid_pre per (key/value) head.
-            be.SumMiddleAxis(dq, rows, state.Heads, D, dResid);
-            be.SumMiddleAxis(dk, rows, state.KvHeads, D, dResid, accumulate: true);
-            be.SumMiddleAxis(dv, rows, state.KvHeads, D, dResid, accumulate: true);
+            for (int i = 0; i < 3; i++)
+            {
+                if (state.Shared[i]) continue;
+                be.SumMiddleAxis(d[i], rows, parts[i].Heads, D, dResid, accumulate: written);
+                written = true;
+            }
         }
-        foreach (var dead in new[] { dq, dk, dv }) ctx.Release(dead);
+        for (int i = 0; i < 3; i++)
+            if (!state.Shared[i]) ctx.Release(d[i]);
         return dResid;
     }
+
+    /// <summary>Whether something reads, edits or differentiates <paramref name="name"/> (then it has its own copies).</summary>
+    static bool Touched(ForwardContext ctx, string name) => ctx.Wants(name) || ctx.MayChange(name) || ctx.WantsGradient(name);
 
     /// <summary>The first per-head input hook that needs the split pass (an edit, a splice, a gradient hook or record), or null.</summary>
     static string? SplitBy(ForwardContext ctx, AttentionLayer attn)

@@ -92,6 +92,8 @@ public sealed class AttentionLayer
         public object Q { get; } = new();
         public object K { get; } = new();
         public object V { get; } = new();
+        /// <summary>ln1 of the stream itself, for the parts no one looks at per head.</summary>
+        public object Shared { get; } = new();
         public object State { get; } = new();
     }
 
@@ -110,23 +112,37 @@ public sealed class AttentionLayer
     /// Runs attention on per-head inputs (TransformerLens's <c>use_split_qkv_input</c>), each already normalised:
     /// head h's query from <paramref name="queryInput"/><c>[:, :, h]</c> <c>[batch, pos, head_index, d_model]</c>, key/value head g's
     /// key and value from <paramref name="keyInput"/> and <paramref name="valueInput"/> <c>[batch, pos, kv_head_index, d_model]</c>.
-    /// With every copy equal to the normalised stream this is <see cref="Forward"/>.
+    /// An input of shape <c>[batch, pos, d_model]</c> is one normalised stream every head reads (no copies: nothing looks at
+    /// that input per head). With every input the normalised stream this is <see cref="Forward"/>.
     /// </summary>
     public Tensor ForwardSplit(ForwardContext ctx, Tensor queryInput, Tensor keyInput, Tensor valueInput)
     {
-        int B = queryInput.Dim(0), T = queryInput.Dim(1), D = queryInput.Dim(3), rows = B * T;
+        int B = queryInput.Dim(0), T = queryInput.Dim(1), D = queryInput.Dim(-1), rows = B * T;
         var be = ctx.Backend;
         var q = ctx.Scratch(B, T, NHeads, DHead);
         var k = ctx.Scratch(B, T, NKvHeads, DHead);
         var v = ctx.Scratch(B, T, NKvHeads, DHead);
         foreach (var (input, output, part, heads) in new[] { (queryInput, q, 0, NHeads), (keyInput, k, 1, NKvHeads), (valueInput, v, 2, NKvHeads) })
+        {
+            bool shared = input.Rank == 3;
+            if (shared && HeadColumnsAdjoin)
+            {
+                // One stream for every head: the part's whole projection at once.
+                var (weight, first) = Columns(part, 0);
+                weight.ForwardOutputSlice(be, input, 0, D, rows, first, heads * DHead, output, 0, heads * DHead);
+                continue;
+            }
             for (int h = 0; h < heads; h++)
             {
                 var (w, column) = Columns(part, h);
-                w.ForwardOutputSlice(be, input, (long)h * D, heads * D, rows, column, DHead, output, (long)h * DHead, heads * DHead);
+                w.ForwardOutputSlice(be, input, shared ? 0 : (long)h * D, shared ? D : heads * D, rows, column, DHead, output, (long)h * DHead, heads * DHead);
             }
+        }
         return Attend(ctx, q, k, v, D);
     }
+
+    /// <summary>Whether each part's heads have adjacent columns in their projection (all but GPT-NeoX's head-interleaved layout).</summary>
+    bool HeadColumnsAdjoin => Qkv is null || Layout == FusedQkvLayout.Concatenated;
 
     /// <summary>The projection holding head <paramref name="head"/>'s query (part 0), key (1) or value (2) columns, and the first of them.</summary>
     (Linear Weight, int Column) Columns(int part, int head)
@@ -265,10 +281,11 @@ public sealed class AttentionLayer
     }
 
     /// <summary>
-    /// Backward of <see cref="ForwardSplit"/>: d output → the gradients at its three per-head inputs
-    /// (<c>[batch, pos, head_index, d_model]</c>, key/value heads for the last two).
+    /// Backward of <see cref="ForwardSplit"/>: d output → the gradients at its three inputs, each of the shape the input had
+    /// (<paramref name="shared"/>[part]: the part read one stream <c>[batch, pos, d_model]</c>, whose gradient sums every head's;
+    /// else <c>[batch, pos, head_index, d_model]</c>, key/value heads for the last two).
     /// </summary>
-    public (Tensor DQueryInput, Tensor DKeyInput, Tensor DValueInput) BackwardSplit(ForwardContext ctx, Tensor dOut)
+    public (Tensor DQueryInput, Tensor DKeyInput, Tensor DValueInput) BackwardSplit(ForwardContext ctx, Tensor dOut, IReadOnlyList<bool> shared)
     {
         var (dq, dk, dv) = BackwardToProjections(ctx, dOut);
         var be = ctx.Backend;
@@ -276,12 +293,22 @@ public sealed class AttentionLayer
         var inputs = new Tensor[3];
         foreach (var (dProjection, part, heads) in new[] { (dq, 0, NHeads), (dk, 1, NKvHeads), (dv, 2, NKvHeads) })
         {
-            // Forward: head h's projection = its own input·W[:, head h's columns] (+ b).
-            var dInput = inputs[part] = ctx.GradScratch(B, T, heads, D);
-            for (int h = 0; h < heads; h++)
+            // Forward: head h's projection = its input·W[:, head h's columns] (+ b).
+            if (shared[part] && HeadColumnsAdjoin)
             {
-                var (w, column) = Columns(part, h);
-                w.BackwardOutputSlice(be, dProjection, (long)h * DHead, heads * DHead, rows, column, DHead, dInput, (long)h * D, heads * D);
+                var dStream = inputs[part] = ctx.GradScratch(B, T, D);
+                var (weight, first) = Columns(part, 0);
+                weight.BackwardOutputSlice(be, dProjection, 0, heads * DHead, rows, first, heads * DHead, dStream, 0, D);
+            }
+            else
+            {
+                var dInput = inputs[part] = shared[part] ? ctx.GradScratch(B, T, D) : ctx.GradScratch(B, T, heads, D);
+                for (int h = 0; h < heads; h++)
+                {
+                    var (w, column) = Columns(part, h);
+                    if (shared[part]) w.BackwardOutputSlice(be, dProjection, (long)h * DHead, heads * DHead, rows, column, DHead, dInput, 0, D, accumulate: h > 0);
+                    else w.BackwardOutputSlice(be, dProjection, (long)h * DHead, heads * DHead, rows, column, DHead, dInput, (long)h * D, heads * D);
+                }
             }
             ctx.Release(dProjection);
         }
