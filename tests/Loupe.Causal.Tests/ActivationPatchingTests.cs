@@ -36,6 +36,8 @@ public class ActivationPatchingTests
         { "gpt2", "head_out_by_pos" }, { "gpt2", "head_pattern" },
         { "llama", "resid_pre" }, { "llama", "head_out" }, { "llama", "head_pattern" }, { "llama", "hook_k" },
         { "gemma2", "head_out_by_pos" },
+        // TransformerLens's per-head inputs: each cell patches one head's copy of the stream (the split pass).
+        { "gpt2", "q_input" }, { "llama", "k_input" }, { "gpt_neox", "v_input" },
     };
 
     [Theory]
@@ -85,7 +87,8 @@ public class ActivationPatchingTests
         }
         Assert.Equal(3, result.CellsPerPass);
         Assert.Equal(2 + (result.Cells.Length + 2) / 3, result.ForwardPasses);
-        int heads = target.HeadAxis is null ? 1 : target.HookName(0).EndsWith("hook_k", StringComparison.Ordinal) ? model.Config.KvHeads : model.Config.NHeads;
+        int heads = target.HeadAxis is null ? 1 : target.HookName(0).EndsWith("hook_k", StringComparison.Ordinal) || target.HookName(0).EndsWith("hook_k_input", StringComparison.Ordinal)
+            || target.HookName(0).EndsWith("hook_v_input", StringComparison.Ordinal) ? model.Config.KvHeads : model.Config.NHeads;
         int positions = target.PositionAxis is null ? 1 : clean.Length;
         Assert.Equal(model.Config.NLayers * heads * positions, result.Cells.Length);
     }

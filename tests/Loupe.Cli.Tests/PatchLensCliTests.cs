@@ -35,6 +35,7 @@ public sealed class PatchLensCliTests : IDisposable
     [InlineData("head_out", 3, 4)]
     [InlineData("mlp_out", 3, 12)]
     [InlineData("head_pattern", 3, 4)]
+    [InlineData("q_input", 3, 4)]
     public void PatchWritesGridsAndAHeatmap(string target, int rows, int cols)
     {
         string dir = TempDir();

@@ -69,6 +69,16 @@ public sealed record PatchTarget(string Name, Func<int, string> HookName, int? H
     public static PatchTarget HeadPattern { get; } = new("head_pattern", HookNames.Pattern, HeadAxis: 1) { HeadAxisName = HookAxis.HeadIndex };
 
     /// <summary>
+    /// Each head's query input (TransformerLens's hook_q_input[:, :, h]: that head's copy of the stream before ln1), per
+    /// layer × head: the stream's effect through one head's query alone (path patching's receiver side, swept).
+    /// </summary>
+    public static PatchTarget QueryInput { get; } = new("q_input", HookNames.QInput, HeadAxis: 2) { HeadAxisName = HookAxis.HeadIndex };
+    /// <summary>Each key/value head's key input (hook_k_input[:, :, g]), per layer × key/value head.</summary>
+    public static PatchTarget KeyInput { get; } = new("k_input", HookNames.KInput, HeadAxis: 2) { HeadAxisName = HookAxis.HeadIndex };
+    /// <summary>Each key/value head's value input (hook_v_input[:, :, g]), per layer × key/value head.</summary>
+    public static PatchTarget ValueInput { get; } = new("v_input", HookNames.VInput, HeadAxis: 2) { HeadAxisName = HookAxis.HeadIndex };
+
+    /// <summary>
     /// A target over any per-layer hook: <paramref name="hookTemplate"/> contains <c>{layer}</c>,
     /// e.g. <c>blocks.{layer}.hook_resid_mid</c> or <c>blocks.{layer}.attn.hook_v</c>.
     /// </summary>
@@ -89,6 +99,9 @@ public sealed record PatchTarget(string Name, Func<int, string> HookName, int? H
         ["head_out"] = HeadOut,
         ["head_out_by_pos"] = HeadOutByPosition,
         ["head_pattern"] = HeadPattern,
+        ["q_input"] = QueryInput,
+        ["k_input"] = KeyInput,
+        ["v_input"] = ValueInput,
     };
 
     /// <summary>Looks up a named target.</summary>

@@ -22,6 +22,7 @@ public sealed class DeviceAttributionTests
     [InlineData("gpt2", "resid_pre")]
     [InlineData("gemma2", "attn_scores")]
     [InlineData("gpt_neox", "head_pattern")]
+    [InlineData("llama", "k_input")]
     public void TheSweepMatchesTheCpuBackendAndCopiesOnlyItsResult(string arch, string targetName)
     {
         var target = targetName switch
