@@ -236,6 +236,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
         if ((sae is null) == (vector is null)) throw new InputError("give either sae + feature or vector");
         float[] direction;
         string hookName, source;
+        string? warning = null;
         if (sae is not null)
         {
             if (feature is not int f) throw new InputError("feature: give the SAE feature to steer with");
@@ -245,6 +246,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
             direction = dict.P.WDec.AsSpan(f * dOut, dOut).ToArray();
             hookName = hook ?? cfg.HookName;
             source = $"decoder direction of feature {f} of SAE {sae}";
+            if (hook is null) warning = ProcessingAgreement.Mismatch(model, hookName, cfg);
         }
         else
         {
@@ -266,7 +268,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
         int[] plain = model.Generate([ids], greedy)[0];
         int[] steered = model.Generate([ids], greedy, ActivationEdits.Options(model, edit))[0];
         double norm = Math.Sqrt(direction.Sum(x => (double)x * x));
-        return new SteerResult(hookName, source, coefficient, norm, ids, Decode([.. ids, .. plain]), Decode([.. ids, .. steered]), plain, steered);
+        return new SteerResult(hookName, source, coefficient, norm, ids, Decode([.. ids, .. plain]), Decode([.. ids, .. steered]), plain, steered, warning);
     });
 
     [McpServerTool(Name = "monitor", ReadOnly = true, UseStructuredContent = true), Description("Read a prompt (and optionally its greedy continuation) with a served concept monitor or persona vector: the projection of every token's activation on its direction, their mean, the threshold and whether the text is flagged.")]

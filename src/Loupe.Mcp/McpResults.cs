@@ -53,9 +53,12 @@ public sealed record FeatureLookupResult(string Store, string Hook, int Feature,
     double DecoderNorm, IReadOnlyList<FeatureExampleResult> TopExamples, IReadOnlyList<TokenScore> PromotedTokens,
     IReadOnlyList<TokenScore> SuppressedTokens, IReadOnlyList<ExplanationResult> Explanations);
 
-/// <summary>What <c>steer</c> returns: the edit and both greedy continuations.</summary>
+/// <summary>
+/// What <c>steer</c> returns: the edit and both greedy continuations; <c>Warning</c>, when an SAE feature steers, says that the
+/// SAE was trained on a model loaded with other weight processing where that changes the values at its hook (else null).
+/// </summary>
 public sealed record SteerResult(string Hook, string Source, float Coefficient, double VectorNorm, int[] Tokens,
-    string Unsteered, string Steered, int[] UnsteeredTokens, int[] SteeredTokens);
+    string Unsteered, string Steered, int[] UnsteeredTokens, int[] SteeredTokens, string? Warning = null);
 
 /// <summary>A token and the monitor's projection on it.</summary>
 public sealed record TokenProjection(int Id, string? Text, double Projection);

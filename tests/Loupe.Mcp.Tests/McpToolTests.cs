@@ -156,6 +156,8 @@ public sealed class McpToolTests(McpFixture f) : IClassFixture<McpFixture>
         Assert.Equal(steered, reply.GetProperty("steeredTokens").EnumerateArray().Select(x => x.GetInt32()));
         Assert.Equal(plain, reply.GetProperty("unsteeredTokens").EnumerateArray().Select(x => x.GetInt32()));
         Assert.NotEqual(plain, steered); // a strong edit changes this model's greedy output
+        // Trained and used on the same unprocessed model: no processing warning (null or left out of the structured result).
+        Assert.True(!reply.TryGetProperty("warning", out var warning) || warning.ValueKind == System.Text.Json.JsonValueKind.Null, warning.ToString());
 
         reply = await Call(f.Client, "steer", new() { ["tokens"] = Tokens, ["vector"] = "persona.safetensors", ["coefficient"] = -30f, ["maxNewTokens"] = 8 });
         Assert.Equal(McpFixture.SaeHook, reply.GetProperty("hook").GetString());

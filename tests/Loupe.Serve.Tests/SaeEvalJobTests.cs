@@ -2,6 +2,7 @@ using System.Net;
 using System.Text.Json;
 using Loupe.Dictionaries.Evaluation;
 using Loupe.Dictionaries.Harvest;
+using Loupe.Dictionaries.Sae;
 using Loupe.Dictionaries.Splice;
 using Loupe.Testing;
 
@@ -38,6 +39,7 @@ public class SaeEvalJobTests
             Assert.True(Math.Abs(got - value) <= 1e-9 + 1e-9 * Math.Abs(value), $"{name}: served {got}, library {value}");
         }
         Assert.Equal(want.DeadFeatures, metrics.GetProperty("dead_features").GetInt32());
+        Assert.Equal(JsonValueKind.Null, result.GetProperty("warning").ValueKind); // trained and served on the same (unprocessed) model
 
         // The report files, as `loupe sae eval` writes them.
         string report = Path.Combine(graphs, result.GetProperty("report").GetString()!);
@@ -52,6 +54,34 @@ public class SaeEvalJobTests
         await using var bare = await Servers.StartAsync(model, new ServeOptions { GraphsDir = graphs });
         using var bareClient = Servers.Client(bare);
         Assert.Equal(HttpStatusCode.Conflict, (await bareClient.PostAsync("/api/jobs/sae-eval", Json(new { texts }))).StatusCode);
+    }
+
+    [RequiresSharedFact("models/stories260K")]
+    public async Task A_dictionary_trained_under_other_weight_processing_is_warned_about()
+    {
+        // An SAE on hook_z whose training model had its attention matrices refactored (SAELens's model_from_pretrained_kwargs);
+        // the served model is not processed, so hook_z holds other values than the SAE was trained on: `loupe sae eval` warns, so does the job.
+        var model = Servers.Stories;
+        string folder = Directory.CreateTempSubdirectory("loupe-serve-processing-").FullName;
+        try
+        {
+            int width = model.Config.NHeads * model.Config.DHead;
+            var sae = new SparseDictionary(SaeShape.Sae(width, 16), new ReluActivation());
+            sae.Initialize(1, decoderNorm: 1f);
+            SaeLensFormat.Save(folder, sae, new SaeLensConfig { HookName = "blocks.1.attn.hook_z" });
+            string cfg = Path.Combine(folder, "cfg.json");
+            File.WriteAllText(cfg, File.ReadAllText(cfg).Replace("\"metadata\": {", "\"metadata\": {\n    \"model_from_pretrained_kwargs\": {\"refactor_factored_attn_matrices\": true},", StringComparison.Ordinal));
+            await using var host = await Servers.StartAsync(model, new ServeOptions { SaePath = folder });
+            using var client = Servers.Client(host);
+            string id = await JobApiTests.Start(client, "sae-eval", new { texts = JobApiTests.Texts(model, 4), context_size = 16, max_contexts = 4 });
+            var events = await SteeringApiTests.ReadEvents(client, $"/api/jobs/{id}/events");
+            Assert.Equal("result", events[^1].Type);
+            string warning = events[^1].Data.GetProperty("data").GetProperty("warning").GetString()!;
+            Assert.Contains("blocks.1.attn.hook_z", warning);
+            Assert.Contains("refactor_factored_attn_matrices on in training, off here", warning);
+            Assert.Contains("--process refactor_factored_attn_matrices", warning);
+        }
+        finally { Directory.Delete(folder, recursive: true); }
     }
 
     static StringContent Json(object body) => new(JsonSerializer.Serialize(body), System.Text.Encoding.UTF8, "application/json");

@@ -280,7 +280,7 @@ function searchToken(store: FeatureStoreView, token: string, out: HTMLElement, o
   }, e => out.replaceChildren(el("p", { class: "error", role: "alert" }, String(e.message ?? e))));
 }
 
-interface FeatureStoreJobResult { store_id: string; name: string; hook: string; d_sae: number; tokens: number; dead_features: number; contexts: number }
+interface FeatureStoreJobResult { store_id: string; name: string; hook: string; d_sae: number; tokens: number; dead_features: number; contexts: number; warning?: string | null }
 
 /** "Build a feature store": the --sae dictionary harvested over a served .txt file or pasted texts, as a job; opened when done. */
 function buildForm(holder: HTMLElement, opened: (storeId: string) => void): void {
@@ -297,7 +297,12 @@ function buildForm(holder: HTMLElement, opened: (storeId: string) => void): void
     const contexts = el("input", { type: "number", min: "1", max: "4096", value: "512", "aria-label": "contexts at most", "data-testid": "build-contexts", class: "short" });
     const size = el("input", { type: "number", min: "2", max: "1024", value: "64", "aria-label": "tokens per context", "data-testid": "build-context-size", class: "short" });
     const run = el("button", { type: "submit", "data-testid": "build-run" }, "Build store");
-    const runner = new JobRunner<FeatureStoreJobResult>(r => opened(r.store_id), () => { run.disabled = false; });
+    const warning = el("p", { class: "warning", role: "status", "data-testid": "build-warning", hidden: true });
+    const runner = new JobRunner<FeatureStoreJobResult>(r => {
+      warning.textContent = r.warning ? `warning: ${r.warning}` : "";
+      warning.hidden = !r.warning;
+      opened(r.store_id);
+    }, () => { run.disabled = false; });
     const syncSource = () => { texts.hidden = source.value !== ""; };
     source.addEventListener("change", syncSource);
     if (kinds.texts.length > 0) source.value = kinds.texts[0].id;
@@ -316,6 +321,6 @@ function buildForm(holder: HTMLElement, opened: (storeId: string) => void): void
     holder.replaceChildren(el("details", { class: "job", "data-testid": "build-details" },
       el("summary", {}, "Build a feature store"),
       el("p", { class: "muted" }, "Runs the model over the texts and encodes the --sae dictionary at every token, as `loupe features build`: density, top and interval examples, histograms, promoted/suppressed tokens. The store is written next to the served artifacts (stores/NAME.features.db), then listed here; a cancelled build leaves nothing."),
-      form, runner.element));
+      form, runner.element, warning));
   }, () => undefined);
 }

@@ -10,7 +10,7 @@ interface SaeEvalMetrics {
   ce_loss_clean: number; ce_loss_with_sae: number; ce_loss_zero_ablated: number; loss_recovered: number;
   kl_with_sae: number; kl_zero_ablated: number; dead_features: number; dead_fraction: number; dense_features: number; dense_fraction: number;
 }
-interface SaeEvalJobResult { report: string | null; metrics: SaeEvalMetrics }
+interface SaeEvalJobResult { report: string | null; metrics: SaeEvalMetrics; warning?: string | null }
 
 const fmt = (v: number | null | undefined, digits = 4) => v === null || v === undefined || Number.isNaN(v) ? "n/a" : v.toFixed(digits);
 
@@ -31,6 +31,7 @@ function table(r: SaeEvalJobResult): HTMLElement {
     ["dense features", "dense_features", `${m.dense_features} (${fmt(100 * m.dense_fraction, 1)}%)`],
   ];
   return el("div", { "data-testid": "sae-eval-result" },
+    r.warning ? el("p", { class: "warning", role: "status", "data-testid": "sae-eval-warning" }, `warning: ${r.warning}`) : null,
     el("p", {}, `${m.architecture} dictionary at ${m.hook}${m.output_hook !== m.hook ? ` → ${m.output_hook}` : ""}: ${m.d_sae.toLocaleString()} features, ` +
       `${m.contexts} contexts × ${m.context_size} tokens${r.report ? ` · report ${r.report}` : ""}`),
     el("table", { class: "numbers" }, ...rows.map(([label, key, value]) =>

@@ -58,7 +58,10 @@ public sealed record FeatureStoreJobRequest(string? Artifact, string[]? Texts, i
 /// <param name="DeadFeatures">Features never active.</param>
 /// <param name="Contexts">Contexts run.</param>
 /// <param name="Seconds">Wall time of the build.</param>
-public sealed record FeatureStoreJobResult(string StoreId, string Name, string Hook, int DSae, long Tokens, int DeadFeatures, int Contexts, double Seconds);
+/// <param name="Warning">The dictionary was trained on a model loaded with other weight processing where that changes the values
+/// at its hook (<c>ProcessingAgreement</c>: what <c>loupe features build</c> warns about), or null.</param>
+public sealed record FeatureStoreJobResult(string StoreId, string Name, string Hook, int DSae, long Tokens, int DeadFeatures, int Contexts, double Seconds,
+    string? Warning = null);
 
 /// <summary>Whether a job kind can run here.</summary>
 /// <param name="Available">Whether it can.</param>
@@ -181,7 +184,8 @@ public static partial class JobEndpoints
                 // build leaves neither, and only a finished store is registered.
                 var summary = await gate.RunAsync(m => FeatureDashboardBuilder.Build(m, dictionary, config, contexts, file, buildOptions, saePath, progress, cancel), cancel, longRunning: true);
                 var served = stores.Add(file, saePath);
-                return new FeatureStoreJobResult(served.Id, served.Name, summary.Hook, summary.DSae, summary.Tokens, summary.DeadFeatures, contexts.Count, summary.Seconds);
+                return new FeatureStoreJobResult(served.Id, served.Name, summary.Hook, summary.DSae, summary.Tokens, summary.DeadFeatures, contexts.Count, summary.Seconds,
+                    ProcessingAgreement.Mismatch(model, summary.Hook, config));
             });
         }).WithSummary("Starts a feature-store build (as loupe features build) of the --sae dictionary over a served .txt artifact or texts in the body; progress at /api/jobs/{id}/events; a finished store is served (the result names it); a cancelled one leaves no file");
 

@@ -1,6 +1,7 @@
 using Loupe.Dictionaries.Evaluation;
 using Loupe.Dictionaries.Harvest;
 using Loupe.Dictionaries.Splice;
+using Loupe.Dictionaries.Sae;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
@@ -20,7 +21,9 @@ public sealed record SaeEvalJobRequest(string? Artifact, string[]? Texts, int? C
 /// <summary>What an SAE-evaluation job measured.</summary>
 /// <param name="Report">Where eval.json was written under the served folder, or null without --graphs.</param>
 /// <param name="Metrics">Every metric, as <c>loupe sae eval</c> writes them into eval.json.</param>
-public sealed record SaeEvalJobResult(string? Report, SaeEvalResult Metrics);
+/// <param name="Warning">The dictionary was trained on a model loaded with other weight processing where that changes the values
+/// at its hook (what <c>loupe sae eval</c> warns about: its numbers then measure a mismatch), or null.</param>
+public sealed record SaeEvalJobResult(string? Report, SaeEvalResult Metrics, string? Warning = null);
 
 public static partial class JobEndpoints
 {
@@ -57,7 +60,7 @@ public static partial class JobEndpoints
                     report = Path.GetRelativePath(workspace.Root!, SaeEvalReport.Write(folder, result, model.Source ?? "", config.ModelName, saePath, seed));
                     workspace.Scan();
                 }
-                return new SaeEvalJobResult(report, result);
+                return new SaeEvalJobResult(report, result, ProcessingAgreement.Mismatch(model, splice.InputHook, config));
             });
         }).WithSummary("Starts an SAE evaluation (as loupe sae eval) of the --sae dictionary over a served .txt artifact or texts in the body: L0, variance explained, loss recovered, KL, dead/dense features, density histogram; progress at /api/jobs/{id}/events; with --graphs the report is written to evals/NAME/eval.json + density.svg");
     }
