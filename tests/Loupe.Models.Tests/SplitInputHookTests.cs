@@ -1,4 +1,5 @@
 using Loupe.Models.Hooks;
+using Loupe.Models.Loading;
 using Loupe.Models.Metrics;
 using Loupe.Tensors;
 
@@ -90,6 +91,43 @@ public class SplitInputHookTests
             var split = model.Run(Clean, new RunOptions().AddHook(name, (x, _) => x)).Logits;
             AssertClose(plain, split, 1e-5f, $"{arch}: logits with an identity hook at {name}");
         }
+    }
+
+    /// <summary>TransformerLens checkpoints (separate W_Q/W_K/W_V, no norm or an attention-only model) and a model loaded with TransformerLens's processing (ln1 folded into the projections).</summary>
+    public static TheoryData<string> MoreModels => new() { "gpt2 processed", "models/induction-attn-only-2l", "models/grokking-modadd-p113-main" };
+
+    static HookedTransformer LoadMore(string which) => which == "gpt2 processed"
+        ? ModelLoader.LoadFolder(TestModels.Fixture("gpt2"), processing: Loupe.Models.Processing.WeightProcessing.TransformerLensDefaults)
+        : ModelLoader.LoadFolder(Loupe.Testing.SharedData.Require(which));
+
+    [Theory]
+    [MemberData(nameof(MoreModels))]
+    public void TransformerLensCheckpointsAndProcessedModelsSplitAlike(string which)
+    {
+        if (which.StartsWith("models/", StringComparison.Ordinal) && Loupe.Testing.SharedData.Path_(which) is null) return; // ../shared absent
+        using var model = LoadMore(which);
+        int V = model.Config.DVocab, T = Math.Min(8, model.Config.NCtx);
+        var clean = new TokenBatch([.. Enumerable.Range(0, 2 * T).Select(i => (i * 37 + 5) % V)], 2, T);
+        var corrupt = new TokenBatch([.. Enumerable.Range(0, 2 * T).Select(i => (i * 53 + 11) % V)], 2, T);
+        int layer = model.Config.NLayers - 1, D = model.Config.DModel;
+        var plain = model.Run(clean).Logits;
+        AssertClose(plain, model.Run(clean, new RunOptions().AddHook(HookNames.QInput(layer), (x, _) => x)).Logits, 1e-5f, $"{which}: identity hook at hook_q_input");
+        var source = model.RunWithCache(corrupt, $"{HookNames.ResidPre(layer)},{HookNames.V(layer)}").Cache;
+        int heads = model.Config.KvHeads, head = heads - 1;
+        var viaInput = model.Run(clean, new RunOptions().AddHook(HookNames.VInput(layer), (x, _) =>
+        {
+            CopyHead(source[HookNames.ResidPre(layer)], 1, 0, x, heads, head, D);
+            return x;
+        })).Logits;
+        var viaProjection = model.Run(clean, new RunOptions().AddHook(HookNames.V(layer), (x, _) =>
+        {
+            CopyHead(source[HookNames.V(layer)], heads, head, x, heads, head, model.Config.DHead);
+            return x;
+        })).Logits;
+        AssertClose(viaProjection, viaInput, 1e-5f, $"{which}: hook_v_input head {head} patched");
+        var metric = new LogProb(1);
+        AssertClose(model.RunWithGradients(clean, metric, HookNames.ResidPre(layer)).Gradients[HookNames.ResidPre(layer)],
+            model.RunWithGradients(clean, metric, $"{HookNames.ResidPre(layer)},{HookNames.VInput(layer)}").Gradients[HookNames.ResidPre(layer)], 1e-5f, $"{which}: d resid_pre");
     }
 
     [Theory]
