@@ -229,6 +229,10 @@ public sealed class ForwardContext
         _options.Hooks.ContainsKey(name) || _options.GradientHooks.ContainsKey(name)
         || (_spliceAtOutput?.ContainsKey(name) ?? false) || (_spliceAtInput?.ContainsKey(name) ?? false);
 
+    /// <summary>Whether something may change the values at <paramref name="name"/> in the forward pass: a hook function or a splice there.</summary>
+    internal bool MayChangeForward(string name) =>
+        _options.Hooks.ContainsKey(name) || (_spliceAtOutput?.ContainsKey(name) ?? false) || (_spliceAtInput?.ContainsKey(name) ?? false);
+
     /// <summary>Whether a cache or gradient record (not a hook or splice) asks for <paramref name="name"/>.</summary>
     internal bool Records(string name) =>
         (_options.CacheFilter?.Invoke(name) ?? false) || (_options.GradientFilter?.Invoke(name) ?? false);

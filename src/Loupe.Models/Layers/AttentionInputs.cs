@@ -22,12 +22,24 @@ namespace Loupe.Models.Layers;
 /// </summary>
 internal static class AttentionInputs
 {
-    /// <param name="FromAttnIn">The three inputs were copies of hook_attn_in.</param>
+    /// <summary>How one part (query, key or value) read the stream in the split pass.</summary>
+    enum PartInput
+    {
+        /// <summary>No hook, splice, record or gradient looked at it per head: every head read the one normalised stream, and the
+        /// part's gradient is summed over heads before ln1's backward, as in the fused pass.</summary>
+        Shared,
+        /// <summary>Only its gradient is asked for per head: the forward read the one normalised stream (every copy would hold it,
+        /// so none is made, and the pass keeps nothing per head); the backward gives each head its own gradient.</summary>
+        SharedForwardPerHeadGradient,
+        /// <summary>Its own copies (hooked, edited, recorded, or copies of an edited hook_attn_in), each normalised apart.</summary>
+        Copies,
+    }
+
+    /// <param name="FromAttnIn">The three inputs are copies of hook_attn_in: its gradient is their sum.</param>
     /// <param name="Heads">Query heads (and hook_attn_in's copies).</param>
     /// <param name="KvHeads">Key/value heads: hook_k_input's and hook_v_input's copies.</param>
-    /// <param name="Shared">Per part (q, k, v): no hook, splice or gradient looked at that input, so every head read the one
-    /// normalised stream (as the fused pass does) instead of copies of it.</param>
-    sealed record SplitState(bool FromAttnIn, int Heads, int KvHeads, bool[] Shared);
+    /// <param name="Parts">How the query, key and value read the stream.</param>
+    sealed record SplitState(bool FromAttnIn, int Heads, int KvHeads, PartInput[] Parts);
 
     /// <summary>Attention's output from <paramref name="residPre"/> through ln1 and <paramref name="attn"/>.</summary>
     public static Tensor Forward(ForwardContext ctx, int layer, Tensor residPre, Norm ln1, AttentionLayer attn)
@@ -44,30 +56,32 @@ internal static class AttentionInputs
         }
         SetAsideNormHooks(ctx, ln1, split);
         int H = attn.NHeads, G = attn.NKvHeads;
-        // hook_attn_in joins only when something reads, edits or differentiates it (its gradient is the sum of q, k and v's).
-        bool viaAttnIn = H == G && Touched(ctx, names.AttnIn);
-        Tensor? attnIn = viaAttnIn ? ctx.Hook(names.AttnIn, layer, Repeat(ctx, residPre, H)) : null;
+        // hook_attn_in is made when something reads or edits it; when only its gradient is asked for, the parts give per-head
+        // gradients whose sum is its gradient.
+        bool attnInGradient = H == G && ctx.GradientSeenAt(names.AttnIn);
+        Tensor? attnIn = H == G && ForwardTouched(ctx, names.AttnIn) ? ctx.Hook(names.AttnIn, layer, Repeat(ctx, residPre, H)) : null;
         var keys = attn.SplitKeys;
         var inputs = new (string Name, object Key, int Heads)[] { (names.QInput, keys.Q, H), (names.KInput, keys.K, G), (names.VInput, keys.V, G) };
         var normalized = new Tensor[3];
-        var shared = new bool[3];
-        Tensor? stream = null; // ln1 of resid_pre, for the parts no one looks at per head
+        var parts = new PartInput[3];
+        Tensor? stream = null; // ln1 of resid_pre, for the parts no one looks at per head in the forward pass
         for (int i = 0; i < 3; i++)
         {
             var (name, key, heads) = inputs[i];
-            if (attnIn is null && !Touched(ctx, name))
+            if (attnIn is null && !ForwardTouched(ctx, name))
             {
-                shared[i] = true;
+                parts[i] = attnInGradient || ctx.GradientSeenAt(name) ? PartInput.SharedForwardPerHeadGradient : PartInput.Shared;
                 normalized[i] = stream ??= ln1.ForwardRows(ctx, keys.Shared, residPre);
                 continue;
             }
+            parts[i] = PartInput.Copies;
             Tensor input;
             if (ctx.Wants(name)) input = ctx.Hook(name, layer, attnIn is null ? Repeat(ctx, residPre, heads) : Copy(ctx, attnIn));
             else input = attnIn ?? Repeat(ctx, residPre, heads);
             normalized[i] = ln1.ForwardRows(ctx, key, input);
             if (!ReferenceEquals(input, attnIn) && !ReferenceEquals(normalized[i], input)) ctx.Release(input);
         }
-        ctx.Save(keys.State, new SplitState(attnIn is not null, H, G, shared));
+        ctx.Save(keys.State, new SplitState(attnIn is not null || attnInGradient, H, G, parts));
         var result = attn.ForwardSplit(ctx, normalized[0], normalized[1], normalized[2]);
         foreach (var t in normalized.Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>())
             if (!ReferenceEquals(t, attnIn) && !ReferenceEquals(t, residPre)) ctx.Release(t);
@@ -86,16 +100,17 @@ internal static class AttentionInputs
         var be = ctx.Backend;
         var names = attn.Names;
         int B = dOut.Dim(0), T = dOut.Dim(1), D = dOut.Dim(2), rows = B * T;
-        var (dq, dk, dv) = attn.BackwardSplit(ctx, dOut, state!.Shared);
+        var mode = state!.Parts;
+        var (dq, dk, dv) = attn.BackwardSplit(ctx, dOut, [.. mode.Select(m => m == PartInput.Shared)]);
         var d = new[] { dq, dk, dv };
         var parts = new (string Name, object Key, int Heads)[] { (names.QInput, keys.Q, state.Heads), (names.KInput, keys.K, state.KvHeads), (names.VInput, keys.V, state.KvHeads) };
         var dResid = ctx.GradScratch(B, T, D);
         bool written = false; // whether dResid holds a sum yet
-        // Parts that read the shared stream: their gradients add up before the one ln1 they went through.
+        // Parts that read the shared stream and need no per-head gradient: theirs add up before the one ln1 they went through.
         Tensor? dStream = null;
         for (int i = 0; i < 3; i++)
         {
-            if (!state.Shared[i]) continue;
+            if (mode[i] != PartInput.Shared) continue;
             if (dStream is null) dStream = d[i];
             else
             {
@@ -111,10 +126,16 @@ internal static class AttentionInputs
             if (!ReferenceEquals(viaStream, dStream)) ctx.Release(viaStream);
             ctx.Release(dStream);
         }
-        // Forward: each copy was normalised apart, then projected by its head's columns.
+        // The others: each head's copy went through ln1 apart (or would have: the stream's rows and scale, repeated), then its
+        // head's columns of the projection.
         for (int i = 0; i < 3; i++)
-            if (!state.Shared[i])
-                d[i] = ctx.GradHook(parts[i].Name, layer, ctx.Replacing(d[i], ln1.BackwardRows(ctx, parts[i].Key, d[i])));
+        {
+            if (mode[i] == PartInput.Shared) continue;
+            var dInput = mode[i] == PartInput.Copies
+                ? ln1.BackwardRows(ctx, parts[i].Key, d[i])
+                : ln1.BackwardRowsRepeated(ctx, keys.Shared, d[i], parts[i].Heads);
+            d[i] = ctx.GradHook(parts[i].Name, layer, ctx.Replacing(d[i], dInput));
+        }
         if (state.FromAttnIn)
         {
             // Forward: the three inputs were copies of hook_attn_in, itself one copy of resid_pre per head.
@@ -130,18 +151,18 @@ internal static class AttentionInputs
             // Forward: each input was a copy of resid_pre per (key/value) head.
             for (int i = 0; i < 3; i++)
             {
-                if (state.Shared[i]) continue;
+                if (mode[i] == PartInput.Shared) continue;
                 be.SumMiddleAxis(d[i], rows, parts[i].Heads, D, dResid, accumulate: written);
                 written = true;
             }
         }
         for (int i = 0; i < 3; i++)
-            if (!state.Shared[i]) ctx.Release(d[i]);
+            if (mode[i] != PartInput.Shared) ctx.Release(d[i]);
         return dResid;
     }
 
-    /// <summary>Whether something reads, edits or differentiates <paramref name="name"/> (then it has its own copies).</summary>
-    static bool Touched(ForwardContext ctx, string name) => ctx.Wants(name) || ctx.MayChange(name) || ctx.WantsGradient(name);
+    /// <summary>Whether something reads or edits <paramref name="name"/> in the forward pass (then it has its own copies).</summary>
+    static bool ForwardTouched(ForwardContext ctx, string name) => ctx.Wants(name) || ctx.MayChangeForward(name);
 
     /// <summary>The first per-head input hook that needs the split pass (an edit, a splice, a gradient hook or record), or null.</summary>
     static string? SplitBy(ForwardContext ctx, AttentionLayer attn)

@@ -162,6 +162,33 @@ public sealed class Norm
         return y;
     }
 
+    /// <summary>
+    /// The backward of <see cref="ForwardRows"/> of a <c>[batch, pos, d_model]</c> input taken for each of <paramref name="heads"/>
+    /// copies of it: dy is <c>[batch, pos, heads, d_model]</c> (each copy's own gradient), the result likewise. The forward normalised
+    /// the stream once (every copy held it); its rows and scales are repeated here, in the backward's scratch, only for the kernel.
+    /// </summary>
+    internal Tensor BackwardRowsRepeated(ForwardContext ctx, object key, Tensor dy, int heads)
+    {
+        if (Kind == NormKind.None) return dy;
+        var be = ctx.Backend;
+        var (x, scale) = ctx.Restore<Saved>(key);
+        int d = x.Dim(-1), rows = x.Length / d;
+        var xs = ctx.GradScratch(dy.Shape.ToArray());
+        var scales = ctx.GradScratch(rows * heads);
+        for (int h = 0; h < heads; h++)
+        {
+            be.CopyRows(x, 0, d, xs, (long)h * d, heads * d, rows, d);
+            be.CopyRows(scale, 0, 1, scales, h, heads, rows, 1);
+        }
+        var w = _weight.On(be);
+        var dScale = ctx.GradScratch(rows * heads);
+        be.NormBackwardScale(Centers, xs, scales, dy, rows * heads, d, w, WeightOffset, dScale);
+        var dx = ctx.GradScratch(dy.Shape.ToArray());
+        be.NormBackwardInput(Centers, xs, scales, dy, dScale, rows * heads, d, w, WeightOffset, dx);
+        foreach (var dead in new[] { xs, scales, dScale }) ctx.Release(dead);
+        return dx;
+    }
+
     /// <summary>Backward of <see cref="ForwardRows"/> (same formulas as <see cref="Backward"/>, no hook points); dy stays the caller's.</summary>
     internal Tensor BackwardRows(ForwardContext ctx, object key, Tensor dy)
     {
