@@ -76,7 +76,7 @@ public class MlpInputHookTests
             foreach (ref float v in y.Span) v *= 1.5f;
             return y;
         })).Cache;
-        AssertClose(atStream[HookNames.MlpOut(Layer)], atMlpIn[HookNames.MlpOut(Layer)], 1e-5f, $"{arch}: mlp_out after the edit at hook_mlp_in");
+        TensorAssert.Close(atStream[HookNames.MlpOut(Layer)], atMlpIn[HookNames.MlpOut(Layer)], 1e-5f, $"{arch}: mlp_out after the edit at hook_mlp_in");
         Assert.NotEqual(clean[HookNames.MlpOut(Layer)].Span.ToArray(), atMlpIn[HookNames.MlpOut(Layer)].Span.ToArray());
         // The stream itself (and attention, which reads it in a parallel block) is untouched: it flows on unscaled.
         Assert.Equal(clean[stream].Span.ToArray(), atMlpIn[stream].Span.ToArray());
@@ -90,7 +90,7 @@ public class MlpInputHookTests
             var attn = clean[HookNames.AttnOut(Layer)].Span;
             for (int i = 0; i < span.Length; i++) span[i] += attn[i];
         }
-        AssertClose(expected, atMlpIn[HookNames.ResidPost(Layer)], 1e-5f, $"{arch}: resid_post = stream (+ attn_out) + the edited mlp_out");
+        TensorAssert.Close(expected, atMlpIn[HookNames.ResidPost(Layer)], 1e-5f, $"{arch}: resid_post = stream (+ attn_out) + the edited mlp_out");
     }
 
     [Theory]
@@ -106,7 +106,7 @@ public class MlpInputHookTests
         var viaMlp = result.Gradients[HookNames.HookMlpIn(Layer)].Span;
         var span = sum.Span;
         for (int i = 0; i < span.Length; i++) span[i] += viaMlp[i];
-        AssertClose(sum, result.Gradients[HookNames.ResidMid(Layer)], 1e-6f, $"{arch}: d resid_mid");
+        TensorAssert.Close(sum, result.Gradients[HookNames.ResidMid(Layer)], 1e-6f, $"{arch}: d resid_mid");
         Assert.Contains(viaMlp.ToArray(), v => v != 0);
     }
 
@@ -119,19 +119,5 @@ public class MlpInputHookTests
         var cut = model.RunWithGradients(Tokens, metric, $"{mid},{post}",
             new RunOptions().AddGradientHook(HookNames.HookMlpIn(Layer), (g, _) => Tensor.Zeros(g.Shape.ToArray())));
         Assert.Equal(cut.Gradients[post].Span.ToArray(), cut.Gradients[mid].Span.ToArray());
-    }
-
-    static void AssertClose(Tensor expected, Tensor actual, float relative, string what)
-    {
-        var e = expected.ToCpu().Span;
-        var a = actual.ToCpu().Span;
-        Assert.Equal(e.Length, a.Length);
-        float scale = 0, worst = 0;
-        for (int i = 0; i < e.Length; i++)
-        {
-            scale = MathF.Max(scale, MathF.Abs(e[i]));
-            worst = MathF.Max(worst, MathF.Abs(e[i] - a[i]));
-        }
-        Assert.True(worst <= relative * MathF.Max(scale, 1e-6f), $"{what}: max |Δ| {worst:G4} exceeds {relative:G2} × {scale:G4}");
     }
 }

@@ -89,7 +89,7 @@ public class SplitInputHookTests
         foreach (var name in new[] { HookNames.QInput(Layer), HookNames.KInput(Layer), HookNames.VInput(Layer) })
         {
             var split = model.Run(Clean, new RunOptions().AddHook(name, (x, _) => x)).Logits;
-            AssertClose(plain, split, 1e-5f, $"{arch}: logits with an identity hook at {name}");
+            TensorAssert.Close(plain, split, 1e-5f, $"{arch}: logits with an identity hook at {name}");
         }
     }
 
@@ -111,7 +111,7 @@ public class SplitInputHookTests
         var corrupt = new TokenBatch([.. Enumerable.Range(0, 2 * T).Select(i => (i * 53 + 11) % V)], 2, T);
         int layer = model.Config.NLayers - 1, D = model.Config.DModel;
         var plain = model.Run(clean).Logits;
-        AssertClose(plain, model.Run(clean, new RunOptions().AddHook(HookNames.QInput(layer), (x, _) => x)).Logits, 1e-5f, $"{which}: identity hook at hook_q_input");
+        TensorAssert.Close(plain, model.Run(clean, new RunOptions().AddHook(HookNames.QInput(layer), (x, _) => x)).Logits, 1e-5f, $"{which}: identity hook at hook_q_input");
         var source = model.RunWithCache(corrupt, $"{HookNames.ResidPre(layer)},{HookNames.V(layer)}").Cache;
         int heads = model.Config.KvHeads, head = heads - 1;
         var viaInput = model.Run(clean, new RunOptions().AddHook(HookNames.VInput(layer), (x, _) =>
@@ -124,9 +124,9 @@ public class SplitInputHookTests
             CopyHead(source[HookNames.V(layer)], heads, head, x, heads, head, model.Config.DHead);
             return x;
         })).Logits;
-        AssertClose(viaProjection, viaInput, 1e-5f, $"{which}: hook_v_input head {head} patched");
+        TensorAssert.Close(viaProjection, viaInput, 1e-5f, $"{which}: hook_v_input head {head} patched");
         var metric = new LogProb(1);
-        AssertClose(model.RunWithGradients(clean, metric, HookNames.ResidPre(layer)).Gradients[HookNames.ResidPre(layer)],
+        TensorAssert.Close(model.RunWithGradients(clean, metric, HookNames.ResidPre(layer)).Gradients[HookNames.ResidPre(layer)],
             model.RunWithGradients(clean, metric, $"{HookNames.ResidPre(layer)},{HookNames.VInput(layer)}").Gradients[HookNames.ResidPre(layer)], 1e-5f, $"{which}: d resid_pre");
     }
 
@@ -151,7 +151,7 @@ public class SplitInputHookTests
                 CopyHead(corrupt[projection], heads, head, x, heads, head, c.DHead);
                 return x;
             })).Logits;
-            AssertClose(viaProjection, viaInput, 1e-5f, $"{arch}: {input} head {head} patched from the corrupt run");
+            TensorAssert.Close(viaProjection, viaInput, 1e-5f, $"{arch}: {input} head {head} patched from the corrupt run");
             Assert.False(viaInput.ToCpu().Span.SequenceEqual(model.Run(Clean).Logits.ToCpu().Span), $"{arch}: the patch at {input} changed nothing");
         }
     }
@@ -174,14 +174,14 @@ public class SplitInputHookTests
                 CopyHead(corrupt[name], H, head, x, H, head, dh);
                 return x;
             });
-        AssertClose(model.Run(Clean, options).Logits, viaAttnIn, 1e-5f, "gpt2: hook_attn_in head 2 patched");
+        TensorAssert.Close(model.Run(Clean, options).Logits, viaAttnIn, 1e-5f, "gpt2: hook_attn_in head 2 patched");
         // Read together with hook_q_input, the query input is a copy of hook_attn_in (TransformerLens would ignore the edit there).
         var both = model.RunWithCache(Clean, HookNames.QInput(Layer), new RunOptions().AddHook(HookNames.AttnIn(Layer), (x, _) =>
         {
             CopyHead(corrupt[HookNames.ResidPre(Layer)], 1, 0, x, H, head, D);
             return x;
         }));
-        AssertClose(viaAttnIn, both.Logits, 1e-6f, "gpt2: hook_attn_in edited with hook_q_input read");
+        TensorAssert.Close(viaAttnIn, both.Logits, 1e-6f, "gpt2: hook_attn_in edited with hook_q_input read");
         var q = both.Cache[HookNames.QInput(Layer)].Span;
         var expected = corrupt[HookNames.ResidPre(Layer)].Span;
         Assert.True(q.Slice(head * D, D).SequenceEqual(expected[..D]), "hook_q_input of head 2 is not the edited hook_attn_in");
@@ -201,7 +201,7 @@ public class SplitInputHookTests
         var split = model.RunWithGradients(Clean, metric, $"{HookNames.ResidPre(Layer)},{HookNames.AttnOut(Layer)},{inputs}");
         Assert.Equal(plain.Metric, split.Metric, 1e-5);
         // The split backward gives the stream the fused backward's gradient.
-        AssertClose(plain.Gradients[HookNames.ResidPre(Layer)], split.Gradients[HookNames.ResidPre(Layer)], 1e-5f, $"{arch}: d resid_pre");
+        TensorAssert.Close(plain.Gradients[HookNames.ResidPre(Layer)], split.Gradients[HookNames.ResidPre(Layer)], 1e-5f, $"{arch}: d resid_pre");
         // d resid_pre = (what skips attention) + Σ over every head's copy.
         var viaAttention = model.RunWithGradients(Clean, metric, HookNames.ResidPre(Layer),
             new RunOptions().AddGradientHook(HookNames.AttnOut(Layer), (g, _) => Tensor.Zeros(g.Shape.ToArray()))).Gradients[HookNames.ResidPre(Layer)];
@@ -217,7 +217,7 @@ public class SplitInputHookTests
                 for (int h = 0; h < heads; h++)
                     for (int i = 0; i < D; i++) s[r * D + i] += span[(r * heads + h) * D + i];
         }
-        AssertClose(split.Gradients[HookNames.ResidPre(Layer)], sum, 1e-5f, $"{arch}: skip + Σ per-head input gradients");
+        TensorAssert.Close(split.Gradients[HookNames.ResidPre(Layer)], sum, 1e-5f, $"{arch}: skip + Σ per-head input gradients");
     }
 
     [Theory]
@@ -232,7 +232,7 @@ public class SplitInputHookTests
         {
             var split = model.RunWithGradients(Clean, metric, $"{HookNames.ResidPre(Layer)},{name}");
             Assert.True(split.Gradients.Contains(name));
-            AssertClose(plain, split.Gradients[HookNames.ResidPre(Layer)], 1e-5f, $"{arch}: d resid_pre with {name} differentiated");
+            TensorAssert.Close(plain, split.Gradients[HookNames.ResidPre(Layer)], 1e-5f, $"{arch}: d resid_pre with {name} differentiated");
         }
     }
 
@@ -297,7 +297,7 @@ public class SplitInputHookTests
                 return t;
             });
         var result = model.RunWithGradients(Clean, new LogProb(17), HookNames.ResidPre(0), options);
-        AssertClose(model.Run(Clean).Logits, result.Logits, 1e-5f, $"{arch}: logits");
+        TensorAssert.Close(model.Run(Clean).Logits, result.Logits, 1e-5f, $"{arch}: logits");
         Assert.Contains(seen, s => s.Name.StartsWith('∇'));
         foreach (var (name, kept, atTheTime) in seen)
             Assert.True(atTheTime.AsSpan().SequenceEqual(kept.ToCpu().Span), $"{arch}: the tensor hooked at {name} was overwritten later");
@@ -322,19 +322,5 @@ public class SplitInputHookTests
         int rows = to.Length / (toHeads * width);
         for (int r = 0; r < rows; r++)
             src.Slice((r * fromHeads + fromHead) * width, width).CopyTo(dst.Slice((r * toHeads + toHead) * width, width));
-    }
-
-    static void AssertClose(Tensor expected, Tensor actual, float relative, string what)
-    {
-        var e = expected.ToCpu().Span;
-        var a = actual.ToCpu().Span;
-        Assert.Equal(e.Length, a.Length);
-        float scale = 0, worst = 0;
-        for (int i = 0; i < e.Length; i++)
-        {
-            scale = MathF.Max(scale, MathF.Abs(e[i]));
-            worst = MathF.Max(worst, MathF.Abs(e[i] - a[i]));
-        }
-        Assert.True(worst <= relative * MathF.Max(scale, 1e-6f), $"{what}: max |Δ| {worst:G4} exceeds {relative:G2} × {scale:G4}");
     }
 }

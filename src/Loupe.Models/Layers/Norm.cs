@@ -180,12 +180,9 @@ public sealed class Norm
             be.CopyRows(x, 0, d, xs, (long)h * d, heads * d, rows, d);
             be.CopyRows(scale, 0, 1, scales, h, heads, rows, 1);
         }
-        var w = _weight.On(be);
-        var dScale = ctx.GradScratch(rows * heads);
-        be.NormBackwardScale(Centers, xs, scales, dy, rows * heads, d, w, WeightOffset, dScale);
-        var dx = ctx.GradScratch(dy.Shape.ToArray());
-        be.NormBackwardInput(Centers, xs, scales, dy, dScale, rows * heads, d, w, WeightOffset, dx);
-        foreach (var dead in new[] { xs, scales, dScale }) ctx.Release(dead);
+        var dx = BackwardWithoutHooks(ctx, xs, scales, dy);
+        ctx.Release(xs);
+        ctx.Release(scales);
         return dx;
     }
 
@@ -193,8 +190,14 @@ public sealed class Norm
     internal Tensor BackwardRows(ForwardContext ctx, object key, Tensor dy)
     {
         if (Kind == NormKind.None) return dy;
-        var be = ctx.Backend;
         var (x, scale) = ctx.Restore<Saved>(key);
+        return BackwardWithoutHooks(ctx, x, scale, dy);
+    }
+
+    /// <summary>dx from dy for inputs <paramref name="x"/> (rows of d_model) with their scales: the fused kernels, weight included.</summary>
+    Tensor BackwardWithoutHooks(ForwardContext ctx, Tensor x, Tensor scale, Tensor dy)
+    {
+        var be = ctx.Backend;
         int d = x.Dim(-1), rows = x.Length / d;
         var w = _weight.On(be);
         var dScale = ctx.GradScratch(scale.Shape.ToArray());
