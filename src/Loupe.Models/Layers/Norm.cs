@@ -79,10 +79,7 @@ public sealed class Norm
         if (Kind == NormKind.None) return x;
         var be = ctx.Backend;
         int d = x.Dim(-1), rows = x.Length / d;
-        // One scale per normalised vector: [batch, pos, 1], or [batch, pos, head, 1] for a per-head norm.
-        var scaleShape = x.Shape.ToArray();
-        scaleShape[^1] = 1;
-        var computed = be.Empty(scaleShape);
+        var computed = be.Empty(ScaleShape(x));
         var (w, b) = (_weight.On(be), _bias.On(be));
         // An RMSNorm's hook_normalized is x/σ, before the weight: computed apart only when something reads it
         // (else the fused kernel, as before).
@@ -106,6 +103,14 @@ public sealed class Norm
         TimesWeight(ctx, normalized, rows, d, b, output);
         ctx.Release(y);
         return output;
+    }
+
+    /// <summary>One scale per normalised vector: <c>[batch, pos, 1]</c>, or <c>[batch, pos, head, 1]</c> for a per-head norm or per-head copies.</summary>
+    static int[] ScaleShape(Tensor x)
+    {
+        var shape = x.Shape.ToArray();
+        shape[^1] = 1;
+        return shape;
     }
 
     /// <summary><c>y = v ⊙ (w + offset) (+ b)</c> row by row, with a pass's scratch for the unit scale.</summary>
@@ -153,9 +158,7 @@ public sealed class Norm
         if (Kind == NormKind.None) return x;
         var be = ctx.Backend;
         int d = x.Dim(-1), rows = x.Length / d;
-        var scaleShape = x.Shape.ToArray();
-        scaleShape[^1] = 1;
-        var scale = ctx.Scratch(scaleShape);
+        var scale = ctx.Scratch(ScaleShape(x));
         var y = ctx.Scratch(x.Shape.ToArray());
         be.Norm(Centers, x, rows, d, _weight.On(be), WeightOffset, _bias.On(be), Eps, y, scale);
         ctx.Save(key, new Saved(x, scale));
