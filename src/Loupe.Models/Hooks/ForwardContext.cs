@@ -225,9 +225,7 @@ public sealed class ForwardContext
     /// Whether something may change the values at <paramref name="name"/> or the gradient through it: a hook function, a
     /// gradient hook or a splice there (a cache or gradient record only reads).
     /// </summary>
-    internal bool MayChange(string name) =>
-        _options.Hooks.ContainsKey(name) || _options.GradientHooks.ContainsKey(name)
-        || (_spliceAtOutput?.ContainsKey(name) ?? false) || (_spliceAtInput?.ContainsKey(name) ?? false);
+    internal bool MayChange(string name) => MayChangeForward(name) || _options.GradientHooks.ContainsKey(name);
 
     /// <summary>Whether something may change the values at <paramref name="name"/> in the forward pass: a hook function or a splice there.</summary>
     internal bool MayChangeForward(string name) =>
