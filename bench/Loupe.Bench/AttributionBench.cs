@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using Loupe.Attribution;
+using Loupe.Dictionaries.Transcoders;
 using Loupe.Models;
 
 namespace Loupe.Bench;
@@ -35,12 +36,14 @@ namespace Loupe.Bench;
 /// capture forward is a single sample and, on a shared machine, noisy).</param>
 /// <param name="LiveAfterBytes">Managed bytes still live after a full collection once the graph is made (graph, model, CLT
 /// held): against the peak, how much of it was garbage awaiting collection rather than data the engine kept.</param>
+/// <param name="Transcoders">"random" (generated, decoders never stored), or the stored CLT with its decoders "memory" or "mapped".</param>
+/// <param name="LoadSeconds">Loading the stored CLT (NaN for the random one).</param>
 public sealed record AttributionRun(
     int Tokens, string Model, string Status,
     int ActiveFeatures, int FeatureNodes, int Batches, long EstimatedBytes, long PeakRssBytes, long RssBeforeBytes,
     double AttributionSeconds, double ForwardSeconds, double PassEquivalents,
     double Top1Probability, double EntropyNats, long TranscoderHeldBytes, long TranscoderDenseBytes, double WallSeconds,
-    long LiveAfterBytes = -1, double ForwardMedianSeconds = double.NaN)
+    long LiveAfterBytes = -1, double ForwardMedianSeconds = double.NaN, string Transcoders = "random", double LoadSeconds = double.NaN)
 {
     /// <summary>Attribution time over the median forward.</summary>
     public double PassEquivalentsMedian => AttributionSeconds / ForwardMedianSeconds;
@@ -89,6 +92,7 @@ public static partial class AttributionBench
         long available = MemAvailable();
         long maxRss = o.MaxRssGib is double cap ? (long)(cap * (1L << 30)) : available > 0 ? Math.Max(1L << 30, available - (2L << 30)) : long.MaxValue;
         log.WriteLine($"attribution: each child is stopped above {Gib(maxRss)} RSS ({(o.MaxRssGib is null ? "MemAvailable − 2 GiB; --max-rss GIB to change" : "--max-rss")})");
+        if (o.StoredClt.Count > 0) EnsureStoredClt(o, model, log);
         foreach (int T in o.Tokens)
         {
             if (T > model.NCtx)
@@ -96,17 +100,21 @@ public static partial class AttributionBench
                 log.WriteLine($"attribution: {T} tokens is longer than {model.Name}'s context ({model.NCtx}); skipped");
                 continue;
             }
-            log.WriteLine($"attribution [{model.Name}]: {T} tokens in a child process …");
-            runs.Add(RunChild(o, model, T, maxRss, log));
-            var r = runs[^1];
-            log.WriteLine($"attribution [{model.Name}]: {T} tokens: {r.Status}, {r.AttributionSeconds:F1} s, peak {Gib(r.PeakRssBytes)}");
+            foreach (string? storage in new string?[] { null }.Concat(o.StoredClt))
+            {
+                string what = storage is null ? "random CLT" : $"stored CLT, decoders {storage}";
+                log.WriteLine($"attribution [{model.Name}]: {T} tokens, {what}, in a child process …");
+                runs.Add(RunChild(o, model, T, maxRss, log, storage));
+                var r = runs[^1];
+                log.WriteLine($"attribution [{model.Name}]: {T} tokens, {what}: {r.Status}, {r.AttributionSeconds:F1} s, peak {Gib(r.PeakRssBytes)}");
+            }
         }
         return runs;
     }
 
-    static AttributionRun RunChild(BenchOptions o, BenchModel model, int tokens, long maxRss, TextWriter log)
+    static AttributionRun RunChild(BenchOptions o, BenchModel model, int tokens, long maxRss, TextWriter log, string? storage)
     {
-        string result = Path.Combine(Path.GetTempPath(), $"loupe-attribution-{Environment.ProcessId}-{tokens}.json");
+        string result = Path.Combine(Path.GetTempPath(), $"loupe-attribution-{Environment.ProcessId}-{tokens}-{storage ?? "random"}.json");
         File.Delete(result);
         string host = Environment.ProcessPath ?? throw new InvalidOperationException("cannot find this process's executable to start a child");
         var psi = new ProcessStartInfo(host) { UseShellExecute = false };
@@ -115,6 +123,7 @@ public static partial class AttributionBench
         foreach (var a in new[] { "attribution-run", "--tokens", tokens.ToString(System.Globalization.CultureInfo.InvariantCulture), "--cache", o.CacheRoot, "--json", result })
             psi.ArgumentList.Add(a);
         if (o.Quick) psi.ArgumentList.Add("--quick");
+        if (storage is not null) { psi.ArgumentList.Add("--stored-clt"); psi.ArgumentList.Add(storage); }
         // The GC sizes its heap by the machine's memory load, so without a limit garbage fills most of the RAM before
         // a full collection and the peak says more about the GC than about the engine; a hard limit makes it collect.
         if (o.GcHeapLimitGib is double gib) psi.Environment["DOTNET_GCHeapHardLimit"] = "0x" + ((long)(gib * (1L << 30))).ToString("X", System.Globalization.CultureInfo.InvariantCulture);
@@ -153,7 +162,8 @@ public static partial class AttributionBench
         }
         string status = stopped ?? (child.ExitCode == 137 ? "killed (SIGKILL: out of memory?)" : $"exit {child.ExitCode}");
         if (File.Exists(result)) File.Delete(result);
-        return new AttributionRun(tokens, model.Name, status, 0, 0, 0, 0, polledPeak, -1, double.NaN, double.NaN, double.NaN, double.NaN, double.NaN, 0, 0, wall);
+        return new AttributionRun(tokens, model.Name, status, 0, 0, 0, 0, polledPeak, -1, double.NaN, double.NaN, double.NaN, double.NaN, double.NaN, 0, 0, wall,
+            Transcoders: storage ?? "random");
     }
 
     static readonly JsonSerializerOptions Json = new()
@@ -168,7 +178,11 @@ public static partial class AttributionBench
         var spec = ModelFor(o.Quick);
         int T = o.Tokens.Count == 1 ? o.Tokens[0] : throw new ArgumentException("attribution-run takes one --tokens length");
         string path = o.JsonPath ?? throw new ArgumentException("attribution-run needs --json FILE");
-        var tc = new RandomCrossLayerTranscoder(spec.NLayers, spec.DModel, FeaturesPerLayer(o.Quick), TopK, TranscoderSeed);
+        var random = new RandomCrossLayerTranscoder(spec.NLayers, spec.DModel, FeaturesPerLayer(o.Quick), TopK, TranscoderSeed);
+        string? storage = o.StoredClt.Count switch { 0 => null, 1 => o.StoredClt[0], _ => throw new ArgumentException("attribution-run takes one --stored-clt") };
+        IMlpReplacement tc = random;
+        long held = random.HeldBytes, dense = random.DenseBytes;
+        double loadSeconds = double.NaN;
         long before = -1, estimate = 0;
         double top1 = double.NaN, entropy = double.NaN;
         Stopwatch? attributing = null;
@@ -181,7 +195,7 @@ public static partial class AttributionBench
         }
         AttributionRun Failed(string what, Exception e) => new(T, spec.Name,
             $"{what}{(attributing is null ? " before attributing" : $" after {attributing.Elapsed.TotalSeconds:F0} s of attribution")}, in {e.TargetSite?.DeclaringType?.Name}.{e.TargetSite?.Name}",
-            0, 0, 0, estimate, Peak(), before, double.NaN, double.NaN, double.NaN, top1, entropy, tc.HeldBytes, tc.DenseBytes, 0);
+            0, 0, 0, estimate, Peak(), before, double.NaN, double.NaN, double.NaN, top1, entropy, held, dense, 0, Transcoders: storage ?? "random", LoadSeconds: loadSeconds);
         try
         {
             using var model = ModelLoader.LoadFolder(Fixtures.FolderOf(o.CacheRoot, spec));
@@ -189,8 +203,21 @@ public static partial class AttributionBench
             var calibration = tokens[..Math.Min(T, CalibrationTokens)];
             (top1, entropy) = SoftmaxCheck(model, calibration);
             log.WriteLine($"attribution-run: softmax at the last calibration position: top-1 {top1:0.###}, entropy {entropy:0.##} nats (uniform: {Math.Log(model.Config.DVocab):0.##})");
-            tc.Calibrate(model, calibration);
-            log.WriteLine($"attribution-run: {tc.Source}; decoder scales {string.Join(" ", tc.DecoderScales.Select(s => s.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)))}");
+            if (storage is null)
+            {
+                random.Calibrate(model, calibration);
+                log.WriteLine($"attribution-run: {random.Source}; decoder scales {string.Join(" ", random.DecoderScales.Select(s => s.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)))}");
+            }
+            else
+            {
+                // The same CLT (calibrated on the same first 64 tokens), read from its files.
+                var loading = Stopwatch.StartNew();
+                tc = MlpReplacements.Load(StoredCltFolder(o, spec), model, decoders: storage == "mapped" ? DecoderStorage.Mapped : DecoderStorage.Memory, log: log.WriteLine);
+                loadSeconds = loading.Elapsed.TotalSeconds;
+                dense = 4 * ((CltShapeOf(spec, o.Quick)).DecoderElements + (long)spec.NLayers * FeaturesPerLayer(o.Quick) * spec.DModel);
+                held = storage == "mapped" ? dense - 4 * CltShapeOf(spec, o.Quick).DecoderElements : dense;
+                log.WriteLine($"attribution-run: {tc.Source} loaded in {loadSeconds:F2} s, decoders {storage}");
+            }
             before = MemorySnapshot.Read().Rss;
 
             var attributor = new Attributor(model, tc, Settings(EngineLog));
@@ -209,7 +236,9 @@ public static partial class AttributionBench
             }
             Array.Sort(forwards);
             var run = new AttributionRun(T, spec.Name, "ok", s.ActiveFeatures, s.FeatureNodes, s.Batches, s.EstimatedBytes, peak, before,
-                s.Elapsed.TotalSeconds, s.ForwardTime.TotalSeconds, s.PassEquivalents, top1, entropy, tc.HeldBytes, tc.DenseBytes, 0, live, forwards[1]);
+                s.Elapsed.TotalSeconds, s.ForwardTime.TotalSeconds, s.PassEquivalents, top1, entropy, held, dense, 0, live, forwards[1],
+                storage ?? "random", loadSeconds);
+            (tc as IDisposable)?.Dispose();
             Loupe.Reports.AtomicFile.WriteJson(path, run);
             return 0;
         }
@@ -225,6 +254,64 @@ public static partial class AttributionBench
             Loupe.Reports.AtomicFile.WriteJson(path, Failed($"{e.GetType().Name}: {e.Message}", e));
             return 3;
         }
+    }
+
+    static CltShape CltShapeOf(BenchModel spec, bool quick) => new(spec.NLayers, spec.DModel, FeaturesPerLayer(quick), spec.DModel);
+
+    /// <summary>Where the stored copy of the bench's random CLT is kept (in the fixture cache).</summary>
+    static string StoredCltFolder(BenchOptions o, BenchModel spec) =>
+        Path.Combine(o.CacheRoot, $"clt-{spec.Name}-{FeaturesPerLayer(o.Quick)}x{TopK}-seed{TranscoderSeed}");
+
+    /// <summary>
+    /// Writes the random CLT, calibrated on the runs' first 64 tokens, as a real file in Loupe's layout (TopK,
+    /// W_enc.ℓ [d, F], W_dec.ℓ [F, L−ℓ, d] streamed row by row, zero biases) unless it is there already.
+    /// </summary>
+    static void EnsureStoredClt(BenchOptions o, BenchModel spec, TextWriter log)
+    {
+        string folder = StoredCltFolder(o, spec);
+        if (File.Exists(Path.Combine(folder, CltFiles.ConfigFile))) return;
+        var shape = CltShapeOf(spec, o.Quick);
+        int L = shape.Layers, d = shape.DIn, F = shape.DSae;
+        log.WriteLine($"attribution: writing the random CLT to {folder} ({4 * (shape.DecoderElements + (long)L * F * d) / (double)(1L << 30):F2} GiB) …");
+        var random = new RandomCrossLayerTranscoder(L, d, F, TopK, TranscoderSeed);
+        using (var model = ModelLoader.LoadFolder(Fixtures.FolderOf(o.CacheRoot, spec)))
+            random.Calibrate(model, Prompt(CalibrationTokens, model.Config.DVocab));
+        string partial = folder + ".partial";
+        if (Directory.Exists(partial)) Directory.Delete(partial, recursive: true);
+        Directory.CreateDirectory(partial);
+        var tensors = new List<Loupe.Models.Loading.SafeTensorEntry>();
+        for (int l = 0; l < L; l++)
+        {
+            int layer = l;
+            var wEnc = new float[d * F];
+            var row = new float[d];
+            for (int f = 0; f < F; f++)
+            {
+                random.EncoderDirection(l, f, row);
+                for (int j = 0; j < d; j++) wEnc[j * F + f] = row[j];
+            }
+            tensors.Add(Loupe.Models.Loading.SafeTensorEntry.F32($"W_enc.{l}", [d, F], wEnc));
+            tensors.Add(Loupe.Models.Loading.SafeTensorEntry.F32($"b_enc.{l}", [F], new float[F]));
+            tensors.Add(Loupe.Models.Loading.SafeTensorEntry.F32Streamed($"W_dec.{l}", [F, L - l, d], stream =>
+            {
+                var buffer = new float[d];
+                for (int f = 0; f < F; f++)
+                    for (int t = layer; t < L; t++)
+                    {
+                        random.DecoderDirection(layer, f, t, buffer);
+                        stream.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(buffer.AsSpan()));
+                    }
+            }));
+            tensors.Add(Loupe.Models.Loading.SafeTensorEntry.F32($"b_dec.{l}", [d], new float[d]));
+        }
+        Loupe.Models.Loading.SafeTensorsWriter.Write(Path.Combine(partial, CltFiles.WeightsFile), tensors);
+        File.WriteAllText(Path.Combine(partial, CltFiles.ConfigFile), new System.Text.Json.Nodes.JsonObject
+        {
+            ["format"] = "loupe-clt", ["format_version"] = 2, ["architecture"] = "topk", ["n_layers"] = L, ["d_in"] = d, ["d_sae"] = F, ["d_out"] = d, ["k"] = TopK,
+            ["input_hook"] = "blocks.{layer}.mlp.hook_in", ["output_hook"] = "blocks.{layer}.hook_mlp_out",
+            ["provenance"] = new System.Text.Json.Nodes.JsonObject { ["source"] = random.Source },
+        }.ToJsonString());
+        Directory.Move(partial, folder);
     }
 
     /// <summary>Top-1 probability and entropy of the softmax at the last position; throws on non-finite logits.</summary>
@@ -300,9 +387,9 @@ public static partial class AttributionBench
             + $"d_mlp {spec.DMlp}, vocab {spec.DVocab}, n_ctx {spec.NCtx}); random CLT {FeaturesPerLayer(o.Quick)} features/layer, TopK {TopK}");
         w.WriteLine($"settings: max logits {s.MaxLogits}, logit probability {s.LogitProbability}, batch {s.BatchSize} rows, max feature nodes {s.MaxFeatureNodes}; one child process per length"
             + (o.GcHeapLimitGib is double gib ? $", GC heap hard limit {gib:0.##} GiB" : ", default GC (heap sized by the machine's memory)"));
-        var t = new Table("tokens", ">active", ">nodes", ">batches", ">estimated", ">peak RSS", ">RSS before", ">live after", ">attribution s", ">forward s", ">pass equiv.", ">median fwd s", ">pass equiv. (median)", "status");
+        var t = new Table("tokens", "CLT", ">load s", ">active", ">nodes", ">batches", ">estimated", ">peak RSS", ">RSS before", ">live after", ">attribution s", ">forward s", ">pass equiv.", ">median fwd s", ">pass equiv. (median)", "status");
         foreach (var r in runs)
-            t.Add(r.Tokens, r.ActiveFeatures, r.FeatureNodes, r.Batches, r.EstimatedBytes > 0 ? Gib(r.EstimatedBytes) : "-", Gib(r.PeakRssBytes), Gib(r.RssBeforeBytes), Gib(r.LiveAfterBytes),
+            t.Add(r.Tokens, r.Transcoders == "random" ? "random" : "stored, decoders " + r.Transcoders, F(r.LoadSeconds, "F2"), r.ActiveFeatures, r.FeatureNodes, r.Batches, r.EstimatedBytes > 0 ? Gib(r.EstimatedBytes) : "-", Gib(r.PeakRssBytes), Gib(r.RssBeforeBytes), Gib(r.LiveAfterBytes),
                 F(r.AttributionSeconds, "F1"), F(r.ForwardSeconds, "F3"), F(r.PassEquivalents, "F0"),
                 F(r.ForwardMedianSeconds, "F3"), F(r.PassEquivalentsMedian, "F0"), r.Status);
         t.Write(w, "attribution: cost and memory by prompt length");

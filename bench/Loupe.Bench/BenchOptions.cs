@@ -39,6 +39,8 @@ public sealed class BenchOptions
           --timeout S        attribution: stop a length's child after S seconds and report it as stopped
           --gc-heap-limit GIB  attribution: run each child with DOTNET_GCHeapHardLimit (the GC collects instead of growing)
           --max-rss GIB      attribution: stop a length's child above this RSS (default MemAvailable at start − 2 GiB)
+          --stored-clt memory,mapped  attribution: also run each length with the random CLT written to disk (Loupe's layout,
+                             in the cache) and loaded with its decoders in memory and/or mapped
           --no-profile       skip the per-hook-point time breakdown
           --cache DIR        fixture folder (default $LOUPE_BENCH_CACHE or /tmp/loupe-bench-models)
           --threads N        OpenBLAS threads (default: OpenBLAS's own, usually the core count)
@@ -72,6 +74,8 @@ public sealed class BenchOptions
     public string CacheRoot { get; private set; } = Fixtures.DefaultCacheRoot;
     public int? Threads { get; private set; }
     public bool Managed { get; private set; }
+    /// <summary>attribution: how the stored CLT is loaded in the extra runs ("memory", "mapped"); empty: the random CLT only.</summary>
+    public IReadOnlyList<string> StoredClt { get; private set; } = [];
     public string? Baseline { get; private set; }
     public bool Help { get; private set; }
     public IReadOnlyList<BenchModel> Models { get; private set; } = [];
@@ -118,6 +122,10 @@ public sealed class BenchOptions
                 case "--cache": o.CacheRoot = Value(); break;
                 case "--threads": o.Threads = Math.Max(1, Int()); break;
                 case "--managed": o.Managed = true; break;
+                case "--stored-clt":
+                    o.StoredClt = Value().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+                    if (o.StoredClt.Any(v => v is not ("memory" or "mapped"))) throw new ArgumentException("--stored-clt takes memory, mapped or memory,mapped");
+                    break;
                 case "--baseline": o.Baseline = Value(); break;
                 case "-h" or "--help" or "help": o.Help = true; break;
                 default: throw new ArgumentException($"unknown argument '{a}' (see --help)");

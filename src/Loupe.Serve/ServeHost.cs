@@ -143,7 +143,7 @@ public sealed class ServeHost : IAsyncDisposable
             return Results.Json(new JobView(job.Id, job.Kind, job.State), Json, statusCode: 202);
         }).WithSummary("Cancels a job");
         // The transcoders (--transcoders) are loaded once: the Graph page's interventions and the graph job share them.
-        var replacement = options.TranscodersDir is { } tcDir ? new Loupe.Attribution.ReplacementModel(model, Loupe.Dictionaries.Transcoders.MlpReplacements.Load(tcDir, model)) : null;
+        var replacement = options.TranscodersDir is { } tcDir ? new Loupe.Attribution.ReplacementModel(model, Loupe.Dictionaries.Transcoders.MlpReplacements.Load(tcDir, model, decoders: options.Decoders, log: Console.Error.WriteLine)) : null;
         Endpoints.GraphEndpoints.Map(_app, gate, options, Workspace, _featureStores, replacement);
         Endpoints.CircuitEndpoints.Map(_app, Workspace);
         JobEndpoints.Map(_app, gate, jobs, options, Workspace, _featureStores, replacement);

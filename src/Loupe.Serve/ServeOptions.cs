@@ -15,6 +15,9 @@ public sealed record ServeOptions
     public string? GraphsDir { get; init; }
     /// <summary>The transcoders (as for <c>loupe intervene</c>) that let the Graph page ablate or scale features; null = no interventions.</summary>
     public string? TranscodersDir { get; init; }
+
+    /// <summary>Where a cross-layer transcoder's decoders are kept (<see cref="TranscodersDir"/>).</summary>
+    public Loupe.Dictionaries.Transcoders.DecoderStorage Decoders { get; init; }
     /// <summary>Feature stores (features.db files, or folders searched for them) the Features and Steering pages read; by id, never by path.</summary>
     public IReadOnlyList<string> FeatureStores { get; init; } = [];
     /// <summary>The dictionary behind the feature stores when a store's recorded sae_path is not at hand (--sae).</summary>

@@ -182,15 +182,9 @@ public sealed class FamilyAttributionTests
     {
         // A feature of layer ℓ writes every MLP output ℓ…L−1: its column is the sum over those targets.
         using var model = Load(arch);
-        int L = model.Config.NLayers, D = model.Config.DModel, F = 16;
-        var clt = new CrossLayerTranscoder(new CltShape(L, D, F, D), new ReluActivation());
-        clt.Initialize(5, decoderNorm: 0.5f);
+        int L = model.Config.NLayers;
+        var clt = RandomClt(model);
         var rng = new Random(17);
-        for (int l = 0; l < L; l++)
-        {
-            for (int i = 0; i < clt.P.WEnc[l].Length; i++) clt.P.WEnc[l][i] = (float)(rng.NextDouble() * 2 - 1) / MathF.Sqrt(D) * 2f;
-            for (int f = 0; f < F; f++) clt.P.BEnc[l][f] = (float)(rng.NextDouble() * 0.4 - 0.3);
-        }
         var graph = new Attributor(model, clt, new AttributionSettings { BatchSize = 8, CausalBlock = 3 }).Attribute(Prompt);
         Assert.Contains(graph.SelectedFeatures, a => graph.ActiveFeatures[a].Layer < L - 1);
         var replacement = new ReplacementModel(model, clt);
@@ -212,6 +206,54 @@ public sealed class FamilyAttributionTests
         var doubled = FrozenProbe.Targets(replacement, graph, directions,
             replacement.Run(Prompt, [new FeatureIntervention(0, node.Position, node.Index, 2f, InterventionKind.Scale)], frozen, cache: FrozenProbe.Cache));
         Assert.True(FrozenProbe.ColumnError(graph, first, clean, doubled) <= 1e-4 * Math.Max(1, largest));
+    }
+
+    static CrossLayerTranscoder RandomClt(HookedTransformer model, int features = 16)
+    {
+        int L = model.Config.NLayers, D = model.Config.DModel;
+        var clt = new CrossLayerTranscoder(new CltShape(L, D, features, D), new ReluActivation());
+        clt.Initialize(5, decoderNorm: 0.5f);
+        var rng = new Random(17);
+        for (int l = 0; l < L; l++)
+        {
+            for (int i = 0; i < clt.P.WEnc[l].Length; i++) clt.P.WEnc[l][i] = (float)(rng.NextDouble() * 2 - 1) / MathF.Sqrt(D) * 2f;
+            for (int f = 0; f < features; f++) clt.P.BEnc[l][f] = (float)(rng.NextDouble() * 0.4 - 0.3);
+        }
+        return clt;
+    }
+
+    [Fact]
+    public void A_cross_layer_transcoder_with_mapped_decoders_gives_the_graph_and_interventions_of_the_one_in_memory()
+    {
+        using var model = Load("llama");
+        var folder = Directory.CreateTempSubdirectory("loupe-mapped-attr-");
+        try
+        {
+            CltFiles.SaveCircuitTracer(folder.FullName, RandomClt(model));
+            var memory = CltFiles.Load(folder.FullName);
+            using var mapped = CltFiles.LoadMapped(folder.FullName);
+            var settings = new AttributionSettings { BatchSize = 8 };
+            var a = new Attributor(model, memory, settings).Attribute(Prompt);
+            var b = new Attributor(model, mapped, settings).Attribute(Prompt);
+            Assert.Equal(a.SelectedFeatures, b.SelectedFeatures);
+            Assert.Equal(a.NodeCount, b.NodeCount);
+            double largest = 0;
+            for (int t = 0; t < a.NodeCount; t++)
+                for (int s = 0; s < a.NodeCount; s++)
+                {
+                    largest = Math.Max(largest, Math.Abs(a.Edge(t, s)));
+                    Assert.True(Math.Abs(a.Edge(t, s) - b.Edge(t, s)) <= 1e-5 * (1 + Math.Abs(a.Edge(t, s))), $"edge {t} ← {s}: {a.Edge(t, s)} in memory, {b.Edge(t, s)} mapped");
+                }
+            Assert.True(largest > 0.01, $"largest edge {largest}");
+            Assert.Equal(a.Provenance!.TranscoderFingerprint, b.Provenance!.TranscoderFingerprint);
+            // An intervention through the replacement model: the same logits.
+            var node = a.Node(0);
+            FeatureIntervention[] edit = [new(node.Layer, node.Position, node.Index, 0f, InterventionKind.Set)];
+            var la = new ReplacementModel(model, memory).Run(Prompt, edit).LastLogits;
+            var lb = new ReplacementModel(model, mapped).Run(Prompt, edit).LastLogits;
+            for (int i = 0; i < la.Length; i++) Assert.True(Math.Abs(la[i] - lb[i]) <= 1e-4 * (1 + Math.Abs(la[i])), $"logit {i}: {la[i]} vs {lb[i]}");
+        }
+        finally { folder.Delete(recursive: true); }
     }
 
     [Fact]

@@ -36,6 +36,38 @@ public class CltEvalDeviceCliTests
         finally { Directory.Delete(root, recursive: true); }
     }
 
+    [RequiresSharedFact("models/stories260K")]
+    public void Clt_eval_with_mapped_decoders_writes_the_metrics_of_decoders_in_memory_on_the_cpu_and_the_emulated_device()
+    {
+        string model = SharedData.Require("models/stories260K"), root = Directory.CreateTempSubdirectory("loupe-clt-eval-mapped").FullName;
+        try
+        {
+            var clt = new CrossLayerTranscoder(new CltShape(5, 64, 32, 64), new JumpReluActivation());
+            clt.Initialize(seed: 6, decoderNorm: 0.3f, initThreshold: 0.02f);
+            string folder = Path.Combine(root, "clt"), text = Path.Combine(root, "text.txt");
+            CltFiles.SaveCircuitTracer(folder, clt);
+            File.WriteAllText(text, "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun. " +
+                "One day, she saw a big dog in the park. The dog was happy and wagged its tail. Lily and the dog played all day.");
+            string[] args = ["clt", "eval", "--model", model, "--transcoders", folder, "--source", "text:" + text, "--context-size", "16", "--batch-size", "8"];
+            var memory = RunLoupe([.. args, "--out", Path.Combine(root, "memory"), "--decoders", "memory"]);
+            Assert.True(memory.Code == 0, memory.Err);
+            Assert.Contains("read into memory", memory.Err);
+            var expected = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "memory", "eval.json")))!;
+            foreach (var device in new[] { "cpu", "emulated" })
+            {
+                var mapped = RunLoupe([.. args, "--out", Path.Combine(root, device), "--decoders", "mapped", "--device", device]);
+                Assert.True(mapped.Code == 0, mapped.Err);
+                Assert.Contains("left mapped", mapped.Err);
+                var actual = JsonNode.Parse(File.ReadAllText(Path.Combine(root, device, "eval.json")))!;
+                Assert.True(Compare(expected, actual, "") >= 12);
+            }
+            var bad = RunLoupe([.. args, "--out", Path.Combine(root, "bad"), "--decoders", "lazy"]);
+            Assert.NotEqual(0, bad.Code);
+            Assert.Contains("--decoders", bad.Err);
+        }
+        finally { Directory.Delete(root, recursive: true); }
+    }
+
     // Every number to `relative` (the run time aside), every string and array length equal; returns how many numbers.
     internal static int Compare(JsonNode? expected, JsonNode? actual, string path, double relative = 1e-4)
     {

@@ -28,6 +28,32 @@ static class CliSupport
         Required = true,
     };
 
+    /// <summary><c>--decoders auto|memory|mapped</c>: where a cross-layer transcoder's decoders are kept.</summary>
+    public static Option<string> DecodersOption() => new("--decoders")
+    {
+        Description = "A cross-layer transcoder's decoders: memory (read whole at load), mapped (left in their files, a feature's rows read when it is decoded, " +
+            "as circuit-tracer's lazy_decoder; for CLTs larger than memory), or auto (mapped from 1 GiB as float32)",
+        DefaultValueFactory = _ => "auto",
+    };
+
+    /// <summary>
+    /// The transcoders at <paramref name="transcoders"/> (local or hf:) for <paramref name="model"/>, their decoders kept as
+    /// <paramref name="decoders"/> says, what is read into memory said on stderr first.
+    /// </summary>
+    public static Loupe.Dictionaries.Transcoders.IMlpReplacement LoadTranscoders(ParseResult parse, Option<string> transcoders, Option<string> decoders,
+        Loupe.Models.HookedTransformer model) =>
+        Loupe.Dictionaries.Transcoders.MlpReplacements.Load(LocalPath(parse.GetValue(transcoders)!, transcoders.Name), model,
+            decoders: DecoderStorage(parse.GetValue(decoders)), log: line => Console.Error.WriteLine(line));
+
+    /// <summary>"auto", "memory" or "mapped" (null: auto).</summary>
+    public static Loupe.Dictionaries.Transcoders.DecoderStorage DecoderStorage(string? value) => value switch
+    {
+        null or "auto" => Loupe.Dictionaries.Transcoders.DecoderStorage.Auto,
+        "memory" => Loupe.Dictionaries.Transcoders.DecoderStorage.Memory,
+        "mapped" => Loupe.Dictionaries.Transcoders.DecoderStorage.Mapped,
+        _ => throw InputError.Expected("argument", "--decoders", "auto, memory or mapped", value),
+    };
+
     /// <summary>The exit code of a refusal: bad input (a file, field, tensor or argument) or a failed file-system or network operation.</summary>
     public const int InputErrorExitCode = 2;
 

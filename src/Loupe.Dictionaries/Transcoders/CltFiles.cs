@@ -92,17 +92,36 @@ public static class CltFiles
     }
 
     /// <summary>Loads a CLT folder in either layout: Loupe's (cfg.json) or circuit-tracer's (W_enc_0.safetensors).</summary>
-    /// <exception cref="InputError">Neither layout is there, or the files are bad (see <see cref="LoadLoupe"/>, <see cref="LoadCircuitTracer"/>).</exception>
-    public static CrossLayerTranscoder Load(string folder)
+    /// <exception cref="InputError">Neither layout is there, or the files are bad (see <see cref="LoadLoupe(string)"/>, <see cref="LoadCircuitTracer(string, string?, string?)"/>).</exception>
+    public static CrossLayerTranscoder Load(string folder) => Load(folder, mapDecoders: false).Clt;
+
+    /// <summary>
+    /// Loads a CLT folder in either layout with its decoders left in their files, read row by row when a feature is decoded
+    /// (circuit-tracer's <c>lazy_decoder</c>): encoders, biases and thresholds are read and checked now; a decoder row is
+    /// checked when first read. Dispose it to unmap the files.
+    /// </summary>
+    /// <exception cref="InputError">As <see cref="Load(string)"/>, from the headers for the decoders.</exception>
+    public static MappedCrossLayerTranscoder LoadMapped(string folder)
     {
-        if (File.Exists(Path.Combine(folder, ConfigFile))) return LoadLoupe(folder);
-        if (File.Exists(Path.Combine(folder, "W_enc_0.safetensors"))) return LoadCircuitTracer(folder);
+        var (clt, decoders) = Load(folder, mapDecoders: true);
+        return new MappedCrossLayerTranscoder(clt, decoders!);
+    }
+
+    static (CrossLayerTranscoder Clt, MappedCltDecoders? Decoders) Load(string folder, bool mapDecoders)
+    {
+        if (File.Exists(Path.Combine(folder, ConfigFile))) return LoadLoupe(folder, mapDecoders);
+        if (File.Exists(Path.Combine(folder, "W_enc_0.safetensors"))) return LoadCircuitTracer(folder, null, null, mapDecoders);
         throw new InputError($"{folder}: not a cross-layer transcoder folder: expected {ConfigFile} + {WeightsFile} (Loupe) or W_enc_0.safetensors (circuit-tracer)");
     }
 
+    /// <summary>True for the decoder tensors of either layout (<c>W_dec.ℓ</c>, <c>W_dec_ℓ</c>).</summary>
+    public static bool IsDecoderTensor(string name) => name.StartsWith("W_dec.", StringComparison.Ordinal) || name.StartsWith("W_dec_", StringComparison.Ordinal);
+
     /// <summary>Loads Loupe's layout.</summary>
     /// <exception cref="InputError">cfg.json is missing, not JSON, or a field is missing or out of range; a tensor is missing, mis-shaped or not finite (file, tensor, expected and found named).</exception>
-    public static CrossLayerTranscoder LoadLoupe(string folder)
+    public static CrossLayerTranscoder LoadLoupe(string folder) => LoadLoupe(folder, mapDecoders: false).Clt;
+
+    static (CrossLayerTranscoder Clt, MappedCltDecoders? Decoders) LoadLoupe(string folder, bool mapDecoders)
     {
         string cfgPath = Path.Combine(folder, ConfigFile), weights = Path.Combine(folder, WeightsFile);
         if (!File.Exists(cfgPath)) throw new InputError($"{cfgPath}: file is missing");
@@ -136,17 +155,27 @@ public static class CltFiles
             CheckShape(file, weights, $"W_enc.{l}", [shape.DIn, shape.DSae]);
             CheckShape(file, weights, $"W_dec.{l}", [shape.DSae, shape.Targets(l), shape.DOut]);
         }
-        var clt = new CrossLayerTranscoder(shape, activation, input, output, folder);
+        if (!mapDecoders) RequireDecodersFitArrays(folder, shape);
+        var clt = new CrossLayerTranscoder(shape, activation, input, output, folder, decoders: !mapDecoders);
         for (int l = 0; l < shape.Layers; l++)
         {
             Read(file, weights, $"W_enc.{l}", [shape.DIn, shape.DSae], clt.P.WEnc[l]);
             Read(file, weights, $"b_enc.{l}", [shape.DSae], clt.P.BEnc[l]);
-            Read(file, weights, $"W_dec.{l}", [shape.DSae, shape.Targets(l), shape.DOut], clt.P.WDec[l]);
+            if (!mapDecoders) Read(file, weights, $"W_dec.{l}", [shape.DSae, shape.Targets(l), shape.DOut], clt.P.WDec[l]);
             Read(file, weights, $"b_dec.{l}", [shape.DOut], clt.P.BDec[l]);
             if (activation is JumpReluActivation) Read(file, weights, $"log_threshold.{l}", [shape.DSae], clt.P.Act[l].LogThreshold, minusInfinityAllowed: true);
             if (activation is BatchTopKActivation) Read(file, weights, $"threshold.{l}", [1], clt.P.Act[l].Threshold);
         }
-        return clt;
+        return (clt, mapDecoders ? MappedCltDecoders.Open(shape, [.. Enumerable.Range(0, shape.Layers).Select(l => (weights, $"W_dec.{l}"))]) : null);
+    }
+
+    // Layer 0's decoders [d_sae, L, d_out] are one array when read into memory.
+    static void RequireDecodersFitArrays(string folder, CltShape s)
+    {
+        long n = (long)s.DSae * s.Layers * s.DOut;
+        if (n > Check.MaxArrayElements)
+            throw new InputError($"{folder}: layer 0's decoders hold {n:N0} elements (d_sae {s.DSae} × {s.Layers} targets × d_out {s.DOut}), " +
+                $"more than one array holds ({Check.MaxArrayElements:N0}); leave them mapped in their files (CltFiles.LoadMapped; --decoders mapped)");
     }
 
     internal static SaeActivation ActivationOf(string architecture, int k, int dSae, string where) => architecture switch
@@ -173,26 +202,36 @@ public static class CltFiles
     {
         CheckShape(file, path, name, shape);
         var data = file.GetFloat32(name).Span;
-        for (int i = 0; i < data.Length; i++)
-        {
-            float v = data[i];
-            if (float.IsNegativeInfinity(v) && minusInfinityAllowed) continue;
-            if (!float.IsFinite(v)) throw InputError.Expected(path, $"tensor '{name}' element {i}", "a finite number", v);
-            if (MathF.Abs(v) > SaeLensFormat.MaxWeightMagnitude) // a value near float's limit overflows the products to ∞
-                throw InputError.Expected(path, $"tensor '{name}' element {i}", $"a weight of magnitude at most {SaeLensFormat.MaxWeightMagnitude:0e0} (the file is corrupt)", v);
-        }
+        CheckValues(data, path, name, 0, minusInfinityAllowed);
         // −∞ is allowed only for log thresholds, and a log threshold must give a finite θ.
         if (minusInfinityAllowed) SaeLensFormat.ThrowIfLogThresholdTooLarge(data, $"{path}: tensor '{name}'");
         data.CopyTo(into);
     }
 
-    /// <summary>Tensor <paramref name="name"/> is in the file, a float tensor of exactly <paramref name="shape"/> (from the header alone).</summary>
-    static void CheckShape(SafeTensorsFile file, string path, string name, int[] shape)
+    /// <summary>
+    /// Refuses NaN, ±∞ (−∞ allowed when <paramref name="minusInfinityAllowed"/>) and magnitudes past
+    /// <see cref="SaeLensFormat.MaxWeightMagnitude"/> in elements <paramref name="first"/>… of tensor <paramref name="name"/>.
+    /// </summary>
+    internal static void CheckValues(ReadOnlySpan<float> data, string path, string name, long first, bool minusInfinityAllowed = false)
+    {
+        for (int i = 0; i < data.Length; i++)
+        {
+            float v = data[i];
+            if (float.IsNegativeInfinity(v) && minusInfinityAllowed) continue;
+            if (!float.IsFinite(v)) throw InputError.Expected(path, $"tensor '{name}' element {first + i}", "a finite number", v);
+            if (MathF.Abs(v) > SaeLensFormat.MaxWeightMagnitude) // a value near float's limit overflows the products to ∞
+                throw InputError.Expected(path, $"tensor '{name}' element {first + i}", $"a weight of magnitude at most {SaeLensFormat.MaxWeightMagnitude:0e0} (the file is corrupt)", v);
+        }
+    }
+
+    /// <summary>Tensor <paramref name="name"/> is in the file, a float tensor of exactly <paramref name="shape"/> (from the header alone); its info.</summary>
+    internal static SafeTensorInfo CheckShape(SafeTensorsFile file, string path, string name, int[] shape)
     {
         if (!file.TryGetInfo(name, out var info))
             throw new InputError($"{path}: tensor '{name}' is missing; expected {Shape(shape)}; the file holds {string.Join(", ", file.Names.Take(12))}");
         if (!info.DType.IsFloatingPoint() || !info.Shape.SequenceEqual(shape.Select(d => (long)d)))
             throw InputError.Expected(path, $"tensor '{name}'", $"a float tensor of shape {Shape(shape)}", $"{info.DType} {Shape(info.Shape)}");
+        return info;
     }
 
     internal static string Shape(IEnumerable<int> shape) => "[" + string.Join(", ", shape) + "]";
@@ -265,7 +304,10 @@ public static class CltFiles
     /// JumpReLU when the files hold <c>threshold_ℓ</c> (θ ≥ 0), ReLU otherwise.
     /// </summary>
     /// <exception cref="InputError">A layer's file or tensor is missing, has another shape or dtype, or holds NaN/±∞; a threshold is negative; layers are not 0…L−1.</exception>
-    public static CrossLayerTranscoder LoadCircuitTracer(string folder, string? inputHookPattern = null, string? outputHookPattern = null)
+    public static CrossLayerTranscoder LoadCircuitTracer(string folder, string? inputHookPattern = null, string? outputHookPattern = null) =>
+        LoadCircuitTracer(folder, inputHookPattern, outputHookPattern, mapDecoders: false).Clt;
+
+    static (CrossLayerTranscoder Clt, MappedCltDecoders? Decoders) LoadCircuitTracer(string folder, string? inputHookPattern, string? outputHookPattern, bool mapDecoders)
     {
         int layers = 0;
         while (File.Exists(Path.Combine(folder, $"W_enc_{layers}.safetensors"))) layers++;
@@ -290,7 +332,8 @@ public static class CltFiles
             dOut = f.TryGetInfo("b_dec_0", out var bd) && bd.Shape.Length == 1 ? (int)bd.Shape[0] : dIn;
             jump = f.Contains("threshold_0");
         }
-        var clt = new CrossLayerTranscoder(new CltShape(layers, dIn, dSae, dOut), jump ? new JumpReluActivation() : new ReluActivation(), input, output, folder);
+        if (!mapDecoders) RequireDecodersFitArrays(folder, new CltShape(layers, dIn, dSae, dOut));
+        var clt = new CrossLayerTranscoder(new CltShape(layers, dIn, dSae, dOut), jump ? new JumpReluActivation() : new ReluActivation(), input, output, folder, decoders: !mapDecoders);
         var s = clt.Shape;
         var wEncT = new float[dSae * dIn];
         var theta = new float[dSae];
@@ -316,9 +359,10 @@ public static class CltFiles
                     }
                 }
             }
-            using (var f = Open(decPath)) Read(f, decPath, $"W_dec_{l}", [dSae, s.Targets(l), dOut], clt.P.WDec[l]);
+            if (!mapDecoders)
+                using (var f = Open(decPath)) Read(f, decPath, $"W_dec_{l}", [dSae, s.Targets(l), dOut], clt.P.WDec[l]);
         }
-        return clt;
+        return (clt, mapDecoders ? MappedCltDecoders.Open(s, [.. Enumerable.Range(0, layers).Select(l => (Path.Combine(folder, $"W_dec_{l}.safetensors"), $"W_dec_{l}"))]) : null);
     }
 
     internal static float[] Transpose(float[] m, int rows, int cols)

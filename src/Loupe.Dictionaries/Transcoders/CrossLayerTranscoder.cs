@@ -43,12 +43,16 @@ public sealed record CltShape(int Layers, int DIn, int DSae, int DOut)
     /// <summary>Decoder slots of source layer <paramref name="layer"/>: the targets layer … L−1.</summary>
     public int Targets(int layer) => Layers - layer;
 
-    internal void Validate()
+    /// <param name="decoders">Whether the decoders are held in arrays (not when they stay memory-mapped).</param>
+    internal void Validate(bool decoders = true)
     {
         if (Layers <= 0 || DIn <= 0 || DSae <= 0 || DOut <= 0) throw new ArgumentException($"dimensions must be positive: {this}");
         Check.Product("CLT shape", "W_enc [d_in, d_sae]", Check.MaxArrayElements, DIn, DSae);
-        Check.Product("CLT shape", "W_dec[0] [d_sae, n_layers, d_out]", Check.MaxArrayElements, DSae, Layers, DOut);
+        if (decoders) Check.Product("CLT shape", "W_dec[0] [d_sae, n_layers, d_out]", Check.MaxArrayElements, DSae, Layers, DOut);
     }
+
+    /// <summary>Elements of every decoder together, Σ_ℓ d_sae·(L−ℓ)·d_out.</summary>
+    public long DecoderElements => (long)DSae * DOut * Layers * (Layers + 1) / 2;
 }
 
 /// <summary>How the ReLU sparsity penalty turns a feature's decoder-weighted activation u = a·‖W_dec‖ into a cost.</summary>
@@ -63,10 +67,15 @@ public enum CltPenalty
 /// <summary>Parameter (or gradient, or Adam moment) buffers of a cross-layer transcoder, row-major; see the file header.</summary>
 public sealed class CltParameters
 {
-    public CltParameters(CltShape shape)
+    public CltParameters(CltShape shape) : this(shape, decoders: true) { }
+
+    /// <param name="shape">The sizes.</param>
+    /// <param name="decoders">False: <see cref="WDec"/> holds empty arrays (the decoders stay in their files, <see cref="MappedCrossLayerTranscoder"/>).</param>
+    internal CltParameters(CltShape shape, bool decoders)
     {
         ArgumentNullException.ThrowIfNull(shape);
-        shape.Validate();
+        shape.Validate(decoders);
+        HasDecoders = decoders;
         Shape = shape;
         int L = shape.Layers;
         WEnc = new float[L][];
@@ -78,7 +87,7 @@ public sealed class CltParameters
         {
             WEnc[l] = new float[shape.DIn * shape.DSae];
             BEnc[l] = new float[shape.DSae];
-            WDec[l] = new float[shape.DSae * shape.Targets(l) * shape.DOut];
+            WDec[l] = decoders ? new float[shape.DSae * shape.Targets(l) * shape.DOut] : [];
             BDec[l] = new float[shape.DOut];
             // The activation keeps its own per-feature state (JumpReLU log_threshold, BatchTopK threshold) in an
             // SaeParameters; only those two buffers of it are used.
@@ -87,6 +96,10 @@ public sealed class CltParameters
     }
 
     public CltShape Shape { get; }
+
+    /// <summary>False when the decoders are not held here (<see cref="WDec"/> holds empty arrays).</summary>
+    public bool HasDecoders { get; }
+
     public float[][] WEnc { get; }   // [L][d_in, d_sae]
     public float[][] BEnc { get; }   // [L][d_sae]
     public float[][] WDec { get; }   // [L][d_sae, L−ℓ, d_out]
@@ -154,9 +167,16 @@ public sealed class CrossLayerTranscoder : IMlpReplacement
     /// <param name="source">Where it came from (a folder) or a name.</param>
     public CrossLayerTranscoder(CltShape shape, SaeActivation activation, string inputHookPattern = DefaultInputHook,
         string outputHookPattern = DefaultOutputHook, string source = "(in memory)")
+        : this(shape, activation, inputHookPattern, outputHookPattern, source, decoders: true) { }
+
+    /// <summary>
+    /// With <paramref name="decoders"/> false: encoders, biases and thresholds only; the decoders stay in their files and are
+    /// read by <see cref="MappedCrossLayerTranscoder"/> (which alone holds such an instance: decoding here is refused).
+    /// </summary>
+    internal CrossLayerTranscoder(CltShape shape, SaeActivation activation, string inputHookPattern, string outputHookPattern, string source, bool decoders)
     {
         Activation = activation ?? throw new ArgumentNullException(nameof(activation));
-        P = new CltParameters(shape);
+        P = new CltParameters(shape, decoders);
         InputHookPattern = CheckPattern(inputHookPattern, nameof(inputHookPattern));
         OutputHookPattern = CheckPattern(outputHookPattern, nameof(outputHookPattern));
         Source = source ?? "";
@@ -190,24 +210,39 @@ public sealed class CrossLayerTranscoder : IMlpReplacement
     public string Source { get; set; }
 
     /// <summary>Hex SHA-256 (first 16 digits) of the architecture, the shape and every parameter's bytes, in order.</summary>
-    public string Fingerprint
+    public string Fingerprint => FingerprintWith(null);
+
+    /// <summary>
+    /// <see cref="Fingerprint"/>, with each layer's decoder bytes appended by <paramref name="appendDecoder"/> when they are
+    /// not held here (the same digest as the in-memory transcoder with the same weights).
+    /// </summary>
+    internal string FingerprintWith(Action<int, IncrementalHash>? appendDecoder)
     {
-        get
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        sha.AppendData(System.Text.Encoding.UTF8.GetBytes($"clt {Architecture} {Shape}\n"));
+        int layer = 0;
+        foreach (var (name, data) in P.All())
         {
-            using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-            sha.AppendData(System.Text.Encoding.UTF8.GetBytes($"clt {Architecture} {Shape}\n"));
-            foreach (var (name, data) in P.All())
+            if (name.StartsWith("log_threshold", StringComparison.Ordinal) && Activation is not JumpReluActivation) continue;
+            if (name.StartsWith("threshold", StringComparison.Ordinal) && Activation is not BatchTopKActivation) continue;
+            sha.AppendData(System.Text.Encoding.UTF8.GetBytes(name));
+            if (name.StartsWith("W_dec.", StringComparison.Ordinal) && !P.HasDecoders)
             {
-                if (name.StartsWith("log_threshold", StringComparison.Ordinal) && Activation is not JumpReluActivation) continue;
-                if (name.StartsWith("threshold", StringComparison.Ordinal) && Activation is not BatchTopKActivation) continue;
-                sha.AppendData(System.Text.Encoding.UTF8.GetBytes(name));
-                sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()));
+                (appendDecoder ?? throw new InvalidOperationException("the decoders are not in memory"))(layer++, sha);
+                continue;
             }
-            return Convert.ToHexStringLower(sha.GetHashAndReset())[..16];
+            sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()));
         }
+        return Convert.ToHexStringLower(sha.GetHashAndReset())[..16];
     }
 
-    void CheckLayer(int layer)
+    // An instance built without decoders (inside MappedCrossLayerTranscoder) encodes only.
+    void RequireDecoders()
+    {
+        if (!P.HasDecoders) throw new InvalidOperationException($"{Source}: the decoders are memory-mapped; decode through MappedCrossLayerTranscoder");
+    }
+
+    internal void CheckLayer(int layer)
     {
         if ((uint)layer >= (uint)Layers) throw new ArgumentOutOfRangeException(nameof(layer), layer, $"layers are 0…{Layers - 1}");
     }
@@ -244,11 +279,17 @@ public sealed class CrossLayerTranscoder : IMlpReplacement
     {
         CheckLayer(layer);
         CheckFeature(feature);
-        if (targetLayer < layer || targetLayer >= Layers) throw new ArgumentOutOfRangeException(nameof(targetLayer), targetLayer, $"a feature of layer {layer} writes layers {layer}…{Layers - 1}");
+        CheckTarget(layer, targetLayer);
+        RequireDecoders();
         P.WDec[layer].AsSpan(DecoderOffset(layer, feature, targetLayer), DOut).CopyTo(into);
     }
 
-    void CheckFeature(int feature)
+    internal void CheckTarget(int layer, int targetLayer)
+    {
+        if (targetLayer < layer || targetLayer >= Layers) throw new ArgumentOutOfRangeException(nameof(targetLayer), targetLayer, $"a feature of layer {layer} writes layers {layer}…{Layers - 1}");
+    }
+
+    internal void CheckFeature(int feature)
     {
         if ((uint)feature >= (uint)Shape.DSae) throw new ArgumentOutOfRangeException(nameof(feature), feature, $"features are 0…{Shape.DSae - 1}");
     }
@@ -261,6 +302,7 @@ public sealed class CrossLayerTranscoder : IMlpReplacement
         CheckLayer(targetLayer);
         ArgumentNullException.ThrowIfNull(acts);
         if (acts.Count <= targetLayer) throw new ArgumentException($"acts must hold layers 0…{targetLayer}; it has {acts.Count}", nameof(acts));
+        RequireDecoders();
         int dOut = DOut, dSae = Shape.DSae;
         for (int b = 0; b < rows; b++) P.BDec[targetLayer].CopyTo(recon.Slice(b * dOut, dOut));
         for (int l = 0; l <= targetLayer; l++)
@@ -279,6 +321,7 @@ public sealed class CrossLayerTranscoder : IMlpReplacement
     /// </summary>
     public void Initialize(int seed, float decoderNorm = 0.1f, float initThreshold = 0.001f)
     {
+        RequireDecoders();
         var rng = new Random(seed);
         int dSae = Shape.DSae;
         for (int l = 0; l < Layers; l++)
@@ -303,6 +346,7 @@ public sealed class CrossLayerTranscoder : IMlpReplacement
     /// <summary>‖W_dec[ℓ][i]‖ over all targets, for every feature of layer ℓ → [d_sae].</summary>
     public float[] DecoderNorms(int layer)
     {
+        RequireDecoders();
         int row = Shape.Targets(layer) * DOut;
         var norms = new float[Shape.DSae];
         for (int i = 0; i < norms.Length; i++) norms[i] = TensorPrimitives.Norm(P.WDec[layer].AsSpan(i * row, row));
@@ -331,6 +375,7 @@ public sealed class CrossLayerTranscoder : IMlpReplacement
         var s = Shape;
         int L = s.Layers, dIn = s.DIn, dSae = s.DSae, dOut = s.DOut;
         if (batch <= 0) throw new ArgumentOutOfRangeException(nameof(batch));
+        RequireDecoders();
         if (x.Length < batch * s.RowIn) throw new ArgumentException($"x has {x.Length} floats, expected batch·L·d_in = {batch * s.RowIn}", nameof(x));
         if (y.Length < batch * s.RowOut) throw new ArgumentException($"y has {y.Length} floats, expected batch·L·d_out = {batch * s.RowOut}", nameof(y));
         var w = WorkspaceFor(batch);
@@ -489,6 +534,7 @@ public sealed class CrossLayerTranscoder : IMlpReplacement
     /// <summary>A copy with the same weights, activation and hooks (independent buffers).</summary>
     public CrossLayerTranscoder Clone()
     {
+        RequireDecoders();
         var copy = new CrossLayerTranscoder(Shape, Activation, InputHookPattern, OutputHookPattern, Source);
         foreach (var ((_, from), (_, to)) in P.All().Zip(copy.P.All())) from.CopyTo(to, 0);
         return copy;

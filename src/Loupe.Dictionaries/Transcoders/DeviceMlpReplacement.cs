@@ -42,7 +42,8 @@ public sealed class DeviceMlpReplacement
 
     /// <summary>
     /// Uploads the weights of <paramref name="replacement"/> to <paramref name="backend"/> (once: keep the result).
-    /// Per-layer transcoders (SAELens or circuit-tracer files) and cross-layer transcoders are supported.
+    /// Per-layer transcoders (SAELens or circuit-tracer files) and cross-layer transcoders (in memory or with mapped decoders,
+    /// which are read a layer at a time) are supported.
     /// </summary>
     /// <exception cref="InputError">The replacement or its activation has no device kernels.</exception>
     public static DeviceMlpReplacement Upload(IMlpReplacement replacement, IComputeBackend backend)
@@ -56,26 +57,10 @@ public sealed class DeviceMlpReplacement
             case CircuitTracerTranscoders c:
                 return PerLayer(replacement, backend, c.Dictionaries);
             case CrossLayerTranscoder clt:
-            {
-                var s = clt.Shape;
-                var layers = new DeviceSaeEncoder[s.Layers];
-                var slots = new int[s.Layers];
-                var bDec = new Tensor[s.Layers];
-                for (int l = 0; l < s.Layers; l++)
-                {
-                    slots[l] = s.Targets(l);
-                    // Layer ℓ as a dictionary whose decoder rows are the (feature, target) rows of W_dec[ℓ].
-                    var d = new SparseDictionary(SaeShape.Transcoder(s.DIn, s.DSae, s.DOut * slots[l]), clt.Activation);
-                    clt.P.WEnc[l].CopyTo(d.P.WEnc, 0);
-                    clt.P.BEnc[l].CopyTo(d.P.BEnc, 0);
-                    clt.P.WDec[l].CopyTo(d.P.WDec, 0);
-                    clt.P.Act[l].LogThreshold.CopyTo(d.P.LogThreshold, 0);
-                    clt.P.Act[l].Threshold.CopyTo(d.P.Threshold, 0);
-                    layers[l] = Encoder(backend, d, replacement, l);
-                    bDec[l] = backend.LoadWeight(clt.P.BDec[l], [s.DOut]);
-                }
-                return new DeviceMlpReplacement(replacement, backend, layers, slots, bDec);
-            }
+                return CrossLayer(replacement, backend, clt.Shape, clt.Activation, clt.P, (l, into) => clt.P.WDec[l].CopyTo(into, 0));
+            case MappedCrossLayerTranscoder mapped:
+                // A layer at a time through host memory (checked as it is read), then released.
+                return CrossLayer(replacement, backend, mapped.Shape, mapped.Activation, mapped.P, (l, into) => mapped.CopyDecoders(l, into));
             default:
                 throw new InputError($"argument: --device: {replacement.Source} ({replacement.GetType().Name}) has no device kernels; drop --device {backend.Device}");
         }
@@ -87,8 +72,32 @@ public sealed class DeviceMlpReplacement
         PerLayerTranscoders p => Enumerable.Range(0, p.Layers).All(l => DeviceSaeTraining.Supports(p[l].Activation)),
         CircuitTracerTranscoders c => c.Dictionaries.All(d => DeviceSaeTraining.Supports(d.Activation)),
         CrossLayerTranscoder clt => DeviceSaeTraining.Supports(clt.Activation),
+        MappedCrossLayerTranscoder mapped => DeviceSaeTraining.Supports(mapped.Activation),
         _ => false,
     };
+
+    // Source layer ℓ as a dictionary whose decoder rows are the (feature, target) rows of W_dec[ℓ]; p holds the encoders,
+    // biases and thresholds, fillDecoder writes W_dec[ℓ] [d_sae, L−ℓ, d_out].
+    static DeviceMlpReplacement CrossLayer(IMlpReplacement replacement, IComputeBackend backend, CltShape s, SaeActivation activation,
+        CltParameters p, Action<int, float[]> fillDecoder)
+    {
+        var layers = new DeviceSaeEncoder[s.Layers];
+        var slots = new int[s.Layers];
+        var bDec = new Tensor[s.Layers];
+        for (int l = 0; l < s.Layers; l++)
+        {
+            slots[l] = s.Targets(l);
+            var d = new SparseDictionary(SaeShape.Transcoder(s.DIn, s.DSae, s.DOut * slots[l]), activation);
+            p.WEnc[l].CopyTo(d.P.WEnc, 0);
+            p.BEnc[l].CopyTo(d.P.BEnc, 0);
+            fillDecoder(l, d.P.WDec);
+            p.Act[l].LogThreshold.CopyTo(d.P.LogThreshold, 0);
+            p.Act[l].Threshold.CopyTo(d.P.Threshold, 0);
+            layers[l] = Encoder(backend, d, replacement, l);
+            bDec[l] = backend.LoadWeight(p.BDec[l], [s.DOut]);
+        }
+        return new DeviceMlpReplacement(replacement, backend, layers, slots, bDec);
+    }
 
     static DeviceMlpReplacement PerLayer(IMlpReplacement replacement, IComputeBackend backend, IReadOnlyList<SparseDictionary> dictionaries) =>
         new(replacement, backend, [.. dictionaries.Select((d, l) => Encoder(backend, d, replacement, l))], [.. dictionaries.Select(_ => 1)], null);

@@ -3,6 +3,17 @@ using Loupe.Models.Loading;
 
 namespace Loupe.Dictionaries.Transcoders;
 
+/// <summary>Where a cross-layer transcoder's decoders are kept while it replaces a model's MLPs.</summary>
+public enum DecoderStorage
+{
+    /// <summary>Mapped when they take <see cref="MlpReplacements.MapDecodersFromBytes"/> or more as float32, in memory otherwise.</summary>
+    Auto,
+    /// <summary>Read into memory at load (every value checked then).</summary>
+    Memory,
+    /// <summary>Left in their files, read row by row as features are decoded (<see cref="MappedCrossLayerTranscoder"/>).</summary>
+    Mapped,
+}
+
 /// <summary>Loads whatever replaces a model's MLPs from the layouts researchers share, by what the path holds.</summary>
 public static class MlpReplacements
 {
@@ -18,10 +29,16 @@ public static class MlpReplacements
     /// <param name="path">The folder (or comma-separated SAELens folders, or a config.yaml).</param>
     /// <param name="layers">The model's n_layers (SAELens folders are matched to layers by it).</param>
     /// <param name="resolveHub">How an <c>hf://</c> entry of a config.yaml becomes a local file (default: the Hugging Face cache).</param>
-    /// <exception cref="InputError">The path holds none of these, or the files are bad (the message names the file and field).</exception>
-    public static IMlpReplacement Load(string path, int layers, Func<(string Repo, string Path, string Revision), string>? resolveHub = null)
+    /// <param name="decoders">Where a cross-layer transcoder's decoders are kept (per-layer transcoders are read into memory).</param>
+    /// <param name="log">Told how a cross-layer transcoder's weights are kept, and their size, before they are read.</param>
+    /// <exception cref="InputError">The path holds none of these, or the files are bad (the message names the file and field);
+    /// <paramref name="decoders"/> is Mapped and the path holds per-layer transcoders.</exception>
+    public static IMlpReplacement Load(string path, int layers, Func<(string Repo, string Path, string Revision), string>? resolveHub = null,
+        DecoderStorage decoders = DecoderStorage.Auto, Action<string>? log = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
+        if (decoders == DecoderStorage.Mapped && (path.Contains(',') || File.Exists(path) || (Directory.Exists(path) && !IsCltFolder(path))))
+            throw new InputError($"{path}: mapped decoders are for cross-layer transcoders (a folder with W_enc_0.safetensors or {CltFiles.WeightsFile}); per-layer transcoders are read into memory");
         if (path.Contains(',')) return PerLayerTranscoders.LoadSaeLens(path, layers);
         bool fromHub = InHubCache(path);
         if (File.Exists(path) && path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase))
@@ -30,15 +47,41 @@ public static class MlpReplacements
         string config = Path.Combine(path, CltFiles.CircuitTracerConfig);
         if (File.Exists(config) && CircuitTracerYaml.Read(config).Transcoders is not null)
             return OneEach(CircuitTracerTranscoders.LoadListed(config, resolveHub, entriesMayLeaveFolder: !fromHub), layers);
+        if (File.Exists(Path.Combine(path, "layer_0.safetensors")))
+        {
+            CheckMemory(path, WeightFiles(path));
+            return OneEach(CircuitTracerTranscoders.Load(path), layers);
+        }
+        if (IsCltFolder(path)) return LoadCrossLayer(path, layers, decoders, log);
         CheckMemory(path, WeightFiles(path));
-        if (File.Exists(Path.Combine(path, "layer_0.safetensors"))) return OneEach(CircuitTracerTranscoders.Load(path), layers);
-        if (File.Exists(Path.Combine(path, "W_enc_0.safetensors")) || File.Exists(Path.Combine(path, "clt_weights.safetensors"))) return CltFiles.Load(path);
         return PerLayerTranscoders.LoadSaeLens(path, layers);
+    }
+
+    /// <summary>Decoders of at least this many bytes as float32 stay mapped under <see cref="DecoderStorage.Auto"/> (1 GiB).</summary>
+    public const long MapDecodersFromBytes = 1L << 30;
+
+    static bool IsCltFolder(string folder) =>
+        File.Exists(Path.Combine(folder, "W_enc_0.safetensors")) || File.Exists(Path.Combine(folder, CltFiles.WeightsFile));
+
+    static IMlpReplacement LoadCrossLayer(string path, int layers, DecoderStorage storage, Action<string>? log)
+    {
+        var files = WeightFiles(path);
+        long decoderBytes = EstimateBytes(files, CltFiles.IsDecoderTensor), otherBytes = EstimateBytes(files, name => !CltFiles.IsDecoderTensor(name));
+        bool map = storage == DecoderStorage.Mapped || (storage == DecoderStorage.Auto && decoderBytes >= MapDecodersFromBytes);
+        log?.Invoke(map
+            ? $"{path}: cross-layer transcoder: encoders {ByteSizes.Format(otherBytes)} read into memory, decoders {ByteSizes.Format(decoderBytes)} (as float32) left mapped, read as features are decoded"
+            : $"{path}: cross-layer transcoder: {ByteSizes.Format(otherBytes + decoderBytes)} read into memory");
+        CheckMemory(path, files.Length, map ? otherBytes : otherBytes + decoderBytes,
+            map ? "" : $"; its decoders ({ByteSizes.Format(decoderBytes)}) can stay in their files: load with mapped decoders (--decoders mapped)");
+        IMlpReplacement clt = map ? CltFiles.LoadMapped(path) : CltFiles.Load(path);
+        if (clt.Layers == layers) return clt;
+        (clt as IDisposable)?.Dispose();
+        throw new InputError($"{path}: a cross-layer transcoder for {clt.Layers} layer{(clt.Layers == 1 ? "" : "s")}; the model has {layers}");
     }
 
     /// <summary>
     /// The weight files a folder's layout is read from (circuit-tracer's layer_ℓ / W_enc_ℓ / W_dec_ℓ, Loupe's clt_weights, or the
-    /// sae_weights of per-layer SAELens folders), for <see cref="EstimateBytes"/>; a config.yaml's list is
+    /// sae_weights of per-layer SAELens folders), for <see cref="EstimateBytes(IEnumerable{string})"/>; a config.yaml's list is
     /// <see cref="CircuitTracerTranscoders.ListedFiles"/>.
     /// </summary>
     public static string[] WeightFiles(string folder)
@@ -55,7 +98,10 @@ public static class MlpReplacements
     /// The memory <paramref name="files"/> take once read as float32 (the product of every float tensor's shape in a safetensors
     /// header; the declared length of every array in a .npz), from their headers alone.
     /// </summary>
-    public static long EstimateBytes(IEnumerable<string> files)
+    public static long EstimateBytes(IEnumerable<string> files) => EstimateBytes(files, _ => true);
+
+    /// <summary><see cref="EstimateBytes(IEnumerable{string})"/> of the safetensors tensors whose name passes <paramref name="tensor"/>.</summary>
+    public static long EstimateBytes(IEnumerable<string> files, Func<string, bool> tensor)
     {
         long total = 0;
         foreach (var file in files)
@@ -77,7 +123,7 @@ public static class MlpReplacements
             }
             using var f = CltFiles.Open(file);
             foreach (var name in f.Names)
-                if (f.TryGetInfo(name, out var info) && info.DType.IsFloatingPoint())
+                if (tensor(name) && f.TryGetInfo(name, out var info) && info.DType.IsFloatingPoint())
                     total += 4 * info.Shape.Aggregate(1L, (a, d) => a * Math.Max(0, d));
         }
         return total;
@@ -85,23 +131,26 @@ public static class MlpReplacements
 
     /// <summary>Refuses a set that would not fit the memory this process may use (rather than failing half-way through reading it).</summary>
     /// <exception cref="InputError">The files' float tensors, as float32, take more than the memory available.</exception>
-    public static void CheckMemory(string source, IReadOnlyList<string> files)
+    public static void CheckMemory(string source, IReadOnlyList<string> files) => CheckMemory(source, files.Count, EstimateBytes(files), "");
+
+    static void CheckMemory(string source, int fileCount, long need, string hint)
     {
-        long need = EstimateBytes(files), available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         if (need > available)
-            throw new InputError($"{source}: the transcoders' {files.Count} weight file(s) take ≈ {need / (double)(1L << 30):0.0} GiB as float32 (from their headers); " +
+            throw new InputError($"{source}: the transcoders' {fileCount} weight file(s) take ≈ {need / (double)(1L << 30):0.0} GiB as float32 (from their headers){hint}; " +
                 $"this process may use {available / (double)(1L << 30):0.0} GiB. Use a machine with more memory, or fewer or narrower transcoders");
     }
 
     /// <summary>
-    /// <see cref="Load(string, int, Func{ValueTuple{string, string, string}, string}?)"/> for <paramref name="model"/>'s layer count.
+    /// <see cref="Load(string, int, Func{ValueTuple{string, string, string}, string}?, DecoderStorage, Action{string}?)"/> for <paramref name="model"/>'s layer count.
     /// Hook names mean what TransformerLens's do on every model (an RMSNorm's <c>ln2.hook_normalized</c> is before its weight),
     /// so circuit-tracer's and SAELens's files apply as they are.
     /// </summary>
-    public static IMlpReplacement Load(string path, Loupe.Models.HookedTransformer model, Func<(string Repo, string Path, string Revision), string>? resolveHub = null)
+    public static IMlpReplacement Load(string path, Loupe.Models.HookedTransformer model, Func<(string Repo, string Path, string Revision), string>? resolveHub = null,
+        DecoderStorage decoders = DecoderStorage.Auto, Action<string>? log = null)
     {
         ArgumentNullException.ThrowIfNull(model);
-        return Load(path, model.Config.NLayers, resolveHub);
+        return Load(path, model.Config.NLayers, resolveHub, decoders, log);
     }
 
     static CircuitTracerTranscoders OneEach(CircuitTracerTranscoders loaded, int layers) => loaded.Layers == layers ? loaded

@@ -364,6 +364,35 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
         }
     }
 
+    /// <summary>
+    /// Elements <c>[offset, offset + into.Length)</c> of a floating-point tensor (flat, row-major) as float32, converted from
+    /// F16, BF16 or F64, read from the mapping: rows of a tensor too large to read whole (2^31 elements or more), or
+    /// rows read only when asked for (memory-mapped decoders). Values are copied as they are (no finiteness check).
+    /// </summary>
+    /// <exception cref="InputError">The tensor is not F32, F16, BF16 or F64.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The range is outside the tensor.</exception>
+    /// <exception cref="ObjectDisposedException">The file was disposed.</exception>
+    public void ReadFloat32(SafeTensorInfo info, long offset, Span<float> into)
+    {
+        ArgumentNullException.ThrowIfNull(info);
+        ThrowIfDisposed();
+        if (!_tensors.TryGetValue(info.Name, out var own) || !ReferenceEquals(own, info))
+            throw new ArgumentException($"{Path}: tensor info '{info.Name}' is not this file's", nameof(info));
+        if (!info.DType.IsFloatingPoint())
+            throw BadTensor(Path, info.Name, $"has dtype {info.DType}; expected a floating-point dtype (F32, F16, BF16 or F64)");
+        if (offset < 0 || offset > info.ElementCount - into.Length)
+            throw new ArgumentOutOfRangeException(nameof(offset), offset, $"{Path}: tensor '{info.Name}' has {info.ElementCount} elements; asked for {into.Length} from {offset}");
+        if (into.IsEmpty) return;
+        byte* p = DataPointer(info) + offset * info.DType.SizeOf();
+        switch (info.DType)
+        {
+            case DType.F32: new ReadOnlySpan<float>(p, into.Length).CopyTo(into); break;
+            case DType.F16: DTypeConversions.HalfToSingle(new ReadOnlySpan<ushort>(p, into.Length), into); break;
+            case DType.BF16: DTypeConversions.BFloat16ToSingle(new ReadOnlySpan<ushort>(p, into.Length), into); break;
+            default: DTypeConversions.DoubleToSingle(new ReadOnlySpan<double>(p, into.Length), into); break;
+        }
+    }
+
     /// <summary>An integer tensor (I64, I32, I16, I8, U32, U16, U8 or BOOL) widened into a new <c>long[]</c>.</summary>
     /// <exception cref="InputError">No such tensor.</exception>
     /// <exception cref="InputError">The tensor has a floating-point or U64/F8 dtype, or has 2^31 elements or more.</exception>

@@ -29,6 +29,19 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
         return clt;
     }
 
+    // Written in circuit-tracer's layout and loaded with its decoders mapped (uploaded a layer at a time from the files).
+    static MappedCrossLayerTranscoder Mapped(CrossLayerTranscoder clt, string folder)
+    {
+        CltFiles.SaveCircuitTracer(folder, clt);
+        return CltFiles.LoadMapped(folder);
+    }
+
+    sealed class TempFolder : IDisposable
+    {
+        public string Path { get; } = Directory.CreateTempSubdirectory("loupe-device-clt").FullName;
+        public void Dispose() => Directory.Delete(Path, recursive: true);
+    }
+
     static PerLayerTranscoders PerLayer()
     {
         var dicts = new List<SparseDictionary>();
@@ -50,19 +63,22 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
             Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-5f * (1 + Math.Abs(expected[i])), $"{what} [{i}]: host {expected[i]}, device {actual[i]}");
     }
 
-    public static TheoryData<string> Replacements => ["per-layer topk", "clt relu", "clt jumprelu", "clt topk"];
+    public static TheoryData<string> Replacements => ["per-layer topk", "clt relu", "clt jumprelu", "clt topk", "clt jumprelu, decoders mapped"];
 
     [Theory]
     [MemberData(nameof(Replacements))]
     public void The_device_weights_encode_and_reconstruct_as_the_host_does(string kind)
     {
+        using var folder = new TempFolder();
         IMlpReplacement r = kind switch
         {
             "per-layer topk" => PerLayer(),
             "clt relu" => Clt(new ReluActivation()),
             "clt jumprelu" => Clt(new JumpReluActivation()),
-            _ => Clt(new TopKActivation(3)),
+            "clt topk" => Clt(new TopKActivation(3)),
+            _ => Mapped(Clt(new JumpReluActivation()), folder.Path),
         };
+        using var unmap = r as IDisposable;
         var be = device.Backend;
         var before = be.Transfers.Snapshot();
         var onDevice = DeviceMlpReplacement.Upload(r, be);

@@ -14,9 +14,9 @@ public sealed class CltFilesTests : IDisposable
     public void Dispose() => Directory.Delete(_dir, recursive: true);
     string Sub(string name) => Path.Combine(_dir, name);
 
-    static readonly CltShape Shape = new(3, 4, 5, 4);
+    internal static readonly CltShape Shape = new(3, 4, 5, 4);
 
-    static CrossLayerTranscoder Trained(SaeActivation act, int seed = 3)
+    internal static CrossLayerTranscoder Trained(SaeActivation act, int seed = 3)
     {
         var clt = CrossLayerTranscoderTests.Random(Shape, act, seed);
         for (int l = 0; l < Shape.Layers; l++)
@@ -28,7 +28,7 @@ public sealed class CltFilesTests : IDisposable
     }
 
     /// <summary>Encode and reconstruct every layer of both on the same rows: the outputs must agree.</summary>
-    static void AssertSameFunction(IMlpReplacement a, IMlpReplacement b, float tolerance = 0)
+    internal static void AssertSameFunction(IMlpReplacement a, IMlpReplacement b, float tolerance = 0)
     {
         const int rows = 7;
         var x = CrossLayerTranscoderTests.Gaussian(rows * a.DIn, 17, 2f);
@@ -55,7 +55,7 @@ public sealed class CltFilesTests : IDisposable
 
     public static TheoryData<string> Architectures => new() { "relu", "jumprelu", "topk", "batchtopk" };
 
-    static SaeActivation Make(string arch) => arch switch
+    internal static SaeActivation Make(string arch) => arch switch
     {
         "relu" => new ReluActivation(),
         "jumprelu" => new JumpReluActivation(),

@@ -1,0 +1,248 @@
+// A cross-layer transcoder whose decoders stay in their safetensors files (circuit-tracer's lazy_decoder).
+//
+// A CLT's decoders outweigh its encoders by about L/2: Σ_ℓ d_sae·(L−ℓ)·d_out against L·d_sae·d_in (a 16-layer, 32,768-
+// features-per-layer CLT on a d_model 2,048 model: 36.5 GB of decoders as float32, 4.3 GB of encoders). A replacement model
+// reads the decoder rows of active features only (tens to thousands of a layer's d_sae per prompt), so the decoders are
+// mapped, not read: a row is read (and converted from BF16/F16/F64) when a feature is decoded, and checked the first
+// time any of its rows is read — NaN, ±∞ or a corrupt magnitude there is an error naming file, tensor, feature and
+// element, never a silently wrong graph.
+//
+//   encode:      as CrossLayerTranscoder (encoders, biases and thresholds are read and checked at load)
+//   reconstruct: recon[t] = b_dec[t] + Σ_{ℓ≤t} acts[ℓ][:, F_ℓ]·W_dec[ℓ][F_ℓ, t−ℓ, :], F_ℓ the features active in any row,
+//                in chunks of rows gathered from the mapping
+//   fingerprint: the in-memory CrossLayerTranscoder's digest of the same weights (the decoders streamed once, checked as
+//                they go), computed when first asked for and kept
+using System.Security.Cryptography;
+using Loupe.Dictionaries.Sae;
+using Loupe.Models.Loading;
+using Loupe.Tensors.Kernels;
+
+namespace Loupe.Dictionaries.Transcoders;
+
+/// <summary>
+/// A cross-layer transcoder whose decoders are memory-mapped and read row by row (see the file header); load one with
+/// <see cref="CltFiles.LoadMapped"/>. Numbers equal the in-memory <see cref="CrossLayerTranscoder"/>'s up to the order
+/// of float sums. Reads may run on several threads at once.
+/// </summary>
+public sealed class MappedCrossLayerTranscoder : IMlpReplacement, IDisposable
+{
+    // Decoder rows gathered per product in Reconstruct: 1,024 × d_out floats (8 MiB at d_out 2,048).
+    const int GatherChunk = 1024;
+    readonly CrossLayerTranscoder _encoders;   // encoders, biases, thresholds; no decoders
+    readonly MappedCltDecoders _decoders;
+    string? _fingerprint;
+
+    internal MappedCrossLayerTranscoder(CrossLayerTranscoder encoders, MappedCltDecoders decoders)
+    {
+        if (encoders.P.HasDecoders) throw new ArgumentException("the encoder part must not hold decoders", nameof(encoders));
+        (_encoders, _decoders) = (encoders, decoders);
+    }
+
+    public CltShape Shape => _encoders.Shape;
+    public SaeActivation Activation => _encoders.Activation;
+    public string Architecture => _encoders.Architecture;
+    public string InputHookPattern => _encoders.InputHookPattern;
+    public string OutputHookPattern => _encoders.OutputHookPattern;
+
+    /// <summary>Encoders, encoder and decoder biases and thresholds (<see cref="CltParameters.WDec"/> holds empty arrays).</summary>
+    public CltParameters P => _encoders.P;
+
+    /// <summary>Bytes the decoders would take as float32 in memory (they stay in their files).</summary>
+    public long DecoderBytes => 4 * Shape.DecoderElements;
+
+    /// <summary>The decoder files, in layer order (one file for Loupe's layout).</summary>
+    public IReadOnlyList<string> DecoderFiles => _decoders.Files;
+
+    // ---- IMlpReplacement ----
+    public int Layers => _encoders.Layers;
+    public int DIn => _encoders.DIn;
+    public int DOut => _encoders.DOut;
+    public int Features(int layer) => _encoders.Features(layer);
+    public string InputHook(int layer) => _encoders.InputHook(layer);
+    public string OutputHook(int layer) => _encoders.OutputHook(layer);
+    public int LastTarget(int layer) => _encoders.LastTarget(layer);
+    public bool HasSkip => false;
+    public float[]? SkipWeights(int layer) => null;
+    public string Source => _encoders.Source;
+
+    /// <summary>The digest <see cref="CrossLayerTranscoder.Fingerprint"/> gives for the same weights; the first call reads every decoder once.</summary>
+    /// <exception cref="InputError">A decoder value is NaN, ±∞ or of a corrupt magnitude (file, tensor and element named).</exception>
+    public string Fingerprint => _fingerprint ??= _encoders.FingerprintWith(_decoders.AppendLayer);
+
+    public void Encode(int layer, ReadOnlySpan<float> x, int rows, Span<float> pre, Span<float> acts) => _encoders.Encode(layer, x, rows, pre, acts);
+
+    public void EncoderDirection(int layer, int feature, Span<float> into) => _encoders.EncoderDirection(layer, feature, into);
+
+    /// <exception cref="InputError">The feature's decoders hold NaN, ±∞ or a corrupt magnitude.</exception>
+    public void DecoderDirection(int layer, int feature, int targetLayer, Span<float> into)
+    {
+        _encoders.CheckLayer(layer);
+        _encoders.CheckFeature(feature);
+        _encoders.CheckTarget(layer, targetLayer);
+        if (into.Length < DOut) throw new ArgumentException($"into has {into.Length} floats, expected d_out = {DOut}", nameof(into));
+        _decoders.ReadRow(layer, feature, targetLayer, into[..DOut]);
+    }
+
+    /// <exception cref="InputError">An active feature's decoders hold NaN, ±∞ or a corrupt magnitude.</exception>
+    public void Reconstruct(int targetLayer, IReadOnlyList<float[]> acts, IReadOnlyList<float[]> inputs, int rows, Span<float> recon)
+    {
+        _encoders.CheckLayer(targetLayer);
+        ArgumentNullException.ThrowIfNull(acts);
+        if (acts.Count <= targetLayer) throw new ArgumentException($"acts must hold layers 0…{targetLayer}; it has {acts.Count}", nameof(acts));
+        int dOut = DOut, dSae = Shape.DSae;
+        if (recon.Length < rows * dOut) throw new ArgumentException($"recon has {recon.Length} floats, expected rows·d_out = {rows * dOut}", nameof(recon));
+        for (int b = 0; b < rows; b++) P.BDec[targetLayer].CopyTo(recon.Slice(b * dOut, dOut));
+        var table = new float[Math.Min(GatherChunk, dSae) * dOut];
+        var gathered = new float[rows * Math.Min(GatherChunk, dSae)];
+        for (int l = 0; l <= targetLayer; l++)
+        {
+            var a = acts[l];
+            if (a.Length < rows * dSae) throw new ArgumentException($"acts[{l}] has {a.Length} floats, expected rows·d_sae = {rows * dSae}", nameof(acts));
+            var active = ActiveFeatures(a, rows, dSae);
+            for (int start = 0; start < active.Length; start += GatherChunk)
+            {
+                int n = Math.Min(GatherChunk, active.Length - start);
+                for (int j = 0; j < n; j++) _decoders.ReadRow(l, active[start + j], targetLayer, table.AsSpan(j * dOut, dOut));
+                for (int b = 0; b < rows; b++)
+                    for (int j = 0; j < n; j++) gathered[b * n + j] = a[b * dSae + active[start + j]];
+                Gemm.Sgemm(false, false, rows, dOut, n, 1f, gathered, n, table, dOut, 1f, recon, dOut);
+            }
+        }
+    }
+
+    // The features with a nonzero activation in any of the rows, ascending.
+    static int[] ActiveFeatures(float[] acts, int rows, int dSae)
+    {
+        var any = new bool[dSae];
+        for (int b = 0; b < rows; b++)
+        {
+            var row = acts.AsSpan(b * dSae, dSae);
+            for (int i = 0; i < dSae; i++) if (row[i] != 0) any[i] = true;
+        }
+        int count = 0;
+        foreach (bool x in any) if (x) count++;
+        var active = new int[count];
+        for (int i = 0, at = 0; i < dSae; i++) if (any[i]) active[at++] = i;
+        return active;
+    }
+
+    /// <summary>
+    /// Layer <paramref name="layer"/>'s decoders <c>[d_sae, L−ℓ, d_out]</c> into <paramref name="into"/>, checked
+    /// (a device upload reads them once, a layer at a time).
+    /// </summary>
+    /// <exception cref="InputError">A value is NaN, ±∞ or of a corrupt magnitude.</exception>
+    public void CopyDecoders(int layer, Span<float> into)
+    {
+        _encoders.CheckLayer(layer);
+        _decoders.CopyLayer(layer, into);
+    }
+
+    /// <summary>Unmaps the decoder files; decoding afterwards throws <see cref="ObjectDisposedException"/>.</summary>
+    public void Dispose() => _decoders.Dispose();
+
+    /// <inheritdoc />
+    public override string ToString() => $"{Source} (cross-layer transcoder, {Layers} layers × {Shape.DSae} features, decoders mapped: {DecoderBytes / (double)(1L << 30):0.##} GiB as float32)";
+}
+
+/// <summary>
+/// The decoders of a cross-layer transcoder, one tensor <c>[d_sae, L−ℓ, d_out]</c> per source layer, left in their
+/// safetensors files. A feature's rows are checked (finite, of a sane magnitude) the first time one of them is read.
+/// </summary>
+internal sealed class MappedCltDecoders : IDisposable
+{
+    // Floats per read when a whole layer is streamed (fingerprint, device upload): 4 MiB.
+    const int StreamChunk = 1 << 20;
+    readonly CltShape _shape;
+    readonly SafeTensorsFile[] _open;                          // each file once
+    readonly (SafeTensorsFile File, SafeTensorInfo Info)[] _layers;
+    readonly int[][] _checked;                                 // per layer, per feature: 1 once its rows were checked
+
+    MappedCltDecoders(CltShape shape, SafeTensorsFile[] open, (SafeTensorsFile, SafeTensorInfo)[] layers)
+    {
+        (_shape, _open, _layers) = (shape, open, layers);
+        _checked = [.. Enumerable.Range(0, shape.Layers).Select(_ => new int[shape.DSae])];
+    }
+
+    /// <summary>The files, in layer order, each once.</summary>
+    public IReadOnlyList<string> Files => [.. _open.Select(f => f.Path)];
+
+    /// <summary>Maps <paramref name="layers"/>' (file, tensor) of every source layer, checking each tensor's dtype and shape from the header.</summary>
+    /// <exception cref="InputError">A file or tensor is missing, or a tensor is not a float tensor of shape <c>[d_sae, L−ℓ, d_out]</c>.</exception>
+    public static MappedCltDecoders Open(CltShape shape, IReadOnlyList<(string Path, string Tensor)> layers)
+    {
+        var open = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
+        try
+        {
+            var mapped = new (SafeTensorsFile, SafeTensorInfo)[layers.Count];
+            for (int l = 0; l < layers.Count; l++)
+            {
+                var (path, tensor) = layers[l];
+                if (!open.TryGetValue(path, out var file)) open[path] = file = CltFiles.Open(path);
+                mapped[l] = (file, CltFiles.CheckShape(file, path, tensor, [shape.DSae, shape.Targets(l), shape.DOut]));
+            }
+            return new MappedCltDecoders(shape, [.. open.Values], mapped);
+        }
+        catch
+        {
+            foreach (var f in open.Values) f.Dispose();
+            throw;
+        }
+    }
+
+    long RowLength(int layer) => (long)_shape.Targets(layer) * _shape.DOut;
+
+    /// <summary>W_dec[ℓ][feature, target − ℓ, :] into <paramref name="into"/> (d_out floats).</summary>
+    public void ReadRow(int layer, int feature, int target, Span<float> into)
+    {
+        EnsureChecked(layer, feature);
+        var (file, info) = _layers[layer];
+        file.ReadFloat32(info, feature * RowLength(layer) + (long)(target - layer) * _shape.DOut, into);
+    }
+
+    void EnsureChecked(int layer, int feature)
+    {
+        if (Volatile.Read(ref _checked[layer][feature]) != 0) return;
+        var (file, info) = _layers[layer];
+        long row = RowLength(layer), first = feature * row;
+        var buffer = new float[Math.Min(row, StreamChunk)];
+        for (long done = 0; done < row; done += buffer.Length)
+        {
+            var span = buffer.AsSpan(0, (int)Math.Min(buffer.Length, row - done));
+            file.ReadFloat32(info, first + done, span);
+            CltFiles.CheckValues(span, file.Path, info.Name, first + done);
+        }
+        Volatile.Write(ref _checked[layer][feature], 1);
+    }
+
+    /// <summary>Appends layer <paramref name="layer"/>'s decoders as float32 bytes to <paramref name="sha"/>, checking every value.</summary>
+    public void AppendLayer(int layer, IncrementalHash sha)
+    {
+        var (file, info) = _layers[layer];
+        long total = info.ElementCount;
+        var buffer = new float[Math.Min(total, StreamChunk)];
+        for (long done = 0; done < total; done += buffer.Length)
+        {
+            var span = buffer.AsSpan(0, (int)Math.Min(buffer.Length, total - done));
+            file.ReadFloat32(info, done, span);
+            CltFiles.CheckValues(span, file.Path, info.Name, done);
+            sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(span));
+        }
+        Array.Fill(_checked[layer], 1);
+    }
+
+    /// <summary>Layer <paramref name="layer"/>'s decoders into <paramref name="into"/>, checking every value.</summary>
+    public void CopyLayer(int layer, Span<float> into)
+    {
+        long total = _layers[layer].Info.ElementCount;
+        if (into.Length < total) throw new ArgumentException($"into has {into.Length} floats; layer {layer}'s decoders have {total}", nameof(into));
+        var (file, info) = _layers[layer];
+        file.ReadFloat32(info, 0, into[..(int)total]);
+        CltFiles.CheckValues(into[..(int)total], file.Path, info.Name, 0);
+        Array.Fill(_checked[layer], 1);
+    }
+
+    public void Dispose()
+    {
+        foreach (var f in _open) f.Dispose();
+    }
+}
