@@ -89,7 +89,42 @@ public sealed class TranscoderTarget : FuzzTarget
     public override void Execute(string folder, FuzzInput input)
     {
         int layers = int.Parse(File.ReadAllText(Path.Combine(folder, "n_layers.txt")), CultureInfo.InvariantCulture);
-        var replacement = MlpReplacements.Load(folder, layers);
+        // A CLT also loads with its decoders mapped: a corrupt decoder is refused when its feature is decoded rather than at
+        // load, so that path runs first, on its own; where both load they must be the same function and fingerprint.
+        float[][]? mappedRecon = null;
+        string? mappedFingerprint = null;
+        if (File.Exists(Path.Combine(folder, "W_enc_0.safetensors")) || File.Exists(Path.Combine(folder, CltFiles.WeightsFile)))
+        {
+            try
+            {
+                using var mapped = (MappedCrossLayerTranscoder)MlpReplacements.Load(folder, layers, decoders: DecoderStorage.Mapped);
+                mappedRecon = Exercise(mapped, layers);
+                var row = new float[mapped.DOut];
+                for (int l = 0; l < mapped.Layers; l++)
+                    for (int f = 0; f < mapped.Features(l); f++)
+                    {
+                        mapped.DecoderDirection(l, f, mapped.LastTarget(l), row);
+                        Require.Finite(row, $"decoder of feature {f} of layer {l}");
+                    }
+                mappedFingerprint = mapped.Fingerprint;
+            }
+            catch (InputError) { mappedRecon = null; }
+        }
+        var replacement = MlpReplacements.Load(folder, layers, decoders: DecoderStorage.Memory);
+        var recon = Exercise(replacement, layers);
+        if (mappedFingerprint is not null)
+        {
+            Require.That(mappedFingerprint == replacement.Fingerprint, $"mapped fingerprint {mappedFingerprint}, in memory {replacement.Fingerprint}");
+            for (int t = 0; t < recon.Length; t++)
+                for (int i = 0; i < recon[t].Length; i++)
+                    Require.That(Math.Abs(recon[t][i] - mappedRecon![t][i]) <= 1e-4f * (1 + Math.Abs(recon[t][i])),
+                        $"layer {t} reconstruction [{i}]: {recon[t][i]} in memory, {mappedRecon[t][i]} mapped");
+        }
+    }
+
+    // Every layer encoded and reconstructed from the same inputs, with finite results; the reconstructions.
+    static float[][] Exercise(IMlpReplacement replacement, int layers)
+    {
         Require.That(replacement.Layers == layers, $"{replacement.Layers} layers loaded for a {layers}-layer model");
         const int rows = 2;
         var acts = new List<float[]>();
@@ -106,11 +141,13 @@ public sealed class TranscoderTarget : FuzzTarget
             acts.Add(a);
             inputs.Add(x);
         }
+        var recons = new float[replacement.Layers][];
         for (int t = 0; t < replacement.Layers; t++)
         {
-            var recon = new float[rows * replacement.DOut];
-            replacement.Reconstruct(t, acts, inputs, rows, recon);
-            Require.Finite(recon, $"layer {t} reconstruction");
+            recons[t] = new float[rows * replacement.DOut];
+            replacement.Reconstruct(t, acts, inputs, rows, recons[t]);
+            Require.Finite(recons[t], $"layer {t} reconstruction");
         }
+        return recons;
     }
 }

@@ -131,7 +131,7 @@ public sealed class MappedCrossLayerTranscoder : IMlpReplacement, IDisposable
     /// (a device upload reads them once, a layer at a time).
     /// </summary>
     /// <exception cref="InputError">A value is NaN, ±∞ or of a corrupt magnitude.</exception>
-    public void CopyDecoders(int layer, Span<float> into)
+    public void CopyDecoders(int layer, float[] into)
     {
         _encoders.CheckLayer(layer);
         _decoders.CopyLayer(layer, into);
@@ -150,7 +150,7 @@ public sealed class MappedCrossLayerTranscoder : IMlpReplacement, IDisposable
 /// </summary>
 internal sealed class MappedCltDecoders : IDisposable
 {
-    // Floats per read when a whole layer is streamed (fingerprint, device upload): 4 MiB.
+    // Floats per read when a whole layer is streamed (the fingerprint, a device upload): 4 MiB.
     const int StreamChunk = 1 << 20;
     readonly CltShape _shape;
     readonly SafeTensorsFile[] _open;                          // each file once
@@ -214,30 +214,31 @@ internal sealed class MappedCltDecoders : IDisposable
         Volatile.Write(ref _checked[layer][feature], 1);
     }
 
-    /// <summary>Appends layer <paramref name="layer"/>'s decoders as float32 bytes to <paramref name="sha"/>, checking every value.</summary>
+    /// <summary>
+    /// Appends layer <paramref name="layer"/>'s decoders as float32 bytes to <paramref name="sha"/>, checking every value; read
+    /// with file reads, not through the mapping, so the pass leaves no decoder pages in the process's resident memory.
+    /// </summary>
     public void AppendLayer(int layer, IncrementalHash sha)
     {
         var (file, info) = _layers[layer];
-        long total = info.ElementCount;
-        var buffer = new float[Math.Min(total, StreamChunk)];
-        for (long done = 0; done < total; done += buffer.Length)
+        file.StreamFloat32(info, StreamChunk, (first, values) =>
         {
-            var span = buffer.AsSpan(0, (int)Math.Min(buffer.Length, total - done));
-            file.ReadFloat32(info, done, span);
-            CltFiles.CheckValues(span, file.Path, info.Name, done);
-            sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(span));
-        }
+            CltFiles.CheckValues(values, file.Path, info.Name, first);
+            sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(values));
+        });
         Array.Fill(_checked[layer], 1);
     }
 
-    /// <summary>Layer <paramref name="layer"/>'s decoders into <paramref name="into"/>, checking every value.</summary>
-    public void CopyLayer(int layer, Span<float> into)
+    /// <summary>Layer <paramref name="layer"/>'s decoders into <paramref name="into"/>, checking every value (file reads, as <see cref="AppendLayer"/>).</summary>
+    public void CopyLayer(int layer, float[] into)
     {
-        long total = _layers[layer].Info.ElementCount;
-        if (into.Length < total) throw new ArgumentException($"into has {into.Length} floats; layer {layer}'s decoders have {total}", nameof(into));
         var (file, info) = _layers[layer];
-        file.ReadFloat32(info, 0, into[..(int)total]);
-        CltFiles.CheckValues(into[..(int)total], file.Path, info.Name, 0);
+        if (into.Length < info.ElementCount) throw new ArgumentException($"into has {into.Length} floats; layer {layer}'s decoders have {info.ElementCount}", nameof(into));
+        file.StreamFloat32(info, StreamChunk, (first, values) =>
+        {
+            CltFiles.CheckValues(values, file.Path, info.Name, first);
+            values.CopyTo(into.AsSpan((int)first));
+        });
         Array.Fill(_checked[layer], 1);
     }
 

@@ -393,6 +393,48 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
         }
     }
 
+    /// <summary>Receives one chunk of a streamed tensor: its first element's index and the values as float32.</summary>
+    public delegate void Float32Chunk(long firstElement, ReadOnlySpan<float> values);
+
+    /// <summary>
+    /// Reads a floating-point tensor front to back in chunks of <paramref name="chunkElements"/>, as float32, through
+    /// ordinary file reads rather than the mapping: a whole-tensor pass (a digest, a check) over a tensor that is mapped
+    /// for row reads leaves none of its pages in this process's resident memory.
+    /// </summary>
+    /// <exception cref="InputError">The tensor is not F32, F16, BF16 or F64.</exception>
+    /// <exception cref="ObjectDisposedException">The file was disposed.</exception>
+    public void StreamFloat32(SafeTensorInfo info, int chunkElements, Float32Chunk consume)
+    {
+        ArgumentNullException.ThrowIfNull(info);
+        ArgumentNullException.ThrowIfNull(consume);
+        ArgumentOutOfRangeException.ThrowIfLessThan(chunkElements, 1);
+        ThrowIfDisposed();
+        if (!info.DType.IsFloatingPoint())
+            throw BadTensor(Path, info.Name, $"has dtype {info.DType}; expected a floating-point dtype (F32, F16, BF16 or F64)");
+        long total = info.ElementCount;
+        int size = info.DType.SizeOf();
+        int chunk = (int)Math.Min(chunkElements, Math.Max(1, total));
+        var bytes = new byte[chunk * size];
+        var values = new float[chunk];
+        using var stream = new FileStream(Path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0, FileOptions.SequentialScan);
+        stream.Seek(_dataStart + info.Begin, SeekOrigin.Begin);
+        for (long done = 0; done < total; done += chunk)
+        {
+            int n = (int)Math.Min(chunk, total - done);
+            var raw = bytes.AsSpan(0, n * size);
+            stream.ReadExactly(raw);
+            var into = values.AsSpan(0, n);
+            switch (info.DType)
+            {
+                case DType.F32: System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(raw).CopyTo(into); break;
+                case DType.F16: DTypeConversions.HalfToSingle(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(raw), into); break;
+                case DType.BF16: DTypeConversions.BFloat16ToSingle(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(raw), into); break;
+                default: DTypeConversions.DoubleToSingle(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, double>(raw), into); break;
+            }
+            consume(done, into);
+        }
+    }
+
     /// <summary>An integer tensor (I64, I32, I16, I8, U32, U16, U8 or BOOL) widened into a new <c>long[]</c>.</summary>
     /// <exception cref="InputError">No such tensor.</exception>
     /// <exception cref="InputError">The tensor has a floating-point or U64/F8 dtype, or has 2^31 elements or more.</exception>
