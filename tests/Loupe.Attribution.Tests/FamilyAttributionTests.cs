@@ -223,6 +223,80 @@ public sealed class FamilyAttributionTests
     }
 
     [Fact]
+    public void A_Gemma_Scope_2_cross_layer_transcoder_with_a_skip_path_on_gemma3_matches_interventions_in_the_real_model()
+    {
+        // Gemma Scope 2's layout (params_layer_ℓ.safetensors, w_dec [F, L, d], affine skip), read with its decoders mapped;
+        // features read hook_resid_mid and write hook_mlp_out, as circuit-tracer reads these files.
+        using var model = Load("gemma3");
+        int L = model.Config.NLayers, D = model.Config.DModel, F = 16;
+        var clt = RandomClt(model, F);
+        var rng = new Random(23);
+        var folder = Directory.CreateTempSubdirectory("loupe-gs2-attr-");
+        var skips = new float[L][];
+        try
+        {
+            for (int l = 0; l < L; l++)
+            {
+                var wDec = new float[F * L * D];
+                for (int f = 0; f < F; f++)
+                    for (int t = l; t < L; t++)
+                        clt.P.WDec[l].AsSpan(clt.DecoderOffset(l, f, t), D).CopyTo(wDec.AsSpan((f * L + t) * D, D));
+                var skip = skips[l] = Enumerable.Range(0, D * D).Select(_ => (float)(rng.NextDouble() * 2 - 1) / MathF.Sqrt(D) * 0.8f).ToArray();
+                PublishedDictionaryFiles.WriteGemmaScope2CltLayer(folder.FullName, l, L, D, F, D, clt.P.WEnc[l], clt.P.BEnc[l], wDec, clt.P.BDec[l],
+                    Enumerable.Repeat(0.02f, F).ToArray(), skip);
+            }
+            using var gs2 = Assert.IsType<MappedCrossLayerTranscoder>(MlpReplacements.Load(folder.FullName, model));
+            Assert.True(gs2.HasSkip);
+            Assert.Equal("blocks.0.hook_resid_mid", gs2.InputHook(0));
+            var graph = new Attributor(model, gs2, new AttributionSettings { BatchSize = 8 }).Attribute(Prompt);
+            Assert.Contains(graph.SelectedFeatures, a => graph.ActiveFeatures[a].Layer < L - 1);
+            var replacement = new ReplacementModel(model, gs2);
+            var frozen = replacement.Freeze(Prompt);
+            var directions = FrozenProbe.LogitDirections(model, graph);
+            var clean = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, cache: FrozenProbe.Cache));
+            double worst = 0, largest = 0;
+            foreach (int source in Enumerable.Range(0, graph.LogitOffset).Where(_ => rng.Next(3) == 0))
+            {
+                var changed = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, additions: FrozenProbe.SourceVector(model, gs2, graph, source), cache: FrozenProbe.Cache));
+                worst = Math.Max(worst, FrozenProbe.ColumnError(graph, source, clean, changed));
+                for (int t = 0; t < graph.NodeCount; t++) largest = Math.Max(largest, Math.Abs(graph.Edge(t, source)));
+            }
+            Assert.True(largest > 0.01, $"largest edge {largest}");
+            Assert.True(worst <= 1e-4 * Math.Max(1, largest), $"max |Δ − A| = {worst:g3} (largest edge {largest:g3})");
+
+            // Against the same CLT without the skip path (Loupe's, in memory): each error vector is smaller by exactly
+            // x·A (x = the layer's hook_resid_mid), and the skip path changes the token → logit edges (the tokens' values are
+            // the same in both; only the path through x·A differs).
+            var same = new CrossLayerTranscoder(clt.Shape, new JumpReluActivation(), GemmaScope2Clt.DefaultInputHook, GemmaScope2Clt.DefaultOutputHook);
+            foreach (var ((_, from), (_, to)) in clt.P.All().Zip(same.P.All())) from.CopyTo(to, 0);
+            for (int l = 0; l < L; l++) Array.Copy(gs2.P.Act[l].LogThreshold, same.P.Act[l].LogThreshold, F);
+            var plain = new Attributor(model, same, new AttributionSettings { BatchSize = 8 }).Attribute(Prompt);
+            var cache = model.Run(TokenBatch.Single(Prompt), new RunOptions { CacheFilter = n => n.EndsWith(".hook_resid_mid", StringComparison.Ordinal) }).Cache;
+            int T = Prompt.Length;
+            double errorMismatch = 0, changedBySkip = 0;
+            for (int l = 0; l < L; l++)
+            {
+                var x = cache[HookNames.ResidMid(l)].ToCpu().Span;
+                for (int p = 1; p < T; p++)
+                    for (int j = 0; j < D; j++)
+                    {
+                        double xa = 0;
+                        for (int i = 0; i < D; i++) xa += x[p * D + i] * skips[l][i * D + j];
+                        int at = (l * T + p) * D + j;
+                        errorMismatch = Math.Max(errorMismatch, Math.Abs(plain.ErrorVectors![at] - graph.ErrorVectors![at] - xa));
+                    }
+            }
+            Assert.True(errorMismatch <= 1e-3, $"error vectors differ from the plain CLT's by x·A to {errorMismatch:g3}");
+            Assert.Equal(plain.NodeCount - plain.TokenOffset, graph.NodeCount - graph.TokenOffset);
+            for (int p = 0; p < T; p++)
+                for (int t = 0; t < graph.NodeCount - graph.LogitOffset; t++)
+                    changedBySkip = Math.Max(changedBySkip, Math.Abs(graph.Edge(graph.LogitOffset + t, graph.TokenOffset + p) - plain.Edge(plain.LogitOffset + t, plain.TokenOffset + p)));
+            Assert.True(changedBySkip > 1e-3, $"the skip paths changed token → logit edges by at most {changedBySkip:g3}");
+        }
+        finally { folder.Delete(recursive: true); }
+    }
+
+    [Fact]
     public void A_cross_layer_transcoder_with_mapped_decoders_gives_the_graph_and_interventions_of_the_one_in_memory()
     {
         using var model = Load("llama");

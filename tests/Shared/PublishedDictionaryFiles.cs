@@ -90,6 +90,22 @@ public static class PublishedDictionaryFiles
         }));
     }
 
+    /// <summary>
+    /// One layer file of a Gemma Scope 2 cross-layer transcoder, <c>params_layer_{layer}.safetensors</c>: w_enc [d_in, d_sae],
+    /// w_dec [d_sae, n_layers, d_out] (every slot, those of earlier layers included), b_enc, b_dec, threshold, and
+    /// affine_skip_connection [d_in, d_out] when given.
+    /// </summary>
+    public static void WriteGemmaScope2CltLayer(string folder, int layer, int layers, int dIn, int dSae, int dOut,
+        float[] wEnc, float[] bEnc, float[] wDec, float[] bDec, float[] threshold, float[]? affineSkip = null)
+    {
+        var tensors = new List<(string, long[], float[])>
+        {
+            ("w_enc", [dIn, dSae], wEnc), ("w_dec", [dSae, layers, dOut], wDec), ("b_enc", [dSae], bEnc), ("b_dec", [dOut], bDec), ("threshold", [dSae], threshold),
+        };
+        if (affineSkip is not null) tensors.Add(("affine_skip_connection", [dIn, dOut], affineSkip));
+        WriteSafetensors(Path.Combine(folder, $"params_layer_{layer}.safetensors"), tensors);
+    }
+
     static byte[] Bytes(float[] data)
     {
         var b = new byte[data.Length * 4];

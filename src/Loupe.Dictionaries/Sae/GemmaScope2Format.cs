@@ -7,7 +7,8 @@
 // config.json: hf_hook_point_in / hf_hook_point_out (Hugging Face module names such as "model.layers.5.output" or
 // "model.layers.5.pre_feedforward_layernorm.output"), width, l0, model_name, architecture "jump_relu", type.
 // The module names are mapped to TransformerLens hooks here (HookFromModule); a name without an equivalent leaves the
-// hook empty, for the caller to give. Cross-layer transcoders (w_dec with a layer axis) are refused, not misread.
+// hook empty, for the caller to give. A cross-layer transcoder's layer file (w_dec with a layer axis) is refused here, not
+// misread: its folder loads as one CLT (Transcoders/GemmaScope2Clt).
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Loupe.Dictionaries.Transcoders;
@@ -67,7 +68,7 @@ public static partial class GemmaScope2Format
             : throw new InputError($"{file}: tensor '{name}' is missing; a Gemma Scope 2 params.safetensors holds w_enc, w_dec, b_enc, b_dec, threshold (and affine_skip_connection for an affine transcoder); the file holds {string.Join(", ", f.Names.Take(12))}");
         long[] wEnc = Shape("w_enc"), wDec = Shape("w_dec");
         if (wDec.Length == 3 || wEnc.Length == 3)
-            throw new InputError($"{file}: w_dec is {CltFiles.Shape(wDec)} and w_enc {CltFiles.Shape(wEnc)}: a Gemma Scope 2 cross-layer transcoder, which Loupe does not read yet; load per-layer transcoders or SAEs (or a circuit-tracer / Loupe CLT folder)");
+            throw new InputError($"{file}: w_dec is {CltFiles.Shape(wDec)} and w_enc {CltFiles.Shape(wEnc)}: one layer of a Gemma Scope 2 cross-layer transcoder: load its folder (params_layer_0…L−1.safetensors) as transcoders (loupe attribute --transcoders FOLDER)");
         if (wEnc.Length != 2) throw InputError.Expected(file, "tensor 'w_enc'", "[d_in, d_sae]", CltFiles.Shape(wEnc));
         long dIn = wEnc[0], dSae = wEnc[1];
         if (wDec.Length != 2 || wDec[0] != dSae) throw InputError.Expected(file, "tensor 'w_dec'", $"[d_sae = {dSae}, d_out] (one row per column of w_enc {CltFiles.Shape(wEnc)})", CltFiles.Shape(wDec));

@@ -221,7 +221,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
     {
         string config = Path.GetFullPath(yaml.Path);
         if (yaml["model_kind"] is { } kind && kind != "transcoder_set")
-            throw new InputError($"{config}: model_kind is '{kind}' with a 'transcoders:' list; Loupe reads such lists for per-layer transcoders (transcoder_set) — a Gemma Scope 2 cross-layer transcoder is not supported yet");
+            throw new InputError($"{config}: model_kind is '{kind}' with a 'transcoders:' list; Loupe reads such lists for per-layer transcoders (transcoder_set) ; load a cross_layer_transcoder list (Gemma Scope 2's params_layer_ℓ files) with MlpReplacements.Load or GemmaScope2Clt.LoadListed");
         var entries = yaml.Transcoders!;
         if (entries.Count == 0) throw new InputError($"{config}: the 'transcoders:' list is empty; expected one file per layer");
         var (input, output, activation, k) = Settings(yaml, inputHookPattern, outputHookPattern);
@@ -250,7 +250,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
     public static string[] ListedFiles(string configPath, Func<(string Repo, string Path, string Revision), string>? resolveHub = null, bool entriesMayLeaveFolder = true) =>
         ResolveListed(CircuitTracerYaml.Read(configPath), resolveHub, entriesMayLeaveFolder);
 
-    static string[] ResolveListed(CircuitTracerYaml yaml, Func<(string Repo, string Path, string Revision), string>? resolveHub, bool entriesMayLeaveFolder)
+    internal static string[] ResolveListed(CircuitTracerYaml yaml, Func<(string Repo, string Path, string Revision), string>? resolveHub, bool entriesMayLeaveFolder)
     {
         string config = Path.GetFullPath(yaml.Path), folder = Path.GetDirectoryName(config)!;
         var entries = yaml.Transcoders ?? throw new InputError($"{config}: has no 'transcoders:' list (one file per layer)");
@@ -289,7 +289,7 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
 
     // The hooks, activation and k a config.yaml gives. circuit-tracer names hooks as TransformerLens does, and so does Loupe
     // (an RMSNorm's "ln2.hook_normalized" is before its weight), except in configs Loupe wrote before that (CltFiles.LegacyLoupeExport).
-    static (string Input, string Output, string? Activation, int? K) Settings(CircuitTracerYaml yaml, string? inputHookPattern, string? outputHookPattern)
+    internal static (string Input, string Output, string? Activation, int? K) Settings(CircuitTracerYaml yaml, string? inputHookPattern, string? outputHookPattern)
     {
         string? fi = yaml["feature_input_hook"], fo = yaml["feature_output_hook"];
         bool legacy = CltFiles.LegacyLoupeExport(yaml.Scalars, yaml.Path);

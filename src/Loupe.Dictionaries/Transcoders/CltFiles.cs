@@ -114,8 +114,8 @@ public static class CltFiles
         throw new InputError($"{folder}: not a cross-layer transcoder folder: expected {ConfigFile} + {WeightsFile} (Loupe) or W_enc_0.safetensors (circuit-tracer)");
     }
 
-    /// <summary>True for the decoder tensors of either layout (<c>W_dec.ℓ</c>, <c>W_dec_ℓ</c>).</summary>
-    public static bool IsDecoderTensor(string name) => name.StartsWith("W_dec.", StringComparison.Ordinal) || name.StartsWith("W_dec_", StringComparison.Ordinal);
+    /// <summary>True for the decoder tensors of a CLT layout (<c>W_dec.ℓ</c>, <c>W_dec_ℓ</c>, Gemma Scope 2's <c>w_dec</c>).</summary>
+    public static bool IsDecoderTensor(string name) => name.StartsWith("W_dec.", StringComparison.Ordinal) || name.StartsWith("W_dec_", StringComparison.Ordinal) || name == "w_dec";
 
     /// <summary>Loads Loupe's layout.</summary>
     /// <exception cref="InputError">cfg.json is missing, not JSON, or a field is missing or out of range; a tensor is missing, mis-shaped or not finite (file, tensor, expected and found named).</exception>

@@ -214,9 +214,10 @@ public sealed class CrossLayerTranscoder : IMlpReplacement
 
     /// <summary>
     /// <see cref="Fingerprint"/>, with each layer's decoder bytes appended by <paramref name="appendDecoder"/> when they are
-    /// not held here (the same digest as the in-memory transcoder with the same weights).
+    /// not held here (the same digest as the in-memory transcoder with the same weights), then whatever
+    /// <paramref name="appendAfter"/> adds (a skip path).
     /// </summary>
-    internal string FingerprintWith(Action<int, IncrementalHash>? appendDecoder)
+    internal string FingerprintWith(Action<int, IncrementalHash>? appendDecoder, Action<IncrementalHash>? appendAfter = null)
     {
         using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         sha.AppendData(System.Text.Encoding.UTF8.GetBytes($"clt {Architecture} {Shape}\n"));
@@ -233,6 +234,7 @@ public sealed class CrossLayerTranscoder : IMlpReplacement
             }
             sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()));
         }
+        appendAfter?.Invoke(sha);
         return Convert.ToHexStringLower(sha.GetHashAndReset())[..16];
     }
 

@@ -22,10 +22,11 @@ public sealed class DeviceMlpReplacement
     readonly DeviceSaeEncoder[] _layers;
     readonly int[] _slots;          // decoder slots per source layer: 1, or L − ℓ for a cross-layer transcoder
     readonly Tensor[]? _bDec;       // CLT: b_dec[t] [d_out]
+    readonly Tensor[]? _skip;       // CLT with a skip path: W_skip[t] [d_in, d_out]
 
-    DeviceMlpReplacement(IMlpReplacement replacement, IComputeBackend backend, DeviceSaeEncoder[] layers, int[] slots, Tensor[]? bDec)
+    DeviceMlpReplacement(IMlpReplacement replacement, IComputeBackend backend, DeviceSaeEncoder[] layers, int[] slots, Tensor[]? bDec, Tensor[]? skip = null)
     {
-        (Replacement, _b, _layers, _slots, _bDec) = (replacement, backend, layers, slots, bDec);
+        (Replacement, _b, _layers, _slots, _bDec, _skip) = (replacement, backend, layers, slots, bDec, skip);
     }
 
     /// <summary>The replacement whose weights these are.</summary>
@@ -38,7 +39,7 @@ public sealed class DeviceMlpReplacement
     public int Features(int layer) => _layers[layer].Shape.DSae;
 
     /// <summary>The skip path of source layer <paramref name="layer"/> <c>[d_in, d_out]</c> on the device, or null.</summary>
-    public Tensor? SkipWeights(int layer) => _layers[layer].SkipWeights;
+    public Tensor? SkipWeights(int layer) => _skip is not null ? _skip[layer] : _layers[layer].SkipWeights;
 
     /// <summary>
     /// Uploads the weights of <paramref name="replacement"/> to <paramref name="backend"/> (once: keep the result).
@@ -60,7 +61,7 @@ public sealed class DeviceMlpReplacement
                 return CrossLayer(replacement, backend, clt.Shape, clt.Activation, clt.P, (l, into) => clt.P.WDec[l].CopyTo(into, 0));
             case MappedCrossLayerTranscoder mapped:
                 // A layer at a time through host memory (checked as it is read), then released.
-                return CrossLayer(replacement, backend, mapped.Shape, mapped.Activation, mapped.P, (l, into) => mapped.CopyDecoders(l, into));
+                return CrossLayer(replacement, backend, mapped.Shape, mapped.Activation, mapped.P, (l, into) => mapped.CopyDecoders(l, into), mapped.SkipWeights);
             default:
                 throw new InputError($"argument: --device: {replacement.Source} ({replacement.GetType().Name}) has no device kernels; drop --device {backend.Device}");
         }
@@ -79,7 +80,7 @@ public sealed class DeviceMlpReplacement
     // Source layer ℓ as a dictionary whose decoder rows are the (feature, target) rows of W_dec[ℓ]; p holds the encoders,
     // biases and thresholds, fillDecoder writes W_dec[ℓ] [d_sae, L−ℓ, d_out].
     static DeviceMlpReplacement CrossLayer(IMlpReplacement replacement, IComputeBackend backend, CltShape s, SaeActivation activation,
-        CltParameters p, Action<int, float[]> fillDecoder)
+        CltParameters p, Action<int, float[]> fillDecoder, Func<int, float[]?>? skip = null)
     {
         var layers = new DeviceSaeEncoder[s.Layers];
         var slots = new int[s.Layers];
@@ -96,7 +97,9 @@ public sealed class DeviceMlpReplacement
             layers[l] = Encoder(backend, d, replacement, l);
             bDec[l] = backend.LoadWeight(p.BDec[l], [s.DOut]);
         }
-        return new DeviceMlpReplacement(replacement, backend, layers, slots, bDec);
+        Tensor[]? skips = replacement.HasSkip && skip is not null
+            ? [.. Enumerable.Range(0, s.Layers).Select(l => backend.LoadWeight(skip(l)!, [s.DIn, s.DOut]))] : null;
+        return new DeviceMlpReplacement(replacement, backend, layers, slots, bDec, skips);
     }
 
     static DeviceMlpReplacement PerLayer(IMlpReplacement replacement, IComputeBackend backend, IReadOnlyList<SparseDictionary> dictionaries) =>
@@ -132,6 +135,8 @@ public sealed class DeviceMlpReplacement
             _b.Gemm(false, false, rows, dOut, n, 1f, acts[l], 0, n, enc.WDec, (long)(target - l) * dOut, stride, l == 0 ? 0f : 1f, recon, 0, dOut);
         }
         _b.AddRowVector(recon, rows, _bDec[target]);
+        if (_skip is not null && input is not null)
+            _b.Gemm(false, false, rows, dOut, Replacement.DIn, 1f, input, 0, Replacement.DIn, _skip[target], 0, dOut, 1f, recon, 0, dOut);
         return recon;
     }
 

@@ -30,12 +30,15 @@ public sealed class MappedCrossLayerTranscoder : IMlpReplacement, IDisposable
     const int GatherChunk = 1024;
     readonly CrossLayerTranscoder _encoders;   // encoders, biases, thresholds; no decoders
     readonly MappedCltDecoders _decoders;
+    readonly float[][]? _skip;                 // per target layer [d_in, d_out] (x·W_skip), or none
     string? _fingerprint;
 
-    internal MappedCrossLayerTranscoder(CrossLayerTranscoder encoders, MappedCltDecoders decoders)
+    internal MappedCrossLayerTranscoder(CrossLayerTranscoder encoders, MappedCltDecoders decoders, float[][]? skip = null)
     {
         if (encoders.P.HasDecoders) throw new ArgumentException("the encoder part must not hold decoders", nameof(encoders));
-        (_encoders, _decoders) = (encoders, decoders);
+        if (skip is not null && (skip.Length != encoders.Layers || skip.Any(w => w.Length != encoders.DIn * encoders.DOut)))
+            throw new ArgumentException($"a skip path per layer of [d_in, d_out] = [{encoders.DIn}, {encoders.DOut}]", nameof(skip));
+        (_encoders, _decoders, _skip) = (encoders, decoders, skip);
     }
 
     public CltShape Shape => _encoders.Shape;
@@ -61,13 +64,20 @@ public sealed class MappedCrossLayerTranscoder : IMlpReplacement, IDisposable
     public string InputHook(int layer) => _encoders.InputHook(layer);
     public string OutputHook(int layer) => _encoders.OutputHook(layer);
     public int LastTarget(int layer) => _encoders.LastTarget(layer);
-    public bool HasSkip => false;
-    public float[]? SkipWeights(int layer) => null;
+    public bool HasSkip => _skip is not null;
+    public float[]? SkipWeights(int layer) { _encoders.CheckLayer(layer); return _skip?[layer]; }
     public string Source => _encoders.Source;
 
     /// <summary>The digest <see cref="CrossLayerTranscoder.Fingerprint"/> gives for the same weights; the first call reads every decoder once.</summary>
     /// <exception cref="InputError">A decoder value is NaN, ±∞ or of a corrupt magnitude (file, tensor and element named).</exception>
-    public string Fingerprint => _fingerprint ??= _encoders.FingerprintWith(_decoders.AppendLayer);
+    public string Fingerprint => _fingerprint ??= _encoders.FingerprintWith(_decoders.AppendLayer, _skip is null ? null : sha =>
+    {
+        for (int l = 0; l < _skip.Length; l++)
+        {
+            sha.AppendData(System.Text.Encoding.UTF8.GetBytes($"W_skip.{l}"));
+            sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(_skip[l].AsSpan()));
+        }
+    });
 
     public void Encode(int layer, ReadOnlySpan<float> x, int rows, Span<float> pre, Span<float> acts) => _encoders.Encode(layer, x, rows, pre, acts);
 
@@ -108,6 +118,11 @@ public sealed class MappedCrossLayerTranscoder : IMlpReplacement, IDisposable
                 Gemm.Sgemm(false, false, rows, dOut, n, 1f, gathered, n, table, dOut, 1f, recon, dOut);
             }
         }
+        if (_skip is null) return;
+        // The skip path of the target layer: recon[t] += x[t]·W_skip[t].
+        if (inputs is null || inputs.Count <= targetLayer || inputs[targetLayer].Length < rows * DIn)
+            throw new ArgumentException($"this transcoder has a skip path: inputs[{targetLayer}] must hold rows·d_in = {rows * DIn} floats", nameof(inputs));
+        Gemm.Sgemm(false, false, rows, dOut, DIn, 1f, inputs[targetLayer], DIn, _skip[targetLayer], dOut, 1f, recon, dOut);
     }
 
     // The features with a nonzero activation in any of the rows, ascending.
@@ -141,23 +156,28 @@ public sealed class MappedCrossLayerTranscoder : IMlpReplacement, IDisposable
     public void Dispose() => _decoders.Dispose();
 
     /// <inheritdoc />
-    public override string ToString() => $"{Source} (cross-layer transcoder, {Layers} layers × {Shape.DSae} features, decoders mapped: {DecoderBytes / (double)(1L << 30):0.##} GiB as float32)";
+    public override string ToString() => $"{Source} (cross-layer transcoder, {Layers} layers × {Shape.DSae} features{(HasSkip ? ", skip path" : "")}, decoders mapped: {DecoderBytes / (double)(1L << 30):0.##} GiB as float32)";
 }
 
 /// <summary>
-/// The decoders of a cross-layer transcoder, one tensor <c>[d_sae, L−ℓ, d_out]</c> per source layer, left in their
-/// safetensors files. A feature's rows are checked (finite, of a sane magnitude) the first time one of them is read.
+/// The decoders of a cross-layer transcoder, one tensor per source layer ℓ, left in their safetensors files: each
+/// feature's row holds its decoder slots, <c>[d_sae, slots, d_out]</c>, target t at slot <c>first + t − ℓ</c> — Loupe's and
+/// circuit-tracer's layouts <c>[d_sae, L−ℓ, d_out]</c> (first 0), Gemma Scope 2's <c>[d_sae, L, d_out]</c> (first ℓ; slots
+/// of earlier targets unused). A feature's used slots are checked (finite, of a sane magnitude) the first time one is read.
 /// </summary>
 internal sealed class MappedCltDecoders : IDisposable
 {
-    // Floats per read when a whole layer is streamed (the fingerprint, a device upload): 4 MiB.
+    // Floats per read when a whole layer is streamed (the fingerprint, a device upload): about 4 MiB, whole feature rows.
     const int StreamChunk = 1 << 20;
     readonly CltShape _shape;
     readonly SafeTensorsFile[] _open;                          // each file once
-    readonly (SafeTensorsFile File, SafeTensorInfo Info)[] _layers;
+    readonly Layer[] _layers;
     readonly int[][] _checked;                                 // per layer, per feature: 1 once its rows were checked
 
-    MappedCltDecoders(CltShape shape, SafeTensorsFile[] open, (SafeTensorsFile, SafeTensorInfo)[] layers)
+    /// <summary>Where source layer ℓ's decoders are: the tensor, its slots per feature and the slot of target ℓ.</summary>
+    readonly record struct Layer(SafeTensorsFile File, SafeTensorInfo Info, int Slots, int First);
+
+    MappedCltDecoders(CltShape shape, SafeTensorsFile[] open, Layer[] layers)
     {
         (_shape, _open, _layers) = (shape, open, layers);
         _checked = [.. Enumerable.Range(0, shape.Layers).Select(_ => new int[shape.DSae])];
@@ -166,19 +186,23 @@ internal sealed class MappedCltDecoders : IDisposable
     /// <summary>The files, in layer order, each once.</summary>
     public IReadOnlyList<string> Files => [.. _open.Select(f => f.Path)];
 
-    /// <summary>Maps <paramref name="layers"/>' (file, tensor) of every source layer, checking each tensor's dtype and shape from the header.</summary>
-    /// <exception cref="InputError">A file or tensor is missing, or a tensor is not a float tensor of shape <c>[d_sae, L−ℓ, d_out]</c>.</exception>
-    public static MappedCltDecoders Open(CltShape shape, IReadOnlyList<(string Path, string Tensor)> layers)
+    /// <summary>
+    /// Maps each source layer's (file, tensor), checking dtype and shape from the header: <c>[d_sae, L−ℓ, d_out]</c>, or with
+    /// <paramref name="allTargets"/> (Gemma Scope 2) <c>[d_sae, L, d_out]</c>.
+    /// </summary>
+    /// <exception cref="InputError">A file or tensor is missing, or a tensor is not a float tensor of that shape.</exception>
+    public static MappedCltDecoders Open(CltShape shape, IReadOnlyList<(string Path, string Tensor)> layers, bool allTargets = false)
     {
         var open = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
         try
         {
-            var mapped = new (SafeTensorsFile, SafeTensorInfo)[layers.Count];
+            var mapped = new Layer[layers.Count];
             for (int l = 0; l < layers.Count; l++)
             {
                 var (path, tensor) = layers[l];
                 if (!open.TryGetValue(path, out var file)) open[path] = file = CltFiles.Open(path);
-                mapped[l] = (file, CltFiles.CheckShape(file, path, tensor, [shape.DSae, shape.Targets(l), shape.DOut]));
+                int slots = allTargets ? shape.Layers : shape.Targets(l);
+                mapped[l] = new Layer(file, CltFiles.CheckShape(file, path, tensor, [shape.DSae, slots, shape.DOut]), slots, allTargets ? l : 0);
             }
             return new MappedCltDecoders(shape, [.. open.Values], mapped);
         }
@@ -189,55 +213,65 @@ internal sealed class MappedCltDecoders : IDisposable
         }
     }
 
-    long RowLength(int layer) => (long)_shape.Targets(layer) * _shape.DOut;
-
     /// <summary>W_dec[ℓ][feature, target − ℓ, :] into <paramref name="into"/> (d_out floats).</summary>
     public void ReadRow(int layer, int feature, int target, Span<float> into)
     {
         EnsureChecked(layer, feature);
-        var (file, info) = _layers[layer];
-        file.ReadFloat32(info, feature * RowLength(layer) + (long)(target - layer) * _shape.DOut, into);
+        var l = _layers[layer];
+        l.File.ReadFloat32(l.Info, ((long)feature * l.Slots + l.First + target - layer) * _shape.DOut, into);
     }
+
+    // Elements of a feature's used slots (targets ℓ…L−1), and where they start in its row.
+    long Used(int layer) => (long)_shape.Targets(layer) * _shape.DOut;
 
     void EnsureChecked(int layer, int feature)
     {
         if (Volatile.Read(ref _checked[layer][feature]) != 0) return;
-        var (file, info) = _layers[layer];
-        long row = RowLength(layer), first = feature * row;
-        var buffer = new float[Math.Min(row, StreamChunk)];
-        for (long done = 0; done < row; done += buffer.Length)
+        var l = _layers[layer];
+        long used = Used(layer), first = ((long)feature * l.Slots + l.First) * _shape.DOut;
+        var buffer = new float[Math.Min(used, StreamChunk)];
+        for (long done = 0; done < used; done += buffer.Length)
         {
-            var span = buffer.AsSpan(0, (int)Math.Min(buffer.Length, row - done));
-            file.ReadFloat32(info, first + done, span);
-            CltFiles.CheckValues(span, file.Path, info.Name, first + done);
+            var span = buffer.AsSpan(0, (int)Math.Min(buffer.Length, used - done));
+            l.File.ReadFloat32(l.Info, first + done, span);
+            CltFiles.CheckValues(span, l.File.Path, l.Info.Name, first + done);
         }
         Volatile.Write(ref _checked[layer][feature], 1);
     }
 
     /// <summary>
-    /// Appends layer <paramref name="layer"/>'s decoders as float32 bytes to <paramref name="sha"/>, checking every value; read
-    /// with file reads, not through the mapping, so the pass leaves no decoder pages in the process's resident memory.
+    /// Appends layer <paramref name="layer"/>'s decoders, as <c>[d_sae, L−ℓ, d_out]</c> float32 bytes, to <paramref name="sha"/>,
+    /// checking every used value; read with file reads, not through the mapping, so the pass leaves no decoder pages in the
+    /// process's resident memory.
     /// </summary>
-    public void AppendLayer(int layer, IncrementalHash sha)
-    {
-        var (file, info) = _layers[layer];
-        file.StreamFloat32(info, StreamChunk, (first, values) =>
-        {
-            CltFiles.CheckValues(values, file.Path, info.Name, first);
-            sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(values));
-        });
-        Array.Fill(_checked[layer], 1);
-    }
+    public void AppendLayer(int layer, IncrementalHash sha) =>
+        StreamUsed(layer, (_, used) => sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(used)));
 
-    /// <summary>Layer <paramref name="layer"/>'s decoders into <paramref name="into"/>, checking every value (file reads, as <see cref="AppendLayer"/>).</summary>
+    /// <summary>Layer <paramref name="layer"/>'s decoders <c>[d_sae, L−ℓ, d_out]</c> into <paramref name="into"/>, checking every value (file reads).</summary>
     public void CopyLayer(int layer, float[] into)
     {
-        var (file, info) = _layers[layer];
-        if (into.Length < info.ElementCount) throw new ArgumentException($"into has {into.Length} floats; layer {layer}'s decoders have {info.ElementCount}", nameof(into));
-        file.StreamFloat32(info, StreamChunk, (first, values) =>
+        long total = _shape.DSae * Used(layer);
+        if (into.Length < total) throw new ArgumentException($"into has {into.Length} floats; layer {layer}'s decoders have {total}", nameof(into));
+        StreamUsed(layer, (at, used) => used.CopyTo(into.AsSpan((int)at)));
+    }
+
+    delegate void UsedChunk(long at, ReadOnlySpan<float> used);
+
+    // Streams whole feature rows and hands over each feature's used slots, checked, with their offset in [d_sae, L−ℓ, d_out].
+    void StreamUsed(int layer, UsedChunk consume)
+    {
+        var l = _layers[layer];
+        int row = l.Slots * _shape.DOut, used = (int)Used(layer), skip = l.First * _shape.DOut;
+        int rowsPerChunk = Math.Max(1, StreamChunk / row);
+        l.File.StreamFloat32(l.Info, rowsPerChunk * row, (first, values) =>
         {
-            CltFiles.CheckValues(values, file.Path, info.Name, first);
-            values.CopyTo(into.AsSpan((int)first));
+            long feature = first / row;
+            for (int r = 0; r * row < values.Length; r++, feature++)
+            {
+                var slots = values.Slice(r * row + skip, used);
+                CltFiles.CheckValues(slots, l.File.Path, l.Info.Name, feature * row + skip);
+                consume(feature * used, slots);
+            }
         });
         Array.Fill(_checked[layer], 1);
     }

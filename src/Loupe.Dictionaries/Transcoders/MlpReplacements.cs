@@ -37,16 +37,19 @@ public static class MlpReplacements
         DecoderStorage decoders = DecoderStorage.Auto, Action<string>? log = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
-        if (decoders == DecoderStorage.Mapped && (path.Contains(',') || File.Exists(path) || (Directory.Exists(path) && !IsCltFolder(path))))
+        if (decoders == DecoderStorage.Mapped && (path.Contains(',') || (File.Exists(path) && !IsCrossLayerConfig(path))
+            || (Directory.Exists(path) && !IsCltFolder(path) && !IsCrossLayerConfig(Path.Combine(path, CltFiles.CircuitTracerConfig)))))
             throw new InputError($"{path}: mapped decoders are for cross-layer transcoders (a folder with W_enc_0.safetensors or {CltFiles.WeightsFile}); per-layer transcoders are read into memory");
         if (path.Contains(',')) return PerLayerTranscoders.LoadSaeLens(path, layers);
         bool fromHub = InHubCache(path);
         if (File.Exists(path) && path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase))
-            return OneEach(CircuitTracerTranscoders.LoadListed(path, resolveHub, entriesMayLeaveFolder: !fromHub), layers);
+            return IsCrossLayerList(CircuitTracerYaml.Read(path)) ? ListedCrossLayer(path, layers, resolveHub, !fromHub, decoders, log)
+                : OneEach(CircuitTracerTranscoders.LoadListed(path, resolveHub, entriesMayLeaveFolder: !fromHub), layers);
         if (!Directory.Exists(path)) throw new InputError($"transcoder folder not found: {Path.GetFullPath(path)}");
         string config = Path.Combine(path, CltFiles.CircuitTracerConfig);
-        if (File.Exists(config) && CircuitTracerYaml.Read(config).Transcoders is not null)
-            return OneEach(CircuitTracerTranscoders.LoadListed(config, resolveHub, entriesMayLeaveFolder: !fromHub), layers);
+        if (File.Exists(config) && CircuitTracerYaml.Read(config) is { Transcoders: not null } listed)
+            return IsCrossLayerList(listed) ? ListedCrossLayer(config, layers, resolveHub, !fromHub, decoders, log)
+                : OneEach(CircuitTracerTranscoders.LoadListed(config, resolveHub, entriesMayLeaveFolder: !fromHub), layers);
         if (File.Exists(Path.Combine(path, "layer_0.safetensors")))
         {
             CheckMemory(path, WeightFiles(path));
@@ -61,10 +64,42 @@ public static class MlpReplacements
     public const long MapDecodersFromBytes = 1L << 30;
 
     static bool IsCltFolder(string folder) =>
-        File.Exists(Path.Combine(folder, "W_enc_0.safetensors")) || File.Exists(Path.Combine(folder, CltFiles.WeightsFile));
+        File.Exists(Path.Combine(folder, "W_enc_0.safetensors")) || File.Exists(Path.Combine(folder, CltFiles.WeightsFile)) || GemmaScope2Clt.IsFolder(folder);
+
+    static bool IsCrossLayerList(CircuitTracerYaml yaml) => yaml["model_kind"] == "cross_layer_transcoder";
+
+    static bool IsCrossLayerConfig(string path) =>
+        File.Exists(path) && path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase) && CircuitTracerYaml.Read(path) is { Transcoders: not null } y && IsCrossLayerList(y);
+
+    // A config.yaml listing one Gemma Scope 2 CLT layer file per layer: always mapped (the files hold every slot).
+    static IMlpReplacement ListedCrossLayer(string config, int layers, Func<(string Repo, string Path, string Revision), string>? resolveHub,
+        bool entriesMayLeaveFolder, DecoderStorage storage, Action<string>? log)
+    {
+        var files = CircuitTracerTranscoders.ResolveListed(CircuitTracerYaml.Read(config), resolveHub, entriesMayLeaveFolder);
+        return MappedGemmaScope2(config, files, layers, storage, log, () => GemmaScope2Clt.LoadListed(config, resolveHub, entriesMayLeaveFolder));
+    }
+
+    static MappedCrossLayerTranscoder MappedGemmaScope2(string source, string[] files, int layers, DecoderStorage storage, Action<string>? log,
+        Func<MappedCrossLayerTranscoder> load)
+    {
+        if (storage == DecoderStorage.Memory)
+            throw new InputError($"{source}: a Gemma Scope 2 cross-layer transcoder (params_layer_ℓ files) loads with its decoders mapped; drop --decoders memory");
+        if (files.Length != layers)
+            throw new InputError($"{source}: a cross-layer transcoder for {files.Length} layer{(files.Length == 1 ? "" : "s")}; the model has {layers}");
+        long decoderBytes = EstimateBytes(files, CltFiles.IsDecoderTensor), otherBytes = EstimateBytes(files, name => !CltFiles.IsDecoderTensor(name));
+        log?.Invoke($"{source}: Gemma Scope 2 cross-layer transcoder: encoders and skip paths {ByteSizes.Format(otherBytes)} read into memory, " +
+            $"decoders {ByteSizes.Format(decoderBytes)} (as float32, every slot) left mapped, read as features are decoded");
+        CheckMemory(source, files.Length, otherBytes, "");
+        return load();
+    }
 
     static IMlpReplacement LoadCrossLayer(string path, int layers, DecoderStorage storage, Action<string>? log)
     {
+        if (GemmaScope2Clt.IsFolder(path))
+        {
+            var layerFiles = GemmaScope2Clt.LayerFiles(path);
+            return MappedGemmaScope2(path, layerFiles, layers, storage, log, () => GemmaScope2Clt.Load(layerFiles, path));
+        }
         var files = WeightFiles(path);
         long decoderBytes = EstimateBytes(files, CltFiles.IsDecoderTensor), otherBytes = EstimateBytes(files, name => !CltFiles.IsDecoderTensor(name));
         bool map = storage == DecoderStorage.Mapped || (storage == DecoderStorage.Auto && decoderBytes >= MapDecodersFromBytes);
@@ -91,6 +126,7 @@ public static class MlpReplacements
         if (File.Exists(Path.Combine(folder, "layer_0.safetensors"))) return Matching("layer_*.safetensors");
         if (File.Exists(Path.Combine(folder, "W_enc_0.safetensors"))) return [.. Matching("W_enc_*.safetensors"), .. Matching("W_dec_*.safetensors")];
         if (File.Exists(Path.Combine(folder, CltFiles.WeightsFile))) return [Path.Combine(folder, CltFiles.WeightsFile)];
+        if (GemmaScope2Clt.IsFolder(folder)) return Matching("params_layer_*.safetensors");
         return [.. Directory.GetDirectories(folder).Select(d => Path.Combine(d, Loupe.Dictionaries.Sae.SaeLensFormat.WeightsFile)).Where(File.Exists).Order(StringComparer.Ordinal)];
     }
 

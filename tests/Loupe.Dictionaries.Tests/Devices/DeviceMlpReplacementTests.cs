@@ -36,6 +36,16 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
         return CltFiles.LoadMapped(folder);
     }
 
+    // Gemma Scope 2 layer files with an affine skip path (decoders mapped, uploaded a layer at a time, skips beside them).
+    static MappedCrossLayerTranscoder GemmaScope2WithSkip(string folder)
+    {
+        var clt = Transcoders.GemmaScope2CltTests.Clt(new CltShape(L, D, F, D), seed: 6);
+        var rng = new Random(12);
+        var skip = Enumerable.Range(0, L).Select(_ => Enumerable.Range(0, D * D).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray()).ToArray();
+        Transcoders.GemmaScope2CltTests.Write(folder, clt, skip);
+        return Assert.IsType<MappedCrossLayerTranscoder>(MlpReplacements.Load(folder, L));
+    }
+
     sealed class TempFolder : IDisposable
     {
         public string Path { get; } = Directory.CreateTempSubdirectory("loupe-device-clt").FullName;
@@ -63,7 +73,7 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
             Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-5f * (1 + Math.Abs(expected[i])), $"{what} [{i}]: host {expected[i]}, device {actual[i]}");
     }
 
-    public static TheoryData<string> Replacements => ["per-layer topk", "clt relu", "clt jumprelu", "clt topk", "clt jumprelu, decoders mapped"];
+    public static TheoryData<string> Replacements => ["per-layer topk", "clt relu", "clt jumprelu", "clt topk", "clt jumprelu, decoders mapped", "gemma scope 2 clt, affine skip"];
 
     [Theory]
     [MemberData(nameof(Replacements))]
@@ -76,7 +86,8 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
             "clt relu" => Clt(new ReluActivation()),
             "clt jumprelu" => Clt(new JumpReluActivation()),
             "clt topk" => Clt(new TopKActivation(3)),
-            _ => Mapped(Clt(new JumpReluActivation()), folder.Path),
+            "clt jumprelu, decoders mapped" => Mapped(Clt(new JumpReluActivation()), folder.Path),
+            _ => GemmaScope2WithSkip(folder.Path),
         };
         using var unmap = r as IDisposable;
         var be = device.Backend;
@@ -107,7 +118,9 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
         {
             var recon = new float[Rows * D];
             r.Reconstruct(t, acts, inputs, Rows, recon);
-            Close(recon, onDevice.Reconstruct(t, deviceActs, Rows).ToCpu().Span, $"{kind} recon {t}");
+            var input = r.HasSkip ? be.ToDevice(Tensor.FromArray(inputs[t], Rows, D)) : null;
+            Close(recon, onDevice.Reconstruct(t, deviceActs, Rows, input).ToCpu().Span, $"{kind} recon {t}");
+            if (r.HasSkip) Close(r.SkipWeights(t), onDevice.SkipWeights(t)!.ToCpu().Span, $"{kind} skip {t}");
         }
         // Directions: W_enc[ℓ][:, f] and the decoder rows of every target a feature writes.
         var into = be.Empty(1, D);
