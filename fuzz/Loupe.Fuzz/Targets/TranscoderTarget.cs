@@ -38,6 +38,24 @@ public sealed class TranscoderTarget : FuzzTarget
                 Add($"clt-circuit-tracer-{id}", Folder($"clt-circuit-tracer-{id}"));
             }
         }
+        // Gemma Scope 2's CLT layout: params_layer_ℓ.safetensors, w_dec [d_sae, L, d] with every slot, an affine skip path.
+        string gs2Folder = Folder("clt-gemma-scope-2");
+        var gs2Clt = Clt(new JumpReluActivation(), 9);
+        for (int l = 0; l < Layers; l++)
+        {
+            var wDec = new float[DSae * Layers * DModel];
+            for (int f = 0; f < DSae; f++)
+                for (int t = l; t < Layers; t++)
+                    gs2Clt.P.WDec[l].AsSpan(gs2Clt.DecoderOffset(l, f, t), DModel).CopyTo(wDec.AsSpan((f * Layers + t) * DModel, DModel));
+            Loupe.Models.Loading.SafeTensorsWriter.Write(Path.Combine(gs2Folder, $"params_layer_{l}.safetensors"), new List<(string, int[], ReadOnlyMemory<float>)>
+            {
+                ("w_enc", [DModel, DSae], gs2Clt.P.WEnc[l]), ("w_dec", [DSae, Layers, DModel], wDec), ("b_enc", [DSae], gs2Clt.P.BEnc[l]),
+                ("b_dec", [DModel], gs2Clt.P.BDec[l]), ("threshold", [DSae], Enumerable.Repeat(0.05f, DSae).ToArray()),
+                ("affine_skip_connection", [DModel, DModel], SeedFiles.Floats(DModel * DModel, 60 + l, 0.2f)),
+            });
+        }
+        Add("clt-gemma-scope-2", gs2Folder);
+
         var perLayer = new CircuitTracerTranscoders([DictionaryChecks.Make(SaeShape.Transcoder(DModel, DSae, DModel), new ReluActivation(), 7),
             DictionaryChecks.Make(SaeShape.Transcoder(DModel, DSae, DModel, skip: true), new ReluActivation(), 8)]);
         perLayer.Save(Folder("plt-circuit-tracer"), "fuzz");
@@ -89,6 +107,17 @@ public sealed class TranscoderTarget : FuzzTarget
     public override void Execute(string folder, FuzzInput input)
     {
         int layers = int.Parse(File.ReadAllText(Path.Combine(folder, "n_layers.txt")), CultureInfo.InvariantCulture);
+        if (GemmaScope2Clt.IsFolder(folder))
+        {
+            // Read mapped only (its decoders hold every slot): every feature's rows and the fingerprint read and checked.
+            using var clt = (MappedCrossLayerTranscoder)MlpReplacements.Load(folder, layers);
+            Exercise(clt, layers);
+            var row = new float[clt.DOut];
+            for (int l = 0; l < clt.Layers; l++)
+                for (int f = 0; f < clt.Features(l); f++) clt.DecoderDirection(l, f, l, row);
+            _ = clt.Fingerprint;
+            return;
+        }
         // A CLT also loads with its decoders mapped: a corrupt decoder is refused when its feature is decoded rather than at
         // load, so that path runs first, on its own; where both load they must be the same function and fingerprint.
         float[][]? mappedRecon = null;
