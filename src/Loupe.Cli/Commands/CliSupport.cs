@@ -32,7 +32,7 @@ static class CliSupport
     public static Option<string> DecodersOption() => new("--decoders")
     {
         Description = "A cross-layer transcoder's decoders: memory (read whole at load), mapped (left in their files, a feature's rows read when it is decoded, " +
-            "as circuit-tracer's lazy_decoder; for CLTs larger than memory), or auto (mapped from 1 GiB as float32)",
+            "as circuit-tracer's lazy_decoder; for CLTs larger than memory), or auto (mapped from 1 GiB as float32; Gemma Scope 2 CLTs always)",
         DefaultValueFactory = _ => "auto",
     };
 

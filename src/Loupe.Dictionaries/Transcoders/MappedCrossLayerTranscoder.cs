@@ -102,8 +102,29 @@ public sealed class MappedCrossLayerTranscoder : IMlpReplacement, IDisposable
         int dOut = DOut, dSae = Shape.DSae;
         if (recon.Length < rows * dOut) throw new ArgumentException($"recon has {recon.Length} floats, expected rows·d_out = {rows * dOut}", nameof(recon));
         for (int b = 0; b < rows; b++) P.BDec[targetLayer].CopyTo(recon.Slice(b * dOut, dOut));
-        var table = new float[Math.Min(GatherChunk, dSae) * dOut];
-        var gathered = new float[rows * Math.Min(GatherChunk, dSae)];
+        // Scratch from the shared pool: an evaluation calls this per target layer and batch.
+        var table = System.Buffers.ArrayPool<float>.Shared.Rent(Math.Min(GatherChunk, dSae) * dOut);
+        var gathered = System.Buffers.ArrayPool<float>.Shared.Rent(rows * Math.Min(GatherChunk, dSae));
+        try
+        {
+            AddActiveRows(targetLayer, acts, rows, recon, table, gathered);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<float>.Shared.Return(table);
+            System.Buffers.ArrayPool<float>.Shared.Return(gathered);
+        }
+        if (_skip is null) return;
+        // The skip path of the target layer: recon[t] += x[t]·W_skip[t].
+        if (inputs is null || inputs.Count <= targetLayer || inputs[targetLayer].Length < rows * DIn)
+            throw new ArgumentException($"this transcoder has a skip path: inputs[{targetLayer}] must hold rows·d_in = {rows * DIn} floats", nameof(inputs));
+        Gemm.Sgemm(false, false, rows, dOut, DIn, 1f, inputs[targetLayer], DIn, _skip[targetLayer], dOut, 1f, recon, dOut);
+    }
+
+    // recon += Σ_{ℓ≤t} acts[ℓ][:, F_ℓ]·W_dec[ℓ][F_ℓ, t−ℓ, :], the active features' rows gathered GatherChunk at a time.
+    void AddActiveRows(int targetLayer, IReadOnlyList<float[]> acts, int rows, Span<float> recon, float[] table, float[] gathered)
+    {
+        int dOut = DOut, dSae = Shape.DSae;
         for (int l = 0; l <= targetLayer; l++)
         {
             var a = acts[l];
@@ -118,11 +139,6 @@ public sealed class MappedCrossLayerTranscoder : IMlpReplacement, IDisposable
                 Gemm.Sgemm(false, false, rows, dOut, n, 1f, gathered, n, table, dOut, 1f, recon, dOut);
             }
         }
-        if (_skip is null) return;
-        // The skip path of the target layer: recon[t] += x[t]·W_skip[t].
-        if (inputs is null || inputs.Count <= targetLayer || inputs[targetLayer].Length < rows * DIn)
-            throw new ArgumentException($"this transcoder has a skip path: inputs[{targetLayer}] must hold rows·d_in = {rows * DIn} floats", nameof(inputs));
-        Gemm.Sgemm(false, false, rows, dOut, DIn, 1f, inputs[targetLayer], DIn, _skip[targetLayer], dOut, 1f, recon, dOut);
     }
 
     // The features with a nonzero activation in any of the rows, ascending.

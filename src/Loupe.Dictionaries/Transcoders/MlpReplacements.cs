@@ -19,7 +19,9 @@ public static class MlpReplacements
 {
     /// <summary>
     /// <list type="bullet">
-    /// <item>a cross-layer transcoder folder: Loupe's (<c>cfg.json</c> + <c>clt_weights.safetensors</c>) or circuit-tracer's (<c>W_enc_0.safetensors</c>, …);</item>
+    /// <item>a cross-layer transcoder folder: Loupe's (<c>cfg.json</c> + <c>clt_weights.safetensors</c>), circuit-tracer's (<c>W_enc_0.safetensors</c>, …)
+    /// or Gemma Scope 2's (<c>params_layer_0.safetensors</c>, …; always with mapped decoders), or a circuit-tracer <c>config.yaml</c> with
+    /// <c>model_kind: cross_layer_transcoder</c> listing Gemma Scope 2's layer files (<see cref="GemmaScope2Clt"/>);</item>
     /// <item>circuit-tracer per-layer transcoders: <c>layer_0.safetensors</c>, … (+ <c>config.yaml</c>), or a <c>config.yaml</c> (or its
     /// folder) listing one file per layer under <c>transcoders:</c> — local or <c>hf://</c>, circuit-tracer's layout, Gemma Scope
     /// <c>.npz</c> or Gemma Scope 2 <c>params.safetensors</c> (<see cref="CircuitTracerTranscoders.LoadListed(string, Func{ValueTuple{string, string, string}, string}?, bool)"/>);</item>
