@@ -183,7 +183,7 @@ public sealed class FamilyAttributionTests
         // A feature of layer ℓ writes every MLP output ℓ…L−1: its column is the sum over those targets.
         using var model = Load(arch);
         int L = model.Config.NLayers;
-        var clt = RandomClt(model);
+        var clt = Devices.DeviceAttributionGraphTests.RandomClt(model, 16);
         var rng = new Random(17);
         var graph = new Attributor(model, clt, new AttributionSettings { BatchSize = 8, CausalBlock = 3 }).Attribute(Prompt);
         Assert.Contains(graph.SelectedFeatures, a => graph.ActiveFeatures[a].Layer < L - 1);
@@ -208,20 +208,6 @@ public sealed class FamilyAttributionTests
         Assert.True(FrozenProbe.ColumnError(graph, first, clean, doubled) <= 1e-4 * Math.Max(1, largest));
     }
 
-    static CrossLayerTranscoder RandomClt(HookedTransformer model, int features = 16)
-    {
-        int L = model.Config.NLayers, D = model.Config.DModel;
-        var clt = new CrossLayerTranscoder(new CltShape(L, D, features, D), new ReluActivation());
-        clt.Initialize(5, decoderNorm: 0.5f);
-        var rng = new Random(17);
-        for (int l = 0; l < L; l++)
-        {
-            for (int i = 0; i < clt.P.WEnc[l].Length; i++) clt.P.WEnc[l][i] = (float)(rng.NextDouble() * 2 - 1) / MathF.Sqrt(D) * 2f;
-            for (int f = 0; f < features; f++) clt.P.BEnc[l][f] = (float)(rng.NextDouble() * 0.4 - 0.3);
-        }
-        return clt;
-    }
-
     [Fact]
     public void A_Gemma_Scope_2_cross_layer_transcoder_with_a_skip_path_on_gemma3_matches_interventions_in_the_real_model()
     {
@@ -229,7 +215,7 @@ public sealed class FamilyAttributionTests
         // features read hook_resid_mid and write hook_mlp_out, as circuit-tracer reads these files.
         using var model = Load("gemma3");
         int L = model.Config.NLayers, D = model.Config.DModel, F = 16;
-        var clt = RandomClt(model, F);
+        var clt = Devices.DeviceAttributionGraphTests.RandomClt(model, F);
         var rng = new Random(23);
         var folder = Directory.CreateTempSubdirectory("loupe-gs2-attr-");
         var skips = new float[L][];
@@ -250,17 +236,7 @@ public sealed class FamilyAttributionTests
             Assert.Equal("blocks.0.hook_resid_mid", gs2.InputHook(0));
             var graph = new Attributor(model, gs2, new AttributionSettings { BatchSize = 8 }).Attribute(Prompt);
             Assert.Contains(graph.SelectedFeatures, a => graph.ActiveFeatures[a].Layer < L - 1);
-            var replacement = new ReplacementModel(model, gs2);
-            var frozen = replacement.Freeze(Prompt);
-            var directions = FrozenProbe.LogitDirections(model, graph);
-            var clean = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, cache: FrozenProbe.Cache));
-            double worst = 0, largest = 0;
-            foreach (int source in Enumerable.Range(0, graph.LogitOffset).Where(_ => rng.Next(3) == 0))
-            {
-                var changed = FrozenProbe.Targets(replacement, graph, directions, replacement.Run(Prompt, frozen: frozen, additions: FrozenProbe.SourceVector(model, gs2, graph, source), cache: FrozenProbe.Cache));
-                worst = Math.Max(worst, FrozenProbe.ColumnError(graph, source, clean, changed));
-                for (int t = 0; t < graph.NodeCount; t++) largest = Math.Max(largest, Math.Abs(graph.Edge(t, source)));
-            }
+            var (worst, largest) = FrozenProbe.CheckColumns(model, gs2, graph, Prompt, Enumerable.Range(0, graph.LogitOffset).Where(_ => rng.Next(3) == 0));
             Assert.True(largest > 0.01, $"largest edge {largest}");
             Assert.True(worst <= 1e-4 * Math.Max(1, largest), $"max |Δ − A| = {worst:g3} (largest edge {largest:g3})");
 
@@ -303,7 +279,7 @@ public sealed class FamilyAttributionTests
         var folder = Directory.CreateTempSubdirectory("loupe-mapped-attr-");
         try
         {
-            CltFiles.SaveCircuitTracer(folder.FullName, RandomClt(model));
+            CltFiles.SaveCircuitTracer(folder.FullName, Devices.DeviceAttributionGraphTests.RandomClt(model, 16));
             var memory = CltFiles.Load(folder.FullName);
             using var mapped = CltFiles.LoadMapped(folder.FullName);
             var settings = new AttributionSettings { BatchSize = 8 };

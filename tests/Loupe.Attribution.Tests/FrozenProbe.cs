@@ -25,6 +25,26 @@ static class FrozenProbe
         return worst;
     }
 
+    /// <summary>
+    /// Each of <paramref name="sources"/> added in a frozen run of the replacement model: the largest |Δ target − A| over
+    /// their columns (<see cref="ColumnError"/>) and the largest |A| in them.
+    /// </summary>
+    public static (double Worst, double Largest) CheckColumns(HookedTransformer model, IMlpReplacement tc, AttributionGraph graph, int[] prompt, IEnumerable<int> sources)
+    {
+        var replacement = new ReplacementModel(model, tc);
+        var frozen = replacement.Freeze(prompt);
+        var directions = LogitDirections(model, graph);
+        var clean = Targets(replacement, graph, directions, replacement.Run(prompt, frozen: frozen, cache: Cache));
+        double worst = 0, largest = 0;
+        foreach (int source in sources)
+        {
+            var changed = Targets(replacement, graph, directions, replacement.Run(prompt, frozen: frozen, additions: SourceVector(model, tc, graph, source), cache: Cache));
+            worst = Math.Max(worst, ColumnError(graph, source, clean, changed));
+            for (int t = 0; t < graph.NodeCount; t++) largest = Math.Max(largest, Math.Abs(graph.Edge(t, source)));
+        }
+        return (worst, largest);
+    }
+
     public static float[][] LogitDirections(HookedTransformer model, AttributionGraph graph)
     {
         int V = model.Config.VocabOut, D = model.Config.DModel;
