@@ -65,10 +65,15 @@ public static class GemmaScope2Clt
         if (!File.Exists(configPath)) throw new InputError($"transcoder config not found: {Path.GetFullPath(configPath)}");
         var yaml = CircuitTracerYaml.Read(configPath);
         if (yaml.Transcoders is null) throw new InputError($"{configPath}: has no 'transcoders:' list (one file per layer)");
-        var files = CircuitTracerTranscoders.ResolveListed(yaml, resolveHub, entriesMayLeaveFolder);
+        var (input, output) = ListedHooks(yaml);
+        return Load(CircuitTracerTranscoders.ResolveListed(yaml, resolveHub, entriesMayLeaveFolder), Path.GetFullPath(configPath), input, output);
+    }
+
+    /// <summary>A config's <c>feature_input_hook</c> / <c>feature_output_hook</c> as Loupe hook patterns, these files' defaults where absent.</summary>
+    internal static (string Input, string Output) ListedHooks(CircuitTracerYaml yaml)
+    {
         var (input, output, _, _) = CircuitTracerTranscoders.Settings(yaml, null, null);
-        return Load(files, Path.GetFullPath(configPath),
-            yaml["feature_input_hook"] is null ? DefaultInputHook : input, yaml["feature_output_hook"] is null ? DefaultOutputHook : output);
+        return (yaml["feature_input_hook"] is null ? DefaultInputHook : input, yaml["feature_output_hook"] is null ? DefaultOutputHook : output);
     }
 
     /// <summary>

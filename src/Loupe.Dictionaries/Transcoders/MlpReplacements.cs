@@ -41,7 +41,7 @@ public static class MlpReplacements
         ArgumentException.ThrowIfNullOrEmpty(path);
         if (decoders == DecoderStorage.Mapped && (path.Contains(',') || (File.Exists(path) && !IsCrossLayerConfig(path))
             || (Directory.Exists(path) && !IsCltFolder(path) && !IsCrossLayerConfig(Path.Combine(path, CltFiles.CircuitTracerConfig)))))
-            throw new InputError($"{path}: mapped decoders are for cross-layer transcoders (a folder with W_enc_0.safetensors or {CltFiles.WeightsFile}); per-layer transcoders are read into memory");
+            throw new InputError($"{path}: mapped decoders are for cross-layer transcoders (a folder with W_enc_0.safetensors, {CltFiles.WeightsFile} or params_layer_0.safetensors, or a cross_layer_transcoder config.yaml); per-layer transcoders are read into memory");
         if (path.Contains(',')) return PerLayerTranscoders.LoadSaeLens(path, layers);
         bool fromHub = InHubCache(path);
         if (File.Exists(path) && path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase))
@@ -77,8 +77,10 @@ public static class MlpReplacements
     static IMlpReplacement ListedCrossLayer(string config, int layers, Func<(string Repo, string Path, string Revision), string>? resolveHub,
         bool entriesMayLeaveFolder, DecoderStorage storage, Action<string>? log)
     {
-        var files = CircuitTracerTranscoders.ResolveListed(CircuitTracerYaml.Read(config), resolveHub, entriesMayLeaveFolder);
-        return MappedGemmaScope2(config, files, layers, storage, log, () => GemmaScope2Clt.LoadListed(config, resolveHub, entriesMayLeaveFolder));
+        var yaml = CircuitTracerYaml.Read(config);
+        var files = CircuitTracerTranscoders.ResolveListed(yaml, resolveHub, entriesMayLeaveFolder);
+        var (input, output) = GemmaScope2Clt.ListedHooks(yaml);
+        return MappedGemmaScope2(config, files, layers, storage, log, () => GemmaScope2Clt.Load(files, Path.GetFullPath(config), input, output));
     }
 
     static MappedCrossLayerTranscoder MappedGemmaScope2(string source, string[] files, int layers, DecoderStorage storage, Action<string>? log,
