@@ -8,7 +8,8 @@ namespace Loupe.Cli.Tests;
 
 /// <summary>
 /// <c>loupe attribute --transcoders</c> a Gemma Scope 2 CLT folder (params_layer_ℓ.safetensors, affine skip) on the Gemma 3
-/// fixture: the decoders left mapped (said before the work), the graph written; the emulated device prints the same graph;
+/// fixture: the decoders left mapped (said before the work), the graph written; on the emulated device the upload's size said
+/// first and the same graph;
 /// <c>--decoders memory</c> refused in one line.
 /// </summary>
 [Collection("console")]
@@ -52,6 +53,8 @@ public class GemmaScope2CltCliTests
             Assert.True(cpu.Err.IndexOf("left mapped", StringComparison.Ordinal) < cpu.Err.IndexOf("memory ≈", StringComparison.Ordinal), "the load is said before the attribution's estimate");
             var device = RunLoupe([.. args, "--out", Path.Combine(root, "emulated"), "--device", "emulated"]);
             Assert.True(device.Code == 0, device.Err);
+            Assert.Contains("the transcoders' weights on emulated: about", device.Err);   // said before the upload
+            Assert.DoesNotContain("the transcoders' weights on", cpu.Err);
             var a = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "cpu", "gs2.json")))!;
             var b = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "emulated", "gs2.json")))!;
             Assert.Equal(a["nodes"]!.AsArray().Select(n => (string)n!["node_id"]!).Order(), b["nodes"]!.AsArray().Select(n => (string)n!["node_id"]!).Order());

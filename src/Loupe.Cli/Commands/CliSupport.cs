@@ -41,9 +41,22 @@ static class CliSupport
     /// <paramref name="decoders"/> says, what is read into memory said on stderr first.
     /// </summary>
     public static Loupe.Dictionaries.Transcoders.IMlpReplacement LoadTranscoders(ParseResult parse, Option<string> transcoders, Option<string> decoders,
-        Loupe.Models.HookedTransformer model) =>
-        Loupe.Dictionaries.Transcoders.MlpReplacements.Load(LocalPath(parse.GetValue(transcoders)!, transcoders.Name), model,
+        Loupe.Models.HookedTransformer model)
+    {
+        var replacement = Loupe.Dictionaries.Transcoders.MlpReplacements.Load(LocalPath(parse.GetValue(transcoders)!, transcoders.Name), model,
             decoders: DecoderStorage(parse.GetValue(decoders)), log: line => Console.Error.WriteLine(line));
+        PlanTranscoderUpload(model, replacement);
+        return replacement;
+    }
+
+    /// <summary>With the model on a GPU: says what the transcoders' weights will take there, or refuses them when they do not fit.</summary>
+    /// <exception cref="InputError">They need more than the device has free.</exception>
+    public static void PlanTranscoderUpload(Loupe.Models.HookedTransformer model, Loupe.Dictionaries.Transcoders.IMlpReplacement replacement)
+    {
+        if (model.Backend.Device.IsCpu || !Loupe.Dictionaries.Transcoders.DeviceMlpReplacement.Supports(replacement)) return;
+        long bytes = Loupe.Dictionaries.Transcoders.DeviceMlpReplacement.UploadBytes(replacement);
+        if (bytes > 0 && Loupe.Tensors.Gpu.WeightMemory.PlanUpload(model.Backend, "the transcoders' weights", bytes) is { } line) Console.Error.WriteLine(line);
+    }
 
     /// <summary>"auto", "memory" or "mapped" (null: auto).</summary>
     public static Loupe.Dictionaries.Transcoders.DecoderStorage DecoderStorage(string? value) => value switch

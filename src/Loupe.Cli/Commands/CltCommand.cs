@@ -168,6 +168,7 @@ static class CltCommand
             string path = CliSupport.LocalPath(parse.GetValue(transcoders)!, "--transcoders");
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true); // the evaluator keeps the replacement on the device
             IMlpReplacement replacement = MlpReplacements.Load(path, m, decoders: CliSupport.DecoderStorage(parse.GetValue(decoders)), log: line => Console.Error.WriteLine(line));
+            CliSupport.PlanTranscoderUpload(m, replacement);
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",

@@ -67,6 +67,26 @@ public sealed class DeviceMlpReplacement
         }
     }
 
+    /// <summary>
+    /// Bytes <see cref="Upload"/> puts on the device for <paramref name="replacement"/> (float32 encoders, decoders — a CLT's
+    /// used slots only —, biases, thresholds and skip paths), for the estimate said before it starts; 0 for a replacement it refuses.
+    /// </summary>
+    public static long UploadBytes(IMlpReplacement replacement)
+    {
+        ArgumentNullException.ThrowIfNull(replacement);
+        static long Dictionary(SaeShape s) => (long)s.DIn * s.DSae + 2L * s.DSae + (long)s.DSae * s.DOut + s.DOut + (s.Skip ? (long)s.DIn * s.DOut : 0);
+        static long CrossLayer(CltShape s, bool skip) =>
+            s.Layers * ((long)s.DIn * s.DSae + 2L * s.DSae + s.DOut + (skip ? (long)s.DIn * s.DOut : 0)) + s.DecoderElements;
+        return 4 * replacement switch
+        {
+            PerLayerTranscoders p => Enumerable.Range(0, p.Layers).Sum(l => Dictionary(p[l].Shape)),
+            CircuitTracerTranscoders c => c.Dictionaries.Sum(d => Dictionary(d.Shape)),
+            CrossLayerTranscoder clt => CrossLayer(clt.Shape, false),
+            MappedCrossLayerTranscoder mapped => CrossLayer(mapped.Shape, mapped.HasSkip),
+            _ => 0,
+        };
+    }
+
     /// <summary>Whether <see cref="Upload"/> accepts <paramref name="replacement"/> (its type and every layer's activation have device kernels).</summary>
     public static bool Supports(IMlpReplacement replacement) => replacement switch
     {

@@ -92,8 +92,12 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
         using var unmap = r as IDisposable;
         var be = device.Backend;
         var before = be.Transfers.Snapshot();
+        long bytesBefore = be.Transfers.BytesToDevice(TransferKind.Weights);
         var onDevice = DeviceMlpReplacement.Upload(r, be);
         var uploaded = be.Transfers.Snapshot() - before;
+        // The estimate said before an upload: within 10 % of what went (it leaves out the per-layer zero biases of a CLT's layers).
+        long went = be.Transfers.BytesToDevice(TransferKind.Weights) - bytesBefore, estimate = DeviceMlpReplacement.UploadBytes(r);
+        Assert.True(Math.Abs(went - estimate) <= 0.1 * went, $"{kind}: {went} bytes uploaded, {estimate} estimated");
         Assert.Equal(0, uploaded.In(TransferKind.Data));
         Assert.True(uploaded.In(TransferKind.Weights) >= 4 * L);
 
