@@ -223,10 +223,7 @@ public sealed class FamilyAttributionTests
         {
             for (int l = 0; l < L; l++)
             {
-                var wDec = new float[F * L * D];
-                for (int f = 0; f < F; f++)
-                    for (int t = l; t < L; t++)
-                        clt.P.WDec[l].AsSpan(clt.DecoderOffset(l, f, t), D).CopyTo(wDec.AsSpan((f * L + t) * D, D));
+                var wDec = PublishedDictionaryFiles.GemmaScope2CltDecoder(clt.P.WDec[l], l, L, F, D);
                 var skip = skips[l] = Enumerable.Range(0, D * D).Select(_ => (float)(rng.NextDouble() * 2 - 1) / MathF.Sqrt(D) * 0.8f).ToArray();
                 PublishedDictionaryFiles.WriteGemmaScope2CltLayer(folder.FullName, l, L, D, F, D, clt.P.WEnc[l], clt.P.BEnc[l], wDec, clt.P.BDec[l],
                     Enumerable.Repeat(0.02f, F).ToArray(), skip);

@@ -29,9 +29,7 @@ public class GemmaScope2CltCliTests
         {
             var wEnc = Enumerable.Range(0, D * F).Select(_ => (float)(rng.NextDouble() * 2 - 1) / MathF.Sqrt(D) * 2f).ToArray();
             var bEnc = Enumerable.Range(0, F).Select(_ => (float)(rng.NextDouble() * 0.4 - 0.3)).ToArray();
-            var wDec = new float[F * L * D];
-            for (int f = 0; f < F; f++)
-                for (int t = l; t < L; t++) clt.P.WDec[l].AsSpan(clt.DecoderOffset(l, f, t), D).CopyTo(wDec.AsSpan((f * L + t) * D, D));
+            var wDec = PublishedDictionaryFiles.GemmaScope2CltDecoder(clt.P.WDec[l], l, L, F, D);
             var skip = Enumerable.Range(0, D * D).Select(_ => (float)(rng.NextDouble() * 2 - 1) / MathF.Sqrt(D) * 0.5f).ToArray();
             PublishedDictionaryFiles.WriteGemmaScope2CltLayer(folder, l, L, D, F, D, wEnc, bEnc, wDec, new float[D], Enumerable.Repeat(0.02f, F).ToArray(), skip);
         }

@@ -106,6 +106,22 @@ public static class PublishedDictionaryFiles
         WriteSafetensors(Path.Combine(folder, $"params_layer_{layer}.safetensors"), tensors);
     }
 
+    /// <summary>
+    /// Gemma Scope 2's <c>w_dec [d_sae, n_layers, d_out]</c> for source layer <paramref name="layer"/> from a CLT layer's
+    /// decoder in Loupe's and circuit-tracer's layout, <c>[d_sae, n_layers − layer, d_out]</c>; the slots of earlier layers hold <paramref name="unused"/>.
+    /// </summary>
+    public static float[] GemmaScope2CltDecoder(float[] compact, int layer, int layers, int dSae, int dOut, float unused = 0f)
+    {
+        int used = (layers - layer) * dOut;
+        var all = new float[dSae * layers * dOut];
+        for (int f = 0; f < dSae; f++)
+        {
+            all.AsSpan(f * layers * dOut, layer * dOut).Fill(unused);
+            compact.AsSpan(f * used, used).CopyTo(all.AsSpan((f * layers + layer) * dOut, used));
+        }
+        return all;
+    }
+
     static byte[] Bytes(float[] data)
     {
         var b = new byte[data.Length * 4];

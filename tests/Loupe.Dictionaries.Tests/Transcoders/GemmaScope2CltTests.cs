@@ -42,11 +42,7 @@ public sealed class GemmaScope2CltTests : IDisposable
         var s = clt.Shape;
         for (int l = 0; l < s.Layers; l++)
         {
-            var wDec = new float[s.DSae * s.Layers * s.DOut];
-            for (int f = 0; f < s.DSae; f++)
-                for (int t = 0; t < s.Layers; t++)
-                    for (int j = 0; j < s.DOut; j++)
-                        wDec[(f * s.Layers + t) * s.DOut + j] = t < l ? unused : clt.P.WDec[l][clt.DecoderOffset(l, f, t) + j];
+            var wDec = PublishedDictionaryFiles.GemmaScope2CltDecoder(clt.P.WDec[l], l, s.Layers, s.DSae, s.DOut, unused);
             PublishedDictionaryFiles.WriteGemmaScope2CltLayer(folder, l, s.Layers, s.DIn, s.DSae, s.DOut, clt.P.WEnc[l], clt.P.BEnc[l], wDec, clt.P.BDec[l],
                 [.. Enumerable.Range(0, s.DSae).Select(f => Theta(l, f))], skip?[l]);
         }
@@ -159,8 +155,7 @@ public sealed class GemmaScope2CltTests : IDisposable
 
         // A used slot with ∞: refused when that feature is decoded, naming file, tensor and element.
         Write(Sub("inf"), clt);
-        var wDec = new float[s.DSae * 3 * s.DOut];
-        for (int f = 0; f < s.DSae; f++) for (int t = 1; t < 3; t++) for (int j = 0; j < s.DOut; j++) wDec[(f * 3 + t) * s.DOut + j] = clt.P.WDec[1][clt.DecoderOffset(1, f, t) + j];
+        var wDec = PublishedDictionaryFiles.GemmaScope2CltDecoder(clt.P.WDec[1], 1, 3, s.DSae, s.DOut);
         wDec[(4 * 3 + 2) * s.DOut + 1] = float.PositiveInfinity;
         PublishedDictionaryFiles.WriteGemmaScope2CltLayer(Sub("inf"), 1, 3, s.DIn, s.DSae, s.DOut, clt.P.WEnc[1], clt.P.BEnc[1], wDec, clt.P.BDec[1],
             [.. Enumerable.Range(0, s.DSae).Select(f => Theta(1, f))]);
