@@ -169,6 +169,9 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         }
     }
 
+    /// <inheritdoc/>
+    public long? FreeMemoryBytes => _accelerator is CudaAccelerator cuda ? TryFree(cuda) : null;
+
     static long? TryFree(CudaAccelerator cuda)
     {
         try { return cuda.GetFreeMemory(); }
@@ -248,6 +251,7 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
     Action<Index1D, ArrayView<float>, ArrayView<int>, MaskArgs> KMask => Kernel("mask", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, MaskArgs>(Kernels.MaskScores));
     Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, float> KEmbedding => Kernel("embedding", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, float>(Kernels.Embedding));
     Action<Index1D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int, float, int> KEmbeddingHalf => Kernel("embeddingHalf", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<ushort>, ArrayView<int>, ArrayView<float>, int, float, int>(Kernels.EmbeddingHalf));
+    Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int> KGatherColumns => Kernel("gatherColumns", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(Kernels.GatherColumns));
     Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, float> KEmbeddingBackward => Kernel("embeddingBackward", a => a.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, float>(Kernels.EmbeddingBackward));
 
     /// <summary>One group per row, as wide as the row needs (a power of two up to the device's group size).</summary>
@@ -1022,6 +1026,18 @@ public sealed class GpuBackend : IComputeBackend, IDisposable
         var idView = idBlock.View<int>(0, ids.Length);
         if (t.ElementType == ElementType.F32) KEmbedding(ids.Length * d, t.F32, idView, yv, d, scale);
         else KEmbeddingHalf(ids.Length * d, t.U16, idView, yv, d, scale, t.ElementType == ElementType.BF16 ? 1 : 2);
+    }
+
+    public void GatherColumns(Tensor x, int rows, int n, ReadOnlySpan<int> columns, Tensor y)
+    {
+        var xv = In(x);
+        Need(xv, (long)rows * n, nameof(x));
+        CheckIds(columns, n);
+        var yv = Out(y);
+        Need(yv, (long)rows * columns.Length, nameof(y));
+        if (rows == 0 || columns.Length == 0) return;
+        using var columnBlock = UploadInts(columns);
+        KGatherColumns(rows * columns.Length, xv, columnBlock.View<int>(0, columns.Length), yv, n, columns.Length);
     }
 
     public void EmbeddingBackward(Tensor dy, int d, ReadOnlySpan<int> ids, float scale, Tensor dTable)

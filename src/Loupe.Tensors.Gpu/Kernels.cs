@@ -821,6 +821,12 @@ static class Kernels
         y[i] = FromHalf(table[(long)ids[row] * d + c], kind) * scale;
     }
 
+    public static void GatherColumns(Index1D i, ArrayView<float> x, ArrayView<int> columns, ArrayView<float> y, int n, int k)
+    {
+        int r = i / k, j = i % k;
+        y[i] = x[(long)r * n + columns[j]];
+    }
+
     public static void EmbeddingBackward(Index1D i, ArrayView<float> dy, ArrayView<int> ids, ArrayView<float> dTable, int d, float scale)
     {
         int row = i / d, c = i % d;

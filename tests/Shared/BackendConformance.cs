@@ -707,6 +707,21 @@ public abstract class BackendConformance
         Near(expectedDTable, Down(dt), 1e-6, 1e-6, "EmbeddingBackward (repeated ids add up)");
     }
 
+    [Theory]
+    [InlineData(1, 1, new[] { 0 })]
+    [InlineData(5, 300, new[] { 299, 0, 17, 17, 150 })]
+    [InlineData(33, 7, new int[0])]
+    public void GatherColumns(int rows, int n, int[] columns)
+    {
+        var x = Rand(new Random(45 + rows * n), rows * n);
+        var expected = new double[rows * columns.Length];
+        R.GatherColumns(D(x), rows, n, columns, expected);
+        var y = Backend.Empty(rows, Math.Max(1, columns.Length));
+        Backend.GatherColumns(Up(x, rows, n), rows, n, columns, y);
+        Near(expected, Down(y).Take(expected.Length).ToArray(), 0, 0, "GatherColumns");
+        Assert.Throws<ArgumentOutOfRangeException>(() => Backend.GatherColumns(Up(x, rows, n), rows, n, [n], y));
+    }
+
     // ---- training ----------------------------------------------------------------------------
 
     [Fact]

@@ -105,7 +105,7 @@ internal sealed class DeviceSaeEncoder
     readonly int _k;                        // TopK
     readonly Tensor _wEnc, _bEnc;           // [d_in, n], [n]
     readonly Tensor? _negBDec;              // [d_in] when b_dec is subtracted from the input
-    readonly Tensor _wDec, _bDec;           // [n, d_out], [d_out]
+    readonly Tensor? _wDec, _bDec;          // [n, d_out], [d_out]; null for an encoder uploaded without its decoder
     readonly Tensor? _wSkip;                // [d_in, d_out]
     readonly Tensor? _logThreshold;         // [n] JumpReLU, or BatchTopK's threshold as a log
     int _sparseK = 32;                      // the top-k the last sparse read needed
@@ -113,9 +113,12 @@ internal sealed class DeviceSaeEncoder
     /// <summary>The skip path <c>[d_in, d_out]</c> on the device, or null.</summary>
     public Tensor? SkipWeights => _wSkip;
 
-    /// <summary>Uploads the dictionary's weights (counted as <see cref="TransferKind.Weights"/>).</summary>
+    /// <summary>
+    /// Uploads the dictionary's weights (counted as <see cref="TransferKind.Weights"/>); without <paramref name="decoder"/> only
+    /// what encoding reads (a cross-layer transcoder whose decoder rows are uploaded per pass).
+    /// </summary>
     /// <exception cref="InputError">The architecture has no device kernels (a custom activation).</exception>
-    public DeviceSaeEncoder(IComputeBackend backend, SparseDictionary dictionary)
+    public DeviceSaeEncoder(IComputeBackend backend, SparseDictionary dictionary, bool decoder = true)
     {
         _b = backend;
         _s = dictionary.Shape;
@@ -126,8 +129,11 @@ internal sealed class DeviceSaeEncoder
         Tensor Up(float[] values, params int[] shape) => backend.LoadWeight(values, shape);
         _wEnc = Up(p.WEnc, _s.DIn, n);
         _bEnc = Up(p.BEnc, n);
-        _wDec = Up(p.WDec, n, _s.DOut);
-        _bDec = Up(p.BDec, _s.DOut);
+        if (decoder)
+        {
+            _wDec = Up(p.WDec, n, _s.DOut);
+            _bDec = Up(p.BDec, _s.DOut);
+        }
         _wSkip = _s.Skip ? Up(p.WSkip, _s.DIn, _s.DOut) : null;
         if (_s.ApplyBDecToInput) _negBDec = Up(p.BDec.Select(v => -v).ToArray(), _s.DIn);
         switch (dictionary.Activation)
@@ -178,7 +184,7 @@ internal sealed class DeviceSaeEncoder
     public Tensor WEnc => _wEnc;
 
     /// <summary>W_dec <c>[n, d_out]</c> on the device (attribution gathers decoder rows from it).</summary>
-    public Tensor WDec => _wDec;
+    public Tensor WDec => _wDec ?? throw new InvalidOperationException("this encoder was uploaded without its decoder");
 
     /// <summary>
     /// acts = f(x_in·W_enc + b_enc) for x <c>[rows, d_in]</c> on the device; returns acts <c>[rows, n]</c> and, for a TopK
@@ -247,7 +253,7 @@ internal sealed class DeviceSaeEncoder
     public Tensor DecodeBackward(Tensor dRecons, int rows)
     {
         var dActs = _b.Empty(rows, _s.DSae);
-        _b.Gemm(false, true, rows, _s.DSae, _s.DOut, 1f, dRecons, 0, _s.DOut, _wDec, 0, _s.DOut, 0f, dActs, 0, _s.DSae);
+        _b.Gemm(false, true, rows, _s.DSae, _s.DOut, 1f, dRecons, 0, _s.DOut, WDec, 0, _s.DOut, 0f, dActs, 0, _s.DSae);
         return dActs;
     }
 
@@ -264,7 +270,7 @@ internal sealed class DeviceSaeEncoder
     public Tensor Decode(Tensor acts, Tensor x, int rows)
     {
         var recon = _b.Empty(rows, _s.DOut);
-        _b.Linear(acts, rows, _s.DSae, _wDec, false, _s.DOut, _bDec, recon);
+        _b.Linear(acts, rows, _s.DSae, WDec, false, _s.DOut, _bDec, recon);
         if (_wSkip is not null) _b.Gemm(false, false, rows, _s.DOut, _s.DIn, 1f, x, 0, _s.DIn, _wSkip, 0, _s.DOut, 1f, recon, 0, _s.DOut);
         return recon;
     }

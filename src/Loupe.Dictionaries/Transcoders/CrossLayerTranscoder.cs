@@ -206,6 +206,9 @@ public sealed class CrossLayerTranscoder : IMlpReplacement
     public string OutputHook(int layer) { CheckLayer(layer); return OutputHookPattern.Replace("{layer}", layer.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal); }
     public int LastTarget(int layer) { CheckLayer(layer); return Layers - 1; }
     public bool HasSkip => false;
+
+    /// <summary>Where the decoders go when the transcoder runs on a device (<see cref="DeviceMlpReplacement.Upload"/>).</summary>
+    public DeviceDecoders DecodersOnDevice { get; set; }
     public float[]? SkipWeights(int layer) => null;
     public string Source { get; set; }
 

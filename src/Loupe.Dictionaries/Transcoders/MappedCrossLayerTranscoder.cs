@@ -65,6 +65,9 @@ public sealed class MappedCrossLayerTranscoder : IMlpReplacement, IDisposable
     public string OutputHook(int layer) => _encoders.OutputHook(layer);
     public int LastTarget(int layer) => _encoders.LastTarget(layer);
     public bool HasSkip => _skip is not null;
+
+    /// <summary>Where the decoders go when the transcoder runs on a device (<see cref="DeviceMlpReplacement.Upload"/>).</summary>
+    public DeviceDecoders DecodersOnDevice { get; set; }
     public float[]? SkipWeights(int layer) { _encoders.CheckLayer(layer); return _skip?[layer]; }
     public string Source => _encoders.Source;
 

@@ -14,6 +14,23 @@ public enum DecoderStorage
     Mapped,
 }
 
+/// <summary>Where a cross-layer transcoder's decoders are while it runs on a device (<see cref="DeviceMlpReplacement"/>).</summary>
+public enum DeviceDecoders
+{
+    /// <summary>
+    /// Whole when the device's free memory is known and they fit in <see cref="DeviceMlpReplacement.WholeUploadShare"/> of it
+    /// (or the free memory is not known: the emulated device); the active rows otherwise.
+    /// </summary>
+    Auto,
+    /// <summary>Uploaded whole, once (the fastest passes, L/2 times the encoders' memory).</summary>
+    Whole,
+    /// <summary>
+    /// Left on the host (in memory or mapped); each pass uploads the rows of the features active in it (circuit-tracer's
+    /// lazy decoder on a GPU): a CLT larger than the device runs there, its encoders only resident.
+    /// </summary>
+    ActiveRows,
+}
+
 /// <summary>Loads whatever replaces a model's MLPs from the layouts researchers share, by what the path holds.</summary>
 public static class MlpReplacements
 {

@@ -506,6 +506,23 @@ public sealed class CpuBackend : IComputeBackend
         }
     }
 
+    public void GatherColumns(Tensor x, int rows, int n, ReadOnlySpan<int> columns, Tensor y)
+    {
+        var xs = x.Span;
+        var ys = y.Span;
+        int k = columns.Length;
+        if ((long)rows * n > xs.Length) throw new ArgumentException($"x holds {xs.Length} elements; rows·n = {(long)rows * n}", nameof(x));
+        if ((long)rows * k > ys.Length) throw new ArgumentException($"y holds {ys.Length} elements; rows·columns = {(long)rows * k}", nameof(y));
+        for (int j = 0; j < k; j++)
+            if ((uint)columns[j] >= (uint)n) throw new ArgumentOutOfRangeException(nameof(columns), $"column {columns[j]} at {j} is outside the {n} columns");
+        for (int r = 0; r < rows; r++)
+        {
+            var row = xs.Slice(r * n, n);
+            var into = ys.Slice(r * k, k);
+            for (int j = 0; j < k; j++) into[j] = row[columns[j]];
+        }
+    }
+
     public void EmbeddingBackward(Tensor dy, int d, ReadOnlySpan<int> ids, float scale, Tensor dTable)
     {
         var t = dTable.Span;

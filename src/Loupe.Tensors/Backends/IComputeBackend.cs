@@ -26,6 +26,9 @@ public interface IComputeBackend
     /// <summary>Every copy between host and device so far, by kind (the CPU backend copies nothing).</summary>
     TransferCounter Transfers { get; }
 
+    /// <summary>Free memory on the device now, when it is known (null on the CPU and the emulated device): what sizes an upload.</summary>
+    long? FreeMemoryBytes => null;
+
     // ---- memory ------------------------------------------------------------------------------
 
     /// <summary>A tensor on this device whose contents are undefined (callers overwrite every element).</summary>
@@ -202,6 +205,12 @@ public interface IComputeBackend
 
     /// <summary><c>y[i, :] = table[ids[i], :] · scale</c> for a table <c>[vocab, d]</c>.</summary>
     void Embedding(Tensor table, int d, ReadOnlySpan<int> ids, float scale, Tensor y);
+
+    /// <summary>
+    /// <c>y[r, j] = x[r, columns[j]]</c> for x <c>[rows, n]</c> and y <c>[rows, columns.Length]</c>: a few features' columns
+    /// out of a wide activation matrix (a cross-layer transcoder decoded from the active features' rows only).
+    /// </summary>
+    void GatherColumns(Tensor x, int rows, int n, ReadOnlySpan<int> columns, Tensor y);
 
     /// <summary>Backward of <see cref="Embedding"/>: <c>dTable[ids[i], :] += dy[i, :] · scale</c> (repeated ids add up).</summary>
     void EmbeddingBackward(Tensor dy, int d, ReadOnlySpan<int> ids, float scale, Tensor dTable);

@@ -9,7 +9,9 @@ namespace Loupe.Dictionaries.Tests.Devices;
 /// <summary>
 /// A replacement's weights on the emulated device (<see cref="DeviceMlpReplacement"/>): encode, reconstruct and the
 /// encoder/decoder directions equal the host <see cref="IMlpReplacement"/> to 1e-5, for per-layer transcoders and
-/// cross-layer transcoders (ReLU, JumpReLU, TopK); the weights go in once, as weights.
+/// cross-layer transcoders (ReLU, JumpReLU, TopK); the weights go in once, as weights. A cross-layer transcoder whose
+/// decoders stay on the host (<see cref="DeviceDecoders.ActiveRows"/>) gives the same numbers, uploading only the active
+/// features' rows.
 /// </summary>
 public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFixture<EmulatedDevice>
 {
@@ -73,33 +75,50 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
             Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-5f * (1 + Math.Abs(expected[i])), $"{what} [{i}]: host {expected[i]}, device {actual[i]}");
     }
 
-    public static TheoryData<string> Replacements => ["per-layer topk", "clt relu", "clt jumprelu", "clt topk", "clt jumprelu, decoders mapped", "gemma scope 2 clt, affine skip"];
+    static readonly string[] CrossLayerKinds = ["clt relu", "clt jumprelu", "clt topk", "clt jumprelu, decoders mapped", "gemma scope 2 clt, affine skip"];
+
+    public static TheoryData<string, DeviceDecoders> Replacements
+    {
+        get
+        {
+            var data = new TheoryData<string, DeviceDecoders> { { "per-layer topk", DeviceDecoders.Whole } };
+            foreach (var kind in CrossLayerKinds)
+            {
+                data.Add(kind, DeviceDecoders.Whole);
+                data.Add(kind, DeviceDecoders.ActiveRows);
+            }
+            return data;
+        }
+    }
+
+    IMlpReplacement Make(string kind, string folder) => kind switch
+    {
+        "per-layer topk" => PerLayer(),
+        "clt relu" => Clt(new ReluActivation()),
+        "clt jumprelu" => Clt(new JumpReluActivation()),
+        "clt topk" => Clt(new TopKActivation(3)),
+        "clt jumprelu, decoders mapped" => Mapped(Clt(new JumpReluActivation()), folder),
+        _ => GemmaScope2WithSkip(folder),
+    };
 
     [Theory]
     [MemberData(nameof(Replacements))]
-    public void The_device_weights_encode_and_reconstruct_as_the_host_does(string kind)
+    public void The_device_weights_encode_and_reconstruct_as_the_host_does(string kind, DeviceDecoders decoders)
     {
         using var folder = new TempFolder();
-        IMlpReplacement r = kind switch
-        {
-            "per-layer topk" => PerLayer(),
-            "clt relu" => Clt(new ReluActivation()),
-            "clt jumprelu" => Clt(new JumpReluActivation()),
-            "clt topk" => Clt(new TopKActivation(3)),
-            "clt jumprelu, decoders mapped" => Mapped(Clt(new JumpReluActivation()), folder.Path),
-            _ => GemmaScope2WithSkip(folder.Path),
-        };
+        IMlpReplacement r = Make(kind, folder.Path);
         using var unmap = r as IDisposable;
         var be = device.Backend;
         var before = be.Transfers.Snapshot();
         long bytesBefore = be.Transfers.BytesToDevice(TransferKind.Weights);
-        var onDevice = DeviceMlpReplacement.Upload(r, be);
+        var onDevice = DeviceMlpReplacement.Upload(r, be, decoders);
+        Assert.Equal(decoders == DeviceDecoders.ActiveRows, onDevice.DecodersOnHost);
         var uploaded = be.Transfers.Snapshot() - before;
         // The estimate said before an upload: within 10 % of what went (it leaves out the per-layer zero biases of a CLT's layers).
-        long went = be.Transfers.BytesToDevice(TransferKind.Weights) - bytesBefore, estimate = DeviceMlpReplacement.UploadBytes(r);
+        long went = be.Transfers.BytesToDevice(TransferKind.Weights) - bytesBefore, estimate = DeviceMlpReplacement.UploadBytes(r, decoders);
         Assert.True(Math.Abs(went - estimate) <= 0.1 * went, $"{kind}: {went} bytes uploaded, {estimate} estimated");
         Assert.Equal(0, uploaded.In(TransferKind.Data));
-        Assert.True(uploaded.In(TransferKind.Weights) >= 4 * L);
+        Assert.True(uploaded.In(TransferKind.Weights) >= (decoders == DeviceDecoders.ActiveRows ? 3 : 4) * L);
 
         var rng = new Random(3);
         var inputs = new float[L][];
@@ -123,7 +142,13 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
             var recon = new float[Rows * D];
             r.Reconstruct(t, acts, inputs, Rows, recon);
             var input = r.HasSkip ? be.ToDevice(Tensor.FromArray(inputs[t], Rows, D)) : null;
+            long weightsBefore = be.Transfers.BytesToDevice(TransferKind.Weights);
             Close(recon, onDevice.Reconstruct(t, deviceActs, Rows, input).ToCpu().Span, $"{kind} recon {t}");
+            // Decoders on the host: what goes up is the rows to t of the features active in a source layer, nothing else.
+            long rowBytes = decoders == DeviceDecoders.ActiveRows
+                ? 4L * D * Enumerable.Range(0, t + 1).Sum(l => Enumerable.Range(0, F).Count(f => Enumerable.Range(0, Rows).Any(i => acts[l][i * F + f] != 0)))
+                : 0;
+            Assert.Equal(rowBytes, be.Transfers.BytesToDevice(TransferKind.Weights) - weightsBefore);
             if (r.HasSkip) Close(r.SkipWeights(t), onDevice.SkipWeights(t)!.ToCpu().Span, $"{kind} skip {t}");
         }
         // Directions: W_enc[ℓ][:, f] and the decoder rows of every target a feature writes.
@@ -147,5 +172,89 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
                 }
             }
         }
+    }
+
+    [Fact]
+    public void Decoders_on_the_host_read_only_the_active_features_rows()
+    {
+        // Every decoder row NaN but those of features 3 and 11 of layer 0: a pass where only they fire reconstructs exactly,
+        // their rows read (mapped: from the file) and uploaded; a pass where another fires meets the NaN as an error.
+        using var folder = new TempFolder();
+        var clt = Clt(new ReluActivation());
+        for (int l = 0; l < L; l++)
+            for (int f = 0; f < F; f++)
+                if (l > 0 || (f != 3 && f != 11)) clt.P.WDec[l].AsSpan(f * (L - l) * D, (L - l) * D).Fill(float.NaN);
+        Transcoders.MappedCltTests.WriteUnchecked(folder.Path, clt, circuitTracer: true); // (a save refuses NaN)
+        using var mapped = CltFiles.LoadMapped(folder.Path);
+        var be = device.Backend;
+        var onDevice = DeviceMlpReplacement.Upload(mapped, be, DeviceDecoders.ActiveRows);
+        var acts = new float[L][];
+        for (int l = 0; l < L; l++) acts[l] = new float[Rows * F];
+        acts[0][1 * F + 3] = 2f;
+        acts[0][4 * F + 11] = 0.5f;
+        acts[0][4 * F + 3] = -1f;
+        var deviceActs = acts.Select(a => be.ToDevice(Tensor.FromArray(a, Rows, F))).ToArray();
+        for (int t = 0; t < L; t++)
+        {
+            var expected = new float[Rows * D];
+            for (int i = 0; i < Rows; i++)
+            {
+                clt.P.BDec[t].CopyTo(expected, i * D);
+                foreach (int f in new[] { 3, 11 })
+                    for (int d = 0; d < D; d++) expected[i * D + d] += acts[0][i * F + f] * clt.P.WDec[0][(f * L + t) * D + d];
+            }
+            Close(expected, onDevice.Reconstruct(t, deviceActs, Rows).ToCpu().Span, $"recon {t}");
+        }
+        acts[1][2 * F + 7] = 1f;
+        var withAnother = acts.Select(a => be.ToDevice(Tensor.FromArray(a, Rows, F))).ToArray();
+        var e = Assert.Throws<InputError>(() => onDevice.Reconstruct(1, withAnother, Rows));
+        Assert.Contains("W_dec_1", e.Message);
+    }
+
+    [Fact]
+    public void Decoders_on_the_host_follow_each_pass_and_upload_past_one_chunk()
+    {
+        // More active features than one upload takes, and two passes with different activations through the same device copy.
+        var clt = new CrossLayerTranscoder(new CltShape(2, D, DeviceMlpReplacement.RowChunk + 700, D), new ReluActivation());
+        clt.Initialize(11, decoderNorm: 0.5f);
+        int n = clt.Shape.DSae;
+        var be = device.Backend;
+        var whole = DeviceMlpReplacement.Upload(clt, be, DeviceDecoders.Whole);
+        var streamed = DeviceMlpReplacement.Upload(clt, be, DeviceDecoders.ActiveRows);
+        foreach (int seed in new[] { 1, 2 })
+        {
+            var rng = new Random(seed);
+            var acts = Enumerable.Range(0, 2).Select(_ => Enumerable.Range(0, Rows * n).Select(_ => rng.NextDouble() < 0.6 ? 0f : (float)rng.NextDouble()).ToArray()).ToArray();
+            var deviceActs = acts.Select(a => be.ToDevice(Tensor.FromArray(a, Rows, n))).ToArray();
+            for (int t = 0; t < 2; t++)
+                Close(whole.Reconstruct(t, deviceActs, Rows).ToCpu().Span, streamed.Reconstruct(t, deviceActs, Rows).ToCpu().Span, $"pass {seed} recon {t}");
+            int[] features = [.. Enumerable.Range(0, n).Where(f => f % 3 == 0)];
+            var a = be.Empty(features.Length, D);
+            var b = be.Empty(features.Length, D);
+            whole.DecoderRows(0, 1, features, a);
+            streamed.DecoderRows(0, 1, features, b);
+            Close(a.ToCpu().Span, b.ToCpu().Span, "decoder rows 0→1");
+        }
+    }
+
+    [Fact]
+    public void Where_the_decoders_go_is_resolved_by_what_was_asked_and_the_free_memory()
+    {
+        var clt = Clt(new ReluActivation());
+        var be = device.Backend;
+        Assert.Null(be.FreeMemoryBytes); // the emulated device does not know: whole
+        Assert.Equal(DeviceDecoders.Whole, DeviceMlpReplacement.Resolve(clt, be));
+        clt.DecodersOnDevice = DeviceDecoders.ActiveRows;
+        Assert.Equal(DeviceDecoders.ActiveRows, DeviceMlpReplacement.Resolve(clt, be));
+        Assert.True(DeviceMlpReplacement.Upload(clt, be).DecodersOnHost);
+        Assert.Equal(DeviceDecoders.Whole, DeviceMlpReplacement.Resolve(clt, be, DeviceDecoders.Whole));
+        Assert.True(DeviceMlpReplacement.UploadBytes(clt, DeviceDecoders.ActiveRows) < DeviceMlpReplacement.UploadBytes(clt));
+        var e = Assert.Throws<InputError>(() => DeviceMlpReplacement.Resolve(PerLayer(), be, DeviceDecoders.ActiveRows));
+        Assert.Contains("per-layer", e.Message);
+        Assert.Equal(DeviceDecoders.Whole, DeviceMlpReplacement.Resolve(PerLayer(), be, DeviceDecoders.Auto));
+        long whole = DeviceMlpReplacement.UploadBytes(clt);
+        Assert.Equal(DeviceDecoders.Whole, DeviceMlpReplacement.Auto(clt, (long)(whole / DeviceMlpReplacement.WholeUploadShare) + 1));
+        Assert.Equal(DeviceDecoders.ActiveRows, DeviceMlpReplacement.Auto(clt, whole));
+        Assert.Equal(DeviceDecoders.Whole, DeviceMlpReplacement.Auto(clt, null));
     }
 }

@@ -234,7 +234,7 @@ public sealed class MappedCltTests : IDisposable
     }
 
     // Writes clt's tensors as they are (NaN and ∞ included: the savers refuse them), in Loupe's or circuit-tracer's layout.
-    static void WriteUnchecked(string folder, CrossLayerTranscoder clt, bool circuitTracer = false)
+    internal static void WriteUnchecked(string folder, CrossLayerTranscoder clt, bool circuitTracer = false)
     {
         var nan = clt.P.WDec.Select(w => w.ToArray()).ToArray();
         foreach (var w in clt.P.WDec) Array.Clear(w);

@@ -106,6 +106,13 @@ public static partial class ReferenceKernels
             for (int e = 0; e < d; e++) y[i * d + e] = table[ids[i] * d + e] * scale;
     }
 
+    /// <summary><c>y[r, j] = x[r, columns[j]]</c> for x <c>[rows, n]</c>.</summary>
+    public static void GatherColumns(ReadOnlySpan<double> x, int rows, int n, ReadOnlySpan<int> columns, Span<double> y)
+    {
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < columns.Length; j++) y[r * columns.Length + j] = x[r * n + columns[j]];
+    }
+
     /// <summary>
     /// Backward of <see cref="Embedding"/>: y[i, e] = table[ids[i], e]·scale, so
     /// <c>dTable[ids[i], :] += dy[i, :]·scale</c>; a repeated id collects every row that read it.
