@@ -143,7 +143,7 @@ public sealed class ServeHost : IAsyncDisposable
             return Results.Json(new JobView(job.Id, job.Kind, job.State), Json, statusCode: 202);
         }).WithSummary("Cancels a job");
         // The transcoders (--transcoders) are loaded once: the Graph page's interventions and the graph job share them.
-        var replacement = options.TranscodersDir is { } tcDir ? new Loupe.Attribution.ReplacementModel(model, Loupe.Dictionaries.Transcoders.MlpReplacements.Load(tcDir, model, decoders: options.Decoders, log: Console.Error.WriteLine)) : null;
+        var replacement = options.TranscodersDir is { } tcDir ? new Loupe.Attribution.ReplacementModel(model, LoadTranscoders(tcDir, model, options)) : null;
         Endpoints.GraphEndpoints.Map(_app, gate, options, Workspace, _featureStores, replacement);
         Endpoints.CircuitEndpoints.Map(_app, Workspace);
         JobEndpoints.Map(_app, gate, jobs, options, Workspace, _featureStores, replacement);
@@ -207,6 +207,15 @@ public sealed class ServeHost : IAsyncDisposable
 
     bool Matches(string? given) =>
         given is not null && CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(given), Encoding.UTF8.GetBytes(Token!));
+
+    // The transcoders, where their decoders go on a GPU set and what they take there said (or refused) before the upload.
+    static Loupe.Dictionaries.Transcoders.IMlpReplacement LoadTranscoders(string path, HookedTransformer model, ServeOptions options)
+    {
+        var transcoders = Loupe.Dictionaries.Transcoders.MlpReplacements.Load(path, model, decoders: options.Decoders, log: Console.Error.WriteLine);
+        Loupe.Dictionaries.Transcoders.DeviceMlpReplacement.SetDecodersOnDevice(transcoders, options.DeviceDecoders);
+        if (Loupe.Dictionaries.Transcoders.DeviceMlpReplacement.Plan(transcoders, model.Backend) is { } line) Console.Error.WriteLine(line);
+        return transcoders;
+    }
 
     public async Task StartAsync(CancellationToken cancel = default)
     {

@@ -18,6 +18,9 @@ public sealed record ServeOptions
 
     /// <summary>Where a cross-layer transcoder's decoders are kept (<see cref="TranscodersDir"/>).</summary>
     public Loupe.Dictionaries.Transcoders.DecoderStorage Decoders { get; init; }
+
+    /// <summary>With the model on a GPU, where a cross-layer transcoder's decoders go (<see cref="TranscodersDir"/>).</summary>
+    public Loupe.Dictionaries.Transcoders.DeviceDecoders DeviceDecoders { get; init; }
     /// <summary>Feature stores (features.db files, or folders searched for them) the Features and Steering pages read; by id, never by path.</summary>
     public IReadOnlyList<string> FeatureStores { get; init; } = [];
     /// <summary>The dictionary behind the feature stores when a store's recorded sae_path is not at hand (--sae).</summary>

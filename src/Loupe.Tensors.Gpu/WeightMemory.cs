@@ -47,29 +47,6 @@ public static class WeightMemory
         return $"weights on {device}: about {GiB(bytes)} as {name}" + (freeBytes is long f ? $" ({GiB(f)} free)" : "") + ", placed on first use";
     }
 
-    /// <summary>
-    /// The one-line estimate for <paramref name="bytes"/> of float32 weights that <paramref name="what"/> names (a transcoder set)
-    /// uploaded at once to <paramref name="backend"/>, or null on the CPU.
-    /// </summary>
-    /// <exception cref="InputError">They need more than the device has free.</exception>
-    public static string? PlanUpload(IComputeBackend backend, string what, long bytes)
-    {
-        ArgumentNullException.ThrowIfNull(backend);
-        if (backend is not GpuBackend gpu) return null;
-        return PlanUpload(gpu.Device, what, bytes, gpu.Info.FreeMemoryBytes, gpu.Info.TotalMemoryBytes);
-    }
-
-    /// <summary><see cref="PlanUpload(IComputeBackend, string, long)"/> from the numbers (free and total memory unknown on the emulated device).</summary>
-    /// <exception cref="InputError">They need more than <paramref name="freeBytes"/>.</exception>
-    public static string PlanUpload(Device device, string what, long bytes, long? freeBytes, long? totalBytes)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(bytes);
-        if (freeBytes is long free && bytes > free)
-            throw new InputError($"device {device}: {what} need about {GiB(bytes)} as float32, and {GiB(free)}{(totalBytes is long t ? $" of {GiB(t)}" : "")} are free; " +
-                                 "use a larger GPU, or --device cpu (where a cross-layer transcoder's decoders can stay mapped on disk)");
-        return $"{what} on {device}: about {GiB(bytes)} as float32" + (freeBytes is long f ? $" ({GiB(f)} free)" : "") + ", uploaded once";
-    }
-
     static string GiB(long bytes) => bytes >= 1L << 30
         ? string.Create(CultureInfo.InvariantCulture, $"{bytes / (1024.0 * 1024 * 1024):F2} GiB")
         : string.Create(CultureInfo.InvariantCulture, $"{bytes / (1024.0 * 1024):F1} MiB");

@@ -68,6 +68,40 @@ public class CltEvalDeviceCliTests
         finally { Directory.Delete(root, recursive: true); }
     }
 
+    [RequiresSharedFact("models/stories260K")]
+    public void Clt_eval_with_the_decoders_left_on_the_host_writes_the_cpus_metrics()
+    {
+        string model = SharedData.Require("models/stories260K"), root = Directory.CreateTempSubdirectory("loupe-clt-eval-active").FullName;
+        try
+        {
+            var clt = new CrossLayerTranscoder(new CltShape(5, 64, 32, 64), new JumpReluActivation());
+            clt.Initialize(seed: 8, decoderNorm: 0.3f, initThreshold: 0.02f);
+            string folder = Path.Combine(root, "clt"), text = Path.Combine(root, "text.txt");
+            CltFiles.SaveCircuitTracer(folder, clt);
+            File.WriteAllText(text, "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun. " +
+                "One day, she saw a big dog in the park. The dog was happy and wagged its tail. Lily and the dog played all day.");
+            string[] args = ["clt", "eval", "--model", model, "--transcoders", folder, "--source", "text:" + text, "--context-size", "16", "--batch-size", "8"];
+            var cpu = RunLoupe([.. args, "--out", Path.Combine(root, "cpu")]);
+            Assert.True(cpu.Code == 0, cpu.Err);
+            var expected = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "cpu", "eval.json")))!;
+            foreach (var decoders in new[] { "memory", "mapped" })
+            {
+                var active = RunLoupe([.. args, "--out", Path.Combine(root, decoders), "--device", "emulated", "--decoders", decoders, "--device-decoders", "active"]);
+                Assert.True(active.Code == 0, active.Err);
+                Assert.Contains($"their decoders ({ByteSizes.Format(4 * clt.Shape.DecoderElements)} as float32) stay {(decoders == "mapped" ? "mapped" : "in host memory")}, each pass uploading its active features' rows", active.Err);
+                Assert.True(Compare(expected, JsonNode.Parse(File.ReadAllText(Path.Combine(root, decoders, "eval.json"))), "") >= 12);
+            }
+            var whole = RunLoupe([.. args, "--out", Path.Combine(root, "whole"), "--device", "emulated", "--device-decoders", "whole"]);
+            Assert.True(whole.Code == 0, whole.Err);
+            Assert.Contains("the transcoders' weights on emulated: about", whole.Err);
+            var bad = RunLoupe([.. args, "--out", Path.Combine(root, "bad"), "--device", "emulated", "--device-decoders", "lazy"]);
+            Assert.Equal(2, bad.Code);
+            Assert.Contains("--device-decoders", bad.Err);
+            Assert.Contains("auto, whole or active", bad.Err);
+        }
+        finally { Directory.Delete(root, recursive: true); }
+    }
+
     // Every number to `relative` (the run time aside), every string and array length equal; returns how many numbers.
     internal static int Compare(JsonNode? expected, JsonNode? actual, string path, double relative = 1e-4)
     {

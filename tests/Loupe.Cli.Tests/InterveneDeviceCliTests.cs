@@ -55,4 +55,15 @@ public class InterveneDeviceCliTests
         Assert.Equal(Continuations(cpu.Out), Continuations(gpu.Out));
         if (!frozen) Assert.Contains("edited:", gpu.Out);
     }
+
+    [Fact]
+    public void Active_rows_on_the_device_are_refused_for_per_layer_transcoders_in_one_line()
+    {
+        var run = RunLoupe(["intervene", "--model", Model, "--transcoders", Transcoders, "--tokens", Tokens, "--edit", "2:7:3*0", "--device", "emulated", "--device-decoders", "active"]);
+        Assert.Equal(2, run.Code);
+        Assert.Contains("--device-decoders active", run.Err);
+        Assert.Contains("per-layer transcoders", run.Err);
+        Assert.Single(run.Err.Split('\n'), l => l.StartsWith("error:", StringComparison.Ordinal)); // one line, no stack trace
+        Assert.DoesNotContain("   at ", run.Err);
+    }
 }

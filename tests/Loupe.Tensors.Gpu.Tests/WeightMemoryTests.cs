@@ -31,16 +31,5 @@ public sealed class WeightMemoryTests
     }
 
     [Fact]
-    public void AnUploadIsSaidAsFloat32AndRefusedWhenItDoesNotFit()
-    {
-        Assert.Equal("the transcoders' weights on cuda:1: about 40.00 GiB as float32 (70.00 GiB free), uploaded once",
-            WeightMemory.PlanUpload(Cuda, "the transcoders' weights", 40L << 30, freeBytes: 70L << 30, totalBytes: 80L << 30));
-        var e = Assert.Throws<InputError>(() => WeightMemory.PlanUpload(Cuda, "the transcoders' weights", 40L << 30, freeBytes: 30L << 30, totalBytes: 80L << 30));
-        Assert.Contains("device cuda:1: the transcoders' weights need about 40.00 GiB as float32, and 30.00 GiB of 80.00 GiB are free", e.Message);
-        Assert.Contains("--device cpu", e.Message);
-        Assert.Null(WeightMemory.PlanUpload(Backends.CpuBackend.Instance, "x", 1));
-    }
-
-    [Fact]
     public void OnTheCpuThereIsNothingToPlan() => Assert.Null(WeightMemory.Plan(Backends.CpuBackend.Instance, 1_000_000));
 }

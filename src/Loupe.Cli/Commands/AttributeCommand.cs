@@ -36,6 +36,7 @@ static class AttributeCommand
             Description = "metadata.scan of the graph JSON: the name Neuronpedia knows the transcoder set by (e.g. gemma-2-2b). Default: for hf: transcoders ORG/NAME[//PATH][@REVISION], as circuit-tracer names a hub set; otherwise custom-<hash of the transcoder list>",
         };
         var decoders = CliSupport.DecodersOption();
+        var deviceDecoders = CliSupport.DeviceDecodersOption();
         var command = new Command("attribute",
             "Trace a prompt through a replacement model (attention and norms frozen, MLPs replaced by transcoders plus error nodes): " +
             "the direct effect of every active feature, error and token on every feature and top logit, pruned by influence, " +
@@ -44,7 +45,7 @@ static class AttributeCommand
             "  loupe attribute --model ../shared/models/stories260K --transcoders tc/ --prompt \"Once upon a time, Lily\" --out graphs\n" +
             "  loupe attribute --model gpt2 --transcoders tc/ --tokens \"50256,464,3139\" --max-feature-nodes 4096 --out graphs --slug capital\n" +
             "  loupe attribute --model gpt2 --transcoders tc/ --prompt \"The capital of France is\" --device cuda --out graphs")
-        { model, transcoders, decoders, input.Prompt, input.Tokens, maxLogits, logitProb, maxFeatures, batch, nodeThreshold, edgeThreshold, maxMemory, perHead, output, slug, scan, zeroPositions };
+        { model, transcoders, decoders, deviceDecoders, input.Prompt, input.Tokens, maxLogits, logitProb, maxFeatures, batch, nodeThreshold, edgeThreshold, maxMemory, perHead, output, slug, scan, zeroPositions };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
@@ -64,7 +65,7 @@ static class AttributeCommand
             double nodes = CliSupport.Double(parse, nodeThreshold, 0, 1), edges = CliSupport.Double(parse, edgeThreshold, 0, 1);
             // On a device the transcoders' weights go there once; the graph's rows come back once per batch.
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
-            var tc = CliSupport.LoadTranscoders(parse, transcoders, decoders, m);
+            var tc = CliSupport.LoadTranscoders(parse, transcoders, decoders, deviceDecoders, m);
             var tokens = input.Read(parse, m);
             if (tokens.Batch != 1) throw new InputError($"argument: --tokens: an attribution graph is for one prompt; got {tokens.Batch} rows");
             var result = AttributionExperiment.Run(m, tc, tokens.Ids, input.Text(parse), settings, nodes, edges, folder, name, parse.GetValue(perHead),

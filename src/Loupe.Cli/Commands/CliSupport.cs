@@ -36,27 +36,48 @@ static class CliSupport
         DefaultValueFactory = _ => "auto",
     };
 
+    /// <summary><c>--device-decoders auto|whole|active</c>: where a cross-layer transcoder's decoders go when the model is on a GPU.</summary>
+    public static Option<string> DeviceDecodersOption() => new("--device-decoders")
+    {
+        Description = "With the model on a GPU, a cross-layer transcoder's decoders: whole (uploaded once: the fastest passes), active (left on the host; " +
+            "each pass uploads its active features' rows, as circuit-tracer's lazy decoder: for CLTs larger than the GPU), or auto (whole when they fit " +
+            "in 75 % of the free memory)",
+        DefaultValueFactory = _ => "auto",
+    };
+
     /// <summary>
     /// The transcoders at <paramref name="transcoders"/> (local or hf:) for <paramref name="model"/>, their decoders kept as
-    /// <paramref name="decoders"/> says, what is read into memory said on stderr first.
+    /// <paramref name="decoders"/> and <paramref name="deviceDecoders"/> say, what is read into memory and uploaded said on stderr first.
     /// </summary>
     public static Loupe.Dictionaries.Transcoders.IMlpReplacement LoadTranscoders(ParseResult parse, Option<string> transcoders, Option<string> decoders,
-        Loupe.Models.HookedTransformer model)
+        Option<string> deviceDecoders, Loupe.Models.HookedTransformer model)
     {
         var replacement = Loupe.Dictionaries.Transcoders.MlpReplacements.Load(LocalPath(parse.GetValue(transcoders)!, transcoders.Name), model,
             decoders: DecoderStorage(parse.GetValue(decoders)), log: line => Console.Error.WriteLine(line));
-        PlanTranscoderUpload(model, replacement);
+        PlanTranscoderUpload(model, replacement, DeviceDecoders(parse.GetValue(deviceDecoders)));
         return replacement;
     }
 
-    /// <summary>With the model on a GPU: says what the transcoders' weights will take there, or refuses them when they do not fit.</summary>
-    /// <exception cref="InputError">They need more than the device has free.</exception>
-    public static void PlanTranscoderUpload(Loupe.Models.HookedTransformer model, Loupe.Dictionaries.Transcoders.IMlpReplacement replacement)
+    /// <summary>
+    /// With the model on a GPU: sets where a cross-layer transcoder's decoders go (<paramref name="deviceDecoders"/>), and
+    /// says what the transcoders will take there, or refuses them when they do not fit.
+    /// </summary>
+    /// <exception cref="InputError">They need more than the device has free, or active rows were asked for per-layer transcoders.</exception>
+    public static void PlanTranscoderUpload(Loupe.Models.HookedTransformer model, Loupe.Dictionaries.Transcoders.IMlpReplacement replacement,
+        Loupe.Dictionaries.Transcoders.DeviceDecoders deviceDecoders)
     {
-        if (model.Backend.Device.IsCpu || !Loupe.Dictionaries.Transcoders.DeviceMlpReplacement.Supports(replacement)) return;
-        long bytes = Loupe.Dictionaries.Transcoders.DeviceMlpReplacement.UploadBytes(replacement);
-        if (bytes > 0 && Loupe.Tensors.Gpu.WeightMemory.PlanUpload(model.Backend, "the transcoders' weights", bytes) is { } line) Console.Error.WriteLine(line);
+        Loupe.Dictionaries.Transcoders.DeviceMlpReplacement.SetDecodersOnDevice(replacement, deviceDecoders);
+        if (Loupe.Dictionaries.Transcoders.DeviceMlpReplacement.Plan(replacement, model.Backend) is { } line) Console.Error.WriteLine(line);
     }
+
+    /// <summary>"auto", "whole" or "active" (null: auto).</summary>
+    public static Loupe.Dictionaries.Transcoders.DeviceDecoders DeviceDecoders(string? value) => value switch
+    {
+        null or "auto" => Loupe.Dictionaries.Transcoders.DeviceDecoders.Auto,
+        "whole" => Loupe.Dictionaries.Transcoders.DeviceDecoders.Whole,
+        "active" => Loupe.Dictionaries.Transcoders.DeviceDecoders.ActiveRows,
+        _ => throw InputError.Expected("argument", "--device-decoders", "auto, whole or active", value),
+    };
 
     /// <summary>"auto", "memory" or "mapped" (null: auto).</summary>
     public static Loupe.Dictionaries.Transcoders.DecoderStorage DecoderStorage(string? value) => value switch

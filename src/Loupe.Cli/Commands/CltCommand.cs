@@ -156,19 +156,20 @@ static class CltCommand
         var seed = new Option<int>("--seed") { Description = "Seed for shuffling contexts", DefaultValueFactory = _ => 0 };
         var output = new Option<string>("--out", "-o") { Description = "Output folder for eval.json (written atomically)", Required = true };
         var decoders = CliSupport.DecodersOption();
+        var deviceDecoders = CliSupport.DeviceDecodersOption();
         var command = new Command("eval",
             "Replace every MLP at once by the transcoders' reconstructions and report cross-entropy clean / replaced / all MLPs\n" +
             "zero-ablated, the loss recovered (CE_zero − CE_replaced) / (CE_zero − CE_clean), and per layer the explained variance and L0.\n\n" +
             "Examples:\n" +
             "  loupe clt eval --model ../shared/models/stories260K --transcoders clt/ --source brown:../shared/datasets/brown-corpus --out clt-eval/")
-        { model, transcoders, decoders, source, contextSize, maxContexts, batchSize, seed, output };
+        { model, transcoders, decoders, deviceDecoders, source, contextSize, maxContexts, batchSize, seed, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
             string path = CliSupport.LocalPath(parse.GetValue(transcoders)!, "--transcoders");
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true); // the evaluator keeps the replacement on the device
             IMlpReplacement replacement = MlpReplacements.Load(path, m, decoders: CliSupport.DecoderStorage(parse.GetValue(decoders)), log: line => Console.Error.WriteLine(line));
-            CliSupport.PlanTranscoderUpload(m, replacement);
+            CliSupport.PlanTranscoderUpload(m, replacement, CliSupport.DeviceDecoders(parse.GetValue(deviceDecoders)));
             int seedValue = parse.GetValue(seed);
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",

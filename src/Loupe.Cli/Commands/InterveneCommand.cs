@@ -23,16 +23,17 @@ static class InterveneCommand
         var top = new Option<int>("--top") { Description = "Next tokens to show (the union of the top tokens before and after)", DefaultValueFactory = _ => 10 };
         var generate = new Option<int>("--generate") { Description = "Also generate this many tokens greedily with and without the edits (free run)", DefaultValueFactory = _ => 0 };
         var decoders = CliSupport.DecodersOption();
+        var deviceDecoders = CliSupport.DeviceDecodersOption();
         var command = new Command("intervene",
             "Set or scale transcoder features at positions and compare the next-token prediction (and, with --generate, a continuation) with the unedited run.\n\n" +
             "Examples:\n" +
             "  loupe intervene --model ../shared/models/stories260K --transcoders tc/ --prompt \"Once upon a time, Lily\" --edit \"3:7:120*0\"\n" +
             "  loupe intervene --model M --transcoders clt/ --tokens \"1,2,3\" --edit \"1:*:42=5\" --generate 20")
-        { model, transcoders, decoders, input.Prompt, input.Tokens, edits, frozen, top, generate };
+        { model, transcoders, decoders, deviceDecoders, input.Prompt, input.Tokens, edits, frozen, top, generate };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true); // ReplacementModel keeps the edits on the device
-            var tc = CliSupport.LoadTranscoders(parse, transcoders, decoders, m);
+            var tc = CliSupport.LoadTranscoders(parse, transcoders, decoders, deviceDecoders, m);
             var tokens = input.Read(parse, m);
             if (tokens.Batch != 1) throw new InputError("argument: --tokens: one prompt at a time");
             var list = ParseEdits(parse.GetValue(edits)!, tc, tokens.Length);

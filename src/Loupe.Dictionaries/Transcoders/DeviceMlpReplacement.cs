@@ -110,9 +110,10 @@ public sealed class DeviceMlpReplacement
         };
         bool crossLayer = replacement is CrossLayerTranscoder or MappedCrossLayerTranscoder;
         if (!crossLayer)
-            return asked == DeviceDecoders.ActiveRows
-                ? throw new InputError($"argument: --device-decoders active: {replacement.Source} holds per-layer transcoders, which are uploaded whole; active rows are for cross-layer transcoders")
-                : DeviceDecoders.Whole;
+        {
+            SetDecodersOnDevice(replacement, asked); // refuses active rows
+            return DeviceDecoders.Whole;
+        }
         return asked != DeviceDecoders.Auto ? asked : Auto(replacement, backend.FreeMemoryBytes);
     }
 
@@ -142,6 +143,66 @@ public sealed class DeviceMlpReplacement
             MappedCrossLayerTranscoder mapped => CrossLayer(mapped.Shape, mapped.Activation, mapped.HasSkip),
             _ => 0,
         };
+    }
+
+    /// <summary>
+    /// Sets where <paramref name="replacement"/>'s decoders go on a device (a cross-layer transcoder's <c>DecodersOnDevice</c>,
+    /// read by every later <see cref="Upload"/>); per-layer transcoders take only <see cref="DeviceDecoders.Auto"/> or
+    /// <see cref="DeviceDecoders.Whole"/>.
+    /// </summary>
+    /// <exception cref="InputError">Active rows for per-layer transcoders.</exception>
+    public static void SetDecodersOnDevice(IMlpReplacement replacement, DeviceDecoders decoders)
+    {
+        ArgumentNullException.ThrowIfNull(replacement);
+        switch (replacement)
+        {
+            case CrossLayerTranscoder clt: clt.DecodersOnDevice = decoders; break;
+            case MappedCrossLayerTranscoder mapped: mapped.DecodersOnDevice = decoders; break;
+            default:
+                if (decoders == DeviceDecoders.ActiveRows)
+                    throw new InputError($"argument: --device-decoders active: {replacement.Source} holds per-layer transcoders, which are uploaded whole; active rows are for cross-layer transcoders");
+                break;
+        }
+    }
+
+    /// <summary>
+    /// The one-line estimate said before <paramref name="replacement"/> goes to <paramref name="backend"/>: where a cross-layer
+    /// transcoder's decoders go (<see cref="Resolve"/>) and what the upload takes as float32 against the free memory; null on
+    /// the CPU or for a replacement without device kernels.
+    /// </summary>
+    /// <exception cref="InputError">What must be on the device does not fit in its free memory (the message says the sizes and the way out).</exception>
+    public static string? Plan(IMlpReplacement replacement, IComputeBackend backend)
+    {
+        ArgumentNullException.ThrowIfNull(replacement);
+        ArgumentNullException.ThrowIfNull(backend);
+        if (backend.Device.IsCpu || !Supports(replacement)) return null;
+        bool asked = replacement switch
+        {
+            CrossLayerTranscoder clt => clt.DecodersOnDevice != DeviceDecoders.Auto,
+            MappedCrossLayerTranscoder mapped => mapped.DecodersOnDevice != DeviceDecoders.Auto,
+            _ => true,
+        };
+        return Plan(replacement, backend.Device, Resolve(replacement, backend), backend.FreeMemoryBytes, chosen: !asked);
+    }
+
+    /// <summary><see cref="Plan(IMlpReplacement, IComputeBackend)"/> from the numbers (<paramref name="chosen"/>: Auto picked the mode).</summary>
+    internal static string Plan(IMlpReplacement replacement, Device device, DeviceDecoders mode, long? freeBytes, bool chosen)
+    {
+        static string Size(long bytes) => ByteSizes.Format(bytes);
+        bool onHost = mode == DeviceDecoders.ActiveRows;
+        long bytes = UploadBytes(replacement, mode), decoders = UploadBytes(replacement, DeviceDecoders.Whole) - UploadBytes(replacement, DeviceDecoders.ActiveRows);
+        bool crossLayer = replacement is CrossLayerTranscoder or MappedCrossLayerTranscoder;
+        string what = onHost ? "the transcoders' encoders" : "the transcoders' weights";
+        if (freeBytes is long free && bytes > free)
+            throw new InputError($"device {device}: {what} need about {Size(bytes)} as float32{(onHost ? " (their decoders staying on the host)" : "")}, and {Size(free)} are free; " +
+                (crossLayer && !onHost
+                    ? $"--device-decoders active keeps a cross-layer transcoder's decoders on the host (its encoders need {Size(UploadBytes(replacement, DeviceDecoders.ActiveRows))}), or --device cpu"
+                    : "use a larger GPU, or --device cpu"));
+        string line = $"{what} on {device}: about {Size(bytes)} as float32" + (freeBytes is long f ? $" ({Size(f)} free)" : "") + ", uploaded once";
+        if (onHost)
+            line += $"; their decoders ({Size(decoders)} as float32) stay {(replacement is MappedCrossLayerTranscoder ? "mapped" : "in host memory")}, " +
+                    "each pass uploading its active features' rows" + (chosen ? $" (whole they would take more than {Math.Round(WholeUploadShare * 100).ToString(System.Globalization.CultureInfo.InvariantCulture)} % of the free memory)" : "");
+        return line;
     }
 
     /// <summary>Whether <see cref="Upload"/> accepts <paramref name="replacement"/> (its type and every layer's activation have device kernels).</summary>

@@ -132,6 +132,37 @@ public sealed class DeviceAttributionGraphTests(EmulatedDevice device) : IClassF
             new Attributor(gpu, RandomClt(gpu), settings).Attribute(Prompt), "CLT");
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_cross_layer_transcoder_with_its_decoders_on_the_host_gives_the_cpu_graph(bool mapped)
+    {
+        using var cpu = Load("gpt_neox");
+        using var gpu = Load("gpt_neox", device.Backend);
+        var settings = new AttributionSettings { BatchSize = 16 };
+        var expected = new Attributor(cpu, RandomClt(cpu), settings).Attribute(Prompt);
+        var folder = Directory.CreateTempSubdirectory("loupe-host-decoders");
+        try
+        {
+            IMlpReplacement clt = RandomClt(gpu);
+            if (mapped)
+            {
+                CltFiles.SaveCircuitTracer(folder.FullName, (CrossLayerTranscoder)clt);
+                clt = CltFiles.LoadMapped(folder.FullName);
+            }
+            long before = device.Backend.Transfers.BytesToDevice(TransferKind.Weights);
+            var onDevice = DeviceMlpReplacement.Upload(clt, device.Backend, DeviceDecoders.ActiveRows);
+            Assert.True(onDevice.DecodersOnHost);
+            Assert.Equal(DeviceMlpReplacement.UploadBytes(clt, DeviceDecoders.ActiveRows), device.Backend.Transfers.BytesToDevice(TransferKind.Weights) - before);
+            AssertSameGraph(expected, new Attributor(gpu, onDevice, settings).Attribute(Prompt), mapped ? "CLT, mapped decoders on the host" : "CLT, decoders on the host");
+            (clt as IDisposable)?.Dispose();
+        }
+        finally
+        {
+            folder.Delete(recursive: true);
+        }
+    }
+
     [Fact]
     public void A_graph_copies_the_token_ids_in_and_its_rows_out_once_per_batch()
     {

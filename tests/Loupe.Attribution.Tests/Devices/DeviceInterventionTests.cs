@@ -77,6 +77,15 @@ public sealed class DeviceInterventionTests(EmulatedDevice device) : IClassFixtu
     public void Cross_layer_transcoder_interventions_on_the_device_give_the_cpus_logits_and_tokens() =>
         AssertInterventionsMatch("gpt_neox", m => DeviceAttributionGraphTests.RandomClt(m));
 
+    [Fact]
+    public void Cross_layer_transcoder_interventions_with_its_decoders_on_the_host_give_the_cpus_logits_and_tokens() =>
+        AssertInterventionsMatch("gpt_neox", m =>
+        {
+            var clt = DeviceAttributionGraphTests.RandomClt(m);
+            clt.DecodersOnDevice = DeviceDecoders.ActiveRows; // the device's copy uploads the active features' rows per pass
+            return clt;
+        });
+
     // An IMlpReplacement without device kernels (only its host interface is visible).
     sealed class HostOnly(IMlpReplacement inner) : IMlpReplacement
     {

@@ -257,4 +257,29 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
         Assert.Equal(DeviceDecoders.ActiveRows, DeviceMlpReplacement.Auto(clt, whole));
         Assert.Equal(DeviceDecoders.Whole, DeviceMlpReplacement.Auto(clt, null));
     }
+
+    [Fact]
+    public void The_upload_is_said_before_it_starts_and_refused_when_it_cannot_fit()
+    {
+        // A CLT whose decoders (6 MiB as float32) are most of it: L = 2, d = 64, 8,192 features.
+        var shape = new CltShape(2, 64, 8192, 64);
+        var clt = new CrossLayerTranscoder(shape, new ReluActivation());
+        var cuda = Device.Parse("cuda:1", "test");
+        long whole = DeviceMlpReplacement.UploadBytes(clt), encoders = DeviceMlpReplacement.UploadBytes(clt, DeviceDecoders.ActiveRows);
+        Assert.Equal(4L * (shape.DecoderElements + 2 * (64L * 8192 + 8192 + 64)), whole);
+        Assert.Equal("the transcoders' weights on cuda:1: about 10.1 MiB as float32 (64.0 MiB free), uploaded once",
+            DeviceMlpReplacement.Plan(clt, cuda, DeviceDecoders.Whole, 64L << 20, chosen: true));
+        Assert.Equal(DeviceDecoders.ActiveRows, DeviceMlpReplacement.Auto(clt, 12L << 20));
+        Assert.Equal("the transcoders' encoders on cuda:1: about 4.1 MiB as float32 (12.0 MiB free), uploaded once; their decoders (6.0 MiB as float32) " +
+                     "stay in host memory, each pass uploading its active features' rows (whole they would take more than 75 % of the free memory)",
+            DeviceMlpReplacement.Plan(clt, cuda, DeviceDecoders.ActiveRows, 12L << 20, chosen: true));
+        var e = Assert.Throws<InputError>(() => DeviceMlpReplacement.Plan(clt, cuda, DeviceDecoders.Whole, 8L << 20, chosen: false));
+        Assert.Contains("device cuda:1: the transcoders' weights need about 10.1 MiB as float32, and 8.0 MiB are free", e.Message);
+        Assert.Contains("--device-decoders active", e.Message);
+        Assert.Contains("its encoders need 4.1 MiB", e.Message);
+        var encodersToo = Assert.Throws<InputError>(() => DeviceMlpReplacement.Plan(clt, cuda, DeviceDecoders.ActiveRows, 2L << 20, chosen: false));
+        Assert.Contains("the transcoders' encoders need about 4.1 MiB as float32 (their decoders staying on the host), and 2.0 MiB are free", encodersToo.Message);
+        Assert.Null(DeviceMlpReplacement.Plan(clt, CpuBackend.Instance));
+        Assert.True(encoders < whole / 2);
+    }
 }
