@@ -12,7 +12,8 @@ using Loupe.Tensors.Gpu;
 // The GPU bench: (a) parity of logits and gradients between the CPU backend and a device backend on the
 // reference fixtures (fp32 weights; bf16 weights with split and with rounded activations); (b) forward and forward+backward tokens/s on real shapes
 // with random weights; (c) with --sae, one TopK SAE training step (forward, backward, Adam) on the device;
-// (d) with --attribution DIR (tests/data/attribution), an attribution graph on the device against the CPU's; (e) with
+// (d) with --attribution DIR (tests/data/attribution), an attribution graph on the device against the CPU's, and a random
+// cross-layer transcoder's graph with its decoders uploaded whole and left on the host (active rows per pass); (e) with
 // --probe, a logistic probe's objective (100,000 × 2,048, 12 classes) on the device and on the CPU backend.
 // bench/gpu/run.sh runs it beside bench/gpu/torch_peer.py (the same shapes in
 // PyTorch eager) and bench/gpu/compare.py prints the side-by-side table. --ptx-check only compiles every kernel to PTX
@@ -273,6 +274,48 @@ if (opts.Attribution is { } attributionData && opts.Fixtures is { } fixtureRoot)
     double diff = Compare.RelativeMax(cpuGraph.DenseAdjacency(), deviceGraph.DenseAdjacency());
     Console.WriteLine($"attribution graph (circuit-tracer fixture, 197 nodes): device vs CPU adjacency {diff:E2} (max |Δ| / max |A|), {deviceMs:F1} ms on the device, {cpuMs:F1} ms on the CPU");
     report["attribution"] = new Dictionary<string, object> { ["adjacency_rel_diff"] = diff, ["device_ms"] = deviceMs, ["cpu_ms"] = cpuMs };
+    Save();
+
+    // (d') A cross-layer transcoder's graph on the device with its decoders uploaded whole and left on the host (each pass
+    // uploading its active features' rows): time, weight bytes each graph uploads, and the two adjacencies against each other.
+    try
+    {
+        var shape = opts.Models.FirstOrDefault(m => m.ModelType == "gpt2") ?? ModelShape.Gpt2Tiny;
+        using var model = ModelLoader.LoadFolder(RandomModels.Ensure(opts.Work, shape, log), fp32);
+        int L = model.Config.NLayers, D = model.Config.DModel, features = shape.Layers <= 2 ? 256 : 4096, tokens = Math.Min(opts.Seq, 64);
+        var clt = new Loupe.Dictionaries.Transcoders.CrossLayerTranscoder(new Loupe.Dictionaries.Transcoders.CltShape(L, D, features, D), new TopKActivation(16));
+        clt.Initialize(7, decoderNorm: 0.5f);
+        var rng = new Random(5);
+        int[] ids = [.. Enumerable.Range(0, tokens).Select(_ => rng.Next(model.Config.DVocab))];
+        var rows = new List<Dictionary<string, object>>();
+        var graphs = new Dictionary<string, float[]>();
+        foreach (var mode in new[] { Loupe.Dictionaries.Transcoders.DeviceDecoders.Whole, Loupe.Dictionaries.Transcoders.DeviceDecoders.ActiveRows })
+        {
+            long before = fp32.Transfers.BytesToDevice(TransferKind.Weights);
+            var onDevice = Loupe.Dictionaries.Transcoders.DeviceMlpReplacement.Upload(clt, fp32, mode);
+            long upload = fp32.Transfers.BytesToDevice(TransferKind.Weights) - before;
+            var attributor = new Loupe.Attribution.Attributor(model, onDevice);
+            Loupe.Attribution.AttributionGraph? graph = null;
+            long perGraph = 0;
+            double ms = Timing.Min(1, Math.Max(1, opts.Reps / 8), () =>
+            {
+                long b = fp32.Transfers.BytesToDevice(TransferKind.Weights);
+                graph = attributor.Attribute(ids);
+                perGraph = fp32.Transfers.BytesToDevice(TransferKind.Weights) - b;
+            });
+            graphs[mode.ToString()] = graph!.DenseAdjacency();
+            Console.WriteLine($"CLT graph ({shape.Name}, {features} features/layer, TopK 16, {tokens} tokens, {graph.ActiveFeatures.Length} active), decoders {mode}: " +
+                              $"{ms:F0} ms; upload {upload / 1048576.0:F1} MiB once, {perGraph / 1048576.0:F1} MiB of weights per graph");
+            rows.Add(new Dictionary<string, object> { ["decoders"] = mode.ToString(), ["ms"] = ms, ["upload_bytes"] = upload, ["weight_bytes_per_graph"] = perGraph, ["active"] = graph.ActiveFeatures.Length });
+        }
+        double same = Compare.RelativeMax(graphs["Whole"], graphs["ActiveRows"]);
+        Console.WriteLine($"CLT graph, decoders on the host vs whole: adjacency {same:E2} (max |Δ| / max |A|)");
+        report["clt_attribution"] = new Dictionary<string, object> { ["model"] = shape.Name, ["features"] = features, ["tokens"] = tokens, ["rows"] = rows, ["adjacency_rel_diff"] = same };
+    }
+    catch (Exception e) when (e is not OutOfMemoryException)
+    {
+        Console.WriteLine($"CLT attribution FAILED: {e.GetType().Name}: {e.Message}");
+    }
 }
 Save();
 return 0;
