@@ -67,6 +67,7 @@ public static class AttributionExperiment
             Scan = scan,
             // A config's list as it names the files (hf:// URIs stay as circuit-tracer writes them); else folder/layer_ℓ.
             TranscoderList = transcoders is CircuitTracerTranscoders { Listed: { } listed } ? [.. listed]
+                : transcoders is MappedPerLayerTranscoders { Listed: { } mappedList } ? [.. mappedList]
                 : [.. Enumerable.Range(0, transcoders.Layers).Select(l => $"{Path.GetFileName(transcoders.Source.TrimEnd('/'))}/layer_{l}")],
             TokenText = tokenizer is null ? null : id => tokenizer.Decode([id]),
         };

@@ -269,19 +269,33 @@ public sealed class FamilyAttributionTests
         finally { folder.Delete(recursive: true); }
     }
 
-    [Fact]
-    public void A_cross_layer_transcoder_with_mapped_decoders_gives_the_graph_and_interventions_of_the_one_in_memory()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Transcoders_with_mapped_decoders_give_the_graph_and_interventions_of_the_ones_in_memory(bool crossLayer)
     {
         using var model = Load("llama");
         var folder = Directory.CreateTempSubdirectory("loupe-mapped-attr-");
         try
         {
-            CltFiles.SaveCircuitTracer(folder.FullName, Devices.DeviceAttributionGraphTests.RandomClt(model, 16));
-            var memory = CltFiles.Load(folder.FullName);
-            using var mapped = CltFiles.LoadMapped(folder.FullName);
+            IMlpReplacement memory;
+            if (crossLayer)
+            {
+                CltFiles.SaveCircuitTracer(folder.FullName, Devices.DeviceAttributionGraphTests.RandomClt(model, 16));
+                memory = CltFiles.Load(folder.FullName);
+            }
+            else
+            {
+                // circuit-tracer's per-layer files (mlp.hook_in → hook_mlp_out, what its config.yaml records)
+                var random = RandomTranscoders(model, input: "mlp.hook_in");
+                new CircuitTracerTranscoders([.. Enumerable.Range(0, random.Layers).Select(l => random[l])], "blocks.{layer}.mlp.hook_in", "blocks.{layer}.hook_mlp_out").Save(folder.FullName);
+                memory = CircuitTracerTranscoders.Load(folder.FullName);
+            }
+            using var mapped = (IDisposable)MlpReplacements.Load(folder.FullName, model, decoders: DecoderStorage.Mapped);
+            Assert.IsType(crossLayer ? typeof(MappedCrossLayerTranscoder) : typeof(MappedPerLayerTranscoders), mapped);
             var settings = new AttributionSettings { BatchSize = 8 };
             var a = new Attributor(model, memory, settings).Attribute(Prompt);
-            var b = new Attributor(model, mapped, settings).Attribute(Prompt);
+            var b = new Attributor(model, (IMlpReplacement)mapped, settings).Attribute(Prompt);
             Assert.Equal(a.SelectedFeatures, b.SelectedFeatures);
             Assert.Equal(a.NodeCount, b.NodeCount);
             double largest = 0;
@@ -297,7 +311,7 @@ public sealed class FamilyAttributionTests
             var node = a.Node(0);
             FeatureIntervention[] edit = [new(node.Layer, node.Position, node.Index, 0f, InterventionKind.Set)];
             var la = new ReplacementModel(model, memory).Run(Prompt, edit).LastLogits;
-            var lb = new ReplacementModel(model, mapped).Run(Prompt, edit).LastLogits;
+            var lb = new ReplacementModel(model, (IMlpReplacement)mapped).Run(Prompt, edit).LastLogits;
             for (int i = 0; i < la.Length; i++) Assert.True(Math.Abs(la[i] - lb[i]) <= 1e-4 * (1 + Math.Abs(la[i])), $"logit {i}: {la[i]} vs {lb[i]}");
         }
         finally { folder.Delete(recursive: true); }

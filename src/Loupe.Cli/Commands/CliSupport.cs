@@ -31,8 +31,9 @@ static class CliSupport
     /// <summary><c>--decoders auto|memory|mapped</c>: where a cross-layer transcoder's decoders are kept.</summary>
     public static Option<string> DecodersOption() => new("--decoders")
     {
-        Description = "A cross-layer transcoder's decoders: memory (read whole at load), mapped (left in their files, a feature's rows read when it is decoded, " +
-            "as circuit-tracer's lazy_decoder; for CLTs larger than memory), or auto (mapped from 1 GiB as float32; Gemma Scope 2 CLTs always)",
+        Description = "The decoders of a cross-layer transcoder or of circuit-tracer's per-layer transcoders (layer_ℓ.safetensors): memory (read whole at load), " +
+            "mapped (left in their files, a feature's rows read when it is decoded, as circuit-tracer's lazy_decoder; for sets larger than memory), or auto " +
+            "(mapped from 1 GiB as float32; Gemma Scope 2 CLTs always; SAELens and Gemma Scope .npz transcoders are read whole)",
         DefaultValueFactory = _ => "auto",
     };
 

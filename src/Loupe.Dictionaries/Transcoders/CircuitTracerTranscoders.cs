@@ -190,6 +190,46 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
     }
 
     /// <summary>
+    /// <see cref="Load(string, string?, string?)"/> (a folder of <c>layer_ℓ.safetensors</c>, or one with a config.yaml list of such
+    /// files) with the decoders left mapped in the files (<see cref="MappedPerLayerTranscoders"/>).
+    /// </summary>
+    /// <exception cref="InputError">
+    /// As <see cref="Load(string, string?, string?)"/>; also a listed entry that is not a circuit-tracer safetensors file (Gemma Scope
+    /// <c>.npz</c>, Gemma Scope 2), a <c>W_dec</c> stored <c>[d_model, d_sae]</c> (before v0.6), or layers of different widths.
+    /// </exception>
+    public static MappedPerLayerTranscoders LoadMapped(string folder, Func<(string Repo, string Path, string Revision), string>? resolveHub = null,
+        bool entriesMayLeaveFolder = true)
+    {
+        string configPath = File.Exists(folder) ? folder : Path.Combine(folder, CltFiles.CircuitTracerConfig);
+        var yaml = CircuitTracerYaml.Read(configPath);
+        string[] files;
+        string source;
+        if (yaml.Transcoders is not null)
+        {
+            if (yaml["model_kind"] is { } kind && kind != "transcoder_set")
+                throw new InputError($"{Path.GetFullPath(configPath)}: model_kind is '{kind}'; mapped per-layer decoders are for a transcoder_set");
+            files = ResolveListed(yaml, resolveHub, entriesMayLeaveFolder);
+            source = Path.GetFullPath(configPath);
+            for (int l = 0; l < files.Length; l++)
+                if (files[l].EndsWith(".npz", StringComparison.OrdinalIgnoreCase) || GemmaScope2Format.IsGemmaScope2File(files[l]))
+                    throw new InputError($"{Where(source, l)}: {files[l]} is a Gemma Scope file; its decoders cannot stay mapped (circuit-tracer's layer_ℓ.safetensors layout only): load them into memory (--decoders memory)");
+        }
+        else
+        {
+            int layers = 0;
+            while (File.Exists(Path.Combine(folder, $"layer_{layers}.safetensors"))) layers++;
+            if (layers == 0) throw new InputError($"{folder}: layer_0.safetensors is missing (circuit-tracer's per-layer layout has layer_ℓ.safetensors per layer, or a config.yaml listing them under 'transcoders:')");
+            int found = Directory.GetFiles(folder, "layer_*.safetensors").Length;
+            if (found != layers) throw new InputError($"{folder}: holds {found} layer_*.safetensors files but only layers 0…{layers - 1} are consecutive; expected one per layer from 0");
+            files = [.. Enumerable.Range(0, layers).Select(l => Path.Combine(folder, $"layer_{l}.safetensors"))];
+            source = folder;
+        }
+        var (input, output, activation, k) = Settings(yaml, null, null);
+        var layersRead = files.Select(f => LoadLayer(f, activation, k, mapDecoder: true)).ToArray();
+        return new MappedPerLayerTranscoders(layersRead, files, input, output, source) { Listed = yaml.Transcoders is { } entries ? [.. entries] : null };
+    }
+
+    /// <summary>
     /// Loads the transcoders a circuit-tracer <c>config.yaml</c> lists, one per layer in layer order under <c>transcoders:</c>:
     /// local files (relative to the config's folder) or <c>hf://ORG/NAME/PATH[?revision=REV]</c> files, each circuit-tracer's
     /// <c>layer_ℓ.safetensors</c> layout, a Gemma Scope <c>params.npz</c> or a Gemma Scope 2 <c>params.safetensors</c> — the way
@@ -307,7 +347,13 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
             "`loupe` downloads it when the config is given as --transcoders (not with HF_HUB_OFFLINE set)");
     }
 
-    static SparseDictionary LoadLayer(string path, string? configActivation, int? configK)
+    static SparseDictionary LoadLayer(string path, string? configActivation, int? configK) => LoadLayer(path, configActivation, configK, mapDecoder: false).Dictionary;
+
+    /// <summary>
+    /// One <c>layer_ℓ.safetensors</c>: with <paramref name="mapDecoder"/> the dictionary is only the encoder side (a d_out of 1,
+    /// no decoder, no skip: W_dec stays in the file), and b_dec and W_skip <c>[d_in, d_out]</c> come beside it with the real shape.
+    /// </summary>
+    internal static (SparseDictionary Dictionary, SaeShape Shape, float[] BDec, float[]? Skip) LoadLayer(string path, string? configActivation, int? configK, bool mapDecoder)
     {
         using var f = CltFiles.Open(path);
         long Len(string name)
@@ -339,8 +385,10 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
         }
         if (arch == "jumprelu" && !f.Contains("activation_function.threshold") && !f.Contains("threshold"))
             throw new InputError($"{path}: config.yaml says jump_relu but tensor 'activation_function.threshold' is missing");
-        var dict = new SparseDictionary(SaeShape.Transcoder(dIn, dSae, dOut, skip), CltFiles.ActivationOf(arch, k, dSae, path));
+        var shape = SaeShape.Transcoder(dIn, dSae, dOut, skip);
+        var dict = new SparseDictionary(mapDecoder ? SaeShape.Transcoder(dIn, dSae, 1) : shape, CltFiles.ActivationOf(arch, k, dSae, path));
         var p = dict.P;
+        float[] bDec = mapDecoder ? new float[dOut] : p.BDec, wSkip = mapDecoder ? (skip ? new float[dIn * dOut] : []) : p.WSkip;
         if (encFeatureMajor)
         {
             var t = new float[dSae * dIn];
@@ -349,7 +397,14 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
         }
         else CltFiles.Read(f, path, "W_enc", [dIn, dSae], p.WEnc);
         if (!f.TryGetInfo("W_dec", out var wd)) throw new InputError($"{path}: tensor 'W_dec' is missing; expected [d_sae = {dSae}, d_model = {dOut}]");
-        if (wd.Shape.Length == 2 && wd.Shape[0] == dSae && wd.Shape[1] == dOut) CltFiles.Read(f, path, "W_dec", [dSae, dOut], p.WDec);
+        if (mapDecoder)
+        {
+            // Left in the file, a feature's row read when it is decoded: only today's [d_sae, d_model] holds rows contiguously.
+            if (wd.Shape.Length == 2 && wd.Shape[0] == dOut && wd.Shape[1] == dSae && dOut != dSae)
+                throw new InputError($"{path}: tensor 'W_dec' is [d_model = {dOut}, d_sae = {dSae}] (circuit-tracer before v0.6), whose feature rows are not contiguous; its decoders cannot stay mapped: load them into memory (--decoders memory)");
+            CltFiles.CheckShape(f, path, "W_dec", [dSae, dOut]);
+        }
+        else if (wd.Shape.Length == 2 && wd.Shape[0] == dSae && wd.Shape[1] == dOut) CltFiles.Read(f, path, "W_dec", [dSae, dOut], p.WDec);
         else if (wd.Shape.Length == 2 && wd.Shape[0] == dOut && wd.Shape[1] == dSae)
         {
             var t = new float[dSae * dOut];
@@ -358,12 +413,12 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
         }
         else throw InputError.Expected(path, "tensor 'W_dec'", $"[d_sae = {dSae}, d_model = {dOut}] (or [{dOut}, {dSae}] before v0.6)", CltFiles.Shape(wd.Shape));
         CltFiles.Read(f, path, "b_enc", [dSae], p.BEnc);
-        CltFiles.Read(f, path, "b_dec", [dOut], p.BDec);
+        CltFiles.Read(f, path, "b_dec", [dOut], bDec);
         if (skip)
         {
             var t = new float[dOut * dIn];
             CltFiles.Read(f, path, "W_skip", [dOut, dIn], t);       // x·W_skipᵀ
-            CltFiles.Transpose(t, dOut, dIn).CopyTo(p.WSkip, 0);
+            CltFiles.Transpose(t, dOut, dIn).CopyTo(wSkip, 0);
         }
         if (arch == "jumprelu")
         {
@@ -376,6 +431,6 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
                 p.LogThreshold[i] = MathF.Log(theta[i]);
             }
         }
-        return dict;
+        return (dict, shape, bDec, skip ? wSkip : null);
     }
 }

@@ -81,6 +81,9 @@ public sealed class DeviceMlpReplacement
                 return PerLayer(replacement, backend, [.. Enumerable.Range(0, p.Layers).Select(l => p[l])]);
             case CircuitTracerTranscoders c:
                 return PerLayer(replacement, backend, c.Dictionaries);
+            case MappedPerLayerTranscoders m:
+                // A layer at a time through host memory (its decoders read and checked), uploaded, then released.
+                return new(replacement, backend, [.. Enumerable.Range(0, m.Layers).Select(l => Encoder(backend, m.LayerInMemory(l), replacement, l))], [.. Enumerable.Range(0, m.Layers).Select(_ => 1)], null);
             case CrossLayerTranscoder clt:
                 return CrossLayer(replacement, backend, clt.Shape, clt.Activation, clt.P, host ? null : (l, into) => clt.P.WDec[l].CopyTo(into, 0));
             case MappedCrossLayerTranscoder mapped:
@@ -139,6 +142,7 @@ public sealed class DeviceMlpReplacement
         {
             PerLayerTranscoders p => Enumerable.Range(0, p.Layers).Sum(l => Dictionary(p[l].Shape)),
             CircuitTracerTranscoders c => c.Dictionaries.Sum(d => Dictionary(d.Shape)),
+            MappedPerLayerTranscoders m => Enumerable.Range(0, m.Layers).Sum(l => Dictionary(m.Shape(l))),
             CrossLayerTranscoder clt => CrossLayer(clt.Shape, clt.Activation, false),
             MappedCrossLayerTranscoder mapped => CrossLayer(mapped.Shape, mapped.Activation, mapped.HasSkip),
             _ => 0,
@@ -210,6 +214,7 @@ public sealed class DeviceMlpReplacement
     {
         PerLayerTranscoders p => Enumerable.Range(0, p.Layers).All(l => DeviceSaeTraining.Supports(p[l].Activation)),
         CircuitTracerTranscoders c => c.Dictionaries.All(d => DeviceSaeTraining.Supports(d.Activation)),
+        MappedPerLayerTranscoders m => Enumerable.Range(0, m.Layers).All(l => DeviceSaeTraining.Supports(m.Activation(l))),
         CrossLayerTranscoder clt => DeviceSaeTraining.Supports(clt.Activation),
         MappedCrossLayerTranscoder mapped => DeviceSaeTraining.Supports(mapped.Activation),
         _ => false,

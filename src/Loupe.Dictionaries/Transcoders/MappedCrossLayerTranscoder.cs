@@ -27,7 +27,6 @@ namespace Loupe.Dictionaries.Transcoders;
 public sealed class MappedCrossLayerTranscoder : IMlpReplacement, IDisposable
 {
     // Decoder rows gathered per product in Reconstruct: 1,024 × d_out floats (8 MiB at d_out 2,048).
-    const int GatherChunk = 1024;
     readonly CrossLayerTranscoder _encoders;   // encoders, biases, thresholds; no decoders
     readonly MappedCltDecoders _decoders;
     readonly float[][]? _skip;                 // per target layer [d_in, d_out] (x·W_skip), or none
@@ -105,59 +104,17 @@ public sealed class MappedCrossLayerTranscoder : IMlpReplacement, IDisposable
         int dOut = DOut, dSae = Shape.DSae;
         if (recon.Length < rows * dOut) throw new ArgumentException($"recon has {recon.Length} floats, expected rows·d_out = {rows * dOut}", nameof(recon));
         for (int b = 0; b < rows; b++) P.BDec[targetLayer].CopyTo(recon.Slice(b * dOut, dOut));
-        // Scratch from the shared pool: an evaluation calls this per target layer and batch.
-        var table = System.Buffers.ArrayPool<float>.Shared.Rent(Math.Min(GatherChunk, dSae) * dOut);
-        var gathered = System.Buffers.ArrayPool<float>.Shared.Rent(rows * Math.Min(GatherChunk, dSae));
-        try
+        // recon += Σ_{ℓ≤t} acts[ℓ][:, F_ℓ]·W_dec[ℓ][F_ℓ, t−ℓ, :] over the active features F_ℓ.
+        for (int l = 0; l <= targetLayer; l++)
         {
-            AddActiveRows(targetLayer, acts, rows, recon, table, gathered);
-        }
-        finally
-        {
-            System.Buffers.ArrayPool<float>.Shared.Return(table);
-            System.Buffers.ArrayPool<float>.Shared.Return(gathered);
+            if (acts[l].Length < rows * dSae) throw new ArgumentException($"acts[{l}] has {acts[l].Length} floats, expected rows·d_sae = {rows * dSae}", nameof(acts));
+            _decoders.AddActiveRows(l, targetLayer, acts[l], rows, recon);
         }
         if (_skip is null) return;
         // The skip path of the target layer: recon[t] += x[t]·W_skip[t].
         if (inputs is null || inputs.Count <= targetLayer || inputs[targetLayer].Length < rows * DIn)
             throw new ArgumentException($"this transcoder has a skip path: inputs[{targetLayer}] must hold rows·d_in = {rows * DIn} floats", nameof(inputs));
         Gemm.Sgemm(false, false, rows, dOut, DIn, 1f, inputs[targetLayer], DIn, _skip[targetLayer], dOut, 1f, recon, dOut);
-    }
-
-    // recon += Σ_{ℓ≤t} acts[ℓ][:, F_ℓ]·W_dec[ℓ][F_ℓ, t−ℓ, :], the active features' rows gathered GatherChunk at a time.
-    void AddActiveRows(int targetLayer, IReadOnlyList<float[]> acts, int rows, Span<float> recon, float[] table, float[] gathered)
-    {
-        int dOut = DOut, dSae = Shape.DSae;
-        for (int l = 0; l <= targetLayer; l++)
-        {
-            var a = acts[l];
-            if (a.Length < rows * dSae) throw new ArgumentException($"acts[{l}] has {a.Length} floats, expected rows·d_sae = {rows * dSae}", nameof(acts));
-            var active = ActiveFeatures(a, rows, dSae);
-            for (int start = 0; start < active.Length; start += GatherChunk)
-            {
-                int n = Math.Min(GatherChunk, active.Length - start);
-                for (int j = 0; j < n; j++) _decoders.ReadRow(l, active[start + j], targetLayer, table.AsSpan(j * dOut, dOut));
-                for (int b = 0; b < rows; b++)
-                    for (int j = 0; j < n; j++) gathered[b * n + j] = a[b * dSae + active[start + j]];
-                Gemm.Sgemm(false, false, rows, dOut, n, 1f, gathered, n, table, dOut, 1f, recon, dOut);
-            }
-        }
-    }
-
-    // The features with a nonzero activation in any of the rows, ascending.
-    static int[] ActiveFeatures(float[] acts, int rows, int dSae)
-    {
-        var any = new bool[dSae];
-        for (int b = 0; b < rows; b++)
-        {
-            var row = acts.AsSpan(b * dSae, dSae);
-            for (int i = 0; i < dSae; i++) if (row[i] != 0) any[i] = true;
-        }
-        int count = 0;
-        foreach (bool x in any) if (x) count++;
-        var active = new int[count];
-        for (int i = 0, at = 0; i < dSae; i++) if (any[i]) active[at++] = i;
-        return active;
     }
 
     /// <summary>
@@ -191,14 +148,19 @@ internal sealed class MappedCltDecoders : IDisposable
     readonly CltShape _shape;
     readonly SafeTensorsFile[] _open;                          // each file once
     readonly Layer[] _layers;
+    readonly int[] _targets;                                   // targets each source layer writes: L − ℓ, or 1 for per-layer transcoders
     readonly int[][] _checked;                                 // per layer, per feature: 1 once its rows were checked
+
+    // Features whose rows one reconstruction step gathers.
+    const int GatherChunk = 1024;
 
     /// <summary>Where source layer ℓ's decoders are: the tensor, its slots per feature and the slot of target ℓ.</summary>
     readonly record struct Layer(SafeTensorsFile File, SafeTensorInfo Info, int Slots, int First);
 
-    MappedCltDecoders(CltShape shape, SafeTensorsFile[] open, Layer[] layers)
+    MappedCltDecoders(CltShape shape, SafeTensorsFile[] open, Layer[] layers, bool perLayer)
     {
         (_shape, _open, _layers) = (shape, open, layers);
+        _targets = [.. Enumerable.Range(0, shape.Layers).Select(l => perLayer ? 1 : shape.Targets(l))];
         _checked = [.. Enumerable.Range(0, shape.Layers).Select(_ => new int[shape.DSae])];
     }
 
@@ -207,10 +169,11 @@ internal sealed class MappedCltDecoders : IDisposable
 
     /// <summary>
     /// Maps each source layer's (file, tensor), checking dtype and shape from the header: <c>[d_sae, L−ℓ, d_out]</c>, or with
-    /// <paramref name="allTargets"/> (Gemma Scope 2) <c>[d_sae, L, d_out]</c>.
+    /// <paramref name="allTargets"/> (Gemma Scope 2) <c>[d_sae, L, d_out]</c>, or with <paramref name="perLayer"/> (per-layer
+    /// transcoders: layer ℓ writes only layer ℓ) <c>[d_sae, d_out]</c>.
     /// </summary>
     /// <exception cref="InputError">A file or tensor is missing, or a tensor is not a float tensor of that shape.</exception>
-    public static MappedCltDecoders Open(CltShape shape, IReadOnlyList<(string Path, string Tensor)> layers, bool allTargets = false)
+    public static MappedCltDecoders Open(CltShape shape, IReadOnlyList<(string Path, string Tensor)> layers, bool allTargets = false, bool perLayer = false)
     {
         var open = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
         try
@@ -220,10 +183,11 @@ internal sealed class MappedCltDecoders : IDisposable
             {
                 var (path, tensor) = layers[l];
                 if (!open.TryGetValue(path, out var file)) open[path] = file = CltFiles.Open(path);
-                int slots = allTargets ? shape.Layers : shape.Targets(l);
-                mapped[l] = new Layer(file, CltFiles.CheckShape(file, path, tensor, [shape.DSae, slots, shape.DOut]), slots, allTargets ? l : 0);
+                int slots = perLayer ? 1 : allTargets ? shape.Layers : shape.Targets(l);
+                int[] expected = perLayer ? [shape.DSae, shape.DOut] : [shape.DSae, slots, shape.DOut];
+                mapped[l] = new Layer(file, CltFiles.CheckShape(file, path, tensor, expected), slots, allTargets ? l : 0);
             }
-            return new MappedCltDecoders(shape, [.. open.Values], mapped);
+            return new MappedCltDecoders(shape, [.. open.Values], mapped, perLayer);
         }
         catch
         {
@@ -240,8 +204,56 @@ internal sealed class MappedCltDecoders : IDisposable
         l.File.ReadFloat32(l.Info, ((long)feature * l.Slots + l.First + target - layer) * _shape.DOut, into);
     }
 
-    // Elements of a feature's used slots (targets ℓ…L−1), and where they start in its row.
-    long Used(int layer) => (long)_shape.Targets(layer) * _shape.DOut;
+    // Elements of a feature's used slots (targets ℓ…L−1, or ℓ alone).
+    long Used(int layer) => (long)_targets[layer] * _shape.DOut;
+
+    /// <summary>
+    /// <c>recon [rows, d_out] += acts[:, F]·W_dec[ℓ → t][F, :]</c> over the features F active (nonzero) in any row of
+    /// <paramref name="acts"/> <c>[rows, d_sae]</c> — only their rows are read —, GatherChunk features at a time.
+    /// </summary>
+    /// <exception cref="InputError">An active feature's decoders hold NaN, ±∞ or a corrupt magnitude.</exception>
+    public void AddActiveRows(int layer, int target, float[] acts, int rows, Span<float> recon)
+    {
+        int dOut = _shape.DOut, dSae = _shape.DSae;
+        var active = ActiveFeatures(acts, rows, dSae);
+        if (active.Length == 0) return;
+        // Scratch from the shared pool: an evaluation calls this per layer, target and batch.
+        int chunk = Math.Min(GatherChunk, active.Length);
+        var table = System.Buffers.ArrayPool<float>.Shared.Rent(chunk * dOut);
+        var gathered = System.Buffers.ArrayPool<float>.Shared.Rent(rows * chunk);
+        try
+        {
+            for (int start = 0; start < active.Length; start += GatherChunk)
+            {
+                int n = Math.Min(GatherChunk, active.Length - start);
+                for (int j = 0; j < n; j++) ReadRow(layer, active[start + j], target, table.AsSpan(j * dOut, dOut));
+                for (int b = 0; b < rows; b++)
+                    for (int j = 0; j < n; j++) gathered[b * n + j] = acts[b * dSae + active[start + j]];
+                Gemm.Sgemm(false, false, rows, dOut, n, 1f, gathered, n, table, dOut, 1f, recon, dOut);
+            }
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<float>.Shared.Return(table);
+            System.Buffers.ArrayPool<float>.Shared.Return(gathered);
+        }
+    }
+
+    // The features with a nonzero activation in any of the rows, ascending.
+    static int[] ActiveFeatures(float[] acts, int rows, int dSae)
+    {
+        var any = new bool[dSae];
+        for (int b = 0; b < rows; b++)
+        {
+            var row = acts.AsSpan(b * dSae, dSae);
+            for (int i = 0; i < dSae; i++) if (row[i] != 0) any[i] = true;
+        }
+        int count = 0;
+        foreach (bool x in any) if (x) count++;
+        var active = new int[count];
+        for (int i = 0, at = 0; i < dSae; i++) if (any[i]) active[at++] = i;
+        return active;
+    }
 
     void EnsureChecked(int layer, int feature)
     {

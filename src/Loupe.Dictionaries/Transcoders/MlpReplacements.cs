@@ -3,14 +3,14 @@ using Loupe.Models.Loading;
 
 namespace Loupe.Dictionaries.Transcoders;
 
-/// <summary>Where a cross-layer transcoder's decoders are kept while it replaces a model's MLPs.</summary>
+/// <summary>Where the decoders of a cross-layer transcoder, or of circuit-tracer's per-layer transcoders, are kept while they replace a model's MLPs.</summary>
 public enum DecoderStorage
 {
     /// <summary>Mapped when they take <see cref="MlpReplacements.MapDecodersFromBytes"/> or more as float32, in memory otherwise.</summary>
     Auto,
     /// <summary>Read into memory at load (every value checked then).</summary>
     Memory,
-    /// <summary>Left in their files, read row by row as features are decoded (<see cref="MappedCrossLayerTranscoder"/>).</summary>
+    /// <summary>Left in their files, read row by row as features are decoded (<see cref="MappedCrossLayerTranscoder"/>, <see cref="MappedPerLayerTranscoders"/>).</summary>
     Mapped,
 }
 
@@ -48,7 +48,7 @@ public static class MlpReplacements
     /// <param name="path">The folder (or comma-separated SAELens folders, or a config.yaml).</param>
     /// <param name="layers">The model's n_layers (SAELens folders are matched to layers by it).</param>
     /// <param name="resolveHub">How an <c>hf://</c> entry of a config.yaml becomes a local file (default: the Hugging Face cache).</param>
-    /// <param name="decoders">Where a cross-layer transcoder's decoders are kept (per-layer transcoders are read into memory).</param>
+    /// <param name="decoders">Where the decoders of a cross-layer transcoder or of circuit-tracer's per-layer files are kept (SAELens and Gemma Scope transcoders are read into memory).</param>
     /// <param name="log">Told how a cross-layer transcoder's weights are kept, and their size, before they are read.</param>
     /// <exception cref="InputError">The path holds none of these, or the files are bad (the message names the file and field);
     /// <paramref name="decoders"/> is Mapped and the path holds per-layer transcoders.</exception>
@@ -56,24 +56,26 @@ public static class MlpReplacements
         DecoderStorage decoders = DecoderStorage.Auto, Action<string>? log = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
-        if (decoders == DecoderStorage.Mapped && (path.Contains(',') || (File.Exists(path) && !IsCrossLayerConfig(path))
-            || (Directory.Exists(path) && !IsCltFolder(path) && !IsCrossLayerConfig(Path.Combine(path, CltFiles.CircuitTracerConfig)))))
-            throw new InputError($"{path}: mapped decoders are for cross-layer transcoders (a folder with W_enc_0.safetensors, {CltFiles.WeightsFile} or params_layer_0.safetensors, or a cross_layer_transcoder config.yaml); per-layer transcoders are read into memory");
+        string config = Path.Combine(path, CltFiles.CircuitTracerConfig);
+        if (decoders == DecoderStorage.Mapped && (path.Contains(',') || (File.Exists(path) && !IsListConfig(path))
+            || (Directory.Exists(path) && !IsCltFolder(path) && !IsListConfig(config) && !File.Exists(Path.Combine(path, "layer_0.safetensors")))))
+            throw new InputError($"{path}: mapped decoders are for cross-layer transcoders (a folder with W_enc_0.safetensors, {CltFiles.WeightsFile} or params_layer_0.safetensors, or a cross_layer_transcoder config.yaml) " +
+                "and circuit-tracer's per-layer transcoders (layer_ℓ.safetensors, or a config.yaml listing them); SAELens transcoders are read into memory");
         if (path.Contains(',')) return PerLayerTranscoders.LoadSaeLens(path, layers);
         bool fromHub = InHubCache(path);
         if (File.Exists(path) && path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase))
             return IsCrossLayerList(CircuitTracerYaml.Read(path)) ? ListedCrossLayer(path, layers, resolveHub, !fromHub, decoders, log)
-                : OneEach(CircuitTracerTranscoders.LoadListed(path, resolveHub, entriesMayLeaveFolder: !fromHub), layers);
+                : CircuitTracerPerLayer(Path.GetFullPath(path), CircuitTracerTranscoders.ListedFiles(path, resolveHub, !fromHub), layers, decoders, log,
+                    () => CircuitTracerTranscoders.LoadListed(path, resolveHub, entriesMayLeaveFolder: !fromHub),
+                    () => CircuitTracerTranscoders.LoadMapped(path, resolveHub, entriesMayLeaveFolder: !fromHub));
         if (!Directory.Exists(path)) throw new InputError($"transcoder folder not found: {Path.GetFullPath(path)}");
-        string config = Path.Combine(path, CltFiles.CircuitTracerConfig);
         if (File.Exists(config) && CircuitTracerYaml.Read(config) is { Transcoders: not null } listed)
             return IsCrossLayerList(listed) ? ListedCrossLayer(config, layers, resolveHub, !fromHub, decoders, log)
-                : OneEach(CircuitTracerTranscoders.LoadListed(config, resolveHub, entriesMayLeaveFolder: !fromHub), layers);
+                : CircuitTracerPerLayer(Path.GetFullPath(config), CircuitTracerTranscoders.ListedFiles(config, resolveHub, !fromHub), layers, decoders, log,
+                    () => CircuitTracerTranscoders.LoadListed(config, resolveHub, entriesMayLeaveFolder: !fromHub),
+                    () => CircuitTracerTranscoders.LoadMapped(config, resolveHub, entriesMayLeaveFolder: !fromHub));
         if (File.Exists(Path.Combine(path, "layer_0.safetensors")))
-        {
-            CheckMemory(path, WeightFiles(path));
-            return OneEach(CircuitTracerTranscoders.Load(path), layers);
-        }
+            return CircuitTracerPerLayer(path, WeightFiles(path), layers, decoders, log, () => CircuitTracerTranscoders.Load(path), () => CircuitTracerTranscoders.LoadMapped(path));
         if (IsCltFolder(path)) return LoadCrossLayer(path, layers, decoders, log);
         CheckMemory(path, WeightFiles(path));
         return PerLayerTranscoders.LoadSaeLens(path, layers);
@@ -86,6 +88,28 @@ public static class MlpReplacements
         File.Exists(Path.Combine(folder, "W_enc_0.safetensors")) || File.Exists(Path.Combine(folder, CltFiles.WeightsFile)) || GemmaScope2Clt.IsFolder(folder);
 
     static bool IsCrossLayerList(CircuitTracerYaml yaml) => yaml["model_kind"] == "cross_layer_transcoder";
+
+    static bool IsListConfig(string path) =>
+        File.Exists(path) && path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase) && CircuitTracerYaml.Read(path) is { Transcoders: not null };
+
+    // circuit-tracer's per-layer transcoders (a folder of layer_ℓ files or a transcoder_set list): the decoders mapped when asked,
+    // or under Auto from MapDecodersFromBytes when every file is circuit-tracer's safetensors layout (a Gemma Scope file is read whole).
+    static IMlpReplacement CircuitTracerPerLayer(string source, string[] files, int layers, DecoderStorage storage, Action<string>? log,
+        Func<CircuitTracerTranscoders> inMemory, Func<MappedPerLayerTranscoders> mapped)
+    {
+        bool mappable = files.All(f => f.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) && !GemmaScope2Format.IsGemmaScope2File(f));
+        long all = EstimateBytes(files), decoderBytes = mappable ? EstimateBytes(files, name => name == "W_dec") : 0;
+        bool map = storage == DecoderStorage.Mapped || (storage == DecoderStorage.Auto && mappable && decoderBytes >= MapDecodersFromBytes);
+        log?.Invoke(map
+            ? $"{source}: per-layer transcoders: encoders {ByteSizes.Format(all - decoderBytes)} read into memory, decoders {ByteSizes.Format(decoderBytes)} (as float32) left mapped, read as features are decoded"
+            : $"{source}: per-layer transcoders: {ByteSizes.Format(all)} read into memory");
+        CheckMemory(source, files.Length, map ? all - decoderBytes : all,
+            map || !mappable ? "" : $"; their decoders ({ByteSizes.Format(decoderBytes)}) can stay in their files: load with mapped decoders (--decoders mapped)");
+        IMlpReplacement loaded = map ? mapped() : inMemory();
+        if (loaded.Layers == layers) return loaded;
+        (loaded as IDisposable)?.Dispose();
+        throw new InputError($"{loaded.Source}: holds transcoders for {loaded.Layers} layer{(loaded.Layers == 1 ? "" : "s")}; the model has {layers}, one transcoder each");
+    }
 
     static bool IsCrossLayerConfig(string path) =>
         File.Exists(path) && path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase) && CircuitTracerYaml.Read(path) is { Transcoders: not null } y && IsCrossLayerList(y);
@@ -209,9 +233,6 @@ public static class MlpReplacements
         ArgumentNullException.ThrowIfNull(model);
         return Load(path, model.Config.NLayers, resolveHub, decoders, log);
     }
-
-    static CircuitTracerTranscoders OneEach(CircuitTracerTranscoders loaded, int layers) => loaded.Layers == layers ? loaded
-        : throw new InputError($"{loaded.Source}: holds transcoders for {loaded.Layers} layer{(loaded.Layers == 1 ? "" : "s")}; the model has {layers}, one transcoder each");
 
     /// <summary>A config inside the Hugging Face cache came from the hub: its local entries must stay beside it.</summary>
     public static bool InHubCache(string path)

@@ -68,6 +68,14 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
             [.. Enumerable.Range(0, L).Select(l => $"blocks.{l}.hook_mlp_out")], "random");
     }
 
+    // The same transcoders in circuit-tracer's layer files, loaded with their decoders mapped (uploaded a layer at a time).
+    static MappedPerLayerTranscoders MappedPerLayer(string folder)
+    {
+        var p = PerLayer();
+        new CircuitTracerTranscoders([.. Enumerable.Range(0, L).Select(l => p[l])]).Save(folder);
+        return CircuitTracerTranscoders.LoadMapped(folder);
+    }
+
     static void Close(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, string what)
     {
         Assert.Equal(expected.Length, actual.Length);
@@ -81,7 +89,7 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
     {
         get
         {
-            var data = new TheoryData<string, DeviceDecoders> { { "per-layer topk", DeviceDecoders.Whole } };
+            var data = new TheoryData<string, DeviceDecoders> { { "per-layer topk", DeviceDecoders.Whole }, { "per-layer topk, decoders mapped", DeviceDecoders.Whole } };
             foreach (var kind in CrossLayerKinds)
             {
                 data.Add(kind, DeviceDecoders.Whole);
@@ -94,6 +102,7 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
     IMlpReplacement Make(string kind, string folder) => kind switch
     {
         "per-layer topk" => PerLayer(),
+        "per-layer topk, decoders mapped" => MappedPerLayer(folder),
         "clt relu" => Clt(new ReluActivation()),
         "clt jumprelu" => Clt(new JumpReluActivation()),
         "clt topk" => Clt(new TopKActivation(3)),

@@ -267,7 +267,7 @@ public sealed class CltFilesTests : IDisposable
 
     // ---- per-layer transcoders in circuit-tracer's layout ----
 
-    static SparseDictionary Plt(SaeActivation act, bool skip, int seed)
+    internal static SparseDictionary Plt(SaeActivation act, bool skip, int seed)
     {
         var d = new SparseDictionary(SaeShape.Transcoder(4, 6, 4, skip), act);
         d.Initialize(seed, decoderNorm: 1f);

@@ -187,6 +187,10 @@ public sealed class ListedTranscoderTests : IDisposable
     public void A_config_listing_files_of_every_layout_loads_them_in_layer_order()
     {
         var (config, layers) = MixedSet(16, "mlp.hook_in");
+        // Mapped decoders are circuit-tracer's layer files only: the Gemma Scope entry is named.
+        var refused = Assert.Throws<InputError>(() => MlpReplacements.Load(Path.GetDirectoryName(config)!, 3, decoders: DecoderStorage.Mapped));
+        Assert.Contains("transcoders[0] (layer 0)", refused.Message);
+        Assert.Contains("Gemma Scope", refused.Message);
         var tc = Assert.IsType<CircuitTracerTranscoders>(MlpReplacements.Load(Path.GetDirectoryName(config)!, 3));
         Assert.Equal(3, tc.Layers);
         Assert.Equal("blocks.1.mlp.hook_in", tc.InputHook(1));

@@ -168,10 +168,11 @@ public sealed class MappedCltTests : IDisposable
         var e = Assert.Throws<InputError>(() => MlpReplacements.Load(Sub("small"), 4, decoders: DecoderStorage.Mapped));
         Assert.Contains("the model has 4", e.Message);
 
-        Directory.CreateDirectory(Sub("per-layer"));
-        File.WriteAllText(Path.Combine(Sub("per-layer"), "layer_0.safetensors"), "");
-        e = Assert.Throws<InputError>(() => MlpReplacements.Load(Sub("per-layer"), 1, decoders: DecoderStorage.Mapped));
+        // SAELens folders (one per layer) are read into memory; circuit-tracer's per-layer files map (MappedPerLayerTranscodersTests).
+        Directory.CreateDirectory(Path.Combine(Sub("saelens"), "layer_0"));
+        e = Assert.Throws<InputError>(() => MlpReplacements.Load(Sub("saelens"), 1, decoders: DecoderStorage.Mapped));
         Assert.Contains("mapped decoders are for cross-layer transcoders", e.Message);
+        Assert.Contains("SAELens transcoders are read into memory", e.Message);
     }
 
     [Fact]
