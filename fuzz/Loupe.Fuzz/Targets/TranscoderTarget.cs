@@ -118,15 +118,18 @@ public sealed class TranscoderTarget : FuzzTarget
             _ = clt.Fingerprint;
             return;
         }
-        // A CLT also loads with its decoders mapped: a corrupt decoder is refused when its feature is decoded rather than at
-        // load, so that path runs first, on its own; where both load they must be the same function and fingerprint.
+        // A CLT, and circuit-tracer's per-layer files, also load with their decoders mapped: a corrupt decoder is refused when its
+        // feature is decoded rather than at load, so that path runs first, on its own; where both load they must be the same
+        // function and fingerprint.
         float[][]? mappedRecon = null;
         string? mappedFingerprint = null;
-        if (File.Exists(Path.Combine(folder, "W_enc_0.safetensors")) || File.Exists(Path.Combine(folder, CltFiles.WeightsFile)))
+        if (File.Exists(Path.Combine(folder, "W_enc_0.safetensors")) || File.Exists(Path.Combine(folder, CltFiles.WeightsFile))
+            || File.Exists(Path.Combine(folder, "layer_0.safetensors")))
         {
             try
             {
-                using var mapped = (MappedCrossLayerTranscoder)MlpReplacements.Load(folder, layers, decoders: DecoderStorage.Mapped);
+                var mapped = MlpReplacements.Load(folder, layers, decoders: DecoderStorage.Mapped);
+                using var unmap = (IDisposable)mapped;
                 mappedRecon = Exercise(mapped, layers);
                 var row = new float[mapped.DOut];
                 for (int l = 0; l < mapped.Layers; l++)
