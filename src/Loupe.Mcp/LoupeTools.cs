@@ -143,7 +143,9 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
         var ids = Input(prompt, tokens);
         if (_transcoders is null)
         {
-            var host = MlpReplacements.Load(tc.Path, model);
+            var host = MlpReplacements.Load(tc.Path, model, log: Console.Error.WriteLine);
+            // On a GPU: where the decoders go and what goes up, said (stderr: stdout is the protocol) or refused before the upload.
+            if (DeviceMlpReplacement.Plan(host, model.Backend) is { } plan) Console.Error.WriteLine(plan);
             _transcoders = (host, model.Backend.Device.IsCpu ? null : DeviceMlpReplacement.Upload(host, model.Backend));
         }
         var settings = new AttributionSettings { MaxFeatureNodes = maxFeatureNodes };
