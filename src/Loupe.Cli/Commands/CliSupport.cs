@@ -37,12 +37,12 @@ static class CliSupport
         DefaultValueFactory = _ => "auto",
     };
 
-    /// <summary><c>--device-decoders auto|whole|active</c>: where a cross-layer transcoder's decoders go when the model is on a GPU.</summary>
+    /// <summary><c>--device-decoders auto|whole|active</c>: where the transcoders' decoders go when the model is on a GPU.</summary>
     public static Option<string> DeviceDecodersOption() => new("--device-decoders")
     {
-        Description = "With the model on a GPU, a cross-layer transcoder's decoders: whole (uploaded once: the fastest passes), active (left on the host; " +
-            "each pass uploads its active features' rows, as circuit-tracer's lazy decoder: for CLTs larger than the GPU), or auto (whole when they fit " +
-            "in 75 % of the free memory)",
+        Description = "With the model on a GPU, the transcoders' decoders: whole (uploaded once: the fastest passes), active (left on the host; " +
+            "each pass uploads its active features' rows, as circuit-tracer's lazy decoder: for sets larger than the GPU), or auto (whole when the " +
+            "upload fits in 75 % of the free memory)",
         DefaultValueFactory = _ => "auto",
     };
 
@@ -63,7 +63,7 @@ static class CliSupport
     /// With the model on a GPU: sets where a cross-layer transcoder's decoders go (<paramref name="deviceDecoders"/>), and
     /// says what the transcoders will take there, or refuses them when they do not fit.
     /// </summary>
-    /// <exception cref="InputError">They need more than the device has free, or active rows were asked for per-layer transcoders.</exception>
+    /// <exception cref="InputError">They need more than the device has free.</exception>
     public static void PlanTranscoderUpload(Loupe.Models.HookedTransformer model, Loupe.Dictionaries.Transcoders.IMlpReplacement replacement,
         Loupe.Dictionaries.Transcoders.DeviceDecoders deviceDecoders)
     {

@@ -55,6 +55,9 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
     static string L(int layer) => layer.ToString(System.Globalization.CultureInfo.InvariantCulture);
     public int LastTarget(int layer) { _ = _layers[layer]; return layer; }
     public bool HasSkip => _layers.Any(d => d.Shape.Skip);
+
+    /// <summary>Where the decoders go when the transcoders run on a device (<see cref="DeviceMlpReplacement.Upload"/>).</summary>
+    public DeviceDecoders DecodersOnDevice { get; set; }
     public float[]? SkipWeights(int layer) => _layers[layer].Shape.Skip ? _layers[layer].P.WSkip : null;
     public string Source { get; }
 

@@ -30,7 +30,8 @@ public sealed class DeviceMlpReplacement
     readonly DeviceSaeEncoder[] _layers;
     readonly int[] _slots;          // decoder slots per source layer: 1, or L − ℓ for a cross-layer transcoder
     readonly Tensor[]? _bDec;       // CLT: b_dec[t] [d_out]
-    readonly Tensor[]? _skip;       // CLT with a skip path: W_skip[t] [d_in, d_out]
+    readonly Tensor?[]? _skip;      // a skip path W_skip[t] [d_in, d_out] beside the encoders (a mapped CLT's, or a per-layer set's with its decoders on the host)
+    readonly bool _perLayer;        // layer ℓ's features write layer ℓ only
     readonly ActiveColumns?[]? _active; // decoders on the host: the last pass's active features per source layer
 
     // The active features of one source layer's activations, and those columns gathered [rows, k] (for the pass that made acts).
@@ -42,9 +43,10 @@ public sealed class DeviceMlpReplacement
     /// <summary>Share of the device's free memory a whole upload may take under <see cref="DeviceDecoders.Auto"/> (the rest is the passes' working memory).</summary>
     public const double WholeUploadShare = 0.75;
 
-    DeviceMlpReplacement(IMlpReplacement replacement, IComputeBackend backend, DeviceSaeEncoder[] layers, int[] slots, Tensor[]? bDec, Tensor[]? skip = null, bool hostDecoders = false)
+    DeviceMlpReplacement(IMlpReplacement replacement, IComputeBackend backend, DeviceSaeEncoder[] layers, int[] slots, Tensor[]? bDec, Tensor?[]? skip = null, bool hostDecoders = false)
     {
         (Replacement, _b, _layers, _slots, _bDec, _skip) = (replacement, backend, layers, slots, bDec, skip);
+        _perLayer = slots.All(n => n == 1) && replacement is not (CrossLayerTranscoder or MappedCrossLayerTranscoder);
         if (hostDecoders) _active = new ActiveColumns?[layers.Length];
     }
 
@@ -61,7 +63,7 @@ public sealed class DeviceMlpReplacement
     public int Features(int layer) => _layers[layer].Shape.DSae;
 
     /// <summary>The skip path of source layer <paramref name="layer"/> <c>[d_in, d_out]</c> on the device, or null.</summary>
-    public Tensor? SkipWeights(int layer) => _skip is not null ? _skip[layer] : _layers[layer].SkipWeights;
+    public Tensor? SkipWeights(int layer) => _skip?[layer] ?? _layers[layer].SkipWeights;
 
     /// <summary>
     /// Uploads the weights of <paramref name="replacement"/> to <paramref name="backend"/> (once: keep the result).
@@ -77,6 +79,12 @@ public sealed class DeviceMlpReplacement
         bool host = Resolve(replacement, backend, decoders) == DeviceDecoders.ActiveRows;
         switch (replacement)
         {
+            case PerLayerTranscoders p when host:
+                return PerLayerOnHost(replacement, backend, l => (p[l], p[l].P.BDec, null));
+            case CircuitTracerTranscoders c when host:
+                return PerLayerOnHost(replacement, backend, l => (c.Dictionaries[l], c.Dictionaries[l].P.BDec, null));
+            case MappedPerLayerTranscoders m when host:
+                return PerLayerOnHost(replacement, backend, m.EncoderSide);
             case PerLayerTranscoders p:
                 return PerLayer(replacement, backend, [.. Enumerable.Range(0, p.Layers).Select(l => p[l])]);
             case CircuitTracerTranscoders c:
@@ -96,33 +104,32 @@ public sealed class DeviceMlpReplacement
 
     /// <summary>
     /// Where <see cref="Upload"/> puts <paramref name="replacement"/>'s decoders on <paramref name="backend"/>: as asked
-    /// (<paramref name="requested"/>, else a cross-layer transcoder's <c>DecodersOnDevice</c>), <see cref="DeviceDecoders.Auto"/>
+    /// (<paramref name="requested"/>, else the transcoders' <c>DecodersOnDevice</c>), <see cref="DeviceDecoders.Auto"/>
     /// becoming <see cref="DeviceDecoders.Whole"/> when the whole upload fits in <see cref="WholeUploadShare"/> of the free
-    /// memory or that is not known, <see cref="DeviceDecoders.ActiveRows"/> otherwise. Per-layer transcoders: always whole.
+    /// memory or that is not known, <see cref="DeviceDecoders.ActiveRows"/> otherwise.
     /// </summary>
-    /// <exception cref="InputError">Active rows were asked for per-layer transcoders.</exception>
     public static DeviceDecoders Resolve(IMlpReplacement replacement, IComputeBackend backend, DeviceDecoders? requested = null)
     {
         ArgumentNullException.ThrowIfNull(replacement);
         ArgumentNullException.ThrowIfNull(backend);
-        var asked = requested ?? replacement switch
-        {
-            CrossLayerTranscoder clt => clt.DecodersOnDevice,
-            MappedCrossLayerTranscoder mapped => mapped.DecodersOnDevice,
-            _ => DeviceDecoders.Whole,
-        };
-        bool crossLayer = replacement is CrossLayerTranscoder or MappedCrossLayerTranscoder;
-        if (!crossLayer)
-        {
-            SetDecodersOnDevice(replacement, asked); // refuses active rows
-            return DeviceDecoders.Whole;
-        }
+        var asked = requested ?? DecodersOnDevice(replacement) ?? DeviceDecoders.Whole;
         return asked != DeviceDecoders.Auto ? asked : Auto(replacement, backend.FreeMemoryBytes);
     }
 
-    // Auto for a cross-layer transcoder: whole when it fits in WholeUploadShare of the free memory, or that is not known.
-    internal static DeviceDecoders Auto(IMlpReplacement crossLayer, long? freeBytes) =>
-        freeBytes is long free && UploadBytes(crossLayer, DeviceDecoders.Whole) > WholeUploadShare * free ? DeviceDecoders.ActiveRows : DeviceDecoders.Whole;
+    // The transcoders' own setting, or null for a replacement Upload does not know.
+    static DeviceDecoders? DecodersOnDevice(IMlpReplacement replacement) => replacement switch
+    {
+        CrossLayerTranscoder clt => clt.DecodersOnDevice,
+        MappedCrossLayerTranscoder mapped => mapped.DecodersOnDevice,
+        PerLayerTranscoders p => p.DecodersOnDevice,
+        CircuitTracerTranscoders c => c.DecodersOnDevice,
+        MappedPerLayerTranscoders m => m.DecodersOnDevice,
+        _ => null,
+    };
+
+    // Auto: whole when the whole upload fits in WholeUploadShare of the free memory, or that is not known.
+    internal static DeviceDecoders Auto(IMlpReplacement replacement, long? freeBytes) =>
+        freeBytes is long free && UploadBytes(replacement, DeviceDecoders.Whole) > WholeUploadShare * free ? DeviceDecoders.ActiveRows : DeviceDecoders.Whole;
 
     /// <summary>
     /// Bytes <see cref="Upload"/> puts on the device for <paramref name="replacement"/> at once (float32 encoders, decoders — a
@@ -132,7 +139,9 @@ public sealed class DeviceMlpReplacement
     public static long UploadBytes(IMlpReplacement replacement, DeviceDecoders decoders = DeviceDecoders.Whole)
     {
         ArgumentNullException.ThrowIfNull(replacement);
-        static long Dictionary(SaeShape s) => (long)s.DIn * s.DSae + 2L * s.DSae + (long)s.DSae * s.DOut + s.DOut + (s.Skip ? (long)s.DIn * s.DOut : 0);
+        // W_enc, b_enc, W_dec (but with the decoders on the host), b_dec, the skip path, a threshold per feature where the activation has one.
+        long Dictionary(SaeShape s, SaeActivation activation) => (long)s.DIn * s.DSae + s.DSae + (decoders == DeviceDecoders.ActiveRows ? 0 : (long)s.DSae * s.DOut)
+            + s.DOut + (s.Skip ? (long)s.DIn * s.DOut : 0) + (activation is JumpReluActivation or BatchTopKActivation ? s.DSae : 0);
         // Per layer: W_enc, b_enc, b_dec, the skip path, a threshold per feature where the activation has one.
         long CrossLayer(CltShape s, SaeActivation activation, bool skip) =>
             s.Layers * ((long)s.DIn * s.DSae + s.DSae + s.DOut + (skip ? (long)s.DIn * s.DOut : 0)
@@ -140,9 +149,9 @@ public sealed class DeviceMlpReplacement
             + (decoders == DeviceDecoders.ActiveRows ? 0 : s.DecoderElements);
         return 4 * replacement switch
         {
-            PerLayerTranscoders p => Enumerable.Range(0, p.Layers).Sum(l => Dictionary(p[l].Shape)),
-            CircuitTracerTranscoders c => c.Dictionaries.Sum(d => Dictionary(d.Shape)),
-            MappedPerLayerTranscoders m => Enumerable.Range(0, m.Layers).Sum(l => Dictionary(m.Shape(l))),
+            PerLayerTranscoders p => Enumerable.Range(0, p.Layers).Sum(l => Dictionary(p[l].Shape, p[l].Activation)),
+            CircuitTracerTranscoders c => c.Dictionaries.Sum(d => Dictionary(d.Shape, d.Activation)),
+            MappedPerLayerTranscoders m => Enumerable.Range(0, m.Layers).Sum(l => Dictionary(m.Shape(l), m.Activation(l))),
             CrossLayerTranscoder clt => CrossLayer(clt.Shape, clt.Activation, false),
             MappedCrossLayerTranscoder mapped => CrossLayer(mapped.Shape, mapped.Activation, mapped.HasSkip),
             _ => 0,
@@ -150,11 +159,9 @@ public sealed class DeviceMlpReplacement
     }
 
     /// <summary>
-    /// Sets where <paramref name="replacement"/>'s decoders go on a device (a cross-layer transcoder's <c>DecodersOnDevice</c>,
-    /// read by every later <see cref="Upload"/>); per-layer transcoders take only <see cref="DeviceDecoders.Auto"/> or
-    /// <see cref="DeviceDecoders.Whole"/>.
+    /// Sets where <paramref name="replacement"/>'s decoders go on a device (its <c>DecodersOnDevice</c>, read by every later
+    /// <see cref="Upload"/>); a replacement without device kernels keeps nothing (its upload is refused anyway).
     /// </summary>
-    /// <exception cref="InputError">Active rows for per-layer transcoders.</exception>
     public static void SetDecodersOnDevice(IMlpReplacement replacement, DeviceDecoders decoders)
     {
         ArgumentNullException.ThrowIfNull(replacement);
@@ -162,10 +169,9 @@ public sealed class DeviceMlpReplacement
         {
             case CrossLayerTranscoder clt: clt.DecodersOnDevice = decoders; break;
             case MappedCrossLayerTranscoder mapped: mapped.DecodersOnDevice = decoders; break;
-            default:
-                if (decoders == DeviceDecoders.ActiveRows)
-                    throw new InputError($"argument: --device-decoders active: {replacement.Source} holds per-layer transcoders, which are uploaded whole; active rows are for cross-layer transcoders");
-                break;
+            case PerLayerTranscoders p: p.DecodersOnDevice = decoders; break;
+            case CircuitTracerTranscoders c: c.DecodersOnDevice = decoders; break;
+            case MappedPerLayerTranscoders m: m.DecodersOnDevice = decoders; break;
         }
     }
 
@@ -180,13 +186,8 @@ public sealed class DeviceMlpReplacement
         ArgumentNullException.ThrowIfNull(replacement);
         ArgumentNullException.ThrowIfNull(backend);
         if (backend.Device.IsCpu || !Supports(replacement)) return null;
-        bool asked = replacement switch
-        {
-            CrossLayerTranscoder clt => clt.DecodersOnDevice != DeviceDecoders.Auto,
-            MappedCrossLayerTranscoder mapped => mapped.DecodersOnDevice != DeviceDecoders.Auto,
-            _ => true,
-        };
-        return Plan(replacement, backend.Device, Resolve(replacement, backend), backend.FreeMemoryBytes, chosen: !asked);
+        bool chosen = (DecodersOnDevice(replacement) ?? DeviceDecoders.Whole) == DeviceDecoders.Auto;
+        return Plan(replacement, backend.Device, Resolve(replacement, backend), backend.FreeMemoryBytes, chosen);
     }
 
     /// <summary><see cref="Plan(IMlpReplacement, IComputeBackend)"/> from the numbers (<paramref name="chosen"/>: Auto picked the mode).</summary>
@@ -195,16 +196,15 @@ public sealed class DeviceMlpReplacement
         static string Size(long bytes) => ByteSizes.Format(bytes);
         bool onHost = mode == DeviceDecoders.ActiveRows;
         long bytes = UploadBytes(replacement, mode), decoders = UploadBytes(replacement, DeviceDecoders.Whole) - UploadBytes(replacement, DeviceDecoders.ActiveRows);
-        bool crossLayer = replacement is CrossLayerTranscoder or MappedCrossLayerTranscoder;
         string what = onHost ? "the transcoders' encoders" : "the transcoders' weights";
         if (freeBytes is long free && bytes > free)
             throw new InputError($"device {device}: {what} need about {Size(bytes)} as float32{(onHost ? " (their decoders staying on the host)" : "")}, and {Size(free)} are free; " +
-                (crossLayer && !onHost
-                    ? $"--device-decoders active keeps a cross-layer transcoder's decoders on the host (its encoders need {Size(UploadBytes(replacement, DeviceDecoders.ActiveRows))}), or --device cpu"
+                (!onHost
+                    ? $"--device-decoders active keeps their decoders on the host (the encoders need {Size(UploadBytes(replacement, DeviceDecoders.ActiveRows))}), or --device cpu"
                     : "use a larger GPU, or --device cpu"));
         string line = $"{what} on {device}: about {Size(bytes)} as float32" + (freeBytes is long f ? $" ({Size(f)} free)" : "") + ", uploaded once";
         if (onHost)
-            line += $"; their decoders ({Size(decoders)} as float32) stay {(replacement is MappedCrossLayerTranscoder ? "mapped" : "in host memory")}, " +
+            line += $"; their decoders ({Size(decoders)} as float32) stay {(replacement is MappedCrossLayerTranscoder or MappedPerLayerTranscoders ? "mapped" : "in host memory")}, " +
                     "each pass uploading its active features' rows" + (chosen ? $" (whole they would take more than {Math.Round(WholeUploadShare * 100).ToString(System.Globalization.CultureInfo.InvariantCulture)} % of the free memory)" : "");
         return line;
     }
@@ -246,6 +246,24 @@ public sealed class DeviceMlpReplacement
         return new DeviceMlpReplacement(replacement, backend, layers, slots, bDec, skips, hostDecoders: fillDecoder is null);
     }
 
+    // Per-layer transcoders whose decoders stay on the host: per layer the encoder side (W_enc, b_enc, thresholds; a full
+    // dictionary's skip path with it), b_dec, and a skip path given beside the encoder (a mapped set's).
+    static DeviceMlpReplacement PerLayerOnHost(IMlpReplacement replacement, IComputeBackend backend, Func<int, (SparseDictionary Encoder, float[] BDec, float[]? Skip)> layer)
+    {
+        int L = replacement.Layers;
+        var encoders = new DeviceSaeEncoder[L];
+        var bDec = new Tensor[L];
+        var skips = new Tensor?[L];
+        for (int l = 0; l < L; l++)
+        {
+            var (encoder, b, skip) = layer(l);
+            encoders[l] = Encoder(backend, encoder, replacement, l, decoder: false);
+            bDec[l] = backend.LoadWeight(b, [replacement.DOut]);
+            if (skip is not null) skips[l] = backend.LoadWeight(skip, [replacement.DIn, replacement.DOut]);
+        }
+        return new DeviceMlpReplacement(replacement, backend, encoders, [.. Enumerable.Repeat(1, L)], bDec, skips, hostDecoders: true);
+    }
+
     static DeviceMlpReplacement PerLayer(IMlpReplacement replacement, IComputeBackend backend, IReadOnlyList<SparseDictionary> dictionaries) =>
         new(replacement, backend, [.. dictionaries.Select((d, l) => Encoder(backend, d, replacement, l))], [.. dictionaries.Select(_ => 1)], null);
 
@@ -281,8 +299,8 @@ public sealed class DeviceMlpReplacement
                 _b.Gemm(false, false, rows, dOut, n, 1f, acts[l], 0, n, enc.WDec, (long)(target - l) * dOut, stride, l == 0 ? 0f : 1f, recon, 0, dOut);
             }
         _b.AddRowVector(recon, rows, _bDec[target]);
-        if (_skip is not null && input is not null)
-            _b.Gemm(false, false, rows, dOut, Replacement.DIn, 1f, input, 0, Replacement.DIn, _skip[target], 0, dOut, 1f, recon, 0, dOut);
+        if (input is not null && SkipWeights(target) is { } skip)
+            _b.Gemm(false, false, rows, dOut, Replacement.DIn, 1f, input, 0, Replacement.DIn, skip, 0, dOut, 1f, recon, 0, dOut);
         return recon;
     }
 
@@ -291,7 +309,7 @@ public sealed class DeviceMlpReplacement
     {
         int dOut = Replacement.DOut;
         _b.Fill(recon, 0f);
-        for (int l = 0; l <= target; l++)
+        for (int l = _perLayer ? target : 0; l <= target; l++)
         {
             var active = Active(l, acts[l], rows);
             int k = active.Features.Length;

@@ -71,6 +71,12 @@ public sealed class MappedPerLayerTranscoders : IMlpReplacement, IDisposable
     static string L(int layer) => layer.ToString(System.Globalization.CultureInfo.InvariantCulture);
     public int LastTarget(int layer) { _ = _shapes[layer]; return layer; }
     public bool HasSkip => _skip.Any(s => s is not null);
+
+    /// <summary>Where the decoders go when the transcoders run on a device (<see cref="DeviceMlpReplacement.Upload"/>).</summary>
+    public DeviceDecoders DecodersOnDevice { get; set; }
+
+    /// <summary>Layer ℓ's encoder side (a dictionary of d_out 1), b_dec and skip path: what a device keeps when the decoders stay here.</summary>
+    internal (SparseDictionary Encoder, float[] BDec, float[]? Skip) EncoderSide(int layer) => (_encoders[layer], _bDec[layer], _skip[layer]);
     public float[]? SkipWeights(int layer) => _skip[layer];
     public string Source { get; }
 

@@ -14,7 +14,7 @@ public enum DecoderStorage
     Mapped,
 }
 
-/// <summary>Where a cross-layer transcoder's decoders are while it runs on a device (<see cref="DeviceMlpReplacement"/>).</summary>
+/// <summary>Where transcoders' decoders are while they run on a device (<see cref="DeviceMlpReplacement"/>).</summary>
 public enum DeviceDecoders
 {
     /// <summary>
@@ -26,7 +26,7 @@ public enum DeviceDecoders
     Whole,
     /// <summary>
     /// Left on the host (in memory or mapped); each pass uploads the rows of the features active in it (circuit-tracer's
-    /// lazy decoder on a GPU): a CLT larger than the device runs there, its encoders only resident.
+    /// lazy decoder on a GPU): a CLT or a per-layer set larger than the device runs there, its encoders only resident.
     /// </summary>
     ActiveRows,
 }

@@ -129,6 +129,9 @@ public sealed partial class PerLayerTranscoders : IMlpReplacement
     public int DIn => _layers[0].Shape.DIn;
     public int DOut => _layers[0].Shape.DOut;
     public bool HasSkip => _layers.Any(d => d.Shape.Skip);
+
+    /// <summary>Where the decoders go when the transcoders run on a device (<see cref="DeviceMlpReplacement.Upload"/>).</summary>
+    public DeviceDecoders DecodersOnDevice { get; set; }
     public float[]? SkipWeights(int layer) => _layers[layer].Shape.Skip ? _layers[layer].P.WSkip : null;
     public string Fingerprint { get; }
     public string Source { get; }

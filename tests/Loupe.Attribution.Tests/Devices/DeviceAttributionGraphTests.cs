@@ -123,6 +123,20 @@ public sealed class DeviceAttributionGraphTests(EmulatedDevice device) : IClassF
     }
 
     [Fact]
+    public void Skip_transcoders_with_their_decoders_on_the_host_give_the_cpu_graph()
+    {
+        using var cpu = Load("llama");
+        using var gpu = Load("llama", device.Backend);
+        var settings = new AttributionSettings { BatchSize = 8, CausalBlock = 3, ZeroPositions = 2 };
+        var onHost = FamilyAttributionTests.RandomSkipTranscoders(gpu, readsResidMid: true);
+        onHost.DecodersOnDevice = DeviceDecoders.ActiveRows; // encoders, b_dec and skip paths up; each pass uploads its active rows
+        var uploaded = DeviceMlpReplacement.Upload(onHost, device.Backend);
+        Assert.True(uploaded.DecodersOnHost);
+        AssertSameGraph(new Attributor(cpu, FamilyAttributionTests.RandomSkipTranscoders(cpu, readsResidMid: true), settings).Attribute(Prompt),
+            new Attributor(gpu, uploaded, settings).Attribute(Prompt), "skip, decoders on the host");
+    }
+
+    [Fact]
     public void A_cross_layer_transcoder_on_the_device_gives_the_cpu_graph()
     {
         using var cpu = Load("gpt_neox"); // parallel residual, partial rotary, LayerNorm

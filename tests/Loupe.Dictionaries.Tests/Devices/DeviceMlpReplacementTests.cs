@@ -69,10 +69,20 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
     }
 
     // The same transcoders in circuit-tracer's layer files, loaded with their decoders mapped (uploaded a layer at a time).
-    static MappedPerLayerTranscoders MappedPerLayer(string folder)
+    static MappedPerLayerTranscoders MappedPerLayer(string folder, bool skip = false)
     {
         var p = PerLayer();
-        new CircuitTracerTranscoders([.. Enumerable.Range(0, L).Select(l => p[l])]).Save(folder);
+        var layers = Enumerable.Range(0, L).Select(l => p[l]).ToArray();
+        if (skip)
+        {
+            // layer 1 with a skip path (the others without): W_skip kept beside the encoder when the decoders stay on the host
+            var d = new SparseDictionary(SaeShape.Transcoder(D, F, D, skip: true), new ReluActivation());
+            d.Initialize(21, decoderNorm: 0.5f);
+            var rng = new Random(22);
+            for (int i = 0; i < d.P.WSkip.Length; i++) d.P.WSkip[i] = (float)(rng.NextDouble() - 0.5);
+            layers[1] = d;
+        }
+        new CircuitTracerTranscoders(layers).Save(folder);
         return CircuitTracerTranscoders.LoadMapped(folder);
     }
 
@@ -89,8 +99,8 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
     {
         get
         {
-            var data = new TheoryData<string, DeviceDecoders> { { "per-layer topk", DeviceDecoders.Whole }, { "per-layer topk, decoders mapped", DeviceDecoders.Whole } };
-            foreach (var kind in CrossLayerKinds)
+            var data = new TheoryData<string, DeviceDecoders>();
+            foreach (var kind in CrossLayerKinds.Concat(["per-layer topk", "per-layer topk, decoders mapped", "per-layer skip, decoders mapped"]))
             {
                 data.Add(kind, DeviceDecoders.Whole);
                 data.Add(kind, DeviceDecoders.ActiveRows);
@@ -103,6 +113,7 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
     {
         "per-layer topk" => PerLayer(),
         "per-layer topk, decoders mapped" => MappedPerLayer(folder),
+        "per-layer skip, decoders mapped" => MappedPerLayer(folder, skip: true),
         "clt relu" => Clt(new ReluActivation()),
         "clt jumprelu" => Clt(new JumpReluActivation()),
         "clt topk" => Clt(new TopKActivation(3)),
@@ -155,10 +166,11 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
             Close(recon, onDevice.Reconstruct(t, deviceActs, Rows, input).ToCpu().Span, $"{kind} recon {t}");
             // Decoders on the host: what goes up is the rows to t of the features active in a source layer, nothing else.
             long rowBytes = decoders == DeviceDecoders.ActiveRows
-                ? 4L * D * Enumerable.Range(0, t + 1).Sum(l => Enumerable.Range(0, F).Count(f => Enumerable.Range(0, Rows).Any(i => acts[l][i * F + f] != 0)))
+                ? 4L * D * Enumerable.Range(0, t + 1).Where(l => r.LastTarget(l) >= t).Sum(l => Enumerable.Range(0, F).Count(f => Enumerable.Range(0, Rows).Any(i => acts[l][i * F + f] != 0)))
                 : 0;
             Assert.Equal(rowBytes, be.Transfers.BytesToDevice(TransferKind.Weights) - weightsBefore);
-            if (r.HasSkip) Close(r.SkipWeights(t), onDevice.SkipWeights(t)!.ToCpu().Span, $"{kind} skip {t}");
+            if (r.SkipWeights(t) is { } hostSkip) Close(hostSkip, onDevice.SkipWeights(t)!.ToCpu().Span, $"{kind} skip {t}");
+            else Assert.Null(onDevice.SkipWeights(t));
         }
         // Directions: W_enc[ℓ][:, f] and the decoder rows of every target a feature writes.
         var into = be.Empty(1, D);
@@ -258,9 +270,10 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
         Assert.True(DeviceMlpReplacement.Upload(clt, be).DecodersOnHost);
         Assert.Equal(DeviceDecoders.Whole, DeviceMlpReplacement.Resolve(clt, be, DeviceDecoders.Whole));
         Assert.True(DeviceMlpReplacement.UploadBytes(clt, DeviceDecoders.ActiveRows) < DeviceMlpReplacement.UploadBytes(clt));
-        var e = Assert.Throws<InputError>(() => DeviceMlpReplacement.Resolve(PerLayer(), be, DeviceDecoders.ActiveRows));
-        Assert.Contains("per-layer", e.Message);
-        Assert.Equal(DeviceDecoders.Whole, DeviceMlpReplacement.Resolve(PerLayer(), be, DeviceDecoders.Auto));
+        var perLayer = PerLayer();
+        Assert.Equal(DeviceDecoders.Whole, DeviceMlpReplacement.Resolve(perLayer, be));
+        DeviceMlpReplacement.SetDecodersOnDevice(perLayer, DeviceDecoders.ActiveRows);
+        Assert.True(DeviceMlpReplacement.Upload(perLayer, be).DecodersOnHost);
         long whole = DeviceMlpReplacement.UploadBytes(clt);
         Assert.Equal(DeviceDecoders.Whole, DeviceMlpReplacement.Auto(clt, (long)(whole / DeviceMlpReplacement.WholeUploadShare) + 1));
         Assert.Equal(DeviceDecoders.ActiveRows, DeviceMlpReplacement.Auto(clt, whole));
@@ -285,7 +298,7 @@ public sealed class DeviceMlpReplacementTests(EmulatedDevice device) : IClassFix
         var e = Assert.Throws<InputError>(() => DeviceMlpReplacement.Plan(clt, cuda, DeviceDecoders.Whole, 8L << 20, chosen: false));
         Assert.Contains("device cuda:1: the transcoders' weights need about 10.1 MiB as float32, and 8.0 MiB are free", e.Message);
         Assert.Contains("--device-decoders active", e.Message);
-        Assert.Contains("its encoders need 4.1 MiB", e.Message);
+        Assert.Contains("the encoders need 4.1 MiB", e.Message);
         var encodersToo = Assert.Throws<InputError>(() => DeviceMlpReplacement.Plan(clt, cuda, DeviceDecoders.ActiveRows, 2L << 20, chosen: false));
         Assert.Contains("the transcoders' encoders need about 4.1 MiB as float32 (their decoders staying on the host), and 2.0 MiB are free", encodersToo.Message);
         Assert.Null(DeviceMlpReplacement.Plan(clt, CpuBackend.Instance));
