@@ -42,13 +42,7 @@ public class CltEvalDeviceCliTests
         string model = SharedData.Require("models/stories260K"), root = Directory.CreateTempSubdirectory("loupe-clt-eval-mapped").FullName;
         try
         {
-            var clt = new CrossLayerTranscoder(new CltShape(5, 64, 32, 64), new JumpReluActivation());
-            clt.Initialize(seed: 6, decoderNorm: 0.3f, initThreshold: 0.02f);
-            string folder = Path.Combine(root, "clt"), text = Path.Combine(root, "text.txt");
-            CltFiles.SaveCircuitTracer(folder, clt);
-            File.WriteAllText(text, "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun. " +
-                "One day, she saw a big dog in the park. The dog was happy and wagged its tail. Lily and the dog played all day.");
-            string[] args = ["clt", "eval", "--model", model, "--transcoders", folder, "--source", "text:" + text, "--context-size", "16", "--batch-size", "8"];
+            var (clt, args) = MappedEvalSetup(model, root, seed: 6);
             var memory = RunLoupe([.. args, "--out", Path.Combine(root, "memory"), "--decoders", "memory"]);
             Assert.True(memory.Code == 0, memory.Err);
             Assert.Contains("read into memory", memory.Err);
@@ -74,13 +68,7 @@ public class CltEvalDeviceCliTests
         string model = SharedData.Require("models/stories260K"), root = Directory.CreateTempSubdirectory("loupe-clt-eval-active").FullName;
         try
         {
-            var clt = new CrossLayerTranscoder(new CltShape(5, 64, 32, 64), new JumpReluActivation());
-            clt.Initialize(seed: 8, decoderNorm: 0.3f, initThreshold: 0.02f);
-            string folder = Path.Combine(root, "clt"), text = Path.Combine(root, "text.txt");
-            CltFiles.SaveCircuitTracer(folder, clt);
-            File.WriteAllText(text, "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun. " +
-                "One day, she saw a big dog in the park. The dog was happy and wagged its tail. Lily and the dog played all day.");
-            string[] args = ["clt", "eval", "--model", model, "--transcoders", folder, "--source", "text:" + text, "--context-size", "16", "--batch-size", "8"];
+            var (clt, args) = MappedEvalSetup(model, root, seed: 8);
             var cpu = RunLoupe([.. args, "--out", Path.Combine(root, "cpu")]);
             Assert.True(cpu.Code == 0, cpu.Err);
             var expected = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "cpu", "eval.json")))!;
@@ -100,6 +88,19 @@ public class CltEvalDeviceCliTests
             Assert.Contains("auto, whole or active", bad.Err);
         }
         finally { Directory.Delete(root, recursive: true); }
+    }
+
+    // A JumpReLU CLT (5 × 64 → 32 features, the stories260K shape) written in circuit-tracer's layout under root/clt, a short
+    // text beside it, and the `clt eval` arguments that read them (without --out).
+    static (CrossLayerTranscoder Clt, string[] Args) MappedEvalSetup(string model, string root, int seed)
+    {
+        var clt = new CrossLayerTranscoder(new CltShape(5, 64, 32, 64), new JumpReluActivation());
+        clt.Initialize(seed: seed, decoderNorm: 0.3f, initThreshold: 0.02f);
+        string folder = Path.Combine(root, "clt"), text = Path.Combine(root, "text.txt");
+        CltFiles.SaveCircuitTracer(folder, clt);
+        File.WriteAllText(text, "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun. " +
+            "One day, she saw a big dog in the park. The dog was happy and wagged its tail. Lily and the dog played all day.");
+        return (clt, ["clt", "eval", "--model", model, "--transcoders", folder, "--source", "text:" + text, "--context-size", "16", "--batch-size", "8"]);
     }
 
     // Every number to `relative` (the run time aside), every string and array length equal; returns how many numbers.

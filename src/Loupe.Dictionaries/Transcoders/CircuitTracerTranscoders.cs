@@ -77,17 +77,22 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
         }
     }
 
-    public void Encode(int layer, ReadOnlySpan<float> x, int rows, Span<float> pre, Span<float> acts)
+    public void Encode(int layer, ReadOnlySpan<float> x, int rows, Span<float> pre, Span<float> acts) => Encode(_layers[layer], x, rows, pre, acts);
+
+    public void EncoderDirection(int layer, int feature, Span<float> into) => EncoderColumn(_layers[layer], layer, feature, into);
+
+    // A transcoder's inference encode (no b_dec subtracted: transcoders never do).
+    internal static void Encode(SparseDictionary d, ReadOnlySpan<float> x, int rows, Span<float> pre, Span<float> acts)
     {
-        var d = _layers[layer];
         var xIn = new float[rows * d.Shape.DIn];
         d.EncodePre(x, rows, xIn, pre);
         d.Activation.Forward(pre, acts, rows, d.Shape.DSae, training: false, d.P);
     }
 
-    public void EncoderDirection(int layer, int feature, Span<float> into)
+    // W_enc[:, feature] (d_in floats) of layer ℓ's transcoder.
+    internal static void EncoderColumn(SparseDictionary d, int layer, int feature, Span<float> into)
     {
-        var d = _layers[layer];
+        if ((uint)feature >= (uint)d.Shape.DSae) throw new ArgumentOutOfRangeException(nameof(feature), feature, $"layer {layer} has {d.Shape.DSae} features");
         for (int j = 0; j < d.Shape.DIn; j++) into[j] = d.P.WEnc[j * d.Shape.DSae + feature];
     }
 

@@ -106,20 +106,9 @@ public sealed class MappedPerLayerTranscoders : IMlpReplacement, IDisposable
         return Convert.ToHexStringLower(sha.GetHashAndReset())[..16];
     }
 
-    public void Encode(int layer, ReadOnlySpan<float> x, int rows, Span<float> pre, Span<float> acts)
-    {
-        var d = _encoders[layer];
-        var xIn = new float[rows * d.Shape.DIn];
-        d.EncodePre(x, rows, xIn, pre);
-        d.Activation.Forward(pre, acts, rows, d.Shape.DSae, training: false, d.P);
-    }
+    public void Encode(int layer, ReadOnlySpan<float> x, int rows, Span<float> pre, Span<float> acts) => CircuitTracerTranscoders.Encode(_encoders[layer], x, rows, pre, acts);
 
-    public void EncoderDirection(int layer, int feature, Span<float> into)
-    {
-        var d = _encoders[layer];
-        if ((uint)feature >= (uint)d.Shape.DSae) throw new ArgumentOutOfRangeException(nameof(feature), feature, $"layer {layer} has {d.Shape.DSae} features");
-        for (int j = 0; j < d.Shape.DIn; j++) into[j] = d.P.WEnc[j * d.Shape.DSae + feature];
-    }
+    public void EncoderDirection(int layer, int feature, Span<float> into) => CircuitTracerTranscoders.EncoderColumn(_encoders[layer], layer, feature, into);
 
     /// <exception cref="InputError">The feature's decoder row holds NaN, ±∞ or a corrupt magnitude.</exception>
     public void DecoderDirection(int layer, int feature, int targetLayer, Span<float> into)
