@@ -92,7 +92,8 @@ public static partial class AttributionBench
         long available = MemAvailable();
         long maxRss = o.MaxRssGib is double cap ? (long)(cap * (1L << 30)) : available > 0 ? Math.Max(1L << 30, available - (2L << 30)) : long.MaxValue;
         log.WriteLine($"attribution: each child is stopped above {Gib(maxRss)} RSS ({(o.MaxRssGib is null ? "MemAvailable − 2 GiB; --max-rss GIB to change" : "--max-rss")})");
-        if (o.StoredClt.Count > 0) EnsureStoredClt(o, model, log);
+        if (o.StoredClt.Any(s => !IsPerLayer(s))) EnsureStoredClt(o, model, log);
+        if (o.StoredClt.Any(IsPerLayer)) EnsureStoredPerLayer(o, model, log);
         foreach (int T in o.Tokens)
         {
             if (T > model.NCtx)
@@ -102,7 +103,7 @@ public static partial class AttributionBench
             }
             foreach (string? storage in new string?[] { null }.Concat(o.StoredClt))
             {
-                string what = storage is null ? "random CLT" : $"stored CLT, decoders {storage}";
+                string what = storage is null ? "random CLT" : IsPerLayer(storage) ? $"stored per-layer transcoders, decoders {storage[4..]}" : $"stored CLT, decoders {storage}";
                 log.WriteLine($"attribution [{model.Name}]: {T} tokens, {what}, in a child process …");
                 runs.Add(RunChild(o, model, T, maxRss, log, storage));
                 var r = runs[^1];
@@ -210,12 +211,17 @@ public static partial class AttributionBench
             }
             else
             {
-                // The same CLT (calibrated on the same first 64 tokens), read from its files.
+                // The same CLT (calibrated on the same first 64 tokens), or its diagonal as per-layer transcoders, read from its files.
+                bool perLayer = IsPerLayer(storage);
+                bool mapped = storage.EndsWith("mapped", StringComparison.Ordinal);
                 var loading = Stopwatch.StartNew();
-                tc = MlpReplacements.Load(StoredCltFolder(o, spec), model, decoders: storage == "mapped" ? DecoderStorage.Mapped : DecoderStorage.Memory, log: log.WriteLine);
+                tc = MlpReplacements.Load(perLayer ? StoredPerLayerFolder(o, spec) : StoredCltFolder(o, spec), model,
+                    decoders: mapped ? DecoderStorage.Mapped : DecoderStorage.Memory, log: log.WriteLine);
                 loadSeconds = loading.Elapsed.TotalSeconds;
-                dense = 4 * ((CltShapeOf(spec, o.Quick)).DecoderElements + (long)spec.NLayers * FeaturesPerLayer(o.Quick) * spec.DModel);
-                held = storage == "mapped" ? dense - 4 * CltShapeOf(spec, o.Quick).DecoderElements : dense;
+                long encoders = 4L * spec.NLayers * FeaturesPerLayer(o.Quick) * spec.DModel;
+                long decoderBytes = perLayer ? encoders : 4 * CltShapeOf(spec, o.Quick).DecoderElements;
+                dense = encoders + decoderBytes;
+                held = mapped ? encoders : dense;
                 log.WriteLine($"attribution-run: {tc.Source} loaded in {loadSeconds:F2} s, decoders {storage}");
             }
             before = MemorySnapshot.Read().Rss;
@@ -254,6 +260,56 @@ public static partial class AttributionBench
             Loupe.Reports.AtomicFile.WriteJson(path, Failed($"{e.GetType().Name}: {e.Message}", e));
             return 3;
         }
+    }
+
+    static bool IsPerLayer(string storage) => storage.StartsWith("plt-", StringComparison.Ordinal);
+
+    /// <summary>Where the per-layer copy (the random CLT's diagonal) is kept (in the fixture cache).</summary>
+    static string StoredPerLayerFolder(BenchOptions o, BenchModel spec) =>
+        Path.Combine(o.CacheRoot, $"plt-{spec.Name}-{FeaturesPerLayer(o.Quick)}x{TopK}-seed{TranscoderSeed}");
+
+    /// <summary>
+    /// Writes the random CLT's diagonal — each layer's encoders and each feature's decoder row to its own layer, calibrated as
+    /// the CLT — as circuit-tracer's per-layer files (<c>layer_ℓ.safetensors</c>: W_enc [F, d], W_dec [F, d] streamed, zero
+    /// biases, k; a config.yaml with the hooks), unless it is there already.
+    /// </summary>
+    static void EnsureStoredPerLayer(BenchOptions o, BenchModel spec, TextWriter log)
+    {
+        string folder = StoredPerLayerFolder(o, spec);
+        if (File.Exists(Path.Combine(folder, CltFiles.CircuitTracerConfig))) return;
+        int L = spec.NLayers, d = spec.DModel, F = FeaturesPerLayer(o.Quick);
+        log.WriteLine($"attribution: writing the random CLT's diagonal as per-layer transcoders to {folder} ({8.0 * L * F * d / (1L << 30):F2} GiB) …");
+        var random = new RandomCrossLayerTranscoder(L, d, F, TopK, TranscoderSeed);
+        using (var model = ModelLoader.LoadFolder(Fixtures.FolderOf(o.CacheRoot, spec)))
+            random.Calibrate(model, Prompt(CalibrationTokens, model.Config.DVocab));
+        string partial = folder + ".partial";
+        if (Directory.Exists(partial)) Directory.Delete(partial, recursive: true);
+        Directory.CreateDirectory(partial);
+        for (int l = 0; l < L; l++)
+        {
+            int layer = l;
+            var wEnc = new float[F * d];
+            for (int f = 0; f < F; f++) random.EncoderDirection(l, f, wEnc.AsSpan(f * d, d));
+            Loupe.Models.Loading.SafeTensorsWriter.Write(Path.Combine(partial, $"layer_{l}.safetensors"), new List<Loupe.Models.Loading.SafeTensorEntry>
+            {
+                Loupe.Models.Loading.SafeTensorEntry.F32("W_enc", [F, d], wEnc),
+                Loupe.Models.Loading.SafeTensorEntry.F32Streamed("W_dec", [F, d], stream =>
+                {
+                    var row = new float[d];
+                    for (int f = 0; f < F; f++)
+                    {
+                        random.DecoderDirection(layer, f, layer, row);
+                        stream.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(row.AsSpan()));
+                    }
+                }),
+                Loupe.Models.Loading.SafeTensorEntry.F32("b_enc", [F], new float[F]),
+                Loupe.Models.Loading.SafeTensorEntry.F32("b_dec", [d], new float[d]),
+                Loupe.Models.Loading.SafeTensorEntry.I64("k", [], new long[] { TopK }),
+            });
+        }
+        File.WriteAllText(Path.Combine(partial, CltFiles.CircuitTracerConfig),
+            $"model_kind: transcoder_set\nfeature_input_hook: \"mlp.hook_in\"\nfeature_output_hook: \"hook_mlp_out\"\nactivation: topk\nk: {TopK}\n");
+        Directory.Move(partial, folder);
     }
 
     static CltShape CltShapeOf(BenchModel spec, bool quick) => new(spec.NLayers, spec.DModel, FeaturesPerLayer(quick), spec.DModel);
@@ -389,7 +445,7 @@ public static partial class AttributionBench
             + (o.GcHeapLimitGib is double gib ? $", GC heap hard limit {gib:0.##} GiB" : ", default GC (heap sized by the machine's memory)"));
         var t = new Table("tokens", "CLT", ">load s", ">active", ">nodes", ">batches", ">estimated", ">peak RSS", ">RSS before", ">live after", ">attribution s", ">forward s", ">pass equiv.", ">median fwd s", ">pass equiv. (median)", "status");
         foreach (var r in runs)
-            t.Add(r.Tokens, r.Transcoders == "random" ? "random" : "stored, decoders " + r.Transcoders, F(r.LoadSeconds, "F2"), r.ActiveFeatures, r.FeatureNodes, r.Batches, r.EstimatedBytes > 0 ? Gib(r.EstimatedBytes) : "-", Gib(r.PeakRssBytes), Gib(r.RssBeforeBytes), Gib(r.LiveAfterBytes),
+            t.Add(r.Tokens, r.Transcoders == "random" ? "random" : IsPerLayer(r.Transcoders) ? "per-layer, decoders " + r.Transcoders[4..] : "stored, decoders " + r.Transcoders, F(r.LoadSeconds, "F2"), r.ActiveFeatures, r.FeatureNodes, r.Batches, r.EstimatedBytes > 0 ? Gib(r.EstimatedBytes) : "-", Gib(r.PeakRssBytes), Gib(r.RssBeforeBytes), Gib(r.LiveAfterBytes),
                 F(r.AttributionSeconds, "F1"), F(r.ForwardSeconds, "F3"), F(r.PassEquivalents, "F0"),
                 F(r.ForwardMedianSeconds, "F3"), F(r.PassEquivalentsMedian, "F0"), r.Status);
         t.Write(w, "attribution: cost and memory by prompt length");

@@ -40,7 +40,8 @@ public sealed class BenchOptions
           --gc-heap-limit GIB  attribution: run each child with DOTNET_GCHeapHardLimit (the GC collects instead of growing)
           --max-rss GIB      attribution: stop a length's child above this RSS (default MemAvailable at start − 2 GiB)
           --stored-clt memory,mapped  attribution: also run each length with the random CLT written to disk (Loupe's layout,
-                             in the cache) and loaded with its decoders in memory and/or mapped
+                             in the cache) and loaded with its decoders in memory and/or mapped; plt-memory, plt-mapped:
+                             its diagonal as circuit-tracer's per-layer transcoders (layer_ℓ.safetensors), likewise
           --no-profile       skip the per-hook-point time breakdown
           --cache DIR        fixture folder (default $LOUPE_BENCH_CACHE or /tmp/loupe-bench-models)
           --threads N        OpenBLAS threads (default: OpenBLAS's own, usually the core count)
@@ -124,7 +125,8 @@ public sealed class BenchOptions
                 case "--managed": o.Managed = true; break;
                 case "--stored-clt":
                     o.StoredClt = Value().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-                    if (o.StoredClt.Any(v => v is not ("memory" or "mapped"))) throw new ArgumentException("--stored-clt takes memory, mapped or memory,mapped");
+                    if (o.StoredClt.Any(v => v is not ("memory" or "mapped" or "plt-memory" or "plt-mapped")))
+                        throw new ArgumentException("--stored-clt takes memory, mapped, plt-memory or plt-mapped (comma-separated)");
                     break;
                 case "--baseline": o.Baseline = Value(); break;
                 case "-h" or "--help" or "help": o.Help = true; break;
