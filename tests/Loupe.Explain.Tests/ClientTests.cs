@@ -48,8 +48,10 @@ public class ClientTests
     [Fact]
     public async Task Server_errors_and_timeouts_are_retried()
     {
-        using var server = new ScriptedServer { TimeoutDelay = TimeSpan.FromSeconds(3) };
-        using var client = Client(server, timeoutSeconds: 0.4);
+        // The client's timeout is well above an ordinary answer's time on a loaded machine (0.4 s once timed out an answer
+        // that was not scripted to hang, and the client retried once more), and the scripted hang well above the timeout.
+        using var server = new ScriptedServer { TimeoutDelay = TimeSpan.FromSeconds(6) };
+        using var client = Client(server, timeoutSeconds: 2);
         server.Enqueue(Fault.ServerError, Fault.Timeout, Fault.ServerError);
         var r = await client.CompleteAsync(Detection);
         Assert.Equal("[1, 0]", r.Content);
