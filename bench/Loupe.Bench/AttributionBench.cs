@@ -279,12 +279,8 @@ public static partial class AttributionBench
         if (File.Exists(Path.Combine(folder, CltFiles.CircuitTracerConfig))) return;
         int L = spec.NLayers, d = spec.DModel, F = FeaturesPerLayer(o.Quick);
         log.WriteLine($"attribution: writing the random CLT's diagonal as per-layer transcoders to {folder} ({8.0 * L * F * d / (1L << 30):F2} GiB) …");
-        var random = new RandomCrossLayerTranscoder(L, d, F, TopK, TranscoderSeed);
-        using (var model = ModelLoader.LoadFolder(Fixtures.FolderOf(o.CacheRoot, spec)))
-            random.Calibrate(model, Prompt(CalibrationTokens, model.Config.DVocab));
-        string partial = folder + ".partial";
-        if (Directory.Exists(partial)) Directory.Delete(partial, recursive: true);
-        Directory.CreateDirectory(partial);
+        var random = CalibratedRandom(o, spec, L, d, F);
+        string partial = EmptyPartial(folder);
         for (int l = 0; l < L; l++)
         {
             int layer = l;
@@ -312,6 +308,24 @@ public static partial class AttributionBench
         Directory.Move(partial, folder);
     }
 
+    // The bench's random CLT, calibrated on the runs' first 64 tokens (what the stored copies hold).
+    static RandomCrossLayerTranscoder CalibratedRandom(BenchOptions o, BenchModel spec, int layers, int d, int features)
+    {
+        var random = new RandomCrossLayerTranscoder(layers, d, features, TopK, TranscoderSeed);
+        using var model = ModelLoader.LoadFolder(Fixtures.FolderOf(o.CacheRoot, spec));
+        random.Calibrate(model, Prompt(CalibrationTokens, model.Config.DVocab));
+        return random;
+    }
+
+    // folder.partial, empty: written there, then moved into place, so a killed write is never taken for a stored copy.
+    static string EmptyPartial(string folder)
+    {
+        string partial = folder + ".partial";
+        if (Directory.Exists(partial)) Directory.Delete(partial, recursive: true);
+        Directory.CreateDirectory(partial);
+        return partial;
+    }
+
     static CltShape CltShapeOf(BenchModel spec, bool quick) => new(spec.NLayers, spec.DModel, FeaturesPerLayer(quick), spec.DModel);
 
     /// <summary>Where the stored copy of the bench's random CLT is kept (in the fixture cache).</summary>
@@ -329,12 +343,8 @@ public static partial class AttributionBench
         var shape = CltShapeOf(spec, o.Quick);
         int L = shape.Layers, d = shape.DIn, F = shape.DSae;
         log.WriteLine($"attribution: writing the random CLT to {folder} ({4 * (shape.DecoderElements + (long)L * F * d) / (double)(1L << 30):F2} GiB) …");
-        var random = new RandomCrossLayerTranscoder(L, d, F, TopK, TranscoderSeed);
-        using (var model = ModelLoader.LoadFolder(Fixtures.FolderOf(o.CacheRoot, spec)))
-            random.Calibrate(model, Prompt(CalibrationTokens, model.Config.DVocab));
-        string partial = folder + ".partial";
-        if (Directory.Exists(partial)) Directory.Delete(partial, recursive: true);
-        Directory.CreateDirectory(partial);
+        var random = CalibratedRandom(o, spec, L, d, F);
+        string partial = EmptyPartial(folder);
         var tensors = new List<Loupe.Models.Loading.SafeTensorEntry>();
         for (int l = 0; l < L; l++)
         {
