@@ -198,17 +198,17 @@ public sealed class CircuitTracerTranscoders : IMlpReplacement
     }
 
     /// <summary>
-    /// <see cref="Load(string, string?, string?)"/> (a folder of <c>layer_ℓ.safetensors</c>, or one with a config.yaml list of such
-    /// files) with the decoders left mapped in the files (<see cref="MappedPerLayerTranscoders"/>).
+    /// <see cref="Load(string, string?, string?)"/> (a folder of <c>layer_ℓ.safetensors</c>, or a config.yaml — or its folder —
+    /// listing such files) with the decoders left mapped in the files (<see cref="MappedPerLayerTranscoders"/>).
     /// </summary>
     /// <exception cref="InputError">
     /// As <see cref="Load(string, string?, string?)"/>; also a listed entry that is not a circuit-tracer safetensors file (Gemma Scope
     /// <c>.npz</c>, Gemma Scope 2), a <c>W_dec</c> stored <c>[d_model, d_sae]</c> (before v0.6), or layers of different widths.
     /// </exception>
-    public static MappedPerLayerTranscoders LoadMapped(string folder, Func<(string Repo, string Path, string Revision), string>? resolveHub = null,
+    public static MappedPerLayerTranscoders LoadMapped(string path, Func<(string Repo, string Path, string Revision), string>? resolveHub = null,
         bool entriesMayLeaveFolder = true)
     {
-        string configPath = File.Exists(folder) ? folder : Path.Combine(folder, CltFiles.CircuitTracerConfig);
+        string configPath = File.Exists(path) ? path : Path.Combine(path, CltFiles.CircuitTracerConfig), folder = path;
         var yaml = CircuitTracerYaml.Read(configPath);
         string[] files;
         string source;

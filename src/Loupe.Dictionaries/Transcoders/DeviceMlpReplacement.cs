@@ -29,9 +29,8 @@ public sealed class DeviceMlpReplacement
     readonly IComputeBackend _b;
     readonly DeviceSaeEncoder[] _layers;
     readonly int[] _slots;          // decoder slots per source layer: 1, or L − ℓ for a cross-layer transcoder
-    readonly Tensor[]? _bDec;       // CLT: b_dec[t] [d_out]
+    readonly Tensor[]? _bDec;       // b_dec[t] [d_out] beside the encoders: a CLT's, or a per-layer set's with its decoders on the host
     readonly Tensor?[]? _skip;      // a skip path W_skip[t] [d_in, d_out] beside the encoders (a mapped CLT's, or a per-layer set's with its decoders on the host)
-    readonly bool _perLayer;        // layer ℓ's features write layer ℓ only
     readonly ActiveColumns?[]? _active; // decoders on the host: the last pass's active features per source layer
 
     // The active features of one source layer's activations, and those columns gathered [rows, k] (for the pass that made acts).
@@ -46,7 +45,6 @@ public sealed class DeviceMlpReplacement
     DeviceMlpReplacement(IMlpReplacement replacement, IComputeBackend backend, DeviceSaeEncoder[] layers, int[] slots, Tensor[]? bDec, Tensor?[]? skip = null, bool hostDecoders = false)
     {
         (Replacement, _b, _layers, _slots, _bDec, _skip) = (replacement, backend, layers, slots, bDec, skip);
-        _perLayer = slots.All(n => n == 1) && replacement is not (CrossLayerTranscoder or MappedCrossLayerTranscoder);
         if (hostDecoders) _active = new ActiveColumns?[layers.Length];
     }
 
@@ -309,8 +307,9 @@ public sealed class DeviceMlpReplacement
     {
         int dOut = Replacement.DOut;
         _b.Fill(recon, 0f);
-        for (int l = _perLayer ? target : 0; l <= target; l++)
+        for (int l = 0; l <= target; l++)
         {
+            if (Replacement.LastTarget(l) < target) continue; // layer ℓ's features do not write t (per-layer transcoders)
             var active = Active(l, acts[l], rows);
             int k = active.Features.Length;
             for (int start = 0; start < k; start += RowChunk)
