@@ -49,9 +49,9 @@ public static class MlpReplacements
     /// <param name="layers">The model's n_layers (SAELens folders are matched to layers by it).</param>
     /// <param name="resolveHub">How an <c>hf://</c> entry of a config.yaml becomes a local file (default: the Hugging Face cache).</param>
     /// <param name="decoders">Where the decoders of a cross-layer transcoder or of circuit-tracer's per-layer files are kept (SAELens and Gemma Scope transcoders are read into memory).</param>
-    /// <param name="log">Told how a cross-layer transcoder's weights are kept, and their size, before they are read.</param>
+    /// <param name="log">Told how a cross-layer transcoder's or circuit-tracer's per-layer weights are kept, and their size, before they are read.</param>
     /// <exception cref="InputError">The path holds none of these, or the files are bad (the message names the file and field);
-    /// <paramref name="decoders"/> is Mapped and the path holds per-layer transcoders.</exception>
+    /// <paramref name="decoders"/> is Mapped and the path holds SAELens transcoders or a file that cannot stay mapped.</exception>
     public static IMlpReplacement Load(string path, int layers, Func<(string Repo, string Path, string Revision), string>? resolveHub = null,
         DecoderStorage decoders = DecoderStorage.Auto, Action<string>? log = null)
     {
@@ -65,20 +65,22 @@ public static class MlpReplacements
         bool fromHub = InHubCache(path);
         if (File.Exists(path) && path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase))
             return IsCrossLayerList(CircuitTracerYaml.Read(path)) ? ListedCrossLayer(path, layers, resolveHub, !fromHub, decoders, log)
-                : CircuitTracerPerLayer(Path.GetFullPath(path), CircuitTracerTranscoders.ListedFiles(path, resolveHub, !fromHub), layers, decoders, log,
-                    () => CircuitTracerTranscoders.LoadListed(path, resolveHub, entriesMayLeaveFolder: !fromHub),
-                    () => CircuitTracerTranscoders.LoadMapped(path, resolveHub, entriesMayLeaveFolder: !fromHub));
+                : ListedPerLayer(path);
         if (!Directory.Exists(path)) throw new InputError($"transcoder folder not found: {Path.GetFullPath(path)}");
         if (File.Exists(config) && CircuitTracerYaml.Read(config) is { Transcoders: not null } listed)
             return IsCrossLayerList(listed) ? ListedCrossLayer(config, layers, resolveHub, !fromHub, decoders, log)
-                : CircuitTracerPerLayer(Path.GetFullPath(config), CircuitTracerTranscoders.ListedFiles(config, resolveHub, !fromHub), layers, decoders, log,
-                    () => CircuitTracerTranscoders.LoadListed(config, resolveHub, entriesMayLeaveFolder: !fromHub),
-                    () => CircuitTracerTranscoders.LoadMapped(config, resolveHub, entriesMayLeaveFolder: !fromHub));
+                : ListedPerLayer(config);
         if (File.Exists(Path.Combine(path, "layer_0.safetensors")))
             return CircuitTracerPerLayer(path, WeightFiles(path), layers, decoders, log, () => CircuitTracerTranscoders.Load(path), () => CircuitTracerTranscoders.LoadMapped(path));
         if (IsCltFolder(path)) return LoadCrossLayer(path, layers, decoders, log);
         CheckMemory(path, WeightFiles(path));
         return PerLayerTranscoders.LoadSaeLens(path, layers);
+
+        // A config.yaml listing circuit-tracer per-layer files (a transcoder_set).
+        IMlpReplacement ListedPerLayer(string listConfig) =>
+            CircuitTracerPerLayer(Path.GetFullPath(listConfig), CircuitTracerTranscoders.ListedFiles(listConfig, resolveHub, !fromHub), layers, decoders, log,
+                () => CircuitTracerTranscoders.LoadListed(listConfig, resolveHub, entriesMayLeaveFolder: !fromHub),
+                () => CircuitTracerTranscoders.LoadMapped(listConfig, resolveHub, entriesMayLeaveFolder: !fromHub));
     }
 
     /// <summary>Decoders of at least this many bytes as float32 stay mapped under <see cref="DecoderStorage.Auto"/> (1 GiB).</summary>
@@ -110,9 +112,6 @@ public static class MlpReplacements
         (loaded as IDisposable)?.Dispose();
         throw new InputError($"{loaded.Source}: holds transcoders for {loaded.Layers} layer{(loaded.Layers == 1 ? "" : "s")}; the model has {layers}, one transcoder each");
     }
-
-    static bool IsCrossLayerConfig(string path) =>
-        File.Exists(path) && path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase) && CircuitTracerYaml.Read(path) is { Transcoders: not null } y && IsCrossLayerList(y);
 
     // A config.yaml listing one Gemma Scope 2 CLT layer file per layer: always mapped (the files hold every slot).
     static IMlpReplacement ListedCrossLayer(string config, int layers, Func<(string Repo, string Path, string Revision), string>? resolveHub,
