@@ -37,12 +37,16 @@ public sealed class LogitLensResult
     public required LensScale Scale { get; init; }
     public required int Position { get; init; }
     public required LensStage[] Stages { get; init; }
+    /// <summary>True when a tuned lens translated each stage before the final norm (<see cref="TunedLens"/>).</summary>
+    public bool Tuned { get; init; }
 }
 
 /// <summary>The logit lens over every position of one row (<see cref="LogitLens.Grid"/>); arrays are <c>[stage][position]</c>.</summary>
 public sealed class LogitLensGrid
 {
     public required LensScale Scale { get; init; }
+    /// <summary>True when a tuned lens translated each stage before the final norm (<see cref="TunedLens"/>).</summary>
+    public bool Tuned { get; init; }
     /// <summary>One label per stage: <c>resid_pre 0</c> … <c>resid_post L−1 (final)</c>.</summary>
     public required string[] Labels { get; init; }
     /// <summary>The model's own top token at each position (the final stage's).</summary>
@@ -56,10 +60,16 @@ public sealed class LogitLensGrid
 /// <summary>The logit lens (steps at the top of this file).</summary>
 public static class LogitLens
 {
-    /// <exception cref="InputError">The row, position or a token is out of range, or the model is a post-LayerNorm encoder.</exception>
-    public static LogitLensResult Run(HookedTransformer model, TokenBatch tokens, int answer, int? wrong = null, int position = -1, int row = 0, LensScale scale = LensScale.Real)
+    /// <summary>
+    /// The lens at one position: each stage's answer logit, probability and rank. With <paramref name="tuned"/>, each stage
+    /// before the final one goes through the tuned lens's translator first (the final norm then with its real scale).
+    /// </summary>
+    /// <exception cref="InputError">The row, position or a token is out of range, the model is a post-LayerNorm encoder, or a tuned
+    /// lens does not fit the model or comes with the frozen scale.</exception>
+    public static LogitLensResult Run(HookedTransformer model, TokenBatch tokens, int answer, int? wrong = null, int position = -1, int row = 0, LensScale scale = LensScale.Real, TunedLens? tuned = null)
     {
         model.RequireResidualSum("the logit lens");
+        CheckTuned(model, tuned, scale);
         var cfg = model.Config;
         int V = cfg.VocabOut, D = cfg.DModel, L = cfg.NLayers, T = tokens.Length;
         if ((uint)answer >= (uint)V) throw new InputError($"answer token {answer} is outside the output vocabulary (d_vocab_out = {V})");
@@ -70,7 +80,7 @@ public static class LogitLens
 
         var hooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.ResidPost(L - 1), HookNames.FinalScale };
         for (int l = 0; l < L; l++) hooks.Add(HookNames.ResidPre(l));
-        if (DeviceLens.Applies(model)) return RunOnDevice(model, tokens, hooks, answer, wrong, p, row, scale);
+        if (DeviceLens.Applies(model)) return RunOnDevice(model, tokens, hooks, answer, wrong, p, row, scale, tuned);
         var cache = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains }).Cache;
         bool hasNorm = model.FinalNormLayer is { Kind: not NormKind.None };
         double frozenScale = hasNorm ? cache[HookNames.FinalScale].Span[row * T + p] : 1;
@@ -80,10 +90,11 @@ public static class LogitLens
         for (int stage = 0; stage <= L; stage++)
         {
             string hook = stage < L ? HookNames.ResidPre(stage) : HookNames.ResidPost(L - 1);
-            var logits = StageLogits(model, cache[hook].Span.Slice((row * T + p) * D, D), scale == LensScale.Frozen ? frozenScale : null, bias);
+            var resid = cache[hook].Span.Slice((row * T + p) * D, D);
+            var logits = StageLogits(model, tuned is not null && stage < L ? tuned.Translate(resid, stage) : resid, scale == LensScale.Frozen ? frozenScale : null, bias);
             stages.Add(Summarize(stage < L ? $"resid_pre {stage}" : $"resid_post {L - 1} (final)", stage, logits, answer, wrong));
         }
-        return new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages.ToArray() };
+        return new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages.ToArray(), Tuned = tuned is not null };
     }
 
     /// <summary>
@@ -91,15 +102,16 @@ public static class LogitLens
     /// there: one forward pass, then per stage × position the lens's top token, its probability, and the
     /// probability of the final top token.
     /// </summary>
-    /// <exception cref="InputError">The row is out of range.</exception>
-    public static LogitLensGrid Grid(HookedTransformer model, TokenBatch tokens, int row = 0, LensScale scale = LensScale.Real)
+    /// <exception cref="InputError">The row is out of range, or a tuned lens does not fit the model or comes with the frozen scale.</exception>
+    public static LogitLensGrid Grid(HookedTransformer model, TokenBatch tokens, int row = 0, LensScale scale = LensScale.Real, TunedLens? tuned = null)
     {
+        CheckTuned(model, tuned, scale);
         var cfg = model.Config;
         int D = cfg.DModel, L = cfg.NLayers, T = tokens.Length;
         if ((uint)row >= (uint)tokens.Batch) throw new InputError($"row {row} is outside the batch of {tokens.Batch}");
         var hooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.ResidPost(L - 1), HookNames.FinalScale };
         for (int l = 0; l < L; l++) hooks.Add(HookNames.ResidPre(l));
-        if (DeviceLens.Applies(model)) return GridOnDevice(model, tokens, hooks, row, scale);
+        if (DeviceLens.Applies(model)) return GridOnDevice(model, tokens, hooks, row, scale, tuned);
         var cache = model.Run(tokens, new RunOptions { CacheFilter = hooks.Contains }).Cache;
         bool hasNorm = model.FinalNormLayer is { Kind: not NormKind.None };
         var bias = FinalNorm.Bias(model);
@@ -116,7 +128,8 @@ public static class LogitLens
             for (int p = 0; p < T; p++)
             {
                 double? frozen = scale == LensScale.Frozen ? (hasNorm ? cache[HookNames.FinalScale].ToCpu().Span[row * T + p] : 1) : null;
-                var logits = StageLogits(model, resid.Span.Slice((row * T + p) * D, D), frozen, bias);
+                var x = resid.Span.Slice((row * T + p) * D, D);
+                var logits = StageLogits(model, tuned is not null && stage < L ? tuned.Translate(x, stage) : x, frozen, bias);
                 if (stage == L) final[p] = ArgMax(logits);
                 var s = Summarize("", stage, logits, final[p], null);
                 topToken[stage][p] = s.TopToken;
@@ -127,12 +140,20 @@ public static class LogitLens
         return new LogitLensGrid
         {
             Scale = scale,
+            Tuned = tuned is not null,
             Labels = [.. Enumerable.Range(0, L + 1).Select(stage => stage < L ? $"resid_pre {stage}" : $"resid_post {L - 1} (final)")],
             FinalTopToken = final,
             TopToken = topToken,
             TopProb = topProb,
             FinalTopProb = finalTopProb,
         };
+    }
+
+    static void CheckTuned(HookedTransformer model, TunedLens? tuned, LensScale scale)
+    {
+        if (tuned is null) return;
+        tuned.CheckFits(model, "tuned lens");
+        if (scale == LensScale.Frozen) throw new InputError("argument: a tuned lens applies the final norm with its real scale (as it was trained); the frozen scale is the logit lens's");
     }
 
     static string StageLabel(int stage, int layers) => stage < layers ? $"resid_pre {stage}" : $"resid_post {layers - 1} (final)";
@@ -144,7 +165,7 @@ public static class LogitLens
     // (how many logits exceed it), the wrong token's logit and the top token (the host forms the difference).
     const int StageFields = 5;
 
-    static LogitLensResult RunOnDevice(HookedTransformer model, TokenBatch tokens, HashSet<string> hooks, int answer, int? wrong, int p, int row, LensScale scale)
+    static LogitLensResult RunOnDevice(HookedTransformer model, TokenBatch tokens, HashSet<string> hooks, int answer, int? wrong, int p, int row, LensScale scale, TunedLens? tuned)
     {
         var cfg = model.Config;
         int V = cfg.VocabOut, D = cfg.DModel, L = cfg.NLayers, T = tokens.Length, S = L + 1;
@@ -154,6 +175,9 @@ public static class LogitLens
         long at = (long)row * T + p;
         var stacked = be.Empty(S, D); // [stage, d_model]
         for (int stage = 0; stage < S; stage++) be.CopyRows(cache[StageHook(stage, L)], at * D, D, stacked, (long)stage * D, D, 1, D);
+        if (tuned is not null)
+            for (int stage = 0; stage < L; stage++)
+                be.CopyRows(tuned.Translate(be, DeviceLens.Slot(stacked, (long)stage * D, D), 1, stage), 0, D, stacked, (long)stage * D, D, 1, D);
         var frozen = scale == LensScale.Frozen && DeviceLens.HasNorm(model) ? DeviceLens.FrozenScale(model, cache, at, S, perRow: false) : null;
         var logits = DeviceLens.Unembed(model, DeviceLens.FinalNorm(model, stacked, S, frozen, withBias: true), S); // [stage, d_vocab_out]
 
@@ -183,13 +207,13 @@ public static class LogitLens
             var f = values.AsSpan(stage * StageFields, StageFields);
             stages[stage] = new LensStage(StageLabel(stage, L), stage, f[0], Math.Exp(f[1]), (int)f[2], wrong is null ? double.NaN : (double)f[0] - f[3], (int)f[4]);
         }
-        return new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages };
+        return new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages, Tuned = tuned is not null };
     }
 
     // The grid on a device, one stage at a time ([T, vocab] logits, never [stages × T × vocab]): per stage and
     // position the top token, its probability and the probability of the final stage's top token, gathered with
     // one-hot rows (ScatterRows) dotted with the probabilities (RowDots).
-    static LogitLensGrid GridOnDevice(HookedTransformer model, TokenBatch tokens, HashSet<string> hooks, int row, LensScale scale)
+    static LogitLensGrid GridOnDevice(HookedTransformer model, TokenBatch tokens, HashSet<string> hooks, int row, LensScale scale, TunedLens? tuned)
     {
         var cfg = model.Config;
         int V = cfg.VocabOut, D = cfg.DModel, L = cfg.NLayers, T = tokens.Length, S = L + 1;
@@ -208,6 +232,7 @@ public static class LogitLens
         for (int stage = L; stage >= 0; stage--)
         {
             var resid = new Tensor(cache[StageHook(stage, L)].Storage.Slice((long)row * T * D, (long)T * D), T, D);
+            if (tuned is not null && stage < L) resid = tuned.Translate(be, resid, T, stage);
             var logits = DeviceLens.Unembed(model, DeviceLens.FinalNorm(model, resid, T, frozen, withBias: true), T);
             be.SoftmaxRows(logits, T, V, probs);
             be.TopKRows(logits, T, V, 1, topValue, topIndex);
@@ -232,6 +257,7 @@ public static class LogitLens
         return new LogitLensGrid
         {
             Scale = scale,
+            Tuned = tuned is not null,
             Labels = [.. Enumerable.Range(0, S).Select(stage => StageLabel(stage, L))],
             FinalTopToken = [.. topToken[L]],
             TopToken = topToken,
