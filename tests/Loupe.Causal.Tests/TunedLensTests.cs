@@ -362,6 +362,10 @@ public class TunedLensTests(ITestOutputHelper output)
             File.WriteAllText(Path.Combine(dir, "config.json"), "{\"d_model\": \"64\", \"num_hidden_layers\": 1}");
             Assert.Contains("d_model", Assert.Throws<InputError>(() => TunedLens.Load(dir)).Message);
 
+            // A config claiming 2^31 − 1 translators: refused from the file's names, nothing allocated for them.
+            File.WriteAllText(Path.Combine(dir, "config.json"), "{\"d_model\": " + d + ", \"num_hidden_layers\": 2147483647}");
+            Assert.Contains("missing tensor '1.weight'", Assert.Throws<InputError>(() => TunedLens.Load(dir)).Message);
+
             // A lens of another shape than the model's.
             File.WriteAllText(Path.Combine(dir, "config.json"), "{\"d_model\": " + d + ", \"num_hidden_layers\": 1, \"base_model_name_or_path\": \"other-model\"}");
             var oneLayer = TunedLens.Load(dir);

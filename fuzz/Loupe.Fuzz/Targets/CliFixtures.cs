@@ -42,6 +42,9 @@ static class CliFixtures
         Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
 
         string source = "text:" + Path.Combine(folder, "text.txt");
+        // A tuned lens on the llama fixture (lens eval and lens --tuned read it), trained by the verb itself.
+        Loupe(run, "lens", "train", "--model", model, "--source", source, "--context-size", "8", "--max-contexts", "8", "--held-out", "2", "--steps", "2",
+            "--tokens-per-step", "16", "--batch-contexts", "2", "--out", Path.Combine(folder, "tuned"));
         // A cross-layer transcoder on the llama fixture (clt eval, attribute and intervene read it), trained by the verb itself.
         Loupe(run, "clt", "train", "--model", model, "--source", source, "--context-size", "8", "--max-contexts", "6", "--architecture", "topk",
             "--k", "4", "--d-sae", "16", "--steps", "3", "--batch-size", "16", "--out", Path.Combine(folder, "clt"));

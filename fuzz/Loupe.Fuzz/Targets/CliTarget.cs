@@ -23,17 +23,17 @@ public sealed class CliTarget : FuzzTarget
 
     /// <summary>Options whose huge values are legitimately long jobs (not a validation gap): those keep their small range.</summary>
     static readonly HashSet<string> s_workOptions = ["--steps", "--max-contexts", "--max-sentences", "--max-iterations", "--samples", "--seeds", "--dead-window",
-        "--lr-warmup", "--sparsity-warmup", "--max-new-tokens", "--n", "--checkpoint-every"];
+        "--lr-warmup", "--sparsity-warmup", "--max-new-tokens", "--n", "--checkpoint-every", "--tokens-per-step"];
 
     static readonly string[] s_ints = ["0", "-1", "1", "2147483647", "2147483648", "-2147483648", "99999999999999", "NaN", "", "1e3", "٣", "0x10", " 7"];
     static readonly string[] s_floats = ["NaN", "-NaN", "Infinity", "-Infinity", "1e308", "-1", "0", "-0", "1e-45", "3.4e39", "", "nan", "1e-30"];
     static readonly string[] s_strings = ["", " ", "ü☃𝄞", "NaN", "-1", "0", "1,2,3;4", ";;", ",", "-", "{case}/missing/x", "{case}/a-folder", "{case}/link-to-folder",
         "{case}/../../escape", "blocks.99.hook_resid_post", "blocks.*.attn.hook_pattern", "2147483647", "1,-5,3", "1,2147483647", "999999", "1,1", "x,x"];
     /// <summary>Options that name a fixture: they also get another fixture (a CLT where SAELens transcoders were, the GPT-2 fixture's graph for the llama's stores).</summary>
-    static readonly HashSet<string> s_fixtureOptions = ["--transcoders", "--sae", "--monitor", "--vector", "--stores", "--graph", "--activations", "--db", "--positive", "--negative", "--dataset"];
+    static readonly HashSet<string> s_fixtureOptions = ["--transcoders", "--sae", "--monitor", "--vector", "--stores", "--graph", "--activations", "--db", "--positive", "--negative", "--dataset", "--tuned"];
     static readonly string[] s_fixtureSwaps = ["{fixtures}/model", "{fixtures}/gpt2", "{fixtures}/sae", "{fixtures}/sae/cfg.json", "{fixtures}/clt", "{fixtures}/transcoders",
         "{fixtures}/transcoders/layer_1", "{fixtures}/features.db", "{fixtures}/tc-stores", "{fixtures}/monitor.safetensors", "{fixtures}/graph/graph.json",
-        "{fixtures}/graph/graph.safetensors", "{fixtures}/acts", "{fixtures}/text.txt", "brown:{fixtures}/text.txt", "brown:{fixtures}/brown"];
+        "{fixtures}/graph/graph.safetensors", "{fixtures}/acts", "{fixtures}/text.txt", "brown:{fixtures}/text.txt", "brown:{fixtures}/brown", "{fixtures}/tuned", "{fixtures}/tuned/params.safetensors"];
     /// <summary>--process values: each processing alone (some are not exact for the llama fixture's RMSNorm or rotary attention), repeated, all.</summary>
     static readonly string[] s_processing = ["tl", "fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices", "tl,tl",
         "fold_ln,center_writing_weights,center_unembed,fold_value_biases,refactor_factored_attn_matrices"];
@@ -87,6 +87,10 @@ public sealed class CliTarget : FuzzTarget
         ["features", "neuronpedia", "--graph", "{fixtures}/graph/graph.json", "--stores", "{fixtures}/tc-stores", "--out", "{case}/np"],
         ["sae", "train", "--model", "{fixtures}/model", "--source", "text:{fixtures}/text.txt", "--context-size", "8", "--max-contexts", "4", "--contexts-per-window", "2", "--hook", "blocks.0.ln2.hook_normalized", "--target-hook", "blocks.0.hook_mlp_out", "--skip", "--architecture", "jumprelu", "--d-sae", "16", "--steps", "3", "--batch-size", "8", "--sparsity", "0.1", "--out", "{case}/tc"],
         ["sae", "train", "--activations", "{fixtures}/acts", "--architecture", "batchtopk", "--k", "3", "--expansion", "1", "--steps", "3", "--batch-size", "8", "--lr-decay", "0.5", "--aux-k", "0.1", "--dead-window", "16", "--normalize", "--checkpoint-every", "1", "--out", "{case}/sae"],
+        ["lens", "train", "--model", "{fixtures}/model", "--source", "text:{fixtures}/text.txt", "--context-size", "8", "--max-contexts", "8", "--held-out", "2", "--steps", "3",
+            "--tokens-per-step", "16", "--batch-contexts", "2", "--lr-scale", "0.5", "--momentum", "0.8", "--weight-decay", "0.01", "--clip-norm", "2", "--checkpoint-every", "2", "--out", "{case}/tuned"],
+        ["lens", "eval", "--model", "{fixtures}/model", "--tuned", "{fixtures}/tuned", "--source", "text:{fixtures}/text.txt", "--context-size", "8", "--max-contexts", "4", "--batch-contexts", "3", "--out", "{case}/tuned-eval"],
+        ["lens", "--model", "{fixtures}/model", "--tokens", "1,2,3,4", "--answer-id", "5", "--tuned", "{fixtures}/tuned", "--out", "{case}/lens"],
     ];
 
     public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)

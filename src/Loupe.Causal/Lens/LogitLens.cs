@@ -94,7 +94,7 @@ public static class LogitLens
             var logits = StageLogits(model, tuned is not null && stage < L ? tuned.Translate(resid, stage) : resid, scale == LensScale.Frozen ? frozenScale : null, bias);
             stages.Add(Summarize(stage < L ? $"resid_pre {stage}" : $"resid_post {L - 1} (final)", stage, logits, answer, wrong));
         }
-        return new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages.ToArray(), Tuned = tuned is not null };
+        return CheckFinite(new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages.ToArray(), Tuned = tuned is not null });
     }
 
     /// <summary>
@@ -137,7 +137,7 @@ public static class LogitLens
                 finalTopProb[stage][p] = s.AnswerProb;
             }
         }
-        return new LogitLensGrid
+        return CheckFinite(new LogitLensGrid
         {
             Scale = scale,
             Tuned = tuned is not null,
@@ -146,7 +146,25 @@ public static class LogitLens
             TopToken = topToken,
             TopProb = topProb,
             FinalTopProb = finalTopProb,
-        };
+        });
+    }
+
+    // The model's own pass is checked for finite values; a tuned lens's translators are finite but may still overflow on a
+    // residual (a lens trained for another model, a corrupt file): its stage then says so instead of reporting NaN.
+    static LogitLensResult CheckFinite(LogitLensResult result)
+    {
+        if (result.Tuned && result.Stages.FirstOrDefault(s => !double.IsFinite(s.AnswerLogit) || !double.IsFinite(s.AnswerProb)) is { } bad)
+            throw new InputError($"tuned lens: {bad.Label} gives a non-finite logit ({bad.AnswerLogit}); translator {bad.Layer} overflows on this residual (a lens for another model?)");
+        return result;
+    }
+
+    static LogitLensGrid CheckFinite(LogitLensGrid grid)
+    {
+        if (grid.Tuned)
+            for (int s = 0; s < grid.Labels.Length; s++)
+                if (grid.TopProb[s].Any(p => !double.IsFinite(p)) || grid.FinalTopProb[s].Any(p => !double.IsFinite(p)))
+                    throw new InputError($"tuned lens: {grid.Labels[s]} gives non-finite probabilities; translator {s} overflows on this residual (a lens for another model?)");
+        return grid;
     }
 
     static void CheckTuned(HookedTransformer model, TunedLens? tuned, LensScale scale)
@@ -207,7 +225,7 @@ public static class LogitLens
             var f = values.AsSpan(stage * StageFields, StageFields);
             stages[stage] = new LensStage(StageLabel(stage, L), stage, f[0], Math.Exp(f[1]), (int)f[2], wrong is null ? double.NaN : (double)f[0] - f[3], (int)f[4]);
         }
-        return new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages, Tuned = tuned is not null };
+        return CheckFinite(new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages, Tuned = tuned is not null });
     }
 
     // The grid on a device, one stage at a time ([T, vocab] logits, never [stages × T × vocab]): per stage and
@@ -254,7 +272,7 @@ public static class LogitLens
             topProb[stage] = [.. values.AsSpan(block + T, T).ToArray().Select(v => (double)v)];
             finalTopProb[stage] = [.. values.AsSpan(block + 2 * T, T).ToArray().Select(v => (double)v)];
         }
-        return new LogitLensGrid
+        return CheckFinite(new LogitLensGrid
         {
             Scale = scale,
             Tuned = tuned is not null,
@@ -263,7 +281,7 @@ public static class LogitLens
             TopToken = topToken,
             TopProb = topProb,
             FinalTopProb = finalTopProb,
-        };
+        });
     }
 
     // The residual through the final norm (real scale when frozenScale is null), unembedding and soft-cap.

@@ -207,6 +207,12 @@ public sealed class TunedLens
             if (layer >= layers) throw new InputError($"{paramsPath}: tensor '{names[(layer, isBias)]}' is for layer {layer}; the lens has {layers} translators ({configPath}: num_hidden_layers)");
             if (isBias && !hasBias) throw new InputError($"{paramsPath}: tensor '{names[(layer, isBias)]}' but {configPath} says bias: false");
         }
+        // Every translator's tensors named before anything is allocated (a config's num_hidden_layers is not trusted).
+        for (int l = 0; l < layers; l++)
+        {
+            if (!names.ContainsKey((l, false))) throw new InputError($"{paramsPath}: missing tensor '{l}.weight' (the lens has {layers} translators: {configPath})");
+            if (hasBias && !names.ContainsKey((l, true))) throw new InputError($"{paramsPath}: missing tensor '{l}.bias'");
+        }
         var weights = new float[layers][];
         var biases = new float[layers][];
         for (int l = 0; l < layers; l++)

@@ -44,6 +44,8 @@ public sealed record TunedLensEvaluation(IReadOnlyList<TunedLensLayerEvaluation>
             layers[l] = new TunedLensLayerEvaluation(l, $"resid_pre {l}",
                 ((double)sums[l] - sums[L]) / tokens, ((double)sums[t + l] - sums[t + L]) / tokens,
                 (double)logitTop[l] / tokens, (double)tunedTop[l] / tokens);
+        if (layers.FirstOrDefault(l => !double.IsFinite(l.TunedLensKl)) is { } bad)
+            throw new InputError($"tuned lens: {bad.Label} gives a non-finite KL ({bad.TunedLensKl}); its translator overflows on these residuals (a lens for another model?)");
         return new TunedLensEvaluation(layers, tokens);
     }
 }

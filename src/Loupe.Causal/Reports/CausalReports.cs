@@ -50,13 +50,14 @@ public static class CausalReports
     public sealed record LensJson(
         string Direction, int Position, IReadOnlyList<string>? Tokens, ComponentJson[] Components, double DlaTotal, double LogitDiffBeforeSoftcap,
         double FinalNormBias, double UnembedBias, double DecompositionError, string Note, string LensScale, LensStage[] LogitLens,
-        IReadOnlyDictionary<string, string?>? Args);
+        IReadOnlyDictionary<string, string?>? Args, LensStage[]? TunedLens = null);
 
     /// <summary>
     /// Writes <c>dir/lens.json</c>, <c>dir/dla.svg</c> (rows = layers, columns = heads, b_O, mlp) and
     /// <c>dir/logit_lens.svg</c> (the answer's logit, and logit difference, over layers) for row 0 of <paramref name="dla"/>.
     /// </summary>
-    public static (string Json, string Dla, string Lens) WriteLens(DlaResult dla, LogitLensResult lens, string dir, IReadOnlyList<string>? tokenLabels = null, IReadOnlyDictionary<string, string?>? args = null)
+    public static (string Json, string Dla, string Lens) WriteLens(DlaResult dla, LogitLensResult lens, string dir, IReadOnlyList<string>? tokenLabels = null, IReadOnlyDictionary<string, string?>? args = null,
+        LogitLensResult? tuned = null)
     {
         var values = dla.Values[0];
         var components = dla.ComponentInfo.Select((c, i) => new ComponentJson(c.Name, c.Kind, c.Layer, c.Head, values[i])).ToArray();
@@ -65,7 +66,7 @@ public static class CausalReports
             "DLA: each component through ln_final with the scale frozen at the cached ln_final.hook_scale, dotted with the direction; " +
             "Σ dla = logit_diff_before_softcap − final_norm_bias − unembed_bias. b_O is a separate component per layer. " +
             "Final-logit soft-capping (Gemma 2) is nonlinear and is not included.",
-            lens.Scale.ToString().ToLowerInvariant(), lens.Stages, args);
+            lens.Scale.ToString().ToLowerInvariant(), lens.Stages, args, tuned?.Stages);
         string jsonPath = Path.Combine(dir, "lens.json"), dlaPath = Path.Combine(dir, "dla.svg"), lensPath = Path.Combine(dir, "logit_lens.svg");
         AtomicFile.WriteJson(jsonPath, json);
         var (grid, rows, cols) = DlaGrid(dla.ComponentInfo, values);
@@ -81,9 +82,14 @@ public static class CausalReports
         }.Save(dlaPath);
         var series = new List<(string, double[])> { ("answer logit", lens.Stages.Select(s => s.AnswerLogit).ToArray()) };
         if (lens.Wrong is not null) series.Add(("logit diff", lens.Stages.Select(s => s.LogitDiff).ToArray()));
+        if (tuned is not null)
+        {
+            series.Add(("tuned: answer logit", tuned.Stages.Select(s => s.AnswerLogit).ToArray()));
+            if (tuned.Wrong is not null) series.Add(("tuned: logit diff", tuned.Stages.Select(s => s.LogitDiff).ToArray()));
+        }
         new LineChart
         {
-            Title = $"Logit lens ({lens.Scale.ToString().ToLowerInvariant()} final-norm scale), answer {lens.Answer}",
+            Title = $"Logit lens ({lens.Scale.ToString().ToLowerInvariant()} final-norm scale){(tuned is null ? "" : " and tuned lens")}, answer {lens.Answer}",
             X = lens.Stages.Select(s => (double)s.Layer).ToArray(),
             Series = series,
             XAxis = "blocks applied (0 = embeddings; last = final residual)",

@@ -19,18 +19,21 @@ static class LensCommand
         var wrongId = new Option<int?>("--wrong-id") { Description = "The competing token as an id" };
         var position = new Option<int>("--position") { Description = "The position to explain (negative counts from the end)", DefaultValueFactory = _ => -1 };
         var scale = new Option<string>("--scale") { Description = "Logit lens final-norm scale: real (recomputed per layer) or frozen (the final position's)", DefaultValueFactory = _ => "real" };
+        var tunedLens = new Option<string?>("--tuned") { Description = "A tuned lens (a folder with params.safetensors + config.json, from `loupe lens train` or converted from tuned-lens): read beside the logit lens" };
         var output = new Option<string>("--out", "-o") { Description = "Folder for lens.json, dla.svg and logit_lens.svg", Required = true };
         var command = new Command("lens",
             "Direct logit attribution: split the final residual stream into embeddings, each head, each layer's b_O and each MLP, and " +
             "project each through the final norm (scale frozen) onto the answer's unembedding (minus the wrong token's). " +
             "Then the logit lens: the answer's logit, probability and rank read from the residual stream after each layer. " +
-            "Gemma 2's final soft-cap is nonlinear, so DLA explains the logits before it.\n\n" +
+            "Gemma 2's final soft-cap is nonlinear, so DLA explains the logits before it. With --tuned, a tuned lens (Belrose et al. 2023) is read " +
+            "beside it: each layer's residual through its trained affine translator first. `loupe lens train` trains one, `loupe lens eval` measures one.\n\n" +
             "Examples:\n" +
             "  loupe lens --model ../shared/models/stories260K --prompt \"Once upon a time, there was a little girl named Lily. One day,\" --answer Lily --wrong Tim --out lens-out\n" +
             "  loupe lens --model ../shared/models/grokking-modadd-p113-main --tokens \"5,17,113\" --answer-id 22 --out lens-out\n" +
             "  loupe lens --model tests/data/reference/gpt2 --tokens \"82,87,74,39\" --answer-id 17 --wrong-id 42 --scale frozen --out lens-out\n" +
-            "  loupe lens --model tests/data/reference/gpt2 --tokens \"82,87,74,39\" --answer-id 17 --device emulated --out lens-out")
-        { model, prompt, tokens, answer, wrong, answerId, wrongId, position, scale, output };
+            "  loupe lens --model tests/data/reference/gpt2 --tokens \"82,87,74,39\" --answer-id 17 --device emulated --out lens-out\n" +
+            "  loupe lens --model ../shared/models/stories260K --prompt \"Once upon a time, there was a little girl named Lily. One day,\" --answer Lily --tuned tuned/ --out lens-out")
+        { model, prompt, tokens, answer, wrong, answerId, wrongId, position, scale, tunedLens, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             var lensScale = parse.GetValue(scale) switch
@@ -54,6 +57,7 @@ static class LensCommand
             var direction = w is int wv ? LogitDirection.Difference(m, a, wv) : LogitDirection.Token(m, a);
             var dla = CliSupport.Status.Status().Start("Attributing", _ => DirectLogitAttribution.Compute(m, batch, direction, pos));
             var lens = LogitLens.Run(m, batch, a, w, pos, scale: lensScale);
+            var tuned = parse.GetValue(tunedLens) is string tunedPath ? LogitLens.Run(m, batch, a, w, pos, tuned: TunedLens.Load(tunedPath)) : null;
             var labels = batch.Ids.Select(id => PatchCommand.TokenLabel(m, id)).ToArray();
             var args = new Dictionary<string, string?>
             {
@@ -65,8 +69,9 @@ static class LensCommand
                 ["wrong"] = w is int wr ? CliSupport.Show(m, wr) : null,
                 ["position"] = pos.ToString(System.Globalization.CultureInfo.InvariantCulture),
                 ["scale"] = parse.GetValue(scale),
+                ["tuned"] = parse.GetValue(tunedLens),
             };
-            var (json, dlaSvg, lensSvg) = CausalReports.WriteLens(dla, lens, outDir, labels, args);
+            var (json, dlaSvg, lensSvg) = CausalReports.WriteLens(dla, lens, outDir, labels, args, tuned);
 
             string what = w is int w2 ? $"logit({CliSupport.Show(m, a)}) − logit({CliSupport.Show(m, w2)})" : $"logit({CliSupport.Show(m, a)})";
             Console.WriteLine($"{what} at position {dla.Position} ({labels[dla.Position]}): {dla.PreCapLogitDiff[0]:F4}" +
@@ -78,9 +83,17 @@ static class LensCommand
             Console.WriteLine($"Logit lens ({lensScale.ToString().ToLowerInvariant()} scale):");
             foreach (var s in lens.Stages)
                 Console.WriteLine($"  {s.Label,-22} logit {s.AnswerLogit,9:F3}  p {s.AnswerProb,10:0.00000}  rank {s.AnswerRank,6}" + (w is null ? "" : $"  diff {s.LogitDiff,8:F3}"));
+            if (tuned is not null)
+            {
+                Console.WriteLine("Tuned lens:");
+                foreach (var s in tuned.Stages)
+                    Console.WriteLine($"  {s.Label,-22} logit {s.AnswerLogit,9:F3}  p {s.AnswerProb,10:0.00000}  rank {s.AnswerRank,6}" + (w is null ? "" : $"  diff {s.LogitDiff,8:F3}"));
+            }
             Console.WriteLine($"wrote {json}, {dlaSvg} and {lensSvg}");
             return 0;
         }));
+        command.Subcommands.Add(TunedLensVerbs.Train());
+        command.Subcommands.Add(TunedLensVerbs.Eval());
         return command;
     }
 }
