@@ -52,7 +52,8 @@ public sealed record DlaView(TokenView Token, int Position, double Logit, DlaCom
 /// <param name="TopK">The top-k next tokens per position.</param>
 /// <param name="Lens">The logit lens grid.</param>
 /// <param name="Dla">Direct logit attribution at the last position.</param>
-public sealed record PromptResponse(TokenView[] Tokens, NextTokenView[][] TopK, LensView Lens, DlaView Dla);
+/// <param name="TunedLens">The tuned lens grid (the server's --tuned), or null.</param>
+public sealed record PromptResponse(TokenView[] Tokens, NextTokenView[][] TopK, LensView Lens, DlaView Dla, LensView? TunedLens = null);
 
 /// <summary>Every head's pattern for a prompt and the model's head-detection scores.</summary>
 /// <param name="Tokens">The prompt's tokens.</param>
@@ -127,7 +128,7 @@ public static class Analyses
     public static string Text(HookedTransformer m, int id) =>
         m.Tokenizer is { } t && id < t.VocabSize ? t.Decode([id]) : id.ToString(System.Globalization.CultureInfo.InvariantCulture);
 
-    public static PromptResponse Prompt(HookedTransformer m, int[] ids, int topK)
+    public static PromptResponse Prompt(HookedTransformer m, int[] ids, int topK, TunedLens? tuned = null)
     {
         var batch = TokenBatch.Single(ids);
         var next = NextTokens.TopK(m, ids, topK, allPositions: true);
@@ -139,8 +140,21 @@ public static class Analyses
         return new PromptResponse(
             [.. ids.Select(id => new TokenView(id, Text(m, id)))],
             [.. next.Select(row => row.Select(t => new NextTokenView(t.Token, Text(m, t.Token), t.Probability)).ToArray())],
-            new LensView(grid.Labels, grid.TopToken, [.. grid.TopToken.Select(r => r.Select(id => Text(m, id)).ToArray())], grid.TopProb, grid.FinalTopProb),
-            new DlaView(new TokenView(top, Text(m, top)), dla.Position, dla.PreCapLogitDiff[0], components, dla.NormBias[0], dla.UnembedBias[0]));
+            View(m, grid),
+            new DlaView(new TokenView(top, Text(m, top)), dla.Position, dla.PreCapLogitDiff[0], components, dla.NormBias[0], dla.UnembedBias[0]),
+            tuned is null ? null : View(m, LogitLens.Grid(m, batch, tuned: tuned)));
+    }
+
+    static LensView View(HookedTransformer m, LogitLensGrid grid) =>
+        new(grid.Labels, grid.TopToken, [.. grid.TopToken.Select(r => r.Select(id => Text(m, id)).ToArray())], grid.TopProb, grid.FinalTopProb);
+
+    /// <summary>The tuned lens at <paramref name="path"/> for <paramref name="model"/>, read once at start.</summary>
+    /// <exception cref="InputError">The lens cannot be read or does not fit the model.</exception>
+    public static TunedLens LoadTunedLens(string path, HookedTransformer model)
+    {
+        var lens = TunedLens.Load(path);
+        lens.CheckFits(model, path);
+        return lens;
     }
 
     public static float[][][][] Patterns(HookedTransformer m, int[] ids)

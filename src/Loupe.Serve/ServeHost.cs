@@ -81,14 +81,16 @@ public sealed class ServeHost : IAsyncDisposable
         _app.Use(CheckToken);
         Endpoints.OpenAiEndpoints.Map(_app, gate, options);
 
+        // A tuned lens (--tuned) is read once, at start: a bad file stops the server before it listens.
+        var tunedLens = options.TunedLensPath is { } lensPath ? Analyses.LoadTunedLens(lensPath, model) : null;
         var api = _app.MapGroup("/api");
         api.MapGet("/model", () => Analyses.Describe(model, options)).WithSummary("The served model");
         api.MapPost("/prompt", async (PromptRequest body, CancellationToken cancel) =>
         {
             int k = Math.Clamp(body.TopK ?? 10, 1, 50);
             int[] ids = Analyses.Tokens(model, body.Text, body.Tokens, options);
-            return await gate.RunAsync(m => Analyses.Prompt(m, ids, k), cancel);
-        }).WithSummary("Tokens, top-k next tokens per position, logit lens (stage × position) and direct logit attribution of the last position's top token");
+            return await gate.RunAsync(m => Analyses.Prompt(m, ids, k, tunedLens), cancel);
+        }).WithSummary("Tokens, top-k next tokens per position, logit lens (stage × position), direct logit attribution of the last position's top token, and the tuned lens when the server has one (--tuned)");
         api.MapPost("/attention", async (PromptRequest body, CancellationToken cancel) =>
         {
             int[] ids = Analyses.Tokens(model, body.Text, body.Tokens, options);

@@ -15,6 +15,8 @@ public sealed record ServeOptions
     public string? GraphsDir { get; init; }
     /// <summary>The transcoders (as for <c>loupe intervene</c>) that let the Graph page ablate or scale features; null = no interventions.</summary>
     public string? TranscodersDir { get; init; }
+    /// <summary>A tuned lens (as for <c>loupe lens --tuned</c>) the Prompt page shows beside the logit lens; null = none.</summary>
+    public string? TunedLensPath { get; init; }
 
     /// <summary>Where a cross-layer transcoder's decoders are kept (<see cref="TranscodersDir"/>).</summary>
     public Loupe.Dictionaries.Transcoders.DecoderStorage Decoders { get; init; }

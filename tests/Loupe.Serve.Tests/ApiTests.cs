@@ -42,6 +42,49 @@ public class ApiTests
     }
 
     [Fact]
+    public async Task Prompt_shows_the_servers_tuned_lens()
+    {
+        var model = Servers.Gpt2;
+        int d = model.Config.DModel, layers = model.Config.NLayers;
+        var random = new Random(8);
+        var lens = TunedLens.FromTranslators(
+            [.. Enumerable.Range(0, layers).Select(_ => Enumerable.Range(0, d * d).Select(_ => (float)(random.NextDouble() - 0.5) * 0.1f).ToArray())],
+            [.. Enumerable.Range(0, layers).Select(_ => Enumerable.Range(0, d).Select(_ => (float)(random.NextDouble() - 0.5)).ToArray())]);
+        string dir = Directory.CreateTempSubdirectory("loupe-serve-tuned").FullName;
+        try
+        {
+            lens.Save(dir);
+            int[] ids = [82, 87, 74, 39, 5];
+            await using (var host = await Servers.StartAsync(model, new ServeOptions { TunedLensPath = dir }))
+            {
+                using var client = Servers.Client(host);
+                var r = await Servers.PostJson(client, "/api/prompt", new { tokens = ids, top_k = 3 });
+                var expected = LogitLens.Grid(model, TokenBatch.Single(ids), tuned: TunedLens.Load(dir));
+                var tuned = r.GetProperty("tuned_lens");
+                for (int s = 0; s <= layers; s++)
+                    for (int p = 0; p < ids.Length; p++)
+                    {
+                        Assert.Equal(expected.TopToken[s][p], tuned.GetProperty("top_token")[s][p].GetInt32());
+                        Assert.Equal(expected.TopProb[s][p], tuned.GetProperty("top_prob")[s][p].GetDouble(), 1e-9);
+                    }
+                // The logit lens beside it is untouched.
+                Assert.Equal(LogitLens.Grid(model, TokenBatch.Single(ids)).TopToken[0][1], r.GetProperty("lens").GetProperty("top_token")[0][1].GetInt32());
+            }
+            await using (var host = await Servers.StartAsync(model))
+            {
+                using var client = Servers.Client(host);
+                var r = await Servers.PostJson(client, "/api/prompt", new { tokens = ids, top_k = 3 });
+                Assert.Equal(JsonValueKind.Null, r.GetProperty("tuned_lens").ValueKind);
+            }
+            // A lens for another model stops the server before it listens, naming the lens.
+            TunedLens.FromTranslators([new float[d * d]], [new float[d]]).Save(dir);
+            var error = await Assert.ThrowsAsync<InputError>(() => Servers.StartAsync(model, new ServeOptions { TunedLensPath = dir }));
+            Assert.Contains("1 translators", error.Message);
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    [Fact]
     public void Lens_grid_agrees_with_the_single_position_lens_at_every_stage()
     {
         var model = Servers.Gpt2;

@@ -36,7 +36,12 @@ public class BrowserTests(ITestOutputHelper output)
     public async Task Prompt_and_attention_pages_show_the_library_numbers()
     {
         var model = Servers.Stories;
-        await using var host = await Servers.StartAsync(model);
+        // A tuned lens for the Prompt page (--tuned), trained briefly on a story.
+        string lensDir = Directory.CreateTempSubdirectory("loupe-serve-tuned").FullName;
+        var ids = model.Tokenizer!.Encode(string.Concat(Enumerable.Repeat("Once upon a time, there was a little girl named Lily. She liked to play with her ball in the park. ", 6)), addSpecialTokens: false);
+        int[][] contexts = [.. Enumerable.Range(0, ids.Length / 15).Select(i => new[] { model.Config.BosTokenId ?? 1 }.Concat(ids.Skip(i * 15).Take(15)).ToArray())];
+        TunedLensTraining.Train(model, contexts, new TunedLensTrainingOptions { Steps = 10, TokensPerStep = 64, BatchContexts = 4 }).Lens.Save(lensDir);
+        await using var host = await Servers.StartAsync(model, new ServeOptions { TunedLensPath = lensDir });
         using var playwright = await Playwright.CreateAsync();
         await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
         {
@@ -61,6 +66,11 @@ public class BrowserTests(ITestOutputHelper output)
         Assert.Contains("text=", await Browser.UrlAsync(page)); // shareable: the prompt is in the URL
         await page.GetByTestId("token").Nth(2).HoverAsync();
         Assert.Contains("after position 2", await page.GetByTestId("topk").InnerTextAsync());
+        // The tuned lens's map beside the logit lens's: its top row is the model's own output, as the logit lens's is.
+        await page.GetByTestId("tuned-lens").Locator("canvas").HoverAsync(new() { Position = new() { X = 155, Y = 30 } });
+        Assert.StartsWith("resid_post 4 (final), position 0", await page.GetByTestId("tuned-lens-status").InnerTextAsync());
+        await page.GetByTestId("lens-status").Locator("xpath=..").Locator("canvas").HoverAsync(new() { Position = new() { X = 155, Y = 30 } });
+        Assert.Equal(await page.GetByTestId("tuned-lens-status").InnerTextAsync(), await page.GetByTestId("lens-status").InnerTextAsync());
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = Path.Combine(ScreenshotDir(), "prompt.png"), FullPage = true });
 
         // Attention page (the prompt travels in the URL): click a head, hover a query token.
@@ -82,5 +92,6 @@ public class BrowserTests(ITestOutputHelper output)
 
         Assert.Empty(consoleErrors); // CSP violations and script errors show up here
         output.WriteLine($"screenshots in {ScreenshotDir()}");
+        Directory.Delete(lensDir, recursive: true);
     }
 }

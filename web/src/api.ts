@@ -5,7 +5,7 @@ export interface ModelView { name: string; family: string; layers: number; heads
 export interface LensView { stages: string[]; top_token: number[][]; top_text: string[][]; top_prob: number[][]; final_top_prob: number[][] }
 export interface DlaComponent { name: string; kind: string; layer: number; head: number; value: number }
 export interface DlaView { token: TokenView; position: number; logit: number; components: DlaComponent[]; norm_bias: number; unembed_bias: number }
-export interface PromptResponse { tokens: TokenView[]; top_k: NextTokenView[][]; lens: LensView; dla: DlaView }
+export interface PromptResponse { tokens: TokenView[]; top_k: NextTokenView[][]; lens: LensView; dla: DlaView; tuned_lens: LensView | null }
 export interface DetectionView { kinds: string[]; scores: number[][][]; sequences: number; repeat_length: number }
 export interface AttentionResponse { tokens: TokenView[]; layers: number; heads: number; patterns: number[][][][]; detection: DetectionView }
 

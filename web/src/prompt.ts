@@ -1,4 +1,4 @@
-import { api, promptBody, PromptResponse } from "./api";
+import { api, LensView, promptBody, PromptResponse } from "./api";
 import { blue, canvas, el, pct, query, setQuery, show } from "./dom";
 import type { PageContext } from "./main";
 
@@ -60,15 +60,19 @@ function showPrompt(out: HTMLElement, r: PromptResponse): void {
     el("div", { class: "row" }, list));
 
   out.append(el("div", { class: "row" },
-    el("div", {}, el("h2", {}, "Logit lens: the top token read from the residual stream (shade = its probability)"), lensMap(r)),
+    el("div", {}, el("h2", {}, "Logit lens: the top token read from the residual stream (shade = its probability)"), lensMap(r, r.lens, "lens")),
     el("div", {}, el("h2", {}, `Direct logit attribution of ${show(r.dla.token.text)} at the last position`), dlaChart(r))));
+  // The server's tuned lens (loupe serve --tuned): each stage's residual through its trained translator first.
+  if (r.tuned_lens)
+    out.append(el("div", { class: "row" },
+      el("div", { "data-testid": "tuned-lens" }, el("h2", {}, "Tuned lens: the same stages through each layer's trained translator"), lensMap(r, r.tuned_lens, "tuned-lens"))));
 }
 
-function lensMap(r: PromptResponse): HTMLElement {
-  const lens = r.lens, stages = lens.stages.length, T = r.tokens.length;
+function lensMap(r: PromptResponse, lens: LensView, id: string): HTMLElement {
+  const stages = lens.stages.length, T = r.tokens.length;
   const left = 150, topPad = 22, cellW = Math.max(34, Math.min(70, Math.floor(900 / T))), cellH = 24;
   const width = left + T * cellW + 2, height = topPad + stages * cellH + 2;
-  const [c, g] = canvas(width, height, "logit lens heat map, stages by positions");
+  const [c, g] = canvas(width, height, `${id === "lens" ? "logit lens" : "tuned lens"} heat map, stages by positions`);
   c.tabIndex = 0;
   g.font = "11px ui-monospace, monospace";
   g.textBaseline = "middle";
@@ -92,7 +96,7 @@ function lensMap(r: PromptResponse): HTMLElement {
       g.fillText(clip(show(lens.top_text[s][p]), cellW), left + p * cellW + cellW / 2, y + cellH / 2);
     }
   }
-  const status = el("div", { class: "status", "data-testid": "lens-status" }, "hover a cell");
+  const status = el("div", { class: "status", "data-testid": `${id}-status` }, "hover a cell");
   c.addEventListener("mousemove", e => {
     const rect = c.getBoundingClientRect();
     const p = Math.floor((e.clientX - rect.left - left) / cellW), row = Math.floor((e.clientY - rect.top - topPad) / cellH);

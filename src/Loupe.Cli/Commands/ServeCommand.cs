@@ -18,6 +18,7 @@ static class ServeCommand
         var openAi = new Option<bool>("--openai") { Description = "Also serve an OpenAI-compatible API under /v1 (completions, chat, streaming, logprobs, steering and monitors; docs/openai.md)" };
         var openAiOnly = new Option<bool>("--openai-only") { Description = "Serve only the OpenAI-compatible API under /v1" };
         var vectors = new Option<string?>("--vectors") { Description = "Folder of steering/persona/monitor vectors (.safetensors) and SAE folders that /v1 requests may use by id" };
+        var tunedLens = new Option<string?>("--tuned") { Description = "A tuned lens (from `loupe lens train`) the Prompt page shows beside the logit lens" };
         var transcoders = new Option<string?>("--transcoders") { Description = "Transcoders (as for loupe intervene) that let the Graph page ablate or scale features" };
         var decoders = CliSupport.DecodersOption();
         var deviceDecoders = CliSupport.DeviceDecodersOption();
@@ -29,7 +30,7 @@ static class ServeCommand
             "  loupe serve --model ../shared/models/stories260K --features sae/features.db\n" +
             "  loupe serve --model ../shared/models/stories260K --host 0.0.0.0   (prints a generated token)\n" +
             "  loupe serve --model ../shared/models/stories260K --openai-only --vectors vectors/   (OpenAI-compatible API at /v1)")
-        { model, graphs, features, sae, port, host, token, openAi, openAiOnly, vectors, transcoders, decoders, deviceDecoders };
+        { model, graphs, features, sae, port, host, token, openAi, openAiOnly, vectors, transcoders, decoders, deviceDecoders, tunedLens };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             int p = CliSupport.Int(parse, port, 0, 65535);
@@ -38,6 +39,7 @@ static class ServeCommand
             var options = new ServeOptions { Host = parse.GetValue(host)!, Port = p, Token = t, GraphsDir = parse.GetValue(graphs),
                 OpenAi = parse.GetValue(openAiOnly) ? OpenAiMode.Only : parse.GetValue(openAi) ? OpenAiMode.Beside : OpenAiMode.Off, VectorsDir = parse.GetValue(vectors),
                 TranscodersDir = parse.GetValue(transcoders) is { } tc ? CliSupport.LocalPath(tc, "--transcoders") : null,
+                TunedLensPath = parse.GetValue(tunedLens),
                 Decoders = CliSupport.DecoderStorage(parse.GetValue(decoders)), DeviceDecoders = CliSupport.DeviceDecoders(parse.GetValue(deviceDecoders)), FeatureStores = parse.GetValue(features) ?? [],
                 SaePath = parse.GetValue(sae) is { } saeValue ? CliSupport.LocalPath(saeValue, "--sae") : null };
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
