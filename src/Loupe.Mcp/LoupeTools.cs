@@ -73,6 +73,31 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
             continuation is null || model.Tokenizer is null ? null : model.Tokenizer.Decode(continuation, skipSpecialTokens: true));
     });
 
+    [McpServerTool(Name = "lens", ReadOnly = true, UseStructuredContent = true), Description("The logit lens at one position: the residual stream before each block and after the last, through the model's final norm and unembedding — the answer's logit, probability and rank at each stage, and the top token there. With tunedLens, also a served tuned lens (each stage through its trained translator first), which reads early layers far more faithfully.")]
+    public LensResult Lens(
+        [Description("Text to read. Give this or tokens.")] string? prompt = null,
+        [Description("Raw token ids instead of a prompt.")] int[]? tokens = null,
+        [Description("The token to follow; exactly one token (default: the model's own top token at the position).")] string? answer = null,
+        [Description("The answer as a token id instead of text.")] int? answerId = null,
+        [Description("A competing token: also report logit(answer) − logit(wrong) per stage.")] string? wrong = null,
+        [Description("The competing token as an id.")] int? wrongId = null,
+        [Description("The position to read (negative counts from the end).")] int position = -1,
+        [Description("A served tuned lens's name from list_artifacts.")] string? tunedLens = null) => Guard(() =>
+    {
+        var ids = Input(prompt, tokens);
+        int p = Check.InRange(position < 0 ? position + ids.Length : position, 0, ids.Length - 1, "argument", nameof(position));
+        var lens = tunedLens is null ? null : Loupe.Causal.Lens.TunedLens.Load(artifacts.Get(tunedLens, nameof(tunedLens), McpArtifacts.TunedLens).Path);
+        var batch = TokenBatch.Single(ids);
+        int a = OneToken(answer, answerId, nameof(answer)) ?? NextTokens.TopK(model, ids, 1, allPositions: true)[p][0].Token;
+        int? w = OneToken(wrong, wrongId, nameof(wrong));
+        var logit = LogitLens.Run(model, batch, a, w, p);
+        var tuned = lens is null ? null : LogitLens.Run(model, batch, a, w, p, tuned: lens);
+        LensStageResult[] Stages(LogitLensResult r) => [.. r.Stages.Select(s => new LensStageResult(s.Label, s.Layer, s.AnswerLogit, s.AnswerProb, s.AnswerRank,
+            w is null ? null : s.LogitDiff, s.TopToken, Text(s.TopToken)))];
+        return new LensResult(ids, p, a, Text(a), w, w is int wi ? Text(wi) : null, Stages(logit), tunedLens, tuned is null ? null : Stages(tuned),
+            lens?.ProcessingWarning(model));
+    });
+
     [McpServerTool(Name = "cache_hook", ReadOnly = true, UseStructuredContent = true), Description("Run a prompt and read one hook point's activation: its shape and summary statistics (mean, std, min, max, L2 norm), and optionally its values at one position.")]
     public CacheResult CacheHook(
         [Description("A hook point name from model_info, e.g. blocks.0.hook_resid_post.")] string hook,

@@ -6,7 +6,7 @@ namespace Loupe.Mcp;
 
 /// <summary>A file or folder the server may read, known to clients only by its name.</summary>
 /// <param name="Name">What a client passes to a tool.</param>
-/// <param name="Kind">sae, transcoders, feature_store, vector, persona_vector or concept_monitor.</param>
+/// <param name="Kind">sae, transcoders, feature_store, vector, persona_vector, concept_monitor or tuned_lens.</param>
 /// <param name="Description">What the artifact holds (hook, sizes, concept), for an agent choosing one.</param>
 public sealed record Artifact(string Name, string Kind, string Description)
 {
@@ -22,7 +22,7 @@ public sealed record Artifact(string Name, string Kind, string Description)
 public sealed class McpArtifacts
 {
     public const string Sae = "sae", Transcoders = "transcoders", FeatureStore = "feature_store",
-        Vector = "vector", PersonaVector = "persona_vector", ConceptMonitor = "concept_monitor";
+        Vector = "vector", PersonaVector = "persona_vector", ConceptMonitor = "concept_monitor", TunedLens = "tuned_lens";
 
     readonly Dictionary<string, Artifact> _byName = new(StringComparer.Ordinal);
 
@@ -32,7 +32,8 @@ public sealed class McpArtifacts
     /// <summary>Indexes the served folders (their files are looked at once, here).</summary>
     /// <param name="saeFolders">SAELens folders (a <c>features.db</c> inside is served as a feature store of the same name).</param>
     /// <param name="transcoders">The transcoder folder for attribution graphs, if any.</param>
-    /// <param name="artifactFolders">Folders whose <c>*.safetensors</c> (vectors, persona vectors, monitors) and <c>*.db</c> (feature stores) are served.</param>
+    /// <param name="artifactFolders">Folders whose <c>*.safetensors</c> (vectors, persona vectors, monitors), <c>*.db</c> (feature stores) and tuned
+    /// lenses (a folder's <c>params.safetensors</c> beside a tuned-lens <c>config.json</c>, served by the folder's name) are served.</param>
     /// <exception cref="InputError">A folder is missing, or an SAE folder cannot be read.</exception>
     public static McpArtifacts Index(IEnumerable<string> saeFolders, string? transcoders, IEnumerable<string> artifactFolders)
     {
@@ -59,11 +60,39 @@ public sealed class McpArtifacts
                 string name = System.IO.Path.GetRelativePath(folder, file).Replace('\\', '/');
                 if (file.EndsWith(".db", StringComparison.OrdinalIgnoreCase))
                     index.Add(new Artifact(name, FeatureStore, "feature store") { Path = file });
+                else if (TunedLensFolder(file) is { } lensFolder)
+                {
+                    string lensName = System.IO.Path.GetRelativePath(folder, lensFolder).Replace('\\', '/');
+                    index.Add(new Artifact(lensName == "." ? System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(folder))) : lensName,
+                        TunedLens, DescribeLens(lensFolder)) { Path = lensFolder });
+                }
                 else if (file.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) && Describe(file) is var (kind, description))
                     index.Add(new Artifact(name, kind, description) { Path = file });
             }
         }
         return index;
+    }
+
+    // A tuned lens is a folder: params.safetensors beside a config.json that says lens_type (tuned-lens's layout).
+    static string? TunedLensFolder(string file)
+    {
+        if (!System.IO.Path.GetFileName(file).Equals(Loupe.Causal.Lens.TunedLens.ParamsFile, StringComparison.Ordinal)) return null;
+        string folder = System.IO.Path.GetDirectoryName(file)!, config = System.IO.Path.Combine(folder, Loupe.Causal.Lens.TunedLens.ConfigFile);
+        try { return File.Exists(config) && File.ReadAllText(config).Contains("\"lens_type\"", StringComparison.Ordinal) ? folder : null; }
+        catch (IOException) { return null; }
+    }
+
+    static string DescribeLens(string folder)
+    {
+        try
+        {
+            var lens = Loupe.Causal.Lens.TunedLens.Load(folder);
+            return $"tuned lens: {lens.Layers} translators, d_model {lens.DModel}" + (lens.BaseModel is { Length: > 0 } b ? $", tuned for {b}" : "");
+        }
+        catch (Exception e) when (e is InputError or IOException)
+        {
+            return "tuned lens (unreadable: " + e.Message + ")";
+        }
     }
 
     /// <summary>The kind of a safetensors file from its metadata; an unreadable file is served as a plain vector (its tool reports why it fails).</summary>

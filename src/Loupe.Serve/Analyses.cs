@@ -154,6 +154,7 @@ public static class Analyses
     {
         var lens = TunedLens.Load(path);
         lens.CheckFits(model, path);
+        if (lens.ProcessingWarning(model) is { } warning) Console.Error.WriteLine(warning);
         return lens;
     }
 

@@ -281,6 +281,31 @@ public class TunedLensTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void A_lens_remembers_the_weight_processing_it_was_trained_with()
+    {
+        using var plain = TestInputs.Fixture("gpt2");
+        using var processed = ModelLoader.LoadFolder(SharedData.TestData(Path.Combine("reference", "gpt2")), processing: Loupe.Models.Processing.WeightProcessing.TransformerLensDefaults);
+        var options = new TunedLensTrainingOptions { Steps = 2, TokensPerStep = 12, CheckpointEvery = 1 };
+        string dir = Directory.CreateTempSubdirectory("loupe-tuned-").FullName;
+        try
+        {
+            var result = TunedLensTraining.Train(processed, TestInputs.ReferenceIds, options, dir);
+            Assert.Equal(processed.Processing.Describe(), result.Lens.WeightProcessing);
+            result.Lens.Save(dir);
+            var back = TunedLens.Load(dir);
+            Assert.Equal(processed.Processing.Describe(), back.WeightProcessing);
+            Assert.Null(back.ProcessingWarning(processed));
+            Assert.Contains($"--process {processed.Processing.Describe()}", back.ProcessingWarning(plain));
+            // A lens whose config does not say (tuned-lens's own): no warning.
+            Assert.Null(TunedLens.FromTranslators([back.Weight(0).ToArray()], [back.Bias(0).ToArray()]).ProcessingWarning(plain));
+            // Resuming the processed run's checkpoint on the unprocessed model: refused.
+            var error = Assert.Throws<InputError>(() => TunedLensTraining.Train(plain, TestInputs.ReferenceIds, options with { Steps = 2 }, dir, resume: true));
+            Assert.Contains("weight processing", error.Message);
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    [Fact]
     public void Lenses_are_written_and_read_in_tuned_lens_layout()
     {
         using var model = TestInputs.Fixture("llama");

@@ -35,6 +35,7 @@ public sealed class McpFixture : IAsyncLifetime
     public McpClient Client { get; private set; } = null!;
     public PersonaVector Persona { get; private set; } = null!;
     public ConceptMonitor Monitor { get; private set; } = null!;
+    public Loupe.Causal.Lens.TunedLens Lens { get; private set; } = null!;
 
     public async Task InitializeAsync()
     {
@@ -56,6 +57,15 @@ public sealed class McpFixture : IAsyncLifetime
         Monitor = new ConceptMonitor("wobble", new PersonaVector("blocks.2.hook_resid_post", 2, [.. direction.Reverse()], threshold: -0.05), 0.9, 0.9, 0.1, 0.8, 0.2, 0.85);
         Monitor.Save(Path.Combine(ArtifactsDir, "monitors", "wobble.safetensors"));
         Monitor = ConceptMonitor.Load(Path.Combine(ArtifactsDir, "monitors", "wobble.safetensors"));
+
+        // A tuned lens (random translators) served from the folder as lenses/gpt2-lens.
+        int d = Model.Config.DModel;
+        var lensRandom = new Random(6);
+        Loupe.Causal.Lens.TunedLens.FromTranslators(
+            [.. Enumerable.Range(0, Model.Config.NLayers).Select(_ => Enumerable.Range(0, d * d).Select(_ => (float)(lensRandom.NextDouble() - 0.5) * 0.2f).ToArray())],
+            [.. Enumerable.Range(0, Model.Config.NLayers).Select(_ => Enumerable.Range(0, d).Select(_ => (float)(lensRandom.NextDouble() - 0.5)).ToArray())],
+            baseModel: "gpt2 fixture").Save(Path.Combine(ArtifactsDir, "lenses", "gpt2-lens"));
+        Lens = Loupe.Causal.Lens.TunedLens.Load(Path.Combine(ArtifactsDir, "lenses", "gpt2-lens"));
 
         var artifacts = McpArtifacts.Index([SaeDir], TranscodersDir, [ArtifactsDir]);
         Client = await Connect(LoupeMcpServer.Tools(ModelLoader.LoadFolder(ModelDir), artifacts), _stop.Token, s => _server = s);

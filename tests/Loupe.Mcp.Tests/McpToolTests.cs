@@ -24,7 +24,7 @@ public sealed class McpToolTests(McpFixture f) : IClassFixture<McpFixture>
     {
         var tools = await f.Client.ListToolsAsync();
         var byName = tools.ToDictionary(t => t.Name);
-        foreach (var name in new[] { "list_artifacts", "model_info", "run", "cache_hook", "patch", "attribute", "feature_lookup", "steer", "monitor" })
+        foreach (var name in new[] { "list_artifacts", "model_info", "run", "lens", "cache_hook", "patch", "attribute", "feature_lookup", "steer", "monitor" })
             Assert.Contains(name, byName.Keys);
         var run = byName["run"].JsonSchema;
         Assert.Equal("object", run.GetProperty("type").GetString());
@@ -52,6 +52,8 @@ public sealed class McpToolTests(McpFixture f) : IClassFixture<McpFixture>
         Assert.Contains(("transcoders", "transcoders"), kinds);
         Assert.Contains(("persona.safetensors", "persona_vector"), kinds);
         Assert.Contains(("monitors/wobble.safetensors", "concept_monitor"), kinds);
+        Assert.Contains(("lenses/gpt2-lens", "tuned_lens"), kinds);
+        Assert.DoesNotContain(kinds, k => k.Item1!.EndsWith("params.safetensors", StringComparison.Ordinal)); // the lens's file is not a vector
         Assert.DoesNotContain(f.Root, artifacts.GetRawText()); // paths never leave the server
     }
 
@@ -183,6 +185,39 @@ public sealed class McpToolTests(McpFixture f) : IClassFixture<McpFixture>
         Assert.Equal(Tokens.Length + 4, reply.GetProperty("tokens").GetArrayLength());
         Close(persona.Mean, reply.GetProperty("mean").GetDouble());
         Assert.Equal(persona.ExpressesTrait, reply.GetProperty("flagged").GetBoolean());
+    }
+
+    [Fact]
+    public async Task Lens_reads_the_logit_lens_and_a_served_tuned_lens_as_the_library_does()
+    {
+        var reply = await Call(f.Client, "lens", new() { ["tokens"] = Tokens, ["answerId"] = 17, ["wrongId"] = 42, ["position"] = -2, ["tunedLens"] = "lenses/gpt2-lens" });
+        var batch = TokenBatch.Single(Tokens);
+        foreach (var (property, expected) in new[]
+        {
+            ("logitLens", LogitLens.Run(f.Model, batch, 17, 42, Tokens.Length - 2)),
+            ("tunedLensStages", LogitLens.Run(f.Model, batch, 17, 42, Tokens.Length - 2, tuned: f.Lens)),
+        })
+        {
+            var stages = reply.GetProperty(property).EnumerateArray().ToArray();
+            Assert.Equal(expected.Stages.Length, stages.Length);
+            for (int s = 0; s < stages.Length; s++)
+            {
+                Assert.Equal(expected.Stages[s].Label, stages[s].GetProperty("stage").GetString());
+                Close(expected.Stages[s].AnswerLogit, stages[s].GetProperty("answerLogit").GetDouble());
+                Close(expected.Stages[s].LogitDiff, stages[s].GetProperty("logitDiff").GetDouble());
+                Assert.Equal(expected.Stages[s].AnswerRank, stages[s].GetProperty("answerRank").GetInt32());
+                Assert.Equal(expected.Stages[s].TopToken, stages[s].GetProperty("topToken").GetInt32());
+            }
+        }
+        Assert.Equal(Tokens.Length - 2, reply.GetProperty("position").GetInt32());
+
+        // Without an answer: the model's own top token at the position; without a tuned lens: none.
+        reply = await Call(f.Client, "lens", new() { ["tokens"] = Tokens });
+        int top = NextTokens.TopK(f.Model, Tokens, 1)[0][0].Token;
+        Assert.Equal(top, reply.GetProperty("answer").GetInt32());
+        Assert.Equal(0, reply.GetProperty("logitLens").EnumerateArray().Last().GetProperty("answerRank").GetInt32());
+        Assert.False(reply.TryGetProperty("tunedLensStages", out var stagesWithout) && stagesWithout.ValueKind != JsonValueKind.Null);
+        Assert.Contains("no tuned_lens named 'persona.safetensors'", await CallFails(f.Client, "lens", new() { ["tokens"] = Tokens, ["tunedLens"] = "persona.safetensors" }));
     }
 
     [Fact]

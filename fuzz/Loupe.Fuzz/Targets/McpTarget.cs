@@ -54,6 +54,9 @@ public sealed class McpTarget : FuzzTarget
         persona.Save(Path.Combine(served, "persona.safetensors"));
         new ConceptMonitor("wobble", new PersonaVector("blocks.2.hook_resid_post", 2, [.. direction.Reverse()], threshold: -0.05), 0.9, 0.9, 0.1, 0.8, 0.2, 0.85)
             .Save(Path.Combine(served, "monitors", "wobble.safetensors"));
+        Loupe.Causal.Lens.TunedLens.FromTranslators(
+            [.. Enumerable.Range(0, _model.Config.NLayers).Select(l => direction.SelectMany(x => direction.Select(y => 0.01f * x * y)).ToArray())],
+            [.. Enumerable.Range(0, _model.Config.NLayers).Select(_ => direction)]).Save(Path.Combine(served, "lens"));
         var artifacts = McpArtifacts.Index([sae], context.Repo("tests/data/attribution/transcoders"), [served]);
 
         var toServer = new Pipe();
@@ -76,6 +79,7 @@ public sealed class McpTarget : FuzzTarget
             ("steer-sae", "steer", new { tokens, sae = "sae-l1", feature = 2, coefficient = 4f, maxNewTokens = 3 }),
             ("steer-vector", "steer", new { tokens, vector = "persona.safetensors", coefficient = -3f, maxNewTokens = 3 }),
             ("monitor", "monitor", new { monitor = "monitors/wobble.safetensors", tokens, generate = 2 }),
+            ("lens", "lens", new { tokens, answerId = 17, wrongId = 42, position = -2, tunedLens = "lens" }),
         ];
         return [.. calls.Select(c => new Seed($"generated:mcp-{c.Id}", [new SeedFile("call.json",
             Encoding.UTF8.GetBytes(new JsonObject { ["tool"] = c.Tool, ["arguments"] = JsonSerializer.SerializeToNode(c.Arguments) }.ToJsonString()), FileKind.Script)]))];

@@ -33,8 +33,9 @@ public sealed class TunedLens
     readonly float[][] _weights, _biases;
     readonly DeviceWeight[] _deviceWeights, _deviceBiases;
 
-    TunedLens(int dModel, float[][] weights, float[][] biases, bool hasBias, string? baseModel)
+    TunedLens(int dModel, float[][] weights, float[][] biases, bool hasBias, string? baseModel, string? weightProcessing = null)
     {
+        WeightProcessing = weightProcessing;
         DModel = dModel;
         _weights = weights;
         _biases = biases;
@@ -55,6 +56,21 @@ public sealed class TunedLens
     /// <summary>The model the lens was tuned for, as its config names it (<c>base_model_name_or_path</c>).</summary>
     public string? BaseModel { get; }
 
+    /// <summary>
+    /// The weight processing of the model it was trained on (<c>loupe_weight_processing</c>, Loupe's own config field; null when
+    /// the config does not say, as tuned-lens's do not: Hugging Face models unprocessed).
+    /// </summary>
+    public string? WeightProcessing { get; }
+
+    /// <summary>
+    /// A sentence when the lens was trained on a model processed otherwise than <paramref name="model"/> (centring the
+    /// writing weights shifts every residual the translators read); null when they agree or the lens does not say.
+    /// </summary>
+    public string? ProcessingWarning(HookedTransformer model) =>
+        WeightProcessing is { } trained && trained != model.Processing.Describe()
+            ? $"warning: the tuned lens was trained on the model with weight processing '{trained}'; this model has '{model.Processing.Describe()}' (pass --process {trained} to match)"
+            : null;
+
     /// <summary>Translator ℓ's weight, <c>[d_model (out), d_model (in)]</c> row-major, as torch's Linear holds it.</summary>
     public ReadOnlySpan<float> Weight(int layer) => _weights[layer];
 
@@ -65,19 +81,20 @@ public sealed class TunedLens
     public static TunedLens Identity(HookedTransformer model, bool bias = true)
     {
         int d = model.Config.DModel, l = model.Config.NLayers;
-        return new TunedLens(d, [.. Enumerable.Range(0, l).Select(_ => new float[d * d])], [.. Enumerable.Range(0, l).Select(_ => new float[d])], bias, model.Source);
+        return new TunedLens(d, [.. Enumerable.Range(0, l).Select(_ => new float[d * d])], [.. Enumerable.Range(0, l).Select(_ => new float[d])], bias, model.Source,
+            model.Processing.Describe());
     }
 
     /// <summary>A lens from given translators (training results, tests): weights <c>[layer][out·d + in]</c>, biases <c>[layer][d]</c>.</summary>
     /// <exception cref="ArgumentException">Shapes disagree or there are no translators.</exception>
-    public static TunedLens FromTranslators(IReadOnlyList<float[]> weights, IReadOnlyList<float[]> biases, bool hasBias = true, string? baseModel = null)
+    public static TunedLens FromTranslators(IReadOnlyList<float[]> weights, IReadOnlyList<float[]> biases, bool hasBias = true, string? baseModel = null, string? weightProcessing = null)
     {
         if (weights.Count == 0 || weights.Count != biases.Count) throw new ArgumentException($"{weights.Count} weights and {biases.Count} biases; give one of each per layer (at least one)");
         int d = biases[0].Length;
         for (int l = 0; l < weights.Count; l++)
             if (weights[l].Length != d * d || biases[l].Length != d) throw new ArgumentException($"translator {l}: weight of {weights[l].Length} and bias of {biases[l].Length} values; expected {d}×{d} and {d}");
         if (!hasBias && biases.Any(b => b.Any(v => v != 0f))) throw new ArgumentException("a lens without bias has zero biases");
-        return new TunedLens(d, [.. weights.Select(w => (float[])w.Clone())], [.. biases.Select(b => (float[])b.Clone())], hasBias, baseModel);
+        return new TunedLens(d, [.. weights.Select(w => (float[])w.Clone())], [.. biases.Select(b => (float[])b.Clone())], hasBias, baseModel, weightProcessing);
     }
 
     /// <summary>Refuses a lens whose shape is not the model's (d_model, one translator per block).</summary>
@@ -140,6 +157,7 @@ public sealed class TunedLens
             ["unembed_hash"] = null,
             ["lens_type"] = LensType,
         };
+        if (WeightProcessing is not null) config["loupe_weight_processing"] = WeightProcessing;
         if (extraConfig is not null)
             foreach (var (k, v) in extraConfig) config[k] = v;
         AtomicFile.WriteAllText(Path.Combine(folder, ConfigFile), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
@@ -220,10 +238,10 @@ public sealed class TunedLens
             weights[l] = Read(file, paramsPath, names.GetValueOrDefault((l, false)) ?? $"{l}.weight", [d, d]);
             biases[l] = hasBias ? Read(file, paramsPath, names.GetValueOrDefault((l, true)) ?? $"{l}.bias", [d]) : new float[d];
         }
-        return new TunedLens(d, weights, biases, hasBias, config?.BaseModel);
+        return new TunedLens(d, weights, biases, hasBias, config?.BaseModel, config?.WeightProcessing);
     }
 
-    sealed record Config(int DModel, int Layers, bool Bias, string? BaseModel);
+    sealed record Config(int DModel, int Layers, bool Bias, string? BaseModel, string? WeightProcessing);
 
     static Config ReadConfig(string path)
     {
@@ -243,7 +261,8 @@ public sealed class TunedLens
                 _ => throw InputError.Expected(path, "bias", "true or false", JsonInput.KindName(b)),
             };
         string? baseModel = root.TryGetProperty("base_model_name_or_path", out var m) && m.ValueKind == JsonValueKind.String ? m.GetString() : null;
-        return new Config(dModel, layers, bias, baseModel);
+        string? processing = root.TryGetProperty("loupe_weight_processing", out var wp) && wp.ValueKind == JsonValueKind.String ? wp.GetString() : null;
+        return new Config(dModel, layers, bias, baseModel, processing);
     }
 
     static int PositiveInt(JsonElement root, string field, string path)

@@ -157,8 +157,9 @@ sealed class TunedLensObjective
     }
 
     /// <summary>The translators as a host lens (one copy each).</summary>
-    public TunedLens ToLens(string? baseModel) =>
-        TunedLens.FromTranslators([.. Weights.Select(w => w.ToCpu().Span.ToArray())], [.. Biases.Select(b => b.ToCpu().Span.ToArray())], _bias, baseModel);
+    public TunedLens ToLens() =>
+        TunedLens.FromTranslators([.. Weights.Select(w => w.ToCpu().Span.ToArray())], [.. Biases.Select(b => b.ToCpu().Span.ToArray())], _bias,
+            _model.Source, _model.Processing.Describe());
 
     int[] TopTokens(Tensor logits, int rows, Tensor topValue, Tensor topIndex)
     {

@@ -152,9 +152,9 @@ public static class TunedLensTraining
             history.Add(report);
             progress?.Invoke(report);
             if (checkpoint is not null && ((step + 1) % options.CheckpointEvery == 0 || step + 1 == options.Steps))
-                WriteCheckpoint(checkpoint, objective, momentum, step + 1, options, contextsHash, history, model.Source);
+                WriteCheckpoint(checkpoint, objective, momentum, step + 1, options, contextsHash, history, model.Source, model.Processing.Describe());
         }
-        return new TunedLensTrainingResult(objective.ToLens(model.Source), history, first);
+        return new TunedLensTrainingResult(objective.ToLens(), history, first);
     }
 
     // g ← clip·g + λ·θ; buf ← μ·buf + g; θ ← θ − lr·(g + μ·buf)  (torch SGD, nesterov, dampening 0). All flat views.
@@ -193,7 +193,7 @@ public static class TunedLensTraining
     // ---- checkpoints ---------------------------------------------------------------------------------------
 
     static void WriteCheckpoint(string path, TunedLensObjective objective, Tensor[] momentum, int stepsDone, TunedLensTrainingOptions options,
-        string contextsHash, IReadOnlyList<TunedLensStep> history, string? model)
+        string contextsHash, IReadOnlyList<TunedLensStep> history, string? model, string processing)
     {
         int L = objective.Weights.Length, D = (int)Math.Round(Math.Sqrt(objective.Weights[0].Length));
         var tensors = new List<(string, int[], ReadOnlyMemory<float>)>();
@@ -209,6 +209,7 @@ public static class TunedLensTraining
             ["options"] = options.Describe(),
             ["contexts_sha256"] = contextsHash,
             ["model"] = model ?? "",
+            ["weight_processing"] = processing,
             ["history"] = JsonSerializer.Serialize(history.Select(h => new double[] { h.GradNorm, h.LearningRate }.Concat(h.Kl).ToArray())),
         };
         SafeTensorsWriter.Write(path, tensors, metadata);
@@ -221,6 +222,8 @@ public static class TunedLensTraining
         string Meta(string key) => file.Metadata.TryGetValue(key, out var v) ? v : throw new InputError($"{path}: no '{key}' in the metadata (not a tuned-lens checkpoint)");
         if (Meta("options") != options.Describe())
             throw new InputError($"{path}: written with {Meta("options")}; this run has {options.Describe()} — resume with the same options, or start again without --resume");
+        if (Meta("weight_processing") != model.Processing.Describe())
+            throw new InputError($"{path}: written for the model with weight processing '{Meta("weight_processing")}'; this one has '{model.Processing.Describe()}' — resume with the same --process");
         if (Meta("contexts_sha256") != contextsHash)
             throw new InputError($"{path}: written for other contexts (SHA-256 {Meta("contexts_sha256")[..12]}…, these {contextsHash[..12]}…) — resume with the same --source, context size and seed");
         if (!int.TryParse(Meta("steps_done"), NumberStyles.None, CultureInfo.InvariantCulture, out int done) || done < 0 || done > options.Steps)

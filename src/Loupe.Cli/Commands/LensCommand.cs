@@ -57,7 +57,9 @@ static class LensCommand
             var direction = w is int wv ? LogitDirection.Difference(m, a, wv) : LogitDirection.Token(m, a);
             var dla = CliSupport.Status.Status().Start("Attributing", _ => DirectLogitAttribution.Compute(m, batch, direction, pos));
             var lens = LogitLens.Run(m, batch, a, w, pos, scale: lensScale);
-            var tuned = parse.GetValue(tunedLens) is string tunedPath ? LogitLens.Run(m, batch, a, w, pos, tuned: TunedLens.Load(tunedPath)) : null;
+            var tunedFile = parse.GetValue(tunedLens) is string tunedPath ? TunedLens.Load(tunedPath) : null;
+            if (tunedFile?.ProcessingWarning(m) is { } processingWarning) Console.Error.WriteLine(processingWarning);
+            var tuned = tunedFile is null ? null : LogitLens.Run(m, batch, a, w, pos, tuned: tunedFile);
             var labels = batch.Ids.Select(id => PatchCommand.TokenLabel(m, id)).ToArray();
             var args = new Dictionary<string, string?>
             {

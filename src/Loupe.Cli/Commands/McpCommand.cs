@@ -12,7 +12,7 @@ static class McpCommand
         var model = CliSupport.ModelOption();
         var saes = new Option<string[]>("--sae") { Description = "An SAELens folder to serve (named by its folder; a features.db inside is served as its feature store). Repeatable. Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache", AllowMultipleArgumentsPerToken = false };
         var transcoders = new Option<string?>("--transcoders") { Description = "Transcoder folder for the attribute tool (as `loupe attribute --transcoders`)" };
-        var artifacts = new Option<string[]>("--artifacts") { Description = "A folder whose *.safetensors (steering vectors, persona vectors, concept monitors) and *.db (feature stores) are served by relative name. Repeatable", AllowMultipleArgumentsPerToken = false };
+        var artifacts = new Option<string[]>("--artifacts") { Description = "A folder whose *.safetensors (steering vectors, persona vectors, concept monitors) and *.db (feature stores) are served by relative name, and tuned lenses (from loupe lens train) by their folder's. Repeatable", AllowMultipleArgumentsPerToken = false };
         var http = new Option<int?>("--http") { Description = "Serve streamable HTTP on this loopback port (0 = any free port) instead of stdio" };
         var explainerUrl = new Option<string?>("--explainer-url") { Description = "OpenAI-compatible base URL the explain_feature tool asks (with --explainer-model); without it explain_feature refuses" };
         var explainerModel = new Option<string?>("--explainer-model") { Description = "The explainer endpoint's model name" };
@@ -20,7 +20,7 @@ static class McpCommand
         var explainerConcurrency = new Option<int>("--explainer-concurrency") { Description = "Explainer requests in flight at most", DefaultValueFactory = _ => 4 };
         var command = new Command("mcp",
             "Serve Loupe's tools over the Model Context Protocol (stdio by default; --http for streamable HTTP on 127.0.0.1):\n" +
-            "list_artifacts, model_info, run, cache_hook, patch, attribute, feature_lookup, steer, monitor, explain_feature. Tools read only the\n" +
+            "list_artifacts, model_info, run, lens, cache_hook, patch, attribute, feature_lookup, steer, monitor, explain_feature. Tools read only the\n" +
             "files named here, by name; a client never passes a path. With --device the model and every tool's passes run on that device\n" +
             "(as loupe serve). Logs go to stderr. See docs/mcp.md for client configuration.\n\n" +
             "Examples:\n" +

@@ -109,9 +109,12 @@ static class TunedLensVerbs
             var lens = TunedLens.Load(parse.GetValue(tuned)!);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             lens.CheckFits(m, parse.GetValue(tuned)!);
+            string? warning = lens.ProcessingWarning(m);
+            if (warning is not null) Console.Error.WriteLine(warning);
             var contexts = Contexts(m, parse, source, contextSize, maxContexts, seed);
             var provenance = Provenance(m, parse.GetValue(model)!, contexts);
             provenance["tuned"] = parse.GetValue(tuned);
+            provenance["warning"] = warning;
             string outFolder = parse.GetValue(output)!;
             var evaluation = CliSupport.Status.Status().Start("evaluating", _ => TunedLensRun.Evaluate(m, lens, contexts.Contexts, batch, outFolder, provenance));
             PrintEvaluation(evaluation, $"{contexts.Count} contexts, {evaluation.Tokens:N0} tokens");
