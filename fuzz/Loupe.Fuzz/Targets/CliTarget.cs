@@ -91,6 +91,8 @@ public sealed class CliTarget : FuzzTarget
             "--tokens-per-step", "16", "--batch-contexts", "2", "--lr-scale", "0.5", "--momentum", "0.8", "--weight-decay", "0.01", "--clip-norm", "2", "--checkpoint-every", "2", "--out", "{case}/tuned"],
         ["lens", "eval", "--model", "{fixtures}/model", "--tuned", "{fixtures}/tuned", "--source", "text:{fixtures}/text.txt", "--context-size", "8", "--max-contexts", "4", "--batch-contexts", "3", "--out", "{case}/tuned-eval"],
         ["lens", "--model", "{fixtures}/model", "--tokens", "1,2,3,4", "--answer-id", "5", "--tuned", "{fixtures}/tuned", "--out", "{case}/lens"],
+        ["sae", "probe", "--model", "{fixtures}/model", "--sae", "{fixtures}/sae", "--dataset", "brown:{fixtures}/brown", "--max-sentences", "24", "--ks", "1,3",
+            "--classes", "2", "--min-examples", "3", "--held-out", "0.25", "--l2", "0.01", "--seed", "1", "--out", "{case}/sae-probe"],
     ];
 
     public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
