@@ -73,7 +73,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
             continuation is null || model.Tokenizer is null ? null : model.Tokenizer.Decode(continuation, skipSpecialTokens: true));
     });
 
-    [McpServerTool(Name = "lens", ReadOnly = true, UseStructuredContent = true), Description("The logit lens at one position: the residual stream before each block and after the last, through the model's final norm and unembedding — the answer's logit, probability and rank at each stage, and the top token there. With tunedLens, also a served tuned lens (each stage through its trained translator first), which reads early layers far more faithfully.")]
+    [McpServerTool(Name = "lens", ReadOnly = true, UseStructuredContent = true), Description("The logit lens at one position: the residual stream before each block and after the last, through the model's final norm and unembedding — the answer's logit, probability and rank at each stage, the top token there, the entropy and the KL from the model's own distribution. With tunedLens, also a served tuned lens (each stage through its trained translator first), which reads early layers far more faithfully.")]
     public LensResult Lens(
         [Description("Text to read. Give this or tokens.")] string? prompt = null,
         [Description("Raw token ids instead of a prompt.")] int[]? tokens = null,
@@ -93,7 +93,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
         var logit = LogitLens.Run(model, batch, a, w, p);
         var tuned = lens is null ? null : LogitLens.Run(model, batch, a, w, p, tuned: lens);
         LensStageResult[] Stages(LogitLensResult r) => [.. r.Stages.Select(s => new LensStageResult(s.Label, s.Layer, s.AnswerLogit, s.AnswerProb, s.AnswerRank,
-            w is null ? null : s.LogitDiff, s.TopToken, Text(s.TopToken)))];
+            w is null ? null : s.LogitDiff, s.TopToken, Text(s.TopToken), s.Entropy, s.KlToFinal))];
         return new LensResult(ids, p, a, Text(a), w, w is int wi ? Text(wi) : null, Stages(logit), tunedLens, tuned is null ? null : Stages(tuned),
             lens?.ProcessingWarning(model));
     });

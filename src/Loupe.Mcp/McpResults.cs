@@ -15,8 +15,10 @@ public sealed record ModelInfo(string Source, string Architecture, int Layers, i
 public sealed record TokenScore(int Id, string? Text, double Value);
 
 /// <summary>What <c>run</c> returns: the prompt's tokens, the top next tokens by probability, and the greedy continuation when asked.</summary>
-/// <summary>One stage of the <c>lens</c> tool: the answer's logit, probability and rank there, the logit difference to the wrong token, and the top token.</summary>
-public sealed record LensStageResult(string Stage, int Layer, double AnswerLogit, double AnswerProb, int AnswerRank, double? LogitDiff, int TopToken, string? TopTokenText);
+/// <summary>One stage of the <c>lens</c> tool: the answer's logit, probability and rank there, the logit difference to the wrong token, the top token,
+/// the entropy of the stage's distribution and its KL from the model's (final) distribution, in nats.</summary>
+public sealed record LensStageResult(string Stage, int Layer, double AnswerLogit, double AnswerProb, int AnswerRank, double? LogitDiff, int TopToken, string? TopTokenText,
+    double Entropy, double KlToFinal);
 
 /// <summary>The <c>lens</c> tool's result: the logit lens at one position and, when asked for, a served tuned lens at the same stages.</summary>
 public sealed record LensResult(int[] Tokens, int Position, int Answer, string? AnswerText, int? Wrong, string? WrongText, IReadOnlyList<LensStageResult> LogitLens,

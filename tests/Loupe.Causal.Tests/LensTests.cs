@@ -120,7 +120,12 @@ public class LensTests(ITestOutputHelper output)
             Assert.Equal(row[Answer] - row[Wrong], last.LogitDiff, 1e-4);
             Assert.Equal(row.Count(v => v > row[Answer]), last.AnswerRank);
             Assert.Equal(Array.IndexOf(row, row.Max()), last.TopToken);
-            foreach (var s in lens.Stages) output.WriteLine($"{arch} {scale} {s.Label}: logit {s.AnswerLogit:F3}, p {s.AnswerProb:E2}, rank {s.AnswerRank}, diff {s.LogitDiff:F3}");
+            // The final stage's entropy is that of HF's distribution; its KL to itself is 0, and every KL is ≥ 0.
+            double max = row.Max(), log = max + Math.Log(row.Sum(v => Math.Exp(v - max)));
+            Assert.Equal(-row.Sum(v => Math.Exp(v - log) * (v - log)), last.Entropy, 1e-4);
+            Assert.Equal(0, last.KlToFinal);
+            Assert.All(lens.Stages, s => Assert.True(s.KlToFinal >= -1e-9 && s.Entropy >= 0, $"{s.Label}: KL {s.KlToFinal}, H {s.Entropy}"));
+            foreach (var s in lens.Stages) output.WriteLine($"{arch} {scale} {s.Label}: logit {s.AnswerLogit:F3}, p {s.AnswerProb:E2}, rank {s.AnswerRank}, diff {s.LogitDiff:F3}, H {s.Entropy:F3}, KL {s.KlToFinal:F3}");
         }
         // Stage 0 with the real scale is ln_final applied to the embeddings (HF resid_pre.0), computed independently here.
         var resid0 = reference.GetFloat32("resid_pre.0").Span.Slice((1 * 12 + 11) * 64, 64).ToArray();

@@ -186,6 +186,9 @@ public class TunedLensTests(ITestOutputHelper output)
                 for (int v = 0; v < V; v++) kl += Math.Exp(p[v] - ps) * ((p[v] - ps) - (q[v] - qs));
             }
             kl /= T;
+            // The lens's own KL to the final stage, per position, averages to the same number.
+            double perPosition = Enumerable.Range(0, T).Average(t => LogitLens.Run(model, tokens, 17, position: t, tuned: lens).Stages[l].KlToFinal);
+            Assert.InRange(Math.Abs(perPosition - kl), 0, 1e-4 * (1 + kl));
             var objective = new TunedLensObjective(model, lens);
             var table = model.Backend.Zeros(objective.LossSlots);
             objective.Accumulate(tokens, table, 0, null);

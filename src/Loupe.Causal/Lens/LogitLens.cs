@@ -27,7 +27,11 @@ public enum LensScale { Real, Frozen }
 /// <param name="AnswerRank">0 = the top token.</param>
 /// <param name="LogitDiff">logit(answer) − logit(wrong), NaN without a wrong token.</param>
 /// <param name="TopToken">The most likely token at this stage.</param>
-public sealed record LensStage(string Label, int Layer, double AnswerLogit, double AnswerProb, int AnswerRank, double LogitDiff, int TopToken);
+/// <param name="Entropy">The entropy of this stage's distribution over d_vocab_out, in nats.</param>
+/// <param name="KlToFinal">KL(final ‖ this stage) in nats: how far this stage's prediction is from the model's (0 at the final stage);
+/// what tuned-lens's prediction trajectories plot and its training minimizes.</param>
+public sealed record LensStage(string Label, int Layer, double AnswerLogit, double AnswerProb, int AnswerRank, double LogitDiff, int TopToken,
+    double Entropy = double.NaN, double KlToFinal = double.NaN);
 
 /// <summary>The logit lens at one position of one row.</summary>
 public sealed class LogitLensResult
@@ -86,13 +90,27 @@ public static class LogitLens
         double frozenScale = hasNorm ? cache[HookNames.FinalScale].Span[row * T + p] : 1;
         var bias = FinalNorm.Bias(model);
 
-        var stages = new List<LensStage>();
+        var logits = new float[L + 1][];
         for (int stage = 0; stage <= L; stage++)
         {
             string hook = stage < L ? HookNames.ResidPre(stage) : HookNames.ResidPost(L - 1);
             var resid = cache[hook].Span.Slice((row * T + p) * D, D);
-            var logits = StageLogits(model, tuned is not null && stage < L ? tuned.Translate(resid, stage) : resid, scale == LensScale.Frozen ? frozenScale : null, bias);
-            stages.Add(Summarize(stage < L ? $"resid_pre {stage}" : $"resid_post {L - 1} (final)", stage, logits, answer, wrong));
+            logits[stage] = StageLogits(model, tuned is not null && stage < L ? tuned.Translate(resid, stage) : resid, scale == LensScale.Frozen ? frozenScale : null, bias);
+        }
+        // Every stage is compared with the final one: its log-probabilities first.
+        var finalLogProbs = LogProbabilities(logits[L]);
+        var stages = new List<LensStage>();
+        for (int stage = 0; stage <= L; stage++)
+        {
+            var summary = Summarize(stage < L ? $"resid_pre {stage}" : $"resid_post {L - 1} (final)", stage, logits[stage], answer, wrong);
+            var logProbs = stage == L ? finalLogProbs : LogProbabilities(logits[stage]);
+            double entropy = 0, kl = 0;
+            for (int v = 0; v < logProbs.Length; v++)
+            {
+                entropy -= Math.Exp(logProbs[v]) * logProbs[v];
+                kl += Math.Exp(finalLogProbs[v]) * (finalLogProbs[v] - logProbs[v]);
+            }
+            stages.Add(summary with { Entropy = entropy, KlToFinal = stage == L ? 0 : kl });
         }
         return CheckFinite(new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages.ToArray(), Tuned = tuned is not null });
     }
@@ -179,9 +197,10 @@ public static class LogitLens
     static string StageHook(int stage, int layers) => stage < layers ? HookNames.ResidPre(stage) : HookNames.ResidPost(layers - 1);
 
     // Run on a device: the L+1 stage residuals at (row, p) stacked into [L+1, d_model], normed, unembedded over the
-    // vocabulary, then per stage five numbers into the table: the answer's logit, its log-probability, its rank
-    // (how many logits exceed it), the wrong token's logit and the top token (the host forms the difference).
-    const int StageFields = 5;
+    // vocabulary, then per stage eight numbers into the table: the answer's logit, its log-probability, its rank
+    // (how many logits exceed it), the wrong token's logit, the top token, Σ q·log q, Σ p_final·log q and Σ p_final·log p_final
+    // (the host forms the difference, the entropy and the KL to the final stage).
+    const int StageFields = 8;
 
     static LogitLensResult RunOnDevice(HookedTransformer model, TokenBatch tokens, HashSet<string> hooks, int answer, int? wrong, int p, int row, LensScale scale, TunedLens? tuned)
     {
@@ -209,6 +228,19 @@ public static class LogitLens
         var topIndex = be.Empty(S, 1);
         be.TopKRows(logits, S, V, 1, topValue, topIndex);
         be.CopyRows(topIndex, 0, 1, table, 4, StageFields, S, 1);
+        // Entropy and KL to the final stage: the final row's probabilities and log-probabilities repeated on every row.
+        var probs = be.Empty(S, V);
+        be.SoftmaxRows(logits, S, V, probs);
+        var finalProbs = be.Empty(S, V);
+        var finalLogProbs = be.Empty(S, V);
+        be.CopyRows(probs, (long)(S - 1) * V, 0, finalProbs, 0, V, S, V);
+        be.CopyRows(logProbs, (long)(S - 1) * V, 0, finalLogProbs, 0, V, S, V);
+        var dots = be.Empty(S, 1);
+        foreach (var (a, b, field) in new[] { (probs, logProbs, 5), (finalProbs, logProbs, 6), (finalProbs, finalLogProbs, 7) })
+        {
+            be.RowDots(a, b, S, V, dots);
+            be.CopyRows(dots, 0, 1, table, field, StageFields, S, 1);
+        }
         // Rank: logits − logit(answer) (a rank-1 update with a row of ones), then a count above 0 per stage.
         var answerLogit = be.Empty(S, 1);
         be.CopyRows(logits, answer, V, answerLogit, 0, 1, S, 1);
@@ -223,7 +255,8 @@ public static class LogitLens
         for (int stage = 0; stage < S; stage++)
         {
             var f = values.AsSpan(stage * StageFields, StageFields);
-            stages[stage] = new LensStage(StageLabel(stage, L), stage, f[0], Math.Exp(f[1]), (int)f[2], wrong is null ? double.NaN : (double)f[0] - f[3], (int)f[4]);
+            stages[stage] = new LensStage(StageLabel(stage, L), stage, f[0], Math.Exp(f[1]), (int)f[2], wrong is null ? double.NaN : (double)f[0] - f[3], (int)f[4],
+                -f[5], stage == S - 1 ? 0 : (double)f[7] - f[6]);
         }
         return CheckFinite(new LogitLensResult { Answer = answer, Wrong = wrong, Scale = scale, Position = p, Stages = stages, Tuned = tuned is not null });
     }
@@ -300,6 +333,15 @@ public static class LogitLens
         model.UnembedLayer.Forward(cpu, Tensors.Tensor.FromArray(input, 1, D), 1, logitsTensor);
         if (cfg.FinalLogitSoftCap > 0) cpu.SoftCap(logitsTensor, cfg.FinalLogitSoftCap, logitsTensor);
         return logits;
+    }
+
+    // log softmax in double.
+    static double[] LogProbabilities(float[] logits)
+    {
+        double max = logits.Max(), sum = 0;
+        foreach (var v in logits) sum += Math.Exp(v - max);
+        double log = max + Math.Log(sum);
+        return [.. logits.Select(v => v - log)];
     }
 
     static int ArgMax(float[] logits)

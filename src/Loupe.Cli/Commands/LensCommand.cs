@@ -8,6 +8,11 @@ namespace Loupe.Cli.Commands;
 /// <summary><c>loupe lens</c>: direct logit attribution and the logit lens for one prompt.</summary>
 static class LensCommand
 {
+    // One stage: the answer's logit, probability and rank (and logit difference), the entropy and the KL to the final stage.
+    static string StageLine(LensStage s, bool withWrong) =>
+        $"  {s.Label,-22} logit {s.AnswerLogit,9:F3}  p {s.AnswerProb,10:0.00000}  rank {s.AnswerRank,6}" + (withWrong ? $"  diff {s.LogitDiff,8:F3}" : "") +
+        $"  H {s.Entropy,6:F3}  KL→final {s.KlToFinal,7:F3}";
+
     public static Command Create()
     {
         var model = CliSupport.ModelOption();
@@ -83,13 +88,11 @@ static class LensCommand
             foreach (var (name, value) in dla.Components.Zip(dla.Values[0]).OrderByDescending(x => Math.Abs(x.Second)).Take(10))
                 Console.WriteLine($"  {name,-12} {value,10:F4}");
             Console.WriteLine($"Logit lens ({lensScale.ToString().ToLowerInvariant()} scale):");
-            foreach (var s in lens.Stages)
-                Console.WriteLine($"  {s.Label,-22} logit {s.AnswerLogit,9:F3}  p {s.AnswerProb,10:0.00000}  rank {s.AnswerRank,6}" + (w is null ? "" : $"  diff {s.LogitDiff,8:F3}"));
+            foreach (var s in lens.Stages) Console.WriteLine(StageLine(s, w is not null));
             if (tuned is not null)
             {
                 Console.WriteLine("Tuned lens:");
-                foreach (var s in tuned.Stages)
-                    Console.WriteLine($"  {s.Label,-22} logit {s.AnswerLogit,9:F3}  p {s.AnswerProb,10:0.00000}  rank {s.AnswerRank,6}" + (w is null ? "" : $"  diff {s.LogitDiff,8:F3}"));
+                foreach (var s in tuned.Stages) Console.WriteLine(StageLine(s, w is not null));
             }
             Console.WriteLine($"wrote {json}, {dlaSvg} and {lensSvg}");
             return 0;

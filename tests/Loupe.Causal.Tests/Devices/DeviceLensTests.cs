@@ -76,6 +76,8 @@ public sealed class DeviceLensTests(EmulatedDevice device) : IClassFixture<Emula
                 Assert.InRange(Math.Abs(e.LogitDiff - a.LogitDiff), 0, 1e-4 * (Math.Abs(e.AnswerLogit) + Math.Abs(e.LogitDiff)) + 1e-6);
                 Assert.Equal(e.AnswerRank, a.AnswerRank);
                 Assert.Equal(e.TopToken, a.TopToken);
+                Assert.InRange(Math.Abs(e.Entropy - a.Entropy), 0, 1e-4 * (1 + e.Entropy));
+                Assert.InRange(Math.Abs(e.KlToFinal - a.KlToFinal), 0, 1e-4 * (1 + e.KlToFinal));
             }
         }
 
