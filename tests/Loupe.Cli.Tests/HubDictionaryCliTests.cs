@@ -60,6 +60,35 @@ public sealed class HubDictionaryCliTests : IDisposable
         Assert.Equal(gets, hub.Count("GET", "/cdn/")); // cached: nothing downloaded again
     }
 
+    [RequiresSharedFact("models/stories260K", "datasets/brown-corpus")]
+    public void SaeLensReleaseNamesResolveThroughItsRegistry()
+    {
+        using var hub = HubWithSaes();
+        string registry = Path.Combine(_dir, "pretrained_saes.yaml");
+        File.WriteAllText(registry, "stories-res:\n  model: stories260K\n  repo_id: sae-org/stories-saes\n  saes:\n  - id: layer-2\n    path: blocks.2.hook_resid_post\n");
+        string? before = Environment.GetEnvironmentVariable(SaeLensRegistry.EnvironmentVariable);
+        try
+        {
+            Environment.SetEnvironmentVariable(SaeLensRegistry.EnvironmentVariable, registry);
+            string[] args = ["sae", "eval", "--model", SharedData.Require("models/stories260K"), "--source", "brown:" + SharedData.Require("datasets/brown-corpus"),
+                "--context-size", "32", "--max-contexts", "4", "--batch-size", "4", "--out", Path.Combine(_dir, "eval-saelens")];
+            var run = RunLoupe([.. args, "--sae", "saelens:stories-res/layer-2"]);
+            Assert.True(run.Code == 0, run.Err);
+            Assert.Contains("saelens:stories-res/layer-2 → hf:sae-org/stories-saes/blocks.2.hook_resid_post (SAELens release stories-res for stories260K", run.Err);
+            var metrics = JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "eval-saelens", "eval.json")))!["metrics"]!;
+            Assert.Equal("blocks.2.hook_resid_post", (string)metrics["hook"]!);
+
+            run = RunLoupe([.. args, "--sae", "saelens:stories-res/layer-3"]);
+            Assert.Equal(2, run.Code);
+            Assert.Contains("release stories-res has no SAE id 'layer-3'", run.Err);
+            Environment.SetEnvironmentVariable(SaeLensRegistry.EnvironmentVariable, Path.Combine(_dir, "nowhere.yaml"));
+            run = RunLoupe([.. args, "--sae", "saelens:stories-res/layer-2"]);
+            Assert.Equal(2, run.Code);
+            Assert.Contains("SAELens registry not found", run.Err);
+        }
+        finally { Environment.SetEnvironmentVariable(SaeLensRegistry.EnvironmentVariable, before); }
+    }
+
     [RequiresSharedFact("models/stories260K")]
     public void SteerReadsAVectorFileFromTheHubAndRefusesAFolderBeforeDownloading()
     {

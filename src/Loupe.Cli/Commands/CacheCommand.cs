@@ -18,7 +18,7 @@ static class CacheCommand
         var output = new Option<string>("--out", "-o") { Description = "The .safetensors file to write (atomically)", Required = true };
         var saes = new Option<string[]>("--sae")
         {
-            Description = "Splice a dictionary (SAELens folder) in at its cfg hook_name; its sub-hooks (…hook_sae_acts_post, …) can then be cached. Repeatable. Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache",
+            Description = "Splice a dictionary (SAELens folder) in at its cfg hook_name; its sub-hooks (…hook_sae_acts_post, …) can then be cached. Repeatable. Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache; or saelens:RELEASE/SAE_ID, as SAE.from_pretrained names it (SAELens's registry)",
             AllowMultipleArgumentsPerToken = false,
         };
         var errorTerm = new Option<bool>("--use-error-term") { Description = "With --sae: add the reconstruction error back so the model's output is unchanged (SAELens use_error_term)" };

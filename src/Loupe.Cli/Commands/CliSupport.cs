@@ -394,6 +394,19 @@ static class CliSupport
                 }));
             });
 
+    /// <summary><c>saelens:RELEASE/SAE_ID</c> as the <c>hf:REPO/PATH</c> SAELens's registry gives for it (said on stderr).</summary>
+    /// <exception cref="InputError">The registry cannot be found or read, or has no such release or id.</exception>
+    static string FromSaeLens(string value, string option)
+    {
+        string registryPath = Loupe.Dictionaries.Sae.SaeLensRegistry.Locate() ?? throw new InputError(
+            $"argument: {option}: {value} needs SAELens's registry ({Loupe.Dictionaries.Sae.SaeLensRegistry.FileName}, inside the sae-lens Python package): " +
+            $"pip install sae-lens, or set {Loupe.Dictionaries.Sae.SaeLensRegistry.EnvironmentVariable} to the file's path");
+        var (spec, release, note) = Loupe.Dictionaries.Sae.SaeLensRegistry.Read(registryPath).Resolve(value["saelens:".Length..]);
+        Console.Error.WriteLine($"{value} → {spec} (SAELens release {release.Name}{(release.Model is { } m ? $" for {m}" : "")}; {registryPath})");
+        if (note is not null) Console.Error.WriteLine(note);
+        return spec;
+    }
+
     /// <summary>How a dictionary or other artifact on the hub is named where a local path is expected.</summary>
     public const string HubPathSyntax = "hf:ORG/NAME[/PATH][@REVISION]";
 
@@ -423,6 +436,9 @@ static class CliSupport
 
     static string Resolve(string value, string option, bool single = false, bool oneFile = false)
     {
+        // saelens:RELEASE/SAE_ID names a dictionary as SAE.from_pretrained(release, sae_id) does: SAELens's registry says where on the hub.
+        if (value.Contains("saelens:", StringComparison.Ordinal))
+            value = string.Join(',', value.Split(',').Select(part => part.StartsWith("saelens:", StringComparison.Ordinal) ? FromSaeLens(part, option) : part));
         if (!value.Contains("hf:", StringComparison.Ordinal)) return value;
         // Transcoders may be listed one folder per layer, comma-separated: each may be on the hub, and each is one dictionary.
         if (!oneFile && value.Contains(',')) return string.Join(',', value.Split(',').Select(part => Resolve(part, option, single: true)));

@@ -38,7 +38,7 @@ static class FeaturesCommand
     static Command BuildVerb()
     {
         var model = CliSupport.ModelOption();
-        var sae = new Option<string>("--sae") { Description = "The dictionary: a SAELens folder (cfg.json + sae_weights.safetensors) or its cfg.json, or a Gemma Scope params.npz (give --hook). Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache (then give --out)", Required = true };
+        var sae = new Option<string>("--sae") { Description = "The dictionary: a SAELens folder (cfg.json + sae_weights.safetensors) or its cfg.json, or a Gemma Scope params.npz (give --hook). Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache; or saelens:RELEASE/SAE_ID, as SAE.from_pretrained names it (SAELens's registry) (then give --out)", Required = true };
         var hook = new Option<string?>("--hook") { Description = "Hook point the dictionary reads (default: cfg.json's hook_name)" };
         var source = new Option<string>("--source")
         {

@@ -10,7 +10,7 @@ static class McpCommand
     public static Command Create()
     {
         var model = CliSupport.ModelOption();
-        var saes = new Option<string[]>("--sae") { Description = "An SAELens folder to serve (named by its folder; a features.db inside is served as its feature store). Repeatable. Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache", AllowMultipleArgumentsPerToken = false };
+        var saes = new Option<string[]>("--sae") { Description = "An SAELens folder to serve (named by its folder; a features.db inside is served as its feature store). Repeatable. Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache; or saelens:RELEASE/SAE_ID, as SAE.from_pretrained names it (SAELens's registry)", AllowMultipleArgumentsPerToken = false };
         var transcoders = new Option<string?>("--transcoders") { Description = "Transcoder folder for the attribute tool (as `loupe attribute --transcoders`)" };
         var artifacts = new Option<string[]>("--artifacts") { Description = "A folder whose *.safetensors (steering vectors, persona vectors, concept monitors) and *.db (feature stores) are served by relative name, and tuned lenses (from loupe lens train) by their folder's. Repeatable", AllowMultipleArgumentsPerToken = false };
         var http = new Option<int?>("--http") { Description = "Serve streamable HTTP on this loopback port (0 = any free port) instead of stdio" };

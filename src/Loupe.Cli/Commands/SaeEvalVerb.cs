@@ -17,7 +17,7 @@ static class SaeEvalVerb
     public static Command Create()
     {
         var model = CliSupport.ModelOption();
-        var sae = new Option<string>("--sae") { Description = "The dictionary: a SAELens folder (cfg.json + sae_weights.safetensors) or its cfg.json. Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache", Required = true };
+        var sae = new Option<string>("--sae") { Description = "The dictionary: a SAELens folder (cfg.json + sae_weights.safetensors) or its cfg.json. Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache; or saelens:RELEASE/SAE_ID, as SAE.from_pretrained names it (SAELens's registry)", Required = true };
         var hook = new Option<string?>("--hook") { Description = "The hook it reads (default: cfg.json's hook_name)" };
         var hookOut = new Option<string?>("--hook-out") { Description = "For a transcoder, the hook it replaces (default: cfg.json's hook_name_out, or blocks.L.hook_mlp_out for an MLP-input hook)" };
         var source = new Option<string>("--source")

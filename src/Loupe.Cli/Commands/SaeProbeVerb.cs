@@ -13,7 +13,7 @@ static class SaeProbeVerb
     public static Command Create()
     {
         var model = CliSupport.ModelOption();
-        var sae = new Option<string>("--sae") { Description = "The dictionary: a SAELens folder or its cfg.json, Gemma Scope params.npz or Gemma Scope 2 folder. Or hf:ORG/NAME[/PATH][@REVISION]", Required = true };
+        var sae = new Option<string>("--sae") { Description = "The dictionary: a SAELens folder or its cfg.json, Gemma Scope params.npz or Gemma Scope 2 folder. Or hf:ORG/NAME[/PATH][@REVISION], or saelens:RELEASE/SAE_ID (SAELens's registry)", Required = true };
         var hook = new Option<string?>("--hook") { Description = "The hook the dictionary reads (default: its config's)" };
         var dataset = new Option<string>("--dataset", "-d") { Description = "Labelled text: brown:FOLDER (the Brown corpus, tags mapped to the 12 universal tags)", Required = true };
         var categories = new Option<string?>("--categories") { Description = "Brown categories to read, comma-separated (default: all)" };

@@ -16,7 +16,7 @@ static class VerbalizeCommand
         var sourcePrompt = new Option<string?>("--source-prompt") { Description = "Read the vector from this prompt's residual stream (with --source-layer and --source-position)" };
         var sourceLayer = new Option<int?>("--source-layer") { Description = "The block whose resid_pre is read (n_layers reads the final resid_post)" };
         var sourcePosition = new Option<int>("--source-position") { Description = "Position read from the source prompt (negative counts from the end)", DefaultValueFactory = _ => -1 };
-        var sae = new Option<string?>("--sae") { Description = "A SAELens / Gemma Scope / Loupe SAE: verbalize a feature's decoder direction (with --feature). Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache" };
+        var sae = new Option<string?>("--sae") { Description = "A SAELens / Gemma Scope / Loupe SAE: verbalize a feature's decoder direction (with --feature). Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache; or saelens:RELEASE/SAE_ID, as SAE.from_pretrained names it (SAELens's registry)" };
         var feature = new Option<int?>("--feature") { Description = "The SAE feature" };
         var vector = new Option<string?>("--vector") { Description = "A direction in a safetensors file (FILE or FILE:tensor, or hf:ORG/NAME/FILE[@REVISION][:TENSOR] on the hub), e.g. a probe, steering or persona vector" };
         var scale = new Option<double>("--scale") { Description = "A direction (--sae, --vector) is scaled to this many times the typical resid_pre norm of the target layer", DefaultValueFactory = _ => 1.0 };
