@@ -64,3 +64,62 @@ public sealed class PriceTableTarget : FuzzTarget
         }
     }
 }
+
+/// <summary>
+/// SAELens's registry (<c>pretrained_saes.yaml</c>, what <c>--sae saelens:RELEASE/SAE_ID</c> reads): <c>SaeLensRegistry.Read</c>,
+/// then every release's every SAE id resolved to a hub path that names its repository.
+/// </summary>
+public sealed class SaeLensRegistryTarget : FuzzTarget
+{
+    public override string Name => "saelens-registry";
+    public override int DefaultIterations => 1500;
+
+    const string Seed = """
+        # SAELens pretrained SAEs (the schema of sae_lens/pretrained_saes.yaml)
+        gpt2-small-res-jb:
+          conversion_func: null
+          links:
+            model: https://huggingface.co/gpt2
+          model: gpt2
+          repo_id: jbloom/GPT2-Small-SAEs-Reformatted
+          saes:
+          - id: blocks.0.hook_resid_pre
+            path: blocks.0.hook_resid_pre
+            l0: 13.0
+            neuronpedia: gpt2-small/0-res-jb
+          - id: blocks.8.hook_resid_pre
+            path: blocks.8.hook_resid_pre
+        gemma-scope-2b-pt-res-canonical:
+          conversion_func: gemma_2
+          model: gemma-2-2b
+          repo_id: google/gemma-scope-2b-pt-res
+          saes:
+            - id: layer_12/width_16k/canonical
+              path: layer_12/width_16k/average_l0_82
+              config_overrides:
+                model_from_pretrained_kwargs:
+                  fold_ln: false
+            - id: "layer_0/width_16k/canonical"
+              path: 'layer_0/width_16k/average_l0_105'
+        """;
+
+    public override IReadOnlyList<Seed> BuildSeeds(SeedContext context) =>
+        [new Seed("generated:saelens-registry", [new SeedFile("pretrained_saes.yaml", System.Text.Encoding.UTF8.GetBytes(Seed), FileKind.Text)])];
+
+    public override void Execute(string folder, FuzzInput input)
+    {
+        var registry = Loupe.Dictionaries.Sae.SaeLensRegistry.Read(Path.Combine(folder, "pretrained_saes.yaml"));
+        foreach (var name in registry.Releases)
+        {
+            var release = registry[name]!;
+            Require.That(release.RepoId.Length > 0, $"release {name} without a repository was accepted");
+            if (name.Length == 0 || name.Contains('/')) continue; // cannot be named as RELEASE/SAE_ID (SAELens's names have no '/')
+            foreach (var (id, path) in release.Saes)
+            {
+                if (id.Length == 0) continue;
+                var (spec, _, _) = registry.Resolve(name + "/" + id);
+                Require.That(spec == $"hf:{release.RepoId}/{path.Trim('/')}", $"{name}/{id} resolved to {spec}");
+            }
+        }
+    }
+}

@@ -38,6 +38,9 @@ public sealed class SaeLensRegistry
 
     public IReadOnlyCollection<string> Releases => _releases.Keys;
 
+    /// <summary>A release by name, or null.</summary>
+    public SaeLensRelease? this[string name] => _releases.GetValueOrDefault(name);
+
     /// <summary>
     /// The registry file: <see cref="EnvironmentVariable"/>, else the first <c>sae_lens/pretrained_saes.yaml</c> under the Python
     /// site-packages of an active virtual environment, the user's and the system's; null when none is found.
