@@ -274,6 +274,8 @@ public class TunedLensTests(ITestOutputHelper output)
             }
             Assert.Equal(whole.History.Select(h => h.Kl), resumed.History.Select(h => h.Kl));
 
+            // Starting afresh over the checkpoint: refused, not overwritten.
+            Assert.Contains("pass --resume", Assert.Throws<InputError>(() => TunedLensTraining.Train(model, contexts, options, dir)).Message);
             // Other options or other contexts: refused by name.
             var error = Assert.Throws<InputError>(() => TunedLensTraining.Train(model, contexts, options with { WeightDecay = 0 }, dir, resume: true));
             Assert.Contains("weight_decay=0", error.Message);

@@ -32,6 +32,53 @@ public class BrowserTests(ITestOutputHelper output)
         return dir;
     }
 
+    /// <summary>
+    /// The page's first load answered after a Run the user started meanwhile must not be drawn over it (it used to be, and
+    /// reset the token the user had selected: a flake of the test below on a loaded machine).
+    /// </summary>
+    [RequiresBrowserFact]
+    public async Task A_stale_answer_never_replaces_the_prompt_the_user_ran()
+    {
+        var model = Servers.Stories;
+        await using var host = await Servers.StartAsync(model);
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
+        {
+            ExecutablePath = Chromium,
+            Headless = true,
+            Args = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"],
+        });
+        var page = await browser.NewPageAsync();
+        // Hold the first /api/prompt request (the page's own load of its default prompt) until the user's Run has been drawn.
+        var release = new TaskCompletionSource();
+        var firstAnswered = new TaskCompletionSource();
+        int requests = 0;
+        await page.RouteAsync("**/api/prompt", async route =>
+        {
+            if (Interlocked.Increment(ref requests) == 1)
+            {
+                await release.Task;
+                await route.ContinueAsync();
+                firstAnswered.SetResult();
+            }
+            else await route.ContinueAsync();
+        });
+        await page.GotoAsync(new Uri(host.Url!, "/prompt").ToString());
+        const string text = "One day, Tim went to the park with his dog";
+        await page.GetByTestId("prompt-input").FillAsync(text);
+        await page.GetByTestId("run").ClickAsync();
+        await page.GetByTestId("top-token").WaitForAsync();
+        await page.GetByTestId("token").Nth(2).HoverAsync();
+        await page.GetByTestId("topk").Filter(new() { HasText = "after position 2" }).WaitForAsync();
+        release.SetResult();
+        await firstAnswered.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        await page.EvaluateAsync("() => new Promise(r => setTimeout(r, 200))"); // the page's handler of that answer has run
+        Assert.Contains("after position 2", await page.GetByTestId("topk").InnerTextAsync());
+        int expected = NextTokens.TopK(model, model.Tokenizer!.Encode(text), 1)[0][0].Token;
+        Assert.Equal(expected.ToString(), await page.GetByTestId("top-token").GetAttributeAsync("data-token-id"));
+        Assert.Equal(2, requests);
+    }
+
     [RequiresBrowserFact]
     public async Task Prompt_and_attention_pages_show_the_library_numbers()
     {
@@ -65,7 +112,7 @@ public class BrowserTests(ITestOutputHelper output)
         Assert.Equal(expected.ToString(), await top.GetAttributeAsync("data-token-id"));
         Assert.Contains("text=", await Browser.UrlAsync(page)); // shareable: the prompt is in the URL
         await page.GetByTestId("token").Nth(2).HoverAsync();
-        Assert.Contains("after position 2", await page.GetByTestId("topk").InnerTextAsync());
+        await page.GetByTestId("topk").Filter(new() { HasText = "after position 2" }).WaitForAsync();
         // The tuned lens's map beside the logit lens's: its top row is the model's own output, as the logit lens's is.
         await page.GetByTestId("tuned-lens").Locator("canvas").HoverAsync(new() { Position = new() { X = 155, Y = 30 } });
         Assert.StartsWith("resid_post 4 (final), position 0", await page.GetByTestId("tuned-lens-status").InnerTextAsync());

@@ -19,11 +19,15 @@ export function promptForm(ctx: PageContext, load: (text: string) => void): HTML
 
 export function promptPage(ctx: PageContext): void {
   const out = el("div", { "aria-live": "polite" });
+  // Only the last prompt asked for is drawn: the answer to an earlier one (the page's first load, a Run before it) arriving
+  // later must not replace it, nor reset what the user has selected since.
+  let latest = 0;
   const load = (text: string) => {
+    const ticket = ++latest;
     out.replaceChildren(el("p", { class: "muted" }, "Running…"));
     api<PromptResponse>("/api/prompt", { ...promptBody(text, ctx.model), top_k: 10 })
-      .then(r => { out.replaceChildren(); showPrompt(out, r); })
-      .catch(e => out.replaceChildren(el("p", { class: "error", role: "alert" }, String(e.message ?? e))));
+      .then(r => { if (ticket === latest) { out.replaceChildren(); showPrompt(out, r); } })
+      .catch(e => { if (ticket === latest) out.replaceChildren(el("p", { class: "error", role: "alert" }, String(e.message ?? e))); });
   };
   ctx.root.append(el("h1", {}, "Prompt"), promptForm(ctx, load), out);
   load(query().get("text") ?? defaultPrompt);

@@ -17,7 +17,7 @@ namespace Loupe.Causal.Lens;
 //    (no warm-up): g ← g + λ·θ; buf ← μ·buf + g; θ ← θ − lr_t·(g + μ·buf).
 // 4. Every CheckpointEvery steps (and at the end) the translators, momentum buffers, step and history are written
 //    atomically to checkpoint.safetensors; a resumed run continues from it and ends with the same lens, bit for bit,
-//    as one that never stopped. Everything runs on the model's backend; per step only the L+2 sums come back.
+//    as one that never stopped. Without resume, a folder holding a checkpoint is refused rather than overwritten. Everything runs on the model's backend; per step only the L+2 sums come back.
 
 /// <summary>How a tuned lens is trained (tuned-lens's defaults; see the top of <c>TunedLensTraining.cs</c>).</summary>
 public sealed record TunedLensTrainingOptions
@@ -102,22 +102,21 @@ public static class TunedLensTraining
 
         var history = new List<TunedLensStep>();
         TunedLens start = TunedLens.Identity(model, options.Bias);
-        Tensor[]? momentum = null;
+        Tensor[]? savedMomentum = null;
         int first = 0;
         string? checkpoint = checkpointFolder is null ? null : Path.Combine(checkpointFolder, CheckpointFile);
-        var objective = (TunedLensObjective?)null;
+        if (!resume && checkpoint is not null && File.Exists(checkpoint))
+            throw new InputError($"{checkpointFolder}: already holds a tuned-lens checkpoint; pass --resume to continue it, or choose another output folder");
         if (resume && checkpoint is not null && File.Exists(checkpoint))
         {
-            (start, var buffers, first, var done) = ReadCheckpoint(checkpoint, model, options, contextsHash);
+            (start, savedMomentum, first, var done) = ReadCheckpoint(checkpoint, model, options, contextsHash);
             history.AddRange(done);
-            objective = new TunedLensObjective(model, start);
-            momentum = [.. buffers.Select(b => objective.Backend.ToDevice(b))];
         }
-        objective ??= new TunedLensObjective(model, start);
+        var objective = new TunedLensObjective(model, start);
         var be = objective.Backend;
         var parameters = objective.Weights.Concat(objective.HasBias ? objective.Biases : []).ToArray();
         var grads = objective.WeightGrads.Concat(objective.HasBias ? objective.BiasGrads : []).ToArray();
-        momentum ??= [.. parameters.Select(p => be.Zeros(p.Length))];
+        Tensor[] momentum = savedMomentum is null ? [.. parameters.Select(p => be.Zeros(p.Length))] : [.. savedMomentum.Select(b => be.ToDevice(b))];
         var scratch = be.Empty(D * D);
         int normSlot = objective.LossSlots;
         var table = be.Empty(objective.LossSlots + 1);
