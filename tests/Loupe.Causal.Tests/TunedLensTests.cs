@@ -251,6 +251,31 @@ public class TunedLensTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void The_update_is_torchs_SGD_with_Nesterov_momentum_and_weight_decay()
+    {
+        // torch.optim.SGD(nesterov=True, dampening=0): g ← g + λθ; buf ← μ·buf + g (buf = g at the first step); θ ← θ − lr·(g + μ·buf),
+        // worked by hand for θ = 1, g = 0.5 twice, λ = 0.1, μ = 0.9, lr = 0.1, and a clip factor of 0.5 on a gradient of 1.
+        var be = Loupe.Tensors.Backends.CpuBackend.Instance;
+        var options = new TunedLensTrainingOptions { WeightDecay = 0.1, Momentum = 0.9 };
+        var p = Tensor.FromArray([1f], 1);
+        var buf = Tensor.FromArray([0f], 1);
+        var scratch = Tensor.FromArray([0f], 1);
+        var noClip = Tensor.FromArray([1f], 1);
+        TunedLensTraining.SgdNesterov(be, p, Tensor.FromArray([0.5f], 1), buf, scratch, noClip, options, 0.1f);
+        Assert.Equal(0.886, p.Span[0], 1e-6);
+        Assert.Equal(0.6, buf.Span[0], 1e-6);
+        TunedLensTraining.SgdNesterov(be, p, Tensor.FromArray([0.5f], 1), buf, scratch, noClip, options, 0.1f);
+        Assert.Equal(1.1286, buf.Span[0], 1e-6);
+        Assert.Equal(0.725566, p.Span[0], 1e-6);
+        var q = Tensor.FromArray([1f], 1);
+        TunedLensTraining.SgdNesterov(be, q, Tensor.FromArray([1f], 1), Tensor.FromArray([0f], 1), scratch, Tensor.FromArray([0.5f], 1), options, 0.1f);
+        Assert.Equal(0.886, q.Span[0], 1e-6); // the clipped gradient 0.5: the first step again
+        // The rate: scale·(1 − μ), decayed linearly to 0 (tuned-lens: no warm-up for SGD).
+        var schedule = new TunedLensTrainingOptions { Steps = 4, LearningRateScale = 2, Momentum = 0.9 };
+        Assert.Equal([0.2, 0.15, 0.1, 0.05], Enumerable.Range(0, 4).Select(s => Math.Round(schedule.LearningRate(s), 12)));
+    }
+
+    [Fact]
     public void A_killed_run_resumes_to_the_same_lens_bit_for_bit()
     {
         using var model = TestInputs.Fixture("gpt2");

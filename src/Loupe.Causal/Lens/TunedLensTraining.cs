@@ -157,7 +157,7 @@ public static class TunedLensTraining
     }
 
     // g ← clip·g + λ·θ; buf ← μ·buf + g; θ ← θ − lr·(g + μ·buf)  (torch SGD, nesterov, dampening 0). All flat views.
-    static void SgdNesterov(Tensors.Backends.IComputeBackend be, Tensor param, Tensor grad, Tensor buffer, Tensor scratch, Tensor clip, TunedLensTrainingOptions o, float lr)
+    internal static void SgdNesterov(Tensors.Backends.IComputeBackend be, Tensor param, Tensor grad, Tensor buffer, Tensor scratch, Tensor clip, TunedLensTrainingOptions o, float lr)
     {
         int n = param.Length;
         Tensor p = Flat(param, n), g = Flat(grad, n), buf = Flat(buffer, n), tmp = Flat(scratch, n);
