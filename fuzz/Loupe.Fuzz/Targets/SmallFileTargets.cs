@@ -74,37 +74,10 @@ public sealed class SaeLensRegistryTarget : FuzzTarget
     public override string Name => "saelens-registry";
     public override int DefaultIterations => 1500;
 
-    const string Seed = """
-        # SAELens pretrained SAEs (the schema of sae_lens/pretrained_saes.yaml)
-        gpt2-small-res-jb:
-          conversion_func: null
-          links:
-            model: https://huggingface.co/gpt2
-          model: gpt2
-          repo_id: jbloom/GPT2-Small-SAEs-Reformatted
-          saes:
-          - id: blocks.0.hook_resid_pre
-            path: blocks.0.hook_resid_pre
-            l0: 13.0
-            neuronpedia: gpt2-small/0-res-jb
-          - id: blocks.8.hook_resid_pre
-            path: blocks.8.hook_resid_pre
-        gemma-scope-2b-pt-res-canonical:
-          conversion_func: gemma_2
-          model: gemma-2-2b
-          repo_id: google/gemma-scope-2b-pt-res
-          saes:
-            - id: layer_12/width_16k/canonical
-              path: layer_12/width_16k/average_l0_82
-              config_overrides:
-                model_from_pretrained_kwargs:
-                  fold_ln: false
-            - id: "layer_0/width_16k/canonical"
-              path: 'layer_0/width_16k/average_l0_105'
-        """;
 
+    /// <summary>tests/data/saelens/pretrained_saes.yaml: SAELens's schema (null conversion, nested maps and lists beside the ids, quoted values, both list indents).</summary>
     public override IReadOnlyList<Seed> BuildSeeds(SeedContext context) =>
-        [new Seed("generated:saelens-registry", [new SeedFile("pretrained_saes.yaml", System.Text.Encoding.UTF8.GetBytes(Seed), FileKind.Text)])];
+        [new Seed("repo:tests/data/saelens/pretrained_saes.yaml", [new SeedFile("pretrained_saes.yaml", File.ReadAllBytes(context.Repo("tests/data/saelens/pretrained_saes.yaml")), FileKind.Text)])];
 
     public override void Execute(string folder, FuzzInput input)
     {

@@ -10,44 +10,9 @@ public sealed class SaeLensRegistryTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    // The layout of SAELens's registry: the list items at the "saes:" key's own indent or deeper, extra scalars, nested maps.
-    const string Registry = """
-        # SAELens pretrained SAEs
-        gpt2-small-res-jb:
-          conversion_func: null
-          links:
-            model: https://huggingface.co/gpt2
-          model: gpt2
-          repo_id: jbloom/GPT2-Small-SAEs-Reformatted
-          saes:
-          - id: blocks.0.hook_resid_pre
-            path: blocks.0.hook_resid_pre
-            l0: 13.0
-            neuronpedia: gpt2-small/0-res-jb
-          - id: blocks.8.hook_resid_pre
-            path: blocks.8.hook_resid_pre
-            neuronpedia: gpt2-small/8-res-jb
-        gemma-scope-2b-pt-res-canonical:
-          conversion_func: gemma_2
-          model: gemma-2-2b
-          repo_id: google/gemma-scope-2b-pt-res
-          saes:
-            - id: layer_12/width_16k/canonical
-              path: layer_12/width_16k/average_l0_82
-              config_overrides:
-                model_from_pretrained_kwargs:
-                  fold_ln: false
-            - id: "layer_0/width_16k/canonical"
-              path: 'layer_0/width_16k/average_l0_105'
-          expected_var_explained: 0.9
-        pythia-70m-deduped-mlp-sm:
-          conversion_func: dictionary_learning_1
-          model: pythia-70m-deduped
-          repo_id: ctigges/pythia-70m-deduped__mlp-sm_processed
-          saes:
-          - id: blocks.0.hook_mlp_out
-            path: 0-mlp-sm
-        """;
+    // SAELens's schema (tests/data/saelens/pretrained_saes.yaml): list items at the "saes:" key's own indent or deeper, extra
+    // scalars, nested maps, a null conversion, quoted values.
+    static readonly string Registry = File.ReadAllText(Loupe.Testing.SharedData.TestData(Path.Combine("saelens", "pretrained_saes.yaml")));
 
     string Write(string text)
     {
