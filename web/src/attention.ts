@@ -1,18 +1,18 @@
 import { api, AttentionResponse, promptBody } from "./api";
-import { blue, canvas, el, pct, query, setQuery, show } from "./dom";
+import { blue, canvas, el, latestOnly, pct, query, setQuery, show } from "./dom";
 import type { PageContext } from "./main";
 import { defaultPrompt, promptForm } from "./prompt";
 
 export function attentionPage(ctx: PageContext): void {
   const out = el("div", { "aria-live": "polite" });
   // Only the last prompt asked for is drawn (as on the Prompt page): an earlier answer arriving later is dropped.
-  let latest = 0;
+  const request = latestOnly();
   const load = (text: string) => {
-    const ticket = ++latest;
+    const draw = request();
     out.replaceChildren(el("p", { class: "muted" }, "Running…"));
     api<AttentionResponse>("/api/attention", promptBody(text, ctx.model))
-      .then(r => { if (ticket === latest) { out.replaceChildren(); showAttention(out, r); } })
-      .catch(e => { if (ticket === latest) out.replaceChildren(el("p", { class: "error", role: "alert" }, String(e.message ?? e))); });
+      .then(r => draw(() => { out.replaceChildren(); showAttention(out, r); }))
+      .catch(e => draw(() => out.replaceChildren(el("p", { class: "error", role: "alert" }, String(e.message ?? e)))));
   };
   ctx.root.append(el("h1", {}, "Attention"), promptForm(ctx, load), out);
   load(query().get("text") ?? defaultPrompt);

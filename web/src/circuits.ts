@@ -3,7 +3,7 @@
 // an edge list and the faithfulness curve.
 import { api } from "./api";
 import { JobKinds, JobRunner } from "./jobs";
-import { canvas, el, query, setQuery, show } from "./dom";
+import { canvas, el, latestOnly, query, setQuery, show } from "./dom";
 import type { PageContext } from "./main";
 
 interface ArtifactView { id: string; name: string; kind: string; bytes: number; modified: string }
@@ -52,12 +52,12 @@ export function circuitsPage(ctx: PageContext): void {
     const wanted = query().get("artifact");
     select.value = list.some(a => a.id === wanted) ? wanted! : list[0].id;
     // Only the last artifact asked for is drawn: a slow answer for an earlier choice must not replace it.
-    let latest = 0;
+    const request = latestOnly();
     const open = (id: string) => {
       const a = list.find(x => x.id === id)!;
-      const ticket = ++latest;
+      const latest = request();
       out.replaceChildren(el("p", { class: "muted" }, "Loading…"));
-      const render = (draw: () => void) => { if (ticket === latest) { out.replaceChildren(); draw(); } };
+      const render = (draw: () => void) => latest(() => { out.replaceChildren(); draw(); });
       const fail = (e: Error) => render(() => out.append(el("p", { class: "error", role: "alert" }, String(e.message ?? e))));
       if (a.kind === "patching") api<PatchFile>(`/api/artifacts/${id}`).then(p => render(() => patching(out, p)), fail);
       else api<CircuitView>(`/api/circuits/${id}`).then(c => render(() => circuit(out, c)), fail);

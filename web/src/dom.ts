@@ -45,6 +45,18 @@ export function blue(v: number): string {
 }
 
 /** The URL's query parameters, and a way to change them without reloading (shareable state). */
+/**
+ * For pages that ask the server again and again: each call of the returned function starts a request and gives a `draw`
+ * that runs its callback only while that request is still the latest — an earlier answer arriving later is dropped.
+ */
+export function latestOnly(): () => (draw: () => void) => void {
+  let latest = 0;
+  return () => {
+    const ticket = ++latest;
+    return draw => { if (ticket === latest) draw(); };
+  };
+}
+
 export function query(): URLSearchParams {
   return new URLSearchParams(location.search);
 }

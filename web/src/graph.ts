@@ -2,7 +2,7 @@
 // logits at the top) × position (columns); edges are drawn strongest first, culled to the view and batched into
 // one path per colour/width bucket, so a 20,000-node / 100,000-edge graph pans at frame rate.
 import { api, ApiError, NextTokenView } from "./api";
-import { el, pct, query, setQuery, show } from "./dom";
+import { el, latestOnly, pct, query, setQuery, show } from "./dom";
 import type { PageContext } from "./main";
 import { graphJobForm } from "./graphJob";
 
@@ -592,21 +592,20 @@ function explorer(body: HTMLElement, status: HTMLElement, model: Model, caps: Ca
     sync();
     const run = el("button", { type: "button", "data-testid": "intervene" }, "Run");
     const out = el("div", { "aria-live": "polite" });
-    let latest = 0; // only the last Run's answer is shown
+    const request = latestOnly(); // only the last Run's answer is shown
     run.addEventListener("click", () => {
-      const ticket = ++latest;
+      const latest = request();
       const m = mode.value;
       const edit = { layer: model.layer[i], position: everywhere.checked ? -1 : model.pos[i], feature: g.nodes.feature[i], value: m === "ablate" ? 0 : Number(value.value), mode: m === "set" ? "set" : "scale" };
       out.replaceChildren(el("p", { class: "muted" }, "Running…"));
-      api<InterventionView>("/api/graph/intervene", { tokens: g.token_ids, edits: [edit], top_k: 8 }).then(r => {
-        if (ticket !== latest) return;
+      api<InterventionView>("/api/graph/intervene", { tokens: g.token_ids, edits: [edit], top_k: 8 }).then(r => latest(() => {
         const top = r.after[0];
         out.replaceChildren(
           el("p", {}, "new top token: ", el("b", { "data-testid": "after-top", "data-token-id": String(top.id) }, show(top.text)), ` (${pct(top.prob)}; before: ${show(r.before[0].text)} ${pct(r.before[0].prob)})`),
           el("table", { "data-testid": "intervene-result", "data-after": r.after.map(t => t.id).join(",") }, el("tr", {}, el("th", {}, "token"), el("th", {}, "before"), el("th", {}, "after"), el("th", {}, "Δ logit")),
             ...r.tokens.map(t => el("tr", {}, el("td", {}, show(t.text)), el("td", {}, t.before === null ? "" : pct(t.before)), el("td", {}, t.after === null ? "" : pct(t.after)),
               el("td", { class: t.delta_logit >= 0 ? "pos" : "neg" }, t.delta_logit.toFixed(3))))));
-      }, e => { if (ticket === latest) out.replaceChildren(el("p", { class: "error", role: "alert" }, e instanceof ApiError ? e.message : String(e))); });
+      }), e => latest(() => out.replaceChildren(el("p", { class: "error", role: "alert" }, e instanceof ApiError ? e.message : String(e)))));
     });
     box.append(el("div", { class: "graph-toolbar" }, mode, value, el("label", {}, everywhere, " every position"), run), out);
     return box;

@@ -1,5 +1,5 @@
 import { api, LensView, promptBody, PromptResponse } from "./api";
-import { blue, canvas, el, pct, query, setQuery, show } from "./dom";
+import { blue, canvas, el, latestOnly, pct, query, setQuery, show } from "./dom";
 import type { PageContext } from "./main";
 
 export const defaultPrompt = "Once upon a time, there was a little girl named Lily. She";
@@ -21,13 +21,13 @@ export function promptPage(ctx: PageContext): void {
   const out = el("div", { "aria-live": "polite" });
   // Only the last prompt asked for is drawn: the answer to an earlier one (the page's first load, a Run before it) arriving
   // later must not replace it, nor reset what the user has selected since.
-  let latest = 0;
+  const request = latestOnly();
   const load = (text: string) => {
-    const ticket = ++latest;
+    const draw = request();
     out.replaceChildren(el("p", { class: "muted" }, "Running…"));
     api<PromptResponse>("/api/prompt", { ...promptBody(text, ctx.model), top_k: 10 })
-      .then(r => { if (ticket === latest) { out.replaceChildren(); showPrompt(out, r); } })
-      .catch(e => { if (ticket === latest) out.replaceChildren(el("p", { class: "error", role: "alert" }, String(e.message ?? e))); });
+      .then(r => draw(() => { out.replaceChildren(); showPrompt(out, r); }))
+      .catch(e => draw(() => out.replaceChildren(el("p", { class: "error", role: "alert" }, String(e.message ?? e)))));
   };
   ctx.root.append(el("h1", {}, "Prompt"), promptForm(ctx, load), out);
   load(query().get("text") ?? defaultPrompt);

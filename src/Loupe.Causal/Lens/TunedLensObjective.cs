@@ -59,8 +59,8 @@ sealed class TunedLensObjective
     /// <summary>Slots of a loss table: <c>[0, L)</c> −Σ p·log q per layer, <c>L</c> −Σ p·log p; KL_ℓ = slot ℓ − slot L.</summary>
     public int LossSlots => _layers + 1;
 
-    /// <summary>Rows per chunk: the [R, d_vocab] intermediates near 2^23 floats each.</summary>
-    public int ChunkRows(int tokens) => Math.Max(1, Math.Min(tokens, (1 << 23) / _vocab));
+    /// <summary>Rows per chunk of <paramref name="tokens"/>: the [R, d_vocab] intermediates near 2^23 floats (32 MB) each.</summary>
+    public static int ChunkRows(int tokens, int vocab) => Math.Max(1, Math.Min(tokens, (1 << 23) / vocab));
 
     /// <summary>
     /// One forward pass over <paramref name="tokens"/>: adds the step's loss sums into <paramref name="losses"/> (from
@@ -76,7 +76,7 @@ sealed class TunedLensObjective
         var cache = run.Cache;
         var logits = run.Logits; // [batch, pos, d_vocab_out]
         int n = tokens.Batch * tokens.Length;
-        int R = ChunkRows(n);
+        int R = ChunkRows(n, V);
         var negP = be.Empty(R, V);
         var lensLogits = be.Empty(R, V);
         var work = be.Empty(R, V);

@@ -20,7 +20,7 @@ public static class TunedLensRun
         int L = model.Config.NLayers, D = model.Config.DModel, V = model.Config.VocabOut;
         long translators = (long)L * D * (D + 1) * 4;
         int perStep = options.ContextsPerStep(contextSize);
-        int rows = Math.Max(1, Math.Min(options.BatchContexts * contextSize, (1 << 23) / V));
+        int rows = TunedLensObjective.ChunkRows(options.BatchContexts * contextSize, V);
         long scratch = 3L * rows * V * 4;
         double gflop = TunedLensTraining.FlopsPerToken(model) * perStep * contextSize / 1e9;
         return string.Create(CultureInfo.InvariantCulture,

@@ -106,10 +106,11 @@ public static class SparseProbing
         var split = SentenceSplit.Create(data.SentenceCount, settings.HeldOutFraction, settings.Seed);
         var heldOut = data.Sentences.Select(s => split.HeldOut[s]).ToArray();
 
-        // The tags with enough positives in both splits, most frequent first.
+        // The tags with enough positives in both splits (and no more than the split's other tokens), most frequent first.
+        int heldSize = heldOut.Count(h => h), trainSize = n - heldSize;
         var tags = Enumerable.Range(0, data.ClassNames.Count)
             .Select(c => (Class: c, Train: Count(c, false), Held: Count(c, true)))
-            .Where(t => t.Train >= settings.MinExamples && t.Held >= settings.MinExamples && 2 * t.Train <= SplitSize(false) && 2 * t.Held <= SplitSize(true))
+            .Where(t => t.Train >= settings.MinExamples && t.Held >= settings.MinExamples && 2 * t.Train <= trainSize && 2 * t.Held <= heldSize)
             .OrderByDescending(t => t.Train + t.Held).ThenBy(t => t.Class).Take(settings.MaxClasses).ToList();
         if (tags.Count == 0)
             throw new InputError($"no tag has {settings.MinExamples} positives (and more negatives) in both splits of {data.SentenceCount} sentences; read more sentences (--max-sentences) or lower --min-examples");
@@ -171,8 +172,6 @@ public static class SparseProbing
             classes.Add(new SparseProbeClass(data.ClassNames[t.Class], t.Train, t.Held, latentAccuracy, neuronAccuracy, dense, [.. topLatents[t.Class].Take(Math.Min(10, kMax))]));
         }
         return new SparseProbingResult(data.Hooks[set], dIn, dSae, n, data.SentenceCount, [.. settings.Ks], classes);
-
-        int SplitSize(bool held) => heldOut.Count(h => h == held);
 
         int Count(int c, bool held)
         {
