@@ -72,7 +72,7 @@ public sealed class TinyAttentionTransformer
     /// <summary>Every trainable array (the Adam state and gradients line up with it).</summary>
     internal IReadOnlyList<double[]> Parameters => _parameters;
 
-    static double Gaussian(Random random) =>
+    internal static double Gaussian(Random random) =>
         Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())) * Math.Cos(2 * Math.PI * random.NextDouble());
 
     /// <summary>

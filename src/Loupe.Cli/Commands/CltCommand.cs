@@ -79,6 +79,8 @@ static class CltCommand
                 _ => ContextBuilder.ForModel(m, text, CliSupport.ContextSize(parse.GetValue(contextSize), m), seedValue, CliSupport.Int(parse, maxContexts, 1)));
             int layers = m.Config.NLayers, d = m.Config.DModel;
             int features = SaeTrainingOptions.FeatureCount(parse.GetValue(dSae), parse.GetValue(expansion), d);
+            if (parse.GetValue(architecture) == "matryoshka_batchtopk")
+                throw InputError.Expected("argument", "--architecture", "standard, topk, batchtopk or jumprelu (matryoshka_batchtopk is for SAEs and transcoders: loupe sae train)", "matryoshka_batchtopk");
             var act = SaeTrainingOptions.ActivationFor(parse.GetValue(architecture)!, parse.GetValue(k), features);
             if (parse.GetValue(circuitTracer) && act is TopKActivation)
                 throw new InputError("argument: --circuit-tracer: circuit-tracer's cross-layer transcoders know ReLU and JumpReLU only; train standard, jumprelu or batchtopk to write its layout");

@@ -21,8 +21,9 @@ static class SaeTrainVerb
         var hook = new Option<string?>("--hook") { Description = "Input hook, e.g. blocks.2.hook_resid_post (default: the harvest's only hook)" };
         var targetHook = new Option<string?>("--target-hook") { Description = "Transcoder: the hook to reconstruct, e.g. blocks.1.hook_mlp_out (input: --hook = the MLP's input)" };
         var skip = new Option<bool>("--skip") { Description = "Transcoder with a linear skip connection (skip-transcoder)" };
-        var architecture = new Option<string>("--architecture") { Description = "standard (ReLU + L1), topk, batchtopk or jumprelu", DefaultValueFactory = _ => "topk" };
-        var k = new Option<int>("--k") { Description = "Active features per token for topk / batchtopk", DefaultValueFactory = _ => 32 };
+        var architecture = new Option<string>("--architecture") { Description = "standard (ReLU + L1), topk, batchtopk, matryoshka_batchtopk or jumprelu", DefaultValueFactory = _ => "topk" };
+        var matryoshkaWidths = new Option<string?>("--matryoshka-widths") { Description = "matryoshka_batchtopk: nested level widths, ascending, e.g. 128,512,2048 (d_sae is added as the last level when missing)" };
+        var k = new Option<int>("--k") { Description = "Active features per token for topk / batchtopk / matryoshka_batchtopk", DefaultValueFactory = _ => 32 };
         var dSae = new Option<int?>("--d-sae") { Description = "Number of features (default: --expansion × d_in)" };
         var expansion = new Option<int>("--expansion") { Description = "Features per input dimension when --d-sae is not given", DefaultValueFactory = _ => 8 };
         var steps = new Option<int>("--steps") { Description = "Training steps", DefaultValueFactory = _ => 2000 };
@@ -46,10 +47,11 @@ static class SaeTrainVerb
             "  loupe sae train --activations acts/ --architecture topk --k 32 --d-sae 512 --steps 3000 --out sae/\n" +
             "  loupe sae train --model ../shared/models/stories260K --source brown:../shared/datasets/brown-corpus --hook blocks.2.hook_resid_post --out sae/\n" +
             "  loupe sae train --activations tc/ --hook blocks.1.mlp.hook_in --target-hook blocks.1.hook_mlp_out --architecture topk --out tc-sae/\n" +
+            "  loupe sae train --activations acts/ --architecture matryoshka_batchtopk --k 32 --d-sae 2048 --matryoshka-widths 128,512 --out msae/\n" +
             "  loupe sae train ... --out sae/ --resume\n" +
             "  loupe sae train --activations acts/ --architecture topk --device cuda --out sae/   (every architecture trains on a GPU)")
         {
-            activations, model, source, contextSize, maxContexts, contextsPerWindow, hook, targetHook, skip, architecture, k, dSae, expansion,
+            activations, model, source, contextSize, maxContexts, contextsPerWindow, hook, targetHook, skip, architecture, matryoshkaWidths, k, dSae, expansion,
             steps, batchSize, lr, lrWarmup, lrDecay, sparsity, sparsityWarmup, auxK, deadWindow, normalize, seed, checkpointEvery, resume, output,
         };
         command.SetAction(parse => CliSupport.Guard(() =>
@@ -91,7 +93,8 @@ static class SaeTrainVerb
 
                 bool featuresGiven = parse.GetValue(dSae) is not null;
                 int features = SaeTrainingOptions.FeatureCount(parse.GetValue(dSae), parse.GetValue(expansion), data.DIn);
-                SaeActivation act = SaeTrainingOptions.ActivationFor(parse.GetValue(architecture)!, parse.GetValue(k), features);
+                SaeActivation act = SaeTrainingOptions.ActivationFor(parse.GetValue(architecture)!, parse.GetValue(k), features,
+                    parse.GetValue(matryoshkaWidths) is { } widths ? ParseWidths(widths) : null);
                 if (outHook is null && parse.GetValue(skip)) throw new InputError("argument: --skip needs --target-hook (a skip connection belongs to a transcoder)");
                 var shape = outHook is null ? SaeShape.Sae(data.DIn, features) : SaeShape.Transcoder(data.DIn, features, data.DOut, parse.GetValue(skip));
                 var options = new SaeTrainingOptions
@@ -147,4 +150,10 @@ static class SaeTrainVerb
         }));
         return command;
     }
+
+    // "128,512,2048" → the numbers; their order and range are MatryoshkaBatchTopKActivation.CheckWidths's to judge
+    static long[] ParseWidths(string text) =>
+        [.. text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(v => long.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out long w) ? w
+                : throw InputError.Expected("argument", "--matryoshka-widths", "ascending integers like 128,512,2048", text))];
 }

@@ -35,12 +35,13 @@ using Loupe.Tensors.Backends;
 namespace Loupe.Dictionaries.Sae;
 
 /// <summary>The raw sums a device step reads back (one copy), from which <see cref="SaeTrainer"/> forms its metrics.</summary>
-internal readonly record struct DeviceStepSums(double SquaredError, double L1, double Nonzero, double CenteredSquares, int DeadAfter, double AuxSquares, float AuxScale, float MinKept);
+internal readonly record struct DeviceStepSums(double SquaredError, double L1, double Nonzero, double CenteredSquares, int DeadAfter, double AuxSquares, float AuxScale, float MinKept,
+    double MatryoshkaSquares = 0);
 
 /// <summary>Parameters, Adam moments, dead-feature counters and step buffers of a dictionary on a device.</summary>
 internal sealed class DeviceSaeTraining
 {
-    const int Slots = 7;
+    const int Slots = 8;
     enum Kind { Relu, TopK, BatchTopK, JumpRelu }
     readonly IComputeBackend _b;
     readonly SparseDictionary _dict;
@@ -50,6 +51,8 @@ internal sealed class DeviceSaeTraining
     readonly bool _topK, _auxK, _unitNorm;
     readonly int _k;                       // TopK: per row; BatchTopK: kept over the whole batch
     readonly float _bandwidth;             // JumpReLU
+    readonly IReadOnlyList<int>? _widths;  // Matryoshka level widths (the last = n)
+    Tensor? _levelError, _levelScratch;    // [B, d_out] each, Matryoshka
     readonly DeviceParam[] _params;        // W_enc, b_enc, W_dec, b_dec (, W_skip) (, log_threshold): SaeParameters.Trainable's order
     readonly DeviceParam _wEnc, _bEnc, _wDec, _bDec;
     // TopK keeps W_enc feature-major on the device, [n, d_in] (the host's is [d_in, n]): its gradient dPreᵀ·x_in then has
@@ -59,7 +62,7 @@ internal sealed class DeviceSaeTraining
     readonly DeviceUpdate _update;
     Tensor _since, _sinceNext;             // [n] tokens since each feature fired, saturated at the window
     Tensor _deadBias, _deadBiasNext;       // [n] 0 for dead features, −∞ for live ones
-    readonly Tensor _metrics;              // [Slots]: Σ err², L1 (JumpReLU: L0 count), nonzeros, Σ centred², dead, Σ aux², smallest kept (BatchTopK)
+    readonly Tensor _metrics;              // [Slots]: Σ err², L1 (JumpReLU: L0 count), nonzeros, Σ centred², dead, Σ aux², smallest kept (BatchTopK), Σ inner levels' err² (Matryoshka)
     readonly Tensor _negBDec;              // [d_in]
     readonly Tensor _pre, _acts, _dPre;    // [B, n]; _pre becomes dActs once the aux loss has read it (not TopK's)
     readonly Tensor _err, _scratch;        // [B, d_out] each
@@ -97,6 +100,7 @@ internal sealed class DeviceSaeTraining
             _ => 0,
         };
         _bandwidth = dictionary.Activation is JumpReluActivation j ? j.Bandwidth : 0f;
+        _widths = (dictionary.Activation as MatryoshkaBatchTopKActivation)?.Widths;
         _unitNorm = dictionary.Activation.UnitNormDecoder;
         var b = backend;
         DeviceParam New(string name, int rows, int cols) => new(name, b.Empty(rows, cols), b.Zeros(rows, cols), b.Zeros(rows, cols), b.Zeros(rows, cols), rows, cols);
@@ -333,8 +337,23 @@ internal sealed class DeviceSaeTraining
             decoderGradWritten = true;
         }
 
-        // 6. backward: d recon = 2·err / B
+        // 6. backward: d recon = 2·err / B (Matryoshka: level by level, see MatryoshkaLevels)
         var dRecon = _err;
+        if (_widths is not null)
+        {
+            var dActs = _pre;
+            MatryoshkaLevels(decoderGradWritten, dActsWritten, dActs);
+            b.SumMiddleAxis(dRecon, 1, batch, dOut, _bDec.Grad);
+            if (_wSkip is not null) b.Gemm(true, false, dIn, dOut, batch, 1f, x, 0, dIn, dRecon, 0, dOut, 0f, _wSkip.Grad, 0, dOut);
+            if (aux)
+            {
+                b.ActivationBackward("relu", _acts, dActs, _zAux!);
+                b.Add(_dPre, _zAux!, _dPre);
+            }
+            else b.ActivationBackward("relu", _acts, dActs, _dPre);
+        }
+        else
+        {
         b.Scale(_err, 2f / batch, dRecon);
         if (_topK) b.SparseRowsTransposeTimes(_kept!, _indices!, batch, _k, dRecon, n, dOut, _wDec.Grad, accumulate: decoderGradWritten, distinctPerRow: true);
         else b.Gemm(true, false, n, dOut, batch, 1f, _acts, 0, n, dRecon, 0, dOut, decoderGradWritten ? 1f : 0f, _wDec.Grad, 0, dOut);
@@ -364,6 +383,7 @@ internal sealed class DeviceSaeTraining
             }
             else b.ActivationBackward("relu", _acts, dActs, _dPre);
         }
+        }
         if (!_encoderFeatureMajor) b.Gemm(true, false, dIn, n, batch, 1f, xIn, 0, dIn, _dPre, 0, n, 0f, _wEnc.Grad, 0, n);
         else
         {
@@ -382,7 +402,37 @@ internal sealed class DeviceSaeTraining
         // 7. the one read back
         _metrics.CopyTo(_sums);
         return new DeviceStepSums(_sums[0], _sums[1], _sums[2], _sums[3], (int)_sums[4], _sums[5], auxScale,
-            _kind == Kind.BatchTopK ? _sums[6] : float.PositiveInfinity);
+            _kind == Kind.BatchTopK ? _sums[6] : float.PositiveInfinity, _sums[7]);
+    }
+
+    // SparseDictionary.MatryoshkaLevels on the device (dense acts, as BatchTopK's are): levels outermost first, the error
+    // e of the level inwards being e minus the group's acts[:, c0..c1)·W_dec[c0..c1) (a GEMM on the column slice); D, the
+    // gradient every reconstruction of the group's features receives, accumulates 2·e/B going inwards, and drives that
+    // group's two decoder GEMMs. Leaves D_0 in _err (the gradient of b_dec and W_skip) and Σ inner e² in metric slot 7.
+    void MatryoshkaLevels(bool decoderGradWritten, bool dActsWritten, Tensor dActs)
+    {
+        var b = _b;
+        int batch = _batch, n = _n, dOut = _dOut;
+        var widths = _widths!;
+        var e = _levelError ??= b.Empty(batch, dOut);
+        var scaled = _levelScratch ??= b.Empty(batch, dOut);
+        b.CopyRows(_err, 0, dOut, e, 0, dOut, batch, dOut);
+        var d = _err;
+        b.Scale(_err, 2f / batch, d);
+        for (int g = widths.Count - 1; g >= 0; g--)
+        {
+            int c0 = g == 0 ? 0 : widths[g - 1], c1 = widths[g], width = c1 - c0;
+            if (g < widths.Count - 1)
+            {
+                b.RowDots(e, e, batch, dOut, _rowSums);
+                b.SumMiddleAxis(_rowSums, 1, batch, 1, _metrics[7], accumulate: true);
+                b.Scale(e, 2f / batch, scaled);
+                b.Add(d, scaled, d);
+            }
+            b.Gemm(true, false, width, dOut, batch, 1f, _acts, c0, n, d, 0, dOut, decoderGradWritten ? 1f : 0f, _wDec.Grad, (long)c0 * dOut, dOut);
+            b.Gemm(false, true, batch, width, dOut, 1f, d, 0, dOut, _wDec.Value, (long)c0 * dOut, dOut, dActsWritten ? 1f : 0f, dActs, c0, n);
+            if (g > 0) b.Gemm(false, false, batch, dOut, width, -1f, _acts, c0, n, _wDec.Value, (long)c0 * dOut, dOut, 1f, e, 0, dOut);
+        }
     }
 
     /// <summary>Step 8: decoder projection, clipping, Adam at <paramref name="lr"/> and 1-based <paramref name="adamStep"/>, renormalisation.</summary>

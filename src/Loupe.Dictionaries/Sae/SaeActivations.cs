@@ -161,12 +161,12 @@ public sealed class TopKActivation(int k) : SaeActivation
 /// the whole batch; at inference use the learned threshold (running mean of the smallest kept activation):
 /// acts = pre·1[pre &gt; threshold].
 /// </summary>
-public sealed class BatchTopKActivation(int k, float momentum = 0.01f) : SaeActivation
+public class BatchTopKActivation(int k, float momentum = 0.01f) : SaeActivation
 {
     public int K { get; } = k > 0 ? k : throw new ArgumentOutOfRangeException(nameof(k), "k must be positive");
     public float Momentum { get; } = momentum;
     public override string Architecture => "batchtopk";
-    public override bool HasSparsityPenalty => false;
+    public sealed override bool HasSparsityPenalty => false;
     public override bool UnitNormDecoder => true;
     public override bool SupportsAuxK => true;
     public override bool GradientOnlyWhereActive => true;
@@ -278,4 +278,59 @@ public sealed class JumpReluActivation(float bandwidth = 0.001f) : SaeActivation
         }
         return (float)(l0 * scale);
     }
+}
+
+/// <summary>
+/// Matryoshka BatchTopK SAE (Bussmann et al. 2025, arXiv 2503.17547; SAELens "matryoshka_batchtopk"): a BatchTopK SAE
+/// whose features form nested prefixes [0, w₁) ⊂ [0, w₂) ⊂ … ⊂ [0, d_sae), each trained to reconstruct the input on its
+/// own. The training loss adds, for every inner width w, Σ_d (b_dec + acts[:, :w]·W_dec[:w] − target)² / batch (the
+/// outer level is the BatchTopK loss itself), so early features must carry general concepts and cannot be absorbed
+/// into later, more specific ones. Encoding is BatchTopK's; a finished one is saved, as SAELens does, as JumpReLU.
+/// </summary>
+public sealed class MatryoshkaBatchTopKActivation : BatchTopKActivation
+{
+    /// <param name="k">Mean active features per row (over the batch).</param>
+    /// <param name="widths">Level widths, strictly increasing, the last = d_sae (SAELens's matryoshka_widths).</param>
+    /// <exception cref="ArgumentException">The widths are not strictly increasing positive numbers, or there is no inner level.</exception>
+    public MatryoshkaBatchTopKActivation(int k, IReadOnlyList<int> widths) : base(k)
+    {
+        ArgumentNullException.ThrowIfNull(widths);
+        if (widths.Count < 2) throw new ArgumentException("a Matryoshka SAE needs at least one inner width below d_sae", nameof(widths));
+        for (int i = 0; i < widths.Count; i++)
+            if (widths[i] <= 0 || (i > 0 && widths[i] <= widths[i - 1]))
+                throw new ArgumentException($"matryoshka widths must be positive and strictly increasing; found {string.Join(", ", widths)}", nameof(widths));
+        Widths = [.. widths];
+    }
+
+    public override string Architecture => "matryoshka_batchtopk";
+
+    /// <summary>The level widths; the last is d_sae.</summary>
+    public IReadOnlyList<int> Widths { get; }
+
+    /// <summary>
+    /// The widths a caller asked for, checked against d_sae and completed as SAELens does: d_sae is appended when the
+    /// list does not end with it. Messages name <paramref name="where"/> and <paramref name="field"/>.
+    /// </summary>
+    /// <exception cref="InputError">Empty, not strictly increasing, a width ≤ 0 or past d_sae, or no width below d_sae.</exception>
+    public static int[] CheckWidths(IReadOnlyList<long> widths, int dSae, string where, string field)
+    {
+        ArgumentNullException.ThrowIfNull(widths);
+        string found = string.Join(",", widths.Take(20)) + (widths.Count > 20 ? ",…" : "");
+        if (widths.Count == 0) throw InputError.Expected(where, field, "at least one width below d_sae, e.g. 128,512", "nothing");
+        for (int i = 0; i < widths.Count; i++)
+        {
+            if (widths[i] <= 0 || widths[i] > dSae)
+                throw InputError.Expected(where, field, $"widths in [1, d_sae = {dSae}]", found);
+            if (i > 0 && widths[i] <= widths[i - 1])
+                throw InputError.Expected(where, field, "strictly increasing widths", found);
+        }
+        var list = widths.Select(w => (int)w).ToList();
+        if (list[^1] != dSae) list.Add(dSae);
+        if (list.Count < 2)
+            throw InputError.Expected(where, field, $"at least one width below d_sae = {dSae} (with d_sae alone it is a plain BatchTopK SAE: use batchtopk)", found);
+        return [.. list];
+    }
+
+    /// <summary>The widths as SAELens writes them, e.g. "[128, 512, 2048]".</summary>
+    public override string ToString() => $"[{string.Join(", ", Widths)}]";
 }

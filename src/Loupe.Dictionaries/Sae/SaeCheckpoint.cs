@@ -21,7 +21,8 @@ public sealed partial class SaeTrainer
     {
         var state = TrainingCheckpoint.State(CheckpointVersion, StepsDone, cursor);
         state["scaling_factor"] = BitConverter.SingleToInt32Bits(ScalingFactor);
-        state["architecture"] = _dict.Architecture;
+        // a Matryoshka SAE's widths are part of its architecture: a resumed run must have the same levels
+        state["architecture"] = _dict.Activation is MatryoshkaBatchTopKActivation m ? $"{_dict.Architecture} {m}" : _dict.Architecture;
         state["shape"] = _dict.Shape.ToString();
         state["options"] = _o.ToString();
         state["data"] = _data?.Description ?? "";

@@ -18,8 +18,11 @@
 //   jumprelu_transcoder, jumprelu_skip_transcoder     transcoders: d_out, never apply_b_dec_to_input
 //   batchtopk                                         SAELens training checkpoints; SAELens saves a finished BatchTopK
 //                                                     SAE as "jumprelu" with θ = the learned threshold for every feature
+//   matryoshka_batchtopk                              the same, plus matryoshka_widths (the nested levels); finished, it is
+//                                                     "jumprelu" too, Loupe keeping the widths under "metadata"
 //   topk_transcoder, topk_skip_transcoder,
-//   batchtopk_transcoder, batchtopk_skip_transcoder   Loupe extensions (SAELens has no such classes)
+//   batchtopk_transcoder, batchtopk_skip_transcoder,
+//   matryoshka_batchtopk_transcoder, …_skip_transcoder Loupe extensions (SAELens has no such classes)
 //
 // Load:
 //   1. read cfg.json (top level, then metadata/meta) and map the architecture to an activation and shape;
@@ -120,6 +123,7 @@ public static partial class SaeLensFormat
             ReluActivation => "standard",
             JumpReluActivation => "jumprelu",
             TopKActivation => "topk",
+            MatryoshkaBatchTopKActivation when trainingCheckpoint => "matryoshka_batchtopk",
             BatchTopKActivation => trainingCheckpoint ? "batchtopk" : "jumprelu",
             _ => throw new ArgumentException($"activation {dict.Activation.GetType().Name} has no SAELens form", nameof(dict)),
         };
@@ -210,6 +214,8 @@ public static partial class SaeLensFormat
             json["activation_fn_kwargs"] = new JsonObject { ["k"] = cfg.K };
             json["rescale_acts_by_decoder_norm"] = false;
         }
+        var widths = (dict.Activation as MatryoshkaBatchTopKActivation)?.Widths;
+        if (widths is not null && trainingCheckpoint) json["matryoshka_widths"] = new JsonArray([.. widths.Select(w => (JsonNode)w)]);
         JsonObject Meta()
         {
             var m = new JsonObject
@@ -224,9 +230,11 @@ public static partial class SaeLensFormat
             m["prepend_bos"] = cfg.PrependBos;
             // What the hook names mean (SAELens ignores keys it does not know).
             m[HookNames.SemanticsKey] = HookNames.Semantics;
+            // A finished Matryoshka SAE is a JumpReLU SAE to SAELens; its levels stay on record (SAEMetadata keeps extra keys).
+            if (widths is not null && !trainingCheckpoint) m["matryoshka_widths"] = new JsonArray([.. widths.Select(w => (JsonNode)w)]);
             return m;
         }
-        foreach (var (key, value) in Meta()) json[key] = value?.DeepClone();
+        foreach (var (key, value) in Meta()) if (key != "matryoshka_widths") json[key] = value?.DeepClone();
         json["metadata"] = Meta();
         string text = json.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
 
@@ -338,7 +346,7 @@ public static partial class SaeLensFormat
             throw new InputError($"{cfgPath}: apply_b_dec_to_input is true for a transcoder (architecture '{arch}', d_in {dIn}, d_out {dOut}); SAELens forbids it");
 
         int k = 0;
-        if (actName is "topk" or "batchtopk")
+        if (actName is "topk" or "batchtopk" or "matryoshka_batchtopk")
         {
             long kk = Field("k") is JsonNode kf ? IntegerField(kf, "k", cfgPath) : 0;
             string kName = "k";
@@ -351,6 +359,7 @@ public static partial class SaeLensFormat
             "standard" => new ReluActivation(),
             "jumprelu" => new JumpReluActivation(),
             "topk" => new TopKActivation(k),
+            "matryoshka_batchtopk" => new MatryoshkaBatchTopKActivation(k, MatryoshkaWidthsOf(Field("matryoshka_widths"), dSae, cfgPath)),
             _ => new BatchTopKActivation(k),
         };
         string hookName = CheckHookName(Get("hook_name", Get("hook_point", "")), Field("hook_name") is null && Field("hook_point") is not null ? "hook_point" : "hook_name", cfgPath);   // hook_point: SAELens < 6 name
@@ -449,7 +458,7 @@ public static partial class SaeLensFormat
         }
 
         // 3. Fold run-time rescalings into the weights.
-        if (actName is "topk" or "batchtopk" && Get("rescale_acts_by_decoder_norm", false)) FoldDecoderNorms(dict);
+        if (actName is "topk" or "batchtopk" or "matryoshka_batchtopk" && Get("rescale_acts_by_decoder_norm", false)) FoldDecoderNorms(dict);
         if (foldFactor is float factor) dict.FoldInputScaling(factor);
         return (dict, cfg);
     }
@@ -587,7 +596,22 @@ public static partial class SaeLensFormat
         ["topk_skip_transcoder"] = ("topk", true, true),
         ["batchtopk_transcoder"] = ("batchtopk", true, false),
         ["batchtopk_skip_transcoder"] = ("batchtopk", true, true),
+        ["matryoshka_batchtopk"] = ("matryoshka_batchtopk", false, false),
+        ["matryoshka_batchtopk_transcoder"] = ("matryoshka_batchtopk", true, false),
+        ["matryoshka_batchtopk_skip_transcoder"] = ("matryoshka_batchtopk", true, true),
     };
+
+    // matryoshka_widths: a JSON array of integers, strictly increasing, within d_sae (d_sae appended when missing, as SAELens does)
+    static int[] MatryoshkaWidthsOf(JsonNode? node, int dSae, string cfgPath)
+    {
+        if (node is not JsonArray array)
+            throw InputError.Expected(cfgPath, "field 'matryoshka_widths'", "an array of level widths (architecture 'matryoshka_batchtopk')",
+                node is null ? "nothing" : Shorten(node.ToJsonString()));
+        var widths = new List<long>(array.Count);
+        foreach (var item in array)
+            widths.Add(item is null ? throw InputError.Expected(cfgPath, "field 'matryoshka_widths'", "integers", "null") : IntegerField(item, "matryoshka_widths", cfgPath));
+        return MatryoshkaBatchTopKActivation.CheckWidths(widths, dSae, cfgPath, "field 'matryoshka_widths'");
+    }
 
     static (string Activation, bool Transcoder, bool Skip) ParseArchitecture(string arch, string cfgPath) =>
         s_architectures.TryGetValue(arch, out var a) ? a

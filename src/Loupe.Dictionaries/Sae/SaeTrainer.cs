@@ -87,6 +87,8 @@ public sealed record SaeTrainingOptions
         Validate();
         int k = activation switch { TopKActivation t => t.K, BatchTopKActivation b => b.K, _ => 0 };
         if (k > 0) Check.InRange(k, 1, shape.DSae, Arg, $"--k (at most d_sae = {shape.DSae})");
+        if (activation is MatryoshkaBatchTopKActivation m && m.Widths[^1] != shape.DSae)
+            throw InputError.Expected(Arg, "--matryoshka-widths", $"widths ending at d_sae = {shape.DSae}", m.ToString());
         ValidateSize(shape, featuresOption);
         long bytes = EstimateTrainingBytes(shape, BatchSize);
         long limit = memoryLimitBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
@@ -117,19 +119,28 @@ public sealed record SaeTrainingOptions
         return (int)features;
     }
 
-    /// <summary>Parses <c>--architecture</c> and <c>--k</c> into an activation, with k in [1, d_sae] for topk / batchtopk.</summary>
-    /// <exception cref="InputError">Unknown architecture, or k out of range.</exception>
-    public static SaeActivation ActivationFor(string architecture, int k, int dSae)
+    /// <summary>
+    /// Parses <c>--architecture</c>, <c>--k</c> and <c>--matryoshka-widths</c> into an activation, with k in [1, d_sae] for
+    /// topk / batchtopk / matryoshka_batchtopk, and the widths (matryoshka_batchtopk only, where they are required) checked
+    /// and completed with d_sae as SAELens does.
+    /// </summary>
+    /// <exception cref="InputError">Unknown architecture, k out of range, widths missing, malformed or given to another architecture.</exception>
+    public static SaeActivation ActivationFor(string architecture, int k, int dSae, IReadOnlyList<long>? matryoshkaWidths = null)
     {
         ArgumentNullException.ThrowIfNull(architecture);
-        if (architecture is "topk" or "batchtopk") Check.InRange(k, 1, dSae, Arg, $"--k (at most d_sae = {dSae})");
+        if (architecture is "topk" or "batchtopk" or "matryoshka_batchtopk") Check.InRange(k, 1, dSae, Arg, $"--k (at most d_sae = {dSae})");
+        if (matryoshkaWidths is not null && architecture != "matryoshka_batchtopk")
+            throw InputError.Expected(Arg, "--matryoshka-widths", "--architecture matryoshka_batchtopk (the widths belong to it)", $"--architecture {architecture}");
         return architecture switch
         {
             "standard" or "relu" => new ReluActivation(),
             "topk" => new TopKActivation(k),
             "batchtopk" => new BatchTopKActivation(k),
+            "matryoshka_batchtopk" => new MatryoshkaBatchTopKActivation(k,
+                MatryoshkaBatchTopKActivation.CheckWidths(matryoshkaWidths ?? throw InputError.Expected(Arg, "--matryoshka-widths",
+                    "the nested widths of a matryoshka_batchtopk SAE, e.g. --matryoshka-widths 128,512", "nothing"), dSae, Arg, "--matryoshka-widths")),
             "jumprelu" => new JumpReluActivation(),
-            _ => throw InputError.Expected(Arg, "--architecture", "standard, topk, batchtopk or jumprelu", architecture),
+            _ => throw InputError.Expected(Arg, "--architecture", "standard, topk, batchtopk, matryoshka_batchtopk or jumprelu", architecture),
         };
     }
 
@@ -160,7 +171,7 @@ public sealed record SaeTrainingOptions
     {
         ArgumentNullException.ThrowIfNull(shape);
         double floats = 4.0 * ParameterCount(shape) + (double)shape.DIn * shape.DSae
-            + (double)batchSize * (5.0 * shape.DSae + 3.0 * shape.DIn + 3.0 * shape.DOut);
+            + (double)batchSize * (5.0 * shape.DSae + 3.0 * shape.DIn + 4.0 * shape.DOut);   // + a Matryoshka level's error
         double bytes = floats * 4;
         return bytes >= long.MaxValue ? long.MaxValue : (long)bytes;
     }
@@ -420,7 +431,7 @@ public sealed partial class SaeTrainer
         float mse = (float)(sums.SquaredError / batch);
         float sparsity = _dict.Activation.HasSparsityPenalty ? (float)(sums.L1 * coefficient / batch) : 0f;
         float aux = (float)(sums.AuxScale * sums.AuxSquares / batch);
-        float loss = mse + sparsity + aux;
+        float loss = mse + sparsity + aux + (float)(sums.MatryoshkaSquares / batch);
         if (!float.IsFinite(loss) || !float.IsFinite(mse) || !float.IsFinite(sparsity))
         {
             DivergedAt = step;

@@ -84,7 +84,8 @@ public sealed class SaeParameters
 }
 
 /// <summary>Result of a forward pass on one batch.</summary>
-public sealed record SaeLoss(float Loss, float Mse, float Sparsity, float L0, float ExplainedVariance, float AuxK = 0);
+/// <remarks><paramref name="MatryoshkaMse"/>: the inner levels' reconstruction losses of a Matryoshka SAE (in <paramref name="Loss"/>; 0 otherwise).</remarks>
+public sealed record SaeLoss(float Loss, float Mse, float Sparsity, float L0, float ExplainedVariance, float AuxK = 0, float MatryoshkaMse = 0);
 
 /// <summary>
 /// A sparse autoencoder or (skip-)transcoder: a linear encoder, an <see cref="SaeActivation"/>, a linear
@@ -261,18 +262,24 @@ public sealed class SparseDictionary
                 for (int j = auxRows.RowStart[b]; j < auxRows.RowStart[b + 1]; j++) dPre[b * dSae + auxRows.Col[j]] += auxGrad[j];
         }
         Mark("aux-k");
-        var result = new SaeLoss(mse + sparsity + aux, mse, sparsity, l0, ev, aux);
+        // Matryoshka: the inner levels' losses, and with a gradient, the decoder backward level by level (below)
+        var matryoshka = Activation as MatryoshkaBatchTopKActivation;
+        float[]? dPreEntries = fullySparse ? w.EntryBuffer(w.Rows.Nnz) : null;
+        float[] dRecon = err;
+        float inner = 0;
+        if (matryoshka is not null) (inner, dRecon) = MatryoshkaLevels(matryoshka.Widths, w, batch, sparse, grad, fullySparse, dPreEntries);
+        var result = new SaeLoss(mse + sparsity + aux + inner, mse, sparsity, l0, ev, aux, inner);
         if (grad is null) return result;
 
-        // d mse / d recon = 2·err / batch
-        var dRecon = err;
-        TensorPrimitives.Multiply(dRecon, 2f / batch, dRecon);
+        if (matryoshka is null)
+        {
+            // d mse / d recon = 2·err / batch
+            TensorPrimitives.Multiply(dRecon, 2f / batch, dRecon);
+            DecoderBackward(w, 0, dSae, dRecon, batch, sparse, fullySparse, grad, dPreEntries);
+        }
         // recon = acts·W_dec + b_dec + x·W_skip
         if (fullySparse)
         {
-            w.Rows.AccumulateOuter(dRecon, dOut, grad.WDec);                                          // dW_dec += actsᵀ·dRecon
-            var dPreEntries = w.EntryBuffer(w.Rows.Nnz);
-            w.Rows.DotWithRows(P.WDec, dOut, dRecon, dPreEntries);                                    // dPre = dRecon·W_decᵀ where active
             Mark("decoder backward");
             // pre = x_in·W_enc + b_enc  ⇒  dW_encᵀ[i] = Σ_b dPre[b,i]·x_in[b], db_enc[i] = Σ_b dPre[b,i]  (feature-major, then transposed)
             var wEncT = w.EncoderGradientT(Shape);
@@ -281,22 +288,6 @@ public sealed class SparseDictionary
             if (auxEntries) w.AuxRows.AccumulateOuter(xIn, dIn, wEncT, w.AuxGrad, grad.BEnc);
             Transpose(wEncT, dSae, dIn, grad.WEnc);
             Mark("sparse dW_enc");
-        }
-        else if (sparse && Activation.GradientOnlyWhereActive)
-        {
-            w.Rows.AccumulateOuter(dRecon, dOut, grad.WDec);                                          // dW_dec += actsᵀ·dRecon
-            var dots = w.EntryBuffer(w.Rows.Nnz);
-            w.Rows.DotWithRows(P.WDec, dOut, dRecon, dots);                                          // dActs += dRecon·W_decᵀ where active
-            var rows = w.Rows;
-            RowParallel.For(batch, (int)Math.Max(1, nnz / batch), b =>
-            {
-                for (int j = rows.RowStart[b]; j < rows.RowStart[b + 1]; j++) dActs[b * dSae + rows.Col[j]] += dots[j];
-            });
-        }
-        else
-        {
-            Gemm.Sgemm(true, false, dSae, dOut, batch, 1f, acts, dSae, dRecon, dOut, 1f, grad.WDec, dOut);   // dW_dec += actsᵀ·dRecon
-            Gemm.Sgemm(false, true, batch, dSae, dOut, 1f, dRecon, dOut, P.WDec, dOut, 1f, dActs, dSae);   // dActs += dRecon·W_decᵀ
         }
         ColumnSum(dRecon, batch, dOut, grad.BDec);
         if (Shape.Skip) Gemm.Sgemm(true, false, dIn, dOut, batch, 1f, x, dIn, dRecon, dOut, 0f, grad.WSkip, dOut);
@@ -319,6 +310,72 @@ public sealed class SparseDictionary
             TensorPrimitives.Subtract(grad.BDec, dXInSum, grad.BDec);
         }
         return result;
+    }
+
+    // The decoder's backward for features [c0, c1), whose reconstructions all receive the gradient dRecon [batch, d_out]:
+    // dW_dec[c0..c1) += actsᵀ·dRecon and d acts[:, c0..c1) += dRecon·W_dec[c0..c1)ᵀ — on the sparse entries (into
+    // dPreEntries when the whole backward is sparse, else scattered into DActs) or as GEMMs on the column slice.
+    void DecoderBackward(Workspace w, int c0, int c1, float[] dRecon, int batch, bool sparse, bool fullySparse, SaeParameters grad, float[]? dPreEntries)
+    {
+        int dSae = Shape.DSae, dOut = Shape.DOut;
+        if (fullySparse)
+        {
+            w.Rows.AccumulateOuter(dRecon, dOut, grad.WDec, columns: (c0, c1));                      // dW_dec += actsᵀ·dRecon
+            w.Rows.DotWithRows(P.WDec, dOut, dRecon, dPreEntries!, (c0, c1));                       // dPre = dRecon·W_decᵀ where active
+        }
+        else if (sparse && Activation.GradientOnlyWhereActive)
+        {
+            w.Rows.AccumulateOuter(dRecon, dOut, grad.WDec, columns: (c0, c1));
+            var dots = w.EntryBuffer(w.Rows.Nnz);
+            w.Rows.DotWithRows(P.WDec, dOut, dRecon, dots, (c0, c1));                                // dActs += dRecon·W_decᵀ where active
+            var rows = w.Rows;
+            var dActs = w.DActs;
+            RowParallel.For(batch, Math.Max(1, rows.Nnz / batch), b =>
+            {
+                for (int j = rows.RowStart[b]; j < rows.RowStart[b + 1]; j++)
+                    if (rows.Col[j] >= c0 && rows.Col[j] < c1) dActs[b * dSae + rows.Col[j]] += dots[j];
+            });
+        }
+        else
+        {
+            int n = c1 - c0;
+            Gemm.Sgemm(true, false, n, dOut, batch, 1f, w.Acts.AsSpan(c0), dSae, dRecon, dOut, 1f, grad.WDec.AsSpan(c0 * dOut), dOut);  // dW_dec += actsᵀ·dRecon
+            Gemm.Sgemm(false, true, batch, n, dOut, 1f, dRecon, dOut, P.WDec.AsSpan(c0 * dOut), dOut, 1f, w.DActs.AsSpan(c0), dSae);  // dActs += dRecon·W_decᵀ
+        }
+    }
+
+    // Matryoshka levels, outermost first. Level j reconstructs from the features [0, w_j): its error is
+    // e_j = e_{j+1} − acts[:, w_j..w_{j+1})·W_dec[w_j..w_{j+1}) (e_outer = err, so b_dec and W_skip are in every level),
+    // and adds Σ e_j² / batch to the loss. A feature in level g's group [w_{g−1}, w_g) appears in every level j ≥ g, so its
+    // gradient reads D_g = Σ_{j ≥ g} 2·e_j / batch, accumulated going inwards; b_dec and W_skip read D_0. Returns the inner
+    // levels' loss and D_0 (in err's buffer, as the gradient of every reconstruction); err is left as D_0 when a gradient
+    // is asked for, else unchanged.
+    (float Inner, float[] DRecon) MatryoshkaLevels(IReadOnlyList<int> widths, Workspace w, int batch, bool sparse, SaeParameters? grad,
+        bool fullySparse, float[]? dPreEntries)
+    {
+        int dSae = Shape.DSae, dOut = Shape.DOut;
+        if (widths[^1] != dSae) throw new InvalidOperationException($"the matryoshka widths end at {widths[^1]}, not d_sae = {dSae}");
+        float[] err = w.Err;
+        float[] e = w.LevelError(batch * dOut);
+        err.AsSpan(0, batch * dOut).CopyTo(e);
+        var d = err;            // D, in place of err: err is not needed once e holds it
+        if (grad is not null) TensorPrimitives.Multiply(d, 2f / batch, d);
+        double inner = 0;
+        for (int g = widths.Count - 1; g >= 0; g--)
+        {
+            int c0 = g == 0 ? 0 : widths[g - 1], c1 = widths[g];
+            if (g < widths.Count - 1)
+            {
+                inner += TensorPrimitives.SumOfSquares(e.AsSpan(0, batch * dOut));
+                if (grad is not null) TensorPrimitives.MultiplyAdd(e.AsSpan(0, batch * dOut), 2f / batch, d, d);
+            }
+            if (grad is not null) DecoderBackward(w, c0, c1, d, batch, sparse, fullySparse, grad, dPreEntries);
+            if (g == 0) break;
+            // e ← e − acts[:, c0..c1)·W_dec[c0..c1): the next level inwards lacks this group
+            if (sparse) w.Rows.MultiplyAdd(P.WDec, dOut, e, -1f, (c0, c1));
+            else Gemm.Sgemm(false, false, batch, dOut, c1 - c0, -1f, w.Acts.AsSpan(c0), dSae, P.WDec.AsSpan(c0 * dOut), dOut, 1f, e, dOut);
+        }
+        return ((float)(inner / batch), d);
     }
 
     /// <summary>
@@ -376,6 +433,8 @@ public sealed class SparseDictionary
         public float[] EncoderGradientT(SaeShape s) => _encT ??= new float[s.DSae * s.DIn]; // [d_sae, d_in]
         float[] _entries = [];
         public float[] EntryBuffer(int n) => _entries.Length >= n ? _entries : _entries = new float[n];
+        float[] _levelError = [];
+        public float[] LevelError(int n) => _levelError.Length >= n ? _levelError : _levelError = new float[n];   // [batch, d_out] Matryoshka
     }
 
     static readonly bool s_debug = Environment.GetEnvironmentVariable("LOUPE_DEBUG") == "1";

@@ -69,20 +69,28 @@ sealed class SparseRows
         }
     }
 
-    /// <summary>out[b] += Σ_j Val_j · W[Col_j] for every row (rows in parallel).</summary>
-    public void MultiplyAdd(float[] w, int d, float[] output)
+    /// <summary>
+    /// out[b] += alpha·Σ_j Val_j · W[Col_j] for every row (rows in parallel); with <paramref name="columns"/>, only the
+    /// entries whose column lies in [From, To).
+    /// </summary>
+    public void MultiplyAdd(float[] w, int d, float[] output, float alpha = 1f, (int From, int To)? columns = null)
     {
+        var (from, to) = columns ?? (0, Width);
         RowParallel.For(Batch, Math.Max(1, (RowStart[Batch] / Math.Max(1, Batch)) * d / 8), b =>
         {
             var o = output.AsSpan(b * d, d);
             for (int j = RowStart[b]; j < RowStart[b + 1]; j++)
-                TensorPrimitives.MultiplyAdd(w.AsSpan(Col[j] * d, d), Val[j], o, o);
+                if (Col[j] >= from && Col[j] < to) TensorPrimitives.MultiplyAdd(w.AsSpan(Col[j] * d, d), alpha * Val[j], o, o);
         });
     }
 
-    /// <summary>result_j = dot(g[row of j], W[Col_j]) for every entry j (rows in parallel).</summary>
-    public void DotWithRows(float[] w, int d, ReadOnlySpan<float> g, float[] result)
+    /// <summary>
+    /// result_j = dot(g[row of j], W[Col_j]) for every entry j (rows in parallel); with <paramref name="columns"/>, only
+    /// the entries whose column lies in [From, To) (the others are left as they are).
+    /// </summary>
+    public void DotWithRows(float[] w, int d, ReadOnlySpan<float> g, float[] result, (int From, int To)? columns = null)
     {
+        var (from, to) = columns ?? (0, Width);
         unsafe
         {
             fixed (float* gp = g)
@@ -92,7 +100,7 @@ sealed class SparseRows
                 {
                     var gb = new ReadOnlySpan<float>(gs + (long)b * d, d);
                     for (int j = RowStart[b]; j < RowStart[b + 1]; j++)
-                        result[j] = TensorPrimitives.Dot(w.AsSpan(Col[j] * d, d), gb);
+                        if (Col[j] >= from && Col[j] < to) result[j] = TensorPrimitives.Dot(w.AsSpan(Col[j] * d, d), gb);
                 });
             }
         }
@@ -101,10 +109,13 @@ sealed class SparseRows
     /// <summary>
     /// dW[i] += Σ_{entries j in column i} coef_j · g[row of j] (features in parallel; each feature sums
     /// its rows in ascending order, so the result is deterministic). coef defaults to Val. With
-    /// <paramref name="columnSums"/>, also columnSums[i] += Σ_j coef_j.
+    /// <paramref name="columnSums"/>, also columnSums[i] += Σ_j coef_j. With <paramref name="columns"/>, only the
+    /// features in [From, To).
     /// </summary>
-    public void AccumulateOuter(ReadOnlySpan<float> g, int d, float[] dW, float[]? coef = null, float[]? columnSums = null)
+    public void AccumulateOuter(ReadOnlySpan<float> g, int d, float[] dW, float[]? coef = null, float[]? columnSums = null,
+        (int From, int To)? columns = null)
     {
+        var (from, to) = columns ?? (0, Width);
         Transpose(coef ?? Val);
         unsafe
         {
@@ -114,8 +125,9 @@ sealed class SparseRows
                 var colStart = _colStart;
                 var colRow = _colRow;
                 var colVal = _colVal;
-                RowParallel.For(Width, Math.Max(1, (RowStart[Batch] / Math.Max(1, Width)) * d / 4), i =>
+                RowParallel.For(to - from, Math.Max(1, (RowStart[Batch] / Math.Max(1, Width)) * d / 4), f =>
                 {
+                    int i = from + f;
                     if (colStart[i] == colStart[i + 1]) return;
                     var dst = dW.AsSpan(i * d, d);
                     float sum = 0;

@@ -176,6 +176,9 @@ public sealed class CrossLayerTranscoder : IMlpReplacement
     internal CrossLayerTranscoder(CltShape shape, SaeActivation activation, string inputHookPattern, string outputHookPattern, string source, bool decoders)
     {
         Activation = activation ?? throw new ArgumentNullException(nameof(activation));
+        // its nested losses are SparseDictionary's; a CLT would train it as a plain BatchTopK, silently
+        if (activation is MatryoshkaBatchTopKActivation)
+            throw new ArgumentException("cross-layer transcoders have no Matryoshka form; use BatchTopKActivation", nameof(activation));
         P = new CltParameters(shape, decoders);
         InputHookPattern = CheckPattern(inputHookPattern, nameof(inputHookPattern));
         OutputHookPattern = CheckPattern(outputHookPattern, nameof(outputHookPattern));

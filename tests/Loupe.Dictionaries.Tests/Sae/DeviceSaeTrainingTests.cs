@@ -44,6 +44,8 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
         "standard-transcoder" => Init(new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 12), new ReluActivation())),
         "batchtopk" => Init(new SparseDictionary(SaeShape.Sae(DIn, DSae), new BatchTopKActivation(4, momentum: 0.2f))),
         "batchtopk-transcoder" => Init(new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 12), new BatchTopKActivation(3))),
+        "matryoshka" => Init(new SparseDictionary(SaeShape.Sae(DIn, DSae), new MatryoshkaBatchTopKActivation(4, [8, 24, DSae]))),
+        "matryoshka-skip-transcoder" => Init(new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 12, skip: true), new MatryoshkaBatchTopKActivation(3, [5, DSae]))),
         // a bandwidth and threshold at the scale of the pre-activations, so that the straight-through window holds entries
         "jumprelu" => Init(new SparseDictionary(SaeShape.Sae(DIn, DSae), new JumpReluActivation(bandwidth: 0.2f)), threshold: 0.1f),
         "jumprelu-skip-transcoder" => Init(new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 12, skip: true), new JumpReluActivation(bandwidth: 0.2f)), threshold: 0.1f),
@@ -77,6 +79,8 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
     [InlineData("batchtopk-transcoder")]
     [InlineData("jumprelu")]
     [InlineData("jumprelu-skip-transcoder")]
+    [InlineData("matryoshka")]
+    [InlineData("matryoshka-skip-transcoder")]
     public void DeviceTrainingMatchesHostTrainingStepByStep(string kind)
     {
         var hostDict = NewDictionary(kind);
@@ -99,7 +103,7 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
             Assert.Equal(h.LearningRate, d.LearningRate);
             sawDead |= h.DeadFraction > 0;
         }
-        if (kind.Contains("topk", StringComparison.Ordinal)) Assert.True(sawDead, "the run should have dead features, so aux-k is exercised");
+        if (kind.Contains("topk", StringComparison.Ordinal) || kind.StartsWith("matryoshka", StringComparison.Ordinal)) Assert.True(sawDead, "the run should have dead features, so aux-k is exercised");
         host.Finish();
         device.Finish();
         var (hp, dp) = (host.Dictionary.P, device.Dictionary.P);
@@ -113,7 +117,7 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
             Assert.NotEqual(0.1f, hp.LogThreshold.Select(MathF.Exp).Max(), 1e-4f); // the threshold was trained
             DeviceTrainingChecks.CloseArrays(hp.LogThreshold, dp.LogThreshold, 1e-3, "log_threshold");
         }
-        if (kind.StartsWith("batchtopk", StringComparison.Ordinal))
+        if (kind.StartsWith("batchtopk", StringComparison.Ordinal) || kind.StartsWith("matryoshka", StringComparison.Ordinal))
         {
             Assert.True(hp.Threshold[0] > 0, "the inference threshold was learned");
             DeviceTrainingChecks.Close(hp.Threshold[0], dp.Threshold[0], 1e-3, 1e-6, "BatchTopK threshold");
@@ -137,6 +141,7 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
     [InlineData("standard")]
     [InlineData("batchtopk")]
     [InlineData("jumprelu")]
+    [InlineData("matryoshka")]
     public void ADeviceCheckpointResumesToTheSameWeights(string kind)
     {
         var data = Data(NewDictionary(kind));
@@ -175,6 +180,7 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
     [InlineData("standard")]
     [InlineData("batchtopk")]
     [InlineData("jumprelu")]
+    [InlineData("matryoshka")]
     public void AStepCopiesItsBatchInAndItsMetricsOut(string kind)
     {
         var backend = fixture.Backend;
@@ -182,7 +188,7 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
         var trainer = new SaeTrainer(dict, Options(kind), backend);
         trainer.Begin(Data(dict));
         // buffers allocated, and (TopK, BatchTopK) steps until there are dead features, so that aux-k runs in the steps measured
-        bool auxK = kind.Contains("topk", StringComparison.Ordinal);
+        bool auxK = kind.Contains("topk", StringComparison.Ordinal) || kind.StartsWith("matryoshka", StringComparison.Ordinal);
         var last = trainer.Step();
         for (int taken = 1; taken < 3 || (auxK && last.DeadFraction == 0 && taken < Steps - 2); taken++) last = trainer.Step();
 

@@ -7,7 +7,7 @@ public class SaeGradientTests
 {
     const int DIn = 6, DSae = 10, Batch = 5;
 
-    public static TheoryData<string> Architectures => new() { "standard", "topk", "batchtopk", "jumprelu", "transcoder", "skip_transcoder" };
+    public static TheoryData<string> Architectures => new() { "standard", "topk", "batchtopk", "jumprelu", "transcoder", "skip_transcoder", "matryoshka", "matryoshka_skip_transcoder" };
 
     static SparseDictionary Make(string arch)
     {
@@ -18,6 +18,8 @@ public class SaeGradientTests
             "batchtopk" => new SparseDictionary(SaeShape.Sae(DIn, DSae), new BatchTopKActivation(3)),
             "jumprelu" => new SparseDictionary(SaeShape.Sae(DIn, DSae), new JumpReluActivation(0.05f)),
             "transcoder" => new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 4), new ReluActivation()),
+            "matryoshka" => new SparseDictionary(SaeShape.Sae(DIn, DSae), new MatryoshkaBatchTopKActivation(3, [2, 5, DSae])),
+            "matryoshka_skip_transcoder" => new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 4, skip: true), new MatryoshkaBatchTopKActivation(4, [3, DSae])),
             _ => new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 4, skip: true), new ReluActivation()),
         };
         d.Initialize(seed: 1, decoderNorm: 0.7f, initThreshold: 0.05f);

@@ -60,7 +60,7 @@ public class SaeResumeTests : IDisposable
         }
     }
 
-    public static TheoryData<string> Cases => new() { "standard", "topk", "batchtopk", "jumprelu", "skip_transcoder" };
+    public static TheoryData<string> Cases => new() { "standard", "topk", "batchtopk", "matryoshka", "jumprelu", "skip_transcoder" };
 
     static SaeTrainer MakeTrainer(string arch)
     {
@@ -69,6 +69,7 @@ public class SaeResumeTests : IDisposable
             "standard" => new(SaeShape.Sae(6, 24), new ReluActivation()),
             "topk" => new(SaeShape.Sae(6, 24), new TopKActivation(3)),
             "batchtopk" => new(SaeShape.Sae(6, 24), new BatchTopKActivation(3)),
+            "matryoshka" => new(SaeShape.Sae(6, 24), new MatryoshkaBatchTopKActivation(3, [4, 12, 24])),
             "jumprelu" => new(SaeShape.Sae(6, 24), new JumpReluActivation(0.05f)),
             _ => new(SaeShape.Transcoder(6, 24, 4, skip: true), new TopKActivation(3)),
         };

@@ -19,6 +19,8 @@ public class SparseStepTests
     [InlineData("batchtopk")]
     [InlineData("jumprelu")]
     [InlineData("skip_transcoder")]
+    [InlineData("matryoshka")]
+    [InlineData("matryoshka_skip_transcoder")]
     public void SparseAndDenseDecoderPathsGiveTheSameLossAndGradients(string arch)
     {
         const int dIn = 24, dSae = 96, batch = 40;
@@ -30,6 +32,8 @@ public class SparseStepTests
                 "topk" => new SparseDictionary(SaeShape.Sae(dIn, dSae), new TopKActivation(4)),
                 "batchtopk" => new SparseDictionary(SaeShape.Sae(dIn, dSae), new BatchTopKActivation(4)),
                 "jumprelu" => new SparseDictionary(SaeShape.Sae(dIn, dSae), new JumpReluActivation(0.05f)),
+                "matryoshka" => new SparseDictionary(SaeShape.Sae(dIn, dSae), new MatryoshkaBatchTopKActivation(4, [dSae / 8, dSae / 3, dSae])),
+                "matryoshka_skip_transcoder" => new SparseDictionary(SaeShape.Transcoder(dIn, dSae, 16, skip: true), new MatryoshkaBatchTopKActivation(5, [3, dSae / 2, dSae])),
                 _ => new SparseDictionary(SaeShape.Transcoder(dIn, dSae, 16, skip: true), new TopKActivation(5)),
             };
             d.Initialize(seed: 5, decoderNorm: 0.5f, initThreshold: 0.3f);
