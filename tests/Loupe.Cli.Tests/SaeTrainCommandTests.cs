@@ -52,6 +52,39 @@ public class SaeTrainCommandTests : IDisposable
     }
 
     [RequiresSharedFact(Model, Brown)]
+    public void MatryoshkaTrainsFromAHarvestAndItsLevelsAreCheckedByName()
+    {
+        var (code, _, err) = RunLoupe(HarvestArgs(Sub("acts"), 32, 1000));
+        Assert.True(code == 0, err);
+        string[] Train(string output, params string[] extra) =>
+            ["sae", "train", "--activations", Sub("acts"), "--architecture", "matryoshka_batchtopk", "--k", "8", "--d-sae", "256",
+             "--steps", "20", "--batch-size", "128", .. extra, "--out", output];
+        (code, var stdout, err) = RunLoupe(Train(Sub("m"), "--matryoshka-widths", "16,64"));
+        Assert.True(code == 0, err);
+        Assert.Contains("matryoshka_batchtopk (levels [16, 64, 256]) d_in 64 → d_sae 256", stdout);
+        var (dict, _) = DictionaryFile.Load(Sub("m"));
+        Assert.IsType<JumpReluActivation>(dict.Activation); // as SAELens saves a finished one
+        Assert.Contains("\"matryoshka_widths\"", File.ReadAllText(Path.Combine(Sub("m"), SaeLensFormat.ConfigFile)));
+
+        foreach (var (args, expected) in new[]
+        {
+            (Train(Sub("m1")), "--matryoshka-widths"),
+            (Train(Sub("m2"), "--matryoshka-widths", "64,16"), "strictly increasing"),
+            (Train(Sub("m3"), "--matryoshka-widths", "16,512"), "[1, d_sae = 256]"),
+            (Train(Sub("m4"), "--matryoshka-widths", "16,x"), "--matryoshka-widths"),
+            (Train(Sub("m5"), "--matryoshka-widths", "256"), "plain BatchTopK"),
+        })
+        {
+            (code, _, err) = RunLoupe(args);
+            AssertRefused((code, "", err));
+            Assert.Contains(expected, err);
+        }
+        (code, _, err) = RunLoupe("sae", "train", "--activations", Sub("acts"), "--architecture", "topk", "--matryoshka-widths", "16", "--out", Sub("m6"));
+        AssertRefused((code, "", err));
+        Assert.Contains("--architecture matryoshka_batchtopk", err);
+    }
+
+    [RequiresSharedFact(Model, Brown)]
     public void SkipTranscoderFromAHarvestOfTheMlpInputAndOutputEvaluatesSpliced()
     {
         var (code, _, err) = RunLoupe("harvest", "--model", SharedData.Require(Model), "--source", "brown:" + SharedData.Require(Brown),

@@ -53,6 +53,12 @@ public sealed class SaeLensTarget : FuzzTarget
             SaeLensFormat.Save(folder, dict, template);
             seeds.Add(SeedFiles.FromFolder($"generated:saelens-{id}", folder, SaeLensFormat.ConfigFile, SaeLensFormat.WeightsFile));
         }
+        // a Matryoshka training checkpoint: architecture matryoshka_batchtopk with k, topk_threshold and matryoshka_widths
+        var matryoshka = DictionaryChecks.Make(SaeShape.Sae(16, 32), new MatryoshkaBatchTopKActivation(4, [4, 12, 32]), 6);
+        matryoshka.P.Threshold[0] = 0.2f;
+        var matryoshkaFolder = Path.Combine(context.Scratch, "saelens", "matryoshka-training");
+        SaeLensFormat.Save(matryoshkaFolder, matryoshka, resid, trainingCheckpoint: true);
+        seeds.Add(SeedFiles.FromFolder("generated:saelens-matryoshka-training", matryoshkaFolder, SaeLensFormat.ConfigFile, SaeLensFormat.WeightsFile));
         if (context.Shared("fixtures/attribution/transcoders/layer_0") is { } tc)
             seeds.Add(SeedFiles.FromFolder("shared:fixtures/attribution/transcoders/layer_0", tc, SaeLensFormat.ConfigFile, SaeLensFormat.WeightsFile));
         return seeds;

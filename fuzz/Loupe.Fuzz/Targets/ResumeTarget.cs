@@ -18,7 +18,7 @@ public sealed class ResumeTarget : FuzzTarget
     string _activations = "";
     const int StepsBefore = 3, Steps = 6, DSae = 32;
 
-    static readonly string[] Architectures = ["standard", "topk", "batchtopk", "jumprelu"];
+    static readonly string[] Architectures = ["standard", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"];
 
     public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
     {
@@ -50,7 +50,7 @@ public sealed class ResumeTarget : FuzzTarget
     /// <summary>The trainer the run was started with; the checkpoint stores what it needs to continue it (steps excepted).</summary>
     static SaeTrainer Trainer(string architecture)
     {
-        var activation = SaeTrainingOptions.ActivationFor(architecture, 4, DSae);
+        var activation = SaeTrainingOptions.ActivationFor(architecture, 4, DSae, architecture == "matryoshka_batchtopk" ? [4, 12] : null);
         var dict = new SparseDictionary(SaeShape.Sae(64, DSae), activation);
         dict.Initialize(seed: 2);
         return new SaeTrainer(dict, new SaeTrainingOptions

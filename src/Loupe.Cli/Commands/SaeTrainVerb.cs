@@ -138,7 +138,7 @@ static class SaeTrainVerb
                         SaeTrainingRun.Run(trainer, data, outFolder, parse.GetValue(checkpointEvery), parse.GetValue(resume), template, progress);
                     });
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{dict.Architecture} d_in {shape.DIn} → d_sae {shape.DSae}{(outHook is null ? "" : $" → d_out {shape.DOut}")}: " +
+                    $"{dict.Architecture}{(dict.Activation is MatryoshkaBatchTopKActivation levels ? $" (levels {levels})" : "")} d_in {shape.DIn} → d_sae {shape.DSae}{(outHook is null ? "" : $" → d_out {shape.DOut}")}: " +
                     $"{(last is null ? "already complete" : $"last step L0 {last.L0:F1}, explained variance {last.ExplainedVariance:F3}, dead {last.DeadFraction:P1}")} " +
                     $"in {clock.Elapsed.TotalSeconds:F1} s → {outFolder}"));
                 return 0;

@@ -17,8 +17,9 @@ static class ToyCommand
         var output = new Option<string>("--out", "-o") { Description = "Output folder: toy.json, phase-norm.svg, phase-cosine.svg, geometry.svg", Required = true };
         var command = new Command("toy",
             "Toy models of superposition: the 2-feature, 1-dimension phase diagram over density × relative importance, the geometry of " +
-            "5 features in 2 dimensions as they get sparser, and how well a TopK SAE trained on a toy model's hidden activations " +
-            "recovers the true feature directions (known by construction).\n\nExamples:\n  loupe toy --out toy/")
+            "5 features in 2 dimensions as they get sparser, how well a TopK SAE trained on a toy model's hidden activations " +
+            "recovers the true feature directions (known by construction), and feature absorption on a toy with parent and child " +
+            "features (BatchTopK against Matryoshka BatchTopK).\n\nExamples:\n  loupe toy --out toy/")
         { steps, seed, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
@@ -51,12 +52,37 @@ static class ToyCommand
             var recovery = ToyStudies.SaeRecovery(superposed, new TopKActivation(2), dSae: 20, steps: Math.Max(500, n / 2), seed: s + 1);
             Console.WriteLine($"SAE check (10 features in 5 dimensions, density 0.05; TopK k=2, 20 features): mean max cosine to the true directions {F(recovery.MeanMaxCosine)} over {recovery.Represented.Count(r => r)} represented features, explained variance {F(recovery.ExplainedVariance)}");
 
+            // Absorption: a BatchTopK and a Matryoshka SAE on the hierarchical toy (parents, exclusive children, others)
+            var absorptionToy = new AbsorptionToy();
+            int nAbs = absorptionToy.Features;
+            int[] levels = [absorptionToy.Parents, absorptionToy.Parents * (1 + absorptionToy.ChildrenPerParent), nAbs];
+            int absorptionSteps = Math.Max(1000, n);
+            var absorption = new[]
+            {
+                ToyAbsorptionStudy.Run(absorptionToy, new BatchTopKActivation(2), nAbs, absorptionSteps, seed: s),
+                ToyAbsorptionStudy.Run(absorptionToy, new MatryoshkaBatchTopKActivation(2, levels), nAbs, absorptionSteps, seed: s),
+            };
+            Console.WriteLine($"absorption ({absorptionToy.Parents} parents × {absorptionToy.ChildrenPerParent} exclusive children + {absorptionToy.Others} others in {absorptionToy.DModel} dimensions, " +
+                              $"{F(absorptionToy.MeanL0)} features a row; k = 2, {nAbs} latents): parent latent silent when a child fires / children's decoders · parent direction");
+            foreach (var r in absorption)
+                Console.WriteLine($"  {r.Architecture,-22} absorption {F(r.MeanAbsorption),-6} child-decoder cosine {F(r.MeanChildDecoderParentCosine),-6} explained variance {F(r.ExplainedVariance)}");
+
             string json = Path.Combine(folder, "toy.json");
             AtomicFile.WriteJson(json, new
             {
                 phase_diagram = cells.Select(c => new { c.Density, c.RelativeImportance, c.Norm1, c.Norm2, c.Cosine, Phase = c.Phase.ToString() }),
                 geometry = geometryDensities.Zip(geometry, (d, t) => new { density = d, norms = Enumerable.Range(0, 5).Select(t.Norm).ToArray(), dimensions_per_feature = t.DimensionsPerFeature, w = t.W }),
                 sae_recovery = new { features = 10, hidden = 5, density = 0.05, k = 2, d_sae = 20, recovery.MaxCosine, recovery.Represented, recovery.MeanMaxCosine, recovery.ExplainedVariance },
+                absorption = new
+                {
+                    toy = absorptionToy, k = 2, d_sae = nAbs, matryoshka_widths = levels, steps = absorptionSteps,
+                    results = absorption.Select(r => new
+                    {
+                        architecture = r.Architecture, mean_absorption = r.MeanAbsorption, mean_child_decoder_parent_cosine = r.MeanChildDecoderParentCosine,
+                        explained_variance = r.ExplainedVariance, l0 = r.L0, mean_max_cosine = r.MeanMaxCosine,
+                        parents = r.Parents.Select(p => new { parent = p.Parent, latent = p.Latent, cosine = p.Cosine, recall_alone = p.RecallAlone, recall_with_child = p.RecallWithChild, absorption = p.Absorption, child_decoder_parent_cosine = p.ChildDecoderParentCosine }),
+                    }),
+                },
                 steps = n,
                 seed = s,
             });
