@@ -65,6 +65,22 @@ public class SaeTrainCommandTests : IDisposable
         var (dict, _) = DictionaryFile.Load(Sub("m"));
         Assert.IsType<JumpReluActivation>(dict.Activation); // as SAELens saves a finished one
         Assert.Contains("\"matryoshka_widths\"", File.ReadAllText(Path.Combine(Sub("m"), SaeLensFormat.ConfigFile)));
+        // sae eval reads the levels back from cfg.json and measures each prefix alone (or the prefixes asked for)
+        string[] Eval(string output, params string[] extra) =>
+            ["sae", "eval", "--model", SharedData.Require(Model), "--sae", Sub("m"), "--source", "brown:" + SharedData.Require(Brown),
+             "--context-size", "32", "--max-contexts", "4", .. extra, "--out", output];
+        (code, stdout, err) = RunLoupe(Eval(Sub("eval")));
+        Assert.True(code == 0, err);
+        Assert.Contains("latents [0, 16) alone", stdout);
+        Assert.Contains("latents [0, 64) alone", stdout);
+        Assert.Contains("\"levels\"", File.ReadAllText(Path.Combine(Sub("eval"), "eval.json")));
+        (code, stdout, err) = RunLoupe(Eval(Sub("eval2"), "--levels", "100"));
+        Assert.True(code == 0, err);
+        Assert.Contains("latents [0, 100) alone", stdout);
+        Assert.DoesNotContain("latents [0, 16) alone", stdout);
+        (code, _, err) = RunLoupe(Eval(Sub("eval3"), "--levels", "100,50"));
+        AssertRefused((code, "", err));
+        Assert.Contains("--levels", err);
 
         foreach (var (args, expected) in new[]
         {
@@ -72,7 +88,7 @@ public class SaeTrainCommandTests : IDisposable
             (Train(Sub("m2"), "--matryoshka-widths", "64,16"), "strictly increasing"),
             (Train(Sub("m3"), "--matryoshka-widths", "16,512"), "[1, d_sae = 256]"),
             (Train(Sub("m4"), "--matryoshka-widths", "16,x"), "--matryoshka-widths"),
-            (Train(Sub("m5"), "--matryoshka-widths", "256"), "plain BatchTopK"),
+            (Train(Sub("m5"), "--matryoshka-widths", "256"), "at least one width below d_sae = 256"),
         })
         {
             (code, _, err) = RunLoupe(args);

@@ -662,6 +662,13 @@ static class CliSupport
         return new HookPattern(patterns).Select(available);
     }
 
+    /// <summary>A comma-separated list of integers ("128,512"); ranges and order are the caller's to check.</summary>
+    /// <exception cref="InputError">An entry is not an integer (the message names <paramref name="option"/> and shows <paramref name="example"/>).</exception>
+    public static long[] IntegerList(string text, string option, string example) =>
+        [.. text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(v => long.TryParse(v, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out long n) ? n
+                : throw InputError.Expected("argument", option, example, text))];
+
     /// <summary>An integer option's value in [min, max].</summary>
     /// <exception cref="InputError">Outside the range (the message names the option).</exception>
     public static int Int(ParseResult parse, Option<int> option, long min, long max = int.MaxValue) =>

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using Loupe.Dictionaries.Evaluation;
 using Loupe.Dictionaries.Harvest;
+using Loupe.Dictionaries.Sae;
 using Loupe.Dictionaries.Splice;
 using Spectre.Console;
 
@@ -34,6 +35,10 @@ static class SaeEvalVerb
             Description = "Token ids left out of the activation metrics and not spliced (comma-separated, or \"none\"); default: the model's BOS and EOS",
         };
         var denseThreshold = new Option<double>("--dense-threshold") { Description = "A feature firing on more than this fraction of tokens counts as dense", DefaultValueFactory = _ => 0.1 };
+        var levels = new Option<string?>("--levels")
+        {
+            Description = "Prefix widths whose reconstruction is measured alone, e.g. 128,512 (default: a Matryoshka SAE's inner levels, from cfg.json's matryoshka_widths; none for other dictionaries)",
+        };
         var output = new Option<string>("--out", "-o") { Description = "Output folder for eval.json and density.svg (written atomically)", Required = true };
         var command = new Command("eval",
             "Evaluate an SAE or transcoder spliced into the model (SAELens's evals.py definitions): L0, fraction of variance\n" +
@@ -45,7 +50,7 @@ static class SaeEvalVerb
             "  loupe sae eval --model ../shared/models/stories260K --sae tc/ --hook blocks.1.mlp.hook_in --hook-out blocks.1.hook_mlp_out \\\n" +
             "      --source generate:200 --context-size 64 --max-contexts 32 --out tc-eval/\n" +
             "  loupe sae eval --model ../shared/models/stories260K --sae sae/ --source generate:200 --device cuda --out eval/")
-        { model, sae, hook, hookOut, source, contextSize, maxContexts, batchSize, seed, exclude, denseThreshold, output };
+        { model, sae, hook, hookOut, source, contextSize, maxContexts, batchSize, seed, exclude, denseThreshold, levels, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             // Cheap checks first, so a typo fails before the model loads.
@@ -64,11 +69,16 @@ static class SaeEvalVerb
             var text = HarvestCommand.ParseSource(m, parse.GetValue(source)!, seedValue);
             var contexts = CliSupport.Status.Status().Start("tokenizing into contexts",
                 _ => ContextBuilder.ForModel(m, text, CliSupport.ContextSize(tokensPerContext, m), seedValue, contextCount));
+            int dSae = splice.Dictionary.Shape.DSae;
+            int[] prefixWidths = parse.GetValue(levels) is { } given
+                ? MatryoshkaBatchTopKActivation.CheckWidths(CliSupport.IntegerList(given, "--levels", "ascending integers like 128,512"), dSae, "argument", "--levels")[..^1]
+                : cfg.MatryoshkaLevels() is { Length: > 1 } recorded ? recorded[..^1] : [];
             var options = new SaeEvalOptions
             {
                 BatchSize = contextsPerPass,
                 ExcludeTokens = excluded,
                 DenseThreshold = dense,
+                Levels = prefixWidths,
             };
             SaeEvalResult? result = null;
             CliSupport.Status.Progress().AutoClear(true)
@@ -123,6 +133,8 @@ static class SaeEvalVerb
             ($"dense features (> {F(r.DenseThreshold, "G3")})", $"{r.DenseFeatures} ({F(100 * r.DenseFraction, "F1")}%)"),
         };
         foreach (var (name, value) in rows) Console.WriteLine($"  {name,-32} {value}");
+        foreach (var level in r.Levels)
+            Console.WriteLine($"  {$"latents [0, {level.Width}) alone",-32} explained variance {F(level.ExplainedVariance)}, MSE {F(level.Mse, "G5")}");
         Console.WriteLine($"  {"log10 density histogram",-32} {Sparkline(r.DensityHistogram.Counts)}  [−10 … 0]");
     }
 

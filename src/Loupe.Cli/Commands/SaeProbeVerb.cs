@@ -80,7 +80,6 @@ static class SaeProbeVerb
     }
 
     static int[] ParseKs(string text) =>
-        [.. text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-            .Select(v => int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int k) ? k
-                : throw InputError.Expected("argument", "--ks", "ascending integers like 1,5,20", text))];
+        [.. CliSupport.IntegerList(text, "--ks", "ascending integers like 1,5,20").Select(k => k is >= int.MinValue and <= int.MaxValue ? (int)k
+            : throw InputError.Expected("argument", "--ks", "ascending integers like 1,5,20", text))];
 }

@@ -94,7 +94,7 @@ static class SaeTrainVerb
                 bool featuresGiven = parse.GetValue(dSae) is not null;
                 int features = SaeTrainingOptions.FeatureCount(parse.GetValue(dSae), parse.GetValue(expansion), data.DIn);
                 SaeActivation act = SaeTrainingOptions.ActivationFor(parse.GetValue(architecture)!, parse.GetValue(k), features,
-                    parse.GetValue(matryoshkaWidths) is { } widths ? ParseWidths(widths) : null);
+                    parse.GetValue(matryoshkaWidths) is { } widths ? CliSupport.IntegerList(widths, "--matryoshka-widths", "ascending integers like 128,512,2048") : null);
                 if (outHook is null && parse.GetValue(skip)) throw new InputError("argument: --skip needs --target-hook (a skip connection belongs to a transcoder)");
                 var shape = outHook is null ? SaeShape.Sae(data.DIn, features) : SaeShape.Transcoder(data.DIn, features, data.DOut, parse.GetValue(skip));
                 var options = new SaeTrainingOptions
@@ -150,10 +150,4 @@ static class SaeTrainVerb
         }));
         return command;
     }
-
-    // "128,512,2048" → the numbers; their order and range are MatryoshkaBatchTopKActivation.CheckWidths's to judge
-    static long[] ParseWidths(string text) =>
-        [.. text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-            .Select(v => long.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out long w) ? w
-                : throw InputError.Expected("argument", "--matryoshka-widths", "ascending integers like 128,512,2048", text))];
 }

@@ -7,6 +7,7 @@
 //    RowDots give ‖x‖², ‖x̂‖², x·x̂ and ‖x − x̂‖²; ReconstructionRowStats gives the cosine and norm ratio; 1[acts > 0]
 //    (ReLU's derivative at the acts) gives per-feature firing counts (SumMiddleAxis) and, dotted with the acts, L1.
 //    Σ x and Σ x² per dimension come from SumMiddleAxis; counts and per-dimension sums share one read-back.
+//    Levels: e_w = (x − x̂) + acts[:, w:]·W_dec[w:] (a GEMM on the column slice, W_dec uploaded once), Σ e_w² summed there.
 // Sums run in float per row and double across rows, in another order than the host's: results agree to a tolerance.
 using Loupe.Models;
 using Loupe.Tensors;
@@ -17,8 +18,11 @@ namespace Loupe.Dictionaries.Evaluation;
 public static partial class SaeEvaluator
 {
     /// <summary>The device side of the accumulation (see the steps at the top of this file).</summary>
-    sealed class DeviceSums(IComputeBackend backend, int dSae, int dOut)
+    sealed class DeviceSums(IComputeBackend backend, int dSae, int dOut, int[] levels, float[] wDec)
     {
+        // the decoder, for the levels' reconstructions: uploaded once, only when levels are asked for
+        readonly Tensor? _wDec = levels.Length == 0 ? null : backend.ToDevice(Tensor.FromArray(wDec, dSae, dOut), TransferKind.Weights);
+
         /// <summary>The clean run's log-probabilities and probabilities of one batch, reused by both runs' KL.</summary>
         public sealed record Clean(Tensor Logits, Tensor LogP, Tensor P, int[] Targets, int Rows, int Vocab);
 
@@ -98,6 +102,17 @@ public static partial class SaeEvaluator
             backend.Scale(r2, -1f, e);
             backend.Add(x, e, e);
             acc.SquaredError += backend.Sum(Dots(e, e, dOut));
+            if (_wDec is not null)
+            {
+                var ew = backend.Empty(m, dOut);
+                for (int l = 0; l < levels.Length; l++)
+                {
+                    int w = levels[l];
+                    backend.CopyRows(e, 0, dOut, ew, 0, dOut, m, dOut);
+                    backend.Gemm(false, false, m, dOut, dSae - w, 1f, a, w, dSae, _wDec, (long)w * dOut, dOut, 1f, ew, 0, dOut);
+                    acc.LevelSquaredError[l] += backend.Sum(Dots(ew, ew, dOut));
+                }
+            }
             var cosine = backend.Empty(m);
             var ratio = backend.Empty(m);
             backend.ReconstructionRowStats(xx, rr, dot, 1e-4f, cosine, ratio);

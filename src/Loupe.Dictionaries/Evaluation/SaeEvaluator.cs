@@ -19,6 +19,8 @@
 //    (CE_zero − CE_sae) / (CE_zero − CE_clean); KL score = (KL_zero − KL_sae) / KL_zero; feature density =
 //    firing positions / evaluated positions; dead = never fired; dense = density > DenseThreshold;
 //    histogram of log10(density + 1e-10) (SAELens's logged feature-density histogram).
+// Levels (Matryoshka SAEs, or any prefix widths asked for): for each width w, the reconstruction from the latents [0, w)
+// alone, x̂_w = x̂ − acts[:, w:]·W_dec[w:], gives that prefix's MSE and FVU at the same positions (step 6).
 // With the model on a device, the splice runs there and steps 5–6 are sums taken there (SaeEvaluator.Device.cs):
 // per batch only scalars and one vector of per-feature counts and per-dimension sums come back, never logits.
 using Loupe.Dictionaries.Harvest;
@@ -50,7 +52,20 @@ public sealed record SaeEvalOptions
 
     /// <summary>Width of a density-histogram bin in log10 units (bins span [−10, 0]).</summary>
     public double HistogramBinWidth { get; init; } = 0.5;
+
+    /// <summary>
+    /// Prefix widths whose reconstruction is measured alone (a Matryoshka SAE's inner levels): strictly increasing, each
+    /// in [1, d_sae). Empty: none.
+    /// </summary>
+    public IReadOnlyList<int> Levels { get; init; } = [];
 }
+
+/// <summary>The reconstruction from a prefix of the latents, [0, Width), at the evaluated positions.</summary>
+/// <param name="Width">Latents used.</param>
+/// <param name="Mse">‖x − x̂_w‖² per position.</param>
+/// <param name="Fvu">Σ‖x − x̂_w‖² / Σ‖x − x̄‖².</param>
+/// <param name="ExplainedVariance">1 − FVU.</param>
+public sealed record LevelMetrics(int Width, double Mse, double Fvu, double ExplainedVariance);
 
 /// <summary>Progress of an evaluation: contexts done out of all.</summary>
 public readonly record struct SaeEvalProgress(int ContextsDone, int TotalContexts);
@@ -113,6 +128,8 @@ public sealed record SaeEvalResult
     /// <summary>Per feature: the fraction of evaluated positions where it fired <c>[d_sae]</c>.</summary>
     public required double[] FeatureDensity { get; init; }
     public required DensityHistogram DensityHistogram { get; init; }
+    /// <summary>Per prefix width asked for (<see cref="SaeEvalOptions.Levels"/>), ascending; empty when none was.</summary>
+    public LevelMetrics[] Levels { get; init; } = [];
     public required double Seconds { get; init; }
 }
 
@@ -136,19 +153,23 @@ public static partial class SaeEvaluator
         if (options.BatchSize < 1) throw new ArgumentOutOfRangeException(nameof(options), $"batch size must be at least 1 (got {options.BatchSize})");
         if (!(options.DenseThreshold is >= 0 and <= 1)) throw new ArgumentOutOfRangeException(nameof(options), $"dense threshold must be in [0, 1] (got {options.DenseThreshold})");
         if (!(options.HistogramBinWidth > 0)) throw new ArgumentOutOfRangeException(nameof(options), $"histogram bin width must be positive (got {options.HistogramBinWidth})");
+        var levels = options.Levels.ToArray();
+        for (int i = 0; i < levels.Length; i++)
+            if (levels[i] < 1 || levels[i] >= dictionary.Shape.DSae || (i > 0 && levels[i] <= levels[i - 1]))
+                throw new ArgumentOutOfRangeException(nameof(options), $"levels must be strictly increasing widths in [1, d_sae = {dictionary.Shape.DSae}); got {string.Join(", ", levels)}");
         if (contexts.ContextSize > model.Config.NCtx)
             throw InputError.Expected("argument", "context size", $"at most the model's n_ctx = {model.Config.NCtx} tokens", contexts.ContextSize);
         int[] excluded = (options.ExcludeTokens ?? DefaultExcluded(model)).Distinct().Order().ToArray();
         var splice = SaeSplice.ForModel(model, dictionary, hook,
             new SaeSpliceOptions { UseErrorTerm = false, OutputHook = outputHook, ExcludeTokens = excluded });
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        var acc = new Accumulator(dictionary.Shape.DSae, dictionary.Shape.DOut);
+        var acc = new Accumulator(dictionary.Shape.DSae, dictionary.Shape.DOut, levels, dictionary.P.WDec);
         var excludedSet = new HashSet<int>(excluded);
         string target = splice.OutputHook, actsHook = HookNames.SaeActsPost(target), reconsHook = HookNames.SaeRecons(target);
         var cached = new HashSet<string>([target, actsHook, reconsHook], StringComparer.Ordinal);
         var backend = model.Backend;
         // On a device the sums are taken there (SaeEvaluator.Device.cs); only they come back.
-        var onDevice = backend.Device.IsCpu ? null : new DeviceSums(backend, dictionary.Shape.DSae, dictionary.Shape.DOut);
+        var onDevice = backend.Device.IsCpu ? null : new DeviceSums(backend, dictionary.Shape.DSae, dictionary.Shape.DOut, levels, dictionary.P.WDec);
 
         for (int start = 0; start < contexts.Count; start += options.BatchSize)
         {
@@ -230,6 +251,7 @@ public static partial class SaeEvaluator
             FeatureDensity = density,
             DensityHistogram = Histogram(density, options.HistogramBinWidth),
             Seconds = clock.Elapsed.TotalSeconds,
+            Levels = [.. levels.Select((w, i) => new LevelMetrics(w, acc.LevelSquaredError[i] / acc.Positions, acc.Fvu(acc.LevelSquaredError[i]), 1 - acc.Fvu(acc.LevelSquaredError[i])))],
         };
     }
 
@@ -260,9 +282,14 @@ public static partial class SaeEvaluator
     }
 
     /// <summary>Running sums in double precision (steps 5–6).</summary>
-    sealed class Accumulator(int dSae, int dOut)
+    /// <param name="dSae">Latents.</param>
+    /// <param name="dOut">Output width.</param>
+    /// <param name="levels">Prefix widths measured alone.</param>
+    /// <param name="wDec">The decoder [d_sae, d_out] (read only with levels).</param>
+    sealed class Accumulator(int dSae, int dOut, int[] levels, float[] wDec)
     {
         public long Positions, Predictions, KlPositions;
+        public readonly double[] LevelSquaredError = new double[levels.Length];   // Σ‖x − x̂_w‖² per level
         public double L0, L1, SquaredError, Cosine, L2Ratio;
         public double CeClean, CeSae, CeZero, KlSae, KlZero;
         public readonly long[] Fires = new long[dSae];
@@ -333,9 +360,30 @@ public static partial class SaeEvaluator
                     _sumSquares[j] += xv * xv;
                 }
                 SquaredError += err;
+                if (levels.Length > 0) AddLevels(xi, ri, ai);
                 Cosine += xx == 0 && rr == 0 ? 1 : xx == 0 || rr == 0 ? 0 : dot / Math.Sqrt(xx * rr);
                 double normX = Math.Sqrt(xx);
                 L2Ratio += Math.Sqrt(rr) / (normX < 1e-4 ? 1 : normX);
+            }
+        }
+
+        // x − x̂_w = (x − x̂) + Σ_{f ≥ w, active} acts_f·W_dec[f], per level
+        void AddLevels(ReadOnlySpan<float> x, ReadOnlySpan<float> recon, ReadOnlySpan<float> acts)
+        {
+            var e = new double[dOut];
+            for (int l = 0; l < levels.Length; l++)
+            {
+                for (int j = 0; j < dOut; j++) e[j] = (double)x[j] - recon[j];
+                for (int f = levels[l]; f < dSae; f++)
+                {
+                    float a = acts[f];
+                    if (a == 0) continue;
+                    var row = wDec.AsSpan(f * dOut, dOut);
+                    for (int j = 0; j < dOut; j++) e[j] += a * (double)row[j];
+                }
+                double sq = 0;
+                foreach (double v in e) sq += v * v;
+                LevelSquaredError[l] += sq;
             }
         }
 
@@ -345,12 +393,12 @@ public static partial class SaeEvaluator
             for (int j = 0; j < _sum.Length; j++) { _sum[j] += sum[j]; _sumSquares[j] += sumSquares[j]; }
         }
 
-        /// <summary>Σ‖x − x̂‖² / Σ_j (Σ x_j² − (Σ x_j)² / n); NaN when the target does not vary.</summary>
-        public double Fvu()
+        /// <summary>Σ‖x − x̂‖² (or <paramref name="squaredError"/>) / Σ_j (Σ x_j² − (Σ x_j)² / n); NaN when the target does not vary.</summary>
+        public double Fvu(double? squaredError = null)
         {
             double total = 0;
             for (int j = 0; j < _sum.Length; j++) total += _sumSquares[j] - _sum[j] * _sum[j] / Positions;
-            return total <= 0 ? double.NaN : SquaredError / total;
+            return total <= 0 ? double.NaN : (squaredError ?? SquaredError) / total;
         }
 
         static double LogSumExp(ReadOnlySpan<float> logits)

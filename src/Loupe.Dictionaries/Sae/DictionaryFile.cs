@@ -3,8 +3,8 @@ namespace Loupe.Dictionaries.Sae;
 /// <summary>
 /// Loads a dictionary from whichever published layout a path holds, so every verb takes one <c>--sae PATH</c>:
 /// a SAELens folder (<c>cfg.json</c> + <c>sae_weights.safetensors</c>) or either of its files, a Gemma Scope
-/// <c>params.npz</c> or a folder holding one (and no cfg.json), or a Gemma Scope 2 <c>params.safetensors</c> (+ <c>config.json</c>)
-/// or its folder.
+/// <c>params.npz</c> or a folder holding one (and no cfg.json), a Gemma Scope 2 <c>params.safetensors</c> (+ <c>config.json</c>)
+/// or its folder, or an EleutherAI sparsify hookpoint folder (<c>cfg.json</c> + <c>sae.safetensors</c>) or either of its files.
 /// </summary>
 public static class DictionaryFile
 {
@@ -25,20 +25,25 @@ public static class DictionaryFile
         if (File.Exists(path))
         {
             string name = Path.GetFileName(path);
+            string folder = Path.GetDirectoryName(Path.GetFullPath(path))!;
+            if (name == SparsifyFormat.WeightsFile || (name == SparsifyFormat.ConfigFile && SparsifyFormat.IsSparsifyFolder(folder)))
+                return SparsifyFormat.Load(folder, hookName);
             if (name is SaeLensFormat.ConfigFile or SaeLensFormat.WeightsFile)
-                return SaeLens(Path.GetDirectoryName(Path.GetFullPath(path))!, hookName);
+                return SaeLens(folder, hookName);
             if (path.EndsWith(".npz", StringComparison.OrdinalIgnoreCase)) return GemmaScopeFormat.Load(path, hookName);
             if (GemmaScope2Format.IsGemmaScope2File(path)) return GemmaScope2Format.Load(path, hookName);
             throw new InputError(
-                $"'{path}' is not a dictionary file: expected a SAELens {SaeLensFormat.ConfigFile} or {SaeLensFormat.WeightsFile}, a Gemma Scope .npz or a Gemma Scope 2 {GemmaScope2Format.ParamsFile}");
+                $"'{path}' is not a dictionary file: expected a SAELens {SaeLensFormat.ConfigFile} or {SaeLensFormat.WeightsFile}, a Gemma Scope .npz, a Gemma Scope 2 {GemmaScope2Format.ParamsFile} or a sparsify {SparsifyFormat.WeightsFile}");
         }
         if (Directory.Exists(path))
         {
+            if (SparsifyFormat.IsSparsifyFolder(path)) return SparsifyFormat.Load(path, hookName);
             if (File.Exists(Path.Combine(path, SaeLensFormat.ConfigFile))) return SaeLens(path, hookName);
             if (File.Exists(Path.Combine(path, GemmaScopeFormat.ParamsFile))) return GemmaScopeFormat.Load(path, hookName);
             if (File.Exists(Path.Combine(path, GemmaScope2Format.ParamsFile))) return GemmaScope2Format.Load(path, hookName);
             throw new FileNotFoundException(
-                $"no dictionary in folder '{path}': expected a SAELens {SaeLensFormat.ConfigFile} + {SaeLensFormat.WeightsFile}, a Gemma Scope {GemmaScopeFormat.ParamsFile} or a Gemma Scope 2 {GemmaScope2Format.ParamsFile}", path);
+                $"no dictionary in folder '{path}': expected a SAELens {SaeLensFormat.ConfigFile} + {SaeLensFormat.WeightsFile}, a Gemma Scope {GemmaScopeFormat.ParamsFile}, a Gemma Scope 2 {GemmaScope2Format.ParamsFile} or a sparsify {SparsifyFormat.ConfigFile} + {SparsifyFormat.WeightsFile}" +
+                (Directory.EnumerateDirectories(path).Any(d => SparsifyFormat.IsSparsifyFolder(d)) ? " (this looks like a sparsify run: name one of its hookpoint folders, e.g. layers.6)" : ""), path);
         }
         throw new FileNotFoundException(
             $"no dictionary at '{path}': expected a SAELens folder (cfg.json + sae_weights.safetensors), a Gemma Scope params.npz or a Gemma Scope 2 params.safetensors", path);
@@ -46,5 +51,5 @@ public static class DictionaryFile
 
     static (SparseDictionary, SaeLensConfig) SaeLens(string folder, string? hookName) =>
         hookName is null ? SaeLensFormat.Load(folder)
-            : throw new InputError($"{folder}: a hook name ({InputError.Show(hookName)}) is only taken for Gemma Scope files; this SAELens folder names its own hook in cfg.json");
+            : throw new InputError($"{folder}: a hook name ({InputError.Show(hookName)}) is only taken for Gemma Scope and sparsify files; this SAELens folder names its own hook in cfg.json");
 }

@@ -327,7 +327,7 @@ public sealed class MatryoshkaBatchTopKActivation : BatchTopKActivation
         var list = widths.Select(w => (int)w).ToList();
         if (list[^1] != dSae) list.Add(dSae);
         if (list.Count < 2)
-            throw InputError.Expected(where, field, $"at least one width below d_sae = {dSae} (with d_sae alone it is a plain BatchTopK SAE: use batchtopk)", found);
+            throw InputError.Expected(where, field, $"at least one width below d_sae = {dSae}", found);
         return [.. list];
     }
 

@@ -85,6 +85,17 @@ public sealed record SaeLensConfig
     /// </summary>
     public string TrainingProcessing { get; init; } = "";
 
+    /// <summary>
+    /// A Matryoshka SAE's level widths, comma-separated and ending at d_sae (a string, so configs compare by value): from
+    /// <c>matryoshka_widths</c> (a training checkpoint's field, or Loupe's record under <c>metadata</c> of a finished one,
+    /// which SAELens saves as JumpReLU); empty when the file names none.
+    /// </summary>
+    public string MatryoshkaWidths { get; init; } = "";
+
+    /// <summary><see cref="MatryoshkaWidths"/> as numbers (empty when none).</summary>
+    public int[] MatryoshkaLevels() =>
+        [.. MatryoshkaWidths.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(w => int.Parse(w, System.Globalization.CultureInfo.InvariantCulture))];
+
     /// <summary><see cref="TrainingProcessing"/> as option → on.</summary>
     public IReadOnlyDictionary<string, bool> TrainingProcessingOptions() =>
         TrainingProcessing.Split(',', StringSplitOptions.RemoveEmptyEntries)
@@ -138,6 +149,7 @@ public static partial class SaeLensFormat
         {
             Architecture = arch, DIn = s.DIn, DSae = s.DSae, DOut = s.DOut, ApplyBDecToInput = s.ApplyBDecToInput,
             Dtype = "float32", NormalizeActivations = "none", K = k,
+            MatryoshkaWidths = dict.Activation is MatryoshkaBatchTopKActivation m ? string.Join(",", m.Widths) : t.MatryoshkaWidths,
         };
     }
 
@@ -214,7 +226,9 @@ public static partial class SaeLensFormat
             json["activation_fn_kwargs"] = new JsonObject { ["k"] = cfg.K };
             json["rescale_acts_by_decoder_norm"] = false;
         }
-        var widths = (dict.Activation as MatryoshkaBatchTopKActivation)?.Widths;
+        // the levels: the activation's, else those the config carried in (a loaded finished Matryoshka SAE saved again)
+        IReadOnlyList<int>? widths = (dict.Activation as MatryoshkaBatchTopKActivation)?.Widths
+            ?? (cfg.MatryoshkaWidths.Length > 0 && cfg.MatryoshkaLevels() is { } carried && carried[^1] == s.DSae ? carried : null);
         if (widths is not null && trainingCheckpoint) json["matryoshka_widths"] = new JsonArray([.. widths.Select(w => (JsonNode)w)]);
         JsonObject Meta()
         {
@@ -374,6 +388,8 @@ public static partial class SaeLensFormat
             HookNameOut = CheckHookName(Get("hook_name_out", ""), "hook_name_out", cfgPath), ApplyBDecToInput = applyBDec, NormalizeActivations = "none",
             ReshapeActivations = reshape, ModelName = Get("model_name", ""), ContextSize = Int("context_size", 128, 1, int.MaxValue),
             PrependBos = Get("prepend_bos", true), K = k, TrainingProcessing = TrainingProcessingOf(Field("model_from_pretrained_kwargs")),
+            MatryoshkaWidths = act is MatryoshkaBatchTopKActivation m ? string.Join(",", m.Widths)
+                : Field("matryoshka_widths") is JsonNode levels ? string.Join(",", MatryoshkaWidthsOf(levels, dSae, cfgPath)) : "",
         };
 
         // 2. Tensors: every name and shape is checked against cfg.json before the dictionary is allocated, so a

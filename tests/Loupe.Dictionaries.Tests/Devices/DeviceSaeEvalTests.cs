@@ -46,6 +46,12 @@ public sealed class DeviceSaeEvalTests(EmulatedModelFixture device, ITestOutputH
         Assert.Equal(cpu.DenseFeatures, gpu.DenseFeatures);
         Assert.Equal(cpu.FeatureDensity, gpu.FeatureDensity);
         Assert.Equal(cpu.DensityHistogram.Counts, gpu.DensityHistogram.Counts);
+        Assert.Equal(cpu.Levels.Select(l => l.Width), gpu.Levels.Select(l => l.Width));
+        foreach (var (c, g) in cpu.Levels.Zip(gpu.Levels))
+        {
+            Close(c.Mse, g.Mse, $"level {c.Width} MSE");
+            Close(c.Fvu, g.Fvu, $"level {c.Width} FVU");
+        }
     }
 
     public static TheoryData<string, bool> Cases => new() { { "relu", true }, { "topk", false }, { "jumprelu", true }, { "skip-transcoder", true } };
@@ -56,7 +62,7 @@ public sealed class DeviceSaeEvalTests(EmulatedModelFixture device, ITestOutputH
     {
         using var cpu = Model();
         var contexts = Contexts();
-        var options = new SaeEvalOptions { BatchSize = 4, ExcludeTokens = excludeBos ? null : [] };
+        var options = new SaeEvalOptions { BatchSize = 4, ExcludeTokens = excludeBos ? null : [], Levels = [10, 40] };
         string hook = Resid;
         string? outputHook = null;
         SparseDictionary Make() => kind switch

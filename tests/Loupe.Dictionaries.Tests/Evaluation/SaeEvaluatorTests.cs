@@ -104,7 +104,8 @@ public class SaeEvaluatorTests(ITestOutputHelper output)
         var dict = transcoder
             ? SpliceFixtures.Random(SaeShape.Transcoder(D, 80, D), new ReluActivation(), seed: 3)
             : SpliceFixtures.Random(SaeShape.Sae(D, 96), new ReluActivation(), seed: 4);
-        var result = SaeEvaluator.Evaluate(model, dict, input, contexts, new SaeEvalOptions { BatchSize = 4 }, transcoder ? target : null);
+        int[] levels = [10, 40];
+        var result = SaeEvaluator.Evaluate(model, dict, input, contexts, new SaeEvalOptions { BatchSize = 4, Levels = levels }, transcoder ? target : null);
 
         // Clean, spliced (hooks replacing the target except at BOS) and zero-ablated logits, one run each.
         var cache = model.RunWithCache(tokens, $"{input},{target}");
@@ -150,6 +151,24 @@ public class SaeEvaluatorTests(ITestOutputHelper output)
         Assert.Equal(density.Count(d => d == 0), result.DeadFeatures);
         Assert.Equal(density.Count(d => d > 0.1), result.DenseFeatures);
         Assert.Equal(dSae, result.DensityHistogram.Counts.Sum());
+
+        // each level's reconstruction from its latents alone: b_dec + acts[:, :w]·W_dec[:w], in double
+        Assert.Equal(levels, result.Levels.Select(l => l.Width));
+        foreach (var level in result.Levels)
+        {
+            double levelResidual = rows.Sum(r => Enumerable.Range(0, D).Sum(j =>
+            {
+                double recon = dict.P.BDec[j];
+                for (int f = 0; f < level.Width; f++) recon += (double)acts[r * dSae + f] * dict.P.WDec[f * D + j];
+                return Math.Pow(y.Span[r * D + j] - recon, 2);
+            }));
+            Assert.True(Math.Abs(levelResidual - residual) > 1e-3 * residual, $"the first {level.Width} latents alone reconstruct otherwise than all {dSae}");
+            Assert.Equal(levelResidual / rows.Length, level.Mse, 1e-4 * level.Mse);
+            Assert.Equal(levelResidual / total, level.Fvu, 1e-5);
+            Assert.Equal(1 - levelResidual / total, level.ExplainedVariance, 1e-5);
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => SaeEvaluator.Evaluate(model, dict, input, contexts, new SaeEvalOptions { Levels = [40, 10] }, transcoder ? target : null));
+        Assert.Throws<ArgumentOutOfRangeException>(() => SaeEvaluator.Evaluate(model, dict, input, contexts, new SaeEvalOptions { Levels = [dSae] }, transcoder ? target : null));
     }
 
     [Fact]
