@@ -163,3 +163,37 @@ public sealed class GemmaScopeTarget : FuzzTarget
             DictionaryChecks.EncodeDecode(DictionaryFile.Load(folder).Dictionary);
     }
 }
+
+/// <summary>
+/// <c>DictionaryFile.Load</c> on EleutherAI sparsify folders (cfg.json with d_in, num_latents, k, transcode, skip_connection
+/// + sae.safetensors with encoder.weight, encoder.bias, W_dec, b_dec, W_skip), then encode/decode.
+/// </summary>
+public sealed class SparsifyTarget : FuzzTarget
+{
+    public override string Name => "sparsify";
+    public override int DefaultIterations => 1500;
+
+    public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
+    {
+        Seed Folder(string id, int dIn, int dSae, int k, bool transcode, bool skip)
+        {
+            string folder = Directory.CreateDirectory(Path.Combine(context.Scratch, "sparsify", id)).FullName;
+            var tensors = new List<(string, int[], ReadOnlyMemory<float>)>
+            {
+                ("encoder.weight", [dSae, dIn], SeedFiles.Floats(dSae * dIn, 21)), ("encoder.bias", [dSae], SeedFiles.Floats(dSae, 22, 0.1f)),
+                ("W_dec", [dSae, dIn], SeedFiles.Floats(dSae * dIn, 23)), ("b_dec", [dIn], SeedFiles.Floats(dIn, 24, 0.1f)),
+            };
+            if (skip) tensors.Add(("W_skip", [dIn, dIn], SeedFiles.Floats(dIn * dIn, 25, 0.1f)));
+            Loupe.Models.Loading.SafeTensorsWriter.Write(Path.Combine(folder, SparsifyFormat.WeightsFile), tensors);
+            File.WriteAllText(Path.Combine(folder, SparsifyFormat.ConfigFile), System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object?>
+            {
+                ["activation"] = "topk", ["expansion_factor"] = 32, ["normalize_decoder"] = true, ["num_latents"] = dSae, ["k"] = k,
+                ["multi_topk"] = false, ["skip_connection"] = skip, ["transcode"] = transcode, ["d_in"] = dIn,
+            }));
+            return SeedFiles.AllOf($"generated:sparsify-{id}", folder);
+        }
+        return [Folder("sae", 16, 32, 4, transcode: false, skip: false), Folder("skip-transcoder", 16, 24, 3, transcode: true, skip: true)];
+    }
+
+    public override void Execute(string folder, FuzzInput input) => DictionaryChecks.EncodeDecode(DictionaryFile.Load(folder).Dictionary);
+}

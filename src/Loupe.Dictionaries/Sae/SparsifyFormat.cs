@@ -73,7 +73,7 @@ public static partial class SparsifyFormat
             };
         }
 
-        if (!cfg.ContainsKey("d_in")) throw new InputError($"{cfgPath}: required field 'd_in' is missing (sparsify writes it beside its SparseCoderConfig)");
+        if (cfg["d_in"] is null) throw new InputError($"{cfgPath}: required field 'd_in' is missing or null (sparsify writes it beside its SparseCoderConfig)");
         long dIn = Int("d_in", 0, 1), latents = Int("num_latents", 0, 0), expansion = Int("expansion_factor", 32, 1);
         long dSae = latents > 0 ? latents : dIn * expansion;
         Check.Product(cfgPath, "d_in × d_sae", Check.MaxArrayElements, dIn, dSae);
