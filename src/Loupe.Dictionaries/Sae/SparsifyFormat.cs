@@ -103,7 +103,7 @@ public static partial class SparsifyFormat
         {
             Architecture = transcode ? (skip ? "topk_skip_transcoder" : "topk_transcoder") : "topk",
             DIn = i, DSae = s, DOut = i, Dtype = "float32", ApplyBDecToInput = !transcode, NormalizeActivations = "none",
-            HookName = hook, HookLayer = SaeLensFormat.LayerOf(hook) ?? LayerOfModule(name) ?? 0, HookNameOut = transcode ? hookOut ?? "" : "",
+            HookName = hook, HookLayer = SaeLensFormat.LayerOf(hook) ?? LayerOfHookpoint(name) ?? 0, HookNameOut = transcode ? hookOut ?? "" : "",
             ModelName = ModelOf(Path.GetDirectoryName(folder)), ContextSize = 2048, PrependBos = true, K = (int)k,
         };
         return (dict, config);
@@ -164,7 +164,8 @@ public static partial class SparsifyFormat
         };
     }
 
-    static int? LayerOfModule(string hookpoint) =>
+    /// <summary>The layer a sparsify hookpoint names (<c>layers.5.mlp</c> → 5), or null.</summary>
+    public static int? LayerOfHookpoint(string hookpoint) =>
         Hookpoint().Match(hookpoint) is { Success: true } m && int.TryParse(m.Groups["layer"].Value, NumberStyles.None, CultureInfo.InvariantCulture, out int l) ? l : null;
 
     // The run's config.json one folder up names the model (sparsify's TrainConfig has "model"); empty when absent or unreadable.

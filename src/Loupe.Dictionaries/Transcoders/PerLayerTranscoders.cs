@@ -37,9 +37,9 @@ public sealed partial class PerLayerTranscoders : IMlpReplacement
     }
 
     /// <summary>
-    /// Loads SAELens transcoder folders (or SAEs on <c>blocks.ℓ.hook_resid_pre/mid/post</c>, which read and rewrite the residual stream), one per layer: either <paramref name="path"/> holds sub-folders
-    /// <c>layer_0</c>, <c>layer_1</c>, … (or any names ending in the layer number), each a SAELens folder,
-    /// or <paramref name="path"/> lists folders separated by commas, in layer order.
+    /// Loads SAELens or EleutherAI sparsify transcoder folders (or SAEs on <c>blocks.ℓ.hook_resid_pre/mid/post</c>, which read and rewrite the residual stream), one per layer: either <paramref name="path"/> holds sub-folders
+    /// <c>layer_0</c>, <c>layer_1</c>, … (or any names ending in the layer number, or sparsify's hookpoints <c>layers.ℓ.mlp</c>), each a SAELens
+    /// or sparsify folder, or <paramref name="path"/> lists folders separated by commas, in layer order.
     /// Each must read the MLP's input <c>blocks.ℓ.mlp.hook_in</c>, <c>blocks.ℓ.ln2.hook_normalized</c> (before an RMSNorm's
     /// weight, as in TransformerLens) or the stream before ln2 (<c>blocks.ℓ.hook_resid_mid</c>, or TransformerLens's
     /// <c>blocks.ℓ.hook_mlp_in</c>, a copy of it), and write <c>blocks.ℓ.hook_mlp_out</c> of its own layer ℓ, for ℓ = 0…<paramref name="layers"/>−1.
@@ -53,7 +53,7 @@ public sealed partial class PerLayerTranscoders : IMlpReplacement
         var outputs = new string[layers];
         for (int l = 0; l < layers; l++)
         {
-            var (dict, cfg) = SaeLensFormat.Load(folders[l]);
+            var (dict, cfg) = SparsifyFormat.IsSparsifyFolder(folders[l]) ? SparsifyFormat.Load(folders[l]) : SaeLensFormat.Load(folders[l]);
             string residual = $"blocks.{l}.hook_resid_post";
             bool onStream = cfg.HookName == $"blocks.{l}.hook_resid_pre" || cfg.HookName == $"blocks.{l}.hook_resid_mid" || cfg.HookName == residual;
             if (onStream && cfg.HookNameOut.Length == 0 && dict.Shape.DIn == dict.Shape.DOut && !dict.Shape.Skip)
@@ -94,9 +94,12 @@ public sealed partial class PerLayerTranscoders : IMlpReplacement
         var byLayer = new string?[layers];
         foreach (var dir in Directory.GetDirectories(path))
         {
+            if (!File.Exists(Path.Combine(dir, SaeLensFormat.ConfigFile))) continue;
+            // sparsify names a folder by its hookpoint (layers.ℓ.mlp); the others end in the layer number
             var m = TrailingNumber().Match(Path.GetFileName(dir));
-            if (!m.Success || !File.Exists(Path.Combine(dir, SaeLensFormat.ConfigFile))) continue;
-            int l = int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+            int? found = SparsifyFormat.IsSparsifyFolder(dir) && SparsifyFormat.LayerOfHookpoint(Path.GetFileName(dir)) is int hookpointLayer ? hookpointLayer
+                : m.Success && int.TryParse(m.Groups[1].Value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int trailing) ? trailing : null;
+            if (found is not int l) continue;
             if (l >= layers) throw new InputError($"{dir}: a transcoder for layer {l}, but the model has {layers} layers (0…{layers - 1})");
             if (byLayer[l] is not null) throw new InputError($"{path}: two transcoder folders for layer {l}: {byLayer[l]} and {dir}");
             byLayer[l] = dir;

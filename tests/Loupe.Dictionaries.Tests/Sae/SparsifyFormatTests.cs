@@ -114,6 +114,24 @@ public sealed class SparsifyFormatTests : IDisposable
     }
 
     [Fact]
+    public void ARunOfPerLayerTranscodersIsAReplacementModel()
+    {
+        // sparsify names each folder by its hookpoint: layers.ℓ.mlp, transcoders from the MLP's input to its output
+        var raws = Enumerable.Range(0, 3).Select(l => Make(10, 24, 4, skip: l == 1, seed: 20 + l)).ToArray();
+        for (int l = 0; l < 3; l++) Write($"layers.{l}.mlp", raws[l], Cfg(raws[l], transcode: true));
+        var replacement = Assert.IsType<Loupe.Dictionaries.Transcoders.PerLayerTranscoders>(Loupe.Dictionaries.Transcoders.MlpReplacements.Load(_dir, 3));
+        for (int l = 0; l < 3; l++)
+        {
+            Assert.Equal($"blocks.{l}.mlp.hook_in", replacement.InputHook(l));
+            Assert.Equal($"blocks.{l}.hook_mlp_out", replacement.OutputHook(l));
+            Assert.Equal(SparsifyFormat.Load(Path.Combine(_dir, $"layers.{l}.mlp")).Dictionary.P.WDec, replacement[l].P.WDec);
+            Assert.Equal(l == 1, replacement[l].Shape.Skip);
+        }
+        var e = Assert.Throws<InputError>(() => Loupe.Dictionaries.Transcoders.MlpReplacements.Load(_dir, 4));
+        Assert.Contains("layer 3", e.Message);
+    }
+
+    [Fact]
     public void HookpointsMapToTransformerLensHooks()
     {
         Assert.Equal(("blocks.10.hook_resid_post", (string?)null), SparsifyFormat.HooksOf("layers.10", false));
