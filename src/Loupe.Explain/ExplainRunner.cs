@@ -29,7 +29,7 @@ public sealed record FeatureOutcome(int Feature, string Explanation, IReadOnlyDi
 /// <summary>
 /// What to show and ask: explainer examples per feature, held-out activating examples per scorer (as many
 /// non-activating ones join them for detection), examples per scorer request, the scorers (<c>detection</c>,
-/// <c>fuzzing</c>), the seed of every random choice, whether the explainer sees 0–10 activation levels, and how
+/// <c>fuzzing</c>, <c>embedding</c>: see <see cref="EmbeddingScorer"/>), the seed of every random choice, whether the explainer sees 0–10 activation levels, and how
 /// many promoted/suppressed tokens it sees.
 /// </summary>
 public sealed record ExplainOptions
@@ -42,7 +42,7 @@ public sealed record ExplainOptions
     public bool ShowActivations { get; init; }
     public int LogitTokens { get; init; } = 10;
 
-    public const string Detection = "detection", Fuzzing = "fuzzing";
+    public const string Detection = "detection", Fuzzing = "fuzzing", Embedding = "embedding";
 
     /// <exception cref="InputError">A count out of range or an unknown scorer.</exception>
     public void Validate()
@@ -52,7 +52,7 @@ public sealed record ExplainOptions
         if (BatchSize < 1) throw InputError.Expected("argument", "batch", "1 or more", BatchSize);
         if (LogitTokens < 0) throw InputError.Expected("argument", "logit-tokens", "0 or more", LogitTokens);
         foreach (var s in Scorers)
-            if (s is not (Detection or Fuzzing)) throw InputError.Expected("argument", "scorers", "detection and/or fuzzing", s);
+            if (s is not (Detection or Fuzzing or Embedding)) throw InputError.Expected("argument", "scorers", "detection, fuzzing and/or embedding", s);
     }
 }
 
@@ -97,12 +97,23 @@ public static class ExplainRunner
     }
 
     /// <summary>Runs (or resumes) the explanation of <paramref name="features"/>; <paramref name="onFeature"/> is called after each feature is stored.</summary>
+    /// <param name="storePath">The feature store; explanations and scores are written into it.</param>
+    /// <param name="features">The features to explain.</param>
+    /// <param name="client">The endpoint (explainer and LLM scorers).</param>
+    /// <param name="prices">Prices of the endpoint's model.</param>
+    /// <param name="options">Examples, scorers, seed.</param>
+    /// <param name="onFeature">Told after each feature is stored (outcome, done, total).</param>
+    /// <param name="cancellationToken">Stops the run (finished features stay stored).</param>
+    /// <param name="embedder">The sentence encoder of the embedding scorer (required when it is among the scorers).</param>
     /// <exception cref="EndpointError">The endpoint refused a request or gave up (features finished before are stored).</exception>
     /// <exception cref="OperationCanceledException">Cancelled (features finished before are stored).</exception>
+    /// <exception cref="InputError">An option is out of range, or the embedding scorer is asked for without an embedder.</exception>
     public static async Task<ExplainSummary> RunAsync(string storePath, IReadOnlyList<int> features, ChatClient client, PriceTable prices, ExplainOptions options,
-        Action<FeatureOutcome, int, int>? onFeature = null, CancellationToken cancellationToken = default)
+        Action<FeatureOutcome, int, int>? onFeature = null, CancellationToken cancellationToken = default, ITextEmbedder? embedder = null)
     {
         options.Validate();
+        if (options.Scorers.Contains(ExplainOptions.Embedding) && embedder is null)
+            throw InputError.Expected("argument", "--embedder", "a sentence encoder for the embedding scorer", "none");
         string model = client.Options.Model;
         var price = prices.For(model);
         using var store = FeatureStore.Open(storePath);
@@ -121,7 +132,7 @@ public static class ExplainRunner
             {
                 FeatureInputs inputs;
                 lock (storeLock) inputs = FeatureInputs.Build(store, f, live, options);
-                var outcome = await ExplainFeatureAsync(client, inputs, options, price, ct).ConfigureAwait(false);
+                var outcome = await ExplainFeatureAsync(client, inputs, options, price, embedder, ct).ConfigureAwait(false);
                 ct.ThrowIfCancellationRequested();
                 writer.Save(outcome, model);
                 int n;
@@ -139,14 +150,14 @@ public static class ExplainRunner
         return new ExplainSummary(features.Count, dead, skipped, outcomes.Count, fresh, hits, client.Sent, client.Retries, storedFeatures, storedUsage, outcomes);
     }
 
-    static async Task<FeatureOutcome> ExplainFeatureAsync(ChatClient client, FeatureInputs inputs, ExplainOptions options, ModelPrice? price, CancellationToken ct)
+    static async Task<FeatureOutcome> ExplainFeatureAsync(ChatClient client, FeatureInputs inputs, ExplainOptions options, ModelPrice? price, ITextEmbedder? embedder, CancellationToken ct)
     {
         var answers = new List<ChatResult>();
         var explained = await client.CompleteAsync(Prompts.Explainer(inputs.Explainer, inputs.Promoted, inputs.Suppressed), ct).ConfigureAwait(false);
         answers.Add(explained);
         string explanation = Prompts.ParseExplanation(explained.Content);
         var scores = new Dictionary<string, ScoreMetrics>(StringComparer.Ordinal);
-        var scorerTasks = options.Scorers.Select(async scorer =>
+        var scorerTasks = options.Scorers.Where(s => s != ExplainOptions.Embedding).Select(async scorer =>
         {
             var items = scorer == ExplainOptions.Detection ? inputs.Detection : inputs.Fuzzing;
             string system = scorer == ExplainOptions.Detection ? Prompts.DetectionSystem : Prompts.FuzzingSystem;
@@ -178,6 +189,9 @@ public static class ExplainRunner
             scores[scorer] = metrics;
             answers.AddRange(results);
         }
+        // the embedding scorer asks no language model: the detection examples, embedded beside the explanation
+        if (options.Scorers.Contains(ExplainOptions.Embedding))
+            scores[ExplainOptions.Embedding] = await Task.Run(() => EmbeddingScorer.Score(embedder!, explanation, inputs.Detection).Metrics, ct).ConfigureAwait(false);
         return new FeatureOutcome(inputs.Feature, explanation, scores, Usage.Of(answers, price), Usage.Of(answers.Where(a => !a.Cached), price));
     }
 }

@@ -42,6 +42,30 @@ public class ExplainCliTests
     }
 
     [Fact]
+    public void The_embedding_scorer_runs_all_MiniLM_from_NuGet_and_shows_in_features_top()
+    {
+        using var folder = new TestFolder();
+        string store = SyntheticStore.Write(folder.File("features.db"));
+        using var server = new ScriptedServer();
+        var (code, output, err) = Loupe("explain", "--store", store, "--endpoint", server.BaseUrl, "--model", "scripted-model",
+            "--features", "0-1", "--examples", "6", "--score-examples", "4", "--batch", "4", "--scorers", "embedding",
+            "--cache", folder.File("cache.db"), "--seed", "1");
+        Assert.True(code == 0, $"exit {code}\n{output}\n{err}");
+        Assert.Contains("emb AUC", output);
+        Assert.Contains("embedding AUROC 1.00", output);
+        Assert.Equal(2, server.Log.Count);   // the two explainer requests; the scorer asks nothing
+        var top = Loupe("features", "top", "--db", store, "-f", "1");
+        Assert.True(top.Code == 0, top.Err);
+        Assert.Contains("embedding acc", top.Out);
+
+        (code, _, err) = Loupe("explain", "--store", store, "--endpoint", server.BaseUrl, "--model", "scripted-model", "--features", "2",
+            "--scorers", "embedding", "--embedder", folder.File("no-such-encoder"), "--cache", folder.File("cache.db"));
+        Assert.NotEqual(0, code);
+        Assert.Contains("--embedder", err);
+        Assert.Contains("no-such-encoder", err);
+    }
+
+    [Fact]
     public void A_refusing_endpoint_is_one_error_line()
     {
         using var folder = new TestFolder();

@@ -22,7 +22,12 @@ static class ExplainCommand
         var examples = new Option<int>("--examples") { Description = "Examples shown to the explainer (top examples, then interval samples)", DefaultValueFactory = _ => 20 };
         var scoreExamples = new Option<int>("--score-examples") { Description = "Held-out activating examples per scorer (detection adds as many non-activating ones)", DefaultValueFactory = _ => 10 };
         var batch = new Option<int>("--batch") { Description = "Examples per scorer request", DefaultValueFactory = _ => 5 };
-        var scorers = new Option<string>("--scorers") { Description = "Scorers: detection, fuzzing, or both (comma-separated); none: explanations only", DefaultValueFactory = _ => "detection,fuzzing" };
+        var scorers = new Option<string>("--scorers") { Description = "Scorers: detection, fuzzing, embedding (comma-separated); none: explanations only", DefaultValueFactory = _ => "detection,fuzzing" };
+        var embedder = new Option<string>("--embedder")
+        {
+            Description = "The embedding scorer's sentence encoder: a BERT-family folder or hub id (default: all-MiniLM-L6-v2 from NuGet)",
+            DefaultValueFactory = _ => Loupe.Models.Loading.MiniLmPackage.ModelName,
+        };
         var concurrency = new Option<int>("--concurrency") { Description = "Requests in flight at once", DefaultValueFactory = _ => 4 };
         var temperature = new Option<double>("--temperature") { Description = "Sampling temperature", DefaultValueFactory = _ => 0.0 };
         var maxTokens = new Option<int>("--max-tokens") { Description = "Completion token limit per request", DefaultValueFactory = _ => 500 };
@@ -37,14 +42,16 @@ static class ExplainCommand
             "Explain every feature of a feature store with a language model behind any OpenAI-compatible endpoint, as Delphi\n" +
             "does: the explainer sees top and interval examples with activating tokens marked <<like this>> and the feature's\n" +
             "promoted tokens; detection (held-out activating vs. other contexts) and fuzzing (correct vs. random marks) score\n" +
-            "each explanation (accuracy, precision, recall, F1; AUROC with logprobs). Results go into the store and show in\n" +
+            "each explanation (accuracy, precision, recall, F1; AUROC with logprobs); embedding scores it by how well a sentence\n" +
+            "encoder's similarity to the explanation separates activating examples (AUROC; no requests). Results go into the store and show in\n" +
             "`loupe features top`. Every answer is cached; a killed run resumes where it stopped.\n\n" +
             "Examples:\n" +
             "  loupe explain --store sae/features.db --endpoint https://api.openai.com/v1 --model gpt-4o-mini --features top:100\n" +
-            "  loupe explain --store sae/features.db --endpoint http://localhost:8000/v1 --model local --api-key-env NONE --features 0-49")
+            "  loupe explain --store sae/features.db --endpoint http://localhost:8000/v1 --model local --api-key-env NONE --features 0-49\n" +
+            "  loupe explain --store sae/features.db --endpoint http://localhost:8000/v1 --model local --scorers detection,embedding")
         {
             store, endpoint, model, apiKeyEnv, features, examples, scoreExamples, batch, scorers, concurrency, temperature, maxTokens, logprobs,
-            timeout, retries, activations, prices, cache, seed,
+            timeout, retries, activations, prices, cache, seed, embedder,
         };
         command.SetAction((parse, cancellationToken) => Task.FromResult(CliSupport.Guard(() =>
         {
@@ -72,6 +79,13 @@ static class ExplainCommand
             var priceTable = PriceTable.Load(parse.GetValue(prices) ?? Path.Combine(Path.GetDirectoryName(storePath)!, "prices.json"));
             if (priceTable.For(endpointOptions.Model) is null)
                 Console.Error.WriteLine($"warning: no price for model '{endpointOptions.Model}' in the price table; costs are reported as unknown");
+            // the embedding scorer's encoder runs here, on the host (a 22M-parameter model: the endpoint is the slow part)
+            string encoderPath = parse.GetValue(embedder)!;
+            bool embedding = scorerList.Contains(ExplainOptions.Embedding);
+            if (embedding && encoderPath != Loupe.Models.Loading.MiniLmPackage.ModelName && !Directory.Exists(encoderPath) && !Loupe.Models.Loading.HubClient.IsValidRepoId(encoderPath))
+                throw new InputError($"argument: --embedder: '{encoderPath}' is neither an existing folder (looked at {Path.GetFullPath(encoderPath)}) nor a Hugging Face model id; a sentence encoder such as all-MiniLM-L6-v2 (the default)");
+            using var encoder = embedding ? CliSupport.LoadModel(encoderPath) : null;
+            var textEmbedder = encoder is null ? null : new SentenceEncoderEmbedder(encoder, parse.GetValue(embedder)!);
             using var requestCache = new RequestCache(parse.GetValue(cache) ?? storePath + ".explain-cache.db");
             using var client = new ChatClient(endpointOptions, requestCache);
 
@@ -91,7 +105,7 @@ static class ExplainCommand
                                 task.Value = done;
                                 task.Description = $"explaining ({done}/{total}, {client.Sent} requests, {client.Retries} retries)";
                             }
-                        }, cancellationToken).GetAwaiter().GetResult();
+                        }, cancellationToken, textEmbedder).GetAwaiter().GetResult();
                     });
             }
             catch (OperationCanceledException)
@@ -109,18 +123,20 @@ static class ExplainCommand
     {
         static string F(double? v) => v is double d ? d.ToString("F2", CultureInfo.InvariantCulture) : "—";
         static string Cost(double? v) => v is double d ? "$" + d.ToString("F4", CultureInfo.InvariantCulture) : "unknown";
-        Console.WriteLine($"{"feature",8}  {"det acc",7}  {"det F1",6}  {"det AUC",7}  {"fuzz acc",8}  {"fuzz AUC",8}  {"tokens",8}  {"cost",9}  explanation");
+        Console.WriteLine($"{"feature",8}  {"det acc",7}  {"det F1",6}  {"det AUC",7}  {"fuzz acc",8}  {"fuzz AUC",8}  {"emb AUC",7}  {"tokens",8}  {"cost",9}  explanation");
         foreach (var o in s.Outcomes)
         {
             o.Scores.TryGetValue(ExplainOptions.Detection, out var d);
             o.Scores.TryGetValue(ExplainOptions.Fuzzing, out var z);
-            Console.WriteLine($"{o.Feature,8}  {F(d?.Accuracy),7}  {F(d?.F1),6}  {F(d?.Auroc),7}  {F(z?.Accuracy),8}  {F(z?.Auroc),8}  " +
+            o.Scores.TryGetValue(ExplainOptions.Embedding, out var e);
+            Console.WriteLine($"{o.Feature,8}  {F(d?.Accuracy),7}  {F(d?.F1),6}  {F(d?.Auroc),7}  {F(z?.Accuracy),8}  {F(z?.Auroc),8}  {F(e?.Auroc),7}  " +
                 $"{(o.Usage.PromptTokens + o.Usage.CompletionTokens).ToString(CultureInfo.InvariantCulture),8}  {Cost(o.Usage.CostUsd),9}  {o.Explanation}");
         }
         double Mean(Func<FeatureOutcome, double?> pick) => s.Outcomes.Select(pick).OfType<double>().DefaultIfEmpty(double.NaN).Average();
         if (s.Outcomes.Count > 0)
             Console.WriteLine($"mean: detection accuracy {F(Mean(o => o.Scores.GetValueOrDefault(ExplainOptions.Detection)?.Accuracy))}, " +
-                $"fuzzing accuracy {F(Mean(o => o.Scores.GetValueOrDefault(ExplainOptions.Fuzzing)?.Accuracy))}");
+                $"fuzzing accuracy {F(Mean(o => o.Scores.GetValueOrDefault(ExplainOptions.Fuzzing)?.Accuracy))}, " +
+                $"embedding AUROC {F(Mean(o => o.Scores.GetValueOrDefault(ExplainOptions.Embedding)?.Auroc))}");
         Console.WriteLine($"{s.Explained} features explained, {s.Skipped} already stored{(s.Dead > 0 ? $", {s.Dead} dead (skipped)" : "")}; {s.Sent} requests sent ({s.Retries} retries), {s.CacheHits} answers from the cache");
         Console.WriteLine($"this run: {s.Fresh.PromptTokens.ToString("N0", CultureInfo.InvariantCulture)} prompt + {s.Fresh.CompletionTokens.ToString("N0", CultureInfo.InvariantCulture)} completion tokens, {Cost(s.Fresh.CostUsd)}");
         Console.WriteLine($"stored for {model}: {s.StoredFeatures} features, {s.StoredUsage.PromptTokens.ToString("N0", CultureInfo.InvariantCulture)} prompt + " +
