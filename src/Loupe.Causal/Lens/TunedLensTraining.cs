@@ -177,17 +177,7 @@ public static class TunedLensTraining
 
     static Tensor Flat(Tensor t, int length) => new(t.Storage.Slice(0, length), length);
 
-    static string Hash(IReadOnlyList<int[]> contexts)
-    {
-        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        foreach (var c in contexts)
-        {
-            var bytes = new byte[c.Length * 4];
-            Buffer.BlockCopy(c, 0, bytes, 0, bytes.Length);
-            sha.AppendData(bytes);
-        }
-        return Convert.ToHexStringLower(sha.GetHashAndReset());
-    }
+    static string Hash(IReadOnlyList<int[]> contexts) => TokenRowsHash.Sha256(contexts);
 
     // ---- checkpoints ---------------------------------------------------------------------------------------
 

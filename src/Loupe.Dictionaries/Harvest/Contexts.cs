@@ -34,17 +34,7 @@ public sealed class HarvestContexts
     public int Count => Contexts.Count;
 
     /// <summary>SHA-256 (hex) of every token id in order: identifies the contexts in a manifest.</summary>
-    public string Sha256()
-    {
-        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        var buf = new byte[ContextSize * 4];
-        foreach (var c in Contexts)
-        {
-            Buffer.BlockCopy(c, 0, buf, 0, buf.Length);
-            sha.AppendData(buf);
-        }
-        return Convert.ToHexStringLower(sha.GetHashAndReset());
-    }
+    public string Sha256() => TokenRowsHash.Sha256(Contexts);
 
     /// <summary>Contexts given directly (already tokenized, e.g. for a model without a tokenizer).</summary>
     /// <exception cref="ArgumentException">Rows differ in length or there are none.</exception>
