@@ -10,6 +10,7 @@ using Loupe.Explain;
 using Loupe.Models;
 using Loupe.Models.Generation;
 using Loupe.Models.Hooks;
+using Loupe.Models.Loading;
 using Loupe.Models.Metrics;
 using Loupe.Steering;
 using Loupe.Steering.Monitors;
@@ -42,6 +43,8 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
     // Explaining waits on an endpoint, not the model: it has its own gate so model tools are not blocked meanwhile, and
     // two calls never write one store at once.
     readonly SemaphoreSlim _explainGate = new(1, 1);
+    // The embedding scorer's encoder (all-MiniLM-L6-v2 from NuGet), loaded on the first call that asks for it and kept.
+    SentenceEncoderEmbedder? _embedder;
 
     [McpServerTool(Name = "list_artifacts", ReadOnly = true, UseStructuredContent = true), Description("The files this server was started with, by name and kind (sae, transcoders, feature_store, vector, persona_vector, concept_monitor). Other tools take these names, never paths.")]
     public IReadOnlyList<Artifact> ListArtifacts() => artifacts.All;
@@ -337,7 +340,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
         [Description("The feature index (0..d_sae−1); it must have activated when the store was built.")] int feature,
         [Description("Examples shown to the explainer (1..100).")] int examples = 20,
         [Description("Held-out activating examples per scorer, and as many non-activating ones for detection (1..100).")] int scoreExamples = 10,
-        [Description("Scorers to run: detection, fuzzing (default both; an empty list: explanation only).")] string[]? scorers = null,
+        [Description("Scorers to run: detection, fuzzing, embedding (default detection and fuzzing; an empty list: explanation only). Embedding asks no model: all-MiniLM-L6-v2's similarity to the explanation, AUROC.")] string[]? scorers = null,
         [Description("Seed for the held-out choice and the fuzzing marks.")] int seed = 0,
         CancellationToken cancellationToken = default)
     {
@@ -362,7 +365,9 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
             var prices = PriceTable.Load(explainer.PricesPath ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(artifact.Path))!, "prices.json"));
             using var cache = new RequestCache(explainer.CachePath ?? artifact.Path + ".explain-cache.db");
             using var client = new ChatClient(explainer.Endpoint, cache);
-            var summary = await ExplainRunner.RunAsync(artifact.Path, [feature], client, prices, options, cancellationToken: cancellationToken).ConfigureAwait(false);
+            if (options.Scorers.Contains(ExplainOptions.Embedding))
+                _embedder ??= new SentenceEncoderEmbedder(ModelLoader.LoadFolder(MiniLmPackage.Materialize()), "all-MiniLM-L6-v2");
+            var summary = await ExplainRunner.RunAsync(artifact.Path, [feature], client, prices, options, cancellationToken: cancellationToken, embedder: _embedder).ConfigureAwait(false);
             var outcome = summary.Outcomes.SingleOrDefault();
             using var read = FeatureStore.Open(artifact.Path);
             var stored = read.Explanations(feature).FirstOrDefault(x => x.ExplainerModel == explainer.Endpoint.Model)

@@ -111,6 +111,23 @@ public sealed class McpExplainTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task The_embedding_scorer_asks_the_endpoint_nothing()
+    {
+        int feature;
+        using (var db = FeatureStore.Open(Store)) feature = db.Features("feature").Where(s => s.NActive > 0).Skip(1).First().Feature;
+        using var server = new ScriptedServer();
+        var client = await Connect(Explainer(server, _root));
+        var reply = await Mcp.Call(client, "explain_feature", new() { ["store"] = "sae-l1", ["feature"] = feature, ["examples"] = 4, ["scoreExamples"] = 3, ["scorers"] = new[] { "embedding" } });
+        var embedding = reply.GetProperty("scores").GetProperty("embedding");
+        Assert.InRange(embedding.GetProperty("auroc").GetDouble(), 0, 1);
+        Assert.True(embedding.GetProperty("n").GetDouble() >= 3);
+        // the explainer's request only
+        Assert.Equal(1, reply.GetProperty("sentRequests").GetInt32());
+        Assert.Single(server.Log);
+        Assert.Contains("fuzzing and/or embedding", (await Mcp.CallFails(client, "explain_feature", new() { ["store"] = "sae-l1", ["feature"] = feature, ["scorers"] = new[] { "simulation" } })));
+    }
+
+    [Fact]
     public async Task A_launched_loupe_mcp_asks_the_explainer_it_was_started_with_and_its_key()
     {
         using var server = new ScriptedServer();
