@@ -218,6 +218,62 @@ if (opts.Sae is { } sae)
         Save();
     }
 }
+// (d) Matryoshka BatchTopK on the device: its step against the host trainer's (parity, a small SAE, every step's loss and the
+// final decoder), then its time at the SAE shape beside a plain BatchTopK step (the levels' extra decoder GEMMs: the ratio).
+if (opts.Sae is { } msae)
+try
+{
+    var (dIn, dSae, k, rows) = msae;
+    Console.WriteLine();
+    var rng = new Random(5);
+    float[] Rows(int n, int d) { var a = new float[n * d]; for (int i = 0; i < a.Length; i++) a[i] = (float)(rng.NextDouble() * 2 - 1); return a; }
+    var small = Rows(1024, 64);
+    SaeTrainer Small(IComputeBackend? backend)
+    {
+        var d = new SparseDictionary(SaeShape.Sae(64, 512), new MatryoshkaBatchTopKActivation(8, [32, 128, 512]));
+        d.Initialize(seed: 3);
+        var t = new SaeTrainer(d, new SaeTrainingOptions { Steps = 6, BatchSize = 256, LearningRate = 1e-3f, DeadWindowTokens = 512, Seed = 2 }, backend);
+        t.Begin(new InMemoryRows(small, 64));
+        return t;
+    }
+    var host = Small(null);
+    var onDevice = Small(fp32);
+    double worstLoss = 0;
+    while (!host.IsComplete)
+    {
+        var (h, g) = (host.Step(), onDevice.Step());
+        worstLoss = Math.Max(worstLoss, Math.Abs(h.Loss - g.Loss) / Math.Max(1e-6, Math.Abs(h.Loss)));
+    }
+    host.Finish();
+    onDevice.Finish();
+    double worstDec = 0, scale = host.Dictionary.P.WDec.Max(MathF.Abs);
+    for (int i = 0; i < host.Dictionary.P.WDec.Length; i++) worstDec = Math.Max(worstDec, Math.Abs(host.Dictionary.P.WDec[i] - onDevice.Dictionary.P.WDec[i]) / scale);
+    Console.WriteLine($"Matryoshka BatchTopK parity (64 → 512, levels 32/128/512, 6 steps): loss rel. diff ≤ {worstLoss:E2}, W_dec ≤ {worstDec:E2} of its largest");
+
+    int[] levels = [.. new[] { dSae / 64, dSae / 16, dSae / 4 }.Where(w => w >= 1).Distinct(), dSae];
+    var data = Rows(rows, dIn);
+    double Time(SaeActivation act)
+    {
+        var d = new SparseDictionary(SaeShape.Sae(dIn, dSae), act);
+        d.Initialize(seed: 1);
+        var t = new SaeTrainer(d, new SaeTrainingOptions { Steps = opts.Warmup + opts.Reps + 2, BatchSize = rows, LearningRate = 1e-4f, BDecInit = BDecInit.Mean }, fp32);
+        t.Begin(new InMemoryRows(data, dIn));
+        t.Step();
+        return Timing.Min(opts.Warmup, opts.Reps, () => t.Step());
+    }
+    double plain = Time(new BatchTopKActivation(k)), nested = Time(new MatryoshkaBatchTopKActivation(k, levels));
+    Console.WriteLine($"BatchTopK step {plain:F2} ms, Matryoshka (levels {string.Join("/", levels)}) {nested:F2} ms: {nested / plain:F2}× (d_in {dIn}, d_sae {dSae}, k {k}, batch {rows})");
+    report["matryoshka"] = new Dictionary<string, object>
+    {
+        ["parity_loss_rel"] = worstLoss, ["parity_w_dec_rel"] = worstDec, ["levels"] = levels,
+        ["batchtopk_ms"] = plain, ["matryoshka_ms"] = nested, ["ratio"] = nested / plain,
+    };
+    Save();
+}
+catch (Exception e) when (e is not OutOfMemoryException)
+{
+    Console.WriteLine($"matryoshka FAILED: {e.GetType().Name}: {e.Message}");
+}
 // (e) A logistic probe's objective (LogisticObjective: loss and gradient over every row) on the device against the CPU
 // backend in the same run, and torch_peer's probe_eval (the same products in torch, gradients left on the device).
 if (opts.Probe is var (probeRows, probeWidth, probeClasses))

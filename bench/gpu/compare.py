@@ -24,6 +24,10 @@ if "probe_eval" in loupe and "probe_eval" in torch:
     same = all(lp[f] == tp[f] for f in ("rows", "width", "classes"))
     print(f"{'probe_eval':<14} {'fp32':<5} {lp['ms']:10.2f} {tp['ms']:10.2f} {tp['ms'] / lp['ms']:6.2f}   "
           f"{lp['rows']} x {lp['width']}, {lp['classes']} classes (Loupe's includes W, b in and the gradient out){'' if same else ' (torch ran other sizes)'}")
+if "matryoshka" in loupe:
+    m = loupe["matryoshka"]
+    print(f"matryoshka: step {m['matryoshka_ms']:.2f} ms vs BatchTopK {m['batchtopk_ms']:.2f} ms ({m['ratio']:.2f}x, levels {m['levels']}); "
+          f"device vs host: loss {m['parity_loss_rel']:.1e}, W_dec {m['parity_w_dec_rel']:.1e} (target 1e-3) {'ok' if max(m['parity_loss_rel'], m['parity_w_dec_rel']) <= 1e-3 else 'MISSED'}")
 print("ratio = torch ms / Loupe ms (above 1: Loupe is faster); bf16: bf16 weights, fp32 activations split in two bf16 parts "
       "(two tensor-core products); bf16r: activations rounded to bf16 (one product, as torch's bf16); both against torch's bf16; "
       "fp16: fp16 weights, activation rows scaled by powers of two into fp16's range and split, against torch's fp16")

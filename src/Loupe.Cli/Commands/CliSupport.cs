@@ -396,12 +396,24 @@ static class CliSupport
 
     /// <summary><c>saelens:RELEASE/SAE_ID</c> as the <c>hf:REPO/PATH</c> SAELens's registry gives for it (said on stderr).</summary>
     /// <exception cref="InputError">The registry cannot be found or read, or has no such release or id.</exception>
+    // The registry (a few MB of YAML) is read once per file version, not once per saelens: value (a transcoder list names many).
+    static (string Path, DateTime Written, Loupe.Dictionaries.Sae.SaeLensRegistry Registry)? s_registry;
+
+    static Loupe.Dictionaries.Sae.SaeLensRegistry Registry(string path)
+    {
+        var written = File.GetLastWriteTimeUtc(path);
+        if (s_registry is { } r && r.Path == path && r.Written == written) return r.Registry;
+        var read = Loupe.Dictionaries.Sae.SaeLensRegistry.Read(path);
+        s_registry = (path, written, read);
+        return read;
+    }
+
     static string FromSaeLens(string value, string option)
     {
         string registryPath = Loupe.Dictionaries.Sae.SaeLensRegistry.Locate() ?? throw new InputError(
             $"argument: {option}: {value} needs SAELens's registry ({Loupe.Dictionaries.Sae.SaeLensRegistry.FileName}, inside the sae-lens Python package): " +
             $"pip install sae-lens, or set {Loupe.Dictionaries.Sae.SaeLensRegistry.EnvironmentVariable} to the file's path");
-        var (spec, release, note) = Loupe.Dictionaries.Sae.SaeLensRegistry.Read(registryPath).Resolve(value["saelens:".Length..]);
+        var (spec, release, note) = Registry(registryPath).Resolve(value["saelens:".Length..]);
         Console.Error.WriteLine($"{value} → {spec} (SAELens release {release.Name}{(release.Model is { } m ? $" for {m}" : "")}; {registryPath})");
         if (note is not null) Console.Error.WriteLine(note);
         return spec;
