@@ -85,4 +85,36 @@ public class SaeEvalJobTests
     }
 
     static StringContent Json(object body) => new(JsonSerializer.Serialize(body), System.Text.Encoding.UTF8, "application/json");
+
+    [RequiresSharedFact("models/stories260K")]
+    public async Task A_matryoshka_dictionarys_levels_are_measured_alone()
+    {
+        // a finished Matryoshka SAE (saved as SAELens does, JumpReLU, with its levels under metadata) served with --sae
+        var model = Servers.Stories;
+        string folder = Directory.CreateTempSubdirectory("loupe-serve-matryoshka-").FullName;
+        try
+        {
+            var sae = new SparseDictionary(SaeShape.Sae(model.Config.DModel, 64), new MatryoshkaBatchTopKActivation(8, [8, 24, 64]));
+            sae.Initialize(1, decoderNorm: 1f);
+            sae.P.Threshold[0] = 0.05f;
+            SaeLensFormat.Save(folder, sae, new SaeLensConfig { HookName = "blocks.2.hook_resid_post" });
+            await using var host = await Servers.StartAsync(model, new ServeOptions { SaePath = folder });
+            using var client = Servers.Client(host);
+            string[] texts = JobApiTests.Texts(model, 4);
+            string id = await JobApiTests.Start(client, "sae-eval", new { texts, context_size = 16, max_contexts = 4, batch_size = 4 });
+            var events = await SteeringApiTests.ReadEvents(client, $"/api/jobs/{id}/events");
+            Assert.Equal("result", events[^1].Type);
+            var levels = events[^1].Data.GetProperty("data").GetProperty("metrics").GetProperty("levels").EnumerateArray().ToList();
+            var (splice, _) = SaeSplice.Load(model, folder);
+            var want = SaeEvaluator.Evaluate(model, splice, ContextBuilder.ForModel(model, new InMemoryTextSource(texts, "same"), 16, 0, 4),
+                new SaeEvalOptions { BatchSize = 4, Levels = [8, 24] });
+            Assert.Equal([8, 24], levels.Select(l => l.GetProperty("width").GetInt32()));
+            for (int l = 0; l < 2; l++)
+                Assert.Equal(want.Levels[l].ExplainedVariance, levels[l].GetProperty("explained_variance").GetDouble(), 1e-9);
+        }
+        finally
+        {
+            Directory.Delete(folder, true);
+        }
+    }
 }

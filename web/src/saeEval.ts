@@ -9,6 +9,7 @@ interface SaeEvalMetrics {
   l0: number; l1: number; fvu: number; explained_variance: number; cosine_similarity: number; l2_ratio: number; mse: number;
   ce_loss_clean: number; ce_loss_with_sae: number; ce_loss_zero_ablated: number; loss_recovered: number;
   kl_with_sae: number; kl_zero_ablated: number; dead_features: number; dead_fraction: number; dense_features: number; dense_fraction: number;
+  levels?: { width: number; mse: number; fvu: number; explained_variance: number }[];   // a Matryoshka SAE's inner levels
 }
 interface SaeEvalJobResult { report: string | null; metrics: SaeEvalMetrics; warning?: string | null }
 
@@ -19,6 +20,7 @@ function table(r: SaeEvalJobResult): HTMLElement {
   const rows: [string, string, string][] = [
     ["L0 (active features / token)", "l0", fmt(m.l0, 2)],
     ["explained variance", "explained_variance", fmt(m.explained_variance)],
+    ...(m.levels ?? []).map(l => [`  latents [0, ${l.width}) alone`, `level_${l.width}`, fmt(l.explained_variance)] as [string, string, string]),
     ["FVU", "fvu", fmt(m.fvu)],
     ["cosine similarity", "cosine_similarity", fmt(m.cosine_similarity)],
     ["‖x̂‖ / ‖x‖", "l2_ratio", fmt(m.l2_ratio)],

@@ -39,7 +39,12 @@ public static partial class JobEndpoints
             int contextSize = Math.Clamp(body.ContextSize ?? 128, 2, model.Config.NCtx);
             int seed = body.Seed ?? 0;
             var contexts = ContextBuilder.ForModel(model, new InMemoryTextSource(documents, description), contextSize, seed, Math.Clamp(body.MaxContexts ?? 64, 1, 4096));
-            var evalOptions = new SaeEvalOptions { BatchSize = Math.Clamp(body.BatchSize ?? 8, 1, 64) };
+            // a Matryoshka SAE's inner levels are measured alone, as loupe sae eval does by default
+            var evalOptions = new SaeEvalOptions
+            {
+                BatchSize = Math.Clamp(body.BatchSize ?? 8, 1, 64),
+                Levels = config.MatryoshkaLevels() is { Length: > 1 } levels ? levels[..^1] : [],
+            };
             string? folder = workspace.Root is { } root ? Path.Combine(root, "evals", Name(body.Name, "name")) : null;
             if (folder is not null && Directory.Exists(folder)) throw new InputError($"name: an evaluation named '{Path.GetFileName(folder)}' already exists; choose another name");
 
