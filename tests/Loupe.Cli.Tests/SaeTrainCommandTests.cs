@@ -74,9 +74,10 @@ public class SaeTrainCommandTests : IDisposable
         Assert.Contains("latents [0, 16) alone", stdout);
         Assert.Contains("latents [0, 64) alone", stdout);
         Assert.Contains("\"levels\"", File.ReadAllText(Path.Combine(Sub("eval"), "eval.json")));
-        (code, stdout, err) = RunLoupe(Eval(Sub("eval2"), "--levels", "100"));
+        (code, stdout, err) = RunLoupe(Eval(Sub("eval2"), "--levels", "100", "--level-losses"));
         Assert.True(code == 0, err);
         Assert.Contains("latents [0, 100) alone", stdout);
+        Assert.Contains("loss recovered", stdout.Split('\n').Single(l => l.Contains("latents [0, 100) alone", StringComparison.Ordinal)));
         Assert.DoesNotContain("latents [0, 16) alone", stdout);
         (code, _, err) = RunLoupe(Eval(Sub("eval3"), "--levels", "100,50"));
         AssertRefused((code, "", err));

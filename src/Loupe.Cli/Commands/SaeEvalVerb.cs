@@ -39,6 +39,7 @@ static class SaeEvalVerb
         {
             Description = "Prefix widths whose reconstruction is measured alone, e.g. 128,512 (default: a Matryoshka SAE's inner levels, from cfg.json's matryoshka_widths; none for other dictionaries)",
         };
+        var levelLosses = new Option<bool>("--level-losses") { Description = "Also splice each level's reconstruction into the model for its CE and loss recovered (one more forward pass per level and batch)" };
         var output = new Option<string>("--out", "-o") { Description = "Output folder for eval.json and density.svg (written atomically)", Required = true };
         var command = new Command("eval",
             "Evaluate an SAE or transcoder spliced into the model (SAELens's evals.py definitions): L0, fraction of variance\n" +
@@ -50,7 +51,7 @@ static class SaeEvalVerb
             "  loupe sae eval --model ../shared/models/stories260K --sae tc/ --hook blocks.1.mlp.hook_in --hook-out blocks.1.hook_mlp_out \\\n" +
             "      --source generate:200 --context-size 64 --max-contexts 32 --out tc-eval/\n" +
             "  loupe sae eval --model ../shared/models/stories260K --sae sae/ --source generate:200 --device cuda --out eval/")
-        { model, sae, hook, hookOut, source, contextSize, maxContexts, batchSize, seed, exclude, denseThreshold, levels, output };
+        { model, sae, hook, hookOut, source, contextSize, maxContexts, batchSize, seed, exclude, denseThreshold, levels, levelLosses, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             // Cheap checks first, so a typo fails before the model loads.
@@ -79,7 +80,10 @@ static class SaeEvalVerb
                 ExcludeTokens = excluded,
                 DenseThreshold = dense,
                 Levels = prefixWidths,
+                LevelLosses = parse.GetValue(levelLosses),
             };
+            if (options.LevelLosses && prefixWidths.Length == 0)
+                throw new InputError("argument: --level-losses: there are no levels to measure: give --levels (a dictionary without matryoshka_widths in its cfg.json has none)");
             SaeEvalResult? result = null;
             CliSupport.Status.Progress().AutoClear(true)
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
@@ -134,7 +138,8 @@ static class SaeEvalVerb
         };
         foreach (var (name, value) in rows) Console.WriteLine($"  {name,-32} {value}");
         foreach (var level in r.Levels)
-            Console.WriteLine($"  {$"latents [0, {level.Width}) alone",-32} explained variance {F(level.ExplainedVariance)}, MSE {F(level.Mse, "G5")}");
+            Console.WriteLine($"  {$"latents [0, {level.Width}) alone",-32} explained variance {F(level.ExplainedVariance)}, MSE {F(level.Mse, "G5")}" +
+                (double.IsNaN(level.CeLoss) ? "" : $", CE {F(level.CeLoss)}, loss recovered {F(level.LossRecovered)}"));
         Console.WriteLine($"  {"log10 density histogram",-32} {Sparkline(r.DensityHistogram.Counts)}  [−10 … 0]");
     }
 

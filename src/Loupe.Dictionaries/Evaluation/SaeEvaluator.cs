@@ -20,7 +20,9 @@
 //    firing positions / evaluated positions; dead = never fired; dense = density > DenseThreshold;
 //    histogram of log10(density + 1e-10) (SAELens's logged feature-density histogram).
 // Levels (Matryoshka SAEs, or any prefix widths asked for): for each width w, the reconstruction from the latents [0, w)
-// alone, x̂_w = x̂ − acts[:, w:]·W_dec[w:], gives that prefix's MSE and FVU at the same positions (step 6).
+// alone, x̂_w = x̂ − acts[:, w:]·W_dec[w:], gives that prefix's MSE and FVU at the same positions (step 6); with
+// LevelLosses, one more spliced run per level, the latents from w on zeroed at hook_sae_acts_post, gives its CE and
+// loss recovered (step 5's definitions).
 // With the model on a device, the splice runs there and steps 5–6 are sums taken there (SaeEvaluator.Device.cs):
 // per batch only scalars and one vector of per-feature counts and per-dimension sums come back, never logits.
 using Loupe.Dictionaries.Harvest;
@@ -58,6 +60,9 @@ public sealed record SaeEvalOptions
     /// in [1, d_sae). Empty: none.
     /// </summary>
     public IReadOnlyList<int> Levels { get; init; } = [];
+
+    /// <summary>Also splice each level's reconstruction into the model (one more forward pass per level and batch) for its CE and loss recovered.</summary>
+    public bool LevelLosses { get; init; }
 }
 
 /// <summary>The reconstruction from a prefix of the latents, [0, Width), at the evaluated positions.</summary>
@@ -65,7 +70,9 @@ public sealed record SaeEvalOptions
 /// <param name="Mse">‖x − x̂_w‖² per position.</param>
 /// <param name="Fvu">Σ‖x − x̂_w‖² / Σ‖x − x̄‖².</param>
 /// <param name="ExplainedVariance">1 − FVU.</param>
-public sealed record LevelMetrics(int Width, double Mse, double Fvu, double ExplainedVariance);
+/// <param name="CeLoss">Next-token CE with this level's reconstruction spliced in (NaN unless <see cref="SaeEvalOptions.LevelLosses"/>).</param>
+/// <param name="LossRecovered">(CE_zero − CE_level) / (CE_zero − CE_clean) (NaN unless <see cref="SaeEvalOptions.LevelLosses"/>).</param>
+public sealed record LevelMetrics(int Width, double Mse, double Fvu, double ExplainedVariance, double CeLoss = double.NaN, double LossRecovered = double.NaN);
 
 /// <summary>Progress of an evaluation: contexts done out of all.</summary>
 public readonly record struct SaeEvalProgress(int ContextsDone, int TotalContexts);
@@ -201,7 +208,21 @@ public static partial class SaeEvaluator
                 acc.CeZero += onDevice.CrossEntropy(zero, prepared!);
                 acc.KlZero += onDevice.Kl(zero, prepared!);
             }
-            // The next batch's three passes reuse these logits and caches (GPT-2's logits are 206 MB a pass at 8 × 128).
+            // 5b. each level's reconstruction spliced in: the latents from its width on zeroed where the splice exposes them
+            if (options.LevelLosses)
+                for (int l = 0; l < levels.Length; l++)
+                {
+                    int from = levels[l], dSae = dictionary.Shape.DSae;
+                    var levelRun = model.Run(batch, new RunOptions().AddSplice(splice).AddHook(actsHook, (a, _) =>
+                    {
+                        int rows = (int)(a.Length / dSae);
+                        backend.CopyRows(backend.Zeros(rows, dSae - from), 0, dSae - from, a, from, dSae, rows, dSae - from);
+                        return a;
+                    }));
+                    acc.LevelCe[l] += onDevice is null ? Accumulator.CrossEntropySum(batch, levelRun.Logits) : onDevice.CrossEntropy(levelRun.Logits, prepared!);
+                    model.Recycle(levelRun);
+                }
+            // The next batch's passes reuse these logits and caches (GPT-2's logits are 206 MB a pass at 8 × 128).
             foreach (var run in new[] { cleanRun, spliced, zeroRun }) model.Recycle(run);
             progress?.Report(new SaeEvalProgress(start + count, contexts.Count));
         }
@@ -251,7 +272,12 @@ public static partial class SaeEvaluator
             FeatureDensity = density,
             DensityHistogram = Histogram(density, options.HistogramBinWidth),
             Seconds = clock.Elapsed.TotalSeconds,
-            Levels = [.. levels.Select((w, i) => new LevelMetrics(w, acc.LevelSquaredError[i] / acc.Positions, acc.Fvu(acc.LevelSquaredError[i]), 1 - acc.Fvu(acc.LevelSquaredError[i])))],
+            Levels = [.. levels.Select((w, i) =>
+            {
+                double ce = options.LevelLosses ? acc.LevelCe[i] / acc.Predictions : double.NaN;
+                return new LevelMetrics(w, acc.LevelSquaredError[i] / acc.Positions, acc.Fvu(acc.LevelSquaredError[i]), 1 - acc.Fvu(acc.LevelSquaredError[i]),
+                    ce, options.LevelLosses && ceZero != ceClean ? (ceZero - ce) / (ceZero - ceClean) : double.NaN);
+            })],
         };
     }
 
@@ -290,6 +316,21 @@ public static partial class SaeEvaluator
     {
         public long Positions, Predictions, KlPositions;
         public readonly double[] LevelSquaredError = new double[levels.Length];   // Σ‖x − x̂_w‖² per level
+        public readonly double[] LevelCe = new double[levels.Length];             // Σ CE over predictions per level (LevelLosses)
+
+        /// <summary>Σ over predictions (every position but the last) of −log softmax(logits)[next token].</summary>
+        public static double CrossEntropySum(TokenBatch batch, Tensor logits)
+        {
+            int B = batch.Batch, T = batch.Length, V = logits.Dim(-1);
+            double sum = 0;
+            for (int b = 0; b < B; b++)
+                for (int t = 0; t < T - 1; t++)
+                {
+                    var q = logits.Span.Slice((b * T + t) * V, V);
+                    sum += LogSumExp(q) - q[batch.Ids[b * T + t + 1]];
+                }
+            return sum;
+        }
         public double L0, L1, SquaredError, Cosine, L2Ratio;
         public double CeClean, CeSae, CeZero, KlSae, KlZero;
         public readonly long[] Fires = new long[dSae];

@@ -51,6 +51,7 @@ public sealed class DeviceSaeEvalTests(EmulatedModelFixture device, ITestOutputH
         {
             Close(c.Mse, g.Mse, $"level {c.Width} MSE");
             Close(c.Fvu, g.Fvu, $"level {c.Width} FVU");
+            Close(c.CeLoss, g.CeLoss, $"level {c.Width} CE");
         }
     }
 
@@ -62,7 +63,7 @@ public sealed class DeviceSaeEvalTests(EmulatedModelFixture device, ITestOutputH
     {
         using var cpu = Model();
         var contexts = Contexts();
-        var options = new SaeEvalOptions { BatchSize = 4, ExcludeTokens = excludeBos ? null : [], Levels = [10, 40] };
+        var options = new SaeEvalOptions { BatchSize = 4, ExcludeTokens = excludeBos ? null : [], Levels = [10, 40], LevelLosses = true };
         string hook = Resid;
         string? outputHook = null;
         SparseDictionary Make() => kind switch

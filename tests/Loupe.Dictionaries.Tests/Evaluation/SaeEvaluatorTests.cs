@@ -105,7 +105,7 @@ public class SaeEvaluatorTests(ITestOutputHelper output)
             ? SpliceFixtures.Random(SaeShape.Transcoder(D, 80, D), new ReluActivation(), seed: 3)
             : SpliceFixtures.Random(SaeShape.Sae(D, 96), new ReluActivation(), seed: 4);
         int[] levels = [10, 40];
-        var result = SaeEvaluator.Evaluate(model, dict, input, contexts, new SaeEvalOptions { BatchSize = 4, Levels = levels }, transcoder ? target : null);
+        var result = SaeEvaluator.Evaluate(model, dict, input, contexts, new SaeEvalOptions { BatchSize = 4, Levels = levels, LevelLosses = true }, transcoder ? target : null);
 
         // Clean, spliced (hooks replacing the target except at BOS) and zero-ablated logits, one run each.
         var cache = model.RunWithCache(tokens, $"{input},{target}");
@@ -166,6 +166,26 @@ public class SaeEvaluatorTests(ITestOutputHelper output)
             Assert.Equal(levelResidual / rows.Length, level.Mse, 1e-4 * level.Mse);
             Assert.Equal(levelResidual / total, level.Fvu, 1e-5);
             Assert.Equal(1 - levelResidual / total, level.ExplainedVariance, 1e-5);
+
+            // its CE: the target replaced by b_dec + acts[:, :w]·W_dec[:w] (except at BOS), a plain hook
+            var prefix = new float[n * D];
+            for (int r = 0; r < n; r++)
+                for (int j = 0; j < D; j++)
+                {
+                    double v = dict.P.BDec[j];
+                    for (int f = 0; f < level.Width; f++) v += (double)acts[r * dSae + f] * dict.P.WDec[f * D + j];
+                    prefix[r * D + j] = (float)v;
+                }
+            var levelLogits = model.Run(tokens, new RunOptions().AddHook(target, (a, _) =>
+            {
+                var replaced = Tensor.FromArray((float[])prefix.Clone(), a.Shape.ToArray());
+                for (int r = 0; r < n; r++)
+                    if (tokens.Ids[r] == Bos) a.Span.Slice(r * D, D).CopyTo(replaced.Span.Slice(r * D, D));
+                return replaced;
+            })).Logits;
+            double ceLevel = CrossEntropy(levelLogits, tokens);
+            Assert.Equal(ceLevel, level.CeLoss, 1e-5);
+            Assert.Equal((ceZero - ceLevel) / (ceZero - ceClean), level.LossRecovered, 1e-4);
         }
         Assert.Throws<ArgumentOutOfRangeException>(() => SaeEvaluator.Evaluate(model, dict, input, contexts, new SaeEvalOptions { Levels = [40, 10] }, transcoder ? target : null));
         Assert.Throws<ArgumentOutOfRangeException>(() => SaeEvaluator.Evaluate(model, dict, input, contexts, new SaeEvalOptions { Levels = [dSae] }, transcoder ? target : null));
