@@ -53,6 +53,7 @@ public sealed class CliTarget : FuzzTarget
         ["harvest", "--model", "{fixtures}/model", "--source", "text:{fixtures}/text.txt", "--hooks", "blocks.1.hook_resid_post", "--context-size", "8", "--max-contexts", "6", "--batch-size", "3", "--shard-tokens", "14", "--out", "{case}/acts"],
         ["sae", "train", "--activations", "{fixtures}/acts", "--hook", "blocks.1.hook_resid_post", "--architecture", "topk", "--k", "4", "--d-sae", "32", "--steps", "4", "--batch-size", "8", "--lr", "0.001", "--out", "{case}/sae"],
         ["sae", "eval", "--model", "{fixtures}/model", "--sae", "{fixtures}/sae", "--source", "text:{fixtures}/text.txt", "--context-size", "8", "--max-contexts", "4", "--batch-size", "2", "--out", "{case}/eval"],
+        ["sae", "eval", "--model", "{fixtures}/model", "--sae", "{fixtures}/sae", "--source", "text:{fixtures}/text.txt", "--context-size", "8", "--max-contexts", "2", "--levels", "2,5", "--level-losses", "--out", "{case}/eval-levels"],
         ["features", "build", "--model", "{fixtures}/model", "--sae", "{fixtures}/sae", "--source", "text:{fixtures}/text.txt", "--context-size", "8", "--max-contexts", "6", "--top", "3", "--quantiles", "2", "--bins", "4", "--window", "2", "--out", "{case}/features.db"],
         ["features", "top", "--db", "{fixtures}/features.db", "-f", "3", "--n", "3"],
         ["features", "list", "--db", "{fixtures}/features.db", "--n", "5", "--sort", "max_act", "--json"],
