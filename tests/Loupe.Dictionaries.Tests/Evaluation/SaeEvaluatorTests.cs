@@ -114,13 +114,15 @@ public class SaeEvaluatorTests(ITestOutputHelper output)
         int n = tokens.Ids.Length;
         var recons = dict.Forward(x.Span, n);
         var acts = dict.Encode(x.Span, n);
-        var spliced = model.Run(tokens, new RunOptions().AddHook(target, (a, _) =>
+        // The logits with the target replaced by `values` everywhere but at BOS (as the evaluation splices it).
+        Tensor ReplacedLogits(float[] values) => model.Run(tokens, new RunOptions().AddHook(target, (a, _) =>
         {
-            var replaced = Tensor.FromArray((float[])recons.Clone(), a.Shape.ToArray());
+            var replaced = Tensor.FromArray((float[])values.Clone(), a.Shape.ToArray());
             for (int r = 0; r < n; r++)
                 if (tokens.Ids[r] == Bos) a.Span.Slice(r * D, D).CopyTo(replaced.Span.Slice(r * D, D));
             return replaced;
         })).Logits;
+        var spliced = ReplacedLogits(recons);
         var zero = model.Run(tokens, new RunOptions().AddHook(target, (a, _) => Tensor.Zeros(a.Shape.ToArray()))).Logits;
         double ceClean = CrossEntropy(cache.Logits, tokens), ceSae = CrossEntropy(spliced, tokens), ceZero = CrossEntropy(zero, tokens);
         output.WriteLine($"CE clean {ceClean:F6} / {result.CeLossClean:F6}, sae {ceSae:F6} / {result.CeLossWithSae:F6}, zero {ceZero:F6} / {result.CeLossZeroAblated:F6}; recovered {result.LossRecovered:F4}");
@@ -176,14 +178,7 @@ public class SaeEvaluatorTests(ITestOutputHelper output)
                     for (int f = 0; f < level.Width; f++) v += (double)acts[r * dSae + f] * dict.P.WDec[f * D + j];
                     prefix[r * D + j] = (float)v;
                 }
-            var levelLogits = model.Run(tokens, new RunOptions().AddHook(target, (a, _) =>
-            {
-                var replaced = Tensor.FromArray((float[])prefix.Clone(), a.Shape.ToArray());
-                for (int r = 0; r < n; r++)
-                    if (tokens.Ids[r] == Bos) a.Span.Slice(r * D, D).CopyTo(replaced.Span.Slice(r * D, D));
-                return replaced;
-            })).Logits;
-            double ceLevel = CrossEntropy(levelLogits, tokens);
+            double ceLevel = CrossEntropy(ReplacedLogits(prefix), tokens);
             Assert.Equal(ceLevel, level.CeLoss, 1e-5);
             Assert.Equal((ceZero - ceLevel) / (ceZero - ceClean), level.LossRecovered, 1e-4);
         }
