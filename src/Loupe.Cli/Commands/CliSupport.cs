@@ -351,7 +351,8 @@ static class CliSupport
         if (ProcessingAgreement.Mismatch(model, hook, config) is { } message) Console.Error.WriteLine("warning: " + message);
     }
 
-    public static HookedTransformer LoadModel(string model, bool onDevice = false, bool deviceForOtherWork = false, string? cpuOnlyReason = null)
+    /// <param name="option">The option that named the model, for messages (<c>--model</c>; <c>--embedder</c> for explain's encoder).</param>
+    public static HookedTransformer LoadModel(string model, bool onDevice = false, bool deviceForOtherWork = false, string? cpuOnlyReason = null, string option = "--model")
     {
         // "minilm-nuget": the real all-MiniLM-L6-v2 in the NuGet package Loupe restores, written once into Loupe's cache.
         if (model == MiniLmPackage.ModelName && !Directory.Exists(model))
@@ -359,14 +360,14 @@ static class CliSupport
         // TransformerLens's names (gpt2-small, pythia-70m, gemma-2-2b, …) stand for their hub ids, said once.
         if (!Directory.Exists(model) && !File.Exists(model) && TransformerLensNames.HubIdFor(model) is { } hubId)
         {
-            Console.Error.WriteLine($"--model {model}: TransformerLens's name for {hubId}");
+            Console.Error.WriteLine($"{option} {model}: TransformerLens's name for {hubId}");
             model = hubId;
         }
-        // Checked here so that a mistyped path is a one-line refusal naming --model, before any download is tried.
+        // Checked here so that a mistyped path is a one-line refusal naming the option, before any download is tried.
         if (File.Exists(model))
-            throw new InputError($"argument: --model: '{model}' is a file; pass the folder that holds config.json and the *.safetensors weights, or a hub id");
+            throw new InputError($"argument: {option}: '{model}' is a file; pass the folder that holds config.json and the *.safetensors weights, or a hub id");
         if (!Directory.Exists(model) && !HubClient.IsValidRepoId(model))
-            throw new InputError($"argument: --model: '{model}' is neither an existing folder (looked at {Path.GetFullPath(model)}) nor a Hugging Face model id such as 'org/name'");
+            throw new InputError($"argument: {option}: '{model}' is neither an existing folder (looked at {Path.GetFullPath(model)}) nor a Hugging Face model id such as 'org/name'");
         s_modelsLoaded.Value++;
         if (Directory.Exists(model))
         {
@@ -394,8 +395,6 @@ static class CliSupport
                 }));
             });
 
-    /// <summary><c>saelens:RELEASE/SAE_ID</c> as the <c>hf:REPO/PATH</c> SAELens's registry gives for it (said on stderr).</summary>
-    /// <exception cref="InputError">The registry cannot be found or read, or has no such release or id.</exception>
     // The registry (a few MB of YAML) is read once per file version, not once per saelens: value (a transcoder list names many).
     static (string Path, DateTime Written, Loupe.Dictionaries.Sae.SaeLensRegistry Registry)? s_registry;
 
@@ -408,6 +407,8 @@ static class CliSupport
         return read;
     }
 
+    /// <summary><c>saelens:RELEASE/SAE_ID</c> as the <c>hf:REPO/PATH</c> SAELens's registry gives for it (said on stderr).</summary>
+    /// <exception cref="InputError">The registry cannot be found or read, or has no such release or id.</exception>
     static string FromSaeLens(string value, string option)
     {
         string registryPath = Loupe.Dictionaries.Sae.SaeLensRegistry.Locate() ?? throw new InputError(

@@ -81,11 +81,8 @@ static class ExplainCommand
                 Console.Error.WriteLine($"warning: no price for model '{endpointOptions.Model}' in the price table; costs are reported as unknown");
             // the embedding scorer's encoder runs here, on the host (a 22M-parameter model: the endpoint is the slow part)
             string encoderPath = parse.GetValue(embedder)!;
-            bool embedding = scorerList.Contains(ExplainOptions.Embedding);
-            if (embedding && encoderPath != Loupe.Models.Loading.MiniLmPackage.ModelName && !Directory.Exists(encoderPath) && !Loupe.Models.Loading.HubClient.IsValidRepoId(encoderPath))
-                throw new InputError($"argument: --embedder: '{encoderPath}' is neither an existing folder (looked at {Path.GetFullPath(encoderPath)}) nor a Hugging Face model id; a sentence encoder such as all-MiniLM-L6-v2 (the default)");
-            using var encoder = embedding ? CliSupport.LoadModel(encoderPath) : null;
-            var textEmbedder = encoder is null ? null : new SentenceEncoderEmbedder(encoder, parse.GetValue(embedder)!);
+            using var encoder = scorerList.Contains(ExplainOptions.Embedding) ? CliSupport.LoadModel(encoderPath, option: "--embedder") : null;
+            var textEmbedder = encoder is null ? null : new SentenceEncoderEmbedder(encoder, encoderPath);
             using var requestCache = new RequestCache(parse.GetValue(cache) ?? storePath + ".explain-cache.db");
             using var client = new ChatClient(endpointOptions, requestCache);
 

@@ -317,6 +317,7 @@ public static partial class SaeEvaluator
         public long Positions, Predictions, KlPositions;
         public readonly double[] LevelSquaredError = new double[levels.Length];   // Σ‖x − x̂_w‖² per level
         public readonly double[] LevelCe = new double[levels.Length];             // Σ CE over predictions per level (LevelLosses)
+        readonly double[] _levelError = new double[levels.Length > 0 ? dOut : 0]; // x − x̂_w of the position being added
 
         /// <summary>Σ over predictions (every position but the last) of −log softmax(logits)[next token].</summary>
         public static double CrossEntropySum(TokenBatch batch, Tensor logits)
@@ -411,7 +412,7 @@ public static partial class SaeEvaluator
         // x − x̂_w = (x − x̂) + Σ_{f ≥ w, active} acts_f·W_dec[f], per level
         void AddLevels(ReadOnlySpan<float> x, ReadOnlySpan<float> recon, ReadOnlySpan<float> acts)
         {
-            var e = new double[dOut];
+            var e = _levelError;
             for (int l = 0; l < levels.Length; l++)
             {
                 for (int j = 0; j < dOut; j++) e[j] = (double)x[j] - recon[j];

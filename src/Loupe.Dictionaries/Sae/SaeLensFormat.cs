@@ -226,10 +226,10 @@ public static partial class SaeLensFormat
             json["activation_fn_kwargs"] = new JsonObject { ["k"] = cfg.K };
             json["rescale_acts_by_decoder_norm"] = false;
         }
-        // the levels: the activation's, else those the config carried in (a loaded finished Matryoshka SAE saved again)
-        IReadOnlyList<int>? widths = (dict.Activation as MatryoshkaBatchTopKActivation)?.Widths
-            ?? (cfg.MatryoshkaWidths.Length > 0 && cfg.MatryoshkaLevels() is { } carried && carried[^1] == s.DSae ? carried : null);
-        if (widths is not null && trainingCheckpoint) json["matryoshka_widths"] = new JsonArray([.. widths.Select(w => (JsonNode)w)]);
+        // the levels (ConfigFor takes the activation's, else those the template carried in: a loaded finished Matryoshka SAE saved again)
+        int[] widths = cfg.MatryoshkaLevels() is { Length: > 1 } levels && levels[^1] == s.DSae ? levels : [];
+        JsonArray Widths() => new([.. widths.Select(w => (JsonNode)w)]);
+        if (widths.Length > 0 && trainingCheckpoint) json["matryoshka_widths"] = Widths();
         JsonObject Meta()
         {
             var m = new JsonObject
@@ -244,12 +244,13 @@ public static partial class SaeLensFormat
             m["prepend_bos"] = cfg.PrependBos;
             // What the hook names mean (SAELens ignores keys it does not know).
             m[HookNames.SemanticsKey] = HookNames.Semantics;
-            // A finished Matryoshka SAE is a JumpReLU SAE to SAELens; its levels stay on record (SAEMetadata keeps extra keys).
-            if (widths is not null && !trainingCheckpoint) m["matryoshka_widths"] = new JsonArray([.. widths.Select(w => (JsonNode)w)]);
             return m;
         }
-        foreach (var (key, value) in Meta()) if (key != "matryoshka_widths") json[key] = value?.DeepClone();
-        json["metadata"] = Meta();
+        foreach (var (key, value) in Meta()) json[key] = value?.DeepClone();
+        var metadata = Meta();
+        // A finished Matryoshka SAE is a JumpReLU SAE to SAELens; its levels stay on record there (SAEMetadata keeps extra keys).
+        if (widths.Length > 0 && !trainingCheckpoint) metadata["matryoshka_widths"] = Widths();
+        json["metadata"] = metadata;
         string text = json.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
 
         // 3. Weights first, then the config that describes them.
