@@ -337,26 +337,17 @@ internal sealed class DeviceSaeTraining
             decoderGradWritten = true;
         }
 
-        // 6. backward: d recon = 2·err / B (Matryoshka: level by level, see MatryoshkaLevels)
+        // 6. backward: d recon = 2·err / B (Matryoshka: level by level, both decoder products per level: see MatryoshkaLevels)
         var dRecon = _err;
-        if (_widths is not null)
-        {
-            var dActs = _pre;
-            MatryoshkaLevels(decoderGradWritten, dActsWritten, dActs);
-            b.SumMiddleAxis(dRecon, 1, batch, dOut, _bDec.Grad);
-            if (_wSkip is not null) b.Gemm(true, false, dIn, dOut, batch, 1f, x, 0, dIn, dRecon, 0, dOut, 0f, _wSkip.Grad, 0, dOut);
-            if (aux)
-            {
-                b.ActivationBackward("relu", _acts, dActs, _zAux!);
-                b.Add(_dPre, _zAux!, _dPre);
-            }
-            else b.ActivationBackward("relu", _acts, dActs, _dPre);
-        }
+        // JumpReLU's threshold gradient reads pre after dActs exists: dActs goes elsewhere (it has no aux loss to need _zAux)
+        var denseDActs = _topK ? null : _kind == Kind.JumpRelu ? (_zAux ??= b.Empty(batch, n)) : _pre;
+        if (_widths is not null) MatryoshkaLevels(decoderGradWritten, dActsWritten, denseDActs!);
         else
         {
-        b.Scale(_err, 2f / batch, dRecon);
-        if (_topK) b.SparseRowsTransposeTimes(_kept!, _indices!, batch, _k, dRecon, n, dOut, _wDec.Grad, accumulate: decoderGradWritten, distinctPerRow: true);
-        else b.Gemm(true, false, n, dOut, batch, 1f, _acts, 0, n, dRecon, 0, dOut, decoderGradWritten ? 1f : 0f, _wDec.Grad, 0, dOut);
+            b.Scale(_err, 2f / batch, dRecon);
+            if (_topK) b.SparseRowsTransposeTimes(_kept!, _indices!, batch, _k, dRecon, n, dOut, _wDec.Grad, accumulate: decoderGradWritten, distinctPerRow: true);
+            else b.Gemm(true, false, n, dOut, batch, 1f, _acts, 0, n, dRecon, 0, dOut, decoderGradWritten ? 1f : 0f, _wDec.Grad, 0, dOut);
+        }
         b.SumMiddleAxis(dRecon, 1, batch, dOut, _bDec.Grad);
         if (_wSkip is not null) b.Gemm(true, false, dIn, dOut, batch, 1f, x, 0, dIn, dRecon, 0, dOut, 0f, _wSkip.Grad, 0, dOut);
         if (_topK)
@@ -371,9 +362,8 @@ internal sealed class DeviceSaeTraining
         }
         else
         {
-            // JumpReLU's threshold gradient reads pre after dActs exists: dActs goes elsewhere (it has no aux loss to need _zAux)
-            var dActs = _kind == Kind.JumpRelu ? (_zAux ??= b.Empty(batch, n)) : _pre;
-            b.Gemm(false, true, batch, n, dOut, 1f, dRecon, 0, dOut, _wDec.Value, 0, dOut, dActsWritten ? 1f : 0f, dActs, 0, n);
+            var dActs = denseDActs!;
+            if (_widths is null) b.Gemm(false, true, batch, n, dOut, 1f, dRecon, 0, dOut, _wDec.Value, 0, dOut, dActsWritten ? 1f : 0f, dActs, 0, n);
             if (_kind == Kind.JumpRelu)
                 b.JumpReluThresholdGrad(_pre, dActs, batch, n, _logThreshold!.Value, _bandwidth, sparsityCoefficient / batch, _logThreshold.Grad);
             if (aux)
@@ -382,7 +372,6 @@ internal sealed class DeviceSaeTraining
                 b.Add(_dPre, _zAux!, _dPre);
             }
             else b.ActivationBackward("relu", _acts, dActs, _dPre);
-        }
         }
         if (!_encoderFeatureMajor) b.Gemm(true, false, dIn, n, batch, 1f, xIn, 0, dIn, _dPre, 0, n, 0f, _wEnc.Grad, 0, n);
         else
