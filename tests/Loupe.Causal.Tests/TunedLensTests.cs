@@ -164,6 +164,29 @@ public class TunedLensTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Tuned_lens_params_pt_is_read_as_tuned_lens_saved_it()
+    {
+        // tests/data/pytorch/make_files.py writes params.pt as torch.save(layer_translators.state_dict()) and expected.json.
+        string folder = SharedData.TestData("pytorch/tuned-lens");
+        using var expected = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(SharedData.TestData("pytorch/expected.json")));
+        var want = expected.RootElement.GetProperty("tuned-lens/params.pt");
+        foreach (var path in new[] { folder, Path.Combine(folder, "params.pt") })
+        {
+            var lens = TunedLens.Load(path);
+            Assert.Equal(4, lens.DModel);
+            Assert.Equal(2, lens.Layers);
+            Assert.Equal("stories-d4", lens.BaseModel);
+            for (int l = 0; l < 2; l++)
+            {
+                var w = want.GetProperty($"{l}.weight").GetProperty("values").EnumerateArray().Select(v => v.GetDouble()).ToArray();
+                var b = want.GetProperty($"{l}.bias").GetProperty("values").EnumerateArray().Select(v => v.GetDouble()).ToArray();
+                for (int i = 0; i < 16; i++) Assert.True(Math.Abs(lens.Weight(l)[i] - w[i]) <= 1e-7, $"{l}.weight[{i}]");
+                for (int i = 0; i < 4; i++) Assert.True(Math.Abs(lens.Bias(l)[i] - b[i]) <= 1e-7, $"{l}.bias[{i}]");
+            }
+        }
+    }
+
+    [Fact]
     public void The_loss_is_the_mean_KL_from_the_models_distribution()
     {
         // Independent of the objective's sums: KL(p ‖ q) per token in double from the model's logits and the lens's logits.
@@ -390,10 +413,13 @@ public class TunedLensTests(ITestOutputHelper output)
             var w = new float[d * d];
             var b = new float[d];
 
-            File.WriteAllBytes(Path.Combine(dir, "params.pt"), [0x80, 2]);
             var error = Assert.Throws<InputError>(() => TunedLens.Load(dir));
-            Assert.Contains("pickle", error.Message);
             Assert.Contains("params.safetensors", error.Message);
+            Assert.Contains("params.pt", error.Message);
+            File.WriteAllBytes(Path.Combine(dir, "params.pt"), [0x80, 2]);
+            error = Assert.Throws<InputError>(() => TunedLens.Load(dir));
+            Assert.Contains(Path.Combine(dir, "params.pt"), error.Message);
+            File.Delete(Path.Combine(dir, "params.pt"));
 
             Write(("0.weight", [d, d], w), ("0.bias", [d], b), ("1.weight", [d, d + 1], new float[d * (d + 1)]), ("1.bias", [d], b));
             Assert.Contains("'1.weight' has shape", Assert.Throws<InputError>(() => TunedLens.Load(dir)).Message);

@@ -20,14 +20,16 @@ namespace Loupe.Causal.Lens;
 // after the unembedding, so that the last stage reproduces the model's logits; tuned-lens's Unembed leaves it out.
 // Files are laid out as tuned-lens lays them out: config.json (its TunedLensConfig fields) and the translators'
 // state dict — {ℓ}.weight [d_model, d_model] (out × in, torch's Linear) and {ℓ}.bias [d_model] — here in
-// params.safetensors; tuned-lens's own params.pt is a pickle, which Loupe does not load (docs/lenses.md has the
-// one-line conversion).
+// params.safetensors, or tuned-lens's own params.pt (a torch.save file, read without running its pickle).
 
 /// <summary>A tuned lens: an affine translator per block input (steps at the top of this file).</summary>
 public sealed class TunedLens
 {
     public const string ConfigFile = "config.json";
     public const string ParamsFile = "params.safetensors";
+
+    /// <summary>The translators as tuned-lens saves them (torch.save), read when a folder has no <see cref="ParamsFile"/>.</summary>
+    public const string TorchParamsFile = "params.pt";
     public const string LensType = "linear_tuned_lens";
 
     readonly float[][] _weights, _biases;
@@ -164,12 +166,12 @@ public sealed class TunedLens
     }
 
     /// <summary>
-    /// Reads a lens: a folder with <c>params.safetensors</c> (and its <c>config.json</c>, optional), or the safetensors
-    /// file itself. Tensor names are tuned-lens's state dict (<c>{ℓ}.weight</c>, <c>{ℓ}.bias</c>; an older whole-lens
+    /// Reads a lens: a folder with <c>params.safetensors</c> or tuned-lens's <c>params.pt</c> (and its <c>config.json</c>,
+    /// optional), or either file itself. Tensor names are tuned-lens's state dict (<c>{ℓ}.weight</c>, <c>{ℓ}.bias</c>; an older whole-lens
     /// state dict's <c>layer_translators.{ℓ}.*</c> too, its <c>unembed.*</c> copies of the model ignored). F32, F16, BF16
     /// and F64 are read as float32.
     /// </summary>
-    /// <exception cref="InputError">Files missing (a folder with only tuned-lens's <c>params.pt</c> says how to convert it), a
+    /// <exception cref="InputError">Files missing, a
     /// config field of the wrong kind, a missing, misshapen, unexpected or non-finite tensor — each naming the file and field or tensor.</exception>
     public static TunedLens Load(string path)
     {
@@ -180,17 +182,14 @@ public sealed class TunedLens
             configPath = Path.Combine(path, ConfigFile);
             if (!File.Exists(paramsPath))
             {
-                if (File.Exists(Path.Combine(path, "params.pt")))
-                    throw new InputError($"{path}: holds tuned-lens's params.pt, a PyTorch pickle, which Loupe does not load; convert it once with " +
-                        "python -c \"import torch, safetensors.torch as s; s.save_file({k: v.contiguous() for k, v in torch.load('params.pt', weights_only=True).items()}, 'params.safetensors')\" " +
-                        "in that folder");
-                throw new InputError($"{path}: no {ParamsFile} (a tuned lens folder holds {ParamsFile} and {ConfigFile})");
+                // tuned-lens's own file: a torch.save state dict, read without running its pickle.
+                paramsPath = Path.Combine(path, TorchParamsFile);
+                if (!File.Exists(paramsPath))
+                    throw new InputError($"{path}: neither {ParamsFile} nor {TorchParamsFile} (a tuned lens folder holds one of them and {ConfigFile})");
             }
         }
         else if (File.Exists(path))
         {
-            if (path.EndsWith(".pt", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".pth", StringComparison.OrdinalIgnoreCase))
-                throw new InputError($"{path}: a PyTorch pickle, which Loupe does not load; convert it to {ParamsFile} (docs/lenses.md)");
             paramsPath = path;
             configPath = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, ConfigFile);
         }

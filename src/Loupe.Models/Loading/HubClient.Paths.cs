@@ -159,7 +159,7 @@ public sealed partial class HubClient
 
     /// <summary>
     /// Tells <paramref name="planned"/> what a model download at <paramref name="commit"/> fetches — config.json, the tokenizer
-    /// files, the safetensors weights (single file, or index and shards) — with sizes, when some of it is not cached yet. A hub
+    /// files, the weights (single file, or index and shards) — with sizes, when some of it is not cached yet. A hub
     /// without the listing API (a mirror) gets no announcement; the downloads themselves report any real problem.
     /// </summary>
     async Task AnnounceModelAsync(string repoId, string commit, string snapshot, Action<HubPathListing> planned, CancellationToken ct)
@@ -168,9 +168,15 @@ public sealed partial class HubClient
         HubPathListing listing;
         try { listing = await ListAsync(repoId, "", commit, ct).ConfigureAwait(false); }
         catch (Exception e) when (e is InputError or HttpRequestException or HubUnreachableException) { return; }
-        bool single = listing.Files.Any(f => f.File == SafeTensorsCheckpoint.SingleFileName);
+        // The first layout the repository has is the one DownloadAsync fetches.
+        var (single, index) = WeightLayouts.FirstOrDefault(l => listing.Files.Any(f => f.File == l.Single || f.File == l.Index));
+        bool isSingle = single is not null && listing.Files.Any(f => f.File == single);
+        // Shards as the hub names them (model-00001-of-00002.safetensors, pytorch_model-00001-of-00002.bin; not training_args.bin).
+        bool IsShard(string file) => index == SafeTensorsCheckpoint.IndexFileName
+            ? file.EndsWith(".safetensors", StringComparison.Ordinal)
+            : index is not null && file.StartsWith("pytorch_model-", StringComparison.Ordinal) && file.EndsWith(".bin", StringComparison.Ordinal);
         var fetched = listing.Files.Where(f => !f.File.Contains('/') && (f.File == "config.json" || OptionalFiles.Contains(f.File)
-            || (single ? f.File == SafeTensorsCheckpoint.SingleFileName : f.File == SafeTensorsCheckpoint.IndexFileName || f.File.EndsWith(".safetensors", StringComparison.Ordinal)))).ToList();
+            || (isSingle ? f.File == single : f.File == index || IsShard(f.File)))).ToList();
         if (fetched.All(f => IsUsableFile(Path.Combine(snapshot, f.File)))) return;
         planned(listing with { Files = fetched, Skipped = [] });
     }

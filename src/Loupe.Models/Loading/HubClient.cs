@@ -62,7 +62,8 @@ public sealed record HubClientOptions
 /// <c>X-Linked-Size</c> are read off its LFS redirect to the CDN); GET (following that redirect,
 /// without the token) into <c>blobs/{etag}.incomplete</c>, resuming with a
 /// <c>Range</c> request; check the size; rename to the blob; link the snapshot entry.
-/// Pickled <c>pytorch_model.bin</c> weights are never downloaded.
+/// Weights are <c>model.safetensors</c> or its shards; a repository without them gives <c>pytorch_model.bin</c> or its
+/// shards, whose pickles are read without running them (<see cref="SafeTensorsFile.Format"/>).
 /// </summary>
 public sealed partial class HubClient : IDisposable
 {
@@ -261,18 +262,22 @@ public sealed partial class HubClient : IDisposable
         if (commit is null || !IsSafeSegment(commit)) return null;
         string snapshot = Path.Combine(repoFolder, "snapshots", commit);
         if (!IsUsableFile(Path.Combine(snapshot, "config.json"))) return null;
-        if (IsUsableFile(Path.Combine(snapshot, SafeTensorsCheckpoint.SingleFileName))) return snapshot;
-        string index = Path.Combine(snapshot, SafeTensorsCheckpoint.IndexFileName);
-        if (!IsUsableFile(index)) return null;
-        try
+        foreach (var (single, indexName) in WeightLayouts)
         {
-            var shards = ReadShardNames(index);
-            return shards.Count > 0 && shards.All(s => IsUsableFile(Path.Combine(snapshot, s))) ? snapshot : null;
+            if (IsUsableFile(Path.Combine(snapshot, single))) return snapshot;
+            string index = Path.Combine(snapshot, indexName);
+            if (!IsUsableFile(index)) continue;
+            try
+            {
+                var shards = ReadShardNames(index);
+                return shards.Count > 0 && shards.All(s => IsUsableFile(Path.Combine(snapshot, s))) ? snapshot : null;
+            }
+            catch (Exception e) when (e is InputError or IOException or UnauthorizedAccessException)
+            {
+                return null;
+            }
         }
-        catch (Exception e) when (e is InputError or IOException or UnauthorizedAccessException)
-        {
-            return null;
-        }
+        return null;
     }
 
     async Task<string> DownloadAsync(string repoId, string revision, string repoFolder,
@@ -304,14 +309,15 @@ public sealed partial class HubClient : IDisposable
         foreach (var file in OptionalFiles)
             await FetchOptionalAsync(repoId, commit, repoFolder, snapshot, file, progress, ct).ConfigureAwait(false);
 
-        // 3. Weights: model.safetensors, else the index and every shard it names.
-        if (await FetchOptionalAsync(repoId, commit, repoFolder, snapshot, SafeTensorsCheckpoint.SingleFileName, progress, ct)
-                .ConfigureAwait(false))
-            return snapshot;
-        if (await FetchOptionalAsync(repoId, commit, repoFolder, snapshot, SafeTensorsCheckpoint.IndexFileName, progress, ct)
-                .ConfigureAwait(false))
+        // 3. Weights: model.safetensors, else its index and every shard it names; a repository from before safetensors,
+        //    pytorch_model.bin or its index (their pickles are read, never run: SafeTensorsFile.Format).
+        foreach (var (single, indexName) in WeightLayouts)
         {
-            string index = Path.Combine(snapshot, SafeTensorsCheckpoint.IndexFileName);
+            if (await FetchOptionalAsync(repoId, commit, repoFolder, snapshot, single, progress, ct).ConfigureAwait(false))
+                return snapshot;
+            if (!await FetchOptionalAsync(repoId, commit, repoFolder, snapshot, indexName, progress, ct).ConfigureAwait(false))
+                continue;
+            string index = Path.Combine(snapshot, indexName);
             var shards = ReadShardNames(index);
             if (shards.Count == 0) throw new InputError($"{index}: weight_map: expected at least one tensor, found an empty object");
             foreach (var shard in shards)
@@ -320,18 +326,24 @@ public sealed partial class HubClient : IDisposable
                 var meta = await HeadAsync(repoId, commit, shard, ct).ConfigureAwait(false);
                 if (meta.Meta is null)
                     throw new InputError(
-                        $"{SafeTensorsCheckpoint.IndexFileName} of '{repoId}' names shard '{shard}', but the hub at {Endpoint} " +
+                        $"{indexName} of '{repoId}' names shard '{shard}', but the hub at {Endpoint} " +
                         $"has no such file (404 for {FileUrl(repoId, commit, shard)})");
                 await FetchAsync(repoId, commit, repoFolder, snapshot, shard, meta.Meta, progress, ct).ConfigureAwait(false);
             }
             return snapshot;
         }
         throw new InputError(
-            $"'{repoId}' (revision '{revision}') has neither {SafeTensorsCheckpoint.SingleFileName} nor " +
-            $"{SafeTensorsCheckpoint.IndexFileName}. Loupe supports only safetensors weights: it never loads pickled " +
-            "pytorch_model.bin files, which can run arbitrary code. Use a repository (or revision) that has safetensors " +
-            "weights, or convert the checkpoint and pass the local folder.");
+            $"'{repoId}' (revision '{revision}') has no weights Loupe reads: none of " +
+            string.Join(", ", WeightLayouts.SelectMany(l => new[] { l.Single, l.Index })) +
+            ". Use a repository (or revision) that has them, or pass a local folder.");
     }
+
+    /// <summary>Where a repository's weights are, in order of preference: a single file, or an index of shards.</summary>
+    internal static readonly (string Single, string Index)[] WeightLayouts =
+    [
+        (SafeTensorsCheckpoint.SingleFileName, SafeTensorsCheckpoint.IndexFileName),
+        (SafeTensorsCheckpoint.PyTorchFileName, SafeTensorsCheckpoint.PyTorchIndexFileName),
+    ];
 
     /// <summary>Fetches a file the repo may lack; false (and a .no_exist marker) on 404.</summary>
     async Task<bool> FetchOptionalAsync(string repoId, string commit, string repoFolder, string snapshot, string file,

@@ -4,7 +4,9 @@ namespace Loupe.Models.Loading;
 
 /// <summary>
 /// A model's weights: one <c>model.safetensors</c>, or the shards named by
-/// <c>model.safetensors.index.json</c> (<c>{"metadata": {…}, "weight_map": {tensor: shard file}}</c>).
+/// <c>model.safetensors.index.json</c> (<c>{"metadata": {…}, "weight_map": {tensor: shard file}}</c>); failing those,
+/// the same as torch.save files (<c>pytorch_model.bin</c>, <c>pytorch_model.bin.index.json</c>), read without running
+/// their pickles (<see cref="SafeTensorsFile.Format"/>).
 /// Shards are memory-mapped lazily, each at most once, on the first access to one of their
 /// tensors; F32 weights are never copied. Reading from several threads at once is safe.
 /// </summary>
@@ -15,6 +17,12 @@ public sealed class SafeTensorsCheckpoint : IDisposable
 
     /// <summary>File name of the index of a sharded checkpoint.</summary>
     public const string IndexFileName = "model.safetensors.index.json";
+
+    /// <summary>File name of a single-file checkpoint that torch.save wrote (read without running its pickle).</summary>
+    public const string PyTorchFileName = "pytorch_model.bin";
+
+    /// <summary>File name of the index of a sharded torch.save checkpoint (the same JSON as <see cref="IndexFileName"/>).</summary>
+    public const string PyTorchIndexFileName = "pytorch_model.bin.index.json";
 
     readonly SafeTensorsFile? _single;
     readonly Dictionary<string, Shard>? _byTensor;   // sharded: tensor → shard
@@ -129,11 +137,11 @@ public sealed class SafeTensorsCheckpoint : IDisposable
     }
 
     /// <summary>
-    /// Opens a checkpoint: a folder holding <c>model.safetensors</c> (preferred) or
-    /// <c>model.safetensors.index.json</c>, the path of an index JSON, or the path of a single
-    /// .safetensors file.
+    /// Opens a checkpoint: a folder holding <c>model.safetensors</c> (preferred), <c>model.safetensors.index.json</c>,
+    /// <c>pytorch_model.bin</c> or <c>pytorch_model.bin.index.json</c>, the path of an index JSON, or the path of a single
+    /// .safetensors or torch.save file.
     /// </summary>
-    /// <exception cref="FileNotFoundException">The path does not exist, or the folder has no safetensors weights.</exception>
+    /// <exception cref="FileNotFoundException">The path does not exist, or the folder has no weights.</exception>
     /// <exception cref="InputError">
     /// A malformed file or index (see <see cref="SafeTensorsFile.Open"/>); an index entry that is
     /// not a plain file name in the index's folder, or names a shard that does not exist (the
@@ -149,12 +157,13 @@ public sealed class SafeTensorsCheckpoint : IDisposable
             if (File.Exists(single)) return new SafeTensorsCheckpoint(SafeTensorsFile.Open(single));
             string index = System.IO.Path.Combine(path, IndexFileName);
             if (File.Exists(index)) return OpenIndex(index);
-            string hint = File.Exists(System.IO.Path.Combine(path, "pytorch_model.bin"))
-                ? " It has pytorch_model.bin, which Loupe does not load (pickle files can run code): convert it to safetensors first."
-                : "";
+            // Before safetensors, Hugging Face saved torch.save files; their pickles are read, never run.
+            string bin = System.IO.Path.Combine(path, PyTorchFileName);
+            if (File.Exists(bin)) return new SafeTensorsCheckpoint(SafeTensorsFile.Open(bin));
+            string binIndex = System.IO.Path.Combine(path, PyTorchIndexFileName);
+            if (File.Exists(binIndex)) return OpenIndex(binIndex);
             throw new FileNotFoundException(
-                $"{path} has neither {SingleFileName} nor {IndexFileName}; Loupe loads only safetensors weights.{hint}",
-                single);
+                $"{path} has none of {SingleFileName}, {IndexFileName}, {PyTorchFileName} or {PyTorchIndexFileName}", single);
         }
         if (!File.Exists(path))
             throw new FileNotFoundException($"checkpoint {path} does not exist", path);

@@ -7,7 +7,8 @@ using System.Text.Json;
 namespace Loupe.Models.Loading;
 
 /// <summary>
-/// A read-only, memory-mapped safetensors file.
+/// A read-only, memory-mapped safetensors file — or a <c>torch.save</c> checkpoint (<c>pytorch_model.bin</c>, <c>*.pt</c>),
+/// whose tensors are read in place the same way, its pickle interpreted without running any code (<see cref="Format"/>).
 /// <para>
 /// Layout: 8-byte little-endian header length <c>N</c>; <c>N</c> bytes of UTF-8 JSON
 /// <c>{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}</c>;
@@ -45,6 +46,15 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
     /// <summary>Tensor names in header order.</summary>
     public IReadOnlyList<string> Names { get; }
 
+    /// <summary>
+    /// <c>safetensors</c>, or <c>pytorch</c> / <c>pytorch-legacy</c> for a torch.save file read without running its
+    /// pickle (tensors named by their state-dict keys, nested dicts joined with dots; see <see cref="PyTorch.PyTorchCheckpoint"/>).
+    /// </summary>
+    public string Format { get; }
+
+    /// <summary>What a torch.save file holds besides tensors that Loupe did not build (objects of other classes), by class name.</summary>
+    public IReadOnlyList<string> Ignored { get; }
+
     /// <summary>Bytes in the data buffer (file length minus 8 minus header length).</summary>
     public long DataLength => _fileLength - _dataStart;
 
@@ -53,9 +63,11 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
 
     SafeTensorsFile(string path, MemoryMappedFile map, MemoryMappedViewAccessor view, byte* basePtr,
         long fileLength, long dataStart, Dictionary<string, SafeTensorInfo> tensors, string[] names,
-        IReadOnlyDictionary<string, string> metadata)
+        IReadOnlyDictionary<string, string> metadata, string format, IReadOnlyList<string> ignored)
     {
         Path = path;
+        Format = format;
+        Ignored = ignored;
         _map = map;
         _view = view;
         _base = basePtr;
@@ -78,6 +90,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
     /// header length that is off by a byte, a truncated file or trailing bytes are all refused).
     /// The message names the file, the tensor where there is one, and what was expected versus found.
     /// </exception>
+    /// <remarks>A torch.save file (zip, or the legacy format before torch 1.6) is recognised by its first bytes and read with
+    /// <see cref="PyTorch.PyTorchCheckpoint"/>; its errors say "PyTorch checkpoint" instead.</remarks>
     public static SafeTensorsFile Open(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
@@ -107,8 +121,15 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
             acquired = true;
             basePtr += view.PointerOffset;
 
+            string? torchFormat = PyTorch.PyTorchCheckpoint.Detect(new ReadOnlySpan<byte>(basePtr, (int)Math.Min(fileLength, 64)));
+            if (torchFormat is not null)
+            {
+                var contents = PyTorch.PyTorchCheckpoint.Read(path, basePtr, fileLength, torchFormat);
+                return new SafeTensorsFile(path, map, view, basePtr, fileLength, 0, contents.Tensors, contents.Names,
+                    new Dictionary<string, string>(), torchFormat, contents.Ignored);
+            }
             var (tensors, names, metadata, dataStart) = ParseHeader(path, basePtr, fileLength);
-            return new SafeTensorsFile(path, map, view, basePtr, fileLength, dataStart, tensors, names, metadata);
+            return new SafeTensorsFile(path, map, view, basePtr, fileLength, dataStart, tensors, names, metadata, "safetensors", []);
         }
         catch
         {
@@ -125,7 +146,9 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
         ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(basePtr, 8));
         if (headerLength > MaxHeaderBytes)
             throw Bad(path, $"header length is {headerLength} bytes; expected at most {MaxHeaderBytes} " +
-                            "(the first 8 bytes are not a safetensors header length)");
+                            (basePtr[0] == 0x80
+                                ? "(the file is a Python pickle, but not one torch.save wrote: Loupe reads torch.save files and safetensors)"
+                                : "(the first 8 bytes are not a safetensors header length)"));
         if ((long)headerLength > fileLength - 8)
             throw Bad(path, $"header length is {headerLength} bytes but only {fileLength - 8} bytes follow " +
                             "the 8-byte length (truncated file?)");

@@ -374,20 +374,36 @@ public class HubClientTests
     }
 
     [Fact]
-    public async Task RepoWithOnlyPickleWeights_IsRefused_AndThePickleIsNeverFetched()
+    public async Task RepoWithOnlyPytorchModelBin_GetsItsShards_AndTheModelReadsThem()
     {
         using var hub = new FakeHub();
-        hub.AddRepo("org/pickled", new Dictionary<string, byte[]>
-        {
-            ["config.json"] = Config,
-            ["pytorch_model.bin"] = [0x80, 0x02, 0x7D, 0x71],
-        });
+        string bin = SharedData.TestData("pytorch/stories260K-bin");
+        var files = Directory.GetFiles(bin).ToDictionary(f => Path.GetFileName(f), File.ReadAllBytes);
+        files["training_args.bin"] = [0x80, 0x02, 0x7D, 0x71, 0x00, 0x2E];
+        hub.AddRepo("org/pickled", files);
         using var cache = new TempDir();
         using var client = Client(hub.Endpoint, cache);
-        var e = await Assert.ThrowsAsync<InputError>(() => client.ResolveAsync("org/pickled"));
-        Assert.Contains("only safetensors", e.Message);
-        Assert.Contains("pytorch_model.bin", e.Message);
-        Assert.DoesNotContain(hub.Requests, r => r.Path.Contains("pytorch_model.bin", StringComparison.Ordinal));
+        string snapshot = await client.ResolveAsync("org/pickled");
+        Assert.Equal(1, hub.Count("GET", "pytorch_model.bin.index.json"));
+        Assert.Equal(0, hub.Count("GET", "training_args.bin"));
+        using (var weights = SafeTensorsCheckpoint.Open(snapshot))
+        {
+            Assert.Equal("pytorch", weights.FileOf("model.norm.weight").Format);
+            Assert.Equal(2, weights.Files.Count);
+        }
+        Assert.Equal(snapshot, client.TryGetCachedSnapshot("org/pickled"));
+    }
+
+    [Fact]
+    public async Task RepoWithoutWeights_NamesWhatItLookedFor()
+    {
+        using var hub = new FakeHub();
+        hub.AddRepo("org/empty", new Dictionary<string, byte[]> { ["config.json"] = Config });
+        using var cache = new TempDir();
+        using var client = Client(hub.Endpoint, cache);
+        var e = await Assert.ThrowsAsync<InputError>(() => client.ResolveAsync("org/empty"));
+        Assert.Contains("model.safetensors", e.Message);
+        Assert.Contains("pytorch_model.bin.index.json", e.Message);
     }
 
     [Fact]

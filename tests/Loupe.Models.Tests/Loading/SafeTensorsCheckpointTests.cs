@@ -161,16 +161,18 @@ public class SafeTensorsCheckpointTests
     }
 
     [Fact]
-    public void FolderWithoutSafetensors_ExplainsThatPickleIsNotLoaded()
+    public void FolderWithoutWeights_NamesEveryFileItLookedFor_AndAPickleThatIsNotTorchSaveIsRefused()
     {
         using var dir = new TempDir();
         File.WriteAllText(dir.File("config.json"), "{}");
         var e = Assert.Throws<FileNotFoundException>(() => SafeTensorsCheckpoint.Open(dir.Path));
         Assert.Contains(dir.Path, e.Message);
         Assert.Contains("model.safetensors", e.Message);
-        File.WriteAllBytes(dir.File("pytorch_model.bin"), [0x80, 0x02]);
-        e = Assert.Throws<FileNotFoundException>(() => SafeTensorsCheckpoint.Open(dir.Path));
-        Assert.Contains("pytorch_model.bin", e.Message);
+        Assert.Contains("pytorch_model.bin.index.json", e.Message);
+        File.WriteAllBytes(dir.File("pytorch_model.bin"), [0x80, 0x02, 0x7D, 0x71, 0x00, 0x2E, 0, 0, 0]);
+        var bad = Assert.Throws<InputError>(() => SafeTensorsCheckpoint.Open(dir.Path));
+        Assert.Contains(dir.File("pytorch_model.bin"), bad.Message);
+        Assert.Contains("not one torch.save wrote", bad.Message);
         Assert.Throws<FileNotFoundException>(() => SafeTensorsCheckpoint.Open(dir.File("absent.safetensors")));
     }
 

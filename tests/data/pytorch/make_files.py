@@ -1,0 +1,363 @@
+"""Writes torch.save files the way torch 2.x writes them, with the Python standard library only (no torch here).
+
+torch.save(obj, f) pickles obj with protocol 2, replacing every storage by the persistent id
+('storage', torch.<Type>Storage, key, location, numel), and writes a zip archive of uncompressed members, each 64-byte
+aligned (a 'FB' padding extra field): {prefix}/data.pkl, {prefix}/byteorder ('little'), {prefix}/data/{key} for every
+storage, {prefix}/version ('3'), {prefix}/.data/serialization_id. A tensor pickles as
+torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, OrderedDict()), an nn.Parameter as
+torch._utils._rebuild_parameter(<that tensor>, requires_grad, OrderedDict()), and a module's state_dict() is an
+OrderedDict carrying a _metadata attribute. The legacy format (torch < 1.6, _use_new_zipfile_serialization=False) is five
+pickles in a row (magic number, protocol 1001, sys_info, the object with 6-tuple persistent ids, the sorted storage keys)
+followed by each storage as an int64 element count and its bytes.
+
+Fake torch modules are registered so that pickle writes exactly the globals torch writes. Every file's expected tensors
+go to expected.json (name -> dtype, shape, values as Python numbers) for the tests to compare against.
+
+Run: python3 make_files.py [stories260K folder]   (from this folder; the second part is skipped without the folder)
+"""
+import collections
+import io
+import json
+import math
+import os
+import pickle
+import struct
+import sys
+import types
+import zipfile
+
+torch = types.ModuleType("torch")
+torch_utils = types.ModuleType("torch._utils")
+sys.modules["torch"] = torch
+sys.modules["torch._utils"] = torch_utils
+torch._utils = torch_utils
+
+
+def _global(module, name, obj):
+    obj.__module__ = module.__name__
+    obj.__qualname__ = name
+    obj.__name__ = name
+    setattr(module, name, obj)
+    return obj
+
+
+def _rebuild_tensor_v2(*args):
+    raise AssertionError("never called")
+
+
+def _rebuild_parameter(*args):
+    raise AssertionError("never called")
+
+
+_global(torch_utils, "_rebuild_tensor_v2", _rebuild_tensor_v2)
+_global(torch_utils, "_rebuild_parameter", _rebuild_parameter)
+
+# dtype name -> (storage class name, struct code, element size)
+DTYPES = {
+    "F32": ("FloatStorage", "f", 4), "F64": ("DoubleStorage", "d", 8), "F16": ("HalfStorage", "e", 2),
+    "BF16": ("BFloat16Storage", None, 2), "I64": ("LongStorage", "q", 8), "I32": ("IntStorage", "i", 4),
+    "I16": ("ShortStorage", "h", 2), "I8": ("CharStorage", "b", 1), "U8": ("ByteStorage", "B", 1),
+    "BOOL": ("BoolStorage", "?", 1),
+}
+for storage_name, _, _ in DTYPES.values():
+    _global(torch, storage_name, type(storage_name, (), {}))
+
+
+def bf16_bits(x):
+    """float32 -> bfloat16 bits, round to nearest even (as torch's .to(torch.bfloat16))."""
+    (u,) = struct.unpack("<I", struct.pack("<f", x))
+    return (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+
+
+def bf16_value(bits):
+    return struct.unpack("<f", struct.pack("<I", bits << 16))[0]
+
+
+class Storage:
+    _next = 0
+
+    def __init__(self, dtype, values, key=None):
+        self.dtype = dtype
+        self.values = list(values)
+        self.key = key if key is not None else str(Storage._next)
+        Storage._next += 1
+
+    def raw(self):
+        _, code, _ = DTYPES[self.dtype]
+        if self.dtype == "BF16":
+            return b"".join(struct.pack("<H", bf16_bits(v)) for v in self.values)
+        return b"".join(struct.pack("<" + code, v) for v in self.values)
+
+    def stored_values(self):
+        """The values as the file holds them (rounded to the dtype), as Python numbers."""
+        _, code, size = DTYPES[self.dtype]
+        raw = self.raw()
+        if self.dtype == "BF16":
+            return [bf16_value(struct.unpack_from("<H", raw, i * 2)[0]) for i in range(len(self.values))]
+        return [struct.unpack_from("<" + code, raw, i * size)[0] for i in range(len(self.values))]
+
+
+class Tensor:
+    def __init__(self, storage, offset, shape, stride=None, parameter=False):
+        self.storage, self.offset, self.shape, self.parameter = storage, offset, tuple(shape), parameter
+        if stride is None:
+            stride, step = [], 1
+            for d in reversed(self.shape):
+                stride.insert(0, step)
+                step *= d
+        self.stride = tuple(stride)
+
+    def __reduce_ex__(self, protocol):
+        plain = (_rebuild_tensor_v2, (self.storage, self.offset, self.shape, self.stride, self.parameter, collections.OrderedDict()))
+        if self.parameter:
+            inner = Tensor(self.storage, self.offset, self.shape, self.stride)
+            return (_rebuild_parameter, (inner, True, collections.OrderedDict()))
+        return plain
+
+    def values(self):
+        """Elements in row-major order through the strides."""
+        stored = self.storage.stored_values()
+        out = []
+
+        def walk(dim, at):
+            if dim == len(self.shape):
+                out.append(stored[at])
+                return
+            for i in range(self.shape[dim]):
+                walk(dim + 1, at + i * self.stride[dim])
+
+        walk(0, self.offset)
+        return out
+
+
+def new_tensor(dtype, shape, f, parameter=False):
+    n = math.prod(shape)
+    return Tensor(Storage(dtype, [f(i) for i in range(n)]), 0, shape, parameter=parameter)
+
+
+def persistent_id_zip(obj):
+    if isinstance(obj, Storage):
+        return ("storage", getattr(torch, DTYPES[obj.dtype][0]), obj.key, "cpu", len(obj.values))
+    return None
+
+
+def persistent_id_legacy(obj):
+    if isinstance(obj, Storage):
+        return ("storage", getattr(torch, DTYPES[obj.dtype][0]), obj.key, "cpu", len(obj.values), None)
+    return None
+
+
+def storages_of(obj, found):
+    if isinstance(obj, Tensor):
+        found[obj.storage.key] = obj.storage
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            storages_of(v, found)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            storages_of(v, found)
+    return found
+
+
+class AlignedZip:
+    """torch's PyTorchFileWriter: stored members whose data starts on a 64-byte boundary."""
+
+    def __init__(self, path, force_zip64=False):
+        self.zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED)
+        self.force_zip64 = force_zip64
+
+    def write(self, name, data):
+        info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_STORED
+        start = self.zip.fp.tell()
+        header = 30 + len(name.encode()) + (20 if self.force_zip64 else 0)
+        pad = (-(start + header + 4)) % 64
+        info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad
+        with self.zip.open(info, "w", force_zip64=self.force_zip64) as f:
+            f.write(data)
+        assert (start + header + 4 + pad) % 64 == 0 or self.force_zip64
+
+    def close(self):
+        self.zip.close()
+
+
+def save_zip(obj, path, prefix="archive", force_zip64=False, pickle_bytes=None):
+    buf = io.BytesIO()
+    p = pickle.Pickler(buf, protocol=2)
+    p.persistent_id = persistent_id_zip
+    p.dump(obj)
+    z = AlignedZip(path, force_zip64)
+    z.write(f"{prefix}/data.pkl", pickle_bytes if pickle_bytes is not None else buf.getvalue())
+    z.write(f"{prefix}/byteorder", b"little")
+    for key, storage in sorted(storages_of(obj, {}).items()):
+        z.write(f"{prefix}/data/{key}", storage.raw())
+    z.write(f"{prefix}/version", b"3\n")
+    z.write(f"{prefix}/.data/serialization_id", b"1234567890123456789012345678901234567890")
+    z.close()
+
+
+def save_legacy(obj, path):
+    with open(path, "wb") as f:
+        pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
+        pickle.dump(1001, f, protocol=2)
+        pickle.dump({"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}, f, protocol=2)
+        p = pickle.Pickler(f, protocol=2)
+        p.persistent_id = persistent_id_legacy
+        p.dump(obj)
+        storages = storages_of(obj, {})
+        keys = sorted(storages)
+        pickle.dump(keys, f, protocol=2)
+        for key in keys:
+            s = storages[key]
+            f.write(struct.pack("<q", len(s.values)))
+            f.write(s.raw())
+
+
+def state_dict(items):
+    sd = collections.OrderedDict(items)
+    sd._metadata = collections.OrderedDict([("", {"version": 1}), ("layer", {"version": 1})])
+    return sd
+
+
+class Config:  # a class Loupe must not build (a training run's config object)
+    def __init__(self):
+        self.lr = 0.001
+
+
+trainer_config = types.ModuleType("trainer.config")
+sys.modules["trainer.config"] = trainer_config
+sys.modules["trainer"] = types.ModuleType("trainer")
+_global(trainer_config, "Config", Config)
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned-by-pickle",))
+
+
+expected = {}
+
+
+def record(file, tensors):
+    expected[file] = {
+        name: {"dtype": t.storage.dtype, "shape": list(t.shape), "values": t.values()} for name, t in tensors.items()
+    }
+
+
+def main():
+    # 1. A state dict with every dtype, a parameter, tied weights, a view at a storage offset, a scalar and an empty tensor.
+    embed = new_tensor("F32", (4, 3), lambda i: math.sin(0.37 * i + 0.1), parameter=True)
+    shared = Storage("F32", [0.5 * i - 2.0 for i in range(12)])
+    t = {
+        "embed.weight": embed,
+        "lm_head.weight": Tensor(embed.storage, 0, (4, 3)),  # tied: the same storage
+        "layer.bias": new_tensor("F32", (4,), lambda i: -1.5 + i),
+        "layer.half": new_tensor("F16", (2, 3), lambda i: 0.1 * i - 0.25),
+        "layer.bf16": new_tensor("BF16", (5,), lambda i: math.cos(i) * 3.0),
+        "layer.double": new_tensor("F64", (2, 2), lambda i: 1.0 / (i + 3)),
+        "layer.rows_1_2": Tensor(shared, 3, (2, 3)),  # rows 1..2 of a [4, 3] storage
+        "layer.whole": Tensor(shared, 0, (4, 3)),
+        "step": new_tensor("I64", (), lambda i: 1234567890123),
+        "ids": new_tensor("I32", (3,), lambda i: i * 1000 - 7),
+        "mask": new_tensor("BOOL", (4,), lambda i: i % 3 == 0),
+        "bytes": new_tensor("U8", (3,), lambda i: 250 + i),
+        "small": new_tensor("I8", (2,), lambda i: -100 + 7 * i),
+        "shorts": new_tensor("I16", (2,), lambda i: -30000 + i),
+        "empty": new_tensor("F32", (0, 5), lambda i: 0.0),
+    }
+    save_zip(state_dict(t), "state_dict.pt")
+    record("state_dict.pt", t)
+
+    # 2. A training checkpoint: nested dicts, numbers, strings, a list of tensors, an object of an unknown class.
+    inner = {"w": new_tensor("F32", (2, 2), lambda i: i + 0.25), "b": new_tensor("F32", (2,), lambda i: -i)}
+    moments = [new_tensor("F32", (2,), lambda i: 10.0 + i), new_tensor("F32", (2,), lambda i: 20.0 + i)]
+    save_zip({"state_dict": state_dict(inner), "epoch": 3, "hparams": {"lr": 0.001, "name": "run-7"},
+              "moments": moments, "config": Config()}, "checkpoint.pt", prefix="checkpoint")
+    record("checkpoint.pt", {"state_dict.w": inner["w"], "state_dict.b": inner["b"], "moments.0": moments[0], "moments.1": moments[1]})
+
+    # 3. The legacy format (torch < 1.6), storage keys as torch wrote them (str(id(storage))).
+    legacy = {"weight": new_tensor("F32", (3, 2), lambda i: 2.0 ** -i), "bias": new_tensor("F16", (3,), lambda i: 0.5 * i)}
+    legacy["weight"].storage.key, legacy["bias"].storage.key = "140321987654320", "140321987654208"
+    save_legacy(state_dict(legacy), "legacy.bin")
+    record("legacy.bin", legacy)
+
+    # 4. zip64 headers (what a file over 4 GiB needs), forced on a small file.
+    z64 = {"w": new_tensor("F32", (3,), lambda i: 7.0 - i)}
+    save_zip(state_dict(z64), "zip64.pt", force_zip64=True)
+    record("zip64.pt", z64)
+
+    # 5. Refused: a transposed view.
+    base = Storage("F32", [float(i) for i in range(6)])
+    save_zip(state_dict({"w": Tensor(base, 0, (3, 2), (1, 3))}), "strided.pt")
+
+    # 6. A pickle that would run a shell command under pickle.load: Loupe must read the tensor and build nothing else.
+    evil = {"w": new_tensor("F32", (2,), lambda i: 1.0 + i)}
+    save_zip({"w": evil["w"], "payload": Evil()}, "evil.pt")
+    record("evil.pt", evil)
+
+    # 7. Refused: a TorchScript archive (no data.pkl).
+    z = AlignedZip("torchscript.pt")
+    z.write("model/constants.pkl", pickle.dumps((), protocol=2))
+    z.write("model/code/__torch__.py", b"class Model: pass\n")
+    z.write("model/version", b"3\n")
+    z.close()
+
+    # 8. A tuned lens as tuned-lens saves it: torch.save(layer_translators.state_dict(), "params.pt") + its config.json.
+    os.makedirs("tuned-lens", exist_ok=True)
+    lens = {}
+    for layer in range(2):
+        lens[f"{layer}.weight"] = new_tensor("F32", (4, 4), lambda i, l=layer: (l + 1) * 0.01 * (i - 7.5))
+        lens[f"{layer}.bias"] = new_tensor("F32", (4,), lambda i, l=layer: 0.1 * i - l)
+    save_zip(state_dict(lens), "tuned-lens/params.pt", prefix="params")
+    with open("tuned-lens/config.json", "w") as f:
+        json.dump({"base_model_name_or_path": "stories-d4", "d_model": 4, "num_hidden_layers": 2, "bias": True,
+                   "base_model_revision": None, "unembed_hash": None, "lens_type": "linear_tuned_lens"}, f)
+    record("tuned-lens/params.pt", lens)
+
+    with open("expected.json", "w") as f:
+        json.dump(expected, f, indent=1, sort_keys=True)
+
+    if len(sys.argv) > 1:
+        convert_model(sys.argv[1])
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = collections.OrderedDict()
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        assert info["dtype"] == "F32", name
+        begin, end = info["data_offsets"]
+        values = list(struct.unpack(f"<{(end - begin) // 4}f", data[begin:end]))
+        out[name] = Tensor(Storage("F32", values), 0, tuple(info["shape"]))
+    return out
+
+
+def convert_model(folder):
+    """stories260K as Hugging Face wrote pytorch_model.bin shards before safetensors: two shards and their index."""
+    tensors = read_safetensors(os.path.join(folder, "model.safetensors"))
+    # Tied weights share one storage, as in a real state dict.
+    tensors["lm_head.weight"] = Tensor(tensors["model.embed_tokens.weight"].storage, 0, tensors["lm_head.weight"].shape)
+    out = "stories260K-bin"
+    os.makedirs(out, exist_ok=True)
+    names = list(tensors)
+    half = len(names) // 2
+    shards = {"pytorch_model-00001-of-00002.bin": names[:half], "pytorch_model-00002-of-00002.bin": names[half:]}
+    weight_map = {}
+    for shard, members in shards.items():
+        save_zip(state_dict([(n, tensors[n]) for n in members]), os.path.join(out, shard), prefix="pytorch_model")
+        weight_map.update({n: shard for n in members})
+    total = sum(4 * math.prod(t.shape) for t in tensors.values())
+    with open(os.path.join(out, "pytorch_model.bin.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+    for extra in ("config.json", "tokenizer.json"):
+        with open(os.path.join(folder, extra), "rb") as src, open(os.path.join(out, extra), "wb") as dst:
+            dst.write(src.read())
+
+
+if __name__ == "__main__":
+    main()
