@@ -197,3 +197,22 @@ public sealed class SparsifyTarget : FuzzTarget
 
     public override void Execute(string folder, FuzzInput input) => DictionaryChecks.EncodeDecode(DictionaryFile.Load(folder).Dictionary);
 }
+
+/// <summary>
+/// <c>DictionaryFile.Load</c> on saprmarks/dictionary_learning trainer folders (ae.pt, a torch.save state dict, + config.json
+/// with trainer.dict_class, activation_dim, dict_size, k, submodule_name), then encode/decode: every class Loupe reads.
+/// </summary>
+public sealed class DictionaryLearningTarget : FuzzTarget
+{
+    public override string Name => "dictionary-learning";
+    public override int DefaultIterations => 1500;
+
+    public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
+    {
+        string root = context.Repo("tests/data/pytorch/dictionary_learning");
+        return [.. new[] { "standard", "new", "topk", "batch_topk", "matryoshka", "jumprelu" }
+            .Select(name => SeedFiles.AllOf($"repo:tests/data/pytorch/dictionary_learning/{name}", Path.Combine(root, name)))];
+    }
+
+    public override void Execute(string folder, FuzzInput input) => DictionaryChecks.EncodeDecode(DictionaryFile.Load(folder).Dictionary);
+}

@@ -4,7 +4,8 @@ namespace Loupe.Dictionaries.Sae;
 /// Loads a dictionary from whichever published layout a path holds, so every verb takes one <c>--sae PATH</c>:
 /// a SAELens folder (<c>cfg.json</c> + <c>sae_weights.safetensors</c>) or either of its files, a Gemma Scope
 /// <c>params.npz</c> or a folder holding one (and no cfg.json), a Gemma Scope 2 <c>params.safetensors</c> (+ <c>config.json</c>)
-/// or its folder, or an EleutherAI sparsify hookpoint folder (<c>cfg.json</c> + <c>sae.safetensors</c>) or either of its files.
+/// or its folder, an EleutherAI sparsify hookpoint folder (<c>cfg.json</c> + <c>sae.safetensors</c>) or either of its files, or a
+/// saprmarks/dictionary_learning trainer folder (<c>ae.pt</c> + <c>config.json</c>) or its <c>ae.pt</c>.
 /// </summary>
 public static class DictionaryFile
 {
@@ -30,10 +31,11 @@ public static class DictionaryFile
                 return SparsifyFormat.Load(folder, hookName);
             if (name is SaeLensFormat.ConfigFile or SaeLensFormat.WeightsFile)
                 return SaeLens(folder, hookName);
+            if (name == DictionaryLearningFormat.WeightsFile) return DictionaryLearningFormat.Load(folder, hookName);
             if (path.EndsWith(".npz", StringComparison.OrdinalIgnoreCase)) return GemmaScopeFormat.Load(path, hookName);
             if (GemmaScope2Format.IsGemmaScope2File(path)) return GemmaScope2Format.Load(path, hookName);
             throw new InputError(
-                $"'{path}' is not a dictionary file: expected a SAELens {SaeLensFormat.ConfigFile} or {SaeLensFormat.WeightsFile}, a Gemma Scope .npz, a Gemma Scope 2 {GemmaScope2Format.ParamsFile} or a sparsify {SparsifyFormat.WeightsFile}");
+                $"'{path}' is not a dictionary file: expected a SAELens {SaeLensFormat.ConfigFile} or {SaeLensFormat.WeightsFile}, a Gemma Scope .npz, a Gemma Scope 2 {GemmaScope2Format.ParamsFile}, a sparsify {SparsifyFormat.WeightsFile} or a dictionary_learning {DictionaryLearningFormat.WeightsFile}");
         }
         if (Directory.Exists(path))
         {
@@ -41,8 +43,9 @@ public static class DictionaryFile
             if (File.Exists(Path.Combine(path, SaeLensFormat.ConfigFile))) return SaeLens(path, hookName);
             if (File.Exists(Path.Combine(path, GemmaScopeFormat.ParamsFile))) return GemmaScopeFormat.Load(path, hookName);
             if (File.Exists(Path.Combine(path, GemmaScope2Format.ParamsFile))) return GemmaScope2Format.Load(path, hookName);
+            if (DictionaryLearningFormat.IsDictionaryLearningFolder(path)) return DictionaryLearningFormat.Load(path, hookName);
             throw new FileNotFoundException(
-                $"no dictionary in folder '{path}': expected a SAELens {SaeLensFormat.ConfigFile} + {SaeLensFormat.WeightsFile}, a Gemma Scope {GemmaScopeFormat.ParamsFile}, a Gemma Scope 2 {GemmaScope2Format.ParamsFile} or a sparsify {SparsifyFormat.ConfigFile} + {SparsifyFormat.WeightsFile}" +
+                $"no dictionary in folder '{path}': expected a SAELens {SaeLensFormat.ConfigFile} + {SaeLensFormat.WeightsFile}, a Gemma Scope {GemmaScopeFormat.ParamsFile}, a Gemma Scope 2 {GemmaScope2Format.ParamsFile}, a sparsify {SparsifyFormat.ConfigFile} + {SparsifyFormat.WeightsFile} or a dictionary_learning {DictionaryLearningFormat.WeightsFile} (+ config.json)" +
                 (Directory.EnumerateDirectories(path).Any(d => SparsifyFormat.IsSparsifyFolder(d)) ? " (this looks like a sparsify run: name one of its hookpoint folders, e.g. layers.6)" : ""), path);
         }
         throw new FileNotFoundException(

@@ -23,8 +23,11 @@ public sealed class SaeLensRegistry
     public const string FileName = "pretrained_saes.yaml";
     /// <summary>The registry is a few MB; a file far larger is not it.</summary>
     const long MaxBytes = 64L << 20;
-    /// <summary>The conversions whose results Loupe reads: SAELens's own layout (none), Gemma Scope's params.npz, Gemma Scope 2, EleutherAI's sparsify.</summary>
-    static readonly HashSet<string> s_readable = ["", "gemma_2", "gemma_3", "sparsify"];
+    /// <summary>
+    /// The conversions whose results Loupe reads: SAELens's own layout (none), Gemma Scope's params.npz, Gemma Scope 2, EleutherAI's
+    /// sparsify, saprmarks/dictionary_learning's ae.pt (SAEBench's baselines).
+    /// </summary>
+    static readonly HashSet<string> s_readable = ["", "gemma_2", "gemma_3", "sparsify", "dictionary_learning_1"];
 
     readonly Dictionary<string, SaeLensRelease> _releases;
 

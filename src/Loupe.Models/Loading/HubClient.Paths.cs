@@ -9,7 +9,7 @@ namespace Loupe.Models.Loading;
 /// <param name="Path">The folder or file in it ("" for the whole repository).</param>
 /// <param name="Commit">The commit the files are taken at.</param>
 /// <param name="Files">Every file under the path, with its size when the hub gave one.</param>
-/// <param name="Skipped">Files under the path that are not fetched: pickled weights, which Loupe never loads.</param>
+/// <param name="Skipped">Files under the path that are not fetched: pickles Loupe does not read (training state, checkpoints).</param>
 public sealed record HubPathListing(string RepoId, string Path, string Commit, IReadOnlyList<(string File, long? Size)> Files, IReadOnlyList<string> Skipped)
 {
     /// <summary>The bytes the files take (those with a known size).</summary>
@@ -18,8 +18,18 @@ public sealed record HubPathListing(string RepoId, string Path, string Commit, I
 
 public sealed partial class HubClient
 {
-    /// <summary>Files Loupe never downloads: pickles, which can run code when loaded (Loupe reads none of them).</summary>
+    /// <summary>
+    /// Files a path fetch leaves behind: pickles (a training run's optimizer state, checkpoints), except the torch.save files
+    /// Loupe reads by name (<see cref="TorchSaveFilesRead"/>), whose pickles it interprets without running them.
+    /// </summary>
     static readonly string[] s_pickleExtensions = [".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"];
+
+    /// <summary>torch.save files fetched with a path: dictionary_learning's <c>ae.pt</c>, tuned-lens's <c>params.pt</c>.</summary>
+    public static readonly IReadOnlyList<string> TorchSaveFilesRead = ["ae.pt", "params.pt"];
+
+    static bool Skipped(string name) =>
+        s_pickleExtensions.Any(e => name.EndsWith(e, StringComparison.OrdinalIgnoreCase))
+        && !TorchSaveFilesRead.Contains(name[(name.LastIndexOf('/') + 1)..], StringComparer.Ordinal);
 
     /// <summary>Longest model-info answer read (a repository of tens of thousands of files stays far below).</summary>
     const int MaxListingBytes = 64 << 20;
@@ -28,7 +38,7 @@ public sealed partial class HubClient
     /// A folder or file of a hub repository as a local path — a dictionary that is not a model, such as a SAELens SAE
     /// (<c>org/saes</c>, path <c>blocks.8.hook_resid_pre</c>), a Gemma Scope <c>params.npz</c> or a folder of transcoders.
     /// The repository's files are listed (<c>/api/models/{repo}/revision/{revision}?blobs=true</c>), every file under
-    /// <paramref name="path"/> except pickles is fetched into the standard hub cache at the listed commit, and the path inside
+    /// <paramref name="path"/> except pickles (<see cref="TorchSaveFilesRead"/> apart) is fetched into the standard hub cache at the listed commit, and the path inside
     /// the snapshot is returned. <paramref name="planned"/> hears the listing (file count, bytes) before anything is
     /// downloaded. Offline, or when the hub cannot be reached, a cached copy of the path at the revision is used.
     /// </summary>
@@ -105,7 +115,7 @@ public sealed partial class HubClient
                 var under = all.Files.Where(f => f.File == p || f.File.StartsWith(p + "/", StringComparison.Ordinal)).ToList();
                 if (under.Count == 0)
                     throw new InputError($"'{repoId}' (revision '{revision}', commit {all.Commit}) has no file or folder '{p}'" +
-                        (all.Skipped.Contains(p) ? " that Loupe loads (it is pickled)" : ""));
+                        (all.Skipped.Contains(p) ? " that Loupe fetches (it is a pickle Loupe does not read)" : ""));
                 files.AddRange(under);
             }
             var listing = new HubPathListing(repoId, "", all.Commit, files, []);
@@ -246,14 +256,14 @@ public sealed partial class HubClient
             if (path.Length > 0 && name != path && !name.StartsWith(path + "/", StringComparison.Ordinal)) continue;
             if (!IsPlainRepoPath(name)) // a name that would lead outside the snapshot folder
                 throw new InputError($"{where}: file name {InputError.Show(name)} is not a plain path inside the repository");
-            if (s_pickleExtensions.Any(e => name.EndsWith(e, StringComparison.OrdinalIgnoreCase))) { skipped.Add(name); continue; }
+            if (Skipped(name)) { skipped.Add(name); continue; }
             files.Add((name, Size(sibling)));
         }
         if (files.Count == 0)
         {
             string shown = string.Join(", ", topLevel.Take(30)) + (topLevel.Count > 30 ? $", … ({topLevel.Count} in all)" : "");
             throw new InputError(skipped.Count > 0
-                ? $"'{repoId}/{path}' (revision '{revision}') holds only pickled files ({string.Join(", ", skipped.Take(5))}), which Loupe never loads: they can run code"
+                ? $"'{repoId}/{path}' (revision '{revision}') holds only pickled files ({string.Join(", ", skipped.Take(5))}), which Loupe does not fetch (it reads torch.save files only by name: {string.Join(", ", TorchSaveFilesRead)})"
                 : $"'{repoId}' (revision '{revision}') has no file or folder '{path}'; its top level holds: {(shown.Length > 0 ? shown : "nothing")}");
         }
         return new HubPathListing(repoId, path, commit, files, skipped);

@@ -25,7 +25,7 @@ public sealed class SaeLensRegistryTests : IDisposable
     public void Releases_resolve_to_their_hub_folders()
     {
         var registry = SaeLensRegistry.Read(Write(Registry));
-        Assert.Equal(["gemma-scope-2b-pt-res-canonical", "gpt2-small-res-jb", "pythia-70m-deduped-mlp-sm"], registry.Releases.Order(StringComparer.Ordinal));
+        Assert.Equal(["gemma-scope-2b-pt-res-canonical", "gpt2-small-res-jb", "llama_scope_lxr_8x", "pythia-70m-deduped-mlp-sm"], registry.Releases.Order(StringComparer.Ordinal));
         var (spec, release, note) = registry.Resolve("gpt2-small-res-jb/blocks.8.hook_resid_pre");
         Assert.Equal("hf:jbloom/GPT2-Small-SAEs-Reformatted/blocks.8.hook_resid_pre", spec);
         Assert.Equal("gpt2", release.Model);
@@ -37,7 +37,9 @@ public sealed class SaeLensRegistryTests : IDisposable
         Assert.Equal("layer_0/width_16k/average_l0_105", release.Saes["layer_0/width_16k/canonical"]); // quotes removed
         Assert.Null(note); // gemma_2: Gemma Scope's params.npz, which Loupe reads
         (_, _, note) = registry.Resolve("pythia-70m-deduped-mlp-sm/blocks.0.hook_mlp_out");
-        Assert.Contains("dictionary_learning_1", note);
+        Assert.Null(note); // dictionary_learning_1: ae.pt + config.json, which Loupe reads
+        (_, _, note) = registry.Resolve("llama_scope_lxr_8x/l0r_8x");
+        Assert.Contains("llama_scope", note);
     }
 
     [Fact]

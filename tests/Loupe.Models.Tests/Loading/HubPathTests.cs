@@ -152,6 +152,24 @@ public class HubPathTests
         e = await Assert.ThrowsAsync<InputError>(() => client.ResolveFilesAsync(Repo, ["layer_9/params.npz"]));
         Assert.Contains("has no file or folder 'layer_9/params.npz'", e.Message);
         e = await Assert.ThrowsAsync<InputError>(() => client.ResolveFilesAsync(Repo, ["blocks.1.hook_resid_pre/optimizer.pt"]));
-        Assert.Contains("pickled", e.Message);
+        Assert.Contains("a pickle Loupe does not read", e.Message);
+    }
+
+    [Fact]
+    public async Task A_dictionary_learning_trainer_folder_brings_its_ae_pt_and_leaves_other_pickles()
+    {
+        using var hub = new FakeHub();
+        string commit = hub.AddRepo("sae-org/saebench", new Dictionary<string, byte[]>
+        {
+            ["topk/resid_post_layer_3/trainer_0/ae.pt"] = Bytes("PK torch.save zip"),
+            ["topk/resid_post_layer_3/trainer_0/config.json"] = Bytes("{\"trainer\": {}}"),
+            ["topk/resid_post_layer_3/trainer_0/optimizer.pt"] = Bytes("a pickle"),
+            ["topk/resid_post_layer_3/trainer_0/checkpoint.ckpt"] = Bytes("a pickle"),
+        });
+        using var cache = new TempDir();
+        using var client = Client(hub.Endpoint, cache);
+        string folder = await client.ResolvePathAsync("sae-org/saebench", "topk/resid_post_layer_3/trainer_0");
+        Assert.Equal(["ae.pt", "config.json"], Directory.GetFiles(folder).Select(Path.GetFileName).Order());
+        Assert.Equal(0, hub.Count("GET", "optimizer.pt"));
     }
 }

@@ -317,8 +317,156 @@ def main():
     with open("expected.json", "w") as f:
         json.dump(expected, f, indent=1, sort_keys=True)
 
+    write_dictionary_learning()
+
     if len(sys.argv) > 1:
         convert_model(sys.argv[1])
+
+
+# ---- dictionary_learning (saprmarks/dictionary_learning): ae.pt + config.json per trainer ---------------------------------
+# Each dictionary class's encode/decode below is a line-by-line transcription of dictionary_learning's (dictionary.py,
+# trainers/top_k.py, trainers/matryoshka_batch_top_k.py) into plain Python, used to write the outputs the tests expect.
+
+D, F = 6, 10
+
+
+def mat(rows, cols, f):
+    return [[f(r, c) for c in range(cols)] for r in range(rows)]
+
+
+def matvec(w, x):  # w [out][in] · x [in]
+    return [sum(wr[j] * x[j] for j in range(len(x))) for wr in w]
+
+
+def vecmat(x, w):  # x [rows] · w [rows][cols]
+    return [sum(x[r] * w[r][c] for r in range(len(x))) for c in range(len(w[0]))]
+
+
+def relu(v):
+    return [max(a, 0.0) for a in v]
+
+
+def f32(v):
+    return struct.unpack("<f", struct.pack("<f", v))[0]
+
+
+def t32(rows):  # round to float32, as the file stores them
+    return [[f32(v) for v in r] for r in rows] if isinstance(rows[0], list) else [f32(v) for v in rows]
+
+
+def tensor_of(values, shape, dtype="F32"):
+    flat = [v for r in values for v in r] if shape and len(shape) == 2 else (values if isinstance(values, list) else [values])
+    return Tensor(Storage(dtype, flat), 0, shape)
+
+
+X = t32(mat(5, D, lambda r, c: math.sin(1.3 * r + 0.7 * c) * (1 + 0.3 * r)))
+
+
+def write_dl(name, dict_class, trainer_class, tensors, extra_trainer, encode, decode, config=True, submodule="resid_post_layer_3"):
+    folder = os.path.join("dictionary_learning", name)
+    os.makedirs(folder, exist_ok=True)
+    save_zip(state_dict(tensors), os.path.join(folder, "ae.pt"), prefix="ae")
+    if config:
+        trainer = {"dict_class": dict_class, "trainer_class": trainer_class, "activation_dim": D, "dict_size": F, "lr": 0.0003,
+                   "seed": 0, "layer": 3, "lm_name": "EleutherAI/pythia-70m-deduped", "submodule_name": submodule, "device": "cuda:0"}
+        trainer.update(extra_trainer)
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump({"trainer": trainer, "buffer": {"d_submodule": D, "io": "out", "n_ctxs": 3000, "ctx_len": 128,
+                                                       "refresh_batch_size": 32, "out_batch_size": 4096, "device": "cuda:0"}}, f, indent=4)
+    latents = [encode(x) for x in X]
+    expected["dictionary_learning/" + name] = {"x": X, "latents": latents, "recon": [decode(f) for f in latents]}
+
+
+def write_dictionary_learning():
+    w_enc_lin = t32(mat(F, D, lambda r, c: math.cos(0.9 * r - 0.4 * c) * 0.6))      # nn.Linear(D, F).weight [F, D]
+    b_enc = t32([0.05 * ((i * 7) % 5) - 0.1 for i in range(F)])
+    w_dec_lin = t32(mat(D, F, lambda r, c: math.sin(0.5 * c + 1.1 * r) * 0.4))      # nn.Linear(F, D).weight [D, F]
+    b_dec = t32([0.1 * i - 0.2 for i in range(D)])
+
+    def linear_dec(f, bias):
+        return [a + b for a, b in zip(matvec(w_dec_lin, f), bias)]
+
+    # AutoEncoder: encode ReLU(encoder(x - bias)); decode decoder(f) + bias.
+    def ae_encode(x):
+        return relu([a + b for a, b in zip(matvec(w_enc_lin, [xi - bi for xi, bi in zip(x, b_dec)]), b_enc)])
+    ae = {"bias": tensor_of(b_dec, (D,)), "encoder.weight": tensor_of(w_enc_lin, (F, D)), "encoder.bias": tensor_of(b_enc, (F,)),
+          "decoder.weight": tensor_of(w_dec_lin, (D, F))}
+    write_dl("standard", "AutoEncoder", "StandardTrainer", ae, {"l1_penalty": 0.04}, ae_encode, lambda f: linear_dec(f, b_dec))
+    # The 2024 Sparse Feature Circuits release: ae.pt alone, in a folder named after the submodule.
+    write_dl("resid_out_layer3", "AutoEncoder", "", ae, {}, ae_encode, lambda f: linear_dec(f, b_dec), config=False)
+
+    # AutoEncoderNew: encode ReLU(encoder(x)); decode decoder(f) (+ its bias).
+    def new_encode(x):
+        return relu([a + b for a, b in zip(matvec(w_enc_lin, x), b_enc)])
+    write_dl("new", "AutoEncoderNew", "StandardTrainerNew",
+             {"encoder.weight": tensor_of(w_enc_lin, (F, D)), "encoder.bias": tensor_of(b_enc, (F,)),
+              "decoder.weight": tensor_of(w_dec_lin, (D, F)), "decoder.bias": tensor_of(b_dec, (D,))},
+             {}, new_encode, lambda f: linear_dec(f, b_dec), submodule="mlp_out_layer_2")
+
+    # AutoEncoderTopK: top-k of ReLU(encoder(x - b_dec)) (its default encode; the threshold buffer is not used).
+    k = 3
+
+    def topk_encode(x):
+        post = ae_encode(x)
+        keep = sorted(range(F), key=lambda i: -post[i])[:k]
+        return [post[i] if i in keep else 0.0 for i in range(F)]
+    write_dl("topk", "AutoEncoderTopK", "TopKTrainer",
+             {"encoder.weight": tensor_of(w_enc_lin, (F, D)), "encoder.bias": tensor_of(b_enc, (F,)),
+              "decoder.weight": tensor_of(w_dec_lin, (D, F)), "b_dec": tensor_of(b_dec, (D,)),
+              "k": tensor_of(k, (), "I32"), "threshold": tensor_of(f32(0.2), ())},
+             {"k": k, "auxk_alpha": 1 / 32}, topk_encode, lambda f: linear_dec(f, b_dec), submodule="attn_out_layer_1")
+
+    # BatchTopKSAE: encode (use_threshold=True) post * (post > threshold).
+    thr = f32(0.15)
+
+    def batch_encode(x):
+        post = ae_encode(x)
+        return [p if p > thr else 0.0 for p in post]
+    write_dl("batch_topk", "BatchTopKSAE", "BatchTopKTrainer",
+             {"encoder.weight": tensor_of(w_enc_lin, (F, D)), "encoder.bias": tensor_of(b_enc, (F,)),
+              "decoder.weight": tensor_of(w_dec_lin, (D, F)), "b_dec": tensor_of(b_dec, (D,)),
+              "k": tensor_of(k, (), "I32"), "threshold": tensor_of(thr, ())},
+             {"k": k}, batch_encode, lambda f: linear_dec(f, b_dec))
+
+    # MatryoshkaBatchTopKSAE: W_enc [D, F], W_dec [F, D] as parameters; relu((x - b_dec) @ W_enc + b_enc) * (> threshold).
+    W_enc = [[w_enc_lin[c][r] for c in range(F)] for r in range(D)]
+    W_dec = [[w_dec_lin[c][r] for c in range(D)] for r in range(F)]
+
+    def mat_encode(x):
+        pre = [a + b for a, b in zip(vecmat([xi - bi for xi, bi in zip(x, b_dec)], W_enc), b_enc)]
+        return [p if p > thr else 0.0 for p in relu(pre)]
+    write_dl("matryoshka", "MatryoshkaBatchTopKSAE", "MatryoshkaBatchTopKTrainer",
+             {"k": tensor_of(k, (), "I32"), "threshold": tensor_of(thr, ()), "group_sizes": tensor_of([3, 3, 4], (3,), "I64"),
+              "W_enc": tensor_of(W_enc, (D, F)), "b_enc": tensor_of(b_enc, (F,)), "W_dec": tensor_of(W_dec, (F, D)), "b_dec": tensor_of(b_dec, (D,))},
+             {"k": k, "group_fractions": [0.3, 0.3, 0.4], "group_weights": [1 / 3] * 3, "group_sizes": [3, 3, 4]},
+             mat_encode, lambda f: [a + b for a, b in zip(vecmat(f, W_dec), b_dec)])
+
+    # JumpReluAutoEncoder: decoder rows of varied norms; f = ReLU(pre * (pre > threshold)) * ||W_dec row||, and decode
+    # divides by it again (apply_b_dec_to_input False, as a saved state dict loads).
+    W_dec_j = [[v * (0.5 + 0.15 * r) for v in row] for r, row in enumerate(W_dec)]
+    theta = t32([0.04 * i - 0.1 for i in range(F)])
+    norms = [math.sqrt(sum(f32(v) ** 2 for v in row)) for row in t32(W_dec_j)]
+
+    def jump_encode(x):
+        pre = [a + b for a, b in zip(vecmat(x, W_enc), b_enc)]
+        return [max(p * (1.0 if p > t else 0.0), 0.0) * n for p, t, n in zip(pre, theta, norms)]
+
+    def jump_decode(f):
+        g = [a / n for a, n in zip(f, norms)]
+        return [a + b for a, b in zip(vecmat(g, t32(W_dec_j)), b_dec)]
+    write_dl("jumprelu", "JumpReluAutoEncoder", "JumpReluTrainer",
+             {"W_enc": tensor_of(W_enc, (D, F)), "b_enc": tensor_of(b_enc, (F,)), "W_dec": tensor_of(t32(W_dec_j), (F, D)),
+              "b_dec": tensor_of(b_dec, (D,)), "threshold": tensor_of(theta, (F,))},
+             {"sparsity_penalty": 1.0, "bandwidth": 0.001}, jump_encode, jump_decode)
+
+    # Refused: a gated SAE (Loupe has no gated encoder).
+    write_dl("gated", "GatedAutoEncoder", "GatedSAETrainer",
+             {"decoder_bias": tensor_of(b_dec, (D,)), "encoder.weight": tensor_of(w_enc_lin, (F, D)),
+              "r_mag": tensor_of([0.0] * F, (F,)), "gate_bias": tensor_of(b_enc, (F,)), "mag_bias": tensor_of(b_enc, (F,)),
+              "decoder.weight": tensor_of(w_dec_lin, (D, F))}, {}, lambda x: [0.0] * F, lambda f: [0.0] * D)
+    expected.pop("dictionary_learning/gated")
+    with open("expected.json", "w") as f:
+        json.dump(expected, f, indent=1, sort_keys=True)
 
 
 def read_safetensors(path):
