@@ -479,7 +479,7 @@ static class CliSupport
 
     /// <summary>
     /// Refuses, from the listing and before anything is downloaded, a hub path that does not hold what the option loads: one
-    /// dictionary at its top (<c>--sae</c>: cfg.json, params.npz or params.safetensors), or one transcoder set (<c>--transcoders</c>:
+    /// dictionary at its top (<c>--sae</c>: cfg.json, params.npz, params.safetensors or ae.pt), or one transcoder set (<c>--transcoders</c>:
     /// config.yaml, layer_0.safetensors, W_enc_0.safetensors, clt_weights.safetensors, or per-layer SAELens folders). A repository
     /// root of a release — hundreds of dictionaries, tens of gigabytes — would otherwise be fetched whole and then not load.
     /// </summary>
@@ -490,14 +490,14 @@ static class CliSupport
         var names = l.Files.Select(f => f.File[prefix.Length..]).ToList();
         bool Top(string name) => names.Contains(name);
         bool ok = single
-            ? Top(SaeLensFormat.ConfigFile) || Top(GemmaScopeFormat.ParamsFile) || Top(GemmaScope2Format.ParamsFile)
+            ? Top(SaeLensFormat.ConfigFile) || Top(GemmaScopeFormat.ParamsFile) || Top(GemmaScope2Format.ParamsFile) || Top(DictionaryLearningFormat.WeightsFile)
             : Top(CltFiles.CircuitTracerConfig) || Top("layer_0.safetensors") || Top("W_enc_0.safetensors") || Top(CltFiles.WeightsFile)
               || names.Any(n => n.Count(c => c == '/') == 1 && n.EndsWith("/cfg.json", StringComparison.Ordinal));
         if (ok) return;
-        string[] marks = ["/cfg.json", "/params.npz", "/params.safetensors", "/config.yaml"];
+        string[] marks = ["/cfg.json", "/params.npz", "/params.safetensors", "/config.yaml", "/" + DictionaryLearningFormat.WeightsFile];
         var candidates = names.Where(n => marks.Any(m => n.EndsWith(m, StringComparison.Ordinal))).Select(n => n[..n.LastIndexOf('/')]).Distinct().ToList();
         string where = $"{l.RepoId}{(l.Path.Length > 0 ? "/" + l.Path : "")}";
-        string what = single ? "a dictionary (cfg.json, params.npz or params.safetensors)" : "a transcoder set (config.yaml, layer_0.safetensors, W_enc_0.safetensors or per-layer folders with cfg.json)";
+        string what = single ? "a dictionary (cfg.json, params.npz, params.safetensors or ae.pt)" : "a transcoder set (config.yaml, layer_0.safetensors, W_enc_0.safetensors or per-layer folders with cfg.json)";
         string hint = candidates.Count == 0 ? $"`loupe hub ls hf:{where}` shows what it holds"
             : $"it holds {candidates.Count} {(candidates.Count == 1 ? "dictionary" : "dictionaries")} deeper, e.g. " +
               string.Join(", ", candidates.Take(4).Select(c => $"hf:{l.RepoId}/{prefix}{c}")) + (candidates.Count > 4 ? ", …" : "") +
