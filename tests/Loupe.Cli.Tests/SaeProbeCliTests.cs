@@ -43,5 +43,21 @@ public sealed class SaeProbeCliTests : IDisposable
         (code, _, err) = RunLoupe("sae", "probe", "--model", model, "--sae", sae, "--dataset", brown, "--hook", "blocks.9.hook_resid_post", "--max-sentences", "20", "--out", outDir);
         Assert.Equal(2, code);
         Assert.Contains("blocks.9.hook_resid_post", err);
+
+        // SAEBench's text classification: Brown categories on mean-pooled passages.
+        string genreDir = Path.Combine(_root, "genre");
+        (code, stdout, err) = RunLoupe("sae", "probe", "--model", model, "--sae", sae, "--dataset", brown, "--task", "genre", "--categories", "news,romance,hobbies",
+            "--max-sentences", "200", "--passage-tokens", "64", "--ks", "1,8", "--min-examples", "5", "--out", genreDir);
+        Assert.True(code == 0, err);
+        Assert.Contains("200 passages, mean-pooled, at blocks.1.hook_resid_post", stdout);
+        Assert.Contains("romance", stdout);
+        using (var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(genreDir, SparseProbingReport.JsonFile))))
+        {
+            Assert.Equal("genre", json.RootElement.GetProperty("task").GetString());
+            Assert.Equal("64", json.RootElement.GetProperty("args").GetProperty("passage_tokens").GetString());
+        }
+        (code, _, err) = RunLoupe("sae", "probe", "--model", model, "--sae", sae, "--dataset", brown, "--task", "topic", "--out", genreDir);
+        Assert.Equal(2, code);
+        Assert.Contains("topic", err);
     }
 }

@@ -95,6 +95,7 @@ public sealed class CliTarget : FuzzTarget
         ["lens", "--model", "{fixtures}/model", "--tokens", "1,2,3,4", "--answer-id", "5", "--tuned", "{fixtures}/tuned", "--out", "{case}/lens"],
         ["sae", "probe", "--model", "{fixtures}/model", "--sae", "{fixtures}/sae", "--dataset", "brown:{fixtures}/brown", "--max-sentences", "24", "--ks", "1,3",
             "--classes", "2", "--min-examples", "3", "--held-out", "0.25", "--l2", "0.01", "--seed", "1", "--out", "{case}/sae-probe"],
+        ["sae", "convert", "--sae", "{fixtures}/sae", "--out", "{case}/converted"],
     ];
 
     public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)

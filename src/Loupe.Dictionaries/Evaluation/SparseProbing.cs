@@ -18,6 +18,9 @@ namespace Loupe.Dictionaries.Evaluation;
 // 3. The same with the dictionary's input neurons (the top k dimensions of the activation it reads: the neuron baseline
 //    of Gurnee et al.), and one dense probe on every input dimension (the ceiling a linear probe reaches).
 // Latents are encoded in chunks and only the columns some class selects are kept, so [tokens × d_sae] is never held.
+// The genre task is SAEBench's text classification: passages of consecutive sentences of one Brown file (up to
+// PassageTokens tokens), labelled by the file's category; a passage's features are the mean over its tokens (BOS left out)
+// of the activation, and of the latents (each token encoded, then averaged, as SAEBench pools). Whole files are held out.
 
 /// <summary>Settings of <see cref="SparseProbing"/>.</summary>
 public sealed record SparseProbingSettings
@@ -36,6 +39,10 @@ public sealed record SparseProbingSettings
     public int Seed { get; init; }
     public LogisticOptions Logistic { get; init; } = new();
     public int BatchSize { get; init; } = 32;
+    /// <summary>What is probed: part-of-speech tags on tokens, or the genre (Brown category) of passages, mean-pooled.</summary>
+    public SparseProbingTask Task { get; init; } = SparseProbingTask.PartOfSpeech;
+    /// <summary>Genre task: tokens per passage (SAEBench reads 128), BOS apart.</summary>
+    public int PassageTokens { get; init; } = 128;
 
     /// <exception cref="InputError">A setting is out of range (naming it).</exception>
     public void Validate()
@@ -51,7 +58,17 @@ public sealed record SparseProbingSettings
         if (!(HeldOutFraction > 0 && HeldOutFraction < 1)) throw InputError.Expected("argument", "--held-out", "a fraction in (0, 1)", HeldOutFraction);
         if (MaxSentences is int m) Check.InRange(m, 2, int.MaxValue, "argument", "--max-sentences");
         Check.InRange(BatchSize, 1, 4096, "argument", "--batch-size");
+        Check.InRange(PassageTokens, 8, 1 << 20, "argument", "--passage-tokens");
     }
+}
+
+/// <summary>The concepts <see cref="SparseProbing"/> probes.</summary>
+public enum SparseProbingTask
+{
+    /// <summary>Each universal part-of-speech tag, on the tokens of sentences.</summary>
+    PartOfSpeech,
+    /// <summary>Each Brown category (news, fiction, …), on passages of one file, features mean-pooled over their tokens.</summary>
+    Genre,
 }
 
 /// <summary>One concept: its held-out accuracy with the top k latents and the top k input neurons for each k, and densely.</summary>
@@ -59,8 +76,10 @@ public sealed record SparseProbeClass(string Name, int TrainPositives, int HeldO
     int[] TopLatents);
 
 /// <summary>The result of <see cref="SparseProbing"/>; accuracies are on balanced held-out tokens (chance 0.5).</summary>
+/// <remarks>For the genre task, <paramref name="Sentences"/> counts passages, and each class is a Brown category.</remarks>
 public sealed record SparseProbingResult(string Hook, int DIn, int DSae, int Tokens, int Sentences, int[] Ks, IReadOnlyList<SparseProbeClass> Classes)
 {
+    public SparseProbingTask Task { get; init; } = SparseProbingTask.PartOfSpeech;
     /// <summary>The mean over classes of the latent probes' accuracy at each k.</summary>
     public double[] MeanLatentAccuracy => [.. Ks.Select((_, i) => Classes.Average(c => c.LatentAccuracy[i]))];
     /// <summary>The mean over classes of the neuron probes' accuracy at each k.</summary>
@@ -82,6 +101,7 @@ public static class SparseProbing
         var tokenizer = model.Tokenizer ?? throw new InputError($"the model at {model.Source} has no tokenizer; word tags cannot be put on tokens without one");
         var hooks = ActivationHarvester.ResolveHooks(model, hook);
         if (hooks.Count != 1 || hooks[0] != hook) throw new InputError($"the dictionary's hook '{hook}' is not one hook point of the model");
+        if (settings.Task == SparseProbingTask.Genre) return RunGenre(model, tokenizer, dictionary, hooks, corpus, settings, progress);
         progress?.Report("reading");
         var chosen = PosProbeExperiment.Sample(corpus.Sentences(settings.Categories).ToList(), settings.MaxSentences, settings.Seed);
         progress?.Report("aligning");
@@ -95,16 +115,128 @@ public static class SparseProbing
         return Probe(dictionary, data, 0, settings);
     }
 
+    // The genre task: passages of each file, every token but BOS harvested, pooled per passage (see the top of this file).
+    static SparseProbingResult RunGenre(HookedTransformer model, Loupe.Tokenizers.ITokenizer tokenizer, SparseDictionary dictionary, IReadOnlyList<string> hooks,
+        BrownCorpus corpus, SparseProbingSettings settings, IProgress<string>? progress)
+    {
+        progress?.Report("reading");
+        var categories = corpus.Categories;
+        var passages = new List<AlignedSentence>();
+        var fileOf = new List<int>();
+        var files = corpus.FileIds(settings.Categories);
+        int bos = tokenizer.Encode("a", addSpecialTokens: true).Length - tokenizer.Encode("a", addSpecialTokens: false).Length;
+        int length = Math.Min(settings.PassageTokens, model.Config.NCtx - Math.Max(bos, 0));
+        if (length < 8) throw new InputError($"the model's context (n_ctx = {model.Config.NCtx}) leaves fewer than 8 tokens for a passage");
+        for (int f = 0; f < files.Count; f++)
+        {
+            int label = IndexOf(categories, corpus.CategoryOf(files[f]));
+            var words = new List<string>();
+            TaggedSentence? first = null;
+            int estimate = 0;
+            foreach (var sentence in BrownCorpus.ReadFile(Path.Combine(corpus.Folder, files[f]), files[f]))
+            {
+                first ??= sentence;
+                words.AddRange(sentence.Words.Select(w => w.Text));
+                estimate += sentence.Words.Count;
+                if (estimate < length) continue;
+                Add(first, words, label, f);
+                (words, first, estimate) = ([], null, 0);
+            }
+            if (first is not null && estimate >= length / 2) Add(first, words, label, f);
+        }
+        if (passages.Count < 2) throw new InputError($"only {passages.Count} passages of {length} tokens could be made; probing needs at least 2");
+        var chosen = Enumerable.Range(0, passages.Count).ToArray();
+        if (settings.MaxSentences is int max && max < chosen.Length)
+        {
+            var rng = new Random(settings.Seed);
+            rng.Shuffle(chosen);
+            chosen = [.. chosen.Take(max).Order()];
+        }
+        var sample = chosen.Select(i => passages[i]).ToList();
+        // Files are the split unit, renumbered over the sample.
+        var unitOf = new Dictionary<int, int>();
+        int[] units = [.. chosen.Select(i => unitOf.TryGetValue(fileOf[i], out int u) ? u : unitOf[fileOf[i]] = unitOf.Count)];
+
+        progress?.Report("caching");
+        var data = ActivationHarvester.Harvest(model, sample, hooks, new HarvestOptions(settings.BatchSize));
+        int dIn = dictionary.Shape.DIn, n = sample.Count;
+        if (data.Widths[0] != dIn) throw new InputError($"{hooks[0]} has width {data.Widths[0]}; the dictionary reads d_in = {dIn}");
+        var tokens = data.Features(0);
+        // Each passage's token rows are contiguous, in passage order.
+        var start = new int[n + 1];
+        for (int r = 0; r < data.Count; r++) start[data.Sentences[r] + 1]++;
+        for (int p = 0; p < n; p++) start[p + 1] += start[p];
+        var pooled = new float[(long)n * dIn];
+        for (int p = 0; p < n; p++)
+        {
+            var mean = pooled.AsSpan(p * dIn, dIn);
+            for (int r = start[p]; r < start[p + 1]; r++) System.Numerics.Tensors.TensorPrimitives.Add(mean, tokens.AsSpan(r * dIn, dIn), mean);
+            System.Numerics.Tensors.TensorPrimitives.Multiply(mean, 1f / (start[p + 1] - start[p]), mean);
+        }
+        int[] labels = [.. sample.Select(a => a.Labels.First(l => l >= 0))];
+
+        // A passage's latents: its tokens encoded, then averaged.
+        void ForEachPooled(int[] list, Action<int, float[]> visit)
+        {
+            int dSae = dictionary.Shape.DSae;
+            var mean = new float[dSae];
+            for (int i = 0; i < list.Length; i++)
+            {
+                int p = list[i], count = start[p + 1] - start[p];
+                var latents = dictionary.Encode(tokens.AsSpan(start[p] * dIn, count * dIn), count);
+                Array.Clear(mean);
+                for (int t = 0; t < count; t++) System.Numerics.Tensors.TensorPrimitives.Add(mean, latents.AsSpan(t * dSae, dSae), mean);
+                System.Numerics.Tensors.TensorPrimitives.Multiply(mean, 1f / count, mean);
+                visit(i, mean);
+            }
+        }
+
+        progress?.Report("probing");
+        var rows = new ProbeRows(pooled, labels, units, unitOf.Count, categories, ForEachPooled);
+        return ProbeRowsOf(dictionary, rows, settings) with { Hook = hooks[0], Tokens = data.Count, Sentences = n };
+
+        void Add(TaggedSentence source, List<string> words, int label, int file)
+        {
+            string text = Detokenizer.Join(words, out _);
+            int[] ids = tokenizer.Encode(text, addSpecialTokens: true);
+            if (ids.Length > bos + length) ids = ids[..(bos + length)];
+            if (ids.Length - bos < 2) return;
+            int[] tokenLabels = [.. ids.Select((_, t) => t < bos ? -1 : label)];
+            passages.Add(new AlignedSentence(source, text, ids, [], [], tokenLabels, 0));
+            fileOf.Add(file);
+        }
+
+        static int IndexOf(IReadOnlyList<string> list, string item)
+        {
+            for (int i = 0; i < list.Count; i++) if (list[i] == item) return i;
+            throw new InvalidOperationException($"category {item} is not among the corpus's");
+        }
+    }
+
     /// <summary>Probes on activations already read (<paramref name="data"/>'s set <paramref name="set"/>, labels and sentences).</summary>
     /// <exception cref="InputError">A setting is out of range or no class has enough examples.</exception>
     public static SparseProbingResult Probe(SparseDictionary dictionary, LabelledActivations data, int set, SparseProbingSettings settings)
     {
         settings.Validate();
-        int dIn = dictionary.Shape.DIn, dSae = dictionary.Shape.DSae, n = data.Count;
+        int dIn = dictionary.Shape.DIn;
         var x = data.Features(set);
         if (data.Widths[set] != dIn) throw new InputError($"the activations have width {data.Widths[set]}; the dictionary reads d_in = {dIn}");
-        var split = SentenceSplit.Create(data.SentenceCount, settings.HeldOutFraction, settings.Seed);
-        var heldOut = data.Sentences.Select(s => split.HeldOut[s]).ToArray();
+        var rows = new ProbeRows(x, data.Labels, data.Sentences, data.SentenceCount, data.ClassNames, (list, visit) => ForEachEncoded(dictionary, x, dIn, list, visit));
+        return ProbeRowsOf(dictionary, rows, settings) with { Hook = data.Hooks[set], Tokens = data.Count, Sentences = data.SentenceCount };
+    }
+
+    /// <summary>
+    /// Examples to probe: features <c>[n, d_in]</c>, a class and a split unit (sentence, file) each, and the latents of any listed
+    /// examples, handed to a visitor one row at a time (so the caller decides how a row's latents come about: encoded, or pooled).
+    /// </summary>
+    sealed record ProbeRows(float[] X, int[] Labels, int[] Units, int UnitCount, IReadOnlyList<string> ClassNames, Action<int[], Action<int, float[]>> ForEachLatents);
+
+    static SparseProbingResult ProbeRowsOf(SparseDictionary dictionary, ProbeRows data, SparseProbingSettings settings)
+    {
+        int dIn = dictionary.Shape.DIn, dSae = dictionary.Shape.DSae, n = data.Labels.Length;
+        var x = data.X;
+        var split = SentenceSplit.Create(data.UnitCount, settings.HeldOutFraction, settings.Seed);
+        var heldOut = data.Units.Select(s => split.HeldOut[s]).ToArray();
 
         // The tags with enough positives in both splits (and no more than the split's other tokens), most frequent first.
         int heldSize = heldOut.Count(h => h), trainSize = n - heldSize;
@@ -113,7 +245,7 @@ public static class SparseProbing
             .Where(t => t.Train >= settings.MinExamples && t.Held >= settings.MinExamples && 2 * t.Train <= trainSize && 2 * t.Held <= heldSize)
             .OrderByDescending(t => t.Train + t.Held).ThenBy(t => t.Class).Take(settings.MaxClasses).ToList();
         if (tags.Count == 0)
-            throw new InputError($"no tag has {settings.MinExamples} positives (and more negatives) in both splits of {data.SentenceCount} sentences; read more sentences (--max-sentences) or lower --min-examples");
+            throw new InputError($"no {(settings.Task == SparseProbingTask.Genre ? "category" : "tag")} has {settings.MinExamples} positives (and more negatives) in both splits of {data.UnitCount} {(settings.Task == SparseProbingTask.Genre ? "files" : "sentences")}; read more (--max-sentences) or lower --min-examples");
 
         var random = new Random(settings.Seed);
         var balanced = tags.ToDictionary(t => t.Class, t => (Train: Balance(t.Class, false, random), Held: Balance(t.Class, true, random)));
@@ -123,7 +255,7 @@ public static class SparseProbing
         var trainRows = balanced.Values.SelectMany(b => b.Train).Distinct().Order().ToArray();
         var latentScore = tags.ToDictionary(t => t.Class, _ => new double[dSae]); // Σ positives − Σ negatives (equal counts)
         var active = new List<int>();
-        ForEachEncoded(dictionary, x, dIn, trainRows, (rowIndex, latents) =>
+        data.ForEachLatents(trainRows, (rowIndex, latents) =>
         {
             int example = trainRows[rowIndex];
             active.Clear();
@@ -147,7 +279,7 @@ public static class SparseProbing
         var usedOf = new Dictionary<int, int>(used.Length);
         for (int i = 0; i < used.Length; i++) usedOf[used[i]] = i;
         var selected = new float[(long)used.Length * columns.Length];
-        ForEachEncoded(dictionary, x, dIn, used, (rowIndex, latents) =>
+        data.ForEachLatents(used, (rowIndex, latents) =>
         {
             for (int c = 0; c < columns.Length; c++) selected[(long)rowIndex * columns.Length + c] = latents[columns[c]];
         });
@@ -171,7 +303,7 @@ public static class SparseProbing
             double dense = Accuracy(Gather(x, dIn, train, all), yTrain, Gather(x, dIn, held, all), yHeld, dIn, settings.Logistic);
             classes.Add(new SparseProbeClass(data.ClassNames[t.Class], t.Train, t.Held, latentAccuracy, neuronAccuracy, dense, [.. topLatents[t.Class].Take(Math.Min(10, kMax))]));
         }
-        return new SparseProbingResult(data.Hooks[set], dIn, dSae, n, data.SentenceCount, [.. settings.Ks], classes);
+        return new SparseProbingResult("", dIn, dSae, n, data.UnitCount, [.. settings.Ks], classes) { Task = settings.Task };
 
         int Count(int c, bool held)
         {
@@ -263,15 +395,19 @@ public static class SparseProbingReport
         Loupe.Reports.AtomicFile.WriteJson(json, new
         {
             args,
-            note = "per part-of-speech tag, one against the rest on balanced tokens (chance 0.5): held-out accuracy of a logistic probe on the top k " +
-                   "latents (ranked by |mean difference| on the training tokens), on the top k input neurons, and on every input dimension (dense)",
+            note = (result.Task == SparseProbingTask.Genre
+                       ? "per Brown category, one against the rest on balanced passages (features mean-pooled over each passage's tokens; whole files held out; chance 0.5)"
+                       : "per part-of-speech tag, one against the rest on balanced tokens (chance 0.5)") +
+                   ": held-out accuracy of a logistic probe on the top k latents (ranked by |mean difference| on the training examples), on the top k input neurons, " +
+                   "and on every input dimension (dense)",
+            task = result.Task == SparseProbingTask.Genre ? "genre" : "pos",
             result.Hook, result.DIn, result.DSae, result.Tokens, result.Sentences, result.Ks,
             mean = new { latents = result.MeanLatentAccuracy, neurons = result.MeanNeuronAccuracy, dense = result.MeanDenseAccuracy },
             result.Classes,
         });
         new Loupe.Reports.LineChart
         {
-            Title = $"k-sparse probing at {result.Hook}: mean held-out accuracy over {result.Classes.Count} tags",
+            Title = $"k-sparse probing at {result.Hook}: mean held-out accuracy over {result.Classes.Count} {(result.Task == SparseProbingTask.Genre ? "categories" : "tags")}",
             X = [.. result.Ks.Select(k => Math.Log2(k))],
             Series =
             [

@@ -54,5 +54,5 @@ public static class DictionaryFile
 
     static (SparseDictionary, SaeLensConfig) SaeLens(string folder, string? hookName) =>
         hookName is null ? SaeLensFormat.Load(folder)
-            : throw new InputError($"{folder}: a hook name ({InputError.Show(hookName)}) is only taken for Gemma Scope and sparsify files; this SAELens folder names its own hook in cfg.json");
+            : throw new InputError($"{folder}: a hook name ({InputError.Show(hookName)}) is only taken for Gemma Scope, sparsify and dictionary_learning files; this SAELens folder names its own hook in cfg.json");
 }

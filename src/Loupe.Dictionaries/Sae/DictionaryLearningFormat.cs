@@ -18,7 +18,8 @@
 //                           → jumprelu with the decoder norms folded in: column i of W_enc, b_enc[i] and θ[i] times ‖W_dec[i]‖,
 //                             row i of W_dec divided by it — the same latents and the same reconstruction.
 // GatedAutoEncoder and crosscoders are refused by name. Hooks come from submodule_name (resid_post/resid_out, mlp_out,
-// attn_out, resid_pre, embed); the Sparse Feature Circuits release has no config.json, and its folder names the submodule.
+// attn_out, resid_pre, embed); without them, from the folder names: the Sparse Feature Circuits release has no config.json
+// (resid_out_layer3/…), and SAELens's copies of it are named {layer}-{res|mlp|att}-sm.
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -47,10 +48,10 @@ public static partial class DictionaryLearningFormat
 
     /// <summary>Loads the dictionary in <paramref name="folder"/> (or the folder of an <c>ae.pt</c> path).</summary>
     /// <param name="folder">The trainer folder (ae.pt and, usually, config.json).</param>
-    /// <param name="hookName">The hook it reads, overriding the one config.json or the folder's name gives.</param>
+    /// <param name="hookName">The hook it reads, overriding the one config.json or the folder's name gives (empty when neither does).</param>
     /// <exception cref="FileNotFoundException">ae.pt is missing.</exception>
     /// <exception cref="InputError">A class Loupe does not read, tensors that are missing, unexpected, misshapen or not finite,
-    /// a config that disagrees with them, no hook to be found; messages name the file and the field or tensor.</exception>
+    /// a config that disagrees with them; messages name the file and the field or tensor.</exception>
     public static (SparseDictionary Dictionary, SaeLensConfig Config) Load(string folder, string? hookName = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(folder);
@@ -103,9 +104,8 @@ public static partial class DictionaryLearningFormat
         var dict = new SparseDictionary(SaeShape.Sae(d, f, bDecOnInput), activation);
         ReadWeights(file, weights, dictClass, dict);
 
-        string hook = hookName ?? HookOf(String(trainer, "submodule_name", cfgPath), Path.GetFileName(folder), Path.GetFileName(Path.GetDirectoryName(folder)))
-            ?? throw new InputError($"{folder}: no hook for this dictionary: {(trainer is null ? "there is no config.json and" : $"{cfgPath}'s submodule_name is not one Loupe knows, and")} " +
-                                    "the folder's name is not one (resid_post_layer_N, mlp_out_layer_N, attn_out_layer_N, embed); pass --hook");
+        // Empty when neither the config nor the folder names say (as for sparsify): the caller's --hook decides then.
+        string hook = hookName ?? HookOf(String(trainer, "submodule_name", cfgPath), Path.GetFileName(folder), Path.GetFileName(Path.GetDirectoryName(folder))) ?? "";
         var config = new SaeLensConfig
         {
             Architecture = activation.Architecture, DIn = d, DSae = f, DOut = d, Dtype = "float32", ApplyBDecToInput = bDecOnInput,
@@ -231,12 +231,13 @@ public static partial class DictionaryLearningFormat
         foreach (var name in names)
         {
             if (name is null) continue;
-            if (name is "embed" or "embed_layer") return HookNames.Embed;
+            if (name is "embed" or "embed_layer" || name.StartsWith("e-res-", StringComparison.Ordinal)) return HookNames.Embed;
             var m = Submodule().Match(name);
+            if (!m.Success) m = ReleaseFolder().Match(name);
             if (!m.Success || !int.TryParse(m.Groups["layer"].Value, NumberStyles.None, CultureInfo.InvariantCulture, out int l)) continue;
             return m.Groups["kind"].Value switch
             {
-                "resid_post" or "resid_out" or "resid" => HookNames.ResidPost(l),
+                "resid_post" or "resid_out" or "resid" or "res" => HookNames.ResidPost(l),
                 "resid_pre" => HookNames.ResidPre(l),
                 "mlp_out" or "mlp" => HookNames.MlpOut(l),
                 _ => HookNames.AttnOut(l),
@@ -247,6 +248,11 @@ public static partial class DictionaryLearningFormat
 
     [GeneratedRegex(@"^(?<kind>resid_post|resid_out|resid_pre|resid|mlp_out|mlp|attn_out|attn)_?layer_?(?<layer>[0-9]{1,6})$")]
     private static partial Regex Submodule();
+
+    // The Sparse Feature Circuits dictionaries as SAELens's registry lists them (ctigges/pythia-70m-deduped__*-sm_processed):
+    // {layer}-{res|mlp|att}-{size}, and e-res-{size} for the embedding.
+    [GeneratedRegex(@"^(?<layer>[0-9]{1,6})-(?<kind>res|mlp|att)-[a-z0-9]+$")]
+    private static partial Regex ReleaseFolder();
 
     static long[] Shape(SafeTensorsFile file, string path, string name) =>
         file.TryGetInfo(name, out var info) ? info.Shape

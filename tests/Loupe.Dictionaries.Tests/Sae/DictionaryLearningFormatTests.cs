@@ -79,8 +79,7 @@ public sealed class DictionaryLearningFormatTests
             Assert.Contains("config.json", e.Message);
 
             File.Copy(Path.Combine(Folder("standard"), "ae.pt"), Path.Combine(dir, "ae.pt"), overwrite: true);
-            e = Assert.Throws<InputError>(() => DictionaryFile.Load(dir));
-            Assert.Contains("no hook", e.Message);
+            Assert.Equal("", DictionaryFile.Load(dir).Config.HookName); // neither a config nor a folder name says: --hook decides
             Assert.Equal("blocks.0.hook_mlp_out", DictionaryFile.Load(dir, "blocks.0.hook_mlp_out").Config.HookName);
 
             File.WriteAllText(Path.Combine(dir, "config.json"), File.ReadAllText(Path.Combine(Folder("standard"), "config.json")).Replace("\"dict_size\": 10", "\"dict_size\": 12"));
@@ -97,6 +96,10 @@ public sealed class DictionaryLearningFormatTests
     [InlineData("attn_out_layer5", "blocks.5.hook_attn_out")]
     [InlineData("resid_pre_layer_4", "blocks.4.hook_resid_pre")]
     [InlineData("embed", "hook_embed")]
+    [InlineData("0-mlp-sm", "blocks.0.hook_mlp_out")]
+    [InlineData("4-att-sm", "blocks.4.hook_attn_out")]
+    [InlineData("5-res-sm", "blocks.5.hook_resid_post")]
+    [InlineData("e-res-sm", "hook_embed")]
     public void Submodule_names_map_to_transformerlens_hooks(string submodule, string hook) =>
         Assert.Equal(hook, DictionaryLearningFormat.HookOf(submodule));
 }

@@ -81,6 +81,7 @@ public class PyTorchCheckpointTests
     [Theory]
     [InlineData("strided.pt", "tensor 'w' (shape [3, 2]) is a strided view of its storage (strides [1, 3])")]
     [InlineData("torchscript.pt", "a TorchScript module (torch.jit.save)")]
+    [InlineData("whole_module.pt", "only objects of other classes (trainer.config.Config): a whole pickled object (torch.save(model))")]
     public void Files_loupe_cannot_read_in_place_are_refused_by_name(string file, string message)
     {
         var e = Assert.Throws<InputError>(() => SafeTensorsFile.Open(Data(file)));

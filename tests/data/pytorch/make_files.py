@@ -135,12 +135,6 @@ def new_tensor(dtype, shape, f, parameter=False):
     return Tensor(Storage(dtype, [f(i) for i in range(n)]), 0, shape, parameter=parameter)
 
 
-def persistent_id_zip(obj):
-    if isinstance(obj, Storage):
-        return ("storage", getattr(torch, DTYPES[obj.dtype][0]), obj.key, "cpu", len(obj.values))
-    return None
-
-
 def persistent_id_legacy(obj):
     if isinstance(obj, Storage):
         return ("storage", getattr(torch, DTYPES[obj.dtype][0]), obj.key, "cpu", len(obj.values), None)
@@ -181,15 +175,23 @@ class AlignedZip:
         self.zip.close()
 
 
-def save_zip(obj, path, prefix="archive", force_zip64=False, pickle_bytes=None):
+def save_zip(obj, path, prefix="archive", force_zip64=False):
+    # As torch's _save: storage keys are "0", "1", … in the order the pickler first meets each storage.
+    keys = {}
+
+    def persistent_id(o):
+        if isinstance(o, Storage):
+            key = keys.setdefault(id(o), (str(len(keys)), o))[0]
+            return ("storage", getattr(torch, DTYPES[o.dtype][0]), key, "cpu", len(o.values))
+        return None
     buf = io.BytesIO()
     p = pickle.Pickler(buf, protocol=2)
-    p.persistent_id = persistent_id_zip
+    p.persistent_id = persistent_id
     p.dump(obj)
     z = AlignedZip(path, force_zip64)
-    z.write(f"{prefix}/data.pkl", pickle_bytes if pickle_bytes is not None else buf.getvalue())
+    z.write(f"{prefix}/data.pkl", buf.getvalue())
     z.write(f"{prefix}/byteorder", b"little")
-    for key, storage in sorted(storages_of(obj, {}).items()):
+    for key, storage in sorted(keys.values()):
         z.write(f"{prefix}/data/{key}", storage.raw())
     z.write(f"{prefix}/version", b"3\n")
     z.write(f"{prefix}/.data/serialization_id", b"1234567890123456789012345678901234567890")
@@ -294,6 +296,12 @@ def main():
     evil = {"w": new_tensor("F32", (2,), lambda i: 1.0 + i)}
     save_zip({"w": evil["w"], "payload": Evil()}, "evil.pt")
     record("evil.pt", evil)
+
+    # 6b. Refused: torch.save(model), a whole module pickled (its tensors sit in the module's own state, never built).
+    class Module:
+        def __reduce_ex__(self, protocol):
+            return (Config, (), {"_parameters": collections.OrderedDict([("weight", new_tensor("F32", (2,), lambda i: 1.0))])})
+    save_zip(Module(), "whole_module.pt")
 
     # 7. Refused: a TorchScript archive (no data.pkl).
     z = AlignedZip("torchscript.pt")

@@ -171,6 +171,9 @@ internal static unsafe class PyTorchCheckpoint
         var onPath = new HashSet<object>(ReferenceEqualityComparer.Instance);
         Walk(root, "", 0);
 
+        if (found.Count == 0 && ignored.Count > 0)
+            throw new InputError($"{path}: holds no tensors Loupe can read, only objects of other classes ({string.Join(", ", ignored.Take(5))}): " +
+                                 "a whole pickled object (torch.save(model)) rather than its state_dict(), whose tensors Loupe would read");
         var tensors = new Dictionary<string, SafeTensorInfo>(StringComparer.Ordinal);
         var names = new string[found.Count];
         for (int i = 0; i < found.Count; i++)
