@@ -19,7 +19,7 @@ public sealed class PyTorchTarget : FuzzTarget
     {
         string data = context.Repo("tests/data/pytorch");
         var seeds = new List<Seed>();
-        foreach (var file in new[] { "state_dict.pt", "checkpoint.pt", "legacy.bin", "zip64.pt", "evil.pt", "tuned-lens/params.pt" })
+        foreach (var file in new[] { "state_dict.pt", "checkpoint.pt", "legacy.bin", "zip64.pt", "evil.pt", "strided.pt", "tuned-lens/params.pt" })
             seeds.Add(new Seed($"repo:tests/data/pytorch/{file}", [new SeedFile("model.pt", File.ReadAllBytes(Path.Combine(data, file)), FileKind.Binary)]));
         var model = SeedFiles.AllOf("repo:tests/data/pytorch/stories260K-bin", Path.Combine(data, "stories260K-bin"));
         // Only the weights are mutated: config and tokenizer have targets of their own.

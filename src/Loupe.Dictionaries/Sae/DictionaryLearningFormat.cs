@@ -283,11 +283,16 @@ public static partial class DictionaryLearningFormat
         return v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>() : throw InputError.Expected(path, $"field 'trainer.{field}'", "a string", v.ToJsonString());
     }
 
+    // An integer, also when written as a float (Python configs hold k = 32.0 after arithmetic).
     static long? Int(JsonObject? o, string field, string path)
     {
         if (o is null || !o.TryGetPropertyValue(field, out var v) || v is null) return null;
-        return v.GetValueKind() == JsonValueKind.Number && v.AsValue().TryGetValue(out long n) ? n
-            : throw InputError.Expected(path, $"field '{field}'", "an integer", v.ToJsonString());
+        if (v.GetValueKind() == JsonValueKind.Number)
+        {
+            if (v.AsValue().TryGetValue(out long n)) return n;
+            if (v.AsValue().TryGetValue(out double d) && d == Math.Floor(d) && Math.Abs(d) < 1e15) return (long)d;
+        }
+        throw InputError.Expected(path, $"field '{field}'", "an integer", v.ToJsonString());
     }
 
     static void ExpectInt(JsonObject? trainer, string field, long fromWeights, string cfgPath, string weights)

@@ -126,7 +126,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
             {
                 var contents = PyTorch.PyTorchCheckpoint.Read(path, basePtr, fileLength, torchFormat);
                 return new SafeTensorsFile(path, map, view, basePtr, fileLength, 0, contents.Tensors, contents.Names,
-                    new Dictionary<string, string>(), torchFormat, contents.Ignored);
+                    new Dictionary<string, string>(), torchFormat, contents.Ignored) { _copies = CopyStridedViews(basePtr, contents) };
             }
             var (tensors, names, metadata, dataStart) = ParseHeader(path, basePtr, fileLength);
             return new SafeTensorsFile(path, map, view, basePtr, fileLength, dataStart, tensors, names, metadata, "safetensors", []);
@@ -439,6 +439,17 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
         int chunk = (int)Math.Min(chunkElements, Math.Max(1, total));
         var bytes = new byte[chunk * size];
         var values = new float[chunk];
+        if (_copies is not null && _copies.ContainsKey(info.Name))
+        {
+            // A strided view's copy is in memory already.
+            for (long done = 0; done < total; done += chunk)
+            {
+                var into = values.AsSpan(0, (int)Math.Min(chunk, total - done));
+                ReadFloat32(info, done, into);
+                consume(done, into);
+            }
+            return;
+        }
         using var stream = new FileStream(Path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0, FileOptions.SequentialScan);
         stream.Seek(_dataStart + info.Begin, SeekOrigin.Begin);
         for (long done = 0; done < total; done += chunk)
@@ -484,7 +495,33 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
         return result;
     }
 
-    byte* DataPointer(SafeTensorInfo info) => _base + _dataStart + info.Begin;
+    byte* DataPointer(SafeTensorInfo info) =>
+        _copies is not null && _copies.TryGetValue(info.Name, out nint copy) ? (byte*)copy : _base + _dataStart + info.Begin;
+
+    // A torch.save file's strided views (transposed weights), copied row-major into native memory once, at open, so every
+    // read sees a contiguous tensor; freed with the mapping.
+    Dictionary<string, nint>? _copies;
+
+    static Dictionary<string, nint>? CopyStridedViews(byte* basePtr, PyTorch.PyTorchCheckpoint.Contents contents)
+    {
+        if (contents.Strided.Count == 0) return null;
+        var copies = new Dictionary<string, nint>(StringComparer.Ordinal);
+        try
+        {
+            foreach (var (name, view) in contents.Strided)
+            {
+                byte* copy = (byte*)System.Runtime.InteropServices.NativeMemory.Alloc((nuint)Math.Max(contents.Tensors[name].ByteLength, 1));
+                copies.Add(name, (nint)copy);
+                PyTorch.PyTorchCheckpoint.Gather(basePtr, view, copy);
+            }
+            return copies;
+        }
+        catch
+        {
+            foreach (var copy in copies.Values) System.Runtime.InteropServices.NativeMemory.Free((void*)copy);
+            throw;
+        }
+    }
 
     int CheckedLength(SafeTensorInfo info, long count, string unit)
     {
@@ -506,6 +543,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
         _view.SafeMemoryMappedViewHandle.ReleasePointer();
         _view.Dispose();
         _map.Dispose();
+        if (_copies is not null)
+            foreach (var copy in _copies.Values) System.Runtime.InteropServices.NativeMemory.Free((void*)copy);
     }
 
     /// <inheritdoc />

@@ -85,6 +85,14 @@ public sealed class DictionaryLearningFormatTests
             File.WriteAllText(Path.Combine(dir, "config.json"), File.ReadAllText(Path.Combine(Folder("standard"), "config.json")).Replace("\"dict_size\": 10", "\"dict_size\": 12"));
             e = Assert.Throws<InputError>(() => DictionaryFile.Load(dir));
             Assert.Contains("trainer.dict_size is 12", e.Message);
+
+            // Python configs may write integers as floats (k = 3.0); a fraction is refused.
+            File.Copy(Path.Combine(Folder("topk"), "ae.pt"), Path.Combine(dir, "ae.pt"), overwrite: true);
+            string topkConfig = File.ReadAllText(Path.Combine(Folder("topk"), "config.json"));
+            File.WriteAllText(Path.Combine(dir, "config.json"), topkConfig.Replace("\"k\": 3,", "\"k\": 3.0,"));
+            Assert.Equal(3, DictionaryFile.Load(dir).Config.K);
+            File.WriteAllText(Path.Combine(dir, "config.json"), topkConfig.Replace("\"k\": 3,", "\"k\": 3.5,"));
+            Assert.Contains("field 'k'", Assert.Throws<InputError>(() => DictionaryFile.Load(dir)).Message);
         }
         finally { Directory.Delete(dir, recursive: true); }
     }

@@ -288,9 +288,17 @@ def main():
     save_zip(state_dict(z64), "zip64.pt", force_zip64=True)
     record("zip64.pt", z64)
 
-    # 5. Refused: a transposed view.
-    base = Storage("F32", [float(i) for i in range(6)])
-    save_zip(state_dict({"w": Tensor(base, 0, (3, 2), (1, 3))}), "strided.pt")
+    # 5. Strided views, as checkpoints hold them (a transposed weight; every other column of a storage; a view at an
+    #    offset), beside the contiguous storage they share.
+    base = Storage("F32", [float(i) for i in range(12)])
+    views = {"w": Tensor(base, 0, (3, 2), (1, 3)), "base": Tensor(base, 0, (3, 4)),
+             "every_other": Tensor(base, 1, (3, 2), (4, 2)), "rows_0_2": Tensor(base, 0, (2, 4), (8, 1)),
+             "half": new_tensor("F16", (2, 3), lambda i: 0.5 * i)}
+    views["half_t"] = Tensor(views["half"].storage, 0, (3, 2), (1, 3))
+    save_zip(state_dict(views), "strided.pt")
+    record("strided.pt", views)
+    # Refused: an expand() (stride 0) repeats one element; it could ask a small file for any amount of memory.
+    save_zip(state_dict({"w": Tensor(Storage("F32", [1.0]), 0, (1000, 1000), (0, 0))}), "expand.pt")
 
     # 6. A pickle that would run a shell command under pickle.load: Loupe must read the tensor and build nothing else.
     evil = {"w": new_tensor("F32", (2,), lambda i: 1.0 + i)}

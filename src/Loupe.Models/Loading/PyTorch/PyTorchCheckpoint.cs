@@ -31,11 +31,38 @@ internal static unsafe class PyTorchCheckpoint
         return null;
     }
 
-    public sealed record Contents(Dictionary<string, SafeTensorInfo> Tensors, string[] Names, IReadOnlyList<string> Ignored);
+    /// <summary>
+    /// What was read: each tensor's info (offsets absolute in the file; for a strided view, [0, bytes) of the copy that
+    /// <see cref="Gather"/> makes), the views that need that copy, and the classes of objects not built.
+    /// </summary>
+    public sealed record Contents(Dictionary<string, SafeTensorInfo> Tensors, string[] Names, IReadOnlyList<string> Ignored, IReadOnlyDictionary<string, StridedView> Strided);
+
+    /// <summary>A tensor stored as a strided view of its storage (a transposed weight): where the storage starts in the file, and the view.</summary>
+    public sealed record StridedView(long StorageStart, long Offset, long[] Shape, long[] Stride, int ElementSize);
+
+    /// <summary>Copies a strided view's elements, row-major, from the mapped file into <paramref name="into"/> (its byte length).</summary>
+    public static void Gather(byte* basePtr, StridedView view, byte* into)
+    {
+        int rank = view.Shape.Length, size = view.ElementSize;
+        long elements = 1;
+        foreach (var d in view.Shape) elements *= d;
+        if (elements == 0) return;
+        // The innermost dimension as one run when its elements are adjacent (a column slice), else element by element.
+        long run = view.Stride[rank - 1] == 1 ? view.Shape[rank - 1] : 1;
+        int outer = run > 1 ? rank - 1 : rank;
+        var index = new long[rank];
+        for (long e = 0; e < elements; e += run)
+        {
+            long at = view.Offset;
+            for (int k = 0; k < outer; k++) at += index[k] * view.Stride[k];
+            Buffer.MemoryCopy(basePtr + view.StorageStart + at * size, into + e * size, run * size, run * size);
+            for (int k = outer - 1; k >= 0 && ++index[k] == view.Shape[k]; k--) index[k] = 0;
+        }
+    }
 
     /// <summary>The tensors of the mapped file at <paramref name="basePtr"/>.</summary>
     /// <exception cref="InputError">A malformed archive or pickle, a storage that is missing, compressed, too short or of a
-    /// type Loupe does not read, a tensor that is a strided view; the message names the file and the tensor.</exception>
+    /// type Loupe does not read, a view past its storage; the message names the file and the tensor.</exception>
     public static Contents Read(string path, byte* basePtr, long length, string format) =>
         format == "pytorch" ? ReadZip(path, basePtr, length) : ReadLegacy(path, basePtr, length);
 
@@ -175,15 +202,18 @@ internal static unsafe class PyTorchCheckpoint
             throw new InputError($"{path}: holds no tensors Loupe can read, only objects of other classes ({string.Join(", ", ignored.Take(5))}): " +
                                  "a whole pickled object (torch.save(model)) rather than its state_dict(), whose tensors Loupe would read");
         var tensors = new Dictionary<string, SafeTensorInfo>(StringComparer.Ordinal);
+        var strided = new Dictionary<string, StridedView>(StringComparer.Ordinal);
         var names = new string[found.Count];
         for (int i = 0; i < found.Count; i++)
         {
             var (name, t) = found[i];
             if (tensors.ContainsKey(name)) throw new InputError($"{path}: two tensors are both named '{name}' once nested keys are joined with dots");
-            tensors.Add(name, Info(path, name, t, locate));
+            var (info, view) = Info(path, name, t, locate);
+            tensors.Add(name, info);
+            if (view is not null) strided.Add(name, view);
             names[i] = name;
         }
-        return new Contents(tensors, names, [.. ignored]);
+        return new Contents(tensors, names, [.. ignored], strided);
 
         void Walk(object? value, string name, int depth)
         {
@@ -217,7 +247,7 @@ internal static unsafe class PyTorchCheckpoint
         static string Join(string prefix, string key) => prefix.Length == 0 ? key : prefix + "." + key;
     }
 
-    static SafeTensorInfo Info(string path, string name, TensorRef t, Locate locate)
+    static (SafeTensorInfo Info, StridedView? View) Info(string path, string name, TensorRef t, Locate locate)
     {
         var (offset, bytes, where) = locate(name, t.Storage);
         long size = t.Storage.DType.SizeOf();
@@ -226,18 +256,31 @@ internal static unsafe class PyTorchCheckpoint
         long elements = 1;
         try { foreach (var d in t.Shape) elements = checked(elements * d); }
         catch (OverflowException) { throw new InputError($"{path}: tensor '{name}' has shape [{string.Join(", ", t.Shape)}], which overflows"); }
-        // Row-major strides; a dimension of length 1 may have any stride.
-        long expected = 1;
+        // Row-major strides (a dimension of length 1 may have any stride): the bytes are read in place. Otherwise a view
+        // (a transposed weight, as HF's own checkpoints hold) whose elements are copied out when the file is opened.
+        bool contiguous = true;
+        long expected = 1, last = t.Offset;
         for (int i = t.Shape.Length - 1; i >= 0; i--)
         {
-            if (t.Shape[i] != 1 && t.Stride[i] != expected && elements > 0)
-                throw new InputError($"{path}: tensor '{name}' (shape [{string.Join(", ", t.Shape)}]) is a strided view of its storage " +
-                                     $"(strides [{string.Join(", ", t.Stride)}]); Loupe reads contiguous tensors: save .contiguous() copies");
+            if (t.Shape[i] != 1 && t.Stride[i] != expected) contiguous = false;
             expected *= t.Shape[i];
+            if (t.Shape[i] > 0) last += (t.Shape[i] - 1) * t.Stride[i];
         }
-        if (t.Offset > t.Storage.Numel || elements > t.Storage.Numel - t.Offset)
-            throw new InputError($"{path}: tensor '{name}' ({elements} elements from element {t.Offset}) runs past the end of its storage of {t.Storage.Numel} elements");
-        long begin = offset + t.Offset * size;
-        return new SafeTensorInfo(name, t.Storage.DType, t.Shape, begin, begin + elements * size);
+        if (t.Offset > t.Storage.Numel || (elements > 0 && last >= t.Storage.Numel))
+            throw new InputError($"{path}: tensor '{name}' (shape [{string.Join(", ", t.Shape)}], strides [{string.Join(", ", t.Stride)}], from element {t.Offset}) " +
+                                 $"runs past the end of its storage of {t.Storage.Numel} elements");
+        if (contiguous || elements == 0)
+        {
+            long begin = offset + t.Offset * size;
+            return (new SafeTensorInfo(name, t.Storage.DType, t.Shape, begin, begin + elements * size), null);
+        }
+        // A view of distinct elements is no larger than its storage; one that repeats them (an expand(), stride 0) could
+        // ask a small file for any amount of memory.
+        if (elements > t.Storage.Numel - t.Offset)
+            throw new InputError($"{path}: tensor '{name}' (shape [{string.Join(", ", t.Shape)}], strides [{string.Join(", ", t.Stride)}]) has more elements than its storage " +
+                                 $"of {t.Storage.Numel} holds: a view that repeats elements (an expand()); save .contiguous() copies");
+        if (elements * size > Array.MaxLength)
+            throw new InputError($"{path}: tensor '{name}' is a strided view of {elements * size} bytes; Loupe copies views of at most {Array.MaxLength} bytes: save .contiguous() copies");
+        return (new SafeTensorInfo(name, t.Storage.DType, t.Shape, 0, elements * size), new StridedView(offset, t.Offset, t.Shape, t.Stride, (int)size));
     }
 }
