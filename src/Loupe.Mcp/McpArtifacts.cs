@@ -33,7 +33,7 @@ public sealed class McpArtifacts
     /// <param name="saeFolders">SAELens folders (a <c>features.db</c> inside is served as a feature store of the same name).</param>
     /// <param name="transcoders">The transcoder folder for attribution graphs, if any.</param>
     /// <param name="artifactFolders">Folders whose <c>*.safetensors</c> (vectors, persona vectors, monitors), <c>*.db</c> (feature stores) and tuned
-    /// lenses (a folder's <c>params.safetensors</c> beside a tuned-lens <c>config.json</c>, served by the folder's name) are served.</param>
+    /// lenses (a folder's <c>params.safetensors</c> or <c>params.pt</c> beside a tuned-lens <c>config.json</c>, served by the folder's name) are served.</param>
     /// <exception cref="InputError">A folder is missing, or an SAE folder cannot be read.</exception>
     public static McpArtifacts Index(IEnumerable<string> saeFolders, string? transcoders, IEnumerable<string> artifactFolders)
     {
@@ -73,11 +73,15 @@ public sealed class McpArtifacts
         return index;
     }
 
-    // A tuned lens is a folder: params.safetensors beside a config.json that says lens_type (tuned-lens's layout).
+    // A tuned lens is a folder: params.safetensors (or tuned-lens's own params.pt, when there is no params.safetensors) beside a
+    // config.json that says lens_type (tuned-lens's layout).
     static string? TunedLensFolder(string file)
     {
-        if (!System.IO.Path.GetFileName(file).Equals(Loupe.Causal.Lens.TunedLens.ParamsFile, StringComparison.Ordinal)) return null;
-        string folder = System.IO.Path.GetDirectoryName(file)!, config = System.IO.Path.Combine(folder, Loupe.Causal.Lens.TunedLens.ConfigFile);
+        string fileName = System.IO.Path.GetFileName(file), folder = System.IO.Path.GetDirectoryName(file)!;
+        bool lensFile = fileName == Loupe.Causal.Lens.TunedLens.ParamsFile
+            || (fileName == Loupe.Causal.Lens.TunedLens.TorchParamsFile && !File.Exists(System.IO.Path.Combine(folder, Loupe.Causal.Lens.TunedLens.ParamsFile)));
+        if (!lensFile) return null;
+        string config = System.IO.Path.Combine(folder, Loupe.Causal.Lens.TunedLens.ConfigFile);
         try { return File.Exists(config) && File.ReadAllText(config).Contains("\"lens_type\"", StringComparison.Ordinal) ? folder : null; }
         catch (IOException) { return null; }
     }

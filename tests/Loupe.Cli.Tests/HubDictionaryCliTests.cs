@@ -220,4 +220,25 @@ public sealed class HubDictionaryCliTests : IDisposable
         Assert.DoesNotContain("fetching", run.Err);
         Assert.Equal(gets, hub.Count("GET", "/cdn/")); // cached: nothing downloaded again
     }
+
+    [Fact]
+    public void A_tuned_lens_is_read_from_a_folder_of_a_space_as_tuned_lens_publishes_its_own()
+    {
+        string modelDir = SharedData.TestData("reference/llama");
+        using (var model = Loupe.Models.ModelLoader.LoadFolder(modelDir))
+            Loupe.Causal.Lens.TunedLens.Identity(model).Save(Path.Combine(_dir, "lens"));
+        var files = new Dictionary<string, byte[]> { ["app.py"] = "import gradio"u8.ToArray() };
+        foreach (var file in Directory.GetFiles(Path.Combine(_dir, "lens"))) files[$"lens/llama/{Path.GetFileName(file)}"] = File.ReadAllBytes(file);
+        using var hub = _hub.Use(new FakeHub());
+        hub.AddRepo("spaces/lens-org/tuned-lens", files);
+
+        var run = RunLoupe("lens", "--model", modelDir, "--tokens", "1,2,3,4", "--answer-id", "5", "--tuned", "hf:spaces/lens-org/tuned-lens/lens/llama", "--out", Path.Combine(_dir, "lens-out"));
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("--tuned: 2 file(s) of spaces/lens-org/tuned-lens/lens/llama", run.Err);
+        Assert.Equal(0, hub.Count("GET", "app.py"));
+
+        // The space's root holds no lens at its top: refused from the listing, the lens deeper named.
+        AssertRefused(RunLoupe("lens", "--model", modelDir, "--tokens", "1,2,3,4", "--answer-id", "5", "--tuned", "hf:spaces/lens-org/tuned-lens", "--out", Path.Combine(_dir, "lens-out2")),
+            "not a tuned lens (params.pt or params.safetensors) at its top", "hf:spaces/lens-org/tuned-lens/lens/llama");
+    }
 }

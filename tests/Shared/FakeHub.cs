@@ -107,7 +107,8 @@ internal sealed class FakeHub : IDisposable
     public int Count(string method, string pathContains) =>
         Requests.Count(r => r.Method == method && r.Path.Contains(pathContains, StringComparison.Ordinal));
 
-    static bool IsLfs(string file) => file.EndsWith(".safetensors", StringComparison.Ordinal) || file.EndsWith(".bin", StringComparison.Ordinal) || file.EndsWith(".npz", StringComparison.Ordinal);
+    static bool IsLfs(string file) => file.EndsWith(".safetensors", StringComparison.Ordinal) || file.EndsWith(".bin", StringComparison.Ordinal)
+        || file.EndsWith(".npz", StringComparison.Ordinal) || file.EndsWith(".pt", StringComparison.Ordinal);
 
     static async Task LoopAsync(HttpListener listener, Action<HttpListenerContext> handle)
     {
@@ -160,11 +161,16 @@ internal sealed class FakeHub : IDisposable
                 return;
             }
 
+            // Spaces are added as "spaces/{org}/{name}" and answer at /api/spaces/… and /spaces/{org}/{name}/resolve/…, as the hub's do.
+            string kind = "";
+            if (path.StartsWith("/api/spaces/", StringComparison.Ordinal)) (kind, path) = ("spaces/", "/api/models/" + path["/api/spaces/".Length..]);
+            else if (path.StartsWith("/spaces/", StringComparison.Ordinal)) (kind, path) = ("spaces/", path["/spaces".Length..]);
+
             // /api/models/{org}/{name}/revision/{revision}?blobs=true: the commit and every file, with sizes (LFS files: the object's).
             if (path.StartsWith("/api/models/", StringComparison.Ordinal))
             {
                 var api = path["/api/models/".Length..].Split('/', 4);
-                if (api.Length != 4 || api[2] != "revision" || !_repos.TryGetValue(api[0] + "/" + api[1], out var listed)) { NotFound(response, head, "RepoNotFound"); return; }
+                if (api.Length != 4 || api[2] != "revision" || !_repos.TryGetValue(kind + api[0] + "/" + api[1], out var listed)) { NotFound(response, head, "RepoNotFound"); return; }
                 string rev = Uri.UnescapeDataString(api[3]);
                 if (rev != "main" && rev != listed.Commit) { NotFound(response, head, "RevisionNotFound"); return; }
                 var siblings = listed.Files.Select(f => IsLfs(f.Key)
@@ -179,7 +185,7 @@ internal sealed class FakeHub : IDisposable
             // /{org}/{name}/resolve/{revision}/{file}
             var parts = path.Trim('/').Split('/', 5);
             if (parts.Length != 5 || parts[2] != "resolve") { NotFound(response, head, "RepoNotFound"); return; }
-            string repoId = parts[0] + "/" + parts[1];
+            string repoId = kind + parts[0] + "/" + parts[1];
             string revision = Uri.UnescapeDataString(parts[3]);
             string file = Uri.UnescapeDataString(parts[4]);
             if (!_repos.TryGetValue(repoId, out var repo)) { NotFound(response, head, "RepoNotFound"); return; }

@@ -421,7 +421,7 @@ static class CliSupport
     }
 
     /// <summary>How a dictionary or other artifact on the hub is named where a local path is expected.</summary>
-    public const string HubPathSyntax = "hf:ORG/NAME[/PATH][@REVISION]";
+    public const string HubPathSyntax = "hf:ORG/NAME[/PATH][@REVISION] (a space: hf:spaces/ORG/NAME/PATH)";
 
     /// <summary>
     /// A path option's value as a local path: <c>hf:ORG/NAME[/PATH][@REVISION]</c> — a folder or file of a hub repository, such
@@ -489,17 +489,20 @@ static class CliSupport
         string prefix = l.Path.Length == 0 ? "" : l.Path + "/";
         var names = l.Files.Select(f => f.File[prefix.Length..]).ToList();
         bool Top(string name) => names.Contains(name);
-        bool ok = single
+        bool lens = option == "--tuned";
+        bool ok = lens ? Top(Loupe.Causal.Lens.TunedLens.ParamsFile) || Top(Loupe.Causal.Lens.TunedLens.TorchParamsFile)
+            : single
             ? Top(SaeLensFormat.ConfigFile) || Top(GemmaScopeFormat.ParamsFile) || Top(GemmaScope2Format.ParamsFile) || Top(DictionaryLearningFormat.WeightsFile)
             : Top(CltFiles.CircuitTracerConfig) || Top("layer_0.safetensors") || Top("W_enc_0.safetensors") || Top(CltFiles.WeightsFile)
               || names.Any(n => n.Count(c => c == '/') == 1 && n.EndsWith("/cfg.json", StringComparison.Ordinal));
         if (ok) return;
-        string[] marks = ["/cfg.json", "/params.npz", "/params.safetensors", "/config.yaml", "/" + DictionaryLearningFormat.WeightsFile];
+        string[] marks = lens ? ["/" + Loupe.Causal.Lens.TunedLens.ParamsFile, "/" + Loupe.Causal.Lens.TunedLens.TorchParamsFile]
+            : ["/cfg.json", "/params.npz", "/params.safetensors", "/config.yaml", "/" + DictionaryLearningFormat.WeightsFile];
         var candidates = names.Where(n => marks.Any(m => n.EndsWith(m, StringComparison.Ordinal))).Select(n => n[..n.LastIndexOf('/')]).Distinct().ToList();
         string where = $"{l.RepoId}{(l.Path.Length > 0 ? "/" + l.Path : "")}";
-        string what = single ? "a dictionary (cfg.json, params.npz, params.safetensors or ae.pt)" : "a transcoder set (config.yaml, layer_0.safetensors, W_enc_0.safetensors or per-layer folders with cfg.json)";
+        string what = lens ? "a tuned lens (params.pt or params.safetensors)" : single ? "a dictionary (cfg.json, params.npz, params.safetensors or ae.pt)" : "a transcoder set (config.yaml, layer_0.safetensors, W_enc_0.safetensors or per-layer folders with cfg.json)";
         string hint = candidates.Count == 0 ? $"`loupe hub ls hf:{where}` shows what it holds"
-            : $"it holds {candidates.Count} {(candidates.Count == 1 ? "dictionary" : "dictionaries")} deeper, e.g. " +
+            : $"it holds {candidates.Count} {(lens ? (candidates.Count == 1 ? "lens" : "lenses") : candidates.Count == 1 ? "dictionary" : "dictionaries")} deeper, e.g. " +
               string.Join(", ", candidates.Take(4).Select(c => $"hf:{l.RepoId}/{prefix}{c}")) + (candidates.Count > 4 ? ", …" : "") +
               (single ? "" : "; name one per layer, comma-separated, or in a circuit-tracer config.yaml's 'transcoders:' list");
         throw new InputError($"argument: {option}: hf:{where} holds {names.Count} files ({FormatBytes(l.Bytes)}) but not {what} at its top; nothing was downloaded. {hint}");
@@ -547,10 +550,13 @@ static class CliSupport
         string spec = value.StartsWith("hf:", StringComparison.Ordinal) ? value[3..] : "", revision = "main";
         int at = spec.LastIndexOf('@');
         if (at >= 0) (spec, revision) = (spec[..at], spec[(at + 1)..]);
-        var parts = spec.Trim('/').Split('/', 3);
+        spec = spec.Trim('/');
+        // A space or a dataset is named with its kind first (hf:spaces/AlignmentResearch/tuned-lens/lens/gpt2), as hub URLs name it.
+        string kind = spec.StartsWith("spaces/", StringComparison.Ordinal) ? "spaces/" : spec.StartsWith("datasets/", StringComparison.Ordinal) ? "datasets/" : "";
+        var parts = spec[kind.Length..].Split('/', 3);
         if (parts.Length < 2 || !HubClient.IsValidRepoId(parts[0] + "/" + parts[1]) || revision.Length == 0)
             throw InputError.Expected("argument", option, $"{HubPathSyntax}, e.g. hf:jbloom/GPT2-Small-SAEs-Reformatted/blocks.8.hook_resid_pre", value);
-        return (parts[0] + "/" + parts[1], parts.Length == 3 ? parts[2] : "", revision);
+        return (kind + parts[0] + "/" + parts[1], parts.Length == 3 ? parts[2] : "", revision);
     }
 
     /// <summary>Prints what a hub download will fetch, before it starts (files, bytes, commit, the cache it goes to).</summary>

@@ -24,7 +24,7 @@ static class LensCommand
         var wrongId = new Option<int?>("--wrong-id") { Description = "The competing token as an id" };
         var position = new Option<int>("--position") { Description = "The position to explain (negative counts from the end)", DefaultValueFactory = _ => -1 };
         var scale = new Option<string>("--scale") { Description = "Logit lens final-norm scale: real (recomputed per layer) or frozen (the final position's)", DefaultValueFactory = _ => "real" };
-        var tunedLens = new Option<string?>("--tuned") { Description = "A tuned lens (a folder with params.safetensors + config.json, from `loupe lens train` or converted from tuned-lens): read beside the logit lens" };
+        var tunedLens = new Option<string?>("--tuned") { Description = "A tuned lens (a folder with params.safetensors or tuned-lens's params.pt, + config.json; or the file), e.g. from `loupe lens train`, or hf:spaces/AlignmentResearch/tuned-lens/lens/MODEL (tuned-lens's pretrained lenses): read beside the logit lens" };
         var output = new Option<string>("--out", "-o") { Description = "Folder for lens.json, dla.svg and logit_lens.svg", Required = true };
         var command = new Command("lens",
             "Direct logit attribution: split the final residual stream into embeddings, each head, each layer's b_O and each MLP, and " +
@@ -62,7 +62,7 @@ static class LensCommand
             var direction = w is int wv ? LogitDirection.Difference(m, a, wv) : LogitDirection.Token(m, a);
             var dla = CliSupport.Status.Status().Start("Attributing", _ => DirectLogitAttribution.Compute(m, batch, direction, pos));
             var lens = LogitLens.Run(m, batch, a, w, pos, scale: lensScale);
-            var tunedFile = parse.GetValue(tunedLens) is string tunedPath ? TunedLens.Load(tunedPath) : null;
+            var tunedFile = parse.GetValue(tunedLens) is string tunedPath ? TunedLens.Load(CliSupport.LocalPath(tunedPath, "--tuned")) : null;
             if (tunedFile?.ProcessingWarning(m) is { } processingWarning) Console.Error.WriteLine(processingWarning);
             var tuned = tunedFile is null ? null : LogitLens.Run(m, batch, a, w, pos, tuned: tunedFile);
             var labels = batch.Ids.Select(id => PatchCommand.TokenLabel(m, id)).ToArray();

@@ -39,7 +39,7 @@ static class ServeCommand
             var options = new ServeOptions { Host = parse.GetValue(host)!, Port = p, Token = t, GraphsDir = parse.GetValue(graphs),
                 OpenAi = parse.GetValue(openAiOnly) ? OpenAiMode.Only : parse.GetValue(openAi) ? OpenAiMode.Beside : OpenAiMode.Off, VectorsDir = parse.GetValue(vectors),
                 TranscodersDir = parse.GetValue(transcoders) is { } tc ? CliSupport.LocalPath(tc, "--transcoders") : null,
-                TunedLensPath = parse.GetValue(tunedLens),
+                TunedLensPath = parse.GetValue(tunedLens) is string tunedPath ? CliSupport.LocalPath(tunedPath, "--tuned") : null,
                 Decoders = CliSupport.DecoderStorage(parse.GetValue(decoders)), DeviceDecoders = CliSupport.DeviceDecoders(parse.GetValue(deviceDecoders)), FeatureStores = parse.GetValue(features) ?? [],
                 SaePath = parse.GetValue(sae) is { } saeValue ? CliSupport.LocalPath(saeValue, "--sae") : null };
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);

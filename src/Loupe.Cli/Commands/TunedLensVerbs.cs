@@ -90,7 +90,7 @@ static class TunedLensVerbs
     public static Command Eval()
     {
         var model = CliSupport.ModelOption();
-        var tuned = new Option<string>("--tuned") { Description = "The tuned lens: a folder with params.safetensors (+ config.json), or the file", Required = true };
+        var tuned = new Option<string>("--tuned") { Description = "The tuned lens: a folder with params.safetensors or params.pt (+ config.json), the file, or hf:[spaces/]ORG/NAME/PATH", Required = true };
         var source = new Option<string>("--source") { Description = "Text: brown:FOLDER, text:PATH, jsonl:FILE or generate:N", Required = true };
         var contextSize = CliSupport.ContextSizeOption();
         var maxContexts = new Option<int?>("--max-contexts") { Description = "Use at most this many contexts" };
@@ -106,9 +106,10 @@ static class TunedLensVerbs
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             int batch = Check.InRange(parse.GetValue(batchContexts), 1, 1 << 20, "argument", "--batch-contexts");
-            var lens = TunedLens.Load(parse.GetValue(tuned)!);
+            string tunedPath = CliSupport.LocalPath(parse.GetValue(tuned)!, "--tuned");
+            var lens = TunedLens.Load(tunedPath);
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
-            lens.CheckFits(m, parse.GetValue(tuned)!);
+            lens.CheckFits(m, tunedPath);
             string? warning = lens.ProcessingWarning(m);
             if (warning is not null) Console.Error.WriteLine(warning);
             var contexts = Contexts(m, parse, source, contextSize, maxContexts, seed);

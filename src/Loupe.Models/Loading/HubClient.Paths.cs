@@ -197,7 +197,7 @@ public sealed partial class HubClient
     /// </summary>
     public string? TryGetCachedPath(string repoId, string path, string revision = "main")
     {
-        if (!IsValidRepoId(repoId) || !IsValidRevision(revision)) return null;
+        if (!IsValidRepoPathId(repoId) || !IsValidRevision(revision)) return null;
         path = path.Trim('/');
         if (path.Length > 0 && !IsPlainRepoPath(path)) return null;
         string repoFolder = RepoFolder(repoId);
@@ -211,7 +211,8 @@ public sealed partial class HubClient
     /// <summary>The repository's files under <paramref name="path"/> at <paramref name="revision"/>, and the commit they belong to.</summary>
     async Task<HubPathListing> ListAsync(string repoId, string path, string revision, CancellationToken ct)
     {
-        var url = new Uri($"{Endpoint}/api/models/{repoId}/revision/{Uri.EscapeDataString(revision)}?blobs=true");
+        var (kind, id) = SplitKind(repoId);
+        var url = new Uri($"{Endpoint}/api/{kind}/{id}/revision/{Uri.EscapeDataString(revision)}?blobs=true");
         using var response = await SendAsync(HttpMethod.Get, url, rangeStart: 0, capture: null, ct).ConfigureAwait(false);
         if (response.StatusCode == HttpStatusCode.NotFound)
         {
@@ -273,7 +274,7 @@ public sealed partial class HubClient
     /// <exception cref="InputError">One of them is not.</exception>
     static string CheckedPath(string repoId, string path, string revision)
     {
-        if (!IsValidRepoId(repoId)) throw new InputError($"'{repoId}' is not a Hugging Face repository id such as 'org/name'");
+        if (!IsValidRepoPathId(repoId)) throw new InputError($"'{repoId}' is not a Hugging Face repository id such as 'org/name' (or spaces/org/name, datasets/org/name)");
         ValidateRevision(revision);
         path = path.Trim('/');
         if (path.Length > 0 && !IsPlainRepoPath(path))

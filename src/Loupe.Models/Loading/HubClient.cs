@@ -157,13 +157,34 @@ public sealed partial class HubClient : IDisposable
         return Path.Combine(user, ".cache", "huggingface", "hub");
     }
 
-    /// <summary>The cache folder of one model: <c>{CacheDir}/models--{org}--{name}</c>.</summary>
-    /// <exception cref="ArgumentException"><paramref name="repoId"/> is not a valid model id.</exception>
+    /// <summary>
+    /// The cache folder of one repository: <c>{CacheDir}/models--{org}--{name}</c>, or <c>spaces--…</c> / <c>datasets--…</c> for an
+    /// id that starts <c>spaces/</c> or <c>datasets/</c> (as huggingface_hub lays them out).
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="repoId"/> is not a valid repository id.</exception>
     public string RepoFolder(string repoId)
     {
-        if (!IsValidRepoId(repoId)) throw new ArgumentException($"'{repoId}' is not a valid Hugging Face model id", nameof(repoId));
-        return Path.Combine(CacheDir, "models--" + repoId.Replace("/", "--", StringComparison.Ordinal));
+        if (!IsValidRepoPathId(repoId)) throw new ArgumentException($"'{repoId}' is not a valid Hugging Face repository id", nameof(repoId));
+        var (kind, id) = SplitKind(repoId);
+        return Path.Combine(CacheDir, kind + "--" + id.Replace("/", "--", StringComparison.Ordinal));
     }
+
+    /// <summary>
+    /// A model id (see <see cref="IsValidRepoId"/>), or <c>spaces/org/name</c> or <c>datasets/org/name</c>: a repository whose
+    /// files a path fetch reads (tuned-lens's pretrained lenses live in a space). Models are loaded only by plain ids.
+    /// </summary>
+    public static bool IsValidRepoPathId(string? repoId)
+    {
+        if (repoId is null) return false;
+        var (kind, id) = SplitKind(repoId);
+        return IsValidRepoId(id) && (kind == "models" || id.Contains('/'));
+    }
+
+    /// <summary>The repository's kind as the hub's API spells it (<c>models</c>, <c>spaces</c>, <c>datasets</c>) and its plain id.</summary>
+    static (string Kind, string Id) SplitKind(string repoId) =>
+        repoId.StartsWith("spaces/", StringComparison.Ordinal) ? ("spaces", repoId["spaces/".Length..])
+        : repoId.StartsWith("datasets/", StringComparison.Ordinal) ? ("datasets", repoId["datasets/".Length..])
+        : ("models", repoId);
 
     /// <summary>True for <c>name</c> or <c>org/name</c> made of letters, digits, '.', '_', '-' (no '--' or '..').</summary>
     public static bool IsValidRepoId(string? repoId) =>

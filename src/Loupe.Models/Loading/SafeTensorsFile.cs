@@ -91,7 +91,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
     /// The message names the file, the tensor where there is one, and what was expected versus found.
     /// </exception>
     /// <remarks>A torch.save file (zip, or the legacy format before torch 1.6) is recognised by its first bytes and read with
-    /// <see cref="PyTorch.PyTorchCheckpoint"/>; its errors say "PyTorch checkpoint" instead.</remarks>
+    /// <see cref="PyTorch.PyTorchCheckpoint"/>; its errors name the zip member, the pickle's byte or the tensor instead.</remarks>
     public static SafeTensorsFile Open(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);

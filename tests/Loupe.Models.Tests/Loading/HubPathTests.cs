@@ -156,6 +156,33 @@ public class HubPathTests
     }
 
     [Fact]
+    public async Task A_folder_of_a_space_is_fetched_into_the_spaces_cache_as_huggingface_hub_lays_it_out()
+    {
+        // tuned-lens's pretrained lenses live in a space: lens/{model}/params.pt + config.json.
+        using var hub = new FakeHub();
+        string lens = SharedData.TestData("pytorch/tuned-lens");
+        string commit = hub.AddRepo("spaces/AlignmentResearch/tuned-lens", new Dictionary<string, byte[]>
+        {
+            ["app.py"] = Bytes("import gradio"),
+            ["lens/gpt2/params.pt"] = File.ReadAllBytes(Path.Combine(lens, "params.pt")),
+            ["lens/gpt2/config.json"] = File.ReadAllBytes(Path.Combine(lens, "config.json")),
+        });
+        using var cache = new TempDir();
+        using var client = Client(hub.Endpoint, cache);
+        string folder = await client.ResolvePathAsync("spaces/AlignmentResearch/tuned-lens", "lens/gpt2");
+        Assert.Equal(Path.Combine(cache.Path, "spaces--AlignmentResearch--tuned-lens", "snapshots", commit, "lens", "gpt2"), folder);
+        Assert.Equal(["config.json", "params.pt"], Directory.GetFiles(folder).Select(Path.GetFileName).Order());
+        Assert.Equal(1, hub.Count("GET", "/api/spaces/AlignmentResearch/tuned-lens/revision/main"));
+        using (var f = SafeTensorsFile.Open(Path.Combine(folder, "params.pt"))) Assert.Equal(4, f.Names.Count);
+
+        using var offline = Client(hub.Endpoint, cache, offline: true);
+        Assert.Equal(folder, await offline.ResolvePathAsync("spaces/AlignmentResearch/tuned-lens", "lens/gpt2"));
+        Assert.False(HubClient.IsValidRepoId("spaces/AlignmentResearch/tuned-lens")); // not a model id
+        Assert.True(HubClient.IsValidRepoPathId("spaces/AlignmentResearch/tuned-lens"));
+        Assert.False(HubClient.IsValidRepoPathId("spaces/tuned-lens"));
+    }
+
+    [Fact]
     public async Task A_dictionary_learning_trainer_folder_brings_its_ae_pt_and_leaves_other_pickles()
     {
         using var hub = new FakeHub();
