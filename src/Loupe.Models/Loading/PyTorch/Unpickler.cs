@@ -151,7 +151,7 @@ internal sealed class Unpickler
                 case (byte)'0': Pop(ref r, at); break;                                       // POP
                 case (byte)'1': PopToMark(ref r, at); break;                                 // POP_MARK
                 case (byte)'2': Push(Top(ref r, at)); break;                                 // DUP
-                case (byte)'p': Memo(long.Parse(Ascii(r.Line(), ref r, at), NumberStyles.None, CultureInfo.InvariantCulture), Top(ref r, at)); break; // PUT
+                case (byte)'p': Memo(TextIndex(ref r, at), Top(ref r, at)); break; // PUT
                 case (byte)'q': Memo(r.Byte(), Top(ref r, at)); break;                       // BINPUT
                 case (byte)'r': Memo(BinaryPrimitives.ReadUInt32LittleEndian(r.Bytes(4)), Top(ref r, at)); break; // LONG_BINPUT
                 case 0x94: Memo(_memo.Count, Top(ref r, at)); break;                          // MEMOIZE
@@ -408,7 +408,7 @@ internal sealed class Unpickler
     }
 
     static long TextIndex(ref Reader r, int at) =>
-        long.TryParse(Ascii(r.Line(), ref r, at), NumberStyles.None, CultureInfo.InvariantCulture, out long v) ? v : throw r.Bad(at, "GET without an index");
+        long.TryParse(Ascii(r.Line(), ref r, at), NumberStyles.None, CultureInfo.InvariantCulture, out long v) ? v : throw r.Bad(at, "PUT or GET without a memo index");
 
     ref struct Reader(ReadOnlySpan<byte> data, int position, string where)
     {
