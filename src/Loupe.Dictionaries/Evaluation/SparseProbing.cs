@@ -124,8 +124,11 @@ public static class SparseProbing
         var passages = new List<AlignedSentence>();
         var fileOf = new List<int>();
         var files = corpus.FileIds(settings.Categories);
-        int bos = tokenizer.Encode("a", addSpecialTokens: true).Length - tokenizer.Encode("a", addSpecialTokens: false).Length;
-        int length = Math.Min(settings.PassageTokens, model.Config.NCtx - Math.Max(bos, 0));
+        // Tokens the tokenizer puts before the text (BOS), which are left out of the pooling; a token it appends (EOS) is a token of the passage.
+        int[] withSpecial = tokenizer.Encode("a", addSpecialTokens: true), plain = tokenizer.Encode("a", addSpecialTokens: false);
+        int bos = 0;
+        while (bos < withSpecial.Length - plain.Length && (plain.Length == 0 || withSpecial[bos] != plain[0])) bos++;
+        int length = Math.Min(settings.PassageTokens, model.Config.NCtx - bos);
         if (length < 8) throw new InputError($"the model's context (n_ctx = {model.Config.NCtx}) leaves fewer than 8 tokens for a passage");
         for (int f = 0; f < files.Count; f++)
         {
