@@ -6,7 +6,7 @@ namespace Loupe.Cli.Commands;
 /// <summary>
 /// <c>loupe sae convert</c>: any dictionary Loupe reads, written in SAELens's layout (cfg.json + sae_weights.safetensors), so
 /// SAELens, SAEBench or Neuronpedia tools read it as Loupe does: a dictionary_learning BatchTopK, Matryoshka or JumpReLU SAE
-/// keeps its thresholds (SAELens's own dictionary_learning_1 converter drops them), a Gemma Scope or sparsify one its hook.
+/// keeps its threshold (SAELens's dictionary_learning_1 converter calls them standard ReLU SAEs), a Gemma Scope or sparsify one its hook.
 /// </summary>
 static class SaeConvertVerb
 {
