@@ -1,4 +1,3 @@
-using System.Text.Json;
 using Loupe.Dictionaries.Sae;
 using Loupe.Testing;
 using static Loupe.Cli.Tests.CliHarness;
@@ -31,12 +30,10 @@ public sealed class SaeConvertCliTests : IDisposable
 
         var (dict, cfg) = SaeLensFormat.Load(outDir);
         Assert.Equal(architecture, cfg.Architecture);
-        using var expected = JsonDocument.Parse(File.ReadAllBytes(SharedData.TestData("pytorch/expected.json")));
-        var want = expected.RootElement.GetProperty("dictionary_learning/" + name);
-        float[] Flat(string field) => [.. want.GetProperty(field).EnumerateArray().SelectMany(r => r.EnumerateArray()).Select(v => (float)v.GetDouble())];
-        var x = Flat("x");
+        var want = DictionaryLearningExpected.Of(name);
+        var x = want.X;
         var latents = dict.Encode(x, x.Length / 6);
-        var wantLatents = Flat("latents");
+        var wantLatents = want.Latents;
         for (int i = 0; i < latents.Length; i++)
             Assert.True(Math.Abs(latents[i] - wantLatents[i]) <= 1e-5 * (1 + Math.Abs(wantLatents[i])), $"{name} latent {i}: {latents[i]} vs {wantLatents[i]}");
     }

@@ -24,7 +24,10 @@ public sealed class ModelTarget : FuzzTarget
         return seeds;
     }
 
-    public override void Execute(string folder, FuzzInput input)
+    public override void Execute(string folder, FuzzInput input) => LoadAndRun(folder);
+
+    /// <summary>Loads the model folder and runs it: finite logits required, the tokenizer (if any) exercised.</summary>
+    public static void LoadAndRun(string folder)
     {
         using var model = ModelLoader.LoadFolder(folder);
         int vocab = model.Config.DVocab, n = Math.Clamp(model.Config.NCtx, 1, 3);

@@ -1,5 +1,4 @@
 using Loupe.Fuzz.Engine;
-using Loupe.Models;
 using Loupe.Models.Loading;
 
 namespace Loupe.Fuzz.Targets;
@@ -35,9 +34,7 @@ public sealed class PyTorchTarget : FuzzTarget
             ReadAll(single);
             return;
         }
-        using var model = ModelLoader.LoadFolder(folder);
-        var logits = model.Run([1, 2, 3]).Logits;
-        Require.Finite(logits.Span, "logits of tokens [1,2,3]");
+        ModelTarget.LoadAndRun(folder);
     }
 
     static void ReadAll(string path)

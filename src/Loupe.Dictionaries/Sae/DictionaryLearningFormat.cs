@@ -191,23 +191,23 @@ public static partial class DictionaryLearningFormat
         }
     }
 
+    // The levels are the group sizes' running sums; they must end at dict_size (CheckWidths would append it), and the widths'
+    // rules (positive, strictly increasing, an inner level) are the Matryoshka activation's own.
     static int[] Levels(SafeTensorsFile file, string path, int f)
     {
         if (!file.TryGetInfo("group_sizes", out var info) || info.Shape.Length != 1 || info.DType.IsFloatingPoint())
             throw new InputError($"{path}: tensor 'group_sizes' is missing or not a vector of integers (a MatryoshkaBatchTopKSAE has one)");
         var sizes = file.GetInt64("group_sizes");
-        var levels = new int[sizes.Length];
+        var widths = new long[sizes.Length];
         long total = 0;
         for (int i = 0; i < sizes.Length; i++)
         {
-            if (sizes[i] < 1) throw InputError.Expected(path, $"tensor 'group_sizes' element {i}", "a positive group size", sizes[i]);
-            total += sizes[i];
-            if (total > f) break;
-            levels[i] = (int)total;
+            if (sizes[i] < 1 || sizes[i] > f - total) break;
+            widths[i] = total += sizes[i];
         }
-        if (total != f) throw InputError.Expected(path, "tensor 'group_sizes'", $"sizes summing to dict_size = {f}", $"[{string.Join(", ", sizes)}]");
-        if (levels.Length < 2) throw InputError.Expected(path, "tensor 'group_sizes'", "at least two groups", $"[{string.Join(", ", sizes)}]");
-        return levels;
+        if (total != f || widths.Contains(0))
+            throw InputError.Expected(path, "tensor 'group_sizes'", $"positive sizes summing to dict_size = {f}", $"[{string.Join(", ", sizes)}]");
+        return MatryoshkaBatchTopKActivation.CheckWidths(widths, f, path, "tensor 'group_sizes' (as cumulative widths)");
     }
 
     // Which class a config-less ae.pt is, from its tensor names; TopK and BatchTopK hold the same ones.

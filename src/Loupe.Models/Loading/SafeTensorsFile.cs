@@ -437,7 +437,6 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
         long total = info.ElementCount;
         int size = info.DType.SizeOf();
         int chunk = (int)Math.Min(chunkElements, Math.Max(1, total));
-        var bytes = new byte[chunk * size];
         var values = new float[chunk];
         if (_copies is not null && _copies.ContainsKey(info.Name))
         {
@@ -450,6 +449,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable, INativeMemoryOwner
             }
             return;
         }
+        var bytes = new byte[chunk * size];
         using var stream = new FileStream(Path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0, FileOptions.SequentialScan);
         stream.Seek(_dataStart + info.Begin, SeekOrigin.Begin);
         for (long done = 0; done < total; done += chunk)

@@ -1,4 +1,3 @@
-using System.Text.Json;
 using Loupe.Dictionaries.Sae;
 using Loupe.Testing;
 
@@ -27,8 +26,7 @@ public sealed class DictionaryLearningFormatTests
     [Theory, MemberData(nameof(Classes))]
     public void Latents_and_reconstructions_are_dictionary_learnings(string name, Type activation, string hook, bool bDecOnInput, int k)
     {
-        using var expected = JsonDocument.Parse(File.ReadAllBytes(SharedData.TestData("pytorch/expected.json")));
-        var want = expected.RootElement.GetProperty("dictionary_learning/" + name);
+        var want = DictionaryLearningExpected.Of(name);
         var (dict, cfg) = DictionaryFile.Load(Folder(name));
         Assert.IsType(activation, dict.Activation);
         Assert.Equal((6, 10, 6), (dict.Shape.DIn, dict.Shape.DSae, dict.Shape.DOut));
@@ -37,17 +35,16 @@ public sealed class DictionaryLearningFormatTests
         Assert.Equal(k, cfg.K);
         if (name != "resid_out_layer3") Assert.Equal("EleutherAI/pythia-70m-deduped", cfg.ModelName);
 
-        float[] Flat(string field) => [.. want.GetProperty(field).EnumerateArray().SelectMany(r => r.EnumerateArray()).Select(v => (float)v.GetDouble())];
-        var x = Flat("x");
+        var x = want.X;
         int rows = x.Length / 6;
         var latents = dict.Encode(x, rows);
-        var wantLatents = Flat("latents");
+        var wantLatents = want.Latents;
         Assert.Contains(wantLatents, v => v == 0);         // each class's sparsity is exercised
         Assert.Contains(wantLatents, v => v > 0);
         for (int i = 0; i < latents.Length; i++)
             Assert.True(Math.Abs(latents[i] - wantLatents[i]) <= 1e-5 * (1 + Math.Abs(wantLatents[i])), $"{name} latent {i}: {latents[i]} vs {wantLatents[i]}");
         var recon = dict.Forward(x, rows);
-        var wantRecon = Flat("recon");
+        var wantRecon = want.Recon;
         for (int i = 0; i < recon.Length; i++)
             Assert.True(Math.Abs(recon[i] - wantRecon[i]) <= 1e-5 * (1 + Math.Abs(wantRecon[i])), $"{name} recon {i}: {recon[i]} vs {wantRecon[i]}");
         // the ae.pt path names the folder
