@@ -59,6 +59,8 @@ public sealed class SaeLensTarget : FuzzTarget
         var matryoshkaFolder = Path.Combine(context.Scratch, "saelens", "matryoshka-training");
         SaeLensFormat.Save(matryoshkaFolder, matryoshka, resid, trainingCheckpoint: true);
         seeds.Add(SeedFiles.FromFolder("generated:saelens-matryoshka-training", matryoshkaFolder, SaeLensFormat.ConfigFile, SaeLensFormat.WeightsFile));
+        // a gated SAE (b_gate, b_mag, r_mag instead of b_enc), as SAELens 6 saves one
+        seeds.Add(SeedFiles.FromFolder("repo:tests/data/saelens/gated", context.Repo("tests/data/saelens/gated"), SaeLensFormat.ConfigFile, SaeLensFormat.WeightsFile));
         if (context.Shared("fixtures/attribution/transcoders/layer_0") is { } tc)
             seeds.Add(SeedFiles.FromFolder("shared:fixtures/attribution/transcoders/layer_0", tc, SaeLensFormat.ConfigFile, SaeLensFormat.WeightsFile));
         return seeds;
@@ -210,7 +212,7 @@ public sealed class DictionaryLearningTarget : FuzzTarget
     public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
     {
         string root = context.Repo("tests/data/pytorch/dictionary_learning");
-        return [.. new[] { "standard", "new", "topk", "batch_topk", "matryoshka", "jumprelu" }
+        return [.. new[] { "standard", "new", "topk", "batch_topk", "matryoshka", "jumprelu", "gated" }
             .Select(name => SeedFiles.AllOf($"repo:tests/data/pytorch/dictionary_learning/{name}", Path.Combine(root, name)))];
     }
 

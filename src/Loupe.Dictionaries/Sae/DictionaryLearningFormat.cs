@@ -17,7 +17,10 @@
 //                           pre = x·W_enc + b_enc; f = ReLU(pre · 1[pre > θ]) · ‖W_dec[i]‖; x̂ = (f / ‖W_dec[i]‖)·W_dec + b_dec
 //                           → jumprelu with the decoder norms folded in: column i of W_enc, b_enc[i] and θ[i] times ‖W_dec[i]‖,
 //                             row i of W_dec divided by it — the same latents and the same reconstruction.
-// GatedAutoEncoder and crosscoders are refused by name. Hooks come from submodule_name (resid_post/resid_out, mlp_out,
+//   GatedAutoEncoder        decoder_bias [d], encoder.weight [F, d], r_mag, gate_bias, mag_bias [F], decoder.weight [d, F]
+//                           u = encoder(x − decoder_bias); f = 1[u + gate_bias > 0] · ReLU(exp(r_mag)·u + mag_bias);
+//                           x̂ = decoder(f) + decoder_bias                                         → jumprelu (GatedSae.cs)
+// Crosscoders are refused by name. Hooks come from submodule_name (resid_post/resid_out, mlp_out,
 // attn_out, resid_pre, embed); without them, from the folder names: the Sparse Feature Circuits release has no config.json
 // (resid_out_layer3/…), and SAELens's copies of it are named {layer}-{res|mlp|att}-sm.
 using System.Globalization;
@@ -41,7 +44,7 @@ public static partial class DictionaryLearningFormat
 
     /// <summary>The dictionary classes Loupe reads.</summary>
     public static readonly IReadOnlyList<string> Classes =
-        ["AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder"];
+        ["AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder", "GatedAutoEncoder"];
 
     /// <summary>True when <paramref name="folder"/> holds a dictionary_learning <c>ae.pt</c>.</summary>
     public static bool IsDictionaryLearningFolder(string folder) => File.Exists(Path.Combine(folder, WeightsFile));
@@ -71,9 +74,9 @@ public static partial class DictionaryLearningFormat
         string dictClass = String(trainer, "dict_class", cfgPath) ?? Infer(file, weights);
         if (!Classes.Contains(dictClass))
             throw InputError.Expected(trainer is null ? weights : cfgPath, "dict_class",
-                $"one of {string.Join(", ", Classes)}" + (dictClass.Contains("Gated", StringComparison.Ordinal) ? " (Loupe has no gated encoder)" : ""), dictClass);
+                $"one of {string.Join(", ", Classes)}", dictClass);
 
-        bool linear = dictClass is "AutoEncoder" or "AutoEncoderNew" or "AutoEncoderTopK" or "BatchTopKSAE";
+        bool linear = dictClass is "AutoEncoder" or "AutoEncoderNew" or "AutoEncoderTopK" or "BatchTopKSAE" or "GatedAutoEncoder";
         long[] encoderShape = Shape(file, weights, linear ? "encoder.weight" : "W_enc");
         if (encoderShape.Length != 2) throw InputError.Expected(weights, $"tensor '{(linear ? "encoder.weight" : "W_enc")}'", "a matrix", CltFiles.Shape(encoderShape));
         int d = (int)Math.Min(linear ? encoderShape[1] : encoderShape[0], int.MaxValue), f = (int)Math.Min(linear ? encoderShape[0] : encoderShape[1], int.MaxValue);
@@ -108,7 +111,7 @@ public static partial class DictionaryLearningFormat
         string hook = hookName ?? HookOf(String(trainer, "submodule_name", cfgPath), Path.GetFileName(folder), Path.GetFileName(Path.GetDirectoryName(folder))) ?? "";
         var config = new SaeLensConfig
         {
-            Architecture = activation.Architecture, DIn = d, DSae = f, DOut = d, Dtype = "float32", ApplyBDecToInput = bDecOnInput,
+            Architecture = dictClass == "GatedAutoEncoder" ? "gated" : activation.Architecture, DIn = d, DSae = f, DOut = d, Dtype = "float32", ApplyBDecToInput = bDecOnInput,
             NormalizeActivations = "none", HookName = hook, HookLayer = SaeLensFormat.LayerOf(hook) ?? (int)(Int(trainer, "layer", cfgPath) ?? 0),
             ModelName = String(trainer, "lm_name", cfgPath) ?? "", ContextSize = (int)Math.Clamp(Int(buffer, "ctx_len", cfgPath) ?? 128, 1, int.MaxValue),
             PrependBos = true, K = k, MatryoshkaWidths = string.Join(",", levels),
@@ -127,6 +130,7 @@ public static partial class DictionaryLearningFormat
             "AutoEncoderNew" => ["encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias"],
             "AutoEncoderTopK" or "BatchTopKSAE" => ["encoder.weight", "encoder.bias", "decoder.weight", "b_dec", "k", "threshold"],
             "MatryoshkaBatchTopKSAE" => ["W_enc", "b_enc", "W_dec", "b_dec", "k", "threshold", "group_sizes"],
+            "GatedAutoEncoder" => ["decoder_bias", "encoder.weight", "r_mag", "gate_bias", "mag_bias", "decoder.weight"],
             _ => ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"],
         };
         if (file.Names.FirstOrDefault(n => !names.Contains(n)) is { } unknown)
@@ -144,15 +148,23 @@ public static partial class DictionaryLearningFormat
             var enc = new float[(long)f * d];
             CltFiles.Read(file, path, "encoder.weight", [f, d], enc);
             CltFiles.Transpose(enc, f, d).CopyTo(p.WEnc, 0);
-            CltFiles.Read(file, path, "encoder.bias", [f], p.BEnc);
+            if (dictClass != "GatedAutoEncoder") CltFiles.Read(file, path, "encoder.bias", [f], p.BEnc);
             var dec = new float[(long)d * f];
             CltFiles.Read(file, path, "decoder.weight", [d, f], dec);
             CltFiles.Transpose(dec, d, f).CopyTo(p.WDec, 0);
-            CltFiles.Read(file, path, dictClass switch { "AutoEncoder" => "bias", "AutoEncoderNew" => "decoder.bias", _ => "b_dec" }, [d], p.BDec);
+            CltFiles.Read(file, path, dictClass switch { "AutoEncoder" => "bias", "AutoEncoderNew" => "decoder.bias", "GatedAutoEncoder" => "decoder_bias", _ => "b_dec" }, [d], p.BDec);
         }
 
         if (dictClass is "BatchTopKSAE" or "MatryoshkaBatchTopKSAE")
             p.Threshold[0] = ScalarFloat(file, path, "threshold");
+        else if (dictClass == "GatedAutoEncoder")
+        {
+            float[] rMag = new float[f], gateBias = new float[f], magBias = new float[f];
+            CltFiles.Read(file, path, "r_mag", [f], rMag);
+            CltFiles.Read(file, path, "gate_bias", [f], gateBias);
+            CltFiles.Read(file, path, "mag_bias", [f], magBias);
+            GatedSae.FoldIntoJumpRelu(p, rMag, gateBias, magBias, path);
+        }
         else if (dictClass == "JumpReluAutoEncoder")
         {
             var theta = new float[f];

@@ -7,6 +7,7 @@
 //   threshold [d_sae]     JumpReLU θ itself (older training checkpoints: log_threshold [d_sae] instead)
 //   topk_threshold []     BatchTopK training checkpoints (the learned scalar threshold)
 //   scaling_factor [d_sae] pre-6 files only; accepted when all ones
+//   b_gate, b_mag, r_mag [d_sae]  gated SAEs, instead of b_enc
 // cfg.json: d_in, d_sae, dtype, device, apply_b_dec_to_input, normalize_activations, reshape_activations,
 // architecture, and per architecture k (topk, batchtopk), rescale_acts_by_decoder_norm (topk), d_out (transcoders).
 // Model and hook fields (model_name, hook_name, hook_layer, hook_name_out, context_size, prepend_bos) sit at the
@@ -14,6 +15,7 @@
 //
 // Architectures:
 //   standard, jumprelu, topk                          SAEs (SAELens inference classes)
+//   gated                                             read as the JumpReLU SAE it is at inference (GatedSae.cs)
 //   transcoder, skip_transcoder,
 //   jumprelu_transcoder, jumprelu_skip_transcoder     transcoders: d_out, never apply_b_dec_to_input
 //   batchtopk                                         SAELens training checkpoints; SAELens saves a finished BatchTopK
@@ -372,7 +374,7 @@ public static partial class SaeLensFormat
         SaeActivation act = actName switch
         {
             "standard" => new ReluActivation(),
-            "jumprelu" => new JumpReluActivation(),
+            "jumprelu" or "gated" => new JumpReluActivation(),   // a gated SAE is read as the JumpReLU it is (GatedSae)
             "topk" => new TopKActivation(k),
             "matryoshka_batchtopk" => new MatryoshkaBatchTopKActivation(k, MatryoshkaWidthsOf(Field("matryoshka_widths"), dSae, cfgPath)),
             _ => new BatchTopKActivation(k),
@@ -396,15 +398,19 @@ public static partial class SaeLensFormat
         // 2. Tensors: every name and shape is checked against cfg.json before the dictionary is allocated, so a
         //    cfg.json declaring a huge d_sae beside a small weights file fails here, not in an allocation.
         using var file = OpenSafeTensors(wPath);
-        var expected = new HashSet<string>(StringComparer.Ordinal) { "W_enc", "b_enc", "W_dec", "b_dec" };
+        bool gated = actName == "gated";
+        var expected = new HashSet<string>(StringComparer.Ordinal) { "W_enc", "W_dec", "b_dec" };
+        if (gated) expected.UnionWith(s_gatedTensors);
+        else expected.Add("b_enc");
         if (skip) expected.Add("W_skip");
         string? thresholdName = null;
-        if (act is JumpReluActivation)
+        if (gated) { }
+        else if (act is JumpReluActivation)
             thresholdName = file.Contains("threshold") ? "threshold" : file.Contains("log_threshold") ? "log_threshold" : null;
         else if (act is BatchTopKActivation)
             thresholdName = file.Contains("topk_threshold") ? "topk_threshold" : file.Contains("threshold") ? "threshold" : null;
         string Have() => Shorten(string.Join(", ", file.Names));
-        if (act is JumpReluActivation && thresholdName is null)
+        if (act is JumpReluActivation && !gated && thresholdName is null)
             throw new InputError($"{wPath}: tensor 'threshold' is missing (have {Have()})");
         if (thresholdName is not null) expected.Add(thresholdName);
         if (file.Contains("scaling_factor")) expected.Add("scaling_factor");
@@ -412,10 +418,8 @@ public static partial class SaeLensFormat
         if (unexpected.Count > 0)
             throw new InputError($"{wPath}: unexpected tensor(s) {Shorten(string.Join(", ", unexpected.Select(u => $"'{u}'")))} for architecture '{arch}' (expected {string.Join(", ", expected)})");
 
-        var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal)
-        {
-            ["W_enc"] = [dIn, dSae], ["b_enc"] = [dSae], ["W_dec"] = [dSae, dOut], ["b_dec"] = [dOut],
-        };
+        var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal) { ["W_enc"] = [dIn, dSae], ["W_dec"] = [dSae, dOut], ["b_dec"] = [dOut] };
+        foreach (var name in gated ? s_gatedTensors : ["b_enc"]) shapes[name] = [dSae];
         if (skip) shapes["W_skip"] = [dOut, dIn];
         if (thresholdName is "threshold" or "log_threshold" && act is JumpReluActivation) shapes[thresholdName] = [dSae];
         else if (thresholdName is not null)
@@ -444,9 +448,17 @@ public static partial class SaeLensFormat
             ThrowIfNotFinite(into, $"{wPath}: tensor '{name}'");
         }
         Read("W_enc", dict.P.WEnc);
-        Read("b_enc", dict.P.BEnc);
         Read("W_dec", dict.P.WDec);
         Read("b_dec", dict.P.BDec);
+        if (gated)
+        {
+            float[] rMag = new float[dSae], bGate = new float[dSae], bMag = new float[dSae];
+            Read("r_mag", rMag);
+            Read("b_gate", bGate);
+            Read("b_mag", bMag);
+            GatedSae.FoldIntoJumpRelu(dict.P, rMag, bGate, bMag, wPath);
+        }
+        else Read("b_enc", dict.P.BEnc);
         if (skip)
         {
             var wSkip = new float[dict.P.WSkip.Length];               // [d_out, d_in] as SAELens stores it
@@ -598,11 +610,15 @@ public static partial class SaeLensFormat
         return -1;
     }
 
+    // A gated SAE's own tensors beside W_enc, W_dec and b_dec (it has no b_enc).
+    static readonly string[] s_gatedTensors = ["b_gate", "b_mag", "r_mag"];
+
     // architecture → (activation, transcoder, skip)
     static readonly Dictionary<string, (string Activation, bool Transcoder, bool Skip)> s_architectures = new(StringComparer.Ordinal)
     {
         ["standard"] = ("standard", false, false),
         ["jumprelu"] = ("jumprelu", false, false),
+        ["gated"] = ("gated", false, false),
         ["topk"] = ("topk", false, false),
         ["batchtopk"] = ("batchtopk", false, false),
         ["transcoder"] = ("standard", true, false),

@@ -21,6 +21,7 @@ public sealed class DictionaryLearningFormatTests
         { "batch_topk", typeof(BatchTopKActivation), "blocks.3.hook_resid_post", true, 3 },
         { "matryoshka", typeof(MatryoshkaBatchTopKActivation), "blocks.3.hook_resid_post", true, 3 },
         { "jumprelu", typeof(JumpReluActivation), "blocks.3.hook_resid_post", false, 0 },
+        { "gated", typeof(JumpReluActivation), "blocks.3.hook_resid_post", true, 0 },
     };
 
     [Theory, MemberData(nameof(Classes))]
@@ -61,12 +62,10 @@ public sealed class DictionaryLearningFormatTests
     }
 
     [Fact]
-    public void A_gated_sae_and_a_config_less_topk_are_refused_by_name()
+    public void A_config_less_topk_is_refused_and_a_config_less_gated_sae_is_recognised()
     {
-        var e = Assert.Throws<InputError>(() => DictionaryFile.Load(Folder("gated")));
-        Assert.Contains("GatedAutoEncoder", e.Message);
-        Assert.Contains("no gated encoder", e.Message);
-
+        Assert.Equal("gated", DictionaryFile.Load(Folder("gated")).Config.Architecture);
+        InputError e;
         string dir = Directory.CreateTempSubdirectory("loupe-dl-").FullName;
         try
         {
@@ -74,6 +73,9 @@ public sealed class DictionaryLearningFormatTests
             e = Assert.Throws<InputError>(() => DictionaryFile.Load(dir));
             Assert.Contains("AutoEncoderTopK or a BatchTopKSAE", e.Message);
             Assert.Contains("config.json", e.Message);
+
+            File.Copy(Path.Combine(Folder("gated"), "ae.pt"), Path.Combine(dir, "ae.pt"), overwrite: true);
+            Assert.Equal(DictionaryFile.Load(Folder("gated")).Dictionary.P.LogThreshold, DictionaryFile.Load(dir).Dictionary.P.LogThreshold);
 
             File.Copy(Path.Combine(Folder("standard"), "ae.pt"), Path.Combine(dir, "ae.pt"), overwrite: true);
             Assert.Equal("", DictionaryFile.Load(dir).Config.HookName); // neither a config nor a folder name says: --hook decides

@@ -185,7 +185,6 @@ public sealed class SaeLensFormatFieldTypeTests : IDisposable
     [InlineData("""{"architecture": "standard", "d_in": 3, "d_sae": 2, "reshape_activations": "hook_q"}""", "'reshape_activations'")]
     [InlineData("""{"architecture": "topk", "d_in": 3, "d_sae": 2, "k": 2.5}""", "'k'")]
     [InlineData("""{"architecture": "transcoder", "d_in": 3, "d_sae": 2, "d_out": 4, "apply_b_dec_to_input": true}""", "apply_b_dec_to_input")]
-    [InlineData("""{"architecture": "gated", "d_in": 3, "d_sae": 2}""", "'gated'")]
     public void BadFieldValuesNameTheField(string cfg, string expected)
     {
         Directory.CreateDirectory(_dir);

@@ -475,12 +475,22 @@ def write_dictionary_learning():
               "b_dec": tensor_of(b_dec, (D,)), "threshold": tensor_of(theta, (F,))},
              {"sparsity_penalty": 1.0, "bandwidth": 0.001}, jump_encode, jump_decode)
 
-    # Refused: a gated SAE (Loupe has no gated encoder).
+    # GatedAutoEncoder: x_enc = encoder(x - decoder_bias); f = (x_enc + gate_bias > 0) * ReLU(exp(r_mag) * x_enc + mag_bias);
+    # decode decoder(f) + decoder_bias. Biases chosen so that some latents are gated off while their magnitude is positive,
+    # some gated on with a negative magnitude (ReLU'd to 0), and some thresholds b_mag - exp(r)·b_gate are negative.
+    r_mag = t32([0.3 * math.sin(1.7 * i) - 0.1 for i in range(F)])
+    gate_bias = t32([0.12 * ((i * 3) % 7) - 0.35 for i in range(F)])
+    mag_bias = t32([0.09 * ((i * 5) % 6) - 0.2 for i in range(F)])
+
+    def gated_encode(x):
+        x_enc = matvec(w_enc_lin, [xi - bi for xi, bi in zip(x, b_dec)])
+        gate = [1.0 if u + g > 0 else 0.0 for u, g in zip(x_enc, gate_bias)]
+        mag = relu([math.exp(r) * u + m for r, u, m in zip(r_mag, x_enc, mag_bias)])
+        return [a * b for a, b in zip(gate, mag)]
     write_dl("gated", "GatedAutoEncoder", "GatedSAETrainer",
              {"decoder_bias": tensor_of(b_dec, (D,)), "encoder.weight": tensor_of(w_enc_lin, (F, D)),
-              "r_mag": tensor_of([0.0] * F, (F,)), "gate_bias": tensor_of(b_enc, (F,)), "mag_bias": tensor_of(b_enc, (F,)),
-              "decoder.weight": tensor_of(w_dec_lin, (D, F))}, {}, lambda x: [0.0] * F, lambda f: [0.0] * D)
-    expected.pop("dictionary_learning/gated")
+              "r_mag": tensor_of(r_mag, (F,)), "gate_bias": tensor_of(gate_bias, (F,)), "mag_bias": tensor_of(mag_bias, (F,)),
+              "decoder.weight": tensor_of(w_dec_lin, (D, F))}, {"l1_penalty": 0.1}, gated_encode, lambda f: linear_dec(f, b_dec))
     with open("expected.json", "w") as f:
         json.dump(expected, f, indent=1, sort_keys=True)
 
