@@ -432,8 +432,19 @@ public abstract class HookedTransformer : IDisposable
     /// <summary>The backward of <see cref="Embed"/>: receives d resid_pre of block 0.</summary>
     protected virtual void EmbedBackward(ForwardContext ctx, Tensor dResid)
     {
-        // Forward: resid_pre.0 = hook_embed (+ hook_pos_embed); both receive the residual gradient.
-        if (!WPos.IsEmpty) ctx.GradHook(HookNames.PosEmbed, -1, dResid);
+        // Forward: resid_pre.0 = hook_embed (+ hook_pos_embed); both receive the residual gradient. Shortformer positions
+        // never joined the stream: theirs is what the attention layers' queries and keys sent them.
+        if (Config.ShortformerPositions)
+        {
+            var dPos = ctx.ShortformerPositionGradient;
+            if (dPos is null)
+            {
+                dPos = ctx.GradScratch(dResid.Shape.ToArray());
+                ctx.Backend.Fill(dPos, 0f);
+            }
+            ctx.GradHook(HookNames.PosEmbed, -1, dPos);
+        }
+        else if (!WPos.IsEmpty) ctx.GradHook(HookNames.PosEmbed, -1, dResid);
         ctx.GradHook(HookNames.Embed, -1, dResid);
     }
 
@@ -535,7 +546,7 @@ public abstract class HookedTransformer : IDisposable
         return logits;
     }
 
-    /// <summary>hook_embed (+ hook_pos_embed) summed into resid_pre of block 0.</summary>
+    /// <summary>hook_embed (+ hook_pos_embed) summed into resid_pre of block 0 (a shortformer's positions are kept aside for attention).</summary>
     protected virtual Tensor Embed(TokenBatch tokens, ForwardContext ctx)
     {
         var be = ctx.Backend;
@@ -547,7 +558,9 @@ public abstract class HookedTransformer : IDisposable
         var pos = ctx.Scratch(B, T, D);
         be.Embedding(_positions.On(be)!, D, ctx.Positions, 1f, pos);
         pos = ctx.Hook(HookNames.PosEmbed, -1, pos);
-        return SumReleasing(ctx, embed, pos);
+        if (!Config.ShortformerPositions) return SumReleasing(ctx, embed, pos);
+        ctx.ShortformerPositions = pos;              // attention adds it to its queries and keys (AttentionInputs)
+        return embed;
     }
 
     /// <summary>

@@ -40,6 +40,11 @@ public sealed record ModelConfig
     /// <summary>How the rotary frequencies are rescaled for long contexts (Llama 3's <c>rope_scaling</c>; Gemma 3: global layers only), or null.</summary>
     public RopeScaling? RopeScaling { get; init; }
     public bool LearnedPositions { get; init; }
+    /// <summary>
+    /// TransformerLens's "shortformer" positions (Press et al. 2021): hook_pos_embed is added to the query and key inputs of
+    /// every attention layer, after ln1, and never to the residual stream (resid_pre of block 0 is hook_embed alone).
+    /// </summary>
+    public bool ShortformerPositions { get; init; }
     /// <summary>Attention and MLP both read resid_pre (GPT-NeoX / Pythia).</summary>
     public bool ParallelAttnMlp { get; init; }
     /// <summary>Multiplier on q·k (1/√d_head, or Gemma 2's query_pre_attn_scalar^-½).</summary>

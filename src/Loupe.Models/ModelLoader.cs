@@ -26,10 +26,27 @@ public static class ModelLoader
         IComputeBackend? backend = null, CancellationToken ct = default, WeightProcessing? processing = null, Action<HubPathListing>? planned = null)
     {
         ArgumentNullException.ThrowIfNull(modelIdOrPath);
-        string folder = Directory.Exists(modelIdOrPath) ? modelIdOrPath
-            : await new HubClient().ResolveAsync(TransformerLensNames.HubIdFor(modelIdOrPath) ?? modelIdOrPath, progress: progress, ct: ct, planned: planned);
-        return LoadFolder(folder, backend, processing);
+        if (Directory.Exists(modelIdOrPath)) return LoadFolder(modelIdOrPath, backend, processing);
+        using var hub = new HubClient();
+        string folder = await hub.ResolveAsync(TransformerLensNames.HubIdFor(modelIdOrPath) ?? modelIdOrPath, progress: progress, ct: ct, planned: planned);
+        var model = LoadFolder(folder, backend, processing);
+        try
+        {
+            // TransformerLens configs (NeelNanda's toy models) name a tokenizer kept in its own repository.
+            if (model.Tokenizer is null && model.Config.Architecture == "transformer_lens" && TokenizerRepository(folder) is { } repo)
+                model.Tokenizer = TokenizerLoader.FromFolder(await hub.ResolveTokenizerAsync(repo, progress: progress, ct: ct));
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
     }
+
+    /// <summary>config.json's <c>tokenizer_name</c> when it names a hub repository, else null.</summary>
+    static string? TokenizerRepository(string folder) =>
+        HfConfig.Load(Path.Combine(folder, "config.json")).String("tokenizer_name") is { } name && HubClient.IsValidRepoId(name) ? name : null;
 
     /// <summary>
     /// Loads from a local folder only (never touches the network). <paramref name="processing"/> (default none)
@@ -49,7 +66,8 @@ public static class ModelLoader
         var config = HfConfig.Load(Path.Combine(folder, "config.json"));
         string modelType = ModelTypeOf(config);
         // A folder with only model.onnx (a BERT export) reads weights converted once into a cache folder.
-        var weights = new WeightSource(SafeTensorsCheckpoint.Open(OnnxBertWeights.WeightsFolder(folder)), folder);
+        string weightsPath = modelType == "transformer_lens" ? TransformerLensModel.WeightsPath(folder) : OnnxBertWeights.WeightsFolder(folder);
+        var weights = new WeightSource(SafeTensorsCheckpoint.Open(weightsPath), folder);
         try
         {
             HookedTransformer model = modelType switch
@@ -124,7 +142,7 @@ public static class ModelLoader
     /// <summary>The family to run: "transformer_lens" for TL checkpoints, else config.json's model_type.</summary>
     static string ModelTypeOf(HfConfig config)
     {
-        if (config.String("format") == "transformer_lens") return "transformer_lens";
+        if (config.String("format") == "transformer_lens" || IsNeelToyModelConfig(config)) return "transformer_lens";
         string supported = string.Join(", ", SupportedModelTypes);
         string? modelType = config.String("model_type");
         if (modelType is null)
@@ -137,6 +155,14 @@ public static class ModelLoader
             throw new InputError($"{config.Path}: model_type: expected one of {supported}, found {InputError.Show(modelType)} (not supported)");
         return modelType;
     }
+
+    /// <summary>
+    /// A config.json as NeelNanda's toy models (gelu-1l, attn-only-2l, …) publish it: HookedTransformerConfig-style fields
+    /// (n_layers, d_model, d_head, n_heads, d_vocab, act_fn, attn_only) and no model_type.
+    /// </summary>
+    static bool IsNeelToyModelConfig(HfConfig config) =>
+        !config.Has("model_type") && new[] { "n_layers", "d_model", "d_head", "n_heads", "d_vocab", "n_ctx" }.All(config.Has)
+        && (config.Has("act_fn") || config.Has("attn_only"));
 
     static ITokenizer? LoadTokenizer(string folder) =>
         File.Exists(Path.Combine(folder, "tokenizer.json")) || File.Exists(Path.Combine(folder, "vocab.json")) || File.Exists(Path.Combine(folder, "vocab.txt"))

@@ -195,7 +195,7 @@ public class ConfigValidationTests
     {
         string src = SharedData.Require("models/induction-attn-only-2l");
         foreach (var (field, json) in new[] { ("n_heads", "0"), ("d_head", "-1"), ("n_layers", "2147483647"), ("n_ctx", "0"),
-                     ("d_model", "\"48\""), ("attn_scale", "0"), ("eps", "-1"), ("normalization_type", "\"LNPre\""), ("d_vocab", "0") })
+                     ("d_model", "\"48\""), ("attn_scale", "0"), ("eps", "-1"), ("normalization_type", "\"BatchNorm\""), ("d_vocab", "0") })
         {
             var dir = TestModels.CopyFolder(src, Set(field, json));
             var e = Assert.Throws<InputError>(() => ModelLoader.LoadFolder(dir).Dispose());

@@ -4,7 +4,7 @@ using Loupe.Models;
 namespace Loupe.Fuzz.Targets;
 
 /// <summary>
-/// <c>ModelLoader.LoadFolder</c> on config.json + model.safetensors (+ tokenizer.json), then one forward pass:
+/// <c>ModelLoader.LoadFolder</c> on config.json + model.safetensors (+ tokenizer.json; TransformerLens folders: a .pth), then one forward pass:
 /// a load that succeeds must give finite logits (a NaN weight or a NaN-producing config value must be refused at load).
 /// </summary>
 public sealed class ModelTarget : FuzzTarget
@@ -18,6 +18,9 @@ public sealed class ModelTarget : FuzzTarget
         var seeds = new List<Seed>();
         foreach (var family in new[] { "gpt2", "gpt_neox", "gpt_neo", "llama", "llama3", "qwen2", "qwen3", "gemma2", "gemma3", "bert" })
             seeds.Add(SeedFiles.FromFolder($"repo:tests/data/reference/{family}", context.Repo($"tests/data/reference/{family}"), "config.json", "model.safetensors"));
+        // TransformerLens's own runs: a NeelNanda config with a shortformer, a HookedTransformerConfig with LNPre (torch.save weights)
+        seeds.Add(SeedFiles.FromFolder("repo:tests/data/transformer_lens/shortformer-attn-only-2l", context.Repo("tests/data/transformer_lens/shortformer-attn-only-2l"), "config.json", "model_final.pth"));
+        seeds.Add(SeedFiles.FromFolder("repo:tests/data/transformer_lens/gelu-2l-lnpre", context.Repo("tests/data/transformer_lens/gelu-2l-lnpre"), "config.json", "model.pth"));
         foreach (var model in new[] { "stories260K", "induction-attn-only-2l", "addition-5digit-1l" })
             if (context.Shared($"models/{model}") is { } folder)
                 seeds.Add(SeedFiles.FromFolder($"shared:models/{model}", folder, "config.json", "model.safetensors", "tokenizer.json"));

@@ -59,7 +59,7 @@ public sealed class ResidualDecomposition
         model.RequireResidualSum("a residual-stream decomposition (direct logit attribution)");
         var known = new HashSet<string>(model.HookPointNames, StringComparer.Ordinal);
         var hooks = new HashSet<string>(StringComparer.Ordinal) { HookNames.Embed, HookNames.ResidPost(model.Config.NLayers - 1) };
-        if (known.Contains(HookNames.PosEmbed)) hooks.Add(HookNames.PosEmbed);
+        if (known.Contains(HookNames.PosEmbed) && !model.Config.ShortformerPositions) hooks.Add(HookNames.PosEmbed);
         for (int l = 0; l < model.Config.NLayers; l++)
         {
             hooks.Add(HookNames.AttnOut(l));
@@ -101,7 +101,7 @@ public sealed class ResidualDecomposition
         float[] At(Tensor t) => t.Span.Slice((row * T + p) * D, D).ToArray();
 
         var components = new List<ResidualComponent> { new("embed", "embed", -1, -1, At(cache[HookNames.Embed])) };
-        if (cache.Contains(HookNames.PosEmbed)) components.Add(new("pos_embed", "pos_embed", -1, -1, At(cache[HookNames.PosEmbed])));
+        if (PositionsInStream(model, cache)) components.Add(new("pos_embed", "pos_embed", -1, -1, At(cache[HookNames.PosEmbed])));
         for (int l = 0; l < L; l++)
         {
             var attnOut = At(cache[HookNames.AttnOut(l)]);
@@ -127,10 +127,14 @@ public sealed class ResidualDecomposition
         return new ResidualDecomposition { Components = components, Residual = At(final), Row = row, Position = p };
     }
 
+    /// <summary>Whether hook_pos_embed is a term of the stream: cached, and not a shortformer's (those only reach queries and keys).</summary>
+    static bool PositionsInStream(HookedTransformer model, ActivationCache cache) =>
+        cache.Contains(HookNames.PosEmbed) && !model.Config.ShortformerPositions;
+
     /// <summary>How many components <see cref="FromCache"/> makes from <paramref name="cache"/>.</summary>
     internal static int ComponentCount(HookedTransformer model, ActivationCache cache)
     {
-        int count = cache.Contains(HookNames.PosEmbed) ? 2 : 1;
+        int count = PositionsInStream(model, cache) ? 2 : 1;
         for (int l = 0; l < model.Config.NLayers; l++)
             count += (cache.Contains(HookNames.Result(l)) ? model.Config.NHeads + 1 : 1) + (cache.Contains(HookNames.MlpOut(l)) ? 1 : 0);
         return count;
@@ -155,7 +159,7 @@ public sealed class ResidualDecomposition
             components.Add(first);
         }
         Copy(cache[HookNames.Embed], at, 1, new("embed", "embed", -1, -1, []));
-        if (cache.Contains(HookNames.PosEmbed)) Copy(cache[HookNames.PosEmbed], at, 1, new("pos_embed", "pos_embed", -1, -1, []));
+        if (PositionsInStream(model, cache)) Copy(cache[HookNames.PosEmbed], at, 1, new("pos_embed", "pos_embed", -1, -1, []));
         Tensor? headSum = null;
         for (int l = 0; l < L; l++)
         {

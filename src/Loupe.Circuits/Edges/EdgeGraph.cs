@@ -79,6 +79,9 @@ public sealed class EdgeGraph
         }
         if (cfg.KvHeads != cfg.NHeads)
             return $"edge attribution needs one kv head per head; {cfg.Architecture} has {cfg.KvHeads} kv heads for {cfg.NHeads} heads";
+        if (cfg.ShortformerPositions)
+            return "edge attribution reads each head's query, key and value inputs as ln1 of the residual stream; this model's queries and keys " +
+                   "also read its shortformer positions, which are no node of the graph";
         return null;
     }
 
@@ -87,6 +90,7 @@ public sealed class EdgeGraph
     public static EdgeGraph FromModel(HookedTransformer model)
     {
         var cfg = model.Config;
+        if (cfg.ShortformerPositions) throw new NotSupportedException(Unsupported(model));
         int L = cfg.NLayers, H = cfg.NHeads;
         var sources = new List<SourceNode> { new("input", SourceKind.Input, -1, -1) };
         var destinations = new List<DestinationSlot>();

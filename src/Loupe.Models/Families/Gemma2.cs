@@ -73,7 +73,7 @@ public sealed class Gemma2Model : HookedTransformer
             RotaryDim = dh,
             RotaryBase = HfDecoderWeights.RopeTheta(c, scalingHandled: gemma3),
             RopeScaling = gemma3 ? Gemma3Scaling(c) : null,
-            RotaryLocalBase = gemma3 ? c.Positive("rope_local_base_freq", 10000) : null,
+            RotaryLocalBase = gemma3 ? HfDecoderWeights.RopeBase(c, "rope_local_base_freq") : null,
             QkNorm = gemma3,
             AttnScale = (float)(1 / Math.Sqrt(c.Double("query_pre_attn_scalar", dh, 1e-6, 1e12))),
             AttnSoftCap = HfDecoderWeights.SoftCap(c, "attn_logit_softcapping"),

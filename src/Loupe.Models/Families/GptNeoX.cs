@@ -72,7 +72,7 @@ public sealed class GptNeoXModel : HookedTransformer
             Normalization = NormKind.LayerNorm,
             NormEps = HfDecoderWeights.NormEps(c, "layer_norm_eps", 1e-5),
             RotaryDim = rotaryDim,
-            RotaryBase = c.Has("rotary_emb_base") ? c.Positive("rotary_emb_base", 10000) : c.Positive("rope_theta", 10000),
+            RotaryBase = HfDecoderWeights.RopeBase(c, c.Has("rotary_emb_base") ? "rotary_emb_base" : "rope_theta"),
             ParallelAttnMlp = c.Bool("use_parallel_residual", true),
             AttnScale = 1f / MathF.Sqrt(dh),
             BosTokenId = HfDecoderWeights.TokenId(c, "bos_token_id", vocab),

@@ -48,12 +48,22 @@ static class HfDecoderWeights
         new(w.Contains("lm_head.weight") ? w.Get("lm_head.weight", cfg.DVocab, cfg.DModel) : embedding, cfg.DModel, cfg.DVocab, true);
 
     /// <summary>RoPE base; a family that has no scaled variant refuses any rope_scaling rather than run it wrongly.</summary>
-    /// <exception cref="InputError">rope_scaling is set (unless <paramref name="scalingHandled"/>), or rope_theta is not a finite number &gt; 0.</exception>
+    /// <exception cref="InputError">rope_scaling is set (unless <paramref name="scalingHandled"/>), or rope_theta is not a finite number ≥ 1.</exception>
     public static double RopeTheta(HfConfig c, bool scalingHandled = false)
     {
         if (!scalingHandled && RopeScalingType(c) is { } type)
             throw c.Invalid("rope_scaling", $"type '{type}' is not supported for {c.String("model_type") ?? "this family"} (only unscaled RoPE)");
-        return c.Positive("rope_theta", 10000);
+        return RopeBase(c, "rope_theta");
+    }
+
+    /// <summary>
+    /// A RoPE base (rope_theta, rotary_emb_base): at least 1. Below 1 the frequencies θ^(−2i/d) exceed one radian per position and,
+    /// for a base near zero, overflow float32; no model uses one.
+    /// </summary>
+    public static double RopeBase(HfConfig c, string field)
+    {
+        double theta = c.Positive(field, 10000);
+        return theta >= 1 ? theta : throw InputError.Expected(c.Path, field, "a RoPE base ≥ 1", theta);
     }
 
     /// <summary>rope_scaling's type, or null when there is no scaling (absent, null, "default").</summary>

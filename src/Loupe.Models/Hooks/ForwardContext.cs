@@ -214,6 +214,15 @@ public sealed class ForwardContext
         return next;
     }
 
+    /// <summary>
+    /// A shortformer model's hook_pos_embed <c>[batch, pos, d_model]</c> (as hooked): every attention layer adds it to its query
+    /// and key inputs (<see cref="ModelConfig.ShortformerPositions"/>); null for other models.
+    /// </summary>
+    internal Tensor? ShortformerPositions { get; set; }
+
+    /// <summary>The gradient at <see cref="ShortformerPositions"/>: the sum of what every layer's queries and keys send it (backward).</summary>
+    internal Tensor? ShortformerPositionGradient { get; set; }
+
     /// <summary>What <see cref="Save"/> kept for <paramref name="layer"/>, if it kept something of type <typeparamref name="T"/>.</summary>
     internal bool TryRestore<T>(object layer, out T? state) where T : class
     {

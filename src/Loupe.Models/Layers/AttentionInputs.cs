@@ -50,7 +50,16 @@ internal static class AttentionInputs
         {
             Record(ctx, layer, residPre, attn);
             var normed = ln1.Forward(ctx, layer, residPre);
-            var output = attn.Forward(ctx, normed);
+            Tensor output;
+            if (!attn.ShortformerPositions) output = attn.Forward(ctx, normed);
+            else
+            {
+                // TransformerLens: attn(query_input = ln1(x) + pos, key_input = ln1(x) + pos, value_input = ln1(x)).
+                var queryKey = WithPositions(ctx, normed);
+                ctx.Save(attn.SplitKeys.Shortformer, attn.SplitKeys.Shortformer);
+                output = attn.ForwardSplit(ctx, queryKey, queryKey, normed);
+                ctx.Release(queryKey);
+            }
             if (!ReferenceEquals(normed, residPre)) ctx.Release(normed);
             return output;
         }
@@ -82,6 +91,22 @@ internal static class AttentionInputs
             if (!ReferenceEquals(input, attnIn) && !ReferenceEquals(normalized[i], input)) ctx.Release(input);
         }
         ctx.Save(keys.State, new SplitState(attnIn is not null || attnInGradient, H, G, parts));
+        if (attn.ShortformerPositions)
+        {
+            // Each query and key input, shared or per head, gets the positions after its ln1; values do not.
+            Tensor? streamWithPositions = null;
+            for (int i = 0; i < 2; i++)
+            {
+                var input = normalized[i];
+                if (ReferenceEquals(input, stream)) normalized[i] = streamWithPositions ??= WithPositions(ctx, input);
+                else
+                {
+                    normalized[i] = WithPositions(ctx, input);
+                    if (!ReferenceEquals(input, attnIn) && !ReferenceEquals(input, residPre)) ctx.Release(input);
+                }
+            }
+            if (stream is not null && !normalized.Any(t => ReferenceEquals(t, stream)) && !ReferenceEquals(stream, residPre)) ctx.Release(stream);
+        }
         var result = attn.ForwardSplit(ctx, normalized[0], normalized[1], normalized[2]);
         foreach (var t in normalized.Distinct(ReferenceEqualityComparer.Instance).Cast<Tensor>())
             if (!ReferenceEquals(t, attnIn) && !ReferenceEquals(t, residPre)) ctx.Release(t);
@@ -92,17 +117,34 @@ internal static class AttentionInputs
     public static Tensor Backward(ForwardContext ctx, int layer, Tensor dOut, Norm ln1, AttentionLayer attn)
     {
         var keys = attn.SplitKeys;
+        var be = ctx.Backend;
         if (!ctx.TryRestore<SplitState>(keys.State, out var state))
         {
-            var dNormed = attn.Backward(ctx, dOut);
-            return ctx.Replacing(dNormed, ln1.Backward(ctx, layer, dNormed));
+            if (!ctx.TryRestore<object>(keys.Shortformer, out _))
+            {
+                var dNormed = attn.Backward(ctx, dOut);
+                return ctx.Replacing(dNormed, ln1.Backward(ctx, layer, dNormed));
+            }
+            // Forward: q and k read ln1(x) + pos, v read ln1(x).
+            var (dQuery, dKey, dValue) = attn.BackwardSplit(ctx, dOut, [true, true, true]);
+            AddPositionGradient(ctx, dQuery, 1);
+            AddPositionGradient(ctx, dKey, 1);
+            be.Add(dQuery, dKey, dQuery);
+            be.Add(dQuery, dValue, dQuery);
+            ctx.Release(dKey);
+            ctx.Release(dValue);
+            return ctx.Replacing(dQuery, ln1.Backward(ctx, layer, dQuery));
         }
-        var be = ctx.Backend;
         var names = attn.Names;
         int B = dOut.Dim(0), T = dOut.Dim(1), D = dOut.Dim(2), rows = B * T;
         var mode = state!.Parts;
         var (dq, dk, dv) = attn.BackwardSplit(ctx, dOut, [.. mode.Select(m => m == PartInput.Shared)]);
         var d = new[] { dq, dk, dv };
+        if (attn.ShortformerPositions)
+        {
+            AddPositionGradient(ctx, dq, state.Heads);
+            AddPositionGradient(ctx, dk, state.KvHeads);
+        }
         var parts = new (string Name, object Key, int Heads)[] { (names.QInput, keys.Q, state.Heads), (names.KInput, keys.K, state.KvHeads), (names.VInput, keys.V, state.KvHeads) };
         var dResid = ctx.GradScratch(B, T, D);
         bool written = false; // whether dResid holds a sum yet
@@ -216,6 +258,37 @@ internal static class AttentionInputs
         var copies = ctx.Scratch(B, T, heads, D);
         for (int h = 0; h < heads; h++) ctx.Backend.CopyRows(stream, 0, D, copies, (long)h * D, heads * D, B * T, D);
         return copies;
+    }
+
+    /// <summary>
+    /// <paramref name="normed"/> <c>[batch, pos, d_model]</c> or <c>[batch, pos, heads, d_model]</c> plus the shortformer positions
+    /// <c>[batch, pos, d_model]</c> (every head's copy gets them), into a new tensor.
+    /// </summary>
+    static Tensor WithPositions(ForwardContext ctx, Tensor normed)
+    {
+        var pos = ctx.ShortformerPositions
+            ?? throw new InvalidOperationException("a shortformer attention layer ran without hook_pos_embed: the pass did not start at the embedding");
+        Tensor y;
+        if (normed.Rank == 3) y = ctx.Scratch(normed.Shape.ToArray());
+        else y = Repeat(ctx, pos, normed.Dim(2));
+        ctx.Backend.Add(normed, normed.Rank == 3 ? pos : y, y);
+        return y;
+    }
+
+    /// <summary>Adds what a query or key input's gradient sends the shortformer positions (summed over heads when per head).</summary>
+    static void AddPositionGradient(ForwardContext ctx, Tensor dInput, int heads)
+    {
+        var be = ctx.Backend;
+        int B = dInput.Dim(0), T = dInput.Dim(1), D = dInput.Dim(-1);
+        var acc = ctx.ShortformerPositionGradient;
+        bool first = acc is null;
+        acc ??= ctx.ShortformerPositionGradient = ctx.GradScratch(B, T, D);
+        if (dInput.Rank == 3)
+        {
+            if (first) be.CopyRows(dInput, 0, dInput.Length, acc, 0, dInput.Length, 1, dInput.Length);
+            else be.Add(acc, dInput, acc);
+        }
+        else be.SumMiddleAxis(dInput, B * T, heads, D, acc, accumulate: !first);
     }
 
     static Tensor Copy(ForwardContext ctx, Tensor x)

@@ -59,7 +59,11 @@ public sealed class AttentionLayer
         Scale = cfg.AttnScale;
         SoftCap = cfg.AttnSoftCap;
         Window = cfg.IsLocal(layer) ? cfg.SlidingWindow : 0;
+        ShortformerPositions = cfg.ShortformerPositions;
     }
+
+    /// <summary>Its queries and keys read ln1(stream) + hook_pos_embed, its values ln1(stream) alone (<see cref="ModelConfig.ShortformerPositions"/>).</summary>
+    public bool ShortformerPositions { get; }
 
     public int Layer { get; }
     public BlockHookNames Names { get; }
@@ -95,6 +99,8 @@ public sealed class AttentionLayer
         /// <summary>ln1 of the stream itself, for the parts no one looks at per head.</summary>
         public object Shared { get; } = new();
         public object State { get; } = new();
+        /// <summary>Marks a pass that added shortformer positions to the queries and keys of the unsplit inputs.</summary>
+        public object Shortformer { get; } = new();
     }
 
     /// <summary>Runs attention on x <c>[batch, pos, d_model]</c> and returns its output <c>[batch, pos, d_model]</c>.</summary>

@@ -24,8 +24,11 @@ public sealed partial class HubClient
     /// </summary>
     static readonly string[] s_pickleExtensions = [".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"];
 
-    /// <summary>torch.save files fetched with a path: dictionary_learning's <c>ae.pt</c>, tuned-lens's <c>params.pt</c>.</summary>
-    public static readonly IReadOnlyList<string> TorchSaveFilesRead = ["ae.pt", "params.pt"];
+    /// <summary>
+    /// torch.save files fetched with a path: dictionary_learning's <c>ae.pt</c>, tuned-lens's <c>params.pt</c>, a TransformerLens toy
+    /// model's <c>model_final.pth</c>.
+    /// </summary>
+    public static readonly IReadOnlyList<string> TorchSaveFilesRead = ["ae.pt", "params.pt", TransformerLensFinalCheckpoint];
 
     static bool Skipped(string name) =>
         s_pickleExtensions.Any(e => name.EndsWith(e, StringComparison.OrdinalIgnoreCase))
@@ -130,6 +133,27 @@ public sealed partial class HubClient
                 $"The Hugging Face hub at {Endpoint} could not be reached ({e.Message}). Files of '{repoId}' are needed and not all cached " +
                 $"(revision '{revision}') in {RepoFolder(repoId)}.", e.InnerException ?? e);
         }
+    }
+
+    /// <summary>
+    /// The tokenizer of repository <paramref name="repoId"/> as a local folder: only its tokenizer files (those of
+    /// <see cref="OptionalFiles"/> it has) are fetched, never its weights — for a model whose config names its tokenizer in
+    /// another repository (TransformerLens's <c>tokenizer_name</c>). Cached, it is used without the network.
+    /// </summary>
+    /// <exception cref="InputError">A bad id; offline and not cached; a repository with no tokenizer.json, vocab.json + merges.txt or vocab.txt.</exception>
+    /// <exception cref="HttpRequestException">The hub cannot be reached and nothing is cached.</exception>
+    public async Task<string> ResolveTokenizerAsync(string repoId, string revision = "main", IProgress<DownloadProgress>? progress = null, CancellationToken ct = default)
+    {
+        foreach (var file in new[] { "tokenizer.json", "vocab.json" })
+            if (TryGetCachedPath(repoId, file, revision) is { } cached) return Path.GetDirectoryName(cached)!;
+        if (Offline)
+            throw new InputError($"HF_HUB_OFFLINE is set, so the hub is not contacted, and the tokenizer of '{repoId}' (revision '{revision}') is not cached in {RepoFolder(repoId)}");
+        var listing = await ListPathAsync(repoId, "", revision, ct).ConfigureAwait(false);
+        var present = OptionalFiles.Where(f => listing.Files.Any(x => x.File == f)).ToList();
+        if (!present.Contains("tokenizer.json") && !(present.Contains("vocab.json") && present.Contains("merges.txt")))
+            throw new InputError($"'{repoId}' (revision '{revision}') has no tokenizer Loupe reads: neither tokenizer.json nor vocab.json + merges.txt");
+        var paths = await ResolveFilesAsync(repoId, present, revision, progress: progress, ct: ct).ConfigureAwait(false);
+        return Path.GetDirectoryName(paths[0])!;
     }
 
     /// <summary>Fetches the listed files not yet in the snapshot, records the revision's commit, and returns the snapshot folder.</summary>

@@ -286,6 +286,7 @@ public sealed partial class HubClient : IDisposable
         foreach (var (single, indexName) in WeightLayouts)
         {
             if (IsUsableFile(Path.Combine(snapshot, single))) return snapshot;
+            if (indexName is null) continue;
             string index = Path.Combine(snapshot, indexName);
             if (!IsUsableFile(index)) continue;
             try
@@ -336,7 +337,7 @@ public sealed partial class HubClient : IDisposable
         {
             if (await FetchOptionalAsync(repoId, commit, repoFolder, snapshot, single, progress, ct).ConfigureAwait(false))
                 return snapshot;
-            if (!await FetchOptionalAsync(repoId, commit, repoFolder, snapshot, indexName, progress, ct).ConfigureAwait(false))
+            if (indexName is null || !await FetchOptionalAsync(repoId, commit, repoFolder, snapshot, indexName, progress, ct).ConfigureAwait(false))
                 continue;
             string index = Path.Combine(snapshot, indexName);
             var shards = ReadShardNames(index);
@@ -355,16 +356,24 @@ public sealed partial class HubClient : IDisposable
         }
         throw new InputError(
             $"'{repoId}' (revision '{revision}') has no weights Loupe reads: none of " +
-            string.Join(", ", WeightLayouts.SelectMany(l => new[] { l.Single, l.Index })) +
+            string.Join(", ", WeightLayouts.SelectMany(l => new[] { l.Single, l.Index }).OfType<string>()) +
             ". Use a repository (or revision) that has them, or pass a local folder.");
     }
 
-    /// <summary>Where a repository's weights are, in order of preference: a single file, or an index of shards.</summary>
-    internal static readonly (string Single, string Index)[] WeightLayouts =
+    /// <summary>
+    /// Where a repository's weights are, in order of preference: a single file, or an index of shards. Last, TransformerLens's
+    /// NeelNanda toy models (gelu-2l, attn-only-2l, …): <c>model_final.pth</c> beside a config.json of their own, the file
+    /// TransformerLens picks (the one ending in "final.pth"; their checkpoints/ folder of earlier steps is left behind).
+    /// </summary>
+    internal static readonly (string Single, string? Index)[] WeightLayouts =
     [
         (SafeTensorsCheckpoint.SingleFileName, SafeTensorsCheckpoint.IndexFileName),
         (SafeTensorsCheckpoint.PyTorchFileName, SafeTensorsCheckpoint.PyTorchIndexFileName),
+        (TransformerLensFinalCheckpoint, null),
     ];
+
+    /// <summary>The state dict of a NeelNanda toy model's last training step (what TransformerLens loads).</summary>
+    public const string TransformerLensFinalCheckpoint = "model_final.pth";
 
     /// <summary>Fetches a file the repo may lack; false (and a .no_exist marker) on 404.</summary>
     async Task<bool> FetchOptionalAsync(string repoId, string commit, string repoFolder, string snapshot, string file,

@@ -118,6 +118,17 @@ public static class TransformerLensNames
         ("01-ai/Yi-34B-Chat", ["yi-34b-chat"]),
         ("ai-forever/mGPT", ["mGPT"]),
         ("bert-base-cased", []),
+        // NeelNanda's toy models (config.json of their own + model_final.pth; the SoLU ones are not run: their MLP has a LayerNorm inside)
+        ("NeelNanda/GELU_1L512W_C4_Code", ["gelu-1l", "gelu-1l-new", "gelu-1l-c4-code"]),
+        ("NeelNanda/GELU_2L512W_C4_Code", ["gelu-2l", "gelu-2l-new", "gelu-2l-c4-code"]),
+        ("NeelNanda/GELU_3L512W_C4_Code", ["gelu-3l", "gelu-3l-new", "gelu-3l-c4-code"]),
+        ("NeelNanda/GELU_4L512W_C4_Code", ["gelu-4l", "gelu-4l-new", "gelu-4l-c4-code"]),
+        ("NeelNanda/Attn_Only_1L512W_C4_Code", ["attn-only-1l", "attn-only-1l-new", "attn-only-1l-c4-code"]),
+        ("NeelNanda/Attn_Only_2L512W_C4_Code", ["attn-only-2l", "attn-only-2l-new", "attn-only-2l-c4-code"]),
+        ("NeelNanda/Attn_Only_3L512W_C4_Code", ["attn-only-3l", "attn-only-3l-new", "attn-only-3l-c4-code"]),
+        ("NeelNanda/Attn_Only_4L512W_C4_Code", ["attn-only-4l", "attn-only-4l-new", "attn-only-4l-c4-code"]),
+        ("NeelNanda/Attn-Only-2L512W-Shortformer-6B-big-lr", ["attn-only-2l-demo", "attn-only-2l-shortformer-6b-big-lr", "attn-only-2l-induction-demo", "attn-only-demo"]),
+        ("ArthurConmy/redwood_attn_2l", ["redwood_attn_2l"]),
     ];
 
     static readonly Dictionary<string, string> s_byName = Build();

@@ -50,6 +50,8 @@ public static class WeightProcessor
         {
             case "fold_ln":
                 if (postNorms) return "its blocks normalise the attention and MLP outputs after the layer (sandwich norms); no linear layer reads those norms alone, so they cannot be folded";
+                if (cfg.ShortformerPositions)
+                    return "its queries and keys read ln1's output plus the shortformer positions, so ln1's weight and bias cannot move into W_Q and W_K alone (TransformerLens turns fold_ln off for shortformer models too)";
                 if (readers.FirstOrDefault(r => r.Norm is null || r.Norm.Kind == NormKind.None) is { Name: { } bare })
                     return $"{bare} is not normalised (normalization {cfg.Normalization}); there is no norm to fold";
                 return null;
@@ -155,7 +157,10 @@ public static class WeightProcessor
     static void CenterWritingWeights(HookedTransformer model)
     {
         int D = model.Config.DModel;
-        model.ReplaceEmbeddings(CenterRows(model.EmbeddingWeights.Span, D), CenterRows(model.PositionWeights.Span, D));
+        // Shortformer positions never join the stream (they are added after ln1 to queries and keys): centring them would change
+        // the model, so they are left as they are (TransformerLens centres them anyway).
+        model.ReplaceEmbeddings(CenterRows(model.EmbeddingWeights.Span, D),
+            model.Config.ShortformerPositions ? model.PositionWeights.ToArray() : CenterRows(model.PositionWeights.Span, D));
         for (int l = 0; l < model.Config.NLayers; l++)
         {
             var block = model.Anatomy(l);

@@ -47,11 +47,17 @@ public static class Float64Reference
         for (int b = 0; b < B; b++)
         {
             var x = new double[T * D];
+            // Shortformer positions stay out of the stream: attention adds them to its query and key inputs.
+            double[]? pos = cfg.ShortformerPositions ? new double[T * D] : null;
             for (int t = 0; t < T; t++)
             {
                 int id = tokens.Ids[b * T + t];
                 for (int d = 0; d < D; d++)
-                    x[t * D + d] = we[id * D + d] * (double)cfg.EmbedScale + (wpos.IsEmpty ? 0 : wpos[t * D + d]);
+                {
+                    double p = wpos.IsEmpty ? 0 : wpos[t * D + d];
+                    x[t * D + d] = we[id * D + d] * (double)cfg.EmbedScale + (pos is null ? p : 0);
+                    if (pos is not null) pos[t * D + d] = p;
+                }
             }
             for (int l = 0; l <= L; l++)
             {
@@ -60,7 +66,7 @@ public static class Float64Reference
                 var a = model.Anatomy(l);
                 if (record) x.CopyTo(Slot(HookNames.ResidPre(l), (long)B * T * D), (long)b * T * D);
                 var pattern = record ? new double[a.Attention.NHeads * T * T] : null;
-                var attn = Attention(a.Attention, Norm(a.Ln1, x, D), T, D, pattern);
+                var attn = Attention(a.Attention, Norm(a.Ln1, x, D), T, D, pattern, pos);
                 if (a.AttentionPostNorm is { } ap) attn = Norm(ap, attn, D);
                 if (pattern is not null) pattern.CopyTo(Slot(HookNames.Pattern(l), (long)B * pattern.Length), (long)b * pattern.Length);
                 if (a.Parallel)
@@ -155,11 +161,19 @@ public static class Float64Reference
     }
 
     /// <summary>Causal self-attention of one row of positions <c>x [T, d_model]</c>; <paramref name="pattern"/> receives <c>[head, q, k]</c>.</summary>
-    static double[] Attention(AttentionLayer a, double[] x, int T, int D, double[]? pattern)
+    static double[] Attention(AttentionLayer a, double[] x, int T, int D, double[]? pattern, double[]? positions)
     {
         int H = a.NHeads, KV = a.NKvHeads, E = a.DHead, group = H / KV;
         double[] q, k, v;
-        if (a.Qkv is { } fused)
+        if (positions is not null)
+        {
+            // Shortformer: queries and keys read x + positions, values x.
+            var withPositions = new double[x.Length];
+            for (int i = 0; i < x.Length; i++) withPositions[i] = x[i] + positions[i];
+            if (a.Qkv is not null) throw new NotSupportedException("shortformer positions with a fused q/k/v projection");
+            (q, k, v) = (Linear(a.Q!, withPositions, T), Linear(a.K!, withPositions, T), Linear(a.V!, x, T));
+        }
+        else if (a.Qkv is { } fused)
         {
             var f = Linear(fused, x, T);
             int width = fused.DOut;

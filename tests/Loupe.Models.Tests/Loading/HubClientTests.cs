@@ -395,6 +395,42 @@ public class HubClientTests
     }
 
     [Fact]
+    public async Task A_transformer_lens_toy_model_gets_model_final_pth_and_its_tokenizer_from_tokenizer_name()
+    {
+        using var hub = new FakeHub();
+        string tl = SharedData.TestData("transformer_lens/shortformer-attn-only-2l");
+        hub.AddRepo("NeelNanda/Toy_2L", new Dictionary<string, byte[]>
+        {
+            ["config.json"] = File.ReadAllBytes(Path.Combine(tl, "config.json")),
+            ["model_final.pth"] = File.ReadAllBytes(Path.Combine(tl, "model_final.pth")),
+            ["checkpoints/model_100.pth"] = File.ReadAllBytes(Path.Combine(tl, "checkpoints", "model_100.pth")),
+        });
+        string tokenizer = SharedData.TestData("pytorch/stories260K-bin/tokenizer.json");
+        hub.AddRepo("NeelNanda/gpt-neox-tokenizer-digits", new Dictionary<string, byte[]>
+        {
+            ["tokenizer.json"] = File.ReadAllBytes(tokenizer),
+            ["model.safetensors"] = Weights,                       // a tokenizer fetch never takes weights
+        });
+        using var cache = new TempDir();
+        using var client = Client(hub.Endpoint, cache);
+        string snapshot = await client.ResolveAsync("NeelNanda/Toy_2L");
+        Assert.Equal(1, hub.Count("GET", "model_final.pth"));
+        Assert.Equal(0, hub.Count("GET", "checkpoints/"));
+        Assert.Equal(snapshot, client.TryGetCachedSnapshot("NeelNanda/Toy_2L"));
+        using (var model = ModelLoader.LoadFolder(snapshot))
+            Assert.True(model.Config.ShortformerPositions);
+
+        string tokenizerFolder = await client.ResolveTokenizerAsync("NeelNanda/gpt-neox-tokenizer-digits");
+        Assert.True(File.Exists(Path.Combine(tokenizerFolder, "tokenizer.json")));
+        Assert.Equal(0, hub.Count("GET", "model.safetensors"));
+        Assert.Equal(tokenizerFolder, await client.ResolveTokenizerAsync("NeelNanda/gpt-neox-tokenizer-digits")); // cached: no listing
+        Assert.NotNull(Loupe.Tokenizers.TokenizerLoader.FromFolder(tokenizerFolder));
+
+        var e = await Assert.ThrowsAsync<InputError>(() => client.ResolveTokenizerAsync("NeelNanda/Toy_2L"));
+        Assert.Contains("no tokenizer", e.Message);
+    }
+
+    [Fact]
     public async Task RepoWithoutWeights_NamesWhatItLookedFor()
     {
         using var hub = new FakeHub();
@@ -404,6 +440,7 @@ public class HubClientTests
         var e = await Assert.ThrowsAsync<InputError>(() => client.ResolveAsync("org/empty"));
         Assert.Contains("model.safetensors", e.Message);
         Assert.Contains("pytorch_model.bin.index.json", e.Message);
+        Assert.Contains("model_final.pth", e.Message);
     }
 
     [Fact]
