@@ -59,6 +59,12 @@ public sealed class AttentionWeights
     public float[][] Ln1Bias { get; private init; }
     /// <summary>Learned positions W_pos <c>[n_ctx, d_model]</c>, or null (rotary or unknown).</summary>
     public float[]? Positions { get; internal set; }
+
+    /// <summary>
+    /// Shortformer positions (TransformerLens's attention-only toy models): W_pos is added to ln1's output for the queries and
+    /// keys, never to the stream (<see cref="ModelConfig.ShortformerPositions"/>).
+    /// </summary>
+    public bool Shortformer { get; internal set; }
     public int NCtx => Positions is null ? 0 : Positions.Length / DModel;
 
     /// <summary>W_QK = W_Q·W_Kᵀ <c>[d_model, d_model]</c>: query residual on the left, key residual on the right.</summary>
@@ -84,8 +90,11 @@ public sealed class AttentionWeights
     /// TransformerLens's <c>center_writing_weights</c>) W_O's rows are centred over d_model.
     /// </summary>
     /// <param name="centerWriting">Also centre W_O (ignored for RMSNorm models, where it would change the function).</param>
+    /// <remarks>A shortformer's weights are returned as they are: the positions join after ln1, so its weight cannot move into
+    /// W_Q and W_K (TransformerLens turns fold_ln off for such models too).</remarks>
     public AttentionWeights FoldLayerNorm(bool centerWriting = true)
     {
+        if (Shortformer) return this;
         bool layerNorm = NormKind == NormKind.LayerNorm;
         var folded = new AttentionWeights(NLayers, NHeads, DModel, DHead, NormKind, NormEps, Source) { Positions = Positions };
         var processing = new List<string>(Processing);
@@ -183,6 +192,7 @@ public sealed class AttentionWeights
             if (attn.O.Bias.Length == D) attn.O.Bias.Span.CopyTo(w.BO[l]);
         }
         // The model's own W_pos (as processed on load, e.g. centred), else a GPT-2-layout wpe beside it.
+        w.Shortformer = cfg.ShortformerPositions;
         if (!model.PositionWeights.IsEmpty) w.Positions = model.PositionWeights.ToArray();
         else if (model.Source is { } src && Directory.Exists(src) && cfg.RotaryDim == 0) w.Positions = TryReadPositions(src, D);
         return w;

@@ -20,7 +20,8 @@ public enum PositionalMode
 /// positions 0 … P − 1 is W_pos (see <see cref="PositionalMode"/> for what is added layer by layer);
 /// (2) per layer ln1 is applied and per head <c>q_p = ln1(r_p)·W_Q + b_Q</c>, <c>k_p = ln1(r_p)·W_K + b_K</c>;
 /// (3) the causal softmax over keys of <c>q·kᵀ/√d_head</c>; (4) the previous-token score = mean over
-/// queries q ≥ 1 of the attention on q − 1. Scores are <c>[layer, head]</c>.
+/// queries q ≥ 1 of the attention on q − 1. Scores are <c>[layer, head]</c>. A shortformer model's positions never enter the
+/// stream: the residual starts at zero (ln1 of it is ln1's bias), and W_pos is added to ln1's output for the queries and keys.
 /// </summary>
 public sealed class PositionalAttention
 {
@@ -69,16 +70,17 @@ public sealed class PositionalAttention
         var scores = new double[L * H];
         var earlier = new double[L * H];
         var patterns = keepPatterns ? new double[L * H][] : null;
-        var resid = new double[P * D]; // [pos, d_model]
-        for (int i = 0; i < P * D; i++) resid[i] = pos[i];
+        var positionRows = Array.ConvertAll(pos[..(P * D)], x => (double)x);
+        var resid = w.Shortformer ? new double[P * D] : (double[])positionRows.Clone(); // [pos, d_model]
         for (int l = 0; l < L; l++)
         {
-            var input = mode == PositionalMode.LayerAlone ? Array.ConvertAll(pos[..(P * D)], x => (double)x) : resid;
+            var input = mode == PositionalMode.LayerAlone ? (w.Shortformer ? new double[P * D] : positionRows) : resid;
             var normed = Ln1(w, l, input, P);
+            var queryKey = QueryKeyInput(w, normed, positionRows);
             var outputs = new double[H][];
             Parallel.For(0, H, h =>
             {
-                var pattern = Pattern(w, l, h, normed, P);
+                var pattern = Pattern(w, l, h, queryKey, P);
                 if (patterns is not null) patterns[l * H + h] = pattern;
                 double sum = 0, sumEarlier = 0;
                 for (int q = 1; q < P; q++)
@@ -177,7 +179,18 @@ public sealed class PositionalAttention
     {
         var pos = w.Positions ?? throw new InputError($"{w.Source}: no learned position embeddings");
         int P = Math.Min(positions, w.NCtx);
-        return Pattern(w, layer, head, Ln1(w, layer, Array.ConvertAll(pos[..(P * w.DModel)], x => (double)x), P), P);
+        var positionRows = Array.ConvertAll(pos[..(P * w.DModel)], x => (double)x);
+        var normed = Ln1(w, layer, w.Shortformer ? new double[positionRows.Length] : positionRows, P);
+        return Pattern(w, layer, head, QueryKeyInput(w, normed, positionRows), P);
+    }
+
+    /// <summary>What queries and keys read: ln1's output, plus the positions for a shortformer.</summary>
+    static double[] QueryKeyInput(AttentionWeights w, double[] normed, double[] positionRows)
+    {
+        if (!w.Shortformer) return normed;
+        var sum = new double[normed.Length];
+        for (int i = 0; i < sum.Length; i++) sum[i] = normed[i] + positionRows[i];
+        return sum;
     }
 
     static double[] Project(double[] x, int rows, int dModel, int dHead, float[] weight, float[] bias)

@@ -126,6 +126,29 @@ def gradients(cfg, p, tokens, a, b, hook, step=1e-4):
     return [[(metric((hook, t, d, step)) - metric((hook, t, d, -step))) / (2 * step) for d in range(D)] for t in range(len(tokens))]
 
 
+def positional_previous_token(cfg, p, layer):
+    """Loupe's positional attention (PositionalAttention, LayerAlone) for a shortformer: the stream is zero, so ln1 gives its
+    bias; queries and keys read that plus W_pos[p]; scores q·k/sqrt(d_head), causal softmax; per head the mean over queries
+    q >= 1 of the attention on q - 1."""
+    D, H, E, P = cfg["d_model"], cfg["n_heads"], cfg["d_head"], cfg["n_ctx"]
+    b = f"blocks.{layer}."
+    x = [[p[b + "ln1.b"][d] + p["pos_embed.W_pos"][t * D + d] for d in range(D)] for t in range(P)]
+    scores = []
+    for h in range(H):
+        def project(name):
+            W, bias = p[b + "attn.W_" + name], p[b + "attn.b_" + name]
+            return [[sum(x[t][d] * W[(h * D + d) * E + e] for d in range(D)) + bias[h * E + e] for e in range(E)] for t in range(P)]
+        q, k = project("Q"), project("K")
+        total = 0.0
+        for i in range(1, P):
+            s = [sum(q[i][e] * k[j][e] for e in range(E)) / math.sqrt(E) for j in range(i + 1)]
+            top = max(s)
+            ex = [math.exp(v - top) for v in s]
+            total += ex[i - 1] / sum(ex)
+        scores.append(total / (P - 1))
+    return scores
+
+
 # ---- the models ----
 
 def weights(cfg, seed):
@@ -231,6 +254,8 @@ def main():
         entry = {"tokens": tokens, "logits": forward(cfg, p, tokens), "metric_tokens": [4, 9]}
         for hook in ("hook_embed", "hook_pos_embed"):
             entry["grad." + hook] = gradients(cfg, p, tokens, 4, 9, hook)
+        if cfg["shortformer"]:
+            entry["positional_previous_token.layer0"] = positional_previous_token(cfg, p, 0)
         expected[name] = entry
     # An earlier step beside the final one, as NeelNanda's repositories keep them: not what loads.
     first = models[0]
