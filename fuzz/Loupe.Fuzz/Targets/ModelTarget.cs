@@ -21,6 +21,7 @@ public sealed class ModelTarget : FuzzTarget
         // TransformerLens's own runs: a NeelNanda config with a shortformer, a HookedTransformerConfig with LNPre (torch.save weights)
         seeds.Add(SeedFiles.FromFolder("repo:tests/data/transformer_lens/shortformer-attn-only-2l", context.Repo("tests/data/transformer_lens/shortformer-attn-only-2l"), "config.json", "model_final.pth"));
         seeds.Add(SeedFiles.FromFolder("repo:tests/data/transformer_lens/gelu-2l-lnpre", context.Repo("tests/data/transformer_lens/gelu-2l-lnpre"), "config.json", "model.pth"));
+        seeds.Add(SeedFiles.FromFolder("repo:tests/data/transformer_lens/solu-2l", context.Repo("tests/data/transformer_lens/solu-2l"), "config.json", "model_final.pth"));
         foreach (var model in new[] { "stories260K", "induction-attn-only-2l", "addition-5digit-1l" })
             if (context.Shared($"models/{model}") is { } folder)
                 seeds.Add(SeedFiles.FromFolder($"shared:models/{model}", folder, "config.json", "model.safetensors", "tokenizer.json"));

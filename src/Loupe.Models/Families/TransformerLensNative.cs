@@ -45,7 +45,8 @@ public sealed class TransformerLensModel : HookedTransformer
             if (cfg.HasMlp)
                 _mlp[l] = new MlpLayer(l, cfg.ActFn!,
                     new Linear(w.Get(b + "mlp.W_in", D, M), D, M, false, w.Optional(b + "mlp.b_in", M)),
-                    new Linear(w.Get(b + "mlp.W_out", M, D), M, D, false, w.Optional(b + "mlp.b_out", D)));
+                    new Linear(w.Get(b + "mlp.W_out", M, D), M, D, false, w.Optional(b + "mlp.b_out", D)),
+                    innerNorm: cfg.ActFn == MlpLayer.SoluLn ? SoluNorm(w, cfg, normsFolded, b + "mlp.ln", l) : null);
         }
         FinalNorm = LoadNorm(w, cfg, finalNorm, normsFolded, "ln_final", "ln_final");
         Unembed = new Linear(w.Get("unembed.W_U", D, cfg.VocabOut), D, cfg.VocabOut, false, w.Optional("unembed.b_U", cfg.VocabOut));
@@ -53,6 +54,20 @@ public sealed class TransformerLensModel : HookedTransformer
     }
 
     public override long ParameterCount => _parameters;
+
+    /// <summary>
+    /// The LayerNorm over d_mlp after SoLU: with its weights <c>mlp.ln.w</c>, <c>mlp.ln.b</c> when the model's normalization is LN,
+    /// else weightless (TransformerLens builds LayerNormPre there).
+    /// </summary>
+    static Norm SoluNorm(WeightSource w, ModelConfig cfg, bool folded, string prefix, int layer)
+    {
+        int M = cfg.DMlp;
+        if (cfg.Normalization == NormKind.LayerNorm && !folded)
+            return new Norm(NormKind.LayerNorm, w.Get(prefix + ".w", M), w.Get(prefix + ".b", M), cfg.NormEps, $"blocks.{layer}.mlp.ln");
+        var pre = new Norm(NormKind.LayerNorm, default, default, cfg.NormEps, $"blocks.{layer}.mlp.ln");
+        pre.MarkFolded();
+        return pre;
+    }
 
     // LNPre / RMSPre (TransformerLens's folded norms) centre and scale only: no tensors, marked folded as processing leaves them.
     static Norm LoadNorm(WeightSource w, ModelConfig cfg, NormKind kind, bool folded, string tensorPrefix, string hookPrefix)
@@ -111,8 +126,6 @@ public sealed class TransformerLensModel : HookedTransformer
         int vocab = c.Int("d_vocab", 1, HfConfig.MaxVocab);
         int dMlp = attnOnly ? 0 : c.Int("d_mlp", 1, HfConfig.MaxWidth);
         string? actFn = c.String("act_fn");
-        if (dMlp > 0 && actFn is "solu_ln")
-            throw c.Invalid("act_fn", "'solu_ln' (SoLU with a LayerNorm inside the MLP, the solu-*l models) is not supported; gelu, gelu_new, relu and silu are");
         // TransformerLens writes d_vocab_out −1 for "same as d_vocab".
         int vocabOut = c.Has("d_vocab_out") && c.Element("d_vocab_out") is { ValueKind: System.Text.Json.JsonValueKind.Number } o && o.TryGetInt32(out int v) && v == -1
             ? vocab : c.OptionalInt("d_vocab_out", 1, HfConfig.MaxVocab) ?? vocab;
@@ -128,7 +141,8 @@ public sealed class TransformerLensModel : HookedTransformer
             DVocab = vocab,
             DVocabOut = vocabOut,
             NCtx = c.Int("n_ctx", 1, HfConfig.MaxContext),
-            ActFn = dMlp > 0 ? HfDecoderWeights.Activation(c, "act_fn", actFn ?? throw c.Missing("act_fn", "the MLP activation, e.g. \"gelu\"")) : actFn,
+            ActFn = dMlp == 0 || actFn == MlpLayer.SoluLn ? actFn
+                : HfDecoderWeights.Activation(c, "act_fn", actFn ?? throw c.Missing("act_fn", "the MLP activation, e.g. \"gelu\" (or solu_ln)")),
             Normalization = kind,
             NormEps = HfDecoderWeights.NormEps(c, "eps", 1e-5),
             LearnedPositions = true,

@@ -103,6 +103,8 @@ public static class HookNames
     public static string MlpPre(int l) => $"blocks.{l}.mlp.hook_pre";
     public static string MlpPreLinear(int l) => $"blocks.{l}.mlp.hook_pre_linear";
     public static string MlpPost(int l) => $"blocks.{l}.mlp.hook_post";
+    /// <summary>SoLU's output before the MLP's own LayerNorm (TransformerLens <c>act_fn: solu_ln</c>).</summary>
+    public static string MlpMid(int l) => $"blocks.{l}.mlp.hook_mid";
     public static string NormScale(int l, string norm) => $"blocks.{l}.{norm}.hook_scale";
     public static string NormNormalized(int l, string norm) => $"blocks.{l}.{norm}.hook_normalized";
 
@@ -177,6 +179,7 @@ public sealed class BlockHookNames
         MlpPre = HookNames.MlpPre(layer);
         MlpPreLinear = HookNames.MlpPreLinear(layer);
         MlpPost = HookNames.MlpPost(layer);
+        MlpMid = HookNames.MlpMid(layer);
     }
 
     public int Layer { get; }
@@ -205,4 +208,5 @@ public sealed class BlockHookNames
     public string MlpPre { get; }
     public string MlpPreLinear { get; }
     public string MlpPost { get; }
+    public string MlpMid { get; }
 }

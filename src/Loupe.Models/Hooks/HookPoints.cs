@@ -56,7 +56,7 @@ public static class HookPoints
                 if (!cfg.ParallelAttnMlp) points.Add(shapes.Residual(names.ResidMid, l));
                 points.Add(shapes.Residual(names.HookMlpIn, l));
                 if (norms) Norm(points, shapes, $"blocks.{l}.ln2", l);
-                Mlp(points, shapes, names, cfg.GatedMlp);
+                Mlp(points, shapes, names, cfg.GatedMlp, cfg.ActFn == Layers.MlpLayer.SoluLn);
                 if (norms && sandwichNorms) Norm(points, shapes, $"blocks.{l}.ln2_post", l);
                 points.Add(shapes.Residual(names.MlpOut, l));
             }
@@ -89,7 +89,7 @@ public static class HookPoints
             points.Add(shapes.Residual(names.AttnOut, l));
             points.Add(shapes.Residual(names.ResidMid, l));
             Norm(points, shapes, $"blocks.{l}.ln1", l);
-            Mlp(points, shapes, names, gated: false);
+            Mlp(points, shapes, names, gated: false, soluLn: false);
             points.Add(shapes.Residual(names.MlpOut, l));
             points.Add(shapes.Residual(names.ResidPost, l));
             Norm(points, shapes, $"blocks.{l}.ln2", l);
@@ -145,7 +145,7 @@ public static class HookPoints
         points.Add(new HookPoint(names.Result, l, [HookAxis.Batch, HookAxis.Pos, HookAxis.HeadIndex, HookAxis.DModel], [null, null, shapes.Heads, shapes.DModel]));
     }
 
-    static void Mlp(List<HookPoint> points, Shapes shapes, BlockHookNames names, bool gated)
+    static void Mlp(List<HookPoint> points, Shapes shapes, BlockHookNames names, bool gated, bool soluLn)
     {
         int l = names.Layer;
         // hook_in: the MLP's input (circuit-tracer's name; after ln2's weight on RMSNorm models, unlike ln2.hook_normalized).
@@ -153,6 +153,13 @@ public static class HookPoints
         // Gated: hook_pre is the gate (before the activation), hook_pre_linear the linear branch it multiplies.
         points.Add(shapes.Hidden(names.MlpPre, l));
         if (gated) points.Add(shapes.Hidden(names.MlpPreLinear, l));
+        if (soluLn)
+        {
+            // SoLU, then the MLP's own LayerNorm over d_mlp (TransformerLens's solu_ln): hook_mid before it, hook_post after.
+            points.Add(shapes.Hidden(names.MlpMid, l));
+            points.Add(new HookPoint($"blocks.{l}.mlp.ln.hook_scale", l, [HookAxis.Batch, HookAxis.Pos, HookAxis.One], [null, null, 1]));
+            points.Add(shapes.Hidden($"blocks.{l}.mlp.ln.hook_normalized", l));
+        }
         points.Add(shapes.Hidden(names.MlpPost, l));
     }
 

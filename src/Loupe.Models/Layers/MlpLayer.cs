@@ -7,12 +7,21 @@ namespace Loupe.Models.Layers;
 /// The MLP with TransformerLens hook points, and circuit-tracer's <c>mlp.hook_in</c> for its input. Shapes: x <c>[batch, pos, d_model]</c>;
 /// pre, pre_linear, post <c>[batch, pos, d_mlp]</c>; output <c>[batch, pos, d_model]</c>.
 /// Plain: <c>post = act(x·W_in + b_in)</c>. Gated (SwiGLU/GeGLU): <c>hook_pre = x·W_gate</c>,
-/// <c>hook_pre_linear = x·W_in</c>, <c>post = act(pre) ⊙ pre_linear</c>. Output <c>post·W_out + b_out</c>.
+/// <c>hook_pre_linear = x·W_in</c>, <c>post = act(pre) ⊙ pre_linear</c>. SoLU with its LayerNorm (TransformerLens's
+/// <c>solu_ln</c>, NeelNanda's SoLU models): <c>hook_mid = pre ⊙ softmax(pre)</c> over d_mlp, <c>post = ln(mid)</c> with the
+/// MLP's own norm (<c>blocks.L.mlp.ln.*</c> hooks). Output <c>post·W_out + b_out</c>.
 /// </summary>
 public sealed class MlpLayer
 {
-    public MlpLayer(int layer, string activation, Linear input, Linear output, Linear? gate = null)
+    /// <summary>TransformerLens's act_fn for SoLU followed by the MLP's own LayerNorm.</summary>
+    public const string SoluLn = "solu_ln";
+
+    public MlpLayer(int layer, string activation, Linear input, Linear output, Linear? gate = null, Norm? innerNorm = null)
     {
+        if ((activation == SoluLn) != (innerNorm is not null))
+            throw new ArgumentException($"{SoluLn} and only {SoluLn} has the MLP's own norm", nameof(innerNorm));
+        if (activation == SoluLn && gate is not null) throw new ArgumentException($"{SoluLn} is not gated", nameof(gate));
+        InnerNorm = innerNorm;
         Layer = layer;
         Names = new BlockHookNames(layer);
         Activation = activation;
@@ -30,6 +39,8 @@ public sealed class MlpLayer
     public Linear In { get; }
     public Linear Out { get; }
     public Linear? Gate { get; }
+    /// <summary>The LayerNorm over d_mlp after SoLU (<see cref="SoluLn"/>), else null.</summary>
+    public Norm? InnerNorm { get; }
 
     public Tensor Forward(ForwardContext ctx, Tensor x)
     {
@@ -40,7 +51,16 @@ public sealed class MlpLayer
         (Gate ?? In).Forward(be, x, rows, pre);
         pre = ctx.Hook(Names.MlpPre, Layer, pre);
         var post = ctx.Scratch(B, T, dMlp);
-        be.Activation(Activation, pre, post);
+        if (InnerNorm is not null)
+        {
+            // mid = pre ⊙ softmax(pre) over d_mlp; post = ln(mid).
+            be.SoftmaxRows(pre, rows, dMlp, post);
+            be.Multiply(pre, post, post);
+            var mid = ctx.Hook(Names.MlpMid, Layer, post);
+            post = InnerNorm.Forward(ctx, Layer, mid);
+            ctx.Release(mid);
+        }
+        else be.Activation(Activation, pre, post);
         Tensor? linearSaved = null;
         if (Gate is not null)
         {
@@ -80,6 +100,25 @@ public sealed class MlpLayer
         dPost = ctx.GradHook(Names.MlpPost, Layer, dPost);
         var dx = ctx.GradScratch(B, T, In.DIn);
         var dPre = ctx.GradScratch(B, T, dMlp);
+        if (InnerNorm is not null)
+        {
+            // Forward: post = ln(mid), mid = pre ⊙ s, s = softmax(pre): d pre = s ⊙ d mid + softmax_backward(s, d mid ⊙ pre).
+            var dMid = ctx.GradHook(Names.MlpMid, Layer, ctx.Replacing(dPost, InnerNorm.Backward(ctx, Layer, dPost)));
+            var s = ctx.GradScratch(B, T, dMlp);
+            be.SoftmaxRows(pre, rows, dMlp, s);
+            var viaSoftmax = ctx.GradScratch(B, T, dMlp);
+            be.Multiply(dMid, pre, viaSoftmax);
+            be.SoftmaxBackwardRows(s, viaSoftmax, rows, dMlp, dPre);
+            be.Multiply(dMid, s, viaSoftmax);
+            be.Add(dPre, viaSoftmax, dPre);
+            ctx.Release(s);
+            ctx.Release(viaSoftmax);
+            ctx.Release(dMid);
+            dPre = ctx.GradHook(Names.MlpPre, Layer, dPre);
+            In.BackwardInput(be, dPre, rows, dx);
+            ctx.Release(dPre);
+            return dx;
+        }
         if (linear is null)
         {
             // Forward: post = act(pre), pre = x·W_in + b_in.

@@ -118,7 +118,15 @@ public static class TransformerLensNames
         ("01-ai/Yi-34B-Chat", ["yi-34b-chat"]),
         ("ai-forever/mGPT", ["mGPT"]),
         ("bert-base-cased", []),
-        // NeelNanda's toy models (config.json of their own + model_final.pth; the SoLU ones are not run: their MLP has a LayerNorm inside)
+        // NeelNanda's toy models (config.json of their own + model_final.pth); the SoLU *_old runs store other tensor names and are not listed
+        ("NeelNanda/SoLU_1L512W_C4_Code", ["solu-1l", "solu-1l-new", "solu-1l-c4-code"]),
+        ("NeelNanda/SoLU_2L512W_C4_Code", ["solu-2l", "solu-2l-new", "solu-2l-c4-code"]),
+        ("NeelNanda/SoLU_3L512W_C4_Code", ["solu-3l", "solu-3l-new", "solu-3l-c4-code"]),
+        ("NeelNanda/SoLU_4L512W_C4_Code", ["solu-4l", "solu-4l-new", "solu-4l-c4-code"]),
+        ("NeelNanda/SoLU_6L768W_C4_Code", ["solu-6l", "solu-6l-new", "solu-6l-c4-code"]),
+        ("NeelNanda/SoLU_8L1024W_C4_Code", ["solu-8l", "solu-8l-new", "solu-8l-c4-code"]),
+        ("NeelNanda/SoLU_10L1280W_C4_Code", ["solu-10l", "solu-10l-new", "solu-10l-c4-code"]),
+        ("NeelNanda/SoLU_12L1536W_C4_Code", ["solu-12l", "solu-12l-new", "solu-12l-c4-code"]),
         ("NeelNanda/GELU_1L512W_C4_Code", ["gelu-1l", "gelu-1l-new", "gelu-1l-c4-code"]),
         ("NeelNanda/GELU_2L512W_C4_Code", ["gelu-2l", "gelu-2l-new", "gelu-2l-c4-code"]),
         ("NeelNanda/GELU_3L512W_C4_Code", ["gelu-3l", "gelu-3l-new", "gelu-3l-c4-code"]),

@@ -151,6 +151,20 @@ public static class Float64Reference
     {
         var pre = Linear(mlp.Gate ?? mlp.In, x, rows);
         var post = new double[pre.Length];
+        if (mlp.InnerNorm is { } inner)
+        {
+            // SoLU (pre ⊙ softmax(pre) over d_mlp), then the MLP's own LayerNorm.
+            int m = pre.Length / rows;
+            for (int r = 0; r < rows; r++)
+            {
+                var row = pre.AsSpan(r * m, m);
+                double max = double.NegativeInfinity, sum = 0;
+                foreach (double v in row) max = Math.Max(max, v);
+                foreach (double v in row) sum += Math.Exp(v - max);
+                for (int i = 0; i < m; i++) post[r * m + i] = row[i] * Math.Exp(row[i] - max) / sum;
+            }
+            return Linear(mlp.Out, Norm(inner, post, m), rows);
+        }
         ReferenceKernels.Activation(mlp.Activation, pre, post);
         if (mlp.Gate is not null)
         {

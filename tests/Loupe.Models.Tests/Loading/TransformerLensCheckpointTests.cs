@@ -37,7 +37,7 @@ public sealed class TransformerLensCheckpointTests
             Assert.True(Math.Abs(got[i] - want[i]) <= relative * scale, $"{what}[{i}]: {got[i]} vs {want[i]} (scale {scale:G4})");
     }
 
-    public static TheoryData<string> Models => new() { "shortformer-attn-only-2l", "gelu-2l-lnpre", "gelu-1l-final-rms" };
+    public static TheoryData<string> Models => new() { "shortformer-attn-only-2l", "gelu-2l-lnpre", "gelu-1l-final-rms", "solu-2l" };
 
     [Theory, MemberData(nameof(Models))]
     public void Logits_and_gradients_are_transformer_lens_ones(string name)
@@ -55,7 +55,8 @@ public sealed class TransformerLensCheckpointTests
 
         // loupe verify's float64 reference runs the same model
         var reference = Float64Reference.Run(model, TokenBatch.Single(want.Tokens), record: false);
-        for (int i = 0; i < want.Logits.Length; i++) Assert.Equal(want.Logits[i], reference.Logits[i], 1e-9);
+        // (to 1e-8: the reference takes the norms' ε as stored, in float32)
+        for (int i = 0; i < want.Logits.Length; i++) Assert.Equal(want.Logits[i], reference.Logits[i], 1e-8);
     }
 
     [Fact]
@@ -106,6 +107,46 @@ public sealed class TransformerLensCheckpointTests
     }
 
     [Fact]
+    public void A_solu_model_has_transformer_lens_mlp_hooks_around_its_own_layer_norm()
+    {
+        var want = ExpectedOf("solu-2l");
+        using var model = ModelLoader.LoadFolder(Folder("solu-2l"));
+        var names = model.HookPointNames.ToList();
+        string[] order = ["blocks.1.mlp.hook_pre", "blocks.1.mlp.hook_mid", "blocks.1.mlp.ln.hook_scale", "blocks.1.mlp.ln.hook_normalized", "blocks.1.mlp.hook_post"];
+        Assert.All(order, n => Assert.Contains(n, names));
+        Assert.Equal(order, names.Where(order.Contains));
+        var run = model.RunWithCache(TokenBatch.Single(want.Tokens), "blocks.1.mlp.*");
+        var mid = run.Cache["blocks.1.mlp.hook_mid"].Span;
+        var pre = run.Cache["blocks.1.mlp.hook_pre"].Span;
+        Assert.Equal([1, want.Tokens.Length, 32], run.Cache["blocks.1.mlp.hook_post"].Shape.ToArray());
+        // hook_mid = pre ⊙ softmax(pre) over d_mlp, at the last position
+        int last = (want.Tokens.Length - 1) * 32;
+        double max = double.NegativeInfinity, sum = 0;
+        for (int i = 0; i < 32; i++) max = Math.Max(max, pre[last + i]);
+        for (int i = 0; i < 32; i++) sum += Math.Exp(pre[last + i] - max);
+        for (int i = 0; i < 32; i++) Assert.Equal(pre[last + i] * Math.Exp(pre[last + i] - max) / sum, mid[last + i], 1e-5);
+        // its gradient, against finite differences through the model
+        var metric = new LogitDiff(want.MetricTokens[0], want.MetricTokens[1]);
+        var grad = model.RunWithGradients(TokenBatch.Single(want.Tokens), metric, "blocks.0.mlp.hook_mid").Gradients["blocks.0.mlp.hook_mid"].Span.ToArray();
+        int at = 3 * 32 + 5;
+        double Metric(float delta)
+        {
+            var options = new RunOptions().AddHook("blocks.0.mlp.hook_mid", (t, _) =>
+            {
+                var copy = t.ToCpu().Span.ToArray();
+                copy[at] += delta;
+                return Loupe.Tensors.Tensor.FromArray(copy, t.Shape.ToArray());
+            });
+            var l = model.Run(TokenBatch.Single(want.Tokens), options).Logits.Span;
+            int V = model.Config.VocabOut, p = (want.Tokens.Length - 1) * V;
+            return l[p + want.MetricTokens[0]] - l[p + want.MetricTokens[1]];
+        }
+        // hook_mid is small (softmax-weighted), so the LayerNorm after it curves at a small scale: a small step, a loose tolerance
+        double fd = (Metric(1e-3f) - Metric(-1e-3f)) / 2e-3;
+        Assert.Equal(fd, grad[at], 1e-2 * Math.Max(1, Math.Abs(fd)));
+    }
+
+    [Fact]
     public void Torch_save_files_are_picked_as_transformer_lens_picks_them()
     {
         Assert.EndsWith("model_final.pth", Loupe.Models.Families.TransformerLensModel.WeightsPath(Folder("shortformer-attn-only-2l")));
@@ -124,7 +165,7 @@ public sealed class TransformerLensCheckpointTests
     }
 
     [Theory]
-    [InlineData("\"act_fn\": \"gelu\"", "\"act_fn\": \"solu_ln\"", "solu_ln")]
+    [InlineData("\"act_fn\": \"gelu\"", "\"act_fn\": \"solu\"", "act_fn")]
     [InlineData("\"use_local_attn\": false", "\"use_local_attn\": true", "use_local_attn")]
     [InlineData("\"positional_embedding_type\": \"standard\"", "\"positional_embedding_type\": \"rotary\"", "rotary")]
     [InlineData("\"normalization_type\": \"LNPre\"", "\"normalization_type\": \"BatchNorm\"", "normalization_type")]

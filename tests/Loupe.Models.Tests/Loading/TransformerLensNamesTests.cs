@@ -25,6 +25,7 @@ public class TransformerLensNamesTests
     [InlineData("stablelm-base-3b", "stabilityai/stablelm-base-alpha-3b")]
     [InlineData("gelu-2l", "NeelNanda/GELU_2L512W_C4_Code")]
     [InlineData("attn-only-2l", "NeelNanda/Attn_Only_2L512W_C4_Code")]
+    [InlineData("solu-12l", "NeelNanda/SoLU_12L1536W_C4_Code")]
     [InlineData("attn-only-demo", "NeelNanda/Attn-Only-2L512W-Shortformer-6B-big-lr")]
     public void A_transformer_lens_name_stands_for_its_hub_id(string name, string hubId) =>
         Assert.Equal(hubId, TransformerLensNames.HubIdFor(name));
@@ -35,7 +36,7 @@ public class TransformerLensNamesTests
     [InlineData("google/gemma-2-2b")]
     [InlineData("some-org/some-model")]        // not a TransformerLens name
     [InlineData("gemma-2b")]                   // Gemma 1: a family Loupe does not run, so no name for it
-    [InlineData("solu-2l")]                    // SoLU toy models: an MLP with a LayerNorm inside, not run
+    [InlineData("solu-2l-pile")]               // the old SoLU runs: other tensor names, not run
     public void Other_names_are_left_as_they_are(string name) => Assert.Null(TransformerLensNames.HubIdFor(name));
 
     [Fact]

@@ -8,7 +8,8 @@ components/*.py) transcribed into plain Python below, in float64. Standard libra
                             and a checkpoints/ folder of earlier steps beside it, as on the hub;
   gelu-2l-lnpre             HookedTransformerConfig.to_dict() fields (normalization_type LNPre: no norm weights,
                             d_vocab_out -1), model.pth the only .pth;
-  gelu-1l-final-rms         a NeelNanda config with "final_rms": true (LN blocks, an RMSNorm before the unembedding).
+  gelu-1l-final-rms         a NeelNanda config with "final_rms": true (LN blocks, an RMSNorm before the unembedding);
+  solu-2l                   a NeelNanda config with act_fn "solu_ln" (SoLU, then a LayerNorm over d_mlp: mlp.ln.w, mlp.ln.b).
 Gradients: d metric / d hook_pos_embed and d hook_embed, metric = logits[-1, a] - logits[-1, b], by central differences.
 """
 import json
@@ -107,7 +108,14 @@ def forward(cfg, p, tokens, nudge=None):
             x = ln(resid, b + "ln2")
             W_in, b_in, W_out, b_out = p[b + "mlp.W_in"], p[b + "mlp.b_in"], p[b + "mlp.W_out"], p[b + "mlp.b_out"]
             for t in range(T):
-                post = [gelu(sum(x[t][d] * W_in[d * M + m] for d in range(D)) + b_in[m]) for m in range(M)]
+                pre = [sum(x[t][d] * W_in[d * M + m] for d in range(D)) + b_in[m] for m in range(M)]
+                if cfg.get("solu_ln"):      # act_fn "solu_ln": mid = pre * softmax(pre); post = LayerNorm(mid) over d_mlp
+                    top = max(pre)
+                    ex = [math.exp(v - top) for v in pre]
+                    mid = [v * e / sum(ex) for v, e in zip(pre, ex)]
+                    post = layer_norm([mid], p[b + "mlp.ln.w"], p[b + "mlp.ln.b"], eps)[0]
+                else:
+                    post = [gelu(v) for v in pre]
                 for d in range(D):
                     resid[t][d] += sum(post[m] * W_out[m * D + d] for m in range(M)) + b_out[d]
     if cfg["final_rms"]:
@@ -174,6 +182,9 @@ def weights(cfg, seed):
             w[b + "mlp.W_in"] = table(D * M, lambda i: math.sin(0.53 * i + l + s) * 0.5)
             w[b + "mlp.b_in"] = table(M, lambda i: 0.1 * math.cos(i + l))
             w[b + "mlp.W_out"] = table(M * D, lambda i: math.cos(0.61 * i - l + s) * 0.3)
+            if cfg.get("solu_ln"):
+                w[b + "mlp.ln.w"] = table(M, lambda i: 1 + 0.25 * math.sin(0.7 * i + l))
+                w[b + "mlp.ln.b"] = table(M, lambda i: 0.04 * math.cos(1.3 * i - l))
             w[b + "mlp.b_out"] = table(D, lambda i: 0.02 * math.sin(i))
     if cfg["norm"] == "LN":
         w["ln_final.w"] = table(D, lambda i: 1 + 0.1 * math.cos(i + s))
@@ -192,6 +203,8 @@ SHAPES = {"embed.W_E": ("d_vocab", "d_model"), "pos_embed.W_pos": ("n_ctx", "d_m
 
 
 def shape_of(name, cfg):
+    if ".mlp.ln." in name:
+        return (cfg["d_mlp"],)
     for suffix, dims in SHAPES.items():
         if name.endswith(suffix):
             return tuple(cfg[d] for d in dims)
@@ -242,6 +255,10 @@ def main():
          {"n_layers": 1, "d_model": 16, "d_mlp": 32, "d_head": 4, "n_heads": 4, "normalization": "LN", "n_ctx": 12,
           "d_vocab": 23, "act_fn": "gelu", "shortformer_pos": False, "attn_only": False, "final_rms": True},
          dict(norm="LN", shortformer=False, attn_only=False, final_rms=True)),
+        ("solu-2l", "model_final.pth",
+         {"n_layers": 2, "d_model": 16, "d_mlp": 32, "d_head": 4, "n_heads": 4, "normalization": "LN", "n_ctx": 12,
+          "d_vocab": 23, "act_fn": "solu_ln", "shortformer_pos": False, "attn_only": False},
+         dict(norm="LN", shortformer=False, attn_only=False, final_rms=False, solu_ln=True)),
     ]
     for seed, (name, file, config, kind) in enumerate(models):
         cfg = {k: config[k] for k in ("n_layers", "d_model", "d_head", "n_heads", "n_ctx", "d_vocab")}
