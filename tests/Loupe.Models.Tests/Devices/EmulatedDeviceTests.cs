@@ -63,6 +63,32 @@ public sealed class EmulatedDeviceTests(EmulatedBackendFixture fixture) : IClass
         ReferenceFixture.AssertClose(reference.Get("logits"), actual.Logits.ToCpu().Span, 1e-4f, $"{arch} logits vs HF");
     }
 
+    /// <summary>TransformerLens toy models: shortformer positions (queries and keys only) and SoLU with its own LayerNorm.</summary>
+    [Theory]
+    [InlineData("shortformer-attn-only-2l")]
+    [InlineData("solu-2l")]
+    public void TransformerLensToyModelsMatchTheCpuBackendForwardAndBackward(string name)
+    {
+        string folder = Loupe.Testing.SharedData.TestData(Path.Combine("transformer_lens", name));
+        using var cpu = ModelLoader.LoadFolder(folder);
+        using var device = ModelLoader.LoadFolder(folder, Device);
+        var tokens = TokenBatch.FromRows([[3, 17, 5, 11, 3, 17, 8, 2], [1, 2, 3, 4, 5, 6, 7, 8]]);
+        var expected = cpu.RunWithCache(tokens);
+        var actual = device.RunWithCache(tokens);
+        Assert.Equal(expected.Cache.Names, actual.Cache.Names);
+        foreach (var hook in expected.Cache.Names)
+            AssertClose(expected.Cache[hook], actual.Cache[hook], 1e-5, $"{name} {hook}");
+        AssertClose(expected.Logits, actual.Logits, 1e-5, $"{name} logits");
+        var metric = new LogitDiff(4, 9);
+        // the split pass (per-head query inputs) on the attention-only one, SoLU's hook_mid on the other
+        string hooks = "hook_embed,hook_pos_embed," + (cpu.Config.HasMlp ? "blocks.*.mlp.hook_mid" : "blocks.1.hook_q_input");
+        var cpuGrad = cpu.RunWithGradients(tokens, metric, hooks);
+        var deviceGrad = device.RunWithGradients(tokens, metric, hooks);
+        Assert.Equal(cpuGrad.Gradients.Names, deviceGrad.Gradients.Names);
+        foreach (var hook in cpuGrad.Gradients.Names)
+            AssertClose(cpuGrad.Gradients[hook], deviceGrad.Gradients[hook], 1e-4, $"{name} ∇ {hook}");
+    }
+
     [Theory]
     [MemberData(nameof(Families))]
     public void GradientsMatchTheCpuBackend(string arch)
