@@ -188,8 +188,9 @@ public sealed class TransformerLensModel : HookedTransformer
         if (final.Count == 1) return Path.Combine(folder, final[0]);
         if (pth.Count == 1) return Path.Combine(folder, pth[0]);
         if (pth.Count > 1)
-            throw new InputError($"{folder}: {pth.Count} torch.save files ({string.Join(", ", pth.Take(6))}{(pth.Count > 6 ? ", …" : "")}) and none is the one " +
-                                 "ending in 'final.pth'; keep the checkpoint to load alone in the folder, or name it model_final.pth");
+            throw new InputError($"{folder}: {pth.Count} torch.save files ({string.Join(", ", pth.Take(6))}{(pth.Count > 6 ? ", …" : "")}) and " +
+                                 $"{(final.Count == 0 ? "none" : $"{final.Count}")} ending in 'final.pth' (TransformerLens loads the one that does); " +
+                                 "keep the checkpoint to load alone in the folder, or name it model_final.pth");
         return folder;   // SafeTensorsCheckpoint.Open names what is missing
     }
 
