@@ -45,6 +45,8 @@ public sealed record ModelConfig
     /// every attention layer, after ln1, and never to the residual stream (resid_pre of block 0 is hook_embed alone).
     /// </summary>
     public bool ShortformerPositions { get; init; }
+    /// <summary>The hub repository whose tokenizer a TransformerLens config names (<c>tokenizer_name</c>), or null.</summary>
+    public string? TokenizerName { get; init; }
     /// <summary>Attention and MLP both read resid_pre (GPT-NeoX / Pythia).</summary>
     public bool ParallelAttnMlp { get; init; }
     /// <summary>Multiplier on q·k (1/√d_head, or Gemma 2's query_pre_attn_scalar^-½).</summary>

@@ -33,7 +33,7 @@ public static class ModelLoader
         try
         {
             // TransformerLens configs (NeelNanda's toy models) name a tokenizer kept in its own repository.
-            if (model.Tokenizer is null && model.Config.Architecture == "transformer_lens" && TokenizerRepository(folder) is { } repo)
+            if (model.Tokenizer is null && model.Config.TokenizerName is { } repo && HubClient.IsValidRepoId(repo))
                 model.Tokenizer = TokenizerLoader.FromFolder(await hub.ResolveTokenizerAsync(repo, progress: progress, ct: ct));
             return model;
         }
@@ -44,9 +44,6 @@ public static class ModelLoader
         }
     }
 
-    /// <summary>config.json's <c>tokenizer_name</c> when it names a hub repository, else null.</summary>
-    static string? TokenizerRepository(string folder) =>
-        HfConfig.Load(Path.Combine(folder, "config.json")).String("tokenizer_name") is { } name && HubClient.IsValidRepoId(name) ? name : null;
 
     /// <summary>
     /// Loads from a local folder only (never touches the network). <paramref name="processing"/> (default none)

@@ -62,6 +62,10 @@ public sealed class CliRefusalTests : IDisposable
         AssertRefused(RunLoupe("run", "--model", Gpt2), "--prompt", "--tokens");
         AssertRefused(RunLoupe("run", "--model", Gpt2, "--prompt", "hi"), "no tokenizer");
         AssertRefused(RunLoupe("tokenize", "--model", Gpt2, "--text", "hi"), "no tokenizer");
+        // A TransformerLens folder whose config names its tokenizer's repository: the message says which and how to get it.
+        string toy = SharedData.TestData(Path.Combine("transformer_lens", "shortformer-attn-only-2l"));
+        AssertRefused(RunLoupe("run", "--model", toy, "--prompt", "hi"), "no tokenizer", "tokenizer_name 'NeelNanda/gpt-neox-tokenizer-digits'");
+        AssertRefused(RunLoupe("tokenize", "--model", toy, "--text", "hi"), "tokenizer_name 'NeelNanda/gpt-neox-tokenizer-digits'");
     }
 
     [Fact]

@@ -636,11 +636,19 @@ static class CliSupport
         return TokenBatch.FromRows(rows);
     }
 
+    /// <summary>
+    /// For a TransformerLens folder whose config names its tokenizer's repository (<c>tokenizer_name</c>) but holds none: where
+    /// to get it (loading the folder never touches the network). Else "".
+    /// </summary>
+    public static string TokenizerHint(HookedTransformer model) => model.Config.TokenizerName is { } name
+        ? $"; its config.json names tokenizer_name '{name}': copy that repository's tokenizer.json into the folder, or load the model by its hub id, which fetches it"
+        : "";
+
     /// <summary>Tokenizes prompts with the model's tokenizer (BOS as the tokenizer's template says).</summary>
     /// <exception cref="InputError">The model has no tokenizer or the prompt encodes to no tokens.</exception>
     public static int[] Encode(HookedTransformer model, string prompt, string option = "--prompt")
     {
-        var tokenizer = model.Tokenizer ?? throw new InputError($"argument: {option}: the model at {model.Source} has no tokenizer (tokenizer.json or vocab.json + merges.txt); pass token ids instead");
+        var tokenizer = model.Tokenizer ?? throw new InputError($"argument: {option}: the model at {model.Source} has no tokenizer (tokenizer.json or vocab.json + merges.txt){TokenizerHint(model)}; pass token ids instead");
         var ids = tokenizer.Encode(prompt);
         if (ids.Length == 0) throw new InputError($"argument: {option}: the prompt encodes to no tokens");
         return ids;
@@ -650,7 +658,7 @@ static class CliSupport
     /// <exception cref="InputError">The model has no tokenizer, or the text is not one token; the message shows how it tokenizes.</exception>
     public static int SingleToken(HookedTransformer model, string text, string option, string idAlternative)
     {
-        var tokenizer = model.Tokenizer ?? throw new InputError($"argument: {option}: the model at {model.Source} has no tokenizer; give {idAlternative} instead");
+        var tokenizer = model.Tokenizer ?? throw new InputError($"argument: {option}: the model at {model.Source} has no tokenizer{TokenizerHint(model)}; give {idAlternative} instead");
         var ids = tokenizer.Encode(text, addSpecialTokens: false);
         if (ids.Length != 1)
             throw new InputError($"argument: {option} \"{text}\" must be exactly one token but tokenizes to {ids.Length}: " +

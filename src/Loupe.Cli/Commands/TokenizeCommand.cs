@@ -22,9 +22,13 @@ static class TokenizeCommand
             string path = parse.GetValue(model)!;
             CliSupport.NoModelOnDevice("it only reads the tokenizer");
             // A folder with only tokenizer files (no weights) is enough to tokenize.
-            ITokenizer tokenizer = Directory.Exists(path) && !File.Exists(Path.Combine(path, "config.json"))
-                ? TokenizerLoader.FromFolder(path)
-                : CliSupport.LoadModel(path, deviceForOtherWork: true).Tokenizer ?? throw new InputError($"argument: --model: the model at {path} has no tokenizer (tokenizer.json or vocab.json + merges.txt)");
+            ITokenizer tokenizer;
+            if (Directory.Exists(path) && !File.Exists(Path.Combine(path, "config.json"))) tokenizer = TokenizerLoader.FromFolder(path);
+            else
+            {
+                var loaded = CliSupport.LoadModel(path, deviceForOtherWork: true);
+                tokenizer = loaded.Tokenizer ?? throw new InputError($"argument: --model: the model at {path} has no tokenizer (tokenizer.json or vocab.json + merges.txt){CliSupport.TokenizerHint(loaded)}");
+            }
             var ids = tokenizer.Encode(parse.GetValue(text)!, addSpecialTokens: !parse.GetValue(noSpecial));
             Console.WriteLine("[" + string.Join(", ", ids) + "]");
             return 0;

@@ -147,6 +147,7 @@ public sealed class TransformerLensModel : HookedTransformer
             NormEps = HfDecoderWeights.NormEps(c, "eps", 1e-5),
             LearnedPositions = true,
             ShortformerPositions = pos == "shortformer",
+            TokenizerName = c.String("tokenizer_name"),
             // TransformerLens divides scores by attn_scale (default √d_head).
             AttnScale = c.Bool("use_attn_scale", true) ? (float)(1 / c.Double("attn_scale", Math.Sqrt(dh), 1e-6, 1e6)) : 1f,
             SourcePath = c.Path,
