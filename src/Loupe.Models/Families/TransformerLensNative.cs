@@ -182,8 +182,7 @@ public sealed class TransformerLensModel : HookedTransformer
     /// <exception cref="InputError">Several .pth files and none ends in "final.pth" (the message lists them).</exception>
     public static string WeightsPath(string folder)
     {
-        foreach (var name in new[] { SafeTensorsCheckpoint.SingleFileName, SafeTensorsCheckpoint.IndexFileName, SafeTensorsCheckpoint.PyTorchFileName, SafeTensorsCheckpoint.PyTorchIndexFileName })
-            if (File.Exists(Path.Combine(folder, name))) return folder;
+        if (SafeTensorsCheckpoint.WeightsFileIn(folder) is not null) return folder;
         var pth = Directory.GetFiles(folder, "*.pth").Select(Path.GetFileName).OfType<string>().Order(StringComparer.Ordinal).ToList();
         var final = pth.Where(n => n.EndsWith("final.pth", StringComparison.Ordinal)).ToList();
         if (final.Count == 1) return Path.Combine(folder, final[0]);

@@ -137,6 +137,15 @@ public sealed class SafeTensorsCheckpoint : IDisposable
     }
 
     /// <summary>
+    /// The weights file <see cref="Open"/> takes from <paramref name="folder"/>, in order of preference: model.safetensors, its
+    /// index, then (before safetensors, Hugging Face saved torch.save files, whose pickles are read, never run)
+    /// pytorch_model.bin and its index; null when the folder has none of them.
+    /// </summary>
+    public static string? WeightsFileIn(string folder) =>
+        new[] { SingleFileName, IndexFileName, PyTorchFileName, PyTorchIndexFileName }
+            .Select(name => System.IO.Path.Combine(folder, name)).FirstOrDefault(File.Exists);
+
+    /// <summary>
     /// Opens a checkpoint: a folder holding <c>model.safetensors</c> (preferred), <c>model.safetensors.index.json</c>,
     /// <c>pytorch_model.bin</c> or <c>pytorch_model.bin.index.json</c>, the path of an index JSON, or the path of a single
     /// .safetensors or torch.save file.
@@ -153,17 +162,10 @@ public sealed class SafeTensorsCheckpoint : IDisposable
         path = System.IO.Path.GetFullPath(path);
         if (Directory.Exists(path))
         {
-            string single = System.IO.Path.Combine(path, SingleFileName);
-            if (File.Exists(single)) return new SafeTensorsCheckpoint(SafeTensorsFile.Open(single));
-            string index = System.IO.Path.Combine(path, IndexFileName);
-            if (File.Exists(index)) return OpenIndex(index);
-            // Before safetensors, Hugging Face saved torch.save files; their pickles are read, never run.
-            string bin = System.IO.Path.Combine(path, PyTorchFileName);
-            if (File.Exists(bin)) return new SafeTensorsCheckpoint(SafeTensorsFile.Open(bin));
-            string binIndex = System.IO.Path.Combine(path, PyTorchIndexFileName);
-            if (File.Exists(binIndex)) return OpenIndex(binIndex);
+            if (WeightsFileIn(path) is { } file)
+                return file.EndsWith(".json", StringComparison.Ordinal) ? OpenIndex(file) : new SafeTensorsCheckpoint(SafeTensorsFile.Open(file));
             throw new FileNotFoundException(
-                $"{path} has none of {SingleFileName}, {IndexFileName}, {PyTorchFileName} or {PyTorchIndexFileName}", single);
+                $"{path} has none of {SingleFileName}, {IndexFileName}, {PyTorchFileName} or {PyTorchIndexFileName}", System.IO.Path.Combine(path, SingleFileName));
         }
         if (!File.Exists(path))
             throw new FileNotFoundException($"checkpoint {path} does not exist", path);
