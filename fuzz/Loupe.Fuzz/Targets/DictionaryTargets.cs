@@ -218,3 +218,35 @@ public sealed class DictionaryLearningTarget : FuzzTarget
 
     public override void Execute(string folder, FuzzInput input) => DictionaryChecks.EncodeDecode(DictionaryFile.Load(folder).Dictionary);
 }
+
+/// <summary>
+/// <c>CrosscoderFiles.Load</c> on crosscoder folders (dictionary_learning's trainer folder and hub layout, BatchTopK with its
+/// code normalisation, encoder_layers, torch.compile'd names; Kissane's {N}.pt + {N}_cfg.json), then encode/decode by source
+/// and the decoder diff.
+/// </summary>
+public sealed class CrosscoderTarget : FuzzTarget
+{
+    public override string Name => "crosscoder";
+    public override int DefaultIterations => 1500;
+
+    public override IReadOnlyList<Seed> BuildSeeds(SeedContext context)
+    {
+        string root = context.Repo("tests/data/crosscoders");
+        return [.. new[] { "dl-relu", "dl-compiled", "dl-batchtopk-hub", "dl-batchtopk-sae", "dl-encoder-layers", "kissane" }
+            .Select(name => SeedFiles.AllOf($"repo:tests/data/crosscoders/{name}", Path.Combine(root, name)))];
+    }
+
+    public override void Execute(string folder, FuzzInput input)
+    {
+        var cc = Loupe.Dictionaries.Crosscoders.CrosscoderFiles.Load(folder);
+        const int rows = 2;
+        var x = Enumerable.Range(0, cc.Sources.Count).Select(s => SeedFiles.Floats(rows * cc.Width, 9 + s, 2f)).ToArray();
+        var latents = cc.Encode(x, rows);
+        Require.Finite(latents, "encoded activations");
+        foreach (var recon in cc.Decode(latents, rows)) Require.Finite(recon, "reconstruction");
+        var diff = Loupe.Dictionaries.Crosscoders.CrosscoderDiff.Compute(cc);
+        foreach (var l in diff.Latents)
+            if (l.RelativeNorm is { } r && !(r >= 0 && r <= 1) || l.NormDiff is { } d && !(d >= 0 && d <= 1) || l.Cosine is { } c && !(c >= -1 && c <= 1))
+                throw new InvalidOperationException($"latent {l.Index}: statistics out of range ({l.RelativeNorm}, {l.NormDiff}, {l.Cosine})");
+    }
+}

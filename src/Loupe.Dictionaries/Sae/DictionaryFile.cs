@@ -44,6 +44,7 @@ public static class DictionaryFile
             if (File.Exists(Path.Combine(path, GemmaScopeFormat.ParamsFile))) return GemmaScopeFormat.Load(path, hookName);
             if (File.Exists(Path.Combine(path, GemmaScope2Format.ParamsFile))) return GemmaScope2Format.Load(path, hookName);
             if (DictionaryLearningFormat.IsDictionaryLearningFolder(path)) return DictionaryLearningFormat.Load(path, hookName);
+            if (Crosscoders.CrosscoderFiles.IsCrosscoder(path)) throw Crosscoders.CrosscoderFiles.NotAnSae(path);
             throw new FileNotFoundException(
                 $"no dictionary in folder '{path}': expected a SAELens {SaeLensFormat.ConfigFile} + {SaeLensFormat.WeightsFile}, a Gemma Scope {GemmaScopeFormat.ParamsFile}, a Gemma Scope 2 {GemmaScope2Format.ParamsFile}, a sparsify {SparsifyFormat.ConfigFile} + {SparsifyFormat.WeightsFile} or a dictionary_learning {DictionaryLearningFormat.WeightsFile} (+ config.json)" +
                 (Directory.EnumerateDirectories(path).Any(d => SparsifyFormat.IsSparsifyFolder(d)) ? " (this looks like a sparsify run: name one of its hookpoint folders, e.g. layers.6)" : ""), path);

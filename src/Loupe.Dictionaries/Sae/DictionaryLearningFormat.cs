@@ -20,7 +20,7 @@
 //   GatedAutoEncoder        decoder_bias [d], encoder.weight [F, d], r_mag, gate_bias, mag_bias [F], decoder.weight [d, F]
 //                           u = encoder(x − decoder_bias); f = 1[u + gate_bias > 0] · ReLU(exp(r_mag)·u + mag_bias);
 //                           x̂ = decoder(f) + decoder_bias                                         → jumprelu (GatedSae.cs)
-// Crosscoders are refused by name. Hooks come from submodule_name (resid_post/resid_out, mlp_out,
+// Crosscoders are read by CrosscoderFiles (`loupe crosscoder`); here they are pointed there. Hooks come from submodule_name (resid_post/resid_out, mlp_out,
 // attn_out, resid_pre, embed); without them, from the folder names: the Sparse Feature Circuits release has no config.json
 // (resid_out_layer3/…), and SAELens's copies of it are named {layer}-{res|mlp|att}-sm.
 using System.Globalization;
@@ -72,6 +72,7 @@ public static partial class DictionaryLearningFormat
 
         using var file = SaeLensFormat.OpenSafeTensors(weights);
         string dictClass = String(trainer, "dict_class", cfgPath) ?? Infer(file, weights);
+        if (dictClass.Contains("CrossCoder", StringComparison.Ordinal)) throw Crosscoders.CrosscoderFiles.NotAnSae(folder);
         if (!Classes.Contains(dictClass))
             throw InputError.Expected(trainer is null ? weights : cfgPath, "dict_class",
                 $"one of {string.Join(", ", Classes)}", dictClass);
@@ -225,6 +226,7 @@ public static partial class DictionaryLearningFormat
     // Which class a config-less ae.pt is, from its tensor names; TopK and BatchTopK hold the same ones.
     static string Infer(SafeTensorsFile file, string path)
     {
+        if (file.Names.Any(n => n.EndsWith("encoder.weight", StringComparison.Ordinal) && file.GetInfo(n).Shape.Length == 3)) throw Crosscoders.CrosscoderFiles.NotAnSae(path);
         if (file.Contains("group_sizes")) return "MatryoshkaBatchTopKSAE";
         if (file.Contains("r_mag")) return "GatedAutoEncoder";
         if (file.Contains("W_enc") && file.Contains("threshold")) return "JumpReluAutoEncoder";

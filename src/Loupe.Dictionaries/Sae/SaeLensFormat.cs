@@ -582,7 +582,7 @@ public static partial class SaeLensFormat
 
     // A hook name as TransformerLens writes them (blocks.3.hook_resid_post, hook_embed, blocks.0.attn.hook_z): ASCII
     // letters, digits, '_' and '.', at most 200 characters; empty means unknown.
-    static string CheckHookName(string name, string field, string cfgPath)
+    internal static string CheckHookName(string name, string field, string cfgPath)
     {
         if (name.Length == 0) return name;
         if (name.Length > 200 || !HookNameText().IsMatch(name))

@@ -1,0 +1,321 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using Loupe.Dictionaries.Crosscoders;
+using Loupe.Dictionaries.Harvest;
+using Loupe.Dictionaries.Sae;
+using Loupe.Models;
+using Spectre.Console;
+
+namespace Loupe.Cli.Commands;
+
+/// <summary>
+/// <c>loupe crosscoder</c>: model diffing and cross-layer features with crosscoders — <c>diff</c> (which latents write to
+/// which model, from the decoder alone), <c>eval</c> (reconstruction and spliced losses per model) and <c>train</c>.
+/// </summary>
+static class CrosscoderCommand
+{
+    const string LayoutHelp = "A crosscoder folder: dictionary_learning's (ae.pt + config.json, or model.safetensors + config.json, as " +
+                              "CrossCoder / BatchTopKCrossCoder save them), Kissane's ({N}.pt + {N}_cfg.json), or Loupe's (loupe crosscoder train). " +
+                              "Or hf:ORG/NAME[/PATH][@REVISION] for a hub folder in the safetensors layout";
+
+    public static Command Create()
+    {
+        var command = new Command("crosscoder",
+            "Crosscoders: one dictionary over the same hook of several models (model diffing: a base model and its fine-tune) or\n" +
+            "several layers of one model. Reads dictionary_learning's and Kissane's crosscoders; writes dictionary_learning's hub layout.\n\n" +
+            "Examples:\n" +
+            "  loupe crosscoder diff --crosscoder cc/ --models base,chat --out diff.json\n" +
+            "  loupe crosscoder eval --crosscoder cc/ --model base=gpt2 --model chat=./gpt2-chat --source brown:../shared/datasets/brown-corpus --out eval.json\n" +
+            "  loupe crosscoder train --model base=gpt2 --model chat=./gpt2-chat --hook blocks.6.hook_resid_post --d-sae 4096 --source text:corpus/ --out cc/");
+        command.Subcommands.Add(Diff());
+        command.Subcommands.Add(Eval());
+        command.Subcommands.Add(Train());
+        return command;
+    }
+
+    static Option<string> CrosscoderOption() => new("--crosscoder", "-c") { Description = LayoutHelp, Required = true };
+    static Option<string?> ModelsOption() => new("--models") { Description = "Labels of the sources, comma-separated (base,chat), or one label for a one-model crosscoder over several layers (default: the file's, else A, B, …)" };
+    static Option<string?> HooksOption() => new("--hooks") { Description = "The hook each source reads, comma-separated, or one for all (default: the file's: submodule_name, hook_point, or blocks.{layer}.hook_resid_post for dictionary_learning's layer)" };
+    static Option<string?> ScalesOption() => new("--input-scales") { Description = "The factor each source's activations were multiplied by in training, comma-separated (Kissane's runs normalised each model and did not save the factors; default: the file's, else 1)" };
+
+    static CrosscoderSourceOptions SourceOptions(ParseResult parse, Option<string?> models, Option<string?> hooks, Option<string?> scales) => new()
+    {
+        Models = List(parse.GetValue(models)),
+        Hooks = List(parse.GetValue(hooks)),
+        InputScales = List(parse.GetValue(scales))?.Select(v => float.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out float c) ? c
+            : throw InputError.Expected("argument", "--input-scales", "numbers like 0.5,1.2", v)).ToArray(),
+    };
+
+    static string[]? List(string? text) => text is null ? null : text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+
+    static Crosscoder Load(ParseResult parse, Option<string> crosscoder, CrosscoderSourceOptions sources)
+    {
+        string path = CliSupport.LocalPath(parse.GetValue(crosscoder)!, "--crosscoder");
+        return CliSupport.Status.Status().Start("reading the crosscoder", _ => CrosscoderFiles.Load(path, sources));
+    }
+
+    static Command Diff()
+    {
+        var crosscoder = CrosscoderOption();
+        var (models, hooks, scales) = (ModelsOption(), HooksOption(), ScalesOption());
+        var top = new Option<int>("--top") { Description = "Latents listed per class, most extreme first", DefaultValueFactory = _ => 20 };
+        var bins = new Option<int>("--bins") { Description = "Histogram bins", DefaultValueFactory = _ => 50 };
+        var onlyAbove = new Option<double>("--only-second-above") { Description = "Relative norm difference Δ above which only the second source uses a latent (Minder et al.)", DefaultValueFactory = _ => 0.9 };
+        var onlyBelow = new Option<double>("--only-first-below") { Description = "Δ below which only the first source uses it", DefaultValueFactory = _ => 0.1 };
+        var output = new Option<string?>("--out", "-o") { Description = "Write the whole diff (every latent) as JSON here (atomically)" };
+        var command = new Command("diff",
+            "Which latents write to which source, from the decoder alone: per latent the decoder norm in each source, the relative\n" +
+            "norm n_B / (n_A + n_B) (Anthropic 2024), the relative norm difference Δ = ½((n_B − n_A) / max + 1) (Minder et al. 2025),\n" +
+            "the decoder cosine, and a class: B only (Δ > 0.9), A only (Δ < 0.1), shared (0.4 ≤ Δ ≤ 0.6), other, dead.\n" +
+            "With more than two sources, each latent's peak source and its share of the summed norm.\n\n" +
+            "Example:\n  loupe crosscoder diff --crosscoder cc/ --models base,chat --out diff.json")
+        { crosscoder, models, hooks, scales, top, bins, onlyAbove, onlyBelow, output };
+        command.SetAction(parse => CliSupport.Guard(() =>
+        {
+            var options = new CrosscoderDiffOptions
+            {
+                Top = parse.GetValue(top), Bins = parse.GetValue(bins),
+                OnlySecondAbove = parse.GetValue(onlyAbove), OnlyFirstBelow = parse.GetValue(onlyBelow),
+            };
+            options.Validate();
+            string? outPath = parse.GetValue(output) is { } o ? CliSupport.OutputFile(o) : null;
+            var cc = Load(parse, crosscoder, SourceOptions(parse, models, hooks, scales));
+            var diff = CrosscoderDiff.Compute(cc, options);
+            Console.WriteLine($"{cc.Architecture} crosscoder, {cc.DSae.ToString("N0", CultureInfo.InvariantCulture)} latents over {cc.Sources.Count} sources of width {cc.Width}: " +
+                              string.Join(", ", cc.Sources.Select(s => s.ToString())));
+            Console.WriteLine($"  {cc.Origin}");
+            foreach (var (cls, count) in diff.Counts)
+                Console.WriteLine($"  {cls,-24} {count,8:N0}  ({100.0 * count / cc.DSae:F1}%)" +
+                                  (diff.Top.TryGetValue(cls, out var ids) && ids.Count > 0 ? $"   e.g. {string.Join(", ", ids.Take(8))}" : ""));
+            if (diff.NormDiffHistogram is { } h)
+                Console.WriteLine($"  {"Δ histogram [0 … 1]",-24} {Sparkline(h.Counts)}");
+            if (diff.SharedCosineHistogram is { } c && c.Counts.Sum() > 0)
+                Console.WriteLine($"  {"shared cosines [−1 … 1]",-24} {Sparkline(c.Counts)}");
+            if (outPath is not null)
+            {
+                string json = diff.ToJson();
+                OutputFiles.WriteAtomic(outPath, s => s.Write(System.Text.Encoding.UTF8.GetBytes(json)));
+                Console.WriteLine($"wrote {outPath}");
+            }
+            return 0;
+        }));
+        return command;
+    }
+
+    static Option<string[]> ModelListOption() => new("--model", "-m")
+    {
+        Description = "LABEL=MODEL for each model the crosscoder reads (a folder or hub id), repeated: --model base=gpt2 --model chat=./gpt2-chat. " +
+                      "A one-model crosscoder takes one. Models run on the CPU",
+        Required = true, AllowMultipleArgumentsPerToken = false,
+    };
+
+    // Loads each LABEL=MODEL once; the contexts are tokenised with the first model's tokenizer.
+    static Dictionary<string, HookedTransformer> LoadModels(ParseResult parse, Option<string[]> option)
+    {
+        var models = new Dictionary<string, HookedTransformer>(StringComparer.Ordinal);
+        foreach (var spec in parse.GetValue(option)!)
+        {
+            int eq = spec.IndexOf('=');
+            if (eq <= 0 || eq == spec.Length - 1) throw InputError.Expected("argument", "--model", "LABEL=MODEL, e.g. base=gpt2", spec);
+            string label = spec[..eq], path = spec[(eq + 1)..];
+            if (models.ContainsKey(label)) throw new InputError($"argument: --model: label '{label}' is given twice");
+            models[label] = CliSupport.LoadModel(path, cpuOnlyReason: "crosscoders run their models on the CPU so far", option: $"--model {label}=");
+        }
+        return models;
+    }
+
+    static void CheckSameTokens(IReadOnlyDictionary<string, HookedTransformer> models)
+    {
+        const string probe = "The quick brown fox, 1984 — naïve café.";
+        var encodings = models.Where(kv => kv.Value.Tokenizer is not null).Select(kv => (kv.Key, Ids: kv.Value.Tokenizer!.Encode(probe, addSpecialTokens: false))).ToArray();
+        for (int i = 1; i < encodings.Length; i++)
+            if (!encodings[i].Ids.SequenceEqual(encodings[0].Ids))
+                throw new InputError($"models {encodings[0].Key} and {encodings[i].Key} tokenise text differently; a crosscoder's models must read the same token ids");
+    }
+
+    static HarvestContexts Contexts(ParseResult parse, HookedTransformer first, Option<string> source, Option<int?> contextSize, Option<int> maxContexts, Option<int> seed)
+    {
+        int seedValue = parse.GetValue(seed);
+        var text = HarvestCommand.ParseSource(first, parse.GetValue(source)!, seedValue);
+        return CliSupport.Status.Status().Start("tokenizing into contexts",
+            _ => ContextBuilder.ForModel(first, text, CliSupport.ContextSize(parse.GetValue(contextSize), first), seedValue, CliSupport.Int(parse, maxContexts, 1)));
+    }
+
+    static Option<string> SourceOption() => new("--source")
+    {
+        Description = "Where the text comes from: brown:FOLDER, text:FILE_OR_FOLDER, jsonl:FILE (a \"text\" field per line), or generate:N (N samples from the first model)",
+        Required = true,
+    };
+
+    static Command Eval()
+    {
+        var crosscoder = CrosscoderOption();
+        var (models, hooks, scales) = (ModelsOption(), HooksOption(), ScalesOption());
+        var model = ModelListOption();
+        var source = SourceOption();
+        var contextSize = CliSupport.ContextSizeOption();
+        var maxContexts = new Option<int>("--max-contexts") { Description = "Evaluate at most this many contexts", DefaultValueFactory = _ => 64 };
+        var batchSize = new Option<int>("--batch-size") { Description = "Contexts per forward pass", DefaultValueFactory = _ => 8 };
+        var seed = new Option<int>("--seed") { Description = "Seed for shuffling contexts", DefaultValueFactory = _ => 0 };
+        var noLosses = new Option<bool>("--no-losses") { Description = "Skip the spliced runs (reconstruction metrics only)" };
+        var latentScaling = new Option<string?>("--latent-scaling")
+        {
+            Description = "Latent Scaling (Minder et al. 2025) of these latents: 'exclusive' (every latent `diff` classes as one model's only), or indices like 12,40; " +
+                          "ν^ε near 0 and ν^r near 0: the latent is really absent from the other model",
+        };
+        var output = new Option<string?>("--out", "-o") { Description = "Write the evaluation as JSON here (atomically)" };
+        var command = new Command("eval",
+            "Evaluate a crosscoder on the models it reads, on the same tokens: per source the fraction of variance unexplained and\n" +
+            "the cosine of reconstruction and activation; per model the next-token loss clean, with its sources replaced by their\n" +
+            "reconstructions (position 0 kept) and zero-ablated, and the loss recovered; L0, dead latents and each latent's density.\n\n" +
+            "Example:\n  loupe crosscoder eval --crosscoder cc/ --model base=gpt2 --model chat=./gpt2-chat --source brown:../shared/datasets/brown-corpus")
+        { crosscoder, models, hooks, scales, model, source, contextSize, maxContexts, batchSize, seed, noLosses, latentScaling, output };
+        command.SetAction(parse => CliSupport.Guard(() =>
+        {
+            int batch = CliSupport.Int(parse, batchSize, 1);
+            string? outPath = parse.GetValue(output) is { } o ? CliSupport.OutputFile(o) : null;
+            var cc = Load(parse, crosscoder, SourceOptions(parse, models, hooks, scales));
+            int[] scaled = parse.GetValue(latentScaling) is not { } which ? []
+                : which.Trim() == "exclusive" ? [.. CrosscoderDiff.Compute(cc).Latents.Where(l => l.Class.EndsWith(" only", StringComparison.Ordinal)).Select(l => l.Index)]
+                : [.. CliSupport.IntegerList(which, "--latent-scaling", "'exclusive' or latent indices like 12,40").Select(v => (int)Math.Clamp(v, -1, int.MaxValue))];
+            if (scaled.Length > 0 && cc.Sources.Count != 2) throw new InputError($"argument: --latent-scaling: compares two sources; this crosscoder has {cc.Sources.Count}");
+            var loaded = LoadModels(parse, model);
+            try
+            {
+                CheckSameTokens(loaded);
+                var first = loaded[cc.Sources[0].Model is var m && loaded.ContainsKey(m) ? m : loaded.Keys.First()];
+                var contexts = Contexts(parse, first, source, contextSize, maxContexts, seed);
+                CrosscoderEvalResult? result = null;
+                CliSupport.Status.Progress().AutoClear(true)
+                    .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                    .Start(ctx =>
+                    {
+                        var task = ctx.AddTask("evaluating", maxValue: contexts.Count);
+                        result = CrosscoderEvaluator.Evaluate(cc, loaded, contexts, new CrosscoderEvalOptions { BatchSize = batch, Losses = !parse.GetValue(noLosses), LatentScaling = scaled },
+                            new CliSupport.SyncProgress<int>(done => task.Value = done));
+                    });
+                var r = result!;
+                Console.WriteLine($"{cc.Architecture} crosscoder, {cc.DSae:N0} latents; {r.Contexts} contexts × {r.ContextSize} tokens, {r.Rows:N0} positions (position 0 left out)");
+                Console.WriteLine($"  L0 {r.L0:F2}   dead latents {r.DeadLatents:N0} ({100.0 * r.DeadLatents / r.DSae:F1}%)");
+                foreach (var s in r.Sources)
+                    Console.WriteLine($"  source {s.Source,-36} explained variance {s.ExplainedVariance:F4}   FVU {s.Fvu:F4}   cosine {s.CosineSimilarity:F4}");
+                foreach (var l in r.Models)
+                    Console.WriteLine($"  model {l.Model,-12} CE clean {l.CeClean:F4}   spliced {l.CeSpliced:F4}   zero-ablated {l.CeZeroAblated:F4}   loss recovered {l.LossRecovered:F4}");
+                if (r.LatentScales.Count > 0)
+                {
+                    Console.WriteLine($"  latent scaling of {r.LatentScales.Count} latents (ν^ε = β(ε other) / β(ε own), ν^r likewise on reconstructions; most exclusive first):");
+                    foreach (var l in r.LatentScales.Where(l => l.ActiveRows > 0).OrderBy(l => Math.Max(l.NuError, l.NuReconstruction)).Take(12))
+                        Console.WriteLine($"    latent {l.Index,7} ({l.Owner} only, {l.ActiveRows:N0} rows)   ν^ε {l.NuError,7:F3}   ν^r {l.NuReconstruction,7:F3}");
+                    if (r.LatentScales.Count(l => l.ActiveRows == 0) is > 0 and var silent) Console.WriteLine($"    {silent} never fired on this text");
+                }
+                if (outPath is not null)
+                {
+                    string json = JsonSerializer.Serialize(r, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals });
+                    OutputFiles.WriteAtomic(outPath, s => s.Write(System.Text.Encoding.UTF8.GetBytes(json)));
+                    Console.WriteLine($"wrote {outPath}");
+                }
+                return 0;
+            }
+            finally
+            {
+                foreach (var m in loaded.Values) m.Dispose();
+            }
+        }));
+        return command;
+    }
+
+    static Command Train()
+    {
+        var model = ModelListOption();
+        var hook = new Option<string>("--hook") { Description = "The hook every model's source reads (model diffing), or several comma-separated hooks of one model (a cross-layer crosscoder)", Required = true };
+        var source = SourceOption();
+        var contextSize = CliSupport.ContextSizeOption();
+        var maxContexts = new Option<int>("--max-contexts") { Description = "Train on at most this many contexts (held in memory; the size is printed first)", DefaultValueFactory = _ => 256 };
+        var dSae = new Option<int>("--d-sae") { Description = "Latents", Required = true };
+        var steps = new Option<int>("--steps") { Description = "Training steps", DefaultValueFactory = _ => 2000 };
+        var batchSize = new Option<int>("--batch-size") { Description = "Rows per step", DefaultValueFactory = _ => 256 };
+        var lr = new Option<float>("--lr") { Description = "Adam learning rate", DefaultValueFactory = _ => 1e-3f };
+        var l1 = new Option<float>("--l1") { Description = "λ of the L1 penalty λ·Σ_i f_i·Σ_s ‖W_dec^s[i]‖", DefaultValueFactory = _ => 1f };
+        var l1Warmup = new Option<int>("--l1-warmup") { Description = "Steps over which λ ramps up from 0", DefaultValueFactory = _ => 0 };
+        var noNormalize = new Option<bool>("--no-normalize") { Description = "Train on the raw activations (default: each source scaled to mean norm √d, the factors kept in the crosscoder)" };
+        var seed = new Option<int>("--seed") { Description = "Seed for the initialisation, the batches and the contexts", DefaultValueFactory = _ => 0 };
+        var output = new Option<string>("--out", "-o") { Description = "Output folder: model.safetensors + config.json (dictionary_learning's hub layout), written atomically", Required = true };
+        var command = new Command("train",
+            "Train a ReLU crosscoder (Anthropic 2024; dictionary_learning's CrossCoderTrainer) on the same tokens through every model:\n" +
+            "loss = Σ_s ‖x_s − x̂_s‖² + λ·Σ_i f_i·Σ_s ‖W_dec^s[i]‖. Position 0 (BOS) is left out; the activations are held in memory.\n\n" +
+            "Examples:\n" +
+            "  loupe crosscoder train --model base=gpt2 --model chat=./gpt2-chat --hook blocks.6.hook_resid_post --d-sae 4096 --source text:corpus/ --out cc/\n" +
+            "  loupe crosscoder train --model gpt2=gpt2 --hook blocks.4.hook_resid_post,blocks.5.hook_resid_post,blocks.6.hook_resid_post --d-sae 4096 --source text:corpus/ --out xl/")
+        { model, hook, source, contextSize, maxContexts, dSae, steps, batchSize, lr, l1, l1Warmup, noNormalize, seed, output };
+        command.SetAction(parse => CliSupport.Guard(() =>
+        {
+            var training = new SaeTrainingOptions
+            {
+                Steps = CliSupport.Int(parse, steps, 1), BatchSize = CliSupport.Int(parse, batchSize, 1), LearningRate = parse.GetValue(lr),
+                SparsityCoefficient = parse.GetValue(l1), SparsityWarmupSteps = CliSupport.Int(parse, l1Warmup, 0), BDecInit = BDecInit.Zeros,
+                Seed = parse.GetValue(seed),
+            };
+            training.Validate();
+            int features = CliSupport.Int(parse, dSae, 1);
+            string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
+            var hooks = List(parse.GetValue(hook)) ?? [];
+            var loaded = LoadModels(parse, model);
+            try
+            {
+                CheckSameTokens(loaded);
+                CrosscoderSource[] sources = loaded.Count > 1
+                    ? hooks.Length == 1 ? [.. loaded.Keys.Select(l => new CrosscoderSource(l, hooks[0]))]
+                        : throw new InputError($"argument: --hook: model diffing reads one hook in every model; got {hooks.Length} for {loaded.Count} models")
+                    : hooks.Length >= 2 ? [.. hooks.Select(h => new CrosscoderSource(loaded.Keys.First(), h))]
+                        : throw new InputError("argument: --hook: a one-model crosscoder reads at least two hooks (comma-separated); for two models give --model twice");
+                var first = loaded[sources[0].Model];
+                int width = Width(first, sources[0].Hook);
+                foreach (var s in sources)
+                    if (Width(loaded[s.Model], s.Hook) is var w && w != width)
+                        throw new InputError($"source {s}: width {w}, but {sources[0]} has {width}; a crosscoder's sources share one width");
+                var paired = new PairedActivations(sources, width, loaded);
+                var contexts = Contexts(parse, first, source, contextSize, maxContexts, seed);
+                long bytes = CrosscoderTraining.EstimateRowBytes(contexts.Count, contexts.ContextSize, sources.Length, width);
+                Console.Error.WriteLine($"{contexts.Count} contexts × {contexts.ContextSize - 1} positions × {sources.Length} sources × d {width}: {CliSupport.FormatBytes(bytes)} of activations in memory");
+                var rows = CliSupport.Status.Status().Start("running the models", _ => CrosscoderTraining.CollectRows(paired, contexts));
+                var options = new CrosscoderTrainingOptions { DSae = features, Training = training, NormalizeSources = !parse.GetValue(noNormalize) };
+                var trained = CliSupport.Status.Status().Start($"training {features:N0} latents for {training.Steps:N0} steps", _ => CrosscoderTraining.Train(sources, width, rows, options));
+                var last = trained.Steps[^1];
+                CrosscoderFiles.Save(folder, trained.Crosscoder, new Dictionary<string, string>
+                {
+                    ["models"] = string.Join(",", loaded.Select(kv => $"{kv.Key}={kv.Value.Source}")),
+                    ["contexts"] = $"{contexts.Count} × {contexts.ContextSize} from {contexts.SourceDescription} ({contexts.Sha256()})",
+                    ["steps"] = training.Steps.ToString(CultureInfo.InvariantCulture), ["l1"] = training.SparsityCoefficient.ToString(CultureInfo.InvariantCulture),
+                });
+                Console.WriteLine($"trained: mse {last.Mse:G4}, L0 {last.L0:F1}, explained variance {last.ExplainedVariance:F4}; input scales {string.Join(", ", trained.Crosscoder.InputScales.Select(c => c.ToString("G4", CultureInfo.InvariantCulture)))}");
+                var diff = CrosscoderDiff.Compute(trained.Crosscoder);
+                Console.WriteLine("  " + string.Join(", ", diff.Counts.Select(kv => $"{kv.Key}: {kv.Value}")));
+                Console.WriteLine($"wrote {folder}");
+                return 0;
+            }
+            finally
+            {
+                foreach (var m in loaded.Values) m.Dispose();
+            }
+        }));
+        return command;
+    }
+
+    // The per-position width of a hook, from the model's declared hook points.
+    static int Width(HookedTransformer model, string hook)
+    {
+        var point = model.HookPoints.FirstOrDefault(p => p.Name == hook)
+            ?? throw new InputError($"argument: --hook: '{hook}' is not a hook point of this model; closest names: {string.Join(", ", Loupe.Models.Hooks.HookNames.Closest(hook, model.HookPointNames))}");
+        if (point.Axes.Count != 3 || point.Sizes[^1] is not int d)
+            throw new InputError($"argument: --hook: '{hook}' has axes [{string.Join(", ", point.Axes)}]; a crosscoder reads per-position vectors [batch, pos, d]");
+        return d;
+    }
+
+    static string Sparkline(long[] counts)
+    {
+        const string bars = "▁▂▃▄▅▆▇█";
+        long max = Math.Max(1, counts.Max());
+        return string.Concat(counts.Select(c => c == 0 ? ' ' : bars[(int)Math.Min(bars.Length - 1, c * bars.Length / (max + 1))]));
+    }
+}

@@ -1,0 +1,108 @@
+// Training a ReLU crosscoder (Anthropic 2024; dictionary_learning's CrossCoderTrainer; Kissane's replication) on its models'
+// activations, with the SAE trainer on the concatenated sources:
+//   loss = Σ_s ‖c_s·x_s − x̂_s‖² (mean over rows) + λ·Σ_i f_i·Σ_s ‖W_dec^s[i]‖            (CrosscoderReluActivation)
+// 1. Rows: PairedActivations over the contexts, held in memory ([rows, S·d] floats; the estimate is the caller's to print).
+// 2. Input scales c_s: 1, the caller's, or √d / mean‖x_s‖ per source (Kissane's normalisation), kept in the crosscoder.
+// 3. Initialisation: W_dec rows random, each source's segment of norm DecoderInitNorm (Kissane: 0.08, per model);
+//    W_enc = W_decᵀ; biases 0 — then SaeTrainer (Adam, warm-up, decay, gradient clipping, λ warm-up, b_dec from the rows).
+using System.Numerics.Tensors;
+using Loupe.Dictionaries.Harvest;
+using Loupe.Dictionaries.Sae;
+using Loupe.Models;
+
+namespace Loupe.Dictionaries.Crosscoders;
+
+/// <summary>How a crosscoder trains.</summary>
+public sealed record CrosscoderTrainingOptions
+{
+    /// <summary>F, the number of latents.</summary>
+    public int DSae { get; init; } = 256;
+
+    /// <summary>The SAE trainer's settings (SparsityCoefficient is λ of the crosscoder's L1).</summary>
+    public SaeTrainingOptions Training { get; init; } = new() { SparsityCoefficient = 1f, BDecInit = BDecInit.Zeros };
+
+    /// <summary>The norm of each source's decoder segment at initialisation.</summary>
+    public float DecoderInitNorm { get; init; } = 0.08f;
+
+    /// <summary>Scale each source to mean norm √d before training (and keep the factors in the crosscoder).</summary>
+    public bool NormalizeSources { get; init; } = true;
+
+    /// <summary>Contexts per forward pass while collecting rows.</summary>
+    public int BatchSize { get; init; } = 8;
+}
+
+/// <summary>Trains a crosscoder (see the file header).</summary>
+public static class CrosscoderTraining
+{
+    /// <summary>Bytes the rows of <paramref name="contexts"/> take in memory: contexts·(T − 1)·S·d floats, twice (per source, then concatenated).</summary>
+    public static long EstimateRowBytes(int contexts, int contextSize, int sources, int width) =>
+        2L * contexts * (contextSize - 1) * sources * width * sizeof(float);
+
+    /// <summary>Every source's rows [contexts·(T − 1), d] over <paramref name="contexts"/>.</summary>
+    public static float[][] CollectRows(PairedActivations paired, HarvestContexts contexts, int batchSize = 8, IProgress<int>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(paired);
+        ArgumentNullException.ThrowIfNull(contexts);
+        int T = contexts.ContextSize, n = paired.Sources.Count, d = paired.Width;
+        if (T < 2) throw new InputError("argument: --context-size: a crosscoder trains on contexts of at least 2 tokens (position 0 is left out)");
+        long total = (long)contexts.Count * (T - 1) * d;
+        if (total > Array.MaxLength) throw new InputError($"{contexts.Count} contexts × {T - 1} positions × d = {d} do not fit one array per source; lower --max-contexts");
+        var rows = Enumerable.Range(0, n).Select(_ => new float[total]).ToArray();
+        for (int start = 0; start < contexts.Count; start += batchSize)
+        {
+            int b = Math.Min(batchSize, contexts.Count - start);
+            var ids = new int[b * T];
+            for (int i = 0; i < b; i++) contexts.Contexts[start + i].CopyTo(ids, i * T);
+            var (x, _) = paired.Run(ids, b, T);
+            for (int s = 0; s < n; s++) x[s].CopyTo(rows[s], (long)start * (T - 1) * d);
+            progress?.Report(start + b);
+        }
+        return rows;
+    }
+
+    /// <summary>Trains a crosscoder over <paramref name="sources"/> on their <paramref name="rows"/> (each [rows, d]); returns it and the step metrics.</summary>
+    /// <exception cref="InputError">Invalid options, or rows that do not match.</exception>
+    public static (Crosscoder Crosscoder, List<SaeStepMetrics> Steps) Train(IReadOnlyList<CrosscoderSource> sources, int width, IReadOnlyList<float[]> rows,
+        CrosscoderTrainingOptions options, float[]? inputScales = null)
+    {
+        ArgumentNullException.ThrowIfNull(sources);
+        ArgumentNullException.ThrowIfNull(rows);
+        ArgumentNullException.ThrowIfNull(options);
+        int n = sources.Count, d = width;
+        if (options.DSae < 1) throw new InputError($"argument: --d-sae: expected at least 1, got {options.DSae}");
+        if (!(options.DecoderInitNorm > 0) || !float.IsFinite(options.DecoderInitNorm)) throw new InputError($"argument: --decoder-init-norm: expected a positive number, got {options.DecoderInitNorm}");
+        var activation = new CrosscoderReluActivation(n);
+        var shape = SaeShape.Sae(n * d, options.DSae, applyBDecToInput: false);
+        options.Training.Validate(shape, activation);
+        int count = rows[0].Length / d;
+        if (count == 0) throw new InputError("no rows to train on");
+        var scales = inputScales ?? (options.NormalizeSources ? PairedActivations.NormScales(rows, d) : Enumerable.Repeat(1f, n).ToArray());
+
+        var dict = new SparseDictionary(shape, activation);
+        var cc = new Crosscoder(sources, d, dict, scales) { Architecture = "relu" };
+        Initialize(dict, n, d, options.Training.Seed, options.DecoderInitNorm);
+        var x = cc.Concatenate(rows, count);
+        var trainer = new SaeTrainer(dict, options.Training);
+        var steps = trainer.Train(x);
+        return (cc, steps);
+    }
+
+    // W_dec rows Gaussian with each source's segment at norm `norm`; W_enc = W_decᵀ; biases 0.
+    static void Initialize(SparseDictionary dict, int n, int d, int seed, float norm)
+    {
+        var p = dict.P;
+        var rng = new Random(seed);
+        int f = dict.Shape.DSae, dOut = n * d;
+        for (int i = 0; i < f; i++)
+            for (int s = 0; s < n; s++)
+            {
+                var seg = p.WDec.AsSpan(i * dOut + s * d, d);
+                for (int j = 0; j < d; j++) seg[j] = SparseDictionary.Gaussian(rng);
+                TensorPrimitives.Multiply(seg, norm / TensorPrimitives.Norm(seg), seg);
+            }
+        for (int i = 0; i < f; i++)
+            for (int j = 0; j < dOut; j++) p.WEnc[j * f + i] = p.WDec[i * dOut + j];
+        Array.Clear(p.BEnc);
+        Array.Clear(p.BDec);
+    }
+}

@@ -1,0 +1,116 @@
+using System.Text.Json;
+using Loupe.Dictionaries.Crosscoders;
+using Loupe.Models.Loading;
+using Loupe.Testing;
+using static Loupe.Cli.Tests.CliHarness;
+
+namespace Loupe.Cli.Tests;
+
+/// <summary>
+/// <c>loupe crosscoder diff|eval|train</c>: the diff of a Kissane-layout fixture against its Python statistics, and model
+/// diffing end to end on stories260K and a copy whose embeddings of every fourth token carry one added direction.
+/// </summary>
+[Collection("console")]
+public sealed class CrosscoderCliTests : IDisposable
+{
+    readonly string _root = Directory.CreateTempSubdirectory("loupe-cli-crosscoder").FullName;
+
+    public void Dispose() => Directory.Delete(_root, recursive: true);
+
+    [Fact]
+    public void Diff_prints_the_classes_and_writes_every_latent()
+    {
+        string json = Path.Combine(_root, "diff.json");
+        var (code, stdout, err) = RunLoupe("crosscoder", "diff", "--crosscoder", SharedData.TestData("crosscoders/kissane"), "--models", "base,chat", "--out", json);
+        Assert.True(code == 0, err);
+        Assert.Contains("relu crosscoder, 8 latents over 2 sources of width 5: base:blocks.1.hook_resid_pre, chat:blocks.1.hook_resid_pre", stdout);
+        Assert.Matches(@"base only\s+2", stdout);
+        Assert.Matches(@"chat only\s+1", stdout);
+        Assert.Matches(@"dead\s+1", stdout);
+        using var doc = JsonDocument.Parse(File.ReadAllBytes(json));
+        var latents = doc.RootElement.GetProperty("latents");
+        Assert.Equal(8, latents.GetArrayLength());
+        Assert.Equal(1.0 / 3, latents[4].GetProperty("relative_norm").GetDouble(), 1e-6);
+        Assert.Equal("dead", latents[3].GetProperty("class").GetString());
+        Assert.Equal(["base", "chat"], doc.RootElement.GetProperty("sources").EnumerateArray().Select(e => e.GetString()));
+    }
+
+    [Fact]
+    public void Bad_arguments_are_refused_by_name()
+    {
+        string cc = SharedData.TestData("crosscoders/kissane");
+        AssertRefused(RunLoupe("crosscoder", "diff", "--crosscoder", cc, "--models", "a,b,c"), "--models", "3 labels");
+        AssertRefused(RunLoupe("crosscoder", "diff", "--crosscoder", cc, "--input-scales", "1,x"), "--input-scales");
+        AssertRefused(RunLoupe("crosscoder", "diff", "--crosscoder", cc, "--only-second-above", "0.05"), "only-second");
+        AssertRefused(RunLoupe("crosscoder", "diff", "--crosscoder", _root), "no crosscoder");
+        string gpt2 = SharedData.TestData("reference/gpt2");
+        AssertRefused(RunLoupe("crosscoder", "eval", "--crosscoder", cc, "--model", gpt2, "--source", "generate:2"), "--model", "LABEL=MODEL");
+        AssertRefused(RunLoupe("crosscoder", "train", "--model", $"a={gpt2}", "--hook", "blocks.1.hook_resid_post", "--d-sae", "8", "--source", "generate:2", "--out", Path.Combine(_root, "x")),
+            "--hook", "at least two hooks");
+        AssertRefused(RunLoupe("crosscoder", "train", "--model", $"a={gpt2}", "--hook", "blocks.1.hook_resid_post,blocks.1.attn.hook_pattern", "--d-sae", "8", "--source", "generate:2", "--out", Path.Combine(_root, "x")),
+            "blocks.1.attn.hook_pattern", "per-position vectors");
+    }
+
+    [RequiresSharedFact("models/stories260K")]
+    public void Train_eval_and_diff_find_what_the_fine_tune_added()
+    {
+        string chat = FineTunedStories();
+        string cc = Path.Combine(_root, "cc");
+        var (code, stdout, err) = RunLoupe("crosscoder", "train", "--model", $"base={SharedData.Require("models/stories260K")}", "--model", $"chat={chat}",
+            "--hook", "blocks.0.hook_resid_pre", "--d-sae", "512", "--source", "generate:48", "--context-size", "64", "--max-contexts", "48",
+            "--steps", "1500", "--batch-size", "128", "--lr", "3e-3", "--l1", "0.5", "--l1-warmup", "100", "--out", cc);
+        Assert.True(code == 0, err);
+        Assert.Contains("of activations in memory", err);
+        Assert.Contains("wrote", stdout);
+        var trained = CrosscoderFiles.Load(cc);
+        Assert.Equal([new CrosscoderSource("base", "blocks.0.hook_resid_pre"), new CrosscoderSource("chat", "blocks.0.hook_resid_pre")], trained.Sources);
+
+        string evalJson = Path.Combine(_root, "eval.json");
+        (code, stdout, err) = RunLoupe("crosscoder", "eval", "--crosscoder", cc, "--model", $"base={SharedData.Require("models/stories260K")}", "--model", $"chat={chat}",
+            "--source", "generate:8", "--seed", "3", "--context-size", "32", "--max-contexts", "8", "--latent-scaling", "exclusive", "--out", evalJson);
+        Assert.True(code == 0, err);
+        using (var doc = JsonDocument.Parse(File.ReadAllBytes(evalJson)))
+        {
+            foreach (var s in doc.RootElement.GetProperty("sources").EnumerateArray())
+                Assert.True(s.GetProperty("explained_variance").GetDouble() > 0.8, s.ToString());
+            foreach (var m in doc.RootElement.GetProperty("models").EnumerateArray())
+                Assert.True(m.GetProperty("loss_recovered").GetDouble() > 0.8, m.ToString());
+            // every exclusive latent scaled, against its owner's decoder
+            var scales = doc.RootElement.GetProperty("latent_scales").EnumerateArray().ToArray();
+            Assert.NotEmpty(scales);
+            Assert.All(scales, l => Assert.Contains(l.GetProperty("owner").GetString(), new[] { "base", "chat" }));
+            Assert.Contains("latent scaling of", stdout);
+        }
+
+        string diffJson = Path.Combine(_root, "diff.json");
+        (code, stdout, err) = RunLoupe("crosscoder", "diff", "--crosscoder", cc, "--out", diffJson);
+        Assert.True(code == 0, err);
+        // the added direction is chat's alone: latents only chat uses, (almost) none only base uses
+        using var diff = JsonDocument.Parse(File.ReadAllBytes(diffJson));
+        int Count(string cls) => diff.RootElement.GetProperty("counts").TryGetProperty(cls, out var v) ? v.GetInt32() : 0;
+        Assert.True(Count("chat only") >= 5 && Count("chat only") > 4 * Count("base only"), stdout);
+    }
+
+    // stories260K with one random direction (norm 1.5) added to the embedding of every token id ≡ 0 mod 4 from 4 on.
+    string FineTunedStories()
+    {
+        string from = SharedData.Require("models/stories260K"), to = Path.Combine(_root, "stories-chat");
+        Directory.CreateDirectory(to);
+        foreach (var f in new[] { "config.json", "tokenizer.json" }) File.Copy(Path.Combine(from, f), Path.Combine(to, f));
+        var rng = new Random(3);
+        var direction = Enumerable.Range(0, 64).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        float scale = 1.5f / System.Numerics.Tensors.TensorPrimitives.Norm(direction);
+        var entries = new List<SafeTensorEntry>();
+        using (var file = SafeTensorsFile.Open(Path.Combine(from, "model.safetensors")))
+            foreach (var name in file.Names)
+            {
+                var data = file.GetFloat32(name).ToArray();
+                if (name == "model.embed_tokens.weight")
+                    for (int t = 4; t < 512; t += 4)
+                        for (int j = 0; j < 64; j++) data[t * 64 + j] += scale * direction[j];
+                entries.Add(SafeTensorEntry.F32(name, [.. file.GetInfo(name).Shape.Select(v => (int)v)], data));
+            }
+        SafeTensorsWriter.Write(Path.Combine(to, "model.safetensors"), entries);
+        return to;
+    }
+}
