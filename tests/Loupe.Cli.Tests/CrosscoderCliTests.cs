@@ -89,6 +89,17 @@ public sealed class CrosscoderCliTests : IDisposable
         using var diff = JsonDocument.Parse(File.ReadAllBytes(diffJson));
         int Count(string cls) => diff.RootElement.GetProperty("counts").TryGetProperty(cls, out var v) ? v.GetInt32() : 0;
         Assert.True(Count("chat only") >= 5 && Count("chat only") > 4 * Count("base only"), stdout);
+
+        // a feature store of the crosscoder, read back as any dictionary's
+        string db = Path.Combine(_root, "features.db");
+        (code, stdout, err) = RunLoupe("crosscoder", "features", "--crosscoder", cc, "--model", $"base={SharedData.Require("models/stories260K")}", "--model", $"chat={chat}",
+            "--source", "generate:12", "--context-size", "32", "--max-contexts", "12", "--top", "4", "--out", db);
+        Assert.True(code == 0, err);
+        Assert.Contains("512 latents over 372 tokens", stdout);
+        int latent = diff.RootElement.GetProperty("top").GetProperty("chat only")[0].GetInt32();
+        (code, stdout, err) = RunLoupe("features", "top", "--db", db, "-f", latent.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        Assert.True(code == 0, err);
+        Assert.Contains($"feature {latent} of 512 at base:blocks.0.hook_resid_pre+chat:blocks.0.hook_resid_pre", stdout);
     }
 
     // stories260K with one random direction (norm 1.5) added to the embedding of every token id ≡ 0 mod 4 from 4 on.

@@ -27,10 +27,12 @@ static class CrosscoderCommand
             "Examples:\n" +
             "  loupe crosscoder diff --crosscoder cc/ --models base,chat --out diff.json\n" +
             "  loupe crosscoder eval --crosscoder cc/ --model base=gpt2 --model chat=./gpt2-chat --source brown:../shared/datasets/brown-corpus --out eval.json\n" +
-            "  loupe crosscoder train --model base=gpt2 --model chat=./gpt2-chat --hook blocks.6.hook_resid_post --d-sae 4096 --source text:corpus/ --out cc/");
+            "  loupe crosscoder train --model base=gpt2 --model chat=./gpt2-chat --hook blocks.6.hook_resid_post --d-sae 4096 --source text:corpus/ --out cc/\n" +
+            "  loupe crosscoder features --crosscoder cc/ --model base=gpt2 --model chat=./gpt2-chat --source text:corpus/ --out cc/features.db");
         command.Subcommands.Add(Diff());
         command.Subcommands.Add(Eval());
         command.Subcommands.Add(Train());
+        command.Subcommands.Add(Features());
         return command;
     }
 
@@ -299,6 +301,72 @@ static class CrosscoderCommand
                 foreach (var m in loaded.Values) m.Dispose();
             }
         }));
+        return command;
+    }
+
+    static Command Features()
+    {
+        var crosscoder = CrosscoderOption();
+        var (models, hooks, scales) = (ModelsOption(), HooksOption(), ScalesOption());
+        var model = ModelListOption();
+        var source = SourceOption();
+        var contextSize = CliSupport.ContextSizeOption();
+        var maxContexts = new Option<int>("--max-contexts") { Description = "Read at most this many contexts", DefaultValueFactory = _ => 1000 };
+        var seed = new Option<int>("--seed") { Description = "Seed for shuffling contexts and the interval samples", DefaultValueFactory = _ => 0 };
+        var batchSize = new Option<int>("--batch-size") { Description = "Contexts per forward pass", DefaultValueFactory = _ => 8 };
+        var top = new Option<int>("--top") { Description = "Top activating contexts kept per latent", DefaultValueFactory = _ => 20 };
+        var window = new Option<int>("--window") { Description = "Tokens kept either side of each example", DefaultValueFactory = _ => 16 };
+        var resume = new Option<bool>("--resume") { Description = "Continue a killed build from its checkpoint OUT.checkpoint (same models, crosscoder, corpus and settings)" };
+        var output = new Option<string>("--out", "-o") { Description = "The feature store to write (SQLite, atomically)", Required = true };
+        var command = new Command("features",
+            "Build a feature store for a crosscoder: per latent its density, top activating contexts, interval samples and\n" +
+            "activation histogram, from every model on the same tokens; read it with `loupe features top --store OUT`, explain it\n" +
+            "with `loupe explain --store OUT`, serve it with `loupe serve --features OUT`.\n\n" +
+            "Example:\n  loupe crosscoder features --crosscoder cc/ --model base=gpt2 --model chat=./gpt2-chat --source text:corpus/ --out cc/features.db")
+        { crosscoder, models, hooks, scales, model, source, contextSize, maxContexts, seed, batchSize, top, window, resume, output };
+        command.SetAction((parse, cancellationToken) => Task.FromResult(CliSupport.Guard(() =>
+        {
+            var options = new Loupe.Dictionaries.Features.FeatureBuildOptions
+            {
+                BatchSize = parse.GetValue(batchSize), TopK = parse.GetValue(top), Window = parse.GetValue(window), Seed = parse.GetValue(seed),
+                Resume = parse.GetValue(resume), LogitCount = 0,
+            };
+            options.Validate();
+            string outPath = CliSupport.OutputFile(parse.GetValue(output)!);
+            string path = CliSupport.LocalPath(parse.GetValue(crosscoder)!, "--crosscoder");
+            var cc = CliSupport.Status.Status().Start("reading the crosscoder", _ => CrosscoderFiles.Load(path, SourceOptions(parse, models, hooks, scales)));
+            var loaded = LoadModels(parse, model);
+            try
+            {
+                CheckSameTokens(loaded);
+                var paired = new PairedActivations(cc.Sources, cc.Width, loaded);
+                var contexts = Contexts(parse, paired.First, source, contextSize, maxContexts, seed);
+                long state = Loupe.Dictionaries.Features.FeatureDashboardBuilder.EstimateStateBytes(cc.DSae, options);
+                Console.Error.WriteLine($"memory: ≈ {CliSupport.FormatBytes(state)} of per-latent state (top {options.TopK}, ±{options.Window} windows)");
+                Loupe.Dictionaries.Features.FeatureBuildSummary? summary = null;
+                CliSupport.Status.Progress().AutoClear(true)
+                    .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                    .Start(ctx =>
+                    {
+                        var tasks = new Dictionary<string, ProgressTask>();
+                        var progress = new CliSupport.SyncProgress<Loupe.Dictionaries.Features.FeatureBuildProgress>(p =>
+                        {
+                            if (!tasks.TryGetValue(p.Stage, out var task)) tasks[p.Stage] = task = ctx.AddTask(p.Stage, maxValue: Math.Max(1, p.Total));
+                            task.MaxValue = Math.Max(1, p.Total);
+                            task.Value = p.Done;
+                        });
+                        summary = CrosscoderFeatures.Build(cc, paired, contexts, outPath, options, path, progress, cancellationToken);
+                    });
+                var r = summary!;
+                Console.WriteLine($"{r.DSae:N0} latents over {r.Tokens:N0} tokens: {r.DeadFeatures:N0} never fired; {r.Examples:N0} examples from {r.ContextsStored:N0} contexts");
+                Console.WriteLine($"wrote {r.Path}");
+                return 0;
+            }
+            finally
+            {
+                foreach (var m in loaded.Values) m.Dispose();
+            }
+        })));
         return command;
     }
 

@@ -15,9 +15,9 @@
 //      W_enc [2, d, F]  b_enc [F]  W_dec [F, 2, d]  b_dec [2, d];  same f and x̂
 //    saved as {N}.pt beside {N}_cfg.json (d_in, dict_size, hook_point, model_name, …). Its training normalised each
 //    model's activations by a factor it did not save: pass them as input scales.
-// 3. Loupe: the hub-mixin layout of (1), which dictionary_learning's CrossCoder.from_pretrained(…, from_hub=True) reads,
-//    with a "loupe" object in config.json naming the sources and input scales.
-// Sources: the "loupe" object, else the hook the config names (submodule_name; dictionary_learning's crosscoder script reads
+// 3. Loupe: the hub-mixin layout of (1) (config.json holds only the constructor's arguments), with a "loupe" JSON object in
+//    the safetensors metadata naming the sources, input scales and provenance.
+// Sources: the "loupe" metadata, else the hook the config names (submodule_name; dictionary_learning's crosscoder script reads
 // layer_{layer}_out, the block's output = hook_resid_post; Kissane's hook_point), one per model, labelled A, B, …; the
 // caller's models and hooks override them.
 using System.Globalization;
@@ -54,6 +54,9 @@ public static class CrosscoderFiles
 
     const string CompiledPrefix = "_orig_mod.";
 
+    /// <summary>The safetensors metadata key of Loupe's own record (sources, input scales, provenance) in a saved crosscoder.</summary>
+    public const string LoupeMetadataKey = "loupe";
+
     /// <summary>True when <paramref name="path"/> looks like a crosscoder (folder or weights file) in a layout Loupe reads.</summary>
     public static bool IsCrosscoder(string path)
     {
@@ -81,7 +84,11 @@ public static class CrosscoderFiles
                                     "and Kissane's ({N}.pt + {N}_cfg.json) layouts");
         JsonObject? cfg = config is null ? null : SaeLensFormat.ReadJsonObject(config);
         using var file = SaeLensFormat.OpenSafeTensors(weights);
-        return layout == Layout.Kissane ? ReadKissane(file, weights, cfg, config, options) : ReadDictionaryLearning(file, weights, cfg, config, layout, options);
+        JsonObject? loupe = null;
+        if (file.Metadata.TryGetValue(LoupeMetadataKey, out var text))
+            loupe = JsonInput.ParseNode(System.Text.Encoding.UTF8.GetBytes(text), $"{weights} (metadata '{LoupeMetadataKey}')") as JsonObject
+                ?? throw new InputError($"{weights}: metadata '{LoupeMetadataKey}' is not a JSON object");
+        return layout == Layout.Kissane ? ReadKissane(file, weights, cfg, config, loupe, options) : ReadDictionaryLearning(file, weights, cfg, config, loupe, layout, options);
     }
 
     enum Layout { TrainerFolder, Hub, Kissane }
@@ -92,7 +99,7 @@ public static class CrosscoderFiles
         string folder = Directory.Exists(path) ? path : Path.GetDirectoryName(path)!;
         string? file = File.Exists(path) ? path : null;
         string name = file is null ? "" : Path.GetFileName(file);
-        if ((file is null || name == WeightsFile) && File.Exists(Path.Combine(folder, WeightsFile)) && File.Exists(Path.Combine(folder, ConfigFile)))
+        if ((file is null || name == WeightsFile) && File.Exists(Path.Combine(folder, WeightsFile)) && HasFields(Path.Combine(folder, ConfigFile), "activation_dim", "dict_size"))
             return (Path.Combine(folder, WeightsFile), Path.Combine(folder, ConfigFile), Layout.Hub);
         if ((file is null || name == DictionaryLearningFormat.WeightsFile) && File.Exists(Path.Combine(folder, DictionaryLearningFormat.WeightsFile)))
         {
@@ -111,13 +118,22 @@ public static class CrosscoderFiles
     {
         string folder = Path.GetDirectoryName(weights)!, stem = Path.GetFileNameWithoutExtension(weights);
         foreach (var c in new[] { $"{stem}_cfg.json", "cfg.json", "cc_cfg.json" })
-            if (File.Exists(Path.Combine(folder, c))) return Path.Combine(folder, c);
+            if (HasFields(Path.Combine(folder, c), "d_in", "dict_size")) return Path.Combine(folder, c);
         return null;
+    }
+
+    // Whether `path` is a JSON object holding every field: what tells a crosscoder's config from a model's or an SAE's
+    // (a model folder also holds config.json + model.safetensors; a SAELens folder cfg.json + a weights file).
+    static bool HasFields(string path, params string[] fields)
+    {
+        if (!File.Exists(path)) return false;
+        try { return SaeLensFormat.ReadJsonObject(path) is var o && fields.All(o.ContainsKey); }
+        catch (InputError) { return false; }
     }
 
     // ---- dictionary_learning ----
 
-    static Crosscoder ReadDictionaryLearning(SafeTensorsFile file, string path, JsonObject? cfg, string? cfgPath, Layout layout, CrosscoderSourceOptions options)
+    static Crosscoder ReadDictionaryLearning(SafeTensorsFile file, string path, JsonObject? cfg, string? cfgPath, JsonObject? loupe, Layout layout, CrosscoderSourceOptions options)
     {
         var names = Names(file);
         JsonObject? trainer = layout == Layout.TrainerFolder && cfg is not null
@@ -162,8 +178,8 @@ public static class CrosscoderFiles
                 dec.AsSpan((int)(((long)l * f + i) * d), d).CopyTo(p.WDec.AsSpan((int)(((long)i * n + l) * d), d));
         CltFiles.Read(file, path, names["decoder.bias"], [n, d], p.BDec);
 
-        var sources = Sources(options, n, cfg?["loupe"] as JsonObject, where, HookFromConfig(settings, where));
-        float[] scales = Scales(options, n, cfg?["loupe"] as JsonObject, where);
+        var sources = Sources(options, n, loupe, path, HookFromConfig(settings, where));
+        float[] scales = Scales(options, n, loupe, path);
         string origin = $"{path} (dictionary_learning {(batchTopK ? "BatchTopKCrossCoder" : "CrossCoder")}, {(layout == Layout.Hub ? "hub layout" : "trainer folder")})";
         if (!batchTopK) return new Crosscoder(sources, d, dict, scales) { Architecture = "relu", Origin = origin };
 
@@ -250,7 +266,7 @@ public static class CrosscoderFiles
 
     // ---- Kissane ----
 
-    static Crosscoder ReadKissane(SafeTensorsFile file, string path, JsonObject? cfg, string? cfgPath, CrosscoderSourceOptions options)
+    static Crosscoder ReadKissane(SafeTensorsFile file, string path, JsonObject? cfg, string? cfgPath, JsonObject? loupe, CrosscoderSourceOptions options)
     {
         var names = Names(file);
         string where = cfgPath ?? path;
@@ -272,8 +288,8 @@ public static class CrosscoderFiles
         CltFiles.Read(file, path, names["b_dec"], [n, d], dict.P.BDec);
         string? hook = Str(cfg, "hook_point", where);
         if (hook is not null) SaeLensFormat.CheckHookName(hook, "hook_point", where);
-        var sources = Sources(options, n, cfg?["loupe"] as JsonObject, where, hook);
-        return new Crosscoder(sources, d, dict, Scales(options, n, null, where)) { Architecture = "relu", Origin = $"{path} (Kissane's crosscoder-model-diff-replication)" };
+        var sources = Sources(options, n, loupe, path, hook);
+        return new Crosscoder(sources, d, dict, Scales(options, n, loupe, path)) { Architecture = "relu", Origin = $"{path} (Kissane's crosscoder-model-diff-replication)" };
     }
 
     // ---- Loupe's own ----
@@ -308,14 +324,6 @@ public static class CrosscoderFiles
             tensors.Add(SafeTensorEntry.F32("threshold", [], new[] { crosscoder.BatchTopKThreshold }));
             tensors.Add(SafeTensorEntry.I64("code_normalization_id", [], new long[] { (int)crosscoder.CodeNormalization + 1 }));
         }
-        var meta = new Dictionary<string, string> { ["format"] = "pt" };
-        SafeTensorsWriter.Write(Path.Combine(folder, WeightsFile), tensors, meta);
-        var cfg = new JsonObject
-        {
-            ["activation_dim"] = d, ["dict_size"] = f, ["num_layers"] = n, ["num_encoder_layers"] = n,
-            ["code_normalization"] = crosscoder.CodeNormalization.ToString().ToUpperInvariant(),
-        };
-        if (topK) cfg["k"] = crosscoder.K;
         var loupe = new JsonObject
         {
             ["architecture"] = crosscoder.Architecture,
@@ -324,7 +332,18 @@ public static class CrosscoderFiles
             ["loupe_version"] = CltFiles.LoupeVersion,
         };
         if (provenance is not null) foreach (var (key, value) in provenance) loupe[key] = value;
-        cfg["loupe"] = loupe;
+        var meta = new Dictionary<string, string> { ["format"] = "pt", [LoupeMetadataKey] = loupe.ToJsonString() };
+        SafeTensorsWriter.Write(Path.Combine(folder, WeightsFile), tensors, meta);
+        // The constructor's arguments only: the hub mixin hands config.json's keys to __init__ (CrossCoder's canonical
+        // signature names num_layers; BatchTopKCrossCoder's num_encoder_layers, k, code_normalization).
+        var cfg = new JsonObject { ["activation_dim"] = d, ["dict_size"] = f };
+        if (topK)
+        {
+            cfg["num_encoder_layers"] = n;
+            cfg["k"] = crosscoder.K;
+            cfg["code_normalization"] = crosscoder.CodeNormalization.ToString().ToUpperInvariant();
+        }
+        else cfg["num_layers"] = n;
         string json = cfg.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
         OutputFiles.WriteAtomic(Path.Combine(folder, ConfigFile), s => s.Write(System.Text.Encoding.UTF8.GetBytes(json)));
     }
@@ -338,7 +357,7 @@ public static class CrosscoderFiles
         if (loupe?["sources"] is JsonNode listed)
         {
             if (listed is not JsonArray arr || arr.Count != n || arr.Any(s => s is not JsonObject o || o["model"]?.GetValueKind() != JsonValueKind.String || o["hook"]?.GetValueKind() != JsonValueKind.String))
-                throw InputError.Expected(where, "field 'loupe.sources'", $"{n} objects with string fields 'model' and 'hook'", listed.ToJsonString());
+                throw InputError.Expected(where, "metadata 'loupe', field 'sources'", $"{n} objects with string fields 'model' and 'hook'", listed.ToJsonString());
             for (int i = 0; i < n; i++) (models[i], hooks[i]) = (arr[i]!["model"]!.GetValue<string>(), arr[i]!["hook"]!.GetValue<string>());
         }
         if (options.Models is { } m)
@@ -372,7 +391,7 @@ public static class CrosscoderFiles
         }
         if (loupe?["input_scales"] is not JsonNode node) return Enumerable.Repeat(1f, n).ToArray();
         if (node is not JsonArray arr || arr.Count != n || arr.Any(v => v is null || v.GetValueKind() != JsonValueKind.Number || !(v.GetValue<double>() > 0) || !double.IsFinite(v.GetValue<double>()) || v.GetValue<double>() > float.MaxValue))
-            throw InputError.Expected(where, "field 'loupe.input_scales'", $"{n} positive finite numbers", node.ToJsonString());
+            throw InputError.Expected(where, "metadata 'loupe', field 'input_scales'", $"{n} positive finite numbers", node.ToJsonString());
         return arr.Select(v => (float)v!.GetValue<double>()).ToArray();
     }
 

@@ -134,7 +134,6 @@ public static class FeatureDashboardBuilder
         var o = options ?? new FeatureBuildOptions();
         o.Validate();
         OutputFiles.EnsureReplaceable(Path.GetFullPath(outputPath)); // refuse a folder or device before the long passes
-        var clock = Stopwatch.StartNew();
         int n = contexts.ContextSize, dSae = dictionary.Shape.DSae, first = o.SkipBos ? 1 : 0;
         if (n > model.Config.NCtx) throw InputError.Expected("argument", "context size", $"at most the model's n_ctx = {model.Config.NCtx}", n);
         if (n - first < 1) throw InputError.Expected("argument", "context size", "at least 2 when BOS is skipped (BOS plus one token)", n);
@@ -149,13 +148,60 @@ public static class FeatureDashboardBuilder
         if (width != dictionary.Shape.DIn)
             throw new InputError($"the dictionary reads d_in = {dictionary.Shape.DIn} but hook '{hook}' is {width} wide ({probed.ShapeString} for one context); pick the hook the dictionary was trained on");
 
+        var be = model.Backend;
+        var device = be.Device.IsCpu ? null : new DeviceSaeEncoder(be, dictionary);
+        int rowsPerContext = n - first;
+        // forward, read the hook, encode: the nonzero activations of rows [b·(n − first)]. On a device the hook stays there:
+        // its rows past BOS are encoded there and only the nonzero activations come out.
+        SparseActivations Encode(int[] ids, int b, int c0)
+        {
+            var batch = new TokenBatch(ids, b, n);
+            var result = model.Run(batch, new RunOptions { CacheFilter = h => h == hook, LastPositionLogitsOnly = true });
+            var x = result.Cache[hook]; // [batch, pos, d_in] (trailing axes flattened)
+            if (x.Length != b * n * width) throw new InvalidOperationException($"hook '{hook}' gave {x.ShapeString}; expected [{b}, {n}, {width}]");
+            if (x.IsHost)
+            {
+                var dense = dictionary.Encode(x.Span, b * n); // [batch·pos, d_sae]
+                return SparseActivations.FromDense(dense, b, n, first, dSae);
+            }
+            int rows = b * rowsPerContext;
+            var packed = x; // [batch·(n − first), d_in]
+            if (first > 0)
+            {
+                packed = be.Empty(rows, width);
+                be.CopyRows(x, (long)first * width, n * width, packed, 0, rowsPerContext * width, b, rowsPerContext * width);
+            }
+            return device!.EncodeSparse(packed, rows, (row, f, a) => throw new InputError(float.IsNaN(a)
+                ? $"feature {f} is NaN at context {c0 + row / rowsPerContext}, position {row % rowsPerContext + first}: the activations at '{hook}' or the dictionary's weights hold NaN or ∞"
+                : $"feature {f} is +∞ at context {c0 + row / rowsPerContext}, position {row % rowsPerContext + first}: the activations at '{hook}' or the dictionary's weights overflow"));
+        }
+        var meta = new Dictionary<string, string>
+        {
+            ["model"] = model.Source is string src ? Path.GetFullPath(src) : "(in memory)",
+            ["hook"] = hook,
+            ["sae_path"] = dictionaryPath is null ? "(in memory)" : Path.GetFullPath(dictionaryPath),
+            ["normalize_activations"] = config.NormalizeActivations,
+        };
+        return BuildCore(model, dictionary, hook, HarvestManifest.Fingerprint(model), meta, contexts, outputPath, o, Encode, progress, cancellationToken);
+    }
+
+    /// <summary>
+    /// The build itself, for any source of activations: <paramref name="encode"/> gives the nonzero activations of a batch's
+    /// rows past the skipped BOS ([b·(n − first)] rows, context-major) for the token ids [b, n] of contexts c0…; the model
+    /// gives n_ctx, the tokenizer and the logit effects, <paramref name="meta0"/> the model, hook, dictionary path and
+    /// normalisation recorded in the store.
+    /// </summary>
+    internal static FeatureBuildSummary BuildCore(HookedTransformer model, SparseDictionary dictionary, string hook, string modelFingerprint,
+        IReadOnlyDictionary<string, string> meta0, HarvestContexts contexts, string outputPath, FeatureBuildOptions o,
+        Func<int[], int, int, SparseActivations> encode, IProgress<FeatureBuildProgress>? progress, CancellationToken cancellationToken)
+    {
+        var clock = Stopwatch.StartNew();
+        int n = contexts.ContextSize, dSae = dictionary.Shape.DSae, first = o.SkipBos ? 1 : 0;
         int W = 2 * o.Window + 1, Q = o.Quantiles, B = o.HistogramBins;
         // Per-feature state is sized by the options times d_sae: refused as arguments before anything is allocated.
         Check.Product("argument", "--bins × d_sae", Array.MaxLength, B, dSae);
         Check.Product("argument", "--quantiles × d_sae", Array.MaxLength, Q, dSae);
         Check.Product("argument", "--batch-size × context size", Array.MaxLength, o.BatchSize, n);
-        var be = model.Backend;
-        var device = be.Device.IsCpu ? null : new DeviceSaeEncoder(be, dictionary);
         var top = new TopKTracker(dSae, o.TopK, W);
         var samples = new ReservoirSampler(dSae * Q, o.QuantileSamples, W, o.Seed);
         var nActive = new long[dSae];          // [d_sae]
@@ -172,7 +218,7 @@ public static class FeatureDashboardBuilder
         // Digests are computed once, for the checkpoint's settings and the store's meta table alike.
         string? contextsDigest = null, modelDigest = null;
         string ContextsDigest() => contextsDigest ??= contexts.Sha256();
-        string ModelDigest() => modelDigest ??= HarvestManifest.Fingerprint(model);
+        string ModelDigest() => modelDigest ??= modelFingerprint;
         System.Text.Json.Nodes.JsonObject? settings = null;
         System.Text.Json.Nodes.JsonObject Settings()
         {
@@ -285,17 +331,17 @@ public static class FeatureDashboardBuilder
             ["format"] = FeatureStoreSchema.Format,
             ["schema_version"] = FeatureStoreSchema.Version.ToString(CultureInfo.InvariantCulture),
             ["created_utc"] = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture),
-            ["model"] = model.Source is string s ? Path.GetFullPath(s) : "(in memory)",
+            ["model"] = meta0["model"],
             ["model_fingerprint"] = ModelDigest(),
             ["d_model"] = Inv(model.Config.DModel),
             ["d_vocab"] = Inv(model.Config.VocabOut),
             ["hook"] = hook,
-            ["sae_path"] = dictionaryPath is null ? "(in memory)" : Path.GetFullPath(dictionaryPath),
+            ["sae_path"] = meta0["sae_path"],
             ["architecture"] = dictionary.Architecture,
             ["d_in"] = Inv(dictionary.Shape.DIn),
             ["d_sae"] = Inv(dSae),
             ["d_out"] = Inv(dOut),
-            ["normalize_activations"] = config.NormalizeActivations,
+            ["normalize_activations"] = meta0["normalize_activations"],
             ["source"] = contexts.SourceDescription,
             ["contexts_sha256"] = ContextsDigest(),
             ["n_contexts"] = Inv(contexts.Count),
@@ -325,8 +371,7 @@ public static class FeatureDashboardBuilder
         int dead = nActive.Count(c => c == 0);
         return new FeatureBuildSummary(Path.GetFullPath(outputPath), hook, dSae, tokens, dead, storedContexts, examples, stateBytes, clock.Elapsed.TotalSeconds);
 
-        // One pass over every context: forward, read the hook, encode; visit(nonzero acts of rows [b·(n − first)], first context, b).
-        // On a device the hook stays there: its rows past BOS are encoded there and only the nonzero activations come out.
+        // One pass over every context: encode; visit(nonzero acts of rows [b·(n − first)], first context, b).
         void RunPass(int pass, int from, Action<SparseActivations, int, int> visit)
         {
             string stage = $"pass {pass}/2";
@@ -337,29 +382,7 @@ public static class FeatureDashboardBuilder
                 cancellationToken.ThrowIfCancellationRequested();
                 int b = Math.Min(o.BatchSize, contexts.Count - c0);
                 for (int i = 0; i < b; i++) contexts.Contexts[c0 + i].CopyTo(ids, i * n);
-                var batch = new TokenBatch(b == o.BatchSize ? ids : ids[..(b * n)], b, n);
-                var result = model.Run(batch, new RunOptions { CacheFilter = h => h == hook, LastPositionLogitsOnly = true });
-                var x = result.Cache[hook]; // [batch, pos, d_in] (trailing axes flattened)
-                if (x.Length != b * n * width) throw new InvalidOperationException($"hook '{hook}' gave {x.ShapeString}; expected [{b}, {n}, {width}]");
-                SparseActivations acts;
-                if (x.IsHost)
-                {
-                    var dense = dictionary.Encode(x.Span, b * n); // [batch·pos, d_sae]
-                    acts = SparseActivations.FromDense(dense, b, n, first, dSae);
-                }
-                else
-                {
-                    int rows = b * rowsPerContext;
-                    var packed = x; // [batch·(n − first), d_in]
-                    if (first > 0)
-                    {
-                        packed = be.Empty(rows, width);
-                        be.CopyRows(x, (long)first * width, n * width, packed, 0, rowsPerContext * width, b, rowsPerContext * width);
-                    }
-                    acts = device!.EncodeSparse(packed, rows, (row, f, a) => throw new InputError(float.IsNaN(a)
-                        ? $"feature {f} is NaN at context {c0 + row / rowsPerContext}, position {row % rowsPerContext + first}: the activations at '{hook}' or the dictionary's weights hold NaN or ∞"
-                        : $"feature {f} is +∞ at context {c0 + row / rowsPerContext}, position {row % rowsPerContext + first}: the activations at '{hook}' or the dictionary's weights overflow"));
-                }
+                var acts = encode(b == o.BatchSize ? ids : ids[..(b * n)], b, c0);
                 visit(acts, c0, b);
                 long done = (long)(c0 + b) * (n - first);
                 progress?.Report(new FeatureBuildProgress(stage, done, tokens, (done - (long)from * (n - first)) / Math.Max(passClock.Elapsed.TotalSeconds, 1e-9)));

@@ -143,6 +143,10 @@ public sealed class CrosscoderFilesTests : IDisposable
             Assert.Equal(cc.Dictionary.P.WDec, back.Dictionary.P.WDec);
             Assert.Equal(cc.Dictionary.P.BDec, back.Dictionary.P.BDec);
             Assert.Equal(cc.Dictionary.P.LogThreshold, back.Dictionary.P.LogThreshold);
+            // config.json holds the constructor's arguments only (the hub mixin passes its keys to __init__)
+            var cfg = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "config.json")))!.AsObject();
+            Assert.Equal(name == "dl-relu" ? ["activation_dim", "dict_size", "num_layers"] : ["activation_dim", "dict_size", "num_encoder_layers", "k", "code_normalization"],
+                cfg.Select(kv => kv.Key));
             // scales: the crosscoder reads c_s·x_s and gives back x̂_s / c_s
             var want = Of(name);
             var scaled = want.PerSource.Select((x, s) => x.Select(v => v / cc.InputScales[s]).ToArray()).ToArray();
@@ -198,6 +202,9 @@ public sealed class CrosscoderFilesTests : IDisposable
         Assert.Contains("no crosscoder", Assert.Throws<InputError>(() => CrosscoderFiles.Load(_dir)).Message);
         Assert.True(CrosscoderFiles.IsCrosscoder(Folder("kissane")));
         Assert.False(CrosscoderFiles.IsCrosscoder(_dir));
+        // a model folder (config.json + model.safetensors) and an SAE folder are not crosscoders
+        Assert.False(CrosscoderFiles.IsCrosscoder(SharedData.TestData("reference/gpt2")));
+        Assert.False(CrosscoderFiles.IsCrosscoder(SharedData.TestData("saelens/gated")));
     }
 
     // Writes the file again with tensor `name`'s first element replaced (its dtype kept).

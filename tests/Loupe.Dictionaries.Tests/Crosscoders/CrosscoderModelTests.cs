@@ -201,6 +201,42 @@ public sealed class CrosscoderModelTests : IDisposable
         Assert.Contains("two sources", Assert.Throws<InputError>(() => new CrosscoderLatentScaling(Identity([new("A", Hook), new("B", Hook), new("C", Hook)], 4), [0])).Message);
     }
 
+    [Fact]
+    public void A_feature_store_of_a_crosscoder_holds_each_latents_activations_over_both_models()
+    {
+        using var a = Gpt2();
+        using var b = Llama();
+        var contexts = Contexts(6, 9, seed: 6);
+        CrosscoderSource[] sources = [new("gpt2", Hook), new("llama", Hook)];
+        var cc = Identity(sources, D);
+        var models = new Dictionary<string, HookedTransformer> { ["gpt2"] = a, ["llama"] = b };
+        string db = Path.Combine(_dir, "features.db");
+        Directory.CreateDirectory(_dir);
+        var summary = CrosscoderFeatures.Build(cc, new PairedActivations(sources, D, models), contexts, db,
+            new Loupe.Dictionaries.Features.FeatureBuildOptions { TopK = 3, Window = 2, CheckpointSeconds = null });
+        Assert.Equal(6L * 8, summary.Tokens);
+
+        // identity latent s·D + k is relu(x_s[k]); computed here from each model's cached activations
+        (int Context, int Position, float Value)[] Values(HookedTransformer m, int k, int sign) =>
+            [.. contexts.Contexts.SelectMany((ctx, c) =>
+            {
+                var act = m.Run(ctx, new RunOptions { CacheFilter = h => h == Hook }).Cache[Hook].ToCpu().Span.ToArray();
+                return Enumerable.Range(1, ctx.Length - 1).Select(p => (c, p, Math.Max(0f, sign * act[p * D + k])));
+            })];
+        using var store = Loupe.Dictionaries.Features.FeatureStore.Open(db);
+        Assert.Equal("gpt2:blocks.1.hook_resid_post+llama:blocks.1.hook_resid_post", store.Hook);
+        foreach (var (latent, model, k, sign) in new[] { (3, a, 3, 1), (D + 7, b, 7, 1), (2 * D + D + 9, b, 9, -1) })
+        {
+            var want = Values(model, k, sign);
+            var f = store.Feature(latent);
+            Assert.Equal(want.Count(v => v.Value > 0), f.NActive);
+            Assert.Equal(want.Max(v => v.Value), f.MaxAct, 1e-5);
+            var top = store.Examples(latent);
+            var best = want.OrderByDescending(v => v.Value).First();
+            Assert.Equal((best.Context, best.Position), (top[0].ContextId, top[0].Position));
+        }
+    }
+
     static double NextTokenLoss(Tensor logits, int[] ids)
     {
         int v = logits.Dim(-1);
