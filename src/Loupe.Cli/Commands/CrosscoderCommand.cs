@@ -238,28 +238,35 @@ static class CrosscoderCommand
         var steps = new Option<int>("--steps") { Description = "Training steps", DefaultValueFactory = _ => 2000 };
         var batchSize = new Option<int>("--batch-size") { Description = "Rows per step", DefaultValueFactory = _ => 256 };
         var lr = new Option<float>("--lr") { Description = "Adam learning rate", DefaultValueFactory = _ => 1e-3f };
-        var l1 = new Option<float>("--l1") { Description = "λ of the L1 penalty λ·Σ_i f_i·Σ_s ‖W_dec^s[i]‖", DefaultValueFactory = _ => 1f };
+        var architecture = new Option<string>("--architecture") { Description = "relu (L1 on the summed decoder norms; Anthropic, Kissane) or batchtopk (the k·batch largest f_i·Σ_s‖W_dec^s[i]‖ kept; Minder et al., fewer false exclusive latents)", DefaultValueFactory = _ => "relu" };
+        var k = new Option<int>("--k") { Description = "batchtopk: latents kept per row on average", DefaultValueFactory = _ => 32 };
+        var l1 = new Option<float>("--l1") { Description = "relu: λ of the L1 penalty λ·Σ_i f_i·Σ_s ‖W_dec^s[i]‖", DefaultValueFactory = _ => 1f };
         var l1Warmup = new Option<int>("--l1-warmup") { Description = "Steps over which λ ramps up from 0", DefaultValueFactory = _ => 0 };
         var noNormalize = new Option<bool>("--no-normalize") { Description = "Train on the raw activations (default: each source scaled to mean norm √d, the factors kept in the crosscoder)" };
         var seed = new Option<int>("--seed") { Description = "Seed for the initialisation, the batches and the contexts", DefaultValueFactory = _ => 0 };
         var output = new Option<string>("--out", "-o") { Description = "Output folder: model.safetensors + config.json (dictionary_learning's hub layout), written atomically", Required = true };
         var command = new Command("train",
-            "Train a ReLU crosscoder (Anthropic 2024; dictionary_learning's CrossCoderTrainer) on the same tokens through every model:\n" +
-            "loss = Σ_s ‖x_s − x̂_s‖² + λ·Σ_i f_i·Σ_s ‖W_dec^s[i]‖. Position 0 (BOS) is left out; the activations are held in memory.\n\n" +
+            "Train a crosscoder on the same tokens through every model: ReLU (Anthropic 2024; dictionary_learning's CrossCoderTrainer),\n" +
+            "loss = Σ_s ‖x_s − x̂_s‖² + λ·Σ_i f_i·Σ_s ‖W_dec^s[i]‖; or BatchTopK (--architecture batchtopk --k K; Minder et al. 2025),\n" +
+            "the k·batch largest f_i·Σ_s‖W_dec^s[i]‖ kept, saved as BatchTopKCrossCoder with its learned threshold.\n" +
+            "Position 0 (BOS) is left out; the activations are held in memory.\n\n" +
             "Examples:\n" +
             "  loupe crosscoder train --model base=gpt2 --model chat=./gpt2-chat --hook blocks.6.hook_resid_post --d-sae 4096 --source text:corpus/ --out cc/\n" +
             "  loupe crosscoder train --model gpt2=gpt2 --hook blocks.4.hook_resid_post,blocks.5.hook_resid_post,blocks.6.hook_resid_post --d-sae 4096 --source text:corpus/ --out xl/")
-        { model, hook, source, contextSize, maxContexts, dSae, steps, batchSize, lr, l1, l1Warmup, noNormalize, seed, output };
+        { model, hook, source, contextSize, maxContexts, dSae, architecture, k, steps, batchSize, lr, l1, l1Warmup, noNormalize, seed, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
+            string arch = parse.GetValue(architecture)!;
+            if (arch is not ("relu" or "batchtopk")) throw InputError.Expected("argument", "--architecture", "relu or batchtopk", arch);
             var training = new SaeTrainingOptions
             {
                 Steps = CliSupport.Int(parse, steps, 1), BatchSize = CliSupport.Int(parse, batchSize, 1), LearningRate = parse.GetValue(lr),
-                SparsityCoefficient = parse.GetValue(l1), SparsityWarmupSteps = CliSupport.Int(parse, l1Warmup, 0), BDecInit = BDecInit.Zeros,
+                SparsityCoefficient = arch == "relu" ? parse.GetValue(l1) : 0, SparsityWarmupSteps = CliSupport.Int(parse, l1Warmup, 0), BDecInit = BDecInit.Zeros,
                 Seed = parse.GetValue(seed),
             };
             training.Validate();
             int features = CliSupport.Int(parse, dSae, 1);
+            int kValue = arch == "batchtopk" ? CliSupport.Int(parse, k, 1, features) : 1;
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
             var hooks = List(parse.GetValue(hook)) ?? [];
             var loaded = LoadModels(parse, model);
@@ -281,7 +288,7 @@ static class CrosscoderCommand
                 long bytes = CrosscoderTraining.EstimateRowBytes(contexts.Count, contexts.ContextSize, sources.Length, width);
                 Console.Error.WriteLine($"{contexts.Count} contexts × {contexts.ContextSize - 1} positions × {sources.Length} sources × d {width}: {CliSupport.FormatBytes(bytes)} of activations in memory");
                 var rows = CliSupport.Status.Status().Start("running the models", _ => CrosscoderTraining.CollectRows(paired, contexts));
-                var options = new CrosscoderTrainingOptions { DSae = features, Training = training, NormalizeSources = !parse.GetValue(noNormalize) };
+                var options = new CrosscoderTrainingOptions { DSae = features, Architecture = arch, K = kValue, Training = training, NormalizeSources = !parse.GetValue(noNormalize) };
                 var trained = CliSupport.Status.Status().Start($"training {features:N0} latents for {training.Steps:N0} steps", _ => CrosscoderTraining.Train(sources, width, rows, options));
                 var last = trained.Steps[^1];
                 CrosscoderFiles.Save(folder, trained.Crosscoder, new Dictionary<string, string>

@@ -201,7 +201,7 @@ public static class CrosscoderFiles
     }
 
     // f_i·n_i > θ  ⇔  f_i > θ / n_i  (n_i > 0): a JumpReLU with θ_i = θ / n_i on the same weights; n_i = 0 never fires.
-    static SparseDictionary FoldThreshold(SaeParameters p, int n, int d, int f, float theta, CodeNormalization kind, float alphaSae, float alphaCc)
+    internal static SparseDictionary FoldThreshold(SaeParameters p, int n, int d, int f, float theta, CodeNormalization kind, float alphaSae = 1f, float alphaCc = 0.1f)
     {
         var dict = new SparseDictionary(p.Shape, new JumpReluActivation());
         var q = dict.P;

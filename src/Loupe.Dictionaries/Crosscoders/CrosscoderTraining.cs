@@ -1,6 +1,8 @@
-// Training a ReLU crosscoder (Anthropic 2024; dictionary_learning's CrossCoderTrainer; Kissane's replication) on its models'
-// activations, with the SAE trainer on the concatenated sources:
-//   loss = Σ_s ‖c_s·x_s − x̂_s‖² (mean over rows) + λ·Σ_i f_i·Σ_s ‖W_dec^s[i]‖            (CrosscoderReluActivation)
+// Training a crosscoder on its models' activations, with the SAE trainer on the concatenated sources:
+//   ReLU (Anthropic 2024; dictionary_learning's CrossCoderTrainer; Kissane's replication):
+//     loss = Σ_s ‖c_s·x_s − x̂_s‖² (mean over rows) + λ·Σ_i f_i·Σ_s ‖W_dec^s[i]‖          (CrosscoderReluActivation)
+//   BatchTopK (Minder, Dumas et al. 2025, who show it avoids the L1's false exclusive latents):
+//     loss = Σ_s ‖c_s·x_s − x̂_s‖² + aux-k, the k·batch largest f_i·Σ_s‖W_dec^s[i]‖ kept  (CrosscoderBatchTopKActivation)
 // 1. Rows: PairedActivations over the contexts, held in memory ([rows, S·d] floats; the estimate is the caller's to print).
 // 2. Input scales c_s: 1, the caller's, or √d / mean‖x_s‖ per source (Kissane's normalisation), kept in the crosscoder.
 // 3. Initialisation: W_dec rows random, each source's segment of norm DecoderInitNorm (Kissane: 0.08, per model);
@@ -17,6 +19,12 @@ public sealed record CrosscoderTrainingOptions
 {
     /// <summary>F, the number of latents.</summary>
     public int DSae { get; init; } = 256;
+
+    /// <summary>"relu" (L1 on Σ_s decoder norms) or "batchtopk" (CrosscoderBatchTopKActivation; no penalty).</summary>
+    public string Architecture { get; init; } = "relu";
+
+    /// <summary>BatchTopK: latents kept per row on average.</summary>
+    public int K { get; init; } = 32;
 
     /// <summary>The SAE trainer's settings (SparsityCoefficient is λ of the crosscoder's L1).</summary>
     public SaeTrainingOptions Training { get; init; } = new() { SparsityCoefficient = 1f, BDecInit = BDecInit.Zeros };
@@ -71,7 +79,13 @@ public static class CrosscoderTraining
         int n = sources.Count, d = width;
         if (options.DSae < 1) throw new InputError($"argument: --d-sae: expected at least 1, got {options.DSae}");
         if (!(options.DecoderInitNorm > 0) || !float.IsFinite(options.DecoderInitNorm)) throw new InputError($"argument: --decoder-init-norm: expected a positive number, got {options.DecoderInitNorm}");
-        var activation = new CrosscoderReluActivation(n);
+        SaeActivation activation = options.Architecture switch
+        {
+            "relu" => new CrosscoderReluActivation(n),
+            "batchtopk" => options.K >= 1 && options.K <= options.DSae ? new CrosscoderBatchTopKActivation(options.K, n)
+                : throw new InputError($"argument: --k: expected 1 to d_sae = {options.DSae}, got {options.K}"),
+            _ => throw InputError.Expected("argument", "--architecture", "relu or batchtopk", options.Architecture),
+        };
         var shape = SaeShape.Sae(n * d, options.DSae, applyBDecToInput: false);
         options.Training.Validate(shape, activation);
         int count = rows[0].Length / d;
@@ -84,7 +98,12 @@ public static class CrosscoderTraining
         var x = cc.Concatenate(rows, count);
         var trainer = new SaeTrainer(dict, options.Training);
         var steps = trainer.Train(x);
-        return (cc, steps);
+        if (activation is not CrosscoderBatchTopKActivation) return (cc, steps);
+        // held as the files hold it: f_i kept where f_i·n_i > θ, i.e. the JumpReLU f_i > θ / n_i
+        float theta = dict.P.Threshold[0];
+        if (!(theta >= 0)) throw new InputError("training never set the BatchTopK threshold (no latent fired); check the activations and --lr");
+        var folded = CrosscoderFiles.FoldThreshold(dict.P, n, d, options.DSae, theta, CodeNormalization.Crosscoder);
+        return (new Crosscoder(sources, d, folded, scales) { Architecture = "batchtopk", BatchTopKThreshold = theta, K = options.K }, steps);
     }
 
     // W_dec rows Gaussian with each source's segment at norm `norm`; W_enc = W_decᵀ; biases 0.

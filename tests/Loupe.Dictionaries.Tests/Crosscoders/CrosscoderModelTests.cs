@@ -90,6 +90,31 @@ public sealed class CrosscoderModelTests : IDisposable
         Assert.True(checkedCount > 150);
     }
 
+    [Fact]
+    public void BatchTopK_keeps_the_k_batch_largest_latents_weighed_by_their_summed_decoder_norms()
+    {
+        const int n = 2, d = 3, f = 9, batch = 4, k = 2;
+        var act = new CrosscoderBatchTopKActivation(k, n, momentum: 0.5f);
+        var p = new SaeParameters(SaeShape.Sae(n * d, f, applyBDecToInput: false));
+        var rng = new Random(8);
+        for (int i = 0; i < p.WDec.Length; i++) p.WDec[i] = SparseDictionary.Gaussian(rng) * (1 + (i / (n * d)) % 3);
+        var pre = Enumerable.Range(0, batch * f).Select(_ => SparseDictionary.Gaussian(rng)).ToArray();
+        // n_i and the ranking, computed here
+        var norms = Enumerable.Range(0, f).Select(i => Enumerable.Range(0, n).Sum(s =>
+            Math.Sqrt(Enumerable.Range(0, d).Sum(j => Math.Pow(p.WDec[i * n * d + s * d + j], 2))))).ToArray();
+        var ranked = Enumerable.Range(0, batch * f).Where(e => pre[e] > 0).OrderByDescending(e => pre[e] * norms[e % f]).Take(k * batch).ToHashSet();
+        var acts = new float[batch * f];
+        act.Forward(pre, acts, batch, f, training: true, p);
+        for (int e = 0; e < acts.Length; e++) Assert.Equal(ranked.Contains(e) ? pre[e] : 0f, acts[e]);
+        // the threshold: the smallest kept f·n_i, then its running mean
+        act.AfterTrainingForward(acts, batch, f, p);
+        double smallest = ranked.Min(e => pre[e] * norms[e % f]);
+        Assert.Equal(smallest, p.Threshold[0], 1e-5);
+        // inference: f kept where f·n_i > θ
+        act.Forward(pre, acts, batch, f, training: false, p);
+        for (int e = 0; e < acts.Length; e++) Assert.Equal(pre[e] > 0 && pre[e] * norms[e % f] > smallest + 1e-6 ? pre[e] : 0f, acts[e], 1e-6);
+    }
+
     // d_sae = 2·S·d, W_enc = [I, −I] per source, W_dec its transpose: x̂ = relu(x) − relu(−x) = x for every source.
     static Crosscoder Identity(IReadOnlyList<CrosscoderSource> sources, int d)
     {
@@ -316,6 +341,27 @@ public sealed class CrosscoderModelTests : IDisposable
         Assert.True(best > 0.9, $"best cosine of a chat-only latent with the added direction: {best}");
         Assert.Equal(chatOnly[0].Index, diff.Top["chat only"][0]);
         Assert.All(eval.Sources, s => Assert.True(s.ExplainedVariance > 0.5, $"{s.Source}: explained variance {s.ExplainedVariance}"));
+
+        // BatchTopK (what Minder et al. recommend) finds the concept too; saved as BatchTopKCrossCoder and read back, it encodes the same
+        var rows = CrosscoderTraining.CollectRows(new PairedActivations([new("base", embedHook), new("chat", embedHook)], D,
+            new Dictionary<string, HookedTransformer> { ["base"] = a, ["chat"] = b }), contexts, batchSize: 8);
+        var (topk, topkSteps) = CrosscoderTraining.Train([new("base", embedHook), new("chat", embedHook)], D, rows,
+            options with { Architecture = "batchtopk", K = 4, Training = options.Training with { SparsityCoefficient = 0 } });
+        Assert.True(topkSteps[^1].Mse < topkSteps[0].Mse / 3, $"mse {topkSteps[0].Mse} → {topkSteps[^1].Mse}");
+        Assert.Equal("batchtopk", topk.Architecture);
+        var topkDiff = CrosscoderDiff.Compute(topk);
+        var topkChat = topkDiff.Latents.Where(l => l.Class == "chat only").ToArray();
+        Assert.NotEmpty(topkChat);
+        Assert.True(topkChat.Max(l => Cosine(topk.DecoderVector(l.Index, 1), direction)) > 0.9);
+        string savedTopk = Path.Combine(_dir, "crosscoder-topk");
+        CrosscoderFiles.Save(savedTopk, topk);
+        var topkBack = CrosscoderFiles.Load(savedTopk);
+        Assert.Equal(("batchtopk", topk.BatchTopKThreshold, 4), (topkBack.Architecture, topkBack.BatchTopKThreshold, topkBack.K));
+        int probe = 64;
+        var sample = rows.Select(r => r[..(probe * D)]).ToArray();
+        Assert.Equal(topk.Encode(sample, probe), topkBack.Encode(sample, probe));
+        var l0 = topk.Encode(sample, probe).Count(v => v > 0) / (double)probe;
+        Assert.InRange(l0, 1, 12);                                          // about k per row at the learned threshold
 
         // saved and read back, with its sources and scales
         string saved = Path.Combine(_dir, "crosscoder");
