@@ -377,6 +377,37 @@ public sealed class CrosscoderModelTests : IDisposable
         System.Numerics.Tensors.TensorPrimitives.CosineSimilarity(a, b);
 
     [Fact]
+    public void A_cross_layer_crosscoder_reads_one_model_once_and_reconstructs_every_layer()
+    {
+        using var a = Gpt2();
+        var contexts = Contexts(24, 13, seed: 9);
+        CrosscoderSource[] layers = [new("gpt2", "blocks.0.hook_resid_post"), new("gpt2", "blocks.1.hook_resid_post"), new("gpt2", "blocks.2.hook_resid_post")];
+        var models = new Dictionary<string, HookedTransformer> { ["gpt2"] = a };
+        var paired = new PairedActivations(layers, D, models);
+        Assert.Single(paired.Models);
+        var rows = CrosscoderTraining.CollectRows(paired, contexts, batchSize: 8);
+        // each source's rows are its own hook's activations past BOS
+        var want = a.Run(contexts.Contexts[0], new RunOptions { CacheFilter = h => h.EndsWith("hook_resid_post", StringComparison.Ordinal) }).Cache;
+        for (int s = 0; s < 3; s++)
+        {
+            var single = want[layers[s].Hook].ToCpu().Span[D..(13 * D)].ToArray();   // one context alone vs in a batch of 8: GEMM rounding
+            for (int i = 0; i < single.Length; i++) Assert.True(Math.Abs(single[i] - rows[s][i]) <= 1e-5f * (1 + Math.Abs(single[i])), $"{layers[s].Hook} [{i}]: {single[i]} vs {rows[s][i]}");
+        }
+        var (cc, _) = CrosscoderTraining.Train(layers, D, rows, new CrosscoderTrainingOptions
+        {
+            DSae = 128, Architecture = "batchtopk", K = 16,
+            Training = new SaeTrainingOptions { Steps = 400, BatchSize = 64, LearningRate = 5e-3f, BDecInit = BDecInit.Zeros, Seed = 3 },
+        });
+        var eval = CrosscoderEvaluator.Evaluate(cc, models, contexts, new CrosscoderEvalOptions { BatchSize = 8 });
+        Assert.All(eval.Sources, s => Assert.True(s.ExplainedVariance > 0.6, $"{s.Source}: {s.ExplainedVariance}"));
+        var m = Assert.Single(eval.Models);
+        Assert.True(m.LossRecovered > 0.5, $"loss recovered with all three layers replaced: {m.LossRecovered}");
+        var diff = CrosscoderDiff.Compute(cc);
+        Assert.Equal(["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"], diff.Sources);
+        Assert.All(diff.Latents.Where(l => l.Class != "dead"), l => Assert.StartsWith("peak blocks.", l.Class));
+    }
+
+    [Fact]
     public void Models_that_do_not_fit_are_refused_by_name()
     {
         using var a = Gpt2();
