@@ -168,27 +168,27 @@ public static class CrosscoderFiles
         var dict = new SparseDictionary(SaeShape.Sae(n * d, f, applyBDecToInput: false), new ReluActivation());
         var p = dict.P;
         var enc = new float[(long)encBlocks * d * f];
-        CltFiles.Read(file, path, names["encoder.weight"], [encBlocks, d, f], enc);
+        CltFiles.Read(file, path, Stored(file, names, path, "encoder.weight"), [encBlocks, d, f], enc);
         for (int b = 0; b < encBlocks; b++) enc.AsSpan((int)((long)b * d * f), d * f).CopyTo(p.WEnc.AsSpan((int)((long)encoderLayers[b] * d * f)));
-        CltFiles.Read(file, path, names["encoder.bias"], [f], p.BEnc);
+        CltFiles.Read(file, path, Stored(file, names, path, "encoder.bias"), [f], p.BEnc);
         var dec = new float[(long)n * f * d];
-        CltFiles.Read(file, path, names["decoder.weight"], [n, f, d], dec);
+        CltFiles.Read(file, path, Stored(file, names, path, "decoder.weight"), [n, f, d], dec);
         for (int l = 0; l < n; l++)
             for (int i = 0; i < f; i++)
                 dec.AsSpan((int)(((long)l * f + i) * d), d).CopyTo(p.WDec.AsSpan((int)(((long)i * n + l) * d), d));
-        CltFiles.Read(file, path, names["decoder.bias"], [n, d], p.BDec);
+        CltFiles.Read(file, path, Stored(file, names, path, "decoder.bias"), [n, d], p.BDec);
 
         var sources = Sources(options, n, loupe, path, HookFromConfig(settings, where));
         float[] scales = Scales(options, n, loupe, path);
         string origin = $"{path} (dictionary_learning {(batchTopK ? "BatchTopKCrossCoder" : "CrossCoder")}, {(layout == Layout.Hub ? "hub layout" : "trainer folder")})";
         if (!batchTopK) return new Crosscoder(sources, d, dict, scales) { Architecture = "relu", Origin = origin };
 
-        int k = names.ContainsKey("k") ? ScalarInt(file, path, names["k"]) : (int)(Int(settings, "k", where) ?? 0);
+        int k = names.ContainsKey("k") ? ScalarInt(file, path, Stored(file, names, path, "k")) : (int)(Int(settings, "k", where) ?? 0);
         var norm = CodeNormalizationOf(file, names, path, settings, where);
         var thInfo = Info(file, names, path, "threshold", -1);
         if (thInfo.ElementCount != 1)
             throw new InputError($"{path}: tensor 'threshold' holds {thInfo.ElementCount} values (one per layer: a DECOUPLED code); Loupe reads one threshold");
-        float theta = file.GetFloat32(names["threshold"]).Span[0];
+        float theta = file.GetFloat32(Stored(file, names, path, "threshold")).Span[0];
         CltFiles.CheckValues([theta], path, "threshold", 0);
         if (theta < 0)
             throw new InputError($"{path}: tensor 'threshold' is {theta.ToString(CultureInfo.InvariantCulture)}: never set by training; without it a BatchTopK " +
@@ -282,10 +282,10 @@ public static class CrosscoderFiles
         if (names.Keys.FirstOrDefault(x => !allowed.Contains(x)) is { } unknown)
             throw new InputError($"{path}: unexpected tensor '{unknown}' for Kissane's CrossCoder, which holds {string.Join(", ", allowed)}");
         var dict = new SparseDictionary(SaeShape.Sae(n * d, f, applyBDecToInput: false), new ReluActivation());
-        CltFiles.Read(file, path, names["W_enc"], [n, d, f], dict.P.WEnc);   // [n, d, F] is the row-blocks of [n·d, F]
-        CltFiles.Read(file, path, names["b_enc"], [f], dict.P.BEnc);
-        CltFiles.Read(file, path, names["W_dec"], [f, n, d], dict.P.WDec);   // [F, n, d] is [F, n·d]
-        CltFiles.Read(file, path, names["b_dec"], [n, d], dict.P.BDec);
+        CltFiles.Read(file, path, Stored(file, names, path, "W_enc"), [n, d, f], dict.P.WEnc);   // [n, d, F] is the row-blocks of [n·d, F]
+        CltFiles.Read(file, path, Stored(file, names, path, "b_enc"), [f], dict.P.BEnc);
+        CltFiles.Read(file, path, Stored(file, names, path, "W_dec"), [f, n, d], dict.P.WDec);   // [F, n, d] is [F, n·d]
+        CltFiles.Read(file, path, Stored(file, names, path, "b_dec"), [n, d], dict.P.BDec);
         string? hook = Str(cfg, "hook_point", where);
         if (hook is not null) SaeLensFormat.CheckHookName(hook, "hook_point", where);
         var sources = Sources(options, n, loupe, path, hook);
@@ -416,6 +416,11 @@ public static class CrosscoderFiles
         }
         return map;
     }
+
+    // The stored name of tensor `name` (with torch.compile's prefix, if the file has it); missing: refused naming it.
+    static string Stored(SafeTensorsFile file, Dictionary<string, string> names, string path, string name) =>
+        names.TryGetValue(name, out var stored) ? stored
+            : throw new InputError($"{path}: tensor '{name}' is missing; the file holds {string.Join(", ", file.Names.Take(12))}");
 
     static SafeTensorInfo Info(SafeTensorsFile file, Dictionary<string, string> names, string path, string name, int rank)
     {
