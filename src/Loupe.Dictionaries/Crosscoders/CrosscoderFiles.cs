@@ -183,7 +183,7 @@ public static class CrosscoderFiles
         string origin = $"{path} (dictionary_learning {(batchTopK ? "BatchTopKCrossCoder" : "CrossCoder")}, {(layout == Layout.Hub ? "hub layout" : "trainer folder")})";
         if (!batchTopK) return new Crosscoder(sources, d, dict, scales) { Architecture = "relu", Origin = origin };
 
-        int k = names.ContainsKey("k") ? ScalarInt(file, path, Stored(file, names, path, "k")) : (int)(Int(settings, "k", where) ?? 0);
+        int k = names.ContainsKey("k") ? DictionaryLearningFormat.ScalarInt(file, path, Stored(file, names, path, "k")) : (int)(DictionaryLearningFormat.Int(settings, "k", where) ?? 0);
         var norm = CodeNormalizationOf(file, names, path, settings, where);
         var thInfo = Info(file, names, path, "threshold", -1);
         if (thInfo.ElementCount != 1)
@@ -224,7 +224,7 @@ public static class CrosscoderFiles
         CodeNormalization kind;
         if (names.TryGetValue("code_normalization_id", out var idName))
         {
-            int id = ScalarInt(file, path, idName);
+            int id = DictionaryLearningFormat.ScalarInt(file, path, idName);
             kind = id switch
             {
                 1 => CodeNormalization.Crosscoder, 2 => CodeNormalization.Sae, 3 => CodeNormalization.Mixed, 4 => CodeNormalization.None,
@@ -400,7 +400,7 @@ public static class CrosscoderFiles
         if (Str(settings, "submodule_name", where) is { } sub)
             return DictionaryLearningFormat.HookOf(sub) ?? throw InputError.Expected(where, "field 'submodule_name'", "a submodule Loupe maps to a hook (resid_post_layer_N, mlp_out_layer_N, …); or pass --hooks", sub);
         // dictionary_learning's crosscoder script reads layer_{layer}_out, the decoder layer's output
-        return Int(settings, "layer", where) is { } layer && layer is >= 0 and < 100_000 ? HookNames.ResidPost((int)layer) : null;
+        return DictionaryLearningFormat.Int(settings, "layer", where) is { } layer && layer is >= 0 and < 100_000 ? HookNames.ResidPost((int)layer) : null;
     }
 
     // ---- small readers ----
@@ -435,15 +435,6 @@ public static class CrosscoderFiles
     static int Dim(long v, string path, string tensor, string what) =>
         v is >= 1 and <= int.MaxValue ? (int)v : throw InputError.Expected(path, $"tensor '{tensor}' ({what})", "between 1 and 2^31 − 1", v);
 
-    static int ScalarInt(SafeTensorsFile file, string path, string name)
-    {
-        var info = file.GetInfo(name);
-        if (info.ElementCount != 1 || info.DType.IsFloatingPoint() || info.DType is DType.F8_E4M3 or DType.F8_E5M2 or DType.U64)
-            throw InputError.Expected(path, $"tensor '{name}'", "one integer", $"{info.DType} {info.ShapeString}");
-        long v = file.GetInt64(name)[0];
-        return v is >= int.MinValue and <= int.MaxValue ? (int)v : throw InputError.Expected(path, $"tensor '{name}'", "a 32-bit integer", v);
-    }
-
     static string? Str(JsonObject? o, string field, string path)
     {
         if (o is null || !o.TryGetPropertyValue(field, out var v) || v is null) return null;
@@ -456,20 +447,9 @@ public static class CrosscoderFiles
         return v.GetValueKind() == JsonValueKind.Number && double.IsFinite(v.GetValue<double>()) ? v.GetValue<double>() : throw InputError.Expected(path, $"field '{field}'", "a number", v.ToJsonString());
     }
 
-    static long? Int(JsonObject? o, string field, string path)
-    {
-        if (o is null || !o.TryGetPropertyValue(field, out var v) || v is null) return null;
-        if (v.GetValueKind() == JsonValueKind.Number)
-        {
-            if (v.AsValue().TryGetValue(out long n)) return n;
-            if (v.AsValue().TryGetValue(out double x) && x == Math.Floor(x) && Math.Abs(x) < 1e15) return (long)x;
-        }
-        throw InputError.Expected(path, $"field '{field}'", "an integer", v.ToJsonString());
-    }
-
     static void ExpectInt(JsonObject? o, string field, long fromWeights, string cfgPath, string weights)
     {
-        if (Int(o, field, cfgPath) is { } n && n != fromWeights)
+        if (DictionaryLearningFormat.Int(o, field, cfgPath) is { } n && n != fromWeights)
             throw new InputError($"{cfgPath}: {field} is {n}, but {weights} holds {fromWeights}; the config and the weights disagree");
     }
 }

@@ -45,19 +45,10 @@ public sealed class CrosscoderReluActivation : SaeActivation
         for (int i = 0; i < dSae; i++)
             for (int s = 0; s < Sources; s++)
                 total[i] += segNorms[i * Sources + s] = TensorPrimitives.Norm(p.WDec.AsSpan(i * dOut + s * d, d));
-        double loss = 0;
-        for (int b = 0; b < batch; b++)
-            for (int i = 0; i < dSae; i++)
-            {
-                float a = acts[b * dSae + i];
-                loss += a * total[i];
-                colSum[i] += a;
-            }
         float scale = coefficient / batch;
+        double loss = WeightedL1(acts, batch, dSae, total, scale, g is null ? default : dActs, colSum);
         if (g is not null)
         {
-            for (int b = 0; b < batch; b++)
-                TensorPrimitives.MultiplyAdd(total, scale, dActs.Slice(b * dSae, dSae), dActs.Slice(b * dSae, dSae));
             for (int i = 0; i < dSae; i++)
                 for (int s = 0; s < Sources; s++)
                 {

@@ -272,7 +272,7 @@ public static partial class DictionaryLearningFormat
         file.TryGetInfo(name, out var info) ? info.Shape
             : throw new InputError($"{path}: tensor '{name}' is missing; the file holds {string.Join(", ", file.Names.Take(12))}");
 
-    static int ScalarInt(SafeTensorsFile file, string path, string name)
+    internal static int ScalarInt(SafeTensorsFile file, string path, string name)
     {
         var info = file.GetInfo(name);
         if (info.ElementCount != 1 || info.DType.IsFloatingPoint() || info.DType is DType.F8_E4M3 or DType.F8_E5M2 or DType.U64)
@@ -298,7 +298,7 @@ public static partial class DictionaryLearningFormat
     }
 
     // An integer, also when written as a float (Python configs hold k = 32.0 after arithmetic).
-    static long? Int(JsonObject? o, string field, string path)
+    internal static long? Int(JsonObject? o, string field, string path)
     {
         if (o is null || !o.TryGetPropertyValue(field, out var v) || v is null) return null;
         if (v.GetValueKind() == JsonValueKind.Number)

@@ -55,6 +55,26 @@ public abstract class SaeActivation
         for (int i = 0; i < n; i++) if (acts[i] != 0) dPre[i] += dActs[i];
     }
 
+    /// <summary>
+    /// The L1 weighted per feature, Σ_b Σ_i acts[b,i]·w[i] (summed in double, rows in order); when <paramref name="dActs"/> is not
+    /// empty adds scale·w[i] to every dActs[b,i]; <paramref name="colSum"/>[i] receives Σ_b acts[b,i].
+    /// </summary>
+    protected static double WeightedL1(ReadOnlySpan<float> acts, int batch, int dSae, ReadOnlySpan<float> weights, float scale, Span<float> dActs, Span<float> colSum)
+    {
+        double loss = 0;
+        for (int b = 0; b < batch; b++)
+            for (int i = 0; i < dSae; i++)
+            {
+                float a = acts[b * dSae + i];
+                loss += a * weights[i];
+                colSum[i] += a;
+            }
+        if (!dActs.IsEmpty)
+            for (int b = 0; b < batch; b++)
+                for (int i = 0; i < dSae; i++) dActs[b * dSae + i] += scale * weights[i];
+        return loss;
+    }
+
     /// <summary>Update running statistics after a training step (BatchTopK threshold).</summary>
     public virtual void AfterTrainingForward(ReadOnlySpan<float> acts, int batch, int dSae, SaeParameters p) { }
 }
@@ -88,19 +108,10 @@ public sealed class ReluActivation : SaeActivation
         var norms = new float[dSae];                        // [d_sae]
         var colSum = new float[dSae];                       // [d_sae] Σ_b acts[b,i]
         for (int i = 0; i < dSae; i++) norms[i] = MathF.Sqrt(System.Numerics.Tensors.TensorPrimitives.SumOfSquares(p.WDec.AsSpan(i * dOut, dOut)));
-        double loss = 0;
-        for (int b = 0; b < batch; b++)
-            for (int i = 0; i < dSae; i++)
-            {
-                float a = acts[b * dSae + i];
-                loss += a * norms[i];
-                colSum[i] += a;
-            }
         float scale = coefficient / batch;
+        double loss = WeightedL1(acts, batch, dSae, norms, scale, g is null ? default : dActs, colSum);
         if (g is not null)
         {
-            for (int b = 0; b < batch; b++)
-                for (int i = 0; i < dSae; i++) dActs[b * dSae + i] += scale * norms[i];
             // d‖W_dec[i]‖/dW_dec[i] = W_dec[i] / ‖W_dec[i]‖
             for (int i = 0; i < dSae; i++)
             {
