@@ -108,7 +108,7 @@ static class CrosscoderCommand
     static Option<string[]> ModelListOption() => new("--model", "-m")
     {
         Description = "LABEL=MODEL for each model the crosscoder reads (a folder or hub id), repeated: --model base=gpt2 --model chat=./gpt2-chat. " +
-                      "A one-model crosscoder takes one. Models run on the CPU",
+                      "A one-model crosscoder takes one. With --device the models run there (the crosscoder on the host, one copy of the hooks per batch)",
         Required = true, AllowMultipleArgumentsPerToken = false,
     };
 
@@ -122,7 +122,7 @@ static class CrosscoderCommand
             if (eq <= 0 || eq == spec.Length - 1) throw InputError.Expected("argument", "--model", "LABEL=MODEL, e.g. base=gpt2", spec);
             string label = spec[..eq], path = spec[(eq + 1)..];
             if (models.ContainsKey(label)) throw new InputError($"argument: --model: label '{label}' is given twice");
-            models[label] = CliSupport.LoadModel(path, cpuOnlyReason: "crosscoders run their models on the CPU so far", option: $"--model {label}=");
+            models[label] = CliSupport.LoadModel(path, onDevice: true, option: $"--model {label}=");
         }
         return models;
     }

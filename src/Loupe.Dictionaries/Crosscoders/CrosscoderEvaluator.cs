@@ -10,6 +10,7 @@
 //    activation) → CE_spliced; a run with those hooks zero at every position → CE_zero; CE over every position but the
 //    last, predicting the next token; loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean).
 // 5. Optionally Latent Scaling of chosen latents (CrosscoderLatentScaling), from the same batches.
+// Models on a device run there; the hooks, logits and reconstructions cross to and from the host once per batch (counted).
 // Model diffing reads the per-model numbers side by side: a crosscoder that reconstructs one model much worse than the
 // other, or whose splice costs one model more loss, has not learned the two alike.
 using Loupe.Dictionaries.Harvest;
@@ -173,7 +174,8 @@ public static class CrosscoderEvaluator
                         rows.AsSpan(i * (T - 1) * d, (T - 1) * d).CopyTo(data.AsSpan((i * T + 1) * d));
                     }
                 }
-                return Tensor.FromArray(data, b, T, d);
+                var replacement = Tensor.FromArray(data, b, T, d);
+                return act.IsHost ? replacement : model.Backend.ToDevice(replacement); // one counted upload per hook and batch
             });
         }
         var result = model.Run(new TokenBatch(ids, b, T), options);

@@ -4,6 +4,8 @@
 // Each distinct model runs once per batch, caching only the hooks its sources name; every source's rows are its hook's
 // [B, T, d] activation without position 0 (the BOS, which no crosscoder is trained on, as ModelRows skips it for SAEs).
 // The models must read the same token ids: their vocabularies must be the same size (a base model and its fine-tune do).
+// Models may run on a device: each batch's cached hooks (and, when asked, its logits) come to the host once, as explicit
+// counted copies, and the crosscoder computes on the host.
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Tensors;
@@ -32,8 +34,6 @@ public sealed class PairedActivations
             var point = m.HookPoints.FirstOrDefault(p => p.Name == s.Hook);
             if (point is not null && point.Axes.Count != 3)
                 throw new InputError($"source {s}: hook '{s.Hook}' has axes [{string.Join(", ", point.Axes)}]; a crosscoder reads per-position vectors [batch, pos, d]");
-            if (!m.Backend.Device.IsCpu)
-                throw new InputError($"argument: --device: crosscoders run with their models on the CPU so far (model {s.Model} is on {m.Backend.Device})");
         }
         Models = sources.Select(s => s.Model).Distinct().ToDictionary(l => l, l => models[l]);
         var vocab = Models.Select(kv => (kv.Key, V: kv.Value.Config.DVocab)).ToArray();
