@@ -23,6 +23,7 @@ public sealed class CrosscoderCliTests : IDisposable
         string json = Path.Combine(_root, "diff.json");
         var (code, stdout, err) = RunLoupe("crosscoder", "diff", "--crosscoder", SharedData.TestData("crosscoders/kissane"), "--models", "base,chat", "--out", json);
         Assert.True(code == 0, err);
+        Assert.Contains("crosscoder: 2 sources × d 5 × 8 latents, ", err);      // the memory it takes, said before it is allocated
         Assert.Contains("relu crosscoder, 8 latents over 2 sources of width 5: base:blocks.1.hook_resid_pre, chat:blocks.1.hook_resid_pre", stdout);
         Assert.Matches(@"base only\s+2", stdout);
         Assert.Matches(@"chat only\s+1", stdout);

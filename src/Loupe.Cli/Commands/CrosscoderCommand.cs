@@ -54,7 +54,7 @@ static class CrosscoderCommand
     static Crosscoder Load(ParseResult parse, Option<string> crosscoder, CrosscoderSourceOptions sources)
     {
         string path = CliSupport.LocalPath(parse.GetValue(crosscoder)!, "--crosscoder");
-        return CliSupport.Status.Status().Start("reading the crosscoder", _ => CrosscoderFiles.Load(path, sources));
+        return CliSupport.Status.Status().Start("reading the crosscoder", _ => CrosscoderFiles.Load(path, sources, Console.Error.WriteLine));
     }
 
     static Command Diff()
@@ -341,7 +341,7 @@ static class CrosscoderCommand
             options.Validate();
             string outPath = CliSupport.OutputFile(parse.GetValue(output)!);
             string path = CliSupport.LocalPath(parse.GetValue(crosscoder)!, "--crosscoder");
-            var cc = CliSupport.Status.Status().Start("reading the crosscoder", _ => CrosscoderFiles.Load(path, SourceOptions(parse, models, hooks, scales)));
+            var cc = CliSupport.Status.Status().Start("reading the crosscoder", _ => CrosscoderFiles.Load(path, SourceOptions(parse, models, hooks, scales), Console.Error.WriteLine));
             var loaded = LoadModels(parse, model);
             try
             {

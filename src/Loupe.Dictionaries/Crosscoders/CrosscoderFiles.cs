@@ -73,7 +73,10 @@ public static class CrosscoderFiles
     /// <exception cref="FileNotFoundException">Nothing at the path.</exception>
     /// <exception cref="InputError">Not a crosscoder layout Loupe reads, or tensors or config fields that are missing, misshapen,
     /// not finite or contradict each other; the message names the file and the field or tensor.</exception>
-    public static Crosscoder Load(string path, CrosscoderSourceOptions? options = null)
+    /// <param name="path">The folder, or its weights file.</param>
+    /// <param name="options">Labels, hooks and input scales over the files'.</param>
+    /// <param name="plan">Told the shape and the memory the crosscoder takes, before it is allocated.</param>
+    public static Crosscoder Load(string path, CrosscoderSourceOptions? options = null, Action<string>? plan = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         options ??= new CrosscoderSourceOptions();
@@ -88,7 +91,7 @@ public static class CrosscoderFiles
         if (file.Metadata.TryGetValue(LoupeMetadataKey, out var text))
             loupe = JsonInput.ParseNode(System.Text.Encoding.UTF8.GetBytes(text), $"{weights} (metadata '{LoupeMetadataKey}')") as JsonObject
                 ?? throw new InputError($"{weights}: metadata '{LoupeMetadataKey}' is not a JSON object");
-        return layout == Layout.Kissane ? ReadKissane(file, weights, cfg, config, loupe, options) : ReadDictionaryLearning(file, weights, cfg, config, loupe, layout, options);
+        return layout == Layout.Kissane ? ReadKissane(file, weights, cfg, config, loupe, options, plan) : ReadDictionaryLearning(file, weights, cfg, config, loupe, layout, options, plan);
     }
 
     enum Layout { TrainerFolder, Hub, Kissane }
@@ -133,7 +136,7 @@ public static class CrosscoderFiles
 
     // ---- dictionary_learning ----
 
-    static Crosscoder ReadDictionaryLearning(SafeTensorsFile file, string path, JsonObject? cfg, string? cfgPath, JsonObject? loupe, Layout layout, CrosscoderSourceOptions options)
+    static Crosscoder ReadDictionaryLearning(SafeTensorsFile file, string path, JsonObject? cfg, string? cfgPath, JsonObject? loupe, Layout layout, CrosscoderSourceOptions options, Action<string>? plan)
     {
         var names = Names(file);
         JsonObject? trainer = layout == Layout.TrainerFolder && cfg is not null
@@ -165,17 +168,20 @@ public static class CrosscoderFiles
             throw new InputError($"{path}: unexpected tensor '{unknown}' for a {(batchTopK ? "BatchTopKCrossCoder" : "CrossCoder")}, which holds {string.Join(", ", allowed)}");
 
         int n = layers;
-        var dict = new SparseDictionary(SaeShape.Sae(n * d, f, applyBDecToInput: false), new ReluActivation());
+        plan?.Invoke(Plan(n, d, f));
+        // A BatchTopK crosscoder is held as the JumpReLU its inference rule is (thresholds set below), in the same arrays.
+        var dict = new SparseDictionary(SaeShape.Sae(n * d, f, applyBDecToInput: false), batchTopK ? new JumpReluActivation() : new ReluActivation());
         var p = dict.P;
-        var enc = new float[(long)encBlocks * d * f];
-        CltFiles.Read(file, path, Stored(file, names, path, "encoder.weight"), [encBlocks, d, f], enc);
-        for (int b = 0; b < encBlocks; b++) enc.AsSpan((int)((long)b * d * f), d * f).CopyTo(p.WEnc.AsSpan((int)((long)encoderLayers[b] * d * f)));
+        // Read in place, block by block: no second copy of a multi-GB matrix.
+        string encName = Stored(file, names, path, "encoder.weight"), decName = Stored(file, names, path, "decoder.weight");
+        CltFiles.CheckShape(file, path, encName, [encBlocks, d, f]);
+        for (int b = 0; b < encBlocks; b++)
+            ReadRange(file, path, encName, (long)b * d * f, p.WEnc.AsSpan((int)((long)encoderLayers[b] * d * f), d * f));
         CltFiles.Read(file, path, Stored(file, names, path, "encoder.bias"), [f], p.BEnc);
-        var dec = new float[(long)n * f * d];
-        CltFiles.Read(file, path, Stored(file, names, path, "decoder.weight"), [n, f, d], dec);
+        CltFiles.CheckShape(file, path, decName, [n, f, d]);
         for (int l = 0; l < n; l++)
             for (int i = 0; i < f; i++)
-                dec.AsSpan((int)(((long)l * f + i) * d), d).CopyTo(p.WDec.AsSpan((int)(((long)i * n + l) * d), d));
+                ReadRange(file, path, decName, ((long)l * f + i) * d, p.WDec.AsSpan((int)(((long)i * n + l) * d), d));
         CltFiles.Read(file, path, Stored(file, names, path, "decoder.bias"), [n, d], p.BDec);
 
         var sources = Sources(options, n, loupe, path, HookFromConfig(settings, where));
@@ -193,14 +199,14 @@ public static class CrosscoderFiles
         if (theta < 0)
             throw new InputError($"{path}: tensor 'threshold' is {theta.ToString(CultureInfo.InvariantCulture)}: never set by training; without it a BatchTopK " +
                                  "crosscoder keeps the k·batch largest latents of a whole batch, which depends on the batch; Loupe encodes with the learned threshold");
-        var folded = FoldThreshold(p, n, d, f, theta, norm.Kind, norm.AlphaSae, norm.AlphaCc);
-        return new Crosscoder(sources, d, folded, scales)
+        SetThresholds(p, n, d, f, theta, norm.Kind, norm.AlphaSae, norm.AlphaCc);
+        return new Crosscoder(sources, d, dict, scales)
         {
             Architecture = "batchtopk", BatchTopKThreshold = theta, K = k, CodeNormalization = norm.Kind, Origin = origin,
         };
     }
 
-    // f_i·n_i > θ  ⇔  f_i > θ / n_i  (n_i > 0): a JumpReLU with θ_i = θ / n_i on the same weights; n_i = 0 never fires.
+    // f_i·n_i > θ  ⇔  f_i > θ / n_i  (n_i > 0): a JumpReLU with θ_i = θ / n_i on the same weights (a copy of p); n_i = 0 never fires.
     internal static SparseDictionary FoldThreshold(SaeParameters p, int n, int d, int f, float theta, CodeNormalization kind, float alphaSae = 1f, float alphaCc = 0.1f)
     {
         var dict = new SparseDictionary(p.Shape, new JumpReluActivation());
@@ -209,14 +215,20 @@ public static class CrosscoderFiles
         p.BEnc.CopyTo(q.BEnc, 0);
         p.WDec.CopyTo(q.WDec, 0);
         p.BDec.CopyTo(q.BDec, 0);
+        SetThresholds(q, n, d, f, theta, kind, alphaSae, alphaCc);
+        return dict;
+    }
+
+    // log θ_i = log(θ / n_i) from the decoder in p; n_i = 0 never fires.
+    static void SetThresholds(SaeParameters p, int n, int d, int f, float theta, CodeNormalization kind, float alphaSae, float alphaCc)
+    {
         var norms = Crosscoder.SegmentNorms(p.WDec, f, n, d);
         for (int i = 0; i < f; i++)
         {
             float code = Crosscoder.CodeNorm(kind, norms.AsSpan(i * n, n), alphaSae, alphaCc);
             float ti = code > 0 ? theta / code : float.MaxValue;
-            q.LogThreshold[i] = SaeLensFormat.LogThreshold(float.IsFinite(ti) ? ti : float.MaxValue);
+            p.LogThreshold[i] = SaeLensFormat.LogThreshold(float.IsFinite(ti) ? ti : float.MaxValue);
         }
-        return dict;
     }
 
     static (CodeNormalization Kind, float AlphaSae, float AlphaCc) CodeNormalizationOf(SafeTensorsFile file, Dictionary<string, string> names, string path, JsonObject? settings, string where)
@@ -266,7 +278,7 @@ public static class CrosscoderFiles
 
     // ---- Kissane ----
 
-    static Crosscoder ReadKissane(SafeTensorsFile file, string path, JsonObject? cfg, string? cfgPath, JsonObject? loupe, CrosscoderSourceOptions options)
+    static Crosscoder ReadKissane(SafeTensorsFile file, string path, JsonObject? cfg, string? cfgPath, JsonObject? loupe, CrosscoderSourceOptions options, Action<string>? plan)
     {
         var names = Names(file);
         string where = cfgPath ?? path;
@@ -281,6 +293,7 @@ public static class CrosscoderFiles
         string[] allowed = ["W_enc", "b_enc", "W_dec", "b_dec"];
         if (names.Keys.FirstOrDefault(x => !allowed.Contains(x)) is { } unknown)
             throw new InputError($"{path}: unexpected tensor '{unknown}' for Kissane's CrossCoder, which holds {string.Join(", ", allowed)}");
+        plan?.Invoke(Plan(n, d, f));
         var dict = new SparseDictionary(SaeShape.Sae(n * d, f, applyBDecToInput: false), new ReluActivation());
         CltFiles.Read(file, path, Stored(file, names, path, "W_enc"), [n, d, f], dict.P.WEnc);   // [n, d, F] is the row-blocks of [n·d, F]
         CltFiles.Read(file, path, Stored(file, names, path, "b_enc"), [f], dict.P.BEnc);
@@ -415,6 +428,20 @@ public static class CrosscoderFiles
             if (!map.TryAdd(plain, name)) throw new InputError($"{file.Path}: tensor '{plain}' is stored twice (with and without '{CompiledPrefix}')");
         }
         return map;
+    }
+
+    // What Load will allocate: W_enc and W_dec of S·d × F floats each, plus the biases and per-latent thresholds.
+    static string Plan(int n, int d, int f)
+    {
+        long bytes = 4L * (2L * n * d * f + 2L * f + 2L * n * d);
+        return $"crosscoder: {n} sources × d {d} × {f:N0} latents, {ByteSizes.Format(bytes)} in memory";
+    }
+
+    // Elements [offset, offset + into.Length) of a float tensor, checked (NaN, ±∞, magnitude) with their index in the tensor.
+    static void ReadRange(SafeTensorsFile file, string path, string stored, long offset, Span<float> into)
+    {
+        file.ReadFloat32(file.GetInfo(stored), offset, into);
+        CltFiles.CheckValues(into, path, stored, offset);
     }
 
     // The stored name of tensor `name` (with torch.compile's prefix, if the file has it); missing: refused naming it.
