@@ -101,6 +101,15 @@ public sealed class CrosscoderCliTests : IDisposable
         (code, stdout, err) = RunLoupe("features", "top", "--db", db, "-f", latent.ToString(System.Globalization.CultureInfo.InvariantCulture));
         Assert.True(code == 0, err);
         Assert.Contains($"feature {latent} of 512 at base:blocks.0.hook_resid_pre+chat:blocks.0.hook_resid_pre", stdout);
+
+        // its chat decoder vector steers the base model
+        string vector = Path.Combine(_root, "chat-latent.safetensors");
+        (code, stdout, err) = RunLoupe("crosscoder", "vector", "--crosscoder", cc, "--latent", latent.ToString(System.Globalization.CultureInfo.InvariantCulture), "--source", "chat", "--out", vector);
+        Assert.True(code == 0, err);
+        Assert.Contains("(hook blocks.0.hook_resid_pre)", stdout);
+        (code, stdout, err) = RunLoupe("steer", "--model", SharedData.Require("models/stories260K"), "--vector", vector, "--coeff", "4", "--prompt", "Once upon a time", "-n", "4");
+        Assert.True(code == 0, err);
+        AssertRefused(RunLoupe("crosscoder", "vector", "--crosscoder", cc, "--latent", "0", "--source", "assistant", "--out", vector), "--source", "base, chat");
     }
 
     // stories260K with one random direction (norm 1.5) added to the embedding of every token id ≡ 0 mod 4 from 4 on.

@@ -33,6 +33,7 @@ static class CrosscoderCommand
         command.Subcommands.Add(Eval());
         command.Subcommands.Add(Train());
         command.Subcommands.Add(Features());
+        command.Subcommands.Add(Vector());
         return command;
     }
 
@@ -374,6 +375,38 @@ static class CrosscoderCommand
                 foreach (var m in loaded.Values) m.Dispose();
             }
         })));
+        return command;
+    }
+
+    static Command Vector()
+    {
+        var crosscoder = CrosscoderOption();
+        var (models, hooks, scales) = (ModelsOption(), HooksOption(), ScalesOption());
+        var latent = new Option<int>("--latent", "-f") { Description = "The latent", Required = true };
+        var source = new Option<string>("--source") { Description = "Whose decoder vector: a source's label (chat) or index (1)", Required = true };
+        var unit = new Option<bool>("--unit") { Description = "Write it at unit length (default: in the model's units, W_dec / input scale)" };
+        var output = new Option<string>("--out", "-o") { Description = "The steering vector file (safetensors: tensor 'direction', the source's hook in the metadata)", Required = true };
+        var command = new Command("vector",
+            "Write a latent's decoder vector in one source as a steering vector: add what a chat-only latent writes to the base\n" +
+            "model (`loupe steer --vector`) and see whether it makes the base model act like the fine-tune.\n\n" +
+            "Example:\n" +
+            "  loupe crosscoder vector --crosscoder cc/ --latent 128 --source chat --out chat-128.safetensors\n" +
+            "  loupe steer --model base-model/ --vector chat-128.safetensors --coeff 8 --prompt \"Once upon a time\"")
+        { crosscoder, models, hooks, scales, latent, source, unit, output };
+        command.SetAction(parse => CliSupport.Guard(() =>
+        {
+            string outPath = CliSupport.OutputFile(parse.GetValue(output)!);
+            var cc = Load(parse, crosscoder, SourceOptions(parse, models, hooks, scales));
+            string which = parse.GetValue(source)!;
+            var labels = cc.SourceLabels();
+            int s = Enumerable.Range(0, labels.Count).FirstOrDefault(i => labels[i] == which || cc.Sources[i].ToString() == which, -1);
+            if (s < 0 && int.TryParse(which, NumberStyles.None, CultureInfo.InvariantCulture, out int index)) s = index;
+            if (s < 0 || s >= labels.Count) throw InputError.Expected("argument", "--source", $"one of {string.Join(", ", labels)} or an index below {labels.Count}", which);
+            CrosscoderFiles.SaveDecoderVector(outPath, cc, parse.GetValue(latent), s, parse.GetValue(unit));
+            float norm = System.Numerics.Tensors.TensorPrimitives.Norm(cc.DecoderVector(parse.GetValue(latent), s));
+            Console.WriteLine($"latent {parse.GetValue(latent)} in {cc.Sources[s]}: ‖W_dec‖ {norm:G4}; wrote {outPath} (hook {cc.Sources[s].Hook})");
+            return 0;
+        }));
         return command;
     }
 

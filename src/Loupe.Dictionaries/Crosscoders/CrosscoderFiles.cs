@@ -361,6 +361,38 @@ public static class CrosscoderFiles
         OutputFiles.WriteAtomic(Path.Combine(folder, ConfigFile), s => s.Write(System.Text.Encoding.UTF8.GetBytes(json)));
     }
 
+    /// <summary>
+    /// Writes latent <paramref name="latent"/>'s decoder vector in source <paramref name="source"/>, in that model's units
+    /// (W_dec^s[j] / c_s; unit length with <paramref name="unit"/>), as a steering vector file (tensor "direction", the
+    /// source's hook in the metadata) that <c>loupe steer --vector</c> and <c>SteeringVector.Load</c> read: add a
+    /// chat-only latent's direction to the base model and see what it does.
+    /// </summary>
+    /// <exception cref="InputError">The latent or source is out of range, the source names no hook, or the vector is 0.</exception>
+    public static void SaveDecoderVector(string path, Crosscoder crosscoder, int latent, int source, bool unit = false)
+    {
+        ArgumentNullException.ThrowIfNull(crosscoder);
+        if (latent < 0 || latent >= crosscoder.DSae) throw new InputError($"argument: --latent: {latent} is out of range (d_sae = {crosscoder.DSae})");
+        if (source < 0 || source >= crosscoder.Sources.Count) throw new InputError($"argument: --source: {source} is out of range ({crosscoder.Sources.Count} sources)");
+        var src = crosscoder.Sources[source];
+        if (src.Hook.Length == 0) throw new InputError($"source {src}: the crosscoder's files name no hook; pass --hooks");
+        var v = crosscoder.DecoderVector(latent, source).ToArray();
+        float norm = System.Numerics.Tensors.TensorPrimitives.Norm(v);
+        if (norm == 0) throw new InputError($"latent {latent} has no decoder vector in {src} (‖W_dec‖ = 0): it writes nothing there");
+        System.Numerics.Tensors.TensorPrimitives.Multiply(v, unit ? 1f / norm : 1f / crosscoder.InputScales[source], v);
+        var metadata = new Dictionary<string, string>
+        {
+            ["format"] = "loupe-crosscoder-latent",
+            ["hook"] = src.Hook,
+            [HookNames.SemanticsKey] = HookNames.Semantics,
+            ["model"] = src.Model,
+            ["latent"] = latent.ToString(CultureInfo.InvariantCulture),
+            ["crosscoder"] = crosscoder.Origin,
+            ["scaling"] = unit ? "unit length" : $"W_dec / input scale {crosscoder.InputScales[source].ToString("R", CultureInfo.InvariantCulture)} (model units)",
+        };
+        OutputFiles.EnsureReplaceable(Path.GetFullPath(path));
+        SafeTensorsWriter.Write(path, [("direction", [v.Length], (ReadOnlyMemory<float>)v)], metadata);
+    }
+
     // ---- sources and scales ----
 
     static CrosscoderSource[] Sources(CrosscoderSourceOptions options, int n, JsonObject? loupe, string where, string? configHook)

@@ -160,6 +160,28 @@ public sealed class CrosscoderFilesTests : IDisposable
     }
 
     [Fact]
+    public void A_latents_decoder_vector_is_written_as_a_steering_vector_in_model_units()
+    {
+        Directory.CreateDirectory(_dir);
+        var cc = CrosscoderFiles.Load(Folder("dl-relu"), new CrosscoderSourceOptions { Models = ["base", "chat"], InputScales = [2f, 4f] });
+        string path = Path.Combine(_dir, "v.safetensors");
+        CrosscoderFiles.SaveDecoderVector(path, cc, 4, 1);
+        using (var file = SafeTensorsFile.Open(path))
+        {
+            Assert.Equal("blocks.2.hook_resid_post", file.Metadata["hook"]);
+            Assert.Equal("chat", file.Metadata["model"]);
+            var v = file.GetFloat32("direction").ToArray();
+            var want = cc.DecoderVector(4, 1).ToArray();
+            for (int j = 0; j < D; j++) Assert.Equal(want[j] / 4f, v[j], 1e-7f);
+        }
+        CrosscoderFiles.SaveDecoderVector(path, cc, 4, 0, unit: true);
+        using (var file = SafeTensorsFile.Open(path))
+            Assert.Equal(1f, System.Numerics.Tensors.TensorPrimitives.Norm(file.GetFloat32("direction").Span), 1e-6f);
+        Assert.Contains("writes nothing there", Assert.Throws<InputError>(() => CrosscoderFiles.SaveDecoderVector(path, cc, 0, 1)).Message);   // latent 0 is base-only
+        Assert.Contains("--latent", Assert.Throws<InputError>(() => CrosscoderFiles.SaveDecoderVector(path, cc, F, 0)).Message);
+    }
+
+    [Fact]
     public void Bad_files_and_arguments_are_refused_by_name()
     {
         string Copy(string name)
