@@ -113,6 +113,21 @@ static class CrosscoderCommand
         Required = true, AllowMultipleArgumentsPerToken = false,
     };
 
+    // Loads the models, checks they read the same token ids, runs body with them, and disposes them.
+    static int WithModels(ParseResult parse, Option<string[]> option, Func<Dictionary<string, HookedTransformer>, int> body)
+    {
+        var loaded = LoadModels(parse, option);
+        try
+        {
+            CheckSameTokens(loaded);
+            return body(loaded);
+        }
+        finally
+        {
+            foreach (var m in loaded.Values) m.Dispose();
+        }
+    }
+
     // Loads each LABEL=MODEL once; the contexts are tokenised with the first model's tokenizer.
     static Dictionary<string, HookedTransformer> LoadModels(ParseResult parse, Option<string[]> option)
     {
@@ -183,10 +198,8 @@ static class CrosscoderCommand
                 : which.Trim() == "exclusive" ? [.. CrosscoderDiff.Compute(cc).Latents.Where(l => l.Class.EndsWith(" only", StringComparison.Ordinal)).Select(l => l.Index)]
                 : [.. CliSupport.IntegerList(which, "--latent-scaling", "'exclusive' or latent indices like 12,40").Select(v => (int)Math.Clamp(v, -1, int.MaxValue))];
             if (scaled.Length > 0 && cc.Sources.Count != 2) throw new InputError($"argument: --latent-scaling: compares two sources; this crosscoder has {cc.Sources.Count}");
-            var loaded = LoadModels(parse, model);
-            try
+            return WithModels(parse, model, loaded =>
             {
-                CheckSameTokens(loaded);
                 var first = loaded[cc.Sources[0].Model is var m && loaded.ContainsKey(m) ? m : loaded.Keys.First()];
                 var contexts = Contexts(parse, first, source, contextSize, maxContexts, seed);
                 CrosscoderEvalResult? result = null;
@@ -219,11 +232,7 @@ static class CrosscoderCommand
                     Console.WriteLine($"wrote {outPath}");
                 }
                 return 0;
-            }
-            finally
-            {
-                foreach (var m in loaded.Values) m.Dispose();
-            }
+            });
         }));
         return command;
     }
@@ -270,10 +279,8 @@ static class CrosscoderCommand
             int kValue = arch == "batchtopk" ? CliSupport.Int(parse, k, 1, features) : 1;
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
             var hooks = List(parse.GetValue(hook)) ?? [];
-            var loaded = LoadModels(parse, model);
-            try
+            return WithModels(parse, model, loaded =>
             {
-                CheckSameTokens(loaded);
                 CrosscoderSource[] sources = loaded.Count > 1
                     ? hooks.Length == 1 ? [.. loaded.Keys.Select(l => new CrosscoderSource(l, hooks[0]))]
                         : throw new InputError($"argument: --hook: model diffing reads one hook in every model; got {hooks.Length} for {loaded.Count} models")
@@ -303,11 +310,7 @@ static class CrosscoderCommand
                 Console.WriteLine("  " + string.Join(", ", diff.Counts.Select(kv => $"{kv.Key}: {kv.Value}")));
                 Console.WriteLine($"wrote {folder}");
                 return 0;
-            }
-            finally
-            {
-                foreach (var m in loaded.Values) m.Dispose();
-            }
+            });
         }));
         return command;
     }
@@ -343,10 +346,8 @@ static class CrosscoderCommand
             string outPath = CliSupport.OutputFile(parse.GetValue(output)!);
             string path = CliSupport.LocalPath(parse.GetValue(crosscoder)!, "--crosscoder");
             var cc = CliSupport.Status.Status().Start("reading the crosscoder", _ => CrosscoderFiles.Load(path, SourceOptions(parse, models, hooks, scales), Console.Error.WriteLine));
-            var loaded = LoadModels(parse, model);
-            try
+            return WithModels(parse, model, loaded =>
             {
-                CheckSameTokens(loaded);
                 var paired = new PairedActivations(cc.Sources, cc.Width, loaded);
                 var contexts = Contexts(parse, paired.First, source, contextSize, maxContexts, seed);
                 long state = Loupe.Dictionaries.Features.FeatureDashboardBuilder.EstimateStateBytes(cc.DSae, options);
@@ -369,11 +370,7 @@ static class CrosscoderCommand
                 Console.WriteLine($"{r.DSae:N0} latents over {r.Tokens:N0} tokens: {r.DeadFeatures:N0} never fired; {r.Examples:N0} examples from {r.ContextsStored:N0} contexts");
                 Console.WriteLine($"wrote {r.Path}");
                 return 0;
-            }
-            finally
-            {
-                foreach (var m in loaded.Values) m.Dispose();
-            }
+            });
         })));
         return command;
     }
