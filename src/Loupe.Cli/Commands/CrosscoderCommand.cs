@@ -92,9 +92,9 @@ static class CrosscoderCommand
                 Console.WriteLine($"  {cls,-24} {count,8:N0}  ({100.0 * count / cc.DSae:F1}%)" +
                                   (diff.Top.TryGetValue(cls, out var ids) && ids.Count > 0 ? $"   e.g. {string.Join(", ", ids.Take(8))}" : ""));
             if (diff.NormDiffHistogram is { } h)
-                Console.WriteLine($"  {"Δ histogram [0 … 1]",-24} {Sparkline(h.Counts)}");
+                Console.WriteLine($"  {"Δ histogram [0 … 1]",-24} {SaeEvalVerb.Sparkline(h.Counts)}");
             if (diff.SharedCosineHistogram is { } c && c.Counts.Sum() > 0)
-                Console.WriteLine($"  {"shared cosines [−1 … 1]",-24} {Sparkline(c.Counts)}");
+                Console.WriteLine($"  {"shared cosines [−1 … 1]",-24} {SaeEvalVerb.Sparkline(c.Counts)}");
             if (outPath is not null)
             {
                 string json = diff.ToJson();
@@ -415,12 +415,5 @@ static class CrosscoderCommand
         if (point.Axes.Count != 3 || point.Sizes[^1] is not int d)
             throw new InputError($"argument: --hook: '{hook}' has axes [{string.Join(", ", point.Axes)}]; a crosscoder reads per-position vectors [batch, pos, d]");
         return d;
-    }
-
-    static string Sparkline(long[] counts)
-    {
-        const string bars = "▁▂▃▄▅▆▇█";
-        long max = Math.Max(1, counts.Max());
-        return string.Concat(counts.Select(c => c == 0 ? ' ' : bars[(int)Math.Min(bars.Length - 1, c * bars.Length / (max + 1))]));
     }
 }

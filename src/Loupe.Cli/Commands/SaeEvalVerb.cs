@@ -143,7 +143,7 @@ static class SaeEvalVerb
         Console.WriteLine($"  {"log10 density histogram",-32} {Sparkline(r.DensityHistogram.Counts)}  [−10 … 0]");
     }
 
-    static string Sparkline(long[] counts)
+    internal static string Sparkline(long[] counts)
     {
         const string bars = "▁▂▃▄▅▆▇█";
         long max = Math.Max(1, counts.Max());

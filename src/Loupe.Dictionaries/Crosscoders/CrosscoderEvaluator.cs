@@ -88,6 +88,7 @@ public static class CrosscoderEvaluator
             var ids = new int[b * T];
             for (int i = 0; i < b; i++) contexts.Contexts[start + i].CopyTo(ids, i * T);
             var (x, logits) = paired.Run(ids, b, T, keepLogits: options.Losses);
+            var batch = new TokenBatch(ids, b, T);
             int rows = b * (T - 1);
             var xc = crosscoder.Concatenate(x, rows);                       // [rows, S·d], scaled
             var latents = crosscoder.Dictionary.Encode(xc, rows);
@@ -121,9 +122,9 @@ public static class CrosscoderEvaluator
                 predictions += (long)b * (T - 1);
                 foreach (var (label, model) in paired.Models)
                 {
-                    ce[label][0] += CrossEntropySum(ids, b, T, logits[label]);
-                    ce[label][1] += CrossEntropySum(ids, b, T, Spliced(model, crosscoder, label, recon, ids, b, T, zero: false));
-                    ce[label][2] += CrossEntropySum(ids, b, T, Spliced(model, crosscoder, label, recon, ids, b, T, zero: true));
+                    ce[label][0] += Evaluation.SaeEvaluator.CrossEntropySum(batch, logits[label]);
+                    ce[label][1] += Evaluation.SaeEvaluator.CrossEntropySum(batch, Spliced(model, crosscoder, label, recon, ids, b, T, zero: false));
+                    ce[label][2] += Evaluation.SaeEvaluator.CrossEntropySum(batch, Spliced(model, crosscoder, label, recon, ids, b, T, zero: true));
                 }
             }
             progress?.Report(start + b);
@@ -182,23 +183,5 @@ public static class CrosscoderEvaluator
         var logits = result.Logits.ToCpu().Clone();
         model.Recycle(result);
         return logits;
-    }
-
-    /// <summary>Σ over every position but the last of −log softmax(logits[b, t])[ids[b, t + 1]].</summary>
-    static double CrossEntropySum(int[] ids, int b, int T, Tensor logits)
-    {
-        int v = logits.Dim(-1);
-        var all = logits.Span;
-        double total = 0;
-        for (int i = 0; i < b; i++)
-            for (int t = 0; t < T - 1; t++)
-            {
-                var row = all.Slice((i * T + t) * v, v);
-                float max = System.Numerics.Tensors.TensorPrimitives.Max(row);
-                double z = 0;
-                foreach (float q in row) z += Math.Exp(q - max);
-                total += max + Math.Log(z) - row[ids[i * T + t + 1]];
-            }
-        return total;
     }
 }

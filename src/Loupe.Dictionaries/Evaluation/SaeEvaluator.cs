@@ -307,6 +307,9 @@ public static partial class SaeEvaluator
         return new DensityHistogram(edges, counts);
     }
 
+    /// <summary>Σ over predictions (every position but the last) of −log softmax(logits)[next token]; logits on the host.</summary>
+    internal static double CrossEntropySum(TokenBatch batch, Tensor logits) => Accumulator.CrossEntropySum(batch, logits);
+
     /// <summary>Running sums in double precision (steps 5–6).</summary>
     /// <param name="dSae">Latents.</param>
     /// <param name="dOut">Output width.</param>
