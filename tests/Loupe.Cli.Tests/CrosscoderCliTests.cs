@@ -113,6 +113,42 @@ public sealed class CrosscoderCliTests : IDisposable
     }
 
     // stories260K with one random direction (norm 1.5) added to the embedding of every token id ≡ 0 mod 4 from 4 on.
+    [RequiresSharedFact("models/stories260K")]
+    public void Train_and_eval_on_a_device_write_what_the_cpu_writes()
+    {
+        string chat = FineTunedStories(), base_ = SharedData.Require("models/stories260K");
+        string[] Train(string folder) => ["crosscoder", "train", "--model", $"base={base_}", "--model", $"chat={chat}", "--hook", "blocks.1.hook_resid_post",
+            "--d-sae", "64", "--architecture", "batchtopk", "--k", "8", "--source", "generate:8", "--context-size", "16", "--max-contexts", "8",
+            "--steps", "40", "--batch-size", "32", "--lr", "3e-3", "--seed", "2", "--out", folder];
+        string cpu = Path.Combine(_root, "cpu"), gpu = Path.Combine(_root, "gpu");
+        var (code, _, err) = RunLoupe(Train(cpu));
+        Assert.True(code == 0, err);
+        (code, var stdout, err) = RunLoupe([.. Train(gpu), "--device", "emulated"]);
+        Assert.True(code == 0, err);
+        Assert.Contains("trained on emulated:", stdout);
+        var (a, b) = (CrosscoderFiles.Load(cpu), CrosscoderFiles.Load(gpu));
+        Assert.Equal(a.InputScales, b.InputScales);
+        Assert.Equal(a.BatchTopKThreshold, b.BatchTopKThreshold, 1e-3 * a.BatchTopKThreshold);
+        for (int i = 0; i < a.Dictionary.P.WDec.Length; i++)
+            Assert.True(Math.Abs(a.Dictionary.P.WDec[i] - b.Dictionary.P.WDec[i]) <= 1e-3f * (1 + Math.Abs(a.Dictionary.P.WDec[i])), $"W_dec[{i}]");
+
+        string[] Eval(string json) => ["crosscoder", "eval", "--crosscoder", cpu, "--model", $"base={base_}", "--model", $"chat={chat}",
+            "--source", "generate:4", "--seed", "3", "--context-size", "16", "--max-contexts", "4", "--out", json];
+        string cpuJson = Path.Combine(_root, "cpu.json"), gpuJson = Path.Combine(_root, "gpu.json");
+        (code, _, err) = RunLoupe(Eval(cpuJson));
+        Assert.True(code == 0, err);
+        (code, _, err) = RunLoupe([.. Eval(gpuJson), "--device", "emulated"]);
+        Assert.True(code == 0, err);
+        using var x = JsonDocument.Parse(File.ReadAllBytes(cpuJson));
+        using var y = JsonDocument.Parse(File.ReadAllBytes(gpuJson));
+        var (xs, ys) = (x.RootElement.GetProperty("sources").EnumerateArray().ToArray(), y.RootElement.GetProperty("sources").EnumerateArray().ToArray());
+        for (int s = 0; s < 2; s++)
+            Assert.Equal(xs[s].GetProperty("explained_variance").GetDouble(), ys[s].GetProperty("explained_variance").GetDouble(), 1e-4);
+        var (xm, ym) = (x.RootElement.GetProperty("models").EnumerateArray().ToArray(), y.RootElement.GetProperty("models").EnumerateArray().ToArray());
+        for (int m = 0; m < 2; m++)
+            Assert.Equal(xm[m].GetProperty("ce_spliced").GetDouble(), ym[m].GetProperty("ce_spliced").GetDouble(), 1e-4);
+    }
+
     string FineTunedStories()
     {
         string from = SharedData.Require("models/stories260K"), to = Path.Combine(_root, "stories-chat");

@@ -262,7 +262,7 @@ static class CliSupport
         else
         {
             if (s_device.Value is { FromOption: true })
-                throw new InputError($"argument: --device: {activation.Architecture} dictionaries train on the CPU only so far (on a device: topk, batchtopk, jumprelu, standard); drop --device {Device}");
+                throw new InputError($"argument: --device: {activation.Architecture} dictionaries train on the CPU only so far (on a device: topk, batchtopk, jumprelu, standard, crosscoder, crosscoder_batchtopk); drop --device {Device}");
             Status.MarkupLine($"[grey]note: {Markup.Escape(activation.Architecture)} dictionaries train on the CPU only so far; LOUPE_DEVICE={Device} is ignored here[/]");
             backend = CpuBackend.Instance;
         }

@@ -109,7 +109,7 @@ static class CrosscoderCommand
     static Option<string[]> ModelListOption() => new("--model", "-m")
     {
         Description = "LABEL=MODEL for each model the crosscoder reads (a folder or hub id), repeated: --model base=gpt2 --model chat=./gpt2-chat. " +
-                      "A one-model crosscoder takes one. With --device the models run there (the crosscoder on the host, one copy of the hooks per batch)",
+                      "A one-model crosscoder takes one. With --device the models and the crosscoder run there (train: the rows are held in host memory, a batch goes up per step)",
         Required = true, AllowMultipleArgumentsPerToken = false,
     };
 
@@ -292,12 +292,16 @@ static class CrosscoderCommand
                     if (Width(loaded[s.Model], s.Hook) is var w && w != width)
                         throw new InputError($"source {s}: width {w}, but {sources[0]} has {width}; a crosscoder's sources share one width");
                 var paired = new PairedActivations(sources, width, loaded);
+                var options = new CrosscoderTrainingOptions { DSae = features, Architecture = arch, K = kValue, Training = training, NormalizeSources = !parse.GetValue(noNormalize) };
+                // the crosscoder trains on --device (or $LOUPE_DEVICE) with its models: parameters, moments and step buffers there
+                var trainingBackend = CliSupport.DictionaryBackendFor(CrosscoderTraining.ActivationFor(options, sources.Length));
+                CliSupport.SayTrainingMemory(CrosscoderTraining.EstimateTrainingBytes(options, sources.Length, width), trainingBackend, CliSupport.FreeDeviceMemory(trainingBackend));
                 var contexts = Contexts(parse, first, source, contextSize, maxContexts, seed);
                 long bytes = CrosscoderTraining.EstimateRowBytes(contexts.Count, contexts.ContextSize, sources.Length, width);
                 Console.Error.WriteLine($"{contexts.Count} contexts × {contexts.ContextSize - 1} positions × {sources.Length} sources × d {width}: {CliSupport.FormatBytes(bytes)} of activations in memory");
                 var rows = CliSupport.Status.Status().Start("running the models", _ => CrosscoderTraining.CollectRows(paired, contexts));
-                var options = new CrosscoderTrainingOptions { DSae = features, Architecture = arch, K = kValue, Training = training, NormalizeSources = !parse.GetValue(noNormalize) };
-                var trained = CliSupport.Status.Status().Start($"training {features:N0} latents for {training.Steps:N0} steps", _ => CrosscoderTraining.Train(sources, width, rows, options));
+                var trained = CliSupport.Status.Status().Start($"training {features:N0} latents for {training.Steps:N0} steps on {trainingBackend.Device}",
+                    _ => CrosscoderTraining.Train(sources, width, rows, options, backend: trainingBackend));
                 var last = trained.Steps[^1];
                 CrosscoderFiles.Save(folder, trained.Crosscoder, new Dictionary<string, string>
                 {
@@ -305,7 +309,7 @@ static class CrosscoderCommand
                     ["contexts"] = $"{contexts.Count} × {contexts.ContextSize} from {contexts.SourceDescription} ({contexts.Sha256()})",
                     ["steps"] = training.Steps.ToString(CultureInfo.InvariantCulture), ["l1"] = training.SparsityCoefficient.ToString(CultureInfo.InvariantCulture),
                 });
-                Console.WriteLine($"trained: mse {last.Mse:G4}, L0 {last.L0:F1}, explained variance {last.ExplainedVariance:F4}; input scales {string.Join(", ", trained.Crosscoder.InputScales.Select(c => c.ToString("G4", CultureInfo.InvariantCulture)))}");
+                Console.WriteLine($"trained on {trainingBackend.Device}: mse {last.Mse:G4}, L0 {last.L0:F1}, explained variance {last.ExplainedVariance:F4}; input scales {string.Join(", ", trained.Crosscoder.InputScales.Select(c => c.ToString("G4", CultureInfo.InvariantCulture)))}");
                 var diff = CrosscoderDiff.Compute(trained.Crosscoder);
                 Console.WriteLine("  " + string.Join(", ", diff.Counts.Select(kv => $"{kv.Key}: {kv.Value}")));
                 Console.WriteLine($"wrote {folder}");

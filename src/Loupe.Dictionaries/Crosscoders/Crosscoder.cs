@@ -160,6 +160,50 @@ public sealed class Crosscoder
         return outs;
     }
 
+    /// <summary>
+    /// The same crosscoder as an SAE that reads and writes the model's units: c_s folded into source s's encoder rows
+    /// (W_enc^s·c_s) and out of its decoder segment and bias (W_dec^s / c_s, b_dec^s / c_s), so that its input is the raw
+    /// concatenation [x_1 | … | x_S] and its output [x̂_1 | … | x̂_S] (what <see cref="Encode"/> and <see cref="Decode"/> give,
+    /// up to rounding). A device encodes with it: the hooks are concatenated there and never scaled one by one.
+    /// </summary>
+    public SparseDictionary InModelUnits()
+    {
+        if (Dictionary.Activation is CrosscoderBatchTopKActivation)
+            throw new InvalidOperationException("a BatchTopK crosscoder is used as the JumpReLU it folds to (CrosscoderFiles.FoldThreshold): its code norms change with the units");
+        var folded = new SparseDictionary(Dictionary.Shape, Dictionary.Activation);
+        Dictionary.P.CopyTo(folded.P);
+        if (InputScales.All(c => c == 1f)) return folded;
+        var p = folded.P;
+        int n = Sources.Count, d = Width, f = DSae, dOut = n * d;
+        for (int s = 0; s < n; s++)
+        {
+            float c = InputScales[s];
+            TensorPrimitives.Multiply(p.WEnc.AsSpan((int)((long)s * d * f), d * f), c, p.WEnc.AsSpan((int)((long)s * d * f), d * f));
+            TensorPrimitives.Multiply(p.BDec.AsSpan(s * d, d), 1f / c, p.BDec.AsSpan(s * d, d));
+        }
+        RowParallel.For(f, dOut, i =>
+        {
+            for (int s = 0; s < n; s++)
+            {
+                var seg = p.WDec.AsSpan((int)((long)i * dOut + (long)s * d), d);
+                TensorPrimitives.Multiply(seg, 1f / InputScales[s], seg);
+            }
+        });
+        return folded;
+    }
+
+    /// <summary>Multiplies each source's segment of rows [rows, S·d] by c_s in place (model units → the crosscoder's).</summary>
+    internal void ScaleSegments(float[] concatenated, int rows)
+    {
+        int n = Sources.Count, d = Width;
+        for (int r = 0; r < rows; r++)
+            for (int s = 0; s < n; s++)
+            {
+                var seg = concatenated.AsSpan((int)(((long)r * n + s) * d), d);
+                TensorPrimitives.Multiply(seg, InputScales[s], seg);
+            }
+    }
+
     /// <summary>n_i, the weight of latent i against a BatchTopK threshold, from the decoder norms [F, S].</summary>
     public static float CodeNorm(CodeNormalization kind, ReadOnlySpan<float> norms, float alphaSae = 1f, float alphaCc = 0.1f)
     {

@@ -81,7 +81,14 @@ public sealed class CrosscoderBatchTopKActivation : SaeActivation
         float min = float.PositiveInfinity;
         for (int i = 0; i < batch * dSae; i++)
             if (acts[i] > 0 && acts[i] * norms[i % dSae] is var v && v < min) min = v;
-        if (!(min < float.PositiveInfinity)) return;
-        p.Threshold[0] = p.Threshold[0] < 0 ? min : (1 - Momentum) * p.Threshold[0] + Momentum * min;
+        UpdateThreshold(min, p);
+    }
+
+    /// <summary>Folds one training step's smallest kept f·n_i into θ (nothing when none was kept: +∞); the device trainer's entry.</summary>
+    public void UpdateThreshold(float minKept, SaeParameters p)
+    {
+        ArgumentNullException.ThrowIfNull(p);
+        if (!(minKept < float.PositiveInfinity)) return;
+        p.Threshold[0] = p.Threshold[0] < 0 ? minKept : (1 - Momentum) * p.Threshold[0] + Momentum * minKept;
     }
 }

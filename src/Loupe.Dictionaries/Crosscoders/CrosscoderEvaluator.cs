@@ -10,7 +10,8 @@
 //    activation) → CE_spliced; a run with those hooks zero at every position → CE_zero; CE over every position but the
 //    last, predicting the next token; loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean).
 // 5. Optionally Latent Scaling of chosen latents (CrosscoderLatentScaling), from the same batches.
-// Models on a device run there; the hooks, logits and reconstructions cross to and from the host once per batch (counted).
+// Models on one device: steps 2–4 run there too (CrosscoderEvaluator.Device.cs) and what a batch reads back is one vector of
+// sums and the losses; with Latent Scaling, that batch's rows, latents and reconstructions as well (counted).
 // Model diffing reads the per-model numbers side by side: a crosscoder that reconstructs one model much worse than the
 // other, or whose splice costs one model more loss, has not learned the two alike.
 using Loupe.Dictionaries.Harvest;
@@ -58,7 +59,7 @@ public sealed record CrosscoderEvalResult
 }
 
 /// <summary>Evaluates a crosscoder on its models (see the file header).</summary>
-public static class CrosscoderEvaluator
+public static partial class CrosscoderEvaluator
 {
     /// <exception cref="InputError">The models do not fit the crosscoder (see <see cref="PairedActivations"/>), or there are no contexts.</exception>
     public static CrosscoderEvalResult Evaluate(Crosscoder crosscoder, IReadOnlyDictionary<string, HookedTransformer> models, HarvestContexts contexts,
@@ -72,86 +73,114 @@ public static class CrosscoderEvaluator
         if (contexts.ContextSize < 2) throw new InputError("argument: --context-size: a crosscoder evaluation needs contexts of at least 2 tokens (position 0 is left out)");
         var paired = new PairedActivations(crosscoder.Sources, crosscoder.Width, models);
         var scaling = options.LatentScaling.Count > 0 ? new CrosscoderLatentScaling(crosscoder, options.LatentScaling) : null;
-        int n = crosscoder.Sources.Count, d = crosscoder.Width, f = crosscoder.DSae, T = contexts.ContextSize;
-        var err = new double[n];
-        var sum = new double[n][];
-        var sumSq = new double[n][];
-        var cos = new double[n];
-        for (int s = 0; s < n; s++) (sum[s], sumSq[s]) = (new double[d], new double[d]);
-        var fires = new long[f];
-        long rowsTotal = 0, active = 0, predictions = 0;
-        var ce = paired.Models.Keys.ToDictionary(k => k, _ => new double[3], StringComparer.Ordinal); // clean, spliced, zero
+        int T = contexts.ContextSize;
+        var totals = new Totals(crosscoder, paired.Models.Keys);
+        var device = paired.Backend is { } backend ? new DeviceBatch(backend, crosscoder) : null;
 
         for (int start = 0; start < contexts.Count; start += options.BatchSize)
         {
             int b = Math.Min(options.BatchSize, contexts.Count - start);
             var ids = new int[b * T];
             for (int i = 0; i < b; i++) contexts.Contexts[start + i].CopyTo(ids, i * T);
-            var (x, logits) = paired.Run(ids, b, T, keepLogits: options.Losses);
-            var batch = new TokenBatch(ids, b, T);
-            int rows = b * (T - 1);
-            var xc = crosscoder.Concatenate(x, rows);                       // [rows, S·d], scaled
-            var latents = crosscoder.Dictionary.Encode(xc, rows);
-            var reconScaled = new float[(long)rows * n * d];
-            crosscoder.Dictionary.Decode(latents, [], rows, reconScaled);
-            scaling?.Add(xc, latents, reconScaled, rows);
-            var recon = crosscoder.Split(reconScaled, rows);
-            for (int r = 0; r < rows; r++)
-                for (int i = 0; i < f; i++)
-                    if (latents[(long)r * f + i] > 0) { fires[i]++; active++; }
-            for (int s = 0; s < n; s++)
-                for (int r = 0; r < rows; r++)
-                {
-                    double e = 0, xx = 0, rr = 0, xr = 0;
-                    for (int j = 0; j < d; j++)
-                    {
-                        double xv = x[s][r * d + j], rv = recon[s][r * d + j];
-                        e += (xv - rv) * (xv - rv);
-                        xx += xv * xv;
-                        rr += rv * rv;
-                        xr += xv * rv;
-                        sum[s][j] += xv;
-                        sumSq[s][j] += xv * xv;
-                    }
-                    err[s] += e;
-                    cos[s] += xx > 0 && rr > 0 ? xr / Math.Sqrt(xx * rr) : 0;
-                }
-            rowsTotal += rows;
-            if (options.Losses)
-            {
-                predictions += (long)b * (T - 1);
-                foreach (var (label, model) in paired.Models)
-                {
-                    ce[label][0] += Evaluation.SaeEvaluator.CrossEntropySum(batch, logits[label]);
-                    ce[label][1] += Evaluation.SaeEvaluator.CrossEntropySum(batch, Spliced(model, crosscoder, label, recon, ids, b, T, zero: false));
-                    ce[label][2] += Evaluation.SaeEvaluator.CrossEntropySum(batch, Spliced(model, crosscoder, label, recon, ids, b, T, zero: true));
-                }
-            }
+            if (device is not null) device.Add(paired, ids, b, T, options.Losses, scaling, totals);
+            else AddOnHost(crosscoder, paired, ids, b, T, options.Losses, scaling, totals);
             progress?.Report(start + b);
         }
+        return totals.Result(crosscoder, contexts, options.Losses, scaling);
+    }
 
-        var sources = new CrosscoderSourceMetrics[n];
+    // Steps 1–5 of one batch on the host.
+    static void AddOnHost(Crosscoder crosscoder, PairedActivations paired, int[] ids, int b, int T, bool losses, CrosscoderLatentScaling? scaling, Totals totals)
+    {
+        int n = crosscoder.Sources.Count, d = crosscoder.Width, f = crosscoder.DSae;
+        var (x, logits) = paired.Run(ids, b, T, keepLogits: losses);
+        var batch = new TokenBatch(ids, b, T);
+        int rows = b * (T - 1);
+        var xc = crosscoder.Concatenate(x, rows);                       // [rows, S·d], scaled
+        var latents = crosscoder.Dictionary.Encode(xc, rows);
+        var reconScaled = new float[(long)rows * n * d];
+        crosscoder.Dictionary.Decode(latents, [], rows, reconScaled);
+        scaling?.Add(xc, latents, reconScaled, rows);
+        var recon = crosscoder.Split(reconScaled, rows);
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < f; i++)
+                if (latents[(long)r * f + i] > 0) { totals.Fires[i]++; totals.Active++; }
         for (int s = 0; s < n; s++)
+            for (int r = 0; r < rows; r++)
+            {
+                double e = 0, xx = 0, rr = 0, xr = 0;
+                for (int j = 0; j < d; j++)
+                {
+                    double xv = x[s][r * d + j], rv = recon[s][r * d + j];
+                    e += (xv - rv) * (xv - rv);
+                    xx += xv * xv;
+                    rr += rv * rv;
+                    xr += xv * rv;
+                    totals.Sum[s][j] += xv;
+                    totals.SumSq[s][j] += xv * xv;
+                }
+                totals.Error[s] += e;
+                totals.Cosine[s] += Cosine(xx, rr, xr);
+            }
+        totals.Rows += rows;
+        if (!losses) return;
+        totals.Predictions += (long)b * (T - 1);
+        foreach (var (label, model) in paired.Models)
         {
-            double total = 0;
-            for (int j = 0; j < d; j++) total += sumSq[s][j] - sum[s][j] * sum[s][j] / rowsTotal;
-            double fvu = total > 0 ? err[s] / total : double.NaN;
-            var src = crosscoder.Sources[s];
-            sources[s] = new CrosscoderSourceMetrics(src.ToString(), src.Model, src.Hook, err[s] / rowsTotal, fvu, 1 - fvu, cos[s] / rowsTotal);
+            var ce = totals.Ce[label];
+            ce[0] += Evaluation.SaeEvaluator.CrossEntropySum(batch, logits[label]);
+            ce[1] += Evaluation.SaeEvaluator.CrossEntropySum(batch, Spliced(model, crosscoder, label, recon, ids, b, T, zero: false));
+            ce[2] += Evaluation.SaeEvaluator.CrossEntropySum(batch, Spliced(model, crosscoder, label, recon, ids, b, T, zero: true));
         }
-        var losses = paired.Models.Keys.Select(label =>
+    }
+
+    // cos(x, x̂) as SaeEvaluator and the device's ReconstructionRowStats define it: 1 when both are 0, 0 when one is.
+    static double Cosine(double xx, double rr, double xr) => xx == 0 && rr == 0 ? 1 : xx == 0 || rr == 0 ? 0 : xr / Math.Sqrt(xx * rr);
+
+    /// <summary>The running sums of an evaluation (double precision), and the result they give.</summary>
+    sealed class Totals
+    {
+        public readonly double[] Error, Cosine;          // [S] Σ‖x_s − x̂_s‖², Σ cos(x_s, x̂_s)
+        public readonly double[][] Sum, SumSq;           // [S][d] Σ x_s, Σ x_s² per dimension
+        public readonly long[] Fires;                    // [F] rows each latent fired on
+        public long Rows, Active, Predictions;
+        public readonly Dictionary<string, double[]> Ce; // per model: Σ CE clean, spliced, zero-ablated
+
+        public Totals(Crosscoder crosscoder, IEnumerable<string> models)
         {
-            var c = ce[label];
-            double clean = c[0] / predictions, spliced = c[1] / predictions, zero = c[2] / predictions;
-            return new CrosscoderModelLosses(label, clean, spliced, zero, (zero - spliced) / (zero - clean));
-        }).Where(_ => options.Losses).ToArray();
-        return new CrosscoderEvalResult
+            int n = crosscoder.Sources.Count, d = crosscoder.Width;
+            (Error, Cosine) = (new double[n], new double[n]);
+            (Sum, SumSq) = (new double[n][], new double[n][]);
+            for (int s = 0; s < n; s++) (Sum[s], SumSq[s]) = (new double[d], new double[d]);
+            Fires = new long[crosscoder.DSae];
+            Ce = models.ToDictionary(k => k, _ => new double[3], StringComparer.Ordinal);
+        }
+
+        public CrosscoderEvalResult Result(Crosscoder crosscoder, HarvestContexts contexts, bool losses, CrosscoderLatentScaling? scaling)
         {
-            Crosscoder = crosscoder.Origin, Contexts = contexts.Count, ContextSize = T, Rows = rowsTotal, L0 = (double)active / rowsTotal,
-            DSae = f, DeadLatents = fires.Count(c => c == 0), Sources = sources, Models = losses,
-            Density = fires.Select(c => (double)c / rowsTotal).ToArray(),
-            LatentScales = scaling?.Result() ?? [],
-        };
+            int n = crosscoder.Sources.Count, d = crosscoder.Width;
+            var sources = new CrosscoderSourceMetrics[n];
+            for (int s = 0; s < n; s++)
+            {
+                double total = 0;
+                for (int j = 0; j < d; j++) total += SumSq[s][j] - Sum[s][j] * Sum[s][j] / Rows;
+                double fvu = total > 0 ? Error[s] / total : double.NaN;
+                var src = crosscoder.Sources[s];
+                sources[s] = new CrosscoderSourceMetrics(src.ToString(), src.Model, src.Hook, Error[s] / Rows, fvu, 1 - fvu, Cosine[s] / Rows);
+            }
+            var models = losses ? Ce.Select(kv =>
+            {
+                double clean = kv.Value[0] / Predictions, spliced = kv.Value[1] / Predictions, zero = kv.Value[2] / Predictions;
+                return new CrosscoderModelLosses(kv.Key, clean, spliced, zero, (zero - spliced) / (zero - clean));
+            }).ToArray() : [];
+            return new CrosscoderEvalResult
+            {
+                Crosscoder = crosscoder.Origin, Contexts = contexts.Count, ContextSize = contexts.ContextSize, Rows = Rows, L0 = (double)Active / Rows,
+                DSae = crosscoder.DSae, DeadLatents = Fires.Count(c => c == 0), Sources = sources, Models = models,
+                Density = Fires.Select(c => (double)c / Rows).ToArray(),
+                LatentScales = scaling?.Result() ?? [],
+            };
+        }
     }
 
     // One run of `model` with each of its sources' hooks replaced: by the reconstruction at positions ≥ 1, or by 0 everywhere.

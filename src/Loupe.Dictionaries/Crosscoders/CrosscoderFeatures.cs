@@ -4,7 +4,8 @@
 // read a crosscoder's latents as they read an SAE's — what model diffing needs once `diff` has named the exclusive latents.
 // The store's hook records every source ("base:blocks.6.hook_resid_post+chat:blocks.6.hook_resid_post"); logit effects are
 // not computed (a latent has one decoder vector per model, not one residual direction); contexts are shown with the first
-// model's tokenizer.
+// model's tokenizer. With every model on one device the rows are concatenated there, encoded by the crosscoder in model units
+// (uploaded once) and only the nonzero latents come back (DeviceSaeEncoder.EncodeSparse).
 using Loupe.Dictionaries.Features;
 using Loupe.Dictionaries.Harvest;
 using Loupe.Dictionaries.Sae;
@@ -32,8 +33,14 @@ public static class CrosscoderFeatures
             if (n > model.Config.NCtx) throw InputError.Expected("argument", "context size", $"at most model {label}'s n_ctx = {model.Config.NCtx}", n);
 
         string hook = string.Join("+", crosscoder.Sources.Select(s => s.ToString()));
+        var device = paired.Backend is { } backend ? new DeviceSaeEncoder(backend, crosscoder.InModelUnits()) : null;
         SparseActivations Encode(int[] ids, int b, int c0)
         {
+            if (device is not null)
+            {
+                var (onDevice, _) = paired.RunOnDevice(ids, b, n);
+                return device.EncodeSparse(onDevice, b * (n - 1), (row, latent, value) => throw NotFinite(latent, value, c0 + row / (n - 1), row % (n - 1) + 1));
+            }
             var (x, _) = paired.Run(ids, b, n);
             int rows = b * (n - 1);
             var dense = crosscoder.Encode(x, rows); // [b·(n − 1), F], context-major
@@ -41,7 +48,7 @@ public static class CrosscoderFeatures
                 if (float.IsNaN(dense[i]) || float.IsPositiveInfinity(dense[i]))
                 {
                     long row = i / f;
-                    throw new InputError($"latent {i % f} is {dense[i]} at context {c0 + row / (n - 1)}, position {row % (n - 1) + 1}: the activations or the crosscoder's weights hold NaN or ∞");
+                    throw NotFinite((int)(i % f), dense[i], c0 + row / (n - 1), row % (n - 1) + 1);
                 }
             return SparseActivations.FromDense(dense, rows, f);
         }
@@ -53,6 +60,8 @@ public static class CrosscoderFeatures
             ["normalize_activations"] = $"crosscoder input scales {string.Join(", ", crosscoder.InputScales.Select(c => c.ToString("R", System.Globalization.CultureInfo.InvariantCulture)))}",
         };
         string fingerprint = string.Join(",", paired.Models.Select(kv => $"{kv.Key}={HarvestManifest.Fingerprint(kv.Value)}"));
+        static InputError NotFinite(int latent, float value, long context, long position) =>
+            new($"latent {latent} is {value} at context {context}, position {position}: the activations or the crosscoder's weights hold NaN or ∞");
         return FeatureDashboardBuilder.BuildCore(paired.First, crosscoder.Dictionary, hook, fingerprint, meta, contexts, outputPath, o, Encode, progress, cancellationToken);
     }
 }

@@ -6,11 +6,13 @@
 // 1. Rows: PairedActivations over the contexts, held in memory ([rows, S·d] floats; the estimate is the caller's to print).
 // 2. Input scales c_s: 1, the caller's, or √d / mean‖x_s‖ per source (Kissane's normalisation), kept in the crosscoder.
 // 3. Initialisation: W_dec rows random, each source's segment of norm DecoderInitNorm (Kissane: 0.08, per model);
-//    W_enc = W_decᵀ; biases 0 — then SaeTrainer (Adam, warm-up, decay, gradient clipping, λ warm-up, b_dec from the rows).
+//    W_enc = W_decᵀ; biases 0 — then SaeTrainer (Adam, warm-up, decay, gradient clipping, λ warm-up, b_dec from the rows),
+//    on a device when a backend is given (DeviceSaeTraining: a batch goes up and one vector of sums comes back per step).
 using System.Numerics.Tensors;
 using Loupe.Dictionaries.Harvest;
 using Loupe.Dictionaries.Sae;
 using Loupe.Models;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Dictionaries.Crosscoders;
 
@@ -68,10 +70,35 @@ public static class CrosscoderTraining
         return rows;
     }
 
-    /// <summary>Trains a crosscoder over <paramref name="sources"/> on their <paramref name="rows"/> (each [rows, d]); returns it and the step metrics.</summary>
+    /// <summary>The activation (and penalty) <paramref name="options"/> train with, over <paramref name="sources"/> sources.</summary>
+    /// <exception cref="InputError">An unknown architecture, or k outside 1…d_sae.</exception>
+    public static SaeActivation ActivationFor(CrosscoderTrainingOptions options, int sources)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return options.Architecture switch
+        {
+            "relu" => new CrosscoderReluActivation(sources),
+            "batchtopk" => options.K >= 1 && options.K <= options.DSae ? new CrosscoderBatchTopKActivation(options.K, sources)
+                : throw new InputError($"argument: --k: expected 1 to d_sae = {options.DSae}, got {options.K}"),
+            _ => throw InputError.Expected("argument", "--architecture", "relu or batchtopk", options.Architecture),
+        };
+    }
+
+    /// <summary>Bytes training holds (parameters, gradients, Adam moments, batch buffers): the SAE's on the concatenated sources.</summary>
+    public static long EstimateTrainingBytes(CrosscoderTrainingOptions options, int sources, int width)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return SaeTrainingOptions.EstimateTrainingBytes(SaeShape.Sae(sources * width, options.DSae, applyBDecToInput: false), options.Training.BatchSize);
+    }
+
+    /// <summary>
+    /// Trains a crosscoder over <paramref name="sources"/> on their <paramref name="rows"/> (each [rows, d]); returns it and the
+    /// step metrics. With <paramref name="backend"/> on a device the steps run there (the rows stay on the host, a batch is
+    /// copied up per step).
+    /// </summary>
     /// <exception cref="InputError">Invalid options, or rows that do not match.</exception>
     public static (Crosscoder Crosscoder, List<SaeStepMetrics> Steps) Train(IReadOnlyList<CrosscoderSource> sources, int width, IReadOnlyList<float[]> rows,
-        CrosscoderTrainingOptions options, float[]? inputScales = null)
+        CrosscoderTrainingOptions options, float[]? inputScales = null, IComputeBackend? backend = null)
     {
         ArgumentNullException.ThrowIfNull(sources);
         ArgumentNullException.ThrowIfNull(rows);
@@ -79,13 +106,7 @@ public static class CrosscoderTraining
         int n = sources.Count, d = width;
         if (options.DSae < 1) throw new InputError($"argument: --d-sae: expected at least 1, got {options.DSae}");
         if (!(options.DecoderInitNorm > 0) || !float.IsFinite(options.DecoderInitNorm)) throw new InputError($"argument: --decoder-init-norm: expected a positive number, got {options.DecoderInitNorm}");
-        SaeActivation activation = options.Architecture switch
-        {
-            "relu" => new CrosscoderReluActivation(n),
-            "batchtopk" => options.K >= 1 && options.K <= options.DSae ? new CrosscoderBatchTopKActivation(options.K, n)
-                : throw new InputError($"argument: --k: expected 1 to d_sae = {options.DSae}, got {options.K}"),
-            _ => throw InputError.Expected("argument", "--architecture", "relu or batchtopk", options.Architecture),
-        };
+        var activation = ActivationFor(options, n);
         var shape = SaeShape.Sae(n * d, options.DSae, applyBDecToInput: false);
         options.Training.Validate(shape, activation);
         int count = rows[0].Length / d;
@@ -96,8 +117,9 @@ public static class CrosscoderTraining
         var cc = new Crosscoder(sources, d, dict, scales) { Architecture = "relu" };
         Initialize(dict, n, d, options.Training.Seed, options.DecoderInitNorm);
         var x = cc.Concatenate(rows, count);
-        var trainer = new SaeTrainer(dict, options.Training);
+        var trainer = new SaeTrainer(dict, options.Training, backend);
         var steps = trainer.Train(x);
+        dict = trainer.Dictionary; // the parameters, back from the device
         if (activation is not CrosscoderBatchTopKActivation) return (cc, steps);
         // held as the files hold it: f_i kept where f_i·n_i > θ, i.e. the JumpReLU f_i > θ / n_i
         float theta = dict.P.Threshold[0];

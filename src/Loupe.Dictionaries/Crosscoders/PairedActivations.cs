@@ -4,11 +4,14 @@
 // Each distinct model runs once per batch, caching only the hooks its sources name; every source's rows are its hook's
 // [B, T, d] activation without position 0 (the BOS, which no crosscoder is trained on, as ModelRows skips it for SAEs).
 // The models must read the same token ids: their vocabularies must be the same size (a base model and its fine-tune do).
-// Models may run on a device: each batch's cached hooks (and, when asked, its logits) come to the host once, as explicit
-// counted copies, and the crosscoder computes on the host.
+// Models may run on a device. Run brings each batch's cached hooks (and, when asked, its logits) to the host once, as
+// explicit counted copies; RunOnDevice, when every model is on the same device, leaves them there: the sources' rows are
+// gathered into one [rows, S·d] device tensor (CopyRows, row b·T + t of a hook → row b·(T − 1) + t − 1, columns s·d…),
+// the concatenation the crosscoder reads in model units (Crosscoder.InModelUnits), and the logits are copied on the device.
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Tensors;
+using Loupe.Tensors.Backends;
 
 namespace Loupe.Dictionaries.Crosscoders;
 
@@ -36,6 +39,8 @@ public sealed class PairedActivations
                 throw new InputError($"source {s}: hook '{s.Hook}' has axes [{string.Join(", ", point.Axes)}]; a crosscoder reads per-position vectors [batch, pos, d]");
         }
         Models = sources.Select(s => s.Model).Distinct().ToDictionary(l => l, l => models[l]);
+        var backends = Models.Values.Select(m => m.Backend).Distinct().ToArray();
+        Backend = backends.Length == 1 && !backends[0].Device.IsCpu ? backends[0] : null;
         var vocab = Models.Select(kv => (kv.Key, V: kv.Value.Config.DVocab)).ToArray();
         if (vocab.Select(v => v.V).Distinct().Count() > 1)
             throw new InputError($"the models read different vocabularies ({string.Join(", ", vocab.Select(v => $"{v.Key}: {v.V}"))}); a crosscoder's models must read the same token ids");
@@ -49,6 +54,9 @@ public sealed class PairedActivations
 
     /// <summary>Each model label the sources name, with its model.</summary>
     public IReadOnlyDictionary<string, HookedTransformer> Models { get; }
+
+    /// <summary>The device backend every model runs on, or null (the CPU, or models on different backends).</summary>
+    public IComputeBackend? Backend { get; }
 
     /// <summary>The first model (whose tokenizer and BOS the contexts follow).</summary>
     public HookedTransformer First => Models[Sources[0].Model];
@@ -74,10 +82,46 @@ public sealed class PairedActivations
         return (rows, logits);
     }
 
-    float[] RowsOf(Tensor t, CrosscoderSource source, int batch, int length)
+    /// <summary>
+    /// Runs every model once on <paramref name="ids"/> [B, T] (all on <see cref="Backend"/>) and returns the sources' rows
+    /// concatenated on the device, [B·(T − 1), S·d] in model units; with <paramref name="keepLogits"/>, each model's logits
+    /// [B, T, V] on the device too. Nothing is copied to the host.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The models are not all on one device.</exception>
+    /// <exception cref="InputError">A hook's activation is not [B, T, d].</exception>
+    public (Tensor Rows, Dictionary<string, Tensor> Logits) RunOnDevice(int[] ids, int batch, int length, bool keepLogits = false)
+    {
+        var backend = Backend ?? throw new InvalidOperationException("the crosscoder's models are not all on one device");
+        int n = Sources.Count, d = Width, per = length - 1;
+        var rows = backend.Empty(batch * per, n * d);
+        var logits = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (label, model) in Models)
+        {
+            var wanted = Sources.Where(s => s.Model == label).Select(s => s.Hook).ToHashSet(StringComparer.Ordinal);
+            var result = model.Run(new TokenBatch(ids, batch, length), new RunOptions { CacheFilter = wanted.Contains, LastPositionLogitsOnly = !keepLogits });
+            for (int s = 0; s < n; s++)
+            {
+                if (Sources[s].Model != label) continue;
+                var t = result.Cache[Sources[s].Hook];
+                CheckShape(t, Sources[s], batch, length);
+                for (int b = 0; b < batch; b++)
+                    backend.CopyRows(t, (long)(b * length + 1) * d, d, rows, (long)b * per * n * d + (long)s * d, n * d, per, d);
+            }
+            if (keepLogits) logits[label] = result.Logits.Clone();
+            model.Recycle(result);
+        }
+        return (rows, logits);
+    }
+
+    void CheckShape(Tensor t, CrosscoderSource source, int batch, int length)
     {
         if (t.Rank != 3 || t.Dim(0) != batch || t.Dim(1) != length || t.Dim(2) != Width)
             throw new InputError($"source {source}: the hook's activation is {t.ShapeString}; the crosscoder reads [batch, pos, {Width}]");
+    }
+
+    float[] RowsOf(Tensor t, CrosscoderSource source, int batch, int length)
+    {
+        CheckShape(t, source, batch, length);
         var host = t.ToCpu().Span;
         int per = length - 1;
         var rows = new float[(long)batch * per * Width];

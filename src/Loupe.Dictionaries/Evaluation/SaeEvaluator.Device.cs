@@ -17,6 +17,25 @@ namespace Loupe.Dictionaries.Evaluation;
 
 public static partial class SaeEvaluator
 {
+    /// <summary>Per position of <paramref name="batch"/> the next token, −1 at each context's last position (no prediction).</summary>
+    internal static int[] NextTokenTargets(TokenBatch batch)
+    {
+        int B = batch.Batch, T = batch.Length;
+        var targets = new int[B * T];
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) targets[b * T + t] = t == T - 1 ? -1 : batch.Ids[b * T + t + 1];
+        return targets;
+    }
+
+    /// <summary><see cref="CrossEntropySum(TokenBatch, Tensor)"/> with the logits [B, T, V] on a device: one scalar read back.</summary>
+    internal static double CrossEntropySum(IComputeBackend backend, TokenBatch batch, Tensor logits)
+    {
+        int rows = batch.Batch * batch.Length, vocab = logits.Dim(-1);
+        var loss = backend.Empty(rows);
+        backend.CrossEntropyRows(logits, rows, vocab, NextTokenTargets(batch), loss, null, 1f);
+        return backend.Sum(loss);
+    }
+
     /// <summary>The device side of the accumulation (see the steps at the top of this file).</summary>
     sealed class DeviceSums(IComputeBackend backend, int dSae, int dOut, int[] levels, float[] wDec)
     {
@@ -33,10 +52,7 @@ public static partial class SaeEvaluator
             backend.LogSoftmaxRows(clean, rows, V, logP);
             var p = backend.Empty(rows, V);
             backend.SoftmaxRows(clean, rows, V, p);
-            var targets = new int[rows];
-            for (int b = 0; b < B; b++)
-                for (int t = 0; t < T; t++) targets[b * T + t] = t == T - 1 ? -1 : batch.Ids[b * T + t + 1];
-            return new Clean(clean, logP, p, targets, rows, V);
+            return new Clean(clean, logP, p, NextTokenTargets(batch), rows, V);
         }
 
         /// <summary>Σ over predictions of −log softmax(logits)[next token].</summary>

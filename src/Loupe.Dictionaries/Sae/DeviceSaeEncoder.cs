@@ -125,7 +125,7 @@ internal sealed class DeviceSaeEncoder
         var p = dictionary.P;
         int n = _s.DSae;
         if (!DeviceSaeTraining.Supports(dictionary.Activation))
-            throw new InputError($"argument: --device: {dictionary.Architecture} dictionaries encode on the CPU only (on {backend.Device}: topk, batchtopk, jumprelu, standard); drop --device {backend.Device}");
+            throw new InputError($"argument: --device: {dictionary.Architecture} dictionaries encode on the CPU only (on {backend.Device}: topk, batchtopk, jumprelu, standard, crosscoder, crosscoder_batchtopk); drop --device {backend.Device}");
         Tensor Up(float[] values, params int[] shape) => backend.LoadWeight(values, shape);
         _wEnc = Up(p.WEnc, _s.DIn, n);
         _bEnc = Up(p.BEnc, n);
@@ -146,6 +146,21 @@ internal sealed class DeviceSaeEncoder
                 _kind = Kind.Threshold;
                 _logThreshold = Up(p.LogThreshold, n);
                 break;
+            case Crosscoders.CrosscoderBatchTopKActivation c when p.Threshold[0] > 0:
+            {
+                // f·N_i > θ ⇔ pre > θ / N_i (f = ReLU(pre), θ > 0), N_i = Σ_s ‖W_dec^s[i]‖: a per-latent threshold (+∞ for N_i = 0)
+                var segments = Crosscoders.Crosscoder.SegmentNorms(p.WDec, n, c.Sources, _s.DOut / c.Sources);
+                var log = new float[n];
+                for (int i = 0; i < n; i++)
+                {
+                    float norm = 0;
+                    for (int s = 0; s < c.Sources; s++) norm += segments[(long)i * c.Sources + s];
+                    log[i] = MathF.Log(p.Threshold[0] / norm);
+                }
+                _kind = Kind.Threshold;
+                _logThreshold = Up(log, n);
+                break;
+            }
             case BatchTopKActivation when p.Threshold[0] > 0:
                 // pre > t ⇔ pre > exp(log t) up to the rounding of exp(log t)
                 _kind = Kind.Threshold;

@@ -29,6 +29,15 @@
 // The host knows the dead count from step 7 of the previous step, so aux-k's k and scale are host numbers. BatchTopK's
 // inference threshold is a host number too: the trainer folds each step's smallest kept value (read back with the sums)
 // into it, as BatchTopKActivation.AfterTrainingForward does on the host.
+//
+// Crosscoders (S sources; W_dec rows are S segments of d = d_out / S, so W_dec is also [n·S, d]): the code norm
+// N_i = Σ_s ‖W_dec^s[i]‖ comes from per-segment RowDots summed over s (SumMiddleAxis).
+//   ReLU crosscoder (CrosscoderReluActivation): step 4 with N_i in place of ‖W_dec[i]‖, and
+//     dW_dec^s[i] = λ/B·colsum_i·W_dec^s[i] / ‖W_dec^s[i]‖ (ScaleRows over the [n·S, d] segments).
+//   BatchTopK crosscoder (CrosscoderBatchTopKActivation): the batch·k largest ReLU(pre)·N_i are kept (BatchTopK over the
+//     scaled values, whose smallest kept value is the threshold's update); acts = ReLU(pre) where kept, so the selection
+//     is by f·N_i and the values are f, as on the host.
+using Loupe.Dictionaries.Crosscoders;
 using Loupe.Tensors;
 using Loupe.Tensors.Backends;
 
@@ -42,7 +51,7 @@ internal readonly record struct DeviceStepSums(double SquaredError, double L1, d
 internal sealed class DeviceSaeTraining
 {
     const int Slots = 8;
-    enum Kind { Relu, TopK, BatchTopK, JumpRelu }
+    enum Kind { Relu, TopK, BatchTopK, JumpRelu, CrosscoderRelu, CrosscoderBatchTopK }
     readonly IComputeBackend _b;
     readonly SparseDictionary _dict;
     readonly SaeTrainingOptions _o;
@@ -51,6 +60,8 @@ internal sealed class DeviceSaeTraining
     readonly bool _topK, _auxK, _unitNorm;
     readonly int _k;                       // TopK: per row; BatchTopK: kept over the whole batch
     readonly float _bandwidth;             // JumpReLU
+    readonly int _sources;                 // crosscoders: S, the segments of a decoder row; 0 otherwise
+    readonly Tensor? _segNorms, _segInv;   // [n·S] crosscoders: ‖W_dec^s[i]‖ and its inverse (1 for a zero segment)
     readonly IReadOnlyList<int>? _widths;  // Matryoshka level widths (the last = n)
     Tensor? _levelError, _levelScratch;    // [B, d_out] each, Matryoshka
     readonly DeviceParam[] _params;        // W_enc, b_enc, W_dec, b_dec (, W_skip) (, log_threshold): SaeParameters.Trainable's order
@@ -81,7 +92,7 @@ internal sealed class DeviceSaeTraining
     {
         (_b, _dict, _o) = (backend, dictionary, options);
         if (!Supports(dictionary.Activation))
-            throw new InputError($"argument: --device: {dictionary.Architecture} dictionaries train on the CPU only so far (on {backend.Device}: topk, batchtopk, jumprelu, standard); drop --device {backend.Device}");
+            throw new InputError($"argument: --device: {dictionary.Architecture} dictionaries train on the CPU only so far (on {backend.Device}: topk, batchtopk, jumprelu, standard, crosscoder, crosscoder_batchtopk); drop --device {backend.Device}");
         var s = dictionary.Shape;
         (_dIn, _n, _dOut, _batch) = (s.DIn, s.DSae, s.DOut, options.BatchSize);
         _kind = dictionary.Activation switch
@@ -89,14 +100,24 @@ internal sealed class DeviceSaeTraining
             TopKActivation => Kind.TopK,
             BatchTopKActivation => Kind.BatchTopK,
             JumpReluActivation => Kind.JumpRelu,
+            CrosscoderReluActivation => Kind.CrosscoderRelu,
+            CrosscoderBatchTopKActivation => Kind.CrosscoderBatchTopK,
             _ => Kind.Relu,
         };
+        _sources = dictionary.Activation switch
+        {
+            CrosscoderReluActivation c => c.Sources,
+            CrosscoderBatchTopKActivation c => c.Sources,
+            _ => 0,
+        };
+        if (_sources > 0 && _dOut % _sources != 0) throw new ArgumentException($"d_out = {_dOut} does not split into {_sources} sources", nameof(dictionary));
         _topK = _kind == Kind.TopK;
         _auxK = dictionary.Activation.SupportsAuxK;
         _k = dictionary.Activation switch
         {
             TopKActivation t => Math.Min(t.K, _n),
             BatchTopKActivation bt => (int)Math.Min((long)bt.K * _batch, (long)_batch * _n),
+            CrosscoderBatchTopKActivation ct => (int)Math.Min((long)ct.K * _batch, (long)_batch * _n),
             _ => 0,
         };
         _bandwidth = dictionary.Activation is JumpReluActivation j ? j.Bandwidth : 0f;
@@ -136,11 +157,16 @@ internal sealed class DeviceSaeTraining
         _inv = b.Empty(_n);
         _rowSums = b.Empty(Math.Max(Math.Max(_batch, _n), _dIn));
         _colMean = b.Empty(_dOut);
+        if (_sources > 0)
+        {
+            _segNorms = b.Empty(_n * _sources);
+            _segInv = b.Empty(_n * _sources);
+        }
     }
 
-    /// <summary>Whether <paramref name="activation"/> trains on a device (the four built-in architectures; not another subclass).</summary>
+    /// <summary>Whether <paramref name="activation"/> trains on a device (the built-in SAE and crosscoder architectures; not another subclass).</summary>
     public static bool Supports(SaeActivation activation) =>
-        activation is TopKActivation or ReluActivation or BatchTopKActivation or JumpReluActivation;
+        activation is TopKActivation or ReluActivation or BatchTopKActivation or JumpReluActivation or CrosscoderReluActivation or CrosscoderBatchTopKActivation;
 
     /// <summary>Dead features as the host last saw them (the aux loss's k and scale come from it).</summary>
     public int DeadCount { get; private set; }
@@ -257,6 +283,20 @@ internal sealed class DeviceSaeTraining
             b.BatchTopK(_pre, batch * n, _k, _acts, _metrics[6]);
             b.CountAbove(_acts, 0f, _metrics[2]);
         }
+        else if (_kind == Kind.CrosscoderBatchTopK)
+        {
+            // scaled = ReLU(pre)·N_i (N broadcast over the rows in _dPre, free until the backward); kept by BatchTopK into
+            // _zAux (free until aux-k), whose smallest kept value is min f·N_i; acts = ReLU(pre) where kept
+            CodeNorms();
+            b.Activation("relu", _pre, _acts);
+            b.Fill(_dPre, 0f);
+            b.AddRowVector(_dPre, batch, _norms);
+            b.Multiply(_acts, _dPre, _dPre);
+            var kept = _zAux ??= b.Empty(batch, n);
+            b.BatchTopK(_dPre, batch * n, _k, kept, _metrics[6]);
+            b.ActivationBackward("relu", kept, _acts, _acts);
+            b.CountAbove(_acts, 0f, _metrics[2]);
+        }
         else if (_kind == Kind.JumpRelu)
         {
             b.JumpRelu(_pre, batch, n, _logThreshold!.Value, _acts);
@@ -288,7 +328,21 @@ internal sealed class DeviceSaeTraining
 
         // 4. L1 = λ/B Σ_b Σ_i acts[b,i]·‖W_dec[i]‖  (standard)
         bool decoderGradWritten = false, dActsWritten = false;
-        if (_kind == Kind.Relu)
+        if (_kind == Kind.CrosscoderRelu)
+        {
+            // L1 = λ/B Σ_b Σ_i acts[b,i]·N_i;  d/dacts[b,i] = λ/B·N_i;  d/dW_dec^s[i] = λ/B·colsum_i·W_dec^s[i]/‖W_dec^s[i]‖
+            float scale = sparsityCoefficient / batch;
+            CodeNorms();
+            b.RowDots(_colSum, _norms, 1, n, _metrics[1]);
+            b.ScaleRows(_segInv!, n, _sources, _colSum, _segInv!);     // colsum_i / ‖W_dec^s[i]‖
+            b.Scale(_segInv!, scale, _segInv!);
+            b.ScaleRows(_wDec.Value, n * _sources, dOut / _sources, _segInv!, _wDec.Grad);
+            b.Scale(_norms, scale, _norms);
+            b.Fill(_pre, 0f);
+            b.AddRowVector(_pre, batch, _norms);
+            decoderGradWritten = dActsWritten = true;
+        }
+        else if (_kind == Kind.Relu)
         {
             float scale = sparsityCoefficient / batch;
             b.RowDots(_wDec.Value, _wDec.Value, n, dOut, _norms);
@@ -391,7 +445,17 @@ internal sealed class DeviceSaeTraining
         // 7. the one read back
         _metrics.CopyTo(_sums);
         return new DeviceStepSums(_sums[0], _sums[1], _sums[2], _sums[3], (int)_sums[4], _sums[5], auxScale,
-            _kind == Kind.BatchTopK ? _sums[6] : float.PositiveInfinity, _sums[7]);
+            _kind is Kind.BatchTopK or Kind.CrosscoderBatchTopK ? _sums[6] : float.PositiveInfinity, _sums[7]);
+    }
+
+    // Crosscoders: _segNorms = ‖W_dec^s[i]‖, _segInv = its inverse (1 for a zero segment), _norms = N_i = Σ_s ‖W_dec^s[i]‖.
+    void CodeNorms()
+    {
+        int d = _dOut / _sources;
+        _b.RowDots(_wDec.Value, _wDec.Value, _n * _sources, d, _segNorms!);
+        _b.NormScale(_segNorms!, 1f, false, _segInv!);
+        _b.Multiply(_segNorms!, _segInv!, _segNorms!);
+        _b.SumMiddleAxis(_segNorms!, _n, _sources, 1, _norms);
     }
 
     // SparseDictionary.MatryoshkaLevels on the device (dense acts, as BatchTopK's are): levels outermost first, the error

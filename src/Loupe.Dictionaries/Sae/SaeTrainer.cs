@@ -188,7 +188,7 @@ public sealed record SaeStepMetrics(int Step, float Loss, float Mse, float Spars
 /// Adam training of a <see cref="SparseDictionary"/>: <see cref="Begin"/> on a data source (or resume from a
 /// checkpoint), then <see cref="Step"/> repeatedly, <see cref="SaveCheckpoint"/> at will, and <see cref="Finish"/>.
 /// <see cref="Train(float[], float[])"/> does all of it for rows held in memory.
-/// Given a backend on a device (a GPU, or the emulated one), TopK, BatchTopK, JumpReLU and standard SAEs train there
+/// Given a backend on a device (a GPU, or the emulated one), TopK, BatchTopK, JumpReLU and standard SAEs and ReLU and BatchTopK crosscoders train there
 /// (<see cref="DeviceSaeTraining"/>): a batch goes up once, a step reads back one vector of metric sums, and the
 /// parameters come back for checkpoints and at the end. On the CPU the host path below runs, bit-exact as before.
 /// </summary>
@@ -224,12 +224,12 @@ public sealed partial class SaeTrainer
         if (backend is not null && !backend.Device.IsCpu)
         {
             if (!DeviceSaeTraining.Supports(dictionary.Activation))
-                throw new InputError($"argument: --device: {dictionary.Architecture} dictionaries train on the CPU only so far (on {backend.Device}: topk, batchtopk, jumprelu, standard); drop --device {backend.Device}");
+                throw new InputError($"argument: --device: {dictionary.Architecture} dictionaries train on the CPU only so far (on {backend.Device}: topk, batchtopk, jumprelu, standard, crosscoder, crosscoder_batchtopk); drop --device {backend.Device}");
             _backend = backend;
         }
     }
 
-    /// <summary>Whether a dictionary with <paramref name="activation"/> trains on a device (topk, batchtopk, jumprelu, standard; not another <see cref="SaeActivation"/>).</summary>
+    /// <summary>Whether a dictionary with <paramref name="activation"/> trains on a device (topk, batchtopk, jumprelu, standard, the crosscoders'; not another <see cref="SaeActivation"/>).</summary>
     public static bool TrainsOnDevice(SaeActivation activation) => DeviceSaeTraining.Supports(activation);
 
     readonly IComputeBackend? _backend;   // a device backend, or null (the host path)
@@ -428,6 +428,7 @@ public sealed partial class SaeTrainer
         var sums = _device!.ForwardBackward(_x, _data!.HasTargets ? _y : null, coefficient);
         // as on the host, the threshold follows the training forward, before the loss is checked
         if (_dict.Activation is BatchTopKActivation batchTopK) batchTopK.UpdateThreshold(sums.MinKept, _dict.P);
+        else if (_dict.Activation is Crosscoders.CrosscoderBatchTopKActivation crosscoder) crosscoder.UpdateThreshold(sums.MinKept, _dict.P);
         float mse = (float)(sums.SquaredError / batch);
         float sparsity = _dict.Activation.HasSparsityPenalty ? (float)(sums.L1 * coefficient / batch) : 0f;
         float aux = (float)(sums.AuxScale * sums.AuxSquares / batch);

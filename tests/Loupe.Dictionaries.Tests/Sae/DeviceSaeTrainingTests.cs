@@ -1,3 +1,4 @@
+using Loupe.Dictionaries.Crosscoders;
 using Loupe.Dictionaries.Sae;
 using Loupe.Dictionaries.Tests.Devices;
 using Loupe.Tensors;
@@ -49,6 +50,11 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
         // a bandwidth and threshold at the scale of the pre-activations, so that the straight-through window holds entries
         "jumprelu" => Init(new SparseDictionary(SaeShape.Sae(DIn, DSae), new JumpReluActivation(bandwidth: 0.2f)), threshold: 0.1f),
         "jumprelu-skip-transcoder" => Init(new SparseDictionary(SaeShape.Transcoder(DIn, DSae, 12, skip: true), new JumpReluActivation(bandwidth: 0.2f)), threshold: 0.1f),
+        // crosscoders: 2 sources of 8 and 4 sources of 4 (decoder rows of S segments), no b_dec on the input, free decoder norms
+        "crosscoder" => Init(new SparseDictionary(SaeShape.Sae(DIn, DSae, applyBDecToInput: false), new CrosscoderReluActivation(2))),
+        "crosscoder-4" => Init(new SparseDictionary(SaeShape.Sae(DIn, DSae, applyBDecToInput: false), new CrosscoderReluActivation(4))),
+        "crosscoder-batchtopk" => Init(new SparseDictionary(SaeShape.Sae(DIn, DSae, applyBDecToInput: false), new CrosscoderBatchTopKActivation(4, 2, momentum: 0.2f))),
+        "crosscoder-batchtopk-4" => Init(new SparseDictionary(SaeShape.Sae(DIn, DSae, applyBDecToInput: false), new CrosscoderBatchTopKActivation(3, 4))),
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
 
@@ -62,7 +68,7 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
     static SaeTrainingOptions Options(string kind) => new()
     {
         Steps = Steps, BatchSize = Batch, LearningRate = 3e-3f, LrWarmupSteps = 2, LrDecayFraction = 0.25f,
-        SparsityCoefficient = kind.StartsWith("standard", StringComparison.Ordinal) ? 0.5f : kind.StartsWith("jumprelu", StringComparison.Ordinal) ? 0.05f : 0f,
+        SparsityCoefficient = kind.StartsWith("standard", StringComparison.Ordinal) || kind is "crosscoder" or "crosscoder-4" ? 0.5f : kind.StartsWith("jumprelu", StringComparison.Ordinal) ? 0.05f : 0f,
         SparsityWarmupSteps = 3,
         DeadWindowTokens = 2 * Batch, AuxKCoefficient = 0.25f, GradClipNorm = 0.5f, NormalizeExpectedAverage = true, Seed = 9,
     };
@@ -81,6 +87,10 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
     [InlineData("jumprelu-skip-transcoder")]
     [InlineData("matryoshka")]
     [InlineData("matryoshka-skip-transcoder")]
+    [InlineData("crosscoder")]
+    [InlineData("crosscoder-4")]
+    [InlineData("crosscoder-batchtopk")]
+    [InlineData("crosscoder-batchtopk-4")]
     public void DeviceTrainingMatchesHostTrainingStepByStep(string kind)
     {
         var hostDict = NewDictionary(kind);
@@ -117,7 +127,7 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
             Assert.NotEqual(0.1f, hp.LogThreshold.Select(MathF.Exp).Max(), 1e-4f); // the threshold was trained
             DeviceTrainingChecks.CloseArrays(hp.LogThreshold, dp.LogThreshold, 1e-3, "log_threshold");
         }
-        if (kind.StartsWith("batchtopk", StringComparison.Ordinal) || kind.StartsWith("matryoshka", StringComparison.Ordinal))
+        if (kind.Contains("batchtopk", StringComparison.Ordinal) || kind.StartsWith("matryoshka", StringComparison.Ordinal))
         {
             Assert.True(hp.Threshold[0] > 0, "the inference threshold was learned");
             DeviceTrainingChecks.Close(hp.Threshold[0], dp.Threshold[0], 1e-3, 1e-6, "BatchTopK threshold");
@@ -142,6 +152,8 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
     [InlineData("batchtopk")]
     [InlineData("jumprelu")]
     [InlineData("matryoshka")]
+    [InlineData("crosscoder")]
+    [InlineData("crosscoder-batchtopk")]
     public void ADeviceCheckpointResumesToTheSameWeights(string kind)
     {
         var data = Data(NewDictionary(kind));
@@ -181,6 +193,8 @@ public sealed class DeviceSaeTrainingTests(EmulatedSaeBackendFixture fixture) : 
     [InlineData("batchtopk")]
     [InlineData("jumprelu")]
     [InlineData("matryoshka")]
+    [InlineData("crosscoder")]
+    [InlineData("crosscoder-batchtopk")]
     public void AStepCopiesItsBatchInAndItsMetricsOut(string kind)
     {
         var backend = fixture.Backend;
