@@ -76,15 +76,38 @@ public sealed record ModelConfig
 /// A <c>rope_scaling</c> that rescales the rotary inverse frequencies, as Hugging Face computes them:
 /// <c>linear</c> divides every frequency by <see cref="Factor"/>; <c>llama3</c> divides the low frequencies
 /// (wavelength above <c>original / low_freq_factor</c>) by it, keeps the high ones (wavelength below
-/// <c>original / high_freq_factor</c>) and blends between (Llama 3.1's long-context scaling).
+/// <c>original / high_freq_factor</c>) and blends between (Llama 3.1's long-context scaling); <c>longrope</c> (Phi-3's,
+/// HF's <c>_compute_longrope_parameters</c>) divides frequency i by <see cref="ShortFactor"/>[i] for passes up to
+/// <see cref="OriginalMaxPositions"/> positions and by <see cref="LongFactor"/>[i] beyond, and multiplies cos and sin by
+/// <see cref="AttentionFactor"/>.
 /// </summary>
 /// <param name="Type">"linear" or "llama3".</param>
 /// <param name="Factor">The scale factor.</param>
 /// <param name="LowFreqFactor">llama3: low_freq_factor.</param>
 /// <param name="HighFreqFactor">llama3: high_freq_factor.</param>
-/// <param name="OriginalMaxPositions">llama3: original_max_position_embeddings.</param>
-public sealed record RopeScaling(string Type, double Factor, double LowFreqFactor = 1, double HighFreqFactor = 4, int OriginalMaxPositions = 8192)
+/// <param name="OriginalMaxPositions">llama3, longrope: original_max_position_embeddings.</param>
+/// <param name="ShortFactor">longrope: the divisor of each frequency for passes within the original context.</param>
+/// <param name="LongFactor">longrope: the divisor of each frequency for longer passes.</param>
+/// <param name="AttentionFactor">longrope: the factor on cos and sin (1 otherwise).</param>
+public sealed record RopeScaling(string Type, double Factor, double LowFreqFactor = 1, double HighFreqFactor = 4, int OriginalMaxPositions = 8192,
+    float[]? ShortFactor = null, float[]? LongFactor = null, double AttentionFactor = 1)
 {
+    /// <summary>
+    /// LongRoPE for a pass over <paramref name="length"/> positions: beyond <see cref="OriginalMaxPositions"/>, the default
+    /// frequencies divided by <see cref="LongFactor"/> (HF switches on max(position_ids) + 1); null otherwise (the table's own,
+    /// divided by <see cref="ShortFactor"/>) and for other types.
+    /// </summary>
+    public float[]? LongRopeInverseFrequencies(float[] defaultInverse, int length) =>
+        Type != "longrope" || length <= OriginalMaxPositions ? null : Divide(defaultInverse, LongFactor!);
+
+    static float[] Divide(float[] inverse, float[] factors)
+    {
+        if (factors.Length != inverse.Length) throw new ArgumentException($"{factors.Length} LongRoPE factors for {inverse.Length} frequencies", nameof(factors));
+        var scaled = new float[inverse.Length];
+        for (int i = 0; i < inverse.Length; i++) scaled[i] = inverse[i] / factors[i];
+        return scaled;
+    }
+
     /// <summary>The scaled inverse frequencies, in HF's float32 arithmetic.</summary>
     /// <summary>
     /// Dynamic NTK scaling (Hugging Face's <c>dynamic</c>): for a pass over <paramref name="length"/> positions beyond
@@ -101,6 +124,7 @@ public sealed record RopeScaling(string Type, double Factor, double LowFreqFacto
     public float[] Apply(float[] invFreq)
     {
         if (Type == "dynamic") return invFreq; // up to the original context the frequencies are the default ones
+        if (Type == "longrope") return Divide(invFreq, ShortFactor!);
         var scaled = new float[invFreq.Length];
         float factor = (float)Factor;
         if (Type == "linear")

@@ -14,7 +14,7 @@ namespace Loupe.Models;
 public static class ModelLoader
 {
     /// <summary>model_type values (config.json) this build can run.</summary>
-    public static IReadOnlyList<string> SupportedModelTypes { get; } = ["gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3", "bert", "transformer_lens"];
+    public static IReadOnlyList<string> SupportedModelTypes { get; } = ["gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "gemma3", "bert", "transformer_lens"];
 
     /// <summary>
     /// Loads from a local folder, or downloads a hub id into the HF cache first — a TransformerLens name such as

@@ -17,13 +17,14 @@ public class HookPointTests(ITestOutputHelper output)
     /// <summary>Every family and block variant there is a small model of: the committed fixtures, edited copies, and TransformerLens checkpoints written here.</summary>
     public static TheoryData<string> Variants() =>
     [
-        "gpt2", "gpt_neox", "gpt_neox sequential", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gpt_neo",
+        "gpt2", "gpt_neox", "gpt_neox sequential", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "gpt_neo",
         "transformer_lens LN", "transformer_lens RMS gelu", "transformer_lens no-norm attn-only", "transformer_lens LN attn-only",
     ];
 
     static string Folder(string variant) => variant switch
     {
         "gpt_neox sequential" => TestModels.Copy("gpt_neox", c => c.Replace("\"use_parallel_residual\": true", "\"use_parallel_residual\": false")),
+        "phi3" => SharedData.TestData("phi3-longrope"),
         "mistral" => TestModels.Copy("llama", c => c.Replace("\"model_type\": \"llama\"", "\"model_type\": \"mistral\", \"sliding_window\": 3")),
         "transformer_lens LN" => TransformerLensCheckpoint("LN", attnOnly: false, "relu"),
         "transformer_lens RMS gelu" => TransformerLensCheckpoint("RMS", attnOnly: false, "gelu"),

@@ -86,7 +86,7 @@ public class ReferenceMatchTests
         finally { Directory.Delete(folder, true); }
     }
 
-    static void CompareAll(HookedTransformer model, ReferenceFixture reference)
+    internal static void CompareAll(HookedTransformer model, ReferenceFixture reference)
     {
         var result = model.RunWithCache(reference.Tokens);
         var cache = result.Cache;

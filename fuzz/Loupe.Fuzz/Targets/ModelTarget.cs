@@ -18,6 +18,8 @@ public sealed class ModelTarget : FuzzTarget
         var seeds = new List<Seed>();
         foreach (var family in new[] { "gpt2", "gpt_neox", "gpt_neo", "llama", "llama3", "qwen2", "qwen3", "gemma2", "gemma3", "bert" })
             seeds.Add(SeedFiles.FromFolder($"repo:tests/data/reference/{family}", context.Repo($"tests/data/reference/{family}"), "config.json", "model.safetensors"));
+        // Phi-3 with partial rotary, LongRoPE and a sliding window (fused q/k/v and gate/up)
+        seeds.Add(SeedFiles.FromFolder("repo:tests/data/phi3-longrope", context.Repo("tests/data/phi3-longrope"), "config.json", "model.safetensors"));
         // TransformerLens's own runs: a NeelNanda config with a shortformer, a HookedTransformerConfig with LNPre (torch.save weights)
         seeds.Add(SeedFiles.FromFolder("repo:tests/data/transformer_lens/shortformer-attn-only-2l", context.Repo("tests/data/transformer_lens/shortformer-attn-only-2l"), "config.json", "model_final.pth"));
         seeds.Add(SeedFiles.FromFolder("repo:tests/data/transformer_lens/gelu-2l-lnpre", context.Repo("tests/data/transformer_lens/gelu-2l-lnpre"), "config.json", "model.pth"));

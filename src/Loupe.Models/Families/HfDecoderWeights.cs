@@ -29,6 +29,35 @@ static class HfDecoderWeights
         };
     }
 
+    /// <summary>
+    /// Phi-3's attention: one fused <c>self_attn.qkv_proj</c> <c>[(n_heads + 2·n_kv_heads)·d_head, d_model]</c> whose output
+    /// rows are q, then k, then v (HF slices them in that order), read as three row blocks of the mapped tensor; no biases.
+    /// </summary>
+    public static AttentionLayer FusedAttention(int l, ModelConfig cfg, WeightSource w, RotaryTable rotary)
+    {
+        string b = Layer(l) + "self_attn.";
+        int D = cfg.DModel, q = cfg.NHeads * cfg.DHead, kv = cfg.KvHeads * cfg.DHead;
+        var qkv = w.Get(b + "qkv_proj.weight", q + 2 * kv, D);
+        return new AttentionLayer(l, cfg,
+            new Linear(qkv.Slice(0, q * D), D, q, true),
+            new Linear(qkv.Slice(q * D, kv * D), D, kv, true),
+            new Linear(qkv.Slice((q + kv) * D, kv * D), D, kv, true),
+            new Linear(w.Get(b + "o_proj.weight", D, q), q, D, true),
+            rotary);
+    }
+
+    /// <summary>Phi-3's MLP: one fused <c>mlp.gate_up_proj</c> <c>[2·d_mlp, d_model]</c>, gate rows first (HF's chunk(2)), then <c>down_proj</c>.</summary>
+    public static MlpLayer FusedGatedMlp(int l, ModelConfig cfg, WeightSource w)
+    {
+        string b = Layer(l) + "mlp.";
+        int D = cfg.DModel, M = cfg.DMlp;
+        var gateUp = w.Get(b + "gate_up_proj.weight", 2 * M, D);
+        return new MlpLayer(l, cfg.ActFn!,
+            input: new Linear(gateUp.Slice(M * D, M * D), D, M, true),
+            output: new Linear(w.Get(b + "down_proj.weight", D, M), M, D, true),
+            gate: new Linear(gateUp.Slice(0, M * D), D, M, true));
+    }
+
     /// <summary>Gated MLP: <c>down(act(gate(x)) ⊙ up(x))</c>.</summary>
     public static MlpLayer GatedMlp(int l, ModelConfig cfg, WeightSource w)
     {
@@ -112,9 +141,59 @@ static class HfDecoderWeights
                 if (!(high > low)) throw c.Invalid("rope_scaling", $"high_freq_factor ({high}) must exceed low_freq_factor ({low})");
                 if (original > int.MaxValue || original != Math.Floor(original)) throw c.Invalid("rope_scaling.original_max_position_embeddings", $"expected a whole number, found {original}");
                 return new RopeScaling("llama3", factor, low, high, (int)original);
+            case "longrope" or "su": // "su" is the name Phi-3's first configs used for the same scaling
+                return LongRope(c, scaling);
             default:
-                throw c.Invalid("rope_scaling", $"type '{type}' is not supported yet (Loupe implements linear, dynamic and llama3; yarn and longrope change the attention scale too)");
+                throw c.Invalid("rope_scaling", $"type '{type}' is not supported yet (Loupe implements linear, dynamic, llama3 and longrope)");
         }
+    }
+
+    // LongRoPE as HF's _compute_longrope_parameters reads it: the original context is the top-level
+    // original_max_position_embeddings when the config has one (Phi-3), and then factor = max_position_embeddings / it; else
+    // rope_scaling's own original_max_position_embeddings, else max_position_embeddings, with rope_scaling.factor. The
+    // attention factor is rope_scaling.attention_factor, or √(1 + ln factor / ln original) (1 when factor ≤ 1).
+    // The factor lists' lengths (rotary_dim / 2) are checked by the family, which knows the rotary width.
+    static RopeScaling LongRope(HfConfig c, System.Text.Json.JsonElement scaling)
+    {
+        float[] Factors(string key)
+        {
+            if (!scaling.TryGetProperty(key, out var v) || v.ValueKind != System.Text.Json.JsonValueKind.Array)
+                throw c.Invalid($"rope_scaling.{key}", "is required for rope_type 'longrope' (a list of positive numbers, one per rotary frequency)");
+            var values = new float[v.GetArrayLength()];
+            int i = 0;
+            foreach (var e in v.EnumerateArray())
+            {
+                if (e.ValueKind != System.Text.Json.JsonValueKind.Number || !e.TryGetDouble(out double d) || !(d > 0) || !double.IsFinite(d) || d > float.MaxValue)
+                    throw c.Wrong($"rope_scaling.{key}[{i}]", "a positive finite number", e);
+                values[i++] = (float)d;
+            }
+            return values;
+        }
+        double? Optional(string key)
+        {
+            if (!scaling.TryGetProperty(key, out var v) || v.ValueKind == System.Text.Json.JsonValueKind.Null) return null;
+            if (v.ValueKind != System.Text.Json.JsonValueKind.Number || !v.TryGetDouble(out double d) || !(d > 0) || !double.IsFinite(d))
+                throw c.Wrong($"rope_scaling.{key}", "a positive finite number", v);
+            return d;
+        }
+        var (shortFactor, longFactor) = (Factors("short_factor"), Factors("long_factor"));
+        if (shortFactor.Length != longFactor.Length)
+            throw c.Invalid("rope_scaling", $"short_factor has {shortFactor.Length} values and long_factor {longFactor.Length}; they must match");
+        int maxPositions = c.Int("max_position_embeddings", 1, HfConfig.MaxContext);
+        int original;
+        double factor;
+        if (c.OptionalInt("original_max_position_embeddings", 1, HfConfig.MaxContext) is int top)
+            (original, factor) = (top, (double)maxPositions / top);
+        else
+        {
+            double? own = Optional("original_max_position_embeddings");
+            if (own is double o && (o != Math.Floor(o) || o > HfConfig.MaxContext)) throw c.Invalid("rope_scaling.original_max_position_embeddings", $"expected a whole number, found {o}");
+            original = own is double oo ? (int)oo : maxPositions;
+            factor = Optional("factor") ?? 1;
+        }
+        if (factor > 1 && original < 2) throw c.Invalid("original_max_position_embeddings", $"is {original}; LongRoPE's attention factor needs an original context of at least 2 positions");
+        double attention = Optional("attention_factor") ?? (factor <= 1 ? 1 : Math.Sqrt(1 + Math.Log(factor) / Math.Log(original)));
+        return new RopeScaling("longrope", factor, OriginalMaxPositions: original, ShortFactor: shortFactor, LongFactor: longFactor, AttentionFactor: attention);
     }
 
     /// <summary>The sizes every Llama-lineage config shares, each range-checked and cross-checked.</summary>

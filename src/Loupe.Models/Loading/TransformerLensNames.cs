@@ -96,6 +96,7 @@ public static class TransformerLensNames
         ("codellama/CodeLlama-7b-Instruct-hf", ["CodeLlama-7b-Instruct-hf", "CodeLlama-7b-instruct"]),
         ("mistralai/Mistral-7B-v0.1", ["mistral-7b"]),
         ("mistralai/Mistral-7B-Instruct-v0.1", ["mistral-7b-instruct"]),
+        ("microsoft/Phi-3-mini-4k-instruct", ["phi-3"]),
         ("Qwen/Qwen1.5-0.5B", ["qwen1.5-0.5b"]),
         ("Qwen/Qwen1.5-0.5B-Chat", ["qwen1.5-0.5b-chat"]),
         ("Qwen/Qwen1.5-1.8B", ["qwen1.5-1.8b"]),

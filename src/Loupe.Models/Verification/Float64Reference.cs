@@ -214,8 +214,8 @@ public static class Float64Reference
         if (a.KNorm is { } kn) k = Norm(kn, k, E);
         if (a.Rotary?.ForLength(T) is { } rotary)
         {
-            Rotate(q, T, H, E, rotary.RotaryDim, rotary.InverseFrequencies);
-            Rotate(k, T, KV, E, rotary.RotaryDim, rotary.InverseFrequencies);
+            Rotate(q, T, H, E, rotary.RotaryDim, rotary.InverseFrequencies, rotary.Magnitude);
+            Rotate(k, T, KV, E, rotary.RotaryDim, rotary.InverseFrequencies, rotary.Magnitude);
         }
         var z = new double[T * H * E];
         var p = new double[T];
@@ -251,7 +251,7 @@ public static class Float64Reference
     }
 
     /// <summary>Rotate-half rotary on the first <paramref name="rotaryDim"/> dims of each head, position = row index.</summary>
-    static void Rotate(double[] x, int T, int heads, int E, int rotaryDim, ReadOnlySpan<float> inverseFrequencies)
+    static void Rotate(double[] x, int T, int heads, int E, int rotaryDim, ReadOnlySpan<float> inverseFrequencies, float magnitude)
     {
         int half = rotaryDim / 2;
         for (int t = 0; t < T; t++)
@@ -262,7 +262,7 @@ public static class Float64Reference
                 {
                     // The angle in float32 (position · inv_freq), as Hugging Face and the fast path compute it; the rest in float64.
                     double angle = (float)(t * inverseFrequencies[i]);
-                    double c = Math.Cos(angle), s = Math.Sin(angle), x1 = x[o + i], x2 = x[o + i + half];
+                    double c = Math.Cos(angle) * magnitude, s = Math.Sin(angle) * magnitude, x1 = x[o + i], x2 = x[o + i + half];
                     x[o + i] = x1 * c - x2 * s;
                     x[o + i + half] = x2 * c + x1 * s;
                 }

@@ -134,13 +134,17 @@ public sealed class RotaryTable
     /// <param name="rotaryDim">Rotated dimensions per head: positive and even.</param>
     /// <param name="inverseFrequencies">The rotation speed of each dimension pair (<c>rotaryDim/2</c> finite values), e.g. scaled as Llama 3 does.</param>
     /// <param name="maxPositions">Positions the model accepts (n_ctx).</param>
+    /// <param name="magnitude">A factor on cos and sin (LongRoPE's attention factor: it scales q and k, so the scores by its
+    /// square); 1 for a plain rotation.</param>
     /// <exception cref="ArgumentException">An argument is out of range.</exception>
-    public RotaryTable(int rotaryDim, float[] inverseFrequencies, int maxPositions)
+    public RotaryTable(int rotaryDim, float[] inverseFrequencies, int maxPositions, float magnitude = 1f)
     {
         if (rotaryDim <= 0 || rotaryDim % 2 != 0) throw new ArgumentException($"rotary dimension must be a positive even number, got {rotaryDim}", nameof(rotaryDim));
         if (inverseFrequencies.Length != rotaryDim / 2 || inverseFrequencies.Any(f => !float.IsFinite(f)))
             throw new ArgumentException($"expected {rotaryDim / 2} finite inverse frequencies, got {inverseFrequencies.Length}", nameof(inverseFrequencies));
         if (maxPositions <= 0) throw new ArgumentOutOfRangeException(nameof(maxPositions), maxPositions, "the rotary table needs at least one position");
+        if (!(magnitude > 0) || !float.IsFinite(magnitude)) throw new ArgumentOutOfRangeException(nameof(magnitude), magnitude, "the rotary magnitude must be finite and positive");
+        Magnitude = magnitude;
         RotaryDim = rotaryDim;
         MaxPositions = maxPositions;
         _invFreq = (float[])inverseFrequencies.Clone();
@@ -149,6 +153,12 @@ public sealed class RotaryTable
 
     /// <summary>The rotation speed of each dimension pair (<c>rotaryDim/2</c> values), as used for the angles.</summary>
     public ReadOnlySpan<float> InverseFrequencies => _invFreq;
+
+    /// <summary>
+    /// The factor on cos and sin (1 for a rotation). Hugging Face's LongRoPE multiplies both by its attention factor, so a
+    /// rotated q or k is that much longer; <see cref="ApplyInverse"/> stays the transpose (what a backward pass needs).
+    /// </summary>
+    public float Magnitude { get; }
 
     /// <summary>
     /// For rotary embeddings whose frequencies depend on the sequence length (Hugging Face's dynamic NTK scaling): the
@@ -170,7 +180,7 @@ public sealed class RotaryTable
         {
             if (_forLength is not null && _forLengthKey == length) return _forLength;
             var inverse = LengthDependent(length);
-            var table = inverse is null ? this : new RotaryTable(RotaryDim, inverse, MaxPositions);
+            var table = inverse is null ? this : new RotaryTable(RotaryDim, inverse, MaxPositions, Magnitude);
             (_forLength, _forLengthKey) = (table, length);
             return table;
         }
@@ -200,8 +210,8 @@ public sealed class RotaryTable
             for (int i = 0; i < half; i++)
             {
                 float angle = p * _invFreq[i];
-                cos[p * half + i] = (float)Math.Cos(angle);
-                sin[p * half + i] = (float)Math.Sin(angle);
+                cos[p * half + i] = (float)Math.Cos(angle) * Magnitude;
+                sin[p * half + i] = (float)Math.Sin(angle) * Magnitude;
             }
         return new Rows(cos, sin, count);
     }

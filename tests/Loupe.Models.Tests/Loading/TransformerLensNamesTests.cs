@@ -9,6 +9,7 @@ public class TransformerLensNamesTests
     [InlineData("gpt2-small", "gpt2")]
     [InlineData("GPT2-Small", "gpt2")]                                  // TransformerLens matches without regard to case
     [InlineData("distil-gpt2", "distilgpt2")]
+    [InlineData("phi-3", "microsoft/Phi-3-mini-4k-instruct")]
     [InlineData("pythia-70m", "EleutherAI/pythia-70m")]
     [InlineData("pythia", "EleutherAI/pythia-70m")]
     [InlineData("pythia-19m", "EleutherAI/pythia-70m")]                 // EleutherAI renamed it
