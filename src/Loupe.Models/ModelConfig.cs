@@ -100,6 +100,16 @@ public sealed record RopeScaling(string Type, double Factor, double LowFreqFacto
     public float[]? LongRopeInverseFrequencies(float[] defaultInverse, int length) =>
         Type != "longrope" || length <= OriginalMaxPositions ? null : Divide(defaultInverse, LongFactor!);
 
+    /// <summary>One line for <c>loupe info</c>.</summary>
+    public string Describe() => Type switch
+    {
+        "linear" => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"linear rope scaling ×{Factor:G4}"),
+        "dynamic" => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"dynamic NTK rope scaling ×{Factor:G4} beyond {OriginalMaxPositions} positions"),
+        "llama3" => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"llama3 rope scaling ×{Factor:G4} (low {LowFreqFactor:G4}, high {HighFreqFactor:G4}, original {OriginalMaxPositions})"),
+        "longrope" => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"LongRoPE (short factors up to {OriginalMaxPositions} positions, long beyond; attention factor {AttentionFactor:G4})"),
+        _ => Type,
+    };
+
     static float[] Divide(float[] inverse, float[] factors)
     {
         if (factors.Length != inverse.Length) throw new ArgumentException($"{factors.Length} LongRoPE factors for {inverse.Length} frequencies", nameof(factors));

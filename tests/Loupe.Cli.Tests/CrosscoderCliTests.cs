@@ -46,6 +46,7 @@ public sealed class CrosscoderCliTests : IDisposable
         AssertRefused(RunLoupe("crosscoder", "diff", "--crosscoder", _root), "no crosscoder");
         string gpt2 = SharedData.TestData("reference/gpt2");
         AssertRefused(RunLoupe("crosscoder", "eval", "--crosscoder", cc, "--model", gpt2, "--source", "generate:2"), "--model", "LABEL=MODEL");
+        AssertRefused(RunLoupe("serve", "--model", gpt2, "--crosscoder", Path.Combine(_root, "missing"), "--port", "0"), "--crosscoder", "does not exist");
         AssertRefused(RunLoupe("crosscoder", "train", "--model", $"a={gpt2}", "--hook", "blocks.1.hook_resid_post", "--d-sae", "8", "--source", "generate:2", "--out", Path.Combine(_root, "x")),
             "--hook", "at least two hooks");
         AssertRefused(RunLoupe("crosscoder", "train", "--model", $"a={gpt2}", "--hook", "blocks.1.hook_resid_post,blocks.1.attn.hook_pattern", "--d-sae", "8", "--source", "generate:2", "--out", Path.Combine(_root, "x")),

@@ -7,6 +7,7 @@ import { graphPage } from "./graph";
 import { circuitsPage } from "./circuits";
 import { featuresPage } from "./features";
 import { steeringPage } from "./steering";
+import { diffPage } from "./diff";
 
 export interface PageContext { model: ModelView | null; root: HTMLElement; navigate: (path: string) => void }
 
@@ -20,6 +21,7 @@ const routes: Route[] = [
   { path: "/graph", title: "Graph", render: graphPage, standalone: true },
   { path: "/circuits", title: "Circuits", render: circuitsPage, standalone: true },
   { path: "/steering", title: "Steering", render: steeringPage },
+  { path: "/diff", title: "Diff", render: diffPage, standalone: true },
 ];
 
 let model: ModelView | null = null;

@@ -33,7 +33,7 @@ static class InfoCommand
             Console.WriteLine($"architecture: {c.Architecture}");
             Console.WriteLine($"n_layers {c.NLayers}, d_model {c.DModel}, n_heads {c.NHeads} (key/value heads {c.KvHeads}), d_head {c.DHead}, d_mlp {c.DMlp}, d_vocab {c.DVocab}, d_vocab_out {c.VocabOut}, n_ctx {c.NCtx}");
             Console.WriteLine($"normalization {c.Normalization} (eps {c.NormEps}), activation {c.ActFn ?? "none"}{(c.GatedMlp ? " (gated)" : "")}, " +
-                              (c.RotaryDim > 0 ? $"rotary {c.RotaryDim} dims θ={c.RotaryBase}" : c.ShortformerPositions ? "shortformer positions (added to queries and keys)" : c.LearnedPositions ? "learned positions" : "no positions") +
+                              (c.RotaryDim > 0 ? $"rotary {c.RotaryDim} dims θ={c.RotaryBase}{(c.RopeScaling is { } rope ? $", {rope.Describe()}" : "")}" : c.ShortformerPositions ? "shortformer positions (added to queries and keys)" : c.LearnedPositions ? "learned positions" : "no positions") +
                               (c.ParallelAttnMlp ? ", parallel attention+MLP" : "") +
                               (c.SlidingWindow > 0 ? $", sliding window {c.SlidingWindow}" : "") +
                               (c.AttnSoftCap > 0 ? $", attention soft-cap {c.AttnSoftCap}" : "") +

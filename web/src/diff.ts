@@ -1,0 +1,168 @@
+import { api, ApiError } from "./api";
+import { canvas, el, query, setQuery } from "./dom";
+import type { PageContext } from "./main";
+
+// Model diffing with a crosscoder (`loupe serve --crosscoder DIR`): latents by class (the first model's own, shared, the
+// second's own, …), the histogram of Δ (Minder et al.'s relative norm difference) with the class thresholds, and a
+// paged table of latents with each model's decoder norm. A latent opens its dashboard on the Features page when a
+// feature store of the crosscoder's latents is served (`loupe crosscoder features`, then --features).
+// State in the URL: ?cc=ID&class=NAME&order=norm_diff&desc=1&offset=0.
+
+interface Histogram { lo: number; hi: number; counts: number[] }
+interface CrosscoderView { id: string; name: string; architecture: string; sources: string[]; hooks: string[]; d_sae: number; counts: Record<string, number>; store: string | null }
+interface Thresholds { only_second_above: number; only_first_below: number; shared_from: number; shared_to: number }
+interface SummaryView { crosscoder: CrosscoderView; thresholds: Thresholds; norm_diff_histogram: Histogram | null; relative_norm_histogram: Histogram | null; shared_cosine_histogram: Histogram | null; classes: string[] }
+interface LatentView { index: number; norms: number[]; relative_norm: number | null; norm_diff: number | null; cosine: number | null; peak_source: number; peak_share: number; class: string }
+interface LatentPage { total: number; offset: number; order: string; descending: boolean; class: string | null; rows: LatentView[] }
+
+const PAGE = 100;
+
+export function diffPage(ctx: PageContext): void {
+  const root = ctx.root;
+  root.append(el("h1", {}, "Model diff"));
+  const body = el("div", {});
+  root.append(body);
+  api<CrosscoderView[]>("/api/crosscoders").then(all => {
+    if (all.length === 0) {
+      body.append(el("p", { class: "placeholder", "data-testid": "no-crosscoders" },
+        "No crosscoders are served. Start the server with --crosscoder DIR (a crosscoder `loupe crosscoder train` wrote, or dictionary_learning's or Kissane's files), and --features DIR/features.db for its latents' dashboards."));
+      return;
+    }
+    const chosen = all.find(c => c.id === query().get("cc")) ?? all[0];
+    showCrosscoder(body, all, chosen);
+  }, e => body.append(el("p", { class: "error", role: "alert" }, String(e.message ?? e))));
+}
+
+function showCrosscoder(body: HTMLElement, all: CrosscoderView[], cc: CrosscoderView): void {
+  const picker = el("select", { "aria-label": "Crosscoder", "data-testid": "crosscoder" },
+    ...all.map(c => el("option", { value: c.id, selected: c.id === cc.id }, `${c.name} · ${c.sources.join(" vs ")} · ${c.d_sae.toLocaleString()} latents`)));
+  picker.addEventListener("change", () => {
+    setQuery({ cc: picker.value, class: null, offset: null }, true);
+    body.replaceChildren();
+    showCrosscoder(body, all, all.find(c => c.id === picker.value)!);
+  });
+  const hooks = [...new Set(cc.hooks)].join(", ");
+  const info = el("span", { class: "muted" }, `${cc.architecture} · ${hooks}${cc.store ? "" : " · no feature store of its latents is served"}`);
+  const summary = el("div", { class: "panel" }, el("p", { class: "muted" }, "Loading…"));
+  const list = el("div", { class: "panel" });
+  body.append(el("div", { class: "row" }, picker, info), summary, list);
+  api<SummaryView>(`/api/crosscoders/${cc.id}`).then(s => {
+    const reload = () => { drawChips(summary, s, reload); loadLatents(list, s); };
+    drawChips(summary, s, reload);
+    if (s.norm_diff_histogram) summary.append(histogramView(s.norm_diff_histogram, s.thresholds, s.crosscoder.sources));
+    loadLatents(list, s);
+  }, e => summary.replaceChildren(el("p", { class: "error", role: "alert" }, String(e.message ?? e))));
+}
+
+/** One button per class with its count; the chosen class filters the table (again: all). */
+function drawChips(summary: HTMLElement, s: SummaryView, reload: () => void): void {
+  const current = query().get("class");
+  const chip = (name: string | null, label: string, count: number) => {
+    const b = el("button", { class: "chip", "data-testid": "class-chip", "data-class": name ?? "", "aria-pressed": String(current === name) }, `${label} ${count.toLocaleString()}`);
+    b.addEventListener("click", () => { setQuery({ class: name, offset: null }, true); reload(); });
+    return b;
+  };
+  const total = Object.values(s.crosscoder.counts).reduce((a, b) => a + b, 0);
+  const chips = el("div", { class: "row", role: "group", "aria-label": "Latent classes", "data-testid": "classes" },
+    chip(null, "all", total), ...s.classes.map(c => chip(c, c, s.crosscoder.counts[c] ?? 0)));
+  const old = summary.querySelector("[data-testid=classes]");
+  if (old) old.replaceWith(chips);
+  else summary.replaceChildren(chips);
+}
+
+/** Δ over [0, 1] as bars, the class thresholds as lines; hover or focus a bar for its range and count. */
+function histogramView(h: Histogram, t: Thresholds, sources: string[]): HTMLElement {
+  const width = 640, height = 160, pad = 24;
+  const [c, g] = canvas(width, height, `Histogram of Δ: ${sources[0]} only at 0, shared at ½, ${sources[1]} only at 1`);
+  c.setAttribute("data-testid", "delta-histogram");
+  c.tabIndex = 0;
+  const status = el("p", { class: "muted", "data-testid": "histogram-status", "aria-live": "polite" }, "Hover a bar for its latents.");
+  const max = Math.max(1, ...h.counts);
+  const bins = h.counts.length, bw = (width - 2 * pad) / bins;
+  const x = (v: number) => pad + (v - h.lo) / (h.hi - h.lo) * (width - 2 * pad);
+  const draw = (hover: number) => {
+    g.clearRect(0, 0, width, height);
+    h.counts.forEach((n, i) => {
+      const bh = n === 0 ? 0 : Math.max(1, (height - 2 * pad) * Math.log1p(n) / Math.log1p(max));
+      g.fillStyle = i === hover ? "#c0392b" : "#1e50b4";
+      g.fillRect(pad + i * bw + 0.5, height - pad - bh, Math.max(1, bw - 1), bh);
+    });
+    g.strokeStyle = "#888";
+    g.setLineDash([3, 3]);
+    for (const v of [t.only_first_below, t.shared_from, t.shared_to, t.only_second_above]) { g.beginPath(); g.moveTo(x(v), pad / 2); g.lineTo(x(v), height - pad); g.stroke(); }
+    g.setLineDash([]);
+    g.fillStyle = "#333";
+    g.font = "11px sans-serif";
+    g.fillText(`${sources[0]} only`, pad, height - 6);
+    g.fillText("shared", x(0.5) - 16, height - 6);
+    g.fillText(`${sources[1]} only`, width - pad - 60, height - 6);
+  };
+  let at = -1;
+  const show = (i: number) => {
+    at = Math.max(0, Math.min(bins - 1, i));
+    draw(at);
+    const lo = h.lo + at * (h.hi - h.lo) / bins, hi = lo + (h.hi - h.lo) / bins;
+    status.textContent = `Δ ${lo.toFixed(2)}–${hi.toFixed(2)}: ${h.counts[at].toLocaleString()} latents (log-scaled bars)`;
+  };
+  c.addEventListener("mousemove", e => show(Math.floor((e.offsetX - pad) / bw)));
+  c.addEventListener("keydown", e => {
+    if (e.key === "ArrowRight") { e.preventDefault(); show(at + 1); }
+    else if (e.key === "ArrowLeft") { e.preventDefault(); show(at < 0 ? 0 : at - 1); }
+  });
+  draw(-1);
+  return el("figure", {}, c, el("figcaption", { class: "muted" }, "Δ = ½((n_B − n_A) / max(n_A, n_B) + 1) of each latent's decoder norms; dashed: the class thresholds"), status);
+}
+
+function loadLatents(list: HTMLElement, s: SummaryView): void {
+  const cc = s.crosscoder;
+  const order = query().get("order") ?? "norm_diff";
+  const desc = (query().get("desc") ?? (order === "index" ? "0" : "1")) === "1";
+  const offset = Math.max(0, Number(query().get("offset") ?? 0) || 0);
+  const cls = query().get("class");
+  list.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+  const url = `/api/crosscoders/${cc.id}/latents?order=${order}&desc=${desc}&offset=${offset}&limit=${PAGE}${cls ? `&class=${encodeURIComponent(cls)}` : ""}`;
+  api<LatentPage>(url).then(page => {
+    const sort = (key: string, label: string) => {
+      const b = el("button", { class: "sort", "data-testid": `sort-${key}` }, label);
+      b.addEventListener("click", () => {
+        setQuery({ order: key, desc: order === key ? (desc ? "0" : "1") : (key === "index" ? "0" : "1"), offset: null }, true);
+        loadLatents(list, s);
+      });
+      return el("th", { "aria-sort": order === key ? (desc ? "descending" : "ascending") : undefined }, b);
+    };
+    const num = (v: number | null, digits = 3) => v === null ? "–" : v.toFixed(digits);
+    const rows = page.rows.map(r => {
+      const tr = el("tr", { tabindex: "0", "data-testid": "latent-row", "data-latent": String(r.index), title: cc.store ? "Open its dashboard" : "" },
+        el("td", {}, String(r.index)), el("td", {}, r.class),
+        ...r.norms.map(n => el("td", {}, n.toFixed(3))),
+        el("td", {}, num(r.norm_diff)), el("td", {}, num(r.relative_norm)), el("td", {}, num(r.cosine)));
+      const open = () => {
+        if (!cc.store) return;
+        history.pushState(null, "", `/features?store=${cc.store}&feature=${r.index}`);
+        window.dispatchEvent(new PopStateEvent("popstate"));
+      };
+      tr.addEventListener("click", open);
+      tr.addEventListener("keydown", e => {
+        if (e.key === "Enter") open();
+        else if (e.key === "ArrowDown") { e.preventDefault(); (tr.nextElementSibling as HTMLElement | null)?.focus(); }
+        else if (e.key === "ArrowUp") { e.preventDefault(); (tr.previousElementSibling as HTMLElement | null)?.focus(); }
+      });
+      return tr;
+    });
+    const pager = (delta: number, label: string) => {
+      const to = offset + delta * PAGE;
+      const b = el("button", { disabled: to < 0 || to >= page.total, "data-testid": delta < 0 ? "prev-page" : "next-page" }, label);
+      b.addEventListener("click", () => { setQuery({ offset: String(to) }, true); loadLatents(list, s); });
+      return b;
+    };
+    list.replaceChildren(
+      el("div", { class: "row pager" }, pager(-1, "‹ prev"),
+        el("span", { class: "muted", "data-testid": "latent-count" }, page.total === 0 ? "no latents" :
+          `${(offset + 1).toLocaleString()}–${Math.min(page.total, offset + PAGE).toLocaleString()} of ${page.total.toLocaleString()}${cls ? ` (${cls})` : ""}`),
+        pager(1, "next ›")),
+      el("table", { "data-testid": "latent-list" },
+        el("thead", {}, el("tr", {}, sort("index", "#"), el("th", {}, "class"), ...cc.sources.map(src => el("th", {}, `‖W_dec‖ ${src}`)),
+          sort("norm_diff", "Δ"), sort("relative_norm", "relative norm"), sort("cosine", "cosine"))),
+        el("tbody", {}, ...rows)));
+  }, e => list.replaceChildren(el("p", { class: "error", role: "alert" }, e instanceof ApiError ? e.message : String(e))));
+}
