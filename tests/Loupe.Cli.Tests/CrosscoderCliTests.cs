@@ -150,6 +150,31 @@ public sealed class CrosscoderCliTests : IDisposable
             Assert.Equal(xm[m].GetProperty("ce_spliced").GetDouble(), ym[m].GetProperty("ce_spliced").GetDouble(), 1e-4);
     }
 
+    [RequiresSharedFact("models/stories260K")]
+    public void Diff_finds_the_direction_the_fine_tune_added_and_writes_steering_vectors()
+    {
+        string chat = FineTunedStories(), base_ = SharedData.Require("models/stories260K"), output = Path.Combine(_root, "diff");
+        var (code, stdout, err) = RunLoupe("diff", "--model", $"base={base_}", "--model", $"chat={chat}", "--hooks", "blocks.0.hook_resid_pre,blocks.3.hook_resid_post",
+            "--source", "generate:8", "--context-size", "24", "--max-contexts", "8", "--positions", "3", "--out", output);
+        Assert.True(code == 0, err);
+        Assert.Contains("chat vs base: mean KL(p_chat ‖ p_base)", stdout);
+        using var doc = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(output, "diff.json")));
+        var result = doc.RootElement.GetProperty("result");
+        Assert.True(result.GetProperty("mean_kl").GetDouble() > 0);
+        Assert.Equal(20, result.GetProperty("top_positions").GetArrayLength());
+        // the embedding difference is the added direction itself (FineTunedStories: every fourth token's embedding moved along it)
+        var rng = new Random(3);
+        var direction = Enumerable.Range(0, 64).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var vector = Loupe.Steering.SteeringVector.Load(Path.Combine(output, "vectors", "blocks.0.hook_resid_pre.safetensors"), "all");
+        Assert.Equal("blocks.0.hook_resid_pre", vector.HookName);
+        double cos = System.Numerics.Tensors.TensorPrimitives.CosineSimilarity(vector.Direction, direction);
+        Assert.True(cos > 0.999, $"cosine {cos}");
+        // and it steers: the base model with it added runs through `loupe steer`
+        (code, stdout, err) = RunLoupe("steer", "--model", base_, "--prompt", "Once upon a time", "--vector", Path.Combine(output, "vectors", "blocks.0.hook_resid_pre.safetensors") + ":all",
+            "--coeff", "4", "--max-new-tokens", "4");
+        Assert.True(code == 0, err);
+    }
+
     string FineTunedStories()
     {
         string from = SharedData.Require("models/stories260K"), to = Path.Combine(_root, "stories-chat");

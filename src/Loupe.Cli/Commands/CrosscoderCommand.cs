@@ -106,7 +106,7 @@ static class CrosscoderCommand
         return command;
     }
 
-    static Option<string[]> ModelListOption() => new("--model", "-m")
+    internal static Option<string[]> ModelListOption() => new("--model", "-m")
     {
         Description = "LABEL=MODEL for each model the crosscoder reads (a folder or hub id), repeated: --model base=gpt2 --model chat=./gpt2-chat. " +
                       "A one-model crosscoder takes one. With --device the models and the crosscoder run there (train: the rows are held in host memory, a batch goes up per step)",
@@ -114,7 +114,7 @@ static class CrosscoderCommand
     };
 
     // Loads the models, checks they read the same token ids, runs body with them, and disposes them.
-    static int WithModels(ParseResult parse, Option<string[]> option, Func<Dictionary<string, HookedTransformer>, int> body)
+    internal static int WithModels(ParseResult parse, Option<string[]> option, Func<Dictionary<string, HookedTransformer>, int> body)
     {
         var loaded = LoadModels(parse, option);
         try
@@ -152,7 +152,7 @@ static class CrosscoderCommand
                 throw new InputError($"models {encodings[0].Key} and {encodings[i].Key} tokenise text differently; a crosscoder's models must read the same token ids");
     }
 
-    static HarvestContexts Contexts(ParseResult parse, HookedTransformer first, Option<string> source, Option<int?> contextSize, Option<int> maxContexts, Option<int> seed)
+    internal static HarvestContexts Contexts(ParseResult parse, HookedTransformer first, Option<string> source, Option<int?> contextSize, Option<int> maxContexts, Option<int> seed)
     {
         int seedValue = parse.GetValue(seed);
         var text = HarvestCommand.ParseSource(first, parse.GetValue(source)!, seedValue);
@@ -160,7 +160,7 @@ static class CrosscoderCommand
             _ => ContextBuilder.ForModel(first, text, CliSupport.ContextSize(parse.GetValue(contextSize), first), seedValue, CliSupport.Int(parse, maxContexts, 1)));
     }
 
-    static Option<string> SourceOption() => new("--source")
+    internal static Option<string> SourceOption() => new("--source")
     {
         Description = "Where the text comes from: brown:FOLDER, text:FILE_OR_FOLDER, jsonl:FILE (a \"text\" field per line), or generate:N (N samples from the first model)",
         Required = true,
