@@ -1,5 +1,5 @@
 import { api, ApiError } from "./api";
-import { canvas, el, query, setQuery } from "./dom";
+import { canvas, el, pagerButton, query, rowKeys, setQuery } from "./dom";
 import type { PageContext } from "./main";
 
 // Model diffing with a crosscoder (`loupe serve --crosscoder DIR`): latents by class (the first model's own, shared, the
@@ -142,19 +142,10 @@ function loadLatents(list: HTMLElement, s: SummaryView): void {
         window.dispatchEvent(new PopStateEvent("popstate"));
       };
       tr.addEventListener("click", open);
-      tr.addEventListener("keydown", e => {
-        if (e.key === "Enter") open();
-        else if (e.key === "ArrowDown") { e.preventDefault(); (tr.nextElementSibling as HTMLElement | null)?.focus(); }
-        else if (e.key === "ArrowUp") { e.preventDefault(); (tr.previousElementSibling as HTMLElement | null)?.focus(); }
-      });
+      rowKeys(tr, open);
       return tr;
     });
-    const pager = (delta: number, label: string) => {
-      const to = offset + delta * PAGE;
-      const b = el("button", { disabled: to < 0 || to >= page.total, "data-testid": delta < 0 ? "prev-page" : "next-page" }, label);
-      b.addEventListener("click", () => { setQuery({ offset: String(to) }, true); loadLatents(list, s); });
-      return b;
-    };
+    const pager = (delta: number, label: string) => pagerButton(offset, delta, PAGE, page.total, label, to => { setQuery({ offset: String(to) }, true); loadLatents(list, s); });
     list.replaceChildren(
       el("div", { class: "row pager" }, pager(-1, "‹ prev"),
         el("span", { class: "muted", "data-testid": "latent-count" }, page.total === 0 ? "no latents" :

@@ -67,3 +67,20 @@ export function setQuery(changes: Record<string, string | null>, push = false): 
   const url = `${location.pathname}${q.toString() ? "?" + q.toString() : ""}`;
   if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
 }
+
+/** Keyboard for a table row that opens something: Enter opens it, ↑/↓ move to the row above or below. */
+export function rowKeys(tr: HTMLElement, open: () => void): void {
+  tr.addEventListener("keydown", e => {
+    if (e.key === "Enter") open();
+    else if (e.key === "ArrowDown") { e.preventDefault(); (tr.nextElementSibling as HTMLElement | null)?.focus(); }
+    else if (e.key === "ArrowUp") { e.preventDefault(); (tr.previousElementSibling as HTMLElement | null)?.focus(); }
+  });
+}
+
+/** A "‹ prev" (delta −1) or "next ›" (delta +1) button of a paged list; disabled past either end. */
+export function pagerButton(offset: number, delta: number, pageSize: number, total: number, label: string, go: (to: number) => void): HTMLButtonElement {
+  const to = offset + delta * pageSize;
+  const b = el("button", { disabled: to < 0 || to >= total, "data-testid": delta < 0 ? "prev-page" : "next-page" }, label);
+  b.addEventListener("click", () => go(to));
+  return b;
+}

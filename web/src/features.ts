@@ -1,5 +1,5 @@
 import { api, ExampleView, FeatureDashboard, FeatureListView, FeatureStoreView, promptBody, TextSearchView, TokenSearchView } from "./api";
-import { canvas, el, query, setQuery, show } from "./dom";
+import { canvas, el, pagerButton, query, rowKeys, setQuery, show } from "./dom";
 import { JobKinds, JobRunner } from "./jobs";
 import { saeEvalForm } from "./saeEval";
 import type { PageContext } from "./main";
@@ -78,19 +78,10 @@ function loadList(store: FeatureStoreView, list: HTMLElement, open: (f: number, 
         el("td", {}, String(r.feature)), el("td", {}, density(r.density)), el("td", {}, r.max_act.toFixed(2)),
         el("td", { class: "label-cell" }, r.explanation ?? (r.top_promoted !== null ? `→ ${show(r.top_promoted)}` : "")));
       tr.addEventListener("click", () => open(r.feature, true));
-      tr.addEventListener("keydown", e => {
-        if (e.key === "Enter") open(r.feature, true);
-        else if (e.key === "ArrowDown") { e.preventDefault(); (tr.nextElementSibling as HTMLElement | null)?.focus(); }
-        else if (e.key === "ArrowUp") { e.preventDefault(); (tr.previousElementSibling as HTMLElement | null)?.focus(); }
-      });
+      rowKeys(tr, () => open(r.feature, true));
       return tr;
     });
-    const pager = (delta: number, label: string) => {
-      const to = offset + delta * PAGE;
-      const b = el("button", { disabled: to < 0 || to >= page.total, "data-testid": delta < 0 ? "prev-page" : "next-page" }, label);
-      b.addEventListener("click", () => { setQuery({ offset: String(to) }, true); loadList(store, list, open); });
-      return b;
-    };
+    const pager = (delta: number, label: string) => pagerButton(offset, delta, PAGE, page.total, label, to => { setQuery({ offset: String(to) }, true); loadList(store, list, open); });
     const go = el("input", { type: "number", min: "0", max: String(page.total - 1), "aria-label": "Feature number", placeholder: "feature #", "data-testid": "goto" });
     go.addEventListener("keydown", e => { if (e.key === "Enter" && go.value !== "") open(Number(go.value), true); });
     list.replaceChildren(
