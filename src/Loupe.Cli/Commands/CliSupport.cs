@@ -288,7 +288,7 @@ static class CliSupport
 
     /// <summary>The verbs that run on a device (listed when a CPU-only verb refuses <c>--device</c>).</summary>
     const string DeviceVerbs = "run, info, cache, grad, patch, lens, heads, circuit, attribute, intervene, clt train, clt eval, sae train, sae eval, harvest, probe, " +
-        "features build, steer, persona, monitor, verbalize, introspect, serve, mcp, verify, fourier";
+        "features build, steer, persona, monitor, verbalize, introspect, serve, mcp, verify, fourier, crosscoder, diff";
 
     /// <summary>
     /// The backend a verb runs on. Verbs whose analysis still reads activations on the host run on the CPU:

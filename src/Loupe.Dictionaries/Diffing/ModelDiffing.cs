@@ -10,7 +10,9 @@
 //    j < k, and δ_all, the mean over every position past 0 (the BOS, whose activations are outliers in both); with ‖δ‖,
 //    the base model's mean ‖h_A‖ there, and δ read through each model's final norm (its weight folded, scale 1) and
 //    unembedding: the tokens it promotes and suppresses (LogitEffects, as SAE dashboards read a decoder row).
-// Sums run in double. The vectors are saved one file per hook, each tensor a steering vector (`loupe steer --vector
+// Sums run in double (across batches; on a device, in float within one batch or one context's row). With both models on
+// one device the statistics are reduced there and what a batch reads back is one vector per hook and one per context
+// (AddOnDevice). The vectors are saved one file per hook, each tensor a steering vector (`loupe steer --vector
 // FILE:all`): what the fine-tune adds, to add to the base model or to remove from the fine-tune.
 using System.Numerics.Tensors;
 using System.Text.Json.Serialization;
@@ -19,6 +21,8 @@ using Loupe.Dictionaries.Harvest;
 using Loupe.Models;
 using Loupe.Models.Hooks;
 using Loupe.Models.Loading;
+using Loupe.Tensors.Backends;
+using Tensor = Loupe.Tensors.Tensor;
 
 namespace Loupe.Dictionaries.Diffing;
 
@@ -128,14 +132,9 @@ public static class ModelDiffing
         var set = hooks.ToHashSet(StringComparer.Ordinal);
 
         int H = hooks.Count;
-        var sumPos = Enumerable.Range(0, H).Select(h => new double[k * widths[h]]).ToArray();    // [H][k·d] Σ (h_B − h_A) at position j
-        var sumAll = Enumerable.Range(0, H).Select(h => new double[widths[h]]).ToArray();         // [H][d] over positions ≥ 1
-        var normPos = new double[H, Math.Max(k, 1)];
-        var normAll = new double[H];
-        var klByPosition = new double[T];
-        var klValues = new double[(long)contexts.Count * T];
-        var top = new PriorityQueue<DivergentPosition, double>();
-        long rowsAll = 0;
+        var sums = new Sums(H, widths, k, T, contexts.Count, o.TopPositions);
+        var backends = new[] { a.Backend, b.Backend }.Distinct().ToArray();
+        var device = backends.Length == 1 && !backends[0].Device.IsCpu ? backends[0] : null;
 
         for (int start = 0; start < contexts.Count; start += o.BatchSize)
         {
@@ -146,64 +145,15 @@ public static class ModelDiffing
             var batch = new TokenBatch(ids, bs, T);
             var runA = a.Run(batch, new RunOptions { CacheFilter = set.Contains });
             var runB = b.Run(batch, new RunOptions { CacheFilter = set.Contains });
-            // 2. differences
-            for (int h = 0; h < H; h++)
-            {
-                int d = widths[h];
-                var xa = runA.Cache[hooks[h]].ToCpu().Span;
-                var xb = runB.Cache[hooks[h]].ToCpu().Span;
-                for (int c = 0; c < bs; c++)
-                    for (int t = 0; t < T; t++)
-                    {
-                        int o0 = (c * T + t) * d;
-                        var ra = xa.Slice(o0, d);
-                        var rb = xb.Slice(o0, d);
-                        double na = TensorPrimitives.Norm(ra);
-                        if (t < k)
-                        {
-                            var acc = sumPos[h].AsSpan(t * d, d);
-                            for (int j = 0; j < d; j++) acc[j] += (double)rb[j] - ra[j];
-                            normPos[h, t] += na;
-                        }
-                        if (t >= 1)
-                        {
-                            var acc = sumAll[h];
-                            for (int j = 0; j < d; j++) acc[j] += (double)rb[j] - ra[j];
-                            normAll[h] += na;
-                        }
-                    }
-            }
-            rowsAll += (long)bs * (T - 1);
-            // 1. output divergence
-            var la = runA.Logits.ToCpu().Span;
-            var lb = runB.Logits.ToCpu().Span;
-            var logA = new double[V];
-            var logB = new double[V];
-            for (int c = 0; c < bs; c++)
-                for (int t = 0; t < T; t++)
-                {
-                    long row = (long)(c * T + t) * V;
-                    int topA = LogSoftmax(la.Slice((int)row, V), logA), topB = LogSoftmax(lb.Slice((int)row, V), logB);
-                    double kl = 0;
-                    for (int v = 0; v < V; v++)
-                    {
-                        double pb = Math.Exp(logB[v]);
-                        if (pb > 0) kl += pb * (logB[v] - logA[v]);
-                    }
-                    kl = Math.Max(kl, 0); // rounding can leave −1e-17 for identical rows
-                    klValues[(long)(start + c) * T + t] = kl;
-                    klByPosition[t] += kl;
-                    if (o.TopPositions > 0)
-                    {
-                        var entry = new DivergentPosition(start + c, t, kl, ids[c * T + t], topA, topB, Math.Exp(logA[topB]), Math.Exp(logB[topB]));
-                        if (top.Count < o.TopPositions) top.Enqueue(entry, kl);
-                        else if (kl > top.Peek().Kl) top.EnqueueDequeue(entry, kl);
-                    }
-                }
+            if (device is not null) AddOnDevice(device, runA, runB, hooks, widths, ids, start, bs, T, V, k, sums);
+            else AddOnHost(runA, runB, hooks, widths, ids, start, bs, T, V, k, sums);
+            sums.RowsAll += (long)bs * (T - 1);
             a.Recycle(runA);
             b.Recycle(runB);
             progress?.Report(start + bs);
         }
+        var (sumPos, sumAll, normPos, normAll, klByPosition, klValues, rowsAll) = (sums.SumPos, sums.SumAll, sums.NormPos, sums.NormAll, sums.KlByPosition, sums.KlValues, sums.RowsAll);
+        var top = sums.Top;
 
         int C = contexts.Count;
         var vectors = new Dictionary<string, IReadOnlyDictionary<string, float[]>>(StringComparer.Ordinal);
@@ -251,6 +201,146 @@ public static class ModelDiffing
             TopPositions = [.. topList.OrderByDescending(p => p.Kl).ThenBy(p => p.Context).ThenBy(p => p.Position)],
             Differences = differences, Vectors = vectors,
         };
+    }
+
+    /// <summary>The running sums of a diff, in double (steps 1–2 of the file header).</summary>
+    sealed class Sums(int hooks, int[] widths, int k, int T, int contexts, int topPositions)
+    {
+        public readonly double[][] SumPos = [.. Enumerable.Range(0, hooks).Select(h => new double[k * widths[h]])]; // Σ (h_B − h_A) at positions j < k
+        public readonly double[][] SumAll = [.. Enumerable.Range(0, hooks).Select(h => new double[widths[h]])];     // over positions ≥ 1
+        public readonly double[,] NormPos = new double[hooks, Math.Max(k, 1)];                                       // Σ ‖h_A‖ at j < k
+        public readonly double[] NormAll = new double[hooks];
+        public readonly double[] KlByPosition = new double[T];
+        public readonly double[] KlValues = new double[(long)contexts * T];
+        public readonly PriorityQueue<DivergentPosition, double> Top = new();
+        public long RowsAll;
+
+        public void AddPosition(int context, int position, double kl, int token, int topA, int topB, double probAOfTopB, double probBOfTopB)
+        {
+            kl = Math.Max(kl, 0); // rounding can leave −1e-17 (host) or −1e-7 (device, float) for identical rows
+            KlValues[(long)context * T + position] = kl;
+            KlByPosition[position] += kl;
+            if (topPositions == 0) return;
+            var entry = new DivergentPosition(context, position, kl, token, topA, topB, probAOfTopB, probBOfTopB);
+            if (Top.Count < topPositions) Top.Enqueue(entry, kl);
+            else if (kl > Top.Peek().Kl) Top.EnqueueDequeue(entry, kl);
+        }
+    }
+
+    // Steps 1–2 of one batch on the host (the hooks and logits read back).
+    static void AddOnHost(ForwardResult runA, ForwardResult runB, IReadOnlyList<string> hooks, int[] widths, int[] ids, int start, int bs, int T, int V, int k, Sums sums)
+    {
+        for (int h = 0; h < hooks.Count; h++)
+        {
+            int d = widths[h];
+            var xa = runA.Cache[hooks[h]].ToCpu().Span;
+            var xb = runB.Cache[hooks[h]].ToCpu().Span;
+            for (int c = 0; c < bs; c++)
+                for (int t = 0; t < T; t++)
+                {
+                    int o0 = (c * T + t) * d;
+                    var ra = xa.Slice(o0, d);
+                    var rb = xb.Slice(o0, d);
+                    double na = TensorPrimitives.Norm(ra);
+                    if (t < k)
+                    {
+                        var acc = sums.SumPos[h].AsSpan(t * d, d);
+                        for (int j = 0; j < d; j++) acc[j] += (double)rb[j] - ra[j];
+                        sums.NormPos[h, t] += na;
+                    }
+                    if (t >= 1)
+                    {
+                        var acc = sums.SumAll[h];
+                        for (int j = 0; j < d; j++) acc[j] += (double)rb[j] - ra[j];
+                        sums.NormAll[h] += na;
+                    }
+                }
+        }
+        var la = runA.Logits.ToCpu().Span;
+        var lb = runB.Logits.ToCpu().Span;
+        var logA = new double[V];
+        var logB = new double[V];
+        for (int c = 0; c < bs; c++)
+            for (int t = 0; t < T; t++)
+            {
+                int row = (c * T + t) * V;
+                int topA = LogSoftmax(la.Slice(row, V), logA), topB = LogSoftmax(lb.Slice(row, V), logB);
+                double kl = 0;
+                for (int v = 0; v < V; v++)
+                {
+                    double pb = Math.Exp(logB[v]);
+                    if (pb > 0) kl += pb * (logB[v] - logA[v]);
+                }
+                sums.AddPosition(start + c, t, kl, ids[c * T + t], topA, topB, Math.Exp(logA[topB]), Math.Exp(logB[topB]));
+            }
+    }
+
+    // Steps 1–2 of one batch with both models on one device: per hook, Σ over contexts of h_B − h_A at every position, the
+    // sum over positions ≥ 1 of it, and Σ ‖h_A‖ per position, packed and read back once; per context, KL per row
+    // (LogSoftmaxRows, SoftmaxRows, DifferenceProduct summed per row), both argmaxes (TopKRows, k = 1) and both models'
+    // probabilities of B's argmax (a one-hot by ScatterRows, dotted with each softmax), packed and read back once.
+    // No hook or logit row crosses; the token ids go in with the runs.
+    static void AddOnDevice(IComputeBackend be, ForwardResult runA, ForwardResult runB, IReadOnlyList<string> hooks, int[] widths, int[] ids, int start, int bs, int T, int V, int k, Sums sums)
+    {
+        static Tensor View(Tensor t, long offset, int length) => new(t.Storage.Slice(offset, length), length);
+        for (int h = 0; h < hooks.Count; h++)
+        {
+            int d = widths[h];
+            var xa = runA.Cache[hooks[h]];
+            var xb = runB.Cache[hooks[h]];
+            var diff = be.Empty(bs, T, d);
+            be.Scale(xa, -1f, diff);
+            be.Add(diff, xb, diff);
+            var perPosition = be.Empty(T * d);
+            be.SumMiddleAxis(diff, 1, bs, T * d, perPosition);
+            var norms = be.Empty(bs * T);
+            var inverse = be.Empty(bs * T);
+            be.RowDots(xa, xa, bs * T, d, norms);
+            be.NormScale(norms, 1f, false, inverse);   // 1/‖h‖ (1 for a zero row)
+            be.Multiply(norms, inverse, norms);        // ‖h‖² / ‖h‖
+            int length = k * d + d + T;
+            var packed = be.Empty(length);
+            if (k > 0) be.CopyRows(perPosition, 0, k * d, packed, 0, k * d, 1, k * d);
+            if (T > 1) be.SumMiddleAxis(View(perPosition, d, (T - 1) * d), 1, T - 1, d, View(packed, k * d, d));
+            else be.Fill(View(packed, k * d, d), 0f);
+            be.SumMiddleAxis(norms, 1, bs, T, View(packed, k * d + d, T));
+            var host = new float[length];
+            packed.CopyTo(host);
+            for (int i = 0; i < k * d; i++) sums.SumPos[h][i] += host[i];
+            for (int j = 0; j < d; j++) sums.SumAll[h][j] += host[k * d + j];
+            for (int t = 0; t < T; t++)
+            {
+                double n = host[k * d + d + t];
+                if (t < k) sums.NormPos[h, t] += n;
+                if (t >= 1) sums.NormAll[h] += n;
+            }
+        }
+        var (logA, logB, pA, pB, work) = (be.Empty(T, V), be.Empty(T, V), be.Empty(T, V), be.Empty(T, V), be.Empty(T, V));
+        var (valueA, valueB, indexA, indexB, ones) = (be.Empty(T, 1), be.Empty(T, 1), be.Empty(T, 1), be.Empty(T, 1), be.Empty(T, 1));
+        be.Fill(ones, 1f);
+        var rows = be.Empty(5 * T);
+        var back = new float[5 * T];
+        for (int c = 0; c < bs; c++)
+        {
+            var la = new Tensor(runA.Logits.Storage.Slice((long)c * T * V, T * V), T, V);
+            var lb = new Tensor(runB.Logits.Storage.Slice((long)c * T * V, T * V), T, V);
+            be.LogSoftmaxRows(la, T, V, logA);
+            be.LogSoftmaxRows(lb, T, V, logB);
+            be.SoftmaxRows(la, T, V, pA);
+            be.SoftmaxRows(lb, T, V, pB);
+            be.DifferenceProduct(logB, logA, pB, work);              // p_B·(log p_B − log p_A)
+            be.SumMiddleAxis(work, T, V, 1, View(rows, 0, T));        // KL per row
+            be.TopKRows(la, T, V, 1, valueA, indexA);
+            be.TopKRows(lb, T, V, 1, valueB, indexB);
+            be.CopyRows(indexA, 0, T, rows, T, T, 1, T);
+            be.CopyRows(indexB, 0, T, rows, 2 * T, T, 1, T);
+            be.ScatterRows(ones, indexB, T, 1, V, work);              // one-hot of B's argmax per row
+            be.RowDots(pA, work, T, V, View(rows, 3 * T, T));
+            be.RowDots(pB, work, T, V, View(rows, 4 * T, T));
+            rows.CopyTo(back);
+            for (int t = 0; t < T; t++)
+                sums.AddPosition(start + c, t, back[t], ids[c * T + t], (int)back[T + t], (int)back[2 * T + t], back[3 * T + t], back[4 * T + t]);
+        }
     }
 
     // log-softmax of a logit row into `log` (double); returns the argmax

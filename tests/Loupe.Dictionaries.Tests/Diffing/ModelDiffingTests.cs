@@ -2,6 +2,7 @@ using Loupe.Dictionaries.Diffing;
 using Loupe.Dictionaries.Harvest;
 using Loupe.Models;
 using Loupe.Models.Loading;
+using Loupe.Tensors.Backends;
 using Loupe.Testing;
 
 namespace Loupe.Dictionaries.Tests.Diffing;
@@ -11,7 +12,7 @@ namespace Loupe.Dictionaries.Tests.Diffing;
 /// a "fine-tune" of the gpt2 fixture whose embedding of every fourth token carries one added direction differs from it at
 /// hook_resid_pre 0 by exactly that direction times the share of such tokens.
 /// </summary>
-public sealed class ModelDiffingTests : IDisposable
+public sealed class ModelDiffingTests(EmulatedDevice device) : IClassFixture<EmulatedDevice>, IDisposable
 {
     readonly string _root = Directory.CreateTempSubdirectory("loupe-model-diff").FullName;
 
@@ -116,6 +117,45 @@ public sealed class ModelDiffingTests : IDisposable
         Assert.Equal("blocks.0.hook_resid_pre", saved.Metadata["hook"]);
         Assert.Equal(all, saved.GetFloat32("all").ToArray());
         Assert.Equal(["all", "pos_0", "pos_1", "pos_2"], saved.Names.Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public void On_a_device_the_diff_equals_the_hosts_and_only_sums_come_back()
+    {
+        string tuned = FineTuned();
+        using var a = ModelLoader.LoadFolder(SharedData.TestData("reference/gpt2"));
+        using var b = ModelLoader.LoadFolder(tuned);
+        using var ga = ModelLoader.LoadFolder(SharedData.TestData("reference/gpt2"), device.Backend);
+        using var gb = ModelLoader.LoadFolder(tuned, device.Backend);
+        var contexts = Contexts(5, 8, seed: 6, bos: 8);
+        string[] hooks = ["blocks.0.hook_resid_pre", "blocks.2.hook_resid_post"];
+        var options = new ModelDiffOptions { BatchSize = 3, Positions = 2, TopPositions = 6 };
+        var host = ModelDiffing.Compute(a, b, contexts, hooks, options);
+        var before = device.Backend.Transfers.Snapshot();
+        var onDevice = ModelDiffing.Compute(ga, gb, contexts, hooks, options);
+        var moved = device.Backend.Transfers.Snapshot() - before;
+        // per batch (2) one vector per hook, per context one vector of KL, argmaxes and probabilities: no hook or logit row
+        Assert.True(moved.Out(TransferKind.Data) == 2 * hooks.Length + 5, $"read back: {moved}");
+        Assert.True(moved.In(TransferKind.Data) == 0, $"uploaded: {moved}");
+
+        Assert.Equal(host.MeanKl, onDevice.MeanKl, 1e-4 * (1 + host.MeanKl));
+        for (int t = 0; t < 8; t++) Assert.Equal(host.MeanKlByPosition[t], onDevice.MeanKlByPosition[t], 1e-4 * (1 + host.MeanKlByPosition[t]));
+        for (int i = 0; i < 6; i++)
+        {
+            var (x, y) = (host.TopPositions[i], onDevice.TopPositions[i]);
+            Assert.Equal((x.Context, x.Position, x.Token, x.TopA, x.TopB), (y.Context, y.Position, y.Token, y.TopA, y.TopB));
+            Assert.Equal(x.Kl, y.Kl, 1e-4 * (1 + x.Kl));
+            Assert.Equal(x.ProbAOfTopB, y.ProbAOfTopB, 1e-5);
+            Assert.Equal(x.ProbBOfTopB, y.ProbBOfTopB, 1e-5);
+        }
+        foreach (var hook in hooks)
+            foreach (var (name, v) in host.Vectors[hook])
+                for (int j = 0; j < v.Length; j++) Assert.True(Math.Abs(v[j] - onDevice.Vectors[hook][name][j]) <= 1e-5f * (1 + Math.Abs(v[j])), $"{hook} {name}[{j}]");
+        foreach (var (x, y) in host.Differences.Zip(onDevice.Differences))
+        {
+            Assert.Equal(x.BaseNorm, y.BaseNorm, 1e-4 * (1 + x.BaseNorm));
+            Assert.Equal(x.PromotedB.Select(t => t.Token), y.PromotedB.Select(t => t.Token));
+        }
     }
 
     [Fact]
