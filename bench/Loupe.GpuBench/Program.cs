@@ -274,6 +274,31 @@ catch (Exception e) when (e is not OutOfMemoryException)
 {
     Console.WriteLine($"matryoshka FAILED: {e.GetType().Name}: {e.Message}");
 }
+// (d2) A BatchTopK crosscoder step (two sources of d_in each, d_sae / 2 latents, k per row on average: Minder et al.'s
+// model-diffing crosscoder) through SaeTrainer's device path, against torch_peer's crosscoder_step (the same math in torch).
+if (opts.Sae is { } csae)
+try
+{
+    var (d, dSae, k, rows) = csae;
+    int latents = Math.Max(2, dSae / 2);
+    Console.WriteLine();
+    var rng = new Random(6);
+    var data = new float[(long)rows * 2 * d];
+    for (long i = 0; i < data.Length; i++) data[i] = (float)(rng.NextDouble() * 2 - 1);
+    var dictionary = new SparseDictionary(SaeShape.Sae(2 * d, latents, applyBDecToInput: false), new Loupe.Dictionaries.Crosscoders.CrosscoderBatchTopKActivation(k, 2));
+    dictionary.Initialize(seed: 1);
+    var trainer = new SaeTrainer(dictionary, new SaeTrainingOptions { Steps = opts.Warmup + opts.Reps + 2, BatchSize = rows, LearningRate = 1e-4f, BDecInit = BDecInit.Zeros }, fp32);
+    trainer.Begin(new InMemoryRows(data, 2 * d));
+    trainer.Step();
+    double ms = Timing.Min(opts.Warmup, opts.Reps, () => trainer.Step());
+    Console.WriteLine($"crosscoder BatchTopK step (2 sources × d {d}, {latents} latents, k {k}, batch {rows}; upload, forward with code norms, backward, Adam; fp32): {ms:F2} ms");
+    report["crosscoder_step"] = new Dictionary<string, object> { ["d"] = d, ["sources"] = 2, ["d_sae"] = latents, ["k"] = k, ["batch"] = rows, ["ms"] = ms };
+    Save();
+}
+catch (Exception e) when (e is not OutOfMemoryException)
+{
+    Console.WriteLine($"crosscoder_step FAILED: {e.GetType().Name}: {e.Message}");
+}
 // (e) A logistic probe's objective (LogisticObjective: loss and gradient over every row) on the device against the CPU
 // backend in the same run, and torch_peer's probe_eval (the same products in torch, gradients left on the device).
 if (opts.Probe is var (probeRows, probeWidth, probeClasses))

@@ -19,6 +19,11 @@ for key in ("sae_step", "sae_step_aux"):
         same = all(ls[f] == ts[f] for f in ("d_in", "d_sae", "k", "batch"))
         print(f"{key:<14} {'fp32':<5} {ls['ms']:10.2f} {ts['ms']:10.2f} {ts['ms'] / ls['ms']:6.2f}   "
               f"d_in {ls['d_in']} d_sae {ls['d_sae']} k {ls['k']} batch {ls['batch']}{'' if same else ' (torch ran other sizes: ratio not comparable)'}")
+if "crosscoder_step" in loupe and "crosscoder_step" in torch:
+    lc, tc = loupe["crosscoder_step"], torch["crosscoder_step"]
+    same = all(lc[f] == tc[f] for f in ("d", "d_sae", "k", "batch"))
+    print(f"{'crosscoder':<14} {'fp32':<5} {lc['ms']:10.2f} {tc['ms']:10.2f} {tc['ms'] / lc['ms']:6.2f}   "
+          f"BatchTopK, 2 x d {lc['d']}, d_sae {lc['d_sae']}, k {lc['k']}, batch {lc['batch']}{'' if same else ' (torch ran other sizes)'}")
 if "probe_eval" in loupe and "probe_eval" in torch:
     lp, tp = loupe["probe_eval"], torch["probe_eval"]
     same = all(lp[f] == tp[f] for f in ("rows", "width", "classes"))

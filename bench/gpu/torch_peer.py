@@ -51,6 +51,45 @@ def timed(warmup, reps, fn):
     return best
 
 
+def crosscoder_step(d, d_sae, k, batch, warmup, reps):
+    """A BatchTopK crosscoder step as dictionary_learning's BatchTopKCrossCoder trains (Minder et al.): two sources of width d
+    concatenated, pre = x W_enc + b_enc, f = relu(pre), the k*batch largest f_i * sum_s ||W_dec^s[i]|| of the whole batch kept,
+    recon = acts W_dec + b_dec, loss = sum((recon - x)^2) / batch; backward; Adam; loss.item(). The shapes of Loupe.GpuBench's
+    crosscoder_step (d = the SAE shape's d_in, d_sae / 2 latents)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = "cuda"
+    w_dec = torch.randn(d_sae, 2, d, device=dev)
+    w_dec *= 0.08 / w_dec.norm(dim=2, keepdim=True)
+    w_enc = w_dec.reshape(d_sae, 2 * d).t().contiguous()
+    params = [w_enc, torch.zeros(d_sae, device=dev), w_dec, torch.zeros(2 * d, device=dev)]
+    for t in params:
+        t.requires_grad_(True)
+    w_enc, b_enc, w_dec, b_dec = params
+    opt = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+    x = torch.rand(batch, 2 * d, device=dev) * 2 - 1
+    last = {}
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        f = (x @ w_enc + b_enc).relu()
+        code_norms = w_dec.norm(dim=2).sum(dim=1)
+        scaled = (f * code_norms).flatten()
+        kept = scaled.topk(k * batch).indices
+        mask = torch.zeros_like(scaled).scatter(0, kept, 1.0).view_as(f)
+        recon = (f * mask) @ w_dec.reshape(d_sae, 2 * d) + b_dec
+        loss = (recon - x).pow(2).sum() / batch
+        loss.backward()
+        opt.step()
+        last["loss"] = loss.item()
+
+    ms = timed(warmup, reps, step)
+    print(f"crosscoder_step 2 x d {d}, d_sae {d_sae}, k {k}, batch {batch}: {ms:8.2f} ms   loss {last['loss']:.5g}")
+    result = dict(d=d, sources=2, d_sae=d_sae, k=k, batch=batch, ms=ms, loss=last["loss"])
+    del opt, params, x
+    torch.cuda.empty_cache()
+    return result
+
+
 def sae_step(d_in, d_sae, k, batch, warmup, reps, aux=False):
     """A TopK SAE step as SAELens writes it: x_in = x - b_dec, pre = x_in W_enc + b_enc, acts = scatter(relu(topk(pre))),
     recon = acts W_dec + b_dec, loss = sum((recon - x)^2) / batch; backward; Adam. Ends with loss.item() (one sync),
@@ -214,6 +253,10 @@ def main():
         d_in, d_sae, k, batch = (int(v) for v in a.sae_shape.split(","))
         report["sae_step"] = sae_step(d_in, d_sae, k, batch, a.warmup, a.reps)
         report["sae_step_aux"] = sae_step(d_in, d_sae, k, batch, a.warmup, a.reps, aux=True)
+        try:  # a failure here must not cost the measurements above
+            report["crosscoder_step"] = crosscoder_step(d_in, max(2, d_sae // 2), k, batch, a.warmup, a.reps)
+        except Exception as e:  # noqa: BLE001
+            print(f"crosscoder_step FAILED: {type(e).__name__}: {e}")
     if a.probe_shape:
         rows, width, classes = (int(v) for v in a.probe_shape.split(","))
         report["probe_eval"] = probe_eval(rows, width, classes, a.warmup, a.reps)
