@@ -133,6 +133,13 @@ public sealed class CrosscoderCliTests : IDisposable
         for (int i = 0; i < a.Dictionary.P.WDec.Length; i++)
             Assert.True(Math.Abs(a.Dictionary.P.WDec[i] - b.Dictionary.P.WDec[i]) <= 1e-3f * (1 + Math.Abs(a.Dictionary.P.WDec[i])), $"W_dec[{i}]");
 
+        // rows read on the fly, all in one window, train exactly as rows held in memory
+        string streamed = Path.Combine(_root, "streamed");
+        (code, _, err) = RunLoupe([.. Train(streamed), "--on-the-fly", "--contexts-per-window", "8"]);
+        Assert.True(code == 0, err);
+        Assert.Contains("read on the fly, 8 per window", err);
+        Assert.Equal(a.Dictionary.P.WDec, CrosscoderFiles.Load(streamed).Dictionary.P.WDec);
+
         string[] Eval(string json) => ["crosscoder", "eval", "--crosscoder", cpu, "--model", $"base={base_}", "--model", $"chat={chat}",
             "--source", "generate:4", "--seed", "3", "--context-size", "16", "--max-contexts", "4", "--out", json];
         string cpuJson = Path.Combine(_root, "cpu.json"), gpuJson = Path.Combine(_root, "gpu.json");

@@ -3,7 +3,8 @@
 //     loss = Σ_s ‖c_s·x_s − x̂_s‖² (mean over rows) + λ·Σ_i f_i·Σ_s ‖W_dec^s[i]‖          (CrosscoderReluActivation)
 //   BatchTopK (Minder, Dumas et al. 2025, who show it avoids the L1's false exclusive latents):
 //     loss = Σ_s ‖c_s·x_s − x̂_s‖² + aux-k, the k·batch largest f_i·Σ_s‖W_dec^s[i]‖ kept  (CrosscoderBatchTopKActivation)
-// 1. Rows: PairedActivations over the contexts, held in memory ([rows, S·d] floats; the estimate is the caller's to print).
+// 1. Rows: PairedActivations over the contexts, held in memory ([rows, S·d] floats; the estimate is the caller's to print),
+//    or read window by window while training (PairedRows, with scales estimated first on the leading contexts).
 // 2. Input scales c_s: 1, the caller's, or √d / mean‖x_s‖ per source (Kissane's normalisation), kept in the crosscoder.
 // 3. Initialisation: W_dec rows random, each source's segment of norm DecoderInitNorm (Kissane: 0.08, per model);
 //    W_enc = W_decᵀ; biases 0 — then SaeTrainer (Adam, warm-up, decay, gradient clipping, λ warm-up, b_dec from the rows),
@@ -104,21 +105,31 @@ public static class CrosscoderTraining
         ArgumentNullException.ThrowIfNull(rows);
         ArgumentNullException.ThrowIfNull(options);
         int n = sources.Count, d = width;
+        int count = rows.Count == n ? rows[0].Length / d : throw new InputError($"expected {n} sources' rows, got {rows.Count}");
+        if (count == 0) throw new InputError("no rows to train on");
+        var scales = inputScales ?? (options.NormalizeSources ? PairedActivations.NormScales(rows, d) : Enumerable.Repeat(1f, n).ToArray());
+        return TrainCore(sources, width, options, scales, backend, trainer =>
+        {
+            var probe = new Crosscoder(sources, d, trainer.Dictionary, scales);
+            return trainer.Train(probe.Concatenate(rows, count));
+        });
+    }
+
+    // Builds and initialises the dictionary, runs `train` on its trainer, and folds a BatchTopK threshold into the JumpReLU it is held as.
+    static (Crosscoder Crosscoder, List<SaeStepMetrics> Steps) TrainCore(IReadOnlyList<CrosscoderSource> sources, int width, CrosscoderTrainingOptions options,
+        float[] scales, IComputeBackend? backend, Func<SaeTrainer, List<SaeStepMetrics>> train)
+    {
+        int n = sources.Count, d = width;
         if (options.DSae < 1) throw new InputError($"argument: --d-sae: expected at least 1, got {options.DSae}");
         if (!(options.DecoderInitNorm > 0) || !float.IsFinite(options.DecoderInitNorm)) throw new InputError($"argument: --decoder-init-norm: expected a positive number, got {options.DecoderInitNorm}");
         var activation = ActivationFor(options, n);
         var shape = SaeShape.Sae(n * d, options.DSae, applyBDecToInput: false);
         options.Training.Validate(shape, activation);
-        int count = rows[0].Length / d;
-        if (count == 0) throw new InputError("no rows to train on");
-        var scales = inputScales ?? (options.NormalizeSources ? PairedActivations.NormScales(rows, d) : Enumerable.Repeat(1f, n).ToArray());
-
         var dict = new SparseDictionary(shape, activation);
         var cc = new Crosscoder(sources, d, dict, scales) { Architecture = "relu" };
         Initialize(dict, n, d, options.Training.Seed, options.DecoderInitNorm);
-        var x = cc.Concatenate(rows, count);
         var trainer = new SaeTrainer(dict, options.Training, backend);
-        var steps = trainer.Train(x);
+        var steps = train(trainer);
         dict = trainer.Dictionary; // the parameters, back from the device
         if (activation is not CrosscoderBatchTopKActivation) return (cc, steps);
         // held as the files hold it: f_i kept where f_i·n_i > θ, i.e. the JumpReLU f_i > θ / n_i
@@ -126,6 +137,40 @@ public static class CrosscoderTraining
         if (!(theta >= 0)) throw new InputError("training never set the BatchTopK threshold (no latent fired); check the activations and --lr");
         var folded = CrosscoderFiles.FoldThreshold(dict.P, n, d, options.DSae, theta, CodeNormalization.Crosscoder);
         return (new Crosscoder(sources, d, folded, scales) { Architecture = "batchtopk", BatchTopKThreshold = theta, K = options.K }, steps);
+    }
+
+    /// <summary>
+    /// The input scales of <see cref="CrosscoderTrainingOptions.NormalizeSources"/> (√d / mean‖x_s‖ per source) from the first
+    /// <paramref name="contexts"/> contexts, for training on rows read on the fly (<see cref="PairedRows"/>); all 1 without it.
+    /// </summary>
+    public static float[] EstimateScales(PairedActivations paired, HarvestContexts contexts, CrosscoderTrainingOptions options, int maxContexts = 64)
+    {
+        ArgumentNullException.ThrowIfNull(paired);
+        ArgumentNullException.ThrowIfNull(contexts);
+        ArgumentNullException.ThrowIfNull(options);
+        if (!options.NormalizeSources) return [.. Enumerable.Repeat(1f, paired.Sources.Count)];
+        var first = HarvestContexts.FromRows([.. contexts.Contexts.Take(Math.Max(1, maxContexts))], contexts.SourceDescription, contexts.Seed);
+        return PairedActivations.NormScales(CollectRows(paired, first, options.BatchSize), paired.Width);
+    }
+
+    /// <summary>
+    /// Trains a crosscoder over <paramref name="sources"/> on rows read window by window (<see cref="PairedRows"/>, whose
+    /// scales <paramref name="inputScales"/> must be): the models run again every epoch and only one window is held.
+    /// </summary>
+    /// <exception cref="InputError">Invalid options.</exception>
+    public static (Crosscoder Crosscoder, List<SaeStepMetrics> Steps) Train(IReadOnlyList<CrosscoderSource> sources, int width, IRowWindows rows,
+        CrosscoderTrainingOptions options, float[] inputScales, IComputeBackend? backend = null)
+    {
+        ArgumentNullException.ThrowIfNull(rows);
+        ArgumentNullException.ThrowIfNull(inputScales);
+        return TrainCore(sources, width, options, inputScales, backend, trainer =>
+        {
+            trainer.Begin(rows);
+            var steps = new List<SaeStepMetrics>(options.Training.Steps);
+            while (!trainer.IsComplete) steps.Add(trainer.Step());
+            trainer.Finish();
+            return steps;
+        });
     }
 
     // W_dec rows Gaussian with each source's segment at norm `norm`; W_enc = W_decᵀ; biases 0.

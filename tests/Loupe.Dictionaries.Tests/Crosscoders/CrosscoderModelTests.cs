@@ -29,6 +29,40 @@ public sealed class CrosscoderModelTests : IDisposable
     static HookedTransformer Gpt2() => ModelLoader.LoadFolder(SharedData.TestData("reference/gpt2"));
     static HookedTransformer Llama() => ModelLoader.LoadFolder(SharedData.TestData("reference/llama"));
 
+    [Theory]
+    [InlineData("relu")]
+    [InlineData("batchtopk")]
+    public void Rows_read_on_the_fly_train_exactly_as_rows_held_in_memory(string architecture)
+    {
+        using var a = Gpt2();
+        using var b = Llama();
+        CrosscoderSource[] sources = [new("gpt2", Hook), new("llama", Hook)];
+        var paired = new PairedActivations(sources, D, new Dictionary<string, HookedTransformer> { ["gpt2"] = a, ["llama"] = b });
+        var contexts = Contexts(10, 9, seed: 21);
+        var options = new CrosscoderTrainingOptions
+        {
+            DSae = 32, Architecture = architecture, K = 4, BatchSize = 4,
+            Training = new SaeTrainingOptions { Steps = 25, BatchSize = 16, LearningRate = 3e-3f, SparsityCoefficient = architecture == "relu" ? 0.3f : 0f, BDecInit = BDecInit.Zeros, Seed = 4 },
+        };
+        var rows = CrosscoderTraining.CollectRows(paired, contexts, 4);
+        var scales = CrosscoderTraining.EstimateScales(paired, contexts, options, maxContexts: 10);
+        Assert.Equal(PairedActivations.NormScales(rows, D), scales);
+        var (held, heldSteps) = CrosscoderTraining.Train(sources, D, rows, options, scales);
+        var (streamed, streamedSteps) = CrosscoderTraining.Train(sources, D, new PairedRows(paired, contexts, scales, contextsPerWindow: 10, batchSize: 4), options, scales);
+        Assert.Equal(heldSteps, streamedSteps);
+        Assert.Equal(held.Dictionary.P.WDec, streamed.Dictionary.P.WDec);
+        Assert.Equal(held.Dictionary.P.LogThreshold, streamed.Dictionary.P.LogThreshold);
+        Assert.Equal(held.BatchTopKThreshold, streamed.BatchTopKThreshold);
+
+        // in windows of 4 contexts: window 1 holds contexts 4–7's rows, scaled and concatenated
+        var windows = new PairedRows(paired, contexts, scales, contextsPerWindow: 4, batchSize: 4); // the batches CollectRows ran (a GEMM's rounding depends on its rows)
+        Assert.Equal(3, windows.WindowCount);
+        var all = held.Concatenate(rows, 10 * 8);
+        Assert.Equal(all.AsSpan(4 * 8 * 2 * D, 4 * 8 * 2 * D).ToArray(), windows.Load(0, 1).Inputs);
+        Assert.Equal(all.AsSpan(8 * 8 * 2 * D).ToArray(), windows.Load(3, 2).Inputs);
+        Assert.Contains("scales", windows.Description);
+    }
+
     static HarvestContexts Contexts(int count, int length, int seed)
     {
         var random = new Random(seed);
