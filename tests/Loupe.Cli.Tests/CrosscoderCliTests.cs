@@ -124,6 +124,8 @@ public sealed class CrosscoderCliTests : IDisposable
         string cpu = Path.Combine(_root, "cpu"), gpu = Path.Combine(_root, "gpu");
         var (code, _, err) = RunLoupe(Train(cpu));
         Assert.True(code == 0, err);
+        AssertRefused(RunLoupe(Train(cpu)), "--resume");   // a folder holding a run is continued only when asked
+        Assert.True(File.Exists(Path.Combine(cpu, "training_log.jsonl")));
         (code, var stdout, err) = RunLoupe([.. Train(gpu), "--device", "emulated"]);
         Assert.True(code == 0, err);
         Assert.Contains("trained on emulated:", stdout);

@@ -252,6 +252,8 @@ static class CrosscoderCommand
         var k = new Option<int>("--k") { Description = "batchtopk: latents kept per row on average", DefaultValueFactory = _ => 32 };
         var l1 = new Option<float>("--l1") { Description = "relu: λ of the L1 penalty λ·Σ_i f_i·Σ_s ‖W_dec^s[i]‖", DefaultValueFactory = _ => 1f };
         var l1Warmup = new Option<int>("--l1-warmup") { Description = "Steps over which λ ramps up from 0", DefaultValueFactory = _ => 0 };
+        var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Write checkpoint.safetensors (and append training_log.jsonl) every N steps", DefaultValueFactory = _ => 200 };
+        var resume = new Option<bool>("--resume") { Description = "Continue the checkpoint in --out (bit-exact with an uninterrupted run; same command otherwise)" };
         var onTheFly = new Option<bool>("--on-the-fly") { Description = "Read the rows from the models window by window while training (one window in memory; the models run again every epoch) instead of holding every row" };
         var contextsPerWindow = new Option<int>("--contexts-per-window") { Description = "With --on-the-fly: contexts run per shuffling window", DefaultValueFactory = _ => 64 };
         var noNormalize = new Option<bool>("--no-normalize") { Description = "Train on the raw activations (default: each source scaled to mean norm √d, the factors kept in the crosscoder)" };
@@ -265,7 +267,7 @@ static class CrosscoderCommand
             "Examples:\n" +
             "  loupe crosscoder train --model base=gpt2 --model chat=./gpt2-chat --hook blocks.6.hook_resid_post --d-sae 4096 --source text:corpus/ --out cc/\n" +
             "  loupe crosscoder train --model gpt2=gpt2 --hook blocks.4.hook_resid_post,blocks.5.hook_resid_post,blocks.6.hook_resid_post --d-sae 4096 --source text:corpus/ --out xl/")
-        { model, hook, source, contextSize, maxContexts, dSae, architecture, k, steps, batchSize, lr, l1, l1Warmup, onTheFly, contextsPerWindow, noNormalize, seed, output };
+        { model, hook, source, contextSize, maxContexts, dSae, architecture, k, steps, batchSize, lr, l1, l1Warmup, onTheFly, contextsPerWindow, checkpointEvery, resume, noNormalize, seed, output };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string arch = parse.GetValue(architecture)!;
@@ -299,34 +301,29 @@ static class CrosscoderCommand
                 var trainingBackend = CliSupport.DictionaryBackendFor(CrosscoderTraining.ActivationFor(options, sources.Length));
                 CliSupport.SayTrainingMemory(CrosscoderTraining.EstimateTrainingBytes(options, sources.Length, width), trainingBackend, CliSupport.FreeDeviceMemory(trainingBackend));
                 var contexts = Contexts(parse, first, source, contextSize, maxContexts, seed);
-                (Crosscoder Crosscoder, List<SaeStepMetrics> Steps) trained;
-                if (parse.GetValue(onTheFly))
-                {
-                    int perWindow = Math.Min(CliSupport.Int(parse, contextsPerWindow, 1), contexts.Count);
-                    long bytes = CrosscoderTraining.EstimateRowBytes(perWindow, contexts.ContextSize, sources.Length, width) / 2;
-                    Console.Error.WriteLine($"{contexts.Count} contexts read on the fly, {perWindow} per window × {contexts.ContextSize - 1} positions × {sources.Length} sources × d {width}: {CliSupport.FormatBytes(bytes)} of activations in memory");
-                    var scales = CliSupport.Status.Status().Start("estimating the input scales", _ => CrosscoderTraining.EstimateScales(paired, contexts, options));
-                    var data = new PairedRows(paired, contexts, scales, perWindow, options.BatchSize);
-                    trained = CliSupport.Status.Status().Start($"training {features:N0} latents for {training.Steps:N0} steps on {trainingBackend.Device}",
-                        _ => CrosscoderTraining.Train(sources, width, data, options, scales, trainingBackend));
-                }
-                else
-                {
-                    long bytes = CrosscoderTraining.EstimateRowBytes(contexts.Count, contexts.ContextSize, sources.Length, width);
-                    Console.Error.WriteLine($"{contexts.Count} contexts × {contexts.ContextSize - 1} positions × {sources.Length} sources × d {width}: {CliSupport.FormatBytes(bytes)} of activations in memory");
-                    var rows = CliSupport.Status.Status().Start("running the models", _ => CrosscoderTraining.CollectRows(paired, contexts));
-                    trained = CliSupport.Status.Status().Start($"training {features:N0} latents for {training.Steps:N0} steps on {trainingBackend.Device}",
-                        _ => CrosscoderTraining.Train(sources, width, rows, options, backend: trainingBackend));
-                }
-                var last = trained.Steps[^1];
-                CrosscoderFiles.Save(folder, trained.Crosscoder, new Dictionary<string, string>
+                // Rows read by windows of contexts; without --on-the-fly one window holds every context and is computed once.
+                bool streamed = parse.GetValue(onTheFly);
+                int perWindow = streamed ? Math.Min(CliSupport.Int(parse, contextsPerWindow, 1), contexts.Count) : contexts.Count;
+                long bytes = CrosscoderTraining.EstimateRowBytes(perWindow, contexts.ContextSize, sources.Length, width) / 2;
+                Console.Error.WriteLine(streamed
+                    ? $"{contexts.Count} contexts read on the fly, {perWindow} per window × {contexts.ContextSize - 1} positions × {sources.Length} sources × d {width}: {CliSupport.FormatBytes(bytes)} of activations in memory"
+                    : $"{contexts.Count} contexts × {contexts.ContextSize - 1} positions × {sources.Length} sources × d {width}: {CliSupport.FormatBytes(bytes)} of activations in memory");
+                var scales = CliSupport.Status.Status().Start("estimating the input scales",
+                    _ => CrosscoderTraining.EstimateScales(paired, contexts, options, maxContexts: streamed ? 64 : contexts.Count));
+                var data = new PairedRows(paired, contexts, scales, perWindow, options.BatchSize, keepLastWindow: !streamed);
+                SaeStepMetrics? last = null;
+                var provenance = new Dictionary<string, string>
                 {
                     ["models"] = string.Join(",", loaded.Select(kv => $"{kv.Key}={kv.Value.Source}")),
                     ["contexts"] = $"{contexts.Count} × {contexts.ContextSize} from {contexts.SourceDescription} ({contexts.Sha256()})",
                     ["steps"] = training.Steps.ToString(CultureInfo.InvariantCulture), ["l1"] = training.SparsityCoefficient.ToString(CultureInfo.InvariantCulture),
-                });
-                Console.WriteLine($"trained on {trainingBackend.Device}: mse {last.Mse:G4}, L0 {last.L0:F1}, explained variance {last.ExplainedVariance:F4}; input scales {string.Join(", ", trained.Crosscoder.InputScales.Select(c => c.ToString("G4", CultureInfo.InvariantCulture)))}");
-                var diff = CrosscoderDiff.Compute(trained.Crosscoder);
+                };
+                var crosscoderTrained = CliSupport.Status.Status().Start($"training {features:N0} latents for {training.Steps:N0} steps on {trainingBackend.Device}",
+                    _ => CrosscoderTraining.TrainInFolder(sources, width, data, options, scales, folder, CliSupport.Int(parse, checkpointEvery, 1), parse.GetValue(resume),
+                        provenance, trainingBackend, new CliSupport.SyncProgress<SaeTrainingProgress>(p => last = p.Metrics)));
+                if (last is { } m)
+                    Console.WriteLine($"trained on {trainingBackend.Device}: mse {m.Mse:G4}, L0 {m.L0:F1}, explained variance {m.ExplainedVariance:F4}; input scales {string.Join(", ", crosscoderTrained.InputScales.Select(c => c.ToString("G4", CultureInfo.InvariantCulture)))}");
+                var diff = CrosscoderDiff.Compute(crosscoderTrained);
                 Console.WriteLine("  " + string.Join(", ", diff.Counts.Select(kv => $"{kv.Key}: {kv.Value}")));
                 Console.WriteLine($"wrote {folder}");
                 return 0;

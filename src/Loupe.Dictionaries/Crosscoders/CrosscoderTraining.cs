@@ -130,13 +130,46 @@ public static class CrosscoderTraining
         Initialize(dict, n, d, options.Training.Seed, options.DecoderInitNorm);
         var trainer = new SaeTrainer(dict, options.Training, backend);
         var steps = train(trainer);
-        dict = trainer.Dictionary; // the parameters, back from the device
-        if (activation is not CrosscoderBatchTopKActivation) return (cc, steps);
-        // held as the files hold it: f_i kept where f_i·n_i > θ, i.e. the JumpReLU f_i > θ / n_i
+        return (Finished(sources, d, trainer.Dictionary, scales, options), steps); // the parameters, back from the device
+    }
+
+    // The trained dictionary as the crosscoder the files hold: a BatchTopK one's f_i kept where f_i·n_i > θ, i.e. the
+    // JumpReLU f_i > θ / n_i.
+    static Crosscoder Finished(IReadOnlyList<CrosscoderSource> sources, int d, SparseDictionary dict, float[] scales, CrosscoderTrainingOptions options)
+    {
+        if (dict.Activation is not CrosscoderBatchTopKActivation) return new Crosscoder(sources, d, dict, scales) { Architecture = "relu" };
         float theta = dict.P.Threshold[0];
         if (!(theta >= 0)) throw new InputError("training never set the BatchTopK threshold (no latent fired); check the activations and --lr");
-        var folded = CrosscoderFiles.FoldThreshold(dict.P, n, d, options.DSae, theta, CodeNormalization.Crosscoder);
-        return (new Crosscoder(sources, d, folded, scales) { Architecture = "batchtopk", BatchTopKThreshold = theta, K = options.K }, steps);
+        var folded = CrosscoderFiles.FoldThreshold(dict.P, sources.Count, d, options.DSae, theta, CodeNormalization.Crosscoder);
+        return new Crosscoder(sources, d, folded, scales) { Architecture = "batchtopk", BatchTopKThreshold = theta, K = options.K };
+    }
+
+    /// <summary>
+    /// Trains a crosscoder in <paramref name="folder"/> as <c>loupe sae train</c> trains an SAE (SaeTrainingRun): metrics appended
+    /// to training_log.jsonl and checkpoint.safetensors written every <paramref name="checkpointEvery"/> steps, a killed run
+    /// continued bit for bit with <paramref name="resume"/> (same options, rows and scales: the rows' description, scales
+    /// included, is checked), and the crosscoder saved there at the end (model.safetensors + config.json). Returns it.
+    /// </summary>
+    /// <exception cref="InputError">Invalid options; the folder holds a checkpoint and <paramref name="resume"/> is false, or its
+    /// settings differ; another run holds the folder; training diverged (the last checkpoint is kept).</exception>
+    public static Crosscoder TrainInFolder(IReadOnlyList<CrosscoderSource> sources, int width, IRowWindows rows, CrosscoderTrainingOptions options,
+        float[] inputScales, string folder, int checkpointEvery, bool resume, IReadOnlyDictionary<string, string>? provenance = null,
+        IComputeBackend? backend = null, IProgress<SaeTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(rows);
+        ArgumentNullException.ThrowIfNull(inputScales);
+        Crosscoder? saved = null;
+        TrainCore(sources, width, options, inputScales, backend, trainer =>
+        {
+            SaeTrainingRun.Run(trainer, rows, folder, checkpointEvery, resume, "loupe crosscoder train", [CrosscoderFiles.WeightsFile, CrosscoderFiles.ConfigFile],
+                dict =>
+                {
+                    saved = Finished(sources, width, dict, inputScales, options);
+                    CrosscoderFiles.Save(folder, saved, provenance);
+                }, progress, cancellationToken);
+            return [];
+        });
+        return saved!;
     }
 
     /// <summary>

@@ -14,9 +14,18 @@ public sealed class PairedRows : IRowWindows
     readonly HarvestContexts _contexts;
     readonly float[] _scales;
     readonly int _contextsPerWindow, _batchSize;
+    readonly bool _keep;
+    (int Window, float[] Rows)? _kept;
 
+    /// <param name="paired">The models and sources.</param>
+    /// <param name="contexts">The contexts, cut into windows of <paramref name="contextsPerWindow"/>.</param>
+    /// <param name="inputScales">c_s per source.</param>
+    /// <param name="contextsPerWindow">Contexts per shuffling window.</param>
+    /// <param name="batchSize">Contexts per forward pass.</param>
+    /// <param name="keepLastWindow">Keep the last window's rows and answer it again without running the models (with one window
+    /// of every context: the rows held in memory, computed once).</param>
     /// <exception cref="InputError">Contexts of fewer than 2 tokens, or not one positive scale per source.</exception>
-    public PairedRows(PairedActivations paired, HarvestContexts contexts, float[] inputScales, int contextsPerWindow = 64, int batchSize = 8)
+    public PairedRows(PairedActivations paired, HarvestContexts contexts, float[] inputScales, int contextsPerWindow = 64, int batchSize = 8, bool keepLastWindow = false)
     {
         _paired = paired ?? throw new ArgumentNullException(nameof(paired));
         _contexts = contexts ?? throw new ArgumentNullException(nameof(contexts));
@@ -29,7 +38,7 @@ public sealed class PairedRows : IRowWindows
         long rows = (long)Math.Min(contextsPerWindow, contexts.Count) * (contexts.ContextSize - 1);
         if (rows * paired.Sources.Count * paired.Width > Array.MaxLength)
             throw new InputError($"a window of {contextsPerWindow} contexts × {contexts.ContextSize - 1} positions × {paired.Sources.Count} sources × d {paired.Width} does not fit one array; lower --contexts-per-window");
-        (_scales, _contextsPerWindow, _batchSize) = ((float[])inputScales.Clone(), contextsPerWindow, batchSize);
+        (_scales, _contextsPerWindow, _batchSize, _keep) = ((float[])inputScales.Clone(), contextsPerWindow, batchSize, keepLastWindow);
     }
 
     public int DIn => _paired.Sources.Count * _paired.Width;
@@ -43,6 +52,7 @@ public sealed class PairedRows : IRowWindows
     /// <summary>The window's rows [contexts·(T − 1), S·d], scaled.</summary>
     public (float[] Inputs, float[]? Targets) Load(int epoch, int window)
     {
+        if (_kept is { } kept && kept.Window == window) return (kept.Rows, null); // WindowedBatches reads windows, never writes them
         int first = window * _contextsPerWindow, count = Math.Min(_contextsPerWindow, _contexts.Count - first);
         int T = _contexts.ContextSize, n = _paired.Sources.Count, d = _paired.Width, per = T - 1;
         var rows = new float[(long)count * per * n * d];
@@ -56,6 +66,7 @@ public sealed class PairedRows : IRowWindows
                 for (int s = 0; s < n; s++)
                     System.Numerics.Tensors.TensorPrimitives.Multiply(x[s].AsSpan(r * d, d), _scales[s], rows.AsSpan((int)(((long)(c0 * per + r) * n + s) * d), d));
         }
+        if (_keep) _kept = (window, rows);
         return (rows, null);
     }
 }

@@ -4,7 +4,7 @@
 //   2. step; every N steps append the buffered metric lines to training_log.jsonl, then write
 //      checkpoint.safetensors atomically (a log line past the checkpoint's step is dropped on resume);
 //   3. at the end write the final checkpoint, fold the input scaling and save the dictionary in the
-//      SAELens layout (cfg.json + sae_weights.safetensors) next to it.
+//      SAELens layout (cfg.json + sae_weights.safetensors) next to it (a crosscoder: its own files).
 // The whole run holds the folder's OutputLock, so a second run into the same folder is refused (naming the
 // first's pid) instead of interleaving its log and deleting the other's temp files. The kernel releases the
 // lock when the process dies, even by SIGKILL, so a killed run resumes at once. A loss that turns NaN or ∞
@@ -32,18 +32,30 @@ public static class SaeTrainingRun
     /// </exception>
     /// <exception cref="OperationCanceledException">Cancelled: the last checkpoint stays; run again with resume to continue.</exception>
     public static string Run(SaeTrainer trainer, IRowWindows data, string outputFolder, int checkpointEvery, bool resume,
-        SaeLensConfig? template = null, IProgress<SaeTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+        SaeLensConfig? template = null, IProgress<SaeTrainingProgress>? progress = null, CancellationToken cancellationToken = default) =>
+        Run(trainer, data, outputFolder, checkpointEvery, resume, "loupe sae train", [SaeLensFormat.ConfigFile, SaeLensFormat.WeightsFile],
+            dictionary => SaeLensFormat.Save(outputFolder, dictionary, SaeLensFormat.ConfigFor(dictionary, template)), progress, cancellationToken);
+
+    /// <summary>
+    /// The same run for another kind of dictionary (a crosscoder): <paramref name="verb"/> names the run in the folder's lock,
+    /// <paramref name="outputFiles"/> are the files <paramref name="save"/> writes into the folder from the finished dictionary
+    /// (checked replaceable before anything starts), still under the lock.
+    /// </summary>
+    public static string Run(SaeTrainer trainer, IRowWindows data, string outputFolder, int checkpointEvery, bool resume, string verb,
+        IReadOnlyList<string> outputFiles, Action<SparseDictionary> save, IProgress<SaeTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(trainer);
         ArgumentNullException.ThrowIfNull(data);
         ArgumentException.ThrowIfNullOrEmpty(outputFolder);
+        ArgumentNullException.ThrowIfNull(outputFiles);
+        ArgumentNullException.ThrowIfNull(save);
         Check.InRange(checkpointEvery, 1, int.MaxValue, "argument", "--checkpoint-every");
-        using var folderLock = OutputLock.Acquire(outputFolder, "loupe sae train");
+        using var folderLock = OutputLock.Acquire(outputFolder, verb);
         // Temp files can only be a killed run's leftovers now: no other run holds the folder.
         foreach (var stray in Directory.GetFiles(outputFolder, "*.tmp-*"))
             if (OutputFiles.KindOf(stray) == OutputFiles.EntryKind.RegularFile) File.Delete(stray);
         string checkpoint = Path.Combine(outputFolder, CheckpointFile), log = Path.Combine(outputFolder, LogFile);
-        foreach (string file in (string[])[checkpoint, log, Path.Combine(outputFolder, SaeLensFormat.ConfigFile), Path.Combine(outputFolder, SaeLensFormat.WeightsFile)])
+        foreach (string file in (string[])[checkpoint, log, .. outputFiles.Select(f => Path.Combine(outputFolder, f))])
             OutputFiles.EnsureReplaceable(file);
 
         // 1. fresh or resumed
@@ -96,8 +108,7 @@ public static class SaeTrainingRun
 
         // 3. the dictionary, in the layout others read
         trainer.Finish();
-        var config = SaeLensFormat.ConfigFor(trainer.Dictionary, template);
-        SaeLensFormat.Save(outputFolder, trainer.Dictionary, config);
+        save(trainer.Dictionary);
         return outputFolder;
     }
 

@@ -63,6 +63,49 @@ public sealed class CrosscoderModelTests : IDisposable
         Assert.Contains("scales", windows.Description);
     }
 
+    [Theory]
+    [InlineData("relu")]
+    [InlineData("batchtopk")]
+    public void A_killed_run_resumes_from_its_checkpoint_to_the_same_crosscoder(string architecture)
+    {
+        using var a = Gpt2();
+        using var b = Llama();
+        CrosscoderSource[] sources = [new("gpt2", Hook), new("llama", Hook)];
+        var paired = new PairedActivations(sources, D, new Dictionary<string, HookedTransformer> { ["gpt2"] = a, ["llama"] = b });
+        var contexts = Contexts(8, 9, seed: 22);
+        var options = new CrosscoderTrainingOptions
+        {
+            DSae = 24, Architecture = architecture, K = 3, BatchSize = 4,
+            Training = new SaeTrainingOptions { Steps = 30, BatchSize = 16, LearningRate = 3e-3f, SparsityCoefficient = architecture == "relu" ? 0.3f : 0f, BDecInit = BDecInit.Zeros, Seed = 5 },
+        };
+        var scales = CrosscoderTraining.EstimateScales(paired, contexts, options);
+        PairedRows Rows() => new(paired, contexts, scales, contextsPerWindow: 3, batchSize: 4); // several windows: the cursor must resume too
+        string straight = Path.Combine(_dir, "straight-" + architecture), killed = Path.Combine(_dir, "killed-" + architecture);
+        var whole = CrosscoderTraining.TrainInFolder(sources, D, Rows(), options, scales, straight, checkpointEvery: 10, resume: false);
+
+        using (var cancel = new CancellationTokenSource())
+        {
+            var progress = new SyncProgress(p => { if (p.Metrics.Step == 14) cancel.Cancel(); });
+            Assert.Throws<OperationCanceledException>(() => CrosscoderTraining.TrainInFolder(sources, D, Rows(), options, scales, killed, 10, false, null, null, progress, cancel.Token));
+        }
+        Assert.True(File.Exists(Path.Combine(killed, SaeTrainingRun.CheckpointFile)));
+        Assert.Contains("--resume", Assert.Throws<InputError>(() => CrosscoderTraining.TrainInFolder(sources, D, Rows(), options, scales, killed, 10, resume: false)).Message);
+        var resumed = CrosscoderTraining.TrainInFolder(sources, D, Rows(), options, scales, killed, 10, resume: true);
+        Assert.Equal(whole.Dictionary.P.WDec, resumed.Dictionary.P.WDec);
+        Assert.Equal(whole.Dictionary.P.LogThreshold, resumed.Dictionary.P.LogThreshold);
+        Assert.Equal(whole.BatchTopKThreshold, resumed.BatchTopKThreshold);
+        Assert.Equal(CrosscoderFiles.Load(straight).Dictionary.P.WEnc, CrosscoderFiles.Load(killed).Dictionary.P.WEnc);
+        Assert.Equal(File.ReadAllLines(Path.Combine(straight, SaeTrainingRun.LogFile)), File.ReadAllLines(Path.Combine(killed, SaeTrainingRun.LogFile)));
+        // other rows (scales) are refused by name rather than continued
+        var other = new PairedRows(paired, contexts, [.. scales.Select(c => c * 2)], contextsPerWindow: 3, batchSize: 4);
+        Assert.ThrowsAny<InputError>(() => CrosscoderTraining.TrainInFolder(sources, D, other, options, [.. scales.Select(c => c * 2)], straight, 10, resume: true));
+    }
+
+    sealed class SyncProgress(Action<SaeTrainingProgress> report) : IProgress<SaeTrainingProgress>
+    {
+        public void Report(SaeTrainingProgress value) => report(value);
+    }
+
     static HarvestContexts Contexts(int count, int length, int seed)
     {
         var random = new Random(seed);
