@@ -29,6 +29,19 @@ public sealed class CrosscoderModelTests : IDisposable
     static HookedTransformer Gpt2() => ModelLoader.LoadFolder(SharedData.TestData("reference/gpt2"));
     static HookedTransformer Llama() => ModelLoader.LoadFolder(SharedData.TestData("reference/llama"));
 
+    // gpt2 and llama (the reference fixtures) at Hook, as a model diff's two sources
+    static (CrosscoderSource[] Sources, PairedActivations Paired) Paired(HookedTransformer a, HookedTransformer b)
+    {
+        CrosscoderSource[] sources = [new("gpt2", Hook), new("llama", Hook)];
+        return (sources, new PairedActivations(sources, D, new Dictionary<string, HookedTransformer> { ["gpt2"] = a, ["llama"] = b }));
+    }
+
+    static CrosscoderTrainingOptions SmallTraining(string architecture, int dSae, int k, int steps, int seed) => new()
+    {
+        DSae = dSae, Architecture = architecture, K = k, BatchSize = 4,
+        Training = new SaeTrainingOptions { Steps = steps, BatchSize = 16, LearningRate = 3e-3f, SparsityCoefficient = architecture == "relu" ? 0.3f : 0f, BDecInit = BDecInit.Zeros, Seed = seed },
+    };
+
     [Theory]
     [InlineData("relu")]
     [InlineData("batchtopk")]
@@ -36,14 +49,9 @@ public sealed class CrosscoderModelTests : IDisposable
     {
         using var a = Gpt2();
         using var b = Llama();
-        CrosscoderSource[] sources = [new("gpt2", Hook), new("llama", Hook)];
-        var paired = new PairedActivations(sources, D, new Dictionary<string, HookedTransformer> { ["gpt2"] = a, ["llama"] = b });
+        var (sources, paired) = Paired(a, b);
         var contexts = Contexts(10, 9, seed: 21);
-        var options = new CrosscoderTrainingOptions
-        {
-            DSae = 32, Architecture = architecture, K = 4, BatchSize = 4,
-            Training = new SaeTrainingOptions { Steps = 25, BatchSize = 16, LearningRate = 3e-3f, SparsityCoefficient = architecture == "relu" ? 0.3f : 0f, BDecInit = BDecInit.Zeros, Seed = 4 },
-        };
+        var options = SmallTraining(architecture, dSae: 32, k: 4, steps: 25, seed: 4);
         var rows = CrosscoderTraining.CollectRows(paired, contexts, 4);
         var scales = CrosscoderTraining.EstimateScales(paired, contexts, options, maxContexts: 10);
         Assert.Equal(PairedActivations.NormScales(rows, D), scales);
@@ -70,14 +78,9 @@ public sealed class CrosscoderModelTests : IDisposable
     {
         using var a = Gpt2();
         using var b = Llama();
-        CrosscoderSource[] sources = [new("gpt2", Hook), new("llama", Hook)];
-        var paired = new PairedActivations(sources, D, new Dictionary<string, HookedTransformer> { ["gpt2"] = a, ["llama"] = b });
+        var (sources, paired) = Paired(a, b);
         var contexts = Contexts(8, 9, seed: 22);
-        var options = new CrosscoderTrainingOptions
-        {
-            DSae = 24, Architecture = architecture, K = 3, BatchSize = 4,
-            Training = new SaeTrainingOptions { Steps = 30, BatchSize = 16, LearningRate = 3e-3f, SparsityCoefficient = architecture == "relu" ? 0.3f : 0f, BDecInit = BDecInit.Zeros, Seed = 5 },
-        };
+        var options = SmallTraining(architecture, dSae: 24, k: 3, steps: 30, seed: 5);
         var scales = CrosscoderTraining.EstimateScales(paired, contexts, options);
         PairedRows Rows() => new(paired, contexts, scales, contextsPerWindow: 3, batchSize: 4); // several windows: the cursor must resume too
         string straight = Path.Combine(_dir, "straight-" + architecture), killed = Path.Combine(_dir, "killed-" + architecture);
