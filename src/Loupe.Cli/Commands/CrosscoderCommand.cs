@@ -308,8 +308,8 @@ static class CrosscoderCommand
                 Console.Error.WriteLine(streamed
                     ? $"{contexts.Count} contexts read on the fly, {perWindow} per window × {contexts.ContextSize - 1} positions × {sources.Length} sources × d {width}: {CliSupport.FormatBytes(bytes)} of activations in memory"
                     : $"{contexts.Count} contexts × {contexts.ContextSize - 1} positions × {sources.Length} sources × d {width}: {CliSupport.FormatBytes(bytes)} of activations in memory");
-                var scales = CliSupport.Status.Status().Start("estimating the input scales",
-                    _ => CrosscoderTraining.EstimateScales(paired, contexts, options, maxContexts: streamed ? 64 : contexts.Count));
+                // on at most the first 64 contexts: an extra pass over them, not over every context
+                var scales = CliSupport.Status.Status().Start("estimating the input scales", _ => CrosscoderTraining.EstimateScales(paired, contexts, options));
                 var data = new PairedRows(paired, contexts, scales, perWindow, options.BatchSize, keepLastWindow: !streamed);
                 SaeStepMetrics? last = null;
                 var provenance = new Dictionary<string, string>
