@@ -29,6 +29,19 @@ public class ChatTemplateTests
         Assert.Contains("alternate", e.Message);
     }
 
+    // Phi-3's style: a role tag per message, <|end|> after each, the generation prompt or else eos_token at the end.
+    const string Phi3 = "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}";
+
+    [Fact]
+    public void Phi3StyleRendersRoleTagsAndEndsWithThePromptOrEos()
+    {
+        var t = new ChatTemplate(Phi3);
+        Assert.Equal("<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n",
+            t.Render([("system", "Be brief."), ("user", "Hi")], addGenerationPrompt: true, "<s>", "<|endoftext|>"));
+        Assert.Equal("<|user|>\nHi<|end|>\n<|assistant|>\nHello<|end|>\n<|endoftext|>",
+            t.Render([("user", "Hi"), ("assistant", "Hello")], addGenerationPrompt: false, "<s>", "<|endoftext|>"));
+    }
+
     [Fact]
     public void WhitespaceControlFiltersAndLoopVariables()
     {
