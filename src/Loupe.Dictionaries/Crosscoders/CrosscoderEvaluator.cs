@@ -80,8 +80,7 @@ public static partial class CrosscoderEvaluator
         for (int start = 0; start < contexts.Count; start += options.BatchSize)
         {
             int b = Math.Min(options.BatchSize, contexts.Count - start);
-            var ids = new int[b * T];
-            for (int i = 0; i < b; i++) contexts.Contexts[start + i].CopyTo(ids, i * T);
+            var ids = contexts.Ids(start, b);
             if (device is not null) device.Add(paired, ids, b, T, options.Losses, scaling, totals);
             else AddOnHost(crosscoder, paired, ids, b, T, options.Losses, scaling, totals);
             progress?.Report(start + b);

@@ -62,8 +62,7 @@ public static class CrosscoderTraining
         for (int start = 0; start < contexts.Count; start += batchSize)
         {
             int b = Math.Min(batchSize, contexts.Count - start);
-            var ids = new int[b * T];
-            for (int i = 0; i < b; i++) contexts.Contexts[start + i].CopyTo(ids, i * T);
+            var ids = contexts.Ids(start, b);
             var (x, _) = paired.Run(ids, b, T);
             for (int s = 0; s < n; s++) x[s].CopyTo(rows[s], (long)start * (T - 1) * d);
             progress?.Report(start + b);

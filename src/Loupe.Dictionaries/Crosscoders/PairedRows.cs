@@ -59,8 +59,7 @@ public sealed class PairedRows : IRowWindows
         for (int c0 = 0; c0 < count; c0 += _batchSize)
         {
             int b = Math.Min(_batchSize, count - c0);
-            var ids = new int[b * T];
-            for (int i = 0; i < b; i++) _contexts.Contexts[first + c0 + i].CopyTo(ids, i * T);
+            var ids = _contexts.Ids(first + c0, b);
             var (x, _) = _paired.Run(ids, b, T);
             for (int r = 0; r < b * per; r++)
                 for (int s = 0; s < n; s++)

@@ -140,8 +140,7 @@ public static class ModelDiffing
         {
             cancellationToken.ThrowIfCancellationRequested();
             int bs = Math.Min(o.BatchSize, contexts.Count - start);
-            var ids = new int[bs * T];
-            for (int i = 0; i < bs; i++) contexts.Contexts[start + i].CopyTo(ids, i * T);
+            var ids = contexts.Ids(start, bs);
             var batch = new TokenBatch(ids, bs, T);
             var runA = a.Run(batch, new RunOptions { CacheFilter = set.Contains });
             var runB = b.Run(batch, new RunOptions { CacheFilter = set.Contains });

@@ -33,6 +33,14 @@ public sealed class HarvestContexts
     public int Seed { get; }
     public int Count => Contexts.Count;
 
+    /// <summary>Contexts [first, first + count) as one batch of token ids <c>[count, context_size]</c>, row-major.</summary>
+    public int[] Ids(int first, int count)
+    {
+        var ids = new int[count * ContextSize];
+        for (int i = 0; i < count; i++) Contexts[first + i].CopyTo(ids, i * ContextSize);
+        return ids;
+    }
+
     /// <summary>SHA-256 (hex) of every token id in order: identifies the contexts in a manifest.</summary>
     public string Sha256() => TokenRowsHash.Sha256(Contexts);
 

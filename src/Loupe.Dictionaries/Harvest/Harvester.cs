@@ -139,8 +139,7 @@ public static class Harvester
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 int b = Math.Min(options.BatchSize, count - c0);
-                var ids = new int[b * contexts.ContextSize]; // [batch, pos]
-                for (int i = 0; i < b; i++) contexts.Contexts[first + c0 + i].CopyTo(ids, i * contexts.ContextSize);
+                var ids = contexts.Ids(first + c0, b);
                 var result = model.Run(new TokenBatch(ids, b, contexts.ContextSize), new RunOptions { CacheFilter = hookSet.Contains, LastPositionLogitsOnly = true });
                 int skip = options.SkipBos ? 1 : 0;
                 for (int h = 0; h < options.Hooks.Count; h++)

@@ -162,8 +162,7 @@ public sealed class ModelRows : IRowWindows
         for (int c0 = 0; c0 < count; c0 += _batchSize)
         {
             int b = Math.Min(_batchSize, count - c0);
-            var ids = new int[b * n]; // [batch, pos]
-            for (int i = 0; i < b; i++) _contexts.Contexts[first + c0 + i].CopyTo(ids, i * n);
+            var ids = _contexts.Ids(first + c0, b);
             var result = _model.Run(new TokenBatch(ids, b, n), new RunOptions { CacheFilter = wanted.Contains, LastPositionLogitsOnly = true });
             Copy(result.Cache[_inputHook], _inputHook, ref inputs);
             if (_targetHook is not null) Copy(result.Cache[_targetHook], _targetHook, ref targets);
