@@ -23,13 +23,14 @@ public sealed record Usage(int Requests, long PromptTokens, long CompletionToken
 /// <summary>
 /// One feature's result: the explanation, each scorer's metrics, and its usage — <c>Usage</c> over every answer
 /// the feature needed (cached or not: what the feature cost), <c>Fresh</c> over the requests this run sent.
+/// <c>Simulation</c> is the simulation scorer's result when it ran (its metrics are not a classifier's).
 /// </summary>
-public sealed record FeatureOutcome(int Feature, string Explanation, IReadOnlyDictionary<string, ScoreMetrics> Scores, Usage Usage, Usage Fresh);
+public sealed record FeatureOutcome(int Feature, string Explanation, IReadOnlyDictionary<string, ScoreMetrics> Scores, Usage Usage, Usage Fresh, SimulationMetrics? Simulation = null);
 
 /// <summary>
 /// What to show and ask: explainer examples per feature, held-out activating examples per scorer (as many
 /// non-activating ones join them for detection), examples per scorer request, the scorers (<c>detection</c>,
-/// <c>fuzzing</c>, <c>embedding</c>: see <see cref="EmbeddingScorer"/>), the seed of every random choice, whether the explainer sees 0–10 activation levels, and how
+/// <c>fuzzing</c>, <c>simulation</c>: see <see cref="SimulationScorer"/>, <c>embedding</c>: see <see cref="EmbeddingScorer"/>), the seed of every random choice, whether the explainer sees 0–10 activation levels, and how
 /// many promoted/suppressed tokens it sees.
 /// </summary>
 public sealed record ExplainOptions
@@ -42,7 +43,7 @@ public sealed record ExplainOptions
     public bool ShowActivations { get; init; }
     public int LogitTokens { get; init; } = 10;
 
-    public const string Detection = "detection", Fuzzing = "fuzzing", Embedding = "embedding";
+    public const string Detection = "detection", Fuzzing = "fuzzing", Simulation = "simulation", Embedding = "embedding";
 
     /// <exception cref="InputError">A count out of range or an unknown scorer.</exception>
     public void Validate()
@@ -52,7 +53,7 @@ public sealed record ExplainOptions
         if (BatchSize < 1) throw InputError.Expected("argument", "batch", "1 or more", BatchSize);
         if (LogitTokens < 0) throw InputError.Expected("argument", "logit-tokens", "0 or more", LogitTokens);
         foreach (var s in Scorers)
-            if (s is not (Detection or Fuzzing or Embedding)) throw InputError.Expected("argument", "scorers", "detection, fuzzing and/or embedding", s);
+            if (s is not (Detection or Fuzzing or Simulation or Embedding)) throw InputError.Expected("argument", "scorers", "detection, fuzzing, simulation and/or embedding", s);
     }
 }
 
@@ -157,7 +158,7 @@ public static class ExplainRunner
         answers.Add(explained);
         string explanation = Prompts.ParseExplanation(explained.Content);
         var scores = new Dictionary<string, ScoreMetrics>(StringComparer.Ordinal);
-        var scorerTasks = options.Scorers.Where(s => s != ExplainOptions.Embedding).Select(async scorer =>
+        var scorerTasks = options.Scorers.Where(s => s is ExplainOptions.Detection or ExplainOptions.Fuzzing).Select(async scorer =>
         {
             var items = scorer == ExplainOptions.Detection ? inputs.Detection : inputs.Fuzzing;
             string system = scorer == ExplainOptions.Detection ? Prompts.DetectionSystem : Prompts.FuzzingSystem;
@@ -184,15 +185,36 @@ public static class ExplainRunner
             }
             return (scorer, results, metrics: ScoreMetrics.Compute(labels, predictions, allProbabilities && labels.Count > 0 ? probabilities : null, unparsed));
         }).ToList();
+        // the simulator predicts each window on its own: one request per window
+        var simulationTask = options.Scorers.Contains(ExplainOptions.Simulation)
+            ? Task.WhenAll(inputs.Simulation.Select(e => client.CompleteAsync(SimulationScorer.Prompt(explanation, e.Tokens), ct)))
+            : null;
         foreach (var (scorer, results, metrics) in await Task.WhenAll(scorerTasks).ConfigureAwait(false))
         {
             scores[scorer] = metrics;
             answers.AddRange(results);
         }
+        SimulationMetrics? simulation = null;
+        if (simulationTask is not null)
+        {
+            var results = await simulationTask.ConfigureAwait(false);
+            answers.AddRange(results);
+            var predictions = new List<double[]>(results.Length);
+            int unparsed = 0, fromLogprobs = 0;
+            for (int i = 0; i < results.Length; i++)
+            {
+                var tokens = inputs.Simulation[i].Tokens;
+                var parsed = SimulationScorer.Parse(results[i].Content, results[i].Logprobs, tokens.Length);
+                if (parsed is null) unparsed++;
+                else if (parsed.Value.FromLogprobs) fromLogprobs++;
+                predictions.Add(parsed?.Values ?? new double[tokens.Length]);
+            }
+            simulation = SimulationMetrics.Compute(inputs.Simulation, predictions, unparsed, fromLogprobs);
+        }
         // the embedding scorer asks no language model: the detection examples, embedded beside the explanation
         if (options.Scorers.Contains(ExplainOptions.Embedding))
             scores[ExplainOptions.Embedding] = await Task.Run(() => EmbeddingScorer.Score(embedder!, explanation, inputs.Detection).Metrics, ct).ConfigureAwait(false);
-        return new FeatureOutcome(inputs.Feature, explanation, scores, Usage.Of(answers, price), Usage.Of(answers.Where(a => !a.Cached), price));
+        return new FeatureOutcome(inputs.Feature, explanation, scores, Usage.Of(answers, price), Usage.Of(answers.Where(a => !a.Cached), price), simulation);
     }
 }
 
@@ -200,7 +222,8 @@ public static class ExplainRunner
 public sealed record ScoredExample(TextExample Example, bool Label);
 
 /// <summary>Everything the prompts of one feature need, chosen from the store with a per-feature seeded random generator.</summary>
-sealed record FeatureInputs(int Feature, List<TextExample> Explainer, List<string> Promoted, List<string> Suppressed, List<ScoredExample> Detection, List<ScoredExample> Fuzzing)
+sealed record FeatureInputs(int Feature, List<TextExample> Explainer, List<string> Promoted, List<string> Suppressed, List<ScoredExample> Detection, List<ScoredExample> Fuzzing,
+    List<SimulationExample> Simulation)
 {
     public static FeatureInputs Build(FeatureStore store, int f, IReadOnlyList<int> live, ExplainOptions o)
     {
@@ -241,6 +264,9 @@ sealed record FeatureInputs(int Feature, List<TextExample> Explainer, List<strin
         TextExample Plain(FeatureExample e) => new(e.WindowTokens.Select(Text).ToArray(), new bool[e.WindowActs.Length]);
         var detection = heldOut.Select(e => new ScoredExample(Plain(e), true)).Concat(negatives.Select(e => new ScoredExample(Plain(e), false))).ToList();
         Shuffle(detection, rng);
+        // Simulation: the same windows with their true activations (the non-activating ones all zero, as detection assumes).
+        var simulation = heldOut.Select(e => new SimulationExample(e.WindowTokens.Select(Text).ToArray(), e.WindowActs, true))
+            .Concat(negatives.Select(e => new SimulationExample(e.WindowTokens.Select(Text).ToArray(), new float[e.WindowActs.Length], false))).ToList();
 
         // Fuzzing: half marked where the feature is active, half with as many tokens marked at random among inactive ones.
         var fuzzing = new List<ScoredExample>();
@@ -264,7 +290,7 @@ sealed record FeatureInputs(int Feature, List<TextExample> Explainer, List<strin
 
         var promoted = store.Logits(f, FeatureStoreSchema.Promoted).Take(o.LogitTokens).Select(r => r.TokenStr ?? Text(r.TokenId)).ToList();
         var suppressed = store.Logits(f, FeatureStoreSchema.Suppressed).Take(o.LogitTokens).Select(r => r.TokenStr ?? Text(r.TokenId)).ToList();
-        return new FeatureInputs(f, explainer, promoted, suppressed, detection, fuzzing);
+        return new FeatureInputs(f, explainer, promoted, suppressed, detection, fuzzing, simulation);
     }
 
     static void Shuffle<T>(List<T> list, Random rng)

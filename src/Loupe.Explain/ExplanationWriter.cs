@@ -76,10 +76,11 @@ public sealed class ExplanationWriter : IDisposable
             Run("DELETE FROM explanation_scores WHERE feature = $f AND explainer_model = $m", ("$f", outcome.Feature), ("$m", model));
             Run("INSERT OR REPLACE INTO explanations (feature, explainer_model, text, created) VALUES ($f, $m, $t, $c)",
                 ("$f", outcome.Feature), ("$m", model), ("$t", outcome.Explanation), ("$c", DateTimeOffset.UtcNow.ToString("O")));
-            foreach (var (scorer, metrics) in outcome.Scores)
-                foreach (var (metric, value) in metrics.Values())
-                    Run("INSERT INTO explanation_scores (feature, explainer_model, scorer, metric, value) VALUES ($f, $m, $s, $k, $v)",
-                        ("$f", outcome.Feature), ("$m", model), ("$s", scorer), ("$k", metric), ("$v", value));
+            var rows = outcome.Scores.SelectMany(kv => kv.Value.Values().Select(v => (Scorer: kv.Key, v.Metric, v.Value)));
+            if (outcome.Simulation is { } simulation) rows = rows.Concat(simulation.Values().Select(v => (Scorer: ExplainOptions.Simulation, v.Metric, v.Value)));
+            foreach (var (scorer, metric, value) in rows)
+                Run("INSERT INTO explanation_scores (feature, explainer_model, scorer, metric, value) VALUES ($f, $m, $s, $k, $v)",
+                    ("$f", outcome.Feature), ("$m", model), ("$s", scorer), ("$k", metric), ("$v", value));
             Run("INSERT OR REPLACE INTO explanation_costs (feature, explainer_model, requests, prompt_tokens, completion_tokens, cost_usd) VALUES ($f, $m, $r, $p, $c, $d)",
                 ("$f", outcome.Feature), ("$m", model), ("$r", outcome.Usage.Requests), ("$p", outcome.Usage.PromptTokens), ("$c", outcome.Usage.CompletionTokens), ("$d", outcome.Usage.CostUsd));
             tx.Commit();

@@ -340,7 +340,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
         [Description("The feature index (0..d_sae−1); it must have activated when the store was built.")] int feature,
         [Description("Examples shown to the explainer (1..100).")] int examples = 20,
         [Description("Held-out activating examples per scorer, and as many non-activating ones for detection (1..100).")] int scoreExamples = 10,
-        [Description("Scorers to run: detection, fuzzing, embedding (default detection and fuzzing; an empty list: explanation only). Embedding asks no model: all-MiniLM-L6-v2's similarity to the explanation, AUROC.")] string[]? scorers = null,
+        [Description("Scorers to run: detection, fuzzing, simulation, embedding (default detection and fuzzing; an empty list: explanation only). Simulation asks one request per window and scores the correlation of predicted and true activations; embedding asks no model: all-MiniLM-L6-v2's similarity to the explanation, AUROC.")] string[]? scorers = null,
         [Description("Seed for the held-out choice and the fuzzing marks.")] int seed = 0,
         CancellationToken cancellationToken = default)
     {

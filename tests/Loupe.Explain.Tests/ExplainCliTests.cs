@@ -66,6 +66,29 @@ public class ExplainCliTests
     }
 
     [Fact]
+    public void The_simulation_scorer_shows_its_correlation_in_the_summary_and_features_top()
+    {
+        using var folder = new TestFolder();
+        string store = SyntheticStore.Write(folder.File("features.db"));
+        using var server = new ScriptedServer();
+        var (code, output, err) = Loupe("explain", "--store", store, "--endpoint", server.BaseUrl, "--model", "scripted-model",
+            "--features", "0-1", "--examples", "6", "--score-examples", "3", "--scorers", "simulation", "--top-logprobs", "0",
+            "--cache", folder.File("cache.db"), "--seed", "1");
+        Assert.True(code == 0, $"exit {code}\n{output}\n{err}");
+        Assert.Contains("sim r", output);
+        Assert.Contains("(0 undefined)", output);
+        Assert.Equal(2 + 2 * 6, server.Log.Count);   // per feature: the explainer, then one request per window (3 activating + 3 not)
+        var top = Loupe("features", "top", "--db", store, "-f", "1");
+        Assert.True(top.Code == 0, top.Err);
+        Assert.Matches(@"simulation r 0\.\d\d \(activating windows 0\.\d\d\)", top.Out);
+
+        (code, _, err) = Loupe("explain", "--store", store, "--endpoint", server.BaseUrl, "--model", "scripted-model", "--features", "2",
+            "--scorers", "simulate", "--cache", folder.File("cache.db"));
+        Assert.NotEqual(0, code);
+        Assert.Contains("detection, fuzzing, simulation and/or embedding", err);
+    }
+
+    [Fact]
     public void A_refusing_endpoint_is_one_error_line()
     {
         using var folder = new TestFolder();

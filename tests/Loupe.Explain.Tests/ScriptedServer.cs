@@ -17,8 +17,9 @@ public sealed record LoggedRequest(string Body, string System, string User, stri
 /// A real OpenAI-compatible HTTP server on loopback (HttpListener) that answers chat completions
 /// deterministically: an explainer prompt gets "the token X" where X is the most frequent span marked
 /// &lt;&lt;X&gt;&gt;; a detection prompt gets 1 for each example containing X; a fuzzing prompt gets 1 for each
-/// example whose marked spans are all X. With logprobs requested, each 0/1 token gets P = 0.9 and the
-/// other digit 0.1 as alternatives. Usage counts words. Faults queued with <see cref="Enqueue"/> are served first.
+/// example whose marked spans are all X; a simulation prompt gets 10 for each token that is X (trimmed) and 0 for
+/// the others. With logprobs requested, each 0/1 token gets P = 0.9 and the other digit 0.1 as alternatives, and
+/// each 10 gets P = 0.8 with 0 at 0.2. Usage counts words. Faults queued with <see cref="Enqueue"/> are served first.
 /// </summary>
 public sealed partial class ScriptedServer : IDisposable
 {
@@ -167,6 +168,13 @@ public sealed partial class ScriptedServer : IDisposable
 
     static string Answer(string system, string user)
     {
+        if (system == SimulationScorer.System)
+        {
+            string explained = ExplainedToken(user.Split('\n').First(l => l.StartsWith("Explanation: ", StringComparison.Ordinal))) ?? "\u0000";
+            var levels = user.Split('\n').Select(l => Regex.Match(l, "^[0-9]+\t(\".*\")$")).Where(m => m.Success)
+                .Select(m => System.Text.Json.JsonSerializer.Deserialize<string>(m.Groups[1].Value)!.Trim() == explained ? 10 : 0);
+            return "[" + string.Join(", ", levels) + "]";
+        }
         if (system.Contains("[EXPLANATION]", StringComparison.Ordinal))
         {
             var spans = Marked().Matches(user).Select(m => m.Groups[1].Value.Trim()).ToList();
@@ -190,11 +198,11 @@ public sealed partial class ScriptedServer : IDisposable
         return "[" + string.Join(", ", answers) + "]";
     }
 
-    /// <summary>Tokens "[", "1", ", ", "0", …, "]" with P(answer) = 0.9 and the other digit at 0.1.</summary>
+    /// <summary>Tokens "[", "1", ", ", "0", …, "]" with P(answer) = 0.9 and the other digit at 0.1; "10" at 0.8 with "0" at 0.2.</summary>
     static JsonObject Logprobs(string content)
     {
         var tokens = new JsonArray();
-        foreach (Match m in Regex.Matches(content, @"\d|[^\d]+"))
+        foreach (Match m in Regex.Matches(content, @"\d+|[^\d]+"))
         {
             string t = m.Value;
             var top = new JsonArray();
@@ -204,6 +212,12 @@ public sealed partial class ScriptedServer : IDisposable
                 lp = Math.Log(0.9);
                 top.Add(new JsonObject { ["token"] = t, ["logprob"] = lp });
                 top.Add(new JsonObject { ["token"] = t == "1" ? "0" : "1", ["logprob"] = Math.Log(0.1) });
+            }
+            else if (t == "10")
+            {
+                lp = Math.Log(0.8);
+                top.Add(new JsonObject { ["token"] = t, ["logprob"] = lp });
+                top.Add(new JsonObject { ["token"] = "0", ["logprob"] = Math.Log(0.2) });
             }
             else top.Add(new JsonObject { ["token"] = t, ["logprob"] = 0.0 });
             tokens.Add(new JsonObject { ["token"] = t, ["logprob"] = lp, ["top_logprobs"] = top });

@@ -124,7 +124,7 @@ public sealed class McpExplainTests : IAsyncLifetime
         // the explainer's request only
         Assert.Equal(1, reply.GetProperty("sentRequests").GetInt32());
         Assert.Single(server.Log);
-        Assert.Contains("fuzzing and/or embedding", (await Mcp.CallFails(client, "explain_feature", new() { ["store"] = "sae-l1", ["feature"] = feature, ["scorers"] = new[] { "simulation" } })));
+        Assert.Contains("simulation and/or embedding", (await Mcp.CallFails(client, "explain_feature", new() { ["store"] = "sae-l1", ["feature"] = feature, ["scorers"] = new[] { "simulate" } })));
     }
 
     [Fact]

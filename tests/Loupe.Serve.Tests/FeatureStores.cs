@@ -77,6 +77,8 @@ static class FeatureStores
         Exec(db, "INSERT INTO explanation_scores VALUES ($p0, 'test-explainer', 'detection', 'accuracy', 0.8)", densest);
         Exec(db, "INSERT INTO explanation_scores VALUES ($p0, 'test-explainer', 'detection', 'f1', 0.75)", densest);
         Exec(db, "INSERT INTO explanation_scores VALUES ($p0, 'test-explainer', 'fuzzing', 'accuracy', 0.6)", densest);
+        Exec(db, "INSERT INTO explanation_scores VALUES ($p0, 'test-explainer', 'simulation', 'ev_correlation', 0.42)", densest);
+        Exec(db, "INSERT INTO explanation_scores VALUES ($p0, 'test-explainer', 'simulation', 'n', 20)", densest);
         return path;
     }
 

@@ -22,7 +22,7 @@ static class ExplainCommand
         var examples = new Option<int>("--examples") { Description = "Examples shown to the explainer (top examples, then interval samples)", DefaultValueFactory = _ => 20 };
         var scoreExamples = new Option<int>("--score-examples") { Description = "Held-out activating examples per scorer (detection adds as many non-activating ones)", DefaultValueFactory = _ => 10 };
         var batch = new Option<int>("--batch") { Description = "Examples per scorer request", DefaultValueFactory = _ => 5 };
-        var scorers = new Option<string>("--scorers") { Description = "Scorers: detection, fuzzing, embedding (comma-separated); none: explanations only", DefaultValueFactory = _ => "detection,fuzzing" };
+        var scorers = new Option<string>("--scorers") { Description = "Scorers: detection, fuzzing, simulation, embedding (comma-separated); none: explanations only", DefaultValueFactory = _ => "detection,fuzzing" };
         var embedder = new Option<string>("--embedder")
         {
             Description = "The embedding scorer's sentence encoder: a BERT-family folder or hub id (default: all-MiniLM-L6-v2 from NuGet)",
@@ -120,19 +120,20 @@ static class ExplainCommand
     {
         static string F(double? v) => v is double d ? d.ToString("F2", CultureInfo.InvariantCulture) : "—";
         static string Cost(double? v) => v is double d ? "$" + d.ToString("F4", CultureInfo.InvariantCulture) : "unknown";
-        Console.WriteLine($"{"feature",8}  {"det acc",7}  {"det F1",6}  {"det AUC",7}  {"fuzz acc",8}  {"fuzz AUC",8}  {"emb AUC",7}  {"tokens",8}  {"cost",9}  explanation");
+        Console.WriteLine($"{"feature",8}  {"det acc",7}  {"det F1",6}  {"det AUC",7}  {"fuzz acc",8}  {"fuzz AUC",8}  {"sim r",6}  {"emb AUC",7}  {"tokens",8}  {"cost",9}  explanation");
         foreach (var o in s.Outcomes)
         {
             o.Scores.TryGetValue(ExplainOptions.Detection, out var d);
             o.Scores.TryGetValue(ExplainOptions.Fuzzing, out var z);
             o.Scores.TryGetValue(ExplainOptions.Embedding, out var e);
-            Console.WriteLine($"{o.Feature,8}  {F(d?.Accuracy),7}  {F(d?.F1),6}  {F(d?.Auroc),7}  {F(z?.Accuracy),8}  {F(z?.Auroc),8}  {F(e?.Auroc),7}  " +
+            Console.WriteLine($"{o.Feature,8}  {F(d?.Accuracy),7}  {F(d?.F1),6}  {F(d?.Auroc),7}  {F(z?.Accuracy),8}  {F(z?.Auroc),8}  {F(o.Simulation?.Correlation),6}  {F(e?.Auroc),7}  " +
                 $"{(o.Usage.PromptTokens + o.Usage.CompletionTokens).ToString(CultureInfo.InvariantCulture),8}  {Cost(o.Usage.CostUsd),9}  {o.Explanation}");
         }
         double Mean(Func<FeatureOutcome, double?> pick) => s.Outcomes.Select(pick).OfType<double>().DefaultIfEmpty(double.NaN).Average();
         if (s.Outcomes.Count > 0)
             Console.WriteLine($"mean: detection accuracy {F(Mean(o => o.Scores.GetValueOrDefault(ExplainOptions.Detection)?.Accuracy))}, " +
                 $"fuzzing accuracy {F(Mean(o => o.Scores.GetValueOrDefault(ExplainOptions.Fuzzing)?.Accuracy))}, " +
+                $"simulation r {F(Mean(o => o.Simulation?.Correlation))} ({s.Outcomes.Count(o => o.Simulation is { Correlation: null })} undefined), " +
                 $"embedding AUROC {F(Mean(o => o.Scores.GetValueOrDefault(ExplainOptions.Embedding)?.Auroc))}");
         Console.WriteLine($"{s.Explained} features explained, {s.Skipped} already stored{(s.Dead > 0 ? $", {s.Dead} dead (skipped)" : "")}; {s.Sent} requests sent ({s.Retries} retries), {s.CacheHits} answers from the cache");
         Console.WriteLine($"this run: {s.Fresh.PromptTokens.ToString("N0", CultureInfo.InvariantCulture)} prompt + {s.Fresh.CompletionTokens.ToString("N0", CultureInfo.InvariantCulture)} completion tokens, {Cost(s.Fresh.CostUsd)}");
