@@ -48,7 +48,8 @@ public sealed class ServeHost : IAsyncDisposable
             throw new InputError($"argument: --host: '{options.Host}' is not an IP address (use 127.0.0.1, ::1, 0.0.0.0 or a local interface's address)");
         Options = options;
         Token = options.Token ?? (options.IsLoopback ? null : Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
-        var crosscoders = new ServedCrosscoders(options.Crosscoders); // first: a bad --crosscoder is refused before anything is opened
+        var crosscoders = new ServedCrosscoders(options.Crosscoders); // first: a bad --crosscoder or --diff is refused before anything is opened
+        var modelDiffs = new ServedModelDiffs(options.ModelDiffs);
         Workspace = new Workspace(options.GraphsDir);
         var gate = new ModelGate(model, options.MaxQueuedModelRequests);
         _featureStores = new ServedStores(options.FeatureStores, options.SaePath);
@@ -153,6 +154,7 @@ public sealed class ServeHost : IAsyncDisposable
         FeatureEndpoints.Map(_app, gate, _featureStores, options);
         SteeringEndpoints.Map(_app, gate, _featureStores, options);
         CrosscoderEndpoints.Map(_app, crosscoders, _featureStores);
+        ModelDiffEndpoints.Map(_app, modelDiffs);
         _app.MapOpenApi("/api/openapi.json");
         api.MapFallback("{*path}", () => Results.NotFound(new { error = "no such API endpoint" }));
         _app.MapFallback("{*path}", StaticAssets.Serve);

@@ -27,6 +27,8 @@ public sealed record ServeOptions
     public IReadOnlyList<string> FeatureStores { get; init; } = [];
     /// <summary>Crosscoders (folders or files <c>loupe crosscoder</c> reads) the Diff page shows; by id, never by path.</summary>
     public IReadOnlyList<string> Crosscoders { get; init; } = [];
+    /// <summary>Model diffs (<c>loupe diff</c> output folders, or their diff.json) the Diff page shows; by id, never by path.</summary>
+    public IReadOnlyList<string> ModelDiffs { get; init; } = [];
     /// <summary>The dictionary behind the feature stores when a store's recorded sae_path is not at hand (--sae).</summary>
     public string? SaePath { get; init; }
     /// <summary>Requests with a larger body are answered 413.</summary>

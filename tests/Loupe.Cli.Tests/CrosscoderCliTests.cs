@@ -171,6 +171,13 @@ public sealed class CrosscoderCliTests : IDisposable
         var result = doc.RootElement.GetProperty("result");
         Assert.True(result.GetProperty("mean_kl").GetDouble() > 0);
         Assert.Equal(20, result.GetProperty("top_positions").GetArrayLength());
+        Assert.Contains("loupe serve --diff", stdout);
+        // the file reads without the models: every token id it names has its text, as the base model's tokenizer decodes it
+        var read = Loupe.Dictionaries.Diffing.ModelDiffFile.Read(output);
+        using (var baseModel = Loupe.Models.ModelLoader.LoadFolder(base_))
+            foreach (var p in read.Result.TopPositions)
+                foreach (int id in p.Before.Append(p.TopA).Append(p.TopB).Append(p.Next).Where(id => id >= 0))
+                    Assert.Equal(baseModel.Tokenizer!.Decode([id]), read.TokenStrings[id]);
         // the embedding difference is the added direction itself (FineTunedStories: every fourth token's embedding moved along it)
         var rng = new Random(3);
         var direction = Enumerable.Range(0, 64).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();

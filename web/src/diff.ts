@@ -1,12 +1,14 @@
 import { api, ApiError } from "./api";
 import { canvas, el, pagerButton, query, rowKeys, setQuery } from "./dom";
 import type { PageContext } from "./main";
+import { showModelDiff, type ModelDiffView } from "./modeldiff";
 
-// Model diffing with a crosscoder (`loupe serve --crosscoder DIR`): latents by class (the first model's own, shared, the
+// Model diffing, two kinds on one page: `loupe diff` runs (`loupe serve --diff DIR`, see modeldiff.ts) and crosscoders
+// (`loupe serve --crosscoder DIR`): latents by class (the first model's own, shared, the
 // second's own, …), the histogram of Δ (Minder et al.'s relative norm difference) with the class thresholds, and a
 // paged table of latents with each model's decoder norm. A latent opens its dashboard on the Features page when a
 // feature store of the crosscoder's latents is served (`loupe crosscoder features`, then --features).
-// State in the URL: ?cc=ID&class=NAME&order=norm_diff&desc=1&offset=0.
+// State in the URL: ?cc=ID&class=NAME&order=norm_diff&desc=1&offset=0, or ?run=ID for a `loupe diff` run.
 
 interface Histogram { lo: number; hi: number; counts: number[] }
 interface CrosscoderView { id: string; name: string; architecture: string; sources: string[]; hooks: string[]; d_sae: number; counts: Record<string, number>; store: string | null }
@@ -22,25 +24,40 @@ export function diffPage(ctx: PageContext): void {
   root.append(el("h1", {}, "Model diff"));
   const body = el("div", {});
   root.append(body);
-  api<CrosscoderView[]>("/api/crosscoders").then(all => {
-    if (all.length === 0) {
+  Promise.all([api<CrosscoderView[]>("/api/crosscoders"), api<ModelDiffView[]>("/api/diffs")]).then(([all, runs]) => {
+    if (all.length === 0 && runs.length === 0) {
       body.append(el("p", { class: "placeholder", "data-testid": "no-crosscoders" },
-        "No crosscoders are served. Start the server with --crosscoder DIR (a crosscoder `loupe crosscoder train` wrote, or dictionary_learning's or Kissane's files), and --features DIR/features.db for its latents' dashboards."));
+        "No model diffs or crosscoders are served. Start the server with --diff DIR (a folder `loupe diff --out` wrote), or --crosscoder DIR (a crosscoder `loupe crosscoder train` wrote, or dictionary_learning's or Kissane's files) and --features DIR/features.db for its latents' dashboards."));
       return;
     }
-    const chosen = all.find(c => c.id === query().get("cc")) ?? all[0];
-    showCrosscoder(body, all, chosen);
+    const run = runs.find(r => r.id === query().get("run"));
+    const cc = all.find(c => c.id === query().get("cc"));
+    const open = (value: string) => {
+      body.replaceChildren();
+      const [kind, id] = [value.slice(0, value.indexOf(":")), value.slice(value.indexOf(":") + 1)];
+      const picker = choices(all, runs, value, next => {
+        setQuery(next.startsWith("run:") ? { run: next.slice(4), cc: null, class: null, offset: null, order: null, desc: null, hook: null }
+          : { cc: next.slice(3), run: null, hook: null, class: null, offset: null }, true);
+        open(next);
+      });
+      if (kind === "run") showModelDiff(body, picker, runs.find(r => r.id === id)!);
+      else showCrosscoder(body, picker, all.find(c => c.id === id)!);
+    };
+    open(run ? `run:${run.id}` : cc ? `cc:${cc.id}` : runs.length > 0 ? `run:${runs[0].id}` : `cc:${all[0].id}`);
   }, e => body.append(el("p", { class: "error", role: "alert" }, String(e.message ?? e))));
 }
 
-function showCrosscoder(body: HTMLElement, all: CrosscoderView[], cc: CrosscoderView): void {
-  const picker = el("select", { "aria-label": "Crosscoder", "data-testid": "crosscoder" },
-    ...all.map(c => el("option", { value: c.id, selected: c.id === cc.id }, `${c.name} · ${c.sources.join(" vs ")} · ${c.d_sae.toLocaleString()} latents`)));
-  picker.addEventListener("change", () => {
-    setQuery({ cc: picker.value, class: null, offset: null }, true);
-    body.replaceChildren();
-    showCrosscoder(body, all, all.find(c => c.id === picker.value)!);
-  });
+/** One picker over both kinds: `run:ID` for a `loupe diff` run, `cc:ID` for a crosscoder. */
+function choices(all: CrosscoderView[], runs: ModelDiffView[], value: string, change: (value: string) => void): HTMLSelectElement {
+  const group = (label: string, options: HTMLOptionElement[]) => options.length === 0 ? null : el("optgroup", { label }, ...options);
+  const picker = el("select", { "aria-label": "Model diff or crosscoder", "data-testid": "crosscoder" },
+    group("Model diffs (loupe diff)", runs.map(r => el("option", { value: `run:${r.id}`, selected: value === `run:${r.id}` }, `${r.name} · ${r.model_b} vs ${r.model_a}`))),
+    group("Crosscoders", all.map(c => el("option", { value: `cc:${c.id}`, selected: value === `cc:${c.id}` }, `${c.name} · ${c.sources.join(" vs ")} · ${c.d_sae.toLocaleString()} latents`))));
+  picker.addEventListener("change", () => change(picker.value));
+  return picker;
+}
+
+function showCrosscoder(body: HTMLElement, picker: HTMLElement, cc: CrosscoderView): void {
   const hooks = [...new Set(cc.hooks)].join(", ");
   const info = el("span", { class: "muted" }, `${cc.architecture} · ${hooks}${cc.store ? "" : " · no feature store of its latents is served"}`);
   const summary = el("div", { class: "panel" }, el("p", { class: "muted" }, "Loading…"));

@@ -70,12 +70,8 @@ static class DiffCommand
                 Directory.CreateDirectory(folder);
                 var written = ModelDiffing.SaveVectors(Path.Combine(folder, "vectors"), r);
                 string json = Path.Combine(folder, "diff.json");
-                var payload = new { model_a = labelA, model_b = labelB, result = r };
-                OutputFiles.WriteAtomic(json, s => JsonSerializer.Serialize(s, payload, new JsonSerializerOptions
-                {
-                    PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
-                }));
-                Console.WriteLine($"wrote {json} and {written.Count} vector file(s) under {Path.Combine(folder, "vectors")}");
+                ModelDiffFile.Of(r, labelA, labelB, tokenizer).Write(json);
+                Console.WriteLine($"wrote {json} and {written.Count} vector file(s) under {Path.Combine(folder, "vectors")}; `loupe serve --diff {folder}` shows it");
                 return 0;
             });
         }));

@@ -14,6 +14,7 @@ static class ServeCommand
         var host = new Option<string>("--host") { Description = "Address to bind; anything but loopback requires a token", DefaultValueFactory = _ => "127.0.0.1" };
         var features = new Option<string[]>("--features") { Description = "Feature stores (features.db from `loupe features build`) or folders holding them, for the Features and Steering pages and the Graph page's dashboards (matched to a layer by the store's hook)", AllowMultipleArgumentsPerToken = true };
         var crosscoder = new Option<string[]>("--crosscoder") { Description = "Crosscoders (folders `loupe crosscoder` reads) for the Diff page: latents by class, Δ histogram, links to a --features store of their latents", AllowMultipleArgumentsPerToken = true };
+        var diff = new Option<string[]>("--diff") { Description = "Model diffs (`loupe diff --out` folders) for the Diff page: KL by position, the most divergent positions, activation differences per hook", AllowMultipleArgumentsPerToken = true };
         var sae = new Option<string?>("--sae") { Description = "The dictionary behind the feature stores, when a store does not record where its SAE is (a folder, or hf:ORG/NAME[/PATH][@REVISION])" };
         var token = new Option<string?>("--token") { Description = "Access token required on every request (generated and printed when binding beyond loopback without one)" };
         var openAi = new Option<bool>("--openai") { Description = "Also serve an OpenAI-compatible API under /v1 (completions, chat, streaming, logprobs, steering and monitors; docs/openai.md)" };
@@ -30,9 +31,10 @@ static class ServeCommand
             "  loupe serve --model ../shared/models/stories260K --graphs graphs-out --port 9000\n" +
             "  loupe serve --model ../shared/models/stories260K --features sae/features.db\n" +
             "  loupe serve --model ../shared/models/stories260K --crosscoder cc/ --features cc/features.db   (the Diff page)\n" +
+            "  loupe serve --model ../shared/models/stories260K --diff diff-out/   (the Diff page: a `loupe diff` run)\n" +
             "  loupe serve --model ../shared/models/stories260K --host 0.0.0.0   (prints a generated token)\n" +
             "  loupe serve --model ../shared/models/stories260K --openai-only --vectors vectors/   (OpenAI-compatible API at /v1)")
-        { model, graphs, features, crosscoder, sae, port, host, token, openAi, openAiOnly, vectors, transcoders, decoders, deviceDecoders, tunedLens };
+        { model, graphs, features, crosscoder, diff, sae, port, host, token, openAi, openAiOnly, vectors, transcoders, decoders, deviceDecoders, tunedLens };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             int p = CliSupport.Int(parse, port, 0, 65535);
@@ -42,7 +44,7 @@ static class ServeCommand
                 OpenAi = parse.GetValue(openAiOnly) ? OpenAiMode.Only : parse.GetValue(openAi) ? OpenAiMode.Beside : OpenAiMode.Off, VectorsDir = parse.GetValue(vectors),
                 TranscodersDir = parse.GetValue(transcoders) is { } tc ? CliSupport.LocalPath(tc, "--transcoders") : null,
                 TunedLensPath = parse.GetValue(tunedLens) is string tunedPath ? CliSupport.LocalPath(tunedPath, "--tuned") : null,
-                Decoders = CliSupport.DecoderStorage(parse.GetValue(decoders)), DeviceDecoders = CliSupport.DeviceDecoders(parse.GetValue(deviceDecoders)), FeatureStores = parse.GetValue(features) ?? [], Crosscoders = parse.GetValue(crosscoder) ?? [],
+                Decoders = CliSupport.DecoderStorage(parse.GetValue(decoders)), DeviceDecoders = CliSupport.DeviceDecoders(parse.GetValue(deviceDecoders)), FeatureStores = parse.GetValue(features) ?? [], Crosscoders = parse.GetValue(crosscoder) ?? [], ModelDiffs = parse.GetValue(diff) ?? [],
                 SaePath = parse.GetValue(sae) is { } saeValue ? CliSupport.LocalPath(saeValue, "--sae") : null };
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var server = new ServeHost(m, options);

@@ -64,7 +64,14 @@ public sealed record ModelDiffOptions
 /// <param name="TopB">The fine-tune's.</param>
 /// <param name="ProbAOfTopB">The base model's probability of the fine-tune's top token.</param>
 /// <param name="ProbBOfTopB">The fine-tune's probability of it.</param>
-public sealed record DivergentPosition(int Context, int Position, double Kl, int Token, int TopA, int TopB, double ProbAOfTopB, double ProbBOfTopB);
+public sealed record DivergentPosition(int Context, int Position, double Kl, int Token, int TopA, int TopB, double ProbAOfTopB, double ProbBOfTopB)
+{
+    /// <summary>The context's tokens up to and including the position (at most <see cref="ModelDiffing.WindowTokens"/>), to read it in context.</summary>
+    public int[] Before { get; init; } = [];
+
+    /// <summary>The token that follows in the context (−1 at its end): what both models were predicting.</summary>
+    public int Next { get; init; } = -1;
+}
 
 /// <summary>A token a difference vector promotes or suppresses through one model's unembedding.</summary>
 public sealed record DiffToken(int Token, double Logit);
@@ -110,6 +117,9 @@ public sealed record ModelDiffResult
 /// <summary>Computes <see cref="ModelDiffResult"/> (see the file header).</summary>
 public static class ModelDiffing
 {
+    /// <summary>Tokens of context kept with each divergent position (it included).</summary>
+    public const int WindowTokens = 12;
+
     /// <summary>Diffs <paramref name="b"/> (the fine-tune) against <paramref name="a"/> (the base) on <paramref name="contexts"/> at <paramref name="hooks"/>.</summary>
     /// <exception cref="InputError">The models read different vocabularies, a hook is not a per-position hook of both with one
     /// width, a context is longer than a model's n_ctx, or an option is out of range.</exception>
@@ -192,6 +202,12 @@ public static class ModelDiffing
         var topList = new List<DivergentPosition>();
         while (top.Count > 0) topList.Add(top.Dequeue());
         topList.Reverse();
+        for (int i = 0; i < topList.Count; i++)
+        {
+            var p = topList[i];
+            var tokens = contexts.Ids(p.Context, 1);
+            topList[i] = p with { Before = tokens[Math.Max(0, p.Position - WindowTokens + 1)..(p.Position + 1)], Next = p.Position + 1 < T ? tokens[p.Position + 1] : -1 };
+        }
         return new ModelDiffResult
         {
             ModelA = a.Source ?? "(in memory)", ModelB = b.Source ?? "(in memory)", Contexts = C, ContextSize = T,

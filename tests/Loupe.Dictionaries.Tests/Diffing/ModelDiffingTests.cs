@@ -110,6 +110,27 @@ public sealed class ModelDiffingTests(EmulatedDevice device) : IClassFixture<Emu
         Assert.Equal(5, result.TopPositions.Count);
         Assert.True(result.TopPositions.Zip(result.TopPositions.Skip(1)).All(p => p.First.Kl >= p.Second.Kl));
         Assert.Equal(70, result.KlHistogramCounts.Sum());
+        // each position with its window of context (it last) and the token that follows
+        foreach (var p in result.TopPositions)
+        {
+            var row = contexts.Contexts[p.Context];
+            Assert.Equal(row[Math.Max(0, p.Position - ModelDiffing.WindowTokens + 1)..(p.Position + 1)], p.Before);
+            Assert.Equal(p.Position + 1 < 10 ? row[p.Position + 1] : -1, p.Next);
+        }
+
+        // diff.json: written and read back to the same numbers
+        string json = Path.Combine(_root, "diff.json");
+        ModelDiffFile.Of(result, "base", "tuned", tokenizer: null).Write(json);
+        var read = ModelDiffFile.Read(_root);
+        Assert.Equal(("base", "tuned"), (read.LabelA, read.LabelB));
+        Assert.Empty(read.TokenStrings);
+        var r = read.Result;
+        Assert.Equal((result.MeanKl, result.Contexts, result.ContextSize), (r.MeanKl, r.Contexts, r.ContextSize));
+        Assert.Equal(result.MeanKlByPosition, r.MeanKlByPosition);
+        Assert.Equal(result.KlHistogramCounts, r.KlHistogramCounts);
+        Assert.Equal(result.TopPositions.Select(p => (p with { Before = [] }, string.Join(",", p.Before))), r.TopPositions.Select(p => (p with { Before = [] }, string.Join(",", p.Before))));
+        Assert.Equal(result.Differences.Select(d => (d.Hook, d.Position, d.Norm, d.BaseNorm, string.Join(",", d.PromotedB.Select(t => $"{t.Token}:{t.Logit}")))),
+            r.Differences.Select(d => (d.Hook, d.Position, d.Norm, d.BaseNorm, string.Join(",", d.PromotedB.Select(t => $"{t.Token}:{t.Logit}")))));
 
         // the vectors as steering files: one per hook, the hook in the metadata
         var files = ModelDiffing.SaveVectors(Path.Combine(_root, "vectors"), result);
