@@ -12,7 +12,7 @@ public static class AllTargets
         new ChatTemplateTarget(), new OnnxTarget(), new GraphSafetensorsTarget(), new GraphJsonTarget(), new TranscoderTarget(), new VectorTarget(),
         new Gpt2AttentionTarget(), new PriceTableTarget(), new ResumeTarget(), new ServeTarget(), new ServedArtifactsTarget(), new McpTarget(),
         new TextSourceTarget(), new HubTarget(), new FeatureResumeTarget(), new TunedLensTarget(), new SaeLensRegistryTarget(), new SparsifyTarget(),
-        new PyTorchTarget(), new DictionaryLearningTarget(), new CrosscoderTarget(),
+        new PyTorchTarget(), new DictionaryLearningTarget(), new CrosscoderTarget(), new ModelDiffTarget(),
     ];
 
     public static IReadOnlyList<string> Names { get; } = [.. Create().Select(t => t.Name)];
