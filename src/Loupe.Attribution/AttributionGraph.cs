@@ -73,8 +73,21 @@ public sealed record AttributionGraph
     /// <summary>The logit targets' vocabulary ids, by descending probability.</summary>
     public required int[] LogitTokens { get; init; }
 
-    /// <summary>Their probabilities at the last position.</summary>
+    /// <summary>Their probabilities at the last position (for a target that is not one token, its weight: see <see cref="AttributionTarget"/>).</summary>
     public required float[] LogitProbabilities { get; init; }
+
+    /// <summary>
+    /// Labels of the logit targets, one each (null entries, or no array: a vocabulary token, shown by its text). A target
+    /// that is not one token (a logit difference, a custom direction) has a label and a virtual id V + its index in
+    /// <see cref="LogitTokens"/>, as circuit-tracer numbers them.
+    /// </summary>
+    public string?[]? LogitLabels { get; init; }
+
+    /// <summary>
+    /// The direction each logit row was injected with at the final norm's output, <c>[logits][d_model]</c>, when the
+    /// targets were given explicitly; null: the demeaned unembedding columns of <see cref="LogitTokens"/>.
+    /// </summary>
+    public float[][]? LogitVectors { get; init; }
 
     /// <summary>The adjacency matrix <c>[n, n]</c>, rows = targets, columns = sources (null when held as <see cref="TargetRows"/>).</summary>
     public float[]? Adjacency { get; init; }

@@ -9,6 +9,12 @@ public sealed record AttributionSettings
     /// <summary>Logit targets are added by descending probability until their cumulative probability reaches this (<c>desired_logit_prob</c>).</summary>
     public double LogitProbability { get; init; } = 0.95;
 
+    /// <summary>
+    /// The targets to explain, in order (<c>attribution_targets</c>); null: the salient next tokens
+    /// (<see cref="MaxLogits"/>, <see cref="LogitProbability"/>). See <see cref="AttributionTarget"/>.
+    /// </summary>
+    public IReadOnlyList<AttributionTarget>? Targets { get; init; }
+
     /// <summary>Target rows per batched backward pass (<c>batch_size</c>).</summary>
     public int BatchSize { get; init; } = 256;
 
@@ -56,5 +62,6 @@ public sealed record AttributionSettings
         ["max_feature_nodes"] = MaxFeatureNodes?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "all",
         ["update_interval"] = UpdateInterval.ToString(System.Globalization.CultureInfo.InvariantCulture),
         ["zero_positions"] = ZeroPositions?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "auto",
+        ["attribution_targets"] = Targets is null ? "salient" : string.Join(", ", Targets),
     };
 }

@@ -82,7 +82,9 @@ public sealed partial class Attributor
         int L = cfg.NLayers, T = s.Positions, D = s.DModel, F = s.Active.Length;
         int errorOffset = F, tokenOffset = F + L * T, logitOffset = F + (L + 1) * T;
 
-        var (logitIds, logitProbs, logitVectors) = s.LastLogits is { } lastLogits ? SalientLogits(lastLogits) : SalientLogitsOnDevice(s.DeviceLastLogits!);
+        var (logitIds, logitProbs, logitVectors, logitLabels) = _settings.Targets is { } explicitTargets
+            ? ExplicitTargets(explicitTargets, s.LastLogits ?? HostLogits(s.DeviceLastLogits!))
+            : s.LastLogits is { } lastLogits ? WithoutLabels(SalientLogits(lastLogits)) : WithoutLabels(SalientLogitsOnDevice(s.DeviceLastLogits!));
         // On a device the logit directions (W_U columns from its host copy, demeaned) go in once, as constants.
         var logitTensor = s.OnDevice
             ? _model.Backend.ToDevice(Tensor.FromArray([.. logitVectors.SelectMany(v => v)], logitVectors.Length, D), Tensors.Backends.TransferKind.Weights)
@@ -168,7 +170,7 @@ public sealed partial class Attributor
         }
 
         var graph = Assemble(s, rows, rowToNode, visited, maxFeatures, nLogits, totalNodes, logitIds, logitProbs, prompt);
-        graph = graph with { Provenance = Provenance() };
+        graph = graph with { Provenance = Provenance(), LogitLabels = logitLabels, LogitVectors = _settings.Targets is null ? null : logitVectors };
         clock.Stop();
         Stats = new AttributionStats(F, maxFeatures, batches, clock.Elapsed, s.ForwardTime, estimate);
         Log($"attribution: {batches} batched backward passes in {clock.Elapsed.TotalSeconds:0.##} s = {Stats.PassEquivalents:0.#} forward-pass equivalents");
@@ -392,6 +394,65 @@ public sealed partial class Attributor
         }
         int[] tokens = [.. top[..cut].Select(i => (int)ids[i])];
         return (tokens, [.. top[..cut].Select(i => p[i])], DemeanedUnembedding(tokens));
+    }
+
+    static (int[], float[], float[][], string?[]?) WithoutLabels((int[] Ids, float[] Probs, float[][] Vectors) salient) => (salient.Ids, salient.Probs, salient.Vectors, null);
+
+    // The last position's logits on the host, for explicit targets on a device: one row of d_vocab floats (the salient
+    // path reads back only its top k).
+    static float[] HostLogits(Tensor logits)
+    {
+        var host = new float[logits.Length];
+        logits.CopyTo(host);
+        return host;
+    }
+
+    /// <summary>
+    /// circuit-tracer's <c>AttributionTargets</c> from a list: each token with its probability and demeaned unembedding
+    /// column; each difference and custom direction under a virtual id V + its index, with its label.
+    /// </summary>
+    /// <exception cref="InputError">No targets, a token id outside the vocabulary, or a custom vector that is not d_model long.</exception>
+    (int[] Ids, float[] Probs, float[][] Vectors, string?[] Labels) ExplicitTargets(IReadOnlyList<AttributionTarget> targets, float[] logits)
+    {
+        int V = logits.Length, D = _model.Config.DModel;
+        if (targets.Count == 0) throw new InputError("attribution targets: expected at least one target, found none (leave them out for the salient next tokens)");
+        static int[] TokensOf(AttributionTarget t) => t.Kind switch
+        {
+            AttributionTargetKind.Token => [t.TokenId],
+            AttributionTargetKind.Difference => [t.TokenId, t.OtherTokenId],
+            _ => [],
+        };
+        foreach (var t in targets)
+            foreach (int id in TokensOf(t))
+                if (id < 0 || id >= V) throw InputError.Expected("attribution target", t.ToString(), $"a token id in 0..{V - 1}", id);
+        double max = logits.Max(), sum = 0;
+        var probs = new double[V];
+        for (int v = 0; v < V; v++) sum += probs[v] = Math.Exp(logits[v] - max);
+        for (int v = 0; v < V; v++) probs[v] /= sum;
+        var tokens = targets.SelectMany(TokensOf).Distinct().ToArray();
+        var columns = tokens.Zip(DemeanedUnembedding(tokens)).ToDictionary(x => x.First, x => x.Second);
+        string Text(int id) => _model.Tokenizer is { } tok ? tok.Decode([id]) : $"<{id}>";
+        var (ids, p, vectors, labels) = (new int[targets.Count], new float[targets.Count], new float[targets.Count][], new string?[targets.Count]);
+        for (int i = 0; i < targets.Count; i++)
+        {
+            var t = targets[i];
+            switch (t.Kind)
+            {
+                case AttributionTargetKind.Token:
+                    (ids[i], p[i], vectors[i]) = (t.TokenId, (float)probs[t.TokenId], [.. columns[t.TokenId]]);
+                    break;
+                case AttributionTargetKind.Difference:
+                    var (x, y) = (columns[t.TokenId], columns[t.OtherTokenId]);
+                    (ids[i], p[i], labels[i]) = (V + i, (float)Math.Max(Math.Abs(probs[t.TokenId] - probs[t.OtherTokenId]), 1e-6), $"logit({Text(t.TokenId)})-logit({Text(t.OtherTokenId)})");
+                    vectors[i] = [.. x.Zip(y, (a, b) => a - b)];
+                    break;
+                default:
+                    if (t.Vector!.Length != D) throw InputError.Expected("attribution target", t.Label!, $"a vector of d_model = {D} values", t.Vector.Length);
+                    (ids[i], p[i], vectors[i], labels[i]) = (V + i, (float)t.Weight, [.. t.Vector], t.Label);
+                    break;
+            }
+        }
+        return (ids, p, vectors, labels);
     }
 
     /// <summary>W_U[:, j] − mean over the vocabulary of W_U[:, v], for each token j.</summary>

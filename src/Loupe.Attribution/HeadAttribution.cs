@@ -41,7 +41,9 @@ public sealed partial class Attributor
         var (readouts, tokenReadout) = Readouts(s);
         int N = Math.Max(1, _settings.BatchSize);
         var backward = new LinearBackward(s, N, _settings.CausalBlock);
-        var logitVectors = DemeanedUnembedding(graph.LogitTokens);
+        if (graph.LogitVectors is { } given && given.Any(v => v.Length != D))
+            throw new ArgumentException($"the graph's logit vectors are not d_model = {D} long: it was made with another model", nameof(graph));
+        var logitVectors = graph.LogitVectors ?? DemeanedUnembedding(graph.LogitTokens);
         var patterns = new float[L][];
 
         int Column(int source) => source < graph.ErrorOffset ? graph.SelectedFeatures[source] : F + (source - graph.ErrorOffset);

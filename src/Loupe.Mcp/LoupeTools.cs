@@ -162,7 +162,9 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
         [Description("Text to trace. Give this or tokens.")] string? prompt = null,
         [Description("Raw token ids instead of a prompt.")] int[]? tokens = null,
         [Description("At most this many feature nodes, chosen by influence (default: every active feature).")] int? maxFeatureNodes = null,
-        [Description("How many features to list.")] int top = 10) => Guard(() =>
+        [Description("How many features to list.")] int top = 10,
+        [Description("Next tokens to explain instead of the most likely ones: each one token's text (e.g. \" Paris\") or #ID.")] string[]? targets = null,
+        [Description("Two tokens X and Y (text or #ID): also explain logit(X) − logit(Y), the direction u_X − u_Y weighted |p_X − p_Y|.")] string[]? contrast = null) => Guard(() =>
     {
         var tc = artifacts.All.FirstOrDefault(x => x.Kind == McpArtifacts.Transcoders)
             ?? throw new InputError("attribute needs transcoders: start the server with --transcoders DIR");
@@ -176,7 +178,10 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
             if (DeviceMlpReplacement.Plan(host, model.Backend) is { } plan) Console.Error.WriteLine(plan);
             _transcoders = (host, model.Backend.Device.IsCpu ? null : DeviceMlpReplacement.Upload(host, model.Backend));
         }
-        var settings = new AttributionSettings { MaxFeatureNodes = maxFeatureNodes };
+        if (contrast is not null && contrast.Length != 2) throw InputError.Expected("argument", nameof(contrast), "two token texts", contrast.Length);
+        List<AttributionTarget>? explicitTargets = targets is { Length: > 0 } || contrast is not null ? [.. (targets ?? []).Select(t => AttributionTarget.Token(TargetToken(t, nameof(targets))))] : null;
+        if (contrast is not null) explicitTargets!.Add(AttributionTarget.Difference(TargetToken(contrast[0], nameof(contrast)), TargetToken(contrast[1], nameof(contrast))));
+        var settings = new AttributionSettings { MaxFeatureNodes = maxFeatureNodes, Targets = explicitTargets };
         var attributor = _transcoders.Value.Device is { } uploaded ? new Attributor(model, uploaded, settings) : new Attributor(model, _transcoders.Value.Host, settings);
         var graph = attributor.Attribute(ids, prompt);
         var pruning = GraphPruning.Prune(graph);
@@ -185,7 +190,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
         {
             var n = graph.Node(i);
             double influence = i < pruning.NodeInfluence.Length ? pruning.NodeInfluence[i] : 0;
-            string? token = n.Kind switch { NodeKind.Token => Text(n.Index), NodeKind.Logit => Text(n.Index), _ => n.Position >= 0 && n.Position < ids.Length ? Text(ids[n.Position]) : null };
+            string? token = n.Kind switch { NodeKind.Token => Text(n.Index), NodeKind.Logit => graph.LogitLabels?[i - graph.LogitOffset] ?? Text(n.Index), _ => n.Position >= 0 && n.Position < ids.Length ? Text(ids[n.Position]) : null };
             string id = n.Kind switch
             {
                 NodeKind.Feature => $"feature L{n.Layer}@{n.Position}#{n.Index}",
@@ -197,7 +202,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
         }
         var topFeatures = Enumerable.Range(0, graph.SelectedFeatures.Length).OrderByDescending(i => pruning.NodeInfluence[i]).Take(top).Select(NodeResult).ToArray();
         return new AttributeResult(ids, graph.ActiveFeatures.Length, graph.SelectedFeatures.Length, pruning.KeptNodes().Length, pruning.KeptEdgeCount(),
-            [.. graph.LogitTokens.Zip(graph.LogitProbabilities).Select(x => Score(x.First, x.Second))], topFeatures,
+            [.. graph.LogitTokens.Zip(graph.LogitProbabilities).Select((x, j) => new TokenScore(x.First, graph.LogitLabels?[j] ?? Text(x.First), x.Second))], topFeatures,
             [.. PathToTopLogit(graph).Select(NodeResult)], scores.Replacement, scores.Completeness);
     });
 
@@ -424,17 +429,24 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
         return ids;
     }
 
-    int? OneToken(string? text, int? id, string parameter)
+    int? OneToken(string? text, int? id, string parameter, string? alternative = null)
     {
+        alternative ??= parameter + "Id";
         if (text is not null && id is not null) throw new InputError($"give {parameter} or {parameter}Id, not both");
         if (id is int given) return Check.InRange(given, 0, model.Config.VocabOut - 1, "argument", parameter + "Id");
         if (text is null) return null;
-        var tokenizer = model.Tokenizer ?? throw new InputError($"{parameter}: the model has no tokenizer; give {parameter}Id");
+        var tokenizer = model.Tokenizer ?? throw new InputError($"{parameter}: the model has no tokenizer; give {alternative}");
         var ids = tokenizer.Encode(text, addSpecialTokens: false);
         if (ids.Length != 1)
-            throw new InputError($"{parameter} \"{text}\" must be exactly one token but tokenizes to {ids.Length}: [{string.Join(", ", ids.Select(i => Text(i)))}]; give {parameter}Id instead");
+            throw new InputError($"{parameter} \"{text}\" must be exactly one token but tokenizes to {ids.Length}: [{string.Join(", ", ids.Select(i => Text(i)))}]; give {alternative} instead");
         return ids[0];
     }
+
+    /// <summary>An attribution target's token: #ID, or a text that is one token.</summary>
+    int TargetToken(string text, string parameter) =>
+        text.Length > 1 && text[0] == '#' && int.TryParse(text.AsSpan(1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int id)
+            ? Check.InRange(id, 0, model.Config.VocabOut - 1, "argument", parameter)
+            : OneToken(text, null, parameter, "#ID")!.Value;
 
     string? Text(int id) => model.Tokenizer is { } t && id >= 0 && id < t.VocabSize ? t.Decode([id]) : null;
 

@@ -71,6 +71,34 @@ public class AttributeCliTests
     }
 
     [Fact]
+    public void Explains_named_targets_and_a_logit_difference()
+    {
+        string folder = Directory.CreateTempSubdirectory("loupe-attr").FullName;
+        var run = RunLoupe(["attribute", "--model", Model, "--transcoders", Transcoders, "--tokens", Tokens, "--out", folder, "--slug", "targets",
+            "--target", "#42", "--logit-diff", "#42", "#17"]);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("2 logits", run.Out);
+        Assert.Contains("logit targets: 42 ", run.Out);
+        Assert.Contains("\"logit(<42>)-logit(<17>)\"", run.Out);
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "targets.json")))!;
+        var logits = json["nodes"]!.AsArray().Where(n => (string)n!["feature_type"]! == "logit").ToList();
+        Assert.Equal([42L, 512L + 1], logits.Select(n => (long)n!["feature"]!).Order());
+        Assert.Contains("\"attribution_targets\": \"#42, #42-#17\"", File.ReadAllText(Path.Combine(folder, "targets.json")));   // the settings, recorded
+
+        foreach (var (args, expected) in new[]
+        {
+            (new[] { "--target", "#512" }, "--target"),
+            (new[] { "--target", "nope" }, "no tokenizer"),
+            (new[] { "--logit-diff", "#1" }, "--logit-diff"),
+        })
+        {
+            run = RunLoupe(["attribute", "--model", Model, "--transcoders", Transcoders, "--tokens", Tokens, "--out", folder, "--slug", "bad", .. args]);
+            Assert.Equal(2, run.Code);
+            Assert.Contains(expected, run.Err);
+        }
+    }
+
+    [Fact]
     public void Refuses_transcoders_that_do_not_fit_and_bad_arguments()
     {
         string folder = Directory.CreateTempSubdirectory("loupe-attr").FullName;

@@ -130,6 +130,17 @@ public sealed class McpToolTests(McpFixture f) : IClassFixture<McpFixture>
     }
 
     [Fact]
+    public async Task Attribute_explains_named_targets_and_a_contrast()
+    {
+        var reply = await Call(f.Client, "attribute", new() { ["tokens"] = Tokens, ["targets"] = new[] { "#42" }, ["contrast"] = new[] { "#42", "#17" } });
+        var targets = reply.GetProperty("logitTargets").EnumerateArray().ToArray();
+        Assert.Equal([42, 512 + 1], targets.Select(t => t.GetProperty("id").GetInt32()));
+        Assert.Equal("logit(<42>)-logit(<17>)", targets[1].GetProperty("text").GetString());
+        Assert.Contains("targets", await CallFails(f.Client, "attribute", new() { ["tokens"] = Tokens, ["targets"] = new[] { "#512" } }));
+        Assert.Contains("contrast", await CallFails(f.Client, "attribute", new() { ["tokens"] = Tokens, ["contrast"] = new[] { "#1" } }));
+    }
+
+    [Fact]
     public async Task Feature_lookup_reads_the_store()
     {
         using var store = FeatureStore.Open(Path.Combine(f.SaeDir, FeatureStoreSchema.DefaultFileName));

@@ -9,6 +9,7 @@
 //   selected_features    I64  [S]      indices into active_features, in node order
 //   logit_tokens         I64  [V]      by descending probability
 //   logit_probabilities  F32  [V]
+//   logit_vectors        F32  [V, d_model]  the direction of each logit row, when the targets were given explicitly
 //   error_vectors        F32  [L, T, d_model]   when the graph kept them
 //   token_vectors        F32  [T, d_model]      when the graph kept them
 //   node_kind, node_layer, node_pos, node_feature   I64 [n]   the node table (NodeKind codes;
@@ -83,6 +84,8 @@ public static class GraphSafetensors
             SafeTensorEntry.I64("logit_tokens", [graph.LogitTokens.Length], Longs(graph.LogitTokens)),
             SafeTensorEntry.F32("logit_probabilities", [graph.LogitProbabilities.Length], graph.LogitProbabilities),
         };
+        if (graph.LogitVectors is { } logitVectors)
+            entries.Add(SafeTensorEntry.F32("logit_vectors", [logitVectors.Length, logitVectors.Length == 0 ? 0 : logitVectors[0].Length], logitVectors.SelectMany(v => v).ToArray()));
         if (graph.ErrorVectors is { } errors)
             entries.Add(SafeTensorEntry.F32("error_vectors", [layers, t, errors.Length / Math.Max(1, layers * t)], errors));
         if (graph.TokenVectors is { } tokens)
@@ -123,6 +126,7 @@ public static class GraphSafetensors
         };
         if (graph.Prompt is { } prompt) metadata["prompt"] = prompt;
         if (graph.TokenStrings is { } strings) metadata["token_strings"] = JsonSerializer.Serialize(strings);
+        if (graph.LogitLabels is { } labels) metadata["logit_labels"] = JsonSerializer.Serialize(labels);
         if (pruning is not null)
         {
             metadata["node_threshold"] = pruning.NodeThreshold.ToString("R", CultureInfo.InvariantCulture);
@@ -214,10 +218,30 @@ public static class GraphSafetensors
                 throw new InputError($"{file.Path}: metadata 'token_strings' holds {tokenStrings?.Length ?? 0} strings; expected one per position ({t})");
         }
 
+        string?[]? logitLabels = null;
+        if (md.TryGetValue("logit_labels", out var labelsJson))
+        {
+            try { logitLabels = JsonSerializer.Deserialize<string?[]>(labelsJson); }
+            catch (JsonException e) { throw new InputError($"{file.Path}: metadata 'logit_labels' is not a JSON array of strings and nulls ({e.Message})", e); }
+            if (logitLabels is null || logitLabels.Length != logitTokens.Length)
+                throw new InputError($"{file.Path}: metadata 'logit_labels' holds {logitLabels?.Length ?? 0} labels; expected one per logit ({logitTokens.Length})");
+        }
+        float[][]? logitVectors = null;
+        if (file.Contains("logit_vectors"))
+        {
+            var s = file.GetInfo("logit_vectors").Shape;
+            if (s.Length != 2 || s[0] != logitTokens.Length) throw Shape(file, "logit_vectors", $"[{logitTokens.Length}, d_model]");
+            var flat = Floats(file, "logit_vectors", null);
+            int width = (int)s[1];
+            logitVectors = [.. Enumerable.Range(0, logitTokens.Length).Select(j => flat.AsSpan(j * width, width).ToArray())];
+        }
+
         var graph = new AttributionGraph
         {
             InputTokens = inputTokens,
             TokenStrings = tokenStrings,
+            LogitLabels = logitLabels,
+            LogitVectors = logitVectors,
             Prompt = md.TryGetValue("prompt", out var prompt) ? prompt : null,
             Layers = layers,
             ActiveFeatures = active,
@@ -368,6 +392,10 @@ public static class GraphSafetensors
             $"{graph.ActivationValues.Length} activation values for {graph.ActiveFeatures.Length} active features; expected one each");
         Require(graph.LogitProbabilities.Length == graph.LogitTokens.Length,
             $"{graph.LogitProbabilities.Length} logit probabilities for {graph.LogitTokens.Length} logit tokens; expected one each");
+        Require(graph.LogitLabels is null || graph.LogitLabels.Length == graph.LogitTokens.Length,
+            $"{graph.LogitLabels?.Length} logit labels for {graph.LogitTokens.Length} logits; expected one each");
+        Require(graph.LogitVectors is null || (graph.LogitVectors.Length == graph.LogitTokens.Length && graph.LogitVectors.All(v => v.Length == graph.LogitVectors[0].Length)),
+            $"{graph.LogitVectors?.Length} logit vectors for {graph.LogitTokens.Length} logits; expected one each, all d_model long");
         Require(graph.TokenStrings is null || graph.TokenStrings.Length == graph.Positions,
             $"{graph.TokenStrings?.Length} token strings for {graph.Positions} positions; expected one each");
         long errorRows = (long)graph.Layers * graph.Positions;

@@ -229,7 +229,7 @@ public static class NeuronpediaGraphJson
         w.WriteNumber("reverse_ctx_idx", 0);
         w.WriteString("jsNodeId", jsNodeId);
         w.WriteString("clerp", isLogit
-            ? $"Output \"{ProcessToken(LogitText(options, node.Index))}\" (p={probability.ToString("F3", CultureInfo.InvariantCulture)})"
+            ? $"Output \"{ProcessToken(graph.LogitLabels?[i - graph.LogitOffset] ?? LogitText(options, node.Index))}\" (p={probability.ToString("F3", CultureInfo.InvariantCulture)})"
             : "");
         if (isLogit) w.WriteNull("influence");
         else WriteFinite(w, "influence", pruning.CumulativeScores[i], id);

@@ -1,7 +1,9 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Text.Json;
 using Loupe.Attribution;
 using Loupe.Dictionaries.Transcoders;
+using Loupe.Models;
 
 namespace Loupe.Cli.Commands;
 
@@ -19,6 +21,15 @@ static class AttributeCommand
         var input = CliSupport.InputOptions.Create("The prompt (tokenized with the model's tokenizer)");
         var maxLogits = new Option<int>("--max-logits") { Description = "At most this many logit targets", DefaultValueFactory = _ => 10 };
         var logitProb = new Option<double>("--logit-prob") { Description = "Logit targets until their cumulative probability reaches this", DefaultValueFactory = _ => 0.95 };
+        var target = new Option<string[]>("--target")
+        {
+            Description = "Explain this next token instead of the most likely ones: one token's text (e.g. \" Austin\") or #ID; repeat for several (circuit-tracer's attribution_targets)",
+        };
+        var logitDiff = new Option<string[]>("--logit-diff")
+        {
+            Description = "Explain logit(X) − logit(Y): two tokens (text or #ID), the direction u_X − u_Y weighted |p_X − p_Y| (after any --target)",
+            Arity = new ArgumentArity(2, 2), AllowMultipleArgumentsPerToken = true,
+        };
         var maxFeatures = new Option<int?>("--max-feature-nodes") { Description = "At most this many feature nodes, chosen greedily by influence on the logits (default: every active feature)" };
         var batch = new Option<int>("--batch-size") { Description = "Target rows per batched backward pass", DefaultValueFactory = _ => 256 };
         var nodeThreshold = new Option<double>("--node-threshold") { Description = "Node-influence pruning threshold", DefaultValueFactory = _ => 0.8 };
@@ -44,8 +55,9 @@ static class AttributeCommand
             "Examples:\n" +
             "  loupe attribute --model ../shared/models/stories260K --transcoders tc/ --prompt \"Once upon a time, Lily\" --out graphs\n" +
             "  loupe attribute --model gpt2 --transcoders tc/ --tokens \"50256,464,3139\" --max-feature-nodes 4096 --out graphs --slug capital\n" +
+            "  loupe attribute --model gemma-2-2b --transcoders hf:mntss/gemma-scope-transcoders --prompt \"Fact: the capital of the state containing Dallas is\" --logit-diff \" Austin\" \" Dallas\" --out graphs\n" +
             "  loupe attribute --model gpt2 --transcoders tc/ --prompt \"The capital of France is\" --device cuda --out graphs")
-        { model, transcoders, decoders, deviceDecoders, input.Prompt, input.Tokens, maxLogits, logitProb, maxFeatures, batch, nodeThreshold, edgeThreshold, maxMemory, perHead, output, slug, scan, zeroPositions };
+        { model, transcoders, decoders, deviceDecoders, input.Prompt, input.Tokens, maxLogits, logitProb, target, logitDiff, maxFeatures, batch, nodeThreshold, edgeThreshold, maxMemory, perHead, output, slug, scan, zeroPositions };
         command.SetAction(parse => CliSupport.Guard(() =>
         {
             string folder = CliSupport.OutputFolder(parse.GetValue(output)!);
@@ -66,6 +78,7 @@ static class AttributeCommand
             // On a device the transcoders' weights go there once; the graph's rows come back once per batch.
             using var m = CliSupport.LoadModel(parse.GetValue(model)!, onDevice: true);
             var tc = CliSupport.LoadTranscoders(parse, transcoders, decoders, deviceDecoders, m);
+            settings = settings with { Targets = Targets(m, parse.GetValue(target), parse.GetValue(logitDiff)) };
             var tokens = input.Read(parse, m);
             if (tokens.Batch != 1) throw new InputError($"argument: --tokens: an attribution graph is for one prompt; got {tokens.Batch} rows");
             var result = AttributionExperiment.Run(m, tc, tokens.Ids, input.Text(parse), settings, nodes, edges, folder, name, parse.GetValue(perHead),
@@ -74,7 +87,7 @@ static class AttributeCommand
             var g = result.Graph;
             Console.WriteLine($"nodes: {g.SelectedFeatures.Length} features of {s.ActiveFeatures} active, {g.Layers * g.Positions} errors, {g.Positions} tokens, {g.LogitTokens.Length} logits (p = {g.LogitProbabilities.Sum().ToString("0.###", CultureInfo.InvariantCulture)})");
             Console.WriteLine($"pruned: {result.Pruning.KeptNodes().Length} nodes, {result.Pruning.KeptEdgeCount()} edges (node threshold {nodes}, edge threshold {edges})");
-            Console.WriteLine($"logit targets: {string.Join(", ", g.LogitTokens.Zip(g.LogitProbabilities).Take(5).Select(t => $"{CliSupport.Show(m, t.First)} {t.Second.ToString("0.###", CultureInfo.InvariantCulture)}"))}");
+            Console.WriteLine($"logit targets: {string.Join(", ", g.LogitTokens.Zip(g.LogitProbabilities).Take(5).Select((t, j) => $"{(g.LogitLabels?[j] is { } label ? JsonSerializer.Serialize(label, s_quoted) : CliSupport.Show(m, t.First))} {t.Second.ToString("0.###", CultureInfo.InvariantCulture)}"))}");
             var influential = Enumerable.Range(0, g.SelectedFeatures.Length).OrderByDescending(i => result.Pruning.NodeInfluence[i]).Take(8)
                 .Select(i => g.Node(i)).Select(n => $"{n.Layer}:{n.Position}:{n.Index} (a {n.Value.ToString("0.##", CultureInfo.InvariantCulture)})");
             Console.WriteLine($"most influential features (layer:position:feature): {string.Join(", ", influential)}");
@@ -85,6 +98,23 @@ static class AttributeCommand
         }));
         return command;
     }
+
+    static readonly JsonSerializerOptions s_quoted = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    /// <summary>--target and --logit-diff as attribution targets; null (the salient tokens) when neither is given.</summary>
+    static IReadOnlyList<AttributionTarget>? Targets(HookedTransformer m, string[]? tokens, string[]? difference)
+    {
+        if ((tokens?.Length ?? 0) == 0 && (difference?.Length ?? 0) == 0) return null;
+        var list = (tokens ?? []).Select(t => AttributionTarget.Token(Token(m, t, "--target"))).ToList();
+        if (difference is { Length: 2 }) list.Add(AttributionTarget.Difference(Token(m, difference[0], "--logit-diff"), Token(m, difference[1], "--logit-diff")));
+        return list;
+    }
+
+    /// <summary>#ID, or a text that is one token.</summary>
+    static int Token(HookedTransformer m, string text, string option) =>
+        text.Length > 1 && text[0] == '#' && int.TryParse(text.AsSpan(1), NumberStyles.None, CultureInfo.InvariantCulture, out int id)
+            ? CliSupport.OutputToken(m, id, option)
+            : CliSupport.SingleToken(m, text, option, "#ID");
 
     /// <summary>circuit-tracer's scan name for a hub transcoder set: <c>ORG/NAME[//PATH][@REVISION]</c>; null for local folders.</summary>
     static string? HubScan(string value)

@@ -86,6 +86,22 @@ public sealed class DeviceAttributionGraphTests(EmulatedDevice device) : IClassF
     }
 
     [Fact]
+    public void Explicit_targets_on_the_device_give_the_cpu_graph()
+    {
+        using var cpu = Load("llama");
+        using var gpu = Load("llama", device.Backend);
+        var settings = new AttributionSettings
+        {
+            BatchSize = 8, CausalBlock = 3,
+            Targets = [AttributionTarget.Token(300), AttributionTarget.Difference(42, 17), AttributionTarget.Custom("ones", 0.5, [.. Enumerable.Repeat(1f, cpu.Config.DModel)])],
+        };
+        var expected = new Attributor(cpu, FamilyAttributionTests.RandomTranscoders(cpu), settings).Attribute(Prompt);
+        var actual = new Attributor(gpu, FamilyAttributionTests.RandomTranscoders(gpu), settings).Attribute(Prompt);
+        AssertSameGraph(expected, actual, "explicit targets");
+        Assert.Equal(expected.LogitLabels, actual.LogitLabels);
+    }
+
+    [Fact]
     public void Per_head_shares_on_the_device_are_the_cpus()
     {
         // Per-head attribution still builds its head-split rows on the host (σ read back once per norm) but runs them on the device.

@@ -148,7 +148,9 @@ public sealed class ModelDiffingTests(EmulatedDevice device) : IClassFixture<Emu
         using var b = ModelLoader.LoadFolder(tuned);
         using var ga = ModelLoader.LoadFolder(SharedData.TestData("reference/gpt2"), device.Backend);
         using var gb = ModelLoader.LoadFolder(tuned, device.Backend);
-        var contexts = Contexts(5, 8, seed: 6, bos: 8);
+        // an unmarked BOS: with a marked one every context's position 0 has the same KL, a tie that float rounding (which
+        // depends on the batch's rows) breaks differently on the host and the device
+        var contexts = Contexts(5, 8, seed: 6, bos: 1);
         string[] hooks = ["blocks.0.hook_resid_pre", "blocks.2.hook_resid_post"];
         var options = new ModelDiffOptions { BatchSize = 3, Positions = 2, TopPositions = 6 };
         var host = ModelDiffing.Compute(a, b, contexts, hooks, options);
