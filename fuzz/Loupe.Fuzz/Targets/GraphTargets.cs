@@ -24,6 +24,9 @@ public sealed class GraphSafetensorsTarget : FuzzTarget
         {
             TokenStrings = [.. fixture.InputTokens.Select(t => $"tok{t}")],
             Prompt = "fuzz",
+            // as an explicit-targets graph writes them: a label for the non-token target, every row's direction
+            LogitLabels = [.. fixture.LogitTokens.Select((_, j) => j == 0 ? "logit(a)-logit(b)" : null)],
+            LogitVectors = [.. fixture.LogitTokens.Select((_, j) => new[] { 0.5f * j, -1f, 0.25f, 2f })],
             Provenance = new GraphProvenance("fuzz-model", "0123456789abcdef", "fuzz-transcoders", "fedcba9876543210",
                 new Dictionary<string, string> { ["max_feature_nodes"] = "8192" }, "0.0.0-fuzz", new DateTimeOffset(2026, 12, 6, 0, 0, 0, TimeSpan.Zero)),
         };
@@ -41,6 +44,8 @@ public sealed class GraphSafetensorsTarget : FuzzTarget
         Require.Finite(g.LogitProbabilities, "logit probabilities");
         if (g.ErrorVectors is { } e) Require.Finite(e, "error vectors");
         if (g.TokenVectors is { } t) Require.Finite(t, "token vectors");
+        if (g.LogitVectors is { } lv) Require.Finite([.. lv.SelectMany(v => v)], "logit vectors");
+        Require.That(g.LogitLabels is null || g.LogitLabels.Length == g.LogitTokens.Length, "logit labels that are not one per logit accepted");
         var pruning = file.Pruning ?? GraphPruning.Prune(g);
         NeuronpediaGraphJson.Write(Stream.Null, g, pruning, new NeuronpediaGraphOptions { Slug = "fuzz", Scan = "fuzz-scan" });
     }
