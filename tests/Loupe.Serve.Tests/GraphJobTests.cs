@@ -54,6 +54,13 @@ public class GraphJobTests
         // The same name again, and a one-token prompt, are refused; without --transcoders there is nothing to trace through.
         Assert.Equal(HttpStatusCode.BadRequest, (await client.PostAsync("/api/jobs/graph", Json(new { prompt = Prompt, name = "traced" }))).StatusCode);
         Assert.Equal(HttpStatusCode.BadRequest, (await client.PostAsync("/api/jobs/graph", Json(new { tokens = new[] { 1 } }))).StatusCode);
+        // targets: each one token; a logit difference of two
+        var refused = await client.PostAsync("/api/jobs/graph", Json(new { prompt = Prompt, targets = new[] { "a whole phrase" } }));
+        Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+        Assert.Contains("targets", await refused.Content.ReadAsStringAsync());
+        refused = await client.PostAsync("/api/jobs/graph", Json(new { prompt = Prompt, logit_diff = new[] { "was" } }));
+        Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+        Assert.Contains("logit_diff", await refused.Content.ReadAsStringAsync());
         await using var bare = await Servers.StartAsync(model, new ServeOptions { GraphsDir = graphs });
         using var bareClient = Servers.Client(bare);
         Assert.Equal(HttpStatusCode.Conflict, (await bareClient.PostAsync("/api/jobs/graph", Json(new { prompt = Prompt }))).StatusCode);
@@ -73,11 +80,16 @@ public class GraphJobTests
         await page.GetByTestId("trace-details").Locator("summary").ClickAsync();
         await page.GetByTestId("trace-prompt").FillAsync(Prompt);
         await page.GetByTestId("trace-name").FillAsync("from-the-page");
+        await page.GetByTestId("trace-targets").FillAsync("was|she");   // explain logit(was) − logit(she)
         await page.GetByTestId("trace-run").ClickAsync();
         await page.GetByTestId("graph-canvas").WaitForAsync(new() { Timeout = 60_000 });
         string selected = await page.GetByTestId("graph-select").Locator("option:checked").InnerTextAsync();
         Assert.Contains("from-the-page.json", selected);
-        Assert.True(File.Exists(Path.Combine(graphs, "graphs", "from-the-page.json")));
+        var logits = JsonDocument.Parse(File.ReadAllText(Path.Combine(graphs, "graphs", "from-the-page.json"))).RootElement.GetProperty("nodes").EnumerateArray()
+            .Where(n => n.GetProperty("feature_type").GetString() == "logit").ToList();
+        var only = Assert.Single(logits);
+        Assert.Equal(model.Config.VocabOut, only.GetProperty("feature").GetInt32());   // the first target's virtual id, d_vocab + 0
+        Assert.Contains("was)-logit(", only.GetProperty("clerp").GetString());
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = Browser.Screenshot("graph-traced.png"), FullPage = true });
         Assert.Empty(errors);
     }

@@ -16,6 +16,8 @@ export function graphJobForm(holder: HTMLElement, opened: (artifactId: string) =
     }
     const prompt = el("input", { "aria-label": "prompt to trace", "data-testid": "trace-prompt", placeholder: "a prompt", class: "wide", autocomplete: "off" });
     const nodes = el("input", { type: "number", min: "1", max: "65536", value: "4096", "aria-label": "feature nodes at most", "data-testid": "trace-nodes", class: "short" });
+    const targets = el("input", { "aria-label": "tokens to explain", "data-testid": "trace-targets", placeholder: "top tokens, or e.g. \" Paris\"|\" London\"", class: "short", autocomplete: "off",
+      title: "Empty: the most likely next tokens. One token's text to explain that token; two separated by | to explain logit(first) − logit(second)." });
     const name = el("input", { "aria-label": "graph name", "data-testid": "trace-name", placeholder: "name (letters, digits, - _)", class: "short", autocomplete: "off" });
     const run = el("button", { type: "submit", "data-testid": "trace-run" }, "Trace");
     const runner = new JobRunner<GraphJobResult>(r => {
@@ -23,13 +25,18 @@ export function graphJobForm(holder: HTMLElement, opened: (artifactId: string) =
       opened(r.artifact_id);
     }, () => { run.disabled = false; });
     const form = el("form", { class: "job-form panel", "data-testid": "trace-form" }, el("label", {}, "prompt ", prompt),
-      el("label", {}, "feature nodes ≤ ", nodes), el("label", {}, "name ", name), run);
+      el("label", {}, "feature nodes ≤ ", nodes), el("label", {}, "explain ", targets), el("label", {}, "name ", name), run);
     form.addEventListener("submit", e => {
       e.preventDefault();
       if (!prompt.value.trim()) return;
       run.disabled = true;
       const body: Record<string, unknown> = { prompt: prompt.value, max_feature_nodes: Number(nodes.value) || 4096 };
       if (name.value) body.name = name.value;
+      // one token: explain it; "X|Y": explain logit(X) − logit(Y)
+      const parts = targets.value ? targets.value.split("|") : [];
+      if (parts.length === 1) body.targets = parts;
+      else if (parts.length === 2) body.logit_diff = parts;
+      else if (parts.length > 2) { runner.fail("explain: one token, or two separated by |"); run.disabled = false; return; }
       runner.start("graph", body).catch(() => { run.disabled = false; });
     });
     holder.replaceChildren(el("details", { class: "job", "data-testid": "trace-details" },

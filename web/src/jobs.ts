@@ -62,6 +62,11 @@ export class JobRunner<T> {
     this.stream.addEventListener("cancelled", () => this.end("cancelled", "cancelled: nothing was written"));
   }
 
+  /** Shows an error found before any job was started (a form value the server would refuse). */
+  fail(message: string): void {
+    this.end("failed", `error: ${message}`);
+  }
+
   private end(state: string, message: string): void {
     this.stream?.close();
     this.stream = null;

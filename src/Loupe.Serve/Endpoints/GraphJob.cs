@@ -14,7 +14,10 @@ namespace Loupe.Serve;
 /// <param name="EdgeThreshold">Edge-influence pruning threshold (default 0.98).</param>
 /// <param name="MaxLogits">At most this many logit targets (1–64, default 10).</param>
 /// <param name="Name">The graph's name (letters, digits, - and _; default: a fresh name): graphs/NAME.json under the served folder.</param>
-public sealed record GraphJobRequest(string? Prompt, int[]? Tokens, int? MaxFeatureNodes, double? NodeThreshold, double? EdgeThreshold, int? MaxLogits, string? Name);
+/// <param name="Targets">Next tokens to explain instead of the most likely ones, each one token's text (as <c>loupe attribute --target</c>).</param>
+/// <param name="LogitDiff">Two tokens' texts X and Y: also explain logit(X) − logit(Y) (as <c>--logit-diff</c>).</param>
+public sealed record GraphJobRequest(string? Prompt, int[]? Tokens, int? MaxFeatureNodes, double? NodeThreshold, double? EdgeThreshold, int? MaxLogits, string? Name,
+    string[]? Targets = null, string[]? LogitDiff = null);
 
 /// <summary>What a graph job made.</summary>
 /// <param name="ArtifactId">The graph JSON's id in the workspace index (the Graph page opens it).</param>
@@ -51,6 +54,12 @@ public static partial class JobEndpoints
             string slug = Name(body.Name, "name");
             string folder = Path.Combine(root, "graphs");
             if (File.Exists(Path.Combine(folder, slug + ".json"))) throw new InputError($"name: a graph named '{slug}' already exists; choose another name");
+            if (body.LogitDiff is { Length: not 2 }) throw new InputError($"logit_diff: expected two token texts, got {body.LogitDiff.Length}");
+            if (body.Targets?.Length > 64) throw new InputError($"targets: expected at most 64, got {body.Targets.Length}");
+            List<AttributionTarget>? targets = body.Targets is { Length: > 0 } || body.LogitDiff is not null
+                ? [.. (body.Targets ?? []).Select(t => AttributionTarget.Token(AnswerToken(model, t, null, "targets")!.Value))]
+                : null;
+            if (body.LogitDiff is { } diff) targets!.Add(AttributionTarget.Difference(AnswerToken(model, diff[0], null, "logit_diff")!.Value, AnswerToken(model, diff[1], null, "logit_diff")!.Value));
 
             return Started(jobs, options, "graph", async (job, cancel) =>
             {
@@ -59,6 +68,7 @@ public static partial class JobEndpoints
                 {
                     MaxFeatureNodes = Math.Clamp(body.MaxFeatureNodes ?? 4096, 1, 65_536),
                     MaxLogits = Math.Clamp(body.MaxLogits ?? 10, 1, 64),
+                    Targets = targets,
                     Log = line =>
                     {
                         cancel.ThrowIfCancellationRequested();
