@@ -11,7 +11,7 @@ using Loupe.Steering;
 namespace Loupe.Fuzz.Targets;
 
 /// <summary>
-/// The text a researcher feeds a model: <c>--source jsonl:FILE</c>, <c>text:FILE</c> and <c>brown:FOLDER</c> (harvest, SAE and
+/// The text a researcher feeds a model: <c>--source jsonl:FILE</c> (also .zst), <c>parquet:FILE</c> (a text column, token rows), <c>text:FILE</c> and <c>brown:FOLDER</c> (harvest, SAE and
 /// transcoder training, features, evaluation: <see cref="TextSourceSpec"/> then <see cref="ContextBuilder.ForModel"/>), the Brown
 /// corpus as <c>loupe probe</c> reads it (<see cref="BrownCorpus"/>, word-to-token alignment, probes, probe.json) and the
 /// one-text-a-line lists of <c>persona</c> and <c>monitor</c> (<see cref="WordScore.ReadList"/>, each text tokenized). The model is
@@ -29,6 +29,7 @@ public sealed class TextSourceTarget : FuzzTarget
     {
         _model = ModelLoader.LoadFolder(TokenizerJsonTarget.ModelWithTokenizer(context, "llama", Path.Combine(context.Scratch, "text-sources-model")));
         _output = Directory.CreateDirectory(Path.Combine(context.Scratch, "text-sources-out")).FullName;
+        ParquetSource.ReadDeadline = TimeSpan.FromSeconds(2);   // a looping parse becomes an InputError inside the input's time limit
 
         string[] sentences =
         [
@@ -41,10 +42,30 @@ public sealed class TextSourceTarget : FuzzTarget
             Kind("text", "text", [new SeedFile("data.txt", Utf8(string.Join("\n\n", Enumerable.Range(0, 6).SelectMany(_ => sentences))), FileKind.Text)]),
             Kind("words", "words", [new SeedFile("list.txt", Utf8("# one text a line\n" + string.Join("\n", sentences) + "\n\n"), FileKind.Text)]),
         };
+        seeds.Add(Kind("jsonl-zst", "jsonl-zst", [new SeedFile("data.jsonl.zst", File.ReadAllBytes(context.Repo("tests/data/text-sources/docs.jsonl.zst")), FileKind.Binary)]));
+        seeds.Add(Kind("parquet-text", "parquet", [new SeedFile("data.parquet", ParquetBytes(sentences, null), FileKind.Binary)]));
+        seeds.Add(Kind("parquet-tokens", "parquet", [new SeedFile("data.parquet", ParquetBytes(null,
+            [.. Enumerable.Range(0, 5).Select(i => Enumerable.Range(0, 9 + i).Select(t => (long)((t * 7 + i) % 200)).ToArray())]), FileKind.Binary)]));
         var brown = BrownFiles(context);
         seeds.Add(Kind("brown-source", "brown-source", brown));
         seeds.Add(Kind("brown-probe", "brown-probe", brown));
         return seeds;
+    }
+
+    // A parquet file as datasets hold them: a text column, or token ids in rows (input_ids), one row group.
+    static byte[] ParquetBytes(string[]? texts, long[][]? rows)
+    {
+        var text = new Parquet.Schema.DataField<string>("text");
+        var ids = new Parquet.Schema.DataField<IEnumerable<long>>("input_ids");
+        using var stream = new MemoryStream();
+        var writer = Parquet.ParquetWriter.CreateAsync(new Parquet.Schema.ParquetSchema(texts is not null ? text : ids), stream).GetAwaiter().GetResult();
+        using (var group = writer.CreateRowGroup())
+        {
+            if (texts is not null) group.WriteAsync(text, texts).GetAwaiter().GetResult();
+            else group.WriteAsync<long>(ids, rows!.SelectMany(r => r).ToArray().AsMemory(), rows!.SelectMany(r => r.Select((_, i) => i == 0 ? 0 : 1)).ToArray().AsMemory()).GetAwaiter().GetResult();
+        }
+        writer.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        return stream.ToArray();
     }
 
     static Seed Kind(string id, string kind, IReadOnlyList<SeedFile> files) =>
@@ -79,6 +100,8 @@ public sealed class TextSourceTarget : FuzzTarget
         switch (kind)
         {
             case "jsonl": Contexts(model, "jsonl:" + Path.Combine(folder, "data.jsonl")); break;
+            case "jsonl-zst": Contexts(model, "jsonl:" + Path.Combine(folder, "data.jsonl.zst")); break;
+            case "parquet": Contexts(model, "parquet:" + Path.Combine(folder, "data.parquet")); break;
             case "text": Contexts(model, "text:" + Path.Combine(folder, "data.txt")); break;
             case "brown-source": Contexts(model, "brown:" + folder); break;
             case "words":

@@ -29,7 +29,7 @@ static class CltCommand
     static Command Train()
     {
         var model = CliSupport.ModelOption();
-        var source = new Option<string>("--source") { Description = "brown:FOLDER, text:PATH, jsonl:FILE or generate:N", Required = true };
+        var source = new Option<string>("--source") { Description = TextSourceSpec.Help, Required = true };
         var contextSize = CliSupport.ContextSizeOption();
         var maxContexts = new Option<int?>("--max-contexts") { Description = "Use at most this many contexts" };
         var contextsPerWindow = new Option<int>("--contexts-per-window") { Description = "Contexts run per shuffling window", DefaultValueFactory = _ => 64 };
@@ -151,7 +151,7 @@ static class CltCommand
             Description = "A CLT folder (Loupe cfg.json or circuit-tracer W_enc_ℓ/W_dec_ℓ), circuit-tracer per-layer transcoders (layer_ℓ.safetensors), or SAELens transcoder folders (layer_0, layer_1, …). Or hf:ORG/NAME[/PATH][@REVISION]: that folder or file of a Hugging Face hub repository, fetched into the hub cache",
             Required = true,
         };
-        var source = new Option<string>("--source") { Description = "brown:FOLDER, text:PATH, jsonl:FILE or generate:N", Required = true };
+        var source = new Option<string>("--source") { Description = TextSourceSpec.Help, Required = true };
         var contextSize = CliSupport.ContextSizeOption();
         var maxContexts = new Option<int>("--max-contexts") { Description = "Evaluate at most this many contexts", DefaultValueFactory = _ => 64 };
         var batchSize = new Option<int>("--batch-size") { Description = "Contexts per forward pass", DefaultValueFactory = _ => 8 };

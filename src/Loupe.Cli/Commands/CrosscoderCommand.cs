@@ -162,7 +162,7 @@ static class CrosscoderCommand
 
     internal static Option<string> SourceOption() => new("--source")
     {
-        Description = "Where the text comes from: brown:FOLDER, text:FILE_OR_FOLDER, jsonl:FILE (a \"text\" field per line), or generate:N (N samples from the first model)",
+        Description = "Where the text comes from: " + TextSourceSpec.Help + " (N samples from the first model)",
         Required = true,
     };
 

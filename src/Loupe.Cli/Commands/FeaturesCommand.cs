@@ -42,7 +42,7 @@ static class FeaturesCommand
         var hook = new Option<string?>("--hook") { Description = "Hook point the dictionary reads (default: cfg.json's hook_name)" };
         var source = new Option<string>("--source")
         {
-            Description = "Where the text comes from: brown:FOLDER, text:FILE_OR_FOLDER, jsonl:FILE (a \"text\" field per line), or generate:N (N samples from the model)",
+            Description = "Where the text comes from: " + TextSourceSpec.Help + " (N samples from the model)",
             Required = true,
         };
         var contextSize = new Option<int?>("--context-size") { Description = "Tokens per context, BOS included (default: cfg.json's context_size, at most n_ctx)" };

@@ -14,7 +14,7 @@ static class HarvestCommand
         var model = CliSupport.ModelOption();
         var source = new Option<string>("--source")
         {
-            Description = "Where the text comes from: brown:FOLDER, text:FILE_OR_FOLDER, jsonl:FILE (a \"text\" field per line), or generate:N (N samples from the model)",
+            Description = "Where the text comes from: " + TextSourceSpec.Help + " (N samples from the model)",
             Required = true,
         };
         var hooks = new Option<string>("--hooks") { Description = "Comma-separated glob patterns of per-position hooks, e.g. \"blocks.2.hook_resid_post\"", Required = true };

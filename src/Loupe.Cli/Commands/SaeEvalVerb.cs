@@ -23,7 +23,7 @@ static class SaeEvalVerb
         var hookOut = new Option<string?>("--hook-out") { Description = "For a transcoder, the hook it replaces (default: cfg.json's hook_name_out, or blocks.L.hook_mlp_out for an MLP-input hook)" };
         var source = new Option<string>("--source")
         {
-            Description = "Where the text comes from: brown:FOLDER, text:FILE_OR_FOLDER, jsonl:FILE (a \"text\" field per line), or generate:N (N samples from the model)",
+            Description = "Where the text comes from: " + TextSourceSpec.Help + " (N samples from the model)",
             Required = true,
         };
         var contextSize = CliSupport.ContextSizeOption();

@@ -14,7 +14,7 @@ static class SaeTrainVerb
     {
         var activations = new Option<string?>("--activations") { Description = "Harvest folder (from `loupe harvest`) to train on" };
         var model = new Option<string?>("--model", "-m") { Description = "Model folder or hub id, to read activations on the fly (with --source) instead of from disk" };
-        var source = new Option<string?>("--source") { Description = "With --model: brown:FOLDER, text:PATH, jsonl:FILE or generate:N" };
+        var source = new Option<string?>("--source") { Description = "With --model: " + TextSourceSpec.Help };
         var contextSize = CliSupport.ContextSizeOption("With --model: tokens per context, BOS included");
         var maxContexts = new Option<int?>("--max-contexts") { Description = "With --model: use at most this many contexts" };
         var contextsPerWindow = new Option<int>("--contexts-per-window") { Description = "With --model: contexts run per shuffling window", DefaultValueFactory = _ => 64 };

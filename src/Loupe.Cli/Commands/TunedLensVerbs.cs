@@ -15,7 +15,7 @@ static class TunedLensVerbs
     public static Command Train()
     {
         var model = CliSupport.ModelOption();
-        var source = new Option<string>("--source") { Description = "Training text: brown:FOLDER, text:PATH, jsonl:FILE or generate:N", Required = true };
+        var source = new Option<string>("--source") { Description = "Training text: " + TextSourceSpec.Help, Required = true };
         var contextSize = CliSupport.ContextSizeOption();
         var maxContexts = new Option<int?>("--max-contexts") { Description = "Use at most this many contexts (held-out ones included)" };
         var heldOut = new Option<int>("--held-out") { Description = "Contexts set aside (the shuffled list's last) to measure the lens against the logit lens", DefaultValueFactory = _ => DefaultHeldOut };
@@ -91,7 +91,7 @@ static class TunedLensVerbs
     {
         var model = CliSupport.ModelOption();
         var tuned = new Option<string>("--tuned") { Description = "The tuned lens: a folder with params.safetensors or params.pt (+ config.json), the file, or hf:[spaces/]ORG/NAME/PATH", Required = true };
-        var source = new Option<string>("--source") { Description = "Text: brown:FOLDER, text:PATH, jsonl:FILE or generate:N", Required = true };
+        var source = new Option<string>("--source") { Description = "Text: " + TextSourceSpec.Help, Required = true };
         var contextSize = CliSupport.ContextSizeOption();
         var maxContexts = new Option<int?>("--max-contexts") { Description = "Use at most this many contexts" };
         var seed = new Option<int>("--seed") { Description = "Seeds the context shuffle and generate:N sampling", DefaultValueFactory = _ => 0 };

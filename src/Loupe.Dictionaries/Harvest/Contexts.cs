@@ -78,11 +78,50 @@ public static class ContextBuilder
     /// <exception cref="InputError">The model has no tokenizer or no BOS token, or the context size is below 2 or exceeds n_ctx.</exception>
     public static HarvestContexts ForModel(HookedTransformer model, ITextSource source, int contextSize, int seed = 0, int? maxContexts = null)
     {
+        if (source is ITokenRowSource { IsTokenized: true } rows)
+        {
+            Check.InRange(contextSize, 2, model.Config.NCtx, "argument", $"context size (at most the model's n_ctx = {model.Config.NCtx})");
+            return FromTokenRows(rows, contextSize, model.Config.DVocab, model.Config.BosTokenId ?? model.Tokenizer?.BosTokenId, seed, maxContexts);
+        }
         var tokenizer = model.Tokenizer ?? throw new InputError("the model has no tokenizer; build contexts from token ids instead");
         int bos = model.Config.BosTokenId ?? tokenizer.BosTokenId ?? throw new InputError("the model has no BOS token to start contexts with");
         Check.InRange(contextSize, 2, model.Config.NCtx, "argument", $"context size (BOS plus at least one token, at most the model's n_ctx = {model.Config.NCtx})");
         int separator = model.Config.EosTokenId ?? tokenizer.EosTokenId ?? bos;
         return FromText(source, tokenizer, new ContextOptions(contextSize, bos, separator, seed, maxContexts));
+    }
+
+    /// <summary>
+    /// Contexts from rows of token ids cut already (a pre-tokenized dataset, as SAELens uses one): each row's first
+    /// <paramref name="contextSize"/> ids, nothing added; shuffled with the seed as <see cref="Build"/> shuffles.
+    /// </summary>
+    /// <exception cref="InputError">A row shorter than a context, an id outside the vocabulary (the row is named), or no rows.</exception>
+    public static HarvestContexts FromTokenRows(ITokenRowSource source, int contextSize, int vocabulary, int? bos, int seed = 0, int? maxContexts = null)
+    {
+        if (maxContexts is int most) Check.InRange(most, 1, int.MaxValue, "argument", "max contexts");
+        var contexts = new List<int[]>();
+        int withoutBos = 0;
+        foreach (var (tokens, where) in source.TokenRows())
+        {
+            if (maxContexts is int max && contexts.Count >= max) break;
+            if (tokens.Length < contextSize)
+                throw new InputError($"{where}: {tokens.Length} token ids; a context takes {contextSize} (rows of a tokenized dataset are used as they are: choose a context size of at most the rows' length)");
+            var context = tokens[..contextSize];
+            foreach (int id in context)
+                if (id < 0 || id >= vocabulary) throw InputError.Expected(where, "token id", $"an id in 0..{vocabulary - 1} (the model's vocabulary)", id);
+            if (bos is int b && context[0] != b) withoutBos++;
+            contexts.Add(context);
+        }
+        if (contexts.Count == 0) throw new InputError($"{source.Description}: no rows");
+        var rows = contexts.ToArray();
+        var rng = new Random(seed);
+        for (int i = rows.Length - 1; i > 0; i--)
+        {
+            int j = rng.Next(i + 1);
+            (rows[i], rows[j]) = (rows[j], rows[i]);
+        }
+        string description = $"{source.Description}: the first {contextSize} ids of each row" +
+            (bos is null ? "" : withoutBos == 0 ? ", every row starting with BOS" : $", {withoutBos} of {rows.Length} rows not starting with BOS {bos}");
+        return new HarvestContexts(rows, contextSize, description, seed);
     }
 
     /// <summary>Builds contexts from already-tokenized documents.</summary>

@@ -77,7 +77,8 @@ public sealed class PlainTextSource : ITextSource
 
 /// <summary>
 /// JSON lines: one JSON object per line with a string field (default <c>"text"</c>). Blank lines
-/// are skipped.
+/// are skipped. A file ending in <c>.gz</c> or <c>.zst</c> is read through gzip or Zstandard (the Pile's
+/// <c>.jsonl.zst</c>).
 /// </summary>
 /// <remarks>Enumeration throws <see cref="InputError"/> naming <c>file:line</c> for a
 /// line that is not a JSON object or lacks the string field.</remarks>
@@ -96,10 +97,33 @@ public sealed class JsonLinesSource : ITextSource
 
     public string Description => $"JSON lines: {Path.GetFileName(_path)} (field \"{_field}\")";
 
+    // The file's lines, decompressed by its extension.
+    static IEnumerable<string> Lines(string path)
+    {
+        Stream stream = File.OpenRead(path);
+        if (path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase)) stream = new System.IO.Compression.GZipStream(stream, System.IO.Compression.CompressionMode.Decompress);
+        else if (path.EndsWith(".zst", StringComparison.OrdinalIgnoreCase)) stream = new ZstdSharp.DecompressionStream(stream);
+        using var reader = new StreamReader(stream, Encoding.UTF8);
+        while (true)
+        {
+            string? line;
+            try
+            {
+                line = reader.ReadLine();
+            }
+            catch (Exception e) when (e is InvalidDataException or EndOfStreamException or ZstdSharp.ZstdException)
+            {
+                throw new InputError($"{path}: cannot be decompressed ({e.Message.ReplaceLineEndings(" ")})", e);
+            }
+            if (line is null) yield break;
+            yield return line;
+        }
+    }
+
     public IEnumerable<string> Documents()
     {
         int lineNo = 0;
-        foreach (var line in File.ReadLines(_path))
+        foreach (var line in Lines(_path))
         {
             lineNo++;
             if (string.IsNullOrWhiteSpace(line)) continue;
@@ -217,11 +241,16 @@ public sealed class ModelSampledSource : ITextSource
 public static class TextSourceSpec
 {
     /// <summary>The kinds <see cref="Parse"/> understands, for help texts and errors.</summary>
-    public const string Kinds = "brown:FOLDER, text:PATH, jsonl:FILE or generate:N";
+    public const string Kinds = "brown:FOLDER, text:PATH, jsonl:FILE[#FIELD], parquet:PATH[#COLUMN] or generate:N";
+
+    /// <summary>The kinds with what each reads, for option descriptions.</summary>
+    public const string Help = "brown:FOLDER, text:FILE_OR_FOLDER, jsonl:FILE[#FIELD] (a \"text\" field per line; .gz and .zst read through), " +
+        "parquet:FILE_OR_FOLDER[#COLUMN] (a text column, or token ids already cut into rows such as input_ids), or generate:N";
 
     /// <summary>
-    /// <c>brown:FOLDER</c> (the Brown corpus), <c>text:FILE_OR_FOLDER</c>, <c>jsonl:FILE</c> (a "text" field per line)
-    /// or <c>generate:N</c> (N samples from <paramref name="model"/>, seeded by <paramref name="seed"/>).
+    /// <c>brown:FOLDER</c> (the Brown corpus), <c>text:FILE_OR_FOLDER</c>, <c>jsonl:FILE[#FIELD]</c> (a "text" field per
+    /// line, or FIELD; .gz and .zst read through), <c>parquet:FILE_OR_FOLDER[#COLUMN]</c> (a text column, or token ids:
+    /// <see cref="ParquetSource"/>) or <c>generate:N</c> (N samples from <paramref name="model"/>, seeded by <paramref name="seed"/>).
     /// </summary>
     /// <param name="model">The model that samples for <c>generate:N</c>.</param>
     /// <param name="spec">The source, <c>KIND:VALUE</c>.</param>
@@ -237,7 +266,8 @@ public static class TextSourceSpec
         {
             "brown" => new BrownCorpusSource(value),
             "text" => new PlainTextSource(value),
-            "jsonl" => new JsonLinesSource(value),
+            "jsonl" => !File.Exists(value) && value.LastIndexOf('#') is int hash and > 0 ? new JsonLinesSource(value[..hash], value[(hash + 1)..]) : new JsonLinesSource(value),
+            "parquet" => !Path.Exists(value) && value.LastIndexOf('#') is int at and > 0 ? new ParquetSource(value[..at], value[(at + 1)..]) : new ParquetSource(value),
             "generate" => int.TryParse(value, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int n) && n > 0
                 ? new ModelSampledSource(model, n, Math.Min(256, model.Config.NCtx - 1), seed)
                 : throw InputError.Expected("argument", $"{argument} generate:N", "a number of samples in [1, 2147483647]", value),

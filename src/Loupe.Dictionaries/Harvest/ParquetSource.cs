@@ -1,0 +1,209 @@
+// Parquet files, the format datasets on the Hugging Face hub come in (and what SAELens streams from): one column of a file,
+// or of every *.parquet file in a folder (ordinal path order, row groups in order).
+// - A string column (default "text") gives documents, tokenized and cut into contexts as any text is.
+// - An integer list column (default, when there is no "text": "input_ids", then "tokens") holds token ids already cut into
+//   rows, as SAELens's pretokenize runner writes them: each row's first context_size ids are one context, as SAELens uses a
+//   tokenized dataset (no BOS added, no separator: a row that does not start with BOS stays as it is, and the description
+//   counts those rows). A row shorter than a context, or an id outside the vocabulary, is refused naming the file and row.
+using System.Globalization;
+using Parquet;
+using Parquet.Data;
+using Parquet.Schema;
+
+namespace Loupe.Dictionaries.Harvest;
+
+/// <summary>A source whose documents are token ids already cut into rows (see <see cref="ContextBuilder.ForModel"/>).</summary>
+public interface ITokenRowSource : ITextSource
+{
+    /// <summary>Whether the rows are token ids (true) or the source gives text <see cref="ITextSource.Documents"/> (false).</summary>
+    bool IsTokenized { get; }
+
+    /// <summary>The rows with where each comes from (<c>file:row</c>), in order.</summary>
+    IEnumerable<(int[] Tokens, string Where)> TokenRows();
+}
+
+/// <summary>One column of a Parquet file or folder (see the file header).</summary>
+public sealed class ParquetSource : ITokenRowSource
+{
+    static readonly string[] s_defaultColumns = ["text", "input_ids", "tokens"];
+    readonly string[] _files;
+    readonly DataField _field;
+
+    /// <exception cref="FileNotFoundException">The path is neither a file nor a folder.</exception>
+    /// <exception cref="InputError">No parquet file, not a parquet file, no such column (the columns are listed), or a column that is neither text nor a list of integers.</exception>
+    public ParquetSource(string path, string? column = null)
+    {
+        if (File.Exists(path)) _files = [Path.GetFullPath(path)];
+        else if (Directory.Exists(path))
+            _files = [.. Directory.GetFiles(path, "*.parquet", SearchOption.AllDirectories).Select(Path.GetFullPath).Order(StringComparer.Ordinal)];
+        else throw new FileNotFoundException($"parquet source not found: {path}", path);
+        if (_files.Length == 0) throw new InputError($"{path}: expected .parquet files, found none");
+        var fields = Schema(_files[0]).GetDataFields();
+        string[] names = [.. fields.Select(f => f.Name)];
+        string name = column ?? s_defaultColumns.FirstOrDefault(names.Contains)
+            ?? throw new InputError($"{_files[0]}: no column named {string.Join(", ", s_defaultColumns)}; name one with parquet:PATH#COLUMN (columns: {string.Join(", ", names)})");
+        _field = fields.FirstOrDefault(f => f.Name == name)
+            ?? throw InputError.Expected(_files[0], "column", $"one of {string.Join(", ", names)}", name);
+        IsTokenized = _field.IsArray && (_field.ClrType == typeof(int) || _field.ClrType == typeof(long));
+        bool isText = !_field.IsArray && (_field.ClrType == typeof(string) || _field.ClrType == typeof(ReadOnlyMemory<char>));
+        if (!IsTokenized && !isText)
+            throw InputError.Expected(_files[0], $"column '{name}'", "text, or a list of integer token ids", $"{(_field.IsArray ? "a list of " : "")}{_field.ClrType.Name}");
+        Column = name;
+    }
+
+    public string Column { get; }
+
+    /// <summary>
+    /// How long reading a footer or a row group may take (plus a second per MB of the file) before the file is called
+    /// damaged: the parquet parser can loop on some corrupt footers and page headers. The stuck read is left behind (a .NET
+    /// thread cannot be stopped); the caller gets an <see cref="InputError"/> instead of a hang.
+    /// </summary>
+    public static TimeSpan ReadDeadline { get; set; } = TimeSpan.FromSeconds(30);
+
+    static T WithDeadline<T>(Func<Task<T>> read, string file, string what)
+    {
+        var task = Task.Run(read);
+        var limit = ReadDeadline + TimeSpan.FromSeconds(new FileInfo(file).Length / 1e6);
+        if (!((IAsyncResult)task).AsyncWaitHandle.WaitOne(limit))
+            throw new InputError($"{file}: {what} did not finish within {limit.TotalSeconds:0} s: the file is damaged (its metadata makes the parquet reader loop)");
+        return task.GetAwaiter().GetResult();
+    }
+
+    public bool IsTokenized { get; }
+
+    public string Description => $"parquet: {_files.Length} file(s) ({string.Join(", ", _files.Take(3).Select(Path.GetFileName))}{(_files.Length > 3 ? ", …" : "")}), " +
+        (IsTokenized ? $"column \"{Column}\" of token ids" : $"column \"{Column}\"");
+
+    static ParquetSchema Schema(string file)
+    {
+        try
+        {
+            return WithDeadline(async () =>
+            {
+                await using var stream = File.OpenRead(file);
+                return await ParquetReader.ReadSchemaAsync(stream).ConfigureAwait(false);
+            }, file, "reading the footer");
+        }
+        catch (Exception e) when (e is not (OperationCanceledException or InputError))
+        {
+            // the parser's own exceptions on a damaged file (Thrift errors, overflows, end of stream) all mean the same to a reader
+            throw new InputError($"{file}: not a readable parquet file ({e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")})", e);
+        }
+    }
+
+    /// <summary>The text column's values in order (null and empty values dropped).</summary>
+    /// <exception cref="InputError">The column holds token ids, or a file is unreadable or lacks the column.</exception>
+    public IEnumerable<string> Documents()
+    {
+        if (IsTokenized) throw new InputError($"parquet column \"{Column}\" holds token ids: it gives contexts, not text");
+        foreach (var file in _files)
+            foreach (var chunk in ReadGroups(file, async (group, field) =>
+            {
+                var values = new string?[checked((int)group.RowCount)];
+                await group.ReadAsync(field, values.AsMemory()).ConfigureAwait(false);
+                return values;
+            }))
+                foreach (var text in chunk)
+                    if (!string.IsNullOrEmpty(text)) yield return text;
+    }
+
+    public IEnumerable<(int[] Tokens, string Where)> TokenRows()
+    {
+        if (!IsTokenized) throw new InputError($"parquet column \"{Column}\" holds text, not token ids");
+        foreach (var file in _files)
+        {
+            long row = 0;
+            foreach (var rows in ReadGroups(file, ReadLists))
+                foreach (var tokens in rows)
+                    yield return (tokens, $"{file}: row {row++.ToString(CultureInfo.InvariantCulture)}");
+        }
+    }
+
+    // Every row group of one file through `read`, the column checked to be there with the type it had in the first file.
+    IEnumerable<T> ReadGroups<T>(string file, Func<ParquetRowGroupReader, DataField, Task<T>> read)
+    {
+        ParquetReader reader;
+        try
+        {
+            reader = WithDeadline(() => ParquetReader.CreateAsync(file), file, "reading the footer");
+        }
+        catch (Exception e) when (e is not (OperationCanceledException or InputError))
+        {
+            throw new InputError($"{file}: not a readable parquet file ({e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")})", e);
+        }
+        long fileBytes = new FileInfo(file).Length;
+        try
+        {
+            var field = reader.Schema.GetDataFields().FirstOrDefault(f => f.Name == Column && f.IsArray == _field.IsArray && f.ClrType == _field.ClrType)
+                ?? throw new InputError($"{file}: no column \"{Column}\" of the type it has in {_files[0]} (columns: {string.Join(", ", reader.Schema.GetDataFields().Select(f => f.Name))})");
+            for (int g = 0; g < reader.RowGroupCount; g++)
+            {
+                T result;
+                try
+                {
+                    using var group = reader.OpenRowGroupReader(g);
+                    // A damaged footer can claim billions of rows; real encodings (RLE included) do not pack text or ids
+                    // 64 times tighter than a byte a row, so more than that is refused before anything is allocated.
+                    if (group.RowCount < 0 || group.RowCount > 64 * fileBytes)
+                        throw new InvalidDataException($"the row group claims {group.RowCount} rows in a file of {fileBytes} bytes");
+                    result = WithDeadline(() => read(group, field), file, $"reading row group {g}");
+                }
+                catch (Exception e) when (e is not (OperationCanceledException or InputError))
+                {
+                    // the parser's own exceptions on a damaged file (Thrift errors, overflows, end of stream) all mean the same to a reader
+                    throw new InputError($"{file}: row group {g}: column \"{Column}\" cannot be read ({e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")})", e);
+                }
+                yield return result;
+            }
+        }
+        finally
+        {
+            reader.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+    }
+
+    // A list column as rows: a new row where the repetition level is 0; a value where the definition level is the maximum
+    // (lower: an empty or null list, or a null element — refused, a token id cannot be missing).
+    static async Task<List<int[]>> ReadLists(ParquetRowGroupReader group, DataField field)
+    {
+        using var raw = await group.ReadRawColumnDataBaseAsync(field).ConfigureAwait(false);
+        long[] values = raw switch
+        {
+            RawColumnData<long> l => l.Values.ToArray(),
+            RawColumnData<int> i => [.. i.Values.ToArray().Select(v => (long)v)],
+            _ => throw new InvalidDataException($"expected integers, found {raw.GetType().Name}"),
+        };
+        var repetition = raw.RepetitionLevels.ToArray();
+        var definition = raw.DefinitionLevels.ToArray();
+        int levels = repetition.Length, maxDef = field.MaxDefinitionLevel;
+        if (definition.Length != 0 && definition.Length != levels || values.Length > levels)
+            throw new InvalidDataException($"{values.Length} values, {levels} repetition and {definition.Length} definition levels do not fit together");
+        // Values either come one per level (placeholders where undefined) or packed (defined ones only).
+        bool packed = values.Length < levels;
+        var rows = new List<int[]>();
+        var current = new List<int>();
+        bool started = false;
+        for (int i = 0, v = 0; i < levels; i++)
+        {
+            if (repetition[i] == 0)
+            {
+                if (started) rows.Add([.. current]);
+                current.Clear();
+                started = true;
+            }
+            bool defined = definition.Length == 0 || definition[i] == maxDef;
+            if (defined)
+            {
+                if (v >= values.Length) throw new InvalidDataException($"more defined levels than the {values.Length} values");
+                long id = values[v];
+                if (id < int.MinValue || id > int.MaxValue) throw new InvalidDataException($"token id {id} does not fit 32 bits");
+                current.Add((int)id);
+            }
+            else if (!(repetition[i] == 0 && (i + 1 == levels || repetition[i + 1] == 0)))
+                throw new InvalidDataException("a null token id inside a row");   // undefined yet not the whole (empty or null) row
+            if (defined || !packed) v++;
+        }
+        if (started) rows.Add([.. current]);
+        return rows;
+    }
+}

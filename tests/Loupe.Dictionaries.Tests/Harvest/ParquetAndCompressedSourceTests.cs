@@ -1,0 +1,147 @@
+using Loupe.Dictionaries.Harvest;
+using Loupe.Models;
+using Loupe.Testing;
+using Parquet;
+using Parquet.Schema;
+
+namespace Loupe.Dictionaries.Tests.Harvest;
+
+/// <summary>
+/// Parquet sources (a text column; token ids already cut into rows, as SAELens's pre-tokenized datasets) and JSON lines
+/// compressed with gzip or Zstandard (fixtures made by the command-line tools, tests/data/text-sources/README.md).
+/// </summary>
+public sealed class ParquetAndCompressedSourceTests : IDisposable
+{
+    readonly string _dir = Directory.CreateTempSubdirectory("loupe-parquet-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    static string Fixture(string name) => SharedData.TestData(Path.Combine("text-sources", name));
+
+    [Theory]
+    [InlineData("docs.jsonl.gz")]
+    [InlineData("docs.jsonl.zst")]
+    public void Compressed_json_lines_read_as_the_plain_file(string name)
+    {
+        var plain = new JsonLinesSource(Fixture("docs.jsonl")).Documents().ToList();
+        Assert.Equal(3, plain.Count);
+        Assert.Equal(plain, new JsonLinesSource(Fixture(name)).Documents().ToList());
+        // a field named in the spec
+        var model = ModelLoader.LoadFolder(SharedData.TestData(Path.Combine("reference", "gpt2")));
+        var e = Assert.Throws<InputError>(() => TextSourceSpec.Parse(model, $"jsonl:{Fixture(name)}#meta", 0).Documents().ToList());
+        Assert.Contains("field \"meta\"", e.Message);
+    }
+
+    [Fact]
+    public void A_corrupt_compressed_file_is_named()
+    {
+        string path = Path.Combine(_dir, "bad.jsonl.zst");
+        var bytes = File.ReadAllBytes(Fixture("docs.jsonl.zst"));
+        for (int i = 12; i < bytes.Length; i += 3) bytes[i] ^= 0x5a;
+        File.WriteAllBytes(path, bytes);
+        var e = Assert.ThrowsAny<InputError>(() => new JsonLinesSource(path).Documents().ToList());
+        Assert.Contains(path, e.Message);
+    }
+
+    async Task<string> WriteParquet(string name, string[]? texts, long[][]? rows, int rowGroups = 1, bool int32 = false)
+    {
+        string path = Path.Combine(_dir, name);
+        var fields = new List<DataField>();
+        var text = new DataField<string>("text");
+        DataField ids = int32 ? new DataField<IEnumerable<int>>("input_ids") : new DataField<IEnumerable<long>>("input_ids");
+        if (texts is not null) fields.Add(text);
+        if (rows is not null) fields.Add(ids);
+        await using var stream = File.Create(path);
+        await using var writer = await ParquetWriter.CreateAsync(new ParquetSchema(fields.ToArray()), stream);
+        int n = texts?.Length ?? rows!.Length, per = (n + rowGroups - 1) / rowGroups;
+        for (int start = 0; start < n; start += per)
+        {
+            int count = Math.Min(per, n - start);
+            using var group = writer.CreateRowGroup();
+            if (texts is not null) await group.WriteAsync(text, texts[start..(start + count)]);
+            if (rows is not null)
+            {
+                var slice = rows[start..(start + count)];
+                var repetition = slice.SelectMany(r => r.Select((_, i) => i == 0 ? 0 : 1)).ToArray();
+                if (int32) await group.WriteAsync<int>(ids, slice.SelectMany(r => r.Select(v => (int)v)).ToArray().AsMemory(), repetition.AsMemory());
+                else await group.WriteAsync<long>(ids, slice.SelectMany(r => r).ToArray().AsMemory(), repetition.AsMemory());
+            }
+        }
+        return path;
+    }
+
+    [Fact]
+    public async Task A_text_column_gives_the_same_contexts_as_the_same_documents_in_memory()
+    {
+        using var model = ModelLoader.LoadFolder(SharedData.Require("models/stories260K"));
+        string[] texts = ["Once upon a time there was a little girl named Lily.", "", "She loved to play outside in the park with her friends.", "The sun was warm."];
+        string folder = Path.Combine(_dir, "shards");
+        Directory.CreateDirectory(folder);
+        File.Move(await WriteParquet("b.parquet", texts[2..], null), Path.Combine(folder, "train-00001.parquet"));
+        File.Move(await WriteParquet("a.parquet", texts[..2], null), Path.Combine(folder, "train-00000.parquet"));
+        var source = TextSourceSpec.Parse(model, $"parquet:{folder}", 0);
+        Assert.False(((ITokenRowSource)source).IsTokenized);
+        Assert.Equal(texts.Where(t => t.Length > 0), source.Documents());   // shards in name order, empty values dropped
+        var fromParquet = ContextBuilder.ForModel(model, source, 8, seed: 3);
+        var inMemory = ContextBuilder.ForModel(model, new InMemoryTextSource(texts, "same"), 8, seed: 3);
+        Assert.Equal(inMemory.Contexts, fromParquet.Contexts);
+        Assert.Contains("2 file(s)", fromParquet.SourceDescription);
+    }
+
+    [Theory]
+    [InlineData(false, 1)]
+    [InlineData(true, 3)]
+    public async Task Token_rows_become_contexts_as_they_are(bool int32, int rowGroups)
+    {
+        using var model = ModelLoader.LoadFolder(SharedData.TestData(Path.Combine("reference", "gpt2")));
+        var random = new Random(5);
+        long[][] rows = [.. Enumerable.Range(0, 7).Select(i => Enumerable.Range(0, 10 + i).Select(t => (long)(t == 0 ? 1 : random.Next(2, 512))).ToArray())];
+        rows[4][0] = 9;   // one row without the BOS
+        string path = await WriteParquet("tokens.parquet", null, rows, rowGroups, int32);
+        var source = TextSourceSpec.Parse(model, $"parquet:{path}", 0);
+        Assert.True(((ITokenRowSource)source).IsTokenized);
+        var contexts = ContextBuilder.FromTokenRows((ITokenRowSource)source, 8, model.Config.DVocab, bos: 1, seed: 11);
+        // the first 8 ids of every row, shuffled as ContextBuilder shuffles (Fisher–Yates over Random(seed))
+        var expected = rows.Select(r => r[..8].Select(v => (int)v).ToArray()).ToArray();
+        var rng = new Random(11);
+        for (int i = expected.Length - 1; i > 0; i--)
+        {
+            int j = rng.Next(i + 1);
+            (expected[i], expected[j]) = (expected[j], expected[i]);
+        }
+        Assert.Equal(expected, contexts.Contexts);
+        Assert.Contains("1 of 7 rows not starting with BOS 1", contexts.SourceDescription);
+        Assert.Equal(3, ContextBuilder.FromTokenRows((ITokenRowSource)source, 8, 512, 1, maxContexts: 3).Count);
+
+        // a context longer than the rows, and an id outside the vocabulary, name the file and row
+        var e = Assert.Throws<InputError>(() => ContextBuilder.FromTokenRows((ITokenRowSource)source, 12, 512, 1));
+        Assert.Contains($"{path}: row 0", e.Message);
+        e = Assert.Throws<InputError>(() => ContextBuilder.FromTokenRows((ITokenRowSource)source, 8, 100, 1));
+        Assert.Contains("token id", e.Message);
+        Assert.Contains("row", e.Message);
+    }
+
+    [Fact]
+    public async Task Columns_are_chosen_by_name_and_bad_files_refused_by_name()
+    {
+        string both = await WriteParquet("both.parquet", ["a b", "c d"], [[1, 2, 3], [1, 4, 5]]);
+        Assert.Equal("text", new ParquetSource(both).Column);
+        Assert.True(new ParquetSource(both, "input_ids").IsTokenized);
+        var e = Assert.Throws<InputError>(() => new ParquetSource(both, "label"));
+        Assert.Contains("text, input_ids", e.Message);
+
+        string notParquet = Path.Combine(_dir, "x.parquet");
+        File.WriteAllText(notParquet, "not a parquet file at all");
+        e = Assert.Throws<InputError>(() => new ParquetSource(notParquet));
+        Assert.Contains(notParquet, e.Message);
+        string empty = Directory.CreateDirectory(Path.Combine(_dir, "empty")).FullName;
+        Assert.Contains("found none", Assert.Throws<InputError>(() => new ParquetSource(empty)).Message);
+
+        // a truncated file: its footer is gone
+        string truncated = Path.Combine(_dir, "cut.parquet");
+        var bytes = File.ReadAllBytes(both);
+        File.WriteAllBytes(truncated, bytes[..(bytes.Length / 2)]);
+        e = Assert.Throws<InputError>(() => new ParquetSource(truncated));
+        Assert.Contains(truncated, e.Message);
+    }
+}
