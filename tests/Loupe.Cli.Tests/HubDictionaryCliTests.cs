@@ -241,4 +241,44 @@ public sealed class HubDictionaryCliTests : IDisposable
         AssertRefused(RunLoupe("lens", "--model", modelDir, "--tokens", "1,2,3,4", "--answer-id", "5", "--tuned", "hf:spaces/lens-org/tuned-lens", "--out", Path.Combine(_dir, "lens-out2")),
             "not a tuned lens (params.pt or params.safetensors) at its top", "hf:spaces/lens-org/tuned-lens/lens/llama");
     }
+
+    [Fact]
+    public async Task A_pretokenized_dataset_is_read_from_the_hub_as_parquet_shards()
+    {
+        // a dataset repository as SAELens's pretokenize runner publishes one: parquet shards of input_ids rows under data/
+        var random = new Random(2);
+        long[][] rows = [.. Enumerable.Range(0, 12).Select(_ => Enumerable.Range(0, 10).Select(t => (long)(t == 0 ? 1 : random.Next(3, 512))).ToArray())];
+        var ids = new Parquet.Schema.DataField<IEnumerable<long>>("input_ids");
+        using var buffer = new MemoryStream();
+        await using (var writer = await Parquet.ParquetWriter.CreateAsync(new Parquet.Schema.ParquetSchema(ids), buffer))
+        using (var group = writer.CreateRowGroup())
+            await group.WriteAsync<long>(ids, rows.SelectMany(r => r).ToArray().AsMemory(), rows.SelectMany(r => r.Select((_, i) => i == 0 ? 0 : 1)).ToArray().AsMemory());
+        using var hub = _hub.Use(new FakeHub());
+        hub.AddRepo("datasets/corpus-org/tiny-tokenized", new Dictionary<string, byte[]>
+        {
+            ["README.md"] = "# tokenized"u8.ToArray(),
+            ["data/train-00000-of-00001.parquet"] = buffer.ToArray(),
+        });
+
+        // the gpt2 fixture has no tokenizer: token rows need none
+        string output = Path.Combine(_dir, "acts");
+        var run = RunLoupe("harvest", "--model", SharedData.TestData("reference/gpt2"), "--source", "parquet:hf:datasets/corpus-org/tiny-tokenized/data#input_ids",
+            "--context-size", "8", "--hooks", "blocks.0.hook_resid_post", "--out", output);
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains("--source: 1 file(s) of datasets/corpus-org/tiny-tokenized/data", run.Err);
+        Assert.Equal(0, hub.Count("GET", "README.md"));
+        var manifest = JsonNode.Parse(File.ReadAllText(Path.Combine(output, "manifest.json")))!;
+        Assert.Equal(12, (int)manifest["total_contexts"]!);
+        Assert.Contains("column \"input_ids\" of token ids: the first 8 ids of each row", (string)manifest["source"]!);
+
+        // a path with nothing a source reads is refused from the listing
+        run = RunLoupe("harvest", "--model", SharedData.TestData("reference/gpt2"), "--source", "parquet:hf:datasets/corpus-org/tiny-tokenized",
+            "--context-size", "8", "--hooks", "blocks.0.hook_resid_post", "--out", Path.Combine(_dir, "acts2"));
+        Assert.True(run.Code == 0, run.Err);   // the repository root holds the shard too
+        hub.AddRepo("datasets/corpus-org/card-only", new Dictionary<string, byte[]> { ["README.md"] = "# nothing"u8.ToArray(), ["dataset_infos.json"] = "{}"u8.ToArray() });
+        run = RunLoupe("harvest", "--model", SharedData.TestData("reference/gpt2"), "--source", "parquet:hf:datasets/corpus-org/card-only",
+            "--context-size", "8", "--hooks", "blocks.0.hook_resid_post", "--out", Path.Combine(_dir, "acts3"));
+        Assert.Equal(2, run.Code);
+        Assert.Contains("no .parquet, .jsonl(.gz/.zst) or .txt file; nothing was downloaded", run.Err);
+    }
 }

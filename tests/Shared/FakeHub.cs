@@ -108,7 +108,7 @@ internal sealed class FakeHub : IDisposable
         Requests.Count(r => r.Method == method && r.Path.Contains(pathContains, StringComparison.Ordinal));
 
     static bool IsLfs(string file) => file.EndsWith(".safetensors", StringComparison.Ordinal) || file.EndsWith(".bin", StringComparison.Ordinal)
-        || file.EndsWith(".npz", StringComparison.Ordinal) || file.EndsWith(".pt", StringComparison.Ordinal);
+        || file.EndsWith(".npz", StringComparison.Ordinal) || file.EndsWith(".pt", StringComparison.Ordinal) || file.EndsWith(".parquet", StringComparison.Ordinal);
 
     static async Task LoopAsync(HttpListener listener, Action<HttpListenerContext> handle)
     {
@@ -161,10 +161,14 @@ internal sealed class FakeHub : IDisposable
                 return;
             }
 
-            // Spaces are added as "spaces/{org}/{name}" and answer at /api/spaces/… and /spaces/{org}/{name}/resolve/…, as the hub's do.
+            // Spaces and datasets are added as "spaces/{org}/{name}" or "datasets/{org}/{name}" and answer at /api/spaces/… and
+            // /spaces/{org}/{name}/resolve/… (/api/datasets/…, /datasets/…), as the hub's do.
             string kind = "";
-            if (path.StartsWith("/api/spaces/", StringComparison.Ordinal)) (kind, path) = ("spaces/", "/api/models/" + path["/api/spaces/".Length..]);
-            else if (path.StartsWith("/spaces/", StringComparison.Ordinal)) (kind, path) = ("spaces/", path["/spaces".Length..]);
+            foreach (var k in new[] { "spaces", "datasets" })
+            {
+                if (path.StartsWith($"/api/{k}/", StringComparison.Ordinal)) (kind, path) = (k + "/", "/api/models/" + path[$"/api/{k}/".Length..]);
+                else if (path.StartsWith($"/{k}/", StringComparison.Ordinal)) (kind, path) = (k + "/", path[$"/{k}".Length..]);
+            }
 
             // /api/models/{org}/{name}/revision/{revision}?blobs=true: the commit and every file, with sizes (LFS files: the object's).
             if (path.StartsWith("/api/models/", StringComparison.Ordinal))

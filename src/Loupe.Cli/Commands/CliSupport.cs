@@ -488,6 +488,14 @@ static class CliSupport
         if (l.Files.Count == 1 && l.Files[0].File == l.Path) return; // one file, named
         string prefix = l.Path.Length == 0 ? "" : l.Path + "/";
         var names = l.Files.Select(f => f.File[prefix.Length..]).ToList();
+        if (option == "--source")
+        {
+            // text to read: parquet shards, JSON lines (compressed or not), plain text files
+            string[] readable = [".parquet", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".txt"];
+            if (names.Any(n => readable.Any(e => n.EndsWith(e, StringComparison.OrdinalIgnoreCase)))) return;
+            throw new InputError($"argument: --source: hf:{l.RepoId}{(l.Path.Length > 0 ? "/" + l.Path : "")} holds {names.Count} files ({FormatBytes(l.Bytes)}) but no " +
+                $".parquet, .jsonl(.gz/.zst) or .txt file; nothing was downloaded. `loupe hub ls hf:{l.RepoId}{(l.Path.Length > 0 ? "/" + l.Path : "")}` shows what it holds");
+        }
         bool Top(string name) => names.Contains(name);
         bool lens = option == "--tuned";
         bool ok = lens ? Top(Loupe.Causal.Lens.TunedLens.ParamsFile) || Top(Loupe.Causal.Lens.TunedLens.TorchParamsFile)

@@ -67,6 +67,20 @@ static class HarvestCommand
         return command;
     }
 
-    /// <summary>The CLI's <c>--source</c>: <see cref="TextSourceSpec.Parse"/>.</summary>
-    internal static ITextSource ParseSource(HookedTransformer model, string spec, int seed) => TextSourceSpec.Parse(model, spec, seed);
+    /// <summary>
+    /// The CLI's <c>--source</c>: <see cref="TextSourceSpec.Parse"/>; a path on the hub, <c>KIND:hf:datasets/ORG/NAME[/PATH][@REVISION][#COLUMN]</c>
+    /// (e.g. <c>parquet:hf:datasets/NeelNanda/pile-10k/data</c>), is fetched into the hub cache first, its size printed before.
+    /// </summary>
+    internal static ITextSource ParseSource(HookedTransformer model, string spec, int seed)
+    {
+        int colon = spec.IndexOf(':');
+        if (colon > 0 && spec.AsSpan(colon + 1).StartsWith("hf:", StringComparison.Ordinal))
+        {
+            string hub = spec[(colon + 1)..], column = "";
+            int hash = hub.LastIndexOf('#');
+            if (hash > 0) (hub, column) = (hub[..hash], hub[hash..]);
+            spec = spec[..(colon + 1)] + CliSupport.LocalPath(hub, "--source") + column;
+        }
+        return TextSourceSpec.Parse(model, spec, seed);
+    }
 }
