@@ -248,11 +248,13 @@ public sealed class HubDictionaryCliTests : IDisposable
         // a dataset repository as SAELens's pretokenize runner publishes one: parquet shards of input_ids rows under data/
         var random = new Random(2);
         long[][] rows = [.. Enumerable.Range(0, 12).Select(_ => Enumerable.Range(0, 10).Select(t => (long)(t == 0 ? 1 : random.Next(3, 512))).ToArray())];
-        var ids = new Parquet.Schema.DataField<IEnumerable<long>>("input_ids");
+        // the list as pyarrow lays it out: input_ids (LIST) { list { element } }
+        var schema = new Parquet.Schema.ParquetSchema(new Parquet.Schema.ListField("input_ids", new Parquet.Schema.DataField<long?>("element")));
+        var ids = schema.GetDataFields()[0];
         using var buffer = new MemoryStream();
-        await using (var writer = await Parquet.ParquetWriter.CreateAsync(new Parquet.Schema.ParquetSchema(ids), buffer))
+        await using (var writer = await Parquet.ParquetWriter.CreateAsync(schema, buffer))
         using (var group = writer.CreateRowGroup())
-            await group.WriteAsync<long>(ids, rows.SelectMany(r => r).ToArray().AsMemory(), rows.SelectMany(r => r.Select((_, i) => i == 0 ? 0 : 1)).ToArray().AsMemory());
+            await group.WriteAsync<long>(ids, rows.SelectMany(r => r.Select(v => (long?)v)).ToArray().AsMemory(), rows.SelectMany(r => r.Select((_, i) => i == 0 ? 0 : 1)).ToArray().AsMemory());
         using var hub = _hub.Use(new FakeHub());
         hub.AddRepo("datasets/corpus-org/tiny-tokenized", new Dictionary<string, byte[]>
         {

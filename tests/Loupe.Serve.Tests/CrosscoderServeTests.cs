@@ -48,13 +48,7 @@ public sealed class CrosscoderServeTests : IDisposable
         return (folder, db);
     }
 
-    static async Task<JsonElement> Get(HttpClient client, string path, HttpStatusCode expected = HttpStatusCode.OK)
-    {
-        var response = await client.GetAsync(path);
-        string text = await response.Content.ReadAsStringAsync();
-        Assert.True(response.StatusCode == expected, $"{path}: {(int)response.StatusCode} {text}");
-        return JsonDocument.Parse(text).RootElement;
-    }
+    static Task<JsonElement> Get(HttpClient client, string path, HttpStatusCode expected = HttpStatusCode.OK) => Servers.GetJson(client, path, expected);
 
     [Fact]
     public async Task The_api_serves_the_librarys_diff_and_links_the_store()

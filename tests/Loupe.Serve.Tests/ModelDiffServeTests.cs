@@ -44,13 +44,7 @@ public sealed class ModelDiffServeTests : IDisposable
         return folder;
     }
 
-    static async Task<JsonElement> Get(HttpClient client, string path, HttpStatusCode expected = HttpStatusCode.OK)
-    {
-        var response = await client.GetAsync(path);
-        string text = await response.Content.ReadAsStringAsync();
-        Assert.True(response.StatusCode == expected, $"{path}: {(int)response.StatusCode} {text}");
-        return JsonDocument.Parse(text).RootElement;
-    }
+    static Task<JsonElement> Get(HttpClient client, string path, HttpStatusCode expected = HttpStatusCode.OK) => Servers.GetJson(client, path, expected);
 
     [Fact]
     public async Task The_api_lists_and_serves_the_diff_file()

@@ -28,6 +28,15 @@ static class Servers
         return client;
     }
 
+    /// <summary>GET <paramref name="path"/>, expecting <paramref name="expected"/> (the body in the failure message), as JSON.</summary>
+    public static async Task<JsonElement> GetJson(HttpClient client, string path, System.Net.HttpStatusCode expected = System.Net.HttpStatusCode.OK)
+    {
+        var response = await client.GetAsync(path);
+        string text = await response.Content.ReadAsStringAsync();
+        Assert.True(response.StatusCode == expected, $"{path}: {(int)response.StatusCode} {text}");
+        return JsonDocument.Parse(text).RootElement;
+    }
+
     public static async Task<JsonElement> PostJson(HttpClient client, string path, object body)
     {
         var response = await client.PostAsJsonAsync(path, body);

@@ -56,13 +56,15 @@ public sealed class TextSourceTarget : FuzzTarget
     static byte[] ParquetBytes(string[]? texts, long[][]? rows)
     {
         var text = new Parquet.Schema.DataField<string>("text");
-        var ids = new Parquet.Schema.DataField<IEnumerable<long>>("input_ids");
+        // as pyarrow writes a list column: a 3-level LIST with an optional int64 element
+        var schema = new Parquet.Schema.ParquetSchema(texts is not null ? text : new Parquet.Schema.ListField("input_ids", new Parquet.Schema.DataField<long?>("element")));
+        var ids = schema.GetDataFields()[0];
         using var stream = new MemoryStream();
-        var writer = Parquet.ParquetWriter.CreateAsync(new Parquet.Schema.ParquetSchema(texts is not null ? text : ids), stream).GetAwaiter().GetResult();
+        var writer = Parquet.ParquetWriter.CreateAsync(schema, stream).GetAwaiter().GetResult();
         using (var group = writer.CreateRowGroup())
         {
             if (texts is not null) group.WriteAsync(text, texts).GetAwaiter().GetResult();
-            else group.WriteAsync<long>(ids, rows!.SelectMany(r => r).ToArray().AsMemory(), rows!.SelectMany(r => r.Select((_, i) => i == 0 ? 0 : 1)).ToArray().AsMemory()).GetAwaiter().GetResult();
+            else group.WriteAsync<long>(ids, rows!.SelectMany(r => r.Select(v => (long?)v)).ToArray().AsMemory(), rows!.SelectMany(r => r.Select((_, i) => i == 0 ? 0 : 1)).ToArray().AsMemory()).GetAwaiter().GetResult();
         }
         writer.DisposeAsync().AsTask().GetAwaiter().GetResult();
         return stream.ToArray();

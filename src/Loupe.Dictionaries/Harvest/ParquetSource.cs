@@ -39,19 +39,26 @@ public sealed class ParquetSource : ITokenRowSource
         else throw new FileNotFoundException($"parquet source not found: {path}", path);
         if (_files.Length == 0) throw new InputError($"{path}: expected .parquet files, found none");
         var fields = Schema(_files[0]).GetDataFields();
-        string[] names = [.. fields.Select(f => f.Name)];
+        string[] names = [.. fields.Select(TopName).Distinct()];
         string name = column ?? s_defaultColumns.FirstOrDefault(names.Contains)
             ?? throw new InputError($"{_files[0]}: no column named {string.Join(", ", s_defaultColumns)}; name one with parquet:PATH#COLUMN (columns: {string.Join(", ", names)})");
-        _field = fields.FirstOrDefault(f => f.Name == name)
-            ?? throw InputError.Expected(_files[0], "column", $"one of {string.Join(", ", names)}", name);
-        IsTokenized = _field.IsArray && (_field.ClrType == typeof(int) || _field.ClrType == typeof(long));
-        bool isText = !_field.IsArray && (_field.ClrType == typeof(string) || _field.ClrType == typeof(ReadOnlyMemory<char>));
+        var leaves = fields.Where(f => TopName(f) == name).ToArray();
+        if (leaves.Length == 0) throw InputError.Expected(_files[0], "column", $"one of {string.Join(", ", names)}", name);
+        if (leaves.Length > 1) throw InputError.Expected(_files[0], $"column '{name}'", "text, or a list of integer token ids", $"a structure of {leaves.Length} fields");
+        _field = leaves[0];
+        bool repeated = _field.MaxRepetitionLevel > 0;
+        IsTokenized = repeated && _field.MaxRepetitionLevel == 1 && (_field.ClrType == typeof(int) || _field.ClrType == typeof(long));
+        bool isText = !repeated && (_field.ClrType == typeof(string) || _field.ClrType == typeof(ReadOnlyMemory<char>));
         if (!IsTokenized && !isText)
-            throw InputError.Expected(_files[0], $"column '{name}'", "text, or a list of integer token ids", $"{(_field.IsArray ? "a list of " : "")}{_field.ClrType.Name}");
+            throw InputError.Expected(_files[0], $"column '{name}'", "text, or a list of integer token ids", $"{(repeated ? "a list of " : "")}{_field.ClrType.Name}");
         Column = name;
     }
 
     public string Column { get; }
+
+    // A column by its top-level name: a list column's leaf is "input_ids/list/element" as pyarrow writes it (3-level LIST),
+    // or "input_ids" itself when written as a repeated primitive.
+    static string TopName(DataField field) => field.Path.FirstPart ?? field.Name;
 
     /// <summary>
     /// How long reading a footer or a row group may take (plus a second per MB of the file) before the file is called
@@ -134,8 +141,8 @@ public sealed class ParquetSource : ITokenRowSource
         long fileBytes = new FileInfo(file).Length;
         try
         {
-            var field = reader.Schema.GetDataFields().FirstOrDefault(f => f.Name == Column && f.IsArray == _field.IsArray && f.ClrType == _field.ClrType)
-                ?? throw new InputError($"{file}: no column \"{Column}\" of the type it has in {_files[0]} (columns: {string.Join(", ", reader.Schema.GetDataFields().Select(f => f.Name))})");
+            var field = reader.Schema.GetDataFields().FirstOrDefault(f => TopName(f) == Column && f.MaxRepetitionLevel == _field.MaxRepetitionLevel && f.ClrType == _field.ClrType)
+                ?? throw new InputError($"{file}: no column \"{Column}\" of the type it has in {_files[0]} (columns: {string.Join(", ", reader.Schema.GetDataFields().Select(TopName).Distinct())})");
             for (int g = 0; g < reader.RowGroupCount; g++)
             {
                 T result;
