@@ -25,7 +25,11 @@ public sealed record Usage(int Requests, long PromptTokens, long CompletionToken
 /// the feature needed (cached or not: what the feature cost), <c>Fresh</c> over the requests this run sent.
 /// <c>Simulation</c> is the simulation scorer's result when it ran (its metrics are not a classifier's).
 /// </summary>
-public sealed record FeatureOutcome(int Feature, string Explanation, IReadOnlyDictionary<string, ScoreMetrics> Scores, Usage Usage, Usage Fresh, SimulationMetrics? Simulation = null);
+public sealed record FeatureOutcome(int Feature, string Explanation, IReadOnlyDictionary<string, ScoreMetrics> Scores, Usage Usage, Usage Fresh, SimulationMetrics? Simulation = null)
+{
+    /// <summary>Whether the non-activating examples were the most similar ones (<see cref="ExplainOptions.SimilarNegatives"/>); recorded with the scores that use them.</summary>
+    public bool SimilarNegatives { get; init; }
+}
 
 /// <summary>
 /// What to show and ask: explainer examples per feature, held-out activating examples per scorer (as many
@@ -42,6 +46,17 @@ public sealed record ExplainOptions
     public int Seed { get; init; }
     public bool ShowActivations { get; init; }
     public int LogitTokens { get; init; } = 10;
+
+    /// <summary>
+    /// Non-activating examples chosen as the ones most similar to the held-out activating windows (by the sentence encoder,
+    /// among four times as many candidates) instead of at random — Delphi's "FAISS" negatives: a scorer then has to tell the
+    /// feature's contexts from look-alikes, not from random text, so detection, simulation and embedding scores are harder
+    /// to earn. Needs the embedder.
+    /// </summary>
+    public bool SimilarNegatives { get; init; }
+
+    /// <summary>The scorers whose examples include non-activating windows.</summary>
+    public static readonly IReadOnlySet<string> UsesNegatives = new HashSet<string>(StringComparer.Ordinal) { Detection, Simulation, Embedding };
 
     public const string Detection = "detection", Fuzzing = "fuzzing", Simulation = "simulation", Embedding = "embedding";
 
@@ -115,6 +130,8 @@ public static class ExplainRunner
         options.Validate();
         if (options.Scorers.Contains(ExplainOptions.Embedding) && embedder is null)
             throw InputError.Expected("argument", "--embedder", "a sentence encoder for the embedding scorer", "none");
+        if (options.SimilarNegatives && embedder is null)
+            throw InputError.Expected("argument", "--embedder", "a sentence encoder to find similar non-activating examples (--negatives similar)", "none");
         string model = client.Options.Model;
         var price = prices.For(model);
         using var store = FeatureStore.Open(storePath);
@@ -124,7 +141,7 @@ public static class ExplainRunner
         var live = store.Features("feature").Where(s => s.NActive > 0).Select(s => s.Feature).ToArray();
         var liveSet = live.ToHashSet();
         int dead = features.Count(f => !liveSet.Contains(f));
-        var pending = features.Where(f => liveSet.Contains(f) && !writer.IsDone(f, model, options.Scorers)).ToList();
+        var pending = features.Where(f => liveSet.Contains(f) && !writer.IsDone(f, model, options.Scorers, options.SimilarNegatives)).ToList();
         int skipped = features.Count - dead - pending.Count;
         var outcomes = new List<FeatureOutcome>();
         int done = 0;
@@ -132,7 +149,7 @@ public static class ExplainRunner
             async (f, ct) =>
             {
                 FeatureInputs inputs;
-                lock (storeLock) inputs = FeatureInputs.Build(store, f, live, options);
+                lock (storeLock) inputs = FeatureInputs.Build(store, f, live, options, options.SimilarNegatives ? embedder : null);
                 var outcome = await ExplainFeatureAsync(client, inputs, options, price, embedder, ct).ConfigureAwait(false);
                 ct.ThrowIfCancellationRequested();
                 writer.Save(outcome, model);
@@ -214,7 +231,10 @@ public static class ExplainRunner
         // the embedding scorer asks no language model: the detection examples, embedded beside the explanation
         if (options.Scorers.Contains(ExplainOptions.Embedding))
             scores[ExplainOptions.Embedding] = await Task.Run(() => EmbeddingScorer.Score(embedder!, explanation, inputs.Detection).Metrics, ct).ConfigureAwait(false);
-        return new FeatureOutcome(inputs.Feature, explanation, scores, Usage.Of(answers, price), Usage.Of(answers.Where(a => !a.Cached), price), simulation);
+        return new FeatureOutcome(inputs.Feature, explanation, scores, Usage.Of(answers, price), Usage.Of(answers.Where(a => !a.Cached), price), simulation)
+        {
+            SimilarNegatives = options.SimilarNegatives,
+        };
     }
 }
 
@@ -225,7 +245,8 @@ public sealed record ScoredExample(TextExample Example, bool Label);
 sealed record FeatureInputs(int Feature, List<TextExample> Explainer, List<string> Promoted, List<string> Suppressed, List<ScoredExample> Detection, List<ScoredExample> Fuzzing,
     List<SimulationExample> Simulation)
 {
-    public static FeatureInputs Build(FeatureStore store, int f, IReadOnlyList<int> live, ExplainOptions o)
+    // similarTo: with it, the non-activating windows are the most similar of a larger random pool (ExplainOptions.SimilarNegatives).
+    public static FeatureInputs Build(FeatureStore store, int f, IReadOnlyList<int> live, ExplainOptions o, ITextEmbedder? similarTo = null)
     {
         var rng = new Random(unchecked(o.Seed * 1_000_003 + f));
         var summary = store.Feature(f);
@@ -250,10 +271,12 @@ sealed record FeatureInputs(int Feature, List<TextExample> Explainer, List<strin
 
         // Non-activating: windows from other features' top examples, in contexts where this feature has no stored example.
         var ownContexts = top.Concat(quantile).Select(e => e.ContextId).ToHashSet();
+        // With similarTo: a pool four times as large, of which the most similar to the held-out windows are kept.
+        int pool = similarTo is null ? 1 : 4;
         var negatives = new List<FeatureExample>();
         var usedContexts = new HashSet<int>();
         var others = live.Where(g => g != f).ToArray();
-        for (int tries = 0; negatives.Count < heldOut.Count && others.Length > 0 && tries < 8 * heldOut.Count; tries++)
+        for (int tries = 0; negatives.Count < pool * heldOut.Count && others.Length > 0 && tries < 8 * pool * heldOut.Count; tries++)
         {
             var candidates = store.Examples(others[rng.Next(others.Length)], FeatureStoreSchema.Top, 5);
             if (candidates.Count == 0) continue;
@@ -262,6 +285,12 @@ sealed record FeatureInputs(int Feature, List<TextExample> Explainer, List<strin
             negatives.Add(e);
         }
         TextExample Plain(FeatureExample e) => new(e.WindowTokens.Select(Text).ToArray(), new bool[e.WindowActs.Length]);
+        if (similarTo is not null)
+        {
+            string Joined(FeatureExample e) => string.Concat(e.WindowTokens.Select(Text));
+            var keep = NegativeExamples.MostSimilar(similarTo, [.. heldOut.Select(Joined)], [.. negatives.Select(Joined)], heldOut.Count);
+            negatives = [.. keep.Select(i => negatives[i])];
+        }
         var detection = heldOut.Select(e => new ScoredExample(Plain(e), true)).Concat(negatives.Select(e => new ScoredExample(Plain(e), false))).ToList();
         Shuffle(detection, rng);
         // Simulation: the same windows with their true activations (the non-activating ones all zero, as detection assumes).
@@ -300,5 +329,36 @@ sealed record FeatureInputs(int Feature, List<TextExample> Explainer, List<strin
             int j = rng.Next(i + 1);
             (list[i], list[j]) = (list[j], list[i]);
         }
+    }
+}
+
+/// <summary>Choosing non-activating examples that look like the activating ones (<see cref="ExplainOptions.SimilarNegatives"/>).</summary>
+public static class NegativeExamples
+{
+    /// <summary>
+    /// The indices of the <paramref name="count"/> candidates most similar to any of <paramref name="positives"/> (the largest
+    /// cosine of its embedding to a positive's), most similar first; ties in candidate order.
+    /// </summary>
+    public static int[] MostSimilar(ITextEmbedder embedder, IReadOnlyList<string> positives, IReadOnlyList<string> candidates, int count)
+    {
+        ArgumentNullException.ThrowIfNull(embedder);
+        if (candidates.Count == 0 || count <= 0) return [];
+        if (positives.Count == 0) return [.. Enumerable.Range(0, Math.Min(count, candidates.Count))];
+        var vectors = embedder.Embed([.. positives, .. candidates]);
+        var score = new double[candidates.Count];
+        for (int c = 0; c < candidates.Count; c++)
+        {
+            var v = vectors[positives.Count + c];
+            score[c] = double.NegativeInfinity;
+            for (int p = 0; p < positives.Count; p++) score[c] = Math.Max(score[c], Cosine(vectors[p], v));
+        }
+        return [.. Enumerable.Range(0, candidates.Count).OrderByDescending(c => score[c]).ThenBy(c => c).Take(count)];
+    }
+
+    static double Cosine(float[] a, float[] b)
+    {
+        double dot = 0, aa = 0, bb = 0;
+        for (int i = 0; i < a.Length; i++) { dot += a[i] * (double)b[i]; aa += a[i] * (double)a[i]; bb += b[i] * (double)b[i]; }
+        return aa == 0 || bb == 0 ? 0 : dot / Math.Sqrt(aa * bb);
     }
 }

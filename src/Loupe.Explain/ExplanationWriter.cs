@@ -40,19 +40,29 @@ public sealed class ExplanationWriter : IDisposable
         cmd.ExecuteNonQuery();
     }
 
-    /// <summary>Whether the feature already has an explanation by <paramref name="model"/> and metrics from every scorer in <paramref name="scorers"/>.</summary>
-    public bool IsDone(int feature, string model, IReadOnlyCollection<string> scorers)
+    /// <summary>
+    /// Whether the feature already has an explanation by <paramref name="model"/> and metrics from every scorer in
+    /// <paramref name="scorers"/> — those that use non-activating examples made with the same choice of them
+    /// (<paramref name="similarNegatives"/>: recorded as their <c>similar_negatives</c> metric).
+    /// </summary>
+    public bool IsDone(int feature, string model, IReadOnlyCollection<string> scorers, bool similarNegatives = false)
     {
         lock (_lock)
         {
             using var cmd = _db.CreateCommand();
             cmd.CommandText = """
                 SELECT (SELECT COUNT(*) FROM explanations WHERE feature = $f AND explainer_model = $m),
-                       (SELECT COUNT(DISTINCT scorer) FROM explanation_scores WHERE feature = $f AND explainer_model = $m AND scorer IN (SELECT value FROM json_each($s)))
+                       (SELECT COUNT(DISTINCT s.scorer) FROM explanation_scores s
+                        WHERE s.feature = $f AND s.explainer_model = $m AND s.scorer IN (SELECT value FROM json_each($s))
+                          AND (s.scorer NOT IN (SELECT value FROM json_each($n))
+                               OR EXISTS (SELECT 1 FROM explanation_scores t WHERE t.feature = s.feature AND t.explainer_model = s.explainer_model
+                                          AND t.scorer = s.scorer AND t.metric = 'similar_negatives') = $similar))
                 """;
             cmd.Parameters.AddWithValue("$f", feature);
             cmd.Parameters.AddWithValue("$m", model);
             cmd.Parameters.AddWithValue("$s", System.Text.Json.JsonSerializer.Serialize(scorers));
+            cmd.Parameters.AddWithValue("$n", System.Text.Json.JsonSerializer.Serialize(ExplainOptions.UsesNegatives));
+            cmd.Parameters.AddWithValue("$similar", similarNegatives ? 1 : 0);
             using var r = cmd.ExecuteReader();
             r.Read();
             return r.GetInt64(0) > 0 && r.GetInt64(1) == scorers.Count;
@@ -78,6 +88,9 @@ public sealed class ExplanationWriter : IDisposable
                 ("$f", outcome.Feature), ("$m", model), ("$t", outcome.Explanation), ("$c", DateTimeOffset.UtcNow.ToString("O")));
             var rows = outcome.Scores.SelectMany(kv => kv.Value.Values().Select(v => (Scorer: kv.Key, v.Metric, v.Value)));
             if (outcome.Simulation is { } simulation) rows = rows.Concat(simulation.Values().Select(v => (Scorer: ExplainOptions.Simulation, v.Metric, v.Value)));
+            if (outcome.SimilarNegatives)
+                rows = rows.Concat(outcome.Scores.Keys.Append(outcome.Simulation is null ? null : ExplainOptions.Simulation).OfType<string>()
+                    .Where(ExplainOptions.UsesNegatives.Contains).Select(scorer => (Scorer: scorer, Metric: "similar_negatives", Value: 1.0)));
             foreach (var (scorer, metric, value) in rows)
                 Run("INSERT INTO explanation_scores (feature, explainer_model, scorer, metric, value) VALUES ($f, $m, $s, $k, $v)",
                     ("$f", outcome.Feature), ("$m", model), ("$s", scorer), ("$k", metric), ("$v", value));

@@ -58,6 +58,15 @@ public class ExplainCliTests
         Assert.True(top.Code == 0, top.Err);
         Assert.Contains("embedding acc", top.Out);
 
+        // detection against the windows most like the activating ones, found by the same encoder
+        (code, output, err) = Loupe("explain", "--store", store, "--endpoint", server.BaseUrl, "--model", "scripted-model", "--features", "3",
+            "--scorers", "detection", "--negatives", "similar", "--score-examples", "3", "--cache", folder.File("cache.db"), "--seed", "1");
+        Assert.True(code == 0, $"exit {code}\n{output}\n{err}");
+        Assert.Contains("1 features explained", output);
+        (code, _, err) = Loupe("explain", "--store", store, "--endpoint", server.BaseUrl, "--model", "scripted-model", "--features", "3", "--negatives", "hard");
+        Assert.NotEqual(0, code);
+        Assert.Contains("--negatives", err);
+
         (code, _, err) = Loupe("explain", "--store", store, "--endpoint", server.BaseUrl, "--model", "scripted-model", "--features", "2",
             "--scorers", "embedding", "--embedder", folder.File("no-such-encoder"), "--cache", folder.File("cache.db"));
         Assert.NotEqual(0, code);

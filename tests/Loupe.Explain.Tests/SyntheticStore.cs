@@ -14,7 +14,7 @@ static class SyntheticStore
     public static readonly string[] Words = [" apple", " river", " seven", " purple", " castle", " lantern"];
     public const int DSae = 7, Dead = 6, ContextSize = 24, Top = 8, PerBin = 3, Bins = 2, Window = 5;
 
-    static readonly string[] Filler = [" the", " a", " and", " went", " to", " big", " small", " house", " over", " it", " was", " day", " she", " he", " ran", " sat", " on", " mat", " with", " friend"];
+    public static readonly string[] Filler = [" the", " a", " and", " went", " to", " big", " small", " house", " over", " it", " was", " day", " she", " he", " ran", " sat", " on", " mat", " with", " friend"];
 
     public static string Write(string path)
     {

@@ -28,6 +28,11 @@ static class ExplainCommand
             Description = "The embedding scorer's sentence encoder: a BERT-family folder or hub id (default: all-MiniLM-L6-v2 from NuGet)",
             DefaultValueFactory = _ => Loupe.Models.Loading.MiniLmPackage.ModelName,
         };
+        var negatives = new Option<string>("--negatives")
+        {
+            Description = "Non-activating examples for detection, simulation and embedding: random (other features' contexts) or similar (the most similar to the held-out activating windows by --embedder, of four times as many: harder, Delphi's FAISS negatives)",
+            DefaultValueFactory = _ => "random",
+        };
         var concurrency = new Option<int>("--concurrency") { Description = "Requests in flight at once", DefaultValueFactory = _ => 4 };
         var temperature = new Option<double>("--temperature") { Description = "Sampling temperature", DefaultValueFactory = _ => 0.0 };
         var maxTokens = new Option<int>("--max-tokens") { Description = "Completion token limit per request", DefaultValueFactory = _ => 500 };
@@ -42,16 +47,18 @@ static class ExplainCommand
             "Explain every feature of a feature store with a language model behind any OpenAI-compatible endpoint, as Delphi\n" +
             "does: the explainer sees top and interval examples with activating tokens marked <<like this>> and the feature's\n" +
             "promoted tokens; detection (held-out activating vs. other contexts) and fuzzing (correct vs. random marks) score\n" +
-            "each explanation (accuracy, precision, recall, F1; AUROC with logprobs); embedding scores it by how well a sentence\n" +
+            "each explanation (accuracy, precision, recall, F1; AUROC with logprobs); simulation by the correlation of the activations a\n" +
+            "model predicts from the explanation with the true ones; embedding scores it by how well a sentence\n" +
             "encoder's similarity to the explanation separates activating examples (AUROC; no requests). Results go into the store and show in\n" +
             "`loupe features top`. Every answer is cached; a killed run resumes where it stopped.\n\n" +
             "Examples:\n" +
             "  loupe explain --store sae/features.db --endpoint https://api.openai.com/v1 --model gpt-4o-mini --features top:100\n" +
             "  loupe explain --store sae/features.db --endpoint http://localhost:8000/v1 --model local --api-key-env NONE --features 0-49\n" +
-            "  loupe explain --store sae/features.db --endpoint http://localhost:8000/v1 --model local --scorers detection,embedding")
+            "  loupe explain --store sae/features.db --endpoint http://localhost:8000/v1 --model local --scorers detection,embedding\n" +
+            "  loupe explain --store sae/features.db --endpoint http://localhost:8000/v1 --model local --scorers detection,simulation --negatives similar")
         {
             store, endpoint, model, apiKeyEnv, features, examples, scoreExamples, batch, scorers, concurrency, temperature, maxTokens, logprobs,
-            timeout, retries, activations, prices, cache, seed, embedder,
+            timeout, retries, activations, prices, cache, seed, embedder, negatives,
         };
         command.SetAction((parse, cancellationToken) => Task.FromResult(CliSupport.Guard(() =>
         {
@@ -63,6 +70,12 @@ static class ExplainCommand
             {
                 Examples = parse.GetValue(examples), ScoreExamples = parse.GetValue(scoreExamples), BatchSize = parse.GetValue(batch),
                 Scorers = scorerList, Seed = parse.GetValue(seed), ShowActivations = parse.GetValue(activations),
+                SimilarNegatives = parse.GetValue(negatives) switch
+                {
+                    "random" => false,
+                    "similar" => true,
+                    var other => throw InputError.Expected("argument", "--negatives", "random or similar", other),
+                },
             };
             options.Validate();
             double seconds = parse.GetValue(timeout);
@@ -81,7 +94,7 @@ static class ExplainCommand
                 Console.Error.WriteLine($"warning: no price for model '{endpointOptions.Model}' in the price table; costs are reported as unknown");
             // the embedding scorer's encoder runs here, on the host (a 22M-parameter model: the endpoint is the slow part)
             string encoderPath = parse.GetValue(embedder)!;
-            using var encoder = scorerList.Contains(ExplainOptions.Embedding) ? CliSupport.LoadModel(encoderPath, option: "--embedder") : null;
+            using var encoder = scorerList.Contains(ExplainOptions.Embedding) || options.SimilarNegatives ? CliSupport.LoadModel(encoderPath, option: "--embedder") : null;
             var textEmbedder = encoder is null ? null : new SentenceEncoderEmbedder(encoder, encoderPath);
             using var requestCache = new RequestCache(parse.GetValue(cache) ?? storePath + ".explain-cache.db");
             using var client = new ChatClient(endpointOptions, requestCache);
