@@ -38,7 +38,7 @@ public class FeatureBrowserTests(ITestOutputHelper output)
         Assert.Equal(store.Feature(f).MaxAct.ToString("F3", CultureInfo.InvariantCulture), await page.GetByTestId("stat-max-act").InnerTextAsync());
         Assert.Contains(FeatureStores.ExplainedText, await page.GetByTestId("explanation").InnerTextAsync());
         Assert.Contains("detection: acc 0.80", await page.GetByTestId("explanation").InnerTextAsync());
-        Assert.Contains("simulation: r 0.42 (activating windows —)", await page.GetByTestId("explanation").InnerTextAsync());
+        Assert.Contains("simulation: r 0.42 (activating windows —) vs similar negatives", await page.GetByTestId("explanation").InnerTextAsync());
 
         // Hover the first top example's own token: the status shows the stored activation.
         var top = store.Examples(f, FeatureStoreSchema.Top, 1)[0];

@@ -79,6 +79,7 @@ static class FeatureStores
         Exec(db, "INSERT INTO explanation_scores VALUES ($p0, 'test-explainer', 'fuzzing', 'accuracy', 0.6)", densest);
         Exec(db, "INSERT INTO explanation_scores VALUES ($p0, 'test-explainer', 'simulation', 'ev_correlation', 0.42)", densest);
         Exec(db, "INSERT INTO explanation_scores VALUES ($p0, 'test-explainer', 'simulation', 'n', 20)", densest);
+        Exec(db, "INSERT INTO explanation_scores VALUES ($p0, 'test-explainer', 'simulation', 'similar_negatives', 1)", densest);
         return path;
     }
 

@@ -125,9 +125,10 @@ function renderDashboard(store: FeatureStoreView, d: FeatureDashboard): HTMLElem
   const steer = el("a", { href: `/steering?source=${encodeURIComponent(`feature:${store.id}:${d.feature}`)}`, class: "steer-link" }, "steer with this feature →");
   box.append(el("h2", { class: "dash-title", "data-testid": "dashboard-title" }, `Feature ${d.feature}`, el("span", { class: "muted" }, ` of ${d.d_sae.toLocaleString()} · ${d.hook}`), " ", store.has_sae ? steer : null));
   for (const x of d.explanations) {
-    const scores = Object.entries(x.scores).map(([scorer, m]) => scorer === "simulation"
+    const scores = Object.entries(x.scores).map(([scorer, m]) => (scorer === "simulation"
       ? `${scorer}: r ${fmt(m.ev_correlation)} (activating windows ${fmt(m.ev_correlation_activating)})`
-      : `${scorer}: acc ${fmt(m.accuracy)} · F1 ${fmt(m.f1)}${m.auroc !== undefined ? ` · AUROC ${fmt(m.auroc)}` : ""}`);
+      : `${scorer}: acc ${fmt(m.accuracy)} · F1 ${fmt(m.f1)}${m.auroc !== undefined ? ` · AUROC ${fmt(m.auroc)}` : ""}`)
+      + (m.similar_negatives === 1 ? " vs similar negatives" : ""));
     box.append(el("div", { class: "explanation", "data-testid": "explanation" }, el("b", {}, x.text),
       el("div", { class: "muted" }, `${x.explainer_model}${scores.length ? " — " + scores.join("; ") : ""}`)));
   }

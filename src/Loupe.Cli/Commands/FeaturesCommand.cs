@@ -278,9 +278,10 @@ static class FeaturesCommand
     }
 
     /// <summary>"  detection acc 0.90 F1 0.89 AUROC 0.95  fuzzing …" for the scorers stored with an explanation.</summary>
-    static string ScoreText(FeatureExplanation x) => string.Concat(x.Scores.Select(kv => kv.Key == Loupe.Explain.ExplainOptions.Simulation
+    static string ScoreText(FeatureExplanation x) => string.Concat(x.Scores.Select(kv => (kv.Key == Loupe.Explain.ExplainOptions.Simulation
         ? $"   {kv.Key} r {Metric(kv.Value, "ev_correlation")} (activating windows {Metric(kv.Value, "ev_correlation_activating")})"
-        : $"   {kv.Key} acc {Metric(kv.Value, "accuracy")} F1 {Metric(kv.Value, "f1")}" + (kv.Value.ContainsKey("auroc") ? $" AUROC {Metric(kv.Value, "auroc")}" : "")));
+        : $"   {kv.Key} acc {Metric(kv.Value, "accuracy")} F1 {Metric(kv.Value, "f1")}" + (kv.Value.ContainsKey("auroc") ? $" AUROC {Metric(kv.Value, "auroc")}" : ""))
+        + (kv.Value.ContainsKey("similar_negatives") ? " vs similar negatives" : "")));
 
     static string Metric(IReadOnlyDictionary<string, double> metrics, string name) =>
         metrics.TryGetValue(name, out double v) ? v.ToString("F2", CultureInfo.InvariantCulture) : "—";
