@@ -259,6 +259,7 @@ public sealed class HubDictionaryCliTests : IDisposable
         hub.AddRepo("datasets/corpus-org/tiny-tokenized", new Dictionary<string, byte[]>
         {
             ["README.md"] = "# tokenized"u8.ToArray(),
+            ["sae_lens.json"] = """{"tokenizer_name": "openai-community/gpt2", "context_size": 10, "begin_batch_token": "bos"}"""u8.ToArray(),
             ["data/train-00000-of-00001.parquet"] = buffer.ToArray(),
         });
 
@@ -269,9 +270,10 @@ public sealed class HubDictionaryCliTests : IDisposable
         Assert.True(run.Code == 0, run.Err);
         Assert.Contains("--source: 1 file(s) of datasets/corpus-org/tiny-tokenized/data", run.Err);
         Assert.Equal(0, hub.Count("GET", "README.md"));
+        Assert.Contains("the rows were tokenized with openai-community/gpt2", run.Err);   // sae_lens.json, fetched from the top
         var manifest = JsonNode.Parse(File.ReadAllText(Path.Combine(output, "manifest.json")))!;
         Assert.Equal(12, (int)manifest["total_contexts"]!);
-        Assert.Contains("column \"input_ids\" of token ids: the first 8 ids of each row", (string)manifest["source"]!);
+        Assert.Contains("column \"input_ids\" of token ids (tokenized with openai-community/gpt2, rows of 10, sae_lens.json): the first 8 ids of each row", (string)manifest["source"]!);
 
         // a path with nothing a source reads is refused from the listing
         run = RunLoupe("harvest", "--model", SharedData.TestData("reference/gpt2"), "--source", "parquet:hf:datasets/corpus-org/tiny-tokenized",

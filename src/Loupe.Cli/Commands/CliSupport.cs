@@ -439,6 +439,25 @@ static class CliSupport
     }
 
     /// <summary>
+    /// Fetches <paramref name="fileName"/> at the top of the hub repository <paramref name="value"/> names
+    /// (<c>hf:ORG/NAME/PATH[@REVISION]</c>) into the hub cache when the repository has one; nothing happens otherwise.
+    /// </summary>
+    public static void HubFileIfPresent(string value, string fileName)
+    {
+        var (repo, path, revision) = HubSpec(value, "--source");
+        if (path.Length == 0) return; // the whole repository was fetched, the file with it
+        try
+        {
+            using var client = new HubClient();
+            client.ResolvePathAsync(repo, fileName, revision).GetAwaiter().GetResult();
+        }
+        catch (Exception e) when (e is InputError or HttpRequestException or IOException)
+        {
+            // optional: a repository without it, or no hub at hand
+        }
+    }
+
+    /// <summary>
     /// A file option's value as a local file: <c>hf:ORG/NAME/PATH[@REVISION]</c> naming one file of a hub repository (a steering
     /// vector, a monitor) is fetched into the hub cache, its size printed first; a hub folder is refused from the listing, before
     /// anything is downloaded. Any other value is returned as it is.

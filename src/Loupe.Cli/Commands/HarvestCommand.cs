@@ -80,7 +80,12 @@ static class HarvestCommand
             int hash = hub.LastIndexOf('#');
             if (hash > 0) (hub, column) = (hub[..hash], hub[hash..]);
             spec = spec[..(colon + 1)] + CliSupport.LocalPath(hub, "--source") + column;
+            // SAELens keeps a pre-tokenized dataset's sae_lens.json at the repository's top: fetched too when there is one
+            if (spec.StartsWith("parquet:", StringComparison.Ordinal)) CliSupport.HubFileIfPresent(hub, PretokenizedMetadata.FileName);
         }
-        return TextSourceSpec.Parse(model, spec, seed);
+        var source = TextSourceSpec.Parse(model, spec, seed);
+        if (source is ParquetSource { Metadata: { } m })
+            Console.Error.WriteLine($"--source: the rows were tokenized with {m.TokenizerName} ({m.Path}); only their ids' range is checked against this model, so its tokenizer must be that one");
+        return source;
     }
 }

@@ -98,6 +98,8 @@ public static class ContextBuilder
     public static HarvestContexts FromTokenRows(ITokenRowSource source, int contextSize, int vocabulary, int? bos, int seed = 0, int? maxContexts = null)
     {
         if (maxContexts is int most) Check.InRange(most, 1, int.MaxValue, "argument", "max contexts");
+        if (source is ParquetSource { Metadata: { } m } && m.ContextSize < contextSize)
+            throw new InputError($"{m.Path}: the rows are {m.ContextSize} tokens (context_size); a context takes {contextSize}: choose a context size of at most {m.ContextSize}");
         var contexts = new List<int[]>();
         int withoutBos = 0;
         foreach (var (tokens, where) in source.TokenRows())

@@ -22,6 +22,49 @@ public interface ITokenRowSource : ITextSource
     IEnumerable<(int[] Tokens, string Where)> TokenRows();
 }
 
+/// <summary>
+/// What SAELens's pretokenize runner records beside a pre-tokenized dataset (<c>sae_lens.json</c>): the tokenizer the rows
+/// were made with and their length.
+/// </summary>
+/// <param name="TokenizerName">The tokenizer (a hub id or path), as SAELens's <c>tokenizer_name</c>.</param>
+/// <param name="ContextSize">Tokens per row (<c>context_size</c>).</param>
+/// <param name="BeginBatchToken">What starts each row (<c>begin_batch_token</c>: "bos", an id, or null).</param>
+/// <param name="Path">The file.</param>
+public sealed record PretokenizedMetadata(string TokenizerName, int ContextSize, string? BeginBatchToken, string Path)
+{
+    public const string FileName = "sae_lens.json";
+
+    /// <exception cref="InputError">Not JSON, or tokenizer_name or context_size missing or of the wrong kind (the file and field named).</exception>
+    public static PretokenizedMetadata Read(string path)
+    {
+        try
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(path));
+            var root = doc.RootElement;
+            if (root.ValueKind != System.Text.Json.JsonValueKind.Object) throw InputError.Expected(path, "the file", "a JSON object", root.ValueKind.ToString());
+            string name = root.TryGetProperty("tokenizer_name", out var t) && t.ValueKind == System.Text.Json.JsonValueKind.String && t.GetString() is { Length: > 0 } n ? n
+                : throw InputError.Expected(path, "tokenizer_name", "the tokenizer's name", t.ValueKind == System.Text.Json.JsonValueKind.Undefined ? "nothing" : t.ToString());
+            int size = root.TryGetProperty("context_size", out var c) && c.ValueKind == System.Text.Json.JsonValueKind.Number && c.TryGetInt32(out int v) && v > 0 ? v
+                : throw InputError.Expected(path, "context_size", "a positive integer", c.ValueKind == System.Text.Json.JsonValueKind.Undefined ? "nothing" : c.ToString());
+            string? begin = root.TryGetProperty("begin_batch_token", out var b) && b.ValueKind != System.Text.Json.JsonValueKind.Null ? b.ToString() : null;
+            return new PretokenizedMetadata(name, size, begin, path);
+        }
+        catch (System.Text.Json.JsonException e)
+        {
+            throw new InputError($"{path}: not JSON ({e.Message.ReplaceLineEndings(" ")})", e);
+        }
+    }
+
+    /// <summary>The sae_lens.json in <paramref name="folder"/> or one of its two parents (a hub snapshot keeps it at the top, the shards in data/), or null.</summary>
+    public static PretokenizedMetadata? Find(string folder)
+    {
+        var dir = new DirectoryInfo(folder);
+        for (int up = 0; dir is not null && up <= 2; up++, dir = dir.Parent)
+            if (File.Exists(System.IO.Path.Combine(dir.FullName, FileName))) return Read(System.IO.Path.Combine(dir.FullName, FileName));
+        return null;
+    }
+}
+
 /// <summary>One column of a Parquet file or folder (see the file header).</summary>
 public sealed class ParquetSource : ITokenRowSource
 {
@@ -52,9 +95,13 @@ public sealed class ParquetSource : ITokenRowSource
         if (!IsTokenized && !isText)
             throw InputError.Expected(_files[0], $"column '{name}'", "text, or a list of integer token ids", $"{(repeated ? "a list of " : "")}{_field.ClrType.Name}");
         Column = name;
+        if (IsTokenized) Metadata = PretokenizedMetadata.Find(File.Exists(path) ? Path.GetDirectoryName(Path.GetFullPath(path))! : path);
     }
 
     public string Column { get; }
+
+    /// <summary>SAELens's record of how the token rows were made (<c>sae_lens.json</c> near the shards), or null.</summary>
+    public PretokenizedMetadata? Metadata { get; }
 
     // A column by its top-level name: a list column's leaf is "input_ids/list/element" as pyarrow writes it (3-level LIST),
     // or "input_ids" itself when written as a repeated primitive.
@@ -79,7 +126,7 @@ public sealed class ParquetSource : ITokenRowSource
     public bool IsTokenized { get; }
 
     public string Description => $"parquet: {_files.Length} file(s) ({string.Join(", ", _files.Take(3).Select(Path.GetFileName))}{(_files.Length > 3 ? ", …" : "")}), " +
-        (IsTokenized ? $"column \"{Column}\" of token ids" : $"column \"{Column}\"");
+        (IsTokenized ? $"column \"{Column}\" of token ids" + (Metadata is { } m ? $" (tokenized with {m.TokenizerName}, rows of {m.ContextSize}, {PretokenizedMetadata.FileName})" : "") : $"column \"{Column}\"");
 
     static ParquetSchema Schema(string file)
     {

@@ -130,6 +130,29 @@ public sealed class ParquetAndCompressedSourceTests : IDisposable
     }
 
     [Fact]
+    public async Task SAELens_metadata_beside_the_shards_names_the_tokenizer_and_the_row_length()
+    {
+        // as a hub snapshot of a pretokenized dataset lies: sae_lens.json at the top, the shards in data/
+        string root = Path.Combine(_dir, "snapshot"), data = Path.Combine(root, "data");
+        Directory.CreateDirectory(data);
+        File.Move(await WriteParquet("rows.parquet", null, [[1, 5, 6, 7, 8, 9, 10, 11, 12, 13], [1, 4, 3, 2, 5, 6, 7, 8, 9, 10]]), Path.Combine(data, "train-00000-of-00001.parquet"));
+        string metadata = Path.Combine(root, PretokenizedMetadata.FileName);
+        File.WriteAllText(metadata, """{"sae_lens_version": "6.0.0", "tokenizer_name": "gpt2", "original_dataset": "x", "context_size": 10, "begin_batch_token": "bos", "shuffled": true}""");
+        var source = new ParquetSource(data);
+        Assert.Equal(("gpt2", 10, "bos"), (source.Metadata!.TokenizerName, source.Metadata.ContextSize, source.Metadata.BeginBatchToken));
+        Assert.Contains("tokenized with gpt2, rows of 10", source.Description);
+        Assert.Equal(2, ContextBuilder.FromTokenRows(source, 10, 512, 1).Count);
+        var e = Assert.Throws<InputError>(() => ContextBuilder.FromTokenRows(source, 12, 512, 1));
+        Assert.Contains(metadata, e.Message);
+        Assert.Contains("at most 10", e.Message);
+
+        File.WriteAllText(metadata, """{"tokenizer_name": "gpt2", "context_size": "long"}""");
+        e = Assert.Throws<InputError>(() => new ParquetSource(data));
+        Assert.Contains("context_size", e.Message);
+        Assert.Contains(metadata, e.Message);
+    }
+
+    [Fact]
     public async Task Columns_are_chosen_by_name_and_bad_files_refused_by_name()
     {
         string both = await WriteParquet("both.parquet", ["a b", "c d"], [[1, 2, 3], [1, 4, 5]]);
