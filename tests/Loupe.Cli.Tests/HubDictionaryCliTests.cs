@@ -242,25 +242,64 @@ public sealed class HubDictionaryCliTests : IDisposable
             "not a tuned lens (params.pt or params.safetensors) at its top", "hf:spaces/lens-org/tuned-lens/lens/llama");
     }
 
-    [Fact]
-    public async Task A_pretokenized_dataset_is_read_from_the_hub_as_parquet_shards()
+    // Twelve rows of ten token ids (BOS first) as one parquet shard, the list as pyarrow lays it out: input_ids (LIST) { list { element } }.
+    static async Task<byte[]> TokenShard()
     {
-        // a dataset repository as SAELens's pretokenize runner publishes one: parquet shards of input_ids rows under data/
         var random = new Random(2);
         long[][] rows = [.. Enumerable.Range(0, 12).Select(_ => Enumerable.Range(0, 10).Select(t => (long)(t == 0 ? 1 : random.Next(3, 512))).ToArray())];
-        // the list as pyarrow lays it out: input_ids (LIST) { list { element } }
         var schema = new Parquet.Schema.ParquetSchema(new Parquet.Schema.ListField("input_ids", new Parquet.Schema.DataField<long?>("element")));
         var ids = schema.GetDataFields()[0];
         using var buffer = new MemoryStream();
         await using (var writer = await Parquet.ParquetWriter.CreateAsync(schema, buffer))
         using (var group = writer.CreateRowGroup())
             await group.WriteAsync<long>(ids, rows.SelectMany(r => r.Select(v => (long?)v)).ToArray().AsMemory(), rows.SelectMany(r => r.Select((_, i) => i == 0 ? 0 : 1)).ToArray().AsMemory());
+        return buffer.ToArray();
+    }
+
+    [Fact]
+    public async Task A_pretokenized_datasets_tokenizer_must_have_the_models_vocabulary()
+    {
+        // stories260K (its torch.save copy, with its tokenizer.json) and the tokenizers two datasets name, on the hub
+        string model = SharedData.TestData("pytorch/stories260K-bin");
+        using var hub = _hub.Use(new FakeHub());
+        hub.AddRepo("tok-org/stories", new Dictionary<string, byte[]> { ["tokenizer.json"] = File.ReadAllBytes(Path.Combine(model, "tokenizer.json")) });
+        hub.AddRepo("tok-org/minilm", new Dictionary<string, byte[]> { ["tokenizer.json"] = File.ReadAllBytes(SharedData.TestData("reference/minilm/tokenizer.json")) });
+        byte[] shard = await TokenShard();
+        foreach (var (tokenizer, same) in new[] { ("tok-org/stories", true), ("tok-org/minilm", false) })
+        {
+            string repo = $"datasets/corpus-org/tokenized-{tokenizer.Split('/')[1]}";
+            hub.AddRepo(repo, new Dictionary<string, byte[]>
+            {
+                ["sae_lens.json"] = System.Text.Encoding.UTF8.GetBytes($$"""{"tokenizer_name": "{{tokenizer}}", "context_size": 10}"""),
+                ["data/train-00000-of-00001.parquet"] = shard,
+            });
+            var run = RunLoupe("harvest", "--model", model, "--source", $"parquet:hf:{repo}/data", "--context-size", "8",
+                "--hooks", "blocks.0.hook_resid_post", "--out", Path.Combine(_dir, "acts-" + tokenizer.Split('/')[1]));
+            if (same)
+            {
+                Assert.True(run.Code == 0, run.Err);
+                Assert.Contains("whose vocabulary is this model's (512 tokens)", run.Err);
+            }
+            else
+            {
+                Assert.True(run.Code == 2, run.Err);
+                Assert.Contains("whose vocabulary is not this model's (id 0:", run.Err);
+                Assert.DoesNotContain("   at ", run.Err);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task A_pretokenized_dataset_is_read_from_the_hub_as_parquet_shards()
+    {
+        // a dataset repository as SAELens's pretokenize runner publishes one: parquet shards of input_ids rows under data/
+        byte[] shard = await TokenShard();
         using var hub = _hub.Use(new FakeHub());
         hub.AddRepo("datasets/corpus-org/tiny-tokenized", new Dictionary<string, byte[]>
         {
             ["README.md"] = "# tokenized"u8.ToArray(),
             ["sae_lens.json"] = """{"tokenizer_name": "openai-community/gpt2", "context_size": 10, "begin_batch_token": "bos"}"""u8.ToArray(),
-            ["data/train-00000-of-00001.parquet"] = buffer.ToArray(),
+            ["data/train-00000-of-00001.parquet"] = shard,
         });
 
         // the gpt2 fixture has no tokenizer: token rows need none

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using Loupe.Dictionaries.Harvest;
 using Loupe.Models;
+using Loupe.Models.Loading;
 using Spectre.Console;
 
 namespace Loupe.Cli.Commands;
@@ -85,7 +86,32 @@ static class HarvestCommand
         }
         var source = TextSourceSpec.Parse(model, spec, seed);
         if (source is ParquetSource { Metadata: { } m })
-            Console.Error.WriteLine($"--source: the rows were tokenized with {m.TokenizerName} ({m.Path}); only their ids' range is checked against this model, so its tokenizer must be that one");
+        {
+            // as SAELens does before training on a pre-tokenized dataset: the tokenizer it names must have this model's vocabulary
+            var (tokenizer, why) = model.Tokenizer is null ? (null, "this model has no tokenizer") : DatasetTokenizer(m.TokenizerName);
+            if (tokenizer is not null)
+                Console.Error.WriteLine($"--source: the rows were tokenized with {m.TokenizerName}, whose vocabulary is this model's ({m.CheckSameVocabulary(tokenizer, model.Tokenizer!):N0} tokens)");
+            else
+                Console.Error.WriteLine($"--source: the rows were tokenized with {m.TokenizerName} ({m.Path}); its vocabulary could not be compared with this model's ({why}), " +
+                    "so only the ids' range is checked: the model's tokenizer must be that one");
+        }
         return source;
+    }
+
+    /// <summary>The tokenizer a pre-tokenized dataset names: a local folder, or tokenizer.json of a hub model (fetched into the hub cache); null with why when neither is at hand.</summary>
+    static (Loupe.Tokenizers.ITokenizer? Tokenizer, string Why) DatasetTokenizer(string name)
+    {
+        try
+        {
+            if (Directory.Exists(name)) return (Loupe.Tokenizers.TokenizerLoader.FromFolder(name), "");
+            if (!HubClient.IsValidRepoId(name)) return (null, $"'{name}' is neither a folder nor a hub id");
+            using var client = new HubClient();
+            string path = client.ResolvePathAsync(name, "tokenizer.json").GetAwaiter().GetResult();
+            return (Loupe.Tokenizers.TokenizerLoader.FromFolder(Path.GetDirectoryName(path)!), "");
+        }
+        catch (Exception e) when (e is InputError or HttpRequestException or IOException)
+        {
+            return (null, e.Message.ReplaceLineEndings(" "));
+        }
     }
 }

@@ -55,6 +55,31 @@ public sealed record PretokenizedMetadata(string TokenizerName, int ContextSize,
         }
     }
 
+    /// <summary>
+    /// Refuses rows made with a tokenizer whose vocabulary is not <paramref name="model"/>'s (as SAELens compares them before
+    /// training on a pre-tokenized dataset): the first id whose token differs is named. Returns the vocabulary size.
+    /// </summary>
+    /// <exception cref="InputError">The vocabularies differ.</exception>
+    public int CheckSameVocabulary(Loupe.Tokenizers.ITokenizer dataset, Loupe.Tokenizers.ITokenizer model)
+    {
+        ArgumentNullException.ThrowIfNull(dataset);
+        ArgumentNullException.ThrowIfNull(model);
+        static string Token(Loupe.Tokenizers.ITokenizer t, int id)
+        {
+            try { return t.IdToToken(id); }
+            catch (InputError) { return "(none)"; }
+        }
+        int n = Math.Max(dataset.VocabSize, model.VocabSize);
+        for (int id = 0; id < n; id++)
+        {
+            string a = id < dataset.VocabSize ? Token(dataset, id) : "(none)", b = id < model.VocabSize ? Token(model, id) : "(none)";
+            if (a != b)
+                throw new InputError($"{Path}: the rows were tokenized with {TokenizerName}, whose vocabulary is not this model's " +
+                    $"(id {id}: {InputError.Show(a)} there, {InputError.Show(b)} here; {dataset.VocabSize} and {model.VocabSize} tokens): its ids would mean other tokens");
+        }
+        return n;
+    }
+
     /// <summary>The sae_lens.json in <paramref name="folder"/> or one of its two parents (a hub snapshot keeps it at the top, the shards in data/), or null.</summary>
     public static PretokenizedMetadata? Find(string folder)
     {

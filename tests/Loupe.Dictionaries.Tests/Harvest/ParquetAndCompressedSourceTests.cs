@@ -146,6 +146,13 @@ public sealed class ParquetAndCompressedSourceTests : IDisposable
         Assert.Contains(metadata, e.Message);
         Assert.Contains("at most 10", e.Message);
 
+        // the vocabulary check: the same tokenizer passes, another names the first id that differs
+        var stories = Loupe.Tokenizers.TokenizerLoader.FromFolder(SharedData.TestData("pytorch/stories260K-bin"));
+        var minilm = Loupe.Tokenizers.TokenizerLoader.FromFolder(SharedData.TestData("reference/minilm"));
+        Assert.Equal(512, source.Metadata.CheckSameVocabulary(stories, Loupe.Tokenizers.TokenizerLoader.FromFolder(SharedData.TestData("pytorch/stories260K-bin"))));
+        e = Assert.Throws<InputError>(() => source.Metadata.CheckSameVocabulary(minilm, stories));
+        Assert.Contains("id 0: \"[PAD]\" there, \"<unk>\" here", e.Message);
+
         File.WriteAllText(metadata, """{"tokenizer_name": "gpt2", "context_size": "long"}""");
         e = Assert.Throws<InputError>(() => new ParquetSource(data));
         Assert.Contains("context_size", e.Message);
