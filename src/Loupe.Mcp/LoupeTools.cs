@@ -347,6 +347,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
         [Description("Held-out activating examples per scorer, and as many non-activating ones for detection (1..100).")] int scoreExamples = 10,
         [Description("Scorers to run: detection, fuzzing, simulation, embedding (default detection and fuzzing; an empty list: explanation only). Simulation asks one request per window and scores the correlation of predicted and true activations; embedding asks no model: all-MiniLM-L6-v2's similarity to the explanation, AUROC.")] string[]? scorers = null,
         [Description("Seed for the held-out choice and the fuzzing marks.")] int seed = 0,
+        [Description("Non-activating examples: random (default) or similar (the most similar to the activating ones by all-MiniLM-L6-v2: harder, Delphi's FAISS negatives).")] string negatives = "random",
         CancellationToken cancellationToken = default)
     {
         if (explainer is null)
@@ -361,6 +362,12 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
             {
                 Examples = examples, ScoreExamples = scoreExamples, Seed = seed, BatchSize = explainer.BatchSize,
                 Scorers = scorers ?? [ExplainOptions.Detection, ExplainOptions.Fuzzing],
+                SimilarNegatives = negatives switch
+                {
+                    "random" => false,
+                    "similar" => true,
+                    _ => throw InputError.Expected("argument", nameof(negatives), "random or similar", negatives),
+                },
             };
             using (var db = FeatureStore.Open(artifact.Path))
             {
@@ -370,7 +377,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
             var prices = PriceTable.Load(explainer.PricesPath ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(artifact.Path))!, "prices.json"));
             using var cache = new RequestCache(explainer.CachePath ?? artifact.Path + ".explain-cache.db");
             using var client = new ChatClient(explainer.Endpoint, cache);
-            if (options.Scorers.Contains(ExplainOptions.Embedding))
+            if (options.Scorers.Contains(ExplainOptions.Embedding) || options.SimilarNegatives)
                 _embedder ??= new SentenceEncoderEmbedder(ModelLoader.LoadFolder(MiniLmPackage.Materialize()), "all-MiniLM-L6-v2");
             var summary = await ExplainRunner.RunAsync(artifact.Path, [feature], client, prices, options, cancellationToken: cancellationToken, embedder: _embedder).ConfigureAwait(false);
             var outcome = summary.Outcomes.SingleOrDefault();

@@ -125,6 +125,12 @@ public sealed class McpExplainTests : IAsyncLifetime
         Assert.Equal(1, reply.GetProperty("sentRequests").GetInt32());
         Assert.Single(server.Log);
         Assert.Contains("simulation and/or embedding", (await Mcp.CallFails(client, "explain_feature", new() { ["store"] = "sae-l1", ["feature"] = feature, ["scorers"] = new[] { "simulate" } })));
+
+        // against similar negatives: scored again (the explanation from the cache), and the scores say so
+        reply = await Mcp.Call(client, "explain_feature", new() { ["store"] = "sae-l1", ["feature"] = feature, ["examples"] = 4, ["scoreExamples"] = 3, ["scorers"] = new[] { "embedding" }, ["negatives"] = "similar" });
+        Assert.Equal(1.0, reply.GetProperty("scores").GetProperty("embedding").GetProperty("similar_negatives").GetDouble());
+        Assert.Equal(0, reply.GetProperty("sentRequests").GetInt32());
+        Assert.Contains("negatives", await Mcp.CallFails(client, "explain_feature", new() { ["store"] = "sae-l1", ["feature"] = feature, ["negatives"] = "hard" }));
     }
 
     [Fact]
