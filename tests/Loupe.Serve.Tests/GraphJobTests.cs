@@ -58,6 +58,9 @@ public class GraphJobTests
         var refused = await client.PostAsync("/api/jobs/graph", Json(new { prompt = Prompt, targets = new[] { "a whole phrase" } }));
         Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
         Assert.Contains("targets", await refused.Content.ReadAsStringAsync());
+        refused = await client.PostAsync("/api/jobs/graph", Json(new { prompt = Prompt, targets = new[] { "#99999" } }));
+        Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+        Assert.Contains("targets: #99999 is outside", await refused.Content.ReadAsStringAsync());
         refused = await client.PostAsync("/api/jobs/graph", Json(new { prompt = Prompt, logit_diff = new[] { "was" } }));
         Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
         Assert.Contains("logit_diff", await refused.Content.ReadAsStringAsync());

@@ -14,8 +14,8 @@ namespace Loupe.Serve;
 /// <param name="EdgeThreshold">Edge-influence pruning threshold (default 0.98).</param>
 /// <param name="MaxLogits">At most this many logit targets (1–64, default 10).</param>
 /// <param name="Name">The graph's name (letters, digits, - and _; default: a fresh name): graphs/NAME.json under the served folder.</param>
-/// <param name="Targets">Next tokens to explain instead of the most likely ones, each one token's text (as <c>loupe attribute --target</c>).</param>
-/// <param name="LogitDiff">Two tokens' texts X and Y: also explain logit(X) − logit(Y) (as <c>--logit-diff</c>).</param>
+/// <param name="Targets">Next tokens to explain instead of the most likely ones, each one token's text or #ID (as <c>loupe attribute --target</c>).</param>
+/// <param name="LogitDiff">Two tokens X and Y (text or #ID): also explain logit(X) − logit(Y) (as <c>--logit-diff</c>).</param>
 public sealed record GraphJobRequest(string? Prompt, int[]? Tokens, int? MaxFeatureNodes, double? NodeThreshold, double? EdgeThreshold, int? MaxLogits, string? Name,
     string[]? Targets = null, string[]? LogitDiff = null);
 
@@ -56,10 +56,16 @@ public static partial class JobEndpoints
             if (File.Exists(Path.Combine(folder, slug + ".json"))) throw new InputError($"name: a graph named '{slug}' already exists; choose another name");
             if (body.LogitDiff is { Length: not 2 }) throw new InputError($"logit_diff: expected two token texts, got {body.LogitDiff.Length}");
             if (body.Targets?.Length > 64) throw new InputError($"targets: expected at most 64, got {body.Targets.Length}");
+            // a target token: one token's text, or #ID
+            int Target(string text, string field) =>
+                text.Length > 1 && text[0] == '#' && int.TryParse(text.AsSpan(1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int id)
+                    ? (uint)id < (uint)model.Config.VocabOut ? id : throw new InputError($"{field}: #{id} is outside [0, {model.Config.VocabOut - 1}]")
+                    : model.Tokenizer is null ? throw new InputError($"{field}: this model has no tokenizer; give token ids as #ID")
+                    : AnswerToken(model, text, null, field)!.Value;
             List<AttributionTarget>? targets = body.Targets is { Length: > 0 } || body.LogitDiff is not null
-                ? [.. (body.Targets ?? []).Select(t => AttributionTarget.Token(AnswerToken(model, t, null, "targets")!.Value))]
+                ? [.. (body.Targets ?? []).Select(t => AttributionTarget.Token(Target(t, "targets")))]
                 : null;
-            if (body.LogitDiff is { } diff) targets!.Add(AttributionTarget.Difference(AnswerToken(model, diff[0], null, "logit_diff")!.Value, AnswerToken(model, diff[1], null, "logit_diff")!.Value));
+            if (body.LogitDiff is { } diff) targets!.Add(AttributionTarget.Difference(Target(diff[0], "logit_diff"), Target(diff[1], "logit_diff")));
 
             return Started(jobs, options, "graph", async (job, cancel) =>
             {
