@@ -56,6 +56,17 @@ public sealed record AttributionTarget
         return new(AttributionTargetKind.Custom) { Label = label, Weight = weight, Vector = vector };
     }
 
+    /// <summary>
+    /// A target token written as <c>#ID</c> (how the CLI, MCP and the web job name a token by id); false for anything else,
+    /// which callers read as one token's text.
+    /// </summary>
+    public static bool TryParseId(string text, out int id)
+    {
+        id = -1;
+        return text is { Length: > 1 } && text[0] == '#'
+            && int.TryParse(text.AsSpan(1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out id);
+    }
+
     /// <summary>How the settings record it: <c>#id</c>, <c>#x-#y</c>, or the custom label.</summary>
     public override string ToString() => Kind switch
     {

@@ -75,15 +75,20 @@ public static class EmbeddingScorer
         var similarities = new double[items.Count];
         for (int i = 0; i < items.Count; i++)
         {
-            var v = vectors[i + 1];
-            double dot = 0, qq = 0, vv = 0;
-            for (int j = 0; j < query.Length; j++) { dot += query[j] * (double)v[j]; qq += query[j] * (double)query[j]; vv += v[j] * (double)v[j]; }
-            similarities[i] = qq == 0 || vv == 0 ? 0 : dot / Math.Sqrt(qq * vv);
+            similarities[i] = Cosine(query, vectors[i + 1]);
         }
         var labels = items.Select(i => i.Label).ToList();
         int positives = labels.Count(l => l);
         var predicted = new bool[items.Count];
         foreach (int i in Enumerable.Range(0, items.Count).OrderByDescending(i => similarities[i]).ThenBy(i => i).Take(positives)) predicted[i] = true;
         return (ScoreMetrics.Compute(labels, predicted, similarities, unparsed: 0), similarities);
+    }
+
+    /// <summary>Cosine similarity in double; 0 when either vector is zero.</summary>
+    internal static double Cosine(float[] a, float[] b)
+    {
+        double dot = 0, aa = 0, bb = 0;
+        for (int i = 0; i < a.Length; i++) { dot += a[i] * (double)b[i]; aa += a[i] * (double)a[i]; bb += b[i] * (double)b[i]; }
+        return aa == 0 || bb == 0 ? 0 : dot / Math.Sqrt(aa * bb);
     }
 }

@@ -350,15 +350,8 @@ public static class NegativeExamples
         {
             var v = vectors[positives.Count + c];
             score[c] = double.NegativeInfinity;
-            for (int p = 0; p < positives.Count; p++) score[c] = Math.Max(score[c], Cosine(vectors[p], v));
+            for (int p = 0; p < positives.Count; p++) score[c] = Math.Max(score[c], EmbeddingScorer.Cosine(vectors[p], v));
         }
         return [.. Enumerable.Range(0, candidates.Count).OrderByDescending(c => score[c]).ThenBy(c => c).Take(count)];
-    }
-
-    static double Cosine(float[] a, float[] b)
-    {
-        double dot = 0, aa = 0, bb = 0;
-        for (int i = 0; i < a.Length; i++) { dot += a[i] * (double)b[i]; aa += a[i] * (double)a[i]; bb += b[i] * (double)b[i]; }
-        return aa == 0 || bb == 0 ? 0 : dot / Math.Sqrt(aa * bb);
     }
 }

@@ -451,7 +451,7 @@ public sealed class LoupeTools(HookedTransformer model, McpArtifacts artifacts, 
 
     /// <summary>An attribution target's token: #ID, or a text that is one token.</summary>
     int TargetToken(string text, string parameter) =>
-        text.Length > 1 && text[0] == '#' && int.TryParse(text.AsSpan(1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int id)
+        AttributionTarget.TryParseId(text, out int id)
             ? Check.InRange(id, 0, model.Config.VocabOut - 1, "argument", parameter)
             : OneToken(text, null, parameter, "#ID")!.Value;
 

@@ -112,7 +112,7 @@ static class AttributeCommand
 
     /// <summary>#ID, or a text that is one token.</summary>
     static int Token(HookedTransformer m, string text, string option) =>
-        text.Length > 1 && text[0] == '#' && int.TryParse(text.AsSpan(1), NumberStyles.None, CultureInfo.InvariantCulture, out int id)
+        AttributionTarget.TryParseId(text, out int id)
             ? CliSupport.OutputToken(m, id, option)
             : CliSupport.SingleToken(m, text, option, "#ID");
 

@@ -58,7 +58,7 @@ public static partial class JobEndpoints
             if (body.Targets?.Length > 64) throw new InputError($"targets: expected at most 64, got {body.Targets.Length}");
             // a target token: one token's text, or #ID
             int Target(string text, string field) =>
-                text.Length > 1 && text[0] == '#' && int.TryParse(text.AsSpan(1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int id)
+                AttributionTarget.TryParseId(text, out int id)
                     ? (uint)id < (uint)model.Config.VocabOut ? id : throw new InputError($"{field}: #{id} is outside [0, {model.Config.VocabOut - 1}]")
                     : model.Tokenizer is null ? throw new InputError($"{field}: this model has no tokenizer; give token ids as #ID")
                     : AnswerToken(model, text, null, field)!.Value;
